@@ -1,0 +1,32 @@
+# `make demo` and `make test` each set up .venv (torch CPU wheel first), then run.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DEMO_ROOT ?= demo-workspace
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first: any other torch version pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[all]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+demo: $(STAMP)
+	$(PY) -m distill.demo --root $(DEMO_ROOT)
+
+clean:
+	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache

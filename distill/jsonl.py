@@ -1,0 +1,247 @@
+"""Crash-safe JSONL I/O shared by every stage.
+
+Three guarantees (SPEC invariant 6):
+- appends are whole lines written under a file lock, so concurrent writers never interleave;
+- whole-file outputs go to a temporary file in the same directory and are renamed over the
+  target, so readers see the old file or the new one, never half of one;
+- a torn last line (no trailing newline, left by a crash) is detected: readers report it
+  instead of parsing it as data, and writers cut it off before appending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from filelock import FileLock
+
+READ_CHUNK = 1 << 20
+
+
+def dumps(value: Any) -> bytes:
+    """One JSON line (no newline). Sorted keys so equal objects give equal bytes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse one JSON value; falls back to the stdlib for what orjson refuses (big ints)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+@dataclass(frozen=True, slots=True)
+class RawLine:
+    """One physical line of a file, as bytes, with where it starts.
+
+    `data` is None when the line was longer than the reader's limit: the reader skipped it
+    without holding it in memory. `terminated` is False only for a last line with no newline.
+    """
+
+    offset: int
+    number: int
+    data: bytes | None
+    length: int
+    terminated: bool
+
+    @property
+    def too_long(self) -> bool:
+        return self.data is None
+
+
+def iter_raw_lines(path: Path, max_line_bytes: int | None = None) -> Iterator[RawLine]:
+    """Stream the lines of a file with byte offsets; memory stays bounded by max_line_bytes.
+
+    Empty lines (just "\\n") are yielded too so callers can account for every line.
+    """
+    limit = max_line_bytes if max_line_bytes is not None else 1 << 62
+    with open(path, "rb") as fh:
+        offset = 0
+        number = 0
+        buf = bytearray()
+        line_start = 0
+        oversize = False
+        consumed = 0  # bytes of the current line seen so far (when oversize, buf is dropped)
+        while True:
+            chunk = fh.read(READ_CHUNK)
+            if not chunk:
+                break
+            pos = 0
+            while pos < len(chunk):
+                nl = chunk.find(b"\n", pos)
+                end = len(chunk) if nl == -1 else nl
+                piece = chunk[pos:end]
+                consumed += len(piece)
+                if not oversize:
+                    if consumed > limit:
+                        oversize = True
+                        buf.clear()
+                    else:
+                        buf += piece
+                if nl == -1:
+                    pos = len(chunk)
+                    break
+                number += 1
+                yield RawLine(
+                    offset=line_start,
+                    number=number,
+                    data=None if oversize else bytes(buf),
+                    length=consumed,
+                    terminated=True,
+                )
+                offset = line_start + consumed + 1
+                line_start = offset
+                buf.clear()
+                consumed = 0
+                oversize = False
+                pos = nl + 1
+        if consumed > 0:
+            number += 1
+            yield RawLine(
+                offset=line_start,
+                number=number,
+                data=None if oversize else bytes(buf),
+                length=consumed,
+                terminated=False,
+            )
+
+
+def read_line_at(path: Path, offset: int) -> bytes:
+    """The line starting at byte `offset`, without its newline (provenance round-trips)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        line = fh.readline()
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def iter_json(path: Path) -> Iterator[Any]:
+    """Parse every complete line of one of our own JSONL outputs; a torn tail is ignored."""
+    if not path.exists():
+        return
+    for raw in iter_raw_lines(path):
+        if raw.terminated and raw.data and raw.data.strip():
+            yield loads(raw.data)
+
+
+def torn_tail_length(path: Path) -> int:
+    """Bytes after the last newline (0 when the file ends cleanly or does not exist)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb") as fh:
+        step = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - step)
+            fh.seek(start)
+            block = fh.read(pos - start)
+            nl = block.rfind(b"\n")
+            if nl != -1:
+                return size - (start + nl + 1)
+            pos = start
+    return size
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a torn last line left by a crashed writer. Returns the number of bytes removed.
+
+    Callers must hold the file's lock (append_lines does).
+    """
+    torn = torn_tail_length(path)
+    if torn:
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size - torn)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return torn
+
+
+def lock_for(path: Path) -> FileLock:
+    """The inter-process lock guarding `path` (a sibling `.lock` file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def append_lines(path: Path, lines: Iterable[bytes], *, timeout: float = 60.0) -> int:
+    """Append whole lines under the file lock, after repairing a torn tail. Returns lines written.
+
+    The batch is written with one write() call on an O_APPEND descriptor and fsynced, so a
+    crash leaves either the previous content plus whole lines, or a torn tail the next writer
+    repairs.
+    """
+    payload = bytearray()
+    count = 0
+    for line in lines:
+        if b"\n" in line:
+            raise ValueError("a JSONL line must not contain a raw newline")
+        payload += line
+        payload += b"\n"
+        count += 1
+    if not count:
+        return 0
+    with lock_for(path).acquire(timeout=timeout):
+        repair_torn_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return count
+
+
+def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> int:
+    return append_lines(path, (dumps(r) for r in rows), timeout=timeout)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """Write a whole file through a temp file in the same directory, then rename over `path`.
+
+    On an exception the temp file is removed and `path` is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:
+    """Replace `path` with one JSON line per row. Returns the number of rows."""
+    count = 0
+    with atomic_writer(path) as fh:
+        for row in rows:
+            fh.write(dumps(row))
+            fh.write(b"\n")
+            count += 1
+    return count

@@ -1,0 +1,68 @@
+"""Types shared by every record: categories, roles, provenance, the strict base model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+class Category(StrEnum):
+    ACCEPTED = "accepted"
+    PARTIALLY_ACCEPTED = "partially_accepted"
+    REJECTED = "rejected"
+    NEEDS_HUMAN_REVIEW = "needs_human_review"
+
+
+class ModelRole(StrEnum):
+    EXECUTOR = "executor"
+    REVIEWER = "reviewer"
+    APPLIER = "applier"
+    OBSERVER = "observer"
+    EXTRACTOR = "extractor"
+
+
+class ScoreClass(StrEnum):
+    VERDICT = "A"  # verdict-bearing: a verdict about the run exists in the row
+    TELEMETRY = "B"  # telemetry: the verdict is derived from outcome signals
+    EXTRACTION = "C"  # extraction: no verdict of its own; joins to a parent by task_id
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+"""A timestamp normalised to UTC (naive input is taken as UTC)."""
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class Record(BaseModel):
+    """Base for every persisted record: strict about unknown fields, immutable once built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Provenance(Record):
+    """Where a record came from: the exact source line and the hash of its canonical form.
+
+    line_offset is the byte offset of the line in source_file (relative to ROOT), so a reader
+    can seek straight to it; line_number is 1-based for humans. recorded_at is the time the
+    source itself recorded the run, so provenance is byte-stable across re-runs (wall-clock
+    time of a pipeline run lives in receipts only).
+    """
+
+    source_file: NonEmptyStr
+    line_offset: int = Field(ge=0)
+    line_number: int = Field(ge=1)
+    sig_hash: Sha256Hex
+    recorded_at: UtcDatetime

@@ -1,0 +1,318 @@
+"""The source adapter contract.
+
+A source turns its input (a JSONL stream, a directory of trajectories...) into a stream of
+items, exactly one per input unit: an EvidenceRecord, or a QuarantineRecord saying why that
+unit could not become evidence. Collect counts on that one-to-one accounting (read = written
++ skipped + deduped), so an adapter never drops a unit silently and never raises on bad data.
+
+JSONL adapters only write `convert(row, ctx)`: `read_jsonl` does the line reading, decoding,
+parsing and error accounting for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from distill.config import Settings
+from distill.hashing import sig_hash
+from distill.jsonl import iter_raw_lines, loads
+from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
+from distill.records.common import UtcDatetime
+from distill.workspace import Workspace
+
+SourceItem = EvidenceRecord | QuarantineRecord
+EXCERPT_CHARS = 200
+
+
+class RowRejected(Exception):
+    """Raised by a converter: this row cannot become evidence, for this reason."""
+
+    def __init__(self, reason: QuarantineReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Source(Protocol):
+    name: str
+
+    def inputs(self, ws: Workspace) -> list[Path]:
+        """The files this source reads (for receipts' input hashes). Missing files are omitted."""
+        ...
+
+    def read(self, ws: Workspace, settings: Settings) -> Iterator[SourceItem]:
+        """One item per input unit, never an exception for bad data."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RowContext:
+    """What a converter knows about the row besides its content."""
+
+    source: str
+    source_file: str
+    line_offset: int
+    line_number: int
+    sig_hash: str
+
+    def provenance(self, recorded_at: datetime) -> Provenance:
+        return Provenance(
+            source_file=self.source_file,
+            line_offset=self.line_offset,
+            line_number=self.line_number,
+            sig_hash=self.sig_hash,
+            recorded_at=recorded_at,
+        )
+
+    def ref(self) -> SourceRef:
+        return SourceRef(
+            source_file=self.source_file,
+            line_offset=self.line_offset,
+            line_number=self.line_number,
+            sig_hash=self.sig_hash,
+        )
+
+
+Converter = Callable[[dict[str, Any], RowContext], EvidenceRecord]
+
+_TIMESTAMP = TypeAdapter(UtcDatetime)
+
+
+def parse_timestamp(value: Any, field: str) -> datetime:
+    """ISO-8601 text or epoch seconds/milliseconds -> UTC datetime, else RowRejected."""
+    if value is None or value == "":
+        raise RowRejected(QuarantineReason.MISSING_TIMESTAMP, f"no timestamp in '{field}'")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowRejected(
+            QuarantineReason.INVALID_TIMESTAMP, f"'{field}' is {type(value).__name__}, not a timestamp"
+        )
+    try:
+        return _TIMESTAMP.validate_python(value)
+    except ValidationError:
+        raise RowRejected(QuarantineReason.INVALID_TIMESTAMP, f"'{field}'={value!r:.60} is not a timestamp") from None
+
+
+def first_timestamp(row: dict[str, Any], *fields: str) -> datetime:
+    """The first present timestamp field among `fields`."""
+    for field in fields:
+        if row.get(field) not in (None, ""):
+            return parse_timestamp(row[field], field)
+    raise RowRejected(QuarantineReason.MISSING_TIMESTAMP, f"none of {list(fields)} present")
+
+
+def get_path(row: Any, path: str) -> Any:
+    """Value at a dotted path ("a.b.0.c"), or None when any step is missing."""
+    current = row
+    for part in path.split("."):
+        if isinstance(current, dict):
+            current = current.get(part)
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return None
+    return current
+
+
+def require_str(row: dict[str, Any], field: str, *, allow_empty: bool = False) -> str:
+    value = get_path(row, field)
+    if value is None:
+        raise RowRejected(QuarantineReason.MISSING_FIELD, f"missing '{field}'")
+    if not isinstance(value, str):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected str")
+    if not allow_empty and not value.strip():
+        reason = QuarantineReason.EMPTY_TEXT
+        raise RowRejected(reason, f"'{field}' is empty")
+    return value
+
+
+def optional_str(row: dict[str, Any], field: str) -> str | None:
+    value = get_path(row, field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected str")
+    return value
+
+
+def optional_int(row: dict[str, Any], field: str) -> int | None:
+    value = get_path(row, field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected int")
+    return value
+
+
+def optional_number(row: dict[str, Any], field: str) -> float | None:
+    value = get_path(row, field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected number")
+    return float(value)
+
+
+def str_list(row: dict[str, Any], field: str) -> list[str]:
+    """A list of strings; a single string becomes a one-item list; None becomes []."""
+    value = get_path(row, field)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' must be a list of strings")
+    return list(value)
+
+
+def quarantine(
+    *,
+    source: str,
+    reason: QuarantineReason,
+    error: str,
+    ref: SourceRef,
+    excerpt: bytes | str | None = None,
+    record_id: str | None = None,
+    stage: str = "collect",
+) -> QuarantineRecord:
+    if isinstance(excerpt, bytes):
+        excerpt = excerpt[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+    elif isinstance(excerpt, str):
+        excerpt = excerpt[:EXCERPT_CHARS]
+    return QuarantineRecord(
+        stage=stage,
+        source=source,
+        reason=reason,
+        errors=[error or reason.value],
+        record_id=record_id,
+        source_ref=ref,
+        excerpt=excerpt,
+    )
+
+
+def read_jsonl(
+    path: Path, *, source: str, ws: Workspace, settings: Settings, convert: Converter
+) -> Iterator[SourceItem]:
+    """Every line of one JSONL source file -> evidence or a reasoned quarantine row.
+
+    Blank lines are not input units and are not yielded. Everything else is: too long,
+    not UTF-8, torn (unterminated and unparseable), not JSON, not an object, or rejected by
+    the converter (RowRejected or a pydantic ValidationError).
+    """
+    rel = ws.relative(path)
+    max_bytes = settings.collect.max_line_bytes
+    try:
+        lines = iter_raw_lines(path, max_bytes)
+        for raw in lines:
+            base_ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
+            if raw.data is None:
+                yield quarantine(
+                    source=source,
+                    reason=QuarantineReason.LINE_TOO_LONG,
+                    error=f"line is {raw.length} bytes, limit collect.max_line_bytes={max_bytes}",
+                    ref=base_ref,
+                )
+                continue
+            if not raw.data.strip():
+                continue
+            try:
+                text = raw.data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield quarantine(
+                    source=source,
+                    reason=QuarantineReason.INVALID_UTF8,
+                    error=f"not UTF-8 at byte {exc.start}: {exc.reason}",
+                    ref=base_ref,
+                    excerpt=raw.data,
+                )
+                continue
+            try:
+                row = loads(text)
+            except (ValueError, RecursionError) as exc:
+                reason = QuarantineReason.MALFORMED_JSON if raw.terminated else QuarantineReason.TORN_LINE
+                detail = "unterminated last line (torn write?)" if not raw.terminated else "not JSON"
+                yield quarantine(
+                    source=source, reason=reason, error=f"{detail}: {str(exc)[:160]}", ref=base_ref, excerpt=text
+                )
+                continue
+            if not isinstance(row, dict):
+                yield quarantine(
+                    source=source,
+                    reason=QuarantineReason.NOT_AN_OBJECT,
+                    error=f"row is a JSON {type(row).__name__}, expected an object",
+                    ref=base_ref,
+                    excerpt=text,
+                )
+                continue
+            try:
+                sig = sig_hash(row)
+            except (TypeError, ValueError, RecursionError) as exc:
+                yield quarantine(
+                    source=source,
+                    reason=QuarantineReason.MALFORMED_JSON,
+                    error=f"row cannot be canonicalised: {str(exc)[:160]}",
+                    ref=base_ref,
+                    excerpt=text,
+                )
+                continue
+            ctx = RowContext(source, rel, raw.offset, raw.number, sig)
+            yield convert_row(row, ctx, convert, excerpt=text)
+    except OSError as exc:
+        yield quarantine(
+            source=source,
+            reason=QuarantineReason.UNREADABLE_SOURCE,
+            error=f"cannot read {rel}: {exc.strerror or exc}",
+            ref=SourceRef(source_file=rel),
+        )
+
+
+def convert_row(row: dict[str, Any], ctx: RowContext, convert: Converter, *, excerpt: str) -> SourceItem:
+    """Run a converter, turning its refusals into quarantine rows (never an exception)."""
+    try:
+        return convert(row, ctx)
+    except RowRejected as exc:
+        return quarantine(source=ctx.source, reason=exc.reason, error=exc.message, ref=ctx.ref(), excerpt=excerpt)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        kind = str(first.get("type", ""))
+        reason = (
+            QuarantineReason.MISSING_FIELD if kind == "missing" else QuarantineReason.WRONG_TYPE
+        )
+        return quarantine(
+            source=ctx.source,
+            reason=reason,
+            error=f"{loc or 'row'}: {first.get('msg', 'invalid')}"[:300],
+            ref=ctx.ref(),
+            excerpt=excerpt,
+        )
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        # A converter bug on an unexpected shape still must not crash collect.
+        return quarantine(
+            source=ctx.source,
+            reason=QuarantineReason.WRONG_TYPE,
+            error=f"unexpected row shape: {type(exc).__name__}: {str(exc)[:200]}",
+            ref=ctx.ref(),
+            excerpt=excerpt,
+        )
+
+
+@dataclass(frozen=True)
+class JsonlStream:
+    """A source that is one JSONL file (or a glob of them) under ROOT/_kb, plus a converter."""
+
+    name: str
+    pattern: str
+    convert: Converter
+
+    def inputs(self, ws: Workspace) -> list[Path]:
+        return sorted(p for p in ws.kb_dir.glob(self.pattern) if p.is_file())
+
+    def read(self, ws: Workspace, settings: Settings) -> Iterator[SourceItem]:
+        for path in self.inputs(ws):
+            yield from read_jsonl(path, source=self.name, ws=ws, settings=settings, convert=self.convert)

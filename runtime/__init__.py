@@ -1,0 +1,1 @@
+"""The replay runtime: retrieve -> bundle -> local model -> deterministic gate -> escalate -> log."""

