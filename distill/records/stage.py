@@ -1,0 +1,74 @@
+"""StageReport: what every stage returns (collect, score, export-*, index).
+
+The counts obey conservation: rows_in = written + quarantined + deduped + skipped, in total and
+per source. Receipts wrap this report with hashes and timing; the CLI prints it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class Counts(BaseModel):
+    rows_in: int = 0
+    written: int = 0
+    quarantined: int = 0
+    deduped: int = Field(0, description="already present from an earlier run (idempotence)")
+    skipped: int = Field(0, description="not this stage's business (e.g. a filter), counted not dropped")
+    by_reason: dict[str, int] = Field(default_factory=dict, description="quarantine reasons")
+    by_category: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.written + self.quarantined + self.deduped + self.skipped
+
+    def add(self, other: Counts) -> None:
+        self.rows_in += other.rows_in
+        self.written += other.written
+        self.quarantined += other.quarantined
+        self.deduped += other.deduped
+        self.skipped += other.skipped
+        self.by_reason = dict(Counter(self.by_reason) + Counter(other.by_reason))
+        self.by_category = dict(Counter(self.by_category) + Counter(other.by_category))
+
+    def bump(self, field: str, *, reason: str | None = None, category: str | None = None) -> None:
+        """Count one row as `field` (written/quarantined/deduped/skipped); rows_in too."""
+        self.rows_in += 1
+        setattr(self, field, getattr(self, field) + 1)
+        if reason is not None:
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if category is not None:
+            self.by_category[category] = self.by_category.get(category, 0) + 1
+
+
+class StageReport(BaseModel):
+    stage: str
+    totals: Counts = Field(default_factory=Counts)
+    by_source: dict[str, Counts] = Field(default_factory=dict)
+    inputs: list[str] = Field(default_factory=list, description="files read, relative to ROOT")
+    outputs: list[str] = Field(default_factory=list, description="files written, relative to ROOT")
+    dry_run: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+    def source(self, name: str) -> Counts:
+        return self.by_source.setdefault(name, Counts())
+
+    def finalize(self) -> StageReport:
+        """Recompute totals from the per-source counts (when per-source counting was used)."""
+        if self.by_source:
+            totals = Counts()
+            for counts in self.by_source.values():
+                totals.add(counts)
+            self.totals = totals
+        return self
+
+    @model_validator(mode="after")
+    def _sorted(self) -> StageReport:
+        self.by_source = dict(sorted(self.by_source.items()))
+        return self
+
+    @property
+    def balanced(self) -> bool:
+        return self.totals.balanced and all(c.balanced for c in self.by_source.values())
