@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -62,6 +62,9 @@ class Provenance(Record):
     """
 
     source_file: NonEmptyStr
+    unit: Literal["line", "file"] = Field(
+        "line", description="line: one JSONL line at line_offset; file: the whole file is the row"
+    )
     line_offset: int = Field(ge=0)
     line_number: int = Field(ge=1)
     sig_hash: Sha256Hex
