@@ -1,0 +1,149 @@
+"""`distill collect`: source streams -> evidence view (EvidenceRecord v1), partitioned by created_at.
+
+Streams every source line by line; memory holds the dedup keys (16 bytes per evidence row) and
+bounded write buffers, never a whole file. Each input unit becomes exactly one of: a new evidence
+row, a duplicate of evidence already collected (deduped), or a quarantine row with a reason.
+Evidence is append-only (whole lines under a lock); the collect quarantine file is rewritten
+whole each run (temp + rename), so an unchanged input leaves every output byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from distill.config import Settings
+from distill.jsonl import append_lines, atomic_writer, dumps, iter_raw_lines, loads, lock_for, repair_torn_tail
+from distill.records import EvidenceRecord, QuarantineRecord
+from distill.records.stage import StageReport
+from distill.sources.base import Source
+from distill.workspace import Workspace, iter_partition_files, partition_path
+
+STAGE = "collect"
+FLUSH_LINES = 2_000
+FLUSH_BYTES = 8 << 20
+
+
+def evidence_key(run_id: str, sig: str) -> bytes:
+    """Dedup identity of an evidence row: one (run_id, sig_hash) pair, as a 16-byte digest."""
+    return hashlib.blake2b(f"{run_id}|{sig}".encode(), digest_size=16).digest()
+
+
+def load_evidence_keys(evidence_dir: Path, *, repair: bool) -> set[bytes]:
+    """Keys of every evidence row already collected. Torn tails are cut first when `repair`."""
+    keys: set[bytes] = set()
+    for path in iter_partition_files(evidence_dir):
+        if repair:
+            with lock_for(path):
+                repair_torn_tail(path)
+        for raw in iter_raw_lines(path):
+            if not raw.terminated or not raw.data:
+                continue
+            try:
+                row = loads(raw.data)
+                keys.add(evidence_key(row["run_id"], row["provenance"]["sig_hash"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # not evidence we wrote; score's reader quarantines it
+    return keys
+
+
+class _PartitionWriter:
+    """Buffers evidence lines per partition file and appends them in batches."""
+
+    def __init__(self, dry_run: bool) -> None:
+        self.dry_run = dry_run
+        self.buffers: dict[Path, list[bytes]] = {}
+        self.buffered_bytes = 0
+        self.touched: set[Path] = set()
+
+    def add(self, path: Path, line: bytes) -> None:
+        self.buffers.setdefault(path, []).append(line)
+        self.buffered_bytes += len(line)
+        if len(self.buffers[path]) >= FLUSH_LINES or self.buffered_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        for path, lines in self.buffers.items():
+            if lines and not self.dry_run:
+                append_lines(path, lines)
+                self.touched.add(path)
+        self.buffers.clear()
+        self.buffered_bytes = 0
+
+
+def default_sources(ws: Workspace, settings: Settings) -> list[Source]:
+    from distill.sources.registry import discover_sources
+
+    return discover_sources(ws, settings)
+
+
+def run_collect(
+    ws: Workspace,
+    settings: Settings,
+    *,
+    sources: Sequence[Source] | None = None,
+    dry_run: bool = False,
+) -> StageReport:
+    """Collect every source into ROOT/evidence; returns per-source counts (read = written +
+    quarantined + deduped)."""
+    chosen = list(sources) if sources is not None else default_sources(ws, settings)
+    report = StageReport(stage=STAGE, dry_run=dry_run)
+    seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run)
+    writer = _PartitionWriter(dry_run)
+    quarantine_path = ws.quarantine_path(STAGE)
+    inputs: set[str] = set()
+
+    def consume(quarantine_out: _QuarantineSink) -> None:
+        for source in chosen:
+            counts = report.source(source.name)
+            inputs.update(ws.relative(p) for p in source.inputs(ws))
+            for item in source.read(ws, settings):
+                if isinstance(item, QuarantineRecord):
+                    counts.bump("quarantined", reason=item.reason.value)
+                    quarantine_out.write(item)
+                    continue
+                key = evidence_key(item.run_id, item.provenance.sig_hash)
+                if key in seen:
+                    counts.bump("deduped")
+                    continue
+                seen.add(key)
+                counts.bump("written", category=item.model_role.value)
+                writer.add(partition_path(ws.evidence_dir, item.created_at, item.source), _evidence_line(item))
+        writer.flush()
+
+    if dry_run:
+        consume(_QuarantineSink(None))
+    else:
+        with atomic_writer(quarantine_path) as fh:
+            consume(_QuarantineSink(fh))
+    report.inputs = sorted(inputs)
+    report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
+    if not dry_run:
+        report.outputs.append(ws.relative(quarantine_path))
+    return report.finalize()
+
+
+def _evidence_line(record: EvidenceRecord) -> bytes:
+    return dumps(record.to_json_dict())
+
+
+class _QuarantineSink:
+    def __init__(self, fh: object | None) -> None:
+        self.fh = fh
+
+    def write(self, record: QuarantineRecord) -> None:
+        if self.fh is not None:
+            self.fh.write(dumps(record.to_json_dict()) + b"\n")  # type: ignore[attr-defined]
+
+
+def iter_evidence(ws: Workspace) -> Iterable[tuple[Path, EvidenceRecord]]:
+    """Every evidence row (partition order). Rows that no longer validate are skipped here;
+    score's reader is the place that accounts for them."""
+    for path in iter_partition_files(ws.evidence_dir):
+        for raw in iter_raw_lines(path):
+            if raw.terminated and raw.data:
+                try:
+                    yield path, EvidenceRecord.model_validate_json(raw.data)
+                except ValueError:
+                    continue
