@@ -25,8 +25,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+DISTILL := $(VENV)/bin/distill
+
 demo: $(STAMP)
-	$(PY) -m distill.demo --root $(DEMO_ROOT)
+	rm -rf $(DEMO_ROOT)
+	$(DISTILL) init $(DEMO_ROOT) --sample
+	$(DISTILL) collect --root $(DEMO_ROOT)
+	$(DISTILL) score --root $(DEMO_ROOT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache
