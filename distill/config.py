@@ -55,24 +55,37 @@ class RuntimeSettings(BaseModel):
     backend: Literal["auto", "ollama", "openai", "llamacpp"] = "auto"
     ollama_host: str | None = Field(None, description="None: the ollama client reads OLLAMA_HOST")
     ollama_model: str = "qwen2.5:7b-instruct"
+    ollama_probe_timeout_s: float = Field(1.0, gt=0, description="how long `auto` waits for Ollama")
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key_env: str = "OPENAI_API_KEY"
     gguf_path: Path | None = Field(None, description="None: the GGUF packaged on PyPI")
-    num_ctx: int = 4096
-    max_tokens: int = 512
+    gguf_chat_template: str | None = Field(
+        None, description="llama.cpp built-in template name; None: the GGUF's own (gemma for the packaged one)"
+    )
+    model_cache_dir: Path | None = Field(None, description="None: ~/.cache/distill/models")
+    embedded_threads: int | None = Field(None, ge=1, description="None: every CPU core")
+    num_ctx: int = Field(4096, ge=256)
+    max_tokens: int = Field(512, ge=1)
     temperature: float = 0.0
-    timeout_s: float = 120.0
+    timeout_s: float = Field(120.0, gt=0)
     k: int = 8
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] = "hybrid"
+    exemplars: int = Field(3, ge=0, description="accepted hits kept in the bundle")
+    warnings: int = Field(2, ge=0, description="partially accepted hits kept in the bundle")
+    max_validation_steps: int = Field(10, ge=0)
+    item_max_chars: int = Field(2000, ge=100, description="one retrieved text is cut to this before budgeting")
+    chars_per_token: float = Field(3.0, gt=0, description="conservative estimate used by the prompt budget")
     escalation_backend: Literal["ollama", "openai", "llamacpp"] = "openai"
     escalation_model: str = "gpt-4o"
+    escalation_base_url: str | None = Field(None, description="None: openai_base_url")
 
 
 class GateSettings(BaseModel):
     min_chars: int = 40
     max_chars: int = 8000
-    min_checklist_overlap: float = 0.2
+    min_checklist_overlap: float = Field(0.2, ge=0, le=1)
+    require_citation: bool = Field(False, description="fail answers that cite no path or record id")
     hedging_phrases: list[str] = Field(
         default_factory=lambda: [
             "i'm not sure",
@@ -86,6 +99,21 @@ class GateSettings(BaseModel):
             "might be",
             "may or may not",
         ]
+    )
+    placeholder_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"\bTODO\b",
+            r"\bFIXME\b",
+            r"\btodo!\s*\(",
+            r"\bunimplemented!?\s*\(",
+            r"\bunimplemented\b",
+            r"\bnot (?:yet )?implemented\b",
+            r"\bNotImplementedError\b",
+            r"\blorem ipsum\b",
+            r"<\s*(?:insert|placeholder|your)[^>]*>",
+            r"\[\s*(?:insert|placeholder)[^\]]*\]",
+        ],
+        description="regular expressions (case-insensitive)",
     )
 
 

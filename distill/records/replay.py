@@ -23,6 +23,7 @@ class RetrievedItem(Record):
     source_run_id: str | None = None
     title: str | None = None
     text: str = ""
+    source_files: list[str] = Field(default_factory=list, description="paths the retrieved run cited")
 
 
 class ContextBundle(Record):
@@ -31,7 +32,11 @@ class ContextBundle(Record):
     validation_steps: list[str] = Field(default_factory=list)
     trimmed: bool = False
     trimmed_items: list[str] = Field(default_factory=list, description="ids dropped to fit the budget")
+    cut_items: list[str] = Field(default_factory=list, description="ids whose text was shortened")
+    dropped_steps: int = Field(0, ge=0, description="validation steps dropped to fit the budget")
     prompt_chars: int = 0
+    budget_chars: int = Field(0, ge=0, description="prompt size the context window allowed")
+    nonce: str | None = Field(None, description="tag that fences retrieved text in the prompt")
 
 
 class GateCheck(Record):
@@ -54,6 +59,8 @@ class Attempt(Record):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     truncated: bool = False
+    finish_reason: str | None = None
+    escalation: bool = False
     error: str | None = None
 
 
@@ -71,4 +78,6 @@ class ReplayRun(Record):
     escalated: bool = False
     final_verdict: FinalVerdict
     final_output: str = ""
+    warnings: list[str] = Field(default_factory=list, description="e.g. a stale index")
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="retrieve, generate, total...")
     created_at: UtcDatetime

@@ -1,0 +1,76 @@
+"""Model backends behind one interface (`generate(messages, ...) -> Generation`, `BackendError`).
+
+Each backend module imports its client library only when that backend is built, so choosing
+Ollama never imports openai or llama.cpp, and `replay --help` imports none of them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from distill.config import RuntimeSettings
+from runtime.backends.base import Backend, BackendError, Generation, Messages
+
+BackendKind = Literal["auto", "ollama", "openai", "llamacpp"]
+
+__all__ = ["Backend", "BackendError", "BackendKind", "Generation", "Messages", "escalation_backend", "make_backend"]
+
+
+def make_backend(kind: BackendKind, rt: RuntimeSettings, *, model: str | None = None) -> Backend:
+    """The local backend the user asked for; `auto` = Ollama if reachable, else embedded, else advice."""
+    if kind == "ollama":
+        from runtime.backends.ollama_backend import OllamaBackend
+
+        return OllamaBackend(model or rt.ollama_model, host=rt.ollama_host, num_ctx=rt.num_ctx, timeout=rt.timeout_s)
+    if kind == "openai":
+        from runtime.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            model or rt.openai_model, base_url=rt.openai_base_url, api_key_env=rt.openai_api_key_env, timeout=rt.timeout_s
+        )
+    if kind == "llamacpp":
+        from runtime.backends.llamacpp_backend import LlamaCppBackend
+
+        gguf = rt.gguf_path
+        if model and gguf is None and model.endswith(".gguf"):
+            from pathlib import Path
+
+            gguf = Path(model)
+        return LlamaCppBackend(
+            gguf,
+            num_ctx=rt.num_ctx,
+            threads=rt.embedded_threads,
+            chat_template=rt.gguf_chat_template,
+            cache_dir=rt.model_cache_dir,
+        )
+    if kind == "auto":
+        from runtime.backends import llamacpp_backend, ollama_backend
+
+        if ollama_backend.reachable(rt.ollama_host, rt.ollama_probe_timeout_s):
+            return make_backend("ollama", rt, model=model)
+        if llamacpp_backend.importable():
+            return make_backend("llamacpp", rt, model=model)
+        where = rt.ollama_host or "OLLAMA_HOST (default http://127.0.0.1:11434)"
+        raise BackendError(
+            f"no local model backend: Ollama is not reachable at {where} and the embedded backend is not installed. "
+            f"Start Ollama (`ollama serve`, then `ollama pull {model or rt.ollama_model}`) "
+            "or install the embedded extra (`pip install 'distill[embedded]'`).",
+            backend="auto",
+        )
+    raise BackendError(f"unknown backend {kind!r} (choose auto, ollama, openai or llamacpp)")
+
+
+def escalation_backend(rt: RuntimeSettings) -> Backend:
+    """The bigger model a failed local answer may escalate to (settings.runtime.escalation_*)."""
+    if rt.escalation_backend == "openai":
+        from runtime.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            rt.escalation_model,
+            base_url=rt.escalation_base_url or rt.openai_base_url,
+            api_key_env=rt.openai_api_key_env,
+            timeout=rt.timeout_s,
+        )
+    if rt.escalation_backend == "ollama":
+        return make_backend("ollama", rt, model=rt.escalation_model)
+    return make_backend("llamacpp", rt, model=rt.escalation_model)

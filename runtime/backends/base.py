@@ -1,0 +1,50 @@
+"""The one interface every model backend implements, and the one error type they raise.
+
+Callers (replay, escalation, benchmarks) see `generate(messages, ...) -> Generation` and
+`BackendError`, never a client library's own exceptions, so a failed call is always a message
+that can be shown and logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from distill.errors import DistillError
+
+Messages = list[dict[str, str]]
+
+
+class BackendError(DistillError):
+    """A model call failed or the backend is unusable; the message says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, backend: str = "", model: str = "") -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.model = model
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    truncated: bool
+    finish_reason: str | None = None
+    prompt_truncated: bool = False
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+
+    def generate(
+        self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float
+    ) -> Generation: ...
+
+
+def prompt_chars(messages: Messages) -> int:
+    return sum(len(m.get("content", "")) for m in messages)

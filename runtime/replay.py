@@ -1,0 +1,229 @@
+"""One replay: retrieve -> bundle -> prompt -> local model -> gate -> (escalate) -> log.
+
+A `ReplaySession` holds what is expensive to open (the searcher, the backends) so a batch opens
+each once; `run(task)` returns the ReplayRun it appended to ROOT/_kb/replay_runs.jsonl. Every
+run is logged, including one whose backend call failed (the attempt carries the error).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from distill.config import Settings
+from distill.errors import UsageError
+from distill.hashing import sha256_hex
+from distill.jsonl import append_json
+from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
+from distill.workspace import Workspace
+from runtime.backends import Backend, BackendError, BackendKind, escalation_backend, make_backend
+from runtime.bundle import build_bundle, retrieved_list
+from runtime.gate import validate
+from runtime.prompt import Prompt, assemble
+
+PASSING_VERDICTS: frozenset[str] = frozenset({"validated_local", "escalated_validated"})
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    k: int = 8
+    mode: str = "hybrid"
+    backend: BackendKind = "auto"
+    model: str | None = None
+    local_only: bool = False
+    allow_escalation: bool = False
+    no_retrieval: bool = False
+    chroma_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_only and self.allow_escalation:
+            raise UsageError("--local-only and --allow-escalation contradict each other: pick one")
+        if self.k < 1:
+            raise UsageError("--k must be at least 1")
+
+
+def task_hash(task: str) -> str:
+    """Whitespace-normalised so re-running the same task gives the same hash."""
+    return sha256_hex(" ".join(task.split()))
+
+
+def index_staleness(ws: Workspace) -> str | None:
+    """A warning when the index manifest is older than the RAG export it should reflect."""
+    manifest = ws.index_dir / "manifest.json"
+    try:
+        export_mtime = ws.rag_path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        index_mtime = manifest.stat().st_mtime
+    except FileNotFoundError:
+        return f"no index manifest at {manifest}: run `distill index --root {ws.root}`"
+    if index_mtime < export_mtime:
+        return (
+            f"the index ({manifest}) is older than {ws.rag_path}: "
+            f"run `distill index --root {ws.root}` to pick up the new export"
+        )
+    return None
+
+
+def _attempt(
+    backend: Backend, prompt: Prompt, task: str, settings: Settings, *, escalation: bool
+) -> Attempt:
+    rt = settings.runtime
+    try:
+        gen = backend.generate(
+            prompt.messages, max_tokens=rt.max_tokens, temperature=rt.temperature, timeout=rt.timeout_s
+        )
+    except BackendError as exc:
+        return Attempt(backend=backend.name, model=backend.model, error=str(exc), escalation=escalation)
+    gate = validate(gen.text, prompt.bundle, task, settings.gate)
+    return Attempt(
+        backend=backend.name,
+        model=backend.model,
+        output=gen.text,
+        gate=gate,
+        latency_ms=round(gen.latency_ms, 3),
+        prompt_tokens=gen.prompt_tokens,
+        completion_tokens=gen.completion_tokens,
+        truncated=gen.truncated,
+        finish_reason=gen.finish_reason,
+        escalation=escalation,
+    )
+
+
+def _passed(a: Attempt) -> bool:
+    return a.error is None and a.gate is not None and a.gate.passed
+
+
+@dataclass
+class ReplaySession:
+    ws: Workspace
+    settings: Settings
+    options: ReplayOptions
+    searcher: Any = None
+    local: Backend | None = None
+    escalation: Backend | None = None
+    log: bool = True
+    warnings: list[str] = field(default_factory=list)
+    first_backend_call_s: float | None = None
+    _local_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.options.no_retrieval:
+            stale = index_staleness(self.ws)
+            if stale:
+                self.warnings.append(stale)
+
+    # lazily opened resources -------------------------------------------------------------
+    def _searcher(self) -> Any:
+        if self.searcher is None:
+            from index.search import open_searcher
+
+            self.searcher = open_searcher(self.ws, self.settings, chroma_url=self.options.chroma_url)
+        return self.searcher
+
+    def local_backend(self) -> Backend:
+        """Built once; a failure to build is remembered so a batch does not retry it per task."""
+        if self.local is None:
+            if self._local_error is not None:
+                raise BackendError(self._local_error, backend=self.options.backend)
+            try:
+                self.local = make_backend(self.options.backend, self.settings.runtime, model=self.options.model)
+            except BackendError as exc:
+                self._local_error = str(exc)
+                raise
+        return self.local
+
+    # one task ------------------------------------------------------------------------------
+    def retrieve(self, task: str) -> list[Any]:
+        if self.options.no_retrieval:
+            return []
+        return list(self._searcher().search(task, k=self.options.k, mode=self.options.mode))  # type: ignore[arg-type]
+
+    def run(self, task: str, *, task_id: str | None = None) -> ReplayRun:
+        if not task.strip():
+            raise UsageError("the task is empty")
+        rt = self.settings.runtime
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        hits = self.retrieve(task)
+        t1 = time.perf_counter()
+        timings["retrieve"] = (t1 - t0) * 1000
+        bundle: ContextBundle = build_bundle(
+            hits, exemplars=rt.exemplars, warnings=rt.warnings, max_steps=rt.max_validation_steps
+        )
+        prompt = assemble(
+            task,
+            bundle,
+            num_ctx=rt.num_ctx,
+            max_tokens=rt.max_tokens,
+            chars_per_token=rt.chars_per_token,
+            item_max_chars=rt.item_max_chars,
+        )
+        t2 = time.perf_counter()
+        timings["bundle"] = (t2 - t1) * 1000
+
+        attempts: list[Attempt] = []
+        try:
+            local = self.local_backend()
+        except BackendError as exc:
+            attempts.append(
+                Attempt(backend=exc.backend or self.options.backend, model=self.options.model or "-", error=str(exc))
+            )
+        else:
+            if self.first_backend_call_s is None:
+                self.first_backend_call_s = time.perf_counter()
+            attempts.append(_attempt(local, prompt, task, self.settings, escalation=False))
+        t3 = time.perf_counter()
+        timings["local"] = (t3 - t2) * 1000
+
+        escalated = False
+        if not _passed(attempts[0]) and self.options.allow_escalation and not self.options.local_only:
+            escalated = True
+            try:
+                if self.escalation is None:
+                    self.escalation = escalation_backend(rt)
+                attempts.append(_attempt(self.escalation, prompt, task, self.settings, escalation=True))
+            except BackendError as exc:
+                attempts.append(
+                    Attempt(backend=rt.escalation_backend, model=rt.escalation_model, error=str(exc), escalation=True)
+                )
+            timings["escalation"] = (time.perf_counter() - t3) * 1000
+
+        verdict: FinalVerdict
+        final = attempts[-1]
+        if not escalated:
+            if _passed(final):
+                verdict = "validated_local"
+            elif final.error is not None:
+                verdict = "error"
+            else:
+                verdict = "failed"
+        else:
+            verdict = "escalated_validated" if _passed(final) else "escalated_failed"
+        timings["total"] = (time.perf_counter() - t0) * 1000
+
+        run = ReplayRun(
+            run_id=f"replay-{uuid.uuid4().hex}",
+            task=task,
+            task_hash=task_hash(task),
+            task_id=task_id,
+            retrieval_mode="none" if self.options.no_retrieval else self.options.mode,
+            k=0 if self.options.no_retrieval else self.options.k,
+            retrieved=retrieved_list(hits),
+            bundle=prompt.bundle,
+            attempts=attempts,
+            escalated=escalated,
+            final_verdict=verdict,
+            final_output=next((a.output for a in reversed(attempts) if a.error is None), ""),
+            warnings=list(self.warnings),
+            timings_ms={key: round(v, 3) for key, v in timings.items()},
+            created_at=datetime.now(UTC),
+        )
+        if self.log:
+            append_json(self.ws.replay_log, [run.to_json_dict()])
+        return run
