@@ -1,0 +1,97 @@
+"""`distill index` (incremental re-indexing of the RAG export) and `distill search QUERY`.
+
+chromadb, bm25s and sentence-transformers are imported inside the command bodies, so
+`distill --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from distill.cli.common import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
+from distill.errors import UsageError
+
+ChromaUrlOption = Annotated[
+    str | None,
+    typer.Option("--chroma-url", help="a Chroma server (`chroma run`), e.g. http://127.0.0.1:8000; default: embedded under ROOT/index/chroma"),
+]
+MODES = ("hybrid", "dense", "bm25", "jaccard")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("index")
+    @handle_errors
+    def index_command(
+        rebuild: Annotated[bool, typer.Option("--rebuild", help="drop the index and embed everything again")] = False,
+        chroma_url: ChromaUrlOption = None,
+        root: RootOption = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Bring ROOT/index in step with exports/rag/playbooks.jsonl: embed only new/changed rows."""
+        from index.build import run_index
+
+        ws, settings = open_workspace(root)
+        report = run_index(ws, settings, rebuild=rebuild, chroma_url=chroma_url, progress=None if not json_out else False)
+        if json_out:
+            emit_json(report)
+            return
+        out = console()
+        out.print(
+            f"index: [bold]{report.count}[/] documents — added {report.added}, updated {report.updated}, "
+            f"deleted {report.deleted}, unchanged {report.unchanged}; embedded {report.embedded} "
+            f"in {report.timings_s.get('total', 0):.2f}s",
+            highlight=False,
+        )
+        quarantined = report.stage_report.totals.quarantined
+        if quarantined:
+            out.print(f"[yellow]{quarantined} export rows could not be indexed[/] (see exports/quarantine/index.jsonl)")
+        out.print(f"model {report.model_id} ({report.dimension}d), chroma {report.chroma}", highlight=False)
+
+    @app.command("search")
+    @handle_errors
+    def search_command(
+        query: Annotated[str, typer.Argument(help="what to look for")],
+        k: Annotated[int, typer.Option("--k", min=1, max=1000, help="how many hits")] = 8,
+        mode: Annotated[str, typer.Option("--mode", help="hybrid | dense | bm25 | jaccard")] = "hybrid",
+        category: Annotated[
+            list[str] | None,
+            typer.Option("--category", help="keep only hits of this category (repeatable), e.g. accepted"),
+        ] = None,
+        chroma_url: ChromaUrlOption = None,
+        root: RootOption = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Search the index built by `distill index`."""
+        if mode not in MODES:
+            raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        from index.search import open_searcher
+
+        ws, settings = open_workspace(root)
+        searcher = open_searcher(ws, settings, chroma_url=chroma_url)
+        hits = searcher.search(query, k=k, mode=mode, categories=category or None)  # type: ignore[arg-type]
+        stale = searcher.export_changed(ws)
+        if json_out:
+            emit_json(
+                {
+                    "query": query,
+                    "mode": mode,
+                    "k": k,
+                    "categories": category or [],
+                    "index_stale": stale,
+                    "hits": [h.model_dump(mode="json") for h in hits],
+                }
+            )
+            return
+        out = console()
+        if stale:
+            out.print("[yellow]the RAG export changed since the last `distill index`[/]")
+        if not hits:
+            out.print("no hits")
+        for hit in hits:
+            first = " ".join(hit.text.split())[:160]
+            out.print(
+                f"{hit.rank:>2}. [bold]{hit.title or hit.id}[/] [dim]{hit.id} {hit.category or ''} score={hit.score:.4f}[/]\n    {first}",
+                highlight=False,
+            )

