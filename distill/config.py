@@ -137,6 +137,10 @@ class FieldMapping(BaseModel):
     source_files: str | None = None
     markers: list[str] = Field(default_factory=list)
     metadata: list[str] = Field(default_factory=list)
+    verdict: str | None = Field(None, description="field path the scorer maps to a category via verdict_map")
+    verdict_map: dict[str, Literal["accepted", "partially_accepted", "rejected", "needs_human_review"]] = Field(
+        default_factory=dict, description="raw verdict value -> category; unmapped values need human review"
+    )
 
 
 class Settings(BaseSettings):
