@@ -154,11 +154,11 @@ def replay(
     )
     session = ReplaySession(ws, settings, options)
     errc = err_console()
-    for warning in session.warnings:
-        errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
     if task is not None:
         run = session.run(task)
+        for warning in run.warnings:
+            errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
         if json_out:
             emit_json(run)
         else:
@@ -181,6 +181,8 @@ def replay(
         for text, task_id in tasks:
             runs.append(session.run(text, task_id=task_id))
             progress.advance(bar)
+    for warning in session.warnings:
+        errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
     verdicts = [r.final_verdict for r in runs]
     counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     summary = {

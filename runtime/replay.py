@@ -50,8 +50,13 @@ def task_hash(task: str) -> str:
     return sha256_hex(" ".join(task.split()))
 
 
-def index_staleness(ws: Workspace) -> str | None:
-    """A warning when the index manifest is older than the RAG export it should reflect."""
+def index_staleness(ws: Workspace, searcher: Any = None) -> str | None:
+    """A warning when the index manifest is older than the RAG export it should reflect.
+
+    The mtime comparison is the cheap test; when the searcher can compare the export's content
+    hash with the one it was built from (IndexSearcher.export_changed), a rewrite of identical
+    content does not count as stale.
+    """
     manifest = ws.index_dir / "manifest.json"
     try:
         export_mtime = ws.rag_path.stat().st_mtime
@@ -61,12 +66,15 @@ def index_staleness(ws: Workspace) -> str | None:
         index_mtime = manifest.stat().st_mtime
     except FileNotFoundError:
         return f"no index manifest at {manifest}: run `distill index --root {ws.root}`"
-    if index_mtime < export_mtime:
-        return (
-            f"the index ({manifest}) is older than {ws.rag_path}: "
-            f"run `distill index --root {ws.root}` to pick up the new export"
-        )
-    return None
+    if index_mtime >= export_mtime:
+        return None
+    changed = getattr(searcher, "export_changed", None)
+    if callable(changed) and not changed(ws):
+        return None
+    return (
+        f"the index ({manifest}) is older than {ws.rag_path}: "
+        f"run `distill index --root {ws.root}` to pick up the new export"
+    )
 
 
 def _attempt(
@@ -111,11 +119,7 @@ class ReplaySession:
     first_backend_call_s: float | None = None
     _local_error: str | None = None
 
-    def __post_init__(self) -> None:
-        if not self.options.no_retrieval:
-            stale = index_staleness(self.ws)
-            if stale:
-                self.warnings.append(stale)
+    _staleness_checked: bool = False
 
     # lazily opened resources -------------------------------------------------------------
     def _searcher(self) -> Any:
@@ -141,7 +145,13 @@ class ReplaySession:
     def retrieve(self, task: str) -> list[Any]:
         if self.options.no_retrieval:
             return []
-        return list(self._searcher().search(task, k=self.options.k, mode=self.options.mode))  # type: ignore[arg-type]
+        searcher = self._searcher()
+        if not self._staleness_checked:
+            self._staleness_checked = True
+            stale = index_staleness(self.ws, searcher)
+            if stale:
+                self.warnings.append(stale)
+        return list(searcher.search(task, k=self.options.k, mode=self.options.mode))
 
     def run(self, task: str, *, task_id: str | None = None) -> ReplayRun:
         if not task.strip():

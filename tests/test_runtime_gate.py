@@ -1,0 +1,139 @@
+"""The validation gate is a pure function: each check's verdict and reason, thresholds from settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.config import GateSettings
+from distill.records.replay import ContextBundle, RetrievedItem
+from runtime.gate import cited_ids, cited_paths, validate
+
+BUNDLE = ContextBundle(
+    exemplars=[
+        RetrievedItem(
+            id="rag-0123456789abcdef",
+            score=0.9,
+            rank=1,
+            category="accepted",
+            source_run_id="run-0001",
+            title="Provider routing",
+            text="Routing lives in crates/gateway/src/main.rs and uses ProviderAdapter.",
+            source_files=["crates/gateway/src/main.rs", "crates/gateway/src/router.rs"],
+        )
+    ],
+    validation_steps=[
+        "Verify the router falls back to openrouter when the primary provider times out",
+        "Check that every request carries the provider header",
+    ],
+)
+TASK = "Audit provider routing in the gateway"
+GOOD = (
+    "Routing is implemented in crates/gateway/src/main.rs (ProviderAdapter, rag-0123456789abcdef). The router falls back "
+    "to openrouter when the primary provider times out and each request carries the provider header."
+)
+
+
+def checks(result):
+    return {c.name: c for c in result.checks}
+
+
+def test_grounded_answer_passes_every_check() -> None:
+    result = validate(GOOD, BUNDLE, TASK, GateSettings())
+    assert result.passed, result
+    assert [c.name for c in result.checks] == ["non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding"]
+    assert all(c.reason for c in result.checks)
+    assert "appear in the bundle" in checks(result)["grounding"].reason
+
+
+def test_empty_and_length_bounds() -> None:
+    empty = checks(validate("   ", BUNDLE, TASK, GateSettings()))
+    assert not empty["non_empty"].passed and empty["non_empty"].reason == "the answer is empty"
+    short = checks(validate("Fine.", BUNDLE, TASK, GateSettings()))
+    assert not short["length"].passed and "below the minimum 40" in short["length"].reason
+    long = checks(validate(GOOD, BUNDLE, TASK, GateSettings(max_chars=50)))
+    assert not long["length"].passed and "above the maximum 50" in long["length"].reason
+
+
+@pytest.mark.parametrize("phrase", ["I'm not sure", "It might be", "As an AI", "hard to say"])
+def test_hedging_phrases_fail(phrase: str) -> None:
+    result = validate(f"{phrase} whether {GOOD}", BUNDLE, TASK, GateSettings())
+    assert not result.passed
+    c = checks(result)["hedging"]
+    assert not c.passed and phrase.lower().split()[-1] in c.reason.lower()
+
+
+def test_hedging_needs_word_boundaries() -> None:
+    # "mightily" contains "might" but is not the phrase "might be"
+    assert checks(validate("The team worked mightily. " + GOOD, BUNDLE, TASK, GateSettings()))["hedging"].passed
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    ["TODO: fill in the fallback", "fn route() { todo!() }", "unimplemented!()", "This is not implemented yet",
+     "Lorem ipsum dolor sit amet", "raise NotImplementedError", "see <insert path here>", "FIXME later"],
+)
+def test_placeholders_fail(snippet: str) -> None:
+    result = validate(f"{GOOD}\n{snippet}", BUNDLE, TASK, GateSettings())
+    c = checks(result)["placeholders"]
+    assert not c.passed and "placeholder patterns" in c.reason
+    assert not result.passed
+
+
+def test_placeholder_patterns_are_configurable() -> None:
+    text = GOOD + " Marked XXX for follow-up."
+    assert checks(validate(text, BUNDLE, TASK, GateSettings()))["placeholders"].passed
+    custom = GateSettings(placeholder_patterns=[r"\bXXX\b"])
+    assert not checks(validate(text, BUNDLE, TASK, custom))["placeholders"].passed
+
+
+def test_checklist_overlap_threshold() -> None:
+    off_topic = "The deployment uses blue green rollouts with automated canary analysis and rollback on errors."
+    c = checks(validate(off_topic, BUNDLE, TASK, GateSettings()))["checklist_overlap"]
+    assert not c.passed and "need 0.20" in c.reason and "missing e.g." in c.reason
+    assert checks(validate(off_topic, BUNDLE, TASK, GateSettings(min_checklist_overlap=0.0)))["checklist_overlap"].passed
+
+
+def test_checklist_skipped_with_pass_when_bundle_has_no_steps() -> None:
+    c = checks(validate(GOOD, ContextBundle(), TASK, GateSettings()))["checklist_overlap"]
+    assert c.passed and c.reason.startswith("skipped")
+
+
+def test_ungrounded_path_and_id_fail_with_names() -> None:
+    text = GOOD + " The fix belongs in src/providers/fallback.py, see record rag-ffffffffffffffff."
+    c = checks(validate(text, BUNDLE, TASK, GateSettings()))["grounding"]
+    assert not c.passed
+    assert "src/providers/fallback.py" in c.reason and "rag-ffffffffffffffff" in c.reason
+
+
+def test_grounding_accepts_task_paths_line_suffixes_and_suffix_matches() -> None:
+    text = "Look at crates/gateway/src/main.rs:42-50 and src/router.rs; the task names config/app.toml. " + GOOD
+    c = checks(validate(text, BUNDLE, TASK + " (see config/app.toml)", GateSettings()))["grounding"]
+    assert c.passed, c.reason
+
+
+def test_without_retrieval_any_cited_path_is_ungrounded() -> None:
+    text = "The routing table in gateway/routing_table.py holds placeholder codes P99999 and falls back as expected."
+    c = checks(validate(text, ContextBundle(), TASK, GateSettings()))["grounding"]
+    assert not c.passed and "gateway/routing_table.py" in c.reason
+
+
+def test_require_citation() -> None:
+    plain = "The router falls back to openrouter when the primary provider times out; every request carries the header."
+    assert checks(validate(plain, BUNDLE, TASK, GateSettings()))["grounding"].passed
+    c = checks(validate(plain, BUNDLE, TASK, GateSettings(require_citation=True)))["grounding"]
+    assert not c.passed and "citations required" in c.reason
+
+
+def test_citation_extraction_ignores_urls_and_prose() -> None:
+    text = "See https://example.com/docs/page.html and and/or 3.5 e.g. notes; edit ./src/app.py:10 and README.md."
+    assert cited_paths(text) == ["src/app.py", "README.md"]
+    assert cited_ids("ids rag-0123456789abcdef and 123e4567-e89b-12d3-a456-426614174000, not rag-12") == [
+        "rag-0123456789abcdef",
+        "123e4567-e89b-12d3-a456-426614174000",
+    ]
+
+
+def test_gate_is_pure_and_deterministic() -> None:
+    a = validate(GOOD, BUNDLE, TASK, GateSettings())
+    b = validate(GOOD, BUNDLE, TASK, GateSettings())
+    assert a == b
