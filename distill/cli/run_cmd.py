@@ -1,0 +1,137 @@
+"""`distill run`: the whole pipeline under one run id, with receipts, resume, drift and summary.md."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from distill.cli.common import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.errors import UsageError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '15m', '1h', '1h30m' or plain seconds ('90') -> seconds (at least 1)."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    else:
+        parts = _PART.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise UsageError(f"--every {text!r}: use a duration such as 30s, 15m, 1h or 1h30m")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds < 1:
+        raise UsageError(f"--every {text!r}: the interval must be at least 1s")
+    return seconds
+
+
+class _Progress:
+    """Prints one line per stage as the pipeline reports it, with a spinner while one runs."""
+
+    def __init__(self) -> None:
+        self.out = console()
+        self.status: Any = None
+
+    def __call__(self, kind: str, stage: str, detail: str) -> None:
+        if kind == "start":
+            self.status = self.out.status(f"[bold]{stage}[/] running ({detail})")
+            self.status.start()
+            return
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        style = {"done": "green", "skip": "cyan", "fail": "bold red", "not_run": "yellow", "unavailable": "dim"}.get(kind, "")
+        self.out.print(f"[{style}]{kind:>11}[/] {stage:<18} {detail}", highlight=False)
+
+
+def print_result(result: Any) -> None:
+    summary, drift = result.summary, result.drift
+    table = Table(title=f"run {summary.run_id}", show_lines=False, pad_edge=False)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("ok", no_wrap=True)
+    for col in ("in", "written", "dedup", "quar", "skip"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("content", no_wrap=True)
+    for s in summary.stages:
+        t = s.totals
+        passed = "-" if s.passed is None else ("yes" if s.passed else "[bold red]no[/]")
+        table.add_row(
+            s.stage, s.status, passed, str(t.rows_in), str(t.written), str(t.deduped), str(t.quarantined),
+            str(t.skipped), (s.content_hash or "-")[:8],
+        )
+    out = console()
+    out.print(table)
+    if summary.stopped_by:
+        out.print(f"[bold red]stopped by {summary.stopped_by.stage}:[/] {summary.stopped_by.reason}", highlight=False)
+    color = {"ok": "green", "warn": "yellow", "alert": "bold red"}[drift.severity]
+    out.print(f"drift vs {drift.previous_run_id or 'nothing (first run)'}: [{color}]{drift.severity}[/]")
+    for flag in drift.flags[:20]:
+        out.print(f"  {flag.severity}: {flag.message}", highlight=False)
+    if len(drift.flags) > 20:
+        out.print(f"  ... {len(drift.flags) - 20} more in drift.json")
+    out.print(f"summary: {result.summary_md}", highlight=False)
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    return {
+        "summary": result.summary.model_dump(mode="json"),
+        "drift": result.drift.model_dump(mode="json"),
+        "summary_md": str(result.summary_md),
+        "exit_code": result.exit_code,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    @handle_errors
+    def run(
+        force: Annotated[bool, typer.Option("--force", help="rerun every stage even when nothing changed")] = False,
+        continue_on_failure: Annotated[
+            bool, typer.Option("--continue-on-failure", help="run later stages even after a stage fails")
+        ] = False,
+        no_index: Annotated[bool, typer.Option("--no-index", help="leave out the index stage")] = False,
+        every: Annotated[
+            str | None, typer.Option("--every", help="repeat in the foreground at this interval (30s, 15m, 1h)")
+        ] = None,
+        root: RootOption = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Run collect, score, the exports and the index with receipts; exit 1 when a stage fails."""
+        from distill.pipeline import execute_run
+
+        interval = parse_duration(every) if every else None
+        ws, settings = open_workspace(root)
+        code = 0
+        while True:
+            started = time.monotonic()
+            result = execute_run(
+                ws,
+                settings,
+                force=force,
+                continue_on_failure=continue_on_failure,
+                include_index=not no_index,
+                on_event=None if json_out else _Progress(),
+            )
+            code = result.exit_code
+            if json_out:
+                emit_json(_result_json(result))
+            else:
+                print_result(result)
+            if interval is None:
+                raise typer.Exit(code)
+            wait = max(0.0, interval - (time.monotonic() - started))
+            err_console().print(f"next run in {wait:.0f}s (Ctrl-C to stop)")
+            try:
+                time.sleep(wait)
+            except KeyboardInterrupt:
+                err_console().print("stopped")
+                raise typer.Exit(code) from None
+            # a later run picks up config edits made in between
+            ws, settings = open_workspace(root)

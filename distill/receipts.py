@@ -1,0 +1,448 @@
+"""Building, validating, writing and finding receipts.
+
+I/O lives here (hashing files, re-reading outputs, asking git, writing under ROOT/reports);
+the decisions built on it (resume, drift) are pure functions elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from distill.errors import DistillError
+from distill.hashing import canonical_json, sha256_hex
+from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
+from distill.records.receipts import (
+    DeterminismFinding,
+    FileDigest,
+    GitInfo,
+    ResumeDecision,
+    ReuseRef,
+    RunSummary,
+    StageReceipt,
+    ValidationResult,
+    aggregate_hash,
+    receipt_content_hash,
+)
+from distill.records.stage import StageReport
+from distill.workspace import Workspace
+
+CHUNK = 1 << 20
+LATEST_NAME = "latest.json"
+IGNORED_SUFFIXES = (".lock", ".tmp")
+
+
+# ---------------------------------------------------------------- hashing files
+
+
+def _ignored(path: Path) -> bool:
+    return path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith(".")
+
+
+def digest_file(ws: Workspace, path: Path) -> FileDigest:
+    """Bytes, sha256 and (for JSONL) complete-line count of one file, in one streaming pass."""
+    h = hashlib.sha256()
+    size = 0
+    newlines = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            newlines += chunk.count(b"\n")
+    records = newlines if path.suffix == ".jsonl" else None
+    return FileDigest(path=ws.relative(path), kind="file", bytes=size, sha256=h.hexdigest(), records=records)
+
+
+def digest_dir(ws: Workspace, path: Path) -> FileDigest:
+    """A directory as one digest: sorted (relative path, sha256) of every file in it."""
+    entries = []
+    total = 0
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)):
+        d = digest_file(ws, file)
+        entries.append((file.relative_to(path).as_posix(), d.sha256))
+        total += d.bytes
+    return FileDigest(path=ws.relative(path), kind="dir", bytes=total, sha256=sha256_hex(canonical_json(entries)))
+
+
+def digest_tree_listing(path: Path) -> FileDigest:
+    """A source tree checked for file existence (export's repo_root): hash of its file list."""
+    names: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        rel = Path(dirpath).relative_to(path)
+        names.extend((rel / f).as_posix() for f in filenames)
+    names.sort()
+    return FileDigest(
+        path=path.resolve().as_posix(), kind="tree", bytes=len(names), sha256=sha256_hex(canonical_json(names))
+    )
+
+
+def digest_path(ws: Workspace, path: Path) -> FileDigest | None:
+    if path.is_dir():
+        return digest_dir(ws, path)
+    if path.is_file():
+        return digest_file(ws, path)
+    return None
+
+
+def digest_paths(ws: Workspace, paths: Iterable[Path]) -> list[FileDigest]:
+    """Digests of the existing paths, deduplicated by stored path, sorted."""
+    out: dict[str, FileDigest] = {}
+    for p in paths:
+        key = ws.relative(p)
+        if key in out:
+            continue
+        d = digest_path(ws, p)
+        if d is not None:
+            out[key] = d
+    return [out[k] for k in sorted(out)]
+
+
+# ---------------------------------------------------------------- environment
+
+
+def git_info(code_dir: Path | None = None) -> GitInfo:
+    """sha/branch/dirty of the checkout the distill package runs from; None when there is none."""
+    here = (code_dir or Path(__file__).resolve().parent.parent).resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != here:
+        return GitInfo()  # not a checkout of this code (e.g. installed into another repo's venv)
+    status = git("status", "--porcelain", "--untracked-files=no")
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    return GitInfo(
+        sha=git("rev-parse", "HEAD"),
+        branch=None if branch in (None, "HEAD") else branch,
+        dirty=None if status is None else bool(status),
+    )
+
+
+def code_fingerprint(packages: Iterable[str]) -> str:
+    """Hash of the .py files of the given top-level packages: editing the code reruns stages."""
+    root = Path(__file__).resolve().parent.parent
+    entries = []
+    for pkg in sorted(set(packages)):
+        base = root / pkg
+        for file in sorted(base.rglob("*.py")):
+            entries.append((file.relative_to(root).as_posix(), sha256_hex(file.read_bytes())))
+    return sha256_hex(canonical_json(entries))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id(at: datetime | None = None) -> str:
+    """Sortable by time (microseconds), unique by a random suffix."""
+    t = at or now_utc()
+    return f"{t:%Y%m%dT%H%M%S%fZ}-{os.urandom(3).hex()}"
+
+
+# ---------------------------------------------------------------- validation
+
+
+def error_code(line: str) -> str:
+    return line.split(":", 1)[0].strip()
+
+
+def validation_result(errors: list[str]) -> ValidationResult:
+    return ValidationResult(passed=not errors, errors=errors, codes=sorted({error_code(e) for e in errors}))
+
+
+def check_counts(report: StageReport) -> list[str]:
+    """Conservation, in total and per source (SPEC invariant 1)."""
+    errors = []
+    for name, c in [("total", report.totals), *report.by_source.items()]:
+        if not c.balanced:
+            errors.append(
+                f"counts_unbalanced: {name}: in {c.rows_in} != written {c.written} + quarantined "
+                f"{c.quarantined} + skipped {c.skipped} + deduped {c.deduped}"
+            )
+    if report.by_source:
+        summed = {f: sum(getattr(c, f) for c in report.by_source.values()) for f in ("rows_in", "written", "quarantined", "skipped", "deduped")}
+        mismatched = [f for f, v in summed.items() if getattr(report.totals, f) != v]
+        if mismatched:
+            errors.append(f"counts_unbalanced: totals differ from the sum over sources in {', '.join(mismatched)}")
+    return errors
+
+
+def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]:
+    """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails)."""
+    errors = []
+    for d in outputs:
+        if d.kind != "file" or not d.path.endswith(".jsonl"):
+            continue
+        path = ws.absolute(d.path)
+        bad = 0
+        first_bad: int | None = None
+        for raw in iter_raw_lines(path):
+            if not raw.terminated:
+                errors.append(f"output_torn: {d.path} ends with a torn line ({raw.length} bytes)")
+                continue
+            if not raw.data or not raw.data.strip():
+                continue
+            try:
+                value = loads(raw.data)
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                bad += 1
+                first_bad = first_bad or raw.number
+        if bad:
+            errors.append(f"output_unparseable: {d.path}: {bad} line(s) are not JSON objects (first at line {first_bad})")
+    return errors
+
+
+def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    for raw in iter_raw_lines(path):
+        if raw.terminated and raw.data and raw.data.strip():
+            try:
+                value = loads(raw.data)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield raw.number, value
+
+
+def scored_categories(ws: Workspace) -> dict[str, str]:
+    """evidence_run_id -> category from the scored-runs partitions (the firewall's ground truth)."""
+    from distill.workspace import iter_partition_files
+
+    out: dict[str, str] = {}
+    for path in iter_partition_files(ws.scored_dir):
+        for _, row in _rows(path):
+            rid, cat = row.get("evidence_run_id"), row.get("category")
+            if isinstance(rid, str) and isinstance(cat, str):
+                out[rid] = cat
+    return out
+
+
+SFT_ALLOWED = frozenset({"accepted", "partially_accepted"})
+RAG_FORBIDDEN = frozenset({"rejected"})
+CHOSEN_FORBIDDEN = frozenset({"rejected", "needs_human_review"})
+MAX_LISTED = 5
+
+
+def check_firewall(ws: Workspace, stage: str, categories: dict[str, str] | None = None) -> list[str]:
+    """Re-read an export and check the contamination firewall on what was actually written.
+
+    Two views: the label the row carries, and the category score gave its source run (so a
+    row relabelled after the fact is still caught).
+    """
+    cats = categories if categories is not None else None
+    errors: list[str] = []
+
+    def lookup(run_id: Any) -> str | None:
+        nonlocal cats
+        if cats is None:
+            cats = scored_categories(ws)
+        return cats.get(run_id) if isinstance(run_id, str) else None
+
+    def report(code: str, hits: list[str], what: str) -> None:
+        if hits:
+            more = f" (+{len(hits) - MAX_LISTED} more)" if len(hits) > MAX_LISTED else ""
+            errors.append(f"{code}: {len(hits)} {what}: {', '.join(hits[:MAX_LISTED])}{more}")
+
+    if stage == "export-sft" and ws.sft_path.exists():
+        bad = []
+        for n, row in _rows(ws.sft_path):
+            label = row.get("quality_score")
+            scored = lookup(row.get("source_run_id"))
+            if label not in SFT_ALLOWED or (scored is not None and scored not in SFT_ALLOWED):
+                bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
+        report("firewall_sft_category", bad, "SFT row(s) from a rejected/unreviewed run")
+    elif stage == "export-rag" and ws.rag_path.exists():
+        bad = []
+        for n, row in _rows(ws.rag_path):
+            label = row.get("success_score")
+            scored = lookup(row.get("source_run_id"))
+            if label in RAG_FORBIDDEN or scored in RAG_FORBIDDEN:
+                bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
+        report("firewall_rag_category", bad, "RAG row(s) from a rejected run")
+    elif stage == "export-preference" and ws.preference_path.exists():
+        self_pairs, same_text, bad_chosen = [], [], []
+        for n, row in _rows(ws.preference_path):
+            ident = f"line {n} ({row.get('id')})"
+            if row.get("chosen_run_id") is not None and row.get("chosen_run_id") == row.get("rejected_run_id"):
+                self_pairs.append(ident)
+            chosen, rejected = row.get("chosen"), row.get("rejected")
+            if isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() == rejected.strip():
+                same_text.append(ident)
+            scored = lookup(row.get("chosen_run_id"))
+            if row.get("chosen_category") in CHOSEN_FORBIDDEN or scored in CHOSEN_FORBIDDEN:
+                bad_chosen.append(ident)
+        report("firewall_preference_self_pair", self_pairs, "self-pair(s)")
+        report("firewall_preference_identical", same_text, "pair(s) with identical texts")
+        report("firewall_preference_chosen", bad_chosen, "pair(s) whose chosen side is rejected/unreviewed")
+    return errors
+
+
+# ---------------------------------------------------------------- building receipts
+
+
+@dataclass(frozen=True)
+class ReceiptBasis:
+    """What a receipt is measured against: the configuration and code it ran under."""
+
+    config_hash: str
+    full_config_hash: str
+    code_version: str
+    code_fingerprint: str
+
+
+def build_receipt(
+    *,
+    run_id: str,
+    stage: str,
+    status: str,
+    git: GitInfo,
+    basis: ReceiptBasis,
+    inputs: list[FileDigest],
+    outputs: list[FileDigest],
+    report: StageReport,
+    started_at: datetime,
+    finished_at: datetime,
+    duration_s: float,
+    validation: ValidationResult,
+    error: str | None,
+    resume: ResumeDecision,
+    reused: ReuseRef | None = None,
+    determinism: list[DeterminismFinding] | None = None,
+) -> StageReceipt:
+    """Assemble a receipt, compute its content hash and validate it against its own schema."""
+    data: dict[str, Any] = {
+        "schema_version": 1,
+        "run_id": run_id,
+        "stage": stage,
+        "status": status,
+        "git": git.model_dump(mode="json"),
+        "config_hash": basis.config_hash,
+        "full_config_hash": basis.full_config_hash,
+        "code_version": basis.code_version,
+        "code_fingerprint": basis.code_fingerprint,
+        "inputs": [d.model_dump(mode="json") for d in inputs],
+        "outputs": [d.model_dump(mode="json") for d in outputs],
+        "inputs_hash": aggregate_hash(inputs),
+        "outputs_hash": aggregate_hash(outputs),
+        "totals": report.totals.model_dump(mode="json"),
+        "by_source": {k: v.model_dump(mode="json") for k, v in report.by_source.items()},
+        "notes": list(report.notes),
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "duration_s": round(max(duration_s, 0.0), 6),
+        "validation": validation.model_dump(mode="json"),
+        "error": error,
+        "resume": resume.model_dump(mode="json"),
+        "reused": reused.model_dump(mode="json") if reused else None,
+        "determinism": [f.model_dump(mode="json") for f in (determinism or [])],
+    }
+    # Normalise through JSON first so the hash is computed over exactly what is written.
+    data = loads(dumps(data))
+    data["content_hash"] = receipt_content_hash(data)
+    try:
+        return StageReceipt.model_validate(data)
+    except ValidationError as exc:
+        raise DistillError(f"receipt for {stage} failed its own schema: {exc}") from exc
+
+
+# ---------------------------------------------------------------- storage
+
+
+def run_dir(ws: Workspace, run_id: str) -> Path:
+    return ws.reports_dir / run_id
+
+
+def receipt_path(ws: Workspace, run_id: str, stage: str) -> Path:
+    return run_dir(ws, run_id) / f"{stage}.json"
+
+
+def write_model(path: Path, model: Any) -> None:
+    """Re-validate a model from its own JSON, then write it atomically (defence in depth)."""
+    text = model.model_dump_json(indent=2)
+    try:
+        type(model).model_validate_json(text)
+    except ValidationError as exc:
+        raise DistillError(f"{path.name} failed its own schema before write: {exc}") from exc
+    write_atomic(path, (text + "\n").encode("utf-8"))
+
+
+def write_latest(ws: Workspace, summary: RunSummary) -> Path:
+    path = ws.reports_dir / LATEST_NAME
+    pointer = {
+        "run_id": summary.run_id,
+        "summary": ws.relative(run_dir(ws, summary.run_id) / "summary.json"),
+        "finished_at": summary.finished_at.isoformat(),
+        "overall_passed": summary.overall_passed,
+        "drift_severity": summary.drift_severity,
+    }
+    write_atomic(path, dumps(pointer) + b"\n")
+    return path
+
+
+def run_ids(ws: Workspace) -> list[str]:
+    """Run directories, newest first (run ids sort by time)."""
+    if not ws.reports_dir.is_dir():
+        return []
+    return sorted((p.name for p in ws.reports_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True)
+
+
+def load_summary(ws: Workspace, run_id: str) -> RunSummary | None:
+    path = run_dir(ws, run_id) / "summary.json"
+    try:
+        return RunSummary.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+
+
+def latest_run_id(ws: Workspace) -> str | None:
+    """The latest pointer, else the newest run directory that has a readable summary."""
+    pointer = ws.reports_dir / LATEST_NAME
+    try:
+        run_id = loads(pointer.read_bytes()).get("run_id")
+        if isinstance(run_id, str) and load_summary(ws, run_id) is not None:
+            return run_id
+    except (OSError, ValueError, AttributeError):
+        pass
+    for rid in run_ids(ws):
+        if load_summary(ws, rid) is not None:
+            return rid
+    return None
+
+
+def load_receipt(path: Path) -> StageReceipt | None:
+    """A receipt that passes its own schema (content hash included), else None."""
+    try:
+        return StageReceipt.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+
+
+def last_successful_receipt(ws: Workspace, stage: str, *, exclude_run: str | None = None) -> tuple[StageReceipt, Path] | None:
+    """Newest receipt of `stage` that passed validation and whose own hashes check out."""
+    for rid in run_ids(ws):
+        if rid == exclude_run:
+            continue
+        path = receipt_path(ws, rid, stage)
+        if not path.exists():
+            continue
+        receipt = load_receipt(path)
+        if receipt is not None and receipt.passed:
+            return receipt, path
+    return None

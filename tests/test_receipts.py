@@ -1,0 +1,232 @@
+"""StageReceipt schema, content-hash stability, the counts validator and the firewall re-read."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from distill.receipts import (
+    ReceiptBasis,
+    build_receipt,
+    check_counts,
+    check_firewall,
+    check_jsonl_integrity,
+    digest_file,
+    digest_paths,
+    git_info,
+    load_receipt,
+    validation_result,
+    write_model,
+)
+from distill.records.receipts import (
+    FileDigest,
+    GitInfo,
+    ResumeDecision,
+    StageReceipt,
+    aggregate_hash,
+    receipt_content_hash,
+)
+from distill.records.stage import Counts, StageReport
+from distill.workspace import Workspace
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+BASIS = ReceiptBasis(config_hash="a" * 64, full_config_hash="b" * 64, code_version="distill 0.1.0", code_fingerprint="c" * 64)
+
+
+def _report(written: int = 3, quarantined: int = 1, deduped: int = 0) -> StageReport:
+    report = StageReport(stage="score")
+    src = report.source("audits")
+    for _ in range(written):
+        src.bump("written", category="accepted")
+    for _ in range(quarantined):
+        src.bump("quarantined", reason="malformed_json")
+    for _ in range(deduped):
+        src.bump("deduped")
+    return report.finalize()
+
+
+def _receipt(ws: Workspace, *, run_id: str = "r1", report: StageReport | None = None, started: datetime = T0,
+             git: GitInfo | None = None, errors: list[str] | None = None) -> StageReceipt:
+    report = report or _report()
+    outputs = digest_paths(ws, [ws.root / "out.jsonl"])
+    return build_receipt(
+        run_id=run_id,
+        stage="score",
+        status="ran",
+        git=git or GitInfo(sha="1" * 40, branch="main", dirty=False),
+        basis=BASIS,
+        inputs=digest_paths(ws, [ws.root / "in.jsonl"]),
+        outputs=outputs,
+        report=report,
+        started_at=started,
+        finished_at=started + timedelta(seconds=2),
+        duration_s=2.0,
+        validation=validation_result(errors if errors is not None else check_counts(report)),
+        error=None,
+        resume=ResumeDecision(action="ran", reasons=["no earlier successful receipt"]),
+    )
+
+
+@pytest.fixture()
+def ws(tmp_path: Path) -> Workspace:
+    (tmp_path / "in.jsonl").write_bytes(b'{"a":1}\n{"a":2}\n')
+    (tmp_path / "out.jsonl").write_bytes(b'{"b":1}\n')
+    return Workspace.resolve(tmp_path)
+
+
+def test_receipt_fields_and_file_digests(ws: Workspace) -> None:
+    r = _receipt(ws)
+    assert r.schema_version == 1
+    assert r.passed
+    assert [(d.path, d.bytes, d.records) for d in r.inputs] == [("in.jsonl", 16, 2)]
+    assert r.outputs[0].path == "out.jsonl" and r.outputs[0].records == 1
+    assert r.totals.rows_in == 4 and r.totals.by_reason == {"malformed_json": 1}
+    assert r.inputs_hash == aggregate_hash(r.inputs)
+    assert r.content_hash == receipt_content_hash(r.model_dump(mode="json"))
+
+
+def test_content_hash_ignores_wall_clock_run_id_and_git(ws: Workspace) -> None:
+    a = _receipt(ws)
+    b = _receipt(ws, run_id="r2", started=T0 + timedelta(days=3), git=GitInfo())
+    assert a.content_hash == b.content_hash
+    assert a.started_at != b.started_at and a.run_id != b.run_id
+
+
+def test_content_hash_follows_counts_and_outputs(ws: Workspace) -> None:
+    base = _receipt(ws).content_hash
+    assert _receipt(ws, report=_report(written=4)).content_hash != base
+    (ws.root / "out.jsonl").write_bytes(b'{"b":2}\n')
+    assert _receipt(ws).content_hash != base
+
+
+def test_aggregate_hash_is_order_independent_and_path_sensitive() -> None:
+    a = FileDigest(path="x.jsonl", bytes=1, sha256="1" * 64)
+    b = FileDigest(path="y.jsonl", bytes=1, sha256="2" * 64)
+    assert aggregate_hash([a, b]) == aggregate_hash([b, a])
+    swapped = [FileDigest(path="x.jsonl", bytes=1, sha256="2" * 64), FileDigest(path="y.jsonl", bytes=1, sha256="1" * 64)]
+    assert aggregate_hash(swapped) != aggregate_hash([a, b])
+
+
+def test_counts_validator_fails_unbalanced_report(ws: Workspace) -> None:
+    report = _report()
+    report.by_source["audits"].written += 1  # one row counted out that never came in
+    report.finalize()
+    errors = check_counts(report)
+    assert errors and all(e.startswith("counts_unbalanced") for e in errors)
+    r = _receipt(ws, report=report)
+    assert not r.passed and r.validation.codes == ["counts_unbalanced"]
+
+
+def test_totals_must_equal_sum_of_sources() -> None:
+    report = _report()
+    report.totals = Counts(rows_in=10, written=10)  # balanced by itself, but not the sum of sources
+    assert any("sum over sources" in e for e in check_counts(report))
+
+
+def test_schema_refuses_passing_receipt_with_unbalanced_counts(ws: Workspace) -> None:
+    report = _report()
+    report.by_source["audits"].written += 1
+    report.finalize()
+    with pytest.raises(Exception, match="counts do not add up"):
+        _receipt(ws, report=report, errors=[])  # a builder that forgot to validate is refused
+
+
+def test_schema_refuses_edited_receipt(ws: Workspace, tmp_path: Path) -> None:
+    r = _receipt(ws)
+    path = tmp_path / "reports" / "r1" / "score.json"
+    write_model(path, r)
+    assert load_receipt(path) == r
+    data = json.loads(path.read_text())
+    data["totals"]["written"] += 1
+    data["totals"]["rows_in"] += 1
+    data["by_source"]["audits"]["written"] += 1
+    data["by_source"]["audits"]["rows_in"] += 1
+    path.write_text(json.dumps(data))
+    assert load_receipt(path) is None
+    with pytest.raises(ValidationError, match="content_hash"):
+        StageReceipt.model_validate(data)
+
+
+def test_schema_refuses_skip_without_reuse_reference(ws: Workspace) -> None:
+    data = _receipt(ws).model_dump(mode="json")
+    data["status"] = "skipped"
+    with pytest.raises(ValidationError, match="reuses"):
+        StageReceipt.model_validate(data)
+
+
+def test_validation_result_shape() -> None:
+    ok = validation_result([])
+    assert ok.passed and ok.codes == []
+    bad = validation_result(["output_torn: a", "output_torn: b", "firewall_sft_category: c"])
+    assert not bad.passed and bad.codes == ["firewall_sft_category", "output_torn"]
+
+
+def test_jsonl_integrity_catches_torn_and_garbage_lines(ws: Workspace) -> None:
+    good = ws.root / "good.jsonl"
+    good.write_bytes(b'{"a":1}\n')
+    torn = ws.root / "torn.jsonl"
+    torn.write_bytes(b'{"a":1}\n{"a":')
+    junk = ws.root / "junk.jsonl"
+    junk.write_bytes(b'{"a":1}\nnot json\n[1,2]\n')
+    digests = digest_paths(ws, [good, torn, junk])
+    errors = check_jsonl_integrity(ws, digests)
+    assert any(e.startswith("output_torn: torn.jsonl") for e in errors)
+    assert any(e.startswith("output_unparseable: junk.jsonl: 2 line(s)") for e in errors)
+    assert not any("good.jsonl" in e for e in errors)
+    assert digest_file(ws, torn).records == 1  # only complete lines count
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_firewall_reread_catches_leaks_by_label_and_by_score(tmp_path: Path) -> None:
+    ws = Workspace.resolve(tmp_path)
+    _write(ws.scored_dir / "2026" / "01" / "01" / "audits.jsonl", [
+        {"evidence_run_id": "ev-ok", "category": "accepted"},
+        {"evidence_run_id": "ev-bad", "category": "rejected"},
+        {"evidence_run_id": "ev-human", "category": "needs_human_review"},
+    ])
+    _write(ws.sft_path, [
+        {"id": "s1", "quality_score": "accepted", "source_run_id": "ev-ok"},
+        {"id": "s2", "quality_score": "accepted", "source_run_id": "ev-human"},  # relabelled
+        {"id": "s3", "quality_score": "rejected", "source_run_id": "ev-x"},
+    ])
+    errors = check_firewall(ws, "export-sft")
+    assert len(errors) == 1 and errors[0].startswith("firewall_sft_category: 2 ")
+    assert "s2" in errors[0] and "s3" in errors[0] and "s1" not in errors[0]
+
+    _write(ws.rag_path, [
+        {"id": "r1", "success_score": "accepted", "source_run_id": "ev-ok"},
+        {"id": "r2", "success_score": "needs_human_review", "source_run_id": "ev-human"},
+    ])
+    assert check_firewall(ws, "export-rag") == []
+    _write(ws.rag_path, [{"id": "r3", "success_score": "accepted", "source_run_id": "ev-bad"}])
+    assert check_firewall(ws, "export-rag")[0].startswith("firewall_rag_category: 1 ")
+
+    _write(ws.preference_path, [
+        {"id": "p1", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
+        {"id": "p2", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-ok", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
+        {"id": "p3", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "same ", "rejected": "same", "chosen_category": "accepted"},
+        {"id": "p4", "chosen_run_id": "ev-bad", "rejected_run_id": "ev-ok", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
+    ])
+    codes = sorted(e.split(":")[0] for e in check_firewall(ws, "export-preference"))
+    assert codes == ["firewall_preference_chosen", "firewall_preference_identical", "firewall_preference_self_pair"]
+
+
+def test_git_info_outside_a_checkout_is_none(tmp_path: Path) -> None:
+    assert git_info(tmp_path) == GitInfo(sha=None, branch=None, dirty=None)
+
+
+def test_git_info_of_this_checkout() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("not running from a git checkout")
+    info = git_info(repo)
+    assert info.sha is not None and len(info.sha) == 40
+    assert info.dirty in (True, False)
