@@ -1,0 +1,88 @@
+"""`distill export {rag,sft,preference,all}`: datasets behind the contamination firewall."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from distill.cli.common import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.errors import ValidationFailed
+from distill.records.stage import StageReport
+
+
+class Which(StrEnum):
+    RAG = "rag"
+    SFT = "sft"
+    PREFERENCE = "preference"
+    ALL = "all"
+
+
+class Fmt(StrEnum):
+    NATIVE = "native"
+    TRL = "trl"
+    OPENAI = "openai"
+
+
+def export_table(reports: list[StageReport]) -> Table:
+    """One line per exporter: read / exported / deduped / quarantined (by reason)."""
+    dry = any(r.dry_run for r in reports)
+    table = Table(title="export" + (" (dry run: nothing written)" if dry else ""))
+    for col in ("exporter", "read", "exported", "deduped", "quarantined", "quarantined by reason"):
+        table.add_column(col, justify="left" if col in ("exporter", "quarantined by reason") else "right")
+    for r in reports:
+        t = r.totals
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(t.by_reason.items())) or "-"
+        table.add_row(r.stage.removeprefix("export-"), str(t.rows_in), str(t.written), str(t.deduped),
+                      str(t.quarantined), reasons)
+    return table
+
+
+def run_exports(root, which: str, *, fmt: str, include_review: bool, include_partial: bool,
+                dry_run: bool) -> list[StageReport]:
+    from distill.export import KINDS, run_export
+    from distill.export.gates import Firewall
+
+    ws, settings = open_workspace(root)
+    kinds = list(KINDS) if which == "all" else [which]
+    firewall = Firewall.from_settings(ws.root, settings.export)
+    return [
+        run_export(ws, settings, kind, include_review=include_review, include_partial=include_partial,  # type: ignore[arg-type]
+                   fmt=fmt, dry_run=dry_run, firewall=firewall)
+        for kind in kinds
+    ]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    @handle_errors
+    def export(
+        which: Annotated[Which, typer.Argument(help="rag | sft | preference | all")],
+        fmt: Annotated[Fmt, typer.Option("--format", help="native (SPEC files) | trl | openai views")] = Fmt.NATIVE,
+        include_review: Annotated[bool, typer.Option("--include-review", help="RAG: ship needs_human_review rows")] = False,
+        include_partial: Annotated[bool, typer.Option("--include-partial", help="SFT: ship partially_accepted rows")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="compute and report, write nothing")] = False,
+        root: RootOption = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Export RAG / SFT / preference datasets; every dropped row goes to quarantine with a reason."""
+        from distill.export import firewall_violations
+
+        reports = run_exports(root, which.value, fmt=fmt.value, include_review=include_review,
+                              include_partial=include_partial, dry_run=dry_run)
+        if json_out:
+            emit_json([r.model_dump(mode="json") for r in reports])
+        else:
+            out = console()
+            out.print(export_table(reports))
+            for r in reports:
+                for note in r.notes:
+                    out.print(f"[dim]{r.stage}:[/] {note}", highlight=False)
+        problems = [f"{r.stage}: {v}" for r in reports for v in firewall_violations(r)]
+        problems += [f"{r.stage}: counts do not balance" for r in reports if not r.balanced]
+        if problems:
+            for p in problems:
+                err_console().print(f"[bold red]firewall:[/] {p}", highlight=False)
+            raise ValidationFailed(f"{len(problems)} firewall validation failure(s)")

@@ -1,0 +1,99 @@
+"""The dataset card: exports/README.md with YAML front matter the `datasets` library reads.
+
+Generated from what is on disk (row counts per file, quarantine reasons per stage), never
+from the wall clock, so it is byte-identical when the exports are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from distill.export.formats import FORMATS, view_paths
+from distill.jsonl import iter_json, iter_raw_lines, write_atomic
+from distill.workspace import Workspace
+
+KINDS = ("rag", "sft", "preference")
+_ABOUT = {
+    "rag": "retrieval playbooks (accepted and partially accepted runs; unreviewed only on opt-in)",
+    "sft": "instruction -> response rows from accepted runs (partially accepted only on opt-in)",
+    "preference": "chosen/rejected pairs from the same task (or the same file across sources) with a category gap",
+}
+
+
+def count_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(1 for raw in iter_raw_lines(path) if raw.terminated and raw.data and raw.data.strip())
+
+
+def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]:
+    """(config suffix, path) for the data files of a view (sidecars excluded)."""
+    paths = view_paths(ws, kind, fmt)
+    return [(name, p) for name, p in paths.items() if name != "provenance"]
+
+
+def quarantine_summary(ws: Workspace) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for kind in KINDS:
+        path = ws.quarantine_path(kind)
+        if path.exists():
+            counts = Counter(str(row.get("reason")) for row in iter_json(path) if isinstance(row, dict))
+            out[kind] = dict(sorted(counts.items()))
+    return out
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def render_card(ws: Workspace) -> str:
+    configs: list[tuple[str, str, int]] = []  # (config name, path relative to exports/, rows)
+    for kind in KINDS:
+        for fmt in FORMATS:
+            for name, path in _dataset_files(ws, kind, fmt):
+                if not path.exists():
+                    continue
+                config = kind if fmt == "native" else f"{kind}_{fmt}" + ("" if name in ("dpo", "chat", "preference")
+                                                                         else f"_{name}")
+                rel = path.relative_to(ws.exports_dir).as_posix()
+                configs.append((config, rel, count_rows(path)))
+    quarantine = quarantine_summary(ws)
+
+    lines = ["---", "pretty_name: distill exports", "tags:", "- distill", "- agent-logs", "configs:"]
+    for config, rel, _ in configs:
+        lines += [f"- config_name: {config}", "  data_files:", "  - split: train", f"    path: {_yaml_str(rel)}"]
+    if not configs:
+        lines[-1] = "configs: []"
+    lines += ["---", "", "# distill exports", ""]
+    lines += [
+        "Datasets built by `distill export` from scored agent runs, behind the contamination firewall:",
+        "rejected and unreviewed runs never reach SFT, rejected runs never reach RAG, and rows carrying",
+        "a credential, citing files missing from the repository, or overlapping benchmark tasks are",
+        "quarantined with a reason instead of shipped. Every row traces to its source line",
+        "(`source_file`, `line_offset`, `sig_hash`); the TRL/OpenAI views keep provenance in a",
+        "`provenance.jsonl` sidecar, line for line.",
+        "",
+        "## Files",
+        "",
+        "| config | file | rows |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| {c} | `{rel}` | {n} |" for c, rel, n in configs]
+    lines += ["", "## What each dataset holds", ""]
+    lines += [f"- **{k}**: {_ABOUT[k]}" for k in KINDS]
+    lines += ["", "## Quarantine", "", "| stage | reason | rows |", "|---|---|---:|"]
+    for stage, reasons in quarantine.items():
+        if not reasons:
+            lines.append(f"| {stage} | (none) | 0 |")
+        for reason, n in reasons.items():
+            lines.append(f"| {stage} | {reason} | {n} |")
+    lines += ["", "Quarantined rows are in `quarantine/<stage>.jsonl`, each with its reason, errors and source reference.", ""]
+    return "\n".join(lines)
+
+
+def write_card(ws: Workspace) -> Path:
+    path = ws.exports_dir / "README.md"
+    write_atomic(path, render_card(ws).encode("utf-8"))
+    return path

@@ -1,0 +1,191 @@
+"""Trainer-ready views of the native exports: TRL and OpenAI fine-tuning JSONL.
+
+The native files (SPEC paths) are the ledger: append-only, content-addressed ids, full
+provenance. The views are rendered whole from them on every export (atomic rename), so they
+are byte-identical for identical native files. View rows hold only what trainers read;
+provenance sits in a sidecar next to each view, one row per view line, same order
+({"line": n, "id", "provenance"...}), so trainers accept the view files unchanged.
+
+Paths (relative to ROOT/exports):
+  sft/trl/messages.jsonl            {"messages": [system?, user, assistant]}
+  sft/trl/prompt_completion.jsonl   {"prompt": [system?, user], "completion": [assistant]}
+  sft/trl/provenance.jsonl
+  sft/openai/chat.jsonl             {"messages": [system?, user, assistant]}
+  sft/openai/provenance.jsonl
+  preference/trl/dpo.jsonl          {"prompt": [user...], "chosen": [assistant], "rejected": [assistant]}
+  preference/trl/provenance.jsonl
+  preference/openai/preference.jsonl {"input": {"messages": [...]}, "preferred_output": [...],
+                                      "non_preferred_output": [...]}
+  preference/openai/provenance.jsonl
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from distill.jsonl import iter_json, write_jsonl_atomic
+from distill.records import PreferenceSample, SftSample
+from distill.workspace import Workspace
+
+Format = Literal["native", "trl", "openai"]
+FORMATS: tuple[str, ...] = ("native", "trl", "openai")
+Message = dict[str, str]
+
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+_ROLE = {"Human": "user", "Assistant": "assistant"}
+_SPEAKER = {"user": "Human", "assistant": "Assistant"}
+
+
+def view_paths(ws: Workspace, kind: str, fmt: str) -> dict[str, Path]:
+    """Files a (kind, format) view writes: name -> path. native: the SPEC file itself."""
+    base = ws.exports_dir
+    if fmt == "native":
+        native = {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}
+        return {"data": native[kind]} if kind in native else {}
+    if kind == "sft" and fmt == "trl":
+        return {
+            "messages": base / "sft" / "trl" / "messages.jsonl",
+            "prompt_completion": base / "sft" / "trl" / "prompt_completion.jsonl",
+            "provenance": base / "sft" / "trl" / "provenance.jsonl",
+        }
+    if kind == "sft" and fmt == "openai":
+        return {"chat": base / "sft" / "openai" / "chat.jsonl", "provenance": base / "sft" / "openai" / "provenance.jsonl"}
+    if kind == "preference" and fmt == "trl":
+        return {"dpo": base / "preference" / "trl" / "dpo.jsonl",
+                "provenance": base / "preference" / "trl" / "provenance.jsonl"}
+    if kind == "preference" and fmt == "openai":
+        return {"preference": base / "preference" / "openai" / "preference.jsonl",
+                "provenance": base / "preference" / "openai" / "provenance.jsonl"}
+    return {}
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+def parse_transcript(text: str) -> list[Message] | None:
+    """An hh-rlhf style transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as messages, else None.
+
+    render_transcript(parse_transcript(t)) == t for every t this accepts (lossless).
+    """
+    if not _TURN.match(text):
+        return None
+    parts = _TURN.split(text)
+    # parts: ["", speaker, content, speaker, content, ...]
+    return [{"role": _ROLE[parts[k]], "content": parts[k + 1]} for k in range(1, len(parts), 2)]
+
+
+def render_transcript(messages: list[Message]) -> str:
+    return "".join(f"\n\n{_SPEAKER[m['role']]}: {m['content']}" for m in messages)
+
+
+def prompt_messages(prompt: str) -> list[Message]:
+    """A prompt as conversation turns: a transcript keeps its turns, plain text is one user turn."""
+    return parse_transcript(prompt) or [{"role": "user", "content": prompt}]
+
+
+def answer_messages(text: str) -> list[Message]:
+    """A chosen/rejected side: one assistant turn (a transcript continuation keeps its turns)."""
+    if text.startswith("\n\nAssistant: "):
+        parsed = parse_transcript(text)
+        if parsed:
+            return parsed
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_messages(s: SftSample) -> list[Message]:
+    msgs: list[Message] = []
+    if s.context.strip():
+        msgs.append({"role": "system", "content": f"Context:\n{s.context}"})
+    msgs.append({"role": "user", "content": s.instruction})
+    msgs.append({"role": "assistant", "content": s.response})
+    return msgs
+
+
+def sft_to_trl_messages(s: SftSample) -> dict[str, Any]:
+    return {"messages": sft_messages(s)}
+
+
+def sft_to_trl_prompt_completion(s: SftSample) -> dict[str, Any]:
+    msgs = sft_messages(s)
+    return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+
+def sft_to_openai(s: SftSample) -> dict[str, Any]:
+    return {"messages": sft_messages(s)}
+
+
+def preference_to_trl(p: PreferenceSample) -> dict[str, Any]:
+    """TRL DPO, conversational: prompt turns, assistant-only chosen and rejected."""
+    return {"prompt": prompt_messages(p.prompt), "chosen": answer_messages(p.chosen),
+            "rejected": answer_messages(p.rejected)}
+
+
+def preference_to_openai(p: PreferenceSample) -> dict[str, Any]:
+    """OpenAI preference (DPO) fine-tuning row."""
+    return {
+        "input": {"messages": prompt_messages(p.prompt)},
+        "preferred_output": answer_messages(p.chosen),
+        "non_preferred_output": answer_messages(p.rejected),
+    }
+
+
+# --- rendering views -------------------------------------------------------------------------
+
+
+def _sft_rows(ws: Workspace) -> Iterator[SftSample]:
+    for row in iter_json(ws.sft_path):
+        yield SftSample.model_validate(row)
+
+
+def _pref_rows(ws: Workspace) -> Iterator[PreferenceSample]:
+    for row in iter_json(ws.preference_path):
+        yield PreferenceSample.model_validate(row)
+
+
+def _sft_sidecar(n: int, s: SftSample) -> dict[str, Any]:
+    return {"line": n, "id": s.id, "source_run_id": s.source_run_id, "quality_score": s.quality_score,
+            "provenance": s.provenance.to_json_dict()}
+
+
+def _pref_sidecar(n: int, p: PreferenceSample) -> dict[str, Any]:
+    return {"line": n, "id": p.id, "pairing": p.pairing, "task_id": p.task_id,
+            "chosen_run_id": p.chosen_run_id, "rejected_run_id": p.rejected_run_id,
+            "chosen_provenance": p.chosen_provenance.to_json_dict(),
+            "rejected_provenance": p.rejected_provenance.to_json_dict()}
+
+
+def render_view(ws: Workspace, kind: str, fmt: str) -> list[Path]:
+    """(Re)write one view whole from the native file. Returns the files written."""
+    paths = view_paths(ws, kind, fmt)
+    if fmt == "native" or not paths:
+        return []
+    if kind == "sft":
+        samples: list[Any] = list(_sft_rows(ws))
+        side = [_sft_sidecar(n, s) for n, s in enumerate(samples, start=1)]
+        if fmt == "trl":
+            write_jsonl_atomic(paths["messages"], (sft_to_trl_messages(s) for s in samples))
+            write_jsonl_atomic(paths["prompt_completion"], (sft_to_trl_prompt_completion(s) for s in samples))
+        else:
+            write_jsonl_atomic(paths["chat"], (sft_to_openai(s) for s in samples))
+    else:
+        samples = list(_pref_rows(ws))
+        side = [_pref_sidecar(n, p) for n, p in enumerate(samples, start=1)]
+        if fmt == "trl":
+            write_jsonl_atomic(paths["dpo"], (preference_to_trl(p) for p in samples))
+        else:
+            write_jsonl_atomic(paths["preference"], (preference_to_openai(p) for p in samples))
+    write_jsonl_atomic(paths["provenance"], side)
+    return list(paths.values())
+
+
+def views_to_refresh(ws: Workspace, kind: str, requested: str) -> list[str]:
+    """The requested view plus any view already on disk (so no view goes stale)."""
+    out = []
+    for fmt in FORMATS[1:]:
+        paths = view_paths(ws, kind, fmt)
+        if paths and (fmt == requested or any(p.exists() for p in paths.values())):
+            out.append(fmt)
+    return out

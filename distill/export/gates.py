@@ -1,0 +1,391 @@
+"""The content gates of the contamination firewall, shared by every exporter.
+
+- SecretScanner: detect-secrets (its plugins and heuristic filters, through its own
+  `scan_file`), run once per export over every candidate text, plus detect-secrets'
+  Base64 entropy plugin on unquoted tokens, which its line scan only inspects when quoted.
+  The allowlist filter (`pragma: allowlist secret`) is off: a row cannot whitelist itself.
+- PathChecker: every cited file (source_files, and paths written in the shipped text) must
+  exist under the configured repo root. Paths that leave the root (absolute, `..`, symlinks
+  pointing out) are refused without touching anything outside it.
+- ContaminationIndex: 13-gram overlap with configured benchmark task files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from distill.errors import UsageError
+
+# ---------------------------------------------------------------------------------------------
+# secrets
+
+# Plugins left out: hex entropy (flags every git SHA and sig_hash in review text) and public
+# IPs (an address in a log is not a credential).
+_EXCLUDED_PLUGINS = frozenset({"HexHighEntropyString", "IPPublicDetector"})
+_FILTERS = (
+    "detect_secrets.filters.heuristic.is_indirect_reference",
+    "detect_secrets.filters.heuristic.is_likely_id_string",
+    "detect_secrets.filters.heuristic.is_potential_uuid",
+    "detect_secrets.filters.heuristic.is_prefixed_with_dollar_sign",
+    "detect_secrets.filters.heuristic.is_sequential_string",
+    "detect_secrets.filters.heuristic.is_templated_secret",
+    "detect_secrets.filters.heuristic.is_not_alphanumeric_string",
+)
+BASE64_ENTROPY_LIMIT = 4.5
+_UNQUOTED_MIN_LEN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SecretHit:
+    type: str
+    line: int  # 1-based line within the text
+
+
+class SecretScanner:
+    """Batch secret scan over many texts with detect-secrets' own scanning path."""
+
+    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT) -> None:
+        self.entropy_limit = entropy_limit
+
+    def _config(self) -> dict[str, Any]:
+        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+        names = sorted(cls.__name__ for cls in get_mapping_from_secret_type_to_class().values())
+        plugins: list[dict[str, Any]] = []
+        for name in names:
+            if name in _EXCLUDED_PLUGINS:
+                continue
+            if name == "Base64HighEntropyString":
+                plugins.append({"name": name, "limit": self.entropy_limit})
+            else:
+                plugins.append({"name": name})
+        return {"plugins_used": plugins, "filters_used": [{"path": p} for p in _FILTERS]}
+
+    def scan(self, texts: Sequence[str]) -> list[list[SecretHit]]:
+        """Hits per text (empty list: clean). One temporary file, one detect-secrets scan."""
+        from detect_secrets.core.scan import scan_file
+        from detect_secrets.settings import transient_settings
+
+        owners: list[tuple[int, int]] = []  # physical line -> (text index, line within text)
+        chunks: list[str] = []
+        for i, text in enumerate(texts):
+            for j, line in enumerate(text.splitlines() or [""], start=1):
+                chunks.append(line.replace("\x00", " "))
+                owners.append((i, j))
+        hits: list[list[SecretHit]] = [[] for _ in texts]
+        if not chunks:
+            return hits
+        seen: set[tuple[int, int, str]] = set()
+
+        def add(physical: int, kind: str) -> None:
+            if 1 <= physical <= len(owners):
+                i, j = owners[physical - 1]
+                if (i, j, kind) not in seen:
+                    seen.add((i, j, kind))
+                    hits[i].append(SecretHit(kind, j))
+
+        with tempfile.TemporaryDirectory(prefix="distill-secrets-") as tmp:
+            path = os.path.join(tmp, "export_rows.txt")
+            with open(path, "w", encoding="utf-8", errors="replace", newline="\n") as fh:
+                fh.write("\n".join(chunks))
+                fh.write("\n")
+            with transient_settings(self._config()):
+                for secret in scan_file(path):
+                    add(secret.line_number, secret.type)
+                plugin = self._entropy_plugin()
+                for n, line in enumerate(chunks, start=1):
+                    for kind in self._unquoted_entropy(plugin, line):
+                        add(n, kind)
+        for h in hits:
+            h.sort(key=lambda x: (x.line, x.type))
+        return hits
+
+    def _entropy_plugin(self) -> Any:
+        from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+
+        return Base64HighEntropyString(limit=self.entropy_limit)
+
+    def _unquoted_entropy(self, plugin: Any, line: str) -> Iterator[str]:
+        """detect-secrets' Base64 entropy plugin on unquoted tokens, with its limit applied."""
+        from detect_secrets.filters.heuristic import is_potential_uuid, is_sequential_string
+
+        for token in re.findall(r"[A-Za-z0-9+/=_-]{%d,}" % _UNQUOTED_MIN_LEN, line):
+            core = token.strip("=")
+            if not (re.search(r"\d", core) and re.search(r"[A-Za-z]", core)):
+                continue
+            if "/" in core and not re.search(r"[A-Z]", core):
+                continue  # a lowercase path, not key material
+            if is_sequential_string(core) or is_potential_uuid(core):
+                continue
+            if plugin.calculate_shannon_entropy(core) >= self.entropy_limit:
+                yield plugin.secret_type
+
+
+# ---------------------------------------------------------------------------------------------
+# file paths
+
+# A repo-relative path written in text: at least one directory and a file extension, not part
+# of a URL or of a longer path; `./` and `../` prefixes are kept (they may escape the root).
+_TEXT_PATH = re.compile(
+    r"(?<![\w/.:~@$%-])((?:\.{1,2}/)*(?:[\w@+-][\w.@+-]*/)+[\w@+-][\w.@+-]*\.[A-Za-z][A-Za-z0-9]{0,9})(?![\w/])"
+)
+# Any explicit escape in text, extension or not (`../../etc/passwd`).
+_TEXT_ESCAPE = re.compile(r"(?<![\w/.])((?:\.\./)+[\w.@+-][\w.@+/-]*)")
+_MAX_SYMLINK_HOPS = 40
+
+
+def paths_in_text(text: str) -> list[str]:
+    """Candidate file paths cited in free text (sorted, unique)."""
+    found = {m.group(1) for m in _TEXT_PATH.finditer(text)}
+    found.update(m.group(1).rstrip(".,;:") for m in _TEXT_ESCAPE.finditer(text))
+    return sorted(found)
+
+
+class PathChecker:
+    """Does a cited path name an existing file under the repo root, without leaving it?"""
+
+    def __init__(self, repo_root: Path) -> None:
+        if not repo_root.is_dir():
+            raise UsageError(f"export.repo_root {repo_root} is not a directory")
+        self.root = Path(os.path.realpath(repo_root))
+
+    def _inside(self, path: str) -> bool:
+        return path == str(self.root) or path.startswith(str(self.root) + os.sep)
+
+    def problem(self, cited: str) -> str | None:
+        """None when `cited` exists under the root, else why not."""
+        text = cited.strip()
+        if not text:
+            return "empty path"
+        if "\x00" in text:
+            return f"{cited!r}: contains a NUL byte"
+        pure = PurePosixPath(text.replace("\\", "/"))
+        if pure.is_absolute():
+            rel_str = os.path.normpath(str(pure))
+            if not self._inside(rel_str):
+                return f"{cited}: absolute path outside the repo root"
+            parts = Path(rel_str).relative_to(self.root).parts
+        else:
+            norm = os.path.normpath(str(pure))
+            if norm == ".." or norm.startswith("../"):
+                return f"{cited}: escapes the repo root"
+            parts = () if norm == "." else tuple(norm.split("/"))
+        return self._walk(cited, list(parts))
+
+    def _walk(self, cited: str, parts: list[str]) -> str | None:
+        """Follow the components one lstat at a time; a symlink is read, never followed out."""
+        current = str(self.root)
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                current = os.path.dirname(current)
+                if not self._inside(current):
+                    return f"{cited}: escapes the repo root"
+                continue
+            candidate = os.path.join(current, part)
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                return f"{cited}: no such file under the repo root"
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    return f"{cited}: too many symlinks"
+                target = os.readlink(candidate)
+                joined = os.path.normpath(os.path.join(current, target))
+                if not self._inside(joined):
+                    return f"{cited}: symlink leaves the repo root"
+                rest = Path(joined).relative_to(self.root).parts
+                parts = list(rest) + parts
+                current = str(self.root)
+                continue
+            current = candidate
+        return None
+
+    def check(self, cited_files: Sequence[str], texts: Sequence[str]) -> list[str]:
+        """Problems with the row's declared files and with paths its text cites."""
+        errors: list[str] = []
+        for f in sorted(set(cited_files)):
+            why = self.problem(f)
+            if why:
+                errors.append(f"source file {why}")
+        for text in texts:
+            for p in paths_in_text(text):
+                why = self.problem(p)
+                if why and p[:2] in ("a/", "b/") and self.problem(p[2:]) is None:
+                    why = None  # unified-diff prefix: a/src/x.py names src/x.py
+                if why:
+                    errors.append(f"cited path {why}")
+        return sorted(set(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark contamination
+
+_WORD = re.compile(r"\w+")
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _string_leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _string_leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _string_leaves(v)
+
+
+def _benchmark_texts(path: Path) -> Iterator[str]:
+    """Task texts in a benchmark file: string fields of JSONL/JSON rows, else the whole text."""
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".gz") else open
+    base = name[:-3] if name.endswith(".gz") else name
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+        if base.endswith(".jsonl"):
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    yield from _string_leaves(json.loads(line))
+                except ValueError:
+                    yield line
+        elif base.endswith(".json"):
+            data = fh.read()
+            try:
+                yield from _string_leaves(json.loads(data))
+            except ValueError:
+                yield data
+        else:
+            yield fh.read()
+
+
+class ContaminationIndex:
+    """n-grams of benchmark tasks; a row whose n-gram overlap exceeds the threshold is out."""
+
+    def __init__(self, files: Sequence[Path], n: int, threshold: float) -> None:
+        self.n = n
+        self.threshold = threshold
+        self.files = list(files)
+        self.grams: set[tuple[str, ...]] = set()
+        for f in self.files:
+            if not f.is_file():
+                raise UsageError(f"export.benchmark_files: {f} does not exist")
+            for text in _benchmark_texts(f):
+                self.grams |= ngrams(text, n)
+
+    def overlap(self, text: str) -> float:
+        grams = ngrams(text, self.n)
+        if not grams or not self.grams:
+            return 0.0
+        return len(grams & self.grams) / len(grams)
+
+    def problem(self, text: str) -> str | None:
+        frac = self.overlap(text)
+        if frac > self.threshold:
+            return f"{frac:.0%} of the row's {self.n}-grams appear in benchmark tasks (threshold {self.threshold:.0%})"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the firewall: all three gates for one export run
+
+
+@dataclass(frozen=True, slots=True)
+class GateInput:
+    """What one candidate row ships: the texts (scanned) and the files it cites."""
+
+    texts: tuple[str, ...]
+    cited_files: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GateFailure:
+    reason: str  # a QuarantineReason value
+    errors: list[str]
+
+
+class Firewall:
+    """Secret, path and contamination gates; built once per export from the settings."""
+
+    def __init__(
+        self,
+        scanner: SecretScanner,
+        paths: PathChecker | None,
+        contamination: ContaminationIndex | None,
+    ) -> None:
+        self.scanner = scanner
+        self.paths = paths
+        self.contamination = contamination
+
+    @classmethod
+    def from_settings(cls, root: Path, export: Any) -> Firewall:
+        """export: an ExportSettings. Relative paths are taken from the workspace root."""
+
+        def here(p: Path) -> Path:
+            return p if p.is_absolute() else root / p
+
+        paths = PathChecker(here(Path(export.repo_root))) if export.repo_root is not None else None
+        bench = [here(Path(p)) for p in export.benchmark_files]
+        contamination = (
+            ContaminationIndex(bench, export.contamination_ngram, export.contamination_threshold) if bench else None
+        )
+        return cls(SecretScanner(), paths, contamination)
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.paths is None:
+            out.append("hallucinated_file_path check skipped: export.repo_root is not configured")
+        if self.contamination is None:
+            out.append("eval_contamination check skipped: export.benchmark_files is empty")
+        return out
+
+    def check(self, items: Sequence[GateInput]) -> list[GateFailure | None]:
+        """First failing gate per item, in firewall order: secrets, paths, contamination."""
+        from distill.records import QuarantineReason
+
+        flat: list[str] = []
+        owner: list[int] = []
+        for i, item in enumerate(items):
+            for t in item.texts:
+                flat.append(t)
+                owner.append(i)
+        secret_hits: list[list[str]] = [[] for _ in items]
+        for i, hits in zip(owner, self.scanner.scan(flat), strict=True):
+            secret_hits[i].extend(f"{h.type} on line {h.line}" for h in hits)
+        results: list[GateFailure | None] = []
+        for i, item in enumerate(items):
+            if secret_hits[i]:
+                results.append(GateFailure(QuarantineReason.SECRET_DETECTED.value,
+                                           ["credential detected: " + e for e in sorted(set(secret_hits[i]))]))
+                continue
+            if self.paths is not None:
+                errors = self.paths.check(item.cited_files, item.texts)
+                if errors:
+                    results.append(GateFailure(QuarantineReason.HALLUCINATED_FILE_PATH.value, errors))
+                    continue
+            if self.contamination is not None:
+                why = self.contamination.problem("\n".join(item.texts))
+                if why:
+                    results.append(GateFailure(QuarantineReason.EVAL_CONTAMINATION.value, [why]))
+                    continue
+            results.append(None)
+        return results

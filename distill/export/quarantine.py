@@ -1,0 +1,150 @@
+"""The row loop every exporter shares: decide, dedup, gate, validate, account, quarantine.
+
+An exporter only says, per joined row, "drop it for this reason" or "here is the candidate
+sample"; this module does the rest the same way for RAG and SFT (preference reuses the
+pieces), so conservation and the quarantine shape cannot drift between exporters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from distill.export.gates import Firewall, GateInput
+from distill.export.reader import Broken, Joined, ReaderItem
+from distill.records import QuarantineReason, QuarantineRecord
+from distill.records.stage import StageReport
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: QuarantineReason
+    errors: list[str]
+    record_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row that passed the exporter's own checks; `build` makes the validated sample."""
+
+    sample_id: str
+    gate: GateInput
+    build: Callable[[], BaseModel]
+
+
+Decision = Drop | Candidate
+
+
+def joined_detail(j: Joined) -> dict[str, Any]:
+    return {
+        "category": j.scored.category.value,
+        "evidence_run_id": j.evidence.run_id,
+        "score_class": j.scored.score_class.value,
+        "scored_file": j.scored_file,
+        "scored_line": j.scored_line,
+        "task_id": j.evidence.task_id,
+    }
+
+
+def quarantine_joined(stage: str, j: Joined, reason: QuarantineReason | str, errors: list[str],
+                      record_id: str | None = None) -> QuarantineRecord:
+    return QuarantineRecord(
+        stage=stage,
+        source=j.source,
+        reason=QuarantineReason(reason),
+        errors=[e for e in errors if e] or [str(reason)],
+        record_id=record_id or j.evidence.run_id,
+        source_ref=j.ref(),
+        excerpt=None,  # never copy the row's text: it may carry the credential that dropped it
+        detail=joined_detail(j),
+    )
+
+
+def quarantine_broken(stage: str, b: Broken) -> QuarantineRecord:
+    return QuarantineRecord(
+        stage=stage,
+        source=b.source,
+        reason=b.reason,
+        errors=b.errors,
+        record_id=b.record_id,
+        source_ref=b.ref,
+        excerpt=b.excerpt,
+        detail=b.detail,
+    )
+
+
+def validation_errors(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or '<row>'}: {e['msg']}" for e in exc.errors()[:5]]
+
+
+@dataclass
+class RowExport:
+    """The outcome of one exporter pass: new samples (input order) and quarantine rows."""
+
+    samples: list[BaseModel] = field(default_factory=list)
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+
+
+def export_rows(
+    stage: str,
+    items: Iterable[ReaderItem],
+    decide: Callable[[Joined], Decision],
+    existing_ids: set[str],
+    firewall: Firewall,
+    report: StageReport,
+) -> RowExport:
+    """One pass over the reader: every input row ends written, deduped or quarantined."""
+    out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"quarantine", value)
+    pending: list[tuple[int, Joined, Candidate]] = []
+    seen: set[str] = set()
+
+    def drop(i: int, source: str, rec: QuarantineRecord, category: str | None) -> None:
+        out[i] = ("quarantine", rec)
+        report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
+
+    for i, item in enumerate(items):
+        if isinstance(item, Broken):
+            drop(i, item.source, quarantine_broken(stage, item), None)
+            continue
+        category = item.scored.category.value
+        decision = decide(item)
+        if isinstance(decision, Drop):
+            drop(i, item.source, quarantine_joined(stage, item, decision.reason, decision.errors, decision.record_id),
+                 category)
+            continue
+        sid = decision.sample_id
+        if sid in existing_ids:
+            report.source(item.source).bump("deduped", category=category)
+            continue
+        if sid in seen:
+            drop(i, item.source, quarantine_joined(stage, item, QuarantineReason.DUPLICATE_ID,
+                                                   [f"{sid} already produced by an earlier row of this run"], sid),
+                 category)
+            continue
+        seen.add(sid)
+        pending.append((i, item, decision))
+
+    verdicts = firewall.check([c.gate for _, _, c in pending])
+    for (i, item, cand), failure in zip(pending, verdicts, strict=True):
+        category = item.scored.category.value
+        if failure is not None:
+            drop(i, item.source, quarantine_joined(stage, item, failure.reason, failure.errors, cand.sample_id),
+                 category)
+            continue
+        try:
+            sample = cand.build()
+        except ValidationError as exc:
+            drop(i, item.source, quarantine_joined(stage, item, QuarantineReason.SCHEMA_VIOLATION,
+                                                   validation_errors(exc), cand.sample_id), category)
+            continue
+        out[i] = ("sample", sample)
+        report.source(item.source).bump("written", category=category)
+
+    result = RowExport()
+    for i in sorted(out):
+        kind, value = out[i]
+        (result.samples if kind == "sample" else result.quarantine).append(value)
+    return result

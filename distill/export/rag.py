@@ -1,0 +1,88 @@
+"""RAG exporter: playbooks the replay runtime retrieves.
+
+accepted + partially_accepted ship by default; needs_human_review only with include_review;
+rejected never (this module refuses it, and RagSample's schema refuses it again).
+"""
+
+from __future__ import annotations
+
+import re
+
+from distill.export.gates import GateInput
+from distill.export.quarantine import Candidate, Decision, Drop
+from distill.export.reader import Joined
+from distill.hashing import content_id
+from distill.records import Category, QuarantineReason, RagSample
+from distill.validation_steps import extract_validation_steps
+
+RAG_NEVER: frozenset[Category] = frozenset({Category.REJECTED})
+TITLE_CHARS = 120
+_MARKUP = re.compile(r"^[\s#>*_`-]+|[\s*_`]+$")
+
+
+def rag_id(run_id: str, sig: str) -> str:
+    return content_id("rag", run_id, sig)
+
+
+def allowed_categories(include_review: bool) -> frozenset[Category]:
+    base = {Category.ACCEPTED, Category.PARTIALLY_ACCEPTED}
+    if include_review:
+        base.add(Category.NEEDS_HUMAN_REVIEW)
+    return frozenset(base - RAG_NEVER)
+
+
+def make_title(text: str, fallback: str) -> str:
+    """First meaningful line of the text without markdown decoration, else the fallback."""
+    for line in text.splitlines():
+        cleaned = _MARKUP.sub("", line).strip()
+        if cleaned:
+            return cleaned if len(cleaned) <= TITLE_CHARS else cleaned[: TITLE_CHARS - 1].rstrip() + "…"
+    return fallback
+
+
+def make_tags(j: Joined) -> list[str]:
+    ev = j.evidence
+    tags = [
+        f"source:{ev.source}",
+        f"category:{j.scored.category.value}",
+        f"role:{ev.model_role.value}",
+        f"class:{j.scored.score_class.value}",
+        f"task:{ev.task_id}",
+    ]
+    if ev.model_name:
+        tags.append(f"model:{ev.model_name}")
+    return tags
+
+
+def decide_rag(j: Joined, *, include_review: bool) -> Decision:
+    category = j.scored.category
+    if category in RAG_NEVER:
+        return Drop(QuarantineReason.UNSAFE_RAG_CATEGORY, [f"category={category.value} never ships to RAG"])
+    allowed = allowed_categories(include_review)
+    if category not in allowed:
+        return Drop(
+            QuarantineReason.CATEGORY_DISALLOWED,
+            [f"category={category.value} not in {sorted(c.value for c in allowed)} (--include-review to opt in)"],
+        )
+    ev = j.evidence
+    if not ev.text.strip():
+        return Drop(QuarantineReason.EMPTY_CONTENT, ["evidence text is empty: nothing to retrieve"])
+    sid = rag_id(ev.run_id, ev.provenance.sig_hash)
+
+    def build() -> RagSample:
+        return RagSample(
+            id=sid,
+            title=make_title(ev.text, f"{ev.source}: {ev.task_id}"),
+            text=ev.text,
+            success_score=category.value,  # type: ignore[arg-type]
+            source_category=ev.source,
+            source_run_id=ev.run_id,
+            task_id=ev.task_id,
+            tags=make_tags(j),
+            validation_steps=extract_validation_steps(ev.text),
+            source_files=list(ev.source_files),
+            created_at=ev.created_at,
+            provenance=ev.provenance,
+        )
+
+    return Candidate(sid, GateInput(texts=(ev.text,), cited_files=tuple(ev.source_files)), build)

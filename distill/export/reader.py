@@ -1,0 +1,190 @@
+"""Read scored runs and join each one to the evidence revision it scored.
+
+The join key is (evidence_run_id, provenance.sig_hash): a run_id can have several revisions
+(the source row changed), and a score only describes the revision whose hash it carries.
+Every scored-run line becomes exactly one ReaderItem, so exporters can account for every
+input row (conservation) without re-reading anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from distill.jsonl import iter_raw_lines, loads
+from distill.records import EvidenceRecord, QuarantineReason, ScoredRun, SourceRef
+from distill.workspace import Workspace, iter_partition_files
+
+EXCERPT_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A scored run with the evidence revision it scored."""
+
+    scored: ScoredRun
+    evidence: EvidenceRecord
+    scored_file: str
+    scored_line: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.evidence.run_id, self.evidence.provenance.sig_hash)
+
+    @property
+    def source(self) -> str:
+        return self.scored.source
+
+    def ref(self) -> SourceRef:
+        p = self.evidence.provenance
+        return SourceRef(
+            source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number, sig_hash=p.sig_hash
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A scored-run line that cannot be exported at all, and why."""
+
+    source: str
+    reason: QuarantineReason
+    errors: list[str]
+    ref: SourceRef
+    record_id: str | None = None
+    excerpt: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+ReaderItem = Joined | Broken
+
+
+class EvidenceIndex:
+    """Evidence by (run_id, sig_hash), loaded per partition file on demand.
+
+    The mirror partition (same YYYY/MM/DD/<source>.jsonl under evidence/) is tried first; a
+    miss falls back to every evidence file once, so a scored run whose evidence landed in
+    another partition still joins. Lines that do not parse as EvidenceRecord are not data.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self._ws = ws
+        self._by_file: dict[Path, dict[tuple[str, str], EvidenceRecord]] = {}
+        self._global: dict[tuple[str, str], EvidenceRecord] | None = None
+        self._revisions: dict[str, list[str]] | None = None
+        self.files_read: list[Path] = []
+
+    def _load(self, path: Path) -> dict[tuple[str, str], EvidenceRecord]:
+        if path in self._by_file:
+            return self._by_file[path]
+        records: dict[tuple[str, str], EvidenceRecord] = {}
+        if path.is_file():
+            self.files_read.append(path)
+            for raw in iter_raw_lines(path):
+                if not (raw.terminated and raw.data and raw.data.strip()):
+                    continue
+                try:
+                    ev = EvidenceRecord.model_validate(loads(raw.data))
+                except (ValueError, ValidationError):
+                    continue
+                records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+        self._by_file[path] = records
+        return records
+
+    def _load_all(self) -> dict[tuple[str, str], EvidenceRecord]:
+        if self._global is None:
+            merged: dict[tuple[str, str], EvidenceRecord] = {}
+            for path in iter_partition_files(self._ws.evidence_dir):
+                for key, ev in self._load(path).items():
+                    merged.setdefault(key, ev)
+            self._global = merged
+            revisions: dict[str, list[str]] = {}
+            for run_id, sig in merged:
+                revisions.setdefault(run_id, []).append(sig)
+            self._revisions = {k: sorted(v) for k, v in revisions.items()}
+        return self._global
+
+    def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
+        found = self._load(mirror).get((run_id, sig))
+        if found is None:
+            found = self._load_all().get((run_id, sig))
+        return found
+
+    def revisions(self, run_id: str) -> list[str]:
+        self._load_all()
+        assert self._revisions is not None
+        return self._revisions.get(run_id, [])
+
+
+def _excerpt(data: bytes) -> str:
+    return data[:EXCERPT_CHARS].decode("utf-8", errors="replace")
+
+
+def _classify_invalid(row: Any, exc: ValidationError) -> tuple[QuarantineReason, list[str]]:
+    """Map a ScoredRun validation failure onto the export taxonomy (provenance first)."""
+    if isinstance(row, dict):
+        prov = row.get("provenance")
+        if not isinstance(prov, dict) or not prov.get("sig_hash") or not prov.get("source_file"):
+            return QuarantineReason.MISSING_PROVENANCE, ["scored run has no usable provenance (source_file + sig_hash)"]
+        if not row.get("evidence_run_id"):
+            return QuarantineReason.MISSING_SOURCE_RUN_ID, ["scored run has no evidence_run_id"]
+    errors = [f"{'.'.join(str(p) for p in e['loc']) or '<row>'}: {e['msg']}" for e in exc.errors()[:5]]
+    return QuarantineReason.SCHEMA_VIOLATION, errors or ["not a ScoredRun"]
+
+
+def iter_scored(ws: Workspace, index: EvidenceIndex) -> Iterator[ReaderItem]:
+    """Every line of every scored-run partition (sorted), joined or explained."""
+    for path in iter_partition_files(ws.scored_dir):
+        rel = ws.relative(path)
+        source = path.stem
+        mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+        for raw in iter_raw_lines(path):
+            if raw.terminated and raw.data is not None and not raw.data.strip():
+                continue  # blank line: not a row
+            ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
+            if not raw.terminated:
+                yield Broken(source, QuarantineReason.TORN_LINE, ["torn last line (no newline)"], ref,
+                             excerpt=_excerpt(raw.data or b""))
+                continue
+            if raw.data is None:
+                yield Broken(source, QuarantineReason.LINE_TOO_LONG, ["scored-run line too long"], ref)
+                continue
+            try:
+                row = loads(raw.data)
+            except ValueError as exc:
+                yield Broken(source, QuarantineReason.SCHEMA_VIOLATION, [f"scored run is not JSON: {exc}"[:200]],
+                             ref, excerpt=_excerpt(raw.data))
+                continue
+            try:
+                scored = ScoredRun.model_validate(row)
+            except ValidationError as exc:
+                reason, errors = _classify_invalid(row, exc)
+                rid = row.get("evidence_run_id") if isinstance(row, dict) else None
+                yield Broken(source, reason, errors, ref, record_id=rid if isinstance(rid, str) else None,
+                             excerpt=_excerpt(raw.data))
+                continue
+            sig = scored.provenance.sig_hash
+            ev = index.get(mirror, scored.evidence_run_id, sig)
+            if ev is None:
+                known = index.revisions(scored.evidence_run_id)
+                msg = (
+                    f"no evidence revision of run {scored.evidence_run_id} with sig_hash {sig[:12]}"
+                    f" (known revisions: {', '.join(s[:12] for s in known)})"
+                    if known
+                    else f"evidence run {scored.evidence_run_id} not found"
+                )
+                p = scored.provenance
+                yield Broken(
+                    scored.source,
+                    QuarantineReason.MISSING_SOURCE_RUN_ID,
+                    [msg],
+                    SourceRef(source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number,
+                              sig_hash=p.sig_hash),
+                    record_id=scored.evidence_run_id,
+                    detail={"scored_file": rel, "scored_line": raw.number, "category": scored.category.value},
+                )
+                continue
+            yield Joined(scored=scored, evidence=ev, scored_file=rel, scored_line=raw.number)

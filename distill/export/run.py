@@ -1,0 +1,166 @@
+"""run_export: one exporter over the workspace, with its StageReport.
+
+The native file is append-only (ids already there are skipped, so a re-run over unchanged
+input writes nothing); the quarantine file, the TRL/OpenAI views and the dataset card are
+rewritten whole (atomically) each run, so they are byte-identical on re-runs. --dry-run
+computes everything and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from distill.config import Settings
+from distill.errors import UsageError
+from distill.export.card import write_card
+from distill.export.formats import FORMATS, render_view, views_to_refresh
+from distill.export.gates import Firewall
+from distill.export.preference import export_preference
+from distill.export.quarantine import export_rows
+from distill.export.rag import RAG_NEVER, decide_rag
+from distill.export.reader import EvidenceIndex, iter_scored
+from distill.export.sft import SFT_NEVER, decide_sft
+from distill.jsonl import append_json, iter_json, write_atomic, write_jsonl_atomic
+from distill.records import Category, PreferenceSample, RagSample, SftSample
+from distill.records.stage import StageReport
+from distill.workspace import Workspace, iter_partition_files
+
+ExportKind = Literal["rag", "sft", "preference"]
+KINDS: tuple[str, ...] = ("rag", "sft", "preference")
+FIREWALL_PREFIX = "firewall violation: "
+
+
+def native_path(ws: Workspace, kind: str) -> Path:
+    return {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[kind]
+
+
+def existing_rows(path: Path) -> list[dict[str, Any]]:
+    return [row for row in iter_json(path) if isinstance(row, dict)]
+
+
+def run_export(
+    ws: Workspace,
+    settings: Settings,
+    kind: ExportKind,
+    *,
+    include_review: bool = False,
+    include_partial: bool = False,
+    fmt: str = "native",
+    dry_run: bool = False,
+    firewall: Firewall | None = None,
+) -> StageReport:
+    """Export one dataset. `firewall` lets `export all` build the gates once."""
+    if kind not in KINDS:
+        raise UsageError(f"unknown export kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    report = StageReport(stage=f"export-{kind}", dry_run=dry_run)
+    fw = firewall or Firewall.from_settings(ws.root, settings.export)
+    report.notes.extend(fw.notes())
+    if kind == "rag" and include_partial:
+        report.notes.append("--include-partial has no effect on RAG (partially accepted rows ship by default)")
+    if kind == "sft" and include_review:
+        report.notes.append("--include-review has no effect on SFT: needs_human_review never ships there")
+    if kind == "rag" and fmt != "native":
+        report.notes.append(f"RAG has no {fmt} view; the native playbooks file is the RAG dataset")
+
+    target = native_path(ws, kind)
+    before = existing_rows(target)
+    existing_ids = {str(r.get("id")) for r in before}
+    index = EvidenceIndex(ws)
+    items = iter_scored(ws, index)
+
+    if kind == "preference":
+        pref = export_preference(
+            items, fw, report,
+            existing_ids=existing_ids,
+            existing_per_task=Counter(str(r.get("task_id")) for r in before),
+            max_pairs_per_task=settings.export.max_pairs_per_task,
+            cross_source=settings.export.cross_source_pairs,
+        )
+        samples: list[BaseModel] = list(pref.samples)
+        quarantine = pref.quarantine
+        report.notes.append(
+            f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
+            f"({len(existing_ids)} already in the export)"
+        )
+    else:
+        decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
+                  else partial(decide_sft, include_partial=include_partial))
+        rows = export_rows(kind, items, decide, existing_ids, fw, report)
+        samples, quarantine = rows.samples, rows.quarantine
+
+    report.finalize()
+    scored_files = iter_partition_files(ws.scored_dir)
+    report.inputs = sorted({ws.relative(p) for p in [*scored_files, *index.files_read]})
+
+    violations = audit_rows([s.model_dump(mode="json") for s in samples], kind)
+    if not report.balanced:
+        violations.append("conservation: rows in != written + quarantined + deduped + skipped")
+
+    if not dry_run:
+        written: list[Path] = []
+        if samples:
+            append_json(target, (s.model_dump(mode="json") for s in samples))
+        elif not target.exists():
+            write_atomic(target, b"")
+        written.append(target)
+        qpath = ws.quarantine_path(kind)
+        write_jsonl_atomic(qpath, (q.to_json_dict() for q in quarantine))
+        written.append(qpath)
+        if kind != "rag":
+            for view in views_to_refresh(ws, kind, fmt):
+                written.extend(render_view(ws, kind, view))
+        violations.extend(verify_export(ws, kind, max_pairs_per_task=settings.export.max_pairs_per_task))
+        written.append(write_card(ws))
+        report.outputs = [ws.relative(p) for p in written]
+    report.notes.extend(FIREWALL_PREFIX + v for v in sorted(set(violations)))
+    return report
+
+
+def firewall_violations(report: StageReport) -> list[str]:
+    return [n[len(FIREWALL_PREFIX):] for n in report.notes if n.startswith(FIREWALL_PREFIX)]
+
+
+def audit_rows(rows: list[dict[str, Any]], kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
+    """Firewall invariants over export rows (schema, categories, pairs, unique ids)."""
+    problems: list[str] = []
+    ids: Counter[str] = Counter()
+    per_task: Counter[str] = Counter()
+    model = {"rag": RagSample, "sft": SftSample, "preference": PreferenceSample}[kind]
+    for n, row in enumerate(rows, start=1):
+        ids[str(row.get("id"))] += 1
+        try:
+            model.model_validate(row)
+        except ValidationError as exc:
+            problems.append(f"{kind} row {n} ({row.get('id')}): fails the {model.__name__} schema: "
+                            f"{exc.errors()[0]['msg']}")
+            continue
+        if kind == "rag" and Category(row["success_score"]) in RAG_NEVER:
+            problems.append(f"rag row {n}: category {row['success_score']} in RAG")
+        if kind == "sft" and Category(row["quality_score"]) in SFT_NEVER:
+            problems.append(f"sft row {n}: category {row['quality_score']} in SFT")
+        if kind == "preference":
+            if row["chosen_run_id"] == row["rejected_run_id"]:
+                problems.append(f"preference row {n}: self-pair")
+            if row["chosen"].strip() == row["rejected"].strip():
+                problems.append(f"preference row {n}: identical texts")
+            if row["rejected_category"] == Category.NEEDS_HUMAN_REVIEW.value:
+                problems.append(f"preference row {n}: unreviewed rejected side")
+            per_task[str(row["task_id"])] += 1
+    problems.extend(f"{kind}: id {i} appears {c} times" for i, c in ids.items() if c > 1)
+    if max_pairs_per_task is not None:
+        problems.extend(f"preference: task {t} has {c} pairs (max {max_pairs_per_task})"
+                        for t, c in per_task.items() if c > max_pairs_per_task)
+    return problems
+
+
+def verify_export(ws: Workspace, kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
+    """Re-read the native export from disk and check the firewall invariants held."""
+    return audit_rows(existing_rows(native_path(ws, kind)), kind,
+                      max_pairs_per_task=max_pairs_per_task if kind == "preference" else None)
