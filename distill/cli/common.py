@@ -26,7 +26,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def console() -> Console:
-    return Console(stderr=False, soft_wrap=True)
+    """stdout console; at least 120 columns so stage tables stay readable in pipes and CI logs."""
+    probe = Console()
+    return Console(width=max(probe.width, 120) if not probe.is_terminal else None)
 
 
 def err_console() -> Console:

@@ -62,6 +62,7 @@ class StageReport(BaseModel):
             for counts in self.by_source.values():
                 totals.add(counts)
             self.totals = totals
+        self.by_source = dict(sorted(self.by_source.items()))
         return self
 
     @model_validator(mode="after")
