@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from distill.jsonl import iter_json, write_jsonl_atomic
 from distill.records import PreferenceSample, SftSample
 from distill.workspace import Workspace
@@ -135,14 +137,22 @@ def preference_to_openai(p: PreferenceSample) -> dict[str, Any]:
 # --- rendering views -------------------------------------------------------------------------
 
 
+def _valid_rows(path: Path, model: Any) -> Iterator[Any]:
+    """Rows of a native file that pass the schema; a row that does not (a hand edit) is never
+    rendered into a view, and verify_export reports it as a firewall violation."""
+    for row in iter_json(path):
+        try:
+            yield model.model_validate(row)
+        except ValidationError:
+            continue
+
+
 def _sft_rows(ws: Workspace) -> Iterator[SftSample]:
-    for row in iter_json(ws.sft_path):
-        yield SftSample.model_validate(row)
+    return _valid_rows(ws.sft_path, SftSample)
 
 
 def _pref_rows(ws: Workspace) -> Iterator[PreferenceSample]:
-    for row in iter_json(ws.preference_path):
-        yield PreferenceSample.model_validate(row)
+    return _valid_rows(ws.preference_path, PreferenceSample)
 
 
 def _sft_sidecar(n: int, s: SftSample) -> dict[str, Any]:

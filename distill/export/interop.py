@@ -129,7 +129,11 @@ def convert_hh_rlhf_file(path: Path, *, source_file: str | None = None) -> Itera
             if not isinstance(row, dict):
                 raise ConversionError("not a JSON object")
             sample = hh_rlhf_to_preference(row, line_number=number, line_offset=offset, source_file=name)
-        except (ValueError, ValidationError) as exc:
-            yield HHResult(number, None, str(exc).splitlines()[0][:200], None)
+        except ValidationError as exc:
+            msg = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            yield HHResult(number, None, msg[:200], None)
+            continue
+        except ValueError as exc:
+            yield HHResult(number, None, str(exc)[:200], None)
             continue
         yield HHResult(number, sample, None, row)

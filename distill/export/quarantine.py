@@ -116,15 +116,17 @@ def export_rows(
                  category)
             continue
         sid = decision.sample_id
-        if sid in existing_ids:
-            report.source(item.source).bump("deduped", category=category)
-            continue
+        # a repeat within this input first (so re-runs quarantine it the same way), then ids
+        # already exported by an earlier run
         if sid in seen:
             drop(i, item.source, quarantine_joined(stage, item, QuarantineReason.DUPLICATE_ID,
-                                                   [f"{sid} already produced by an earlier row of this run"], sid),
+                                                   [f"{sid} already produced by an earlier row of this input"], sid),
                  category)
             continue
         seen.add(sid)
+        if sid in existing_ids:
+            report.source(item.source).bump("deduped", category=category)
+            continue
         pending.append((i, item, decision))
 
     verdicts = firewall.check([c.gate for _, _, c in pending])
