@@ -1,0 +1,410 @@
+"""Index performance: build throughput vs raw encode, incremental runs, query latency, HNSW recall.
+
+    python benchmarks/index.py [--quick] [--json] [--sizes 10000 100000] [--throughput-docs 1000]
+
+1. Throughput: the same SciFact texts through raw `model.encode` (same batch size, normalised)
+   and through a full `build_index` (embedding + Chroma upserts + BM25 + manifest); ratio of the two.
+2. Incremental: a no-change run (embeds 0) and a run after changing 1% of the documents (embeds
+   exactly that 1%), timed against the full build.
+3. Latency p50/p95 per mode (query embedding included, warm searcher) at 10k and 100k documents.
+   Those corpora are generated: each document is one sentence drawn (seeded) from SciFact
+   abstracts. Their embeddings are computed once with the same model and cached outside the repo
+   (~/.cache/distill-bench, override with $DISTILL_BENCH_CACHE); the index is then built through
+   the product's own build_index with an embedder that serves cached vectors by text hash (and
+   falls back to the model), and kept there so later runs are incremental no-ops.
+4. HNSW recall@10 of Chroma's dense search against exact (brute-force) search on those real
+   embeddings, for a range of search ef values; reports the smallest ef reaching 0.98.
+
+Results: benchmarks/results/index[_quick].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+# This file is named like the `index` package: make sure `import index` finds the package.
+_HERE = Path(__file__).resolve().parent
+REPO = _HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.beir import load_beir, resolve_dataset  # noqa: E402
+from benchmarks.ir_metrics import percentile  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+MODES = ("hybrid", "dense", "bm25", "jaccard")
+EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("DISTILL_BENCH_CACHE", Path.home() / ".cache" / "distill-bench"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ---------------------------------------------------------------- generated corpus + cached vectors
+def sentence_pool(corpus: dict[str, tuple[str, str]]) -> list[str]:
+    pool = []
+    for _title, text in corpus.values():
+        for s in re.split(r"(?<=[.!?])\s+", text):
+            words = s.split()
+            if 6 <= len(words) <= 24:
+                pool.append(" ".join(words))
+    return sorted(set(pool))
+
+
+def generated_texts(pool: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """n documents, each one pooled sentence plus a numbered tag (so texts are distinct)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(pool), size=n)
+    return [f"{pool[p]} [doc {i}]" for i, p in enumerate(picks)]
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cached_vectors(embedder, texts: Sequence[str], name: str) -> np.ndarray:
+    """Embeddings of `texts`, computed once and stored in the cache folder (keyed by model and texts)."""
+    digest = hashlib.sha256(("\n".join(texts) + embedder.model_id).encode()).hexdigest()[:16]
+    path = cache_dir() / f"{name}-{embedder.model_id.replace('/', '_')}-{len(texts)}-{digest}.npy"
+    if path.exists():
+        vecs = np.load(path)
+        if vecs.shape == (len(texts), embedder.dimension):
+            log(f"cached vectors: {path}")
+            return vecs
+    log(f"embedding {len(texts)} generated texts once (cached at {path})")
+    t = time.perf_counter()
+    vecs = embedder.encode_documents(list(texts), progress=True)
+    log(f"  {len(texts) / (time.perf_counter() - t):.0f} texts/s")
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vecs)
+    os.replace(tmp, path)
+    return vecs
+
+
+class CachedEmbedder:
+    """Serves precomputed document vectors by text hash; anything else goes to the real model."""
+
+    def __init__(self, embedder, texts: Sequence[str], vectors: np.ndarray) -> None:
+        self.inner = embedder
+        self.model_id = embedder.model_id
+        self.dimension = embedder.dimension
+        self.normalize = embedder.normalize
+        self.table = {text_key(t): i for i, t in enumerate(texts)}
+        self.vectors = vectors
+        self.from_model = 0
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.inner.encode_query(text)
+
+    def encode_documents(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        missing = []
+        for j, t in enumerate(texts):
+            i = self.table.get(text_key(t))
+            if i is None:
+                missing.append(j)
+            else:
+                out[j] = self.vectors[i]
+        if missing:
+            out[missing] = self.inner.encode_documents([texts[j] for j in missing], progress=progress)
+            self.from_model += len(missing)
+        return out
+
+
+# ---------------------------------------------------------------- sections
+def throughput(embedder, docs, *, hnsw, repeats: int) -> dict:
+    """Raw encode vs full build on the same texts, same batch size; best of `repeats` each."""
+    from index.build import build_index
+    from index.manifest import IndexPaths
+
+    texts = [d.embed_text for d in docs]
+    embedder.model.encode(texts[:64], batch_size=embedder.batch_size, show_progress_bar=False)  # warm-up
+    raw_times, build_times, reports = [], [], []
+    for r in range(repeats):
+        t = time.perf_counter()
+        embedder.model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        raw_times.append(time.perf_counter() - t)
+        log(f"raw encode {len(texts)} texts: {raw_times[-1]:.1f}s")
+        with tempfile.TemporaryDirectory(prefix="distill-bench-build-") as tmp:
+            t = time.perf_counter()
+            rep = build_index(IndexPaths(Path(tmp)), docs, embedder, collection="bench-throughput", hnsw=hnsw, progress=False)
+            build_times.append(time.perf_counter() - t)
+            reports.append(rep)
+        log(f"full build {len(docs)} docs: {build_times[-1]:.1f}s (embed {rep.timings_s['embed']:.1f}s)")
+    raw, build = min(raw_times), min(build_times)
+    return {
+        "documents": len(docs),
+        "batch_size": embedder.batch_size,
+        "repeats": repeats,
+        "raw_encode_s": round(raw, 2),
+        "full_build_s": round(build, 2),
+        "raw_docs_per_s": round(len(docs) / raw, 1),
+        "build_docs_per_s": round(len(docs) / build, 1),
+        "build_vs_raw_throughput": round(raw / build, 3),
+        "build_breakdown_s": reports[build_times.index(build)].timings_s,
+        "all_raw_s": [round(x, 2) for x in raw_times],
+        "all_build_s": [round(x, 2) for x in build_times],
+    }
+
+
+def incremental(embedder, docs, *, hnsw) -> dict:
+    """Full build, then a no-change run, then a run after editing 1% of the documents."""
+    from dataclasses import replace
+
+    from index.build import build_index
+    from index.manifest import IndexPaths
+
+    with tempfile.TemporaryDirectory(prefix="distill-bench-inc-") as tmp:
+        paths = IndexPaths(Path(tmp))
+        t = time.perf_counter()
+        full = build_index(paths, docs, embedder, collection="bench-incremental", hnsw=hnsw, progress=False)
+        full_s = time.perf_counter() - t
+        t = time.perf_counter()
+        same = build_index(paths, docs, embedder, collection="bench-incremental", hnsw=hnsw, progress=False)
+        same_s = time.perf_counter() - t
+        n_change = max(1, round(len(docs) * 0.01))
+        step = len(docs) // n_change
+        changed_idx = set(range(0, step * n_change, step))
+        edited = [replace(d, text=d.text + " (revised)") if i in changed_idx else d for i, d in enumerate(docs)]
+        t = time.perf_counter()
+        one = build_index(paths, edited, embedder, collection="bench-incremental", hnsw=hnsw, progress=False)
+        one_s = time.perf_counter() - t
+    return {
+        "documents": len(docs),
+        "full_build_s": round(full_s, 2),
+        "full_embedded": full.embedded,
+        "no_change": {"embedded": same.embedded, "unchanged": same.unchanged, "seconds": round(same_s, 3),
+                      "fraction_of_full": round(same_s / full_s, 4)},
+        "one_percent": {"changed": n_change, "embedded": one.embedded, "updated": one.updated,
+                        "unchanged": one.unchanged, "seconds": round(one_s, 2),
+                        "fraction_of_full": round(one_s / full_s, 4), "embeds_exactly_the_change": one.embedded == n_change},
+    }
+
+
+def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size: int, queries: Sequence[str], *,
+                       hnsw, rrf_k: int, n_queries: int, recall: bool, k: int = 8) -> dict:
+    from index.build import build_index
+    from index.documents import Document
+    from index.manifest import IndexPaths
+    from index.search import open_index
+
+    all_texts = list(texts[:size])
+    vecs = vectors[:size]
+    docs = [Document(id=f"g{i}", text=t, category=("accepted", "partially_accepted", "needs_human_review")[i % 3])
+            for i, t in enumerate(all_texts)]
+    cached = CachedEmbedder(embedder, all_texts, vecs)
+    paths = IndexPaths(cache_dir() / f"index-generated{size}-{embedder.model_id.replace('/', '_')}")
+    t = time.perf_counter()
+    rep = build_index(paths, docs, cached, collection="bench-latency", hnsw=hnsw, progress=True)
+    build_s = time.perf_counter() - t
+    log(f"{size} docs index ready in {build_s:.1f}s (embedded {rep.embedded}, from model {cached.from_model}, unchanged {rep.unchanged})")
+    t = time.perf_counter()
+    searcher = open_index(paths, embedder, rrf_k=rrf_k)
+    open_s = time.perf_counter() - t
+    qs = list(queries)[:n_queries]
+    out: dict = {"documents": size, "index_ready_s": round(build_s, 2), "searcher_open_s": round(open_s, 2),
+                 "queries": len(qs), "k": k, "modes": {}}
+    for mode in MODES:
+        for q in qs[:5]:
+            searcher.search(q, k=k, mode=mode)  # warm (jaccard builds its token sets on first use)
+        lat = []
+        for q in qs:
+            t = time.perf_counter()
+            searcher.search(q, k=k, mode=mode)  # type: ignore[arg-type]
+            lat.append(time.perf_counter() - t)
+        out["modes"][mode] = {"p50_ms": round(percentile(lat, 50) * 1000, 2), "p95_ms": round(percentile(lat, 95) * 1000, 2),
+                              "mean_ms": round(float(np.mean(lat)) * 1000, 2)}
+        log(f"  {size} {mode:8s} p50={out['modes'][mode]['p50_ms']}ms p95={out['modes'][mode]['p95_ms']}ms")
+    # where hybrid's time goes: query embedding alone, and the lookups given the vector
+    emb_lat, ann_lat, bm25_lat = [], [], []
+    for q in qs:
+        t = time.perf_counter()
+        v = embedder.encode_query(q)
+        emb_lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        searcher.store.query(v, max(searcher.hybrid_depth, 2 * k))
+        ann_lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        searcher.bm25.top(q, max(searcher.hybrid_depth, 2 * k))
+        bm25_lat.append(time.perf_counter() - t)
+    out["hybrid_parts_ms"] = {
+        name: {"p50": round(percentile(v, 50) * 1000, 2), "p95": round(percentile(v, 95) * 1000, 2)}
+        for name, v in (("query_embedding", emb_lat), ("chroma_ann_depth", ann_lat), ("bm25_depth", bm25_lat))
+    }
+    if recall:
+        out["hnsw_recall"] = hnsw_recall(searcher, vecs, [f"g{i}" for i in range(size)], embedder.encode_queries(qs), hnsw)
+    return out
+
+
+def hnsw_recall(searcher, vecs: np.ndarray, ids: list[str], qvecs: np.ndarray, hnsw, k: int = 10) -> dict:
+    """Recall@k of Chroma's HNSW vs exact cosine search, over the ef grid; restores the configured ef."""
+    exact = np.argsort(-(qvecs @ vecs.T), axis=1)[:, :k]
+    truth = [{ids[j] for j in row} for row in exact]
+    curve = {}
+    for ef in EF_GRID:
+        searcher.store.set_search_ef(ef)
+        hits = 0
+        lat = []
+        for qv, want in zip(qvecs, truth, strict=True):
+            t = time.perf_counter()
+            got = searcher.store.query(qv, k)
+            lat.append(time.perf_counter() - t)
+            hits += len(want & {i for i, _ in got})
+        curve[ef] = {"recall@10": round(hits / (k * len(truth)), 4), "ann_p50_ms": round(percentile(lat, 50) * 1000, 3)}
+        log(f"  ef={ef}: recall@10={curve[ef]['recall@10']} ann p50 {curve[ef]['ann_p50_ms']}ms")
+    searcher.store.set_search_ef(hnsw.search_ef)
+    enough = [ef for ef in EF_GRID if curve[ef]["recall@10"] >= 0.98]
+    return {
+        "queries": len(truth),
+        "k": k,
+        "M": hnsw.m,
+        "construction_ef": hnsw.construction_ef,
+        "curve": {str(ef): v for ef, v in curve.items()},
+        "min_ef_for_0.98": enough[0] if enough else None,
+        "configured_search_ef": hnsw.search_ef,
+        "recall_at_configured_ef": curve.get(hnsw.search_ef, {}).get("recall@10"),
+    }
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", help="BEIR folder whose corpus feeds the texts (default SciFact)")
+    ap.add_argument("--quick", action="store_true", help="small sizes for CI smoke")
+    ap.add_argument("--sizes", nargs="+", type=int, default=None, help="latency corpus sizes (default 10000 100000)")
+    ap.add_argument("--throughput-docs", type=int, default=None, help="SciFact docs for throughput/incremental (default 1000)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--queries", type=int, default=200, help="latency queries per mode")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "incremental", "latency"])
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from distill.config import IndexSettings
+    from index.documents import Document
+    from index.embedder import Embedder
+    from index.store import HnswParams
+
+    cfg = IndexSettings()
+    hnsw = HnswParams.from_settings(cfg)
+    embedder = Embedder(args.model or cfg.model, batch_size=cfg.batch_size)
+    data = load_beir(resolve_dataset(args.dataset))
+    n_docs = args.throughput_docs or (200 if args.quick else 1000)
+    ids = list(data.corpus)[:n_docs]
+    docs = [Document(id=d, text=data.corpus[d][1] or data.corpus[d][0], title=data.corpus[d][0] or None) for d in ids]
+    sizes = args.sizes or ([2000] if args.quick else [10000, 100000])
+    queries = [data.queries[q] for q in sorted(data.qrels, key=lambda q: (len(q), q))]
+
+    result: dict = {
+        "suite": "index",
+        "quick": args.quick,
+        "model": embedder.model_id,
+        "dimension": embedder.dimension,
+        "hnsw": hnsw.model_dump(),
+        "rrf_k": cfg.rrf_k,
+        "machine": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "torch_threads": _torch_threads()},
+        "generated_corpus": "one SciFact sentence (6-24 words, seeded draw) + ' [doc i]' per document; vectors cached in "
+                            f"{cache_dir()} by model and text hash; the index is built with build_index and kept there",
+    }
+    if "throughput" not in args.skip:
+        log("== throughput")
+        result["throughput"] = throughput(embedder, docs, hnsw=hnsw, repeats=args.repeats)
+    if "incremental" not in args.skip:
+        log("== incremental")
+        result["incremental"] = incremental(embedder, docs, hnsw=hnsw)
+    if "latency" not in args.skip:
+        pool = sentence_pool(data.corpus)
+        texts = generated_texts(pool, max(sizes))
+        vectors = cached_vectors(embedder, texts, "generated")
+        result["latency"] = {}
+        for i, size in enumerate(sizes):
+            log(f"== latency at {size}")
+            result["latency"][str(size)] = latency_and_recall(
+                embedder, texts, vectors, size, queries, hnsw=hnsw, rrf_k=cfg.rrf_k, n_queries=args.queries,
+                recall=(i == len(sizes) - 1),
+            )
+    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    stem = "index" + ("_quick" if args.quick else "")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(markdown(result))
+    print(json.dumps(result, indent=2) if args.json else markdown(result))
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def markdown(r: dict) -> str:
+    out = [f"# Index benchmark{' (quick)' if r['quick'] else ''}", "",
+           f"Model `{r['model']}` ({r['dimension']}d), HNSW {r['hnsw']}, {r['machine']['cpus']} CPU cores "
+           f"(torch threads {r['machine']['torch_threads']}), finished {r.get('finished_at')}.", ""]
+    if "throughput" in r:
+        t = r["throughput"]
+        out += ["## Build throughput vs raw encode", "",
+                f"{t['documents']} SciFact documents, batch size {t['batch_size']}, best of {t['repeats']}.", "",
+                "| | seconds | docs/s |", "|---|---|---|",
+                f"| raw `model.encode` | {t['raw_encode_s']} | {t['raw_docs_per_s']} |",
+                f"| full `build_index` | {t['full_build_s']} | {t['build_docs_per_s']} |", "",
+                f"Build throughput = **{t['build_vs_raw_throughput'] * 100:.1f}%** of raw encode "
+                f"(build breakdown s: {t['build_breakdown_s']}).", ""]
+    if "incremental" in r:
+        i = r["incremental"]
+        out += ["## Incremental", "",
+                f"Full build of {i['documents']} docs: {i['full_build_s']} s, embedded {i['full_embedded']}.", "",
+                "| run | embedded | seconds | fraction of full build |", "|---|---|---|---|",
+                f"| no change | {i['no_change']['embedded']} | {i['no_change']['seconds']} | {i['no_change']['fraction_of_full']} |",
+                f"| 1% changed ({i['one_percent']['changed']} docs) | {i['one_percent']['embedded']} | "
+                f"{i['one_percent']['seconds']} | {i['one_percent']['fraction_of_full']} |", ""]
+    if "latency" in r:
+        out += ["## Query latency (warm searcher, query embedding included, k=8)", "", r["generated_corpus"] + ".", "",
+                "| docs | mode | p50 ms | p95 ms |", "|---|---|---|---|"]
+        for size, lat in r["latency"].items():
+            for mode, m in lat["modes"].items():
+                out.append(f"| {size} | {mode} | {m['p50_ms']} | {m['p95_ms']} |")
+        out.append("")
+        for size, lat in r["latency"].items():
+            parts = lat["hybrid_parts_ms"]
+            out.append(f"Hybrid at {size}: query embedding p50/p95 {parts['query_embedding']['p50']}/{parts['query_embedding']['p95']} ms, "
+                       f"Chroma ANN (depth {max(100, 16)}) {parts['chroma_ann_depth']['p50']}/{parts['chroma_ann_depth']['p95']} ms, "
+                       f"BM25 {parts['bm25_depth']['p50']}/{parts['bm25_depth']['p95']} ms.")
+        out.append("")
+        for size, lat in r["latency"].items():
+            rec = lat.get("hnsw_recall")
+            if not rec:
+                continue
+            out += [f"## HNSW recall@10 vs exact search ({size} docs, {rec['queries']} queries, M={rec['M']}, "
+                    f"construction ef={rec['construction_ef']})", "", "| search ef | recall@10 | ANN p50 ms |", "|---|---|---|"]
+            out += [f"| {ef} | {v['recall@10']} | {v['ann_p50_ms']} |" for ef, v in rec["curve"].items()]
+            out += ["", f"Smallest ef with recall@10 >= 0.98: **{rec['min_ef_for_0.98']}**; configured search ef "
+                        f"{rec['configured_search_ef']} gives {rec['recall_at_configured_ef']}.", ""]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
