@@ -209,9 +209,7 @@ def replay(
             table.add_row(verdict, str(n))
         Console().print(table)
         Console().print(f"escalated: {summary['escalated']} · logged to: {ws.replay_log}", highlight=False)
-    code = exit_code_for(verdicts)
-    if bad and code == 0:
-        code = 2
+    code = 2 if bad else exit_code_for(verdicts)  # unusable input lines: the user must fix the file
     raise typer.Exit(code)
 
 

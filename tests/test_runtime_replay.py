@@ -1,0 +1,335 @@
+"""Replay end to end: real index, real `ollama`/`openai` clients against loopback servers, real log.
+
+Covers: a grounded answer passes; hedging/placeholder/ungrounded answers fail with the right
+reasons; escalation only when allowed (never with --local-only); every backend fault gives a
+clear message, a logged run with the error and no hang beyond the timeout; the CLI's output,
+--json, batches and exit codes; the stale-index warning; 8 concurrent processes appending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.config import load_settings
+from distill.errors import UsageError
+from distill.jsonl import append_json, iter_json, iter_raw_lines
+from distill.records.replay import ReplayRun
+from runtime.cli import app
+from runtime.replay import ReplayOptions, ReplaySession, task_hash
+from tests.fixtures_runtime import *  # noqa: F403 - fixtures
+from tests.fixtures_runtime import GROUNDED_ANSWER, LOCAL_MODEL, ROUTING_TASK, playbook_rows, write_runtime_config
+from tests.ollama_server import OllamaLoopback, Reply
+from tests.openai_server import ChatReply
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN_ANSWER = "The router falls back to openrouter when the provider times out, and each request carries the provider header."
+
+
+def session(ws, searcher=None, **opts) -> ReplaySession:
+    opts.setdefault("backend", "ollama")
+    return ReplaySession(ws, load_settings(ws.root), ReplayOptions(**opts), searcher=searcher)
+
+
+def logged(ws) -> list[ReplayRun]:
+    return [ReplayRun.model_validate(row) for row in iter_json(ws.replay_log)]
+
+
+def failed_checks(attempt) -> set[str]:
+    return {c.name for c in attempt.gate.checks if not c.passed}
+
+
+# --- the gate through the whole pipeline -------------------------------------------------------
+
+def test_grounded_answer_passes_and_the_run_is_logged(ws, ollama_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER, prompt_eval_count=900, eval_count=55))
+    run = session(ws, session_searcher).run(ROUTING_TASK, task_id="t-1")
+
+    assert run.final_verdict == "validated_local" and not run.escalated, run.attempts
+    assert run.final_output == GROUNDED_ANSWER
+    assert run.retrieval_mode == "hybrid" and run.k == 8 and len(run.retrieved) == 7
+    assert run.bundle.exemplars[0].title == "Audit provider routing in the gateway"
+    assert [i.category for i in run.bundle.exemplars] == ["accepted"] * 3
+    assert [i.category for i in run.bundle.warnings] == ["partially_accepted"] * 2
+    assert any("openrouter" in s for s in run.bundle.validation_steps)
+    assert run.task_hash == task_hash(ROUTING_TASK) and run.task_id == "t-1"
+    attempt = run.attempts[0]
+    assert attempt.backend == "ollama" and attempt.model == LOCAL_MODEL
+    assert attempt.prompt_tokens == 900 and attempt.completion_tokens == 55 and not attempt.truncated
+    assert all(c.passed for c in attempt.gate.checks)
+    assert {"retrieve", "bundle", "local", "total"} <= set(run.timings_ms)
+
+    # what the model was sent: num_ctx always, retrieved text fenced with the run's nonce
+    (request,) = ollama_srv.chat_requests
+    assert request["model"] == LOCAL_MODEL and request["options"]["num_ctx"] == 4096
+    assert request["options"]["num_predict"] == 512
+    user = request["messages"][1]["content"]
+    assert f'<retrieved nonce="{run.bundle.nonce}" kind="exemplar"' in user and "crates/gateway/src/main.rs" in user
+
+    (row,) = logged(ws)
+    assert row.model_dump(mode="json") == run.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("I'm not sure, but " + GROUNDED_ANSWER, {"hedging"}),
+        (GROUNDED_ANSWER + "\nTODO: confirm the header check.", {"placeholders"}),
+        (GROUNDED_ANSWER.replace("crates/gateway/src/main.rs", "src/routing/provider_table.py"), {"grounding"}),
+        ("ok", {"length", "checklist_overlap"}),
+    ],
+    ids=["hedging", "placeholder", "ungrounded", "too-short"],
+)
+def test_bad_answers_fail_with_the_right_reasons(ws, ollama_srv, openai_srv, session_searcher, answer, expected) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content=answer))
+    run = session(ws, session_searcher).run(ROUTING_TASK)
+    assert run.final_verdict == "failed" and not run.escalated
+    assert failed_checks(run.attempts[0]) == expected
+    if expected == {"grounding"}:
+        reason = next(c.reason for c in run.attempts[0].gate.checks if c.name == "grounding")
+        assert "src/routing/provider_table.py" in reason
+    assert openai_srv.state.requests == []  # no escalation without --allow-escalation
+    assert len(logged(ws)) == 1
+
+
+def test_no_retrieval_is_the_explicit_baseline(ws, ollama_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER))
+    run = session(ws, no_retrieval=True).run(ROUTING_TASK)
+    assert run.retrieval_mode == "none" and run.k == 0 and run.retrieved == []
+    assert run.bundle.exemplars == [] and run.bundle.validation_steps == []
+    assert "No retrieved context" in ollama_srv.chat_requests[0]["messages"][1]["content"]
+    # the same answer is ungrounded without the bundle: the paths it cites came from nowhere
+    assert run.final_verdict == "failed" and failed_checks(run.attempts[0]) == {"grounding"}
+
+
+# --- escalation -------------------------------------------------------------------------------
+
+def test_escalation_when_allowed(ws, ollama_srv, openai_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content="It might be " + GROUNDED_ANSWER))
+    openai_srv.script(ChatReply(content=GROUNDED_ANSWER, prompt_tokens=1000, completion_tokens=70))
+    run = session(ws, session_searcher, allow_escalation=True).run(ROUTING_TASK)
+    assert run.escalated and run.final_verdict == "escalated_validated"
+    local, big = run.attempts
+    assert not local.gate.passed and not local.escalation
+    assert big.escalation and big.backend == "openai" and big.model == "big-model" and big.gate.passed
+    assert (big.prompt_tokens, big.completion_tokens) == (1000, 70)
+    assert run.final_output == GROUNDED_ANSWER
+    (req,) = openai_srv.state.requests
+    assert req["model"] == "big-model" and req["messages"] == ollama_srv.chat_requests[0]["messages"]
+    assert logged(ws)[0].final_verdict == "escalated_validated"
+
+
+def test_escalation_that_also_fails(ws, ollama_srv, openai_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content="TODO"))
+    openai_srv.script(ChatReply(content="As an AI I cannot be certain where routing lives."))
+    run = session(ws, session_searcher, allow_escalation=True).run(ROUTING_TASK)
+    assert run.final_verdict == "escalated_failed" and len(run.attempts) == 2
+
+
+def test_no_escalation_when_the_local_answer_passes(ws, ollama_srv, openai_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER))
+    run = session(ws, session_searcher, allow_escalation=True).run(ROUTING_TASK)
+    assert run.final_verdict == "validated_local" and not run.escalated and openai_srv.state.requests == []
+
+
+def test_local_only_never_escalates(ws, ollama_srv, openai_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content="TODO"))
+    run = session(ws, session_searcher, local_only=True).run(ROUTING_TASK)
+    assert run.final_verdict == "failed" and not run.escalated and openai_srv.state.requests == []
+    with pytest.raises(UsageError, match="contradict"):
+        ReplayOptions(local_only=True, allow_escalation=True)
+
+
+def test_local_backend_error_escalates_when_allowed(ws, ollama_srv, openai_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(fault="http500"))
+    openai_srv.script(ChatReply(content=PLAIN_ANSWER))
+    run = session(ws, no_retrieval=True, allow_escalation=True).run(ROUTING_TASK)
+    assert run.final_verdict == "escalated_validated"
+    assert "HTTP 500" in run.attempts[0].error and run.attempts[1].gate.passed
+
+
+def test_escalation_backend_failure_is_logged(ws, ollama_srv, openai_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url)
+    ollama_srv.set_default(Reply(content="TODO"))
+    openai_srv.script(ChatReply(fault="http500"))
+    run = session(ws, no_retrieval=True, allow_escalation=True).run(ROUTING_TASK)
+    assert run.final_verdict == "escalated_failed"
+    assert "HTTP 500" in run.attempts[1].error and run.final_output == "TODO"
+
+
+# --- backend faults ---------------------------------------------------------------------------
+
+FAULTS = [
+    (Reply(fault="http404"), f"`ollama pull {LOCAL_MODEL}`"),
+    (Reply(fault="http500"), "HTTP 500"),
+    (Reply(fault="malformed", content="abcdefghijklmnop"), "not valid JSON"),
+    (Reply(fault="drop", content="abcdefghijklmnop"), "broke mid-reply"),
+    (Reply(fault="slow", delay_s=20), "in time"),
+]
+
+
+@pytest.mark.parametrize(("reply", "message"), FAULTS, ids=[f[0].fault for f in FAULTS])
+def test_every_fault_is_a_clear_logged_error_without_hanging(ws, ollama_srv, reply, message) -> None:
+    write_runtime_config(ws.root, ollama_srv.url, timeout_s=1.5)
+    ollama_srv.script(reply)
+    start = time.monotonic()
+    run = session(ws, no_retrieval=True).run(ROUTING_TASK)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.5 + 2.0, elapsed
+    assert run.final_verdict == "error" and run.final_output == ""
+    (attempt,) = run.attempts
+    assert message in attempt.error and ollama_srv.url in attempt.error
+    assert attempt.gate is None
+    (row,) = logged(ws)
+    assert row.attempts[0].error == attempt.error
+
+
+def test_missing_model_is_reported_from_the_tags_check(ws) -> None:
+    with OllamaLoopback(models=["llama3.2:1b"]) as srv:
+        write_runtime_config(ws.root, srv.url)
+        s = session(ws, no_retrieval=True)
+        run1 = s.run(ROUTING_TASK)
+        run2 = s.run(ROUTING_TASK + " again")
+        assert f"run `ollama pull {LOCAL_MODEL}`" in run1.attempts[0].error
+        assert run2.final_verdict == "error"
+        assert srv.chat_requests == []  # no prompt is sent to a model that is not there
+    assert len(logged(ws)) == 2
+
+
+def test_prompt_truncation_is_detected(ws, ollama_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=PLAIN_ANSWER, prompt_eval_count=4096))
+    run = session(ws, no_retrieval=True).run(ROUTING_TASK)
+    assert run.attempts[0].truncated
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+def test_cli_default_output_with_real_retrieval(ws, ollama_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER))
+    result = invoke("--root", str(ws.root), "--task", ROUTING_TASK, "--backend", "ollama")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "answer" in out and "ProviderAdapter" in out
+    assert "grounding" in out and "checklist_overlap" in out and "pass" in out
+    assert "escalated: no" in out and "validated_local" in out
+    assert f"logged to: {ws.replay_log}" in out.replace("\n", "")
+    assert logged(ws)[0].retrieval_mode == "hybrid"
+
+
+def test_cli_json_and_gate_failure_exit_1(ws, ollama_srv) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content="I don't know. " + PLAIN_ANSWER))
+    result = invoke("--root", str(ws.root), "--task", ROUTING_TASK, "--backend", "ollama", "--no-retrieval", "--json")
+    assert result.exit_code == 1, result.output
+    run = ReplayRun.model_validate_json(result.stdout)
+    assert run.final_verdict == "failed" and run.retrieval_mode == "none"
+
+
+def test_cli_backend_unavailable_exit_2(ws) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    write_runtime_config(ws.root, f"http://127.0.0.1:{port}")
+    result = invoke("--root", str(ws.root), "--task", ROUTING_TASK, "--backend", "ollama", "--no-retrieval")
+    assert result.exit_code == 2
+    assert "cannot connect to Ollama" in result.output
+    assert logged(ws)[0].final_verdict == "error"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--task", "x", "--tasks-file", "f.jsonl"], ["--task", "x", "--local-only", "--allow-escalation"], ["--task", "   "]],
+    ids=["none", "both", "contradiction", "blank"],
+)
+def test_cli_usage_errors_exit_2(ws, args) -> None:
+    result = invoke("--root", str(ws.root), "--no-retrieval", *args)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output
+
+
+def test_cli_tasks_file_batch(ws, ollama_srv, tmp_path) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=PLAIN_ANSWER))
+    ollama_srv.script(Reply(content=PLAIN_ANSWER), Reply(content="TODO"))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        json.dumps({"task": ROUTING_TASK, "task_id": "a"}) + "\n"
+        + json.dumps({"task": "Audit the breaker", "id": 7}) + "\n"
+        + "{not json\n"
+        + json.dumps("Check the scheduler DST handling") + "\n"
+        + json.dumps({"task": ""}) + "\n"
+    )
+    result = invoke("--root", str(ws.root), "--tasks-file", str(tasks), "--backend", "ollama", "--no-retrieval", "--json")
+    assert result.exit_code == 2, result.output  # two unusable lines: the user must see them
+    summary = json.loads(result.stdout)
+    assert summary["tasks"] == 3 and summary["skipped_lines"] == 2
+    assert summary["verdicts"] == {"failed": 1, "validated_local": 2}
+    assert [r["task_id"] for r in summary["runs"]] == ["a", "7", None]
+    assert "tasks.jsonl:3" in result.output and "tasks.jsonl:5" in result.output
+    assert [r.task_id for r in logged(ws)] == ["a", "7", None]
+
+
+# --- stale index ------------------------------------------------------------------------------
+
+def test_warns_when_the_export_is_newer_than_the_index(ws, ollama_srv, session_searcher) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER))
+    manifest_mtime = (ws.index_dir / "manifest.json").stat().st_mtime
+    # touched but unchanged: not stale
+    os.utime(ws.rag_path, (manifest_mtime + 10, manifest_mtime + 10))
+    assert session(ws, session_searcher).run(ROUTING_TASK).warnings == []
+    # new content after the index was built: stale
+    extra = playbook_rows()[0] | {"id": "rag-00000000000000ff", "source_run_id": "run-extra"}
+    append_json(ws.rag_path, [extra])
+    os.utime(ws.rag_path, (manifest_mtime + 20, manifest_mtime + 20))
+    run = session(ws, session_searcher).run(ROUTING_TASK)
+    assert len(run.warnings) == 1 and "older than" in run.warnings[0] and "distill index" in run.warnings[0]
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+def test_eight_processes_append_whole_parseable_lines(ws, ollama_srv, tmp_path) -> None:
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=PLAIN_ANSWER * 20))  # long lines make interleaving visible
+    n = 3
+    procs = []
+    for p in range(8):
+        tasks = tmp_path / f"tasks{p}.jsonl"
+        tasks.write_text("".join(json.dumps({"task": f"{ROUTING_TASK} #{p}-{i}", "task_id": f"{p}-{i}"}) + "\n" for i in range(n)))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "runtime.cli", "--root", str(ws.root), "--tasks-file", str(tasks),
+                 "--backend", "ollama", "--no-retrieval", "--json"],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        )
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    raw = list(iter_raw_lines(ws.replay_log))
+    assert len(raw) == 8 * n and all(r.terminated for r in raw)
+    runs = logged(ws)
+    assert len({r.run_id for r in runs}) == 8 * n
+    assert sorted(r.task_id for r in runs) == sorted(f"{p}-{i}" for p in range(8) for i in range(n))
