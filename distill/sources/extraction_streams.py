@@ -16,11 +16,10 @@ from distill.sources.base import (
     RowRejected,
     first_timestamp,
     get_path,
-    optional_number,
     optional_str,
     require_str,
 )
-from distill.sources.fields import drop_none, key_or_int_str, natural_key, run_id, strict_str_list
+from distill.sources.fields import drop_none, key_or_int_str, natural_key, optional_number, run_id, strict_str_list
 
 EXTRACTION_TIMESTAMPS = ("extracted_at", "created_at", "ts")
 

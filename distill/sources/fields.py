@@ -66,12 +66,26 @@ def require_int(row: dict[str, Any], field: str) -> int:
 
 
 def require_number(row: dict[str, Any], field: str) -> float:
-    value = get_path(row, field)
+    value = optional_number(row, field)
     if value is None:
         raise RowRejected(QuarantineReason.MISSING_FIELD, f"missing '{field}'")
+    return value
+
+
+def optional_number(row: dict[str, Any], field: str) -> float | None:
+    """A finite number; an integer too large for a float is a wrong type, not an OverflowError."""
+    value = get_path(row, field)
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is too large for a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is not a finite number")
+    return number
 
 
 def strict_str_list(row: dict[str, Any], field: str) -> list[str]:

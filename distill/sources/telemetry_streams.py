@@ -17,16 +17,15 @@ from distill.sources.base import (
     RowRejected,
     first_timestamp,
     get_path,
-    optional_number,
     optional_str,
     require_str,
 )
 from distill.sources.fields import (
+    optional_number,
     dict_or_none,
     drop_none,
     natural_key,
     optional_bool,
-    require_int,
     require_number,
     run_id,
 )

@@ -17,12 +17,12 @@ from distill.sources.base import (
     first_timestamp,
     get_path,
     optional_int,
-    optional_number,
     optional_str,
     require_str,
     str_list,
 )
 from distill.sources.fields import (
+    optional_number,
     dict_or_none,
     drop_none,
     key_or_int_str,
