@@ -324,8 +324,8 @@ def gen_scrum_reviews(g: Gen) -> list[dict[str, Any]]:
                     "accepted": accepted,
                     "model": model,
                     "prompt": (
-                        f"Review `{path}` against the PRD and the open change proposals. Report findings "
-                        "with severity, confidence and a unified-diff patch each, then validation steps."
+                        f"Review `{path}` for defects. For each one give severity, confidence and a "
+                        "unified-diff patch; end with the steps that verify the fixes."
                     ),
                     "review": text,
                     "findings": nfind,

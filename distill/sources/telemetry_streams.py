@@ -113,7 +113,8 @@ def convert_outcome(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
         model_role=ModelRole.EXECUTOR,
         model_name=optional_str(row, "model"),
         text=text,
-        instruction=f"Run scenario '{scenario or scenario_id}'; report the outcome of each event with citations.",
+        instruction=f"Handle the scenario '{scenario or scenario_id}' step by step; say whether each step succeeded "
+        "and cite the policy behind it.",
         retrieved_context={"citations": cites} if cites else None,
         markers=drop_none({"all_events_ok": all_ok, "gap_signals": gaps, "events": events or None}),
         metadata=drop_none({"scenario": scenario, "run": get_path(row, "run")}),
@@ -142,7 +143,7 @@ def convert_mode_experiment(row: dict[str, Any], ctx: RowContext) -> EvidenceRec
         model_role=ModelRole.EXECUTOR,
         model_name=optional_str(row, "model"),
         text=output,
-        instruction=optional_str(row, "prompt") or f"Run task class '{task_class}' on '{file}'.",
+        instruction=optional_str(row, "prompt") or f"Carry out a {task_class} of {file} and list findings with validation steps.",
         source_files=[file],
         markers=drop_none({"latency_ms": latency_ms, "grounded_fraction": grounded, "mode": mode}),
         metadata=drop_none({"mode": mode, "validation_results": validation}),

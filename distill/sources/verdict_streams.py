@@ -52,7 +52,7 @@ def convert_scrum_review(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord
         model_name=optional_str(row, "model"),
         text=text,
         instruction=optional_str(row, "prompt")
-        or f"Review the file '{file}'. Report findings with severity, confidence, patches and validation steps.",
+        or f"Review {file}: for each defect give severity, confidence, a unified-diff patch, then how to verify it.",
         source_files=[file],
         retrieved_context={"matrix_corpora": corpora} if corpora else None,
         markers={"attempt": attempt, "accepted": accepted},
@@ -85,7 +85,8 @@ def convert_observer_review(row: dict[str, Any], ctx: RowContext) -> EvidenceRec
         model_role=ModelRole.OBSERVER,
         model_name=optional_str(row, "observer_model"),
         text=text,
-        instruction=f"Observer-review the latest review attempt on '{file}'. Verdict: accept | reject | cycle.",
+        instruction=f"Judge the latest review of {file}: are its findings grounded and its patches applicable? "
+        "Answer accept, reject or cycle, with a rationale.",
         source_files=[file],
         markers={"verdict": verdict},
         metadata=drop_none({"reviewed": reviewed}),
@@ -114,7 +115,7 @@ def convert_audit(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
         model_role=ModelRole.REVIEWER,
         model_name=optional_str(row, "auditor_model"),
         text=text,
-        instruction=f"Audit {where} and report findings with severity, evidence and a suggested patch.",
+        instruction=f"Check the changes of {where} for defects; for each finding give its severity, the evidence and a patch.",
         source_files=str_list(row, "files"),
         markers=drop_none({"severity": severity, "resolution": optional_str(row, "resolution")}),
         metadata=drop_none(
@@ -136,9 +137,9 @@ def convert_contract_analysis(row: dict[str, Any], ctx: RowContext) -> EvidenceR
     created = first_timestamp(row, "created_at", "ts")
     contractor = optional_str(row, "contractor")
     instruction = (
-        f"Analyze contractor '{contractor}' for permit '{permit}'. Recommend, with risk markers and citations."
+        f"Assess contractor {contractor} on permit {permit}: list the risks found, cite the records, and recommend approve or hold."
         if contractor
-        else f"Analyze permit '{permit}'. Recommend, with risk markers and citations."
+        else f"Assess permit {permit}: list the risks found, cite the records, and recommend approve or hold."
     )
     return EvidenceRecord(
         run_id=run_id(ctx, natural_key(row, ("analysis_id",), ("permit_id", "attempt"))),
