@@ -291,7 +291,7 @@ def convert_row(row: dict[str, Any], ctx: RowContext, convert: Converter, *, exc
             ref=ctx.ref(),
             excerpt=excerpt,
         )
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError, ArithmeticError) as exc:
         # A converter bug on an unexpected shape still must not crash collect.
         return quarantine(
             source=ctx.source,
