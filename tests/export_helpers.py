@@ -230,8 +230,8 @@ def build_adversarial(tmp: Path) -> Adversarial:
     # cross-source disagreement on one file (different tasks)
     add("sr-util", "review:src/util.py", A, review_text("src/util.py", "Off-by-one in the slicer"),
         source_files=["src/util.py"])
-    add("obs-util", "observe:src/util.py", R, "## Observer verdict: reject\nThe review of src/util.py is wrong.",
-        source="observer_reviews", role=ModelRole.OBSERVER, source_files=["src/util.py"])
+    add("obs-util", "audit:src/util.py", R, "Critical: src/util.py slices past the end of the buffer.",
+        source="audits", role=ModelRole.REVIEWER, source_files=["src/util.py"])
 
     evidence = write_rows(ws, rows)
     scored_lines = len(rows)

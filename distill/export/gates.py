@@ -55,6 +55,9 @@ class SecretScanner:
 
     def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT) -> None:
         self.entropy_limit = entropy_limit
+        # per-instance memo: `export all` shares one scanner, so a text shipped by several
+        # exporters is scanned once
+        self._memo: dict[str, list[SecretHit]] = {}
 
     def _config(self) -> dict[str, Any]:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
@@ -71,7 +74,14 @@ class SecretScanner:
         return {"plugins_used": plugins, "filters_used": [{"path": p} for p in _FILTERS]}
 
     def scan(self, texts: Sequence[str]) -> list[list[SecretHit]]:
-        """Hits per text (empty list: clean). One temporary file, one detect-secrets scan."""
+        """Hits per text (empty list: clean); each distinct text is scanned once."""
+        todo = sorted({t for t in texts if t not in self._memo})
+        for text, hits in zip(todo, self._scan_batch(todo), strict=True):
+            self._memo[text] = hits
+        return [list(self._memo[t]) for t in texts]
+
+    def _scan_batch(self, texts: Sequence[str]) -> list[list[SecretHit]]:
+        """One temporary file, one detect-secrets scan over all of `texts`."""
         from detect_secrets.core.scan import scan_file
         from detect_secrets.settings import transient_settings
 

@@ -25,10 +25,11 @@ from distill.export.quarantine import quarantine_broken, quarantine_joined, vali
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
 from distill.hashing import content_id
-from distill.records import Category, PreferenceSample, QuarantineReason, QuarantineRecord, ScoreClass
+from distill.records import Category, ModelRole, PreferenceSample, QuarantineReason, QuarantineRecord, ScoreClass
 from distill.records.stage import StageReport
 
 PREF_NEVER: frozenset[Category] = frozenset({Category.NEEDS_HUMAN_REVIEW})
+_REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 
 
@@ -224,7 +225,9 @@ def export_preference(
     if cross_source:
         by_file: dict[str, list[Row]] = {}
         for row in eligible:
-            if row.joined.scored.score_class is ScoreClass.VERDICT:
+            # reviews of a file (reviewer/executor output); an observer's text judges another
+            # run, not the file, so it is no answer to "review this file"
+            if row.joined.scored.score_class is ScoreClass.VERDICT and row.joined.evidence.model_role in _REVIEW_ROLES:
                 for path in sorted(set(row.joined.evidence.source_files)):
                     by_file.setdefault(path, []).append(row)
         for path in sorted(by_file):

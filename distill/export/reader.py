@@ -119,6 +119,14 @@ class EvidenceIndex:
         return self._revisions.get(run_id, [])
 
 
+def rel_path(ws: Workspace, path: Path) -> str:
+    """ROOT-relative POSIX path; paths found by walking ROOT need no resolve()."""
+    try:
+        return path.relative_to(ws.root).as_posix()
+    except ValueError:
+        return ws.relative(path)
+
+
 def _excerpt(data: bytes) -> str:
     return data[:EXCERPT_CHARS].decode("utf-8", errors="replace")
 
@@ -138,7 +146,7 @@ def _classify_invalid(row: Any, exc: ValidationError) -> tuple[QuarantineReason,
 def iter_scored(ws: Workspace, index: EvidenceIndex) -> Iterator[ReaderItem]:
     """Every line of every scored-run partition (sorted), joined or explained."""
     for path in iter_partition_files(ws.scored_dir):
-        rel = ws.relative(path)
+        rel = rel_path(ws, path)
         source = path.stem
         mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
         for raw in iter_raw_lines(path):

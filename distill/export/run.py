@@ -23,7 +23,7 @@ from distill.export.gates import Firewall
 from distill.export.preference import export_preference
 from distill.export.quarantine import export_rows
 from distill.export.rag import RAG_NEVER, decide_rag
-from distill.export.reader import EvidenceIndex, iter_scored
+from distill.export.reader import EvidenceIndex, iter_scored, rel_path
 from distill.export.sft import SFT_NEVER, decide_sft
 from distill.jsonl import append_json, iter_json, write_atomic, write_jsonl_atomic
 from distill.records import Category, PreferenceSample, RagSample, SftSample
@@ -97,7 +97,7 @@ def run_export(
 
     report.finalize()
     scored_files = iter_partition_files(ws.scored_dir)
-    report.inputs = sorted({ws.relative(p) for p in [*scored_files, *index.files_read]})
+    report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
 
     violations = audit_rows([s.model_dump(mode="json") for s in samples], kind)
     if not report.balanced:
@@ -118,7 +118,7 @@ def run_export(
                 written.extend(render_view(ws, kind, view))
         violations.extend(verify_export(ws, kind, max_pairs_per_task=settings.export.max_pairs_per_task))
         written.append(write_card(ws))
-        report.outputs = [ws.relative(p) for p in written]
+        report.outputs = [rel_path(ws, p) for p in written]
     report.notes.extend(FIREWALL_PREFIX + v for v in sorted(set(violations)))
     return report
 
