@@ -188,15 +188,14 @@ class ChromaStore:
         self, embedding: np.ndarray, k: int, *, categories: Sequence[str] | None = None
     ) -> list[tuple[str, float]]:
         """Nearest ids with their distance (cosine distance = 1 - cosine similarity)."""
-        n = self.count()
-        if n == 0 or k <= 0:
+        if k <= 0:
             return []
         where: dict[str, Any] | None = None
         if categories:
             where = {"category": {"$in": list(categories)}}
         res = self.collection.query(
             query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
-            n_results=min(k, n),
+            n_results=k,  # Chroma returns fewer when the collection is smaller
             where=where,  # type: ignore[arg-type]
             include=["distances"],  # type: ignore[list-item]
         )
