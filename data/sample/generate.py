@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -189,8 +190,8 @@ MODES = ["baseline", "retrieval", "retrieval_rerank", "matrix"]
 class Gen:
     """Holds the seeded RNG and the rows written so far (so children can point at parents)."""
 
-    def __init__(self) -> None:
-        self.rng = random.Random(SEED)
+    def __init__(self, seed: int = SEED) -> None:
+        self.rng = random.Random(seed)
         self.files: dict[str, list[bytes]] = {}
         self.bad: list[dict[str, Any]] = []
         self.secrets: list[dict[str, Any]] = []
@@ -806,8 +807,8 @@ STREAM_ORDER = [
 TORN_STREAM = "audit_facts"
 
 
-def build() -> Gen:
-    g = Gen()
+def build(seed: int = SEED) -> Gen:
+    g = Gen(seed)
     scrum = gen_scrum_reviews(g)
     observer = gen_observer_reviews(g, scrum)
     audits = gen_audits(g)
@@ -910,6 +911,96 @@ def write(out_dir: Path) -> dict[str, Any]:
     write_atomic(out_dir.parent / "bad_rows.json", (json.dumps(man, indent=2, ensure_ascii=False) + "\n").encode())
     (out_dir.parent / "bad_rows.json").chmod(0o644)
     return man
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaled streams (benchmarks/pipeline.py): N rows in the sample's shape, written streaming
+# ---------------------------------------------------------------------------------------------
+
+SCALED_SEEDS = 16
+"""Distinct generator builds the scaled set cycles through (a build costs ~0.4 s)."""
+SCALED_NAMESPACES = 37
+"""Repository namespaces a replica's file paths, permits and scenarios are spread over (coprime
+with SCALED_SEEDS, so replica content repeats only after 16 * 37 replicas)."""
+_SCALED_IDS = re.compile(rb'"(sr|cycle|obs|AF|ca|ap|oc|mx|df|dp|ch|esc|afx)-(\d{3,4})')
+_SCALED_TASKS = re.compile(rb"\b(BP-2026|scn)-(\d{3,5})\b")
+
+
+def _replica_lines(g: Gen, replica: int) -> dict[str, list[bytes]]:
+    """One build's lines, namespaced for `replica`: every record id gets an `r<replica>x` infix
+    (parents and children keep pointing at each other), and file paths, permits and scenarios
+    move into namespace `replica % SCALED_NAMESPACES` (so tasks recur, as in a real workspace).
+    The ~3 MB line is kept only in replica 0; torn lines are left out (see write_scaled)."""
+    skip = {(b["file"][: -len(".jsonl")], b["line_number"]) for b in g.bad if b["kind"] in ("huge_line", "torn_line")}
+    if replica == 0:
+        skip = {s for s in skip if not any(b["kind"] == "huge_line" and (b["file"][:-6], b["line_number"]) == s
+                                           for b in g.bad)}
+    ns = replica % SCALED_NAMESPACES
+    id_sub = rb'"\1-r%dx\2' % replica
+    task_sub = rb"\1-n%d-\2" % ns
+    paths = [(p.encode(), f"m{ns:02d}/{p}".encode()) for p in [f for f, _, _ in FILES] + NEVER_REVIEWED]
+    out: dict[str, list[bytes]] = {}
+    for name in STREAM_ORDER:
+        lines = []
+        for n, line in enumerate(g.files[name], 1):
+            if (name, n) in skip:
+                continue
+            if replica:
+                line = _SCALED_IDS.sub(id_sub, line)
+            line = _SCALED_TASKS.sub(task_sub, line)
+            for old, new in paths:
+                line = line.replace(old, new)
+            lines.append(line)
+        out[name] = lines
+    return out
+
+
+def write_scaled(out_dir: Path, rows: int, *, seed: int = SEED) -> dict[str, Any]:
+    """Write `rows` source lines across every stream into out_dir (one file per stream).
+
+    Replicas of the sample, each from one of SCALED_SEEDS seeded builds, namespaced so ids are
+    unique across replicas; bad rows and planted secrets come along at the sample's rate. The
+    last replica is cut to fit `rows`, stream by stream in proportion. Streaming: memory holds one
+    replica, never the output. Returns the row count per stream and the total bytes.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from contextlib import ExitStack
+
+    from distill.jsonl import atomic_writer
+
+    if rows < 1:
+        raise ValueError("rows must be at least 1")
+    builds: dict[int, Gen] = {}
+    counts = dict.fromkeys(STREAM_ORDER, 0)
+    written = replica = total_bytes = 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        sinks = {name: stack.enter_context(atomic_writer(out_dir / f"{name}.jsonl")) for name in STREAM_ORDER}
+        while written < rows:
+            k = replica % SCALED_SEEDS
+            if k not in builds:
+                builds[k] = build(seed + k)
+            lines = _replica_lines(builds[k], replica)
+            size = sum(len(v) for v in lines.values())
+            if written + size > rows:  # cut the last replica proportionally, then top up in order
+                left = rows - written
+                keep = {name: (len(v) * left) // size for name, v in lines.items()}
+                for name in STREAM_ORDER:
+                    if sum(keep.values()) >= left:
+                        break
+                    keep[name] = min(len(lines[name]), keep[name] + left - sum(keep.values()))
+                lines = {name: v[: keep[name]] for name, v in lines.items()}
+            for name, v in lines.items():
+                if v:
+                    data = b"\n".join(v) + b"\n"
+                    sinks[name].write(data)
+                    total_bytes += len(data)
+                    counts[name] += len(v)
+                    written += len(v)
+            replica += 1
+    for name in STREAM_ORDER:
+        (out_dir / f"{name}.jsonl").chmod(0o644)
+    return {"rows": written, "replicas": replica, "bytes": total_bytes, "streams": counts}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,298 @@
+"""Pipeline throughput: N synthetic source rows through collect, score and export-all, against a
+raw parse + serialise pass over the same bytes, with peak memory per stage.
+
+    python benchmarks/pipeline.py --rows 1000000        # the target size (see --help for the rest)
+    python benchmarks/pipeline.py --quick               # 2,000 rows, CI smoke
+
+Rows come from data/sample/generate.py's write_scaled (the sample's shape, bad rows and planted
+secrets included, ids unique per replica). Every stage runs in its own child process, so its peak
+RSS (os.wait4's ru_maxrss) is its own; wall time is taken around the child (interpreter start and
+imports included) and inside it (the stage call alone). The raw baseline reads the same source
+files line by line, parses each with orjson (the library distill.jsonl uses), serialises it again
+and writes it out through distill.jsonl. After the measured run, the slowest stage is run once
+more on the same data under pyinstrument; its profile is saved next to the results.
+
+Targets (SPEC "Benchmarks", issue 7) at N = 1,000,000: whole pipeline <= 4x the raw baseline,
+peak RSS <= 1 GiB. The JSON records both, met or not.
+Results: benchmarks/results/pipeline[_quick].json, .md, _stages.png, _profile_<stage>.txt/.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
+
+STAGES = ("raw", "collect", "score", "export")
+PIPELINE = ("collect", "score", "export")
+TARGET_RATIO = 4.0
+TARGET_RSS_BYTES = 1 << 30
+QUICK_ROWS = 1_000
+
+
+# --------------------------------------------------------------------------------------------
+# children: one stage each (python benchmarks/pipeline.py --stage NAME --root WS)
+# --------------------------------------------------------------------------------------------
+
+
+def raw_baseline(ws_root: Path) -> dict[str, Any]:
+    """Read + orjson parse + orjson serialise + write, every source line, no validation."""
+    import orjson
+
+    from distill.jsonl import atomic_writer
+
+    kb = ws_root / "_kb"
+    out = ws_root / "raw-baseline"
+    out.mkdir(exist_ok=True)
+    rows = bad = 0
+    for src in sorted(kb.glob("*.jsonl")):
+        with open(src, "rb", buffering=1 << 20) as fh, atomic_writer(out / src.name) as sink:
+            for line in fh:
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    bad += 1
+                    continue
+                sink.write(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS) + b"\n")
+                rows += 1
+    return {"rows_in": rows + bad, "written": rows, "unparseable": bad}
+
+
+def run_stage(stage: str, ws_root: Path) -> dict[str, Any]:
+    """One stage through the product's own entry points (what the CLI calls)."""
+    if stage == "raw":
+        return raw_baseline(ws_root)
+    from distill.config import load_settings
+    from distill.workspace import Workspace
+
+    ws = Workspace.resolve(ws_root)
+    settings = load_settings(ws.root)
+    if stage == "collect":
+        from distill.collect import run_collect
+
+        reports = [run_collect(ws, settings)]
+    elif stage == "score":
+        from distill.score import run_score
+
+        reports = [run_score(ws, settings)]
+    elif stage == "export":
+        from distill.export import KINDS, run_export
+        from distill.export.gates import Firewall
+
+        firewall = Firewall.from_settings(ws.root, settings.export)
+        reports = [run_export(ws, settings, kind, firewall=firewall) for kind in KINDS]  # type: ignore[arg-type]
+    else:
+        raise SystemExit(f"unknown stage {stage!r}")
+    out: dict[str, Any] = {"reports": {}}
+    for r in reports:
+        out["reports"][r.stage] = r.totals.model_dump()
+    out["rows_in"] = sum(r.totals.rows_in for r in reports)
+    out["written"] = sum(r.totals.written for r in reports)
+    return out
+
+
+def child_main(stage: str, root: Path, profile: Path | None) -> int:
+    t0 = time.perf_counter()
+    if profile is not None:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+        result = run_stage(stage, root)
+        profiler.stop()
+        from distill.jsonl import write_atomic
+
+        write_atomic(profile.with_suffix(".txt"), profiler.output_text(unicode=True, color=False, show_all=False).encode())
+        write_atomic(profile.with_suffix(".html"), profiler.output_html().encode())
+    else:
+        result = run_stage(stage, root)
+    result["stage_s"] = time.perf_counter() - t0
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parent: generate, run each stage in a child, measure
+# --------------------------------------------------------------------------------------------
+
+
+def measure_rusage(stage: str, root: Path, *, nice: int, profile: Path | None = None) -> dict[str, Any]:
+    """Run one stage in a child process: wall time around it, and the child's own peak RSS and CPU
+    time (reaped with os.wait4, so the rusage is this child's, not the maximum over all children)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--root", str(root)]
+    if profile is not None:
+        cmd += ["--profile-out", str(profile)]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    result = json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+    result.update(wall_s=wall, peak_rss_bytes=usage.ru_maxrss * 1024, cpu_s=usage.ru_utime + usage.ru_stime)
+    return result
+
+
+def reset_outputs(ws_root: Path, stage: str) -> None:
+    """Remove what `stage` wrote, so it can run again on the same input for the profile."""
+    if stage == "raw":
+        shutil.rmtree(ws_root / "raw-baseline", ignore_errors=True)
+    elif stage == "collect":
+        shutil.rmtree(ws_root / "evidence", ignore_errors=True)
+    elif stage == "score":
+        shutil.rmtree(ws_root / "scored-runs", ignore_errors=True)
+    elif stage == "export":
+        for name in ("rag", "sft", "preference", "quarantine/rag.jsonl", "quarantine/sft.jsonl",
+                     "quarantine/preference.jsonl"):
+            p = ws_root / "exports" / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = []
+    for s in STAGES:
+        m = r["stages"][s]
+        rows.append([s, m["rows_in"], round(m["stage_s"], 2), round(m["wall_s"], 2), round(m["cpu_s"], 2),
+                     round(r["rows"] / m["stage_s"]), round(m["peak_rss_bytes"] / 2**20)])
+    t = r["targets"]
+    text = [
+        f"### Pipeline throughput ({r['rows']:,} source rows, {r['source_bytes'] / 2**20:,.0f} MiB)\n",
+        md_table(["stage", "rows in", "stage s", "wall s (child)", "CPU s", "source rows/s", "peak RSS MiB"], rows),
+        "",
+        f"- whole pipeline / raw baseline: **{t['ratio']:.1f}x** in-stage time ({t['ratio_wall']:.1f}x child wall) "
+        f"— target <= {TARGET_RATIO:g}x: **{'met' if t['ratio_met'] else 'missed'}**",
+        f"- peak RSS (largest stage): **{t['peak_rss_bytes'] / 2**20:,.0f} MiB** ({t['peak_rss_stage']}) "
+        f"— target <= 1 GiB: **{'met' if t['rss_met'] else 'missed'}**",
+        f"- slowest stage: {r['slowest_stage']}; profile: `{r.get('profile_txt') or 'not taken'}`",
+        f"- target size 1,000,000 rows: {'run' if r['rows'] >= 1_000_000 else 'NOT run at this size (' + r['rows_note'] + ')'}",
+        f"- machine: {r['machine']['cpu_count']} CPUs, load {r['machine']['loadavg_at_start']}, "
+        f"children at nice {r['nice']}; commit {r['machine']['git_commit']}",
+    ]
+    return "\n".join(text) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> Path:
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(STAGES)
+    a.bar(names, [r["rows"] / r["stages"][s]["stage_s"] for s in names], color=["#888", "#4c72b0", "#55a868", "#c44e52"])
+    a.set_yscale("log")
+    a.set_ylabel("source rows / s (log)")
+    a.set_title(f"throughput, N = {r['rows']:,}")
+    b.bar(names, [r["stages"][s]["peak_rss_bytes"] / 2**20 for s in names], color="#8172b2")
+    b.axhline(1024, color="red", linestyle="--", linewidth=1, label="1 GiB target")
+    b.set_ylabel("peak RSS (MiB)")
+    b.set_title("peak memory per stage")
+    b.legend()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="source rows to generate (default 1,000,000)")
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (CI smoke)")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--work-dir", type=Path, help="where the workspace is built (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the workspace")
+    ap.add_argument("--nice", type=int, default=10, help="niceness of the stage processes (shared machine)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile of the slowest stage")
+    ap.add_argument("--name", help="result file stem (default pipeline / pipeline_quick)")
+    ap.add_argument("--rows-note", default="", help="why this N (recorded in the results)")
+    # child mode
+    ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.stage:
+        return child_main(args.stage, args.root, args.profile_out)
+
+    rows = QUICK_ROWS if args.quick else args.rows
+    name = args.name or ("pipeline_quick" if args.quick else "pipeline")
+    info = machine()
+    base = args.work_dir or Path(tempfile.mkdtemp(prefix="distill-pipeline-"))
+    ws_root = base / "ws"
+    if ws_root.exists():
+        shutil.rmtree(ws_root)
+    try:
+        sys.path.insert(0, str(REPO / "data" / "sample"))
+        import generate  # type: ignore[import-not-found]
+
+        t = time.perf_counter()
+        gen = generate.write_scaled(ws_root / "_kb", rows)
+        gen_s = time.perf_counter() - t
+        log(f"generated {gen['rows']:,} rows ({gen['bytes'] / 2**20:,.0f} MiB) in {gen_s:.1f}s")
+        stages: dict[str, Any] = {}
+        for stage in STAGES:
+            stages[stage] = measure_rusage(stage, ws_root, nice=args.nice)
+            m = stages[stage]
+            log(f"{stage:8s} {m['stage_s']:8.1f}s in stage  {m['wall_s']:8.1f}s wall  "
+                f"{m['peak_rss_bytes'] / 2**20:7.0f} MiB  rows_in {m['rows_in']:,}")
+        pipe_s = sum(stages[s]["stage_s"] for s in PIPELINE)
+        pipe_wall = sum(stages[s]["wall_s"] for s in PIPELINE)
+        slowest = max(PIPELINE, key=lambda s: stages[s]["stage_s"])
+        peak_stage = max(PIPELINE, key=lambda s: stages[s]["peak_rss_bytes"])
+        result: dict[str, Any] = {
+            "suite": "pipeline",
+            "quick": args.quick,
+            "rows": gen["rows"],
+            "rows_note": args.rows_note or ("quick smoke" if args.quick else "requested size"),
+            "source_bytes": gen["bytes"],
+            "generator": {"replicas": gen["replicas"], "streams": gen["streams"], "seconds": round(gen_s, 2)},
+            "nice": args.nice,
+            "machine": info,
+            "stages": stages,
+            "pipeline_stage_s": pipe_s,
+            "pipeline_wall_s": pipe_wall,
+            "slowest_stage": slowest,
+            "targets": {
+                "ratio": pipe_s / stages["raw"]["stage_s"],
+                "ratio_wall": pipe_wall / stages["raw"]["wall_s"],
+                "ratio_target": TARGET_RATIO,
+                "ratio_met": pipe_s / stages["raw"]["stage_s"] <= TARGET_RATIO,
+                "peak_rss_bytes": stages[peak_stage]["peak_rss_bytes"],
+                "peak_rss_stage": peak_stage,
+                "rss_target_bytes": TARGET_RSS_BYTES,
+                "rss_met": stages[peak_stage]["peak_rss_bytes"] <= TARGET_RSS_BYTES,
+                "at_target_size": gen["rows"] >= 1_000_000,
+            },
+        }
+        if not args.no_profile:
+            reset_outputs(ws_root, slowest)
+            stem = args.out_dir / f"{name}_profile_{slowest}"
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            prof = measure_rusage(slowest, ws_root, nice=args.nice, profile=stem)
+            result["profile"] = {"stage": slowest, "stage_s_under_profiler": prof["stage_s"]}
+            result["profile_txt"] = str(stem.with_suffix(".txt").relative_to(REPO)) if stem.is_relative_to(REPO) \
+                else str(stem.with_suffix(".txt"))
+            log(f"profile of {slowest}: {stem.with_suffix('.txt')}")
+        write_results(args.out_dir, name, result, markdown(result))
+        plot(result, args.out_dir / f"{name}_stages.png")
+        log(markdown(result))
+    finally:
+        if not args.keep and args.work_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

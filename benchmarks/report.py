@@ -1,0 +1,93 @@
+"""Result writing shared by the benchmark suites: JSON + markdown table + PNG plots, and the
+machine facts every result carries (so a number is never quoted without where it came from).
+
+Writes go through distill.jsonl (atomic), plots through matplotlib's Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """Where and when: CPU count, load, Python, git commit (the figures are only comparable within one run)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": load,
+        "git_commit": commit,
+    }
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "" if v is None else str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, name: str, data: dict[str, Any], markdown: str) -> list[Path]:
+    """<name>.json and <name>.md under out_dir, atomically."""
+    from distill.jsonl import write_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js = out_dir / f"{name}.json"
+    md = out_dir / f"{name}.md"
+    write_atomic(js, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_atomic(md, markdown.encode())
+    return [js, md]
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported only when a suite plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save through a temporary name + rename, like every other output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    pyplot().close(fig)
+    return path
