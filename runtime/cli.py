@@ -83,6 +83,20 @@ def exit_code_for(verdicts: list[str]) -> int:
     return 0
 
 
+def finish(session: Any, code: int) -> None:
+    """Exit with `code`. An embedded llama.cpp call that timed out cannot be cancelled, and letting
+    the interpreter finalise under a running native thread can crash it; the run is already
+    logged (fsynced), so in that case the process leaves without finalisation."""
+    backends = (getattr(session, "local", None), getattr(session, "escalation", None))
+    if any(getattr(b, "busy", False) for b in backends):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
 def show_run(run: Any, log_path: Path) -> None:
     """The answer, the gate table per attempt, escalation and the log path."""
     from rich.console import Console
@@ -165,7 +179,7 @@ def replay(
             show_run(run, ws.replay_log)
         if run.final_verdict == "error":
             errc.print(f"[bold red]error:[/] {run.attempts[-1].error}", highlight=False)
-        raise typer.Exit(exit_code_for([run.final_verdict]))
+        finish(session, exit_code_for([run.final_verdict]))
 
     assert tasks_file is not None
     tasks, bad = read_tasks(tasks_file)
@@ -210,7 +224,7 @@ def replay(
         Console().print(table)
         Console().print(f"escalated: {summary['escalated']} · logged to: {ws.replay_log}", highlight=False)
     code = 2 if bad else exit_code_for(verdicts)  # unusable input lines: the user must fix the file
-    raise typer.Exit(code)
+    finish(session, code)
 
 
 def main() -> None:

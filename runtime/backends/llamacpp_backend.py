@@ -54,6 +54,16 @@ def packaged_gguf(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def default_threads() -> int:
+    """Half the usable cores (at least 1): llama.cpp's threads spin while waiting, so using every
+    core of a shared machine makes generation many times slower, not faster."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
 def importable() -> bool:
     import importlib.util
 
@@ -90,22 +100,32 @@ class LlamaCppBackend:
         params.n_parallel = 1
         params.warmup = False
         params.verbosity = 0
-        n = threads or os.cpu_count() or 1
+        n = threads or default_threads()
         params.cpuparams.n_threads = n
         params.cpuparams_batch.n_threads = n
         template = chat_template or (PACKAGED_GGUF_TEMPLATE if packaged else None)
+        # A named built-in template must not go through jinja (it would be rendered as a literal).
+        params.use_jinja = not template
         if template:
             params.chat_template = template
-        else:
-            params.use_jinja = True
         start = time.perf_counter()
         try:
             self.server: Any = xllamacpp.Server(params)
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"llama.cpp could not load {path}: {exc}", backend=self.name, model=self.model) from exc
         self.load_ms = (time.perf_counter() - start) * 1000
+        self._inflight: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a native call that timed out is still running (it cannot be cancelled)."""
+        return self._inflight is not None and self._inflight.is_alive()
 
     def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
+        if self.busy:
+            raise BackendError(
+                "llama.cpp is still busy with a call that timed out earlier", backend=self.name, model=self.model
+            )
         request = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "stream": False}
         box: dict[str, Any] = {}
 
@@ -118,6 +138,7 @@ class LlamaCppBackend:
         start = time.perf_counter()
         # The native call cannot be interrupted; a daemon thread lets the caller give up at the timeout.
         worker = threading.Thread(target=call, name="llamacpp-generate", daemon=True)
+        self._inflight = worker
         worker.start()
         worker.join(timeout)
         latency = (time.perf_counter() - start) * 1000
@@ -132,7 +153,9 @@ class LlamaCppBackend:
             try:
                 result = json.loads(result)
             except ValueError as exc:
-                raise BackendError(f"llama.cpp returned unreadable output: {result[:200]!r}", backend=self.name) from exc
+                raise BackendError(
+                    f"llama.cpp returned unreadable output: {result[:200]!r}", backend=self.name, model=self.model
+                ) from exc
         if not isinstance(result, dict) or "error" in result or not result.get("choices"):
             detail = result.get("error") if isinstance(result, dict) else result
             raise BackendError(f"llama.cpp returned an error: {detail}", backend=self.name, model=self.model)
