@@ -118,7 +118,12 @@ class GateSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    threshold_pct: float = 20.0
+    """`distill run`: drift thresholds and what counts as a change for resume."""
+
+    threshold_pct: float = Field(20.0, ge=0, description="count changes above this percentage warn")
+    rerun_on_code_change: bool = Field(
+        True, description="a change in the stage's source files reruns it (off: only the code version counts)"
+    )
 
 
 class FieldMapping(BaseModel):

@@ -83,8 +83,8 @@ def _count_changes(stage: str, prev: StageSummary, cur: StageSummary, threshold_
         c = _metrics(cur.by_source.get(source, Counts()))
         for metric in p:
             add("source", source, metric, p[metric], c[metric])
-    for category in sorted(set(prev.totals.by_category) | set(cur.totals.by_category)):
-        add("category", category, "rows", prev.totals.by_category.get(category, 0), cur.totals.by_category.get(category, 0))
+    for category in sorted(set(prev.output_categories) | set(cur.output_categories)):
+        add("category", category, "rows", prev.output_categories.get(category, 0), cur.output_categories.get(category, 0))
     for reason in sorted(set(prev.totals.by_reason) | set(cur.totals.by_reason)):
         add("reason", reason, "rows", prev.totals.by_reason.get(reason, 0), cur.totals.by_reason.get(reason, 0))
     return changes
@@ -93,14 +93,14 @@ def _count_changes(stage: str, prev: StageSummary, cur: StageSummary, threshold_
 def _firewall_flags(cur: StageSummary) -> list[DriftFlag]:
     flags: list[DriftFlag] = []
     for category in sorted(FIREWALL_CATEGORIES.get(cur.stage, frozenset())):
-        n = cur.totals.by_category.get(category, 0)
+        n = cur.output_categories.get(category, 0)
         if n:
             flags.append(
                 DriftFlag(
                     severity="alert",
                     kind="firewall_category",
                     stage=cur.stage,
-                    message=f"{n} {category} row(s) counted in {cur.stage} output",
+                    message=f"{n} {category} row(s) in the {cur.stage} output",
                 )
             )
     fw_codes = [c for c in cur.error_codes if c.startswith(FIREWALL_CODE_PREFIX)]

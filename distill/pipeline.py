@@ -36,6 +36,7 @@ from distill.receipts import (
     check_firewall,
     check_jsonl_integrity,
     code_fingerprint,
+    count_categories,
     digest_path,
     digest_paths,
     digest_tree_listing,
@@ -68,6 +69,9 @@ from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
 EXPORT_KINDS = ("rag", "sft", "preference")
+CARD_NAME = "README.md"
+CARD_OWNER = "preference"
+FIREWALL_NOTE = "firewall violation: "
 # Config sections no pipeline stage reads; every other section not claimed below is assumed to
 # matter to every stage (a new section reruns stages rather than being silently ignored).
 NON_PIPELINE_SECTIONS = frozenset({"runtime", "gate", "drift"})
@@ -95,6 +99,7 @@ class StageSpec:
     version: Callable[[Settings], str] = field(default=lambda s: f"distill {__version__}")
     tree_inputs: Callable[[Workspace, Settings], list[Path]] = field(default=lambda ws, s: [])
     check: Callable[[Workspace], list[str]] | None = None
+    categorize: Callable[[Workspace, list[FileDigest]], dict[str, int]] | None = None
     keep_output: Callable[[str], bool] = field(default=lambda p: True)
     available: Callable[[], bool] = field(default=lambda: True)
 
@@ -156,10 +161,38 @@ def _export_trees(ws: Workspace, settings: Settings) -> list[Path]:
 def _export_outputs(kind: str) -> Callable[[Workspace, Settings], list[Path]]:
     def outputs(ws: Workspace, settings: Settings) -> list[Path]:
         found = _files_under(ws.exports_dir / kind)
-        q = ws.quarantine_path(kind)
-        return found + ([q] if q.exists() else [])
+        extra = [ws.quarantine_path(kind)]
+        if kind == CARD_OWNER:
+            extra.append(ws.exports_dir / CARD_NAME)
+        return found + [p for p in extra if p.exists()]
 
     return outputs
+
+
+def _export_keep_output(kind: str) -> Callable[[str], bool]:
+    # The dataset card is rewritten by every exporter from all three exports; it belongs to the
+    # last one, so the earlier ones do not see it "modified" by their successors.
+    card = f"exports/{CARD_NAME}"
+
+    def keep(path: str) -> bool:
+        return path != card or kind == CARD_OWNER
+
+    return keep
+
+
+_EXPORT_CATEGORY: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "rag": lambda row: row.get("success_score"),
+    "sft": lambda row: row.get("quality_score"),
+    "preference": lambda row: f"{row.get('chosen_category')}>{row.get('rejected_category')}",
+}
+
+
+def _export_categorize(kind: str) -> Callable[[Workspace, list[FileDigest]], dict[str, int]]:
+    def categorize(ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
+        native = ws.relative({"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[kind])
+        return count_categories(ws, outputs, _EXPORT_CATEGORY[kind], under=native)
+
+    return categorize
 
 
 def _index_available() -> bool:
@@ -212,6 +245,7 @@ def default_stages(*, include_index: bool = True) -> list[StageSpec]:
             inputs=_kb_files,
             outputs=lambda ws, s: _evidence(ws, s) + _quarantine("collect")(ws, s),
             config_sections=("collect", "sources"),
+            categorize=lambda ws, outs: count_categories(ws, outs, "model_role", under="evidence/"),
         ),
         StageSpec(
             name="score",
@@ -220,6 +254,7 @@ def default_stages(*, include_index: bool = True) -> list[StageSpec]:
             outputs=lambda ws, s: _scored(ws, s) + _quarantine("score")(ws, s),
             config_sections=("score",),
             version=lambda s: f"distill {__version__}; scorer {s.score.scorer_version}",
+            categorize=lambda ws, outs: count_categories(ws, outs, "category", under="scored-runs/"),
         ),
     ]
     for kind in EXPORT_KINDS:
@@ -231,8 +266,10 @@ def default_stages(*, include_index: bool = True) -> list[StageSpec]:
                 inputs=_export_inputs,
                 tree_inputs=_export_trees,
                 outputs=_export_outputs(kind),
+                keep_output=_export_keep_output(kind),
                 config_sections=("export",),
                 check=lambda ws, stage=stage: check_firewall(ws, stage),
+                categorize=_export_categorize(kind),
             )
         )
     if include_index:
@@ -281,6 +318,7 @@ def decide_resume(
     outputs: list[FileDigest],
     *,
     force: bool,
+    compare_fingerprint: bool = True,
 ) -> tuple[ResumeDecision, list[DeterminismFinding]]:
     """Skip only when inputs, config, code and outputs all equal the last successful receipt's.
 
@@ -295,7 +333,7 @@ def decide_resume(
         reasons.append("config changed")
     if previous.code_version != basis.code_version:
         reasons.append(f"code version changed ({previous.code_version} -> {basis.code_version})")
-    if previous.code_fingerprint != basis.code_fingerprint:
+    if compare_fingerprint and previous.code_fingerprint != basis.code_fingerprint:
         reasons.append("code changed (source fingerprint differs)")
     added, removed, changed = _diff(previous.inputs, inputs)
     inputs_same = not (added or removed or changed)
@@ -310,7 +348,8 @@ def decide_resume(
         if inputs_same and not any(r.startswith(("config", "code")) for r in reasons):
             before = {d.path: d.sha256 for d in previous.outputs}
             after = {d.path: d.sha256 for d in outputs}
-            for path in o_added + o_removed + o_changed:
+            # a deleted output is simply rebuilt; an added or altered one is what must not pass quietly
+            for path in o_added + o_changed:
                 findings.append(
                     DeterminismFinding(
                         stage=previous.stage,
@@ -337,7 +376,9 @@ def decide_resume(
     )
 
 
-def rerun_findings(previous: StageReceipt | None, receipt: StageReceipt) -> list[DeterminismFinding]:
+def rerun_findings(
+    previous: StageReceipt | None, receipt: StageReceipt, *, compare_fingerprint: bool = True
+) -> list[DeterminismFinding]:
     """After a rerun on the same inputs/config/code as a trusted receipt: did outputs change?"""
     if previous is None or receipt.error is not None:
         return []
@@ -345,7 +386,7 @@ def rerun_findings(previous: StageReceipt | None, receipt: StageReceipt) -> list
         previous.inputs_hash == receipt.inputs_hash
         and previous.config_hash == receipt.config_hash
         and previous.code_version == receipt.code_version
-        and previous.code_fingerprint == receipt.code_fingerprint
+        and (not compare_fingerprint or previous.code_fingerprint == receipt.code_fingerprint)
     )
     if not same_basis or previous.outputs_hash == receipt.outputs_hash:
         return []
@@ -414,6 +455,7 @@ def _validate_run(ws: Workspace, spec: StageSpec, report: StageReport, outputs: 
     if missing:
         errors.append(f"output_missing: {_listed(missing)}")
     errors.extend(check_jsonl_integrity(ws, outputs))
+    errors.extend(f"firewall_export: {n[len(FIREWALL_NOTE):]}" for n in report.notes if n.startswith(FIREWALL_NOTE))
     if spec.check is not None:
         errors.extend(spec.check(ws))
     return errors
@@ -434,6 +476,7 @@ def _summary_line(receipt: StageReceipt, ws: Workspace) -> StageSummary:
         outputs=receipt.outputs,
         totals=receipt.totals,
         by_source=receipt.by_source,
+        output_categories=receipt.output_categories,
         errors=receipt.validation.errors,
         error_codes=receipt.validation.codes,
         error=receipt.error,
@@ -475,7 +518,9 @@ def _run_stage(
     pre_outputs = _digest_outputs(ws, spec, settings, [d.path for d in previous.outputs] if previous else [])
     exclude = {d.path for d in pre_outputs}
     pre_inputs = _digest_inputs(ws, spec, settings, previous.inputs if previous else [], exclude)
-    decision, findings = decide_resume(previous, basis, pre_inputs, pre_outputs, force=force)
+    decision, findings = decide_resume(
+        previous, basis, pre_inputs, pre_outputs, force=force, compare_fingerprint=settings.drift.rerun_on_code_change
+    )
 
     if decision.action == "skipped" and previous is not None and previous_path is not None:
         origin = previous.reused.origin_run_id if previous.reused else previous.run_id
@@ -496,6 +541,7 @@ def _run_stage(
             inputs=previous.inputs,
             outputs=previous.outputs,
             report=report,
+            output_categories=previous.output_categories,
             started_at=started_at,
             finished_at=now_utc(),
             duration_s=time.perf_counter() - t0,
@@ -531,8 +577,11 @@ def _run_stage(
         + [d for d in digest_paths(ws, late) if d.path not in out_paths],
         key=lambda d: d.path,
     )
+    categories: dict[str, int] = {}
     if error is None:
         errors.extend(_validate_run(ws, spec, report, outputs))
+        if spec.categorize is not None:
+            categories = spec.categorize(ws, outputs)
     receipt_args: dict[str, Any] = dict(
         run_id=run_id,
         stage=spec.name,
@@ -542,6 +591,7 @@ def _run_stage(
         inputs=inputs,
         outputs=outputs,
         report=report,
+        output_categories=categories,
         started_at=started_at,
         finished_at=finished_at,
         duration_s=duration,
@@ -550,8 +600,17 @@ def _run_stage(
         resume=decision,
     )
     receipt = build_receipt(**receipt_args, determinism=findings)
-    more = rerun_findings(previous, receipt)
+    more = rerun_findings(previous, receipt, compare_fingerprint=settings.drift.rerun_on_code_change)
     if more:
+        # Same inputs, config and code as a trusted receipt, different output: the stage broke
+        # determinism (or an append-only output kept a modification). Fail it, so the next run
+        # checks against the trusted receipt again instead of adopting this output.
+        paths = _listed([f.path or "?" for f in more])
+        errors.append(
+            f"determinism_violation: output differs from run {previous.run_id if previous else '?'} on identical "
+            f"inputs, config and code: {paths} (if it was edited by hand, delete it and rerun to rebuild it)"
+        )
+        receipt_args["validation"] = validation_result(errors)
         receipt = build_receipt(**receipt_args, determinism=findings + more)
     write_model(receipt_path(ws, run_id, spec.name), receipt)
     if receipt.passed:

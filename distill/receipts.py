@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,6 +221,20 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                 yield raw.number, value
 
 
+def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Callable[[dict[str, Any]], Any], *, under: str) -> dict[str, int]:
+    """Rows per category in the JSONL outputs under `under` (a ROOT-relative prefix)."""
+    get = field if callable(field) else (lambda row: row.get(field))
+    counts: dict[str, int] = {}
+    for d in outputs:
+        if d.kind != "file" or not d.path.endswith(".jsonl") or not d.path.startswith(under):
+            continue
+        for _, row in _rows(ws.absolute(d.path)):
+            value = get(row)
+            if isinstance(value, str) and value:
+                counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def scored_categories(ws: Workspace) -> dict[str, str]:
     """evidence_run_id -> category from the scored-runs partitions (the firewall's ground truth)."""
     from distill.workspace import iter_partition_files
@@ -317,6 +331,7 @@ def build_receipt(
     inputs: list[FileDigest],
     outputs: list[FileDigest],
     report: StageReport,
+    output_categories: dict[str, int] | None = None,
     started_at: datetime,
     finished_at: datetime,
     duration_s: float,
@@ -343,6 +358,7 @@ def build_receipt(
         "outputs_hash": aggregate_hash(outputs),
         "totals": report.totals.model_dump(mode="json"),
         "by_source": {k: v.model_dump(mode="json") for k, v in report.by_source.items()},
+        "output_categories": dict(sorted((output_categories or {}).items())),
         "notes": list(report.notes),
         "started_at": started_at.isoformat(),
         "finished_at": finished_at.isoformat(),

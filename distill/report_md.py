@@ -75,17 +75,17 @@ def render_summary_md(summary: RunSummary, drift: DriftReport, chart: str | None
         lines.append("")
         for name, n in sorted(summary.datasets.items()):
             lines.append(f"- {name}: {n} records")
-    with_cats = [s for s in summary.stages if s.totals.by_category]
+    with_cats = [s for s in summary.stages if s.output_categories]
     if with_cats:
         lines.append("")
         lines.append("## Categories per stage")
         lines.append("")
-        lines.append("(collect counts evidence by model role; later stages by score category)")
+        lines.append("Rows in each stage's output as written (collect: evidence by model role; preference: chosen>rejected).")
         lines.append("")
         lines.append("| stage | counts |")
         lines.append("|---|---|")
         for s in with_cats:
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(s.totals.by_category.items()))
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(s.output_categories.items()))
             lines.append(f"| {s.stage} | {counts} |")
     reasons = sorted({r for s in summary.stages for r in s.totals.by_reason})
     if reasons:
@@ -158,7 +158,7 @@ def write_chart(summary: RunSummary, path: Path) -> str | None:
     if not stages:
         return "no stage ran"
     names = [s.stage for s in stages]
-    cats = sorted({c for s in stages for c in s.totals.by_category}, key=lambda c: (c not in CATEGORY_COLORS, c))
+    cats = sorted({c for s in stages for c in s.output_categories}, key=lambda c: (c not in CATEGORY_COLORS, c))
     reasons = sorted({r for s in stages for r in s.totals.by_reason})
     legend_rows = max(len(cats), len(reasons), 1) // 3 + 1
     fig = Figure(figsize=(11, 2.2 + 0.55 * len(names) + 0.3 * legend_rows), dpi=100)
@@ -184,7 +184,7 @@ def write_chart(summary: RunSummary, path: Path) -> str | None:
         else:
             ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")
 
-    stacked(ax1, cats, lambda s: s.totals.by_category, "categories (collect: model roles)")
+    stacked(ax1, cats, lambda s: s.output_categories, "rows in output by category (collect: by role)")
     stacked(ax2, reasons, lambda s: s.totals.by_reason, "quarantined, by reason")
     ax1.set_yticks(ypos, names)
     ax1.invert_yaxis()

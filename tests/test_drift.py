@@ -39,6 +39,7 @@ def stage(name: str, c: Counts, *, inputs: str = "i", outputs: str = "o", passed
         code_fingerprint="fp",
         outputs=[FileDigest(path=f"exports/{name}.jsonl", bytes=1, sha256=(outputs * 64)[:64] if outputs in "0123456789abcdef" else H)],
         totals=c,
+        output_categories=c.by_category,  # the tests state output categories through counts(cats=...)
         by_source=by_source or {},
         error_codes=codes or [],
         errors=[f"{x}: detail" for x in (codes or [])],

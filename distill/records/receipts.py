@@ -35,6 +35,7 @@ RECEIPT_CONTENT_FIELDS = (
     "outputs_hash",
     "totals",
     "by_source",
+    "output_categories",
     "validation",
     "error",
 )
@@ -127,6 +128,9 @@ class StageReceipt(Record):
     outputs_hash: Sha256Hex
     totals: Counts
     by_source: dict[str, Counts] = Field(default_factory=dict)
+    output_categories: dict[str, int] = Field(
+        default_factory=dict, description="rows per category in the outputs as written (re-read after the run)"
+    )
     notes: list[str] = Field(default_factory=list)
     started_at: UtcDatetime
     finished_at: UtcDatetime
@@ -183,6 +187,7 @@ class StageSummary(Record):
     outputs: list[FileDigest] = Field(default_factory=list)
     totals: Counts = Field(default_factory=Counts)
     by_source: dict[str, Counts] = Field(default_factory=dict)
+    output_categories: dict[str, int] = Field(default_factory=dict)
     errors: list[str] = Field(default_factory=list)
     error_codes: list[str] = Field(default_factory=list)
     error: str | None = None
@@ -236,7 +241,9 @@ def run_hash(pairs: list[tuple[str, str | None]]) -> str:
 
 class CountChange(Record):
     stage: NonEmptyStr
-    scope: Literal["total", "source", "category", "reason"]
+    scope: Literal["total", "source", "category", "reason"] = Field(
+        description="category: rows per category in the stage's output"
+    )
     key: NonEmptyStr = Field(description="'*' for totals, else the source/category/reason")
     metric: NonEmptyStr
     previous: int

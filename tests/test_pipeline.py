@@ -1,0 +1,485 @@
+"""`distill run`: resume, tamper detection, stop-on-failure, determinism and the CLI.
+
+Two layers. The first drives the orchestrator with two small real stages defined here (they
+read and write real files in a temp workspace), so every resume/failure path is exercised in
+milliseconds. The second runs the real pipeline (collect, score, exports) on the bundled
+sample workspace; it is skipped until those stages are importable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.cli.run_cmd import parse_duration
+from distill.config import Settings as _Settings
+from distill.config import load_settings
+from distill.errors import UsageError
+from distill.jsonl import iter_json, write_jsonl_atomic
+from distill.pipeline import StageSpec, decide_resume, execute_run, run_pipeline
+from distill.receipts import ReceiptBasis, count_categories, latest_run_id, load_receipt, load_summary, receipt_path
+from distill.records.receipts import DriftReport, RunSummary
+from distill.records.stage import StageReport
+from distill.workspace import Workspace
+
+# ---------------------------------------------------------------- two small real stages
+
+
+def _upper(ws: Workspace, settings: _Settings, *, miscount: bool = False, stamp: bool = False) -> StageReport:
+    """_kb/in.jsonl -> out/upper.jsonl (text upper-cased); rows without text are quarantined."""
+    src = ws.kb_dir / "in.jsonl"
+    report = StageReport(stage="upper", inputs=[ws.relative(src)])
+    rows, bad = [], []
+    counts = report.source("in")
+    for row in iter_json(src):
+        text = row.get("text") if isinstance(row, dict) else None
+        if not text:
+            counts.bump("quarantined", reason="empty_text")
+            bad.append({"row": row, "reason": "empty_text"})
+            if miscount:
+                counts.quarantined += 1  # a buggy stage: counts one row twice
+            continue
+        counts.bump("written", category=row.get("category", "accepted"))
+        out = {"text": text.upper(), "category": row.get("category", "accepted")}
+        if stamp:
+            out["written_at"] = datetime.now(UTC).isoformat()  # nondeterministic on purpose
+        rows.append(out)
+    target = ws.root / "out" / "upper.jsonl"
+    write_jsonl_atomic(target, rows)
+    write_jsonl_atomic(ws.quarantine_path("upper"), bad)
+    report.outputs = [ws.relative(target), ws.relative(ws.quarantine_path("upper"))]
+    return report.finalize()
+
+
+def _count(ws: Workspace, settings: _Settings) -> StageReport:
+    """out/upper.jsonl -> out/count.jsonl, one row per category."""
+    src = ws.root / "out" / "upper.jsonl"
+    report = StageReport(stage="count", inputs=[ws.relative(src)])
+    cats: dict[str, int] = {}
+    counts = report.source("upper")
+    for row in iter_json(src):
+        counts.bump("written", category=row["category"])
+        cats[row["category"]] = cats.get(row["category"], 0) + 1
+    target = ws.root / "out" / "count.jsonl"
+    write_jsonl_atomic(target, [{"category": k, "n": v} for k, v in sorted(cats.items())])
+    report.outputs = [ws.relative(target)]
+    return report.finalize()
+
+
+def _stages(upper: Callable[..., StageReport] = _upper) -> list[StageSpec]:
+    return [
+        StageSpec(
+            name="upper",
+            run=upper,
+            inputs=lambda ws, s: [ws.kb_dir / "in.jsonl"],
+            outputs=lambda ws, s: [p for p in (ws.root / "out" / "upper.jsonl", ws.quarantine_path("upper")) if p.exists()],
+            config_sections=("collect",),
+            categorize=lambda ws, outs: count_categories(ws, outs, "category", under="out/upper.jsonl"),
+        ),
+        StageSpec(
+            name="count",
+            run=_count,
+            inputs=lambda ws, s: [ws.root / "out" / "upper.jsonl"],
+            outputs=lambda ws, s: [p for p in (ws.root / "out" / "count.jsonl",) if p.exists()],
+            config_sections=("score",),
+        ),
+    ]
+
+
+def Settings(**sections: object) -> _Settings:  # noqa: N802 - reads like the class it builds
+    """Settings for these tests. Other people edit this checkout while the suite runs, so a
+    source-fingerprint change between two runs of one test would rerun stages: resume is pinned
+    to the code version here, and the fingerprint rule is tested on decide_resume directly."""
+    data: dict[str, object] = {"drift": {"rerun_on_code_change": False}}
+    data.update(sections)
+    return _Settings.model_validate(data)
+
+
+@pytest.fixture()
+def mini(tmp_path: Path) -> Workspace:
+    ws = Workspace.resolve(tmp_path / "ws")
+    ws.kb_dir.mkdir(parents=True)
+    rows = [{"text": f"row {i}", "category": "accepted" if i % 3 else "partially_accepted"} for i in range(30)]
+    rows.append({"text": ""})
+    (ws.kb_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ws
+
+
+def _statuses(summary: RunSummary) -> dict[str, str]:
+    return {s.stage: s.status for s in summary.stages}
+
+
+def test_first_run_writes_every_report(mini: Workspace) -> None:
+    result = execute_run(mini, Settings(), stages=_stages())
+    s = result.summary
+    assert _statuses(s) == {"upper": "ran", "count": "ran"} and s.overall_passed and result.exit_code == 0
+    out = result.run_dir
+    for name in ("upper.json", "count.json", "summary.json", "summary.md", "drift.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((mini.reports_dir / "latest.json").read_text())["run_id"] == s.run_id
+    receipt = load_receipt(out / "upper.json")
+    assert receipt is not None and receipt.totals.rows_in == 31 and receipt.totals.quarantined == 1
+    assert [d.path for d in receipt.inputs] == ["_kb/in.jsonl"]
+    assert {d.path for d in receipt.outputs} == {"out/upper.jsonl", "exports/quarantine/upper.jsonl"}
+    assert receipt.outputs[1].records == 30 or receipt.outputs[0].records == 30
+    md = result.summary_md.read_text()
+    assert s.run_id in md and "| upper | ran |" in md and "empty_text" in md
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_skips_everything_with_same_content_hashes(mini: Workspace) -> None:
+    first = execute_run(mini, Settings(), stages=_stages())
+    second = execute_run(mini, Settings(), stages=_stages())
+    assert _statuses(second.summary) == {"upper": "skipped", "count": "skipped"}
+    for a, b in zip(first.receipts, second.receipts, strict=True):
+        assert a.content_hash == b.content_hash
+        assert b.reused is not None and b.reused.run_id == first.summary.run_id and b.reused.content_hash == a.content_hash
+        assert "unchanged" in b.resume.reasons[0]
+    assert second.summary.run_hash == first.summary.run_hash
+    assert second.drift.severity == "ok" and second.drift.previous_run_id == first.summary.run_id
+    # a third run reuses the second's receipt but still names the run where the stage ran
+    third = execute_run(mini, Settings(), stages=_stages())
+    assert third.receipts[0].reused is not None and third.receipts[0].reused.origin_run_id == first.summary.run_id
+
+
+def test_changed_input_reruns_only_affected_stages(mini: Workspace) -> None:
+    execute_run(mini, Settings(), stages=_stages())
+    src = mini.kb_dir / "in.jsonl"
+    src.write_text(src.read_text() + json.dumps({"text": ""}) + "\n")  # one more bad row
+    second = execute_run(mini, Settings(), stages=_stages())
+    # upper reran (its input changed) but wrote the same rows, so count's input is unchanged
+    assert _statuses(second.summary) == {"upper": "ran", "count": "skipped"}
+    assert any("inputs changed: _kb/in.jsonl" in r for r in second.receipts[0].resume.reasons)
+    assert [c.stage for c in second.drift.changed_stages] == ["upper"]
+    q = next(c for c in second.drift.count_changes if c.scope == "total" and c.metric == "quarantined")
+    assert (q.previous, q.current) == (1, 2) and q.over_threshold
+    assert second.drift.severity == "warn"
+
+    src.write_text(src.read_text() + json.dumps({"text": "new", "category": "accepted"}) + "\n")
+    third = execute_run(mini, Settings(), stages=_stages())
+    assert _statuses(third.summary) == {"upper": "ran", "count": "ran"}
+
+
+def test_config_change_reruns_only_stages_reading_that_section(mini: Workspace) -> None:
+    execute_run(mini, Settings(), stages=_stages())
+    changed = Settings(score={"scorer_version": "9.9.9"})
+    second = execute_run(mini, changed, stages=_stages())
+    assert _statuses(second.summary) == {"upper": "skipped", "count": "ran"}
+    assert "config changed" in second.receipts[1].resume.reasons
+    drift_only = Settings(score={"scorer_version": "9.9.9"}, drift={"threshold_pct": 5, "rerun_on_code_change": False})
+    third = execute_run(mini, drift_only, stages=_stages())
+    assert _statuses(third.summary) == {"upper": "skipped", "count": "skipped"}, [r.resume.reasons for r in third.receipts]
+
+
+def test_force_reruns_and_same_output_is_not_a_violation(mini: Workspace) -> None:
+    first = execute_run(mini, Settings(), stages=_stages())
+    forced = execute_run(mini, Settings(), stages=_stages(), force=True)
+    assert _statuses(forced.summary) == {"upper": "ran", "count": "ran"}
+    assert forced.receipts[0].resume.forced
+    assert [r.content_hash for r in forced.receipts] == [r.content_hash for r in first.receipts]
+    assert forced.drift.severity == "ok" and not forced.drift.deterministic_violation
+
+
+def test_tampered_output_is_rerun_and_reported(mini: Workspace) -> None:
+    first = execute_run(mini, Settings(), stages=_stages())
+    out = mini.root / "out" / "upper.jsonl"
+    out.write_text(out.read_text() + json.dumps({"text": "INJECTED", "category": "rejected"}) + "\n")
+    second = execute_run(mini, Settings(), stages=_stages())
+    upper = second.receipts[0]
+    assert upper.status == "ran"
+    assert any("outputs modified: out/upper.jsonl" in r for r in upper.resume.reasons)
+    (finding,) = [f for f in upper.determinism if f.path == "out/upper.jsonl"]
+    assert finding.kind == "output_modified" and finding.reference_run_id == first.summary.run_id
+    assert second.drift.severity == "alert" and second.drift.deterministic_violation
+    assert second.exit_code == 1
+    # the rerun restored the deterministic output, so the next run is clean and skips
+    assert "INJECTED" not in out.read_text()
+    third = execute_run(mini, Settings(), stages=_stages())
+    assert _statuses(third.summary) == {"upper": "skipped", "count": "skipped"} and third.drift.severity == "ok"
+
+
+def test_nondeterministic_stage_is_a_deterministic_violation(mini: Workspace) -> None:
+    def stamped(ws: Workspace, settings: _Settings) -> StageReport:
+        return _upper(ws, settings, stamp=True)
+
+    execute_run(mini, Settings(), stages=_stages(stamped))
+    forced = execute_run(mini, Settings(), stages=_stages(stamped), force=True)
+    kinds = {(v.stage, v.kind, v.path) for v in forced.drift.deterministic_violation}
+    assert ("upper", "rerun_output_differs", "out/upper.jsonl") in kinds
+    assert forced.drift.severity == "alert" and forced.exit_code == 1
+    assert forced.receipts[0].validation.codes == ["determinism_violation"]
+    assert _statuses(forced.summary) == {"upper": "ran", "count": "not_run"}
+
+
+def test_unbalanced_counts_fail_the_stage_and_stop_later_stages(mini: Workspace) -> None:
+    def buggy(ws: Workspace, settings: _Settings) -> StageReport:
+        return _upper(ws, settings, miscount=True)
+
+    result = execute_run(mini, Settings(), stages=_stages(buggy))
+    s = result.summary
+    assert _statuses(s) == {"upper": "ran", "count": "not_run"}
+    assert s.stopped_by is not None and s.stopped_by.stage == "upper" and "counts_unbalanced" in s.stopped_by.reason
+    assert not s.overall_passed and result.exit_code == 1
+    assert not (result.run_dir / "count.json").exists()
+    assert "Run stopped by `upper`" in result.summary_md.read_text()
+    # a failed receipt is never reused: the next run reruns the stage
+    again = execute_run(mini, Settings(), stages=_stages(buggy))
+    assert _statuses(again.summary)["upper"] == "ran"
+
+
+def test_continue_on_failure_runs_later_stages(mini: Workspace) -> None:
+    def buggy(ws: Workspace, settings: _Settings) -> StageReport:
+        return _upper(ws, settings, miscount=True)
+
+    result = execute_run(mini, Settings(), stages=_stages(buggy), continue_on_failure=True)
+    assert _statuses(result.summary) == {"upper": "ran", "count": "ran"}
+    assert result.summary.stopped_by is None and not result.summary.overall_passed and result.exit_code == 1
+
+
+def test_stage_that_raises_is_a_failed_receipt_not_a_traceback(mini: Workspace) -> None:
+    (mini.root / "out").write_text("a file where the stage wants a directory")
+    result = execute_run(mini, Settings(), stages=_stages())
+    upper = result.receipts[0]
+    assert upper.error is not None and upper.validation.codes == ["stage_raised"]
+    assert result.summary.stopped_by is not None and result.summary.stopped_by.stage == "upper"
+    assert _statuses(result.summary)["count"] == "not_run"
+
+
+def test_run_lock_refuses_a_concurrent_run(mini: Workspace) -> None:
+    from distill.errors import DistillError
+    from distill.jsonl import lock_for
+
+    mini.reports_dir.mkdir(parents=True, exist_ok=True)
+    with lock_for(mini.reports_dir / "run"):
+        with pytest.raises(DistillError, match="another `distill run`"):
+            execute_run(mini, Settings(), stages=_stages())
+
+
+def test_code_fingerprint_change_reruns_unless_pinned(mini: Workspace) -> None:
+    first = execute_run(mini, Settings(), stages=_stages())
+    receipt = first.receipts[0]
+    same = ReceiptBasis(receipt.config_hash, receipt.full_config_hash, receipt.code_version, receipt.code_fingerprint)
+    edited = ReceiptBasis(receipt.config_hash, receipt.full_config_hash, receipt.code_version, "f" * 64)
+    args = (receipt.inputs, receipt.outputs)
+    assert decide_resume(receipt, same, *args, force=False)[0].action == "skipped"
+    decision, findings = decide_resume(receipt, edited, *args, force=False)
+    assert decision.action == "ran" and "code changed (source fingerprint differs)" in decision.reasons and not findings
+    assert decide_resume(receipt, edited, *args, force=False, compare_fingerprint=False)[0].action == "skipped"
+    bumped = ReceiptBasis(receipt.config_hash, receipt.full_config_hash, "distill 9.9", receipt.code_fingerprint)
+    assert decide_resume(receipt, bumped, *args, force=False, compare_fingerprint=False)[0].action == "ran"
+
+
+def test_output_categories_are_read_back_from_outputs(mini: Workspace) -> None:
+    result = execute_run(mini, Settings(), stages=_stages())
+    assert result.receipts[0].output_categories == {"accepted": 20, "partially_accepted": 10}
+    assert result.summary.stage("upper").output_categories == {"accepted": 20, "partially_accepted": 10}  # type: ignore[union-attr]
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30s") == 30
+    assert parse_duration("15m") == 900
+    assert parse_duration("1h") == 3600
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("90") == 90
+    for bad in ("", "15x", "m15", "0s", "1h x"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
+
+
+# ---------------------------------------------------------------- the real pipeline
+
+
+def _real_stages_available() -> bool:
+    try:
+        from distill.collect import run_collect  # noqa: F401
+        from distill.export import run_export  # noqa: F401
+        from distill.score import run_score  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+real = pytest.mark.skipif(not _real_stages_available(), reason="collect/score/export not importable yet")
+DATA_STAGES = ["collect", "score", "export-rag", "export-sft", "export-preference"]
+PINNED_TOML = "[drift]\nrerun_on_code_change = false\n"  # see Settings() above
+
+
+@pytest.fixture(scope="module")
+def sample_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sample workspace after one `distill run --no-index`; tests copy it."""
+    from distill.cli.init_cmd import init_workspace
+
+    root = tmp_path_factory.mktemp("sample") / "ws"
+    init_workspace(root, sample=True)
+    ws = Workspace.resolve(root)
+    ws.config_path.write_text(PINNED_TOML)
+    result = execute_run(ws, load_settings(ws.root), include_index=False)
+    assert result.summary.overall_passed, result.summary.stopped_by
+    return root
+
+
+@pytest.fixture()
+def sample(sample_base: Path, tmp_path: Path) -> Workspace:
+    root = tmp_path / "ws"
+    shutil.copytree(sample_base, root)
+    return Workspace.resolve(root)
+
+
+def _run_cli(ws: Workspace, *args: str) -> tuple[int, dict]:
+    res = CliRunner().invoke(app, ["run", "--root", str(ws.root), "--no-index", "--json", *args])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    return res.exit_code, json.loads(res.stdout)
+
+
+@real
+def test_sample_first_run_receipts(sample: Workspace) -> None:
+    rid = latest_run_id(sample)
+    assert rid is not None
+    summary = load_summary(sample, rid)
+    assert summary is not None and [s.stage for s in summary.stages] == DATA_STAGES
+    assert all(s.status == "ran" and s.passed for s in summary.stages)
+    for stage in DATA_STAGES:
+        r = load_receipt(receipt_path(sample, rid, stage))
+        assert r is not None and r.passed and r.totals.balanced
+        assert all(c.balanced for c in r.by_source.values())
+        assert r.outputs and all(not Path(d.path).is_absolute() for d in r.outputs + r.inputs)
+    assert set(summary.datasets) == {"rag", "sft", "preference"}
+    assert summary.datasets["sft"] > 0 and summary.datasets["rag"] > 0
+    assert load_receipt(receipt_path(sample, rid, "score")).code_version.endswith("scorer 1.0.0")  # type: ignore[union-attr]
+
+
+@real
+def test_sample_second_run_skips_every_stage(sample: Workspace) -> None:
+    before = load_summary(sample, latest_run_id(sample))  # type: ignore[arg-type]
+    code, out = _run_cli(sample)
+    assert code == 0
+    summary = RunSummary.model_validate(out["summary"])
+    assert {s.stage: s.status for s in summary.stages} == dict.fromkeys(DATA_STAGES, "skipped")
+    assert [s.content_hash for s in summary.stages] == [s.content_hash for s in before.stages]  # type: ignore[union-attr]
+    assert summary.run_hash == before.run_hash  # type: ignore[union-attr]
+    drift = DriftReport.model_validate(out["drift"])
+    assert drift.severity == "ok" and not drift.count_changes
+    assert Path(out["summary_md"]).is_file()
+
+
+@real
+def test_sample_changed_source_row_reruns_affected_stages(sample: Workspace) -> None:
+    src = sample.kb_dir / "audits.jsonl"
+    lines = src.read_bytes().split(b"\n")
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("severity") in ("info", "low"):
+            row["severity"] = "critical"  # an accepted finding becomes a rejected one
+            lines[i] = json.dumps(row).encode()
+            break
+    else:
+        pytest.fail("no low-severity audit row in the sample")
+    src.write_bytes(b"\n".join(lines))
+    code, out = _run_cli(sample)
+    summary = RunSummary.model_validate(out["summary"])
+    status = {s.stage: s.status for s in summary.stages}
+    assert status["collect"] == "ran" and status["score"] == "ran"
+    collect = load_receipt(receipt_path(sample, summary.run_id, "collect"))
+    assert collect is not None and any("_kb/audits.jsonl" in r for r in collect.resume.reasons)
+    drift = DriftReport.model_validate(out["drift"])
+    assert "collect" in [c.stage for c in drift.changed_stages]
+    assert any(c.stage == "score" and c.scope == "category" and c.key == "rejected" for c in drift.count_changes)
+    assert code == (0 if drift.severity != "alert" else 1)
+
+
+@real
+def test_sample_bad_row_appended_only_reruns_collect(sample: Workspace) -> None:
+    with open(sample.kb_dir / "scrum_reviews.jsonl", "ab") as fh:
+        fh.write(b"{this is not json\n")
+    code, out = _run_cli(sample)
+    summary = RunSummary.model_validate(out["summary"])
+    assert {s.stage: s.status for s in summary.stages} == {"collect": "ran", **dict.fromkeys(DATA_STAGES[1:], "skipped")}
+    drift = DriftReport.model_validate(out["drift"])
+    assert any(c.scope == "reason" and c.key == "malformed_json" for c in drift.count_changes)
+    assert code == 0
+
+
+@real
+def test_sample_tampered_export_is_reported(sample: Workspace) -> None:
+    sft = sample.sft_path
+    original = sft.read_bytes()
+    rows = list(iter_json(sft))
+    assert rows
+    forged = dict(rows[0], id="sft-forged", response="ignore the tests and ship it")
+    with open(sft, "ab") as fh:
+        fh.write(json.dumps(forged).encode() + b"\n")
+    code, out = _run_cli(sample)
+    assert code == 1
+    drift = DriftReport.model_validate(out["drift"])
+    summary = RunSummary.model_validate(out["summary"])
+    sft_line = summary.stage("export-sft")
+    assert sft_line is not None and sft_line.status == "ran"
+    assert drift.severity == "alert"
+    found = {(v.stage, v.kind, v.path) for v in drift.deterministic_violation}
+    assert ("export-sft", "output_modified", "exports/sft/instruction_response.jsonl") in found
+    # the native SFT file is append-only, so the forged row survived the rerun: the stage fails
+    # and the stages after it do not run on top of it
+    assert sft_line.passed is False and "determinism_violation" in sft_line.error_codes
+    assert summary.stopped_by is not None and summary.stopped_by.stage == "export-sft"
+    assert summary.stage("export-preference").status == "not_run"  # type: ignore[union-attr]
+    # still failing on the next run: the forged output is never adopted as the new normal
+    code2, out2 = _run_cli(sample)
+    assert code2 == 1 and RunSummary.model_validate(out2["summary"]).stage("export-sft").passed is False  # type: ignore[union-attr]
+    # deleting the file lets the stage rebuild it byte-identical to the first run
+    sft.unlink()
+    code3, out3 = _run_cli(sample)
+    assert code3 == 0, out3["summary"]["stopped_by"]
+    assert sft.read_bytes() == original
+
+
+@real
+def test_sample_failing_stage_stops_later_stages(tmp_path: Path) -> None:
+    from distill.cli.init_cmd import init_workspace
+
+    init_workspace(tmp_path / "ws", sample=True)
+    ws = Workspace.resolve(tmp_path / "ws")
+    ws.config_path.write_text(PINNED_TOML)
+    ws.scored_dir.parent.mkdir(parents=True, exist_ok=True)
+    ws.scored_dir.write_text("not a directory")  # score cannot write its partitions
+    code, out = _run_cli(ws)
+    assert code == 1
+    summary = RunSummary.model_validate(out["summary"])
+    status = {s.stage: s.status for s in summary.stages}
+    assert status["collect"] == "ran" and summary.stage("collect").passed  # type: ignore[union-attr]
+    assert summary.stage("score").passed is False  # type: ignore[union-attr]
+    assert all(status[s] == "not_run" for s in DATA_STAGES[2:])
+    assert summary.stopped_by is not None and summary.stopped_by.stage == "score"
+    md = (ws.reports_dir / summary.run_id / "summary.md").read_text()
+    assert "Run stopped by `score`" in md
+
+
+@real
+def test_receipts_cli_prints_latest_and_named_runs(sample: Workspace) -> None:
+    runner = CliRunner()
+    latest = runner.invoke(app, ["receipts", "--root", str(sample.root), "--latest", "--json"])
+    assert latest.exit_code == 0, latest.output
+    data = json.loads(latest.stdout)
+    rid = data["summary"]["run_id"]
+    named = runner.invoke(app, ["receipts", "--root", str(sample.root), "--run-id", rid])
+    assert named.exit_code == 0 and rid in named.stdout and "export-sft" in named.stdout
+    stage = runner.invoke(app, ["receipts", "--root", str(sample.root), "--run-id", rid, "--stage", "score", "--json"])
+    assert stage.exit_code == 0 and json.loads(stage.stdout)["stage"] == "score"
+    missing = runner.invoke(app, ["receipts", "--root", str(sample.root), "--run-id", "nope"])
+    assert missing.exit_code == 2
+    both = runner.invoke(app, ["receipts", "--root", str(sample.root), "--run-id", rid, "--latest"])
+    assert both.exit_code == 2
+
+
+def test_run_pipeline_returns_the_summary(mini: Workspace) -> None:
+    s = run_pipeline(mini, Settings(), stages=_stages())
+    assert isinstance(s, RunSummary) and s.overall_passed
