@@ -206,6 +206,8 @@ def build_adversarial(tmp: Path) -> Adversarial:
     for run_id, text in planted.items():
         add(run_id, f"task:{run_id}", A, text, expect_reason="secret_detected")
     add("sec-rej", "task:sec-rej", R, f"rejected and leaking {GITHUB_TOKEN}")
+    add("sec-task", f"deploy:{STRIPE_KEY}", A, "A clean answer; the task id carries the credential.",
+        expect_reason="secret_detected")
     # cited files
     add("path-escape", "task:path-escape", A, "Look at ../../etc/passwd for the users.",
         expect_reason="hallucinated_file_path")

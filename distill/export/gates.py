@@ -41,6 +41,7 @@ _FILTERS = (
     "detect_secrets.filters.heuristic.is_not_alphanumeric_string",
 )
 BASE64_ENTROPY_LIMIT = 4.5
+_SENTINEL = "distill export secret scan"
 _UNQUOTED_MIN_LEN = 20
 
 
@@ -106,11 +107,15 @@ class SecretScanner:
         with tempfile.TemporaryDirectory(prefix="distill-secrets-") as tmp:
             path = os.path.join(tmp, "export_rows.txt")
             with open(path, "w", encoding="utf-8", errors="replace", newline="\n") as fh:
+                # The sentinel first line is no INI section header: detect-secrets' config-file
+                # transformer then refuses the file and scans it line by line, so row content
+                # cannot steer how the batch is parsed.
+                fh.write(_SENTINEL + "\n")
                 fh.write("\n".join(chunks))
                 fh.write("\n")
             with transient_settings(self._config()):
                 for secret in scan_file(path):
-                    add(secret.line_number, secret.type)
+                    add(secret.line_number - 1, secret.type)
                 plugin = self._entropy_plugin()
                 for n, line in enumerate(chunks, start=1):
                     for kind in self._unquoted_entropy(plugin, line):
@@ -319,12 +324,18 @@ class ContaminationIndex:
 # the firewall: all three gates for one export run
 
 
+def meta_text(ev: Any) -> str:
+    """The identifiers a row ships besides its text (ids, task, files, model): scanned too."""
+    return " ".join([ev.run_id, ev.task_id, *ev.source_files, ev.model_name or ""]).strip()
+
+
 @dataclass(frozen=True, slots=True)
 class GateInput:
     """What one candidate row ships: the texts (scanned) and the files it cites."""
 
     texts: tuple[str, ...]
     cited_files: tuple[str, ...]
+    scan_only: tuple[str, ...] = ()  # identifiers: secret-scanned, not path/contamination-checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +386,7 @@ class Firewall:
         flat: list[str] = []
         owner: list[int] = []
         for i, item in enumerate(items):
-            for t in item.texts:
+            for t in item.texts + item.scan_only:
                 flat.append(t)
                 owner.append(i)
         secret_hits: list[list[str]] = [[] for _ in items]

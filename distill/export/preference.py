@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from distill.export.gates import Firewall, GateInput
+from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.quarantine import quarantine_broken, quarantine_joined, validation_errors
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
@@ -201,7 +201,8 @@ def export_preference(
         pending.append(Row(i, j, synthesize_instruction(ev)))
 
     verdicts = firewall.check(
-        [GateInput(texts=(r.prompt, r.text), cited_files=tuple(r.joined.evidence.source_files)) for r in pending]
+        [GateInput((r.prompt, r.text), tuple(r.joined.evidence.source_files), (meta_text(r.joined.evidence),))
+         for r in pending]
     )
     eligible: list[Row] = []
     for row, failure in zip(pending, verdicts, strict=True):

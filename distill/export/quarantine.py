@@ -45,12 +45,12 @@ def joined_detail(j: Joined) -> dict[str, Any]:
         "score_class": j.scored.score_class.value,
         "scored_file": j.scored_file,
         "scored_line": j.scored_line,
-        "task_id": j.evidence.task_id,
-    }
+    }  # no free text (task ids, texts) from the row: it may be what carries a credential
 
 
 def quarantine_joined(stage: str, j: Joined, reason: QuarantineReason | str, errors: list[str],
                       record_id: str | None = None) -> QuarantineRecord:
+    detail = joined_detail(j)
     return QuarantineRecord(
         stage=stage,
         source=j.source,
@@ -59,7 +59,7 @@ def quarantine_joined(stage: str, j: Joined, reason: QuarantineReason | str, err
         record_id=record_id or j.evidence.run_id,
         source_ref=j.ref(),
         excerpt=None,  # never copy the row's text: it may carry the credential that dropped it
-        detail=joined_detail(j),
+        detail=detail,
     )
 
 

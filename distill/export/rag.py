@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from distill.export.gates import GateInput
+from distill.export.gates import GateInput, meta_text
 from distill.export.quarantine import Candidate, Decision, Drop
 from distill.export.reader import Joined
 from distill.hashing import content_id
@@ -85,4 +85,4 @@ def decide_rag(j: Joined, *, include_review: bool) -> Decision:
             provenance=ev.provenance,
         )
 
-    return Candidate(sid, GateInput(texts=(ev.text,), cited_files=tuple(ev.source_files)), build)
+    return Candidate(sid, GateInput((ev.text,), tuple(ev.source_files), (meta_text(ev),)), build)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from distill.export.gates import GateInput
+from distill.export.gates import GateInput, meta_text
 from distill.export.quarantine import Candidate, Decision, Drop
 from distill.export.reader import Joined
 from distill.hashing import content_id
@@ -176,4 +176,4 @@ def decide_sft(j: Joined, *, include_partial: bool) -> Decision:
             provenance=ev.provenance,
         )
 
-    return Candidate(sid, GateInput(texts=(instruction, context, ev.text), cited_files=tuple(ev.source_files)), build)
+    return Candidate(sid, GateInput((instruction, context, ev.text), tuple(ev.source_files), (meta_text(ev),)), build)
