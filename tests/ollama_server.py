@@ -35,6 +35,7 @@ class Reply:
 class Recorded:
     path: str
     body: dict[str, Any]
+    at: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -333,3 +333,25 @@ def test_eight_processes_append_whole_parseable_lines(ws, ollama_srv, tmp_path) 
     runs = logged(ws)
     assert len({r.run_id for r in runs}) == 8 * n
     assert sorted(r.task_id for r in runs) == sorted(f"{p}-{i}" for p in range(8) for i in range(n))
+
+
+# --- import cost --------------------------------------------------------------------------------
+
+HEAVY = ("torch", "sentence_transformers", "chromadb", "transformers", "openai", "xllamacpp")
+
+
+def test_baseline_replay_imports_no_heavy_module(ws, ollama_srv) -> None:
+    """A --no-retrieval replay on Ollama loads neither the index stack nor other backends' clients."""
+    write_runtime_config(ws.root, ollama_srv.url)
+    ollama_srv.set_default(Reply(content=PLAIN_ANSWER))
+    code = (
+        "import sys, runtime.cli as c\n"
+        "early = sorted(m for m in %r if m in sys.modules)\n"
+        "sys.argv = ['replay', '--root', %r, '--task', 'x y z', '--backend', 'ollama', '--no-retrieval', '--json']\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', early, sorted(m for m in %r if m in sys.modules), file=sys.stderr)\n"
+    ) % (HEAVY + ("ollama",), str(ws.root), HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY"))
+    assert line == "HEAVY [] []", line
+    assert len(ollama_srv.chat_requests) == 1
