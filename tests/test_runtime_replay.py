@@ -355,3 +355,39 @@ def test_baseline_replay_imports_no_heavy_module(ws, ollama_srv) -> None:
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY"))
     assert line == "HEAVY [] []", line
     assert len(ollama_srv.chat_requests) == 1
+
+
+# --- the loop: replay runs become evidence and scores ------------------------------------------
+
+def test_replay_log_is_collected_and_scored_as_spec_says(tmp_path, ollama_srv, openai_srv) -> None:
+    from distill.collect import iter_evidence, run_collect
+    from distill.records.scored import ScoredRun
+    from distill.score import run_score
+    from distill.workspace import Workspace, iter_partition_files
+
+    ws = Workspace(tmp_path / "loop")
+    ws.kb_dir.mkdir(parents=True)
+    write_runtime_config(ws.root, ollama_srv.url, openai_srv.base_url, timeout_s=2)
+    ollama_srv.script(Reply(content=PLAIN_ANSWER), Reply(content="TODO"), Reply(content="TODO"), Reply(fault="http500"))
+    openai_srv.script(ChatReply(content=PLAIN_ANSWER))
+    runs = [
+        session(ws, no_retrieval=True).run("Audit routing A"),
+        session(ws, no_retrieval=True, allow_escalation=True).run("Audit routing B"),
+        session(ws, no_retrieval=True, local_only=True).run("Audit routing C"),
+        session(ws, no_retrieval=True).run("Audit routing D"),
+    ]
+    assert [r.final_verdict for r in runs] == ["validated_local", "escalated_validated", "failed", "error"]
+
+    collected = run_collect(ws, load_settings(ws.root))
+    assert collected.by_source["replay_runs"].written == 4
+    evidence = {ev.run_id: ev for _, ev in iter_evidence(ws)}
+    assert {ev.instruction for ev in evidence.values()} == {"Audit routing A", "Audit routing B", "Audit routing C", "Audit routing D"}
+    run_score(ws, load_settings(ws.root))
+    scored = [ScoredRun.model_validate(row) for p in iter_partition_files(ws.scored_dir) for row in iter_json(p)]
+    by_verdict = {evidence[s.evidence_run_id].markers["final_verdict"]: s.category for s in scored}
+    assert by_verdict == {
+        "validated_local": "accepted",
+        "escalated_validated": "partially_accepted",
+        "failed": "rejected",
+        "error": "rejected",
+    }
