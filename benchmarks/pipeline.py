@@ -168,19 +168,52 @@ def reset_outputs(ws_root: Path, stage: str) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def finalize(r: dict[str, Any]) -> dict[str, Any]:
+    """Totals, ratios and targets from the per-stage measurements (also used to re-render a JSON).
+
+    Three ratios: in-stage wall time (the headline the issue asks for), child wall time (with
+    interpreter start and imports), and CPU time, which is the one to trust on a shared machine:
+    wall time there measures the other tenants' load as much as this code."""
+    stages = r["stages"]
+    raw = stages["raw"]
+    pipe_s = sum(stages[s]["stage_s"] for s in PIPELINE)
+    pipe_wall = sum(stages[s]["wall_s"] for s in PIPELINE)
+    pipe_cpu = sum(stages[s]["cpu_s"] for s in PIPELINE)
+    peak_stage = max(PIPELINE, key=lambda s: stages[s]["peak_rss_bytes"])
+    r["pipeline_stage_s"], r["pipeline_wall_s"], r["pipeline_cpu_s"] = pipe_s, pipe_wall, pipe_cpu
+    r["slowest_stage"] = max(PIPELINE, key=lambda s: stages[s]["cpu_s"])
+    r["targets"] = {
+        "ratio": pipe_s / raw["stage_s"],
+        "ratio_wall": pipe_wall / raw["wall_s"],
+        "ratio_cpu": pipe_cpu / raw["cpu_s"],
+        "ratio_target": TARGET_RATIO,
+        "ratio_met": pipe_s / raw["stage_s"] <= TARGET_RATIO,
+        "ratio_cpu_met": pipe_cpu / raw["cpu_s"] <= TARGET_RATIO,
+        "peak_rss_bytes": stages[peak_stage]["peak_rss_bytes"],
+        "peak_rss_stage": peak_stage,
+        "rss_target_bytes": TARGET_RSS_BYTES,
+        "rss_met": stages[peak_stage]["peak_rss_bytes"] <= TARGET_RSS_BYTES,
+        "at_target_size": r["rows"] >= 1_000_000,
+    }
+    return r
+
+
 def markdown(r: dict[str, Any]) -> str:
     rows = []
     for s in STAGES:
         m = r["stages"][s]
         rows.append([s, m["rows_in"], round(m["stage_s"], 2), round(m["wall_s"], 2), round(m["cpu_s"], 2),
-                     round(r["rows"] / m["stage_s"]), round(m["peak_rss_bytes"] / 2**20)])
+                     round(r["rows"] / m["stage_s"]), round(r["rows"] / max(m["cpu_s"], 1e-9)),
+                     round(m["peak_rss_bytes"] / 2**20)])
     t = r["targets"]
     text = [
         f"### Pipeline throughput ({r['rows']:,} source rows, {r['source_bytes'] / 2**20:,.0f} MiB)\n",
-        md_table(["stage", "rows in", "stage s", "wall s (child)", "CPU s", "source rows/s", "peak RSS MiB"], rows),
+        md_table(["stage", "rows in", "stage s", "wall s (child)", "CPU s", "source rows/s (wall)",
+                  "source rows/CPU-s", "peak RSS MiB"], rows),
         "",
-        f"- whole pipeline / raw baseline: **{t['ratio']:.1f}x** in-stage time ({t['ratio_wall']:.1f}x child wall) "
-        f"— target <= {TARGET_RATIO:g}x: **{'met' if t['ratio_met'] else 'missed'}**",
+        f"- whole pipeline / raw baseline: **{t['ratio']:.1f}x** in-stage wall time ({t['ratio_wall']:.1f}x child wall, "
+        f"**{t['ratio_cpu']:.1f}x CPU time**) — target <= {TARGET_RATIO:g}x: "
+        f"**{'met' if t['ratio_met'] else 'missed'}** (wall), **{'met' if t['ratio_cpu_met'] else 'missed'}** (CPU)",
         f"- peak RSS (largest stage): **{t['peak_rss_bytes'] / 2**20:,.0f} MiB** ({t['peak_rss_stage']}) "
         f"— target <= 1 GiB: **{'met' if t['rss_met'] else 'missed'}**",
         f"- slowest stage: {r['slowest_stage']}; profile: `{r.get('profile_txt') or 'not taken'}`",
@@ -218,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the profile of the slowest stage")
     ap.add_argument("--name", help="result file stem (default pipeline / pipeline_quick)")
     ap.add_argument("--rows-note", default="", help="why this N (recorded in the results)")
+    ap.add_argument("--rerender", type=Path, help="recompute targets, markdown and plot from a results JSON")
     # child mode
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -226,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage:
         return child_main(args.stage, args.root, args.profile_out)
 
+    if args.rerender:
+        result = finalize(json.loads(args.rerender.read_text()))
+        stem = args.rerender.stem
+        write_results(args.rerender.parent, stem, result, markdown(result))
+        plot(result, args.rerender.parent / f"{stem}_stages.png")
+        return 0
     rows = QUICK_ROWS if args.quick else args.rows
     name = args.name or ("pipeline_quick" if args.quick else "pipeline")
     info = machine()
@@ -247,10 +287,6 @@ def main(argv: list[str] | None = None) -> int:
             m = stages[stage]
             log(f"{stage:8s} {m['stage_s']:8.1f}s in stage  {m['wall_s']:8.1f}s wall  "
                 f"{m['peak_rss_bytes'] / 2**20:7.0f} MiB  rows_in {m['rows_in']:,}")
-        pipe_s = sum(stages[s]["stage_s"] for s in PIPELINE)
-        pipe_wall = sum(stages[s]["wall_s"] for s in PIPELINE)
-        slowest = max(PIPELINE, key=lambda s: stages[s]["stage_s"])
-        peak_stage = max(PIPELINE, key=lambda s: stages[s]["peak_rss_bytes"])
         result: dict[str, Any] = {
             "suite": "pipeline",
             "quick": args.quick,
@@ -261,21 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             "nice": args.nice,
             "machine": info,
             "stages": stages,
-            "pipeline_stage_s": pipe_s,
-            "pipeline_wall_s": pipe_wall,
-            "slowest_stage": slowest,
-            "targets": {
-                "ratio": pipe_s / stages["raw"]["stage_s"],
-                "ratio_wall": pipe_wall / stages["raw"]["wall_s"],
-                "ratio_target": TARGET_RATIO,
-                "ratio_met": pipe_s / stages["raw"]["stage_s"] <= TARGET_RATIO,
-                "peak_rss_bytes": stages[peak_stage]["peak_rss_bytes"],
-                "peak_rss_stage": peak_stage,
-                "rss_target_bytes": TARGET_RSS_BYTES,
-                "rss_met": stages[peak_stage]["peak_rss_bytes"] <= TARGET_RSS_BYTES,
-                "at_target_size": gen["rows"] >= 1_000_000,
-            },
         }
+        finalize(result)
+        slowest = result["slowest_stage"]
         if not args.no_profile:
             reset_outputs(ws_root, slowest)
             stem = args.out_dir / f"{name}_profile_{slowest}"

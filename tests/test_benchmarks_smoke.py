@@ -1,0 +1,89 @@
+"""Smoke: each benchmark suite's --quick runs from the command line and writes its results
+(JSON that parses with the expected figures, a markdown table, PNG plots). No timing assertions:
+the figures depend on the machine; what is checked is that they were measured and written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_suite(script: str, out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out-dir", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def check_outputs(out: Path, stem: str, pngs: list[str]) -> dict:
+    data = json.loads((out / f"{stem}.json").read_text())
+    md = (out / f"{stem}.md").read_text()
+    assert md.lstrip().startswith("###") and "|---" in md
+    for name in pngs:
+        blob = (out / name).read_bytes()
+        assert blob.startswith(PNG) and len(blob) > 1000, name
+    return data
+
+
+def test_gate_quality_quick(tmp_path: Path) -> None:
+    run_suite("gate_quality.py", tmp_path)
+    data = check_outputs(tmp_path, "gate_quality_quick", ["gate_quality_quick.png"])
+    assert data["n"] >= 40 and set(data["by_kind"]) == {"grounded", "hedging", "placeholder", "ungrounded"}
+    assert 0 <= data["false_accept_rate"] <= 1 and 0 <= data["false_reject_rate"] <= 1
+    assert data["false_accepts"] + data["false_rejects"] == len(data["errors"])
+
+
+def test_gate_set_generator_reproduces_committed_file(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_set", REPO / "benchmarks" / "gate_set.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = [json.loads(line) for line in (REPO / "benchmarks" / "data" / "gate_labelled.jsonl").read_text().splitlines()]
+    assert module.build() == committed
+
+
+def test_pipeline_quick(tmp_path: Path) -> None:
+    run_suite("pipeline.py", tmp_path)
+    data = check_outputs(tmp_path, "pipeline_quick", ["pipeline_quick_stages.png"])
+    assert data["rows"] == 1000
+    for stage in ("raw", "collect", "score", "export"):
+        m = data["stages"][stage]
+        assert m["stage_s"] > 0 and m["peak_rss_bytes"] > 0 and m["rows_in"] > 0, stage
+    assert data["stages"]["collect"]["rows_in"] == data["rows"]
+    assert data["targets"]["ratio"] > 0
+    profile = tmp_path / f"pipeline_quick_profile_{data['slowest_stage']}.txt"
+    assert "run_stage" in profile.read_text()
+
+
+def test_scaled_generator_writes_exactly_n_rows(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate
+
+    info = generate.write_scaled(tmp_path / "kb", 2500)
+    lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "kb").glob("*.jsonl"))
+    assert info["rows"] == lines == 2500 and info["replicas"] == 3
+    reviews = (tmp_path / "kb" / "scrum_reviews.jsonl").read_text()
+    assert '"sr-r2x' in reviews and '"sr-r1x' in reviews  # ids are unique per replica
+
+
+@pytest.mark.slow
+def test_escalation_quick(tmp_path: Path) -> None:
+    run_suite("escalation.py", tmp_path)
+    data = check_outputs(tmp_path, "escalation_quick", ["escalation_quick_rates.png", "escalation_quick_rounds.png"])
+    assert {r["condition"] for r in data["runs"]} == {"retrieval", "no_retrieval"}
+    assert {r["family"] for r in data["runs"]} == {"sample", "pubmedqa"}
+    for run in data["runs"]:
+        assert run["prompt_tokens"] and run["latency_ms"] > 0
+        if run["condition"] == "no_retrieval":
+            assert run["retrieved"] == 0
+    assert data["rounds"][0]["round"] == 1
+    assert data["strong"]["configured"] in (True, False)
