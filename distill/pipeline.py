@@ -35,6 +35,7 @@ from distill.receipts import (
     check_counts,
     check_firewall,
     check_jsonl_integrity,
+    DigestCache,
     code_fingerprint,
     count_categories,
     digest_path,
@@ -47,6 +48,7 @@ from distill.receipts import (
     new_run_id,
     now_utc,
     receipt_path,
+    rel_path,
     run_dir,
     validation_result,
     write_latest,
@@ -424,7 +426,9 @@ class RunResult:
         return 0 if self.summary.overall_passed and self.drift.severity != "alert" else 1
 
 
-def _digest_inputs(ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[FileDigest], exclude: set[str]) -> list[FileDigest]:
+def _digest_inputs(
+    ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[FileDigest], exclude: set[str], cache: DigestCache
+) -> list[FileDigest]:
     paths = list(spec.inputs(ws, settings))
     trees = {ws.absolute(t).resolve().as_posix() for t in spec.tree_inputs(ws, settings)}
     for d in also:
@@ -432,16 +436,18 @@ def _digest_inputs(ws: Workspace, spec: StageSpec, settings: Settings, also: Ite
             trees.add(d.path)
         else:
             paths.append(ws.absolute(d.path))
-    digests = [d for d in digest_paths(ws, paths) if d.path not in exclude]
+    digests = [d for d in digest_paths(ws, paths, cache) if d.path not in exclude]
     for tree in sorted(trees):
         if Path(tree).is_dir():
             digests.append(digest_tree_listing(Path(tree)))
     return sorted(digests, key=lambda d: d.path)
 
 
-def _digest_outputs(ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[str]) -> list[FileDigest]:
+def _digest_outputs(
+    ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[str], cache: DigestCache
+) -> list[FileDigest]:
     paths = list(spec.outputs(ws, settings)) + [ws.absolute(p) for p in also]
-    return [d for d in digest_paths(ws, paths) if spec.keep_output(d.path)]
+    return [d for d in digest_paths(ws, paths, cache) if spec.keep_output(d.path)]
 
 
 def _validate_run(ws: Workspace, spec: StageSpec, report: StageReport, outputs: list[FileDigest]) -> list[str]:
@@ -451,7 +457,7 @@ def _validate_run(ws: Workspace, spec: StageSpec, report: StageReport, outputs: 
     if report.dry_run:
         errors.append("stage_dry_run: the stage reported a dry run; nothing was written")
     present = {d.path for d in outputs}
-    missing = sorted(p for p in report.outputs if spec.keep_output(p) and ws.relative(ws.absolute(p)) not in present)
+    missing = sorted(p for p in report.outputs if spec.keep_output(p) and rel_path(ws, ws.absolute(p)) not in present)
     if missing:
         errors.append(f"output_missing: {_listed(missing)}")
     errors.extend(check_jsonl_integrity(ws, outputs))
@@ -496,6 +502,7 @@ def _run_stage(
     git: GitInfo,
     full_hash: str,
     fingerprints: dict[tuple[str, ...], str],
+    cache: DigestCache,
     force: bool,
     emit: EventHook,
 ) -> StageReceipt | None:
@@ -515,9 +522,9 @@ def _run_stage(
     previous, previous_path = found if found else (None, None)
     started_at = now_utc()
     t0 = time.perf_counter()
-    pre_outputs = _digest_outputs(ws, spec, settings, [d.path for d in previous.outputs] if previous else [])
+    pre_outputs = _digest_outputs(ws, spec, settings, [d.path for d in previous.outputs] if previous else [], cache)
     exclude = {d.path for d in pre_outputs}
-    pre_inputs = _digest_inputs(ws, spec, settings, previous.inputs if previous else [], exclude)
+    pre_inputs = _digest_inputs(ws, spec, settings, previous.inputs if previous else [], exclude, cache)
     decision, findings = decide_resume(
         previous, basis, pre_inputs, pre_outputs, force=force, compare_fingerprint=settings.drift.rerun_on_code_change
     )
@@ -568,13 +575,13 @@ def _run_stage(
         report = StageReport(stage=spec.name)
     finished_at = now_utc()
     duration = time.perf_counter() - t0
-    outputs = _digest_outputs(ws, spec, settings, report.outputs)
+    outputs = _digest_outputs(ws, spec, settings, report.outputs, cache)
     out_paths = {d.path for d in outputs}
     known = {d.path for d in pre_inputs}
-    late = [ws.absolute(p) for p in report.inputs if ws.relative(ws.absolute(p)) not in known]
+    late = [ws.absolute(p) for p in report.inputs if rel_path(ws, ws.absolute(p)) not in known]
     inputs = sorted(
         [d for d in pre_inputs if d.path not in out_paths]
-        + [d for d in digest_paths(ws, late) if d.path not in out_paths],
+        + [d for d in digest_paths(ws, late, cache) if d.path not in out_paths],
         key=lambda d: d.path,
     )
     categories: dict[str, int] = {}
@@ -675,6 +682,7 @@ def _execute_locked(
     git = git_info()
     full_hash = config_hash(settings)
     fingerprints: dict[tuple[str, ...], str] = {}
+    cache: DigestCache = {}
 
     receipts: list[StageReceipt] = []
     lines: list[StageSummary] = []
@@ -685,7 +693,8 @@ def _execute_locked(
             emit("not_run", spec.name, f"{stopped.stage} failed")
             continue
         receipt = _run_stage(
-            ws, settings, spec, run_id=run_id, git=git, full_hash=full_hash, fingerprints=fingerprints, force=force, emit=emit
+            ws, settings, spec, run_id=run_id, git=git, full_hash=full_hash, fingerprints=fingerprints, cache=cache,
+            force=force, emit=emit,
         )
         if receipt is None:
             lines.append(StageSummary(stage=spec.name, status="unavailable", note="stage code not installed"))

@@ -47,8 +47,28 @@ def _ignored(path: Path) -> bool:
     return path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith(".")
 
 
-def digest_file(ws: Workspace, path: Path) -> FileDigest:
+DigestCache = dict[tuple[str, int, int, int], tuple[int, str, int | None]]
+"""(path, inode, size, mtime_ns) -> (bytes, sha256, records): one run hashes each file once."""
+
+
+def rel_path(ws: Workspace, path: Path) -> str:
+    """ws.relative without a realpath per call (paths built from ws.root are already resolved)."""
+    text = str(path)
+    root = str(ws.root)
+    if path.is_absolute() and text.startswith(root + os.sep) and ".." not in path.parts:
+        return Path(text[len(root) + 1 :]).as_posix()
+    return ws.relative(path)
+
+
+def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:
     """Bytes, sha256 and (for JSONL) complete-line count of one file, in one streaming pass."""
+    key = None
+    if cache is not None:
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = cache.get(key)
+        if hit is not None:
+            return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
     h = hashlib.sha256()
     size = 0
     newlines = 0
@@ -58,18 +78,20 @@ def digest_file(ws: Workspace, path: Path) -> FileDigest:
             size += len(chunk)
             newlines += chunk.count(b"\n")
     records = newlines if path.suffix == ".jsonl" else None
-    return FileDigest(path=ws.relative(path), kind="file", bytes=size, sha256=h.hexdigest(), records=records)
+    if cache is not None and key is not None:
+        cache[key] = (size, h.hexdigest(), records)
+    return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=h.hexdigest(), records=records)
 
 
-def digest_dir(ws: Workspace, path: Path) -> FileDigest:
+def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:
     """A directory as one digest: sorted (relative path, sha256) of every file in it."""
     entries = []
     total = 0
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)):
-        d = digest_file(ws, file)
+        d = digest_file(ws, file, cache)
         entries.append((file.relative_to(path).as_posix(), d.sha256))
         total += d.bytes
-    return FileDigest(path=ws.relative(path), kind="dir", bytes=total, sha256=sha256_hex(canonical_json(entries)))
+    return FileDigest(path=rel_path(ws, path), kind="dir", bytes=total, sha256=sha256_hex(canonical_json(entries)))
 
 
 def digest_tree_listing(path: Path) -> FileDigest:
@@ -85,22 +107,22 @@ def digest_tree_listing(path: Path) -> FileDigest:
     )
 
 
-def digest_path(ws: Workspace, path: Path) -> FileDigest | None:
+def digest_path(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest | None:
     if path.is_dir():
-        return digest_dir(ws, path)
+        return digest_dir(ws, path, cache)
     if path.is_file():
-        return digest_file(ws, path)
+        return digest_file(ws, path, cache)
     return None
 
 
-def digest_paths(ws: Workspace, paths: Iterable[Path]) -> list[FileDigest]:
+def digest_paths(ws: Workspace, paths: Iterable[Path], cache: DigestCache | None = None) -> list[FileDigest]:
     """Digests of the existing paths, deduplicated by stored path, sorted."""
     out: dict[str, FileDigest] = {}
     for p in paths:
-        key = ws.relative(p)
+        key = rel_path(ws, p)
         if key in out:
             continue
-        d = digest_path(ws, p)
+        d = digest_path(ws, p, cache)
         if d is not None:
             out[key] = d
     return [out[k] for k in sorted(out)]

@@ -306,7 +306,12 @@ def _real_stages_available() -> bool:
     return True
 
 
-real = pytest.mark.skipif(not _real_stages_available(), reason="collect/score/export not importable yet")
+_skip_unbuilt = pytest.mark.skipif(not _real_stages_available(), reason="collect/score/export not importable yet")
+
+
+def real(test: Callable[..., None]) -> Callable[..., None]:
+    """The real pipeline on the sample workspace: seconds per run, so marked slow."""
+    return pytest.mark.slow(_skip_unbuilt(test))
 DATA_STAGES = ["collect", "score", "export-rag", "export-sft", "export-preference"]
 PINNED_TOML = "[drift]\nrerun_on_code_change = false\n"  # see Settings() above
 
