@@ -103,6 +103,10 @@ def run_export(
     if not report.balanced:
         violations.append("conservation: rows in != written + quarantined + deduped + skipped")
 
+    if violations and not dry_run:
+        # the rows about to ship break an invariant: ship none of them, say why
+        report.notes.append("nothing appended: the new rows failed the firewall audit")
+        samples = []
     if not dry_run:
         written: list[Path] = []
         if samples:
