@@ -220,15 +220,18 @@ def _run_index(ws: Workspace, settings: Settings) -> StageReport:
     return report
 
 
+INDEX_TRACKED = ("manifest.json", "bm25")
+
+
 def _index_outputs(ws: Workspace, settings: Settings) -> list[Path]:
-    manifest = ws.index_dir / "manifest.json"
-    return [manifest] if manifest.exists() else []
+    return [p for p in (ws.index_dir / name for name in INDEX_TRACKED) if p.exists()]
 
 
 def _index_keep_output(path: str) -> bool:
-    # The Chroma store's own files change when it is merely opened; the manifest (model,
-    # settings, a content hash per id) is the deterministic account of what the index holds.
-    return not path.startswith("index/") or path == "index/manifest.json"
+    # The Chroma store's own files change when it is merely opened (and live on a server with
+    # --chroma-url); the manifest (model, settings, a content hash per id) is the deterministic
+    # account of what it holds, next to the BM25 folder.
+    return not path.startswith("index/") or path in {f"index/{name}" for name in INDEX_TRACKED}
 
 
 def _quarantine(stage: str) -> Callable[[Workspace, Settings], list[Path]]:

@@ -488,3 +488,27 @@ def test_receipts_cli_prints_latest_and_named_runs(sample: Workspace) -> None:
 def test_run_pipeline_returns_the_summary(mini: Workspace) -> None:
     s = run_pipeline(mini, Settings(), stages=_stages())
     assert isinstance(s, RunSummary) and s.overall_passed
+
+
+@pytest.mark.slow
+def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("chromadb")
+    pytest.importorskip("sentence_transformers")
+    from distill.pipeline import default_stages
+    from tests.fixtures_index import rag_row, write_export
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    write_export(ws.root, [rag_row(i) for i in range(12)])
+    stages = [s for s in default_stages(include_index=True) if s.name == "index"]
+    first = execute_run(ws, Settings(), stages=stages)
+    receipt = first.receipts[0]
+    assert receipt.status == "ran" and receipt.passed, receipt.validation.errors
+    assert [d.path for d in receipt.inputs] == ["exports/rag/playbooks.jsonl"]
+    assert {d.path for d in receipt.outputs} == {"index/manifest.json", "index/bm25"}
+    assert receipt.totals.rows_in == 12 and receipt.totals.written == 12
+    second = execute_run(ws, Settings(), stages=stages)
+    assert second.receipts[0].status == "skipped" and second.receipts[0].content_hash == receipt.content_hash
+    write_export(ws.root, [rag_row(i) for i in range(13)])  # one new playbook
+    third = execute_run(ws, Settings(), stages=stages)
+    assert third.receipts[0].status == "ran" and third.receipts[0].totals.written == 1
+    assert third.receipts[0].totals.deduped == 12 and third.summary.overall_passed
