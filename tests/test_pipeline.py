@@ -512,3 +512,38 @@ def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
     third = execute_run(ws, Settings(), stages=stages)
     assert third.receipts[0].status == "ran" and third.receipts[0].totals.written == 1
     assert third.receipts[0].totals.deduped == 12 and third.summary.overall_passed
+
+
+@pytest.mark.slow
+@_skip_unbuilt
+def test_every_repeats_until_interrupted(tmp_path: Path) -> None:
+    """`distill run --every` in a real process: two runs (the second skips), then Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    (root / "distill.toml").write_text(PINNED_TOML)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from distill.cli import main; main()", "run", "--every", "2s", "--no-index", "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    waits: list[str] = []
+    reader = threading.Thread(target=lambda: waits.extend(line for line in proc.stderr if "next run in" in line))  # type: ignore[union-attr]
+    reader.start()
+    deadline = time.monotonic() + 240
+    while len(waits) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(waits) >= 2, f"rc={proc.poll()}"
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    reader.join(timeout=10)
+    assert proc.returncode == 0, stdout
+    ws = Workspace.resolve(root)
+    summaries = [load_summary(ws, rid) for rid in sorted(p.name for p in ws.reports_dir.iterdir() if p.is_dir())]
+    done = [s for s in summaries if s is not None]
+    assert len(done) >= 2
+    assert all(st.status == "skipped" for st in done[1].stages)
