@@ -116,7 +116,6 @@ class ReplaySession:
     escalation: Backend | None = None
     log: bool = True
     warnings: list[str] = field(default_factory=list)
-    first_backend_call_s: float | None = None
     _local_error: str | None = None
 
     _staleness_checked: bool = False
@@ -185,8 +184,6 @@ class ReplaySession:
                 Attempt(backend=exc.backend or self.options.backend, model=self.options.model or "-", error=str(exc))
             )
         else:
-            if self.first_backend_call_s is None:
-                self.first_backend_call_s = time.perf_counter()
             attempts.append(_attempt(local, prompt, task, self.settings, escalation=False))
         t3 = time.perf_counter()
         timings["local"] = (t3 - t2) * 1000
