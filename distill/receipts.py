@@ -257,17 +257,47 @@ def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Call
     return dict(sorted(counts.items()))
 
 
-def scored_categories(ws: Workspace) -> dict[str, str]:
-    """evidence_run_id -> category from the scored-runs partitions (the firewall's ground truth)."""
+@dataclass
+class ScoredIndex:
+    """Categories score gave, per evidence version (run id + sig_hash) and per run id.
+
+    A source row edited in place yields a second evidence version of the same run; each export
+    row names its version through provenance.sig_hash, so it is judged by that version's score.
+    """
+
+    by_version: dict[tuple[str, str], str]
+    by_run: dict[str, set[str]]
+
+    def category(self, run_id: Any, sig: Any) -> str | None:
+        if not isinstance(run_id, str):
+            return None
+        if isinstance(sig, str) and (run_id, sig) in self.by_version:
+            return self.by_version[(run_id, sig)]
+        cats = self.by_run.get(run_id)
+        return next(iter(cats)) if cats and len(cats) == 1 else None
+
+
+def scored_categories(ws: Workspace) -> ScoredIndex:
+    """The scored-runs partitions as the firewall's ground truth."""
     from distill.workspace import iter_partition_files
 
-    out: dict[str, str] = {}
+    by_version: dict[tuple[str, str], str] = {}
+    by_run: dict[str, set[str]] = {}
     for path in iter_partition_files(ws.scored_dir):
         for _, row in _rows(path):
             rid, cat = row.get("evidence_run_id"), row.get("category")
+            prov = row.get("provenance")
+            sig = prov.get("sig_hash") if isinstance(prov, dict) else None
             if isinstance(rid, str) and isinstance(cat, str):
-                out[rid] = cat
-    return out
+                by_run.setdefault(rid, set()).add(cat)
+                if isinstance(sig, str):
+                    by_version[(rid, sig)] = cat
+    return ScoredIndex(by_version, by_run)
+
+
+def _sig(row: dict[str, Any], field: str = "provenance") -> Any:
+    prov = row.get(field)
+    return prov.get("sig_hash") if isinstance(prov, dict) else None
 
 
 SFT_ALLOWED = frozenset({"accepted", "partially_accepted"})
@@ -276,20 +306,20 @@ CHOSEN_FORBIDDEN = frozenset({"rejected", "needs_human_review"})
 MAX_LISTED = 5
 
 
-def check_firewall(ws: Workspace, stage: str, categories: dict[str, str] | None = None) -> list[str]:
+def check_firewall(ws: Workspace, stage: str, scored: ScoredIndex | None = None) -> list[str]:
     """Re-read an export and check the contamination firewall on what was actually written.
 
-    Two views: the label the row carries, and the category score gave its source run (so a
-    row relabelled after the fact is still caught).
+    Two views: the label the row carries, and the category score gave the evidence version it
+    came from (so a row relabelled after the fact is still caught).
     """
-    cats = categories if categories is not None else None
+    cats = scored
     errors: list[str] = []
 
-    def lookup(run_id: Any) -> str | None:
+    def lookup(run_id: Any, sig: Any) -> str | None:
         nonlocal cats
         if cats is None:
             cats = scored_categories(ws)
-        return cats.get(run_id) if isinstance(run_id, str) else None
+        return cats.category(run_id, sig)
 
     def report(code: str, hits: list[str], what: str) -> None:
         if hits:
@@ -300,7 +330,7 @@ def check_firewall(ws: Workspace, stage: str, categories: dict[str, str] | None 
         bad = []
         for n, row in _rows(ws.sft_path):
             label = row.get("quality_score")
-            scored = lookup(row.get("source_run_id"))
+            scored = lookup(row.get("source_run_id"), _sig(row))
             if label not in SFT_ALLOWED or (scored is not None and scored not in SFT_ALLOWED):
                 bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
         report("firewall_sft_category", bad, "SFT row(s) from a rejected/unreviewed run")
@@ -308,7 +338,7 @@ def check_firewall(ws: Workspace, stage: str, categories: dict[str, str] | None 
         bad = []
         for n, row in _rows(ws.rag_path):
             label = row.get("success_score")
-            scored = lookup(row.get("source_run_id"))
+            scored = lookup(row.get("source_run_id"), _sig(row))
             if label in RAG_FORBIDDEN or scored in RAG_FORBIDDEN:
                 bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
         report("firewall_rag_category", bad, "RAG row(s) from a rejected run")
@@ -321,7 +351,7 @@ def check_firewall(ws: Workspace, stage: str, categories: dict[str, str] | None 
             chosen, rejected = row.get("chosen"), row.get("rejected")
             if isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() == rejected.strip():
                 same_text.append(ident)
-            scored = lookup(row.get("chosen_run_id"))
+            scored = lookup(row.get("chosen_run_id"), _sig(row, "chosen_provenance"))
             if row.get("chosen_category") in CHOSEN_FORBIDDEN or scored in CHOSEN_FORBIDDEN:
                 bad_chosen.append(ident)
         report("firewall_preference_self_pair", self_pairs, "self-pair(s)")

@@ -399,7 +399,10 @@ def test_sample_changed_source_row_reruns_affected_stages(sample: Workspace) -> 
     drift = DriftReport.model_validate(out["drift"])
     assert "collect" in [c.stage for c in drift.changed_stages]
     assert any(c.stage == "score" and c.scope == "category" and c.key == "rejected" for c in drift.count_changes)
-    assert code == (0 if drift.severity != "alert" else 1)
+    # the exports keep the earlier (accepted) version of the edited run and quarantine the new
+    # (rejected) one; the firewall judges each version by its own score, so nothing fails
+    assert summary.overall_passed and code == 0, summary.stopped_by
+    assert all(status[s] == "ran" for s in DATA_STAGES)
 
 
 @real

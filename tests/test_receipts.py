@@ -219,6 +219,23 @@ def test_firewall_reread_catches_leaks_by_label_and_by_score(tmp_path: Path) -> 
     assert codes == ["firewall_preference_chosen", "firewall_preference_identical", "firewall_preference_self_pair"]
 
 
+def test_firewall_judges_each_evidence_version_by_its_own_score(tmp_path: Path) -> None:
+    """A source row edited in place gives the run a second evidence version (new sig_hash)."""
+    ws = Workspace.resolve(tmp_path)
+    sig_old, sig_new = "a" * 64, "b" * 64
+    _write(ws.scored_dir / "2026" / "01" / "01" / "audits.jsonl", [
+        {"evidence_run_id": "ev-two", "category": "accepted", "provenance": {"sig_hash": sig_old}},
+        {"evidence_run_id": "ev-two", "category": "rejected", "provenance": {"sig_hash": sig_new}},
+    ])
+    _write(ws.rag_path, [{"id": "r-old", "success_score": "accepted", "source_run_id": "ev-two", "provenance": {"sig_hash": sig_old}}])
+    assert check_firewall(ws, "export-rag") == []
+    _write(ws.rag_path, [{"id": "r-new", "success_score": "accepted", "source_run_id": "ev-two", "provenance": {"sig_hash": sig_new}}])
+    assert "r-new" in check_firewall(ws, "export-rag")[0]
+    # no version named and the run is ambiguous: judged by its label alone
+    _write(ws.rag_path, [{"id": "r-any", "success_score": "accepted", "source_run_id": "ev-two"}])
+    assert check_firewall(ws, "export-rag") == []
+
+
 def test_git_info_outside_a_checkout_is_none(tmp_path: Path) -> None:
     assert git_info(tmp_path) == GitInfo(sha=None, branch=None, dirty=None)
 
