@@ -17,6 +17,7 @@ from distill.config import Settings
 from distill.jsonl import append_lines, atomic_writer, dumps, iter_raw_lines, loads, lock_for, repair_torn_tail
 from distill.records import EvidenceRecord, QuarantineRecord
 from distill.records.stage import StageReport
+from distill.redact import new_scanner, redact_excerpts
 from distill.sources.base import Source
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
@@ -116,7 +117,9 @@ def run_collect(
         consume(_QuarantineSink(None))
     else:
         with atomic_writer(quarantine_path) as fh:
-            consume(_QuarantineSink(fh))
+            sink = _QuarantineSink(fh)
+            consume(sink)
+            sink.flush()
     report.inputs = sorted(inputs)
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
     if not dry_run:
@@ -129,12 +132,35 @@ def _evidence_line(record: EvidenceRecord) -> bytes:
 
 
 class _QuarantineSink:
+    """Writes collect's quarantine rows, redacting any excerpt that carries a credential.
+
+    Excerpts help a person see what was wrong with a line, but a bad line can hold a secret and
+    the quarantine file sits under exports/: excerpts go through the same detect-secrets scan
+    as the datasets, in batches so the scanner starts once per batch, not once per row.
+    """
+
+    BATCH = 500
+
     def __init__(self, fh: object | None) -> None:
         self.fh = fh
+        self.pending: list[QuarantineRecord] = []
+        self.scanner: object | None = None
 
     def write(self, record: QuarantineRecord) -> None:
-        if self.fh is not None:
+        if self.fh is None:
+            return
+        self.pending.append(record)
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.fh is None or not self.pending:
+            return
+        if self.scanner is None:
+            self.scanner = new_scanner()
+        for record in redact_excerpts(self.pending, self.scanner):
             self.fh.write(dumps(record.to_json_dict()) + b"\n")  # type: ignore[attr-defined]
+        self.pending.clear()
 
 
 def iter_evidence(ws: Workspace) -> Iterable[tuple[Path, EvidenceRecord]]:

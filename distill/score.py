@@ -18,6 +18,7 @@ from distill.config import Settings
 from distill.jsonl import atomic_writer, dumps, iter_raw_lines
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
+from distill.redact import redact_excerpts
 from distill.score_rules import SCORER_VERSION, ParentRun, Verdict, join_extraction, score_evidence
 from distill.workspace import Workspace, iter_partition_files
 
@@ -120,7 +121,7 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False) -> St
     if not dry_run:
         _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
         quarantine_path = ws.quarantine_path(STAGE)
-        payload = b"".join(dumps(p.to_json_dict()) + b"\n" for p in problems)
+        payload = b"".join(dumps(p.to_json_dict()) + b"\n" for p in redact_excerpts(problems))
         if not quarantine_path.exists() or quarantine_path.read_bytes() != payload:
             with atomic_writer(quarantine_path) as fh:
                 fh.write(payload)

@@ -173,10 +173,6 @@ def test_planted_credentials_never_reach_the_export_stage_quarantine_files(hosti
             assert needle.encode() not in data, (stage, needle)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "collect's quarantine row keeps a 200-character excerpt of the bad source line verbatim, so a credential "
-    "in a malformed _kb line is copied into exports/quarantine/collect.jsonl (under exports/, next to the "
-    "datasets); the excerpt is not passed through the secret scanner"))
 def test_a_credential_in_a_malformed_source_line_is_not_copied_under_exports(hostile: dict[str, Any]) -> None:
     ws: Workspace = hostile["ws"]
     bad = [n for n, k in hostile["kinds"].items() if k == "malformed"]
