@@ -36,6 +36,7 @@ class Candidate:
 
 
 Decision = Drop | Candidate
+UNSAFE = frozenset({QuarantineReason.UNSAFE_SFT_CATEGORY, QuarantineReason.UNSAFE_RAG_CATEGORY})
 
 
 def joined_detail(j: Joined) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class RowExport:
 
     samples: list[BaseModel] = field(default_factory=list)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # exported earlier, forbidden now
 
 
 def export_rows(
@@ -95,8 +97,14 @@ def export_rows(
     existing_ids: set[str],
     firewall: Firewall,
     report: StageReport,
+    id_of: Callable[[Joined], str] | None = None,
 ) -> RowExport:
-    """One pass over the reader: every input row ends written, deduped or quarantined."""
+    """One pass over the reader: every input row ends written, deduped or quarantined.
+
+    `id_of` gives a row's sample id before any check, so a row refused now whose id is already
+    in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
+    """
+    result = RowExport()
     out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"quarantine", value)
     pending: list[tuple[int, Joined, Candidate]] = []
     seen: set[str] = set()
@@ -114,6 +122,9 @@ def export_rows(
         if isinstance(decision, Drop):
             drop(i, item.source, quarantine_joined(stage, item, decision.reason, decision.errors, decision.record_id),
                  category)
+            if id_of is not None and decision.reason in UNSAFE and id_of(item) in existing_ids:
+                result.stale.append(f"{id_of(item)} is in the {stage} export but run {item.evidence.run_id} is now "
+                                    f"{category} ({decision.reason.value}): rebuild the export without it")
             continue
         sid = decision.sample_id
         # a repeat within this input first (so re-runs quarantine it the same way), then ids
@@ -145,7 +156,6 @@ def export_rows(
         out[i] = ("sample", sample)
         report.source(item.source).bump("written", category=category)
 
-    result = RowExport()
     for i in sorted(out):
         kind, value = out[i]
         (result.samples if kind == "sample" else result.quarantine).append(value)

@@ -22,9 +22,9 @@ from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.preference import export_preference
 from distill.export.quarantine import export_rows
-from distill.export.rag import RAG_NEVER, decide_rag
+from distill.export.rag import RAG_NEVER, decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
-from distill.export.sft import SFT_NEVER, decide_sft
+from distill.export.sft import SFT_NEVER, decide_sft, sft_id
 from distill.jsonl import append_json, iter_json, write_atomic, write_jsonl_atomic
 from distill.records import Category, PreferenceSample, RagSample, SftSample
 from distill.records.stage import StageReport
@@ -75,6 +75,7 @@ def run_export(
     index = EvidenceIndex(ws)
     items = iter_scored(ws, index)
 
+    stale: list[str] = []
     if kind == "preference":
         pref = export_preference(
             items, fw, report,
@@ -92,14 +93,17 @@ def run_export(
     else:
         decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
                   else partial(decide_sft, include_partial=include_partial))
-        rows = export_rows(kind, items, decide, existing_ids, fw, report)
+        id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
+        rows = export_rows(kind, items, decide, existing_ids, fw, report, id_of=id_of)
         samples, quarantine = rows.samples, rows.quarantine
+        stale = rows.stale
 
     report.finalize()
     scored_files = iter_partition_files(ws.scored_dir)
     report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
 
     violations = audit_rows([s.model_dump(mode="json") for s in samples], kind)
+    report.notes.extend(FIREWALL_PREFIX + m for m in stale)
     if not report.balanced:
         violations.append("conservation: rows in != written + quarantined + deduped + skipped")
 
