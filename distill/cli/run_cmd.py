@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Annotated, Any
 
@@ -120,7 +121,13 @@ def register(app: typer.Typer) -> None:
                 on_event=None if json_out else _Progress(),
             )
             code = result.exit_code
-            if json_out:
+            if json_out and interval is not None:
+                # one JSON document per line, so a script can follow a repeating run
+                from distill.jsonl import dumps
+
+                sys.stdout.write(dumps(_result_json(result)).decode() + "\n")
+                sys.stdout.flush()
+            elif json_out:
                 emit_json(_result_json(result))
             else:
                 print_result(result)
