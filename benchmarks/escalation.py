@@ -49,13 +49,13 @@ from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figu
 
 PUBMEDQA = REPO.parent / "shared" / "datasets" / "pubmedqa_pqal"
 LABELS = ("yes", "no", "maybe")
-_ANSWER = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
+_ANSWER = re.compile(r"^[\W_]*(yes|no|maybe)\b", re.IGNORECASE)
 
 SIZES = {
     "quick": {"sample_tasks": 1, "pubmed_tasks": 1, "rounds": 1, "distractors": 20, "corpus": 60, "max_tokens": 16,
               "num_ctx": 768,
               "item_max_chars": 300, "exemplars": 1, "warnings": 0, "k": 4, "timeout_s": 120.0},
-    "default": {"sample_tasks": 3, "pubmed_tasks": 3, "rounds": 2, "distractors": 100, "corpus": 250, "max_tokens": 48,
+    "default": {"sample_tasks": 3, "pubmed_tasks": 3, "rounds": 3, "distractors": 100, "corpus": 250, "max_tokens": 48,
                 "num_ctx": 1024, "item_max_chars": 500, "exemplars": 2, "warnings": 1, "k": 6, "timeout_s": 180.0},
 }
 
@@ -211,13 +211,28 @@ def pubmed_tasks(n: int, distractors: int, folder: Path = PUBMEDQA) -> tuple[lis
 
 
 def parse_answer(text: str) -> str | None:
-    m = _ANSWER.search(text or "")
+    """The yes/no/maybe the answer starts with (as the task asks); anything else is unparsed, and
+    counts as wrong: a yes/no/maybe later in the text may be the model echoing the question."""
+    m = _ANSWER.match((text or "").strip())
     return m.group(1).lower() if m else None
 
 
 # --------------------------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------------------------
+
+
+def echoes_prompt(output: str, task_text: str) -> bool:
+    """The answer's first line is (nearly) words of the prompt: the model repeated its instructions
+    instead of answering. Not a gate check; recorded so a vacuous gate pass is visible."""
+    from runtime.prompt import SYSTEM_RULES
+
+    first = next((ln for ln in (output or "").splitlines() if ln.strip()), "")
+    words = re.findall(r"[a-z]+", first.lower())
+    if len(words) < 4:
+        return False
+    vocab = set(re.findall(r"[a-z]+", (SYSTEM_RULES + " " + task_text).lower()))
+    return sum(w in vocab for w in words) / len(words) >= 0.8
 
 
 def gate_score(attempt: Any) -> float:
@@ -242,6 +257,7 @@ def record(run: Any, task: Task, condition: str, round_no: int) -> dict[str, Any
         "prompt_tokens": local.prompt_tokens, "completion_tokens": local.completion_tokens,
         "prompt_chars": run.bundle.prompt_chars, "retrieved": len(run.retrieved),
         "bundle_items": len(run.bundle.exemplars) + len(run.bundle.warnings), "bundle_trimmed": run.bundle.trimmed,
+        "echoes_prompt": echoes_prompt(local.output or "", task.text),
         "gold": task.gold, "parsed": parsed, "correct": (parsed == task.gold) if task.gold else None,
         "escalation_output": run.attempts[-1].output[:300] if run.escalated else None,
         "answer": (local.output or "")[:400],
@@ -259,6 +275,8 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "n": len(recs),
         "gate_pass_rate": sum(r["gate_passed"] for r in recs) / len(recs),
         "escalation_rate": sum(not r["gate_passed"] for r in recs) / len(recs),
+        "echo_rate": sum(r["echoes_prompt"] for r in recs) / len(recs),
+        "gate_passed_echoes": sum(r["echoes_prompt"] and r["gate_passed"] for r in recs),
         "errors": sum(r["error"] is not None for r in recs),
         "accuracy": (sum(bool(r["correct"]) for r in gold) / len(gold)) if gold else None,
         "n_gold": len(gold),
@@ -514,12 +532,13 @@ def markdown(r: dict[str, Any]) -> str:
             if not s.get("n"):
                 continue
             rows.append([cond, fam, s["n"], _pct(s["gate_pass_rate"]), _pct(s["escalation_rate"]), _pct(s["accuracy"]),
+                         _pct(s["echo_rate"]),
                          round((s["latency_ms_mean"] or 0) / 1000, 1), s["prompt_tokens_mean"], s["completion_tokens_mean"]])
     sz = r["sizes"]
     lines = [
         f"### Escalation ({r['backend']}; {sz['sample_tasks']} held-out sample + {sz['pubmed_tasks']} PubMedQA tasks, "
         f"max_tokens {sz['max_tokens']}, num_ctx {sz['num_ctx']})\n",
-        md_table(["condition", "tasks", "runs", "gate pass", "escalation", "accuracy", "latency s (mean)",
+        md_table(["condition", "tasks", "runs", "gate pass", "escalation", "accuracy", "echoes prompt", "latency s (mean)",
                   "prompt tok", "completion tok"], rows),
         "",
         "Escalation rate per feedback round (held-out sample tasks, with retrieval, own runs never retrieved): "

@@ -4,7 +4,7 @@
 
 The set (written by benchmarks/gate_set.py from the sample workspace) holds model answers with
 the bundle and task they answer and a label: grounded answers should be accepted; hedging,
-placeholder and ungrounded ones rejected. The gate runs with the default GateSettings.
+placeholder, ungrounded and prompt-echo ones rejected. The gate runs with the default GateSettings.
 false-accept rate = rejected-labelled answers the gate passed / rejected-labelled answers;
 false-reject rate = accept-labelled answers the gate failed / accept-labelled answers.
 Results: benchmarks/results/gate_quality[_quick].json, .md, .png.
@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "gate_labelled.jsonl"
-KINDS = ("grounded", "hedging", "placeholder", "ungrounded")
+KINDS = ("grounded", "hedging", "placeholder", "ungrounded", "echo")
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -89,7 +89,7 @@ def markdown(r: dict[str, Any]) -> str:
         md_table(["kind", "label", "n", "gate passed", "gate wrong", "failing checks"], rows),
         "",
         f"- false-accept rate: **{r['false_accept_rate']:.1%}** ({r['false_accepts']}/{r['n_reject_labelled']} "
-        "hedging/placeholder/ungrounded answers passed)",
+        "hedging/placeholder/ungrounded/echo answers passed)",
         f"- false-reject rate: **{r['false_reject_rate']:.1%}** ({r['false_rejects']}/{r['n_accept_labelled']} grounded answers failed)",
     ]
     if r["errors"]:

@@ -12,7 +12,10 @@ and four answers to the same task:
   so the set measures what the list misses;
 - placeholder (reject): the answer with an unfinished part (TODO, <insert ...>, TBD, ...);
 - ungrounded (reject): cites a file or record that is not in the bundle, or answers generically
-  without addressing the checklist.
+  without addressing the checklist;
+- echo (reject): the model repeats its prompt instead of answering (the first ~400 characters of
+  the prompt runtime.prompt renders for this task and bundle) — what the embedded 270M model did
+  on every task of benchmarks/escalation.py.
 The labels come from how each answer was written, not from running the gate.
 """
 
@@ -52,6 +55,18 @@ def _rows(name: str) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             out.append(row)
     return out
+
+
+EMPTY_BUNDLE: dict[str, Any] = {"exemplars": [], "warnings": [], "validation_steps": []}
+
+
+def _echo(task: str, bundle: dict[str, Any], k: int) -> str:
+    from distill.records.replay import ContextBundle
+    from runtime.prompt import make_nonce, render
+
+    b = ContextBundle.model_validate(bundle)
+    system, user = render(task, b, make_nonce(task, b))
+    return (system["content"] if k % 2 == 0 else user["content"])[:400]
 
 
 def _item(base_id: str, kind: str, task: str, bundle: dict[str, Any], output: str, note: str) -> dict[str, Any]:
@@ -101,6 +116,10 @@ def review_items(rng: random.Random, n: int) -> list[dict[str, Any]]:
                    "the module for readability and adding logging where useful.")
             note = "generic answer: no citation, checklist not addressed"
         items.append(_item(r["review_id"], "ungrounded", task, bundle, bad, note))
+        eb = bundle if k % 2 == 0 else EMPTY_BUNDLE
+        items.append(_item(r["review_id"], "echo", task, eb, _echo(task, eb, k),
+                           f"repeats the {'system' if k % 2 == 0 else 'user'} message of its prompt"
+                           + ("" if k % 2 == 0 else " (answered without retrieval: empty bundle)")))
     return items
 
 
@@ -127,6 +146,10 @@ def scenario_items(rng: random.Random, n: int) -> list[dict[str, Any]]:
         fake = f"rag-{rng.getrandbits(64):016x}"
         items.append(_item(r["outcome_id"], "ungrounded", task, bundle, grounded.replace(rid, fake),
                            f"cites playbook {fake}, which is not in the bundle"))
+        eb = bundle if k % 2 == 0 else EMPTY_BUNDLE
+        items.append(_item(r["outcome_id"], "echo", task, eb, _echo(task, eb, k),
+                           f"repeats the {'system' if k % 2 == 0 else 'user'} message of its prompt"
+                           + ("" if k % 2 == 0 else " (answered without retrieval: empty bundle)")))
     return items
 
 

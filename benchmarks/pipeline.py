@@ -129,6 +129,13 @@ def child_main(stage: str, root: Path, profile: Path | None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _set_niceness(target: int) -> None:
+    """Absolute niceness for the child (os.nice is relative: a parent run under `nice` would stack)."""
+    current = os.nice(0)
+    if target > current:
+        os.nice(target - current)
+
+
 def measure_rusage(stage: str, root: Path, *, nice: int, profile: Path | None = None) -> dict[str, Any]:
     """Run one stage in a child process: wall time around it, and the child's own peak RSS and CPU
     time (reaped with os.wait4, so the rusage is this child's, not the maximum over all children)."""
@@ -139,7 +146,7 @@ def measure_rusage(stage: str, root: Path, *, nice: int, profile: Path | None = 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                                preexec_fn=lambda: _set_niceness(nice))
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -35,7 +35,7 @@ def check_outputs(out: Path, stem: str, pngs: list[str]) -> dict:
 def test_gate_quality_quick(tmp_path: Path) -> None:
     run_suite("gate_quality.py", tmp_path)
     data = check_outputs(tmp_path, "gate_quality_quick", ["gate_quality_quick.png"])
-    assert data["n"] >= 40 and set(data["by_kind"]) == {"grounded", "hedging", "placeholder", "ungrounded"}
+    assert data["n"] >= 40 and set(data["by_kind"]) == {"grounded", "hedging", "placeholder", "ungrounded", "echo"}
     assert 0 <= data["false_accept_rate"] <= 1 and 0 <= data["false_reject_rate"] <= 1
     assert data["false_accepts"] + data["false_rejects"] == len(data["errors"])
 

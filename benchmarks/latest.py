@@ -1,0 +1,46 @@
+"""Collect the latest full-run tables into benchmarks/results/LATEST.md (the README's benchmark section).
+
+    python benchmarks/latest.py
+
+Takes each suite's full-run markdown (not the _quick ones) that exists under benchmarks/results,
+in a fixed order, and writes them one after the other with the command that reproduces each.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.report import RESULTS  # noqa: E402
+
+SUITES = [
+    ("pipeline.md", "python benchmarks/pipeline.py --rows N"),
+    ("escalation.md", "python benchmarks/escalation.py"),
+    ("gate_quality.md", "python benchmarks/gate_quality.py"),
+    ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
+    ("index.md", "python benchmarks/index.py"),
+    ("replay_cold_start.md", "python benchmarks/replay_cold_start.py"),
+]
+
+
+def main() -> int:
+    from distill.jsonl import write_atomic
+
+    parts = ["## Benchmarks (latest runs on the development machine)\n",
+             "Every figure below comes from the command under its table; results (JSON, plots, profiles) are in "
+             "`benchmarks/results/`. Quick (`--quick`) versions run in CI as smoke tests.\n"]
+    for name, cmd in SUITES:
+        path = RESULTS / name
+        if path.is_file():
+            parts.append(path.read_text().rstrip() + f"\n\nReproduce: `{cmd}`\n")
+    write_atomic(RESULTS / "LATEST.md", ("\n".join(parts) + "\n").encode())
+    print(RESULTS / "LATEST.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
