@@ -62,8 +62,15 @@ def parse_chroma_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, port, ssl
 
 
-def connect(path: Path, url: str | None) -> ClientAPI:
-    """HttpClient when a server URL is given, else a PersistentClient at `path`."""
+def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) -> ClientAPI:
+    """HttpClient when a server URL is given, else a PersistentClient at `path`.
+
+    An embedded store that cannot be opened (e.g. a corrupted chroma.sqlite3) is a DistillError
+    naming the rebuild; with `discard_unreadable` (a rebuild, which drops the collection anyway)
+    the unreadable directory is removed and a fresh store is created in its place.
+    """
+    import shutil
+
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -75,7 +82,19 @@ def connect(path: Path, url: str | None) -> ClientAPI:
         except Exception as exc:  # chromadb raises plain ValueError/ConnectionError variants
             raise DistillError(f"cannot reach the Chroma server at {url}: {exc}") from exc
     path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    try:
+        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    except Exception as exc:  # chromadb.errors.InternalError ("file is not a database") and kin
+        if not discard_unreadable:
+            raise DistillError(
+                f"the Chroma store at {path} cannot be opened ({exc}): run `distill index --rebuild`"
+            ) from exc
+    shutil.rmtree(path)
+    path.mkdir(parents=True)
+    try:
+        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    except Exception as exc:
+        raise DistillError(f"cannot create a Chroma store at {path}: {exc}") from exc
 
 
 def chroma_metadata(doc_category: str | None, title: str | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +131,7 @@ class ChromaStore:
     def open(
         cls, path: Path, name: str, hnsw: HnswParams, *, url: str | None = None, reset: bool = False
     ) -> ChromaStore:
-        client = connect(path, url)
+        client = connect(path, url, discard_unreadable=reset)
         if reset:
             drop_collection(client, name)
         try:
