@@ -32,6 +32,7 @@ demo: $(STAMP)
 	$(DISTILL) init $(DEMO_ROOT) --sample
 	$(DISTILL) collect --root $(DEMO_ROOT)
 	$(DISTILL) score --root $(DEMO_ROOT)
+	$(DISTILL) export all --root $(DEMO_ROOT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache
