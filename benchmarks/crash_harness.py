@@ -88,9 +88,20 @@ class Summary:
 
 # ------------------------------------------------------------------------------------ helpers
 
+CODE = [REPO]  # where the CLI subprocesses import distill/index/runtime from (a snapshot during a run)
+
+
+def snapshot_code(dest: Path) -> Path:
+    """Copy the packages the CLIs import, so edits landing in the working tree during a long run
+    cannot change the code between the reference run and the resumed runs it is compared with."""
+    for pkg in ("distill", "index", "runtime"):
+        shutil.copytree(REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(CODE[0]) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("DISTILL_ROOT", None)
     env["COLUMNS"] = "200"
     return env
@@ -98,7 +109,7 @@ def _env() -> dict[str, str]:
 
 def run_cli(cmd: list[str], *, check: bool = True, ok_codes: tuple[int, ...] = (0,)) -> tuple[int, float, str]:
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=CODE[0], env=_env(), capture_output=True, text=True, timeout=600)
     took = time.monotonic() - start
     if check and proc.returncode not in ok_codes:
         raise RuntimeError(f"{' '.join(cmd[-6:])} exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -107,7 +118,7 @@ def run_cli(cmd: list[str], *, check: bool = True, ok_codes: tuple[int, ...] = (
 
 def run_and_kill(cmd: list[str], delay: float) -> tuple[bool, int]:
     """Start cmd, SIGKILL it after `delay` seconds unless it finished. (killed?, returncode)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=CODE[0], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         proc.wait(timeout=delay)
@@ -358,6 +369,7 @@ def replay_trials(work: Path, trials: int, n_tasks: int, rng: random.Random, max
     logs: list[TrialLog] = []
     with OllamaLoopback(models=[MODEL]) as srv:
         srv.set_default(reply_for)
+        srv._server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # killed clients
         config = f'[runtime]\nollama_host = "{srv.url}"\nollama_model = "{MODEL}"\ntimeout_s = 30\n'
 
         def fresh(name: str) -> Path:
@@ -477,6 +489,7 @@ def run(export_n: int, replay_n: int, *, seed: int, rows: int, n_tasks: int, max
     rng = random.Random(seed)
     start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="distill-crash-", dir=workdir))
+    CODE[0] = snapshot_code(tmp / "code")
     try:
         summaries: list[Summary] = []
         logs: list[TrialLog] = []
@@ -489,6 +502,7 @@ def run(export_n: int, replay_n: int, *, seed: int, rows: int, n_tasks: int, max
             summaries.append(s)
             logs += lg
     finally:
+        CODE[0] = REPO
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "seed": seed,
