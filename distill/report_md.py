@@ -160,13 +160,13 @@ def write_chart(summary: RunSummary, path: Path) -> str | None:
     names = [s.stage for s in stages]
     cats = sorted({c for s in stages for c in s.output_categories}, key=lambda c: (c not in CATEGORY_COLORS, c))
     reasons = sorted({r for s in stages for r in s.totals.by_reason})
-    legend_rows = max(len(cats), len(reasons), 1) // 3 + 1
-    fig = Figure(figsize=(11, 2.2 + 0.55 * len(names) + 0.3 * legend_rows), dpi=100)
+    panel_h = 1.2 + 0.45 * len(names)
+    fig = Figure(figsize=(11, 2 * panel_h + 0.8), dpi=100)
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    ax1, ax2 = fig.subplots(2, 1)
     ypos = list(range(len(names)))
     palette = [
-        "#4e79a7", "#f28e2b", "#76b7b2", "#b07aa1", "#ff9da7", "#9c755f", "#86bcb6", "#d37295",
+        "#4e79a7", "#f28e2b", "#76b7b2", "#b07aa1", "#ff9da7", "#9c755f", "#2f4b7c", "#d37295",
         "#fabfd2", "#499894", "#a0cbe8", "#ffbe7d", "#d4a6c8", "#79706e", "#b6992d", "#d7b5a6",
     ]
 
@@ -177,17 +177,17 @@ def write_chart(summary: RunSummary, path: Path) -> str | None:
             vals = [getter(s).get(key, 0) for s in stages]
             ax.barh(ypos, vals, left=left, label=key, color=CATEGORY_COLORS.get(key) or next(spare))
             left = [a + b for a, b in zip(left, vals, strict=True)]
-        ax.set_title(title)
+        ax.set_title(title, loc="left")
         ax.set_xlabel("rows")
+        ax.set_yticks(ypos, names)
+        ax.invert_yaxis()
         if keys:
-            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if len(keys) > 8 else 1, frameon=False)
         else:
             ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")
 
-    stacked(ax1, cats, lambda s: s.output_categories, "rows in output by category (collect: by role)")
-    stacked(ax2, reasons, lambda s: s.totals.by_reason, "quarantined, by reason")
-    ax1.set_yticks(ypos, names)
-    ax1.invert_yaxis()
+    stacked(ax1, cats, lambda s: s.output_categories, "rows in each output, by category (collect: by model role)")
+    stacked(ax2, reasons, lambda s: s.totals.by_reason, "rows quarantined, by reason")
     fig.suptitle(f"run {summary.run_id}")
     fig.tight_layout()
     with atomic_writer(path) as fh:
