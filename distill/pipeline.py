@@ -611,7 +611,13 @@ def _run_stage(
     )
     receipt = build_receipt(**receipt_args, determinism=findings)
     more = rerun_findings(previous, receipt, compare_fingerprint=settings.drift.rerun_on_code_change)
-    if more:
+    rebuilt = previous is not None and bool({d.path for d in previous.outputs} - {d.path for d in pre_outputs})
+    if more and rebuilt:
+        # Outputs were deleted before this run, so the stage rebuilt them from scratch: a
+        # difference is still reported (drift alert), but the rebuild becomes the new reference
+        # instead of failing every later run. Deleting an output is the documented way out.
+        receipt = build_receipt(**receipt_args, determinism=findings + more)
+    elif more:
         # Same inputs, config and code as a trusted receipt, different output: the stage broke
         # determinism (or an append-only output kept a modification). Fail it, so the next run
         # checks against the trusted receipt again instead of adopting this output.

@@ -218,6 +218,21 @@ def test_nondeterministic_stage_is_a_deterministic_violation(mini: Workspace) ->
     assert _statuses(forced.summary) == {"upper": "ran", "count": "not_run"}
 
 
+def test_deleting_an_output_rebuilds_it_and_the_rebuild_becomes_the_reference(mini: Workspace) -> None:
+    def stamped(ws: Workspace, settings: _Settings) -> StageReport:
+        return _upper(ws, settings, stamp=True)
+
+    execute_run(mini, Settings(), stages=_stages(stamped))
+    (mini.root / "out" / "upper.jsonl").unlink()
+    rebuilt = execute_run(mini, Settings(), stages=_stages(stamped))
+    upper = rebuilt.receipts[0]
+    assert upper.status == "ran" and upper.passed  # a rebuild is not a failure...
+    assert [f.kind for f in upper.determinism] == ["rerun_output_differs"]  # ...but the difference is reported
+    assert rebuilt.drift.severity == "alert"
+    after = execute_run(mini, Settings(), stages=_stages(stamped))
+    assert _statuses(after.summary)["upper"] == "skipped" and after.drift.severity == "ok"
+
+
 def test_unbalanced_counts_fail_the_stage_and_stop_later_stages(mini: Workspace) -> None:
     def buggy(ws: Workspace, settings: _Settings) -> StageReport:
         return _upper(ws, settings, miscount=True)
