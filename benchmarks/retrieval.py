@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "index_build_timings_s": report.timings_s,
         "modes": per_mode,
         "reference": {"bm25_ndcg@10_beir_paper": 0.665, "hybrid_target_ndcg@10": 0.70} if data.name == "scifact" else {},
-        "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform(),
+                    "loadavg_1_5_15_at_end": [round(x, 2) for x in __import__("os").getloadavg()]},
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     stem = f"retrieval_{data.name}" + ("_quick" if args.quick else "")
@@ -139,7 +140,8 @@ def markdown(r: dict) -> str:
         f"{r['documents']} documents, {r['queries']} judged queries; model `{r['model']}` ({r['dimension']}d), "
         f"HNSW {r['hnsw']}, RRF k={r['rrf_k']} over the top {r['hybrid_depth']} of dense and BM25.",
         f"Full index build: {r['index_build_s']} s (embedding {r['index_build_timings_s']['embed']} s), "
-        f"on {r['machine']['cpus']} CPU cores, finished {r['finished_at']}.",
+        f"on {r['machine']['cpus']} CPU cores (shared; load average at the end {r['machine'].get('loadavg_1_5_15_at_end')}), "
+        f"finished {r['finished_at']}.",
         "",
         "| mode | nDCG@10 | recall@100 | MRR@10 | query p50 ms | query p95 ms |",
         "|---|---|---|---|---|---|",

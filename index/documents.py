@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ RAG_METADATA_FIELDS = ("source_run_id", "task_id", "validation_steps", "source_c
 
 @dataclass(frozen=True)
 class Document:
-    """One indexable unit. `category` is what `--category` filters on (a RAG row's success_score)."""
+    """One indexable unit. `category` is what `--category` filters on (a RAG row's success_score).
+
+    Immutable; the derived text and hashes are computed once per instance (cached_property).
+    """
 
     id: str
     text: str
@@ -33,19 +37,19 @@ class Document:
     category: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def embed_text(self) -> str:
         """The text that is embedded and BM25-tokenised: title and body, as BEIR evaluates them."""
         if self.title and not self.text.startswith(self.title):
             return f"{self.title}\n{self.text}"
         return self.text
 
-    @property
+    @cached_property
     def text_hash(self) -> str:
         """Changes only when the embedded text changes (a metadata-only edit needs no re-embedding)."""
         return sha256_hex(self.embed_text)[:32]
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """Changes when anything the index stores for this id changes."""
         payload = {"text": self.text, "title": self.title, "category": self.category, "metadata": dict(self.metadata)}

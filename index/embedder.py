@@ -120,6 +120,12 @@ def _load(load_from: str, model_id: str, device: str) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer
     except ModuleNotFoundError as exc:  # pragma: no cover - install problem
         raise DistillError("embeddings need sentence-transformers: pip install 'distill[index]'") from exc
+    try:  # transformers' own "Loading weights" bar is noise next to ours
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
     try:
         return SentenceTransformer(load_from, device=device, local_files_only=True)
     except (OSError, ValueError) as exc:
