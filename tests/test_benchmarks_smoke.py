@@ -52,7 +52,7 @@ def test_gate_set_generator_reproduces_committed_file(tmp_path: Path) -> None:
 
 
 def test_pipeline_quick(tmp_path: Path) -> None:
-    run_suite("pipeline.py", tmp_path)
+    run_suite("pipeline.py", tmp_path, "--nice", "0")
     data = check_outputs(tmp_path, "pipeline_quick", ["pipeline_quick_stages.png"])
     assert data["rows"] == 1000
     for stage in ("raw", "collect", "score", "export"):
