@@ -280,8 +280,15 @@ class SweAgentSource:
                 source=self.name, reason=QuarantineReason.NOT_AN_OBJECT, ref=base_ref, excerpt=text,
                 error=f"trajectory is a JSON {type(doc).__name__}, expected an object",
             )
+        try:
+            sig = sig_hash(doc)
+        except (TypeError, ValueError, RecursionError) as exc:  # e.g. Infinity next to a >64-bit integer
+            return quarantine(
+                source=self.name, reason=QuarantineReason.MALFORMED_JSON, ref=base_ref, excerpt=text,
+                error=f"trajectory cannot be canonicalised: {str(exc)[:160]}",
+            )
         created = datetime.fromtimestamp(stat.st_mtime, tz=UTC).replace(microsecond=0)
-        ctx = TrajContext(self.name, rel, sig_hash(doc), created)
+        ctx = TrajContext(self.name, rel, sig, created)
         buckets = None if by_instance is None else by_instance.get(instance_id, [])
         try:
             return convert_trajectory(
