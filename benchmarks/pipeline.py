@@ -202,6 +202,17 @@ def finalize(r: dict[str, Any]) -> dict[str, Any]:
         "rss_met": stages[peak_stage]["peak_rss_bytes"] <= TARGET_RSS_BYTES,
         "at_target_size": r["rows"] >= 1_000_000,
     }
+    # A linear projection to the target size when it was not run: CPU time scales with rows, and
+    # memory above the interpreter's floor (the raw child's peak) is assumed to as well. A
+    # projection, labelled as one, never a measurement.
+    if r["rows"] < 1_000_000:
+        scale = 1_000_000 / r["rows"]
+        floor = raw["peak_rss_bytes"]
+        r["projection_1m"] = {
+            s: {"cpu_s": stages[s]["cpu_s"] * scale,
+                "peak_rss_bytes": floor + max(0, stages[s]["peak_rss_bytes"] - floor) * scale}
+            for s in STAGES
+        }
     return r
 
 
@@ -222,8 +233,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{t['ratio_cpu']:.1f}x CPU time**) — target <= {TARGET_RATIO:g}x: "
         f"**{'met' if t['ratio_met'] else 'missed'}** (wall), **{'met' if t['ratio_cpu_met'] else 'missed'}** (CPU)",
         f"- peak RSS (largest stage): **{t['peak_rss_bytes'] / 2**20:,.0f} MiB** ({t['peak_rss_stage']}) "
-        f"— target <= 1 GiB: **{'met' if t['rss_met'] else 'missed'}**",
+        f"— target <= 1 GiB: **{'met' if t['rss_met'] else 'missed'}** at N = {r['rows']:,}",
         f"- slowest stage: {r['slowest_stage']}; profile: `{r.get('profile_txt') or 'not taken'}`",
+        *([f"- projected at 1,000,000 rows (linear in N from this run, not measured): "
+           + ", ".join(f"{s} {p['cpu_s'] / 60:,.0f} CPU-min / {p['peak_rss_bytes'] / 2**30:,.1f} GiB"
+                       for s, p in r["projection_1m"].items())] if r.get("projection_1m") else []),
         f"- target size 1,000,000 rows: {'run' if r['rows'] >= 1_000_000 else 'NOT run at this size (' + r['rows_note'] + ')'}",
         f"- machine: {r['machine']['cpu_count']} CPUs, load {r['machine']['loadavg_at_start']}, "
         f"children at nice {r['nice']}; commit {r['machine']['git_commit']}",
