@@ -85,6 +85,7 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
     try:
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
     except Exception as exc:  # chromadb.errors.InternalError ("file is not a database") and kin
+        _forget_failed_client(str(path))
         if not discard_unreadable:
             raise DistillError(
                 f"the Chroma store at {path} cannot be opened ({exc}): run `distill index --rebuild`"
@@ -95,6 +96,17 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
     except Exception as exc:
         raise DistillError(f"cannot create a Chroma store at {path}: {exc}") from exc
+
+
+def _forget_failed_client(identifier: str) -> None:
+    """chromadb caches a client's System per path before starting it, so one that failed to start
+    would be handed back to every later client for that path: drop it."""
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient._identifier_to_system.pop(identifier, None)
+    except (ImportError, AttributeError):  # another chromadb layout: nothing cached to drop
+        pass
 
 
 def chroma_metadata(doc_category: str | None, title: str | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
