@@ -14,7 +14,7 @@ more on the same data under pyinstrument; its profile is saved next to the resul
 
 Targets (SPEC "Benchmarks", issue 7) at N = 1,000,000: whole pipeline <= 4x the raw baseline,
 peak RSS <= 1 GiB. The JSON records both, met or not.
-Results: benchmarks/results/pipeline[_quick].json, .md, _stages.png, _profile_<stage>.txt/.html.
+Results: benchmarks/results/pipeline[_quick].json, .md, _stages.png, _profile_<stage>.txt.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def child_main(stage: str, root: Path, profile: Path | None) -> int:
         from distill.jsonl import write_atomic
 
         write_atomic(profile.with_suffix(".txt"), profiler.output_text(unicode=True, color=False, show_all=False).encode())
-        write_atomic(profile.with_suffix(".html"), profiler.output_html().encode())
     else:
         result = run_stage(stage, root)
     result["stage_s"] = time.perf_counter() - t0
