@@ -399,14 +399,19 @@ def _run(args: Any, sizes: dict[str, Any], name: str, info: dict[str, Any], base
     t0 = time.perf_counter()
     timings["sample_index"] = index_sample(ws, settings, embedder, keep_ids)
     timings["sample_index_s"] = time.perf_counter() - t0
-    pqa, docs = pubmed_tasks(sizes["pubmed_tasks"], sizes["distractors"], args.dataset)
-    log(f"indexing {len(docs)} PubMedQA passages sets")
-    t0 = time.perf_counter()
-    pqa_paths = IndexPaths(base / "pubmedqa-index")
-    build_index(pqa_paths, docs, embedder, collection="pubmedqa", hnsw=HnswParams.from_settings(settings.index),
-                progress=False)
-    pqa_searcher = open_index(pqa_paths, embedder, rrf_k=settings.index.rrf_k)
-    timings["pubmedqa_index_s"] = time.perf_counter() - t0
+    pqa: list[Task] = []
+    pqa_searcher: Any = None
+    if (args.dataset / "ori_pqal.json").is_file() and sizes["pubmed_tasks"] > 0:
+        pqa, docs = pubmed_tasks(sizes["pubmed_tasks"], sizes["distractors"], args.dataset)
+        log(f"indexing {len(docs)} PubMedQA passage sets")
+        t0 = time.perf_counter()
+        pqa_paths = IndexPaths(base / "pubmedqa-index")
+        build_index(pqa_paths, docs, embedder, collection="pubmedqa", hnsw=HnswParams.from_settings(settings.index),
+                    progress=False)
+        pqa_searcher = open_index(pqa_paths, embedder, rrf_k=settings.index.rrf_k)
+        timings["pubmedqa_index_s"] = time.perf_counter() - t0
+    else:
+        notes.append(f"PubMedQA not found at {args.dataset} (or --pubmed-tasks 0): grounded-QA tasks skipped")
     pqa_ws = Workspace.resolve(base / "pubmedqa-ws")
     pqa_ws.kb_dir.mkdir(parents=True, exist_ok=True)
 
