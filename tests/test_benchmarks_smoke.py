@@ -88,3 +88,16 @@ def test_escalation_quick(tmp_path: Path) -> None:
             assert run["retrieved"] == 0
     assert data["rounds"][0]["round"] == 1
     assert data["strong"]["configured"] in (True, False)
+
+
+def test_routing_curve_math() -> None:
+    """APGR/CPT on a case worked by hand: the gate score ranks the two wrong answers lowest."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.escalation import parse_answer, routing
+
+    r = routing([0, 0, 1, 1], [1, 1, 1, 1], [0.1, 0.2, 0.9, 0.9])
+    assert r["points"] == [(0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    assert r["apgr"] == pytest.approx(0.75) and r["cpt50"] == 0.25 and r["oracle"]["cpt50"] == 0.25
+    inverted = routing([0, 0, 1, 1], [1, 1, 1, 1], [0.9, 0.9, 0.1, 0.2])  # a router that escalates the right ones first
+    assert inverted["apgr"] < 0.5 and inverted["cpt50"] == 1.0
+    assert parse_answer("**Yes** — the trial shows") == "yes" and parse_answer("The answer is yes") is None
