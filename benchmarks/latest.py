@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 from benchmarks.report import RESULTS  # noqa: E402
 
 SUITES = [
-    ("pipeline.md", "python benchmarks/pipeline.py --rows N"),
+    ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
     ("escalation.md", "python benchmarks/escalation.py"),
     ("gate_quality.md", "python benchmarks/gate_quality.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
