@@ -176,12 +176,13 @@ def lock_for(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock")
 
 
-def append_lines(path: Path, lines: Iterable[bytes], *, timeout: float = 60.0) -> int:
+def append_lines(path: Path, lines: Iterable[bytes], *, timeout: float = 60.0, fsync: bool = True) -> int:
     """Append whole lines under the file lock, after repairing a torn tail. Returns lines written.
 
-    The batch is written with one write() call on an O_APPEND descriptor and fsynced, so a
-    crash leaves either the previous content plus whole lines, or a torn tail the next writer
-    repairs.
+    The batch is written with write() calls on an O_APPEND descriptor, so a crash leaves either
+    the previous content plus whole lines, or a torn tail the next writer repairs. `fsync=False`
+    is for derived data that the next run re-derives (evidence): a process crash loses nothing
+    either way; only a power cut can drop the unsynced tail, which the next run then re-collects.
     """
     payload = bytearray()
     count = 0
@@ -201,7 +202,8 @@ def append_lines(path: Path, lines: Iterable[bytes], *, timeout: float = 60.0) -
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     return count
