@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = IndexSettings()
     batch = args.batch_size or cfg.batch_size
     t = time.perf_counter()
-    embedder = Embedder(args.model or cfg.model, batch_size=batch)
+    embedder = Embedder(args.model or cfg.model, batch_size=batch, query_threads=cfg.query_threads)
     load_s = time.perf_counter() - t
     hnsw = HnswParams.from_settings(cfg)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -140,7 +140,7 @@ def markdown(r: dict) -> str:
         f"{r['documents']} documents, {r['queries']} judged queries; model `{r['model']}` ({r['dimension']}d), "
         f"HNSW {r['hnsw']}, RRF k={r['rrf_k']} over the top {r['hybrid_depth']} of dense and BM25.",
         f"Full index build: {r['index_build_s']} s (embedding {r['index_build_timings_s']['embed']} s), "
-        f"on {r['machine']['cpus']} CPU cores (shared; load average at the end {r['machine'].get('loadavg_1_5_15_at_end')}), "
+        f"on {r['machine']['cpus']} CPU cores (shared; load average at the end {r['machine'].get('loadavg_1_5_15_at_end', 'not recorded')}), "
         f"finished {r['finished_at']}.",
         "",
         "| mode | nDCG@10 | recall@100 | MRR@10 | query p50 ms | query p95 ms |",
@@ -150,6 +150,8 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {mode} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} | {m['query_ms_p50']} | {m['query_ms_p95']} |"
         )
+    if r.get("note"):
+        lines += ["", f"Note: {r['note']}"]
     if r.get("reference"):
         lines += ["", f"Reference: BM25 nDCG@10 on SciFact is 0.665 in the BEIR paper; hybrid target 0.70."]
     return "\n".join(lines) + "\n"

@@ -49,6 +49,9 @@ class IndexSettings(BaseModel):
     hnsw_search_ef: int = 128
     batch_size: int = 64
     rrf_k: int = 60
+    query_threads: int = Field(
+        1, ge=0, description="torch threads for one query embedding; 1 avoids OpenMP spin on a busy CPU, 0 = torch default"
+    )
 
 
 class RuntimeSettings(BaseModel):

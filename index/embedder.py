@@ -48,9 +48,12 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 class Embedder:
     """A loaded sentence-transformers model; encode_* return L2-normalised float32 rows."""
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu", query_threads: int = 1
+    ) -> None:
         self.model_id, self._load_from = resolve_model(model)
         self.batch_size = batch_size
+        self.query_threads = query_threads
         self.normalize = True
         self._model = _load(self._load_from, self.model_id, device)
         dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else None
@@ -64,10 +67,16 @@ class Embedder:
         return self._model
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (uses the model's query prompt when it defines one)."""
-        vec = self._model.encode_query(
-            [text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        """One query vector (uses the model's query prompt when it defines one).
+
+        A single short query is too small to split across threads: on a CPU shared with other
+        work, torch's second OpenMP thread spins waiting for a core and a 20 ms encode becomes
+        hundreds of ms. So queries run on `query_threads` (default 1) intra-op threads.
+        """
+        with _torch_threads(self.query_threads):
+            vec = self._model.encode_query(
+                [text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
         return np.asarray(vec[0], dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -111,6 +120,28 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+class _torch_threads:
+    """Temporarily set torch's intra-op thread count (0 leaves it alone)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.prev = 0
+
+    def __enter__(self) -> None:
+        if self.n > 0:
+            import torch
+
+            self.prev = torch.get_num_threads()
+            if self.prev != self.n:
+                torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n > 0 and self.prev and self.prev != self.n:
+            import torch
+
+            torch.set_num_threads(self.prev)
 
 
 def _load(load_from: str, model_id: str, device: str) -> SentenceTransformer:
