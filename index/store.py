@@ -170,7 +170,11 @@ class ChromaStore:
             self.set_search_ef(want["ef_search"])
 
     def set_search_ef(self, ef: int) -> None:
-        """Search ef is the one HNSW knob that can change after creation."""
+        """Search ef is the one HNSW knob that can change after creation.
+
+        Chroma 1.5 stores it at once but applies it when a process next loads the index: an index
+        already loaded in this process keeps the ef it was loaded with.
+        """
         self.collection.modify(configuration={"hnsw": {"ef_search": ef}})  # type: ignore[typeddict-item]
         self.hnsw = self.hnsw.model_copy(update={"search_ef": ef})
 
