@@ -89,6 +89,16 @@ class GateSettings(BaseModel):
     max_chars: int = 8000
     min_checklist_overlap: float = Field(0.2, ge=0, le=1)
     require_citation: bool = Field(False, description="fail answers that cite no path or record id")
+    echo_ngram: int = Field(
+        6, ge=2, description="word n-gram length the echo check compares (answer vs task + prompt instructions)"
+    )
+    max_echo_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="fail when more than this fraction of the answer's word n-grams repeat the task or the "
+        "prompt's fixed instructions (n-grams also found in retrieved bundle text are not counted)",
+    )
     hedging_phrases: list[str] = Field(
         default_factory=lambda: [
             "i'm not sure",

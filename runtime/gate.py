@@ -2,7 +2,7 @@
 
 `validate` is a pure function of (answer, bundle, task, thresholds). Each check says pass or fail
 and why, so a failed run in the log explains itself. It is structural, not semantic: it catches
-empty, hedged, placeholder and ungrounded answers, not plausible-but-wrong ones.
+empty, hedged, placeholder, ungrounded and prompt-echo answers, not plausible-but-wrong ones.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, GateCheck, GateResult
+from runtime.prompt import make_nonce, render
 
 _EXTENSIONS = (
     "py|pyi|rs|ts|tsx|js|jsx|mjs|cjs|go|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|scala|sh|bash|zsh|ps1|"
@@ -134,6 +135,40 @@ def check_checklist(output: str, bundle: ContextBundle, min_overlap: float) -> G
     return _check("checklist_overlap", ratio >= min_overlap, reason)
 
 
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _retrieved_text(bundle: ContextBundle) -> str:
+    parts = list(bundle.validation_steps)
+    for item in (*bundle.exemplars, *bundle.warnings):
+        parts += [item.id, item.source_run_id or "", item.title or "", item.text, *item.source_files]
+    return "\n".join(parts)
+
+
+def check_echo(output: str, bundle: ContextBundle, task: str, *, n: int, max_fraction: float) -> GateCheck:
+    """Fail an answer that mostly repeats its prompt (the task, the system rules, the prompt's own
+    markup) instead of answering: a small base model often does exactly this, and without a
+    checklist nothing else catches it. The prompt text comes from runtime.prompt.render with an empty
+    bundle, so it tracks the real instructions; n-grams that also occur in retrieved text are not
+    counted, because a grounded answer may quote exemplars and validation steps verbatim."""
+    words = _WORD.findall(output.lower())
+    grams = _ngrams(words, n)
+    if not grams:
+        return _check("echo", True, f"skipped: the answer has fewer than {n} words")
+    nonce = bundle.nonce or make_nonce(task, bundle)
+    prompt_text = "\n".join(m["content"] for m in render(task, ContextBundle(), nonce))
+    prompt_grams = set(_ngrams(_WORD.findall(prompt_text.lower()), n))
+    retrieved_grams = set(_ngrams(_WORD.findall(_retrieved_text(bundle).lower()), n))
+    echoed = sum(1 for g in grams if g in prompt_grams and g not in retrieved_grams)
+    ratio = echoed / len(grams)
+    reason = (
+        f"{echoed}/{len(grams)} word {n}-grams ({ratio:.0%}) repeat the task or the prompt's instructions "
+        f"(max {max_fraction:.0%})"
+    )
+    return _check("echo", ratio <= max_fraction, reason)
+
+
 def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettings) -> GateResult:
     """Run every check (none short-circuits, so the log shows all reasons) and pass only if all pass."""
     text = output.strip()
@@ -174,4 +209,5 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
 
     checks.append(check_checklist(text, bundle, settings.min_checklist_overlap))
     checks.append(check_grounding(text, bundle, task, require_citation=settings.require_citation))
+    checks.append(check_echo(text, bundle, task, n=settings.echo_ngram, max_fraction=settings.max_echo_fraction))
     return GateResult(passed=all(c.passed for c in checks), checks=checks)

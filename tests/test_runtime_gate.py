@@ -7,6 +7,7 @@ import pytest
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, RetrievedItem
 from runtime.gate import cited_ids, cited_paths, validate
+from runtime.prompt import make_nonce, render
 
 BUNDLE = ContextBundle(
     exemplars=[
@@ -40,7 +41,9 @@ def checks(result):
 def test_grounded_answer_passes_every_check() -> None:
     result = validate(GOOD, BUNDLE, TASK, GateSettings())
     assert result.passed, result
-    assert [c.name for c in result.checks] == ["non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding"]
+    assert [c.name for c in result.checks] == [
+        "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo"
+    ]
     assert all(c.reason for c in result.checks)
     assert "appear in the bundle" in checks(result)["grounding"].reason
 
@@ -137,3 +140,60 @@ def test_gate_is_pure_and_deterministic() -> None:
     a = validate(GOOD, BUNDLE, TASK, GateSettings())
     b = validate(GOOD, BUNDLE, TASK, GateSettings())
     assert a == b
+
+
+def _prompt_echo(task: str, bundle: ContextBundle, which: int) -> str:
+    """What the packaged 270M model did: repeat (the start of) one of its prompt messages."""
+    return render(task, bundle, make_nonce(task, bundle))[which]["content"][:400]
+
+
+@pytest.mark.parametrize(("bundle", "which"), [(BUNDLE, 0), (ContextBundle(), 0), (ContextBundle(), 1)],
+                         ids=["system-with-bundle", "system-no-bundle", "user-no-bundle"])
+def test_prompt_echo_fails_with_the_echoed_fraction(bundle: ContextBundle, which: int) -> None:
+    answer = _prompt_echo(TASK, bundle, which)
+    result = validate(answer, bundle, TASK, GateSettings())
+    c = checks(result)["echo"]
+    assert not result.passed and not c.passed
+    assert "repeat the task or the prompt's instructions (max 50%)" in c.reason
+    echoed, total = (int(x) for x in c.reason.split(" word ")[0].split("/"))
+    assert total >= 10 and echoed / total > 0.9
+
+
+def test_echo_without_a_checklist_is_the_only_failing_check() -> None:
+    # the case the benchmarks found: no validation steps, so nothing but the echo check catches it
+    answer = _prompt_echo(TASK, ContextBundle(), 0)
+    result = validate(answer, ContextBundle(), TASK, GateSettings())
+    assert [c.name for c in result.checks if not c.passed] == ["echo"]
+
+
+def test_quoting_retrieved_text_that_the_task_also_contains_is_not_echo() -> None:
+    step = BUNDLE.validation_steps[0]
+    task = f"Audit provider routing in the gateway. {step}."
+    answer = (
+        f"Checked against the accepted run rag-0123456789abcdef. {step}: yes. "
+        "Routing lives in crates/gateway/src/main.rs and uses ProviderAdapter. "
+        f"{BUNDLE.validation_steps[1]}: it does, in crates/gateway/src/router.rs."
+    )
+    result = validate(answer, BUNDLE, task, GateSettings())
+    assert result.passed, result
+    assert checks(result)["echo"].reason.startswith("0/")
+    # the same words with nothing retrieved behind them are a copy of the task
+    bare = validate(answer, ContextBundle(validation_steps=[]), task, GateSettings())
+    assert not checks(bare)["echo"].reason.startswith("0/")
+
+
+def test_restating_the_task_in_one_clause_then_answering_passes() -> None:
+    answer = "Audit provider routing in the gateway: " + GOOD
+    result = validate(answer, BUNDLE, TASK, GateSettings())
+    assert result.passed, result
+    c = checks(result)["echo"]
+    assert not c.reason.startswith("0/")  # the restatement is counted, just not enough to fail
+    strict = checks(validate(answer, BUNDLE, TASK, GateSettings(max_echo_fraction=0.0)))["echo"]
+    assert not strict.passed
+
+
+def test_echo_ngram_length_and_short_answers() -> None:
+    c = checks(validate("Audit provider routing now", BUNDLE, TASK, GateSettings()))["echo"]
+    assert c.passed and c.reason == "skipped: the answer has fewer than 6 words"
+    c = checks(validate(GOOD, BUNDLE, TASK, GateSettings(echo_ngram=3)))["echo"]
+    assert c.passed and "word 3-grams" in c.reason
