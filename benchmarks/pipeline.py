@@ -119,8 +119,22 @@ def child_main(stage: str, root: Path, profile: Path | None) -> int:
     else:
         result = run_stage(stage, root)
     result["stage_s"] = time.perf_counter() - t0
+    result["vm_hwm_bytes"] = vm_hwm_bytes()
     print(json.dumps(result), flush=True)
     return 0
+
+
+def vm_hwm_bytes() -> int | None:
+    """This process's peak RSS since its exec (/proc/self/status VmHWM). Unlike ru_maxrss, it
+    does not inherit the high-water mark of the parent image the child was forked from."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +169,8 @@ def measure_rusage(stage: str, root: Path, *, nice: int, profile: Path | None = 
     if proc.returncode != 0:
         raise SystemExit(f"stage {stage} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
     result = json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
-    result.update(wall_s=wall, peak_rss_bytes=usage.ru_maxrss * 1024, cpu_s=usage.ru_utime + usage.ru_stime)
+    peak = result.pop("vm_hwm_bytes", None) or usage.ru_maxrss * 1024
+    result.update(wall_s=wall, peak_rss_bytes=peak, cpu_s=usage.ru_utime + usage.ru_stime)
     return result
 
 

@@ -201,18 +201,32 @@ def test_nothing_outside_the_repo_root_is_opened(hostile: dict[str, Any]) -> Non
 
 # ------------------------------------------------------------------------------------ huge input
 
-RSS_LIMIT_MB = 400
+RSS_LIMIT_MB = 150  # a buffered 50 MB line (plus its decoded copy) would exceed it
+
+
+# Peak RSS of the collect process itself: VmHWM read at exit. os.wait4's ru_maxrss would carry
+# the high-water mark of the pytest image the child was forked from (1 GB once torch is loaded).
+_PEAK_WRAPPER = """
+import atexit, os, sys
+def _report():
+    with open("/proc/self/status") as fh:
+        hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(os.environ["DISTILL_TEST_PEAK_FILE"], "w") as out:
+        out.write(hwm)
+atexit.register(_report)
+sys.argv = ["distill", *sys.argv[1:]]
+from distill.cli import main
+main()
+"""
 
 
 def _collect_peak_rss(root: Path) -> tuple[int, float, str]:
     """Run `distill collect --json` in a child and return (exit code, peak RSS in MB, stdout)."""
-    proc = subprocess.Popen([*DISTILL, "collect", "--root", str(root), "--json"], cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, out.decode()
+    peak_file = root.parent / "peak_rss_kb"
+    env = {**cli_env(), "DISTILL_TEST_PEAK_FILE": str(peak_file)}
+    proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, "collect", "--root", str(root), "--json"],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
+    return proc.returncode, int(peak_file.read_text()) / 1024, proc.stdout.decode()
 
 
 def test_a_50mb_line_and_100k_deep_json_are_quarantined_within_bounded_memory(tmp_path: Path) -> None:
