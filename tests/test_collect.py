@@ -13,7 +13,8 @@ from distill.config import Settings
 from distill.hashing import sig_hash
 from distill.jsonl import iter_json, read_line_at
 from distill.records import EvidenceRecord, ModelRole, ScoreClass
-from distill.sources.base import JsonlStream, RowContext, first_timestamp, require_str
+from distill.sources.base import JsonlStream, RowContext
+from distill.sources.fields import first_timestamp, require_str
 from distill.workspace import Workspace, iter_partition_files
 
 

@@ -17,13 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from distill.config import Settings
 from distill.hashing import sig_hash
 from distill.jsonl import iter_raw_lines, loads
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
-from distill.records.common import UtcDatetime
 from distill.workspace import Workspace
 
 SourceItem = EvidenceRecord | QuarantineRecord
@@ -80,95 +79,6 @@ class RowContext:
 
 
 Converter = Callable[[dict[str, Any], RowContext], EvidenceRecord]
-
-_TIMESTAMP = TypeAdapter(UtcDatetime)
-
-
-def parse_timestamp(value: Any, field: str) -> datetime:
-    """ISO-8601 text or epoch seconds/milliseconds -> UTC datetime, else RowRejected."""
-    if value is None or value == "":
-        raise RowRejected(QuarantineReason.MISSING_TIMESTAMP, f"no timestamp in '{field}'")
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowRejected(
-            QuarantineReason.INVALID_TIMESTAMP, f"'{field}' is {type(value).__name__}, not a timestamp"
-        )
-    try:
-        return _TIMESTAMP.validate_python(value)
-    except ValidationError:
-        raise RowRejected(QuarantineReason.INVALID_TIMESTAMP, f"'{field}'={value!r:.60} is not a timestamp") from None
-
-
-def first_timestamp(row: dict[str, Any], *fields: str) -> datetime:
-    """The first present timestamp field among `fields`."""
-    for field in fields:
-        if row.get(field) not in (None, ""):
-            return parse_timestamp(row[field], field)
-    raise RowRejected(QuarantineReason.MISSING_TIMESTAMP, f"none of {list(fields)} present")
-
-
-def get_path(row: Any, path: str) -> Any:
-    """Value at a dotted path ("a.b.0.c"), or None when any step is missing."""
-    current = row
-    for part in path.split("."):
-        if isinstance(current, dict):
-            current = current.get(part)
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        else:
-            return None
-    return current
-
-
-def require_str(row: dict[str, Any], field: str, *, allow_empty: bool = False) -> str:
-    value = get_path(row, field)
-    if value is None:
-        raise RowRejected(QuarantineReason.MISSING_FIELD, f"missing '{field}'")
-    if not isinstance(value, str):
-        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected str")
-    if not allow_empty and not value.strip():
-        reason = QuarantineReason.EMPTY_TEXT
-        raise RowRejected(reason, f"'{field}' is empty")
-    return value
-
-
-def optional_str(row: dict[str, Any], field: str) -> str | None:
-    value = get_path(row, field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected str")
-    return value
-
-
-def optional_int(row: dict[str, Any], field: str) -> int | None:
-    value = get_path(row, field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected int")
-    return value
-
-
-def optional_number(row: dict[str, Any], field: str) -> float | None:
-    value = get_path(row, field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected number")
-    return float(value)
-
-
-def str_list(row: dict[str, Any], field: str) -> list[str]:
-    """A list of strings; a single string becomes a one-item list; None becomes []."""
-    value = get_path(row, field)
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' must be a list of strings")
-    return list(value)
-
 
 def quarantine(
     *,

@@ -11,15 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass
-from distill.sources.base import (
-    RowContext,
-    RowRejected,
+from distill.sources.base import RowContext, RowRejected
+from distill.sources.fields import (
+    drop_none,
     first_timestamp,
     get_path,
+    key_or_int_str,
+    natural_key,
+    optional_number,
     optional_str,
     require_str,
+    run_id,
+    strict_str_list,
 )
-from distill.sources.fields import drop_none, key_or_int_str, natural_key, optional_number, run_id, strict_str_list
 
 EXTRACTION_TIMESTAMPS = ("extracted_at", "created_at", "ts")
 

@@ -23,18 +23,17 @@ from typing import Any
 
 from distill.config import FieldMapping
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass
-from distill.sources.base import (
-    Converter,
-    JsonlStream,
-    RowContext,
-    RowRejected,
+from distill.sources.base import Converter, JsonlStream, RowContext, RowRejected
+from distill.sources.fields import (
     first_timestamp,
     get_path,
+    key_part,
+    natural_key,
     optional_str,
     require_str,
+    run_id,
     str_list,
 )
-from distill.sources.fields import key_part, natural_key, run_id
 
 ADAPTER = "mapping"
 

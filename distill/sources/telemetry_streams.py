@@ -12,21 +12,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ReplayRun, ScoreClass
-from distill.sources.base import (
-    RowContext,
-    RowRejected,
-    first_timestamp,
-    get_path,
-    optional_str,
-    require_str,
-)
+from distill.sources.base import RowContext, RowRejected
 from distill.sources.fields import (
-    optional_number,
     dict_or_none,
     drop_none,
+    first_timestamp,
+    get_path,
     natural_key,
     optional_bool,
+    optional_number,
+    optional_str,
     require_number,
+    require_str,
     run_id,
 )
 

@@ -11,25 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass
-from distill.sources.base import (
-    RowContext,
-    RowRejected,
-    first_timestamp,
-    get_path,
-    optional_int,
-    optional_str,
-    require_str,
-    str_list,
-)
+from distill.sources.base import RowContext, RowRejected
 from distill.sources.fields import (
-    optional_number,
     dict_or_none,
     drop_none,
+    first_timestamp,
+    get_path,
     key_or_int_str,
     natural_key,
+    optional_int,
+    optional_number,
+    optional_str,
     require_bool,
     require_int,
+    require_str,
     run_id,
+    str_list,
     strict_str_list,
 )
 
