@@ -3,7 +3,7 @@
 A source turns its input (a JSONL stream, a directory of trajectories...) into a stream of
 items, exactly one per input unit: an EvidenceRecord, or a QuarantineRecord saying why that
 unit could not become evidence. Collect counts on that one-to-one accounting (read = written
-+ skipped + deduped), so an adapter never drops a unit silently and never raises on bad data.
++ quarantined + deduped), so an adapter never drops a unit silently and never raises on bad data.
 
 JSONL adapters only write `convert(row, ctx)`: `read_jsonl` does the line reading, decoding,
 parsing and error accounting for all of them.
