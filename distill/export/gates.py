@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,6 +44,7 @@ _FILTERS = (
 BASE64_ENTROPY_LIMIT = 4.5
 _SENTINEL = "distill export secret scan"
 _UNQUOTED_MIN_LEN = 20
+LINE_MEMO_MAX = 200_000  # distinct lines remembered by a SecretScanner (~tens of MiB at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +56,15 @@ class SecretHit:
 class SecretScanner:
     """Batch secret scan over many texts with detect-secrets' own scanning path."""
 
-    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT) -> None:
+    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX) -> None:
         self.entropy_limit = entropy_limit
-        # per-instance memo: `export all` shares one scanner, so a text shipped by several
-        # exporters is scanned once
-        self._memo: dict[str, list[SecretHit]] = {}
+        # Per-instance memo of secret kinds per distinct line. The batch file is scanned line
+        # by line (sentinel first line, only line-level filters configured), so a line's hits
+        # depend on the line alone: a line seen before (in another row, or by another exporter
+        # of `export all`) need not be scanned again. Bounded: least recently used lines are
+        # evicted past `memo_lines`, so memory does not grow with the export.
+        self.memo_lines = max(0, memo_lines)
+        self._memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     def _config(self) -> dict[str, Any]:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
@@ -75,11 +81,34 @@ class SecretScanner:
         return {"plugins_used": plugins, "filters_used": [{"path": p} for p in _FILTERS]}
 
     def scan(self, texts: Sequence[str]) -> list[list[SecretHit]]:
-        """Hits per text (empty list: clean); each distinct text is scanned once."""
-        todo = sorted({t for t in texts if t not in self._memo})
-        for text, hits in zip(todo, self._scan_batch(todo), strict=True):
-            self._memo[text] = hits
-        return [list(self._memo[t]) for t in texts]
+        """Hits per text (empty list: clean); each distinct line is scanned once."""
+        memo = self._memo
+        split = [t.splitlines() or [""] for t in texts]
+        known: dict[str, tuple[str, ...]] = {}
+        todo: set[str] = set()
+        for lines in split:
+            for line in lines:
+                if line in known or line in todo:
+                    continue
+                kinds = memo.get(line)
+                if kinds is None:
+                    todo.add(line)
+                else:
+                    memo.move_to_end(line)
+                    known[line] = kinds
+        fresh = sorted(todo)
+        for line, hits in zip(fresh, self._scan_batch(fresh), strict=True):
+            known[line] = tuple(sorted({h.type for h in hits}))
+        out: list[list[SecretHit]] = []
+        for lines in split:
+            # (line, type) order, one hit per kind per line: what the whole-text scan gives
+            out.append([SecretHit(kind, j) for j, line in enumerate(lines, start=1) for kind in known[line]])
+        if self.memo_lines:
+            for line in fresh:
+                memo[line] = known[line]
+            while len(memo) > self.memo_lines:
+                memo.popitem(last=False)
+        return out
 
     def _scan_batch(self, texts: Sequence[str]) -> list[list[SecretHit]]:
         """One temporary file, one detect-secrets scan over all of `texts`."""

@@ -36,6 +36,7 @@ class Candidate:
 
 
 Decision = Drop | Candidate
+GATE_BATCH = 5_000  # candidates per firewall check: bounds the scan batch, not the output
 UNSAFE = frozenset({QuarantineReason.UNSAFE_SFT_CATEGORY, QuarantineReason.UNSAFE_RAG_CATEGORY})
 
 
@@ -113,6 +114,32 @@ def export_rows(
         out[i] = ("quarantine", rec)
         report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
 
+    # firewall outcomes are counted after the reader pass, in input order, so the report's
+    # counters come out in the same order whatever the batch size
+    gated: list[tuple[str, str, str | None, str]] = []  # (source, field, reason, category)
+
+    def gate(batch: list[tuple[int, Joined, Candidate]]) -> None:
+        """Firewall a batch of candidates; a row's verdict does not depend on its batch."""
+        if not batch:
+            return
+        verdicts = firewall.check([c.gate for _, _, c in batch])
+        for (i, item, cand), failure in zip(batch, verdicts, strict=True):
+            category = item.scored.category.value
+            rec: QuarantineRecord | None = None
+            if failure is not None:
+                rec = quarantine_joined(stage, item, failure.reason, failure.errors, cand.sample_id)
+            else:
+                try:
+                    out[i] = ("sample", cand.build())
+                except ValidationError as exc:
+                    rec = quarantine_joined(stage, item, QuarantineReason.SCHEMA_VIOLATION,
+                                            validation_errors(exc), cand.sample_id)
+            if rec is not None:
+                out[i] = ("quarantine", rec)
+                gated.append((item.source, "quarantined", rec.reason.value, category))
+            else:
+                gated.append((item.source, "written", None, category))
+
     for i, item in enumerate(items):
         if isinstance(item, Broken):
             drop(i, item.source, quarantine_broken(stage, item), None)
@@ -139,22 +166,12 @@ def export_rows(
             report.source(item.source).bump("deduped", category=category)
             continue
         pending.append((i, item, decision))
-
-    verdicts = firewall.check([c.gate for _, _, c in pending])
-    for (i, item, cand), failure in zip(pending, verdicts, strict=True):
-        category = item.scored.category.value
-        if failure is not None:
-            drop(i, item.source, quarantine_joined(stage, item, failure.reason, failure.errors, cand.sample_id),
-                 category)
-            continue
-        try:
-            sample = cand.build()
-        except ValidationError as exc:
-            drop(i, item.source, quarantine_joined(stage, item, QuarantineReason.SCHEMA_VIOLATION,
-                                                   validation_errors(exc), cand.sample_id), category)
-            continue
-        out[i] = ("sample", sample)
-        report.source(item.source).bump("written", category=category)
+        if len(pending) >= GATE_BATCH:
+            gate(pending)
+            pending = []
+    gate(pending)
+    for source, field_name, reason, category in gated:
+        report.source(source).bump(field_name, reason=reason, category=category)
 
     for i in sorted(out):
         kind, value = out[i]

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from distill.jsonl import iter_raw_lines, loads
+from distill.jsonl import iter_raw_lines, loads, read_line_at
 from distill.records import EvidenceRecord, QuarantineReason, ScoredRun, SourceRef
 from distill.workspace import Workspace, iter_partition_files
 
@@ -68,38 +68,58 @@ class EvidenceIndex:
     The mirror partition (same YYYY/MM/DD/<source>.jsonl under evidence/) is tried first; a
     miss falls back to every evidence file once, so a scored run whose evidence landed in
     another partition still joins. Lines that do not parse as EvidenceRecord are not data.
+
+    Memory stays bounded by one partition: scored partitions are read in order and mirror
+    evidence partitions 1:1, so only the current mirror's records are held. The fallback keeps
+    just where each record lives (file, byte offset) and reads a record back when asked.
     """
 
     def __init__(self, ws: Workspace) -> None:
         self._ws = ws
-        self._by_file: dict[Path, dict[tuple[str, str], EvidenceRecord]] = {}
-        self._global: dict[tuple[str, str], EvidenceRecord] | None = None
+        self._current: tuple[Path, dict[tuple[str, str], EvidenceRecord]] | None = None
+        self._global: dict[tuple[str, str], tuple[Path, int]] | None = None
         self._revisions: dict[str, list[str]] | None = None
+        self._read: set[Path] = set()
         self.files_read: list[Path] = []
 
+    def _note_read(self, path: Path) -> None:
+        if path not in self._read:
+            self._read.add(path)
+            self.files_read.append(path)
+
+    @staticmethod
+    def _records(path: Path) -> Iterator[tuple[int, EvidenceRecord]]:
+        """(byte offset, record) for every line of `path` that is an EvidenceRecord."""
+        for raw in iter_raw_lines(path):
+            if not (raw.terminated and raw.data and raw.data.strip()):
+                continue
+            try:
+                ev = EvidenceRecord.model_validate(loads(raw.data))
+            except (ValueError, ValidationError):
+                continue
+            yield raw.offset, ev
+
     def _load(self, path: Path) -> dict[tuple[str, str], EvidenceRecord]:
-        if path in self._by_file:
-            return self._by_file[path]
+        if self._current is not None and self._current[0] == path:
+            return self._current[1]
+        self._current = None  # drop the previous partition before reading the next one
         records: dict[tuple[str, str], EvidenceRecord] = {}
         if path.is_file():
-            self.files_read.append(path)
-            for raw in iter_raw_lines(path):
-                if not (raw.terminated and raw.data and raw.data.strip()):
-                    continue
-                try:
-                    ev = EvidenceRecord.model_validate(loads(raw.data))
-                except (ValueError, ValidationError):
-                    continue
+            self._note_read(path)
+            for _, ev in self._records(path):
                 records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
-        self._by_file[path] = records
+        self._current = (path, records)
         return records
 
-    def _load_all(self) -> dict[tuple[str, str], EvidenceRecord]:
+    def _load_all(self) -> dict[tuple[str, str], tuple[Path, int]]:
         if self._global is None:
-            merged: dict[tuple[str, str], EvidenceRecord] = {}
+            merged: dict[tuple[str, str], tuple[Path, int]] = {}
             for path in iter_partition_files(self._ws.evidence_dir):
-                for key, ev in self._load(path).items():
-                    merged.setdefault(key, ev)
+                if not path.is_file():
+                    continue
+                self._note_read(path)
+                for offset, ev in self._records(path):
+                    merged.setdefault((ev.run_id, ev.provenance.sig_hash), (path, offset))
             self._global = merged
             revisions: dict[str, list[str]] = {}
             for run_id, sig in merged:
@@ -110,7 +130,13 @@ class EvidenceIndex:
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         found = self._load(mirror).get((run_id, sig))
         if found is None:
-            found = self._load_all().get((run_id, sig))
+            where = self._load_all().get((run_id, sig))
+            if where is not None:
+                path, offset = where
+                try:
+                    found = EvidenceRecord.model_validate(loads(read_line_at(path, offset)))
+                except (OSError, ValueError, ValidationError):
+                    found = None  # the file changed under us since it was indexed
         return found
 
     def revisions(self, run_id: str) -> list[str]:

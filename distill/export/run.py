@@ -9,6 +9,7 @@ computes everything and writes nothing.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +40,13 @@ def native_path(ws: Workspace, kind: str) -> Path:
     return {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[kind]
 
 
+def iter_existing_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The export's rows one at a time: a large export is never held whole."""
+    return (row for row in iter_json(path) if isinstance(row, dict))
+
+
 def existing_rows(path: Path) -> list[dict[str, Any]]:
-    return [row for row in iter_json(path) if isinstance(row, dict)]
+    return list(iter_existing_rows(path))
 
 
 def run_export(
@@ -70,8 +76,11 @@ def run_export(
         report.notes.append(f"RAG has no {fmt} view; the native playbooks file is the RAG dataset")
 
     target = native_path(ws, kind)
-    before = existing_rows(target)
-    existing_ids = {str(r.get("id")) for r in before}
+    existing_ids: set[str] = set()
+    existing_per_task: Counter[str] = Counter()
+    for r in iter_existing_rows(target):
+        existing_ids.add(str(r.get("id")))
+        existing_per_task[str(r.get("task_id"))] += 1
     index = EvidenceIndex(ws)
     items = iter_scored(ws, index)
 
@@ -80,7 +89,7 @@ def run_export(
         pref = export_preference(
             items, fw, report,
             existing_ids=existing_ids,
-            existing_per_task=Counter(str(r.get("task_id")) for r in before),
+            existing_per_task=existing_per_task,
             max_pairs_per_task=settings.export.max_pairs_per_task,
             cross_source=settings.export.cross_source_pairs,
         )
@@ -102,7 +111,7 @@ def run_export(
     scored_files = iter_partition_files(ws.scored_dir)
     report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
 
-    violations = audit_rows([s.model_dump(mode="json") for s in samples], kind)
+    violations = audit_rows((s.model_dump(mode="json") for s in samples), kind)
     report.notes.extend(FIREWALL_PREFIX + m for m in stale)
     if not report.balanced:
         violations.append("conservation: rows in != written + quarantined + deduped + skipped")
@@ -135,7 +144,7 @@ def firewall_violations(report: StageReport) -> list[str]:
     return [n[len(FIREWALL_PREFIX):] for n in report.notes if n.startswith(FIREWALL_PREFIX)]
 
 
-def audit_rows(rows: list[dict[str, Any]], kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
+def audit_rows(rows: Iterable[dict[str, Any]], kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
     """Firewall invariants over export rows (schema, categories, pairs, unique ids)."""
     problems: list[str] = []
     ids: Counter[str] = Counter()
@@ -170,5 +179,5 @@ def audit_rows(rows: list[dict[str, Any]], kind: str, *, max_pairs_per_task: int
 
 def verify_export(ws: Workspace, kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
     """Re-read the native export from disk and check the firewall invariants held."""
-    return audit_rows(existing_rows(native_path(ws, kind)), kind,
+    return audit_rows(iter_existing_rows(native_path(ws, kind)), kind,
                       max_pairs_per_task=max_pairs_per_task if kind == "preference" else None)
