@@ -22,8 +22,9 @@ from distill.score_rules import score_evidence
 from distill.sources.registry import discover_sources
 from distill.sources.swe_agent import SweAgentSource, load_results, strip_trailing_commas
 from distill.workspace import Workspace
+from tests.shared_datasets import shared_dataset
 
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "swebench_lite_coder"
+DATASET = shared_dataset("swebench_lite_coder")
 NAME = "swebench_lite_coder"
 needs_data = pytest.mark.skipif(not (DATASET / "trajs.tar.gz").is_file(), reason=f"dataset not at {DATASET}")
 
