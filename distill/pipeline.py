@@ -104,6 +104,8 @@ class StageSpec:
     categorize: Callable[[Workspace, list[FileDigest]], dict[str, int]] | None = None
     keep_output: Callable[[str], bool] = field(default=lambda p: True)
     available: Callable[[], bool] = field(default=lambda: True)
+    rerun_reason: Callable[[Workspace, Settings], str | None] = field(default=lambda ws, s: None)
+    """A reason to rerun that receipts cannot see (state outside the tracked outputs)."""
 
 
 # ---------------------------------------------------------------- default stages
@@ -227,6 +229,14 @@ def _index_outputs(ws: Workspace, settings: Settings) -> list[Path]:
     return [p for p in (ws.index_dir / name for name in INDEX_TRACKED) if p.exists()]
 
 
+def _index_store_missing(ws: Workspace, settings: Settings) -> str | None:
+    """The Chroma files are not tracked (see below), so a deleted embedded store would let the
+    stage skip on an unchanged manifest; a missing store is a reason to rerun."""
+    if settings.index.chroma_url is None and not (ws.index_dir / "chroma").is_dir():
+        return "the embedded Chroma store (index/chroma) is missing"
+    return None
+
+
 def _index_keep_output(path: str) -> bool:
     # The Chroma store's own files change when it is merely opened (and live on a server with
     # --chroma-url); the manifest (model, settings, a content hash per id) is the deterministic
@@ -284,6 +294,7 @@ def default_stages(*, include_index: bool = True) -> list[StageSpec]:
                 run=_run_index,
                 inputs=lambda ws, s: [ws.rag_path] if ws.rag_path.exists() else [],
                 outputs=_index_outputs,
+                rerun_reason=_index_store_missing,
                 config_sections=("index",),
                 packages=("distill", "index"),
                 keep_output=_index_keep_output,
@@ -531,6 +542,8 @@ def _run_stage(
     decision, findings = decide_resume(
         previous, basis, pre_inputs, pre_outputs, force=force, compare_fingerprint=settings.drift.rerun_on_code_change
     )
+    if decision.action == "skipped" and (why := spec.rerun_reason(ws, settings)):
+        decision = ResumeDecision(action="ran", reference_run_id=decision.reference_run_id, reasons=[why])
 
     if decision.action == "skipped" and previous is not None and previous_path is not None:
         origin = previous.reused.origin_run_id if previous.reused else previous.run_id

@@ -530,6 +530,10 @@ def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
     third = execute_run(ws, Settings(), stages=stages)
     assert third.receipts[0].status == "ran" and third.receipts[0].totals.written == 1
     assert third.receipts[0].totals.deduped == 12 and third.summary.overall_passed
+    shutil.rmtree(ws.index_dir / "chroma")  # the vectors are lost, manifest and BM25 remain
+    fourth = execute_run(ws, Settings(), stages=stages)
+    assert fourth.receipts[0].status == "ran" and fourth.summary.overall_passed
+    assert (ws.index_dir / "chroma").is_dir()
 
 
 @pytest.mark.slow
