@@ -169,6 +169,21 @@ def check_echo(output: str, bundle: ContextBundle, task: str, *, n: int, max_fra
     return _check("echo", ratio <= max_fraction, reason)
 
 
+# The prompt's delimiters exactly as runtime.prompt writes them: lowercase tags, attributes allowed.
+_PROMPT_MARKUP = re.compile(r"</?(task|retrieved|checklist)(?:\s[^<>]*)?>")
+
+
+def check_prompt_markup(output: str) -> GateCheck:
+    """Fail an answer that reproduces the prompt's own delimiters (<task>, <retrieved ...>,
+    <checklist ...>): the model is replaying its prompt, often loosely enough (paraphrased rules,
+    a repeated <task> tag) that n-gram echo matching misses it. Retrieved text cannot supply these
+    tags: the prompt neutralises look-alikes inside it."""
+    found = sorted({m.group(1) for m in _PROMPT_MARKUP.finditer(output)})
+    if found:
+        return _check("prompt_markup", False, f"the answer reproduces the prompt's own tags: {_quote(f'<{t}>' for t in found)}")
+    return _check("prompt_markup", True, "no prompt markup in the answer")
+
+
 def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettings) -> GateResult:
     """Run every check (none short-circuits, so the log shows all reasons) and pass only if all pass."""
     text = output.strip()
@@ -210,4 +225,5 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
     checks.append(check_checklist(text, bundle, settings.min_checklist_overlap))
     checks.append(check_grounding(text, bundle, task, require_citation=settings.require_citation))
     checks.append(check_echo(text, bundle, task, n=settings.echo_ngram, max_fraction=settings.max_echo_fraction))
+    checks.append(check_prompt_markup(text))
     return GateResult(passed=all(c.passed for c in checks), checks=checks)

@@ -42,7 +42,7 @@ def test_grounded_answer_passes_every_check() -> None:
     result = validate(GOOD, BUNDLE, TASK, GateSettings())
     assert result.passed, result
     assert [c.name for c in result.checks] == [
-        "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo"
+        "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo", "prompt_markup"
     ]
     assert all(c.reason for c in result.checks)
     assert "appear in the bundle" in checks(result)["grounding"].reason
@@ -159,11 +159,12 @@ def test_prompt_echo_fails_with_the_echoed_fraction(bundle: ContextBundle, which
     assert total >= 10 and echoed / total > 0.9
 
 
-def test_echo_without_a_checklist_is_the_only_failing_check() -> None:
-    # the case the benchmarks found: no validation steps, so nothing but the echo check catches it
+def test_echo_without_a_checklist_is_caught_by_the_echo_checks_only() -> None:
+    # the case the benchmarks found: no validation steps, so only the echo checks (verbatim
+    # n-grams, and the prompt's own tags it reproduces) catch it
     answer = _prompt_echo(TASK, ContextBundle(), 0)
     result = validate(answer, ContextBundle(), TASK, GateSettings())
-    assert [c.name for c in result.checks if not c.passed] == ["echo"]
+    assert [c.name for c in result.checks if not c.passed] == ["echo", "prompt_markup"]
 
 
 def test_quoting_retrieved_text_that_the_task_also_contains_is_not_echo() -> None:
@@ -197,3 +198,21 @@ def test_echo_ngram_length_and_short_answers() -> None:
     assert c.passed and c.reason == "skipped: the answer has fewer than 6 words"
     c = checks(validate(GOOD, BUNDLE, TASK, GateSettings(echo_ngram=3)))["echo"]
     assert c.passed and "word 3-grams" in c.reason
+
+
+def test_replayed_prompt_markup_fails_even_when_paraphrased() -> None:
+    # What the packaged 270M model really produced (benchmarks/results/escalation.json): loose
+    # enough that the 6-gram echo check passes it.
+    answer = (
+        "You are a software engineer. Answer the task given in the <task> block.\n\n<task>\n<task>\n"
+        "<task>\n<task>\n<task>\n<task>\n<task>\n<task"
+    )
+    result = validate(answer, ContextBundle(), TASK, GateSettings())
+    c = checks(result)["prompt_markup"]
+    assert not c.passed and "<task>" in c.reason
+    assert not result.passed
+
+
+def test_code_with_angle_brackets_is_not_prompt_markup() -> None:
+    answer = GOOD + "\nIn C++ this is `#include <system_error>`, `std::vector<Task>` and `Map<String, Task>`."
+    assert checks(validate(answer, BUNDLE, TASK, GateSettings()))["prompt_markup"].passed
