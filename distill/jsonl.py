@@ -238,6 +238,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def write_if_changed(path: Path, data: bytes, *, current: bytes | None = None) -> bool:
+    """Atomically replace `path` with `data` unless it already holds exactly those bytes, so an
+    unchanged derived file keeps its bytes and mtime. `current` saves a read when the caller
+    already has the file's content. Returns whether it wrote."""
+    if current is None:
+        current = path.read_bytes() if path.exists() else None
+    if current == data and path.exists():
+        return False
+    write_atomic(path, data)
+    return True
+
+
 def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:
     """Replace `path` with one JSON line per row. Returns the number of rows."""
     count = 0

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from distill.config import Settings
-from distill.jsonl import atomic_writer, dumps, iter_raw_lines
+from distill.jsonl import dumps, iter_raw_lines, write_if_changed
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
 from distill.redact import redact_excerpts
@@ -109,33 +109,26 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False) -> St
         for problem in problems[before:]:
             counts.bump("quarantined", reason=problem.reason.value)
         target = mirror_path(ws, path)
-        existing = _existing_lines(target)
+        before = target.read_bytes() if target.exists() else None
+        # only newline-terminated lines count as present (a torn tail is not a scored row)
+        existing = set((before or b"").split(b"\n")[:-1])
         scored = [score_one(ev, parents, settings) for ev in rows]
         lines = [dumps(run.to_json_dict()) for run in scored]
         for run, line in zip(scored, lines, strict=True):
             counts.bump("deduped" if line in existing else "written", category=run.category.value)
         payload = b"".join(line + b"\n" for line in lines)
-        if not dry_run and (not target.exists() or target.read_bytes() != payload):
-            with atomic_writer(target) as fh:
-                fh.write(payload)
+        if not dry_run:
+            write_if_changed(target, payload, current=before)
     if not dry_run:
         _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
         quarantine_path = ws.quarantine_path(STAGE)
         payload = b"".join(dumps(p.to_json_dict()) + b"\n" for p in redact_excerpts(problems))
-        if not quarantine_path.exists() or quarantine_path.read_bytes() != payload:
-            with atomic_writer(quarantine_path) as fh:
-                fh.write(payload)
+        write_if_changed(quarantine_path, payload)
         report.outputs.append(ws.relative(quarantine_path))
     report.inputs = [ws.relative(p) for p in evidence_files]
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.scored_dir)] + report.outputs
     report.notes.append(f"scorer_version={scorer_version(settings)}")
     return report.finalize()
-
-
-def _existing_lines(path: Path) -> set[bytes]:
-    if not path.exists():
-        return set()
-    return {raw.data for raw in iter_raw_lines(path) if raw.terminated and raw.data}
 
 
 def _remove_orphans(ws: Workspace, keep: set[Path]) -> None:
