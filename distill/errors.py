@@ -1,6 +1,17 @@
-"""Errors a user sees as a message and an exit code, never as a traceback."""
+"""Every error distill raises, in one hierarchy under DistillError.
+
+A DistillError is shown to the user as one line and ends the command with its `exit_code`
+(1: a validation/firewall failure the user must look at; 2: bad usage, input or configuration).
+Stopping on a signal is not an error: `Terminated` is a KeyboardInterrupt, so the code that
+already cleans up after Ctrl-C cleans up after SIGTERM too.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distill.records.quarantine import QuarantineReason
 
 
 class DistillError(Exception):
@@ -10,10 +21,64 @@ class DistillError(Exception):
 
 
 class UsageError(DistillError):
+    """The command line, a file the user named, or the workspace is not usable as given."""
+
     exit_code = 2
 
 
+class ConfigError(UsageError):
+    """distill.toml or a DISTILL_* environment variable holds an invalid setting; the message says which."""
+
+
+class ConversionError(UsageError):
+    """A file in another dataset format (hh-rlhf, TRL DPO) cannot be converted as asked."""
+
+
 class ValidationFailed(DistillError):
-    """A stage ran but its output failed validation; the user must look."""
+    """A stage ran but its output failed validation (conservation, firewall); the user must look."""
 
     exit_code = 1
+
+
+class StageUnavailable(DistillError):
+    """An optional stage whose dependencies are not installed (index without its extra)."""
+
+
+class PluginError(DistillError):
+    """A stage or command registered through an entry point is missing or failed to load: a broken
+    installation or a bug, never a reason to carry on without it."""
+
+
+class BackendError(DistillError):
+    """A model call failed or the backend is unusable; the message says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, backend: str = "", model: str = "") -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.model = model
+
+
+class RowRejected(DistillError):
+    """Raised inside a source adapter: this input row cannot become evidence, for this reason.
+
+    Adapters catch it and turn it into a quarantine row; it never reaches the user as an error.
+    """
+
+    def __init__(self, reason: QuarantineReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or another stop signal) arrived: stop like Ctrl-C, exit 128 + signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

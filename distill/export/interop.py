@@ -17,16 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distill.errors import ConversionError
 from distill.export.formats import Message, parse_transcript, preference_to_trl, render_transcript
 from distill.hashing import content_id, sig_hash
 from distill.jsonl import iter_raw_lines, loads
 from distill.records import Category, PreferenceSample, Provenance
 
 HH_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class ConversionError(ValueError):
-    """The row is not an hh-rlhf preference pair we can represent."""
 
 
 def _split_common(chosen: list[Message], rejected: list[Message]) -> int:

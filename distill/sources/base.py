@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from distill.config import Settings
+from distill.errors import RowRejected
 from distill.hashing import sig_hash
 from distill.jsonl import iter_raw_lines, loads
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
@@ -27,15 +28,6 @@ from distill.workspace import Workspace
 
 SourceItem = EvidenceRecord | QuarantineRecord
 EXCERPT_CHARS = 200
-
-
-class RowRejected(Exception):
-    """Raised by a converter: this row cannot become evidence, for this reason."""
-
-    def __init__(self, reason: QuarantineReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class Source(Protocol):

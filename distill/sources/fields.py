@@ -13,7 +13,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from distill.records import QuarantineReason
 from distill.records.common import UtcDatetime
-from distill.sources.base import RowContext, RowRejected
+from distill.errors import RowRejected
+from distill.sources.base import RowContext
 
 SIG_KEY_CHARS = 16
 _TIMESTAMP = TypeAdapter(UtcDatetime)

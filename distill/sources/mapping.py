@@ -23,7 +23,8 @@ from typing import Any
 
 from distill.config import FieldMapping
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass
-from distill.sources.base import Converter, JsonlStream, RowContext, RowRejected
+from distill.errors import RowRejected
+from distill.sources.base import Converter, JsonlStream, RowContext
 from distill.sources.fields import (
     first_timestamp,
     get_path,

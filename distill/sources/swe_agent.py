@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import Settings
+from distill.errors import RowRejected
 from distill.hashing import sig_hash
 from distill.jsonl import loads
 from distill.records import (
@@ -156,13 +157,6 @@ class TrajContext:
         )
 
 
-class TrajRejected(Exception):
-    def __init__(self, reason: QuarantineReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 def convert_trajectory(
     doc: dict[str, Any],
     ctx: TrajContext,
@@ -174,13 +168,13 @@ def convert_trajectory(
     """One parsed .traj document -> evidence. buckets None: no results file for this run."""
     info = doc.get("info")
     if not isinstance(info, dict):
-        raise TrajRejected(QuarantineReason.MISSING_FIELD, "no 'info' object (exit_status, submission)")
+        raise RowRejected(QuarantineReason.MISSING_FIELD, "no 'info' object (exit_status, submission)")
     submission = info.get("submission")
     if submission is not None and not isinstance(submission, str):
-        raise TrajRejected(QuarantineReason.WRONG_TYPE, f"'info.submission' is {type(submission).__name__}")
+        raise RowRejected(QuarantineReason.WRONG_TYPE, f"'info.submission' is {type(submission).__name__}")
     trajectory = doc.get("trajectory")
     if trajectory is not None and not isinstance(trajectory, list):
-        raise TrajRejected(QuarantineReason.WRONG_TYPE, "'trajectory' must be a list of steps")
+        raise RowRejected(QuarantineReason.WRONG_TYPE, "'trajectory' must be a list of steps")
     problem = problem_statement(doc.get("history"))
     exit_status = info.get("exit_status") if isinstance(info.get("exit_status"), str) else None
     stats = info.get("model_stats") if isinstance(info.get("model_stats"), dict) else {}
@@ -294,7 +288,7 @@ class SweAgentSource:
             return convert_trajectory(
                 doc, ctx, instance_id=instance_id, buckets=buckets, model_name=models.get(instance_id)
             )
-        except TrajRejected as exc:
+        except RowRejected as exc:
             return quarantine(
                 source=self.name, reason=exc.reason, error=exc.message, ref=ctx.ref(), excerpt=text,
                 record_id=f"{self.name}:{instance_id}",

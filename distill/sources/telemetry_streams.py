@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ReplayRun, ScoreClass
-from distill.sources.base import RowContext, RowRejected
+from distill.errors import RowRejected
+from distill.sources.base import RowContext
 from distill.sources.fields import (
     dict_or_none,
     drop_none,

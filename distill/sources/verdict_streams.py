@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass
-from distill.sources.base import RowContext, RowRejected
+from distill.errors import RowRejected
+from distill.sources.base import RowContext
 from distill.sources.fields import (
     dict_or_none,
     drop_none,

@@ -10,20 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from distill.errors import DistillError
+from distill.errors import BackendError
 
 Messages = list[dict[str, str]]
-
-
-class BackendError(DistillError):
-    """A model call failed or the backend is unusable; the message says what to do."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, *, backend: str = "", model: str = "") -> None:
-        super().__init__(message)
-        self.backend = backend
-        self.model = model
 
 
 @dataclass(frozen=True)
@@ -48,3 +37,6 @@ class Backend(Protocol):
 
 def prompt_chars(messages: Messages) -> int:
     return sum(len(m.get("content", "")) for m in messages)
+
+
+__all__ = ["Backend", "BackendError", "Generation", "Messages", "prompt_chars"]
