@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from distill.firewall import categories_never_in
 from distill.records.receipts import (
     CountChange,
     DeterminismFinding,
@@ -26,12 +27,8 @@ from distill.records.receipts import (
 )
 from distill.records.stage import Counts
 
-# Categories that must never appear in an export's output (SPEC invariant 2).
-FIREWALL_CATEGORIES: dict[str, frozenset[str]] = {
-    "export-sft": frozenset({"rejected", "needs_human_review"}),
-    "export-rag": frozenset({"rejected"}),
-}
 FIREWALL_CODE_PREFIX = "firewall"
+"""Validation error codes of firewall violations (distill.firewall.Violation.error_code)."""
 
 
 def pct_change(previous: int, current: int) -> float | None:
@@ -92,7 +89,7 @@ def _count_changes(stage: str, prev: StageSummary, cur: StageSummary, threshold_
 
 def _firewall_flags(cur: StageSummary) -> list[DriftFlag]:
     flags: list[DriftFlag] = []
-    for category in sorted(FIREWALL_CATEGORIES.get(cur.stage, frozenset())):
+    for category in sorted(categories_never_in(cur.stage)):
         n = cur.output_categories.get(category, 0)
         if n:
             flags.append(

@@ -189,7 +189,7 @@ def validation_result(errors: list[str]) -> ValidationResult:
 
 
 def check_counts(report: StageReport) -> list[str]:
-    """Conservation, in total and per source (SPEC invariant 1)."""
+    """Conservation, in total and per source (docs/DESIGN.md, invariant 1)."""
     errors = []
     for name, c in [("total", report.totals), *report.by_source.items()]:
         if not c.balanced:
@@ -255,109 +255,6 @@ def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Call
             if isinstance(value, str) and value:
                 counts[value] = counts.get(value, 0) + 1
     return dict(sorted(counts.items()))
-
-
-@dataclass
-class ScoredIndex:
-    """Categories score gave, per evidence version (run id + sig_hash) and per run id.
-
-    A source row edited in place yields a second evidence version of the same run; each export
-    row names its version through provenance.sig_hash, so it is judged by that version's score.
-    """
-
-    by_version: dict[tuple[str, str], str]
-    by_run: dict[str, set[str]]
-
-    def category(self, run_id: Any, sig: Any) -> str | None:
-        if not isinstance(run_id, str):
-            return None
-        if isinstance(sig, str) and (run_id, sig) in self.by_version:
-            return self.by_version[(run_id, sig)]
-        cats = self.by_run.get(run_id)
-        return next(iter(cats)) if cats and len(cats) == 1 else None
-
-
-def scored_categories(ws: Workspace) -> ScoredIndex:
-    """The scored-runs partitions as the firewall's ground truth."""
-    from distill.workspace import iter_partition_files
-
-    by_version: dict[tuple[str, str], str] = {}
-    by_run: dict[str, set[str]] = {}
-    for path in iter_partition_files(ws.scored_dir):
-        for _, row in _rows(path):
-            rid, cat = row.get("evidence_run_id"), row.get("category")
-            prov = row.get("provenance")
-            sig = prov.get("sig_hash") if isinstance(prov, dict) else None
-            if isinstance(rid, str) and isinstance(cat, str):
-                by_run.setdefault(rid, set()).add(cat)
-                if isinstance(sig, str):
-                    by_version[(rid, sig)] = cat
-    return ScoredIndex(by_version, by_run)
-
-
-def _sig(row: dict[str, Any], field: str = "provenance") -> Any:
-    prov = row.get(field)
-    return prov.get("sig_hash") if isinstance(prov, dict) else None
-
-
-SFT_ALLOWED = frozenset({"accepted", "partially_accepted"})
-RAG_FORBIDDEN = frozenset({"rejected"})
-CHOSEN_FORBIDDEN = frozenset({"rejected", "needs_human_review"})
-MAX_LISTED = 5
-
-
-def check_firewall(ws: Workspace, stage: str, scored: ScoredIndex | None = None) -> list[str]:
-    """Re-read an export and check the contamination firewall on what was actually written.
-
-    Two views: the label the row carries, and the category score gave the evidence version it
-    came from (so a row relabelled after the fact is still caught).
-    """
-    cats = scored
-    errors: list[str] = []
-
-    def lookup(run_id: Any, sig: Any) -> str | None:
-        nonlocal cats
-        if cats is None:
-            cats = scored_categories(ws)
-        return cats.category(run_id, sig)
-
-    def report(code: str, hits: list[str], what: str) -> None:
-        if hits:
-            more = f" (+{len(hits) - MAX_LISTED} more)" if len(hits) > MAX_LISTED else ""
-            errors.append(f"{code}: {len(hits)} {what}: {', '.join(hits[:MAX_LISTED])}{more}")
-
-    if stage == "export-sft" and ws.sft_path.exists():
-        bad = []
-        for n, row in _rows(ws.sft_path):
-            label = row.get("quality_score")
-            scored = lookup(row.get("source_run_id"), _sig(row))
-            if label not in SFT_ALLOWED or (scored is not None and scored not in SFT_ALLOWED):
-                bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
-        report("firewall_sft_category", bad, "SFT row(s) from a rejected/unreviewed run")
-    elif stage == "export-rag" and ws.rag_path.exists():
-        bad = []
-        for n, row in _rows(ws.rag_path):
-            label = row.get("success_score")
-            scored = lookup(row.get("source_run_id"), _sig(row))
-            if label in RAG_FORBIDDEN or scored in RAG_FORBIDDEN:
-                bad.append(f"line {n} ({row.get('id')}: label {label}, scored {scored})")
-        report("firewall_rag_category", bad, "RAG row(s) from a rejected run")
-    elif stage == "export-preference" and ws.preference_path.exists():
-        self_pairs, same_text, bad_chosen = [], [], []
-        for n, row in _rows(ws.preference_path):
-            ident = f"line {n} ({row.get('id')})"
-            if row.get("chosen_run_id") is not None and row.get("chosen_run_id") == row.get("rejected_run_id"):
-                self_pairs.append(ident)
-            chosen, rejected = row.get("chosen"), row.get("rejected")
-            if isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() == rejected.strip():
-                same_text.append(ident)
-            scored = lookup(row.get("chosen_run_id"), _sig(row, "chosen_provenance"))
-            if row.get("chosen_category") in CHOSEN_FORBIDDEN or scored in CHOSEN_FORBIDDEN:
-                bad_chosen.append(ident)
-        report("firewall_preference_self_pair", self_pairs, "self-pair(s)")
-        report("firewall_preference_identical", same_text, "pair(s) with identical texts")
-        report("firewall_preference_chosen", bad_chosen, "pair(s) whose chosen side is rejected/unreviewed")
-    return errors
 
 
 # ---------------------------------------------------------------- building receipts

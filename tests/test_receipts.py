@@ -1,4 +1,5 @@
-"""StageReceipt schema, content-hash stability, the counts validator and the firewall re-read."""
+"""StageReceipt schema, content-hash stability and the counts validator (the firewall re-read is
+tests/test_firewall.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from distill.receipts import (
     ReceiptBasis,
     build_receipt,
     check_counts,
-    check_firewall,
     check_jsonl_integrity,
     digest_file,
     digest_paths,
@@ -178,62 +178,6 @@ def test_jsonl_integrity_catches_torn_and_garbage_lines(ws: Workspace) -> None:
     assert any(e.startswith("output_unparseable: junk.jsonl: 2 line(s)") for e in errors)
     assert not any("good.jsonl" in e for e in errors)
     assert digest_file(ws, torn).records == 1  # only complete lines count
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def test_firewall_reread_catches_leaks_by_label_and_by_score(tmp_path: Path) -> None:
-    ws = Workspace.resolve(tmp_path)
-    _write(ws.scored_dir / "2026" / "01" / "01" / "audits.jsonl", [
-        {"evidence_run_id": "ev-ok", "category": "accepted"},
-        {"evidence_run_id": "ev-bad", "category": "rejected"},
-        {"evidence_run_id": "ev-human", "category": "needs_human_review"},
-    ])
-    _write(ws.sft_path, [
-        {"id": "s1", "quality_score": "accepted", "source_run_id": "ev-ok"},
-        {"id": "s2", "quality_score": "accepted", "source_run_id": "ev-human"},  # relabelled
-        {"id": "s3", "quality_score": "rejected", "source_run_id": "ev-x"},
-    ])
-    errors = check_firewall(ws, "export-sft")
-    assert len(errors) == 1 and errors[0].startswith("firewall_sft_category: 2 ")
-    assert "s2" in errors[0] and "s3" in errors[0] and "s1" not in errors[0]
-
-    _write(ws.rag_path, [
-        {"id": "r1", "success_score": "accepted", "source_run_id": "ev-ok"},
-        {"id": "r2", "success_score": "needs_human_review", "source_run_id": "ev-human"},
-    ])
-    assert check_firewall(ws, "export-rag") == []
-    _write(ws.rag_path, [{"id": "r3", "success_score": "accepted", "source_run_id": "ev-bad"}])
-    assert check_firewall(ws, "export-rag")[0].startswith("firewall_rag_category: 1 ")
-
-    _write(ws.preference_path, [
-        {"id": "p1", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
-        {"id": "p2", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-ok", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
-        {"id": "p3", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "same ", "rejected": "same", "chosen_category": "accepted"},
-        {"id": "p4", "chosen_run_id": "ev-bad", "rejected_run_id": "ev-ok", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
-    ])
-    codes = sorted(e.split(":")[0] for e in check_firewall(ws, "export-preference"))
-    assert codes == ["firewall_preference_chosen", "firewall_preference_identical", "firewall_preference_self_pair"]
-
-
-def test_firewall_judges_each_evidence_version_by_its_own_score(tmp_path: Path) -> None:
-    """A source row edited in place gives the run a second evidence version (new sig_hash)."""
-    ws = Workspace.resolve(tmp_path)
-    sig_old, sig_new = "a" * 64, "b" * 64
-    _write(ws.scored_dir / "2026" / "01" / "01" / "audits.jsonl", [
-        {"evidence_run_id": "ev-two", "category": "accepted", "provenance": {"sig_hash": sig_old}},
-        {"evidence_run_id": "ev-two", "category": "rejected", "provenance": {"sig_hash": sig_new}},
-    ])
-    _write(ws.rag_path, [{"id": "r-old", "success_score": "accepted", "source_run_id": "ev-two", "provenance": {"sig_hash": sig_old}}])
-    assert check_firewall(ws, "export-rag") == []
-    _write(ws.rag_path, [{"id": "r-new", "success_score": "accepted", "source_run_id": "ev-two", "provenance": {"sig_hash": sig_new}}])
-    assert "r-new" in check_firewall(ws, "export-rag")[0]
-    # no version named and the run is ambiguous: judged by its label alone
-    _write(ws.rag_path, [{"id": "r-any", "success_score": "accepted", "source_run_id": "ev-two"}])
-    assert check_firewall(ws, "export-rag") == []
 
 
 def test_git_info_outside_a_checkout_is_none(tmp_path: Path) -> None:

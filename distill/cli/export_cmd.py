@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distill.cli.common import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import ValidationFailed
 from distill.records.stage import StageReport
 
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def export(
         which: Annotated[Which, typer.Argument(help="rag | sft | preference | all")],
-        fmt: Annotated[Fmt, typer.Option("--format", help="native (SPEC files) | trl | openai views")] = Fmt.NATIVE,
+        fmt: Annotated[Fmt, typer.Option("--format", help="native (the dataset files) | trl | openai views")] = Fmt.NATIVE,
         include_review: Annotated[bool, typer.Option("--include-review", help="RAG: ship needs_human_review rows")] = False,
         include_partial: Annotated[bool, typer.Option("--include-partial", help="SFT: ship partially_accepted rows")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="compute and report, write nothing")] = False,
@@ -68,8 +68,6 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOption = False,
     ) -> None:
         """Export RAG / SFT / preference datasets; every dropped row goes to quarantine with a reason."""
-        from distill.export import firewall_violations
-
         reports = run_exports(root, which.value, fmt=fmt.value, include_review=include_review,
                               include_partial=include_partial, dry_run=dry_run)
         if json_out:
@@ -80,8 +78,8 @@ def register(app: typer.Typer) -> None:
             for r in reports:
                 for note in r.notes:
                     out.print(f"[dim]{r.stage}:[/] {note}", highlight=False)
-        problems = [f"{r.stage}: {v}" for r in reports for v in firewall_violations(r)]
-        problems += [f"{r.stage}: counts do not balance" for r in reports if not r.balanced]
+        problems = [f"{r.stage}: {v.message()}" for r in reports for v in r.violations]
+        problems += [f"{r.stage}: counts do not balance" for r in reports if not r.balanced and not r.violations]
         if problems:
             for p in problems:
                 err_console().print(f"[bold red]firewall:[/] {p}", highlight=False)

@@ -9,12 +9,12 @@ from distill.export.interop import (
     preference_to_hh_rlhf,
     trl_dpo_to_hh_rlhf,
 )
-from distill.export.run import KINDS, firewall_violations, run_export, verify_export
+from distill.export.run import KINDS, run_export
+from distill.export.verify import verify_export
 
 __all__ = [
     "KINDS",
     "convert_hh_rlhf_file",
-    "firewall_violations",
     "hh_rlhf_to_preference",
     "preference_to_hh_rlhf",
     "run_export",

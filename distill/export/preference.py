@@ -24,11 +24,11 @@ from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.quarantine import quarantine_broken, quarantine_joined, validation_errors
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
+from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.records import Category, ModelRole, PreferenceSample, QuarantineReason, QuarantineRecord, ScoreClass
 from distill.records.stage import StageReport
 
-PREF_NEVER: frozenset[Category] = frozenset({Category.NEEDS_HUMAN_REVIEW})
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 
@@ -184,9 +184,9 @@ def export_preference(
         sources[i] = (j.source, j.scored.category.value)
         ev = j.evidence
         drop: tuple[QuarantineReason, str] | None = None
-        if j.scored.category in PREF_NEVER:
-            drop = (QuarantineReason.CATEGORY_DISALLOWED,
-                    f"category={j.scored.category.value} can be neither chosen nor rejected")
+        refusal = refuse_category(ExportKind.PREFERENCE, j.scored.category)
+        if refusal is not None:
+            drop = (refusal.reason, refusal.message)
         elif not has_instruction_shape(ev, j.scored.score_class):
             drop = (QuarantineReason.CATEGORY_DISALLOWED,
                     f"{ev.source} is extraction-class: no prompt -> response shape to prefer")

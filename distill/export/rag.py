@@ -1,7 +1,8 @@
 """RAG exporter: playbooks the replay runtime retrieves.
 
-accepted + partially_accepted ship by default; needs_human_review only with include_review;
-rejected never (this module refuses it, and RagSample's schema refuses it again).
+Which categories ship is distill.firewall's policy (by default accepted and partially accepted;
+needs_human_review only with include_review; rejected never, and RagSample's schema refuses it
+again).
 """
 
 from __future__ import annotations
@@ -11,24 +12,17 @@ import re
 from distill.export.gates import GateInput, meta_text
 from distill.export.quarantine import Candidate, Decision, Drop
 from distill.export.reader import Joined
+from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
-from distill.records import Category, QuarantineReason, RagSample
+from distill.records import QuarantineReason, RagSample
 from distill.validation_steps import extract_validation_steps
 
-RAG_NEVER: frozenset[Category] = frozenset({Category.REJECTED})
 TITLE_CHARS = 120
 _MARKUP = re.compile(r"^[\s#>*_`-]+|[\s*_`]+$")
 
 
 def rag_id(run_id: str, sig: str) -> str:
     return content_id("rag", run_id, sig)
-
-
-def allowed_categories(include_review: bool) -> frozenset[Category]:
-    base = {Category.ACCEPTED, Category.PARTIALLY_ACCEPTED}
-    if include_review:
-        base.add(Category.NEEDS_HUMAN_REVIEW)
-    return frozenset(base - RAG_NEVER)
 
 
 def make_title(text: str, fallback: str) -> str:
@@ -56,14 +50,9 @@ def make_tags(j: Joined) -> list[str]:
 
 def decide_rag(j: Joined, *, include_review: bool) -> Decision:
     category = j.scored.category
-    if category in RAG_NEVER:
-        return Drop(QuarantineReason.UNSAFE_RAG_CATEGORY, [f"category={category.value} never ships to RAG"])
-    allowed = allowed_categories(include_review)
-    if category not in allowed:
-        return Drop(
-            QuarantineReason.CATEGORY_DISALLOWED,
-            [f"category={category.value} not in {sorted(c.value for c in allowed)} (--include-review to opt in)"],
-        )
+    refusal = refuse_category(ExportKind.RAG, category, include_review=include_review)
+    if refusal is not None:
+        return Drop(refusal.reason, [refusal.message])
     ev = j.evidence
     if not ev.text.strip():
         return Drop(QuarantineReason.EMPTY_CONTENT, ["evidence text is empty: nothing to retrieve"])
@@ -74,7 +63,7 @@ def decide_rag(j: Joined, *, include_review: bool) -> Decision:
             id=sid,
             title=make_title(ev.text, f"{ev.source}: {ev.task_id}"),
             text=ev.text,
-            success_score=category.value,  # type: ignore[arg-type]
+            success_score=category,
             source_category=ev.source,
             source_run_id=ev.run_id,
             task_id=ev.task_id,

@@ -9,12 +9,12 @@ computes everything and writes nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from distill.config import Settings
 from distill.errors import UsageError
@@ -23,21 +23,17 @@ from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.preference import export_preference
 from distill.export.quarantine import export_rows
-from distill.export.rag import RAG_NEVER, decide_rag, rag_id
+from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
-from distill.export.sft import SFT_NEVER, decide_sft, sft_id
+from distill.export.sft import decide_sft, sft_id
+from distill.export.verify import native_path, scored_categories, verify_export
+from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
 from distill.jsonl import append_json, iter_json, write_atomic, write_jsonl_atomic
-from distill.records import Category, PreferenceSample, RagSample, SftSample
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
-ExportKind = Literal["rag", "sft", "preference"]
-KINDS: tuple[str, ...] = ("rag", "sft", "preference")
-FIREWALL_PREFIX = "firewall violation: "
-
-
-def native_path(ws: Workspace, kind: str) -> Path:
-    return {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[kind]
+KINDS: tuple[str, ...] = tuple(k.value for k in ExportKind)
+ExportKindName = Literal["rag", "sft", "preference"]
 
 
 def iter_existing_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -52,7 +48,7 @@ def existing_rows(path: Path) -> list[dict[str, Any]]:
 def run_export(
     ws: Workspace,
     settings: Settings,
-    kind: ExportKind,
+    kind: ExportKindName | ExportKind,
     *,
     include_review: bool = False,
     include_partial: bool = False,
@@ -65,6 +61,8 @@ def run_export(
         raise UsageError(f"unknown export kind {kind!r} (expected one of {', '.join(KINDS)})")
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    export = ExportKind(kind)
+    kind = export.value
     report = StageReport(stage=f"export-{kind}", dry_run=dry_run)
     fw = firewall or Firewall.from_settings(ws.root, settings.export)
     report.notes.extend(fw.notes())
@@ -84,7 +82,7 @@ def run_export(
     index = EvidenceIndex(ws)
     items = iter_scored(ws, index)
 
-    stale: list[str] = []
+    stale: list[Violation] = []
     if kind == "preference":
         pref = export_preference(
             items, fw, report,
@@ -105,16 +103,18 @@ def run_export(
         id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
         rows = export_rows(kind, items, decide, existing_ids, fw, report, id_of=id_of)
         samples, quarantine = rows.samples, rows.quarantine
-        stale = rows.stale
+        stale = [Violation(export=export, code=ViolationCode.STALE_ROW, detail=m) for m in rows.stale]
 
     report.finalize()
     scored_files = iter_partition_files(ws.scored_dir)
     report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
 
-    violations = audit_rows((s.model_dump(mode="json") for s in samples), kind)
-    report.notes.extend(FIREWALL_PREFIX + m for m in stale)
+    # the rows about to ship, checked against the policy before anything is appended
+    violations = rows_violations(export, enumerate((s.model_dump(mode="json") for s in samples), start=1))
+    violations += stale
     if not report.balanced:
-        violations.append("conservation: rows in != written + quarantined + deduped + skipped")
+        violations.append(Violation(export=export, code=ViolationCode.CONSERVATION,
+                                    detail="rows in != written + quarantined + deduped + skipped"))
 
     if violations and not dry_run:
         # the rows about to ship break an invariant: ship none of them, say why
@@ -130,54 +130,27 @@ def run_export(
         qpath = ws.quarantine_path(kind)
         write_jsonl_atomic(qpath, (q.to_json_dict() for q in quarantine))
         written.append(qpath)
-        if kind != "rag":
+        # the export as written, judged by its labels and by the scores of its runs
+        on_disk = verify_export(ws, export, scored=scored_categories(ws),
+                                max_pairs_per_task=settings.export.max_pairs_per_task)
+        violations += on_disk
+        if kind != "rag" and not on_disk:
+            # a view is what a trainer reads: never render one from an export that breaks the firewall
             for view in views_to_refresh(ws, kind, fmt):
                 written.extend(render_view(ws, kind, view))
-        violations.extend(verify_export(ws, kind, max_pairs_per_task=settings.export.max_pairs_per_task))
+        elif on_disk:
+            report.notes.append("views not refreshed: the export on disk breaks the firewall")
         written.append(write_card(ws))
         report.outputs = [rel_path(ws, p) for p in written]
-    report.notes.extend(FIREWALL_PREFIX + v for v in sorted(set(violations)))
+    report.violations = _unique(violations)
     return report
 
 
-def firewall_violations(report: StageReport) -> list[str]:
-    return [n[len(FIREWALL_PREFIX):] for n in report.notes if n.startswith(FIREWALL_PREFIX)]
-
-
-def audit_rows(rows: Iterable[dict[str, Any]], kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
-    """Firewall invariants over export rows (schema, categories, pairs, unique ids)."""
-    problems: list[str] = []
-    ids: Counter[str] = Counter()
-    per_task: Counter[str] = Counter()
-    model = {"rag": RagSample, "sft": SftSample, "preference": PreferenceSample}[kind]
-    for n, row in enumerate(rows, start=1):
-        ids[str(row.get("id"))] += 1
-        try:
-            model.model_validate(row)
-        except ValidationError as exc:
-            problems.append(f"{kind} row {n} ({row.get('id')}): fails the {model.__name__} schema: "
-                            f"{exc.errors()[0]['msg']}")
-            continue
-        if kind == "rag" and Category(row["success_score"]) in RAG_NEVER:
-            problems.append(f"rag row {n}: category {row['success_score']} in RAG")
-        if kind == "sft" and Category(row["quality_score"]) in SFT_NEVER:
-            problems.append(f"sft row {n}: category {row['quality_score']} in SFT")
-        if kind == "preference":
-            if row["chosen_run_id"] == row["rejected_run_id"]:
-                problems.append(f"preference row {n}: self-pair")
-            if row["chosen"].strip() == row["rejected"].strip():
-                problems.append(f"preference row {n}: identical texts")
-            if row["rejected_category"] == Category.NEEDS_HUMAN_REVIEW.value:
-                problems.append(f"preference row {n}: unreviewed rejected side")
-            per_task[str(row["task_id"])] += 1
-    problems.extend(f"{kind}: id {i} appears {c} times" for i, c in ids.items() if c > 1)
-    if max_pairs_per_task is not None:
-        problems.extend(f"preference: task {t} has {c} pairs (max {max_pairs_per_task})"
-                        for t, c in per_task.items() if c > max_pairs_per_task)
-    return problems
-
-
-def verify_export(ws: Workspace, kind: str, *, max_pairs_per_task: int | None = None) -> list[str]:
-    """Re-read the native export from disk and check the firewall invariants held."""
-    return audit_rows(iter_existing_rows(native_path(ws, kind)), kind,
-                      max_pairs_per_task=max_pairs_per_task if kind == "preference" else None)
+def _unique(violations: list[Violation]) -> list[Violation]:
+    seen: set[Violation] = set()
+    out = []
+    for v in violations:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out

@@ -1,7 +1,7 @@
 """SFT exporter: instruction -> response rows from runs that were accepted.
 
-accepted ships; partially_accepted only with include_partial; rejected and
-needs_human_review never (SFT_NEVER below never grows, and SftSample's schema refuses both
+Which categories ship is distill.firewall's policy (accepted; partially_accepted only with
+include_partial; rejected and needs_human_review never, and SftSample's schema refuses both
 again). A row needs an instruction -> response shape: extraction-class rows (distilled facts,
 escalations, audit facts: class C or extractor role) have no instruction and are quarantined.
 """
@@ -14,23 +14,15 @@ from typing import Any
 from distill.export.gates import GateInput, meta_text
 from distill.export.quarantine import Candidate, Decision, Drop
 from distill.export.reader import Joined
+from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
-from distill.records import Category, EvidenceRecord, ModelRole, QuarantineReason, ScoreClass, SftSample
+from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass, SftSample
 
-# Non-negotiable: this set never expands, whatever flag is passed.
-SFT_NEVER: frozenset[Category] = frozenset({Category.REJECTED, Category.NEEDS_HUMAN_REVIEW})
 CONTEXT_CHARS = 1500
 
 
 def sft_id(run_id: str, sig: str) -> str:
     return content_id("sft", run_id, sig)
-
-
-def allowed_categories(include_partial: bool) -> frozenset[Category]:
-    base = {Category.ACCEPTED}
-    if include_partial:
-        base.add(Category.PARTIALLY_ACCEPTED)
-    return frozenset(base - SFT_NEVER)
 
 
 def _file(ev: EvidenceRecord) -> str:
@@ -143,14 +135,9 @@ def render_context(ev: EvidenceRecord) -> str:
 
 def decide_sft(j: Joined, *, include_partial: bool) -> Decision:
     category = j.scored.category
-    if category in SFT_NEVER:
-        return Drop(QuarantineReason.UNSAFE_SFT_CATEGORY, [f"category={category.value} never ships to SFT"])
-    allowed = allowed_categories(include_partial)
-    if category not in allowed:
-        return Drop(
-            QuarantineReason.CATEGORY_DISALLOWED,
-            [f"category={category.value} not in {sorted(c.value for c in allowed)} (--include-partial to opt in)"],
-        )
+    refusal = refuse_category(ExportKind.SFT, category, include_partial=include_partial)
+    if refusal is not None:
+        return Drop(refusal.reason, [refusal.message])
     ev = j.evidence
     if not has_instruction_shape(ev, j.scored.score_class):
         return Drop(
@@ -171,7 +158,7 @@ def decide_sft(j: Joined, *, include_partial: bool) -> Decision:
             context=context,
             response=ev.text,
             source_run_id=ev.run_id,
-            quality_score=category.value,  # type: ignore[arg-type]
+            quality_score=category,
             created_at=ev.created_at,
             provenance=ev.provenance,
         )

@@ -1,20 +1,23 @@
 """Export rows: RagSample, SftSample, PreferenceSample (v1).
 
-The schema is the second layer of the contamination firewall: SftSample.quality_score admits
-only accepted|partially_accepted, RagSample refuses rejected, and PreferenceSample refuses
-self-pairs and identical texts, whatever the exporter in front of them does.
+The schema is the second layer of the contamination firewall: each category field admits only
+what distill.firewall says may ever ship to that export (SftSample.quality_score:
+accepted|partially_accepted; RagSample.success_score: never rejected), and PreferenceSample
+refuses self-pairs, identical texts and a rejected or unreviewed preferred side, whatever the
+exporter in front of them does.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from distill.firewall import CHOSEN_NEVER, NEVER, ExportKind, pair_problems, require_shippable
 from distill.records.common import Category, NonEmptyStr, Provenance, Record, UtcDatetime
 
-SftQuality = Literal["accepted", "partially_accepted"]
-RagCategory = Literal["accepted", "partially_accepted", "needs_human_review"]
+SftQuality = Annotated[Category, AfterValidator(require_shippable(ExportKind.SFT))]
+RagCategory = Annotated[Category, AfterValidator(require_shippable(ExportKind.RAG))]
 
 
 class RagSample(Record):
@@ -64,10 +67,11 @@ class PreferenceSample(Record):
 
     @model_validator(mode="after")
     def _firewall(self) -> PreferenceSample:
-        if self.chosen_run_id == self.rejected_run_id:
-            raise ValueError("self-pair: chosen_run_id == rejected_run_id")
-        if self.chosen.strip() == self.rejected.strip():
-            raise ValueError("identical chosen and rejected texts")
-        if self.chosen_category in (Category.REJECTED, Category.NEEDS_HUMAN_REVIEW):
-            raise ValueError(f"chosen side cannot be {self.chosen_category}")
+        problems = [detail for _, detail in pair_problems(self.chosen_run_id, self.rejected_run_id, self.chosen, self.rejected)]
+        if self.chosen_category in CHOSEN_NEVER:
+            problems.append(f"chosen side cannot be {self.chosen_category.value}")
+        if self.rejected_category in NEVER[ExportKind.PREFERENCE]:
+            problems.append(f"rejected side cannot be {self.rejected_category.value}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self

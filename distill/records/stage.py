@@ -1,7 +1,8 @@
 """StageReport: what every stage returns (collect, score, export-*, index).
 
 The counts obey conservation: rows_in = written + quarantined + deduped + skipped, in total and
-per source. Receipts wrap this report with hashes and timing; the CLI prints it.
+per source. An export also lists the firewall violations it found (typed, see distill.firewall);
+any violation fails the stage. Receipts wrap this report with hashes and timing; the CLI prints it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 
 from pydantic import BaseModel, Field, model_validator
+
+from distill.firewall import Violation
 
 
 class Counts(BaseModel):
@@ -51,6 +54,7 @@ class StageReport(BaseModel):
     outputs: list[str] = Field(default_factory=list, description="files written, relative to ROOT")
     dry_run: bool = False
     notes: list[str] = Field(default_factory=list)
+    violations: list[Violation] = Field(default_factory=list, description="firewall breaches found by the stage")
 
     def source(self, name: str) -> Counts:
         return self.by_source.setdefault(name, Counts())
