@@ -8,18 +8,16 @@ decides, and a hit replaces the excerpt with a note naming the kind of secret.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from distill.records import QuarantineRecord
+from distill.secrets import SecretScanner
 
 
-def new_scanner() -> Any:
-    from distill.export.gates import SecretScanner
-
+def new_scanner() -> SecretScanner:
     return SecretScanner()
 
 
-def redact_excerpts(records: Sequence[QuarantineRecord], scanner: Any | None = None) -> list[QuarantineRecord]:
+def redact_excerpts(records: Sequence[QuarantineRecord], scanner: SecretScanner | None = None) -> list[QuarantineRecord]:
     """Records with any credential-bearing excerpt removed (one batch scan for all of them)."""
     if not any(r.excerpt for r in records):
         return list(records)

@@ -1,6 +1,6 @@
 """The export's speed/memory measures must not change what it decides.
 
-- SecretScanner's per-line memo (bounded LRU) gives exactly the hits of one unmemoised batch scan.
+- SecretScanner's per-line memo (bounded LRU) gives exactly the hits of an unmemoised scan.
 - EvidenceIndex holds one evidence partition at a time; the fallback index reads records back
   from (file, offset) and joins the same records the full load did.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.export.gates import SecretScanner
+from distill.secrets import SecretScanner
 from distill.export.reader import EvidenceIndex, Joined, iter_scored
 from distill.workspace import Workspace, iter_partition_files
 from tests.export_helpers import AWS_KEY, GITHUB_TOKEN, PRIVATE_KEY_BLOCK, SLACK_TOKEN, STRIPE_KEY
@@ -32,20 +32,21 @@ TEXTS = [
 
 
 class CountingScanner(SecretScanner):
-    """Records the lines each underlying detect-secrets batch saw (the scan itself is real)."""
+    """Records the lines detect-secrets analysed (the analysis itself is real)."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.scanned: list[str] = []
 
-    def _scan_batch(self, texts):
-        self.scanned.extend(texts)
-        return super()._scan_batch(texts)
+    def analyse(self, line):
+        self.scanned.append(line)
+        return super().analyse(line)
 
 
 def reference(texts: list[str]):
-    """One whole-text batch scan, no memo: the firewall's result before the memo existed."""
-    return SecretScanner()._scan_batch(texts)
+    """Every line analysed afresh, no memo."""
+    scanner = SecretScanner(memo_lines=0)
+    return scanner.scan(texts)
 
 
 @pytest.mark.parametrize("memo_lines", [0, 1, 3, 200_000])

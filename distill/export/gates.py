@@ -1,9 +1,7 @@
 """The content gates of the contamination firewall, shared by every exporter.
 
-- SecretScanner: detect-secrets (its plugins and heuristic filters, through its own
-  `scan_file`), run once per export over every candidate text, plus detect-secrets'
-  Base64 entropy plugin on unquoted tokens, which its line scan only inspects when quoted.
-  The allowlist filter (`pragma: allowlist secret`) is off: a row cannot whitelist itself.
+- secrets: distill.secrets.SecretScanner (detect-secrets on every line whatever wraps it), run
+  once per export over every candidate text.
 - PathChecker: every cited file (source_files, and paths written in the shipped text) must
   exist under the configured repo root. Paths that leave the root (absolute, `..`, symlinks
   pointing out) are refused without touching anything outside it.
@@ -17,162 +15,15 @@ import json
 import os
 import re
 import stat
-import tempfile
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from distill.config import ExportSettings
 from distill.errors import UsageError
-
-# ---------------------------------------------------------------------------------------------
-# secrets
-
-# Plugins left out: hex entropy (flags every git SHA and sig_hash in review text) and public
-# IPs (an address in a log is not a credential).
-_EXCLUDED_PLUGINS = frozenset({"HexHighEntropyString", "IPPublicDetector"})
-_FILTERS = (
-    "detect_secrets.filters.heuristic.is_indirect_reference",
-    "detect_secrets.filters.heuristic.is_likely_id_string",
-    "detect_secrets.filters.heuristic.is_potential_uuid",
-    "detect_secrets.filters.heuristic.is_prefixed_with_dollar_sign",
-    "detect_secrets.filters.heuristic.is_sequential_string",
-    "detect_secrets.filters.heuristic.is_templated_secret",
-    "detect_secrets.filters.heuristic.is_not_alphanumeric_string",
-)
-BASE64_ENTROPY_LIMIT = 4.5
-_SENTINEL = "distill export secret scan"
-_UNQUOTED_MIN_LEN = 20
-LINE_MEMO_MAX = 200_000  # distinct lines remembered by a SecretScanner (~tens of MiB at most)
-
-
-@dataclass(frozen=True, slots=True)
-class SecretHit:
-    type: str
-    line: int  # 1-based line within the text
-
-
-class SecretScanner:
-    """Batch secret scan over many texts with detect-secrets' own scanning path."""
-
-    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX) -> None:
-        self.entropy_limit = entropy_limit
-        # Per-instance memo of secret kinds per distinct line. The batch file is scanned line
-        # by line (sentinel first line, only line-level filters configured), so a line's hits
-        # depend on the line alone: a line seen before (in another row, or by another exporter
-        # of `export all`) need not be scanned again. Bounded: least recently used lines are
-        # evicted past `memo_lines`, so memory does not grow with the export.
-        self.memo_lines = max(0, memo_lines)
-        self._memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-
-    def _config(self) -> dict[str, Any]:
-        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-
-        names = sorted(cls.__name__ for cls in get_mapping_from_secret_type_to_class().values())
-        plugins: list[dict[str, Any]] = []
-        for name in names:
-            if name in _EXCLUDED_PLUGINS:
-                continue
-            if name == "Base64HighEntropyString":
-                plugins.append({"name": name, "limit": self.entropy_limit})
-            else:
-                plugins.append({"name": name})
-        return {"plugins_used": plugins, "filters_used": [{"path": p} for p in _FILTERS]}
-
-    def scan(self, texts: Sequence[str]) -> list[list[SecretHit]]:
-        """Hits per text (empty list: clean); each distinct line is scanned once."""
-        memo = self._memo
-        split = [t.splitlines() or [""] for t in texts]
-        known: dict[str, tuple[str, ...]] = {}
-        todo: set[str] = set()
-        for lines in split:
-            for line in lines:
-                if line in known or line in todo:
-                    continue
-                kinds = memo.get(line)
-                if kinds is None:
-                    todo.add(line)
-                else:
-                    memo.move_to_end(line)
-                    known[line] = kinds
-        fresh = sorted(todo)
-        for line, hits in zip(fresh, self._scan_batch(fresh), strict=True):
-            known[line] = tuple(sorted({h.type for h in hits}))
-        out: list[list[SecretHit]] = []
-        for lines in split:
-            # (line, type) order, one hit per kind per line: what the whole-text scan gives
-            out.append([SecretHit(kind, j) for j, line in enumerate(lines, start=1) for kind in known[line]])
-        if self.memo_lines:
-            for line in fresh:
-                memo[line] = known[line]
-            while len(memo) > self.memo_lines:
-                memo.popitem(last=False)
-        return out
-
-    def _scan_batch(self, texts: Sequence[str]) -> list[list[SecretHit]]:
-        """One temporary file, one detect-secrets scan over all of `texts`."""
-        from detect_secrets.core.scan import scan_file
-        from detect_secrets.settings import transient_settings
-
-        owners: list[tuple[int, int]] = []  # physical line -> (text index, line within text)
-        chunks: list[str] = []
-        for i, text in enumerate(texts):
-            for j, line in enumerate(text.splitlines() or [""], start=1):
-                chunks.append(line.replace("\x00", " "))
-                owners.append((i, j))
-        hits: list[list[SecretHit]] = [[] for _ in texts]
-        if not chunks:
-            return hits
-        seen: set[tuple[int, int, str]] = set()
-
-        def add(physical: int, kind: str) -> None:
-            if 1 <= physical <= len(owners):
-                i, j = owners[physical - 1]
-                if (i, j, kind) not in seen:
-                    seen.add((i, j, kind))
-                    hits[i].append(SecretHit(kind, j))
-
-        with tempfile.TemporaryDirectory(prefix="distill-secrets-") as tmp:
-            path = os.path.join(tmp, "export_rows.txt")
-            with open(path, "w", encoding="utf-8", errors="replace", newline="\n") as fh:
-                # The sentinel first line is no INI section header: detect-secrets' config-file
-                # transformer then refuses the file and scans it line by line, so row content
-                # cannot steer how the batch is parsed.
-                fh.write(_SENTINEL + "\n")
-                fh.write("\n".join(chunks))
-                fh.write("\n")
-            with transient_settings(self._config()):
-                for secret in scan_file(path):
-                    add(secret.line_number - 1, secret.type)
-                plugin = self._entropy_plugin()
-                for n, line in enumerate(chunks, start=1):
-                    for kind in self._unquoted_entropy(plugin, line):
-                        add(n, kind)
-        for h in hits:
-            h.sort(key=lambda x: (x.line, x.type))
-        return hits
-
-    def _entropy_plugin(self) -> Any:
-        from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
-
-        return Base64HighEntropyString(limit=self.entropy_limit)
-
-    def _unquoted_entropy(self, plugin: Any, line: str) -> Iterator[str]:
-        """detect-secrets' Base64 entropy plugin on unquoted tokens, with its limit applied."""
-        from detect_secrets.filters.heuristic import is_potential_uuid, is_sequential_string
-
-        for token in re.findall(r"[A-Za-z0-9+/=_-]{%d,}" % _UNQUOTED_MIN_LEN, line):
-            core = token.strip("=")
-            if not (re.search(r"\d", core) and re.search(r"[A-Za-z]", core)):
-                continue
-            if "/" in core and not re.search(r"[A-Z]", core):
-                continue  # a lowercase path, not key material
-            if is_sequential_string(core) or is_potential_uuid(core):
-                continue
-            if plugin.calculate_shannon_entropy(core) >= self.entropy_limit:
-                yield plugin.secret_type
-
+from distill.records.evidence import EvidenceRecord
+from distill.secrets import SecretScanner
 
 # ---------------------------------------------------------------------------------------------
 # file paths
@@ -353,7 +204,7 @@ class ContaminationIndex:
 # the firewall: all three gates for one export run
 
 
-def meta_text(ev: Any) -> str:
+def meta_text(ev: EvidenceRecord) -> str:
     """The identifiers a row ships besides its text (ids, task, files, model): scanned too."""
     return " ".join([ev.run_id, ev.task_id, *ev.source_files, ev.model_name or ""]).strip()
 
@@ -387,8 +238,8 @@ class Firewall:
         self.contamination = contamination
 
     @classmethod
-    def from_settings(cls, root: Path, export: Any) -> Firewall:
-        """export: an ExportSettings. Relative paths are taken from the workspace root."""
+    def from_settings(cls, root: Path, export: ExportSettings) -> Firewall:
+        """Relative paths in the settings are taken from the workspace root."""
 
         def here(p: Path) -> Path:
             return p if p.is_absolute() else root / p

@@ -1,0 +1,216 @@
+"""The secret gate: does a text carry a credential?
+
+detect-secrets decides, through its own detectors (AWS, GitHub, Slack, private keys, JWTs, keyword
+assignments, high-entropy strings...) and its heuristic false-positive filters. What this module
+adds is where it looks, because agent output is not a source file:
+
+- every line is scanned as written and with a leading diff/patch/quote marker removed (`-`, `+`,
+  a context space, `>`, `<`, `!`), so a credential on a removed or added line is still found;
+- text holding JSON or Python string escapes (`\\n`, `\\"`, `\\u0041`) is also scanned unescaped,
+  line by line, so a key inside an escaped JSON document or a one-line PEM block is found;
+- detect-secrets' line-level `is_indirect_reference` filter is not used: it drops every secret on
+  a line that also holds `x = f(...)` or `x = a[...]` (so `token=AKIA...  resp = requests.get(url)`
+  lost its AWS key), and the case it was written for (`secret = get_secret()`) never matches
+  the quoted keyword detector used here in the first place;
+- detect-secrets' Base64 entropy detector also runs on unquoted tokens, which its line scan only
+  inspects when quoted;
+- one rule of its own: a quoted value of 16+ letters and digits assigned to a name ending in a
+  credential word (`api_token: "..."`, `client_secret = '...'`), which detect-secrets' keyword
+  list leaves out for source code (`token`, `credential`).
+
+Left out on purpose: the hex entropy detector (flags every git SHA and sha256 in review text) and
+the public-IP detector (an address in a log is not a credential). The allowlist pragma is not
+honoured: a row cannot whitelist itself.
+
+Each distinct line is analysed once per scanner (a bounded LRU memo), since a line's verdict
+depends on the line alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+BASE64_ENTROPY_LIMIT = 4.5
+EXCLUDED_PLUGINS = frozenset({"HexHighEntropyString", "IPPublicDetector"})
+UNQUOTED_MIN_LEN = 20
+LINE_MEMO_MAX = 200_000  # distinct lines remembered by one scanner (~tens of MiB at most)
+KEYWORD_TYPE = "Secret Keyword"
+
+# a marker a diff, patch, e-mail quote or context listing puts in front of the real line
+_MARKER = re.compile(r"^[-+ >!<]")
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[\"'\\/bfnrt])")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\n", "b": " ", "f": " ", '"': '"', "'": "'", "\\": "\\", "/": "/"}
+_UNQUOTED = re.compile(r"[A-Za-z0-9+/=_-]{%d,}" % UNQUOTED_MIN_LEN)
+CREDENTIAL_ASSIGNMENT = "Credential Assignment"
+# A quoted value of 16+ characters assigned to a name that ends in a credential word. detect-secrets'
+# keyword detector leaves out "token" and "credential" names (noisy in source code); in an agent's
+# output `api_token: "..."` is a credential.
+_ASSIGNMENT = re.compile(
+    r"(?i)(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[\"']?"
+    r"\s*(?::=|=>|[:=])\s*[\"']([^\"'\s]{16,})[\"']"
+)
+UNESCAPE_LEVELS = 3  # JSON inside a JSON string inside a JSON string
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[A-Za-z]")
+_UPPER = re.compile(r"[A-Z]")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretHit:
+    type: str
+    line: int  # 1-based line within the text
+
+
+def _unescape(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        code = m.group(1)
+        if code[0] == "u":
+            return chr(int(code[1:], 16))
+        return _ESCAPES[code]
+
+    return _ESCAPE.sub(one, text)
+
+
+def line_views(line: str) -> list[str]:
+    """The forms of one line that are scanned: as written, without a leading diff/quote marker,
+    and (when it holds string escapes) each line of its unescaped form, likewise."""
+    views = [line]
+    stripped = _MARKER.sub("", line, count=1)
+    if stripped != line:
+        views.append(stripped)
+    text = line
+    for _ in range(UNESCAPE_LEVELS):
+        if "\\" not in text:
+            break
+        unescaped = _unescape(text)
+        if unescaped == text:
+            break
+        for part in unescaped.split("\n"):
+            views.append(part)
+            bare = _MARKER.sub("", part, count=1)
+            if bare != part:
+                views.append(bare)
+        text = unescaped
+    seen: set[str] = set()
+    return [v for v in views if not (v in seen or seen.add(v))]  # type: ignore[func-returns-value]
+
+
+class _Detectors:
+    """detect-secrets' plugins and secret-level filters, built once per scanner."""
+
+    def __init__(self, entropy_limit: float) -> None:
+        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+        from detect_secrets.filters import heuristic
+        from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HighEntropyStringsPlugin
+
+        plugins: list[Any] = []
+        for cls in sorted(get_mapping_from_secret_type_to_class().values(), key=lambda c: c.__name__):
+            if cls.__name__ in EXCLUDED_PLUGINS:
+                continue
+            plugins.append(Base64HighEntropyString(limit=entropy_limit) if cls is Base64HighEntropyString else cls())
+        self.plugins = plugins
+        self.entropy_plugin = next(p for p in plugins if isinstance(p, Base64HighEntropyString))
+        self.entropy_types = (HighEntropyStringsPlugin,)
+        self.h = heuristic
+
+    def _filtered(self, secret: str, line: str, plugin: Any) -> bool:
+        h = self.h
+        return (
+            h.is_sequential_string(secret)
+            or h.is_potential_uuid(secret)
+            or h.is_templated_secret(secret)
+            or h.is_prefixed_with_dollar_sign(secret)
+            or h.is_not_alphanumeric_string(secret)
+            or h.is_likely_id_string(secret, line, plugin)
+        )
+
+    def kinds(self, line: str) -> set[str]:
+        """Secret types detect-secrets finds on one line (filters applied as described above)."""
+        found: set[str] = set()
+        for plugin in self.plugins:
+            for secret in plugin.analyze_string(line):
+                if not secret or self._filtered(secret, line, plugin):
+                    continue
+                if isinstance(plugin, self.entropy_types) and (
+                    plugin.calculate_shannon_entropy(secret) <= plugin.entropy_limit
+                ):
+                    continue
+                found.add(plugin.secret_type)
+                break
+        found.update(self._unquoted_entropy(line))
+        if not found and self._assignment(line):  # a fallback: only what detect-secrets missed
+            found.add(CREDENTIAL_ASSIGNMENT)
+        return found
+
+    def _assignment(self, line: str) -> bool:
+        for m in _ASSIGNMENT.finditer(line):
+            value = m.group(1)
+            if not (_DIGIT.search(value) and _LETTER.search(value)):
+                continue
+            if self.h.is_templated_secret(value) or self.h.is_prefixed_with_dollar_sign(value):
+                continue
+            if self.h.is_sequential_string(value) or self.h.is_potential_uuid(value):
+                continue
+            return True
+        return False
+
+    def _unquoted_entropy(self, line: str) -> Iterator[str]:
+        """detect-secrets' Base64 entropy detector on unquoted tokens, with its limit and filters."""
+        plugin = self.entropy_plugin
+        for token in _UNQUOTED.findall(line):
+            core = token.strip("=")
+            if not (_DIGIT.search(core) and _LETTER.search(core)):
+                continue
+            if "/" in core and not _UPPER.search(core):
+                continue  # a lowercase path, not key material
+            if self.h.is_sequential_string(core) or self.h.is_potential_uuid(core):
+                continue
+            if plugin.calculate_shannon_entropy(core) > plugin.entropy_limit:
+                yield plugin.secret_type
+                return
+
+
+class SecretScanner:
+    """Batch secret scan over many texts (one scanner per export or collect run)."""
+
+    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX) -> None:
+        self.entropy_limit = entropy_limit
+        self.memo_lines = max(0, memo_lines)
+        self._memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    @cached_property
+    def _detectors(self) -> _Detectors:
+        return _Detectors(self.entropy_limit)
+
+    def analyse(self, line: str) -> tuple[str, ...]:
+        """Sorted secret types found in one line, in any of its views (no memo)."""
+        found: set[str] = set()
+        for view in line_views(line.replace("\x00", " ")):
+            found |= self._detectors.kinds(view)
+        return tuple(sorted(found))
+
+    def line_kinds(self, line: str) -> tuple[str, ...]:
+        """analyse(), remembered per distinct line."""
+        memo = self._memo
+        kinds = memo.get(line)
+        if kinds is not None:
+            memo.move_to_end(line)
+            return kinds
+        kinds = self.analyse(line)
+        if self.memo_lines:
+            memo[line] = kinds
+            if len(memo) > self.memo_lines:
+                memo.popitem(last=False)
+        return kinds
+
+    def scan(self, texts: Sequence[str]) -> list[list[SecretHit]]:
+        """Hits per text (an empty list: clean), ordered by line, one per kind per line."""
+        return [
+            [SecretHit(kind, n) for n, line in enumerate(text.splitlines() or [""], start=1) for kind in self.line_kinds(line)]
+            for text in texts
+        ]

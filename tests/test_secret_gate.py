@@ -1,0 +1,175 @@
+"""The secret gate finds credentials wherever agent output puts them, and none reaches an export.
+
+- 209 planted credentials (19 kinds x 11 places: diff lines, prose, JSON strings, escaped JSON,
+  shell, YAML, code) are each found by distill.secrets.SecretScanner;
+- parity: every line detect-secrets' own file scan flags, on the corpus and on the sample
+  workspace, the gate flags too (what the gate finds beyond that is counted and must include the
+  diff-line leak that used to slip through);
+- the whole pipeline on the sample workspace with all 209 planted: no credential in any file
+  under exports/ (datasets, TRL/OpenAI views, quarantine, card), and every planted run that would
+  otherwise ship is quarantined as secret_detected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from distill.secrets import EXCLUDED_PLUGINS, SecretScanner
+from tests.fixtures_reliability import DISTILL, SAMPLE_KB, run_cli
+from tests.secret_corpus import CONTEXTS, GENERATORS, planted_corpus
+
+# stream -> the field holding the model output that ships
+TEXT_FIELDS = {
+    "scrum_reviews": "review",
+    "auto_apply": "patch",
+    "audits": "evidence",
+    "observer_reviews": "rationale",
+    "contract_analyses": "analysis",
+    "mode_experiments": "output",
+}
+
+
+def detect_secrets_lines(lines: list[str]) -> set[int]:
+    """0-based indexes of the lines detect-secrets flags when it scans them as a file, with its
+    default filters (the scan the export used before this gate)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import default_settings, transient_settings
+
+    plugins = [
+        {"name": cls.__name__, **({"limit": 4.5} if cls.__name__ == "Base64HighEntropyString" else {})}
+        for cls in get_mapping_from_secret_type_to_class().values()
+        if cls.__name__ not in EXCLUDED_PLUGINS
+    ]
+    with default_settings() as settings:
+        filters = [{"path": p} for p in settings.filters if "allowlist" not in p and "verification" not in p]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lines.txt")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("distill parity scan\n" + "\n".join(ln.replace("\x00", " ") for ln in lines) + "\n")
+        with transient_settings({"plugins_used": plugins, "filters_used": filters}):
+            return {s.line_number - 2 for s in scan_file(path)}
+
+
+def test_corpus_has_200_credentials_of_8_kinds_in_every_kind_of_place() -> None:
+    corpus = planted_corpus()
+    assert len(corpus) >= 200 and len({p.kind for p in corpus}) >= 8
+    assert {p.context for p in corpus} == set(CONTEXTS) and {p.kind for p in corpus} == set(GENERATORS)
+
+
+def test_every_planted_credential_is_found() -> None:
+    corpus = planted_corpus()
+    hits = SecretScanner().scan([p.text for p in corpus])
+    missed = [f"{p.kind} in {p.context}" for p, h in zip(corpus, hits, strict=True) if not h]
+    assert not missed, missed
+
+
+def test_the_diff_line_leak_is_closed() -> None:
+    line = "-    token=AKIA2E0A8F3B244C9986  resp = requests.get(url)"
+    assert SecretScanner().scan([line])[0], "a credential on a removed diff line next to a call"
+    assert detect_secrets_lines([line]) == set()  # what detect-secrets alone gives: the leak
+
+
+def _sample_lines() -> list[str]:
+    lines: list[str] = []
+    for name, fieldname in TEXT_FIELDS.items():
+        for raw in (SAMPLE_KB / f"{name}.jsonl").read_bytes().splitlines():
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get(fieldname), str):
+                lines.extend(row[fieldname].splitlines())
+    return lines
+
+
+@pytest.mark.parametrize("corpus", ["planted", "sample"])
+def test_parity_with_detect_secrets(corpus: str) -> None:
+    """Every line detect-secrets flags, the gate flags: 0 missed. Extra findings are counted."""
+    lines = [ln for p in planted_corpus() for ln in p.text.splitlines()] if corpus == "planted" else _sample_lines()
+    reference = detect_secrets_lines(lines)
+    ours = {i for i, hits in enumerate(SecretScanner().scan(lines)) if hits}
+    missed = sorted(reference - ours)
+    assert not missed, [lines[i][:120] for i in missed[:10]]
+    if corpus == "planted":
+        assert len(ours) > len(reference)  # the lines detect-secrets misses (diff, escaped JSON, ...)
+
+
+# ------------------------------------------------------------------------- the whole pipeline
+
+
+def _plant(kb: Path) -> list[str]:
+    """Plant every corpus credential into the output field of a sample row; returns the needles."""
+    corpus = planted_corpus()
+    needles: list[str] = []
+    slots: list[tuple[Path, int]] = []
+    docs: dict[Path, list[bytes]] = {}
+    for name, fieldname in TEXT_FIELDS.items():
+        path = kb / f"{name}.jsonl"
+        docs[path] = path.read_bytes().splitlines(keepends=True)
+        for n, raw in enumerate(docs[path]):
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get(fieldname), str) and row[fieldname].strip():
+                slots.append((path, n))
+    assert len(slots) >= len(corpus)
+    # spread the plants over the streams: every stream gets some
+    slots.sort(key=lambda s: (s[1], s[0].name))
+    for planted, (path, n) in zip(corpus, slots, strict=False):
+        fieldname = TEXT_FIELDS[path.stem]
+        row = json.loads(docs[path][n])
+        row[fieldname] = row[fieldname] + "\n\n" + planted.text
+        docs[path][n] = json.dumps(row).encode() + b"\n"
+        needles.extend(planted.needles)
+    for path, lines in docs.items():
+        path.write_bytes(b"".join(lines))
+    return needles
+
+
+@pytest.mark.slow
+def test_no_planted_credential_reaches_any_export(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(SAMPLE_KB, root / "_kb")
+    needles = _plant(root / "_kb")
+    assert len(needles) >= 200
+    done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    for fmt in ("trl", "openai"):
+        views = run_cli([*DISTILL, "export", "all", "--format", fmt, "--root", str(root)])
+        assert views.returncode == 0, views.stdout + views.stderr
+    leaked = []
+    for path in sorted((root / "exports").rglob("*")):
+        if path.is_file():
+            data = path.read_text(errors="replace")
+            leaked += [f"{path.relative_to(root)}: {n[:24]}..." for n in needles if n in data]
+    assert not leaked, leaked[:20]
+
+    # every planted run that would otherwise ship to RAG was stopped by the secret gate
+    planted_runs: set[str] = set()
+    for path in (root / "evidence").rglob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            ev = json.loads(line)
+            if any(n in ev["text"] for n in needles):
+                planted_runs.add(ev["run_id"])
+    shippable: set[str] = set()
+    for path in (root / "scored-runs").rglob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            sc = json.loads(line)
+            if sc["evidence_run_id"] in planted_runs and sc["category"] in ("accepted", "partially_accepted"):
+                shippable.add(sc["evidence_run_id"])
+    reasons: dict[str, Counter[str]] = {}
+    for line in (root / "exports" / "quarantine" / "rag.jsonl").read_text().splitlines():
+        q = json.loads(line)
+        reasons.setdefault(q["detail"].get("evidence_run_id", ""), Counter())[q["reason"]] += 1
+    assert len(shippable) >= 100, len(shippable)
+    not_caught = sorted(r for r in shippable if "secret_detected" not in reasons.get(r, {}))
+    assert not not_caught, not_caught[:10]
