@@ -17,9 +17,12 @@ from pathlib import Path
 from distill.config import Settings
 from distill.jsonl import append_lines, atomic_writer, dumps, iter_raw_lines, loads, lock_for, repair_torn_tail
 from distill.records import EvidenceRecord, QuarantineRecord
+from distill.receipts import count_categories
+from distill.records.receipts import FileDigest
 from distill.records.stage import Counts, StageReport
 from distill.redact import new_scanner, redact_excerpts
 from distill.sources.base import Source
+from distill.stage import Stage, existing, files_under
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
 STAGE = "collect"
@@ -218,3 +221,22 @@ def iter_evidence(ws: Workspace) -> Iterable[tuple[Path, EvidenceRecord]]:
                     yield path, EvidenceRecord.model_validate_json(raw.data)
                 except ValueError:
                     continue
+
+
+class CollectStage(Stage):
+    """Source streams under _kb/ -> evidence partitions (+ the collect quarantine)."""
+
+    name = STAGE
+    config_sections = ("collect", "sources")
+
+    def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        return files_under(ws.kb_dir)
+
+    def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        return iter_partition_files(ws.evidence_dir) + existing(ws.quarantine_path(STAGE))
+
+    def run(self, ws: Workspace, settings: Settings) -> StageReport:
+        return run_collect(ws, settings)
+
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
+        return count_categories(ws, outputs, "model_role", under="evidence/")

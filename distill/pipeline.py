@@ -1,16 +1,19 @@
-"""`distill run`: every stage in order under one run id, with receipts, resume and drift.
+"""`distill run`: every registered stage in order under one run id, with receipts, resume and drift.
 
-Order: collect -> score -> export-rag -> export-sft -> export-preference -> index.
+The stages (distill.stage.Stage, registered through entry points; see distill.plugins) own what
+they read, write and count. This module only orders and runs them. For each stage:
 
-Resume: before a stage runs, its inputs (discovered from the workspace, plus every input its
-last successful receipt recorded), the config sections it reads, its code version and a
-fingerprint of its source files are compared with that receipt, and so are its outputs on disk.
-All equal -> the stage is skipped and a receipt saying so (and which receipt it reuses) is
-written. Any difference -> it runs. Outputs that changed on disk while everything else matched
-are a determinism finding (tampering, or a write outside `distill run`), never accepted quietly.
+1. plan: digest its inputs and outputs and decide, against its last successful receipt, whether
+   it can be skipped (distill.resume);
+2. skip: write a receipt that reuses the earlier one; or
+3. execute: run it (any exception becomes a failed receipt, never a crash of the run);
+4. validate: conservation, JSONL integrity, declared outputs present, firewall violations, and
+   determinism against the trusted receipt; then write the receipt.
 
 Stop-on-failure: a stage that raises or fails validation stops the stages after it (they would
-read stale data) unless continue_on_failure is set.
+read stale data) unless continue_on_failure is set. Ctrl-C or SIGTERM abandons the stage in
+progress: every output is written crash-safely, the run lock is released, and the next run
+resumes.
 """
 
 from __future__ import annotations
@@ -18,26 +21,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from filelock import Timeout
 
 from distill import __version__
 from distill.config import Settings, config_hash
 from distill.drift import compute_drift
-from distill.errors import DistillError
-from distill.hashing import canonical_json, sha256_hex
+from distill.errors import DistillError, StageUnavailable
 from distill.jsonl import lock_for
 from distill.receipts import (
+    DigestCache,
     ReceiptBasis,
     build_receipt,
     check_counts,
-    check_firewall,
     check_jsonl_integrity,
-    DigestCache,
     code_fingerprint,
-    count_categories,
     digest_path,
     digest_paths,
     digest_tree_listing,
@@ -68,362 +68,19 @@ from distill.records.receipts import (
     run_hash,
 )
 from distill.records.stage import StageReport
-from distill.workspace import Workspace, iter_partition_files
-
-EXPORT_KINDS = ("rag", "sft", "preference")
-CARD_NAME = "README.md"
-CARD_OWNER = "preference"
-FIREWALL_NOTE = "firewall violation: "
-# Config sections no pipeline stage reads; every other section not claimed below is assumed to
-# matter to every stage (a new section reruns stages rather than being silently ignored).
-NON_PIPELINE_SECTIONS = frozenset({"runtime", "gate", "drift"})
-KNOWN_SECTIONS = frozenset({"collect", "sources", "score", "export", "index"}) | NON_PIPELINE_SECTIONS
-MAX_LISTED = 5
+from distill.resume import decide_resume, listed, rerun_findings, stage_config_hash
+from distill.stage import Stage
+from distill.workspace import Workspace
 
 EventHook = Callable[[str, str, str], None]
 """on_event(kind, stage, detail): kind is start | skip | done | fail | unavailable | not_run."""
 
 
-class StageUnavailable(Exception):
-    """An optional stage whose code is not installed (index without its extra)."""
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """How the pipeline runs one stage and where that stage reads and writes."""
-
-    name: str
-    run: Callable[[Workspace, Settings], StageReport]
-    inputs: Callable[[Workspace, Settings], list[Path]]
-    outputs: Callable[[Workspace, Settings], list[Path]]
-    config_sections: tuple[str, ...]
-    packages: tuple[str, ...] = ("distill",)
-    version: Callable[[Settings], str] = field(default=lambda s: f"distill {__version__}")
-    tree_inputs: Callable[[Workspace, Settings], list[Path]] = field(default=lambda ws, s: [])
-    check: Callable[[Workspace], list[str]] | None = None
-    categorize: Callable[[Workspace, list[FileDigest]], dict[str, int]] | None = None
-    keep_output: Callable[[str], bool] = field(default=lambda p: True)
-    available: Callable[[], bool] = field(default=lambda: True)
-    rerun_reason: Callable[[Workspace, Settings], str | None] = field(default=lambda ws, s: None)
-    """A reason to rerun that receipts cannot see (state outside the tracked outputs)."""
-
-
-# ---------------------------------------------------------------- default stages
-
-
-def _kb_files(ws: Workspace, settings: Settings) -> list[Path]:
-    if not ws.kb_dir.is_dir():
-        return []
-    return sorted(p for p in ws.kb_dir.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".tmp")))
-
-
-def _evidence(ws: Workspace, settings: Settings) -> list[Path]:
-    return iter_partition_files(ws.evidence_dir)
-
-
-def _scored(ws: Workspace, settings: Settings) -> list[Path]:
-    return iter_partition_files(ws.scored_dir)
-
-
-def _files_under(base: Path) -> list[Path]:
-    if not base.is_dir():
-        return []
-    return sorted(p for p in base.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".tmp")) and not p.name.startswith("."))
-
-
-def _run_collect(ws: Workspace, settings: Settings) -> StageReport:
-    from distill.collect import run_collect
-
-    return run_collect(ws, settings)
-
-
-def _run_score(ws: Workspace, settings: Settings) -> StageReport:
-    from distill.score import run_score
-
-    return run_score(ws, settings)
-
-
-def _export_runner(kind: str) -> Callable[[Workspace, Settings], StageReport]:
-    def run(ws: Workspace, settings: Settings) -> StageReport:
-        from distill.export import run_export
-
-        return run_export(ws, settings, kind)  # type: ignore[arg-type]
-
-    return run
-
-
-def _export_inputs(ws: Workspace, settings: Settings) -> list[Path]:
-    extra = [ws.absolute(str(p)) for p in settings.export.benchmark_files]
-    return _evidence(ws, settings) + _scored(ws, settings) + extra
-
-
-def _export_trees(ws: Workspace, settings: Settings) -> list[Path]:
-    root = settings.export.repo_root
-    return [ws.absolute(str(root))] if root is not None else []
-
-
-def _export_outputs(kind: str) -> Callable[[Workspace, Settings], list[Path]]:
-    def outputs(ws: Workspace, settings: Settings) -> list[Path]:
-        found = _files_under(ws.exports_dir / kind)
-        extra = [ws.quarantine_path(kind)]
-        if kind == CARD_OWNER:
-            extra.append(ws.exports_dir / CARD_NAME)
-        return found + [p for p in extra if p.exists()]
-
-    return outputs
-
-
-def _export_keep_output(kind: str) -> Callable[[str], bool]:
-    # The dataset card is rewritten by every exporter from all three exports; it belongs to the
-    # last one, so the earlier ones do not see it "modified" by their successors.
-    card = f"exports/{CARD_NAME}"
-
-    def keep(path: str) -> bool:
-        return path != card or kind == CARD_OWNER
-
-    return keep
-
-
-_EXPORT_CATEGORY: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "rag": lambda row: row.get("success_score"),
-    "sft": lambda row: row.get("quality_score"),
-    "preference": lambda row: f"{row.get('chosen_category')}>{row.get('rejected_category')}",
-}
-
-
-def _export_categorize(kind: str) -> Callable[[Workspace, list[FileDigest]], dict[str, int]]:
-    def categorize(ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
-        native = ws.relative({"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[kind])
-        return count_categories(ws, outputs, _EXPORT_CATEGORY[kind], under=native)
-
-    return categorize
-
-
-def _index_available() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("index.build") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _run_index(ws: Workspace, settings: Settings) -> StageReport:
-    try:
-        from index.build import run_index
-    except ModuleNotFoundError as exc:
-        if exc.name in ("index", "index.build"):
-            raise StageUnavailable("index.build is not installed") from exc
-        raise
-    result: Any = run_index(ws, settings)
-    report = getattr(result, "stage_report", result)
-    if not isinstance(report, StageReport):
-        raise TypeError(f"run_index returned {type(result).__name__}, not a report with .stage_report")
-    return report
-
-
-INDEX_TRACKED = ("manifest.json", "bm25")
-
-
-def _index_outputs(ws: Workspace, settings: Settings) -> list[Path]:
-    return [p for p in (ws.index_dir / name for name in INDEX_TRACKED) if p.exists()]
-
-
-def _index_store_missing(ws: Workspace, settings: Settings) -> str | None:
-    """The Chroma files are not tracked (see below), so a deleted embedded store would let the
-    stage skip on an unchanged manifest; a missing store is a reason to rerun."""
-    if settings.index.chroma_url is None and not (ws.index_dir / "chroma").is_dir():
-        return "the embedded Chroma store (index/chroma) is missing"
-    return None
-
-
-def _index_keep_output(path: str) -> bool:
-    # The Chroma store's own files change when it is merely opened (and live on a server with
-    # --chroma-url); the manifest (model, settings, a content hash per id) is the deterministic
-    # account of what it holds, next to the BM25 folder.
-    return not path.startswith("index/") or path in {f"index/{name}" for name in INDEX_TRACKED}
-
-
-def _quarantine(stage: str) -> Callable[[Workspace, Settings], list[Path]]:
-    def outputs(ws: Workspace, settings: Settings) -> list[Path]:
-        q = ws.quarantine_path(stage)
-        return [q] if q.exists() else []
-
-    return outputs
-
-
-def default_stages(*, include_index: bool = True) -> list[StageSpec]:
-    stages = [
-        StageSpec(
-            name="collect",
-            run=_run_collect,
-            inputs=_kb_files,
-            outputs=lambda ws, s: _evidence(ws, s) + _quarantine("collect")(ws, s),
-            config_sections=("collect", "sources"),
-            categorize=lambda ws, outs: count_categories(ws, outs, "model_role", under="evidence/"),
-        ),
-        StageSpec(
-            name="score",
-            run=_run_score,
-            inputs=_evidence,
-            outputs=lambda ws, s: _scored(ws, s) + _quarantine("score")(ws, s),
-            config_sections=("score",),
-            version=lambda s: f"distill {__version__}; scorer {s.score.scorer_version}",
-            categorize=lambda ws, outs: count_categories(ws, outs, "category", under="scored-runs/"),
-        ),
-    ]
-    for kind in EXPORT_KINDS:
-        stage = f"export-{kind}"
-        stages.append(
-            StageSpec(
-                name=stage,
-                run=_export_runner(kind),
-                inputs=_export_inputs,
-                tree_inputs=_export_trees,
-                outputs=_export_outputs(kind),
-                keep_output=_export_keep_output(kind),
-                config_sections=("export",),
-                check=lambda ws, stage=stage: check_firewall(ws, stage),
-                categorize=_export_categorize(kind),
-            )
-        )
-    if include_index:
-        stages.append(
-            StageSpec(
-                name="index",
-                run=_run_index,
-                inputs=lambda ws, s: [ws.rag_path] if ws.rag_path.exists() else [],
-                outputs=_index_outputs,
-                rerun_reason=_index_store_missing,
-                config_sections=("index",),
-                packages=("distill", "index"),
-                keep_output=_index_keep_output,
-                available=_index_available,
-            )
-        )
-    return stages
-
-
-# ---------------------------------------------------------------- pure decisions
-
-
-def stage_config_hash(settings: Settings, sections: Iterable[str]) -> str:
-    dumped = settings.model_dump(mode="json")
-    wanted = set(sections) | {k for k in dumped if k not in KNOWN_SECTIONS}
-    return sha256_hex(canonical_json({k: dumped.get(k) for k in sorted(wanted)}))
-
-
-def _diff(before: list[FileDigest], after: list[FileDigest]) -> tuple[list[str], list[str], list[str]]:
-    b = {d.path: d.sha256 for d in before}
-    a = {d.path: d.sha256 for d in after}
-    added = sorted(set(a) - set(b))
-    removed = sorted(set(b) - set(a))
-    changed = sorted(p for p in set(a) & set(b) if a[p] != b[p])
-    return added, removed, changed
-
-
-def _listed(paths: list[str]) -> str:
-    more = f" (+{len(paths) - MAX_LISTED} more)" if len(paths) > MAX_LISTED else ""
-    return ", ".join(paths[:MAX_LISTED]) + more
-
-
-def decide_resume(
-    previous: StageReceipt | None,
-    basis: ReceiptBasis,
-    inputs: list[FileDigest],
-    outputs: list[FileDigest],
-    *,
-    force: bool,
-    compare_fingerprint: bool = True,
-) -> tuple[ResumeDecision, list[DeterminismFinding]]:
-    """Skip only when inputs, config, code and outputs all equal the last successful receipt's.
-
-    Also returns output_modified findings: outputs differ on disk although inputs, config and
-    code are the ones that receipt vouched for.
-    """
-    if previous is None:
-        reasons = ["--force"] if force else []
-        return ResumeDecision(action="ran", forced=force, reasons=reasons + ["no earlier successful receipt"]), []
-    reasons: list[str] = []
-    if previous.config_hash != basis.config_hash:
-        reasons.append("config changed")
-    if previous.code_version != basis.code_version:
-        reasons.append(f"code version changed ({previous.code_version} -> {basis.code_version})")
-    if compare_fingerprint and previous.code_fingerprint != basis.code_fingerprint:
-        reasons.append("code changed (source fingerprint differs)")
-    added, removed, changed = _diff(previous.inputs, inputs)
-    inputs_same = not (added or removed or changed)
-    for label, paths in (("new inputs", added), ("inputs gone", removed), ("inputs changed", changed)):
-        if paths:
-            reasons.append(f"{label}: {_listed(paths)}")
-    o_added, o_removed, o_changed = _diff(previous.outputs, outputs)
-    findings: list[DeterminismFinding] = []
-    if o_added or o_removed or o_changed:
-        parts = [f"{label}: {_listed(paths)}" for label, paths in (("unrecorded outputs", o_added), ("outputs missing", o_removed), ("outputs modified", o_changed)) if paths]
-        reasons.append(f"outputs differ from receipt of run {previous.run_id} ({'; '.join(parts)})")
-        if inputs_same and not any(r.startswith(("config", "code")) for r in reasons):
-            before = {d.path: d.sha256 for d in previous.outputs}
-            after = {d.path: d.sha256 for d in outputs}
-            # a deleted output is simply rebuilt; an added or altered one is what must not pass quietly
-            for path in o_added + o_changed:
-                findings.append(
-                    DeterminismFinding(
-                        stage=previous.stage,
-                        kind="output_modified",
-                        path=path,
-                        expected_sha256=before.get(path),
-                        found_sha256=after.get(path),
-                        reference_run_id=previous.run_id,
-                        detail="output on disk differs from its receipt while inputs, config and code are unchanged "
-                        "(modified outside `distill run`)",
-                    )
-                )
-    if force:
-        return ResumeDecision(action="ran", forced=True, reference_run_id=previous.run_id, reasons=["--force", *reasons]), findings
-    if reasons:
-        return ResumeDecision(action="ran", reference_run_id=previous.run_id, reasons=reasons), findings
-    return (
-        ResumeDecision(
-            action="skipped",
-            reference_run_id=previous.run_id,
-            reasons=[f"inputs, config, code and outputs unchanged since run {previous.run_id}"],
-        ),
-        [],
-    )
-
-
-def rerun_findings(
-    previous: StageReceipt | None, receipt: StageReceipt, *, compare_fingerprint: bool = True
-) -> list[DeterminismFinding]:
-    """After a rerun on the same inputs/config/code as a trusted receipt: did outputs change?"""
-    if previous is None or receipt.error is not None:
-        return []
-    same_basis = (
-        previous.inputs_hash == receipt.inputs_hash
-        and previous.config_hash == receipt.config_hash
-        and previous.code_version == receipt.code_version
-        and (not compare_fingerprint or previous.code_fingerprint == receipt.code_fingerprint)
-    )
-    if not same_basis or previous.outputs_hash == receipt.outputs_hash:
-        return []
-    added, removed, changed = _diff(previous.outputs, receipt.outputs)
-    before = {d.path: d.sha256 for d in previous.outputs}
-    after = {d.path: d.sha256 for d in receipt.outputs}
-    return [
-        DeterminismFinding(
-            stage=receipt.stage,
-            kind="rerun_output_differs",
-            path=path,
-            expected_sha256=before.get(path),
-            found_sha256=after.get(path),
-            reference_run_id=previous.run_id,
-            detail="rerun on identical inputs, config and code produced a different output",
-        )
-        for path in added + removed + changed
-    ]
-
-
-# ---------------------------------------------------------------- running
+def pipeline_stages(*, include_index: bool = True) -> list[Stage]:
+    """The registered stages in run order (`--no-index` leaves the index stage out)."""
+    from distill.plugins import registered_stages
+
+    return [s for s in registered_stages() if include_index or s.name != "index"]
 
 
 @dataclass
@@ -440,45 +97,231 @@ class RunResult:
         return 0 if self.summary.overall_passed and self.drift.severity != "alert" else 1
 
 
-def _digest_inputs(
-    ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[FileDigest], exclude: set[str], cache: DigestCache
-) -> list[FileDigest]:
-    paths = list(spec.inputs(ws, settings))
-    trees = {ws.absolute(t).resolve().as_posix() for t in spec.tree_inputs(ws, settings)}
+@dataclass
+class _RunContext:
+    """What every stage of one run shares."""
+
+    ws: Workspace
+    settings: Settings
+    run_id: str
+    git: GitInfo
+    full_hash: str
+    force: bool
+    emit: EventHook
+    cache: DigestCache = field(default_factory=dict)
+    fingerprints: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def fingerprint(self, packages: tuple[str, ...]) -> str:
+        if packages not in self.fingerprints:
+            self.fingerprints[packages] = code_fingerprint(packages)
+        return self.fingerprints[packages]
+
+    @property
+    def compare_fingerprint(self) -> bool:
+        return self.settings.drift.rerun_on_code_change
+
+
+@dataclass
+class _Plan:
+    """A stage's state before it runs, and whether it may be skipped."""
+
+    basis: ReceiptBasis
+    previous: StageReceipt | None
+    previous_path: Path | None
+    inputs: list[FileDigest]
+    outputs: list[FileDigest]
+    decision: ResumeDecision
+    findings: list[DeterminismFinding]
+
+
+# ---------------------------------------------------------------- digests
+
+
+def _digest_inputs(ctx: _RunContext, stage: Stage, also: Iterable[FileDigest], exclude: set[str]) -> list[FileDigest]:
+    ws, settings = ctx.ws, ctx.settings
+    paths = list(stage.inputs(ws, settings))
+    trees = {ws.absolute(str(t)).resolve().as_posix() for t in stage.input_trees(ws, settings)}
     for d in also:
         if d.kind == "tree":
             trees.add(d.path)
         else:
             paths.append(ws.absolute(d.path))
-    digests = [d for d in digest_paths(ws, paths, cache) if d.path not in exclude]
+    digests = [d for d in digest_paths(ws, paths, ctx.cache) if d.path not in exclude]
     for tree in sorted(trees):
         if Path(tree).is_dir():
             digests.append(digest_tree_listing(Path(tree)))
     return sorted(digests, key=lambda d: d.path)
 
 
-def _digest_outputs(
-    ws: Workspace, spec: StageSpec, settings: Settings, also: Iterable[str], cache: DigestCache
-) -> list[FileDigest]:
-    paths = list(spec.outputs(ws, settings)) + [ws.absolute(p) for p in also]
-    return [d for d in digest_paths(ws, paths, cache) if spec.keep_output(d.path)]
+def _digest_outputs(ctx: _RunContext, stage: Stage, also: Iterable[str]) -> list[FileDigest]:
+    paths = list(stage.outputs(ctx.ws, ctx.settings)) + [ctx.ws.absolute(p) for p in also]
+    return [d for d in digest_paths(ctx.ws, paths, ctx.cache) if stage.tracks(d.path)]
 
 
-def _validate_run(ws: Workspace, spec: StageSpec, report: StageReport, outputs: list[FileDigest]) -> list[str]:
+# ---------------------------------------------------------------- the four steps
+
+
+def plan_stage(ctx: _RunContext, stage: Stage) -> _Plan:
+    """Digest what the stage would read and what it owns, and decide whether it may skip."""
+    basis = ReceiptBasis(
+        config_hash=stage_config_hash(ctx.settings, stage.config_sections),
+        full_config_hash=ctx.full_hash,
+        code_version=stage.version(ctx.settings),
+        code_fingerprint=ctx.fingerprint(stage.packages),
+    )
+    found = last_successful_receipt(ctx.ws, stage.name, exclude_run=ctx.run_id)
+    previous, previous_path = found if found else (None, None)
+    outputs = _digest_outputs(ctx, stage, [d.path for d in previous.outputs] if previous else [])
+    inputs = _digest_inputs(ctx, stage, previous.inputs if previous else [], {d.path for d in outputs})
+    decision, findings = decide_resume(
+        previous, basis, inputs, outputs, force=ctx.force, compare_fingerprint=ctx.compare_fingerprint
+    )
+    if decision.action == "skipped" and (why := stage.rerun_reason(ctx.ws, ctx.settings)):
+        decision = ResumeDecision(action="ran", reference_run_id=decision.reference_run_id, reasons=[why])
+    return _Plan(basis, previous, previous_path, inputs, outputs, decision, findings)
+
+
+def skip_stage(ctx: _RunContext, stage: Stage, plan: _Plan, t0: float, started_at: datetime) -> StageReceipt:
+    """A receipt that stands on the earlier one: same inputs, config, code and outputs."""
+    previous, previous_path = plan.previous, plan.previous_path
+    assert previous is not None and previous_path is not None
+    origin = previous.reused.origin_run_id if previous.reused else previous.run_id
+    reused = ReuseRef(
+        run_id=previous.run_id,
+        receipt=ctx.ws.relative(previous_path),
+        content_hash=previous.content_hash,
+        origin_run_id=origin,
+    )
+    report = StageReport(stage=stage.name, totals=previous.totals, by_source=previous.by_source)
+    report.notes.append(f"skipped: reuses receipt of run {previous.run_id} (stage ran in {origin})")
+    receipt = build_receipt(
+        run_id=ctx.run_id,
+        stage=stage.name,
+        status="skipped",
+        git=ctx.git,
+        basis=plan.basis,
+        inputs=previous.inputs,
+        outputs=previous.outputs,
+        report=report,
+        output_categories=previous.output_categories,
+        started_at=started_at,
+        finished_at=now_utc(),
+        duration_s=time.perf_counter() - t0,
+        validation=previous.validation,
+        error=None,
+        resume=plan.decision,
+        reused=reused,
+    )
+    write_model(receipt_path(ctx.ws, ctx.run_id, stage.name), receipt)
+    ctx.emit("skip", stage.name, plan.decision.reasons[0])
+    return receipt
+
+
+def execute_stage(ctx: _RunContext, stage: Stage) -> tuple[StageReport, str | None]:
+    """Run the stage; an exception is the stage's failure, reported as its error, not raised.
+    (KeyboardInterrupt and Terminated are not exceptions of the stage: they stop the run.)"""
+    try:
+        return stage.run(ctx.ws, ctx.settings), None
+    except StageUnavailable:
+        raise
+    except Exception as exc:  # the orchestration boundary: any failure becomes a failed receipt
+        return StageReport(stage=stage.name), f"{type(exc).__name__}: {exc}"
+
+
+def validate_stage(ctx: _RunContext, stage: Stage, report: StageReport, outputs: list[FileDigest]) -> list[str]:
+    """Everything that fails a stage that ran: counts, outputs, integrity, the firewall."""
+    ws = ctx.ws
     errors = check_counts(report)
-    if report.stage != spec.name:
-        errors.append(f"stage_mismatch: the {spec.name} stage returned a report for {report.stage!r}")
+    if report.stage != stage.name:
+        errors.append(f"stage_mismatch: the {stage.name} stage returned a report for {report.stage!r}")
     if report.dry_run:
         errors.append("stage_dry_run: the stage reported a dry run; nothing was written")
     present = {d.path for d in outputs}
-    missing = sorted(p for p in report.outputs if spec.keep_output(p) and rel_path(ws, ws.absolute(p)) not in present)
+    missing = sorted(p for p in report.outputs if stage.tracks(p) and rel_path(ws, ws.absolute(p)) not in present)
     if missing:
-        errors.append(f"output_missing: {_listed(missing)}")
+        errors.append(f"output_missing: {listed(missing)}")
     errors.extend(check_jsonl_integrity(ws, outputs))
-    errors.extend(f"firewall_export: {n[len(FIREWALL_NOTE):]}" for n in report.notes if n.startswith(FIREWALL_NOTE))
-    if spec.check is not None:
-        errors.extend(spec.check(ws))
+    errors.extend(v.message() for v in report.violations)
     return errors
+
+
+def _ran_receipt(
+    ctx: _RunContext, stage: Stage, plan: _Plan, report: StageReport, error: str | None, t0: float, started_at: datetime
+) -> StageReceipt:
+    ws = ctx.ws
+    finished_at = now_utc()
+    duration = time.perf_counter() - t0
+    outputs = _digest_outputs(ctx, stage, report.outputs)
+    out_paths = {d.path for d in outputs}
+    known = {d.path for d in plan.inputs}
+    late = [ws.absolute(p) for p in report.inputs if rel_path(ws, ws.absolute(p)) not in known]
+    inputs = sorted(
+        [d for d in plan.inputs if d.path not in out_paths]
+        + [d for d in digest_paths(ws, late, ctx.cache) if d.path not in out_paths],
+        key=lambda d: d.path,
+    )
+    errors = [f"stage_raised: {error}"] if error else []
+    categories: dict[str, int] = {}
+    if error is None:
+        errors.extend(validate_stage(ctx, stage, report, outputs))
+        categories = stage.output_categories(ws, outputs)
+
+    def receipt(determinism: list[DeterminismFinding]) -> StageReceipt:
+        return build_receipt(
+            run_id=ctx.run_id, stage=stage.name, status="ran", git=ctx.git, basis=plan.basis,
+            inputs=inputs, outputs=outputs, report=report, output_categories=categories,
+            started_at=started_at, finished_at=finished_at, duration_s=duration,
+            validation=validation_result(errors), error=error, resume=plan.decision, determinism=determinism,
+        )
+
+    built = receipt(plan.findings)
+    previous = plan.previous
+    more = rerun_findings(previous, built, compare_fingerprint=ctx.compare_fingerprint)
+    rebuilt = previous is not None and bool({d.path for d in previous.outputs} - {d.path for d in plan.outputs})
+    if more and not rebuilt:
+        # Same inputs, config and code as a trusted receipt, different output: the stage broke
+        # determinism (or an append-only output kept a modification). Fail it, so the next run
+        # checks against the trusted receipt again instead of adopting this output.
+        errors.append(
+            f"determinism_violation: output differs from run {previous.run_id if previous else '?'} on identical "
+            f"inputs, config and code: {listed([f.path or '?' for f in more])} "
+            "(if it was edited by hand, delete it and rerun to rebuild it)"
+        )
+    # When outputs were deleted before this run, the stage rebuilt them from scratch: a difference
+    # is still reported (drift alert) but the rebuild becomes the new reference instead of failing
+    # every later run. Deleting an output is the documented way out.
+    return receipt(plan.findings + more) if more else built
+
+
+def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
+    """Plan, then skip or execute and validate one stage; its receipt (written), or None when the
+    stage cannot run in this installation."""
+    why = stage.unavailable()
+    if why:
+        ctx.emit("unavailable", stage.name, why)
+        return None
+    started_at = now_utc()
+    t0 = time.perf_counter()
+    plan = plan_stage(ctx, stage)
+    if plan.decision.action == "skipped" and plan.previous is not None:
+        return skip_stage(ctx, stage, plan, t0, started_at)
+    ctx.emit("start", stage.name, "; ".join(plan.decision.reasons))
+    try:
+        report, error = execute_stage(ctx, stage)
+    except StageUnavailable as exc:
+        ctx.emit("unavailable", stage.name, str(exc))
+        return None
+    receipt = _ran_receipt(ctx, stage, plan, report, error, t0, started_at)
+    write_model(receipt_path(ctx.ws, ctx.run_id, stage.name), receipt)
+    if receipt.passed:
+        t = report.totals
+        ctx.emit("done", stage.name, f"{t.rows_in} in, {t.written} written, {t.quarantined} quarantined")
+    else:
+        ctx.emit("fail", stage.name, receipt.validation.errors[0])
+    return receipt
+
+
+# ---------------------------------------------------------------- the run
 
 
 def _summary_line(receipt: StageReceipt, ws: Workspace) -> StageSummary:
@@ -507,148 +350,6 @@ def _summary_line(receipt: StageReceipt, ws: Workspace) -> StageSummary:
     )
 
 
-def _run_stage(
-    ws: Workspace,
-    settings: Settings,
-    spec: StageSpec,
-    *,
-    run_id: str,
-    git: GitInfo,
-    full_hash: str,
-    fingerprints: dict[tuple[str, ...], str],
-    cache: DigestCache,
-    force: bool,
-    emit: EventHook,
-) -> StageReceipt | None:
-    """Run or skip one stage; returns its (written) receipt, or None when it is unavailable."""
-    if not spec.available():
-        emit("unavailable", spec.name, "stage code not installed")
-        return None
-    if spec.packages not in fingerprints:
-        fingerprints[spec.packages] = code_fingerprint(spec.packages)
-    basis = ReceiptBasis(
-        config_hash=stage_config_hash(settings, spec.config_sections),
-        full_config_hash=full_hash,
-        code_version=spec.version(settings),
-        code_fingerprint=fingerprints[spec.packages],
-    )
-    found = last_successful_receipt(ws, spec.name, exclude_run=run_id)
-    previous, previous_path = found if found else (None, None)
-    started_at = now_utc()
-    t0 = time.perf_counter()
-    pre_outputs = _digest_outputs(ws, spec, settings, [d.path for d in previous.outputs] if previous else [], cache)
-    exclude = {d.path for d in pre_outputs}
-    pre_inputs = _digest_inputs(ws, spec, settings, previous.inputs if previous else [], exclude, cache)
-    decision, findings = decide_resume(
-        previous, basis, pre_inputs, pre_outputs, force=force, compare_fingerprint=settings.drift.rerun_on_code_change
-    )
-    if decision.action == "skipped" and (why := spec.rerun_reason(ws, settings)):
-        decision = ResumeDecision(action="ran", reference_run_id=decision.reference_run_id, reasons=[why])
-
-    if decision.action == "skipped" and previous is not None and previous_path is not None:
-        origin = previous.reused.origin_run_id if previous.reused else previous.run_id
-        reused = ReuseRef(
-            run_id=previous.run_id,
-            receipt=ws.relative(previous_path),
-            content_hash=previous.content_hash,
-            origin_run_id=origin,
-        )
-        report = StageReport(stage=spec.name, totals=previous.totals, by_source=previous.by_source)
-        report.notes.append(f"skipped: reuses receipt of run {previous.run_id} (stage ran in {origin})")
-        receipt = build_receipt(
-            run_id=run_id,
-            stage=spec.name,
-            status="skipped",
-            git=git,
-            basis=basis,
-            inputs=previous.inputs,
-            outputs=previous.outputs,
-            report=report,
-            output_categories=previous.output_categories,
-            started_at=started_at,
-            finished_at=now_utc(),
-            duration_s=time.perf_counter() - t0,
-            validation=previous.validation,
-            error=None,
-            resume=decision,
-            reused=reused,
-        )
-        write_model(receipt_path(ws, run_id, spec.name), receipt)
-        emit("skip", spec.name, decision.reasons[0])
-        return receipt
-
-    emit("start", spec.name, "; ".join(decision.reasons))
-    error: str | None = None
-    errors: list[str] = []
-    try:
-        report = spec.run(ws, settings)
-    except StageUnavailable as exc:
-        emit("unavailable", spec.name, str(exc))
-        return None
-    except Exception as exc:  # the orchestration boundary: any failure becomes a failed receipt
-        error = f"{type(exc).__name__}: {exc}"
-        errors.append(f"stage_raised: {error}")
-        report = StageReport(stage=spec.name)
-    finished_at = now_utc()
-    duration = time.perf_counter() - t0
-    outputs = _digest_outputs(ws, spec, settings, report.outputs, cache)
-    out_paths = {d.path for d in outputs}
-    known = {d.path for d in pre_inputs}
-    late = [ws.absolute(p) for p in report.inputs if rel_path(ws, ws.absolute(p)) not in known]
-    inputs = sorted(
-        [d for d in pre_inputs if d.path not in out_paths]
-        + [d for d in digest_paths(ws, late, cache) if d.path not in out_paths],
-        key=lambda d: d.path,
-    )
-    categories: dict[str, int] = {}
-    if error is None:
-        errors.extend(_validate_run(ws, spec, report, outputs))
-        if spec.categorize is not None:
-            categories = spec.categorize(ws, outputs)
-    receipt_args: dict[str, Any] = dict(
-        run_id=run_id,
-        stage=spec.name,
-        status="ran",
-        git=git,
-        basis=basis,
-        inputs=inputs,
-        outputs=outputs,
-        report=report,
-        output_categories=categories,
-        started_at=started_at,
-        finished_at=finished_at,
-        duration_s=duration,
-        validation=validation_result(errors),
-        error=error,
-        resume=decision,
-    )
-    receipt = build_receipt(**receipt_args, determinism=findings)
-    more = rerun_findings(previous, receipt, compare_fingerprint=settings.drift.rerun_on_code_change)
-    rebuilt = previous is not None and bool({d.path for d in previous.outputs} - {d.path for d in pre_outputs})
-    if more and rebuilt:
-        # Outputs were deleted before this run, so the stage rebuilt them from scratch: a
-        # difference is still reported (drift alert), but the rebuild becomes the new reference
-        # instead of failing every later run. Deleting an output is the documented way out.
-        receipt = build_receipt(**receipt_args, determinism=findings + more)
-    elif more:
-        # Same inputs, config and code as a trusted receipt, different output: the stage broke
-        # determinism (or an append-only output kept a modification). Fail it, so the next run
-        # checks against the trusted receipt again instead of adopting this output.
-        paths = _listed([f.path or "?" for f in more])
-        errors.append(
-            f"determinism_violation: output differs from run {previous.run_id if previous else '?'} on identical "
-            f"inputs, config and code: {paths} (if it was edited by hand, delete it and rerun to rebuild it)"
-        )
-        receipt_args["validation"] = validation_result(errors)
-        receipt = build_receipt(**receipt_args, determinism=findings + more)
-    write_model(receipt_path(ws, run_id, spec.name), receipt)
-    if receipt.passed:
-        emit("done", spec.name, f"{report.totals.rows_in} in, {report.totals.written} written, {report.totals.quarantined} quarantined")
-    else:
-        emit("fail", spec.name, receipt.validation.errors[0])
-    return receipt
-
-
 def _datasets(ws: Workspace, receipts: list[StageReceipt]) -> dict[str, int]:
     wanted = {
         ws.relative(ws.rag_path): "rag",
@@ -670,25 +371,26 @@ def execute_run(
     force: bool = False,
     continue_on_failure: bool = False,
     include_index: bool = True,
-    stages: list[StageSpec] | None = None,
+    stages: list[Stage] | None = None,
     on_event: EventHook | None = None,
 ) -> RunResult:
     """Run the pipeline once and write every report; see the module docstring."""
     emit: EventHook = on_event or (lambda kind, stage, detail: None)
-    specs = stages if stages is not None else default_stages(include_index=include_index)
+    chosen = stages if stages is not None else pipeline_stages(include_index=include_index)
     ws.reports_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = lock_for(ws.reports_dir / "run").acquire(timeout=0)
     except Timeout:
         raise DistillError(f"another `distill run` holds {ws.reports_dir / 'run.lock'}; wait for it to finish") from None
     with lock:
-        return _execute_locked(ws, settings, specs, force=force, continue_on_failure=continue_on_failure, include_index=include_index, emit=emit)
+        return _execute_locked(ws, settings, chosen, force=force, continue_on_failure=continue_on_failure,
+                               include_index=include_index, emit=emit)
 
 
 def _execute_locked(
     ws: Workspace,
     settings: Settings,
-    specs: list[StageSpec],
+    stages: list[Stage],
     *,
     force: bool,
     continue_on_failure: bool,
@@ -701,30 +403,25 @@ def _execute_locked(
     previous_id = latest_run_id(ws)
     previous = load_summary(ws, previous_id) if previous_id else None
     run_dir(ws, run_id).mkdir(parents=True, exist_ok=False)
-    git = git_info()
-    full_hash = config_hash(settings)
-    fingerprints: dict[tuple[str, ...], str] = {}
-    cache: DigestCache = {}
+    ctx = _RunContext(ws=ws, settings=settings, run_id=run_id, git=git_info(), full_hash=config_hash(settings),
+                      force=force, emit=emit)
 
     receipts: list[StageReceipt] = []
     lines: list[StageSummary] = []
     stopped: StopInfo | None = None
-    for spec in specs:
+    for stage in stages:
         if stopped is not None:
-            lines.append(StageSummary(stage=spec.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
-            emit("not_run", spec.name, f"{stopped.stage} failed")
+            lines.append(StageSummary(stage=stage.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
+            emit("not_run", stage.name, f"{stopped.stage} failed")
             continue
-        receipt = _run_stage(
-            ws, settings, spec, run_id=run_id, git=git, full_hash=full_hash, fingerprints=fingerprints, cache=cache,
-            force=force, emit=emit,
-        )
+        receipt = run_stage(ctx, stage)
         if receipt is None:
-            lines.append(StageSummary(stage=spec.name, status="unavailable", note="stage code not installed"))
+            lines.append(StageSummary(stage=stage.name, status="unavailable", note="stage code not installed"))
             continue
         receipts.append(receipt)
         lines.append(_summary_line(receipt, ws))
         if not receipt.passed and not continue_on_failure:
-            stopped = StopInfo(stage=spec.name, reason=receipt.validation.errors[0])
+            stopped = StopInfo(stage=stage.name, reason=receipt.validation.errors[0])
 
     finished_at = now_utc()
     passed = stopped is None and all(r.passed for r in receipts)
@@ -735,8 +432,8 @@ def _execute_locked(
         started_at=started_at,
         finished_at=finished_at,
         duration_s=round(time.perf_counter() - t0, 6),
-        git=git,
-        full_config_hash=full_hash,
+        git=ctx.git,
+        full_config_hash=ctx.full_hash,
         code_version=f"distill {__version__}",
         options={"force": force, "continue_on_failure": continue_on_failure, "include_index": include_index},
         stages=lines,
@@ -765,18 +462,13 @@ def run_pipeline(
     force: bool = False,
     continue_on_failure: bool = False,
     include_index: bool = True,
-    stages: list[StageSpec] | None = None,
+    stages: list[Stage] | None = None,
     on_event: EventHook | None = None,
 ) -> RunSummary:
     """One `distill run` (for callers such as the demo that want only the summary)."""
     return execute_run(
-        ws,
-        settings,
-        force=force,
-        continue_on_failure=continue_on_failure,
-        include_index=include_index,
-        stages=stages,
-        on_event=on_event,
+        ws, settings, force=force, continue_on_failure=continue_on_failure, include_index=include_index,
+        stages=stages, on_event=on_event,
     ).summary
 
 

@@ -14,18 +14,23 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from distill import __version__
 from distill.config import Settings
 from distill.jsonl import dumps, iter_raw_lines, write_if_changed
+from distill.receipts import count_categories
+from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
 from distill.redact import redact_excerpts
 from distill.score_rules import SCORER_VERSION, ParentRun, Verdict, join_extraction, score_evidence
+from distill.stage import Stage, existing
 from distill.workspace import Workspace, iter_partition_files
 
 STAGE = "score"
 
 
 def scorer_version(settings: Settings) -> str:
+    """The rules' own version, unless the workspace pins another one ([score] scorer_version)."""
     return settings.score.scorer_version or SCORER_VERSION
 
 
@@ -136,3 +141,26 @@ def _remove_orphans(ws: Workspace, keep: set[Path]) -> None:
     for path in iter_partition_files(ws.scored_dir):
         if path not in keep:
             path.unlink()
+
+
+class ScoreStage(Stage):
+    """Evidence -> scored runs (mirror partitions) + the score quarantine."""
+
+    name = STAGE
+    after = ("collect",)
+    config_sections = ("score",)
+
+    def version(self, settings: Settings) -> str:
+        return f"distill {__version__}; scorer {scorer_version(settings)}"
+
+    def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        return iter_partition_files(ws.evidence_dir)
+
+    def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        return iter_partition_files(ws.scored_dir) + existing(ws.quarantine_path(STAGE))
+
+    def run(self, ws: Workspace, settings: Settings) -> StageReport:
+        return run_score(ws, settings)
+
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
+        return count_categories(ws, outputs, "category", under="scored-runs/")

@@ -179,7 +179,7 @@ class _progress:
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from distill.cli.common import err_console
+        from distill.command import err_console
 
         self._bar = Progress(
             TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from distill.workspace import Workspace
 
 SearchMode = Literal["hybrid", "dense", "bm25", "jaccard"]
 
@@ -22,6 +25,12 @@ class SearchHit(BaseModel):
 
 
 class Searcher(Protocol):
+    """What the replay runtime and the CLI need from an index."""
+
     def search(
         self, query: str, *, k: int = 8, mode: SearchMode = "hybrid", categories: list[str] | None = None
     ) -> list[SearchHit]: ...
+
+    def export_changed(self, ws: Workspace) -> bool:
+        """Whether the RAG export's content differs from the one the index was built from."""
+        ...

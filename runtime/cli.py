@@ -11,12 +11,16 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from distill.cli.common import JsonOption, RootOption, emit_json, err_console, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import UsageError
+
+if TYPE_CHECKING:
+    from distill.records.replay import ReplayRun
+    from runtime.replay import ReplaySession
 
 app = typer.Typer(
     name="replay",
@@ -83,7 +87,7 @@ def exit_code_for(verdicts: list[str]) -> int:
     return 0
 
 
-def finish(session: Any, code: int) -> None:
+def finish(session: ReplaySession | None, code: int) -> None:
     """Exit with `code`. An embedded llama.cpp call that timed out cannot be cancelled, and letting
     the interpreter finalise under a running native thread can crash it; the run is already
     logged (fsynced), so in that case the process leaves without finalisation."""
@@ -97,7 +101,7 @@ def finish(session: Any, code: int) -> None:
     raise typer.Exit(code)
 
 
-def show_run(run: Any, log_path: Path) -> None:
+def show_run(run: ReplayRun, log_path: Path) -> None:
     """The answer, the gate table per attempt, escalation and the log path."""
     from rich.console import Console
     from rich.panel import Panel
@@ -138,9 +142,11 @@ def replay(
         Path | None, typer.Option("--tasks-file", help='JSONL, one {"task": ..., "task_id": ...} per line')
     ] = None,
     root: RootOption = None,
-    k: Annotated[int, typer.Option("--k", help="hits to retrieve")] = 8,
-    mode: Annotated[Mode, typer.Option("--mode", help="retrieval mode")] = Mode.hybrid,
-    backend: Annotated[BackendChoice, typer.Option("--backend", help="local model backend")] = BackendChoice.auto,
+    k: Annotated[int | None, typer.Option("--k", help="hits to retrieve (default: [runtime] k, 8)")] = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="retrieval mode (default: [runtime] mode, hybrid)")] = None,
+    backend: Annotated[
+        BackendChoice | None, typer.Option("--backend", help="local model backend (default: [runtime] backend, auto)")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model name (or GGUF path for llamacpp)")] = None,
     local_only: Annotated[bool, typer.Option("--local-only", help="never escalate")] = False,
     allow_escalation: Annotated[
@@ -157,10 +163,11 @@ def replay(
     from runtime.replay import ReplayOptions, ReplaySession
 
     ws, settings = open_workspace(root)
-    options = ReplayOptions(
+    options = ReplayOptions.from_settings(
+        settings.runtime,
         k=k,
-        mode=mode.value,
-        backend=backend.value,  # type: ignore[arg-type]
+        mode=mode.value if mode else None,
+        backend=backend.value if backend else None,
         model=model,
         local_only=local_only,
         allow_escalation=allow_escalation,

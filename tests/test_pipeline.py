@@ -3,7 +3,7 @@
 Two layers. The first drives the orchestrator with two small real stages defined here (they
 read and write real files in a temp workspace), so every resume/failure path is exercised in
 milliseconds. The second runs the real pipeline (collect, score, exports) on the bundled
-sample workspace; it is skipped until those stages are importable.
+sample workspace.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,75 +21,15 @@ from distill.cli.run_cmd import parse_duration
 from distill.config import Settings as _Settings
 from distill.config import load_settings
 from distill.errors import UsageError
-from distill.jsonl import iter_json, write_jsonl_atomic
-from distill.pipeline import StageSpec, decide_resume, execute_run, run_pipeline
-from distill.receipts import ReceiptBasis, count_categories, latest_run_id, load_receipt, load_summary, receipt_path
+from distill.jsonl import iter_json
+from distill.pipeline import execute_run, pipeline_stages, run_pipeline
+from distill.resume import decide_resume
+from distill.receipts import ReceiptBasis, latest_run_id, load_receipt, load_summary, receipt_path
 from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
 
-# ---------------------------------------------------------------- two small real stages
-
-
-def _upper(ws: Workspace, settings: _Settings, *, miscount: bool = False, stamp: bool = False) -> StageReport:
-    """_kb/in.jsonl -> out/upper.jsonl (text upper-cased); rows without text are quarantined."""
-    src = ws.kb_dir / "in.jsonl"
-    report = StageReport(stage="upper", inputs=[ws.relative(src)])
-    rows, bad = [], []
-    counts = report.source("in")
-    for row in iter_json(src):
-        text = row.get("text") if isinstance(row, dict) else None
-        if not text:
-            counts.bump("quarantined", reason="empty_text")
-            bad.append({"row": row, "reason": "empty_text"})
-            if miscount:
-                counts.quarantined += 1  # a buggy stage: counts one row twice
-            continue
-        counts.bump("written", category=row.get("category", "accepted"))
-        out = {"text": text.upper(), "category": row.get("category", "accepted")}
-        if stamp:
-            out["written_at"] = datetime.now(UTC).isoformat()  # nondeterministic on purpose
-        rows.append(out)
-    target = ws.root / "out" / "upper.jsonl"
-    write_jsonl_atomic(target, rows)
-    write_jsonl_atomic(ws.quarantine_path("upper"), bad)
-    report.outputs = [ws.relative(target), ws.relative(ws.quarantine_path("upper"))]
-    return report.finalize()
-
-
-def _count(ws: Workspace, settings: _Settings) -> StageReport:
-    """out/upper.jsonl -> out/count.jsonl, one row per category."""
-    src = ws.root / "out" / "upper.jsonl"
-    report = StageReport(stage="count", inputs=[ws.relative(src)])
-    cats: dict[str, int] = {}
-    counts = report.source("upper")
-    for row in iter_json(src):
-        counts.bump("written", category=row["category"])
-        cats[row["category"]] = cats.get(row["category"], 0) + 1
-    target = ws.root / "out" / "count.jsonl"
-    write_jsonl_atomic(target, [{"category": k, "n": v} for k, v in sorted(cats.items())])
-    report.outputs = [ws.relative(target)]
-    return report.finalize()
-
-
-def _stages(upper: Callable[..., StageReport] = _upper) -> list[StageSpec]:
-    return [
-        StageSpec(
-            name="upper",
-            run=upper,
-            inputs=lambda ws, s: [ws.kb_dir / "in.jsonl"],
-            outputs=lambda ws, s: [p for p in (ws.root / "out" / "upper.jsonl", ws.quarantine_path("upper")) if p.exists()],
-            config_sections=("collect",),
-            categorize=lambda ws, outs: count_categories(ws, outs, "category", under="out/upper.jsonl"),
-        ),
-        StageSpec(
-            name="count",
-            run=_count,
-            inputs=lambda ws, s: [ws.root / "out" / "upper.jsonl"],
-            outputs=lambda ws, s: [p for p in (ws.root / "out" / "count.jsonl",) if p.exists()],
-            config_sections=("score",),
-        ),
-    ]
+from tests.fixtures_pipeline import _stages, _upper, mini  # noqa: F401 - mini is a fixture
 
 
 def Settings(**sections: object) -> _Settings:  # noqa: N802 - reads like the class it builds
@@ -100,16 +39,6 @@ def Settings(**sections: object) -> _Settings:  # noqa: N802 - reads like the cl
     data: dict[str, object] = {"drift": {"rerun_on_code_change": False}}
     data.update(sections)
     return _Settings.model_validate(data)
-
-
-@pytest.fixture()
-def mini(tmp_path: Path) -> Workspace:
-    ws = Workspace.resolve(tmp_path / "ws")
-    ws.kb_dir.mkdir(parents=True)
-    rows = [{"text": f"row {i}", "category": "accepted" if i % 3 else "partially_accepted"} for i in range(30)]
-    rows.append({"text": ""})
-    (ws.kb_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return ws
 
 
 def _statuses(summary: RunSummary) -> dict[str, str]:
@@ -311,22 +240,9 @@ def test_parse_duration() -> None:
 # ---------------------------------------------------------------- the real pipeline
 
 
-def _real_stages_available() -> bool:
-    try:
-        from distill.collect import run_collect  # noqa: F401
-        from distill.export import run_export  # noqa: F401
-        from distill.score import run_score  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_skip_unbuilt = pytest.mark.skipif(not _real_stages_available(), reason="collect/score/export not importable yet")
-
-
 def real(test: Callable[..., None]) -> Callable[..., None]:
     """The real pipeline on the sample workspace: seconds per run, so marked slow."""
-    return pytest.mark.slow(_skip_unbuilt(test))
+    return pytest.mark.slow(test)
 DATA_STAGES = ["collect", "score", "export-rag", "export-sft", "export-preference"]
 PINNED_TOML = "[drift]\nrerun_on_code_change = false\n"  # see Settings() above
 
@@ -510,14 +426,11 @@ def test_run_pipeline_returns_the_summary(mini: Workspace) -> None:
 
 @pytest.mark.slow
 def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
-    pytest.importorskip("chromadb")
-    pytest.importorskip("sentence_transformers")
-    from distill.pipeline import default_stages
     from tests.fixtures_index import rag_row, write_export
 
     ws = Workspace.resolve(tmp_path / "ws")
     write_export(ws.root, [rag_row(i) for i in range(12)])
-    stages = [s for s in default_stages(include_index=True) if s.name == "index"]
+    stages = [s for s in pipeline_stages(include_index=True) if s.name == "index"]
     first = execute_run(ws, Settings(), stages=stages)
     receipt = first.receipts[0]
     assert receipt.status == "ran" and receipt.passed, receipt.validation.errors
@@ -534,38 +447,3 @@ def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
     fourth = execute_run(ws, Settings(), stages=stages)
     assert fourth.receipts[0].status == "ran" and fourth.summary.overall_passed
     assert (ws.index_dir / "chroma").is_dir()
-
-
-@pytest.mark.slow
-@_skip_unbuilt
-def test_every_repeats_until_interrupted(tmp_path: Path) -> None:
-    """`distill run --every` in a real process: two runs (the second skips), then Ctrl-C."""
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    root = tmp_path / "ws"
-    (root / "_kb").mkdir(parents=True)
-    (root / "distill.toml").write_text(PINNED_TOML)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from distill.cli import main; main()", "run", "--every", "2s", "--no-index", "--root", str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    waits: list[str] = []
-    reader = threading.Thread(target=lambda: waits.extend(line for line in proc.stderr if "next run in" in line))  # type: ignore[union-attr]
-    reader.start()
-    deadline = time.monotonic() + 240
-    while len(waits) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(waits) >= 2, f"rc={proc.poll()}"
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
-    reader.join(timeout=10)
-    assert proc.returncode == 0, stdout
-    ws = Workspace.resolve(root)
-    summaries = [load_summary(ws, rid) for rid in sorted(p.name for p in ws.reports_dir.iterdir() if p.is_dir())]
-    done = [s for s in summaries if s is not None]
-    assert len(done) >= 2
-    assert all(st.status == "skipped" for st in done[1].stages)

@@ -1,47 +1,53 @@
-"""The `distill` command line. Each command lives in its own module and imports its heavy
-dependencies inside the command body, so `distill --help` and light commands start fast."""
+"""The `distill` command line.
+
+Each command lives in its own module with a `register(app)` function, registered under the
+`distill.commands` entry-point group (pyproject.toml); `index` and `runtime` register theirs the
+same way, so `distill` imports neither. Command modules import their heavy dependencies inside
+the command bodies, so `distill --help` and light commands start fast. A registration that is
+missing or broken stops the CLI with a one-line error (exit 2); it never drops a command.
+"""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
-app = typer.Typer(
-    name="distill",
-    help="Agent run logs -> evidence -> scores -> datasets, index and receipts.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+HELP = "Agent run logs -> evidence -> scores -> datasets, index and receipts."
 
 
-@app.callback()
-def _root() -> None:
-    """Agent run logs -> evidence -> scores -> datasets, index and receipts."""
+def build_app() -> typer.Typer:
+    """A typer app with every registered command (raises PluginError when one cannot load)."""
+    from distill.plugins import registered_commands
+
+    app = typer.Typer(
+        name="distill", help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+
+    @app.callback()
+    def _root() -> None:
+        """Agent run logs -> evidence -> scores -> datasets, index and receipts."""
+
+    for _, register in registered_commands():
+        register(app)
+    return app
 
 
-def _register() -> None:
-    from distill.cli import init_cmd
-
-    init_cmd.register(app)
-    for module_name in (
-        "distill.cli.collect_cmd",
-        "distill.cli.score_cmd",
-        "distill.cli.export_cmd",
-        "distill.cli.run_cmd",
-        "distill.cli.receipts_cmd",
-        "distill.cli.index_cmd",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # command not built yet
-            raise
-        module.register(app)
-
-
-_register()
+def __getattr__(name: str) -> Any:
+    """`from distill.cli import app` builds the app on first use (PEP 562), so importing the
+    package never fails on a broken registration; building it does, loudly."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
+    from distill.errors import PluginError
+
+    try:
+        app = build_app()
+    except PluginError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
     app()

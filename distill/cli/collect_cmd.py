@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from distill.cli.common import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 
 
 def register(app: typer.Typer) -> None:

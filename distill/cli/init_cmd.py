@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel
 
-from distill.cli.common import JsonOption, console, emit_json, handle_errors
+from distill.command import JsonOption, console, emit_json, handle_errors
 from distill.errors import UsageError
 from distill.workspace import Workspace
 

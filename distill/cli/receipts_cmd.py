@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distill.cli.common import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from distill.cli.common import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -39,14 +39,18 @@ class _Progress:
         self.out = console()
         self.status: Any = None
 
+    def close(self) -> None:
+        """Stop the spinner (also when a stage was interrupted)."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
     def __call__(self, kind: str, stage: str, detail: str) -> None:
         if kind == "start":
             self.status = self.out.status(f"[bold]{stage}[/] running ({detail})")
             self.status.start()
             return
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        self.close()
         style = {"done": "green", "skip": "cyan", "fail": "bold red", "not_run": "yellow", "unavailable": "dim"}.get(kind, "")
         self.out.print(f"[{style}]{kind:>11}[/] {stage:<18} {detail}", highlight=False)
 
@@ -104,7 +108,11 @@ def register(app: typer.Typer) -> None:
         root: RootOption = None,
         json_out: JsonOption = False,
     ) -> None:
-        """Run collect, score, the exports and the index with receipts; exit 1 when a stage fails."""
+        """Run collect, score, the exports and the index with receipts; exit 1 when a stage fails.
+
+        With --every, Ctrl-C or SIGTERM stops it: between runs with the last run's exit code, during a
+        stage by abandoning that stage (exit 130 / 143; its outputs are crash-safe, the lock is
+        released, and the next run resumes)."""
         from distill.pipeline import execute_run
 
         interval = parse_duration(every) if every else None
@@ -112,14 +120,19 @@ def register(app: typer.Typer) -> None:
         code = 0
         while True:
             started = time.monotonic()
-            result = execute_run(
-                ws,
-                settings,
-                force=force,
-                continue_on_failure=continue_on_failure,
-                include_index=not no_index,
-                on_event=None if json_out else _Progress(),
-            )
+            progress = None if json_out else _Progress()
+            try:
+                result = execute_run(
+                    ws,
+                    settings,
+                    force=force,
+                    continue_on_failure=continue_on_failure,
+                    include_index=not no_index,
+                    on_event=progress,
+                )
+            finally:
+                if progress is not None:
+                    progress.close()
             code = result.exit_code
             if json_out and interval is not None:
                 # one JSON document per line, so a script can follow a repeating run
@@ -134,10 +147,11 @@ def register(app: typer.Typer) -> None:
             if interval is None:
                 raise typer.Exit(code)
             wait = max(0.0, interval - (time.monotonic() - started))
-            err_console().print(f"next run in {wait:.0f}s (Ctrl-C to stop)")
+            err_console().print(f"next run in {wait:.0f}s (Ctrl-C or SIGTERM to stop)")
             try:
                 time.sleep(wait)
             except KeyboardInterrupt:
+                # between runs nothing is in progress: a clean stop with the last run's exit code
                 err_console().print("stopped")
                 raise typer.Exit(code) from None
             # a later run picks up config edits made in between

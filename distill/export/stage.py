@@ -1,0 +1,73 @@
+"""The three export stages of `distill run`: scored runs -> rag / sft / preference datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.config import Settings
+from distill.export.verify import native_path
+from distill.firewall import ExportKind
+from distill.receipts import count_categories
+from distill.records.receipts import FileDigest
+from distill.records.stage import StageReport
+from distill.stage import Stage, existing, files_under
+from distill.workspace import Workspace, iter_partition_files
+
+CARD_NAME = "README.md"
+CARD_OWNER = ExportKind.PREFERENCE
+"""Every export rewrites the dataset card from all three exports; it belongs to the last one
+to run, so the earlier ones do not see it "modified" by their successors."""
+RUN_ORDER: tuple[ExportKind, ...] = (ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE)
+
+
+def _category_of(kind: ExportKind, row: dict[str, object]) -> object:
+    if kind is ExportKind.RAG:
+        return row.get("success_score")
+    if kind is ExportKind.SFT:
+        return row.get("quality_score")
+    return f"{row.get('chosen_category')}>{row.get('rejected_category')}"
+
+
+class ExportStage(Stage):
+    """One dataset behind the contamination firewall (+ its quarantine, views and the card)."""
+
+    config_sections = ("export",)
+
+    def __init__(self, kind: ExportKind) -> None:
+        self.kind = kind
+        self.name = f"export-{kind.value}"
+        position = RUN_ORDER.index(kind)
+        # the card owner must run last; the order among exports has no other meaning
+        self.after = ("score",) + ((f"export-{RUN_ORDER[position - 1].value}",) if position else ())
+
+    def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        benchmarks = [ws.absolute(str(p)) for p in settings.export.benchmark_files]
+        return iter_partition_files(ws.evidence_dir) + iter_partition_files(ws.scored_dir) + benchmarks
+
+    def input_trees(self, ws: Workspace, settings: Settings) -> list[Path]:
+        root = settings.export.repo_root
+        return [ws.absolute(str(root))] if root is not None else []
+
+    def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        found = files_under(ws.exports_dir / self.kind.value)
+        extra = [ws.quarantine_path(self.kind.value)]
+        if self.kind is CARD_OWNER:
+            extra.append(ws.exports_dir / CARD_NAME)
+        return found + existing(*extra)
+
+    def tracks(self, path: str) -> bool:
+        return path != f"exports/{CARD_NAME}" or self.kind is CARD_OWNER
+
+    def run(self, ws: Workspace, settings: Settings) -> StageReport:
+        from distill.export.run import run_export
+
+        return run_export(ws, settings, self.kind)
+
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
+        native = ws.relative(native_path(ws, self.kind))
+        return count_categories(ws, outputs, lambda row: _category_of(self.kind, row), under=native)
+
+
+def export_stages() -> list[Stage]:
+    """The `distill.stages` entry point: one stage per export kind."""
+    return [ExportStage(kind) for kind in RUN_ORDER]

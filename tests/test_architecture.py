@@ -1,0 +1,100 @@
+"""The structure the code promises: layered packages, stages and commands that plug in through entry
+points, and nothing that disappears silently when it is broken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from distill import plugins
+from distill.errors import PluginError
+from distill.stage import Stage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_packages_import_downwards_only() -> None:
+    """runtime -> index -> distill; distill imports neither (pyproject [tool.importlinter])."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--config", str(REPO / "pyproject.toml")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 kept, 0 broken" in done.stdout
+
+
+def test_registered_stages_run_in_dependency_order() -> None:
+    names = [s.name for s in plugins.registered_stages()]
+    assert names == ["collect", "score", "export-rag", "export-sft", "export-preference", "index"]
+
+
+class _Named(Stage):
+    def __init__(self, name: str, after: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.after = after
+
+    def inputs(self, ws, settings):  # type: ignore[no-untyped-def]
+        return []
+
+    def outputs(self, ws, settings):  # type: ignore[no-untyped-def]
+        return []
+
+    def run(self, ws, settings):  # type: ignore[no-untyped-def]
+        raise AssertionError("not run here")
+
+
+def test_order_is_by_dependency_then_name_and_cycles_are_errors() -> None:
+    ordered = plugins.order_stages([_Named("b", ("a",)), _Named("c"), _Named("a"), _Named("d", ("zzz-missing",))])
+    assert [s.name for s in ordered] == ["a", "b", "c", "d"]
+    with pytest.raises(PluginError, match="cycle"):
+        plugins.order_stages([_Named("x", ("y",)), _Named("y", ("x",))])
+    with pytest.raises(PluginError, match="two stages"):
+        plugins.order_stages([_Named("x"), _Named("x")])
+
+
+def _with_entry_point(monkeypatch: pytest.MonkeyPatch, group: str, name: str, value: str) -> None:
+    real = metadata.entry_points
+
+    def entry_points(**kw):  # type: ignore[no-untyped-def]
+        found = list(real(**kw))
+        if kw.get("group") == group:
+            found.append(metadata.EntryPoint(name=name, value=value, group=group))
+        return found
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+
+
+def test_a_broken_command_registration_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_entry_point(monkeypatch, plugins.COMMANDS_GROUP, "broken", "distill.no_such_module:register")
+    with pytest.raises(PluginError, match="broken"):
+        plugins.registered_commands()
+
+
+def test_a_broken_stage_registration_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_entry_point(monkeypatch, plugins.STAGES_GROUP, "broken", "distill.collect:NoSuchStage")
+    with pytest.raises(PluginError, match="broken"):
+        plugins.registered_stages()
+
+
+def test_the_cli_reports_a_broken_registration_in_one_line(tmp_path: Path) -> None:
+    """A stale or broken installation: one line naming the problem, exit 2, no traceback."""
+    code = (
+        "import importlib.metadata as m\n"
+        "real = m.entry_points\n"
+        "def eps(**kw):\n"
+        "    found = list(real(**kw))\n"
+        "    if kw.get('group') == 'distill.commands':\n"
+        "        found.append(m.EntryPoint(name='broken', value='distill.no_such_module:register', group='distill.commands'))\n"
+        "    return found\n"
+        "m.entry_points = eps\n"
+        "import sys; sys.argv = ['distill', '--help']\n"
+        "from distill.cli import main; main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "broken" in done.stderr and "failed to load" in done.stderr
