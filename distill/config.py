@@ -13,9 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-
-class ConfigError(ValueError):
-    """distill.toml or the environment holds an invalid setting; the message says which."""
+from distill.errors import ConfigError
 
 
 class CollectSettings(BaseModel):
@@ -24,7 +22,9 @@ class CollectSettings(BaseModel):
 
 
 class ScoreSettings(BaseModel):
-    scorer_version: str = "1.0.0"
+    scorer_version: str | None = Field(
+        None, min_length=1, description="None: the rules' own version (distill.score_rules.SCORER_VERSION)"
+    )
     mode_latency_partial_s: float = 120.0
     grounded_accept: float = 0.8
     grounded_partial: float = 0.5

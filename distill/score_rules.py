@@ -1,4 +1,4 @@
-"""The deterministic scoring rules, in one place (SPEC "Scoring").
+"""The deterministic scoring rules, in one place (docs/DESIGN.md, "Scoring").
 
 Pure functions of an EvidenceRecord (and the score settings): no I/O, no model calls, no clock.
 Each verdict carries at least one reason a human can read. Where a rule is a lookup (observer

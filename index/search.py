@@ -162,4 +162,7 @@ def open_searcher(
         if model_id != manifest.model_id:  # fail before spending seconds loading a model
             manifest.check_compatible(model_id, manifest.dimension)
         embedder = Embedder(cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
-    return open_index(paths, embedder, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, manifest=manifest)
+    return open_index(
+        paths, embedder, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, search_ef=cfg.hnsw_search_ef,
+        manifest=manifest,
+    )

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from distill.config import Settings
+from distill.config import RuntimeSettings, Settings
 from distill.errors import UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
 from distill.workspace import Workspace
+from index.hits import SearchHit, Searcher
 from runtime.backends import Backend, BackendError, BackendKind, escalation_backend, make_backend
 from runtime.bundle import build_bundle, retrieved_list
 from runtime.gate import validate
@@ -38,6 +39,18 @@ class ReplayOptions:
     no_retrieval: bool = False
     chroma_url: str | None = None
 
+    @classmethod
+    def from_settings(cls, rt: RuntimeSettings, **given: Any) -> ReplayOptions:
+        """Options for one session: what the caller gave (CLI flags), else [runtime] settings.
+        A None value means 'not given'."""
+        chosen = {key: value for key, value in given.items() if value is not None}
+        return cls(
+            k=chosen.pop("k", rt.k),
+            mode=chosen.pop("mode", rt.mode),
+            backend=chosen.pop("backend", rt.backend),
+            **chosen,
+        )
+
     def __post_init__(self) -> None:
         if self.local_only and self.allow_escalation:
             raise UsageError("--local-only and --allow-escalation contradict each other: pick one")
@@ -50,7 +63,7 @@ def task_hash(task: str) -> str:
     return sha256_hex(" ".join(task.split()))
 
 
-def index_staleness(ws: Workspace, searcher: Any = None) -> str | None:
+def index_staleness(ws: Workspace, searcher: Searcher | None = None) -> str | None:
     """A warning when the index manifest is older than the RAG export it should reflect.
 
     The mtime comparison is the cheap test; when the searcher can compare the export's content
@@ -68,8 +81,7 @@ def index_staleness(ws: Workspace, searcher: Any = None) -> str | None:
         return f"no index manifest at {manifest}: run `distill index --root {ws.root}`"
     if index_mtime >= export_mtime:
         return None
-    changed = getattr(searcher, "export_changed", None)
-    if callable(changed) and not changed(ws):
+    if searcher is not None and not searcher.export_changed(ws):
         return None
     return (
         f"the index ({manifest}) is older than {ws.rag_path}: "
@@ -111,7 +123,7 @@ class ReplaySession:
     ws: Workspace
     settings: Settings
     options: ReplayOptions
-    searcher: Any = None
+    searcher: Searcher | None = None
     local: Backend | None = None
     escalation: Backend | None = None
     log: bool = True
@@ -121,7 +133,7 @@ class ReplaySession:
     _staleness_checked: bool = False
 
     # lazily opened resources -------------------------------------------------------------
-    def _searcher(self) -> Any:
+    def _searcher(self) -> Searcher:
         if self.searcher is None:
             from index.search import open_searcher
 
@@ -141,7 +153,7 @@ class ReplaySession:
         return self.local
 
     # one task ------------------------------------------------------------------------------
-    def retrieve(self, task: str) -> list[Any]:
+    def retrieve(self, task: str) -> list[SearchHit]:
         if self.options.no_retrieval:
             return []
         searcher = self._searcher()

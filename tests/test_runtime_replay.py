@@ -247,6 +247,29 @@ def test_cli_json_and_gate_failure_exit_1(ws, ollama_srv) -> None:
     assert run.final_verdict == "failed" and run.retrieval_mode == "none"
 
 
+def test_cli_takes_backend_k_and_mode_from_settings_and_flags_override(ws, ollama_srv, monkeypatch) -> None:
+    """[runtime] backend/k/mode in distill.toml, then DISTILL_RUNTIME__* over it, then flags over both."""
+    write_runtime_config(ws.root, ollama_srv.url)
+    with open(ws.root / "distill.toml", "a") as fh:
+        fh.write('backend = "ollama"\nk = 2\nmode = "bm25"\n')
+    ollama_srv.set_default(Reply(content=GROUNDED_ANSWER))
+
+    def run_of(*flags: str) -> ReplayRun:
+        result = invoke("--root", str(ws.root), "--task", ROUTING_TASK, "--json", *flags)
+        assert result.exit_code in (0, 1), result.output
+        return ReplayRun.model_validate_json(result.stdout)
+
+    from_toml = run_of()
+    assert (from_toml.retrieval_mode, from_toml.k, from_toml.attempts[0].backend) == ("bm25", 2, "ollama")
+    assert len(from_toml.retrieved) == 2
+    monkeypatch.setenv("DISTILL_RUNTIME__MODE", "jaccard")
+    monkeypatch.setenv("DISTILL_RUNTIME__K", "3")
+    from_env = run_of()
+    assert (from_env.retrieval_mode, from_env.k) == ("jaccard", 3)
+    from_flags = run_of("--mode", "dense", "--k", "1")
+    assert (from_flags.retrieval_mode, from_flags.k) == ("dense", 1)
+
+
 def test_cli_backend_unavailable_exit_2(ws) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

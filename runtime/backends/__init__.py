@@ -13,7 +13,7 @@ from runtime.backends.base import Backend, BackendError, Generation, Messages
 
 BackendKind = Literal["auto", "ollama", "openai", "llamacpp"]
 
-__all__ = ["Backend", "BackendError", "BackendKind", "Generation", "Messages", "escalation_backend", "make_backend"]
+__all__ = ["Backend", "BackendError", "BackendKind", "Generation", "Messages", "auto_choice", "escalation_backend", "make_backend"]
 
 
 def make_backend(kind: BackendKind, rt: RuntimeSettings, *, model: str | None = None) -> Backend:
@@ -29,35 +29,30 @@ def make_backend(kind: BackendKind, rt: RuntimeSettings, *, model: str | None = 
             model or rt.openai_model, base_url=rt.openai_base_url, api_key_env=rt.openai_api_key_env, timeout=rt.timeout_s
         )
     if kind == "llamacpp":
-        from runtime.backends.llamacpp_backend import LlamaCppBackend
+        from runtime.backends.llamacpp_backend import EmbeddedPlan, LlamaCppBackend
 
-        gguf = rt.gguf_path
-        if model and gguf is None and model.endswith(".gguf"):
-            from pathlib import Path
-
-            gguf = Path(model)
-        return LlamaCppBackend(
-            gguf,
-            num_ctx=rt.num_ctx,
-            threads=rt.embedded_threads,
-            chat_template=rt.gguf_chat_template,
-            cache_dir=rt.model_cache_dir,
-        )
+        return LlamaCppBackend(EmbeddedPlan.from_settings(rt, model=model))
     if kind == "auto":
-        from runtime.backends import llamacpp_backend, ollama_backend
-
-        if ollama_backend.reachable(rt.ollama_host, rt.ollama_probe_timeout_s):
-            return make_backend("ollama", rt, model=model)
-        if llamacpp_backend.importable():
-            return make_backend("llamacpp", rt, model=model)
-        where = rt.ollama_host or "OLLAMA_HOST (default http://127.0.0.1:11434)"
-        raise BackendError(
-            f"no local model backend: Ollama is not reachable at {where} and the embedded backend is not installed. "
-            f"Start Ollama (`ollama serve`, then `ollama pull {model or rt.ollama_model}`) "
-            "or install the embedded extra (`pip install 'distill[embedded]'`).",
-            backend="auto",
-        )
+        return make_backend(auto_choice(rt, model=model), rt, model=model)
     raise BackendError(f"unknown backend {kind!r} (choose auto, ollama, openai or llamacpp)")
+
+
+def auto_choice(rt: RuntimeSettings, *, model: str | None = None) -> Literal["ollama", "llamacpp"]:
+    """What `auto` means here: Ollama when it answers within ollama_probe_timeout_s, else the
+    embedded backend when installed, else an error that says what to do."""
+    from runtime.backends import llamacpp_backend, ollama_backend
+
+    if ollama_backend.reachable(rt.ollama_host, rt.ollama_probe_timeout_s):
+        return "ollama"
+    if llamacpp_backend.importable():
+        return "llamacpp"
+    where = rt.ollama_host or "OLLAMA_HOST (default http://127.0.0.1:11434)"
+    raise BackendError(
+        f"no local model backend: Ollama is not reachable at {where} and the embedded backend is not installed. "
+        f"Start Ollama (`ollama serve`, then `ollama pull {model or rt.ollama_model}`) "
+        "or install the embedded extra (`pip install 'distill[embedded]'`).",
+        backend="auto",
+    )
 
 
 def escalation_backend(rt: RuntimeSettings) -> Backend:

