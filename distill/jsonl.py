@@ -1,6 +1,6 @@
 """Crash-safe JSONL I/O shared by every stage.
 
-Three guarantees (SPEC invariant 6):
+Three guarantees (docs/DESIGN.md, invariant 6):
 - appends are whole lines written under a file lock, so concurrent writers never interleave;
 - whole-file outputs go to a temporary file in the same directory and are renamed over the
   target, so readers see the old file or the new one, never half of one;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +217,14 @@ def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> in
 def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """Write a whole file through a temp file in the same directory, then rename over `path`.
 
-    On an exception the temp file is removed and `path` is left untouched.
+    On an exception (Ctrl-C and SIGTERM included) the temp file is removed and `path` is left
+    untouched. The temp name is chosen before the file exists, so an interrupt that lands right
+    after the file is created still knows what to remove. Mode 0644 (less the umask), like appends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

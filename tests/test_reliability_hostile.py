@@ -28,7 +28,7 @@ from distill.records import QuarantineReason
 from distill.score import run_score
 from distill.workspace import Workspace
 from tests.export_helpers import AWS_KEY, AWS_SECRET, GITHUB_TOKEN, PRIVATE_KEY_BLOCK, SLACK_TOKEN, STRIPE_KEY
-from tests.fixtures_reliability import DISTILL, REPO, cli_env
+from tests.fixtures_reliability import REPO, cli_env
 
 OPENSSH_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"

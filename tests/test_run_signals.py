@@ -1,0 +1,120 @@
+"""`distill run --every` stops on SIGTERM, and on SIGINT where SIGINT is not ignored, within 5 s,
+whether the signal lands during a stage or during the wait, and leaves no lock behind.
+
+The child's signal dispositions are set explicitly (preexec_fn), so the test does not depend on
+how pytest itself was started (a job started in the background of a script inherits SIGINT as
+ignored). Every child is killed and reaped whatever happens, and its output goes to a file, so
+nothing blocks on a pipe nobody reads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from filelock import FileLock, Timeout
+
+from tests.fixtures_reliability import DISTILL, REPO, SAMPLE_KB, cli_env, jsonl_problems, run_cli, tree_bytes
+
+STOP_WITHIN_S = 5.0
+ROUNDS = 20
+PINNED_TOML = "[drift]\nrerun_on_code_change = false\n"
+
+
+def _dispositions(sigint: int) -> Callable[[], None]:
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return preexec
+
+
+def _wait_for(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if needle in log.read_text(errors="replace"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _lock_is_free(root: Path) -> bool:
+    try:
+        with FileLock(str(root / "reports" / "run.lock")).acquire(timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
+def _workspace(root: Path) -> Path:
+    (root / "_kb").mkdir(parents=True)
+    for f in sorted(SAMPLE_KB.glob("*.jsonl")):
+        shutil.copyfile(f, root / "_kb" / f.name)
+    (root / "distill.toml").write_text(PINNED_TOML)
+    return root
+
+
+# (signal to send, SIGINT disposition in the child, where the signal lands)
+SCHEDULE = [
+    (signal.SIGTERM if i % 2 == 0 else signal.SIGINT,
+     signal.SIG_IGN if i % 4 == 0 else signal.SIG_DFL,
+     "wait" if i % 5 == 4 else "stage")
+    for i in range(ROUNDS)
+]
+
+
+@pytest.mark.slow
+def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws")
+    outcomes: list[str] = []
+    for n, (signum, sigint, where) in enumerate(SCHEDULE):
+        if sigint == signal.SIG_IGN and signum == signal.SIGINT:
+            signum = signal.SIGTERM  # an ignored SIGINT must not stop it: that is the point of SIGTERM
+        log = tmp_path / f"run{n}.log"
+        # --force keeps every run doing real work (a signal lands inside a stage); a long interval
+        # without --force makes the signal land in the wait
+        args = ["run", "--no-index", "--root", str(root), "--every", "1s" if where == "stage" else "60s"]
+        if where == "stage":
+            args.append("--force")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [*DISTILL, *args], cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_dispositions(sigint),
+            )
+        try:
+            # a stage has finished (so the next one is running), or the first wait has begun
+            needle = "done " if where == "stage" else "next run in"
+            assert _wait_for(log, needle, proc, timeout=120), log.read_text(errors="replace")
+            time.sleep(0.1 * (n % 7))  # spread the moment over the stage in progress
+            sent = time.monotonic()
+            proc.send_signal(signum)
+            try:
+                code = proc.wait(timeout=STOP_WITHIN_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"round {n}: {signal.Signals(signum).name} did not stop the run within {STOP_WITHIN_S}s")
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, text
+        assert _lock_is_free(root), f"round {n}: reports/run.lock still held"
+        assert not list(root.rglob("*.tmp")), f"round {n}: temporary files left behind"
+        assert code in (0, 1, 130, 143), (n, code, text)
+        outcomes.append(f"{signal.Signals(signum).name}/{where}: exit {code} in {took:.2f}s")
+    print("\n".join(outcomes))  # shown with -s: how each round ended
+    # every way of stopping was exercised, including abandoning a stage in progress
+    assert any("exit 143" in o for o in outcomes) and any("exit 130" in o for o in outcomes), outcomes
+    # whatever was abandoned, the next run resumes and produces the exports a clean run produces
+    done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    clean = _workspace(tmp_path / "clean")
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(clean)]).returncode == 0
+    assert tree_bytes(root / "exports") == tree_bytes(clean / "exports")
+    assert jsonl_problems(root / "evidence") == [] and jsonl_problems(root / "exports") == []
