@@ -1,4 +1,4 @@
-"""Crash-safety harness (SPEC invariant 6): SIGKILL `distill export all` and `replay` at random
+"""Crash-safety harness (docs/DESIGN.md, invariant 6): SIGKILL `distill export all` and `replay` at random
 points, resume, and check nothing was lost, duplicated or left torn.
 
 Export trials: a small workspace built from data/sample (collect + score once). A reference

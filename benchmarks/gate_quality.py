@@ -13,7 +13,6 @@ Results: benchmarks/results/gate_quality[_quick].json, .md, .png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path

@@ -12,7 +12,7 @@ files line by line, parses each with orjson (the library distill.jsonl uses), se
 and writes it out through distill.jsonl. After the measured run, the slowest stage is run once
 more on the same data under pyinstrument; its profile is saved next to the results.
 
-Targets (SPEC "Benchmarks", issue 7) at N = 1,000,000: whole pipeline <= 4x the raw baseline,
+Targets at N = 1,000,000: whole pipeline <= 4x the raw baseline,
 peak RSS <= 1 GiB. The JSON records both, met or not.
 Results: benchmarks/results/pipeline[_quick].json, .md, _stages.png, _profile_<stage>.txt.
 """
@@ -249,7 +249,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"- peak RSS (largest stage): **{t['peak_rss_bytes'] / 2**20:,.0f} MiB** ({t['peak_rss_stage']}) "
         f"— target <= 1 GiB: **{'met' if t['rss_met'] else 'missed'}** at N = {r['rows']:,}",
         f"- slowest stage: {r['slowest_stage']}; profile: `{r.get('profile_txt') or 'not taken'}`",
-        *([f"- projected at 1,000,000 rows (linear in N from this run, not measured): "
+        *(["- projected at 1,000,000 rows (linear in N from this run, not measured): "
            + ", ".join(f"{s} {p['cpu_s'] / 60:,.0f} CPU-min / {p['peak_rss_bytes'] / 2**30:,.1f} GiB"
                        for s, p in r["projection_1m"].items())] if r.get("projection_1m") else []),
         f"- target size 1,000,000 rows: {'run' if r['rows'] >= 1_000_000 else 'NOT run at this size (' + r['rows_note'] + ')'}",

@@ -153,7 +153,7 @@ def markdown(r: dict) -> str:
     if r.get("note"):
         lines += ["", f"Note: {r['note']}"]
     if r.get("reference"):
-        lines += ["", f"Reference: BM25 nDCG@10 on SciFact is 0.665 in the BEIR paper; hybrid target 0.70."]
+        lines += ["", "Reference: BM25 nDCG@10 on SciFact is 0.665 in the BEIR paper; hybrid target 0.70."]
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ def sha256_hex(data: bytes | str) -> str:
 
 
 def sig_hash(row: Any) -> str:
-    """sha256 of the canonical JSON of a source row (SPEC: provenance.sig_hash)."""
+    """sha256 of the canonical JSON of a source row (provenance.sig_hash, docs/DESIGN.md)."""
     return sha256_hex(canonical_json(row))
 
 

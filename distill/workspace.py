@@ -1,4 +1,4 @@
-"""The workspace layout (SPEC "The workspace"): every path a stage reads or writes."""
+"""The workspace layout (docs/DESIGN.md, "The workspace"): every path a stage reads or writes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Trainer-ready views of the native exports: TRL and OpenAI fine-tuning JSONL.
 
-The native files (SPEC paths) are the ledger: append-only, content-addressed ids, full
+The native files (the paths in docs/DESIGN.md) are the ledger: append-only, content-addressed ids, full
 provenance. The views are rendered whole from them on every export (atomic rename), so they
 are byte-identical for identical native files. View rows hold only what trainers read;
 provenance sits in a sidecar next to each view, one row per view line, same order
@@ -42,7 +42,7 @@ _SPEAKER = {"user": "Human", "assistant": "Assistant"}
 
 
 def view_paths(ws: Workspace, kind: str, fmt: str) -> dict[str, Path]:
-    """Files a (kind, format) view writes: name -> path. native: the SPEC file itself."""
+    """Files a (kind, format) view writes: name -> path. native: the dataset file itself."""
     base = ws.exports_dir
     if fmt == "native":
         native = {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}
