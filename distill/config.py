@@ -62,9 +62,9 @@ class RuntimeSettings(BaseModel):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key_env: str = "OPENAI_API_KEY"
-    gguf_path: Path | None = Field(None, description="None: the GGUF packaged on PyPI")
+    gguf_path: Path | None = Field(None, description="local GGUF for the embedded backend; None: packaged Qwen2.5-Coder-0.5B")
     gguf_chat_template: str | None = Field(
-        None, description="llama.cpp built-in template name; None: the GGUF's own (gemma for the packaged one)"
+        None, description="a llama.cpp built-in chat template name; None: the GGUF's own"
     )
     model_cache_dir: Path | None = Field(None, description="None: ~/.cache/distill/models")
     embedded_threads: int | None = Field(None, ge=1, description="None: every CPU core")
@@ -79,8 +79,12 @@ class RuntimeSettings(BaseModel):
     max_validation_steps: int = Field(10, ge=0)
     item_max_chars: int = Field(2000, ge=100, description="one retrieved text is cut to this before budgeting")
     chars_per_token: float = Field(3.0, gt=0, description="conservative estimate used by the prompt budget")
-    escalation_backend: Literal["ollama", "openai", "llamacpp"] = "openai"
-    escalation_model: str = "gpt-4o"
+    escalation_backend: Literal["ollama", "openai", "llamacpp"] = "llamacpp"
+    escalation_model: str | None = Field(
+        None,
+        description="llamacpp: a GGUF path or a packaged key (None: packaged Qwen2.5-Coder-1.5B); "
+        "ollama/openai: the model name (required)",
+    )
     escalation_base_url: str | None = Field(None, description="None: openai_base_url")
 
 
@@ -98,6 +102,14 @@ class GateSettings(BaseModel):
         le=1,
         description="fail when more than this fraction of the answer's word n-grams repeat the task or the "
         "prompt's fixed instructions (n-grams also found in retrieved bundle text are not counted)",
+    )
+    min_word_support: float = Field(
+        0.2, ge=0, le=1,
+        description="support: share of the answer's specific content beyond the task (words weighted by rarity) "
+        "that must appear in the retrieved bundle (chosen on the PubMedQA dev split)",
+    )
+    min_identifier_support: float = Field(
+        0.5, ge=0, le=1, description="support: share of the code identifiers the answer names that must appear there"
     )
     hedging_phrases: list[str] = Field(
         default_factory=lambda: [

@@ -134,6 +134,24 @@ def show_run(run: ReplayRun, log_path: Path) -> None:
     out.print(f"logged to: {log_path}", highlight=False)
 
 
+def run_check(path: Path, root: Path | None) -> None:
+    """`replay --check`: one JSON line per answer on stdout, exit 0 all passed / 1 any failed / 2 bad lines."""
+    from distill.config import load_settings
+    from distill.jsonl import dumps
+    from distill.workspace import Workspace
+    from runtime.check import check_file
+
+    settings = load_settings(Workspace.resolve(root).root)  # a missing root: defaults and DISTILL_* env
+    failed = bad = 0
+    for verdict in check_file(path, settings.gate):
+        row = verdict.model_dump(mode="json", exclude_none=True)
+        sys.stdout.write(dumps(row).decode() + "\n")
+        bad += verdict.error is not None
+        failed += not verdict.passed
+    sys.stdout.flush()
+    raise typer.Exit(2 if bad else (1 if failed else 0))
+
+
 @app.command()
 @handle_errors
 def replay(
@@ -155,11 +173,23 @@ def replay(
     no_retrieval: Annotated[
         bool, typer.Option("--no-retrieval", help="baseline: answer without retrieved context")
     ] = False,
+    check: Annotated[
+        Path | None,
+        typer.Option("--check", help='gate answers from any system: JSONL {"id","task","answer","context":[{"id","text"}]}'),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Retrieve, assemble a bundle, ask the local model, gate the answer, escalate if allowed, log the run."""
+    """Retrieve, assemble a bundle, ask the local model, gate the answer, escalate if allowed, log the run.
+
+    With --check FILE.jsonl: only the gate, on given answers and their context (no retrieval, no
+    model, nothing logged); one JSON line per answer; exit 0 when every answer passed, else 1."""
+    if check is not None:
+        if task is not None or tasks_file is not None:
+            raise UsageError("--check runs the gate alone: give it without --task / --tasks-file")
+        run_check(check, root)
+        return
     if (task is None) == (tasks_file is None):
-        raise UsageError("give exactly one of --task TEXT or --tasks-file FILE.jsonl")
+        raise UsageError("give exactly one of --task TEXT, --tasks-file FILE.jsonl or --check FILE.jsonl")
     from runtime.replay import ReplayOptions, ReplaySession
 
     ws, settings = open_workspace(root)

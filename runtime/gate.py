@@ -1,8 +1,10 @@
 """The validation gate: deterministic checks on a model's answer, never a model call.
 
 `validate` is a pure function of (answer, bundle, task, thresholds). Each check says pass or fail
-and why, so a failed run in the log explains itself. It is structural, not semantic: it catches
-empty, hedged, placeholder, ungrounded and prompt-echo answers, not plausible-but-wrong ones.
+and why, so a failed run in the log explains itself. It catches empty, hedged, placeholder,
+ungrounded and prompt-echo answers, and, through `support`, fabrication: an answer whose figures,
+code identifiers or content words are not in the retrieved bundle or the task is not accepted
+because it is fluent. It cannot tell a plausible answer drawn from the evidence from a right one.
 """
 
 from __future__ import annotations
@@ -121,9 +123,11 @@ def check_grounding(output: str, bundle: ContextBundle, task: str, *, require_ci
     return _check("grounding", True, f"all {len(paths)} cited paths and {len(ids)} cited ids appear in the bundle or task")
 
 
-def check_checklist(output: str, bundle: ContextBundle, min_overlap: float) -> GateCheck:
+def check_checklist(output: str, bundle: ContextBundle, min_overlap: float, task: str = "") -> GateCheck:
     if not bundle.validation_steps:
         return _check("checklist_overlap", True, "skipped: the bundle has no validation steps")
+    if task_options(task):
+        return _check("checklist_overlap", True, "skipped: the task asks to choose an option, not to review or fix")
     wanted = set().union(*(content_tokens(s) for s in bundle.validation_steps))
     if not wanted:
         return _check("checklist_overlap", True, "skipped: the validation steps have no content words")
@@ -169,19 +173,216 @@ def check_echo(output: str, bundle: ContextBundle, task: str, *, n: int, max_fra
     return _check("echo", ratio <= max_fraction, reason)
 
 
-# The prompt's delimiters exactly as runtime.prompt writes them: lowercase tags, attributes allowed.
-_PROMPT_MARKUP = re.compile(r"</?(task|retrieved|checklist)(?:\s[^<>]*)?>")
+# The prompt's own scaffolding as runtime.prompt writes it (reference headings, the checklist heading,
+# the question line), and the tags of the layout it replaced.
+_PROMPT_MARKUP = re.compile(
+    r"</?(task|retrieved|checklist)(?:\s[^<>]*)?>"  # tags of earlier prompt layouts
+    r"|^\s*(Reference \d+ \((?:accepted|partially accepted)|Checklist \[|Question:|> title:)",  # this layout's own lines
+    re.MULTILINE,
+)
 
 
-def check_prompt_markup(output: str) -> GateCheck:
-    """Fail an answer that reproduces the prompt's own delimiters (<task>, <retrieved ...>,
-    <checklist ...>): the model is replaying its prompt, often loosely enough (paraphrased rules,
-    a repeated <task> tag) that n-gram echo matching misses it. Retrieved text cannot supply these
-    tags: the prompt neutralises look-alikes inside it."""
-    found = sorted({m.group(1) for m in _PROMPT_MARKUP.finditer(output)})
+def check_prompt_markup(output: str, nonce: str | None = None) -> GateCheck:
+    """Fail an answer that reproduces the prompt's own scaffolding (its tags or marker lines, or the
+    prompt's nonce): the model is replaying its prompt, often loosely enough (paraphrased rules, a
+    repeated marker) that n-gram echo matching misses it. Retrieved text cannot supply these: the
+    prompt neutralises look-alikes inside it and removes the nonce from it."""
+    found = sorted({(m.group(1) or m.group(2)).strip() for m in _PROMPT_MARKUP.finditer(output)})
+    if nonce and nonce in output:
+        found.append("nonce")
     if found:
-        return _check("prompt_markup", False, f"the answer reproduces the prompt's own tags: {_quote(f'<{t}>' for t in found)}")
+        return _check("prompt_markup", False, f"the answer reproduces the prompt's own markup: {_quote(found)}")
     return _check("prompt_markup", True, "no prompt markup in the answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# support: is the answer's content in the evidence (the bundle and the task)?
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s?%)?")
+_LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*+]|#+)\s+", re.MULTILINE)
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_IDENTIFIER = re.compile(
+    r"\b[A-Za-z_][A-Za-z0-9_]+(?:\.[A-Za-z_][A-Za-z0-9_]+)+\b(?!\.)"  # dotted.name (parts of 2+ characters)
+    r"|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"  # snake_case
+    r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+\b"  # CamelCase (each hump has lower-case letters)
+    r"|\b[a-z]+[A-Z][a-z0-9]+[A-Za-z0-9]*\b"  # camelCase
+    r"|\b[A-Za-z_][A-Za-z0-9_]*(?=\()"  # a call
+)
+_WEB_SUFFIX = re.compile(r"\.(?:com|org|net|gov|edu|io|dev|ai|co|uk|de)$", re.IGNORECASE)
+SMALL_NUMBERS = 10
+"""Bare integers up to this (counts, steps, list items) are not checked as figures."""
+_GENERIC = frozenset(
+    """about above across actual after again against also although always among answer another
+    because been before being below best better between both bring change changes code could does
+    doing done down during each either else enough ever every example fact file files first fix fixed
+    following from further given good have having here however into just keep kind know last least
+    less like likely line lines make makes many means more most much must need needs never next none
+    often only order other otherwise over part patch please point problem rather really right same
+    second several shall should show shows since some something still such sure take than that their
+    them then there these they thing things third this those though through thus under until upon
+    used uses using very want well were what when where whether which while whole will with within
+    without would your yes no maybe also true false step steps result results""".split()
+)
+
+
+COMMON_ZIPF = 5.5
+RARE_ZIPF = 2.5
+MIN_SPECIFIC_WEIGHT = 1.0
+
+
+@lru_cache(maxsize=65536)
+def specificity(word: str) -> float:
+    """How much a word says about content, from its frequency in general English (wordfreq's Zipf
+    scale): 0 for everyday words ("important", "data", "found"), 1 for rare or technical ones
+    ("epinephrine", "batcher"), linear in between. Generic words carry no claim to support."""
+    from wordfreq import zipf_frequency
+
+    return min(1.0, max(0.0, (COMMON_ZIPF - zipf_frequency(word, "en")) / (COMMON_ZIPF - RARE_ZIPF)))
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> object:
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def _stems(words: Iterable[str]) -> list[str]:
+    return _stemmer().stemWords(list(words))  # type: ignore[attr-defined]
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z][a-z]{3,}", text.lower()) if w not in _STOPWORDS and w not in _GENERIC]
+
+
+def _figure(raw: str) -> str:
+    return raw.replace(" ", "").replace(",", "").lstrip("+")
+
+
+def figures_in(text: str) -> list[str]:
+    """The figures a text states: numbers (with their % sign), list markers, paths and ids left out."""
+    text = _LIST_MARKER.sub(" ", _URL.sub(" ", text))
+    text = _PATH.sub(" ", text)
+    text = _RECORD_ID.sub(" ", text)
+    out: list[str] = []
+    for m in _NUMBER.finditer(text):
+        fig = _figure(m.group(0))
+        bare = fig.lstrip("-")
+        if bare.isdigit() and int(bare) <= SMALL_NUMBERS:
+            continue
+        if fig not in out:
+            out.append(fig)
+    return out
+
+
+def identifiers_in(text: str) -> list[str]:
+    """Code identifiers an answer names: `code spans`, dotted.names, snake_case, CamelCase, calls."""
+    found: list[str] = []
+    for m in _CODE_SPAN.finditer(text):
+        span = m.group(1).strip()
+        if span and len(span) <= 80 and not _PATH.fullmatch(span) and span not in found:
+            found.append(span)
+    for m in _IDENTIFIER.finditer(_PATH.sub(" ", _URL.sub(" ", _CODE_SPAN.sub(" ", text)))):
+        ident = m.group(0)
+        if _WEB_SUFFIX.search(ident):
+            continue  # a domain name in prose (ClinicalTrials.gov), not code
+        if ident not in found and ident.lower() not in _STOPWORDS:
+            found.append(ident)
+    return found
+
+
+def evidence_text(bundle: ContextBundle, task: str) -> str:
+    """Everything an answer may draw on: the task and every retrieved text, title, file and step."""
+    return _bundle_text(bundle, task)
+
+
+def check_support(
+    output: str, bundle: ContextBundle, task: str, *, min_word_support: float, min_identifier_support: float
+) -> GateCheck:
+    """The answer's content must come from the evidence: every figure it states and most of the code
+    identifiers it names must appear in the task or the bundle, and of its specific content words
+    (weighted by how rare they are in general English) beyond those of the task, at least
+    `min_word_support` must appear in the bundle. A fluent answer about something else, one with its
+    figures changed, or one written without retrieval from the model's own memory does not pass."""
+    evidence = evidence_text(bundle, task)
+    evidence_figures = set(figures_in(evidence)) | {f.lstrip("-") for f in figures_in(evidence)}
+    missing_figures = [f for f in figures_in(output) if f not in evidence_figures and f.lstrip("-") not in evidence_figures]
+    idents = identifiers_in(output)
+    lowered = evidence.lower()
+    missing_idents = [i for i in idents if i.lower() not in lowered]
+    # words the task already holds are not claims of the answer's own; the rest, weighted by how
+    # specific they are, must be found in the retrieved evidence
+    task_stems = set(_stems(_content_words(task)))
+    evidence_stems = set(_stems(_content_words(evidence)))
+    words = list(dict.fromkeys(_content_words(output)))  # each distinct word once: repetition is no evidence
+    claimed = [(w, s) for w, s in zip(words, _stems(words), strict=True) if s not in task_stems]
+    weights = [(w, s, specificity(w)) for w, s in claimed]
+    total = sum(wt for _, _, wt in weights)
+    found = sum(wt for _, s, wt in weights if s in evidence_stems)
+    # below one rare word's worth of its own content an answer makes no specific claim to check
+    word_ratio = found / total if total >= MIN_SPECIFIC_WEIGHT else 1.0
+    ident_ratio = 1 - len(missing_idents) / len(idents) if idents else 1.0
+    problems: list[str] = []
+    if missing_figures:
+        problems.append(f"figures not in the evidence: {_quote(missing_figures)}")
+    if ident_ratio < min_identifier_support:
+        problems.append(
+            f"{len(missing_idents)}/{len(idents)} code identifiers not in the evidence (e.g. {_quote(missing_idents, 4)})"
+        )
+    if word_ratio < min_word_support:
+        unsupported = [w for w, s, wt in sorted(weights, key=lambda x: -x[2]) if s not in evidence_stems and wt > 0]
+        problems.append(
+            f"{word_ratio:.0%} of the answer's specific content beyond the task is in the evidence "
+            f"(need {min_word_support:.0%}); unsupported e.g. {_quote(list(dict.fromkeys(unsupported)), 6)}"
+        )
+    if problems:
+        return _check("support", False, "; ".join(problems))
+    return _check(
+        "support", True,
+        f"{word_ratio:.0%} of the specific content beyond the task, {len(idents) - len(missing_idents)}/{len(idents)} "
+        "identifiers and every figure are in the evidence",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# answer form: what the task asks for (one of its options, a file path) is what the answer gives
+
+_OPTIONS = re.compile(
+    r"\b(?:answer|reply|respond|choose|pick|one of|one word)\b[^.\n]{0,40}?\b([a-z]+(?:\s*,\s*[a-z]+)*,?\s+or\s+[a-z]+)\b"
+)
+_ASKS_FOR_FILE = re.compile(r"\b(?:which|what) (?:source )?files?\b|\bthe file path\b|\banswer with the (?:file )?path\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+def task_options(task: str) -> list[str]:
+    """The options a task asks the answer to choose from ('Answer yes, no or maybe', 'reply with one
+    word: low, medium or high'), when it asks for one; otherwise []."""
+    for m in _OPTIONS.finditer(task.lower()):
+        words = [w for w in re.split(r"\s*,\s*|\s+or\s+", m.group(1)) if w]
+        if len(words) >= 2 and all(len(w) <= 12 for w in words) and len(set(words)) == len(words):
+            return words
+    return []
+
+
+def check_answer_form(output: str, task: str) -> GateCheck:
+    """A task that offers options gets exactly one of them, first (copying 'yes, no or maybe' back is
+    not a decision); a task that asks which file gets a file path."""
+    options = task_options(task)
+    if options:
+        first_sentence = _SENTENCE_END.split(output.strip(), maxsplit=1)[0].lower()
+        words = re.findall(r"[a-z]+", first_sentence)
+        chosen = next((w for w in words[:5] if w in options), None)
+        if chosen is None:
+            return _check("answer_form", False, f"the answer does not open with one of {_quote(options)}")
+        others = sorted({w for w in words if w in options and w != chosen})
+        if others:
+            return _check("answer_form", False, f"the first sentence names {chosen!r} and also {_quote(others)}: no single decision")
+        return _check("answer_form", True, f"decides {chosen!r}")
+    if _ASKS_FOR_FILE.search(task):
+        if not cited_paths(output):
+            return _check("answer_form", False, "the task asks for a file and the answer names no file path")
+        return _check("answer_form", True, f"names {cited_paths(output)[0]!r}")
+    return _check("answer_form", True, "skipped: the task asks for no particular form")
 
 
 def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettings) -> GateResult:
@@ -222,8 +423,15 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
         )
     )
 
-    checks.append(check_checklist(text, bundle, settings.min_checklist_overlap))
+    checks.append(check_checklist(text, bundle, settings.min_checklist_overlap, task))
     checks.append(check_grounding(text, bundle, task, require_citation=settings.require_citation))
     checks.append(check_echo(text, bundle, task, n=settings.echo_ngram, max_fraction=settings.max_echo_fraction))
-    checks.append(check_prompt_markup(text))
+    checks.append(check_prompt_markup(text, bundle.nonce))
+    checks.append(check_answer_form(text, task))
+    checks.append(
+        check_support(
+            text, bundle, task,
+            min_word_support=settings.min_word_support, min_identifier_support=settings.min_identifier_support,
+        )
+    )
     return GateResult(passed=all(c.passed for c in checks), checks=checks)

@@ -89,9 +89,11 @@ def index_staleness(ws: Workspace, searcher: Searcher | None = None) -> str | No
     )
 
 
-def _attempt(
+def run_attempt(
     backend: Backend, prompt: Prompt, task: str, settings: Settings, *, escalation: bool
 ) -> Attempt:
+    """One model call on the prompt and the gate on its answer; a backend failure is an attempt with
+    its error, never an exception."""
     rt = settings.runtime
     try:
         gen = backend.generate(
@@ -196,7 +198,7 @@ class ReplaySession:
                 Attempt(backend=exc.backend or self.options.backend, model=self.options.model or "-", error=str(exc))
             )
         else:
-            attempts.append(_attempt(local, prompt, task, self.settings, escalation=False))
+            attempts.append(run_attempt(local, prompt, task, self.settings, escalation=False))
         t3 = time.perf_counter()
         timings["local"] = (t3 - t2) * 1000
 
@@ -206,10 +208,10 @@ class ReplaySession:
             try:
                 if self.escalation is None:
                     self.escalation = escalation_backend(rt)
-                attempts.append(_attempt(self.escalation, prompt, task, self.settings, escalation=True))
+                attempts.append(run_attempt(self.escalation, prompt, task, self.settings, escalation=True))
             except BackendError as exc:
                 attempts.append(
-                    Attempt(backend=rt.escalation_backend, model=rt.escalation_model, error=str(exc), escalation=True)
+                    Attempt(backend=rt.escalation_backend, model=rt.escalation_model or "-", error=str(exc), escalation=True)
                 )
             timings["escalation"] = (time.perf_counter() - t3) * 1000
 

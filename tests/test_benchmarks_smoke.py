@@ -77,17 +77,45 @@ def test_scaled_generator_writes_exactly_n_rows(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_escalation_quick(tmp_path: Path) -> None:
-    run_suite("escalation.py", tmp_path)
+    """The suite contract end to end on the real 0.5B (local only: the strong model is the full run's)."""
+    proc = run_suite("escalation.py", tmp_path, "--local-only", "--json", timeout=900)
     data = check_outputs(tmp_path, "escalation_quick", ["escalation_quick_rates.png", "escalation_quick_rounds.png"])
+    printed = json.loads(proc.stdout)
+    for cond in ("retrieval", "no_retrieval"):
+        for key in ("n", "escalation_rate", "system_accuracy", "gate_precision", "false_accept", "false_reject"):
+            assert key in printed["conditions"][cond], (cond, key)
     assert {r["condition"] for r in data["runs"]} == {"retrieval", "no_retrieval"}
-    families = {"sample", "pubmedqa"} if (REPO.parent / "shared" / "datasets" / "pubmedqa_pqal").is_dir() else {"sample"}
-    assert {r["family"] for r in data["runs"]} == families
+    assert {r["family"] for r in data["runs"]} == {"pubmedqa", "swebench", "sample"}
     for run in data["runs"]:
         assert run["prompt_tokens"] and run["latency_ms"] > 0
         if run["condition"] == "no_retrieval":
             assert run["retrieved"] == 0
-    assert data["rounds"][0]["round"] == 1
-    assert data["strong"]["configured"] in (True, False)
+    assert data["local_only"] and data["rounds"][0]["round"] == 1
+
+
+def test_suites_have_the_contract_form(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks import suites
+
+    for fam, n in (("pubmedqa", 6), ("swebench", 4)):
+        tasks, corpus = suites.load_suite(suites.build(fam, n, tmp_path / fam))
+        assert len(tasks) == n and corpus
+        for t in tasks:
+            assert {"id", "task", "gold", "judge", "family"} <= set(t)
+        test_ids = {t["id"] for t in tasks}
+        dev, _ = suites.load_suite(suites.build(fam, n, tmp_path / f"{fam}-dev", split="dev"))
+        assert test_ids.isdisjoint({t["id"] for t in dev})  # tuning never sees the reported tasks
+
+
+def test_judges() -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.escalation import judge
+
+    yes = {"judge": "choice", "gold": "yes", "choices": ["yes", "no", "maybe"]}
+    assert judge(yes, "**Yes** - the trial shows it") and not judge(yes, "No, it does not") and not judge(yes, "")
+    path = {"judge": "path", "gold": ["django/db/models/query.py"]}
+    assert judge(path, "Change django/db/models/query.py: the filter is wrong") and not judge(path, "Change query.py in models")
+    assert judge({"judge": "contains", "gold": ["flush"]}, "call Flush first") and judge({"judge": "exact", "gold": "A b"}, " a  B ")
 
 
 def test_routing_curve_math() -> None:

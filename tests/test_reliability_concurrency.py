@@ -79,7 +79,7 @@ def test_eight_replay_writers_times_one_hundred_runs_give_800_whole_lines(tmp_pa
 
     def answer(body: dict) -> Reply:
         user = body["messages"][-1]["content"]
-        tag = user.split("#")[-1].split("<")[0].strip()
+        tag = user.split("#")[-1].split("\n")[0].strip()  # the task is the prompt's "Question: ..." line
         return Reply(content=f"Verify writer task {tag}: check the fallback path. " * (40 + 3 * (hash(tag) % 60)))
 
     with OllamaLoopback() as srv:

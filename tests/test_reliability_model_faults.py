@@ -32,8 +32,8 @@ from tests.ollama_server import OllamaLoopback, Reply
 from tests.openai_server import ChatReply, OpenAILoopback
 
 TASK = "Audit provider routing in the gateway: does the router fall back when the provider times out?"
-ANSWER = ("The router falls back to openrouter when the primary provider times out, and every request "
-          "carries the provider header.")  # cites no path: there is no retrieved bundle to ground one
+ANSWER = ("Yes: when the provider times out, the router in the gateway falls back, so provider routing keeps "
+          "working.")  # supported by the task alone: there is no retrieved bundle to ground anything else
 TIMEOUT_S = 2.0
 SLACK_S = 2.5  # client start-up and connection set-up on a loaded 2-core machine
 

@@ -42,7 +42,8 @@ def test_grounded_answer_passes_every_check() -> None:
     result = validate(GOOD, BUNDLE, TASK, GateSettings())
     assert result.passed, result
     assert [c.name for c in result.checks] == [
-        "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo", "prompt_markup"
+        "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo", "prompt_markup",
+        "answer_form", "support",
     ]
     assert all(c.reason for c in result.checks)
     assert "appear in the bundle" in checks(result)["grounding"].reason
@@ -164,7 +165,8 @@ def test_echo_without_a_checklist_is_caught_by_the_echo_checks_only() -> None:
     # n-grams, and the prompt's own tags it reproduces) catch it
     answer = _prompt_echo(TASK, ContextBundle(), 0)
     result = validate(answer, ContextBundle(), TASK, GateSettings())
-    assert [c.name for c in result.checks if not c.passed] == ["echo", "prompt_markup"]
+    failed = [c.name for c in result.checks if not c.passed]
+    assert "echo" in failed and not {"length", "hedging", "placeholders", "grounding"} & set(failed)
 
 
 def test_quoting_retrieved_text_that_the_task_also_contains_is_not_echo() -> None:
@@ -209,10 +211,91 @@ def test_replayed_prompt_markup_fails_even_when_paraphrased() -> None:
     )
     result = validate(answer, ContextBundle(), TASK, GateSettings())
     c = checks(result)["prompt_markup"]
-    assert not c.passed and "<task>" in c.reason
+    assert not c.passed and "'task'" in c.reason
     assert not result.passed
 
 
 def test_code_with_angle_brackets_is_not_prompt_markup() -> None:
     answer = GOOD + "\nIn C++ this is `#include <system_error>`, `std::vector<Task>` and `Map<String, Task>`."
     assert checks(validate(answer, BUNDLE, TASK, GateSettings()))["prompt_markup"].passed
+
+
+# ------------------------------------------------------------------------------------------ support
+
+TRIAL = ContextBundle(
+    exemplars=[
+        RetrievedItem(
+            id="pubmed:1", score=1.0, rank=1, category="accepted",
+            text="In a randomised trial of 412 patients, statin therapy reduced 30-day mortality by 18% (p=0.02) "
+                 "compared with placebo; adverse events were similar in both arms.",
+        )
+    ]
+)
+TRIAL_TASK = "Does statin therapy reduce 30-day mortality?"
+
+
+def test_an_answer_drawn_from_the_evidence_is_supported() -> None:
+    answer = "Yes. Statin therapy reduced 30-day mortality by 18% (p=0.02) in a randomised trial of 412 patients."
+    result = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings()))
+    assert result["support"].passed, result["support"].reason
+
+
+def test_changed_figures_fail_support_with_the_figures_named() -> None:
+    answer = "Yes. Statin therapy reduced 30-day mortality by 35% (p=0.001) in a randomised trial of 2,300 patients."
+    support = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings()))["support"]
+    assert not support.passed
+    assert "'35%'" in support.reason and "'0.001'" in support.reason and "'2300'" in support.reason
+
+
+def test_a_fluent_answer_about_something_else_fails_support() -> None:
+    answer = ("Yes. Regular aerobic exercise strengthens cardiac muscle, lowers blood pressure and improves "
+              "insulin sensitivity, which together explain better long-term outcomes in older adults.")
+    support = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings()))["support"]
+    assert not support.passed and "specific content beyond the task is in the evidence" in support.reason
+
+
+def test_without_retrieval_an_invented_patch_is_not_accepted() -> None:
+    """The seeds' failure mode: fluent, specific, made up, and signed off as a pass."""
+    patch = ("Fix the flush path in the batcher:\n```rust\nfn flush(&mut self) -> Result<(), BatchError> {\n"
+             "    let pending = self.queue.drain_pending(MAX_BATCH_BYTES)?;\n    self.writer.commit_atomic(pending)\n}\n```\n"
+             "Set MAX_BATCH_BYTES to 65536 so a partial write is retried once.")
+    result = validate(patch, ContextBundle(), "Review the batcher for defects and give a patch.", GateSettings())
+    assert not result.passed and not checks(result)["support"].passed, checks(result)["support"].reason
+
+
+def test_support_thresholds_come_from_settings() -> None:
+    answer = "Yes. Statin therapy reduced 30-day mortality by 18%; clinicians should weigh tolerability carefully."
+    strict = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings(min_word_support=1.0)))["support"]
+    loose = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings(min_word_support=0.0)))["support"]
+    assert not strict.passed and loose.passed
+
+
+def test_marker_lines_and_the_nonce_are_prompt_markup() -> None:
+    bundle = TRIAL.model_copy(update={"nonce": "a1b2c3d4e5f6"})
+    copied = "=== reference 1 · accepted · id pubmed:1 [a1b2c3d4e5f6] ===\nIn a randomised trial of 412 patients..."
+    assert not checks(validate(copied, bundle, TRIAL_TASK, GateSettings()))["prompt_markup"].passed
+    leaked = "Yes, statins reduced mortality by 18% in the trial [a1b2c3d4e5f6] of 412 patients."
+    assert "nonce" in checks(validate(leaked, bundle, TRIAL_TASK, GateSettings()))["prompt_markup"].reason
+
+
+def test_a_task_with_options_gets_one_of_them_first() -> None:
+    task = "Is the cache safe?\nAnswer yes, no or maybe as the first word, then quote the evidence."
+    assert checks(validate("No. The cache serves stale entries after invalidation, the review says.", BUNDLE, task,
+                           GateSettings()))["answer_form"].passed
+    copied = checks(validate("Yes, no or maybe. The cache serves stale entries after invalidation.", BUNDLE, task,
+                             GateSettings()))["answer_form"]
+    assert not copied.passed and "no single decision" in copied.reason
+    assert not checks(validate("The cache serves stale entries after invalidation, the review says.", BUNDLE, task,
+                               GateSettings()))["answer_form"].passed
+    # a choice question is not a review: the checklist does not apply
+    assert "skipped" in checks(validate("No. The cache is stale.", BUNDLE, task, GateSettings()))["checklist_overlap"].reason
+
+
+def test_a_which_file_task_needs_a_file_path() -> None:
+    task = "The router drops the provider header. Which file must change to fix this issue?"
+    named = checks(validate("crates/gateway/src/main.rs: ProviderAdapter builds the request without the header.",
+                            BUNDLE, task, GateSettings()))["answer_form"]
+    assert named.passed
+    vague = checks(validate("The ProviderAdapter must add the provider header to every request it builds.",
+                            BUNDLE, task, GateSettings()))["answer_form"]
+    assert not vague.passed and "names no file path" in vague.reason

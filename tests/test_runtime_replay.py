@@ -31,7 +31,9 @@ from tests.ollama_server import OllamaLoopback, Reply
 from tests.openai_server import ChatReply
 
 REPO = Path(__file__).resolve().parents[1]
-PLAIN_ANSWER = "The router falls back to openrouter when the provider times out, and each request carries the provider header."
+# Supported by ROUTING_TASK alone: the answer a run without retrieval can have accepted (the gate's
+# support check refuses what neither the task nor a retrieved bundle holds).
+PLAIN_ANSWER = "Yes: when the provider times out, the router in the gateway falls back, so provider routing keeps working."
 
 
 def session(ws, searcher=None, **opts) -> ReplaySession:
@@ -73,7 +75,8 @@ def test_grounded_answer_passes_and_the_run_is_logged(ws, ollama_srv, session_se
     assert request["model"] == LOCAL_MODEL and request["options"]["num_ctx"] == 4096
     assert request["options"]["num_predict"] == 512
     user = request["messages"][1]["content"]
-    assert f'<retrieved nonce="{run.bundle.nonce}" kind="exemplar"' in user and "crates/gateway/src/main.rs" in user
+    assert f"Reference 1 (accepted, id {run.bundle.exemplars[0].id}" in user and f"[{run.bundle.nonce}]:" in user
+    assert "crates/gateway/src/main.rs" in user
 
     (row,) = logged(ws)
     assert row.model_dump(mode="json") == run.model_dump(mode="json")
@@ -109,8 +112,8 @@ def test_no_retrieval_is_the_explicit_baseline(ws, ollama_srv) -> None:
     assert run.retrieval_mode == "none" and run.k == 0 and run.retrieved == []
     assert run.bundle.exemplars == [] and run.bundle.validation_steps == []
     assert "No retrieved context" in ollama_srv.chat_requests[0]["messages"][1]["content"]
-    # the same answer is ungrounded without the bundle: the paths it cites came from nowhere
-    assert run.final_verdict == "failed" and failed_checks(run.attempts[0]) == {"grounding"}
+    # the same answer is ungrounded and unsupported without the bundle: its paths and facts came from nowhere
+    assert run.final_verdict == "failed" and failed_checks(run.attempts[0]) == {"grounding", "support"}
 
 
 # --- escalation -------------------------------------------------------------------------------
@@ -299,9 +302,9 @@ def test_cli_tasks_file_batch(ws, ollama_srv, tmp_path) -> None:
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(
         json.dumps({"task": ROUTING_TASK, "task_id": "a"}) + "\n"
-        + json.dumps({"task": "Audit the breaker", "id": 7}) + "\n"
+        + json.dumps({"task": ROUTING_TASK + " (breaker)", "id": 7}) + "\n"
         + "{not json\n"
-        + json.dumps("Check the scheduler DST handling") + "\n"
+        + json.dumps(ROUTING_TASK + " (scheduler)") + "\n"
         + json.dumps({"task": ""}) + "\n"
     )
     result = invoke("--root", str(ws.root), "--tasks-file", str(tasks), "--backend", "ollama", "--no-retrieval", "--json")
@@ -335,7 +338,7 @@ def test_warns_when_the_export_is_newer_than_the_index(ws, ollama_srv, session_s
 
 def test_eight_processes_append_whole_parseable_lines(ws, ollama_srv, tmp_path) -> None:
     write_runtime_config(ws.root, ollama_srv.url)
-    ollama_srv.set_default(Reply(content=PLAIN_ANSWER * 20))  # long lines make interleaving visible
+    ollama_srv.set_default(Reply(content=" ".join([PLAIN_ANSWER] * 20)))  # long lines make interleaving visible
     n = 3
     procs = []
     for p in range(8):
@@ -394,17 +397,17 @@ def test_replay_log_is_collected_and_scored_as_spec_says(tmp_path, ollama_srv, o
     ollama_srv.script(Reply(content=PLAIN_ANSWER), Reply(content="TODO"), Reply(content="TODO"), Reply(fault="http500"))
     openai_srv.script(ChatReply(content=PLAIN_ANSWER))
     runs = [
-        session(ws, no_retrieval=True).run("Audit routing A"),
-        session(ws, no_retrieval=True, allow_escalation=True).run("Audit routing B"),
-        session(ws, no_retrieval=True, local_only=True).run("Audit routing C"),
-        session(ws, no_retrieval=True).run("Audit routing D"),
+        session(ws, no_retrieval=True).run(ROUTING_TASK + " A"),
+        session(ws, no_retrieval=True, allow_escalation=True).run(ROUTING_TASK + " B"),
+        session(ws, no_retrieval=True, local_only=True).run(ROUTING_TASK + " C"),
+        session(ws, no_retrieval=True).run(ROUTING_TASK + " D"),
     ]
     assert [r.final_verdict for r in runs] == ["validated_local", "escalated_validated", "failed", "error"]
 
     collected = run_collect(ws, load_settings(ws.root))
     assert collected.by_source["replay_runs"].written == 4
     evidence = {ev.run_id: ev for _, ev in iter_evidence(ws)}
-    assert {ev.instruction for ev in evidence.values()} == {"Audit routing A", "Audit routing B", "Audit routing C", "Audit routing D"}
+    assert {ev.instruction for ev in evidence.values()} == {ROUTING_TASK + f" {x}" for x in "ABCD"}
     run_score(ws, load_settings(ws.root))
     scored = [ScoredRun.model_validate(row) for p in iter_partition_files(ws.scored_dir) for row in iter_json(p)]
     by_verdict = {evidence[s.evidence_run_id].markers["final_verdict"]: s.category for s in scored}
@@ -414,3 +417,37 @@ def test_replay_log_is_collected_and_scored_as_spec_says(tmp_path, ollama_srv, o
         "failed": "rejected",
         "error": "rejected",
     }
+
+
+# --- replay --check: the gate alone on answers from any system ----------------------------------
+
+def test_check_prints_one_verdict_per_answer_and_exits_by_the_worst(tmp_path) -> None:
+    good = {"id": "g", "task": "Does X reduce Y?", "answer": "Yes: in the trial of 120 patients X reduced Y by 45%.",
+            "context": [{"id": "c1", "text": "In a trial of 120 patients, X reduced Y by 45%."}]}
+    fabricated = dict(good, id="f", answer="Yes: in the trial of 900 patients X reduced Y by 80%.")
+    path = tmp_path / "answers.jsonl"
+    path.write_text(json.dumps(good) + "\n\n")
+    result = invoke("--check", str(path), "--root", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["id"] == "g" and row["passed"] and {c["name"] for c in row["checks"]} >= {"support", "grounding", "length"}
+
+    path.write_text(json.dumps(good) + "\n" + json.dumps(fabricated) + "\n")
+    result = invoke("--check", str(path), "--json")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["passed"] for r in rows] == [True, False]
+    support = next(c for c in rows[1]["checks"] if c["name"] == "support")
+    assert not support["passed"] and "'80%'" in support["reason"]
+    assert not (tmp_path / "_kb").exists()  # nothing logged
+
+
+def test_check_reports_bad_lines_and_exits_2(tmp_path) -> None:
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"id": "x", "task": "t"}\nnot json\n')
+    result = invoke("--check", str(path))
+    assert result.exit_code == 2
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "answer" in rows[0]["error"] and "not JSON" in rows[1]["error"]
+    assert invoke("--check", str(tmp_path / "missing.jsonl")).exit_code == 2
+    assert invoke("--check", str(path), "--task", "x").exit_code == 2

@@ -24,7 +24,6 @@ import pytest
 from pydantic import BaseModel
 
 from distill.config import Settings, load_settings
-from distill.jsonl import append_json
 from distill.records import Category, ModelRole, ScoreClass
 from distill.workspace import Workspace
 from index.stage import IndexStage
@@ -206,11 +205,10 @@ def _backend(s: Settings, kind: str) -> tuple[Any, ...]:
 
 
 def _escalation(s: Settings) -> tuple[Any, ...]:
-    from runtime.backends import escalation_backend
+    from runtime.backends import EscalationTarget
 
-    b = escalation_backend(s.runtime)
-    where = b.host if b.name == "ollama" else str(b.client.base_url)  # type: ignore[attr-defined]
-    return (b.name, b.model, where)
+    t = EscalationTarget.from_settings(s.runtime)
+    return (t.backend, t.model, t.base_url)
 
 
 def _embedded_plan(s: Settings) -> Any:
@@ -232,7 +230,9 @@ def _gate(s: Settings, answer: str, *, steps: list[str] | None = None, task: str
     from runtime.gate import validate
 
     bundle = ContextBundle(
-        exemplars=[RetrievedItem(id="rag-1", score=1.0, rank=1, text="src/retry.py retries forever; cap the retries at 5.",
+        exemplars=[RetrievedItem(id="rag-1", score=1.0, rank=1,
+                                 text="src/retry.py retries forever; cap the retries at five attempts and back off "
+                                      "exponentially between them, in `cap_retries`.",
                                  source_files=["src/retry.py"])],
         validation_steps=steps or [],
     )
@@ -326,9 +326,11 @@ PROBES: dict[str, Probe] = {
     "runtime.max_validation_steps": Probe(1, lambda s, w: _replay(s, w)["steps"]),
     "runtime.item_max_chars": Probe(100, lambda s, w: _replay(s, w)["cut"]),
     "runtime.chars_per_token": Probe(2.0, lambda s, w: _replay(s, w)["budget"]),
-    "runtime.escalation_backend": Probe("ollama", lambda s, w: _escalation(s)[0], base={"runtime": {"escalation_base_url": "OPENAI"}}),
-    "runtime.escalation_model": Probe("bigger", lambda s, w: _escalation(s)[1], base={"runtime": {"escalation_base_url": "OPENAI"}}),
-    "runtime.escalation_base_url": Probe("OPENAI", lambda s, w: _escalation(s)[2], base={"runtime": {"openai_base_url": "http://127.0.0.1:1/v1"}}),
+    "runtime.escalation_backend": Probe("ollama", lambda s, w: _escalation(s)[0], base={"runtime": {"escalation_model": "bigger"}}),
+    "runtime.escalation_model": Probe("bigger", lambda s, w: _escalation(s)[1]),
+    "runtime.escalation_base_url": Probe("OPENAI", lambda s, w: _escalation(s)[2],
+                                         base={"runtime": {"escalation_backend": "openai", "escalation_model": "big",
+                                                           "openai_base_url": "http://127.0.0.1:1/v1"}}),
     "gate.min_chars": Probe(500, lambda s, w: _gate(s, LONG_ANSWER)),
     "gate.max_chars": Probe(50, lambda s, w: _gate(s, LONG_ANSWER)),
     "gate.min_checklist_overlap": Probe(0.9, lambda s, w: _gate(s, LONG_ANSWER, steps=["Verify the retries stop at five attempts under load with jitter"])),
@@ -336,6 +338,8 @@ PROBES: dict[str, Probe] = {
     "gate.echo_ngram": Probe(3, lambda s, w: _gate(s, "Fix the retry loop by capping retries at five attempts with exponential backoff between them."),
                              base={"gate": {"max_echo_fraction": 0.1}}),
     "gate.max_echo_fraction": Probe(0.0, lambda s, w: _gate(s, "Fix the retry loop in src/retry.py by capping retries at five attempts with backoff.")),
+    "gate.min_word_support": Probe(0.99, lambda s, w: _gate(s, LONG_ANSWER + " Then jitter the delays.")),
+    "gate.min_identifier_support": Probe(1.0, lambda s, w: _gate(s, LONG_ANSWER + " Call `cap_retries` from `RetryLoop`.")),
     "gate.hedging_phrases": Probe(["exponentially"], lambda s, w: _gate(s, LONG_ANSWER)),
     "gate.placeholder_patterns": Probe([r"\bfive\b"], lambda s, w: _gate(s, LONG_ANSWER)),
     "drift.threshold_pct": Probe(5.0, _drift),

