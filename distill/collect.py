@@ -123,6 +123,12 @@ def run_collect(
     quarantined + deduped)."""
     chosen = list(sources) if sources is not None else default_sources(ws, settings)
     report = StageReport(stage=STAGE, dry_run=dry_run)
+    if sources is None:
+        from distill.records.stage import UnreadInput
+        from distill.sources.registry import unread_inputs
+
+        report.unread = [UnreadInput(path=p, reason=r) for p, r in unread_inputs(ws, settings, chosen)]
+        report.notes.extend(f"not read: {u.path}: {u.reason}" for u in report.unread)
     seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run)
     writer = _PartitionWriter(dry_run)
     quarantine_path = ws.quarantine_path(STAGE)

@@ -17,9 +17,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.text import Text
 
 from distill.config import Settings, load_settings
-from distill.errors import DistillError, Terminated
+from distill.errors import DistillError, Terminated, UsageError
 from distill.workspace import Workspace
 
 RootOption = Annotated[
@@ -32,19 +33,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def console() -> Console:
-    """stdout console; at least 120 columns so stage tables stay readable in pipes and CI logs."""
+    """stdout console; at least 120 columns so stage tables stay readable in pipes and CI logs.
+
+    markup=False: text from records, models and users (`arr[i]`, `[/logs/x.log]`) is printed as it
+    is, never parsed as Rich markup; styling is explicit (rich.text.Text).
+    """
     probe = Console()
-    return Console(width=max(probe.width, 120) if not probe.is_terminal else None)
+    return Console(width=max(probe.width, 120) if not probe.is_terminal else None, markup=False, highlight=False)
 
 
 def err_console() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+    return Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
-def open_workspace(root: Path | None, *, must_exist: bool = True) -> tuple[Workspace, Settings]:
+def open_workspace(root: Path | None, *, must_exist: bool = True, sources: bool = False) -> tuple[Workspace, Settings]:
+    """The workspace and its settings. `sources`: the command reads the source streams, so the
+    directory must be a workspace (have _kb/), not just any directory it would fill with outputs."""
     ws = Workspace.resolve(root)
     if must_exist and not ws.root.is_dir():
-        raise DistillError(f"workspace {ws.root} does not exist (create one with `distill init DIR --sample`)")
+        raise UsageError(f"workspace {ws.root} does not exist (create one with `distill init DIR --sample`)")
+    if sources and not ws.kb_dir.is_dir():
+        raise UsageError(f"{ws.root} is not a workspace (no _kb/ directory): create one with `distill init DIR`")
     return ws, load_settings(ws.root)
 
 
@@ -79,21 +88,45 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, why."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.filename2:
+        where += f" -> {exc.filename2}"
+    return f"cannot use{where}: {exc.strerror or type(exc).__name__}"
+
+
+def fail(message: str, code: int, *, json_out: bool) -> typer.Exit:
+    """Report a failure as one line on stderr (and, under --json, as one JSON document on stdout,
+    so a script always has something to parse); returns the Exit to raise."""
+    err_console().print(Text.assemble(("error: ", "bold red"), message))
+    if json_out:
+        from distill.jsonl import dumps
+
+        sys.stdout.write(dumps({"error": message, "exit_code": code}).decode() + "\n")
+        sys.stdout.flush()
+    return typer.Exit(code)
+
+
 def handle_errors(func: F) -> F:
-    """The error boundary of a command: a DistillError becomes a one-line message and its exit
-    code (no traceback); Ctrl-C exits 130 and SIGTERM 143 after unwinding."""
+    """The error boundary of a command. Every expected failure ends as one line and an exit code,
+    never a traceback: a DistillError (its own code: 1 validation/firewall, 2 usage/input/config),
+    a failed file operation (permissions, a file where a directory should be, a full disk: 2).
+    Ctrl-C exits 130 and SIGTERM 143 after unwinding."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        json_out = bool(kwargs.get("json_out"))
         try:
             with stop_on_sigterm():
                 return func(*args, **kwargs)
         except DistillError as exc:
-            err_console().print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
+            raise fail(str(exc), exc.exit_code, json_out=json_out) from None
+        except OSError as exc:
+            raise fail(os_error_message(exc), 2, json_out=json_out) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated (SIGTERM)
             code = exc.exit_code if isinstance(exc, Terminated) else 130
-            err_console().print("stopped (SIGTERM)" if code == 143 else "interrupted", highlight=False)
+            err_console().print("stopped (SIGTERM)" if code == 143 else "interrupted")
             raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,7 +1,9 @@
 """All configuration in one typed place.
 
 Precedence: explicit overrides > environment (DISTILL_<SECTION>__<FIELD>) > ROOT/distill.toml
-> defaults. Each stage reads only its own section.
+> defaults. Each stage reads only its own section. Strict on purpose: an unknown key in any section
+(a typo such as `repo_rot` would silently turn a check off), an unknown DISTILL_* variable and a
+number outside its meaningful range are refused with a ConfigError that names them.
 """
 
 from __future__ import annotations
@@ -10,51 +12,72 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from distill.errors import ConfigError
 
 
-class CollectSettings(BaseModel):
+ENV_PREFIX = "DISTILL_"
+NON_SETTING_VARS = frozenset({"DISTILL_ROOT", "DISTILL_SHARED_DATASETS"})
+"""DISTILL_* variables that are not settings: the default workspace root, and where the test suite
+finds the shared public datasets."""
+
+
+class Section(BaseModel):
+    """A section of distill.toml: unknown keys are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CollectSettings(Section):
     max_line_bytes: int = Field(1_048_576, gt=0, description="longer source lines are skipped")
     include_replay_runs: bool = True
 
 
-class ScoreSettings(BaseModel):
+class ScoreSettings(Section):
     scorer_version: str | None = Field(
         None, min_length=1, description="None: the rules' own version (distill.score_rules.SCORER_VERSION)"
     )
-    mode_latency_partial_s: float = 120.0
-    grounded_accept: float = 0.8
-    grounded_partial: float = 0.5
+    mode_latency_partial_s: float = Field(120.0, gt=0)
+    grounded_accept: float = Field(0.8, ge=0, le=1)
+    grounded_partial: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreSettings:
+        if self.grounded_partial > self.grounded_accept:
+            raise ValueError(f"grounded_partial ({self.grounded_partial}) must not exceed grounded_accept ({self.grounded_accept})")
+        return self
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(Section):
     repo_root: Path | None = Field(None, description="checks cited file paths; None skips the check")
     benchmark_files: list[Path] = Field(default_factory=list, description="eval tasks (JSONL/text)")
-    contamination_ngram: int = 13
+    contamination_ngram: int = Field(13, ge=3, le=100, description="word n-gram length compared with benchmark tasks")
     contamination_threshold: float = Field(0.1, ge=0, le=1)
-    max_pairs_per_task: int = 5
+    max_pairs_per_task: int = Field(5, ge=0)
     cross_source_pairs: bool = True
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(Section):
     model: str | None = Field(None, description="sentence-transformers name/path; None = packaged MiniLM")
     chroma_url: str | None = None
     collection: str = "playbooks"
     hnsw_space: Literal["cosine", "l2", "ip"] = "cosine"
-    hnsw_m: int = 16
-    hnsw_construction_ef: int = 200
-    hnsw_search_ef: int = 128
-    batch_size: int = 64
-    rrf_k: int = 60
+    hnsw_m: int = Field(16, ge=2, le=512)
+    hnsw_construction_ef: int = Field(200, ge=1)
+    hnsw_search_ef: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1)
+    rrf_k: int = Field(60, ge=1)
     query_threads: int = Field(
         1, ge=0, description="torch threads for one query embedding; 1 avoids OpenMP spin on a busy CPU, 0 = torch default"
     )
 
 
-class RuntimeSettings(BaseModel):
+class RuntimeSettings(Section):
     backend: Literal["auto", "ollama", "openai", "llamacpp"] = "auto"
     ollama_host: str | None = Field(None, description="None: the ollama client reads OLLAMA_HOST")
     ollama_model: str = "qwen2.5:7b-instruct"
@@ -70,9 +93,9 @@ class RuntimeSettings(BaseModel):
     embedded_threads: int | None = Field(None, ge=1, description="None: every CPU core")
     num_ctx: int = Field(4096, ge=256)
     max_tokens: int = Field(512, ge=1)
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0, le=2)
     timeout_s: float = Field(120.0, gt=0)
-    k: int = 8
+    k: int = Field(8, ge=1, le=1000)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] = "hybrid"
     exemplars: int = Field(3, ge=0, description="accepted hits kept in the bundle")
     warnings: int = Field(2, ge=0, description="partially accepted hits kept in the bundle")
@@ -88,9 +111,9 @@ class RuntimeSettings(BaseModel):
     escalation_base_url: str | None = Field(None, description="None: openai_base_url")
 
 
-class GateSettings(BaseModel):
-    min_chars: int = 40
-    max_chars: int = 8000
+class GateSettings(Section):
+    min_chars: int = Field(40, ge=0)
+    max_chars: int = Field(8000, ge=1)
     min_checklist_overlap: float = Field(0.2, ge=0, le=1)
     require_citation: bool = Field(False, description="fail answers that cite no path or record id")
     echo_ngram: int = Field(
@@ -141,8 +164,21 @@ class GateSettings(BaseModel):
         description="regular expressions (case-insensitive)",
     )
 
+    @model_validator(mode="after")
+    def _consistent(self) -> GateSettings:
+        import re
 
-class DriftSettings(BaseModel):
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        for pattern in self.placeholder_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"placeholder pattern {pattern!r} is not a regular expression: {exc}") from None
+        return self
+
+
+class DriftSettings(Section):
     """`distill run`: drift thresholds and what counts as a change for resume."""
 
     threshold_pct: float = Field(20.0, ge=0, description="count changes above this percentage warn")
@@ -151,11 +187,11 @@ class DriftSettings(BaseModel):
     )
 
 
-class FieldMapping(BaseModel):
+class FieldMapping(Section):
     """A declarative adapter for any other JSONL stream (see distill.sources.mapping)."""
 
     name: str
-    path: str = Field(description="file or glob under ROOT/_kb")
+    path: str = Field(min_length=1, description="file or glob under ROOT/_kb")
     role: Literal["executor", "reviewer", "applier", "observer", "extractor"] = "executor"
     score_class: Literal["A", "B", "C"] = "B"
     natural_key: list[str] = Field(default_factory=list, description="fields that identify a run")
@@ -171,6 +207,25 @@ class FieldMapping(BaseModel):
     verdict_map: dict[str, Literal["accepted", "partially_accepted", "rejected", "needs_human_review"]] = Field(
         default_factory=dict, description="raw verdict value -> category; unmapped values need human review"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        from pathlib import PurePosixPath
+
+        pure = PurePosixPath(value)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise ValueError(f"path {value!r} must be relative to ROOT/_kb (no absolute path, no '..')")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", value):
+            raise ValueError(f"name {value!r} names evidence files: letters, digits, '_', '.', '-' only")
+        return value
 
 
 class Settings(BaseSettings):
@@ -207,6 +262,36 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read as a file ({exc.strerror or exc})") from exc
+
+
+def unknown_env_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """DISTILL_* variables that name no setting (pydantic-settings would ignore them silently)."""
+    env = os.environ if environ is None else environ
+    sections = Settings.model_fields
+    out: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_VARS:
+            continue
+        section, _, field = name[len(ENV_PREFIX):].lower().partition("__")
+        info = sections.get(section)
+        if info is None:
+            out.append(f"{name}: no section [{section}]")
+            continue
+        model = info.annotation
+        if field and not (isinstance(model, type) and issubclass(model, BaseModel) and field.split("__")[0] in model.model_fields):
+            out.append(f"{name}: no setting {field!r} in [{section}]")
+    return out
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "<settings>"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts) + more
 
 
 def load_settings(root: Path, **overrides: Any) -> Settings:
@@ -225,10 +310,16 @@ def load_settings(root: Path, **overrides: Any) -> Settings:
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, _TomlSource(settings_cls, toml_data))
 
+    unknown = unknown_env_settings()
+    if unknown:
+        raise ConfigError("unknown DISTILL_* setting(s): " + "; ".join(unknown))
     try:
         loaded = _RootSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration ({root / 'distill.toml'} or DISTILL_* env): {exc}") from exc
+        raise ConfigError(f"invalid configuration ({root / 'distill.toml'} or DISTILL_* env): {_short(exc)}") from exc
+    except SettingsError as exc:  # a DISTILL_* value that is not the JSON its setting needs
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigError(f"invalid DISTILL_* environment setting: {exc}{cause}") from exc
     return Settings.model_validate(loaded.model_dump())
 
 

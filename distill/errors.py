@@ -40,6 +40,12 @@ class ValidationFailed(DistillError):
     exit_code = 1
 
 
+class WorkspaceBusy(DistillError):
+    """Another distill command is changing the workspace: its outputs would interleave with ours."""
+
+    exit_code = 2
+
+
 class StageUnavailable(DistillError):
     """An optional stage whose dependencies are not installed (index without its extra)."""
 

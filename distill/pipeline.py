@@ -12,7 +12,7 @@ they read, write and count. This module only orders and runs them. For each stag
 
 Stop-on-failure: a stage that raises or fails validation stops the stages after it (they would
 read stale data) unless continue_on_failure is set. Ctrl-C or SIGTERM abandons the stage in
-progress: every output is written crash-safely, the run lock is released, and the next run
+progress: every output is written crash-safely, the workspace lock is released, and the next run
 resumes.
 """
 
@@ -24,13 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from filelock import Timeout
-
 from distill import __version__
 from distill.config import Settings, config_hash
 from distill.drift import compute_drift
-from distill.errors import DistillError, StageUnavailable
-from distill.jsonl import lock_for
+from distill.errors import StageUnavailable
 from distill.receipts import (
     DigestCache,
     ReceiptBasis,
@@ -377,12 +374,8 @@ def execute_run(
     """Run the pipeline once and write every report; see the module docstring."""
     emit: EventHook = on_event or (lambda kind, stage, detail: None)
     chosen = stages if stages is not None else pipeline_stages(include_index=include_index)
-    ws.reports_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = lock_for(ws.reports_dir / "run").acquire(timeout=0)
-    except Timeout:
-        raise DistillError(f"another `distill run` holds {ws.reports_dir / 'run.lock'}; wait for it to finish") from None
-    with lock:
+    with ws.exclusive("run"):
+        ws.reports_dir.mkdir(parents=True, exist_ok=True)
         return _execute_locked(ws, settings, chosen, force=force, continue_on_failure=continue_on_failure,
                                include_index=include_index, emit=emit)
 

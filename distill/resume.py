@@ -76,10 +76,12 @@ def decide_resume(
     if o_added or o_removed or o_changed:
         parts = [f"{label}: {listed(paths)}" for label, paths in (("unrecorded outputs", o_added), ("outputs missing", o_removed), ("outputs modified", o_changed)) if paths]
         reasons.append(f"outputs differ from receipt of run {previous.run_id} ({'; '.join(parts)})")
-        if inputs_same and not any(r.startswith(("config", "code")) for r in reasons):
+        # A deleted output is simply rebuilt, and so is everything beside it (files the stage shares
+        # with earlier stages of the same run, such as the dataset card, were rewritten by them in the
+        # meantime); an added or altered output while all of them are there is what must not pass quietly.
+        if inputs_same and not o_removed and not any(r.startswith(("config", "code")) for r in reasons):
             before = {d.path: d.sha256 for d in previous.outputs}
             after = {d.path: d.sha256 for d in outputs}
-            # a deleted output is simply rebuilt; an added or altered one is what must not pass quietly
             for path in o_added + o_changed:
                 findings.append(
                     DeterminismFinding(

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from distill.config import ScoreSettings
 from distill.records import Category, EvidenceRecord, ScoreClass
 
-SCORER_VERSION = "1.0.0"
+SCORER_VERSION = "1.1.0"
 """Bump when any rule changes; settings.score.scorer_version overrides it per workspace."""
 
 A = Category.ACCEPTED
@@ -57,7 +57,18 @@ def human(reason: str) -> Verdict:
 # ------------------------------------------------------------------------------------- tables
 
 OBSERVER_VERDICTS: dict[str, Category] = {"accept": A, "reject": R, "cycle": P}
-AUDIT_SEVERITY: dict[str, Category] = {"info": A, "low": A, "medium": P, "high": R, "critical": R}
+AUDIT_SEVERITIES = ("info", "low", "medium", "high", "critical")
+AUDIT_RESOLUTION: dict[str, Category | None] = {
+    "fixed": A,  # the finding was real: the code was changed because of it
+    "waived": P,  # acknowledged, not acted on: a finding of limited use
+    "open": None,  # no outcome yet: a person has to judge it
+    "false_positive": R,
+    "invalid": R,
+    "rejected": R,
+}
+"""An audit is judged by what became of its finding, never by its severity: a critical finding
+that got fixed is the audit at its best, and scoring it by severity would keep every high or
+critical finding out of RAG and teach preference data to play severity down (scorer 1.1.0)."""
 REPLAY_VERDICTS: dict[str, Category] = {
     "validated_local": A,
     "escalated_validated": P,
@@ -125,11 +136,18 @@ def score_observer_review(ev: EvidenceRecord, settings: ScoreSettings) -> Verdic
 
 
 def score_audit(ev: EvidenceRecord, settings: ScoreSettings) -> Verdict:
-    raw = ev.markers.get("severity")
-    category = AUDIT_SEVERITY.get(raw.strip().lower()) if isinstance(raw, str) else None
+    raw_severity = ev.markers.get("severity")
+    severity = raw_severity.strip().lower() if isinstance(raw_severity, str) else None
+    if severity not in AUDIT_SEVERITIES:
+        return human(f"audit severity {raw_severity!r} is not one of {', '.join(AUDIT_SEVERITIES)}")
+    raw = ev.markers.get("resolution")
+    resolution = raw.strip().lower() if isinstance(raw, str) else None
+    if resolution not in AUDIT_RESOLUTION:
+        return human(f"audit finding ({severity}) has resolution {raw!r}, not one of {', '.join(AUDIT_RESOLUTION)}")
+    category = AUDIT_RESOLUTION[resolution]
     if category is None:
-        return human(f"audit severity {raw!r} is not one of {', '.join(AUDIT_SEVERITY)}")
-    return verdict(category, f"audit finding severity: {raw.strip().lower()}")
+        return human(f"audit finding ({severity}) is still {resolution}: no outcome to judge it by")
+    return verdict(category, f"audit finding resolution: {resolution}", f"severity {severity} (recorded, not scored)")
 
 
 def score_contract_analysis(ev: EvidenceRecord, settings: ScoreSettings) -> Verdict:

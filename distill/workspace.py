@@ -1,10 +1,14 @@
-"""The workspace layout (docs/DESIGN.md, "The workspace"): every path a stage reads or writes."""
+"""The workspace layout (docs/DESIGN.md, "The workspace"): every path a stage reads or writes, and
+the workspace lock every command that changes the workspace holds."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
@@ -68,6 +72,50 @@ class Workspace:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".distill.lock"
+
+    @property
+    def lock_owner_path(self) -> Path:
+        return self.root / ".distill.lock.owner"
+
+    @contextlib.contextmanager
+    def exclusive(self, command: str) -> Iterator[None]:
+        """Hold the workspace lock while `command` changes the workspace.
+
+        Every mutating command (init, collect, score, export, index, run) takes it, so two of them
+        never interleave their writes (two collects doubling the evidence, a collect during a run).
+        It is not waited for: a busy workspace is a WorkspaceBusy error that names the holder.
+        Read-only commands (search, receipts) and replay (whole-line appends to its log) do not
+        take it.
+        """
+        from filelock import FileLock, Timeout
+
+        from distill.errors import WorkspaceBusy
+
+        lock = FileLock(str(self.lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise WorkspaceBusy(f"another distill command is changing {self.root} ({self._owner()}); "
+                                "wait for it to finish") from None
+        try:
+            owner = {"pid": os.getpid(), "command": command, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+            self.lock_owner_path.write_text(json.dumps(owner) + "\n")
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.lock_owner_path.unlink()
+            lock.release()
+
+    def _owner(self) -> str:
+        try:
+            owner = json.loads(self.lock_owner_path.read_text())
+            return f"`distill {owner['command']}`, pid {owner['pid']}, since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
 
     def relative(self, path: Path) -> str:
         """Path as stored in provenance: relative to the root when inside it, POSIX style."""

@@ -26,7 +26,7 @@ from distill.workspace import Workspace
 from index import bm25 as bm25_mod
 from index.documents import Document, load_rag_export
 from index.embedder import Embedder, resolve_model
-from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, now, save_manifest
+from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, save_manifest
 from index.store import ChromaStore, HnswParams, chroma_metadata
 
 ProgressFlag = bool | None
@@ -193,7 +193,6 @@ def _build_locked(
         export_hash=export_hash,
         corpus_hash=fingerprint,
         count=len(docs),
-        built_at=now() if (changed or manifest is None or bm25_rebuilt) else manifest.built_at,
         docs={d.id: DocHashes(content=d.content_hash, text=d.text_hash) for d in docs},
     )
     if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
@@ -33,20 +34,20 @@ def register(app: typer.Typer) -> None:
         from index.build import run_index
 
         ws, settings = open_workspace(root)
-        report = run_index(ws, settings, rebuild=rebuild, chroma_url=chroma_url, progress=None if not json_out else False)
+        with ws.exclusive("index"):
+            report = run_index(ws, settings, rebuild=rebuild, chroma_url=chroma_url, progress=None if not json_out else False)
         if json_out:
             emit_json(report)
             return
         out = console()
-        out.print(
-            f"index: [bold]{report.count}[/] documents — added {report.added}, updated {report.updated}, "
-            f"deleted {report.deleted}, unchanged {report.unchanged}; embedded {report.embedded} "
-            f"in {report.timings_s.get('total', 0):.2f}s",
-            highlight=False,
-        )
+        out.print(Text.assemble(
+            "index: ", (str(report.count), "bold"),
+            f" documents — added {report.added}, updated {report.updated}, deleted {report.deleted}, "
+            f"unchanged {report.unchanged}; embedded {report.embedded} in {report.timings_s.get('total', 0):.2f}s",
+        ))
         quarantined = report.stage_report.totals.quarantined
         if quarantined:
-            out.print(f"[yellow]{quarantined} export rows could not be indexed[/] (see exports/quarantine/index.jsonl)")
+            out.print(Text.assemble((f"{quarantined} export rows could not be indexed", "yellow"), " (see exports/quarantine/index.jsonl)"))
         out.print(f"model {report.model_id} ({report.dimension}d), chroma {report.chroma}", highlight=False)
 
     @app.command("search")
@@ -86,12 +87,13 @@ def register(app: typer.Typer) -> None:
             return
         out = console()
         if stale:
-            out.print("[yellow]the RAG export changed since the last `distill index`[/]")
+            out.print(Text("the RAG export changed since the last `distill index`", style="yellow"))
         if not hits:
             out.print("no hits")
         for hit in hits:
             first = " ".join(hit.text.split())[:160]
             out.print(
-                f"{hit.rank:>2}. [bold]{hit.title or hit.id}[/] [dim]{hit.id} {hit.category or ''} score={hit.score:.4f}[/]\n    {first}",
+                Text.assemble(f"{hit.rank:>2}. ", (hit.title or hit.id, "bold"), " ",
+                              (f"{hit.id} {hit.category or ''} score={hit.score:.4f}", "dim"), f"\n    {first}"),
                 highlight=False,
             )

@@ -8,10 +8,9 @@ searched with this one, and the error says how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from distill.errors import DistillError
 from distill.jsonl import loads, write_atomic
@@ -57,8 +56,17 @@ class Manifest(BaseModel):
     export_hash: str | None = Field(None, description="sha256 of the source file the index was built from")
     corpus_hash: str = Field(description="hash over every (id, content hash): the document set's fingerprint")
     count: int
-    built_at: datetime
     docs: dict[str, DocHashes] = Field(default_factory=dict)
+    # No build time: the manifest is a tracked output of the index stage, and a receipt hashes
+    # content, never the wall clock (a rebuild of the same export gives the same bytes).
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_build_time(cls, data: object) -> object:
+        """Manifests written before build times were dropped carry `built_at`: ignore it."""
+        if isinstance(data, dict) and "built_at" in data:
+            data = {k: v for k, v in data.items() if k != "built_at"}
+        return data
 
     def check_compatible(self, model_id: str, dimension: int) -> None:
         """Searching or updating with another model would mix vector spaces: refuse."""
@@ -73,9 +81,6 @@ class Manifest(BaseModel):
                 f"{dimension}-dimensional ones: {REBUILD_HINT}"
             )
 
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def load_manifest(path: Path) -> Manifest | None:

@@ -7,7 +7,7 @@ lookups; build it once per process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,20 +38,40 @@ def rrf_fuse(rankings: Sequence[Sequence[str]], *, k: int, rrf_k: int) -> list[t
 
 @dataclass
 class IndexSearcher:
-    """Implements index.hits.Searcher over one built index."""
+    """Implements index.hits.Searcher over one built index.
+
+    The embedding model and the Chroma store are opened on first use: a BM25 or Jaccard query
+    needs neither (no model load, no Chroma), a dense or hybrid one opens both once.
+    """
 
     manifest: Manifest
-    embedder: Embedder
-    store: ChromaStore
     bm25: bm25_mod.Bm25Index
+    load_embedder: Callable[[], Embedder]
+    load_store: Callable[[], ChromaStore]
     rrf_k: int = 60
     hybrid_depth: int = 100
     paths: IndexPaths | None = None
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
     _jaccard_tokens: list[frozenset[str]] | None = field(default=None, repr=False)
+    _embedder: Embedder | None = field(default=None, repr=False)
+    _store: ChromaStore | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._positions = {d.id: i for i, d in enumerate(self.bm25.docs)}
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            embedder = self.load_embedder()
+            self.manifest.check_compatible(embedder.model_id, embedder.dimension)
+            self._embedder = embedder
+        return self._embedder
+
+    @property
+    def store(self) -> ChromaStore:
+        if self._store is None:
+            self._store = self.load_store()
+        return self._store
 
     @property
     def count(self) -> int:
@@ -121,31 +141,44 @@ def _hit(doc: Document, rank: int, score: float, retrieval: dict[str, Any] | Non
 
 def open_index(
     paths: IndexPaths,
-    embedder: Embedder,
+    embedder: Embedder | Callable[[], Embedder],
     *,
     chroma_url: str | None = None,
     rrf_k: int = 60,
     search_ef: int | None = None,
     manifest: Manifest | None = None,
 ) -> IndexSearcher:
-    """A searcher over the index at `paths`, checked against the manifest."""
+    """A searcher over the index at `paths`, checked against the manifest. `embedder` is a loaded
+    model or a function that loads one when a query first needs it."""
     manifest = manifest or load_manifest(paths.manifest)
     if manifest is None:
         raise DistillError(f"no index at {paths.root}: run `distill index` first")
-    manifest.check_compatible(embedder.model_id, embedder.dimension)
+    if isinstance(embedder, Embedder):
+        manifest.check_compatible(embedder.model_id, embedder.dimension)
     hnsw = manifest.hnsw if search_ef is None else manifest.hnsw.model_copy(update={"search_ef": search_ef})
-    store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url)
-    if store.count() != manifest.count:
-        raise DistillError(
-            f"Chroma collection {manifest.collection!r} at {chroma_url or paths.chroma} holds {store.count()} vectors, "
-            f"the manifest says {manifest.count}: run `distill index`"
-            + (" with the same --chroma-url" if chroma_url != manifest.chroma_url else "")
-        )
     lexical = bm25_mod.load(paths.bm25)
     info = bm25_mod.read_info(paths.bm25) or {}
     if info.get("fingerprint") != manifest.corpus_hash:
         raise DistillError(f"the BM25 index at {paths.bm25} is out of step with the manifest: run `distill index`")
-    return IndexSearcher(manifest=manifest, embedder=embedder, store=store, bm25=lexical, rrf_k=rrf_k, paths=paths)
+
+    def load_store() -> ChromaStore:
+        store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url)
+        if store.count() != manifest.count:
+            raise DistillError(
+                f"Chroma collection {manifest.collection!r} at {chroma_url or paths.chroma} holds {store.count()} "
+                f"vectors, the manifest says {manifest.count}: run `distill index`"
+                + (" with the same --chroma-url" if chroma_url != manifest.chroma_url else "")
+            )
+        return store
+
+    loaded = embedder if isinstance(embedder, Embedder) else None
+    searcher = IndexSearcher(
+        manifest=manifest, bm25=lexical, load_embedder=(lambda: loaded) if loaded else embedder,  # type: ignore[arg-type]
+        load_store=load_store, rrf_k=rrf_k, paths=paths,
+    )
+    if loaded is not None:
+        searcher._embedder = loaded
+    return searcher
 
 
 def open_searcher(
@@ -161,8 +194,10 @@ def open_searcher(
         model_id, _ = resolve_model(cfg.model)
         if model_id != manifest.model_id:  # fail before spending seconds loading a model
             manifest.check_compatible(model_id, manifest.dimension)
-        embedder = Embedder(cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
+    model: Embedder | Callable[[], Embedder] = embedder if embedder is not None else (
+        lambda: Embedder(cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
+    )
     return open_index(
-        paths, embedder, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, search_ef=cfg.hnsw_search_ef,
+        paths, model, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, search_ef=cfg.hnsw_search_ef,
         manifest=manifest,
     )

@@ -86,6 +86,12 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
     except Exception as exc:  # chromadb.errors.InternalError ("file is not a database") and kin
         _forget_failed_client(str(path))
+        if not_writable(path, exc):
+            # a rebuild would delete the store and still fail: say what is really wrong
+            raise DistillError(
+                f"the Chroma store at {path} cannot be written ({exc}): fix its permissions or the file system; "
+                "a rebuild would not help"
+            ) from exc
         if not discard_unreadable:
             raise DistillError(
                 f"the Chroma store at {path} cannot be opened ({exc}): run `distill index --rebuild`"
@@ -96,6 +102,20 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
     except Exception as exc:
         raise DistillError(f"cannot create a Chroma store at {path}: {exc}") from exc
+
+
+_NOT_WRITABLE = ("readonly", "read-only", "read only", "permission denied", "access denied")
+
+
+def not_writable(path: Path, exc: BaseException) -> bool:
+    """The store fails because it cannot be written (a read-only mount, file modes), not because
+    its content is damaged."""
+    import os
+
+    text = str(exc).lower()
+    if any(marker in text for marker in _NOT_WRITABLE):
+        return True
+    return any(not os.access(p, os.W_OK) for p in (path, *path.glob("*")) if p.exists())
 
 
 def _forget_failed_client(identifier: str) -> None:

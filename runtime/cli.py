@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from distill.command import JsonOption, RootOption, emit_json, err_console, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import UsageError
 
 if TYPE_CHECKING:
@@ -102,36 +102,42 @@ def finish(session: ReplaySession | None, code: int) -> None:
 
 
 def show_run(run: ReplayRun, log_path: Path) -> None:
-    """The answer, the gate table per attempt, escalation and the log path."""
-    from rich.console import Console
+    """The answer, the gate table per attempt, escalation and the log path. Model text is printed as
+    text (never Rich markup); outside a terminal the answer is written as it is, unwrapped, so pipes
+    and CI logs get every line whole."""
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
-    out = Console(soft_wrap=True)
+    from distill.command import console
+
+    out = console()
     answer = run.final_output or "(no answer)"
-    out.print(Panel(answer, title="answer", title_align="left", highlight=False))
+    if out.is_terminal:
+        out.print(Panel(Text(answer), title="answer", title_align="left"))
+    else:
+        sys.stdout.write("answer:\n" + answer.rstrip("\n") + "\n")
+        sys.stdout.flush()
     for n, attempt in enumerate(run.attempts, 1):
         label = f"attempt {n}: {attempt.backend} / {attempt.model}" + (" (escalation)" if attempt.escalation else "")
         if attempt.error:
-            out.print(f"[bold]{label}[/]: [red]error[/] {attempt.error}", highlight=False)
+            out.print(Text.assemble((label, "bold"), ": ", ("error", "red"), f" {attempt.error}"))
             continue
         table = Table(title=label, title_justify="left")
         table.add_column("check")
         table.add_column("result")
         table.add_column("reason", overflow="fold")
         for check in attempt.gate.checks if attempt.gate else []:
-            table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.reason)
+            result = Text("pass", style="green") if check.passed else Text("FAIL", style="red")
+            table.add_row(check.name, result, check.reason)
         out.print(table)
         toks = f"{attempt.prompt_tokens or '?'} prompt + {attempt.completion_tokens or '?'} completion tokens"
-        trunc = " · [yellow]truncated[/]" if attempt.truncated else ""
-        out.print(f"  {attempt.latency_ms:.0f} ms · {toks}{trunc}")
+        out.print(Text.assemble(f"  {attempt.latency_ms:.0f} ms · {toks}", (" · truncated", "yellow") if attempt.truncated else ""))
     retrieval = "none (baseline)" if run.retrieval_mode == "none" else f"{run.retrieval_mode}, {len(run.retrieved)} hits"
     trim = f" · bundle trimmed ({len(run.bundle.trimmed_items)} dropped)" if run.bundle.trimmed else ""
-    out.print(
-        f"verdict: [bold]{run.final_verdict}[/] · escalated: {'yes' if run.escalated else 'no'}"
-        f" · retrieval: {retrieval}{trim}"
-    )
-    out.print(f"logged to: {log_path}", highlight=False)
+    out.print(Text.assemble("verdict: ", (run.final_verdict, "bold"),
+                            f" · escalated: {'yes' if run.escalated else 'no'} · retrieval: {retrieval}{trim}"))
+    out.print(f"logged to: {log_path}")
 
 
 def run_check(path: Path, root: Path | None) -> None:
@@ -178,11 +184,17 @@ def replay(
         typer.Option("--check", help='gate answers from any system: JSONL {"id","task","answer","context":[{"id","text"}]}'),
     ] = None,
     json_out: JsonOption = False,
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True)] = False,
 ) -> None:
     """Retrieve, assemble a bundle, ask the local model, gate the answer, escalate if allowed, log the run.
 
     With --check FILE.jsonl: only the gate, on given answers and their context (no retrieval, no
     model, nothing logged); one JSON line per answer; exit 0 when every answer passed, else 1."""
+    if version:
+        from distill import __version__
+
+        typer.echo(f"replay (distill {__version__})")
+        raise typer.Exit(0)
     if check is not None:
         if task is not None or tasks_file is not None:
             raise UsageError("--check runs the gate alone: give it without --task / --tasks-file")
@@ -205,23 +217,24 @@ def replay(
     )
     session = ReplaySession(ws, settings, options)
     errc = err_console()
+    from rich.text import Text
 
     if task is not None:
         run = session.run(task)
         for warning in run.warnings:
-            errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            errc.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
         if json_out:
             emit_json(run)
         else:
             show_run(run, ws.replay_log)
         if run.final_verdict == "error":
-            errc.print(f"[bold red]error:[/] {run.attempts[-1].error}", highlight=False)
+            errc.print(Text.assemble(("error:", "bold red"), f" {run.attempts[-1].error}"))
         finish(session, exit_code_for([run.final_verdict]))
 
     assert tasks_file is not None
     tasks, bad = read_tasks(tasks_file)
     for message in bad:
-        errc.print(f"[yellow]skipped:[/] {message}", highlight=False)
+        errc.print(Text.assemble(("skipped:", "yellow"), f" {message}"))
     runs = []
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -233,7 +246,7 @@ def replay(
             runs.append(session.run(text, task_id=task_id))
             progress.advance(bar)
     for warning in session.warnings:
-        errc.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        errc.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
     verdicts = [r.final_verdict for r in runs]
     counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     summary = {
@@ -250,7 +263,6 @@ def replay(
     if json_out:
         emit_json(summary)
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"replay summary ({len(tasks)} tasks, {len(bad)} lines skipped)", title_justify="left")
@@ -258,8 +270,8 @@ def replay(
         table.add_column("runs", justify="right")
         for verdict, n in counts.items():
             table.add_row(verdict, str(n))
-        Console().print(table)
-        Console().print(f"escalated: {summary['escalated']} · logged to: {ws.replay_log}", highlight=False)
+        console().print(table)
+        console().print(f"escalated: {summary['escalated']} · logged to: {ws.replay_log}")
     code = 2 if bad else exit_code_for(verdicts)  # unusable input lines: the user must fix the file
     finish(session, code)
 

@@ -93,6 +93,8 @@ def _bundle_text(bundle: ContextBundle, task: str) -> str:
 def _path_grounded(path: str, haystack: str, files: list[str]) -> bool:
     if path in haystack:
         return True
+    if path[:2] in ("a/", "b/") and len(path) > 2 and _path_grounded(path[2:], haystack, files):
+        return True  # a unified diff's `--- a/x` / `+++ b/x` header names x
     for f in files:
         f = f.removeprefix("./")
         if f == path or f.endswith("/" + path) or path.endswith("/" + f):

@@ -173,7 +173,15 @@ class ReplaySession:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
-        hits = self.retrieve(task)
+        # the backend first: a dead backend is reported at once, not after seconds of retrieval
+        local: Backend | None = None
+        local_error: BackendError | None = None
+        try:
+            local = self.local_backend()
+            local.ready()
+        except BackendError as exc:
+            local, local_error = None, exc
+        hits = self.retrieve(task) if local is not None else []
         t1 = time.perf_counter()
         timings["retrieve"] = (t1 - t0) * 1000
         bundle: ContextBundle = build_bundle(
@@ -191,12 +199,10 @@ class ReplaySession:
         timings["bundle"] = (t2 - t1) * 1000
 
         attempts: list[Attempt] = []
-        try:
-            local = self.local_backend()
-        except BackendError as exc:
-            attempts.append(
-                Attempt(backend=exc.backend or self.options.backend, model=self.options.model or "-", error=str(exc))
-            )
+        if local is None:
+            assert local_error is not None
+            attempts.append(Attempt(backend=local_error.backend or self.options.backend, model=self.options.model or "-",
+                                    error=str(local_error)))
         else:
             attempts.append(run_attempt(local, prompt, task, self.settings, escalation=False))
         t3 = time.perf_counter()

@@ -229,11 +229,15 @@ def build_adversarial(tmp: Path) -> Adversarial:
     add("fact-acc", "review:src/app.py", A, "Facts: the handler in src/app.py retries three times.",
         score_class=ScoreClass.EXTRACTION, role=ModelRole.EXTRACTOR, source="distilled_facts")
     add("empty-acc", "task:empty", A, "   ")
-    # cross-source disagreement on one file (different tasks)
+    # cross-source disagreement on one question (different tasks, same instruction)
     add("sr-util", "review:src/util.py", A, review_text("src/util.py", "Off-by-one in the slicer"),
-        source_files=["src/util.py"])
+        source_files=["src/util.py"], instruction="Review src/util.py for defects and give the fix.")
     add("obs-util", "audit:src/util.py", R, "Critical: src/util.py slices past the end of the buffer.",
-        source="audits", role=ModelRole.REVIEWER, source_files=["src/util.py"])
+        source="audits", role=ModelRole.REVIEWER, source_files=["src/util.py"],
+        instruction="Review src/util.py for defects and give the fix.")
+    # two answers about one file that answered different questions: never a pair
+    add("sr-other", "review:src/util2.py", A, review_text("src/util.py", "Slicer bounds"),
+        source_files=["src/util.py"], instruction="Review src/util.py for style.")
 
     evidence = write_rows(ws, rows)
     scored_lines = len(rows)

@@ -24,6 +24,7 @@ from distill.errors import UsageError
 from distill.jsonl import iter_json
 from distill.pipeline import execute_run, pipeline_stages, run_pipeline
 from distill.resume import decide_resume
+from distill.score_rules import SCORER_VERSION
 from distill.receipts import ReceiptBasis, latest_run_id, load_receipt, load_summary, receipt_path
 from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
@@ -197,13 +198,12 @@ def test_stage_that_raises_is_a_failed_receipt_not_a_traceback(mini: Workspace) 
 
 
 def test_run_lock_refuses_a_concurrent_run(mini: Workspace) -> None:
-    from distill.errors import DistillError
-    from distill.jsonl import lock_for
+    from distill.errors import WorkspaceBusy
 
-    mini.reports_dir.mkdir(parents=True, exist_ok=True)
-    with lock_for(mini.reports_dir / "run"):
-        with pytest.raises(DistillError, match="another `distill run`"):
+    with mini.exclusive("collect"):
+        with pytest.raises(WorkspaceBusy, match=r"another distill command .*\(`distill collect`, pid"):
             execute_run(mini, Settings(), stages=_stages())
+    assert execute_run(mini, Settings(), stages=_stages()).summary.overall_passed  # released
 
 
 def test_code_fingerprint_change_reruns_unless_pinned(mini: Workspace) -> None:
@@ -288,7 +288,7 @@ def test_sample_first_run_receipts(sample: Workspace) -> None:
         assert r.outputs and all(not Path(d.path).is_absolute() for d in r.outputs + r.inputs)
     assert set(summary.datasets) == {"rag", "sft", "preference"}
     assert summary.datasets["sft"] > 0 and summary.datasets["rag"] > 0
-    assert load_receipt(receipt_path(sample, rid, "score")).code_version.endswith("scorer 1.0.0")  # type: ignore[union-attr]
+    assert load_receipt(receipt_path(sample, rid, "score")).code_version.endswith(f"scorer {SCORER_VERSION}")  # type: ignore[union-attr]
 
 
 @real
@@ -314,12 +314,12 @@ def test_sample_changed_source_row_reruns_affected_stages(sample: Workspace) -> 
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and row.get("severity") in ("info", "low"):
-            row["severity"] = "critical"  # an accepted finding becomes a rejected one
+        if isinstance(row, dict) and row.get("resolution") == "fixed":
+            row["resolution"] = "false_positive"  # an accepted finding becomes a rejected one
             lines[i] = json.dumps(row).encode()
             break
     else:
-        pytest.fail("no low-severity audit row in the sample")
+        pytest.fail("no fixed audit finding in the sample")
     src.write_bytes(b"\n".join(lines))
     code, out = _run_cli(sample)
     summary = RunSummary.model_validate(out["summary"])

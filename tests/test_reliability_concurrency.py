@@ -56,7 +56,7 @@ def test_second_distill_run_refuses_and_the_first_is_not_corrupted(tmp_path: Pat
 
     assert second.returncode == 2, second.stdout + second.stderr
     message = second.stdout + second.stderr
-    assert "another `distill run`" in message and "run.lock" in message
+    assert "another distill command is changing" in message and "`distill run`" in message
     assert "Traceback" not in message
     assert first.returncode == ref.returncode, err
     assert len(_run_dirs(ws)) == 1  # the refused run wrote no report

@@ -211,7 +211,7 @@ import atexit, os, sys
 def _report():
     with open("/proc/self/status") as fh:
         hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
-    with open(os.environ["DISTILL_TEST_PEAK_FILE"], "w") as out:
+    with open(os.environ["TEST_DISTILL_PEAK_FILE"], "w") as out:
         out.write(hwm)
 atexit.register(_report)
 sys.argv = ["distill", *sys.argv[1:]]
@@ -223,7 +223,7 @@ main()
 def _collect_peak_rss(root: Path) -> tuple[int, float, str]:
     """Run `distill collect --json` in a child and return (exit code, peak RSS in MB, stdout)."""
     peak_file = root.parent / "peak_rss_kb"
-    env = {**cli_env(), "DISTILL_TEST_PEAK_FILE": str(peak_file)}
+    env = {**cli_env(), "TEST_DISTILL_PEAK_FILE": str(peak_file)}
     proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, "collect", "--root", str(root), "--json"],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
     return proc.returncode, int(peak_file.read_text()) / 1024, proc.stdout.decode()

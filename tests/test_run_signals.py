@@ -45,7 +45,7 @@ def _wait_for(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: fl
 
 def _lock_is_free(root: Path) -> bool:
     try:
-        with FileLock(str(root / "reports" / "run.lock")).acquire(timeout=0):
+        with FileLock(str(root / ".distill.lock")).acquire(timeout=0):
             return True
     except Timeout:
         return False
@@ -104,7 +104,7 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
             proc.wait()
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text
-        assert _lock_is_free(root), f"round {n}: reports/run.lock still held"
+        assert _lock_is_free(root), f"round {n}: the workspace lock is still held"
         assert not list(root.rglob("*.tmp")), f"round {n}: temporary files left behind"
         assert code in (0, 1, 130, 143), (n, code, text)
         outcomes.append(f"{signal.Signals(signum).name}/{where}: exit {code} in {took:.2f}s")

@@ -110,12 +110,16 @@ def test_observer_review_unknown_verdict(verdict: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("severity", "category"),
-    [("info", A), ("low", A), ("medium", P), ("high", R), ("critical", R), ("HIGH", R)],
+    ("resolution", "category"),
+    [("fixed", A), ("waived", P), ("false_positive", R), ("invalid", R), ("open", H), (None, H), ("FIXED", A)],
 )
-def test_audit_severity(severity: str, category: Category) -> None:
-    v = score(ev("audits", {"severity": severity, "resolution": "open"}))
-    assert v.category is category and severity.lower() in v.reasons[0]
+@pytest.mark.parametrize("severity", ["info", "critical", "HIGH"])
+def test_audit_is_judged_by_its_resolution_never_its_severity(severity: str, resolution: str | None, category: Category) -> None:
+    markers = {"severity": severity} | ({"resolution": resolution} if resolution else {})
+    v = score(ev("audits", markers))
+    assert v.category is category, v.reasons
+    if category is not H:
+        assert resolution.lower() in v.reasons[0] and severity.lower() in v.reasons[1]
 
 
 @pytest.mark.parametrize("severity", [None, "blocker", 3])

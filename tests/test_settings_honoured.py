@@ -129,10 +129,14 @@ def _pairs(s: Settings, w: World) -> tuple[int, int]:
     from distill.export.run import run_export
 
     ws = w.workspace(f"pairs-{time.monotonic_ns()}")
-    rows = [Row(f"a{i}", "task-1", "scrum_reviews", Category.ACCEPTED, f"good review {i}", source_files=["src/x.py"]) for i in range(2)]
-    rows += [Row(f"r{i}", "task-1", "scrum_reviews", Category.REJECTED, f"bad review {i}", source_files=["src/x.py"]) for i in range(3)]
-    rows += [Row("o1", "task-2", "observer_reviews", Category.REJECTED, "observer says no", source_files=["src/x.py"],
-                 role=ModelRole.REVIEWER)]
+    question = "Review src/x.py for defects and give the fix."
+    rows = [Row(f"a{i}", "task-1", "scrum_reviews", Category.ACCEPTED, f"good review {i}", source_files=["src/x.py"],
+                instruction=question) for i in range(2)]
+    rows += [Row(f"r{i}", "task-1", "scrum_reviews", Category.REJECTED, f"bad review {i}", source_files=["src/x.py"],
+                 instruction=question) for i in range(3)]
+    # another source and task answering the very same question: a cross-source pair
+    rows += [Row("o1", "task-2", "audits", Category.REJECTED, "audit says no", source_files=["src/x.py"],
+                 role=ModelRole.REVIEWER, instruction=question)]
     write_rows(ws, rows)
     run_export(ws, s, "preference")
     pairs = [json.loads(line) for line in ws.preference_path.read_text().splitlines()]

@@ -25,9 +25,20 @@ def build_app() -> typer.Typer:
         name="distill", help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
     )
 
-    @app.callback()
-    def _root() -> None:
+    @app.callback(invoke_without_command=True)
+    def _root(
+        ctx: typer.Context,
+        version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+    ) -> None:
         """Agent run logs -> evidence -> scores -> datasets, index and receipts."""
+        if version:
+            from distill import __version__
+
+            typer.echo(f"distill {__version__}")
+            raise typer.Exit(0)
+        if ctx.invoked_subcommand is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(0)
 
     for _, register in registered_commands():
         register(app)

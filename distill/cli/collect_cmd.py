@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 
@@ -21,10 +22,16 @@ def register(app: typer.Typer) -> None:
         from distill.cli.report_table import flow_table
         from distill.collect import run_collect
 
-        ws, settings = open_workspace(root)
-        report = run_collect(ws, settings, dry_run=dry_run)
+        ws, settings = open_workspace(root, sources=True)
+        if dry_run:
+            report = run_collect(ws, settings, dry_run=True)
+        else:
+            with ws.exclusive("collect"):
+                report = run_collect(ws, settings)
         if json_out:
             emit_json(report)
         else:
             console().print(flow_table(report))
+            for unread in report.unread:
+                console().print(Text.assemble(("not read", "yellow"), f" {unread.path}: {unread.reason}"))
             console().print(f"quarantine: {ws.quarantine_path('collect')}")

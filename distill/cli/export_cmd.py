@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import ValidationFailed
@@ -48,11 +49,18 @@ def run_exports(root, which: str, *, fmt: str, include_review: bool, include_par
     ws, settings = open_workspace(root)
     kinds = list(KINDS) if which == "all" else [which]
     firewall = Firewall.from_settings(ws.root, settings.export)
-    return [
-        run_export(ws, settings, kind, include_review=include_review, include_partial=include_partial,  # type: ignore[arg-type]
-                   fmt=fmt, dry_run=dry_run, firewall=firewall)
-        for kind in kinds
-    ]
+
+    def run_all() -> list[StageReport]:
+        return [
+            run_export(ws, settings, kind, include_review=include_review, include_partial=include_partial,  # type: ignore[arg-type]
+                       fmt=fmt, dry_run=dry_run, firewall=firewall)
+            for kind in kinds
+        ]
+
+    if dry_run:
+        return run_all()
+    with ws.exclusive("export"):
+        return run_all()
 
 
 def register(app: typer.Typer) -> None:
@@ -77,10 +85,10 @@ def register(app: typer.Typer) -> None:
             out.print(export_table(reports))
             for r in reports:
                 for note in r.notes:
-                    out.print(f"[dim]{r.stage}:[/] {note}", highlight=False)
+                    out.print(Text.assemble((f"{r.stage}:", "dim"), f" {note}"))
         problems = [f"{r.stage}: {v.message()}" for r in reports for v in r.violations]
         problems += [f"{r.stage}: counts do not balance" for r in reports if not r.balanced and not r.violations]
         if problems:
             for p in problems:
-                err_console().print(f"[bold red]firewall:[/] {p}", highlight=False)
+                err_console().print(Text.assemble(("firewall:", "bold red"), f" {p}"))
             raise ValidationFailed(f"{len(problems)} firewall validation failure(s)")

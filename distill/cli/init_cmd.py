@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from pydantic import BaseModel
+from rich.text import Text
 
 from distill.command import JsonOption, console, emit_json, handle_errors
 from distill.errors import UsageError
@@ -18,6 +19,8 @@ class InitResult(BaseModel):
     root: str
     sample: bool
     files_copied: int
+    files_kept: list[str] = []
+    """Sample files already in the workspace with other content: never overwritten (a user's own rows)."""
 
 
 def sample_kb_dir() -> Path:
@@ -26,20 +29,32 @@ def sample_kb_dir() -> Path:
 
 
 def init_workspace(root: Path, *, sample: bool) -> InitResult:
+    """Create ROOT/_kb (and seed it with the sample streams). Never overwrites a file that is
+    already there: a workspace's source rows are the user's data."""
     ws = Workspace.resolve(root)
-    ws.kb_dir.mkdir(parents=True, exist_ok=True)
-    copied = 0
-    if sample:
-        src = sample_kb_dir()
-        if not src.is_dir():
-            raise UsageError(f"sample data not found at {src} (run `python data/sample/generate.py`)")
-        for path in sorted(src.rglob("*")):
-            if path.is_file():
+    if ws.root.exists() and not ws.root.is_dir():
+        raise UsageError(f"{ws.root} exists and is not a directory")
+    src = sample_kb_dir()
+    if sample and not src.is_dir():
+        raise UsageError(f"sample data not found at {src} (run `python data/sample/generate.py`)")
+    ws.root.mkdir(parents=True, exist_ok=True)
+    with ws.exclusive("init"):
+        ws.kb_dir.mkdir(exist_ok=True)
+        copied = 0
+        kept: list[str] = []
+        if sample:
+            for path in sorted(src.rglob("*")):
+                if not path.is_file():
+                    continue
                 target = ws.kb_dir / path.relative_to(src)
+                if target.exists():
+                    if not target.is_file() or target.read_bytes() != path.read_bytes():
+                        kept.append(ws.relative(target))
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 copied += 1
-    return InitResult(root=str(ws.root), sample=sample, files_copied=copied)
+    return InitResult(root=str(ws.root), sample=sample, files_copied=copied, files_kept=kept)
 
 
 def register(app: typer.Typer) -> None:
@@ -55,4 +70,6 @@ def register(app: typer.Typer) -> None:
         if json_out:
             emit_json(result)
         else:
-            console().print(f"workspace ready at [bold]{result.root}[/] ({result.files_copied} sample files)")
+            console().print(Text.assemble("workspace ready at ", (result.root, "bold"), f" ({result.files_copied} sample files)"))
+            for kept in result.files_kept:
+                console().print(Text.assemble(("kept", "yellow"), f" {kept}: it differs from the sample file and is never overwritten"))

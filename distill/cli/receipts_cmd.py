@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
@@ -33,6 +34,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give --run-id or --latest, not both")
         if run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", run_id):
             raise UsageError(f"--run-id {run_id!r} is not a run id (see `distill receipts --list`)")
+        if stage is not None and not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", stage):
+            raise UsageError(f"--stage {stage!r} is not a stage name (e.g. collect, score, export-sft, index)")
         ws, _ = open_workspace(root)
         if list_runs:
             rows = []
@@ -78,14 +81,14 @@ def register(app: typer.Typer) -> None:
                 emit_json(receipt)
                 return
             out = console()
-            out.print(f"[bold]{stage}[/] in run {chosen}: {receipt.status}, passed={receipt.passed}")
+            out.print(Text.assemble((stage, "bold"), f" in run {chosen}: {receipt.status}, passed={receipt.passed}"))
             out.print(f"content hash {receipt.content_hash}")
             for label, digests in (("inputs", receipt.inputs), ("outputs", receipt.outputs)):
                 out.print(f"{label}:")
                 for d in digests:
                     out.print(f"  {d.path}  {d.bytes} B  records={d.records}  {d.sha256[:12]}", highlight=False)
             for err in receipt.validation.errors:
-                out.print(f"[red]error[/] {err}", highlight=False)
+                out.print(Text.assemble(("error", "red"), f" {err}"))
             for reason in receipt.resume.reasons:
                 out.print(f"resume: {reason}", highlight=False)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from distill.records.stage import Counts, StageReport
 
@@ -21,7 +22,7 @@ def flow_table(report: StageReport, *, title: str | None = None) -> Table:
     for name, c in report.by_source.items():
         table.add_row(name, str(c.rows_in), str(c.written), str(c.deduped), str(c.quarantined), _reasons(c))
     t = report.totals
-    table.add_row("[bold]total[/]", str(t.rows_in), str(t.written), str(t.deduped), str(t.quarantined), _reasons(t))
+    table.add_row(Text("total", style="bold"), str(t.rows_in), str(t.written), str(t.deduped), str(t.quarantined), _reasons(t))
     return table
 
 
@@ -31,7 +32,7 @@ def category_table(report: StageReport, *, title: str | None = None) -> Table:
     table.add_column("source")
     for cat in CATEGORY_ORDER:
         table.add_column(cat, justify="right")
-    rows = list(report.by_source.items()) + [("[bold]total[/]", report.totals)]
+    rows: list[tuple[str | Text, Counts]] = [*report.by_source.items(), (Text("total", style="bold"), report.totals)]
     for name, c in rows:
         table.add_row(name, *(str(c.by_category.get(cat, 0)) for cat in CATEGORY_ORDER))
     return table

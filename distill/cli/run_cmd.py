@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
 from distill.errors import UsageError
@@ -47,12 +48,12 @@ class _Progress:
 
     def __call__(self, kind: str, stage: str, detail: str) -> None:
         if kind == "start":
-            self.status = self.out.status(f"[bold]{stage}[/] running ({detail})")
+            self.status = self.out.status(Text.assemble((stage, "bold"), f" running ({detail})"))
             self.status.start()
             return
         self.close()
         style = {"done": "green", "skip": "cyan", "fail": "bold red", "not_run": "yellow", "unavailable": "dim"}.get(kind, "")
-        self.out.print(f"[{style}]{kind:>11}[/] {stage:<18} {detail}", highlight=False)
+        self.out.print(Text.assemble((f"{kind:>11}", style), f" {stage:<18} {detail}"))
 
 
 def print_result(result: Any) -> None:
@@ -66,17 +67,21 @@ def print_result(result: Any) -> None:
     table.add_column("content", no_wrap=True)
     for s in summary.stages:
         t = s.totals
-        passed = "-" if s.passed is None else ("yes" if s.passed else "[bold red]no[/]")
+        passed: str | Text = "-" if s.passed is None else ("yes" if s.passed else Text("no", style="bold red"))
         table.add_row(
             s.stage, s.status, passed, str(t.rows_in), str(t.written), str(t.deduped), str(t.quarantined),
             str(t.skipped), (s.content_hash or "-")[:8],
         )
     out = console()
     out.print(table)
+    for receipt in result.receipts:
+        for note in receipt.notes:
+            if note.startswith("not read: "):
+                out.print(Text.assemble(("not read", "yellow"), f" {note.removeprefix('not read: ')}"))
     if summary.stopped_by:
-        out.print(f"[bold red]stopped by {summary.stopped_by.stage}:[/] {summary.stopped_by.reason}", highlight=False)
+        out.print(Text.assemble((f"stopped by {summary.stopped_by.stage}:", "bold red"), f" {summary.stopped_by.reason}"))
     color = {"ok": "green", "warn": "yellow", "alert": "bold red"}[drift.severity]
-    out.print(f"drift vs {drift.previous_run_id or 'nothing (first run)'}: [{color}]{drift.severity}[/]")
+    out.print(Text.assemble(f"drift vs {drift.previous_run_id or 'nothing (first run)'}: ", (drift.severity, color)))
     for flag in drift.flags[:20]:
         out.print(f"  {flag.severity}: {flag.message}", highlight=False)
     if len(drift.flags) > 20:
@@ -116,7 +121,7 @@ def register(app: typer.Typer) -> None:
         from distill.pipeline import execute_run
 
         interval = parse_duration(every) if every else None
-        ws, settings = open_workspace(root)
+        ws, settings = open_workspace(root, sources=True)
         code = 0
         while True:
             started = time.monotonic()
@@ -155,4 +160,4 @@ def register(app: typer.Typer) -> None:
                 err_console().print("stopped")
                 raise typer.Exit(code) from None
             # a later run picks up config edits made in between
-            ws, settings = open_workspace(root)
+            ws, settings = open_workspace(root, sources=True)

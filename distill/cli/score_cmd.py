@@ -22,7 +22,11 @@ def register(app: typer.Typer) -> None:
         from distill.score import run_score
 
         ws, settings = open_workspace(root)
-        report = run_score(ws, settings, dry_run=dry_run)
+        if dry_run:
+            report = run_score(ws, settings, dry_run=True)
+        else:
+            with ws.exclusive("score"):
+                report = run_score(ws, settings)
         if json_out:
             emit_json(report)
         else:

@@ -1,9 +1,10 @@
 """Preference exporter: chosen/rejected pairs with a real category gap.
 
-Same-task pairs: within one task_id, accepted x rejected first, accepted x partially_accepted
-as the fallback, at most `max_pairs_per_task` per task (counting pairs already exported).
-Cross-source pairs: verdict-bearing rows of different sources about the same file that
-disagree (accepted vs rejected), flagged pairing="cross_source". Never a self-pair (same run,
+A pair compares two answers to the same question. Same-task pairs: within one task_id and one
+instruction (the question the run answered), accepted x rejected first, accepted x
+partially_accepted as the fallback, at most `max_pairs_per_task` per task (counting pairs already
+exported). Cross-source pairs: verdict-bearing rows of different sources and tasks that answered
+the very same instruction and disagree (accepted vs rejected), flagged pairing="cross_source". Never a self-pair (same run,
 e.g. two revisions of one run), never identical texts, never an unreviewed side; the
 PreferenceSample schema refuses all three again.
 
@@ -37,8 +38,9 @@ def pref_id(chosen: RowKey, rejected: RowKey) -> str:
     return content_id("pref", chosen[0], rejected[0], chosen[1], rejected[1])
 
 
-def cross_task_id(path: str) -> str:
-    return f"file:{path}"
+def cross_task_id(prompt: str) -> str:
+    """The task id of a cross-source pair: the question both sides answered."""
+    return content_id("question", prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,12 +213,15 @@ def export_preference(
         else:
             eligible.append(row)
 
+    # A pair compares two answers to the same question: rows are grouped by task and by the
+    # instruction they answered (an audit task holds findings about different files and topics;
+    # preferring one finding over another would teach severity, not quality).
     pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task)
-    by_task: dict[str, list[Row]] = {}
+    by_question: dict[tuple[str, str], list[Row]] = {}
     for row in eligible:
-        by_task.setdefault(row.joined.evidence.task_id, []).append(row)
-    for task_id in sorted(by_task):
-        rows = by_task[task_id]
+        by_question.setdefault((row.joined.evidence.task_id, row.prompt), []).append(row)
+    for task_id, prompt in sorted(by_question):
+        rows = by_question[(task_id, prompt)]
         acc = _sorted(r for r in rows if r.category is Category.ACCEPTED)
         rej = _sorted(r for r in rows if r.category is Category.REJECTED)
         part = _sorted(r for r in rows if r.category is Category.PARTIALLY_ACCEPTED)
@@ -224,15 +229,14 @@ def export_preference(
         result.pairs_same_task += pairer.offer(pairs, task_id=task_id, pairing="same_task", prompt_of=None)
 
     if cross_source:
-        by_file: dict[str, list[Row]] = {}
+        # Across sources and tasks, still only answers to one and the same instruction, and only
+        # verdict-bearing reviews (an observer's text judges another run, not the question).
+        by_prompt: dict[str, list[Row]] = {}
         for row in eligible:
-            # reviews of a file (reviewer/executor output); an observer's text judges another
-            # run, not the file, so it is no answer to "review this file"
             if row.joined.scored.score_class is ScoreClass.VERDICT and row.joined.evidence.model_role in _REVIEW_ROLES:
-                for path in sorted(set(row.joined.evidence.source_files)):
-                    by_file.setdefault(path, []).append(row)
-        for path in sorted(by_file):
-            rows = by_file[path]
+                by_prompt.setdefault(row.prompt, []).append(row)
+        for prompt in sorted(by_prompt):
+            rows = by_prompt[prompt]
             acc = _sorted(r for r in rows if r.category is Category.ACCEPTED)
             rej = _sorted(r for r in rows if r.category is Category.REJECTED)
             pairs = [
@@ -240,9 +244,7 @@ def export_preference(
                 if c.joined.evidence.source != r.joined.evidence.source
                 and c.joined.evidence.task_id != r.joined.evidence.task_id
             ]
-            prompt = (f"Review `{path}` and report what is wrong with it, with severity and the fix, "
-                      "then how to verify the fix.")
-            result.pairs_cross_source += pairer.offer(pairs, task_id=cross_task_id(path), pairing="cross_source",
+            result.pairs_cross_source += pairer.offer(pairs, task_id=cross_task_id(prompt), pairing="cross_source",
                                                       prompt_of=prompt)
 
     for row in eligible:

@@ -55,8 +55,11 @@ def run_export(
     fmt: str = "native",
     dry_run: bool = False,
     firewall: Firewall | None = None,
+    all_views: bool = False,
 ) -> StageReport:
-    """Export one dataset. `firewall` lets `export all` build the gates once."""
+    """Export one dataset. `firewall` lets `export all` build the gates once. `all_views`: render
+    every trainer view (what `distill run` does, so views are outputs it rebuilds and verifies);
+    otherwise the requested view and any view already on disk are refreshed."""
     if kind not in KINDS:
         raise UsageError(f"unknown export kind {kind!r} (expected one of {', '.join(KINDS)})")
     if fmt not in FORMATS:
@@ -136,7 +139,7 @@ def run_export(
         violations += on_disk
         if kind != "rag" and not on_disk:
             # a view is what a trainer reads: never render one from an export that breaks the firewall
-            for view in views_to_refresh(ws, kind, fmt):
+            for view in (FORMATS[1:] if all_views else views_to_refresh(ws, kind, fmt)):
                 written.extend(render_view(ws, kind, view))
         elif on_disk:
             report.notes.append("views not refreshed: the export on disk breaks the firewall")

@@ -29,7 +29,9 @@ def _category_of(kind: ExportKind, row: dict[str, object]) -> object:
 
 
 class ExportStage(Stage):
-    """One dataset behind the contamination firewall (+ its quarantine, views and the card)."""
+    """One dataset behind the contamination firewall, with its quarantine, every trainer view (TRL,
+    OpenAI) and the dataset card: all outputs the run rebuilds and verifies, so a view made by hand
+    with `distill export --format` is the same file the next run expects."""
 
     config_sections = ("export",)
 
@@ -61,7 +63,7 @@ class ExportStage(Stage):
     def run(self, ws: Workspace, settings: Settings) -> StageReport:
         from distill.export.run import run_export
 
-        return run_export(ws, settings, self.kind)
+        return run_export(ws, settings, self.kind, all_views=True)
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
         native = ws.relative(native_path(ws, self.kind))

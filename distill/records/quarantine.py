@@ -38,6 +38,7 @@ class QuarantineReason(StrEnum):
     # gates beyond the seed
     SECRET_DETECTED = "secret_detected"
     EVAL_CONTAMINATION = "eval_contamination"
+    NO_MODEL_ANSWER = "no_model_answer"  # a logged replay run whose every model call failed
 
 
 class SourceRef(Record):

@@ -46,6 +46,11 @@ class Counts(BaseModel):
             self.by_category[category] = self.by_category.get(category, 0) + 1
 
 
+class UnreadInput(BaseModel):
+    path: str
+    reason: str
+
+
 class StageReport(BaseModel):
     stage: str
     totals: Counts = Field(default_factory=Counts)
@@ -55,6 +60,7 @@ class StageReport(BaseModel):
     dry_run: bool = False
     notes: list[str] = Field(default_factory=list)
     violations: list[Violation] = Field(default_factory=list, description="firewall breaches found by the stage")
+    unread: list[UnreadInput] = Field(default_factory=list, description="inputs found and not read, and why")
 
     def source(self, name: str) -> Counts:
         return self.by_source.setdefault(name, Counts())

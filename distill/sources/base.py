@@ -28,6 +28,8 @@ from distill.workspace import Workspace
 
 SourceItem = EvidenceRecord | QuarantineRecord
 EXCERPT_CHARS = 200
+UTF8_BOM = b"\xef\xbb\xbf"
+"""A byte-order mark some editors write at the start of a file: not part of the first row."""
 
 
 class Source(Protocol):
@@ -122,8 +124,9 @@ def read_jsonl(
                 continue
             if not raw.data.strip():
                 continue
+            data = raw.data[len(UTF8_BOM):] if raw.offset == 0 and raw.data.startswith(UTF8_BOM) else raw.data
             try:
-                text = raw.data.decode("utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 yield quarantine(
                     source=source,

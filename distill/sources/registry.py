@@ -6,6 +6,10 @@ so `collect --json` reports every known stream, present or not.
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 from distill.config import Settings
 from distill.errors import UsageError
 from distill.sources.base import Converter, JsonlStream, Source
@@ -28,6 +32,71 @@ def builtin_streams(settings: Settings) -> list[JsonlStream]:
         for name, convert in BUILTIN_CONVERTERS.items()
         if name != REPLAY_RUNS or settings.collect.include_replay_runs
     ]
+
+
+IGNORED_SUFFIXES = (".lock", ".tmp")
+
+
+def _kind_problem(path: Path) -> str | None:
+    """Why an entry cannot be a source file at all (None: a regular file or a directory)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            return "a symlink loop" if exc.errno == 40 else "a broken symlink (its target does not exist)"
+        return None
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO, not a file (collect never reads from pipes)"
+    if stat.S_ISSOCK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a socket or device, not a file"
+    return None
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    """The path relative to ROOT as found (not resolved: a symlink may lead nowhere or in a loop)."""
+    return Path(os.path.relpath(path, ws.root)).as_posix()
+
+
+def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> list[tuple[str, str]]:
+    """Every entry under _kb/ that no source reads, with the reason: collect says what it skipped
+    instead of skipping it without a word."""
+    if not ws.kb_dir.is_dir():
+        return []
+    read = {p.absolute() for source in sources for p in source.inputs(ws)}
+    owned_dirs = [s.directory.absolute() for s in sources if isinstance(s, SweAgentSource)]
+    out: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(ws.kb_dir, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            path = here / name
+            problem = _kind_problem(path)
+            if problem:
+                out.append((_rel(ws, path), problem))
+            elif name.endswith(".jsonl"):
+                out.append((_rel(ws, path), "a directory named like a JSONL stream"))
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(here / d))
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or path.absolute() in read:
+                continue
+            rel = _rel(ws, path)
+            problem = _kind_problem(path)
+            if problem:
+                out.append((rel, problem))
+            elif any(d in path.absolute().parents for d in owned_dirs):
+                out.append((rel, "not a .traj trajectory or the results file of its SWE-agent directory"))
+            elif name == f"{REPLAY_RUNS}.jsonl" and not settings.collect.include_replay_runs:
+                out.append((rel, "collect.include_replay_runs is off"))
+            elif name.endswith(".jsonl"):
+                out.append((rel, "no source reads it: map it with a [[sources]] entry in distill.toml "
+                                  "(name, path, task_id, text, created_at)"))
+            else:
+                out.append((rel, "not a JSONL stream or a SWE-agent directory"))
+    return sorted(set(out))
 
 
 def discover_sources(ws: Workspace, settings: Settings) -> list[Source]:

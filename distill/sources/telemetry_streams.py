@@ -158,6 +158,10 @@ def convert_replay_run(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
         if get_path(row, "created_at") in (None, ""):
             raise RowRejected(QuarantineReason.MISSING_TIMESTAMP, "replay run has no created_at") from None
         raise
+    if not any(a.error is None for a in run.attempts):
+        # every model call failed (a dead backend): no model answered, so there is nothing to score
+        errors = "; ".join(a.error or "" for a in run.attempts)[:200]
+        raise RowRejected(QuarantineReason.NO_MODEL_ANSWER, f"no model answered this run ({errors or 'no attempt'})")
     last = run.attempts[-1] if run.attempts else None
     retrieved = [
         drop_none({"id": r.id, "score": r.score, "rank": r.rank, "category": r.category, "source_run_id": r.source_run_id})

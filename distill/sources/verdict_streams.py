@@ -94,6 +94,14 @@ def convert_observer_review(row: dict[str, Any], ctx: RowContext) -> EvidenceRec
     )
 
 
+def audit_instruction(where: str, files: list[str]) -> str:
+    """The question one finding answers: the audit of these files in this change. Findings about
+    other files of the same change answer another question (and are never paired with it)."""
+    target = ", ".join(f"`{f}`" for f in files) if files else "the changed code"
+    return (f"Check {target} in the changes of {where} for defects; give the finding with its severity, "
+            "the evidence and a patch.")
+
+
 def convert_audit(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
     """One auditor finding: {finding_id, phase, resolution, severity, topic, ts, evidence}."""
     phase = key_or_int_str(row, "phase")
@@ -105,6 +113,7 @@ def convert_audit(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
     created = first_timestamp(row, "ts", "created_at")
     task_id = f"audit:phase-{phase}" if phase is not None else f"audit:pr-{pr}"
     where = f"phase {phase}" if phase is not None else f"PR #{pr}"
+    files = str_list(row, "files")
     return EvidenceRecord(
         run_id=run_id(ctx, natural_key(row, ("finding_id",))),
         task_id=task_id,
@@ -113,8 +122,8 @@ def convert_audit(row: dict[str, Any], ctx: RowContext) -> EvidenceRecord:
         model_role=ModelRole.REVIEWER,
         model_name=optional_str(row, "auditor_model"),
         text=text,
-        instruction=f"Check the changes of {where} for defects; for each finding give its severity, the evidence and a patch.",
-        source_files=str_list(row, "files"),
+        instruction=audit_instruction(where, files),
+        source_files=files,
         markers=drop_none({"severity": severity, "resolution": optional_str(row, "resolution")}),
         metadata=drop_none(
             {"phase": phase, "pr": pr, "check": optional_str(row, "check"), "topic": optional_str(row, "topic")}

@@ -34,6 +34,11 @@ class Backend(Protocol):
         self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float
     ) -> Generation: ...
 
+    def ready(self) -> None:
+        """Raise BackendError now when the backend cannot answer (a dead server, a missing model),
+        so a caller learns it before spending time on retrieval; cheap, cached after success."""
+        ...
+
 
 def prompt_chars(messages: Messages) -> int:
     return sum(len(m.get("content", "")) for m in messages)

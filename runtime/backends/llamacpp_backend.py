@@ -112,6 +112,11 @@ class LlamaCppBackend:
         self.load_ms = (time.perf_counter() - start) * 1000
         self._inflight: threading.Thread | None = None
 
+    def ready(self) -> None:
+        """Loaded in process: ready unless a call that timed out still runs."""
+        if self.busy:
+            raise BackendError("llama.cpp is still busy with a call that timed out earlier", backend=self.name, model=self.model)
+
     @property
     def busy(self) -> bool:
         """True while a native call that timed out is still running (it cannot be cancelled)."""

@@ -51,13 +51,19 @@ class OllamaBackend:
     name = "ollama"
 
     def __init__(self, model: str, *, host: str | None = None, num_ctx: int = 4096, timeout: float = 120.0) -> None:
-        import ollama
-
         self.model = model
         self.num_ctx = num_ctx
         self.timeout = timeout
-        self.client = ollama.Client(host=host, timeout=timeout)
-        self.host = str(self.client._client.base_url)
+        try:
+            import ollama  # the package builds a default client from OLLAMA_HOST at import
+
+            self.client = ollama.Client(host=host, timeout=timeout)
+            self.host = str(self.client._client.base_url)
+        except ValueError as exc:  # an unparsable host or port, from settings or OLLAMA_HOST
+            import os
+
+            where = repr(host) if host else f"{os.environ.get('OLLAMA_HOST', '')!r} (OLLAMA_HOST)"
+            raise BackendError(f"Ollama host {where} is not a usable URL: {exc}", backend=self.name, model=model) from exc
         self._model_checked = False
 
     def _err(self, message: str) -> BackendError:
@@ -67,6 +73,9 @@ class OllamaBackend:
         return self._err(
             f"model {self.model!r} is not available on Ollama at {self.host}: run `ollama pull {self.model}`"
         )
+
+    def ready(self) -> None:
+        self.ensure_model()
 
     def ensure_model(self) -> None:
         """/api/tags once per backend: a missing model fails before any prompt is sent."""
@@ -126,9 +135,9 @@ class OllamaBackend:
 
 def reachable(host: str | None, timeout: float) -> bool:
     """A quick liveness probe for `auto` (GET /api/tags with a short timeout)."""
-    import ollama
-
     try:
+        import ollama  # a malformed OLLAMA_HOST fails here already
+
         ollama.Client(host=host, timeout=timeout).list()
         return True
     except Exception:  # noqa: BLE001 - unreachable for any reason means "not this backend"

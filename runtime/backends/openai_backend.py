@@ -56,6 +56,9 @@ class OpenAIBackend:
         self.base_url = base_url or "https://api.openai.com/v1"
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries)
 
+    def ready(self) -> None:
+        """Nothing cheap to ask an OpenAI-compatible server before the call itself."""
+
     def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
         start = time.perf_counter()
         try:

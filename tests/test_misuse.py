@@ -1,0 +1,387 @@
+"""What a new user and a hostile tester broke in an afternoon, one test per finding (issue 13), plus
+a property test: random pairs of mutating commands run at once on one workspace keep conservation
+and never duplicate evidence.
+
+Everything runs the real CLIs in subprocesses (tests/fixtures_reliability.py), the way a user or a
+scheduler does, so a lock, a traceback or an exit code is the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fixtures_reliability import DISTILL, REPLAY, REPO, SAMPLE_KB, cli_env, run_cli, small_workspace
+
+MUTATING = {
+    "collect": ["collect"],
+    "score": ["score"],
+    "export": ["export", "all"],
+    "run": ["run", "--no-index"],
+    "init": ["init", "{root}", "--sample"],
+}
+
+
+def _workspace(root: Path, rows: int = 30) -> Path:
+    return small_workspace(root, rows_per_stream=rows)
+
+
+def _cmd(name: str, root: Path) -> list[str]:
+    args = [a.replace("{root}", str(root)) for a in MUTATING[name]]
+    return [*DISTILL, *args] + ([] if name == "init" else ["--root", str(root)])
+
+
+def evidence_rows(root: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted((root / "evidence").rglob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The failure shape every expected error has: the exit code, one line on stderr, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-800:], proc.stderr[-1500:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- 1. concurrent mutating commands
+
+
+def test_1_two_collects_at_once_never_double_the_evidence(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=200)
+    procs = [subprocess.Popen(_cmd("collect", root), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    if codes == [0, 2]:
+        assert any("another distill command is changing" in err for code, err in results if code == 2)
+    rows = evidence_rows(root)
+    keys = Counter((r["run_id"], r["provenance"]["sig_hash"]) for r in rows)
+    assert keys and max(keys.values()) == 1, "evidence was written twice"
+    done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root), "--json"])
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    for stage in summary["stages"]:
+        assert "duplicate_id" not in stage["totals"]["by_reason"], stage["stage"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=st.tuples(st.sampled_from(sorted(MUTATING)), st.sampled_from(sorted(MUTATING))))
+def test_1_random_pairs_of_mutating_commands_keep_conservation(pair: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = _workspace(tmp_path_factory.mktemp("pair") / "ws", rows=60)
+    procs = [subprocess.Popen(_cmd(name, root), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in pair]
+    for name, proc in zip(pair, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 2), (name, proc.returncode, err[-1500:])
+        assert "Traceback" not in err, (name, err)
+        if proc.returncode == 2:
+            assert "another distill command is changing" in err, (name, err)
+    # whatever ran, a following run is consistent: counts balance, nothing was collected twice
+    done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root), "--json"])
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    for stage in summary["stages"]:
+        t = stage["totals"]
+        assert t["rows_in"] == t["written"] + t["quarantined"] + t["deduped"] + t["skipped"], stage
+        assert "duplicate_id" not in t["by_reason"], (pair, stage["stage"])
+    keys = Counter((r["run_id"], r["provenance"]["sig_hash"]) for r in evidence_rows(root))
+    assert max(keys.values()) == 1
+
+
+# ---------------------------------------------------------------------- 2. init keeps the user's rows
+
+
+def test_2_init_sample_on_an_existing_workspace_overwrites_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    assert run_cli([*DISTILL, "init", str(root), "--sample"]).returncode == 0
+    extra = json.dumps({"finding_id": "MINE-1", "phase": 1, "severity": "low", "evidence": "my own row", "ts": "2026-01-01T00:00:00Z"})
+    with open(root / "_kb" / "audits.jsonl", "a") as fh:
+        fh.write(extra + "\n")
+    again = run_cli([*DISTILL, "init", str(root), "--sample", "--json"])
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_kept"] == ["_kb/audits.jsonl"]
+    assert (root / "_kb" / "audits.jsonl").read_text().endswith(extra + "\n")
+
+
+# ---------------------------------------------------------------------- 3. views are outputs of the run
+
+
+def test_3_a_view_made_by_hand_does_not_break_later_runs(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=40)
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    assert run_cli([*DISTILL, "export", "sft", "--format", "trl", "--root", str(root)]).returncode == 0
+    second = run_cli([*DISTILL, "run", "--no-index", "--root", str(root), "--json"])
+    assert second.returncode == 0, second.stdout[-2000:]
+    assert json.loads(second.stdout)["drift"]["severity"] == "ok"
+    views = sorted(p.relative_to(root).as_posix() for p in (root / "exports").rglob("*.jsonl")
+                   if "/trl/" in p.as_posix() or "/openai/" in p.as_posix())
+    before = {v: (root / v).read_bytes() for v in views}
+    assert "exports/sft/trl/messages.jsonl" in before and "exports/preference/openai/preference.jsonl" in before
+    shutil.rmtree(root / "exports")
+    rebuilt = run_cli([*DISTILL, "run", "--no-index", "--root", str(root), "--json"])
+    assert rebuilt.returncode == 0, rebuilt.stdout[-2000:]
+    assert json.loads(rebuilt.stdout)["drift"]["severity"] == "ok"
+    assert {v: (root / v).read_bytes() for v in views} == before  # the views were rebuilt, byte for byte
+
+
+# ---------------------------------------------------------------------- 4. text is printed as text
+
+
+def test_4_markup_looking_text_is_printed_as_it_is(tmp_path: Path) -> None:
+    from tests.ollama_server import OllamaLoopback, Reply
+
+    root = _workspace(tmp_path / "ws", rows=3)
+    answer = "Index with v[/*idx*/0] and arr[i]; buf[b] is [bold]not[/] markup. " + "x" * 150 + " END"
+    with OllamaLoopback() as srv:
+        srv.set_default(Reply(content=answer))
+        (root / "distill.toml").write_text(f'[runtime]\nollama_host = "{srv.url}"\nollama_model = "qwen2.5:7b-instruct"\n')
+        done = run_cli([*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "Index the buffer [/logs/quux.log]"])
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1), done.stderr
+    assert answer in done.stdout  # whole: brackets kept, the long line not cut at 80 columns
+
+
+def test_4_search_prints_record_text_with_brackets(tmp_path: Path) -> None:
+    from distill.config import load_settings
+    from distill.workspace import Workspace
+    from index.build import run_index
+    from tests.fixtures_index import rag_row, write_export
+
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    rows = [rag_row(i) for i in range(6)] + [rag_row(6, title="Logs in [/logs/quux.log] and arr[i]", text="The quux log [/logs/quux.log] grows; arr[i] overflows.")]
+    write_export(root, rows)
+    run_index(Workspace(root), load_settings(root), progress=False)
+    done = run_cli([*DISTILL, "search", "quux log", "--mode", "bm25", "--root", str(root)])
+    assert done.returncode == 0, done.stderr
+    assert "[/logs/quux.log]" in done.stdout and "arr[i]" in done.stdout
+
+
+# ---------------------------------------------------------------------- 5. pairs answer the same question
+
+
+def test_5_preference_pairs_compare_answers_to_the_same_question(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(SAMPLE_KB, root / "_kb")
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    evidence = {r["run_id"]: r for r in evidence_rows(root)}
+    pairs = [json.loads(line) for line in (root / "exports" / "preference" / "chosen_rejected.jsonl").read_text().splitlines()]
+    assert pairs
+    for pair in pairs:
+        chosen, rejected = evidence[pair["chosen_run_id"]], evidence[pair["rejected_run_id"]]
+        assert chosen["source_files"] == rejected["source_files"] or chosen["task_id"] == rejected["task_id"]
+        if chosen["source"] == "audits":
+            assert chosen["source_files"] == rejected["source_files"], pair["id"]  # never two different findings' files
+    # a high or critical finding that was fixed is a good audit, and reaches RAG
+    rag = [json.loads(line) for line in (root / "exports" / "rag" / "playbooks.jsonl").read_text().splitlines()]
+    severities = Counter(evidence[r["source_run_id"]]["markers"]["severity"] for r in rag if r["source_category"] == "audits")
+    assert severities["high"] > 0 and severities["critical"] > 0
+
+
+# ---------------------------------------------------------------------- 6. diff headers are grounded
+
+
+def test_6_the_gate_accepts_standard_diff_headers() -> None:
+    from distill.records.replay import ContextBundle, RetrievedItem
+    from runtime.gate import check_grounding
+
+    bundle = ContextBundle(exemplars=[RetrievedItem(id="rag-1", score=1, rank=1, text="x", source_files=["services/ingest/src/batcher.rs"])])
+    patch = "--- a/services/ingest/src/batcher.rs\n+++ b/services/ingest/src/batcher.rs\n@@ -1 +1 @@\n-a\n+b"
+    assert check_grounding(patch, bundle, "Fix the batcher", require_citation=False).passed
+    assert not check_grounding("--- a/services/other.rs", bundle, "Fix the batcher", require_citation=False).passed
+
+
+# ---------------------------------------------------------------------- 7. config mistakes are refused
+
+
+@pytest.mark.parametrize(
+    "toml, env, named",
+    [
+        ('[export]\nrepo_rot = "/x"\n', {}, "export.repo_rot"),
+        ("", {"DISTILL_COLLECT__MAX_LINE_BYTE": "5"}, "DISTILL_COLLECT__MAX_LINE_BYTE"),
+        ("[export]\ncontamination_ngram = 0\n", {}, "export.contamination_ngram"),
+        ("[export]\nmax_pairs_per_task = -1\n", {}, "export.max_pairs_per_task"),
+        ("[score]\ngrounded_accept = -3\n", {}, "score.grounded_accept"),
+        ("[nosuchsection]\nx = 1\n", {}, "nosuchsection"),
+    ],
+)
+def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: str, env: dict[str, str], named: str) -> None:
+    root = _workspace(tmp_path / "ws", rows=2)
+    (root / "distill.toml").write_text(toml)
+    line = one_line_error(run_cli([*DISTILL, "collect", "--root", str(root)], **env))
+    assert named in line
+
+
+# ---------------------------------------------------------------------- 8. one line and exit 2, never a traceback
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
+     "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url"],
+)
+def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
+    root = _workspace(tmp_path / "ws", rows=2)
+    env: dict[str, str] = {}
+    cmd = [*DISTILL, "run", "--no-index", "--root", str(root)]
+    if case == "init_a_file":
+        (tmp_path / "afile").write_text("x")
+        cmd = [*DISTILL, "init", str(tmp_path / "afile")]
+    elif case == "init_under_proc":
+        cmd = [*DISTILL, "init", "/proc/distill-test"]
+    elif case == "reports_is_a_file":
+        (root / "reports").write_text("not a directory")
+    elif case == "toml_is_a_dir":
+        (root / "distill.toml").mkdir()
+    elif case == "env_not_json":
+        env = {"DISTILL_COLLECT": "notjson"}
+    elif case == "env_sources":
+        env = {"DISTILL_SOURCES": "oops"}
+    elif case == "env_list":
+        env = {"DISTILL_EXPORT__BENCHMARK_FILES": "x"}
+    elif case == "absolute_mapping":
+        (root / "distill.toml").write_text('[[sources]]\nname = "abs"\npath = "/abs/x.jsonl"\ntask_id = "t"\ntext = "o"\n')
+    elif case.startswith("ollama_host"):
+        env = {"OLLAMA_HOST": "http://127.0.0.1:99999" if case.endswith("port") else "not a url::"}
+        cmd = [*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "hello there"]
+    one_line_error(run_cli(cmd, **env))
+
+
+# ---------------------------------------------------------------------- 9. nothing skipped without a word
+
+
+def test_9_inputs_collect_does_not_read_are_reported(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=3)
+    kb = root / "_kb"
+    (kb / "my_agent.jsonl").write_text('{"ticket": "T-1", "output": "done"}\n')
+    (kb / "dir.jsonl").mkdir()
+    (kb / "dangling.jsonl").symlink_to(kb / "nowhere")
+    (kb / "loop_a").symlink_to(kb / "loop_b")
+    (kb / "loop_b").symlink_to(kb / "loop_a")
+    os.mkfifo(kb / "fifo.jsonl")
+    done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    unread = {u["path"]: u["reason"] for u in json.loads(done.stdout)["unread"]}
+    assert "[[sources]]" in unread["_kb/my_agent.jsonl"]
+    assert "directory" in unread["_kb/dir.jsonl"] and "broken symlink" in unread["_kb/dangling.jsonl"]
+    assert "loop" in unread["_kb/loop_a"] and "FIFO" in unread["_kb/fifo.jsonl"]
+
+
+def test_9_a_directory_without_kb_is_not_a_workspace(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not a workspace" in one_line_error(run_cli([*DISTILL, "run", "--root", str(empty)]))
+    assert list(empty.iterdir()) == []  # nothing created there
+
+
+def test_9_a_byte_order_mark_does_not_cost_the_first_row(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=5)
+    plain = run_cli([*DISTILL, "collect", "--root", str(root), "--dry-run", "--json"])
+    path = root / "_kb" / "scrum_reviews.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    bom = run_cli([*DISTILL, "collect", "--root", str(root), "--dry-run", "--json"])
+    assert json.loads(bom.stdout)["by_source"]["scrum_reviews"] == json.loads(plain.stdout)["by_source"]["scrum_reviews"]
+
+
+# ---------------------------------------------------------------------- 10. a forged row fails the export
+
+
+def test_10_standalone_export_refuses_a_forged_row_and_keeps_it_out_of_views(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=40)
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    scored = [json.loads(line) for p in (root / "scored-runs").rglob("*.jsonl") for line in p.read_text().splitlines()]
+    rejected = next(s for s in scored if s["category"] == "rejected")
+    rows = (root / "exports" / "sft" / "instruction_response.jsonl").read_text().splitlines()
+    forged = dict(json.loads(rows[0]), id="sft-forged000000000", source_run_id=rejected["evidence_run_id"],
+                  provenance=rejected["provenance"], response="FORGED RESPONSE")
+    with open(root / "exports" / "sft" / "instruction_response.jsonl", "a") as fh:
+        fh.write(json.dumps(forged) + "\n")
+    done = run_cli([*DISTILL, "export", "sft", "--format", "trl", "--root", str(root)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "firewall_sft_category" in done.stderr
+    for view in (root / "exports" / "sft").rglob("*.jsonl"):
+        if view.name != "instruction_response.jsonl":
+            assert "FORGED RESPONSE" not in view.read_text(), view
+
+
+# ---------------------------------------------------------------------- 11. the smaller ones
+
+
+def test_11_json_errors_are_json_on_stdout(tmp_path: Path) -> None:
+    done = run_cli([*DISTILL, "collect", "--root", str(tmp_path / "missing"), "--json"])
+    assert done.returncode == 2
+    assert json.loads(done.stdout) == {"error": json.loads(done.stdout)["error"], "exit_code": 2}
+    assert "does not exist" in json.loads(done.stdout)["error"]
+
+
+def test_11_receipts_stage_cannot_leave_the_run_directory(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=2)
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    assert "not a stage name" in one_line_error(run_cli([*DISTILL, "receipts", "--stage", "../x", "--root", str(root)]))
+
+
+def test_11_outputs_are_readable_by_others_like_the_datasets(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=10)
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    for rel in ("exports/README.md", "exports/quarantine/collect.jsonl", "exports/sft/trl/messages.jsonl",
+                "exports/rag/playbooks.jsonl", "reports/latest.json"):
+        mode = stat.S_IMODE((root / rel).stat().st_mode)
+        assert mode & 0o044 == 0o044, (rel, oct(mode))
+
+
+def test_11_version() -> None:
+    assert run_cli([*DISTILL, "--version"]).stdout.startswith("distill ")
+    assert "distill" in run_cli([*REPLAY, "--version"]).stdout
+
+
+def test_11_a_dead_backend_fails_fast_and_is_not_evidence(tmp_path: Path) -> None:
+    import socket
+
+    root = _workspace(tmp_path / "ws", rows=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "distill.toml").write_text(f'[runtime]\nollama_host = "http://127.0.0.1:{port}"\n')
+    start = time.monotonic()
+    done = run_cli([*REPLAY, "--root", str(root), "--backend", "ollama", "--task", "Review the batcher", "--json"])
+    assert done.returncode == 2 and time.monotonic() - start < 20
+    run = json.loads(done.stdout)
+    assert run["final_verdict"] == "error" and run["retrieved"] == []  # no retrieval was spent on it
+    collected = run_cli([*DISTILL, "collect", "--root", str(root), "--json"])
+    replay = json.loads(collected.stdout)["by_source"]["replay_runs"]
+    assert replay["written"] == 0 and replay["by_reason"] == {"no_model_answer": 1}
+
+
+def test_11_a_read_only_store_is_not_told_to_rebuild(tmp_path: Path) -> None:
+    from index.store import not_writable
+
+    assert not_writable(tmp_path, RuntimeError("attempt to write a readonly database"))
+    assert not not_writable(tmp_path, RuntimeError("file is not a database"))
+
+
+def test_11_bm25_search_needs_no_chroma_store(tmp_path: Path) -> None:
+    from distill.config import load_settings
+    from distill.workspace import Workspace
+    from index.build import run_index
+    from tests.fixtures_index import rag_row, write_export
+
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    write_export(root, [rag_row(i) for i in range(5)])
+    run_index(Workspace(root), load_settings(root), progress=False)
+    shutil.rmtree(root / "index" / "chroma")
+    done = run_cli([*DISTILL, "search", "flaky migration test", "--mode", "bm25", "--root", str(root), "--json"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["hits"]
