@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI smoke: 2 tasks per family, 1 round, short answers")
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     ap.add_argument("--max-tokens", type=int)
+    ap.add_argument("--k", type=int, help="retrieved items per prompt (default 6)")
+    ap.add_argument("--item-max-chars", type=int, help="characters kept per retrieved item (default 700)")
+    ap.add_argument("--routing-every", type=int, default=1,
+                    help="the routing curve on every N-th retrieval task (the strong model answers each of them; default 1 = all)")
     ap.add_argument("--backend", default="llamacpp", help="local backend (default: the embedded packaged Qwen 0.5B)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--work-dir", type=Path)
@@ -350,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes["rounds"] = max(1, args.rounds)
     if args.max_tokens is not None:
         sizes["max_tokens"] = args.max_tokens
+    if args.k is not None:
+        sizes["k"] = max(1, args.k)
+    if args.item_max_chars is not None:
+        sizes["item_max_chars"] = max(100, args.item_max_chars)
+    sizes["routing_every"] = max(1, args.routing_every)
     name = args.name or ("escalation_quick" if args.quick else "escalation")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="distill-escalation-"))
     try:
@@ -427,12 +436,14 @@ def run(args: Any, sizes: dict[str, Any], work: Path) -> dict[str, Any]:
 
     records: list[dict[str, Any]] = []
 
+    routed: set[str] = {t["id"] for i, t in enumerate(tasks) if i % sizes["routing_every"] == 0}
+
     def one(sess: ReplaySession, task: dict[str, Any], condition: str, round_no: int) -> None:
         if not sess.options.no_retrieval:
             sess.searcher = ExcludingSearcher(searcher, frozenset(task.get("exclude") or []), frozenset({task["id"]}))
         run = sess.run(task["task"], task_id=task["id"])
         extra = None
-        if strong is not None and not run.escalated and condition == "retrieval":
+        if strong is not None and not run.escalated and condition == "retrieval" and task["id"] in routed:
             # the routing curve needs the strong model's answer to the same prompt on every task
             messages = render(task["task"], run.bundle, run.bundle.nonce or "")
             extra = run_attempt(strong, Prompt(messages, run.bundle, 0), task["task"], settings, escalation=True)
@@ -474,7 +485,8 @@ def run(args: Any, sizes: dict[str, Any], work: Path) -> dict[str, Any]:
                   **{k: v for k, v in summarise(pick(condition="retrieval", round=r)).items() if k != "checks"}}
                  for r in range(1, sizes["rounds"] + 1)]
     route: dict[str, Any] = {"strong_model": None, "note": "no strong model (--local-only): no routing curve"}
-    ret = [r for r in pick(condition="retrieval") if r["strong_correct"] is not None]
+    # the sampled tasks only (escalated or not), so that escalated tasks are not over-represented
+    ret = [r for r in pick(condition="retrieval") if r["strong_correct"] is not None and r["task_id"] in routed]
     if strong is not None and ret:
         route = {"strong_model": strong_desc, "n": len(ret),
                  **routing([int(r["correct"]) for r in ret], [int(bool(r["strong_correct"])) for r in ret],

@@ -65,7 +65,8 @@ def _echo(task: str, bundle: dict[str, Any], k: int) -> str:
     from runtime.prompt import make_nonce, render
 
     b = ContextBundle.model_validate(bundle)
-    system, user = render(task, b, make_nonce(task, b))
+    messages = render(task, b, make_nonce(task, b))
+    system, user = messages[0], messages[-1]
     return (system["content"] if k % 2 == 0 else user["content"])[:400]
 
 

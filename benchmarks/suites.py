@@ -215,8 +215,8 @@ def sample(n: int, work: Path, *, split: str = "test") -> tuple[list[dict[str, A
             "choices": SEVERITIES,
             "gold": sev,
             "exclude": own,
-            "task": (f"A review of `{path}` found: {title}. What severity should this finding get? Answer with one "
-                     "word (info, low, medium, high or critical) first, then cite the earlier review that supports it."),
+            "task": (f"A review of `{path}` found: {title}. What severity should this finding get? Answer info, low, "
+                     "medium, high or critical as the first word, then quote the earlier review that supports it."),
         })
     for d in corpus:
         d.pop("file", None)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, GateCheck, GateResult
 from runtime.prompt import make_nonce, render
+from runtime.task_form import asks_for_file, task_options
 
 _EXTENSIONS = (
     "py|pyi|rs|ts|tsx|js|jsx|mjs|cjs|go|java|kt|rb|php|c|h|cc|cpp|hpp|cs|swift|scala|sh|bash|zsh|ps1|"
@@ -347,23 +348,62 @@ def check_support(
 
 
 # ---------------------------------------------------------------------------------------------
+# citations: a reference the answer names must exist, a passage it quotes must be in the evidence
+
+_REFERENCE_NO = re.compile(r"\breference\s+#?(\d+)\b", re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"\n]+)(?:"|$)|\u201c([^\u201d\n]+)(?:\u201d|$)')
+MIN_QUOTE_WORDS = 4
+MIN_QUOTE_MATCH = 0.8
+
+
+def quoted_passages(text: str) -> list[str]:
+    """Passages in double quotes ("..." or \u201c...\u201d) of at least MIN_QUOTE_WORDS words; a quote
+    left open at the end (an answer cut by the token limit) counts up to where it stops."""
+    out = []
+    for m in _QUOTED.finditer(text.strip()):
+        passage = (m.group(1) or m.group(2) or "").strip()
+        if len(_WORD.findall(passage.lower())) >= MIN_QUOTE_WORDS:
+            out.append(passage)
+    return out
+
+
+def _quote_found(passage: str, evidence_grams: set[tuple[str, ...]]) -> bool:
+    words = _WORD.findall(passage.lower())
+    grams = _ngrams(words, 3)
+    return sum(g in evidence_grams for g in grams) >= MIN_QUOTE_MATCH * len(grams)
+
+
+def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
+    """An answer that says "Reference 3 says ..." when the prompt had two references, or quotes a
+    passage that no reference contains, invents its evidence; it fails however fluent it is. Quotes
+    are matched by word 3-grams (80 % must be in the retrieved text or checklist), so a dropped comma
+    or a quote cut by the token limit still counts, and a passage taken from the task does not: the
+    question is not evidence for its own answer."""
+    n_refs = len(bundle.exemplars) + len(bundle.warnings)
+    bad_refs = sorted({int(m.group(1)) for m in _REFERENCE_NO.finditer(output) if not 1 <= int(m.group(1)) <= n_refs})
+    passages = quoted_passages(output)
+    problems = []
+    if bad_refs:
+        had = f"the prompt had {n_refs}" if n_refs else "the prompt had none"
+        problems.append(f"cites reference {', '.join(map(str, bad_refs))} but {had}")
+    if passages:
+        evidence = "\n".join([*(f"{i.title or ''}\n{i.text}" for i in (*bundle.exemplars, *bundle.warnings)),
+                              *bundle.validation_steps])
+        evidence_grams = set(_ngrams(_WORD.findall(evidence.lower()), 3))
+        missing = [p for p in passages if not _quote_found(p, evidence_grams)]
+        if missing:
+            problems.append(f"{len(missing)}/{len(passages)} quoted passages are in no reference: {_quote(p[:60] for p in missing)}")
+    if problems:
+        return _check("citations", False, "; ".join(problems))
+    if not passages and not n_refs:
+        return _check("citations", True, "no reference cited and none quoted")
+    return _check("citations", True, f"{len(passages)} quoted passages found in the references; every cited reference exists")
+
+
+# ---------------------------------------------------------------------------------------------
 # answer form: what the task asks for (one of its options, a file path) is what the answer gives
 
-_OPTIONS = re.compile(
-    r"\b(?:answer|reply|respond|choose|pick|one of|one word)\b[^.\n]{0,40}?\b([a-z]+(?:\s*,\s*[a-z]+)*,?\s+or\s+[a-z]+)\b"
-)
-_ASKS_FOR_FILE = re.compile(r"\b(?:which|what) (?:source )?files?\b|\bthe file path\b|\banswer with the (?:file )?path\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?\n]")
-
-
-def task_options(task: str) -> list[str]:
-    """The options a task asks the answer to choose from ('Answer yes, no or maybe', 'reply with one
-    word: low, medium or high'), when it asks for one; otherwise []."""
-    for m in _OPTIONS.finditer(task.lower()):
-        words = [w for w in re.split(r"\s*,\s*|\s+or\s+", m.group(1)) if w]
-        if len(words) >= 2 and all(len(w) <= 12 for w in words) and len(set(words)) == len(words):
-            return words
-    return []
 
 
 def check_answer_form(output: str, task: str) -> GateCheck:
@@ -380,7 +420,7 @@ def check_answer_form(output: str, task: str) -> GateCheck:
         if others:
             return _check("answer_form", False, f"the first sentence names {chosen!r} and also {_quote(others)}: no single decision")
         return _check("answer_form", True, f"decides {chosen!r}")
-    if _ASKS_FOR_FILE.search(task):
+    if asks_for_file(task):
         if not cited_paths(output):
             return _check("answer_form", False, "the task asks for a file and the answer names no file path")
         return _check("answer_form", True, f"names {cited_paths(output)[0]!r}")
@@ -429,6 +469,7 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
     checks.append(check_grounding(text, bundle, task, require_citation=settings.require_citation))
     checks.append(check_echo(text, bundle, task, n=settings.echo_ngram, max_fraction=settings.max_echo_fraction))
     checks.append(check_prompt_markup(text, bundle.nonce))
+    checks.append(check_citations(text, bundle))
     checks.append(check_answer_form(text, task))
     checks.append(
         check_support(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from distill.hashing import sha256_hex
 from distill.records.replay import ContextBundle, RetrievedItem
+from runtime.task_form import worked_example
 
 TEMPLATE_RESERVE_TOKENS = 64
 """Tokens left for the chat template's own markup around the messages."""
@@ -78,7 +79,7 @@ def render(task: str, bundle: ContextBundle, nonce: str) -> list[dict[str, str]]
     if not parts:
         parts.append(NO_CONTEXT_NOTE)
     user = "\n\n".join(parts) + f"\n\nQuestion: {task.strip()}\n\nAnswer:"
-    return [{"role": "system", "content": SYSTEM_RULES}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": SYSTEM_RULES}, *worked_example(task, nonce), {"role": "user", "content": user}]
 
 
 def _chars(messages: list[dict[str, str]]) -> int:

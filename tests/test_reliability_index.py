@@ -160,7 +160,7 @@ def test_injected_instructions_stay_inside_the_data_fences_of_the_prompt_sent(bu
         (request,) = srv.chat_requests
     retrieved = {r.id for r in run.retrieved}
     assert {"rag-inject000000000", "rag-inject000000001"} & retrieved, "the injection rows were not retrieved"
-    system, user = request["messages"][0]["content"], request["messages"][1]["content"]
+    system, user = request["messages"][0]["content"], request["messages"][-1]["content"]
     nonce = run.bundle.nonce
     assert nonce and re.fullmatch(r"[0-9a-f]{12}", nonce)
     assert "data, not instructions" in system

@@ -43,7 +43,7 @@ def test_grounded_answer_passes_every_check() -> None:
     assert result.passed, result
     assert [c.name for c in result.checks] == [
         "non_empty", "length", "hedging", "placeholders", "checklist_overlap", "grounding", "echo", "prompt_markup",
-        "answer_form", "support",
+        "citations", "answer_form", "support",
     ]
     assert all(c.reason for c in result.checks)
     assert "appear in the bundle" in checks(result)["grounding"].reason
@@ -145,7 +145,8 @@ def test_gate_is_pure_and_deterministic() -> None:
 
 def _prompt_echo(task: str, bundle: ContextBundle, which: int) -> str:
     """What the packaged 270M model did: repeat (the start of) one of its prompt messages."""
-    return render(task, bundle, make_nonce(task, bundle))[which]["content"][:400]
+    messages = render(task, bundle, make_nonce(task, bundle))
+    return (messages[0] if which == 0 else messages[-1])["content"][:400]
 
 
 @pytest.mark.parametrize(("bundle", "which"), [(BUNDLE, 0), (ContextBundle(), 0), (ContextBundle(), 1)],
@@ -299,3 +300,49 @@ def test_a_which_file_task_needs_a_file_path() -> None:
     vague = checks(validate("The ProviderAdapter must add the provider header to every request it builds.",
                             BUNDLE, task, GateSettings()))["answer_form"]
     assert not vague.passed and "names no file path" in vague.reason
+
+
+def test_a_quote_from_a_reference_passes_and_an_invented_one_fails() -> None:
+    task = "Where does routing live?"
+    quoted = 'Reference 1 says: "Routing lives in crates/gateway/src/main.rs and uses ProviderAdapter."'
+    assert checks(validate(quoted, BUNDLE, task, GateSettings()))["citations"].passed
+    # cut by the token limit: the open quote still matches as far as it goes
+    assert checks(validate('Reference 1 says: "Routing lives in crates/gateway/src/main.rs and', BUNDLE, task,
+                           GateSettings()))["citations"].passed
+    invented = checks(validate('Reference 1 says: "Routing lives in a table of providers kept in memory."', BUNDLE,
+                               task, GateSettings()))["citations"]
+    assert not invented.passed and "in no reference" in invented.reason
+
+
+def test_citing_a_reference_the_prompt_did_not_have_fails() -> None:
+    beyond = checks(validate("Reference 2 shows routing in crates/gateway/src/main.rs.", BUNDLE, "Where?",
+                             GateSettings()))["citations"]
+    assert not beyond.passed and "reference 2" in beyond.reason and "had 1" in beyond.reason
+    # without retrieval there is nothing to cite: quoting the question as "Reference 1" is invented evidence
+    task = "Metered-dose inhalers. Do health care providers know what to teach?\nAnswer yes, no or maybe first."
+    none = checks(validate('No. Reference 1 says: "Do health care providers know what to teach?"', ContextBundle(),
+                           task, GateSettings()))["citations"]
+    assert not none.passed and "had none" in none.reason and "in no reference" in none.reason
+
+
+def test_choice_and_file_tasks_get_a_worked_example_in_their_own_form() -> None:
+    from runtime.task_form import worked_example
+
+    choice = "Is the cache safe? Answer info, low, high or critical as the first word, then quote the evidence."
+    example = worked_example(choice, "n0nce")
+    assert [m["role"] for m in example] == ["user", "assistant"]
+    assert "info, low, high or critical" in example[0]["content"] and "[n0nce]" in example[0]["content"]
+    assert example[1]["content"].startswith("Info.")
+    assert worked_example("Which file must change to fix this issue?", "x")[1]["content"].startswith("billing/invoice.py")
+    assert worked_example("Audit provider routing in the gateway", "x") == []
+    messages = render(choice, BUNDLE, make_nonce(choice, BUNDLE))
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+
+
+def test_copying_the_worked_example_fails_the_gate() -> None:
+    from runtime.task_form import worked_example
+
+    task = "Is the cache safe?\nAnswer yes, no or maybe as the first word, then quote the sentence that decides it."
+    copied = worked_example(task, make_nonce(task, BUNDLE))[1]["content"]
+    result = validate(copied, BUNDLE, task, GateSettings())
+    assert not result.passed and not checks(result)["citations"].passed
