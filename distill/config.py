@@ -146,6 +146,12 @@ class GateSettings(Section):
             "hard to say",
             "might be",
             "may or may not",
+            "i think",
+            "i believe",
+            "i guess",
+            "i suppose",
+            "perhaps",
+            "not certain",
         ]
     )
     placeholder_patterns: list[str] = Field(
@@ -157,6 +163,10 @@ class GateSettings(Section):
             r"\bunimplemented\b",
             r"\bnot (?:yet )?implemented\b",
             r"\bNotImplementedError\b",
+            r"\bXXX\b",
+            r"\bTBD\b",
+            r"\bto be (?:written|added|done|filled in)\b",
+            r"\bfill in\b[^.\n]{0,40}\blater\b",
             r"\blorem ipsum\b",
             r"<\s*(?:insert|placeholder|your)[^>]*>",
             r"\[\s*(?:insert|placeholder)[^\]]*\]",

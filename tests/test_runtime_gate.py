@@ -84,10 +84,20 @@ def test_placeholders_fail(snippet: str) -> None:
 
 
 def test_placeholder_patterns_are_configurable() -> None:
-    text = GOOD + " Marked XXX for follow-up."
+    text = GOOD + " Marked QQQ for follow-up."
     assert checks(validate(text, BUNDLE, TASK, GateSettings()))["placeholders"].passed
-    custom = GateSettings(placeholder_patterns=[r"\bXXX\b"])
+    custom = GateSettings(placeholder_patterns=[r"\bQQQ\b"])
     assert not checks(validate(text, BUNDLE, TASK, custom))["placeholders"].passed
+
+
+@pytest.mark.parametrize("filler", ["XXX fill in the fix later.", "Patch: TBD.", "Validation: (to be written)"])
+def test_default_placeholders_cover_common_fillers(filler: str) -> None:
+    assert not checks(validate(GOOD + " " + filler, BUNDLE, TASK, GateSettings()))["placeholders"].passed
+
+
+@pytest.mark.parametrize("hedge", ["I think the retry path is wrong.", "Perhaps the timeout is missing."])
+def test_default_hedges_cover_first_person_guesses(hedge: str) -> None:
+    assert not checks(validate(GOOD + " " + hedge, BUNDLE, TASK, GateSettings()))["hedging"].passed
 
 
 def test_checklist_overlap_threshold() -> None:
