@@ -24,6 +24,15 @@ honoured: a row cannot whitelist itself.
 
 Each distinct line is analysed once per scanner (a bounded LRU memo), since a line's verdict
 depends on the line alone.
+
+Most lines hold no candidate at all, and running ~25 Python detectors on each of them was the
+single biggest cost of an export. So every pattern a detector can fire on (each plugin's denylist,
+the keyword detector's regexes, a quoted or unquoted run long enough to pass the entropy limit,
+the assignment rule) is compiled once into one Hyperscan database in prefilter mode, which by
+construction matches a superset of what each pattern matches; a detector runs on a line only when
+one of its own patterns hit it. Lines with non-ASCII text skip the prefilter (Python's `\w` and
+case folding are Unicode-aware), and a pattern Hyperscan cannot compile makes its detector run
+always: the prefilter can only skip work, never a finding (tests/test_secret_gate.py checks parity).
 """
 
 from __future__ import annotations
@@ -100,6 +109,66 @@ def line_views(line: str) -> list[str]:
     return [v for v in views if not (v in seen or seen.add(v))]  # type: ignore[func-returns-value]
 
 
+# ASCII characters Python's str `\s` matches and PCRE's does not: such lines skip the prefilter
+_PYTHON_ONLY_SPACE = re.compile("[\x1c-\x1f]")
+UNQUOTED_GROUP = "unquoted"
+ASSIGNMENT_GROUP = "assignment"
+
+
+def _entropy_min_length(limit: float) -> int:
+    """Shortest string whose Shannon entropy can exceed `limit` (entropy <= log2(length))."""
+    return int(2**limit) + 1
+
+
+class _Prefilter:
+    """One Hyperscan database over every detector's patterns: which detectors may fire on a line."""
+
+    def __init__(self, groups: list[tuple[object, str, int]]) -> None:
+        import hyperscan
+
+        self._hs = hyperscan
+        self.always: set[object] = set()
+        usable: list[tuple[object, bytes, int]] = []
+        base = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
+        for group, pattern, py_flags in groups:
+            if not pattern:
+                self.always.add(group)
+                continue
+            flags = base
+            if py_flags & re.IGNORECASE:
+                flags |= hyperscan.HS_FLAG_CASELESS
+            if py_flags & re.MULTILINE:
+                flags |= hyperscan.HS_FLAG_MULTILINE
+            if py_flags & re.DOTALL:
+                flags |= hyperscan.HS_FLAG_DOTALL
+            try:
+                probe = hyperscan.Database()
+                probe.compile(expressions=[pattern.encode()], ids=[0], elements=1, flags=[flags])
+            except Exception:  # noqa: BLE001 - any pattern it cannot take makes its detector run always
+                self.always.add(group)
+                continue
+            usable.append((group, pattern.encode(), flags))
+        self.group_of = [g for g, _, _ in usable]
+        self.db = hyperscan.Database()
+        if usable:
+            self.db.compile(expressions=[p for _, p, _ in usable], ids=list(range(len(usable))),
+                            elements=len(usable), flags=[f for _, _, f in usable])
+
+    def groups(self, view: str) -> set[object] | None:
+        """Detector groups whose patterns may match `view`; None: run them all."""
+        if not view.isascii() or _PYTHON_ONLY_SPACE.search(view):
+            return None
+        hit: set[object] = set(self.always)
+        group_of = self.group_of
+
+        def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> None:
+            hit.add(group_of[pattern_id])
+
+        if group_of:
+            self.db.scan(view.encode(), match_event_handler=on_match)
+        return hit
+
+
 class _Detectors:
     """detect-secrets' plugins and secret-level filters, built once per scanner."""
 
@@ -117,6 +186,38 @@ class _Detectors:
         self.entropy_plugin = next(p for p in plugins if isinstance(p, Base64HighEntropyString))
         self.entropy_types = (HighEntropyStringsPlugin,)
         self.h = heuristic
+        self.prefilter: _Prefilter | None = None
+
+    def prefilter_groups(self) -> list[tuple[object, str, int]]:
+        """(group, pattern, re flags) for every pattern a detector can fire on."""
+        from detect_secrets.plugins.keyword import KeywordDetector, QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP
+        from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
+
+        out: list[tuple[object, str, int]] = []
+        for index, plugin in enumerate(self.plugins):
+            if isinstance(plugin, KeywordDetector):
+                patterns = [(p.pattern, p.flags) for p in QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP]
+            elif isinstance(plugin, HighEntropyStringsPlugin):
+                run = "[" + re.escape(plugin.charset) + "]{%d,}" % _entropy_min_length(plugin.entropy_limit)
+                patterns = [(f"'{run}'", 0), (f'"{run}"', 0)]
+            elif getattr(plugin, "denylist", None):
+                patterns = [(p.pattern, p.flags) for p in plugin.denylist]
+            else:
+                out.append((index, "", 0))  # unknown kind of detector: run it always (empty pattern)
+                continue
+            out.extend((index, pattern, flags) for pattern, flags in patterns)
+        unquoted = "[A-Za-z0-9+/=_-]{%d,}" % max(UNQUOTED_MIN_LEN, _entropy_min_length(self.entropy_plugin.entropy_limit))
+        out.append((UNQUOTED_GROUP, unquoted, 0))
+        out.append((ASSIGNMENT_GROUP, _ASSIGNMENT.pattern.replace("(?i)", ""), re.IGNORECASE))
+        return out
+
+    def enable_prefilter(self) -> bool:
+        """Build the Hyperscan prefilter; False (every detector on every line) if it is unavailable."""
+        try:
+            self.prefilter = _Prefilter(self.prefilter_groups())
+        except ImportError:
+            self.prefilter = None
+        return self.prefilter is not None
 
     def _filtered(self, secret: str, line: str, plugin: Any) -> bool:
         h = self.h
@@ -131,8 +232,13 @@ class _Detectors:
 
     def kinds(self, line: str) -> set[str]:
         """Secret types detect-secrets finds on one line (filters applied as described above)."""
+        groups = self.prefilter.groups(line) if self.prefilter is not None else None
+        if groups is not None and not groups:
+            return set()
         found: set[str] = set()
-        for plugin in self.plugins:
+        for index, plugin in enumerate(self.plugins):
+            if groups is not None and index not in groups:
+                continue
             for secret in plugin.analyze_string(line):
                 if not secret or self._filtered(secret, line, plugin):
                     continue
@@ -142,8 +248,9 @@ class _Detectors:
                     continue
                 found.add(plugin.secret_type)
                 break
-        found.update(self._unquoted_entropy(line))
-        if not found and self._assignment(line):  # a fallback: only what detect-secrets missed
+        if groups is None or UNQUOTED_GROUP in groups:
+            found.update(self._unquoted_entropy(line))
+        if not found and (groups is None or ASSIGNMENT_GROUP in groups) and self._assignment(line):  # a fallback: only what detect-secrets missed
             found.add(CREDENTIAL_ASSIGNMENT)
         return found
 
@@ -178,14 +285,25 @@ class _Detectors:
 class SecretScanner:
     """Batch secret scan over many texts (one scanner per export or collect run)."""
 
-    def __init__(self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX) -> None:
+    def __init__(
+        self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX, *, prefilter: bool = True
+    ) -> None:
         self.entropy_limit = entropy_limit
         self.memo_lines = max(0, memo_lines)
+        self.use_prefilter = prefilter
         self._memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     @cached_property
     def _detectors(self) -> _Detectors:
-        return _Detectors(self.entropy_limit)
+        detectors = _Detectors(self.entropy_limit)
+        if self.use_prefilter:
+            detectors.enable_prefilter()
+        return detectors
+
+    @property
+    def prefiltered(self) -> bool:
+        """Whether the Hyperscan prefilter is in front of the detectors."""
+        return self._detectors.prefilter is not None
 
     def analyse(self, line: str) -> tuple[str, ...]:
         """Sorted secret types found in one line, in any of its views (no memo)."""
