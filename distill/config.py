@@ -197,6 +197,27 @@ class DriftSettings(Section):
     )
 
 
+class AuditSettings(Section):
+    """`distill audit`: how claims are checked and how recurrence raises severity. Placeholder
+    patterns are the gate's (`[gate] placeholder_patterns`): one list for answers and diffs."""
+
+    test_command: str | None = Field(
+        None, description="run with a timeout in the audited repository to check test claims (split like a shell, no shell)"
+    )
+    test_timeout_s: float = Field(600.0, gt=0, le=86_400, description="the test command is stopped after this")
+    info_at: int = Field(2, ge=1, description="a finding seen in this many distinct ranges is reported as recurring (info)")
+    warn_at: int = Field(3, ge=1, description="... in this many: warn")
+    block_at: int = Field(5, ge=1, description="... in this many: block")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AuditSettings:
+        if not self.info_at <= self.warn_at <= self.block_at:
+            raise ValueError(
+                f"info_at ({self.info_at}) <= warn_at ({self.warn_at}) <= block_at ({self.block_at}) must hold"
+            )
+        return self
+
+
 class FieldMapping(Section):
     """A declarative adapter for any other JSONL stream (see distill.sources.mapping)."""
 
@@ -250,6 +271,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     sources: list[FieldMapping] = Field(default_factory=list)
 
 

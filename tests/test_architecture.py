@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_packages_import_downwards_only() -> None:
-    """runtime -> index -> distill; distill imports neither (pyproject [tool.importlinter])."""
+    """audit -> runtime -> index -> distill; distill imports none of them (pyproject [tool.importlinter])."""
     done = subprocess.run(
         [str(Path(sys.executable).parent / "lint-imports"), "--config", str(REPO / "pyproject.toml")],
         cwd=REPO, capture_output=True, text=True, timeout=120,

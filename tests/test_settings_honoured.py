@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -277,8 +278,33 @@ def _code_change_rerun(s: Settings, w: World) -> str:
 RUNTIME_BASE = {"runtime": {"backend": "ollama"}}
 
 
+def _audit_test_run(s: Settings, w: World, command: str | None = None) -> tuple[int | None, bool] | None:
+    from audit.testrun import run_tests
+
+    command = command or s.audit.test_command
+    if command is None:
+        return None
+    run = run_tests(command, w.tmp, s.audit.test_timeout_s)
+    return run.passed, run.timed_out
+
+
+def _recurrence(s: Settings, ranges: int) -> str | None:
+    from audit.lessons import recurrence_severity
+
+    level = recurrence_severity(ranges, s.audit)
+    return level.value if level else None
+
+
+AUDIT_SLEEP = f"{sys.executable} -c 'import time; time.sleep(1.5)'"
+
+
 # The probes. Values such as "OPENAI" stand for a loopback server's URL (see _resolve).
 PROBES: dict[str, Probe] = {
+    "audit.test_command": Probe(f"{sys.executable} -c 'print(\"3 passed\")'", lambda s, w: _audit_test_run(s, w)),
+    "audit.test_timeout_s": Probe(0.3, lambda s, w: _audit_test_run(s, w, AUDIT_SLEEP)),
+    "audit.info_at": Probe(1, lambda s, w: _recurrence(s, 1)),
+    "audit.warn_at": Probe(2, lambda s, w: _recurrence(s, 2)),
+    "audit.block_at": Probe(3, lambda s, w: _recurrence(s, 3)),
     "collect.max_line_bytes": Probe(300, lambda s, w: _collect(s, w).totals.by_reason.get("line_too_long", 0)),
     "collect.include_replay_runs": Probe(False, lambda s, w: "replay_runs" in _collect(s, w, replay=True).by_source),
     "score.scorer_version": Probe("9.9.9", lambda s, w: _scored_version(s, w)),

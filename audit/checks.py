@@ -1,0 +1,221 @@
+"""The deterministic checks: placeholder code on added lines, and each claim against the diff and
+the test run. Pure functions of their inputs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+from audit.claims import Claim, ClaimKind, figure_number
+from audit.diff import AddedLine, FileChange
+from audit.findings import Finding, Severity, signature_of
+from audit.testrun import TestRun
+
+_STUB_WORD = re.compile(r"\b(?:stub(?:bed|s)?|placeholder)\b", re.IGNORECASE)
+_DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+\w+\s*\(.*\)\s*(?:->\s*[^:]+)?:\s*(pass|\.\.\.)?\s*(?:#.*)?$")
+_EMPTY = re.compile(r"^\s*(?:pass|\.\.\.)\s*(?:#.*)?$")
+_ABSTRACT = re.compile(r"@(?:abc\.)?abstractmethod|@(?:typing\.)?overload|\bProtocol\b")
+_DOCSTRING = re.compile(r"^\s*[rbuRBU]?(?:\"\"\"|''')")
+
+
+@lru_cache(maxsize=32)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
+
+
+def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
+                         sources: Mapping[str, str] | None = None) -> list[Finding]:
+    """Placeholder patterns (the gate's) on any added line: block. 'stub'/'placeholder' words and
+    functions whose whole body is `pass`/`...` in non-test code: warn and block."""
+    found: list[Finding] = []
+    compiled = _compiled(tuple(patterns))
+    for change in files:
+        for added in change.added:
+            for pattern in compiled:
+                m = pattern.search(added.text)
+                if m:
+                    found.append(_at(added, "placeholder", Severity.BLOCK, f"{m.group(0)} in {added.path}",
+                                     "added lines against the placeholder patterns ([gate] placeholder_patterns)",
+                                     f"`{m.group(0)}` on an added line: {added.text.strip()[:160]}", m.group(0)))
+                    break
+            else:
+                if not change.is_test and _STUB_WORD.search(added.text):
+                    word = _STUB_WORD.search(added.text).group(0)  # type: ignore[union-attr]
+                    found.append(_at(added, "stub_word", Severity.WARN, f"'{word}' in non-test code {added.path}",
+                                     "added non-test lines for 'stub' / 'placeholder'",
+                                     f"an added line says {word!r}: {added.text.strip()[:160]}", word.lower()))
+        if not change.is_test and change.path.endswith(".py"):
+            source = (sources or {}).get(change.path)
+            parsed = _empty_functions(source, change) if source is not None else None
+            found.extend(parsed if parsed is not None else _empty_bodies(change.added))
+    return found
+
+
+def _at(added: AddedLine, check: str, severity: Severity, title: str, checked: str, found: str, key: str) -> Finding:
+    return Finding(check=check, severity=severity, title=title, checked=checked, found=found,
+                   path=added.path, line=added.line, signature=signature_of(check, key))
+
+
+def _is_empty_statement(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Pass) or (
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.value.value is Ellipsis
+    )
+
+
+def _exempt(fn: ast.FunctionDef | ast.AsyncFunctionDef, parents: dict[ast.AST, ast.AST]) -> bool:
+    for dec in fn.decorator_list:
+        name = ast.unparse(dec)
+        if name.split(".")[-1] in ("abstractmethod", "overload", "abstractproperty"):
+            return True
+    parent = parents.get(fn)
+    if isinstance(parent, ast.ClassDef):
+        bases = {ast.unparse(b).split(".")[-1].split("[")[0] for b in parent.bases}
+        if bases & {"Protocol", "ABC"}:
+            return True
+    return False
+
+
+def _empty_functions(source: str, change: FileChange) -> list[Finding] | None:
+    """Functions of the new file whose body (docstring aside) is only `pass`/`...` and that the
+    change added or edited; None when the file does not parse (the line check takes over)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    added = {a.line: a for a in change.added}
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    out: list[Finding] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or _exempt(node, parents):
+            continue
+        body = list(node.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body = body[1:]
+        if not body or not all(_is_empty_statement(b) for b in body):
+            continue
+        touched = [n for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in added]
+        if not touched:
+            continue
+        line = added.get(node.lineno) or added[touched[0]]
+        out.append(_at(line, "empty_body", Severity.BLOCK, f"function {node.name} with an empty body in {change.path}",
+                       "added or edited non-test functions for a body of only `pass` / `...`",
+                       f"def {node.name}(...) has no body but `pass`/`...`", "empty function body"))
+    return out
+
+
+def _empty_bodies(added: list[AddedLine]) -> list[Finding]:
+    """Added Python functions whose body is only `pass` or `...` (abstract methods, overloads and
+    protocols aside)."""
+    out: list[Finding] = []
+    by_line = {a.line: a for a in added}
+    for a in added:
+        m = _DEF.match(a.text)
+        if not m:
+            continue
+        prev = by_line.get(a.line - 1)
+        if prev is not None and _ABSTRACT.search(prev.text):
+            continue
+        indent = len(m.group(1))
+        if m.group(2):  # def f(): pass
+            body_only_empty = True
+        else:
+            body = []
+            n = a.line + 1
+            while n in by_line:
+                text = by_line[n].text
+                if text.strip():
+                    if len(text) - len(text.lstrip()) <= indent:
+                        break
+                    body.append(text)
+                n += 1
+            body = [b for b in body if not _DOCSTRING.match(b)]
+            body_only_empty = bool(body) and all(_EMPTY.match(b) for b in body)
+        if body_only_empty:
+            out.append(_at(a, "empty_body", Severity.BLOCK, f"function with an empty body in {a.path}",
+                           "added non-test functions for a body of only `pass` / `...`",
+                           f"{a.text.strip()[:120]} has no body but `pass`/`...`", "empty function body"))
+    return out
+
+
+def _touched(files: Sequence[FileChange]) -> list[str]:
+    return [f.path for f in files]
+
+
+def _names_touched(claimed: str, touched: Sequence[str]) -> bool:
+    claimed = claimed.lstrip("./")
+    return any(t == claimed or t.endswith("/" + claimed) for t in touched)
+
+
+def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], message_lines: Sequence[str],
+                   test_run: TestRun | None) -> list[Finding]:
+    """Each claim checked against the diff (and the test run when there is one)."""
+    touched = _touched(files)
+    added_text = "\n".join(a.text for f in files for a in f.added)
+    found: list[Finding] = []
+    for claim in claims:
+        if claim.kind is ClaimKind.FILE:
+            if not _names_touched(claim.value, touched):
+                found.append(Finding(
+                    check="claim_file", severity=Severity.BLOCK, title=f"claim names {claim.value}, which the change does not touch",
+                    claim=claim.sentence, checked=f"the files the diff touches ({len(touched)})",
+                    found=f"{claim.value} is not among them" + (f" ({', '.join(touched[:5])})" if touched else ""),
+                    signature=signature_of("claim_file", "claimed file not in the diff"),
+                ))
+        elif claim.kind is ClaimKind.TEST_COUNT:
+            found.extend(_test_count(claim, test_run))
+        elif claim.kind is ClaimKind.ALL_TESTS:
+            found.extend(_all_tests(claim, test_run))
+        elif claim.kind is ClaimKind.FIGURE:
+            number = figure_number(claim.value)
+            if not re.search(r"(?<![\d.])" + re.escape(number) + r"(?![\d])", added_text):
+                found.append(Finding(
+                    check="claim_figure", severity=Severity.WARN, title=f"figure {claim.value} not backed by the change",
+                    claim=claim.sentence, checked="the added lines (results, docs, code) for the figure",
+                    found=f"{number} appears on no added line: no measurement in the change backs it",
+                    signature=signature_of("claim_figure", "figure not in the diff"),
+                ))
+        elif claim.kind is ClaimKind.FIXED:
+            code = [f for f in files if not f.is_test and (f.added or f.removed)]
+            if not code:
+                found.append(Finding(
+                    check="claim_fixed", severity=Severity.BLOCK, title=f"claims a fix ({claim.value[:60]}) with no code change",
+                    claim=claim.sentence, checked="the diff for changed non-test lines",
+                    found="no non-test file has a changed line", signature=signature_of("claim_fixed", "fix without code change"),
+                ))
+    return found
+
+
+def _not_run(claim: Claim, check: str) -> Finding:
+    return Finding(check=check, severity=Severity.INFO, title="test claim not checked", claim=claim.sentence,
+                   checked="the test command ([audit] test_command)", found="no test command is configured: not run",
+                   signature=signature_of(check, "test claim not checked"))
+
+
+def _test_count(claim: Claim, run: TestRun | None) -> list[Finding]:
+    if run is None:
+        return [_not_run(claim, "claim_tests")]
+    claimed = int(claim.value)
+    if run.passed is None:
+        return [Finding(check="claim_tests", severity=Severity.BLOCK, title=f"claimed {claimed} passing tests, runner gave no count",
+                        claim=claim.sentence, checked=f"`{run.command}` (exit {run.exit_code})",
+                        found=f"no count in its closing line: {run.closing_line!r}" + (" (timed out)" if run.timed_out else ""),
+                        signature=signature_of("claim_tests", "test count not verifiable"))]
+    if run.passed != claimed or run.failed:
+        return [Finding(check="claim_tests", severity=Severity.BLOCK,
+                        title=f"claimed {claimed} passing tests, the runner passed {run.passed}",
+                        claim=claim.sentence, checked=f"`{run.command}` (exit {run.exit_code})",
+                        found=f"closing line: {run.closing_line!r}", signature=signature_of("claim_tests", "test count differs"))]
+    return []
+
+
+def _all_tests(claim: Claim, run: TestRun | None) -> list[Finding]:
+    if run is None:
+        return [_not_run(claim, "claim_all_tests")]
+    if run.exit_code != 0 or run.failed or run.timed_out:
+        return [Finding(check="claim_all_tests", severity=Severity.BLOCK, title="claims all tests pass; they do not",
+                        claim=claim.sentence, checked=f"`{run.command}`",
+                        found=f"exit {run.exit_code}" + (" (timed out)" if run.timed_out else "") + f", closing line: {run.closing_line!r}",
+                        signature=signature_of("claim_all_tests", "tests fail"))]
+    return []

@@ -1,0 +1,57 @@
+"""The audited change, read from git: the commits of BASE..HEAD, their messages and their diff."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from distill.errors import UsageError
+
+
+class Change(BaseModel):
+    repo: Path
+    base: str  # resolved commit ids
+    head: str
+    messages: list[str]
+    diff: str
+
+    @property
+    def range_key(self) -> str:
+        return f"{self.base[:12]}..{self.head[:12]}"
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=120)
+    except FileNotFoundError:
+        raise UsageError("git is not installed") from None
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise UsageError(f"git {args[0]} failed in {repo}: {err[-1] if err else 'exit ' + str(done.returncode)}")
+    return done.stdout.decode("utf-8", errors="replace")
+
+
+def read_change(repo: Path, revision_range: str) -> Change:
+    """`BASE..HEAD` of the repository at `repo`."""
+    if not repo.is_dir():
+        raise UsageError(f"--repo {repo} is not a directory")
+    base, sep, head = revision_range.partition("..")
+    if not sep or not base or not head or head.startswith("."):
+        raise UsageError(f"--range {revision_range!r} is not BASE..HEAD")
+    _git(repo, "rev-parse", "--git-dir")
+    base_id = _git(repo, "rev-parse", "--verify", "--quiet", base + "^{commit}").strip()
+    head_id = _git(repo, "rev-parse", "--verify", "--quiet", head + "^{commit}").strip()
+    log = _git(repo, "log", "--format=%B%x00", f"{base_id}..{head_id}")
+    messages = [m.strip() for m in log.split("\x00") if m.strip()]
+    diff = _git(repo, "diff", "--no-color", "--no-ext-diff", "-U3", base_id, head_id)
+    return Change(repo=repo, base=base_id, head=head_id, messages=messages, diff=diff)
+
+
+def read_file_at(repo: Path, commit: str, path: str) -> str | None:
+    """A file's text at `commit` (None when it is not there or not text)."""
+    done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True, check=False, timeout=60)
+    if done.returncode != 0 or b"\x00" in done.stdout[:8192]:
+        return None
+    return done.stdout.decode("utf-8", errors="replace")

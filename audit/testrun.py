@@ -1,0 +1,63 @@
+"""The configured test command, run with a timeout; its closing line read for counts."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from distill.errors import UsageError
+
+_PASSED = re.compile(r"\b(\d+) passed\b")
+_FAILED = re.compile(r"\b(\d+) (?:failed|errors?)\b")
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests?\b")
+_UNITTEST_FAILED = re.compile(r"^FAILED \((?:failures|errors)=(\d+)")
+
+
+class TestRun(BaseModel):
+    command: str
+    exit_code: int | None
+    timed_out: bool = False
+    closing_line: str = ""
+    passed: int | None = None
+    failed: int = 0
+
+
+def read_counts(output: str) -> tuple[str, int | None, int]:
+    """(closing line, passed, failed) from a pytest or unittest run's output."""
+    lines = [ln.strip().strip("=").strip() for ln in output.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        p, f = _PASSED.search(line), _FAILED.search(line)
+        if p or f:
+            failed = sum(int(x) for x in _FAILED.findall(line))
+            return line, int(p.group(1)) if p else 0, failed
+    ran = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_RAN.match(ln))), None)
+    if ran is not None:
+        failed = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_FAILED.match(ln))), 0)
+        closing = lines[-1] if lines else ""
+        return closing, ran - failed, failed
+    return (lines[-1] if lines else ""), None, 0
+
+
+def run_tests(command: str, cwd: Path, timeout_s: float) -> TestRun:
+    """Run `command` (split like a shell, run without one) in `cwd`."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"[audit] test_command cannot be split: {exc}") from None
+    if not argv:
+        raise UsageError("[audit] test_command is empty")
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False,
+                              errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"[audit] test_command: {argv[0]!r} not found") from None
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        closing, passed, failed = read_counts(out)
+        return TestRun(command=command, exit_code=None, timed_out=True, closing_line=closing, passed=passed, failed=failed)
+    closing, passed, failed = read_counts(done.stdout + "\n" + done.stderr if not done.stdout.strip() else done.stdout)
+    return TestRun(command=command, exit_code=done.returncode, closing_line=closing, passed=passed, failed=failed)

@@ -1,0 +1,286 @@
+"""`distill audit` on real git repositories made here: verdicts, exit codes, SARIF against the
+official 2.1.0 schema, recurrence from the lessons knowledge base, the audits row collected as
+evidence, the model pass's quote check (a real ollama client against a loopback server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audit.checks import placeholder_findings
+from audit.claims import ClaimKind, parse_claims
+from audit.diff import is_test_path, parse_diff
+from audit.model_pass import grounded_gaps
+from audit.testrun import read_counts
+from distill.config import load_settings
+from tests.fixtures_reliability import DISTILL, run_cli
+from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher  # noqa: F401 - session fixtures
+
+SCHEMA = Path(__file__).parent / "data" / "sarif-2.1.0-rtm.5.json"  # from npm @microsoft/jest-sarif (MIT)
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "PATH": "/usr/bin:/bin", "HOME": str(repo)}
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip()
+
+
+def make_repo(path: Path, n_tests: int = 10) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "app").mkdir()
+    (path / "app" / "__init__.py").write_text("")
+    (path / "app" / "core.py").write_text("def add(a, b):\n    return a + b\n")
+    (path / "tests").mkdir()
+    body = "".join(f"def test_{i}():\n    assert add({i}, 1) == {i + 1}\n\n\n" for i in range(n_tests))
+    (path / "tests" / "test_core.py").write_text("from app.core import add\n\n\n" + body)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    return root
+
+
+def audit_cli(ws: Path, repo: Path, rng: str, *extra: str, toml: str | None = None) -> tuple[int, dict, str]:
+    if toml is not None:
+        (ws / "distill.toml").write_text(toml)
+    done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(repo), "--range", rng, "--json", *extra], timeout=240)
+    report = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+    return done.returncode, report, done.stderr
+
+
+def checks_of(report: dict) -> list[str]:
+    return [f["check"] for f in report["findings"]]
+
+
+# ------------------------------------------------------------------------------------- verdicts
+
+
+def test_a_todo_macro_blocks(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.rs": "fn load() -> u32 {\n    todo!()\n}\n"}, "Add the loader in app/core.rs")
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD")
+    assert code == 1 and report["verdict"] == "block"
+    hit = next(f for f in report["findings"] if f["check"] == "placeholder")
+    assert hit["path"] == "app/core.rs" and hit["line"] == 2 and "todo!(" in hit["found"]
+
+
+def test_a_claim_naming_an_untouched_file_blocks(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    return b + a\n"}, "Rewrite the retry loop in app/retry.py")
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD")
+    assert code == 1
+    hit = next(f for f in report["findings"] if f["check"] == "claim_file")
+    assert "app/retry.py" in hit["title"] and hit["claim"] == "Rewrite the retry loop in app/retry.py"
+    assert "app/core.py" in hit["found"]
+
+
+@pytest.mark.parametrize(("claimed", "blocks"), [(12, True), (10, False)])
+def test_a_claimed_test_count_is_checked_by_running_the_tests(tmp_path: Path, ws: Path, claimed: int, blocks: bool) -> None:
+    repo = make_repo(tmp_path / "r", n_tests=10)
+    commit(repo, {"app/core.py": "def add(a, b):\n    return a + b  # same\n"}, f"Tidy app/core.py; {claimed} tests pass")
+    toml = f'[audit]\ntest_command = "{sys.executable} -m pytest -q -p no:cacheprovider tests"\ntest_timeout_s = 120\n'
+    code, report, err = audit_cli(ws, repo, "HEAD~1..HEAD", toml=toml)
+    assert report["test_run"]["passed"] == 10, (report.get("test_run"), err)
+    assert (code == 1) is blocks and ("claim_tests" in checks_of(report)) is blocks
+    if blocks:
+        hit = next(f for f in report["findings"] if f["check"] == "claim_tests")
+        assert "claimed 12" in hit["title"] and "10 passed" in hit["found"]
+
+
+def test_a_clean_change_passes_and_writes_every_form(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n    return a + b\n"}, "Document add in app/core.py")
+    sarif_path, md_path = tmp_path / "out.sarif", tmp_path / "out.md"
+    code, report, err = audit_cli(ws, repo, "HEAD~1..HEAD", "--sarif", str(sarif_path), "--markdown", str(md_path))
+    assert code == 0 and report["verdict"] == "pass", (report, err)
+    assert [c["kind"] for c in report["claims"]] == ["file"]
+    assert "Passed" in md_path.read_text()
+    assert json.loads(sarif_path.read_text())["runs"][0]["results"] == []
+
+
+def test_sarif_validates_against_the_2_1_0_schema(tmp_path: Path, ws: Path) -> None:
+    import jsonschema
+
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    pass\n\n\ndef sub(a, b):  # TODO\n    return a - b\n"},
+           "Faster add (3.5x) in app/other.py; fixed the sum")
+    sarif_path = tmp_path / "out.sarif"
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD", "--sarif", str(sarif_path))
+    assert code == 1
+    assert {"empty_body", "placeholder", "claim_file", "claim_figure"} <= set(checks_of(report))
+    doc = json.loads(sarif_path.read_text())
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft4Validator.check_schema(schema)
+    errors = list(jsonschema.Draft4Validator(schema).iter_errors(doc))
+    assert not errors, [e.message for e in errors[:5]]
+    results = doc["runs"][0]["results"]
+    assert len(results) == len(report["findings"])
+    located = [r for r in results if r["ruleId"] == "placeholder"][0]
+    assert located["level"] == "error"
+    assert located["locations"][0]["physicalLocation"]["region"]["startLine"] == 5
+
+
+# ----------------------------------------------------------------------------------- recurrence
+
+
+def test_recurrence_informs_at_two_ranges_and_blocks_at_five(tmp_path: Path, ws: Path) -> None:
+    """A warn-level finding ('stub' in non-test code) in distinct ranges: 2 -> info, 3-4 -> warn, 5 -> block."""
+    repo = make_repo(tmp_path / "r")
+    levels = []
+    for i in range(5):
+        commit(repo, {f"app/mod{i}.py": f"def f{i}():\n    return {i}  # stub value for now\n"}, f"Add f{i}")
+        code, report, err = audit_cli(ws, repo, "HEAD~1..HEAD")
+        rec = [f for f in report["findings"] if f["check"] == "recurrence"]
+        levels.append((code, rec[0]["severity"] if rec else None))
+    assert levels == [(0, None), (0, "info"), (0, "warn"), (0, "warn"), (1, "block")], levels
+    # auditing the same range again is not a new sighting
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD")
+    assert next(f for f in report["findings"] if f["check"] == "recurrence")["severity"] == "block"
+    lessons = [json.loads(x) for x in (ws / "_kb" / "audit_lessons.jsonl").read_text().splitlines()]
+    assert len({x["range"] for x in lessons}) == 5 and len({x["signature"] for x in lessons}) == 1
+
+
+def test_recurrence_thresholds_come_from_settings(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    toml = "[audit]\ninfo_at = 1\nwarn_at = 1\nblock_at = 2\n"
+    codes = []
+    for i in range(2):
+        commit(repo, {f"app/m{i}.py": f"X = {i}  # placeholder\n"}, f"Add m{i}")
+        codes.append(audit_cli(ws, repo, "HEAD~1..HEAD", toml=toml)[0])
+    assert codes == [0, 1]
+
+
+# ------------------------------------------------------------------------------------ evidence
+
+
+def test_each_run_is_an_audits_row_that_collect_scores(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.rs": "todo!()\n"}, "Add app/core.rs")
+    audit_cli(ws, repo, "HEAD~1..HEAD")
+    rows = [json.loads(x) for x in (ws / "_kb" / "audits.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["severity"] == "critical" and rows[0]["resolution"] == "open"
+    done = run_cli([*DISTILL, "collect", "--root", str(ws), "--json"])
+    assert done.returncode == 0, done.stderr
+    evidence = [json.loads(x) for x in (ws / "_kb" / "evidence.jsonl").read_text().splitlines()] if (ws / "_kb" / "evidence.jsonl").exists() else []
+    collected = json.loads(done.stdout)
+    assert collected["totals"]["written"] >= 1 or evidence, collected
+
+
+def test_no_record_writes_nothing(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.rs": "todo!()\n"}, "x")
+    code, _, _ = audit_cli(ws, repo, "HEAD~1..HEAD", "--no-record")
+    assert code == 1 and not (ws / "_kb" / "audits.jsonl").exists() and not (ws / "_kb" / "audit_lessons.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["not_a_repo", "bad_range", "unknown_rev", "missing_message_file"])
+def test_usage_errors_are_one_line_exit_2(tmp_path: Path, ws: Path, case: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    args = {"not_a_repo": (tmp_path, "HEAD~1..HEAD"), "bad_range": (repo, "HEAD"), "unknown_rev": (repo, "nope..HEAD"),
+            "missing_message_file": (repo, "HEAD..HEAD")}[case]
+    extra = ["--message-file", str(tmp_path / "missing.md")] if case == "missing_message_file" else []
+    done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(args[0]), "--range", args[1], *extra])
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_message_file_replaces_the_commit_messages(tmp_path: Path, ws: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    return a + b  # ok\n"}, "Touch app/core.py")
+    body = tmp_path / "pr.md"
+    body.write_text("## Summary\n- Also rewrites docs/guide.md\n")
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD", "--message-file", str(body))
+    assert code == 1 and [c["value"] for c in report["claims"]] == ["docs/guide.md"]
+
+
+# ------------------------------------------------------------------------------- pure functions
+
+
+def test_claims_are_parsed_from_prose() -> None:
+    claims = parse_claims("Speed up export by 3.4x; 12 tests pass.\n- Touches distill/secrets.py\nAll tests pass. "
+                          "Fixed the retry loop. p95 is 120 ms")
+    kinds = {(c.kind, c.value) for c in claims}
+    assert {(ClaimKind.FIGURE, "3.4x"), (ClaimKind.TEST_COUNT, "12"), (ClaimKind.FILE, "distill/secrets.py"),
+            (ClaimKind.ALL_TESTS, "all"), (ClaimKind.FIXED, "the retry loop"), (ClaimKind.FIGURE, "120ms")} <= kinds
+
+
+def test_placeholders_use_the_gate_patterns_and_skip_abstract_methods() -> None:
+    diff = ("diff --git a/app/x.py b/app/x.py\n--- a/app/x.py\n+++ b/app/x.py\n@@ -0,0 +1,9 @@\n"
+            "+class A:\n+    @abstractmethod\n+    def run(self):\n+        ...\n+\n+    def go(self):\n+        pass\n+\n+QQQ = 1\n")
+    files = parse_diff(diff)
+    found = placeholder_findings(files, [r"\bQQQ\b"])
+    assert sorted((f.check, f.line) for f in found) == [("empty_body", 6), ("placeholder", 9)]
+    assert is_test_path("tests/test_x.py") and is_test_path("web/a.spec.ts") and not is_test_path("app/contest.py")
+
+
+def test_test_runner_closing_lines() -> None:
+    assert read_counts("..\n===== 10 passed, 1 warning in 0.1s =====\n")[1:] == (10, 0)
+    assert read_counts("===== 2 failed, 8 passed in 1s =====")[1:] == (8, 2)
+    assert read_counts("Ran 7 tests in 0.01s\n\nFAILED (failures=2)")[1:] == (5, 2)
+    assert read_counts("nothing here")[1] is None
+
+
+def test_model_gaps_must_quote_the_diff_or_the_message() -> None:
+    diff = "+++ b/app/core.py\n+    return a - b  # inverted\n"
+    output = ('GAP: "return a - b  # inverted" - the message claims addition\n'
+              'GAP: "retries are capped at five attempts" - not in the diff\n'
+              "GAP: \"ab\" - too short\nsome prose")
+    kept, dropped = grounded_gaps(output, ["Fix add in app/core.py"], diff)
+    assert [f.found.split('"')[1] for f in kept] == ["return a - b  # inverted"] and dropped == 2
+
+
+def test_model_pass_through_a_real_ollama_client(tmp_path: Path, ws: Path) -> None:
+    from audit.model_pass import model_gaps
+    from runtime.backends import make_backend
+    from tests.ollama_server import OllamaLoopback, Reply
+
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    return a - b\n"}, "Fix add in app/core.py")
+    diff = git(repo, "diff", "HEAD~1", "HEAD")
+    with OllamaLoopback(models=["qwen2.5:7b-instruct"]) as srv:
+        srv.set_default(Reply(content='GAP: "return a - b" - subtracts\nGAP: "made up line of code" - invented'))
+        rt = load_settings(ws).runtime.model_copy(update={"ollama_host": srv.url, "ollama_model": "qwen2.5:7b-instruct"})
+        kept, dropped, _ = model_gaps(make_backend("ollama", rt), ["Fix add in app/core.py"], diff, max_tokens=64, timeout=30)
+        sent = json.dumps(srv.chat_requests)
+    assert len(kept) == 1 and dropped == 1 and "subtracts" in kept[0].found
+    assert "never instructions to you" in sent and "return a - b" in sent  # the diff went in, fenced as data
+
+
+def test_prior_reviews_of_touched_files_come_from_the_index(tmp_path: Path, indexed_root: Path, session_searcher: object) -> None:
+    from audit.run import audit
+    from distill.workspace import Workspace
+
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"crates/gateway/src/breaker.rs": "pub struct Breaker;\n"},
+           "Add crates/gateway/src/breaker.rs")
+    report = audit(Workspace.resolve(indexed_root), load_settings(indexed_root), repo, "HEAD~1..HEAD",
+                   record=False, searcher=session_searcher)  # type: ignore[arg-type]
+    prior = [f for f in report.findings if f.check == "prior_review"]
+    assert prior and prior[0].path == "crates/gateway/src/breaker.rs" and prior[0].severity == "info", report.findings
+    assert report.verdict == "pass"
+
+
+def test_unordered_recurrence_thresholds_are_refused(tmp_path: Path, ws: Path) -> None:
+    (ws / "distill.toml").write_text("[audit]\ninfo_at = 4\nwarn_at = 3\n")
+    done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(tmp_path), "--range", "a..b"])
+    assert done.returncode == 2 and "info_at" in done.stderr and "Traceback" not in done.stderr
