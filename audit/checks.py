@@ -4,8 +4,10 @@ the test run. Pure functions of their inputs."""
 from __future__ import annotations
 
 import ast
+import io
 import re
-from collections.abc import Mapping, Sequence
+import tokenize
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 
 from audit.claims import Claim, ClaimKind, figure_number
@@ -25,29 +27,84 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
 
 
+CODE_EXTENSIONS = frozenset({
+    "py", "pyi", "rs", "ts", "tsx", "js", "jsx", "mjs", "cjs", "go", "java", "kt", "kts", "rb", "c", "h", "cc", "cpp",
+    "hpp", "cs", "swift", "sh", "bash", "zsh", "php", "scala", "lua", "sql", "ex", "exs", "dart", "vue", "svelte",
+})
+"""Files the static checks read. Data, results and docs (jsonl, json, md, txt, ...) quote placeholders
+as content; they are not code that can ship one."""
+
+
+def is_code(path: str) -> bool:
+    return path.rsplit(".", 1)[-1].lower() in CODE_EXTENSIONS if "." in path.rsplit("/", 1)[-1] else False
+
+
+def _python_strings(source: str) -> dict[int, list[tuple[int, int]]]:
+    """line -> [(start col, end col)] covered by string literals (docstrings included)."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.STRING:
+                continue
+            (l0, c0), (l1, c1) = tok.start, tok.end
+            for line in range(l0, l1 + 1):
+                spans.setdefault(line, []).append((c0 if line == l0 else 0, c1 if line == l1 else 10**9))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return {}
+    return spans
+
+
+def _in_quotes(text: str, col: int) -> bool:
+    """Whether column `col` of one line lies inside a quoted string (same-line heuristic)."""
+    quote: str | None = None
+    i = 0
+    while i < col and i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if quote is None and ch in "\"'`":
+            quote = ch
+        elif ch == quote:
+            quote = None
+        i += 1
+    return quote is not None
+
+
+def _inside_string(added: AddedLine, col: int, strings: dict[int, list[tuple[int, int]]] | None) -> bool:
+    if strings is not None:
+        return any(a <= col < b for a, b in strings.get(added.line, []))
+    return _in_quotes(added.text, col)
+
+
 def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
                          sources: Mapping[str, str] | None = None) -> list[Finding]:
-    """Placeholder patterns (the gate's) on any added line: block. 'stub'/'placeholder' words and
-    functions whose whole body is `pass`/`...` in non-test code: warn and block."""
+    """On added lines of code files, outside string literals (prompts, patterns and test data quote
+    placeholders; code, comments and macros are what ship them): the gate's placeholder patterns
+    block; in non-test code the words 'stub'/'placeholder' warn and functions whose whole body is
+    `pass`/`...` block."""
     found: list[Finding] = []
     compiled = _compiled(tuple(patterns))
     for change in files:
+        if not is_code(change.path):
+            continue
+        source = (sources or {}).get(change.path)
+        strings = _python_strings(source) if source is not None and change.path.endswith(".py") else None
         for added in change.added:
-            for pattern in compiled:
-                m = pattern.search(added.text)
-                if m:
-                    found.append(_at(added, "placeholder", Severity.BLOCK, f"{m.group(0)} in {added.path}",
-                                     "added lines against the placeholder patterns ([gate] placeholder_patterns)",
-                                     f"`{m.group(0)}` on an added line: {added.text.strip()[:160]}", m.group(0)))
-                    break
-            else:
-                if not change.is_test and _STUB_WORD.search(added.text):
-                    word = _STUB_WORD.search(added.text).group(0)  # type: ignore[union-attr]
-                    found.append(_at(added, "stub_word", Severity.WARN, f"'{word}' in non-test code {added.path}",
-                                     "added non-test lines for 'stub' / 'placeholder'",
-                                     f"an added line says {word!r}: {added.text.strip()[:160]}", word.lower()))
+            hit = next((m for p in compiled for m in p.finditer(added.text) if not _inside_string(added, m.start(), strings)), None)
+            if hit is not None:
+                found.append(_at(added, "placeholder", Severity.BLOCK, f"{hit.group(0)} in {added.path}",
+                                 "added code lines (outside string literals) against [gate] placeholder_patterns",
+                                 f"`{hit.group(0)}` on an added line: {added.text.strip()[:160]}", hit.group(0)))
+                continue
+            if change.is_test:
+                continue
+            word = next((m for m in _STUB_WORD.finditer(added.text) if not _inside_string(added, m.start(), strings)), None)
+            if word is not None:
+                found.append(_at(added, "stub_word", Severity.WARN, f"'{word.group(0)}' in non-test code {added.path}",
+                                 "added non-test code (outside string literals) for 'stub' / 'placeholder'",
+                                 f"an added line says {word.group(0)!r}: {added.text.strip()[:160]}", word.group(0).lower()))
         if not change.is_test and change.path.endswith(".py"):
-            source = (sources or {}).get(change.path)
             parsed = _empty_functions(source, change) if source is not None else None
             found.extend(parsed if parsed is not None else _empty_bodies(change.added))
     return found
@@ -149,19 +206,24 @@ def _names_touched(claimed: str, touched: Sequence[str]) -> bool:
 
 
 def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], message_lines: Sequence[str],
-                   test_run: TestRun | None) -> list[Finding]:
-    """Each claim checked against the diff (and the test run when there is one)."""
+                   test_run: TestRun | None, repo_files: Collection[str] = ()) -> list[Finding]:
+    """Each claim checked against the diff (and the test run when there is one). A named file the
+    repository has and the change does not touch blocks; a name the repository does not have at all
+    (a workspace output, a config file the user writes) only warns."""
     touched = _touched(files)
     added_text = "\n".join(a.text for f in files for a in f.added)
     found: list[Finding] = []
     for claim in claims:
         if claim.kind is ClaimKind.FILE:
             if not _names_touched(claim.value, touched):
+                in_repo = _names_touched(claim.value, list(repo_files))
                 found.append(Finding(
-                    check="claim_file", severity=Severity.BLOCK, title=f"claim names {claim.value}, which the change does not touch",
-                    claim=claim.sentence, checked=f"the files the diff touches ({len(touched)})",
-                    found=f"{claim.value} is not among them" + (f" ({', '.join(touched[:5])})" if touched else ""),
-                    signature=signature_of("claim_file", "claimed file not in the diff"),
+                    check="claim_file", severity=Severity.BLOCK if in_repo else Severity.WARN,
+                    title=f"claim names {claim.value}, which the change does not touch",
+                    claim=claim.sentence, checked=f"the files the diff touches ({len(touched)}) and the repository's files",
+                    found=f"{claim.value} is not among the changed files" + (f" ({', '.join(touched[:5])})" if touched else "")
+                    + ("; the repository has it, unchanged" if in_repo else "; no file of that name is in the repository"),
+                    signature=signature_of("claim_file", "claimed file not in the diff" if in_repo else "claimed file not in the repo"),
                 ))
         elif claim.kind is ClaimKind.TEST_COUNT:
             found.extend(_test_count(claim, test_run))

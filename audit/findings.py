@@ -21,7 +21,7 @@ class Severity(StrEnum):
 
 
 class Finding(BaseModel):
-    check: str  # placeholder, stub_word, empty_body, claim_file, claim_tests, claim_all_tests, claim_figure, ...
+    check: str  # the name of the check that produced it (see docs/AUDIT.md)
     severity: Severity
     title: str
     claim: str | None = Field(None, description="the sentence that made the claim")

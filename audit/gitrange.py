@@ -55,3 +55,8 @@ def read_file_at(repo: Path, commit: str, path: str) -> str | None:
     if done.returncode != 0 or b"\x00" in done.stdout[:8192]:
         return None
     return done.stdout.decode("utf-8", errors="replace")
+
+
+def files_at(repo: Path, commit: str) -> list[str]:
+    """Every file path in the tree of `commit`."""
+    return [ln for ln in _git(repo, "ls-tree", "-r", "--name-only", commit).splitlines() if ln]

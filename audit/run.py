@@ -9,7 +9,7 @@ from audit import checks, lessons
 from audit.claims import ClaimKind, parse_claims
 from audit.diff import parse_diff
 from audit.findings import Finding, Severity, signature_of
-from audit.gitrange import read_change, read_file_at
+from audit.gitrange import files_at, read_change, read_file_at
 from audit.report import AuditReport, audits_row, verdict_of
 from audit.testrun import TestRun, run_tests
 from distill.config import Settings
@@ -63,10 +63,11 @@ def audit(ws: Workspace, settings: Settings, repo: Path, revision_range: str, *,
     if any(c.kind in (ClaimKind.TEST_COUNT, ClaimKind.ALL_TESTS) for c in claims) and cfg.test_command:
         test_run = run_tests(cfg.test_command, repo, cfg.test_timeout_s)
 
-    sources = {f.path: text for f in files if f.path.endswith(".py") and not f.is_test and not f.deleted and f.added
+    sources = {f.path: text for f in files if f.path.endswith(".py") and not f.deleted and f.added
                if (text := read_file_at(repo, change.head, f.path)) is not None}
     findings = checks.placeholder_findings(files, settings.gate.placeholder_patterns, sources)
-    findings += checks.claim_findings(claims, files, [ln for m in messages for ln in m.splitlines()], test_run)
+    repo_files = set(files_at(repo, change.head)) | set(files_at(repo, change.base))
+    findings += checks.claim_findings(claims, files, [ln for m in messages for ln in m.splitlines()], test_run, repo_files)
 
     if use_model:
         from runtime.backends import make_backend

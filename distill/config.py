@@ -165,7 +165,7 @@ class GateSettings(Section):
             r"\bNotImplementedError\b",
             r"\bXXX\b",
             r"\bTBD\b",
-            r"\bto be (?:written|added|done|filled in)\b",
+            r"(?:^|[(:\[-])\s*to be (?:written|added|done|filled in)\b",
             r"\bfill in\b[^.\n]{0,40}\blater\b",
             r"\blorem ipsum\b",
             r"<\s*(?:insert|placeholder|your)[^>]*>",

@@ -24,6 +24,10 @@ REPLAY_RUNS = "replay_runs"
 BUILTIN_CONVERTERS: dict[str, Converter] = {**VERDICT, **TELEMETRY, **EXTRACTION}
 SEED_STREAMS: tuple[str, ...] = tuple(name for name in BUILTIN_CONVERTERS if name != REPLAY_RUNS)
 
+KB_STATE_FILES = frozenset({"audit_lessons.jsonl"})
+"""Files in _kb/ that are a command's own memory, not evidence: `distill audit` keeps its lessons
+there (its verdicts go to audits.jsonl, which is collected)."""
+
 
 def builtin_streams(settings: Settings) -> list[JsonlStream]:
     """One JsonlStream per built-in stream: _kb/<name>.jsonl."""
@@ -82,6 +86,8 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
         for name in sorted(filenames):
             path = here / name
             if name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or path.absolute() in read:
+                continue
+            if here == ws.kb_dir and name in KB_STATE_FILES:
                 continue
             rel = _rel(ws, path)
             problem = _kind_problem(path)
