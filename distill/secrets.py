@@ -332,3 +332,28 @@ class SecretScanner:
             [SecretHit(kind, n) for n, line in enumerate(text.splitlines() or [""], start=1) for kind in self.line_kinds(line)]
             for text in texts
         ]
+
+
+def reference_scan(lines: Sequence[str], entropy_limit: float = BASE64_ENTROPY_LIMIT) -> set[int]:
+    """0-based indexes of the lines detect-secrets' own file scan flags, with its default filters
+    and the same plugins (the scan exports used before this gate): the yardstick for parity."""
+    import os
+    import tempfile
+
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import default_settings, transient_settings
+
+    plugins = [
+        {"name": cls.__name__, **({"limit": entropy_limit} if cls.__name__ == "Base64HighEntropyString" else {})}
+        for cls in get_mapping_from_secret_type_to_class().values()
+        if cls.__name__ not in EXCLUDED_PLUGINS
+    ]
+    with default_settings() as settings:
+        filters = [{"path": p} for p in settings.filters if "allowlist" not in p and "verification" not in p]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lines.txt")
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as fh:
+            fh.write("distill parity scan\n" + "\n".join(ln.replace("\x00", " ") for ln in lines) + "\n")
+        with transient_settings({"plugins_used": plugins, "filters_used": filters}):
+            return {s.line_number - 2 for s in scan_file(path)}

@@ -129,3 +129,11 @@ def test_routing_curve_math() -> None:
     inverted = routing([0, 0, 1, 1], [1, 1, 1, 1], [0.9, 0.9, 0.1, 0.2])  # a router that escalates the right ones first
     assert inverted["apgr"] < 0.5 and inverted["cpt50"] == 1.0
     assert parse_answer("**Yes** — the trial shows") == "yes" and parse_answer("The answer is yes") is None
+
+
+def test_secret_gate_quick(tmp_path: Path) -> None:
+    run_suite("secret_gate.py", tmp_path)
+    data = json.loads((tmp_path / "secret_gate_quick.json").read_text())
+    (row,) = data["corpora"]
+    assert row["prefilter_active"] and row["verdict_differences"] == 0 and row["missed_vs_detect_secrets"] == 0
+    assert row["prefiltered_flagged"] == row["full_flagged"] > 0

@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from distill.secrets import EXCLUDED_PLUGINS, SecretScanner
+from distill.secrets import SecretScanner, reference_scan
 from tests.fixtures_reliability import DISTILL, SAMPLE_KB, run_cli
 from tests.secret_corpus import CONTEXTS, GENERATORS, planted_corpus
 
@@ -40,25 +38,7 @@ TEXT_FIELDS = {
 
 
 def detect_secrets_lines(lines: list[str]) -> set[int]:
-    """0-based indexes of the lines detect-secrets flags when it scans them as a file, with its
-    default filters (the scan the export used before this gate)."""
-    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-    from detect_secrets.core.scan import scan_file
-    from detect_secrets.settings import default_settings, transient_settings
-
-    plugins = [
-        {"name": cls.__name__, **({"limit": 4.5} if cls.__name__ == "Base64HighEntropyString" else {})}
-        for cls in get_mapping_from_secret_type_to_class().values()
-        if cls.__name__ not in EXCLUDED_PLUGINS
-    ]
-    with default_settings() as settings:
-        filters = [{"path": p} for p in settings.filters if "allowlist" not in p and "verification" not in p]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "lines.txt")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write("distill parity scan\n" + "\n".join(ln.replace("\x00", " ") for ln in lines) + "\n")
-        with transient_settings({"plugins_used": plugins, "filters_used": filters}):
-            return {s.line_number - 2 for s in scan_file(path)}
+    return reference_scan(lines)
 
 
 def test_corpus_has_200_credentials_of_8_kinds_in_every_kind_of_place() -> None:
