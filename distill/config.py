@@ -218,6 +218,18 @@ class AuditSettings(Section):
         return self
 
 
+class ServeSettings(Section):
+    """`distill serve`: where it listens, who may call it, how much it queues."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="bind address; a non-loopback one needs an API key")
+    port: int = Field(8008, ge=0, le=65535)
+    api_key_env: str | None = Field(
+        None, description="name of the environment variable holding the bearer token callers must send (unset: no auth)"
+    )
+    max_queue: int = Field(8, ge=0, le=10_000, description="requests waiting for the local model; beyond it: 429")
+    allow_escalation: bool = Field(True, description="a request whose local answer fails the gate goes to the escalation model")
+
+
 class FieldMapping(Section):
     """A declarative adapter for any other JSONL stream (see distill.sources.mapping)."""
 
@@ -272,6 +284,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     sources: list[FieldMapping] = Field(default_factory=list)
 
 

@@ -158,6 +158,36 @@ def run_check(path: Path, root: Path | None) -> None:
     raise typer.Exit(2 if bad else (1 if failed else 0))
 
 
+def ask_server(url: str, task: str, json_out: bool) -> None:
+    """One task to a running `distill serve` (its bearer token, if any, from $DISTILL_SERVE_KEY)."""
+    import os
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {os.environ['DISTILL_SERVE_KEY']}"} if os.environ.get("DISTILL_SERVE_KEY") else {}
+    try:
+        resp = httpx.post(url.rstrip("/") + "/v1/chat/completions", headers=headers, timeout=None,
+                          json={"messages": [{"role": "user", "content": task}]})
+    except (httpx.HTTPError, ValueError) as exc:
+        raise UsageError(f"--server {url}: {exc}") from None
+    if resp.status_code != 200:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text[:200]
+        raise UsageError(f"--server {url}: HTTP {resp.status_code}: {message}")
+    body = resp.json()
+    ext = body.get("distill", {})
+    if json_out:
+        emit_json(body)
+    else:
+        out = console()
+        out.print(body["choices"][0]["message"]["content"], soft_wrap=True)
+        out.print(f"run {ext.get('run_id')}: {ext.get('final_verdict')}, retrieved {len(ext.get('retrieved', []))}, "
+                  f"escalated {ext.get('escalated')}")
+    raise typer.Exit(exit_code_for([str(ext.get("final_verdict", "error"))]))
+
+
 @app.command()
 @handle_errors
 def replay(
@@ -183,6 +213,9 @@ def replay(
         Path | None,
         typer.Option("--check", help='gate answers from any system: JSONL {"id","task","answer","context":[{"id","text"}]}'),
     ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="send --task to a running `distill serve` at this URL instead of loading everything here")
+    ] = None,
     json_out: JsonOption = False,
     version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True)] = False,
 ) -> None:
@@ -202,6 +235,11 @@ def replay(
         return
     if (task is None) == (tasks_file is None):
         raise UsageError("give exactly one of --task TEXT, --tasks-file FILE.jsonl or --check FILE.jsonl")
+    if server is not None:
+        if task is None:
+            raise UsageError("--server sends one --task; run a tasks file against the server with any OpenAI client")
+        ask_server(server, task, json_out)
+        return
     from runtime.replay import ReplayOptions, ReplaySession
 
     ws, settings = open_workspace(root)

@@ -295,11 +295,39 @@ def _recurrence(s: Settings, ranges: int) -> str | None:
     return level.value if level else None
 
 
+def _serve(s: Settings, w: World, what: str) -> object:
+    from fastapi.testclient import TestClient
+
+    from runtime.serve import check_bind, create_app, open_session, required_key
+    from runtime.serve_cmd import bind_address
+
+    if what == "bind":
+        host, port = bind_address(s.serve, None, None)
+        try:
+            check_bind(host, None)
+        except Exception as exc:  # noqa: BLE001 - the refusal is the observation
+            return (host, port, type(exc).__name__)
+        return (host, port, "ok")
+    if what == "key":
+        return required_key(s.serve, {"TEST_DISTILL_KEY": "sk-from-the-named-variable"})
+    root = w.tmp / f"serve-{time.monotonic_ns()}"
+    (root / "_kb").mkdir(parents=True)
+    session = open_session(root, s)
+    if what == "escalation":
+        return (session.options.allow_escalation, session.options.local_only)
+    return TestClient(create_app(session, s, None)).get("/healthz").json()["capacity"]
+
+
 AUDIT_SLEEP = f"{sys.executable} -c 'import time; time.sleep(1.5)'"
 
 
 # The probes. Values such as "OPENAI" stand for a loopback server's URL (see _resolve).
 PROBES: dict[str, Probe] = {
+    "serve.host": Probe("0.0.0.0", lambda s, w: _serve(s, w, "bind")),
+    "serve.port": Probe(9999, lambda s, w: _serve(s, w, "bind")),
+    "serve.api_key_env": Probe("TEST_DISTILL_KEY", lambda s, w: _serve(s, w, "key")),
+    "serve.max_queue": Probe(2, lambda s, w: _serve(s, w, "capacity")),
+    "serve.allow_escalation": Probe(False, lambda s, w: _serve(s, w, "escalation")),
     "audit.test_command": Probe(f"{sys.executable} -c 'print(\"3 passed\")'", lambda s, w: _audit_test_run(s, w)),
     "audit.test_timeout_s": Probe(0.3, lambda s, w: _audit_test_run(s, w, AUDIT_SLEEP)),
     "audit.info_at": Probe(1, lambda s, w: _recurrence(s, 1)),

@@ -1,0 +1,242 @@
+"""`distill serve`: the replay loop behind an OpenAI-compatible HTTP API, loaded once.
+
+POST /v1/chat/completions (the last user message is the task; streaming as server-sent events),
+POST /v1/search, GET /healthz, GET /metrics (Prometheus text). The local model answers one request
+at a time; up to `[serve] max_queue` wait, the next gets 429 with Retry-After. Every request is
+logged to `_kb/replay_runs.jsonl` exactly as `replay` logs it (whole lines, written by the run
+itself, so a client that disconnects cannot leave half a line). Loopback by default; a non-loopback
+bind needs a bearer token read from the environment variable `[serve] api_key_env` names."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from distill.command import open_workspace
+from distill.config import ServeSettings, Settings
+from distill.errors import UsageError
+from distill.records.replay import ReplayRun
+from runtime.replay import ReplaySession
+
+RETRY_AFTER_S = 5
+
+
+# ------------------------------------------------------------------------------------- requests
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1)
+    k: int = Field(8, ge=1, le=100)
+    mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
+
+
+def task_of(messages: list[ChatMessage]) -> str:
+    """The last user message's text (content parts joined)."""
+    for msg in reversed(messages):
+        if msg.role != "user" or msg.content is None:
+            continue
+        if isinstance(msg.content, str):
+            return msg.content
+        return "\n".join(str(part.get("text", "")) for part in msg.content if part.get("type") == "text")
+    return ""
+
+
+def required_key(cfg: ServeSettings, environ: dict[str, str] | None = None) -> str | None:
+    """The bearer token callers must send, or None. A named but unset variable is a usage error:
+    a server that was meant to be protected must not start open."""
+    if cfg.api_key_env is None:
+        return None
+    value = (environ if environ is not None else dict(os.environ)).get(cfg.api_key_env, "")
+    if not value:
+        raise UsageError(f"[serve] api_key_env names {cfg.api_key_env}, which is not set")
+    return value
+
+
+def check_bind(host: str, key: str | None) -> None:
+    """Refuse to listen beyond loopback without a key."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and key is None:
+        raise UsageError(f"refusing to bind {host} without an API key: set [serve] api_key_env (and that variable)")
+
+
+def extension(run: ReplayRun) -> dict[str, Any]:
+    """What the answer rests on: the `distill` field of a completion."""
+    return {
+        "run_id": run.run_id,
+        "final_verdict": run.final_verdict,
+        "escalated": run.escalated,
+        "retrieved": [item.id for item in run.retrieved],
+        "attempts": [
+            {"backend": a.backend, "model": a.model, "escalation": a.escalation, "error": a.error,
+             "gate": None if a.gate is None else {"passed": a.gate.passed,
+                                                   "checks": [{"name": c.name, "passed": c.passed, "reason": c.reason} for c in a.gate.checks]}}
+            for a in run.attempts
+        ],
+        "timings_ms": run.timings_ms,
+    }
+
+
+def completion(run: ReplayRun, model: str) -> dict[str, Any]:
+    usage_p = sum(a.prompt_tokens or 0 for a in run.attempts)
+    usage_c = sum(a.completion_tokens or 0 for a in run.attempts)
+    return {
+        "id": f"chatcmpl-{run.run_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.final_output},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c},
+        "distill": extension(run),
+    }
+
+
+# -------------------------------------------------------------------------------------- the app
+
+
+class Admission:
+    """One request at the model, `max_queue` waiting; beyond that a request is turned away."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.capacity = max_queue + 1
+        self.inside = 0
+        self.lock = asyncio.Lock()
+
+    def try_enter(self) -> bool:
+        if self.inside >= self.capacity:
+            return False
+        self.inside += 1
+        return True
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+
+def create_app(session: ReplaySession, settings: Settings, key: str | None) -> FastAPI:
+    """The ASGI app over one loaded session (searcher, local model, escalation model)."""
+    registry = CollectorRegistry()
+    requests = Counter("distill_requests", "requests by endpoint and outcome", ["endpoint", "outcome"], registry=registry)
+    verdicts = Counter("distill_replay_verdicts", "replay runs by final verdict", ["verdict"], registry=registry)
+    escalations = Counter("distill_escalations", "runs that went to the escalation model", registry=registry)
+    gate_checks = Counter("distill_gate_attempts", "gated attempts by result", ["passed"], registry=registry)
+    stage_seconds = Histogram("distill_stage_seconds", "latency by stage", ["stage"], registry=registry,
+                              buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
+    admission = Admission(settings.serve.max_queue)
+    model_name = "distill"
+    app = FastAPI(title="distill", docs_url=None, redoc_url=None)
+
+    def authorised(request: Request) -> bool:
+        if key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())
+
+    def refuse(endpoint: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        requests.labels(endpoint, str(status)).inc()
+        return JSONResponse({"error": {"message": message, "type": "distill_error", "code": status}}, status, headers=headers)
+
+    async def run_task(task: str) -> ReplayRun:
+        async with admission.lock:  # the local model: one request at a time
+            return await asyncio.to_thread(session.run, task)
+
+    def observe(run: ReplayRun) -> None:
+        verdicts.labels(run.final_verdict).inc()
+        if run.escalated:
+            escalations.inc()
+        for attempt in run.attempts:
+            if attempt.gate is not None:
+                gate_checks.labels(str(attempt.gate.passed).lower()).inc()
+        for stage, ms in run.timings_ms.items():
+            stage_seconds.labels(stage).observe(ms / 1000)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "workspace": str(session.ws.root), "queued": max(0, admission.inside - 1),
+                "capacity": admission.capacity}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/search")
+    async def search(body: SearchRequest, request: Request) -> Any:
+        if not authorised(request):
+            return refuse("search", 401, "missing or wrong bearer token")
+        t0 = time.perf_counter()
+        hits = await asyncio.to_thread(lambda: list(session._searcher().search(body.query, k=body.k, mode=body.mode or session.options.mode)))
+        stage_seconds.labels("search").observe(time.perf_counter() - t0)
+        requests.labels("search", "200").inc()
+        return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        if not authorised(request):
+            return refuse("chat", 401, "missing or wrong bearer token")
+        task = task_of(body.messages)
+        if not task.strip():
+            return refuse("chat", 400, "no user message with text: the last user message is the task")
+        if not admission.try_enter():
+            return refuse("chat", 429, f"the local model is busy and {settings.serve.max_queue} requests are waiting",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            run = await run_task(task)
+        finally:
+            admission.leave()
+        observe(run)
+        requests.labels("chat", "200").inc()
+        payload = completion(run, body.model or model_name)
+        if not body.stream:
+            return payload
+        return StreamingResponse(_stream(payload), media_type="text/event-stream")
+
+    return app
+
+
+async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The finished answer as OpenAI chat.completion.chunk events (the gate judges whole answers,
+    so nothing is sent before it has)."""
+    base = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"], "model": payload["model"]}
+    text = payload["choices"][0]["message"]["content"]
+    first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    yield f"data: {json.dumps(first)}\n\n".encode()
+    for start in range(0, len(text), 200):
+        chunk = {**base, "choices": [{"index": 0, "delta": {"content": text[start:start + 200]}, "finish_reason": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "distill": payload["distill"],
+            "usage": payload["usage"]}
+    yield f"data: {json.dumps(last)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def open_session(root: Any, settings: Settings, session_factory: Callable[..., ReplaySession] | None = None) -> ReplaySession:
+    from runtime.replay import ReplayOptions
+
+    ws, _ = open_workspace(root)
+    opts = ReplayOptions.from_settings(settings.runtime, allow_escalation=settings.serve.allow_escalation or None,
+                                       local_only=not settings.serve.allow_escalation or None)
+    return (session_factory or ReplaySession)(ws, settings, opts)

@@ -1,0 +1,167 @@
+"""`distill serve`: the official openai client (plain and streaming) against the real server over
+real HTTP, the replay loop behind it (loopback Ollama as the local model, the session's real index),
+every request logged like `replay`, search, metrics, 429 when the queue is full, bearer auth."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from distill.config import load_settings
+from distill.jsonl import iter_json
+from runtime.serve import check_bind, create_app, open_session, required_key
+from tests.fixtures_reliability import DISTILL, run_cli
+from tests.fixtures_runtime import GROUNDED_ANSWER, ROUTING_TASK, write_runtime_config
+from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher  # noqa: F401 - session fixtures
+from tests.ollama_server import OllamaLoopback, Reply
+
+
+@dataclass
+class Running:
+    url: str
+    root: Path
+    ollama: OllamaLoopback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path, session_searcher: Any, request: pytest.FixtureRequest) -> Iterator[Running]:
+    import uvicorn
+
+    extra: str = getattr(request, "param", "")
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    with OllamaLoopback(models=["qwen2.5:7b-instruct"]) as ollama:
+        ollama.set_default(Reply(content=GROUNDED_ANSWER))
+        write_runtime_config(root, ollama.url)
+        with (root / "distill.toml").open("a") as fh:
+            fh.write('backend = "ollama"\n\n[serve]\nallow_escalation = false\n' + extra)
+        settings = load_settings(root)
+        session = open_session(root, settings)
+        session.searcher = session_searcher
+        key = required_key(settings.serve, {"TEST_SERVE_KEY": "sk-serve"})
+        port = _free_port()
+        srv = uvicorn.Server(uvicorn.Config(create_app(session, settings, key), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        for _ in range(200):
+            if srv.started:
+                break
+            threading.Event().wait(0.05)
+        try:
+            yield Running(f"http://127.0.0.1:{port}", root, ollama)
+        finally:
+            srv.should_exit = True
+            thread.join(timeout=10)
+
+
+def _logged(root: Path) -> list[dict[str, Any]]:
+    path = root / "_kb" / "replay_runs.jsonl"
+    return list(iter_json(path)) if path.exists() else []
+
+
+def test_openai_client_gets_a_grounded_answer_with_its_evidence(server: Running) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    resp = client.chat.completions.create(model="distill", messages=[{"role": "system", "content": "be brief"},
+                                                                      {"role": "user", "content": ROUTING_TASK}])
+    assert resp.choices[0].message.content == GROUNDED_ANSWER
+    ext = resp.model_extra["distill"]
+    assert ext["final_verdict"] == "validated_local" and ext["retrieved"] and ext["attempts"][0]["gate"]["passed"]
+    (logged,) = _logged(server.root)
+    assert logged["run_id"] == ext["run_id"] and logged["task"] == ROUTING_TASK
+    assert [i["id"] for i in logged["retrieved"]] == ext["retrieved"]
+
+
+def test_streaming_through_the_openai_client(server: Running) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    stream = client.chat.completions.create(model="distill", stream=True, messages=[{"role": "user", "content": ROUTING_TASK}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == GROUNDED_ANSWER
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["distill"]["run_id"]
+    assert len(_logged(server.root)) == 1
+
+
+def test_search_health_and_metrics(server: Running) -> None:
+    hits = httpx.post(server.url + "/v1/search", json={"query": "provider routing fallback", "k": 3, "mode": "bm25"}).json()["data"]
+    assert 1 <= len(hits) <= 3 and all({"id", "score", "text"} <= set(h) for h in hits)
+    assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
+    httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]}, timeout=60)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'distill_requests_total{endpoint="chat",outcome="200"} 1.0' in text
+    assert 'distill_replay_verdicts_total{verdict="validated_local"} 1.0' in text
+    assert "distill_stage_seconds_bucket" in text and 'distill_gate_attempts_total{passed="true"} 1.0' in text
+
+
+def test_bad_requests_are_clear_errors(server: Running) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]})
+    assert r.status_code == 400 and "user message" in r.json()["error"]["message"]
+    assert httpx.post(server.url + "/v1/chat/completions", json={"messages": []}).status_code == 422
+    assert _logged(server.root) == []
+
+
+@pytest.mark.parametrize("server", ["max_queue = 0\n"], indirect=True)
+def test_a_full_queue_is_429_with_retry_after(server: Running) -> None:
+    server.ollama.set_default(Reply(content=GROUNDED_ANSWER, delay_s=1.5))
+    body = {"messages": [{"role": "user", "content": ROUTING_TASK}]}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=body, timeout=60)
+        threading.Event().wait(0.5)
+        second = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert first.result().status_code == 200
+    assert second.status_code == 429 and second.headers["retry-after"] == "5"
+    assert len(_logged(server.root)) == 1
+
+
+@pytest.mark.parametrize("server", ['api_key_env = "TEST_SERVE_KEY"\n'], indirect=True)
+def test_bearer_auth_when_a_key_is_configured(server: Running) -> None:
+    body = {"query": "routing", "k": 1, "mode": "bm25"}
+    assert httpx.post(server.url + "/v1/search", json=body).status_code == 401
+    assert httpx.post(server.url + "/v1/search", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(server.url + "/v1/search", json=body, headers={"Authorization": "Bearer sk-serve"}).status_code == 200
+
+
+def test_non_loopback_bind_needs_a_key(tmp_path: Path) -> None:
+    from distill.errors import UsageError
+
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("0.0.0.0", "k")
+    with pytest.raises(UsageError, match="refusing to bind"):
+        check_bind("0.0.0.0", None)
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    done = run_cli([*DISTILL, "serve", "--root", str(root), "--host", "0.0.0.0"], timeout=60)
+    assert done.returncode == 2 and "refusing to bind" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    (root / "distill.toml").write_text('[serve]\napi_key_env = "SURELY_UNSET_KEY_VAR"\n')
+    done = run_cli([*DISTILL, "serve", "--root", str(root)], timeout=60)
+    assert done.returncode == 2 and "SURELY_UNSET_KEY_VAR" in done.stderr
+
+
+def test_replay_sends_the_task_to_a_running_server(server: Running) -> None:
+    from tests.fixtures_reliability import REPLAY
+
+    done = run_cli([*REPLAY, "--server", server.url, "--task", ROUTING_TASK, "--json"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["choices"][0]["message"]["content"] == GROUNDED_ANSWER
+    assert [r["run_id"] for r in _logged(server.root)] == [body["distill"]["run_id"]]
+    down = run_cli([*REPLAY, "--server", "http://127.0.0.1:9", "--task", "x"], timeout=60)
+    assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1
