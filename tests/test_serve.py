@@ -165,3 +165,17 @@ def test_replay_sends_the_task_to_a_running_server(server: Running) -> None:
     assert [r["run_id"] for r in _logged(server.root)] == [body["distill"]["run_id"]]
     down = run_cli([*REPLAY, "--server", "http://127.0.0.1:9", "--task", "x"], timeout=60)
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1
+
+
+def test_curl_gets_an_answer(server: Running) -> None:
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed on this machine")
+    body = json.dumps({"model": "distill", "messages": [{"role": "user", "content": ROUTING_TASK}]})
+    done = subprocess.run([curl, "-sS", "-f", "-H", "Content-Type: application/json", "-d", body,
+                           server.url + "/v1/chat/completions"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == GROUNDED_ANSWER
