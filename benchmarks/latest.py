@@ -19,7 +19,12 @@ from benchmarks.report import RESULTS  # noqa: E402
 
 SUITES = [
     ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
-    ("escalation.md", "python benchmarks/escalation.py"),
+    ("secret_gate.md", "python benchmarks/secret_gate.py"),
+    ("escalation.md", "python benchmarks/escalation.py --tasks 10 --max-tokens 64 --k 4 --item-max-chars 500"),
+    ("escalation_local.md", "python benchmarks/escalation.py --local-only --max-tokens 64 --k 4 --item-max-chars 500"),
+    ("gate_check.md", "python benchmarks/gate_check.py --split test"),
+    ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
+    ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
     ("gate_quality.md", "python benchmarks/gate_quality.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
     ("index.md", "python benchmarks/index.py"),
