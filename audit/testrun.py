@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -51,13 +54,20 @@ def run_tests(command: str, cwd: Path, timeout_s: float) -> TestRun:
     if not argv:
         raise UsageError("[audit] test_command is empty")
     try:
-        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False,
-                              errors="replace")
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                errors="replace", start_new_session=True)
     except FileNotFoundError:
         raise UsageError(f"[audit] test_command: {argv[0]!r} not found") from None
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        closing, passed, failed = read_counts(out)
+    except OSError as exc:
+        raise UsageError(f"[audit] test_command: {exc.strerror or exc}") from None
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # the whole process group: a runner's workers must not outlive the audit
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        closing, passed, failed = read_counts(stdout or "")
         return TestRun(command=command, exit_code=None, timed_out=True, closing_line=closing, passed=passed, failed=failed)
-    closing, passed, failed = read_counts(done.stdout + "\n" + done.stderr if not done.stdout.strip() else done.stdout)
-    return TestRun(command=command, exit_code=done.returncode, closing_line=closing, passed=passed, failed=failed)
+    closing, passed, failed = read_counts(stdout if stdout.strip() else stdout + "\n" + stderr)
+    return TestRun(command=command, exit_code=proc.returncode, closing_line=closing, passed=passed, failed=failed)

@@ -305,3 +305,26 @@ def test_unordered_recurrence_thresholds_are_refused(tmp_path: Path, ws: Path) -
     (ws / "distill.toml").write_text("[audit]\ninfo_at = 4\nwarn_at = 3\n")
     done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(tmp_path), "--range", "a..b"])
     assert done.returncode == 2 and "info_at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_hanging_test_command_is_stopped_with_its_children(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from audit.testrun import run_tests
+
+    marker = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(marker)!r}, 'w').write(str(p.pid)); print('1 passed', flush=True); time.sleep(60)")
+    t0 = time.monotonic()
+    run = run_tests(f'{sys.executable} -c "{script}"', tmp_path, 1.5)
+    assert run.timed_out and run.exit_code is None and time.monotonic() - t0 < 20
+    child = int(marker.read_text())
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the test command's child outlived the timeout")
