@@ -154,6 +154,15 @@ class ReplaySession:
                 raise
         return self.local
 
+    def search(self, query: str, *, k: int, mode: str) -> list[SearchHit]:
+        """The session's index, queried directly (`distill serve`'s /v1/search)."""
+        return list(self._searcher().search(query, k=k, mode=mode))
+
+    def open_index(self) -> None:
+        """Open the index now rather than on the first task (a server loads it at start)."""
+        if not self.options.no_retrieval:
+            self._searcher()
+
     # one task ------------------------------------------------------------------------------
     def retrieve(self, task: str) -> list[SearchHit]:
         if self.options.no_retrieval:

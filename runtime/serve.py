@@ -188,7 +188,7 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if not authorised(request):
             return refuse("search", 401, "missing or wrong bearer token")
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(lambda: list(session._searcher().search(body.query, k=body.k, mode=body.mode or session.options.mode)))
+        hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode)
         stage_seconds.labels("search").observe(time.perf_counter() - t0)
         requests.labels("search", "200").inc()
         return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}

@@ -35,10 +35,6 @@ def register(app: typer.Typer) -> None:
         check_bind(bind_host, key)
         session = open_session(ws.root, settings)
         session.local_backend()  # load the model now, not on the first request
-        if not session.options.no_retrieval:
-            try:
-                session._searcher()
-            except Exception as exc:  # noqa: BLE001 - a missing index is reported, the server still answers
-                session.warnings.append(f"retrieval unavailable: {exc}")
+        session.open_index()  # a missing index is the same one-line error `replay` gives
         uvicorn.run(create_app(session, settings, key), host=bind_host, port=bind_port,
                     log_level="warning", timeout_graceful_shutdown=30)
