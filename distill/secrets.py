@@ -126,9 +126,8 @@ class _Prefilter:
     def __init__(self, groups: list[tuple[object, str, int]]) -> None:
         import hyperscan
 
-        self._hs = hyperscan
         self.always: set[object] = set()
-        usable: list[tuple[object, bytes, int]] = []
+        candidates: list[tuple[object, bytes, int]] = []
         base = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
         for group, pattern, py_flags in groups:
             if not pattern:
@@ -141,18 +140,30 @@ class _Prefilter:
                 flags |= hyperscan.HS_FLAG_MULTILINE
             if py_flags & re.DOTALL:
                 flags |= hyperscan.HS_FLAG_DOTALL
-            try:
-                probe = hyperscan.Database()
-                probe.compile(expressions=[pattern.encode()], ids=[0], elements=1, flags=[flags])
-            except Exception:  # noqa: BLE001 - any pattern it cannot take makes its detector run always
-                self.always.add(group)
-                continue
-            usable.append((group, pattern.encode(), flags))
+            candidates.append((group, pattern.encode(), flags))
+        try:
+            usable = candidates
+            self.db = self._compile(hyperscan, usable)
+        except hyperscan.error:
+            # some pattern is one Hyperscan cannot take: find it, and let its detector run always
+            usable = []
+            for candidate in candidates:
+                try:
+                    self._compile(hyperscan, [candidate])
+                except hyperscan.error:
+                    self.always.add(candidate[0])
+                else:
+                    usable.append(candidate)
+            self.db = self._compile(hyperscan, usable)
         self.group_of = [g for g, _, _ in usable]
-        self.db = hyperscan.Database()
-        if usable:
-            self.db.compile(expressions=[p for _, p, _ in usable], ids=list(range(len(usable))),
-                            elements=len(usable), flags=[f for _, _, f in usable])
+
+    @staticmethod
+    def _compile(hyperscan: Any, patterns: list[tuple[object, bytes, int]]) -> Any:
+        db = hyperscan.Database()
+        if patterns:
+            db.compile(expressions=[p for _, p, _ in patterns], ids=list(range(len(patterns))),
+                       elements=len(patterns), flags=[f for _, _, f in patterns])
+        return db
 
     def groups(self, view: str) -> set[object] | None:
         """Detector groups whose patterns may match `view`; None: run them all."""

@@ -183,3 +183,12 @@ def test_no_planted_credential_reaches_any_export(tmp_path: Path) -> None:
     assert len(shippable) >= 100, len(shippable)
     not_caught = sorted(r for r in shippable if "secret_detected" not in reasons.get(r, {}))
     assert not not_caught, not_caught[:10]
+
+
+def test_a_pattern_hyperscan_cannot_take_makes_its_detector_run_always() -> None:
+    from distill.secrets import _Prefilter
+
+    pre = _Prefilter([("broken", "(unclosed", 0), ("aws", "AKIA[0-9A-Z]{16}", 0), ("always", "", 0)])
+    assert pre.always == {"broken", "always"}
+    assert pre.groups("nothing here") == {"broken", "always"}
+    assert pre.groups("key AKIA2E0A8F3B244C9986") == {"broken", "always", "aws"}
