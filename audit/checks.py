@@ -8,23 +8,18 @@ import io
 import re
 import tokenize
 from collections.abc import Collection, Mapping, Sequence
-from functools import lru_cache
 
 from audit.claims import Claim, ClaimKind, figure_number
 from audit.diff import AddedLine, FileChange
 from audit.findings import Finding, Severity, signature_of
 from audit.testrun import TestRun
+from runtime.gate import placeholder_regexes
 
 _STUB_WORD = re.compile(r"\b(?:stub(?:bed|s)?|placeholder)\b", re.IGNORECASE)
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+\w+\s*\(.*\)\s*(?:->\s*[^:]+)?:\s*(pass|\.\.\.)?\s*(?:#.*)?$")
 _EMPTY = re.compile(r"^\s*(?:pass|\.\.\.)\s*(?:#.*)?$")
 _ABSTRACT = re.compile(r"@(?:abc\.)?abstractmethod|@(?:typing\.)?overload|\bProtocol\b")
 _DOCSTRING = re.compile(r"^\s*[rbuRBU]?(?:\"\"\"|''')")
-
-
-@lru_cache(maxsize=32)
-def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
 
 
 CODE_EXTENSIONS = frozenset({
@@ -84,7 +79,7 @@ def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
     block; in non-test code the words 'stub'/'placeholder' warn and functions whose whole body is
     `pass`/`...` block."""
     found: list[Finding] = []
-    compiled = _compiled(tuple(patterns))
+    compiled = placeholder_regexes(tuple(patterns))
     for change in files:
         if not is_code(change.path):
             continue
@@ -205,7 +200,7 @@ def _names_touched(claimed: str, touched: Sequence[str]) -> bool:
     return any(t == claimed or t.endswith("/" + claimed) for t in touched)
 
 
-def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], message_lines: Sequence[str],
+def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange],
                    test_run: TestRun | None, repo_files: Collection[str] = ()) -> list[Finding]:
     """Each claim checked against the diff (and the test run when there is one). A named file the
     repository has and the change does not touch blocks; a name the repository does not have at all

@@ -38,8 +38,7 @@ def prior_reviews(ws: Workspace, settings: Settings, files: list[str], k: int = 
     for path in files[:10]:
         for hit in searcher.search(f"review of {path}", k=k, mode="hybrid"):
             cited = hit.metadata.get("source_files") or []
-            text = hit.metadata.get("source_files_text") or ""
-            if path not in (cited if isinstance(cited, list) else [cited]) and path not in (hit.text or "") and path not in text:
+            if path not in (cited if isinstance(cited, list) else [cited]) and path not in (hit.text or ""):
                 continue
             found.append(Finding(check="prior_review", severity=Severity.INFO, title=f"earlier review of {path}",
                                  checked="the index (hybrid search over the RAG export)",
@@ -67,7 +66,7 @@ def audit(ws: Workspace, settings: Settings, repo: Path, revision_range: str, *,
                if (text := read_file_at(repo, change.head, f.path)) is not None}
     findings = checks.placeholder_findings(files, settings.gate.placeholder_patterns, sources)
     repo_files = set(files_at(repo, change.head)) | set(files_at(repo, change.base))
-    findings += checks.claim_findings(claims, files, [ln for m in messages for ln in m.splitlines()], test_run, repo_files)
+    findings += checks.claim_findings(claims, files, test_run, repo_files)
 
     if use_model:
         from runtime.backends import make_backend

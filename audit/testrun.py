@@ -69,5 +69,5 @@ def run_tests(command: str, cwd: Path, timeout_s: float) -> TestRun:
         stdout, _ = proc.communicate()
         closing, passed, failed = read_counts(stdout or "")
         return TestRun(command=command, exit_code=None, timed_out=True, closing_line=closing, passed=passed, failed=failed)
-    closing, passed, failed = read_counts(stdout if stdout.strip() else stdout + "\n" + stderr)
+    closing, passed, failed = read_counts(stdout if stdout.strip() else stderr)
     return TestRun(command=command, exit_code=proc.returncode, closing_line=closing, passed=passed, failed=failed)

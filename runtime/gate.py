@@ -54,7 +54,8 @@ def _quote(items: Iterable[str], limit: int = 5) -> str:
 
 
 @lru_cache(maxsize=32)
-def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+def placeholder_regexes(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    """`[gate] placeholder_patterns` compiled once (case-insensitive): the gate's and the auditor's."""
     return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
 
 
@@ -453,7 +454,7 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
     )
 
     placeholders: list[str] = []
-    for pattern in _compiled(tuple(settings.placeholder_patterns)):
+    for pattern in placeholder_regexes(tuple(settings.placeholder_patterns)):
         m = pattern.search(text)
         if m and m.group(0) not in placeholders:
             placeholders.append(m.group(0))
