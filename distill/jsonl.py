@@ -213,6 +213,31 @@ def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> in
     return append_lines(path, (dumps(r) for r in rows), timeout=timeout)
 
 
+def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int = 1 << 20) -> int:
+    """Append the whole lines of `source` to `path` under the file lock, as append_lines does,
+    streaming in chunks (a large batch is never held in memory). Returns the bytes appended."""
+    size = source.stat().st_size
+    if not size:
+        return 0
+    with lock_for(path).acquire(timeout=timeout), open(source, "rb") as src:
+        repair_torn_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            last = b""
+            while block := src.read(chunk):
+                view = memoryview(block)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                last = block[-1:]
+            if last != b"\n":
+                os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return size
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """Write a whole file through a temp file in the same directory, then rename over `path`.

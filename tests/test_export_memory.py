@@ -130,7 +130,8 @@ def test_evidence_fallback_reads_the_same_record(sample_ws):
 
 
 def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
-    """Firewall checks in batches of 1 give the same files and the same report as one batch."""
+    """Firewall checks in batches of 1, rows handed to the sinks after every row, give the same
+    files and the same report as one batch holding everything; no staged file is left behind."""
     import hashlib
 
     from distill.export import quarantine, run_export
@@ -138,6 +139,7 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
 
     def export(root: Path, batch: int):
         monkeypatch.setattr(quarantine, "GATE_BATCH", batch)
+        monkeypatch.setattr(quarantine, "MAX_HELD", batch)
         adv = build_adversarial(root)
         settings = adversarial_settings(adv)
         reports = [run_export(adv.ws, settings, k, fmt="trl").model_dump_json() for k in ("rag", "sft", "preference")]
@@ -149,5 +151,6 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
     one = export(tmp_path / "one", 1)
     whole = export(tmp_path / "whole", 10**9)
     assert one[1] == whole[1] and len(one[1]) >= 6
+    assert not [p for p in tmp_path.rglob("*.new")], "a staged export file was left behind"
     # reports name their own workspace paths only relatively, so they compare as text
     assert one[0] == whole[0]

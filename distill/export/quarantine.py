@@ -36,7 +36,8 @@ class Candidate:
 
 
 Decision = Drop | Candidate
-GATE_BATCH = 5_000  # candidates per firewall check: bounds the scan batch, not the output
+GATE_BATCH = 5_000  # candidates per firewall check: bounds the scan batch
+MAX_HELD = 4 * GATE_BATCH  # decided rows held for input order before they go to the sinks
 UNSAFE = frozenset({QuarantineReason.UNSAFE_SFT_CATEGORY, QuarantineReason.UNSAFE_RAG_CATEGORY})
 
 
@@ -84,10 +85,10 @@ def validation_errors(exc: ValidationError) -> list[str]:
 
 @dataclass
 class RowExport:
-    """The outcome of one exporter pass: new samples (input order) and quarantine rows."""
+    """What one exporter pass leaves behind besides the rows it streamed to its sinks."""
 
-    samples: list[BaseModel] = field(default_factory=list)
-    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    written: int = 0
+    quarantined: int = 0
     stale: list[str] = field(default_factory=list)  # exported earlier, forbidden now
 
 
@@ -98,21 +99,38 @@ def export_rows(
     existing_ids: set[str],
     firewall: Firewall,
     report: StageReport,
+    *,
+    on_sample: Callable[[BaseModel], None],
+    on_quarantine: Callable[[QuarantineRecord], None],
     id_of: Callable[[Joined], str] | None = None,
 ) -> RowExport:
     """One pass over the reader: every input row ends written, deduped or quarantined.
 
+    Samples and quarantine rows go to the sinks in input order as soon as every earlier row is
+    decided (after each firewall batch), so memory is bounded by the batch, not by the input.
     `id_of` gives a row's sample id before any check, so a row refused now whose id is already
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
     """
     result = RowExport()
-    out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"quarantine", value)
+    out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"quarantine", value), until flushed
     pending: list[tuple[int, Joined, Candidate]] = []
     seen: set[str] = set()
 
     def drop(i: int, source: str, rec: QuarantineRecord, category: str | None) -> None:
         out[i] = ("quarantine", rec)
         report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
+
+    def flush() -> None:
+        """Every row read so far is decided: hand them to the sinks in input order."""
+        for i in sorted(out):
+            kind, value = out[i]
+            if kind == "sample":
+                result.written += 1
+                on_sample(value)
+            else:
+                result.quarantined += 1
+                on_quarantine(value)
+        out.clear()
 
     # firewall outcomes are counted after the reader pass, in input order, so the report's
     # counters come out in the same order whatever the batch size
@@ -141,6 +159,10 @@ def export_rows(
                 gated.append((item.source, "written", None, category))
 
     for i, item in enumerate(items):
+        if out and (not pending or len(out) >= MAX_HELD):
+            gate(pending)  # a row's verdict does not depend on its batch: gate early, hand everything on
+            pending = []
+            flush()
         if isinstance(item, Broken):
             drop(i, item.source, quarantine_broken(stage, item), None)
             continue
@@ -169,11 +191,9 @@ def export_rows(
         if len(pending) >= GATE_BATCH:
             gate(pending)
             pending = []
+            flush()
     gate(pending)
+    flush()
     for source, field_name, reason, category in gated:
         report.source(source).bump(field_name, reason=reason, category=category)
-
-    for i in sorted(out):
-        kind, value = out[i]
-        (result.samples if kind == "sample" else result.quarantine).append(value)
     return result

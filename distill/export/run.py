@@ -8,11 +8,14 @@ computes everything and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel
 
@@ -26,9 +29,15 @@ from distill.export.quarantine import export_rows
 from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
 from distill.export.sft import decide_sft, sft_id
-from distill.export.verify import native_path, scored_categories, verify_export
+from distill.export.verify import (
+    json_rows,
+    native_path,
+    scored_categories,
+    verify_export,
+)
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import append_json, iter_json, write_atomic, write_jsonl_atomic
+from distill.jsonl import append_file, atomic_writer, dumps, iter_json, write_atomic
+from distill.records import QuarantineRecord
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
@@ -86,53 +95,69 @@ def run_export(
     items = iter_scored(ws, index)
 
     stale: list[Violation] = []
-    if kind == "preference":
-        pref = export_preference(
-            items, fw, report,
-            existing_ids=existing_ids,
-            existing_per_task=existing_per_task,
-            max_pairs_per_task=settings.export.max_pairs_per_task,
-            cross_source=settings.export.cross_source_pairs,
-        )
-        samples: list[BaseModel] = list(pref.samples)
-        quarantine = pref.quarantine
-        report.notes.append(
-            f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
-            f"({len(existing_ids)} already in the export)"
-        )
-    else:
-        decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
-                  else partial(decide_sft, include_partial=include_partial))
-        id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
-        rows = export_rows(kind, items, decide, existing_ids, fw, report, id_of=id_of)
-        samples, quarantine = rows.samples, rows.quarantine
-        stale = [Violation(export=export, code=ViolationCode.STALE_ROW, detail=m) for m in rows.stale]
+    qpath = ws.quarantine_path(kind)
+    # the new rows are staged in a scratch file and verified before they ship (a dry run stages
+    # them outside the workspace, so it writes nothing there)
+    staged = (Path(tempfile.gettempdir()) if dry_run else target.parent) / f".{target.name}.{os.getpid()}.new"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        sample_sink = stack.enter_context(_staging(staged))
+        quarantine_sink: IO[bytes] = stack.enter_context(open(os.devnull, "wb") if dry_run else atomic_writer(qpath))
 
-    report.finalize()
-    scored_files = iter_partition_files(ws.scored_dir)
-    report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
+        def on_sample(sample: BaseModel) -> None:
+            sample_sink.write(dumps(sample.model_dump(mode="json")) + b"\n")
 
-    # the rows about to ship, checked against the policy before anything is appended
-    violations = rows_violations(export, enumerate((s.model_dump(mode="json") for s in samples), start=1))
-    violations += stale
-    if not report.balanced:
-        violations.append(Violation(export=export, code=ViolationCode.CONSERVATION,
-                                    detail="rows in != written + quarantined + deduped + skipped"))
+        def on_quarantine(rec: QuarantineRecord) -> None:
+            quarantine_sink.write(dumps(rec.to_json_dict()) + b"\n")
 
-    if violations and not dry_run:
-        # the rows about to ship break an invariant: ship none of them, say why
-        report.notes.append("nothing appended: the new rows failed the firewall audit")
-        samples = []
+        if kind == "preference":
+            pref = export_preference(
+                items, fw, report,
+                existing_ids=existing_ids,
+                existing_per_task=existing_per_task,
+                max_pairs_per_task=settings.export.max_pairs_per_task,
+                cross_source=settings.export.cross_source_pairs,
+            )
+            for sample in pref.samples:
+                on_sample(sample)
+            for rec in pref.quarantine:
+                on_quarantine(rec)
+            report.notes.append(
+                f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
+                f"({len(existing_ids)} already in the export)"
+            )
+        else:
+            decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
+                      else partial(decide_sft, include_partial=include_partial))
+            id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
+            rows = export_rows(kind, items, decide, existing_ids, fw, report, id_of=id_of,
+                               on_sample=on_sample, on_quarantine=on_quarantine)
+            stale = [Violation(export=export, code=ViolationCode.STALE_ROW, detail=m) for m in rows.stale]
+        sample_sink.flush()
+
+        report.finalize()
+        scored_files = iter_partition_files(ws.scored_dir)
+        report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
+
+        # the rows about to ship, checked against the policy before anything is appended
+        violations = rows_violations(export, json_rows(staged))
+        violations += stale
+        if not report.balanced:
+            violations.append(Violation(export=export, code=ViolationCode.CONSERVATION,
+                                        detail="rows in != written + quarantined + deduped + skipped"))
+
+        if violations and not dry_run:
+            # the rows about to ship break an invariant: ship none of them, say why
+            report.notes.append("nothing appended: the new rows failed the firewall audit")
+        if not dry_run:
+            written: list[Path] = []
+            if not violations:
+                append_file(target, staged)
+            if not target.exists():
+                write_atomic(target, b"")
+            written.append(target)
+            written.append(qpath)
     if not dry_run:
-        written: list[Path] = []
-        if samples:
-            append_json(target, (s.model_dump(mode="json") for s in samples))
-        elif not target.exists():
-            write_atomic(target, b"")
-        written.append(target)
-        qpath = ws.quarantine_path(kind)
-        write_jsonl_atomic(qpath, (q.to_json_dict() for q in quarantine))
-        written.append(qpath)
         # the export as written, judged by its labels and by the scores of its runs
         on_disk = verify_export(ws, export, scored=scored_categories(ws),
                                 max_pairs_per_task=settings.export.max_pairs_per_task)
@@ -147,6 +172,16 @@ def run_export(
         report.outputs = [rel_path(ws, p) for p in written]
     report.violations = _unique(violations)
     return report
+
+
+@contextlib.contextmanager
+def _staging(path: Path) -> Iterator[IO[bytes]]:
+    """A scratch file for the new rows; removed whatever happens (they are appended from it)."""
+    try:
+        with open(path, "wb") as fh:
+            yield fh
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _unique(violations: list[Violation]) -> list[Violation]:
