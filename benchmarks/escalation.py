@@ -137,6 +137,7 @@ def build_searcher(work: Path, corpus_docs: list[Any], ws: Any, settings: Any, e
     from index.build import build_index
     from index.documents import load_rag_export
     from index.manifest import IndexPaths
+    from index.fusion import Fusion
     from index.search import open_index
     from index.store import HnswParams
 
@@ -144,7 +145,7 @@ def build_searcher(work: Path, corpus_docs: list[Any], ws: Any, settings: Any, e
     paths = IndexPaths(work / "index")
     report = build_index(paths, corpus_docs + fed, embedder, collection="escalation",
                          hnsw=HnswParams.from_settings(settings.index), progress=False)
-    return open_index(paths, embedder, rrf_k=settings.index.rrf_k, search_ef=settings.index.hnsw_search_ef), report.embedded
+    return open_index(paths, embedder, fusion=Fusion.from_settings(settings.index), search_ef=settings.index.hnsw_search_ef), report.embedded
 
 
 def feed_back(ws: Any, settings: Any) -> dict[str, Any]:

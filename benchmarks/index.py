@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # This file is named like the `index` package: make sure `import index` finds the package.
 _HERE = Path(__file__).resolve().parent
@@ -44,6 +45,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks.beir import load_beir, resolve_dataset  # noqa: E402
 from benchmarks.ir_metrics import percentile  # noqa: E402
+
+if TYPE_CHECKING:
+    from index.fusion import Fusion
 
 RESULTS = REPO / "benchmarks" / "results"
 MODES = ("hybrid", "dense", "bm25", "jaccard")
@@ -241,7 +245,7 @@ def incremental(embedder, docs, *, hnsw) -> dict:
 
 
 def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size: int, queries: Sequence[str], *,
-                       hnsw, rrf_k: int, n_queries: int, recall: bool, k: int = 8) -> dict:
+                       hnsw, fusion: Fusion, n_queries: int, recall: bool, k: int = 8) -> dict:
     from index.build import build_index
     from index.documents import Document
     from index.manifest import IndexPaths
@@ -258,7 +262,7 @@ def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size
     build_s = time.perf_counter() - t
     log(f"{size} docs index ready in {build_s:.1f}s (embedded {rep.embedded}, from model {cached.from_model}, unchanged {rep.unchanged})")
     t = time.perf_counter()
-    searcher = open_index(paths, embedder, rrf_k=rrf_k)
+    searcher = open_index(paths, embedder, fusion=fusion)
     open_s = time.perf_counter() - t
     qs = list(queries)[:n_queries]
     out: dict = {"documents": size, "index_ready_s": round(build_s, 2), "searcher_open_s": round(open_s, 2),
@@ -388,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     from distill.config import IndexSettings
     from index.documents import Document
     from index.embedder import Embedder
+    from index.fusion import Fusion
     from index.store import HnswParams
 
     cfg = IndexSettings()
     hnsw = HnswParams.from_settings(cfg)
-    embedder = Embedder(args.model or cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
+    embedder = Embedder.from_settings(cfg, model=args.model)
     data = load_beir(resolve_dataset(args.dataset))
     n_docs = args.throughput_docs or (200 if args.quick else 1000)
     ids = list(data.corpus)[:n_docs]
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": embedder.model_id,
         "dimension": embedder.dimension,
         "hnsw": hnsw.model_dump(),
-        "rrf_k": cfg.rrf_k,
+        "fusion": Fusion.from_settings(cfg).model_dump(),
         "machine": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "torch_threads": _torch_threads()},
         "generated_corpus": "each document joins two 6-word fragments of SciFact sentences (seeded, distinct pairs from a pool); "
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, size in enumerate(sizes):
             log(f"== latency at {size}")
             result["latency"][str(size)] = latency_and_recall(
-                embedder, texts, vectors, size, queries, hnsw=hnsw, rrf_k=cfg.rrf_k, n_queries=args.queries,
+                embedder, texts, vectors, size, queries, hnsw=hnsw, fusion=Fusion.from_settings(cfg), n_queries=args.queries,
                 recall=True,
             )
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

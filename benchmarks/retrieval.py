@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from index.build import build_index
     from index.documents import Document
     from index.embedder import Embedder
+    from index.fusion import Fusion
     from index.manifest import IndexPaths
     from index.search import open_index
     from index.store import HnswParams
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = IndexSettings()
     batch = args.batch_size or cfg.batch_size
     t = time.perf_counter()
-    embedder = Embedder(args.model or cfg.model, batch_size=batch, query_threads=cfg.query_threads)
+    embedder = Embedder.from_settings(cfg.model_copy(update={'batch_size': batch}), model=args.model)
     load_s = time.perf_counter() - t
     hnsw = HnswParams.from_settings(cfg)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_index(paths, docs, embedder, collection="beir-bench", hnsw=hnsw, progress=not args.json)
         build_s = time.perf_counter() - t
         log(f"built in {build_s:.1f}s (embed {report.timings_s['embed']:.1f}s)")
-        searcher = open_index(paths, embedder, rrf_k=cfg.rrf_k)
+        searcher = open_index(paths, embedder, fusion=Fusion.from_settings(cfg))
         per_mode: dict[str, dict] = {}
         for mode in args.modes:
             runs: dict[str, list[str]] = {}
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "dimension": embedder.dimension,
         "batch_size": batch,
         "hnsw": hnsw.model_dump(),
-        "rrf_k": cfg.rrf_k,
+        "fusion": Fusion.from_settings(cfg).model_dump(),
         "hybrid_depth": searcher.hybrid_depth,
         "retrieval_depth": args.depth,
         "model_load_s": round(load_s, 2),
@@ -138,7 +139,7 @@ def markdown(r: dict) -> str:
         f"# Retrieval: {r['dataset']}{' (quick)' if r['quick'] else ''}",
         "",
         f"{r['documents']} documents, {r['queries']} judged queries; model `{r['model']}` ({r['dimension']}d), "
-        f"HNSW {r['hnsw']}, RRF k={r['rrf_k']} over the top {r['hybrid_depth']} of dense and BM25.",
+        f"HNSW {r['hnsw']}, fusion {r.get('fusion', {'method': 'rrf', 'rrf_k': r.get('rrf_k')})} over the top {r['hybrid_depth']} of dense and BM25.",
         f"Full index build: {r['index_build_s']} s (embedding {r['index_build_timings_s']['embed']} s), "
         f"on {r['machine']['cpus']} CPU cores (shared; load average at the end {r['machine'].get('loadavg_1_5_15_at_end', 'not recorded')}), "
         f"finished {r['finished_at']}.",

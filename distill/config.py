@@ -62,6 +62,11 @@ class ExportSettings(Section):
     cross_source_pairs: bool = True
 
 
+def default_model_cache_dir() -> Path:
+    """Models assembled or derived on this machine (GGUFs, the embedder's ONNX export)."""
+    return Path.home() / ".cache" / "distill" / "models"
+
+
 class IndexSettings(Section):
     model: str | None = Field(None, description="sentence-transformers name/path; None = packaged MiniLM")
     chroma_url: str | None = None
@@ -71,10 +76,19 @@ class IndexSettings(Section):
     hnsw_construction_ef: int = Field(200, ge=1)
     hnsw_search_ef: int = Field(128, ge=1)
     batch_size: int = Field(64, ge=1)
-    rrf_k: int = Field(60, ge=1)
-    query_threads: int = Field(
-        1, ge=0, description="torch threads for one query embedding; 1 avoids OpenMP spin on a busy CPU, 0 = torch default"
+    rrf_k: int = Field(60, ge=1, description="the k of reciprocal-rank fusion (fusion = rrf)")
+    fusion: Literal["rrf", "score"] = Field("score", description="how hybrid merges dense and BM25 (index/fusion.py)")
+    dense_weight: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="dense's share in the hybrid fusion, BM25 gets the rest (chosen on dev splits: benchmarks/fusion.py)",
     )
+    query_threads: int = Field(
+        1, ge=0, description="threads for one query embedding; 1 avoids OpenMP spin on a busy CPU, 0 = library default"
+    )
+    query_backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: queries embed through ONNX Runtime (exported once from the local weights), no torch"
+    )
+    model_cache_dir: Path | None = Field(None, description="where the ONNX export is kept; None: ~/.cache/distill/models")
 
 
 class RuntimeSettings(Section):

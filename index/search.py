@@ -1,4 +1,4 @@
-"""Search over a built index: dense (Chroma HNSW), bm25 (bm25s), hybrid (reciprocal-rank fusion), jaccard.
+"""Search over a built index: dense (Chroma HNSW), bm25 (bm25s), hybrid (index.fusion), jaccard.
 
 `open_searcher` is what the CLI and the replay runtime call. The searcher holds the model, the
 Chroma collection and the BM25 index loaded, so each query costs one query embedding plus the
@@ -19,21 +19,12 @@ from index import jaccard as jaccard_mod
 from index.build import file_hash, workspace_paths
 from index.documents import Document
 from index.embedder import Embedder, resolve_model
+from index.fusion import Fusion, rrf_fuse  # noqa: F401 - rrf_fuse re-exported
 from index.hits import SearchHit, SearchMode
 from index.manifest import REBUILD_HINT, IndexPaths, Manifest, load_manifest
 from index.store import ChromaStore
 
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25", "jaccard")
-
-
-def rrf_fuse(rankings: Sequence[Sequence[str]], *, k: int, rrf_k: int) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion: score(d) = sum over lists of 1 / (rrf_k + rank). Ties by id, stable."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking, start=1):
-            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
-    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    return fused[:k]
 
 
 @dataclass
@@ -48,7 +39,7 @@ class IndexSearcher:
     bm25: bm25_mod.Bm25Index
     load_embedder: Callable[[], Embedder]
     load_store: Callable[[], ChromaStore]
-    rrf_k: int = 60
+    fusion: Fusion = field(default_factory=Fusion)
     hybrid_depth: int = 100
     paths: IndexPaths | None = None
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
@@ -113,7 +104,7 @@ class IndexSearcher:
         lexical = [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, depth, categories=categories)]
         dense_rank = {d: r for r, (d, _) in enumerate(dense, start=1)}
         bm25_rank = {d: r for r, (d, _) in enumerate(lexical, start=1)}
-        fused = rrf_fuse([[d for d, _ in dense], [d for d, _ in lexical]], k=k, rrf_k=self.rrf_k)
+        fused = self.fusion.fuse(dense, lexical, k=k)
         extra = {d: {"dense_rank": dense_rank.get(d), "bm25_rank": bm25_rank.get(d)} for d, _ in fused}
         return self._hits(fused, extra=extra)
 
@@ -144,7 +135,7 @@ def open_index(
     embedder: Embedder | Callable[[], Embedder],
     *,
     chroma_url: str | None = None,
-    rrf_k: int = 60,
+    fusion: Fusion | None = None,
     search_ef: int | None = None,
     manifest: Manifest | None = None,
 ) -> IndexSearcher:
@@ -174,7 +165,7 @@ def open_index(
     loaded = embedder if isinstance(embedder, Embedder) else None
     searcher = IndexSearcher(
         manifest=manifest, bm25=lexical, load_embedder=(lambda: loaded) if loaded else embedder,  # type: ignore[arg-type]
-        load_store=load_store, rrf_k=rrf_k, paths=paths,
+        load_store=load_store, fusion=fusion or Fusion(), paths=paths,
     )
     if loaded is not None:
         searcher._embedder = loaded
@@ -195,9 +186,10 @@ def open_searcher(
         if model_id != manifest.model_id:  # fail before spending seconds loading a model
             manifest.check_compatible(model_id, manifest.dimension)
     model: Embedder | Callable[[], Embedder] = embedder if embedder is not None else (
-        lambda: Embedder(cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads)
+        lambda: Embedder.from_settings(cfg)
     )
     return open_index(
-        paths, model, chroma_url=chroma_url or cfg.chroma_url, rrf_k=cfg.rrf_k, search_ef=cfg.hnsw_search_ef,
+        paths, model, chroma_url=chroma_url or cfg.chroma_url, fusion=Fusion.from_settings(cfg),
+        search_ef=cfg.hnsw_search_ef,
         manifest=manifest,
     )

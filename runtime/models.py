@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.config import default_model_cache_dir
 from distill.errors import BackendError
 
 CHUNK = 8 << 20
@@ -62,7 +63,7 @@ PACKAGED = {m.key: m for m in (QWEN_05B, QWEN_15B)}
 
 
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "distill" / "models"
+    return default_model_cache_dir()
 
 
 def part_paths(model: PackagedModel) -> list[Path]:

@@ -164,6 +164,11 @@ def _searcher(s: Settings, w: World, *, load_model: bool = False) -> Any:
     return open_searcher(Workspace(w.indexed), s, embedder=None if load_model else w.embedder)
 
 
+def _onnx_cache(embedder: Any) -> str:
+    """The cache folder the embedder's ONNX export was read from (Path parts only, no tmp name)."""
+    return embedder.onnx_path.parent.parent.name
+
+
 def _open_outcome(s: Settings, w: World) -> str:
     from distill.errors import DistillError
 
@@ -359,7 +364,12 @@ PROBES: dict[str, Probe] = {
     "index.hnsw_construction_ef": Probe(100, _index_outcome),
     "index.hnsw_search_ef": Probe(64, lambda s, w: _searcher(s, w).store.hnsw.search_ef),
     "index.batch_size": Probe(8, lambda s, w: _searcher(s, w, load_model=True).embedder.batch_size),
-    "index.rrf_k": Probe(5, lambda s, w: round(_searcher(s, w).search(ROUTING_TASK, k=1)[0].score, 6)),
+    "index.rrf_k": Probe(5, lambda s, w: round(_searcher(s, w).search(ROUTING_TASK, k=1)[0].score, 6),
+                         base={"index": {"fusion": "rrf"}}),
+    "index.fusion": Probe("rrf", lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
+    "index.dense_weight": Probe(0.9, lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
+    "index.query_backend": Probe("torch", lambda s, w: _searcher(s, w, load_model=True).embedder.query_backend),
+    "index.model_cache_dir": Probe("MODELCACHE", lambda s, w: _onnx_cache(_searcher(s, w, load_model=True).embedder)),
     "index.query_threads": Probe(2, lambda s, w: _searcher(s, w, load_model=True).embedder.query_threads),
     "runtime.backend": Probe("openai", lambda s, w: _replay(s, w)["backend"],
                              base={"runtime": {"openai_base_url": "OPENAI", "openai_model": LOCAL_MODEL}}),
@@ -438,7 +448,8 @@ def _env_value(value: Any) -> str:
 
 def _resolve(value: Any, w: World) -> Any:
     """Stand-ins for things only known at run time (loopback URLs, paths in the world)."""
-    names = {"OPENAI": w.openai.base_url, "OLLAMA2": w.ollama2.url, "SILENT": w.silent_host}
+    names = {"OPENAI": w.openai.base_url, "OLLAMA2": w.ollama2.url, "SILENT": w.silent_host,
+             "MODELCACHE": str(w.tmp / "model-cache")}
     if isinstance(value, str) and value in names:
         return names[value]
     if isinstance(value, dict):

@@ -1,0 +1,145 @@
+"""Query embedding through ONNX Runtime: same vectors and rankings as torch, no torch on the search path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.config import IndexSettings
+from index.onnx_encoder import onnx_layout
+from tests.fixtures_index import embedder, rag_row, write_export  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
+
+TEXTS = [
+    "how does the retry policy handle a flaky network test?",
+    "",
+    "Ünïcödé — 東京 naïve café, emoji 🚀 and tabs\tinside",
+    "x",
+    " ".join(["long input that must be truncated at the model's max_seq_length"] * 80),
+    "SELECT * FROM orders WHERE created_at > now() - interval '1 day';",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_embedder():
+    from index.embedder import Embedder
+
+    return Embedder(None, batch_size=32, query_backend="torch")
+
+
+def test_the_default_embedder_answers_queries_through_onnx(embedder) -> None:  # noqa: F811
+    assert embedder.query_backend == "onnx", embedder.query_backend_note
+    assert embedder.dimension == 384
+
+
+def test_onnx_query_vectors_equal_the_torch_ones(embedder, torch_embedder) -> None:  # noqa: F811
+    for text in TEXTS:
+        fast, ref = embedder.encode_query(text), torch_embedder.encode_query(text)
+        assert fast.dtype == np.float32 and fast.shape == ref.shape == (384,)
+        assert abs(float(np.linalg.norm(fast)) - 1.0) < 1e-5
+        assert float(fast @ ref) > 0.99999, text[:40]
+    batch = embedder.encode_queries(TEXTS)
+    assert batch.shape == (len(TEXTS), 384)
+    assert np.allclose(batch, np.stack([torch_embedder.encode_query(t) for t in TEXTS]), atol=2e-5)
+
+
+def _beir_slice(n_queries: int, n_docs: int) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    from benchmarks.beir import load_beir
+
+    data = load_beir(SCIFACT)
+    qids = sorted(data.qrels, key=lambda q: (len(q), q))[:n_queries]
+    keep = {d for q in qids for d in data.qrels[q]}
+    ids = [d for d in data.corpus if d in keep] + [d for d in data.corpus if d not in keep][: n_docs - len(keep)]
+    corpus = {d: (data.corpus[d][0] + ". " + data.corpus[d][1])[:600] for d in ids}
+    return corpus, {q: data.queries[q] for q in qids}, {q: data.qrels[q] for q in qids}
+
+
+def test_dense_rankings_match_torch_on_a_scifact_slice(embedder, torch_embedder) -> None:  # noqa: F811
+    """nDCG@10 of the ONNX query path within 0.005 of torch's over the same document vectors."""
+    from benchmarks.ir_metrics import evaluate
+
+    corpus, queries, qrels = _beir_slice(40, 240)
+    ids = list(corpus)
+    doc_vecs = torch_embedder.encode_documents([corpus[d] for d in ids])
+    runs: dict[str, dict[str, list[str]]] = {"onnx": {}, "torch": {}}
+    for name, emb in (("onnx", embedder), ("torch", torch_embedder)):
+        for q, text in queries.items():
+            order = np.argsort(-(doc_vecs @ emb.encode_query(text)), kind="stable")[:10]
+            runs[name][q] = [ids[i] for i in order]
+    same = sum(runs["onnx"][q] == runs["torch"][q] for q in queries)
+    fast = evaluate(runs["onnx"], qrels, ndcg_k=10, recall_k=10, mrr_k=10)["ndcg@10"]
+    ref = evaluate(runs["torch"], qrels, ndcg_k=10, recall_k=10, mrr_k=10)["ndcg@10"]
+    assert abs(fast - ref) <= 0.005, (fast, ref)
+    assert same >= len(queries) - 1, f"only {same}/{len(queries)} top-10 lists identical"
+
+
+def test_search_and_replay_paths_do_not_import_torch(tmp_path: Path, embedder) -> None:  # noqa: F811
+    from index.build import build_index
+    from index.documents import Document
+    from index.manifest import IndexPaths
+    from index.store import HnswParams
+
+    docs = [Document(id=f"d{i}", text=rag_row(i)["text"], title=rag_row(i)["title"]) for i in range(12)]
+    build_index(IndexPaths(tmp_path / "index"), docs, embedder, collection="onnx-check",
+                hnsw=HnswParams.from_settings(IndexSettings()), progress=False)
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from distill.config import IndexSettings\n"
+        "from index.embedder import Embedder\n"
+        "from index.manifest import IndexPaths\n"
+        "from index.search import open_index\n"
+        f"paths = IndexPaths(Path({str(tmp_path / 'index')!r}))\n"
+        "s = open_index(paths, Embedder.from_settings(IndexSettings()))\n"
+        "hits = s.search('flaky migration test fixture', k=3, mode='hybrid')\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules,"
+        " 'top': hits[0].id}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"torch": False, "st": False, "top": "d0"}
+
+
+def _st_folder(root: Path, modules: list[dict], pooling: dict) -> Path:
+    root.mkdir(parents=True)
+    (root / "modules.json").write_text(json.dumps(modules))
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (root / "tokenizer.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(b"")
+    return root
+
+
+TRANSFORMER = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+POOLING = {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+DENSE = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+
+
+@pytest.mark.parametrize(
+    ("modules", "pooling", "why"),
+    [
+        ([TRANSFORMER, POOLING, DENSE], {"pooling_mode_mean_tokens": True}, "not Transformer + Pooling"),
+        ([TRANSFORMER, POOLING], {"pooling_mode_max_tokens": True}, "not plain mean or CLS"),
+        ([TRANSFORMER, POOLING], {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, "not plain mean"),
+    ],
+)
+def test_models_the_onnx_path_cannot_reproduce_fall_back_to_torch(tmp_path: Path, modules, pooling, why) -> None:
+    layout, reason = onnx_layout(_st_folder(tmp_path / "m", modules, pooling))
+    assert layout is None and why in reason
+
+
+def test_a_supported_layout_is_read_from_the_folder(tmp_path: Path) -> None:
+    folder = _st_folder(tmp_path / "m", [TRANSFORMER, POOLING], {"pooling_mode_cls_token": True,
+                                                                  "word_embedding_dimension": 8})
+    layout, reason = onnx_layout(folder)
+    assert reason == "" and layout is not None
+    assert (layout.pooling, layout.normalize, layout.dimension, layout.max_seq_length) == ("cls", False, 8, 512)
+    assert onnx_layout(tmp_path / "missing")[0] is None
