@@ -27,6 +27,7 @@ from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
+from distill.jsonl import dumps
 from distill.records import Category, ModelRole, PreferenceSample, QuarantineReason, QuarantineRecord, ScoreClass
 from distill.records.stage import StageReport
 
@@ -64,8 +65,9 @@ class Row:
 
 @dataclass
 class PreferenceExport:
-    samples: list[PreferenceSample] = field(default_factory=list)
-    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    sample_lines: list[bytes] = field(default_factory=list)  # new pairs as JSON lines, in pairing order
+    # quarantine rows as JSON lines, input order: a serialised row is a fraction of its model's memory
+    quarantine_lines: list[bytes] = field(default_factory=list)
     pairs_same_task: int = 0
     pairs_cross_source: int = 0
     pairs_existing: int = 0
@@ -113,7 +115,7 @@ class _Pairer:
         self.existing_ids = existing_ids
         self.used = Counter(existing_per_task)
         self.cap = cap
-        self.new: list[PreferenceSample] = []
+        self.new: list[bytes] = []  # serialised as made: a line is a fraction of the model's memory
         self.new_ids: set[str] = set()
         self.in_new: set[RowKey] = set()
         self.in_existing: set[RowKey] = set()
@@ -152,12 +154,16 @@ class _Pairer:
             except ValidationError as exc:
                 self._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
                 continue
-            self.new.append(sample)
+            self.new.append(dumps(sample.model_dump(mode="json")))
             self.new_ids.add(pid)
             self.in_new.update((chosen.key, rejected.key))
             self.used[task_id] += 1
             made += 1
         return made
+
+
+def _line(rec: QuarantineRecord) -> tuple[str, bytes]:
+    return rec.reason.value, dumps(rec.to_json_dict())
 
 
 def export_preference(
@@ -172,14 +178,14 @@ def export_preference(
 ) -> PreferenceExport:
     stage = "preference"
     result = PreferenceExport()
-    quarantined: dict[int, QuarantineRecord] = {}
+    quarantined: dict[int, tuple[str, bytes]] = {}  # input index -> (reason, JSON line)
     pending: list[Row] = []
     seen: dict[RowKey, str] = {}
     sources: dict[int, tuple[str, str | None]] = {}
 
     for i, item in enumerate(items):
         if isinstance(item, Broken):
-            quarantined[i] = quarantine_broken(stage, item)
+            quarantined[i] = _line(quarantine_broken(stage, item))
             sources[i] = (item.source, None)
             continue
         j = item
@@ -197,7 +203,7 @@ def export_preference(
         elif j.key in seen:
             drop = (QuarantineReason.DUPLICATE_ID, f"run {ev.run_id} revision already read at {seen[j.key]}")
         if drop is not None:
-            quarantined[i] = quarantine_joined(stage, j, drop[0], [drop[1]])
+            quarantined[i] = _line(quarantine_joined(stage, j, drop[0], [drop[1]]))
             continue
         seen[j.key] = f"{j.scored_file}:{j.scored_line}"
         pending.append(Row(i, j, synthesize_instruction(ev)))
@@ -209,7 +215,7 @@ def export_preference(
     eligible: list[Row] = []
     for row, failure in zip(pending, verdicts, strict=True):
         if failure is not None:
-            quarantined[row.index] = quarantine_joined(stage, row.joined, failure.reason, failure.errors)
+            quarantined[row.index] = _line(quarantine_joined(stage, row.joined, failure.reason, failure.errors))
         else:
             eligible.append(row)
 
@@ -259,12 +265,12 @@ def export_preference(
                 (QuarantineReason.INVALID_PREFERENCE_PAIRING,
                  f"no counterpart with a category gap in task {row.joined.evidence.task_id}"),
             )
-            quarantined[row.index] = quarantine_joined(stage, row.joined, reason, [msg])
-    for i, rec in quarantined.items():
+            quarantined[row.index] = _line(quarantine_joined(stage, row.joined, reason, [msg]))
+    for i, (reason_value, _) in quarantined.items():
         source, category = sources[i]
-        report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
+        report.source(source).bump("quarantined", reason=reason_value, category=category)
 
-    result.samples = pairer.new
-    result.quarantine = [quarantined[i] for i in sorted(quarantined)]
+    result.sample_lines = pairer.new
+    result.quarantine_lines = [quarantined[i][1] for i in sorted(quarantined)]
     result.pairs_existing = len(existing_ids)
     return result

@@ -118,10 +118,10 @@ def run_export(
                 max_pairs_per_task=settings.export.max_pairs_per_task,
                 cross_source=settings.export.cross_source_pairs,
             )
-            for sample in pref.samples:
-                on_sample(sample)
-            for rec in pref.quarantine:
-                on_quarantine(rec)
+            for line in pref.sample_lines:
+                sample_sink.write(line + b"\n")
+            for line in pref.quarantine_lines:
+                quarantine_sink.write(line + b"\n")
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
                 f"({len(existing_ids)} already in the export)"
