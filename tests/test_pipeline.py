@@ -68,6 +68,8 @@ def test_second_run_skips_everything_with_same_content_hashes(mini: Workspace) -
     first = execute_run(mini, Settings(), stages=_stages())
     second = execute_run(mini, Settings(), stages=_stages())
     assert _statuses(second.summary) == {"upper": "skipped", "count": "skipped"}
+    assert not (second.run_dir / "summary.png").exists()  # nothing changed: no chart to draw
+    assert "nothing changed: every stage was skipped" in second.summary_md.read_text()
     for a, b in zip(first.receipts, second.receipts, strict=True):
         assert a.content_hash == b.content_hash
         assert b.reused is not None and b.reused.run_id == first.summary.run_id and b.reused.content_hash == a.content_hash
