@@ -1,0 +1,137 @@
+"""What a periodic `distill run` costs: a full run, an unchanged re-run, and a run after +1 % rows.
+
+    python benchmarks/rerun.py [--rows 30000] [--quick]
+
+A synthetic workspace of N source rows (data/sample/generate.py's write_scaled, prefix-stable:
+the N + 1 % workspace is the N-row one with rows appended to each stream) goes through
+`distill run --no-index` three times, each a child process timed with its own rusage: the full
+run, the same command again with nothing changed, and again after the streams grow by 1 %.
+Reported: wall and CPU seconds, peak RSS, each re-run as a fraction of the full run, which stages
+the re-runs skipped, and the sha256 of every export file after the full run.
+Results: benchmarks/results/rerun[_quick].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+
+TARGET_UNCHANGED = 0.01
+TARGET_ONE_PERCENT = 0.05
+
+
+def stage_actions(result: dict[str, Any]) -> dict[str, str]:
+    """stage -> ran / skipped, from `distill run --json`'s summary."""
+    return {str(s.get("stage")): str(s.get("status")) for s in result.get("summary", {}).get("stages", [])}
+
+
+def timed_run(root: Path) -> dict[str, Any]:
+    exe = str(Path(sys.executable).with_name("distill"))
+    start = time.perf_counter()
+    proc = subprocess.Popen([exe, "run", "--no-index", "--root", str(root), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"distill run failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return {"wall_s": round(wall, 2), "stages": stage_actions(json.loads(out))}
+
+
+def run_with_rusage(root: Path) -> dict[str, Any]:
+    """timed_run in a fork so resource.getrusage(RUSAGE_CHILDREN) sees this run alone."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = timed_run(root)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
+    r["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # the largest child so far (Linux: KiB)
+    return r
+
+
+def export_hashes(root: Path) -> dict[str, str]:
+    exports = root / "exports"
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(exports.rglob("*")) if p.is_file() and (p.suffix == ".jsonl" or p.name == "README.md")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=30_000)
+    ap.add_argument("--quick", action="store_true", help="2,000 rows (CI smoke)")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    rows = 2_000 if args.quick else args.rows
+    more = rows + max(1, rows // 100)
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory(prefix="distill-rerun-") as tmp:
+        base, grown = Path(tmp) / "ws", Path(tmp) / "grown"
+        generate.write_scaled(base / "_kb", rows)
+        generate.write_scaled(grown / "_kb", more)
+        log(f"{rows:,} rows; then +{more - rows:,}")
+        full = run_with_rusage(base)
+        hashes = export_hashes(base)
+        log(f"full {full}")
+        unchanged = run_with_rusage(base)
+        log(f"unchanged {unchanged}")
+        for src in (grown / "_kb").glob("*.jsonl"):
+            shutil.copyfile(src, base / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
+        plus = run_with_rusage(base)
+        log(f"+1% {plus}")
+
+    result = {
+        "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
+        "full": full, "unchanged": unchanged, "plus_one_percent": plus,
+        "unchanged_fraction_wall": round(unchanged["wall_s"] / full["wall_s"], 4),
+        "unchanged_fraction_cpu": round(unchanged["cpu_s"] / full["cpu_s"], 4),
+        "plus_one_percent_fraction_wall": round(plus["wall_s"] / full["wall_s"], 4),
+        "plus_one_percent_fraction_cpu": round(plus["cpu_s"] / full["cpu_s"], 4),
+        "export_sha256_after_full_run": hashes,
+        "machine": machine(),
+    }
+    result["targets"] = {
+        f"unchanged re-run <= {TARGET_UNCHANGED:.0%} of a full run (CPU)": result["unchanged_fraction_cpu"] <= TARGET_UNCHANGED,
+        f"+1 % rows <= {TARGET_ONE_PERCENT:.0%} of a full run (CPU)": result["plus_one_percent_fraction_cpu"] <= TARGET_ONE_PERCENT,
+    }
+    write_results(args.out_dir, "rerun" + ("_quick" if args.quick else ""), result, markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = []
+    for label, key in (("full run", "full"), ("unchanged re-run", "unchanged"), (f"after +{r['rows_added']:,} rows (1 %)", "plus_one_percent")):
+        m = r[key]
+        rows.append([label, m["wall_s"], m["cpu_s"], m["peak_rss_mib"],
+                     ", ".join(f"{s}: {a}" for s, a in m["stages"].items())])
+    lines = [
+        f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index`)",
+        "",
+        md_table(["run", "wall s", "CPU s", "peak RSS MiB (largest so far)", "stages"], rows),
+        "",
+        f"- unchanged re-run: {r['unchanged_fraction_cpu']:.2%} of the full run's CPU ({r['unchanged_fraction_wall']:.2%} wall)",
+        f"- after +1 % rows: {r['plus_one_percent_fraction_cpu']:.2%} of the full run's CPU ({r['plus_one_percent_fraction_wall']:.2%} wall)",
+        "- targets: " + "; ".join(f"{k}: **{'met' if v else 'missed'}**" for k, v in r["targets"].items()),
+        f"- machine: {r['machine']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
