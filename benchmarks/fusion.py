@@ -117,7 +117,7 @@ def choose(dev_scores: dict[str, dict[str, float]]) -> tuple[str, dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="40 queries per split over a small corpus slice (CI smoke)")
+    ap.add_argument("--quick", action="store_true", help="25 queries per split over a small corpus slice (CI smoke)")
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "distill-bench" / "fusion",
                     help="where the indexes are built and kept")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_q = Embedder.from_settings(cfg.model_copy(update={"query_backend": "torch"}))
     sets = {"scifact": scifact(), "pubmedqa": pubmedqa_beir()}
     if args.quick:
-        sets = {k: slice_for_quick(*v, 40) for k, v in sets.items()}
+        sets = {k: slice_for_quick(*v, 25) for k, v in sets.items()}
 
     result: dict[str, Any] = {"suite": "fusion", "quick": args.quick, "depth": DEPTH, "datasets": {}}
     ranked: dict[str, dict[str, Any]] = {}

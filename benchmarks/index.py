@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # This file is named like the `index` package: make sure `import index` finds the package.
 _HERE = Path(__file__).resolve().parent
@@ -245,7 +245,9 @@ def incremental(embedder, docs, *, hnsw) -> dict:
 
 
 def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size: int, queries: Sequence[str], *,
-                       hnsw, fusion: Fusion, n_queries: int, recall: bool, k: int = 8) -> dict:
+                       hnsw, fusion: Fusion, n_queries: int, recall: bool, k: int = 8,
+                       torch_queries: Any = None) -> dict:
+    """`torch_queries`: an embedder on the torch query path, timed beside the default one."""
     from index.build import build_index
     from index.documents import Document
     from index.manifest import IndexPaths
@@ -284,6 +286,9 @@ def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size
             f"cpu p50={out['modes'][mode]['cpu_p50_ms']}ms p95={out['modes'][mode]['cpu_p95_ms']}ms")
     # where hybrid's time goes: query embedding alone, and the lookups given the vector
     parts: dict[str, tuple[list[float], list[float]]] = {"query_embedding": ([], []), "chroma_ann_depth": ([], []), "bm25_depth": ([], [])}
+    if torch_queries is not None:
+        parts["query_embedding_torch"] = ([], [])
+        torch_queries.encode_query(qs[0])  # warm
     depth = max(searcher.hybrid_depth, 2 * k)
     for q in qs:
         v = None
@@ -291,6 +296,8 @@ def latency_and_recall(embedder, texts: Sequence[str], vectors: np.ndarray, size
             c, t = time.process_time(), time.perf_counter()
             if name == "query_embedding":
                 v = embedder.encode_query(q)
+            elif name == "query_embedding_torch":
+                torch_queries.encode_query(q)
             elif name == "chroma_ann_depth":
                 searcher.store.query(v, depth)
             else:
@@ -432,11 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         texts, vectors, gen_info = generated_corpus(embedder, data.corpus, max(sizes), real=min(sizes), fragments=args.fragments)
         result["generated_corpus_sizes"] = gen_info
         result["latency"] = {}
+        torch_queries = (Embedder.from_settings(cfg.model_copy(update={"query_backend": "torch"}), model=args.model)
+                         if embedder.query_backend != "torch" else None)
         for i, size in enumerate(sizes):
             log(f"== latency at {size}")
             result["latency"][str(size)] = latency_and_recall(
                 embedder, texts, vectors, size, queries, hnsw=hnsw, fusion=Fusion.from_settings(cfg), n_queries=args.queries,
-                recall=True,
+                recall=True, torch_queries=torch_queries,
             )
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["machine"]["loadavg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -488,7 +497,9 @@ def markdown(r: dict) -> str:
     if "latency" in r:
         out += ["## Query latency (warm searcher, query embedding included, k=8)", "", r["generated_corpus"] + ".", "",
                 "Wall-clock figures include waiting for a CPU on a shared, loaded machine (nice 10); the CPU columns are "
-                "the process CPU time per query (all threads; one torch thread per query embedding), which does not depend on the load.", "",
+                "the process CPU time per query (all threads; one intra-op thread per query embedding), which does not depend on the load. "
+                "Queries embed through the default query path (`[index] query_backend`, ONNX Runtime); `query_embedding_torch` "
+                "below is the torch path timed beside it on the same queries.", "",
                 "| docs | mode | wall p50 ms | wall p95 ms | CPU p50 ms | CPU p95 ms |", "|---|---|---|---|---|---|"]
         for size, lat in r["latency"].items():
             for mode, m in lat["modes"].items():

@@ -137,3 +137,28 @@ def test_secret_gate_quick(tmp_path: Path) -> None:
     (row,) = data["corpora"]
     assert row["prefilter_active"] and row["verdict_differences"] == 0 and row["missed_vs_detect_secrets"] == 0
     assert row["prefiltered_flagged"] == row["full_flagged"] > 0
+
+
+def test_serve_load_quick(tmp_path: Path) -> None:
+    """A real `distill serve` process under concurrent openai clients: outcomes and the log are checked."""
+    run_suite("serve_load.py", tmp_path)
+    data = json.loads((tmp_path / "serve_load_quick.json").read_text())
+    assert sum(data["outcomes"].values()) == data["clients"] * data["requests_per_client"]
+    assert data["torn_log_lines"] == 0 and data["lost_log_lines"] == 0 and data["unclear_responses"] == 0
+    assert data["log_lines"] == data["model_calls"] >= data["outcomes"].get("answer", 0) > 0
+    assert data["rss_mib"]["samples"] > 0 and data["server_exit_code_after_sigterm"] == 0
+    assert "| outcome | count |" in (tmp_path / "serve_load_quick.md").read_text()
+
+
+def test_fusion_quick(tmp_path: Path) -> None:
+    """Fusion chosen on dev slices of SciFact and the PubMedQA-built set, reported on test slices."""
+    run_suite("fusion.py", tmp_path, "--work-dir", str(tmp_path / "indexes"))
+    data = json.loads((tmp_path / "fusion_quick.json").read_text())
+    assert set(data["datasets"]) == {"scifact", "pubmedqa"}
+    for d in data["datasets"].values():
+        scores = d["test_ndcg@10"]["onnx"]
+        assert {"dense", "bm25", "hybrid", "hybrid_rrf_equal"} <= set(scores)
+        assert all(0 <= v <= 1 for v in scores.values())
+        assert abs(d["onnx_vs_torch_delta"]["dense"]) <= 0.005
+    assert data["chosen_fusion"]["method"] in ("rrf", "score")
+    assert len(data["dev_grid"]["scifact"]) == 2 + 9 + 21
