@@ -18,7 +18,9 @@ if str(REPO) not in sys.path:
 from benchmarks.report import RESULTS  # noqa: E402
 
 SUITES = [
+    ("pipeline_1m.md", "python benchmarks/pipeline.py --rows 1000000 --nice 0 --no-profile --name pipeline_1m"),
     ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
+    ("rerun.md", "python benchmarks/rerun.py --rows 30000"),
     ("secret_gate.md", "python benchmarks/secret_gate.py"),
     ("escalation.md", "python benchmarks/escalation.py --tasks 10 --max-tokens 64 --k 4 --item-max-chars 500"),
     ("escalation_local.md", "python benchmarks/escalation.py --local-only --max-tokens 64 --k 4 --item-max-chars 500"),
@@ -26,9 +28,11 @@ SUITES = [
     ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
     ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
     ("gate_quality.md", "python benchmarks/gate_quality.py"),
+    ("fusion.md", "python benchmarks/fusion.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
     ("index.md", "python benchmarks/index.py"),
     ("replay_cold_start.md", "python benchmarks/replay_cold_start.py"),
+    ("serve_load.md", "python benchmarks/serve_load.py"),
 ]
 
 

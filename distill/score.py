@@ -22,7 +22,7 @@ from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
 from distill.redact import redact_excerpts
-from distill.score_rules import SCORER_VERSION, ParentRun, Verdict, join_extraction, score_evidence
+from distill.score_rules import SCORER_VERSION, ParentIndex, ParentRun, Verdict, score_evidence
 from distill.stage import Stage, existing
 from distill.workspace import Workspace, iter_partition_files
 
@@ -74,11 +74,12 @@ def collect_parents(ws: Workspace, settings: Settings) -> dict[str, list[ParentR
     return parents
 
 
-def score_one(ev: EvidenceRecord, parents: dict[str, list[ParentRun]], settings: Settings) -> ScoredRun:
+def score_one(ev: EvidenceRecord, parents: dict[str, ParentIndex], settings: Settings) -> ScoredRun:
     verdict: Verdict = score_evidence(ev, settings.score)
     joined: str | None = None
     if ev.score_class is ScoreClass.EXTRACTION:
-        joined_verdict = join_extraction(ev, parents.get(ev.task_id, []))
+        index = parents.get(ev.task_id)
+        joined_verdict = index.join(ev) if index is not None else None
         if joined_verdict is not None:
             verdict = joined_verdict
             joined = joined_verdict.parent_run_id
@@ -103,7 +104,7 @@ def mirror_path(ws: Workspace, evidence_file: Path) -> Path:
 def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False) -> StageReport:
     """Score every evidence row; returns counts with the category distribution per source."""
     report = StageReport(stage=STAGE, dry_run=dry_run)
-    parents = collect_parents(ws, settings)
+    parents = {task: ParentIndex(runs) for task, runs in collect_parents(ws, settings).items()}
     problems: list[QuarantineRecord] = []
     evidence_files = iter_partition_files(ws.evidence_dir)
     for path in evidence_files:

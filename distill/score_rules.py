@@ -9,6 +9,8 @@ and joins extraction rows to their parents with `join_extraction`.
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -308,37 +310,46 @@ def score_evidence(ev: EvidenceRecord, settings: ScoreSettings) -> Verdict:
 # ------------------------------------------------------------------------------- class C join
 
 
-def _latest(parents: Sequence[ParentRun]) -> ParentRun:
-    return max(parents, key=lambda p: (p.created_at, p.run_id))
+class ParentIndex:
+    """One task's verdict-bearing parents, indexed so a join costs O(log parents), not O(parents):
+    a workspace where a task recurs over thousands of runs would otherwise score in quadratic time."""
+
+    def __init__(self, parents: Sequence[ParentRun]) -> None:
+        self.by_run: dict[str, ParentRun] = {}
+        for p in parents:
+            self.by_run.setdefault(p.run_id, p)  # the first one listed, as a scan would find it
+        self.candidates = sorted((p for p in parents if p.category is not H), key=lambda p: (p.created_at, p.run_id))
+        self.created = [p.created_at for p in self.candidates]
+
+    def join(self, ev: EvidenceRecord) -> Verdict | None:
+        """Class C rows inherit the category of a verdict-bearing parent of the same task:
+        the parent the row names (parent_run_id) when present; else the latest parent created
+        at or before the row; else the latest parent. None when there is none.
+
+        Parents without a verdict (needs_human_review) are not candidates: they have nothing to
+        pass on, except that a row naming such a parent inherits its needs_human_review."""
+        if ev.parent_run_id:
+            named = self.by_run.get(ev.parent_run_id)
+            if named is not None:
+                return Verdict(
+                    named.category,
+                    (f"inherits {named.category.value} from named parent {named.run_id} (task {ev.task_id})",),
+                    named.run_id,
+                )
+        if not self.candidates:
+            return None
+        earlier = bisect.bisect_right(self.created, ev.created_at)
+        if earlier:
+            parent, how = self.candidates[earlier - 1], "latest parent created at or before this row"
+        else:
+            parent, how = self.candidates[-1], "latest parent (none precedes this row)"
+        return Verdict(
+            parent.category,
+            (f"inherits {parent.category.value} from parent {parent.run_id} (task {ev.task_id}; {how})",),
+            parent.run_id,
+        )
 
 
 def join_extraction(ev: EvidenceRecord, parents: Sequence[ParentRun]) -> Verdict | None:
-    """Class C rows inherit the category of a verdict-bearing parent of the same task:
-    the parent the row names (parent_run_id) when present among `parents`; else the latest
-    parent created at or before the row; else the latest parent. None when there is none.
-
-    Parents without a verdict (needs_human_review) are not candidates: they have nothing to
-    pass on, except that a row naming such a parent inherits its needs_human_review."""
-    same_task = [p for p in parents if p.task_id == ev.task_id]
-    if ev.parent_run_id:
-        named = [p for p in same_task if p.run_id == ev.parent_run_id]
-        if named:
-            parent = named[0]
-            return Verdict(
-                parent.category,
-                (f"inherits {parent.category.value} from named parent {parent.run_id} (task {ev.task_id})",),
-                parent.run_id,
-            )
-    candidates = [p for p in same_task if p.category is not H]
-    if not candidates:
-        return None
-    earlier = [p for p in candidates if p.created_at <= ev.created_at]
-    if earlier:
-        parent, how = _latest(earlier), "latest parent created at or before this row"
-    else:
-        parent, how = _latest(candidates), "latest parent (none precedes this row)"
-    return Verdict(
-        parent.category,
-        (f"inherits {parent.category.value} from parent {parent.run_id} (task {ev.task_id}; {how})",),
-        parent.run_id,
-    )
+    """`ParentIndex.join` over the parents of the row's own task (for one-off joins)."""
+    return ParentIndex([p for p in parents if p.task_id == ev.task_id]).join(ev)

@@ -179,7 +179,10 @@ class OnnxEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         prefix = self.layout.query_prompt if query else ""
-        encodings = self._tokenizer.encode_batch([prefix + t for t in texts])
+        # one text: the plain call (encode_batch starts the tokenizers thread pool, whose fork warning
+        # then follows every subprocess this process starts)
+        encodings = ([self._tokenizer.encode(prefix + texts[0])] if len(texts) == 1
+                     else self._tokenizer.encode_batch([prefix + t for t in texts]))
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
         mask = np.zeros((len(texts), width), dtype=np.int64)

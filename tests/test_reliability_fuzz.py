@@ -299,3 +299,32 @@ def test_zz_report_lines_tried() -> None:
         Path(out).write_text(json.dumps(summary, indent=1) + "\n")
     assert COUNTS["adapter lines"] > 1000 and COUNTS["adapter evidence"] > 20
     assert COUNTS["scorer records"] >= 100
+
+
+def _scan_join(ev: EvidenceRecord, parents: list[ParentRun]) -> tuple[str, str, str | None] | None:
+    """The join as a linear scan over the parents (the scorer's rule before it was indexed): the oracle."""
+    same = [p for p in parents if p.task_id == ev.task_id]
+    named = [p for p in same if p.run_id == ev.parent_run_id] if ev.parent_run_id else []
+    if named:
+        return named[0].category.value, "named", named[0].run_id
+    cands = [p for p in same if p.category is not Category.NEEDS_HUMAN_REVIEW]
+    if not cands:
+        return None
+    earlier = [p for p in cands if p.created_at <= ev.created_at]
+    pick = max(earlier or cands, key=lambda p: (p.created_at, p.run_id))
+    return pick.category.value, "earlier" if earlier else "latest", pick.run_id
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ev=evidence(), parents=st.lists(st.builds(
+    ParentRun, run_id=st.sampled_from(["p1", "p2", "p3", "r1", "r2"]), task_id=st.sampled_from(["t1", "t2"]),
+    category=st.sampled_from(list(Category)), created_at=TIMES), max_size=12))
+def test_indexed_join_picks_the_parent_a_scan_picks(ev: EvidenceRecord, parents: list[ParentRun]) -> None:
+    joined = join_extraction(ev, parents)
+    expected = _scan_join(ev, parents)
+    if expected is None:
+        assert joined is None
+    else:
+        assert joined is not None and (joined.category.value, joined.parent_run_id) == (expected[0], expected[2])
+        assert ("named parent" in joined.reasons[0]) == (expected[1] == "named")
+        assert ("none precedes" in joined.reasons[0]) == (expected[1] == "latest")
