@@ -13,9 +13,10 @@ import pytest
 from distill.config import IndexSettings
 from index.onnx_encoder import onnx_layout
 from tests.fixtures_index import embedder, rag_row, write_export  # noqa: F401
+from tests.shared_datasets import shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
+SCIFACT = shared_dataset("scifact")
 
 TEXTS = [
     "how does the retry policy handle a flaky network test?",
