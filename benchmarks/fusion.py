@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.beir import BeirDataset, load_beir  # noqa: E402
 from benchmarks.ir_metrics import evaluate  # noqa: E402
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
 from benchmarks.suites import shared_dataset  # noqa: E402
 
 DEPTH = 100
@@ -224,7 +224,7 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{t['torch']['dense']} / {t['torch']['hybrid']}"])
     lines.append(md_table(["set", "docs", "dev/test queries", "dense", "bm25", "hybrid (equal RRF)", "hybrid (chosen)",
                            "vs best part", "torch dense / hybrid"], rows))
-    lines += ["", "Targets: " + "; ".join(f"{k}: **{'met' if v else 'missed'}**" for k, v in r["targets"].items()), ""]
+    lines += ["", targets_line(r["targets"]), ""]
     if r.get("note"):
         lines += [f"Note: {r['note']}", ""]
     lines.append(f"Machine: {r['machine']}")

@@ -91,3 +91,8 @@ def save_figure(fig: Any, path: Path) -> Path:
     os.replace(tmp, path)
     pyplot().close(fig)
     return path
+
+
+def targets_line(targets: dict[str, bool]) -> str:
+    """"Targets: name: **met**; name: **missed**" for a results markdown."""
+    return "Targets: " + "; ".join(f"{k}: **{'met' if v else 'missed'}**" for k, v in targets.items())

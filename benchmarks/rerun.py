@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
 
 TARGET_UNCHANGED = 0.01
 TARGET_ONE_PERCENT = 0.05
@@ -52,7 +52,7 @@ def timed_run(root: Path) -> dict[str, Any]:
 
 
 def run_with_rusage(root: Path) -> dict[str, Any]:
-    """timed_run in a fork so resource.getrusage(RUSAGE_CHILDREN) sees this run alone."""
+    """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (peak RSS: the largest child so far)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -127,7 +127,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"- unchanged re-run: {r['unchanged_fraction_cpu']:.2%} of the full run's CPU ({r['unchanged_fraction_wall']:.2%} wall)",
         f"- after +1 % rows: {r['plus_one_percent_fraction_cpu']:.2%} of the full run's CPU ({r['plus_one_percent_fraction_wall']:.2%} wall)",
-        "- targets: " + "; ".join(f"{k}: **{'met' if v else 'missed'}**" for k, v in r["targets"].items()),
+        "- " + targets_line(r["targets"]),
         f"- machine: {r['machine']}",
     ]
     return "\n".join(lines) + "\n"

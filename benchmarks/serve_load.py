@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
 from distill.config import load_settings  # noqa: E402
 from distill.jsonl import iter_raw_lines, write_jsonl_atomic  # noqa: E402
 from distill.workspace import Workspace  # noqa: E402
@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             records: list[dict[str, Any]] = []
-            cpu0 = os.times()
             t0 = time.perf_counter()
             threads = [threading.Thread(target=client, args=(url, args.requests, c, records)) for c in range(args.clients)]
             for t in threads:
@@ -224,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        del cpu0
         lines = list(iter_raw_lines(ws.kb_dir / "replay_runs.jsonl"))
         torn, logged_ids = 0, []
         for raw in lines:
@@ -302,7 +300,7 @@ def markdown(r: dict[str, Any]) -> str:
             ["exit code after SIGTERM", r["server_exit_code_after_sigterm"]],
         ]),
         "",
-        "Targets: " + "; ".join(f"{k}: **{'met' if v else 'missed'}**" for k, v in r["targets"].items()),
+        targets_line(r["targets"]),
         "",
         f"Machine: {r['machine']}",
     ]

@@ -194,18 +194,7 @@ def append_lines(path: Path, lines: Iterable[bytes], *, timeout: float = 60.0, f
         count += 1
     if not count:
         return 0
-    with lock_for(path).acquire(timeout=timeout):
-        repair_torn_tail(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+    _append_locked(path, [payload], timeout=timeout, fsync=fsync)
     return count
 
 
@@ -213,28 +202,40 @@ def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> in
     return append_lines(path, (dumps(r) for r in rows), timeout=timeout)
 
 
-def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int = 1 << 20) -> int:
-    """Append the whole lines of `source` to `path` under the file lock, as append_lines does,
-    streaming in chunks (a large batch is never held in memory). Returns the bytes appended."""
-    size = source.stat().st_size
-    if not size:
-        return 0
-    with lock_for(path).acquire(timeout=timeout), open(source, "rb") as src:
+def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: float, fsync: bool) -> None:
+    """Write `chunks` on an O_APPEND descriptor under the file lock, after repairing a torn tail."""
+    with lock_for(path).acquire(timeout=timeout):
         repair_torn_tail(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            last = b""
-            while block := src.read(chunk):
-                view = memoryview(block)
+            for chunk in chunks:
+                view = memoryview(chunk)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                last = block[-1:]
-            if last != b"\n":
-                os.write(fd, b"\n")
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int = 1 << 20) -> int:
+    """Append the whole lines of `source` to `path` as append_lines does, streamed in chunks
+    (a large batch is never held in memory). Returns the bytes appended."""
+    size = source.stat().st_size
+    if not size:
+        return 0
+
+    def chunks() -> Iterator[bytes]:
+        last = b""
+        with open(source, "rb") as src:
+            while block := src.read(chunk):
+                last = block[-1:]
+                yield block
+        if last != b"\n":
+            yield b"\n"
+
+    _append_locked(path, chunks(), timeout=timeout, fsync=True)
     return size
 
 

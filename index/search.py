@@ -19,7 +19,7 @@ from index import jaccard as jaccard_mod
 from index.build import file_hash, workspace_paths
 from index.documents import Document
 from index.embedder import Embedder, resolve_model
-from index.fusion import Fusion, rrf_fuse  # noqa: F401 - rrf_fuse re-exported
+from index.fusion import Fusion
 from index.hits import SearchHit, SearchMode
 from index.manifest import REBUILD_HINT, IndexPaths, Manifest, load_manifest
 from index.store import ChromaStore

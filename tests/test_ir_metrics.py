@@ -9,7 +9,7 @@ import pytest
 from benchmarks.ir_metrics import evaluate, mrr_at_k, ndcg_at_k, percentile, recall_at_k
 from index.bm25 import top_positive
 from index.jaccard import jaccard, rank, token_set
-from index.search import rrf_fuse
+from index.fusion import rrf_fuse
 
 
 def test_ndcg_binary_and_graded() -> None:

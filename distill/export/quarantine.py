@@ -87,8 +87,6 @@ def validation_errors(exc: ValidationError) -> list[str]:
 class RowExport:
     """What one exporter pass leaves behind besides the rows it streamed to its sinks."""
 
-    written: int = 0
-    quarantined: int = 0
     stale: list[str] = field(default_factory=list)  # exported earlier, forbidden now
 
 
@@ -124,12 +122,7 @@ def export_rows(
         """Every row read so far is decided: hand them to the sinks in input order."""
         for i in sorted(out):
             kind, value = out[i]
-            if kind == "sample":
-                result.written += 1
-                on_sample(value)
-            else:
-                result.quarantined += 1
-                on_quarantine(value)
+            (on_sample if kind == "sample" else on_quarantine)(value)
         out.clear()
 
     # firewall outcomes are counted after the reader pass, in input order, so the report's
