@@ -130,16 +130,20 @@ def test_evidence_fallback_reads_the_same_record(sample_ws):
 
 
 def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
-    """Firewall checks in batches of 1, rows handed to the sinks after every row, give the same
-    files and the same report as one batch holding everything; no staged file is left behind."""
+    """Firewall checks in batches of 1, rows handed to the sinks after every row, preference rows
+    spilled to 7 buckets, give the same files and the same report as one batch holding everything
+    in one bucket; no staged file or spill folder is left behind."""
     import hashlib
 
-    from distill.export import quarantine, run_export
+    from distill.export import preference, quarantine, run_export, spill
     from tests.export_helpers import adversarial_settings, build_adversarial
 
     def export(root: Path, batch: int):
         monkeypatch.setattr(quarantine, "GATE_BATCH", batch)
         monkeypatch.setattr(quarantine, "MAX_HELD", batch)
+        monkeypatch.setattr(preference, "GATE_BATCH", batch)
+        monkeypatch.setattr(spill, "BUCKET_BYTES", 1 if batch == 1 else 2**62)
+        monkeypatch.setattr(spill, "MAX_BUCKETS", 7)
         adv = build_adversarial(root)
         settings = adversarial_settings(adv)
         reports = [run_export(adv.ws, settings, k, fmt="trl").model_dump_json() for k in ("rag", "sft", "preference")]
@@ -152,5 +156,7 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
     whole = export(tmp_path / "whole", 10**9)
     assert one[1] == whole[1] and len(one[1]) >= 6
     assert not [p for p in tmp_path.rglob("*.new")], "a staged export file was left behind"
+    assert not [p for p in tmp_path.rglob(".spill-*")], "a spill folder was left behind"
+    assert whole[1]["preference/chosen_rejected.jsonl"] != hashlib.sha256(b"").hexdigest(), "no pairs to compare"
     # reports name their own workspace paths only relatively, so they compare as text
     assert one[0] == whole[0]

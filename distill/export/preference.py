@@ -11,20 +11,32 @@ PreferenceSample schema refuses all three again.
 Accounting is per input row: a row used by a newly written pair is written, one used only by
 pairs exported earlier is deduped, any other row is quarantined with the reason it found no
 pair.
+
+Pairing needs every row of a question before it can choose, so rows cannot stream straight
+through. Memory stays bounded by spilling (`distill.export.spill`): pass 1 gates the rows in
+batches and writes each one to a bucket by task id (the row itself to a payload file, a small
+`Row` to the bucket); each task bucket is then paired on its own, cross-source candidates are
+re-bucketed by question and paired the same way, and the pairs (in question order) and the
+quarantine rows (in input order) come out of a k-way merge of the buckets' sorted runs. The
+output is the same bytes whatever the number of buckets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from distill.export.gates import Firewall, GateInput, meta_text
-from distill.export.quarantine import quarantine_broken, quarantine_joined, validation_errors
+from distill.export.quarantine import GATE_BATCH, quarantine_broken, quarantine_joined, validation_errors
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
+from distill.export.spill import RecordFile, Spill, bucket_of, merge_sorted
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.jsonl import dumps
@@ -32,7 +44,10 @@ from distill.records import Category, ModelRole, PreferenceSample, QuarantineRea
 from distill.records.stage import StageReport
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
+STAGE = "preference"
 RowKey = tuple[str, str]  # (run_id, sig_hash)
+Reason = tuple[QuarantineReason, str]
+LineSink = Callable[[bytes], None]
 
 
 def pref_id(chosen: RowKey, rejected: RowKey) -> str:
@@ -44,30 +59,43 @@ def cross_task_id(prompt: str) -> str:
     return content_id("question", prompt)
 
 
+def _text_digest(text: str) -> bytes:
+    """Stands for the stripped text in the identical-texts check, so a Row stays small."""
+    return hashlib.blake2b(text.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
+    """What pairing needs of a row; the row itself waits in the payload file at `offset`."""
+
     index: int
-    joined: Joined
+    key: RowKey
+    task_id: str
     prompt: str
+    category: Category
+    source: str
+    text_digest: bytes
+    cross_candidate: bool  # verdict-bearing review: may pair across sources
+    where: str  # scored_file:line, named when a later duplicate is refused
+    failure: tuple[str, list[str]] | None  # the firewall's verdict
+    offset: int
 
-    @property
-    def key(self) -> RowKey:
-        return self.joined.key
+    def as_tuple(self) -> tuple[object, ...]:
+        return (self.index, self.key, self.task_id, self.prompt, self.category, self.source, self.text_digest,
+                self.cross_candidate, self.where, self.failure, self.offset)
 
-    @property
-    def category(self) -> Category:
-        return self.joined.scored.category
 
-    @property
-    def text(self) -> str:
-        return self.joined.evidence.text
+@dataclass(slots=True)
+class Fate:
+    """A row's standing after a pairing phase (the same fields the final decision reads)."""
+
+    in_new: bool = False
+    in_existing: bool = False
+    why: Reason | None = None
 
 
 @dataclass
 class PreferenceExport:
-    sample_lines: list[bytes] = field(default_factory=list)  # new pairs as JSON lines, in pairing order
-    # quarantine rows as JSON lines, input order: a serialised row is a fraction of its model's memory
-    quarantine_lines: list[bytes] = field(default_factory=list)
     pairs_same_task: int = 0
     pairs_cross_source: int = 0
     pairs_existing: int = 0
@@ -84,21 +112,21 @@ def _sorted(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.key, r.index))
 
 
-def _build(chosen: Row, rejected: Row, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
-    c, r = chosen.joined, rejected.joined
+def _build(chosen: Joined, rejected: Joined, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
+    c, r = chosen, rejected
     reason = (
-        f"chosen {c.evidence.source} run scored {chosen.category.value} ({c.scored.reasons[0]}); "
-        f"rejected {r.evidence.source} run scored {rejected.category.value} ({r.scored.reasons[0]})"
+        f"chosen {c.evidence.source} run scored {c.scored.category.value} ({c.scored.reasons[0]}); "
+        f"rejected {r.evidence.source} run scored {r.scored.category.value} ({r.scored.reasons[0]})"
     )
     return PreferenceSample(
-        id=pref_id(chosen.key, rejected.key),
+        id=pref_id(c.key, r.key),
         prompt=prompt,
-        chosen=chosen.text,
-        rejected=rejected.text,
+        chosen=c.evidence.text,
+        rejected=r.evidence.text,
         chosen_run_id=c.evidence.run_id,
         rejected_run_id=r.evidence.run_id,
-        chosen_category=chosen.category,
-        rejected_category=rejected.category,
+        chosen_category=c.scored.category,
+        rejected_category=r.scored.category,
         task_id=task_id,
         pairing=pairing,  # type: ignore[arg-type]
         reason=reason,
@@ -108,62 +136,233 @@ def _build(chosen: Row, rejected: Row, *, task_id: str, pairing: str, prompt: st
     )
 
 
-class _Pairer:
-    """Pair selection with the per-task cap and the reasons rows end up unpaired."""
+class _Payload:
+    """The spilled rows, read back by offset (only for rows that make a pair or a quarantine line)."""
 
-    def __init__(self, existing_ids: set[str], existing_per_task: Counter[str], cap: int) -> None:
+    def __init__(self, records: RecordFile) -> None:
+        self.records = records
+
+    def put(self, j: Joined) -> int:
+        return self.records.append((j.scored, j.evidence, j.scored_file, j.scored_line))
+
+    def get(self, row: Row) -> Joined:
+        scored, evidence, scored_file, scored_line = self.records.read_at(row.offset)
+        return Joined(scored=scored, evidence=evidence, scored_file=scored_file, scored_line=scored_line)
+
+
+class _Pairer:
+    """Pair selection for one bucket, with the per-task cap and the reasons rows end up unpaired.
+
+    A task's groups all fall in one bucket (a cross-source question's in one cross bucket), so
+    the cap is counted per bucket without losing a pair made elsewhere."""
+
+    def __init__(self, existing_ids: set[str], existing_per_task: Counter[str], cap: int, payload: _Payload,
+                 pairs: RecordFile) -> None:
         self.existing_ids = existing_ids
-        self.used = Counter(existing_per_task)
+        self.existing_per_task = existing_per_task
+        self.made_per_task: Counter[str] = Counter()
         self.cap = cap
-        self.new: list[bytes] = []  # serialised as made: a line is a fraction of the model's memory
-        self.new_ids: set[str] = set()
-        self.in_new: set[RowKey] = set()
-        self.in_existing: set[RowKey] = set()
-        self.why: dict[RowKey, tuple[QuarantineReason, str]] = {}
+        self.payload = payload
+        self.pairs = pairs  # (sort key, JSON line) in pairing order
+        self.fates: dict[int, Fate] = {}
+
+    def fate(self, row: Row) -> Fate:
+        return self.fates.setdefault(row.index, Fate())
 
     def _note(self, rows: tuple[Row, Row], reason: QuarantineReason, msg: str) -> None:
         for row in rows:
-            self.why.setdefault(row.key, (reason, msg))
+            f = self.fate(row)
+            if f.why is None:
+                f.why = (reason, msg)
 
-    def offer(self, pairs: list[tuple[Row, Row]], *, task_id: str, pairing: str, prompt_of: str | None) -> int:
+    def offer(self, pairs: list[tuple[Row, Row]], *, task_id: str, pairing: str, prompt_of: str | None,
+              sort_key: tuple[str, ...]) -> int:
         """Take valid pairs in order until the task's cap; returns how many new pairs."""
         made = 0
+        new_ids: set[str] = set()
         # pairs exported by an earlier run are kept first (they already count against the cap)
         for chosen, rejected in pairs:
             if pref_id(chosen.key, rejected.key) in self.existing_ids:
-                self.in_existing.update((chosen.key, rejected.key))
+                self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
         for chosen, rejected in pairs:
             pid = pref_id(chosen.key, rejected.key)
-            if pid in self.existing_ids or pid in self.new_ids:
+            if pid in self.existing_ids or pid in new_ids:
                 continue
-            if chosen.joined.evidence.run_id == rejected.joined.evidence.run_id:
+            if chosen.key[0] == rejected.key[0]:
                 self._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
-                           f"only counterpart is another revision of run {chosen.joined.evidence.run_id}")
+                           f"only counterpart is another revision of run {chosen.key[0]}")
                 continue
-            if chosen.text.strip() == rejected.text.strip():
+            if chosen.text_digest == rejected.text_digest:
                 self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING,
                            "chosen and rejected texts are identical")
                 continue
-            if self.used[task_id] >= self.cap:
+            if self.existing_per_task[task_id] + self.made_per_task[task_id] >= self.cap:
                 self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING,
                            f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
                 continue
             prompt = prompt_of if prompt_of is not None else chosen.prompt
             try:
-                sample = _build(chosen, rejected, task_id=task_id, pairing=pairing, prompt=prompt)
+                sample = _build(self.payload.get(chosen), self.payload.get(rejected), task_id=task_id,
+                                pairing=pairing, prompt=prompt)
             except ValidationError as exc:
                 self._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
                 continue
-            self.new.append(dumps(sample.model_dump(mode="json")))
-            self.new_ids.add(pid)
-            self.in_new.update((chosen.key, rejected.key))
-            self.used[task_id] += 1
+            self.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
+            new_ids.add(pid)
+            self.fate(chosen).in_new = self.fate(rejected).in_new = True
+            self.made_per_task[task_id] += 1
             made += 1
         return made
 
 
-def _line(rec: QuarantineRecord) -> tuple[str, bytes]:
-    return rec.reason.value, dumps(rec.to_json_dict())
+# A decided row on its way to the report and the quarantine file, ordered by input index:
+# (index, source, category or None, reason or None for a row a pair used, JSON line or b"", deduped?)
+Decided = tuple[int, str, str | None, str | None, bytes, bool]
+
+
+def _quarantined(index: int, source: str, category: str | None, rec: QuarantineRecord) -> Decided:
+    return (index, source, category, rec.reason.value, dumps(rec.to_json_dict()), False)
+
+
+class _Pass1:
+    """Reads the rows once: refusals are decided at once, the rest are gated and spilled."""
+
+    def __init__(self, firewall: Firewall, payload: _Payload, early: RecordFile, buckets: list[RecordFile]) -> None:
+        self.firewall = firewall
+        self.payload = payload
+        self.early = early  # Decided rows, in input order
+        self.buckets = buckets
+        self.batch: list[tuple[int, Joined, str]] = []
+
+    def read(self, items: Iterable[ReaderItem]) -> None:
+        for i, item in enumerate(items):
+            if isinstance(item, Broken):
+                self.early.append(_quarantined(i, item.source, None, quarantine_broken(STAGE, item)))
+                continue
+            j = item
+            ev = j.evidence
+            drop: Reason | None = None
+            refusal = refuse_category(ExportKind.PREFERENCE, j.scored.category)
+            if refusal is not None:
+                drop = (refusal.reason, refusal.message)
+            elif not has_instruction_shape(ev, j.scored.score_class):
+                drop = (QuarantineReason.CATEGORY_DISALLOWED,
+                        f"{ev.source} is extraction-class: no prompt -> response shape to prefer")
+            elif not ev.text.strip():
+                drop = (QuarantineReason.EMPTY_CONTENT, "evidence text is empty")
+            if drop is not None:
+                self.early.append(_quarantined(i, j.source, j.scored.category.value,
+                                               quarantine_joined(STAGE, j, drop[0], [drop[1]])))
+                continue
+            # a duplicate revision is refused when its bucket is read (both copies share a task id);
+            # gating it too costs a scan and changes no verdict (the gates judge each row alone)
+            self.batch.append((i, j, synthesize_instruction(ev)))
+            if len(self.batch) >= GATE_BATCH:
+                self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        verdicts = self.firewall.check(
+            [GateInput((prompt, j.evidence.text), tuple(j.evidence.source_files), (meta_text(j.evidence),))
+             for _, j, prompt in self.batch]
+        )
+        for (i, j, prompt), failure in zip(self.batch, verdicts, strict=True):
+            ev = j.evidence
+            row = Row(
+                index=i, key=j.key, task_id=ev.task_id, prompt=prompt, category=j.scored.category,
+                source=j.source, text_digest=_text_digest(ev.text),
+                cross_candidate=j.scored.score_class is ScoreClass.VERDICT and ev.model_role in _REVIEW_ROLES,
+                where=f"{j.scored_file}:{j.scored_line}",
+                failure=None if failure is None else (failure.reason, failure.errors),
+                offset=self.payload.put(j),
+            )
+            self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
+        self.batch.clear()
+
+
+def _rows(bucket: RecordFile) -> Iterator[Row]:
+    return (Row(*t) for t in bucket)
+
+
+def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
+    """Written if a new pair used the row, deduped if only earlier pairs did, else why not."""
+    fates = list(fates)
+    category = row.category.value
+    if any(f.in_new for f in fates):
+        return (row.index, row.source, category, None, b"", False)
+    if any(f.in_existing for f in fates):
+        return (row.index, row.source, category, None, b"", True)
+    reason, msg = next((f.why for f in fates if f.why is not None),
+                       (QuarantineReason.INVALID_PREFERENCE_PAIRING,
+                        f"no counterpart with a category gap in task {row.task_id}"))
+    return _quarantined(row.index, row.source, category, quarantine_joined(STAGE, payload.get(row), reason, [msg]))
+
+
+def _by_category(rows: list[Row], category: Category) -> list[Row]:
+    return _sorted(r for r in rows if r.category is category)
+
+
+def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decided],
+                      cross_out: list[RecordFile] | None) -> int:
+    """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on."""
+    seen: dict[RowKey, str] = {}
+    eligible: list[Row] = []
+    for row in rows:
+        if row.key in seen:
+            rec = quarantine_joined(STAGE, pairer.payload.get(row), QuarantineReason.DUPLICATE_ID,
+                                    [f"run {row.key[0]} revision already read at {seen[row.key]}"])
+            decided.append(_quarantined(row.index, row.source, row.category.value, rec))
+            continue
+        seen[row.key] = row.where
+        if row.failure is not None:
+            rec = quarantine_joined(STAGE, pairer.payload.get(row), row.failure[0], row.failure[1])
+            decided.append(_quarantined(row.index, row.source, row.category.value, rec))
+            continue
+        eligible.append(row)
+
+    # A pair compares two answers to the same question: rows are grouped by task and by the
+    # instruction they answered (an audit task holds findings about different files and topics;
+    # preferring one finding over another would teach severity, not quality).
+    made = 0
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in eligible:
+        groups.setdefault((row.task_id, row.prompt), []).append(row)
+    for task_id, prompt in sorted(groups):
+        group = groups[(task_id, prompt)]
+        acc = _by_category(group, Category.ACCEPTED)
+        pairs = _spread(acc, _by_category(group, Category.REJECTED)) + _spread(
+            acc, _by_category(group, Category.PARTIALLY_ACCEPTED))
+        made += pairer.offer(pairs, task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
+
+    for row in eligible:
+        fate = pairer.fates.get(row.index, Fate())
+        if cross_out is not None and row.cross_candidate:
+            cross_out[bucket_of(row.prompt, len(cross_out))].append((row.as_tuple(), (fate.in_new, fate.in_existing, fate.why)))
+        else:
+            decided.append(_final(row, [fate], pairer.payload))
+    return made
+
+
+def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: list[Decided]) -> int:
+    """Across sources and tasks, still only answers to one and the same instruction, and only
+    verdict-bearing reviews (an observer's text judges another run, not the question)."""
+    made = 0
+    by_prompt: dict[str, list[Row]] = {}
+    for row, _ in rows:
+        by_prompt.setdefault(row.prompt, []).append(row)
+    for prompt in sorted(by_prompt):
+        group = by_prompt[prompt]
+        pairs = [
+            (c, r) for c, r in _spread(_by_category(group, Category.ACCEPTED), _by_category(group, Category.REJECTED))
+            if c.source != r.source and c.task_id != r.task_id
+        ]
+        made += pairer.offer(pairs, task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
+                             sort_key=(prompt,))
+    for row, same_task in rows:
+        decided.append(_final(row, [same_task, pairer.fates.get(row.index, Fate())], pairer.payload))
+    return made
 
 
 def export_preference(
@@ -175,102 +374,56 @@ def export_preference(
     existing_per_task: Counter[str],
     max_pairs_per_task: int,
     cross_source: bool,
+    spill_dir: Path,
+    buckets: int,
+    on_sample: LineSink,
+    on_quarantine: LineSink,
 ) -> PreferenceExport:
-    stage = "preference"
-    result = PreferenceExport()
-    quarantined: dict[int, tuple[str, bytes]] = {}  # input index -> (reason, JSON line)
-    pending: list[Row] = []
-    seen: dict[RowKey, str] = {}
-    sources: dict[int, tuple[str, str | None]] = {}
+    """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order."""
+    result = PreferenceExport(pairs_existing=len(existing_ids))
+    with Spill(spill_dir) as spill:
+        payload = _Payload(spill.records("payload"))
+        early = spill.records("early")
+        task_buckets = spill.buckets("task", buckets)
+        _Pass1(firewall, payload, early, task_buckets).read(items)
 
-    for i, item in enumerate(items):
-        if isinstance(item, Broken):
-            quarantined[i] = _line(quarantine_broken(stage, item))
-            sources[i] = (item.source, None)
-            continue
-        j = item
-        sources[i] = (j.source, j.scored.category.value)
-        ev = j.evidence
-        drop: tuple[QuarantineReason, str] | None = None
-        refusal = refuse_category(ExportKind.PREFERENCE, j.scored.category)
-        if refusal is not None:
-            drop = (refusal.reason, refusal.message)
-        elif not has_instruction_shape(ev, j.scored.score_class):
-            drop = (QuarantineReason.CATEGORY_DISALLOWED,
-                    f"{ev.source} is extraction-class: no prompt -> response shape to prefer")
-        elif not ev.text.strip():
-            drop = (QuarantineReason.EMPTY_CONTENT, "evidence text is empty")
-        elif j.key in seen:
-            drop = (QuarantineReason.DUPLICATE_ID, f"run {ev.run_id} revision already read at {seen[j.key]}")
-        if drop is not None:
-            quarantined[i] = _line(quarantine_joined(stage, j, drop[0], [drop[1]]))
-            continue
-        seen[j.key] = f"{j.scored_file}:{j.scored_line}"
-        pending.append(Row(i, j, synthesize_instruction(ev)))
+        cross_buckets = spill.buckets("cross", buckets) if cross_source else None
+        decided_runs: list[RecordFile] = [early]
+        same_task_pairs: list[RecordFile] = []
+        for b, bucket in enumerate(task_buckets):
+            pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
+                             spill.records(f"task-pairs-{b}"))
+            decided: list[Decided] = []
+            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, decided, cross_buckets)
+            decided_runs.append(_sorted_run(spill.records(f"task-decided-{b}"), decided))
+            same_task_pairs.append(pairer.pairs)
 
-    verdicts = firewall.check(
-        [GateInput((r.prompt, r.text), tuple(r.joined.evidence.source_files), (meta_text(r.joined.evidence),))
-         for r in pending]
-    )
-    eligible: list[Row] = []
-    for row, failure in zip(pending, verdicts, strict=True):
-        if failure is not None:
-            quarantined[row.index] = _line(quarantine_joined(stage, row.joined, failure.reason, failure.errors))
-        else:
-            eligible.append(row)
+        cross_pairs: list[RecordFile] = []
+        for c, bucket in enumerate(cross_buckets or []):
+            pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
+                             spill.records(f"cross-pairs-{c}"))
+            decided = []
+            rows = [(Row(*t), Fate(*fate)) for t, fate in bucket]
+            result.pairs_cross_source += _pair_cross_bucket(rows, pairer, decided)
+            decided_runs.append(_sorted_run(spill.records(f"cross-decided-{c}"), decided))
+            cross_pairs.append(pairer.pairs)
 
-    # A pair compares two answers to the same question: rows are grouped by task and by the
-    # instruction they answered (an audit task holds findings about different files and topics;
-    # preferring one finding over another would teach severity, not quality).
-    pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task)
-    by_question: dict[tuple[str, str], list[Row]] = {}
-    for row in eligible:
-        by_question.setdefault((row.joined.evidence.task_id, row.prompt), []).append(row)
-    for task_id, prompt in sorted(by_question):
-        rows = by_question[(task_id, prompt)]
-        acc = _sorted(r for r in rows if r.category is Category.ACCEPTED)
-        rej = _sorted(r for r in rows if r.category is Category.REJECTED)
-        part = _sorted(r for r in rows if r.category is Category.PARTIALLY_ACCEPTED)
-        pairs = _spread(acc, rej) + _spread(acc, part)
-        result.pairs_same_task += pairer.offer(pairs, task_id=task_id, pairing="same_task", prompt_of=None)
-
-    if cross_source:
-        # Across sources and tasks, still only answers to one and the same instruction, and only
-        # verdict-bearing reviews (an observer's text judges another run, not the question).
-        by_prompt: dict[str, list[Row]] = {}
-        for row in eligible:
-            if row.joined.scored.score_class is ScoreClass.VERDICT and row.joined.evidence.model_role in _REVIEW_ROLES:
-                by_prompt.setdefault(row.prompt, []).append(row)
-        for prompt in sorted(by_prompt):
-            rows = by_prompt[prompt]
-            acc = _sorted(r for r in rows if r.category is Category.ACCEPTED)
-            rej = _sorted(r for r in rows if r.category is Category.REJECTED)
-            pairs = [
-                (c, r) for c, r in _spread(acc, rej)
-                if c.joined.evidence.source != r.joined.evidence.source
-                and c.joined.evidence.task_id != r.joined.evidence.task_id
-            ]
-            result.pairs_cross_source += pairer.offer(pairs, task_id=cross_task_id(prompt), pairing="cross_source",
-                                                      prompt_of=prompt)
-
-    for row in eligible:
-        source, category = sources[row.index]
-        if row.key in pairer.in_new:
-            report.source(source).bump("written", category=category)
-        elif row.key in pairer.in_existing:
-            report.source(source).bump("deduped", category=category)
-        else:
-            reason, msg = pairer.why.get(
-                row.key,
-                (QuarantineReason.INVALID_PREFERENCE_PAIRING,
-                 f"no counterpart with a category gap in task {row.joined.evidence.task_id}"),
-            )
-            quarantined[row.index] = _line(quarantine_joined(stage, row.joined, reason, [msg]))
-    for i, (reason_value, _) in quarantined.items():
-        source, category = sources[i]
-        report.source(source).bump("quarantined", reason=reason_value, category=category)
-
-    result.sample_lines = pairer.new
-    result.quarantine_lines = [quarantined[i][1] for i in sorted(quarantined)]
-    result.pairs_existing = len(existing_ids)
+        for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),
+                                       merge_sorted(cross_pairs, key=lambda p: p[0])):
+            on_sample(line)
+        for index, source, category, reason, line, deduped in merge_sorted(decided_runs, key=lambda d: d[0]):
+            counts = report.source(source)
+            if reason is None:
+                counts.bump("deduped" if deduped else "written", category=category)
+            else:
+                counts.bump("quarantined", reason=reason, category=category)
+                on_quarantine(line)
     return result
+
+
+def _sorted_run(out: RecordFile, decided: list[Decided]) -> RecordFile:
+    decided.sort(key=lambda d: d[0])
+    for d in decided:
+        out.append(d)
+    return out
+

@@ -29,6 +29,7 @@ from distill.export.quarantine import export_rows
 from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
 from distill.export.sft import decide_sft, sft_id
+from distill.export.spill import bucket_count
 from distill.export.verify import (
     json_rows,
     native_path,
@@ -117,11 +118,11 @@ def run_export(
                 existing_per_task=existing_per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
                 cross_source=settings.export.cross_source_pairs,
+                spill_dir=staged.parent,
+                buckets=bucket_count(sum(p.stat().st_size for p in iter_partition_files(ws.scored_dir))),
+                on_sample=lambda line: sample_sink.write(line + b"\n"),
+                on_quarantine=lambda line: quarantine_sink.write(line + b"\n"),
             )
-            for line in pref.sample_lines:
-                sample_sink.write(line + b"\n")
-            for line in pref.quarantine_lines:
-                quarantine_sink.write(line + b"\n")
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
                 f"({len(existing_ids)} already in the export)"
