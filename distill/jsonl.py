@@ -15,9 +15,8 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 from filelock import FileLock
@@ -41,9 +40,8 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
-@dataclass(frozen=True, slots=True)
-class RawLine:
-    """One physical line of a file, as bytes, with where it starts.
+class RawLine(NamedTuple):
+    """One physical line of a file, as bytes, with where it starts (a tuple: made once per line).
 
     `data` is None when the line was longer than the reader's limit: the reader skipped it
     without holding it in memory. `terminated` is False only for a last line with no newline.
@@ -80,6 +78,14 @@ def iter_raw_lines(path: Path, max_line_bytes: int | None = None) -> Iterator[Ra
             pos = 0
             while pos < len(chunk):
                 nl = chunk.find(b"\n", pos)
+                if nl != -1 and not consumed:
+                    # the common case: a whole line inside this chunk, sliced without a copy into buf
+                    number += 1
+                    size = nl - pos
+                    yield RawLine(line_start, number, chunk[pos:nl] if size <= limit else None, size, True)
+                    line_start += size + 1
+                    pos = nl + 1
+                    continue
                 end = len(chunk) if nl == -1 else nl
                 piece = chunk[pos:end]
                 consumed += len(piece)

@@ -6,6 +6,8 @@ import multiprocessing as mp
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from distill.jsonl import (
     append_json,
@@ -79,3 +81,36 @@ def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
     rows = list(iter_json(p))
     assert len(rows) == 200
     assert sorted((r["w"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(50)]
+
+
+def _reference_lines(data: bytes, limit: int) -> list[tuple]:
+    """What iter_raw_lines must yield, from a plain split of the whole file."""
+    pieces = data.split(b"\n")
+    out, offset = [], 0
+    for n, piece in enumerate(pieces, start=1):
+        terminated = n < len(pieces)
+        if not terminated and not piece:
+            break
+        out.append((offset, n, None if len(piece) > limit else piece, len(piece), terminated))
+        offset += len(piece) + 1
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=25),
+    torn=st.booleans(),
+    chunk=st.integers(min_value=1, max_value=64),
+    limit=st.integers(min_value=0, max_value=50),
+)
+def test_raw_lines_match_a_plain_split_for_any_chunking(tmp_path: Path, monkeypatch, lines, torn, chunk, limit) -> None:
+    """Lines that straddle read chunks, empty lines, over-limit lines and a torn tail all come out
+    as a plain split of the whole file says (offsets, numbers, data or None, lengths)."""
+    import distill.jsonl as jsonl
+
+    data = b"\n".join(lines) + (b"" if torn or not lines else b"\n")
+    p = tmp_path / "lines.jsonl"
+    p.write_bytes(data)
+    monkeypatch.setattr(jsonl, "READ_CHUNK", chunk)
+    got = [(r.offset, r.number, r.data, r.length, r.terminated) for r in iter_raw_lines(p, max_line_bytes=limit)]
+    assert got == _reference_lines(data, limit)
