@@ -53,10 +53,12 @@ DigestCache = dict[tuple[str, int, int, int], tuple[int, str, int | None]]
 
 def rel_path(ws: Workspace, path: Path) -> str:
     """ws.relative without a realpath per call (paths built from ws.root are already resolved)."""
-    text = str(path)
-    root = str(ws.root)
-    if path.is_absolute() and text.startswith(root + os.sep) and ".." not in path.parts:
-        return Path(text[len(root) + 1 :]).as_posix()
+    text = os.fspath(path)  # a Path's text is already normalised (no "." parts, no doubled separators)
+    root = os.fspath(ws.root)
+    if text.startswith(root + os.sep) and os.path.isabs(text):
+        parts = text[len(root) + 1 :].split(os.sep)
+        if ".." not in parts:
+            return "/".join(parts)
     return ws.relative(path)
 
 

@@ -149,17 +149,17 @@ def render_summary_md(summary: RunSummary, drift: DriftReport, chart: str | None
 
 def write_chart(summary: RunSummary, path: Path) -> str | None:
     """Draw category and quarantine counts per stage; returns why not when it cannot."""
+    stages = [s for s in summary.stages if s.status in ("ran", "skipped")]
+    if not stages:
+        return "no stage ran"
+    if all(s.status == "skipped" for s in stages):
+        # importing matplotlib and drawing cost seconds: most of a periodic run that found nothing to do
+        return f"nothing changed: every stage was skipped (the counts are those of run {summary.previous_run_id})"
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib not installed (pip install distill[plots])"
-    stages = [s for s in summary.stages if s.status in ("ran", "skipped")]
-    if not stages:
-        return "no stage ran"
-    if all(s.status == "skipped" for s in stages):
-        # drawing costs seconds: most of a periodic run that found nothing to do
-        return f"nothing changed: every stage was skipped (the counts are those of run {summary.previous_run_id})"
     names = [s.stage for s in stages]
     cats = sorted({c for s in stages for c in s.output_categories}, key=lambda c: (c not in CATEGORY_COLORS, c))
     reasons = sorted({r for s in stages for r in s.totals.by_reason})

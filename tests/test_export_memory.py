@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distill.secrets import SecretScanner
 from distill.export.reader import EvidenceIndex, Joined, iter_scored
@@ -160,3 +162,37 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
     assert whole[1]["preference/chosen_rejected.jsonl"] != hashlib.sha256(b"").hexdigest(), "no pairs to compare"
     # reports name their own workspace paths only relatively, so they compare as text
     assert one[0] == whole[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["r1", "r2", "r3", "r\x00", ""]),
+                               st.one_of(st.none(), st.sampled_from(["s1", "s2", "s\x001"])),
+                               st.sampled_from(["accepted", "rejected", "needs_human_review", "x"])), max_size=30),
+       probes=st.lists(st.tuples(st.one_of(st.none(), st.integers(), st.sampled_from(["r1", "r2", "r3", "r\x00", "r9", ""])),
+                                 st.one_of(st.none(), st.integers(), st.sampled_from(["s1", "s2", "s\x001", "s9"]))),
+                       max_size=20))
+def test_scored_index_answers_as_a_mapping_would(rows, probes) -> None:
+    """The compact index (sorted digests + codes) gives what the dict it replaced gave: the last
+    category of a revision, else the run's only category, else None."""
+    from distill.export.verify import ScoredIndex
+
+    by_version: dict[tuple[str, str], str] = {}
+    by_run: dict[str, set[str]] = {}
+    index = ScoredIndex()
+    for run_id, sig, cat in rows:
+        by_run.setdefault(run_id, set()).add(cat)
+        if sig is not None:
+            by_version[(run_id, sig)] = cat
+        index.add(run_id, sig, cat)
+    index.freeze()
+
+    def expected(run_id, sig):
+        if not isinstance(run_id, str):
+            return None
+        if isinstance(sig, str) and (run_id, sig) in by_version:
+            return by_version[(run_id, sig)]
+        cats = by_run.get(run_id)
+        return next(iter(cats)) if cats and len(cats) == 1 else None
+
+    for run_id, sig in probes + [(r, s) for r, s, _ in rows]:
+        assert index.category(run_id, sig) == expected(run_id, sig)

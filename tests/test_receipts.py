@@ -191,3 +191,15 @@ def test_git_info_of_this_checkout() -> None:
     info = git_info(repo)
     assert info.sha is not None and len(info.sha) == 40
     assert info.dirty in (True, False)
+
+
+@pytest.mark.parametrize("inside", ["a.jsonl", "evidence/2026/01/02/x y.jsonl", "ünï/cöde.jsonl", "a/../b.jsonl",
+                                    "../outside.jsonl", ".hidden/f"])
+def test_rel_path_fast_path_agrees_with_workspace_relative(tmp_path: Path, inside: str) -> None:
+    """The receipts' string-slicing rel_path names every path as Workspace.relative does."""
+    from distill.receipts import rel_path
+    from distill.workspace import Workspace
+
+    ws = Workspace(tmp_path.resolve())
+    path = ws.root / inside
+    assert rel_path(ws, path) == ws.relative(path)

@@ -28,19 +28,36 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from distill.export.gates import Firewall, GateInput, meta_text
-from distill.export.quarantine import GATE_BATCH, quarantine_broken, quarantine_joined, validation_errors
-from distill.export.reader import Broken, Joined, ReaderItem
+from distill.export.quarantine import (
+    GATE_BATCH,
+    joined_detail,
+    quarantine_broken,
+    quarantine_joined,
+    quarantine_scored,
+    validation_errors,
+)
+from distill.export.reader import Broken, Joined, ReaderItem, source_ref
 from distill.export.sft import has_instruction_shape, synthesize_instruction
 from distill.export.spill import RecordFile, Spill, bucket_of, merge_sorted
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.jsonl import dumps
-from distill.records import Category, ModelRole, PreferenceSample, QuarantineReason, QuarantineRecord, ScoreClass
+from distill.records import (
+    Category,
+    ModelRole,
+    PreferenceSample,
+    Provenance,
+    QuarantineReason,
+    QuarantineRecord,
+    ScoreClass,
+)
 from distill.records.stage import StageReport
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
@@ -102,37 +119,62 @@ class PreferenceExport:
 
 
 def _spread(chosen: list[Row], rejected: list[Row]) -> list[tuple[Row, Row]]:
-    """Every chosen x rejected combination, ordered so that the cap spreads over rows."""
-    combos = [(i, j) for i in range(len(chosen)) for j in range(len(rejected))]
-    combos.sort(key=lambda ij: (ij[0] + ij[1], ij[0], ij[1]))
-    return [(chosen[i], rejected[j]) for i, j in combos]
+    """Every chosen x rejected combination, ordered so that the cap spreads over rows: by
+    anti-diagonal (i + j), then i; built in that order rather than sorted."""
+    a, b = len(chosen), len(rejected)
+    return [(chosen[i], rejected[s - i]) for s in range(a + b - 1) for i in range(max(0, s - b + 1), min(a, s + 1))]
 
 
 def _sorted(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.key, r.index))
 
 
-def _build(chosen: Joined, rejected: Joined, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
-    c, r = chosen, rejected
+@dataclass(frozen=True, slots=True)
+class Spilled:
+    """What a pair or a quarantine line needs of a joined row: plain values (and one small
+    Provenance model), so spilling it costs a fraction of pickling the row's records."""
+
+    key: RowKey
+    evidence_source: str
+    text: str
+    created_at: datetime
+    provenance: Provenance
+    category: Category
+    first_reason: str
+    scored_source: str
+    detail: dict[str, Any]  # the quarantine row's detail (joined_detail)
+
+    @classmethod
+    def of(cls, j: Joined) -> tuple[object, ...]:
+        ev, sc = j.evidence, j.scored
+        return (j.key, ev.source, ev.text, ev.created_at, ev.provenance, sc.category, sc.reasons[0], j.source,
+                joined_detail(j))
+
+    def quarantine(self, reason: QuarantineReason | str, errors: list[str]) -> QuarantineRecord:
+        return quarantine_scored(STAGE, self.scored_source, source_ref(self.provenance), self.detail, reason,
+                                 errors, self.key[0])
+
+
+def _build(c: Spilled, r: Spilled, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
     reason = (
-        f"chosen {c.evidence.source} run scored {c.scored.category.value} ({c.scored.reasons[0]}); "
-        f"rejected {r.evidence.source} run scored {r.scored.category.value} ({r.scored.reasons[0]})"
+        f"chosen {c.evidence_source} run scored {c.category.value} ({c.first_reason}); "
+        f"rejected {r.evidence_source} run scored {r.category.value} ({r.first_reason})"
     )
     return PreferenceSample(
         id=pref_id(c.key, r.key),
         prompt=prompt,
-        chosen=c.evidence.text,
-        rejected=r.evidence.text,
-        chosen_run_id=c.evidence.run_id,
-        rejected_run_id=r.evidence.run_id,
-        chosen_category=c.scored.category,
-        rejected_category=r.scored.category,
+        chosen=c.text,
+        rejected=r.text,
+        chosen_run_id=c.key[0],
+        rejected_run_id=r.key[0],
+        chosen_category=c.category,
+        rejected_category=r.category,
         task_id=task_id,
         pairing=pairing,  # type: ignore[arg-type]
         reason=reason,
-        created_at=max(c.evidence.created_at, r.evidence.created_at),
-        chosen_provenance=c.evidence.provenance,
-        rejected_provenance=r.evidence.provenance,
+        created_at=max(c.created_at, r.created_at),
+        chosen_provenance=c.provenance,
+        rejected_provenance=r.provenance,
     )
 
 
@@ -143,11 +185,10 @@ class _Payload:
         self.records = records
 
     def put(self, j: Joined) -> int:
-        return self.records.append((j.scored, j.evidence, j.scored_file, j.scored_line))
+        return self.records.append(Spilled.of(j))
 
-    def get(self, row: Row) -> Joined:
-        scored, evidence, scored_file, scored_line = self.records.read_at(row.offset)
-        return Joined(scored=scored, evidence=evidence, scored_file=scored_file, scored_line=scored_line)
+    def get(self, row: Row) -> Spilled:
+        return Spilled(*self.records.read_at(row.offset))
 
 
 class _Pairer:
@@ -179,14 +220,15 @@ class _Pairer:
               sort_key: tuple[str, ...]) -> int:
         """Take valid pairs in order until the task's cap; returns how many new pairs."""
         made = 0
-        new_ids: set[str] = set()
-        # pairs exported by an earlier run are kept first (they already count against the cap)
+        existing = self.existing_ids
+        # pairs exported by an earlier run are kept first (they already count against the cap);
+        # the pairs offered are distinct, so only an earlier run's ids can repeat one
+        if existing:
+            for chosen, rejected in pairs:
+                if pref_id(chosen.key, rejected.key) in existing:
+                    self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
         for chosen, rejected in pairs:
-            if pref_id(chosen.key, rejected.key) in self.existing_ids:
-                self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
-        for chosen, rejected in pairs:
-            pid = pref_id(chosen.key, rejected.key)
-            if pid in self.existing_ids or pid in new_ids:
+            if existing and pref_id(chosen.key, rejected.key) in existing:
                 continue
             if chosen.key[0] == rejected.key[0]:
                 self._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
@@ -208,7 +250,6 @@ class _Pairer:
                 self._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
                 continue
             self.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
-            new_ids.add(pid)
             self.fate(chosen).in_new = self.fate(rejected).in_new = True
             self.made_per_task[task_id] += 1
             made += 1
@@ -297,7 +338,7 @@ def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
     reason, msg = next((f.why for f in fates if f.why is not None),
                        (QuarantineReason.INVALID_PREFERENCE_PAIRING,
                         f"no counterpart with a category gap in task {row.task_id}"))
-    return _quarantined(row.index, row.source, category, quarantine_joined(STAGE, payload.get(row), reason, [msg]))
+    return _quarantined(row.index, row.source, category, payload.get(row).quarantine(reason, [msg]))
 
 
 def _by_category(rows: list[Row], category: Category) -> list[Row]:
@@ -311,13 +352,13 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decide
     eligible: list[Row] = []
     for row in rows:
         if row.key in seen:
-            rec = quarantine_joined(STAGE, pairer.payload.get(row), QuarantineReason.DUPLICATE_ID,
-                                    [f"run {row.key[0]} revision already read at {seen[row.key]}"])
+            rec = pairer.payload.get(row).quarantine(QuarantineReason.DUPLICATE_ID,
+                                                     [f"run {row.key[0]} revision already read at {seen[row.key]}"])
             decided.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
         seen[row.key] = row.where
         if row.failure is not None:
-            rec = quarantine_joined(STAGE, pairer.payload.get(row), row.failure[0], row.failure[1])
+            rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
             decided.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
         eligible.append(row)

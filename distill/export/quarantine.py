@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
-from distill.records import QuarantineReason, QuarantineRecord
+from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.records.stage import StageReport
 
 
@@ -53,14 +53,20 @@ def joined_detail(j: Joined) -> dict[str, Any]:
 
 def quarantine_joined(stage: str, j: Joined, reason: QuarantineReason | str, errors: list[str],
                       record_id: str | None = None) -> QuarantineRecord:
-    detail = joined_detail(j)
+    return quarantine_scored(stage, j.source, j.ref(), joined_detail(j), reason, errors,
+                             record_id or j.evidence.run_id)
+
+
+def quarantine_scored(stage: str, source: str, ref: SourceRef, detail: dict[str, Any],
+                      reason: QuarantineReason | str, errors: list[str], record_id: str) -> QuarantineRecord:
+    """The quarantine row of a joined scored run, from the parts a spilled row keeps of it."""
     return QuarantineRecord(
         stage=stage,
-        source=j.source,
+        source=source,
         reason=QuarantineReason(reason),
         errors=[e for e in errors if e] or [str(reason)],
-        record_id=record_id or j.evidence.run_id,
-        source_ref=j.ref(),
+        record_id=record_id,
+        source_ref=ref,
         excerpt=None,  # never copy the row's text: it may carry the credential that dropped it
         detail=detail,
     )

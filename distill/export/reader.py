@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill.jsonl import iter_raw_lines, loads, read_line_at
-from distill.records import EvidenceRecord, QuarantineReason, ScoredRun, SourceRef
+from distill.records import EvidenceRecord, Provenance, QuarantineReason, ScoredRun, SourceRef
 from distill.workspace import Workspace, iter_partition_files
 
 EXCERPT_CHARS = 200
@@ -40,10 +40,12 @@ class Joined:
         return self.scored.source
 
     def ref(self) -> SourceRef:
-        p = self.evidence.provenance
-        return SourceRef(
-            source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number, sig_hash=p.sig_hash
-        )
+        return source_ref(self.evidence.provenance)
+
+
+def source_ref(p: Provenance) -> SourceRef:
+    return SourceRef(source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number,
+                     sig_hash=p.sig_hash)
 
 
 @dataclass(frozen=True, slots=True)

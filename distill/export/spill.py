@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import pickle
 import shutil
 import tempfile
@@ -87,11 +88,13 @@ class RecordFile:
 
 
 class Spill:
-    """A scratch folder of record files, removed on exit whatever happens."""
+    """A scratch folder of record files, removed on exit; one left by a killed process (its pid is
+    in the name) is removed by the next spill in the same place."""
 
     def __init__(self, parent: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=".spill-", dir=parent))
+        _remove_orphans(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=f".spill-{os.getpid()}-", dir=parent))
         self._files: list[RecordFile] = []
 
     def records(self, name: str) -> RecordFile:
@@ -110,6 +113,23 @@ class Spill:
         for f in self._files:
             f.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_orphans(parent: Path) -> None:
+    for folder in parent.glob(".spill-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def merge_sorted(runs: Iterable[Iterable[Any]], key: Callable[[Any], Any]) -> Iterator[Any]:
