@@ -98,3 +98,40 @@ def test_the_cli_reports_a_broken_registration_in_one_line(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "broken" in done.stderr and "failed to load" in done.stderr
+
+
+_IMPORT_EACH_FIRST = r"""
+import os, sys
+import numpy, orjson, pydantic, pydantic_settings, rich, typer  # third-party, shared by every child
+failed = []
+for name in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            __import__(name)
+        except BaseException as exc:  # noqa: BLE001 - report any failure to import
+            sys.stderr.write(f"{name}: {type(exc).__name__}: {exc}\n")
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        failed.append(name)
+print(" ".join(failed))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_every_module_imports_first_in_a_fresh_process() -> None:
+    """No import cycle hides behind import order: each module, imported before any other of ours
+    (a forked child of an interpreter that loaded only third-party packages), loads."""
+    names = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts[:-1] if p.name == "__init__.py"
+                 else p.relative_to(REPO).with_suffix("").parts)
+        for pkg in ("distill", "index", "runtime", "audit") for p in (REPO / pkg).rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    assert len(names) > 50
+    done = subprocess.run([sys.executable, "-c", _IMPORT_EACH_FIRST, *names], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"cannot be imported first: {done.stdout.strip()}\n{done.stderr}"
