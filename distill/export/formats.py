@@ -21,14 +21,15 @@ Paths (relative to ROOT/exports):
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from distill.jsonl import iter_json, write_jsonl_atomic
+from distill.jsonl import atomic_writer, dumps, iter_json
 from distill.records import PreferenceSample, SftSample
 from distill.workspace import Workspace
 
@@ -168,26 +169,27 @@ def _pref_sidecar(n: int, p: PreferenceSample) -> dict[str, Any]:
 
 
 def render_view(ws: Workspace, kind: str, fmt: str) -> list[Path]:
-    """(Re)write one view whole from the native file. Returns the files written."""
+    """(Re)write one view whole from the native file, in one streaming pass: every file of the
+    view (and its provenance sidecar) gets its line as each row is read, so memory does not grow
+    with the export; the files are replaced together, or none is on an error."""
     paths = view_paths(ws, kind, fmt)
     if fmt == "native" or not paths:
         return []
+    rows: Iterator[Any]
+    shapes: dict[str, Callable[[Any], dict[str, Any]]]
     if kind == "sft":
-        samples: list[Any] = list(_sft_rows(ws))
-        side = [_sft_sidecar(n, s) for n, s in enumerate(samples, start=1)]
-        if fmt == "trl":
-            write_jsonl_atomic(paths["messages"], (sft_to_trl_messages(s) for s in samples))
-            write_jsonl_atomic(paths["prompt_completion"], (sft_to_trl_prompt_completion(s) for s in samples))
-        else:
-            write_jsonl_atomic(paths["chat"], (sft_to_openai(s) for s in samples))
+        rows, sidecar = _sft_rows(ws), _sft_sidecar
+        shapes = ({"messages": sft_to_trl_messages, "prompt_completion": sft_to_trl_prompt_completion}
+                  if fmt == "trl" else {"chat": sft_to_openai})
     else:
-        samples = list(_pref_rows(ws))
-        side = [_pref_sidecar(n, p) for n, p in enumerate(samples, start=1)]
-        if fmt == "trl":
-            write_jsonl_atomic(paths["dpo"], (preference_to_trl(p) for p in samples))
-        else:
-            write_jsonl_atomic(paths["preference"], (preference_to_openai(p) for p in samples))
-    write_jsonl_atomic(paths["provenance"], side)
+        rows, sidecar = _pref_rows(ws), _pref_sidecar
+        shapes = {"dpo": preference_to_trl} if fmt == "trl" else {"preference": preference_to_openai}
+    with contextlib.ExitStack() as stack:
+        sinks = {name: stack.enter_context(atomic_writer(paths[name])) for name in [*shapes, "provenance"]}
+        for n, sample in enumerate(rows, start=1):
+            for name, shape in shapes.items():
+                sinks[name].write(dumps(shape(sample)) + b"\n")
+            sinks["provenance"].write(dumps(sidecar(n, sample)) + b"\n")
     return list(paths.values())
 
 
