@@ -135,3 +135,10 @@ def test_every_module_imports_first_in_a_fresh_process() -> None:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"cannot be imported first: {done.stdout.strip()}\n{done.stderr}"
+
+
+def test_records_exports_every_name_it_loads_lazily() -> None:
+    import distill.records as records
+
+    assert sorted(records.__all__) == sorted(records._HOME)
+    assert all(getattr(records, name).__name__ == name for name in records.__all__)

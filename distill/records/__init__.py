@@ -28,7 +28,27 @@ _HOME = {
     "ScoredRun": "scored",
 }
 
-__all__ = sorted(_HOME)
+__all__ = [
+    "Attempt",
+    "Category",
+    "ContextBundle",
+    "EvidenceRecord",
+    "GateCheck",
+    "GateResult",
+    "ModelRole",
+    "PreferenceSample",
+    "Provenance",
+    "QuarantineReason",
+    "QuarantineRecord",
+    "RagSample",
+    "Record",
+    "ReplayRun",
+    "RetrievedItem",
+    "ScoreClass",
+    "ScoredRun",
+    "SftSample",
+    "SourceRef",
+]
 
 
 def __getattr__(name: str) -> Any:
