@@ -14,8 +14,8 @@ pair.
 
 Pairing needs every row of a question before it can choose, so rows cannot stream straight
 through. Memory stays bounded by spilling (`distill.export.spill`): pass 1 gates the rows in
-batches and writes each one to a bucket by task id (the row itself to a payload file, a small
-`Row` to the bucket); each task bucket is then paired on its own, cross-source candidates are
+batches and writes each one to a bucket by task id (what a pair or a quarantine line needs of
+it to a payload file, a small `Row` to the bucket); each task bucket is then paired on its own, cross-source candidates are
 re-bucketed by question and paired the same way, and the pairs (in question order) and the
 quarantine rows (in input order) come out of a k-way merge of the buckets' sorted runs. The
 output is the same bytes whatever the number of buckets.
@@ -83,7 +83,8 @@ def _text_digest(text: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What pairing needs of a row; the row itself waits in the payload file at `offset`."""
+    """What pairing needs of a row; what a pair or its quarantine line needs waits in the payload
+    file at `offset` (a `Spilled`)."""
 
     index: int
     key: RowKey
