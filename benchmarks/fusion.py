@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     sf = result["datasets"]["scifact"]["test_ndcg@10"]["onnx"]["hybrid"]
     result.update({
         "chosen_fusion": fusion.model_dump(),
+        "query_precision": cfg.query_precision,
+        "onnx_model": onnx.onnx_path.name if onnx.onnx_path else None,
         "chosen_on": "largest mean margin over max(dense, bm25) among fusions with no negative margin on any dev split",
         "dev_grid": dev_scores,
         "settings_default": default.model_dump(),
@@ -213,7 +215,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Chosen on the dev splits: **{f['method']} fusion, dense weight {f['dense_weight']}** "
         f"({r['chosen_on']}); the settings default is {'this fusion' if r['settings_default_is_chosen'] else r['settings_default']}.",
-        "Test-split nDCG@10 through `searcher.search` (query embedding through ONNX Runtime; torch on the same index for parity):",
+        f"Test-split nDCG@10 through `searcher.search` (query embedding through ONNX Runtime, {r.get('query_precision', 'fp32')} "
+        "weights; torch on the same index for parity):",
         "",
     ]
     rows = []

@@ -64,6 +64,7 @@ class Embedder:
         device: str = "cpu",
         query_threads: int = 1,
         query_backend: Literal["onnx", "torch"] = "onnx",
+        query_precision: Literal["int8", "fp32"] = "int8",
         cache_dir: Path | None = None,
     ) -> None:
         self.model_id, self._load_from = resolve_model(model)
@@ -78,7 +79,8 @@ class Embedder:
             from index.onnx_encoder import OnnxEncoder
 
             self._onnx, self.query_backend_note = OnnxEncoder.open(
-                self._load_from, cache_dir or default_model_cache_dir(), threads=query_threads
+                self._load_from, cache_dir or default_model_cache_dir(), threads=query_threads,
+                precision=query_precision,
             )
         if self._onnx is not None and self._onnx.dimension > 0:
             self.dimension = self._onnx.dimension
@@ -93,7 +95,7 @@ class Embedder:
         """The embedder `[index]` describes (`model` overrides [index] model)."""
         return cls(
             model or cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads,
-            query_backend=cfg.query_backend, cache_dir=cfg.model_cache_dir,
+            query_backend=cfg.query_backend, query_precision=cfg.query_precision, cache_dir=cfg.model_cache_dir,
         )
 
     @property

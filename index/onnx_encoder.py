@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from distill.hashing import sha256_hex
 if TYPE_CHECKING:
     import onnxruntime
 
-EXPORT_VERSION = "1"  # bump when the exported graph or its inputs change
+EXPORT_VERSION = "2"  # bump when the exported graph or its inputs change (2: eager attention, fusions, int8)
+Precision = Literal["int8", "fp32"]
 ONNX_OPSET = 17
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -86,13 +87,60 @@ def onnx_layout(model_dir: str | Path) -> tuple[OnnxLayout | None, str]:
     ), ""
 
 
-def cached_onnx_path(layout: OnnxLayout, cache_dir: Path) -> Path:
+def cached_onnx_path(layout: OnnxLayout, cache_dir: Path, precision: Precision = "int8") -> Path:
     st = layout.weights.stat()
-    key = sha256_hex(f"{layout.weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{EXPORT_VERSION}|{ONNX_OPSET}")
-    return cache_dir / "onnx" / f"{layout.model_dir.name}-{key[:16]}.onnx"
+    key = sha256_hex(
+        f"{layout.weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{EXPORT_VERSION}|{ONNX_OPSET}|{precision}"
+    )
+    return cache_dir / "onnx" / f"{layout.model_dir.name}-{precision}-{key[:16]}.onnx"
 
 
-def export_onnx(layout: OnnxLayout, target: Path) -> Path:
+def _fuse(source: Path, target: Path, layout: OnnxLayout) -> None:
+    """ONNX Runtime's transformer fusions (attention, embedding + layer norm, GELU); the graph
+    computes the same function with far fewer kernels. A model the optimizer does not know is
+    kept unfused (slower, same vectors)."""
+    import logging
+    import shutil
+
+    try:
+        cfg = json.loads((layout.model_dir / "config.json").read_text())
+        heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.copyfile(source, target)
+        return
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1)
+        optimized.save_model_to_file(str(target))
+    except Exception:  # noqa: BLE001 - a graph the fusions cannot handle is still a correct graph
+        shutil.copyfile(source, target)
+    finally:
+        quiet.setLevel(level)
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """Per-output-channel int8 matrix weights; activations are quantised per call (dynamic)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger
+    try:
+        quantize_dynamic(
+            str(source), str(target), per_channel=True, weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        logging.root.setLevel(level)
+
+
+def export_onnx(layout: OnnxLayout, target: Path, precision: Precision = "int8") -> Path:
     """Export the Transformer module to `target` (atomically, one exporter at a time)."""
     from filelock import FileLock
 
@@ -107,7 +155,11 @@ def export_onnx(layout: OnnxLayout, target: Path) -> Path:
             from transformers import AutoModel
         except ModuleNotFoundError as exc:  # pragma: no cover - install problem
             raise DistillError("exporting the embedder to ONNX needs torch and transformers (distill[index])") from exc
-        model = AutoModel.from_pretrained(str(layout.model_dir), local_files_only=True).eval()
+        try:  # eager attention exports as the plain MatMul/Softmax pattern the optimizer fuses
+            model = AutoModel.from_pretrained(str(layout.model_dir), local_files_only=True,
+                                              attn_implementation="eager").eval()
+        except (ValueError, TypeError):
+            model = AutoModel.from_pretrained(str(layout.model_dir), local_files_only=True).eval()
 
         class LastHidden(torch.nn.Module):
             def __init__(self, inner: Any) -> None:
@@ -121,6 +173,8 @@ def export_onnx(layout: OnnxLayout, target: Path) -> Path:
         probe = torch.ones(1, 8, dtype=torch.long)
         axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUT_NAMES, "last_hidden_state")}
         tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        fused = target.with_name(target.name + f".{os.getpid()}.fused.tmp")
+        final = target.with_name(target.name + f".{os.getpid()}.final.tmp")
         try:
             import warnings
 
@@ -131,23 +185,30 @@ def export_onnx(layout: OnnxLayout, target: Path) -> Path:
                     input_names=list(INPUT_NAMES), output_names=["last_hidden_state"], dynamic_axes=axes,
                     opset_version=ONNX_OPSET,
                 )
-            os.replace(tmp, target)
+                _fuse(tmp, fused, layout)
+                if precision == "int8":
+                    _quantize_int8(fused, final)
+                else:
+                    os.replace(fused, final)
+            os.replace(final, target)
         except Exception as exc:  # the exporter raises many kinds; all mean "no ONNX file"
             raise DistillError(f"exporting {layout.model_dir.name} to ONNX failed: {exc.__class__.__name__}: {exc}") from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            for scratch in (tmp, fused, final):
+                scratch.unlink(missing_ok=True)
     return target
 
 
 class OnnxEncoder:
     """Tokenizer + ONNX session + pooling; `encode` returns float32 rows (normalised when the model is)."""
 
-    def __init__(self, layout: OnnxLayout, onnx_path: Path, *, threads: int = 1) -> None:
+    def __init__(self, layout: OnnxLayout, onnx_path: Path, *, threads: int = 1, precision: Precision = "int8") -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.layout = layout
         self.onnx_path = onnx_path
+        self.precision = precision
         self._tokenizer = Tokenizer.from_file(str(layout.model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(layout.max_seq_length)
         self._tokenizer.no_padding()
@@ -161,15 +222,17 @@ class OnnxEncoder:
         self._wants_types = any(i.name == "token_type_ids" for i in self._session.get_inputs())
 
     @classmethod
-    def open(cls, model_dir: str | Path, cache_dir: Path, *, threads: int = 1) -> tuple[OnnxEncoder | None, str]:
+    def open(
+        cls, model_dir: str | Path, cache_dir: Path, *, threads: int = 1, precision: Precision = "int8"
+    ) -> tuple[OnnxEncoder | None, str]:
         """The encoder, exporting the model once if its ONNX file is not cached; (None, why) if unsupported."""
         layout, why = onnx_layout(model_dir)
         if layout is None:
             return None, why
-        path = cached_onnx_path(layout, cache_dir)
+        path = cached_onnx_path(layout, cache_dir, precision)
         if not path.is_file():
-            export_onnx(layout, path)
-        return cls(layout, path, threads=threads), ""
+            export_onnx(layout, path, precision)
+        return cls(layout, path, threads=threads, precision=precision), ""
 
     @property
     def dimension(self) -> int:
@@ -178,6 +241,8 @@ class OnnxEncoder:
     def encode(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.precision == "int8" and len(texts) > 1:
+            return np.concatenate([self.encode([text], query=query) for text in texts])
         prefix = self.layout.query_prompt if query else ""
         # one text: the plain call (encode_batch starts the tokenizers thread pool, whose fork warning
         # then follows every subprocess this process starts)

@@ -369,6 +369,9 @@ PROBES: dict[str, Probe] = {
     "index.fusion": Probe("rrf", lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
     "index.dense_weight": Probe(0.9, lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
     "index.query_backend": Probe("torch", lambda s, w: _searcher(s, w, load_model=True).embedder.query_backend),
+    "index.query_precision": Probe(
+        "fp32", lambda s, w: _searcher(s, w, load_model=True).embedder.encode_query(ROUTING_TASK)[:4].round(4).tolist()
+    ),
     "index.model_cache_dir": Probe("MODELCACHE", lambda s, w: _onnx_cache(_searcher(s, w, load_model=True).embedder)),
     "index.query_threads": Probe(2, lambda s, w: _searcher(s, w, load_model=True).embedder.query_threads),
     "runtime.backend": Probe("openai", lambda s, w: _replay(s, w)["backend"],
