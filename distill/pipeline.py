@@ -105,7 +105,7 @@ class _RunContext:
     full_hash: str
     force: bool
     emit: EventHook
-    cache: DigestCache = field(default_factory=dict)
+    cache: DigestCache = field(default_factory=DigestCache)
     fingerprints: dict[tuple[str, ...], str] = field(default_factory=dict)
 
     def fingerprint(self, packages: tuple[str, ...]) -> str:
@@ -396,8 +396,10 @@ def _execute_locked(
     previous_id = latest_run_id(ws)
     previous = load_summary(ws, previous_id) if previous_id else None
     run_dir(ws, run_id).mkdir(parents=True, exist_ok=False)
+    # --force re-reads every file instead of trusting the digests the last run saved.
+    cache = DigestCache() if force else DigestCache.load(ws.digest_cache_path)
     ctx = _RunContext(ws=ws, settings=settings, run_id=run_id, git=git_info(), full_hash=config_hash(settings),
-                      force=force, emit=emit)
+                      force=force, emit=emit, cache=cache)
 
     receipts: list[StageReceipt] = []
     lines: list[StageSummary] = []
@@ -445,6 +447,7 @@ def _execute_locked(
 
     summary_md = write_summary_md(ws, summary, drift)
     write_latest(ws, summary)
+    ctx.cache.save(ws.digest_cache_path)
     return RunResult(summary=summary, drift=drift, run_dir=out_dir, summary_md=summary_md, receipts=receipts)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
 from distill.hashing import canonical_json, sha256_hex
@@ -47,8 +48,67 @@ def _ignored(path: Path) -> bool:
     return path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith(".")
 
 
-DigestCache = dict[tuple[str, int, int, int], tuple[int, str, int | None]]
-"""(path, inode, size, mtime_ns) -> (bytes, sha256, records): one run hashes each file once."""
+StatKey = tuple[str, int, int, int, int]
+"""(absolute path, inode, size, mtime_ns, ctime_ns): what a file's content is recognised by."""
+
+DIGEST_CACHE_VERSION = 1
+RACY_MARGIN_NS = 1_000_000_000
+"""A digest is kept across runs only if the file's last change is this much older than the moment
+hashing began: a file changed again later gets a newer ctime (the kernel sets it, `touch` cannot
+set it back), so a same-size rewrite within the clock's granularity is never mistaken for the
+hashed content."""
+
+
+class _DigestCacheFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    entries: list[tuple[str, int, int, int, int, int, str, int | None]]
+
+
+class DigestCache:
+    """File digests by stat key: one run hashes each file once, and with `load`/`save` an unchanged
+    workspace is not re-read by the next run (git's index does the same). Only entries looked up or
+    hashed in this run are saved, so deleted files do not accumulate."""
+
+    def __init__(self, entries: dict[StatKey, tuple[int, str, int | None]] | None = None) -> None:
+        self._loaded = entries or {}
+        self._used: dict[StatKey, tuple[int, str, int | None]] = {}
+        self._hashed_at: dict[StatKey, int] = {}
+
+    def get(self, key: StatKey) -> tuple[int, str, int | None] | None:
+        hit = self._used.get(key)
+        if hit is None and (hit := self._loaded.get(key)) is not None:
+            self._used[key] = hit
+        return hit
+
+    def put(self, key: StatKey, value: tuple[int, str, int | None], hashed_at_ns: int) -> None:
+        self._used[key] = value
+        self._hashed_at[key] = hashed_at_ns
+
+    def persistable(self) -> list[tuple[StatKey, tuple[int, str, int | None]]]:
+        """Entries safe to trust in a later run: loaded ones (already checked when saved) and those
+        whose file had stopped changing well before it was hashed."""
+        keep = []
+        for key, value in self._used.items():
+            hashed_at = self._hashed_at.get(key)
+            if hashed_at is None or max(key[3], key[4]) < hashed_at - RACY_MARGIN_NS:
+                keep.append((key, value))
+        return sorted(keep)
+
+    @classmethod
+    def load(cls, path: Path) -> DigestCache:
+        """The saved cache, or an empty one when it is missing, unreadable or of another version
+        (a cache only saves work: losing it costs one re-hash, never a wrong digest)."""
+        try:
+            saved = _DigestCacheFile.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            return cls()
+        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7]) for e in saved.entries})
+
+    def save(self, path: Path) -> None:
+        entries = [(*key, *value) for key, value in self.persistable()]
+        write_atomic(path, dumps({"version": DIGEST_CACHE_VERSION, "entries": entries}) + b"\n")
 
 
 def rel_path(ws: Workspace, path: Path) -> str:
@@ -65,9 +125,10 @@ def rel_path(ws: Workspace, path: Path) -> str:
 def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:
     """Bytes, sha256 and (for JSONL) complete-line count of one file, in one streaming pass."""
     key = None
+    hashed_at = time.time_ns()
     if cache is not None:
         st = path.stat()
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         hit = cache.get(key)
         if hit is not None:
             return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
@@ -81,7 +142,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
             newlines += chunk.count(b"\n")
     records = newlines if path.suffix == ".jsonl" else None
     if cache is not None and key is not None:
-        cache[key] = (size, h.hexdigest(), records)
+        cache.put(key, (size, h.hexdigest(), records), hashed_at)
     return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=h.hexdigest(), records=records)
 
 

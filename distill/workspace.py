@@ -81,6 +81,12 @@ class Workspace:
     def lock_owner_path(self) -> Path:
         return self.root / ".distill.lock.owner"
 
+    @property
+    def digest_cache_path(self) -> Path:
+        """File digests saved by the last run (distill.receipts.DigestCache), so that a run over
+        unchanged files does not re-read them; deleting it only costs one re-hash."""
+        return self.root / ".distill.digests.json"
+
     @contextlib.contextmanager
     def exclusive(self, command: str) -> Iterator[None]:
         """Hold the workspace lock while `command` changes the workspace.

@@ -9,10 +9,13 @@ sample workspace.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -25,7 +28,7 @@ from distill.jsonl import iter_json
 from distill.pipeline import execute_run, pipeline_stages, run_pipeline
 from distill.resume import decide_resume
 from distill.score_rules import SCORER_VERSION
-from distill.receipts import ReceiptBasis, latest_run_id, load_receipt, load_summary, receipt_path
+from distill.receipts import RACY_MARGIN_NS, DigestCache, ReceiptBasis, latest_run_id, load_receipt, load_summary, receipt_path
 from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
@@ -117,6 +120,74 @@ def test_force_reruns_and_same_output_is_not_a_violation(mini: Workspace) -> Non
     assert forced.receipts[0].resume.forced
     assert [r.content_hash for r in forced.receipts] == [r.content_hash for r in first.receipts]
     assert forced.drift.severity == "ok" and not forced.drift.deterministic_violation
+
+
+def _settled_run(ws: Workspace) -> None:
+    """A run over files that stopped changing more than the racy margin ago, so its digests are saved."""
+    time.sleep(RACY_MARGIN_NS / 1e9 + 0.1)
+    execute_run(ws, Settings(), stages=_stages())
+
+
+def _saved_digests(ws: Workspace) -> dict[str, list]:
+    saved = orjson.loads(ws.digest_cache_path.read_bytes())
+    return {Path(e[0]).relative_to(ws.root).as_posix(): e for e in saved["entries"]}
+
+
+def test_saved_digests_are_trusted_by_the_next_run_and_ignored_by_force(mini: Workspace) -> None:
+    first = execute_run(mini, Settings(), stages=_stages())
+    _settled_run(mini)
+    saved = _saved_digests(mini)
+    assert {"_kb/in.jsonl", "out/upper.jsonl", "out/count.jsonl"} <= set(saved)
+    real_sha = saved["_kb/in.jsonl"][6]
+    # Plant a wrong digest under the file's real stat key: a run that trusts the saved digests
+    # (does not re-read the file) sees a changed input; --force re-reads it.
+    raw = orjson.loads(mini.digest_cache_path.read_bytes())
+    for entry in raw["entries"]:
+        if entry[0].endswith("_kb/in.jsonl"):
+            entry[6] = "0" * 64
+    mini.digest_cache_path.write_bytes(orjson.dumps(raw))
+    trusting = execute_run(mini, Settings(), stages=_stages())
+    assert any("inputs changed: _kb/in.jsonl" in r for r in trusting.receipts[0].resume.reasons)
+    forced = execute_run(mini, Settings(), stages=_stages(), force=True)
+    assert next(d for d in forced.receipts[0].inputs if d.path == "_kb/in.jsonl").sha256 == real_sha
+    assert forced.receipts[0].content_hash == first.receipts[0].content_hash
+    assert _saved_digests(mini)["_kb/in.jsonl"][6] == real_sha
+
+
+def test_same_size_edit_with_restored_mtime_is_not_hidden_by_saved_digests(mini: Workspace) -> None:
+    _settled_run(mini)
+    _settled_run(mini)
+    src = mini.kb_dir / "in.jsonl"
+    assert "_kb/in.jsonl" in _saved_digests(mini)
+    before = src.stat()
+    text = src.read_text()
+    src.write_text(text.replace('"row 1"', '"row 7"', 1))  # same size
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
+    assert src.stat().st_size == before.st_size and src.stat().st_mtime_ns == before.st_mtime_ns
+    after = execute_run(mini, Settings(), stages=_stages())
+    assert _statuses(after.summary)["upper"] == "ran"
+    assert any("inputs changed: _kb/in.jsonl" in r for r in after.receipts[0].resume.reasons)
+
+
+@pytest.mark.parametrize("junk", [b"", b"not json", b'{"version": 99, "entries": []}', b'{"version": 1, "entries": [[1]]}'])
+def test_unreadable_digest_cache_costs_a_rehash_not_a_failure(mini: Workspace, junk: bytes) -> None:
+    execute_run(mini, Settings(), stages=_stages())
+    mini.digest_cache_path.write_bytes(junk)
+    again = execute_run(mini, Settings(), stages=_stages())
+    assert _statuses(again.summary) == {"upper": "skipped", "count": "skipped"} and again.exit_code == 0
+    assert orjson.loads(mini.digest_cache_path.read_bytes())["version"] == 1
+
+
+def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
+    now = time.time_ns()
+    cache = DigestCache()
+    settled = ("/a", 1, 10, now - 3 * RACY_MARGIN_NS, now - 2 * RACY_MARGIN_NS)
+    racy_ctime = ("/b", 2, 10, now - 3 * RACY_MARGIN_NS, now - RACY_MARGIN_NS // 2)
+    racy_mtime = ("/c", 3, 10, now, now - 2 * RACY_MARGIN_NS)
+    for key in (settled, racy_ctime, racy_mtime):
+        cache.put(key, (10, "f" * 64, 1), now)
+    assert [k for k, _ in cache.persistable()] == [settled]
+    assert cache.get(racy_ctime) is not None  # still used within the run that hashed it
 
 
 def test_tampered_output_is_rerun_and_reported(mini: Workspace) -> None:
