@@ -93,6 +93,11 @@ class IndexSettings(Section):
         description="weights of the ONNX query graph: int8 (per-channel dynamic quantisation, ~2x faster; SciFact/PubMedQA "
         "nDCG@10 within 0.001 of fp32: benchmarks/fusion.py) or fp32 (the torch vectors to float precision)",
     )
+    document_backend: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="onnx: documents embed through ONNX Runtime with fp32 weights on every core (the torch vectors to "
+        "float precision, ~10% less CPU on SciFact: benchmarks/index.py); torch: sentence-transformers",
+    )
     model_cache_dir: Path | None = Field(None, description="where the ONNX export is kept; None: ~/.cache/distill/models")
 
 

@@ -65,6 +65,7 @@ class Embedder:
         query_threads: int = 1,
         query_backend: Literal["onnx", "torch"] = "onnx",
         query_precision: Literal["int8", "fp32"] = "int8",
+        document_backend: Literal["onnx", "torch"] = "onnx",
         cache_dir: Path | None = None,
     ) -> None:
         self.model_id, self._load_from = resolve_model(model)
@@ -74,12 +75,16 @@ class Embedder:
         self._device = device
         self._model: SentenceTransformer | None = None
         self._onnx: OnnxEncoder | None = None
+        self._cache_dir = cache_dir or default_model_cache_dir()
+        self._document_backend = document_backend
+        self._docs_onnx: OnnxEncoder | None = None
         self.query_backend_note = ""
+        self.document_backend_note = ""
         if query_backend == "onnx":
             from index.onnx_encoder import OnnxEncoder
 
             self._onnx, self.query_backend_note = OnnxEncoder.open(
-                self._load_from, cache_dir or default_model_cache_dir(), threads=query_threads,
+                self._load_from, self._cache_dir, threads=query_threads,
                 precision=query_precision,
             )
         if self._onnx is not None and self._onnx.dimension > 0:
@@ -95,12 +100,31 @@ class Embedder:
         """The embedder `[index]` describes (`model` overrides [index] model)."""
         return cls(
             model or cfg.model, batch_size=cfg.batch_size, query_threads=cfg.query_threads,
-            query_backend=cfg.query_backend, query_precision=cfg.query_precision, cache_dir=cfg.model_cache_dir,
+            query_backend=cfg.query_backend, query_precision=cfg.query_precision,
+            document_backend=cfg.document_backend, cache_dir=cfg.model_cache_dir,
         )
 
     @property
     def query_backend(self) -> str:
         return "onnx" if self._onnx is not None else "torch"
+
+    @property
+    def document_backend(self) -> str:
+        """What documents embed through: "onnx" (fp32, exported on first use) or "torch"."""
+        return "onnx" if self._document_encoder() is not None else "torch"
+
+    def _document_encoder(self) -> OnnxEncoder | None:
+        """The fp32 ONNX encoder for documents, opened on first need (queries never pay for it);
+        None on the torch path or for a model the ONNX export does not support."""
+        if self._document_backend != "onnx":
+            return None
+        if self._docs_onnx is None and not self.document_backend_note:
+            from index.onnx_encoder import OnnxEncoder
+
+            # threads=0: ONNX Runtime's default, one per core (a batch of documents is worth splitting)
+            self._docs_onnx, why = OnnxEncoder.open(self._load_from, self._cache_dir, threads=0, precision="fp32")
+            self.document_backend_note = why or "fp32 ONNX Runtime"
+        return self._docs_onnx
 
     @property
     def onnx_path(self) -> Path | None:
@@ -166,6 +190,10 @@ class Embedder:
         return out
 
     def _encode_docs(self, texts: list[str]) -> np.ndarray:
+        onnx = self._document_encoder()
+        if onnx is not None:
+            parts = [onnx.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+            return np.concatenate(parts)
         vecs = self.model.encode_document(
             texts,
             batch_size=self.batch_size,

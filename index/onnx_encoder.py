@@ -43,6 +43,7 @@ class OnnxLayout:
     max_seq_length: int
     dimension: int
     query_prompt: str
+    document_prompt: str  # sentence-transformers' encode_document: the first of document/passage/corpus
 
 
 def onnx_layout(model_dir: str | Path) -> tuple[OnnxLayout | None, str]:
@@ -84,6 +85,7 @@ def onnx_layout(model_dir: str | Path) -> tuple[OnnxLayout | None, str]:
         max_seq_length=int(st_cfg.get("max_seq_length") or 512),
         dimension=int(pool.get("word_embedding_dimension") or 0),
         query_prompt=str(prompts.get("query") or ""),
+        document_prompt=next((str(prompts[k]) for k in ("document", "passage", "corpus") if k in prompts), ""),
     ), ""
 
 
@@ -243,7 +245,7 @@ class OnnxEncoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self.precision == "int8" and len(texts) > 1:
             return np.concatenate([self.encode([text], query=query) for text in texts])
-        prefix = self.layout.query_prompt if query else ""
+        prefix = self.layout.query_prompt if query else self.layout.document_prompt
         # one text: the plain call (encode_batch starts the tokenizers thread pool, whose fork warning
         # then follows every subprocess this process starts)
         encodings = ([self._tokenizer.encode(prefix + texts[0])] if len(texts) == 1

@@ -32,7 +32,7 @@ TEXTS = [
 def torch_embedder():
     from index.embedder import Embedder
 
-    return Embedder(None, batch_size=32, query_backend="torch")
+    return Embedder(None, batch_size=32, query_backend="torch", document_backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,18 @@ def test_fp32_onnx_query_vectors_equal_the_torch_ones(fp32_embedder, torch_embed
     batch = fp32_embedder.encode_queries(TEXTS)
     assert batch.shape == (len(TEXTS), 384)
     assert np.allclose(batch, np.stack([torch_embedder.encode_query(t) for t in TEXTS]), atol=2e-5)
+
+
+def test_document_vectors_through_onnx_equal_the_torch_ones(embedder, torch_embedder) -> None:  # noqa: F811
+    """Documents go through fp32 ONNX Runtime (index builds); int8 is for queries only."""
+    corpus, _, _ = _beir_slice(5, 40)
+    texts = TEXTS + list(corpus.values())
+    fast, ref = embedder.encode_documents(texts), torch_embedder.encode_documents(texts)
+    assert embedder.document_backend == "onnx", embedder.document_backend_note
+    assert torch_embedder.document_backend == "torch"
+    assert fast.dtype == np.float32 and fast.shape == ref.shape == (len(texts), 384)
+    cos = (fast * ref).sum(axis=1)
+    assert float(cos.min()) > 0.99999, [t[:30] for t, c in zip(texts, cos, strict=True) if c <= 0.99999]
 
 
 def test_int8_query_vectors_stay_close_to_torch_and_do_not_depend_on_their_batch(embedder, torch_embedder) -> None:  # noqa: F811
@@ -112,24 +124,24 @@ def test_dense_rankings_match_torch_on_a_scifact_slice(
         assert top1 >= len(queries) - 2 and overlap >= 8.5, (top1, overlap)
 
 
-def test_search_and_replay_paths_do_not_import_torch(tmp_path: Path, embedder) -> None:  # noqa: F811
-    from index.build import build_index
-    from index.documents import Document
-    from index.manifest import IndexPaths
-    from index.store import HnswParams
-
-    docs = [Document(id=f"d{i}", text=rag_row(i)["text"], title=rag_row(i)["title"]) for i in range(12)]
-    build_index(IndexPaths(tmp_path / "index"), docs, embedder, collection="onnx-check",
-                hnsw=HnswParams.from_settings(IndexSettings()), progress=False)
+def test_index_build_and_search_do_not_import_torch(tmp_path: Path, embedder) -> None:  # noqa: F811
+    rows = [(rag_row(i)["text"], rag_row(i)["title"]) for i in range(12)]
+    embedder.encode_documents(["the fp32 export exists before the child process starts"])
     code = (
         "import sys, json\n"
         "from pathlib import Path\n"
         "from distill.config import IndexSettings\n"
+        "from index.build import build_index\n"
+        "from index.documents import Document\n"
         "from index.embedder import Embedder\n"
         "from index.manifest import IndexPaths\n"
         "from index.search import open_index\n"
+        "from index.store import HnswParams\n"
+        f"docs = [Document(id=f'd{{i}}', text=t, title=h) for i, (t, h) in enumerate({rows!r})]\n"
         f"paths = IndexPaths(Path({str(tmp_path / 'index')!r}))\n"
-        "s = open_index(paths, Embedder.from_settings(IndexSettings()))\n"
+        "e = Embedder.from_settings(IndexSettings())\n"
+        "build_index(paths, docs, e, collection='onnx-check', hnsw=HnswParams.from_settings(IndexSettings()), progress=False)\n"
+        "s = open_index(paths, e)\n"
         "hits = s.search('flaky migration test fixture', k=3, mode='hybrid')\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules,"
         " 'top': hits[0].id}))\n"
@@ -174,4 +186,9 @@ def test_a_supported_layout_is_read_from_the_folder(tmp_path: Path) -> None:
     layout, reason = onnx_layout(folder)
     assert reason == "" and layout is not None
     assert (layout.pooling, layout.normalize, layout.dimension, layout.max_seq_length) == ("cls", False, 8, 512)
+    assert (layout.query_prompt, layout.document_prompt) == ("", "")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "q: ", "corpus": "c: ",
+                                                                                      "passage": "p: "}}))
+    layout, _ = onnx_layout(folder)
+    assert layout is not None and (layout.query_prompt, layout.document_prompt) == ("q: ", "p: ")  # sentence-transformers' order
     assert onnx_layout(tmp_path / "missing")[0] is None

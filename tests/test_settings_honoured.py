@@ -369,6 +369,7 @@ PROBES: dict[str, Probe] = {
     "index.fusion": Probe("rrf", lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
     "index.dense_weight": Probe(0.9, lambda s, w: [round(h.score, 6) for h in _searcher(s, w).search(ROUTING_TASK, k=3)]),
     "index.query_backend": Probe("torch", lambda s, w: _searcher(s, w, load_model=True).embedder.query_backend),
+    "index.document_backend": Probe("torch", lambda s, w: _searcher(s, w, load_model=True).embedder.document_backend),
     "index.query_precision": Probe(
         "fp32", lambda s, w: _searcher(s, w, load_model=True).embedder.encode_query(ROUTING_TASK)[:4].round(4).tolist()
     ),
