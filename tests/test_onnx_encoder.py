@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.config import IndexSettings
 from index.onnx_encoder import onnx_layout
 from tests.fixtures_index import embedder, rag_row, write_export  # noqa: F401
 from tests.shared_datasets import shared_dataset
