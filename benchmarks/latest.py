@@ -20,7 +20,7 @@ from benchmarks.report import RESULTS  # noqa: E402
 SUITES = [
     ("pipeline_1m.md", "python benchmarks/pipeline.py --rows 1000000 --nice 0 --no-profile --name pipeline_1m"),
     ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
-    ("rerun_1m.md", "python benchmarks/rerun.py --rows 1000000 --no-append --name rerun_1m"),
+    ("rerun_1m.md", "python benchmarks/rerun.py --rows 1000000 --name rerun_1m"),
     ("rerun.md", "python benchmarks/rerun.py --rows 30000"),
     ("secret_gate.md", "python benchmarks/secret_gate.py"),
     ("escalation.md", "python benchmarks/escalation.py --tasks 10 --max-tokens 64 --k 4 --item-max-chars 500"),
