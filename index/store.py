@@ -32,7 +32,7 @@ class HnswParams(BaseModel):
     space: str = "cosine"
     m: int = 16
     construction_ef: int = 200
-    search_ef: int = 128
+    search_ef: int = 192  # [index] hnsw_search_ef
 
     @classmethod
     def from_settings(cls, s: IndexSettings) -> HnswParams:

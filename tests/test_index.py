@@ -48,7 +48,7 @@ def test_incremental_add_change_delete(tmp_path: Path, embedder) -> None:
     assert first.stage_report.totals.written == 20
     manifest = load_manifest(ws.index_dir / "manifest.json")
     assert manifest is not None and manifest.count == 20 and manifest.dimension == 384 and manifest.normalized
-    assert manifest.hnsw.model_dump() == {"space": "cosine", "m": 16, "construction_ef": 200, "search_ef": 128}
+    assert manifest.hnsw.model_dump() == {"space": "cosine", "m": 16, "construction_ef": 200, "search_ef": 192}
 
     # no change: nothing embedded, manifest not rewritten
     mtime = (ws.index_dir / "manifest.json").stat().st_mtime_ns
