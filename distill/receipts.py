@@ -125,8 +125,9 @@ def rel_path(ws: Workspace, path: Path) -> str:
 def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:
     """Bytes, sha256 and (for JSONL) complete-line count of one file, in one streaming pass."""
     key = None
-    hashed_at = time.time_ns()
+    hashed_at = 0
     if cache is not None:
+        hashed_at = time.time_ns()  # before the stat: the racy-margin rule compares against it
         st = path.stat()
         key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         hit = cache.get(key)

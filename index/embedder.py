@@ -155,9 +155,7 @@ class Embedder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         if self._onnx is not None:
-            parts = [self._onnx.encode(texts[i : i + self.batch_size], query=True)
-                     for i in range(0, len(texts), self.batch_size)]
-            return np.concatenate(parts) if parts else np.zeros((0, self.dimension), dtype=np.float32)
+            return self._onnx.encode_batches(texts, self.batch_size, query=True)
         vecs = self.model.encode_query(
             list(texts),
             batch_size=self.batch_size,
@@ -192,8 +190,7 @@ class Embedder:
     def _encode_docs(self, texts: list[str]) -> np.ndarray:
         onnx = self._document_encoder()
         if onnx is not None:
-            parts = [onnx.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-            return np.concatenate(parts)
+            return onnx.encode_batches(texts, self.batch_size)
         vecs = self.model.encode_document(
             texts,
             batch_size=self.batch_size,

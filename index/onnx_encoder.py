@@ -240,6 +240,11 @@ class OnnxEncoder:
     def dimension(self) -> int:
         return self.layout.dimension
 
+    def encode_batches(self, texts: Sequence[str], batch_size: int, *, query: bool = False) -> np.ndarray:
+        """`encode` over consecutive batches of at most `batch_size` texts (padding per batch)."""
+        parts = [self.encode(texts[i : i + batch_size], query=query) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dimension), dtype=np.float32)
+
     def encode(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel
 
+from distill.config import IndexSettings
 from distill.errors import DistillError
 from distill.jsonl import dumps
 
@@ -23,16 +24,19 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-    from distill.config import IndexSettings
+
+def _setting_default(name: str) -> Any:
+    return IndexSettings.model_fields[name].default
 
 
 class HnswParams(BaseModel):
-    """The HNSW settings a collection is built with (recorded in the manifest)."""
+    """The HNSW settings a collection is built with (recorded in the manifest); the defaults are
+    [index]'s, written once in distill.config."""
 
-    space: str = "cosine"
-    m: int = 16
-    construction_ef: int = 200
-    search_ef: int = 192  # [index] hnsw_search_ef
+    space: str = _setting_default("hnsw_space")
+    m: int = _setting_default("hnsw_m")
+    construction_ef: int = _setting_default("hnsw_construction_ef")
+    search_ef: int = _setting_default("hnsw_search_ef")
 
     @classmethod
     def from_settings(cls, s: IndexSettings) -> HnswParams:
