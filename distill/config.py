@@ -254,6 +254,12 @@ class ServeSettings(Section):
     )
     max_queue: int = Field(8, ge=0, le=10_000, description="requests waiting for the local model; beyond it: 429")
     allow_escalation: bool = Field(True, description="a request whose local answer fails the gate goes to the escalation model")
+    unvalidated_answers: Literal["return", "withhold"] = Field(
+        "return",
+        description='an answer that failed the gate: "return" it (its verdict in the `distill` field) or '
+        '"withhold" it (content null, finish_reason "content_filter", the text kept in the `distill` field)',
+    )
+    max_request_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="larger request bodies get 413")
 
 
 class FieldMapping(Section):

@@ -182,7 +182,9 @@ def ask_server(url: str, task: str, json_out: bool) -> None:
         emit_json(body)
     else:
         out = console()
-        out.print(body["choices"][0]["message"]["content"], soft_wrap=True)
+        content = body["choices"][0]["message"]["content"]
+        # a withheld answer (it failed the gate) is printed as local `replay` prints it; exit 1 says so
+        out.print(content if content is not None else ext.get("withheld_answer", ""), soft_wrap=True)
         out.print(f"run {ext.get('run_id')}: {ext.get('final_verdict')}, retrieved {len(ext.get('retrieved', []))}, "
                   f"escalated {ext.get('escalated')}")
     raise typer.Exit(exit_code_for([str(ext.get("final_verdict", "error"))]))

@@ -5,7 +5,12 @@ POST /v1/search, GET /healthz, GET /metrics (Prometheus text). The local model a
 at a time; up to `[serve] max_queue` wait, the next gets 429 with Retry-After. Every request is
 logged to `_kb/replay_runs.jsonl` exactly as `replay` logs it (whole lines, written by the run
 itself, so a client that disconnects cannot leave half a line). Loopback by default; a non-loopback
-bind needs a bearer token read from the environment variable `[serve] api_key_env` names."""
+bind needs a bearer token read from the environment variable `[serve] api_key_env` names.
+
+The caller is authorised before its body is read, and bodies are parsed here rather than by the
+framework, so every refusal (401, 400, 413, 429, 503) has the OpenAI error shape clients parse.
+A run whose answer failed the gate is returned with its verdict, or withheld (`[serve]
+unvalidated_answers`); a run whose model could not be reached is a 503, never an empty answer."""
 
 from __future__ import annotations
 
@@ -15,14 +20,13 @@ import ipaddress
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from distill.command import open_workspace
 from distill.config import ServeSettings, Settings
@@ -31,6 +35,8 @@ from distill.records.replay import ReplayRun
 from runtime.replay import ReplaySession
 
 RETRY_AFTER_S = 5
+MODEL_ID = "distill"
+VALIDATED = frozenset({"validated_local", "escalated_validated"})
 
 
 # ------------------------------------------------------------------------------------- requests
@@ -53,6 +59,9 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int = Field(8, ge=1, le=100)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
+
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 def task_of(messages: list[ChatMessage]) -> str:
@@ -104,16 +113,35 @@ def extension(run: ReplayRun) -> dict[str, Any]:
     }
 
 
-def completion(run: ReplayRun, model: str) -> dict[str, Any]:
+def completion(run: ReplayRun, model: str, *, withhold_unvalidated: bool = False) -> dict[str, Any]:
+    """The OpenAI chat.completion for a finished run. An answer that failed the gate is withheld
+    when asked (content null, finish_reason "content_filter", the text kept in the extension)."""
     usage_p = sum(a.prompt_tokens or 0 for a in run.attempts)
     usage_c = sum(a.completion_tokens or 0 for a in run.attempts)
+    withheld = withhold_unvalidated and run.final_verdict not in VALIDATED
+    ext = extension(run)
+    if withheld:
+        ext["withheld_answer"] = run.final_output
     return {
         "id": f"chatcmpl-{run.run_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.final_output},
-                     "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None if withheld else run.final_output},
+                     "finish_reason": "content_filter" if withheld else "stop"}],
         "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c, "total_tokens": usage_p + usage_c},
-        "distill": extension(run),
+        "distill": ext,
     }
+
+
+def backend_errors(run: ReplayRun) -> str:
+    return "; ".join(f"{a.backend}: {a.error}" for a in run.attempts if a.error) or "no model answered"
+
+
+def invalid_request(exc: ValidationError) -> str:
+    """A pydantic error as one line: where, and what was wrong (at most three)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid request: " + "; ".join(parts)
 
 
 # -------------------------------------------------------------------------------------- the app
@@ -147,8 +175,9 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
     stage_seconds = Histogram("distill_stage_seconds", "latency by stage", ["stage"], registry=registry,
                               buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
     admission = Admission(settings.serve.max_queue)
-    model_name = "distill"
-    app = FastAPI(title="distill", docs_url=None, redoc_url=None)
+    max_body = settings.serve.max_request_bytes
+    withhold = settings.serve.unvalidated_answers == "withhold"
+    app = FastAPI(title="distill", docs_url=None, redoc_url=None, openapi_url=None)
 
     def authorised(request: Request) -> bool:
         if key is None:
@@ -156,9 +185,32 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         given = request.headers.get("authorization", "")
         return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())
 
-    def refuse(endpoint: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    def refuse(endpoint: str, status: int, message: str, headers: dict[str, str] | None = None,
+               extra: dict[str, Any] | None = None) -> JSONResponse:
         requests.labels(endpoint, str(status)).inc()
-        return JSONResponse({"error": {"message": message, "type": "distill_error", "code": status}}, status, headers=headers)
+        kind = "invalid_request_error" if status in (400, 413) else "distill_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "code": status}}
+        if extra:
+            body.update(extra)
+        return JSONResponse(body, status, headers=headers)
+
+    async def parse(request: Request, endpoint: str, model: type[BodyT]) -> BodyT | JSONResponse:
+        """The caller first (nothing of an unauthorised request is read), then the body: at most
+        [serve] max_request_bytes, JSON, the endpoint's schema."""
+        if not authorised(request):
+            return refuse(endpoint, 401, "missing or wrong bearer token")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:
+            return refuse(endpoint, 413, f"request body is {declared} bytes, limit [serve] max_request_bytes={max_body}")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body:
+                return refuse(endpoint, 413, f"request body exceeds [serve] max_request_bytes={max_body}")
+        try:
+            return model.model_validate_json(bytes(raw))
+        except ValidationError as exc:
+            return refuse(endpoint, 400, invalid_request(exc))
 
     async def run_task(task: str) -> ReplayRun:
         async with admission.lock:  # the local model: one request at a time
@@ -183,10 +235,18 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/search")
-    async def search(body: SearchRequest, request: Request) -> Any:
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        """Agent frameworks list models before they call one; any model name is accepted."""
         if not authorised(request):
-            return refuse("search", 401, "missing or wrong bearer token")
+            return refuse("models", 401, "missing or wrong bearer token")
+        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "distill"}]}
+
+    @app.post("/v1/search")
+    async def search(request: Request) -> Any:
+        body = await parse(request, "search", SearchRequest)
+        if isinstance(body, JSONResponse):
+            return body
         t0 = time.perf_counter()
         hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode)
         stage_seconds.labels("search").observe(time.perf_counter() - t0)
@@ -194,9 +254,10 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request) -> Any:
-        if not authorised(request):
-            return refuse("chat", 401, "missing or wrong bearer token")
+    async def chat(request: Request) -> Any:
+        body = await parse(request, "chat", ChatRequest)
+        if isinstance(body, JSONResponse):
+            return body
         task = task_of(body.messages)
         if not task.strip():
             return refuse("chat", 400, "no user message with text: the last user message is the task")
@@ -208,8 +269,12 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         finally:
             admission.leave()
         observe(run)
+        if run.final_verdict == "error":
+            # no model answered (unreachable, timed out): the run is logged; the caller may retry
+            return refuse("chat", 503, f"the model could not answer: {backend_errors(run)}"[:500],
+                          {"Retry-After": str(RETRY_AFTER_S)}, {"distill": extension(run)})
         requests.labels("chat", "200").inc()
-        payload = completion(run, body.model or model_name)
+        payload = completion(run, body.model or MODEL_ID, withhold_unvalidated=withhold)
         if not body.stream:
             return payload
         return StreamingResponse(_stream(payload), media_type="text/event-stream")
@@ -221,14 +286,15 @@ async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
     """The finished answer as OpenAI chat.completion.chunk events (the gate judges whole answers,
     so nothing is sent before it has)."""
     base = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"], "model": payload["model"]}
-    text = payload["choices"][0]["message"]["content"]
+    choice = payload["choices"][0]
+    text = choice["message"]["content"] or ""  # null when the answer is withheld
     first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     yield f"data: {json.dumps(first)}\n\n".encode()
     for start in range(0, len(text), 200):
         chunk = {**base, "choices": [{"index": 0, "delta": {"content": text[start:start + 200]}, "finish_reason": None}]}
         yield f"data: {json.dumps(chunk)}\n\n".encode()
-    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "distill": payload["distill"],
-            "usage": payload["usage"]}
+    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}],
+            "distill": payload["distill"], "usage": payload["usage"]}
     yield f"data: {json.dumps(last)}\n\n".encode()
     yield b"data: [DONE]\n\n"
 

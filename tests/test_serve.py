@@ -110,11 +110,81 @@ def test_search_health_and_metrics(server: Running) -> None:
     assert "distill_stage_seconds_bucket" in text and 'distill_gate_attempts_total{passed="true"} 1.0' in text
 
 
+def _error(r: httpx.Response, status: int) -> str:
+    """The OpenAI error shape every refusal has; returns its message."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and isinstance(err["message"], str) and err["message"]
+    return str(err["message"])
+
+
+@pytest.mark.parametrize("server", ["max_request_bytes = 4096\n"], indirect=True)
 def test_bad_requests_are_clear_errors(server: Running) -> None:
-    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]})
-    assert r.status_code == 400 and "user message" in r.json()["error"]["message"]
-    assert httpx.post(server.url + "/v1/chat/completions", json={"messages": []}).status_code == 422
+    chat, search = server.url + "/v1/chat/completions", server.url + "/v1/search"
+    assert "user message" in _error(httpx.post(chat, json={"messages": [{"role": "system", "content": "x"}]}), 400)
+    assert "messages" in _error(httpx.post(chat, json={"messages": []}), 400)
+    assert "invalid request" in _error(httpx.post(chat, content=b"not json", headers={"content-type": "application/json"}), 400)
+    assert "invalid request" in _error(httpx.post(chat, content=b"[1, 2]"), 400)
+    assert "content" in _error(httpx.post(chat, json={"messages": [{"role": "user", "content": [1, 2]}]}), 400)
+    assert "k" in _error(httpx.post(search, json={"query": "x", "k": 0}), 400)
+    assert "mode" in _error(httpx.post(search, json={"query": "x", "mode": "psychic"}), 400)
+    huge = {"messages": [{"role": "user", "content": "routing " * 1000}]}
+    assert "max_request_bytes=4096" in _error(httpx.post(chat, json=huge), 413)
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit holds while reading
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(100):
+            yield b"routing " * 10
+        yield b'"}]}'
+
+    assert "max_request_bytes=4096" in _error(httpx.post(chat, content=chunked()), 413)
     assert _logged(server.root) == []
+    assert 'distill_requests_total{endpoint="chat",outcome="400"} 5.0' in httpx.get(server.url + "/metrics").text
+
+
+def test_models_are_listed_for_frameworks_that_ask(server: Running) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["distill"]
+
+
+def test_an_unreachable_model_is_a_503_not_an_empty_answer(server: Running) -> None:
+    server.ollama.set_default(Reply(fault="http500"))
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]},
+                   timeout=60)
+    assert "could not answer" in _error(r, 503) and r.headers["retry-after"] == "5"
+    (logged,) = _logged(server.root)  # the run is evidence even so
+    assert logged["final_verdict"] == "error" and r.json()["distill"]["run_id"] == logged["run_id"]
+
+
+UNGROUNDED = "Hello! How can I assist you today?"
+
+
+def test_an_answer_that_failed_the_gate_is_returned_with_its_verdict_by_default(server: Running) -> None:
+    server.ollama.set_default(Reply(content=UNGROUNDED))
+    body = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]},
+                      timeout=60).json()
+    assert body["choices"][0]["message"]["content"] == UNGROUNDED and body["choices"][0]["finish_reason"] == "stop"
+    assert body["distill"]["final_verdict"] == "failed" and "withheld_answer" not in body["distill"]
+
+
+@pytest.mark.parametrize("server", ['unvalidated_answers = "withhold"\n'], indirect=True)
+def test_withheld_answers_never_reach_the_content(server: Running) -> None:
+    from openai import OpenAI
+
+    server.ollama.set_default(Reply(content=UNGROUNDED))
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    messages: Any = [{"role": "user", "content": ROUTING_TASK}]
+    resp = client.chat.completions.create(model="distill", messages=messages)
+    assert resp.choices[0].message.content is None and resp.choices[0].finish_reason == "content_filter"
+    assert resp.model_extra["distill"]["withheld_answer"] == UNGROUNDED
+    chunks = list(client.chat.completions.create(model="distill", messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    server.ollama.set_default(Reply(content=GROUNDED_ANSWER))  # a validated answer is never withheld
+    assert client.chat.completions.create(model="distill", messages=messages).choices[0].message.content == GROUNDED_ANSWER
+    assert len(_logged(server.root)) == 3
 
 
 @pytest.mark.parametrize("server", ["max_queue = 0\n"], indirect=True)
@@ -136,6 +206,9 @@ def test_bearer_auth_when_a_key_is_configured(server: Running) -> None:
     assert httpx.post(server.url + "/v1/search", json=body).status_code == 401
     assert httpx.post(server.url + "/v1/search", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.post(server.url + "/v1/search", json=body, headers={"Authorization": "Bearer sk-serve"}).status_code == 200
+    # the caller is checked before the body is read: a stranger learns nothing about the schema
+    assert httpx.post(server.url + "/v1/chat/completions", content=b"not json").status_code == 401
+    assert httpx.get(server.url + "/v1/models").status_code == 401
 
 
 def test_non_loopback_bind_needs_a_key(tmp_path: Path) -> None:

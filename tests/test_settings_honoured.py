@@ -320,7 +320,14 @@ def _serve(s: Settings, w: World, what: str) -> object:
     session = open_session(root, s)
     if what == "escalation":
         return (session.options.allow_escalation, session.options.local_only)
-    return TestClient(create_app(session, s, None)).get("/healthz").json()["capacity"]
+    client = TestClient(create_app(session, s, None))
+    if what == "body_limit":
+        return client.post("/v1/search", content=b"x" * 2048).status_code
+    if what == "answer":
+        session.searcher = w.searcher
+        body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]}).json()
+        return (body["distill"]["final_verdict"], body["choices"][0]["message"]["content"] is None)
+    return client.get("/healthz").json()["capacity"]
 
 
 AUDIT_SLEEP = f"{sys.executable} -c 'import time; time.sleep(1.5)'"
@@ -333,6 +340,13 @@ PROBES: dict[str, Probe] = {
     "serve.api_key_env": Probe("TEST_DISTILL_KEY", lambda s, w: _serve(s, w, "key")),
     "serve.max_queue": Probe(2, lambda s, w: _serve(s, w, "capacity")),
     "serve.allow_escalation": Probe(False, lambda s, w: _serve(s, w, "escalation")),
+    "serve.max_request_bytes": Probe(1024, lambda s, w: _serve(s, w, "body_limit")),
+    "serve.unvalidated_answers": Probe(
+        "withhold", lambda s, w: _serve(s, w, "answer"),
+        # an answer the gate must fail (min_chars beyond any answer), from the loopback model, never escalated
+        base={"runtime": {"backend": "ollama", "ollama_host": "OLLAMA2", "ollama_model": LOCAL_MODEL},
+              "serve": {"allow_escalation": False}, "gate": {"min_chars": 5000}},
+    ),
     "audit.test_command": Probe(f"{sys.executable} -c 'print(\"3 passed\")'", lambda s, w: _audit_test_run(s, w)),
     "audit.test_timeout_s": Probe(0.3, lambda s, w: _audit_test_run(s, w, AUDIT_SLEEP)),
     "audit.info_at": Probe(1, lambda s, w: _recurrence(s, 1)),
