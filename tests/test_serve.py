@@ -252,3 +252,17 @@ def test_curl_gets_an_answer(server: Running) -> None:
                            server.url + "/v1/chat/completions"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["choices"][0]["message"]["content"] == GROUNDED_ANSWER
+
+
+def test_a_port_it_cannot_listen_on_is_a_one_line_error(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = run_cli([*DISTILL, "serve", "--root", str(root), "--port", str(port)], timeout=60)
+    assert done.returncode == 2 and "cannot listen on 127.0.0.1" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = run_cli([*DISTILL, "serve", "--root", str(root), "--port", "70000"], timeout=60)
+    assert done.returncode == 2 and "0..65535" in done.stderr and len(done.stderr.strip().splitlines()) == 1
