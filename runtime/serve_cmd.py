@@ -61,4 +61,10 @@ def register(app: typer.Typer) -> None:
         session.local_backend()  # load the model now, not on the first request
         session.open_index()  # a missing index is the same one-line error `replay` gives
         config = uvicorn.Config(create_app(session, settings, key), log_level="warning", timeout_graceful_shutdown=30)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises the SIGTERM/Ctrl-C it drained on: a drained shutdown exits 0
+        if not server.started:
+            raise UsageError(f"the server on {bind_host}:{bind_port} did not start (see the log line above)")
