@@ -227,9 +227,12 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
             stage_seconds.labels(stage).observe(ms / 1000)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "workspace": str(session.ws.root), "queued": max(0, admission.inside - 1),
-                "capacity": admission.capacity}
+    async def healthz(request: Request) -> dict[str, Any]:
+        """Open to probes (no token needed); where the workspace lives is told to authorised callers only."""
+        state: dict[str, Any] = {"status": "ok", "queued": max(0, admission.inside - 1), "capacity": admission.capacity}
+        if authorised(request):
+            state["workspace"] = str(session.ws.root)
+        return state
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -209,6 +209,9 @@ def test_bearer_auth_when_a_key_is_configured(server: Running) -> None:
     # the caller is checked before the body is read: a stranger learns nothing about the schema
     assert httpx.post(server.url + "/v1/chat/completions", content=b"not json").status_code == 401
     assert httpx.get(server.url + "/v1/models").status_code == 401
+    # health stays open to probes, without saying where the workspace is
+    assert "workspace" not in httpx.get(server.url + "/healthz").json()
+    assert httpx.get(server.url + "/healthz", headers={"Authorization": "Bearer sk-serve"}).json()["workspace"] == str(server.root)
 
 
 def test_non_loopback_bind_needs_a_key(tmp_path: Path) -> None:
