@@ -154,9 +154,9 @@ class ReplaySession:
                 raise
         return self.local
 
-    def search(self, query: str, *, k: int, mode: str) -> list[SearchHit]:
+    def search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
         """The session's index, queried directly (`distill serve`'s /v1/search)."""
-        return list(self._searcher().search(query, k=k, mode=mode))
+        return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
 
     def open_index(self) -> None:
         """Open the index now rather than on the first task (a server loads it at start)."""

@@ -59,6 +59,7 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int = Field(8, ge=1, le=100)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
+    categories: list[str] | None = Field(None, description="keep only hits of these categories (as `distill search --category`)")
 
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -251,7 +252,8 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if isinstance(body, JSONResponse):
             return body
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode)
+        hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode,
+                                        categories=body.categories)
         stage_seconds.labels("search").observe(time.perf_counter() - t0)
         requests.labels("search", "200").inc()
         return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}

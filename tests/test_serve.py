@@ -102,6 +102,13 @@ def test_streaming_through_the_openai_client(server: Running) -> None:
 def test_search_health_and_metrics(server: Running) -> None:
     hits = httpx.post(server.url + "/v1/search", json={"query": "provider routing fallback", "k": 3, "mode": "bm25"}).json()["data"]
     assert 1 <= len(hits) <= 3 and all({"id", "score", "text"} <= set(h) for h in hits)
+    everything = httpx.post(server.url + "/v1/search", json={"query": "provider routing fallback", "k": 20, "mode": "bm25"}).json()["data"]
+    category = everything[-1]["category"]
+    assert len({h["category"] for h in everything}) > 1, "the filter must have something to remove"
+    only = httpx.post(server.url + "/v1/search", json={"query": "provider routing fallback", "k": 20, "mode": "bm25",
+                                                        "categories": [category]}).json()["data"]
+    assert only and {h["category"] for h in only} == {category}
+    assert [h["id"] for h in only] == [h["id"] for h in everything if h["category"] == category][: len(only)]
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]}, timeout=60)
     text = httpx.get(server.url + "/metrics").text
