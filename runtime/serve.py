@@ -274,8 +274,9 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         finally:
             admission.leave()
         observe(run)
-        if run.final_verdict == "error":
-            # no model answered (unreachable, timed out): the run is logged; the caller may retry
+        if all(a.error is not None for a in run.attempts):
+            # no model answered (unreachable, timed out; the escalation model too, when it was tried):
+            # the run is logged; the caller may retry
             return refuse("chat", 503, f"the model could not answer: {backend_errors(run)}"[:500],
                           {"Retry-After": str(RETRY_AFTER_S)}, {"distill": extension(run)})
         requests.labels("chat", "200").inc()

@@ -276,3 +276,24 @@ def test_a_port_it_cannot_listen_on_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
     done = run_cli([*DISTILL, "serve", "--root", str(root), "--port", "70000"], timeout=60)
     assert done.returncode == 2 and "0..65535" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_model_answering_even_after_escalation_is_a_503(tmp_path: Path, session_searcher: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    with OllamaLoopback(models=["qwen2.5:7b-instruct"]) as ollama:
+        ollama.set_default(Reply(fault="http500"))
+        write_runtime_config(root, ollama.url, "http://127.0.0.1:9")  # nothing listens on port 9
+        with (root / "distill.toml").open("a") as fh:
+            fh.write('backend = "ollama"\n\n[serve]\nallow_escalation = true\n')
+        settings = load_settings(root)
+        session = open_session(root, settings)
+        session.searcher = session_searcher
+        r = TestClient(create_app(session, settings, None)).post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]})
+    assert "could not answer" in _error(r, 503)
+    attempts = r.json()["distill"]["attempts"]
+    assert [a["escalation"] for a in attempts] == [False, True] and all(a["error"] for a in attempts)
+    assert _logged(root)[0]["final_verdict"] == "escalated_failed"
