@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
+from distill.collect_checkpoints import CollectCheckpoints, FileRecorder, checkpoint_basis, resumable
 from distill.config import Settings
-from distill.jsonl import append_lines, atomic_writer, dumps, iter_raw_lines, loads, lock_for, repair_torn_tail
+from distill.jsonl import (
+    append_lines,
+    atomic_writer,
+    dumps,
+    iter_raw_lines,
+    loads,
+    lock_for,
+    repair_torn_tail,
+    torn_tail_length,
+)
 from distill.records import EvidenceRecord, QuarantineRecord
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records.stage import Counts, StageReport
 from distill.redact import new_scanner, redact_excerpts
-from distill.sources.base import Source
+from distill.sources.base import JsonlStream, ReadProgress, Source, SourceItem, read_jsonl
 from distill.stage import Stage, existing, files_under
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
@@ -35,21 +46,31 @@ def evidence_key(run_id: str, sig: str) -> bytes:
     return hashlib.blake2b(f"{run_id}|{sig}".encode(), digest_size=16).digest()
 
 
-def load_evidence_keys(evidence_dir: Path, *, repair: bool) -> set[bytes]:
-    """Keys of every evidence row already collected. Torn tails are cut first when `repair`."""
+def _line_key(data: bytes) -> bytes | None:
+    try:
+        row = loads(data)
+        return evidence_key(row["run_id"], row["provenance"]["sig_hash"])
+    except (ValueError, KeyError, TypeError):
+        return None  # not evidence we wrote; score's reader quarantines it
+
+
+def load_evidence_keys(evidence_dir: Path, *, repair: bool, book: CollectCheckpoints | None = None) -> set[bytes]:
+    """Keys of every evidence row already collected. Torn tails are cut first when `repair`.
+    With checkpoints, only the lines appended since the last run are parsed."""
     keys: set[bytes] = set()
     for path in iter_partition_files(evidence_dir):
-        if repair:
+        if repair and torn_tail_length(path):  # the lock only where there is something to cut
             with lock_for(path):
                 repair_torn_tail(path)
+        if book is not None:
+            keys.update(book.evidence_keys(path.relative_to(evidence_dir).as_posix(), path, _line_key))
+            continue
         for raw in iter_raw_lines(path):
             if not raw.terminated or not raw.data:
                 continue
-            try:
-                row = loads(raw.data)
-                keys.add(evidence_key(row["run_id"], row["provenance"]["sig_hash"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # not evidence we wrote; score's reader quarantines it
+            key = _line_key(raw.data)
+            if key is not None:
+                keys.add(key)
     return keys
 
 
@@ -118,9 +139,11 @@ def run_collect(
     *,
     sources: Sequence[Source] | None = None,
     dry_run: bool = False,
+    checkpoints: bool = True,
 ) -> StageReport:
     """Collect every source into ROOT/evidence; returns per-source counts (read = written +
-    quarantined + deduped)."""
+    quarantined + deduped). `checkpoints`: read only what was appended to a JSONL source since
+    the last run, where that is provably the same (distill.collect_checkpoints)."""
     chosen = list(sources) if sources is not None else default_sources(ws, settings)
     report = StageReport(stage=STAGE, dry_run=dry_run)
     if sources is None:
@@ -129,12 +152,15 @@ def run_collect(
 
         report.unread = [UnreadInput(path=p, reason=r) for p, r in unread_inputs(ws, settings, chosen)]
         report.notes.extend(f"not read: {u.path}: {u.reason}" for u in report.unread)
-    seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run)
+    book = CollectCheckpoints.load(ws.collect_checkpoint_path, checkpoint_basis(settings)) if checkpoints else None
+    seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
     writer = _PartitionWriter(dry_run)
     quarantine_path = ws.quarantine_path(STAGE)
     inputs: set[str] = set()
 
     partitions = _Partitions(ws.evidence_dir)
+
+    recorders: list[tuple[str, Path, FileRecorder]] = []
 
     def consume(quarantine_out: _QuarantineSink) -> None:
         for source in chosen:
@@ -142,20 +168,49 @@ def run_collect(
             outcomes: Counter[str] = Counter()
             reasons: Counter[str] = Counter()
             roles: Counter[str] = Counter()
-            for item in source.read(ws, settings):
+
+            def take(item: SourceItem, recorder: FileRecorder | None) -> None:
                 if isinstance(item, QuarantineRecord):
                     outcomes["quarantined"] += 1
                     reasons[item.reason.value] += 1
-                    quarantine_out.write(item)
-                    continue
+                    if recorder is None:
+                        quarantine_out.write(item)
+                    else:
+                        quarantine_out.write(item, partial(recorder.written, recorder.quarantined(item.reason.value)))
+                    return
                 key = evidence_key(item.run_id, item.provenance.sig_hash)
+                if recorder is not None:
+                    recorder.evidence(key)
                 if key in seen:
                     outcomes["deduped"] += 1
-                    continue
+                    return
                 seen.add(key)
                 outcomes["written"] += 1
                 roles[item.model_role.value] += 1
                 writer.add(partitions.path(item), _evidence_line(item))
+
+            if book is None or not resumable(source):
+                for item in source.read(ws, settings):
+                    take(item, None)
+            else:
+                assert isinstance(source, JsonlStream)
+                for path in source.inputs(ws):
+                    rel = ws.relative(path)
+                    recorder = book.resume(rel, path, source.name, seen)
+                    recorders.append((rel, path, recorder))
+                    if recorder.resumed is not None:
+                        # the prefix, as a full read would find it: its bad lines quarantined the
+                        # same way, every other line already collected
+                        done = recorder.resumed
+                        outcomes["quarantined"] += done.quarantined
+                        outcomes["deduped"] += done.units - done.quarantined
+                        reasons.update(done.reasons)
+                        quarantine_out.write_lines(done.quarantine)
+                    progress = recorder.progress = ReadProgress()
+                    for item in read_jsonl(path, source=source.name, ws=ws, settings=settings, convert=source.convert,
+                                           resume_at=recorder.resume_at(), progress=progress, on_chunk=recorder.on_chunk):
+                        at = _line_offset(item)
+                        take(item, recorder if at is not None and at < progress.end else None)
             report.by_source[source.name] = Counts(
                 rows_in=sum(outcomes.values()),
                 written=outcomes["written"],
@@ -173,11 +228,22 @@ def run_collect(
             sink = _QuarantineSink(fh)
             consume(sink)
             sink.flush()
+        if book is not None:
+            for rel, path, recorder in recorders:
+                book.record(rel, recorder.checkpoint(path))
+            book.save(ws.collect_checkpoint_path)
     report.inputs = sorted(inputs)
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
     if not dry_run:
         report.outputs.append(ws.relative(quarantine_path))
     return report.finalize()
+
+
+def _line_offset(item: SourceItem) -> int | None:
+    """Where the item's source line starts (None: not one line, e.g. an unreadable file)."""
+    if isinstance(item, QuarantineRecord):
+        return item.source_ref.line_offset if item.source_ref is not None else None
+    return item.provenance.line_offset
 
 
 def _evidence_line(record: EvidenceRecord) -> bytes:
@@ -198,23 +264,38 @@ class _QuarantineSink:
     def __init__(self, fh: object | None) -> None:
         self.fh = fh
         self.pending: list[QuarantineRecord] = []
+        self.written_to: list[Callable[[bytes], None] | None] = []
         self.scanner: object | None = None
 
-    def write(self, record: QuarantineRecord) -> None:
+    def write(self, record: QuarantineRecord, written: Callable[[bytes], None] | None = None) -> None:
+        """Queue a row; `written` is told the line it became (a checkpoint keeps it)."""
         if self.fh is None:
             return
         self.pending.append(record)
+        self.written_to.append(written)
         if len(self.pending) >= self.BATCH:
             self.flush()
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Rows written by an earlier run (already redacted), in order after what is queued."""
+        if self.fh is None:
+            return
+        self.flush()
+        for line in lines:
+            self.fh.write(line.encode() + b"\n")  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         if self.fh is None or not self.pending:
             return
         if self.scanner is None:
             self.scanner = new_scanner()
-        for record in redact_excerpts(self.pending, self.scanner):
-            self.fh.write(dumps(record.to_json_dict()) + b"\n")  # type: ignore[attr-defined]
+        for record, written in zip(redact_excerpts(self.pending, self.scanner), self.written_to, strict=True):
+            line = dumps(record.to_json_dict())
+            self.fh.write(line + b"\n")  # type: ignore[attr-defined]
+            if written is not None:
+                written(line)
         self.pending.clear()
+        self.written_to.clear()
 
 
 def iter_evidence(ws: Workspace) -> Iterable[tuple[Path, EvidenceRecord]]:
@@ -243,6 +324,9 @@ class CollectStage(Stage):
 
     def run(self, ws: Workspace, settings: Settings) -> StageReport:
         return run_collect(ws, settings)
+
+    def caches(self, ws: Workspace) -> list[Path]:
+        return [ws.collect_checkpoint_path]
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
         return count_categories(ws, outputs, "model_role", under="evidence/")

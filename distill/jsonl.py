@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -58,23 +58,36 @@ class RawLine(NamedTuple):
         return self.data is None
 
 
-def iter_raw_lines(path: Path, max_line_bytes: int | None = None) -> Iterator[RawLine]:
+def iter_raw_lines(
+    path: Path,
+    max_line_bytes: int | None = None,
+    *,
+    start: int = 0,
+    lines_before: int = 0,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Iterator[RawLine]:
     """Stream the lines of a file with byte offsets; memory stays bounded by max_line_bytes.
 
-    Empty lines (just "\\n") are yielded too so callers can account for every line.
+    Empty lines (just "\\n") are yielded too so callers can account for every line. `start` (the
+    offset of a line start) and `lines_before` resume a read where an earlier one stopped;
+    `on_chunk` sees every byte read, in order (a caller hashing what it read).
     """
     limit = max_line_bytes if max_line_bytes is not None else 1 << 62
     with open(path, "rb") as fh:
-        offset = 0
-        number = 0
+        if start:
+            fh.seek(start)
+        offset = start
+        number = lines_before
         buf = bytearray()
-        line_start = 0
+        line_start = start
         oversize = False
         consumed = 0  # bytes of the current line seen so far (when oversize, buf is dropped)
         while True:
             chunk = fh.read(READ_CHUNK)
             if not chunk:
                 break
+            if on_chunk is not None:
+                on_chunk(chunk)
             pos = 0
             while pos < len(chunk):
                 nl = chunk.find(b"\n", pos)

@@ -396,8 +396,13 @@ def _execute_locked(
     previous_id = latest_run_id(ws)
     previous = load_summary(ws, previous_id) if previous_id else None
     run_dir(ws, run_id).mkdir(parents=True, exist_ok=False)
-    # --force re-reads every file instead of trusting the digests the last run saved.
+    # --force re-reads every file instead of trusting the digests the last run saved, and every
+    # stage starts without the caches it keeps to save work
     cache = DigestCache() if force else DigestCache.load(ws.digest_cache_path)
+    if force:
+        for stage in stages:
+            for path in stage.caches(ws):
+                path.unlink(missing_ok=True)
     ctx = _RunContext(ws=ws, settings=settings, run_id=run_id, git=git_info(), full_hash=config_hash(settings),
                       force=force, emit=emit, cache=cache)
 

@@ -74,6 +74,11 @@ class Stage(ABC):
         stage rewrites, or that change when merely opened, are left out."""
         return True
 
+    def caches(self, ws: Workspace) -> list[Path]:
+        """Files the stage keeps only to save work on the next run; `distill run --force` removes
+        them first, and losing them must never change an output."""
+        return []
+
     def rerun_reason(self, ws: Workspace, settings: Settings) -> str | None:
         """A reason to rerun that the receipts cannot see (state outside the tracked outputs)."""
         return None

@@ -82,6 +82,12 @@ class Workspace:
         return self.root / ".distill.lock.owner"
 
     @property
+    def collect_checkpoint_path(self) -> Path:
+        """What collect already read of each JSONL source (distill.collect_checkpoints), so that a
+        run after an append reads only the new lines; deleting it only costs one full read."""
+        return self.root / ".distill.collect.json"
+
+    @property
     def digest_cache_path(self) -> Path:
         """File digests saved by the last run (distill.receipts.DigestCache), so that a run over
         unchanged files does not re-read them; deleting it only costs one re-hash."""

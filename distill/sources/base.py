@@ -74,6 +74,18 @@ class RowContext:
 
 Converter = Callable[[dict[str, Any], RowContext], EvidenceRecord]
 
+
+@dataclass(slots=True)
+class ReadProgress:
+    """How far a read of one file got in whole lines, kept up to date while it runs: an item
+    read from a line that starts before `end` came from a newline-terminated line, and a later
+    read can resume at `end` with `lines` lines behind it. `failed`: the file stopped being
+    readable part way."""
+
+    end: int = 0
+    lines: int = 0
+    failed: bool = False
+
 def quarantine(
     *,
     source: str,
@@ -100,19 +112,33 @@ def quarantine(
 
 
 def read_jsonl(
-    path: Path, *, source: str, ws: Workspace, settings: Settings, convert: Converter
+    path: Path,
+    *,
+    source: str,
+    ws: Workspace,
+    settings: Settings,
+    convert: Converter,
+    resume_at: ReadProgress | None = None,
+    progress: ReadProgress | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
 ) -> Iterator[SourceItem]:
     """Every line of one JSONL source file -> evidence or a reasoned quarantine row.
 
     Blank lines are not input units and are not yielded. Everything else is: too long,
     not UTF-8, torn (unterminated and unparseable), not JSON, not an object, or rejected by
-    the converter (RowRejected or a pydantic ValidationError).
+    the converter (RowRejected or a pydantic ValidationError). `resume_at` starts after the
+    lines an earlier read covered; `progress` is kept up to date (see ReadProgress).
     """
     rel = ws.relative(path)
     max_bytes = settings.collect.max_line_bytes
+    start = resume_at or ReadProgress()
+    if progress is not None:
+        progress.end, progress.lines = start.end, start.lines
     try:
-        lines = iter_raw_lines(path, max_bytes)
+        lines = iter_raw_lines(path, max_bytes, start=start.end, lines_before=start.lines, on_chunk=on_chunk)
         for raw in lines:
+            if progress is not None and raw.terminated:
+                progress.end, progress.lines = raw.offset + raw.length + 1, raw.number
             base_ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
             if raw.data is None:
                 yield quarantine(
@@ -168,6 +194,8 @@ def read_jsonl(
             ctx = RowContext(source, rel, raw.offset, raw.number, sig)
             yield convert_row(row, ctx, convert, excerpt=text)
     except OSError as exc:
+        if progress is not None:
+            progress.failed = True
         yield quarantine(
             source=source,
             reason=QuarantineReason.UNREADABLE_SOURCE,

@@ -1,0 +1,251 @@
+"""Collect checkpoints: what the already-read part of each JSONL source file produced, so that a
+run after an append reads only the new lines.
+
+A file's checkpoint holds the length of its prefix in whole lines, the sha256 of those bytes, the
+quarantine rows the prefix produced (as written) and the evidence keys of its other lines. A run
+trusts a checkpoint only when
+
+1. the `distill` code, the [collect] and [sources] settings and the checkpoint format are the
+   ones it was made with (one basis hash for the whole file),
+2. the source file still starts with exactly those bytes (sha256 of the prefix), and
+3. every key it lists is in the evidence collected so far.
+
+Then a full read would quarantine the prefix's bad lines exactly as before and find every other
+line already collected (deduped), which is what the run counts without reading them. Anything
+else (an edited or truncated source, evidence deleted, a rule or a setting changed) reads that
+file from the start; `distill run --force` ignores the checkpoints altogether. Only sources whose
+converters are part of `distill` (the built-in streams and [[sources]] mappings) are
+checkpointed: a plugin's code is not in the basis.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill.config import Settings
+from distill.hashing import canonical_json, sha256_hex
+from distill.jsonl import dumps, iter_raw_lines, write_atomic
+from distill.receipts import code_fingerprint
+from distill.sources.base import JsonlStream, ReadProgress, Source
+
+CHECKPOINT_VERSION: Literal[1] = 1
+KEY_BYTES = 16
+HASH_CHUNK = 1 << 20
+
+
+class FileCheckpoint(BaseModel):
+    """What the first `end` bytes (`lines` whole lines) of one source file produced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    end: int = Field(ge=0)
+    lines: int = Field(ge=0)
+    sha256: str
+    units: int = Field(ge=0, description="input units (non-blank lines) in the prefix")
+    reasons: dict[str, int] = Field(default_factory=dict, description="quarantined units by reason")
+    quarantine: list[str] = Field(default_factory=list, description="their rows, as written")
+    keys: str = Field("", description="base64 of the 16-byte evidence keys of the other units")
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.reasons.values())
+
+    def key_bytes(self) -> bytes:
+        return base64.b64decode(self.keys)
+
+
+class EvidenceCheckpoint(BaseModel):
+    """The dedup keys of the first `end` bytes of one evidence file (collect's own output, which
+    it only appends to): the next run parses just the lines after them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    end: int = Field(ge=0)
+    sha256: str
+    keys: str = Field("", description="base64 of the 16-byte keys of the rows in the prefix")
+
+    def key_bytes(self) -> bytes:
+        return base64.b64decode(self.keys)
+
+
+class _CheckpointFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    basis: str
+    files: dict[str, FileCheckpoint]
+    evidence: dict[str, EvidenceCheckpoint] = Field(default_factory=dict)
+
+
+def checkpoint_basis(settings: Settings) -> str:
+    """Everything a prefix's outcome depends on besides its bytes and the evidence."""
+    return sha256_hex(canonical_json({
+        "version": CHECKPOINT_VERSION,
+        "code": code_fingerprint(["distill"]),
+        "collect": settings.collect.model_dump(mode="json"),
+        "sources": [m.model_dump(mode="json") for m in settings.sources],
+    }))
+
+
+def resumable(source: Source) -> bool:
+    """A JSONL stream whose converter is distill's own code (covered by the basis)."""
+    return isinstance(source, JsonlStream) and getattr(source.convert, "__module__", "").startswith("distill.")
+
+
+def hash_prefix(path: Path, end: int) -> hashlib._Hash | None:
+    """sha256 of the first `end` bytes, or None when the file is shorter or unreadable."""
+    h = hashlib.sha256()
+    left = end
+    try:
+        with open(path, "rb") as fh:
+            while left:
+                chunk = fh.read(min(HASH_CHUNK, left))
+                if not chunk:
+                    return None
+                h.update(chunk)
+                left -= len(chunk)
+    except OSError:
+        return None
+    return h
+
+
+class FileRecorder:
+    """Builds one file's next checkpoint while collect reads it: starts from the checkpoint it
+    resumed (if any) and adds the units of whole lines read this time."""
+
+    def __init__(self, source: str, resumed: FileCheckpoint | None, hasher: hashlib._Hash) -> None:
+        self.source = source
+        self.resumed = resumed
+        self.hasher = hasher  # covers every byte read so far, from offset 0
+        self.read_to = resumed.end if resumed else 0
+        self.units = resumed.units if resumed else 0
+        self.reasons: Counter[str] = Counter(resumed.reasons if resumed else {})
+        self.quarantine: list[str | None] = list(resumed.quarantine) if resumed else []
+        self.keys = bytearray(resumed.key_bytes() if resumed else b"")
+        self.progress: ReadProgress | None = None
+
+    def resume_at(self) -> ReadProgress | None:
+        return ReadProgress(self.resumed.end, self.resumed.lines) if self.resumed is not None else None
+
+    def on_chunk(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.read_to += len(chunk)
+
+    def evidence(self, key: bytes) -> None:
+        self.units += 1
+        self.keys += key
+
+    def quarantined(self, reason: str) -> int:
+        """Count a quarantined unit; returns the slot its row (known once written) goes into."""
+        self.units += 1
+        self.reasons[reason] += 1
+        self.quarantine.append(None)
+        return len(self.quarantine) - 1
+
+    def written(self, slot: int, line: bytes) -> None:
+        self.quarantine[slot] = line.decode()
+
+    def checkpoint(self, path: Path) -> FileCheckpoint | None:
+        """The checkpoint for what was read, or None when the read failed part way."""
+        progress = self.progress
+        if progress is None or progress.failed or any(q is None for q in self.quarantine):
+            return None
+        hasher: hashlib._Hash | None = self.hasher
+        if progress.end != self.read_to:  # an unterminated last line: hash up to the last newline
+            hasher = hash_prefix(path, progress.end)
+            if hasher is None:
+                return None
+        return FileCheckpoint(
+            source=self.source, end=progress.end, lines=progress.lines, sha256=hasher.hexdigest(),
+            units=self.units, reasons=dict(sorted(self.reasons.items())),
+            quarantine=[q for q in self.quarantine if q is not None], keys=base64.b64encode(bytes(self.keys)).decode(),
+        )
+
+
+class CollectCheckpoints:
+    """The checkpoints a run may trust (see the module docstring), and the ones it leaves."""
+
+    def __init__(self, basis: str, files: dict[str, FileCheckpoint] | None = None,
+                 evidence: dict[str, EvidenceCheckpoint] | None = None) -> None:
+        self.basis = basis
+        self.files = files or {}
+        self.evidence = evidence or {}
+        self.next: dict[str, FileCheckpoint] = {}
+        self.next_evidence: dict[str, EvidenceCheckpoint] = {}
+
+    @classmethod
+    def load(cls, path: Path, basis: str) -> CollectCheckpoints:
+        """The saved checkpoints if they were made on this basis; none otherwise (a missing or
+        unreadable file only costs a full read)."""
+        try:
+            saved = _CheckpointFile.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            return cls(basis)
+        if saved.basis != basis:
+            return cls(basis)
+        return cls(basis, saved.files, saved.evidence)
+
+    def evidence_keys(self, rel: str, path: Path, parse_keys: Callable[[bytes], bytes | None]) -> list[bytes]:
+        """The keys of every whole line of one evidence file: the checkpointed prefix's from the
+        checkpoint (when the file still starts with those bytes), the rest parsed by `parse_keys`
+        (a line -> its key, or None for a line that is not evidence)."""
+        found = self.evidence.get(rel)
+        hasher = hash_prefix(path, found.end) if found is not None else None
+        if found is not None and hasher is not None and hasher.hexdigest() == found.sha256:
+            start, blob = found.end, bytearray(found.key_bytes())
+        else:
+            start, blob, hasher = 0, bytearray(), hashlib.sha256()
+        end = start
+        read_to = start
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal read_to
+            hasher.update(chunk)
+            read_to += len(chunk)
+
+        for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
+            if not raw.terminated:
+                break
+            end = raw.offset + raw.length + 1
+            key = parse_keys(raw.data) if raw.data else None
+            if key is not None:
+                blob += key
+        if end != read_to:  # an unterminated tail (a dry run does not repair it)
+            hasher = hash_prefix(path, end) or hashlib.sha256()
+        self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=hasher.hexdigest(),
+                                                     keys=base64.b64encode(bytes(blob)).decode())
+        return [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
+
+    def resume(self, rel: str, path: Path, source: str, seen: set[bytes]) -> FileRecorder:
+        """A recorder for reading `path`, resumed from its checkpoint when that can be trusted."""
+        found = self.files.get(rel)
+        if found is not None and found.source == source:
+            hasher = hash_prefix(path, found.end)
+            if hasher is not None and hasher.hexdigest() == found.sha256:
+                keys = memoryview(found.key_bytes())
+                if len(keys) % KEY_BYTES == 0 and all(
+                    bytes(keys[i:i + KEY_BYTES]) in seen for i in range(0, len(keys), KEY_BYTES)
+                ):
+                    return FileRecorder(source, found, hasher)
+        return FileRecorder(source, None, hashlib.sha256())
+
+    def record(self, rel: str, checkpoint: FileCheckpoint | None) -> None:
+        if checkpoint is not None:
+            self.next[rel] = checkpoint
+
+    def save(self, path: Path) -> None:
+        payload: dict[str, Any] = {
+            "version": CHECKPOINT_VERSION,
+            "basis": self.basis,
+            "files": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next.items())},
+            "evidence": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next_evidence.items())},
+        }
+        write_atomic(path, dumps(payload) + b"\n")

@@ -1,0 +1,163 @@
+"""Collect checkpoints: after an append, collect reads only the new lines, and its outputs and
+counters are exactly those of a full read, whatever happened to the sources, the evidence or the
+settings in between (each case below changes one of them and compares with a full read)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import distill.sources.base as source_base
+from distill.collect import run_collect
+from distill.config import load_settings
+from distill.records.stage import StageReport
+from distill.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 1_500
+HOSTILE_TAIL = b'{"broken json\n[1, 2]\n\n{"torn": "tail'
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Source streams of ROWS rows, and the same streams grown by 2 % (prefix-stable)."""
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate  # type: ignore[import-not-found]
+
+    base = tmp_path_factory.mktemp("streams")
+    generate.write_scaled(base / "small", ROWS)
+    generate.write_scaled(base / "grown", ROWS + ROWS // 50)
+    return base / "small", base / "grown"
+
+
+class Converted:
+    """How many rows went through a converter (what a resumed read must not redo)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        real = source_base.convert_row
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.rows += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(source_base, "convert_row", counting)
+
+
+def _workspace(root: Path, streams: Path) -> Workspace:
+    shutil.copytree(streams, root / "_kb")
+    return Workspace(root)
+
+
+def _grow(ws: Workspace, grown: Path, tail: bytes = b"") -> None:
+    for src in grown.glob("*.jsonl"):
+        shutil.copyfile(src, ws.kb_dir / src.name)
+    if tail:
+        with open(ws.kb_dir / "audits.jsonl", "ab") as fh:
+            fh.write(tail)
+
+
+def _collect(ws: Workspace, **kwargs: Any) -> StageReport:
+    return run_collect(ws, load_settings(ws.root), **kwargs)
+
+
+def _state(ws: Workspace, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+    """The report's counters and the sha256 of every evidence and quarantine file."""
+    files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(ws.root.rglob("*.jsonl")) if "_kb" not in p.parts}
+    return report.model_dump(exclude={"inputs", "outputs"}), files
+
+
+def _twins(tmp_path: Path, streams: Path, change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
+    """Two workspaces collected once, then changed alike; the second forgets its checkpoints."""
+    a = _workspace(tmp_path / "a", streams)
+    _collect(a)
+    assert a.collect_checkpoint_path.is_file()
+    shutil.copytree(a.root, tmp_path / "b")
+    b = Workspace(tmp_path / "b")
+    b.collect_checkpoint_path.unlink()
+    change(a)
+    change(b)
+    return a, b
+
+
+def test_an_append_reads_only_the_new_lines_and_matches_a_full_read(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown, HOSTILE_TAIL))
+    converted = Converted(monkeypatch)
+    resumed = _collect(a)
+    assert 0 < converted.rows <= ROWS // 50 + 3  # the appended rows (and the hostile ones), nothing before them
+    converted.rows = 0
+    full = _collect(b)
+    assert converted.rows > ROWS
+    assert _state(a, resumed) == _state(b, full)
+    assert resumed.totals.written > 0 and resumed.totals.deduped > 0 and resumed.balanced
+    assert {"malformed_json", "not_an_object", "torn_line"} <= set(resumed.totals.by_reason)
+
+    # the torn tail is completed and more rows arrive: still the same as a full read
+    for ws in (a, b):
+        with open(ws.kb_dir / "audits.jsonl", "ab") as fh:
+            fh.write(b'", "more": 1}\n{"also": "not an audit"}\n')
+    assert _state(a, _collect(a)) == _state(b, _collect(b, checkpoints=False))
+
+
+@pytest.mark.parametrize("change", ["edited", "truncated", "evidence_deleted", "setting_changed", "junk_checkpoint"])
+def test_a_checkpoint_that_no_longer_holds_means_a_full_read(
+    change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+
+    def apply(ws: Workspace) -> None:
+        _grow(ws, grown)
+        audits = ws.kb_dir / "audits.jsonl"
+        if change == "edited":  # one byte early in the file, same size
+            data = bytearray(audits.read_bytes())
+            at = data.index(b'"topic": "') + 10
+            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
+            audits.write_bytes(bytes(data))
+        elif change == "truncated":
+            audits.write_bytes(audits.read_bytes()[: audits.stat().st_size // 3])
+        elif change == "evidence_deleted":
+            shutil.rmtree(ws.evidence_dir)
+        elif change == "setting_changed":
+            (ws.root / "distill.toml").write_text("[collect]\nmax_line_bytes = 4000\n")
+        elif change == "junk_checkpoint" and ws.collect_checkpoint_path.exists():
+            ws.collect_checkpoint_path.write_text('{"version": 1, "basis": "x", "files": 7}')
+
+    a, b = _twins(tmp_path, small, apply)
+    converted = Converted(monkeypatch)
+    resumed = _collect(a)
+    redone = converted.rows
+    assert _state(a, resumed) == _state(b, _collect(b))
+    if change in ("edited", "truncated"):
+        audits = sum(1 for line in (small / "audits.jsonl").read_bytes().splitlines() if line.strip())
+        assert redone > audits // 3  # that file was read again from its start
+    else:
+        assert redone > ROWS  # every file was read again
+    if change == "evidence_deleted":
+        assert resumed.totals.written > ROWS * 0.9  # collected again, not counted as already there
+
+
+def test_run_force_reads_everything_again(tmp_path: Path, generated: tuple[Path, Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.collect import CollectStage
+    from distill.pipeline import execute_run
+
+    small, _ = generated
+    ws = _workspace(tmp_path / "ws", small)
+    settings = load_settings(ws.root)
+    execute_run(ws, settings, include_index=False, stages=[CollectStage()])
+    (ws.kb_dir / "outcomes.jsonl").open("ab").write(b"\n")  # a changed input: collect runs again
+    converted = Converted(monkeypatch)
+    execute_run(ws, settings, include_index=False, stages=[CollectStage()])
+    assert converted.rows == 0
+    execute_run(ws, settings, include_index=False, stages=[CollectStage()], force=True)
+    assert converted.rows > ROWS * 0.9
