@@ -18,6 +18,7 @@ from pathlib import Path
 from distill.collect_checkpoints import CollectCheckpoints, FileRecorder, checkpoint_basis, resumable
 from distill.config import Settings
 from distill.jsonl import (
+    ReadProgress,
     append_lines,
     atomic_writer,
     dumps,
@@ -32,7 +33,7 @@ from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records.stage import Counts, StageReport
 from distill.redact import new_scanner, redact_excerpts
-from distill.sources.base import JsonlStream, ReadProgress, Source, SourceItem, read_jsonl
+from distill.sources.base import JsonlStream, Source, SourceItem, read_jsonl
 from distill.stage import Stage, existing, files_under
 from distill.workspace import Workspace, iter_partition_files, partition_path
 

@@ -30,14 +30,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import canonical_json, sha256_hex
+from distill.hashing import canonical_json, prefix_sha256, sha256_hex
 from distill.jsonl import dumps, iter_raw_lines, write_atomic
 from distill.receipts import code_fingerprint
-from distill.sources.base import JsonlStream, ReadProgress, Source
+from distill.jsonl import ReadProgress
+from distill.sources.base import JsonlStream, Source
 
 CHECKPOINT_VERSION: Literal[1] = 1
 KEY_BYTES = 16
-HASH_CHUNK = 1 << 20
 
 
 class FileCheckpoint(BaseModel):
@@ -100,23 +100,6 @@ def resumable(source: Source) -> bool:
     return isinstance(source, JsonlStream) and getattr(source.convert, "__module__", "").startswith("distill.")
 
 
-def hash_prefix(path: Path, end: int) -> hashlib._Hash | None:
-    """sha256 of the first `end` bytes, or None when the file is shorter or unreadable."""
-    h = hashlib.sha256()
-    left = end
-    try:
-        with open(path, "rb") as fh:
-            while left:
-                chunk = fh.read(min(HASH_CHUNK, left))
-                if not chunk:
-                    return None
-                h.update(chunk)
-                left -= len(chunk)
-    except OSError:
-        return None
-    return h
-
-
 class FileRecorder:
     """Builds one file's next checkpoint while collect reads it: starts from the checkpoint it
     resumed (if any) and adds the units of whole lines read this time."""
@@ -160,7 +143,7 @@ class FileRecorder:
             return None
         hasher: hashlib._Hash | None = self.hasher
         if progress.end != self.read_to:  # an unterminated last line: hash up to the last newline
-            hasher = hash_prefix(path, progress.end)
+            hasher = prefix_sha256(path, progress.end)
             if hasher is None:
                 return None
         return FileCheckpoint(
@@ -198,7 +181,7 @@ class CollectCheckpoints:
         checkpoint (when the file still starts with those bytes), the rest parsed by `parse_keys`
         (a line -> its key, or None for a line that is not evidence)."""
         found = self.evidence.get(rel)
-        hasher = hash_prefix(path, found.end) if found is not None else None
+        hasher = prefix_sha256(path, found.end) if found is not None else None
         if found is not None and hasher is not None and hasher.hexdigest() == found.sha256:
             start, blob = found.end, bytearray(found.key_bytes())
         else:
@@ -219,7 +202,7 @@ class CollectCheckpoints:
             if key is not None:
                 blob += key
         if end != read_to:  # an unterminated tail (a dry run does not repair it)
-            hasher = hash_prefix(path, end) or hashlib.sha256()
+            hasher = prefix_sha256(path, end) or hashlib.sha256()
         self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=hasher.hexdigest(),
                                                      keys=base64.b64encode(bytes(blob)).decode())
         return [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
@@ -228,7 +211,7 @@ class CollectCheckpoints:
         """A recorder for reading `path`, resumed from its checkpoint when that can be trusted."""
         found = self.files.get(rel)
         if found is not None and found.source == source:
-            hasher = hash_prefix(path, found.end)
+            hasher = prefix_sha256(path, found.end)
             if hasher is not None and hasher.hexdigest() == found.sha256:
                 keys = memoryview(found.key_bytes())
                 if len(keys) % KEY_BYTES == 0 and all(

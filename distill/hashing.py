@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,3 +44,24 @@ def content_id(prefix: str, *parts: str, length: int = 16) -> str:
     puts "|" in a part on purpose; ids in this project never do.
     """
     return f"{prefix}-{sha256_hex('|'.join(parts))[:length]}"
+
+
+PREFIX_CHUNK = 1 << 20
+
+
+def prefix_sha256(path: Path, end: int) -> Any:
+    """A sha256 object over the first `end` bytes of a file (it can go on hashing what follows),
+    or None when the file is shorter or unreadable."""
+    h = hashlib.sha256()
+    left = end
+    try:
+        with open(path, "rb") as fh:
+            while left:
+                chunk = fh.read(min(PREFIX_CHUNK, left))
+                if not chunk:
+                    return None
+                h.update(chunk)
+                left -= len(chunk)
+    except OSError:
+        return None
+    return h

@@ -15,6 +15,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -56,6 +57,18 @@ class RawLine(NamedTuple):
     @property
     def too_long(self) -> bool:
         return self.data is None
+
+
+@dataclass(slots=True)
+class ReadProgress:
+    """How far a read of one file got in whole lines, kept up to date while it runs: an item
+    read from a line that starts before `end` came from a newline-terminated line, and a later
+    read can resume at `end` with `lines` lines behind it. `failed`: the file stopped being
+    readable part way."""
+
+    end: int = 0
+    lines: int = 0
+    failed: bool = False
 
 
 def iter_raw_lines(

@@ -5,23 +5,40 @@ partition file is recomputed and replaced atomically only when its bytes change,
 run over unchanged evidence writes nothing and leaves every file byte-identical, while a new
 verdict-bearing parent correctly re-scores the extraction rows that join to it.
 
-Two passes over the evidence: the first scores class A/B rows and indexes them by task_id as
-potential parents; the second joins class C rows to their parent and writes.
+Two passes over the evidence: the first finds the class A/B rows that can be parents and indexes
+them by task_id; the second scores every row, joining class C rows to their parent, and writes.
+With checkpoints (distill.score_checkpoints) both passes read only the lines collect appended
+since the last run, and only the extraction rows whose task's parents changed are scored again;
+the outputs are the bytes a full pass writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from distill import __version__
 from distill.config import Settings
-from distill.jsonl import dumps, iter_raw_lines, write_if_changed
+from distill.hashing import prefix_sha256
+from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, write_if_changed
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
 from distill.redact import redact_excerpts
+from distill.score_checkpoints import (
+    ExtractionEntry,
+    ParentEntry,
+    PartitionCheckpoint,
+    ScoreCheckpoints,
+    parents_digest,
+    score_basis,
+)
 from distill.score_rules import SCORER_VERSION, ParentIndex, ParentRun, Verdict, score_evidence
 from distill.stage import Stage, existing
 from distill.workspace import Workspace, iter_partition_files
@@ -34,11 +51,25 @@ def scorer_version(settings: Settings) -> str:
     return settings.score.scorer_version or SCORER_VERSION
 
 
-def _read_evidence(path: Path, ws: Workspace, problems: list[QuarantineRecord]) -> list[EvidenceRecord]:
-    """One partition file's evidence; lines that are not valid evidence become quarantine rows."""
-    rows: list[EvidenceRecord] = []
+def _read_rows(
+    path: Path,
+    ws: Workspace,
+    problems: list[QuarantineRecord],
+    *,
+    resume_at: ReadProgress | None = None,
+    progress: ReadProgress | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> list[tuple[int, EvidenceRecord]]:
+    """(byte offset, record) of every valid evidence line of one partition file, from `resume_at`
+    on; the other lines become quarantine rows. `progress` follows the whole lines read."""
+    rows: list[tuple[int, EvidenceRecord]] = []
     rel = ws.relative(path)
-    for raw in iter_raw_lines(path):
+    start = resume_at or ReadProgress()
+    if progress is not None:
+        progress.end, progress.lines = start.end, start.lines
+    for raw in iter_raw_lines(path, start=start.end, lines_before=start.lines, on_chunk=on_chunk):
+        if progress is not None and raw.terminated:
+            progress.end, progress.lines = raw.offset + raw.length + 1, raw.number
         if raw.data is not None and not raw.data.strip():
             continue
         ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
@@ -46,7 +77,7 @@ def _read_evidence(path: Path, ws: Workspace, problems: list[QuarantineRecord]) 
             problems.append(_problem(QuarantineReason.TORN_LINE, "unterminated last line in evidence", ref, raw.data))
             continue
         try:
-            rows.append(EvidenceRecord.model_validate_json(raw.data or b""))
+            rows.append((raw.offset, EvidenceRecord.model_validate_json(raw.data or b"")))
         except ValueError as exc:
             problems.append(_problem(QuarantineReason.SCHEMA_VIOLATION, f"not EvidenceRecord v1: {str(exc)[:200]}", ref, raw.data))
     return rows
@@ -57,21 +88,14 @@ def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes |
     return QuarantineRecord(stage=STAGE, reason=reason, errors=[error], source_ref=ref, excerpt=excerpt)
 
 
-def collect_parents(ws: Workspace, settings: Settings) -> dict[str, list[ParentRun]]:
-    """Pass 1: every verdict-bearing (class A/B) run with a definite category, by task_id."""
-    parents: dict[str, list[ParentRun]] = defaultdict(list)
-    ignored: list[QuarantineRecord] = []
-    for path in iter_partition_files(ws.evidence_dir):
-        for ev in _read_evidence(path, ws, ignored):
-            if ev.score_class is ScoreClass.EXTRACTION:
-                continue
-            verdict = score_evidence(ev, settings.score)
-            if verdict.category is Category.NEEDS_HUMAN_REVIEW:
-                continue
-            parents[ev.task_id].append(
-                ParentRun(run_id=ev.run_id, task_id=ev.task_id, category=verdict.category, created_at=ev.created_at)
-            )
-    return parents
+def parent_of(ev: EvidenceRecord, settings: Settings) -> ParentRun | None:
+    """A verdict-bearing (class A/B) run with a definite category: a parent extraction rows join."""
+    if ev.score_class is ScoreClass.EXTRACTION:
+        return None
+    verdict = score_evidence(ev, settings.score)
+    if verdict.category is Category.NEEDS_HUMAN_REVIEW:
+        return None
+    return ParentRun(run_id=ev.run_id, task_id=ev.task_id, category=verdict.category, created_at=ev.created_at)
 
 
 def score_one(ev: EvidenceRecord, parents: dict[str, ParentIndex], settings: Settings) -> ScoredRun:
@@ -101,40 +125,168 @@ def mirror_path(ws: Workspace, evidence_file: Path) -> Path:
     return ws.scored_dir / evidence_file.relative_to(ws.evidence_dir)
 
 
-def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False) -> StageReport:
-    """Score every evidence row; returns counts with the category distribution per source."""
+@dataclass
+class _Partition:
+    """One evidence partition on its way through the two passes."""
+
+    path: Path
+    rel: str
+    resumed: PartitionCheckpoint | None = None
+    hasher: Any = field(default_factory=hashlib.sha256)  # over every byte read, from offset 0
+    read_to: int = 0
+    progress: ReadProgress = field(default_factory=ReadProgress)
+    new_rows: list[tuple[int, EvidenceRecord]] = field(default_factory=list)
+    new_problems: list[QuarantineRecord] = field(default_factory=list)
+    parents: list[ParentEntry] = field(default_factory=list)
+
+    def on_chunk(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.read_to += len(chunk)
+
+    def prefix_sha256(self) -> str | None:
+        """sha256 of the whole lines read (an unterminated tail is left out)."""
+        if self.progress.end == self.read_to:
+            return str(self.hasher.hexdigest())
+        hasher = prefix_sha256(self.path, self.progress.end)
+        return None if hasher is None else str(hasher.hexdigest())
+
+
+def _entry(parent: ParentRun) -> ParentEntry:
+    return (parent.run_id, parent.task_id, parent.category.value, parent.created_at.isoformat())
+
+
+def _from_entry(entry: ParentEntry) -> ParentRun:
+    run_id, task_id, category, created_at = entry
+    return ParentRun(run_id=run_id, task_id=task_id, category=Category(category),
+                     created_at=datetime.fromisoformat(created_at))
+
+
+def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, checkpoints: bool = True) -> StageReport:
+    """Score every evidence row; returns counts with the category distribution per source.
+    `checkpoints`: score only rows appended since the last run, and re-score the extraction rows
+    whose task's parents changed, where that is provably the same (distill.score_checkpoints)."""
     report = StageReport(stage=STAGE, dry_run=dry_run)
-    parents = {task: ParentIndex(runs) for task, runs in collect_parents(ws, settings).items()}
-    problems: list[QuarantineRecord] = []
+    book = ScoreCheckpoints.load(ws.score_checkpoint_path, score_basis(settings, scorer_version(settings))) if checkpoints else None
     evidence_files = iter_partition_files(ws.evidence_dir)
+
+    # pass 1: the verdict-bearing parents, by task (a checkpointed prefix gives its own at once)
+    by_task: dict[str, list[ParentRun]] = defaultdict(list)
+    parts: list[_Partition] = []
     for path in evidence_files:
-        before = len(problems)
-        rows = _read_evidence(path, ws, problems)
-        source = path.stem
-        counts = report.source(source)
-        for problem in problems[before:]:
-            counts.bump("quarantined", reason=problem.reason.value)
+        part = _Partition(path, path.relative_to(ws.evidence_dir).as_posix())
+        parts.append(part)
+        found = book.resume(part.rel, path) if book is not None else None
+        if found is not None:
+            part.resumed, part.hasher = found
+            part.read_to = part.resumed.end
+            for entry in part.resumed.parents:
+                by_task[entry[1]].append(_from_entry(entry))
+            part.parents = list(part.resumed.parents)
+            rows = part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.on_chunk,
+                                              resume_at=ReadProgress(part.resumed.end, part.resumed.lines))
+        else:
+            rows = _read_rows(path, ws, [])  # read again in pass 2: memory holds one partition, not all
+        for _, ev in rows:
+            parent = parent_of(ev, settings)
+            if parent is not None:
+                by_task[ev.task_id].append(parent)
+                if book is not None:
+                    part.parents.append(_entry(parent))
+    parents = {task: ParentIndex(runs) for task, runs in by_task.items()}
+    digests: dict[str, str] = {}
+
+    def task_digest(task: str) -> str:
+        if task not in digests:
+            digests[task] = parents_digest([_entry(p) for p in by_task.get(task, [])])
+        return digests[task]
+
+    # pass 2: score and write each mirror partition
+    problems: list[str | QuarantineRecord] = []  # a checkpointed prefix's rows as written, new ones to redact
+    problem_spans: list[tuple[_Partition, int, int]] = []
+    for part in parts:
+        path = part.path
+        counts = report.source(path.stem)
         target = mirror_path(ws, path)
         before = target.read_bytes() if target.exists() else None
         # only newline-terminated lines count as present (a torn tail is not a scored row)
-        existing = set((before or b"").split(b"\n")[:-1])
-        scored = [score_one(ev, parents, settings) for ev in rows]
-        lines = [dumps(run.to_json_dict()) for run in scored]
-        for run, line in zip(scored, lines, strict=True):
-            counts.bump("deduped" if line in existing else "written", category=run.category.value)
+        existing_lines = (before or b"").split(b"\n")[:-1]
+        existing = set(existing_lines)
+        cp = part.resumed
+        lines: list[bytes] = []
+        categories: list[str] = []
+        extraction: list[ExtractionEntry] = []
+        first_problem = len(problems)
+        if cp is not None and before is not None and hashlib.sha256(before).hexdigest() == cp.scored_sha256:
+            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
+            lines, categories = existing_lines, list(cp.categories)
+            for index, offset, task, category in cp.extraction:
+                if book is not None and task_digest(task) != book.task_parents.get(task):
+                    ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
+                    run = score_one(ev, parents, settings)
+                    lines[index] = dumps(run.to_json_dict())
+                    category = categories[index] = run.category.value
+                extraction.append((index, offset, task, category))
+            problems.extend(cp.problems)
+            problems.extend(part.new_problems)
+            rows = part.new_rows
+        else:
+            part.hasher, part.read_to, part.progress = hashlib.sha256(), 0, ReadProgress()
+            fresh: list[QuarantineRecord] = []
+            rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.on_chunk)
+            problems.extend(fresh)
+            if cp is not None:  # the evidence prefix held but the mirror file did not: parents come from the read
+                part.parents = [_entry(p) for _, ev in rows if (p := parent_of(ev, settings)) is not None]
+        for offset, ev in rows:
+            run = score_one(ev, parents, settings)
+            lines.append(dumps(run.to_json_dict()))
+            categories.append(run.category.value)
+            if ev.score_class is ScoreClass.EXTRACTION:
+                extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
+        for problem in problems[first_problem:]:
+            reason = problem.reason.value if isinstance(problem, QuarantineRecord) else str(loads(problem)["reason"])
+            counts.bump("quarantined", reason=reason)
+        for line, category in zip(lines, categories, strict=True):
+            counts.bump("deduped" if line in existing else "written", category=category)
         payload = b"".join(line + b"\n" for line in lines)
         if not dry_run:
             write_if_changed(target, payload, current=before)
+        problem_spans.append((part, first_problem, len(problems)))
+        if book is not None:
+            sha = part.prefix_sha256()
+            if sha is not None:
+                book.next[part.rel] = PartitionCheckpoint(
+                    end=part.progress.end, lines=part.progress.lines, sha256=sha,
+                    scored_sha256=hashlib.sha256(payload).hexdigest(), categories=categories,
+                    parents=part.parents, extraction=extraction,
+                )
+    # one redaction pass over the new quarantine rows; a prefix's rows were redacted when written
+    fresh_records = [p for p in problems if isinstance(p, QuarantineRecord)]
+    redacted = iter(redact_excerpts(fresh_records))
+    problem_lines = [p if isinstance(p, str) else dumps(next(redacted).to_json_dict()).decode() for p in problems]
+    if book is not None:
+        for part, first, last in problem_spans:
+            saved = book.next.get(part.rel)
+            if saved is not None:  # the prefix's rows: every one but an unterminated tail's
+                saved.problems = [line for line in problem_lines[first:last] if _problem_offset(line) < part.progress.end]
     if not dry_run:
         _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
         quarantine_path = ws.quarantine_path(STAGE)
-        payload = b"".join(dumps(p.to_json_dict()) + b"\n" for p in redact_excerpts(problems))
+        payload = b"".join(line.encode() + b"\n" for line in problem_lines)
         write_if_changed(quarantine_path, payload)
         report.outputs.append(ws.relative(quarantine_path))
+        if book is not None:
+            joined = {e[2] for saved in book.next.values() for e in saved.extraction}
+            book.save(ws.score_checkpoint_path, {task: task_digest(task) for task in joined})
     report.inputs = [ws.relative(p) for p in evidence_files]
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.scored_dir)] + report.outputs
     report.notes.append(f"scorer_version={scorer_version(settings)}")
     return report.finalize()
+
+
+def _problem_offset(line: str) -> int:
+    ref = loads(line).get("source_ref") or {}
+    offset = ref.get("line_offset")
+    return offset if isinstance(offset, int) else 1 << 62
 
 
 def _remove_orphans(ws: Workspace, keep: set[Path]) -> None:
@@ -162,6 +314,9 @@ class ScoreStage(Stage):
 
     def run(self, ws: Workspace, settings: Settings) -> StageReport:
         return run_score(ws, settings)
+
+    def caches(self, ws: Workspace) -> list[Path]:
+        return [ws.score_checkpoint_path]
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
         return count_categories(ws, outputs, "category", under="scored-runs/")

@@ -88,6 +88,11 @@ class Workspace:
         return self.root / ".distill.collect.json"
 
     @property
+    def score_checkpoint_path(self) -> Path:
+        """What score already scored of each evidence partition (distill.score_checkpoints)."""
+        return self.root / ".distill.score.json"
+
+    @property
     def digest_cache_path(self) -> Path:
         """File digests saved by the last run (distill.receipts.DigestCache), so that a run over
         unchanged files does not re-read them; deleting it only costs one re-hash."""

@@ -109,7 +109,8 @@ def test_an_append_reads_only_the_new_lines_and_matches_a_full_read(
     assert _state(a, _collect(a)) == _state(b, _collect(b, checkpoints=False))
 
 
-@pytest.mark.parametrize("change", ["edited", "truncated", "evidence_deleted", "setting_changed", "junk_checkpoint"])
+@pytest.mark.parametrize("change", ["edited", "truncated", "evidence_deleted", "evidence_edited", "setting_changed",
+                                    "junk_checkpoint"])
 def test_a_checkpoint_that_no_longer_holds_means_a_full_read(
     change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,6 +128,12 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_read(
             audits.write_bytes(audits.read_bytes()[: audits.stat().st_size // 3])
         elif change == "evidence_deleted":
             shutil.rmtree(ws.evidence_dir)
+        elif change == "evidence_edited":  # one evidence row's run id, same size: its source row is new again
+            first = sorted(ws.evidence_dir.rglob("*.jsonl"))[0]
+            data = bytearray(first.read_bytes())
+            at = data.index(b'"run_id":"') + 10
+            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
+            first.write_bytes(bytes(data))
         elif change == "setting_changed":
             (ws.root / "distill.toml").write_text("[collect]\nmax_line_bytes = 4000\n")
         elif change == "junk_checkpoint" and ws.collect_checkpoint_path.exists():
@@ -137,7 +144,9 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_read(
     resumed = _collect(a)
     redone = converted.rows
     assert _state(a, resumed) == _state(b, _collect(b))
-    if change in ("edited", "truncated"):
+    if change == "evidence_edited":
+        assert ROWS // 50 < redone < ROWS  # the appended rows and that row's source file again, not the others
+    elif change in ("edited", "truncated"):
         audits = sum(1 for line in (small / "audits.jsonl").read_bytes().splitlines() if line.strip())
         assert redone > audits // 3  # that file was read again from its start
     else:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from distill.config import Settings
 from distill.errors import RowRejected
 from distill.hashing import sig_hash
-from distill.jsonl import iter_raw_lines, loads
+from distill.jsonl import ReadProgress, iter_raw_lines, loads
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
 from distill.workspace import Workspace
 
@@ -74,17 +74,6 @@ class RowContext:
 
 Converter = Callable[[dict[str, Any], RowContext], EvidenceRecord]
 
-
-@dataclass(slots=True)
-class ReadProgress:
-    """How far a read of one file got in whole lines, kept up to date while it runs: an item
-    read from a line that starts before `end` came from a newline-terminated line, and a later
-    read can resume at `end` with `lines` lines behind it. `failed`: the file stopped being
-    readable part way."""
-
-    end: int = 0
-    lines: int = 0
-    failed: bool = False
 
 def quarantine(
     *,

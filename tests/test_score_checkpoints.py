@@ -1,0 +1,204 @@
+"""Score checkpoints: after collect appends, score parses and scores only the new evidence rows
+and re-scores only the extraction rows whose task's parents changed; its outputs and counters are
+exactly those of a full pass, whatever happened in between (each case changes one thing and
+compares with a full pass)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import distill.score as score_module
+from distill.collect import run_collect
+from distill.config import load_settings
+from distill.records.stage import StageReport
+from distill.score import run_score
+from distill.workspace import Workspace, iter_partition_files
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 1_500
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate  # type: ignore[import-not-found]
+
+    base = tmp_path_factory.mktemp("streams")
+    generate.write_scaled(base / "small", ROWS)
+    generate.write_scaled(base / "grown", ROWS + ROWS // 50)
+    return base / "small", base / "grown"
+
+
+class Scored:
+    """How many rows went through the scorer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        real = score_module.score_one
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.rows += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(score_module, "score_one", counting)
+
+
+def _score(ws: Workspace, **kwargs: Any) -> StageReport:
+    return run_score(ws, load_settings(ws.root), **kwargs)
+
+
+def _state(ws: Workspace, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+    files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted([*ws.scored_dir.rglob("*.jsonl"), ws.quarantine_path("score")]) if p.exists()}
+    return report.model_dump(exclude={"inputs", "outputs"}), files
+
+
+def _twins(tmp_path: Path, streams: Path, change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
+    """Two workspaces collected and scored once, then changed alike; the second forgets its checkpoints."""
+    a = Workspace(tmp_path / "a")
+    shutil.copytree(streams, a.kb_dir)
+    run_collect(a, load_settings(a.root))
+    _score(a)
+    assert a.score_checkpoint_path.is_file()
+    shutil.copytree(a.root, tmp_path / "b")
+    b = Workspace(tmp_path / "b")
+    b.score_checkpoint_path.unlink()
+    change(a)
+    change(b)
+    return a, b
+
+
+def _grow(ws: Workspace, grown: Path) -> None:
+    for src in grown.glob("*.jsonl"):
+        shutil.copyfile(src, ws.kb_dir / src.name)
+    run_collect(ws, load_settings(ws.root))
+
+
+def _evidence(ws: Workspace) -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, orjson.loads(line)) for path in iter_partition_files(ws.evidence_dir)
+            for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _add_parent_before_a_child(ws: Workspace) -> str:
+    """A new verdict-bearing run of a task that has extraction rows, created just before one of
+    them: that row must now join it. Returns the child's run id."""
+    rows = _evidence(ws)
+    parents = [(p, r) for p, r in rows if r["score_class"] != "C"]
+    for _, child in (x for x in rows if x[1]["score_class"] == "C" and not x[1].get("parent_run_id")):
+        at = datetime.fromisoformat(child["created_at"])
+        for path, parent in parents:
+            if parent["task_id"] == child["task_id"] and datetime.fromisoformat(parent["created_at"]) < at - timedelta(seconds=2):
+                twin = {**parent, "run_id": parent["run_id"] + "-again",
+                        "created_at": (at - timedelta(seconds=1)).isoformat().replace("+00:00", "Z"),
+                        "provenance": {**parent["provenance"], "sig_hash": "e" * 64}}
+                with open(path, "ab") as fh:
+                    fh.write(orjson.dumps(twin) + b"\n")
+                return str(child["run_id"])
+    raise AssertionError("the generated data has no extraction row with an earlier parent")
+
+
+def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+    children: list[str] = []
+
+    def change(ws: Workspace) -> None:
+        _grow(ws, grown)
+        children.append(_add_parent_before_a_child(ws))
+        bad = iter_partition_files(ws.evidence_dir)[0]
+        with open(bad, "ab") as fh:  # a line that is not evidence, then a torn tail
+            fh.write(b'{"not": "evidence"}\n{"schema_version": 1, "run_id": "torn')
+
+    a, b = _twins(tmp_path, small, change)
+    assert children[0] == children[1]
+    scored = Scored(monkeypatch)
+    resumed = _score(a)
+    assert 0 < scored.rows < ROWS // 5  # the appended rows and the re-joined children, not the rest
+    scored.rows = 0
+    full = _score(b, checkpoints=False)
+    assert scored.rows > ROWS * 0.9
+    assert _state(a, resumed) == _state(b, full)
+    joined = [orjson.loads(line) for p in iter_partition_files(a.scored_dir) for line in p.read_bytes().splitlines()]
+    child = next(r for r in joined if r["evidence_run_id"] == children[0])
+    assert child["joined_parent_run_id"].endswith("-again")
+    assert {"schema_violation", "torn_line"} <= set(resumed.totals.by_reason)
+
+    # the torn line is completed: still the same as a full pass, and nothing is scored twice
+    for ws in (a, b):
+        with open(iter_partition_files(ws.evidence_dir)[0], "ab") as fh:
+            fh.write(b'"}\n')
+    scored.rows = 0
+    assert _state(a, _score(a)) == _state(b, _score(b, checkpoints=False))
+
+
+@pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
+                                    "junk_checkpoint"])
+def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
+    change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+
+    def apply(ws: Workspace) -> None:
+        _grow(ws, grown)
+        first = iter_partition_files(ws.evidence_dir)[0]
+        mirror = ws.scored_dir / first.relative_to(ws.evidence_dir)
+        if change == "evidence_edited":  # same size, one byte inside the first row's text
+            data = bytearray(first.read_bytes())
+            at = data.index(b'"text":"') + 9
+            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
+            first.write_bytes(bytes(data))
+        elif change == "scored_tampered":  # the first scored row's category changed by hand
+            head, _, rest = mirror.read_bytes().partition(b"\n")
+            row = orjson.loads(head)
+            row["category"] = "rejected" if row["category"] != "rejected" else "accepted"
+            mirror.write_bytes(orjson.dumps(row) + b"\n" + rest)
+        elif change == "scored_deleted":
+            shutil.rmtree(ws.scored_dir)
+        elif change == "setting_changed":
+            (ws.root / "distill.toml").write_text("[score]\ngrounded_accept = 0.99\n")
+        elif change == "junk_checkpoint" and ws.score_checkpoint_path.exists():
+            ws.score_checkpoint_path.write_text('{"version": 1, "basis": 3}')
+
+    a, b = _twins(tmp_path, small, apply)
+    scored = Scored(monkeypatch)
+    resumed = _score(a)
+    redone = scored.rows
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
+    if change in ("evidence_edited", "scored_tampered"):
+        first = iter_partition_files(a.evidence_dir)[0]
+        assert redone >= sum(1 for line in first.read_bytes().splitlines() if line.strip())  # that partition again
+        assert redone < ROWS
+    else:
+        assert redone > ROWS * 0.9
+
+
+def test_run_force_scores_everything_again(tmp_path: Path, generated: tuple[Path, Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.collect import CollectStage
+    from distill.pipeline import execute_run
+    from distill.score import ScoreStage
+
+    small, grown = generated
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(small, ws.kb_dir)
+    settings = load_settings(ws.root)
+    stages = [CollectStage(), ScoreStage()]
+    execute_run(ws, settings, include_index=False, stages=stages)
+    for src in grown.glob("*.jsonl"):
+        shutil.copyfile(src, ws.kb_dir / src.name)
+    scored = Scored(monkeypatch)
+    execute_run(ws, settings, include_index=False, stages=stages)
+    assert 0 < scored.rows < ROWS // 5
+    scored.rows = 0
+    execute_run(ws, settings, include_index=False, stages=stages, force=True)
+    assert scored.rows > ROWS
