@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,36 +17,9 @@ from distill.collect import run_collect
 from distill.config import load_settings
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
 
-REPO = Path(__file__).resolve().parents[1]
-ROWS = 1_500
 HOSTILE_TAIL = b'{"broken json\n[1, 2]\n\n{"torn": "tail'
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Source streams of ROWS rows, and the same streams grown by 2 % (prefix-stable)."""
-    sys.path.insert(0, str(REPO / "data" / "sample"))
-    import generate  # type: ignore[import-not-found]
-
-    base = tmp_path_factory.mktemp("streams")
-    generate.write_scaled(base / "small", ROWS)
-    generate.write_scaled(base / "grown", ROWS + ROWS // 50)
-    return base / "small", base / "grown"
-
-
-class Converted:
-    """How many rows went through a converter (what a resumed read must not redo)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.rows = 0
-        real = source_base.convert_row
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.rows += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(source_base, "convert_row", counting)
 
 
 def _workspace(root: Path, streams: Path) -> Workspace:
@@ -92,7 +64,7 @@ def test_an_append_reads_only_the_new_lines_and_matches_a_full_read(
 ) -> None:
     small, grown = generated
     a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown, HOSTILE_TAIL))
-    converted = Converted(monkeypatch)
+    converted = Calls(monkeypatch, source_base, "convert_row")
     resumed = _collect(a)
     assert 0 < converted.rows <= ROWS // 50 + 3  # the appended rows (and the hostile ones), nothing before them
     converted.rows = 0
@@ -120,27 +92,20 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_read(
         _grow(ws, grown)
         audits = ws.kb_dir / "audits.jsonl"
         if change == "edited":  # one byte early in the file, same size
-            data = bytearray(audits.read_bytes())
-            at = data.index(b'"topic": "') + 10
-            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
-            audits.write_bytes(bytes(data))
+            flip_byte_after(audits, b'"topic": "')
         elif change == "truncated":
             audits.write_bytes(audits.read_bytes()[: audits.stat().st_size // 3])
         elif change == "evidence_deleted":
             shutil.rmtree(ws.evidence_dir)
         elif change == "evidence_edited":  # one evidence row's run id, same size: its source row is new again
-            first = sorted(ws.evidence_dir.rglob("*.jsonl"))[0]
-            data = bytearray(first.read_bytes())
-            at = data.index(b'"run_id":"') + 10
-            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
-            first.write_bytes(bytes(data))
+            flip_byte_after(sorted(ws.evidence_dir.rglob("*.jsonl"))[0], b'"run_id":"')
         elif change == "setting_changed":
             (ws.root / "distill.toml").write_text("[collect]\nmax_line_bytes = 4000\n")
         elif change == "junk_checkpoint" and ws.collect_checkpoint_path.exists():
             ws.collect_checkpoint_path.write_text('{"version": 1, "basis": "x", "files": 7}')
 
     a, b = _twins(tmp_path, small, apply)
-    converted = Converted(monkeypatch)
+    converted = Calls(monkeypatch, source_base, "convert_row")
     resumed = _collect(a)
     redone = converted.rows
     assert _state(a, resumed) == _state(b, _collect(b))
@@ -165,7 +130,7 @@ def test_run_force_reads_everything_again(tmp_path: Path, generated: tuple[Path,
     settings = load_settings(ws.root)
     execute_run(ws, settings, include_index=False, stages=[CollectStage()])
     (ws.kb_dir / "outcomes.jsonl").open("ab").write(b"\n")  # a changed input: collect runs again
-    converted = Converted(monkeypatch)
+    converted = Calls(monkeypatch, source_base, "convert_row")
     execute_run(ws, settings, include_index=False, stages=[CollectStage()])
     assert converted.rows == 0
     execute_run(ws, settings, include_index=False, stages=[CollectStage()], force=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,34 +21,8 @@ from distill.config import load_settings
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
 
-REPO = Path(__file__).resolve().parents[1]
-ROWS = 1_500
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    sys.path.insert(0, str(REPO / "data" / "sample"))
-    import generate  # type: ignore[import-not-found]
-
-    base = tmp_path_factory.mktemp("streams")
-    generate.write_scaled(base / "small", ROWS)
-    generate.write_scaled(base / "grown", ROWS + ROWS // 50)
-    return base / "small", base / "grown"
-
-
-class Scored:
-    """How many rows went through the scorer."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.rows = 0
-        real = score_module.score_one
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.rows += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(score_module, "score_one", counting)
 
 
 def _score(ws: Workspace, **kwargs: Any) -> StageReport:
@@ -121,7 +94,7 @@ def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
 
     a, b = _twins(tmp_path, small, change)
     assert children[0] == children[1]
-    scored = Scored(monkeypatch)
+    scored = Calls(monkeypatch, score_module, "score_one")
     resumed = _score(a)
     assert 0 < scored.rows < ROWS // 5  # the appended rows and the re-joined children, not the rest
     scored.rows = 0
@@ -153,10 +126,7 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         first = iter_partition_files(ws.evidence_dir)[0]
         mirror = ws.scored_dir / first.relative_to(ws.evidence_dir)
         if change == "evidence_edited":  # same size, one byte inside the first row's text
-            data = bytearray(first.read_bytes())
-            at = data.index(b'"text":"') + 9
-            data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
-            first.write_bytes(bytes(data))
+            flip_byte_after(first, b'"text":"')
         elif change == "scored_tampered":  # the first scored row's category changed by hand
             head, _, rest = mirror.read_bytes().partition(b"\n")
             row = orjson.loads(head)
@@ -170,7 +140,7 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
             ws.score_checkpoint_path.write_text('{"version": 1, "basis": 3}')
 
     a, b = _twins(tmp_path, small, apply)
-    scored = Scored(monkeypatch)
+    scored = Calls(monkeypatch, score_module, "score_one")
     resumed = _score(a)
     redone = scored.rows
     assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
@@ -196,7 +166,7 @@ def test_run_force_scores_everything_again(tmp_path: Path, generated: tuple[Path
     execute_run(ws, settings, include_index=False, stages=stages)
     for src in grown.glob("*.jsonl"):
         shutil.copyfile(src, ws.kb_dir / src.name)
-    scored = Scored(monkeypatch)
+    scored = Calls(monkeypatch, score_module, "score_one")
     execute_run(ws, settings, include_index=False, stages=stages)
     assert 0 < scored.rows < ROWS // 5
     scored.rows = 0
