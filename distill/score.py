@@ -30,11 +30,11 @@ from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport
-from distill.redact import redact_excerpts
+from distill.redact import new_scanner, redact_excerpts
 from distill.score_checkpoints import (
+    CATEGORY_CODES,
     ExtractionEntry,
     ParentEntry,
-    PartitionCheckpoint,
     ScoreCheckpoints,
     parents_digest,
     score_basis,
@@ -131,13 +131,13 @@ class _Partition:
 
     path: Path
     rel: str
-    resumed: PartitionCheckpoint | None = None
+    resumed: bool = False  # its checkpoint held in pass 1 (read again in pass 2)
     hasher: Any = field(default_factory=hashlib.sha256)  # over every byte read, from offset 0
     read_to: int = 0
     progress: ReadProgress = field(default_factory=ReadProgress)
     new_rows: list[tuple[int, EvidenceRecord]] = field(default_factory=list)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
-    parents: list[ParentEntry] = field(default_factory=list)
+    parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
 
     def on_chunk(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
@@ -166,7 +166,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
     `checkpoints`: score only rows appended since the last run, and re-score the extraction rows
     whose task's parents changed, where that is provably the same (distill.score_checkpoints)."""
     report = StageReport(stage=STAGE, dry_run=dry_run)
-    book = ScoreCheckpoints.load(ws.score_checkpoint_path, score_basis(settings, scorer_version(settings))) if checkpoints else None
+    book = (ScoreCheckpoints(ws.score_checkpoint_path, score_basis(settings, scorer_version(settings)))
+            if checkpoints and not dry_run else None)
     evidence_files = iter_partition_files(ws.evidence_dir)
 
     # pass 1: the verdict-bearing parents, by task (a checkpointed prefix gives its own at once)
@@ -177,21 +178,25 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         parts.append(part)
         found = book.resume(part.rel, path) if book is not None else None
         if found is not None:
-            part.resumed, part.hasher = found
-            part.read_to = part.resumed.end
-            for entry in part.resumed.parents:
-                by_task[entry[1]].append(_from_entry(entry))
-            part.parents = list(part.resumed.parents)
+            cp, part.hasher = found
+            part.resumed, part.read_to = True, cp.end
+            try:
+                part.parents = [_from_entry(entry) for entry in cp.parents]
+            except ValueError:  # not what this code writes: score the partition from the start
+                part.resumed, part.hasher, part.read_to, part.parents = False, hashlib.sha256(), 0, []
+        if part.resumed:
             rows = part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.on_chunk,
-                                              resume_at=ReadProgress(part.resumed.end, part.resumed.lines))
+                                              resume_at=ReadProgress(cp.end, cp.lines))
         else:
             rows = _read_rows(path, ws, [])  # read again in pass 2: memory holds one partition, not all
         for _, ev in rows:
             parent = parent_of(ev, settings)
             if parent is not None:
-                by_task[ev.task_id].append(parent)
-                if book is not None:
-                    part.parents.append(_entry(parent))
+                part.parents.append(parent)
+        for parent in part.parents:
+            by_task[parent.task_id].append(parent)
+        if book is None:
+            part.parents = []
     parents = {task: ParentIndex(runs) for task, runs in by_task.items()}
     digests: dict[str, str] = {}
 
@@ -200,9 +205,10 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             digests[task] = parents_digest([_entry(p) for p in by_task.get(task, [])])
         return digests[task]
 
-    # pass 2: score and write each mirror partition
-    problems: list[str | QuarantineRecord] = []  # a checkpointed prefix's rows as written, new ones to redact
-    problem_spans: list[tuple[_Partition, int, int]] = []
+    # pass 2: score and write each mirror partition (and its next checkpoint)
+    problem_lines: list[str] = []
+    scanner: Any = None
+    joined: set[str] = set()
     for part in parts:
         path = part.path
         counts = report.source(path.stem)
@@ -211,14 +217,17 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         # only newline-terminated lines count as present (a torn tail is not a scored row)
         existing_lines = (before or b"").split(b"\n")[:-1]
         existing = set(existing_lines)
-        cp = part.resumed
+        cp = book.get(part.rel) if book is not None and part.resumed else None
+        kept = cp.category_list() if cp is not None else None
         lines: list[bytes] = []
         categories: list[str] = []
         extraction: list[ExtractionEntry] = []
-        first_problem = len(problems)
-        if cp is not None and before is not None and hashlib.sha256(before).hexdigest() == cp.scored_sha256:
+        old_problems: list[str] = []
+        fresh: list[QuarantineRecord] = []
+        if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
+                and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
             # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-            lines, categories = existing_lines, list(cp.categories)
+            lines, categories = existing_lines, kept
             for index, offset, task, category in cp.extraction:
                 if book is not None and task_digest(task) != book.task_parents.get(task):
                     ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
@@ -226,48 +235,41 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
                     lines[index] = dumps(run.to_json_dict())
                     category = categories[index] = run.category.value
                 extraction.append((index, offset, task, category))
-            problems.extend(cp.problems)
-            problems.extend(part.new_problems)
-            rows = part.new_rows
+            old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
         else:
             part.hasher, part.read_to, part.progress = hashlib.sha256(), 0, ReadProgress()
-            fresh: list[QuarantineRecord] = []
             rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.on_chunk)
-            problems.extend(fresh)
-            if cp is not None:  # the evidence prefix held but the mirror file did not: parents come from the read
-                part.parents = [_entry(p) for _, ev in rows if (p := parent_of(ev, settings)) is not None]
+            if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
+                part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
+        part.new_rows, part.new_problems = [], []
         for offset, ev in rows:
             run = score_one(ev, parents, settings)
             lines.append(dumps(run.to_json_dict()))
             categories.append(run.category.value)
             if ev.score_class is ScoreClass.EXTRACTION:
                 extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
-        for problem in problems[first_problem:]:
-            reason = problem.reason.value if isinstance(problem, QuarantineRecord) else str(loads(problem)["reason"])
-            counts.bump("quarantined", reason=reason)
+        # the partition's quarantine rows: the prefix's as written, the new ones redacted now
+        if any(r.excerpt for r in fresh) and scanner is None:
+            scanner = new_scanner()
+        mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, scanner)]
+        problem_lines.extend(mine)
+        for line in mine:
+            counts.bump("quarantined", reason=str(loads(line)["reason"]))
         for line, category in zip(lines, categories, strict=True):
             counts.bump("deduped" if line in existing else "written", category=category)
         payload = b"".join(line + b"\n" for line in lines)
         if not dry_run:
             write_if_changed(target, payload, current=before)
-        problem_spans.append((part, first_problem, len(problems)))
-        if book is not None:
-            sha = part.prefix_sha256()
-            if sha is not None:
-                book.next[part.rel] = PartitionCheckpoint(
-                    end=part.progress.end, lines=part.progress.lines, sha256=sha,
-                    scored_sha256=hashlib.sha256(payload).hexdigest(), categories=categories,
-                    parents=part.parents, extraction=extraction,
-                )
-    # one redaction pass over the new quarantine rows; a prefix's rows were redacted when written
-    fresh_records = [p for p in problems if isinstance(p, QuarantineRecord)]
-    redacted = iter(redact_excerpts(fresh_records))
-    problem_lines = [p if isinstance(p, str) else dumps(next(redacted).to_json_dict()).decode() for p in problems]
-    if book is not None:
-        for part, first, last in problem_spans:
-            saved = book.next.get(part.rel)
-            if saved is not None:  # the prefix's rows: every one but an unterminated tail's
-                saved.problems = [line for line in problem_lines[first:last] if _problem_offset(line) < part.progress.end]
+        if book is not None and (sha := part.prefix_sha256()) is not None:
+            joined.update(e[2] for e in extraction)
+            book.write(part.rel, {
+                "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
+                "scored_sha256": hashlib.sha256(payload).hexdigest(),
+                "categories": "".join(CATEGORY_CODES[c] for c in categories),
+                "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
+                "parents": [_entry(p) for p in part.parents], "extraction": extraction,
+            })
+        part.parents = []
     if not dry_run:
         _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
         quarantine_path = ws.quarantine_path(STAGE)
@@ -275,8 +277,7 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         write_if_changed(quarantine_path, payload)
         report.outputs.append(ws.relative(quarantine_path))
         if book is not None:
-            joined = {e[2] for saved in book.next.values() for e in saved.extraction}
-            book.save(ws.score_checkpoint_path, {task: task_digest(task) for task in joined})
+            book.save({task: task_digest(task) for task in joined})
     report.inputs = [ws.relative(p) for p in evidence_files]
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.scored_dir)] + report.outputs
     report.notes.append(f"scorer_version={scorer_version(settings)}")

@@ -15,7 +15,7 @@ start, and `distill run --force` ignores the checkpoints.
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
 from distill.hashing import canonical_json, prefix_sha256, sha256_hex
-from distill.jsonl import dumps, write_atomic
+from distill.jsonl import atomic_writer, dumps, loads
 from distill.receipts import code_fingerprint
 
 CHECKPOINT_VERSION: Literal[1] = 1
@@ -32,27 +32,36 @@ ParentEntry = tuple[str, str, str, str]
 """(run_id, task_id, category, created_at ISO) of a verdict-bearing parent, in evidence order."""
 ExtractionEntry = tuple[int, int, str, str]
 """(index of its scored line, byte offset of its evidence line, task_id, category) of a class C row."""
+CATEGORY_CODES = {"accepted": "a", "partially_accepted": "p", "rejected": "r", "needs_human_review": "h"}
+CODE_CATEGORIES = {code: category for category, code in CATEGORY_CODES.items()}
 
 
 class PartitionCheckpoint(BaseModel):
+    """One evidence partition's checkpoint: one line of the checkpoint file, read when needed."""
+
     model_config = ConfigDict(extra="forbid")
 
     end: int = Field(ge=0)
     lines: int = Field(ge=0)
     sha256: str
     scored_sha256: str
-    categories: list[str] = Field(description="the category of each scored line, in order")
+    categories: str = Field(description="one code per scored line (CATEGORY_CODES), in order")
     problems: list[str] = Field(default_factory=list, description="quarantine rows of the prefix, as written")
     parents: list[ParentEntry] = Field(default_factory=list)
     extraction: list[ExtractionEntry] = Field(default_factory=list)
 
+    def category_list(self) -> list[str] | None:
+        try:
+            return [CODE_CATEGORIES[c] for c in self.categories]
+        except KeyError:
+            return None
 
-class _CheckpointFile(BaseModel):
+
+class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1]
     basis: str
-    partitions: dict[str, PartitionCheckpoint]
     task_parents: dict[str, str] = Field(description="digest of each joined task's parent list when last scored")
 
 
@@ -69,34 +78,58 @@ def parents_digest(entries: list[ParentEntry]) -> str:
     return sha256_hex(canonical_json(entries))
 
 
-def file_sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 class ScoreCheckpoints:
-    def __init__(self, basis: str, saved: _CheckpointFile | None = None) -> None:
-        self.basis = basis
-        self.partitions = saved.partitions if saved is not None else {}
-        self.task_parents = saved.task_parents if saved is not None else {}
-        self.next: dict[str, PartitionCheckpoint] = {}
+    """The checkpoint file: a header line (format, basis, task digests), then one line per
+    partition (`"<rel>"\t{checkpoint}`), read one at a time so that memory holds one partition's
+    checkpoint, not all of them. The next run's file is written the same way, as partitions are
+    scored."""
 
-    @classmethod
-    def load(cls, path: Path, basis: str) -> ScoreCheckpoints:
-        """The saved checkpoints when made on this basis; none otherwise (only costs a full pass)."""
+    def __init__(self, path: Path, basis: str) -> None:
+        self.path = path
+        self.basis = basis
+        self.task_parents: dict[str, str] = {}
+        self.offsets: dict[str, int] = {}
+        self._parts_path = path.with_name(path.name + ".parts.tmp")
+        self._out: Any = None
+        self._load()
+
+    def _load(self) -> None:
+        """Index the saved checkpoints if they were made on this basis (anything else: none)."""
         try:
-            saved = _CheckpointFile.model_validate_json(path.read_bytes())
+            with open(self.path, "rb") as fh:
+                header = _Header.model_validate_json(fh.readline())
+                if header.basis != self.basis:
+                    return
+                offsets: dict[str, int] = {}
+                while True:
+                    at = fh.tell()
+                    line = fh.readline()
+                    if not line:
+                        break
+                    rel = loads(line[: line.index(b"\t")])
+                    if not isinstance(rel, str):
+                        return
+                    offsets[rel] = at
         except (OSError, ValueError):
-            return cls(basis)
-        return cls(basis, saved if saved.basis == basis else None)
+            return
+        self.task_parents, self.offsets = header.task_parents, offsets
+
+    def get(self, rel: str) -> PartitionCheckpoint | None:
+        at = self.offsets.get(rel)
+        if at is None:
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(at)
+                line = fh.readline()
+            return PartitionCheckpoint.model_validate_json(line[line.index(b"\t") + 1:])
+        except (OSError, ValueError):
+            return None
 
     def resume(self, rel: str, path: Path) -> tuple[PartitionCheckpoint, Any] | None:
         """The partition's checkpoint and a sha256 object over its prefix, when the evidence file
         still starts with the bytes it was made from."""
-        found = self.partitions.get(rel)
+        found = self.get(rel)
         if found is None:
             return None
         hasher = prefix_sha256(path, found.end)
@@ -104,11 +137,26 @@ class ScoreCheckpoints:
             return None
         return found, hasher
 
-    def save(self, path: Path, task_parents: dict[str, str]) -> None:
-        payload: dict[str, Any] = {
-            "version": CHECKPOINT_VERSION,
-            "basis": self.basis,
-            "partitions": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next.items())},
-            "task_parents": dict(sorted(task_parents.items())),
-        }
-        write_atomic(path, dumps(payload) + b"\n")
+    def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
+        """One partition's next checkpoint (kept in a side file until `save`)."""
+        if self._out is None:
+            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
+        self._out.write(dumps(rel) + b"\t" + dumps(checkpoint) + b"\n")
+
+    def save(self, task_parents: dict[str, str]) -> None:
+        """Replace the checkpoint file: the header, then the partitions written this run."""
+        header = {"version": CHECKPOINT_VERSION, "basis": self.basis, "task_parents": dict(sorted(task_parents.items()))}
+        if self._out is not None:
+            self._out.close()
+        with atomic_writer(self.path) as fh:
+            fh.write(dumps(header) + b"\n")
+            if self._out is not None:
+                with open(self._parts_path, "rb") as parts:
+                    shutil.copyfileobj(parts, fh, 1 << 20)
+        self.discard()
+
+    def discard(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._parts_path.unlink(missing_ok=True)
