@@ -205,79 +205,83 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             digests[task] = parents_digest([_entry(p) for p in by_task.get(task, [])])
         return digests[task]
 
-    # pass 2: score and write each mirror partition (and its next checkpoint)
-    problem_lines: list[str] = []
-    scanner: Any = None
-    joined: set[str] = set()
-    for part in parts:
-        path = part.path
-        counts = report.source(path.stem)
-        target = mirror_path(ws, path)
-        before = target.read_bytes() if target.exists() else None
-        # only newline-terminated lines count as present (a torn tail is not a scored row)
-        existing_lines = (before or b"").split(b"\n")[:-1]
-        existing = set(existing_lines)
-        cp = book.get(part.rel) if book is not None and part.resumed else None
-        kept = cp.category_list() if cp is not None else None
-        lines: list[bytes] = []
-        categories: list[str] = []
-        extraction: list[ExtractionEntry] = []
-        old_problems: list[str] = []
-        fresh: list[QuarantineRecord] = []
-        if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
-                and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
-            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-            lines, categories = existing_lines, kept
-            for index, offset, task, category in cp.extraction:
-                if book is not None and task_digest(task) != book.task_parents.get(task):
-                    ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
-                    run = score_one(ev, parents, settings)
-                    lines[index] = dumps(run.to_json_dict())
-                    category = categories[index] = run.category.value
-                extraction.append((index, offset, task, category))
-            old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
-        else:
-            part.hasher, part.read_to, part.progress = hashlib.sha256(), 0, ReadProgress()
-            rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.on_chunk)
-            if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
-                part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
-        part.new_rows, part.new_problems = [], []
-        for offset, ev in rows:
-            run = score_one(ev, parents, settings)
-            lines.append(dumps(run.to_json_dict()))
-            categories.append(run.category.value)
-            if ev.score_class is ScoreClass.EXTRACTION:
-                extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
-        # the partition's quarantine rows: the prefix's as written, the new ones redacted now
-        if any(r.excerpt for r in fresh) and scanner is None:
-            scanner = new_scanner()
-        mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, scanner)]
-        problem_lines.extend(mine)
-        for line in mine:
-            counts.bump("quarantined", reason=str(loads(line)["reason"]))
-        for line, category in zip(lines, categories, strict=True):
-            counts.bump("deduped" if line in existing else "written", category=category)
-        payload = b"".join(line + b"\n" for line in lines)
+    try:
+        # pass 2: score and write each mirror partition (and its next checkpoint)
+        problem_lines: list[str] = []
+        scanner: Any = None
+        joined: set[str] = set()
+        for part in parts:
+            path = part.path
+            counts = report.source(path.stem)
+            target = mirror_path(ws, path)
+            before = target.read_bytes() if target.exists() else None
+            # only newline-terminated lines count as present (a torn tail is not a scored row)
+            existing_lines = (before or b"").split(b"\n")[:-1]
+            existing = set(existing_lines)
+            cp = book.get(part.rel) if book is not None and part.resumed else None
+            kept = cp.category_list() if cp is not None else None
+            lines: list[bytes] = []
+            categories: list[str] = []
+            extraction: list[ExtractionEntry] = []
+            old_problems: list[str] = []
+            fresh: list[QuarantineRecord] = []
+            if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
+                    and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
+                # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
+                lines, categories = existing_lines, kept
+                for index, offset, task, category in cp.extraction:
+                    if book is not None and task_digest(task) != book.task_parents.get(task):
+                        ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
+                        run = score_one(ev, parents, settings)
+                        lines[index] = dumps(run.to_json_dict())
+                        category = categories[index] = run.category.value
+                    extraction.append((index, offset, task, category))
+                old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
+            else:
+                part.hasher, part.read_to, part.progress = hashlib.sha256(), 0, ReadProgress()
+                rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.on_chunk)
+                if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
+                    part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
+            part.new_rows, part.new_problems = [], []
+            for offset, ev in rows:
+                run = score_one(ev, parents, settings)
+                lines.append(dumps(run.to_json_dict()))
+                categories.append(run.category.value)
+                if ev.score_class is ScoreClass.EXTRACTION:
+                    extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
+            # the partition's quarantine rows: the prefix's as written, the new ones redacted now
+            if any(r.excerpt for r in fresh) and scanner is None:
+                scanner = new_scanner()
+            mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, scanner)]
+            problem_lines.extend(mine)
+            for line in mine:
+                counts.bump("quarantined", reason=str(loads(line)["reason"]))
+            for line, category in zip(lines, categories, strict=True):
+                counts.bump("deduped" if line in existing else "written", category=category)
+            payload = b"".join(line + b"\n" for line in lines)
+            if not dry_run:
+                write_if_changed(target, payload, current=before)
+            if book is not None and (sha := part.prefix_sha256()) is not None:
+                joined.update(e[2] for e in extraction)
+                book.write(part.rel, {
+                    "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
+                    "scored_sha256": hashlib.sha256(payload).hexdigest(),
+                    "categories": "".join(CATEGORY_CODES[c] for c in categories),
+                    "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
+                    "parents": [_entry(p) for p in part.parents], "extraction": extraction,
+                })
+            part.parents = []
         if not dry_run:
-            write_if_changed(target, payload, current=before)
-        if book is not None and (sha := part.prefix_sha256()) is not None:
-            joined.update(e[2] for e in extraction)
-            book.write(part.rel, {
-                "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
-                "scored_sha256": hashlib.sha256(payload).hexdigest(),
-                "categories": "".join(CATEGORY_CODES[c] for c in categories),
-                "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
-                "parents": [_entry(p) for p in part.parents], "extraction": extraction,
-            })
-        part.parents = []
-    if not dry_run:
-        _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
-        quarantine_path = ws.quarantine_path(STAGE)
-        payload = b"".join(line.encode() + b"\n" for line in problem_lines)
-        write_if_changed(quarantine_path, payload)
-        report.outputs.append(ws.relative(quarantine_path))
-        if book is not None:
-            book.save({task: task_digest(task) for task in joined})
+            _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
+            quarantine_path = ws.quarantine_path(STAGE)
+            payload = b"".join(line.encode() + b"\n" for line in problem_lines)
+            write_if_changed(quarantine_path, payload)
+            report.outputs.append(ws.relative(quarantine_path))
+            if book is not None:
+                book.save({task: task_digest(task) for task in joined})
+    finally:
+        if book is not None:  # an interrupted run leaves no half-written checkpoint file behind
+            book.discard()
     report.inputs = [ws.relative(p) for p in evidence_files]
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.scored_dir)] + report.outputs
     report.notes.append(f"scorer_version={scorer_version(settings)}")
