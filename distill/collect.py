@@ -209,7 +209,7 @@ def run_collect(
                         quarantine_out.write_lines(done.quarantine)
                     progress = recorder.progress = ReadProgress()
                     for item in read_jsonl(path, source=source.name, ws=ws, settings=settings, convert=source.convert,
-                                           resume_at=recorder.resume_at(), progress=progress, on_chunk=recorder.on_chunk):
+                                           resume_at=recorder.resume_at(), progress=progress, on_chunk=recorder.hashed.update):
                         at = _line_offset(item)
                         take(item, recorder if at is not None and at < progress.end else None)
             report.by_source[source.name] = Counts(

@@ -21,7 +21,6 @@ checkpointed: a plugin's code is not in the basis.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import canonical_json, prefix_sha256, sha256_hex
+from distill.hashing import PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import dumps, iter_raw_lines, write_atomic
 from distill.receipts import code_fingerprint
 from distill.jsonl import ReadProgress
@@ -104,11 +103,10 @@ class FileRecorder:
     """Builds one file's next checkpoint while collect reads it: starts from the checkpoint it
     resumed (if any) and adds the units of whole lines read this time."""
 
-    def __init__(self, source: str, resumed: FileCheckpoint | None, hasher: hashlib._Hash) -> None:
+    def __init__(self, source: str, resumed: FileCheckpoint | None, hashed: PrefixHash) -> None:
         self.source = source
         self.resumed = resumed
-        self.hasher = hasher  # covers every byte read so far, from offset 0
-        self.read_to = resumed.end if resumed else 0
+        self.hashed = hashed  # every byte read so far, from offset 0
         self.units = resumed.units if resumed else 0
         self.reasons: Counter[str] = Counter(resumed.reasons if resumed else {})
         self.quarantine: list[str | None] = list(resumed.quarantine) if resumed else []
@@ -117,10 +115,6 @@ class FileRecorder:
 
     def resume_at(self) -> ReadProgress | None:
         return ReadProgress(self.resumed.end, self.resumed.lines) if self.resumed is not None else None
-
-    def on_chunk(self, chunk: bytes) -> None:
-        self.hasher.update(chunk)
-        self.read_to += len(chunk)
 
     def evidence(self, key: bytes) -> None:
         self.units += 1
@@ -141,13 +135,11 @@ class FileRecorder:
         progress = self.progress
         if progress is None or progress.failed or any(q is None for q in self.quarantine):
             return None
-        hasher: hashlib._Hash | None = self.hasher
-        if progress.end != self.read_to:  # an unterminated last line: hash up to the last newline
-            hasher = prefix_sha256(path, progress.end)
-            if hasher is None:
-                return None
+        sha = self.hashed.hexdigest_to(path, progress.end)  # an unterminated last line is left out
+        if sha is None:
+            return None
         return FileCheckpoint(
-            source=self.source, end=progress.end, lines=progress.lines, sha256=hasher.hexdigest(),
+            source=self.source, end=progress.end, lines=progress.lines, sha256=sha,
             units=self.units, reasons=dict(sorted(self.reasons.items())),
             quarantine=[q for q in self.quarantine if q is not None], keys=base64.b64encode(bytes(self.keys)).decode(),
         )
@@ -181,44 +173,36 @@ class CollectCheckpoints:
         checkpoint (when the file still starts with those bytes), the rest parsed by `parse_keys`
         (a line -> its key, or None for a line that is not evidence)."""
         found = self.evidence.get(rel)
-        hasher = prefix_sha256(path, found.end) if found is not None else None
-        if found is not None and hasher is not None and hasher.hexdigest() == found.sha256:
+        hashed = PrefixHash.resume(path, found.end, found.sha256) if found is not None else None
+        if found is not None and hashed is not None:
             start, blob = found.end, bytearray(found.key_bytes())
         else:
-            start, blob, hasher = 0, bytearray(), hashlib.sha256()
+            start, blob, hashed = 0, bytearray(), PrefixHash()
         end = start
-        read_to = start
-
-        def on_chunk(chunk: bytes) -> None:
-            nonlocal read_to
-            hasher.update(chunk)
-            read_to += len(chunk)
-
-        for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
+        for raw in iter_raw_lines(path, start=start, on_chunk=hashed.update):
             if not raw.terminated:
                 break
             end = raw.offset + raw.length + 1
             key = parse_keys(raw.data) if raw.data else None
             if key is not None:
                 blob += key
-        if end != read_to:  # an unterminated tail (a dry run does not repair it)
-            hasher = prefix_sha256(path, end) or hashlib.sha256()
-        self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=hasher.hexdigest(),
-                                                     keys=base64.b64encode(bytes(blob)).decode())
+        sha = hashed.hexdigest_to(path, end)  # an unterminated tail (a dry run does not repair it) is left out
+        if sha is not None:
+            self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=sha, keys=base64.b64encode(bytes(blob)).decode())
         return [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
 
     def resume(self, rel: str, path: Path, source: str, seen: set[bytes]) -> FileRecorder:
         """A recorder for reading `path`, resumed from its checkpoint when that can be trusted."""
         found = self.files.get(rel)
         if found is not None and found.source == source:
-            hasher = prefix_sha256(path, found.end)
-            if hasher is not None and hasher.hexdigest() == found.sha256:
+            hashed = PrefixHash.resume(path, found.end, found.sha256)
+            if hashed is not None:
                 keys = memoryview(found.key_bytes())
                 if len(keys) % KEY_BYTES == 0 and all(
                     bytes(keys[i:i + KEY_BYTES]) in seen for i in range(0, len(keys), KEY_BYTES)
                 ):
-                    return FileRecorder(source, found, hasher)
-        return FileRecorder(source, None, hashlib.sha256())
+                    return FileRecorder(source, found, hashed)
+        return FileRecorder(source, None, PrefixHash())
 
     def record(self, rel: str, checkpoint: FileCheckpoint | None) -> None:
         if checkpoint is not None:

@@ -65,3 +65,30 @@ def prefix_sha256(path: Path, end: int) -> Any:
     except OSError:
         return None
     return h
+
+
+class PrefixHash:
+    """The sha256 of a file from offset 0, kept while a reader goes through it: started fresh or
+    resumed from a prefix that still matches, fed every chunk read, and asked for the digest of
+    the whole lines only (a read that ended in an unterminated line hashes up to its start)."""
+
+    def __init__(self, hasher: Any = None, at: int = 0) -> None:
+        self._hasher = hasher if hasher is not None else hashlib.sha256()
+        self.at = at  # bytes hashed so far
+
+    @classmethod
+    def resume(cls, path: Path, end: int, expected: str) -> PrefixHash | None:
+        """Over the first `end` bytes, when they still hash to `expected`; None otherwise."""
+        hasher = prefix_sha256(path, end)
+        return cls(hasher, end) if hasher is not None and hasher.hexdigest() == expected else None
+
+    def update(self, chunk: bytes) -> None:
+        self._hasher.update(chunk)
+        self.at += len(chunk)
+
+    def hexdigest_to(self, path: Path, end: int) -> str | None:
+        """sha256 of the first `end` bytes (None when the file no longer has them)."""
+        if end == self.at:
+            return str(self._hasher.hexdigest())
+        hasher = prefix_sha256(path, end)
+        return None if hasher is None else str(hasher.hexdigest())

@@ -24,7 +24,7 @@ from typing import Any
 
 from distill import __version__
 from distill.config import Settings
-from distill.hashing import prefix_sha256
+from distill.hashing import PrefixHash
 from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, write_if_changed
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
@@ -132,23 +132,15 @@ class _Partition:
     path: Path
     rel: str
     resumed: bool = False  # its checkpoint held in pass 1 (read again in pass 2)
-    hasher: Any = field(default_factory=hashlib.sha256)  # over every byte read, from offset 0
-    read_to: int = 0
+    hashed: PrefixHash = field(default_factory=PrefixHash)  # every byte read, from offset 0
     progress: ReadProgress = field(default_factory=ReadProgress)
     new_rows: list[tuple[int, EvidenceRecord]] = field(default_factory=list)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
     parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
 
-    def on_chunk(self, chunk: bytes) -> None:
-        self.hasher.update(chunk)
-        self.read_to += len(chunk)
-
     def prefix_sha256(self) -> str | None:
         """sha256 of the whole lines read (an unterminated tail is left out)."""
-        if self.progress.end == self.read_to:
-            return str(self.hasher.hexdigest())
-        hasher = prefix_sha256(self.path, self.progress.end)
-        return None if hasher is None else str(hasher.hexdigest())
+        return self.hashed.hexdigest_to(self.path, self.progress.end)
 
 
 def _entry(parent: ParentRun) -> ParentEntry:
@@ -178,14 +170,14 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         parts.append(part)
         found = book.resume(part.rel, path) if book is not None else None
         if found is not None:
-            cp, part.hasher = found
-            part.resumed, part.read_to = True, cp.end
+            cp, part.hashed = found
+            part.resumed = True
             try:
                 part.parents = [_from_entry(entry) for entry in cp.parents]
             except ValueError:  # not what this code writes: score the partition from the start
-                part.resumed, part.hasher, part.read_to, part.parents = False, hashlib.sha256(), 0, []
+                part.resumed, part.hashed, part.parents = False, PrefixHash(), []
         if part.resumed:
-            rows = part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.on_chunk,
+            rows = part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
                                               resume_at=ReadProgress(cp.end, cp.lines))
         else:
             rows = _read_rows(path, ws, [])  # read again in pass 2: memory holds one partition, not all
@@ -238,8 +230,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
                     extraction.append((index, offset, task, category))
                 old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
             else:
-                part.hasher, part.read_to, part.progress = hashlib.sha256(), 0, ReadProgress()
-                rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.on_chunk)
+                part.hashed, part.progress = PrefixHash(), ReadProgress()
+                rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
                 if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
                     part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
             part.new_rows, part.new_problems = [], []

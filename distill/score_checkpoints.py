@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import canonical_json, prefix_sha256, sha256_hex
+from distill.hashing import PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import atomic_writer, dumps, loads
 from distill.receipts import code_fingerprint
 
@@ -126,16 +126,12 @@ class ScoreCheckpoints:
         except (OSError, ValueError):
             return None
 
-    def resume(self, rel: str, path: Path) -> tuple[PartitionCheckpoint, Any] | None:
-        """The partition's checkpoint and a sha256 object over its prefix, when the evidence file
-        still starts with the bytes it was made from."""
+    def resume(self, rel: str, path: Path) -> tuple[PartitionCheckpoint, PrefixHash] | None:
+        """The partition's checkpoint and the hash of its prefix, when the evidence file still
+        starts with the bytes it was made from."""
         found = self.get(rel)
-        if found is None:
-            return None
-        hasher = prefix_sha256(path, found.end)
-        if hasher is None or hasher.hexdigest() != found.sha256:
-            return None
-        return found, hasher
+        hashed = PrefixHash.resume(path, found.end, found.sha256) if found is not None else None
+        return None if found is None or hashed is None else (found, hashed)
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
         """One partition's next checkpoint (kept in a side file until `save`)."""
