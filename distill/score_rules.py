@@ -318,7 +318,10 @@ class ParentIndex:
         self.by_run: dict[str, ParentRun] = {}
         for p in parents:
             self.by_run.setdefault(p.run_id, p)  # the first one listed, as a scan would find it
-        self.candidates = sorted((p for p in parents if p.category is not H), key=lambda p: (p.created_at, p.run_id))
+        # Ties on (created_at, run_id) go to the first one listed, as a scan's max() would pick it:
+        # among equal keys the earliest-listed parent sorts last, where the bisect looks.
+        listed = [(p.created_at, p.run_id, -n, p) for n, p in enumerate(parents) if p.category is not H]
+        self.candidates = [p for *_, p in sorted(listed, key=lambda t: t[:3])]
         self.created = [p.created_at for p in self.candidates]
 
     def join(self, ev: EvidenceRecord) -> Verdict | None:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -328,3 +329,21 @@ def test_indexed_join_picks_the_parent_a_scan_picks(ev: EvidenceRecord, parents:
         assert joined is not None and (joined.category.value, joined.parent_run_id) == (expected[0], expected[2])
         assert ("named parent" in joined.reasons[0]) == (expected[1] == "named")
         assert ("none precedes" in joined.reasons[0]) == (expected[1] == "latest")
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_join_tie_on_time_and_run_id_goes_to_the_first_listed_parent(before: bool) -> None:
+    """Hypothesis found this: one run id listed twice with the same time and different verdicts.
+    The index picked the last listed; a scan (and the named-parent lookup) the first."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    parents = [ParentRun("p1", "t1", Category.ACCEPTED, at), ParentRun("p1", "t1", Category.PARTIALLY_ACCEPTED, at),
+               ParentRun("p0", "t1", Category.REJECTED, at)]
+    ev = EvidenceRecord(
+        run_id="r1", task_id="t1", source="outcomes", score_class=ScoreClass.EXTRACTION, model_role=ModelRole.EXTRACTOR,
+        text="x", created_at=at if before else datetime(2025, 1, 1, tzinfo=UTC),
+        provenance=Provenance(source_file="_kb/x.jsonl", line_offset=0, line_number=1, sig_hash="0" * 64,
+                              recorded_at=datetime(2026, 1, 1, tzinfo=UTC)),
+    )
+    joined = join_extraction(ev, parents)
+    assert joined is not None and (joined.category, joined.parent_run_id) == (Category.ACCEPTED, "p1")
+    assert _scan_join(ev, parents) == ("accepted", "earlier" if before else "latest", "p1")
