@@ -271,6 +271,15 @@ def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int =
     return size
 
 
+def replace_file(path: Path, source: Path, *, timeout: float = 60.0) -> None:
+    """Move `source` (a file in the same directory) over `path`, durably and under the file lock
+    appends take, so a reader sees the old file or the new one, never a mix."""
+    with open(source, "rb+") as fh:
+        os.fsync(fh.fileno())
+    with lock_for(path).acquire(timeout=timeout):
+        os.replace(source, path)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """Write a whole file through a temp file in the same directory, then rename over `path`.

@@ -520,3 +520,47 @@ def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
     fourth = execute_run(ws, Settings(), stages=stages)
     assert fourth.receipts[0].status == "ran" and fourth.summary.overall_passed
     assert (ws.index_dir / "chroma").is_dir()
+
+
+def _outcome(oid: str, ok: bool, day: int) -> dict:
+    return {"outcome_id": oid, "scenario_id": "scn-9", "scenario": "Refund a duplicated charge",
+            "events": [{"event": "issue_refund", "ok": ok}], "all_events_ok": ok, "gap_signals": 0,
+            "answer": f"Refund issued for the duplicated charge ({oid}).", "created_at": f"2026-01-0{day}T00:00:00Z"}
+
+
+def test_a_late_rejected_parent_stops_the_run_until_the_export_is_rebuilt(tmp_path: Path) -> None:
+    """A periodic run after an append: a verdict that arrives late re-scores an extraction row that
+    already shipped. The run must stop (the row may already be in someone's training set) and name
+    the way out; `distill export --rebuild` removes the row and the next run passes."""
+    from distill.cli.init_cmd import init_workspace
+
+    root = tmp_path / "ws"
+    init_workspace(root, sample=False)
+    ws = Workspace.resolve(root)
+    ws.config_path.write_text(PINNED_TOML)
+    kb = ws.root / "_kb"
+    kb.mkdir(exist_ok=True)
+    procedure = {"procedure_id": "dp-9", "title": "How to refund a duplicated charge",
+                 "steps": ["Look the order up.", "Check the policy tier.", "Issue the refund."],
+                 "origin": {"stream": "outcomes", "task": "scenario:scn-9"}, "extracted_at": "2026-01-03T00:00:00Z"}
+    (kb / "distilled_procedures.jsonl").write_bytes(orjson.dumps(procedure) + b"\n")
+    outcomes = kb / "outcomes.jsonl"
+    outcomes.write_bytes(orjson.dumps(_outcome("oc-1", True, 1)) + b"\n")
+    code, first = _run_cli(ws)
+    assert code == 0, first
+    rag = [r for r in iter_json(ws.rag_path) if r["source_category"] == "distilled_procedures"]
+    assert len(rag) == 1 and rag[0]["success_score"] == "accepted"
+    shipped = ws.rag_path.read_bytes()
+
+    with open(outcomes, "ab") as fh:  # a rejected run of the same task, created before the procedure
+        fh.write(orjson.dumps(_outcome("oc-2", False, 2)) + b"\n")
+    code, second = _run_cli(ws)
+    assert code != 0 and ws.rag_path.read_bytes() == shipped
+    stopped = [s for s in second["summary"]["stages"] if s["stage"] == "export-rag"][0]
+    assert any("firewall_rag_stale_row" in e and "--rebuild" in e for e in stopped["errors"]), stopped
+
+    res = CliRunner().invoke(app, ["export", "all", "--rebuild", "--root", str(ws.root)])
+    assert res.exit_code == 0 and rag[0]["id"] in res.output, res.output
+    assert rag[0]["id"] not in ws.rag_path.read_text()
+    code, third = _run_cli(ws)
+    assert code == 0, [s for s in third["summary"]["stages"] if not s["passed"]]

@@ -42,7 +42,7 @@ def export_table(reports: list[StageReport]) -> Table:
 
 
 def run_exports(root, which: str, *, fmt: str, include_review: bool, include_partial: bool,
-                dry_run: bool) -> list[StageReport]:
+                dry_run: bool, rebuild: bool = False) -> list[StageReport]:
     from distill.export import KINDS, run_export
     from distill.export.gates import Firewall
 
@@ -53,7 +53,7 @@ def run_exports(root, which: str, *, fmt: str, include_review: bool, include_par
     def run_all() -> list[StageReport]:
         return [
             run_export(ws, settings, kind, include_review=include_review, include_partial=include_partial,  # type: ignore[arg-type]
-                       fmt=fmt, dry_run=dry_run, firewall=firewall)
+                       fmt=fmt, dry_run=dry_run, firewall=firewall, rebuild=rebuild)
             for kind in kinds
         ]
 
@@ -72,12 +72,15 @@ def register(app: typer.Typer) -> None:
         include_review: Annotated[bool, typer.Option("--include-review", help="RAG: ship needs_human_review rows")] = False,
         include_partial: Annotated[bool, typer.Option("--include-partial", help="SFT: ship partially_accepted rows")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="compute and report, write nothing")] = False,
+        rebuild: Annotated[bool, typer.Option(
+            "--rebuild", help="write the dataset anew from the current scores instead of appending (drops rows "
+                              "shipped earlier whose runs are now unsafe; the removed ids are reported)")] = False,
         root: RootOption = None,
         json_out: JsonOption = False,
     ) -> None:
         """Export RAG / SFT / preference datasets; every dropped row goes to quarantine with a reason."""
         reports = run_exports(root, which.value, fmt=fmt.value, include_review=include_review,
-                              include_partial=include_partial, dry_run=dry_run)
+                              include_partial=include_partial, dry_run=dry_run, rebuild=rebuild)
         if json_out:
             emit_json([r.model_dump(mode="json") for r in reports])
         else:

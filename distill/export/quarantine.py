@@ -172,7 +172,7 @@ def export_rows(
                  category)
             if id_of is not None and decision.reason in UNSAFE and id_of(item) in existing_ids:
                 result.stale.append(f"{id_of(item)} is in the {stage} export but run {item.evidence.run_id} is now "
-                                    f"{category} ({decision.reason.value}): rebuild the export without it")
+                                    f"{category} ({decision.reason.value}): `distill export {stage} --rebuild` writes the export without it")
             continue
         sid = decision.sample_id
         # a repeat within this input first (so re-runs quarantine it the same way), then ids

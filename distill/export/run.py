@@ -37,13 +37,14 @@ from distill.export.verify import (
     verify_export,
 )
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import append_file, atomic_writer, dumps, iter_json, write_atomic
+from distill.jsonl import append_file, atomic_writer, dumps, iter_json, replace_file, write_atomic
 from distill.records import QuarantineRecord
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
 KINDS: tuple[str, ...] = tuple(k.value for k in ExportKind)
 ExportKindName = Literal["rag", "sft", "preference"]
+REMOVED_IDS_SHOWN = 20
 
 
 def iter_existing_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -66,10 +67,13 @@ def run_export(
     dry_run: bool = False,
     firewall: Firewall | None = None,
     all_views: bool = False,
+    rebuild: bool = False,
 ) -> StageReport:
     """Export one dataset. `firewall` lets `export all` build the gates once. `all_views`: render
     every trainer view (what `distill run` does, so views are outputs it rebuilds and verifies);
-    otherwise the requested view and any view already on disk are refreshed."""
+    otherwise the requested view and any view already on disk are refreshed. `rebuild`: write the
+    dataset anew from the current scores and replace the file (after the same audit) instead of
+    appending to it: the way out when a row that shipped earlier is now scored unsafe."""
     if kind not in KINDS:
         raise UsageError(f"unknown export kind {kind!r} (expected one of {', '.join(KINDS)})")
     if fmt not in FORMATS:
@@ -89,9 +93,11 @@ def run_export(
     target = native_path(ws, kind)
     existing_ids: set[str] = set()
     existing_per_task: Counter[str] = Counter()
+    previous_ids: set[str] = set()  # a rebuild starts from nothing, and says what it removed
     for r in iter_existing_rows(target):
-        existing_ids.add(str(r.get("id")))
-        existing_per_task[str(r.get("task_id"))] += 1
+        (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
+        if not rebuild:
+            existing_per_task[str(r.get("task_id"))] += 1
     index = EvidenceIndex(ws)
     items = iter_scored(ws, index)
 
@@ -143,6 +149,8 @@ def run_export(
         # the rows about to ship, checked against the policy before anything is appended
         violations = rows_violations(export, json_rows(staged))
         violations += stale
+        if rebuild:
+            report.notes.extend(_rebuild_notes(kind, previous_ids, staged, applied=not violations and not dry_run))
         if not report.balanced:
             violations.append(Violation(export=export, code=ViolationCode.CONSERVATION,
                                         detail="rows in != written + quarantined + deduped + skipped"))
@@ -152,7 +160,9 @@ def run_export(
             report.notes.append("nothing appended: the new rows failed the firewall audit")
         if not dry_run:
             written: list[Path] = []
-            if not violations:
+            if not violations and rebuild:
+                replace_file(target, staged)
+            elif not violations:
                 append_file(target, staged)
             if not target.exists():
                 write_atomic(target, b"")
@@ -183,6 +193,20 @@ def _staging(path: Path) -> Iterator[IO[bytes]]:
             yield fh
     finally:
         path.unlink(missing_ok=True)
+
+
+def _rebuild_notes(kind: str, previous_ids: set[str], staged: Path, *, applied: bool) -> list[str]:
+    """What a rebuild changes, by id: the rows it drops are the ones a trainer may already have read."""
+    new_ids = {str(r.get("id")) for r in iter_existing_rows(staged)}
+    removed = sorted(previous_ids - new_ids)
+    verb = "rebuilt" if applied else "a rebuild would write"
+    notes = [f"{verb} the {kind} export from the current scores: {len(new_ids)} rows (it held {len(previous_ids)}; "
+             f"{len(removed)} removed, {len(new_ids - previous_ids)} new)"]
+    if removed:
+        shown = ", ".join(removed[:REMOVED_IDS_SHOWN])
+        more = f" and {len(removed) - REMOVED_IDS_SHOWN} more" if len(removed) > REMOVED_IDS_SHOWN else ""
+        notes.append(f"removed (each is in the {kind} quarantine with its reason): {shown}{more}")
+    return notes
 
 
 def _unique(violations: list[Violation]) -> list[Violation]:
