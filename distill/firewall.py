@@ -11,6 +11,7 @@ Pure: categories and rows in, decisions and typed violations out.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
@@ -76,6 +77,7 @@ class Refusal(NamedTuple):
     message: str
 
 
+@functools.cache  # asked once per exported row, answered from a handful of enum combinations
 def refuse_category(
     kind: ExportKind, category: Category, *, include_review: bool = False, include_partial: bool = False
 ) -> Refusal | None:
