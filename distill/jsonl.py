@@ -253,9 +253,13 @@ def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: 
 
 def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int = 1 << 20) -> int:
     """Append the whole lines of `source` to `path` as append_lines does, streamed in chunks
-    (a large batch is never held in memory). Returns the bytes appended."""
+    (a large batch is never held in memory). Returns the bytes appended. With nothing to append,
+    a torn tail is still cut: the file is left whole lines, as after any append."""
     size = source.stat().st_size
     if not size:
+        if torn_tail_length(path):
+            with lock_for(path).acquire(timeout=timeout):
+                repair_torn_tail(path)
         return 0
 
     def chunks() -> Iterator[bytes]:

@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from distill.export.formats import FORMATS, view_paths
-from distill.jsonl import iter_json, iter_raw_lines, write_atomic
+from distill.export.verify import json_rows
+from distill.jsonl import iter_raw_lines, write_atomic
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")
@@ -39,7 +40,7 @@ def quarantine_summary(ws: Workspace) -> dict[str, dict[str, int]]:
     for kind in KINDS:
         path = ws.quarantine_path(kind)
         if path.exists():
-            counts = Counter(str(row.get("reason")) for row in iter_json(path) if isinstance(row, dict))
+            counts = Counter(str(row.get("reason")) for _, row in json_rows(path))
             out[kind] = dict(sorted(counts.items()))
     return out
 

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from distill.jsonl import atomic_writer, dumps, iter_json
+from distill.export.verify import json_rows
+from distill.jsonl import atomic_writer, dumps
 from distill.records import PreferenceSample, SftSample
 from distill.workspace import Workspace
 
@@ -141,7 +142,7 @@ def preference_to_openai(p: PreferenceSample) -> dict[str, Any]:
 def _valid_rows(path: Path, model: Any) -> Iterator[Any]:
     """Rows of a native file that pass the schema; a row that does not (a hand edit) is never
     rendered into a view, and verify_export reports it as a firewall violation."""
-    for row in iter_json(path):
+    for _, row in json_rows(path):
         try:
             yield model.model_validate(row)
         except ValidationError:

@@ -37,7 +37,7 @@ from distill.export.verify import (
     verify_export,
 )
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import append_file, atomic_writer, dumps, iter_json, replace_file, write_atomic
+from distill.jsonl import append_file, atomic_writer, dumps, replace_file, write_atomic
 from distill.records import QuarantineRecord
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -48,8 +48,9 @@ REMOVED_IDS_SHOWN = 20
 
 
 def iter_existing_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """The export's rows one at a time: a large export is never held whole."""
-    return (row for row in iter_json(path) if isinstance(row, dict))
+    """The export's rows one at a time: a large export is never held whole. A line that is not a
+    row is skipped here; verify_export reports it."""
+    return (row for _, row in json_rows(path))
 
 
 def existing_rows(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,29 @@ def native_path(ws: Workspace, kind: ExportKind | str) -> Path:
     return {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[ExportKind(kind).value]
 
 
-def json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every complete JSON-object line of a file."""
+def json_rows(path: Path, on_junk: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every complete JSON-object line of a file. A complete line that is
+    not a JSON object (or too long to read) is no row; `on_junk` hears of it, with why. A torn last
+    line is not a complete line (an interrupted append; the next append cuts it)."""
     if not path.exists():
         return
     for raw in iter_raw_lines(path):
-        if raw.terminated and raw.data and raw.data.strip():
-            try:
-                value = loads(raw.data)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                yield raw.number, value
+        if not raw.terminated:
+            continue
+        if raw.data is None:
+            if on_junk is not None:
+                on_junk(raw.number, "line too long to read")
+            continue
+        if not raw.data.strip():
+            continue
+        try:
+            value = loads(raw.data)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            yield raw.number, value
+        elif on_junk is not None:
+            on_junk(raw.number, "not a JSON object")
 
 
 def _digest(*parts: str) -> bytes:
@@ -159,8 +170,12 @@ def verify_export(
     index = scored if scored is not None else scored_categories(ws)
     schema: list[Violation] = []
 
+    def junk(line: int, why: str) -> None:
+        # a trainer cannot load a dataset with a line that is not a row
+        schema.append(Violation(export=kind, code=ViolationCode.SCHEMA, line=line, detail=why))
+
     def checked() -> Iterator[tuple[int, dict[str, Any]]]:
-        for line, row, problem in schema_violations(kind, json_rows(native_path(ws, kind))):
+        for line, row, problem in schema_violations(kind, json_rows(native_path(ws, kind), junk)):
             if problem is not None:
                 schema.append(problem)
             yield line, row
