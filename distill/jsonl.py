@@ -166,6 +166,31 @@ def iter_json(path: Path) -> Iterator[Any]:
             yield loads(raw.data)
 
 
+def json_rows(path: Path, on_junk: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every complete JSON-object line of a file. A complete line that is
+    not a JSON object (or too long to read) is no row; `on_junk` hears of it, with why. A torn last
+    line is not a complete line (an interrupted append; the next append cuts it)."""
+    if not path.exists():
+        return
+    for raw in iter_raw_lines(path):
+        if not raw.terminated:
+            continue
+        if raw.data is None:
+            if on_junk is not None:
+                on_junk(raw.number, "line too long to read")
+            continue
+        if not raw.data.strip():
+            continue
+        try:
+            value = loads(raw.data)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            yield raw.number, value
+        elif on_junk is not None:
+            on_junk(raw.number, "not a JSON object")
+
+
 def torn_tail_length(path: Path) -> int:
     """Bytes after the last newline (0 when the file ends cleanly or does not exist)."""
     try:

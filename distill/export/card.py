@@ -11,8 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from distill.export.formats import FORMATS, view_paths
-from distill.export.verify import json_rows
-from distill.jsonl import iter_raw_lines, write_atomic
+from distill.jsonl import iter_raw_lines, json_rows, write_atomic
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")

@@ -29,8 +29,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from distill.export.verify import json_rows
-from distill.jsonl import atomic_writer, dumps
+from distill.jsonl import atomic_writer, dumps, json_rows
 from distill.records import PreferenceSample, SftSample
 from distill.workspace import Workspace
 

@@ -30,14 +30,9 @@ from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
 from distill.export.sft import decide_sft, sft_id
 from distill.export.spill import bucket_count
-from distill.export.verify import (
-    json_rows,
-    native_path,
-    scored_categories,
-    verify_export,
-)
+from distill.export.verify import native_path, scored_categories, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import append_file, atomic_writer, dumps, replace_file, write_atomic
+from distill.jsonl import append_file, atomic_writer, dumps, json_rows, replace_file, write_atomic
 from distill.records import QuarantineRecord
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -148,10 +143,18 @@ def run_export(
         report.inputs = sorted({rel_path(ws, p) for p in [*scored_files, *index.files_read]})
 
         # the rows about to ship, checked against the policy before anything is appended
-        violations = rows_violations(export, json_rows(staged))
+        staged_ids: set[str] = set()  # what a rebuild writes, noted on the audit's one pass
+
+        def audited() -> Iterator[tuple[int, dict[str, Any]]]:
+            for line, row in json_rows(staged):
+                if rebuild:
+                    staged_ids.add(str(row.get("id")))
+                yield line, row
+
+        violations = rows_violations(export, audited())
         violations += stale
         if rebuild:
-            report.notes.extend(_rebuild_notes(kind, previous_ids, staged, applied=not violations and not dry_run))
+            report.notes.extend(_rebuild_notes(kind, previous_ids, staged_ids, applied=not violations and not dry_run))
         if not report.balanced:
             violations.append(Violation(export=export, code=ViolationCode.CONSERVATION,
                                         detail="rows in != written + quarantined + deduped + skipped"))
@@ -196,9 +199,8 @@ def _staging(path: Path) -> Iterator[IO[bytes]]:
         path.unlink(missing_ok=True)
 
 
-def _rebuild_notes(kind: str, previous_ids: set[str], staged: Path, *, applied: bool) -> list[str]:
+def _rebuild_notes(kind: str, previous_ids: set[str], new_ids: set[str], *, applied: bool) -> list[str]:
     """What a rebuild changes, by id: the rows it drops are the ones a trainer may already have read."""
-    new_ids = {str(r.get("id")) for r in iter_existing_rows(staged)}
     removed = sorted(previous_ids - new_ids)
     verb = "rebuilt" if applied else "a rebuild would write"
     notes = [f"{verb} the {kind} export from the current scores: {len(new_ids)} rows (it held {len(previous_ids)}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import iter_raw_lines, loads
+from distill.jsonl import json_rows
 from distill.records import PreferenceSample, RagSample, SftSample
 from distill.workspace import Workspace, iter_partition_files
 
@@ -30,31 +30,6 @@ SCHEMAS: Mapping[ExportKind, type[BaseModel]] = {
 
 def native_path(ws: Workspace, kind: ExportKind | str) -> Path:
     return {"rag": ws.rag_path, "sft": ws.sft_path, "preference": ws.preference_path}[ExportKind(kind).value]
-
-
-def json_rows(path: Path, on_junk: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every complete JSON-object line of a file. A complete line that is
-    not a JSON object (or too long to read) is no row; `on_junk` hears of it, with why. A torn last
-    line is not a complete line (an interrupted append; the next append cuts it)."""
-    if not path.exists():
-        return
-    for raw in iter_raw_lines(path):
-        if not raw.terminated:
-            continue
-        if raw.data is None:
-            if on_junk is not None:
-                on_junk(raw.number, "line too long to read")
-            continue
-        if not raw.data.strip():
-            continue
-        try:
-            value = loads(raw.data)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            yield raw.number, value
-        elif on_junk is not None:
-            on_junk(raw.number, "not a JSON object")
 
 
 def _digest(*parts: str) -> bytes:
