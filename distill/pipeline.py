@@ -400,6 +400,7 @@ def _execute_locked(
     # stage starts without the caches it keeps to save work
     cache = DigestCache() if force else DigestCache.load(ws.digest_cache_path)
     if force:
+        ws.fold_cache_path.unlink(missing_ok=True)  # the receipts' and the card's line counts
         for stage in stages:
             for path in stage.caches(ws):
                 path.unlink(missing_ok=True)

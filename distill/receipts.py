@@ -19,8 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
+from distill.fold_cache import FoldCache
 from distill.hashing import canonical_json, sha256_hex
-from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
+from distill.jsonl import dumps, loads, write_atomic
 from distill.records.receipts import (
     DeterminismFinding,
     FileDigest,
@@ -270,54 +271,44 @@ def check_counts(report: StageReport) -> list[str]:
 
 
 def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]:
-    """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails)."""
+    """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails).
+    Lines counted by an earlier run are not re-read while the file still starts with them."""
     errors = []
+    folds = FoldCache.load(ws.fold_cache_path)
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl"):
             continue
-        path = ws.absolute(d.path)
-        bad = 0
-        first_bad: int | None = None
-        for raw in iter_raw_lines(path):
-            if not raw.terminated:
-                errors.append(f"output_torn: {d.path} ends with a torn line ({raw.length} bytes)")
-                continue
-            if not raw.data or not raw.data.strip():
-                continue
-            try:
-                value = loads(raw.data)
-            except ValueError:
-                value = None
-            if not isinstance(value, dict):
-                bad += 1
-                first_bad = first_bad or raw.number
-        if bad:
-            errors.append(f"output_unparseable: {d.path}: {bad} line(s) are not JSON objects (first at line {first_bad})")
+        tally = folds.tally(ws.absolute(d.path), "lines/1", sha256=d.sha256)
+        if tally.torn is not None:
+            errors.append(f"output_torn: {d.path} ends with a torn line ({tally.torn} bytes)")
+        if tally.bad:
+            errors.append(f"output_unparseable: {d.path}: {tally.bad} line(s) are not JSON objects "
+                          f"(first at line {tally.first_bad})")
+    folds.save()
     return errors
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    for raw in iter_raw_lines(path):
-        if raw.terminated and raw.data and raw.data.strip():
-            try:
-                value = loads(raw.data)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                yield raw.number, value
-
-
-def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Callable[[dict[str, Any]], Any], *, under: str) -> dict[str, int]:
-    """Rows per category in the JSONL outputs under `under` (a ROOT-relative prefix)."""
+def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Callable[[dict[str, Any]], Any], *,
+                     under: str, fold: str | None = None) -> dict[str, int]:
+    """Rows per category in the JSONL outputs under `under` (a ROOT-relative prefix). `fold` names
+    what a callable `field` counts (the fold cache keys on it); a field name names itself."""
     get = field if callable(field) else (lambda row: row.get(field))
+    name = fold or (field if isinstance(field, str) else None)
+    if name is None:
+        raise ValueError("count_categories: a callable field needs a fold name")
+
+    def key(row: dict[str, Any]) -> str | None:
+        value = get(row)
+        return value if isinstance(value, str) and value else None
+
     counts: dict[str, int] = {}
+    folds = FoldCache.load(ws.fold_cache_path)
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl") or not d.path.startswith(under):
             continue
-        for _, row in _rows(ws.absolute(d.path)):
-            value = get(row)
-            if isinstance(value, str) and value:
-                counts[value] = counts.get(value, 0) + 1
+        for value, n in folds.tally(ws.absolute(d.path), f"category:{name}/1", key, sha256=d.sha256).values.items():
+            counts[value] = counts.get(value, 0) + n
+    folds.save()
     return dict(sorted(counts.items()))
 
 

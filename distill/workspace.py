@@ -93,6 +93,27 @@ class Workspace:
         return self.root / ".distill.score.json"
 
     @property
+    def fold_cache_path(self) -> Path:
+        """What receipts and the dataset card counted in each JSONL file (distill.fold_cache), so
+        that a run after an append counts only the appended lines; deleting it costs one re-read."""
+        return self.root / ".distill.folds.json"
+
+    @property
+    def scored_index_path(self) -> Path:
+        """The export check's index of scored categories, per scored partition
+        (distill.export.scored_index), so that a run after an append parses only the new lines."""
+        return self.root / ".distill.scored-index.npz"
+
+    def export_checkpoint_path(self, kind: str) -> Path:
+        """What each scored partition's lines decided in the last RAG/SFT export
+        (distill.export.checkpoints), so that a run after an append reads only the new lines."""
+        return self.root / f".distill.export-{kind}.json"
+
+    def verified_path(self, kind: str) -> Path:
+        """What the last clean verification of an export saw (distill.export.verified)."""
+        return self.root / f".distill.verified-{kind}.npz"
+
+    @property
     def digest_cache_path(self) -> Path:
         """File digests saved by the last run (distill.receipts.DigestCache), so that a run over
         unchanged files does not re-read them; deleting it only costs one re-hash."""

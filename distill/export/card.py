@@ -7,11 +7,12 @@ from the wall clock, so it is byte-identical when the exports are.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from distill.export.formats import FORMATS, view_paths
-from distill.jsonl import iter_raw_lines, json_rows, write_atomic
+from distill.fold_cache import FoldCache
+from distill.jsonl import write_atomic
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")
@@ -22,10 +23,10 @@ _ABOUT = {
 }
 
 
-def count_rows(path: Path) -> int:
+def count_rows(path: Path, folds: FoldCache | None = None) -> int:
     if not path.exists():
         return 0
-    return sum(1 for raw in iter_raw_lines(path) if raw.terminated and raw.data and raw.data.strip())
+    return (folds or FoldCache()).tally(path, "lines/1").nonblank
 
 
 def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]:
@@ -34,12 +35,16 @@ def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]
     return [(name, p) for name, p in paths.items() if name != "provenance"]
 
 
-def quarantine_summary(ws: Workspace) -> dict[str, dict[str, int]]:
+def _reason(row: dict[str, Any]) -> str:
+    return str(row.get("reason"))
+
+
+def quarantine_summary(ws: Workspace, folds: FoldCache | None = None) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for kind in KINDS:
         path = ws.quarantine_path(kind)
         if path.exists():
-            counts = Counter(str(row.get("reason")) for _, row in json_rows(path))
+            counts = (folds or FoldCache()).tally(path, "quarantine-reason/1", _reason).values
             out[kind] = dict(sorted(counts.items()))
     return out
 
@@ -48,7 +53,8 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def render_card(ws: Workspace) -> str:
+def render_card(ws: Workspace, folds: FoldCache | None = None) -> str:
+    """`folds`: counts kept from an earlier card, so only what was appended since is re-read."""
     configs: list[tuple[str, str, int]] = []  # (config name, path relative to exports/, rows)
     for kind in KINDS:
         for fmt in FORMATS:
@@ -58,8 +64,8 @@ def render_card(ws: Workspace) -> str:
                 config = kind if fmt == "native" else f"{kind}_{fmt}" + ("" if name in ("dpo", "chat", "preference")
                                                                          else f"_{name}")
                 rel = path.relative_to(ws.exports_dir).as_posix()
-                configs.append((config, rel, count_rows(path)))
-    quarantine = quarantine_summary(ws)
+                configs.append((config, rel, count_rows(path, folds)))
+    quarantine = quarantine_summary(ws, folds)
 
     lines = ["---", "pretty_name: distill exports", "tags:", "- distill", "- agent-logs", "configs:"]
     for config, rel, _ in configs:
@@ -95,5 +101,7 @@ def render_card(ws: Workspace) -> str:
 
 def write_card(ws: Workspace) -> Path:
     path = ws.exports_dir / "README.md"
-    write_atomic(path, render_card(ws).encode("utf-8"))
+    folds = FoldCache.load(ws.fold_cache_path)
+    write_atomic(path, render_card(ws, folds).encode("utf-8"))
+    folds.save()
     return path

@@ -57,6 +57,9 @@ class ExportStage(Stage):
             extra.append(ws.exports_dir / CARD_NAME)
         return found + existing(*extra)
 
+    def caches(self, ws: Workspace) -> list[Path]:
+        return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value)]
+
     def tracks(self, path: str) -> bool:
         return path != f"exports/{CARD_NAME}" or self.kind is CARD_OWNER
 
@@ -67,7 +70,8 @@ class ExportStage(Stage):
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
         native = ws.relative(native_path(ws, self.kind))
-        return count_categories(ws, outputs, lambda row: _category_of(self.kind, row), under=native)
+        return count_categories(ws, outputs, lambda row: _category_of(self.kind, row), under=native,
+                                fold=f"export-{self.kind.value}")
 
 
 def export_stages() -> list[Stage]:

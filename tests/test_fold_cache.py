@@ -1,0 +1,140 @@
+"""distill.fold_cache: a tally resumed after an append equals a full re-read, whatever happened to
+the file in between (appended, edited in place, shortened, torn, the cache itself damaged)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill.fold_cache import FoldCache, Tally, fold_lines
+from distill.receipts import check_jsonl_integrity, count_categories, digest_paths
+from distill.workspace import Workspace
+
+
+def _kind(row: dict[str, Any]) -> str | None:
+    value = row.get("kind")
+    return value if isinstance(value, str) else None
+
+
+def _fresh(path: Path) -> Tally:
+    return fold_lines(path, _kind)
+
+
+def _rows(*kinds: str) -> bytes:
+    return b"".join(json.dumps({"kind": k}).encode() + b"\n" for k in kinds)
+
+
+def test_an_appended_file_is_folded_from_where_the_last_tally_stopped(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a", "b", "a"))
+    cache_path = tmp_path / "folds.json"
+    first = FoldCache.load(cache_path)
+    assert first.tally(data, "kind", _kind).values == {"a": 2, "b": 1}
+    first.save()
+
+    # the saved tally is what the next run starts from: plant a count it could not have read
+    saved = json.loads(cache_path.read_bytes())
+    saved["entries"][0][-1]["planted"] = 7  # [path, fold, sha256, end, lines, nonblank, bad, first_bad, values]
+    cache_path.write_text(json.dumps(saved))
+    with data.open("ab") as fh:
+        fh.write(_rows("b", "c"))
+    again = FoldCache.load(cache_path).tally(data, "kind", _kind)
+    assert again.values == {"a": 2, "b": 2, "c": 1, "planted": 7}  # the prefix was not re-read
+    assert (again.lines, again.nonblank, again.end) == (5, 5, data.stat().st_size)
+
+
+def test_a_prefix_edited_in_place_is_folded_again_from_the_start(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a", "b"))
+    cache = FoldCache.load(tmp_path / "folds.json")
+    cache.tally(data, "kind", _kind)
+    cache.save()
+    data.write_bytes(data.read_bytes().replace(b'"a"', b'"z"'))  # same size, other content
+    with data.open("ab") as fh:
+        fh.write(_rows("c"))
+    assert FoldCache.load(tmp_path / "folds.json").tally(data, "kind", _kind) == _fresh(data)
+
+
+def test_a_torn_tail_is_reported_and_never_cached(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a") + b'{"kind": "b"')
+    cache = FoldCache.load(tmp_path / "folds.json")
+    torn = cache.tally(data, "kind", _kind)
+    assert torn.torn == len(b'{"kind": "b"') and torn.values == {"a": 1}
+    cache.save()
+    with data.open("ab") as fh:
+        fh.write(b"}\n")
+    done = FoldCache.load(tmp_path / "folds.json").tally(data, "kind", _kind)
+    assert done.torn is None and done.values == {"a": 1, "b": 1}
+
+
+def test_a_damaged_cache_costs_a_re_read_not_a_wrong_count(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a") + b"not json\n\n")
+    cache_path = tmp_path / "folds.json"
+    lying = json.dumps({"version": 1, "entries": [[str(data), "kind", "0" * 64, 3, 1, 1, 0, None, {"a": 5}]]})
+    for junk in (b"", b"{", b'{"version": 99, "entries": []}', b'{"version": 1, "entries": [{"path": 1}]}',
+                 b'{"version": 1, "entries": [["p", "kind", "x", -1, 0, 0, 0, null, {}]]}', lying.encode()):
+        cache_path.write_bytes(junk)
+        got = FoldCache.load(cache_path).tally(data, "kind", _kind)
+        assert got == _fresh(data) and (got.bad, got.first_bad, got.nonblank) == (1, 2, 2)
+
+
+def test_folds_of_one_file_are_kept_apart(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a", "b"))
+    cache = FoldCache.load(tmp_path / "folds.json")
+    assert cache.tally(data, "kind", _kind).values == {"a": 1, "b": 1}
+    assert cache.tally(data, "lines").values == {}
+    cache.save()
+    assert FoldCache.load(tmp_path / "folds.json").tally(data, "lines").values == {}
+
+
+_LINE = st.one_of(
+    st.sampled_from(["a", "b", "é"]).map(lambda k: json.dumps({"kind": k}).encode()),
+    st.sampled_from([b"", b"   ", b"not json", b"[1]", b'{"kind": 3}', b'{"other": "x"}']),
+)
+_OP = st.one_of(
+    st.tuples(st.just("append"), st.lists(_LINE, max_size=4), st.booleans()),
+    st.tuples(st.just("edit"), st.integers(0, 200), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("truncate"), st.integers(0, 200), st.just(b"")),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(_OP, min_size=1, max_size=8))
+def test_a_cached_tally_always_equals_a_full_re_read(tmp_path_factory: Any, ops: list[tuple[Any, ...]]) -> None:
+    tmp = tmp_path_factory.mktemp("fold")
+    data, cache_path = tmp / "d.jsonl", tmp / "folds.json"
+    data.write_bytes(b"")
+    for op, arg, extra in ops:
+        body = data.read_bytes()
+        if op == "append":
+            data.write_bytes(body + b"\n".join(arg) + (b"\n" if arg and extra else b""))
+        elif op == "edit" and body:
+            at = arg % len(body)
+            data.write_bytes(body[:at] + extra + body[at + len(extra):])
+        elif op == "truncate":
+            data.write_bytes(body[: arg % (len(body) + 1)])
+        cache = FoldCache.load(cache_path)
+        assert cache.tally(data, "kind", _kind) == _fresh(data)
+        cache.save()
+
+
+def test_receipt_checks_still_catch_a_bad_line_written_into_a_counted_prefix(tmp_path: Path) -> None:
+    ws = Workspace.resolve(tmp_path)
+    out = ws.root / "evidence" / "x.jsonl"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(_rows("a", "b"))
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
+    assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"a": 1, "b": 1}
+    out.write_bytes(out.read_bytes().replace(b'{"kind": "a"}', b'{"kind": "a"!'))
+    with out.open("ab") as fh:
+        fh.write(_rows("c"))
+    errors = check_jsonl_integrity(ws, digest_paths(ws, [out]))
+    assert errors == ["output_unparseable: evidence/x.jsonl: 1 line(s) are not JSON objects (first at line 1)"]
+    assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"b": 1, "c": 1}
