@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -206,18 +207,35 @@ def row_violations(
     return out
 
 
+@dataclass
+class RowCounts:
+    """What rows_violations counts across rows: each id, and each task's pairs (preference)."""
+
+    ids: Counter[str] = field(default_factory=Counter)
+    per_task: Counter[str] = field(default_factory=Counter)
+
+
+PriorCount = Callable[[str, str], int]
+"""("id" | "task", value) -> how many rows verified earlier (a clean prefix of the file) carry it."""
+
+
 def rows_violations(
     kind: ExportKind,
     rows: Iterable[tuple[int, Mapping[str, Any]]],
     *,
     scored: CategoryLookup | None = None,
     max_pairs_per_task: int | None = None,
+    counts: RowCounts | None = None,
+    prior: PriorCount | None = None,
 ) -> list[Violation]:
     """Every breach in a whole export given as (line number, row): per row, repeated ids, and the
-    per-task pair cap for preference."""
+    per-task pair cap for preference. `prior`: the rows are the tail of a file whose earlier rows
+    were verified clean (so only a count that includes a tail row can break a rule); `counts`
+    is filled with what these rows counted, for the next verification to start from."""
     out: list[Violation] = []
-    ids: Counter[str] = Counter()
-    per_task: Counter[str] = Counter()
+    tally = counts if counts is not None else RowCounts()
+    ids, per_task = tally.ids, tally.per_task
+    before = prior or (lambda what, value: 0)
     for line, row in rows:
         ids[str(row.get("id"))] += 1
         out.extend(row_violations(kind, row, line=line, scored=scored))
@@ -225,12 +243,12 @@ def rows_violations(
             per_task[str(row.get("task_id"))] += 1
     out.extend(
         Violation(export=kind, code=ViolationCode.DUPLICATE_ID, detail=f"id appears {n} times", record_id=i)
-        for i, n in sorted(ids.items()) if n > 1
+        for i, n in ((i, n + before("id", i)) for i, n in sorted(ids.items())) if n > 1
     )
     if max_pairs_per_task is not None:
         out.extend(
             Violation(export=kind, code=ViolationCode.PAIRS_PER_TASK, detail=f"task {t} has {n} pairs (max {max_pairs_per_task})")
-            for t, n in sorted(per_task.items()) if n > max_pairs_per_task
+            for t, n in ((t, n + before("task", t)) for t, n in sorted(per_task.items())) if n > max_pairs_per_task
         )
     return out
 

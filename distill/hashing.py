@@ -92,3 +92,28 @@ class PrefixHash:
             return str(self._hasher.hexdigest())
         hasher = prefix_sha256(path, end)
         return None if hasher is None else str(hasher.hexdigest())
+
+
+class LineEndHash:
+    """A PrefixHash fed by a line reader (its `on_chunk`) that also knows where the last complete
+    line it read ends and how many newlines it saw: what a cache of "the file up to here" keeps
+    (bytes after the last newline are a torn tail, never kept)."""
+
+    def __init__(self, hasher: PrefixHash) -> None:
+        self.hasher = hasher
+        self.after_newline = 0
+        self.newlines = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.newlines += chunk.count(b"\n")
+        cut = chunk.rfind(b"\n")
+        self.after_newline = self.after_newline + len(chunk) if cut < 0 else len(chunk) - cut - 1
+
+    @property
+    def end(self) -> int:
+        return self.hasher.at - self.after_newline
+
+    def hexdigest(self, path: Path) -> str | None:
+        """sha256 of the file up to `end` (None when the file no longer has those bytes)."""
+        return self.hasher.hexdigest_to(path, self.end)

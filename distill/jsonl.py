@@ -166,13 +166,21 @@ def iter_json(path: Path) -> Iterator[Any]:
             yield loads(raw.data)
 
 
-def json_rows(path: Path, on_junk: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_rows(
+    path: Path,
+    on_junk: Callable[[int, str], None] | None = None,
+    *,
+    start: int = 0,
+    lines_before: int = 0,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every complete JSON-object line of a file. A complete line that is
     not a JSON object (or too long to read) is no row; `on_junk` hears of it, with why. A torn last
-    line is not a complete line (an interrupted append; the next append cuts it)."""
+    line is not a complete line (an interrupted append; the next append cuts it). `start`,
+    `lines_before`, `on_chunk`: as for iter_raw_lines (resume at a line start; see every byte)."""
     if not path.exists():
         return
-    for raw in iter_raw_lines(path):
+    for raw in iter_raw_lines(path, start=start, lines_before=lines_before, on_chunk=on_chunk):
         if not raw.terminated:
             continue
         if raw.data is None:

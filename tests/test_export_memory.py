@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -174,7 +175,7 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
 def test_scored_index_answers_as_a_mapping_would(rows, probes) -> None:
     """The compact index (sorted digests + codes) gives what the dict it replaced gave: the last
     category of a revision, else the run's only category, else None."""
-    from distill.export.verify import ScoredIndex
+    from distill.export.scored_index import ScoredIndex
 
     by_version: dict[tuple[str, str], str] = {}
     by_run: dict[str, set[str]] = {}
@@ -194,5 +195,13 @@ def test_scored_index_answers_as_a_mapping_would(rows, probes) -> None:
         cats = by_run.get(run_id)
         return next(iter(cats)) if cats and len(cats) == 1 else None
 
-    for run_id, sig in probes + [(r, s) for r, s, _ in rows]:
+    asks = probes + [(r, s) for r, s, _ in rows]
+    for run_id, sig in asks:
         assert index.category(run_id, sig) == expected(run_id, sig)
+    # many lookups at once (what a verification re-asks) answer the same
+    from distill.export.scored_index import lookup_keys
+
+    keys = [lookup_keys(r, s) for r, s in asks]
+    codes = index.codes(np.array([k[0] for k in keys], dtype=np.uint8), np.array([k[1] for k in keys], dtype="S16"),
+                        np.array([k[2] for k in keys], dtype="S16"))
+    assert [index.names[c] if c >= 0 else None for c in codes.tolist()] == [expected(r, s) for r, s in asks]

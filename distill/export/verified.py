@@ -1,0 +1,174 @@
+"""What a clean verification of a native export saw, so that the next one reads only the rows
+appended since.
+
+verify_export judges each row by its bytes (JSON, record schema, labels), by the category score
+gave its run(s), and by counts across rows (repeated ids, pairs per task). After a verification
+that found nothing wrong, this keeps: the length and sha256 of the whole-line prefix it covered,
+the distill code and the pair cap it ran under, every category lookup it made (as key digests)
+with the answer it got, and the digests of the ids and tasks it counted. The next verification
+trusts that prefix only when the file still starts with exactly those bytes, the code and cap are
+the same, and every recorded lookup gets the same answer from today's scores (all asked at once):
+then nothing that decided the prefix's verdict has changed, and only the appended rows are read,
+with the prefix's ids and tasks counted in. Anything else verifies the whole file again; the
+cache only saves work (losing or damaging it costs one full verification).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.export.scored_index import ScoredIndex, lookup_keys
+from distill.firewall import ExportKind
+from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
+from distill.jsonl import dumps, loads
+from distill.workspace import Workspace
+
+VERIFIED_VERSION = 1
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def cache_path(ws: Workspace, kind: ExportKind) -> Path:
+    return ws.verified_path(kind.value)
+
+
+def verification_basis(kind: ExportKind, code: str, max_pairs_per_task: int | None) -> str:
+    return sha256_hex(canonical_json({"version": VERIFIED_VERSION, "kind": kind.value, "code": code,
+                                      "max_pairs_per_task": max_pairs_per_task}))
+
+
+class LookupLog:
+    """The category lookups of one verification, in the order asked, with their answers."""
+
+    def __init__(self, index: ScoredIndex) -> None:
+        self.index = index
+        self._has = array("B")
+        self._runs = bytearray()
+        self._versions = bytearray()
+        self._answers: list[str | None] = []
+
+    def category(self, run_id: Any, sig: Any) -> str | None:
+        has, run, version = lookup_keys(run_id, sig)
+        answer = self.index.category(run_id, sig)
+        self._has.append(has)
+        self._runs += run
+        self._versions += version
+        self._answers.append(answer)
+        return answer
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+        return (np.frombuffer(self._has, dtype=np.uint8), np.frombuffer(bytes(self._runs), dtype="S16"),
+                np.frombuffer(bytes(self._versions), dtype="S16"), self._answers)
+
+
+@dataclass(frozen=True)
+class VerifiedPrefix:
+    """A clean prefix of the export file and what its verification depended on."""
+
+    basis: str
+    end: int
+    lines: int
+    sha256: str
+    has: np.ndarray  # per lookup: LOOKUP_NONE / RUN / VERSION
+    runs: np.ndarray  # S16 run digests
+    versions: np.ndarray  # S16 version digests
+    answers: np.ndarray  # per lookup: index into names, -1 for None
+    names: list[str]
+    ids: np.ndarray  # S16 digests of the ids counted, sorted
+    tasks: np.ndarray  # S16 digests of the tasks counted (one per row), sorted
+
+    @classmethod
+    def load(cls, path: Path, basis: str) -> VerifiedPrefix | None:
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                meta = loads(bytes(saved["meta"]))
+                if meta.get("basis") != basis:
+                    return None
+                prefix = cls(basis, int(meta["end"]), int(meta["lines"]), str(meta["sha256"]),
+                             saved["has"], saved["runs"], saved["versions"], saved["answers"],
+                             [str(n) for n in meta["names"]], saved["ids"], saved["tasks"])
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+            return None  # missing, empty, truncated, not an npz, or not ours: verify the whole file
+        n = len(prefix.has)
+        if not (len(prefix.runs) == len(prefix.versions) == len(prefix.answers) == n) or prefix.end < 0:
+            return None
+        return prefix
+
+    def still_holds(self, file: Path, index: ScoredIndex) -> PrefixHash | None:
+        """The hash resumed at the end of the prefix when the file starts with it and every lookup
+        gets the answer it got then; None when the prefix must be verified again."""
+        if len(self.answers) and (self.answers.max() >= len(self.names) or self.answers.min() < -1):
+            return None
+        hasher = PrefixHash.resume(file, self.end, self.sha256)
+        if hasher is None:
+            return None
+        now = index.codes(self.has, self.runs, self.versions)
+        names_now = np.array([*index.names, ""], dtype=object)[now]  # -1 picks ""
+        then = np.array([*self.names, ""], dtype=object)[self.answers]
+        none_now, none_then = now < 0, self.answers < 0
+        if not (np.array_equal(none_now, none_then) and np.array_equal(names_now[~none_now], then[~none_then])):
+            return None
+        return hasher
+
+    def prior(self) -> Callable[[str, str], int]:
+        """How many prefix rows carry an id / a task (rows_violations' `prior`)."""
+
+        def count(what: str, value: str) -> int:
+            keys = self.ids if what == "id" else self.tasks
+            probe = np.array(_digest(value), dtype="S16")
+            return int(np.searchsorted(keys, probe, side="right") - np.searchsorted(keys, probe, side="left"))
+
+        return count
+
+
+def save_verified(
+    path: Path,
+    *,
+    basis: str,
+    file: Path,
+    tail: LineEndHash,
+    lines: int,
+    before: VerifiedPrefix | None,
+    log: LookupLog,
+    ids: Iterator[str],
+    tasks: Iterator[tuple[str, int]],
+) -> None:
+    """Keep what a clean verification saw (the prefix it trusted plus the rows it read)."""
+    end = tail.end
+    sha = tail.hexdigest(file)
+    if sha is None:
+        return
+    has, runs, versions, answers = log.arrays()
+    names = sorted({a for a in answers if a is not None} | set(before.names if before else []))
+    code = {n: i for i, n in enumerate(names)}
+    new_answers = np.array([code[a] if a is not None else -1 for a in answers], dtype=np.int64)
+    id_digests = np.array([_digest(i) for i in ids], dtype="S16")
+    task_digests = np.array([_digest(t) for t, n in tasks for _ in range(n)], dtype="S16")
+    if before is not None:
+        remap = np.array([code[n] for n in before.names] + [-1], dtype=np.int64)
+        has = np.concatenate((before.has, has))
+        runs = np.concatenate((before.runs, runs))
+        versions = np.concatenate((before.versions, versions))
+        new_answers = np.concatenate((remap[before.answers], new_answers))
+        id_digests = np.concatenate((before.ids, id_digests))
+        task_digests = np.concatenate((before.tasks, task_digests))
+    meta = {"basis": basis, "end": end, "lines": lines, "sha256": sha, "names": names}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.frombuffer(dumps(meta), dtype=np.uint8), has=has.astype(np.uint8), runs=runs,
+                     versions=versions, answers=new_answers, ids=np.sort(id_digests), tasks=np.sort(task_digests))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cache that cannot be written costs a full verification

@@ -1,0 +1,200 @@
+"""Incremental verification of an export (distill.export.verified): after appends, edits, re-scores
+and a damaged cache, verifying with the cache finds exactly what verifying the whole file finds,
+and after a clean verification it reads only what was appended."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import distill.export.verify as verify_module
+from distill.config import Settings
+from distill.export.run import run_export
+from distill.export.verified import cache_path
+from distill.export.verify import native_path, verify_export
+from distill.firewall import ExportKind
+from distill.workspace import Workspace, iter_partition_files
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The sample workspace collected, scored and exported (every kind): a clean verification each."""
+    from distill.cli.init_cmd import init_workspace
+    from distill.collect import run_collect
+    from distill.score import run_score
+
+    root = tmp_path_factory.mktemp("verified") / "ws"
+    init_workspace(root, sample=True)
+    ws = Workspace.resolve(root)
+    run_collect(ws, Settings())
+    run_score(ws, Settings())
+    for kind in ExportKind:
+        report = run_export(ws, Settings(), kind)
+        assert not report.violations
+    return ws
+
+
+@pytest.fixture()
+def ws(exported: Workspace, tmp_path: Path) -> Workspace:
+    """A private copy: a test may damage it."""
+    root = tmp_path / "ws"
+    shutil.copytree(exported.root, root)
+    return Workspace.resolve(root)
+
+
+def _messages(found: list[Any]) -> list[str]:
+    return [v.message() for v in found]
+
+
+def _full(ws: Workspace, kind: ExportKind, **kw: Any) -> list[str]:
+    """What verifying the whole file finds (the cache set aside, then put back)."""
+    store = cache_path(ws, kind)
+    kept = store.read_bytes() if store.exists() else None
+    store.unlink(missing_ok=True)
+    try:
+        return _messages(verify_export(ws, kind, **kw))
+    finally:
+        if kept is not None:
+            store.write_bytes(kept)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _spy_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    starts: list[int] = []
+    real = verify_module.json_rows
+
+    def spy(path: Path, *args: Any, **kw: Any) -> Any:
+        starts.append(kw.get("start", 0))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(verify_module, "json_rows", spy)
+    return starts
+
+
+@pytest.mark.parametrize("kind", list(ExportKind))
+def test_after_a_clean_verification_only_appended_rows_are_read(ws: Workspace, kind: ExportKind,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path = native_path(ws, kind)
+    assert cache_path(ws, kind).exists() and path.stat().st_size > 0
+    size = path.stat().st_size
+    row = json.loads(_lines(path)[0])
+    row["id"] = row["id"] + "-appended"
+    with path.open("ab") as fh:
+        fh.write(json.dumps(row).encode() + b"\n")
+    cap = Settings().export.max_pairs_per_task  # what the export verified under
+    starts = _spy_starts(monkeypatch)
+    assert verify_export(ws, kind, max_pairs_per_task=cap) == []
+    assert starts == [size]  # the verified prefix was not read again
+    starts.clear()
+    assert verify_export(ws, kind, max_pairs_per_task=cap) == []
+    assert starts == [path.stat().st_size]
+
+
+@pytest.mark.parametrize("kind", list(ExportKind))
+def test_an_appended_copy_of_a_verified_row_is_a_repeated_id(ws: Workspace, kind: ExportKind) -> None:
+    path = native_path(ws, kind)
+    with path.open("ab") as fh:
+        fh.write(_lines(path)[3])
+    found = _messages(verify_export(ws, kind))
+    assert found == _full(ws, kind)
+    assert any("duplicate_id" in m and "appears 2 times" in m for m in found)
+
+
+def test_a_run_re_scored_as_rejected_is_caught_in_the_verified_prefix(ws: Workspace) -> None:
+    path = native_path(ws, ExportKind.RAG)
+    victim = json.loads(_lines(path)[5])
+    sig = victim["provenance"]["sig_hash"]
+    for scored in iter_partition_files(ws.scored_dir):
+        body = scored.read_bytes()
+        lines = body.splitlines(keepends=True)
+        hit = [i for i, line in enumerate(lines) if json.loads(line).get("evidence_run_id") == victim["source_run_id"]
+               and json.loads(line)["provenance"]["sig_hash"] == sig]
+        if hit:
+            row = json.loads(lines[hit[-1]])
+            row["category"] = "rejected"
+            lines[hit[-1]] = json.dumps(row).encode() + b"\n"
+            scored.write_bytes(b"".join(lines))
+            break
+    else:
+        pytest.fail("the exported run has no scored line")
+    found = _messages(verify_export(ws, ExportKind.RAG))
+    assert found == _full(ws, ExportKind.RAG)
+    assert len(found) == 1 and "firewall_rag_category" in found[0] and victim["id"] in found[0]
+
+
+def test_a_verified_row_edited_in_place_is_judged_again(ws: Workspace) -> None:
+    path = native_path(ws, ExportKind.SFT)
+    lines = _lines(path)
+    row = json.loads(lines[2])
+    row["quality_score"] = "rejected"
+    lines[2] = json.dumps(row).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    found = _messages(verify_export(ws, ExportKind.SFT))
+    assert found == _full(ws, ExportKind.SFT)
+    assert any("line 3" in m for m in found)
+
+
+def test_the_pair_cap_counts_verified_pairs(ws: Workspace) -> None:
+    path = native_path(ws, ExportKind.PREFERENCE)
+    rows = [json.loads(line) for line in _lines(path)]
+    task = max({r["task_id"] for r in rows}, key=lambda t: sum(r["task_id"] == t for r in rows))
+    have = sum(r["task_id"] == task for r in rows)
+    assert verify_export(ws, ExportKind.PREFERENCE, max_pairs_per_task=have) == []
+    extra = dict(next(r for r in rows if r["task_id"] == task), id="pref-one-too-many")
+    with path.open("ab") as fh:
+        fh.write(json.dumps(extra).encode() + b"\n")
+    found = _messages(verify_export(ws, ExportKind.PREFERENCE, max_pairs_per_task=have))
+    assert found == _full(ws, ExportKind.PREFERENCE, max_pairs_per_task=have)
+    assert any(f"task {task} has {have + 1} pairs" in m for m in found)
+    # a lower cap than the one the prefix was verified under: the whole file is judged again
+    assert any("pairs_per_task" in m for m in _messages(verify_export(ws, ExportKind.PREFERENCE, max_pairs_per_task=1)))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not an npz", None])
+def test_a_damaged_cache_costs_a_full_verification(ws: Workspace, damage: bytes | None) -> None:
+    path = native_path(ws, ExportKind.RAG)
+    with path.open("ab") as fh:
+        fh.write(_lines(path)[0])
+    store = cache_path(ws, ExportKind.RAG)
+    if damage is None:
+        store.unlink()
+    else:
+        store.write_bytes(damage)
+    found = _messages(verify_export(ws, ExportKind.RAG))
+    assert found == _full(ws, ExportKind.RAG)
+    assert any("duplicate_id" in m for m in found)
+
+
+def _answers(ws: Workspace) -> dict[tuple[str, str], str | None]:
+    from distill.export.scored_index import scored_categories
+
+    index = scored_categories(ws)
+    asks = {(r["evidence_run_id"], r["provenance"]["sig_hash"]) for p in iter_partition_files(ws.scored_dir)
+            for r in map(json.loads, _lines(p))}
+    asks |= {(run, "0" * 64) for run, _ in asks}  # by run alone
+    return {ask: index.category(*ask) for ask in sorted(asks)}
+
+
+def test_the_scored_index_built_from_its_cache_answers_as_a_full_build(ws: Workspace) -> None:
+    store = ws.scored_index_path
+    assert store.exists()  # the exports built it
+    files = iter_partition_files(ws.scored_dir)
+    # append a re-score of a run already there, edit another partition in place, delete a third
+    first = json.loads(_lines(files[0])[0])
+    with files[0].open("ab") as fh:
+        fh.write(json.dumps(dict(first, category="rejected")).encode() + b"\n")
+    edited = files[1].read_bytes()
+    files[1].write_bytes(edited.replace(b'"accepted"', b'"rejected"', 1) if b'"accepted"' in edited
+                         else edited.replace(b'"rejected"', b'"accepted"', 1))
+    files[2].unlink()
+    cached = _answers(ws)
+    store.unlink()
+    assert cached == _answers(ws)
+    assert cached[(first["evidence_run_id"], first["provenance"]["sig_hash"])] == "rejected"
