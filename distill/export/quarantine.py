@@ -7,7 +7,7 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
+from distill.jsonl import dumps
 from distill.records.stage import StageReport
 
 
@@ -96,103 +97,197 @@ class RowExport:
     stale: list[str] = field(default_factory=list)  # exported earlier, forbidden now
 
 
-def export_rows(
-    stage: str,
-    items: Iterable[ReaderItem],
-    decide: Callable[[Joined], Decision],
-    existing_ids: set[str],
-    firewall: Firewall,
-    report: StageReport,
-    *,
-    on_sample: Callable[[BaseModel], None],
-    on_quarantine: Callable[[QuarantineRecord], None],
-    id_of: Callable[[Joined], str] | None = None,
-) -> RowExport:
-    """One pass over the reader: every input row ends written, deduped or quarantined.
+Entry = list[Any]
+"""One input row's outcome as a checkpoint keeps it: [code, source, category, reason, sample id,
+run id, quarantine line]. Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
+candidate that shipped (or was already shipped), "g" a candidate the firewall or the schema
+refused. A "d" row keeps its sample id and run id when its reason is an unsafe category (the
+stale-row check asks for them again)."""
 
-    Samples and quarantine rows go to the sinks in input order as soon as every earlier row is
+
+class RowExporter:
+    """The row loop every exporter shares: every input row ends written, deduped or quarantined.
+
+    Samples and quarantine lines go to the sinks in input order as soon as every earlier row is
     decided (after each firewall batch), so memory is bounded by the batch, not by the input.
     `id_of` gives a row's sample id before any check, so a row refused now whose id is already
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
+
+    With `record`, each row's outcome is kept as an `Entry` until `end_partition` hands the
+    partition's entries over (a checkpoint); `replay` takes such entries instead of the rows they
+    came from, producing the same lines and counters, when nothing they depended on has changed.
     """
-    result = RowExport()
-    out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"quarantine", value), until flushed
-    pending: list[tuple[int, Joined, Candidate]] = []
-    seen: set[str] = set()
 
-    def drop(i: int, source: str, rec: QuarantineRecord, category: str | None) -> None:
-        out[i] = ("quarantine", rec)
-        report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
+    def __init__(
+        self,
+        stage: str,
+        decide: Callable[[Joined], Decision],
+        existing_ids: set[str],
+        firewall: Firewall,
+        report: StageReport,
+        *,
+        on_sample: Callable[[BaseModel], None],
+        on_quarantine: Callable[[bytes], None],
+        id_of: Callable[[Joined], str] | None = None,
+        record: bool = False,
+    ) -> None:
+        self.stage, self.decide, self.existing_ids, self.firewall, self.report = stage, decide, existing_ids, firewall, report
+        self.on_sample, self.on_quarantine, self.id_of, self.record = on_sample, on_quarantine, id_of, record
+        self.result = RowExport()
+        self.seen: set[str] = set()
+        self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"line", value), until flushed
+        self._pending: list[tuple[int, Joined, Candidate]] = []
+        self._next = 0
+        self._entries: dict[int, Entry] = {}
+        self._repeat = False  # a row of this partition repeated an earlier id: no checkpoint for it
+        # firewall outcomes are counted after the reader pass, in input order, so the report's
+        # counters come out in the same order whatever the batch size
+        self._gated: list[tuple[str, str, str | None, str]] = []  # (source, field, reason, category)
 
-    def flush() -> None:
+    def _line(self, rec: QuarantineRecord) -> bytes:
+        return dumps(rec.to_json_dict())
+
+    def _drop(self, i: int, source: str, rec: QuarantineRecord, category: str | None, entry: Entry) -> None:
+        line = self._line(rec)
+        self._out[i] = ("line", line)
+        self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
+        if self.record:
+            entry[6] = line.decode("utf-8")
+            self._entries[i] = entry
+
+    def _flush(self) -> None:
         """Every row read so far is decided: hand them to the sinks in input order."""
-        for i in sorted(out):
-            kind, value = out[i]
-            (on_sample if kind == "sample" else on_quarantine)(value)
-        out.clear()
+        for i in sorted(self._out):
+            kind, value = self._out[i]
+            (self.on_sample if kind == "sample" else self.on_quarantine)(value)
+        self._out.clear()
 
-    # firewall outcomes are counted after the reader pass, in input order, so the report's
-    # counters come out in the same order whatever the batch size
-    gated: list[tuple[str, str, str | None, str]] = []  # (source, field, reason, category)
-
-    def gate(batch: list[tuple[int, Joined, Candidate]]) -> None:
-        """Firewall a batch of candidates; a row's verdict does not depend on its batch."""
+    def _gate(self) -> None:
+        """Firewall the pending candidates; a row's verdict does not depend on its batch."""
+        batch, self._pending = self._pending, []
         if not batch:
             return
-        verdicts = firewall.check([c.gate for _, _, c in batch])
+        verdicts = self.firewall.check([c.gate for _, _, c in batch])
         for (i, item, cand), failure in zip(batch, verdicts, strict=True):
             category = item.scored.category.value
             rec: QuarantineRecord | None = None
             if failure is not None:
-                rec = quarantine_joined(stage, item, failure.reason, failure.errors, cand.sample_id)
+                rec = quarantine_joined(self.stage, item, failure.reason, failure.errors, cand.sample_id)
             else:
                 try:
-                    out[i] = ("sample", cand.build())
+                    self._out[i] = ("sample", cand.build())
                 except ValidationError as exc:
-                    rec = quarantine_joined(stage, item, QuarantineReason.SCHEMA_VIOLATION,
+                    rec = quarantine_joined(self.stage, item, QuarantineReason.SCHEMA_VIOLATION,
                                             validation_errors(exc), cand.sample_id)
             if rec is not None:
-                out[i] = ("quarantine", rec)
-                gated.append((item.source, "quarantined", rec.reason.value, category))
+                line = self._line(rec)
+                self._out[i] = ("line", line)
+                self._gated.append((item.source, "quarantined", rec.reason.value, category))
+                if self.record:
+                    self._entries[i] = ["g", item.source, category, rec.reason.value, cand.sample_id, None,
+                                        line.decode("utf-8")]
             else:
-                gated.append((item.source, "written", None, category))
+                self._gated.append((item.source, "written", None, category))
+                if self.record:
+                    self._entries[i] = ["c", item.source, category, None, cand.sample_id, None, None]
 
-    for i, item in enumerate(items):
-        if out and (not pending or len(out) >= MAX_HELD):
-            gate(pending)  # a row's verdict does not depend on its batch: gate early, hand everything on
-            pending = []
-            flush()
+    def _stale(self, sid: str, run_id: str, category: str, reason: str) -> None:
+        self.result.stale.append(
+            f"{sid} is in the {self.stage} export but run {run_id} is now {category} ({reason}): "
+            f"`distill export {self.stage} --rebuild` writes the export without it")
+
+    def feed(self, item: ReaderItem) -> None:
+        i = self._next
+        self._next += 1
+        if self._out and (not self._pending or len(self._out) >= MAX_HELD):
+            self._gate()  # a row's verdict does not depend on its batch: gate early, hand everything on
+            self._flush()
         if isinstance(item, Broken):
-            drop(i, item.source, quarantine_broken(stage, item), None)
-            continue
+            self._drop(i, item.source, quarantine_broken(self.stage, item), None,
+                       ["b", item.source, None, item.reason.value, None, None, None])
+            return
         category = item.scored.category.value
-        decision = decide(item)
+        decision = self.decide(item)
         if isinstance(decision, Drop):
-            drop(i, item.source, quarantine_joined(stage, item, decision.reason, decision.errors, decision.record_id),
-                 category)
-            if id_of is not None and decision.reason in UNSAFE and id_of(item) in existing_ids:
-                result.stale.append(f"{id_of(item)} is in the {stage} export but run {item.evidence.run_id} is now "
-                                    f"{category} ({decision.reason.value}): `distill export {stage} --rebuild` writes the export without it")
-            continue
+            rec = quarantine_joined(self.stage, item, decision.reason, decision.errors, decision.record_id)
+            unsafe = self.id_of is not None and decision.reason in UNSAFE
+            sid = self.id_of(item) if unsafe and self.id_of is not None else None
+            self._drop(i, item.source, rec, category,
+                       ["d", item.source, category, decision.reason.value, sid, item.evidence.run_id if unsafe else None, None])
+            if sid is not None and sid in self.existing_ids:
+                self._stale(sid, item.evidence.run_id, category, decision.reason.value)
+            return
         sid = decision.sample_id
         # a repeat within this input first (so re-runs quarantine it the same way), then ids
         # already exported by an earlier run
-        if sid in seen:
-            drop(i, item.source, quarantine_joined(stage, item, QuarantineReason.DUPLICATE_ID,
-                                                   [f"{sid} already produced by an earlier row of this input"], sid),
-                 category)
-            continue
-        seen.add(sid)
-        if sid in existing_ids:
-            report.source(item.source).bump("deduped", category=category)
-            continue
-        pending.append((i, item, decision))
-        if len(pending) >= GATE_BATCH:
-            gate(pending)
-            pending = []
-            flush()
-    gate(pending)
-    flush()
-    for source, field_name, reason, category in gated:
-        report.source(source).bump(field_name, reason=reason, category=category)
-    return result
+        if sid in self.seen:
+            self._repeat = True
+            rec = quarantine_joined(self.stage, item, QuarantineReason.DUPLICATE_ID,
+                                    [f"{sid} already produced by an earlier row of this input"], sid)
+            self._drop(i, item.source, rec, category, ["x", item.source, category, None, sid, None, None])
+            return
+        self.seen.add(sid)
+        if sid in self.existing_ids:
+            self.report.source(item.source).bump("deduped", category=category)
+            if self.record:
+                self._entries[i] = ["c", item.source, category, None, sid, None, None]
+            return
+        self._pending.append((i, item, decision))
+        if len(self._pending) >= GATE_BATCH:
+            self._gate()
+            self._flush()
+
+    def end_partition(self) -> list[Entry] | None:
+        """Decide and hand on every row read so far; the entries of the rows since the last call
+        (None when they cannot make a checkpoint: not recording, or a row repeated an id)."""
+        self._gate()
+        self._flush()
+        entries = [self._entries[i] for i in sorted(self._entries)]
+        repeat, self._repeat = self._repeat, False
+        self._entries.clear()
+        return entries if self.record and not repeat else None
+
+    def can_replay(self, entries: list[Entry]) -> bool:
+        """Whether these entries give what reading their rows would: no candidate's id was produced
+        earlier in this input, and every candidate that shipped is still in the export."""
+        ids: set[str] = set()
+        for code, _source, _category, _reason, sid, _run_id, _line in entries:
+            if code in ("c", "g"):
+                if sid in self.seen or sid in ids:
+                    return False
+                ids.add(sid)
+                if code == "c" and sid not in self.existing_ids:
+                    return False
+            elif code not in ("b", "d"):
+                return False
+        return True
+
+    def replay(self, entries: list[Entry]) -> None:
+        """The rows these entries stand for (can_replay said yes), in input order."""
+        self._gate()
+        self._flush()
+        for entry in entries:
+            code, source, category, reason, sid, run_id, line = entry
+            self._next += 1
+            counts = self.report.source(source)
+            if code in ("b", "d"):
+                self.on_quarantine(line.encode("utf-8"))
+                counts.bump("quarantined", reason=reason, category=category)
+                if code == "d" and sid is not None and sid in self.existing_ids:
+                    self._stale(sid, run_id, category, reason)
+            else:
+                self.seen.add(sid)
+                if sid in self.existing_ids:
+                    counts.bump("deduped", category=category)
+                else:
+                    self.on_quarantine(line.encode("utf-8"))
+                    self._gated.append((source, "quarantined", reason, category))
+            if self.record:
+                self._entries[self._next - 1] = entry
+
+    def finish(self) -> RowExport:
+        self._gate()
+        self._flush()
+        for source, field_name, reason, category in self._gated:
+            self.report.source(source).bump(field_name, reason=reason, category=category)
+        return self.result

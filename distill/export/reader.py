@@ -8,18 +8,27 @@ input row (conservation) without re-reading anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from distill.hashing import LineEndHash, PrefixHash
 from distill.jsonl import iter_raw_lines, loads, read_line_at
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, ScoredRun, SourceRef
 from distill.workspace import Workspace, iter_partition_files
 
 EXCERPT_CHARS = 200
+
+
+class EvidenceLookup(Protocol):
+    """Where a scored line finds its evidence revision (EvidenceIndex, or a checkpoint's view)."""
+
+    def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None: ...
+
+    def revisions(self, run_id: str) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +92,19 @@ class EvidenceIndex:
         self._revisions: dict[str, list[str]] | None = None
         self._read: set[Path] = set()
         self.files_read: list[Path] = []
+        self.fallback_used = False  # a lookup went past the mirror partition (checkpoints care)
+        self.loaded_to: tuple[int, str] | None = None  # (end, sha256) of the whole lines of the held mirror
 
-    def _note_read(self, path: Path) -> None:
+    def note_read(self, path: Path) -> None:
         if path not in self._read:
             self._read.add(path)
             self.files_read.append(path)
 
     @staticmethod
-    def _records(path: Path) -> Iterator[tuple[int, EvidenceRecord]]:
-        """(byte offset, record) for every line of `path` that is an EvidenceRecord."""
-        for raw in iter_raw_lines(path):
+    def _records(path: Path, start: int = 0, on_chunk: Callable[[bytes], None] | None = None,
+                 ) -> Iterator[tuple[int, EvidenceRecord]]:
+        """(byte offset, record) for every line of `path` from `start` that is an EvidenceRecord."""
+        for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
             if not (raw.terminated and raw.data and raw.data.strip()):
                 continue
             try:
@@ -105,13 +117,29 @@ class EvidenceIndex:
         if self._current is not None and self._current[0] == path:
             return self._current[1]
         self._current = None  # drop the previous partition before reading the next one
+        self.loaded_to = None
         records: dict[tuple[str, str], EvidenceRecord] = {}
         if path.is_file():
-            self._note_read(path)
-            for _, ev in self._records(path):
+            self.note_read(path)
+            read = LineEndHash(PrefixHash())
+            for _, ev in self._records(path, on_chunk=read):
                 records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+            sha = read.hexdigest(path)
+            self.loaded_to = (read.end, sha) if sha is not None else None
         self._current = (path, records)
         return records
+
+    def elsewhere(self, run_id: str, sig: str) -> EvidenceRecord | None:
+        """The revision from any evidence partition (what a miss in the mirror falls back to)."""
+        self.fallback_used = True
+        where = self._load_all().get((run_id, sig))
+        if where is None:
+            return None
+        path, offset = where
+        try:
+            return EvidenceRecord.model_validate(loads(read_line_at(path, offset)))
+        except (OSError, ValueError, ValidationError):
+            return None  # the file changed under us since it was indexed
 
     def _load_all(self) -> dict[tuple[str, str], tuple[Path, int]]:
         if self._global is None:
@@ -119,7 +147,7 @@ class EvidenceIndex:
             for path in iter_partition_files(self._ws.evidence_dir):
                 if not path.is_file():
                     continue
-                self._note_read(path)
+                self.note_read(path)
                 for offset, ev in self._records(path):
                     merged.setdefault((ev.run_id, ev.provenance.sig_hash), (path, offset))
             self._global = merged
@@ -129,17 +157,15 @@ class EvidenceIndex:
             self._revisions = {k: sorted(v) for k, v in revisions.items()}
         return self._global
 
+    def mirror_keys(self, mirror: Path) -> list[tuple[str, str]] | None:
+        """The keys of the valid records of `mirror` when it is the partition held now."""
+        if self._current is None or self._current[0] != mirror:
+            return None
+        return list(self._current[1])
+
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         found = self._load(mirror).get((run_id, sig))
-        if found is None:
-            where = self._load_all().get((run_id, sig))
-            if where is not None:
-                path, offset = where
-                try:
-                    found = EvidenceRecord.model_validate(loads(read_line_at(path, offset)))
-                except (OSError, ValueError, ValidationError):
-                    found = None  # the file changed under us since it was indexed
-        return found
+        return found if found is not None else self.elsewhere(run_id, sig)
 
     def revisions(self, run_id: str) -> list[str]:
         self._load_all()
@@ -174,53 +200,66 @@ def _classify_invalid(row: Any, exc: ValidationError) -> tuple[QuarantineReason,
 def iter_scored(ws: Workspace, index: EvidenceIndex) -> Iterator[ReaderItem]:
     """Every line of every scored-run partition (sorted), joined or explained."""
     for path in iter_partition_files(ws.scored_dir):
-        rel = rel_path(ws, path)
-        source = path.stem
-        mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
-        for raw in iter_raw_lines(path):
-            if raw.terminated and raw.data is not None and not raw.data.strip():
-                continue  # blank line: not a row
-            ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
-            if not raw.terminated:
-                yield Broken(source, QuarantineReason.TORN_LINE, ["torn last line (no newline)"], ref,
-                             excerpt=_excerpt(raw.data or b""))
-                continue
-            if raw.data is None:
-                yield Broken(source, QuarantineReason.LINE_TOO_LONG, ["scored-run line too long"], ref)
-                continue
-            try:
-                row = loads(raw.data)
-            except ValueError as exc:
-                yield Broken(source, QuarantineReason.SCHEMA_VIOLATION, [f"scored run is not JSON: {exc}"[:200]],
-                             ref, excerpt=_excerpt(raw.data))
-                continue
-            try:
-                scored = ScoredRun.model_validate(row)
-            except ValidationError as exc:
-                reason, errors = _classify_invalid(row, exc)
-                rid = row.get("evidence_run_id") if isinstance(row, dict) else None
-                yield Broken(source, reason, errors, ref, record_id=rid if isinstance(rid, str) else None,
-                             excerpt=_excerpt(raw.data))
-                continue
-            sig = scored.provenance.sig_hash
-            ev = index.get(mirror, scored.evidence_run_id, sig)
-            if ev is None:
-                known = index.revisions(scored.evidence_run_id)
-                msg = (
-                    f"no evidence revision of run {scored.evidence_run_id} with sig_hash {sig[:12]}"
-                    f" (known revisions: {', '.join(s[:12] for s in known)})"
-                    if known
-                    else f"evidence run {scored.evidence_run_id} not found"
-                )
-                p = scored.provenance
-                yield Broken(
-                    scored.source,
-                    QuarantineReason.MISSING_SOURCE_RUN_ID,
-                    [msg],
-                    SourceRef(source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number,
-                              sig_hash=p.sig_hash),
-                    record_id=scored.evidence_run_id,
-                    detail={"scored_file": rel, "scored_line": raw.number, "category": scored.category.value},
-                )
-                continue
-            yield Joined(scored=scored, evidence=ev, scored_file=rel, scored_line=raw.number)
+        yield from iter_scored_file(ws, index, path)
+
+
+def iter_scored_file(
+    ws: Workspace,
+    index: EvidenceLookup,
+    path: Path,
+    *,
+    start: int = 0,
+    lines_before: int = 0,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Iterator[ReaderItem]:
+    """Every line of one scored-run partition from `start` (a line start), joined or explained."""
+    rel = rel_path(ws, path)
+    source = path.stem
+    mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+    for raw in iter_raw_lines(path, start=start, lines_before=lines_before, on_chunk=on_chunk):
+        if raw.terminated and raw.data is not None and not raw.data.strip():
+            continue  # blank line: not a row
+        ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
+        if not raw.terminated:
+            yield Broken(source, QuarantineReason.TORN_LINE, ["torn last line (no newline)"], ref,
+                         excerpt=_excerpt(raw.data or b""))
+            continue
+        if raw.data is None:
+            yield Broken(source, QuarantineReason.LINE_TOO_LONG, ["scored-run line too long"], ref)
+            continue
+        try:
+            row = loads(raw.data)
+        except ValueError as exc:
+            yield Broken(source, QuarantineReason.SCHEMA_VIOLATION, [f"scored run is not JSON: {exc}"[:200]],
+                         ref, excerpt=_excerpt(raw.data))
+            continue
+        try:
+            scored = ScoredRun.model_validate(row)
+        except ValidationError as exc:
+            reason, errors = _classify_invalid(row, exc)
+            rid = row.get("evidence_run_id") if isinstance(row, dict) else None
+            yield Broken(source, reason, errors, ref, record_id=rid if isinstance(rid, str) else None,
+                         excerpt=_excerpt(raw.data))
+            continue
+        sig = scored.provenance.sig_hash
+        ev = index.get(mirror, scored.evidence_run_id, sig)
+        if ev is None:
+            known = index.revisions(scored.evidence_run_id)
+            msg = (
+                f"no evidence revision of run {scored.evidence_run_id} with sig_hash {sig[:12]}"
+                f" (known revisions: {', '.join(s[:12] for s in known)})"
+                if known
+                else f"evidence run {scored.evidence_run_id} not found"
+            )
+            p = scored.provenance
+            yield Broken(
+                scored.source,
+                QuarantineReason.MISSING_SOURCE_RUN_ID,
+                [msg],
+                SourceRef(source_file=p.source_file, line_offset=p.line_offset, line_number=p.line_number,
+                          sig_hash=p.sig_hash),
+                record_id=scored.evidence_run_id,
+                detail={"scored_file": rel, "scored_line": raw.number, "category": scored.category.value},
+            )
+            continue
+        yield Joined(scored=scored, evidence=ev, scored_file=rel, scored_line=raw.number)

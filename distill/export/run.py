@@ -22,18 +22,19 @@ from pydantic import BaseModel
 from distill.config import Settings
 from distill.errors import UsageError
 from distill.export.card import write_card
+from distill.export.checkpoints import ExportCheckpoints, export_basis, export_partition
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.preference import export_preference
-from distill.export.quarantine import export_rows
+from distill.export.quarantine import RowExporter
 from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, iter_scored, rel_path
 from distill.export.sft import decide_sft, sft_id
+from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
-from distill.export.verify import native_path, scored_categories, verify_export
+from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
 from distill.jsonl import append_file, atomic_writer, dumps, json_rows, replace_file, write_atomic
-from distill.records import QuarantineRecord
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
@@ -95,7 +96,7 @@ def run_export(
         if not rebuild:
             existing_per_task[str(r.get("task_id"))] += 1
     index = EvidenceIndex(ws)
-    items = iter_scored(ws, index)
+    checkpoints: ExportCheckpoints | None = None
 
     stale: list[Violation] = []
     qpath = ws.quarantine_path(kind)
@@ -110,12 +111,12 @@ def run_export(
         def on_sample(sample: BaseModel) -> None:
             sample_sink.write(dumps(sample.model_dump(mode="json")) + b"\n")
 
-        def on_quarantine(rec: QuarantineRecord) -> None:
-            quarantine_sink.write(dumps(rec.to_json_dict()) + b"\n")
+        def on_quarantine(line: bytes) -> None:
+            quarantine_sink.write(line + b"\n")
 
         if kind == "preference":
             pref = export_preference(
-                items, fw, report,
+                iter_scored(ws, index), fw, report,
                 existing_ids=existing_ids,
                 existing_per_task=existing_per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
@@ -123,7 +124,7 @@ def run_export(
                 spill_dir=staged.parent,
                 buckets=bucket_count(sum(p.stat().st_size for p in iter_partition_files(ws.scored_dir))),
                 on_sample=lambda line: sample_sink.write(line + b"\n"),
-                on_quarantine=lambda line: quarantine_sink.write(line + b"\n"),
+                on_quarantine=on_quarantine,
             )
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
@@ -133,8 +134,15 @@ def run_export(
             decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
                       else partial(decide_sft, include_partial=include_partial))
             id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
-            rows = export_rows(kind, items, decide, existing_ids, fw, report, id_of=id_of,
-                               on_sample=on_sample, on_quarantine=on_quarantine)
+            flags = {"include_review": include_review} if kind == "rag" else {"include_partial": include_partial}
+            checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), export_basis(ws, settings, kind, flags),
+                                            writable=not dry_run)
+            stack.callback(checkpoints.discard)
+            exporter = RowExporter(kind, decide, existing_ids, fw, report, id_of=id_of, on_sample=on_sample,
+                                   on_quarantine=on_quarantine, record=not dry_run)
+            for path in iter_partition_files(ws.scored_dir):
+                export_partition(ws, path, index, exporter, checkpoints)
+            rows = exporter.finish()
             stale = [Violation(export=export, code=ViolationCode.STALE_ROW, detail=m) for m in rows.stale]
         sample_sink.flush()
 
@@ -168,6 +176,8 @@ def run_export(
                 replace_file(target, staged)
             elif not violations:
                 append_file(target, staged)
+            if not violations and checkpoints is not None:
+                checkpoints.save()  # what each partition decided, for the next run to start from
             if not target.exists():
                 write_atomic(target, b"")
             written.append(target)

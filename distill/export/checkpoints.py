@@ -1,0 +1,263 @@
+"""Export checkpoints (RAG and SFT): what each scored partition's lines decided, so that a run after
+score appended rows joins, decides and gates only those rows.
+
+Per scored partition: the length and sha256 of its whole-line prefix, the same of the mirror
+evidence partition it joined against with the digests of that prefix's valid evidence keys, and
+one `Entry` per scored line (its outcome, the quarantine line it produced, its sample id). A
+checkpoint is trusted only when the `distill` code, the [export] settings, the export's flags, the
+repository tree and benchmark files the gates read and the secret scanner's version are the same
+(one basis for the file), both files still start with exactly the hashed bytes, no line of the
+prefix needed evidence from another partition, and `RowExporter.can_replay` finds every shipped
+candidate still in the export and no id repeated: then its entries produce the lines and counters
+the rows would. The lines after the prefix are read as usual; their evidence is looked up in the
+mirror's appended lines unless the prefix had a record with the same key. Anything else reads the
+partition from the start; `distill run --force` deletes the file first (`Stage.caches`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.config import Settings
+from distill.export.quarantine import Entry, RowExporter
+from distill.export.reader import EvidenceIndex, iter_scored_file, rel_path
+from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
+from distill.jsonl import atomic_writer, dumps, loads
+from distill.receipts import code_fingerprint, digest_tree_listing
+from distill.records import EvidenceRecord
+from distill.workspace import Workspace
+
+EXPORT_CHECKPOINT_VERSION = 1
+
+
+def key_digest(run_id: str, sig: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in (run_id, sig):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.digest()
+
+
+def _keys_text(keys: np.ndarray) -> str:
+    return base64.b64encode(np.unique(keys).tobytes()).decode("ascii")
+
+
+def _keys_array(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="S16")
+
+
+def export_basis(ws: Workspace, settings: Settings, kind: str, flags: dict[str, bool]) -> str:
+    """Everything a row's outcome depends on besides its own line and its evidence."""
+    export = settings.export
+
+    def here(p: Any) -> Path:
+        path = Path(str(p))
+        return path if path.is_absolute() else ws.root / path
+
+    tree = digest_tree_listing(here(export.repo_root)).sha256 if export.repo_root is not None else None
+    bench = []
+    for f in export.benchmark_files:
+        try:
+            bench.append(hashlib.sha256(here(f).read_bytes()).hexdigest())
+        except OSError:
+            bench.append(None)
+    try:
+        scanner = metadata.version("detect-secrets")
+    except metadata.PackageNotFoundError:
+        scanner = None
+    return sha256_hex(canonical_json({
+        "version": EXPORT_CHECKPOINT_VERSION, "kind": kind, "code": code_fingerprint(["distill"]),
+        "export": export.model_dump(mode="json"), "flags": flags, "repo_tree": tree, "benchmarks": bench,
+        "detect_secrets": scanner,
+    }))
+
+
+class TailEvidence:
+    """Evidence for the lines a partition gained since its checkpoint: the mirror's appended lines
+    are read (once, validated) instead of the whole mirror. A key the prefix already had, or one
+    the mirror lacks, is asked of the full index, and the partition is then left without a
+    checkpoint (`unsure`), as a full read would be."""
+
+    def __init__(self, index: EvidenceIndex, mirror: Path, known: np.ndarray, end: int, hasher: PrefixHash) -> None:
+        self.index, self.mirror, self.known = index, mirror, known
+        self.end = end
+        self._hash = LineEndHash(hasher)
+        self._tail: dict[tuple[str, str], EvidenceRecord] | None = None
+        self.unsure = False
+
+    def _known(self, run_id: str, sig: str) -> bool:
+        if not len(self.known):
+            return False
+        probe = np.array(key_digest(run_id, sig), dtype="S16")
+        at = min(int(np.searchsorted(self.known, probe)), len(self.known) - 1)
+        return bool(self.known[at] == probe)
+
+    def _records(self) -> dict[tuple[str, str], EvidenceRecord]:
+        if self._tail is None:
+            self._tail = {}
+            if self.mirror.is_file():
+                self.index.note_read(self.mirror)
+                for _, ev in EvidenceIndex._records(self.mirror, start=self.end, on_chunk=self._hash):
+                    self._tail.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+        return self._tail
+
+    def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
+        if mirror != self.mirror or self._known(run_id, sig):
+            self.unsure = True
+            return self.index.get(mirror, run_id, sig)
+        found = self._records().get((run_id, sig))
+        if found is None:
+            self.unsure = True
+            found = self.index.elsewhere(run_id, sig)
+        return found
+
+    def revisions(self, run_id: str) -> list[str]:
+        return self.index.revisions(run_id)
+
+    def mirror_state(self) -> tuple[int, str, np.ndarray] | None:
+        """(end, sha256, key digests) of the mirror as far as it is known now."""
+        if self._tail is None:
+            return None
+        sha = self._hash.hexdigest(self.mirror)
+        if sha is None:
+            return None
+        tail = np.array([key_digest(*k) for k in self._tail], dtype="S16")
+        return self._hash.end, sha, np.concatenate((self.known, tail))
+
+
+class ExportCheckpoints:
+    """The checkpoint file: a header line (format, basis), then one line per scored partition
+    (`"<rel>"\\t{checkpoint}`), read one at a time. The next run's file is written the same way."""
+
+    def __init__(self, path: Path, basis: str, *, writable: bool = True) -> None:
+        self.path = path
+        self.basis = basis
+        self.writable = writable  # a dry run reads checkpoints and writes none
+        self.offsets: dict[str, int] = {}
+        self._parts_path = path.with_name(path.name + ".parts.tmp")
+        self._out: Any = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                header = loads(fh.readline())
+                if not isinstance(header, dict) or header.get("version") != EXPORT_CHECKPOINT_VERSION \
+                        or header.get("basis") != self.basis:
+                    return
+                offsets: dict[str, int] = {}
+                while True:
+                    at = fh.tell()
+                    line = fh.readline()
+                    if not line:
+                        break
+                    rel = loads(line[: line.index(b"\t")])
+                    if not isinstance(rel, str):
+                        return
+                    offsets[rel] = at
+        except (OSError, ValueError):
+            return
+        self.offsets = offsets
+
+    def get(self, rel: str) -> dict[str, Any] | None:
+        at = self.offsets.get(rel)
+        if at is None:
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(at)
+                line = fh.readline()
+            found = loads(line[line.index(b"\t") + 1:])
+            found["keys"] = _keys_array(found["mirror_keys"])
+            entries = found["entries"]
+            if not (isinstance(entries, list) and all(isinstance(e, list) and len(e) == 7 for e in entries)):
+                return None
+            for name in ("end", "lines", "mirror_end"):
+                if type(found[name]) is not int or found[name] < 0:
+                    return None
+            return found
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
+              mirror: tuple[int, str, np.ndarray], entries: list[Entry]) -> None:
+        if not self.writable:
+            return
+        sha = scored.hexdigest(scored_path)
+        if sha is None:
+            return
+        if self._out is None:
+            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
+        end, mirror_sha, keys = mirror
+        self._out.write(dumps(rel) + b"\t" + dumps({
+            "end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end, "mirror_sha256": mirror_sha,
+            "mirror_keys": _keys_text(keys), "entries": entries,
+        }) + b"\n")
+
+    def save(self) -> None:
+        if not self.writable:
+            return
+        with atomic_writer(self.path) as fh:
+            fh.write(dumps({"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis}) + b"\n")
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+                with open(self._parts_path, "rb") as parts:
+                    shutil.copyfileobj(parts, fh, 1 << 20)
+        self.discard()
+
+    def discard(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._parts_path.unlink(missing_ok=True)
+
+
+def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, np.ndarray] | None:
+    """(end, sha256, key digests) of the mirror the index holds after a full read of a partition."""
+    keys = index.mirror_keys(mirror)
+    if keys is None or index.loaded_to is None:
+        return None
+    end, sha = index.loaded_to
+    return end, sha, np.array([key_digest(*k) for k in keys], dtype="S16").reshape(-1)
+
+
+def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: RowExporter,
+                     checkpoints: ExportCheckpoints) -> None:
+    """One scored partition through the exporter: its checkpoint replayed and the lines after it
+    read, or all of it read; then its next checkpoint written (when one can be)."""
+    rel = rel_path(ws, path)
+    mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+    found = checkpoints.get(rel)
+    if found is not None:
+        scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
+        mirror_hash = (PrefixHash.resume(mirror, found["mirror_end"], found["mirror_sha256"])
+                       if scored_hash is not None else None)
+        if scored_hash is not None and mirror_hash is not None and exporter.can_replay(found["entries"]):
+            exporter.replay(found["entries"])
+            tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
+            read = LineEndHash(scored_hash)
+            for item in iter_scored_file(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
+                exporter.feed(item)
+            entries = exporter.end_partition()
+            state = tail.mirror_state() or (found["mirror_end"], found["mirror_sha256"], found["keys"])
+            if entries is not None and not tail.unsure and not read.after_newline:
+                checkpoints.write(rel, scored=read, scored_path=path, lines=found["lines"] + read.newlines,
+                                  mirror=state, entries=entries)
+            return
+    index.fallback_used = False
+    read = LineEndHash(PrefixHash())
+    for item in iter_scored_file(ws, index, path, on_chunk=read):
+        exporter.feed(item)
+    entries = exporter.end_partition()
+    state = mirror_of_full_read(index, mirror)
+    if entries is not None and state is not None and not index.fallback_used and not read.after_newline:
+        checkpoints.write(rel, scored=read, scored_path=path, lines=read.newlines, mirror=state, entries=entries)

@@ -1,0 +1,229 @@
+"""Export checkpoints (RAG, SFT): after score appends, an export decides and gates only the new
+scored lines; its files, counters and verdicts are exactly those of a full pass, whatever happened
+in between (each case changes one thing in two twin workspaces, one of which has forgotten its
+checkpoints, and compares them)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import distill.export.run as run_module
+from distill.collect import run_collect
+from distill.config import Settings, load_settings
+from distill.export.run import run_export
+from distill.firewall import ExportKind
+from distill.records.stage import StageReport
+from distill.score import run_score
+from distill.workspace import Workspace, iter_partition_files
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
+
+KINDS = [ExportKind.RAG, ExportKind.SFT]
+DECIDE = {ExportKind.RAG: "decide_rag", ExportKind.SFT: "decide_sft"}
+
+
+def _export(ws: Workspace, kind: ExportKind, settings: Settings | None = None, **kw: Any) -> StageReport:
+    return run_export(ws, settings or load_settings(ws.root), kind, **kw)
+
+
+def _state(ws: Workspace, kind: ExportKind, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+    files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted([*(ws.exports_dir / kind.value).rglob("*.jsonl"), ws.quarantine_path(kind.value),
+                              ws.exports_dir / "README.md"]) if p.exists()}
+    return report.model_dump(exclude={"inputs", "outputs"}), files
+
+
+def _twins(tmp_path: Path, streams: Path, kind: ExportKind, change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
+    """Two workspaces collected, scored and exported once, then changed alike; the second forgets
+    its export checkpoint."""
+    a = Workspace(tmp_path / "a")
+    shutil.copytree(streams, a.kb_dir)
+    run_collect(a, load_settings(a.root))
+    run_score(a, load_settings(a.root))
+    assert not _export(a, kind).violations
+    assert a.export_checkpoint_path(kind.value).is_file()
+    shutil.copytree(a.root, tmp_path / "b")
+    b = Workspace(tmp_path / "b")
+    b.export_checkpoint_path(kind.value).unlink()
+    change(a)
+    change(b)
+    return a, b
+
+
+def _grow(grown: Path) -> Callable[[Workspace], None]:
+    def change(ws: Workspace) -> None:
+        for src in grown.glob("*.jsonl"):
+            shutil.copyfile(src, ws.kb_dir / src.name)
+        run_collect(ws, load_settings(ws.root))
+        run_score(ws, load_settings(ws.root))
+
+    return change
+
+
+def _compare(a: Workspace, b: Workspace, kind: ExportKind, monkeypatch: pytest.MonkeyPatch,
+             settings: Settings | None = None) -> tuple[int, int]:
+    """Export both; assert the same files and counters; the rows each decided."""
+    calls_a = Calls(monkeypatch, run_module, DECIDE[kind])
+    got_a = _state(a, kind, _export(a, kind, settings))
+    monkeypatch.undo()
+    calls_b = Calls(monkeypatch, run_module, DECIDE[kind])
+    got_b = _state(b, kind, _export(b, kind, settings))
+    monkeypatch.undo()
+    assert got_a == got_b
+    return calls_a.rows, calls_b.rows
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, generated: tuple[Path, Path],
+                                                               kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, kind, _grow(grown))
+    done_a, done_b = _compare(a, b, kind, monkeypatch)
+    assert done_b >= ROWS // 2  # the full pass decided (nearly) every row
+    assert 0 < done_a <= ROWS // 20  # the resumed one about the 2 % appended
+    # and a run over nothing new decides nothing
+    calls = Calls(monkeypatch, run_module, DECIDE[kind])
+    _export(a, kind)
+    assert calls.rows == 0
+
+
+def _flip_evidence(ws: Workspace) -> None:
+    flip_byte_after(iter_partition_files(ws.evidence_dir)[3], b'"text":"')
+
+
+def _flip_scored(ws: Workspace) -> None:
+    path = iter_partition_files(ws.scored_dir)[2]
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    rows[0]["category"] = "rejected" if rows[0]["category"] != "rejected" else "accepted"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def _drop_exported_rows(kind: ExportKind) -> Callable[[Workspace], None]:
+    def change(ws: Workspace) -> None:
+        path = {ExportKind.RAG: ws.rag_path, ExportKind.SFT: ws.sft_path}[kind]
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(lines[: len(lines) // 2]))
+
+    return change
+
+
+def _junk_checkpoint(kind: ExportKind) -> Callable[[Workspace], None]:
+    def change(ws: Workspace) -> None:
+        path = ws.export_checkpoint_path(kind.value)
+        if path.exists():  # the twin without one stays without one
+            body = path.read_bytes().splitlines(keepends=True)
+            path.write_bytes(body[0] + b'"x"\tnot json\n' + body[1][: len(body[1]) // 2] + b"\n" + b"".join(body[2:]))
+
+    return change
+
+
+def _torn_scored_tail(ws: Workspace) -> None:
+    path = iter_partition_files(ws.scored_dir)[5]
+    with open(path, "ab") as fh:
+        fh.write(b'{"evidence_run_id": "half a li')
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("change", ["evidence edited", "scored edited", "export shortened", "junk checkpoint",
+                                    "torn scored tail", "scored partition deleted"])
+def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, generated: tuple[Path, Path],
+                                                            kind: ExportKind, change: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    small, _ = generated
+    changes: dict[str, Callable[[Workspace], None]] = {
+        "evidence edited": _flip_evidence,
+        "scored edited": _flip_scored,
+        "export shortened": _drop_exported_rows(kind),
+        "junk checkpoint": _junk_checkpoint(kind),
+        "torn scored tail": _torn_scored_tail,
+        "scored partition deleted": lambda ws: iter_partition_files(ws.scored_dir)[1].unlink(),
+    }
+    a, b = _twins(tmp_path, small, kind, changes[change])
+    _compare(a, b, kind, monkeypatch)
+    _compare(a, b, kind, monkeypatch)  # and again, from the checkpoints the first pass wrote
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Path, generated: tuple[Path, Path],
+                                                                    kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+    small, _ = generated
+
+    def reject_a_shipped_run(ws: Workspace) -> None:
+        shipped = orjson.loads({ExportKind.RAG: ws.rag_path, ExportKind.SFT: ws.sft_path}[kind].read_bytes().splitlines()[0])
+        for path in iter_partition_files(ws.scored_dir):
+            lines = path.read_bytes().splitlines(keepends=True)
+            for i, line in enumerate(lines):
+                row = orjson.loads(line)
+                if row["evidence_run_id"] == shipped["source_run_id"]:
+                    row["category"] = "rejected"
+                    lines[i] = orjson.dumps(row) + b"\n"
+                    path.write_bytes(b"".join(lines))
+                    return
+        raise AssertionError("no scored line for a shipped row")
+
+    a, b = _twins(tmp_path, small, kind, reject_a_shipped_run)
+    report = _export(a, kind)
+    assert any(v.code.value == "stale_row" for v in report.violations)
+    assert _state(a, kind, report) == _state(b, kind, _export(b, kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[Path, Path], kind: ExportKind,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, kind, _grow(grown))
+    changed = Settings(export={"contamination_threshold": 0.9})
+    done_a, done_b = _compare(a, b, kind, monkeypatch, settings=changed)
+    assert done_a == done_b  # another basis: every row decided again
+    flag = {"include_review": True} if kind is ExportKind.RAG else {"include_partial": True}
+    calls = Calls(monkeypatch, run_module, DECIDE[kind])
+    report_a = _export(a, kind, changed, **flag)
+    assert calls.rows == done_b
+    monkeypatch.undo()
+    assert _state(a, kind, report_a) == _state(b, kind, _export(b, kind, changed, **flag))
+
+
+def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, generated: tuple[Path, Path]) -> None:
+    small, _ = generated
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(small, ws.kb_dir)
+    run_collect(ws, load_settings(ws.root))
+    run_score(ws, load_settings(ws.root))
+    _export(ws, ExportKind.RAG, dry_run=True)
+    assert not ws.export_checkpoint_path("rag").exists()
+    assert not list(ws.root.glob(".distill.export-*.parts.tmp"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_new_line_whose_evidence_key_the_prefix_has_joins_the_prefix_record(
+        tmp_path: Path, generated: tuple[Path, Path], kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's first valid record of a key wins: an appended record with the same key (here one
+    that would be decided differently) must not be what a resumed export joins."""
+    small, _ = generated
+
+    def append_a_second_record_of_a_known_key(ws: Workspace) -> None:
+        for scored in iter_partition_files(ws.scored_dir):
+            mirror = ws.evidence_dir / scored.relative_to(ws.scored_dir)
+            lines = scored.read_bytes().splitlines(keepends=True)
+            row = orjson.loads(lines[0])
+            if row["category"] != "accepted" or row["score_class"] == "C":
+                continue
+            for ev_line in mirror.read_bytes().splitlines():
+                ev = orjson.loads(ev_line)
+                if ev["run_id"] == row["evidence_run_id"] and ev["provenance"]["sig_hash"] == row["provenance"]["sig_hash"]:
+                    other = {**ev, "text": "   ", "model_role": "extractor"}  # empty for RAG, no shape for SFT
+                    with open(mirror, "ab") as fh:
+                        fh.write(orjson.dumps(other) + b"\n")
+                    with open(scored, "ab") as fh:
+                        fh.write(lines[0])
+                    return
+        raise AssertionError("no accepted verdict row to copy")
+
+    a, b = _twins(tmp_path, small, kind, append_a_second_record_of_a_known_key)
+    _compare(a, b, kind, monkeypatch)
