@@ -4,10 +4,12 @@
 
 A synthetic workspace of N source rows (data/sample/generate.py's write_scaled, prefix-stable:
 the N + 1 % workspace is the N-row one with rows appended to each stream) goes through
-`distill run --no-index` three times, each a child process timed with its own rusage: the full
-run, the same command again with nothing changed, and again after the streams grow by 1 %.
-Reported: wall and CPU seconds, peak RSS, each re-run as a fraction of the full run, which stages
-the re-runs skipped, and the sha256 of every export file after the full run.
+`distill run --no-index --continue-on-failure` three times, each a child process timed with its own
+rusage: the full run, the same command again with nothing changed, and again after the streams
+grow by 1 %. Reported: wall and CPU seconds, peak RSS, each re-run as a fraction of the full run,
+which stages the re-runs skipped and the seconds inside each stage, the exit code (1 when the
+firewall stopped the run, e.g. appended verdicts re-scored a run that had shipped), and the sha256
+of every export file after the full run.
 Results: benchmarks/results/rerun[_quick].json and .md.
 """
 
@@ -39,16 +41,36 @@ def stage_actions(result: dict[str, Any]) -> dict[str, str]:
     return {str(s.get("stage")): str(s.get("status")) for s in result.get("summary", {}).get("stages", [])}
 
 
+def stage_seconds(result: dict[str, Any]) -> dict[str, float]:
+    """stage -> wall seconds inside the stage, from the same summary: where a re-run's time goes."""
+    return {str(s.get("stage")): round(float(s.get("duration_s") or 0.0), 2)
+            for s in result.get("summary", {}).get("stages", [])}
+
+
 def timed_run(root: Path) -> dict[str, Any]:
     exe = str(Path(sys.executable).with_name("distill"))
     start = time.perf_counter()
-    proc = subprocess.Popen([exe, "run", "--no-index", "--root", str(root), "--json"], stdout=subprocess.PIPE,
+    # --continue-on-failure: a run the firewall stops (exit 1) still does every stage's work, so
+    # the timings compare whole runs
+    proc = subprocess.Popen([exe, "run", "--no-index", "--continue-on-failure", "--root", str(root), "--json"],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    try:
+        summary = json.loads(out)
+    except ValueError:
+        summary = None
+    if summary is None or proc.returncode not in (0, 1):
         raise SystemExit(f"distill run failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return {"wall_s": round(wall, 2), "stages": stage_actions(json.loads(out))}
+    result = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "stages": stage_actions(summary),
+              "stage_wall_s": stage_seconds(summary)}
+    if proc.returncode == 1:
+        # exit 1 is the firewall stopping the run (e.g. appended verdicts re-scored a run that had
+        # shipped as rejected): the work was done and timed; the codes say why it stopped
+        result["error_codes"] = sorted({str(c) for s in summary.get("summary", {}).get("stages", [])
+                                        for c in s.get("error_codes") or []})
+    return result
 
 
 def run_with_rusage(root: Path) -> dict[str, Any]:
@@ -136,12 +158,15 @@ def markdown(r: dict[str, Any]) -> str:
         m = r[key]
         if m is None:
             continue
-        rows.append([label, m["wall_s"], m["cpu_s"], m["peak_rss_mib"],
-                     ", ".join(f"{s}: {a}" for s, a in m["stages"].items())])
+        seconds = m.get("stage_wall_s", {})
+        exit_code = str(m.get("exit_code", 0)) + (f" ({', '.join(m['error_codes'])})" if m.get("error_codes") else "")
+        rows.append([label, exit_code, m["wall_s"], m["cpu_s"], m["peak_rss_mib"],
+                     ", ".join(f"{s}: {a}" + (f" {seconds[s]:.1f} s" if s in seconds else "")
+                               for s, a in m["stages"].items())])
     lines = [
         f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index`)",
         "",
-        md_table(["run", "wall s", "CPU s", "peak RSS MiB (largest so far)", "stages"], rows),
+        md_table(["run", "exit", "wall s", "CPU s", "peak RSS MiB (largest so far)", "stages (wall s inside each)"], rows),
         "",
         f"- unchanged re-run: {r['unchanged_fraction_cpu']:.2%} of the full run's CPU ({r['unchanged_fraction_wall']:.2%} wall)",
         (f"- after +1 % rows: {r['plus_one_percent_fraction_cpu']:.2%} of the full run's CPU "
