@@ -164,7 +164,7 @@ def markdown(r: dict[str, Any]) -> str:
                      ", ".join(f"{s}: {a}" + (f" {seconds[s]:.1f} s" if s in seconds else "")
                                for s, a in m["stages"].items())])
     lines = [
-        f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index`)",
+        f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index --continue-on-failure`)",
         "",
         md_table(["run", "exit", "wall s", "CPU s", "peak RSS MiB (largest so far)", "stages (wall s inside each)"], rows),
         "",
