@@ -15,15 +15,14 @@ start, and `distill run --force` ignores the checkpoints.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
 from distill.hashing import PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import atomic_writer, dumps, loads
 from distill.receipts import code_fingerprint
 
 CHECKPOINT_VERSION: Literal[1] = 1
@@ -79,51 +78,29 @@ def parents_digest(entries: list[ParentEntry]) -> str:
 
 
 class ScoreCheckpoints:
-    """The checkpoint file: a header line (format, basis, task digests), then one line per
-    partition (`"<rel>"\t{checkpoint}`), read one at a time so that memory holds one partition's
-    checkpoint, not all of them. The next run's file is written the same way, as partitions are
+    """The checkpoint file (distill.checkpoint_file): a header (format, basis, task digests), then
+    one line per partition, read one at a time; the next run's file is written as partitions are
     scored."""
 
     def __init__(self, path: Path, basis: str) -> None:
         self.path = path
         self.basis = basis
-        self.task_parents: dict[str, str] = {}
-        self.offsets: dict[str, int] = {}
-        self._parts_path = path.with_name(path.name + ".parts.tmp")
-        self._out: Any = None
-        self._load()
 
-    def _load(self) -> None:
-        """Index the saved checkpoints if they were made on this basis (anything else: none)."""
-        try:
-            with open(self.path, "rb") as fh:
-                header = _Header.model_validate_json(fh.readline())
-                if header.basis != self.basis:
-                    return
-                offsets: dict[str, int] = {}
-                while True:
-                    at = fh.tell()
-                    line = fh.readline()
-                    if not line:
-                        break
-                    rel = loads(line[: line.index(b"\t")])
-                    if not isinstance(rel, str):
-                        return
-                    offsets[rel] = at
-        except (OSError, ValueError):
-            return
-        self.task_parents, self.offsets = header.task_parents, offsets
+        def accept(line: bytes) -> _Header | None:
+            header = _Header.model_validate_json(line)
+            return header if header.basis == basis else None
+
+        self._file = CheckpointFile(path, accept)
+        self.task_parents: dict[str, str] = self._file.header.task_parents if self._file.header else {}
+        self.offsets = self._file.offsets
 
     def get(self, rel: str) -> PartitionCheckpoint | None:
-        at = self.offsets.get(rel)
-        if at is None:
+        payload = self._file.payload(rel)
+        if payload is None:
             return None
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(at)
-                line = fh.readline()
-            return PartitionCheckpoint.model_validate_json(line[line.index(b"\t") + 1:])
-        except (OSError, ValueError):
+            return PartitionCheckpoint.model_validate_json(payload)
+        except ValueError:
             return None
 
     def resume(self, rel: str, path: Path) -> tuple[PartitionCheckpoint, PrefixHash] | None:
@@ -135,24 +112,12 @@ class ScoreCheckpoints:
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
         """One partition's next checkpoint (kept in a side file until `save`)."""
-        if self._out is None:
-            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
-        self._out.write(dumps(rel) + b"\t" + dumps(checkpoint) + b"\n")
+        self._file.write(rel, checkpoint)
 
     def save(self, task_parents: dict[str, str]) -> None:
         """Replace the checkpoint file: the header, then the partitions written this run."""
-        header = {"version": CHECKPOINT_VERSION, "basis": self.basis, "task_parents": dict(sorted(task_parents.items()))}
-        if self._out is not None:
-            self._out.close()
-        with atomic_writer(self.path) as fh:
-            fh.write(dumps(header) + b"\n")
-            if self._out is not None:
-                with open(self._parts_path, "rb") as parts:
-                    shutil.copyfileobj(parts, fh, 1 << 20)
-        self.discard()
+        self._file.save({"version": CHECKPOINT_VERSION, "basis": self.basis,
+                         "task_parents": dict(sorted(task_parents.items()))})
 
     def discard(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        self._parts_path.unlink(missing_ok=True)
+        self._file.discard()

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
 from distill.export.quarantine import Entry, RowExporter
 from distill.export.reader import EvidenceIndex, iter_scored_file, rel_path
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import atomic_writer, dumps, loads
+from distill.jsonl import loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
@@ -134,48 +134,27 @@ class TailEvidence:
 
 
 class ExportCheckpoints:
-    """The checkpoint file: a header line (format, basis), then one line per scored partition
-    (`"<rel>"\\t{checkpoint}`), read one at a time. The next run's file is written the same way."""
+    """The checkpoint file (distill.checkpoint_file): a header (format, basis), then one line per
+    scored partition, read one at a time; the next run's file is written as partitions are done."""
 
     def __init__(self, path: Path, basis: str, *, writable: bool = True) -> None:
         self.path = path
         self.basis = basis
         self.writable = writable  # a dry run reads checkpoints and writes none
-        self.offsets: dict[str, int] = {}
-        self._parts_path = path.with_name(path.name + ".parts.tmp")
-        self._out: Any = None
-        self._load()
 
-    def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as fh:
-                header = loads(fh.readline())
-                if not isinstance(header, dict) or header.get("version") != EXPORT_CHECKPOINT_VERSION \
-                        or header.get("basis") != self.basis:
-                    return
-                offsets: dict[str, int] = {}
-                while True:
-                    at = fh.tell()
-                    line = fh.readline()
-                    if not line:
-                        break
-                    rel = loads(line[: line.index(b"\t")])
-                    if not isinstance(rel, str):
-                        return
-                    offsets[rel] = at
-        except (OSError, ValueError):
-            return
-        self.offsets = offsets
+        def accept(line: bytes) -> dict[str, Any] | None:
+            header = loads(line)
+            ours = isinstance(header, dict) and header.get("version") == EXPORT_CHECKPOINT_VERSION
+            return header if ours and header.get("basis") == basis else None
+
+        self._file = CheckpointFile(path, accept)
 
     def get(self, rel: str) -> dict[str, Any] | None:
-        at = self.offsets.get(rel)
-        if at is None:
+        payload = self._file.payload(rel)
+        if payload is None:
             return None
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(at)
-                line = fh.readline()
-            found = loads(line[line.index(b"\t") + 1:])
+            found = loads(payload)
             found["keys"] = _keys_array(found["mirror_keys"])
             entries = found["entries"]
             if not (isinstance(entries, list) and all(isinstance(e, list) and len(e) == 7 for e in entries)):
@@ -184,7 +163,7 @@ class ExportCheckpoints:
                 if type(found[name]) is not int or found[name] < 0:
                     return None
             return found
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
@@ -194,31 +173,16 @@ class ExportCheckpoints:
         sha = scored.hexdigest(scored_path)
         if sha is None:
             return
-        if self._out is None:
-            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
         end, mirror_sha, keys = mirror
-        self._out.write(dumps(rel) + b"\t" + dumps({
-            "end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end, "mirror_sha256": mirror_sha,
-            "mirror_keys": _keys_text(keys), "entries": entries,
-        }) + b"\n")
+        self._file.write(rel, {"end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end,
+                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys), "entries": entries})
 
     def save(self) -> None:
-        if not self.writable:
-            return
-        with atomic_writer(self.path) as fh:
-            fh.write(dumps({"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis}) + b"\n")
-            if self._out is not None:
-                self._out.close()
-                self._out = None
-                with open(self._parts_path, "rb") as parts:
-                    shutil.copyfileobj(parts, fh, 1 << 20)
-        self.discard()
+        if self.writable:
+            self._file.save({"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis})
 
     def discard(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        self._parts_path.unlink(missing_ok=True)
+        self._file.discard()
 
 
 def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, np.ndarray] | None:

@@ -1,0 +1,82 @@
+"""The file a stage keeps its per-partition checkpoints in (score, the RAG/SFT exports).
+
+A header line, then one line per partition: `"<rel>"\\t{checkpoint}`. Opening it indexes where
+each partition's line starts, so a run reads one partition's checkpoint at a time and memory does
+not grow with the workspace. The next run's lines go to a side file as partitions are done and
+replace the file at the end (atomically), or are thrown away when the run does not finish.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from distill.jsonl import atomic_writer, dumps, loads
+
+
+class CheckpointFile:
+    """`accept` reads the header line and returns it (parsed) when the checkpoints were made on
+    this run's basis, None otherwise: then no partition's checkpoint is offered."""
+
+    def __init__(self, path: Path, accept: Callable[[bytes], Any | None]) -> None:
+        self.path = path
+        self.header: Any | None = None
+        self.offsets: dict[str, int] = {}
+        self._parts_path = path.with_name(path.name + ".parts.tmp")
+        self._out: IO[bytes] | None = None
+        try:
+            with open(path, "rb") as fh:
+                header = accept(fh.readline())
+                if header is None:
+                    return
+                offsets: dict[str, int] = {}
+                while True:
+                    at = fh.tell()
+                    line = fh.readline()
+                    if not line:
+                        break
+                    rel = loads(line[: line.index(b"\t")])
+                    if not isinstance(rel, str):
+                        return
+                    offsets[rel] = at
+        except (OSError, ValueError):
+            return
+        self.header, self.offsets = header, offsets
+
+    def payload(self, rel: str) -> bytes | None:
+        """The raw checkpoint of one partition (its JSON), None when there is none."""
+        at = self.offsets.get(rel)
+        if at is None:
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(at)
+                line = fh.readline()
+            return line[line.index(b"\t") + 1:]
+        except (OSError, ValueError):
+            return None
+
+    def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
+        """One partition's next checkpoint (kept in the side file until `save`)."""
+        if self._out is None:
+            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
+        self._out.write(dumps(rel) + b"\t" + dumps(checkpoint) + b"\n")
+
+    def save(self, header: dict[str, Any]) -> None:
+        """Replace the file: the header, then the partitions written this run."""
+        if self._out is not None:
+            self._out.close()
+        with atomic_writer(self.path) as fh:
+            fh.write(dumps(header) + b"\n")
+            if self._out is not None:
+                with open(self._parts_path, "rb") as parts:
+                    shutil.copyfileobj(parts, fh, 1 << 20)
+        self.discard()
+
+    def discard(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._parts_path.unlink(missing_ok=True)
