@@ -9,7 +9,9 @@ rusage: the full run, the same command again with nothing changed, and again aft
 grow by 1 %. Reported: wall and CPU seconds, peak RSS, each re-run as a fraction of the full run,
 which stages the re-runs skipped and the seconds inside each stage, the exit code (1 when the
 firewall stopped the run, e.g. appended verdicts re-scored a run that had shipped), and the sha256
-of every export file after the full run.
+of every export file after the full run. --check-force also runs the append on a twin workspace
+with `--force` (every cache and checkpoint deleted) and says whether the exports and every stage's
+counters are the same.
 Results: benchmarks/results/rerun[_quick].json and .md.
 """
 
@@ -47,12 +49,12 @@ def stage_seconds(result: dict[str, Any]) -> dict[str, float]:
             for s in result.get("summary", {}).get("stages", [])}
 
 
-def timed_run(root: Path) -> dict[str, Any]:
+def timed_run(root: Path, *extra: str) -> dict[str, Any]:
     exe = str(Path(sys.executable).with_name("distill"))
     start = time.perf_counter()
     # --continue-on-failure: a run the firewall stops (exit 1) still does every stage's work, so
     # the timings compare whole runs
-    proc = subprocess.Popen([exe, "run", "--no-index", "--continue-on-failure", "--root", str(root), "--json"],
+    proc = subprocess.Popen([exe, "run", "--no-index", "--continue-on-failure", *extra, "--root", str(root), "--json"],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = proc.communicate()
@@ -64,7 +66,9 @@ def timed_run(root: Path) -> dict[str, Any]:
     if summary is None or proc.returncode not in (0, 1):
         raise SystemExit(f"distill run failed ({proc.returncode}): {err.decode()[-2000:]}")
     result = {"wall_s": round(wall, 2), "exit_code": proc.returncode, "stages": stage_actions(summary),
-              "stage_wall_s": stage_seconds(summary)}
+              "stage_wall_s": stage_seconds(summary),
+              "counters": {str(s.get("stage")): {"totals": s.get("totals"), "by_source": s.get("by_source")}
+                           for s in summary.get("summary", {}).get("stages", [])}}
     if proc.returncode == 1:
         # exit 1 is the firewall stopping the run (e.g. appended verdicts re-scored a run that had
         # shipped as rejected): the work was done and timed; the codes say why it stopped
@@ -106,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-append", action="store_true",
                     help="skip the +1 %% run (at 1M rows it is a second full-length run)")
     ap.add_argument("--name", help="result file stem (default rerun / rerun_quick)")
+    ap.add_argument("--check-force", action="store_true",
+                    help="also run the +1 %% append on a twin with --force (no caches, untimed) and "
+                         "compare every export file and every stage's counters")
     args = ap.parse_args(argv)
     rows = 2_000 if args.quick else args.rows
     more = rows + max(1, rows // 100)
@@ -124,11 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         unchanged = run_with_rusage(base)
         log(f"unchanged {unchanged}")
         plus = None
+        same_as_force = None
         if not args.no_append:
-            for src in (grown / "_kb").glob("*.jsonl"):
-                shutil.copyfile(src, base / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
+            twin = Path(tmp) / "twin"
+            if args.check_force:
+                shutil.copytree(base, twin)
+            for ws in (base, twin) if args.check_force else (base,):
+                for src in (grown / "_kb").glob("*.jsonl"):
+                    shutil.copyfile(src, ws / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
             plus = run_with_rusage(base)
             log(f"+1% {plus}")
+            if args.check_force:
+                forced = timed_run(twin, "--force")
+                same_as_force = {
+                    "exports_identical": export_hashes(base) == export_hashes(twin),
+                    "counters_identical": plus["counters"] == forced["counters"],
+                    "exit_codes": [plus["exit_code"], forced["exit_code"]],
+                }
+                log(f"against --force: {same_as_force}")
 
     result = {
         "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
@@ -138,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "plus_one_percent_fraction_wall": round(plus["wall_s"] / full["wall_s"], 4) if plus else None,
         "plus_one_percent_fraction_cpu": round(plus["cpu_s"] / full["cpu_s"], 4) if plus else None,
         "export_sha256_after_full_run": hashes,
+        "plus_one_percent_vs_force": same_as_force,
         "machine": machine(),
     }
     result["targets"] = {
@@ -171,6 +192,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"- unchanged re-run: {r['unchanged_fraction_cpu']:.2%} of the full run's CPU ({r['unchanged_fraction_wall']:.2%} wall)",
         (f"- after +1 % rows: {r['plus_one_percent_fraction_cpu']:.2%} of the full run's CPU "
          f"({r['plus_one_percent_fraction_wall']:.2%} wall)" if r["plus_one_percent"] else "- +1 % run: not run (--no-append)"),
+        *([f"- the +1 % run against the same append with `--force` (no caches): exports identical: "
+           f"{r['plus_one_percent_vs_force']['exports_identical']}, counters identical: "
+           f"{r['plus_one_percent_vs_force']['counters_identical']}"] if r.get("plus_one_percent_vs_force") else []),
         "- " + targets_line(r["targets"]),
         f"- machine: {r['machine']}",
     ]

@@ -164,3 +164,15 @@ def test_fusion_quick(tmp_path: Path) -> None:
         assert abs(d["onnx_vs_torch_delta"]["dense"]) <= 0.025, d["onnx_vs_torch_delta"]
     assert data["chosen_fusion"]["method"] in ("rrf", "score")
     assert len(data["dev_grid"]["scifact"]) == 2 + 9 + 21
+
+
+def test_rerun_quick_matches_a_run_without_caches(tmp_path: Path) -> None:
+    """The periodic-run benchmark; its +1 % run (checkpoints, resumed counts and verification)
+    gives the exports and counters of the same append run with --force."""
+    run_suite("rerun.py", tmp_path, "--check-force")
+    data = check_outputs(tmp_path, "rerun_quick", [])
+    assert data["rows"] == 2000 and data["rows_added"] == 20
+    assert all(action == "skipped" for action in data["unchanged"]["stages"].values())
+    assert data["plus_one_percent"]["stages"]["export-rag"] == "ran"
+    assert data["plus_one_percent_vs_force"]["exports_identical"] is True
+    assert data["plus_one_percent_vs_force"]["counters_identical"] is True
