@@ -39,17 +39,30 @@ def _state(ws: Workspace, kind: ExportKind, report: StageReport) -> tuple[dict[s
     return report.model_dump(exclude={"inputs", "outputs"}), files
 
 
-def _twins(tmp_path: Path, streams: Path, kind: ExportKind, change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
-    """Two workspaces collected, scored and exported once, then changed alike; the second forgets
-    its export checkpoint."""
-    a = Workspace(tmp_path / "a")
-    shutil.copytree(streams, a.kb_dir)
-    run_collect(a, load_settings(a.root))
-    run_score(a, load_settings(a.root))
-    assert not _export(a, kind).violations
-    assert a.export_checkpoint_path(kind.value).is_file()
-    shutil.copytree(a.root, tmp_path / "b")
-    b = Workspace(tmp_path / "b")
+@pytest.fixture(scope="module")
+def exported_once(generated: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[ExportKind, Path]:
+    """Per kind, a workspace of the small streams collected, scored and exported once (copied by
+    each test, so the collect and score runs are paid once per module)."""
+    small, _ = generated
+    roots: dict[ExportKind, Path] = {}
+    for kind in KINDS:
+        ws = Workspace(tmp_path_factory.mktemp(f"exported-{kind.value}") / "ws")
+        shutil.copytree(small, ws.kb_dir)
+        run_collect(ws, load_settings(ws.root))
+        run_score(ws, load_settings(ws.root))
+        assert not _export(ws, kind).violations
+        assert ws.export_checkpoint_path(kind.value).is_file()
+        roots[kind] = ws.root
+    return roots
+
+
+def _twins(tmp_path: Path, exported: dict[ExportKind, Path], kind: ExportKind,
+           change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
+    """Two copies of a workspace exported once, changed alike; the second forgets its export
+    checkpoint."""
+    shutil.copytree(exported[kind], tmp_path / "a")
+    shutil.copytree(exported[kind], tmp_path / "b")
+    a, b = Workspace(tmp_path / "a"), Workspace(tmp_path / "b")
     b.export_checkpoint_path(kind.value).unlink()
     change(a)
     change(b)
@@ -81,9 +94,10 @@ def _compare(a: Workspace, b: Workspace, kind: ExportKind, monkeypatch: pytest.M
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, generated: tuple[Path, Path],
+                                                               exported_once: dict[ExportKind, Path],
                                                                kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
-    small, grown = generated
-    a, b = _twins(tmp_path, small, kind, _grow(grown))
+    _, grown = generated
+    a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
     done_a, done_b = _compare(a, b, kind, monkeypatch)
     assert done_b >= ROWS // 2  # the full pass decided (nearly) every row
     assert 0 < done_a <= ROWS // 20  # the resumed one about the 2 % appended
@@ -132,10 +146,9 @@ def _torn_scored_tail(ws: Workspace) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("change", ["evidence edited", "scored edited", "export shortened", "junk checkpoint",
                                     "torn scored tail", "scored partition deleted"])
-def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, generated: tuple[Path, Path],
+def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, exported_once: dict[ExportKind, Path],
                                                             kind: ExportKind, change: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    small, _ = generated
     changes: dict[str, Callable[[Workspace], None]] = {
         "evidence edited": _flip_evidence,
         "scored edited": _flip_scored,
@@ -144,16 +157,14 @@ def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, gene
         "torn scored tail": _torn_scored_tail,
         "scored partition deleted": lambda ws: iter_partition_files(ws.scored_dir)[1].unlink(),
     }
-    a, b = _twins(tmp_path, small, kind, changes[change])
+    a, b = _twins(tmp_path, exported_once, kind, changes[change])
     _compare(a, b, kind, monkeypatch)
     _compare(a, b, kind, monkeypatch)  # and again, from the checkpoints the first pass wrote
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Path, generated: tuple[Path, Path],
+def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Path, exported_once: dict[ExportKind, Path],
                                                                     kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
-    small, _ = generated
-
     def reject_a_shipped_run(ws: Workspace) -> None:
         shipped = orjson.loads({ExportKind.RAG: ws.rag_path, ExportKind.SFT: ws.sft_path}[kind].read_bytes().splitlines()[0])
         for path in iter_partition_files(ws.scored_dir):
@@ -167,17 +178,18 @@ def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Pat
                     return
         raise AssertionError("no scored line for a shipped row")
 
-    a, b = _twins(tmp_path, small, kind, reject_a_shipped_run)
+    a, b = _twins(tmp_path, exported_once, kind, reject_a_shipped_run)
     report = _export(a, kind)
     assert any(v.code.value == "stale_row" for v in report.violations)
     assert _state(a, kind, report) == _state(b, kind, _export(b, kind))
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[Path, Path], kind: ExportKind,
+def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[Path, Path],
+                                               exported_once: dict[ExportKind, Path], kind: ExportKind,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    small, grown = generated
-    a, b = _twins(tmp_path, small, kind, _grow(grown))
+    _, grown = generated
+    a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
     changed = Settings(export={"contamination_threshold": 0.9})
     done_a, done_b = _compare(a, b, kind, monkeypatch, settings=changed)
     assert done_a == done_b  # another basis: every row decided again
@@ -189,12 +201,10 @@ def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[
     assert _state(a, kind, report_a) == _state(b, kind, _export(b, kind, changed, **flag))
 
 
-def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, generated: tuple[Path, Path]) -> None:
-    small, _ = generated
+def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, exported_once: dict[ExportKind, Path]) -> None:
+    shutil.copytree(exported_once[ExportKind.RAG], tmp_path / "ws")
     ws = Workspace(tmp_path / "ws")
-    shutil.copytree(small, ws.kb_dir)
-    run_collect(ws, load_settings(ws.root))
-    run_score(ws, load_settings(ws.root))
+    ws.export_checkpoint_path("rag").unlink()
     _export(ws, ExportKind.RAG, dry_run=True)
     assert not ws.export_checkpoint_path("rag").exists()
     assert not list(ws.root.glob(".distill.export-*.parts.tmp"))
@@ -202,10 +212,10 @@ def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, generated: tuple[Path, Pa
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_new_line_whose_evidence_key_the_prefix_has_joins_the_prefix_record(
-        tmp_path: Path, generated: tuple[Path, Path], kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A mirror's first valid record of a key wins: an appended record with the same key (here one
     that would be decided differently) must not be what a resumed export joins."""
-    small, _ = generated
 
     def append_a_second_record_of_a_known_key(ws: Workspace) -> None:
         for scored in iter_partition_files(ws.scored_dir):
@@ -225,5 +235,5 @@ def test_a_new_line_whose_evidence_key_the_prefix_has_joins_the_prefix_record(
                     return
         raise AssertionError("no accepted verdict row to copy")
 
-    a, b = _twins(tmp_path, small, kind, append_a_second_record_of_a_known_key)
+    a, b = _twins(tmp_path, exported_once, kind, append_a_second_record_of_a_known_key)
     _compare(a, b, kind, monkeypatch)
