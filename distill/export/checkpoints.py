@@ -27,7 +27,8 @@ import numpy as np
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
 from distill.export.quarantine import Entry, RowExporter
-from distill.export.reader import EvidenceIndex, iter_scored_file, rel_path
+from distill.export.reader import EvidenceIndex, evidence_records, iter_scored_file, rel_path
+from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import loads
 from distill.receipts import code_fingerprint, digest_tree_listing
@@ -35,15 +36,6 @@ from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
 EXPORT_CHECKPOINT_VERSION = 1
-
-
-def key_digest(run_id: str, sig: str) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for part in (run_id, sig):
-        data = part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.digest()
 
 
 def _keys_text(keys: np.ndarray) -> str:
@@ -105,7 +97,7 @@ class TailEvidence:
             self._tail = {}
             if self.mirror.is_file():
                 self.index.note_read(self.mirror)
-                for _, ev in EvidenceIndex._records(self.mirror, start=self.end, on_chunk=self._hash):
+                for _, ev in evidence_records(self.mirror, start=self.end, on_chunk=self._hash):
                     self._tail.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
         return self._tail
 

@@ -101,7 +101,8 @@ Entry = list[Any]
 """One input row's outcome as a checkpoint keeps it: [code, source, category, reason, sample id,
 run id, quarantine line]. Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
 candidate that shipped (or was already shipped), "g" a candidate the firewall or the schema
-refused. A "d" row keeps its sample id and run id when its reason is an unsafe category (the
+refused, "x" a repeat of an id produced earlier in the input (its partition gets no checkpoint,
+so an "x" entry is never replayed). A "d" row keeps its sample id and run id when its reason is an unsafe category (the
 stale-row check asks for them again)."""
 
 
@@ -210,10 +211,9 @@ class RowExporter:
         decision = self.decide(item)
         if isinstance(decision, Drop):
             rec = quarantine_joined(self.stage, item, decision.reason, decision.errors, decision.record_id)
-            unsafe = self.id_of is not None and decision.reason in UNSAFE
-            sid = self.id_of(item) if unsafe and self.id_of is not None else None
-            self._drop(i, item.source, rec, category,
-                       ["d", item.source, category, decision.reason.value, sid, item.evidence.run_id if unsafe else None, None])
+            sid = self.id_of(item) if self.id_of is not None and decision.reason in UNSAFE else None
+            self._drop(i, item.source, rec, category, ["d", item.source, category, decision.reason.value, sid,
+                                                       item.evidence.run_id if sid is not None else None, None])
             if sid is not None and sid in self.existing_ids:
                 self._stale(sid, item.evidence.run_id, category, decision.reason.value)
             return

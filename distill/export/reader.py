@@ -73,6 +73,20 @@ class Broken:
 ReaderItem = Joined | Broken
 
 
+def evidence_records(path: Path, start: int = 0, on_chunk: Callable[[bytes], None] | None = None,
+                     ) -> Iterator[tuple[int, EvidenceRecord]]:
+    """(byte offset, record) for every line of `path` from `start` that is an EvidenceRecord;
+    lines that do not parse as one are not data."""
+    for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
+        if not (raw.terminated and raw.data and raw.data.strip()):
+            continue
+        try:
+            ev = EvidenceRecord.model_validate(loads(raw.data))
+        except (ValueError, ValidationError):
+            continue
+        yield raw.offset, ev
+
+
 class EvidenceIndex:
     """Evidence by (run_id, sig_hash), loaded per partition file on demand.
 
@@ -85,8 +99,9 @@ class EvidenceIndex:
     just where each record lives (file, byte offset) and reads a record back when asked.
     """
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, hash_mirrors: bool = False) -> None:
         self._ws = ws
+        self._hash_mirrors = hash_mirrors  # export checkpoints keep where each mirror's prefix ends
         self._current: tuple[Path, dict[tuple[str, str], EvidenceRecord]] | None = None
         self._global: dict[tuple[str, str], tuple[Path, int]] | None = None
         self._revisions: dict[str, list[str]] | None = None
@@ -100,19 +115,6 @@ class EvidenceIndex:
             self._read.add(path)
             self.files_read.append(path)
 
-    @staticmethod
-    def _records(path: Path, start: int = 0, on_chunk: Callable[[bytes], None] | None = None,
-                 ) -> Iterator[tuple[int, EvidenceRecord]]:
-        """(byte offset, record) for every line of `path` from `start` that is an EvidenceRecord."""
-        for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
-            if not (raw.terminated and raw.data and raw.data.strip()):
-                continue
-            try:
-                ev = EvidenceRecord.model_validate(loads(raw.data))
-            except (ValueError, ValidationError):
-                continue
-            yield raw.offset, ev
-
     def _load(self, path: Path) -> dict[tuple[str, str], EvidenceRecord]:
         if self._current is not None and self._current[0] == path:
             return self._current[1]
@@ -121,11 +123,11 @@ class EvidenceIndex:
         records: dict[tuple[str, str], EvidenceRecord] = {}
         if path.is_file():
             self.note_read(path)
-            read = LineEndHash(PrefixHash())
-            for _, ev in self._records(path, on_chunk=read):
+            read = LineEndHash(PrefixHash()) if self._hash_mirrors else None
+            for _, ev in evidence_records(path, on_chunk=read):
                 records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
-            sha = read.hexdigest(path)
-            self.loaded_to = (read.end, sha) if sha is not None else None
+            sha = read.hexdigest(path) if read is not None else None
+            self.loaded_to = (read.end, sha) if read is not None and sha is not None else None
         self._current = (path, records)
         return records
 
@@ -148,7 +150,7 @@ class EvidenceIndex:
                 if not path.is_file():
                     continue
                 self.note_read(path)
-                for offset, ev in self._records(path):
+                for offset, ev in evidence_records(path):
                     merged.setdefault((ev.run_id, ev.provenance.sig_hash), (path, offset))
             self._global = merged
             revisions: dict[str, list[str]] = {}

@@ -95,7 +95,7 @@ def run_export(
         (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
         if not rebuild:
             existing_per_task[str(r.get("task_id"))] += 1
-    index = EvidenceIndex(ws)
+    index = EvidenceIndex(ws, hash_mirrors=kind != "preference")  # RAG/SFT checkpoints need the mirrors' hashes
     checkpoints: ExportCheckpoints | None = None
 
     stale: list[Violation] = []

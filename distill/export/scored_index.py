@@ -21,7 +21,8 @@ from distill.jsonl import dumps, json_rows, loads
 from distill.workspace import Workspace, iter_partition_files
 
 
-def _digest(*parts: str) -> bytes:
+def key_digest(*parts: str) -> bytes:
+    """128 bits of blake2b over length-prefixed parts: the key every export cache keeps."""
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         data = part.encode("utf-8", "surrogatepass")
@@ -86,8 +87,8 @@ def lookup_keys(run_id: Any, sig: Any) -> tuple[int, bytes, bytes]:
     if not isinstance(run_id, str):
         return LOOKUP_NONE, bytes(16), bytes(16)
     if not isinstance(sig, str):
-        return LOOKUP_RUN, _digest(run_id), bytes(16)
-    return LOOKUP_VERSION, _digest(run_id), _digest(run_id, sig)
+        return LOOKUP_RUN, key_digest(run_id), bytes(16)
+    return LOOKUP_VERSION, key_digest(run_id), key_digest(run_id, sig)
 
 
 class ScoredIndex:
@@ -107,9 +108,9 @@ class ScoredIndex:
 
     def add(self, run_id: str, sig: str | None, category: str) -> None:
         code = self._code_of(category)
-        self._by_run.add(_digest(run_id), code)
+        self._by_run.add(key_digest(run_id), code)
         if sig is not None:
-            self._by_version.add(_digest(run_id, sig), code)
+            self._by_version.add(key_digest(run_id, sig), code)
 
     def add_part(self, part: _Part) -> None:
         """Every line of a partition, in order (what `add` does line by line)."""
@@ -168,8 +169,8 @@ class _Part:
         self.sha256 = ""
 
     def add(self, run_id: str, sig: str | None, category: str) -> None:
-        self.runs += _digest(run_id)
-        self.versions += _digest(run_id, sig) if sig is not None else bytes(16)
+        self.runs += key_digest(run_id)
+        self.versions += key_digest(run_id, sig) if sig is not None else bytes(16)
         self.has_sig.append(sig is not None)
         self.categories.append(category)
 

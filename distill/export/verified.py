@@ -15,7 +15,6 @@ cache only saves work (losing or damaging it costs one full verification).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from array import array
@@ -26,17 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from distill.export.scored_index import ScoredIndex, lookup_keys
+from distill.export.scored_index import ScoredIndex, key_digest, lookup_keys
 from distill.firewall import ExportKind
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import dumps, loads
 from distill.workspace import Workspace
 
 VERIFIED_VERSION = 1
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def cache_path(ws: Workspace, kind: ExportKind) -> Path:
@@ -126,7 +121,7 @@ class VerifiedPrefix:
 
         def count(what: str, value: str) -> int:
             keys = self.ids if what == "id" else self.tasks
-            probe = np.array(_digest(value), dtype="S16")
+            probe = np.array(key_digest(value), dtype="S16")
             return int(np.searchsorted(keys, probe, side="right") - np.searchsorted(keys, probe, side="left"))
 
         return count
@@ -153,8 +148,8 @@ def save_verified(
     names = sorted({a for a in answers if a is not None} | set(before.names if before else []))
     code = {n: i for i, n in enumerate(names)}
     new_answers = np.array([code[a] if a is not None else -1 for a in answers], dtype=np.int64)
-    id_digests = np.array([_digest(i) for i in ids], dtype="S16")
-    task_digests = np.array([_digest(t) for t, n in tasks for _ in range(n)], dtype="S16")
+    id_digests = np.array([key_digest(i) for i in ids], dtype="S16")
+    task_digests = np.array([key_digest(t) for t, n in tasks for _ in range(n)], dtype="S16")
     if before is not None:
         remap = np.array([code[n] for n in before.names] + [-1], dtype=np.int64)
         has = np.concatenate((before.has, has))

@@ -23,8 +23,6 @@ from distill.receipts import code_fingerprint
 from distill.records import PreferenceSample, RagSample, SftSample
 from distill.workspace import Workspace
 
-__all__ = ["SCHEMAS", "ScoredIndex", "native_path", "schema_violations", "scored_categories", "verify_export"]
-
 SCHEMAS: Mapping[ExportKind, type[BaseModel]] = {
     ExportKind.RAG: RagSample,
     ExportKind.SFT: SftSample,
