@@ -77,6 +77,11 @@ def timed_run(root: Path, *extra: str) -> dict[str, Any]:
     return result
 
 
+def brief(measured: dict[str, Any]) -> dict[str, Any]:
+    """A run's figures for the log, without its counters."""
+    return {k: v for k, v in measured.items() if k != "counters"}
+
+
 def run_with_rusage(root: Path) -> dict[str, Any]:
     """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (peak RSS: the largest child so far)."""
     import resource
@@ -127,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{rows:,} rows; then +{more - rows:,}")
         full = run_with_rusage(base)
         hashes = export_hashes(base)
-        log(f"full {full}")
+        log(f"full {brief(full)}")
         unchanged = run_with_rusage(base)
-        log(f"unchanged {unchanged}")
+        log(f"unchanged {brief(unchanged)}")
         plus = None
         same_as_force = None
         if not args.no_append:
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 for src in (grown / "_kb").glob("*.jsonl"):
                     shutil.copyfile(src, ws / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
             plus = run_with_rusage(base)
-            log(f"+1% {plus}")
+            log(f"+1% {brief(plus)}")
             if args.check_force:
                 forced = timed_run(twin, "--force")
                 same_as_force = {
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 log(f"against --force: {same_as_force}")
 
+    for measured in (full, unchanged, plus):
+        if measured is not None:
+            measured.pop("counters")  # compared above; the per-source tables are not results
     result = {
         "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
         "full": full, "unchanged": unchanged, "plus_one_percent": plus,
