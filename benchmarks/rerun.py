@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,14 +50,16 @@ def stage_seconds(result: dict[str, Any]) -> dict[str, float]:
             for s in result.get("summary", {}).get("stages", [])}
 
 
-def timed_run(root: Path, *extra: str) -> dict[str, Any]:
+def timed_run(root: Path, *extra: str, jobs: int | None = None) -> dict[str, Any]:
     exe = str(Path(sys.executable).with_name("distill"))
+    env = dict(os.environ)
+    if jobs is not None:
+        env["DISTILL_RUN__JOBS"] = str(jobs)  # [run] jobs: stages side by side (0: every core)
     start = time.perf_counter()
     # --continue-on-failure: a run the firewall stops (exit 1) still does every stage's work, so
     # the timings compare whole runs
     proc = subprocess.Popen([exe, "run", "--no-index", "--continue-on-failure", *extra, "--root", str(root), "--json"],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
     try:
@@ -82,12 +85,13 @@ def brief(measured: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in measured.items() if k != "counters"}
 
 
-def run_with_rusage(root: Path) -> dict[str, Any]:
-    """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (peak RSS: the largest child so far)."""
+def run_with_rusage(root: Path, jobs: int | None = None) -> dict[str, Any]:
+    """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (a run's worker
+    processes are its children, waited for, so they count; peak RSS: the largest process so far)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = timed_run(root)
+    r = timed_run(root, jobs=jobs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     r["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
     r["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # the largest child so far (Linux: KiB)
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-append", action="store_true",
                     help="skip the +1 %% run (at 1M rows it is a second full-length run)")
     ap.add_argument("--name", help="result file stem (default rerun / rerun_quick)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="[run] jobs for every timed run (default: the setting's own default, every core); "
+                         "1 runs the stages one by one")
     ap.add_argument("--check-force", action="store_true",
                     help="also run the +1 %% append on a twin with --force (no caches, untimed) and "
                          "compare every export file and every stage's counters")
@@ -130,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_append:
             generate.write_scaled(grown / "_kb", more)
         log(f"{rows:,} rows; then +{more - rows:,}")
-        full = run_with_rusage(base)
+        full = run_with_rusage(base, args.jobs)
         hashes = export_hashes(base)
         log(f"full {brief(full)}")
-        unchanged = run_with_rusage(base)
+        unchanged = run_with_rusage(base, args.jobs)
         log(f"unchanged {brief(unchanged)}")
         plus = None
         same_as_force = None
@@ -144,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             for ws in (base, twin) if args.check_force else (base,):
                 for src in (grown / "_kb").glob("*.jsonl"):
                     shutil.copyfile(src, ws / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
-            plus = run_with_rusage(base)
+            plus = run_with_rusage(base, args.jobs)
             log(f"+1% {brief(plus)}")
             if args.check_force:
-                forced = timed_run(twin, "--force")
+                forced = timed_run(twin, "--force", jobs=args.jobs)
                 same_as_force = {
                     "exports_identical": export_hashes(base) == export_hashes(twin),
                     "counters_identical": plus["counters"] == forced["counters"],
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             measured.pop("counters")  # compared above; the per-source tables are not results
     result = {
         "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
+        "jobs": "default (every core)" if args.jobs is None else args.jobs,
         "full": full, "unchanged": unchanged, "plus_one_percent": plus,
         "unchanged_fraction_wall": round(unchanged["wall_s"] / full["wall_s"], 4),
         "unchanged_fraction_cpu": round(unchanged["cpu_s"] / full["cpu_s"], 4),
@@ -193,7 +201,8 @@ def markdown(r: dict[str, Any]) -> str:
                      ", ".join(f"{s}: {a}" + (f" {seconds[s]:.1f} s" if s in seconds else "")
                                for s, a in m["stages"].items())])
     lines = [
-        f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index --continue-on-failure`)",
+        f"### Periodic runs ({r['rows']:,} source rows, `distill run --no-index --continue-on-failure`, "
+        f"[run] jobs: {r.get('jobs', 'default')})",
         "",
         md_table(["run", "exit", "wall s", "CPU s", "peak RSS MiB (largest so far)", "stages (wall s inside each)"], rows),
         "",

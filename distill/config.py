@@ -223,6 +223,17 @@ class DriftSettings(Section):
     )
 
 
+class RunSettings(Section):
+    """`distill run`: how many independent stages run at once (outputs are the same bytes either way)."""
+
+    jobs: int = Field(0, ge=0, description="stages run at once when none needs another's outputs; 0: every available core")
+    parallel_min_input_mib: float = Field(
+        16.0, ge=0,
+        description="stages run side by side only when one of them reads at least this much: below it, "
+        "starting a worker process costs more than it saves",
+    )
+
+
 class AuditSettings(Section):
     """`distill audit`: how claims are checked and how recurrence raises severity. Placeholder
     patterns are the gate's (`[gate] placeholder_patterns`): one list for answers and diffs."""
@@ -315,6 +326,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     sources: list[FieldMapping] = Field(default_factory=list)

@@ -67,6 +67,7 @@ from distill.records.receipts import (
 from distill.records.stage import StageReport
 from distill.resume import decide_resume, listed, rerun_findings, stage_config_hash
 from distill.stage import Stage
+from distill.stage_workers import StageWorker, effective_jobs, run_guarded
 from distill.workspace import Workspace
 
 EventHook = Callable[[str, str, str], None]
@@ -215,14 +216,9 @@ def skip_stage(ctx: _RunContext, stage: Stage, plan: _Plan, t0: float, started_a
 
 
 def execute_stage(ctx: _RunContext, stage: Stage) -> tuple[StageReport, str | None]:
-    """Run the stage; an exception is the stage's failure, reported as its error, not raised.
+    """Run the stage here; an exception is the stage's failure, reported as its error, not raised.
     (KeyboardInterrupt and Terminated are not exceptions of the stage: they stop the run.)"""
-    try:
-        return stage.run(ctx.ws, ctx.settings), None
-    except StageUnavailable:
-        raise
-    except Exception as exc:  # the orchestration boundary: any failure becomes a failed receipt
-        return StageReport(stage=stage.name), f"{type(exc).__name__}: {exc}"
+    return run_guarded(stage, ctx.ws, ctx.settings)
 
 
 def validate_stage(ctx: _RunContext, stage: Stage, report: StageReport, outputs: list[FileDigest]) -> list[str]:
@@ -243,11 +239,11 @@ def validate_stage(ctx: _RunContext, stage: Stage, report: StageReport, outputs:
 
 
 def _ran_receipt(
-    ctx: _RunContext, stage: Stage, plan: _Plan, report: StageReport, error: str | None, t0: float, started_at: datetime
+    ctx: _RunContext, stage: Stage, plan: _Plan, report: StageReport, error: str | None, duration: float,
+    started_at: datetime,
 ) -> StageReceipt:
     ws = ctx.ws
     finished_at = now_utc()
-    duration = time.perf_counter() - t0
     outputs = _digest_outputs(ctx, stage, report.outputs)
     out_paths = {d.path for d in outputs}
     known = {d.path for d in plan.inputs}
@@ -290,9 +286,19 @@ def _ran_receipt(
     return receipt(plan.findings + more) if more else built
 
 
-def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
-    """Plan, then skip or execute and validate one stage; its receipt (written), or None when the
-    stage cannot run in this installation."""
+@dataclass
+class _Started:
+    """A stage planned to run: what its receipt needs once its work is done."""
+
+    stage: Stage
+    plan: _Plan
+    started_at: datetime
+    planning_s: float
+
+
+def begin_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | _Started | None:
+    """Plan one stage: its skip receipt (written), a _Started to execute, or None when the stage
+    cannot run in this installation."""
     why = stage.unavailable()
     if why:
         ctx.emit("unavailable", stage.name, why)
@@ -302,13 +308,16 @@ def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
     plan = plan_stage(ctx, stage)
     if plan.decision.action == "skipped" and plan.previous is not None:
         return skip_stage(ctx, stage, plan, t0, started_at)
-    ctx.emit("start", stage.name, "; ".join(plan.decision.reasons))
-    try:
-        report, error = execute_stage(ctx, stage)
-    except StageUnavailable as exc:
-        ctx.emit("unavailable", stage.name, str(exc))
-        return None
-    receipt = _ran_receipt(ctx, stage, plan, report, error, t0, started_at)
+    return _Started(stage, plan, started_at, time.perf_counter() - t0)
+
+
+def finish_stage(ctx: _RunContext, started: _Started, outcome: tuple[StageReport, str | None],
+                 work_s: float) -> StageReceipt:
+    """Validate what the stage did and write its receipt. Its duration is its planning and its
+    work: not the time it waited for a stage that ran beside it."""
+    report, error = outcome
+    stage, plan = started.stage, started.plan
+    receipt = _ran_receipt(ctx, stage, plan, report, error, started.planning_s + work_s, started.started_at)
     write_model(receipt_path(ctx.ws, ctx.run_id, stage.name), receipt)
     if receipt.passed:
         t = report.totals
@@ -318,7 +327,85 @@ def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
     return receipt
 
 
+def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
+    """Plan, then skip or execute and validate one stage; its receipt (written), or None when the
+    stage cannot run in this installation."""
+    started = begin_stage(ctx, stage)
+    return run_stage_started(ctx, started) if isinstance(started, _Started) else started
+
+
+def run_stage_started(ctx: _RunContext, started: _Started) -> StageReceipt | None:
+    """Execute and validate a stage planned to run."""
+    ctx.emit("start", started.stage.name, "; ".join(started.plan.decision.reasons))
+    t_work = time.perf_counter()
+    try:
+        outcome = execute_stage(ctx, started.stage)
+    except StageUnavailable as exc:
+        ctx.emit("unavailable", started.stage.name, str(exc))
+        return None
+    return finish_stage(ctx, started, outcome, time.perf_counter() - t_work)
+
+
+def run_side_by_side(ctx: _RunContext, started: list[_Started]) -> list[StageReceipt | None]:
+    """Execute stages none of which reads another's outputs: the first here, each other one in a
+    worker process (distill.stage_workers); then validate them in order. A stage that turns out
+    to be unavailable gives None."""
+    for i, s in enumerate(started):
+        where = [] if i == 0 else ["in a worker process"]
+        ctx.emit("start", s.stage.name, "; ".join(s.plan.decision.reasons + where))
+    workers: list[StageWorker] = []
+    try:
+        workers = [StageWorker(s.stage, ctx.ws, ctx.settings) for s in started[1:]]
+        t_work = time.perf_counter()
+        results: list[tuple[tuple[StageReport, str | None], float] | StageUnavailable] = []
+        try:
+            results.append((execute_stage(ctx, started[0].stage), time.perf_counter() - t_work))
+        except StageUnavailable as exc:
+            results.append(exc)
+        for worker in workers:
+            try:
+                results.append(worker.outcome())
+            except StageUnavailable as exc:
+                results.append(exc)
+    finally:
+        for worker in workers:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
+            worker.stop()
+    receipts: list[StageReceipt | None] = []
+    for s, result in zip(started, results, strict=True):
+        if isinstance(result, StageUnavailable):
+            ctx.emit("unavailable", s.stage.name, str(result))
+            receipts.append(None)
+        else:
+            receipts.append(finish_stage(ctx, s, *result))
+    return receipts
+
+
 # ---------------------------------------------------------------- the run
+
+
+def _next_wave(ctx: _RunContext, pending: list[Stage], done: set[str], names: set[str], jobs: int) -> list[Stage]:
+    """The stages to run now: the next one in order, and beside it (up to `jobs`) the later ones
+    that read no output of a stage not yet done, when one of them reads at least [run]
+    parallel_min_input_mib (below that a worker process costs more than it saves). With one job,
+    or a small workspace, stages run one by one in order and a failure stops the next."""
+    ready = [s for s in pending if all(d in done or d not in names for d in s.after)]
+    wave = ready[:jobs]
+    if len(wave) < 2:
+        return pending[:1]
+    threshold = ctx.settings.run.parallel_min_input_mib * 2**20
+    if max(_input_bytes(ctx, s) for s in wave) < threshold:
+        return pending[:1]
+    return wave
+
+
+def _input_bytes(ctx: _RunContext, stage: Stage) -> int:
+    total = 0
+    for path in stage.inputs(ctx.ws, ctx.settings):
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue  # a missing input is the stage's to report
+    return total
 
 
 def _summary_line(receipt: StageReceipt, ws: Workspace) -> StageSummary:
@@ -410,20 +497,38 @@ def _execute_locked(
     receipts: list[StageReceipt] = []
     lines: list[StageSummary] = []
     stopped: StopInfo | None = None
-    for stage in stages:
+    done: set[str] = set()
+    pending = list(stages)
+    names = {s.name for s in stages}
+    jobs = effective_jobs(settings.run.jobs)
+    while pending:
         if stopped is not None:
-            lines.append(StageSummary(stage=stage.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
-            emit("not_run", stage.name, f"{stopped.stage} failed")
-            continue
-        receipt = run_stage(ctx, stage)
-        if receipt is None:
-            lines.append(StageSummary(stage=stage.name, status="unavailable", note="stage code not installed"))
-            continue
-        receipts.append(receipt)
-        lines.append(_summary_line(receipt, ws))
-        if not receipt.passed and not continue_on_failure:
-            stopped = StopInfo(stage=stage.name, reason=receipt.validation.errors[0])
+            for stage in pending:
+                lines.append(StageSummary(stage=stage.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
+                emit("not_run", stage.name, f"{stopped.stage} failed")
+            break
+        wave = _next_wave(ctx, pending, done, names, jobs)
+        pending = [s for s in pending if s not in wave]
+        if len(wave) > 1:
+            begun = [begin_stage(ctx, stage) for stage in wave]
+            to_run = [b for b in begun if isinstance(b, _Started)]
+            ran = iter(run_side_by_side(ctx, to_run) if len(to_run) > 1
+                       else [run_stage_started(ctx, s) for s in to_run])
+            outcomes = [next(ran) if isinstance(b, _Started) else b for b in begun]
+        else:
+            outcomes = [run_stage(ctx, wave[0])]
+        for stage, receipt in zip(wave, outcomes, strict=True):
+            done.add(stage.name)
+            if receipt is None:
+                lines.append(StageSummary(stage=stage.name, status="unavailable", note="stage code not installed"))
+                continue
+            receipts.append(receipt)
+            lines.append(_summary_line(receipt, ws))
+            if not receipt.passed and not continue_on_failure and stopped is None:
+                stopped = StopInfo(stage=stage.name, reason=receipt.validation.errors[0])
 
+    position = {s.name: i for i, s in enumerate(stages)}
+    lines.sort(key=lambda line: position[line.stage])  # run order, whichever stage finished first
     finished_at = now_utc()
     passed = stopped is None and all(r.passed for r in receipts)
     summary = RunSummary(

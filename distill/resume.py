@@ -17,7 +17,7 @@ from distill.records.receipts import DeterminismFinding, FileDigest, ResumeDecis
 
 # Config sections no pipeline stage reads; every other section not claimed by a stage is assumed
 # to matter to every stage (a new section reruns stages rather than being silently ignored).
-NON_PIPELINE_SECTIONS = frozenset({"runtime", "gate", "drift"})
+NON_PIPELINE_SECTIONS = frozenset({"runtime", "gate", "drift", "run"})
 KNOWN_SECTIONS = frozenset({"collect", "sources", "score", "export", "index"}) | NON_PIPELINE_SECTIONS
 MAX_LISTED = 5
 

@@ -95,6 +95,36 @@ def _stages(upper: Callable[..., StageReport] = _upper) -> list[Stage]:
     ]
 
 
+def _lengths(ws: Workspace, settings: _Settings) -> StageReport:
+    """_kb/in.jsonl -> out/lengths.jsonl: reads nothing another stage writes (runs beside upper)."""
+    src = ws.kb_dir / "in.jsonl"
+    report = StageReport(stage="lengths", inputs=[ws.relative(src)])
+    counts = report.source("in")
+    rows = []
+    for row in iter_json(src):
+        counts.bump("written", category="measured")
+        rows.append({"length": len(str(row.get("text") or ""))})
+    target = ws.root / "out" / "lengths.jsonl"
+    write_jsonl_atomic(target, rows)
+    report.outputs = [ws.relative(target)]
+    return report.finalize()
+
+
+def independent_stages(*extra: Stage) -> list[Stage]:
+    """upper and lengths read only the input, so `distill run` may run them side by side."""
+    return [
+        _FileStage("upper", _upper, ["_kb/in.jsonl"], ["out/upper.jsonl", "exports/quarantine/upper.jsonl"],
+                   ("collect",), category_file="out/upper.jsonl"),
+        _FileStage("lengths", _lengths, ["_kb/in.jsonl"], ["out/lengths.jsonl"], ("collect",)),
+        *extra,
+    ]
+
+
+def worker_stages(events: list[tuple[str, str, str]]) -> list[str]:
+    """The stages an event log says started in a worker process."""
+    return sorted(stage for kind, stage, detail in events if kind == "start" and "in a worker process" in detail)
+
+
 @pytest.fixture()
 def mini(tmp_path: Path) -> Workspace:
     ws = Workspace.resolve(tmp_path / "ws")

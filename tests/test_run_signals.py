@@ -1,5 +1,6 @@
 """`distill run --every` stops on SIGTERM, and on SIGINT where SIGINT is not ignored, within 5 s,
-whether the signal lands during a stage or during the wait, and leaves no lock behind.
+whether the signal lands during a stage or during the wait, and leaves no lock behind; in the
+rounds where independent stages run side by side, no worker process outlives the run.
 
 The child's signal dispositions are set explicitly (preexec_fn), so the test does not depend on
 how pytest itself was started (a job started in the background of a script inherits SIGINT as
@@ -43,6 +44,22 @@ def _wait_for(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: fl
     return False
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
 def _lock_is_free(root: Path) -> bool:
     try:
         with FileLock(str(root / ".distill.lock")).acquire(timeout=0):
@@ -81,16 +98,22 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
         args = ["run", "--no-index", "--root", str(root), "--every", "1s" if where == "stage" else "60s"]
         if where == "stage":
             args.append("--force")
+        # every third round runs export-rag and export-sft side by side (a worker process)
+        side_by_side = {"DISTILL_RUN__JOBS": "2", "DISTILL_RUN__PARALLEL_MIN_INPUT_MIB": "0"} if n % 3 == 1 else {}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*DISTILL, *args], cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                [*DISTILL, *args], cwd=REPO, env=cli_env(**side_by_side), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=_dispositions(sigint),
             )
+        workers: set[int] = set()
         try:
             # a stage has finished (so the next one is running), or the first wait has begun
             needle = "done " if where == "stage" else "next run in"
+            if side_by_side and where == "stage":
+                needle = "done score"  # export-rag and export-sft are running, one in a worker
             assert _wait_for(log, needle, proc, timeout=120), log.read_text(errors="replace")
             time.sleep(0.1 * (n % 7))  # spread the moment over the stage in progress
+            workers.update(_children(proc.pid))
             sent = time.monotonic()
             proc.send_signal(signum)
             try:
@@ -105,12 +128,18 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text
         assert _lock_is_free(root), f"round {n}: the workspace lock is still held"
+        deadline = time.monotonic() + 2.0  # an orphan is reaped by init a moment after the run exits
+        while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], f"round {n}: a worker process outlived the run"
         assert not list(root.rglob("*.tmp")), f"round {n}: temporary files left behind"
         assert code in (0, 1, 130, 143), (n, code, text)
-        outcomes.append(f"{signal.Signals(signum).name}/{where}: exit {code} in {took:.2f}s")
+        outcomes.append(f"{signal.Signals(signum).name}/{where}: exit {code} in {took:.2f}s"
+                        + (f" ({len(workers)} worker process(es) stopped)" if workers else ""))
     print("\n".join(outcomes))  # shown with -s: how each round ended
     # every way of stopping was exercised, including abandoning a stage in progress
     assert any("exit 143" in o for o in outcomes) and any("exit 130" in o for o in outcomes), outcomes
+    assert any("worker process(es) stopped" in o for o in outcomes), outcomes
     # whatever was abandoned, the next run resumes and produces the exports a clean run produces
     done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root)])
     assert done.returncode == 0, done.stdout + done.stderr

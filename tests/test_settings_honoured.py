@@ -29,7 +29,7 @@ from distill.records import Category, ModelRole, ScoreClass
 from distill.workspace import Workspace
 from index.stage import IndexStage
 from tests.export_helpers import Row, write_rows
-from tests.fixtures_pipeline import _stages
+from tests.fixtures_pipeline import _stages, independent_stages, worker_stages
 from tests.fixtures_reliability import SAMPLE_KB
 from tests.fixtures_runtime import *  # noqa: F403 - session fixtures (runtime_embedder, indexed_root, ...)
 from tests.fixtures_runtime import GROUNDED_ANSWER, LOCAL_MODEL, ROUTING_TASK
@@ -280,6 +280,18 @@ def _code_change_rerun(s: Settings, w: World) -> str:
     return execute_run(ws, s, stages=_stages()).receipts[0].status
 
 
+def _side_by_side(s: Settings, w: World) -> list[str]:
+    """Which stages of two independent ones ran in a worker process."""
+    from distill.pipeline import execute_run
+
+    ws = w.workspace(f"jobs-{time.monotonic_ns()}")
+    ws.kb_dir.mkdir()
+    (ws.kb_dir / "in.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20)))
+    events: list[tuple[str, str, str]] = []
+    execute_run(ws, s, stages=independent_stages(), on_event=lambda *e: events.append(e))
+    return worker_stages(events)
+
+
 RUNTIME_BASE = {"runtime": {"backend": "ollama"}}
 
 
@@ -430,6 +442,9 @@ PROBES: dict[str, Probe] = {
     "gate.placeholder_patterns": Probe([r"\bfive\b"], lambda s, w: _gate(s, LONG_ANSWER)),
     "drift.threshold_pct": Probe(5.0, _drift),
     "drift.rerun_on_code_change": Probe(False, _code_change_rerun),
+    # the default (0) is every core: this machine's two or more let the two stages run side by side
+    "run.jobs": Probe(1, _side_by_side, base={"run": {"parallel_min_input_mib": 0}}),
+    "run.parallel_min_input_mib": Probe(0.0, _side_by_side, base={"run": {"jobs": 2}}),
     "sources": Probe([{"name": "my_agent", "path": "agent.jsonl", "task_id": "ticket", "text": "output", "created_at": "finished_at"}],
                      lambda s, w: sorted(_collect(s, w).by_source)),
 }

@@ -15,8 +15,9 @@ from distill.workspace import Workspace, iter_partition_files
 
 CARD_NAME = "README.md"
 CARD_OWNER = ExportKind.PREFERENCE
-"""Every export rewrites the dataset card from all three exports; it belongs to the last one
-to run, so the earlier ones do not see it "modified" by their successors."""
+"""Every export rewrites the dataset card from all three exports; it belongs to the one that
+runs after the other two, so they do not see it "modified" by their successors, and the card a
+run leaves is written once both are done."""
 RUN_ORDER: tuple[ExportKind, ...] = (ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE)
 
 
@@ -38,9 +39,10 @@ class ExportStage(Stage):
     def __init__(self, kind: ExportKind) -> None:
         self.kind = kind
         self.name = f"export-{kind.value}"
-        position = RUN_ORDER.index(kind)
-        # the card owner must run last; the order among exports has no other meaning
-        self.after = ("score",) + ((f"export-{RUN_ORDER[position - 1].value}",) if position else ())
+        # the card owner runs after the others; RAG and SFT read nothing of each other, so
+        # `distill run` may run them side by side (distill.stage_workers)
+        others = tuple(f"export-{k.value}" for k in RUN_ORDER if k is not CARD_OWNER)
+        self.after = ("score",) + (others if kind is CARD_OWNER else ())
 
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         benchmarks = [ws.absolute(str(p)) for p in settings.export.benchmark_files]

@@ -1,0 +1,111 @@
+"""Stages in worker processes: independent stages of `distill run` on more than one core.
+
+A stage's work is the only thing a worker does. Planning, validation and receipts stay in the
+parent, which runs one stage of a wave itself and hands the others to workers, so a stage's
+outputs are the bytes a single-process run writes (a stage is a function of its inputs; only
+when it runs changes). A worker is a fresh interpreter (spawn: no thread, lock or open file of
+the parent is inherited). Stopped by the parent (Ctrl-C, SIGTERM), it unwinds like a command,
+removing its temporary files; the parent waits for it before it releases the workspace lock. A
+worker that dies (killed, out of memory) is its stage's failure, never a hung run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from distill.config import Settings
+from distill.errors import StageUnavailable, Terminated
+from distill.records.stage import StageReport
+from distill.stage import Stage
+from distill.workspace import Workspace
+
+Outcome = tuple[StageReport, str | None]
+"""What running a stage gives: its report, and its error (None when it did not raise)."""
+STOP_GRACE_S = 30.0  # how long a stopped worker may take to unwind before it is killed
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container or `taskset` can allow fewer than exist)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def effective_jobs(jobs: int) -> int:
+    """[run] jobs: 0 means every available core."""
+    return jobs if jobs > 0 else available_cores()
+
+
+def run_guarded(stage: Stage, ws: Workspace, settings: Settings) -> Outcome:
+    """Run the stage; an exception is the stage's failure, returned as its error, not raised.
+    (KeyboardInterrupt, Terminated and StageUnavailable are not failures of the stage.)"""
+    try:
+        return stage.run(ws, settings), None
+    except StageUnavailable:
+        raise
+    except Exception as exc:  # the orchestration boundary: any failure becomes a failed receipt
+        return StageReport(stage=stage.name), f"{type(exc).__name__}: {exc}"
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settings) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # unwind (temp files removed), like a command
+    try:
+        message: tuple[Any, ...] = ("done", *run_guarded(stage, ws, settings))
+    except StageUnavailable as exc:
+        message = ("unavailable", str(exc))
+    conn.send(message)
+    conn.close()
+
+
+class StageWorker:
+    """One stage running in a spawned process; `outcome()` waits for its report."""
+
+    def __init__(self, stage: Stage, ws: Workspace, settings: Settings) -> None:
+        self.stage = stage
+        self.started = time.perf_counter()
+        receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        self._conn = receiver
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_worker_main, args=(sender, stage, ws, settings), name=f"distill-{stage.name}", daemon=True)
+        self._process.start()
+        sender.close()  # the parent keeps only its end: EOF when the worker goes away
+
+    def outcome(self) -> tuple[Outcome, float]:
+        """(report, error) and the worker's wall seconds. Raises StageUnavailable as running the
+        stage here would."""
+        try:
+            message = self._conn.recv()
+        except EOFError:
+            message = None
+        finally:
+            self._conn.close()
+        self._process.join()
+        elapsed = time.perf_counter() - self.started
+        if message is None:
+            code = self._process.exitcode
+            why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            return (StageReport(stage=self.stage.name), f"WorkerDied: the {self.stage.name} worker process "
+                    f"ended without a report ({why})"), elapsed
+        if message[0] == "unavailable":
+            raise StageUnavailable(message[1])
+        return (message[1], message[2]), elapsed
+
+    def stop(self) -> None:
+        """Ask the worker to unwind (SIGTERM), wait for it, kill it if it does not end."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(STOP_GRACE_S)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._conn.close()

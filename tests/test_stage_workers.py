@@ -1,0 +1,79 @@
+"""`distill run` with independent stages side by side in worker processes: the outputs, counters
+and receipts of a one-process run, and a worker's failure (an exception, a killed process) is its
+stage's failed receipt, never a hung or crashed run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from distill.config import Settings
+from distill.pipeline import execute_run
+from distill.records.stage import StageReport
+from distill.workspace import Workspace
+from tests.fixtures_pipeline import _FileStage, independent_stages, mini, worker_stages  # noqa: F401 - fixture
+from tests.fixtures_reliability import SAMPLE_KB
+
+SIDE_BY_SIDE = Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}})
+ONE_BY_ONE = Settings.model_validate({"run": {"jobs": 1}})
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _sample(root: Path) -> Workspace:
+    ws = Workspace.resolve(root)
+    ws.kb_dir.mkdir(parents=True)
+    for f in sorted(SAMPLE_KB.glob("*.jsonl")):
+        shutil.copyfile(f, ws.kb_dir / f.name)
+    return ws
+
+
+def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_path: Path) -> None:
+    serial, parallel = _sample(tmp_path / "serial"), _sample(tmp_path / "parallel")
+    one = execute_run(serial, ONE_BY_ONE, include_index=False)
+    events: list[tuple[str, str, str]] = []
+    many = execute_run(parallel, SIDE_BY_SIDE, include_index=False, on_event=lambda *e: events.append(e))
+
+    assert worker_stages(events) == ["export-sft"]  # beside export-rag; preference waits for both
+    assert one.exit_code == many.exit_code == 0
+    assert _tree(serial.exports_dir) == _tree(parallel.exports_dir)
+    assert _tree(serial.scored_dir) == _tree(parallel.scored_dir)
+    assert [(s.stage, s.status, s.totals, s.by_source, s.output_categories, s.outputs_hash) for s in one.summary.stages] == [
+        (s.stage, s.status, s.totals, s.by_source, s.output_categories, s.outputs_hash) for s in many.summary.stages]
+    # the receipts a side-by-side run wrote let the next run skip everything
+    again = execute_run(parallel, SIDE_BY_SIDE, include_index=False)
+    assert {s.status for s in again.summary.stages} == {"skipped"}
+
+
+def _raises(ws: Workspace, settings: Settings) -> StageReport:
+    raise RuntimeError("the stage broke")
+
+
+def _dies(ws: Workspace, settings: Settings) -> StageReport:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+    raise AssertionError("unreachable")
+
+
+def test_a_worker_that_raises_or_dies_fails_its_stage_only(mini: Workspace) -> None:
+    broken = _FileStage("broken", _raises, ["_kb/in.jsonl"], [], ("collect",))
+    killed = _FileStage("killed", _dies, ["_kb/in.jsonl"], [], ("collect",))
+    events: list[tuple[str, str, str]] = []
+    stages = independent_stages(broken, killed)
+    result = execute_run(mini, Settings.model_validate({"run": {"jobs": 4, "parallel_min_input_mib": 0}}),
+                         stages=stages, on_event=lambda *e: events.append(e))
+
+    assert worker_stages(events) == ["broken", "killed", "lengths"]  # "upper" ran in the run's own process
+    by_stage = {s.stage: s for s in result.summary.stages}
+    assert [s.stage for s in result.summary.stages] == ["upper", "lengths", "broken", "killed"]  # run order
+    assert by_stage["upper"].passed and by_stage["lengths"].passed
+    assert by_stage["broken"].errors == ["stage_raised: RuntimeError: the stage broke"]
+    assert not by_stage["killed"].passed and "WorkerDied" in (by_stage["killed"].error or "")
+    assert "signal 9" in (by_stage["killed"].error or "")
+    assert result.exit_code == 1 and result.summary.stopped_by is not None
+    assert (mini.root / "out" / "upper.jsonl").exists() and (mini.root / "out" / "lengths.jsonl").exists()
