@@ -223,13 +223,20 @@ class _Pairer:
         made = 0
         existing = self.existing_ids
         # pairs exported by an earlier run are kept first (they already count against the cap);
-        # the pairs offered are distinct, so only an earlier run's ids can repeat one
-        if existing:
-            for chosen, rejected in pairs:
-                if pref_id(chosen.key, rejected.key) in existing:
-                    self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
-        for chosen, rejected in pairs:
-            if existing and pref_id(chosen.key, rejected.key) in existing:
+        # the pairs offered are distinct, so only an earlier run's ids can repeat one. The export
+        # holds existing_per_task[task_id] of them at most: once that many are found, no later
+        # pair needs hashing
+        kept: set[int] = set()
+        to_find = self.existing_per_task[task_id] if existing else 0
+        for n, (chosen, rejected) in enumerate(pairs):
+            if not to_find:
+                break
+            if pref_id(chosen.key, rejected.key) in existing:
+                self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
+                kept.add(n)
+                to_find -= 1
+        for n, (chosen, rejected) in enumerate(pairs):
+            if n in kept:
                 continue
             if chosen.key[0] == rejected.key[0]:
                 self._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
