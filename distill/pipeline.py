@@ -18,6 +18,7 @@ resumes.
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -346,56 +347,72 @@ def run_stage_started(ctx: _RunContext, started: _Started) -> StageReceipt | Non
     return finish_stage(ctx, started, outcome, time.perf_counter() - t_work)
 
 
-def run_side_by_side(ctx: _RunContext, started: list[_Started]) -> list[StageReceipt | None]:
-    """Execute stages none of which reads another's outputs: the first here, each other one in a
-    worker process (distill.stage_workers); then validate them in order. A stage that turns out
-    to be unavailable gives None."""
-    for i, s in enumerate(started):
-        where = [] if i == 0 else ["in a worker process"]
-        ctx.emit("start", s.stage.name, "; ".join(s.plan.decision.reasons + where))
-    workers: list[StageWorker] = []
-    try:
-        workers = [StageWorker(s.stage, ctx.ws, ctx.settings) for s in started[1:]]
-        t_work = time.perf_counter()
-        results: list[tuple[tuple[StageReport, str | None], float] | StageUnavailable] = []
-        try:
-            results.append((execute_stage(ctx, started[0].stage), time.perf_counter() - t_work))
-        except StageUnavailable as exc:
-            results.append(exc)
-        for worker in workers:
-            try:
-                results.append(worker.outcome())
-            except StageUnavailable as exc:
-                results.append(exc)
-    finally:
-        for worker in workers:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
-            worker.stop()
-    receipts: list[StageReceipt | None] = []
-    for s, result in zip(started, results, strict=True):
-        if isinstance(result, StageUnavailable):
-            ctx.emit("unavailable", s.stage.name, str(result))
-            receipts.append(None)
-        else:
-            receipts.append(finish_stage(ctx, s, *result))
-    return receipts
-
-
 # ---------------------------------------------------------------- the run
 
 
-def _next_wave(ctx: _RunContext, pending: list[Stage], done: set[str], names: set[str], jobs: int) -> list[Stage]:
-    """The stages to run now: the next one in order, and beside it (up to `jobs`) the later ones
-    that read no output of a stage not yet done, when one of them reads at least [run]
-    parallel_min_input_mib (below that a worker process costs more than it saves). With one job,
-    or a small workspace, stages run one by one in order and a failure stops the next."""
-    ready = [s for s in pending if all(d in done or d not in names for d in s.after)]
-    wave = ready[:jobs]
-    if len(wave) < 2:
-        return pending[:1]
+@dataclass
+class _Outcomes:
+    """The receipts of a run's stages so far (None: unavailable here), and what stopped it."""
+
+    receipts: dict[str, StageReceipt | None] = field(default_factory=dict)
+    stopped: StopInfo | None = None
+
+
+def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bool) -> _Outcomes:
+    """Every stage once its `after` stages are done. A stage starts as soon as it is ready and
+    fewer than [run] jobs are running: in this process when nothing else could run beside it (or
+    it reads less than [run] parallel_min_input_mib), else in a worker process
+    (distill.stage_workers). Planning, validation and receipts are done here either way, so the
+    outputs are those of a one-process run. After a failure no further stage starts (the ones
+    running finish); Ctrl-C or SIGTERM stops the workers before the workspace lock is released."""
+    done = _Outcomes()
+    names = {s.name for s in stages}
+    pending = list(stages)
+    running: list[tuple[StageWorker, _Started]] = []
+    jobs = effective_jobs(ctx.settings.run.jobs)
     threshold = ctx.settings.run.parallel_min_input_mib * 2**20
-    if max(_input_bytes(ctx, s) for s in wave) < threshold:
-        return pending[:1]
-    return wave
+
+    def record(stage: Stage, receipt: StageReceipt | None) -> None:
+        done.receipts[stage.name] = receipt
+        if receipt is not None and not receipt.passed and not continue_on_failure and done.stopped is None:
+            done.stopped = StopInfo(stage=stage.name, reason=receipt.validation.errors[0])
+
+    try:
+        while pending or running:
+            ready = [] if done.stopped else [
+                s for s in pending if all(d in done.receipts or d not in names for d in s.after)]
+            if ready and len(running) < jobs:
+                stage = ready[0]
+                pending.remove(stage)
+                begun = begin_stage(ctx, stage)
+                if not isinstance(begun, _Started):
+                    record(stage, begun)
+                elif (not running and len(ready) == 1) or _input_bytes(ctx, stage) < threshold:
+                    record(stage, run_stage_started(ctx, begun))
+                else:
+                    ctx.emit("start", stage.name, "; ".join([*begun.plan.decision.reasons, "in a worker process"]))
+                    running.append((StageWorker(stage, ctx.ws, ctx.settings), begun))
+                continue
+            if not running:
+                break  # stopped: what is pending does not start
+            worker, begun = running.pop(_first_finished([w for w, _ in running]))
+            try:
+                outcome, elapsed = worker.outcome()
+            except StageUnavailable as exc:
+                ctx.emit("unavailable", begun.stage.name, str(exc))
+                record(begun.stage, None)
+                continue
+            record(begun.stage, finish_stage(ctx, begun, outcome, elapsed))
+    finally:
+        for worker, _ in running:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
+            worker.stop()
+    return done
+
+
+def _first_finished(workers: list[StageWorker]) -> int:
+    """The position of a worker that has sent its report or ended (blocks until one has)."""
+    ready = multiprocessing.connection.wait([w.connection for w in workers])
+    return next(i for i, w in enumerate(workers) if w.connection in ready)
 
 
 def _input_bytes(ctx: _RunContext, stage: Stage) -> int:
@@ -494,41 +511,23 @@ def _execute_locked(
     ctx = _RunContext(ws=ws, settings=settings, run_id=run_id, git=git_info(), full_hash=config_hash(settings),
                       force=force, emit=emit, cache=cache)
 
+    outcomes = run_stages(ctx, stages, continue_on_failure=continue_on_failure)
     receipts: list[StageReceipt] = []
     lines: list[StageSummary] = []
-    stopped: StopInfo | None = None
-    done: set[str] = set()
-    pending = list(stages)
-    names = {s.name for s in stages}
-    jobs = effective_jobs(settings.run.jobs)
-    while pending:
-        if stopped is not None:
-            for stage in pending:
-                lines.append(StageSummary(stage=stage.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
-                emit("not_run", stage.name, f"{stopped.stage} failed")
-            break
-        wave = _next_wave(ctx, pending, done, names, jobs)
-        pending = [s for s in pending if s not in wave]
-        if len(wave) > 1:
-            begun = [begin_stage(ctx, stage) for stage in wave]
-            to_run = [b for b in begun if isinstance(b, _Started)]
-            ran = iter(run_side_by_side(ctx, to_run) if len(to_run) > 1
-                       else [run_stage_started(ctx, s) for s in to_run])
-            outcomes = [next(ran) if isinstance(b, _Started) else b for b in begun]
-        else:
-            outcomes = [run_stage(ctx, wave[0])]
-        for stage, receipt in zip(wave, outcomes, strict=True):
-            done.add(stage.name)
-            if receipt is None:
-                lines.append(StageSummary(stage=stage.name, status="unavailable", note="stage code not installed"))
-                continue
-            receipts.append(receipt)
-            lines.append(_summary_line(receipt, ws))
-            if not receipt.passed and not continue_on_failure and stopped is None:
-                stopped = StopInfo(stage=stage.name, reason=receipt.validation.errors[0])
+    stopped = outcomes.stopped
+    for stage in stages:
+        if stage.name not in outcomes.receipts:
+            assert stopped is not None
+            lines.append(StageSummary(stage=stage.name, status="not_run", note=f"stopped: {stopped.stage} failed"))
+            emit("not_run", stage.name, f"{stopped.stage} failed")
+            continue
+        receipt = outcomes.receipts[stage.name]
+        if receipt is None:
+            lines.append(StageSummary(stage=stage.name, status="unavailable", note="stage code not installed"))
+            continue
+        receipts.append(receipt)
+        lines.append(_summary_line(receipt, ws))
 
-    position = {s.name: i for i, s in enumerate(stages)}
-    lines.sort(key=lambda line: position[line.stage])  # run order, whichever stage finished first
     finished_at = now_utc()
     passed = stopped is None and all(r.passed for r in receipts)
     summary = RunSummary(

@@ -80,6 +80,11 @@ class StageWorker:
         self._process.start()
         sender.close()  # the parent keeps only its end: EOF when the worker goes away
 
+    @property
+    def connection(self) -> Connection:
+        """Readable once the worker has sent its report or ended (multiprocessing.connection.wait)."""
+        return self._conn
+
     def outcome(self) -> tuple[Outcome, float]:
         """(report, error) and the worker's wall seconds. Raises StageUnavailable as running the
         stage here would."""

@@ -29,7 +29,8 @@ def test_packages_import_downwards_only() -> None:
 
 def test_registered_stages_run_in_dependency_order() -> None:
     names = [s.name for s in plugins.registered_stages()]
-    assert names == ["collect", "score", "export-rag", "export-sft", "export-preference", "index"]
+    # the three exports read only the scored runs (ready together: by name); the card reads all three
+    assert names == ["collect", "score", "export-preference", "export-rag", "export-sft", "export-card", "index"]
 
 
 class _Named(Stage):

@@ -316,7 +316,7 @@ def test_parse_duration() -> None:
 def real(test: Callable[..., None]) -> Callable[..., None]:
     """The real pipeline on the sample workspace: seconds per run, so marked slow."""
     return pytest.mark.slow(test)
-DATA_STAGES = ["collect", "score", "export-rag", "export-sft", "export-preference"]
+DATA_STAGES = ["collect", "score", "export-preference", "export-rag", "export-sft", "export-card"]
 PINNED_TOML = "[drift]\nrerun_on_code_change = false\n"  # see Settings() above
 
 
@@ -443,7 +443,7 @@ def test_sample_tampered_export_is_reported(sample: Workspace) -> None:
     # and the stages after it do not run on top of it
     assert sft_line.passed is False and "determinism_violation" in sft_line.error_codes
     assert summary.stopped_by is not None and summary.stopped_by.stage == "export-sft"
-    assert summary.stage("export-preference").status == "not_run"  # type: ignore[union-attr]
+    assert summary.stage("export-card").status == "not_run"  # type: ignore[union-attr]
     # still failing on the next run: the forged output is never adopted as the new normal
     code2, out2 = _run_cli(sample)
     assert code2 == 1 and RunSummary.model_validate(out2["summary"]).stage("export-sft").passed is False  # type: ignore[union-attr]

@@ -40,7 +40,8 @@ def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_p
     events: list[tuple[str, str, str]] = []
     many = execute_run(parallel, SIDE_BY_SIDE, include_index=False, on_event=lambda *e: events.append(e))
 
-    assert worker_stages(events) == ["export-sft"]  # beside export-rag; preference waits for both
+    # the three exports side by side; the card (after all three) in the run's own process
+    assert worker_stages(events) == ["export-preference", "export-rag", "export-sft"]
     assert one.exit_code == many.exit_code == 0
     assert _tree(serial.exports_dir) == _tree(parallel.exports_dir)
     assert _tree(serial.scored_dir) == _tree(parallel.scored_dir)
@@ -68,7 +69,7 @@ def test_a_worker_that_raises_or_dies_fails_its_stage_only(mini: Workspace) -> N
     result = execute_run(mini, Settings.model_validate({"run": {"jobs": 4, "parallel_min_input_mib": 0}}),
                          stages=stages, on_event=lambda *e: events.append(e))
 
-    assert worker_stages(events) == ["broken", "killed", "lengths"]  # "upper" ran in the run's own process
+    assert worker_stages(events) == ["broken", "killed", "lengths", "upper"]
     by_stage = {s.stage: s for s in result.summary.stages}
     assert [s.stage for s in result.summary.stages] == ["upper", "lengths", "broken", "killed"]  # run order
     assert by_stage["upper"].passed and by_stage["lengths"].passed

@@ -65,12 +65,15 @@ def run_export(
     firewall: Firewall | None = None,
     all_views: bool = False,
     rebuild: bool = False,
+    card: bool = True,
 ) -> StageReport:
     """Export one dataset. `firewall` lets `export all` build the gates once. `all_views`: render
     every trainer view (what `distill run` does, so views are outputs it rebuilds and verifies);
     otherwise the requested view and any view already on disk are refreshed. `rebuild`: write the
     dataset anew from the current scores and replace the file (after the same audit) instead of
-    appending to it: the way out when a row that shipped earlier is now scored unsafe."""
+    appending to it: the way out when a row that shipped earlier is now scored unsafe. `card`:
+    rewrite the dataset card from all three exports (`distill run` leaves it to its card stage,
+    which runs after all three)."""
     if kind not in KINDS:
         raise UsageError(f"unknown export kind {kind!r} (expected one of {', '.join(KINDS)})")
     if fmt not in FORMATS:
@@ -193,7 +196,8 @@ def run_export(
                 written.extend(render_view(ws, kind, view))
         elif on_disk:
             report.notes.append("views not refreshed: the export on disk breaks the firewall")
-        written.append(write_card(ws))
+        if card:
+            written.append(write_card(ws))
         report.outputs = [rel_path(ws, p) for p in written]
     report.violations = _unique(violations)
     return report

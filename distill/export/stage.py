@@ -1,4 +1,5 @@
-"""The three export stages of `distill run`: scored runs -> rag / sft / preference datasets."""
+"""The export stages of `distill run`: scored runs -> rag / sft / preference datasets, then the
+dataset card over all three."""
 
 from __future__ import annotations
 
@@ -14,10 +15,6 @@ from distill.stage import Stage, existing, files_under
 from distill.workspace import Workspace, iter_partition_files
 
 CARD_NAME = "README.md"
-CARD_OWNER = ExportKind.PREFERENCE
-"""Every export rewrites the dataset card from all three exports; it belongs to the one that
-runs after the other two, so they do not see it "modified" by their successors, and the card a
-run leaves is written once both are done."""
 RUN_ORDER: tuple[ExportKind, ...] = (ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE)
 
 
@@ -39,10 +36,9 @@ class ExportStage(Stage):
     def __init__(self, kind: ExportKind) -> None:
         self.kind = kind
         self.name = f"export-{kind.value}"
-        # the card owner runs after the others; RAG and SFT read nothing of each other, so
-        # `distill run` may run them side by side (distill.stage_workers)
-        others = tuple(f"export-{k.value}" for k in RUN_ORDER if k is not CARD_OWNER)
-        self.after = ("score",) + (others if kind is CARD_OWNER else ())
+        # the three datasets read nothing of each other: `distill run` may run them side by side
+        # (distill.stage_workers); the card that describes all three is its own stage
+        self.after = ("score",)
 
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         benchmarks = [ws.absolute(str(p)) for p in settings.export.benchmark_files]
@@ -53,22 +49,18 @@ class ExportStage(Stage):
         return [ws.absolute(str(root))] if root is not None else []
 
     def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
-        found = files_under(ws.exports_dir / self.kind.value)
-        extra = [ws.quarantine_path(self.kind.value)]
-        if self.kind is CARD_OWNER:
-            extra.append(ws.exports_dir / CARD_NAME)
-        return found + existing(*extra)
+        return files_under(ws.exports_dir / self.kind.value) + existing(ws.quarantine_path(self.kind.value))
 
     def caches(self, ws: Workspace) -> list[Path]:
         return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value)]
 
     def tracks(self, path: str) -> bool:
-        return path != f"exports/{CARD_NAME}" or self.kind is CARD_OWNER
+        return path != f"exports/{CARD_NAME}"  # the card stage's (a receipt of an older version listed it here)
 
     def run(self, ws: Workspace, settings: Settings) -> StageReport:
         from distill.export.run import run_export
 
-        return run_export(ws, settings, self.kind, all_views=True)
+        return run_export(ws, settings, self.kind, all_views=True, card=False)
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
         native = ws.relative(native_path(ws, self.kind))
@@ -76,6 +68,28 @@ class ExportStage(Stage):
                                 fold=f"export-{self.kind.value}")
 
 
+class CardStage(Stage):
+    """exports/README.md, the dataset card (row counts per file, quarantine reasons): written once
+    all three exports are done, from what they left on disk, so it never describes one half-written."""
+
+    name = "export-card"
+    after = tuple(f"export-{kind.value}" for kind in RUN_ORDER)
+
+    def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        exports = [p for kind in RUN_ORDER for p in files_under(ws.exports_dir / kind.value)]
+        return exports + existing(*(ws.quarantine_path(kind.value) for kind in RUN_ORDER))
+
+    def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
+        return existing(ws.exports_dir / CARD_NAME)
+
+    def run(self, ws: Workspace, settings: Settings) -> StageReport:
+        from distill.export.card import write_card
+
+        report = StageReport(stage=self.name, inputs=[ws.relative(p) for p in self.inputs(ws, settings)])
+        report.outputs = [ws.relative(write_card(ws))]
+        return report.finalize()
+
+
 def export_stages() -> list[Stage]:
-    """The `distill.stages` entry point: one stage per export kind."""
-    return [ExportStage(kind) for kind in RUN_ORDER]
+    """The `distill.stages` entry point: one stage per export kind, then the dataset card."""
+    return [*(ExportStage(kind) for kind in RUN_ORDER), CardStage()]
