@@ -395,13 +395,17 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
                 continue
             if not running:
                 break  # stopped: what is pending does not start
-            worker, begun = running.pop(_first_finished([w for w, _ in running]))
+            at = _first_finished([w for w, _ in running])
+            worker, begun = running[at]
+            # popped only once its process is reaped: an interrupt before that still stops it
             try:
                 outcome, elapsed = worker.outcome()
             except StageUnavailable as exc:
+                running.pop(at)
                 ctx.emit("unavailable", begun.stage.name, str(exc))
                 record(begun.stage, None)
                 continue
+            running.pop(at)
             record(begun.stage, finish_stage(ctx, begun, outcome, elapsed))
     finally:
         for worker, _ in running:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
