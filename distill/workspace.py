@@ -109,6 +109,10 @@ class Workspace:
         (distill.export.checkpoints), so that a run after an append reads only the new lines."""
         return self.root / f".distill.export-{kind}.json"
 
+    def passed_gates_path(self, kind: str) -> Path:
+        """Digests of the gate inputs that passed the last export of `kind` (distill.export.passed_gates)."""
+        return self.root / f".distill.gates-{kind}.npz"
+
     def verified_path(self, kind: str) -> Path:
         """What the last clean verification of an export saw (distill.export.verified)."""
         return self.root / f".distill.verified-{kind}.npz"

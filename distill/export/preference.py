@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill.export.gates import Firewall, GateInput, meta_text
+from distill.export.passed_gates import PassedGates
 from distill.export.quarantine import (
     GATE_BATCH,
     joined_detail,
@@ -276,7 +277,8 @@ def _quarantined(index: int, source: str, category: str | None, rec: QuarantineR
 class _Pass1:
     """Reads the rows once: refusals are decided at once, the rest are gated and spilled."""
 
-    def __init__(self, firewall: Firewall, payload: _Payload, early: RecordFile, buckets: list[RecordFile]) -> None:
+    def __init__(self, firewall: Firewall | PassedGates, payload: _Payload, early: RecordFile,
+                 buckets: list[RecordFile]) -> None:
         self.firewall = firewall
         self.payload = payload
         self.early = early  # Decided rows, in input order
@@ -416,7 +418,7 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
 
 def export_preference(
     items: Iterable[ReaderItem],
-    firewall: Firewall,
+    firewall: Firewall | PassedGates,
     report: StageReport,
     *,
     existing_ids: set[str],
@@ -428,7 +430,8 @@ def export_preference(
     on_sample: LineSink,
     on_quarantine: LineSink,
 ) -> PreferenceExport:
-    """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order."""
+    """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order.
+    `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates)."""
     result = PreferenceExport(pairs_existing=len(existing_ids))
     with Spill(spill_dir) as spill:
         payload = _Payload(spill.records("payload"))

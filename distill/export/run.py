@@ -25,6 +25,7 @@ from distill.export.card import write_card
 from distill.export.checkpoints import ExportCheckpoints, export_basis, export_partition
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
+from distill.export.passed_gates import PassedGates
 from distill.export.preference import export_preference
 from distill.export.quarantine import RowExporter
 from distill.export.rag import decide_rag, rag_id
@@ -118,8 +119,12 @@ def run_export(
             quarantine_sink.write(line + b"\n")
 
         if kind == "preference":
+            # every row is read again each run (pairing sees the whole input): inputs that passed
+            # the gates last time, under the same basis, are not scanned again
+            gates = PassedGates(ws.passed_gates_path(kind), export_basis(ws, settings, kind, {}), fw,
+                                writable=not dry_run)
             pref = export_preference(
-                iter_scored(ws, index), fw, report,
+                iter_scored(ws, index), gates, report,
                 existing_ids=existing_ids,
                 existing_per_task=existing_per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
@@ -133,6 +138,9 @@ def run_export(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
                 f"({len(existing_ids)} already in the export)"
             )
+            report.notes.append(f"firewall: {gates.checked} of {gates.seen} gated rows scanned "
+                                f"(the others passed the same gates in the last run)")
+            gates.save()
         else:
             decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
                       else partial(decide_sft, include_partial=include_partial))

@@ -52,7 +52,8 @@ class ExportStage(Stage):
         return files_under(ws.exports_dir / self.kind.value) + existing(ws.quarantine_path(self.kind.value))
 
     def caches(self, ws: Workspace) -> list[Path]:
-        return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value)]
+        return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value),
+                ws.passed_gates_path(self.kind.value)]
 
     def tracks(self, path: str) -> bool:
         return path != f"exports/{CARD_NAME}"  # the card stage's (a receipt of an older version listed it here)
