@@ -1,7 +1,9 @@
 """`distill run`: every registered stage in order under one run id, with receipts, resume and drift.
 
 The stages (distill.stage.Stage, registered through entry points; see distill.plugins) own what
-they read, write and count. This module only orders and runs them. For each stage:
+they read, write and count. This module only orders and runs them: a stage starts once the
+stages it reads are done, beside others in worker processes when [run] jobs allows
+(distill.stage_workers; see run_stages). For each stage:
 
 1. plan: digest its inputs and outputs and decide, against its last successful receipt, whether
    it can be skipped (distill.resume);
@@ -10,8 +12,9 @@ they read, write and count. This module only orders and runs them. For each stag
 4. validate: conservation, JSONL integrity, declared outputs present, firewall violations, and
    determinism against the trusted receipt; then write the receipt.
 
-Stop-on-failure: a stage that raises or fails validation stops the stages after it (they would
-read stale data) unless continue_on_failure is set. Ctrl-C or SIGTERM abandons the stage in
+Stop-on-failure: after a stage that raises or fails validation no further stage starts (it
+would read stale data; a stage already running beside it finishes) unless continue_on_failure
+is set. Ctrl-C or SIGTERM abandons the stage in
 progress: every output is written crash-safely, the workspace lock is released, and the next run
 resumes.
 """
@@ -326,13 +329,6 @@ def finish_stage(ctx: _RunContext, started: _Started, outcome: tuple[StageReport
     else:
         ctx.emit("fail", stage.name, receipt.validation.errors[0])
     return receipt
-
-
-def run_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | None:
-    """Plan, then skip or execute and validate one stage; its receipt (written), or None when the
-    stage cannot run in this installation."""
-    started = begin_stage(ctx, stage)
-    return run_stage_started(ctx, started) if isinstance(started, _Started) else started
 
 
 def run_stage_started(ctx: _RunContext, started: _Started) -> StageReceipt | None:
