@@ -63,6 +63,9 @@ def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settin
         message: tuple[Any, ...] = ("done", *run_guarded(stage, ws, settings))
     except StageUnavailable as exc:
         message = ("unavailable", str(exc))
+    except KeyboardInterrupt:  # Ctrl-C or the parent's SIGTERM: unwound; the run says it stopped
+        conn.close()
+        return
     conn.send(message)
     conn.close()
 
@@ -73,9 +76,10 @@ class StageWorker:
     def __init__(self, stage: Stage, ws: Workspace, settings: Settings) -> None:
         self.stage = stage
         self.started = time.perf_counter()
-        receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        spawn = multiprocessing.get_context("spawn")
+        receiver, sender = spawn.Pipe(duplex=False)
         self._conn = receiver
-        self._process = multiprocessing.get_context("spawn").Process(
+        self._process = spawn.Process(
             target=_worker_main, args=(sender, stage, ws, settings), name=f"distill-{stage.name}", daemon=True)
         self._process.start()
         sender.close()  # the parent keeps only its end: EOF when the worker goes away

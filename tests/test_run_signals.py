@@ -113,6 +113,8 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
                 needle = "done score"  # export-rag and export-sft are running, one in a worker
             assert _wait_for(log, needle, proc, timeout=120), log.read_text(errors="replace")
             time.sleep(0.1 * (n % 7))  # spread the moment over the stage in progress
+            if side_by_side and where == "stage":
+                time.sleep(1.5)  # past a worker's start-up (~1 s): into its stage's work
             workers.update(_children(proc.pid))
             sent = time.monotonic()
             proc.send_signal(signum)
