@@ -12,7 +12,6 @@ known; `distill run --force` deletes the file (`Stage.caches`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from collections.abc import Sequence
@@ -21,22 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from distill.export.gates import Firewall, GateFailure, GateInput
+from distill.export.scored_index import key_digest
 from distill.jsonl import dumps, loads
 
 PASSED_GATES_VERSION = 1
 
 
 def input_digest(item: GateInput) -> bytes:
-    """128-bit digest of every field of the input, each string length-prefixed (no two inputs share
-    an encoding)."""
-    h = hashlib.blake2b(digest_size=16)
+    """128-bit digest of every field of the input: each field's string count, then its strings, all
+    length-prefixed (no two inputs share an encoding)."""
+    parts: list[str] = []
     for field in (item.texts, item.cited_files, item.scan_only):
-        h.update(len(field).to_bytes(4, "little"))
-        for text in field:
-            data = text.encode("utf-8", "surrogatepass")
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-    return h.digest()
+        parts.append(str(len(field)))
+        parts.extend(field)
+    return key_digest(*parts)
 
 
 class PassedGates:
