@@ -92,7 +92,6 @@ class ScoreCheckpoints:
 
         self._file = CheckpointFile(path, accept)
         self.task_parents: dict[str, str] = self._file.header.task_parents if self._file.header else {}
-        self.offsets = self._file.offsets
 
     def get(self, rel: str) -> PartitionCheckpoint | None:
         payload = self._file.payload(rel)

@@ -12,7 +12,6 @@ known; `distill run --force` deletes the file (`Stage.caches`).
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from distill.export.gates import Firewall, GateFailure, GateInput
-from distill.export.scored_index import key_digest
-from distill.jsonl import dumps, loads
+from distill.export.scored_index import key_digest, write_cache
+from distill.jsonl import loads
 
 PASSED_GATES_VERSION = 1
 
@@ -75,14 +74,7 @@ class PassedGates:
         if not self.writable:
             return
         passed = np.unique(np.array(self._passed, dtype="S16")) if self._passed else np.zeros(0, dtype="S16")
-        meta = {"version": PASSED_GATES_VERSION, "basis": self.basis}
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, meta=np.frombuffer(dumps(meta), dtype=np.uint8), passed=passed)
-            os.replace(tmp, self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a cache that cannot be written costs the next run a full scan
+        write_cache(self.path, {"version": PASSED_GATES_VERSION, "basis": self.basis}, passed=passed)
 
 
 def _load(path: Path, basis: str) -> np.ndarray:

@@ -7,8 +7,8 @@ re-checking what an earlier one asked).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import zipfile
 from array import array
 from pathlib import Path
@@ -17,8 +17,15 @@ from typing import Any
 import numpy as np
 
 from distill.hashing import LineEndHash, PrefixHash
-from distill.jsonl import dumps, json_rows, loads
+from distill.jsonl import atomic_writer, dumps, json_rows, loads
 from distill.workspace import Workspace, iter_partition_files
+
+
+def write_cache(path: Path, meta: dict[str, Any], **arrays: np.ndarray) -> None:
+    """Save an export cache (.npz: its JSON meta plus arrays) atomically; one that cannot be
+    written costs the next run a full pass, nothing more."""
+    with contextlib.suppress(OSError), atomic_writer(path) as fh:
+        np.savez(fh, meta=np.frombuffer(dumps(meta), dtype=np.uint8), **arrays)
 
 
 def key_digest(*parts: str) -> bytes:
@@ -241,14 +248,8 @@ def _save_parts(store: Path, parts: dict[str, _Part]) -> None:
     code = {n: i for i, n in enumerate(names)}
     meta = {"version": SCORED_INDEX_VERSION, "names": names,
             "parts": [[rel, p.end, p.lines, p.sha256, len(p.categories)] for rel, p in parts.items()]}
-    tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.frombuffer(dumps(meta), dtype=np.uint8),
-                     runs=np.frombuffer(b"".join(bytes(p.runs) for p in parts.values()), dtype=np.uint8),
-                     versions=np.frombuffer(b"".join(bytes(p.versions) for p in parts.values()), dtype=np.uint8),
-                     has_sig=np.frombuffer(b"".join(bytes(p.has_sig) for p in parts.values()), dtype=np.uint8),
-                     codes=np.array([code[c] for p in parts.values() for c in p.categories], dtype=np.uint16))
-        os.replace(tmp, store)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a cache that cannot be written costs the next build a full read
+    write_cache(store, meta,
+                runs=np.frombuffer(b"".join(bytes(p.runs) for p in parts.values()), dtype=np.uint8),
+                versions=np.frombuffer(b"".join(bytes(p.versions) for p in parts.values()), dtype=np.uint8),
+                has_sig=np.frombuffer(b"".join(bytes(p.has_sig) for p in parts.values()), dtype=np.uint8),
+                codes=np.array([code[c] for p in parts.values() for c in p.categories], dtype=np.uint16))

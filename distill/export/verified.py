@@ -15,7 +15,6 @@ cache only saves work (losing or damaging it costs one full verification).
 
 from __future__ import annotations
 
-import os
 import zipfile
 from array import array
 from collections.abc import Callable, Iterator
@@ -25,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from distill.export.scored_index import ScoredIndex, key_digest, lookup_keys
+from distill.export.scored_index import ScoredIndex, key_digest, lookup_keys, write_cache
 from distill.firewall import ExportKind
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import dumps, loads
+from distill.jsonl import loads
 from distill.workspace import Workspace
 
 VERIFIED_VERSION = 1
@@ -159,11 +158,5 @@ def save_verified(
         id_digests = np.concatenate((before.ids, id_digests))
         task_digests = np.concatenate((before.tasks, task_digests))
     meta = {"basis": basis, "end": end, "lines": lines, "sha256": sha, "names": names}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.frombuffer(dumps(meta), dtype=np.uint8), has=has.astype(np.uint8), runs=runs,
-                     versions=versions, answers=new_answers, ids=np.sort(id_digests), tasks=np.sort(task_digests))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a cache that cannot be written costs a full verification
+    write_cache(path, meta, has=has.astype(np.uint8), runs=runs, versions=versions, answers=new_answers,
+                ids=np.sort(id_digests), tasks=np.sort(task_digests))
