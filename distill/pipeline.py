@@ -356,8 +356,9 @@ class _Outcomes:
 
 def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bool) -> _Outcomes:
     """Every stage once its `after` stages are done. A stage starts as soon as it is ready and
-    fewer than [run] jobs are running: in this process when nothing else could run beside it (or
-    it reads less than [run] parallel_min_input_mib), else in a worker process
+    fewer than [run] jobs are running: in this process when nothing else could run beside it
+    (jobs = 1, or it is the only stage ready and none is running) or when it reads less than
+    [run] parallel_min_input_mib, else in a worker process
     (distill.stage_workers). Planning, validation and receipts are done here either way, so the
     outputs are those of a one-process run. After a failure no further stage starts (the ones
     running finish); Ctrl-C or SIGTERM stops the workers before the workspace lock is released."""
@@ -383,7 +384,7 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
                 begun = begin_stage(ctx, stage)
                 if not isinstance(begun, _Started):
                     record(stage, begun)
-                elif (not running and len(ready) == 1) or _input_bytes(ctx, stage) < threshold:
+                elif jobs == 1 or (not running and len(ready) == 1) or _input_bytes(ctx, stage) < threshold:
                     record(stage, run_stage_started(ctx, begun))
                 else:
                     ctx.emit("start", stage.name, "; ".join([*begun.plan.decision.reasons, "in a worker process"]))

@@ -18,7 +18,7 @@ from tests.fixtures_pipeline import _FileStage, independent_stages, mini, worker
 from tests.fixtures_reliability import SAMPLE_KB
 
 SIDE_BY_SIDE = Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}})
-ONE_BY_ONE = Settings.model_validate({"run": {"jobs": 1}})
+ONE_BY_ONE = Settings.model_validate({"run": {"jobs": 1, "parallel_min_input_mib": 0}})
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -36,9 +36,12 @@ def _sample(root: Path) -> Workspace:
 
 def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_path: Path) -> None:
     serial, parallel = _sample(tmp_path / "serial"), _sample(tmp_path / "parallel")
-    one = execute_run(serial, ONE_BY_ONE, include_index=False)
+    serial_events: list[tuple[str, str, str]] = []
+    one = execute_run(serial, ONE_BY_ONE, include_index=False, on_event=lambda *e: serial_events.append(e))
     events: list[tuple[str, str, str]] = []
     many = execute_run(parallel, SIDE_BY_SIDE, include_index=False, on_event=lambda *e: events.append(e))
+
+    assert worker_stages(serial_events) == []  # jobs = 1: no stage pays for a worker process
 
     # the three exports side by side; the card (after all three) in the run's own process
     assert worker_stages(events) == ["export-preference", "export-rag", "export-sft"]
