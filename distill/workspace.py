@@ -113,6 +113,10 @@ class Workspace:
         """Digests of the gate inputs that passed the last export of `kind` (distill.export.passed_gates)."""
         return self.root / f".distill.gates-{kind}.npz"
 
+    def view_state_path(self, kind: str, fmt: str) -> Path:
+        """What the last rendering of a trainer view covered (distill.export.view_state)."""
+        return self.root / f".distill.view-{kind}-{fmt}.json"
+
     def verified_path(self, kind: str) -> Path:
         """What the last clean verification of an export saw (distill.export.verified)."""
         return self.root / f".distill.verified-{kind}.npz"

@@ -1,8 +1,10 @@
 """Trainer-ready views of the native exports: TRL and OpenAI fine-tuning JSONL.
 
 The native files (the paths in docs/DESIGN.md) are the ledger: append-only, content-addressed ids, full
-provenance. The views are rendered whole from them on every export (atomic rename), so they
-are byte-identical for identical native files. View rows hold only what trainers read;
+provenance. The views are a function of them, line by line, replaced atomically on every export
+(byte-identical for identical native files); when the native file only grew since the last
+rendering, the rows after it are rendered and appended to a copy of the old files
+(distill.export.view_state), which gives the bytes of a whole rendering. View rows hold only what trainers read;
 provenance sits in a sidecar next to each view, one row per view line, same order
 ({"line": n, "id", "provenance"...}), so trainers accept the view files unchanged.
 
@@ -29,7 +31,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from distill.export.view_state import HashingSink, StaleView, ViewState
+from distill.hashing import LineEndHash, PrefixHash
 from distill.jsonl import atomic_writer, dumps, json_rows
+from distill.receipts import code_fingerprint
 from distill.records import PreferenceSample, SftSample
 from distill.workspace import Workspace
 
@@ -138,22 +143,16 @@ def preference_to_openai(p: PreferenceSample) -> dict[str, Any]:
 # --- rendering views -------------------------------------------------------------------------
 
 
-def _valid_rows(path: Path, model: Any) -> Iterator[Any]:
-    """Rows of a native file that pass the schema; a row that does not (a hand edit) is never
-    rendered into a view, and verify_export reports it as a firewall violation."""
-    for _, row in json_rows(path):
+def _valid_rows(path: Path, model: Any, *, start: int = 0, lines_before: int = 0,
+                on_chunk: Callable[[bytes], None] | None = None) -> Iterator[Any]:
+    """Rows of a native file (from byte `start`, a line start) that pass the schema; a row that
+    does not (a hand edit) is never rendered into a view, and verify_export reports it as a
+    firewall violation."""
+    for _, row in json_rows(path, start=start, lines_before=lines_before, on_chunk=on_chunk):
         try:
             yield model.model_validate(row)
         except ValidationError:
             continue
-
-
-def _sft_rows(ws: Workspace) -> Iterator[SftSample]:
-    return _valid_rows(ws.sft_path, SftSample)
-
-
-def _pref_rows(ws: Workspace) -> Iterator[PreferenceSample]:
-    return _valid_rows(ws.preference_path, PreferenceSample)
 
 
 def _sft_sidecar(n: int, s: SftSample) -> dict[str, Any]:
@@ -169,27 +168,62 @@ def _pref_sidecar(n: int, p: PreferenceSample) -> dict[str, Any]:
 
 
 def render_view(ws: Workspace, kind: str, fmt: str) -> list[Path]:
-    """(Re)write one view whole from the native file, in one streaming pass: every file of the
-    view (and its provenance sidecar) gets its line as each row is read, so memory does not grow
-    with the export; the files are replaced together, or none is on an error."""
+    """(Re)write one view from the native file, in one streaming pass: every file of the view
+    (and its provenance sidecar) gets its line as each row is read, so memory does not grow with
+    the export; the files are replaced together, or none is on an error. Rows the last rendering
+    covered are copied, not rendered again, when the native file only grew since
+    (distill.export.view_state)."""
     paths = view_paths(ws, kind, fmt)
     if fmt == "native" or not paths:
         return []
-    rows: Iterator[Any]
+    state_path = ws.view_state_path(kind, fmt)
+    code = code_fingerprint(["distill"])
+    state = ViewState.load(state_path, code)
+    if state is not None and set(state.files) == set(paths):
+        try:
+            return _render(ws, kind, fmt, paths, state_path, code, state)
+        except StaleView:
+            pass  # a view file changed under us: render it whole
+    return _render(ws, kind, fmt, paths, state_path, code, None)
+
+
+def _render(ws: Workspace, kind: str, fmt: str, paths: dict[str, Path], state_path: Path, code: str,
+            state: ViewState | None) -> list[Path]:
+    native = ws.sft_path if kind == "sft" else ws.preference_path
+    hasher = state.resume(native) if state is not None else None
+    if hasher is None:
+        state = None  # the native file was rewritten (or the state is gone): start from its first byte
+    start, lines_before, rendered = (state.native_end, state.native_lines, state.rows) if state else (0, 0, 0)
+    read = LineEndHash(hasher if hasher is not None else PrefixHash())
+    model: Any = SftSample if kind == "sft" else PreferenceSample
+    rows = _valid_rows(native, model, start=start, lines_before=lines_before, on_chunk=read)
     shapes: dict[str, Callable[[Any], dict[str, Any]]]
     if kind == "sft":
-        rows, sidecar = _sft_rows(ws), _sft_sidecar
+        sidecar = _sft_sidecar
         shapes = ({"messages": sft_to_trl_messages, "prompt_completion": sft_to_trl_prompt_completion}
                   if fmt == "trl" else {"chat": sft_to_openai})
     else:
-        rows, sidecar = _pref_rows(ws), _pref_sidecar
+        sidecar = _pref_sidecar
         shapes = {"dpo": preference_to_trl} if fmt == "trl" else {"preference": preference_to_openai}
     with contextlib.ExitStack() as stack:
-        sinks = {name: stack.enter_context(atomic_writer(paths[name])) for name in [*shapes, "provenance"]}
-        for n, sample in enumerate(rows, start=1):
+        sinks = {name: HashingSink(stack.enter_context(atomic_writer(paths[name]))) for name in [*shapes, "provenance"]}
+        if state is not None:
+            for name, sink in sinks.items():
+                sink.copy_from(paths[name], state.files[name])  # raises StaleView: nothing is replaced
+        n = rendered
+        for n, sample in enumerate(rows, start=rendered + 1):
             for name, shape in shapes.items():
                 sinks[name].write(dumps(shape(sample)) + b"\n")
             sinks["provenance"].write(dumps(sidecar(n, sample)) + b"\n")
+        sha = read.hexdigest(native)
+        new_state = None if sha is None else ViewState(
+            code=code, native_end=read.end, native_lines=lines_before + read.newlines,
+            native_sha256=sha, rows=n, files={name: sink.recorded() for name, sink in sinks.items()})
+    # saved only once the view files are in place: a state never describes files not written
+    if new_state is not None:
+        new_state.save(state_path)
+    else:
+        state_path.unlink(missing_ok=True)
     return list(paths.values())
 
 

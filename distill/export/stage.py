@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.config import Settings
+from distill.export.formats import FORMATS, view_paths
 from distill.export.verify import native_path
 from distill.firewall import ExportKind
 from distill.receipts import count_categories
@@ -53,7 +54,8 @@ class ExportStage(Stage):
 
     def caches(self, ws: Workspace) -> list[Path]:
         return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value),
-                ws.passed_gates_path(self.kind.value)]
+                ws.passed_gates_path(self.kind.value),
+                *(ws.view_state_path(self.kind.value, fmt) for fmt in FORMATS[1:] if view_paths(ws, self.kind.value, fmt))]
 
     def tracks(self, path: str) -> bool:
         return path != f"exports/{CARD_NAME}"  # the card stage's (a receipt of an older version listed it here)
