@@ -266,3 +266,22 @@ def adversarial_settings(adv: Adversarial, **export: Any) -> Any:
     from distill.config import ExportSettings, Settings
 
     return Settings(export=ExportSettings(repo_root=adv.repo, benchmark_files=[adv.bench], **export))
+
+
+def sample_scored(root: Path, *export_kinds: str) -> Workspace:
+    """The sample workspace at `root`, collected and scored by the real stages, then exported for
+    each kind given (each export must pass its firewall)."""
+    from distill.cli.init_cmd import init_workspace
+    from distill.collect import run_collect
+    from distill.config import Settings
+    from distill.export.run import run_export
+    from distill.score import run_score
+
+    init_workspace(root, sample=True)
+    ws = Workspace.resolve(root)
+    run_collect(ws, Settings())
+    run_score(ws, Settings())
+    for kind in export_kinds:
+        report = run_export(ws, Settings(), kind)  # type: ignore[arg-type]
+        assert not report.violations, report.violations
+    return ws

@@ -13,29 +13,17 @@ import pytest
 
 import distill.export.verify as verify_module
 from distill.config import Settings
-from distill.export.run import run_export
 from distill.export.verified import cache_path
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind
 from distill.workspace import Workspace, iter_partition_files
+from tests.export_helpers import sample_scored
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The sample workspace collected, scored and exported (every kind): a clean verification each."""
-    from distill.cli.init_cmd import init_workspace
-    from distill.collect import run_collect
-    from distill.score import run_score
-
-    root = tmp_path_factory.mktemp("verified") / "ws"
-    init_workspace(root, sample=True)
-    ws = Workspace.resolve(root)
-    run_collect(ws, Settings())
-    run_score(ws, Settings())
-    for kind in ExportKind:
-        report = run_export(ws, Settings(), kind)
-        assert not report.violations
-    return ws
+    return sample_scored(tmp_path_factory.mktemp("verified") / "ws", *(kind.value for kind in ExportKind))
 
 
 @pytest.fixture()

@@ -17,22 +17,14 @@ from distill.export.passed_gates import input_digest
 from distill.export.run import run_export
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
+from tests.export_helpers import sample_scored
 
 GATE_REASONS = {"secret_detected", "hallucinated_file_path", "eval_contamination"}
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    from distill.cli.init_cmd import init_workspace
-    from distill.collect import run_collect
-    from distill.score import run_score
-
-    root = tmp_path_factory.mktemp("gates") / "ws"
-    init_workspace(root, sample=True)
-    ws = Workspace.resolve(root)
-    run_collect(ws, Settings())
-    run_score(ws, Settings())
-    return ws
+    return sample_scored(tmp_path_factory.mktemp("gates") / "ws")
 
 
 @pytest.fixture()

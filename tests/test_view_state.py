@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 
 import distill.export.formats as formats
-from distill.config import Settings
 from distill.export.formats import render_view, view_paths
-from distill.export.run import run_export
 from distill.firewall import ExportKind
 from distill.workspace import Workspace
+from tests.export_helpers import sample_scored
 
 VIEWS = [("sft", "trl"), ("sft", "openai"), ("preference", "trl"), ("preference", "openai")]
 
@@ -23,18 +22,7 @@ VIEWS = [("sft", "trl"), ("sft", "openai"), ("preference", "trl"), ("preference"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The sample workspace collected, scored and exported: native SFT and preference files."""
-    from distill.cli.init_cmd import init_workspace
-    from distill.collect import run_collect
-    from distill.score import run_score
-
-    root = tmp_path_factory.mktemp("views") / "ws"
-    init_workspace(root, sample=True)
-    ws = Workspace.resolve(root)
-    run_collect(ws, Settings())
-    run_score(ws, Settings())
-    for kind in (ExportKind.SFT, ExportKind.PREFERENCE):
-        assert not run_export(ws, Settings(), kind).violations
-    return ws
+    return sample_scored(tmp_path_factory.mktemp("views") / "ws", "sft", "preference")
 
 
 def _native(ws: Workspace, kind: str) -> Path:

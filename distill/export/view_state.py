@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.hashing import PrefixHash
 from distill.jsonl import loads, write_atomic
@@ -29,7 +29,7 @@ COPY_CHUNK = 1 << 20
 class ViewFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: int
+    size: int = Field(ge=0)
     sha256: str
 
 
@@ -40,10 +40,10 @@ class ViewState(BaseModel):
 
     version: int = VIEW_STATE_VERSION
     code: str
-    native_end: int  # the native file's bytes read, up to the end of its last whole line
-    native_lines: int  # newlines in them (line numbers go on from here)
+    native_end: int = Field(ge=0)  # the native file's bytes read, up to the end of its last whole line
+    native_lines: int = Field(ge=0)  # newlines in them (line numbers go on from here)
     native_sha256: str
-    rows: int  # view rows rendered from them
+    rows: int = Field(ge=0)  # view rows rendered from them
     files: dict[str, ViewFile]
 
     @classmethod
