@@ -189,22 +189,22 @@ def render_view(ws: Workspace, kind: str, fmt: str) -> list[Path]:
 
 def _render(ws: Workspace, kind: str, fmt: str, paths: dict[str, Path], state_path: Path, code: str,
             state: ViewState | None) -> list[Path]:
-    native = ws.sft_path if kind == "sft" else ws.preference_path
+    native = view_paths(ws, kind, "native")["data"]
     hasher = state.resume(native) if state is not None else None
     if hasher is None:
         state = None  # the native file was rewritten (or the state is gone): start from its first byte
     start, lines_before, rendered = (state.native_end, state.native_lines, state.rows) if state else (0, 0, 0)
     read = LineEndHash(hasher if hasher is not None else PrefixHash())
-    model: Any = SftSample if kind == "sft" else PreferenceSample
-    rows = _valid_rows(native, model, start=start, lines_before=lines_before, on_chunk=read)
+    model: Any
     shapes: dict[str, Callable[[Any], dict[str, Any]]]
     if kind == "sft":
-        sidecar = _sft_sidecar
+        model, sidecar = SftSample, _sft_sidecar
         shapes = ({"messages": sft_to_trl_messages, "prompt_completion": sft_to_trl_prompt_completion}
                   if fmt == "trl" else {"chat": sft_to_openai})
     else:
-        sidecar = _pref_sidecar
+        model, sidecar = PreferenceSample, _pref_sidecar
         shapes = {"dpo": preference_to_trl} if fmt == "trl" else {"preference": preference_to_openai}
+    rows = _valid_rows(native, model, start=start, lines_before=lines_before, on_chunk=read)
     with contextlib.ExitStack() as stack:
         sinks = {name: HashingSink(stack.enter_context(atomic_writer(paths[name]))) for name in [*shapes, "provenance"]}
         if state is not None:

@@ -94,4 +94,3 @@ class HashingSink:
 
     def recorded(self) -> ViewFile:
         return ViewFile(size=self.size, sha256=self.hash.hexdigest())
-
