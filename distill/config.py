@@ -224,13 +224,15 @@ class DriftSettings(Section):
 
 
 class RunSettings(Section):
-    """`distill run`: how many independent stages run at once (outputs are the same bytes either way)."""
+    """How many processes a run uses: independent stages at once, and score's partitions (outputs
+    are the same bytes either way)."""
 
-    jobs: int = Field(0, ge=0, description="stages run at once when none needs another's outputs; 0: every available core")
+    jobs: int = Field(0, ge=0, description="stages run at once when none needs another's outputs, and the "
+                      "processes score's partitions are spread over; 0: every available core")
     parallel_min_input_mib: float = Field(
         16.0, ge=0,
-        description="stages run side by side only when one of them reads at least this much: below it, "
-        "starting a worker process costs more than it saves",
+        description="stages run side by side, and a score pass on several processes, only when it reads at "
+        "least this much: below it, starting a process costs more than it saves",
     )
 
 

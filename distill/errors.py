@@ -88,3 +88,9 @@ class Terminated(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class WorkerFailed(DistillError):
+    """A process a stage forked for some of its partitions failed or died: the stage failed."""
+
+    exit_code = 1

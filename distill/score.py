@@ -40,7 +40,9 @@ from distill.score_checkpoints import (
     score_basis,
 )
 from distill.score_rules import SCORER_VERSION, ParentIndex, ParentRun, Verdict, score_evidence
+from distill.partition_pool import map_in_order
 from distill.stage import Stage, existing
+from distill.stage_workers import effective_jobs
 from distill.workspace import Workspace, iter_partition_files
 
 STAGE = "score"
@@ -137,6 +139,7 @@ class _Partition:
     new_rows: list[tuple[int, EvidenceRecord]] = field(default_factory=list)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
     parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
+    todo: int = 0  # bytes pass 2 will read: what a pool of processes balances on
 
     def prefix_sha256(self) -> str | None:
         """sha256 of the whole lines read (an unterminated tail is left out)."""
@@ -153,6 +156,95 @@ def _from_entry(entry: ParentEntry) -> ParentRun:
                      created_at=datetime.fromisoformat(created_at))
 
 
+@dataclass
+class _Scored:
+    """What scoring one partition gives the stage (made here or in a forked child)."""
+
+    problems: list[str]  # its quarantine lines
+    categories: list[str]  # per scored line
+    deduped: list[bool]  # per scored line: already in the mirror file
+    checkpoint: dict[str, Any] | None
+    extraction_tasks: list[str]
+
+
+class _PartitionScorer:
+    """Pass 2 for one partition: score its rows against the parents index, write its mirror
+    file, and say what the stage counts and checkpoints. Called with the partition's index, in
+    this process or in a forked child (which holds its own copy of everything here)."""
+
+    def __init__(self, ws: Workspace, settings: Settings, parts: list[_Partition], parents: dict[str, ParentIndex],
+                 book: ScoreCheckpoints | None, task_digest: Callable[[str], str], *, dry_run: bool) -> None:
+        self.ws, self.settings, self.parts, self.parents = ws, settings, parts, parents
+        self.book, self.task_digest, self.dry_run = book, task_digest, dry_run
+        self.scanner: Any = None  # made on first need, once per process
+
+    def __call__(self, i: int) -> _Scored:
+        ws, settings, parents, book = self.ws, self.settings, self.parents, self.book
+        part = self.parts[i]
+        path = part.path
+        target = mirror_path(ws, path)
+        before = target.read_bytes() if target.exists() else None
+        # only newline-terminated lines count as present (a torn tail is not a scored row)
+        existing_lines = (before or b"").split(b"\n")[:-1]
+        existing = set(existing_lines)
+        cp = book.get(part.rel) if book is not None and part.resumed else None
+        kept = cp.category_list() if cp is not None else None
+        lines: list[bytes] = []
+        categories: list[str] = []
+        extraction: list[ExtractionEntry] = []
+        old_problems: list[str] = []
+        fresh: list[QuarantineRecord] = []
+        if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
+                and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
+            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
+            lines, categories = existing_lines, kept
+            for index, offset, task, category in cp.extraction:
+                if book is not None and self.task_digest(task) != book.task_parents.get(task):
+                    ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
+                    run = score_one(ev, parents, settings)
+                    lines[index] = dumps(run.to_json_dict())
+                    category = categories[index] = run.category.value
+                extraction.append((index, offset, task, category))
+            old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
+        else:
+            part.hashed, part.progress = PrefixHash(), ReadProgress()
+            rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
+            if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
+                part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
+        part.new_rows, part.new_problems = [], []
+        for offset, ev in rows:
+            run = score_one(ev, parents, settings)
+            lines.append(dumps(run.to_json_dict()))
+            categories.append(run.category.value)
+            if ev.score_class is ScoreClass.EXTRACTION:
+                extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
+        # the partition's quarantine rows: the prefix's as written, the new ones redacted now
+        if any(r.excerpt for r in fresh) and self.scanner is None:
+            self.scanner = new_scanner()
+        mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
+        payload = b"".join(line + b"\n" for line in lines)
+        if not self.dry_run:
+            write_if_changed(target, payload, current=before)
+        checkpoint = None
+        if book is not None and (sha := part.prefix_sha256()) is not None:
+            checkpoint = {
+                "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
+                "scored_sha256": hashlib.sha256(payload).hexdigest(),
+                "categories": "".join(CATEGORY_CODES[c] for c in categories),
+                "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
+                "parents": [_entry(p) for p in part.parents], "extraction": extraction,
+            }
+        part.parents = []
+        return _Scored(problems=mine, categories=categories, deduped=[line in existing for line in lines],
+                       checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
+
+
+def _processes(settings: Settings, weights: list[int]) -> int:
+    """[run] jobs processes for a pass that reads at least [run] parallel_min_input_mib, else one
+    (below it, forking costs more than it saves)."""
+    return effective_jobs(settings.run.jobs) if sum(weights) >= settings.run.parallel_min_input_mib * 2**20 else 1
+
+
 def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, checkpoints: bool = True) -> StageReport:
     """Score every evidence row; returns counts with the category distribution per source.
     `checkpoints`: score only rows appended since the last run, and re-score the extraction rows
@@ -162,8 +254,9 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             if checkpoints and not dry_run else None)
     evidence_files = iter_partition_files(ws.evidence_dir)
 
-    # pass 1: the verdict-bearing parents, by task (a checkpointed prefix gives its own at once)
-    by_task: dict[str, list[ParentRun]] = defaultdict(list)
+    # pass 1: the verdict-bearing parents, by task (a checkpointed prefix gives its own at once,
+    # and only its new lines are read; the other partitions are read on every core when there
+    # is enough to read)
     parts: list[_Partition] = []
     for path in evidence_files:
         part = _Partition(path, path.relative_to(ws.evidence_dir).as_posix())
@@ -177,14 +270,24 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             except ValueError:  # not what this code writes: score the partition from the start
                 part.resumed, part.hashed, part.parents = False, PrefixHash(), []
         if part.resumed:
-            rows = part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
-                                              resume_at=ReadProgress(cp.end, cp.lines))
+            part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
+                                       resume_at=ReadProgress(cp.end, cp.lines))
+            part.parents.extend(p for _, ev in part.new_rows if (p := parent_of(ev, settings)) is not None)
+            part.todo = part.progress.end - cp.end + 1
         else:
-            rows = _read_rows(path, ws, [])  # read again in pass 2: memory holds one partition, not all
-        for _, ev in rows:
-            parent = parent_of(ev, settings)
-            if parent is not None:
-                part.parents.append(parent)
+            part.todo = path.stat().st_size + 1
+    unread = [part for part in parts if not part.resumed]
+
+    def parents_in(i: int) -> list[ParentRun]:
+        # read again in pass 2: memory holds one partition's rows, not all
+        return [p for _, ev in _read_rows(unread[i].path, ws, []) if (p := parent_of(ev, settings)) is not None]
+
+    weights = [part.todo for part in unread]
+    for part, found_parents in zip(unread, map_in_order(parents_in, weights, _processes(settings, weights), what=STAGE),
+                                   strict=True):
+        part.parents = found_parents
+    by_task: dict[str, list[ParentRun]] = defaultdict(list)
+    for part in parts:
         for parent in part.parents:
             by_task[parent.task_id].append(parent)
         if book is None:
@@ -198,71 +301,23 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         return digests[task]
 
     try:
-        # pass 2: score and write each mirror partition (and its next checkpoint)
+        # pass 2: score and write each mirror partition (and its next checkpoint), partitions on
+        # every core when there is enough to do; results are taken in partition order
         problem_lines: list[str] = []
-        scanner: Any = None
         joined: set[str] = set()
-        for part in parts:
-            path = part.path
-            counts = report.source(path.stem)
-            target = mirror_path(ws, path)
-            before = target.read_bytes() if target.exists() else None
-            # only newline-terminated lines count as present (a torn tail is not a scored row)
-            existing_lines = (before or b"").split(b"\n")[:-1]
-            existing = set(existing_lines)
-            cp = book.get(part.rel) if book is not None and part.resumed else None
-            kept = cp.category_list() if cp is not None else None
-            lines: list[bytes] = []
-            categories: list[str] = []
-            extraction: list[ExtractionEntry] = []
-            old_problems: list[str] = []
-            fresh: list[QuarantineRecord] = []
-            if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
-                    and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
-                # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-                lines, categories = existing_lines, kept
-                for index, offset, task, category in cp.extraction:
-                    if book is not None and task_digest(task) != book.task_parents.get(task):
-                        ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
-                        run = score_one(ev, parents, settings)
-                        lines[index] = dumps(run.to_json_dict())
-                        category = categories[index] = run.category.value
-                    extraction.append((index, offset, task, category))
-                old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
-            else:
-                part.hashed, part.progress = PrefixHash(), ReadProgress()
-                rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
-                if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
-                    part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
-            part.new_rows, part.new_problems = [], []
-            for offset, ev in rows:
-                run = score_one(ev, parents, settings)
-                lines.append(dumps(run.to_json_dict()))
-                categories.append(run.category.value)
-                if ev.score_class is ScoreClass.EXTRACTION:
-                    extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
-            # the partition's quarantine rows: the prefix's as written, the new ones redacted now
-            if any(r.excerpt for r in fresh) and scanner is None:
-                scanner = new_scanner()
-            mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, scanner)]
-            problem_lines.extend(mine)
-            for line in mine:
+        scorer = _PartitionScorer(ws, settings, parts, parents, book, task_digest, dry_run=dry_run)
+        weights = [part.todo for part in parts]
+        for part, done in zip(parts, map_in_order(scorer, weights, _processes(settings, weights), what=STAGE),
+                              strict=True):
+            counts = report.source(part.path.stem)
+            problem_lines.extend(done.problems)
+            for line in done.problems:
                 counts.bump("quarantined", reason=str(loads(line)["reason"]))
-            for line, category in zip(lines, categories, strict=True):
-                counts.bump("deduped" if line in existing else "written", category=category)
-            payload = b"".join(line + b"\n" for line in lines)
-            if not dry_run:
-                write_if_changed(target, payload, current=before)
-            if book is not None and (sha := part.prefix_sha256()) is not None:
-                joined.update(e[2] for e in extraction)
-                book.write(part.rel, {
-                    "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
-                    "scored_sha256": hashlib.sha256(payload).hexdigest(),
-                    "categories": "".join(CATEGORY_CODES[c] for c in categories),
-                    "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
-                    "parents": [_entry(p) for p in part.parents], "extraction": extraction,
-                })
-            part.parents = []
+            for category, seen in zip(done.categories, done.deduped, strict=True):
+                counts.bump("deduped" if seen else "written", category=category)
+            if book is not None and done.checkpoint is not None:
+                joined.update(done.extraction_tasks)
+                book.write(part.rel, done.checkpoint)
         if not dry_run:
             _remove_orphans(ws, {mirror_path(ws, p) for p in evidence_files})
             quarantine_path = ws.quarantine_path(STAGE)

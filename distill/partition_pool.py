@@ -1,0 +1,124 @@
+"""One stage's partitions on every core, with the outputs of a single process.
+
+A stage that handles partitions independently (score's second pass) hands `map_in_order` the
+work for partition i and each partition's weight (the bytes it will read). The partitions are
+cut into contiguous groups of about equal weight; the first group runs in this process and each
+other group in a forked child, so the children see everything this process holds (the parents
+index, the checkpoints read) without it being pickled. A child writes each result to a scratch
+file as it goes; results come back strictly in partition order (this process's own first, as
+they are made, then each child's), so whatever the caller does with them (counters, checkpoint
+lines, the quarantine file) happens in the order and with the bytes of a one-process run.
+
+A child's exception is the stage's failure (`WorkerFailed`, with the child's message); a child
+that dies (killed, out of memory) too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
+its children are stopped and waited for before the error goes on. Children leave with
+`os._exit` (multiprocessing's fork start), so they never flush or close what they inherited.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import multiprocessing
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from distill.errors import WorkerFailed
+
+T = TypeVar("T")
+STOP_GRACE_S = 30.0  # a stopped child may take this long to unwind before it is killed
+
+
+def split_contiguous(weights: list[int], groups: int) -> list[range]:
+    """`groups` contiguous, non-empty ranges of indices (fewer when there are fewer items), cut
+    where the running weight first reaches each equal share (by count when every weight is 0)."""
+    n = len(weights)
+    if n == 0:
+        return []
+    groups = max(1, min(groups, n))
+    cum = list(itertools.accumulate((max(0, w) for w in weights), initial=0))
+    total = cum[-1]
+    cuts = [0]
+    for g in range(1, groups):
+        at = bisect.bisect_left(cum, total * g / groups) if total else round(n * g / groups)
+        cuts.append(min(max(at, cuts[-1] + 1), n - (groups - g)))
+    cuts.append(n)
+    return [range(a, b) for a, b in itertools.pairwise(cuts)]
+
+
+def _child(work: Callable[[int], Any], indices: range, out: Path) -> None:
+    with open(out, "wb") as fh:
+        try:
+            for i in indices:
+                pickle.dump(("ok", work(i)), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            pickle.dump(("error", f"{type(exc).__name__}: {exc}"), fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _stop(children: list[Any]) -> None:
+    for child in children:
+        if child.is_alive():
+            child.terminate()
+    for child in children:
+        child.join(STOP_GRACE_S)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+def _results(child: Any, indices: range, out: Path, what: str) -> Iterator[Any]:
+    child.join()
+    got = 0
+    try:
+        with open(out, "rb") as fh:
+            while got < len(indices):
+                try:
+                    status, value = pickle.load(fh)
+                except EOFError:
+                    break
+                if status != "ok":
+                    raise WorkerFailed(f"{what}: a worker failed on partition {indices[got]}: {value}")
+                got += 1
+                yield value
+    except OSError as exc:
+        raise WorkerFailed(f"{what}: a worker's results cannot be read: {exc}") from None
+    if got < len(indices):
+        code = child.exitcode
+        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise WorkerFailed(f"{what}: a worker ended after {got} of its {len(indices)} partitions ({why})")
+
+
+def map_in_order(work: Callable[[int], T], weights: list[int], processes: int, *, what: str) -> Iterator[T]:
+    """work(0), work(1), ... in order; with `processes` > 1, groups after the first run in
+    forked children. `what` names the stage in errors."""
+    groups = split_contiguous(weights, processes) if weights else []
+    # a daemonic process (a stage worker) may not have children: it does its partitions itself
+    if (len(groups) <= 1 or "fork" not in multiprocessing.get_all_start_methods()
+            or multiprocessing.current_process().daemon):
+        for i in range(len(weights)):
+            yield work(i)
+        return
+    fork = multiprocessing.get_context("fork")
+    children: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="distill-partitions-") as scratch:
+        outs = [Path(scratch) / f"group-{g}.pickle" for g in range(len(groups))]
+        try:
+            for g in range(1, len(groups)):
+                child = fork.Process(target=_child, args=(work, groups[g], outs[g]), name=f"distill-{what}-{g}",
+                                     daemon=True)
+                child.start()
+                children.append(child)
+            for i in groups[0]:
+                yield work(i)
+            for g, child in enumerate(children, start=1):
+                yield from _results(child, groups[g], outs[g], what)
+        finally:
+            with contextlib.suppress(Exception):
+                _stop(children)
+            for child in children:
+                with contextlib.suppress(Exception):
+                    child.close()

@@ -1,0 +1,136 @@
+"""Partitions of one stage on every core (distill.partition_pool): results in partition order
+whatever process made them, a child's failure or death is the stage's error, and score run on
+two processes writes the bytes, checkpoints and counters of a one-process run (a full run and
+one after appended rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.collect import run_collect
+from distill.config import Settings
+from distill.errors import WorkerFailed
+from distill.partition_pool import map_in_order, split_contiguous
+from distill.score import run_score
+from distill.workspace import Workspace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "sample"))
+import generate  # type: ignore[import-not-found]  # noqa: E402
+
+ONE = Settings.model_validate({"run": {"jobs": 1, "parallel_min_input_mib": 0}})
+TWO = Settings.model_validate({"run": {"jobs": 2, "parallel_min_input_mib": 0}})
+
+
+def test_split_contiguous_covers_every_index_once_in_non_empty_groups() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        n = rng.randint(1, 40)
+        weights = [rng.choice([0, 1, 5, 1000, rng.randint(0, 10_000)]) for _ in range(n)]
+        groups = rng.randint(1, 6)
+        ranges = split_contiguous(weights, groups)
+        assert [i for r in ranges for i in r] == list(range(n))
+        assert len(ranges) == min(groups, n)
+        assert all(len(r) > 0 for r in ranges)
+    # equal weights split evenly; one heavy partition gets a group to itself
+    assert split_contiguous([10] * 8, 2) == [range(0, 4), range(4, 8)]
+    assert split_contiguous([1000, 1, 1, 1], 2) == [range(0, 1), range(1, 4)]
+    assert split_contiguous([], 3) == []
+
+
+def test_results_come_back_in_partition_order_from_the_children() -> None:
+    parent = os.getpid()
+    out = list(map_in_order(lambda i: (i, os.getpid()), [1] * 9, 3, what="test"))
+    assert [i for i, _ in out] == list(range(9))
+    pids = [pid for _, pid in out]
+    assert pids[:3] == [parent] * 3  # the first group here, the others in two other processes
+    assert len(set(pids[3:6])) == len(set(pids[6:])) == 1
+    assert len({pids[0], pids[3], pids[6]}) == 3
+
+
+def test_one_process_does_everything_itself() -> None:
+    assert {pid for pid in map_in_order(lambda i: os.getpid(), [1] * 4, 1, what="test")} == {os.getpid()}
+
+
+def test_a_childs_exception_is_the_stages_error() -> None:
+    def work(i: int) -> int:
+        if i == 5:
+            raise ValueError("row 12 is not JSON")
+        return i
+
+    got: list[int] = []
+    with pytest.raises(WorkerFailed, match=r"test: a worker failed on partition 5: ValueError: row 12 is not JSON"):
+        got.extend(map_in_order(work, [1] * 6, 2, what="test"))
+    assert got == [0, 1, 2, 3, 4]  # what came before the failure, in order
+
+
+def test_a_child_that_dies_is_the_stages_error() -> None:
+    def work(i: int) -> int:
+        if i == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return i
+
+    with pytest.raises(WorkerFailed, match=r"a worker ended after [01] of its 3 partitions \(signal 9\)"):
+        list(map_in_order(work, [1] * 6, 2, what="test"))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _state(ws: Workspace) -> tuple[object, ...]:
+    return (_tree(ws.scored_dir), ws.quarantine_path("score").read_bytes(), ws.score_checkpoint_path.read_bytes())
+
+
+def test_score_on_two_processes_writes_what_one_process_writes(tmp_path: Path) -> None:
+    small, grown = tmp_path / "small", tmp_path / "grown"
+    generate.write_scaled(small, 1_500)
+    generate.write_scaled(grown, 1_800)  # the same rows, then more: an incremental run
+    spaces = {}
+    for name in ("one", "two"):
+        ws = Workspace.resolve(tmp_path / name)
+        ws.kb_dir.mkdir(parents=True)
+        for f in small.glob("*.jsonl"):
+            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+        run_collect(ws, ONE)
+        spaces[name] = ws
+    assert len(list(spaces["one"].evidence_dir.rglob("*.jsonl"))) > 10  # enough partitions to split
+
+    full = {name: run_score(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
+    assert _state(spaces["one"]) == _state(spaces["two"])
+    assert full["one"].model_dump(exclude={"started_at", "finished_at", "duration_s"}) == full["two"].model_dump(
+        exclude={"started_at", "finished_at", "duration_s"})
+
+    for ws in spaces.values():
+        for f in grown.glob("*.jsonl"):
+            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+        run_collect(ws, ONE)
+    more = {name: run_score(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
+    assert _state(spaces["one"]) == _state(spaces["two"])
+    assert more["one"].model_dump(exclude={"started_at", "finished_at", "duration_s"}) == more["two"].model_dump(
+        exclude={"started_at", "finished_at", "duration_s"})
+    assert more["one"].totals.written > 0  # the appended rows were scored
+
+
+def test_stopping_this_process_stops_and_reaps_the_children() -> None:
+    import multiprocessing
+    import time
+
+    def work(i: int) -> int:
+        if i == 0:
+            raise KeyboardInterrupt  # Ctrl-C (or SIGTERM, a Terminated) while the children work
+        time.sleep(60)
+        return i
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        list(map_in_order(work, [1] * 6, 3, what="test"))
+    assert time.monotonic() - started < 20
+    assert multiprocessing.active_children() == []
