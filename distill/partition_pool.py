@@ -12,7 +12,8 @@ lines, the quarantine file) happens in the order and with the bytes of a one-pro
 A child's exception is the stage's failure (`WorkerFailed`, with the child's message); a child
 that dies (killed, out of memory) too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
 its children are stopped and waited for before the error goes on. Children leave with
-`os._exit` (multiprocessing's fork start), so they never flush or close what they inherited.
+`os._exit` (multiprocessing's fork start), so they never flush or close the files they inherited;
+the standard streams, which multiprocessing does flush, are flushed here before forking.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import itertools
 import multiprocessing
 import pickle
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,33 +94,53 @@ def _results(child: Any, indices: range, out: Path, what: str) -> Iterator[Any]:
         raise WorkerFailed(f"{what}: a worker ended after {got} of its {len(indices)} partitions ({why})")
 
 
+def _start(fork: Any, work: Callable[[int], Any], groups: list[range], outs: list[Path], what: str) -> list[Any] | None:
+    """One child per group after the first; None (and none left running) when a fork fails."""
+    children: list[Any] = []
+    try:
+        for g in range(1, len(groups)):
+            child = fork.Process(target=_child, args=(work, groups[g], outs[g]), name=f"distill-{what}-{g}", daemon=True)
+            child.start()
+            children.append(child)
+    except OSError:  # no process to be had (a process limit, no memory): do the work here
+        _stop(children)
+        return None
+    return children
+
+
 def map_in_order(work: Callable[[int], T], weights: list[int], processes: int, *, what: str) -> Iterator[T]:
     """work(0), work(1), ... in order; with `processes` > 1, groups after the first run in
-    forked children. `what` names the stage in errors."""
+    forked children. `what` names the stage in errors. Where no child can be had (no fork on
+    this platform, a daemonic process, no scratch directory, a failed fork), all of it runs here."""
     groups = split_contiguous(weights, processes) if weights else []
-    # a daemonic process (a stage worker) may not have children: it does its partitions itself
-    if (len(groups) <= 1 or "fork" not in multiprocessing.get_all_start_methods()
-            or multiprocessing.current_process().daemon):
-        for i in range(len(weights)):
-            yield work(i)
-        return
-    fork = multiprocessing.get_context("fork")
-    children: list[Any] = []
-    with tempfile.TemporaryDirectory(prefix="distill-partitions-") as scratch:
-        outs = [Path(scratch) / f"group-{g}.pickle" for g in range(len(groups))]
-        try:
-            for g in range(1, len(groups)):
-                child = fork.Process(target=_child, args=(work, groups[g], outs[g]), name=f"distill-{what}-{g}",
-                                     daemon=True)
-                child.start()
-                children.append(child)
-            for i in groups[0]:
-                yield work(i)
-            for g, child in enumerate(children, start=1):
-                yield from _results(child, groups[g], outs[g], what)
-        finally:
-            with contextlib.suppress(Exception):
-                _stop(children)
-            for child in children:
-                with contextlib.suppress(Exception):
-                    child.close()
+    # a daemonic process (a stage worker) may not have children
+    if (len(groups) > 1 and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon):
+        with contextlib.ExitStack() as stack:
+            try:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-partitions-")))
+            except OSError:
+                scratch = None
+            if scratch is not None:
+                # a child flushes the standard streams it inherited when it ends (multiprocessing
+                # does): what this process had buffered would be printed twice
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                outs = [scratch / f"group-{g}.pickle" for g in range(len(groups))]
+                children = _start(multiprocessing.get_context("fork"), work, groups, outs, what)
+                if children is not None:
+                    try:
+                        for i in groups[0]:
+                            yield work(i)
+                        for g, child in enumerate(children, start=1):
+                            yield from _results(child, groups[g], outs[g], what)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            _stop(children)
+                        for child in children:
+                            with contextlib.suppress(Exception):
+                                child.close()
+                    return
+    for i in range(len(weights)):
+        yield work(i)

@@ -134,3 +134,35 @@ def test_stopping_this_process_stops_and_reaps_the_children() -> None:
         list(map_in_order(work, [1] * 6, 3, what="test"))
     assert time.monotonic() - started < 20
     assert multiprocessing.active_children() == []
+
+
+def test_output_buffered_before_the_fork_is_printed_once(tmp_path: Path) -> None:
+    import subprocess
+
+    script = ("import sys; print('buffered', end=''); from distill.partition_pool import map_in_order; "
+              "sys.exit(0 if list(map_in_order(lambda i: i, [1] * 4, 2, what='t')) == [0, 1, 2, 3] else 3)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "buffered"  # a pipe: block-buffered, so a child's exit flush would repeat it
+
+
+def test_without_a_scratch_directory_or_a_fork_the_work_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fork", no_fork)
+        assert list(map_in_order(lambda i: (i, os.getpid()), [1] * 5, 3, what="test")) == [
+            (i, os.getpid()) for i in range(5)]
+
+    def no_scratch(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "TemporaryDirectory", no_scratch)
+        assert list(map_in_order(lambda i: (i, os.getpid()), [1] * 5, 3, what="test")) == [
+            (i, os.getpid()) for i in range(5)]
