@@ -12,8 +12,9 @@ lines, the quarantine file) happens in the order and with the bytes of a one-pro
 A child's exception is the stage's failure (`WorkerFailed`, with the child's message); a child
 that dies (killed, out of memory) too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
 its children are stopped and waited for before the error goes on. Children leave with
-`os._exit` (multiprocessing's fork start), so they never flush or close the files they inherited;
-the standard streams, which multiprocessing does flush, are flushed here before forking.
+`os._exit` (multiprocessing's fork start), so they never flush or close the files they inherited
+(multiprocessing flushes the standard streams before it forks, so nothing buffered there is
+printed twice).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import contextlib
 import itertools
 import multiprocessing
 import pickle
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,11 +122,6 @@ def map_in_order(work: Callable[[int], T], weights: list[int], processes: int, *
             except OSError:
                 scratch = None
             if scratch is not None:
-                # a child flushes the standard streams it inherited when it ends (multiprocessing
-                # does): what this process had buffered would be printed twice
-                for stream in (sys.stdout, sys.stderr):
-                    with contextlib.suppress(Exception):
-                        stream.flush()
                 outs = [scratch / f"group-{g}.pickle" for g in range(len(groups))]
                 children = _start(multiprocessing.get_context("fork"), work, groups, outs, what)
                 if children is not None:

@@ -144,7 +144,7 @@ def test_output_buffered_before_the_fork_is_printed_once(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "buffered"  # a pipe: block-buffered, so a child's exit flush would repeat it
+    assert done.stdout == "buffered"  # a pipe: block-buffered; a child that flushed its copy would repeat it
 
 
 def test_without_a_scratch_directory_or_a_fork_the_work_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
