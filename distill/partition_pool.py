@@ -9,8 +9,9 @@ file as it goes; results come back strictly in partition order (this process's o
 they are made, then each child's), so whatever the caller does with them (counters, checkpoint
 lines, the quarantine file) happens in the order and with the bytes of a one-process run.
 
-A child's exception is the stage's failure (`WorkerFailed`, with the child's message); a child
-that dies (killed, out of memory) too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
+A child's exception is the stage's failure: a DistillError is raised here as it is (the message
+and exit code one process would give), anything else as `WorkerFailed` with the child's message;
+a child that dies (killed, out of memory) is a `WorkerFailed` too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
 its children are stopped and waited for before the error goes on. Children leave with
 `os._exit` (multiprocessing's fork start), so they never flush or close the files they inherited
 (multiprocessing flushes the standard streams before it forks, so nothing buffered there is
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from distill.errors import WorkerFailed
+from distill.errors import DistillError, WorkerFailed
 
 T = TypeVar("T")
 STOP_GRACE_S = 30.0  # a stopped child may take this long to unwind before it is killed
@@ -58,7 +59,20 @@ def _child(work: Callable[[int], Any], indices: range, out: Path) -> None:
             for i in indices:
                 pickle.dump(("ok", work(i)), fh, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-            pickle.dump(("error", f"{type(exc).__name__}: {exc}"), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(("error", (_portable(exc), f"{type(exc).__name__}: {exc}")), fh,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _portable(exc: BaseException) -> DistillError | None:
+    """A DistillError that survives pickling, for the parent to raise as it is (its message and
+    exit code are what one process would have shown); anything else travels as its message."""
+    if not isinstance(exc, DistillError):
+        return None
+    try:
+        back = pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - an exception class that cannot be rebuilt from its args
+        return None
+    return back if type(back) is type(exc) and str(back) == str(exc) else None
 
 
 def _stop(children: list[Any]) -> None:
@@ -83,7 +97,10 @@ def _results(child: Any, indices: range, out: Path, what: str) -> Iterator[Any]:
                 except EOFError:
                     break
                 if status != "ok":
-                    raise WorkerFailed(f"{what}: a worker failed on partition {indices[got]}: {value}")
+                    error, message = value
+                    if error is not None:
+                        raise error
+                    raise WorkerFailed(f"{what}: a worker failed on partition {indices[got]}: {message}")
                 got += 1
                 yield value
     except OSError as exc:

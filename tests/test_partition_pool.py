@@ -166,3 +166,25 @@ def test_without_a_scratch_directory_or_a_fork_the_work_runs_here(monkeypatch: p
         m.setattr(tempfile, "TemporaryDirectory", no_scratch)
         assert list(map_in_order(lambda i: (i, os.getpid()), [1] * 5, 3, what="test")) == [
             (i, os.getpid()) for i in range(5)]
+
+
+def test_a_childs_distill_error_is_raised_as_itself() -> None:
+    from distill.errors import RowRejected, UsageError
+    from distill.records import QuarantineReason
+
+    def work(i: int) -> int:
+        if i == 3:
+            raise UsageError("evidence/2026/01/02/a.jsonl is not readable")
+        return i
+
+    with pytest.raises(UsageError, match=r"^evidence/2026/01/02/a.jsonl is not readable$") as caught:
+        list(map_in_order(work, [1] * 4, 2, what="test"))
+    assert caught.value.exit_code == 2
+
+    def rejects(i: int) -> int:  # an error whose class cannot be rebuilt from its args travels as text
+        if i == 3:
+            raise RowRejected(QuarantineReason.SCHEMA_VIOLATION, "no run_id")
+        return i
+
+    with pytest.raises(WorkerFailed, match=r"partition 3: RowRejected: no run_id"):
+        list(map_in_order(rejects, [1] * 4, 2, what="test"))
