@@ -188,3 +188,52 @@ def test_a_childs_distill_error_is_raised_as_itself() -> None:
 
     with pytest.raises(WorkerFailed, match=r"partition 3: RowRejected: no run_id"):
         list(map_in_order(rejects, [1] * 4, 2, what="test"))
+
+
+def test_sigterm_while_score_runs_on_two_processes_stops_both_and_the_next_score_is_exact(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import time
+
+    from tests.fixtures_reliability import DISTILL, REPO, cli_env, run_cli, tree_bytes
+    from tests.test_run_signals import _alive, _children, _lock_is_free
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    generate.write_scaled(ws.kb_dir, 20_000)
+    assert run_cli([*DISTILL, "collect", "--root", str(ws.root)]).returncode == 0
+    shutil.copytree(ws.root, tmp_path / "clean")
+    pool = {"DISTILL_RUN__JOBS": "2", "DISTILL_RUN__PARALLEL_MIN_INPUT_MIB": "0"}
+    log = tmp_path / "score.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*DISTILL, "score", "--root", str(ws.root)], cwd=REPO, env=cli_env(**pool),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    forked: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not forked and proc.poll() is None and time.monotonic() < deadline:
+            forked = _children(proc.pid)
+            time.sleep(0.02)
+        assert forked, "score never forked a child for its partitions: " + log.read_text(errors="replace")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    text = log.read_text(errors="replace")
+    assert code == 143, (code, text)
+    assert "Traceback" not in text, text
+    deadline = time.monotonic() + 2.0
+    while [c for c in forked if _alive(c)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [c for c in forked if _alive(c)], "a partition worker outlived the command"
+    assert not list(ws.root.rglob("*.tmp")), "temporary files left behind"
+    assert _lock_is_free(ws.root)
+
+    # the next score (on two processes) writes what an uninterrupted one-process score writes
+    assert run_cli([*DISTILL, "score", "--root", str(ws.root)], **pool).returncode == 0
+    clean = Workspace.resolve(tmp_path / "clean")
+    assert run_cli([*DISTILL, "score", "--root", str(clean.root)], DISTILL_RUN__JOBS="1").returncode == 0
+    assert tree_bytes(ws.scored_dir) == tree_bytes(clean.scored_dir)
+    assert ws.quarantine_path("score").read_bytes() == clean.quarantine_path("score").read_bytes()
+    assert ws.score_checkpoint_path.read_bytes() == clean.score_checkpoint_path.read_bytes()
