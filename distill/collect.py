@@ -9,13 +9,26 @@ whole each run (temp + rename), so an unchanged input leaves every output byte-i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import pickle
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from distill.collect_checkpoints import CollectCheckpoints, FileRecorder, checkpoint_basis, resumable
+from distill.collect_checkpoints import (
+    KEY_BYTES,
+    CollectCheckpoints,
+    FileCheckpoint,
+    FileRecorder,
+    checkpoint_basis,
+    resumable,
+)
 from distill.config import Settings
 from distill.jsonl import (
     ReadProgress,
@@ -31,13 +44,16 @@ from distill.jsonl import (
 from distill.records import EvidenceRecord, QuarantineRecord
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
+from distill.partition_pool import map_in_order
 from distill.records.stage import Counts, StageReport
 from distill.redact import new_scanner, redact_excerpts
 from distill.sources.base import JsonlStream, Source, SourceItem, read_jsonl
 from distill.stage import Stage, existing, files_under
+from distill.stage_workers import effective_jobs
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
 STAGE = "collect"
+SCRATCH_PREFIX = ".distill-collect-"  # ROOT/.distill-collect-*.tmp: sources read side by side, before they apply
 FLUSH_LINES = 20_000
 FLUSH_BYTES = 64 << 20
 
@@ -144,7 +160,8 @@ def run_collect(
 ) -> StageReport:
     """Collect every source into ROOT/evidence; returns per-source counts (read = written +
     quarantined + deduped). `checkpoints`: read only what was appended to a JSONL source since
-    the last run, where that is provably the same (distill.collect_checkpoints)."""
+    the last run, where that is provably the same (distill.collect_checkpoints). Sources are read
+    on every core when there is enough to read ([run] jobs, parallel_min_input_mib)."""
     chosen = list(sources) if sources is not None else default_sources(ws, settings)
     report = StageReport(stage=STAGE, dry_run=dry_run)
     if sources is None:
@@ -158,69 +175,45 @@ def run_collect(
     writer = _PartitionWriter(dry_run)
     quarantine_path = ws.quarantine_path(STAGE)
     inputs: set[str] = set()
-
     partitions = _Partitions(ws.evidence_dir)
+    # each file's next checkpoint, asked for once its quarantine rows are written
+    recorded: list[Callable[[], list[tuple[str, FileCheckpoint | None]]]] = []
 
-    recorders: list[tuple[str, Path, FileRecorder]] = []
-
-    def consume(quarantine_out: _QuarantineSink) -> None:
+    def one_by_one(quarantine_out: _QuarantineSink) -> None:
         for source in chosen:
             inputs.update(ws.relative(p) for p in source.inputs(ws))
-            outcomes: Counter[str] = Counter()
-            reasons: Counter[str] = Counter()
-            roles: Counter[str] = Counter()
-
-            def take(item: SourceItem, recorder: FileRecorder | None) -> None:
-                if isinstance(item, QuarantineRecord):
-                    outcomes["quarantined"] += 1
-                    reasons[item.reason.value] += 1
-                    if recorder is None:
-                        quarantine_out.write(item)
-                    else:
-                        quarantine_out.write(item, partial(recorder.written, recorder.quarantined(item.reason.value)))
-                    return
-                key = evidence_key(item.run_id, item.provenance.sig_hash)
-                if recorder is not None:
-                    recorder.evidence(key)
-                if key in seen:
-                    outcomes["deduped"] += 1
-                    return
-                seen.add(key)
-                outcomes["written"] += 1
-                roles[item.model_role.value] += 1
-                writer.add(partitions.path(item), _evidence_line(item))
-
-            if book is None or not resumable(source):
-                for item in source.read(ws, settings):
-                    take(item, None)
-            else:
-                assert isinstance(source, JsonlStream)
-                for path in source.inputs(ws):
-                    rel = ws.relative(path)
-                    recorder = book.resume(rel, path, source.name, seen)
-                    recorders.append((rel, path, recorder))
-                    if recorder.resumed is not None:
-                        # the prefix, as a full read would find it: its bad lines quarantined the
-                        # same way, every other line already collected
-                        done = recorder.resumed
-                        outcomes["quarantined"] += done.quarantined
-                        outcomes["deduped"] += done.units - done.quarantined
-                        reasons.update(done.reasons)
-                        quarantine_out.write_lines(done.quarantine)
-                    progress = recorder.progress = ReadProgress()
-                    for item in read_jsonl(path, source=source.name, ws=ws, settings=settings, convert=source.convert,
-                                           resume_at=recorder.resume_at(), progress=progress, on_chunk=recorder.hashed.update):
-                        at = _line_offset(item)
-                        take(item, recorder if at is not None and at < progress.end else None)
-            report.by_source[source.name] = Counts(
-                rows_in=sum(outcomes.values()),
-                written=outcomes["written"],
-                quarantined=outcomes["quarantined"],
-                deduped=outcomes["deduped"],
-                by_reason=dict(sorted(reasons.items())),
-                by_category=dict(sorted(roles.items())),
-            )
+            read = _SourceReader(ws, settings, book, seen, partitions)
+            report.by_source[source.name] = read.source(
+                source, lambda key, path, line: writer.add(path, line), quarantine_out)
+            recorded.append(read.checkpoints)
         writer.flush()
+
+    def consume(quarantine_out: _QuarantineSink) -> None:
+        weights = [sum(_size(p) for p in source.inputs(ws)) for source in chosen]
+        processes = effective_jobs(settings.run.jobs) if sum(weights) >= settings.run.parallel_min_input_mib * 2**20 else 1
+        if dry_run or processes < 2 or len(chosen) < 2:
+            one_by_one(quarantine_out)
+            return
+        for stale in ws.root.glob(f"{SCRATCH_PREFIX}*.tmp"):  # left by a collect that was killed (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, suffix=".tmp", dir=ws.root) as scratch:
+            side = _SideBySide(ws, settings, book, seen, partitions, chosen, Path(scratch))
+            results = list(map_in_order(side.source, weights, processes, what=STAGE))
+            if not _keys_disjoint(results):
+                # two sources produce or look up the same evidence key: which one writes it depends
+                # on the order they run in, so they run in order, in this process
+                report.notes.append("sources share evidence keys: read one by one")
+                one_by_one(quarantine_out)
+                return
+            for result in results:
+                inputs.update(result.inputs)
+                quarantine_out.write_block(result.quarantine)
+                for path, line in _frames(result.evidence):
+                    writer.add(Path(path), line)
+                report.by_source[result.name] = result.counts
+                recorded.append(partial(list, result.checkpoints))
+                seen.update(_split_keys(result.added))
+            writer.flush()
 
     if dry_run:
         consume(_QuarantineSink(None))
@@ -230,14 +223,196 @@ def run_collect(
             consume(sink)
             sink.flush()
         if book is not None:
-            for rel, path, recorder in recorders:
-                book.record(rel, recorder.checkpoint(path))
+            for checkpoints_of in recorded:
+                for rel, checkpoint in checkpoints_of():
+                    book.record(rel, checkpoint)
             book.save(ws.collect_checkpoint_path)
     report.inputs = sorted(inputs)
     report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
     if not dry_run:
         report.outputs.append(ws.relative(quarantine_path))
     return report.finalize()
+
+
+EvidenceSink = Callable[[bytes, Path, bytes], None]
+"""(key, partition file, line) of a new evidence row, in the order it was read."""
+
+
+class _SourceReader:
+    """Reads one source: every unit becomes new evidence (given to `put`), a duplicate of evidence
+    in `seen`, or a quarantine row; JSONL files are resumed from their checkpoints."""
+
+    def __init__(self, ws: Workspace, settings: Settings, book: CollectCheckpoints | None, seen: set[bytes],
+                 partitions: _Partitions) -> None:
+        self.ws, self.settings, self.book, self.seen, self.partitions = ws, settings, book, seen, partitions
+        self.recorders: list[tuple[str, Path, FileRecorder]] = []
+
+    def source(self, source: Source, put: EvidenceSink, quarantine_out: _QuarantineSink) -> Counts:
+        ws, book, seen = self.ws, self.book, self.seen
+        outcomes: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        roles: Counter[str] = Counter()
+
+        def take(item: SourceItem, recorder: FileRecorder | None) -> None:
+            if isinstance(item, QuarantineRecord):
+                outcomes["quarantined"] += 1
+                reasons[item.reason.value] += 1
+                if recorder is None:
+                    quarantine_out.write(item)
+                else:
+                    quarantine_out.write(item, partial(recorder.written, recorder.quarantined(item.reason.value)))
+                return
+            key = evidence_key(item.run_id, item.provenance.sig_hash)
+            if recorder is not None:
+                recorder.evidence(key)
+            if key in seen:
+                outcomes["deduped"] += 1
+                return
+            seen.add(key)
+            outcomes["written"] += 1
+            roles[item.model_role.value] += 1
+            put(key, self.partitions.path(item), _evidence_line(item))
+
+        if book is None or not resumable(source):
+            for item in source.read(ws, self.settings):
+                take(item, None)
+        else:
+            assert isinstance(source, JsonlStream)
+            for path in source.inputs(ws):
+                rel = ws.relative(path)
+                recorder = book.resume(rel, path, source.name, seen)
+                self.recorders.append((rel, path, recorder))
+                if recorder.resumed is not None:
+                    # the prefix, as a full read would find it: its bad lines quarantined the
+                    # same way, every other line already collected
+                    done = recorder.resumed
+                    outcomes["quarantined"] += done.quarantined
+                    outcomes["deduped"] += done.units - done.quarantined
+                    reasons.update(done.reasons)
+                    quarantine_out.write_lines(done.quarantine)
+                progress = recorder.progress = ReadProgress()
+                for item in read_jsonl(path, source=source.name, ws=ws, settings=self.settings, convert=source.convert,
+                                       resume_at=recorder.resume_at(), progress=progress, on_chunk=recorder.hashed.update):
+                    at = _line_offset(item)
+                    take(item, recorder if at is not None and at < progress.end else None)
+        return Counts(
+            rows_in=sum(outcomes.values()),
+            written=outcomes["written"],
+            quarantined=outcomes["quarantined"],
+            deduped=outcomes["deduped"],
+            by_reason=dict(sorted(reasons.items())),
+            by_category=dict(sorted(roles.items())),
+        )
+
+    def checkpoints(self) -> list[tuple[str, FileCheckpoint | None]]:
+        """Each file's next checkpoint (after its quarantine rows were written)."""
+        return [(rel, recorder.checkpoint(path)) for rel, path, recorder in self.recorders]
+
+    def looked_up(self) -> list[bytes]:
+        """Keys a file's checkpoint was refused for (not all in `seen`): another source adding one
+        of them would have changed that refusal."""
+        book = self.book
+        out: list[bytes] = []
+        for rel, _, recorder in self.recorders:
+            found = book.files.get(rel) if book is not None else None
+            if found is not None and recorder.resumed is None:
+                with contextlib.suppress(ValueError):
+                    out.extend(_split_keys(found.key_bytes()))
+        return out
+
+
+@dataclass
+class _SourceRead:
+    """One source read in a forked child: what the stage applies, in source order, once every
+    source is read and no two sources shared a key."""
+
+    name: str
+    inputs: list[str]
+    counts: Counts
+    quarantine: bytes  # its quarantine lines, redacted, as the file gets them
+    evidence: Path  # its new evidence rows: pickled batches of (partition file, line)
+    checkpoints: list[tuple[str, FileCheckpoint | None]]
+    added: bytes  # the keys of its new evidence rows
+    looked_up: bytes  # keys whose absence refused a checkpoint
+
+
+class _SideBySide:
+    """Reads source i into scratch files instead of the workspace (called in a forked child, or
+    here for the first group)."""
+
+    def __init__(self, ws: Workspace, settings: Settings, book: CollectCheckpoints | None, seen: set[bytes],
+                 partitions: _Partitions, sources: list[Source], scratch: Path) -> None:
+        # a copy: what the sources add must not reach the stage's set before they are found disjoint
+        self.ws, self.settings, self.book, self.seen, self.partitions = ws, settings, book, set(seen), partitions
+        self.sources, self.scratch = sources, scratch
+        self.scanner: object | None = None  # one per process, as one sink would have
+
+    def source(self, i: int) -> _SourceRead:
+        source = self.sources[i]
+        reader = _SourceReader(self.ws, self.settings, self.book, self.seen, self.partitions)
+        quarantine = io.BytesIO()
+        sink = _QuarantineSink(quarantine)
+        sink.scanner = self.scanner
+        added = bytearray()
+        out = self.scratch / f"source-{i}.evidence"
+        batch: list[tuple[str, bytes]] = []
+        with open(out, "wb") as fh:
+
+            def put(key: bytes, path: Path, line: bytes) -> None:
+                added.extend(key)
+                batch.append((str(path), line))
+                if len(batch) >= FRAME_LINES:
+                    pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                    batch.clear()
+
+            counts = reader.source(source, put, sink)
+            if batch:
+                pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        sink.flush()
+        self.scanner = sink.scanner
+        return _SourceRead(
+            name=source.name, inputs=[self.ws.relative(p) for p in source.inputs(self.ws)], counts=counts,
+            quarantine=quarantine.getvalue(), evidence=out, checkpoints=reader.checkpoints(), added=bytes(added),
+            looked_up=b"".join(reader.looked_up()),
+        )
+
+
+FRAME_LINES = 5_000
+
+
+def _frames(path: Path) -> Iterator[tuple[str, bytes]]:
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                batch = pickle.load(fh)
+            except EOFError:
+                return
+            yield from batch
+
+
+def _split_keys(blob: bytes) -> list[bytes]:
+    if len(blob) % KEY_BYTES:
+        raise ValueError("not a whole number of keys")
+    return [blob[i:i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)]
+
+
+def _keys_disjoint(results: list[_SourceRead]) -> bool:
+    """No source added a key another source added or looked up (each read saw only the keys
+    collected before the run and its own): then the order they ran in changed nothing."""
+    added_before: set[bytes] = set()
+    for result in results:
+        mine = _split_keys(result.added)
+        if any(k in added_before for k in mine) or any(k in added_before for k in _split_keys(result.looked_up)):
+            return False
+        added_before.update(mine)
+    return True
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _line_offset(item: SourceItem) -> int | None:
@@ -284,6 +459,13 @@ class _QuarantineSink:
         self.flush()
         for line in lines:
             self.fh.write(line.encode() + b"\n")  # type: ignore[attr-defined]
+
+    def write_block(self, data: bytes) -> None:
+        """Lines a forked reader wrote (already redacted), in order after what is queued."""
+        if self.fh is None:
+            return
+        self.flush()
+        self.fh.write(data)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         if self.fh is None or not self.pending:

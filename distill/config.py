@@ -224,14 +224,14 @@ class DriftSettings(Section):
 
 
 class RunSettings(Section):
-    """How many processes a run uses: independent stages at once, and score's partitions (outputs
-    are the same bytes either way)."""
+    """How many processes a run uses: independent stages at once, and collect's sources and score's
+    partitions (outputs are the same bytes either way)."""
 
     jobs: int = Field(0, ge=0, description="stages run at once when none needs another's outputs, and the "
-                      "processes score's partitions are spread over; 0: every available core")
+                      "processes collect's sources and score's partitions are spread over; 0: every available core")
     parallel_min_input_mib: float = Field(
         16.0, ge=0,
-        description="stages run side by side, and a score pass on several processes, only when it reads at "
+        description="stages run side by side, and collect or a score pass on several processes, only when it reads at "
         "least this much: below it, starting a process costs more than it saves",
     )
 

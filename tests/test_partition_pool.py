@@ -1,7 +1,7 @@
-"""Partitions of one stage on every core (distill.partition_pool): results in partition order
-whatever process made them, a child's failure or death is the stage's error, and score run on
-two processes writes the bytes, checkpoints and counters of a one-process run (a full run and
-one after appended rows)."""
+"""Items of one stage on every core (distill.partition_pool): results in order whatever process
+made them, a child's failure or death is the stage's error, and score (partitions) and collect
+(sources) on two processes write the bytes, checkpoints and counters of a one-process run (a
+full run and one after appended rows); sources that share keys are read one by one."""
 
 from __future__ import annotations
 
@@ -237,3 +237,72 @@ def test_sigterm_while_score_runs_on_two_processes_stops_both_and_the_next_score
     assert tree_bytes(ws.scored_dir) == tree_bytes(clean.scored_dir)
     assert ws.quarantine_path("score").read_bytes() == clean.quarantine_path("score").read_bytes()
     assert ws.score_checkpoint_path.read_bytes() == clean.score_checkpoint_path.read_bytes()
+
+
+def _collect_state(ws: Workspace) -> tuple[object, ...]:
+    return (_tree(ws.evidence_dir), ws.quarantine_path("collect").read_bytes(), ws.collect_checkpoint_path.read_bytes())
+
+
+def _dump(report: object) -> object:
+    return report.model_dump(exclude={"started_at", "finished_at", "duration_s"})  # type: ignore[attr-defined]
+
+
+def test_collect_with_sources_side_by_side_writes_what_one_process_writes(tmp_path: Path) -> None:
+    small, grown = tmp_path / "small", tmp_path / "grown"
+    generate.write_scaled(small, 1_500)
+    generate.write_scaled(grown, 1_800)
+    spaces = {}
+    for name in ("one", "two"):
+        ws = Workspace.resolve(tmp_path / name)
+        ws.kb_dir.mkdir(parents=True)
+        for f in small.glob("*.jsonl"):
+            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+        spaces[name] = ws
+    full = {name: run_collect(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
+    assert _collect_state(spaces["one"]) == _collect_state(spaces["two"])
+    assert _dump(full["one"]) == _dump(full["two"])
+    assert full["one"].totals.quarantined > 0  # the bad rows (and their redacted excerpts) came along
+
+    for ws in spaces.values():  # an append: checkpoints resumed in the children
+        for f in grown.glob("*.jsonl"):
+            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+    more = {name: run_collect(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
+    assert _collect_state(spaces["one"]) == _collect_state(spaces["two"])
+    assert _dump(more["one"]) == _dump(more["two"])
+    assert more["one"].totals.written > 0 and more["one"].totals.deduped > 0
+    assert not list(spaces["two"].root.glob(".distill-collect-*"))  # the scratch directory is gone
+
+
+class _Replayed:
+    """A source that yields given evidence records: two of them sharing records share keys."""
+
+    def __init__(self, name: str, records: list[object]) -> None:
+        self.name, self.records = name, records
+
+    def inputs(self, ws: Workspace) -> list[Path]:
+        return []
+
+    def read(self, ws: Workspace, settings: Settings):  # type: ignore[no-untyped-def]
+        yield from self.records
+
+
+def test_sources_that_share_keys_are_read_one_by_one(tmp_path: Path) -> None:
+    from distill.collect import iter_evidence
+
+    donor = Workspace.resolve(tmp_path / "donor")
+    generate.write_scaled(donor.kb_dir, 300)
+    run_collect(donor, ONE)
+    records = [ev for _, ev in iter_evidence(donor)]
+    half = len(records) // 2
+    # "b" repeats some of "a"'s records: read in order, "b"'s copies are duplicates
+    sources = [_Replayed("a", records[:half]), _Replayed("b", records[half - 20:]), _Replayed("c", records[:5])]
+    results = {}
+    for name, settings in (("one", ONE), ("two", TWO)):
+        ws = Workspace.resolve(tmp_path / name)
+        ws.root.mkdir()
+        results[name] = run_collect(ws, settings, sources=sources)
+        results[name + "-tree"] = _tree(ws.evidence_dir)
+    assert results["one-tree"] == results["two-tree"]
+    assert results["two"].by_source["b"].deduped == 20 and results["two"].by_source["c"].deduped == 5
+    assert _dump(results["one"]) == {**_dump(results["two"]), "notes": results["one"].notes}
+    assert results["two"].notes[-1] == "sources share evidence keys: read one by one"
