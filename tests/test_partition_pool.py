@@ -89,33 +89,48 @@ def _state(ws: Workspace) -> tuple[object, ...]:
     return (_tree(ws.scored_dir), ws.quarantine_path("score").read_bytes(), ws.score_checkpoint_path.read_bytes())
 
 
-def test_score_on_two_processes_writes_what_one_process_writes(tmp_path: Path) -> None:
+def _twins(tmp_path: Path) -> tuple[dict[str, Workspace], Path]:
+    """Two workspaces ("one", "two") with the same 1,500 source rows, and a folder with those rows
+    plus 300 more (write_scaled is prefix-stable) for an append."""
     small, grown = tmp_path / "small", tmp_path / "grown"
     generate.write_scaled(small, 1_500)
-    generate.write_scaled(grown, 1_800)  # the same rows, then more: an incremental run
+    generate.write_scaled(grown, 1_800)
     spaces = {}
     for name in ("one", "two"):
         ws = Workspace.resolve(tmp_path / name)
         ws.kb_dir.mkdir(parents=True)
         for f in small.glob("*.jsonl"):
             (ws.kb_dir / f.name).write_bytes(f.read_bytes())
-        run_collect(ws, ONE)
         spaces[name] = ws
+    return spaces, grown
+
+
+def _append(spaces: dict[str, Workspace], grown: Path) -> None:
+    for ws in spaces.values():
+        for f in grown.glob("*.jsonl"):
+            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+
+
+def _dump(report: object) -> object:
+    return report.model_dump(exclude={"started_at", "finished_at", "duration_s"})  # type: ignore[attr-defined]
+
+
+def test_score_on_two_processes_writes_what_one_process_writes(tmp_path: Path) -> None:
+    spaces, grown = _twins(tmp_path)
+    for ws in spaces.values():
+        run_collect(ws, ONE)
     assert len(list(spaces["one"].evidence_dir.rglob("*.jsonl"))) > 10  # enough partitions to split
 
     full = {name: run_score(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
     assert _state(spaces["one"]) == _state(spaces["two"])
-    assert full["one"].model_dump(exclude={"started_at", "finished_at", "duration_s"}) == full["two"].model_dump(
-        exclude={"started_at", "finished_at", "duration_s"})
+    assert _dump(full["one"]) == _dump(full["two"])
 
+    _append(spaces, grown)  # an incremental run: resumed partitions
     for ws in spaces.values():
-        for f in grown.glob("*.jsonl"):
-            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
         run_collect(ws, ONE)
     more = {name: run_score(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
     assert _state(spaces["one"]) == _state(spaces["two"])
-    assert more["one"].model_dump(exclude={"started_at", "finished_at", "duration_s"}) == more["two"].model_dump(
-        exclude={"started_at", "finished_at", "duration_s"})
+    assert _dump(more["one"]) == _dump(more["two"])
     assert more["one"].totals.written > 0  # the appended rows were scored
 
 
@@ -243,29 +258,14 @@ def _collect_state(ws: Workspace) -> tuple[object, ...]:
     return (_tree(ws.evidence_dir), ws.quarantine_path("collect").read_bytes(), ws.collect_checkpoint_path.read_bytes())
 
 
-def _dump(report: object) -> object:
-    return report.model_dump(exclude={"started_at", "finished_at", "duration_s"})  # type: ignore[attr-defined]
-
-
 def test_collect_with_sources_side_by_side_writes_what_one_process_writes(tmp_path: Path) -> None:
-    small, grown = tmp_path / "small", tmp_path / "grown"
-    generate.write_scaled(small, 1_500)
-    generate.write_scaled(grown, 1_800)
-    spaces = {}
-    for name in ("one", "two"):
-        ws = Workspace.resolve(tmp_path / name)
-        ws.kb_dir.mkdir(parents=True)
-        for f in small.glob("*.jsonl"):
-            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
-        spaces[name] = ws
+    spaces, grown = _twins(tmp_path)
     full = {name: run_collect(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
     assert _collect_state(spaces["one"]) == _collect_state(spaces["two"])
     assert _dump(full["one"]) == _dump(full["two"])
     assert full["one"].totals.quarantined > 0  # the bad rows (and their redacted excerpts) came along
 
-    for ws in spaces.values():  # an append: checkpoints resumed in the children
-        for f in grown.glob("*.jsonl"):
-            (ws.kb_dir / f.name).write_bytes(f.read_bytes())
+    _append(spaces, grown)  # checkpoints resumed in the children
     more = {name: run_collect(ws, ONE if name == "one" else TWO) for name, ws in spaces.items()}
     assert _collect_state(spaces["one"]) == _collect_state(spaces["two"])
     assert _dump(more["one"]) == _dump(more["two"])
