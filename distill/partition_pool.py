@@ -1,21 +1,22 @@
-"""One stage's partitions on every core, with the outputs of a single process.
+"""One stage's items (collect's sources, score's evidence partitions) on every core, with the
+outputs of a single process.
 
-A stage that handles partitions independently (score's second pass) hands `map_in_order` the
-work for partition i and each partition's weight (the bytes it will read). The partitions are
-cut into contiguous groups of about equal weight; the first group runs in this process and each
-other group in a forked child, so the children see everything this process holds (the parents
-index, the checkpoints read) without it being pickled. A child writes each result to a scratch
-file as it goes; results come back strictly in partition order (this process's own first, as
-they are made, then each child's), so whatever the caller does with them (counters, checkpoint
-lines, the quarantine file) happens in the order and with the bytes of a one-process run.
+A stage that handles items independently hands `map_in_order` the work for item i and each
+item's weight (the bytes it will read). The items are cut into contiguous groups of about equal
+weight; the first group runs in this process and each other group in a forked child, so the
+children see everything this process holds (the dedup keys, the parents index, the checkpoints
+read) without it being pickled. A child writes each result to a scratch file as it goes; results
+come back strictly in item order (this process's own first, as they are made, then each
+child's), so whatever the caller does with them (counters, checkpoint lines, the quarantine
+file) happens in the order and with the bytes of a one-process run.
 
 A child's exception is the stage's failure: a DistillError is raised here as it is (the message
 and exit code one process would give), anything else as `WorkerFailed` with the child's message;
-a child that dies (killed, out of memory) is a `WorkerFailed` too. When this process is stopped (Ctrl-C, SIGTERM) or fails,
-its children are stopped and waited for before the error goes on. Children leave with
-`os._exit` (multiprocessing's fork start), so they never flush or close the files they inherited
-(multiprocessing flushes the standard streams before it forks, so nothing buffered there is
-printed twice).
+a child that dies (killed, out of memory) is a `WorkerFailed` too. When this process is stopped
+(Ctrl-C, SIGTERM) or fails, its children are stopped and waited for before the error goes on.
+Children leave with `os._exit` (multiprocessing's fork start), so they never flush or close the
+files they inherited (multiprocessing flushes the standard streams before it forks, so nothing
+buffered there is printed twice).
 """
 
 from __future__ import annotations
