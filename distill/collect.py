@@ -49,7 +49,7 @@ from distill.records.stage import Counts, StageReport
 from distill.redact import new_scanner, redact_excerpts
 from distill.sources.base import JsonlStream, Source, SourceItem, read_jsonl
 from distill.stage import Stage, existing, files_under
-from distill.stage_workers import effective_jobs
+from distill.stage_workers import processes_for
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
 STAGE = "collect"
@@ -190,7 +190,7 @@ def run_collect(
 
     def consume(quarantine_out: _QuarantineSink) -> None:
         weights = [sum(_size(p) for p in source.inputs(ws)) for source in chosen]
-        processes = effective_jobs(settings.run.jobs) if sum(weights) >= settings.run.parallel_min_input_mib * 2**20 else 1
+        processes = processes_for(settings, sum(weights))
         if dry_run or processes < 2 or len(chosen) < 2:
             one_by_one(quarantine_out)
             return

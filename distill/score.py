@@ -42,7 +42,7 @@ from distill.score_checkpoints import (
 from distill.score_rules import SCORER_VERSION, ParentIndex, ParentRun, Verdict, score_evidence
 from distill.partition_pool import map_in_order
 from distill.stage import Stage, existing
-from distill.stage_workers import effective_jobs
+from distill.stage_workers import processes_for
 from distill.workspace import Workspace, iter_partition_files
 
 STAGE = "score"
@@ -239,12 +239,6 @@ class _PartitionScorer:
                        checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
 
 
-def _processes(settings: Settings, weights: list[int]) -> int:
-    """[run] jobs processes for a pass that reads at least [run] parallel_min_input_mib, else one
-    (below it, forking costs more than it saves)."""
-    return effective_jobs(settings.run.jobs) if sum(weights) >= settings.run.parallel_min_input_mib * 2**20 else 1
-
-
 def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, checkpoints: bool = True) -> StageReport:
     """Score every evidence row; returns counts with the category distribution per source.
     `checkpoints`: score only rows appended since the last run, and re-score the extraction rows
@@ -283,8 +277,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         return [p for _, ev in _read_rows(unread[i].path, ws, []) if (p := parent_of(ev, settings)) is not None]
 
     weights = [part.todo for part in unread]
-    for part, found_parents in zip(unread, map_in_order(parents_in, weights, _processes(settings, weights), what=STAGE),
-                                   strict=True):
+    read_parents = map_in_order(parents_in, weights, processes_for(settings, sum(weights)), what=STAGE)
+    for part, found_parents in zip(unread, read_parents, strict=True):
         part.parents = found_parents
     by_task: dict[str, list[ParentRun]] = defaultdict(list)
     for part in parts:
@@ -307,8 +301,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         joined: set[str] = set()
         scorer = _PartitionScorer(ws, settings, parts, parents, book, task_digest, dry_run=dry_run)
         weights = [part.todo for part in parts]
-        for part, done in zip(parts, map_in_order(scorer, weights, _processes(settings, weights), what=STAGE),
-                              strict=True):
+        scored = map_in_order(scorer, weights, processes_for(settings, sum(weights)), what=STAGE)
+        for part, done in zip(parts, scored, strict=True):
             counts = report.source(part.path.stem)
             problem_lines.extend(done.problems)
             for line in done.problems:

@@ -42,6 +42,13 @@ def effective_jobs(jobs: int) -> int:
     return jobs if jobs > 0 else available_cores()
 
 
+def processes_for(settings: Settings, input_bytes: int) -> int:
+    """Processes for one stage's items (collect's sources, score's partitions): [run] jobs when
+    they read at least [run] parallel_min_input_mib, else one (below it forking costs more than it
+    saves)."""
+    return effective_jobs(settings.run.jobs) if input_bytes >= settings.run.parallel_min_input_mib * 2**20 else 1
+
+
 def run_guarded(stage: Stage, ws: Workspace, settings: Settings) -> Outcome:
     """Run the stage; an exception is the stage's failure, returned as its error, not raised.
     (KeyboardInterrupt, Terminated and StageUnavailable are not failures of the stage.)"""
