@@ -60,9 +60,13 @@ class CheckpointFile:
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
         """One partition's next checkpoint (kept in the side file until `save`)."""
+        try:
+            line = dumps(rel) + b"\t" + dumps(checkpoint) + b"\n"
+        except (UnicodeEncodeError, ValueError):
+            return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint
         if self._out is None:
             self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
-        self._out.write(dumps(rel) + b"\t" + dumps(checkpoint) + b"\n")
+        self._out.write(line)
 
     def save(self, header: dict[str, Any]) -> None:
         """Replace the file: the header, then the partitions written this run."""

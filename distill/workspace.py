@@ -105,7 +105,7 @@ class Workspace:
         return self.root / ".distill.scored-index.npz"
 
     def export_checkpoint_path(self, kind: str) -> Path:
-        """What each scored partition's lines decided in the last RAG/SFT export
+        """What each scored partition's lines gave in the last export of `kind`
         (distill.export.checkpoints), so that a run after an append reads only the new lines."""
         return self.root / f".distill.export-{kind}.json"
 

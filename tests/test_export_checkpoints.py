@@ -1,7 +1,7 @@
-"""Export checkpoints (RAG, SFT): after score appends, an export decides and gates only the new
-scored lines; its files, counters and verdicts are exactly those of a full pass, whatever happened
-in between (each case changes one thing in two twin workspaces, one of which has forgotten its
-checkpoints, and compares them)."""
+"""Export checkpoints (RAG, SFT, the preference export's first pass): after score appends, an
+export reads, decides and gates only the new scored lines; its files, counters and verdicts are
+exactly those of a full pass, whatever happened in between (each case changes one thing in two
+twin workspaces, one of which has forgotten its checkpoints, and compares them)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+import distill.export.preference as preference_module
 import distill.export.run as run_module
 from distill.collect import run_collect
 from distill.config import Settings, load_settings
@@ -24,8 +25,14 @@ from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
 from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
 
-KINDS = [ExportKind.RAG, ExportKind.SFT]
-DECIDE = {ExportKind.RAG: "decide_rag", ExportKind.SFT: "decide_sft"}
+KINDS = [ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE]
+# what each export calls once per scored line it reads and decides (not for a replayed one)
+PER_ROW = {ExportKind.RAG: (run_module, "decide_rag"), ExportKind.SFT: (run_module, "decide_sft"),
+           ExportKind.PREFERENCE: (preference_module, "synthesize_instruction")}
+
+
+def _calls(monkeypatch: pytest.MonkeyPatch, kind: ExportKind) -> Calls:
+    return Calls(monkeypatch, *PER_ROW[kind])
 
 
 def _export(ws: Workspace, kind: ExportKind, settings: Settings | None = None, **kw: Any) -> StageReport:
@@ -36,7 +43,11 @@ def _state(ws: Workspace, kind: ExportKind, report: StageReport) -> tuple[dict[s
     files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted([*(ws.exports_dir / kind.value).rglob("*.jsonl"), ws.quarantine_path(kind.value),
                               ws.exports_dir / "README.md"]) if p.exists()}
-    return report.model_dump(exclude={"inputs", "outputs"}), files
+    dumped = report.model_dump(exclude={"inputs", "outputs"})
+    # the preference export says how much its first pass took from the checkpoint and how many
+    # rows it gated: work done, which differs
+    dumped["notes"] = [n for n in dumped["notes"] if not n.startswith(("first pass:", "firewall: "))]
+    return dumped, files
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +93,10 @@ def _grow(grown: Path) -> Callable[[Workspace], None]:
 def _compare(a: Workspace, b: Workspace, kind: ExportKind, monkeypatch: pytest.MonkeyPatch,
              settings: Settings | None = None) -> tuple[int, int]:
     """Export both; assert the same files and counters; the rows each decided."""
-    calls_a = Calls(monkeypatch, run_module, DECIDE[kind])
+    calls_a = _calls(monkeypatch, kind)
     got_a = _state(a, kind, _export(a, kind, settings))
     monkeypatch.undo()
-    calls_b = Calls(monkeypatch, run_module, DECIDE[kind])
+    calls_b = _calls(monkeypatch, kind)
     got_b = _state(b, kind, _export(b, kind, settings))
     monkeypatch.undo()
     assert got_a == got_b
@@ -102,7 +113,7 @@ def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, g
     assert done_b >= ROWS // 2  # the full pass decided (nearly) every row
     assert 0 < done_a <= ROWS // 20  # the resumed one about the 2 % appended
     # and a run over nothing new decides nothing
-    calls = Calls(monkeypatch, run_module, DECIDE[kind])
+    calls = _calls(monkeypatch, kind)
     _export(a, kind)
     assert calls.rows == 0
 
@@ -120,7 +131,7 @@ def _flip_scored(ws: Workspace) -> None:
 
 def _drop_exported_rows(kind: ExportKind) -> Callable[[Workspace], None]:
     def change(ws: Workspace) -> None:
-        path = {ExportKind.RAG: ws.rag_path, ExportKind.SFT: ws.sft_path}[kind]
+        path = {ExportKind.RAG: ws.rag_path, ExportKind.SFT: ws.sft_path, ExportKind.PREFERENCE: ws.preference_path}[kind]
         lines = path.read_bytes().splitlines(keepends=True)
         path.write_bytes(b"".join(lines[: len(lines) // 2]))
 
@@ -137,6 +148,22 @@ def _junk_checkpoint(kind: ExportKind) -> Callable[[Workspace], None]:
     return change
 
 
+def _unknown_entry(kind: ExportKind) -> Callable[[Workspace], None]:
+    """A checkpoint line that is valid JSON but holds an entry no exporter writes."""
+
+    def change(ws: Workspace) -> None:
+        path = ws.export_checkpoint_path(kind.value)
+        if path.exists():
+            lines = path.read_bytes().splitlines(keepends=True)
+            rel, _, body = lines[1].partition(b"\t")
+            checkpoint = orjson.loads(body)
+            checkpoint["entries"][0] = ["z", *checkpoint["entries"][0][1:]]
+            lines[1] = rel + b"\t" + orjson.dumps(checkpoint) + b"\n"
+            path.write_bytes(b"".join(lines))
+
+    return change
+
+
 def _torn_scored_tail(ws: Workspace) -> None:
     path = iter_partition_files(ws.scored_dir)[5]
     with open(path, "ab") as fh:
@@ -145,7 +172,7 @@ def _torn_scored_tail(ws: Workspace) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("change", ["evidence edited", "scored edited", "export shortened", "junk checkpoint",
-                                    "torn scored tail", "scored partition deleted"])
+                                    "unknown entry", "torn scored tail", "scored partition deleted"])
 def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, exported_once: dict[ExportKind, Path],
                                                             kind: ExportKind, change: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +181,7 @@ def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, expo
         "scored edited": _flip_scored,
         "export shortened": _drop_exported_rows(kind),
         "junk checkpoint": _junk_checkpoint(kind),
+        "unknown entry": _unknown_entry(kind),
         "torn scored tail": _torn_scored_tail,
         "scored partition deleted": lambda ws: iter_partition_files(ws.scored_dir)[1].unlink(),
     }
@@ -162,7 +190,7 @@ def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, expo
     _compare(a, b, kind, monkeypatch)  # and again, from the checkpoints the first pass wrote
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
 def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Path, exported_once: dict[ExportKind, Path],
                                                                     kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
     def reject_a_shipped_run(ws: Workspace) -> None:
@@ -193,8 +221,10 @@ def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[
     changed = Settings(export={"contamination_threshold": 0.9})
     done_a, done_b = _compare(a, b, kind, monkeypatch, settings=changed)
     assert done_a == done_b  # another basis: every row decided again
+    if kind is ExportKind.PREFERENCE:
+        return  # the preference export has no flags
     flag = {"include_review": True} if kind is ExportKind.RAG else {"include_partial": True}
-    calls = Calls(monkeypatch, run_module, DECIDE[kind])
+    calls = _calls(monkeypatch, kind)
     report_a = _export(a, kind, changed, **flag)
     assert calls.rows == done_b
     monkeypatch.undo()

@@ -49,6 +49,7 @@ def _export_without_memory(ws: Workspace, settings: Settings, twin: Path) -> tup
     shutil.copytree(ws.root, twin)
     other = Workspace.resolve(twin)
     other.passed_gates_path("preference").unlink(missing_ok=True)
+    other.export_checkpoint_path("preference").unlink(missing_ok=True)
     report = run_export(other, settings, "preference")
     assert _scanned(report)[0] == _scanned(report)[1]
     return _outputs(other), report
@@ -68,6 +69,13 @@ def test_the_next_export_scans_only_rows_that_did_not_pass(ws: Workspace, tmp_pa
 
     ws.preference_path.unlink()  # the export is written again from the same rows
     expected, twin_report = _export_without_memory(ws, Settings(), tmp_path / "twin")
+    # its first pass takes every line from the export checkpoint: no row is gated, and the
+    # memory still keeps every input that passed
+    replayed = run_export(ws, Settings(), "preference")
+    assert _scanned(replayed) == (0, 0)
+    assert _outputs(ws) == expected
+    ws.preference_path.unlink()
+    ws.export_checkpoint_path("preference").unlink()  # now every line is read and gated again
     second = run_export(ws, Settings(), "preference")
     scanned_again, gated_again = _scanned(second)
     assert gated_again == gated
@@ -101,6 +109,7 @@ def test_a_damaged_memory_is_ignored(ws: Workspace, tmp_path: Path, damage: byte
     expected = _outputs(ws)
     ws.preference_path.unlink()
     ws.passed_gates_path("preference").write_bytes(damage)
+    ws.export_checkpoint_path("preference").unlink()  # the rows are read and gated
     report = run_export(ws, Settings(), "preference")
     assert _scanned(report)[0] == _scanned(report)[1]
     assert _outputs(ws) == expected

@@ -1,15 +1,17 @@
-"""Export checkpoints (RAG and SFT): what each scored partition's lines decided, so that a run after
-score appended rows joins, decides and gates only those rows.
+"""Export checkpoints: what each scored partition's lines gave, so that a run after score appended
+rows joins, decides and gates only those rows.
 
 Per scored partition: the length and sha256 of its whole-line prefix, the same of the mirror
 evidence partition it joined against with the digests of that prefix's valid evidence keys, and
-one `Entry` per scored line (its outcome, the quarantine line it produced, its sample id). A
+one entry per scored line. RAG/SFT keep a `quarantine.Entry` (its outcome, the quarantine line it
+produced, its sample id); the preference export keeps what its first pass made of the line
+(`preference.Pass1Entry`: the row pairing needs, or its refusal; pairing itself is redone). A
 checkpoint is trusted only when the `distill` code, the [export] settings, the export's flags, the
 repository tree and benchmark files the gates read and the secret scanner's version are the same
 (one basis for the file), both files still start with exactly the hashed bytes, no line of the
-prefix needed evidence from another partition, and `RowExporter.can_replay` finds every shipped
-candidate still in the export and no id repeated: then its entries produce the lines and counters
-the rows would. The lines after the prefix are read as usual; their evidence is looked up in the
+prefix needed evidence from another partition, and the exporter's `can_replay` accepts the entries
+(RowExporter: every shipped candidate still in the export, no id repeated): then its entries
+produce what the rows would. The lines after the prefix are read as usual; their evidence is looked up in the
 mirror's appended lines unless the prefix had a record with the same key. Anything else reads the
 partition from the start; `distill run --force` deletes the file first (`Stage.caches`).
 """
@@ -20,14 +22,13 @@ import base64
 import hashlib
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
-from distill.export.quarantine import Entry, RowExporter
-from distill.export.reader import EvidenceIndex, evidence_records, iter_scored_file, rel_path
+from distill.export.reader import EvidenceIndex, ReaderItem, evidence_records, iter_scored_file, rel_path
 from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import loads
@@ -36,6 +37,27 @@ from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
 EXPORT_CHECKPOINT_VERSION = 1
+
+
+class PartitionExporter(Protocol):
+    """What `export_partition` drives: RAG/SFT's RowExporter, the preference export's first pass."""
+
+    def feed(self, item: ReaderItem) -> None: ...
+
+    def end_partition(self) -> list[Any] | None: ...
+
+    def can_replay(self, entries: list[Any]) -> bool: ...
+
+    def replay(self, entries: list[Any]) -> None: ...
+
+
+def _row_entries(entries: Any) -> bool:
+    """RowExporter's entries: lists of 7 fields (quarantine.Entry)."""
+    return isinstance(entries, list) and all(isinstance(e, list) and len(e) == 7 for e in entries)
+
+
+def _any_entries(entries: Any) -> bool:
+    return isinstance(entries, list) and all(isinstance(e, list) and e for e in entries)
 
 
 def _keys_text(keys: np.ndarray) -> str:
@@ -129,9 +151,11 @@ class ExportCheckpoints:
     """The checkpoint file (distill.checkpoint_file): a header (format, basis), then one line per
     scored partition, read one at a time; the next run's file is written as partitions are done."""
 
-    def __init__(self, path: Path, basis: str, *, writable: bool = True) -> None:
+    def __init__(self, path: Path, basis: str, *, writable: bool = True, row_entries: bool = True) -> None:
         self.path = path
         self.basis = basis
+        # RAG/SFT keep RowExporter entries; the preference export its own (checked by can_replay)
+        self._entries_ok = _row_entries if row_entries else _any_entries
         self.writable = writable  # a dry run reads checkpoints and writes none
 
         def accept(line: bytes) -> dict[str, Any] | None:
@@ -148,8 +172,7 @@ class ExportCheckpoints:
         try:
             found = loads(payload)
             found["keys"] = _keys_array(found["mirror_keys"])
-            entries = found["entries"]
-            if not (isinstance(entries, list) and all(isinstance(e, list) and len(e) == 7 for e in entries)):
+            if not self._entries_ok(found["entries"]):
                 return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
@@ -159,7 +182,7 @@ class ExportCheckpoints:
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, np.ndarray], entries: list[Entry]) -> None:
+              mirror: tuple[int, str, np.ndarray], entries: list[Any]) -> None:
         if not self.writable:
             return
         sha = scored.hexdigest(scored_path)
@@ -186,7 +209,7 @@ def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, n
     return end, sha, np.array([key_digest(*k) for k in keys], dtype="S16").reshape(-1)
 
 
-def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: RowExporter,
+def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: PartitionExporter,
                      checkpoints: ExportCheckpoints) -> None:
     """One scored partition through the exporter: its checkpoint replayed and the lines after it
     read, or all of it read; then its next checkpoint written (when one can be)."""

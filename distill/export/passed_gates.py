@@ -62,6 +62,11 @@ class PassedGates:
         self._passed.extend(d for d, v in zip(digests, verdicts, strict=True) if v is None)
         return verdicts
 
+    def passed_before(self, digests: list[bytes]) -> None:
+        """Inputs an export checkpoint of this basis says passed: kept for the next run as if
+        checked now (so a partition that loses its checkpoint is still not rescanned)."""
+        self._passed.extend(digests)
+
     def _known(self, digests: list[bytes]) -> list[bool]:
         if not len(self.known) or not digests:
             return [False] * len(digests)

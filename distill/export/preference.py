@@ -19,6 +19,12 @@ it to a payload file, a small `Row` to the bucket); each task bucket is then pai
 re-bucketed by question and paired the same way, and the pairs (in question order) and the
 quarantine rows (in input order) come out of a k-way merge of the buckets' sorted runs. The
 output is the same bytes whatever the number of buckets.
+
+What pass 1 makes of a scored line depends only on the line, its evidence and the export basis,
+so it is kept per scored partition in the export checkpoint (`distill.export.checkpoints`, the
+RAG/SFT mechanism): after an append, the unchanged prefix of each partition is replayed from its
+entries (no JSON parse, join, validation or gate) and only the appended lines are read. Pairing
+then runs over every row again, as before.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distill.export.checkpoints import PartitionExporter
 from distill.export.gates import Firewall, GateInput, meta_text
-from distill.export.passed_gates import PassedGates
+from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
     GATE_BATCH,
     joined_detail,
@@ -118,6 +125,7 @@ class PreferenceExport:
     pairs_same_task: int = 0
     pairs_cross_source: int = 0
     pairs_existing: int = 0
+    lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
 
 
 def _spread(chosen: list[Row], rejected: list[Row]) -> list[tuple[Row, Row]]:
@@ -186,8 +194,9 @@ class _Payload:
     def __init__(self, records: RecordFile) -> None:
         self.records = records
 
-    def put(self, j: Joined) -> int:
-        return self.records.append(Spilled.of(j))
+    def put(self, spilled: tuple[object, ...]) -> int:
+        """`Spilled.of(joined)`, or the same values from a checkpoint."""
+        return self.records.append(spilled)
 
     def get(self, row: Row) -> Spilled:
         return Spilled(*self.records.read_at(row.offset))
@@ -274,63 +283,168 @@ def _quarantined(index: int, source: str, category: str | None, rec: QuarantineR
     return (index, source, category, rec.reason.value, dumps(rec.to_json_dict()), False)
 
 
+# A pass-1 checkpoint entry (JSON, one per scored line, in line order): what reading the line gave.
+#   ["q", source, category | None, reason, quarantine line]     refused before pairing
+#   ["r", run_id, sig_hash, task_id, prompt, category, source, text digest (hex), cross candidate,
+#    where, firewall failure [reason, errors] | None, digest of the gate input that passed (hex) | None,
+#    [evidence source, text, created_at (ISO), provenance (JSON), first reason, quarantine detail]]
+Pass1Entry = list[Any]
+_Ready = tuple[str, tuple[Any, ...], tuple[Any, ...] | None, bytes | None]
+
+
+def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass1Entry:
+    _key, ev_source, text, created_at, provenance, _category, first_reason, _source, detail = spilled
+    return ["r", row.key[0], row.key[1], row.task_id, row.prompt, row.category.value, row.source,
+            row.text_digest.hex(), row.cross_candidate, row.where,
+            None if row.failure is None else [row.failure[0], row.failure[1]],
+            None if passed is None else passed.hex(),
+            [ev_source, text, created_at.isoformat(), provenance.model_dump(mode="json"), first_reason, detail]]
+
+
+def _parse_entry(entry: Any) -> _Ready:
+    """An entry back into what reading its line gave; raises ValueError/TypeError/ValidationError
+    on anything a checkpoint never holds."""
+    code = entry[0]
+    if code == "q":
+        _, source, category, reason, line = entry
+        if not (isinstance(source, str) and isinstance(reason, str) and isinstance(line, str)
+                and (category is None or isinstance(category, str))):
+            raise TypeError("malformed entry")
+        return ("q", (source, category, reason), None, line.encode("utf-8"))
+    if code != "r" or len(entry) != 13:
+        raise TypeError("malformed entry")
+    (_, run_id, sig, task_id, prompt, category, source, digest, cross, where, failure, passed, spilled) = entry
+    ev_source, text, created_at, provenance, first_reason, detail = spilled
+    strings = (run_id, sig, task_id, prompt, source, where, ev_source, text, first_reason)
+    if not (all(isinstance(v, str) for v in strings) and isinstance(cross, bool) and isinstance(detail, dict)):
+        raise TypeError("malformed entry")
+    if failure is not None:
+        reason, errors = failure
+        if not (isinstance(reason, str) and isinstance(errors, list) and all(isinstance(e, str) for e in errors)):
+            raise TypeError("malformed entry")
+        failure = (reason, errors)
+    cat = Category(category)
+    row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, where, failure)
+    payload = ((run_id, sig), ev_source, text, datetime.fromisoformat(created_at),
+               Provenance.model_validate(provenance), cat, first_reason, source, detail)
+    return ("r", row, payload, None if passed is None else bytes.fromhex(passed))
+
+
 class _Pass1:
-    """Reads the rows once: refusals are decided at once, the rest are gated and spilled."""
+    """Reads the rows once, a scored partition at a time (`export_partition` drives it): refusals
+    are decided at once, the rest are gated and spilled.
+
+    With `record`, what each line gave is kept as a `Pass1Entry` and handed over per partition (a
+    checkpoint); `replay` takes a partition's entries instead of reading its lines. A line's
+    entry depends only on the line, its evidence and the export basis (never on other rows or on
+    the export: pairing decides everything else), so replayed entries give the rows a read would."""
 
     def __init__(self, firewall: Firewall | PassedGates, payload: _Payload, early: RecordFile,
-                 buckets: list[RecordFile]) -> None:
+                 buckets: list[RecordFile], *, record: bool) -> None:
         self.firewall = firewall
         self.payload = payload
         self.early = early  # Decided rows, in input order
         self.buckets = buckets
+        self.record = record
         self.batch: list[tuple[int, Joined, str]] = []
+        self._next = 0  # input index of the next line
+        self._entries: dict[int, Pass1Entry] = {}
+        self._ready: list[_Ready] = []  # the entries can_replay parsed last
+        self.replayed = 0  # lines taken from checkpoints
 
-    def read(self, items: Iterable[ReaderItem]) -> None:
-        for i, item in enumerate(items):
-            if isinstance(item, Broken):
-                self.early.append(_quarantined(i, item.source, None, quarantine_broken(STAGE, item)))
-                continue
-            j = item
-            ev = j.evidence
-            drop: Reason | None = None
-            refusal = refuse_category(ExportKind.PREFERENCE, j.scored.category)
-            if refusal is not None:
-                drop = (refusal.reason, refusal.message)
-            elif not has_instruction_shape(ev, j.scored.score_class):
-                drop = (QuarantineReason.CATEGORY_DISALLOWED,
-                        f"{ev.source} is extraction-class: no prompt -> response shape to prefer")
-            elif not ev.text.strip():
-                drop = (QuarantineReason.EMPTY_CONTENT, "evidence text is empty")
-            if drop is not None:
-                self.early.append(_quarantined(i, j.source, j.scored.category.value,
-                                               quarantine_joined(STAGE, j, drop[0], [drop[1]])))
-                continue
-            # a duplicate revision is refused when its bucket is read (both copies share a task id);
-            # gating it too costs a scan and changes no verdict (the gates judge each row alone)
-            self.batch.append((i, j, synthesize_instruction(ev)))
-            if len(self.batch) >= GATE_BATCH:
-                self.flush()
-        self.flush()
+    def _refuse(self, index: int, decided: Decided) -> None:
+        self.early.append(decided)
+        if self.record:
+            _, source, category, reason, line, _ = decided
+            self._entries[index] = ["q", source, category, reason, line.decode("utf-8")]
+
+    def feed(self, item: ReaderItem) -> None:
+        i = self._next
+        self._next += 1
+        if isinstance(item, Broken):
+            self._refuse(i, _quarantined(i, item.source, None, quarantine_broken(STAGE, item)))
+            return
+        j = item
+        ev = j.evidence
+        drop: Reason | None = None
+        refusal = refuse_category(ExportKind.PREFERENCE, j.scored.category)
+        if refusal is not None:
+            drop = (refusal.reason, refusal.message)
+        elif not has_instruction_shape(ev, j.scored.score_class):
+            drop = (QuarantineReason.CATEGORY_DISALLOWED,
+                    f"{ev.source} is extraction-class: no prompt -> response shape to prefer")
+        elif not ev.text.strip():
+            drop = (QuarantineReason.EMPTY_CONTENT, "evidence text is empty")
+        if drop is not None:
+            self._refuse(i, _quarantined(i, j.source, j.scored.category.value,
+                                         quarantine_joined(STAGE, j, drop[0], [drop[1]])))
+            return
+        # a duplicate revision is refused when its bucket is read (both copies share a task id);
+        # gating it too costs a scan and changes no verdict (the gates judge each row alone)
+        self.batch.append((i, j, synthesize_instruction(ev)))
+        if len(self.batch) >= GATE_BATCH:
+            self.flush()
 
     def flush(self) -> None:
         if not self.batch:
             return
-        verdicts = self.firewall.check(
-            [GateInput((prompt, j.evidence.text), tuple(j.evidence.source_files), (meta_text(j.evidence),))
-             for _, j, prompt in self.batch]
-        )
-        for (i, j, prompt), failure in zip(self.batch, verdicts, strict=True):
+        gate_inputs = [GateInput((prompt, j.evidence.text), tuple(j.evidence.source_files), (meta_text(j.evidence),))
+                       for _, j, prompt in self.batch]
+        verdicts = self.firewall.check(gate_inputs)
+        for (i, j, prompt), gate, failure in zip(self.batch, gate_inputs, verdicts, strict=True):
             ev = j.evidence
+            spilled = Spilled.of(j)
             row = Row(
                 index=i, key=j.key, task_id=ev.task_id, prompt=prompt, category=j.scored.category,
                 source=j.source, text_digest=_text_digest(ev.text),
                 cross_candidate=j.scored.score_class is ScoreClass.VERDICT and ev.model_role in _REVIEW_ROLES,
                 where=f"{j.scored_file}:{j.scored_line}",
                 failure=None if failure is None else (failure.reason, failure.errors),
-                offset=self.payload.put(j),
+                offset=self.payload.put(spilled),
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
+            if self.record:
+                self._entries[i] = _row_entry(row, spilled, input_digest(gate) if failure is None else None)
         self.batch.clear()
+
+    def end_partition(self) -> list[Pass1Entry] | None:
+        """Every line read so far is spilled; the entries of the lines since the last call."""
+        self.flush()
+        entries = [self._entries[i] for i in sorted(self._entries)]
+        self._entries.clear()
+        return entries if self.record else None
+
+    def can_replay(self, entries: list[Pass1Entry]) -> bool:
+        """Whether every entry is one this class writes (a damaged checkpoint is read as none)."""
+        try:
+            self._ready = [_parse_entry(e) for e in entries]
+        except (ValueError, TypeError, KeyError, IndexError, ValidationError):
+            self._ready = []
+            return False
+        return True
+
+    def replay(self, entries: list[Pass1Entry]) -> None:
+        """The lines these entries stand for (can_replay parsed them), in input order."""
+        self.flush()
+        ready, self._ready = self._ready, []
+        passed: list[bytes] = []
+        for entry, (code, fields, spilled, extra) in zip(entries, ready, strict=True):
+            i = self._next
+            self._next += 1
+            if code == "q":
+                assert extra is not None
+                self.early.append((i, *fields, extra, False))
+            else:
+                assert spilled is not None
+                row = Row(i, (fields[0], fields[1]), *fields[2:], offset=self.payload.put(spilled))
+                self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
+                if extra is not None:
+                    passed.append(extra)
+            if self.record:
+                self._entries[i] = entry
+        self.replayed += len(entries)
+        if passed and isinstance(self.firewall, PassedGates):
+            self.firewall.passed_before(passed)
 
 
 def _rows(bucket: RecordFile) -> Iterator[Row]:
@@ -417,10 +531,11 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
 
 
 def export_preference(
-    items: Iterable[ReaderItem],
+    read_rows: Callable[[PartitionExporter], None],
     firewall: Firewall | PassedGates,
     report: StageReport,
     *,
+    record: bool,
     existing_ids: set[str],
     existing_per_task: Counter[str],
     max_pairs_per_task: int,
@@ -431,13 +546,18 @@ def export_preference(
     on_quarantine: LineSink,
 ) -> PreferenceExport:
     """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order.
+    `read_rows` feeds pass 1 every scored partition in order (`export_partition`: read, or
+    replayed from its checkpoint; `record` keeps the entries for the next checkpoints).
     `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates)."""
     result = PreferenceExport(pairs_existing=len(existing_ids))
     with Spill(spill_dir) as spill:
         payload = _Payload(spill.records("payload"))
         early = spill.records("early")
         task_buckets = spill.buckets("task", buckets)
-        _Pass1(firewall, payload, early, task_buckets).read(items)
+        pass1 = _Pass1(firewall, payload, early, task_buckets, record=record)
+        read_rows(pass1)
+        pass1.flush()
+        result.lines_replayed = pass1.replayed
 
         cross_buckets = spill.buckets("cross", buckets) if cross_source else None
         decided_runs: list[RecordFile] = [early]

@@ -22,14 +22,14 @@ from pydantic import BaseModel
 from distill.config import Settings
 from distill.errors import UsageError
 from distill.export.card import write_card
-from distill.export.checkpoints import ExportCheckpoints, export_basis, export_partition
+from distill.export.checkpoints import ExportCheckpoints, PartitionExporter, export_basis, export_partition
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.passed_gates import PassedGates
 from distill.export.preference import export_preference
 from distill.export.quarantine import RowExporter
 from distill.export.rag import decide_rag, rag_id
-from distill.export.reader import EvidenceIndex, iter_scored, rel_path
+from distill.export.reader import EvidenceIndex, rel_path
 from distill.export.sft import decide_sft, sft_id
 from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
@@ -99,7 +99,7 @@ def run_export(
         (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
         if not rebuild:
             existing_per_task[str(r.get("task_id"))] += 1
-    index = EvidenceIndex(ws, hash_mirrors=kind != "preference")  # RAG/SFT checkpoints need the mirrors' hashes
+    index = EvidenceIndex(ws, hash_mirrors=True)  # the checkpoints keep where each mirror's prefix ends
     checkpoints: ExportCheckpoints | None = None
 
     stale: list[Violation] = []
@@ -119,12 +119,23 @@ def run_export(
             quarantine_sink.write(line + b"\n")
 
         if kind == "preference":
-            # every row is read again each run (pairing sees the whole input): inputs that passed
-            # the gates last time, under the same basis, are not scanned again
-            gates = PassedGates(ws.passed_gates_path(kind), export_basis(ws, settings, kind, {}), fw,
-                                writable=not dry_run)
+            # pairing sees the whole input: every partition's first-pass rows come from its
+            # checkpoint or a read, then every task is paired again; inputs that passed the gates
+            # last time, under the same basis, are not scanned again
+            basis = export_basis(ws, settings, kind, {})
+            gates = PassedGates(ws.passed_gates_path(kind), basis, fw, writable=not dry_run)
+            checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), basis, writable=not dry_run,
+                                            row_entries=False)
+            stack.callback(checkpoints.discard)
+            pref_checkpoints = checkpoints
+
+            def read_rows(pass1: PartitionExporter) -> None:
+                for path in iter_partition_files(ws.scored_dir):
+                    export_partition(ws, path, index, pass1, pref_checkpoints)
+
             pref = export_preference(
-                iter_scored(ws, index), gates, report,
+                read_rows, gates, report,
+                record=not dry_run,
                 existing_ids=existing_ids,
                 existing_per_task=existing_per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
@@ -138,6 +149,8 @@ def run_export(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
                 f"({len(existing_ids)} already in the export)"
             )
+            report.notes.append(f"first pass: {pref.lines_replayed} scored lines taken from the export checkpoint "
+                                f"(the others read)")
             report.notes.append(f"firewall: {gates.checked} of {gates.seen} gated rows scanned "
                                 f"(the others passed the same gates in the last run)")
             gates.save()
