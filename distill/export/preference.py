@@ -51,7 +51,7 @@ from distill.export.quarantine import (
     quarantine_scored,
     validation_errors,
 )
-from distill.export.reader import Broken, Joined, ReaderItem, source_ref
+from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
 from distill.export.spill import RecordFile, Spill, bucket_of, merge_sorted
 from distill.firewall import ExportKind, refuse_category
@@ -65,6 +65,7 @@ from distill.records import (
     QuarantineReason,
     QuarantineRecord,
     ScoreClass,
+    SourceRef,
 )
 from distill.records.stage import StageReport
 
@@ -148,7 +149,7 @@ class Spilled:
     evidence_source: str
     text: str
     created_at: datetime
-    provenance: Provenance
+    provenance: dict[str, Any]  # Provenance in its JSON form: a model would cost more to spill
     category: Category
     first_reason: str
     scored_source: str
@@ -157,11 +158,15 @@ class Spilled:
     @classmethod
     def of(cls, j: Joined) -> tuple[object, ...]:
         ev, sc = j.evidence, j.scored
-        return (j.key, ev.source, ev.text, ev.created_at, ev.provenance, sc.category, sc.reasons[0], j.source,
+        return (j.key, ev.source, ev.text, ev.created_at, ev.provenance.model_dump(mode="json"), sc.category,
+                sc.reasons[0], j.source,
                 joined_detail(j))
 
     def quarantine(self, reason: QuarantineReason | str, errors: list[str]) -> QuarantineRecord:
-        return quarantine_scored(STAGE, self.scored_source, source_ref(self.provenance), self.detail, reason,
+        p = self.provenance
+        ref = SourceRef(source_file=p["source_file"], line_offset=p["line_offset"], line_number=p["line_number"],
+                        sig_hash=p["sig_hash"])
+        return quarantine_scored(STAGE, self.scored_source, ref, self.detail, reason,
                                  errors, self.key[0])
 
 
@@ -298,7 +303,15 @@ def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass
             row.text_digest.hex(), row.cross_candidate, row.where,
             None if row.failure is None else [row.failure[0], row.failure[1]],
             None if passed is None else passed.hex(),
-            [ev_source, text, created_at.isoformat(), provenance.model_dump(mode="json"), first_reason, detail]]
+            [ev_source, text, created_at.isoformat(), provenance, first_reason, detail]]
+
+
+def _provenance(value: Any) -> dict[str, Any]:
+    """A checkpoint's provenance, checked as the model checks it, kept in its JSON form."""
+    if not isinstance(value, dict):
+        raise TypeError("malformed provenance")
+    Provenance.model_validate(value)
+    return value
 
 
 def _parse_entry(entry: Any) -> _Ready:
@@ -326,7 +339,7 @@ def _parse_entry(entry: Any) -> _Ready:
     cat = Category(category)
     row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, where, failure)
     payload = ((run_id, sig), ev_source, text, datetime.fromisoformat(created_at),
-               Provenance.model_validate(provenance), cat, first_reason, source, detail)
+               _provenance(provenance), cat, first_reason, source, detail)
     return ("r", row, payload, None if passed is None else bytes.fromhex(passed))
 
 
