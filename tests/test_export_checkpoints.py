@@ -231,12 +231,13 @@ def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[
     assert _state(a, kind, report_a) == _state(b, kind, _export(b, kind, changed, **flag))
 
 
-def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, exported_once: dict[ExportKind, Path]) -> None:
-    shutil.copytree(exported_once[ExportKind.RAG], tmp_path / "ws")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind) -> None:
+    shutil.copytree(exported_once[kind], tmp_path / "ws")
     ws = Workspace(tmp_path / "ws")
-    ws.export_checkpoint_path("rag").unlink()
-    _export(ws, ExportKind.RAG, dry_run=True)
-    assert not ws.export_checkpoint_path("rag").exists()
+    ws.export_checkpoint_path(kind.value).unlink()
+    _export(ws, kind, dry_run=True)
+    assert not ws.export_checkpoint_path(kind.value).exists()
     assert not list(ws.root.glob(".distill.export-*.parts.tmp"))
 
 

@@ -22,6 +22,20 @@ def test_records_come_back_in_order_and_by_offset(tmp_path: Path) -> None:
         assert list(spill.records("empty")) == []
 
 
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 1000])
+def test_a_batched_file_gives_its_records_back_in_order(tmp_path: Path, n: int) -> None:
+    with Spill(tmp_path) as spill:
+        f = spill.records("run", batch=256)
+        records = [(i, f"row {i}", {"i": i}) for i in range(n)]
+        assert {f.append(r) for r in records} <= {-1}
+        assert list(f) == records and f.count == n
+        assert list(f) == records  # read twice, same records
+        with pytest.raises(RuntimeError, match="sealed"):
+            f.append((n,))
+        with pytest.raises(RuntimeError, match="in order only"):
+            f.read_at(0)
+
+
 def test_spill_folder_is_removed_even_on_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError), Spill(tmp_path) as spill:
         spill.records("a").append(1)

@@ -29,6 +29,7 @@ then runs over every row again, as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections import Counter
@@ -53,7 +54,8 @@ from distill.export.quarantine import (
 )
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
-from distill.export.spill import RecordFile, Spill, bucket_of, merge_sorted
+from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, merge_sorted
+from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.jsonl import dumps
@@ -73,6 +75,7 @@ _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 STAGE = "preference"
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 Reason = tuple[QuarantineReason, str]
+EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
 
 
@@ -142,12 +145,12 @@ def _sorted(rows: Iterable[Row]) -> list[Row]:
 
 @dataclass(frozen=True, slots=True)
 class Spilled:
-    """What a pair or a quarantine line needs of a joined row: plain values (and one small
-    Provenance model), so spilling it costs a fraction of pickling the row's records."""
+    """What a pair or a quarantine line needs of a joined row: plain values, so spilling it costs
+    a fraction of pickling the row's records."""
 
     key: RowKey
     evidence_source: str
-    text: str
+    text: str | None  # None: a row replayed from a checkpoint; its evidence mirror has it (`_Payload.with_text`)
     created_at: datetime
     provenance: dict[str, Any]  # Provenance in its JSON form: a model would cost more to spill
     category: Category
@@ -194,10 +197,14 @@ def _build(c: Spilled, r: Spilled, *, task_id: str, pairing: str, prompt: str) -
 
 
 class _Payload:
-    """The spilled rows, read back by offset (only for rows that make a pair or a quarantine line)."""
+    """The spilled rows, read back by offset (only for rows that make a pair or a quarantine line).
 
-    def __init__(self, records: RecordFile) -> None:
+    A replayed row's text is not spilled: only a new pair needs it (a few rows per append), so it
+    is read then from the row's evidence mirror, whose prefix the checkpoint proved unchanged."""
+
+    def __init__(self, records: RecordFile, evidence_text: EvidenceText) -> None:
         self.records = records
+        self.evidence_text = evidence_text
 
     def put(self, spilled: tuple[object, ...]) -> int:
         """`Spilled.of(joined)`, or the same values from a checkpoint."""
@@ -205,6 +212,16 @@ class _Payload:
 
     def get(self, row: Row) -> Spilled:
         return Spilled(*self.records.read_at(row.offset))
+
+    def with_text(self, row: Row) -> Spilled:
+        spilled = self.get(row)
+        if spilled.text is not None:
+            return spilled
+        text = self.evidence_text(str(spilled.detail["scored_file"]), spilled.key)
+        if text is None:
+            raise UsageError(f"the evidence of run {spilled.key[0]} changed while the preference export ran; "
+                             f"run it again")
+        return dataclasses.replace(spilled, text=text)
 
 
 class _Pairer:
@@ -267,7 +284,7 @@ class _Pairer:
                 continue
             prompt = prompt_of if prompt_of is not None else chosen.prompt
             try:
-                sample = _build(self.payload.get(chosen), self.payload.get(rejected), task_id=task_id,
+                sample = _build(self.payload.with_text(chosen), self.payload.with_text(rejected), task_id=task_id,
                                 pairing=pairing, prompt=prompt)
             except ValidationError as exc:
                 self._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
@@ -292,18 +309,19 @@ def _quarantined(index: int, source: str, category: str | None, rec: QuarantineR
 #   ["q", source, category | None, reason, quarantine line]     refused before pairing
 #   ["r", run_id, sig_hash, task_id, prompt, category, source, text digest (hex), cross candidate,
 #    where, firewall failure [reason, errors] | None, digest of the gate input that passed (hex) | None,
-#    [evidence source, text, created_at (ISO), provenance (JSON), first reason, quarantine detail]]
+#    [evidence source, created_at (ISO), provenance (JSON), first reason, quarantine detail]]
+# (not the text: a pair that needs it reads it from the evidence mirror, see `_Payload`)
 Pass1Entry = list[Any]
 _Ready = tuple[str, tuple[Any, ...], tuple[Any, ...] | None, bytes | None]
 
 
 def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass1Entry:
-    _key, ev_source, text, created_at, provenance, _category, first_reason, _source, detail = spilled
+    _key, ev_source, _text, created_at, provenance, _category, first_reason, _source, detail = spilled
     return ["r", row.key[0], row.key[1], row.task_id, row.prompt, row.category.value, row.source,
             row.text_digest.hex(), row.cross_candidate, row.where,
             None if row.failure is None else [row.failure[0], row.failure[1]],
             None if passed is None else passed.hex(),
-            [ev_source, text, created_at.isoformat(), provenance, first_reason, detail]]
+            [ev_source, created_at.isoformat(), provenance, first_reason, detail]]
 
 
 def _provenance(value: Any) -> dict[str, Any]:
@@ -327,9 +345,10 @@ def _parse_entry(entry: Any) -> _Ready:
     if code != "r" or len(entry) != 13:
         raise TypeError("malformed entry")
     (_, run_id, sig, task_id, prompt, category, source, digest, cross, where, failure, passed, spilled) = entry
-    ev_source, text, created_at, provenance, first_reason, detail = spilled
-    strings = (run_id, sig, task_id, prompt, source, where, ev_source, text, first_reason)
-    if not (all(isinstance(v, str) for v in strings) and isinstance(cross, bool) and isinstance(detail, dict)):
+    ev_source, created_at, provenance, first_reason, detail = spilled
+    strings = (run_id, sig, task_id, prompt, source, where, ev_source, first_reason)
+    if not (all(isinstance(v, str) for v in strings) and isinstance(cross, bool) and isinstance(detail, dict)
+            and isinstance(detail.get("scored_file"), str)):
         raise TypeError("malformed entry")
     if failure is not None:
         reason, errors = failure
@@ -338,7 +357,7 @@ def _parse_entry(entry: Any) -> _Ready:
         failure = (reason, errors)
     cat = Category(category)
     row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, where, failure)
-    payload = ((run_id, sig), ev_source, text, datetime.fromisoformat(created_at),
+    payload = ((run_id, sig), ev_source, None, datetime.fromisoformat(created_at),
                _provenance(provenance), cat, first_reason, source, detail)
     return ("r", row, payload, None if passed is None else bytes.fromhex(passed))
 
@@ -549,6 +568,7 @@ def export_preference(
     report: StageReport,
     *,
     record: bool,
+    evidence_text: EvidenceText,
     existing_ids: set[str],
     existing_per_task: Counter[str],
     max_pairs_per_task: int,
@@ -564,33 +584,33 @@ def export_preference(
     `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates)."""
     result = PreferenceExport(pairs_existing=len(existing_ids))
     with Spill(spill_dir) as spill:
-        payload = _Payload(spill.records("payload"))
-        early = spill.records("early")
-        task_buckets = spill.buckets("task", buckets)
+        payload = _Payload(spill.records("payload"), evidence_text)
+        early = spill.records("early", batch=IN_ORDER_BATCH)
+        task_buckets = spill.buckets("task", buckets, batch=IN_ORDER_BATCH)
         pass1 = _Pass1(firewall, payload, early, task_buckets, record=record)
         read_rows(pass1)
         pass1.flush()
         result.lines_replayed = pass1.replayed
 
-        cross_buckets = spill.buckets("cross", buckets) if cross_source else None
+        cross_buckets = spill.buckets("cross", buckets, batch=IN_ORDER_BATCH) if cross_source else None
         decided_runs: list[RecordFile] = [early]
         same_task_pairs: list[RecordFile] = []
         for b, bucket in enumerate(task_buckets):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
-                             spill.records(f"task-pairs-{b}"))
+                             spill.records(f"task-pairs-{b}", batch=IN_ORDER_BATCH))
             decided: list[Decided] = []
             result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, decided, cross_buckets)
-            decided_runs.append(_sorted_run(spill.records(f"task-decided-{b}"), decided))
+            decided_runs.append(_sorted_run(spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH), decided))
             same_task_pairs.append(pairer.pairs)
 
         cross_pairs: list[RecordFile] = []
         for c, bucket in enumerate(cross_buckets or []):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
-                             spill.records(f"cross-pairs-{c}"))
+                             spill.records(f"cross-pairs-{c}", batch=IN_ORDER_BATCH))
             decided = []
             rows = [(Row(*t), Fate(*fate)) for t, fate in bucket]
             result.pairs_cross_source += _pair_cross_bucket(rows, pairer, decided)
-            decided_runs.append(_sorted_run(spill.records(f"cross-decided-{c}"), decided))
+            decided_runs.append(_sorted_run(spill.records(f"cross-decided-{c}", batch=IN_ORDER_BATCH), decided))
             cross_pairs.append(pairer.pairs)
 
         for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),

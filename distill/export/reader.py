@@ -175,6 +175,28 @@ class EvidenceIndex:
         return self._revisions.get(run_id, [])
 
 
+def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | None:
+    """The text of the evidence revision `key` as the join finds it in the mirror of a scored
+    partition (ROOT-relative `scored_file`): the first valid record with that key. A line is
+    validated only when its key matches, so one lookup costs a JSON parse of the partition."""
+    mirror = ws.evidence_dir / (ws.root / scored_file).relative_to(ws.scored_dir)
+    run_id, sig = key
+    for raw in iter_raw_lines(mirror):
+        if not (raw.terminated and raw.data and raw.data.strip()):
+            continue
+        try:
+            row = loads(raw.data)
+            if not (isinstance(row, dict) and row.get("run_id") == run_id
+                    and isinstance(row.get("provenance"), dict) and row["provenance"].get("sig_hash") == sig):
+                continue
+            ev = EvidenceRecord.model_validate(row)
+        except (ValueError, ValidationError):
+            continue
+        if (ev.run_id, ev.provenance.sig_hash) == key:
+            return ev.text
+    return None
+
+
 def rel_path(ws: Workspace, path: Path) -> str:
     """ROOT-relative POSIX path; paths found by walking ROOT need no resolve()."""
     try:

@@ -29,7 +29,7 @@ from distill.export.passed_gates import PassedGates
 from distill.export.preference import export_preference
 from distill.export.quarantine import RowExporter
 from distill.export.rag import decide_rag, rag_id
-from distill.export.reader import EvidenceIndex, rel_path
+from distill.export.reader import EvidenceIndex, mirror_text, rel_path
 from distill.export.sft import decide_sft, sft_id
 from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
@@ -136,6 +136,7 @@ def run_export(
             pref = export_preference(
                 read_rows, gates, report,
                 record=not dry_run,
+                evidence_text=lambda scored_file, key: mirror_text(ws, scored_file, key),
                 existing_ids=existing_ids,
                 existing_per_task=existing_per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,

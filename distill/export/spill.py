@@ -22,6 +22,7 @@ from typing import IO, Any
 
 BUCKET_BYTES = 64 * 2**20  # scored-run bytes per bucket: a bucket's light rows stay a few MiB
 MAX_BUCKETS = 64  # every bucket's file can be open at once in the final merge (2 phases + 1)
+IN_ORDER_BATCH = 256  # records per pickle in a file read back in order (held per file until written)
 
 
 def bucket_count(input_bytes: int) -> int:
@@ -35,33 +36,53 @@ def bucket_of(key: str, buckets: int) -> int:
 
 
 class RecordFile:
-    """Append-only pickled records; `append` returns the offset `read_at` takes."""
+    """Append-only pickled records; `append` returns the offset `read_at` takes.
 
-    def __init__(self, path: Path) -> None:
+    With `batch` > 1 the records are pickled `batch` at a time (a list per pickle: far fewer
+    calls and writes for files that are only read back in order); such a file has no offsets."""
+
+    def __init__(self, path: Path, *, batch: int = 1) -> None:
         self.path = path
         self._fh: IO[bytes] | None = None
         self._reader: IO[bytes] | None = None
         self.count = 0
         self._sealed = False
+        self._batch = batch
+        self._pending: list[Any] = []
 
-    def append(self, record: Any) -> int:
-        if self._sealed:
-            raise RuntimeError(f"{self.path.name} is sealed: it is being read")
+    def _write(self, obj: Any) -> int:
         if self._fh is None:
             self._fh = open(self.path, "wb")  # noqa: SIM115 - closed by close()
         offset = self._fh.tell()
-        self._fh.write(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
-        self.count += 1
+        self._fh.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
         return offset
+
+    def append(self, record: Any) -> int:
+        """The record's offset, or -1 in a batched file (read it back in order)."""
+        if self._sealed:
+            raise RuntimeError(f"{self.path.name} is sealed: it is being read")
+        self.count += 1
+        if self._batch == 1:
+            return self._write(record)
+        self._pending.append(record)
+        if len(self._pending) >= self._batch:
+            self._write(self._pending)
+            self._pending = []
+        return -1
 
     def seal(self) -> None:
         """No more appends: the writer's file handle is released before the file is read."""
+        if self._pending:
+            self._write(self._pending)
+            self._pending = []
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         self._sealed = True
 
     def read_at(self, offset: int) -> Any:
+        if self._batch != 1:
+            raise RuntimeError(f"{self.path.name} is batched: it is read in order only")
         self.seal()
         if self._reader is None:
             self._reader = open(self.path, "rb")  # noqa: SIM115 - closed by close()
@@ -76,9 +97,13 @@ class RecordFile:
         with open(self.path, "rb") as fh:
             while True:
                 try:
-                    yield pickle.load(fh)
+                    obj = pickle.load(fh)
                 except EOFError:
                     return
+                if self._batch == 1:
+                    yield obj
+                else:
+                    yield from obj
 
     def close(self) -> None:
         for fh in (self._fh, self._reader):
@@ -97,13 +122,13 @@ class Spill:
         self.root = Path(tempfile.mkdtemp(prefix=f".spill-{os.getpid()}-", dir=parent))
         self._files: list[RecordFile] = []
 
-    def records(self, name: str) -> RecordFile:
-        f = RecordFile(self.root / f"{name}.pkl")
+    def records(self, name: str, *, batch: int = 1) -> RecordFile:
+        f = RecordFile(self.root / f"{name}.pkl", batch=batch)
         self._files.append(f)
         return f
 
-    def buckets(self, name: str, n: int) -> list[RecordFile]:
-        return [self.records(f"{name}-{b}") for b in range(n)]
+    def buckets(self, name: str, n: int, *, batch: int = 1) -> list[RecordFile]:
+        return [self.records(f"{name}-{b}", batch=batch) for b in range(n)]
 
     def __enter__(self) -> Spill:
         return self
