@@ -18,6 +18,7 @@ import distill.export.preference as preference_module
 import distill.export.run as run_module
 from distill.collect import run_collect
 from distill.config import Settings, load_settings
+from distill.export.reader import mirror_text
 from distill.export.run import run_export
 from distill.firewall import ExportKind
 from distill.records.stage import StageReport
@@ -268,3 +269,18 @@ def test_a_new_line_whose_evidence_key_the_prefix_has_joins_the_prefix_record(
 
     a, b = _twins(tmp_path, exported_once, kind, append_a_second_record_of_a_known_key)
     _compare(a, b, kind, monkeypatch)
+
+
+def test_a_pair_side_is_read_from_its_mirror_only(exported_once: dict[ExportKind, Path]) -> None:
+    """A replayed row's text comes from the evidence mirror of its own scored partition; a name
+    that is not one (a damaged checkpoint) finds nothing, and the export says so in one line."""
+    ws = Workspace(exported_once[ExportKind.PREFERENCE])
+    scored = iter_partition_files(ws.scored_dir)[0]
+    row = orjson.loads(scored.read_bytes().splitlines()[0])
+    key = (row["evidence_run_id"], row["provenance"]["sig_hash"])
+    rel = scored.relative_to(ws.root).as_posix()
+    text = mirror_text(ws, rel, key)
+    assert isinstance(text, str) and text
+    assert mirror_text(ws, rel, (key[0], "0" * 64)) is None
+    for elsewhere in ("scored/../evidence/" + rel.split("/", 1)[1], "../outside.jsonl", "scored", "/etc/passwd"):
+        assert mirror_text(ws, elsewhere, key) is None

@@ -179,7 +179,13 @@ def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | 
     """The text of the evidence revision `key` as the join finds it in the mirror of a scored
     partition (ROOT-relative `scored_file`): the first valid record with that key. A line is
     validated only when its key matches, so one lookup costs a JSON parse of the partition."""
-    mirror = ws.evidence_dir / (ws.root / scored_file).relative_to(ws.scored_dir)
+    try:
+        part = (ws.root / scored_file).relative_to(ws.scored_dir)
+    except ValueError:
+        return None  # not a scored partition (a damaged checkpoint): the caller says so
+    if ".." in part.parts or not part.parts:
+        return None
+    mirror = ws.evidence_dir / part
     run_id, sig = key
     for raw in iter_raw_lines(mirror):
         if not (raw.terminated and raw.data and raw.data.strip()):
