@@ -219,8 +219,8 @@ class _Payload:
             return spilled
         text = self.evidence_text(str(spilled.detail["scored_file"]), spilled.key)
         if text is None:
-            raise UsageError(f"the evidence of run {spilled.key[0]} changed while the preference export ran; "
-                             f"run it again")
+            raise UsageError(f"the evidence of run {spilled.key[0]} is not where the preference export checkpoint "
+                             f"says; `distill run --force` starts the exports from their inputs")
         return dataclasses.replace(spilled, text=text)
 
 
