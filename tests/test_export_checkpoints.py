@@ -282,5 +282,6 @@ def test_a_pair_side_is_read_from_its_mirror_only(exported_once: dict[ExportKind
     text = mirror_text(ws, rel, key)
     assert isinstance(text, str) and text
     assert mirror_text(ws, rel, (key[0], "0" * 64)) is None
-    for elsewhere in ("scored/../evidence/" + rel.split("/", 1)[1], "../outside.jsonl", "scored", "/etc/passwd"):
+    for elsewhere in ("scored/../evidence/" + rel.split("/", 1)[1], "../outside.jsonl", "scored", "/etc/passwd",
+                      "scored/2099/01/01/no_such_source.jsonl"):
         assert mirror_text(ws, elsewhere, key) is None

@@ -187,19 +187,22 @@ def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | 
         return None
     mirror = ws.evidence_dir / part
     run_id, sig = key
-    for raw in iter_raw_lines(mirror):
-        if not (raw.terminated and raw.data and raw.data.strip()):
-            continue
-        try:
-            row = loads(raw.data)
-            if not (isinstance(row, dict) and row.get("run_id") == run_id
-                    and isinstance(row.get("provenance"), dict) and row["provenance"].get("sig_hash") == sig):
+    try:
+        for raw in iter_raw_lines(mirror):
+            if not (raw.terminated and raw.data and raw.data.strip()):
                 continue
-            ev = EvidenceRecord.model_validate(row)
-        except (ValueError, ValidationError):
-            continue
-        if (ev.run_id, ev.provenance.sig_hash) == key:
-            return ev.text
+            try:
+                row = loads(raw.data)
+                if not (isinstance(row, dict) and row.get("run_id") == run_id
+                        and isinstance(row.get("provenance"), dict) and row["provenance"].get("sig_hash") == sig):
+                    continue
+                ev = EvidenceRecord.model_validate(row)
+            except (ValueError, ValidationError):
+                continue
+            if (ev.run_id, ev.provenance.sig_hash) == key:
+                return ev.text
+    except OSError:
+        return None  # no such mirror (a damaged checkpoint named it)
     return None
 
 
