@@ -99,9 +99,8 @@ class EvidenceIndex:
     just where each record lives (file, byte offset) and reads a record back when asked.
     """
 
-    def __init__(self, ws: Workspace, *, hash_mirrors: bool = False) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self._ws = ws
-        self._hash_mirrors = hash_mirrors  # export checkpoints keep where each mirror's prefix ends
         self._current: tuple[Path, dict[tuple[str, str], EvidenceRecord]] | None = None
         self._global: dict[tuple[str, str], tuple[Path, int]] | None = None
         self._revisions: dict[str, list[str]] | None = None
@@ -123,11 +122,11 @@ class EvidenceIndex:
         records: dict[tuple[str, str], EvidenceRecord] = {}
         if path.is_file():
             self.note_read(path)
-            read = LineEndHash(PrefixHash()) if self._hash_mirrors else None
+            read = LineEndHash(PrefixHash())  # the export checkpoints keep where each mirror's prefix ends
             for _, ev in evidence_records(path, on_chunk=read):
                 records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
-            sha = read.hexdigest(path) if read is not None else None
-            self.loaded_to = (read.end, sha) if read is not None and sha is not None else None
+            sha = read.hexdigest(path)
+            self.loaded_to = (read.end, sha) if sha is not None else None
         self._current = (path, records)
         return records
 

@@ -99,7 +99,7 @@ def run_export(
         (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
         if not rebuild:
             existing_per_task[str(r.get("task_id"))] += 1
-    index = EvidenceIndex(ws, hash_mirrors=True)  # the checkpoints keep where each mirror's prefix ends
+    index = EvidenceIndex(ws)
     checkpoints: ExportCheckpoints | None = None
 
     stale: list[Violation] = []
