@@ -166,6 +166,25 @@ def iter_json(path: Path) -> Iterator[Any]:
             yield loads(raw.data)
 
 
+def json_rows_at(path: Path, numbers: Iterable[int], *, end: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for the JSON-object lines with these numbers among the complete lines
+    that end by byte `end`, in file order: a few rows of a long file, without parsing the rest."""
+    wanted = set(numbers)
+    if not wanted or not path.exists():
+        return
+    last = max(wanted)
+    for raw in iter_raw_lines(path):
+        if raw.number > last or raw.offset + raw.length + 1 > end:
+            return
+        if raw.number in wanted and raw.terminated and raw.data is not None:
+            try:
+                value = loads(raw.data)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield raw.number, value
+
+
 def json_rows(
     path: Path,
     on_junk: Callable[[int, str], None] | None = None,

@@ -95,26 +95,83 @@ def test_an_appended_copy_of_a_verified_row_is_a_repeated_id(ws: Workspace, kind
     assert any("duplicate_id" in m and "appears 2 times" in m for m in found)
 
 
-def test_a_run_re_scored_as_rejected_is_caught_in_the_verified_prefix(ws: Workspace) -> None:
-    path = native_path(ws, ExportKind.RAG)
-    victim = json.loads(_lines(path)[5])
-    sig = victim["provenance"]["sig_hash"]
+def _rescore(ws: Workspace, run_id: str, sig: str, category: str) -> None:
+    """Give the last scored line of this evidence revision another category (a late verdict)."""
     for scored in iter_partition_files(ws.scored_dir):
-        body = scored.read_bytes()
-        lines = body.splitlines(keepends=True)
-        hit = [i for i, line in enumerate(lines) if json.loads(line).get("evidence_run_id") == victim["source_run_id"]
+        lines = _lines(scored)
+        hit = [i for i, line in enumerate(lines) if json.loads(line).get("evidence_run_id") == run_id
                and json.loads(line)["provenance"]["sig_hash"] == sig]
         if hit:
             row = json.loads(lines[hit[-1]])
-            row["category"] = "rejected"
+            row["category"] = category
             lines[hit[-1]] = json.dumps(row).encode() + b"\n"
             scored.write_bytes(b"".join(lines))
-            break
-    else:
-        pytest.fail("the exported run has no scored line")
+            return
+    pytest.fail("the exported run has no scored line")
+
+
+def _spy_rescored(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    asked: list[list[int]] = []
+    real = verify_module.json_rows_at
+
+    def spy(path: Path, numbers: Any, **kw: Any) -> Any:
+        asked.append(sorted(numbers))
+        return real(path, numbers, **kw)
+
+    monkeypatch.setattr(verify_module, "json_rows_at", spy)
+    return asked
+
+
+def test_a_run_re_scored_as_rejected_is_caught_in_the_verified_prefix(ws: Workspace,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = native_path(ws, ExportKind.RAG)
+    size = path.stat().st_size
+    victim = json.loads(_lines(path)[5])
+    _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "rejected")
+    starts, asked = _spy_starts(monkeypatch), _spy_rescored(monkeypatch)
     found = _messages(verify_export(ws, ExportKind.RAG))
+    # only the re-scored row is read again: the rest of the verified prefix is not parsed
+    assert starts == [size] and asked == [[6]]
     assert found == _full(ws, ExportKind.RAG)
     assert len(found) == 1 and "firewall_rag_category" in found[0] and victim["id"] in found[0]
+    # the cache is kept only after a clean verification: the next one finds the same
+    assert _messages(verify_export(ws, ExportKind.RAG)) == found
+
+
+def test_a_re_score_that_keeps_a_row_shippable_is_remembered(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = native_path(ws, ExportKind.RAG)
+    rows = [json.loads(line) for line in _lines(path)]
+    victim = next(r for r in rows if r["success_score"] == "accepted")
+    line = rows.index(victim) + 1
+    _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "partially_accepted")
+    asked = _spy_rescored(monkeypatch)
+    assert verify_export(ws, ExportKind.RAG) == [] and _full(ws, ExportKind.RAG) == []
+    assert asked == [[line]]
+    asked.clear()
+    # the clean verification kept today's answer: nothing of the prefix is judged again
+    assert verify_export(ws, ExportKind.RAG) == []
+    assert asked == [[]]
+    # and a later verdict against the same run is still caught
+    _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "rejected")
+    found = _messages(verify_export(ws, ExportKind.RAG))
+    assert found == _full(ws, ExportKind.RAG) and len(found) == 1 and victim["id"] in found[0]
+
+
+def test_a_re_scored_side_of_a_verified_pair_is_caught(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = native_path(ws, ExportKind.PREFERENCE)
+    rows = [json.loads(line) for line in _lines(path)]
+    assert len(rows) >= 3
+    victim = rows[2]
+    _rescore(ws, victim["chosen_run_id"], victim["chosen_provenance"]["sig_hash"], "rejected")
+    # a new row appended after the prefix is read as well
+    with path.open("ab") as fh:
+        fh.write(json.dumps(dict(rows[0], id=rows[0]["id"] + "-again")).encode() + b"\n")
+    asked = _spy_rescored(monkeypatch)
+    cap = Settings().export.max_pairs_per_task
+    found = _messages(verify_export(ws, ExportKind.PREFERENCE, max_pairs_per_task=cap))
+    assert found == _full(ws, ExportKind.PREFERENCE, max_pairs_per_task=cap)
+    assert any("chosen_category" in m and victim["id"] in m for m in found)
+    assert asked and 3 in asked[0] and len(asked[0]) < len(rows)
 
 
 def test_a_verified_row_edited_in_place_is_judged_again(ws: Workspace) -> None:

@@ -1,20 +1,23 @@
 """What a clean verification of a native export saw, so that the next one reads only the rows
-appended since.
+appended since, and judges again only the rows whose run was scored again.
 
 verify_export judges each row by its bytes (JSON, record schema, labels), by the category score
 gave its run(s), and by counts across rows (repeated ids, pairs per task). After a verification
 that found nothing wrong, this keeps: the length and sha256 of the whole-line prefix it covered,
 the distill code and the pair cap it ran under, every category lookup it made (as key digests)
-with the answer it got, and the digests of the ids and tasks it counted. The next verification
-trusts that prefix only when the file still starts with exactly those bytes, the code and cap are
-the same, and every recorded lookup gets the same answer from today's scores (all asked at once):
-then nothing that decided the prefix's verdict has changed, and only the appended rows are read,
+with the answer it got and the line of the row that asked, and the digests of the ids and tasks
+it counted. The next verification trusts that prefix only when the file still starts with exactly
+those bytes and the code and cap are the same. Every recorded lookup is then asked again of
+today's scores (all at once): a prefix row whose lookups all get the same answer keeps its clean
+verdict (its bytes and the counts are unchanged, and a row's verdict depends on nothing else), a
+row whose run was scored again since is read and judged again, and the appended rows are read,
 with the prefix's ids and tasks counted in. Anything else verifies the whole file again; the
 cache only saves work (losing or damaging it costs one full verification).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from array import array
 from collections.abc import Callable, Iterator
@@ -30,7 +33,7 @@ from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import loads
 from distill.workspace import Workspace
 
-VERIFIED_VERSION = 1
+VERIFIED_VERSION = 2  # 2: the line of the row behind each lookup
 
 
 def cache_path(ws: Workspace, kind: ExportKind) -> Path:
@@ -43,10 +46,13 @@ def verification_basis(kind: ExportKind, code: str, max_pairs_per_task: int | No
 
 
 class LookupLog:
-    """The category lookups of one verification, in the order asked, with their answers."""
+    """The category lookups of one verification, in the order asked, with their answers and the
+    line of the row being judged (`line`, set by the reader before each row)."""
 
     def __init__(self, index: ScoredIndex) -> None:
         self.index = index
+        self.line = 0
+        self._lines = array("q")
         self._has = array("B")
         self._runs = bytearray()
         self._versions = bytearray()
@@ -56,14 +62,16 @@ class LookupLog:
         has, run, version = lookup_keys(run_id, sig)
         answer = self.index.category(run_id, sig)
         self._has.append(has)
+        self._lines.append(self.line)
         self._runs += run
         self._versions += version
         self._answers.append(answer)
         return answer
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None], np.ndarray]:
         return (np.frombuffer(self._has, dtype=np.uint8), np.frombuffer(bytes(self._runs), dtype="S16"),
-                np.frombuffer(bytes(self._versions), dtype="S16"), self._answers)
+                np.frombuffer(bytes(self._versions), dtype="S16"), self._answers,
+                np.frombuffer(self._lines, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class VerifiedPrefix:
     runs: np.ndarray  # S16 run digests
     versions: np.ndarray  # S16 version digests
     answers: np.ndarray  # per lookup: index into names, -1 for None
+    asked_at: np.ndarray  # per lookup: the line number of the row that asked
     names: list[str]
     ids: np.ndarray  # S16 digests of the ids counted, sorted
     tasks: np.ndarray  # S16 digests of the tasks counted (one per row), sorted
@@ -90,18 +99,19 @@ class VerifiedPrefix:
                 if meta.get("basis") != basis:
                     return None
                 prefix = cls(basis, int(meta["end"]), int(meta["lines"]), str(meta["sha256"]),
-                             saved["has"], saved["runs"], saved["versions"], saved["answers"],
+                             saved["has"], saved["runs"], saved["versions"], saved["answers"], saved["asked_at"],
                              [str(n) for n in meta["names"]], saved["ids"], saved["tasks"])
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
             return None  # missing, empty, truncated, not an npz, or not ours: verify the whole file
         n = len(prefix.has)
-        if not (len(prefix.runs) == len(prefix.versions) == len(prefix.answers) == n) or prefix.end < 0:
+        if not (len(prefix.runs) == len(prefix.versions) == len(prefix.answers) == len(prefix.asked_at) == n) \
+                or prefix.end < 0:
             return None
         return prefix
 
-    def still_holds(self, file: Path, index: ScoredIndex) -> PrefixHash | None:
-        """The hash resumed at the end of the prefix when the file starts with it and every lookup
-        gets the answer it got then; None when the prefix must be verified again."""
+    def recheck(self, file: Path, index: ScoredIndex) -> PrefixCheck | None:
+        """The prefix as today's scores see it, when the file still starts with it; None when it
+        must be verified again as a whole."""
         if len(self.answers) and (self.answers.max() >= len(self.names) or self.answers.min() < -1):
             return None
         hasher = PrefixHash.resume(file, self.end, self.sha256)
@@ -110,10 +120,11 @@ class VerifiedPrefix:
         now = index.codes(self.has, self.runs, self.versions)
         names_now = np.array([*index.names, ""], dtype=object)[now]  # -1 picks ""
         then = np.array([*self.names, ""], dtype=object)[self.answers]
-        none_now, none_then = now < 0, self.answers < 0
-        if not (np.array_equal(none_now, none_then) and np.array_equal(names_now[~none_now], then[~none_then])):
-            return None
-        return hasher
+        changed = ((now < 0) != (self.answers < 0)) | (names_now != then)
+        names = sorted(set(self.names) | set(index.names))
+        remap = np.array([names.index(n) for n in index.names] + [-1], dtype=np.int64)
+        today = dataclasses.replace(self, answers=remap[now], names=names)
+        return PrefixCheck(hasher, np.unique(self.asked_at[changed]).tolist(), today)
 
     def prior(self) -> Callable[[str, str], int]:
         """How many prefix rows carry an id / a task (rows_violations' `prior`)."""
@@ -124,6 +135,16 @@ class VerifiedPrefix:
             return int(np.searchsorted(keys, probe, side="right") - np.searchsorted(keys, probe, side="left"))
 
         return count
+
+
+@dataclass(frozen=True)
+class PrefixCheck:
+    """A verified prefix that still starts the file: the hash resumed at its end, the lines of its
+    rows whose run was scored again since (to judge again), and the prefix with today's answers."""
+
+    hasher: PrefixHash
+    rescored: list[int]
+    prefix: VerifiedPrefix
 
 
 def save_verified(
@@ -143,7 +164,7 @@ def save_verified(
     sha = tail.hexdigest(file)
     if sha is None:
         return
-    has, runs, versions, answers = log.arrays()
+    has, runs, versions, answers, asked_at = log.arrays()
     names = sorted({a for a in answers if a is not None} | set(before.names if before else []))
     code = {n: i for i, n in enumerate(names)}
     new_answers = np.array([code[a] if a is not None else -1 for a in answers], dtype=np.int64)
@@ -154,9 +175,10 @@ def save_verified(
         has = np.concatenate((before.has, has))
         runs = np.concatenate((before.runs, runs))
         versions = np.concatenate((before.versions, versions))
+        asked_at = np.concatenate((before.asked_at, asked_at))
         new_answers = np.concatenate((remap[before.answers], new_answers))
         id_digests = np.concatenate((before.ids, id_digests))
         task_digests = np.concatenate((before.tasks, task_digests))
     meta = {"basis": basis, "end": end, "lines": lines, "sha256": sha, "names": names}
     write_cache(path, meta, has=has.astype(np.uint8), runs=runs, versions=versions, answers=new_answers,
-                ids=np.sort(id_digests), tasks=np.sort(task_digests))
+                asked_at=asked_at, ids=np.sort(id_digests), tasks=np.sort(task_digests))

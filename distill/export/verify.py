@@ -16,9 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from distill.export.scored_index import ScoredIndex, scored_categories
 from distill.export.verified import LookupLog, VerifiedPrefix, cache_path, save_verified, verification_basis
-from distill.firewall import ExportKind, RowCounts, Violation, ViolationCode, rows_violations
+from distill.firewall import ExportKind, RowCounts, Violation, ViolationCode, row_violations, rows_violations
 from distill.hashing import LineEndHash, PrefixHash
-from distill.jsonl import json_rows
+from distill.jsonl import json_rows, json_rows_at
 from distill.receipts import code_fingerprint
 from distill.records import PreferenceSample, RagSample, SftSample
 from distill.workspace import Workspace
@@ -54,18 +54,22 @@ def verify_export(
 ) -> list[Violation]:
     """Every firewall violation in the native export as it is on disk. Rows a clean verification
     already judged are not read again while nothing that decided their verdict has changed
-    (distill.export.verified); the rows appended since are."""
+    (distill.export.verified); the rows appended since are, and so are the judged rows whose run
+    was scored again."""
     kind = ExportKind(kind)
     index = scored if scored is not None else scored_categories(ws)
     file = native_path(ws, kind)
     cap = max_pairs_per_task if kind is ExportKind.PREFERENCE else None
     store = cache_path(ws, kind)
     basis = verification_basis(kind, code_fingerprint(["distill"]), cap)
-    before = VerifiedPrefix.load(store, basis)
-    hasher = before.still_holds(file, index) if before is not None else None
-    if hasher is None:
-        before, hasher = None, PrefixHash()
-    tail = LineEndHash(hasher)
+    saved = VerifiedPrefix.load(store, basis)
+    check = saved.recheck(file, index) if saved is not None else None
+    before = check.prefix if check is not None else None
+    tail = LineEndHash(check.hasher if check is not None else PrefixHash())
+    # a prefix row whose run was scored again since is judged again (its bytes, schema and counts
+    # are as verified; only the answer to its lookups changed)
+    rescored = [v for line, row in json_rows_at(file, check.rescored, end=check.prefix.end)
+                for v in row_violations(kind, row, line=line, scored=index.category)] if check is not None else []
     log = LookupLog(index)
     counts = RowCounts()
     schema: list[Violation] = []
@@ -81,11 +85,12 @@ def verify_export(
         for line, row, problem in schema_violations(kind, rows):
             if problem is not None:
                 schema.append(problem)
+            log.line = line
             yield line, row
 
     policy = rows_violations(kind, checked(), scored=log.category, max_pairs_per_task=cap, counts=counts,
                              prior=before.prior() if before is not None else None)
-    violations = schema + policy
+    violations = schema + rescored + policy
     if not violations and file.exists():
         save_verified(store, basis=basis, file=file, tail=tail, lines=(before.lines if before else 0) + tail.newlines,
                       before=before, log=log, ids=iter(counts.ids), tasks=iter(counts.per_task.items()))
