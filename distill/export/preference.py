@@ -69,7 +69,7 @@ from distill.records import (
     ScoreClass,
     SourceRef,
 )
-from distill.records.stage import StageReport
+from distill.records.stage import StageReport, Tally
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 STAGE = "preference"
@@ -616,13 +616,14 @@ def export_preference(
         for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),
                                        merge_sorted(cross_pairs, key=lambda p: p[0])):
             on_sample(line)
+        tally = Tally()
         for index, source, category, reason, line, deduped in merge_sorted(decided_runs, key=lambda d: d[0]):
-            counts = report.source(source)
             if reason is None:
-                counts.bump("deduped" if deduped else "written", category=category)
+                tally.bump(source, "deduped" if deduped else "written", category=category)
             else:
-                counts.bump("quarantined", reason=reason, category=category)
+                tally.bump(source, "quarantined", reason=reason, category=category)
                 on_quarantine(line)
+        tally.into(report)
     return result
 
 

@@ -17,7 +17,7 @@ from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
-from distill.records.stage import StageReport
+from distill.records.stage import StageReport, Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,24 +266,25 @@ class RowExporter:
         """The rows these entries stand for (can_replay said yes), in input order."""
         self._gate()
         self._flush()
+        tally = Tally()
         for entry in entries:
             code, source, category, reason, sid, run_id, line = entry
             self._next += 1
-            counts = self.report.source(source)
             if code in ("b", "d"):
                 self.on_quarantine(line.encode("utf-8"))
-                counts.bump("quarantined", reason=reason, category=category)
+                tally.bump(source, "quarantined", reason=reason, category=category)
                 if code == "d" and sid is not None and sid in self.existing_ids:
                     self._stale(sid, run_id, category, reason)
             else:
                 self.seen.add(sid)
                 if sid in self.existing_ids:
-                    counts.bump("deduped", category=category)
+                    tally.bump(source, "deduped", category=category)
                 else:
                     self.on_quarantine(line.encode("utf-8"))
                     self._gated.append((source, "quarantined", reason, category))
             if self.record:
                 self._entries[self._next - 1] = entry
+        tally.into(self.report)
 
     def finish(self) -> RowExport:
         self._gate()
