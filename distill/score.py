@@ -29,7 +29,7 @@ from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
-from distill.records.stage import StageReport
+from distill.records.stage import StageReport, Tally
 from distill.redact import new_scanner, redact_excerpts
 from distill.score_checkpoints import (
     CATEGORY_CODES,
@@ -302,13 +302,16 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         scorer = _PartitionScorer(ws, settings, parts, parents, book, task_digest, dry_run=dry_run)
         weights = [part.todo for part in parts]
         scored = map_in_order(scorer, weights, processes_for(settings, sum(weights)), what=STAGE)
+        tally = Tally()
         for part, done in zip(parts, scored, strict=True):
-            counts = report.source(part.path.stem)
+            source = part.path.stem
+            report.source(source)  # listed even when it has no rows
             problem_lines.extend(done.problems)
             for line in done.problems:
-                counts.bump("quarantined", reason=str(loads(line)["reason"]))
+                tally.bump(source, "quarantined", reason=str(loads(line)["reason"]))
             for category, seen in zip(done.categories, done.deduped, strict=True):
-                counts.bump("deduped" if seen else "written", category=category)
+                tally.bump(source, "deduped" if seen else "written", category=category)
+            tally.into(report)
             if book is not None and done.checkpoint is not None:
                 joined.update(done.extraction_tasks)
                 book.write(part.rel, done.checkpoint)
