@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from distill.receipts import (
@@ -30,7 +32,7 @@ from distill.records.receipts import (
     aggregate_hash,
     receipt_content_hash,
 )
-from distill.records.stage import Counts, StageReport
+from distill.records.stage import Counts, StageReport, Tally
 from distill.workspace import Workspace
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -203,3 +205,22 @@ def test_rel_path_fast_path_agrees_with_workspace_relative(tmp_path: Path, insid
     ws = Workspace(tmp_path.resolve())
     path = ws.root / inside
     assert rel_path(ws, path) == ws.relative(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["written", "quarantined", "deduped"]),
+                          st.sampled_from([None, "malformed_json", "duplicate_id"]),
+                          st.sampled_from([None, "accepted", "rejected"])), max_size=40))
+def test_a_tally_counts_as_a_bump_per_row(rows: list[tuple[str, str, str | None, str | None]]) -> None:
+    one_by_one, tallied = StageReport(stage="x"), StageReport(stage="x")
+    tally = Tally()
+    for source, outcome, reason, category in rows:
+        one_by_one.source(source).bump(outcome, reason=reason, category=category)
+        tally.bump(source, outcome, reason=reason, category=category)
+    tally.into(tallied)
+    tally.into(tallied)  # emptied by the first call: adds nothing
+    assert tallied.model_dump() == one_by_one.model_dump()
+    for source, counts in one_by_one.by_source.items():  # keys first seen in the same order
+        assert list(tallied.by_source[source].by_reason) == list(counts.by_reason)
+        assert list(tallied.by_source[source].by_category) == list(counts.by_category)
+    assert tallied.finalize().balanced
