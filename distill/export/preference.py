@@ -145,15 +145,16 @@ def _sorted(rows: Iterable[Row]) -> list[Row]:
 
 @dataclass(frozen=True, slots=True)
 class Spilled:
-    """What a pair or a quarantine line needs of a joined row: plain values, so spilling it costs
-    a fraction of pickling the row's records."""
+    """What a pair or a quarantine line needs of a joined row: plain values (strings, not a
+    datetime or an enum: pickling an aware datetime costs several times a string), so spilling
+    it costs a fraction of pickling the row's records."""
 
     key: RowKey
     evidence_source: str
     text: str | None  # None: a row replayed from a checkpoint; its evidence mirror has it (`_Payload.with_text`)
-    created_at: datetime
+    created_at: str  # ISO 8601, as the checkpoint keeps it
     provenance: dict[str, Any]  # Provenance in its JSON form: a model would cost more to spill
-    category: Category
+    category: str  # Category value
     first_reason: str
     scored_source: str
     detail: dict[str, Any]  # the quarantine row's detail (joined_detail)
@@ -161,7 +162,8 @@ class Spilled:
     @classmethod
     def of(cls, j: Joined) -> tuple[object, ...]:
         ev, sc = j.evidence, j.scored
-        return (j.key, ev.source, ev.text, ev.created_at, ev.provenance.model_dump(mode="json"), sc.category,
+        return (j.key, ev.source, ev.text, ev.created_at.isoformat(), ev.provenance.model_dump(mode="json"),
+                sc.category.value,
                 sc.reasons[0], j.source,
                 joined_detail(j))
 
@@ -175,8 +177,8 @@ class Spilled:
 
 def _build(c: Spilled, r: Spilled, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
     reason = (
-        f"chosen {c.evidence_source} run scored {c.category.value} ({c.first_reason}); "
-        f"rejected {r.evidence_source} run scored {r.category.value} ({r.first_reason})"
+        f"chosen {c.evidence_source} run scored {c.category} ({c.first_reason}); "
+        f"rejected {r.evidence_source} run scored {r.category} ({r.first_reason})"
     )
     return PreferenceSample(
         id=pref_id(c.key, r.key),
@@ -185,12 +187,12 @@ def _build(c: Spilled, r: Spilled, *, task_id: str, pairing: str, prompt: str) -
         rejected=r.text,
         chosen_run_id=c.key[0],
         rejected_run_id=r.key[0],
-        chosen_category=c.category,
-        rejected_category=r.category,
+        chosen_category=Category(c.category),
+        rejected_category=Category(r.category),
         task_id=task_id,
         pairing=pairing,  # type: ignore[arg-type]
         reason=reason,
-        created_at=max(c.created_at, r.created_at),
+        created_at=max(datetime.fromisoformat(c.created_at), datetime.fromisoformat(r.created_at)),
         chosen_provenance=c.provenance,
         rejected_provenance=r.provenance,
     )
@@ -241,7 +243,10 @@ class _Pairer:
         self.fates: dict[int, Fate] = {}
 
     def fate(self, row: Row) -> Fate:
-        return self.fates.setdefault(row.index, Fate())
+        found = self.fates.get(row.index)
+        if found is None:
+            found = self.fates[row.index] = Fate()
+        return found
 
     def _note(self, rows: tuple[Row, Row], reason: QuarantineReason, msg: str) -> None:
         for row in rows:
@@ -267,6 +272,7 @@ class _Pairer:
                 self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
                 kept.add(n)
                 to_find -= 1
+        full = f"{task_id} already has {self.cap} pairs (max_pairs_per_task)"
         for n, (chosen, rejected) in enumerate(pairs):
             if n in kept:
                 continue
@@ -279,8 +285,7 @@ class _Pairer:
                            "chosen and rejected texts are identical")
                 continue
             if self.existing_per_task[task_id] + self.made_per_task[task_id] >= self.cap:
-                self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING,
-                           f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
+                self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, full)
                 continue
             prompt = prompt_of if prompt_of is not None else chosen.prompt
             try:
@@ -321,7 +326,7 @@ def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass
             row.text_digest.hex(), row.cross_candidate, row.where,
             None if row.failure is None else [row.failure[0], row.failure[1]],
             None if passed is None else passed.hex(),
-            [ev_source, created_at.isoformat(), provenance, first_reason, detail]]
+            [ev_source, created_at, provenance, first_reason, detail]]
 
 
 def _provenance(value: Any) -> dict[str, Any]:
@@ -357,8 +362,9 @@ def _parse_entry(entry: Any) -> _Ready:
         failure = (reason, errors)
     cat = Category(category)
     row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, where, failure)
-    payload = ((run_id, sig), ev_source, None, datetime.fromisoformat(created_at),
-               _provenance(provenance), cat, first_reason, source, detail)
+    datetime.fromisoformat(created_at)  # a checkpoint holds only dates that parse
+    payload = ((run_id, sig), ev_source, None, created_at, _provenance(provenance), cat.value, first_reason, source,
+               detail)
     return ("r", row, payload, None if passed is None else bytes.fromhex(passed))
 
 
