@@ -9,6 +9,12 @@ re-hashes the prefix (hashing is far cheaper than parsing) and, when it still ma
 the lines after it. Anything else (a file rewritten, shortened or edited in place, a cache of
 another version, a fold renamed) is folded from the start: the cache only saves work; losing or
 corrupting it costs one full read, never a wrong count.
+
+Files are named relative to the cache file's folder (the workspace root), so a workspace moved or
+restored elsewhere keeps its tallies. A fold that counts no values (`key=None`, the integrity
+check's) is the same for every fold of the same bytes: it is taken from another fold's tally of
+the file when that tally covers exactly the bytes the caller digested, so a receipt that counts an
+output's categories and then checks its lines reads the appended lines once.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Literal
 from distill.hashing import PrefixHash
 from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
 
-FOLD_CACHE_VERSION: Literal[1] = 1
+FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
 RowKey = Callable[[dict[str, Any]], str | None]
 """What a fold counts of a JSON-object row: a value, or None for "not counted"."""
 
@@ -104,6 +110,25 @@ class FoldCache:
         self.path = path
         self._entries = entries or {}
         self._changed: dict[tuple[str, str], _Entry] = {}
+        self._folds_of: dict[str, list[str]] = {}
+        for name, fold in self._entries:
+            self._folds_of.setdefault(name, []).append(fold)
+
+    def _name(self, file: Path) -> str:
+        return str(file) if self.path is None else os.path.relpath(file, self.path.parent)
+
+    def _keep(self, name: str, fold: str, entry: _Entry) -> None:
+        if (name, fold) not in self._entries:
+            self._folds_of.setdefault(name, []).append(fold)
+        self._entries[(name, fold)] = self._changed[(name, fold)] = entry
+
+    def _counted_elsewhere(self, name: str, sha256: str, size: int | None) -> _Entry | None:
+        """Another fold's tally of exactly these bytes, without its values."""
+        for other in self._folds_of.get(name, ()):
+            entry = self._entries[(name, other)]
+            if entry.sha256 == sha256 and entry.tally.end == size:
+                return _Entry(sha256, replace(entry.tally, values={}, torn=None))
+        return None
 
     @classmethod
     def load(cls, path: Path) -> FoldCache:
@@ -113,13 +138,16 @@ class FoldCache:
     def tally(self, file: Path, fold: str, key: RowKey | None = None, *, sha256: str | None = None) -> Tally:
         """The fold of `file`'s complete lines. `sha256`: the whole file's digest when the caller
         already has it, so an unchanged file is not even re-hashed."""
-        name = str(file)
+        name = self._name(file)
         entry = self._entries.get((name, fold))
         start: Tally | None = None
         hasher: PrefixHash | None = None
+        if sha256 is not None and entry is not None and entry.sha256 == sha256 and _size(file) == entry.tally.end:
+            return entry.tally.copy()
+        if sha256 is not None and key is None and (derived := self._counted_elsewhere(name, sha256, _size(file))):
+            self._keep(name, fold, derived)
+            return derived.tally.copy()
         if entry is not None:
-            if sha256 is not None and entry.sha256 == sha256 and _size(file) == entry.tally.end:
-                return entry.tally.copy()
             hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256)
             if hasher is not None:
                 start = entry.tally
@@ -128,8 +156,7 @@ class FoldCache:
         tally = fold_lines(file, key, start, on_chunk=hasher.update)
         digest = hasher.hexdigest_to(file, tally.end)
         if digest is not None:
-            kept = replace(tally.copy(), torn=None)
-            self._entries[(name, fold)] = self._changed[(name, fold)] = _Entry(digest, kept)
+            self._keep(name, fold, _Entry(digest, replace(tally.copy(), torn=None)))
         return tally
 
     def save(self) -> None:
@@ -139,9 +166,10 @@ class FoldCache:
             return
         merged = _read(self.path)
         merged.update(self._changed)
+        base = self.path.parent
         existing: dict[str, bool] = {}
         entries = [e.to_json(path, fold) for (path, fold), e in sorted(merged.items())
-                   if existing.setdefault(path, os.path.isfile(path))]
+                   if existing.setdefault(path, os.path.isfile(base / path))]
         payload = {"version": FOLD_CACHE_VERSION, "entries": entries}
         try:
             write_atomic(self.path, dumps(payload) + b"\n")

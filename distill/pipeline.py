@@ -260,8 +260,9 @@ def _ran_receipt(
     errors = [f"stage_raised: {error}"] if error else []
     categories: dict[str, int] = {}
     if error is None:
-        errors.extend(validate_stage(ctx, stage, report, outputs))
+        # categories first: the line check then takes its counts from the same fold of each output
         categories = stage.output_categories(ws, outputs)
+        errors.extend(validate_stage(ctx, stage, report, outputs))
 
     def receipt(determinism: list[DeterminismFinding]) -> StageReceipt:
         return build_receipt(

@@ -76,9 +76,9 @@ def test_a_damaged_cache_costs_a_re_read_not_a_wrong_count(tmp_path: Path) -> No
     data = tmp_path / "d.jsonl"
     data.write_bytes(_rows("a") + b"not json\n\n")
     cache_path = tmp_path / "folds.json"
-    lying = json.dumps({"version": 1, "entries": [[str(data), "kind", "0" * 64, 3, 1, 1, 0, None, {"a": 5}]]})
-    for junk in (b"", b"{", b'{"version": 99, "entries": []}', b'{"version": 1, "entries": [{"path": 1}]}',
-                 b'{"version": 1, "entries": [["p", "kind", "x", -1, 0, 0, 0, null, {}]]}', lying.encode()):
+    lying = json.dumps({"version": 2, "entries": [["d.jsonl", "kind", "0" * 64, 3, 1, 1, 0, None, {"a": 5}]]})
+    for junk in (b"", b"{", b'{"version": 99, "entries": []}', b'{"version": 2, "entries": [{"path": 1}]}',
+                 b'{"version": 2, "entries": [["p", "kind", "x", -1, 0, 0, 0, null, {}]]}', lying.encode()):
         cache_path.write_bytes(junk)
         got = FoldCache.load(cache_path).tally(data, "kind", _kind)
         assert got == _fresh(data) and (got.bad, got.first_bad, got.nonblank) == (1, 2, 2)
@@ -138,3 +138,54 @@ def test_receipt_checks_still_catch_a_bad_line_written_into_a_counted_prefix(tmp
     errors = check_jsonl_integrity(ws, digest_paths(ws, [out]))
     assert errors == ["output_unparseable: evidence/x.jsonl: 1 line(s) are not JSON objects (first at line 1)"]
     assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"b": 1, "c": 1}
+
+
+def test_a_moved_workspace_keeps_its_tallies(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    (old / "d.jsonl").write_bytes(_rows("a", "b"))
+    cache = FoldCache.load(old / "folds.json")
+    cache.tally(old / "d.jsonl", "kind", _kind)
+    cache.save()
+    saved = json.loads((old / "folds.json").read_bytes())
+    saved["entries"][0][-1]["planted"] = 7  # a count only the saved tally holds
+    (old / "folds.json").write_text(json.dumps(saved))
+    old.rename(new)
+    with (new / "d.jsonl").open("ab") as fh:
+        fh.write(_rows("c"))
+    assert FoldCache.load(new / "folds.json").tally(new / "d.jsonl", "kind", _kind).values == {
+        "a": 1, "b": 1, "c": 1, "planted": 7}
+
+
+def test_a_line_count_is_taken_from_another_fold_of_the_same_bytes_only(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(_rows("a") + b"not json\n")
+    cache = FoldCache.load(tmp_path / "folds.json")
+    cache.tally(data, "kind", _kind)
+    cache.save()
+    saved = json.loads((tmp_path / "folds.json").read_bytes())
+    saved["entries"][0][5] = 40  # nonblank: a count only the saved "kind" tally holds
+    (tmp_path / "folds.json").write_text(json.dumps(saved))
+    whole = digest_paths(Workspace.resolve(tmp_path), [data])[0].sha256
+    lines = FoldCache.load(tmp_path / "folds.json").tally(data, "lines", sha256=whole)
+    assert (lines.nonblank, lines.bad, lines.first_bad, lines.values) == (40, 1, 2, {})  # not read again
+    # other bytes (or no digest from the caller): read, never borrowed
+    with data.open("ab") as fh:
+        fh.write(_rows("b"))
+    whole = digest_paths(Workspace.resolve(tmp_path), [data])[0].sha256
+    assert FoldCache.load(tmp_path / "folds.json").tally(data, "lines", sha256=whole) == fold_lines(data, None)
+    assert FoldCache.load(tmp_path / "folds.json").tally(data, "lines") == fold_lines(data, None)
+
+
+def test_the_line_check_after_the_category_count_still_catches_a_bad_line(tmp_path: Path) -> None:
+    ws = Workspace.resolve(tmp_path)
+    out = ws.root / "evidence" / "x.jsonl"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(_rows("a", "b"))
+    assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"a": 1, "b": 1}
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
+    with out.open("ab") as fh:
+        fh.write(b'{"kind": "c"\n' + _rows("d"))
+    assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"a": 1, "b": 1, "d": 1}
+    errors = check_jsonl_integrity(ws, digest_paths(ws, [out]))
+    assert errors == ["output_unparseable: evidence/x.jsonl: 1 line(s) are not JSON objects (first at line 3)"]
