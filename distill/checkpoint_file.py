@@ -1,19 +1,21 @@
 """The file a stage keeps its per-partition checkpoints in (score, the RAG/SFT exports).
 
-A header line, then one line per partition: `"<rel>"\\t{checkpoint}`. Opening it indexes where
-each partition's line starts, so a run reads one partition's checkpoint at a time and memory does
-not grow with the workspace. The next run's lines go to a side file as partitions are done and
-replace the file at the end (atomically), or are thrown away when the run does not finish.
+One line per partition, `"<rel>"\\t{checkpoint}`, then a header line last. Opening it indexes
+where each partition's line starts, so a run reads one partition's checkpoint at a time and memory
+does not grow with the workspace. The next run's lines go to a side file as partitions are done;
+at the end the header is appended and the side file renamed over the file (atomically), or it is
+thrown away when the run does not finish. The header comes last because it is known last (score's
+holds the task parents it saw): the side file becomes the file without being copied.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from distill.jsonl import atomic_writer, dumps, loads
+from distill.jsonl import dumps, loads
 
 
 class CheckpointFile:
@@ -28,20 +30,26 @@ class CheckpointFile:
         self._out: IO[bytes] | None = None
         try:
             with open(path, "rb") as fh:
-                header = accept(fh.readline())
-                if header is None:
-                    return
                 offsets: dict[str, int] = {}
+                header_line: bytes | None = None
                 while True:
                     at = fh.tell()
                     line = fh.readline()
                     if not line:
                         break
+                    if header_line is not None:
+                        return  # the header is the last line; anything after it is damage
+                    if not line.startswith(b'"'):
+                        header_line = line
+                        continue
                     rel = loads(line[: line.index(b"\t")])
                     if not isinstance(rel, str):
                         return
                     offsets[rel] = at
+                header = accept(header_line) if header_line is not None else None
         except (OSError, ValueError):
+            return
+        if header is None:
             return
         self.header, self.offsets = header, offsets
 
@@ -69,15 +77,15 @@ class CheckpointFile:
         self._out.write(line)
 
     def save(self, header: dict[str, Any]) -> None:
-        """Replace the file: the header, then the partitions written this run."""
-        if self._out is not None:
-            self._out.close()
-        with atomic_writer(self.path) as fh:
-            fh.write(dumps(header) + b"\n")
-            if self._out is not None:
-                with open(self._parts_path, "rb") as parts:
-                    shutil.copyfileobj(parts, fh, 1 << 20)
-        self.discard()
+        """Replace the file: the partitions written this run, then the header."""
+        if self._out is None:
+            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed below
+        out, self._out = self._out, None
+        with out:
+            out.write(dumps(header) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(self._parts_path, self.path)
 
     def discard(self) -> None:
         if self._out is not None:
