@@ -270,15 +270,29 @@ def check_counts(report: StageReport) -> list[str]:
     return errors
 
 
+QUARANTINE_REASON_FOLD = "quarantine-reason/1"
+
+
+def quarantine_reason(row: dict[str, Any]) -> str:
+    """What the dataset card counts of a quarantine row (the fold QUARANTINE_REASON_FOLD)."""
+    return str(row.get("reason"))
+
+
 def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]:
     """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails).
-    Lines counted by an earlier run are not re-read while the file still starts with them."""
+    Lines counted by an earlier run are not re-read while the file still starts with them. A
+    quarantine file is rewritten whole by each run, so it is checked with the fold that also
+    counts its reasons: the dataset card then finds them counted instead of reading it again."""
     errors = []
     folds = FoldCache.load(ws.fold_cache_path)
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl"):
             continue
-        tally = folds.tally(ws.absolute(d.path), "lines/1", sha256=d.sha256)
+        path = ws.absolute(d.path)
+        if path.parent == ws.quarantine_dir:
+            tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256)
+        else:
+            tally = folds.tally(path, "lines/1", sha256=d.sha256)
         if tally.torn is not None:
             errors.append(f"output_torn: {d.path} ends with a torn line ({tally.torn} bytes)")
         if tally.bad:

@@ -62,8 +62,12 @@ class Workspace:
     def preference_path(self) -> Path:
         return self.exports_dir / "preference" / "chosen_rejected.jsonl"
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.exports_dir / "quarantine"
+
     def quarantine_path(self, stage: str) -> Path:
-        return self.exports_dir / "quarantine" / f"{stage}.jsonl"
+        return self.quarantine_dir / f"{stage}.jsonl"
 
     @property
     def index_dir(self) -> Path:

@@ -189,3 +189,23 @@ def test_the_line_check_after_the_category_count_still_catches_a_bad_line(tmp_pa
     assert count_categories(ws, digest_paths(ws, [out]), "kind", under="evidence/") == {"a": 1, "b": 1, "d": 1}
     errors = check_jsonl_integrity(ws, digest_paths(ws, [out]))
     assert errors == ["output_unparseable: evidence/x.jsonl: 1 line(s) are not JSON objects (first at line 3)"]
+
+
+def test_the_line_check_of_a_quarantine_file_counts_the_reasons_the_card_shows(tmp_path: Path) -> None:
+    from distill.export.card import quarantine_summary
+
+    ws = Workspace.resolve(tmp_path)
+    out = ws.quarantine_path("rag")
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b'{"reason": "empty_content"}\n{"reason": "secret_detected"}\n{"reason": "empty_content"}\n')
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
+    saved = json.loads(ws.fold_cache_path.read_bytes())
+    assert [e[:2] for e in saved["entries"]] == [["exports/quarantine/rag.jsonl", "quarantine-reason/1"]]
+    saved["entries"][0][-1]["planted"] = 1  # a count only the line check's tally holds
+    ws.fold_cache_path.write_text(json.dumps(saved))
+    folds = FoldCache.load(ws.fold_cache_path)
+    assert quarantine_summary(ws, folds) == {"rag": {"empty_content": 2, "planted": 1, "secret_detected": 1}}
+    out.write_bytes(b'{"reason": "x"}\nnot json\n')  # rewritten: read again, and the bad line still fails
+    assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {"rag": {"x": 1}}
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == [
+        "output_unparseable: exports/quarantine/rag.jsonl: 1 line(s) are not JSON objects (first at line 2)"]

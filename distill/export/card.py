@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from distill.export.formats import FORMATS, view_paths
 from distill.fold_cache import FoldCache
 from distill.jsonl import write_atomic
+from distill.receipts import QUARANTINE_REASON_FOLD, quarantine_reason
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")
@@ -35,16 +35,12 @@ def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]
     return [(name, p) for name, p in paths.items() if name != "provenance"]
 
 
-def _reason(row: dict[str, Any]) -> str:
-    return str(row.get("reason"))
-
-
 def quarantine_summary(ws: Workspace, folds: FoldCache | None = None) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for kind in KINDS:
         path = ws.quarantine_path(kind)
         if path.exists():
-            counts = (folds or FoldCache()).tally(path, "quarantine-reason/1", _reason).values
+            counts = (folds or FoldCache()).tally(path, QUARANTINE_REASON_FOLD, quarantine_reason).values
             out[kind] = dict(sorted(counts.items()))
     return out
 
