@@ -166,10 +166,10 @@ class FoldCache:
             return
         merged = _read(self.path)
         merged.update(self._changed)
-        base = self.path.parent
+        base = os.fspath(self.path.parent)
         existing: dict[str, bool] = {}
         entries = [e.to_json(path, fold) for (path, fold), e in sorted(merged.items())
-                   if existing.setdefault(path, os.path.isfile(base / path))]
+                   if existing.setdefault(path, os.path.isfile(os.path.join(base, path)))]
         payload = {"version": FOLD_CACHE_VERSION, "entries": entries}
         try:
             write_atomic(self.path, dumps(payload) + b"\n")
