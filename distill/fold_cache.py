@@ -142,11 +142,13 @@ class FoldCache:
         entry = self._entries.get((name, fold))
         start: Tally | None = None
         hasher: PrefixHash | None = None
-        if sha256 is not None and entry is not None and entry.sha256 == sha256 and _size(file) == entry.tally.end:
-            return entry.tally.copy()
-        if sha256 is not None and key is None and (derived := self._counted_elsewhere(name, sha256, _size(file))):
-            self._keep(name, fold, derived)
-            return derived.tally.copy()
+        if sha256 is not None:
+            size = _size(file)
+            if entry is not None and entry.sha256 == sha256 and size == entry.tally.end:
+                return entry.tally.copy()
+            if key is None and (derived := self._counted_elsewhere(name, sha256, size)):
+                self._keep(name, fold, derived)
+                return derived.tally.copy()
         if entry is not None:
             hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256)
             if hasher is not None:

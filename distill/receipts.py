@@ -270,6 +270,7 @@ def check_counts(report: StageReport) -> list[str]:
     return errors
 
 
+LINES_FOLD = "lines/1"  # counts no values: lines, blank and bad lines only
 QUARANTINE_REASON_FOLD = "quarantine-reason/1"
 
 
@@ -285,14 +286,15 @@ def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]
     counts its reasons: the dataset card then finds them counted instead of reading it again."""
     errors = []
     folds = FoldCache.load(ws.fold_cache_path)
+    quarantine_dir = ws.quarantine_dir
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl"):
             continue
         path = ws.absolute(d.path)
-        if path.parent == ws.quarantine_dir:
+        if path.parent == quarantine_dir:
             tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256)
         else:
-            tally = folds.tally(path, "lines/1", sha256=d.sha256)
+            tally = folds.tally(path, LINES_FOLD, sha256=d.sha256)
         if tally.torn is not None:
             errors.append(f"output_torn: {d.path} ends with a torn line ({tally.torn} bytes)")
         if tally.bad:

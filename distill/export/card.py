@@ -12,7 +12,7 @@ from pathlib import Path
 from distill.export.formats import FORMATS, view_paths
 from distill.fold_cache import FoldCache
 from distill.jsonl import write_atomic
-from distill.receipts import QUARANTINE_REASON_FOLD, quarantine_reason
+from distill.receipts import LINES_FOLD, QUARANTINE_REASON_FOLD, quarantine_reason
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")
@@ -26,7 +26,7 @@ _ABOUT = {
 def count_rows(path: Path, folds: FoldCache | None = None) -> int:
     if not path.exists():
         return 0
-    return (folds or FoldCache()).tally(path, "lines/1").nonblank
+    return (folds or FoldCache()).tally(path, LINES_FOLD).nonblank
 
 
 def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]:
