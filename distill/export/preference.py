@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from distill.export.checkpoints import PartitionExporter
 from distill.export.gates import Firewall, GateInput, meta_text
+from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
     GATE_BATCH,
@@ -130,13 +131,6 @@ class PreferenceExport:
     pairs_cross_source: int = 0
     pairs_existing: int = 0
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
-
-
-def _spread(chosen: list[Row], rejected: list[Row]) -> list[tuple[Row, Row]]:
-    """Every chosen x rejected combination, ordered so that the cap spreads over rows: by
-    anti-diagonal (i + j), then i; built in that order rather than sorted."""
-    a, b = len(chosen), len(rejected)
-    return [(chosen[i], rejected[s - i]) for s in range(a + b - 1) for i in range(max(0, s - b + 1), min(a, s + 1))]
 
 
 def _sorted(rows: Iterable[Row]) -> list[Row]:
@@ -254,9 +248,28 @@ class _Pairer:
             if f.why is None:
                 f.why = (reason, msg)
 
-    def offer(self, pairs: list[tuple[Row, Row]], *, task_id: str, pairing: str, prompt_of: str | None,
-              sort_key: tuple[str, ...]) -> int:
-        """Take valid pairs in order until the task's cap; returns how many new pairs."""
+    def _full(self, task_id: str) -> bool:
+        return self.existing_per_task[task_id] + self.made_per_task[task_id] >= self.cap
+
+    def _refusal(self, chosen: Row, rejected: Row, task_id: str) -> Reason | None:
+        """Why a pair that was not exported earlier cannot be made now (None: try to build it)."""
+        if chosen.key[0] == rejected.key[0]:
+            return (QuarantineReason.SELF_PAIRING, f"only counterpart is another revision of run {chosen.key[0]}")
+        if chosen.text_digest == rejected.text_digest:
+            return (QuarantineReason.INVALID_PREFERENCE_PAIRING, "chosen and rejected texts are identical")
+        if self._full(task_id):
+            return (QuarantineReason.INVALID_PREFERENCE_PAIRING,
+                    f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
+        return None
+
+    def offer(self, chosen: list[Row], rejected_groups: list[list[Row]], *, task_id: str, pairing: str,
+              prompt_of: str | None, sort_key: tuple[str, ...], admit: Callable[[Row, Row], bool] | None = None) -> int:
+        """Offer chosen x each rejected group in spread order (`pair_grid`), the groups one after
+        another, skipping pairs `admit` refuses; take valid pairs until the task's cap. Returns
+        how many new pairs."""
+        grids: list[Grid[Row]] = []
+        for rejected in rejected_groups:
+            grids.append(Grid(chosen, rejected, offset=grids[-1].end if grids else 0))
         made = 0
         existing = self.existing_ids
         # pairs exported by an earlier run are kept first (they already count against the cap);
@@ -265,40 +278,68 @@ class _Pairer:
         # pair needs hashing
         kept: set[int] = set()
         to_find = self.existing_per_task[task_id] if existing else 0
-        for n, (chosen, rejected) in enumerate(pairs):
-            if not to_find:
-                break
-            if pref_id(chosen.key, rejected.key) in existing:
-                self.fate(chosen).in_existing = self.fate(rejected).in_existing = True
-                kept.add(n)
-                to_find -= 1
-        full = f"{task_id} already has {self.cap} pairs (max_pairs_per_task)"
-        for n, (chosen, rejected) in enumerate(pairs):
+        if to_find:
+            for n, c, r in _pairs(grids, admit):
+                if pref_id(c.key, r.key) in existing:
+                    self.fate(c).in_existing = self.fate(r).in_existing = True
+                    kept.add(n)
+                    to_find -= 1
+                    if not to_find:
+                        break
+        last_kept = max(kept, default=-1)
+        walked = -1  # the last position taken one pair at a time
+        for n, c, r in _pairs(grids, admit):
+            if n > last_kept and self._full(task_id):
+                # every pair from here on is refused and only tells its rows why: ask each row
+                # for its first one instead of walking them all
+                self._note_rest(grids, admit, task_id, after=walked)
+                return made
+            walked = n
             if n in kept:
                 continue
-            if chosen.key[0] == rejected.key[0]:
-                self._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
-                           f"only counterpart is another revision of run {chosen.key[0]}")
+            refusal = self._refusal(c, r, task_id)
+            if refusal is not None:
+                self._note((c, r), *refusal)
                 continue
-            if chosen.text_digest == rejected.text_digest:
-                self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING,
-                           "chosen and rejected texts are identical")
-                continue
-            if self.existing_per_task[task_id] + self.made_per_task[task_id] >= self.cap:
-                self._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, full)
-                continue
-            prompt = prompt_of if prompt_of is not None else chosen.prompt
+            prompt = prompt_of if prompt_of is not None else c.prompt
             try:
-                sample = _build(self.payload.with_text(chosen), self.payload.with_text(rejected), task_id=task_id,
+                sample = _build(self.payload.with_text(c), self.payload.with_text(r), task_id=task_id,
                                 pairing=pairing, prompt=prompt)
             except ValidationError as exc:
-                self._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
+                self._note((c, r), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
                 continue
             self.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
-            self.fate(chosen).in_new = self.fate(rejected).in_new = True
+            self.fate(c).in_new = self.fate(r).in_new = True
             self.made_per_task[task_id] += 1
             made += 1
         return made
+
+    def _note_rest(self, grids: list[Grid[Row]], admit: Callable[[Row, Row], bool] | None, task_id: str,
+                   *, after: int) -> None:
+        """What walking every pair after position `after` would note, the cap being reached (no
+        pair there is kept or built): a row without a reason takes that of its first such pair."""
+        for i, row in enumerate(grids[0].chosen if grids else []):
+            self._note_first(row, (p for g in grids for p in g.after_chosen(i, after)), admit, task_id)
+        for grid in grids:
+            for j, row in enumerate(grid.rejected):
+                self._note_first(row, grid.after_rejected(j, after), admit, task_id)
+
+    def _note_first(self, row: Row, later: Iterator[tuple[int, Row, Row]],
+                    admit: Callable[[Row, Row], bool] | None, task_id: str) -> None:
+        found = self.fates.get(row.index)
+        if found is not None and found.why is not None:
+            return
+        for _, c, r in later:
+            if admit is None or admit(c, r):
+                self.fate(row).why = self._refusal(c, r, task_id)
+                return
+
+
+def _pairs(grids: list[Grid[Row]], admit: Callable[[Row, Row], bool] | None) -> Iterator[tuple[int, Row, Row]]:
+    for grid in grids:
+        for pair in grid:
+            if admit is None or admit(pair[1], pair[2]):
+                yield pair
 
 
 # A decided row on its way to the report and the quarantine file, ordered by input index:
@@ -534,10 +575,10 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decide
         groups.setdefault((row.task_id, row.prompt), []).append(row)
     for task_id, prompt in sorted(groups):
         group = groups[(task_id, prompt)]
-        acc = _by_category(group, Category.ACCEPTED)
-        pairs = _spread(acc, _by_category(group, Category.REJECTED)) + _spread(
-            acc, _by_category(group, Category.PARTIALLY_ACCEPTED))
-        made += pairer.offer(pairs, task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
+        # accepted x rejected first, accepted x partially accepted as the fallback
+        made += pairer.offer(_by_category(group, Category.ACCEPTED),
+                             [_by_category(group, Category.REJECTED), _by_category(group, Category.PARTIALLY_ACCEPTED)],
+                             task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
 
     for row in eligible:
         fate = pairer.fates.get(row.index, Fate())
@@ -546,6 +587,10 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decide
         else:
             decided.append(_final(row, [fate], pairer.payload))
     return made
+
+
+def _across(chosen: Row, rejected: Row) -> bool:
+    return chosen.source != rejected.source and chosen.task_id != rejected.task_id
 
 
 def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: list[Decided]) -> int:
@@ -557,12 +602,9 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
         by_prompt.setdefault(row.prompt, []).append(row)
     for prompt in sorted(by_prompt):
         group = by_prompt[prompt]
-        pairs = [
-            (c, r) for c, r in _spread(_by_category(group, Category.ACCEPTED), _by_category(group, Category.REJECTED))
-            if c.source != r.source and c.task_id != r.task_id
-        ]
-        made += pairer.offer(pairs, task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
-                             sort_key=(prompt,))
+        made += pairer.offer(_by_category(group, Category.ACCEPTED), [_by_category(group, Category.REJECTED)],
+                             task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
+                             sort_key=(prompt,), admit=_across)
     for row, same_task in rows:
         decided.append(_final(row, [same_task, pairer.fates.get(row.index, Fate())], pairer.payload))
     return made

@@ -1,0 +1,186 @@
+"""Pairs addressed by position (distill.export.pair_grid) decide exactly what walking every pair did.
+
+The reference below is the pairer as it was before grids: every candidate pair built in a list
+and walked one by one. The grid pairer must leave every row with the same standing (used by a
+new pair, by an earlier one, or the same reason why not), make the same pairs in the same order and
+count the same pairs per task, for any group: self-pairs, identical texts, texts the schema
+refuses, pairs exported earlier, caps already reached, and the cross-source filter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from distill.export.pair_grid import Grid
+from distill.export.preference import (
+    Row,
+    Spilled,
+    _across,
+    _build,
+    _Pairer,
+    _Payload,
+    _text_digest,
+    pref_id,
+)
+from distill.export.quarantine import validation_errors
+from distill.export.spill import Spill
+from distill.jsonl import dumps
+from distill.records import Category, QuarantineReason
+
+
+def _old_spread(chosen: list, rejected: list) -> list:
+    a, b = len(chosen), len(rejected)
+    return [(chosen[i], rejected[s - i]) for s in range(a + b - 1) for i in range(max(0, s - b + 1), min(a, s + 1))]
+
+
+def _reference_offer(p: _Pairer, pairs: list[tuple[Row, Row]], *, task_id: str, pairing: str,
+                     prompt_of: str | None, sort_key: tuple[str, ...]) -> int:
+    made = 0
+    kept: set[int] = set()
+    to_find = p.existing_per_task[task_id] if p.existing_ids else 0
+    for n, (chosen, rejected) in enumerate(pairs):
+        if not to_find:
+            break
+        if pref_id(chosen.key, rejected.key) in p.existing_ids:
+            p.fate(chosen).in_existing = p.fate(rejected).in_existing = True
+            kept.add(n)
+            to_find -= 1
+    full = f"{task_id} already has {p.cap} pairs (max_pairs_per_task)"
+    for n, (chosen, rejected) in enumerate(pairs):
+        if n in kept:
+            continue
+        if chosen.key[0] == rejected.key[0]:
+            p._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
+                    f"only counterpart is another revision of run {chosen.key[0]}")
+            continue
+        if chosen.text_digest == rejected.text_digest:
+            p._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, "chosen and rejected texts are identical")
+            continue
+        if p.existing_per_task[task_id] + p.made_per_task[task_id] >= p.cap:
+            p._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, full)
+            continue
+        prompt = prompt_of if prompt_of is not None else chosen.prompt
+        try:
+            sample = _build(p.payload.with_text(chosen), p.payload.with_text(rejected), task_id=task_id,
+                            pairing=pairing, prompt=prompt)
+        except ValidationError as exc:
+            p._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
+            continue
+        p.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
+        p.fate(chosen).in_new = p.fate(rejected).in_new = True
+        p.made_per_task[task_id] += 1
+        made += 1
+    return made
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.integers(0, 9), b=st.integers(0, 9), offset=st.integers(0, 50), after=st.integers(-2, 140))
+def test_grid_positions_are_the_spread_order(a: int, b: int, offset: int, after: int) -> None:
+    chosen, rejected = [f"c{i}" for i in range(a)], [f"r{j}" for j in range(b)]
+    grid = Grid(chosen, rejected, offset=offset)
+    listed = _old_spread(chosen, rejected)
+    assert [(c, r) for _, c, r in grid] == listed
+    assert [n for n, _, _ in grid] == list(range(offset, offset + len(listed)))
+    assert grid.end == offset + a * b
+    for i in range(a):
+        expected = [(offset + n, c, r) for n, (c, r) in enumerate(listed) if c == chosen[i] and offset + n > after]
+        assert list(grid.after_chosen(i, after)) == expected
+    for j in range(b):
+        expected = [(offset + n, c, r) for n, (c, r) in enumerate(listed) if r == rejected[j] and offset + n > after]
+        assert list(grid.after_rejected(j, after)) == expected
+
+
+_TEXTS = ["fix the parser", "fix the parser ", "rewrite the lexer", "", "add a test", "drop the cache"]
+_CATEGORIES = [Category.ACCEPTED, Category.REJECTED, Category.PARTIALLY_ACCEPTED]
+
+
+def _row(payload: _Payload, index: int, run: int, text: int, category: Category, source: int, task: int) -> Row:
+    key = (f"run-{run}", f"{index:064x}")
+    provenance = {"source_file": f"_kb/s{source}.jsonl", "unit": "line", "line_offset": index, "line_number": index + 1,
+                  "sig_hash": f"{index:064x}", "recorded_at": "2026-01-01T00:00:00Z"}
+    spilled = Spilled(key=key, evidence_source=f"s{source}", text=_TEXTS[text], created_at="2026-01-01T00:00:00+00:00",
+                      provenance=provenance, category=category.value, first_reason="reviewed", scored_source=f"s{source}",
+                      detail={"scored_file": "scored-runs/x.jsonl"})
+    offset = payload.put((spilled.key, spilled.evidence_source, spilled.text, spilled.created_at, spilled.provenance,
+                          spilled.category, spilled.first_reason, spilled.scored_source, spilled.detail))
+    return Row(index=index, key=key, task_id=f"task-{task}", prompt="Which change fixes the bug?", category=category,
+               source=f"s{source}", text_digest=_text_digest(_TEXTS[text]), cross_candidate=True,
+               where=f"x:{index}", failure=None, offset=offset)
+
+
+_ROW = st.tuples(st.integers(0, 5), st.integers(0, len(_TEXTS) - 1), st.sampled_from(_CATEGORIES),
+                 st.integers(0, 2), st.integers(0, 2))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_ROW, max_size=16), cap=st.integers(0, 6), made_before=st.integers(0, 3),
+       exported=st.lists(st.integers(0, 400), max_size=8), extra_existing=st.integers(0, 3), cross=st.booleans())
+def test_grid_pairer_decides_what_walking_every_pair_did(
+    tmp_path: Path, rows: list, cap: int, made_before: int, exported: list[int], extra_existing: int, cross: bool
+) -> None:
+    task_id = "question-x" if cross else "task-0"
+    with Spill(tmp_path) as spill:
+        payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+        group = [_row(payload, n, run, text, cat, source, task if cross else 0)
+                 for n, (run, text, cat, source, task) in enumerate(rows)]
+        acc = sorted((r for r in group if r.category is Category.ACCEPTED), key=lambda r: (r.key, r.index))
+        rej = sorted((r for r in group if r.category is Category.REJECTED), key=lambda r: (r.key, r.index))
+        part = sorted((r for r in group if r.category is Category.PARTIALLY_ACCEPTED), key=lambda r: (r.key, r.index))
+        rejected_groups = [rej] if cross else [rej, part]
+        admit: Callable[[Row, Row], bool] | None = _across if cross else None
+        listed = [(c, r) for g in rejected_groups for c, r in _old_spread(acc, g) if admit is None or admit(c, r)]
+        # earlier exports: some of this group's pairs (picked by index) and ids of other tasks' pairs
+        existing = {pref_id(listed[k % len(listed)][0].key, listed[k % len(listed)][1].key) for k in exported if listed}
+        existing |= {f"pref-elsewhere-{k}" for k in range(extra_existing)}
+        per_task = Counter({task_id: len(existing)})
+
+        def pairer(name: str) -> _Pairer:
+            p = _Pairer(existing, per_task, cap, payload, spill.records(name))
+            p.made_per_task[task_id] = made_before
+            return p
+
+        old, new = pairer("old"), pairer("new")
+        made_old = _reference_offer(old, listed, task_id=task_id, pairing="cross_source" if cross else "same_task",
+                                    prompt_of="Which change fixes the bug?" if cross else None, sort_key=("k",))
+        made_new = new.offer(acc, rejected_groups, task_id=task_id, pairing="cross_source" if cross else "same_task",
+                             prompt_of="Which change fixes the bug?" if cross else None, sort_key=("k",), admit=admit)
+        assert made_new == made_old
+        assert new.made_per_task == old.made_per_task
+
+        def standing(p: _Pairer) -> dict[int, tuple[bool, bool, object]]:
+            return {i: (f.in_new, f.in_existing, f.why) for i, f in p.fates.items()
+                    if (f.in_new, f.in_existing, f.why) != (False, False, None)}
+
+        assert standing(new) == standing(old)
+        assert list(new.pairs) == list(old.pairs)
+
+
+def test_a_task_retried_thousands_of_times_is_paired_in_row_time(tmp_path: Path) -> None:
+    """3,000 accepted x 3,000 rejected answers to one question are 9 million candidate pairs; the
+    cap takes 5. Walking them all took minutes and the list of pairs gigabytes; the grid pairer
+    notes every row's reason after the fifth pair."""
+    with Spill(tmp_path) as spill:
+        payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+        one = _row(payload, 0, 0, 0, Category.ACCEPTED, 0, 0)
+        acc = [Row(*(i, (f"run-a{i}", one.key[1]), *one.as_tuple()[2:])) for i in range(3000)]
+        other = _row(payload, 1, 1, 2, Category.REJECTED, 0, 0)
+        rej = [Row(*(3000 + j, (f"run-r{j}", other.key[1]), *other.as_tuple()[2:])) for j in range(3000)]
+        p = _Pairer(set(), Counter(), 5, payload, spill.records("pairs"))
+        assert p.offer(acc, [rej, []], task_id="task-0", pairing="same_task", prompt_of=None, sort_key=("k",)) == 5
+        used = sum(f.in_new for f in p.fates.values())
+        capped = [f.why for f in p.fates.values() if not f.in_new]
+        assert used == 5 and len(capped) == 6000 - 5  # the first pairs share rows (spread order)
+        assert None not in capped and {w[1] for w in capped} == {"task-0 already has 5 pairs (max_pairs_per_task)"}
+
+
+@pytest.mark.parametrize("a,b", [(0, 0), (0, 3), (3, 0)])
+def test_an_empty_side_has_no_pairs(a: int, b: int) -> None:
+    grid = Grid(list(range(a)), list(range(b)), offset=7)
+    assert list(grid) == [] and grid.end == 7
