@@ -171,9 +171,48 @@ def _torn_scored_tail(ws: Workspace) -> None:
         fh.write(b'{"evidence_run_id": "half a li')
 
 
+def _largest_partition(ws: Workspace) -> Path:
+    return max(iter_partition_files(ws.scored_dir), key=lambda p: (p.stat().st_size, p.as_posix()))
+
+
+def _rescore_in_place(ws: Workspace) -> None:
+    """What score does when late verdicts re-score runs: lines rewritten where they stand (one
+    longer, one of the same length), one appended."""
+    path = _largest_partition(ws)
+    lines = path.read_bytes().splitlines(keepends=True)
+    first, middle = orjson.loads(lines[1]), orjson.loads(lines[len(lines) // 2])
+    first["category"] = "partially_accepted" if first["category"] != "partially_accepted" else "accepted"
+    middle["reasons"] = [r[::-1] for r in middle["reasons"]]  # same length, other bytes
+    lines[1], lines[len(lines) // 2] = orjson.dumps(first) + b"\n", orjson.dumps(middle) + b"\n"
+    path.write_bytes(b"".join(lines) + lines[-1])
+
+
+def _insert_line(kind_of_line: str) -> Callable[[Workspace], None]:
+    """A line put into the largest partition's middle: every later line moves (number, offset)."""
+
+    def change(ws: Workspace) -> None:
+        path = _largest_partition(ws)
+        lines = path.read_bytes().splitlines(keepends=True)
+        at = len(lines) // 2
+        extra = {"blank": b"\n", "junk": b"{not json\n", "repeat": lines[at - 1]}[kind_of_line]
+        path.write_bytes(b"".join([*lines[:at], extra, *lines[at:]]))
+
+    return change
+
+
+def _junk_in_place(ws: Workspace) -> None:
+    """A line replaced by one the reader cannot join, shorter: later lines keep their numbers, not offsets."""
+    path = _largest_partition(ws)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"evidence_run_id": 7}\n'
+    path.write_bytes(b"".join(lines))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("change", ["evidence edited", "scored edited", "export shortened", "junk checkpoint",
-                                    "unknown entry", "torn scored tail", "scored partition deleted"])
+                                    "unknown entry", "torn scored tail", "scored partition deleted",
+                                    "re-scored in place", "blank line inserted", "junk line inserted",
+                                    "repeated line inserted", "junk in place"])
 def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, exported_once: dict[ExportKind, Path],
                                                             kind: ExportKind, change: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,10 +224,58 @@ def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, expo
         "unknown entry": _unknown_entry(kind),
         "torn scored tail": _torn_scored_tail,
         "scored partition deleted": lambda ws: iter_partition_files(ws.scored_dir)[1].unlink(),
+        "re-scored in place": _rescore_in_place,
+        "blank line inserted": _insert_line("blank"),
+        "junk line inserted": _insert_line("junk"),
+        "repeated line inserted": _insert_line("repeat"),
+        "junk in place": _junk_in_place,
     }
     a, b = _twins(tmp_path, exported_once, kind, changes[change])
     _compare(a, b, kind, monkeypatch)
     _compare(a, b, kind, monkeypatch)  # and again, from the checkpoints the first pass wrote
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_partition_rewritten_in_place_reads_only_its_changed_lines(
+        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Late verdicts make score rewrite a partition with a few lines changed: the export replays
+    the entries of the lines that are as they were and reads the changed and the appended ones."""
+    a, b = _twins(tmp_path, exported_once, kind, _rescore_in_place)
+    lines = len(_largest_partition(a).read_bytes().splitlines())
+    assert lines >= 10  # the largest partition of the 1,500-row workspace
+    done_a, done_b = _compare(a, b, kind, monkeypatch)
+    assert done_b >= ROWS // 2
+    assert done_a <= 3  # two lines rewritten, one appended; the others replayed
+    if kind is not ExportKind.PREFERENCE:
+        assert done_a == 3
+    done_again, _ = _compare(a, b, kind, monkeypatch)  # from the checkpoint the patched pass wrote
+    assert done_again == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_junk_line_after_a_line_that_grew_is_read_again(tmp_path: Path, exported_once: dict[ExportKind, Path],
+                                                          kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line the reader cannot join is quarantined with its byte offset: when an earlier line is
+    rewritten longer, its number stays and its offset moves, so its recorded entry is stale."""
+    shutil.copytree(exported_once[kind], tmp_path / "a")
+    a = Workspace(tmp_path / "a")
+    path = _largest_partition(a)
+    with open(path, "ab") as fh:
+        fh.write(b"{not json\n")
+    _export(a, kind)  # the checkpoint now holds the junk line's entry, offset included
+    shutil.copytree(a.root, tmp_path / "b")
+    b = Workspace(tmp_path / "b")
+    b.export_checkpoint_path(kind.value).unlink()
+    for ws in (a, b):
+        lines = _largest_partition(ws).read_bytes().splitlines(keepends=True)
+        row = orjson.loads(lines[0])
+        row["reasons"] = [*row["reasons"], "re-scored"]
+        lines[0] = orjson.dumps(row) + b"\n"
+        _largest_partition(ws).write_bytes(b"".join(lines))
+    _compare(a, b, kind, monkeypatch)
+    quarantined = a.quarantine_path(kind.value).read_bytes()
+    assert b"not JSON" in quarantined
 
 
 @pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])

@@ -1,21 +1,28 @@
 """Export checkpoints: what each scored partition's lines gave, so that a run after score appended
-rows joins, decides and gates only those rows.
+or re-scored rows joins, decides and gates only those rows.
 
 Per scored partition: the length and sha256 of its whole-line prefix, the same of the mirror
 evidence partition it joined against with the digests of that prefix's valid evidence keys, and
-one entry per scored line. RAG/SFT keep a `quarantine.Entry` (its outcome, the quarantine line it
-produced, its sample id); the preference export keeps what its first pass made of the line
-(`preference.Pass1Entry`: the row pairing needs, or its refusal; pairing itself is redone). A
-checkpoint is trusted only when the `distill` code, the [export] settings, the export's flags, the
-repository tree and benchmark files the gates read and the secret scanner's version are the same
-(one basis for the file), both files still start with exactly the hashed bytes, no line of the
-prefix needed evidence from another partition, and the exporter's `can_replay` accepts the entries
-(RowExporter: every shipped candidate still in the export, no id repeated): then its entries
-produce what the rows would. The lines after the prefix are read as usual; their evidence is looked up in the
-mirror's appended lines unless the prefix had a record with the same key. Anything else reads the
-partition from the start; `distill run --force` deletes the file first (`Stage.caches`).
-"""
+one entry per scored line with a digest of that line. RAG/SFT keep a `quarantine.Entry` (its
+outcome, the quarantine line it produced, its sample id); the preference export keeps what its
+first pass made of the line (`preference.Pass1Entry`: the row pairing needs, or its refusal;
+pairing itself is redone). A checkpoint is trusted only when the `distill` code, the [export]
+settings, the export's flags, the repository tree and benchmark files the gates read and the secret
+scanner's version are the same (one basis for the file), the mirror still starts with exactly the
+hashed bytes, and no line of the prefix needed evidence from another partition. Then:
 
+- the scored file still starts with the hashed bytes and the exporter's `can_replay` accepts the
+  entries (RowExporter: every shipped candidate still in the export, no id repeated): the entries
+  are replayed and the lines after the prefix read;
+- otherwise (score rewrote the partition: late verdicts re-scored some of its runs) each line is
+  compared with its digest (its bytes and line number, and its byte offset for a line that could
+  not be joined, whose quarantine row names the offset): runs of unchanged lines are replayed when
+  the exporter accepts them, every other line is read.
+
+Lines that are read find their evidence in the mirror's checkpointed prefix when it holds their
+key, else in the mirror's appended lines. Anything else reads the partition from the start;
+`distill run --force` deletes the file first (`Stage.caches`).
+"""
 from __future__ import annotations
 
 import base64
@@ -25,18 +32,31 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
-from distill.export.reader import EvidenceIndex, ReaderItem, evidence_records, iter_scored_file, rel_path
+from distill.export.reader import (
+    Broken,
+    EvidenceIndex,
+    ReaderItem,
+    ScoredLineReader,
+    evidence_records,
+    is_blank,
+    iter_scored_lines,
+    rel_path,
+)
 from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import loads
+from distill.jsonl import RawLine, iter_raw_lines, loads, read_line_at
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 1
+EXPORT_CHECKPOINT_VERSION = 2  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines
+LINE_DIGEST = 16  # bytes per line digest
+NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
+REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
 
 
 class PartitionExporter(Protocol):
@@ -49,6 +69,28 @@ class PartitionExporter(Protocol):
     def can_replay(self, entries: list[Any]) -> bool: ...
 
     def replay(self, entries: list[Any]) -> None: ...
+
+
+def _digest(raw: RawLine, broken: bool) -> bytes:
+    """A line's digest: its bytes and number, and for a line the reader could not join also its
+    byte offset (that line's quarantine row names the offset)."""
+    if raw.data is None:
+        return NO_DIGEST
+    tag = b"B%d:%d\n" % (raw.number, raw.offset) if broken else b"J%d\n" % raw.number
+    h = hashlib.blake2b(tag, digest_size=LINE_DIGEST)
+    h.update(raw.data)
+    return h.digest()
+
+
+def line_digest(raw: RawLine, item: ReaderItem) -> bytes:
+    """What a line's checkpoint entry depends on besides its evidence (and the export basis)."""
+    return _digest(raw, isinstance(item, Broken))
+
+
+def _unchanged(raw: RawLine, recorded: bytes) -> bool:
+    if not raw.terminated or raw.data is None or recorded == NO_DIGEST:
+        return False
+    return recorded == _digest(raw, False) or recorded == _digest(raw, True)
 
 
 def _row_entries(entries: Any) -> bool:
@@ -95,16 +137,18 @@ def export_basis(ws: Workspace, settings: Settings, kind: str, flags: dict[str, 
 
 
 class TailEvidence:
-    """Evidence for the lines a partition gained since its checkpoint: the mirror's appended lines
-    are read (once, validated) instead of the whole mirror. A key the prefix already had, or one
-    the mirror lacks, is asked of the full index, and the partition is then left without a
-    checkpoint (`unsure`), as a full read would be."""
+    """Evidence for the lines a partition gained or changed since its checkpoint, without reading
+    the whole mirror: a key the mirror's checkpointed prefix holds is found there (its lines parsed
+    as plain JSON once, only that key's validated), any other in the mirror's appended lines (read
+    once, validated). A key found in neither, or not where the checkpoint says, is asked of the full
+    index, and the partition is then left without a checkpoint (`unsure`), as a full read would be."""
 
     def __init__(self, index: EvidenceIndex, mirror: Path, known: np.ndarray, end: int, hasher: PrefixHash) -> None:
         self.index, self.mirror, self.known = index, mirror, known
         self.end = end
         self._hash = LineEndHash(hasher)
         self._tail: dict[tuple[str, str], EvidenceRecord] | None = None
+        self._prefix: dict[tuple[str, str], list[int]] | None = None  # key -> offsets of its prefix lines
         self.unsure = False
 
     def _known(self, run_id: str, sig: str) -> bool:
@@ -123,10 +167,41 @@ class TailEvidence:
                     self._tail.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
         return self._tail
 
+    def _in_prefix(self, run_id: str, sig: str) -> EvidenceRecord | None:
+        """The first valid record with this key in the mirror's prefix (the one a full read joins),
+        found by parsing the prefix's lines as plain JSON once and validating only this key's."""
+        if self._prefix is None:
+            self._prefix = {}
+            self.index.note_read(self.mirror)
+            for raw in iter_raw_lines(self.mirror):
+                if raw.offset >= self.end:
+                    break
+                if not (raw.terminated and raw.data and raw.data.strip()):
+                    continue
+                try:
+                    row = loads(raw.data)
+                    key = (row["run_id"], row["provenance"]["sig_hash"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(key[0], str) and isinstance(key[1], str):
+                    self._prefix.setdefault(key, []).append(raw.offset)
+        for offset in self._prefix.get((run_id, sig), []):
+            try:
+                return EvidenceRecord.model_validate(loads(read_line_at(self.mirror, offset)))
+            except (OSError, ValueError, ValidationError):
+                continue
+        return None
+
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
-        if mirror != self.mirror or self._known(run_id, sig):
+        if mirror != self.mirror:
             self.unsure = True
             return self.index.get(mirror, run_id, sig)
+        if self._known(run_id, sig):
+            found = self._in_prefix(run_id, sig)
+            if found is None:  # not where the checkpoint says: ask the full index, keep no checkpoint
+                self.unsure = True
+                found = self.index.get(mirror, run_id, sig)
+            return found
         found = self._records().get((run_id, sig))
         if found is None:
             self.unsure = True
@@ -172,7 +247,8 @@ class ExportCheckpoints:
         try:
             found = loads(payload)
             found["keys"] = _keys_array(found["mirror_keys"])
-            if not self._entries_ok(found["entries"]):
+            found["digests"] = base64.b64decode(found["line_digests"], validate=True)
+            if not self._entries_ok(found["entries"]) or len(found["digests"]) != LINE_DIGEST * len(found["entries"]):
                 return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
@@ -182,7 +258,7 @@ class ExportCheckpoints:
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, np.ndarray], entries: list[Any]) -> None:
+              mirror: tuple[int, str, np.ndarray], entries: list[Any], digests: bytes) -> None:
         if not self.writable:
             return
         sha = scored.hexdigest(scored_path)
@@ -190,7 +266,8 @@ class ExportCheckpoints:
             return
         end, mirror_sha, keys = mirror
         self._file.write(rel, {"end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end,
-                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys), "entries": entries})
+                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys), "entries": entries,
+                               "line_digests": base64.b64encode(digests).decode("ascii")})
 
     def save(self) -> None:
         if self.writable:
@@ -212,31 +289,98 @@ def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, n
 def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: PartitionExporter,
                      checkpoints: ExportCheckpoints) -> None:
     """One scored partition through the exporter: its checkpoint replayed and the lines after it
-    read, or all of it read; then its next checkpoint written (when one can be)."""
+    read; or, when the partition was rewritten (score re-scored some of its runs), the entries of
+    the lines that are as they were replayed and the others read; or all of it read. Then its next
+    checkpoint written (when one can be)."""
     rel = rel_path(ws, path)
     mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
     found = checkpoints.get(rel)
     if found is not None:
-        scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
-        mirror_hash = (PrefixHash.resume(mirror, found["mirror_end"], found["mirror_sha256"])
-                       if scored_hash is not None else None)
-        if scored_hash is not None and mirror_hash is not None and exporter.can_replay(found["entries"]):
-            exporter.replay(found["entries"])
+        mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_sha256"])
+        if mirror_hash is not None:
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
-            read = LineEndHash(scored_hash)
-            for item in iter_scored_file(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
-                exporter.feed(item)
-            entries = exporter.end_partition()
-            state = tail.mirror_state() or (found["mirror_end"], found["mirror_sha256"], found["keys"])
-            if entries is not None and not tail.unsure and not read.after_newline:
-                checkpoints.write(rel, scored=read, scored_path=path, lines=found["lines"] + read.newlines,
-                                  mirror=state, entries=entries)
+            scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
+            if scored_hash is not None and exporter.can_replay(found["entries"]):
+                _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
+            else:
+                _patch(ws, path, rel, found, tail, exporter, checkpoints)
             return
     index.fallback_used = False
     read = LineEndHash(PrefixHash())
-    for item in iter_scored_file(ws, index, path, on_chunk=read):
+    digests = bytearray()
+    for raw, item in iter_scored_lines(ws, index, path, on_chunk=read):
+        digests += line_digest(raw, item)
         exporter.feed(item)
     entries = exporter.end_partition()
     state = mirror_of_full_read(index, mirror)
     if entries is not None and state is not None and not index.fallback_used and not read.after_newline:
-        checkpoints.write(rel, scored=read, scored_path=path, lines=read.newlines, mirror=state, entries=entries)
+        checkpoints.write(rel, scored=read, scored_path=path, lines=read.newlines, mirror=state, entries=entries,
+                          digests=bytes(digests))
+
+
+def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: dict[str, Any], tail: TailEvidence,
+                 read: LineEndHash, lines: int, entries: list[Any] | None, digests: bytearray) -> None:
+    state = tail.mirror_state() or (found["mirror_end"], found["mirror_sha256"], found["keys"])
+    if entries is not None and not tail.unsure and not read.after_newline:
+        checkpoints.write(rel, scored=read, scored_path=path, lines=lines, mirror=state, entries=entries,
+                          digests=bytes(digests))
+
+
+def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence, scored_hash: PrefixHash,
+            exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
+    """The partition only grew: replay its checkpoint whole, read the lines after it."""
+    exporter.replay(found["entries"])
+    read = LineEndHash(scored_hash)
+    digests = bytearray(found["digests"])
+    for raw, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
+        digests += line_digest(raw, item)
+        exporter.feed(item)
+    _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, exporter.end_partition(),
+                 digests)
+
+
+def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence,
+           exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
+    """The partition was rewritten: every line whose digest (bytes, number, and offset for a line
+    that could not be joined) is the one recorded for the same row position gets its recorded entry
+    back, in runs the exporter accepts (`can_replay`, asked per run: what came before may have
+    changed it); every other line is read and joined. The entry of a row is a function of its line,
+    its evidence and the export basis, and the mirror's prefix is as it was, so this gives what
+    reading every line would."""
+    entries, recorded = found["entries"], found["digests"]
+    line = ScoredLineReader(ws, tail, path)
+    read = LineEndHash(PrefixHash())
+    digests = bytearray()
+    held: list[tuple[RawLine, int]] = []  # unchanged lines (and their entry) not yet replayed
+
+    def feed(raw: RawLine) -> None:
+        item = line.read(raw)
+        assert item is not None  # blank lines are skipped before
+        digests.extend(line_digest(raw, item))
+        exporter.feed(item)
+
+    def replay_held() -> None:
+        run = [entries[k] for _, k in held]
+        if run and exporter.can_replay(run):
+            exporter.replay(run)
+            for _, k in held:
+                digests.extend(recorded[k * LINE_DIGEST:(k + 1) * LINE_DIGEST])
+        else:
+            for raw, _ in held:
+                feed(raw)
+        held.clear()
+
+    k = 0  # row position: the k-th line that is not blank
+    for raw in iter_raw_lines(path, on_chunk=read):
+        if is_blank(raw):
+            continue
+        if k < len(entries) and _unchanged(raw, recorded[k * LINE_DIGEST:(k + 1) * LINE_DIGEST]):
+            held.append((raw, k))
+            if len(held) >= REPLAY_BATCH:
+                replay_held()
+        else:
+            replay_held()
+            feed(raw)
+        k += 1
+    replay_held()
+    _write_after(checkpoints, rel, path, found, tail, read, read.newlines, exporter.end_partition(), digests)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from distill.hashing import LineEndHash, PrefixHash
-from distill.jsonl import iter_raw_lines, loads, read_line_at
+from distill.jsonl import RawLine, iter_raw_lines, loads, read_line_at
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, ScoredRun, SourceRef
 from distill.workspace import Workspace, iter_partition_files
 
@@ -245,38 +245,69 @@ def iter_scored_file(
     on_chunk: Callable[[bytes], None] | None = None,
 ) -> Iterator[ReaderItem]:
     """Every line of one scored-run partition from `start` (a line start), joined or explained."""
-    rel = rel_path(ws, path)
-    source = path.stem
-    mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+    return (item for _, item in iter_scored_lines(ws, index, path, start=start, lines_before=lines_before,
+                                                  on_chunk=on_chunk))
+
+
+def iter_scored_lines(
+    ws: Workspace,
+    index: EvidenceLookup,
+    path: Path,
+    *,
+    start: int = 0,
+    lines_before: int = 0,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Iterator[tuple[RawLine, ReaderItem]]:
+    """iter_scored_file with each item's physical line (the export checkpoints digest it)."""
+    line = ScoredLineReader(ws, index, path)
     for raw in iter_raw_lines(path, start=start, lines_before=lines_before, on_chunk=on_chunk):
-        if raw.terminated and raw.data is not None and not raw.data.strip():
-            continue  # blank line: not a row
+        item = line.read(raw)
+        if item is not None:
+            yield raw, item
+
+
+def is_blank(raw: RawLine) -> bool:
+    """A blank line is not a row (no item, no quarantine row)."""
+    return raw.terminated and raw.data is not None and not raw.data.strip()
+
+
+class ScoredLineReader:
+    """Turns one physical line of a scored partition into what the exporters read: joined with its
+    evidence revision, or the reason it cannot be."""
+
+    def __init__(self, ws: Workspace, index: EvidenceLookup, path: Path) -> None:
+        self.index = index
+        self.rel = rel_path(ws, path)
+        self.source = path.stem
+        self.mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+
+    def read(self, raw: RawLine) -> ReaderItem | None:
+        """The line's item; None for a blank line."""
+        rel, source = self.rel, self.source
+        if is_blank(raw):
+            return None
         ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
         if not raw.terminated:
-            yield Broken(source, QuarantineReason.TORN_LINE, ["torn last line (no newline)"], ref,
-                         excerpt=_excerpt(raw.data or b""))
-            continue
+            return Broken(source, QuarantineReason.TORN_LINE, ["torn last line (no newline)"], ref,
+                          excerpt=_excerpt(raw.data or b""))
         if raw.data is None:
-            yield Broken(source, QuarantineReason.LINE_TOO_LONG, ["scored-run line too long"], ref)
-            continue
+            return Broken(source, QuarantineReason.LINE_TOO_LONG, ["scored-run line too long"], ref)
         try:
             row = loads(raw.data)
         except ValueError as exc:
-            yield Broken(source, QuarantineReason.SCHEMA_VIOLATION, [f"scored run is not JSON: {exc}"[:200]],
-                         ref, excerpt=_excerpt(raw.data))
-            continue
+            return Broken(source, QuarantineReason.SCHEMA_VIOLATION, [f"scored run is not JSON: {exc}"[:200]],
+                          ref, excerpt=_excerpt(raw.data))
         try:
             scored = ScoredRun.model_validate(row)
         except ValidationError as exc:
             reason, errors = _classify_invalid(row, exc)
             rid = row.get("evidence_run_id") if isinstance(row, dict) else None
-            yield Broken(source, reason, errors, ref, record_id=rid if isinstance(rid, str) else None,
-                         excerpt=_excerpt(raw.data))
-            continue
+            return Broken(source, reason, errors, ref, record_id=rid if isinstance(rid, str) else None,
+                          excerpt=_excerpt(raw.data))
         sig = scored.provenance.sig_hash
-        ev = index.get(mirror, scored.evidence_run_id, sig)
+        ev = self.index.get(self.mirror, scored.evidence_run_id, sig)
         if ev is None:
-            known = index.revisions(scored.evidence_run_id)
+            known = self.index.revisions(scored.evidence_run_id)
             msg = (
                 f"no evidence revision of run {scored.evidence_run_id} with sig_hash {sig[:12]}"
                 f" (known revisions: {', '.join(s[:12] for s in known)})"
@@ -284,7 +315,7 @@ def iter_scored_file(
                 else f"evidence run {scored.evidence_run_id} not found"
             )
             p = scored.provenance
-            yield Broken(
+            return Broken(
                 scored.source,
                 QuarantineReason.MISSING_SOURCE_RUN_ID,
                 [msg],
@@ -293,5 +324,4 @@ def iter_scored_file(
                 record_id=scored.evidence_run_id,
                 detail={"scored_file": rel, "scored_line": raw.number, "category": scored.category.value},
             )
-            continue
-        yield Joined(scored=scored, evidence=ev, scored_file=rel, scored_line=raw.number)
+        return Joined(scored=scored, evidence=ev, scored_file=rel, scored_line=raw.number)
