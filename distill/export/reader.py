@@ -232,21 +232,7 @@ def _classify_invalid(row: Any, exc: ValidationError) -> tuple[QuarantineReason,
 def iter_scored(ws: Workspace, index: EvidenceIndex) -> Iterator[ReaderItem]:
     """Every line of every scored-run partition (sorted), joined or explained."""
     for path in iter_partition_files(ws.scored_dir):
-        yield from iter_scored_file(ws, index, path)
-
-
-def iter_scored_file(
-    ws: Workspace,
-    index: EvidenceLookup,
-    path: Path,
-    *,
-    start: int = 0,
-    lines_before: int = 0,
-    on_chunk: Callable[[bytes], None] | None = None,
-) -> Iterator[ReaderItem]:
-    """Every line of one scored-run partition from `start` (a line start), joined or explained."""
-    return (item for _, item in iter_scored_lines(ws, index, path, start=start, lines_before=lines_before,
-                                                  on_chunk=on_chunk))
+        yield from (item for _, item in iter_scored_lines(ws, index, path))
 
 
 def iter_scored_lines(
@@ -258,7 +244,8 @@ def iter_scored_lines(
     lines_before: int = 0,
     on_chunk: Callable[[bytes], None] | None = None,
 ) -> Iterator[tuple[RawLine, ReaderItem]]:
-    """iter_scored_file with each item's physical line (the export checkpoints digest it)."""
+    """Every line of one scored-run partition from `start` (a line start), joined or explained,
+    with its physical line (the export checkpoints digest it)."""
     line = ScoredLineReader(ws, index, path)
     for raw in iter_raw_lines(path, start=start, lines_before=lines_before, on_chunk=on_chunk):
         item = line.read(raw)
