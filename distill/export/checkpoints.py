@@ -44,6 +44,7 @@ from distill.export.reader import (
     evidence_records,
     is_blank,
     iter_scored_lines,
+    keyed_evidence_lines,
     rel_path,
 )
 from distill.export.scored_index import key_digest
@@ -173,18 +174,9 @@ class TailEvidence:
         if self._prefix is None:
             self._prefix = {}
             self.index.note_read(self.mirror)
-            for raw in iter_raw_lines(self.mirror):
-                if raw.offset >= self.end:
-                    break
-                if not (raw.terminated and raw.data and raw.data.strip()):
-                    continue
-                try:
-                    row = loads(raw.data)
-                    key = (row["run_id"], row["provenance"]["sig_hash"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+            for offset, key, _ in keyed_evidence_lines(self.mirror, end=self.end):
                 if isinstance(key[0], str) and isinstance(key[1], str):
-                    self._prefix.setdefault(key, []).append(raw.offset)
+                    self._prefix.setdefault(key, []).append(offset)
         for offset in self._prefix.get((run_id, sig), []):
             try:
                 return EvidenceRecord.model_validate(loads(read_line_at(self.mirror, offset)))

@@ -174,6 +174,23 @@ class EvidenceIndex:
         return self._revisions.get(run_id, [])
 
 
+def keyed_evidence_lines(path: Path, *, end: int | None = None) -> Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]]:
+    """(offset, (run_id, sig_hash) as the JSON has them, the parsed line) for every line of an
+    evidence file (those starting before byte `end`) that is a JSON object with a provenance
+    object: a lookup by key parses every line but validates only the lines whose key matches."""
+    for raw in iter_raw_lines(path):
+        if end is not None and raw.offset >= end:
+            return
+        if not (raw.terminated and raw.data and raw.data.strip()):
+            continue
+        try:
+            row = loads(raw.data)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(prov := row.get("provenance"), dict):
+            yield raw.offset, (row.get("run_id"), prov.get("sig_hash")), row
+
+
 def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | None:
     """The text of the evidence revision `key` as the join finds it in the mirror of a scored
     partition (ROOT-relative `scored_file`): the first valid record with that key. A line is
@@ -184,19 +201,13 @@ def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | 
         return None  # not a scored partition (a damaged checkpoint): the caller says so
     if ".." in part.parts or not part.parts:
         return None
-    mirror = ws.evidence_dir / part
-    run_id, sig = key
     try:
-        for raw in iter_raw_lines(mirror):
-            if not (raw.terminated and raw.data and raw.data.strip()):
+        for _, found, row in keyed_evidence_lines(ws.evidence_dir / part):
+            if found != key:
                 continue
             try:
-                row = loads(raw.data)
-                if not (isinstance(row, dict) and row.get("run_id") == run_id
-                        and isinstance(row.get("provenance"), dict) and row["provenance"].get("sig_hash") == sig):
-                    continue
                 ev = EvidenceRecord.model_validate(row)
-            except (ValueError, ValidationError):
+            except ValidationError:
                 continue
             if (ev.run_id, ev.provenance.sig_hash) == key:
                 return ev.text
