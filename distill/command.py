@@ -50,6 +50,8 @@ def open_workspace(root: Path | None, *, must_exist: bool = True, sources: bool 
     """The workspace and its settings. `sources`: the command reads the source streams, so the
     directory must be a workspace (have _kb/), not just any directory it would fill with outputs."""
     ws = Workspace.resolve(root)
+    if must_exist and ws.root.exists() and not ws.root.is_dir():
+        raise UsageError(f"workspace {ws.root} is a file, not a directory (pass the workspace directory as --root)")
     if must_exist and not ws.root.is_dir():
         raise UsageError(f"workspace {ws.root} does not exist (create one with `distill init DIR --sample`)")
     if sources and not ws.kb_dir.is_dir():

@@ -33,12 +33,26 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range for a double")
+    return number
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON value; falls back to the stdlib for what orjson refuses (big ints)."""
+    """Parse one JSON value; falls back to the stdlib for what orjson refuses (integers beyond
+    64 bits), but not for NaN, Infinity or a float that overflows: orjson refuses those as not
+    JSON, and accepting them would also make rows that differ only there hash alike (canonical
+    JSON writes each as null)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json_constant, parse_float=_finite_float)
 
 
 class RawLine(NamedTuple):

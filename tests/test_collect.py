@@ -149,3 +149,22 @@ def test_every_row_is_valid_evidence(ws: Workspace) -> None:
     run_collect(ws, Settings(), sources=[STREAM])
     rows = [EvidenceRecord.model_validate(r) for p in iter_partition_files(ws.evidence_dir) for r in iter_json(p)]
     assert sorted(r.run_id for r in rows) == [f"reviews:r{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-2.5e400"])
+def test_a_non_json_number_is_quarantined_not_taken_for_null(tmp_path: Path, literal: bytes) -> None:
+    """NaN / Infinity / an overflowing float are not JSON; read as floats they canonicalise to null,
+    so the row would share its sig_hash (and evidence key) with a twin holding null and be
+    deduped against it instead of standing on its own."""
+    w = Workspace(tmp_path)
+    w.kb_dir.mkdir(parents=True)
+    twin = _row(1, cost=None)
+    hostile = twin.replace(b'"cost": null', b'"cost": ' + literal)
+    assert hostile != twin
+    (w.kb_dir / "reviews.jsonl").write_bytes(twin + b"\n" + hostile + b"\n")
+    report = run_collect(w, Settings(), sources=[STREAM])
+    c = report.by_source["reviews"]
+    assert (c.rows_in, c.written, c.deduped, c.quarantined) == (2, 1, 0, 1)
+    (q,) = iter_json(w.quarantine_path("collect"))
+    assert q["reason"] == "malformed_json" and q["source_ref"]["line_number"] == 2
+    assert "not JSON" in q["errors"][0] or "out of range" in q["errors"][0]

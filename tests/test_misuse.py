@@ -286,6 +286,13 @@ def test_9_a_directory_without_kb_is_not_a_workspace(tmp_path: Path) -> None:
     assert list(empty.iterdir()) == []  # nothing created there
 
 
+def test_9_a_file_given_as_the_workspace_is_named_as_a_file(tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    assert "is a file, not a directory" in one_line_error(run_cli([*DISTILL, "run", "--root", str(afile)]))
+    assert afile.read_text() == "x"
+
+
 def test_9_a_byte_order_mark_does_not_cost_the_first_row(tmp_path: Path) -> None:
     root = _workspace(tmp_path / "ws", rows=5)
     plain = run_cli([*DISTILL, "collect", "--root", str(root), "--dry-run", "--json"])
