@@ -1,8 +1,9 @@
 """The export's speed/memory measures must not change what it decides.
 
 - SecretScanner's per-line memo (bounded LRU) gives exactly the hits of an unmemoised scan.
-- EvidenceIndex holds one evidence partition at a time; the fallback index reads records back
-  from (file, offset) and joins the same records the full load did.
+- EvidenceIndex holds one evidence partition at a time, as offsets (EvidenceOffsets): every
+  lookup finds the record a load of every record would have kept; the fallback index reads
+  records back from (file, offset) and joins the same records the full load did.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distill.secrets import SecretScanner
-from distill.export.reader import EvidenceIndex, Joined, iter_scored
+from distill.export.reader import EvidenceIndex, EvidenceOffsets, Joined, evidence_records, iter_scored
 from distill.workspace import Workspace, iter_partition_files
 from tests.export_helpers import AWS_KEY, GITHUB_TOKEN, PRIVATE_KEY_BLOCK, SLACK_TOKEN, STRIPE_KEY
 
@@ -110,18 +111,55 @@ def test_evidence_index_holds_one_partition(sample_ws):
         if isinstance(item, Joined):
             joined += 1
         if index._current is not None:
-            held.add(index._current[0])
+            held.add(index._current.path)
     assert joined > 0
     assert len(held) == len(list(iter_partition_files(sample_ws.scored_dir))) > 1
     assert index._global is None  # every sample run joins in its mirror partition
+
+
+def _first_valid_records(path: Path) -> dict[tuple[str, str], object]:
+    """The reference: every valid record loaded, the first one per key kept (what the index held
+    before it held offsets)."""
+    records: dict[tuple[str, str], object] = {}
+    for _, ev in evidence_records(path):
+        records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+    return records
+
+
+def test_evidence_offsets_find_the_records_a_full_load_keeps(sample_ws, tmp_path):
+    """Offsets instead of records: on every sample partition, and on one with the hostile lines an
+    evidence file can hold (a revision whose first copy is invalid, a key that is not a string,
+    junk, a blank line, a torn tail), each key finds the same record and no other key finds one."""
+    import json
+
+    files = list(iter_partition_files(sample_ws.evidence_dir))
+    good = [json.loads(line) for line in max(files, key=lambda f: f.stat().st_size).read_text().splitlines()[:3]]
+    assert len(good) == 3
+    broken_first = dict(good[1], text=42)  # same key as good[1], not an EvidenceRecord
+    not_str = dict(good[2], run_id=7)
+    lines = [json.dumps(broken_first), json.dumps(good[0]), "{junk", "", json.dumps(not_str), json.dumps(good[1]),
+             json.dumps(dict(good[0], text="a later copy of the same revision")), "[1, 2]", json.dumps(good[2])]
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text("\n".join(lines) + "\n" + json.dumps(good[2])[:40])
+    for path in [*files, hostile]:
+        want = _first_valid_records(path)
+        offsets = EvidenceOffsets(path)
+        try:
+            assert {k: offsets.get(k) for k in offsets.keys() if offsets.get(k) is not None} == want
+            assert set(want) <= set(offsets.keys())
+            assert offsets.get(("nope", "0" * 64)) is None
+        finally:
+            offsets.close()
+    assert len(_first_valid_records(hostile)) == 3
 
 
 def test_evidence_fallback_reads_the_same_record(sample_ws):
     files = list(iter_partition_files(sample_ws.evidence_dir))
     full = EvidenceIndex(sample_ws)
     a, b = files[0], files[1]
-    rec_b = next(iter(full._load(b).values()))
-    key = (rec_b.run_id, rec_b.provenance.sig_hash)
+    key = full._load(b).keys()[0]
+    rec_b = full._load(b).get(key)
+    assert rec_b is not None and (rec_b.run_id, rec_b.provenance.sig_hash) == key
     index = EvidenceIndex(sample_ws)
     # asked under the wrong mirror: the fallback finds it in b by offset
     got = index.get(a, *key)

@@ -32,24 +32,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
 from distill.export.reader import (
     Broken,
     EvidenceIndex,
+    EvidenceOffsets,
     ReaderItem,
     ScoredLineReader,
-    evidence_records,
     is_blank,
     iter_scored_lines,
-    keyed_evidence_lines,
     rel_path,
 )
 from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import RawLine, iter_raw_lines, loads, read_line_at
+from distill.jsonl import RawLine, iter_raw_lines, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
@@ -148,8 +146,8 @@ class TailEvidence:
         self.index, self.mirror, self.known = index, mirror, known
         self.end = end
         self._hash = LineEndHash(hasher)
-        self._tail: dict[tuple[str, str], EvidenceRecord] | None = None
-        self._prefix: dict[tuple[str, str], list[int]] | None = None  # key -> offsets of its prefix lines
+        self._tail: EvidenceOffsets | None = None  # the mirror's lines after `end`
+        self._prefix: EvidenceOffsets | None = None  # the mirror's checkpointed prefix
         self.unsure = False
 
     def _known(self, run_id: str, sig: str) -> bool:
@@ -159,30 +157,25 @@ class TailEvidence:
         at = min(int(np.searchsorted(self.known, probe)), len(self.known) - 1)
         return bool(self.known[at] == probe)
 
-    def _records(self) -> dict[tuple[str, str], EvidenceRecord]:
+    def _records(self) -> EvidenceOffsets:
         if self._tail is None:
-            self._tail = {}
             if self.mirror.is_file():
                 self.index.note_read(self.mirror)
-                for _, ev in evidence_records(self.mirror, start=self.end, on_chunk=self._hash):
-                    self._tail.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+            self._tail = EvidenceOffsets(self.mirror, start=self.end, on_chunk=self._hash)
         return self._tail
 
     def _in_prefix(self, run_id: str, sig: str) -> EvidenceRecord | None:
         """The first valid record with this key in the mirror's prefix (the one a full read joins),
         found by parsing the prefix's lines as plain JSON once and validating only this key's."""
         if self._prefix is None:
-            self._prefix = {}
             self.index.note_read(self.mirror)
-            for offset, key, _ in keyed_evidence_lines(self.mirror, end=self.end):
-                if isinstance(key[0], str) and isinstance(key[1], str):
-                    self._prefix.setdefault(key, []).append(offset)
-        for offset in self._prefix.get((run_id, sig), []):
-            try:
-                return EvidenceRecord.model_validate(loads(read_line_at(self.mirror, offset)))
-            except (OSError, ValueError, ValidationError):
-                continue
-        return None
+            self._prefix = EvidenceOffsets(self.mirror, end=self.end)
+        return self._prefix.get((run_id, sig))
+
+    def close(self) -> None:
+        for offsets in (self._tail, self._prefix):
+            if offsets is not None:
+                offsets.close()
 
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         if mirror != self.mirror:
@@ -210,7 +203,7 @@ class TailEvidence:
         sha = self._hash.hexdigest(self.mirror)
         if sha is None:
             return None
-        tail = np.array([key_digest(*k) for k in self._tail], dtype="S16")
+        tail = np.array([key_digest(*k) for k in self._tail.keys()], dtype="S16")
         return self._hash.end, sha, np.concatenate((self.known, tail))
 
 
@@ -292,10 +285,13 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
         if mirror_hash is not None:
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
             scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
-            if scored_hash is not None and exporter.can_replay(found["entries"]):
-                _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
-            else:
-                _patch(ws, path, rel, found, tail, exporter, checkpoints)
+            try:
+                if scored_hash is not None and exporter.can_replay(found["entries"]):
+                    _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
+                else:
+                    _patch(ws, path, rel, found, tail, exporter, checkpoints)
+            finally:
+                tail.close()
             return
     index.fallback_used = False
     read = LineEndHash(PrefixHash())

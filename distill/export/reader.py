@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -94,14 +94,15 @@ class EvidenceIndex:
     miss falls back to every evidence file once, so a scored run whose evidence landed in
     another partition still joins. Lines that do not parse as EvidenceRecord are not data.
 
-    Memory stays bounded by one partition: scored partitions are read in order and mirror
-    evidence partitions 1:1, so only the current mirror's records are held. The fallback keeps
-    just where each record lives (file, byte offset) and reads a record back when asked.
+    Memory holds where records are, never the records: scored partitions are read in order and
+    mirror evidence partitions 1:1, so only the current mirror's offsets are held (a record is
+    read back and validated when its scored line asks for it: one busy day's partition can be
+    most of the workspace). The fallback likewise keeps (file, byte offset) per record.
     """
 
     def __init__(self, ws: Workspace) -> None:
         self._ws = ws
-        self._current: tuple[Path, dict[tuple[str, str], EvidenceRecord]] | None = None
+        self._current: EvidenceOffsets | None = None  # the mirror partition held now
         self._global: dict[tuple[str, str], tuple[Path, int]] | None = None
         self._revisions: dict[str, list[str]] | None = None
         self._read: set[Path] = set()
@@ -114,21 +115,23 @@ class EvidenceIndex:
             self._read.add(path)
             self.files_read.append(path)
 
-    def _load(self, path: Path) -> dict[tuple[str, str], EvidenceRecord]:
-        if self._current is not None and self._current[0] == path:
-            return self._current[1]
-        self._current = None  # drop the previous partition before reading the next one
+    def _load(self, path: Path) -> EvidenceOffsets:
+        if self._current is not None and self._current.path == path:
+            return self._current
+        if self._current is not None:  # drop the previous partition before reading the next one
+            self._current.close()
+        self._current = None
         self.loaded_to = None
-        records: dict[tuple[str, str], EvidenceRecord] = {}
         if path.is_file():
             self.note_read(path)
             read = LineEndHash(PrefixHash())  # the export checkpoints keep where each mirror's prefix ends
-            for _, ev in evidence_records(path, on_chunk=read):
-                records.setdefault((ev.run_id, ev.provenance.sig_hash), ev)
+            offsets = EvidenceOffsets(path, on_chunk=read)
             sha = read.hexdigest(path)
             self.loaded_to = (read.end, sha) if sha is not None else None
-        self._current = (path, records)
-        return records
+        else:
+            offsets = EvidenceOffsets(path)
+        self._current = offsets
+        return offsets
 
     def elsewhere(self, run_id: str, sig: str) -> EvidenceRecord | None:
         """The revision from any evidence partition (what a miss in the mirror falls back to)."""
@@ -160,13 +163,17 @@ class EvidenceIndex:
 
     def mirror_keys(self, mirror: Path) -> list[tuple[str, str]] | None:
         """The keys of the valid records of `mirror` when it is the partition held now."""
-        if self._current is None or self._current[0] != mirror:
+        if self._current is None or self._current.path != mirror:
             return None
-        return list(self._current[1])
+        return self._current.keys()
 
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         found = self._load(mirror).get((run_id, sig))
         return found if found is not None else self.elsewhere(run_id, sig)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
 
     def revisions(self, run_id: str) -> list[str]:
         self._load_all()
@@ -174,11 +181,14 @@ class EvidenceIndex:
         return self._revisions.get(run_id, [])
 
 
-def keyed_evidence_lines(path: Path, *, end: int | None = None) -> Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]]:
+def keyed_evidence_lines(path: Path, *, start: int = 0, end: int | None = None,
+                         on_chunk: Callable[[bytes], None] | None = None,
+                         ) -> Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]]:
     """(offset, (run_id, sig_hash) as the JSON has them, the parsed line) for every line of an
-    evidence file (those starting before byte `end`) that is a JSON object with a provenance
-    object: a lookup by key parses every line but validates only the lines whose key matches."""
-    for raw in iter_raw_lines(path):
+    evidence file (those from byte `start` that start before byte `end`) that is a JSON object
+    with a provenance object: a lookup by key parses every line but validates only the lines
+    whose key matches."""
+    for raw in iter_raw_lines(path, start=start, on_chunk=on_chunk):
         if end is not None and raw.offset >= end:
             return
         if not (raw.terminated and raw.data and raw.data.strip()):
@@ -189,6 +199,59 @@ def keyed_evidence_lines(path: Path, *, end: int | None = None) -> Iterator[tupl
             continue
         if isinstance(row, dict) and isinstance(prov := row.get("provenance"), dict):
             yield raw.offset, (row.get("run_id"), prov.get("sig_hash")), row
+
+
+class EvidenceOffsets:
+    """Where each key's lines are in one evidence file (from byte `start`, those starting before
+    `end`), found by parsing the lines as plain JSON; `get` reads back and validates only that
+    key's lines, so the first one that is a valid EvidenceRecord is the record a load of every
+    record would have kept, and memory holds offsets whatever the file's size."""
+
+    def __init__(self, path: Path, *, start: int = 0, end: int | None = None,
+                 on_chunk: Callable[[bytes], None] | None = None) -> None:
+        self.path = path
+        self._where: dict[tuple[str, str], int | list[int]] = {}
+        self._fh: IO[bytes] | None = None
+        if path.is_file():
+            for offset, key, _ in keyed_evidence_lines(path, start=start, end=end, on_chunk=on_chunk):
+                if isinstance(key[0], str) and isinstance(key[1], str):
+                    found = self._where.get(key)
+                    if found is None:
+                        self._where[key] = offset
+                    elif isinstance(found, int):
+                        self._where[key] = [found, offset]
+                    else:
+                        found.append(offset)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every key a line names (a line that then fails validation included: `get` finds no
+        record for it, as a lookup of a key no line names finds none)."""
+        return list(self._where)
+
+    def get(self, key: tuple[str, str]) -> EvidenceRecord | None:
+        found = self._where.get(key)
+        if found is None:
+            return None
+        for offset in (found,) if isinstance(found, int) else found:
+            try:
+                ev = EvidenceRecord.model_validate(loads(self._line(offset)))
+            except (OSError, ValueError, ValidationError):
+                continue
+            if (ev.run_id, ev.provenance.sig_hash) == key:
+                return ev
+        return None
+
+    def _line(self, offset: int) -> bytes:
+        if self._fh is None:
+            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close(); lookups are mostly in file order
+        self._fh.seek(offset)
+        line = self._fh.readline()
+        return line[:-1] if line.endswith(b"\n") else line
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | None:

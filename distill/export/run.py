@@ -109,6 +109,7 @@ def run_export(
     staged = (Path(tempfile.gettempdir()) if dry_run else target.parent) / f".{target.name}.{os.getpid()}.new"
     staged.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        stack.callback(index.close)
         sample_sink = stack.enter_context(_staging(staged))
         quarantine_sink: IO[bytes] = stack.enter_context(open(os.devnull, "wb") if dry_run else atomic_writer(qpath))
 
