@@ -14,13 +14,16 @@ the outputs are the bytes a full pass writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from distill import __version__
 from distill.config import Settings
@@ -61,15 +64,18 @@ def _read_rows(
     resume_at: ReadProgress | None = None,
     progress: ReadProgress | None = None,
     on_chunk: Callable[[bytes], None] | None = None,
-) -> list[tuple[int, EvidenceRecord]]:
+    end: int | None = None,
+) -> Iterator[tuple[int, EvidenceRecord]]:
     """(byte offset, record) of every valid evidence line of one partition file, from `resume_at`
-    on; the other lines become quarantine rows. `progress` follows the whole lines read."""
-    rows: list[tuple[int, EvidenceRecord]] = []
+    on (the lines starting before `end`, when given), one at a time: a partition can be most of
+    the workspace. The other lines become quarantine rows. `progress` follows the whole lines read."""
     rel = ws.relative(path)
     start = resume_at or ReadProgress()
     if progress is not None:
         progress.end, progress.lines = start.end, start.lines
     for raw in iter_raw_lines(path, start=start.end, lines_before=start.lines, on_chunk=on_chunk):
+        if end is not None and raw.offset >= end:
+            return
         if progress is not None and raw.terminated:
             progress.end, progress.lines = raw.offset + raw.length + 1, raw.number
         if raw.data is not None and not raw.data.strip():
@@ -79,10 +85,85 @@ def _read_rows(
             problems.append(_problem(QuarantineReason.TORN_LINE, "unterminated last line in evidence", ref, raw.data))
             continue
         try:
-            rows.append((raw.offset, EvidenceRecord.model_validate_json(raw.data or b"")))
+            ev = EvidenceRecord.model_validate_json(raw.data or b"")
         except ValueError as exc:
             problems.append(_problem(QuarantineReason.SCHEMA_VIOLATION, f"not EvidenceRecord v1: {str(exc)[:200]}", ref, raw.data))
-    return rows
+            continue
+        yield raw.offset, ev
+
+
+@dataclass
+class _MirrorNow:
+    """The mirror partition as it is before this run: read once, held as digests of its lines
+    (what `deduped` asks) and the sha256 of its bytes, never as its lines."""
+
+    sha256: str | None = None  # None: no file
+    size: int = 0
+    lines: int = 0  # newline-terminated lines
+    digests: set[bytes] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, target: Path) -> _MirrorNow:
+        if not target.exists():
+            return cls()
+        sha = hashlib.sha256()
+        found = cls(size=0)
+        for raw in iter_raw_lines(target, on_chunk=sha.update):
+            if raw.terminated:
+                found.lines += 1
+                found.digests.add(_line_digest(raw.data or b""))
+        found.sha256 = sha.hexdigest()
+        found.size = target.stat().st_size
+        return found
+
+
+def _line_digest(line: bytes) -> bytes:
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+class _MirrorOut:
+    """The new mirror partition, streamed through a temp file and hashed as it goes; it replaces
+    the old one only when the bytes differ, so an unchanged partition keeps its bytes and mtime."""
+
+    def __init__(self, target: Path, *, write: bool) -> None:
+        self.target = target
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._tmp: Path | None = None
+        self._fh: IO[bytes] | None = None
+        if write:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+            self._fh = os.fdopen(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
+
+    def add(self, line: bytes) -> None:
+        data = line + b"\n"
+        self.sha.update(data)
+        self.size += len(data)
+        if self._fh is not None:
+            self._fh.write(data)
+
+    def commit(self, before: _MirrorNow) -> None:
+        if self._fh is None or self._tmp is None:
+            return
+        fh, tmp = self._fh, self._tmp
+        self._fh = self._tmp = None
+        if before.sha256 == self.sha.hexdigest() and before.size == self.size and self.target.exists():
+            fh.close()
+            tmp.unlink()
+            return
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(tmp, self.target)
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+        self._fh = self._tmp = None
 
 
 def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes | None) -> QuarantineRecord:
@@ -136,7 +217,7 @@ class _Partition:
     resumed: bool = False  # its checkpoint held in pass 1 (read again in pass 2)
     hashed: PrefixHash = field(default_factory=PrefixHash)  # every byte read, from offset 0
     progress: ReadProgress = field(default_factory=ReadProgress)
-    new_rows: list[tuple[int, EvidenceRecord]] = field(default_factory=list)
+    resumed_at: ReadProgress | None = None  # where its checkpointed prefix ends (the new rows start)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
     parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
     todo: int = 0  # bytes pass 2 will read: what a pool of processes balances on
@@ -179,63 +260,81 @@ class _PartitionScorer:
         self.scanner: Any = None  # made on first need, once per process
 
     def __call__(self, i: int) -> _Scored:
+        """Streams: the partition's rows are read, scored and written one at a time (its new rows
+        read again from where pass 1 found them), so memory holds one row, whatever its size."""
         ws, settings, parents, book = self.ws, self.settings, self.parents, self.book
         part = self.parts[i]
         path = part.path
         target = mirror_path(ws, path)
-        before = target.read_bytes() if target.exists() else None
         # only newline-terminated lines count as present (a torn tail is not a scored row)
-        existing_lines = (before or b"").split(b"\n")[:-1]
-        existing = set(existing_lines)
+        before = _MirrorNow.read(target)
         cp = book.get(part.rel) if book is not None and part.resumed else None
         kept = cp.category_list() if cp is not None else None
-        lines: list[bytes] = []
+        out = _MirrorOut(target, write=not self.dry_run)
         categories: list[str] = []
+        deduped: list[bool] = []
         extraction: list[ExtractionEntry] = []
         old_problems: list[str] = []
         fresh: list[QuarantineRecord] = []
-        if (cp is not None and kept is not None and before is not None and len(kept) == len(existing_lines)
-                and hashlib.sha256(before).hexdigest() == cp.scored_sha256):
-            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-            lines, categories = existing_lines, kept
-            for index, offset, task, category in cp.extraction:
-                if book is not None and self.task_digest(task) != book.task_parents.get(task):
-                    ev = EvidenceRecord.model_validate_json(read_line_at(path, offset))
-                    run = score_one(ev, parents, settings)
-                    lines[index] = dumps(run.to_json_dict())
-                    category = categories[index] = run.category.value
-                extraction.append((index, offset, task, category))
-            old_problems, fresh, rows = cp.problems, part.new_problems, part.new_rows
-        else:
-            part.hashed, part.progress = PrefixHash(), ReadProgress()
-            rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
-            if part.resumed:  # the evidence prefix held but the mirror file did not: parents come from the read
-                part.parents = [p for _, ev in rows if (p := parent_of(ev, settings)) is not None]
-        part.new_rows, part.new_problems = [], []
-        for offset, ev in rows:
-            run = score_one(ev, parents, settings)
-            lines.append(dumps(run.to_json_dict()))
-            categories.append(run.category.value)
-            if ev.score_class is ScoreClass.EXTRACTION:
-                extraction.append((len(lines) - 1, offset, ev.task_id, run.category.value))
+
+        def emit(line: bytes, category: str) -> None:
+            out.add(line)
+            categories.append(category)
+            deduped.append(_line_digest(line) in before.digests)
+
+        reread_parents = False  # the evidence prefix held but the mirror file did not: parents come from the read
+        try:
+            if (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
+                    and len(kept) == before.lines and before.sha256 == cp.scored_sha256):
+                # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
+                again: dict[int, tuple[int, str]] = {}  # line index -> (evidence offset, task)
+                for index, offset, task, category in cp.extraction:
+                    if book is not None and self.task_digest(task) != book.task_parents.get(task):
+                        again[index] = (offset, task)
+                    else:
+                        extraction.append((index, offset, task, category))
+                for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
+                    line, category = raw.data or b"", kept[index]
+                    if index in again:
+                        offset, task = again[index]
+                        run = score_one(EvidenceRecord.model_validate_json(read_line_at(path, offset)), parents, settings)
+                        line, category = dumps(run.to_json_dict()), run.category.value
+                        extraction.append((index, offset, task, category))
+                    emit(line, category)
+                extraction.sort(key=lambda e: e[0])
+                old_problems, fresh = cp.problems, part.new_problems
+                rows = _read_rows(path, ws, [], resume_at=part.resumed_at, end=part.progress.end)
+            else:
+                part.hashed, part.progress = PrefixHash(), ReadProgress()
+                rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
+                if part.resumed:
+                    reread_parents, part.parents = True, []
+            part.new_problems = []
+            for offset, ev in rows:
+                if reread_parents and (found := parent_of(ev, settings)) is not None:
+                    part.parents.append(found)
+                run = score_one(ev, parents, settings)
+                emit(dumps(run.to_json_dict()), run.category.value)
+                if ev.score_class is ScoreClass.EXTRACTION:
+                    extraction.append((len(categories) - 1, offset, ev.task_id, run.category.value))
+            out.commit(before)
+        finally:
+            out.discard()
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner()
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
-        payload = b"".join(line + b"\n" for line in lines)
-        if not self.dry_run:
-            write_if_changed(target, payload, current=before)
         checkpoint = None
         if book is not None and (sha := part.prefix_sha256()) is not None:
             checkpoint = {
                 "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
-                "scored_sha256": hashlib.sha256(payload).hexdigest(),
+                "scored_sha256": out.sha.hexdigest(),
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
                 "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
                 "parents": [_entry(p) for p in part.parents], "extraction": extraction,
             }
         part.parents = []
-        return _Scored(problems=mine, categories=categories, deduped=[line in existing for line in lines],
+        return _Scored(problems=mine, categories=categories, deduped=deduped,
                        checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
 
 
@@ -264,16 +363,17 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             except ValueError:  # not what this code writes: score the partition from the start
                 part.resumed, part.hashed, part.parents = False, PrefixHash(), []
         if part.resumed:
-            part.new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
-                                       resume_at=ReadProgress(cp.end, cp.lines))
-            part.parents.extend(p for _, ev in part.new_rows if (p := parent_of(ev, settings)) is not None)
+            part.resumed_at = ReadProgress(cp.end, cp.lines)
+            new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
+                                  resume_at=part.resumed_at)
+            part.parents.extend(p for _, ev in new_rows if (p := parent_of(ev, settings)) is not None)
             part.todo = part.progress.end - cp.end + 1
         else:
             part.todo = path.stat().st_size + 1
     unread = [part for part in parts if not part.resumed]
 
     def parents_in(i: int) -> list[ParentRun]:
-        # read again in pass 2: memory holds one partition's rows, not all
+        # read again in pass 2: memory holds one row at a time, not a partition
         return [p for _, ev in _read_rows(unread[i].path, ws, []) if (p := parent_of(ev, settings)) is not None]
 
     weights = [part.todo for part in unread]
