@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def markdown(r: dict[str, Any]) -> str:
            + ", ".join(f"{s} {p['cpu_s'] / 60:,.0f} CPU-min / {p['peak_rss_bytes'] / 2**30:,.1f} GiB"
                        for s, p in r["projection_1m"].items())] if r.get("projection_1m") else []),
         f"- target size 1,000,000 rows: {'run' if r['rows'] >= 1_000_000 else 'NOT run at this size (' + r['rows_note'] + ')'}",
+        *([f"- dates: {r['dates']}"] if r.get("dates") else []),
         f"- machine: {r['machine']['cpu_count']} CPUs, load {r['machine']['loadavg_at_start']}, "
         f"children at nice {r['nice']}; commit {r['machine']['git_commit']}",
     ]
@@ -282,6 +284,25 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+ONE_DAY = "every ISO timestamp on 2026-03-15"
+_ISO_DATE = re.compile(rb'"20\d\d-\d\d-\d\dT')
+
+
+def onto_one_day(kb: Path) -> int:
+    """Rewrite each source file line by line with every ISO timestamp's date set to 2026-03-15
+    (times kept; epoch-number timestamps stay where they are). Returns the bytes written."""
+    from distill.jsonl import atomic_writer, iter_raw_lines
+
+    total = 0
+    for path in sorted(kb.glob("*.jsonl")):
+        with atomic_writer(path) as out:
+            for raw in iter_raw_lines(path):
+                line = _ISO_DATE.sub(b'"2026-03-15T', raw.data or b"") + (b"\n" if raw.terminated else b"")
+                out.write(line)
+                total += len(line)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="source rows to generate (default 1,000,000)")
@@ -293,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the profile of the slowest stage")
     ap.add_argument("--name", help="result file stem (default pipeline / pipeline_quick)")
     ap.add_argument("--rows-note", default="", help="why this N (recorded in the results)")
+    ap.add_argument("--one-day", action="store_true",
+                    help="move every ISO timestamp onto one date (a bulk import of one busy day): evidence is "
+                         "partitioned per source per day, so each partition holds about N/12 rows and a stage "
+                         "that holds a partition shows it in its peak RSS")
     ap.add_argument("--rerender", type=Path, help="recompute targets, markdown and plot from a results JSON")
     # child mode
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
@@ -321,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         gen = generate.write_scaled(ws_root / "_kb", rows)
+        if args.one_day:
+            gen["bytes"] = onto_one_day(ws_root / "_kb")
         gen_s = time.perf_counter() - t
         log(f"generated {gen['rows']:,} rows ({gen['bytes'] / 2**20:,.0f} MiB) in {gen_s:.1f}s")
         stages: dict[str, Any] = {}
@@ -334,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "rows": gen["rows"],
             "rows_note": args.rows_note or ("quick smoke" if args.quick else "requested size"),
+            "dates": ONE_DAY if args.one_day else "spread (the generator's dates)",
             "source_bytes": gen["bytes"],
             "generator": {"replicas": gen["replicas"], "streams": gen["streams"], "seconds": round(gen_s, 2)},
             "nice": args.nice,
