@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.pipeline import ONE_DAY, onto_one_day  # noqa: E402
 from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
 
 TARGET_UNCHANGED = 0.01
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=None,
                     help="[run] jobs for every timed run (default: the setting's own default, every core); "
                          "1 runs the stages one by one")
+    ap.add_argument("--one-day", action="store_true",
+                    help="every ISO timestamp on one date (benchmarks/pipeline.py --one-day): partitions of ~N/12 rows")
     ap.add_argument("--check-force", action="store_true",
                     help="also run the +1 %% append on a twin with --force (no caches, untimed) and "
                          "compare every export file and every stage's counters")
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         generate.write_scaled(base / "_kb", rows)
         if not args.no_append:
             generate.write_scaled(grown / "_kb", more)
+        if args.one_day:
+            for kb in (base / "_kb", grown / "_kb"):
+                if kb.exists():
+                    onto_one_day(kb)  # line by line, so the grown streams still start with the base's bytes
         log(f"{rows:,} rows; then +{more - rows:,}")
         full = run_with_rusage(base, args.jobs)
         hashes = export_hashes(base)
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
         "jobs": "default (every core)" if args.jobs is None else args.jobs,
+        "dates": ONE_DAY if args.one_day else "spread (the generator's dates)",
         "full": full, "unchanged": unchanged, "plus_one_percent": plus,
         "unchanged_fraction_wall": round(unchanged["wall_s"] / full["wall_s"], 4),
         "unchanged_fraction_cpu": round(unchanged["cpu_s"] / full["cpu_s"], 4),
@@ -212,6 +220,7 @@ def markdown(r: dict[str, Any]) -> str:
         *([f"- the +1 % run against the same append with `--force` (no caches): exports identical: "
            f"{r['plus_one_percent_vs_force']['exports_identical']}, counters identical: "
            f"{r['plus_one_percent_vs_force']['counters_identical']}"] if r.get("plus_one_percent_vs_force") else []),
+        *([f"- dates: {r['dates']}"] if r.get("dates") else []),
         "- " + targets_line(r["targets"]),
         f"- machine: {r['machine']}",
     ]
