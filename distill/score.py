@@ -123,47 +123,55 @@ def _line_digest(line: bytes) -> bytes:
 
 class _MirrorOut:
     """The new mirror partition, streamed through a temp file and hashed as it goes; it replaces
-    the old one only when the bytes differ, so an unchanged partition keeps its bytes and mtime."""
+    the old one only when the bytes differ, so an unchanged partition keeps its bytes and mtime.
+    The temp file's name is known before the file exists and is forgotten only once the file is
+    renamed or removed, so `discard` (in a finally, Ctrl-C and SIGTERM included) leaves none."""
 
     def __init__(self, target: Path, *, write: bool) -> None:
         self.target = target
         self.sha = hashlib.sha256()
         self.size = 0
+        self._write = write
         self._tmp: Path | None = None
         self._fh: IO[bytes] | None = None
-        if write:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+    def _open(self) -> IO[bytes]:
+        if self._fh is None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:12]}.tmp"
             self._fh = os.fdopen(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
+        return self._fh
 
     def add(self, line: bytes) -> None:
         data = line + b"\n"
         self.sha.update(data)
         self.size += len(data)
-        if self._fh is not None:
-            self._fh.write(data)
+        if self._write:
+            self._open().write(data)
 
     def commit(self, before: _MirrorNow) -> None:
-        if self._fh is None or self._tmp is None:
+        if not self._write:
             return
-        fh, tmp = self._fh, self._tmp
-        self._fh = self._tmp = None
         if before.sha256 == self.sha.hexdigest() and before.size == self.size and self.target.exists():
-            fh.close()
-            tmp.unlink()
+            self.discard()
             return
+        fh = self._open()  # an empty partition is still written
         fh.flush()
         os.fsync(fh.fileno())
         fh.close()
-        os.replace(tmp, self.target)
+        self._fh = None
+        assert self._tmp is not None
+        os.replace(self._tmp, self.target)
+        self._tmp = None
 
     def discard(self) -> None:
         if self._fh is not None:
             self._fh.close()
+            self._fh = None
         if self._tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
-        self._fh = self._tmp = None
+            self._tmp = None
 
 
 def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes | None) -> QuarantineRecord:
