@@ -11,6 +11,7 @@ Three guarantees (docs/DESIGN.md, invariant 6):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -388,6 +389,45 @@ def write_if_changed(path: Path, data: bytes, *, current: bytes | None = None) -
         return False
     write_atomic(path, data)
     return True
+
+
+class LineSink:
+    """Lines on their way to a file (or nowhere, for a dry run), hashed as they go."""
+
+    def __init__(self, fh: IO[bytes] | None) -> None:
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write_line(self, line: bytes) -> None:
+        data = line + b"\n"
+        self.sha256.update(data)
+        self.size += len(data)
+        if self._fh is not None:
+            self._fh.write(data)
+
+
+class _Unchanged(Exception):
+    """Thrown into atomic_writer to drop its temp file: the new bytes are the ones on disk."""
+
+
+@contextlib.contextmanager
+def replace_if_changed(path: Path, *, current: tuple[str, int] | None, write: bool = True) -> Iterator[LineSink]:
+    """write_if_changed for a file streamed line by line: the lines go through atomic_writer and
+    `path` is replaced only when their sha256 and size differ from `current` (those of what it
+    holds, None when nothing), so an unchanged derived file keeps its bytes and mtime and the new
+    content is never held whole. `write=False` (a dry run) only hashes."""
+    if not write:
+        yield LineSink(None)
+        return
+    try:
+        with atomic_writer(path) as fh:
+            sink = LineSink(fh)
+            yield sink
+            if current == (sink.sha256.hexdigest(), sink.size) and path.exists():
+                raise _Unchanged
+    except _Unchanged:
+        pass
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:

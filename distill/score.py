@@ -14,21 +14,18 @@ the outputs are the bytes a full pass writes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from distill import __version__
 from distill.config import Settings
 from distill.hashing import PrefixHash
-from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, write_if_changed
+from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
@@ -119,59 +116,6 @@ class _MirrorNow:
 
 def _line_digest(line: bytes) -> bytes:
     return hashlib.blake2b(line, digest_size=16).digest()
-
-
-class _MirrorOut:
-    """The new mirror partition, streamed through a temp file and hashed as it goes; it replaces
-    the old one only when the bytes differ, so an unchanged partition keeps its bytes and mtime.
-    The temp file's name is known before the file exists and is forgotten only once the file is
-    renamed or removed, so `discard` (in a finally, Ctrl-C and SIGTERM included) leaves none."""
-
-    def __init__(self, target: Path, *, write: bool) -> None:
-        self.target = target
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self._write = write
-        self._tmp: Path | None = None
-        self._fh: IO[bytes] | None = None
-
-    def _open(self) -> IO[bytes]:
-        if self._fh is None:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:12]}.tmp"
-            self._fh = os.fdopen(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
-        return self._fh
-
-    def add(self, line: bytes) -> None:
-        data = line + b"\n"
-        self.sha.update(data)
-        self.size += len(data)
-        if self._write:
-            self._open().write(data)
-
-    def commit(self, before: _MirrorNow) -> None:
-        if not self._write:
-            return
-        if before.sha256 == self.sha.hexdigest() and before.size == self.size and self.target.exists():
-            self.discard()
-            return
-        fh = self._open()  # an empty partition is still written
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        self._fh = None
-        assert self._tmp is not None
-        os.replace(self._tmp, self.target)
-        self._tmp = None
-
-    def discard(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._tmp.unlink()
-            self._tmp = None
 
 
 def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes | None) -> QuarantineRecord:
@@ -278,20 +222,21 @@ class _PartitionScorer:
         before = _MirrorNow.read(target)
         cp = book.get(part.rel) if book is not None and part.resumed else None
         kept = cp.category_list() if cp is not None else None
-        out = _MirrorOut(target, write=not self.dry_run)
         categories: list[str] = []
         deduped: list[bool] = []
         extraction: list[ExtractionEntry] = []
         old_problems: list[str] = []
         fresh: list[QuarantineRecord] = []
 
-        def emit(line: bytes, category: str) -> None:
-            out.add(line)
-            categories.append(category)
-            deduped.append(_line_digest(line) in before.digests)
-
         reread_parents = False  # the evidence prefix held but the mirror file did not: parents come from the read
-        try:
+        current = (before.sha256, before.size) if before.sha256 is not None else None
+        with replace_if_changed(target, current=current, write=not self.dry_run) as out:
+
+            def emit(line: bytes, category: str) -> None:
+                out.write_line(line)
+                categories.append(category)
+                deduped.append(_line_digest(line) in before.digests)
+
             if (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
                     and len(kept) == before.lines and before.sha256 == cp.scored_sha256):
                 # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
@@ -325,9 +270,6 @@ class _PartitionScorer:
                 emit(dumps(run.to_json_dict()), run.category.value)
                 if ev.score_class is ScoreClass.EXTRACTION:
                     extraction.append((len(categories) - 1, offset, ev.task_id, run.category.value))
-            out.commit(before)
-        finally:
-            out.discard()
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner()
@@ -336,7 +278,7 @@ class _PartitionScorer:
         if book is not None and (sha := part.prefix_sha256()) is not None:
             checkpoint = {
                 "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
-                "scored_sha256": out.sha.hexdigest(),
+                "scored_sha256": out.sha256.hexdigest(),
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
                 "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
                 "parents": [_entry(p) for p in part.parents], "extraction": extraction,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,31 @@ def test_raw_lines_match_a_plain_split_for_any_chunking(tmp_path: Path, monkeypa
     monkeypatch.setattr(jsonl, "READ_CHUNK", chunk)
     got = [(r.offset, r.number, r.data, r.length, r.terminated) for r in iter_raw_lines(p, max_line_bytes=limit)]
     assert got == _reference_lines(data, limit)
+
+
+def test_replace_if_changed_keeps_an_unchanged_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    import hashlib
+
+    from distill.jsonl import replace_if_changed
+
+    path = tmp_path / "mirror.jsonl"
+    old = b"a\nb\n"
+    path.write_bytes(old)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    current = (hashlib.sha256(old).hexdigest(), len(old))
+    with replace_if_changed(path, current=current) as out:
+        out.write_line(b"a")
+        out.write_line(b"b")
+    assert path.read_bytes() == old and path.stat().st_mtime_ns == 1_000_000_000  # not rewritten
+    assert out.sha256.hexdigest() == current[0] and out.size == current[1]
+    with replace_if_changed(path, current=current) as out:
+        out.write_line(b"c")
+    assert path.read_bytes() == b"c\n"
+    with pytest.raises(RuntimeError), replace_if_changed(path, current=None) as out:
+        out.write_line(b"half")
+        raise RuntimeError("stopped mid-write")
+    assert path.read_bytes() == b"c\n"  # the old file stands
+    with replace_if_changed(tmp_path / "dry.jsonl", current=None, write=False) as out:
+        out.write_line(b"x")
+    assert out.size == 2 and not (tmp_path / "dry.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror.jsonl"]  # no temp file left
