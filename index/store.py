@@ -7,10 +7,12 @@ chromadb's default embedding function (which downloads a model) is never involve
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -133,6 +135,28 @@ def _forget_failed_client(identifier: str) -> None:
         pass
 
 
+LOCKED_TRIES = 6  # a write refused with "database is locked" is tried again this many times in all
+T = TypeVar("T")
+
+
+def when_unlocked(write: Callable[[], T], *, pause_s: float = 0.05) -> T:
+    """An idempotent write to the embedded store, tried again when SQLite refuses it as locked.
+
+    Chroma's embedded store opens deferred SQLite transactions in rollback-journal mode: one that
+    read and must then write while another connection of the same client holds the write lock is
+    refused at once with "database is locked" (SQLite returns BUSY instead of waiting, so the
+    busy timeout does not apply). Seen once from `modify` right after a client opened, under load.
+    Upserts, deletes and the ef update can be repeated without changing their outcome."""
+    for attempt in range(LOCKED_TRIES):
+        try:
+            return write()
+        except Exception as exc:  # chromadb.errors.InternalError: imported lazily, matched by its text
+            if "database is locked" not in str(exc) or attempt == LOCKED_TRIES - 1:
+                raise
+            time.sleep(pause_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def chroma_metadata(doc_category: str | None, title: str | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Chroma accepts scalars and flat lists of scalars; anything else is stored as JSON text."""
     out: dict[str, Any] = {}
@@ -199,7 +223,7 @@ class ChromaStore:
         Chroma 1.5 stores it at once but applies it when a process next loads the index: an index
         already loaded in this process keeps the ef it was loaded with.
         """
-        self.collection.modify(configuration={"hnsw": {"ef_search": ef}})  # type: ignore[typeddict-item]
+        when_unlocked(partial(self.collection.modify, configuration={"hnsw": {"ef_search": ef}}))  # type: ignore[arg-type]
         self.hnsw = self.hnsw.model_copy(update={"search_ef": ef})
 
     @property
@@ -229,18 +253,15 @@ class ChromaStore:
         metadatas: Sequence[Mapping[str, Any]],
     ) -> int:
         for lo, hi in _batches(len(ids), self.max_batch):
-            self.collection.upsert(
-                ids=list(ids[lo:hi]),
-                embeddings=embeddings[lo:hi],
-                documents=list(documents[lo:hi]),
-                metadatas=[dict(m) if m else None for m in metadatas[lo:hi]],  # type: ignore[misc]
-            )
+            batch = {"ids": list(ids[lo:hi]), "embeddings": embeddings[lo:hi], "documents": list(documents[lo:hi]),
+                     "metadatas": [dict(m) if m else None for m in metadatas[lo:hi]]}
+            when_unlocked(partial(self.collection.upsert, **batch))  # type: ignore[arg-type]
         return len(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         ids = list(ids)
         for lo, hi in _batches(len(ids), self.max_batch):
-            self.collection.delete(ids=ids[lo:hi])
+            when_unlocked(partial(self.collection.delete, ids=ids[lo:hi]))
         return len(ids)
 
     def query(

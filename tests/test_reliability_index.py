@@ -181,3 +181,41 @@ def test_injected_instructions_stay_inside_the_data_fences_of_the_prompt_sent(bu
         assert tag not in user, tag
     n_items = len(run.bundle.exemplars) + len(run.bundle.warnings)
     assert len(re.findall(rf"^Reference \d+ \(.*\) \[{nonce}\]:$", user, re.MULTILINE)) == n_items
+
+
+def test_a_write_refused_as_locked_is_tried_again_and_other_errors_are_not() -> None:
+    """`database is locked` came once from Chroma's `modify` right after a client opened under load
+    (SQLite refuses a deferred transaction's upgrade at once): the store's idempotent writes are
+    tried again, a bounded number of times; any other error goes straight up."""
+    from chromadb.errors import InternalError
+
+    from index.store import LOCKED_TRIES, when_unlocked
+
+    locked = "Database error: error returned from database: (code: 5) database is locked"
+    calls: list[int] = []
+
+    def refused_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise InternalError(locked)
+        return "written"
+
+    assert when_unlocked(refused_twice, pause_s=0) == "written" and len(calls) == 3
+
+    def always_locked() -> None:
+        calls.append(1)
+        raise InternalError(locked)
+
+    calls.clear()
+    with pytest.raises(InternalError, match="database is locked"):
+        when_unlocked(always_locked, pause_s=0)
+    assert len(calls) == LOCKED_TRIES
+
+    def other_error() -> None:
+        calls.append(1)
+        raise InternalError("Database error: no such table: collections")
+
+    calls.clear()
+    with pytest.raises(InternalError, match="no such table"):
+        when_unlocked(other_error, pause_s=0)
+    assert len(calls) == 1
