@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from distill.jsonl import (
     append_json,
     atomic_writer,
+    dumps,
     iter_json,
     iter_raw_lines,
     read_line_at,
@@ -143,3 +144,18 @@ def test_replace_if_changed_keeps_an_unchanged_file_and_leaves_no_temp(tmp_path:
         out.write_line(b"x")
     assert out.size == 2 and not (tmp_path / "dry.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror.jsonl"]  # no temp file left
+
+
+def test_a_held_line_costs_its_size_not_the_encoders_buffer() -> None:
+    """orjson hands back its whole output buffer (4 KiB at least): lines held in batches (export
+    checkpoints, quarantine lines waiting for input order) would cost 40x their size."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [dumps({"id": f"row-{i}", "n": i}) for i in range(2000)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(held) == 2000 and grown < 2000 * 200, grown
