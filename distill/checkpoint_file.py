@@ -11,11 +11,74 @@ holds the task parents it saw): the side file becomes the file without being cop
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from distill.jsonl import dumps, loads
+
+ENTRIES_KEY = "entries"
+
+
+class JsonEntries:
+    """A partition's per-row checkpoint entries, each written as its JSON to an anonymous temporary
+    file the moment it is decided, so memory holds 24 bytes per entry (its input index, offset and
+    length): a busy day's partition can be most of a workspace. Rows can be decided out of input
+    order (a gate batch); `take` reads them back in input order."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self._where = array("q")  # (input index, offset, length) per entry
+        self._end = 0
+        self._taken = False  # the file holds the entries `take` handed out: emptied on the next add
+        self.unwritable = False  # an entry JSON cannot carry (a lone surrogate): no checkpoint
+
+    def __len__(self) -> int:
+        return len(self._where) // 3
+
+    def add(self, index: int, entry: Any) -> None:
+        try:
+            data = dumps(entry)
+        except (UnicodeEncodeError, ValueError):
+            self.unwritable = True
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        if self._taken:  # the last partition's entries were read back: start the file again
+            self._file.seek(0)
+            self._file.truncate()
+            self._taken = False
+        self._file.write(data)  # the file position is its end (only `take`'s reads move it)
+        self._where.extend((index, self._end, len(data)))
+        self._end += len(data)
+
+    def take(self) -> Iterator[bytes] | None:
+        """The entries in input order (None when one could not be written), read back one at a
+        time; the log starts afresh. The iterator is valid until the next `add`."""
+        where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy()
+        unwritable, fh = self.unwritable, self._file
+        self._where, self._end, self._taken, self.unwritable = array("q"), 0, True, False
+        if unwritable:
+            return None
+        if len(where) > 1 and bool(np.any(where[1:, 0] < where[:-1, 0])):
+            where = where[np.argsort(where[:, 0], kind="stable")]
+        return _read_entries(fh, where) if fh is not None else iter(())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read_entries(fh: IO[bytes], where: np.ndarray) -> Iterator[bytes]:
+    fh.flush()
+    for _, offset, length in where.tolist():
+        fh.seek(offset)
+        yield fh.read(length)
 
 
 class CheckpointFile:
@@ -66,15 +129,27 @@ class CheckpointFile:
         except (OSError, ValueError):
             return None
 
-    def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
-        """One partition's next checkpoint (kept in the side file until `save`)."""
+    def write(self, rel: str, checkpoint: dict[str, Any], entries: Iterable[bytes] | None = None) -> None:
+        """One partition's next checkpoint (kept in the side file until `save`). `entries`: JSON
+        lines (`JsonEntries.take`) written as the checkpoint's `entries` array one at a time, so
+        the line is never built whole in memory."""
         try:
-            line = dumps(rel) + b"\t" + dumps(checkpoint) + b"\n"
+            head = dumps(rel) + b"\t"
+            body = dumps(checkpoint)
         except (UnicodeEncodeError, ValueError):
             return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint
         if self._out is None:
             self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
-        self._out.write(line)
+        out = self._out
+        if entries is None:
+            out.write(head + body + b"\n")
+            return
+        out.write(head + b'{"' + ENTRIES_KEY.encode() + b'":[')
+        for n, entry in enumerate(entries):
+            if n:
+                out.write(b",")
+            out.write(entry)
+        out.write(b"]" + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
 
     def save(self, header: dict[str, Any]) -> None:
         """Replace the file: the partitions written this run, then the header."""

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint_file import CheckpointFile
+from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, JsonEntries
 
 
 def _accept(basis: str) -> Any:
@@ -60,3 +60,52 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
         path.write_bytes(body)
         book = CheckpointFile(path, _accept("b1"))
         assert book.header is None and book.payload("a/x.jsonl") is None, body
+
+
+def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_array(tmp_path: Path) -> None:
+    """A partition's entries are held as JSON (JsonEntries) and streamed into its line: read back,
+    the line is the checkpoint with an `entries` array in input order, whatever order they were
+    decided in; none, and a checkpoint without other fields, are still one JSON object."""
+    path = tmp_path / "book.json"
+    entries = JsonEntries()
+    for index, entry in [(2, ["c", "src", None]), (0, ["q", "é\t", {"b": 1, "a": [2]}]), (1, [])]:
+        entries.add(index, entry)
+    assert len(entries) == 3
+    book = CheckpointFile(path, _accept("b1"))
+    book.write("a/x.jsonl", {"end": 7, "lines": 3}, entries.take())
+    book.write("b/y.jsonl", {}, JsonEntries().take())
+    book.write("c/z.jsonl", {"end": 1})
+    book.save({"basis": "b1"})
+    assert len(entries) == 0  # taken: the next partition starts empty
+    read = CheckpointFile(path, _accept("b1"))
+    assert json.loads(read.payload("a/x.jsonl") or b"") == {
+        "end": 7, "lines": 3, ENTRIES_KEY: [["q", "é\t", {"a": [2], "b": 1}], [], ["c", "src", None]]}
+    assert json.loads(read.payload("b/y.jsonl") or b"") == {ENTRIES_KEY: []}
+    assert json.loads(read.payload("c/z.jsonl") or b"") == {"end": 1}
+
+
+def test_an_entry_json_cannot_carry_leaves_its_partition_without_a_checkpoint() -> None:
+    entries = JsonEntries()
+    entries.add(0, ["ok"])
+    entries.add(1, ["lone \ud800 surrogate"])
+    assert entries.take() is None
+    entries.add(0, ["ok"])  # the next partition is judged on its own entries
+    taken = entries.take()
+    assert taken is not None and list(taken) == [b'["ok"]']
+    entries.close()
+
+
+def test_entries_of_one_partition_do_not_leak_into_the_next() -> None:
+    """The log is one temporary file for the exporter's life: what a partition took is gone when
+    the next adds, also when the next is shorter (no tail of the longer one read back)."""
+    entries = JsonEntries()
+    for index in (5, 3, 4):
+        entries.add(index, {"row": index, "pad": "x" * 40})
+    first = entries.take()
+    assert first is not None and [json.loads(e)["row"] for e in first] == [3, 4, 5]
+    entries.add(6, {"row": 6})
+    second = entries.take()
+    assert second is not None and [json.loads(e) for e in second] == [{"row": 6}]
+    empty = entries.take()
+    assert empty is not None and list(empty) == []
+    entries.close()

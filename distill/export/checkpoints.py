@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from distill.checkpoint_file import CheckpointFile
+from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile
 from distill.config import Settings
 from distill.export.reader import (
     Broken,
@@ -63,7 +64,9 @@ class PartitionExporter(Protocol):
 
     def feed(self, item: ReaderItem) -> None: ...
 
-    def end_partition(self) -> list[Any] | None: ...
+    def end_partition(self) -> Iterator[bytes] | None:
+        """The entries (each as its JSON, `JsonEntries.take`) of the rows since the last call."""
+        ...
 
     def can_replay(self, entries: list[Any]) -> bool: ...
 
@@ -231,9 +234,10 @@ class ExportCheckpoints:
             return None
         try:
             found = loads(payload)
+            del payload  # a busy partition's entries: do not hold their JSON beside them
             found["keys"] = _keys_array(found["mirror_keys"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
-            if not self._entries_ok(found["entries"]) or len(found["digests"]) != LINE_DIGEST * len(found["entries"]):
+            if not self._entries_ok(found[ENTRIES_KEY]) or len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
                 return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
@@ -243,7 +247,8 @@ class ExportCheckpoints:
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, np.ndarray], entries: list[Any], digests: bytes) -> None:
+              mirror: tuple[int, str, np.ndarray], entries: Iterator[bytes], digests: bytes) -> None:
+        """`entries`: each row's entry as its JSON, in row order (`PartitionExporter.end_partition`)."""
         if not self.writable:
             return
         sha = scored.hexdigest(scored_path)
@@ -251,8 +256,8 @@ class ExportCheckpoints:
             return
         end, mirror_sha, keys = mirror
         self._file.write(rel, {"end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end,
-                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys), "entries": entries,
-                               "line_digests": base64.b64encode(digests).decode("ascii")})
+                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys),
+                               "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
     def save(self) -> None:
         if self.writable:
@@ -286,7 +291,7 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
             scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
             try:
-                if scored_hash is not None and exporter.can_replay(found["entries"]):
+                if scored_hash is not None and exporter.can_replay(found[ENTRIES_KEY]):
                     _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
                 else:
                     _patch(ws, path, rel, found, tail, exporter, checkpoints)
@@ -307,7 +312,7 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
 
 
 def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: dict[str, Any], tail: TailEvidence,
-                 read: LineEndHash, lines: int, entries: list[Any] | None, digests: bytearray) -> None:
+                 read: LineEndHash, lines: int, entries: Iterator[bytes] | None, digests: bytearray) -> None:
     state = tail.mirror_state() or (found["mirror_end"], found["mirror_sha256"], found["keys"])
     if entries is not None and not tail.unsure and not read.after_newline:
         checkpoints.write(rel, scored=read, scored_path=path, lines=lines, mirror=state, entries=entries,
@@ -317,7 +322,7 @@ def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: di
 def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence, scored_hash: PrefixHash,
             exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
     """The partition only grew: replay its checkpoint whole, read the lines after it."""
-    exporter.replay(found["entries"])
+    exporter.replay(found.pop(ENTRIES_KEY))  # replayed entries are kept as JSON again: let the lists go
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
     for raw, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
@@ -335,7 +340,7 @@ def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Tai
     changed it); every other line is read and joined. The entry of a row is a function of its line,
     its evidence and the export basis, and the mirror's prefix is as it was, so this gives what
     reading every line would."""
-    entries, recorded = found["entries"], found["digests"]
+    entries, recorded = found[ENTRIES_KEY], found["digests"]
     line = ScoredLineReader(ws, tail, path)
     read = LineEndHash(PrefixHash())
     digests = bytearray()

@@ -44,7 +44,7 @@ class PassedGates:
         self.firewall = firewall
         self.writable = writable
         self.known = _load(path, basis)
-        self._passed: list[bytes] = []  # every input that passed this run, known before or not
+        self._passed = bytearray()  # every input that passed this run, known before or not (16 bytes each)
         self.checked = 0  # inputs the gates had to check (not known to pass)
         self.seen = 0  # inputs asked about
 
@@ -59,13 +59,15 @@ class PassedGates:
             self.checked += len(unknown)
             for i, verdict in zip(unknown, self.firewall.check([items[i] for i in unknown]), strict=True):
                 verdicts[i] = verdict
-        self._passed.extend(d for d, v in zip(digests, verdicts, strict=True) if v is None)
+        for digest, verdict in zip(digests, verdicts, strict=True):
+            if verdict is None:
+                self._passed += digest
         return verdicts
 
     def passed_before(self, digests: list[bytes]) -> None:
         """Inputs an export checkpoint of this basis says passed: kept for the next run as if
         checked now (so a partition that loses its checkpoint is still not rescanned)."""
-        self._passed.extend(digests)
+        self._passed += b"".join(digests)
 
     def _known(self, digests: list[bytes]) -> list[bool]:
         if not len(self.known) or not digests:
@@ -78,7 +80,7 @@ class PassedGates:
         """Keep the inputs that passed this run (only those: the file never outgrows the input)."""
         if not self.writable:
             return
-        passed = np.unique(np.array(self._passed, dtype="S16")) if self._passed else np.zeros(0, dtype="S16")
+        passed = np.unique(np.frombuffer(bytes(self._passed), dtype="S16"))
         write_cache(self.path, {"version": PASSED_GATES_VERSION, "basis": self.basis}, passed=passed)
 
 

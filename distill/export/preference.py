@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distill.checkpoint_file import JsonEntries
 from distill.export.checkpoints import PartitionExporter
 from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.pair_grid import Grid
@@ -427,7 +428,7 @@ class _Pass1:
         self.record = record
         self.batch: list[tuple[int, Joined, str]] = []
         self._next = 0  # input index of the next line
-        self._entries: dict[int, Pass1Entry] = {}
+        self._entries = JsonEntries()  # this partition's, as JSON until its checkpoint is written
         self._ready: list[_Ready] = []  # the entries can_replay parsed last
         self.replayed = 0  # lines taken from checkpoints
 
@@ -435,7 +436,7 @@ class _Pass1:
         self.early.append(decided)
         if self.record:
             _, source, category, reason, line, _ = decided
-            self._entries[index] = ["q", source, category, reason, line.decode("utf-8")]
+            self._entries.add(index, ["q", source, category, reason, line.decode("utf-8")])
 
     def feed(self, item: ReaderItem) -> None:
         i = self._next
@@ -483,15 +484,17 @@ class _Pass1:
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
             if self.record:
-                self._entries[i] = _row_entry(row, spilled, input_digest(gate) if failure is None else None)
+                self._entries.add(i, _row_entry(row, spilled, input_digest(gate) if failure is None else None))
         self.batch.clear()
 
-    def end_partition(self) -> list[Pass1Entry] | None:
+    def end_partition(self) -> Iterator[bytes] | None:
         """Every line read so far is spilled; the entries of the lines since the last call."""
         self.flush()
-        entries = [self._entries[i] for i in sorted(self._entries)]
-        self._entries.clear()
+        entries = self._entries.take()
         return entries if self.record else None
+
+    def close(self) -> None:
+        self._entries.close()
 
     def can_replay(self, entries: list[Pass1Entry]) -> bool:
         """Whether every entry is one this class writes (a damaged checkpoint is read as none)."""
@@ -520,7 +523,7 @@ class _Pass1:
                 if extra is not None:
                     passed.append(extra)
             if self.record:
-                self._entries[i] = entry
+                self._entries.add(i, entry)
         self.replayed += len(entries)
         if passed and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before(passed)
@@ -638,6 +641,7 @@ def export_preference(
         pass1 = _Pass1(firewall, payload, early, task_buckets, record=record)
         read_rows(pass1)
         pass1.flush()
+        pass1.close()
         result.lines_replayed = pass1.replayed
 
         cross_buckets = spill.buckets("cross", buckets, batch=IN_ORDER_BATCH) if cross_source else None

@@ -7,12 +7,13 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from distill.checkpoint_file import JsonEntries
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
@@ -139,11 +140,11 @@ class RowExporter:
         self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"line", value), until flushed
         self._pending: list[tuple[int, Joined, Candidate]] = []
         self._next = 0
-        self._entries: dict[int, Entry] = {}
+        self._entries = JsonEntries()
         self._repeat = False  # a row of this partition repeated an earlier id: no checkpoint for it
         # firewall outcomes are counted after the reader pass, in input order, so the report's
         # counters come out in the same order whatever the batch size
-        self._gated: list[tuple[str, str, str | None, str]] = []  # (source, field, reason, category)
+        self._gated = Tally()
 
     def _line(self, rec: QuarantineRecord) -> bytes:
         return dumps(rec.to_json_dict())
@@ -154,7 +155,7 @@ class RowExporter:
         self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
         if self.record:
             entry[6] = line.decode("utf-8")
-            self._entries[i] = entry
+            self._entries.add(i, entry)
 
     def _flush(self) -> None:
         """Every row read so far is decided: hand them to the sinks in input order."""
@@ -183,14 +184,14 @@ class RowExporter:
             if rec is not None:
                 line = self._line(rec)
                 self._out[i] = ("line", line)
-                self._gated.append((item.source, "quarantined", rec.reason.value, category))
+                self._gated.bump(item.source, "quarantined", reason=rec.reason.value, category=category)
                 if self.record:
-                    self._entries[i] = ["g", item.source, category, rec.reason.value, cand.sample_id, None,
-                                        line.decode("utf-8")]
+                    self._entries.add(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None,
+                                          line.decode("utf-8")])
             else:
-                self._gated.append((item.source, "written", None, category))
+                self._gated.bump(item.source, "written", category=category)
                 if self.record:
-                    self._entries[i] = ["c", item.source, category, None, cand.sample_id, None, None]
+                    self._entries.add(i, ["c", item.source, category, None, cand.sample_id, None, None])
 
     def _stale(self, sid: str, run_id: str, category: str, reason: str) -> None:
         self.result.stale.append(
@@ -230,21 +231,20 @@ class RowExporter:
         if sid in self.existing_ids:
             self.report.source(item.source).bump("deduped", category=category)
             if self.record:
-                self._entries[i] = ["c", item.source, category, None, sid, None, None]
+                self._entries.add(i, ["c", item.source, category, None, sid, None, None])
             return
         self._pending.append((i, item, decision))
         if len(self._pending) >= GATE_BATCH:
             self._gate()
             self._flush()
 
-    def end_partition(self) -> list[Entry] | None:
+    def end_partition(self) -> Iterator[bytes] | None:
         """Decide and hand on every row read so far; the entries of the rows since the last call
         (None when they cannot make a checkpoint: not recording, or a row repeated an id)."""
         self._gate()
         self._flush()
-        entries = [self._entries[i] for i in sorted(self._entries)]
+        entries = self._entries.take()
         repeat, self._repeat = self._repeat, False
-        self._entries.clear()
         return entries if self.record and not repeat else None
 
     def can_replay(self, entries: list[Entry]) -> bool:
@@ -281,14 +281,14 @@ class RowExporter:
                     tally.bump(source, "deduped", category=category)
                 else:
                     self.on_quarantine(line.encode("utf-8"))
-                    self._gated.append((source, "quarantined", reason, category))
+                    self._gated.bump(source, "quarantined", reason=reason, category=category)
             if self.record:
-                self._entries[self._next - 1] = entry
+                self._entries.add(self._next - 1, entry)
         tally.into(self.report)
 
     def finish(self) -> RowExport:
         self._gate()
         self._flush()
-        for source, field_name, reason, category in self._gated:
-            self.report.source(source).bump(field_name, reason=reason, category=category)
+        self._gated.into(self.report)
+        self._entries.close()
         return self.result
