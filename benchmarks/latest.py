@@ -19,6 +19,8 @@ from benchmarks.report import RESULTS  # noqa: E402
 
 SUITES = [
     ("pipeline_1m.md", "python benchmarks/pipeline.py --rows 1000000 --nice 0 --no-profile --name pipeline_1m"),
+    ("pipeline_1m_one_day.md",
+     "python benchmarks/pipeline.py --rows 1000000 --one-day --nice 0 --no-profile --name pipeline_1m_one_day"),
     ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
     ("rerun_1m.md", "python benchmarks/rerun.py --rows 1000000 --name rerun_1m"),
     ("rerun.md", "python benchmarks/rerun.py --rows 30000"),
