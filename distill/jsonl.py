@@ -49,15 +49,45 @@ def _finite_float(text: str) -> float:
     return number
 
 
+# A JSON number starts after one of `:,[`, whitespace or its minus sign. Mapping each digit to "0",
+# those bytes to "|" and every other byte to a space, text holds a number of 19 digits or more
+# (every integer beyond 64 bits has one) only where its translation holds "|" and 19 zeros: one C
+# pass (a regex costs ~10x more per byte), and the digits of a hex digest, which follow a letter
+# or a quote, do not trip it.
+_NUMBER_SHAPES = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x7C if b in b":,[-\x20\t\r\n" else 0x20 for b in range(256)
+)
+_LONG_NUMBER = b"|" + b"0" * 19
+
+
+def _may_exceed_64_bits(data: bytes | str) -> bool:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    shapes = data.translate(_NUMBER_SHAPES)
+    return _LONG_NUMBER in shapes or shapes.startswith(_LONG_NUMBER[1:])  # or the text is a number
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    return json.loads(data, parse_constant=_not_json_constant, parse_float=_finite_float)
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON value; falls back to the stdlib for what orjson refuses (integers beyond
-    64 bits), but not for NaN, Infinity or a float that overflows: orjson refuses those as not
-    JSON, and accepting them would also make rows that differ only there hash alike (canonical
-    JSON writes each as null)."""
+    """Parse one JSON value with orjson, or with the stdlib where orjson would lose or refuse it.
+
+    orjson reads an integer beyond 64 bits as a float without a word (a 128-bit trace id loses
+    its low digits, so two rows that differ only there would hash alike and one would be dropped
+    as a duplicate): text that may hold a number of 19+ digits goes to the stdlib, which keeps
+    every integer exact and reads every other value as orjson does (a string that only looks like
+    such a number costs the slower parse, nothing else). So does what orjson refuses (a lone
+    surrogate escape), but not NaN, Infinity or a float that overflows: they are not JSON, and
+    accepting them would make rows that differ only there hash alike (canonical JSON writes each
+    as null)."""
+    if _may_exceed_64_bits(data):
+        return _stdlib_loads(data)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data, parse_constant=_not_json_constant, parse_float=_finite_float)
+        return _stdlib_loads(data)
 
 
 class RawLine(NamedTuple):

@@ -168,3 +168,20 @@ def test_a_non_json_number_is_quarantined_not_taken_for_null(tmp_path: Path, lit
     (q,) = iter_json(w.quarantine_path("collect"))
     assert q["reason"] == "malformed_json" and q["source_ref"]["line_number"] == 2
     assert "not JSON" in q["errors"][0] or "out of range" in q["errors"][0]
+
+
+@pytest.mark.parametrize("big", [2**128 - 1, -(2**63) - 1, 2**64, 10**40])
+def test_rows_that_differ_only_in_an_integer_beyond_64_bits_both_stand(tmp_path: Path, big: int) -> None:
+    """orjson reads such an integer as a float without a word: the two rows below would share a
+    sig_hash and the second would be deduped against the first (a row lost)."""
+    w = Workspace(tmp_path)
+    w.kb_dir.mkdir(parents=True)
+    first, second = _row(1, trace=big), _row(1, trace=big - 1 if big > 0 else big + 1)
+    (w.kb_dir / "reviews.jsonl").write_bytes(first + b"\n" + second + b"\n")
+    report = run_collect(w, Settings(), sources=[STREAM])
+    c = report.by_source["reviews"]
+    assert (c.rows_in, c.written, c.deduped, c.quarantined) == (2, 2, 0, 0)
+    rows = [EvidenceRecord.model_validate(r) for p in iter_partition_files(w.evidence_dir) for r in iter_json(p)]
+    assert sorted(r.provenance.sig_hash for r in rows) == sorted(
+        sig_hash(json.loads(line)) for line in (first, second)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from distill.jsonl import (
     dumps,
     iter_json,
     iter_raw_lines,
+    loads,
     read_line_at,
     repair_torn_tail,
     torn_tail_length,
@@ -159,3 +161,37 @@ def test_a_held_line_costs_its_size_not_the_encoders_buffer() -> None:
     finally:
         tracemalloc.stop()
     assert len(held) == 2000 and grown < 2000 * 200, grown
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**200), max_value=2**200) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES, indent=st.sampled_from([None, 1]))
+def test_loads_reads_every_value_as_written_integers_beyond_64_bits_included(value, indent) -> None:
+    """orjson alone reads 2**64 as 1.8446744073709552e19; `loads` must give back the very value."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    back = loads(text.encode("utf-8", "surrogatepass"))
+    assert back == value and repr(back) == repr(value)
+    assert loads(text) == value
+
+
+@pytest.mark.parametrize("text", [b"18446744073709551616", b"-9223372036854775809", b'{"a":[0,-340282366920938463463374607431768211455]}'])
+def test_loads_keeps_integers_beyond_64_bits_exact(text: bytes) -> None:
+    assert loads(text) == json.loads(text)
+    assert all(not isinstance(v, float) for v in _leaves(loads(text)))
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
