@@ -24,21 +24,28 @@ from distill.jsonl import dumps, loads
 ENTRIES_KEY = "entries"
 
 
-class JsonEntries:
-    """A partition's per-row checkpoint entries, each written as its JSON to an anonymous temporary
-    file the moment it is decided, so memory holds 24 bytes per entry (its input index, offset and
-    length): a busy day's partition can be most of a workspace. Rows can be decided out of input
-    order (a gate batch); `take` reads them back in input order."""
+SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file
 
-    def __init__(self) -> None:
-        self._file: IO[bytes] | None = None
-        self._where = array("q")  # (input index, offset, length) per entry
+
+class JsonEntries:
+    """A partition's per-row checkpoint entries, each kept as its JSON: in memory while the
+    partition's entries are small (most are: a day of one source), and written to an anonymous
+    temporary file once they pass `spill_bytes`, so memory then holds 24 bytes per entry (its
+    input index, offset and length): a busy day's partition can be most of a workspace. Rows can
+    be decided out of input order (a gate batch); `take` hands them back in input order."""
+
+    def __init__(self, spill_bytes: int | None = None) -> None:
+        self.spill_bytes = SPILL_BYTES if spill_bytes is None else spill_bytes
+        self._held: list[tuple[int, bytes]] = []  # (input index, JSON) until the partition spills
+        self._held_bytes = 0
+        self._file: IO[bytes] | None = None  # reused across partitions, rewritten from offset 0
+        self._spilled = False
+        self._where = array("q")  # (input index, offset, length) per entry written to the file
         self._end = 0
-        self._taken = False  # the file holds the entries `take` handed out: emptied on the next add
         self.unwritable = False  # an entry JSON cannot carry (a lone surrogate): no checkpoint
 
     def __len__(self) -> int:
-        return len(self._where) // 3
+        return len(self._where) // 3 + len(self._held)
 
     def add(self, index: int, entry: Any) -> None:
         try:
@@ -46,29 +53,49 @@ class JsonEntries:
         except (UnicodeEncodeError, ValueError):
             self.unwritable = True
             return
+        if self._spilled:
+            self._write(index, data)
+            return
+        self._held.append((index, data))
+        self._held_bytes += len(data)
+        if self._held_bytes > self.spill_bytes:
+            self._spill()
+
+    def _spill(self) -> None:
         if self._file is None:
             self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        if self._taken:  # the last partition's entries were read back: start the file again
-            self._file.seek(0)
-            self._file.truncate()
-            self._taken = False
+        self._file.seek(0)  # what an earlier partition left there is never read: no truncate
+        self._spilled = True
+        held, self._held, self._held_bytes = self._held, [], 0
+        for index, data in held:
+            self._write(index, data)
+
+    def _write(self, index: int, data: bytes) -> None:
+        assert self._file is not None
         self._file.write(data)  # the file position is its end (only `take`'s reads move it)
         self._where.extend((index, self._end, len(data)))
         self._end += len(data)
 
     def take(self) -> Iterator[bytes] | None:
-        """The entries in input order (None when one could not be written), read back one at a
-        time; the log starts afresh. The iterator is valid until the next `add`."""
-        where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy()
-        unwritable, fh = self.unwritable, self._file
-        self._where, self._end, self._taken, self.unwritable = array("q"), 0, True, False
+        """The entries in input order (None when one could not be written); the next partition
+        starts empty. The iterator is valid until the next `add`."""
+        unwritable, spilled, held = self.unwritable, self._spilled, self._held
+        where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy() if spilled else None
+        self._where, self._end, self._spilled, self.unwritable = array("q"), 0, False, False
+        self._held, self._held_bytes = [], 0
         if unwritable:
             return None
+        if where is None:
+            if any(held[k][0] > held[k + 1][0] for k in range(len(held) - 1)):
+                held.sort(key=lambda item: item[0])  # stable: equal indexes keep their order
+            return (data for _, data in held)
         if len(where) > 1 and bool(np.any(where[1:, 0] < where[:-1, 0])):
             where = where[np.argsort(where[:, 0], kind="stable")]
-        return _read_entries(fh, where) if fh is not None else iter(())
+        assert self._file is not None
+        return _read_entries(self._file, where)
 
     def close(self) -> None:
+        self._held, self._held_bytes = [], 0
         if self._file is not None:
             self._file.close()
             self._file = None

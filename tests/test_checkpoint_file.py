@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, JsonEntries
+import pytest
+
+from distill.checkpoint_file import ENTRIES_KEY, SPILL_BYTES, CheckpointFile, JsonEntries
 
 
 def _accept(basis: str) -> Any:
@@ -62,12 +64,16 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
         assert book.header is None and book.payload("a/x.jsonl") is None, body
 
 
-def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_array(tmp_path: Path) -> None:
+SPILLS = pytest.mark.parametrize("spill", [0, 50, SPILL_BYTES], ids=["file", "spills-midway", "memory"])
+
+
+@SPILLS
+def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_array(tmp_path: Path, spill: int) -> None:
     """A partition's entries are held as JSON (JsonEntries) and streamed into its line: read back,
     the line is the checkpoint with an `entries` array in input order, whatever order they were
     decided in; none, and a checkpoint without other fields, are still one JSON object."""
     path = tmp_path / "book.json"
-    entries = JsonEntries()
+    entries = JsonEntries(spill)
     for index, entry in [(2, ["c", "src", None]), (0, ["q", "é\t", {"b": 1, "a": [2]}]), (1, [])]:
         entries.add(index, entry)
     assert len(entries) == 3
@@ -84,8 +90,9 @@ def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_arra
     assert json.loads(read.payload("c/z.jsonl") or b"") == {"end": 1}
 
 
-def test_an_entry_json_cannot_carry_leaves_its_partition_without_a_checkpoint() -> None:
-    entries = JsonEntries()
+@SPILLS
+def test_an_entry_json_cannot_carry_leaves_its_partition_without_a_checkpoint(spill: int) -> None:
+    entries = JsonEntries(spill)
     entries.add(0, ["ok"])
     entries.add(1, ["lone \ud800 surrogate"])
     assert entries.take() is None
@@ -95,10 +102,12 @@ def test_an_entry_json_cannot_carry_leaves_its_partition_without_a_checkpoint() 
     entries.close()
 
 
-def test_entries_of_one_partition_do_not_leak_into_the_next() -> None:
-    """The log is one temporary file for the exporter's life: what a partition took is gone when
-    the next adds, also when the next is shorter (no tail of the longer one read back)."""
-    entries = JsonEntries()
+@SPILLS
+def test_entries_of_one_partition_do_not_leak_into_the_next(spill: int) -> None:
+    """The spill file is one temporary file for the exporter's life, rewritten from its start:
+    what a partition took is gone when the next adds, also when the next is shorter (no tail of
+    the longer one read back)."""
+    entries = JsonEntries(spill)
     for index in (5, 3, 4):
         entries.add(index, {"row": index, "pad": "x" * 40})
     first = entries.take()
@@ -108,4 +117,24 @@ def test_entries_of_one_partition_do_not_leak_into_the_next() -> None:
     assert second is not None and [json.loads(e) for e in second] == [{"row": 6}]
     empty = entries.take()
     assert empty is not None and list(empty) == []
+    entries.close()
+
+
+def test_a_partition_that_spills_midway_keeps_input_order_and_the_next_starts_in_memory() -> None:
+    """Entries decided out of order, some held in memory and then moved to the file when the
+    partition passes the limit, some written after: all come back in input order (equal indexes
+    in the order added); a small partition after a spilled one does not touch the file."""
+    entries = JsonEntries(spill_bytes=200)
+    order = [7, 2, 9, 0, 5, 5, 1, 8, 3, 6, 4]
+    for n, index in enumerate(order):
+        entries.add(index, {"i": index, "n": n, "pad": "x" * 20})
+    assert len(entries) == len(order)
+    taken = entries.take()
+    assert taken is not None
+    back = [json.loads(e) for e in taken]
+    assert [(e["i"], e["n"]) for e in back] == sorted((i, n) for n, i in enumerate(order))
+    entries.add(1, ["b"])
+    entries.add(0, ["a"])
+    small = entries.take()
+    assert small is not None and list(small) == [b'["a"]', b'["b"]']
     entries.close()

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+import distill.checkpoint_file as checkpoint_file
 import distill.export.preference as preference_module
 import distill.export.run as run_module
 from distill.collect import run_collect
@@ -104,10 +105,16 @@ def _compare(a: Workspace, b: Workspace, kind: ExportKind, monkeypatch: pytest.M
     return calls_a.rows, calls_b.rows
 
 
+@pytest.mark.parametrize("spill", ["memory", "file"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, generated: tuple[Path, Path],
                                                                exported_once: dict[ExportKind, Path],
-                                                               kind: ExportKind, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               kind: ExportKind, spill: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`spill`: each partition's checkpoint entries held in memory (the default for a small
+    partition) or all written to the temporary file, as a busy partition's are."""
+    if spill == "file":
+        monkeypatch.setattr(checkpoint_file, "SPILL_BYTES", 0)
     _, grown = generated
     a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
     done_a, done_b = _compare(a, b, kind, monkeypatch)
