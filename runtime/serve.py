@@ -51,8 +51,10 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = None
-    temperature: float | None = None
+    # accepted as OpenAI defines them and not used ([runtime] decides how the local model samples,
+    # so every logged run is reproducible from settings); out of OpenAI's range is still a 400
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
 
 
 class SearchRequest(BaseModel):

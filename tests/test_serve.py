@@ -133,6 +133,9 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "invalid request" in _error(httpx.post(chat, content=b"not json", headers={"content-type": "application/json"}), 400)
     assert "invalid request" in _error(httpx.post(chat, content=b"[1, 2]"), 400)
     assert "content" in _error(httpx.post(chat, json={"messages": [{"role": "user", "content": [1, 2]}]}), 400)
+    user = [{"role": "user", "content": "x"}]
+    assert "max_tokens" in _error(httpx.post(chat, json={"messages": user, "max_tokens": -1}), 400)
+    assert "temperature" in _error(httpx.post(chat, json={"messages": user, "temperature": 9}), 400)
     assert "k" in _error(httpx.post(search, json={"query": "x", "k": 0}), 400)
     assert "mode" in _error(httpx.post(search, json={"query": "x", "mode": "psychic"}), 400)
     huge = {"messages": [{"role": "user", "content": "routing " * 1000}]}
@@ -146,7 +149,7 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
 
     assert "max_request_bytes=4096" in _error(httpx.post(chat, content=chunked()), 413)
     assert _logged(server.root) == []
-    assert 'distill_requests_total{endpoint="chat",outcome="400"} 5.0' in httpx.get(server.url + "/metrics").text
+    assert 'distill_requests_total{endpoint="chat",outcome="400"} 7.0' in httpx.get(server.url + "/metrics").text
 
 
 def test_models_are_listed_for_frameworks_that_ask(server: Running) -> None:
