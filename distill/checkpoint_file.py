@@ -77,8 +77,9 @@ class JsonEntries:
         self._end += len(data)
 
     def take(self) -> Iterator[bytes] | None:
-        """The entries in input order (None when one could not be written); the next partition
-        starts empty. The iterator is valid until the next `add`."""
+        """The entries in input order as pieces of a JSON array's body (each piece one entry or
+        several joined by commas; never empty), None when one could not be written. The next
+        partition starts empty; the iterator is valid until the next `add`."""
         unwritable, spilled, held = self.unwritable, self._spilled, self._held
         where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy() if spilled else None
         self._where, self._end, self._spilled, self.unwritable = array("q"), 0, False, False
@@ -86,9 +87,11 @@ class JsonEntries:
         if unwritable:
             return None
         if where is None:
+            if not held:
+                return iter(())
             if any(held[k][0] > held[k + 1][0] for k in range(len(held) - 1)):
                 held.sort(key=lambda item: item[0])  # stable: equal indexes keep their order
-            return (data for _, data in held)
+            return iter((b",".join([data for _, data in held]),))  # one write, not two per entry
         if len(where) > 1 and bool(np.any(where[1:, 0] < where[:-1, 0])):
             where = where[np.argsort(where[:, 0], kind="stable")]
         assert self._file is not None
@@ -157,9 +160,9 @@ class CheckpointFile:
             return None
 
     def write(self, rel: str, checkpoint: dict[str, Any], entries: Iterable[bytes] | None = None) -> None:
-        """One partition's next checkpoint (kept in the side file until `save`). `entries`: JSON
-        lines (`JsonEntries.take`) written as the checkpoint's `entries` array one at a time, so
-        the line is never built whole in memory."""
+        """One partition's next checkpoint (kept in the side file until `save`). `entries`: the
+        pieces `JsonEntries.take` hands out, written as the checkpoint's `entries` array one at a
+        time, so a spilled partition's line is never built whole in memory."""
         try:
             head = dumps(rel) + b"\t"
             body = dumps(checkpoint)
@@ -172,10 +175,10 @@ class CheckpointFile:
             out.write(head + body + b"\n")
             return
         out.write(head + b'{"' + ENTRIES_KEY.encode() + b'":[')
-        for n, entry in enumerate(entries):
+        for n, piece in enumerate(entries):
             if n:
                 out.write(b",")
-            out.write(entry)
+            out.write(piece)
         out.write(b"]" + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
 
     def save(self, header: dict[str, Any]) -> None:

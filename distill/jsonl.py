@@ -57,14 +57,8 @@ def _finite_float(text: str) -> float:
 _NUMBER_SHAPES = bytes(
     0x30 if 0x30 <= b <= 0x39 else 0x7C if b in b":,[-\x20\t\r\n" else 0x20 for b in range(256)
 )
-_LONG_NUMBER = b"|" + b"0" * 19
-
-
-def _may_exceed_64_bits(data: bytes | str) -> bool:
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogatepass")
-    shapes = data.translate(_NUMBER_SHAPES)
-    return _LONG_NUMBER in shapes or shapes.startswith(_LONG_NUMBER[1:])  # or the text is a number
+_ZEROS = b"0" * 19
+_LONG_NUMBER = b"|" + _ZEROS
 
 
 def _stdlib_loads(data: bytes | str) -> Any:
@@ -82,7 +76,8 @@ def loads(data: bytes | str) -> Any:
     surrogate escape), but not NaN, Infinity or a float that overflows: they are not JSON, and
     accepting them would make rows that differ only there hash alike (canonical JSON writes each
     as null)."""
-    if _may_exceed_64_bits(data):
+    shapes = (data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data).translate(_NUMBER_SHAPES)
+    if _LONG_NUMBER in shapes or shapes.startswith(_ZEROS):  # (or the text is such a number)
         return _stdlib_loads(data)
     try:
         return orjson.loads(data)

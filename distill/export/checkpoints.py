@@ -65,7 +65,7 @@ class PartitionExporter(Protocol):
     def feed(self, item: ReaderItem) -> None: ...
 
     def end_partition(self) -> Iterator[bytes] | None:
-        """The entries (each as its JSON, `JsonEntries.take`) of the rows since the last call."""
+        """The entries of the rows since the last call, as `JsonEntries.take` hands them out."""
         ...
 
     def can_replay(self, entries: list[Any]) -> bool: ...
@@ -248,7 +248,7 @@ class ExportCheckpoints:
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
               mirror: tuple[int, str, np.ndarray], entries: Iterator[bytes], digests: bytes) -> None:
-        """`entries`: each row's entry as its JSON, in row order (`PartitionExporter.end_partition`)."""
+        """`entries`: the rows' entries in row order, as `JsonEntries.take` hands them out."""
         if not self.writable:
             return
         sha = scored.hexdigest(scored_path)
