@@ -68,6 +68,9 @@ def parse_chroma_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, port, ssl
 
 
+STORE_FILE = "chroma.sqlite3"  # what an embedded Chroma store keeps its records in
+
+
 def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) -> ClientAPI:
     """HttpClient when a server URL is given, else a PersistentClient at `path`.
 
@@ -87,11 +90,16 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
             return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chroma_settings)
         except Exception as exc:  # chromadb raises plain ValueError/ConnectionError variants
             raise DistillError(f"cannot reach the Chroma server at {url}: {exc}") from exc
+    if not (path / STORE_FILE).exists():
+        # a store deleted while this process held a client for it: chromadb would hand back the
+        # cached System, still writing to the deleted files (a run then reports vectors that the
+        # next process does not find)
+        _forget_cached_system(str(path))
     path.mkdir(parents=True, exist_ok=True)
     try:
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
     except Exception as exc:  # chromadb.errors.InternalError ("file is not a database") and kin
-        _forget_failed_client(str(path))
+        _forget_cached_system(str(path))
         if not_writable(path, exc):
             # a rebuild would delete the store and still fail: say what is really wrong
             raise DistillError(
@@ -124,9 +132,10 @@ def not_writable(path: Path, exc: BaseException) -> bool:
     return any(not os.access(p, os.W_OK) for p in (path, *path.glob("*")) if p.exists())
 
 
-def _forget_failed_client(identifier: str) -> None:
-    """chromadb caches a client's System per path before starting it, so one that failed to start
-    would be handed back to every later client for that path: drop it."""
+def _forget_cached_system(identifier: str) -> None:
+    """chromadb caches a client's System per path (before starting it), and hands it back to every
+    later client for that path: one that failed to start, or one whose files were deleted, must be
+    dropped for the next client to open the store on disk."""
     try:
         from chromadb.api.shared_system_client import SharedSystemClient
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -518,8 +520,15 @@ def test_index_stage_has_a_receipt_and_resumes(tmp_path: Path) -> None:
     assert third.receipts[0].totals.deduped == 12 and third.summary.overall_passed
     shutil.rmtree(ws.index_dir / "chroma")  # the vectors are lost, manifest and BM25 remain
     fourth = execute_run(ws, Settings(), stages=stages)
-    assert fourth.receipts[0].status == "ran" and fourth.summary.overall_passed
-    assert (ws.index_dir / "chroma").is_dir()
+    assert fourth.receipts[0].status == "ran", fourth.receipts[0].validation.errors
+    assert fourth.summary.overall_passed, (fourth.summary.stopped_by, fourth.receipts[0].validation.errors)
+    # rebuilt on disk, not into the deleted store's files (chromadb caches a System per path):
+    # another process finds all 13 vectors
+    count = subprocess.run(
+        [sys.executable, "-c", "import sys, chromadb; c = chromadb.PersistentClient(sys.argv[1]); "
+         "print(sum(x.count() for x in c.list_collections()))", str(ws.index_dir / "chroma")],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert count.stdout.split()[-1] == "13", count.stderr[-2000:]
 
 
 def _outcome(oid: str, ok: bool, day: int) -> dict:
