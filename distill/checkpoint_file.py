@@ -39,7 +39,6 @@ class JsonEntries:
         self._held: list[tuple[int, bytes]] = []  # (input index, JSON) until the partition spills
         self._held_bytes = 0
         self._file: IO[bytes] | None = None  # reused across partitions, rewritten from offset 0
-        self._spilled = False
         self._where = array("q")  # (input index, offset, length) per entry written to the file
         self._end = 0
         self.unwritable = False  # an entry JSON cannot carry (a lone surrogate): no checkpoint
@@ -53,7 +52,7 @@ class JsonEntries:
         except (UnicodeEncodeError, ValueError):
             self.unwritable = True
             return
-        if self._spilled:
+        if self._where:  # this partition spilled: the rest of it goes to the file too
             self._write(index, data)
             return
         self._held.append((index, data))
@@ -65,7 +64,6 @@ class JsonEntries:
         if self._file is None:
             self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self._file.seek(0)  # what an earlier partition left there is never read: no truncate
-        self._spilled = True
         held, self._held, self._held_bytes = self._held, [], 0
         for index, data in held:
             self._write(index, data)
@@ -80,9 +78,9 @@ class JsonEntries:
         """The entries in input order as pieces of a JSON array's body (each piece one entry or
         several joined by commas; never empty), None when one could not be written. The next
         partition starts empty; the iterator is valid until the next `add`."""
-        unwritable, spilled, held = self.unwritable, self._spilled, self._held
-        where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy() if spilled else None
-        self._where, self._end, self._spilled, self.unwritable = array("q"), 0, False, False
+        unwritable, held = self.unwritable, self._held
+        where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy() if self._where else None
+        self._where, self._end, self.unwritable = array("q"), 0, False
         self._held, self._held_bytes = [], 0
         if unwritable:
             return None

@@ -322,7 +322,7 @@ def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: di
 def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence, scored_hash: PrefixHash,
             exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
     """The partition only grew: replay its checkpoint whole, read the lines after it."""
-    exporter.replay(found.pop(ENTRIES_KEY))  # the exporter writes them to its entries file again: let the lists go
+    exporter.replay(found.pop(ENTRIES_KEY))  # the exporter keeps them as JSON again: let the lists go
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
     for raw, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):

@@ -428,7 +428,7 @@ class _Pass1:
         self.record = record
         self.batch: list[tuple[int, Joined, str]] = []
         self._next = 0  # input index of the next line
-        self._entries = JsonEntries()  # this partition's, in a temporary file until its checkpoint is written
+        self._entries = JsonEntries()  # this partition's, as JSON until its checkpoint is written
         self._ready: list[_Ready] = []  # the entries can_replay parsed last
         self.replayed = 0  # lines taken from checkpoints
 

@@ -115,8 +115,9 @@ class RowExporter:
     `id_of` gives a row's sample id before any check, so a row refused now whose id is already
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
 
-    With `record`, each row's outcome (an `Entry`) is written to a temporary file (`JsonEntries`)
-    until `end_partition` hands the partition's entries over (a checkpoint); `replay` takes such entries instead of the rows they
+    With `record`, each row's outcome (an `Entry`) is kept as its JSON (`JsonEntries`: in memory,
+    or a temporary file for a big partition) until `end_partition` hands the partition's entries
+    over (a checkpoint); `replay` takes such entries instead of the rows they
     came from, producing the same lines and counters, when nothing they depended on has changed.
     """
 
