@@ -62,7 +62,13 @@ _LONG_NUMBER = b"|" + _ZEROS
 
 
 def _stdlib_loads(data: bytes | str) -> Any:
-    return json.loads(data, parse_constant=_not_json_constant, parse_float=_finite_float)
+    try:
+        return json.loads(data, parse_constant=_not_json_constant, parse_float=_finite_float)
+    except RecursionError:
+        # arrays or objects nested past the interpreter's recursion limit (orjson refuses them past
+        # 1,024 levels and sends them here): bad input like any other, so a ValueError, which every
+        # reader already turns into a quarantine row or a one-line error, not a traceback
+        raise ValueError("not JSON this reader accepts: arrays or objects nested too deeply") from None
 
 
 def loads(data: bytes | str) -> Any:

@@ -195,3 +195,21 @@ def _leaves(value):
             yield from _leaves(v)
     else:
         yield value
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 3000 + "]" * 3000,
+    '{"a":' * 3000 + "1" + "}" * 3000,
+    "[" * 100_000 + "184467440737095516160" + "]" * 100_000,  # the stdlib path from the first byte
+])
+def test_json_nested_past_the_parsers_limit_is_a_value_error(text: str) -> None:
+    """Every reader turns a ValueError into a quarantine row or a one-line error; a RecursionError
+    escaped them as a traceback."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads(text)
+    with pytest.raises(ValueError):
+        loads(text.encode())
+
+
+def test_json_nested_within_the_limit_still_parses() -> None:
+    assert loads("[" * 900 + "1" + "]" * 900) is not None

@@ -138,14 +138,18 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def _string_leaves(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _string_leaves(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _string_leaves(v)
+    """The strings in a parsed JSON value, in document order. A loop with its own stack, not
+    recursion: a benchmark file is user input, and JSON nested near the parser's limit would
+    otherwise overflow Python's stack here."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 
 def _benchmark_texts(path: Path) -> Iterator[str]:
@@ -160,15 +164,19 @@ def _benchmark_texts(path: Path) -> Iterator[str]:
                 if not line:
                     continue
                 try:
-                    yield from _string_leaves(json.loads(line))
-                except ValueError:
+                    parsed = json.loads(line)
+                except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
                     yield line
+                    continue
+                yield from _string_leaves(parsed)
         elif base.endswith(".json"):
             data = fh.read()
             try:
-                yield from _string_leaves(json.loads(data))
-            except ValueError:
+                parsed = json.loads(data)
+            except (ValueError, RecursionError):
                 yield data
+                return
+            yield from _string_leaves(parsed)
         else:
             yield fh.read()
 

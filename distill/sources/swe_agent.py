@@ -90,7 +90,7 @@ def load_results(path: Path) -> dict[str, list[str]] | None:
         return None
     try:
         data = json.loads(strip_trailing_commas(raw))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
         return None
     if not isinstance(data, dict):
         return None
