@@ -63,11 +63,15 @@ def emit_json(value: BaseModel | dict[str, Any] | list[Any]) -> None:
     if isinstance(value, BaseModel):
         sys.stdout.write(value.model_dump_json(indent=2) + "\n")
     else:
-        from distill.jsonl import dumps
+        import json
 
         import orjson
 
-        sys.stdout.write(orjson.dumps(orjson.loads(dumps(value)), option=orjson.OPT_INDENT_2).decode() + "\n")
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits: the stdlib writes every digit
+            text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+        sys.stdout.write(text + "\n")
 
 
 @contextlib.contextmanager

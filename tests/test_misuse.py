@@ -333,6 +333,19 @@ def test_11_json_errors_are_json_on_stdout(tmp_path: Path) -> None:
     assert "does not exist" in json.loads(done.stdout)["error"]
 
 
+def test_11_json_output_keeps_integers_beyond_64_bits(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json output (e.g. `replay --server --json` prints the server's body) went through orjson,
+    which cannot write an integer beyond 64 bits: it failed, or came out as a float."""
+    from distill.command import emit_json
+
+    value = {"b": 2**128 + 1, "a": [-(10**30), "é", None], "c": {"z": 1, "y": 2.5}}
+    emit_json(value)
+    out = capsys.readouterr().out
+    assert json.loads(out) == value and "340282366920938463463374607431768211457" in out
+    emit_json({"b": 1, "a": [2, "é", None]})  # the usual case: indented, keys sorted, as before
+    assert capsys.readouterr().out == '{\n  "a": [\n    2,\n    "é",\n    null\n  ],\n  "b": 1\n}\n'
+
+
 def test_11_receipts_stage_cannot_leave_the_run_directory(tmp_path: Path) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
     assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
