@@ -353,6 +353,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib parses arrays and inline tables recursively
+        raise ConfigError(f"{path}: not valid TOML this reader accepts: arrays or tables nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read as a file ({exc.strerror or exc})") from exc
 
@@ -411,6 +413,8 @@ def load_settings(root: Path, **overrides: Any) -> Settings:
     except SettingsError as exc:  # a DISTILL_* value that is not the JSON its setting needs
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
         raise ConfigError(f"invalid DISTILL_* environment setting: {exc}{cause}") from exc
+    except RecursionError:  # pydantic-settings parses a complex DISTILL_* value with the stdlib's json
+        raise ConfigError("invalid DISTILL_* environment setting: a JSON value nested too deeply") from None
     return Settings.model_validate(loaded.model_dump())
 
 

@@ -230,7 +230,7 @@ def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: 
 @pytest.mark.parametrize(
     "case",
     ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
-     "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url"],
+     "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep"],
 )
 def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
@@ -253,6 +253,10 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
         env = {"DISTILL_EXPORT__BENCHMARK_FILES": "x"}
     elif case == "absolute_mapping":
         (root / "distill.toml").write_text('[[sources]]\nname = "abs"\npath = "/abs/x.jsonl"\ntask_id = "t"\ntext = "o"\n')
+    elif case == "toml_nested_too_deep":  # tomllib and the stdlib's json recurse: a RecursionError traceback before
+        (root / "distill.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif case == "env_nested_too_deep":
+        env = {"DISTILL_SOURCES": "[" * 5000 + "]" * 5000}
     elif case.startswith("ollama_host"):
         env = {"OLLAMA_HOST": "http://127.0.0.1:99999" if case.endswith("port") else "not a url::"}
         cmd = [*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "hello there"]
