@@ -13,6 +13,7 @@ from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
+from distill.records import Category
 
 ChromaUrlOption = Annotated[
     str | None,
@@ -67,6 +68,10 @@ def register(app: typer.Typer) -> None:
         """Search the index built by `distill index`."""
         if mode not in MODES:
             raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        known = [c.value for c in Category]  # a RAG row's success_score; a misspelt filter would match nothing
+        unknown = [c for c in category or [] if c not in known]
+        if unknown:
+            raise UsageError(f"--category {unknown[0]!r}: choose from {', '.join(known)}")
         from index.search import open_searcher
 
         ws, settings = open_workspace(root)

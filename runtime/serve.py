@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from distill.command import open_workspace
 from distill.config import ServeSettings, Settings
 from distill.errors import UsageError
+from distill.records import Category
 from distill.records.replay import ReplayRun
 from runtime.replay import ReplaySession
 
@@ -61,7 +62,7 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int = Field(8, ge=1, le=100)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
-    categories: list[str] | None = Field(None, description="keep only hits of these categories (as `distill search --category`)")
+    categories: list[Category] | None = Field(None, description="keep only hits of these categories (as `distill search --category`)")
 
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -255,7 +256,7 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
             return body
         t0 = time.perf_counter()
         hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode,
-                                        categories=body.categories)
+                                        categories=[c.value for c in body.categories] if body.categories else None)
         stage_seconds.labels("search").observe(time.perf_counter() - t0)
         requests.labels("search", "200").inc()
         return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}

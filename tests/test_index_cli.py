@@ -44,5 +44,8 @@ def test_cli_index_and_search_json(tmp_path: Path) -> None:
 
     res = runner.invoke(app, ["search", "x", "--root", str(tmp_path), "--mode", "fuzzy"])
     assert res.exit_code == 2 and "choose one of" in res.output
+    # a misspelt category is refused, not answered with "no hits"
+    res = runner.invoke(app, ["search", "x", "--root", str(tmp_path), "--category", "acepted"])
+    assert res.exit_code == 2 and "--category 'acepted': choose from accepted" in res.output
     res = runner.invoke(app, ["search", "x", "--root", str(tmp_path / "nowhere")])
     assert res.exit_code == 2

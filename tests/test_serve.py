@@ -138,6 +138,7 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "temperature" in _error(httpx.post(chat, json={"messages": user, "temperature": 9}), 400)
     assert "k" in _error(httpx.post(search, json={"query": "x", "k": 0}), 400)
     assert "mode" in _error(httpx.post(search, json={"query": "x", "mode": "psychic"}), 400)
+    assert "categories" in _error(httpx.post(search, json={"query": "x", "categories": ["acepted"]}), 400)
     huge = {"messages": [{"role": "user", "content": "routing " * 1000}]}
     assert "max_request_bytes=4096" in _error(httpx.post(chat, json=huge), 413)
 
