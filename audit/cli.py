@@ -14,6 +14,9 @@ from distill.errors import UsageError
 from distill.jsonl import write_atomic
 
 
+MAX_MESSAGE_BYTES = 1_048_576  # GitHub caps a PR body at 65,536 characters
+
+
 def register(app: typer.Typer) -> None:
     @app.command("audit")
     @handle_errors
@@ -38,9 +41,14 @@ def register(app: typer.Typer) -> None:
         message = None
         if message_file is not None:
             try:
-                message = message_file.read_text(encoding="utf-8", errors="replace")
+                with message_file.open("rb") as fh:  # a pipe works too (--message-file /dev/stdin)
+                    data = fh.read(MAX_MESSAGE_BYTES + 1)
             except OSError as exc:
                 raise UsageError(f"--message-file {message_file}: {exc.strerror or exc}") from None
+            if len(data) > MAX_MESSAGE_BYTES:  # read whole, /dev/zero or a runaway pipe would fill memory
+                raise UsageError(f"--message-file {message_file}: longer than {MAX_MESSAGE_BYTES:,} bytes; "
+                                 "a PR body or commit message is far shorter")
+            message = data.decode("utf-8", errors="replace")
         if backend is not None and backend not in ("auto", "ollama", "openai", "llamacpp"):
             raise UsageError(f"--backend {backend!r}: one of auto, ollama, openai, llamacpp")
         report = audit(ws, settings, repo, revision_range, message=message, use_model=model, backend=backend,
