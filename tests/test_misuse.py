@@ -230,7 +230,8 @@ def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: 
 @pytest.mark.parametrize(
     "case",
     ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
-     "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep"],
+     "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep",
+     "every_empty", "every_past_the_clock"],
 )
 def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
@@ -257,6 +258,9 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
         (root / "distill.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     elif case == "env_nested_too_deep":
         env = {"DISTILL_SOURCES": "[" * 5000 + "]" * 5000}
+    elif case.startswith("every_"):  # '' ran once as if --every was not given; a huge one overflowed the clock
+        cmd = [*DISTILL, "run", "--no-index", "--every", "" if case == "every_empty" else "99999999999999999999h",
+               "--root", str(root)]
     elif case.startswith("ollama_host"):
         env = {"OLLAMA_HOST": "http://127.0.0.1:99999" if case.endswith("port") else "not a url::"}
         cmd = [*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "hello there"]

@@ -307,7 +307,8 @@ def test_parse_duration() -> None:
     assert parse_duration("1h") == 3600
     assert parse_duration("1h30m") == 5400
     assert parse_duration("90") == 90
-    for bad in ("", "15x", "m15", "0s", "1h x"):
+    assert parse_duration("365d") == 365 * 86400
+    for bad in ("", "15x", "m15", "0s", "1h x", "366d", "99999999999999999999h"):  # the last: OverflowError before
         with pytest.raises(UsageError):
             parse_duration(bad)
 

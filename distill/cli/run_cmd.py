@@ -15,6 +15,7 @@ from distill.command import JsonOption, RootOption, console, emit_json, err_cons
 from distill.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_INTERVAL_S = 365 * 86400
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
@@ -30,6 +31,8 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds < 1:
         raise UsageError(f"--every {text!r}: the interval must be at least 1s")
+    if seconds > MAX_INTERVAL_S:  # past this the next run's time overflows the clock (a traceback before)
+        raise UsageError(f"--every {text!r}: the interval must be at most 365d")
     return seconds
 
 
@@ -120,7 +123,7 @@ def register(app: typer.Typer) -> None:
         released, and the next run resumes)."""
         from distill.pipeline import execute_run
 
-        interval = parse_duration(every) if every else None
+        interval = parse_duration(every) if every is not None else None  # '' is refused, not one run
         ws, settings = open_workspace(root, sources=True)
         code = 0
         while True:
