@@ -47,9 +47,18 @@ def _check(name: str, passed: bool, reason: str) -> GateCheck:
     return GateCheck(name=name, passed=passed, reason=reason)
 
 
+MAX_QUOTED_CHARS = 120
+
+
+def _short(item: str) -> str:
+    """An item a reason names, cut to a readable length: reasons are logged with every run, and a
+    model can write a 40,000-character "path"."""
+    return repr(item if len(item) <= MAX_QUOTED_CHARS else item[:MAX_QUOTED_CHARS] + "…")
+
+
 def _quote(items: Iterable[str], limit: int = 5) -> str:
     items = list(items)
-    shown = ", ".join(repr(i) for i in items[:limit])
+    shown = ", ".join(_short(i) for i in items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
@@ -419,12 +428,12 @@ def check_answer_form(output: str, task: str) -> GateCheck:
             return _check("answer_form", False, f"the answer does not open with one of {_quote(options)}")
         others = sorted({w for w in words if w in options and w != chosen})
         if others:
-            return _check("answer_form", False, f"the first sentence names {chosen!r} and also {_quote(others)}: no single decision")
-        return _check("answer_form", True, f"decides {chosen!r}")
+            return _check("answer_form", False, f"the first sentence names {_short(chosen)} and also {_quote(others)}: no single decision")
+        return _check("answer_form", True, f"decides {_short(chosen)}")
     if asks_for_file(task):
         if not cited_paths(output):
             return _check("answer_form", False, "the task asks for a file and the answer names no file path")
-        return _check("answer_form", True, f"names {cited_paths(output)[0]!r}")
+        return _check("answer_form", True, f"names {_short(cited_paths(output)[0])}")
     return _check("answer_form", True, "skipped: the task asks for no particular form")
 
 

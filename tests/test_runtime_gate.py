@@ -356,3 +356,13 @@ def test_copying_the_worked_example_fails_the_gate() -> None:
     copied = worked_example(task, make_nonce(task, BUNDLE))[1]["content"]
     result = validate(copied, BUNDLE, task, GateSettings())
     assert not result.passed and not checks(result)["citations"].passed
+
+
+def test_reasons_name_a_huge_invented_path_briefly() -> None:
+    """Reasons are logged with every run (and collected as evidence): a 40,000-character "path" in
+    an answer was quoted whole, five times over in the worst case."""
+    huge = "src/" + "a/" * 20_000 + "b.py"
+    result = validate(GOOD + f" See `{huge}`.", BUNDLE, TASK, GateSettings())
+    grounding = checks(result)["grounding"]
+    assert not grounding.passed and "src/a/a/" in grounding.reason and len(grounding.reason) < 300
+    assert all(len(c.reason) < 2_000 for c in result.checks)
