@@ -256,3 +256,16 @@ def test_any_json_object_yields_exactly_one_item(row: dict[str, Any]) -> None:
         assert isinstance(item, EvidenceRecord | QuarantineRecord)
         if isinstance(item, EvidenceRecord):
             assert score_evidence(item, SCORE_SETTINGS).reasons
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_a_timestamp_outside_the_calendar_in_utc_is_an_invalid_timestamp(stamp: str) -> None:
+    """Converting it to UTC overflowed: the row was quarantined as 'unexpected row shape:
+    OverflowError' (wrong_type), and a hand-edited scored line with it could not be validated."""
+    from distill.errors import RowRejected
+    from distill.sources.fields import parse_timestamp
+
+    with pytest.raises(RowRejected) as caught:
+        parse_timestamp(stamp, "created_at")
+    assert caught.value.reason is QuarantineReason.INVALID_TIMESTAMP
+    assert parse_timestamp("9999-12-31T23:59:59+00:00", "t").year == 9999  # the edges themselves still parse

@@ -33,7 +33,10 @@ class ScoreClass(StrEnum):
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is past year 9999 in UTC: invalid input, not a crash
+        raise ValueError("timestamp falls outside years 1-9999 once converted to UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
