@@ -285,7 +285,7 @@ def plot(r: dict[str, Any], path: Path) -> Path:
 
 
 ONE_DAY = "every ISO timestamp on 2026-03-15"
-_ISO_DATE = re.compile(rb'"20\d\d-\d\d-\d\dT')
+ISO_DATE = re.compile(rb'"20\d\d-\d\d-\d\dT')
 
 
 def onto_one_day(kb: Path) -> int:
@@ -297,7 +297,7 @@ def onto_one_day(kb: Path) -> int:
     for path in sorted(kb.glob("*.jsonl")):
         with atomic_writer(path) as out:
             for raw in iter_raw_lines(path):
-                line = _ISO_DATE.sub(b'"2026-03-15T', raw.data or b"") + (b"\n" if raw.terminated else b"")
+                line = ISO_DATE.sub(b'"2026-03-15T', raw.data or b"") + (b"\n" if raw.terminated else b"")
                 out.write(line)
                 total += len(line)
     return total

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.pipeline import ONE_DAY, onto_one_day  # noqa: E402
+from benchmarks.pipeline import ISO_DATE, ONE_DAY, onto_one_day  # noqa: E402
 from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
 
 TARGET_UNCHANGED = 0.01
@@ -81,6 +81,41 @@ def timed_run(root: Path, *extra: str, jobs: int | None = None) -> dict[str, Any
     return result
 
 
+NEW_DAY = "2026-12-01"
+
+
+def onto_new_day(base_kb: Path, grown_kb: Path) -> None:
+    """Every ISO timestamp of the rows the grown streams add moves to NEW_DAY; the base's bytes
+    are kept, so each grown stream still starts with them. Epoch-number timestamps stay. Streamed:
+    this process forks the timed runs, and a child's peak RSS starts at this process's RSS."""
+    from distill.jsonl import atomic_writer, iter_raw_lines
+
+    new_day = b'"' + NEW_DAY.encode() + b"T"
+    for grown in sorted(grown_kb.glob("*.jsonl")):
+        base = base_kb / grown.name
+        kept = base.stat().st_size if base.exists() else 0
+        with base.open("rb") if kept else open(os.devnull, "rb") as old, grown.open("rb") as new:
+            left = kept
+            while left:
+                chunk = new.read(min(left, 1 << 20))
+                if not chunk or chunk != old.read(len(chunk)):
+                    raise SystemExit(f"{grown.name}: the grown stream does not start with the base's bytes")
+                left -= len(chunk)
+        with atomic_writer(grown) as out:
+            with grown.open("rb") as src:
+                left = kept
+                while left:
+                    chunk = src.read(min(left, 1 << 20))
+                    out.write(chunk)
+                    left -= len(chunk)
+            for raw in iter_raw_lines(grown, start=kept):
+                line = raw.data or b""
+                later = [m.group(0)[1:11].decode() for m in ISO_DATE.finditer(line) if m.group(0)[1:11].decode() >= NEW_DAY]
+                if later:
+                    raise SystemExit(f"{grown.name}: an appended row is dated {later[0]}, not before {NEW_DAY}")
+                out.write(ISO_DATE.sub(new_day, line) + (b"\n" if raw.terminated else b""))
+
+
 def brief(measured: dict[str, Any]) -> dict[str, Any]:
     """A run's figures for the log, without its counters."""
     return {k: v for k, v in measured.items() if k != "counters"}
@@ -125,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                          "1 runs the stages one by one")
     ap.add_argument("--one-day", action="store_true",
                     help="every ISO timestamp on one date (benchmarks/pipeline.py --one-day): partitions of ~N/12 rows")
+    ap.add_argument("--appended-on-new-day", action="store_true",
+                    help=f"the appended rows' ISO timestamps all on {NEW_DAY}, after every date of the workspace (a "
+                         "periodic run sees new runs, which are recent): they land in new partitions instead of "
+                         "growing old ones")
     ap.add_argument("--check-force", action="store_true",
                     help="also run the +1 %% append on a twin with --force (no caches, untimed) and "
                          "compare every export file and every stage's counters")
@@ -143,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             for kb in (base / "_kb", grown / "_kb"):
                 if kb.exists():
                     onto_one_day(kb)  # line by line, so the grown streams still start with the base's bytes
+        if args.appended_on_new_day and not args.no_append:
+            onto_new_day(base / "_kb", grown / "_kb")
         log(f"{rows:,} rows; then +{more - rows:,}")
         full = run_with_rusage(base, args.jobs)
         hashes = export_hashes(base)
@@ -176,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "suite": "rerun", "quick": args.quick, "rows": rows, "rows_added": more - rows,
         "jobs": "default (every core)" if args.jobs is None else args.jobs,
         "dates": ONE_DAY if args.one_day else "spread (the generator's dates)",
+        "appended_rows_dates": (f"every ISO timestamp on {NEW_DAY} (new partitions)" if args.appended_on_new_day
+                                else "as generated (spread over the workspace's dates: they grow old partitions)"),
         "full": full, "unchanged": unchanged, "plus_one_percent": plus,
         "unchanged_fraction_wall": round(unchanged["wall_s"] / full["wall_s"], 4),
         "unchanged_fraction_cpu": round(unchanged["cpu_s"] / full["cpu_s"], 4),
@@ -221,6 +264,7 @@ def markdown(r: dict[str, Any]) -> str:
            f"{r['plus_one_percent_vs_force']['exports_identical']}, counters identical: "
            f"{r['plus_one_percent_vs_force']['counters_identical']}"] if r.get("plus_one_percent_vs_force") else []),
         *([f"- dates: {r['dates']}"] if r.get("dates") else []),
+        *([f"- the appended rows' dates: {r['appended_rows_dates']}"] if r.get("appended_rows_dates") else []),
         "- " + targets_line(r["targets"]),
         f"- machine: {r['machine']}",
     ]
