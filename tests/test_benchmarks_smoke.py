@@ -176,3 +176,27 @@ def test_rerun_quick_matches_a_run_without_caches(tmp_path: Path) -> None:
     assert data["plus_one_percent"]["stages"]["export-rag"] == "ran"
     assert data["plus_one_percent_vs_force"]["exports_identical"] is True
     assert data["plus_one_percent_vs_force"]["counters_identical"] is True
+
+
+def test_rerun_new_day_moves_only_the_appended_rows(tmp_path: Path) -> None:
+    """--appended-on-new-day: each grown stream keeps the base's bytes and only the rows after
+    them get the new day (epoch-number timestamps stay)."""
+    import re
+
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate  # type: ignore[import-not-found]
+
+    from benchmarks.rerun import NEW_DAY, onto_new_day
+
+    base, grown = tmp_path / "b", tmp_path / "g"
+    generate.write_scaled(base, 500)
+    generate.write_scaled(grown, 520)
+    onto_new_day(base, grown)
+    moved = 0
+    for stream in sorted(grown.glob("*.jsonl")):
+        data, kept = stream.read_bytes(), (base / stream.name).read_bytes()
+        assert data.startswith(kept) and NEW_DAY.encode() not in kept
+        dates = set(re.findall(rb'"(\d{4}-\d\d-\d\d)T', data[len(kept):]))
+        assert dates <= {NEW_DAY.encode()}, (stream.name, dates)
+        moved += len(dates)
+    assert moved > 5
