@@ -287,6 +287,25 @@ def test_9_inputs_collect_does_not_read_are_reported(tmp_path: Path) -> None:
     assert "loop" in unread["_kb/loop_a"] and "FIFO" in unread["_kb/fifo.jsonl"]
 
 
+def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:
+    """`path = "_kb/x.jsonl"` (the path is already under _kb/) read nothing without a word, and
+    the file itself was then reported as one no source reads."""
+    root = _workspace(tmp_path / "ws", rows=3)
+    (root / "_kb" / "my_agent.jsonl").write_text('{"ticket": "T-1", "output": "done", "created_at": "2026-03-01T00:00:00Z"}\n')
+    (root / "distill.toml").write_text('[[sources]]\nname = "my_agent"\npath = "_kb/my_agent.jsonl"\n'
+                                       'task_id = "ticket"\ntext = "output"\n')
+    done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    unread = {u["path"]: u["reason"] for u in json.loads(done.stdout)["unread"]}
+    assert "matches no file" in unread["_kb/_kb/my_agent.jsonl"] and "drop its leading '_kb/'" in unread["_kb/_kb/my_agent.jsonl"]
+    (root / "distill.toml").write_text('[[sources]]\nname = "my_agent"\npath = "my_agent.jsonl"\n'
+                                       'task_id = "ticket"\ntext = "output"\n')
+    done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    report = json.loads(done.stdout)
+    assert not [u for u in report["unread"] if "my_agent" in u["path"]]
+    assert report["by_source"]["my_agent"]["written"] == 1
+
+
 def test_9_a_directory_without_kb_is_not_a_workspace(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -102,6 +102,12 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
                                   "(name, path, task_id, text, created_at)"))
             else:
                 out.append((rel, "not a JSONL stream or a SWE-agent directory"))
+    by_name = {s.name: s for s in sources}
+    for mapping in settings.sources:  # a declared stream that reads nothing is a typo until shown otherwise
+        stream = by_name.get(mapping.name)
+        if stream is not None and not stream.inputs(ws):
+            hint = ": the path is relative to _kb/ already, drop its leading '_kb/'" if mapping.path.startswith("_kb/") else ""
+            out.append((f"_kb/{mapping.path}", f"[[sources]] '{mapping.name}' matches no file{hint}"))
     return sorted(set(out))
 
 
