@@ -113,10 +113,6 @@ class Workspace:
         (distill.export.checkpoints), so that a run after an append reads only the new lines."""
         return self.root / f".distill.export-{kind}.json"
 
-    def pairing_cache_path(self, kind: str) -> Path:
-        """Each task's pairing in the last export of `kind` (distill.export.pairing_cache)."""
-        return self.root / f".distill.pairing-{kind}.json"
-
     def passed_gates_path(self, kind: str) -> Path:
         """Digests of the gate inputs that passed the last export of `kind` (distill.export.passed_gates)."""
         return self.root / f".distill.gates-{kind}.npz"

@@ -48,7 +48,7 @@ def _state(ws: Workspace, kind: ExportKind, report: StageReport) -> tuple[dict[s
     dumped = report.model_dump(exclude={"inputs", "outputs"})
     # the preference export says how much its first pass took from the checkpoint and how many
     # rows it gated: work done, which differs
-    dumped["notes"] = [n for n in dumped["notes"] if not n.startswith(("first pass:", "firewall: ", "pairing: "))]
+    dumped["notes"] = [n for n in dumped["notes"] if not n.startswith(("first pass:", "firewall: "))]
     return dumped, files
 
 
@@ -72,12 +72,11 @@ def exported_once(generated: tuple[Path, Path], tmp_path_factory: pytest.TempPat
 def _twins(tmp_path: Path, exported: dict[ExportKind, Path], kind: ExportKind,
            change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
     """Two copies of a workspace exported once, changed alike; the second forgets its export
-    checkpoint (and the preference export's pairing cache)."""
+    checkpoint."""
     shutil.copytree(exported[kind], tmp_path / "a")
     shutil.copytree(exported[kind], tmp_path / "b")
     a, b = Workspace(tmp_path / "a"), Workspace(tmp_path / "b")
     b.export_checkpoint_path(kind.value).unlink()
-    b.pairing_cache_path(kind.value).unlink(missing_ok=True)
     change(a)
     change(b)
     return a, b

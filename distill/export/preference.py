@@ -24,8 +24,7 @@ What pass 1 makes of a scored line depends only on the line, its evidence and th
 so it is kept per scored partition in the export checkpoint (`distill.export.checkpoints`, the
 RAG/SFT mechanism): after an append, the unchanged prefix of each partition is replayed from its
 entries (no JSON parse, join, validation or gate) and only the appended lines are read. Pairing
-then runs again over the tasks whose rows or exported pairs changed; every other task takes what
-it decided last time (`distill.export.pairing_cache`).
+then runs over every row again, as before.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from distill.checkpoint_file import JsonEntries
 from distill.export.checkpoints import PartitionExporter
 from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.pair_grid import Grid
-from distill.export.pairing_cache import Item, PairingCache
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
     GATE_BATCH,
@@ -113,34 +111,10 @@ class Row:
     where: str  # scored_file:line, named when a later duplicate is refused
     failure: tuple[str, list[str]] | None  # the firewall's verdict
     offset: int
-    payload_digest: bytes = b""  # of what its quarantine line is built from (`payload_digest`); b"": not cached
 
     def as_tuple(self) -> tuple[object, ...]:
         return (self.index, self.key, self.task_id, self.prompt, self.category, self.source, self.text_digest,
-                self.cross_candidate, self.where, self.failure, self.offset, self.payload_digest)
-
-    def identity(self) -> tuple[bytes, ...]:
-        """Everything pairing reads of the row, or () when part of it cannot be encoded: what a
-        task's cached pairing is keyed by (`pairing_cache`)."""
-        if not self.payload_digest:
-            return ()
-        try:
-            return (self.key[0].encode(), self.key[1].encode(), self.prompt.encode(), self.category.value.encode(),
-                    self.source.encode(), self.text_digest, b"x" if self.cross_candidate else b"-",
-                    self.where.encode(), self.payload_digest)
-        except UnicodeEncodeError:
-            return ()
-
-
-def payload_digest(spilled: tuple[Any, ...]) -> bytes:
-    """Digest of a row's `Spilled` values but its text (the row's key and text digest stand for
-    that): what its quarantine line is built from. b"" when JSON cannot carry a value."""
-    key, ev_source, _text, created_at, provenance, category, first_reason, source, detail = spilled
-    try:
-        data = dumps([list(key), ev_source, created_at, provenance, category, first_reason, source, detail])
-    except (UnicodeEncodeError, ValueError, TypeError):
-        return b""
-    return hashlib.blake2b(data, digest_size=16).digest()
+                self.cross_candidate, self.where, self.failure, self.offset)
 
 
 @dataclass(slots=True)
@@ -262,7 +236,6 @@ class _Pairer:
         self.payload = payload
         self.pairs = pairs  # (sort key, JSON line) in pairing order
         self.fates: dict[int, Fate] = {}
-        self.made_ids: dict[str, list[str]] = {}  # task -> ids of the pairs made for it
 
     def fate(self, row: Row) -> Fate:
         found = self.fates.get(row.index)
@@ -339,7 +312,6 @@ class _Pairer:
             self.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
             self.fate(c).in_new = self.fate(r).in_new = True
             self.made_per_task[task_id] += 1
-            self.made_ids.setdefault(task_id, []).append(sample.id)
             made += 1
         return made
 
@@ -508,7 +480,6 @@ class _Pass1:
                 cross_candidate=j.scored.score_class is ScoreClass.VERDICT and ev.model_role in _REVIEW_ROLES,
                 where=f"{j.scored_file}:{j.scored_line}",
                 failure=None if failure is None else (failure.reason, failure.errors),
-                payload_digest=payload_digest(spilled),
                 offset=self.payload.put(spilled),
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
@@ -547,8 +518,7 @@ class _Pass1:
                 self.early.append((i, *fields, extra, False))
             else:
                 assert spilled is not None
-                row = Row(i, (fields[0], fields[1]), *fields[2:], payload_digest=payload_digest(spilled),
-                          offset=self.payload.put(spilled))
+                row = Row(i, (fields[0], fields[1]), *fields[2:], offset=self.payload.put(spilled))
                 self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
                 if extra is not None:
                     passed.append(extra)
@@ -582,9 +552,8 @@ def _by_category(rows: list[Row], category: Category) -> list[Row]:
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decided],
-                      cross_out: list[RecordFile] | None, cache: PairingCache | None = None) -> int:
-    """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on.
-    A task whose rows and exported pairs are as in a stored state takes its result from `cache`."""
+                      cross_out: list[RecordFile] | None) -> int:
+    """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on."""
     seen: dict[RowKey, str] = {}
     eligible: list[Row] = []
     for row in rows:
@@ -602,75 +571,25 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decide
 
     # A pair compares two answers to the same question: rows are grouped by task and by the
     # instruction they answered (an audit task holds findings about different files and topics;
-    # preferring one finding over another would teach severity, not quality). Tasks, and each
-    # task's questions, are paired in sorted order: the pairs come out in (task, question) order.
-    by_task: dict[str, list[Row]] = {}
-    for row in eligible:
-        by_task.setdefault(row.task_id, []).append(row)
+    # preferring one finding over another would teach severity, not quality).
     made = 0
-    for task_id in sorted(by_task):
-        task_rows = by_task[task_id]
-        cross = [cross_out is not None and row.cross_candidate for row in task_rows]
-        identities = [row.identity() for row in task_rows] if cache is not None else []
-        key = cache.key(task_id, identities) if cache is not None else None
-        items = cache.get(key, cross) if cache is not None else None
-        if items is not None:
-            for row, item in zip(task_rows, items, strict=True):
-                _take_item(row, item, decided, cross_out)
-            continue
-        groups: dict[str, list[Row]] = {}
-        for row in task_rows:
-            groups.setdefault(row.prompt, []).append(row)
-        for prompt in sorted(groups):
-            group = groups[prompt]
-            # accepted x rejected first, accepted x partially accepted as the fallback
-            made += pairer.offer(_by_category(group, Category.ACCEPTED),
-                                 [_by_category(group, Category.REJECTED),
-                                  _by_category(group, Category.PARTIALLY_ACCEPTED)],
-                                 task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
-        items = []
-        for row, to_cross in zip(task_rows, cross, strict=True):
-            fate = pairer.fates.get(row.index, Fate())
-            if to_cross:
-                assert cross_out is not None
-                cross_out[bucket_of(row.prompt, len(cross_out))].append(
-                    (row.as_tuple(), (fate.in_new, fate.in_existing, fate.why)))
-                why = fate.why
-                items.append(["x", fate.in_new, fate.in_existing, None if why is None else str(why[0]),
-                              None if why is None else why[1]])
-            else:
-                final = _final(row, [fate], pairer.payload)
-                decided.append(final)
-                items.append(["d", final[3], final[4], final[5]])
-        if cache is not None:
-            cache.put(task_id, identities, _json_items(items, key), items, pairer.made_ids.get(task_id, []))
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in eligible:
+        groups.setdefault((row.task_id, row.prompt), []).append(row)
+    for task_id, prompt in sorted(groups):
+        group = groups[(task_id, prompt)]
+        # accepted x rejected first, accepted x partially accepted as the fallback
+        made += pairer.offer(_by_category(group, Category.ACCEPTED),
+                             [_by_category(group, Category.REJECTED), _by_category(group, Category.PARTIALLY_ACCEPTED)],
+                             task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
+
+    for row in eligible:
+        fate = pairer.fates.get(row.index, Fate())
+        if cross_out is not None and row.cross_candidate:
+            cross_out[bucket_of(row.prompt, len(cross_out))].append((row.as_tuple(), (fate.in_new, fate.in_existing, fate.why)))
+        else:
+            decided.append(_final(row, [fate], pairer.payload))
     return made
-
-
-def _json_items(items: list[Item], key: str | None) -> str | None:
-    """The key under which `items` can be stored once their quarantine lines are text (a line that
-    is not UTF-8 cannot: None, the task is paired again next run)."""
-    if key is None:
-        return None
-    for item in items:
-        if item[0] == "d":
-            try:
-                item[2] = item[2].decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-    return key
-
-
-def _take_item(row: Row, item: Item, decided: list[Decided], cross_out: list[RecordFile] | None) -> None:
-    """A row's stored pairing result, as pairing it would hand it on."""
-    if item[0] == "d":
-        _, reason, line, deduped = item
-        decided.append((row.index, row.source, row.category.value, reason, line.encode("utf-8"), deduped))
-        return
-    assert cross_out is not None
-    _, in_new, in_existing, reason, message = item
-    why = None if reason is None else (QuarantineReason(reason), message)
-    cross_out[bucket_of(row.prompt, len(cross_out))].append((row.as_tuple(), (in_new, in_existing, why)))
 
 
 def _across(chosen: Row, rejected: Row) -> bool:
@@ -709,13 +628,11 @@ def export_preference(
     buckets: int,
     on_sample: LineSink,
     on_quarantine: LineSink,
-    pairing_cache: PairingCache | None = None,
 ) -> PreferenceExport:
     """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order.
     `read_rows` feeds pass 1 every scored partition in order (`export_partition`: read, or
     replayed from its checkpoint; `record` keeps the entries for the next checkpoints).
-    `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates).
-    `pairing_cache`: each task's pairing from the last run, reused while its state is unchanged."""
+    `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates)."""
     result = PreferenceExport(pairs_existing=len(existing_ids))
     with Spill(spill_dir) as spill:
         payload = _Payload(spill.records("payload"), evidence_text)
@@ -734,7 +651,7 @@ def export_preference(
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
                              spill.records(f"task-pairs-{b}", batch=IN_ORDER_BATCH))
             decided: list[Decided] = []
-            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, decided, cross_buckets, pairing_cache)
+            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, decided, cross_buckets)
             decided_runs.append(_sorted_run(spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH), decided))
             same_task_pairs.append(pairer.pairs)
 

@@ -25,7 +25,6 @@ from distill.export.card import write_card
 from distill.export.checkpoints import ExportCheckpoints, PartitionExporter, export_basis, export_partition
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
-from distill.export.pairing_cache import PairingCache
 from distill.export.passed_gates import PassedGates
 from distill.export.preference import export_preference
 from distill.export.quarantine import RowExporter
@@ -95,17 +94,13 @@ def run_export(
     target = native_path(ws, kind)
     existing_ids: set[str] = set()
     existing_per_task: Counter[str] = Counter()
-    existing_by_task: dict[str, list[str]] = {}  # preference: each task's exported pair ids (pairing_cache)
     previous_ids: set[str] = set()  # a rebuild starts from nothing, and says what it removed
     for r in iter_existing_rows(target):
         (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
         if not rebuild:
             existing_per_task[str(r.get("task_id"))] += 1
-            if kind == "preference":
-                existing_by_task.setdefault(str(r.get("task_id")), []).append(str(r.get("id")))
     index = EvidenceIndex(ws)
     checkpoints: ExportCheckpoints | None = None
-    pairing: PairingCache | None = None
 
     stale: list[Violation] = []
     qpath = ws.quarantine_path(kind)
@@ -134,10 +129,6 @@ def run_export(
                                             row_entries=False)
             stack.callback(checkpoints.discard)
             pref_checkpoints = checkpoints
-            pairing = PairingCache(ws.pairing_cache_path(kind), basis, writable=not dry_run,
-                                   existing_ids=existing_by_task, existing_count=existing_per_task.__getitem__,
-                                   cap=settings.export.max_pairs_per_task)
-            stack.callback(pairing.discard)
 
             def read_rows(pass1: PartitionExporter) -> None:
                 for path in iter_partition_files(ws.scored_dir):
@@ -155,7 +146,6 @@ def run_export(
                 buckets=bucket_count(sum(p.stat().st_size for p in iter_partition_files(ws.scored_dir))),
                 on_sample=lambda line: sample_sink.write(line + b"\n"),
                 on_quarantine=on_quarantine,
-                pairing_cache=pairing,
             )
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
@@ -163,8 +153,6 @@ def run_export(
             )
             report.notes.append(f"first pass: {pref.lines_replayed} scored lines taken from the export checkpoint "
                                 f"(the others read)")
-            report.notes.append(f"pairing: {pairing.reused} of {pairing.reused + pairing.paired} tasks taken from the "
-                                f"last run (their rows and exported pairs unchanged), the others paired")
             report.notes.append(f"firewall: {gates.checked} of {gates.seen} gated rows scanned "
                                 f"(the others passed the same gates in the last run)")
             gates.save()
@@ -216,8 +204,6 @@ def run_export(
                 append_file(target, staged)
             if not violations and checkpoints is not None:
                 checkpoints.save()  # what each partition decided, for the next run to start from
-                if pairing is not None:
-                    pairing.save()  # what each task's pairing decided, likewise
             if not target.exists():
                 write_atomic(target, b"")
             written.append(target)
