@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, ValidationError
 
 from distill.command import open_workspace
 from distill.config import ServeSettings, Settings
@@ -51,7 +51,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False  # "yes" or 1 is refused, as OpenAI refuses it
     # accepted as OpenAI defines them and not used ([runtime] decides how the local model samples,
     # so every logged run is reproducible from settings); out of OpenAI's range is still a 400
     max_tokens: int | None = Field(None, ge=1)
@@ -59,7 +59,7 @@ class ChatRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1)
+    query: str = Field(min_length=1, pattern=r"\S")  # not blank: a blank query would answer an empty list
     k: int = Field(8, ge=1, le=100)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
     categories: list[Category] | None = Field(None, description="keep only hits of these categories (as `distill search --category`)")

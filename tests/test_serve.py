@@ -139,6 +139,8 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "k" in _error(httpx.post(search, json={"query": "x", "k": 0}), 400)
     assert "mode" in _error(httpx.post(search, json={"query": "x", "mode": "psychic"}), 400)
     assert "categories" in _error(httpx.post(search, json={"query": "x", "categories": ["acepted"]}), 400)
+    assert "query" in _error(httpx.post(search, json={"query": " \n "}), 400)
+    assert "stream" in _error(httpx.post(chat, json={"messages": user, "stream": "yes"}), 400)
     huge = {"messages": [{"role": "user", "content": "routing " * 1000}]}
     assert "max_request_bytes=4096" in _error(httpx.post(chat, json=huge), 413)
 
@@ -150,7 +152,7 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
 
     assert "max_request_bytes=4096" in _error(httpx.post(chat, content=chunked()), 413)
     assert _logged(server.root) == []
-    assert 'distill_requests_total{endpoint="chat",outcome="400"} 7.0' in httpx.get(server.url + "/metrics").text
+    assert 'distill_requests_total{endpoint="chat",outcome="400"} 8.0' in httpx.get(server.url + "/metrics").text
 
 
 def test_models_are_listed_for_frameworks_that_ask(server: Running) -> None:
