@@ -94,25 +94,21 @@ def onto_new_day(base_kb: Path, grown_kb: Path) -> None:
     for grown in sorted(grown_kb.glob("*.jsonl")):
         base = base_kb / grown.name
         kept = base.stat().st_size if base.exists() else 0
-        with base.open("rb") if kept else open(os.devnull, "rb") as old, grown.open("rb") as new:
+        # one pass: the base's prefix is checked as it is copied (a mismatch leaves the file as it was)
+        with atomic_writer(grown) as out, grown.open("rb") as src, \
+                (base.open("rb") if kept else open(os.devnull, "rb")) as old:
             left = kept
             while left:
-                chunk = new.read(min(left, 1 << 20))
+                chunk = src.read(min(left, 1 << 20))
                 if not chunk or chunk != old.read(len(chunk)):
                     raise SystemExit(f"{grown.name}: the grown stream does not start with the base's bytes")
+                out.write(chunk)
                 left -= len(chunk)
-        with atomic_writer(grown) as out:
-            with grown.open("rb") as src:
-                left = kept
-                while left:
-                    chunk = src.read(min(left, 1 << 20))
-                    out.write(chunk)
-                    left -= len(chunk)
             for raw in iter_raw_lines(grown, start=kept):
                 line = raw.data or b""
-                later = [m.group(0)[1:11].decode() for m in ISO_DATE.finditer(line) if m.group(0)[1:11].decode() >= NEW_DAY]
+                later = [d for d in (m.group(0)[1:11] for m in ISO_DATE.finditer(line)) if d >= NEW_DAY.encode()]
                 if later:
-                    raise SystemExit(f"{grown.name}: an appended row is dated {later[0]}, not before {NEW_DAY}")
+                    raise SystemExit(f"{grown.name}: an appended row is dated {later[0].decode()}, not before {NEW_DAY}")
                 out.write(ISO_DATE.sub(new_day, line) + (b"\n" if raw.terminated else b""))
 
 

@@ -70,7 +70,8 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
     instead of skipping it without a word."""
     if not ws.kb_dir.is_dir():
         return []
-    read = {p.absolute() for source in sources for p in source.inputs(ws)}
+    inputs = {source.name: source.inputs(ws) for source in sources}
+    read = {p.absolute() for found in inputs.values() for p in found}
     owned_dirs = [s.directory.absolute() for s in sources if isinstance(s, SweAgentSource)]
     out: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(ws.kb_dir, followlinks=False):
@@ -102,10 +103,9 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
                                   "(name, path, task_id, text, created_at)"))
             else:
                 out.append((rel, "not a JSONL stream or a SWE-agent directory"))
-    by_name = {s.name: s for s in sources}
     for mapping in settings.sources:  # a declared stream that reads nothing is a typo until shown otherwise
-        stream = by_name.get(mapping.name)
-        if stream is not None and not stream.inputs(ws):
+        found = inputs.get(mapping.name)
+        if found is not None and not found:
             hint = ": the path is relative to _kb/ already, drop its leading '_kb/'" if mapping.path.startswith("_kb/") else ""
             out.append((f"_kb/{mapping.path}", f"[[sources]] '{mapping.name}' matches no file{hint}"))
     return sorted(set(out))
