@@ -68,6 +68,8 @@ def register(app: typer.Typer) -> None:
         """Search the index built by `distill index`."""
         if mode not in MODES:
             raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        if not query.strip():  # as /v1/search: a blank query matches nothing, which would read as "no hits"
+            raise UsageError("the query is blank: give the words to look for")
         known = [c.value for c in Category]  # a RAG row's success_score; a misspelt filter would match nothing
         unknown = [c for c in category or [] if c not in known]
         if unknown:

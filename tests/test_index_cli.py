@@ -47,5 +47,8 @@ def test_cli_index_and_search_json(tmp_path: Path) -> None:
     # a misspelt category is refused, not answered with "no hits"
     res = runner.invoke(app, ["search", "x", "--root", str(tmp_path), "--category", "acepted"])
     assert res.exit_code == 2 and "--category 'acepted': choose from accepted" in res.output
+    for blank in ("", "  \t"):  # a blank query is refused, not answered with "no hits"
+        res = runner.invoke(app, ["search", blank, "--root", str(tmp_path)])
+        assert res.exit_code == 2 and "query is blank" in res.output
     res = runner.invoke(app, ["search", "x", "--root", str(tmp_path / "nowhere")])
     assert res.exit_code == 2

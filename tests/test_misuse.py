@@ -379,6 +379,15 @@ def test_11_receipts_stage_cannot_leave_the_run_directory(tmp_path: Path) -> Non
     assert "not a stage name" in one_line_error(run_cli([*DISTILL, "receipts", "--stage", "../x", "--root", str(root)]))
 
 
+def test_11_receipts_names_a_corrupted_summary_rather_than_no_runs(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", rows=2)
+    assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0
+    (summary,) = (root / "reports").glob("*/summary.json")
+    summary.write_text("{not json")
+    message = one_line_error(run_cli([*DISTILL, "receipts", "--root", str(root)]))
+    assert "readable summary" in message and summary.parent.name in message and "yet" not in message
+
+
 def test_11_outputs_are_readable_by_others_like_the_datasets(tmp_path: Path) -> None:
     root = _workspace(tmp_path / "ws", rows=10)
     assert run_cli([*DISTILL, "run", "--no-index", "--root", str(root)]).returncode == 0

@@ -69,6 +69,12 @@ def register(app: typer.Typer) -> None:
             return
         chosen = run_id or latest_run_id(ws)
         if chosen is None:
+            unreadable = run_ids(ws)
+            if unreadable:
+                raise UsageError(
+                    f"no run under {ws.reports_dir} has a readable summary ({len(unreadable)} run director"
+                    f"{'y' if len(unreadable) == 1 else 'ies'}, newest {unreadable[0]}: edited or corrupted?)"
+                )
             raise UsageError(f"no runs under {ws.reports_dir} yet (run `distill run --root {ws.root}`)")
         if stage is not None:
             path = receipt_path(ws, chosen, stage)
