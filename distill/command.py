@@ -114,6 +114,32 @@ def fail(message: str, code: int, *, json_out: bool) -> typer.Exit:
     return typer.Exit(code)
 
 
+def run_app(app: typer.Typer) -> None:
+    """Run a command-line app so that a usage mistake (an unknown option, a bad choice, a missing
+    argument) is one `error:` line and exit 2 like every other expected failure, not click's
+    framed usage box. Asking for help (no arguments, `--help`) still prints the help."""
+    # Typer re-exports BadParameter only; newer versions vendor click, so its bases are found there.
+    bases = typer.BadParameter.__mro__
+    usage_error = next(c for c in bases if c.__name__ == "UsageError")
+    click_exception = next(c for c in bases if c.__name__ == "ClickException")
+    try:
+        code = app(standalone_mode=False)
+    except click_exception as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `distill` alone: the help
+            exc.show()
+        else:
+            where = f" (see `{ctx.command_path} --help`)" if isinstance(exc, usage_error) and ctx is not None else ""
+            fail(f"{' '.join(exc.format_message().split())}{where}", exc.exit_code, json_out="--json" in sys.argv[1:])
+        sys.exit(exc.exit_code)
+    except RuntimeError as exc:  # click's Abort (end of input at a prompt)
+        if type(exc).__name__ != "Abort":
+            raise
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def handle_errors(func: F) -> F:
     """The error boundary of a command. Every expected failure ends as one line and an exit code,
     never a traceback: a DistillError (its own code: 1 validation/firewall, 2 usage/input/config),

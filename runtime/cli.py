@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace, run_app
 from distill.errors import UsageError
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def replay(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":  # `python -m runtime.cli`

@@ -267,6 +267,26 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
     one_line_error(run_cli(cmd, **env))
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["export", "yaml"], "'yaml' is not one of"), (["export"], "Missing argument"),
+     (["receipts", "--format", "x"], "No such option: --format"), (["receipts", "--run-id"], "requires an argument"),
+     (["nosuch"], "No such command"), (["search", "x", "--k", "0"], "--k")],
+)
+def test_8_usage_mistakes_are_one_line_too(argv: list[str], named: str) -> None:
+    """click's usage errors were a framed box of four lines and more; they read like every other error now."""
+    assert named in one_line_error(run_cli([*DISTILL, *argv]))
+
+
+def test_8_replay_usage_mistakes_and_plain_help() -> None:
+    assert "requires an argument" in one_line_error(run_cli([*REPLAY, "--task"]))
+    bare = run_cli(DISTILL)  # no command: the help, as before
+    assert bare.returncode == 2 and "Commands" in bare.stdout and "Traceback" not in bare.stderr
+    assert run_cli([*DISTILL, "export", "--help"]).returncode == 0
+    as_json = run_cli([*DISTILL, "receipts", "--json", "--format", "x"])  # --json: the error is JSON on stdout too
+    assert json.loads(as_json.stdout)["exit_code"] == 2 and "--format" in one_line_error(as_json)
+
+
 # ---------------------------------------------------------------------- 9. nothing skipped without a word
 
 

@@ -54,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
+    from distill.command import run_app
     from distill.errors import PluginError
 
     try:
@@ -61,4 +62,4 @@ def main() -> None:
     except PluginError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    app()
+    run_app(app)
