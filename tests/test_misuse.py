@@ -299,12 +299,16 @@ def test_9_inputs_collect_does_not_read_are_reported(tmp_path: Path) -> None:
     (kb / "loop_a").symlink_to(kb / "loop_b")
     (kb / "loop_b").symlink_to(kb / "loop_a")
     os.mkfifo(kb / "fifo.jsonl")
+    (kb / "null.jsonl").symlink_to("/dev/null")  # was reported as a stream no source reads
+    (kb / "pipe.jsonl").symlink_to(kb / "fifo.jsonl")
     done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
     assert done.returncode == 0, done.stderr
     unread = {u["path"]: u["reason"] for u in json.loads(done.stdout)["unread"]}
     assert "[[sources]]" in unread["_kb/my_agent.jsonl"]
     assert "directory" in unread["_kb/dir.jsonl"] and "broken symlink" in unread["_kb/dangling.jsonl"]
     assert "loop" in unread["_kb/loop_a"] and "FIFO" in unread["_kb/fifo.jsonl"]
+    assert unread["_kb/null.jsonl"] == "a symlink to a socket or device, not a file"
+    assert unread["_kb/pipe.jsonl"].startswith("a symlink to a FIFO")
 
 
 def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:

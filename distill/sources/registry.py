@@ -47,16 +47,17 @@ def _kind_problem(path: Path) -> str | None:
         st = os.lstat(path)
     except OSError as exc:
         return f"cannot be examined ({exc.strerror})"
+    what = ""
     if stat.S_ISLNK(st.st_mode):
         try:
-            os.stat(path)
+            st = os.stat(path)
         except OSError as exc:
             return "a symlink loop" if exc.errno == 40 else "a broken symlink (its target does not exist)"
-        return None
+        what = "a symlink to "
     if stat.S_ISFIFO(st.st_mode):
-        return "a FIFO, not a file (collect never reads from pipes)"
+        return f"{what}a FIFO, not a file (collect never reads from pipes)"
     if stat.S_ISSOCK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        return "a socket or device, not a file"
+        return f"{what}a socket or device, not a file"
     return None
 
 
