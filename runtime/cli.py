@@ -198,10 +198,10 @@ def replay(
         Path | None, typer.Option("--tasks-file", help='JSONL, one {"task": ..., "task_id": ...} per line')
     ] = None,
     root: RootOption = None,
-    k: Annotated[int | None, typer.Option("--k", help="hits to retrieve (default: [runtime] k, 8)")] = None,
-    mode: Annotated[Mode | None, typer.Option("--mode", help="retrieval mode (default: [runtime] mode, hybrid)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="hits to retrieve (default: \\[runtime] k, 8)")] = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="retrieval mode (default: \\[runtime] mode, hybrid)")] = None,
     backend: Annotated[
-        BackendChoice | None, typer.Option("--backend", help="local model backend (default: [runtime] backend, auto)")
+        BackendChoice | None, typer.Option("--backend", help="local model backend (default: \\[runtime] backend, auto)")
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model name (or GGUF path for llamacpp)")] = None,
     local_only: Annotated[bool, typer.Option("--local-only", help="never escalate")] = False,

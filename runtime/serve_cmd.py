@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     @handle_errors
     def serve_command(
-        host: Annotated[str | None, typer.Option("--host", help="bind address (default [serve] host, 127.0.0.1)")] = None,
-        port: Annotated[int | None, typer.Option("--port", help="port (default [serve] port, 8008)")] = None,
+        host: Annotated[str | None, typer.Option("--host", help="bind address (default \\[serve] host, 127.0.0.1)")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="port (default \\[serve] port, 8008)")] = None,
         root: RootOption = None,
     ) -> None:
         """Serve grounded answers over HTTP (OpenAI-compatible), models and index loaded once."""

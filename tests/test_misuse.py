@@ -153,6 +153,32 @@ def test_4_markup_looking_text_is_printed_as_it_is(tmp_path: Path) -> None:
     assert answer in done.stdout  # whole: brackets kept, the long line not cut at 80 columns
 
 
+def test_4_help_keeps_the_bracketed_settings_it_names() -> None:
+    """Help texts name settings as `[runtime] backend`; rich markup took `[runtime]` for a style tag and
+    printed "(default:  backend)". Every option of every command, both entry points."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from distill.cli import build_app
+    from runtime.cli import app as replay_app
+
+    runner = CliRunner()
+    checked = 0
+    for typer_app, prefix in ((build_app(), []), (replay_app, None)):
+        root = typer.main.get_command(typer_app)
+        commands = root.commands if prefix is not None else {"": root}  # type: ignore[attr-defined]
+        for name, command in commands.items():
+            wanted = {m for p in command.params for m in re.findall(r"\[[a-z_]+\]", getattr(p, "help", None) or "")}
+            if not wanted:
+                continue
+            shown = runner.invoke(typer_app, [*([name] if name else []), "--help"], terminal_width=200).output
+            checked += 1
+            assert all(w in shown for w in wanted), (name, wanted, shown)
+    assert checked >= 3  # replay, serve and audit name settings in their help
+
+
 def test_4_search_prints_record_text_with_brackets(tmp_path: Path) -> None:
     from distill.config import load_settings
     from distill.workspace import Workspace
