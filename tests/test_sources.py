@@ -22,7 +22,7 @@ from distill.hashing import sig_hash
 from distill.jsonl import loads, read_line_at
 from distill.records import EvidenceRecord, QuarantineReason, QuarantineRecord, ReplayRun, ScoreClass
 from distill.records.replay import Attempt, ContextBundle, RetrievedItem
-from distill.sources.base import RowContext, convert_row, read_jsonl
+from distill.sources.base import RowContext, convert_row, read_jsonl, utf16_problem
 from distill.sources.registry import BUILTIN_CONVERTERS, SEED_STREAMS, discover_sources
 from distill.workspace import Workspace
 
@@ -209,6 +209,31 @@ def test_torn_last_line_and_non_utf8(tmp_path: Path) -> None:
                             convert=BUILTIN_CONVERTERS["audit_facts"]))
     assert [type(i).__name__ for i in items] == ["EvidenceRecord", "QuarantineRecord", "QuarantineRecord"]
     assert [i.reason for i in items[1:]] == [QuarantineReason.INVALID_UTF8, QuarantineReason.TORN_LINE]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_stream_is_named_as_utf16(tmp_path: Path, encoding: str) -> None:
+    """Windows PowerShell's `>` writes UTF-16: every row was 'not JSON: Expecting value' before,
+    which names no cause. Every row is still quarantined and counted, now saying what to do."""
+    ws = Workspace(tmp_path.resolve())
+    ws.kb_dir.mkdir()
+    rows = [{"fact_id": f"f{i}", "phase": 3, "fact": "caf\u00e9 ok", "ts": "2026-02-01T00:00:00Z"} for i in range(3)]
+    path = ws.kb_dir / "audit_facts.jsonl"
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in rows).encode(encoding))
+    items = list(read_jsonl(path, source="audit_facts", ws=ws, settings=Settings(),
+                            convert=BUILTIN_CONVERTERS["audit_facts"]))
+    # little-endian: the file ends with the second byte of its last line break, a "line" of its own
+    assert [i.reason for i in items] == [QuarantineReason.INVALID_UTF8] * (3 if encoding.endswith("be") else 4)
+    assert all("UTF-16" in i.errors[0] and "re-encode the file as UTF-8" in i.errors[0] for i in items)
+
+
+def test_utf16_is_told_from_binary_and_from_utf8() -> None:
+    assert utf16_problem('{"a": "x"}'.encode("utf-16-le")) is not None
+    assert utf16_problem(b"\x00" + '{"a": "x"}'.encode("utf-16-le")[:-1]) is not None  # a line split after 0x0A
+    assert utf16_problem("\ufeffx".encode("utf-16")) is not None  # a BOM, whatever follows
+    assert utf16_problem('{"a": "caf\u00e9 \u6f22\u5b57"}'.encode()) is None  # UTF-8, any script
+    assert utf16_problem(b"\x00" * 40) is None and utf16_problem(bytes(range(256)) * 2) is None  # binary
+    assert utf16_problem(b'{"a": 1}') is None and utf16_problem(b"\x00\x00") is None
 
 
 def test_missing_files_are_not_errors(tmp_path: Path) -> None:

@@ -116,6 +116,7 @@ def test_bad_trajectories_are_quarantined(tmp_path: Path) -> None:
     (d / "torn.traj").write_text(json.dumps(good)[:50])
     (d / "list.traj").write_text("[1, 2]")
     (d / "latin.traj").write_bytes(b'{"info": "caf\xe9"}')
+    (d / "wide.traj").write_bytes(json.dumps(good).encode("utf-16"))
     (d / "bad-info.traj").write_text(json.dumps({**good, "info": "submitted"}))
     items = {Path(i.provenance.source_file if isinstance(i, EvidenceRecord) else i.source_ref.source_file).stem: i
              for i in SweAgentSource("agent_runs", d).read(ws, Settings())}
@@ -124,6 +125,7 @@ def test_bad_trajectories_are_quarantined(tmp_path: Path) -> None:
     assert items["torn"].reason is QuarantineReason.MALFORMED_JSON
     assert items["list"].reason is QuarantineReason.NOT_AN_OBJECT
     assert items["latin"].reason is QuarantineReason.INVALID_UTF8
+    assert items["wide"].reason is QuarantineReason.INVALID_UTF8 and "UTF-16" in items["wide"].errors[0]
     assert items["bad-info"].reason is QuarantineReason.MISSING_FIELD
 
 

@@ -32,7 +32,7 @@ from distill.records import (
     ScoreClass,
     SourceRef,
 )
-from distill.sources.base import SourceItem, quarantine
+from distill.sources.base import SourceItem, quarantine, utf16_problem
 from distill.workspace import Workspace
 
 ADAPTER = "swe_agent"
@@ -255,12 +255,15 @@ class SweAgentSource:
                 source=self.name, reason=QuarantineReason.UNREADABLE_SOURCE, ref=base_ref,
                 error=f"cannot read {rel}: {exc.strerror or exc}",
             )
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
+        problem = utf16_problem(data)
+        if problem is None:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8 at byte {exc.start}: {exc.reason}"
+        if problem is not None:
             return quarantine(
-                source=self.name, reason=QuarantineReason.INVALID_UTF8, ref=base_ref, excerpt=data,
-                error=f"not UTF-8 at byte {exc.start}: {exc.reason}",
+                source=self.name, reason=QuarantineReason.INVALID_UTF8, ref=base_ref, excerpt=data, error=problem
             )
         try:
             doc = loads(text)
