@@ -11,7 +11,7 @@ from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
-from distill.jsonl import write_atomic
+from distill.jsonl import utf16_problem, write_atomic
 
 
 MAX_MESSAGE_BYTES = 1_048_576  # GitHub caps a PR body at 65,536 characters
@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
             if len(data) > MAX_MESSAGE_BYTES:  # read whole, /dev/zero or a runaway pipe would fill memory
                 raise UsageError(f"--message-file {message_file}: longer than {MAX_MESSAGE_BYTES:,} bytes; "
                                  "a PR body or commit message is far shorter")
+            problem = utf16_problem(data)  # decoded leniently below, it would read as no claims at all
+            if problem is not None:
+                raise UsageError(f"--message-file {message_file}: {problem}")
             message = data.decode("utf-8", errors="replace")
         if backend is not None and backend not in ("auto", "ollama", "openai", "llamacpp"):
             raise UsageError(f"--backend {backend!r}: one of auto, ollama, openai, llamacpp")

@@ -49,7 +49,7 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
 
     A line is a JSON object with "task" (and optionally "task_id" or "id"), or a JSON string.
     """
-    from distill.jsonl import iter_raw_lines, loads
+    from distill.jsonl import iter_raw_lines, loads, utf16_problem
 
     if not path.is_file():
         raise UsageError(f"tasks file not found: {path}")
@@ -63,6 +63,11 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         assert raw.data is not None
         if not raw.data.strip():
             continue
+        if b"\x00" in raw.data or raw.number == 1:
+            problem = utf16_problem(raw.data)  # the stdlib's parser would decode some such lines and not others
+            if problem is not None:
+                bad.append(f"{where}: {problem}")
+                continue
         try:
             value = loads(raw.data)
         except ValueError as exc:

@@ -214,17 +214,24 @@ def test_no_record_writes_nothing(tmp_path: Path, ws: Path) -> None:
     assert code == 1 and not (ws / "_kb" / "audits.jsonl").exists() and not (ws / "_kb" / "audit_lessons.jsonl").exists()
 
 
-@pytest.mark.parametrize("case", ["not_a_repo", "bad_range", "unknown_rev", "missing_message_file", "endless_message_file"])
+@pytest.mark.parametrize("case", ["not_a_repo", "bad_range", "unknown_rev", "missing_message_file", "endless_message_file",
+                                  "utf16_message_file"])
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path, ws: Path, case: str) -> None:
     repo = make_repo(tmp_path / "r")
     args = {"not_a_repo": (tmp_path, "HEAD~1..HEAD"), "bad_range": (repo, "HEAD"), "unknown_rev": (repo, "nope..HEAD"),
-            "missing_message_file": (repo, "HEAD..HEAD"), "endless_message_file": (repo, "HEAD..HEAD")}[case]
+            "missing_message_file": (repo, "HEAD..HEAD"), "endless_message_file": (repo, "HEAD..HEAD"),
+            "utf16_message_file": (repo, "HEAD..HEAD")}[case]
+    # UTF-16 (PowerShell's `>`): decoded leniently it read as a body with no claims, and the audit passed
+    (tmp_path / "body16.md").write_bytes("Makes collect 40% faster (benchmarks/results/x.json).\n".encode("utf-16"))
     # /dev/zero: the file was read whole, so the audit filled memory until it was killed
     extra = {"missing_message_file": ["--message-file", str(tmp_path / "missing.md")],
-             "endless_message_file": ["--message-file", "/dev/zero"]}.get(case, [])
+             "endless_message_file": ["--message-file", "/dev/zero"],
+             "utf16_message_file": ["--message-file", str(tmp_path / "body16.md")]}.get(case, [])
     done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(args[0]), "--range", args[1], *extra])
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    if case == "utf16_message_file":
+        assert "UTF-16" in done.stderr
 
 
 def test_message_file_replaces_the_commit_messages(tmp_path: Path, ws: Path) -> None:

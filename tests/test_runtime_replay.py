@@ -317,6 +317,18 @@ def test_cli_tasks_file_batch(ws, ollama_srv, tmp_path) -> None:
     assert [r.task_id for r in logged(ws)] == ["a", "7", None]
 
 
+def test_a_utf16_tasks_file_is_named_line_by_line(tmp_path: Path) -> None:
+    """The stdlib's parser decoded a UTF-16 line that starts at an even byte and not the others."""
+    from runtime.cli import read_tasks
+
+    tasks = tmp_path / "tasks16.jsonl"
+    tasks.write_bytes("".join(json.dumps({"task": f"task {i}"}) + "\n" for i in range(3)).encode("utf-16"))
+    found, bad = read_tasks(tasks)
+    assert found == [] and len(bad) == 4 and all("UTF-16" in b for b in bad)
+    (tmp_path / "tasks8.jsonl").write_text(json.dumps({"task": "caf\u00e9"}) + "\n")
+    assert read_tasks(tmp_path / "tasks8.jsonl") == ([("caf\u00e9", None)], [])
+
+
 # --- stale index ------------------------------------------------------------------------------
 
 def test_warns_when_the_export_is_newer_than_the_index(ws, ollama_srv, session_searcher) -> None:

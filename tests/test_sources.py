@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from distill.config import FieldMapping, Settings, load_settings
 from distill.errors import UsageError
 from distill.hashing import sig_hash
-from distill.jsonl import loads, read_line_at
+from distill.jsonl import loads, read_line_at, utf16_problem
 from distill.records import EvidenceRecord, QuarantineReason, QuarantineRecord, ReplayRun, ScoreClass
 from distill.records.replay import Attempt, ContextBundle, RetrievedItem
-from distill.sources.base import RowContext, convert_row, read_jsonl, utf16_problem
+from distill.sources.base import RowContext, convert_row, read_jsonl
 from distill.sources.registry import BUILTIN_CONVERTERS, SEED_STREAMS, discover_sources
 from distill.workspace import Workspace
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from distill.config import Settings
 from distill.errors import RowRejected
 from distill.hashing import sig_hash
-from distill.jsonl import ReadProgress, iter_raw_lines, loads
+from distill.jsonl import UTF16_BOMS, ReadProgress, iter_raw_lines, loads, utf16_problem
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
 from distill.workspace import Workspace
 
@@ -30,26 +30,6 @@ SourceItem = EvidenceRecord | QuarantineRecord
 EXCERPT_CHARS = 200
 UTF8_BOM = b"\xef\xbb\xbf"
 """A byte-order mark some editors write at the start of a file: not part of the first row."""
-
-
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-
-
-def utf16_problem(data: bytes) -> str | None:
-    """Why `data` is refused when it is UTF-16 text (Windows PowerShell's `>` writes it): mostly
-    ASCII then has a NUL byte beside every character, which is valid UTF-8 and so read as a JSON
-    error naming no cause. None for anything else (a line without NUL costs one byte scan)."""
-    if data.startswith(UTF16_BOMS):
-        return "UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8: re-encode the file as UTF-8"
-    if data == b"\x00":  # after a UTF-16LE file's last line break (0A 00) is cut at its 0A
-        return "UTF-16 text (the second byte of a UTF-16 line break), not UTF-8: re-encode the file as UTF-8"
-    nuls = data.count(b"\x00")
-    if len(data) < 4 or nuls * 4 < len(data):
-        return None
-    even = data[0::2].count(b"\x00")
-    if max(even, nuls - even) * 10 < nuls * 9:  # NULs on both byte positions: binary, not UTF-16
-        return None
-    return "UTF-16 text (a NUL byte beside each character), not UTF-8: re-encode the file as UTF-8"
 
 
 class Source(Protocol):

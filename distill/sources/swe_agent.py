@@ -23,7 +23,7 @@ from typing import Any
 from distill.config import Settings
 from distill.errors import RowRejected
 from distill.hashing import sig_hash
-from distill.jsonl import loads
+from distill.jsonl import loads, utf16_problem
 from distill.records import (
     EvidenceRecord,
     ModelRole,
@@ -32,7 +32,7 @@ from distill.records import (
     ScoreClass,
     SourceRef,
 )
-from distill.sources.base import SourceItem, quarantine, utf16_problem
+from distill.sources.base import SourceItem, quarantine
 from distill.workspace import Workspace
 
 ADAPTER = "swe_agent"
