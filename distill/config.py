@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.exceptions import SettingsError
 
 from distill.errors import ConfigError
+from distill.jsonl import utf16_problem
 
 
 ENV_PREFIX = "DISTILL_"
@@ -350,7 +351,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        if problem := utf16_problem(data):
+            raise ConfigError(f"{path}: {problem}")
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Notepad writes one) is not a statement
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:  # tomllib parses arrays and inline tables recursively
