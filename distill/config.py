@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import os
+import stat
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -351,6 +352,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block every command until written to
+            raise ConfigError(f"{path}: not a regular file")
         data = path.read_bytes()
         if problem := utf16_problem(data):
             raise ConfigError(f"{path}: {problem}")

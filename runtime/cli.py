@@ -51,8 +51,10 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
     """
     from distill.jsonl import iter_raw_lines, loads, utf16_problem
 
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"tasks file not found: {path}")
+    if not path.is_file():
+        raise UsageError(f"tasks file is not a regular file: {path}")
     tasks: list[tuple[str, str | None]] = []
     bad: list[str] = []
     for raw in iter_raw_lines(path, max_line_bytes=1 << 20):

@@ -257,7 +257,7 @@ def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: 
     "case",
     ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
      "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep",
-     "every_empty", "every_past_the_clock", "toml_utf16"],
+     "every_empty", "every_past_the_clock", "toml_utf16", "toml_is_a_fifo"],
 )
 def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
@@ -282,6 +282,8 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
         (root / "distill.toml").write_text('[[sources]]\nname = "abs"\npath = "/abs/x.jsonl"\ntask_id = "t"\ntext = "o"\n')
     elif case == "toml_nested_too_deep":  # tomllib and the stdlib's json recurse: a RecursionError traceback before
         (root / "distill.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif case == "toml_is_a_fifo":  # read_text blocked every command until something wrote to it
+        os.mkfifo(root / "distill.toml")
     elif case == "toml_utf16":  # "'utf-8' codec can't decode byte 0xff in position 0" named no cause
         (root / "distill.toml").write_bytes("[collect]\nmax_line_bytes = 100000\n".encode("utf-16"))
     elif case == "env_nested_too_deep":
