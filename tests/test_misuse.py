@@ -369,6 +369,21 @@ def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:
     assert report["by_source"]["my_agent"]["written"] == 1
 
 
+def test_9_a_file_two_sources_match_is_refused_not_read_twice(tmp_path: Path) -> None:
+    """`path = "*.jsonl"` also matched the built-in streams: each of their lines became a second
+    evidence row under the mapping's name (the same run twice in the datasets)."""
+    root = _workspace(tmp_path / "ws", rows=3)
+    before = evidence_rows(root)
+    (root / "_kb" / "my_agent.jsonl").write_text('{"ticket": "T-1", "output": "done", "created_at": "2026-03-01T00:00:00Z"}\n')
+    (root / "distill.toml").write_text('[[sources]]\nname = "my_agent"\npath = "*.jsonl"\ntask_id = "ticket"\ntext = "output"\n')
+    message = one_line_error(run_cli([*DISTILL, "collect", "--root", str(root)], timeout=120))
+    assert "is read by two sources" in message and "narrow the [[sources]] path of 'my_agent'" in message
+    assert evidence_rows(root) == before  # nothing was collected
+    (root / "distill.toml").write_text('[[sources]]\nname = "my_agent"\npath = "my_*.jsonl"\ntask_id = "ticket"\ntext = "output"\n')
+    done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["by_source"]["my_agent"]["written"] == 1
+
+
 def test_9_a_directory_without_kb_is_not_a_workspace(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

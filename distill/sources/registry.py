@@ -132,4 +132,21 @@ def discover_sources(ws: Workspace, settings: Settings) -> list[Source]:
             )
         taken.add(directory.name)
         sources.append(SweAgentSource(name=directory.name, directory=directory))
+    _refuse_shared_files(ws, sources, mapped={m.name for m in settings.sources})
     return sources
+
+
+def _refuse_shared_files(ws: Workspace, sources: list[Source], *, mapped: set[str]) -> None:
+    """A file read by two sources would become two evidence rows per line (the same run in the
+    datasets twice, under two names): a [[sources]] glob such as "*.jsonl" also matches the
+    built-in streams. Each file belongs to one source."""
+    owner: dict[Path, str] = {}
+    for source in sources:
+        for path in source.inputs(ws):
+            first = owner.setdefault(path.absolute(), source.name)
+            if first != source.name:
+                blame = source.name if source.name in mapped else first
+                raise UsageError(
+                    f"{_rel(ws, path)} is read by two sources, '{first}' and '{source.name}': a file belongs to one "
+                    f"source (narrow the [[sources]] path of '{blame}')"
+                )
