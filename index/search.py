@@ -68,6 +68,12 @@ class IndexSearcher:
     def count(self) -> int:
         return len(self.bm25.docs)
 
+    def close(self) -> None:
+        """Release the store (a rebuilt index is searched through a new searcher)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def search(
         self, query: str, *, k: int = 8, mode: SearchMode = "hybrid", categories: list[str] | None = None
     ) -> list[SearchHit]:
@@ -138,6 +144,7 @@ def open_index(
     fusion: Fusion | None = None,
     search_ef: int | None = None,
     manifest: Manifest | None = None,
+    reopen: bool = False,
 ) -> IndexSearcher:
     """A searcher over the index at `paths`, checked against the manifest. `embedder` is a loaded
     model or a function that loads one when a query first needs it."""
@@ -153,7 +160,7 @@ def open_index(
         raise DistillError(f"the BM25 index at {paths.bm25} is out of step with the manifest: run `distill index`")
 
     def load_store() -> ChromaStore:
-        store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url)
+        store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url, reopen=reopen)
         if store.count() != manifest.count:
             raise DistillError(
                 f"Chroma collection {manifest.collection!r} at {chroma_url or paths.chroma} holds {store.count()} "
@@ -172,10 +179,22 @@ def open_index(
     return searcher
 
 
+def index_signature(ws: Workspace) -> tuple[int, int, int] | None:
+    """The index manifest's (inode, size, mtime): `distill index` writes the manifest last and
+    replaces it whole, so a long-lived searcher can tell, with one stat, that it should reopen."""
+    try:
+        st = workspace_paths(ws).manifest.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def open_searcher(
-    ws: Workspace, settings: Settings, *, chroma_url: str | None = None, embedder: Embedder | None = None
+    ws: Workspace, settings: Settings, *, chroma_url: str | None = None, embedder: Embedder | None = None,
+    reopen: bool = False,
 ) -> IndexSearcher:
-    """The searcher over ROOT/index (the replay runtime's entry point). Pass `embedder` to reuse a loaded model."""
+    """The searcher over ROOT/index (the replay runtime's entry point). Pass `embedder` to reuse a
+    loaded model; `reopen` after a rebuild, so the embedded store is read from disk again."""
     cfg = settings.index
     paths = workspace_paths(ws)
     manifest = load_manifest(paths.manifest)
@@ -191,5 +210,5 @@ def open_searcher(
     return open_index(
         paths, model, chroma_url=chroma_url or cfg.chroma_url, fusion=Fusion.from_settings(cfg),
         search_ef=cfg.hnsw_search_ef,
-        manifest=manifest,
+        manifest=manifest, reopen=reopen,
     )

@@ -71,7 +71,7 @@ def parse_chroma_url(url: str) -> tuple[str, int, bool]:
 STORE_FILE = "chroma.sqlite3"  # what an embedded Chroma store keeps its records in
 
 
-def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) -> ClientAPI:
+def connect(path: Path, url: str | None, *, discard_unreadable: bool = False, reopen: bool = False) -> ClientAPI:
     """HttpClient when a server URL is given, else a PersistentClient at `path`.
 
     An embedded store that cannot be opened (e.g. a corrupted chroma.sqlite3) is a DistillError
@@ -90,10 +90,11 @@ def connect(path: Path, url: str | None, *, discard_unreadable: bool = False) ->
             return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chroma_settings)
         except Exception as exc:  # chromadb raises plain ValueError/ConnectionError variants
             raise DistillError(f"cannot reach the Chroma server at {url}: {exc}") from exc
-    if not (path / STORE_FILE).exists():
+    if reopen or not (path / STORE_FILE).exists():
         # a store deleted while this process held a client for it: chromadb would hand back the
         # cached System, still writing to the deleted files (a run then reports vectors that the
-        # next process does not find)
+        # next process does not find); a store rebuilt by another process: the cached System would
+        # keep searching the vectors it loaded
         _forget_cached_system(str(path))
     path.mkdir(parents=True, exist_ok=True)
     try:
@@ -198,9 +199,12 @@ class ChromaStore:
 
     @classmethod
     def open(
-        cls, path: Path, name: str, hnsw: HnswParams, *, url: str | None = None, reset: bool = False
+        cls, path: Path, name: str, hnsw: HnswParams, *, url: str | None = None, reset: bool = False,
+        reopen: bool = False,
     ) -> ChromaStore:
-        client = connect(path, url, discard_unreadable=reset)
+        """`reopen`: the store was rebuilt since this process opened it; chromadb's cached client
+        would keep answering from the vectors it loaded then."""
+        client = connect(path, url, discard_unreadable=reset, reopen=reopen)
         if reset:
             drop_collection(client, name)
         try:
@@ -212,6 +216,13 @@ class ChromaStore:
         store = cls(client=client, collection=collection, hnsw=hnsw, url=url)
         store.check_configuration()
         return store
+
+    def close(self) -> None:
+        """Release the client: for an embedded store, the last client of a path stops its System
+        (memory, SQLite connections), so the next client of the path reads the store from disk."""
+        close = getattr(self.client, "close", None)  # chromadb < 1.1 has none: nothing to release
+        if close is not None:
+            close()
 
     def check_configuration(self) -> None:
         """An existing collection built with another space/M/construction ef needs a rebuild."""

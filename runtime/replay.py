@@ -7,6 +7,7 @@ run is logged, including one whose backend call failed (the attempt carries the 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -133,14 +134,62 @@ class ReplaySession:
     _local_error: str | None = None
 
     _staleness_checked: bool = False
+    # the index manifest's (inode, size, mtime) when this session opened its searcher: a long-lived
+    # session (`distill serve`, a long tasks file) reopens the index when `distill index` rewrote it
+    _index_seen: tuple[int, int, int] | None = None
+    _opened_searcher: bool = False
+    _index_warnings: dict[str, str] = field(default_factory=dict, repr=False)  # kind -> its current warning
+    # held while the searcher is used or replaced, so a replaced one is closed with no query in it
+    _search_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # lazily opened resources -------------------------------------------------------------
     def _searcher(self) -> Searcher:
-        if self.searcher is None:
-            from index.search import open_searcher
-
-            self.searcher = open_searcher(self.ws, self.settings, chroma_url=self.options.chroma_url)
+        """The searcher, opened (or reopened after a rebuild) now. The caller holds _search_lock."""
+        if self.searcher is None or (self._opened_searcher and self._index_rewritten()):
+            self._open_searcher()
+        assert self.searcher is not None
         return self.searcher
+
+    def _index_rewritten(self) -> bool:
+        from index.search import index_signature
+
+        return index_signature(self.ws) != self._index_seen
+
+    def _open_searcher(self) -> None:
+        """Open the index, or reopen it after a rebuild, keeping the loaded model. A reopen that
+        fails (a manifest out of step with the BM25 files) keeps the searcher already open and says
+        so in every run's warnings, until the index changes again."""
+        from distill.errors import DistillError
+        from index.search import IndexSearcher, index_signature, open_searcher
+
+        previous = self.searcher if self._opened_searcher else None
+        seen = index_signature(self.ws)
+        embedder = previous._embedder if isinstance(previous, IndexSearcher) else None
+        try:
+            searcher = open_searcher(self.ws, self.settings, chroma_url=self.options.chroma_url, embedder=embedder,
+                                     reopen=previous is not None)
+        except DistillError as exc:
+            if previous is None:
+                raise
+            self._index_seen = seen
+            self._index_warning("reopen", f"the index was rebuilt but could not be reopened, still searching the "
+                                          f"one opened before: {exc}")
+            return
+        if isinstance(previous, IndexSearcher):
+            previous.close()  # its store's memory and SQLite connections; no query holds it (the lock)
+        self.searcher, self._index_seen, self._opened_searcher = searcher, seen, True
+        self._staleness_checked = False
+        self._index_warning("reopen", None)
+
+    def _index_warning(self, kind: str, warning: str | None) -> None:
+        """Set (or clear) the one warning of this kind that every run carries: a server that
+        reopens its index many times must not pile them up."""
+        old = self._index_warnings.pop(kind, None)
+        if old in self.warnings:
+            self.warnings.remove(old)
+        if warning is not None:
+            self._index_warnings[kind] = warning
+            self.warnings.append(warning)
 
     def local_backend(self) -> Backend:
         """Built once; a failure to build is remembered so a batch does not retry it per task."""
@@ -156,24 +205,25 @@ class ReplaySession:
 
     def search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
         """The session's index, queried directly (`distill serve`'s /v1/search)."""
-        return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
+        with self._search_lock:
+            return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
 
     def open_index(self) -> None:
         """Open the index now rather than on the first task (a server loads it at start)."""
         if not self.options.no_retrieval:
-            self._searcher()
+            with self._search_lock:
+                self._searcher()
 
     # one task ------------------------------------------------------------------------------
     def retrieve(self, task: str) -> list[SearchHit]:
         if self.options.no_retrieval:
             return []
-        searcher = self._searcher()
-        if not self._staleness_checked:
-            self._staleness_checked = True
-            stale = index_staleness(self.ws, searcher)
-            if stale:
-                self.warnings.append(stale)
-        return list(searcher.search(task, k=self.options.k, mode=self.options.mode))
+        with self._search_lock:
+            searcher = self._searcher()
+            if not self._staleness_checked:
+                self._staleness_checked = True
+                self._index_warning("stale", index_staleness(self.ws, searcher))
+            return list(searcher.search(task, k=self.options.k, mode=self.options.mode))
 
     def run(self, task: str, *, task_id: str | None = None) -> ReplayRun:
         if not task.strip():

@@ -5,6 +5,7 @@ every request logged like `replay`, search, metrics, 429 when the queue is full,
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import socket
 import threading
@@ -21,7 +22,7 @@ from distill.jsonl import iter_json
 from runtime.serve import check_bind, create_app, open_session, required_key
 from tests.fixtures_reliability import DISTILL, run_cli
 from tests.fixtures_runtime import GROUNDED_ANSWER, ROUTING_TASK, write_runtime_config
-from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher  # noqa: F401 - session fixtures
+from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher, ws  # noqa: F401 - fixtures
 from tests.ollama_server import OllamaLoopback, Reply
 
 
@@ -40,8 +41,6 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path, session_searcher: Any, request: pytest.FixtureRequest) -> Iterator[Running]:
-    import uvicorn
-
     extra: str = getattr(request, "param", "")
     root = tmp_path / "ws"
     (root / "_kb").mkdir(parents=True)
@@ -54,19 +53,28 @@ def server(tmp_path: Path, session_searcher: Any, request: pytest.FixtureRequest
         session = open_session(root, settings)
         session.searcher = session_searcher
         key = required_key(settings.serve, {"TEST_SERVE_KEY": "sk-serve"})
-        port = _free_port()
-        srv = uvicorn.Server(uvicorn.Config(create_app(session, settings, key), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        for _ in range(200):
-            if srv.started:
-                break
-            threading.Event().wait(0.05)
-        try:
-            yield Running(f"http://127.0.0.1:{port}", root, ollama)
-        finally:
-            srv.should_exit = True
-            thread.join(timeout=10)
+        with _serving(create_app(session, settings, key)) as url:
+            yield Running(url, root, ollama)
+
+
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """The app on a real uvicorn server on a free loopback port, in a thread; its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        threading.Event().wait(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 def _logged(root: Path) -> list[dict[str, Any]]:
@@ -115,6 +123,56 @@ def test_search_health_and_metrics(server: Running) -> None:
     assert 'distill_requests_total{endpoint="chat",outcome="200"} 1.0' in text
     assert 'distill_replay_verdicts_total{verdict="validated_local"} 1.0' in text
     assert "distill_stage_seconds_bucket" in text and 'distill_gate_attempts_total{passed="true"} 1.0' in text
+
+
+def test_a_rebuilt_index_is_searched_without_a_restart(ws: Any) -> None:
+    """`distill run --every` re-indexes beside a running server: the server searched the index it
+    started with until it was restarted (BM25 and the vectors both). It reopens the index when the
+    manifest changes, keeping its model, and closes the store it replaces."""
+    from tests.fixtures_index import rag_row
+    from tests.fixtures_reliability import DISTILL
+
+    root = ws.root
+    with OllamaLoopback(models=["qwen2.5:7b-instruct"]) as ollama:
+        write_runtime_config(root, ollama.url)
+        settings = load_settings(root)
+        session = open_session(root, settings)
+        with _serving(create_app(session, settings, None)) as url:
+            query = {"query": "wombat burrow fjord telemetry", "k": 1}
+            before = {m: httpx.post(url + "/v1/search", json={**query, "mode": m}, timeout=60).json()["data"] for m in ("bm25", "dense")}
+            assert before["bm25"] == [] and before["dense"]
+            first = session.searcher
+            new = rag_row(900, title="Wombat burrow fjord telemetry", text="Check the wombat burrow fjord telemetry feed before the deploy.")
+            with ws.rag_path.open("a") as fh:
+                fh.write(json.dumps(new) + "\n")
+            done = run_cli([*DISTILL, "index", "--root", str(root)], timeout=300)  # another process, as `distill run` is
+            assert done.returncode == 0, done.stderr
+            for mode in ("bm25", "dense", "hybrid"):
+                hits = httpx.post(url + "/v1/search", json={**query, "mode": mode}, timeout=60).json()["data"]
+                assert [h["id"] for h in hits] == [new["id"]], mode
+            assert session.searcher is not first and first._store is None  # the replaced store was released
+            assert not session.warnings
+
+
+def test_an_index_that_cannot_be_reopened_keeps_the_one_open_and_says_so(ws: Any, runtime_embedder: Any) -> None:
+    from index.search import open_searcher
+    from runtime.replay import ReplayOptions, ReplaySession
+
+    settings = load_settings(ws.root)
+    session = ReplaySession(ws, settings, ReplayOptions.from_settings(settings.runtime))
+    expected = [h.id for h in session.search("provider routing fallback", k=3, mode="bm25")]
+    manifest = ws.index_dir / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text(good.replace('"corpus_hash": "', '"corpus_hash": "0'))  # out of step with the BM25 files
+    assert [h.id for h in session.search("provider routing fallback", k=3, mode="bm25")] == expected
+    (warning,) = session.warnings
+    assert "could not be reopened" in warning and "out of step" in warning
+    session.search("provider routing fallback", k=3, mode="bm25")
+    assert session.warnings == [warning]  # one warning, not one per request
+    manifest.write_text(good)
+    assert [h.id for h in session.search("provider routing fallback", k=3, mode="bm25")] == expected
+    assert session.warnings == []
+    assert open_searcher(ws, settings, embedder=runtime_embedder).count == session.searcher.count
 
 
 def _error(r: httpx.Response, status: int) -> str:
