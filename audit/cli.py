@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     @app.command("audit")
     @handle_errors
     def audit_command(
-        revision_range: Annotated[str, typer.Option("--range", help="the change: BASE..HEAD")],
+        revision_range: Annotated[str, typer.Option("--range", help="the change: BASE..HEAD, or BASE...HEAD from their merge base (a pull request)")],
         repo: Annotated[Path, typer.Option("--repo", help="the git repository (default: the current directory)")] = Path("."),
         message_file: Annotated[Path | None, typer.Option("--message-file", help="claims from this file (a PR body) instead of the commit messages")] = None,
         sarif_file: Annotated[Path | None, typer.Option("--sarif", help="write SARIF 2.1.0 here")] = None,

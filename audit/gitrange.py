@@ -34,15 +34,22 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def read_change(repo: Path, revision_range: str) -> Change:
-    """`BASE..HEAD` of the repository at `repo`."""
+    """`BASE..HEAD` of the repository at `repo`; `BASE...HEAD` (a pull request's range, as GitHub
+    compares) is HEAD against its merge base with BASE, so what BASE gained since is not audited."""
     if not repo.is_dir():
         raise UsageError(f"--repo {repo} is not a directory")
-    base, sep, head = revision_range.partition("..")
+    merge_base = "..." in revision_range
+    base, sep, head = revision_range.partition("..." if merge_base else "..")
     if not sep or not base or not head or head.startswith("."):
-        raise UsageError(f"--range {revision_range!r} is not BASE..HEAD")
+        raise UsageError(f"--range {revision_range!r} is not BASE..HEAD (or BASE...HEAD)")
     _git(repo, "rev-parse", "--git-dir")
     base_id = _git(repo, "rev-parse", "--verify", "--quiet", base + "^{commit}").strip()
     head_id = _git(repo, "rev-parse", "--verify", "--quiet", head + "^{commit}").strip()
+    if merge_base:
+        try:
+            base_id = _git(repo, "merge-base", base_id, head_id).strip()
+        except UsageError:
+            raise UsageError(f"--range {revision_range!r}: {base} and {head} share no history (no merge base)") from None
     log = _git(repo, "log", "--format=%B%x00", f"{base_id}..{head_id}")
     messages = [m.strip() for m in log.split("\x00") if m.strip()]
     diff = _git(repo, "diff", "--no-color", "--no-ext-diff", "-U3", base_id, head_id)

@@ -14,6 +14,7 @@ import pytest
 from audit.checks import placeholder_findings
 from audit.claims import ClaimKind, parse_claims
 from audit.diff import is_test_path, parse_diff
+from distill.errors import UsageError
 from audit.model_pass import grounded_gaps
 from audit.testrun import read_counts
 from distill.config import load_settings
@@ -241,6 +242,26 @@ def test_message_file_replaces_the_commit_messages(tmp_path: Path, ws: Path) -> 
     body.write_text("## Summary\n- Also rewrites tests/test_core.py\n")
     code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD", "--message-file", str(body))
     assert code == 1 and [c["value"] for c in report["claims"]] == ["tests/test_core.py"]
+
+
+def test_a_pull_request_range_is_audited_from_the_merge_base(tmp_path: Path) -> None:
+    """`BASE...HEAD` (how GitHub compares a pull request) was refused as "not BASE..HEAD"; `main`
+    gaining commits after the branch forked must not put them into the audited change."""
+    from audit.gitrange import read_change
+
+    repo = make_repo(tmp_path / "r")
+    git(repo, "checkout", "-q", "-b", "feature")
+    commit(repo, {"app/feature.py": "X = 1\n"}, "Add app/feature.py")
+    git(repo, "checkout", "-q", "main")
+    commit(repo, {"app/later.py": "Y = 2\n"}, "Add app/later.py on main")
+    pr = read_change(repo, "main...feature")
+    assert pr.messages == ["Add app/feature.py"] and "app/feature.py" in pr.diff and "app/later.py" not in pr.diff
+    two_dot = read_change(repo, "main..feature")  # the plain range diffs the tips: main's new file shows as removed
+    assert two_dot.messages == ["Add app/feature.py"] and "app/later.py" in two_dot.diff
+    git(repo, "checkout", "-q", "--orphan", "island")
+    commit(repo, {"other.txt": "z\n"}, "unrelated")
+    with pytest.raises(UsageError, match="share no history"):
+        read_change(repo, "main...island")
 
 
 # ------------------------------------------------------------------------------- pure functions
