@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field, StrictBool, ValidationError
+from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
 
 from distill.command import open_workspace
 from distill.config import ServeSettings, Settings
@@ -56,6 +56,25 @@ class ChatRequest(BaseModel):
     # so every logged run is reproducible from settings); out of OpenAI's range is still a 400
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    # what the reply cannot honour is refused rather than ignored: a client asking for two choices,
+    # a JSON-shaped reply or a forced tool call would otherwise take the grounded text for one
+    n: Literal[1] | None = Field(None, description="one grounded answer per task")
+    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # `tools` are accepted: the answer is text, no tool call
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(f"type {value.get('type')!r} is not produced: the answer is the grounded text")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_forced_tool_call(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none", "auto"):
+            raise ValueError("a tool call is never produced: the answer is the grounded text (use 'auto' or 'none')")
+        return value
 
 
 class SearchRequest(BaseModel):

@@ -199,6 +199,10 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "categories" in _error(httpx.post(search, json={"query": "x", "categories": ["acepted"]}), 400)
     assert "query" in _error(httpx.post(search, json={"query": " \n "}), 400)
     assert "stream" in _error(httpx.post(chat, json={"messages": user, "stream": "yes"}), 400)
+    # what the reply cannot honour is refused by name, not ignored (3 more 400s)
+    assert "n:" in _error(httpx.post(chat, json={"messages": user, "n": 2}), 400)
+    assert "response_format" in _error(httpx.post(chat, json={"messages": user, "response_format": {"type": "json_object"}}), 400)
+    assert "tool_choice" in _error(httpx.post(chat, json={"messages": user, "tool_choice": "required"}), 400)
     huge = {"messages": [{"role": "user", "content": "routing " * 1000}]}
     assert "max_request_bytes=4096" in _error(httpx.post(chat, json=huge), 413)
 
@@ -210,7 +214,19 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
 
     assert "max_request_bytes=4096" in _error(httpx.post(chat, content=chunked()), 413)
     assert _logged(server.root) == []
-    assert 'distill_requests_total{endpoint="chat",outcome="400"} 8.0' in httpx.get(server.url + "/metrics").text
+    assert 'distill_requests_total{endpoint="chat",outcome="400"} 11.0' in httpx.get(server.url + "/metrics").text
+
+
+def test_an_agent_that_offers_tools_gets_the_grounded_text(server: Running) -> None:
+    """Agent frameworks send `tools` (and `tool_choice: auto`, `n: 1`, a text response_format):
+    accepted, and the answer is the grounded text with no tool call."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}]
+    reply = client.chat.completions.create(model="distill", messages=[{"role": "user", "content": ROUTING_TASK}],
+                                           tools=tools, tool_choice="auto", n=1, response_format={"type": "text"})
+    assert reply.choices[0].message.content == GROUNDED_ANSWER and not reply.choices[0].message.tool_calls
 
 
 def test_models_are_listed_for_frameworks_that_ask(server: Running) -> None:
