@@ -172,9 +172,9 @@ def ask_server(url: str, task: str, json_out: bool) -> None:
     import httpx
 
     headers = {"Authorization": f"Bearer {os.environ['DISTILL_SERVE_KEY']}"} if os.environ.get("DISTILL_SERVE_KEY") else {}
-    try:
-        resp = httpx.post(url.rstrip("/") + "/v1/chat/completions", headers=headers, timeout=None,
-                          json={"messages": [{"role": "user", "content": task}]})
+    try:  # an answer may wait for the queue and the model; a server that cannot be reached fails fast
+        resp = httpx.post(url.rstrip("/") + "/v1/chat/completions", headers=headers,
+                          timeout=httpx.Timeout(None, connect=10.0), json={"messages": [{"role": "user", "content": task}]})
     except (httpx.HTTPError, ValueError) as exc:
         raise UsageError(f"--server {url}: {exc}") from None
     if resp.status_code != 200:
@@ -183,13 +183,17 @@ def ask_server(url: str, task: str, json_out: bool) -> None:
         except (ValueError, KeyError, TypeError):
             message = resp.text[:200]
         raise UsageError(f"--server {url}: HTTP {resp.status_code}: {message}")
-    body = resp.json()
-    ext = body.get("distill", {})
+    try:
+        body = resp.json()
+        ext = body["distill"]
+        content = body["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, TypeError, IndexError):  # another OpenAI-compatible server, or not one at all
+        raise UsageError(f"--server {url} did not answer as `distill serve` does (no choices and `distill` field in "
+                         f"the reply: {resp.text[:120]!r})") from None
     if json_out:
         emit_json(body)
     else:
         out = console()
-        content = body["choices"][0]["message"]["content"]
         # a withheld answer (it failed the gate) is printed as local `replay` prints it; exit 1 says so
         out.print(content if content is not None else ext.get("withheld_answer", ""), soft_wrap=True)
         out.print(f"run {ext.get('run_id')}: {ext.get('final_verdict')}, retrieved {len(ext.get('retrieved', []))}, "

@@ -328,6 +328,12 @@ def test_replay_sends_the_task_to_a_running_server(server: Running) -> None:
     assert [r["run_id"] for r in _logged(server.root)] == [body["distill"]["run_id"]]
     down = run_cli([*REPLAY, "--server", "http://127.0.0.1:9", "--task", "x"], timeout=60)
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1
+    from tests.openai_server import OpenAILoopback
+
+    with OpenAILoopback() as plain:  # an OpenAI-compatible server that is not distill: was a traceback-free "run None"
+        other = run_cli([*REPLAY, "--server", plain.base_url.removesuffix("/v1"), "--task", "x"], timeout=60)
+    assert other.returncode == 2 and "did not answer as `distill serve` does" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
 
 
 def test_curl_gets_an_answer(server: Running) -> None:
