@@ -192,12 +192,13 @@ def _empty_bodies(added: list[AddedLine]) -> list[Finding]:
 
 
 def _touched(files: Sequence[FileChange]) -> list[str]:
-    return [f.path for f in files]
+    return [f.path for f in files] + [f.old_path for f in files if f.old_path]
 
 
 def _names_touched(claimed: str, touched: Sequence[str]) -> bool:
     claimed = claimed.lstrip("./")
-    return any(t == claimed or t.endswith("/" + claimed) for t in touched)
+    # " " + name: prose cannot delimit a file name with a space, so a claim holds its last word
+    return any(t == claimed or t.endswith(("/" + claimed, " " + claimed)) for t in touched)
 
 
 def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange],

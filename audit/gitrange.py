@@ -66,4 +66,4 @@ def read_file_at(repo: Path, commit: str, path: str) -> str | None:
 
 def files_at(repo: Path, commit: str) -> list[str]:
     """Every file path in the tree of `commit`."""
-    return [ln for ln in _git(repo, "ls-tree", "-r", "--name-only", commit).splitlines() if ln]
+    return [name for name in _git(repo, "ls-tree", "-r", "-z", "--name-only", commit).split("\x00") if name]  # unquoted

@@ -264,6 +264,36 @@ def test_a_pull_request_range_is_audited_from_the_merge_base(tmp_path: Path) -> 
         read_change(repo, "main...island")
 
 
+def test_renames_mode_changes_and_unusual_names_are_files_the_change_touches(tmp_path: Path) -> None:
+    """A pure rename and a mode change have no ---/+++ lines, and git quotes (and octal-escapes)
+    unusual names: the claims naming them were blocked as "the change does not touch" the file."""
+    from audit.checks import claim_findings
+    from audit.gitrange import files_at, read_change
+
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/helpers.py": "def f():\n    return 1\n", "q.sql": "SELECT 1;\n-- note\n"}, "Add app/helpers.py")
+    git(repo, "mv", "app/helpers.py", "app/util.py")
+    (repo / "app" / "__init__.py").chmod(0o755)
+    (repo / "q.sql").write_text("SELECT 1;\n")  # the removed line '-- note' is '--- note' in the diff
+    (repo / "docs").mkdir()
+    (repo / "docs" / "caf\u00e9 notes.py").write_text("X = 1\n")
+    (repo / "tab\tname.py").write_text("Y = 2\n")
+    message = "Rename app/helpers.py to app/util.py, make app/__init__.py executable, trim q.sql, add docs/caf\u00e9 notes.py"
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    change = read_change(repo, "HEAD~1..HEAD")
+    files = {f.path: f for f in parse_diff(change.diff)}
+    assert set(files) == {"app/util.py", "app/__init__.py", "q.sql", "docs/caf\u00e9 notes.py", "tab\tname.py"}
+    assert files["app/util.py"].old_path == "app/helpers.py" and not files["app/util.py"].added
+    assert files["q.sql"].removed == ["-- note"] and not files["q.sql"].deleted
+    assert [a.text for a in files["tab\tname.py"].added] == ["Y = 2"]
+    repo_files = set(files_at(repo, change.head)) | set(files_at(repo, change.base))
+    assert "docs/caf\u00e9 notes.py" in repo_files
+    claims = parse_claims(message)
+    assert {c.value for c in claims if c.kind is ClaimKind.FILE} >= {"app/helpers.py", "app/util.py", "app/__init__.py", "q.sql"}
+    assert claim_findings(claims, list(files.values()), None, repo_files) == []
+
+
 # ------------------------------------------------------------------------------- pure functions
 
 
