@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _TEST_PART = re.compile(r"(?:^|/)(?:tests?|spec|__tests__)/|(?:^|/)(?:test_[^/]*|[^/]*_test\.[^/]+|[^/]*\.(?:spec|test)\.[^/]+|conftest\.py)$")
 
 
@@ -88,64 +88,63 @@ def _header_path(rest: str) -> str | None:
 
 def parse_diff(text: str) -> list[FileChange]:
     """Files of a `git diff` (any -U), in order. Binary files, pure renames and mode changes appear
-    with no lines (a rename keeps its old path: a message may name either)."""
+    with no lines (a rename keeps its old path: a message may name either). Each hunk's lines are
+    counted from its `@@` header, so a removed line `-- x` (`--- x` in the diff) is never a header."""
     files: list[FileChange] = []
     current: FileChange | None = None
     old_name: str | None = None
     header: str | None = None  # the path of the current `diff --git` header, until a file is made for it
     renamed_from: str | None = None
     deleted = False
-    new_line = 0
+    new_line = old_left = new_left = 0  # the lines of the current hunk still to come
 
     def close_header() -> None:
         if header is not None and current is None:  # no ---/+++ pair: a rename, a mode change, an empty file
             files.append(FileChange(path=header, deleted=deleted, old_path=renamed_from))
 
     for raw in text.splitlines():
+        if old_left > 0 or new_left > 0:  # inside a hunk: every line is content
+            if current is not None and raw.startswith("+"):
+                current.added.append(AddedLine(current.path, new_line, raw[1:]))
+                new_line += 1
+                new_left -= 1
+            elif current is not None and raw.startswith("-"):
+                current.removed.append(raw[1:])
+                old_left -= 1
+            elif raw.startswith(" ") or raw == "":
+                new_line += 1
+                old_left, new_left = old_left - 1, new_left - 1
+            continue  # `\ No newline at end of file` counts for nothing
         if raw.startswith("diff --git "):
             close_header()
             current, old_name, renamed_from, deleted = None, None, None, False
             header = _header_path(raw[len("diff --git "):])
             continue
-        if current is None:  # the extended header lines, before ---/+++
-            if raw.startswith(("rename from ", "copy from ")):
-                renamed_from = unquote_path(raw.split(" from ", 1)[1])
-                continue
-            if raw.startswith(("rename to ", "copy to ")):
-                header = unquote_path(raw.split(" to ", 1)[1])
-                continue
-            if raw.startswith("deleted file mode"):
-                deleted = True
-                continue
-        if raw.startswith("--- ") and current is None:
-            old_name = _strip_prefix(raw[4:])
+        m = _HUNK.match(raw)
+        if m:
+            old_left = int(m.group(1)) if m.group(1) is not None else 1
+            new_line = int(m.group(2))
+            new_left = int(m.group(3)) if m.group(3) is not None else 1
             continue
-        if raw.startswith("+++ ") and current is None:
+        if raw.startswith(("rename from ", "copy from ")):
+            renamed_from = unquote_path(raw.split(" from ", 1)[1])
+        elif raw.startswith(("rename to ", "copy to ")):
+            header = unquote_path(raw.split(" to ", 1)[1])
+        elif raw.startswith("deleted file mode"):
+            deleted = True
+        elif raw.startswith("--- "):
+            old_name = _strip_prefix(raw[4:])
+        elif raw.startswith("+++ "):
             new_name = _strip_prefix(raw[4:])
             current = FileChange(path=new_name or old_name or header or "", deleted=new_name is None,
                                  old_path=renamed_from)
             files.append(current)
-            continue
-        if raw.startswith("Binary files ") and " differ" in raw and current is None:
+        elif raw.startswith("Binary files ") and raw.endswith(" differ"):
             m = re.match(r"Binary files (?:a/)?(.+?) and (?:b/)?(.+?) differ", raw)
             if m:
                 name = m.group(2) if m.group(2) != "/dev/null" else m.group(1)
                 current = FileChange(path=header or unquote_path(name), deleted=m.group(2) == "/dev/null",
                                      old_path=renamed_from)
                 files.append(current)
-            continue
-        m = _HUNK.match(raw)
-        if m:
-            new_line = int(m.group(1))
-            continue
-        if current is None:
-            continue
-        if raw.startswith("+"):
-            current.added.append(AddedLine(current.path, new_line, raw[1:]))
-            new_line += 1
-        elif raw.startswith("-"):
-            current.removed.append(raw[1:])
-        elif raw.startswith(" "):
-            new_line += 1
     close_header()
     return files

@@ -294,6 +294,14 @@ def test_renames_mode_changes_and_unusual_names_are_files_the_change_touches(tmp
     assert claim_findings(claims, list(files.values()), None, repo_files) == []
 
 
+def test_diff_lines_that_look_like_headers_are_counted_by_their_hunk() -> None:
+    diff = ("diff --git a/q.sql b/q.sql\n--- a/q.sql\n+++ b/q.sql\n@@ -1,3 +1,3 @@\n SELECT 1;\n--- old\n+++ new\n"
+            " SELECT 2;\n\\ No newline at end of file\n--- a/x.py\n+++ b/x.py\n@@ -1 +1,2 @@\n-a\n+b\n+c\n")
+    files = parse_diff(diff)  # the second file has no `diff --git` line: its ---/+++ come after the hunk is done
+    assert [(f.path, [a.text for a in f.added], f.removed) for f in files] == [
+        ("q.sql", ["++ new"], ["-- old"]), ("x.py", ["b", "c"], ["a"])]
+
+
 # ------------------------------------------------------------------------------- pure functions
 
 
