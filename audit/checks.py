@@ -201,8 +201,8 @@ def _names_touched(claimed: str, touched: Sequence[str]) -> bool:
     return any(t == claimed or t.endswith(("/" + claimed, " " + claimed)) for t in touched)
 
 
-def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange],
-                   test_run: TestRun | None, repo_files: Collection[str] = ()) -> list[Finding]:
+def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], test_run: TestRun | None,
+                   repo_files: Collection[str] = (), *, untested: str | None = None) -> list[Finding]:
     """Each claim checked against the diff (and the test run when there is one). A named file the
     repository has and the change does not touch blocks; a name the repository does not have at all
     (a workspace output, a config file the user writes) only warns."""
@@ -222,9 +222,9 @@ def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange],
                     signature=signature_of("claim_file", "claimed file not in the diff" if in_repo else "claimed file not in the repo"),
                 ))
         elif claim.kind is ClaimKind.TEST_COUNT:
-            found.extend(_test_count(claim, test_run))
+            found.extend(_test_count(claim, test_run, untested))
         elif claim.kind is ClaimKind.ALL_TESTS:
-            found.extend(_all_tests(claim, test_run))
+            found.extend(_all_tests(claim, test_run, untested))
         elif claim.kind is ClaimKind.FIGURE:
             number = figure_number(claim.value)
             if not re.search(r"(?<![\d.])" + re.escape(number) + r"(?![\d])", added_text):
@@ -245,15 +245,18 @@ def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange],
     return found
 
 
-def _not_run(claim: Claim, check: str) -> Finding:
-    return Finding(check=check, severity=Severity.INFO, title="test claim not checked", claim=claim.sentence,
-                   checked="the test command ([audit] test_command)", found="no test command is configured: not run",
+def _not_run(claim: Claim, check: str, why: str | None) -> Finding:
+    """None: no test command is configured (the user chose not to check: info); else why the
+    configured command could not test the audited commit (warn: a claim went unchecked)."""
+    return Finding(check=check, severity=Severity.INFO if why is None else Severity.WARN, title="test claim not checked",
+                   claim=claim.sentence, checked="the test command ([audit] test_command)",
+                   found=f"{why or 'no test command is configured'}: not run",
                    signature=signature_of(check, "test claim not checked"))
 
 
-def _test_count(claim: Claim, run: TestRun | None) -> list[Finding]:
+def _test_count(claim: Claim, run: TestRun | None, untested: str | None) -> list[Finding]:
     if run is None:
-        return [_not_run(claim, "claim_tests")]
+        return [_not_run(claim, "claim_tests", untested)]
     claimed = int(claim.value)
     if run.passed is None:
         return [Finding(check="claim_tests", severity=Severity.BLOCK, title=f"claimed {claimed} passing tests, runner gave no count",
@@ -268,9 +271,9 @@ def _test_count(claim: Claim, run: TestRun | None) -> list[Finding]:
     return []
 
 
-def _all_tests(claim: Claim, run: TestRun | None) -> list[Finding]:
+def _all_tests(claim: Claim, run: TestRun | None, untested: str | None) -> list[Finding]:
     if run is None:
-        return [_not_run(claim, "claim_all_tests")]
+        return [_not_run(claim, "claim_all_tests", untested)]
     if run.exit_code != 0 or run.failed or run.timed_out:
         return [Finding(check="claim_all_tests", severity=Severity.BLOCK, title="claims all tests pass; they do not",
                         claim=claim.sentence, checked=f"`{run.command}`",

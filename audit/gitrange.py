@@ -56,6 +56,22 @@ def read_change(repo: Path, revision_range: str) -> Change:
     return Change(repo=repo, base=base_id, head=head_id, messages=messages, diff=diff)
 
 
+def tree_mismatch(repo: Path, commit: str) -> str | None:
+    """Why tests run in `repo`'s working tree would not test `commit` (None when they would): the
+    checkout holds another tree, or tracked files changed since. Untracked files (build outputs, a
+    virtual environment) do not count. A CI merge checkout whose tree is the audited HEAD's passes."""
+    want = _git(repo, "rev-parse", commit + "^{tree}").strip()
+    try:
+        have = _git(repo, "rev-parse", "HEAD^{tree}").strip()
+    except UsageError:  # nothing checked out yet
+        have = ""
+    if have != want:
+        return f"the working tree is not at {commit[:12]}: check out the audited HEAD for [audit] test_command to test it"
+    if _git(repo, "status", "--porcelain", "--untracked-files=no").strip():
+        return f"tracked files in the working tree differ from {commit[:12]} (uncommitted changes)"
+    return None
+
+
 def read_file_at(repo: Path, commit: str, path: str) -> str | None:
     """A file's text at `commit` (None when it is not there or not text)."""
     done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True, check=False, timeout=60)

@@ -9,7 +9,7 @@ from audit import checks, lessons
 from audit.claims import ClaimKind, parse_claims
 from audit.diff import parse_diff
 from audit.findings import Finding, Severity, signature_of
-from audit.gitrange import files_at, read_change, read_file_at
+from audit.gitrange import files_at, read_change, read_file_at, tree_mismatch
 from audit.report import AuditReport, audits_row, verdict_of
 from audit.testrun import TestRun, run_tests
 from distill.config import Settings
@@ -59,14 +59,20 @@ def audit(ws: Workspace, settings: Settings, repo: Path, revision_range: str, *,
     notes: list[str] = []
 
     test_run: TestRun | None = None
+    untested: str | None = None  # why a configured test command was not run
     if any(c.kind in (ClaimKind.TEST_COUNT, ClaimKind.ALL_TESTS) for c in claims) and cfg.test_command:
-        test_run = run_tests(cfg.test_command, repo, cfg.test_timeout_s)
+        # the tests run in the checkout: a claim about HEAD is never judged on another tree
+        mismatch = tree_mismatch(repo, change.head)
+        if mismatch is None:
+            test_run = run_tests(cfg.test_command, repo, cfg.test_timeout_s)
+        else:
+            untested = mismatch
 
     sources = {f.path: text for f in files if f.path.endswith(".py") and not f.deleted and f.added
                if (text := read_file_at(repo, change.head, f.path)) is not None}
     findings = checks.placeholder_findings(files, settings.gate.placeholder_patterns, sources)
     repo_files = set(files_at(repo, change.head)) | set(files_at(repo, change.base))
-    findings += checks.claim_findings(claims, files, test_run, repo_files)
+    findings += checks.claim_findings(claims, files, test_run, repo_files, untested=untested)
 
     if use_model:
         from runtime.backends import make_backend

@@ -127,6 +127,26 @@ def test_a_claimed_test_count_is_checked_by_running_the_tests(tmp_path: Path, ws
         assert "claimed 12" in hit["title"] and "10 passed" in hit["found"]
 
 
+def test_test_claims_are_never_judged_on_another_checkout(tmp_path: Path, ws: Path) -> None:
+    """The test command runs in the working tree: with an older commit checked out (or tracked
+    files edited), "10 tests pass" about HEAD was confirmed or refuted on other code."""
+    repo = make_repo(tmp_path / "r", n_tests=10)
+    head = commit(repo, {"app/core.py": "def add(a, b):\n    return a + b  # same\n"}, "Tidy app/core.py; 12 tests pass")
+    toml = f'[audit]\ntest_command = "{sys.executable} -m pytest -q -p no:cacheprovider tests"\ntest_timeout_s = 120\n'
+    git(repo, "checkout", "-q", "HEAD~1")
+    code, report, err = audit_cli(ws, repo, f"HEAD..{head}", toml=toml)
+    hit = next(f for f in report["findings"] if f["check"] == "claim_tests")
+    assert report["test_run"] is None and hit["severity"] == "warn" and "not at" in hit["found"], (report, err)
+    git(repo, "checkout", "-q", head)
+    (repo / "app" / "core.py").write_text("def add(a, b):\n    return a - b\n")  # an uncommitted edit
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD", toml=toml)
+    assert report["test_run"] is None and "uncommitted" in next(f["found"] for f in report["findings"] if f["check"] == "claim_tests")
+    git(repo, "checkout", "-q", "--", "app/core.py")
+    (repo / "build.log").write_text("untracked files do not count\n")
+    code, report, _ = audit_cli(ws, repo, "HEAD~1..HEAD", toml=toml)
+    assert report["test_run"]["passed"] == 10 and code == 1  # run, and 12 != 10 blocks
+
+
 def test_a_clean_change_passes_and_writes_every_form(tmp_path: Path, ws: Path) -> None:
     repo = make_repo(tmp_path / "r")
     commit(repo, {"app/core.py": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n    return a + b\n"}, "Document add in app/core.py")
