@@ -10,7 +10,7 @@ import tokenize
 from collections.abc import Collection, Mapping, Sequence
 
 from audit.claims import Claim, ClaimKind, figure_number
-from audit.diff import AddedLine, FileChange
+from audit.diff import AddedLine, FileChange, is_test_path
 from audit.findings import Finding, Severity, signature_of
 from audit.testrun import TestRun
 from runtime.gate import placeholder_regexes
@@ -235,7 +235,9 @@ def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], test_ru
                     signature=signature_of("claim_figure", "figure not in the diff"),
                 ))
         elif claim.kind is ClaimKind.FIXED:
-            code = [f for f in files if not f.is_test and (f.added or f.removed)]
+            # "fixed the flaky login test" is a fix a test-only change makes; "fixed the retry loop" is not
+            about_tests = bool(_TEST_OBJECT.search(claim.value)) or any(is_test_path(w) for w in claim.value.split())
+            code = [f for f in files if (f.added or f.removed) and (about_tests or not f.is_test)]
             if not code:
                 found.append(Finding(
                     check="claim_fixed", severity=Severity.BLOCK, title=f"claims a fix ({claim.value[:60]}) with no code change",
@@ -243,6 +245,9 @@ def claim_findings(claims: Sequence[Claim], files: Sequence[FileChange], test_ru
                     found="no non-test file has a changed line", signature=signature_of("claim_fixed", "fix without code change"),
                 ))
     return found
+
+
+_TEST_OBJECT = re.compile(r"\b(?:tests?|specs?|flaky)\b", re.IGNORECASE)
 
 
 def _not_run(claim: Claim, check: str, why: str | None) -> Finding:

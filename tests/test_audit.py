@@ -314,6 +314,21 @@ def test_renames_mode_changes_and_unusual_names_are_files_the_change_touches(tmp
     assert claim_findings(claims, list(files.values()), None, repo_files) == []
 
 
+def test_a_fix_of_a_test_may_change_only_tests_and_a_fix_of_code_may_not() -> None:
+    """"Fix the flaky login test in tests/test_auth.py" with only that test changed was blocked as
+    "claims a fix with no code change"; "Fixed the retry loop" with only tests changed still is."""
+    from audit.checks import claim_findings
+
+    only_tests = parse_diff("diff --git a/tests/test_auth.py b/tests/test_auth.py\n--- a/tests/test_auth.py\n"
+                            "+++ b/tests/test_auth.py\n@@ -1,2 +1,2 @@\n def test_a():\n-    assert True\n+    assert 1 == 1\n")
+    for message, blocked in [("Fix the flaky login test in tests/test_auth.py.", False), ("Fixes flaky CI.", False),
+                             ("Fixed the retry loop in the client.", True), ("Resolves the crash on empty input.", True)]:
+        claims = [c for c in parse_claims(message) if c.kind is ClaimKind.FIXED]
+        assert claims, message
+        found = [f.check for f in claim_findings(claims, only_tests, None)]
+        assert (found == ["claim_fixed"]) is blocked, (message, found)
+
+
 def test_diff_lines_that_look_like_headers_are_counted_by_their_hunk() -> None:
     diff = ("diff --git a/q.sql b/q.sql\n--- a/q.sql\n+++ b/q.sql\n@@ -1,3 +1,3 @@\n SELECT 1;\n--- old\n+++ new\n"
             " SELECT 2;\n\\ No newline at end of file\n--- a/x.py\n+++ b/x.py\n@@ -1 +1,2 @@\n-a\n+b\n+c\n")
