@@ -72,6 +72,35 @@ def _inside_string(added: AddedLine, col: int, strings: dict[int, list[tuple[int
     return _in_quotes(added.text, col)
 
 
+_COMMENT_OPENERS = ("#", "//", "/*", "<!--")
+_DASH_COMMENT_EXTENSIONS = ("sql", "lua", "hs")  # where `--` opens a comment (in C it decrements)
+
+
+def _in_comment(path: str, text: str, col: int) -> bool:
+    """Whether column `col` of a code line lies in a comment (an opener outside quotes comes before
+    it, or the line continues a block comment: it starts with `*`)."""
+    if text.lstrip().startswith("*"):
+        return True
+    dash = path.rsplit(".", 1)[-1].lower() in _DASH_COMMENT_EXTENSIONS
+    for opener in _COMMENT_OPENERS + (("--",) if dash else ()):
+        at = text.find(opener)
+        while 0 <= at < col:
+            if not _in_quotes(text, at):
+                return True
+            at = text.find(opener, at + 1)
+    return False
+
+
+def _marker_in_code(added: AddedLine, hit: re.Match[str]) -> bool:
+    """Whether a pattern's hit is a placeholder marker rather than a name: the patterns match
+    case-insensitively (an answer's "todo:" is one), but in code `part.todo` or a class `Todo` is
+    an identifier. Written as the pattern writes it (TODO, FIXME, NotImplementedError, todo!() it
+    is a marker anywhere outside strings; in other casing, only inside a comment."""
+    if re.compile(hit.re.pattern).match(added.text, hit.start()):  # the case the pattern was written in
+        return True
+    return _in_comment(added.path, added.text, hit.start())
+
+
 def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
                          sources: Mapping[str, str] | None = None) -> list[Finding]:
     """On added lines of code files, outside string literals (prompts, patterns and test data quote
@@ -86,7 +115,8 @@ def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
         source = (sources or {}).get(change.path)
         strings = _python_strings(source) if source is not None and change.path.endswith(".py") else None
         for added in change.added:
-            hit = next((m for p in compiled for m in p.finditer(added.text) if not _inside_string(added, m.start(), strings)), None)
+            hit = next((m for p in compiled for m in p.finditer(added.text)
+                        if not _inside_string(added, m.start(), strings) and _marker_in_code(added, m)), None)
             if hit is not None:
                 found.append(_at(added, "placeholder", Severity.BLOCK, f"{hit.group(0)} in {added.path}",
                                  "added code lines (outside string literals) against [gate] placeholder_patterns",
