@@ -16,8 +16,9 @@ _FILE = re.compile(
     r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:py|pyi|rs|ts|tsx|js|jsx|go|java|kt|rb|c|h|cc|cpp|hpp|cs|"
     r"swift|sh|toml|ya?ml|json|jsonl|md|rst|txt|cfg|ini|sql|proto|html|css))(?![\w/])"
 )
-_TEST_COUNT = re.compile(r"\b(\d+)\s+(?:(?:unit|integration|new)\s+)?(?:tests?|specs?)\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|green)\b"
-                         r"|\b(\d+)\s+passed\b", re.IGNORECASE)
+_COUNT = r"(?<![\d,.])(\d{1,3}(?:,\d{3})+|\d+)"  # "1,234 tests pass" is 1234, not 234
+_TEST_COUNT = re.compile(_COUNT + r"\s+(?:(?:unit|integration|new)\s+)?(?:tests?|specs?)\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|green)\b"
+                         r"|" + _COUNT + r"\s+passed\b", re.IGNORECASE)
 _ALL_TESTS = re.compile(r"\ball\s+(?:the\s+)?(?:\w+\s+)?tests?\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|are\s+green|green)\b", re.IGNORECASE)
 _FIGURE = re.compile(
     r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(x|×|%|ms|µs|us|s|sec|seconds|minutes|min|MiB|GiB|KiB|MB|GB|KB|tokens/s|rows/s|req/s|qps)(?![\w/])"
@@ -64,7 +65,7 @@ def parse_claims(message: str) -> list[Claim]:
         for m in _FILE.finditer(sentence):
             add(ClaimKind.FILE, m.group(1), sentence)
         for m in _TEST_COUNT.finditer(sentence):
-            add(ClaimKind.TEST_COUNT, m.group(1) or m.group(2), sentence)
+            add(ClaimKind.TEST_COUNT, (m.group(1) or m.group(2)).replace(",", ""), sentence)
         if _ALL_TESTS.search(sentence):
             add(ClaimKind.ALL_TESTS, "all", sentence)
         for m in _FIGURE.finditer(sentence):

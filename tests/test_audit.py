@@ -363,6 +363,13 @@ def test_claims_are_parsed_from_prose() -> None:
             (ClaimKind.ALL_TESTS, "all"), (ClaimKind.FIXED, "the retry loop"), (ClaimKind.FIGURE, "120ms")} <= kinds
 
 
+def test_a_test_count_with_a_thousands_separator_is_read_whole() -> None:
+    """"1,234 tests pass" was read as 234, and blocked against a runner that passed 1234."""
+    counts = lambda text: [c.value for c in parse_claims(text) if c.kind is ClaimKind.TEST_COUNT]  # noqa: E731
+    assert counts("All 1,234 tests pass.") == ["1234"] and counts("1,234 passed") == ["1234"]
+    assert counts("12 tests pass") == ["12"] and counts("v1.12 tests pass") == []
+
+
 def test_placeholders_use_the_gate_patterns_and_skip_abstract_methods() -> None:
     diff = ("diff --git a/app/x.py b/app/x.py\n--- a/app/x.py\n+++ b/app/x.py\n@@ -0,0 +1,9 @@\n"
             "+class A:\n+    @abstractmethod\n+    def run(self):\n+        ...\n+\n+    def go(self):\n+        pass\n+\n+QQQ = 1\n")
