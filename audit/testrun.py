@@ -14,8 +14,9 @@ from pydantic import BaseModel
 
 from distill.errors import UsageError
 
-_PASSED = re.compile(r"\b(\d+) passed\b")
-_FAILED = re.compile(r"\b(\d+) (?:failed|errors?)\b")
+_COUNT = r"(?<![\d,.])(\d{1,3}(?:,\d{3})+|\d+)"  # "1,234 passed" is 1234
+_PASSED = re.compile(_COUNT + r" passed\b")
+_FAILED = re.compile(_COUNT + r" (?:failed|errors?)\b")
 _UNITTEST_RAN = re.compile(r"^Ran (\d+) tests?\b")
 _UNITTEST_FAILED = re.compile(r"^FAILED \((?:failures|errors)=(\d+)")
 
@@ -35,8 +36,8 @@ def read_counts(output: str) -> tuple[str, int | None, int]:
     for line in reversed(lines):
         p, f = _PASSED.search(line), _FAILED.search(line)
         if p or f:
-            failed = sum(int(x) for x in _FAILED.findall(line))
-            return line, int(p.group(1)) if p else 0, failed
+            failed = sum(int(x.replace(",", "")) for x in _FAILED.findall(line))
+            return line, int(p.group(1).replace(",", "")) if p else 0, failed
     ran = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_RAN.match(ln))), None)
     if ran is not None:
         failed = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_FAILED.match(ln))), 0)

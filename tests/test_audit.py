@@ -368,6 +368,7 @@ def test_a_test_count_with_a_thousands_separator_is_read_whole() -> None:
     counts = lambda text: [c.value for c in parse_claims(text) if c.kind is ClaimKind.TEST_COUNT]  # noqa: E731
     assert counts("All 1,234 tests pass.") == ["1234"] and counts("1,234 passed") == ["1234"]
     assert counts("12 tests pass") == ["12"] and counts("v1.12 tests pass") == []
+    assert read_counts("Tests:       3 failed, 1,234 passed, 1,237 total")[1:] == (1234, 3)  # the runner's side too
 
 
 def test_placeholders_use_the_gate_patterns_and_skip_abstract_methods() -> None:
