@@ -16,9 +16,10 @@ _FILE = re.compile(
     r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:py|pyi|rs|ts|tsx|js|jsx|go|java|kt|rb|c|h|cc|cpp|hpp|cs|"
     r"swift|sh|toml|ya?ml|json|jsonl|md|rst|txt|cfg|ini|sql|proto|html|css))(?![\w/])"
 )
-_COUNT = r"(?<![\d,.])(\d{1,3}(?:,\d{3})+|\d+)"  # "1,234 tests pass" is 1234, not 234
-_TEST_COUNT = re.compile(_COUNT + r"\s+(?:(?:unit|integration|new)\s+)?(?:tests?|specs?)\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|green)\b"
-                         r"|" + _COUNT + r"\s+passed\b", re.IGNORECASE)
+COUNT = r"(?<![\d,.])(\d{1,3}(?:,\d{3})+|\d+)"
+"""A count as people and test runners write it: "1,234 tests pass" is 1234, never 234."""
+_TEST_COUNT = re.compile(COUNT + r"\s+(?:(?:unit|integration|new)\s+)?(?:tests?|specs?)\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|green)\b"
+                         r"|" + COUNT + r"\s+passed\b", re.IGNORECASE)
 _ALL_TESTS = re.compile(r"\ball\s+(?:the\s+)?(?:\w+\s+)?tests?\s+(?:now\s+)?(?:pass(?:es|ed|ing)?|are\s+green|green)\b", re.IGNORECASE)
 _FIGURE = re.compile(
     r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(x|×|%|ms|µs|us|s|sec|seconds|minutes|min|MiB|GiB|KiB|MB|GB|KB|tokens/s|rows/s|req/s|qps)(?![\w/])"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from audit.claims import COUNT
 from distill.errors import UsageError
 
-_COUNT = r"(?<![\d,.])(\d{1,3}(?:,\d{3})+|\d+)"  # "1,234 passed" is 1234
-_PASSED = re.compile(_COUNT + r" passed\b")
-_FAILED = re.compile(_COUNT + r" (?:failed|errors?)\b")
+_PASSED = re.compile(COUNT + r" passed\b")
+_FAILED = re.compile(COUNT + r" (?:failed|errors?)\b")
 _UNITTEST_RAN = re.compile(r"^Ran (\d+) tests?\b")
 _UNITTEST_FAILED = re.compile(r"^FAILED \((?:failures|errors)=(\d+)")
 
