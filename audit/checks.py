@@ -94,8 +94,12 @@ def _in_comment(path: str, text: str, col: int) -> bool:
 def _marker_in_code(added: AddedLine, hit: re.Match[str]) -> bool:
     """Whether a pattern's hit is a placeholder marker rather than a name: the patterns match
     case-insensitively (an answer's "todo:" is one), but in code `part.todo` or a class `Todo` is
-    an identifier. Written as the pattern writes it (TODO, FIXME, NotImplementedError, todo!() it
-    is a marker anywhere outside strings; in other casing, only inside a comment."""
+    an identifier. Written as the pattern writes it (TODO, FIXME, todo!() it is a marker anywhere
+    outside strings; in other casing, only inside a comment. An exception name counts where raised."""
+    word = hit.group(0)
+    if re.fullmatch(r"\w+(?:Error|Exception)", word):  # an exception is a stub where it is raised, not
+        # where a test expects it (`raises(NotImplementedError, ...)`) or a caller catches it
+        return bool(re.search(r"\b(?:raise|throw)\s+(?:new\s+)?(?:\w+\.)*" + re.escape(word) + r"\b", added.text))
     if re.compile(hit.re.pattern).match(added.text, hit.start()):  # the case the pattern was written in
         return True
     return _in_comment(added.path, added.text, hit.start())

@@ -327,6 +327,14 @@ def test_a_lower_case_name_is_not_a_placeholder_but_a_marker_in_a_comment_is() -
     found = placeholder_findings(parse_diff(diff), Settings().gate.placeholder_patterns)
     assert [(f.path, f.line) for f in found if f.check == "placeholder"] == [
         ("app/x.py", n) for n in (5, 6, 7, 8, 9, 10, 12)] + [("q.sql", 1)]  # 11: `--` is no comment in Python
+    # an exception name is a stub where raised, not where a test expects it or a caller catches it (sympy's tests)
+    mentions = ["    raises(NotImplementedError, lambda: solve(x))", "    except NotImplementedError:",
+                "        raise NotImplementedError('later')", "    throw new NotImplementedError();"]
+    body = "".join(f"+{ln}\n" for ln in mentions)
+    found = placeholder_findings(parse_diff(f"diff --git a/tests/test_y.py b/tests/test_y.py\n--- a/tests/test_y.py\n"
+                                            f"+++ b/tests/test_y.py\n@@ -0,0 +1,4 @@\n{body}"),
+                                 Settings().gate.placeholder_patterns)
+    assert [f.line for f in found if f.check == "placeholder"] == [3, 4]
 
 
 def test_a_fix_of_a_test_may_change_only_tests_and_a_fix_of_code_may_not() -> None:
