@@ -63,7 +63,6 @@ def unquote_path(name: str) -> str:
 
 
 def _strip_prefix(name: str) -> str | None:
-    name = name.rstrip("\n")
     name = name.split("\t", 1)[0] if not name.startswith('"') else name  # git pads a spaced name with a tab
     name = unquote_path(name.strip())
     if name == "/dev/null":
@@ -74,9 +73,8 @@ def _strip_prefix(name: str) -> str | None:
 def _header_path(rest: str) -> str | None:
     """The new path of a `diff --git a/X b/Y` header, when it can be told: quoted names, or an
     unquoted X equal to Y (a name with spaces is then the two equal halves)."""
-    quoted = _QUOTED.findall(rest)
     if rest.startswith('"') or rest.endswith('"'):
-        names = [unquote_path(f'"{q}"') for q in quoted]
+        names = [unquote_path(f'"{q}"') for q in _QUOTED.findall(rest)]
         tail = rest.rsplit(" ", 1)[-1] if not rest.endswith('"') else None
         last = names[-1] if rest.endswith('"') and names else tail
         return last[2:] if last and last[:2] == "b/" else last
