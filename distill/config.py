@@ -275,6 +275,22 @@ class ServeSettings(Section):
         '"withhold" it (content null, finish_reason "content_filter", the text kept in the `distill` field)',
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="larger request bodies get 413")
+    stream: Literal["gated", "live"] = Field(
+        "gated",
+        description='a streaming request: "gated" sends the answer once the gate has judged it; "live" sends the '
+        "local model's text as it is written and the verdict in the last chunk (needs allow_escalation = false "
+        'and unvalidated_answers = "return": a streamed answer can be neither replaced nor withheld)',
+    )
+
+    @model_validator(mode="after")
+    def _live_stream_is_final(self) -> ServeSettings:
+        if self.stream == "live" and (self.allow_escalation or self.unvalidated_answers == "withhold"):
+            raise ValueError(
+                'stream = "live" sends the local answer before the gate has judged it, so it can be neither '
+                'escalated nor withheld: set allow_escalation = false and unvalidated_answers = "return", '
+                'or stream = "gated"'
+            )
+        return self
 
 
 class FieldMapping(Section):

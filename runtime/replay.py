@@ -22,6 +22,7 @@ from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayR
 from distill.workspace import Workspace
 from index.hits import SearchHit, Searcher
 from runtime.backends import Backend, BackendError, BackendKind, escalation_backend, make_backend
+from runtime.backends.base import TextSink
 from runtime.bundle import build_bundle, retrieved_list
 from runtime.gate import validate
 from runtime.prompt import Prompt, assemble
@@ -91,17 +92,22 @@ def index_staleness(ws: Workspace, searcher: Searcher | None = None) -> str | No
 
 
 def run_attempt(
-    backend: Backend, prompt: Prompt, task: str, settings: Settings, *, escalation: bool
+    backend: Backend, prompt: Prompt, task: str, settings: Settings, *, escalation: bool,
+    on_text: TextSink | None = None, timings: dict[str, float] | None = None,
 ) -> Attempt:
     """One model call on the prompt and the gate on its answer; a backend failure is an attempt with
-    its error, never an exception."""
+    its error, never an exception. `on_text` gets the answer's pieces as the model writes them
+    (before the gate has judged it); `timings` gets the model's own prompt time when it reports one."""
     rt = settings.runtime
     try:
         gen = backend.generate(
-            prompt.messages, max_tokens=rt.max_tokens, temperature=rt.temperature, timeout=rt.timeout_s
+            prompt.messages, max_tokens=rt.max_tokens, temperature=rt.temperature, timeout=rt.timeout_s,
+            on_text=on_text,
         )
     except BackendError as exc:
         return Attempt(backend=backend.name, model=backend.model, error=str(exc), escalation=escalation)
+    if timings is not None and gen.prompt_ms is not None:
+        timings["escalation_prompt" if escalation else "local_prompt"] = gen.prompt_ms
     gate = validate(gen.text, prompt.bundle, task, settings.gate)
     return Attempt(
         backend=backend.name,
@@ -225,7 +231,12 @@ class ReplaySession:
                 self._index_warning("stale", index_staleness(self.ws, searcher))
             return list(searcher.search(task, k=self.options.k, mode=self.options.mode))
 
-    def run(self, task: str, *, task_id: str | None = None) -> ReplayRun:
+    def run(self, task: str, *, task_id: str | None = None, on_text: TextSink | None = None) -> ReplayRun:
+        """One task through the loop, logged. `on_text` gets the local model's answer as it is
+        written (`distill serve`'s live stream): only a session that never escalates may take it,
+        since a streamed answer cannot be replaced by an escalated one."""
+        if on_text is not None and self.options.allow_escalation and not self.options.local_only:
+            raise UsageError("a live stream of the local answer cannot be escalated: replay it local-only")
         if not task.strip():
             raise UsageError("the task is empty")
         rt = self.settings.runtime
@@ -263,7 +274,18 @@ class ReplaySession:
             attempts.append(Attempt(backend=local_error.backend or self.options.backend, model=self.options.model or "-",
                                     error=str(local_error)))
         else:
-            attempts.append(run_attempt(local, prompt, task, self.settings, escalation=False))
+            first_text: list[float] = []  # when the first piece of a live answer went out
+
+            def sink(piece: str) -> None:
+                if not first_text:
+                    first_text.append(time.perf_counter())
+                assert on_text is not None
+                on_text(piece)
+
+            attempts.append(run_attempt(local, prompt, task, self.settings, escalation=False,
+                                        on_text=None if on_text is None else sink, timings=timings))
+            if first_text:
+                timings["local_first_text"] = (first_text[0] - t0) * 1000
         t3 = time.perf_counter()
         timings["local"] = (t3 - t2) * 1000
 
@@ -273,7 +295,8 @@ class ReplaySession:
             try:
                 if self.escalation is None:
                     self.escalation = escalation_backend(rt)
-                attempts.append(run_attempt(self.escalation, prompt, task, self.settings, escalation=True))
+                attempts.append(run_attempt(self.escalation, prompt, task, self.settings, escalation=True,
+                                            timings=timings))
             except BackendError as exc:
                 attempts.append(
                     Attempt(backend=rt.escalation_backend, model=rt.escalation_model or "-", error=str(exc), escalation=True)

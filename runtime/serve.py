@@ -15,11 +15,13 @@ unvalidated_answers`); a run whose model could not be reached is a 503, never an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, TypeVar
 
@@ -28,11 +30,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
 
-from distill.command import open_workspace
 from distill.config import ServeSettings, Settings
 from distill.errors import UsageError
 from distill.records import Category
 from distill.records.replay import ReplayRun
+from distill.workspace import Workspace
+from runtime.backends.base import TextSink
 from runtime.replay import ReplaySession
 
 RETRY_AFTER_S = 5
@@ -235,9 +238,54 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         except ValidationError as exc:
             return refuse(endpoint, 400, invalid_request(exc))
 
-    async def run_task(task: str) -> ReplayRun:
+    live = settings.serve.stream == "live"
+    unfinished: set[asyncio.Task[ReplayRun]] = set()  # live runs whose client may have gone: held until they end
+
+    async def run_task(task: str, on_text: TextSink | None = None) -> ReplayRun:
         async with admission.lock:  # the local model: one request at a time
-            return await asyncio.to_thread(session.run, task)
+            return await asyncio.to_thread(session.run, task, on_text=on_text)
+
+    async def live_reply(task: str, model: str) -> Any:
+        """A streaming request under `[serve] stream = "live"`: the local model's text is sent as it
+        is written, the gate's verdict (and the run) in the last chunk. Headers wait for the first
+        piece, so a model that fails before writing anything is still a 503. The run goes on to the
+        end (and is logged whole) when the client disconnects; the queue slot is left when it ends."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: the run has ended
+
+        def on_text(piece: str) -> None:  # on the model's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed (shutdown): nobody reads
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        async def run_to_end() -> ReplayRun:
+            try:
+                run = await run_task(task, on_text)
+            finally:
+                admission.leave()
+                pieces.put_nowait(None)  # after every piece: they were queued before the run returned
+            observe(run)
+            return run
+
+        runner = asyncio.create_task(run_to_end())
+        unfinished.add(runner)
+        runner.add_done_callback(unfinished.discard)
+        head = await pieces.get()
+        if head is None:  # the run ended without a word
+            return answer(await runner, model, stream=True)
+        requests.labels("chat", "200").inc()
+        return StreamingResponse(_live_stream(head, pieces, runner, model), media_type="text/event-stream")
+
+    def answer(run: ReplayRun, model: str, *, stream: bool) -> Any:
+        if all(a.error is not None for a in run.attempts):
+            # no model answered (unreachable, timed out; the escalation model too, when it was tried):
+            # the run is logged; the caller may retry
+            return refuse("chat", 503, f"the model could not answer: {backend_errors(run)}"[:500],
+                          {"Retry-After": str(RETRY_AFTER_S)}, {"distill": extension(run)})
+        requests.labels("chat", "200").inc()
+        payload = completion(run, model, withhold_unvalidated=withhold)
+        if not stream:
+            return payload
+        return StreamingResponse(_stream(payload), media_type="text/event-stream")
 
     def observe(run: ReplayRun) -> None:
         verdicts.labels(run.final_verdict).inc()
@@ -291,21 +339,14 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if not admission.try_enter():
             return refuse("chat", 429, f"the local model is busy and {settings.serve.max_queue} requests are waiting",
                           {"Retry-After": str(RETRY_AFTER_S)})
+        if body.stream and live:
+            return await live_reply(task, body.model or MODEL_ID)
         try:
             run = await run_task(task)
         finally:
             admission.leave()
         observe(run)
-        if all(a.error is not None for a in run.attempts):
-            # no model answered (unreachable, timed out; the escalation model too, when it was tried):
-            # the run is logged; the caller may retry
-            return refuse("chat", 503, f"the model could not answer: {backend_errors(run)}"[:500],
-                          {"Retry-After": str(RETRY_AFTER_S)}, {"distill": extension(run)})
-        requests.labels("chat", "200").inc()
-        payload = completion(run, body.model or MODEL_ID, withhold_unvalidated=withhold)
-        if not body.stream:
-            return payload
-        return StreamingResponse(_stream(payload), media_type="text/event-stream")
+        return answer(run, body.model or MODEL_ID, stream=body.stream)
 
     return app
 
@@ -327,10 +368,41 @@ async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+def _chunk_event(base: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None,
+                 **extra: Any) -> bytes:
+    chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asyncio.Task[ReplayRun],
+                       model: str) -> AsyncIterator[bytes]:
+    """The local model's text as chunks while it writes, then the run: a last chunk with the gate's
+    verdict in the `distill` field, or, when the model failed after it began, an error event (the
+    openai client raises it) rather than a truncated answer that looks finished."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model}
+    yield _chunk_event(base, {"role": "assistant", "content": ""})
+    piece: str | None = head
+    while piece is not None:
+        yield _chunk_event(base, {"content": piece})
+        piece = await pieces.get()
+    run = await runner
+    local = run.attempts[0]
+    if local.error is not None:
+        error = {"message": f"the model failed mid-answer: {local.error}"[:500], "type": "distill_error", "code": 503}
+        yield f"data: {json.dumps({'error': error, 'distill': extension(run)})}\n\n".encode()
+    else:
+        payload = completion(run, model)
+        yield _chunk_event(base, {}, "stop", distill=payload["distill"], usage=payload["usage"])
+    yield b"data: [DONE]\n\n"
+
+
 def open_session(root: Any, settings: Settings, session_factory: Callable[..., ReplaySession] | None = None) -> ReplaySession:
+    """The session the server answers with, on the settings it was given (not read again: the
+    caller's are the ones checked, and the environment may hold no others)."""
     from runtime.replay import ReplayOptions
 
-    ws, _ = open_workspace(root)
+    ws = Workspace.resolve(root)
     opts = ReplayOptions.from_settings(settings.runtime, allow_escalation=settings.serve.allow_escalation or None,
                                        local_only=not settings.serve.allow_escalation or None)
     return (session_factory or ReplaySession)(ws, settings, opts)

@@ -29,6 +29,7 @@ class Reply:
     done_reason: str = "stop"
     fault: Fault | None = None
     delay_s: float = 0.0
+    piece_delay_s: float = 0.0  # a model writing: the wait before each streamed piece after the first
 
 
 @dataclass
@@ -182,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)  # mid-stream: no final chunk, no terminator
+                return
+            if i and reply.piece_delay_s and st.stop.wait(reply.piece_delay_s):
                 return
             part = {"model": model, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": piece}, "done": False}
             self._chunk(json.dumps(part).encode() + b"\n")

@@ -1,6 +1,7 @@
 """A loopback OpenAI-compatible /v1/chat/completions server for escalation tests (test-only code).
 
-Real HTTP on 127.0.0.1:<free port>; scripted replies; faults: HTTP 500, HTTP 401 (bad key), slow.
+Real HTTP on 127.0.0.1:<free port>; scripted replies, plain or streamed (server-sent events);
+faults: HTTP 500, HTTP 401 (bad key), slow.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
             st.stop.wait(reply.delay_s or 30.0)
             if st.stop.is_set():
                 return
+        if body.get("stream"):
+            self._stream(body, reply)
+            return
         self._json(
             200,
             {
@@ -92,6 +96,32 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             },
         )
+
+
+    def _stream(self, body: dict[str, Any], reply: ChatReply) -> None:
+        """Server-sent chunks as OpenAI sends them: the role, the content in pieces, the finish
+        reason, usage when `stream_options.include_usage` asks for it, then [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        base = {"id": "chatcmpl-loopback", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": body.get("model", "?")}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> None:
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode())
+            self.wfile.flush()
+
+        event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        size = max(1, len(reply.content) // 3)
+        for start in range(0, len(reply.content), size):
+            event([{"index": 0, "delta": {"content": reply.content[start:start + size]}, "finish_reason": None}])
+        event([{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event([], usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                             "total_tokens": reply.prompt_tokens + reply.completion_tokens})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
 
 class _Server(ThreadingHTTPServer):

@@ -37,6 +37,30 @@ def test_auto_picks_ollama_when_reachable() -> None:
         assert len(tags) == 2  # one for the `auto` probe, one for the backend's model check
 
 
+def test_streamed_answers_reach_the_caller_piece_by_piece() -> None:
+    """`on_text` (a live `distill serve` stream) gets the answer as it arrives from Ollama and from
+    an OpenAI-compatible server; the Generation is the same as a plain call's."""
+    with OllamaLoopback(models=[LOCAL_MODEL]) as srv:
+        srv.set_default(Reply(content="hello there, world", prompt_eval_count=12, eval_count=4))
+        backend = OllamaBackend(LOCAL_MODEL, host=srv.url)
+        pieces: list[str] = []
+        gen = backend.generate(MESSAGES, max_tokens=8, temperature=0.0, timeout=5, on_text=pieces.append)
+        assert len(pieces) > 1 and "".join(pieces) == gen.text == "hello there, world"
+        assert (gen.prompt_tokens, gen.completion_tokens) == (12, 4) and gen.prompt_ms is not None
+    with OpenAILoopback() as oai:
+        oai.script(ChatReply(content="hello there, world", prompt_tokens=9, completion_tokens=4, finish_reason="length"),
+                   ChatReply(content="hello there, world", prompt_tokens=9, completion_tokens=4, finish_reason="length"))
+        backend = make_backend("openai", RuntimeSettings(openai_base_url=oai.base_url), model="local-llama")
+        pieces = []
+        streamed = backend.generate(MESSAGES, max_tokens=4, temperature=0.0, timeout=5, on_text=pieces.append)
+        plain = backend.generate(MESSAGES, max_tokens=4, temperature=0.0, timeout=5)
+        assert len(pieces) > 1 and "".join(pieces) == streamed.text
+        assert (streamed.text, streamed.prompt_tokens, streamed.completion_tokens, streamed.truncated) == \
+            (plain.text, plain.prompt_tokens, plain.completion_tokens, plain.truncated) == ("hello there, world", 9, 4, True)
+        assert oai.state.requests[0]["stream"] is True and oai.state.requests[0]["stream_options"] == {"include_usage": True}
+        assert "stream" not in oai.state.requests[1]
+
+
 def test_auto_says_what_to_do_when_nothing_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(llamacpp_backend, "importable", lambda: False)  # as if the [embedded] extra were absent
     url = closed_port_url()

@@ -84,9 +84,19 @@ def test_auto_falls_back_to_the_embedded_qwen_end_to_end(ws, session_searcher) -
     (row,) = [ReplayRun.model_validate(r) for r in iter_json(ws.replay_log)]
     assert row.run_id == run.run_id
 
+    assert run.timings_ms["local_prompt"] > 0  # llama.cpp's own prompt time
+
+    # streamed (a live `distill serve` answer): the pieces as they are written make the same text
+    backend = session.local
+    question = [{"role": "user", "content": "Name three colours."}]
+    pieces: list[str] = []
+    streamed = backend.generate(question, max_tokens=12, temperature=0, timeout=120, on_text=pieces.append)
+    plain = backend.generate(question, max_tokens=12, temperature=0, timeout=120)
+    assert len(pieces) > 1 and "".join(pieces) == streamed.text == plain.text
+    assert streamed.completion_tokens == plain.completion_tokens and streamed.prompt_ms and streamed.prompt_ms > 0
+
     # a call that cannot finish in time is an error, not a hang; the backend then refuses new calls
     # until the native call is done instead of queueing behind it
-    backend = session.local
     start = time.perf_counter()
     with pytest.raises(Exception, match="did not finish within"):
         backend.generate([{"role": "user", "content": "Count to one hundred."}], max_tokens=40, temperature=0, timeout=0.05)

@@ -383,3 +383,129 @@ def test_no_model_answering_even_after_escalation_is_a_503(tmp_path: Path, sessi
     attempts = r.json()["distill"]["attempts"]
     assert [a["escalation"] for a in attempts] == [False, True] and all(a["error"] for a in attempts)
     assert _logged(root)[0]["final_verdict"] == "escalated_failed"
+
+
+def _timed_stream(url: str) -> tuple[list[tuple[float, Any]], float]:
+    """The chunks of one streamed answer through the official client, each with the seconds since
+    the request was sent."""
+    import time
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    start = time.perf_counter()
+    stream = client.chat.completions.create(model="distill", stream=True, messages=[{"role": "user", "content": ROUTING_TASK}])
+    return [(time.perf_counter() - start, chunk) for chunk in stream], start
+
+
+def _first_text_at(chunks: list[tuple[float, Any]]) -> float:
+    return next(at for at, c in chunks if c.choices and c.choices[0].delta.content)
+
+
+@pytest.mark.parametrize("server", ['stream = "live"\n', ""], indirect=True, ids=["live", "gated"])
+def test_a_live_stream_sends_the_answer_as_the_model_writes_it(server: Running) -> None:
+    """`[serve] stream = "live"`: the first words reach the client while the model is still
+    writing (three pieces 0.6 s apart), the gate's verdict comes in the last chunk. Gated (the
+    default), nothing is sent before the whole answer has been judged."""
+    live = (server.root / "distill.toml").read_text().count('stream = "live"') == 1
+    server.ollama.set_default(Reply(content=GROUNDED_ANSWER, piece_delay_s=0.6))
+    chunks, _ = _timed_stream(server.url)
+    first, last = _first_text_at(chunks), chunks[-1][0]
+    assert "".join(c.choices[0].delta.content or "" for _, c in chunks if c.choices) == GROUNDED_ANSWER
+    final = chunks[-1][1]
+    assert final.choices[0].finish_reason == "stop"
+    ext = final.model_extra["distill"]
+    assert ext["final_verdict"] == "validated_local" and ext["retrieved"] and ext["attempts"][0]["gate"]["passed"]
+    if live:
+        assert last - first >= 1.0, f"first text at {first:.2f} s, answer done at {last:.2f} s"
+        assert "local_first_text" in ext["timings_ms"]
+    else:
+        assert last - first < 0.5 and first >= 1.2
+    (logged,) = _logged(server.root)
+    assert logged["run_id"] == ext["run_id"] and logged["final_output"] == GROUNDED_ANSWER
+
+
+@pytest.mark.parametrize("server", ['stream = "live"\n'], indirect=True)
+def test_a_live_stream_ends_with_the_verdict_of_an_answer_that_failed_the_gate(server: Running) -> None:
+    server.ollama.set_default(Reply(content=UNGROUNDED))
+    chunks, _ = _timed_stream(server.url)
+    assert "".join(c.choices[0].delta.content or "" for _, c in chunks if c.choices) == UNGROUNDED
+    assert chunks[-1][1].model_extra["distill"]["final_verdict"] == "failed"
+    assert _logged(server.root)[0]["final_verdict"] == "failed"
+
+
+@pytest.mark.parametrize("server", ['stream = "live"\n'], indirect=True)
+def test_a_model_that_breaks_mid_answer_is_an_error_event_not_a_finished_answer(server: Running) -> None:
+    """The connection to the model drops after its first piece: the client has that piece, and
+    then an error (the openai client raises it) rather than a last chunk that says "stop"."""
+    import openai
+
+    server.ollama.set_default(Reply(content=GROUNDED_ANSWER, fault="drop"))
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="failed mid-answer"):
+        for _, chunk in _timed_stream_lazy(server.url):
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) and GROUNDED_ANSWER.startswith("".join(received))
+    (logged,) = _logged(server.root)
+    assert logged["final_verdict"] == "error"
+
+
+def _timed_stream_lazy(url: str) -> Iterator[tuple[float, Any]]:
+    import time
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    start = time.perf_counter()
+    for chunk in client.chat.completions.create(model="distill", stream=True,
+                                                messages=[{"role": "user", "content": ROUTING_TASK}]):
+        yield time.perf_counter() - start, chunk
+
+
+@pytest.mark.parametrize("server", ['stream = "live"\n'], indirect=True)
+def test_a_live_stream_whose_model_never_answers_is_a_503(server: Running) -> None:
+    server.ollama.set_default(Reply(fault="http500"))
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                   json={"stream": True, "messages": [{"role": "user", "content": ROUTING_TASK}]})
+    assert "could not answer" in _error(r, 503) and r.headers["retry-after"] == "5"
+    assert _logged(server.root)[0]["final_verdict"] == "error"
+
+
+@pytest.mark.parametrize("server", ['stream = "live"\nmax_queue = 0\n'], indirect=True)
+def test_a_live_stream_holds_the_model_until_its_run_ends_even_when_the_client_leaves(server: Running) -> None:
+    """A client that hangs up mid-stream: the run still ends whole in the log, and the model is
+    busy (429) until it has, not from the moment the client left."""
+    import time
+
+    server.ollama.set_default(Reply(content=GROUNDED_ANSWER, piece_delay_s=0.8))
+    body = {"stream": True, "messages": [{"role": "user", "content": ROUTING_TASK}]}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # the first words: hang up
+    left = time.perf_counter()
+    busy = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert busy.status_code == 429
+    for _ in range(100):
+        if _logged(server.root):
+            break
+        time.sleep(0.1)
+    (logged,) = _logged(server.root)
+    assert logged["final_output"] == GROUNDED_ANSWER and time.perf_counter() - left >= 1.0
+    for _ in range(50):  # the slot is free once the run has ended
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": body["messages"]}, timeout=60)
+        if r.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200
+
+
+def test_a_live_stream_cannot_be_escalated_or_withheld(tmp_path: Path) -> None:
+    from distill.errors import ConfigError
+
+    for serve in ('stream = "live"\n', 'stream = "live"\nallow_escalation = false\nunvalidated_answers = "withhold"\n'):
+        (tmp_path / "distill.toml").write_text("[serve]\n" + serve)
+        with pytest.raises(ConfigError, match="neither escalated nor withheld"):
+            load_settings(tmp_path)
+    (tmp_path / "distill.toml").write_text('[serve]\nstream = "live"\nallow_escalation = false\n')
+    assert load_settings(tmp_path).serve.stream == "live"

@@ -335,6 +335,12 @@ def _serve(s: Settings, w: World, what: str) -> object:
     client = TestClient(create_app(session, s, None))
     if what == "body_limit":
         return client.post("/v1/search", content=b"x" * 2048).status_code
+    if what == "stream":  # live: the local model's text went out as it was written (the run says when)
+        session.searcher = w.searcher
+        with client.stream("POST", "/v1/chat/completions",
+                           json={"stream": True, "messages": [{"role": "user", "content": ROUTING_TASK}]}) as resp:
+            events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+        return "local_first_text" in events[-1]["distill"]["timings_ms"]
     if what == "answer":
         session.searcher = w.searcher
         body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]}).json()
@@ -358,6 +364,11 @@ PROBES: dict[str, Probe] = {
         # an answer the gate must fail (min_chars beyond any answer), from the loopback model, never escalated
         base={"runtime": {"backend": "ollama", "ollama_host": "OLLAMA2", "ollama_model": LOCAL_MODEL},
               "serve": {"allow_escalation": False}, "gate": {"min_chars": 5000}},
+    ),
+    "serve.stream": Probe(
+        "live", lambda s, w: _serve(s, w, "stream"),
+        base={"runtime": {"backend": "ollama", "ollama_host": "OLLAMA2", "ollama_model": LOCAL_MODEL},
+              "serve": {"allow_escalation": False}},
     ),
     "audit.test_command": Probe(f"{sys.executable} -c 'print(\"3 passed\")'", lambda s, w: _audit_test_run(s, w)),
     "audit.test_timeout_s": Probe(0.3, lambda s, w: _audit_test_run(s, w, AUDIT_SLEEP)),

@@ -7,12 +7,15 @@ that can be shown and logged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from distill.errors import BackendError
 
 Messages = list[dict[str, str]]
+TextSink = Callable[[str], None]
+"""Called with each piece of the answer as the model writes it (from the backend's thread)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Generation:
     truncated: bool
     finish_reason: str | None = None
     prompt_truncated: bool = False
+    prompt_ms: float | None = None  # the model's own time reading the prompt, when the backend reports it
 
 
 class Backend(Protocol):
@@ -31,8 +35,11 @@ class Backend(Protocol):
     model: str
 
     def generate(
-        self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float
-    ) -> Generation: ...
+        self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float,
+        on_text: TextSink | None = None,
+    ) -> Generation:
+        """The whole answer; with `on_text`, each piece is also handed over as it is written."""
+        ...
 
     def ready(self) -> None:
         """Raise BackendError now when the backend cannot answer (a dead server, a missing model),
@@ -44,4 +51,4 @@ def prompt_chars(messages: Messages) -> int:
     return sum(len(m.get("content", "")) for m in messages)
 
 
-__all__ = ["Backend", "BackendError", "Generation", "Messages", "prompt_chars"]
+__all__ = ["Backend", "BackendError", "Generation", "Messages", "TextSink", "prompt_chars"]

@@ -9,6 +9,7 @@ own chat template, which llama.cpp applies through jinja.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import RuntimeSettings
-from runtime.backends.base import BackendError, Generation, Messages
+from runtime.backends.base import BackendError, Generation, Messages, TextSink
 from runtime.models import ESCALATION_MODEL, LOCAL_MODEL, PACKAGED, PackagedModel, assemble, default_cache_dir
 
 
@@ -122,17 +123,26 @@ class LlamaCppBackend:
         """True while a native call that timed out is still running (it cannot be cancelled)."""
         return self._inflight is not None and self._inflight.is_alive()
 
-    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
+    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float,
+                 on_text: TextSink | None = None) -> Generation:
         if self.busy:
             raise BackendError(
                 "llama.cpp is still busy with a call that timed out earlier", backend=self.name, model=self.model
             )
-        request = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "stream": False}
+        request: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                                   "stream": on_text is not None}
         box: dict[str, Any] = {}
+        if on_text is not None:
+            request["stream_options"] = {"include_usage": True}
+            stream = _StreamedReply(on_text)
 
         def call() -> None:
             try:
-                box["result"] = self.server.handle_chat_completions(request)
+                if on_text is None:
+                    box["result"] = self.server.handle_chat_completions(request)
+                else:
+                    self.server.handle_chat_completions(request, stream.take)
+                    box["result"] = stream.result()
             except BaseException as exc:  # noqa: BLE001 - surfaced below as a BackendError
                 box["error"] = exc
 
@@ -144,13 +154,13 @@ class LlamaCppBackend:
         worker.join(timeout)
         latency = (time.perf_counter() - start) * 1000
         if worker.is_alive():
+            if on_text is not None:
+                stream.closed = True  # what it writes after the timeout is not part of this answer
             raise BackendError(f"llama.cpp did not finish within {timeout:g} s", backend=self.name, model=self.model)
         if "error" in box:
             raise BackendError(f"llama.cpp failed: {box['error']}", backend=self.name, model=self.model)
         result = box.get("result")
         if isinstance(result, str):
-            import json
-
             try:
                 result = json.loads(result)
             except ValueError as exc:
@@ -163,6 +173,7 @@ class LlamaCppBackend:
         choice = result["choices"][0]
         usage = result.get("usage") or {}
         finish = choice.get("finish_reason")
+        prompt_ms = (result.get("timings") or {}).get("prompt_ms")
         return Generation(
             text=(choice.get("message") or {}).get("content") or "",
             prompt_tokens=usage.get("prompt_tokens"),
@@ -170,4 +181,51 @@ class LlamaCppBackend:
             latency_ms=latency,
             truncated=finish == "length",
             finish_reason=finish,
+            prompt_ms=float(prompt_ms) if isinstance(prompt_ms, int | float) else None,
         )
+
+
+class _StreamedReply:
+    """The chunks llama.cpp hands a streaming call (from its own thread): each piece of text passed
+    on at once, then folded into the reply a plain call returns (text, finish reason, usage, timings)."""
+
+    def __init__(self, on_text: TextSink) -> None:
+        self.on_text = on_text
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] = {}
+        self.error: Any = None
+        self.closed = False
+
+    def take(self, chunk: Any) -> None:
+        if isinstance(chunk, str | bytes):
+            try:
+                chunk = json.loads(chunk)
+            except ValueError:
+                self.error = f"unreadable chunk {chunk[:200]!r}"
+                return
+        if not isinstance(chunk, dict):
+            self.error = f"unexpected chunk {chunk!r:.200}"
+            return
+        if "error" in chunk:
+            self.error = chunk["error"]
+            return
+        self.usage = chunk.get("usage") or self.usage
+        self.timings = chunk.get("timings") or self.timings
+        for choice in (chunk.get("choices") or [])[:1]:
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                self.parts.append(piece)
+                if not self.closed:
+                    self.on_text(piece)
+            self.finish = choice.get("finish_reason") or self.finish
+
+    def result(self) -> dict[str, Any]:
+        """The reply in a plain call's shape, or an error the caller reports."""
+        if self.error is not None:
+            return {"error": self.error}
+        if self.finish is None:
+            return {"error": "the streamed reply ended before its last chunk"}
+        return {"choices": [{"message": {"content": "".join(self.parts)}, "finish_reason": self.finish}],
+                "usage": self.usage, "timings": self.timings}

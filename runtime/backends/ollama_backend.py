@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from runtime.backends.base import BackendError, Generation, Messages, prompt_chars
+from runtime.backends.base import BackendError, Generation, Messages, TextSink, prompt_chars
 
 PROMPT_TRUNCATION_MARGIN = 8
 """prompt_eval_count within this many tokens of num_ctx means Ollama cut the prompt."""
@@ -89,7 +89,8 @@ class OllamaBackend:
             raise self._missing()
         self._model_checked = True
 
-    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
+    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float,
+                 on_text: TextSink | None = None) -> Generation:
         import ollama
 
         self.ensure_model()
@@ -103,6 +104,8 @@ class OllamaBackend:
             for chunk in stream:
                 if chunk.message is not None and chunk.message.content:
                     parts.append(chunk.message.content)
+                    if on_text is not None:
+                        on_text(chunk.message.content)
                 if chunk.done:
                     final = chunk
                 if time.perf_counter() > deadline:
@@ -130,6 +133,7 @@ class OllamaBackend:
             truncated=prompt_truncated or finish == "length",
             finish_reason=finish,
             prompt_truncated=prompt_truncated,
+            prompt_ms=None if final.prompt_eval_duration is None else final.prompt_eval_duration / 1e6,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from runtime.backends.base import BackendError, Generation, Messages
+from runtime.backends.base import BackendError, Generation, Messages, TextSink
 
 LOCAL_DUMMY_KEY = "sk-no-key-required"
 
@@ -59,8 +59,12 @@ class OpenAIBackend:
     def ready(self) -> None:
         """Nothing cheap to ask an OpenAI-compatible server before the call itself."""
 
-    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float) -> Generation:
+    def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float,
+                 on_text: TextSink | None = None) -> Generation:
         start = time.perf_counter()
+        if on_text is not None:
+            return self._stream(messages, max_tokens=max_tokens, temperature=temperature, timeout=timeout,
+                                on_text=on_text, start=start)
         try:
             resp = self.client.chat.completions.create(
                 model=self.model,
@@ -70,7 +74,7 @@ class OpenAIBackend:
                 timeout=timeout,
             )
         except Exception as exc:  # noqa: BLE001 - every client failure becomes one BackendError
-            raise BackendError(f"{describe(exc)} [{self.base_url}, model {self.model}]", backend=self.name, model=self.model) from exc
+            raise self._failed(exc) from exc
         latency = (time.perf_counter() - start) * 1000
         if not resp.choices:
             raise BackendError(f"the server returned no choices [{self.base_url}]", backend=self.name, model=self.model)
@@ -82,6 +86,53 @@ class OpenAIBackend:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             latency_ms=latency,
+            truncated=finish == "length",
+            finish_reason=finish,
+        )
+
+    def _failed(self, exc: BaseException) -> BackendError:
+        return BackendError(f"{describe(exc)} [{self.base_url}, model {self.model}]", backend=self.name, model=self.model)
+
+    def _stream(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float, on_text: TextSink,
+                start: float) -> Generation:
+        """The answer as server-sent chunks, each piece handed on as it comes; usage from the last
+        chunk when the server sends it (`stream_options.include_usage`), else unknown."""
+        parts: list[str] = []
+        finish: str | None = None
+        usage = None
+        deadline = start + timeout
+        try:
+            stream = self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                timeout=timeout,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices[:1]:
+                    if choice.delta is not None and choice.delta.content:
+                        parts.append(choice.delta.content)
+                        on_text(choice.delta.content)
+                    finish = choice.finish_reason or finish
+                if time.perf_counter() > deadline:
+                    raise BackendError(f"no whole reply within {timeout:g} s [{self.base_url}, model {self.model}]",
+                                       backend=self.name, model=self.model)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every client failure becomes one BackendError
+            raise self._failed(exc) from exc
+        if finish is None:
+            raise BackendError(f"the streamed reply ended before it was complete [{self.base_url}]",
+                               backend=self.name, model=self.model)
+        return Generation(
+            text="".join(parts),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=(time.perf_counter() - start) * 1000,
             truncated=finish == "length",
             finish_reason=finish,
         )
