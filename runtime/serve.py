@@ -10,7 +10,9 @@ bind needs a bearer token read from the environment variable `[serve] api_key_en
 The caller is authorised before its body is read, and bodies are parsed here rather than by the
 framework, so every refusal (401, 400, 413, 429, 503) has the OpenAI error shape clients parse.
 A run whose answer failed the gate is returned with its verdict, or withheld (`[serve]
-unvalidated_answers`); a run whose model could not be reached is a 503, never an empty answer."""
+unvalidated_answers`); a run whose model could not be reached is a 503, never an empty answer.
+A streaming request waits for the gate, or, with `[serve] stream = "live"`, gets the local model's
+text as it is written and the verdict in the last chunk (such an answer is never escalated)."""
 
 from __future__ import annotations
 
@@ -352,8 +354,8 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
 
 
 async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The finished answer as OpenAI chat.completion.chunk events (the gate judges whole answers,
-    so nothing is sent before it has)."""
+    """The finished answer as OpenAI chat.completion.chunk events (gated streaming: the gate judges
+    whole answers, so nothing is sent before it has)."""
     base = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"], "model": payload["model"]}
     choice = payload["choices"][0]
     text = choice["message"]["content"] or ""  # null when the answer is withheld

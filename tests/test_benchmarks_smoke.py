@@ -200,3 +200,19 @@ def test_rerun_new_day_moves_only_the_appended_rows(tmp_path: Path) -> None:
         assert dates <= {NEW_DAY.encode()}, (stream.name, dates)
         moved += len(dates)
     assert moved > 5
+
+
+@pytest.mark.slow
+def test_serve_first_token_quick(tmp_path: Path) -> None:
+    """Two real `distill serve` processes on the packaged 0.5B, gated and live: every streamed
+    request answered in both, the live runs' text sent as it was written (the run records when),
+    the gated ones' not, and the model's own prompt time reported for each."""
+    run_suite("serve_first_token.py", tmp_path)
+    data = json.loads((tmp_path / "serve_first_token_quick.json").read_text())
+    for mode in ("gated", "live"):
+        summary = data["summary"][mode]
+        assert summary["answered"] == summary["requests"] == 2
+        for row in data["requests"][mode]:
+            assert row["prompt_ms"] > 0 and row["first_token_ms"] <= row["done_ms"] and row["chars"] > 0
+            assert (row["server_first_text_ms"] is not None) == (mode == "live")
+    assert "| stream mode |" in (tmp_path / "serve_first_token_quick.md").read_text()
