@@ -36,6 +36,7 @@ SUITES = [
     ("index.md", "python benchmarks/index.py"),
     ("replay_cold_start.md", "python benchmarks/replay_cold_start.py"),
     ("serve_load.md", "python benchmarks/serve_load.py"),
+    ("serve_load_live.md", "python benchmarks/serve_load.py --stream live"),
     ("serve_first_token.md", "python benchmarks/serve_first_token.py"),
 ]
 
