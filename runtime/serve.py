@@ -353,27 +353,24 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
     return app
 
 
+def _chunk_event(base: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None,
+                 **extra: Any) -> bytes:
+    """One chat.completion.chunk as a server-sent event."""
+    chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
 async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
     """The finished answer as OpenAI chat.completion.chunk events (gated streaming: the gate judges
     whole answers, so nothing is sent before it has)."""
     base = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"], "model": payload["model"]}
     choice = payload["choices"][0]
     text = choice["message"]["content"] or ""  # null when the answer is withheld
-    first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    yield f"data: {json.dumps(first)}\n\n".encode()
+    yield _chunk_event(base, {"role": "assistant", "content": ""})
     for start in range(0, len(text), 200):
-        chunk = {**base, "choices": [{"index": 0, "delta": {"content": text[start:start + 200]}, "finish_reason": None}]}
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
-    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}],
-            "distill": payload["distill"], "usage": payload["usage"]}
-    yield f"data: {json.dumps(last)}\n\n".encode()
+        yield _chunk_event(base, {"content": text[start:start + 200]})
+    yield _chunk_event(base, {}, choice["finish_reason"], distill=payload["distill"], usage=payload["usage"])
     yield b"data: [DONE]\n\n"
-
-
-def _chunk_event(base: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None,
-                 **extra: Any) -> bytes:
-    chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
-    return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asyncio.Task[ReplayRun],
