@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from runtime.backends.base import BackendError, Generation, Messages, TextSink
 
@@ -62,17 +63,12 @@ class OpenAIBackend:
     def generate(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float,
                  on_text: TextSink | None = None) -> Generation:
         start = time.perf_counter()
+        request: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                                   "temperature": temperature, "timeout": timeout}
         if on_text is not None:
-            return self._stream(messages, max_tokens=max_tokens, temperature=temperature, timeout=timeout,
-                                on_text=on_text, start=start)
+            return self._stream(request, on_text=on_text, start=start)
         try:
-            resp = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=temperature,
-                timeout=timeout,
-            )
+            resp = self.client.chat.completions.create(**request)
         except Exception as exc:  # noqa: BLE001 - every client failure becomes one BackendError
             raise self._failed(exc) from exc
         latency = (time.perf_counter() - start) * 1000
@@ -93,24 +89,16 @@ class OpenAIBackend:
     def _failed(self, exc: BaseException) -> BackendError:
         return BackendError(f"{describe(exc)} [{self.base_url}, model {self.model}]", backend=self.name, model=self.model)
 
-    def _stream(self, messages: Messages, *, max_tokens: int, temperature: float, timeout: float, on_text: TextSink,
-                start: float) -> Generation:
+    def _stream(self, request: dict[str, Any], *, on_text: TextSink, start: float) -> Generation:
         """The answer as server-sent chunks, each piece handed on as it comes; usage from the last
         chunk when the server sends it (`stream_options.include_usage`), else unknown."""
         parts: list[str] = []
         finish: str | None = None
         usage = None
+        timeout = request["timeout"]
         deadline = start + timeout
         try:
-            stream = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=temperature,
-                timeout=timeout,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            stream = self.client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
             for chunk in stream:
                 usage = chunk.usage or usage
                 for choice in chunk.choices[:1]:
