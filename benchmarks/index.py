@@ -361,7 +361,7 @@ def hnsw_recall(searcher, vecs: np.ndarray, ids: list[str], qvecs: np.ndarray, h
     exact = np.argsort(-(qvecs @ vecs.T), axis=1)[:, :k]
     truth = [{ids[j] for j in row} for row in exact]
     paths = searcher.paths
-    name = searcher.manifest.collection
+    name = searcher.manifest.chroma_collection
     curve = {}
     with tempfile.TemporaryDirectory(prefix="distill-bench-recall-") as tmp:
         qfile = Path(tmp) / "q.npy"

@@ -46,6 +46,11 @@ class WorkspaceBusy(DistillError):
     exit_code = 2
 
 
+class IndexUnavailable(DistillError):
+    """The vector store could not answer a search (a rebuild dropped what an open searcher reads, a
+    Chroma server went away): a server answers 503 and the caller may retry."""
+
+
 class StageUnavailable(DistillError):
     """An optional stage whose dependencies are not installed (index without its extra)."""
 

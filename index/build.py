@@ -26,8 +26,8 @@ from distill.workspace import Workspace
 from index import bm25 as bm25_mod
 from index.documents import Document, load_rag_export
 from index.embedder import Embedder, resolve_model
-from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, save_manifest
-from index.store import ChromaStore, HnswParams, chroma_metadata
+from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, rebuild_target, save_manifest
+from index.store import ChromaStore, HnswParams, chroma_metadata, drop_collection
 
 ProgressFlag = bool | None
 
@@ -138,6 +138,7 @@ def _build_locked(
     clock: Callable[[], float],
 ) -> IndexReport:
     t0 = clock()
+    live = _searched_manifest(paths.manifest) if rebuild else None
     manifest = None if rebuild else load_manifest(paths.manifest)
     if manifest is not None:
         manifest.check_compatible(embedder.model_id, embedder.dimension)
@@ -151,8 +152,16 @@ def _build_locked(
             raise DistillError(
                 f"the index was built in collection {manifest.collection!r}, settings name {collection!r}: {REBUILD_HINT}"
             )
-    # No manifest means whatever is in the collection came from an unknown model: start over.
-    store = ChromaStore.open(paths.chroma, collection, hnsw, url=chroma_url, reset=manifest is None)
+    # No manifest means whatever is in the collection came from an unknown model: start over. A
+    # rebuild starts over in the collection the live manifest does not search, and switches to it
+    # when the manifest is written: a server searching the index keeps answering meanwhile.
+    if manifest is not None:
+        target = manifest.chroma_collection
+    elif live is not None and live.chroma_url == chroma_url:
+        target = rebuild_target(collection, live.chroma_collection)
+    else:
+        target = collection
+    store = ChromaStore.open(paths.chroma, target, hnsw, url=chroma_url, reset=manifest is None)
     stored = store.ids()
     plan = _plan(docs, manifest, stored)
     t_plan = clock()
@@ -188,6 +197,7 @@ def _build_locked(
         normalized=embedder.normalize,
         hnsw=store.hnsw,
         collection=collection,
+        store_collection=None if target == collection else target,
         chroma_url=chroma_url,
         source=source,
         export_hash=export_hash,
@@ -197,6 +207,8 @@ def _build_locked(
     )
     if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():
         save_manifest(paths.manifest, new_manifest)
+    if live is not None and live.chroma_url == chroma_url and live.chroma_collection != target:
+        drop_collection(store.client, live.chroma_collection)  # searchers reopen on the new manifest
     t_end = clock()
     if store.count() != len(docs):
         raise DistillError(
@@ -229,6 +241,14 @@ def _build_locked(
             "total": round(t_end - t0, 4),
         },
     )
+
+
+def _searched_manifest(path: Path) -> Manifest | None:
+    """The manifest searchers use now, if it can be read (a rebuild also mends an unreadable one)."""
+    try:
+        return load_manifest(path)
+    except DistillError:
+        return None
 
 
 def file_hash(path: Path) -> str | None:

@@ -18,6 +18,13 @@ from index.store import HnswParams
 
 MANIFEST_FORMAT = 1
 REBUILD_HINT = "run `distill index --rebuild`"
+REBUILD_SUFFIX = "-rebuilt"  # the second of the two collections a rebuild alternates between
+
+
+def rebuild_target(collection: str, live: str | None) -> str:
+    """The collection a rebuild fills: the one of `collection` and `collection + REBUILD_SUFFIX`
+    that is not live (searched by the manifest in place), so the live one serves until the switch."""
+    return collection + REBUILD_SUFFIX if live == collection else collection
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class Manifest(BaseModel):
     normalized: bool = True
     hnsw: HnswParams
     collection: str
+    store_collection: str | None = Field(
+        None, description="the Chroma collection holding the vectors when it is not `collection`: a rebuild fills "
+        "the other of the two and switches to it once done, so a server searching the index keeps its answers"
+    )
     chroma_url: str | None = None
     source: str | None = Field(None, description="what was indexed (e.g. exports/rag/playbooks.jsonl)")
     export_hash: str | None = Field(None, description="sha256 of the source file the index was built from")
@@ -67,6 +78,11 @@ class Manifest(BaseModel):
         if isinstance(data, dict) and "built_at" in data:
             data = {k: v for k, v in data.items() if k != "built_at"}
         return data
+
+    @property
+    def chroma_collection(self) -> str:
+        """Where the vectors are (`collection`, or the other name a rebuild switched to)."""
+        return self.store_collection or self.collection
 
     def check_compatible(self, model_id: str, dimension: int) -> None:
         """Searching or updating with another model would mix vector spaces: refuse."""
@@ -97,4 +113,6 @@ def load_manifest(path: Path) -> Manifest | None:
 
 
 def save_manifest(path: Path, manifest: Manifest) -> None:
-    write_atomic(path, manifest.model_dump_json(indent=1).encode())
+    # without a switched collection the file is what it was before rebuilds switched (same bytes)
+    unset = {"store_collection"} if manifest.store_collection is None else None
+    write_atomic(path, manifest.model_dump_json(indent=1, exclude=unset).encode())

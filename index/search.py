@@ -160,10 +160,10 @@ def open_index(
         raise DistillError(f"the BM25 index at {paths.bm25} is out of step with the manifest: run `distill index`")
 
     def load_store() -> ChromaStore:
-        store = ChromaStore.open(paths.chroma, manifest.collection, hnsw, url=chroma_url, reopen=reopen)
+        store = ChromaStore.open(paths.chroma, manifest.chroma_collection, hnsw, url=chroma_url, reopen=reopen)
         if store.count() != manifest.count:
             raise DistillError(
-                f"Chroma collection {manifest.collection!r} at {chroma_url or paths.chroma} holds {store.count()} "
+                f"Chroma collection {manifest.chroma_collection!r} at {chroma_url or paths.chroma} holds {store.count()} "
                 f"vectors, the manifest says {manifest.count}: run `distill index`"
                 + (" with the same --chroma-url" if chroma_url != manifest.chroma_url else "")
             )

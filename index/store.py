@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from distill.config import IndexSettings
-from distill.errors import DistillError
+from distill.errors import DistillError, IndexUnavailable
 from distill.jsonl import dumps
 
 if TYPE_CHECKING:
@@ -293,12 +293,17 @@ class ChromaStore:
         where: dict[str, Any] | None = None
         if categories:
             where = {"category": {"$in": list(categories)}}
-        res = self.collection.query(
-            query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
-            n_results=k,  # Chroma returns fewer when the collection is smaller
-            where=where,  # type: ignore[arg-type]
-            include=["distances"],  # type: ignore[list-item]
-        )
+        try:
+            res = self.collection.query(
+                query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
+                n_results=k,  # Chroma returns fewer when the collection is smaller
+                where=where,  # type: ignore[arg-type]
+                include=["distances"],  # type: ignore[list-item]
+            )
+        except Exception as exc:  # chromadb's NotFoundError/InternalError, an HTTP client's connection errors
+            raise IndexUnavailable(
+                f"Chroma collection {self.collection.name!r} could not be searched ({type(exc).__name__}: {exc})"
+            ) from exc
         ids = res["ids"][0]
         dists = (res["distances"] or [[]])[0]
         return [(i, float(d)) for i, d in zip(ids, dists, strict=True)]

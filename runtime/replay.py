@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from distill.config import RuntimeSettings, Settings
-from distill.errors import UsageError
+from distill.errors import IndexUnavailable, UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
@@ -212,7 +212,20 @@ class ReplaySession:
     def search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
         """The session's index, queried directly (`distill serve`'s /v1/search)."""
         with self._search_lock:
-            return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
+            return self._search(query, k=k, mode=mode, categories=categories)
+
+    def _search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
+        """One search (the caller holds _search_lock). A store that fails because the index was
+        rebuilt between the check and the query (the rebuild drops the collection it replaced) is
+        searched again once, reopened; any other failure is the caller's IndexUnavailable."""
+        searcher = self._searcher()
+        try:
+            return list(searcher.search(query, k=k, mode=mode, categories=categories))
+        except IndexUnavailable:
+            if not (self._opened_searcher and self._index_rewritten()):
+                raise
+        self._open_searcher()
+        return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
 
     def open_index(self) -> None:
         """Open the index now rather than on the first task (a server loads it at start)."""
@@ -229,7 +242,7 @@ class ReplaySession:
             if not self._staleness_checked:
                 self._staleness_checked = True
                 self._index_warning("stale", index_staleness(self.ws, searcher))
-            return list(searcher.search(task, k=self.options.k, mode=self.options.mode))
+            return self._search(task, k=self.options.k, mode=self.options.mode)
 
     def run(self, task: str, *, task_id: str | None = None, on_text: TextSink | None = None) -> ReplayRun:
         """One task through the loop, logged. `on_text` gets the local model's answer as it is

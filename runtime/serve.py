@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
 
 from distill.config import ServeSettings, Settings
-from distill.errors import UsageError
+from distill.errors import IndexUnavailable, UsageError
 from distill.records import Category
 from distill.records.replay import ReplayRun
 from distill.workspace import Workspace
@@ -277,6 +277,12 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         requests.labels("chat", "200").inc()
         return StreamingResponse(_live_stream(head, pieces, runner, model), media_type="text/event-stream")
 
+    def unavailable(endpoint: str, exc: IndexUnavailable) -> JSONResponse:
+        """The index could not be searched (e.g. a store a rebuild replaced before the server saw
+        the new manifest): nothing was run or logged; the caller retries."""
+        return refuse(endpoint, 503, f"the index could not be searched, retry: {exc}"[:500],
+                      {"Retry-After": str(RETRY_AFTER_S)})
+
     def answer(run: ReplayRun, model: str, *, stream: bool) -> Any:
         if all(a.error is not None for a in run.attempts):
             # no model answered (unreachable, timed out; the escalation model too, when it was tried):
@@ -324,8 +330,11 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if isinstance(body, JSONResponse):
             return body
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode,
-                                        categories=[c.value for c in body.categories] if body.categories else None)
+        try:
+            hits = await asyncio.to_thread(session.search, body.query, k=body.k, mode=body.mode or session.options.mode,
+                                            categories=[c.value for c in body.categories] if body.categories else None)
+        except IndexUnavailable as exc:
+            return unavailable("search", exc)
         stage_seconds.labels("search").observe(time.perf_counter() - t0)
         requests.labels("search", "200").inc()
         return {"object": "list", "data": [h.model_dump(mode="json") for h in hits]}
@@ -341,12 +350,15 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if not admission.try_enter():
             return refuse("chat", 429, f"the local model is busy and {settings.serve.max_queue} requests are waiting",
                           {"Retry-After": str(RETRY_AFTER_S)})
-        if body.stream and live:
-            return await live_reply(task, body.model or MODEL_ID)
         try:
-            run = await run_task(task)
-        finally:
-            admission.leave()
+            if body.stream and live:
+                return await live_reply(task, body.model or MODEL_ID)
+            try:
+                run = await run_task(task)
+            finally:
+                admission.leave()
+        except IndexUnavailable as exc:
+            return unavailable("chat", exc)
         observe(run)
         return answer(run, body.model or MODEL_ID, stream=body.stream)
 

@@ -98,6 +98,54 @@ def test_incremental_add_change_delete(tmp_path: Path, embedder) -> None:
     assert rebuilt.embedded == 21 and rebuilt.added == 21 and rebuilt.rebuild
 
 
+class _SearchingWhileEmbedding:
+    """The real embedder; before each batch of documents it runs `probe` (a search through a
+    searcher opened before the rebuild: what a running server does during `distill index --rebuild`)."""
+
+    def __init__(self, embedder: object, probe: object) -> None:
+        self._embedder, self.probe, self.seen = embedder, probe, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._embedder, name)
+
+    def encode_documents(self, texts: list[str], **kwargs: object) -> np.ndarray:
+        self.seen.append(self.probe())
+        return self._embedder.encode_documents(texts, **kwargs)
+
+
+def test_a_rebuild_leaves_the_live_collection_searchable_until_it_switches(tmp_path: Path, embedder) -> None:
+    from distill.errors import IndexUnavailable
+    from index.store import connect
+
+    ws, settings = _ws(tmp_path, [rag_row(i) for i in range(12)])
+    run_index(ws, settings, embedder=embedder)
+    live = open_searcher(ws, settings, embedder=embedder)
+
+    def dense_ids(searcher) -> list[str]:
+        return [h.id for h in searcher.search(QUERIES[0], k=5, mode="dense", categories=["accepted"])]
+
+    before = dense_ids(live)
+    probing = _SearchingWhileEmbedding(embedder, lambda: dense_ids(live))
+    report = run_index(ws, settings, embedder=probing, rebuild=True)
+    assert report.embedded == 12 and probing.seen == [before]  # mid-rebuild: the live collection answered
+    manifest = load_manifest(ws.index_dir / "manifest.json")
+    assert manifest is not None and manifest.collection == "playbooks" and manifest.chroma_collection == "playbooks-rebuilt"
+    with pytest.raises(IndexUnavailable, match="could not be searched"):  # the replaced one is dropped
+        dense_ids(live)
+    assert dense_ids(open_searcher(ws, settings, embedder=embedder, reopen=True)) == before
+    assert run_index(ws, settings, embedder=embedder).embedded == 0  # incremental runs use the switched collection
+
+    # the next rebuild goes back to the first name, and the manifest is a first build's again
+    first_bytes = (ws.index_dir / "manifest.json").read_bytes()
+    run_index(ws, settings, embedder=embedder, rebuild=True)
+    again = load_manifest(ws.index_dir / "manifest.json")
+    assert again is not None and again.store_collection is None
+    assert b"store_collection" not in (ws.index_dir / "manifest.json").read_bytes() and b"store_collection" in first_bytes
+    client = connect(ws.index_dir / "chroma", None, reopen=True)
+    assert [c.name for c in client.list_collections()] == ["playbooks"]
+    assert dense_ids(open_searcher(ws, settings, embedder=embedder, reopen=True)) == before
+
+
 def test_search_hit_contract_and_category_filter(tmp_path: Path, embedder) -> None:
     ws, settings = _ws(tmp_path, [rag_row(i) for i in range(12)])
     run_index(ws, settings, embedder=embedder)
@@ -231,3 +279,11 @@ def test_embedded_and_server_give_identical_results(tmp_path: Path, embedder, ch
     write_export(tmp_path / "remote", rows[:20])
     inc = run_index(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
     assert (inc.deleted, inc.embedded, inc.unchanged) == (4, 0, 20)
+    # a rebuild on the server switches collections as the embedded store does, and drops the old one
+    live = open_searcher(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
+    before = [h.id for h in live.search(QUERIES[1], k=5, mode="dense")]
+    run_index(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server, rebuild=True)
+    switched = open_searcher(remote_ws, remote_settings, embedder=embedder, chroma_url=chroma_server)
+    assert switched.manifest.chroma_collection == "playbooks-rebuilt" and switched.store.count() == 20
+    assert [h.id for h in switched.search(QUERIES[1], k=5, mode="dense")] == before
+    assert "playbooks" not in {c.name for c in switched.store.client.list_collections()}

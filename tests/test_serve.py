@@ -154,6 +154,56 @@ def test_a_rebuilt_index_is_searched_without_a_restart(ws: Any) -> None:
             assert not session.warnings
 
 
+def test_searches_during_a_rebuild_are_answered_and_a_lost_store_is_a_503(ws: Any) -> None:
+    """`distill index --rebuild` in another process beside a running server: every dense search
+    during it is answered (the rebuild fills the other collection and switches when done; before,
+    it dropped the live one first and every dense or hybrid search was a 500 until it finished).
+    A store that is gone with no new manifest is a 503 with Retry-After, not a 500."""
+    from index.search import workspace_paths
+    from index.store import ChromaStore, HnswParams, drop_collection
+    from tests.fixtures_reliability import DISTILL
+
+    root = ws.root
+    with OllamaLoopback(models=["qwen2.5:7b-instruct"]) as ollama:
+        ollama.set_default(Reply(content=GROUNDED_ANSWER))
+        write_runtime_config(root, ollama.url)
+        settings = load_settings(root)
+        session = open_session(root, settings)
+        with _serving(create_app(session, settings, None)) as url:
+            query = {"query": ROUTING_TASK, "k": 3, "mode": "dense", "categories": ["accepted"]}
+            expected = [h["id"] for h in httpx.post(url + "/v1/search", json=query, timeout=60).json()["data"]]
+            assert expected
+            statuses: list[tuple[int, list[str]]] = []
+            done = threading.Event()
+
+            def hammer() -> None:
+                while not done.is_set():
+                    r = httpx.post(url + "/v1/search", json=query, timeout=60)
+                    statuses.append((r.status_code, [h["id"] for h in r.json().get("data", [])] if r.status_code == 200 else []))
+
+            thread = threading.Thread(target=hammer)
+            thread.start()
+            try:
+                rebuilt = run_cli([*DISTILL, "index", "--rebuild", "--root", str(root)], timeout=300)
+            finally:
+                done.set()
+                thread.join()
+            assert rebuilt.returncode == 0, rebuilt.stderr
+            assert len(statuses) > 5 and {code for code, _ in statuses} == {200}, statuses[:5]
+            assert all(ids == expected for _, ids in statuses)
+
+            # the store vanishes under the server while the manifest stays: a clear 503, BM25 still answers
+            manifest_collection = json.loads((workspace_paths(ws).manifest).read_text())["store_collection"]
+            store = ChromaStore.open(workspace_paths(ws).chroma, manifest_collection, HnswParams())
+            assert drop_collection(store.client, manifest_collection)
+            lost = httpx.post(url + "/v1/search", json=query, timeout=60)
+            assert "could not be searched" in _error(lost, 503) and lost.headers["retry-after"] == "5"
+            chat = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]},
+                              timeout=60)
+            assert "could not be searched" in _error(chat, 503) and not _logged(root)  # nothing ran
+            assert httpx.post(url + "/v1/search", json={**query, "mode": "bm25"}, timeout=60).status_code == 200
+
+
 def test_an_index_that_cannot_be_reopened_keeps_the_one_open_and_says_so(ws: Any, runtime_embedder: Any) -> None:
     from index.search import open_searcher
     from runtime.replay import ReplayOptions, ReplaySession
