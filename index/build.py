@@ -208,7 +208,8 @@ def _build_locked(
     if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():
         save_manifest(paths.manifest, new_manifest)
     if live is not None and live.chroma_url == chroma_url and live.chroma_collection != target:
-        drop_collection(store.client, live.chroma_collection)  # searchers reopen on the new manifest
+        # searchers reopen on the new manifest
+        drop_collection(store.client, live.chroma_collection, None if chroma_url else paths.chroma)
     t_end = clock()
     if store.count() != len(docs):
         raise DistillError(

@@ -206,7 +206,7 @@ class ChromaStore:
         would keep answering from the vectors it loaded then."""
         client = connect(path, url, discard_unreadable=reset, reopen=reopen)
         if reset:
-            drop_collection(client, name)
+            drop_collection(client, name, None if url else path)
         try:
             collection = client.get_or_create_collection(
                 name, configuration=hnsw.chroma_configuration(), embedding_function=None  # type: ignore[arg-type]
@@ -309,12 +309,47 @@ class ChromaStore:
         return [(i, float(d)) for i, d in zip(ids, dists, strict=True)]
 
 
-def drop_collection(client: ClientAPI, name: str) -> bool:
+def drop_collection(client: ClientAPI, name: str, path: Path | None = None) -> bool:
+    """Drop a collection; for an embedded store at `path`, also free the disk it held."""
     try:
         client.delete_collection(name)
-        return True
     except Exception:  # NotFoundError in 1.x; its import path moved between releases
         return False
+    if path is not None:
+        prune_dropped_segments(path)
+    return True
+
+
+def prune_dropped_segments(path: Path) -> int:
+    """Remove the segment folders of an embedded store that no segment row names any more.
+
+    chromadb 1.x deletes a dropped collection's rows but leaves its HNSW folder on disk
+    (chroma-core/chroma#5259, #5520): every `--rebuild` would leave a full copy of the vectors
+    behind. Only folders named like a segment id are considered; a store whose catalogue cannot be
+    read is left as it is. Returns how many folders were removed."""
+    import contextlib
+    import shutil
+    import sqlite3
+    import uuid
+
+    catalogue = path / STORE_FILE
+    if not catalogue.is_file():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"{catalogue.as_uri()}?mode=ro", uri=True)) as conn:
+            named = {str(row[0]) for row in conn.execute("SELECT id FROM segments")}
+    except sqlite3.Error:  # another catalogue layout, or a store being replaced: keep everything
+        return 0
+    removed = 0
+    for child in path.iterdir():
+        try:
+            is_segment = str(uuid.UUID(child.name)) == child.name
+        except ValueError:
+            is_segment = False
+        if is_segment and child.name not in named and child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,11 @@ def test_a_rebuild_leaves_the_live_collection_searchable_until_it_switches(tmp_p
     client = connect(ws.index_dir / "chroma", None, reopen=True)
     assert [c.name for c in client.list_collections()] == ["playbooks"]
     assert dense_ids(open_searcher(ws, settings, embedder=embedder, reopen=True)) == before
+    # the dropped collections' HNSW folders are gone too (chromadb leaves them: one per rebuild)
+    with contextlib.closing(sqlite3.connect(ws.index_dir / "chroma" / "chroma.sqlite3")) as conn:
+        segments = {row[0] for row in conn.execute("SELECT id FROM segments")}
+    folders = {p.name for p in (ws.index_dir / "chroma").iterdir() if p.is_dir()}
+    assert folders and folders <= segments
 
 
 def test_search_hit_contract_and_category_filter(tmp_path: Path, embedder) -> None:
