@@ -76,22 +76,25 @@ _COMMENT_OPENERS = ("#", "//", "/*", "<!--")
 _DASH_COMMENT_EXTENSIONS = ("sql", "lua", "hs")  # where `--` opens a comment (in C it decrements)
 
 
-def _in_comment(path: str, text: str, col: int) -> bool:
-    """Whether column `col` of a code line lies in a comment (an opener outside quotes comes before
-    it, or the line continues a block comment: it starts with `*`)."""
+def _in_comment(added: AddedLine, col: int, strings: dict[int, list[tuple[int, int]]] | None) -> bool:
+    """Whether column `col` of a code line lies in a comment (an opener outside strings comes before
+    it, or the line continues a block comment: it starts with `*`). Strings are the tokenizer's for
+    a Python file (a `#` inside a docstring that ends on this line is no comment), else the
+    same-line quote heuristic."""
+    text = added.text
     if text.lstrip().startswith("*"):
         return True
-    dash = path.rsplit(".", 1)[-1].lower() in _DASH_COMMENT_EXTENSIONS
+    dash = added.path.rsplit(".", 1)[-1].lower() in _DASH_COMMENT_EXTENSIONS
     for opener in _COMMENT_OPENERS + (("--",) if dash else ()):
         at = text.find(opener)
         while 0 <= at < col:
-            if not _in_quotes(text, at):
+            if not _inside_string(added, at, strings):
                 return True
             at = text.find(opener, at + 1)
     return False
 
 
-def _marker_in_code(added: AddedLine, hit: re.Match[str]) -> bool:
+def _marker_in_code(added: AddedLine, hit: re.Match[str], strings: dict[int, list[tuple[int, int]]] | None) -> bool:
     """Whether a pattern's hit is a placeholder marker rather than a name: the patterns match
     case-insensitively (an answer's "todo:" is one), but in code `part.todo` or a class `Todo` is
     an identifier. Written as the pattern writes it (TODO, FIXME, todo!() it is a marker anywhere
@@ -102,7 +105,7 @@ def _marker_in_code(added: AddedLine, hit: re.Match[str]) -> bool:
         return bool(re.search(r"\b(?:raise|throw)\s+(?:new\s+)?(?:\w+\.)*" + re.escape(word) + r"\b", added.text))
     if re.compile(hit.re.pattern).match(added.text, hit.start()):  # the case the pattern was written in
         return True
-    return _in_comment(added.path, added.text, hit.start())
+    return _in_comment(added, hit.start(), strings)
 
 
 def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
@@ -120,7 +123,7 @@ def placeholder_findings(files: Sequence[FileChange], patterns: Sequence[str],
         strings = _python_strings(source) if source is not None and change.path.endswith(".py") else None
         for added in change.added:
             hit = next((m for p in compiled for m in p.finditer(added.text)
-                        if not _inside_string(added, m.start(), strings) and _marker_in_code(added, m)), None)
+                        if not _inside_string(added, m.start(), strings) and _marker_in_code(added, m, strings)), None)
             if hit is not None:
                 found.append(_at(added, "placeholder", Severity.BLOCK, f"{hit.group(0)} in {added.path}",
                                  "added code lines (outside string literals) against [gate] placeholder_patterns",
