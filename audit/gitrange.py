@@ -33,6 +33,16 @@ def _git(repo: Path, *args: str) -> str:
     return done.stdout.decode("utf-8", errors="replace")
 
 
+def _commit(repo: Path, rev: str, revision_range: str) -> str:
+    """The commit id `rev` names (a revision that starts with `-` would be read by git as an option)."""
+    if not rev.startswith("-"):
+        try:
+            return _git(repo, "rev-parse", "--verify", "--quiet", rev + "^{commit}").strip()
+        except UsageError:
+            pass
+    raise UsageError(f"--range {revision_range!r}: {rev!r} names no commit in {repo}")
+
+
 def read_change(repo: Path, revision_range: str) -> Change:
     """`BASE..HEAD` of the repository at `repo`; `BASE...HEAD` (a pull request's range, as GitHub
     compares) is HEAD against its merge base with BASE, so what BASE gained since is not audited."""
@@ -43,8 +53,7 @@ def read_change(repo: Path, revision_range: str) -> Change:
     if not sep or not base or not head or head.startswith("."):
         raise UsageError(f"--range {revision_range!r} is not BASE..HEAD (or BASE...HEAD)")
     _git(repo, "rev-parse", "--git-dir")
-    base_id = _git(repo, "rev-parse", "--verify", "--quiet", base + "^{commit}").strip()
-    head_id = _git(repo, "rev-parse", "--verify", "--quiet", head + "^{commit}").strip()
+    base_id, head_id = (_commit(repo, rev, revision_range) for rev in (base, head))
     if merge_base:
         try:
             base_id = _git(repo, "merge-base", base_id, head_id).strip()

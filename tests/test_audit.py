@@ -5,6 +5,7 @@ evidence, the model pass's quote check (a real ollama client against a loopback 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,6 +284,12 @@ def test_a_pull_request_range_is_audited_from_the_merge_base(tmp_path: Path) -> 
     commit(repo, {"other.txt": "z\n"}, "unrelated")
     with pytest.raises(UsageError, match="share no history"):
         read_change(repo, "main...island")
+    # a side that names no commit is named (git's --quiet said only "exit 1"); one that starts with
+    # `-` would be read by git as an option (`--all` lists every ref)
+    for bad, rev in [("nonsense..main", "'nonsense'"), ("main..HEAD~9", "'HEAD~9'"), ("--all..main", "'--all'"),
+                     ("main...-q", "'-q'")]:
+        with pytest.raises(UsageError, match=f"--range '{re.escape(bad)}': {re.escape(rev)} names no commit"):
+            read_change(repo, bad)
 
 
 def test_renames_mode_changes_and_unusual_names_are_files_the_change_touches(tmp_path: Path) -> None:
