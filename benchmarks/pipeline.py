@@ -176,8 +176,30 @@ def measure_rusage(stage: str, root: Path, *, nice: int, profile: Path | None = 
     return result
 
 
+CACHE_GLOB = ".distill.*"  # checkpoints, caches and the lock's owner file at the workspace root
+
+
+def snapshot_caches(ws_root: Path, into: Path) -> None:
+    """Keep the workspace's cache files as a stage found them: its profile must redo the same work
+    (a stage run again over its own checkpoints replays them instead of doing what was timed)."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    for path in ws_root.glob(CACHE_GLOB):
+        if path.is_file():
+            shutil.copy2(path, into / path.name)
+
+
+def restore_caches(ws_root: Path, saved: Path) -> None:
+    for path in ws_root.glob(CACHE_GLOB):
+        if path.is_file():
+            path.unlink()
+    for path in saved.iterdir():
+        shutil.copy2(path, ws_root / path.name)
+
+
 def reset_outputs(ws_root: Path, stage: str) -> None:
-    """Remove what `stage` wrote, so it can run again on the same input for the profile."""
+    """Remove what `stage` wrote, so it can run again on the same input for the profile (the
+    caches are put back as the timed run found them by restore_caches)."""
     if stage == "raw":
         shutil.rmtree(ws_root / "raw-baseline", ignore_errors=True)
     elif stage == "collect":
@@ -352,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"generated {gen['rows']:,} rows ({gen['bytes'] / 2**20:,.0f} MiB) in {gen_s:.1f}s")
         stages: dict[str, Any] = {}
         for stage in STAGES:
+            snapshot_caches(ws_root, base / "caches-before" / stage)
             stages[stage] = measure_rusage(stage, ws_root, nice=args.nice)
             m = stages[stage]
             log(f"{stage:8s} {m['stage_s']:8.1f}s in stage  {m['wall_s']:8.1f}s wall  "
@@ -372,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         slowest = result["slowest_stage"]
         if not args.no_profile:
             reset_outputs(ws_root, slowest)
+            restore_caches(ws_root, base / "caches-before" / slowest)
             stem = args.out_dir / f"{name}_profile_{slowest}"
             args.out_dir.mkdir(parents=True, exist_ok=True)
             prof = measure_rusage(slowest, ws_root, nice=args.nice, profile=stem)
