@@ -148,6 +148,7 @@ def _build_locked(
                 f"the index was built with hnsw space={built.space} M={built.m} ef_construction={built.construction_ef}; "
                 f"settings ask for space={hnsw.space} M={hnsw.m} ef_construction={hnsw.construction_ef}: {REBUILD_HINT}"
             )
+        manifest.check_store(chroma_url, writing=True)
         if manifest.collection != collection:
             raise DistillError(
                 f"the index was built in collection {manifest.collection!r}, settings name {collection!r}: {REBUILD_HINT}"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from distill.errors import DistillError
 from distill.jsonl import loads, write_atomic
-from index.store import HnswParams
+from index.store import HnswParams, parse_chroma_url
 
 MANIFEST_FORMAT = 1
 REBUILD_HINT = "run `distill index --rebuild`"
@@ -96,6 +96,24 @@ class Manifest(BaseModel):
                 f"the index holds {self.dimension}-dimensional vectors but model {model_id!r} makes "
                 f"{dimension}-dimensional ones: {REBUILD_HINT}"
             )
+
+    def check_store(self, chroma_url: str | None, *, writing: bool) -> None:
+        """The vectors are where the index was built: another store (the embedded one after a build
+        on a server, or another server) may hold a collection of the same name and size from an
+        older build, which would be searched, or updated in place, without a word."""
+        if _same_store(self.chroma_url, chroma_url):
+            return
+        built = f"the Chroma server at {self.chroma_url}" if self.chroma_url else "the embedded store (index/chroma)"
+        asked = f"the Chroma server at {chroma_url}" if chroma_url else "the embedded store"
+        same = f"--chroma-url {self.chroma_url} (or [index] chroma_url)" if self.chroma_url else "no --chroma-url (and no [index] chroma_url)"
+        fix = f"pass {same}, or {REBUILD_HINT} to build it in {asked}" if writing else f"pass {same}"
+        raise DistillError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
+
+
+def _same_store(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or parse_chroma_url(a) == parse_chroma_url(b)
 
 
 

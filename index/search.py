@@ -153,6 +153,7 @@ def open_index(
         raise DistillError(f"no index at {paths.root}: run `distill index` first")
     if isinstance(embedder, Embedder):
         manifest.check_compatible(embedder.model_id, embedder.dimension)
+    manifest.check_store(chroma_url, writing=False)
     hnsw = manifest.hnsw if search_ef is None else manifest.hnsw.model_copy(update={"search_ef": search_ef})
     lexical = bm25_mod.load(paths.bm25)
     info = bm25_mod.read_info(paths.bm25) or {}
@@ -165,7 +166,6 @@ def open_index(
             raise DistillError(
                 f"Chroma collection {manifest.chroma_collection!r} at {chroma_url or paths.chroma} holds {store.count()} "
                 f"vectors, the manifest says {manifest.count}: run `distill index`"
-                + (" with the same --chroma-url" if chroma_url != manifest.chroma_url else "")
             )
         return store
 

@@ -294,3 +294,28 @@ def test_embedded_and_server_give_identical_results(tmp_path: Path, embedder, ch
     assert switched.manifest.chroma_collection == "playbooks-rebuilt" and switched.store.count() == 20
     assert [h.id for h in switched.search(QUERIES[1], k=5, mode="dense")] == before
     assert "playbooks" not in {c.name for c in switched.store.client.list_collections()}
+
+
+def test_the_index_is_searched_and_updated_only_in_the_store_it_was_built_in(
+        tmp_path: Path, embedder, chroma_server: str) -> None:
+    """An index rebuilt on a Chroma server left the embedded collection of the same name and size
+    behind: a search or an update without --chroma-url used it, silently (older vectors)."""
+    ws, settings = _ws(tmp_path, [rag_row(i) for i in range(12)])
+    run_index(ws, settings, embedder=embedder)
+    run_index(ws, settings, embedder=embedder, chroma_url=chroma_server, rebuild=True)
+    assert (ws.index_dir / "chroma").is_dir()  # the embedded store is still there, 12 vectors
+    with pytest.raises(DistillError, match=f"built in the Chroma server at {chroma_server}, this search reads the "
+                                           f"embedded store: pass --chroma-url {chroma_server}"):
+        open_searcher(ws, settings, embedder=embedder)
+    with pytest.raises(DistillError, match="this run writes to the embedded store: .* run `distill index --rebuild`"):
+        run_index(ws, settings, embedder=embedder)
+    other = chroma_server.replace("127.0.0.1", "localhost")
+    with pytest.raises(DistillError, match=f"this search reads the Chroma server at {other}"):
+        open_searcher(ws, settings, embedder=embedder, chroma_url=other)
+    assert open_searcher(ws, settings, embedder=embedder, chroma_url=chroma_server + "/").search(QUERIES[0], k=3)
+    assert run_index(ws, settings, embedder=embedder, chroma_url=chroma_server).embedded == 0
+    # a rebuild builds where it is told: back in the embedded store, which a search then needs
+    run_index(ws, settings, embedder=embedder, rebuild=True)
+    assert open_searcher(ws, settings, embedder=embedder).search(QUERIES[0], k=3)
+    with pytest.raises(DistillError, match="built in the embedded store .* pass no --chroma-url"):
+        open_searcher(ws, settings, embedder=embedder, chroma_url=chroma_server)
