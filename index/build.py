@@ -26,7 +26,16 @@ from distill.workspace import Workspace
 from index import bm25 as bm25_mod
 from index.documents import Document, load_rag_export
 from index.embedder import Embedder, resolve_model
-from index.manifest import REBUILD_HINT, DocHashes, IndexPaths, Manifest, load_manifest, rebuild_target, save_manifest
+from index.manifest import (
+    REBUILD_HINT,
+    DocHashes,
+    IndexPaths,
+    Manifest,
+    load_manifest,
+    rebuild_target,
+    same_store,
+    save_manifest,
+)
 from index.store import ChromaStore, HnswParams, chroma_metadata, drop_collection
 
 ProgressFlag = bool | None
@@ -158,7 +167,7 @@ def _build_locked(
     # when the manifest is written: a server searching the index keeps answering meanwhile.
     if manifest is not None:
         target = manifest.chroma_collection
-    elif live is not None and live.chroma_url == chroma_url:
+    elif live is not None and same_store(live.chroma_url, chroma_url):
         target = rebuild_target(collection, live.chroma_collection)
     else:
         target = collection
@@ -208,7 +217,7 @@ def _build_locked(
     )
     if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():
         save_manifest(paths.manifest, new_manifest)
-    if live is not None and live.chroma_url == chroma_url and live.chroma_collection != target:
+    if live is not None and same_store(live.chroma_url, chroma_url) and live.chroma_collection != target:
         # searchers reopen on the new manifest
         drop_collection(store.client, live.chroma_collection, None if chroma_url else paths.chroma)
     t_end = clock()

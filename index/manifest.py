@@ -101,7 +101,7 @@ class Manifest(BaseModel):
         """The vectors are where the index was built: another store (the embedded one after a build
         on a server, or another server) may hold a collection of the same name and size from an
         older build, which would be searched, or updated in place, without a word."""
-        if _same_store(self.chroma_url, chroma_url):
+        if same_store(self.chroma_url, chroma_url):
             return
         built = f"the Chroma server at {self.chroma_url}" if self.chroma_url else "the embedded store (index/chroma)"
         asked = f"the Chroma server at {chroma_url}" if chroma_url else "the embedded store"
@@ -110,7 +110,8 @@ class Manifest(BaseModel):
         raise DistillError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
 
 
-def _same_store(a: str | None, b: str | None) -> bool:
+def same_store(a: str | None, b: str | None) -> bool:
+    """Whether two chroma URLs (None: the embedded store) name one store (`http://h:8000/` = `h`)."""
     if a is None or b is None:
         return a is b
     return a == b or parse_chroma_url(a) == parse_chroma_url(b)
