@@ -150,7 +150,7 @@ def open_index(
     model or a function that loads one when a query first needs it."""
     manifest = manifest or load_manifest(paths.manifest)
     if manifest is None:
-        raise DistillError(f"no index at {paths.root}: run `distill index` first")
+        raise DistillError(f"no index in {paths.root} ({paths.manifest.name} is missing): run `distill index` first")
     if isinstance(embedder, Embedder):
         manifest.check_compatible(embedder.model_id, embedder.dimension)
     manifest.check_store(chroma_url, writing=False)
@@ -199,7 +199,7 @@ def open_searcher(
     paths = workspace_paths(ws)
     manifest = load_manifest(paths.manifest)
     if manifest is None:
-        raise DistillError(f"no index at {ws.relative(paths.root)}: run `distill index` first")
+        raise DistillError(f"no index in {ws.root} yet ({ws.relative(paths.manifest)} is missing): run `distill index` first")
     if embedder is None:
         model_id, _ = resolve_model(cfg.model)
         if model_id != manifest.model_id:  # fail before spending seconds loading a model
