@@ -147,7 +147,11 @@ def _build_locked(
     clock: Callable[[], float],
 ) -> IndexReport:
     t0 = clock()
+    # a rebuild in the store the live manifest searches alternates collections, so searchers keep
+    # theirs until the new manifest is written
     live = _searched_manifest(paths.manifest) if rebuild else None
+    if live is not None and not same_store(live.chroma_url, chroma_url):
+        live = None  # built in another store: this rebuild neither alternates with nor drops its collection
     manifest = None if rebuild else load_manifest(paths.manifest)
     if manifest is not None:
         manifest.check_compatible(embedder.model_id, embedder.dimension)
@@ -167,7 +171,7 @@ def _build_locked(
     # when the manifest is written: a server searching the index keeps answering meanwhile.
     if manifest is not None:
         target = manifest.chroma_collection
-    elif live is not None and same_store(live.chroma_url, chroma_url):
+    elif live is not None:
         target = rebuild_target(collection, live.chroma_collection)
     else:
         target = collection
@@ -217,7 +221,7 @@ def _build_locked(
     )
     if manifest is None or changed or bm25_rebuilt or manifest.model_dump() != new_manifest.model_dump():
         save_manifest(paths.manifest, new_manifest)
-    if live is not None and same_store(live.chroma_url, chroma_url) and live.chroma_collection != target:
+    if live is not None and live.chroma_collection != target:
         # searchers reopen on the new manifest
         drop_collection(store.client, live.chroma_collection, None if chroma_url else paths.chroma)
     t_end = clock()

@@ -117,7 +117,6 @@ def same_store(a: str | None, b: str | None) -> bool:
     return a == b or parse_chroma_url(a) == parse_chroma_url(b)
 
 
-
 def load_manifest(path: Path) -> Manifest | None:
     """The manifest, None when there is none; an unreadable one is an error naming the rebuild."""
     if not path.exists():

@@ -404,7 +404,8 @@ async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asy
         yield f"data: {json.dumps({'error': error, 'distill': extension(run)})}\n\n".encode()
     else:
         payload = completion(run, model)
-        yield _chunk_event(base, {}, "stop", distill=payload["distill"], usage=payload["usage"])
+        yield _chunk_event(base, {}, payload["choices"][0]["finish_reason"], distill=payload["distill"],
+                           usage=payload["usage"])
     yield b"data: [DONE]\n\n"
 
 
