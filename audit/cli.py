@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
         from audit.report import markdown, sarif
         from audit.run import audit
 
-        ws, settings = open_workspace(root, sources=True)
+        # recording needs a workspace (_kb/ takes the lessons and the audits row); a check alone does not
+        ws, settings = open_workspace(root, sources=not no_record)
         message = None
         if message_file is not None:
             try:

@@ -237,6 +237,18 @@ def test_no_record_writes_nothing(tmp_path: Path, ws: Path) -> None:
     assert code == 1 and not (ws / "_kb" / "audits.jsonl").exists() and not (ws / "_kb" / "audit_lessons.jsonl").exists()
 
 
+def test_a_check_without_recording_needs_no_workspace(tmp_path: Path) -> None:
+    """A CI job audits its own repository, which is no distill workspace: with --no-record nothing
+    goes to _kb/, so none is needed (it was "not a workspace (no _kb/ directory)", exit 2)."""
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.rs": "fn load() -> u32 {\n    todo!()\n}\n"}, "Add the loader in app/core.rs")
+    code, report, err = audit_cli(repo, repo, "HEAD~1..HEAD", "--no-record")
+    assert code == 1 and report["verdict"] == "block" and "placeholder" in checks_of(report), err
+    assert not (repo / "_kb").exists() and not (repo / "reports").exists()
+    code, _, err = audit_cli(repo, repo, "HEAD~1..HEAD")  # recording still needs one
+    assert code == 2 and "not a workspace (no _kb/ directory)" in err
+
+
 @pytest.mark.parametrize("case", ["not_a_repo", "bad_range", "unknown_rev", "missing_message_file", "endless_message_file",
                                   "utf16_message_file"])
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path, ws: Path, case: str) -> None:
