@@ -502,6 +502,9 @@ class CollectStage(Stage):
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         return files_under(ws.kb_dir)
 
+    def check_usable(self, ws: Workspace, settings: Settings) -> None:
+        default_sources(ws, settings)
+
     def outputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         return iter_partition_files(ws.evidence_dir) + existing(ws.quarantine_path(STAGE))
 

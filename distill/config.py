@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import os
 import stat
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -27,6 +27,31 @@ ENV_PREFIX = "DISTILL_"
 NON_SETTING_VARS = frozenset({"DISTILL_ROOT", "DISTILL_SHARED_DATASETS"})
 """DISTILL_* variables that are not settings: the default workspace root, and where the test suite
 finds the shared public datasets."""
+
+
+def parse_http_url(url: str) -> tuple[str, int, bool]:
+    """http(s)://host[:port][/path] -> (host, port, ssl); no scheme means http. A ValueError says
+    what is wrong: the one parser for every server address a setting or a flag names."""
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        port = parsed.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ValueError(f"{url!r} is not a usable URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{url!r} is not a usable URL: expected http(s)://HOST[:PORT]")
+    ssl = parsed.scheme == "https"
+    return parsed.hostname, port or (443 if ssl else 8000), ssl
+
+
+def _http_url(value: str) -> str:
+    parse_http_url(value)
+    return value
+
+
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+"""A server address as the user wrote it (kept as text), checked by parse_http_url."""
 
 
 class Section(BaseModel):
@@ -71,7 +96,7 @@ def default_model_cache_dir() -> Path:
 
 class IndexSettings(Section):
     model: str | None = Field(None, description="sentence-transformers name/path; None = packaged MiniLM")
-    chroma_url: str | None = None
+    chroma_url: HttpUrlText | None = None
     collection: str = "playbooks"
     hnsw_space: Literal["cosine", "l2", "ip"] = "cosine"
     hnsw_m: int = Field(16, ge=2, le=512)
@@ -107,10 +132,10 @@ class IndexSettings(Section):
 
 class RuntimeSettings(Section):
     backend: Literal["auto", "ollama", "openai", "llamacpp"] = "auto"
-    ollama_host: str | None = Field(None, description="None: the ollama client reads OLLAMA_HOST")
+    ollama_host: HttpUrlText | None = Field(None, description="None: the ollama client reads OLLAMA_HOST")
     ollama_model: str = "qwen2.5:7b-instruct"
     ollama_probe_timeout_s: float = Field(1.0, gt=0, description="how long `auto` waits for Ollama")
-    openai_base_url: str | None = None
+    openai_base_url: HttpUrlText | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key_env: str = "OPENAI_API_KEY"
     gguf_path: Path | None = Field(None, description="local GGUF for the embedded backend; None: packaged Qwen2.5-Coder-0.5B")
@@ -136,7 +161,7 @@ class RuntimeSettings(Section):
         description="llamacpp: a GGUF path or a packaged key (None: packaged Qwen2.5-Coder-1.5B); "
         "ollama/openai: the model name (required)",
     )
-    escalation_base_url: str | None = Field(None, description="None: openai_base_url")
+    escalation_base_url: HttpUrlText | None = Field(None, description="None: openai_base_url")
 
 
 class GateSettings(Section):

@@ -481,6 +481,9 @@ def execute_run(
     emit: EventHook = on_event or (lambda kind, stage, detail: None)
     chosen = stages if stages is not None else pipeline_stages(include_index=include_index)
     with ws.exclusive("run"):
+        for stage in chosen:
+            if stage.unavailable() is None:
+                stage.check_usable(ws, settings)
         ws.reports_dir.mkdir(parents=True, exist_ok=True)
         return _execute_locked(ws, settings, chosen, force=force, continue_on_failure=continue_on_failure,
                                include_index=include_index, emit=emit)

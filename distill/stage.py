@@ -57,6 +57,12 @@ class Stage(ABC):
         """Why this stage cannot run in this installation (a missing extra), or None."""
         return None
 
+    def check_usable(self, ws: Workspace, settings: Settings) -> None:
+        """Raise a UsageError when the workspace and configuration cannot be run as given (two
+        sources with one name, an index built in another store). `distill run` asks every stage
+        before it starts, so such a mistake is one line and exit 2, like a bad distill.toml,
+        not a failed stage in a recorded run."""
+
     @abstractmethod
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         """Files the stage reads, as found before it runs."""

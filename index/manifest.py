@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from distill.errors import DistillError
+from distill.errors import DistillError, UsageError
 from distill.jsonl import loads, write_atomic
 from index.store import HnswParams, parse_chroma_url
 
@@ -107,7 +107,7 @@ class Manifest(BaseModel):
         asked = f"the Chroma server at {chroma_url}" if chroma_url else "the embedded store"
         same = f"--chroma-url {self.chroma_url} (or [index] chroma_url)" if self.chroma_url else "no --chroma-url (and no [index] chroma_url)"
         fix = f"pass {same}, or {REBUILD_HINT} to build it in {asked}" if writing else f"pass {same}"
-        raise DistillError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
+        raise UsageError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
 
 
 def same_store(a: str | None, b: str | None) -> bool:

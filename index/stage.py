@@ -33,6 +33,13 @@ class IndexStage(Stage):
             return f"{', '.join(missing)} not installed (pip install 'distill[index]')"
         return None
 
+    def check_usable(self, ws: Workspace, settings: Settings) -> None:
+        from index.manifest import IndexPaths, load_manifest
+
+        manifest = load_manifest(IndexPaths(ws.index_dir).manifest)
+        if manifest is not None:
+            manifest.check_store(settings.index.chroma_url, writing=True)
+
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         return existing(ws.rag_path)
 

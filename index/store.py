@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel
 
-from distill.config import IndexSettings
+from distill.config import IndexSettings, parse_http_url
 from distill.errors import DistillError, IndexUnavailable
 from distill.jsonl import dumps
 
@@ -57,15 +56,10 @@ class HnswParams(BaseModel):
 
 def parse_chroma_url(url: str) -> tuple[str, int, bool]:
     """http(s)://host[:port] -> (host, port, ssl); a bad URL is a usage error, not a traceback."""
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise DistillError(f"--chroma-url {url!r}: expected http://HOST:PORT")
-    ssl = parsed.scheme == "https"
     try:
-        port = parsed.port or (443 if ssl else 8000)
+        return parse_http_url(url)
     except ValueError as exc:
-        raise DistillError(f"--chroma-url {url!r}: {exc}") from exc
-    return parsed.hostname, port, ssl
+        raise DistillError(f"--chroma-url {exc}") from None
 
 
 STORE_FILE = "chroma.sqlite3"  # what an embedded Chroma store keeps its records in

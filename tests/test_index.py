@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from distill.config import load_settings
-from distill.errors import DistillError
+from distill.errors import DistillError, UsageError
 from distill.jsonl import dumps, iter_json
 from distill.workspace import Workspace
 from index.build import build_index, run_index
 from index.documents import documents_from_tuples
 from index.manifest import IndexPaths, load_manifest
 from index.search import open_index, open_searcher
+from index.stage import IndexStage
 from index.store import ChromaStore, HnswParams
 from tests.fixtures_index import chroma_server, embedder, rag_row, write_export  # noqa: F401
 
@@ -309,6 +310,11 @@ def test_the_index_is_searched_and_updated_only_in_the_store_it_was_built_in(
         open_searcher(ws, settings, embedder=embedder)
     with pytest.raises(DistillError, match="this run writes to the embedded store: .* run `distill index --rebuild`"):
         run_index(ws, settings, embedder=embedder)
+    # `distill run` asks before it starts any stage (exit 2, no run recorded), not in its index stage
+    with pytest.raises(UsageError, match="this run writes to the embedded store"):
+        IndexStage().check_usable(ws, settings)
+    on_server = settings.model_copy(update={"index": settings.index.model_copy(update={"chroma_url": chroma_server})})
+    IndexStage().check_usable(ws, on_server)
     other = chroma_server.replace("127.0.0.1", "localhost")
     with pytest.raises(DistillError, match=f"this search reads the Chroma server at {other}"):
         open_searcher(ws, settings, embedder=embedder, chroma_url=other)

@@ -257,7 +257,8 @@ def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: 
     "case",
     ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
      "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep",
-     "every_empty", "every_past_the_clock", "toml_utf16", "toml_is_a_fifo"],
+     "every_empty", "every_past_the_clock", "toml_utf16", "toml_is_a_fifo", "source_name_taken",
+     "two_sources_read_one_file", "chroma_url_not_http", "openai_base_url_not_http", "escalation_url_bad_port"],
 )
 def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
@@ -294,9 +295,25 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
     elif case.startswith("ollama_host"):
         env = {"OLLAMA_HOST": "http://127.0.0.1:99999" if case.endswith("port") else "not a url::"}
         cmd = [*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "hello there"]
+    elif case == "source_name_taken":  # was a recorded run whose collect failed (exit 1), drift alerts and all
+        (root / "distill.toml").write_text('[[sources]]\nname = "audits"\npath = "mine.jsonl"\ntask_id = "t"\ntext = "o"\n')
+    elif case == "two_sources_read_one_file":
+        (root / "distill.toml").write_text('[[sources]]\nname = "mine"\npath = "*.jsonl"\ntask_id = "t"\ntext = "o"\n')
+    elif case == "chroma_url_not_http":  # the index stage failed after every other stage had run
+        env = {"DISTILL_INDEX__CHROMA_URL": "ftp://chroma.example"}
+    elif case == "openai_base_url_not_http":  # "cannot connect", after the run was logged as evidence
+        env = {"DISTILL_RUNTIME__OPENAI_BASE_URL": "file:///etc/passwd", "OPENAI_API_KEY": "x"}
+        cmd = [*REPLAY, "--root", str(root), "--backend", "openai", "--no-retrieval", "--task", "hello there"]
+    elif case == "escalation_url_bad_port":
+        (root / "distill.toml").write_text('[runtime]\nescalation_base_url = "http://127.0.0.1:70000/v1"\n')
     message = one_line_error(run_cli(cmd, **env))
     if case == "toml_utf16":
         assert "UTF-16" in message
+    if case in ("source_name_taken", "two_sources_read_one_file", "chroma_url_not_http"):
+        assert not (root / "reports").exists() or not any((root / "reports").iterdir())  # no run was recorded
+        assert not (root / "evidence").exists() or not any((root / "evidence").rglob("*.jsonl"))
+    if case.endswith(("_not_http", "_bad_port")):
+        assert "is not a usable URL" in message
 
 
 def test_8_a_byte_order_mark_before_the_settings_is_not_an_error(tmp_path: Path) -> None:
