@@ -3,7 +3,8 @@
 A sentence-transformers model made of a Transformer, a mean or CLS Pooling and (optionally) a
 Normalize module is exported once to ONNX from its local weights (torch is needed for that one
 export, never afterwards) and cached under the model cache directory, keyed by the weights'
-path, size and mtime and by EXPORT_VERSION. Tokenisation uses the model's own tokenizer.json
+path, size and mtime and by EXPORT_VERSION; an export whose weights are gone or changed is removed
+when the next one is made. Tokenisation uses the model's own tokenizer.json
 through `tokenizers`; pooling and normalisation are a few numpy lines. The vectors equal the
 torch path's to float precision (tests/test_onnx_encoder.py checks the rankings).
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 from distill.errors import DistillError
 from distill.hashing import sha256_hex
+from distill.jsonl import dumps, loads, write_atomic
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -89,12 +91,49 @@ def onnx_layout(model_dir: str | Path) -> tuple[OnnxLayout | None, str]:
     ), ""
 
 
+def _export_key(weights: Path, precision: str) -> str:
+    st = weights.stat()
+    return sha256_hex(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{EXPORT_VERSION}|{ONNX_OPSET}|{precision}")[:16]
+
+
 def cached_onnx_path(layout: OnnxLayout, cache_dir: Path, precision: Precision = "int8") -> Path:
-    st = layout.weights.stat()
-    key = sha256_hex(
-        f"{layout.weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{EXPORT_VERSION}|{ONNX_OPSET}|{precision}"
-    )
-    return cache_dir / "onnx" / f"{layout.model_dir.name}-{precision}-{key[:16]}.onnx"
+    return cache_dir / "onnx" / f"{layout.model_dir.name}-{precision}-{_export_key(layout.weights, precision)}.onnx"
+
+
+SOURCE_SUFFIX = ".source.json"
+"""Beside each export: the weights it was made from, so a later export can tell which files no key
+will ever name again."""
+
+
+def prune_stale_exports(onnx_dir: Path) -> list[Path]:
+    """Remove the exports whose weights are gone or changed (a deleted virtualenv, a reinstall: each
+    left ~110 MB that no key could name again). Exports without a source file (made before this
+    existed, or by hand) and exports another process holds the lock of are left. Returns the removed."""
+    from filelock import FileLock, Timeout
+
+    removed: list[Path] = []
+    for source in sorted(onnx_dir.glob(f"*.onnx{SOURCE_SUFFIX}")):
+        export = source.with_name(source.name[: -len(SOURCE_SUFFIX)])
+        try:
+            recorded = loads(source.read_bytes())
+            weights, precision = Path(recorded["weights"]), str(recorded["precision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: not ours to judge
+        try:
+            current = _export_key(weights, precision)
+        except OSError:
+            current = None  # the weights are gone
+        if current is not None and export.name.endswith(f"-{current}.onnx"):
+            continue
+        try:
+            with FileLock(str(export) + ".lock", timeout=0):
+                export.unlink(missing_ok=True)
+                source.unlink(missing_ok=True)
+        except Timeout:  # being exported or replaced right now
+            continue
+        Path(str(export) + ".lock").unlink(missing_ok=True)
+        removed.append(export)
+    return removed
 
 
 def _fuse(source: Path, target: Path, layout: OnnxLayout) -> None:
@@ -193,11 +232,14 @@ def export_onnx(layout: OnnxLayout, target: Path, precision: Precision = "int8")
                 else:
                     os.replace(fused, final)
             os.replace(final, target)
+            write_atomic(target.with_name(target.name + SOURCE_SUFFIX),
+                         dumps({"weights": str(layout.weights.resolve()), "precision": precision}))
         except Exception as exc:  # the exporter raises many kinds; all mean "no ONNX file"
             raise DistillError(f"exporting {layout.model_dir.name} to ONNX failed: {exc.__class__.__name__}: {exc}") from exc
         finally:
             for scratch in (tmp, fused, final):
                 scratch.unlink(missing_ok=True)
+    prune_stale_exports(target.parent)
     return target
 
 

@@ -191,3 +191,46 @@ def test_a_supported_layout_is_read_from_the_folder(tmp_path: Path) -> None:
     layout, _ = onnx_layout(folder)
     assert layout is not None and (layout.query_prompt, layout.document_prompt) == ("q: ", "p: ")  # sentence-transformers' order
     assert onnx_layout(tmp_path / "missing")[0] is None
+
+
+def test_exports_no_key_can_name_again_are_removed(tmp_path: Path) -> None:
+    """Each reinstall (new weights mtime) or deleted virtualenv left a ~110 MB export in the model
+    cache that no key would ever name again (six pairs, 680 MB, on the development machine)."""
+    from filelock import FileLock
+
+    from distill.jsonl import dumps
+    from index.onnx_encoder import SOURCE_SUFFIX, _export_key, prune_stale_exports
+
+    cache = tmp_path / "onnx"
+    cache.mkdir()
+    weights = {name: tmp_path / name / "model.safetensors" for name in ("live", "reinstalled", "deleted", "busy")}
+    for w in weights.values():
+        w.parent.mkdir()
+        w.write_bytes(b"weights")
+
+    def export(name: str, *, source: bool = True) -> Path:
+        path = cache / f"{name}-int8-{_export_key(weights[name], 'int8')}.onnx"
+        path.write_bytes(b"onnx")
+        if source:
+            Path(str(path) + SOURCE_SUFFIX).write_bytes(dumps({"weights": str(weights[name].resolve()), "precision": "int8"}))
+        return path
+
+    live, reinstalled, deleted, busy = (export(n) for n in ("live", "reinstalled", "deleted", "busy"))
+    legacy = cache / "legacy-int8-0123456789abcdef.onnx"
+    legacy.write_bytes(b"onnx")  # made before source files existed: nothing says what it came from
+    garbled = cache / "garbled-int8-fedcba9876543210.onnx"
+    garbled.write_bytes(b"onnx")
+    Path(str(garbled) + SOURCE_SUFFIX).write_bytes(b"{not json")
+    import os
+
+    st = weights["reinstalled"].stat()
+    os.utime(weights["reinstalled"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a reinstall rewrote it
+    weights["deleted"].unlink()
+    weights["busy"].unlink()
+    with FileLock(str(busy) + ".lock"):  # another process is exporting or replacing it
+        removed = prune_stale_exports(cache)
+    assert sorted(removed) == sorted([reinstalled, deleted])
+    assert not reinstalled.exists() and not Path(str(reinstalled) + SOURCE_SUFFIX).exists()
+    assert not deleted.exists() and not Path(str(deleted) + ".lock").exists()
+    assert live.exists() and busy.exists() and legacy.exists() and garbled.exists()
+    assert prune_stale_exports(cache) == [busy]  # once free, it goes too
