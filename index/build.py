@@ -155,17 +155,7 @@ def _build_locked(
     manifest = None if rebuild else load_manifest(paths.manifest)
     if manifest is not None:
         manifest.check_compatible(embedder.model_id, embedder.dimension)
-        built = manifest.hnsw
-        if (built.space, built.m, built.construction_ef) != (hnsw.space, hnsw.m, hnsw.construction_ef):
-            raise DistillError(
-                f"the index was built with hnsw space={built.space} M={built.m} ef_construction={built.construction_ef}; "
-                f"settings ask for space={hnsw.space} M={hnsw.m} ef_construction={hnsw.construction_ef}: {REBUILD_HINT}"
-            )
-        manifest.check_store(chroma_url, writing=True)
-        if manifest.collection != collection:
-            raise DistillError(
-                f"the index was built in collection {manifest.collection!r}, settings name {collection!r}: {REBUILD_HINT}"
-            )
+        manifest.check_update(hnsw, chroma_url, collection)
     # No manifest means whatever is in the collection came from an unknown model: start over. A
     # rebuild starts over in the collection the live manifest does not search, and switches to it
     # when the manifest is written: a server searching the index keeps answering meanwhile.

@@ -110,6 +110,21 @@ class Manifest(BaseModel):
         raise UsageError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
 
 
+    def check_update(self, hnsw: HnswParams, chroma_url: str | None, collection: str) -> None:
+        """An update (not a rebuild) keeps the HNSW build settings, the store and the collection the
+        index was built with; anything else needs the rebuild the message names."""
+        built = self.hnsw
+        if (built.space, built.m, built.construction_ef) != (hnsw.space, hnsw.m, hnsw.construction_ef):
+            raise UsageError(
+                f"the index was built with hnsw space={built.space} M={built.m} ef_construction={built.construction_ef}; "
+                f"settings ask for space={hnsw.space} M={hnsw.m} ef_construction={hnsw.construction_ef}: {REBUILD_HINT}"
+            )
+        self.check_store(chroma_url, writing=True)
+        if self.collection != collection:
+            raise UsageError(
+                f"the index was built in collection {self.collection!r}, settings name {collection!r}: {REBUILD_HINT}"
+            )
+
 def same_store(a: str | None, b: str | None) -> bool:
     """Whether two chroma URLs (None: the embedded store) name one store (`http://h:8000/` = `h`)."""
     if a is None or b is None:

@@ -35,10 +35,12 @@ class IndexStage(Stage):
 
     def check_usable(self, ws: Workspace, settings: Settings) -> None:
         from index.manifest import IndexPaths, load_manifest
+        from index.store import HnswParams
 
         manifest = load_manifest(IndexPaths(ws.index_dir).manifest)
         if manifest is not None:
-            manifest.check_store(settings.index.chroma_url, writing=True)
+            cfg = settings.index
+            manifest.check_update(HnswParams.from_settings(cfg), cfg.chroma_url, cfg.collection)
 
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         return existing(ws.rag_path)

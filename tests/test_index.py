@@ -315,6 +315,11 @@ def test_the_index_is_searched_and_updated_only_in_the_store_it_was_built_in(
         IndexStage().check_usable(ws, settings)
     on_server = settings.model_copy(update={"index": settings.index.model_copy(update={"chroma_url": chroma_server})})
     IndexStage().check_usable(ws, on_server)
+    for change, message in (({"hnsw_m": 32}, "built with hnsw space=cosine M=16"),
+                            ({"collection": "other"}, "built in collection 'playbooks', settings name 'other'")):
+        changed = on_server.model_copy(update={"index": on_server.index.model_copy(update=change)})
+        with pytest.raises(UsageError, match=message):
+            IndexStage().check_usable(ws, changed)
     other = chroma_server.replace("127.0.0.1", "localhost")
     with pytest.raises(DistillError, match=f"this search reads the Chroma server at {other}"):
         open_searcher(ws, settings, embedder=embedder, chroma_url=other)
