@@ -23,9 +23,18 @@ from distill.config import Settings, load_settings
 from distill.errors import DistillError, Terminated, UsageError
 from distill.workspace import Workspace
 
+def directory_path(value: str) -> Path:
+    """A directory named on the command line; an empty one is refused rather than read as the
+    current directory (`--root "$WS"` or `init "$DIR"` with the variable unset)."""
+    if not value.strip():
+        raise typer.BadParameter("an empty path (an unset shell variable?): name the directory, or '.' for this one")
+    return Path(value)
+
+
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", help="workspace root (default: $DISTILL_ROOT, else the current directory)"),
+    typer.Option("--root", parser=directory_path, metavar="<path>",
+                 help="workspace root (default: $DISTILL_ROOT, else the current directory)"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print a JSON result for scripts")]
 

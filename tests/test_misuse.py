@@ -258,7 +258,8 @@ def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: 
     ["init_a_file", "init_under_proc", "reports_is_a_file", "toml_is_a_dir", "env_not_json", "env_sources", "env_list",
      "absolute_mapping", "ollama_host_bad_port", "ollama_host_not_url", "toml_nested_too_deep", "env_nested_too_deep",
      "every_empty", "every_past_the_clock", "toml_utf16", "toml_is_a_fifo", "source_name_taken",
-     "two_sources_read_one_file", "chroma_url_not_http", "openai_base_url_not_http", "escalation_url_bad_port"],
+     "two_sources_read_one_file", "chroma_url_not_http", "openai_base_url_not_http", "escalation_url_bad_port",
+     "init_an_empty_path", "root_an_empty_path"],
 )
 def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> None:
     root = _workspace(tmp_path / "ws", rows=2)
@@ -295,6 +296,10 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
     elif case.startswith("ollama_host"):
         env = {"OLLAMA_HOST": "http://127.0.0.1:99999" if case.endswith("port") else "not a url::"}
         cmd = [*REPLAY, "--root", str(root), "--backend", "ollama", "--no-retrieval", "--task", "hello there"]
+    elif case == "init_an_empty_path":  # `distill init "$DIR"`, DIR unset: made the current directory a workspace
+        cmd = [*DISTILL, "init", ""]
+    elif case == "root_an_empty_path":  # `--root "$WS"`, WS unset: acted on the current directory
+        cmd = [*DISTILL, "run", "--no-index", "--root", ""]
     elif case == "source_name_taken":  # was a recorded run whose collect failed (exit 1), drift alerts and all
         (root / "distill.toml").write_text('[[sources]]\nname = "audits"\npath = "mine.jsonl"\ntask_id = "t"\ntext = "o"\n')
     elif case == "two_sources_read_one_file":
@@ -312,6 +317,8 @@ def test_8_expected_failures_are_one_line_exit_2(tmp_path: Path, case: str) -> N
     if case in ("source_name_taken", "two_sources_read_one_file", "chroma_url_not_http"):
         assert not (root / "reports").exists() or not any((root / "reports").iterdir())  # no run was recorded
         assert not (root / "evidence").exists() or not any((root / "evidence").rglob("*.jsonl"))
+    if case.endswith("_an_empty_path"):
+        assert "an empty path" in message and not (Path.cwd() / "_kb").exists()
     if case.endswith(("_not_http", "_bad_port")):
         assert "is not a usable URL" in message
 

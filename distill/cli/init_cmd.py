@@ -10,7 +10,7 @@ import typer
 from pydantic import BaseModel
 from rich.text import Text
 
-from distill.command import JsonOption, console, emit_json, handle_errors
+from distill.command import JsonOption, console, directory_path, emit_json, handle_errors
 from distill.errors import UsageError
 from distill.workspace import Workspace
 
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @app.command("init")
     @handle_errors
     def init(
-        directory: Annotated[Path, typer.Argument(help="workspace directory to create")],
+        directory: Annotated[Path, typer.Argument(parser=directory_path, help="workspace directory to create")],
         sample: Annotated[bool, typer.Option("--sample", help="seed _kb/ with the bundled sample streams")] = False,
         json_out: JsonOption = False,
     ) -> None:
