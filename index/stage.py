@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from distill.config import Settings
+from distill.errors import DistillError
 from distill.records.stage import StageReport
 from distill.stage import Stage, existing
 from distill.workspace import Workspace
@@ -37,7 +38,10 @@ class IndexStage(Stage):
         from index.manifest import IndexPaths, load_manifest
         from index.store import HnswParams
 
-        manifest = load_manifest(IndexPaths(ws.index_dir).manifest)
+        try:
+            manifest = load_manifest(IndexPaths(ws.index_dir).manifest, docs=False)
+        except DistillError:
+            return  # an unreadable manifest is the stage's failure (the other stages still run)
         if manifest is not None:
             cfg = settings.index
             manifest.check_update(HnswParams.from_settings(cfg), cfg.chroma_url, cfg.collection)

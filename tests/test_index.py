@@ -340,3 +340,14 @@ def test_the_index_is_searched_and_updated_only_in_the_store_it_was_built_in(
     assert open_searcher(ws, settings, embedder=embedder).search(QUERIES[0], k=3)
     with pytest.raises(DistillError, match="built in the embedded store .* pass no --chroma-url"):
         open_searcher(ws, settings, embedder=embedder, chroma_url=chroma_server)
+
+
+def test_distill_run_leaves_an_unreadable_manifest_to_the_index_stage(tmp_path: Path) -> None:
+    """Asked before the run, the index stage refuses settings that need a rebuild; a damaged
+    manifest is not a usage mistake: the run goes on and the index stage fails, naming the rebuild."""
+    ws, settings = _ws(tmp_path, [rag_row(1)])
+    ws.index_dir.mkdir(parents=True, exist_ok=True)
+    (ws.index_dir / "manifest.json").write_bytes(b"{not json")
+    IndexStage().check_usable(ws, settings)
+    with pytest.raises(DistillError, match="unreadable .* run `distill index --rebuild`"):
+        load_manifest(ws.index_dir / "manifest.json", docs=False)
