@@ -530,7 +530,12 @@ class _Pass1:
 
 
 def _rows(bucket: RecordFile) -> Iterator[Row]:
-    return (Row(*t) for t in bucket)
+    """The bucket's rows in input order; a task's rows share one task-id and one prompt string
+    (unpickled, each row would carry its own copies: a task with most of the rows held them all)."""
+    shared: dict[str, str] = {}
+    for t in bucket:
+        index, key, task_id, prompt, *rest = t
+        yield Row(index, key, shared.setdefault(task_id, task_id), shared.setdefault(prompt, prompt), *rest)
 
 
 def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
@@ -551,21 +556,24 @@ def _by_category(rows: list[Row], category: Category) -> list[Row]:
     return _sorted(r for r in rows if r.category is category)
 
 
-def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, decided: list[Decided],
+def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
                       cross_out: list[RecordFile] | None) -> int:
-    """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on."""
+    """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on.
+    The refusals and the other decisions go to two files, each in input order as the bucket's rows
+    are (sorted runs for the final merge): nothing of a decided row waits in memory, which a task
+    holding most of the rows would otherwise fill with their quarantine lines."""
     seen: dict[RowKey, str] = {}
     eligible: list[Row] = []
     for row in rows:
         if row.key in seen:
             rec = pairer.payload.get(row).quarantine(QuarantineReason.DUPLICATE_ID,
                                                      [f"run {row.key[0]} revision already read at {seen[row.key]}"])
-            decided.append(_quarantined(row.index, row.source, row.category.value, rec))
+            refused.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
         seen[row.key] = row.where
         if row.failure is not None:
             rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
-            decided.append(_quarantined(row.index, row.source, row.category.value, rec))
+            refused.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
         eligible.append(row)
 
@@ -650,16 +658,19 @@ def export_preference(
         for b, bucket in enumerate(task_buckets):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
                              spill.records(f"task-pairs-{b}", batch=IN_ORDER_BATCH))
-            decided: list[Decided] = []
-            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, decided, cross_buckets)
-            decided_runs.append(_sorted_run(spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH), decided))
+            refused = spill.records(f"task-refused-{b}", batch=IN_ORDER_BATCH)
+            decided_run = spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH)
+            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, refused, decided_run, cross_buckets)
+            for run in (refused, decided_run):
+                run.seal()  # its write buffer goes now, not when the merge reads it
+                decided_runs.append(run)
             same_task_pairs.append(pairer.pairs)
 
         cross_pairs: list[RecordFile] = []
         for c, bucket in enumerate(cross_buckets or []):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
                              spill.records(f"cross-pairs-{c}", batch=IN_ORDER_BATCH))
-            decided = []
+            decided: list[Decided] = []
             rows = [(Row(*t), Fate(*fate)) for t, fate in bucket]
             result.pairs_cross_source += _pair_cross_bucket(rows, pairer, decided)
             decided_runs.append(_sorted_run(spill.records(f"cross-decided-{c}", batch=IN_ORDER_BATCH), decided))
@@ -669,7 +680,11 @@ def export_preference(
                                        merge_sorted(cross_pairs, key=lambda p: p[0])):
             on_sample(line)
         tally = Tally()
+        last = -1
         for index, source, category, reason, line, deduped in merge_sorted(decided_runs, key=lambda d: d[0]):
+            if index <= last:  # a run that was not in input order: the quarantine file would be shuffled
+                raise RuntimeError(f"preference decisions out of input order ({index} after {last})")
+            last = index
             if reason is None:
                 tally.bump(source, "deduped" if deduped else "written", category=category)
             else:
