@@ -11,7 +11,7 @@ from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
-from distill.jsonl import utf16_problem, write_atomic
+from distill.jsonl import utf16_problem, write_named_file
 
 
 MAX_MESSAGE_BYTES = 1_048_576  # GitHub caps a PR body at 65,536 characters
@@ -58,9 +58,9 @@ def register(app: typer.Typer) -> None:
         report = audit(ws, settings, repo, revision_range, message=message, use_model=model, backend=backend,
                        record=not no_record)
         if sarif_file is not None:
-            write_atomic(sarif_file, (json.dumps(sarif(report, __version__), indent=2) + "\n").encode())
+            write_named_file(sarif_file, (json.dumps(sarif(report, __version__), indent=2) + "\n").encode())
         if markdown_file is not None:
-            write_atomic(markdown_file, markdown(report).encode())
+            write_named_file(markdown_file, markdown(report).encode())
         if json_out:
             emit_json(report)
         else:

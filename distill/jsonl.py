@@ -434,6 +434,31 @@ def write_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def write_named_file(path: Path, data: bytes) -> None:
+    """Write a file the user named on the command line (`--sarif`, `--markdown`). A regular file
+    is replaced atomically (through a symlink: its target, the link stays); anything else that
+    exists (/dev/stdout, /dev/null, a FIFO) is written to as it is: renaming over it replaced the
+    device itself (`--sarif /dev/zero` as root left /dev/zero a regular file). A failure is one line."""
+    import stat
+
+    from distill.errors import UsageError
+
+    try:
+        try:
+            mode = path.stat().st_mode  # through symlinks
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise UsageError(f"{path} is a directory, not a file to write")
+        if mode is not None and not stat.S_ISREG(mode):
+            with open(path, "wb") as fh:
+                fh.write(data)
+            return
+        write_atomic(path.resolve() if path.is_symlink() else path, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def write_if_changed(path: Path, data: bytes, *, current: bytes | None = None) -> bool:
     """Atomically replace `path` with `data` unless it already holds exactly those bytes, so an
     unchanged derived file keeps its bytes and mtime. `current` saves a read when the caller

@@ -160,6 +160,33 @@ def test_a_clean_change_passes_and_writes_every_form(tmp_path: Path, ws: Path) -
     assert json.loads(sarif_path.read_text())["runs"][0]["results"] == []
 
 
+def test_named_outputs_that_are_not_regular_files_are_written_to_not_replaced(tmp_path: Path, ws: Path) -> None:
+    """`--sarif` was written through a temp file renamed over the path: as root, `--sarif /dev/zero`
+    replaced the device with a regular file (and `--sarif /dev/stdout` would have replaced the
+    link). A FIFO stands in for the device here; a symlink keeps pointing at its target."""
+    import os
+    import stat
+
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"app/core.py": "def add(a, b):\n    return a + b  # ok\n"}, "Touch app/core.py")
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    target, link = tmp_path / "real.md", tmp_path / "link.md"
+    target.write_text("old")
+    link.symlink_to(target)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the writer's open does not wait for a reader
+    try:
+        code, _, err = audit_cli(ws, repo, "HEAD~1..HEAD", "--sarif", str(fifo), "--markdown", str(link))
+        assert code == 0, err
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert json.loads(os.read(reader, 1 << 20))["version"] == "2.1.0"
+    finally:
+        os.close(reader)
+    assert link.is_symlink() and "audit" in target.read_text().lower()
+    code, _, err = audit_cli(ws, repo, "HEAD~1..HEAD", "--sarif", str(tmp_path))
+    assert code == 2 and "is a directory" in err and len(err.strip().splitlines()) == 1
+
+
 def test_sarif_validates_against_the_2_1_0_schema(tmp_path: Path, ws: Path) -> None:
     import jsonschema
 
