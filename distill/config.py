@@ -29,9 +29,10 @@ NON_SETTING_VARS = frozenset({"DISTILL_ROOT", "DISTILL_SHARED_DATASETS"})
 finds the shared public datasets."""
 
 
-def parse_http_url(url: str) -> tuple[str, int, bool]:
-    """http(s)://host[:port][/path] -> (host, port, ssl); no scheme means http. A ValueError says
-    what is wrong: the one parser for every server address a setting or a flag names."""
+def parse_http_url(url: str) -> tuple[str, int | None, bool]:
+    """http(s)://host[:port][/path] -> (host, port or None, ssl); no scheme means http. A ValueError
+    says what is wrong: the one parser for every server address a setting or a flag names (each
+    caller knows its server's default port)."""
     from urllib.parse import urlparse
 
     try:
@@ -41,8 +42,7 @@ def parse_http_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"{url!r} is not a usable URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"{url!r} is not a usable URL: expected http(s)://HOST[:PORT]")
-    ssl = parsed.scheme == "https"
-    return parsed.hostname, port or (443 if ssl else 8000), ssl
+    return parsed.hostname, port, parsed.scheme == "https"
 
 
 def _http_url(value: str) -> str:

@@ -109,7 +109,6 @@ class Manifest(BaseModel):
         fix = f"pass {same}, or {REBUILD_HINT} to build it in {asked}" if writing else f"pass {same}"
         raise UsageError(f"the index was built in {built}, this {'run writes to' if writing else 'search reads'} {asked}: {fix}")
 
-
     def check_update(self, hnsw: HnswParams, chroma_url: str | None, collection: str) -> None:
         """An update (not a rebuild) keeps the HNSW build settings, the store and the collection the
         index was built with; anything else needs the rebuild the message names."""
@@ -124,6 +123,7 @@ class Manifest(BaseModel):
             raise UsageError(
                 f"the index was built in collection {self.collection!r}, settings name {collection!r}: {REBUILD_HINT}"
             )
+
 
 def same_store(a: str | None, b: str | None) -> bool:
     """Whether two chroma URLs (None: the embedded store) name one store (`http://h:8000/` = `h`)."""

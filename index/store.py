@@ -57,9 +57,10 @@ class HnswParams(BaseModel):
 def parse_chroma_url(url: str) -> tuple[str, int, bool]:
     """http(s)://host[:port] -> (host, port, ssl); a bad URL is a usage error, not a traceback."""
     try:
-        return parse_http_url(url)
+        host, port, ssl = parse_http_url(url)
     except ValueError as exc:
         raise DistillError(f"--chroma-url {exc}") from None
+    return host, port or (443 if ssl else 8000), ssl  # 8000: `chroma run`'s port
 
 
 STORE_FILE = "chroma.sqlite3"  # what an embedded Chroma store keeps its records in
