@@ -22,7 +22,7 @@ from distill.export.pair_grid import Grid
 from distill.export.preference import (
     Row,
     Spilled,
-    _across,
+    ACROSS,
     _build,
     _Pairer,
     _Payload,
@@ -33,6 +33,11 @@ from distill.export.quarantine import validation_errors
 from distill.export.spill import Spill
 from distill.jsonl import dumps
 from distill.records import Category, QuarantineReason
+
+
+def _across(chosen: Row, rejected: Row) -> bool:
+    """The cross-source filter as the pairer applied it to every pair before grids skipped."""
+    return chosen.source != rejected.source and chosen.task_id != rejected.task_id
 
 
 def _old_spread(chosen: list, rejected: list) -> list:
@@ -97,6 +102,31 @@ def test_grid_positions_are_the_spread_order(a: int, b: int, offset: int, after:
         assert list(grid.after_rejected(j, after)) == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(chosen=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=9),
+       rejected=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=9),
+       offset=st.integers(0, 50), after=st.integers(-2, 140))
+def test_a_grid_that_admits_only_differing_rows_walks_the_filtered_spread_order(
+        chosen: list[tuple[int, int]], rejected: list[tuple[int, int]], offset: int, after: int) -> None:
+    """Rows are (source, task); runs of equal values (rows sorted by key group them) are jumped."""
+    def admitted(c: tuple[int, int], r: tuple[int, int]) -> bool:
+        return c[0] != r[0] and c[1] != r[1]
+
+    cs = [(s, t, f"c{i}") for i, (s, t) in enumerate(chosen)]
+    rs = [(s, t, f"r{j}") for j, (s, t) in enumerate(rejected)]
+    differ = (lambda row: row[0], lambda row: row[1])
+    grid = Grid(cs, rs, offset=offset, differ=differ)
+    plain = list(Grid(cs, rs, offset=offset))
+    assert list(grid) == [p for p in plain if admitted(p[1], p[2])]
+    assert grid.end == offset + len(cs) * len(rs)
+    for i in range(len(cs)):
+        expected = [p for p in plain if p[1] is cs[i] and p[0] > after and admitted(p[1], p[2])]
+        assert list(grid.after_chosen(i, after)) == expected
+    for j in range(len(rs)):
+        expected = [p for p in plain if p[2] is rs[j] and p[0] > after and admitted(p[1], p[2])]
+        assert list(grid.after_rejected(j, after)) == expected
+
+
 _TEXTS = ["fix the parser", "fix the parser ", "rewrite the lexer", "", "add a test", "drop the cache"]
 _CATEGORIES = [Category.ACCEPTED, Category.REJECTED, Category.PARTIALLY_ACCEPTED]
 
@@ -112,7 +142,7 @@ def _row(payload: _Payload, index: int, run: int, text: int, category: Category,
                           spilled.category, spilled.first_reason, spilled.scored_source, spilled.detail))
     return Row(index=index, key=key, task_id=f"task-{task}", prompt="Which change fixes the bug?", category=category,
                source=f"s{source}", text_digest=_text_digest(_TEXTS[text]), cross_candidate=True,
-               where=f"x:{index}", failure=None, offset=offset)
+               failure=None, offset=offset)
 
 
 _ROW = st.tuples(st.integers(0, 5), st.integers(0, len(_TEXTS) - 1), st.sampled_from(_CATEGORIES),
@@ -150,7 +180,7 @@ def test_grid_pairer_decides_what_walking_every_pair_did(
         made_old = _reference_offer(old, listed, task_id=task_id, pairing="cross_source" if cross else "same_task",
                                     prompt_of="Which change fixes the bug?" if cross else None, sort_key=("k",))
         made_new = new.offer(acc, rejected_groups, task_id=task_id, pairing="cross_source" if cross else "same_task",
-                             prompt_of="Which change fixes the bug?" if cross else None, sort_key=("k",), admit=admit)
+                             prompt_of="Which change fixes the bug?" if cross else None, sort_key=("k",), differ=ACROSS if cross else ())
         assert made_new == made_old
         assert new.made_per_task == old.made_per_task
 
@@ -184,3 +214,40 @@ def test_a_task_retried_thousands_of_times_is_paired_in_row_time(tmp_path: Path)
 def test_an_empty_side_has_no_pairs(a: int, b: int) -> None:
     grid = Grid(list(range(a)), list(range(b)), offset=7)
     assert list(grid) == [] and grid.end == 7
+
+
+def test_one_sources_verdicts_on_one_question_cost_rows_not_pairs(tmp_path: Path) -> None:
+    """20,000 accepted x 20,000 rejected reviews of one question from one source: 400 million
+    candidate pairs, none of them cross-source. Filtering every pair took minutes; the grid
+    finds none in row time. One other source's rows, sorted last, pair with the first rows."""
+    with Spill(tmp_path) as spill:
+        payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+        one = _row(payload, 0, 0, 0, Category.ACCEPTED, 0, 0)
+        other = _row(payload, 1, 1, 2, Category.REJECTED, 0, 0)
+        acc = [Row(*(i, (f"run-a{i}", one.key[1]), *one.as_tuple()[2:])) for i in range(20_000)]
+        rej = [Row(*(20_000 + j, (f"run-r{j}", other.key[1]), *other.as_tuple()[2:])) for j in range(20_000)]
+        looked = Counter[str]()
+
+        def counted(name: str, key: Callable[[Row], str]) -> Callable[[Row], str]:
+            def look(row: Row) -> str:
+                looked[name] += 1
+                return key(row)
+            return look
+
+        p = _Pairer(set(), Counter(), 5, payload, spill.records("pairs"))
+        across = tuple(counted(str(k), key) for k, key in enumerate(ACROSS))
+        assert p.offer(acc, [rej], task_id="q", pairing="cross_source", prompt_of="Which change fixes the bug?",
+                       sort_key=("k",), differ=across) == 0
+        assert p.fates == {}
+        assert looked == {"0": 40_000, "1": 40_000}  # each key once per row, not per pair
+        late = _row(payload, 2, 2, 4, Category.REJECTED, 1, 1)
+        rej.append(Row(*(40_000, ("run-z", late.key[1]), *late.as_tuple()[2:])))
+        p = _Pairer(set(), Counter(), 5, payload, spill.records("pairs-2"))
+        assert p.offer(acc, [rej], task_id="q", pairing="cross_source", prompt_of="Which change fixes the bug?",
+                       sort_key=("k",), differ=ACROSS) == 5
+        used = sorted(i for i, f in p.fates.items() if f.in_new)
+        assert used == [0, 1, 2, 3, 4, 40_000]  # the last rejected row with the first chosen rows
+        # every other chosen row's only admitted pair is refused by the cap (so are the later ones
+        # of the rejected row the pairs used: a row keeps the first reason it is told)
+        capped = {i for i, f in p.fates.items() if f.why is not None}
+        assert capped == set(range(5, 20_000)) | {40_000}

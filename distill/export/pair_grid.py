@@ -8,23 +8,66 @@ have a hundred million. Once the cap is reached, each later pair only tells its 
 were not used, and a row keeps the first reason it is told, so the pairer walks the pairs one by one
 only until then and afterwards asks each row for the first later pair that holds it
 (`after_chosen` / `after_rejected`): work and memory in rows, not in pairs.
+
+A grid may admit only the pairs whose two rows differ in every one of some keys (cross-source
+pairs: another source and another task). Filtering the walk instead would cost a x b steps when
+few pairs are admitted (a reviewer's thousands of verdicts on one question, all from one source,
+admit none), so the grid jumps over runs of rows that share a key with the other side: each row
+side keeps, per key, where the next row with another value starts.
 """
 
 from __future__ import annotations
 
+import heapq
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 Pair = tuple[int, T, T]  # (position, chosen, rejected)
+Key = Callable[[T], Hashable]
+
+
+class _Side(Generic[T]):
+    """One side's values of the keys a pair must differ in, and where each run of a value ends."""
+
+    def __init__(self, rows: Sequence[T], keys: Sequence[Key[T]]) -> None:
+        self.n = len(rows)
+        self.values = [[key(row) for row in rows] for key in keys]
+        self.run_end: list[array[int]] = []
+        for column in self.values:
+            ends = array("q", bytes(8 * self.n))
+            nxt = self.n
+            for y in range(self.n - 1, -1, -1):
+                if y + 1 < self.n and column[y + 1] != column[y]:
+                    nxt = y + 1
+                ends[y] = nxt
+            self.run_end.append(ends)
+
+    def of(self, y: int) -> tuple[Hashable, ...]:
+        return tuple(column[y] for column in self.values)
+
+    def next_admitted(self, other: tuple[Hashable, ...], y: int) -> int:
+        """The first row from `y` on that differs from `other` in every key (n: none)."""
+        values, run_end, n = self.values, self.run_end, self.n
+        while y < n:
+            for k, value in enumerate(other):
+                if values[k][y] == value:
+                    y = run_end[k][y]  # every row to the end of this run shares the value
+                    break
+            else:
+                return y
+        return n
 
 
 class Grid(Generic[T]):
     """chosen x rejected in spread order; positions start at `offset` (a grid offered after another
-    goes on from where that one ends)."""
+    goes on from where that one ends). With `differ`, only the pairs whose rows differ in every
+    key are walked; positions stay those of the full grid."""
 
-    def __init__(self, chosen: Sequence[T], rejected: Sequence[T], offset: int = 0) -> None:
+    def __init__(self, chosen: Sequence[T], rejected: Sequence[T], offset: int = 0,
+                 differ: Sequence[Key[T]] = ()) -> None:
         self.chosen, self.rejected, self.offset = chosen, rejected, offset
         a, b = len(chosen), len(rejected)
         # position (within the grid) of each anti-diagonal's first pair
@@ -34,12 +77,16 @@ class Grid(Generic[T]):
                 starts.append(starts[-1] + min(a - 1, s) - max(0, s - b + 1) + 1)
         self._starts = starts
         self.end = offset + starts[-1]  # one past the last position
+        self._sides = (_Side(chosen, differ), _Side(rejected, differ)) if differ and a and b else None
 
     def position(self, i: int, j: int) -> int:
         s = i + j
         return self.offset + self._starts[s] + i - max(0, s - len(self.rejected) + 1)
 
     def __iter__(self) -> Iterator[Pair[T]]:
+        if self._sides is not None:
+            yield from self._admitted()
+            return
         a, b = len(self.chosen), len(self.rejected)
         n = self.offset
         for s in range(a + b - 1 if a and b else 0):
@@ -47,16 +94,61 @@ class Grid(Generic[T]):
                 yield n, self.chosen[i], self.rejected[s - i]
                 n += 1
 
-    def after_chosen(self, i: int, after: int) -> Iterator[Pair[T]]:
-        """The pairs holding chosen row i at positions after `after`, in order."""
-        b = len(self.rejected)
-        first = bisect_right(range(b), after, key=lambda j: self.position(i, j))
-        for j in range(first, b):
+    def _admitted(self) -> Iterator[Pair[T]]:
+        """The admitted pairs in spread order: a merge of each chosen row's admitted partners."""
+        assert self._sides is not None
+        chosen_side, rejected_side = self._sides
+        b = rejected_side.n
+        heap = [(i + j, i, j) for i in range(chosen_side.n)
+                if (j := rejected_side.next_admitted(chosen_side.of(i), 0)) < b]
+        heapq.heapify(heap)
+        while heap:
+            _, i, j = heap[0]
             yield self.position(i, j), self.chosen[i], self.rejected[j]
+            j = rejected_side.next_admitted(chosen_side.of(i), j + 1)
+            if j < b:
+                heapq.heapreplace(heap, (i + j, i, j))
+            else:
+                heapq.heappop(heap)
+
+    def _at(self, after: int) -> tuple[int, int]:
+        """(anti-diagonal, chosen row) of the pair at position `after`; (-1, -1) before the first,
+        (a + b, a) past the last: a pair (i, j) comes after it iff (i + j, i) is greater."""
+        a, b = len(self.chosen), len(self.rejected)
+        p = after - self.offset
+        if p < 0:
+            return -1, -1
+        if p >= self._starts[-1]:
+            return a + b, a
+        s = bisect_right(self._starts, p) - 1
+        return s, p - self._starts[s] + max(0, s - b + 1)
+
+    def after_chosen(self, i: int, after: int) -> Iterator[Pair[T]]:
+        """The (admitted) pairs holding chosen row i at positions after `after`, in order."""
+        b = len(self.rejected)
+        s, at = self._at(after)
+        j = min(b, max(0, s - i + (0 if i > at else 1)))
+        if self._sides is None:
+            for j in range(j, b):
+                yield self.position(i, j), self.chosen[i], self.rejected[j]
+            return
+        chosen_side, rejected_side = self._sides
+        own = chosen_side.of(i)
+        while (j := rejected_side.next_admitted(own, j)) < b:
+            yield self.position(i, j), self.chosen[i], self.rejected[j]
+            j += 1
 
     def after_rejected(self, j: int, after: int) -> Iterator[Pair[T]]:
-        """The pairs holding rejected row j at positions after `after`, in order."""
+        """The (admitted) pairs holding rejected row j at positions after `after`, in order."""
         a = len(self.chosen)
-        first = bisect_right(range(a), after, key=lambda i: self.position(i, j))
-        for i in range(first, a):
+        s, at = self._at(after)
+        i = min(a, max(0, s - j + (0 if s - j > at else 1)))
+        if self._sides is None:
+            for i in range(i, a):
+                yield self.position(i, j), self.chosen[i], self.rejected[j]
+            return
+        chosen_side, rejected_side = self._sides
+        own = rejected_side.of(j)
+        while (i := chosen_side.next_admitted(own, i)) < a:
             yield self.position(i, j), self.chosen[i], self.rejected[j]
+            i += 1

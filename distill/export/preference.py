@@ -33,7 +33,7 @@ import dataclasses
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,13 +108,12 @@ class Row:
     source: str
     text_digest: bytes
     cross_candidate: bool  # verdict-bearing review: may pair across sources
-    where: str  # scored_file:line, named when a later duplicate is refused
     failure: tuple[str, list[str]] | None  # the firewall's verdict
     offset: int
 
     def as_tuple(self) -> tuple[object, ...]:
         return (self.index, self.key, self.task_id, self.prompt, self.category, self.source, self.text_digest,
-                self.cross_candidate, self.where, self.failure, self.offset)
+                self.cross_candidate, self.failure, self.offset)
 
 
 @dataclass(slots=True)
@@ -170,6 +169,12 @@ class Spilled:
                                  errors, self.key[0])
 
 
+def _where(detail: dict[str, Any]) -> str:
+    """scored_file:line of a row (its quarantine detail has both), named when a later duplicate
+    is refused; read back from the payload then, so a row held for pairing does not carry it."""
+    return f"{detail['scored_file']}:{detail.get('scored_line')}"
+
+
 def _build(c: Spilled, r: Spilled, *, task_id: str, pairing: str, prompt: str) -> PreferenceSample:
     reason = (
         f"chosen {c.evidence_source} run scored {c.category} ({c.first_reason}); "
@@ -221,6 +226,9 @@ class _Payload:
         return dataclasses.replace(spilled, text=text)
 
 
+_IDENTICAL_TEXTS: Reason = (QuarantineReason.INVALID_PREFERENCE_PAIRING, "chosen and rejected texts are identical")
+
+
 class _Pairer:
     """Pair selection for one bucket, with the per-task cap and the reasons rows end up unpaired.
 
@@ -236,6 +244,7 @@ class _Pairer:
         self.payload = payload
         self.pairs = pairs  # (sort key, JSON line) in pairing order
         self.fates: dict[int, Fate] = {}
+        self._cap_reached: dict[str, Reason] = {}
 
     def fate(self, row: Row) -> Fate:
         found = self.fates.get(row.index)
@@ -257,20 +266,23 @@ class _Pairer:
         if chosen.key[0] == rejected.key[0]:
             return (QuarantineReason.SELF_PAIRING, f"only counterpart is another revision of run {chosen.key[0]}")
         if chosen.text_digest == rejected.text_digest:
-            return (QuarantineReason.INVALID_PREFERENCE_PAIRING, "chosen and rejected texts are identical")
+            return _IDENTICAL_TEXTS
         if self._full(task_id):
-            return (QuarantineReason.INVALID_PREFERENCE_PAIRING,
-                    f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
+            found = self._cap_reached.get(task_id)
+            if found is None:  # one tuple per task: once the cap is reached, most rows hold it
+                found = self._cap_reached[task_id] = (QuarantineReason.INVALID_PREFERENCE_PAIRING,
+                                                      f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
+            return found
         return None
 
     def offer(self, chosen: list[Row], rejected_groups: list[list[Row]], *, task_id: str, pairing: str,
-              prompt_of: str | None, sort_key: tuple[str, ...], admit: Callable[[Row, Row], bool] | None = None) -> int:
+              prompt_of: str | None, sort_key: tuple[str, ...], differ: Sequence[Callable[[Row], str]] = ()) -> int:
         """Offer chosen x each rejected group in spread order (`pair_grid`), the groups one after
-        another, skipping pairs `admit` refuses; take valid pairs until the task's cap. Returns
-        how many new pairs."""
+        another, only pairs whose rows differ in every `differ` key; take valid pairs until the
+        task's cap. Returns how many new pairs."""
         grids: list[Grid[Row]] = []
         for rejected in rejected_groups:
-            grids.append(Grid(chosen, rejected, offset=grids[-1].end if grids else 0))
+            grids.append(Grid(chosen, rejected, offset=grids[-1].end if grids else 0, differ=differ))
         made = 0
         existing = self.existing_ids
         # pairs exported by an earlier run are kept first (they already count against the cap);
@@ -280,7 +292,7 @@ class _Pairer:
         kept: set[int] = set()
         to_find = self.existing_per_task[task_id] if existing else 0
         if to_find:
-            for n, c, r in _pairs(grids, admit):
+            for n, c, r in itertools.chain.from_iterable(grids):
                 if pref_id(c.key, r.key) in existing:
                     self.fate(c).in_existing = self.fate(r).in_existing = True
                     kept.add(n)
@@ -289,11 +301,11 @@ class _Pairer:
                         break
         last_kept = max(kept, default=-1)
         walked = -1  # the last position taken one pair at a time
-        for n, c, r in _pairs(grids, admit):
+        for n, c, r in itertools.chain.from_iterable(grids):
             if n > last_kept and self._full(task_id):
                 # every pair from here on is refused and only tells its rows why: ask each row
                 # for its first one instead of walking them all
-                self._note_rest(grids, admit, task_id, after=walked)
+                self._note_rest(grids, task_id, after=walked)
                 return made
             walked = n
             if n in kept:
@@ -315,32 +327,23 @@ class _Pairer:
             made += 1
         return made
 
-    def _note_rest(self, grids: list[Grid[Row]], admit: Callable[[Row, Row], bool] | None, task_id: str,
-                   *, after: int) -> None:
+    def _note_rest(self, grids: list[Grid[Row]], task_id: str, *, after: int) -> None:
         """What walking every pair after position `after` would note, the cap being reached (no
         pair there is kept or built): a row without a reason takes that of its first such pair."""
         for i, row in enumerate(grids[0].chosen if grids else []):
-            self._note_first(row, (p for g in grids for p in g.after_chosen(i, after)), admit, task_id)
+            self._note_first(row, (p for g in grids for p in g.after_chosen(i, after)), task_id)
         for grid in grids:
             for j, row in enumerate(grid.rejected):
-                self._note_first(row, grid.after_rejected(j, after), admit, task_id)
+                self._note_first(row, grid.after_rejected(j, after), task_id)
 
-    def _note_first(self, row: Row, later: Iterator[tuple[int, Row, Row]],
-                    admit: Callable[[Row, Row], bool] | None, task_id: str) -> None:
+    def _note_first(self, row: Row, later: Iterator[tuple[int, Row, Row]], task_id: str) -> None:
         found = self.fates.get(row.index)
         if found is not None and found.why is not None:
             return
-        for _, c, r in later:
-            if admit is None or admit(c, r):
-                self.fate(row).why = self._refusal(c, r, task_id)
-                return
-
-
-def _pairs(grids: list[Grid[Row]], admit: Callable[[Row, Row], bool] | None) -> Iterator[tuple[int, Row, Row]]:
-    for grid in grids:
-        for pair in grid:
-            if admit is None or admit(pair[1], pair[2]):
-                yield pair
+        first = next(later, None)
+        if first is not None:
+            _, c, r = first
+            self.fate(row).why = self._refusal(c, r, task_id)
 
 
 # A decided row on its way to the report and the quarantine file, ordered by input index:
@@ -365,7 +368,7 @@ _Ready = tuple[str, tuple[Any, ...], tuple[Any, ...] | None, bytes | None]
 def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass1Entry:
     _key, ev_source, _text, created_at, provenance, _category, first_reason, _source, detail = spilled
     return ["r", row.key[0], row.key[1], row.task_id, row.prompt, row.category.value, row.source,
-            row.text_digest.hex(), row.cross_candidate, row.where,
+            row.text_digest.hex(), row.cross_candidate, _where(detail),
             None if row.failure is None else [row.failure[0], row.failure[1]],
             None if passed is None else passed.hex(),
             [ev_source, created_at, provenance, first_reason, detail]]
@@ -395,7 +398,7 @@ def _parse_entry(entry: Any) -> _Ready:
     ev_source, created_at, provenance, first_reason, detail = spilled
     strings = (run_id, sig, task_id, prompt, source, where, ev_source, first_reason)
     if not (all(isinstance(v, str) for v in strings) and isinstance(cross, bool) and isinstance(detail, dict)
-            and isinstance(detail.get("scored_file"), str)):
+            and isinstance(detail.get("scored_file"), str) and where == _where(detail)):
         raise TypeError("malformed entry")
     if failure is not None:
         reason, errors = failure
@@ -403,7 +406,7 @@ def _parse_entry(entry: Any) -> _Ready:
             raise TypeError("malformed entry")
         failure = (reason, errors)
     cat = Category(category)
-    row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, where, failure)
+    row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, failure)
     datetime.fromisoformat(created_at)  # a checkpoint holds only dates that parse
     payload = ((run_id, sig), ev_source, None, created_at, _provenance(provenance), cat.value, first_reason, source,
                detail)
@@ -478,7 +481,6 @@ class _Pass1:
                 index=i, key=j.key, task_id=ev.task_id, prompt=prompt, category=j.scored.category,
                 source=j.source, text_digest=_text_digest(ev.text),
                 cross_candidate=j.scored.score_class is ScoreClass.VERDICT and ev.model_role in _REVIEW_ROLES,
-                where=f"{j.scored_file}:{j.scored_line}",
                 failure=None if failure is None else (failure.reason, failure.errors),
                 offset=self.payload.put(spilled),
             )
@@ -562,15 +564,16 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
     The refusals and the other decisions go to two files, each in input order as the bucket's rows
     are (sorted runs for the final merge): nothing of a decided row waits in memory, which a task
     holding most of the rows would otherwise fill with their quarantine lines."""
-    seen: dict[RowKey, str] = {}
+    seen: dict[RowKey, Row] = {}  # the first row of each key
     eligible: list[Row] = []
     for row in rows:
-        if row.key in seen:
+        if (first := seen.get(row.key)) is not None:
+            where = _where(pairer.payload.get(first).detail)
             rec = pairer.payload.get(row).quarantine(QuarantineReason.DUPLICATE_ID,
-                                                     [f"run {row.key[0]} revision already read at {seen[row.key]}"])
+                                                     [f"run {row.key[0]} revision already read at {where}"])
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
-        seen[row.key] = row.where
+        seen[row.key] = row
         if row.failure is not None:
             rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
@@ -600,8 +603,8 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
     return made
 
 
-def _across(chosen: Row, rejected: Row) -> bool:
-    return chosen.source != rejected.source and chosen.task_id != rejected.task_id
+# a cross-source pair: the two rows come from different sources and different tasks
+ACROSS: tuple[Callable[[Row], str], ...] = (lambda row: row.source, lambda row: row.task_id)
 
 
 def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: list[Decided]) -> int:
@@ -615,7 +618,7 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
         group = by_prompt[prompt]
         made += pairer.offer(_by_category(group, Category.ACCEPTED), [_by_category(group, Category.REJECTED)],
                              task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
-                             sort_key=(prompt,), admit=_across)
+                             sort_key=(prompt,), differ=ACROSS)
     for row, same_task in rows:
         decided.append(_final(row, [same_task, pairer.fates.get(row.index, Fate())], pairer.payload))
     return made
