@@ -54,7 +54,7 @@ def _reference_offer(p: _Pairer, pairs: list[tuple[Row, Row]], *, task_id: str, 
         if not to_find:
             break
         if pref_id(chosen.key, rejected.key) in p.existing_ids:
-            p.fate(chosen).in_existing = p.fate(rejected).in_existing = True
+            p.use((chosen, rejected), new=False)
             kept.add(n)
             to_find -= 1
     full = f"{task_id} already has {p.cap} pairs (max_pairs_per_task)"
@@ -62,24 +62,25 @@ def _reference_offer(p: _Pairer, pairs: list[tuple[Row, Row]], *, task_id: str, 
         if n in kept:
             continue
         if chosen.key[0] == rejected.key[0]:
-            p._note((chosen, rejected), QuarantineReason.SELF_PAIRING,
-                    f"only counterpart is another revision of run {chosen.key[0]}")
+            p._note((chosen, rejected), (QuarantineReason.SELF_PAIRING,
+                                         f"only counterpart is another revision of run {chosen.key[0]}"))
             continue
         if chosen.text_digest == rejected.text_digest:
-            p._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, "chosen and rejected texts are identical")
+            p._note((chosen, rejected), (QuarantineReason.INVALID_PREFERENCE_PAIRING,
+                                         "chosen and rejected texts are identical"))
             continue
         if p.existing_per_task[task_id] + p.made_per_task[task_id] >= p.cap:
-            p._note((chosen, rejected), QuarantineReason.INVALID_PREFERENCE_PAIRING, full)
+            p._note((chosen, rejected), (QuarantineReason.INVALID_PREFERENCE_PAIRING, full))
             continue
         prompt = prompt_of if prompt_of is not None else chosen.prompt
         try:
             sample = _build(p.payload.with_text(chosen), p.payload.with_text(rejected), task_id=task_id,
                             pairing=pairing, prompt=prompt)
         except ValidationError as exc:
-            p._note((chosen, rejected), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
+            p._note((chosen, rejected), (QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc))))
             continue
         p.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
-        p.fate(chosen).in_new = p.fate(rejected).in_new = True
+        p.use((chosen, rejected), new=True)
         p.made_per_task[task_id] += 1
         made += 1
     return made
@@ -185,7 +186,7 @@ def test_grid_pairer_decides_what_walking_every_pair_did(
         assert new.made_per_task == old.made_per_task
 
         def standing(p: _Pairer) -> dict[int, tuple[bool, bool, object]]:
-            return {i: (f.in_new, f.in_existing, f.why) for i, f in p.fates.items()
+            return {i: (f.in_new, f.in_existing, f.why) for i, f in p.fates().items()
                     if (f.in_new, f.in_existing, f.why) != (False, False, None)}
 
         assert standing(new) == standing(old)
@@ -204,8 +205,8 @@ def test_a_task_retried_thousands_of_times_is_paired_in_row_time(tmp_path: Path)
         rej = [Row(*(3000 + j, (f"run-r{j}", other.key[1]), *other.as_tuple()[2:])) for j in range(3000)]
         p = _Pairer(set(), Counter(), 5, payload, spill.records("pairs"))
         assert p.offer(acc, [rej, []], task_id="task-0", pairing="same_task", prompt_of=None, sort_key=("k",)) == 5
-        used = sum(f.in_new for f in p.fates.values())
-        capped = [f.why for f in p.fates.values() if not f.in_new]
+        used = sum(f.in_new for f in p.fates().values())
+        capped = [f.why for f in p.fates().values() if not f.in_new]
         assert used == 5 and len(capped) == 6000 - 5  # the first pairs share rows (spread order)
         assert None not in capped and {w[1] for w in capped} == {"task-0 already has 5 pairs (max_pairs_per_task)"}
 
@@ -238,16 +239,16 @@ def test_one_sources_verdicts_on_one_question_cost_rows_not_pairs(tmp_path: Path
         across = tuple(counted(str(k), key) for k, key in enumerate(ACROSS))
         assert p.offer(acc, [rej], task_id="q", pairing="cross_source", prompt_of="Which change fixes the bug?",
                        sort_key=("k",), differ=across) == 0
-        assert p.fates == {}
+        assert p.fates() == {}
         assert looked == {"0": 40_000, "1": 40_000}  # each key once per row, not per pair
         late = _row(payload, 2, 2, 4, Category.REJECTED, 1, 1)
         rej.append(Row(*(40_000, ("run-z", late.key[1]), *late.as_tuple()[2:])))
         p = _Pairer(set(), Counter(), 5, payload, spill.records("pairs-2"))
         assert p.offer(acc, [rej], task_id="q", pairing="cross_source", prompt_of="Which change fixes the bug?",
                        sort_key=("k",), differ=ACROSS) == 5
-        used = sorted(i for i, f in p.fates.items() if f.in_new)
+        used = sorted(i for i, f in p.fates().items() if f.in_new)
         assert used == [0, 1, 2, 3, 4, 40_000]  # the last rejected row with the first chosen rows
         # every other chosen row's only admitted pair is refused by the cap (so are the later ones
         # of the rejected row the pairs used: a row keeps the first reason it is told)
-        capped = {i for i, f in p.fates.items() if f.why is not None}
+        capped = {i for i, f in p.fates().items() if f.why is not None}
         assert capped == set(range(5, 20_000)) | {40_000}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ class Row:
                 self.cross_candidate, self.failure, self.offset)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Fate:
     """A row's standing after a pairing phase (the same fields the final decision reads)."""
 
@@ -131,10 +132,6 @@ class PreferenceExport:
     pairs_cross_source: int = 0
     pairs_existing: int = 0
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
-
-
-def _sorted(rows: Iterable[Row]) -> list[Row]:
-    return sorted(rows, key=lambda r: (r.key, r.index))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,20 +240,26 @@ class _Pairer:
         self.cap = cap
         self.payload = payload
         self.pairs = pairs  # (sort key, JSON line) in pairing order
-        self.fates: dict[int, Fate] = {}
+        # each row's standing, by input index (sets and a map rather than an object per row: a
+        # task holding most of the rows gives nearly every row a reason once its cap is reached)
+        self.used_new: set[int] = set()
+        self.used_existing: set[int] = set()
+        self.why: dict[int, Reason] = {}
         self._cap_reached: dict[str, Reason] = {}
 
-    def fate(self, row: Row) -> Fate:
-        found = self.fates.get(row.index)
-        if found is None:
-            found = self.fates[row.index] = Fate()
-        return found
+    def fate(self, index: int) -> Fate:
+        return Fate(index in self.used_new, index in self.used_existing, self.why.get(index))
 
-    def _note(self, rows: tuple[Row, Row], reason: QuarantineReason, msg: str) -> None:
+    def fates(self) -> dict[int, Fate]:
+        """The standing of every row this pairer gave one."""
+        return {i: self.fate(i) for i in sorted(self.used_new | self.used_existing | self.why.keys())}
+
+    def use(self, rows: tuple[Row, Row], *, new: bool) -> None:
+        (self.used_new if new else self.used_existing).update(row.index for row in rows)
+
+    def _note(self, rows: tuple[Row, Row], why: Reason) -> None:
         for row in rows:
-            f = self.fate(row)
-            if f.why is None:
-                f.why = (reason, msg)
+            self.why.setdefault(row.index, why)
 
     def _full(self, task_id: str) -> bool:
         return self.existing_per_task[task_id] + self.made_per_task[task_id] >= self.cap
@@ -294,7 +297,7 @@ class _Pairer:
         if to_find:
             for n, c, r in itertools.chain.from_iterable(grids):
                 if pref_id(c.key, r.key) in existing:
-                    self.fate(c).in_existing = self.fate(r).in_existing = True
+                    self.use((c, r), new=False)
                     kept.add(n)
                     to_find -= 1
                     if not to_find:
@@ -312,17 +315,17 @@ class _Pairer:
                 continue
             refusal = self._refusal(c, r, task_id)
             if refusal is not None:
-                self._note((c, r), *refusal)
+                self._note((c, r), refusal)
                 continue
             prompt = prompt_of if prompt_of is not None else c.prompt
             try:
                 sample = _build(self.payload.with_text(c), self.payload.with_text(r), task_id=task_id,
                                 pairing=pairing, prompt=prompt)
             except ValidationError as exc:
-                self._note((c, r), QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc)))
+                self._note((c, r), (QuarantineReason.SCHEMA_VIOLATION, "; ".join(validation_errors(exc))))
                 continue
             self.pairs.append((sort_key, dumps(sample.model_dump(mode="json"))))
-            self.fate(c).in_new = self.fate(r).in_new = True
+            self.use((c, r), new=True)
             self.made_per_task[task_id] += 1
             made += 1
         return made
@@ -337,13 +340,14 @@ class _Pairer:
                 self._note_first(row, grid.after_rejected(j, after), task_id)
 
     def _note_first(self, row: Row, later: Iterator[tuple[int, Row, Row]], task_id: str) -> None:
-        found = self.fates.get(row.index)
-        if found is not None and found.why is not None:
+        if row.index in self.why:
             return
         first = next(later, None)
         if first is not None:
             _, c, r = first
-            self.fate(row).why = self._refusal(c, r, task_id)
+            why = self._refusal(c, r, task_id)
+            if why is not None:
+                self.why[row.index] = why
 
 
 # A decided row on its way to the report and the quarantine file, ordered by input index:
@@ -555,7 +559,12 @@ def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
 
 
 def _by_category(rows: list[Row], category: Category) -> list[Row]:
-    return _sorted(r for r in rows if r.category is category)
+    """One category's rows by key, then input index. `rows` are in input order, so a stable sort
+    by key alone gives that order without a (key, index) tuple per row."""
+    return sorted((r for r in rows if r.category is category), key=_KEY)
+
+
+_KEY = operator.attrgetter("key")
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
@@ -579,6 +588,7 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
             continue
         eligible.append(row)
+    del seen  # pairing holds its own state per row: free the duplicate map first
 
     # A pair compares two answers to the same question: rows are grouped by task and by the
     # instruction they answered (an audit task holds findings about different files and topics;
@@ -595,7 +605,7 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
                              task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
 
     for row in eligible:
-        fate = pairer.fates.get(row.index, Fate())
+        fate = pairer.fate(row.index)
         if cross_out is not None and row.cross_candidate:
             cross_out[bucket_of(row.prompt, len(cross_out))].append((row.as_tuple(), (fate.in_new, fate.in_existing, fate.why)))
         else:
@@ -611,6 +621,7 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
     """Across sources and tasks, still only answers to one and the same instruction, and only
     verdict-bearing reviews (an observer's text judges another run, not the question)."""
     made = 0
+    rows.sort(key=lambda held: held[0].index)  # each task bucket passed its rows on in input order
     by_prompt: dict[str, list[Row]] = {}
     for row, _ in rows:
         by_prompt.setdefault(row.prompt, []).append(row)
@@ -620,7 +631,7 @@ def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: l
                              task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
                              sort_key=(prompt,), differ=ACROSS)
     for row, same_task in rows:
-        decided.append(_final(row, [same_task, pairer.fates.get(row.index, Fate())], pairer.payload))
+        decided.append(_final(row, [same_task, pairer.fate(row.index)], pairer.payload))
     return made
 
 
