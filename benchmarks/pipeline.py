@@ -284,6 +284,7 @@ def markdown(r: dict[str, Any]) -> str:
                        for s, p in r["projection_1m"].items())] if r.get("projection_1m") else []),
         f"- target size 1,000,000 rows: {'run' if r['rows'] >= 1_000_000 else 'NOT run at this size (' + r['rows_note'] + ')'}",
         *([f"- dates: {r['dates']}"] if r.get("dates") else []),
+        *([f"- rows: {r['shape']}"] if r.get("shape") else []),
         f"- machine: {r['machine']['cpu_count']} CPUs, load {r['machine']['loadavg_at_start']}, "
         f"children at nice {r['nice']}; commit {r['machine']['git_commit']}",
     ]
@@ -308,6 +309,42 @@ def plot(r: dict[str, Any], path: Path) -> Path:
 
 ONE_DAY = "every ISO timestamp on 2026-03-15"
 ISO_DATE = re.compile(rb'"20\d\d-\d\d-\d\dT')
+
+
+ONE_TASK = "one mapped source, 90 % of its rows one task and one question (a task retried all day)"
+
+
+def write_one_task(ws_root: Path, rows: int) -> dict[str, Any]:
+    """A `[[sources]]`-mapped stream whose rows mostly answer one task, instead of the sample
+    generator's streams: preference pairing holds a task's rows together, so this is its worst
+    shape. Verdicts cycle accepted / rejected / partial; texts differ; seeded, so reproducible."""
+    import random
+
+    import orjson
+
+    kb = ws_root / "_kb"
+    kb.mkdir(parents=True, exist_ok=True)
+    (ws_root / "distill.toml").write_text(
+        '[[sources]]\nname = "agent"\npath = "agent.jsonl"\ntask_id = "task_id"\ntext = "text"\n'
+        'instruction = "prompt"\nverdict = "verdict"\n'
+        'verdict_map = { accepted = "accepted", rejected = "rejected", partial = "partially_accepted" }\n')
+    words = "shard timeout budget cache schema migration flaky query retry fixture latency worker lock queue".split()
+    rng = random.Random(7)
+    verdicts = ("accepted", "rejected", "partial")
+    total = 0
+    with open(kb / "agent.jsonl", "wb") as out:
+        for i in range(rows):
+            t = i % 86400
+            line = orjson.dumps({
+                "task_id": "T-same" if i % 10 else f"T-{i % 7}",
+                "prompt": "How do we fix the flaky retry test in the worker queue?",
+                "text": " ".join(rng.choice(words) for _ in range(40)) + f" answer {i}",
+                "created_at": f"2026-03-{1 + i % 28:02d}T{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}Z",
+                "verdict": verdicts[i % 3],
+            }) + b"\n"
+            out.write(line)
+            total += len(line)
+    return {"rows": rows, "bytes": total, "replicas": 1, "streams": ["agent (mapped)"]}
 
 
 def onto_one_day(kb: Path) -> int:
@@ -340,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="move every ISO timestamp onto one date (a bulk import of one busy day): evidence is "
                          "partitioned per source per day, so each partition holds about N/12 rows and a stage "
                          "that holds a partition shows it in its peak RSS")
+    ap.add_argument("--one-task", action="store_true", help=f"instead of the sample streams: {ONE_TASK}")
     ap.add_argument("--rerender", type=Path, help="recompute targets, markdown and plot from a results JSON")
     # child mode
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
@@ -367,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         import generate  # type: ignore[import-not-found]
 
         t = time.perf_counter()
-        gen = generate.write_scaled(ws_root / "_kb", rows)
+        gen = write_one_task(ws_root, rows) if args.one_task else generate.write_scaled(ws_root / "_kb", rows)
         if args.one_day:
             gen["bytes"] = onto_one_day(ws_root / "_kb")
         gen_s = time.perf_counter() - t
@@ -385,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": gen["rows"],
             "rows_note": args.rows_note or ("quick smoke" if args.quick else "requested size"),
             "dates": ONE_DAY if args.one_day else "spread (the generator's dates)",
+            **({"shape": ONE_TASK} if args.one_task else {}),
             "source_bytes": gen["bytes"],
             "generator": {"replicas": gen["replicas"], "streams": gen["streams"], "seconds": round(gen_s, 2)},
             "nice": args.nice,
