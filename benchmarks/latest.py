@@ -21,6 +21,8 @@ SUITES = [
     ("pipeline_1m.md", "python benchmarks/pipeline.py --rows 1000000 --nice 0 --no-profile --name pipeline_1m"),
     ("pipeline_1m_one_day.md",
      "python benchmarks/pipeline.py --rows 1000000 --one-day --nice 0 --no-profile --name pipeline_1m_one_day"),
+    ("pipeline_1m_one_task.md",
+     "python benchmarks/pipeline.py --rows 1000000 --one-task --nice 0 --no-profile --name pipeline_1m_one_task"),
     ("pipeline.md", "python benchmarks/pipeline.py --rows 30000  # target size: --rows 1000000"),
     ("rerun_1m.md", "python benchmarks/rerun.py --rows 1000000 --name rerun_1m"),
     ("rerun.md", "python benchmarks/rerun.py --rows 30000"),
