@@ -125,30 +125,26 @@ class Grid(Generic[T]):
 
     def after_chosen(self, i: int, after: int) -> Iterator[Pair[T]]:
         """The (admitted) pairs holding chosen row i at positions after `after`, in order."""
-        b = len(self.rejected)
         s, at = self._at(after)
-        j = min(b, max(0, s - i + (0 if i > at else 1)))
-        if self._sides is None:
-            for j in range(j, b):
-                yield self.position(i, j), self.chosen[i], self.rejected[j]
-            return
-        chosen_side, rejected_side = self._sides
-        own = chosen_side.of(i)
-        while (j := rejected_side.next_admitted(own, j)) < b:
+        first = max(0, s - i + (0 if i > at else 1))
+        for j in self._partners(first, 0, i):
             yield self.position(i, j), self.chosen[i], self.rejected[j]
-            j += 1
 
     def after_rejected(self, j: int, after: int) -> Iterator[Pair[T]]:
         """The (admitted) pairs holding rejected row j at positions after `after`, in order."""
-        a = len(self.chosen)
         s, at = self._at(after)
-        i = min(a, max(0, s - j + (0 if s - j > at else 1)))
-        if self._sides is None:
-            for i in range(i, a):
-                yield self.position(i, j), self.chosen[i], self.rejected[j]
-            return
-        chosen_side, rejected_side = self._sides
-        own = rejected_side.of(j)
-        while (i := chosen_side.next_admitted(own, i)) < a:
+        first = max(0, s - j + (0 if s - j > at else 1))
+        for i in self._partners(first, 1, j):
             yield self.position(i, j), self.chosen[i], self.rejected[j]
-            i += 1
+
+    def _partners(self, first: int, side: int, row: int) -> Iterator[int]:
+        """The rows of the other side, from `first` on, that `row` of `side` (0 chosen, 1 rejected)
+        may pair with."""
+        n = len(self.rejected if side == 0 else self.chosen)
+        if self._sides is None:
+            yield from range(first, n)
+            return
+        own, other = self._sides[side].of(row), self._sides[1 - side]
+        while (first := other.next_admitted(own, first)) < n:
+            yield first
+            first += 1
