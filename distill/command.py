@@ -23,6 +23,7 @@ from distill.config import Settings, load_settings
 from distill.errors import DistillError, Terminated, UsageError
 from distill.workspace import Workspace
 
+
 def directory_path(value: str) -> Path:
     """A directory named on the command line; an empty one is refused rather than read as the
     current directory (`--root "$WS"` or `init "$DIR"` with the variable unset)."""
