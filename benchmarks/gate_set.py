@@ -21,6 +21,7 @@ The labels come from how each answer was written, not from running the gate.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -159,7 +160,8 @@ def build() -> list[dict[str, Any]]:
     return review_items(rng, 12) + scenario_items(rng, 4)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description='Rewrite benchmarks/data/gate_labelled.jsonl (deterministic).').parse_args(argv)  # --help; refuses stray arguments
     from distill.jsonl import write_jsonl_atomic
 
     items = build()

@@ -8,6 +8,7 @@ in a fixed order, and writes them one after the other with the command that repr
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ SUITES = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description='Collect the latest full-run tables into benchmarks/results/LATEST.md.').parse_args(argv)  # --help; refuses stray arguments
     from distill.jsonl import write_atomic
 
     parts = ["## Benchmarks (latest runs on the development machine)\n",

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="move every ISO timestamp onto one date (a bulk import of one busy day): evidence is "
                          "partitioned per source per day, so each partition holds about N/12 rows and a stage "
                          "that holds a partition shows it in its peak RSS")
-    ap.add_argument("--one-task", action="store_true", help=f"instead of the sample streams: {ONE_TASK}")
+    ap.add_argument("--one-task", action="store_true", help="instead of the sample streams: " + ONE_TASK.replace("%", "%%"))  # argparse formats %
     ap.add_argument("--rerender", type=Path, help="recompute targets, markdown and plot from a results JSON")
     # child mode
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)

@@ -216,3 +216,13 @@ def test_serve_first_token_quick(tmp_path: Path) -> None:
             assert row["prompt_ms"] > 0 and row["first_token_ms"] <= row["done_ms"] and row["chars"] > 0
             assert (row["server_first_text_ms"] is not None) == (mode == "live")
     assert "| stream mode |" in (tmp_path / "serve_first_token_quick.md").read_text()
+
+
+def test_every_benchmark_command_prints_its_help() -> None:
+    """argparse formats help strings with %, so one unescaped % breaks --help with a traceback."""
+    scripts = [p for p in sorted((REPO / "benchmarks").glob("*.py")) if "__main__" in p.read_text()]
+    assert len(scripts) >= 10
+    for script in scripts:
+        proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, (script.name, proc.stderr[-2000:])
