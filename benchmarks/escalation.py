@@ -331,7 +331,7 @@ def load_tasks(args: Any, sizes: dict[str, Any], work: Path) -> tuple[list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", help="a suite folder or a built-in name (pubmedqa, swebench, sample); repeatable")
     ap.add_argument("--tasks", type=int, help="the first N tasks of each suite")
     ap.add_argument("--split", choices=("test", "dev"), default="test",

@@ -116,7 +116,7 @@ def choose(dev_scores: dict[str, dict[str, float]]) -> tuple[str, dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="25 queries per split over a small corpus slice (CI smoke)")
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "distill-bench" / "fusion",
                     help="where the indexes are built and kept")

@@ -63,7 +63,7 @@ def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", choices=("test", "dev"), default="test")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -109,7 +109,7 @@ def plot(r: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--quick", action="store_true", help="the same set (it takes well under a second); quick-named files")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -397,7 +397,7 @@ def hnsw_recall(searcher, vecs: np.ndarray, ids: list[str], qvecs: np.ndarray, h
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", help="BEIR folder whose corpus feeds the texts (default SciFact)")
     ap.add_argument("--quick", action="store_true", help="small sizes for CI smoke")
     ap.add_argument("--sizes", nargs="+", type=int, default=None, help="latency corpus sizes (default 10000 100000)")

@@ -2,7 +2,7 @@
 raw parse + serialise pass over the same bytes, with peak memory per stage.
 
     python benchmarks/pipeline.py --rows 1000000        # the target size (see --help for the rest)
-    python benchmarks/pipeline.py --quick               # 2,000 rows, CI smoke
+    python benchmarks/pipeline.py --quick               # 1,000 rows, CI smoke
 
 Rows come from data/sample/generate.py's write_scaled (the sample's shape, bad rows and planted
 secrets included, ids unique per replica). Every stage runs in its own child process, so its peak
@@ -363,7 +363,7 @@ def onto_one_day(kb: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="source rows to generate (default 1,000,000)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -143,7 +143,7 @@ def copies_markup(answer: str, nonce: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=8, help="tasks per built-in family")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))

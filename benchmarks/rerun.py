@@ -144,7 +144,7 @@ def export_hashes(root: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=30_000)
     ap.add_argument("--quick", action="store_true", help="2,000 rows (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)

@@ -30,7 +30,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", help="BEIR folder (default: ../shared/datasets/scifact)")
     ap.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     ap.add_argument("--model", help="sentence-transformers model dir/name (default: settings / packaged MiniLM)")

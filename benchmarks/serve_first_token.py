@@ -115,7 +115,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=6, help=f"tasks per mode (at most {len(TASKS)})")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--quick", action="store_true", help="2 tasks, 8 tokens (CI smoke)")

@@ -167,7 +167,7 @@ def single_client_ttft(url: str, n: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50, help="requests per client")
     ap.add_argument("--max-queue", type=int, default=4, help="[serve] max_queue for the run (small, to see 429s)")
