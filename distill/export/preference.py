@@ -535,13 +535,33 @@ class _Pass1:
             self.firewall.passed_before(passed)
 
 
-def _rows(bucket: RecordFile) -> Iterator[Row]:
-    """The bucket's rows in input order; a task's rows share one task-id and one prompt string
+def _row(t: tuple[Any, ...], shared: dict[str, str]) -> Row:
+    """A spilled row back, sharing its task-id, prompt and source strings with the rows before it
     (unpickled, each row would carry its own copies: a task with most of the rows held them all)."""
+    index, key, task_id, prompt, category, source, *rest = t
+    return Row(index, key, shared.setdefault(task_id, task_id), shared.setdefault(prompt, prompt), category,
+               shared.setdefault(source, source), *rest)
+
+
+def _rows(bucket: RecordFile) -> Iterator[Row]:
+    """The task bucket's rows in input order."""
     shared: dict[str, str] = {}
-    for t in bucket:
-        index, key, task_id, prompt, *rest = t
-        yield Row(index, key, shared.setdefault(task_id, task_id), shared.setdefault(prompt, prompt), *rest)
+    return (_row(t, shared) for t in bucket)
+
+
+def _cross_rows(bucket: RecordFile) -> list[tuple[Row, Fate]]:
+    """The cross bucket's rows with their same-task standing, in input order. Equal standings
+    share one Fate (most rows hold one of a few: no pair, or their task's cap reached)."""
+    shared: dict[str, str] = {}
+    fates: dict[tuple[Any, ...], Fate] = {}
+    rows = []
+    for t, fate in bucket:
+        same_task = fates.get(fate)
+        if same_task is None:
+            same_task = fates[fate] = Fate(*fate)
+        rows.append((_row(t, shared), same_task))
+    rows.sort(key=lambda held: held[0].index)  # each task bucket passed its rows on in input order
+    return rows
 
 
 def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
@@ -617,11 +637,12 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
 ACROSS: tuple[Callable[[Row], str], ...] = (lambda row: row.source, lambda row: row.task_id)
 
 
-def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: list[Decided]) -> int:
+def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: RecordFile) -> int:
     """Across sources and tasks, still only answers to one and the same instruction, and only
-    verdict-bearing reviews (an observer's text judges another run, not the question)."""
+    verdict-bearing reviews (an observer's text judges another run, not the question). `rows` are
+    in input order, so each decision goes to `decided` as it is made (a sorted run): none waits in
+    memory, which one question asked of every review would otherwise fill with quarantine lines."""
     made = 0
-    rows.sort(key=lambda held: held[0].index)  # each task bucket passed its rows on in input order
     by_prompt: dict[str, list[Row]] = {}
     for row, _ in rows:
         by_prompt.setdefault(row.prompt, []).append(row)
@@ -684,10 +705,10 @@ def export_preference(
         for c, bucket in enumerate(cross_buckets or []):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
                              spill.records(f"cross-pairs-{c}", batch=IN_ORDER_BATCH))
-            decided: list[Decided] = []
-            rows = [(Row(*t), Fate(*fate)) for t, fate in bucket]
-            result.pairs_cross_source += _pair_cross_bucket(rows, pairer, decided)
-            decided_runs.append(_sorted_run(spill.records(f"cross-decided-{c}", batch=IN_ORDER_BATCH), decided))
+            decided = spill.records(f"cross-decided-{c}", batch=IN_ORDER_BATCH)
+            result.pairs_cross_source += _pair_cross_bucket(_cross_rows(bucket), pairer, decided)
+            decided.seal()
+            decided_runs.append(decided)
             cross_pairs.append(pairer.pairs)
 
         for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),
@@ -706,11 +727,3 @@ def export_preference(
                 on_quarantine(line)
         tally.into(report)
     return result
-
-
-def _sorted_run(out: RecordFile, decided: list[Decided]) -> RecordFile:
-    decided.sort(key=lambda d: d[0])
-    for d in decided:
-        out.append(d)
-    return out
-
