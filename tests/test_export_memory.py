@@ -153,6 +153,53 @@ def test_evidence_offsets_find_the_records_a_full_load_keeps(sample_ws, tmp_path
     assert len(_first_valid_records(hostile)) == 3
 
 
+def _hostile_evidence(sample_ws: Workspace, path: Path) -> Path:
+    """A copy of the sample's largest evidence partition with hostile lines spliced in: a
+    revision whose first copy is invalid and comes before its valid one, a later copy of a
+    revision, a key that is not a string, junk, blank lines and a torn tail."""
+    import json
+
+    biggest = max(iter_partition_files(sample_ws.evidence_dir), key=lambda f: f.stat().st_size)
+    good = [json.loads(line) for line in biggest.read_text().splitlines()]
+    lines = [json.dumps(dict(good[1], text=42)), *(json.dumps(g) for g in good), "{junk", "",
+             json.dumps(dict(good[2], run_id=7)), json.dumps(dict(good[0], text="a later copy")), "[1, 2]"]
+    path.write_text("\n".join(lines) + "\n" + json.dumps(good[2])[:40])
+    return path
+
+
+@settings(max_examples=40, deadline=None)
+@given(order=st.randoms(use_true_random=False), repeat=st.integers(0, 3), stop=st.integers(0, 40))
+def test_evidence_offsets_read_forward_find_what_a_full_read_finds(sample_ws, tmp_path_factory, order, repeat, stop):
+    """A lookup reads the file forward only as far as it needs (the scored partition mirrors it
+    line for line); lookups in any order, repeated, interleaved with keys no line names, or
+    stopped early, find the records a full load keeps, and `keys` and the reader's hash then
+    cover the whole file."""
+    import hashlib
+
+    from distill.hashing import LineEndHash, PrefixHash
+
+    path = _hostile_evidence(sample_ws, tmp_path_factory.mktemp("ev") / "hostile.jsonl")
+    want = _first_valid_records(path)
+    full = EvidenceOffsets(path)
+    every_key = full.keys()
+    full.close()
+    asked = [*every_key, *(("nope", f"{i:064x}") for i in range(3))]
+    order.shuffle(asked)
+    asked = asked[:stop] + asked[:repeat] + asked[stop:]
+    read = LineEndHash(PrefixHash())
+    offsets = EvidenceOffsets(path, on_chunk=read)
+    try:
+        for n, key in enumerate(asked):
+            assert offsets.get(key) == want.get(key), key
+            if n == stop:
+                break
+        assert offsets.keys() == every_key  # file order, whatever was asked first
+        whole_lines = path.read_bytes()[:path.read_bytes().rfind(b"\n") + 1]
+        assert (read.end, read.hexdigest(path)) == (len(whole_lines), hashlib.sha256(whole_lines).hexdigest())
+    finally:
+        offsets.close()
+
+
 def test_evidence_fallback_reads_the_same_record(sample_ws):
     files = list(iter_partition_files(sample_ws.evidence_dir))
     full = EvidenceIndex(sample_ws)

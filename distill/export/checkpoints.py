@@ -203,6 +203,7 @@ class TailEvidence:
         """(end, sha256, key digests) of the mirror as far as it is known now."""
         if self._tail is None:
             return None
+        self._tail.finish()  # lookups read the appended lines only as far as they needed
         sha = self._hash.hexdigest(self.mirror)
         if sha is None:
             return None

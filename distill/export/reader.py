@@ -96,8 +96,9 @@ class EvidenceIndex:
 
     Memory holds where records are, never the records: scored partitions are read in order and
     mirror evidence partitions 1:1, so only the current mirror's offsets are held (a record is
-    read back and validated when its scored line asks for it: one busy day's partition can be
-    most of the workspace). The fallback likewise keeps (file, byte offset) per record.
+    validated when its scored line asks for it, as the mirror is read forward or read back by
+    offset: one busy day's partition can be most of the workspace). The fallback likewise keeps
+    (file, byte offset) per record.
     """
 
     def __init__(self, ws: Workspace) -> None:
@@ -108,7 +109,7 @@ class EvidenceIndex:
         self._read: set[Path] = set()
         self.files_read: list[Path] = []
         self.fallback_used = False  # a lookup went past the mirror partition (checkpoints care)
-        self.loaded_to: tuple[int, str] | None = None  # (end, sha256) of the whole lines of the held mirror
+        self._read_hash: LineEndHash | None = None  # what the held mirror's reader has hashed
 
     def note_read(self, path: Path) -> None:
         if path not in self._read:
@@ -121,17 +122,24 @@ class EvidenceIndex:
         if self._current is not None:  # drop the previous partition before reading the next one
             self._current.close()
         self._current = None
-        self.loaded_to = None
+        self._read_hash = None
         if path.is_file():
             self.note_read(path)
-            read = LineEndHash(PrefixHash())  # the export checkpoints keep where each mirror's prefix ends
-            offsets = EvidenceOffsets(path, on_chunk=read)
-            sha = read.hexdigest(path)
-            self.loaded_to = (read.end, sha) if sha is not None else None
+            self._read_hash = LineEndHash(PrefixHash())  # the export checkpoints keep where each mirror's prefix ends
+            offsets = EvidenceOffsets(path, on_chunk=self._read_hash)
         else:
             offsets = EvidenceOffsets(path)
         self._current = offsets
         return offsets
+
+    @property
+    def loaded_to(self) -> tuple[int, str] | None:
+        """(end, sha256) of the whole lines of the mirror held now, read to its end."""
+        if self._current is None or self._read_hash is None:
+            return None
+        self._current.finish()
+        sha = self._read_hash.hexdigest(self._current.path)
+        return (self._read_hash.end, sha) if sha is not None else None
 
     def elsewhere(self, run_id: str, sig: str) -> EvidenceRecord | None:
         """The revision from any evidence partition (what a miss in the mirror falls back to)."""
@@ -203,39 +211,73 @@ def keyed_evidence_lines(path: Path, *, start: int = 0, end: int | None = None,
 
 class EvidenceOffsets:
     """Where each key's lines are in one evidence file (from byte `start`, those starting before
-    `end`), found by parsing the lines as plain JSON; `get` reads back and validates only that
-    key's lines, so the first one that is a valid EvidenceRecord is the record a load of every
-    record would have kept, and memory holds offsets whatever the file's size."""
+    `end`), found by parsing the lines as plain JSON; memory holds offsets whatever the file's
+    size, and a lookup validates only that key's lines, so the first one that is a valid
+    EvidenceRecord is the record a load of every record would have kept.
+
+    The file is read forward only as far as lookups need: scored partitions mirror their evidence
+    partition line for line, so the line a lookup needs is usually the next one, and its parsed
+    JSON is validated at once instead of being read back and parsed again. A key asked again or
+    asked out of order is read back by offset. `finish` reads the rest (every key, and the whole
+    file through `on_chunk`)."""
 
     def __init__(self, path: Path, *, start: int = 0, end: int | None = None,
                  on_chunk: Callable[[bytes], None] | None = None) -> None:
         self.path = path
         self._where: dict[tuple[str, str], int | list[int]] = {}
         self._fh: IO[bytes] | None = None
-        if path.is_file():
-            for offset, key, _ in keyed_evidence_lines(path, start=start, end=end, on_chunk=on_chunk):
-                if isinstance(key[0], str) and isinstance(key[1], str):
-                    found = self._where.get(key)
-                    if found is None:
-                        self._where[key] = offset
-                    elif isinstance(found, int):
-                        self._where[key] = [found, offset]
-                    else:
-                        found.append(offset)
+        self._ahead: Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]] | None = (
+            keyed_evidence_lines(path, start=start, end=end, on_chunk=on_chunk) if path.is_file() else None)
+
+    def _next(self) -> tuple[int, tuple[str, str], dict[str, Any]] | None:
+        """The next line that names a key, noted; None at the end of the file."""
+        while self._ahead is not None:
+            found = next(self._ahead, None)
+            if found is None:
+                self._ahead = None
+                break
+            offset, key, row = found
+            if isinstance(key[0], str) and isinstance(key[1], str):
+                self._note(key, offset)
+                return offset, key, row
+        return None
+
+    def _note(self, key: tuple[str, str], offset: int) -> None:
+        found = self._where.get(key)
+        if found is None:
+            self._where[key] = offset
+        elif isinstance(found, int):
+            self._where[key] = [found, offset]
+        else:
+            found.append(offset)
+
+    def finish(self) -> None:
+        """Read the rest of the file (every key noted; `on_chunk` has seen every byte)."""
+        while self._next() is not None:
+            pass
 
     def keys(self) -> list[tuple[str, str]]:
         """Every key a line names (a line that then fails validation included: `get` finds no
         record for it, as a lookup of a key no line names finds none)."""
+        self.finish()
         return list(self._where)
 
     def get(self, key: tuple[str, str]) -> EvidenceRecord | None:
         found = self._where.get(key)
-        if found is None:
-            return None
-        for offset in (found,) if isinstance(found, int) else found:
+        for offset in () if found is None else (found,) if isinstance(found, int) else tuple(found):
             try:
                 ev = EvidenceRecord.model_validate(loads(self._line(offset)))
             except (OSError, ValueError, ValidationError):
+                continue
+            if (ev.run_id, ev.provenance.sig_hash) == key:
+                return ev
+        while (ahead := self._next()) is not None:  # the lines not read yet, in file order
+            _, line_key, row = ahead
+            if line_key != key:
+                continue
+            try:
+                ev = EvidenceRecord.model_validate(row)
+            except ValidationError:
                 continue
             if (ev.run_id, ev.provenance.sig_hash) == key:
                 return ev
@@ -243,7 +285,7 @@ class EvidenceOffsets:
 
     def _line(self, offset: int) -> bytes:
         if self._fh is None:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close(); lookups are mostly in file order
+            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         self._fh.seek(offset)
         line = self._fh.readline()
         return line[:-1] if line.endswith(b"\n") else line
@@ -252,6 +294,11 @@ class EvidenceOffsets:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._ahead is not None:
+            close = getattr(self._ahead, "close", None)
+            if close is not None:
+                close()  # the generator's file
+            self._ahead = None
 
 
 def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | None:
