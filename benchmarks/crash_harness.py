@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.report import bounded_int, cli, count  # noqa: E402
+
 SAMPLE_KB = REPO / "data" / "sample" / "_kb"
 RESULTS = REPO / "benchmarks" / "results"
 DISTILL = [sys.executable, "-c", "import sys; from distill.cli import main; sys.argv[0] = 'distill'; main()"]
@@ -548,13 +550,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="6 export + 6 replay kill trials on a smaller workspace")
-    ap.add_argument("--export-trials", type=int, default=None)
-    ap.add_argument("--replay-trials", type=int, default=None)
-    ap.add_argument("--rows-per-stream", type=int, default=None, help="sample rows per stream in the export workspace")
-    ap.add_argument("--tasks", type=int, default=None, help="tasks per replay batch")
-    ap.add_argument("--max-kills-per-chain", type=int, default=None)
-    ap.add_argument("--torn-trials", type=int, default=None, help="simulated torn tails per suite (a cut last line)")
-    ap.add_argument("--collect-every", type=int, default=None, help="run `distill collect` on every Nth replay chain")
+    ap.add_argument("--export-trials", type=count, default=None)
+    ap.add_argument("--replay-trials", type=count, default=None)
+    ap.add_argument("--rows-per-stream", type=count, default=None, help="sample rows per stream in the export workspace")
+    ap.add_argument("--tasks", type=count, default=None, help="tasks per replay batch")
+    ap.add_argument("--max-kills-per-chain", type=count, default=None)
+    ap.add_argument("--torn-trials", type=bounded_int(0), default=None, help="simulated torn tails per suite (a cut last line)")
+    ap.add_argument("--collect-every", type=count, default=None, help="run `distill collect` on every Nth replay chain")
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-write", action="store_true", help="print the JSON result, write no files")
@@ -581,4 +583,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import suites  # noqa: E402
-from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
 
 FULL = {"pubmedqa": 60, "swebench": 60, "sample": 30}
 SIZES = {
@@ -333,17 +333,17 @@ def load_tasks(args: Any, sizes: dict[str, Any], work: Path) -> tuple[list[dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", help="a suite folder or a built-in name (pubmedqa, swebench, sample); repeatable")
-    ap.add_argument("--tasks", type=int, help="the first N tasks of each suite")
+    ap.add_argument("--tasks", type=count, help="the first N tasks of each suite")
     ap.add_argument("--split", choices=("test", "dev"), default="test",
                     help="built-in suites: the test split (reported) or the dev split (for tuning)")
-    ap.add_argument("--rounds", type=int, help="feedback rounds of the retrieval condition (default 3)")
+    ap.add_argument("--rounds", type=count, help="feedback rounds of the retrieval condition (default 3)")
     ap.add_argument("--local-only", action="store_true", help="no strong model: the escalation rate is what would escalate")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 2 tasks per family, 1 round, short answers")
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    ap.add_argument("--max-tokens", type=int)
-    ap.add_argument("--k", type=int, help="retrieved items per prompt (default 6)")
-    ap.add_argument("--item-max-chars", type=int, help="characters kept per retrieved item (default 700)")
-    ap.add_argument("--routing-every", type=int, default=1,
+    ap.add_argument("--max-tokens", type=count)
+    ap.add_argument("--k", type=count, help="retrieved items per prompt (default 6)")
+    ap.add_argument("--item-max-chars", type=count, help="characters kept per retrieved item (default 700)")
+    ap.add_argument("--routing-every", type=count, default=1,
                     help="the routing curve on every N-th retrieval task (the strong model answers each of them; default 1 = all)")
     ap.add_argument("--backend", default="llamacpp", help="local backend (default: the embedded packaged Qwen 0.5B)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -600,4 +600,4 @@ def plot_routing(r: dict[str, Any], path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

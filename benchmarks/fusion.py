@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.beir import BeirDataset, load_beir  # noqa: E402
 from benchmarks.ir_metrics import evaluate  # noqa: E402
-from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, log, machine, md_table, targets_line, write_results  # noqa: E402
 from benchmarks.suites import shared_dataset  # noqa: E402
 
 DEPTH = 100
@@ -235,4 +235,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

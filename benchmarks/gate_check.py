@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, log, machine, md_table, write_results  # noqa: E402
 from benchmarks.suites import shared_dataset  # noqa: E402
 
 
@@ -111,4 +111,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

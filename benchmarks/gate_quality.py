@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "gate_labelled.jsonl"
 KINDS = ("grounded", "hedging", "placeholder", "ungrounded", "echo")
@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.beir import load_beir, resolve_dataset  # noqa: E402
 from benchmarks.ir_metrics import percentile  # noqa: E402
+from benchmarks.report import cli, count  # noqa: E402
 
 if TYPE_CHECKING:
     from index.fusion import Fusion
@@ -400,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", help="BEIR folder whose corpus feeds the texts (default SciFact)")
     ap.add_argument("--quick", action="store_true", help="small sizes for CI smoke")
-    ap.add_argument("--sizes", nargs="+", type=int, default=None, help="latency corpus sizes (default 10000 100000)")
-    ap.add_argument("--throughput-docs", type=int, default=None, help="SciFact docs for throughput/incremental (default 1000)")
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--queries", type=int, default=100, help="latency queries per mode")
-    ap.add_argument("--fragments", type=int, default=4000, help="fragment pool whose embeddings compose vectors beyond the first size")
+    ap.add_argument("--sizes", nargs="+", type=count, default=None, help="latency corpus sizes (default 10000 100000)")
+    ap.add_argument("--throughput-docs", type=count, default=None, help="SciFact docs for throughput/incremental (default 1000)")
+    ap.add_argument("--repeats", type=count, default=1)
+    ap.add_argument("--queries", type=count, default=100, help="latency queries per mode")
+    ap.add_argument("--fragments", type=count, default=4000, help="fragment pool whose embeddings compose vectors beyond the first size")
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "incremental", "latency"])
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -544,4 +545,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, pyplot, save_figure, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, niceness, pyplot, save_figure, write_results  # noqa: E402
 
 STAGES = ("raw", "collect", "score", "export")
 PIPELINE = ("collect", "score", "export")
@@ -364,12 +364,12 @@ def onto_one_day(kb: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=1_000_000, help="source rows to generate (default 1,000,000)")
+    ap.add_argument("--rows", type=count, default=1_000_000, help="source rows to generate (default 1,000,000)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--work-dir", type=Path, help="where the workspace is built (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the workspace")
-    ap.add_argument("--nice", type=int, default=10, help="niceness of the stage processes (shared machine)")
+    ap.add_argument("--nice", type=niceness, default=10, help="niceness of the stage processes (shared machine)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profile of the slowest stage")
     ap.add_argument("--name", help="result file stem (default pipeline / pipeline_quick)")
     ap.add_argument("--rows-note", default="", help="why this N (recorded in the results)")
@@ -452,4 +452,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

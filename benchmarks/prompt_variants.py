@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import suites  # noqa: E402
 from benchmarks.escalation import ExcludingSearcher, build_searcher, corpus_documents, judge  # noqa: E402
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, write_results  # noqa: E402
 
 Render = Callable[[str, Any, str], list[dict[str, str]]]
 
@@ -144,8 +144,8 @@ def copies_markup(answer: str, nonce: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", type=int, default=8, help="tasks per built-in family")
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--tasks", type=count, default=8, help="tasks per built-in family")
+    ap.add_argument("--max-tokens", type=count, default=96)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -237,4 +237,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

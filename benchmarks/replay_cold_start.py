@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import cli, count  # noqa: E402
 from distill.config import load_settings  # noqa: E402
 from distill.jsonl import write_atomic, write_jsonl_atomic  # noqa: E402
 from distill.workspace import Workspace  # noqa: E402
@@ -96,7 +97,7 @@ def summarise(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=count, default=5)
     ap.add_argument("--quick", action="store_true", help="one repeat each (CI smoke)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
@@ -144,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli(main))

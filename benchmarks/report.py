@@ -6,6 +6,7 @@ Writes go through distill.jsonl (atomic), plots through matplotlib's Agg backend
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,6 +22,37 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def bounded_int(low: int, high: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
+
+
+count = bounded_int(1)  # an argparse type: how many of something (at least 1)
+niceness = bounded_int(0, 19)  # an argparse type: a process niceness the OS honours as given
+
+
+def cli(main: Any) -> int:
+    """Run a benchmark's main: a file or folder it cannot read or write is a one-line error (exit
+    2), as in the distill CLI, not a traceback."""
+    try:
+        return int(main() or 0)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{Path(sys.argv[0]).name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 def log(msg: str) -> None:

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.pipeline import ISO_DATE, ONE_DAY, onto_one_day  # noqa: E402
-from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, targets_line, write_results  # noqa: E402
 
 TARGET_UNCHANGED = 0.01
 TARGET_ONE_PERCENT = 0.05
@@ -145,13 +145,13 @@ def export_hashes(root: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=30_000)
+    ap.add_argument("--rows", type=count, default=30_000)
     ap.add_argument("--quick", action="store_true", help="2,000 rows (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--no-append", action="store_true",
                     help="skip the +1 %% run (at 1M rows it is a second full-length run)")
     ap.add_argument("--name", help="result file stem (default rerun / rerun_quick)")
-    ap.add_argument("--jobs", type=int, default=None,
+    ap.add_argument("--jobs", type=count, default=None,
                     help="[run] jobs for every timed run (default: the setting's own default, every core); "
                          "1 runs the stages one by one")
     ap.add_argument("--one-day", action="store_true",
@@ -268,4 +268,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.beir import load_beir, resolve_dataset  # noqa: E402
 from benchmarks.ir_metrics import evaluate, percentile  # noqa: E402
+from benchmarks.report import cli, count  # noqa: E402
 
 ALL_MODES = ("hybrid", "dense", "bm25", "jaccard")
 RESULTS = REPO / "benchmarks" / "results"
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES)
     ap.add_argument("--model", help="sentence-transformers model dir/name (default: settings / packaged MiniLM)")
     ap.add_argument("--quick", action="store_true", help="30 queries over a ~600-document slice (CI smoke)")
-    ap.add_argument("--depth", type=int, default=100, help="hits retrieved per query (recall@100 needs 100)")
-    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--depth", type=count, default=100, help="hits retrieved per query (recall@100 needs 100)")
+    ap.add_argument("--batch-size", type=count, default=None)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="print the results JSON on stdout")
     args = ap.parse_args(argv)
@@ -159,4 +160,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

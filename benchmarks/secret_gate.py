@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, log, machine, md_table, write_results  # noqa: E402
 
 
 def sample_lines() -> list[str]:
@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, targets_line, write_results  # noqa: E402
 from benchmarks.serve_load import free_port, wait_ready  # noqa: E402
 from distill.config import load_settings  # noqa: E402
 from distill.jsonl import write_jsonl_atomic  # noqa: E402
@@ -116,8 +116,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", type=int, default=6, help=f"tasks per mode (at most {len(TASKS)})")
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--tasks", type=count, default=6, help=f"tasks per mode (at most {len(TASKS)})")
+    ap.add_argument("--max-tokens", type=count, default=48)
     ap.add_argument("--quick", action="store_true", help="2 tasks, 8 tokens (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -206,4 +206,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

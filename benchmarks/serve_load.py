@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, log, machine, md_table, targets_line, write_results  # noqa: E402
+from benchmarks.report import RESULTS, bounded_int, cli, count, log, machine, md_table, targets_line, write_results  # noqa: E402
 from distill.config import load_settings  # noqa: E402
 from distill.jsonl import iter_raw_lines, write_jsonl_atomic  # noqa: E402
 from distill.workspace import Workspace  # noqa: E402
@@ -168,9 +168,9 @@ def single_client_ttft(url: str, n: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=50, help="requests per client")
-    ap.add_argument("--max-queue", type=int, default=4, help="[serve] max_queue for the run (small, to see 429s)")
+    ap.add_argument("--clients", type=count, default=8)
+    ap.add_argument("--requests", type=count, default=50, help="requests per client")
+    ap.add_argument("--max-queue", type=bounded_int(0, 10_000), default=4, help="[serve] max_queue for the run (small, to see 429s)")
     ap.add_argument("--stream", choices=("gated", "live"), default="gated", help="[serve] stream for the run")
     ap.add_argument("--quick", action="store_true", help="3 clients x 6 requests (CI smoke)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -310,4 +310,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

@@ -226,3 +226,11 @@ def test_every_benchmark_command_prints_its_help() -> None:
         proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                               timeout=120, cwd=REPO)
         assert proc.returncode == 0 and "usage:" in proc.stdout, (script.name, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("args", [["--rows", "0"], ["--nice", "99"], ["--rerender", "/nonexistent/results.json"]])
+def test_a_benchmark_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pipeline.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("pipeline.py: error:")
