@@ -153,7 +153,10 @@ class ScoredIndex:
 
     def category(self, run_id: Any, sig: Any) -> str | None:
         """One lookup (what `codes` answers for many)."""
-        has, run, version = lookup_keys(run_id, sig)
+        return self.category_of(*lookup_keys(run_id, sig))
+
+    def category_of(self, has: int, run: bytes, version: bytes) -> str | None:
+        """One lookup given as lookup_keys gives it (a caller that keeps the digests hashes once)."""
         if has == LOOKUP_NONE:
             return None
         if has == LOOKUP_VERSION:

@@ -60,7 +60,7 @@ class LookupLog:
 
     def category(self, run_id: Any, sig: Any) -> str | None:
         has, run, version = lookup_keys(run_id, sig)
-        answer = self.index.category(run_id, sig)
+        answer = self.index.category_of(has, run, version)
         self._has.append(has)
         self._lines.append(self.line)
         self._runs += run
