@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from distill.checkpoint_file import JsonEntries
 from distill.export.checkpoints import PartitionExporter
+from distill.export.exported import Ids, PerTask
 from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
@@ -78,6 +79,7 @@ _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 STAGE = "preference"
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 Reason = tuple[QuarantineReason, str]
+
 EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
 
@@ -232,7 +234,7 @@ class _Pairer:
     A task's groups all fall in one bucket (a cross-source question's in one cross bucket), so
     the cap is counted per bucket without losing a pair made elsewhere."""
 
-    def __init__(self, existing_ids: set[str], existing_per_task: Counter[str], cap: int, payload: _Payload,
+    def __init__(self, existing_ids: Ids, existing_per_task: PerTask, cap: int, payload: _Payload,
                  pairs: RecordFile) -> None:
         self.existing_ids = existing_ids
         self.existing_per_task = existing_per_task
@@ -663,8 +665,8 @@ def export_preference(
     *,
     record: bool,
     evidence_text: EvidenceText,
-    existing_ids: set[str],
-    existing_per_task: Counter[str],
+    existing_ids: Ids,
+    existing_per_task: PerTask,
     max_pairs_per_task: int,
     cross_source: bool,
     spill_dir: Path,

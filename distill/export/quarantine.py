@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from distill.checkpoint_file import JsonEntries
+from distill.export.exported import Ids
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
@@ -125,7 +126,7 @@ class RowExporter:
         self,
         stage: str,
         decide: Callable[[Joined], Decision],
-        existing_ids: set[str],
+        existing_ids: Ids,
         firewall: Firewall,
         report: StageReport,
         *,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,7 @@ from distill.config import Settings
 from distill.errors import UsageError
 from distill.export.card import write_card
 from distill.export.checkpoints import ExportCheckpoints, PartitionExporter, export_basis, export_partition
+from distill.export.exported import Exported, exported
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.passed_gates import PassedGates
@@ -92,13 +92,10 @@ def run_export(
         report.notes.append(f"RAG has no {fmt} view; the native playbooks file is the RAG dataset")
 
     target = native_path(ws, kind)
-    existing_ids: set[str] = set()
-    existing_per_task: Counter[str] = Counter()
-    previous_ids: set[str] = set()  # a rebuild starts from nothing, and says what it removed
-    for r in iter_existing_rows(target):
-        (previous_ids if rebuild else existing_ids).add(str(r.get("id")))
-        if not rebuild:
-            existing_per_task[str(r.get("task_id"))] += 1
+    # a rebuild starts from nothing, and says by id what it removed
+    previous_ids = {str(r.get("id")) for r in iter_existing_rows(target)} if rebuild else set()
+    existing = (Exported.nothing() if rebuild
+                else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task))
     index = EvidenceIndex(ws)
     checkpoints: ExportCheckpoints | None = None
 
@@ -138,8 +135,8 @@ def run_export(
                 read_rows, gates, report,
                 record=not dry_run,
                 evidence_text=lambda scored_file, key: mirror_text(ws, scored_file, key),
-                existing_ids=existing_ids,
-                existing_per_task=existing_per_task,
+                existing_ids=existing.ids,
+                existing_per_task=existing.per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
                 cross_source=settings.export.cross_source_pairs,
                 spill_dir=staged.parent,
@@ -149,7 +146,7 @@ def run_export(
             )
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
-                f"({len(existing_ids)} already in the export)"
+                f"({len(existing.ids)} already in the export)"
             )
             report.notes.append(f"first pass: {pref.lines_replayed} scored lines taken from the export checkpoint "
                                 f"(the others read)")
@@ -164,7 +161,7 @@ def run_export(
             checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), export_basis(ws, settings, kind, flags),
                                             writable=not dry_run)
             stack.callback(checkpoints.discard)
-            exporter = RowExporter(kind, decide, existing_ids, fw, report, id_of=id_of, on_sample=on_sample,
+            exporter = RowExporter(kind, decide, existing.ids, fw, report, id_of=id_of, on_sample=on_sample,
                                    on_quarantine=on_quarantine, record=not dry_run)
             for path in iter_partition_files(ws.scored_dir):
                 export_partition(ws, path, index, exporter, checkpoints)
