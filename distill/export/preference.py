@@ -79,7 +79,6 @@ _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 STAGE = "preference"
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 Reason = tuple[QuarantineReason, str]
-
 EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
 
