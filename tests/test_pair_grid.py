@@ -252,3 +252,66 @@ def test_one_sources_verdicts_on_one_question_cost_rows_not_pairs(tmp_path: Path
         # of the rejected row the pairs used: a row keeps the first reason it is told)
         capped = {i for i, f in p.fates().items() if f.why is not None}
         assert capped == set(range(5, 20_000)) | {40_000}
+
+
+_PROMPTS = ["Which change fixes the bug?", "Is the retry budget reset?", "Does the cache stay warm?"]
+_CROSS_ROW = st.tuples(st.integers(0, 5), st.integers(0, len(_TEXTS) - 1), st.sampled_from(_CATEGORIES),
+                       st.integers(0, 2), st.integers(0, 2), st.integers(0, 2),
+                       st.tuples(st.booleans(), st.booleans(),
+                                 st.sampled_from([None, (QuarantineReason.SELF_PAIRING, "only counterpart")])))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_CROSS_ROW, max_size=18), parts=st.integers(1, 3), cap=st.integers(0, 4),
+       exported=st.lists(st.integers(0, 400), max_size=5))
+def test_a_cross_bucket_decides_what_holding_every_row_did(
+        tmp_path: Path, rows: list, parts: int, cap: int, exported: list[int]) -> None:
+    """The cross phase reads its bucket twice and holds only the rows of questions that can have
+    a cross-source pair (an accepted and a rejected answer, two sources, two tasks); the others
+    are decided as they are read. Decisions (in input order) and pairs are those of holding every
+    row and offering every question, for any mix of sources, tasks, questions, standings from the
+    same-task phase, caps and pairs exported earlier."""
+    import dataclasses
+
+    from distill.export.preference import Fate, _final, _pair_cross_bucket, cross_task_id
+    from distill.export.spill import merge_sorted
+
+    with Spill(tmp_path) as spill:
+        payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+        held = []
+        for n, (run, text, cat, source, task, prompt, fate) in enumerate(rows):
+            row = dataclasses.replace(_row(payload, n, run, text, cat, source, task), prompt=_PROMPTS[prompt])
+            held.append((row, Fate(*fate)))
+        # every candidate pair of every question, for ids exported earlier
+        every = [(c, r) for c, _ in held for r, _ in held if c.category is Category.ACCEPTED
+                 and r.category is Category.REJECTED and c.prompt == r.prompt and _across(c, r)]
+        existing = {pref_id(every[k % len(every)][0].key, every[k % len(every)][1].key) for k in exported if every}
+        per_task = Counter({cross_task_id(p): sum(1 for c, r in every if c.prompt == p
+                                                  and pref_id(c.key, r.key) in existing) for p in _PROMPTS})
+
+        # reference: every row held, every question offered
+        old = _Pairer(existing, per_task, cap, payload, spill.records("old-pairs"))
+        by_prompt: dict[str, list[Row]] = {}
+        for row, _ in held:
+            by_prompt.setdefault(row.prompt, []).append(row)
+        made_old = 0
+        for prompt in sorted(by_prompt):
+            group = by_prompt[prompt]
+            made_old += old.offer(sorted((r for r in group if r.category is Category.ACCEPTED), key=lambda r: r.key),
+                                  [sorted((r for r in group if r.category is Category.REJECTED), key=lambda r: r.key)],
+                                  task_id=cross_task_id(prompt), pairing="cross_source", prompt_of=prompt,
+                                  sort_key=(prompt,), differ=ACROSS)
+        want = [_final(row, [same_task, old.fate(row.index)], payload) for row, same_task in held]
+
+        # the cross phase: each task bucket's candidates in its own part, in input order
+        files = spill.buckets("part", parts, batch=3)
+        for row, same_task in held:
+            files[int(row.task_id[-1]) % parts].append((row.as_tuple(), (same_task.in_new, same_task.in_existing,
+                                                                          same_task.why)))
+        new = _Pairer(existing, per_task, cap, payload, spill.records("new-pairs"))
+        unpaired, decided = spill.records("unpaired", batch=4), spill.records("decided", batch=4)
+        made_new = _pair_cross_bucket(files, new, unpaired, decided)
+        got = list(merge_sorted([unpaired, decided], key=lambda d: d[0]))
+        assert made_new == made_old
+        assert got == want
+        assert list(new.pairs) == list(old.pairs)

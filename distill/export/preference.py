@@ -550,19 +550,45 @@ def _rows(bucket: RecordFile) -> Iterator[Row]:
     return (_row(t, shared) for t in bucket)
 
 
-def _cross_rows(bucket: RecordFile) -> list[tuple[Row, Fate]]:
-    """The cross bucket's rows with their same-task standing, in input order. Equal standings
-    share one Fate (most rows hold one of a few: no pair, or their task's cap reached)."""
-    shared: dict[str, str] = {}
-    fates: dict[tuple[Any, ...], Fate] = {}
-    rows = []
-    for t, fate in bucket:
-        same_task = fates.get(fate)
-        if same_task is None:
-            same_task = fates[fate] = Fate(*fate)
-        rows.append((_row(t, shared), same_task))
-    rows.sort(key=lambda held: held[0].index)  # each task bucket passed its rows on in input order
-    return rows
+CrossHeld = tuple[tuple[Any, ...], tuple[Any, ...]]  # (Row.as_tuple(), same-task Fate fields), as spilled
+
+
+def _standing(fate: tuple[Any, ...], known: dict[tuple[Any, ...], Fate]) -> Fate:
+    """A spilled same-task standing; equal standings share one Fate (most rows hold one of a few:
+    no pair, or their task's cap reached)."""
+    found = known.get(fate)
+    if found is None:
+        found = known[fate] = Fate(*fate)
+    return found
+
+
+def _cross_stream(parts: list[RecordFile]) -> Iterator[CrossHeld]:
+    """A cross bucket in input order: each task bucket passed its candidates on in input order, to
+    its own part, so the parts merge without a sort."""
+    return merge_sorted(parts, key=lambda held: held[0][0])
+
+
+def _prompt_key(prompt: str) -> bytes:
+    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _questions_that_can_pair(held: Iterable[CrossHeld]) -> set[bytes]:
+    """The questions (by prompt digest) with an accepted and a rejected answer, more than one source
+    and more than one task among them: a cross-source pair needs rows of different sources and
+    tasks, so no other question has one, and its rows need not be held while the others pair."""
+    seen: dict[bytes, list[Any]] = {}  # prompt -> [first source, first task, two sources?, two tasks?, categories]
+    for t, _ in held:
+        _, _, task_id, prompt, category, source, *_ = t
+        if category is not Category.ACCEPTED and category is not Category.REJECTED:
+            continue  # cross-source pairs are accepted x rejected only
+        state = seen.get(key := _prompt_key(prompt))
+        if state is None:
+            seen[key] = [source, task_id, False, False, {category}]
+            continue
+        state[2] = state[2] or source != state[0]
+        state[3] = state[3] or task_id != state[1]
+        state[4].add(category)
+    return {key for key, (_, _, sources, tasks, categories) in seen.items() if sources and tasks and len(categories) == 2}
 
 
 def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
@@ -638,11 +664,24 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
 ACROSS: tuple[Callable[[Row], str], ...] = (lambda row: row.source, lambda row: row.task_id)
 
 
-def _pair_cross_bucket(rows: list[tuple[Row, Fate]], pairer: _Pairer, decided: RecordFile) -> int:
+def _pair_cross_bucket(parts: list[RecordFile], pairer: _Pairer, unpaired: RecordFile, decided: RecordFile) -> int:
     """Across sources and tasks, still only answers to one and the same instruction, and only
-    verdict-bearing reviews (an observer's text judges another run, not the question). `rows` are
-    in input order, so each decision goes to `decided` as it is made (a sorted run): none waits in
-    memory, which one question asked of every review would otherwise fill with quarantine lines."""
+    verdict-bearing reviews (an observer's text judges another run, not the question).
+
+    The bucket is read twice, in input order: first to find the questions that can have a pair at
+    all, then to decide every row of the others at once (to `unpaired`: its same-task standing is
+    its last word) and hold the rest. A reviewer stream whose rows all answer one template prompt
+    puts every review in one such question; holding them cost ~700 B a row. The held rows are
+    paired, then decided in input order to `decided`. Both are sorted runs for the final merge."""
+    can_pair = _questions_that_can_pair(_cross_stream(parts))
+    rows: list[tuple[Row, Fate]] = []
+    shared: dict[str, str] = {}  # the held rows' task, prompt and source strings, one copy each
+    standings: dict[tuple[Any, ...], Fate] = {}
+    for t, fate in _cross_stream(parts):
+        if _prompt_key(t[3]) in can_pair:
+            rows.append((_row(t, shared), _standing(fate, standings)))
+        else:
+            unpaired.append(_final(Row(*t), [Fate(*fate)], pairer.payload))
     made = 0
     by_prompt: dict[str, list[Row]] = {}
     for row, _ in rows:
@@ -688,7 +727,9 @@ def export_preference(
         pass1.close()
         result.lines_replayed = pass1.replayed
 
-        cross_buckets = spill.buckets("cross", buckets, batch=IN_ORDER_BATCH) if cross_source else None
+        # cross candidates go to a part per (question bucket, task bucket), each in input order
+        cross_parts = ([spill.buckets(f"cross-{c}", buckets, batch=IN_ORDER_BATCH) for c in range(buckets)]
+                       if cross_source else None)
         decided_runs: list[RecordFile] = [early]
         same_task_pairs: list[RecordFile] = []
         for b, bucket in enumerate(task_buckets):
@@ -696,20 +737,25 @@ def export_preference(
                              spill.records(f"task-pairs-{b}", batch=IN_ORDER_BATCH))
             refused = spill.records(f"task-refused-{b}", batch=IN_ORDER_BATCH)
             decided_run = spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH)
-            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, refused, decided_run, cross_buckets)
+            cross_out = [parts[b] for parts in cross_parts] if cross_parts is not None else None
+            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, refused, decided_run, cross_out)
             for run in (refused, decided_run):
                 run.seal()  # its write buffer goes now, not when the merge reads it
                 decided_runs.append(run)
+            for part in cross_out or []:
+                part.seal()  # one task bucket's parts are open at a time
             same_task_pairs.append(pairer.pairs)
 
         cross_pairs: list[RecordFile] = []
-        for c, bucket in enumerate(cross_buckets or []):
+        for c, parts in enumerate(cross_parts or []):
             pairer = _Pairer(existing_ids, existing_per_task, max_pairs_per_task, payload,
                              spill.records(f"cross-pairs-{c}", batch=IN_ORDER_BATCH))
+            unpaired = spill.records(f"cross-unpaired-{c}", batch=IN_ORDER_BATCH)
             decided = spill.records(f"cross-decided-{c}", batch=IN_ORDER_BATCH)
-            result.pairs_cross_source += _pair_cross_bucket(_cross_rows(bucket), pairer, decided)
-            decided.seal()
-            decided_runs.append(decided)
+            result.pairs_cross_source += _pair_cross_bucket(parts, pairer, unpaired, decided)
+            for run in (unpaired, decided):
+                run.seal()
+                decided_runs.append(run)
             cross_pairs.append(pairer.pairs)
 
         for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import IO, Any
 
 BUCKET_BYTES = 64 * 2**20  # scored-run bytes per bucket: a bucket's light rows stay a few MiB
-MAX_BUCKETS = 64  # every bucket's file can be open at once in the final merge (2 phases + 1)
+MAX_BUCKETS = 64  # every bucket's files can be open at once in the final merge (4 per bucket + 1)
 WRITE_BUFFER = 1 << 18  # scratch files take many small records (up to ~100 files open at once)
 IN_ORDER_BATCH = 256  # records per pickle in a file read back in order (held per file until written)
 
