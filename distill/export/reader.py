@@ -8,7 +8,7 @@ input row (conservation) without re-reading anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -271,17 +271,7 @@ class EvidenceOffsets:
                 continue
             if (ev.run_id, ev.provenance.sig_hash) == key:
                 return ev
-        while (ahead := self._next()) is not None:  # the lines not read yet, in file order
-            _, line_key, row = ahead
-            if line_key != key:
-                continue
-            try:
-                ev = EvidenceRecord.model_validate(row)
-            except ValidationError:
-                continue
-            if (ev.run_id, ev.provenance.sig_hash) == key:
-                return ev
-        return None
+        return _first_record(iter(self._next, None), key)  # the lines not read yet, in file order
 
     def _line(self, offset: int) -> bytes:
         if self._fh is None:
@@ -312,17 +302,25 @@ def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | 
     if ".." in part.parts or not part.parts:
         return None
     try:
-        for _, found, row in keyed_evidence_lines(ws.evidence_dir / part):
-            if found != key:
-                continue
-            try:
-                ev = EvidenceRecord.model_validate(row)
-            except ValidationError:
-                continue
-            if (ev.run_id, ev.provenance.sig_hash) == key:
-                return ev.text
+        ev = _first_record(keyed_evidence_lines(ws.evidence_dir / part), key)
     except OSError:
         return None  # no such mirror (a damaged checkpoint named it)
+    return ev.text if ev is not None else None
+
+
+def _first_record(lines: Iterable[tuple[int, tuple[Any, Any], dict[str, Any]]],
+                 key: tuple[str, str]) -> EvidenceRecord | None:
+    """The first of these parsed evidence lines that names `key` and is a valid EvidenceRecord of
+    it (a line is validated only when its key matches)."""
+    for _, found, row in lines:
+        if found != key:
+            continue
+        try:
+            ev = EvidenceRecord.model_validate(row)
+        except ValidationError:
+            continue
+        if (ev.run_id, ev.provenance.sig_hash) == key:
+            return ev
     return None
 
 
