@@ -572,23 +572,35 @@ def _prompt_key(prompt: str) -> bytes:
     return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+_TWO_SOURCES, _TWO_TASKS, _ACCEPTED, _REJECTED = 1, 2, 4, 8
+_CAN_PAIR = _TWO_SOURCES | _TWO_TASKS | _ACCEPTED | _REJECTED
+
+
 def _questions_that_can_pair(held: Iterable[CrossHeld]) -> set[bytes]:
     """The questions (by prompt digest) with an accepted and a rejected answer, more than one source
     and more than one task among them: a cross-source pair needs rows of different sources and
-    tasks, so no other question has one, and its rows need not be held while the others pair."""
-    seen: dict[bytes, list[Any]] = {}  # prompt -> [first source, first task, two sources?, two tasks?, categories]
+    tasks, so no other question has one, and its rows need not be held while the others pair.
+    Per question it keeps its first source and task and what it has seen as bits."""
+    seen: dict[bytes, tuple[str, str, int]] = {}
+    sources: dict[str, str] = {}  # one copy of each source name (a bucket has few)
     for t, _ in held:
         _, _, task_id, prompt, category, source, *_ = t
-        if category is not Category.ACCEPTED and category is not Category.REJECTED:
+        if category is Category.ACCEPTED:
+            bit = _ACCEPTED
+        elif category is Category.REJECTED:
+            bit = _REJECTED
+        else:
             continue  # cross-source pairs are accepted x rejected only
-        state = seen.get(key := _prompt_key(prompt))
+        key = _prompt_key(prompt)
+        state = seen.get(key)
         if state is None:
-            seen[key] = [source, task_id, False, False, {category}]
+            seen[key] = (sources.setdefault(source, source), task_id, bit)
             continue
-        state[2] = state[2] or source != state[0]
-        state[3] = state[3] or task_id != state[1]
-        state[4].add(category)
-    return {key for key, (_, _, sources, tasks, categories) in seen.items() if sources and tasks and len(categories) == 2}
+        first_source, first_task, flags = state
+        now = flags | bit | (_TWO_SOURCES if source != first_source else 0) | (_TWO_TASKS if task_id != first_task else 0)
+        if now != flags:
+            seen[key] = (first_source, first_task, now)
+    return {key for key, (_, _, flags) in seen.items() if flags == _CAN_PAIR}
 
 
 def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
