@@ -58,6 +58,7 @@ from distill.export.quarantine import (
 )
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.sft import has_instruction_shape, synthesize_instruction
+from distill.export.scored_index import key_digest
 from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, merge_sorted
 from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
@@ -568,10 +569,6 @@ def _cross_stream(parts: list[RecordFile]) -> Iterator[CrossHeld]:
     return merge_sorted(parts, key=lambda held: held[0][0])
 
 
-def _prompt_key(prompt: str) -> bytes:
-    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 _TWO_SOURCES, _TWO_TASKS, _ACCEPTED, _REJECTED = 1, 2, 4, 8
 _CAN_PAIR = _TWO_SOURCES | _TWO_TASKS | _ACCEPTED | _REJECTED
 
@@ -591,7 +588,7 @@ def _questions_that_can_pair(held: Iterable[CrossHeld]) -> set[bytes]:
             bit = _REJECTED
         else:
             continue  # cross-source pairs are accepted x rejected only
-        key = _prompt_key(prompt)
+        key = key_digest(prompt)
         state = seen.get(key)
         if state is None:
             seen[key] = (sources.setdefault(source, source), task_id, bit)
@@ -690,7 +687,7 @@ def _pair_cross_bucket(parts: list[RecordFile], pairer: _Pairer, unpaired: Recor
     shared: dict[str, str] = {}  # the held rows' task, prompt and source strings, one copy each
     standings: dict[tuple[Any, ...], Fate] = {}
     for t, fate in _cross_stream(parts):
-        if _prompt_key(t[3]) in can_pair:
+        if key_digest(t[3]) in can_pair:
             rows.append((_row(t, shared), _standing(fate, standings)))
         else:
             unpaired.append(_final(Row(*t), [Fate(*fate)], pairer.payload))
