@@ -8,7 +8,7 @@ input row (conservation) without re-reading anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -191,7 +191,7 @@ class EvidenceIndex:
 
 def keyed_evidence_lines(path: Path, *, start: int = 0, end: int | None = None,
                          on_chunk: Callable[[bytes], None] | None = None,
-                         ) -> Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]]:
+                         ) -> Generator[tuple[int, tuple[Any, Any], dict[str, Any]], None, None]:
     """(offset, (run_id, sig_hash) as the JSON has them, the parsed line) for every line of an
     evidence file (those from byte `start` that start before byte `end`) that is a JSON object
     with a provenance object: a lookup by key parses every line but validates only the lines
@@ -226,7 +226,7 @@ class EvidenceOffsets:
         self.path = path
         self._where: dict[tuple[str, str], int | list[int]] = {}
         self._fh: IO[bytes] | None = None
-        self._ahead: Iterator[tuple[int, tuple[Any, Any], dict[str, Any]]] | None = (
+        self._ahead: Generator[tuple[int, tuple[Any, Any], dict[str, Any]], None, None] | None = (
             keyed_evidence_lines(path, start=start, end=end, on_chunk=on_chunk) if path.is_file() else None)
 
     def _next(self) -> tuple[int, tuple[str, str], dict[str, Any]] | None:
@@ -264,7 +264,7 @@ class EvidenceOffsets:
 
     def get(self, key: tuple[str, str]) -> EvidenceRecord | None:
         found = self._where.get(key)
-        for offset in () if found is None else (found,) if isinstance(found, int) else tuple(found):
+        for offset in () if found is None else (found,) if isinstance(found, int) else found:
             try:
                 ev = EvidenceRecord.model_validate(loads(self._line(offset)))
             except (OSError, ValueError, ValidationError):
@@ -285,9 +285,7 @@ class EvidenceOffsets:
             self._fh.close()
             self._fh = None
         if self._ahead is not None:
-            close = getattr(self._ahead, "close", None)
-            if close is not None:
-                close()  # the generator's file
+            self._ahead.close()  # the reader's file
             self._ahead = None
 
 
