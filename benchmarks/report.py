@@ -50,8 +50,9 @@ def cli(main: Any) -> int:
     try:
         return int(main() or 0)
     except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"{Path(sys.argv[0]).name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        from distill.command import os_error_message
+
+        print(f"{Path(sys.argv[0]).name}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
 
 
