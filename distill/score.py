@@ -24,7 +24,7 @@ from typing import Any
 
 from distill import __version__
 from distill.config import Settings
-from distill.hashing import PrefixHash
+from distill.hashing import PREFIX_CHUNK, PrefixHash
 from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
@@ -35,6 +35,7 @@ from distill.score_checkpoints import (
     CATEGORY_CODES,
     ExtractionEntry,
     ParentEntry,
+    PartitionCheckpoint,
     ScoreCheckpoints,
     parents_digest,
     score_basis,
@@ -112,6 +113,19 @@ class _MirrorNow:
         found.sha256 = sha.hexdigest()
         found.size = target.stat().st_size
         return found
+
+
+def _sha256_and_lines(path: Path) -> tuple[str, int] | None:
+    """sha256 of a file and its newline count (None when it cannot be read)."""
+    sha, lines = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(PREFIX_CHUNK):
+                sha.update(chunk)
+                lines += chunk.count(b"\n")
+    except OSError:
+        return None
+    return sha.hexdigest(), lines
 
 
 def _line_digest(line: bytes) -> bytes:
@@ -218,10 +232,14 @@ class _PartitionScorer:
         part = self.parts[i]
         path = part.path
         target = mirror_path(ws, path)
-        # only newline-terminated lines count as present (a torn tail is not a scored row)
-        before = _MirrorNow.read(target)
         cp = book.get(part.rel) if book is not None and part.resumed else None
         kept = cp.category_list() if cp is not None else None
+        if cp is not None and kept is not None and self._untouched(part, cp, kept, target):
+            # pass 2 would write the mirror's own lines again, each one already there
+            extraction = sorted(cp.extraction, key=lambda e: e[0])
+            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256)
+        # only newline-terminated lines count as present (a torn tail is not a scored row)
+        before = _MirrorNow.read(target)
         categories: list[str] = []
         deduped: list[bool] = []
         extraction: list[ExtractionEntry] = []
@@ -274,17 +292,32 @@ class _PartitionScorer:
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner()
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
+        return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest())
+
+    def _untouched(self, part: _Partition, cp: PartitionCheckpoint, kept: list[str], target: Path) -> bool:
+        """Whether pass 2 would only copy the partition's mirror onto itself: no line was added to
+        the evidence since its checkpoint, no extraction row's task changed parents, and the mirror
+        is byte for byte what the checkpoint wrote. Costs one hash of the mirror, not a parse."""
+        if part.resumed_at is None or part.new_problems or part.progress.end != part.resumed_at.end:
+            return False
+        book = self.book
+        if book is None or any(self.task_digest(task) != book.task_parents.get(task) for _, _, task, _ in cp.extraction):
+            return False
+        return _sha256_and_lines(target) == (cp.scored_sha256, len(kept))
+
+    def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
+                problems: list[str], scored_sha256: str) -> _Scored:
         checkpoint = None
-        if book is not None and (sha := part.prefix_sha256()) is not None:
+        if self.book is not None and (sha := part.prefix_sha256()) is not None:
             checkpoint = {
                 "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
-                "scored_sha256": out.sha256.hexdigest(),
+                "scored_sha256": scored_sha256,
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
-                "problems": [line for line in mine if _problem_offset(line) < part.progress.end],
+                "problems": [line for line in problems if _problem_offset(line) < part.progress.end],
                 "parents": [_entry(p) for p in part.parents], "extraction": extraction,
             }
         part.parents = []
-        return _Scored(problems=mine, categories=categories, deduped=deduped,
+        return _Scored(problems=problems, categories=categories, deduped=deduped,
                        checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
 
 

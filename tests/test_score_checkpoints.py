@@ -172,3 +172,51 @@ def test_run_force_scores_everything_again(tmp_path: Path, generated: tuple[Path
     scored.rows = 0
     execute_run(ws, settings, include_index=False, stages=stages, force=True)
     assert scored.rows > ROWS
+
+
+@pytest.mark.parametrize("damage", ["none", "torn_tail", "line_dropped", "category_flipped", "emptied", "deleted"])
+def test_a_partition_nothing_reached_is_hashed_not_read(
+    damage: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late verdict alone: the partitions it does not reach are not read line by line (their
+    mirror is hashed against the checkpoint), and one whose mirror was damaged since is read and
+    written as a full pass would."""
+    small, _ = generated
+    victims: list[str] = []
+
+    def change(ws: Workspace) -> None:
+        sizes = {p: p.stat().st_size for p in iter_partition_files(ws.evidence_dir)}
+        child = _add_parent_before_a_child(ws)
+        task = next(r["task_id"] for _, r in _evidence(ws) if r["run_id"] == child)
+        reached = {p for p, r in _evidence(ws) if r["task_id"] == task} | {
+            p for p in sizes if p.stat().st_size != sizes[p]}
+        victim = max((p for p in sizes if p not in reached), key=lambda p: sizes[p])
+        victims.append(victim.relative_to(ws.evidence_dir).as_posix())
+        mirror = ws.scored_dir / victim.relative_to(ws.evidence_dir)
+        data = mirror.read_bytes()
+        if damage == "torn_tail":
+            mirror.write_bytes(data + b'{"evidence_run_id": "half')
+        elif damage == "line_dropped":
+            mirror.write_bytes(data.split(b"\n", 1)[1])
+        elif damage == "category_flipped":
+            head, _, rest = data.partition(b"\n")
+            row = orjson.loads(head)
+            row["category"] = "rejected" if row["category"] != "rejected" else "accepted"
+            mirror.write_bytes(orjson.dumps(row) + b"\n" + rest)
+        elif damage == "emptied":
+            mirror.write_bytes(b"")
+        elif damage == "deleted":
+            mirror.unlink()
+
+    a, b = _twins(tmp_path, small, change)
+    assert victims[0] == victims[1]
+    mirror_lines = sum(p.read_bytes().count(b"\n") for p in iter_partition_files(b.scored_dir))
+    victim_lines = (a.evidence_dir / victims[0]).read_bytes().count(b"\n")
+    lines_read = Calls(monkeypatch, score_module, "_line_digest")
+    resumed = _score(a)
+    read = lines_read.rows
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
+    if damage == "none":
+        assert read < mirror_lines // 2
+    else:
+        assert read >= victim_lines  # the damaged mirror's partition was scored again
