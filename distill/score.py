@@ -25,7 +25,7 @@ from typing import Any
 from distill import __version__
 from distill.config import Settings
 from distill.hashing import PREFIX_CHUNK, PrefixHash
-from distill.jsonl import ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
+from distill.jsonl import RawLine, ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
@@ -67,7 +67,13 @@ def _read_rows(
     """(byte offset, record) of every valid evidence line of one partition file, from `resume_at`
     on (the lines starting before `end`, when given), one at a time: a partition can be most of
     the workspace. The other lines become quarantine rows. `progress` follows the whole lines read."""
-    rel = ws.relative(path)
+    rel: str | None = None  # resolved once, for the first bad line (most reads have none)
+
+    def ref(raw: RawLine) -> SourceRef:
+        nonlocal rel
+        rel = rel if rel is not None else ws.relative(path)
+        return SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
+
     start = resume_at or ReadProgress()
     if progress is not None:
         progress.end, progress.lines = start.end, start.lines
@@ -78,14 +84,14 @@ def _read_rows(
             progress.end, progress.lines = raw.offset + raw.length + 1, raw.number
         if raw.data is not None and not raw.data.strip():
             continue
-        ref = SourceRef(source_file=rel, line_offset=raw.offset, line_number=raw.number)
         if not raw.terminated:
-            problems.append(_problem(QuarantineReason.TORN_LINE, "unterminated last line in evidence", ref, raw.data))
+            problems.append(_problem(QuarantineReason.TORN_LINE, "unterminated last line in evidence", ref(raw), raw.data))
             continue
         try:
             ev = EvidenceRecord.model_validate_json(raw.data or b"")
         except ValueError as exc:
-            problems.append(_problem(QuarantineReason.SCHEMA_VIOLATION, f"not EvidenceRecord v1: {str(exc)[:200]}", ref, raw.data))
+            problems.append(_problem(QuarantineReason.SCHEMA_VIOLATION, f"not EvidenceRecord v1: {str(exc)[:200]}",
+                                     ref(raw), raw.data))
             continue
         yield raw.offset, ev
 
