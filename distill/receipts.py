@@ -134,6 +134,15 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
         hit = cache.get(key)
         if hit is not None:
             return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
+    size, sha, newlines = sha256_size_newlines(path)
+    records = newlines if path.suffix == ".jsonl" else None
+    if cache is not None and key is not None:
+        cache.put(key, (size, sha, records), hashed_at)
+    return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=sha, records=records)
+
+
+def sha256_size_newlines(path: Path) -> tuple[int, str, int]:
+    """Size, sha256 and newline count of a file, in one streaming pass (raises OSError)."""
     h = hashlib.sha256()
     size = 0
     newlines = 0
@@ -142,10 +151,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
             h.update(chunk)
             size += len(chunk)
             newlines += chunk.count(b"\n")
-    records = newlines if path.suffix == ".jsonl" else None
-    if cache is not None and key is not None:
-        cache.put(key, (size, h.hexdigest(), records), hashed_at)
-    return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=h.hexdigest(), records=records)
+    return size, h.hexdigest(), newlines
 
 
 def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:

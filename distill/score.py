@@ -24,9 +24,9 @@ from typing import Any
 
 from distill import __version__
 from distill.config import Settings
-from distill.hashing import PREFIX_CHUNK, PrefixHash
+from distill.hashing import PrefixHash
 from distill.jsonl import RawLine, ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
-from distill.receipts import count_categories
+from distill.receipts import count_categories, sha256_size_newlines
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport, Tally
@@ -119,19 +119,6 @@ class _MirrorNow:
         found.sha256 = sha.hexdigest()
         found.size = target.stat().st_size
         return found
-
-
-def _sha256_and_lines(path: Path) -> tuple[str, int] | None:
-    """sha256 of a file and its newline count (None when it cannot be read)."""
-    sha, lines = hashlib.sha256(), 0
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(PREFIX_CHUNK):
-                sha.update(chunk)
-                lines += chunk.count(b"\n")
-    except OSError:
-        return None
-    return sha.hexdigest(), lines
 
 
 def _line_digest(line: bytes) -> bytes:
@@ -309,7 +296,11 @@ class _PartitionScorer:
         book = self.book
         if book is None or any(self.task_digest(task) != book.task_parents.get(task) for _, _, task, _ in cp.extraction):
             return False
-        return _sha256_and_lines(target) == (cp.scored_sha256, len(kept))
+        try:
+            _, sha, lines = sha256_size_newlines(target)
+        except OSError:
+            return False
+        return (sha, lines) == (cp.scored_sha256, len(kept))
 
     def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
                 problems: list[str], scored_sha256: str) -> _Scored:
