@@ -307,7 +307,7 @@ def mirror_text(ws: Workspace, scored_file: str, key: tuple[str, str]) -> str | 
 
 
 def _first_record(lines: Iterable[tuple[int, tuple[Any, Any], dict[str, Any]]],
-                 key: tuple[str, str]) -> EvidenceRecord | None:
+                  key: tuple[str, str]) -> EvidenceRecord | None:
     """The first of these parsed evidence lines that names `key` and is a valid EvidenceRecord of
     it (a line is validated only when its key matches)."""
     for _, found, row in lines:
