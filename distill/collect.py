@@ -95,35 +95,41 @@ class _PartitionWriter:
     """Buffers evidence lines per partition file and appends them in batches.
 
     A full buffer is appended on its own; everything is appended when the total buffered size
-    passes FLUSH_BYTES. Each append is one locked, fsynced write of whole lines, so batching
-    bounds the number of fsyncs without loosening crash safety.
+    passes FLUSH_BYTES. Each append is one locked write of whole lines (a crash leaves whole lines
+    or a torn tail the next writer repairs). With checkpoints, the file's key checkpoint then
+    covers the lines written, so the next run parses none of them.
     """
 
-    def __init__(self, dry_run: bool) -> None:
-        self.dry_run = dry_run
-        self.buffers: dict[Path, list[bytes]] = {}
+    def __init__(self, dry_run: bool, evidence_dir: Path, book: CollectCheckpoints | None) -> None:
+        self.dry_run, self.evidence_dir, self.book = dry_run, evidence_dir, book
+        self.buffers: dict[Path, tuple[list[bytes], list[bytes]]] = {}  # lines and their keys
         self.buffered_bytes = 0
 
-    def add(self, path: Path, line: bytes) -> None:
+    def add(self, path: Path, key: bytes, line: bytes) -> None:
         buffer = self.buffers.get(path)
         if buffer is None:
-            buffer = self.buffers[path] = []
-        buffer.append(line)
+            buffer = self.buffers[path] = ([], [])
+        buffer[0].append(line)
+        buffer[1].append(key)
         self.buffered_bytes += len(line)
-        if len(buffer) >= FLUSH_LINES:
+        if len(buffer[0]) >= FLUSH_LINES:
             self._append(path, buffer)
         elif self.buffered_bytes >= FLUSH_BYTES:
             self.flush()
 
-    def _append(self, path: Path, buffer: list[bytes]) -> None:
+    def _append(self, path: Path, buffer: tuple[list[bytes], list[bytes]]) -> None:
+        lines, keys = buffer
         if not self.dry_run:
-            append_lines(path, buffer, fsync=False)
-        self.buffered_bytes -= sum(len(line) for line in buffer)
-        buffer.clear()
+            append_lines(path, lines, fsync=False)
+            if self.book is not None:  # the file's key checkpoint covers what was just written
+                self.book.appended(path.relative_to(self.evidence_dir).as_posix(), lines, keys)
+        self.buffered_bytes -= sum(len(line) for line in lines)
+        lines.clear()
+        keys.clear()
 
     def flush(self) -> None:
         for path, buffer in self.buffers.items():
-            if buffer:
+            if buffer[0]:
                 self._append(path, buffer)
         self.buffered_bytes = 0
 
@@ -172,7 +178,7 @@ def run_collect(
         report.notes.extend(f"not read: {u.path}: {u.reason}" for u in report.unread)
     book = CollectCheckpoints.load(ws.collect_checkpoint_path, checkpoint_basis(settings)) if checkpoints else None
     seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
-    writer = _PartitionWriter(dry_run)
+    writer = _PartitionWriter(dry_run, ws.evidence_dir, book)
     quarantine_path = ws.quarantine_path(STAGE)
     inputs: set[str] = set()
     partitions = _Partitions(ws.evidence_dir)
@@ -184,7 +190,7 @@ def run_collect(
             inputs.update(ws.relative(p) for p in source.inputs(ws))
             read = _SourceReader(ws, settings, book, seen, partitions)
             report.by_source[source.name] = read.source(
-                source, lambda key, path, line: writer.add(path, line), quarantine_out)
+                source, lambda key, path, line: writer.add(path, key, line), quarantine_out)
             recorded.append(read.checkpoints)
         writer.flush()
 
@@ -208,8 +214,8 @@ def run_collect(
             for result in results:
                 inputs.update(result.inputs)
                 quarantine_out.write_block(result.quarantine)
-                for path, line in _frames(result.evidence):
-                    writer.add(Path(path), line)
+                for path, key, line in _frames(result.evidence):
+                    writer.add(Path(path), key, line)
                 report.by_source[result.name] = result.counts
                 recorded.append(partial(list, result.checkpoints))
                 seen.update(_split_keys(result.added))
@@ -330,7 +336,7 @@ class _SourceRead:
     inputs: list[str]
     counts: Counts
     quarantine: bytes  # its quarantine lines, redacted, as the file gets them
-    evidence: Path  # its new evidence rows: pickled batches of (partition file, line)
+    evidence: Path  # its new evidence rows: pickled batches of (partition file, key, line)
     checkpoints: list[tuple[str, FileCheckpoint | None]]
     added: bytes  # the keys of its new evidence rows
     looked_up: bytes  # keys whose absence refused a checkpoint
@@ -355,12 +361,12 @@ class _SideBySide:
         sink.scanner = self.scanner
         added = bytearray()
         out = self.scratch / f"source-{i}.evidence"
-        batch: list[tuple[str, bytes]] = []
+        batch: list[tuple[str, bytes, bytes]] = []
         with open(out, "wb") as fh:
 
             def put(key: bytes, path: Path, line: bytes) -> None:
                 added.extend(key)
-                batch.append((str(path), line))
+                batch.append((str(path), key, line))
                 if len(batch) >= FRAME_LINES:
                     pickle.dump(batch, fh, protocol=pickle.HIGHEST_PROTOCOL)
                     batch.clear()
@@ -380,7 +386,7 @@ class _SideBySide:
 FRAME_LINES = 5_000
 
 
-def _frames(path: Path) -> Iterator[tuple[str, bytes]]:
+def _frames(path: Path) -> Iterator[tuple[str, bytes, bytes]]:
     with open(path, "rb") as fh:
         while True:
             try:

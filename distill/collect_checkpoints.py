@@ -145,6 +145,17 @@ class FileRecorder:
         )
 
 
+class _GrowingEvidence:
+    """An evidence file hashed from offset 0 to its end, with the keys of its lines."""
+
+    def __init__(self, hashed: PrefixHash, keys: bytearray) -> None:
+        self.hashed, self.keys = hashed, keys
+
+    def checkpoint(self) -> EvidenceCheckpoint:
+        return EvidenceCheckpoint(end=self.hashed.at, sha256=self.hashed.hexdigest(),
+                                  keys=base64.b64encode(bytes(self.keys)).decode())
+
+
 class CollectCheckpoints:
     """The checkpoints a run may trust (see the module docstring), and the ones it leaves."""
 
@@ -155,6 +166,10 @@ class CollectCheckpoints:
         self.evidence = evidence or {}
         self.next: dict[str, FileCheckpoint] = {}
         self.next_evidence: dict[str, EvidenceCheckpoint] = {}
+        # evidence files whose key checkpoint can take this run's appends: hashed to their end
+        self._growing: dict[str, _GrowingEvidence] = {}
+        self._fixed: set[str] = set()  # evidence files whose checkpoint cannot (read only in part)
+        self._appended: set[str] = set()
 
     @classmethod
     def load(cls, path: Path, basis: str) -> CollectCheckpoints:
@@ -189,7 +204,26 @@ class CollectCheckpoints:
         sha = hashed.hexdigest_to(path, end)  # an unterminated tail (a dry run does not repair it) is left out
         if sha is not None:
             self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=sha, keys=base64.b64encode(bytes(blob)).decode())
-        return [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
+        keys = [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
+        if sha is not None and hashed.at == end:
+            self._growing[rel] = _GrowingEvidence(hashed, blob)
+        else:
+            self._fixed.add(rel)
+        return keys
+
+    def appended(self, rel: str, lines: list[bytes], keys: list[bytes]) -> None:
+        """Lines this run appended to an evidence file (in file order, each with its key): its
+        checkpoint then covers them, so the next run does not parse what this one wrote. Had
+        another writer appended in between, the next run finds the file's prefix hash different
+        and parses it whole."""
+        if rel in self._fixed:
+            return
+        growing = self._growing.get(rel)
+        if growing is None:  # a file this run created
+            growing = self._growing[rel] = _GrowingEvidence(PrefixHash(), bytearray())
+        growing.hashed.update(b"\n".join(lines) + b"\n")
+        growing.keys += b"".join(keys)
+        self._appended.add(rel)
 
     def resume(self, rel: str, path: Path, source: str, seen: set[bytes]) -> FileRecorder:
         """A recorder for reading `path`, resumed from its checkpoint when that can be trusted."""
@@ -209,6 +243,8 @@ class CollectCheckpoints:
             self.next[rel] = checkpoint
 
     def save(self, path: Path) -> None:
+        for rel in self._appended:
+            self.next_evidence[rel] = self._growing[rel].checkpoint()
         payload: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
             "basis": self.basis,

@@ -86,10 +86,14 @@ class PrefixHash:
         self._hasher.update(chunk)
         self.at += len(chunk)
 
+    def hexdigest(self) -> str:
+        """sha256 of the `at` bytes hashed so far."""
+        return str(self._hasher.hexdigest())
+
     def hexdigest_to(self, path: Path, end: int) -> str | None:
         """sha256 of the first `end` bytes (None when the file no longer has them)."""
         if end == self.at:
-            return str(self._hasher.hexdigest())
+            return self.hexdigest()
         hasher = prefix_sha256(path, end)
         return None if hasher is None else str(hasher.hexdigest())
 

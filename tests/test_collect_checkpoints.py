@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import distill.collect as collect_module
 import distill.sources.base as source_base
 from distill.collect import run_collect
 from distill.config import load_settings
@@ -65,11 +66,14 @@ def test_an_append_reads_only_the_new_lines_and_matches_a_full_read(
     small, grown = generated
     a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown, HOSTILE_TAIL))
     converted = Calls(monkeypatch, source_base, "convert_row")
+    parsed = Calls(monkeypatch, collect_module, "_line_key")  # evidence lines parsed for their dedup key
     resumed = _collect(a)
     assert 0 < converted.rows <= ROWS // 50 + 3  # the appended rows (and the hostile ones), nothing before them
+    assert parsed.rows == 0  # the evidence is what the last collect wrote: its keys are in the checkpoint
     converted.rows = 0
     full = _collect(b)
     assert converted.rows > ROWS
+    assert parsed.rows > ROWS * 0.9  # no checkpoint: every evidence line parsed
     assert _state(a, resumed) == _state(b, full)
     assert resumed.totals.written > 0 and resumed.totals.deduped > 0 and resumed.balanced
     assert {"malformed_json", "not_an_object", "torn_line"} <= set(resumed.totals.by_reason)
@@ -135,3 +139,42 @@ def test_run_force_reads_everything_again(tmp_path: Path, generated: tuple[Path,
     assert converted.rows == 0
     execute_run(ws, settings, include_index=False, stages=[CollectStage()], force=True)
     assert converted.rows > ROWS * 0.9
+
+
+def test_evidence_appended_by_another_writer_in_between_is_parsed_again(tmp_path: Path) -> None:
+    """The key checkpoint of an evidence file covers the lines this run appended because it hashes
+    them as written; a line another writer slipped in between makes the next run's prefix check
+    fail, so that line's key is found by parsing, never lost."""
+    from distill.collect import _line_key, evidence_key
+    from distill.collect_checkpoints import CollectCheckpoints
+
+    def line(run_id: str) -> bytes:
+        return b'{"run_id": "%s", "provenance": {"sig_hash": "s-%s"}}' % (run_id.encode(), run_id.encode())
+
+    part = tmp_path / "2026" / "01" / "01" / "audits.jsonl"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(line("old") + b"\n")
+    book = CollectCheckpoints("basis")
+    assert book.evidence_keys("p", part, _line_key) == [evidence_key("old", "s-old")]
+    with open(part, "ab") as fh:  # someone else appends first
+        fh.write(line("foreign") + b"\n")
+    with open(part, "ab") as fh:
+        fh.write(line("ours") + b"\n")
+    book.appended("p", [line("ours")], [evidence_key("ours", "s-ours")])
+    book.save(tmp_path / "book.json")
+
+    again = CollectCheckpoints.load(tmp_path / "book.json", "basis")
+    assert set(again.evidence_keys("p", part, _line_key)) == {evidence_key(r, f"s-{r}") for r in ("old", "foreign", "ours")}
+
+    # without the other writer the checkpoint covers the whole file: nothing is parsed
+    part.write_bytes(line("old") + b"\n")
+    book = CollectCheckpoints("basis")
+    book.evidence_keys("p", part, _line_key)
+    with open(part, "ab") as fh:
+        fh.write(line("ours") + b"\n")
+    book.appended("p", [line("ours")], [evidence_key("ours", "s-ours")])
+    book.save(tmp_path / "book.json")
+    parsed: list[bytes] = []
+    keys = CollectCheckpoints.load(tmp_path / "book.json", "basis").evidence_keys(
+        "p", part, lambda data: parsed.append(data) or _line_key(data))
+    assert set(keys) == {evidence_key("old", "s-old"), evidence_key("ours", "s-ours")} and parsed == []
