@@ -1,13 +1,13 @@
 """Collect checkpoints: what the already-read part of each JSONL source file produced, so that a
 run after an append reads only the new lines.
 
-A file's checkpoint holds the length of its prefix in whole lines, the sha256 of those bytes, the
+A file's checkpoint holds the length of its prefix in whole lines, the hash of those bytes, the
 quarantine rows the prefix produced (as written) and the evidence keys of its other lines. A run
 trusts a checkpoint only when
 
 1. the `distill` code, the [collect] and [sources] settings and the checkpoint format are the
    ones it was made with (one basis hash for the whole file),
-2. the source file still starts with exactly those bytes (sha256 of the prefix), and
+2. the source file still starts with exactly those bytes (`distill.hashing.PREFIX_HASH` of the prefix), and
 3. every key it lists is in the evidence collected so far.
 
 Then a full read would quarantine the prefix's bad lines exactly as before and find every other
@@ -35,7 +35,7 @@ from distill.receipts import code_fingerprint
 from distill.jsonl import ReadProgress
 from distill.sources.base import JsonlStream, Source
 
-CHECKPOINT_VERSION: Literal[1] = 1
+CHECKPOINT_VERSION: Literal[2] = 2  # 2: prefixes hashed with xxh3-128, not sha256
 KEY_BYTES = 16
 
 
@@ -47,7 +47,7 @@ class FileCheckpoint(BaseModel):
     source: str
     end: int = Field(ge=0)
     lines: int = Field(ge=0)
-    sha256: str
+    prefix_hash: str
     units: int = Field(ge=0, description="input units (non-blank lines) in the prefix")
     reasons: dict[str, int] = Field(default_factory=dict, description="quarantined units by reason")
     quarantine: list[str] = Field(default_factory=list, description="their rows, as written")
@@ -68,7 +68,7 @@ class EvidenceCheckpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     end: int = Field(ge=0)
-    sha256: str
+    prefix_hash: str
     keys: str = Field("", description="base64 of the 16-byte keys of the rows in the prefix")
 
     def key_bytes(self) -> bytes:
@@ -78,7 +78,7 @@ class EvidenceCheckpoint(BaseModel):
 class _CheckpointFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1]
+    version: Literal[2]
     basis: str
     files: dict[str, FileCheckpoint]
     evidence: dict[str, EvidenceCheckpoint] = Field(default_factory=dict)
@@ -139,7 +139,7 @@ class FileRecorder:
         if sha is None:
             return None
         return FileCheckpoint(
-            source=self.source, end=progress.end, lines=progress.lines, sha256=sha,
+            source=self.source, end=progress.end, lines=progress.lines, prefix_hash=sha,
             units=self.units, reasons=dict(sorted(self.reasons.items())),
             quarantine=[q for q in self.quarantine if q is not None], keys=base64.b64encode(bytes(self.keys)).decode(),
         )
@@ -152,7 +152,7 @@ class _GrowingEvidence:
         self.hashed, self.keys = hashed, keys
 
     def checkpoint(self) -> EvidenceCheckpoint:
-        return EvidenceCheckpoint(end=self.hashed.at, sha256=self.hashed.hexdigest(),
+        return EvidenceCheckpoint(end=self.hashed.at, prefix_hash=self.hashed.hexdigest(),
                                   keys=base64.b64encode(bytes(self.keys)).decode())
 
 
@@ -188,7 +188,7 @@ class CollectCheckpoints:
         checkpoint (when the file still starts with those bytes), the rest parsed by `parse_keys`
         (a line -> its key, or None for a line that is not evidence)."""
         found = self.evidence.get(rel)
-        hashed = PrefixHash.resume(path, found.end, found.sha256) if found is not None else None
+        hashed = PrefixHash.resume(path, found.end, found.prefix_hash) if found is not None else None
         if found is not None and hashed is not None:
             start, blob = found.end, bytearray(found.key_bytes())
         else:
@@ -203,7 +203,7 @@ class CollectCheckpoints:
                 blob += key
         sha = hashed.hexdigest_to(path, end)  # an unterminated tail (a dry run does not repair it) is left out
         if sha is not None:
-            self.next_evidence[rel] = EvidenceCheckpoint(end=end, sha256=sha, keys=base64.b64encode(bytes(blob)).decode())
+            self.next_evidence[rel] = EvidenceCheckpoint(end=end, prefix_hash=sha, keys=base64.b64encode(bytes(blob)).decode())
         keys = [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
         if sha is not None and hashed.at == end:
             self._growing[rel] = _GrowingEvidence(hashed, blob)
@@ -229,7 +229,7 @@ class CollectCheckpoints:
         """A recorder for reading `path`, resumed from its checkpoint when that can be trusted."""
         found = self.files.get(rel)
         if found is not None and found.source == source:
-            hashed = PrefixHash.resume(path, found.end, found.sha256)
+            hashed = PrefixHash.resume(path, found.end, found.prefix_hash)
             if hashed is not None:
                 keys = memoryview(found.key_bytes())
                 if len(keys) % KEY_BYTES == 0 and all(

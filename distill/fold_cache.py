@@ -6,7 +6,8 @@ most files they read only grow (evidence and scored partitions, the native expor
 so a periodic run re-read gigabytes to count the one per cent that was new. A `Tally` is saved
 with the length and sha256 of the whole-line prefix it covers; the next tally of that file
 re-hashes the prefix (hashing is far cheaper than parsing) and, when it still matches, folds only
-the lines after it. Anything else (a file rewritten, shortened or edited in place, a cache of
+the lines after it. sha256, not the checkpoints' faster prefix hash: a tally is matched against the
+digest a receipt made of the whole file, so an unchanged file is not read at all. Anything else (a file rewritten, shortened or edited in place, a cache of
 another version, a fold renamed) is folded from the start: the cache only saves work; losing or
 corrupting it costs one full read, never a wrong count.
 
@@ -19,6 +20,7 @@ output's categories and then checks its lines reads the appended lines once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -150,11 +152,11 @@ class FoldCache:
                 self._keep(name, fold, derived)
                 return derived.tally.copy()
         if entry is not None:
-            hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256)
+            hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256, new=hashlib.sha256)
             if hasher is not None:
                 start = entry.tally
         if hasher is None:
-            hasher = PrefixHash()
+            hasher = PrefixHash(new=hashlib.sha256)
         tally = fold_lines(file, key, start, on_chunk=hasher.update)
         digest = hasher.hexdigest_to(file, tally.end)
         if digest is not None:

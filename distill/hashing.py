@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import xxhash
 
 _ORJSON_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
@@ -47,12 +49,21 @@ def content_id(prefix: str, *parts: str, length: int = 16) -> str:
 
 
 PREFIX_CHUNK = 1 << 20
+PREFIX_HASH = "xxh3-128"
+"""What the checkpoints recognise an already-read prefix of a file by. They only ask "does this
+file still start with the bytes I read?" of our own workspace files (never what a receipt or an
+export publishes: those digests are sha256), and ask it of every prefix on every run, so the
+hash is xxh3 (128 bits, ~20 GB/s here) rather than sha256 (~1.7 GB/s with SHA-NI)."""
 
 
-def prefix_sha256(path: Path, end: int) -> Any:
-    """A sha256 object over the first `end` bytes of a file (it can go on hashing what follows),
-    or None when the file is shorter or unreadable."""
-    h = hashlib.sha256()
+def _new_prefix_hasher() -> Any:
+    return xxhash.xxh3_128()
+
+
+def prefix_hash(path: Path, end: int, new: Callable[[], Any] = _new_prefix_hasher) -> Any:
+    """A hash object (made by `new`) over the first `end` bytes of a file (it can go on hashing
+    what follows), or None when the file is shorter or unreadable."""
+    h = new()
     left = end
     try:
         with open(path, "rb") as fh:
@@ -68,33 +79,35 @@ def prefix_sha256(path: Path, end: int) -> Any:
 
 
 class PrefixHash:
-    """The sha256 of a file from offset 0, kept while a reader goes through it: started fresh or
-    resumed from a prefix that still matches, fed every chunk read, and asked for the digest of
+    """The PREFIX_HASH of a file from offset 0, kept while a reader goes through it: started fresh
+    or resumed from a prefix that still matches, fed every chunk read, and asked for the digest of
     the whole lines only (a read that ended in an unterminated line hashes up to its start)."""
 
-    def __init__(self, hasher: Any = None, at: int = 0) -> None:
-        self._hasher = hasher if hasher is not None else hashlib.sha256()
+    def __init__(self, hasher: Any = None, at: int = 0, *, new: Callable[[], Any] = _new_prefix_hasher) -> None:
+        self._new = new  # another algorithm only where a digest is compared with one made elsewhere
+        self._hasher = hasher if hasher is not None else new()
         self.at = at  # bytes hashed so far
 
     @classmethod
-    def resume(cls, path: Path, end: int, expected: str) -> PrefixHash | None:
+    def resume(cls, path: Path, end: int, expected: str, *,
+               new: Callable[[], Any] = _new_prefix_hasher) -> PrefixHash | None:
         """Over the first `end` bytes, when they still hash to `expected`; None otherwise."""
-        hasher = prefix_sha256(path, end)
-        return cls(hasher, end) if hasher is not None and hasher.hexdigest() == expected else None
+        hasher = prefix_hash(path, end, new)
+        return cls(hasher, end, new=new) if hasher is not None and hasher.hexdigest() == expected else None
 
     def update(self, chunk: bytes) -> None:
         self._hasher.update(chunk)
         self.at += len(chunk)
 
     def hexdigest(self) -> str:
-        """sha256 of the `at` bytes hashed so far."""
+        """The digest of the `at` bytes hashed so far."""
         return str(self._hasher.hexdigest())
 
     def hexdigest_to(self, path: Path, end: int) -> str | None:
-        """sha256 of the first `end` bytes (None when the file no longer has them)."""
+        """The digest of the first `end` bytes (None when the file no longer has them)."""
         if end == self.at:
             return self.hexdigest()
-        hasher = prefix_sha256(path, end)
+        hasher = prefix_hash(path, end, self._new)
         return None if hasher is None else str(hasher.hexdigest())
 
 
@@ -119,5 +132,5 @@ class LineEndHash:
         return self.hasher.at - self.after_newline
 
     def hexdigest(self, path: Path) -> str | None:
-        """sha256 of the file up to `end` (None when the file no longer has those bytes)."""
+        """The digest of the file up to `end` (None when the file no longer has those bytes)."""
         return self.hasher.hexdigest_to(path, self.end)

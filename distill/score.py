@@ -181,8 +181,8 @@ class _Partition:
     parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
     todo: int = 0  # bytes pass 2 will read: what a pool of processes balances on
 
-    def prefix_sha256(self) -> str | None:
-        """sha256 of the whole lines read (an unterminated tail is left out)."""
+    def prefix_hash(self) -> str | None:
+        """The hash of the whole lines read (an unterminated tail is left out)."""
         return self.hashed.hexdigest_to(self.path, self.progress.end)
 
 
@@ -305,9 +305,9 @@ class _PartitionScorer:
     def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
                 problems: list[str], scored_sha256: str) -> _Scored:
         checkpoint = None
-        if self.book is not None and (sha := part.prefix_sha256()) is not None:
+        if self.book is not None and (sha := part.prefix_hash()) is not None:
             checkpoint = {
-                "end": part.progress.end, "lines": part.progress.lines, "sha256": sha,
+                "end": part.progress.end, "lines": part.progress.lines, "prefix_hash": sha,
                 "scored_sha256": scored_sha256,
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
                 "problems": [line for line in problems if _problem_offset(line) < part.progress.end],

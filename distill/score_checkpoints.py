@@ -2,7 +2,7 @@
 after collect appended rows parses and scores only those rows, and re-scores only the extraction
 rows whose task gained or lost a verdict-bearing parent.
 
-Per partition: the length and sha256 of its whole-line prefix, the sha256 of the scored mirror
+Per partition: the length and hash of its whole-line prefix, the sha256 of the scored mirror
 file as written, the category of every scored line, the quarantine rows of its bad lines, the
 verdict-bearing parents it contributes (pass 1) and, for every extraction (class C) row, where it
 is and which task it joins. A run trusts a partition's checkpoint only when the `distill` code,
@@ -25,7 +25,7 @@ from distill.config import Settings
 from distill.hashing import PrefixHash, canonical_json, sha256_hex
 from distill.receipts import code_fingerprint
 
-CHECKPOINT_VERSION: Literal[1] = 1
+CHECKPOINT_VERSION: Literal[2] = 2  # 2: prefixes hashed with xxh3-128, not sha256
 
 ParentEntry = tuple[str, str, str, str]
 """(run_id, task_id, category, created_at ISO) of a verdict-bearing parent, in evidence order."""
@@ -42,8 +42,8 @@ class PartitionCheckpoint(BaseModel):
 
     end: int = Field(ge=0)
     lines: int = Field(ge=0)
-    sha256: str
-    scored_sha256: str
+    prefix_hash: str  # distill.hashing.PREFIX_HASH of the evidence prefix
+    scored_sha256: str  # sha256 of the scored mirror as written
     categories: str = Field(description="one code per scored line (CATEGORY_CODES), in order")
     problems: list[str] = Field(default_factory=list, description="quarantine rows of the prefix, as written")
     parents: list[ParentEntry] = Field(default_factory=list)
@@ -59,7 +59,7 @@ class PartitionCheckpoint(BaseModel):
 class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1]
+    version: Literal[2]
     basis: str
     task_parents: dict[str, str] = Field(description="digest of each joined task's parent list when last scored")
 
@@ -106,7 +106,7 @@ class ScoreCheckpoints:
         """The partition's checkpoint and the hash of its prefix, when the evidence file still
         starts with the bytes it was made from."""
         found = self.get(rel)
-        hashed = PrefixHash.resume(path, found.end, found.sha256) if found is not None else None
+        hashed = PrefixHash.resume(path, found.end, found.prefix_hash) if found is not None else None
         return None if found is None or hashed is None else (found, hashed)
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:

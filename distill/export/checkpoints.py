@@ -1,7 +1,7 @@
 """Export checkpoints: what each scored partition's lines gave, so that a run after score appended
 or re-scored rows joins, decides and gates only those rows.
 
-Per scored partition: the length and sha256 of its whole-line prefix, the same of the mirror
+Per scored partition: the length and hash of its whole-line prefix, the same of the mirror
 evidence partition it joined against with the digests of that prefix's valid evidence keys, and
 one entry per scored line with a digest of that line. RAG/SFT keep a `quarantine.Entry` (its
 outcome, the quarantine line it produced, its sample id); the preference export keeps what its
@@ -53,7 +53,7 @@ from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 2  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines
+EXPORT_CHECKPOINT_VERSION = 3  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -200,7 +200,7 @@ class TailEvidence:
         return self.index.revisions(run_id)
 
     def mirror_state(self) -> tuple[int, str, np.ndarray] | None:
-        """(end, sha256, key digests) of the mirror as far as it is known now."""
+        """(end, prefix hash, key digests) of the mirror as far as it is known now."""
         if self._tail is None:
             return None
         self._tail.finish()  # lookups read the appended lines only as far as they needed
@@ -256,8 +256,8 @@ class ExportCheckpoints:
         if sha is None:
             return
         end, mirror_sha, keys = mirror
-        self._file.write(rel, {"end": scored.end, "lines": lines, "sha256": sha, "mirror_end": end,
-                               "mirror_sha256": mirror_sha, "mirror_keys": _keys_text(keys),
+        self._file.write(rel, {"end": scored.end, "lines": lines, "prefix_hash": sha, "mirror_end": end,
+                               "mirror_prefix_hash": mirror_sha, "mirror_keys": _keys_text(keys),
                                "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
     def save(self) -> None:
@@ -269,7 +269,7 @@ class ExportCheckpoints:
 
 
 def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, np.ndarray] | None:
-    """(end, sha256, key digests) of the mirror the index holds after a full read of a partition."""
+    """(end, prefix hash, key digests) of the mirror the index holds after a full read of a partition."""
     keys = index.mirror_keys(mirror)
     if keys is None or index.loaded_to is None:
         return None
@@ -287,10 +287,10 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
     mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
     found = checkpoints.get(rel)
     if found is not None:
-        mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_sha256"])
+        mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_prefix_hash"])
         if mirror_hash is not None:
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
-            scored_hash = PrefixHash.resume(path, found["end"], found["sha256"])
+            scored_hash = PrefixHash.resume(path, found["end"], found["prefix_hash"])
             try:
                 if scored_hash is not None and exporter.can_replay(found[ENTRIES_KEY]):
                     _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
@@ -314,7 +314,7 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
 
 def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: dict[str, Any], tail: TailEvidence,
                  read: LineEndHash, lines: int, entries: Iterator[bytes] | None, digests: bytearray) -> None:
-    state = tail.mirror_state() or (found["mirror_end"], found["mirror_sha256"], found["keys"])
+    state = tail.mirror_state() or (found["mirror_end"], found["mirror_prefix_hash"], found["keys"])
     if entries is not None and not tail.unsure and not read.after_newline:
         checkpoints.write(rel, scored=read, scored_path=path, lines=lines, mirror=state, entries=entries,
                           digests=bytes(digests))

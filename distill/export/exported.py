@@ -109,4 +109,4 @@ def _covers(prefix: VerifiedPrefix, path: Path) -> bool:
         size = path.stat().st_size
     except OSError:
         return False
-    return size == prefix.end and PrefixHash.resume(path, prefix.end, prefix.sha256) is not None
+    return size == prefix.end and PrefixHash.resume(path, prefix.end, prefix.prefix_hash) is not None

@@ -218,7 +218,7 @@ def _render(ws: Workspace, kind: str, fmt: str, paths: dict[str, Path], state_pa
         sha = read.hexdigest(native)
         new_state = None if sha is None else ViewState(
             code=code, native_end=read.end, native_lines=lines_before + read.newlines,
-            native_sha256=sha, rows=n, files={name: sink.recorded() for name, sink in sinks.items()})
+            native_hash=sha, rows=n, files={name: sink.recorded() for name, sink in sinks.items()})
     # saved only once the view files are in place: a state never describes files not written
     if new_state is not None:
         new_state.save(state_path)

@@ -176,7 +176,7 @@ class _Part:
         self.end, self.lines = end, lines
         self.runs, self.versions, self.has_sig = bytearray(runs), bytearray(versions), bytearray(has_sig)
         self.categories = categories if categories is not None else []
-        self.sha256 = ""
+        self.prefix_hash = ""
 
     def add(self, run_id: str, sig: str | None, category: str) -> None:
         self.runs += key_digest(run_id)
@@ -188,7 +188,7 @@ class _Part:
 def scored_categories(ws: Workspace) -> ScoredIndex:
     """The scored-runs partitions as the firewall's ground truth. What an earlier build read of a
     partition is taken from `.distill.scored-index.npz` while the file still starts with those
-    bytes (sha256), so a run after an append parses only the appended lines; the index is the same
+    bytes (their prefix hash), so a run after an append parses only the appended lines; the index is the same
     either way (the cache only saves work)."""
     store = ws.scored_index_path
     saved = _load_parts(store)
@@ -198,7 +198,7 @@ def scored_categories(ws: Workspace) -> ScoredIndex:
     for path in iter_partition_files(ws.scored_dir):
         rel = path.relative_to(ws.root).as_posix()
         part = saved.get(rel)
-        hasher = PrefixHash.resume(path, part.end, part.sha256) if part is not None else None
+        hasher = PrefixHash.resume(path, part.end, part.prefix_hash) if part is not None else None
         if part is None or hasher is None:
             part, hasher = _Part(), PrefixHash()
         tail = LineEndHash(hasher)
@@ -209,8 +209,8 @@ def scored_categories(ws: Workspace) -> ScoredIndex:
             if isinstance(rid, str) and isinstance(cat, str):
                 part.add(rid, sig if isinstance(sig, str) else None, cat)
         sha = tail.hexdigest(path)
-        changed = changed or tail.end != part.end or sha != part.sha256
-        part.end, part.lines, part.sha256 = tail.end, part.lines + tail.newlines, sha or ""
+        changed = changed or tail.end != part.end or sha != part.prefix_hash
+        part.end, part.lines, part.prefix_hash = tail.end, part.lines + tail.newlines, sha or ""
         index.add_part(part)
         parts[rel] = part
     if changed:
@@ -218,7 +218,7 @@ def scored_categories(ws: Workspace) -> ScoredIndex:
     return index.freeze()
 
 
-SCORED_INDEX_VERSION = 1
+SCORED_INDEX_VERSION = 2  # 2: prefixes hashed with xxh3-128, not sha256
 
 
 def _load_parts(store: Path) -> dict[str, _Part]:
@@ -237,7 +237,7 @@ def _load_parts(store: Path) -> dict[str, _Part]:
             cats = [names[c] for c in codes[at:at + count]]
             parts[str(rel)] = part = _Part(int(end), int(lines), runs[16 * at:16 * (at + count)],
                                            versions[16 * at:16 * (at + count)], has_sig[at:at + count], cats)
-            part.sha256 = str(sha)
+            part.prefix_hash = str(sha)
             at += count
             if len(part.runs) != 16 * count or len(part.has_sig) != count or len(cats) != count:
                 return {}
@@ -250,7 +250,7 @@ def _save_parts(store: Path, parts: dict[str, _Part]) -> None:
     names = sorted({c for p in parts.values() for c in p.categories})
     code = {n: i for i, n in enumerate(names)}
     meta = {"version": SCORED_INDEX_VERSION, "names": names,
-            "parts": [[rel, p.end, p.lines, p.sha256, len(p.categories)] for rel, p in parts.items()]}
+            "parts": [[rel, p.end, p.lines, p.prefix_hash, len(p.categories)] for rel, p in parts.items()]}
     write_cache(store, meta,
                 runs=np.frombuffer(b"".join(bytes(p.runs) for p in parts.values()), dtype=np.uint8),
                 versions=np.frombuffer(b"".join(bytes(p.versions) for p in parts.values()), dtype=np.uint8),

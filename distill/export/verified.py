@@ -3,7 +3,7 @@ appended since, and judges again only the rows whose run was scored again.
 
 verify_export judges each row by its bytes (JSON, record schema, labels), by the category score
 gave its run(s), and by counts across rows (repeated ids, pairs per task). After a verification
-that found nothing wrong, this keeps: the length and sha256 of the whole-line prefix it covered,
+that found nothing wrong, this keeps: the length and hash of the whole-line prefix it covered,
 the distill code and the pair cap it ran under, every category lookup it made (as key digests)
 with the answer it got and the line of the row that asked, and the digests of the ids and tasks
 it counted. The next verification trusts that prefix only when the file still starts with exactly
@@ -33,7 +33,7 @@ from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import loads
 from distill.workspace import Workspace
 
-VERIFIED_VERSION = 2  # 2: the line of the row behind each lookup
+VERIFIED_VERSION = 3  # 2: the line of the row behind each lookup; 3: prefixes hashed with xxh3-128
 
 
 def cache_path(ws: Workspace, kind: ExportKind) -> Path:
@@ -81,7 +81,7 @@ class VerifiedPrefix:
     basis: str
     end: int
     lines: int
-    sha256: str
+    prefix_hash: str
     has: np.ndarray  # per lookup: LOOKUP_NONE / RUN / VERSION
     runs: np.ndarray  # S16 run digests
     versions: np.ndarray  # S16 version digests
@@ -98,7 +98,7 @@ class VerifiedPrefix:
                 meta = loads(bytes(saved["meta"]))
                 if meta.get("basis") != basis:
                     return None
-                prefix = cls(basis, int(meta["end"]), int(meta["lines"]), str(meta["sha256"]),
+                prefix = cls(basis, int(meta["end"]), int(meta["lines"]), str(meta["prefix_hash"]),
                              saved["has"], saved["runs"], saved["versions"], saved["answers"], saved["asked_at"],
                              [str(n) for n in meta["names"]], saved["ids"], saved["tasks"])
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
@@ -114,7 +114,7 @@ class VerifiedPrefix:
         must be verified again as a whole."""
         if len(self.answers) and (self.answers.max() >= len(self.names) or self.answers.min() < -1):
             return None
-        hasher = PrefixHash.resume(file, self.end, self.sha256)
+        hasher = PrefixHash.resume(file, self.end, self.prefix_hash)
         if hasher is None:
             return None
         now = index.codes(self.has, self.runs, self.versions)
@@ -179,6 +179,6 @@ def save_verified(
         new_answers = np.concatenate((remap[before.answers], new_answers))
         id_digests = np.concatenate((before.ids, id_digests))
         task_digests = np.concatenate((before.tasks, task_digests))
-    meta = {"basis": basis, "end": end, "lines": lines, "sha256": sha, "names": names}
+    meta = {"basis": basis, "end": end, "lines": lines, "prefix_hash": sha, "names": names}
     write_cache(path, meta, has=has.astype(np.uint8), runs=runs, versions=versions, answers=new_answers,
                 asked_at=asked_at, ids=np.sort(id_digests), tasks=np.sort(task_digests))

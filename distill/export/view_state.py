@@ -1,9 +1,9 @@
 """What the last rendering of a trainer view covered, so the next one renders only appended rows.
 
 A view is a pure function of its native file's valid rows, line by line (`formats.render_view`),
-and the native file is append-only. After a rendering this keeps: the length and sha256 of the
-native file's whole-line prefix it read, how many rows it rendered, the size and sha256 of each
-file it wrote, and the code it ran under. The next rendering starts from that prefix only when the
+and the native file is append-only. After a rendering this keeps: the length and hash of the
+native file's whole-line prefix it read, how many rows it rendered, the size and hash of each
+file it wrote (`distill.hashing.PREFIX_HASH`), and the code it ran under. The next rendering starts from that prefix only when the
 native file still starts with exactly those bytes, the code is the same, and every view file still
 holds exactly what was written (checked as it is copied into the new file): then the old files
 are the rendering of the prefix, and only rows after it are rendered and appended. Anything else
@@ -13,7 +13,6 @@ saves work, and losing or damaging it costs one whole rendering.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from distill.hashing import PrefixHash
 from distill.jsonl import loads, write_atomic
 
-VIEW_STATE_VERSION = 1
+VIEW_STATE_VERSION = 2  # 2: hashed with xxh3-128, not sha256
 COPY_CHUNK = 1 << 20
 
 
@@ -30,7 +29,7 @@ class ViewFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     size: int = Field(ge=0)
-    sha256: str
+    digest: str  # PREFIX_HASH of the file as written
 
 
 class ViewState(BaseModel):
@@ -42,7 +41,7 @@ class ViewState(BaseModel):
     code: str
     native_end: int = Field(ge=0)  # the native file's bytes read, up to the end of its last whole line
     native_lines: int = Field(ge=0)  # newlines in them (line numbers go on from here)
-    native_sha256: str
+    native_hash: str
     rows: int = Field(ge=0)  # view rows rendered from them
     files: dict[str, ViewFile]
 
@@ -58,7 +57,7 @@ class ViewState(BaseModel):
     def resume(self, native: Path) -> PrefixHash | None:
         """The native file's hash over the prefix this rendering covered, when it still starts
         with exactly those bytes."""
-        return PrefixHash.resume(native, self.native_end, self.native_sha256)
+        return PrefixHash.resume(native, self.native_end, self.native_hash)
 
     def save(self, path: Path) -> None:
         write_atomic(path, self.model_dump_json().encode())
@@ -69,11 +68,11 @@ class StaleView(Exception):
 
 
 class HashingSink:
-    """A view file being written: every byte goes to the file and to its sha256."""
+    """A view file being written: every byte goes to the file and to its hash."""
 
     def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
-        self.hash = hashlib.sha256()
+        self.hash = PrefixHash()
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -89,8 +88,8 @@ class HashingSink:
                     self.write(chunk)
         except OSError as exc:
             raise StaleView(f"{path.name}: {exc}") from exc
-        if self.size != expected.size or self.hash.hexdigest() != expected.sha256:
+        if self.size != expected.size or self.hash.hexdigest() != expected.digest:
             raise StaleView(f"{path.name} changed since it was rendered")
 
     def recorded(self) -> ViewFile:
-        return ViewFile(size=self.size, sha256=self.hash.hexdigest())
+        return ViewFile(size=self.size, digest=self.hash.hexdigest())
