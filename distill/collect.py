@@ -30,6 +30,7 @@ from distill.collect_checkpoints import (
     resumable,
 )
 from distill.config import Settings
+from distill.fold_cache import FoldCache
 from distill.jsonl import (
     ReadProgress,
     append_lines,
@@ -520,5 +521,6 @@ class CollectStage(Stage):
     def caches(self, ws: Workspace) -> list[Path]:
         return [ws.collect_checkpoint_path]
 
-    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
-        return count_categories(ws, outputs, "model_role", under="evidence/")
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest],
+                          folds: FoldCache | None = None) -> dict[str, int]:
+        return count_categories(ws, outputs, "model_role", under="evidence/", folds=folds)

@@ -108,10 +108,15 @@ class FoldCache:
     A fold's name stands for its key function: change what a fold counts, change its name.
     """
 
-    def __init__(self, path: Path | None = None, entries: dict[tuple[str, str], _Entry] | None = None) -> None:
+    def __init__(self, path: Path | None = None, entries: dict[tuple[str, str], _Entry] | None = None,
+                 on_disk: _FileState | None = None) -> None:
         self.path = path
-        self._entries = entries or {}
         self._changed: dict[tuple[str, str], _Entry] = {}
+        self._adopt(entries or {})
+        self._on_disk = on_disk  # the file as this cache last read or wrote it
+
+    def _adopt(self, entries: dict[tuple[str, str], _Entry]) -> None:
+        self._entries = entries
         self._folds_of: dict[str, list[str]] = {}
         for name, fold in self._entries:
             self._folds_of.setdefault(name, []).append(fold)
@@ -134,8 +139,11 @@ class FoldCache:
 
     @classmethod
     def load(cls, path: Path) -> FoldCache:
-        """The saved cache, or an empty one when it is missing, unreadable or of another version."""
-        return cls(path, _read(path))
+        """The saved cache, or an empty one when it is missing, unreadable or of another version.
+        One cache can serve a whole run: `save` after each use merges only what another process
+        saved meanwhile."""
+        on_disk = _state(path)  # before the read: a save in between is then seen as a change
+        return cls(path, _read(path), on_disk)
 
     def tally(self, file: Path, fold: str, key: RowKey | None = None, *, sha256: str | None = None) -> Tally:
         """The fold of `file`'s complete lines. `sha256`: the whole file's digest when the caller
@@ -164,12 +172,17 @@ class FoldCache:
         return tally
 
     def save(self) -> None:
-        """Write this run's tallies over what is on disk now (another command may have saved its
-        own meanwhile), dropping entries of files that no longer exist."""
+        """Write this cache's new tallies over what is on disk now (another command may have saved
+        its own meanwhile: the file is read again only when it changed since this cache last read
+        or wrote it), dropping entries of files that no longer exist."""
         if self.path is None or not self._changed:
             return
-        merged = _read(self.path)
-        merged.update(self._changed)
+        if self._on_disk is None or _state(self.path) != self._on_disk:
+            merged = _read(self.path)
+            merged.update(self._changed)
+            self._adopt(merged)
+        else:
+            merged = self._entries
         base = os.fspath(self.path.parent)
         existing: dict[str, bool] = {}
         entries = [e.to_json(path, fold) for (path, fold), e in sorted(merged.items())
@@ -179,6 +192,7 @@ class FoldCache:
             write_atomic(self.path, dumps(payload) + b"\n")
         except OSError:
             return  # a cache that cannot be written costs the next run a full read, nothing more
+        self._on_disk = _state(self.path)
         self._changed.clear()
 
 
@@ -190,6 +204,18 @@ def _read(path: Path) -> dict[tuple[str, str], _Entry]:
         return dict(_Entry.from_json(item) for item in saved["entries"])
     except (OSError, ValueError, TypeError, KeyError):
         return {}
+
+
+_FileState = tuple[int, int, int, int]
+
+
+def _state(path: Path) -> _FileState | None:
+    """(inode, size, mtime, ctime): a file replaced or rewritten since shows another state."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _size(path: Path) -> int | None:

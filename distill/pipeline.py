@@ -32,6 +32,7 @@ from distill import __version__
 from distill.config import Settings, config_hash
 from distill.drift import compute_drift
 from distill.errors import StageUnavailable
+from distill.fold_cache import FoldCache
 from distill.receipts import (
     DigestCache,
     ReceiptBasis,
@@ -111,6 +112,7 @@ class _RunContext:
     force: bool
     emit: EventHook
     cache: DigestCache = field(default_factory=DigestCache)
+    folds: FoldCache = field(default_factory=FoldCache)  # the receipts' line and category counts
     fingerprints: dict[tuple[str, ...], str] = field(default_factory=dict)
 
     def fingerprint(self, packages: tuple[str, ...]) -> str:
@@ -237,7 +239,7 @@ def validate_stage(ctx: _RunContext, stage: Stage, report: StageReport, outputs:
     missing = sorted(p for p in report.outputs if stage.tracks(p) and rel_path(ws, ws.absolute(p)) not in present)
     if missing:
         errors.append(f"output_missing: {listed(missing)}")
-    errors.extend(check_jsonl_integrity(ws, outputs))
+    errors.extend(check_jsonl_integrity(ws, outputs, ctx.folds))
     errors.extend(v.message() for v in report.violations)
     return errors
 
@@ -261,8 +263,9 @@ def _ran_receipt(
     categories: dict[str, int] = {}
     if error is None:
         # categories first: the line check then takes its counts from the same fold of each output
-        categories = stage.output_categories(ws, outputs)
+        categories = stage.output_categories(ws, outputs, ctx.folds)
         errors.extend(validate_stage(ctx, stage, report, outputs))
+        ctx.folds.save()  # before the next stage: the dataset card's worker reads the counts
 
     def receipt(determinism: list[DeterminismFinding]) -> StageReceipt:
         return build_receipt(
@@ -514,7 +517,7 @@ def _execute_locked(
             for path in stage.caches(ws):
                 path.unlink(missing_ok=True)
     ctx = _RunContext(ws=ws, settings=settings, run_id=run_id, git=git_info(), full_hash=config_hash(settings),
-                      force=force, emit=emit, cache=cache)
+                      force=force, emit=emit, cache=cache, folds=FoldCache.load(ws.fold_cache_path))
 
     outcomes = run_stages(ctx, stages, continue_on_failure=continue_on_failure)
     receipts: list[StageReceipt] = []

@@ -285,13 +285,15 @@ def quarantine_reason(row: dict[str, Any]) -> str:
     return str(row.get("reason"))
 
 
-def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]:
+def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest], folds: FoldCache | None = None) -> list[str]:
     """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails).
     Lines counted by an earlier run are not re-read while the file still starts with them. A
     quarantine file is rewritten whole by each run, so it is checked with the fold that also
-    counts its reasons: the dataset card then finds them counted instead of reading it again."""
+    counts its reasons: the dataset card then finds them counted instead of reading it again.
+    `folds`: the run's fold cache (its caller saves it); None loads and saves the workspace's."""
     errors = []
-    folds = FoldCache.load(ws.fold_cache_path)
+    own = folds is None
+    folds = FoldCache.load(ws.fold_cache_path) if folds is None else folds
     quarantine_dir = ws.quarantine_dir
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl"):
@@ -306,14 +308,16 @@ def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest]) -> list[str]
         if tally.bad:
             errors.append(f"output_unparseable: {d.path}: {tally.bad} line(s) are not JSON objects "
                           f"(first at line {tally.first_bad})")
-    folds.save()
+    if own:
+        folds.save()
     return errors
 
 
 def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Callable[[dict[str, Any]], Any], *,
-                     under: str, fold: str | None = None) -> dict[str, int]:
+                     under: str, fold: str | None = None, folds: FoldCache | None = None) -> dict[str, int]:
     """Rows per category in the JSONL outputs under `under` (a ROOT-relative prefix). `fold` names
-    what a callable `field` counts (the fold cache keys on it); a field name names itself."""
+    what a callable `field` counts (the fold cache keys on it); a field name names itself.
+    `folds`: the run's fold cache (its caller saves it); None loads and saves the workspace's."""
     get = field if callable(field) else (lambda row: row.get(field))
     name = fold or (field if isinstance(field, str) else None)
     if name is None:
@@ -324,13 +328,15 @@ def count_categories(ws: Workspace, outputs: list[FileDigest], field: str | Call
         return value if isinstance(value, str) and value else None
 
     counts: dict[str, int] = {}
-    folds = FoldCache.load(ws.fold_cache_path)
+    own = folds is None
+    folds = FoldCache.load(ws.fold_cache_path) if folds is None else folds
     for d in outputs:
         if d.kind != "file" or not d.path.endswith(".jsonl") or not d.path.startswith(under):
             continue
         for value, n in folds.tally(ws.absolute(d.path), f"category:{name}/1", key, sha256=d.sha256).values.items():
             counts[value] = counts.get(value, 0) + n
-    folds.save()
+    if own:
+        folds.save()
     return dict(sorted(counts.items()))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from distill import __version__
 from distill.config import Settings
+from distill.fold_cache import FoldCache
 from distill.hashing import PrefixHash
 from distill.jsonl import RawLine, ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
 from distill.receipts import count_categories, sha256_size_newlines
@@ -447,5 +448,6 @@ class ScoreStage(Stage):
     def caches(self, ws: Workspace) -> list[Path]:
         return [ws.score_checkpoint_path]
 
-    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
-        return count_categories(ws, outputs, "category", under="scored-runs/")
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest],
+                          folds: FoldCache | None = None) -> dict[str, int]:
+        return count_categories(ws, outputs, "category", under="scored-runs/", folds=folds)

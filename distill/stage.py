@@ -17,6 +17,7 @@ from pathlib import Path
 
 from distill import __version__
 from distill.config import Settings
+from distill.fold_cache import FoldCache
 from distill.records.receipts import FileDigest
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
@@ -93,8 +94,10 @@ class Stage(ABC):
     def run(self, ws: Workspace, settings: Settings) -> StageReport:
         """Do the work; bad rows become quarantine rows counted in the report, never exceptions."""
 
-    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
-        """Rows per category in the outputs as written (drift compares these between runs)."""
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest],
+                          folds: FoldCache | None = None) -> dict[str, int]:
+        """Rows per category in the outputs as written (drift compares these between runs).
+        `folds`: the run's fold cache, for `distill.receipts.count_categories`."""
         return {}
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,10 +82,10 @@ class _FileStage(Stage):
     def run(self, ws: Workspace, settings: _Settings) -> StageReport:
         return self._run(ws, settings)
 
-    def output_categories(self, ws: Workspace, outputs: list) -> dict[str, int]:
+    def output_categories(self, ws: Workspace, outputs: list, folds: Any = None) -> dict[str, int]:
         if self._category_file is None:
             return {}
-        return count_categories(ws, outputs, "category", under=self._category_file)
+        return count_categories(ws, outputs, "category", under=self._category_file, folds=folds)
 
 
 def _stages(upper: Callable[..., StageReport] = _upper) -> list[Stage]:

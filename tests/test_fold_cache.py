@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distill import fold_cache
 from distill.fold_cache import FoldCache, Tally, fold_lines
 from distill.receipts import check_jsonl_integrity, count_categories, digest_paths
 from distill.workspace import Workspace
@@ -209,3 +211,37 @@ def test_the_line_check_of_a_quarantine_file_counts_the_reasons_the_card_shows(t
     assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {"rag": {"x": 1}}
     assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == [
         "output_unparseable: exports/quarantine/rag.jsonl: 1 line(s) are not JSON objects (first at line 2)"]
+
+
+def test_one_cache_saved_after_each_stage_keeps_what_another_process_saved_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run loads the cache once and saves it after each stage's receipt; it reads the file again
+    only when someone else wrote it since, and then keeps their tallies beside its own."""
+    one, two, three = (tmp_path / f"{n}.jsonl" for n in ("one", "two", "three"))
+    for path, kinds in ((one, "ab"), (two, "bc"), (three, "cd")):
+        path.write_bytes(_rows(*kinds))
+    cache_path = tmp_path / "folds.json"
+    run = FoldCache.load(cache_path)
+    run.tally(one, "kind", _kind)
+    run.save()
+
+    worker = FoldCache.load(cache_path)  # another process (the dataset card's worker) saves its own
+    worker.tally(two, "kind", _kind)
+    worker.save()
+
+    run.tally(three, "kind", _kind)
+    run.save()
+    names = {entry[0] for entry in json.loads(cache_path.read_bytes())["entries"]}
+    assert names == {"one.jsonl", "two.jsonl", "three.jsonl"}
+    assert run.tally(two, "kind", _kind).values == {"b": 1, "c": 1}  # adopted, not lost
+
+    # nobody else wrote it since: the next save writes what the run holds without reading it again
+    saved = json.loads(cache_path.read_bytes())
+    reads = []
+    real_read = fold_cache._read
+    monkeypatch.setattr(fold_cache, "_read", lambda path: reads.append(path) or real_read(path))
+    run.tally(one, "other", _kind)
+    run.save()
+    assert reads == []
+    assert {(e[0], e[1]) for e in json.loads(cache_path.read_bytes())["entries"]} == {
+        (e[0], e[1]) for e in saved["entries"]} | {("one.jsonl", "other")}

@@ -9,6 +9,7 @@ from distill.config import Settings
 from distill.export.formats import FORMATS, view_paths
 from distill.export.verify import native_path
 from distill.firewall import ExportKind
+from distill.fold_cache import FoldCache
 from distill.receipts import count_categories
 from distill.records.receipts import FileDigest
 from distill.records.stage import StageReport
@@ -65,10 +66,11 @@ class ExportStage(Stage):
 
         return run_export(ws, settings, self.kind, all_views=True, card=False)
 
-    def output_categories(self, ws: Workspace, outputs: list[FileDigest]) -> dict[str, int]:
+    def output_categories(self, ws: Workspace, outputs: list[FileDigest],
+                          folds: FoldCache | None = None) -> dict[str, int]:
         native = ws.relative(native_path(ws, self.kind))
         return count_categories(ws, outputs, lambda row: _category_of(self.kind, row), under=native,
-                                fold=f"export-{self.kind.value}")
+                                fold=f"export-{self.kind.value}", folds=folds)
 
 
 class CardStage(Stage):
