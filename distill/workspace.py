@@ -185,7 +185,38 @@ def partition_path(base: Path, created_at: datetime, source: str) -> Path:
 
 
 def iter_partition_files(base: Path) -> list[Path]:
-    """Every partition file under base, in a stable (sorted) order."""
-    if not base.exists():
-        return []
-    return sorted(p for p in base.glob("*/*/*/*.jsonl") if p.is_file())
+    """Every partition file under base (base/*/*/*/*.jsonl as Path.glob matches it, links
+    followed), in a stable (sorted) order. Listed with scandir, whose entries know their type: a
+    stat per file only for links (a run lists the partitions a dozen times)."""
+
+    def listed(path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as entries:
+                return list(entries)
+        except OSError:  # gone, not a folder, unreadable: as glob, nothing under it
+            return []
+
+    def is_dir(entry: os.DirEntry[str]) -> bool:
+        try:
+            return entry.is_dir()
+        except OSError:
+            return False
+
+    found: list[tuple[tuple[str, ...], str]] = []
+    for year in listed(os.fspath(base)):
+        if not is_dir(year):
+            continue
+        for month in listed(year.path):
+            if not is_dir(month):
+                continue
+            for day in listed(month.path):
+                if not is_dir(day):
+                    continue
+                for entry in listed(day.path):
+                    try:
+                        if entry.name.endswith(".jsonl") and entry.is_file():
+                            found.append(((year.name, month.name, day.name, entry.name), entry.path))
+                    except OSError:
+                        continue
+    found.sort()  # by parts, as Paths sort
+    return [Path(path) for _, path in found]
