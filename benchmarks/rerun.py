@@ -51,11 +51,14 @@ def stage_seconds(result: dict[str, Any]) -> dict[str, float]:
             for s in result.get("summary", {}).get("stages", [])}
 
 
-def timed_run(root: Path, *extra: str, jobs: int | None = None) -> dict[str, Any]:
+def timed_run(root: Path, *extra: str, jobs: int | None = None, pythonpath: Path | None = None) -> dict[str, Any]:
+    """`pythonpath`: a tree whose `distill` package the run imports instead (benchmarks/rerun_ab.py)."""
     exe = str(Path(sys.executable).with_name("distill"))
     env = dict(os.environ)
     if jobs is not None:
         env["DISTILL_RUN__JOBS"] = str(jobs)  # [run] jobs: stages side by side (0: every core)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
     start = time.perf_counter()
     # --continue-on-failure: a run the firewall stops (exit 1) still does every stage's work, so
     # the timings compare whole runs
@@ -117,13 +120,13 @@ def brief(measured: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in measured.items() if k != "counters"}
 
 
-def run_with_rusage(root: Path, jobs: int | None = None) -> dict[str, Any]:
+def run_with_rusage(root: Path, jobs: int | None = None, pythonpath: Path | None = None) -> dict[str, Any]:
     """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (a run's worker
     processes are its children, waited for, so they count; peak RSS: the largest process so far)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = timed_run(root, jobs=jobs)
+    r = timed_run(root, jobs=jobs, pythonpath=pythonpath)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     r["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
     r["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # the largest child so far (Linux: KiB)

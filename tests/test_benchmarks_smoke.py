@@ -234,3 +234,16 @@ def test_a_benchmark_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("pipeline.py: error:")
+
+
+def test_rerun_ab_quick(tmp_path: Path) -> None:
+    """Two revisions side by side (here HEAD in a worktree against this checkout): each builds its
+    own workspace, the +1 % runs alternate, and the same code leaves the same exports."""
+    run_suite("rerun_ab.py", tmp_path, "--base", "HEAD")
+    data = check_outputs(tmp_path, "rerun_ab_quick", [])
+    assert data["rows"] == 2000 and data["pairs"] == 1
+    for side in ("base", "head"):
+        assert len(data[side]["cpu_s"]) == 1 and data[side]["median_cpu_s"] > 0
+        assert data[side]["exit_codes"] == [0] and "export-rag" in data[side]["median_stage_wall_s"]
+    assert data["exports_identical"] is True
+    assert data["head_over_base_median_cpu"] > 0
