@@ -174,7 +174,7 @@ def test_evidence_offsets_read_forward_find_what_a_full_read_finds(sample_ws, tm
     line for line); lookups in any order, repeated, interleaved with keys no line names, or
     stopped early, find the records a full load keeps, and `keys` and the reader's hash then
     cover the whole file."""
-    import hashlib
+    import xxhash
 
     from distill.hashing import LineEndHash, PrefixHash
 
@@ -195,7 +195,8 @@ def test_evidence_offsets_read_forward_find_what_a_full_read_finds(sample_ws, tm
                 break
         assert offsets.keys() == every_key  # file order, whatever was asked first
         whole_lines = path.read_bytes()[:path.read_bytes().rfind(b"\n") + 1]
-        assert (read.end, read.hexdigest(path)) == (len(whole_lines), hashlib.sha256(whole_lines).hexdigest())
+        # the checkpoints' prefix hash (distill.hashing.PREFIX_HASH) of exactly the whole lines
+        assert (read.end, read.hexdigest(path)) == (len(whole_lines), xxhash.xxh3_128(whole_lines).hexdigest())
     finally:
         offsets.close()
 
