@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import signal
 import sys
 import threading
@@ -168,7 +169,13 @@ def handle_errors(func: F) -> F:
             raise fail(os_error_message(exc), 2, json_out=json_out) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated (SIGTERM)
             code = exc.exit_code if isinstance(exc, Terminated) else 130
-            err_console().print("stopped (SIGTERM)" if code == 143 else "interrupted")
-            raise typer.Exit(code) from None
+        # Stopped. The interrupt can land between a context manager's enter and its `with` (or
+        # inside its exit), leaving a generator such as jsonl.atomic_writer suspended with its
+        # temporary file; it is closed, and the file removed, when nothing holds it any more. Out
+        # of the except block the exception and its traceback are gone: collect now, while the
+        # interpreter is whole, rather than at exit, when a module a cleanup needs may be torn down.
+        gc.collect()
+        err_console().print("stopped (SIGTERM)" if code == 143 else "interrupted")
+        raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
