@@ -407,12 +407,16 @@ def replace_file(path: Path, source: Path, *, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iterator[IO[bytes]]:
     """Write a whole file through a temp file in the same directory, then rename over `path`.
+    `keep`, asked once the bytes are written: False drops them and leaves `path` as it is.
 
     On an exception (Ctrl-C and SIGTERM included) the temp file is removed and `path` is left
     untouched. The temp name is chosen before the file exists, so an interrupt that lands right
-    after the file is created still knows what to remove. Mode 0644 (less the umask), like appends.
+    after the file is created still knows what to remove; the removal is the handler's first call
+    (an interrupt is raised between Python calls: the fewer before it, the smaller the window in
+    which a second one could skip it), and a file that is not kept goes the normal way, not
+    through an exception. Mode 0644 (less the umask), like appends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -420,12 +424,19 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+            wanted = keep is None or keep()
+            if wanted:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if wanted:
+            os.replace(tmp, path)
+        else:
             os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
 
 
@@ -487,10 +498,6 @@ class LineSink:
             self._fh.write(data)
 
 
-class _Unchanged(Exception):
-    """Thrown into atomic_writer to drop its temp file: the new bytes are the ones on disk."""
-
-
 @contextlib.contextmanager
 def replace_if_changed(path: Path, *, current: tuple[str, int] | None, write: bool = True) -> Iterator[LineSink]:
     """write_if_changed for a file streamed line by line: the lines go through atomic_writer and
@@ -500,14 +507,14 @@ def replace_if_changed(path: Path, *, current: tuple[str, int] | None, write: bo
     if not write:
         yield LineSink(None)
         return
-    try:
-        with atomic_writer(path) as fh:
-            sink = LineSink(fh)
-            yield sink
-            if current == (sink.sha256.hexdigest(), sink.size) and path.exists():
-                raise _Unchanged
-    except _Unchanged:
-        pass
+    sinks: list[LineSink] = []
+
+    def changed() -> bool:
+        return current != (sinks[0].sha256.hexdigest(), sinks[0].size) or not path.exists()
+
+    with atomic_writer(path, keep=changed) as fh:
+        sinks.append(LineSink(fh))
+        yield sinks[0]
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:
