@@ -510,7 +510,8 @@ def _execute_locked(
     run_dir(ws, run_id).mkdir(parents=True, exist_ok=False)
     # --force re-reads every file instead of trusting the digests the last run saved, and every
     # stage starts without the caches it keeps to save work
-    cache = DigestCache() if force else DigestCache.load(ws.digest_cache_path)
+    cache = (DigestCache(clock=ws.clock_path) if force
+             else DigestCache.load(ws.digest_cache_path, clock=ws.clock_path))
     if force:
         ws.fold_cache_path.unlink(missing_ok=True)  # the receipts' and the card's line counts
         for stage in stages:

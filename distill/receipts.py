@@ -54,10 +54,14 @@ StatKey = tuple[str, int, int, int, int]
 
 DIGEST_CACHE_VERSION = 1
 RACY_MARGIN_NS = 1_000_000_000
-"""A digest is kept across runs only if the file's last change is this much older than the moment
-hashing began: a file changed again later gets a newer ctime (the kernel sets it, `touch` cannot
-set it back), so a same-size rewrite within the clock's granularity is never mistaken for the
-hashed content."""
+"""A digest is kept across runs only if the file's last change happened before hashing began: a
+file changed again later gets a newer ctime (the kernel sets it, `touch` cannot set it back), so a
+same-size rewrite is never mistaken for the hashed content, as long as "before" is told apart at the
+file system's timestamp granularity. Where the cache has a clock file on the file's file system
+(`DigestCache.clock`), "before" is read off that file system's own clock: the clock file's ctime,
+set just before the file is looked at, must be later than the file's (exact at any granularity,
+the way git's index tells racily clean entries). Elsewhere the file's last change must be this much
+older than the moment hashing began (by the system clock)."""
 
 
 class _DigestCacheFile(BaseModel):
@@ -70,12 +74,18 @@ class _DigestCacheFile(BaseModel):
 class DigestCache:
     """File digests by stat key: one run hashes each file once, and with `load`/`save` an unchanged
     workspace is not re-read by the next run (git's index does the same). Only entries looked up or
-    hashed in this run are saved, so deleted files do not accumulate."""
+    hashed in this run are saved, so deleted files do not accumulate.
 
-    def __init__(self, entries: dict[StatKey, tuple[int, str, int | None]] | None = None) -> None:
+    `clock`: a file this cache may touch (the workspace's `.distill.clock`) to read the file
+    system's clock before it hashes a file (RACY_MARGIN_NS): then what a stage wrote just before its
+    receipt hashed it is saved too, instead of being hashed again by the next run."""
+
+    def __init__(self, entries: dict[StatKey, tuple[int, str, int | None]] | None = None, *,
+                 clock: Path | None = None) -> None:
         self._loaded = entries or {}
         self._used: dict[StatKey, tuple[int, str, int | None]] = {}
-        self._hashed_at: dict[StatKey, int] = {}
+        self._hashed_at: dict[StatKey, tuple[int, bool]] = {}  # (time, read off the file's own file system)
+        self.clock = clock
 
     def get(self, key: StatKey) -> tuple[int, str, int | None] | None:
         hit = self._used.get(key)
@@ -83,29 +93,48 @@ class DigestCache:
             self._used[key] = hit
         return hit
 
-    def put(self, key: StatKey, value: tuple[int, str, int | None], hashed_at_ns: int) -> None:
+    def mark(self) -> tuple[int, int] | None:
+        """(device, ctime_ns) of the clock file, touched now: the file system's time at this moment.
+        None without a clock file or when it cannot be touched (then the system clock is used)."""
+        if self.clock is None:
+            return None
+        try:
+            self.clock.touch()
+            st = self.clock.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ctime_ns
+
+    def put(self, key: StatKey, value: tuple[int, str, int | None], hashed_at_ns: int, *,
+            fs_clock: bool = False) -> None:
+        """`hashed_at_ns`: a moment before the file was stat'ed, by the system clock, or with
+        `fs_clock` by the file's file system (a `mark` on the same device)."""
         self._used[key] = value
-        self._hashed_at[key] = hashed_at_ns
+        self._hashed_at[key] = (hashed_at_ns, fs_clock)
 
     def persistable(self) -> list[tuple[StatKey, tuple[int, str, int | None]]]:
         """Entries safe to trust in a later run: loaded ones (already checked when saved) and those
-        whose file had stopped changing well before it was hashed."""
+        whose file had stopped changing before it was hashed."""
         keep = []
         for key, value in self._used.items():
-            hashed_at = self._hashed_at.get(key)
-            if hashed_at is None or max(key[3], key[4]) < hashed_at - RACY_MARGIN_NS:
+            hashed = self._hashed_at.get(key)
+            if hashed is None:
+                keep.append((key, value))
+                continue
+            at, fs_clock = hashed
+            if max(key[3], key[4]) < (at if fs_clock else at - RACY_MARGIN_NS):
                 keep.append((key, value))
         return sorted(keep)
 
     @classmethod
-    def load(cls, path: Path) -> DigestCache:
+    def load(cls, path: Path, *, clock: Path | None = None) -> DigestCache:
         """The saved cache, or an empty one when it is missing, unreadable or of another version
         (a cache only saves work: losing it costs one re-hash, never a wrong digest)."""
         try:
             saved = _DigestCacheFile.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
-            return cls()
-        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7]) for e in saved.entries})
+            return cls(clock=clock)
+        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7]) for e in saved.entries}, clock=clock)
 
     def save(self, path: Path) -> None:
         entries = [(*key, *value) for key, value in self.persistable()]
@@ -126,7 +155,7 @@ def rel_path(ws: Workspace, path: Path) -> str:
 def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:
     """Bytes, sha256 and (for JSONL) complete-line count of one file, in one streaming pass."""
     key = None
-    hashed_at = 0
+    hashed_at, fs_clock = 0, False
     if cache is not None:
         hashed_at = time.time_ns()  # before the stat: the racy-margin rule compares against it
         st = path.stat()
@@ -134,10 +163,16 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
         hit = cache.get(key)
         if hit is not None:
             return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
+        mark = cache.mark()  # a miss is about to read the whole file: two more system calls are nothing
+        if mark is not None and mark[0] == st.st_dev:
+            # the mark is later than the stat, so the stat is taken again after it
+            st = path.stat()
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            hashed_at, fs_clock = mark[1], True
     size, sha, newlines = sha256_size_newlines(path)
     records = newlines if path.suffix == ".jsonl" else None
     if cache is not None and key is not None:
-        cache.put(key, (size, sha, records), hashed_at)
+        cache.put(key, (size, sha, records), hashed_at, fs_clock=fs_clock)
     return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=sha, records=records)
 
 

@@ -131,6 +131,12 @@ class Workspace:
         unchanged files does not re-read them; deleting it only costs one re-hash."""
         return self.root / ".distill.digests.json"
 
+    @property
+    def clock_path(self) -> Path:
+        """An empty file the digest cache touches to read the file system's clock (its ctime), so
+        that it can tell a file that changed after it was hashed from one that did not."""
+        return self.root / ".distill.clock"
+
     @contextlib.contextmanager
     def exclusive(self, command: str) -> Iterator[None]:
         """Hold the workspace lock while `command` changes the workspace.

@@ -30,7 +30,16 @@ from distill.jsonl import iter_json
 from distill.pipeline import execute_run, pipeline_stages, run_pipeline
 from distill.resume import decide_resume
 from distill.score_rules import SCORER_VERSION
-from distill.receipts import RACY_MARGIN_NS, DigestCache, ReceiptBasis, latest_run_id, load_receipt, load_summary, receipt_path
+from distill.receipts import (
+    RACY_MARGIN_NS,
+    DigestCache,
+    ReceiptBasis,
+    digest_file,
+    latest_run_id,
+    load_receipt,
+    load_summary,
+    receipt_path,
+)
 from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
@@ -190,6 +199,61 @@ def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
         cache.put(key, (10, "f" * 64, 1), now)
     assert [k for k, _ in cache.persistable()] == [settled]
     assert cache.get(racy_ctime) is not None  # still used within the run that hashed it
+
+
+def _after_the_file_systems_next_tick(path: Path, probe: Path) -> None:
+    """Wait until the file system's clock (a touched probe's ctime) is past `path`'s last change."""
+    changed = path.stat().st_ctime_ns
+    deadline = time.monotonic() + 5
+    while True:
+        probe.touch()
+        if probe.stat().st_ctime_ns > changed:
+            return
+        assert time.monotonic() < deadline, "the file system's clock did not move in 5 s"
+        time.sleep(0.001)
+
+
+def test_a_digest_read_off_the_file_systems_clock_is_saved_at_once_and_a_later_edit_is_seen(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"n": 1}\n')
+    _after_the_file_systems_next_tick(out, tmp_path / "probe")
+    cache = DigestCache(clock=ws.clock_path)
+    first = digest_file(ws, out, cache)
+    cache.save(ws.digest_cache_path)  # well within the system clock's one-second margin
+    saved = orjson.loads(ws.digest_cache_path.read_bytes())["entries"]
+    assert [e[0] for e in saved] == [str(out)], "a file that stopped changing before the clock file was touched is saved"
+    # the same size, the mtime put back, within the same tick as the hash or not: the ctime moved
+    before = out.stat()
+    out.write_bytes(b'{"n": 2}\n')
+    os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = digest_file(ws, out, DigestCache.load(ws.digest_cache_path, clock=ws.clock_path))
+    assert again.sha256 != first.sha256 and again.bytes == first.bytes
+
+
+def test_a_file_changed_at_the_clock_files_tick_or_later_is_not_saved(tmp_path: Path) -> None:
+    cache = DigestCache(clock=tmp_path / ".distill.clock")
+    mark = cache.mark()
+    assert mark is not None
+    _, at = mark
+    for ctime, kept in ((at - 1, True), (at, False), (at + 1, False)):
+        key = (f"/f{ctime}", 1, 10, at - 10, ctime)
+        cache.put(key, (10, "f" * 64, 1), at, fs_clock=True)
+        assert (key in dict(cache.persistable())) is kept
+    future_mtime = ("/g", 1, 10, at + 5, at - 10)  # a change later sets the ctime anew, but keep the rule strict
+    cache.put(future_mtime, (10, "f" * 64, 1), at, fs_clock=True)
+    assert future_mtime not in dict(cache.persistable())
+
+
+def test_without_a_usable_clock_file_the_system_clocks_margin_applies(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"n": 1}\n')
+    _after_the_file_systems_next_tick(out, tmp_path / "probe")
+    cache = DigestCache(clock=tmp_path / "no-such-dir" / ".distill.clock")
+    assert cache.mark() is None
+    digest_file(ws, out, cache)
+    assert cache.persistable() == [], "hashed within a second of its last change: not saved"
 
 
 def test_tampered_output_is_rerun_and_reported(mini: Workspace) -> None:
