@@ -25,6 +25,7 @@ ENTRIES_KEY = "entries"
 
 
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file
+COPY_CHUNK = 1 << 20  # a checkpoint line carried over is copied this much at a time
 
 
 class JsonEntries:
@@ -178,6 +179,29 @@ class CheckpointFile:
                 out.write(b",")
             out.write(piece)
         out.write(b"]" + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
+
+    def keep(self, rel: str) -> bool:
+        """Carry one partition's checkpoint over to the next file as it is (its line copied, never
+        parsed): a partition whose checkpoint still describes it whole. False when it has none."""
+        at = self.offsets.get(rel)
+        if at is None:
+            return False
+        if self._out is None:
+            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
+        out = self._out
+        start = out.tell()
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(at)
+                while chunk := fh.readline(COPY_CHUNK):
+                    out.write(chunk)
+                    if chunk.endswith(b"\n"):
+                        return True
+        except OSError:
+            pass
+        out.seek(start)  # a line cut short is no checkpoint: take back what was copied
+        out.truncate()
+        return False
 
     def save(self, header: dict[str, Any]) -> None:
         """Replace the file: the partitions written this run, then the header."""

@@ -144,3 +144,36 @@ def test_a_partition_that_spills_midway_keeps_input_order_and_the_next_starts_in
     small = entries.take()
     assert small is not None and _array(small) == [["a"], ["b"]]
     entries.close()
+
+
+def test_a_kept_partition_is_carried_over_byte_for_byte_and_a_cut_copy_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import distill.checkpoint_file as checkpoint_file
+
+    path = tmp_path / "book.json"
+    big = {"end": 7, "t": "x" * 5000}
+    _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": big, "c/z.jsonl": {"end": 3}})
+    old = CheckpointFile(path, _accept("b1"))
+    line_b = old.payload("b/y.jsonl")
+    monkeypatch.setattr(checkpoint_file, "COPY_CHUNK", 64)  # the line is copied in many pieces
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.keep("b/y.jsonl")
+    assert not book.keep("d/none.jsonl")
+    book.write("c/z.jsonl", {"end": 4})
+    book.save({"basis": "b1"})
+    again = CheckpointFile(path, _accept("b1"))
+    assert again.payload("b/y.jsonl") == line_b and json.loads(line_b or b"") == big
+    assert json.loads(again.payload("c/z.jsonl") or b"") == {"end": 4}
+    assert again.payload("a/x.jsonl") is None  # neither written nor kept
+
+    # the old file loses its tail while the line is copied: what was copied is taken back
+    book = CheckpointFile(path, _accept("b1"))
+    at = book.offsets["b/y.jsonl"]
+    with open(path, "r+b") as fh:
+        fh.truncate(at + 1000)
+    assert not book.keep("b/y.jsonl")
+    book.write("c/z.jsonl", {"end": 5})
+    book.save({"basis": "b1"})
+    last = CheckpointFile(path, _accept("b1"))
+    assert last.header == {"basis": "b1"} and last.payload("b/y.jsonl") is None
+    assert json.loads(last.payload("c/z.jsonl") or b"") == {"end": 5}

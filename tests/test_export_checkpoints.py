@@ -126,6 +126,37 @@ def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, g
     assert calls.rows == 0
 
 
+def _checkpoint_lines(ws: Workspace, kind: ExportKind) -> dict[str, bytes]:
+    """The checkpoint file's partition lines by partition (the header is the line without a tab)."""
+    lines = ws.export_checkpoint_path(kind.value).read_bytes().splitlines()
+    return {orjson.loads(line.split(b"\t", 1)[0]): line for line in lines if line.startswith(b'"')}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_partition_that_did_not_grow_keeps_its_checkpoint_as_it_was_and_is_replayed_next_time(
+        tmp_path: Path, generated: tuple[Path, Path], exported_once: dict[ExportKind, Path], kind: ExportKind,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, grown = generated
+    a, b = _twins(tmp_path, exported_once, kind, lambda ws: None)
+    before = _checkpoint_lines(a, kind)
+    scored = {p.relative_to(a.root).as_posix(): p.read_bytes() for p in iter_partition_files(a.scored_dir)}
+    _grow(grown)(a)
+    _grow(grown)(b)
+    _compare(a, b, kind, monkeypatch)
+    after = _checkpoint_lines(a, kind)
+    same = [rel for rel, data in scored.items() if (a.root / rel).read_bytes() == data and rel in before]
+    grew = [rel for rel in scored if rel not in same]
+    assert same and grew  # the append grows (or score rewrites) some partitions and leaves others
+    assert all(after[rel] == before[rel] for rel in same)  # carried over, not written anew
+    assert all(after.get(rel) != before.get(rel) for rel in grew if rel in after)
+    # and the next run takes every partition from its checkpoint, with a full pass's result
+    shutil.rmtree(b.root)
+    shutil.copytree(a.root, b.root)
+    b.export_checkpoint_path(kind.value).unlink()
+    done_a, done_b = _compare(a, b, kind, monkeypatch)
+    assert done_a == 0 and done_b >= ROWS // 2
+
+
 def _flip_evidence(ws: Workspace) -> None:
     flip_byte_after(iter_partition_files(ws.evidence_dir)[3], b'"text":"')
 

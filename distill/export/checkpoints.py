@@ -70,7 +70,10 @@ class PartitionExporter(Protocol):
 
     def can_replay(self, entries: list[Any]) -> bool: ...
 
-    def replay(self, entries: list[Any]) -> None: ...
+    def replay(self, entries: list[Any], *, record: bool = True) -> None:
+        """`record=False`: the entries are not handed over again by `end_partition` (the caller
+        carries the partition's checkpoint over as it is)."""
+        ...
 
 
 def _digest(raw: RawLine, broken: bool) -> bytes:
@@ -260,6 +263,10 @@ class ExportCheckpoints:
                                "mirror_prefix_hash": mirror_sha, "mirror_keys": _keys_text(keys),
                                "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
+    def keep(self, rel: str) -> bool:
+        """The partition's checkpoint carried over unchanged (False: it has none now)."""
+        return self.writable and self._file.keep(rel)
+
     def save(self) -> None:
         if self.writable:
             self._file.save({"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis})
@@ -322,15 +329,28 @@ def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: di
 
 def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence, scored_hash: PrefixHash,
             exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
-    """The partition only grew: replay its checkpoint whole, read the lines after it."""
-    exporter.replay(found.pop(ENTRIES_KEY))  # the exporter keeps them as JSON again: let the lists go
+    """The partition only grew: replay its checkpoint whole, read the lines after it. A partition
+    that did not grow (most of them, after an append) keeps its checkpoint as it is: its entries
+    are not written out again."""
+    unchanged = _size(path) == found["end"]
+    exporter.replay(found.pop(ENTRIES_KEY), record=not unchanged)  # the exporter keeps them as JSON: let the lists go
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
     for raw, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
         digests += line_digest(raw, item)
         exporter.feed(item)
-    _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, exporter.end_partition(),
-                 digests)
+    entries = exporter.end_partition()
+    if not unchanged:
+        _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, entries, digests)
+    elif entries is not None and not read.newlines and not read.after_newline and not tail.unsure:
+        checkpoints.keep(rel)  # else it grew after all (between the stat and the read): no checkpoint
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence,

@@ -513,8 +513,9 @@ class _Pass1:
             return False
         return True
 
-    def replay(self, entries: list[Pass1Entry]) -> None:
-        """The lines these entries stand for (can_replay parsed them), in input order."""
+    def replay(self, entries: list[Pass1Entry], *, record: bool = True) -> None:
+        """The lines these entries stand for (can_replay parsed them), in input order; `record=False`:
+        their entries are not handed over again (the partition's checkpoint is kept as it is)."""
         self.flush()
         ready, self._ready = self._ready, []
         passed: list[bytes] = []
@@ -530,7 +531,7 @@ class _Pass1:
                 self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
                 if extra is not None:
                     passed.append(extra)
-            if self.record:
+            if self.record and record:
                 self._entries.add(i, entry)
         self.replayed += len(entries)
         if passed and isinstance(self.firewall, PassedGates):

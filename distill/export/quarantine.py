@@ -264,8 +264,9 @@ class RowExporter:
                 return False
         return True
 
-    def replay(self, entries: list[Entry]) -> None:
-        """The rows these entries stand for (can_replay said yes), in input order."""
+    def replay(self, entries: list[Entry], *, record: bool = True) -> None:
+        """The rows these entries stand for (can_replay said yes), in input order; `record=False`:
+        their entries are not handed over again (the partition's checkpoint is kept as it is)."""
         self._gate()
         self._flush()
         tally = Tally()
@@ -284,7 +285,7 @@ class RowExporter:
                 else:
                     self.on_quarantine(line.encode("utf-8"))
                     self._gated.bump(source, "quarantined", reason=reason, category=category)
-            if self.record:
+            if self.record and record:
                 self._entries.add(self._next - 1, entry)
         tally.into(self.report)
 
