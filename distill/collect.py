@@ -226,7 +226,7 @@ def run_collect(
         consume(_QuarantineSink(None))
     else:
         with atomic_writer(quarantine_path) as fh:
-            sink = _QuarantineSink(fh)
+            sink = _QuarantineSink(fh, ws.secret_prefilter_path)
             consume(sink)
             sink.flush()
         if book is not None:
@@ -358,7 +358,7 @@ class _SideBySide:
         source = self.sources[i]
         reader = _SourceReader(self.ws, self.settings, self.book, self.seen, self.partitions)
         quarantine = io.BytesIO()
-        sink = _QuarantineSink(quarantine)
+        sink = _QuarantineSink(quarantine, self.ws.secret_prefilter_path)  # a child: never a dry run
         sink.scanner = self.scanner
         added = bytearray()
         out = self.scratch / f"source-{i}.evidence"
@@ -444,11 +444,12 @@ class _QuarantineSink:
 
     BATCH = 500
 
-    def __init__(self, fh: object | None) -> None:
+    def __init__(self, fh: object | None, prefilter_cache: Path | None = None) -> None:
         self.fh = fh
         self.pending: list[QuarantineRecord] = []
         self.written_to: list[Callable[[bytes], None] | None] = []
         self.scanner: object | None = None
+        self.prefilter_cache = prefilter_cache  # where the scanner keeps its compiled prefilter
 
     def write(self, record: QuarantineRecord, written: Callable[[bytes], None] | None = None) -> None:
         """Queue a row; `written` is told the line it became (a checkpoint keeps it)."""
@@ -478,7 +479,7 @@ class _QuarantineSink:
         if self.fh is None or not self.pending:
             return
         if self.scanner is None:
-            self.scanner = new_scanner()
+            self.scanner = new_scanner(self.prefilter_cache)
         for record, written in zip(redact_excerpts(self.pending, self.scanner), self.written_to, strict=True):
             line = dumps(record.to_json_dict())
             self.fh.write(line + b"\n")  # type: ignore[attr-defined]

@@ -8,13 +8,15 @@ decides, and a hit replaces the excerpt with a note naming the kind of secret.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from distill.records import QuarantineRecord
 from distill.secrets import SecretScanner
 
 
-def new_scanner() -> SecretScanner:
-    return SecretScanner()
+def new_scanner(prefilter_cache: Path | None = None) -> SecretScanner:
+    """`prefilter_cache`: the workspace's compiled prefilter (None in a dry run: it writes nothing)."""
+    return SecretScanner(prefilter_cache=prefilter_cache)
 
 
 def redact_excerpts(records: Sequence[QuarantineRecord], scanner: SecretScanner | None = None) -> list[QuarantineRecord]:

@@ -284,7 +284,7 @@ class _PartitionScorer:
                     extraction.append((len(categories) - 1, offset, ev.task_id, run.category.value))
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
-            self.scanner = new_scanner()
+            self.scanner = new_scanner(None if self.dry_run else self.ws.secret_prefilter_path)
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
         return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest())
 

@@ -42,7 +42,11 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
+
+from distill.hashing import canonical_json, sha256_hex
+from distill.jsonl import dumps, loads, write_atomic
 
 BASE64_ENTROPY_LIMIT = 4.5
 EXCLUDED_PLUGINS = frozenset({"HexHighEntropyString", "IPPublicDetector"})
@@ -120,10 +124,20 @@ def _entropy_min_length(limit: float) -> int:
     return int(2**limit) + 1
 
 
-class _Prefilter:
-    """One Hyperscan database over every detector's patterns: which detectors may fire on a line."""
+PREFILTER_CACHE_VERSION = 1
 
-    def __init__(self, groups: list[tuple[object, str, int]]) -> None:
+
+class _Prefilter:
+    """One Hyperscan database over every detector's patterns: which detectors may fire on a line.
+
+    Compiling it takes ~0.13 s, paid by every process that scans (in a run: collect, score's
+    redaction and each export). With `cache`, the compiled database is kept in that file
+    (`hyperscan.dumpb`) under a key of the Hyperscan version and every pattern and flag, with the
+    sha256 of its bytes: a file whose key or digest does not match, or that Hyperscan refuses (a
+    database built for a CPU with features this one lacks), is compiled again and rewritten.
+    Hyperscan matches the same on every platform it loads a database on; only speed differs."""
+
+    def __init__(self, groups: list[tuple[object, str, int]], cache: Path | None = None) -> None:
         import hyperscan
 
         self.always: set[object] = set()
@@ -141,21 +155,34 @@ class _Prefilter:
             if py_flags & re.DOTALL:
                 flags |= hyperscan.HS_FLAG_DOTALL
             candidates.append((group, pattern.encode(), flags))
+        key = sha256_hex(canonical_json([PREFILTER_CACHE_VERSION, hyperscan.__version__,
+                                          [[p.decode("latin-1"), f] for _, p, f in candidates]]))
+        kept = _load_compiled(cache, key, hyperscan) if cache is not None else None
+        if kept is not None and all(0 <= k < len(candidates) for k in kept[1]):
+            self.db, positions = kept
+        else:
+            self.db, positions = self._compile_usable(hyperscan, candidates)
+            if cache is not None:
+                _save_compiled(cache, key, positions, hyperscan.dumpb(self.db))
+        left_out = set(range(len(candidates))).difference(positions)
+        self.always.update(candidates[k][0] for k in left_out)
+        self.group_of = [candidates[k][0] for k in positions]
+
+    @classmethod
+    def _compile_usable(cls, hyperscan: Any, candidates: list[tuple[object, bytes, int]]) -> tuple[Any, list[int]]:
+        """The database and the positions of the candidates in it: a pattern Hyperscan cannot take
+        is left out (its detector then runs always)."""
         try:
-            usable = candidates
-            self.db = self._compile(hyperscan, usable)
+            return cls._compile(hyperscan, candidates), list(range(len(candidates)))
         except hyperscan.error:
-            # some pattern is one Hyperscan cannot take: find it, and let its detector run always
-            usable = []
-            for candidate in candidates:
+            positions = []
+            for k, candidate in enumerate(candidates):
                 try:
-                    self._compile(hyperscan, [candidate])
+                    cls._compile(hyperscan, [candidate])
                 except hyperscan.error:
-                    self.always.add(candidate[0])
-                else:
-                    usable.append(candidate)
-            self.db = self._compile(hyperscan, usable)
-        self.group_of = [g for g, _, _ in usable]
+                    continue
+                positions.append(k)
+            return cls._compile(hyperscan, [candidates[k] for k in positions]), positions
 
     @staticmethod
     def _compile(hyperscan: Any, patterns: list[tuple[object, bytes, int]]) -> Any:
@@ -178,6 +205,34 @@ class _Prefilter:
         if group_of:
             self.db.scan(view.encode(), match_event_handler=on_match)
         return hit
+
+
+def _load_compiled(path: Path, key: str, hyperscan: Any) -> tuple[Any, list[int]] | None:
+    """The database kept under `key` and the candidate positions it holds; None when the file is
+    missing, of other patterns or versions, damaged, or refused by Hyperscan."""
+    try:
+        with open(path, "rb") as fh:
+            header = loads(fh.readline())
+            data = fh.read()
+        if not (isinstance(header, dict) and header.get("key") == key and header.get("sha256") == sha256_hex(data)):
+            return None
+        positions = header["positions"]
+        if not (isinstance(positions, list) and all(type(k) is int for k in positions)):
+            return None
+        db = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
+        db.scratch = hyperscan.Scratch(db)  # a compile allocates it; a loaded database has none
+        return db, positions
+    except (OSError, ValueError, KeyError, hyperscan.error):
+        return None
+
+
+def _save_compiled(path: Path, key: str, positions: list[int], data: bytes) -> None:
+    """Best effort: a file that cannot be written costs the next process a compile."""
+    header = dumps({"version": PREFILTER_CACHE_VERSION, "key": key, "positions": positions, "sha256": sha256_hex(data)})
+    try:
+        write_atomic(path, header + b"\n" + data)
+    except OSError:
+        pass
 
 
 class _Detectors:
@@ -222,10 +277,11 @@ class _Detectors:
         out.append((ASSIGNMENT_GROUP, _ASSIGNMENT.pattern.replace("(?i)", ""), re.IGNORECASE))
         return out
 
-    def enable_prefilter(self) -> bool:
-        """Build the Hyperscan prefilter; False (every detector on every line) if it is unavailable."""
+    def enable_prefilter(self, cache: Path | None = None) -> bool:
+        """Build the Hyperscan prefilter (compiled, or loaded from `cache`); False (every detector
+        on every line) if it is unavailable."""
         try:
-            self.prefilter = _Prefilter(self.prefilter_groups())
+            self.prefilter = _Prefilter(self.prefilter_groups(), cache)
         except ImportError:
             self.prefilter = None
         return self.prefilter is not None
@@ -297,18 +353,22 @@ class SecretScanner:
     """Batch secret scan over many texts (one scanner per export or collect run)."""
 
     def __init__(
-        self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX, *, prefilter: bool = True
+        self, entropy_limit: float = BASE64_ENTROPY_LIMIT, memo_lines: int = LINE_MEMO_MAX, *, prefilter: bool = True,
+        prefilter_cache: Path | None = None,
     ) -> None:
+        """`prefilter_cache`: a file to keep the compiled prefilter in (a workspace's
+        `.distill.secret-prefilter.hs`), so that the next process loads it instead of compiling."""
         self.entropy_limit = entropy_limit
         self.memo_lines = max(0, memo_lines)
         self.use_prefilter = prefilter
+        self.prefilter_cache = prefilter_cache
         self._memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     @cached_property
     def _detectors(self) -> _Detectors:
         detectors = _Detectors(self.entropy_limit)
         if self.use_prefilter:
-            detectors.enable_prefilter()
+            detectors.enable_prefilter(self.prefilter_cache)
         return detectors
 
     @property

@@ -132,6 +132,12 @@ class Workspace:
         return self.root / ".distill.digests.json"
 
     @property
+    def secret_prefilter_path(self) -> Path:
+        """The secret gate's compiled Hyperscan prefilter (distill.secrets), kept so that each
+        process that scans loads it instead of compiling it; deleting it costs one compile."""
+        return self.root / ".distill.secret-prefilter.hs"
+
+    @property
     def clock_path(self) -> Path:
         """An empty file the digest cache touches to read the file system's clock (its ctime), so
         that it can tell a file that changed after it was hashed from one that did not."""

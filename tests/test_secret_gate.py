@@ -192,3 +192,85 @@ def test_a_pattern_hyperscan_cannot_take_makes_its_detector_run_always() -> None
     assert pre.always == {"broken", "always"}
     assert pre.groups("nothing here") == {"broken", "always"}
     assert pre.groups("key AKIA2E0A8F3B244C9986") == {"broken", "always", "aws"}
+
+
+# ------------------------------------------------------------------------- the compiled prefilter kept on disk
+
+
+def _compiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts Hyperscan compiles from now on (each call of _Prefilter._compile)."""
+    from distill.secrets import _Prefilter
+
+    calls: list[int] = []
+    real = _Prefilter._compile
+
+    def counted(hyperscan: object, patterns: list) -> object:
+        calls.append(len(patterns))
+        return real(hyperscan, patterns)
+
+    monkeypatch.setattr(_Prefilter, "_compile", staticmethod(counted))
+    return calls
+
+
+def _verdicts(scanner: SecretScanner, lines: list[str]) -> list[tuple[str, ...]]:
+    return [scanner.analyse(ln) for ln in lines]
+
+
+def test_a_kept_prefilter_is_loaded_not_compiled_and_judges_every_line_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [ln for p in planted_corpus() for ln in p.text.splitlines()] + _sample_lines()[:2000]
+    cache = tmp_path / ".distill.secret-prefilter.hs"
+    calls = _compiles(monkeypatch)
+    first = SecretScanner(memo_lines=0, prefilter_cache=cache)
+    expected = _verdicts(first, lines)
+    assert len(calls) == 1 and cache.is_file()  # compiled once, then kept
+    assert expected == _verdicts(SecretScanner(memo_lines=0), lines)
+    calls.clear()
+    second = SecretScanner(memo_lines=0, prefilter_cache=cache)
+    assert _verdicts(second, lines) == expected and second.prefiltered
+    assert calls == [], "loaded from the file, not compiled"
+
+
+@pytest.mark.parametrize("damage", ["a byte of the database", "the header", "a refused database", "other patterns"])
+def test_a_kept_prefilter_that_does_not_match_is_compiled_again_and_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    import hashlib
+
+    import orjson
+
+    lines = [ln for p in planted_corpus() for ln in p.text.splitlines()]
+    cache = tmp_path / ".distill.secret-prefilter.hs"
+    expected = _verdicts(SecretScanner(memo_lines=0, prefilter_cache=cache), lines)
+    good = cache.read_bytes()
+    header, _, data = good.partition(b"\n")
+    fields = orjson.loads(header)
+    if damage == "a byte of the database":
+        at = len(data) // 2
+        cache.write_bytes(header + b"\n" + data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    elif damage == "the header":
+        cache.write_bytes(b"{not json\n" + data)
+    elif damage == "a refused database":  # the digest matches, Hyperscan refuses the bytes
+        junk = b"\0" * 64
+        fields["sha256"] = hashlib.sha256(junk).hexdigest()
+        cache.write_bytes(orjson.dumps(fields) + b"\n" + junk)
+    else:
+        fields["key"] = "0" * 64  # kept for other patterns or another Hyperscan
+        cache.write_bytes(orjson.dumps(fields) + b"\n" + data)
+    calls = _compiles(monkeypatch)
+    again = SecretScanner(memo_lines=0, prefilter_cache=cache)
+    assert _verdicts(again, lines) == expected
+    assert calls, "compiled again"
+    assert cache.read_bytes() == good  # and the file rewritten
+
+
+def test_a_kept_prefilter_for_other_limits_is_not_used(tmp_path: Path) -> None:
+    cache = tmp_path / ".distill.secret-prefilter.hs"
+    SecretScanner(memo_lines=0, prefilter_cache=cache).analyse("x")
+    before = cache.read_bytes()
+    SecretScanner(entropy_limit=3.0, memo_lines=0, prefilter_cache=cache).analyse("x")  # another unquoted pattern
+    assert cache.read_bytes() != before
+
+
+def test_an_unwritable_prefilter_file_costs_a_compile_not_an_error(tmp_path: Path) -> None:
+    scanner = SecretScanner(memo_lines=0, prefilter_cache=tmp_path / "missing-dir" / "prefilter.hs")
+    assert scanner.analyse('aws_key = "AKIA2E0A8F3B244C9986"') and scanner.prefiltered

@@ -48,7 +48,8 @@ def run_exports(root, which: str, *, fmt: str, include_review: bool, include_par
 
     ws, settings = open_workspace(root)
     kinds = list(KINDS) if which == "all" else [which]
-    firewall = Firewall.from_settings(ws.root, settings.export)
+    firewall = Firewall.from_settings(ws.root, settings.export,
+                                      prefilter_cache=None if dry_run else ws.secret_prefilter_path)
 
     def run_all() -> list[StageReport]:
         return [

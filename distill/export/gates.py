@@ -246,8 +246,9 @@ class Firewall:
         self.contamination = contamination
 
     @classmethod
-    def from_settings(cls, root: Path, export: ExportSettings) -> Firewall:
-        """Relative paths in the settings are taken from the workspace root."""
+    def from_settings(cls, root: Path, export: ExportSettings, *, prefilter_cache: Path | None = None) -> Firewall:
+        """Relative paths in the settings are taken from the workspace root. `prefilter_cache`:
+        where the secret gate keeps its compiled prefilter (distill.secrets)."""
 
         def here(p: Path) -> Path:
             return p if p.is_absolute() else root / p
@@ -257,7 +258,7 @@ class Firewall:
         contamination = (
             ContaminationIndex(bench, export.contamination_ngram, export.contamination_threshold) if bench else None
         )
-        return cls(SecretScanner(), paths, contamination)
+        return cls(SecretScanner(prefilter_cache=prefilter_cache), paths, contamination)
 
     def notes(self) -> list[str]:
         out = []

@@ -82,7 +82,8 @@ def run_export(
     export = ExportKind(kind)
     kind = export.value
     report = StageReport(stage=f"export-{kind}", dry_run=dry_run)
-    fw = firewall or Firewall.from_settings(ws.root, settings.export)
+    fw = firewall or Firewall.from_settings(ws.root, settings.export,
+                                            prefilter_cache=None if dry_run else ws.secret_prefilter_path)
     report.notes.extend(fw.notes())
     if kind == "rag" and include_partial:
         report.notes.append("--include-partial has no effect on RAG (partially accepted rows ship by default)")
