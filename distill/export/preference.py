@@ -54,6 +54,7 @@ from distill.export.quarantine import (
     quarantine_broken,
     quarantine_joined,
     quarantine_scored,
+    scored_quarantine_line,
     validation_errors,
 )
 from distill.export.reader import Broken, Joined, ReaderItem
@@ -166,6 +167,11 @@ class Spilled:
                         sig_hash=p["sig_hash"])
         return quarantine_scored(STAGE, self.scored_source, ref, self.detail, reason,
                                  errors, self.key[0])
+
+    def quarantine_line(self, reason: QuarantineReason | str, errors: list[str]) -> bytes:
+        """The JSON line of `quarantine(reason, errors)`, built without the models."""
+        return scored_quarantine_line(STAGE, self.scored_source, self.provenance, self.detail, reason, errors,
+                                      self.key[0])
 
 
 def _where(detail: dict[str, Any]) -> str:
@@ -612,7 +618,8 @@ def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
     reason, msg = next((f.why for f in fates if f.why is not None),
                        (QuarantineReason.INVALID_PREFERENCE_PAIRING,
                         f"no counterpart with a category gap in task {row.task_id}"))
-    return _quarantined(row.index, row.source, category, payload.get(row).quarantine(reason, [msg]))
+    line = payload.get(row).quarantine_line(reason, [msg])
+    return (row.index, row.source, category, QuarantineReason(reason).value, line, False)
 
 
 def _by_category(rows: list[Row], category: Category) -> list[Row]:
