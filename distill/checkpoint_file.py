@@ -18,10 +18,31 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import xxhash
 
 from distill.jsonl import dumps, loads
 
 ENTRIES_KEY = "entries"
+ENTRIES_DIGEST_KEY = "entries_digest"
+_ENTRIES_OPEN = b'{"' + ENTRIES_KEY.encode() + b'":['
+_ENTRIES_CLOSE = b'],"' + ENTRIES_DIGEST_KEY.encode() + b'":"'
+
+
+def entries_intact(payload: bytes) -> bool:
+    """Whether a checkpoint written with entries still holds exactly the entries' bytes it was
+    written with (their xxh3-128 follows them): a reader that trusts what the entries say (the
+    preference export does not validate each row's provenance again) refuses a damaged one. The
+    closing marker cannot occur inside the entries (a quote in a JSON string is escaped), so its
+    last occurrence ends them."""
+    if not payload.startswith(_ENTRIES_OPEN):
+        return False
+    cut = payload.rfind(_ENTRIES_CLOSE)
+    if cut < 0:
+        return False
+    at = cut + len(_ENTRIES_CLOSE)
+    recorded = payload[at:at + 32]
+    with memoryview(payload) as view:
+        return xxhash.xxh3_128(view[len(_ENTRIES_OPEN):cut]).hexdigest().encode() == recorded
 
 
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file
@@ -173,12 +194,15 @@ class CheckpointFile:
         if entries is None:
             out.write(head + body + b"\n")
             return
-        out.write(head + b'{"' + ENTRIES_KEY.encode() + b'":[')
+        out.write(head + _ENTRIES_OPEN)
+        digest = xxhash.xxh3_128()
         for n, piece in enumerate(entries):
             if n:
                 out.write(b",")
+                digest.update(b",")
             out.write(piece)
-        out.write(b"]" + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
+            digest.update(piece)
+        out.write(_ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
 
     def keep(self, rel: str) -> bool:
         """Carry one partition's checkpoint over to the next file as it is (its line copied, never

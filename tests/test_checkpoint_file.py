@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from distill.checkpoint_file import ENTRIES_KEY, SPILL_BYTES, CheckpointFile, JsonEntries
+from distill.checkpoint_file import ENTRIES_DIGEST_KEY, ENTRIES_KEY, SPILL_BYTES, CheckpointFile, JsonEntries, entries_intact
 
 
 def _accept(basis: str) -> Any:
@@ -90,9 +90,15 @@ def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_arra
     book.save({"basis": "b1"})
     assert len(entries) == 0  # taken: the next partition starts empty
     read = CheckpointFile(path, _accept("b1"))
-    assert json.loads(read.payload("a/x.jsonl") or b"") == {
+    def without_digest(payload: bytes | None) -> dict[str, Any]:
+        assert payload is not None and entries_intact(payload)
+        found = json.loads(payload)
+        del found[ENTRIES_DIGEST_KEY]
+        return found
+
+    assert without_digest(read.payload("a/x.jsonl")) == {
         "end": 7, "lines": 3, ENTRIES_KEY: [["q", "é\t", {"a": [2], "b": 1}], [], ["c", "src", None]]}
-    assert json.loads(read.payload("b/y.jsonl") or b"") == {ENTRIES_KEY: []}
+    assert without_digest(read.payload("b/y.jsonl")) == {ENTRIES_KEY: []}
     assert json.loads(read.payload("c/z.jsonl") or b"") == {"end": 1}
 
 
@@ -177,3 +183,17 @@ def test_a_kept_partition_is_carried_over_byte_for_byte_and_a_cut_copy_leaves_no
     last = CheckpointFile(path, _accept("b1"))
     assert last.header == {"basis": "b1"} and last.payload("b/y.jsonl") is None
     assert json.loads(last.payload("c/z.jsonl") or b"") == {"end": 5}
+
+
+def test_entries_are_trusted_only_as_written(tmp_path: Path) -> None:
+    from distill.checkpoint_file import entries_intact
+
+    path = tmp_path / "book.json"
+    book = CheckpointFile(path, _accept("b1"))
+    book.write("a/x.jsonl", {"end": 1}, iter([b'["c","s",{"k":"],\\"entries_digest\\":\\""}]', b'["d"]']))
+    book.save({"basis": "b1"})
+    payload = CheckpointFile(path, _accept("b1")).payload("a/x.jsonl") or b""
+    assert entries_intact(payload) and json.loads(payload)[ENTRIES_KEY][1] == ["d"]
+    assert not entries_intact(payload.replace(b'"d"', b'"e"'))  # same length, still JSON
+    assert not entries_intact(payload.replace(b'{"end"', b'{"end2"').replace(b'"entries_digest"', b'"other"'))
+    assert not entries_intact(b'{"end": 1}')

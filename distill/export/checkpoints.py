@@ -8,8 +8,10 @@ outcome, the quarantine line it produced, its sample id); the preference export 
 first pass made of the line (`preference.Pass1Entry`: the row pairing needs, or its refusal;
 pairing itself is redone). A checkpoint is trusted only when the `distill` code, the [export]
 settings, the export's flags, the repository tree and benchmark files the gates read and the secret
-scanner's version are the same (one basis for the file), the mirror still starts with exactly the
-hashed bytes, and no line of the prefix needed evidence from another partition. Then:
+scanner's version are the same (one basis for the file), the partition's entries are the bytes
+written (their xxh3-128 follows them: a damaged line is no checkpoint, so a reader may trust what an
+entry says), the mirror still starts with exactly the hashed bytes, and no line of the prefix needed
+evidence from another partition. Then:
 
 - the scored file still starts with the hashed bytes and the exporter's `can_replay` accepts the
   entries (RowExporter: every shipped candidate still in the export, no id repeated): the entries
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile
+from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_intact
 from distill.config import Settings
 from distill.export.reader import (
     Broken,
@@ -53,7 +55,7 @@ from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 3  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128
+EXPORT_CHECKPOINT_VERSION = 4  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -234,7 +236,7 @@ class ExportCheckpoints:
 
     def get(self, rel: str) -> dict[str, Any] | None:
         payload = self._file.payload(rel)
-        if payload is None:
+        if payload is None or not entries_intact(payload):
             return None
         try:
             found = loads(payload)

@@ -69,7 +69,6 @@ from distill.records import (
     Category,
     ModelRole,
     PreferenceSample,
-    Provenance,
     QuarantineReason,
     QuarantineRecord,
     ScoreClass,
@@ -387,16 +386,21 @@ def _row_entry(row: Row, spilled: tuple[Any, ...], passed: bytes | None) -> Pass
 
 
 def _provenance(value: Any) -> dict[str, Any]:
-    """A checkpoint's provenance, checked as the model checks it, kept in its JSON form."""
-    if not isinstance(value, dict):
+    """A checkpoint's provenance in its JSON form: what `Spilled.of` wrote from a validated
+    Provenance (the entries' digest says they are the bytes written, so it is not validated
+    again: that was ~7 us a row, most of what replaying a partition cost), with the fields a
+    quarantine row takes from it."""
+    if not (isinstance(value, dict) and isinstance(value.get("source_file"), str) and value["source_file"]
+            and all(type(value.get(k)) is int for k in ("line_offset", "line_number"))
+            and isinstance(value.get("sig_hash"), str)):
         raise TypeError("malformed provenance")
-    Provenance.model_validate(value)
     return value
 
 
 def _parse_entry(entry: Any) -> _Ready:
     """An entry back into what reading its line gave; raises ValueError/TypeError/ValidationError
-    on anything a checkpoint never holds."""
+    on anything a checkpoint never holds (the checks a reader of our own bytes still wants: the
+    shape of each field)."""
     code = entry[0]
     if code == "q":
         _, source, category, reason, line = entry
@@ -419,7 +423,8 @@ def _parse_entry(entry: Any) -> _Ready:
         failure = (reason, errors)
     cat = Category(category)
     row = (run_id, sig, task_id, prompt, cat, source, bytes.fromhex(digest), cross, failure)
-    datetime.fromisoformat(created_at)  # a checkpoint holds only dates that parse
+    if not isinstance(created_at, str):
+        raise TypeError("malformed entry")
     payload = ((run_id, sig), ev_source, None, created_at, _provenance(provenance), cat.value, first_reason, source,
                detail)
     return ("r", row, payload, None if passed is None else bytes.fromhex(passed))
