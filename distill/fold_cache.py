@@ -7,9 +7,10 @@ so a periodic run re-read gigabytes to count the one per cent that was new. A `T
 with the length and sha256 of the whole-line prefix it covers; the next tally of that file
 re-hashes the prefix (hashing is far cheaper than parsing) and, when it still matches, folds only
 the lines after it. sha256, not the checkpoints' faster prefix hash: a tally is matched against the
-digest a receipt made of the whole file, so an unchanged file is not read at all. Anything else (a file rewritten, shortened or edited in place, a cache of
-another version, a fold renamed) is folded from the start: the cache only saves work; losing or
-corrupting it costs one full read, never a wrong count.
+digest a receipt made of the whole file, so an unchanged file is not read at all. Anything else
+(a file rewritten, shortened or edited in place, a cache of another version, a fold renamed) is
+folded from the start: the cache only saves work; losing or corrupting it costs one full read,
+never a wrong count.
 
 Files are named relative to the cache file's folder (the workspace root), so a workspace moved or
 restored elsewhere keeps its tallies. A fold that counts no values (`key=None`, the integrity
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from distill.hashing import PrefixHash
+from distill.hashing import FileState, PrefixHash, file_state
 from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
 
 FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
@@ -109,7 +110,7 @@ class FoldCache:
     """
 
     def __init__(self, path: Path | None = None, entries: dict[tuple[str, str], _Entry] | None = None,
-                 on_disk: _FileState | None = None) -> None:
+                 on_disk: FileState | None = None) -> None:
         self.path = path
         self._changed: dict[tuple[str, str], _Entry] = {}
         self._adopt(entries or {})
@@ -206,16 +207,11 @@ def _read(path: Path) -> dict[tuple[str, str], _Entry]:
         return {}
 
 
-_FileState = tuple[int, int, int, int]
-
-
-def _state(path: Path) -> _FileState | None:
-    """(inode, size, mtime, ctime): a file replaced or rewritten since shows another state."""
+def _state(path: Path) -> FileState | None:
     try:
-        st = path.stat()
+        return file_state(path.stat())
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _size(path: Path) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,15 @@ def content_id(prefix: str, *parts: str, length: int = 16) -> str:
 
 
 PREFIX_CHUNK = 1 << 20
+FileState = tuple[int, int, int, int]
+"""(inode, size, mtime_ns, ctime_ns): a file replaced, rewritten or edited since shows another
+state (the kernel sets the ctime on every change; `touch` cannot set it back)."""
+
+
+def file_state(st: os.stat_result) -> FileState:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 PREFIX_HASH = "xxh3-128"
 """What the checkpoints recognise an already-read prefix of a file by. They only ask "does this
 file still start with the bytes I read?" of our own workspace files (never what a receipt or an

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
 from distill.fold_cache import FoldCache
-from distill.hashing import canonical_json, sha256_hex
+from distill.hashing import canonical_json, file_state, sha256_hex
 from distill.jsonl import dumps, loads, write_atomic
 from distill.records.receipts import (
     DeterminismFinding,
@@ -159,7 +159,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
     if cache is not None:
         hashed_at = time.time_ns()  # before the stat: the racy-margin rule compares against it
         st = path.stat()
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = (str(path), *file_state(st))
         hit = cache.get(key)
         if hit is not None:
             return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
@@ -167,7 +167,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
         if mark is not None and mark[0] == st.st_dev:
             # the mark is later than the stat, so the stat is taken again after it
             st = path.stat()
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            key = (str(path), *file_state(st))
             hashed_at, fs_clock = mark[1], True
     size, sha, newlines = sha256_size_newlines(path)
     records = newlines if path.suffix == ".jsonl" else None
