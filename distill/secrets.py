@@ -133,9 +133,10 @@ class _Prefilter:
     Compiling it takes ~0.13 s, paid by every process that scans (in a run: collect, score's
     redaction and each export). With `cache`, the compiled database is kept in that file
     (`hyperscan.dumpb`) under a key of the Hyperscan version and every pattern and flag, with the
-    sha256 of its bytes: a file whose key or digest does not match, or that Hyperscan refuses (a
-    database built for a CPU with features this one lacks), is compiled again and rewritten.
-    Hyperscan matches the same on every platform it loads a database on; only speed differs."""
+    sha256 of its bytes: a file whose key or digest does not match, or that Hyperscan refuses, is
+    compiled again and rewritten. Hyperscan checks a database when it loads it (its version, its
+    own CRC, and that it was built for this CPU's features or fewer: a workspace moved to an older
+    CPU recompiles) and matches the same wherever it loads; only speed differs."""
 
     def __init__(self, groups: list[tuple[object, str, int]], cache: Path | None = None) -> None:
         import hyperscan
