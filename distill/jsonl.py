@@ -491,7 +491,10 @@ class LineSink:
         self.size = 0
 
     def write_line(self, line: bytes) -> None:
-        data = line + b"\n"
+        self.write_block(line + b"\n")
+
+    def write_block(self, data: bytes) -> None:
+        """Whole lines as they are (each ending with a newline)."""
         self.sha256.update(data)
         self.size += len(data)
         if self._fh is not None:

@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
@@ -48,6 +50,7 @@ from distill.stage_workers import processes_for
 from distill.workspace import Workspace, iter_partition_files
 
 STAGE = "score"
+COPY_CHUNK = 1 << 20  # a mirror copied as it is goes this much at a time
 
 
 def scorer_version(settings: Settings) -> str:
@@ -123,7 +126,8 @@ class _MirrorNow:
 
 
 def _line_digest(line: bytes) -> bytes:
-    return hashlib.blake2b(line, digest_size=16).digest()
+    """Stands for a mirror line within one run (what `deduped` asks): never saved."""
+    return xxhash.xxh3_128_digest(line)
 
 
 def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes | None) -> QuarantineRecord:
@@ -258,14 +262,24 @@ class _PartitionScorer:
                         again[index] = (offset, task)
                     else:
                         extraction.append((index, offset, task, category))
-                for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
-                    line, category = raw.data or b"", kept[index]
-                    if index in again:
-                        offset, task = again[index]
-                        run = score_one(EvidenceRecord.model_validate_json(read_line_at(path, offset)), parents, settings)
-                        line, category = dumps(run.to_json_dict()), run.category.value
-                        extraction.append((index, offset, task, category))
-                    emit(line, category)
+                if again:
+                    for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
+                        line, category = raw.data or b"", kept[index]
+                        if index in again:
+                            offset, task = again[index]
+                            run = score_one(EvidenceRecord.model_validate_json(read_line_at(path, offset)), parents,
+                                            settings)
+                            line, category = dumps(run.to_json_dict()), run.category.value
+                            extraction.append((index, offset, task, category))
+                        emit(line, category)
+                else:
+                    # every line stays as the checkpoint wrote it (the mirror hashes to that, so it
+                    # ends with a whole line): copied as it is, each one already in the mirror
+                    with open(target, "rb") as mirror:
+                        while chunk := mirror.read(COPY_CHUNK):
+                            out.write_block(chunk)
+                    categories.extend(kept)
+                    deduped.extend([True] * len(kept))
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
                 rows = _read_rows(path, ws, [], resume_at=part.resumed_at, end=part.progress.end)
