@@ -31,6 +31,7 @@ from distill.collect_checkpoints import (
 )
 from distill.config import Settings
 from distill.fold_cache import FoldCache
+from distill.hashing import file_size
 from distill.jsonl import (
     ReadProgress,
     append_lines,
@@ -196,7 +197,7 @@ def run_collect(
         writer.flush()
 
     def consume(quarantine_out: _QuarantineSink) -> None:
-        weights = [sum(_size(p) for p in source.inputs(ws)) for source in chosen]
+        weights = [sum(file_size(p) or 0 for p in source.inputs(ws)) for source in chosen]
         processes = processes_for(settings, sum(weights))
         if dry_run or processes < 2 or len(chosen) < 2:
             one_by_one(quarantine_out)
@@ -413,13 +414,6 @@ def _keys_disjoint(results: list[_SourceRead]) -> bool:
             return False
         added_before.update(mine)
     return True
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _line_offset(item: SourceItem) -> int | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from distill.hashing import FileState, PrefixHash, file_state
+from distill.hashing import FileState, PrefixHash, file_size, file_state
 from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
 
 FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
@@ -154,7 +154,7 @@ class FoldCache:
         start: Tally | None = None
         hasher: PrefixHash | None = None
         if sha256 is not None:
-            size = _size(file)
+            size = file_size(file)
             if entry is not None and entry.sha256 == sha256 and size == entry.tally.end:
                 return entry.tally.copy()
             if key is None and (derived := self._counted_elsewhere(name, sha256, size)):
@@ -210,12 +210,5 @@ def _read(path: Path) -> dict[tuple[str, str], _Entry]:
 def _state(path: Path) -> FileState | None:
     try:
         return file_state(path.stat())
-    except OSError:
-        return None
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
     except OSError:
         return None

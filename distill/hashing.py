@@ -59,6 +59,14 @@ def file_state(st: os.stat_result) -> FileState:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def file_size(path: Path) -> int | None:
+    """The file's size now; None when it cannot be stat'ed (gone, unreadable)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 PREFIX_HASH = "xxh3-128"
 """What the checkpoints recognise an already-read prefix of a file by. They only ask "does this
 file still start with the bytes I read?" of our own workspace files (never what a receipt or an

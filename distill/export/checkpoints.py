@@ -49,7 +49,7 @@ from distill.export.reader import (
     rel_path,
 )
 from distill.export.scored_index import key_digest
-from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
+from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
 from distill.jsonl import RawLine, iter_raw_lines, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
@@ -334,7 +334,7 @@ def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Ta
     """The partition only grew: replay its checkpoint whole, read the lines after it. A partition
     that did not grow (most of them, after an append) keeps its checkpoint as it is: its entries
     are not written out again."""
-    unchanged = _size(path) == found["end"]
+    unchanged = file_size(path) == found["end"]
     exporter.replay(found.pop(ENTRIES_KEY), record=not unchanged)  # the exporter keeps them as JSON: let the lists go
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
@@ -346,13 +346,6 @@ def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Ta
         _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, entries, digests)
     elif entries is not None and not read.newlines and not read.after_newline and not tail.unsure:
         checkpoints.keep(rel)  # else it grew after all (between the stat and the read): no checkpoint
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence,
