@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
-from distill.jsonl import dumps, loads
+from distill.jsonl import READ_CHUNK, dumps, loads
 
 ENTRIES_KEY = "entries"
 ENTRIES_DIGEST_KEY = "entries_digest"
@@ -46,7 +46,6 @@ def entries_intact(payload: bytes) -> bool:
 
 
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file
-COPY_CHUNK = 1 << 20  # a checkpoint line carried over is copied this much at a time
 
 
 class JsonEntries:
@@ -217,7 +216,7 @@ class CheckpointFile:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(at)
-                while chunk := fh.readline(COPY_CHUNK):
+                while chunk := fh.readline(READ_CHUNK):
                     out.write(chunk)
                     if chunk.endswith(b"\n"):
                         return True

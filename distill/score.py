@@ -28,7 +28,17 @@ from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
 from distill.hashing import PrefixHash
-from distill.jsonl import RawLine, ReadProgress, dumps, iter_raw_lines, loads, read_line_at, replace_if_changed, write_if_changed
+from distill.jsonl import (
+    READ_CHUNK,
+    RawLine,
+    ReadProgress,
+    dumps,
+    iter_raw_lines,
+    loads,
+    read_line_at,
+    replace_if_changed,
+    write_if_changed,
+)
 from distill.receipts import count_categories, sha256_size_newlines
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
@@ -50,7 +60,6 @@ from distill.stage_workers import processes_for
 from distill.workspace import Workspace, iter_partition_files
 
 STAGE = "score"
-COPY_CHUNK = 1 << 20  # a mirror copied as it is goes this much at a time
 
 
 def scorer_version(settings: Settings) -> str:
@@ -276,7 +285,7 @@ class _PartitionScorer:
                     # every line stays as the checkpoint wrote it (the mirror hashes to that, so it
                     # ends with a whole line): copied as it is, each one already in the mirror
                     with open(target, "rb") as mirror:
-                        while chunk := mirror.read(COPY_CHUNK):
+                        while chunk := mirror.read(READ_CHUNK):
                             out.write_block(chunk)
                     categories.extend(kept)
                     deduped.extend([True] * len(kept))

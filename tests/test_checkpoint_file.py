@@ -161,7 +161,7 @@ def test_a_kept_partition_is_carried_over_byte_for_byte_and_a_cut_copy_leaves_no
     _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": big, "c/z.jsonl": {"end": 3}})
     old = CheckpointFile(path, _accept("b1"))
     line_b = old.payload("b/y.jsonl")
-    monkeypatch.setattr(checkpoint_file, "COPY_CHUNK", 64)  # the line is copied in many pieces
+    monkeypatch.setattr(checkpoint_file, "READ_CHUNK", 64)  # the line is copied in many pieces
     book = CheckpointFile(path, _accept("b1"))
     assert book.keep("b/y.jsonl")
     assert not book.keep("d/none.jsonl")
