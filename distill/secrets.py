@@ -158,8 +158,8 @@ class _Prefilter:
             candidates.append((group, pattern.encode(), flags))
         key = sha256_hex(canonical_json([PREFILTER_CACHE_VERSION, hyperscan.__version__,
                                           [[p.decode("latin-1"), f] for _, p, f in candidates]]))
-        kept = _load_compiled(cache, key, hyperscan) if cache is not None else None
-        if kept is not None and all(0 <= k < len(candidates) for k in kept[1]):
+        kept = _load_compiled(cache, key, len(candidates), hyperscan) if cache is not None else None
+        if kept is not None:
             self.db, positions = kept
         else:
             self.db, positions = self._compile_usable(hyperscan, candidates)
@@ -208,9 +208,9 @@ class _Prefilter:
         return hit
 
 
-def _load_compiled(path: Path, key: str, hyperscan: Any) -> tuple[Any, list[int]] | None:
-    """The database kept under `key` and the candidate positions it holds; None when the file is
-    missing, of other patterns or versions, damaged, or refused by Hyperscan."""
+def _load_compiled(path: Path, key: str, candidates: int, hyperscan: Any) -> tuple[Any, list[int]] | None:
+    """The database kept under `key` and the positions (among `candidates` patterns) it holds; None
+    when the file is missing, of other patterns or versions, damaged, or refused by Hyperscan."""
     try:
         with open(path, "rb") as fh:
             header = loads(fh.readline())
@@ -218,7 +218,7 @@ def _load_compiled(path: Path, key: str, hyperscan: Any) -> tuple[Any, list[int]
         if not (isinstance(header, dict) and header.get("key") == key and header.get("sha256") == sha256_hex(data)):
             return None
         positions = header["positions"]
-        if not (isinstance(positions, list) and all(type(k) is int for k in positions)):
+        if not (isinstance(positions, list) and all(type(k) is int and 0 <= k < candidates for k in positions)):
             return None
         db = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
         db.scratch = hyperscan.Scratch(db)  # a compile allocates it; a loaded database has none
