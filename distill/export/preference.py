@@ -363,7 +363,11 @@ Decided = tuple[int, str, str | None, str | None, bytes, bool]
 
 
 def _quarantined(index: int, source: str, category: str | None, rec: QuarantineRecord) -> Decided:
-    return (index, source, category, rec.reason.value, dumps(rec.to_json_dict()), False)
+    return _quarantined_line(index, source, category, rec.reason.value, dumps(rec.to_json_dict()))
+
+
+def _quarantined_line(index: int, source: str, category: str | None, reason: str, line: bytes) -> Decided:
+    return (index, source, category, reason, line, False)
 
 
 # A pass-1 checkpoint entry (JSON, one per scored line, in line order): what reading the line gave.
@@ -623,8 +627,8 @@ def _final(row: Row, fates: Iterable[Fate], payload: _Payload) -> Decided:
     reason, msg = next((f.why for f in fates if f.why is not None),
                        (QuarantineReason.INVALID_PREFERENCE_PAIRING,
                         f"no counterpart with a category gap in task {row.task_id}"))
-    line = payload.get(row).quarantine_line(reason, [msg])
-    return (row.index, row.source, category, QuarantineReason(reason).value, line, False)
+    return _quarantined_line(row.index, row.source, category, QuarantineReason(reason).value,
+                             payload.get(row).quarantine_line(reason, [msg]))
 
 
 def _by_category(rows: list[Row], category: Category) -> list[Row]:
