@@ -12,6 +12,12 @@ digest a receipt made of the whole file, so an unchanged file is not read at all
 folded from the start: the cache only saves work; losing or corrupting it costs one full read,
 never a wrong count.
 
+A file that was rewritten rather than appended to (each export's quarantine file is, on every run:
+its lines are in input order, so new rows land inside it) gets a line memo (`LineMemo`): what each
+distinct line contributed, by the line's xxh3-128, kept beside the cache. The next fold of that
+file splits and hashes its lines and parses only those the memo does not know: a fold is a
+function of each line alone, so a known line counts what it counted before.
+
 Files are named relative to the cache file's folder (the workspace root), so a workspace moved or
 restored elsewhere keeps its tallies. A fold that counts no values (`key=None`, the integrity
 check's) is the same for every fold of the same bytes: it is taken from another fold's tally of
@@ -23,10 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
+import xxhash
 
 from distill.hashing import FileState, PrefixHash, file_size, file_state
 from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
@@ -74,11 +85,135 @@ class _Entry:
         return (path, fold), _Entry(sha, Tally(end, lines, nonblank, bad, first_bad, dict(values)))
 
 
-def fold_lines(path: Path, key: RowKey | None, start: Tally | None = None, on_chunk: Callable[[bytes], None] | None = None) -> Tally:
-    """Fold the complete lines of `path` after `start` (from the beginning when None)."""
+_BAD, _UNCOUNTED = -2, -1  # a line memo's codes besides a value's index: not a JSON object; no value
+_MEMO_BATCH = 4096  # lines looked up in the memo at a time (one vectorised search each)
+
+
+class LineMemo:
+    """What each distinct line contributed to one fold, by its xxh3-128: `_BAD`, `_UNCOUNTED` or
+    the index of its value in `values`. Digests are held as sorted (high, low) 64-bit columns, a
+    few dozen bytes a line, so a memo of a million-line file stays small."""
+
+    MAGIC = b"distill-fold-lines/1\n"
+
+    def __init__(self, digests: np.ndarray | None = None, codes: np.ndarray | None = None,
+                 values: list[str] | None = None) -> None:
+        self.digests = digests if digests is not None else np.empty((0, 2), dtype=np.uint64)
+        self.codes = codes if codes is not None else np.empty(0, dtype=np.int32)
+        self.values = values or []
+        # what the fold in progress saw: every line's digest and code, for the memo it leaves
+        self._seen_digests = bytearray()
+        self._seen_codes = array("i")
+        self._value_codes = {value: n for n, value in enumerate(self.values)}
+
+    def codes_of(self, digests: bytes) -> list[int | None]:
+        """The code of each 16-byte digest in `digests`, None for a line this memo does not know."""
+        asked = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        if not len(self.codes):
+            return [None] * len(asked)
+        at = np.minimum(np.searchsorted(self.digests[:, 0], asked[:, 0]), len(self.codes) - 1)
+        hit = (self.digests[at, 0] == asked[:, 0]) & (self.digests[at, 1] == asked[:, 1])
+        # equal high halves with other low halves sort after the first: such a line is parsed (a miss)
+        return [int(c) if h else None for c, h in zip(self.codes[at].tolist(), hit.tolist(), strict=True)]
+
+    def code_for(self, value: str | None) -> int:
+        if value is None:
+            return _UNCOUNTED
+        code = self._value_codes.get(value)
+        if code is None:
+            code = self._value_codes[value] = len(self.values)
+            self.values.append(value)
+        return code
+
+    def saw(self, digest: bytes, code: int) -> None:
+        self._seen_digests += digest
+        self._seen_codes.append(code)
+
+    def of_this_fold(self) -> LineMemo:
+        """The memo of the lines the last fold saw (no others: it does not grow with old lines)."""
+        digests = np.frombuffer(bytes(self._seen_digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        codes = np.frombuffer(self._seen_codes.tobytes(), dtype=np.int32)
+        order = np.lexsort((digests[:, 1], digests[:, 0]))
+        digests, codes = digests[order], codes[order]
+        if len(codes):
+            first = np.ones(len(codes), dtype=bool)
+            first[1:] = np.any(digests[1:] != digests[:-1], axis=1)
+            digests, codes = digests[first], codes[first]
+        return LineMemo(np.ascontiguousarray(digests), np.ascontiguousarray(codes), list(self.values))
+
+    def to_bytes(self) -> bytes:
+        body = self.digests.astype("<u8").tobytes() + self.codes.astype("<i4").tobytes()
+        header = dumps({"lines": len(self.codes), "values": self.values, "xxh3": xxhash.xxh3_128_hexdigest(body)})
+        return self.MAGIC + header + b"\n" + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LineMemo | None:
+        """None for anything `to_bytes` did not write (damaged, cut short, another version)."""
+        if not data.startswith(cls.MAGIC):
+            return None
+        try:
+            head, _, body = data[len(cls.MAGIC):].partition(b"\n")
+            header = loads(head)
+            n, values = header["lines"], header["values"]
+            if not (type(n) is int and n >= 0 and isinstance(values, list) and all(isinstance(v, str) for v in values)
+                    and len(body) == 20 * n and header["xxh3"] == xxhash.xxh3_128_hexdigest(body)):
+                return None
+        except (ValueError, TypeError, KeyError):
+            return None
+        digests = np.frombuffer(body[:16 * n], dtype="<u8").reshape(-1, 2)
+        codes = np.frombuffer(body[16 * n:], dtype="<i4").astype(np.int32)
+        if n and (codes.min() < _BAD or codes.max() >= len(values)):
+            return None
+        return cls(digests.astype(np.uint64), codes, list(values))
+
+
+def _outcome(data: bytes, key: RowKey | None) -> str | int:
+    """What one line adds to a fold: `_BAD`, `_UNCOUNTED`, or the value it is counted under."""
+    try:
+        row = loads(data)
+    except ValueError:
+        return _BAD
+    if not isinstance(row, dict):
+        return _BAD
+    value = key(row) if key is not None else None
+    return _UNCOUNTED if value is None else value
+
+
+def fold_lines(path: Path, key: RowKey | None, start: Tally | None = None, on_chunk: Callable[[bytes], None] | None = None,
+               memo: LineMemo | None = None) -> Tally:
+    """Fold the complete lines of `path` after `start` (from the beginning when None). With a
+    `memo`, a line it knows is not parsed, and the memo notes every line seen (`of_this_fold`)."""
     tally = start.copy() if start is not None else Tally()
     tally.torn = None
     values = tally.values
+
+    def count(number: int, outcome: str | int) -> None:
+        if outcome == _BAD:
+            tally.bad += 1
+            if tally.first_bad is None:
+                tally.first_bad = number
+        elif outcome != _UNCOUNTED:
+            assert isinstance(outcome, str)
+            values[outcome] = values.get(outcome, 0) + 1
+
+    held: list[tuple[int, bytes]] = []  # lines waiting for the memo, in order
+    held_digests = bytearray()
+
+    def settle() -> None:
+        assert memo is not None
+        digests = bytes(held_digests)
+        for n, ((number, data), code) in enumerate(zip(held, memo.codes_of(digests), strict=True)):
+            digest = digests[16 * n:16 * n + 16]
+            if code is None:
+                outcome = _outcome(data, key)
+                code = outcome if isinstance(outcome, int) else memo.code_for(outcome)
+            else:
+                outcome = code if code < 0 else memo.values[code]
+            memo.saw(digest, code)
+            count(number, outcome)
+        held.clear()
+        held_digests.clear()
+
     for raw in iter_raw_lines(path, start=tally.end, lines_before=tally.lines, on_chunk=on_chunk):
         if not raw.terminated:
             tally.torn = raw.length
@@ -89,17 +224,15 @@ def fold_lines(path: Path, key: RowKey | None, start: Tally | None = None, on_ch
         if not data or not data.strip():
             continue  # blank, or too long to hold: neither a row nor a bad line
         tally.nonblank += 1
-        try:
-            row = loads(data)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict):
-            tally.bad += 1
-            if tally.first_bad is None:
-                tally.first_bad = raw.number
+        if memo is None:
+            count(raw.number, _outcome(data, key))
             continue
-        if key is not None and (value := key(row)) is not None:
-            values[value] = values.get(value, 0) + 1
+        held.append((raw.number, data))
+        held_digests += xxhash.xxh3_128_digest(data)
+        if len(held) >= _MEMO_BATCH:
+            settle()
+    if held:
+        settle()
     return tally
 
 
@@ -113,6 +246,7 @@ class FoldCache:
                  on_disk: FileState | None = None) -> None:
         self.path = path
         self._changed: dict[tuple[str, str], _Entry] = {}
+        self._memos: dict[tuple[str, str], LineMemo] = {}  # to write at `save`
         self._adopt(entries or {})
         self._on_disk = on_disk  # the file as this cache last read or wrote it
 
@@ -138,6 +272,25 @@ class FoldCache:
                 return _Entry(sha256, replace(entry.tally, values={}, torn=None))
         return None
 
+    def _memo_path(self, name: str, fold: str) -> Path | None:
+        if self.path is None:
+            return None
+        return memo_dir(self.path) / (hashlib.sha256(f"{name}\0{fold}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+                                      + ".memo")
+
+    def _memo(self, name: str, fold: str) -> LineMemo | None:
+        path = self._memo_path(name, fold)
+        try:
+            return None if path is None else LineMemo.from_bytes(path.read_bytes())
+        except OSError:
+            return None
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        """Delete the cache at `path` and its line memos (`distill run --force`)."""
+        path.unlink(missing_ok=True)
+        shutil.rmtree(memo_dir(path), ignore_errors=True)
+
     @classmethod
     def load(cls, path: Path) -> FoldCache:
         """The saved cache, or an empty one when it is missing, unreadable or of another version.
@@ -160,24 +313,45 @@ class FoldCache:
             if key is None and (derived := self._counted_elsewhere(name, sha256, size)):
                 self._keep(name, fold, derived)
                 return derived.tally.copy()
-        if entry is not None:
+        # a file with a line memo was rewritten before: when the caller's digest says it changed,
+        # it is folded with the memo rather than first hashed to learn that its prefix changed too
+        memo = self._memo(name, fold) if entry is not None else None
+        if entry is not None and (memo is None or sha256 is None):
             hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256, new=hashlib.sha256)
             if hasher is not None:
-                start = entry.tally
+                start, memo = entry.tally, None
+            elif memo is None and self.path is not None:
+                memo = LineMemo()  # rewritten: this fold leaves a memo for the next one
         if hasher is None:
             hasher = PrefixHash(new=hashlib.sha256)
-        tally = fold_lines(file, key, start, on_chunk=hasher.update)
+        used = memo
+        tally = fold_lines(file, key, start, on_chunk=hasher.update, memo=memo)
         digest = hasher.hexdigest_to(file, tally.end)
         if digest is not None:
             self._keep(name, fold, _Entry(digest, replace(tally.copy(), torn=None)))
+            if used is not None:
+                memo = used.of_this_fold()
+                if not (np.array_equal(memo.digests, used.digests) and np.array_equal(memo.codes, used.codes)
+                        and memo.values == used.values):
+                    self._memos[(name, fold)] = memo
         return tally
 
     def save(self) -> None:
         """Write this cache's new tallies over what is on disk now (another command may have saved
         its own meanwhile: the file is read again only when it changed since this cache last read
-        or wrote it), dropping entries of files that no longer exist."""
+        or wrote it), dropping entries of files that no longer exist. Line memos are written as they
+        are: each one only says what lines contributed, true whichever run wrote it."""
         if self.path is None or not self._changed:
             return
+        for (name, fold), memo in self._memos.items():
+            memo_path = self._memo_path(name, fold)
+            assert memo_path is not None
+            try:
+                memo_path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(memo_path, memo.to_bytes())
+            except OSError:
+                pass  # a memo that cannot be written costs the next fold its parse, nothing more
+        self._memos.clear()
         if self._on_disk is None or _state(self.path) != self._on_disk:
             merged = _read(self.path)
             merged.update(self._changed)
@@ -195,6 +369,11 @@ class FoldCache:
             return  # a cache that cannot be written costs the next run a full read, nothing more
         self._on_disk = _state(self.path)
         self._changed.clear()
+
+
+def memo_dir(cache_path: Path) -> Path:
+    """Where the line memos of the fold cache at `cache_path` are kept."""
+    return cache_path.with_name(cache_path.name + ".lines")
 
 
 def _read(path: Path) -> dict[tuple[str, str], _Entry]:

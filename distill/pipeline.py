@@ -513,7 +513,7 @@ def _execute_locked(
     cache = (DigestCache(clock=ws.clock_path) if force
              else DigestCache.load(ws.digest_cache_path, clock=ws.clock_path))
     if force:
-        ws.fold_cache_path.unlink(missing_ok=True)  # the receipts' and the card's line counts
+        FoldCache.remove(ws.fold_cache_path)  # the receipts' and the card's line counts
         for stage in stages:
             for path in stage.caches(ws):
                 path.unlink(missing_ok=True)

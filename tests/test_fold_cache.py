@@ -245,3 +245,154 @@ def test_one_cache_saved_after_each_stage_keeps_what_another_process_saved_meanw
     assert reads == []
     assert {(e[0], e[1]) for e in json.loads(cache_path.read_bytes())["entries"]} == {
         (e[0], e[1]) for e in saved["entries"]} | {("one.jsonl", "other")}
+
+
+# --- line memos: a file rewritten whole is folded again by line digests ------------------------------
+
+_REWRITE = st.one_of(
+    st.tuples(st.just("insert"), st.integers(0, 50), st.lists(_LINE, min_size=1, max_size=4)),
+    st.tuples(st.just("drop"), st.integers(0, 50), st.integers(1, 3)),
+    st.tuples(st.just("append"), st.just(0), st.lists(_LINE, max_size=3)),
+    st.tuples(st.just("edit"), st.integers(0, 400), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("reverse"), st.just(0), st.just(0)),
+)
+
+
+def _rewrite(data: Path, op: str, at: int, arg: Any) -> None:
+    """Rewrite `data` whole (a new file renamed over it, as the exports write their quarantine files)."""
+    body = data.read_bytes()
+    lines = body.split(b"\n")[:-1] if body.endswith(b"\n") else body.split(b"\n")
+    at = at % (len(lines) + 1)
+    if op == "insert":
+        lines[at:at] = arg
+    elif op == "drop":
+        del lines[at:at + arg]
+    elif op == "append":
+        lines += arg
+    elif op == "reverse":
+        lines.reverse()
+    new = b"".join(line + b"\n" for line in lines)
+    if op == "edit" and new:
+        pos = at % len(new)
+        new = new[:pos] + arg + new[pos + len(arg):]
+    tmp = data.with_suffix(".tmp")
+    tmp.write_bytes(new)
+    tmp.replace(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=st.lists(_LINE, max_size=8), ops=st.lists(_REWRITE, min_size=1, max_size=6),
+       with_digest=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_a_rewritten_file_folded_with_its_line_memo_equals_a_full_re_read(
+        tmp_path_factory: Any, first: list[bytes], ops: list[tuple[Any, ...]], with_digest: list[bool]) -> None:
+    """Whatever the rewrite (lines inserted, dropped, reordered, bytes edited into new or bad
+    lines), and whether or not the caller has the file's digest, the memo gives a full read's tally."""
+    import hashlib
+
+    tmp = tmp_path_factory.mktemp("memo")
+    data, cache_path = tmp / "q.jsonl", tmp / "folds.json"
+    data.write_bytes(b"".join(line + b"\n" for line in first))
+    for (op, at, arg), digest in zip(ops, with_digest, strict=False):
+        cache = FoldCache.load(cache_path)
+        sha = hashlib.sha256(data.read_bytes()).hexdigest() if digest else None
+        assert cache.tally(data, "kind", _kind, sha256=sha) == _fresh(data)
+        assert cache.tally(data, "lines", sha256=sha) == fold_lines(data, None)
+        cache.save()
+        _rewrite(data, op, at, arg)
+    assert FoldCache.load(cache_path).tally(data, "kind", _kind) == _fresh(data)
+
+
+def _parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The lines folds parse from now on."""
+    parsed: list[bytes] = []
+    real = fold_cache._outcome
+
+    def counting(data: bytes, key: Any) -> Any:
+        parsed.append(data)
+        return real(data, key)
+
+    monkeypatch.setattr(fold_cache, "_outcome", counting)
+    return parsed
+
+
+def test_a_rewritten_file_has_only_its_new_lines_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    data, cache_path = tmp_path / "q.jsonl", tmp_path / "folds.json"
+    old = [json.dumps({"kind": k, "n": n}).encode() for n, k in enumerate("abcabcabc")]
+    data.write_bytes(b"".join(line + b"\n" for line in old))
+    cache = FoldCache.load(cache_path)
+    cache.tally(data, "kind", _kind)
+    cache.save()
+    assert not fold_cache.memo_dir(cache_path).exists()  # a file only appended to needs no memo
+
+    # rewritten: two lines inside, one bad line; the fold learns a memo (everything parsed once)
+    lines = old[:3] + [b'{"kind": "z"}', b"not json"] + old[3:]
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
+    parsed = _parses(monkeypatch)
+    cache = FoldCache.load(cache_path)
+    assert cache.tally(data, "kind", _kind) == _fresh(data)
+    cache.save()
+    assert len(parsed) == 2 * len(lines)  # hashed and refused as a prefix, then read: the fold's and _fresh's
+    assert len(list(fold_cache.memo_dir(cache_path).iterdir())) == 1
+
+    # rewritten again: only the line the memo has not seen is parsed, by the fold
+    lines = [b'{"kind": "new"}'] + lines[::-1]
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
+    parsed.clear()
+    cache = FoldCache.load(cache_path)
+    got = cache.tally(data, "kind", _kind, sha256=hashlib.sha256(data.read_bytes()).hexdigest())
+    assert parsed == [b'{"kind": "new"}']
+    assert got == _fresh(data) and got.bad == 1 and got.first_bad == lines.index(b"not json") + 1
+    cache.save()
+
+
+def test_a_damaged_line_memo_costs_a_parse_not_a_wrong_count(tmp_path: Path) -> None:
+    data, cache_path = tmp_path / "q.jsonl", tmp_path / "folds.json"
+    data.write_bytes(_rows("a", "b"))
+    for _ in range(2):  # the second fold finds the file rewritten and leaves a memo
+        cache = FoldCache.load(cache_path)
+        cache.tally(data, "kind", _kind)
+        cache.save()
+        data.write_bytes(_rows("b", "a", "c"))
+    (memo_path,) = fold_cache.memo_dir(cache_path).iterdir()
+    good = memo_path.read_bytes()
+    assert fold_cache.LineMemo.from_bytes(good) is not None
+    head, _, body = good.partition(b"\n")[2].partition(b"\n")
+    header = json.loads(head)
+    header["values"] = ["c", "b", "a"]  # the counts a line would be taken under, swapped
+    forged = fold_cache.LineMemo.MAGIC + json.dumps(header).encode() + b"\n" + body
+    codes_out_of_range = fold_cache.LineMemo.MAGIC + json.dumps({**header, "values": []}).encode() + b"\n" + body
+    for junk in (b"", good[:-1], good[:-3] + b"\xff\xff\xff", b"x" + good[1:], codes_out_of_range,
+                 good.replace(b'"lines":', b'"lines":1', 1)):
+        assert fold_cache.LineMemo.from_bytes(junk) is None
+        memo_path.write_bytes(junk)
+        assert FoldCache.load(cache_path).tally(data, "kind", _kind) == _fresh(data)
+    # a memo whose header was edited but whose body checks still gives counts as it says: the
+    # memo is trusted as the fold cache is (both are ours, in the workspace); its checksum
+    # covers the body, the header is checked for shape
+    assert fold_cache.LineMemo.from_bytes(forged) is not None
+
+
+def test_memo_lookup_needs_both_halves_of_the_digest() -> None:
+    import numpy as np
+
+    memo = fold_cache.LineMemo(np.array([[7, 1], [7, 3], [9, 0]], dtype=np.uint64),
+                               np.array([0, -1, -2], dtype=np.int32), ["a"])
+    asked = b"".join(int(hi).to_bytes(8, "big") + int(lo).to_bytes(8, "big")
+                     for hi, lo in ((7, 1), (7, 3), (7, 2), (9, 0), (8, 0), (10, 0)))
+    # (7, 3) shares its high half with (7, 1), which sorts first: a miss, parsed, never a wrong code
+    assert memo.codes_of(asked) == [0, None, None, -2, None, None]
+
+
+def test_force_removes_the_line_memos_with_the_cache(tmp_path: Path) -> None:
+    data, cache_path = tmp_path / "q.jsonl", tmp_path / "folds.json"
+    data.write_bytes(_rows("a"))
+    for rows in (("b", "a"), ("a",)):
+        cache = FoldCache.load(cache_path)
+        cache.tally(data, "kind", _kind)
+        cache.save()
+        data.write_bytes(_rows(*rows))
+    assert fold_cache.memo_dir(cache_path).is_dir()
+    FoldCache.remove(cache_path)
+    assert not cache_path.exists() and not fold_cache.memo_dir(cache_path).exists()
