@@ -193,11 +193,21 @@ class _Partition:
     resumed_at: ReadProgress | None = None  # where its checkpointed prefix ends (the new rows start)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
     parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
+    # the same parents as its checkpoint keeps them: a resumed partition's are taken as they were
+    # read, not made again from each ParentRun (that was ~15 % of a score run after an append)
+    parent_entries: list[ParentEntry] = field(default_factory=list)
     todo: int = 0  # bytes pass 2 will read: what a pool of processes balances on
 
     def prefix_hash(self) -> str | None:
         """The hash of the whole lines read (an unterminated tail is left out)."""
         return self.hashed.hexdigest_to(self.path, self.progress.end)
+
+    def set_parents(self, runs: list[ParentRun], entries: list[ParentEntry] | None = None) -> None:
+        self.parents, self.parent_entries = runs, entries if entries is not None else [_entry(p) for p in runs]
+
+    def add_parent(self, parent: ParentRun) -> None:
+        self.parents.append(parent)
+        self.parent_entries.append(_entry(parent))
 
 
 def _entry(parent: ParentRun) -> ParentEntry:
@@ -296,11 +306,12 @@ class _PartitionScorer:
                 part.hashed, part.progress = PrefixHash(), ReadProgress()
                 rows = _read_rows(path, ws, fresh, progress=part.progress, on_chunk=part.hashed.update)
                 if part.resumed:
-                    reread_parents, part.parents = True, []
+                    reread_parents = True
+                    part.set_parents([])
             part.new_problems = []
             for offset, ev in rows:
                 if reread_parents and (found := parent_of(ev, settings)) is not None:
-                    part.parents.append(found)
+                    part.add_parent(found)
                 run = score_one(ev, parents, settings)
                 emit(dumps(run.to_json_dict()), run.category.value)
                 if ev.score_class is ScoreClass.EXTRACTION:
@@ -335,9 +346,9 @@ class _PartitionScorer:
                 "scored_sha256": scored_sha256,
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
                 "problems": [line for line in problems if _problem_offset(line) < part.progress.end],
-                "parents": [_entry(p) for p in part.parents], "extraction": extraction,
+                "parents": part.parent_entries, "extraction": extraction,
             }
-        part.parents = []
+        part.set_parents([])
         return _Scored(problems=problems, categories=categories, deduped=deduped,
                        checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
 
@@ -363,14 +374,17 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             cp, part.hashed = found
             part.resumed = True
             try:
-                part.parents = [_from_entry(entry) for entry in cp.parents]
+                part.set_parents([_from_entry(entry) for entry in cp.parents], list(cp.parents))
             except ValueError:  # not what this code writes: score the partition from the start
-                part.resumed, part.hashed, part.parents = False, PrefixHash(), []
+                part.resumed, part.hashed = False, PrefixHash()
+                part.set_parents([])
         if part.resumed:
             part.resumed_at = ReadProgress(cp.end, cp.lines)
             new_rows = _read_rows(path, ws, part.new_problems, progress=part.progress, on_chunk=part.hashed.update,
                                   resume_at=part.resumed_at)
-            part.parents.extend(p for _, ev in new_rows if (p := parent_of(ev, settings)) is not None)
+            for _, ev in new_rows:
+                if (found := parent_of(ev, settings)) is not None:
+                    part.add_parent(found)
             part.todo = part.progress.end - cp.end + 1
         else:
             part.todo = path.stat().st_size + 1
@@ -383,19 +397,21 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
     weights = [part.todo for part in unread]
     read_parents = map_in_order(parents_in, weights, processes_for(settings, sum(weights)), what=STAGE)
     for part, found_parents in zip(unread, read_parents, strict=True):
-        part.parents = found_parents
+        part.set_parents(found_parents)
     by_task: dict[str, list[ParentRun]] = defaultdict(list)
+    entries_by_task: dict[str, list[ParentEntry]] = defaultdict(list)
     for part in parts:
-        for parent in part.parents:
+        for parent, entry in zip(part.parents, part.parent_entries, strict=True):
             by_task[parent.task_id].append(parent)
+            entries_by_task[parent.task_id].append(entry)
         if book is None:
-            part.parents = []
+            part.set_parents([])
     parents = {task: ParentIndex(runs) for task, runs in by_task.items()}
     digests: dict[str, str] = {}
 
     def task_digest(task: str) -> str:
         if task not in digests:
-            digests[task] = parents_digest([_entry(p) for p in by_task.get(task, [])])
+            digests[task] = parents_digest(entries_by_task.get(task, []))
         return digests[task]
 
     try:
