@@ -299,9 +299,12 @@ class FoldCache:
         on_disk = _state(path)  # before the read: a save in between is then seen as a change
         return cls(path, _read(path), on_disk)
 
-    def tally(self, file: Path, fold: str, key: RowKey | None = None, *, sha256: str | None = None) -> Tally:
+    def tally(self, file: Path, fold: str, key: RowKey | None = None, *, sha256: str | None = None,
+              rewritten: bool = False) -> Tally:
         """The fold of `file`'s complete lines. `sha256`: the whole file's digest when the caller
-        already has it, so an unchanged file is not even re-hashed."""
+        already has it, so an unchanged file is not even re-hashed. `rewritten`: the caller knows
+        the file is written whole each time (a quarantine file), so it keeps a line memo from its
+        first fold on; any other file gets one once it is found rewritten."""
         name = self._name(file)
         entry = self._entries.get((name, fold))
         start: Tally | None = None
@@ -315,13 +318,13 @@ class FoldCache:
                 return derived.tally.copy()
         # a file with a line memo was rewritten before: when the caller's digest says it changed,
         # it is folded with the memo rather than first hashed to learn that its prefix changed too
-        memo = self._memo(name, fold) if entry is not None else None
+        memo = self._memo(name, fold) if entry is not None or rewritten else None
         if entry is not None and (memo is None or sha256 is None):
             hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256, new=hashlib.sha256)
             if hasher is not None:
                 start, memo = entry.tally, None
-            elif memo is None and self.path is not None:
-                memo = LineMemo()  # rewritten: this fold leaves a memo for the next one
+        if memo is None and start is None and (entry is not None or rewritten) and self.path is not None:
+            memo = LineMemo()  # rewritten: this fold leaves a memo for the next one
         if hasher is None:
             hasher = PrefixHash(new=hashlib.sha256)
         used = memo

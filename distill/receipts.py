@@ -335,7 +335,7 @@ def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest], folds: FoldC
             continue
         path = ws.absolute(d.path)
         if path.parent == quarantine_dir:
-            tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256)
+            tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256, rewritten=True)
         else:
             tally = folds.tally(path, LINES_FOLD, sha256=d.sha256)
         if tally.torn is not None:

@@ -396,3 +396,23 @@ def test_force_removes_the_line_memos_with_the_cache(tmp_path: Path) -> None:
     assert fold_cache.memo_dir(cache_path).is_dir()
     FoldCache.remove(cache_path)
     assert not cache_path.exists() and not fold_cache.memo_dir(cache_path).exists()
+
+
+def test_a_quarantine_file_keeps_a_memo_from_its_first_line_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receipts know a quarantine file is rewritten whole by every run: the first run's line
+    check leaves the memo, so the first run after an append already parses only the new lines."""
+    ws = Workspace.resolve(tmp_path)
+    out = ws.quarantine_path("sft")
+    out.parent.mkdir(parents=True)
+    old = [json.dumps({"reason": r, "n": n}).encode() for n, r in enumerate(["empty_content", "secret_detected"] * 3)]
+    out.write_bytes(b"".join(line + b"\n" for line in old))
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
+    assert fold_cache.memo_dir(ws.fold_cache_path).is_dir()
+    parsed = _parses(monkeypatch)
+    new = old[:2] + [b'{"reason": "x"}'] + old[2:]
+    out.write_bytes(b"".join(line + b"\n" for line in new))
+    assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
+    assert parsed == [b'{"reason": "x"}']
+    from distill.export.card import quarantine_summary
+    assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {
+        "sft": {"empty_content": 3, "secret_detected": 3, "x": 1}}
