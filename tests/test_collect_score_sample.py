@@ -113,3 +113,24 @@ def test_new_parent_rescores_an_orphan_extraction_row(tmp_path: Path) -> None:
     rescored = {r["evidence_run_id"]: r for p in iter_partition_files(ws.scored_dir) for r in iter_json(p)}
     assert rescored[orphan.evidence_run_id]["joined_parent_run_id"] is not None
     assert report["totals"]["written"] >= 2  # the new audit row and the re-scored orphan
+
+
+def test_score_removes_the_scored_file_of_an_evidence_partition_that_is_gone(tmp_path: Path) -> None:
+    """A mirror partition whose evidence partition was deleted would be stale data; every other
+    mirror partition stays as it was."""
+    init_workspace(tmp_path, sample=True)
+    _cli("collect", "--root", str(tmp_path))
+    _cli("score", "--root", str(tmp_path))
+    ws = Workspace(tmp_path)
+    evidence = iter_partition_files(ws.evidence_dir)
+    gone = evidence[len(evidence) // 2]
+    gone.unlink()
+    stray = ws.scored_dir / "1999" / "01" / "01" / "nobody.jsonl"  # no evidence partition ever
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")
+    before = {p: p.read_bytes() for p in iter_partition_files(ws.scored_dir)}
+    _cli("score", "--root", str(tmp_path))
+    expected = {ws.scored_dir / p.relative_to(ws.evidence_dir) for p in iter_partition_files(ws.evidence_dir)}
+    assert set(iter_partition_files(ws.scored_dir)) == expected
+    assert ws.scored_dir / gone.relative_to(ws.evidence_dir) not in expected and not stray.exists()
+    assert all(before[p] == p.read_bytes() for p in expected)
