@@ -342,8 +342,8 @@ class FoldCache:
     def save(self) -> None:
         """Write this cache's new tallies over what is on disk now (another command may have saved
         its own meanwhile: the file is read again only when it changed since this cache last read
-        or wrote it), dropping entries of files that no longer exist. Line memos are written as they
-        are: each one only says what lines contributed, true whichever run wrote it."""
+        or wrote it), dropping entries (and line memos) of files that no longer exist. Line memos are
+        written as they are: each one only says what lines contributed, true whichever run wrote it."""
         if self.path is None or not self._changed:
             return
         for (name, fold), memo in self._memos.items():
@@ -365,6 +365,9 @@ class FoldCache:
         existing: dict[str, bool] = {}
         entries = [e.to_json(path, fold) for (path, fold), e in sorted(merged.items())
                    if existing.setdefault(path, os.path.isfile(os.path.join(base, path)))]
+        for path, fold in merged:
+            if not existing[path] and (gone := self._memo_path(path, fold)) is not None:
+                gone.unlink(missing_ok=True)  # the memo of a file that no longer exists goes with its entry
         payload = {"version": FOLD_CACHE_VERSION, "entries": entries}
         try:
             write_atomic(self.path, dumps(payload) + b"\n")

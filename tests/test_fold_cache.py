@@ -416,3 +416,21 @@ def test_a_quarantine_file_keeps_a_memo_from_its_first_line_check(tmp_path: Path
     from distill.export.card import quarantine_summary
     assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {
         "sft": {"empty_content": 3, "secret_detected": 3, "x": 1}}
+
+
+def test_the_memo_of_a_file_that_is_gone_goes_with_its_entry(tmp_path: Path) -> None:
+    kept, gone, cache_path = tmp_path / "kept.jsonl", tmp_path / "gone.jsonl", tmp_path / "folds.json"
+    for path in (kept, gone):
+        path.write_bytes(_rows("a"))
+    cache = FoldCache.load(cache_path)
+    for path in (kept, gone):
+        cache.tally(path, "kind", _kind, rewritten=True)
+    cache.save()
+    assert len(list(fold_cache.memo_dir(cache_path).iterdir())) == 2
+    gone.unlink()
+    kept.write_bytes(_rows("b", "a"))
+    cache = FoldCache.load(cache_path)
+    assert cache.tally(kept, "kind", _kind, rewritten=True) == _fresh(kept)
+    cache.save()
+    assert [e[0] for e in json.loads(cache_path.read_bytes())["entries"]] == ["kept.jsonl"]
+    assert len(list(fold_cache.memo_dir(cache_path).iterdir())) == 1
