@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 import xxhash
 
 from distill.hashing import FileState, PrefixHash, file_size, file_state
-from distill.jsonl import dumps, iter_raw_lines, loads, write_atomic
+from distill.jsonl import READ_CHUNK, dumps, iter_raw_lines, loads, write_atomic
 
 FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
 RowKey = Callable[[dict[str, Any]], str | None]
@@ -85,36 +84,38 @@ class _Entry:
         return (path, fold), _Entry(sha, Tally(end, lines, nonblank, bad, first_bad, dict(values)))
 
 
-_BAD, _UNCOUNTED = -2, -1  # a line memo's codes besides a value's index: not a JSON object; no value
-_MEMO_BATCH = 4096  # lines looked up in the memo at a time (one vectorised search each)
+# a line memo's codes besides a value's index: blank; not a JSON object; a JSON object with no value
+_BLANK, _BAD, _UNCOUNTED = -3, -2, -1
+_MISS = -4  # (not in a memo) a line the memo does not know
 
 
 class LineMemo:
-    """What each distinct line contributed to one fold, by its xxh3-128: `_BAD`, `_UNCOUNTED` or
-    the index of its value in `values`. Digests are held as sorted (high, low) 64-bit columns, a
-    few dozen bytes a line, so a memo of a million-line file stays small."""
+    """What each distinct line contributed to one fold, by its xxh3-128: `_BLANK`, `_BAD`,
+    `_UNCOUNTED` or the index of its value in `values`. Digests are held as sorted (high, low)
+    64-bit columns, 20 bytes a distinct line, so a memo of a million-line file stays small."""
 
     MAGIC = b"distill-fold-lines/1\n"
 
     def __init__(self, digests: np.ndarray | None = None, codes: np.ndarray | None = None,
                  values: list[str] | None = None) -> None:
         self.digests = digests if digests is not None else np.empty((0, 2), dtype=np.uint64)
+        self._high = np.ascontiguousarray(self.digests[:, 0])  # searched per batch: a column view would be copied each time
         self.codes = codes if codes is not None else np.empty(0, dtype=np.int32)
         self.values = values or []
         # what the fold in progress saw: every line's digest and code, for the memo it leaves
-        self._seen_digests = bytearray()
-        self._seen_codes = array("i")
+        self._seen_digests: list[bytes] = []
+        self._seen_codes: list[np.ndarray] = []
         self._value_codes = {value: n for n, value in enumerate(self.values)}
 
-    def codes_of(self, digests: bytes) -> list[int | None]:
-        """The code of each 16-byte digest in `digests`, None for a line this memo does not know."""
+    def codes_of(self, digests: bytes) -> np.ndarray:
+        """The code of each 16-byte digest in `digests` (int32), `_MISS` for a line it does not know."""
         asked = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         if not len(self.codes):
-            return [None] * len(asked)
-        at = np.minimum(np.searchsorted(self.digests[:, 0], asked[:, 0]), len(self.codes) - 1)
-        hit = (self.digests[at, 0] == asked[:, 0]) & (self.digests[at, 1] == asked[:, 1])
+            return np.full(len(asked), _MISS, dtype=np.int32)
+        at = np.minimum(np.searchsorted(self._high, asked[:, 0]), len(self.codes) - 1)
+        hit = (self._high[at] == asked[:, 0]) & (self.digests[at, 1] == asked[:, 1])
         # equal high halves with other low halves sort after the first: such a line is parsed (a miss)
-        return [int(c) if h else None for c, h in zip(self.codes[at].tolist(), hit.tolist(), strict=True)]
+        return np.where(hit, self.codes[at], np.int32(_MISS)).astype(np.int32)
 
     def code_for(self, value: str | None) -> int:
         if value is None:
@@ -125,14 +126,14 @@ class LineMemo:
             self.values.append(value)
         return code
 
-    def saw(self, digest: bytes, code: int) -> None:
-        self._seen_digests += digest
-        self._seen_codes.append(code)
+    def saw(self, digests: bytes, codes: np.ndarray) -> None:
+        self._seen_digests.append(digests)
+        self._seen_codes.append(codes)
 
     def of_this_fold(self) -> LineMemo:
         """The memo of the lines the last fold saw (no others: it does not grow with old lines)."""
-        digests = np.frombuffer(bytes(self._seen_digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        codes = np.frombuffer(self._seen_codes.tobytes(), dtype=np.int32)
+        digests = np.frombuffer(b"".join(self._seen_digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        codes = np.concatenate(self._seen_codes) if self._seen_codes else np.empty(0, dtype=np.int32)
         order = np.lexsort((digests[:, 1], digests[:, 0]))
         digests, codes = digests[order], codes[order]
         if len(codes):
@@ -162,13 +163,15 @@ class LineMemo:
             return None
         digests = np.frombuffer(body[:16 * n], dtype="<u8").reshape(-1, 2)
         codes = np.frombuffer(body[16 * n:], dtype="<i4").astype(np.int32)
-        if n and (codes.min() < _BAD or codes.max() >= len(values)):
+        if n and (codes.min() < _BLANK or codes.max() >= len(values)):
             return None
         return cls(digests.astype(np.uint64), codes, list(values))
 
 
 def _outcome(data: bytes, key: RowKey | None) -> str | int:
-    """What one line adds to a fold: `_BAD`, `_UNCOUNTED`, or the value it is counted under."""
+    """What one line adds to a fold: `_BLANK`, `_BAD`, `_UNCOUNTED`, or the value it counts under."""
+    if not data.strip():
+        return _BLANK
     try:
         row = loads(data)
     except ValueError:
@@ -185,54 +188,70 @@ def fold_lines(path: Path, key: RowKey | None, start: Tally | None = None, on_ch
     `memo`, a line it knows is not parsed, and the memo notes every line seen (`of_this_fold`)."""
     tally = start.copy() if start is not None else Tally()
     tally.torn = None
+    if memo is not None:
+        return _fold_with_memo(path, key, tally, on_chunk, memo)
     values = tally.values
-
-    def count(number: int, outcome: str | int) -> None:
-        if outcome == _BAD:
-            tally.bad += 1
-            if tally.first_bad is None:
-                tally.first_bad = number
-        elif outcome != _UNCOUNTED:
-            assert isinstance(outcome, str)
-            values[outcome] = values.get(outcome, 0) + 1
-
-    held: list[tuple[int, bytes]] = []  # lines waiting for the memo, in order
-    held_digests = bytearray()
-
-    def settle() -> None:
-        assert memo is not None
-        digests = bytes(held_digests)
-        for n, ((number, data), code) in enumerate(zip(held, memo.codes_of(digests), strict=True)):
-            digest = digests[16 * n:16 * n + 16]
-            if code is None:
-                outcome = _outcome(data, key)
-                code = outcome if isinstance(outcome, int) else memo.code_for(outcome)
-            else:
-                outcome = code if code < 0 else memo.values[code]
-            memo.saw(digest, code)
-            count(number, outcome)
-        held.clear()
-        held_digests.clear()
-
     for raw in iter_raw_lines(path, start=tally.end, lines_before=tally.lines, on_chunk=on_chunk):
         if not raw.terminated:
             tally.torn = raw.length
             break
         tally.lines = raw.number
         tally.end = raw.offset + raw.length + 1
-        data = raw.data
-        if not data or not data.strip():
-            continue  # blank, or too long to hold: neither a row nor a bad line
+        outcome = _outcome(raw.data or b"", key)
+        if outcome == _BLANK:
+            continue  # neither a row nor a bad line
         tally.nonblank += 1
-        if memo is None:
-            count(raw.number, _outcome(data, key))
-            continue
-        held.append((raw.number, data))
-        held_digests += xxhash.xxh3_128_digest(data)
-        if len(held) >= _MEMO_BATCH:
-            settle()
-    if held:
-        settle()
+        if outcome == _BAD:
+            tally.bad += 1
+            if tally.first_bad is None:
+                tally.first_bad = raw.number
+        elif outcome != _UNCOUNTED:
+            assert isinstance(outcome, str)
+            values[outcome] = values.get(outcome, 0) + 1
+    return tally
+
+
+def _fold_with_memo(path: Path, key: RowKey | None, tally: Tally, on_chunk: Callable[[bytes], None] | None,
+                    memo: LineMemo) -> Tally:
+    """`fold_lines` a chunk at a time: the chunk's lines are split and hashed, looked up in the
+    memo at once, only the unknown ones parsed, and the counts taken per chunk (no per-line
+    bookkeeping: that, not the parse, was most of what a memo fold line by line still cost)."""
+    digest_of = xxhash.xxh3_128_digest
+    values = tally.values
+    torn: list[bytes] = []  # the line the last chunk ended inside, in pieces
+    with open(path, "rb") as fh:
+        fh.seek(tally.end)
+        while chunk := fh.read(READ_CHUNK):
+            if on_chunk is not None:
+                on_chunk(chunk)
+            if b"\n" not in chunk:
+                torn.append(chunk)
+                continue
+            lines = chunk.split(b"\n")
+            if torn:
+                lines[0] = b"".join([*torn, lines[0]])
+            tail = lines.pop()
+            torn = [tail] if tail else []
+            digests = b"".join([digest_of(line) for line in lines])
+            codes = memo.codes_of(digests)
+            for i in np.flatnonzero(codes == _MISS).tolist():
+                outcome = _outcome(lines[i], key)
+                codes[i] = outcome if isinstance(outcome, int) else memo.code_for(outcome)
+            memo.saw(digests, codes)
+            counts = np.bincount(codes - _BLANK, minlength=-_BLANK)  # codes from _BLANK up
+            bad = int(counts[_BAD - _BLANK])
+            if bad and tally.first_bad is None:
+                tally.first_bad = tally.lines + 1 + int(np.argmax(codes == _BAD))
+            tally.bad += bad
+            tally.nonblank += len(lines) - int(counts[0])
+            for code, n in enumerate(counts[-_BLANK:].tolist()):
+                if n:
+                    value = memo.values[code]
+                    values[value] = values.get(value, 0) + n
+            tally.lines += len(lines)
+            tally.end += sum(map(len, lines)) + len(lines)
+    if torn:
+        tally.torn = sum(map(len, torn))
     return tally
 
 
