@@ -142,6 +142,11 @@ class LineMemo:
             digests, codes = digests[first], codes[first]
         return LineMemo(np.ascontiguousarray(digests), np.ascontiguousarray(codes), list(self.values))
 
+    def same_lines(self, other: LineMemo) -> bool:
+        """Whether both know the same lines with the same counts (then there is nothing to save)."""
+        return (np.array_equal(self.digests, other.digests) and np.array_equal(self.codes, other.codes)
+                and self.values == other.values)
+
     def to_bytes(self) -> bytes:
         body = self.digests.astype("<u8").tobytes() + self.codes.astype("<i4").tobytes()
         header = dumps({"lines": len(self.codes), "values": self.values, "xxh3": xxhash.xxh3_128_hexdigest(body)})
@@ -297,13 +302,6 @@ class FoldCache:
         return memo_dir(self.path) / (hashlib.sha256(f"{name}\0{fold}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
                                       + ".memo")
 
-    def _memo(self, name: str, fold: str) -> LineMemo | None:
-        path = self._memo_path(name, fold)
-        try:
-            return None if path is None else LineMemo.from_bytes(path.read_bytes())
-        except OSError:
-            return None
-
     @staticmethod
     def remove(path: Path) -> None:
         """Delete the cache at `path` and its line memos (`distill run --force`)."""
@@ -337,25 +335,24 @@ class FoldCache:
                 return derived.tally.copy()
         # a file with a line memo was rewritten before: when the caller's digest says it changed,
         # it is folded with the memo rather than first hashed to learn that its prefix changed too
-        memo = self._memo(name, fold) if entry is not None or rewritten else None
-        if entry is not None and (memo is None or sha256 is None):
+        memo_path = self._memo_path(name, fold) if entry is not None or rewritten else None
+        has_memo = memo_path is not None and memo_path.is_file()
+        if entry is not None and not (has_memo and sha256 is not None):
             hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256, new=hashlib.sha256)
             if hasher is not None:
-                start, memo = entry.tally, None
-        if memo is None and start is None and (entry is not None or rewritten) and self.path is not None:
-            memo = LineMemo()  # rewritten: this fold leaves a memo for the next one
+                start = entry.tally
+        memo: LineMemo | None = None
+        if start is None and memo_path is not None:
+            # read only now: a file whose prefix held does not need its memo (the card asks after the receipts)
+            memo = (_read_memo(memo_path) if has_memo else None) or LineMemo()
         if hasher is None:
             hasher = PrefixHash(new=hashlib.sha256)
-        used = memo
         tally = fold_lines(file, key, start, on_chunk=hasher.update, memo=memo)
         digest = hasher.hexdigest_to(file, tally.end)
         if digest is not None:
             self._keep(name, fold, _Entry(digest, replace(tally.copy(), torn=None)))
-            if used is not None:
-                memo = used.of_this_fold()
-                if not (np.array_equal(memo.digests, used.digests) and np.array_equal(memo.codes, used.codes)
-                        and memo.values == used.values):
-                    self._memos[(name, fold)] = memo
+            if memo is not None and not (learned := memo.of_this_fold()).same_lines(memo):
+                self._memos[(name, fold)] = learned
         return tally
 
     def save(self) -> None:
@@ -394,6 +391,13 @@ class FoldCache:
             return  # a cache that cannot be written costs the next run a full read, nothing more
         self._on_disk = _state(self.path)
         self._changed.clear()
+
+
+def _read_memo(path: Path) -> LineMemo | None:
+    try:
+        return LineMemo.from_bytes(path.read_bytes())
+    except OSError:
+        return None
 
 
 def memo_dir(cache_path: Path) -> Path:

@@ -419,8 +419,12 @@ def test_a_quarantine_file_keeps_a_memo_from_its_first_line_check(tmp_path: Path
     assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
     assert parsed == [b'{"reason": "x"}']
     from distill.export.card import quarantine_summary
+    memo_reads: list[Path] = []
+    read_memo = fold_cache._read_memo
+    monkeypatch.setattr(fold_cache, "_read_memo", lambda path: memo_reads.append(path) or read_memo(path))
     assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {
         "sft": {"empty_content": 3, "secret_detected": 3, "x": 1}}
+    assert memo_reads == []  # the file is as the line check left it: its memo is not needed
 
 
 def test_the_memo_of_a_file_that_is_gone_goes_with_its_entry(tmp_path: Path) -> None:
