@@ -67,6 +67,8 @@ def open_workspace(root: Path | None, *, must_exist: bool = True, sources: bool 
         raise UsageError(f"workspace {ws.root} does not exist (create one with `distill init DIR --sample`)")
     if sources and not ws.kb_dir.is_dir():
         raise UsageError(f"{ws.root} is not a workspace (no _kb/ directory): create one with `distill init DIR`")
+    if ws.root.is_dir():
+        ws.refuse_special_files()  # read-only commands too: `receipts` waited for ever on a FIFO summary
     return ws, load_settings(ws.root)
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
+OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what the stages write (and read back)
+OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
 
 
 @dataclass(frozen=True)
@@ -165,12 +168,26 @@ class Workspace:
                                 "wait for it to finish") from None
         try:
             owner = {"pid": os.getpid(), "command": command, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+            self.refuse_special_files()  # first: the owner file itself could be a FIFO
             self.lock_owner_path.write_text(json.dumps(owner) + "\n")
             yield
         finally:
             with contextlib.suppress(OSError):
                 self.lock_owner_path.unlink()
             lock.release()
+
+    def refuse_special_files(self) -> None:
+        """A FIFO, socket or device where distill keeps its own files (an evidence partition, an
+        export, a checkpoint) would block the first open of it for ever, or feed it endless bytes:
+        the command stops before it starts, naming the entry. Directories are listed, not stat'ed
+        per file (their entries know their type), so this costs a listing of the workspace."""
+        from distill.errors import UsageError
+
+        found = special_file(self.root)
+        if found is not None:
+            where, kind = found
+            raise UsageError(f"{Path(where).relative_to(self.root).as_posix()} is {kind}, not a regular file: "
+                             "distill keeps only regular files in its workspace; remove it")
 
     def _owner(self) -> str:
         try:
@@ -189,6 +206,61 @@ class Workspace:
     def absolute(self, stored: str) -> Path:
         p = Path(stored)
         return p if p.is_absolute() else self.root / p
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file type is when it is not a regular file or a directory (None when it is one)."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None
+
+
+def special_file(root: Path) -> tuple[str, str] | None:
+    """The first FIFO, socket or device (or a symlink to one) among distill's own files under
+    `root` (OWN_DIRS and the ROOT/.distill* entries): (path, what it is). Symlinks are not followed
+    into directories (a loop would never end); a broken one is left to whoever reads it."""
+
+    def kind_of(entry: os.DirEntry[str]) -> str | None:
+        try:
+            if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+                return None
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                st = entry.stat()
+                return None if (what := special_kind(st.st_mode)) is None else f"a symlink to {what}"
+            return special_kind(st.st_mode)
+        except OSError:
+            return None
+
+    todo: list[str] = []
+    try:
+        with os.scandir(root) as top:
+            for entry in top:
+                if entry.name in OWN_DIRS or entry.name.startswith(OWN_PREFIX):
+                    if (what := kind_of(entry)) is not None:
+                        return entry.path, what
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+    except OSError:
+        return None
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    if (what := kind_of(entry)) is not None:
+                        return entry.path, what
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            todo.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return None
 
 
 def partition_path(base: Path, created_at: datetime, source: str) -> Path:

@@ -543,3 +543,51 @@ def test_11_bm25_search_needs_no_chroma_store(tmp_path: Path) -> None:
     done = run_cli([*DISTILL, "search", "flaky migration test", "--mode", "bm25", "--root", str(root), "--json"])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["hits"]
+
+
+# ---------------------------------------------------------------------- 12. a pipe where distill keeps a file
+
+
+@pytest.fixture(scope="module")
+def ran_small_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small workspace after one run: every kind of file distill keeps exists in it."""
+    root = _workspace(tmp_path_factory.mktemp("special") / "ws", rows=6)
+    done = run_cli([*DISTILL, "run", "--no-index", "--root", str(root)], timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    return root
+
+
+@pytest.mark.parametrize(("where", "command"), [
+    ("evidence", ["run", "--no-index"]), ("scored-runs", ["export", "rag"]), ("export", ["run", "--no-index"]),
+    ("checkpoint", ["export", "rag"]), ("symlink", ["run", "--no-index"]), ("report", ["receipts"]),
+    ("evidence", ["receipts"]),
+])
+def test_12_a_fifo_in_place_of_a_workspace_file_is_refused_not_waited_on(
+        ran_small_workspace: Path, tmp_path: Path, where: str, command: list[str]) -> None:
+    """A FIFO in place of an evidence partition blocked `distill run` for ever (collect opened it
+    to append, and waited for a reader), one in place of a run's summary blocked `distill
+    receipts`; anywhere distill keeps a file it is now a one-line error naming it, before any
+    stage runs, and the workspace is as it was."""
+    root = tmp_path / "ws"
+    shutil.copytree(ran_small_workspace, root, symlinks=True)
+    if where in ("evidence", "scored-runs"):
+        victim = sorted((root / where).rglob("*.jsonl"))[0]
+    elif where == "export":
+        victim = root / "exports" / "rag" / "playbooks.jsonl"
+    elif where == "report":  # `distill receipts` (no lock: it only reads) waited on it
+        victim = sorted((root / "reports").glob("*/summary.json"))[-1]
+    else:
+        victim = root / ".distill.export-rag.json"
+    assert victim.is_file()
+    victim.unlink()
+    if where == "symlink":
+        os.mkfifo(tmp_path / "pipe")
+        victim.symlink_to(tmp_path / "pipe")
+    else:
+        os.mkfifo(victim)
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    message = one_line_error(run_cli([*DISTILL, *command, "--root", str(root)], timeout=60))
+    assert victim.relative_to(root).as_posix() in message
+    assert ("a symlink to a FIFO" if where == "symlink" else "is a FIFO") in message
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+    assert stat.S_ISFIFO(os.stat(victim).st_mode)  # refused, not replaced
