@@ -7,6 +7,7 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
-from distill.records.stage import StageReport, Tally
+from distill.records.stage import StageReport, Tally, TallyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class RowExporter:
 
     Samples and quarantine lines go to the sinks in input order as soon as every earlier row is
     decided (after each firewall batch), so memory is bounded by the batch, not by the input.
+    `on_quarantine` is handed whole lines without their last newline: one, or a replayed
+    partition's as one block joined by newlines (the sink ends each call with a newline).
     `id_of` gives a row's sample id before any check, so a row refused now whose id is already
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
 
@@ -277,41 +280,52 @@ class RowExporter:
         """Whether these entries give what reading their rows would: no candidate's id was produced
         earlier in this input, and every candidate that shipped is still in the export."""
         ids: set[str] = set()
+        seen, existing = self.seen, self.existing_ids
         for code, _source, _category, _reason, sid, _run_id, _line in entries:
-            if code in ("c", "g"):
-                if sid in self.seen or sid in ids:
+            if code == "c" or code == "g":
+                if sid in seen or sid in ids:
                     return False
                 ids.add(sid)
-                if code == "c" and sid not in self.existing_ids:
+                if code == "c" and sid not in existing:
                     return False
-            elif code not in ("b", "d"):
+            elif code != "b" and code != "d":
                 return False
         return True
 
     def replay(self, entries: list[Entry], *, record: bool = True) -> None:
-        """The rows these entries stand for (can_replay said yes), in input order; `record=False`:
-        their entries are not handed over again (the partition's checkpoint is kept as it is)."""
+        """The rows these entries stand for, in input order, right after `can_replay` said yes (so
+        every shipped candidate is still in the export: it counts as deduped without asking
+        again); `record=False`: their entries are not handed over again (the partition's
+        checkpoint is kept as it is). A replayed partition is most of what a run after an append
+        does, so its rows are counted in one Counter and its quarantine lines go to the sink as
+        one block (the same bytes as one line at a time)."""
         self._gate()
         self._flush()
-        tally = Tally()
-        for entry in entries:
-            code, source, category, reason, sid, run_id, line = entry
-            self._next += 1
-            if code in ("b", "d"):
-                self.on_quarantine(line.encode("utf-8"))
-                tally.bump(source, "quarantined", reason=reason, category=category)
-                if code == "d" and sid is not None and sid in self.existing_ids:
-                    self._stale(sid, run_id, category, reason)
-            else:
-                self.seen.add(sid)
-                if sid in self.existing_ids:
-                    tally.bump(source, "deduped", category=category)
+        counts: Counter[TallyKey] = Counter()
+        lines: list[str] = []
+        existing = self.existing_ids
+        for code, source, category, reason, sid, run_id, line in entries:
+            if code == "c":
+                counts[(source, "deduped", None, category)] += 1
+            elif code == "g":
+                if sid in existing:
+                    counts[(source, "deduped", None, category)] += 1
                 else:
-                    self.on_quarantine(line.encode("utf-8"))
+                    lines.append(line)
                     self._gated.bump(source, "quarantined", reason=reason, category=category)
-            if self.record and record:
-                self._entries.add(self._next - 1, entry)
-        tally.into(self.report)
+            else:
+                lines.append(line)
+                counts[(source, "quarantined", reason, category)] += 1
+                if code == "d" and sid is not None and sid in existing:
+                    self._stale(sid, run_id, category, reason)
+        self.seen.update(entry[4] for entry in entries if entry[0] == "c" or entry[0] == "g")
+        if lines:
+            self.on_quarantine("\n".join(lines).encode("utf-8"))
+        if self.record and record:
+            for at, entry in enumerate(entries, start=self._next):
+                self._entries.add(at, entry)
+        self._next += len(entries)
+        Tally.of(counts).into(self.report)
 
     def finish(self) -> RowExport:
         self._gate()

@@ -88,13 +88,23 @@ class StageReport(BaseModel):
         return self.totals.balanced and all(c.balanced for c in self.by_source.values())
 
 
+TallyKey = tuple[str, str, str | None, str | None]  # (source, outcome, reason, category)
+
+
 class Tally:
     """Rows counted in bulk: a stage that decides a million rows counts (source, outcome, reason,
     category) here at the cost of a dict update and adds them to its report once (`into`). The
     report ends the same as with a bump per row, its keys first seen in the same order."""
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str, str | None, str | None]] = Counter()
+        self._counts: Counter[TallyKey] = Counter()
+
+    @classmethod
+    def of(cls, counts: Counter[TallyKey]) -> Tally:
+        """Counts a caller kept itself (keyed as `bump` keys them, in the order first seen)."""
+        tally = cls()
+        tally._counts = counts
+        return tally
 
     def bump(self, source: str, field: str, *, reason: str | None = None, category: str | None = None) -> None:
         self._counts[(source, field, reason, category)] += 1
