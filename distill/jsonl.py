@@ -222,8 +222,13 @@ def iter_raw_lines(
 def read_line_at(path: Path, offset: int) -> bytes:
     """The line starting at byte `offset`, without its newline (provenance round-trips)."""
     with open(path, "rb") as fh:
-        fh.seek(offset)
-        line = fh.readline()
+        return line_at(fh, offset)
+
+
+def line_at(fh: IO[bytes], offset: int) -> bytes:
+    """read_line_at on a file already open (a caller reading many lines of one file)."""
+    fh.seek(offset)
+    line = fh.readline()
     return line[:-1] if line.endswith(b"\n") else line
 
 

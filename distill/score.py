@@ -35,8 +35,8 @@ from distill.jsonl import (
     ReadProgress,
     dumps,
     iter_raw_lines,
+    line_at,
     loads,
-    read_line_at,
     replace_if_changed,
     write_if_changed,
 )
@@ -283,15 +283,16 @@ class _PartitionScorer:
                     else:
                         extraction.append((index, offset, task, category))
                 if again:
-                    for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
-                        line, category = raw.data or b"", kept[index]
-                        if index in again:
-                            offset, task = again[index]
-                            run = score_one(EvidenceRecord.model_validate_json(read_line_at(path, offset)), parents,
-                                            settings)
-                            line, category = dumps(run.to_json_dict()), run.category.value
-                            extraction.append((index, offset, task, category))
-                        emit(line, category)
+                    with open(path, "rb") as evidence:  # one open for the partition's re-scored rows
+                        for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
+                            line, category = raw.data or b"", kept[index]
+                            if index in again:
+                                offset, task = again[index]
+                                run = score_one(EvidenceRecord.model_validate_json(line_at(evidence, offset)),
+                                                parents, settings)
+                                line, category = dumps(run.to_json_dict()), run.category.value
+                                extraction.append((index, offset, task, category))
+                            emit(line, category)
                 else:
                     # every line stays as the checkpoint wrote it (the mirror hashes to that, so it
                     # ends with a whole line): copied as it is, each one already in the mirror
