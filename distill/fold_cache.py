@@ -273,6 +273,23 @@ class FoldCache:
         self._memos: dict[tuple[str, str], LineMemo] = {}  # to write at `save`
         self._adopt(entries or {})
         self._on_disk = on_disk  # the file as this cache last read or wrote it
+        # (file, end) -> a sha256 object over the file's first `end` bytes as the file is now, or
+        # None: a run that has just hashed a grown output whole (its receipt) hands its state at
+        # the counted prefix over (receipts.DigestCache.prefix_state) instead of a second pass
+        self.prefix_state: Callable[[Path, int], Any | None] | None = None
+
+    def ends(self, file: Path) -> list[int]:
+        """Where the counted prefixes of `file` end (one per fold that has counted it)."""
+        name = self._name(file)
+        return [self._entries[(name, fold)].tally.end for fold in self._folds_of.get(name, ())]
+
+    def _resume(self, file: Path, entry: _Entry) -> PrefixHash | None:
+        """A sha256 over the entry's counted prefix, when the file still starts with those bytes."""
+        end = entry.tally.end
+        state = self.prefix_state(file, end) if self.prefix_state is not None else None
+        if state is None:
+            return PrefixHash.resume(file, end, entry.sha256, new=hashlib.sha256)
+        return PrefixHash(state, end, new=hashlib.sha256) if state.hexdigest() == entry.sha256 else None
 
     def _adopt(self, entries: dict[tuple[str, str], _Entry]) -> None:
         self._entries = entries
@@ -338,7 +355,7 @@ class FoldCache:
         memo_path = self._memo_path(name, fold) if entry is not None or rewritten else None
         has_memo = memo_path is not None and memo_path.is_file()
         if entry is not None and not (has_memo and sha256 is not None):
-            hasher = PrefixHash.resume(file, entry.tally.end, entry.sha256, new=hashlib.sha256)
+            hasher = self._resume(file, entry)
             if hasher is not None:
                 start = entry.tally
         memo: LineMemo | None = None

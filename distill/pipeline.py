@@ -115,6 +115,12 @@ class _RunContext:
     folds: FoldCache = field(default_factory=FoldCache)  # the receipts' line and category counts
     fingerprints: dict[tuple[str, ...], str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a grown output is hashed whole for its receipt, then its lines are checked and counted
+        # from where the last count ended: the count takes the hash state there from the digest
+        self.cache.cuts = self.folds.ends
+        self.folds.prefix_state = self.cache.prefix_state
+
     def fingerprint(self, packages: tuple[str, ...]) -> str:
         if packages not in self.fingerprints:
             self.fingerprints[packages] = code_fingerprint(packages)

@@ -86,6 +86,25 @@ class DigestCache:
         self._used: dict[StatKey, tuple[int, str, int | None]] = {}
         self._hashed_at: dict[StatKey, tuple[int, bool]] = {}  # (time, read off the file's own file system)
         self.clock = clock
+        # `cuts(path)`: offsets whose sha256 someone will ask for (the fold cache's counted
+        # prefixes); a file hashed in this run keeps its hash state at each, by the stat key it
+        # was hashed under, so a grown file's prefix is not read and hashed a second time
+        self.cuts: Callable[[Path], Iterable[int]] | None = None
+        self._states: dict[StatKey, dict[int, Any]] = {}
+
+    def keep_states(self, key: StatKey, states: dict[int, Any]) -> None:
+        """The sha256 states at the cuts of the file hashed under `key` (prefix_state hands them out)."""
+        self._states[key] = states
+
+    def prefix_state(self, path: Path, end: int) -> Any | None:
+        """A sha256 object over the first `end` bytes of `path` as it is now (a copy: the caller
+        may go on hashing), when this run hashed the file in this very state; else None."""
+        try:
+            key = (str(path), *file_state(path.stat()))
+        except OSError:
+            return None
+        state = self._states.get(key, {}).get(end)
+        return None if state is None else state.copy()
 
     def get(self, key: StatKey) -> tuple[int, str, int | None] | None:
         hit = self._used.get(key)
@@ -169,24 +188,44 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
             st = path.stat()
             key = (str(path), *file_state(st))
             hashed_at, fs_clock = mark[1], True
-    size, sha, newlines = sha256_size_newlines(path)
+    cuts = sorted(set(cache.cuts(path))) if cache is not None and cache.cuts is not None else []
+    size, sha, newlines, states = sha256_size_newlines_cut(path, cuts)
     records = newlines if path.suffix == ".jsonl" else None
     if cache is not None and key is not None:
         cache.put(key, (size, sha, records), hashed_at, fs_clock=fs_clock)
+        if states:
+            cache.keep_states(key, states)
     return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=sha, records=records)
 
 
 def sha256_size_newlines(path: Path) -> tuple[int, str, int]:
     """Size, sha256 and newline count of a file, in one streaming pass (raises OSError)."""
+    size, sha, newlines, _ = sha256_size_newlines_cut(path, [])
+    return size, sha, newlines
+
+
+def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int, dict[int, Any]]:
+    """sha256_size_newlines, and a copy of the sha256 state after the first `cut` bytes for each
+    of the (sorted) `cuts` inside the file, taken on the way."""
     h = hashlib.sha256()
     size = 0
     newlines = 0
+    states: dict[int, Any] = {}
+    pending = [c for c in cuts if c > 0]
+    if 0 in cuts:
+        states[0] = h.copy()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
-            h.update(chunk)
+            at = 0
+            while pending and pending[0] <= size + len(chunk):
+                cut = pending.pop(0)
+                h.update(chunk[at:cut - size])
+                at = cut - size
+                states[cut] = h.copy()
+            h.update(chunk[at:] if at else chunk)
             size += len(chunk)
             newlines += chunk.count(b"\n")
-    return size, h.hexdigest(), newlines
+    return size, h.hexdigest(), newlines, states
 
 
 def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:

@@ -443,3 +443,92 @@ def test_the_memo_of_a_file_that_is_gone_goes_with_its_entry(tmp_path: Path) -> 
     cache.save()
     assert [e[0] for e in json.loads(cache_path.read_bytes())["entries"]] == ["kept.jsonl"]
     assert len(list(fold_cache.memo_dir(cache_path).iterdir())) == 1
+
+
+# ---------------------------------------------------------------- the digest pass hands its hash state over
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 320), max_size=5),
+       chunk=st.sampled_from([1, 2, 7, 64, 1 << 20]))
+def test_the_digest_pass_keeps_the_hash_state_at_each_cut(
+        tmp_path_factory: Any, data: bytes, cuts: list[int], chunk: int) -> None:
+    import hashlib
+
+    from distill import receipts
+
+    path = tmp_path_factory.mktemp("cut") / "f.jsonl"
+    path.write_bytes(data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(receipts, "CHUNK", chunk)
+        size, sha, newlines, states = receipts.sha256_size_newlines_cut(path, sorted(set(cuts)))
+    assert (size, sha, newlines) == (len(data), hashlib.sha256(data).hexdigest(), data.count(b"\n"))
+    assert set(states) == {c for c in cuts if c <= len(data)}
+    for cut, state in states.items():
+        assert state.hexdigest() == hashlib.sha256(data[:cut]).hexdigest()
+
+
+@settings(max_examples=120, deadline=None)
+@given(ops=st.lists(_OP, min_size=1, max_size=6), touch_after_digest=st.lists(st.booleans(), min_size=6, max_size=6),
+       chunk=st.sampled_from([1, 5, 64, 1 << 20]))
+def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
+        tmp_path_factory: Any, ops: list[tuple[Any, ...]], touch_after_digest: list[bool], chunk: int) -> None:
+    """The run's digest cache and fold cache wired as a run wires them: the receipt's digest of a
+    grown file keeps the sha256 state at the counted prefix's end and the count resumes from it.
+    Whatever happened to the file (appended, edited inside the prefix, cut), and also when it
+    changes again between its digest and its count (the state is then not used), the count is a
+    full read's."""
+    import time as clock
+
+    from distill import receipts
+    from distill.receipts import DigestCache, digest_file
+
+    tmp = tmp_path_factory.mktemp("wired")
+    ws = Workspace(tmp)
+    data, cache_path = tmp / "d.jsonl", tmp / "folds.json"
+    data.write_bytes(b"")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(receipts, "CHUNK", chunk)
+        for (op, arg, extra), touch in zip(ops, touch_after_digest, strict=False):
+            body = data.read_bytes()
+            if op == "append":
+                data.write_bytes(body + b"\n".join(arg) + (b"\n" if arg and extra else b""))
+            elif op == "edit" and body:
+                at = arg % len(body)
+                data.write_bytes(body[:at] + extra + body[at + len(extra):])
+            elif op == "truncate":
+                data.write_bytes(body[: arg % (len(body) + 1)])
+            folds, digests = FoldCache.load(cache_path), DigestCache()
+            digests.cuts, folds.prefix_state = folds.ends, digests.prefix_state
+            digest = digest_file(ws, data, digests)
+            if touch and data.stat().st_size:
+                clock.sleep(0.002)  # a new mtime even on a coarse clock
+                data.write_bytes(b"x" + data.read_bytes()[1:])
+            assert folds.tally(data, "kind", _kind, sha256=digest.sha256) == _fresh(data)
+            folds.save()
+
+
+def test_a_grown_file_s_prefix_is_not_hashed_again_after_its_receipt(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.hashing import PrefixHash
+    from distill.receipts import DigestCache, digest_file
+
+    data, cache_path = tmp_path / "d.jsonl", tmp_path / "folds.json"
+    data.write_bytes(_rows("a", "b"))
+    first = FoldCache.load(cache_path)
+    first.tally(data, "kind", _kind)
+    first.save()
+    with data.open("ab") as fh:
+        fh.write(_rows("c"))
+    resumed: list[int] = []
+    real = PrefixHash.resume
+    monkeypatch.setattr(PrefixHash, "resume", staticmethod(lambda *a, **k: resumed.append(1) or real(*a, **k)))
+
+    def count(wired: bool) -> Tally:
+        folds, digests = FoldCache.load(cache_path), DigestCache()
+        if wired:
+            digests.cuts, folds.prefix_state = folds.ends, digests.prefix_state
+        return folds.tally(data, "kind", _kind, sha256=digest_file(Workspace(tmp_path), data, digests).sha256)
+
+    assert count(wired=False) == count(wired=True) == _fresh(data)
+    assert len(resumed) == 1  # the unwired count only
