@@ -272,6 +272,7 @@ def _ran_receipt(
         categories = stage.output_categories(ws, outputs, ctx.folds)
         errors.extend(validate_stage(ctx, stage, report, outputs))
         ctx.folds.save()  # before the next stage: the dataset card's worker reads the counts
+        ctx.cache.save(ws.digest_cache_path)  # and the digests of the exports it counts (~7 ms)
 
     def receipt(determinism: list[DeterminismFinding]) -> StageReceipt:
         return build_receipt(

@@ -112,6 +112,14 @@ class DigestCache:
             self._used[key] = hit
         return hit
 
+    def sha256_of(self, path: Path) -> str | None:
+        """The file's sha256 when this cache knows the file in its present state (no read)."""
+        try:
+            hit = self.get((str(path), *file_state(path.stat())))
+        except OSError:
+            return None
+        return None if hit is None else hit[1]
+
     def mark(self) -> tuple[int, int] | None:
         """(device, ctime_ns) of the clock file, touched now: the file system's time at this moment.
         None without a clock file or when it cannot be touched (then the system clock is used)."""

@@ -478,6 +478,7 @@ def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
     Whatever happened to the file (appended, edited inside the prefix, cut), and also when it
     changes again between its digest and its count (the state is then not used), the count is a
     full read's."""
+    import hashlib
     import time as clock
 
     from distill import receipts
@@ -500,11 +501,14 @@ def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
                 data.write_bytes(body[: arg % (len(body) + 1)])
             folds, digests = FoldCache.load(cache_path), DigestCache()
             digests.cuts, folds.prefix_state = folds.ends, digests.prefix_state
-            digest = digest_file(ws, data, digests)
+            sha256 = digest_file(ws, data, digests).sha256
             if touch and data.stat().st_size:
+                # changed after the digest pass kept its hash states: the caller's digest is of the
+                # file as it is now (the contract of `sha256=`), the kept states are stale
                 clock.sleep(0.002)  # a new mtime even on a coarse clock
                 data.write_bytes(b"x" + data.read_bytes()[1:])
-            assert folds.tally(data, "kind", _kind, sha256=digest.sha256) == _fresh(data)
+                sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+            assert folds.tally(data, "kind", _kind, sha256=sha256) == _fresh(data)
             folds.save()
 
 
@@ -532,3 +536,46 @@ def test_a_grown_file_s_prefix_is_not_hashed_again_after_its_receipt(tmp_path: P
 
     assert count(wired=False) == count(wired=True) == _fresh(data)
     assert len(resumed) == 1  # the unwired count only
+
+
+def test_the_card_takes_counts_the_receipts_made_of_files_it_would_read(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """In `distill run` each export's receipt digests its files and counts their lines; the card
+    (the last stage) then finds each file's digest in the saved digest cache and takes the count
+    made of exactly those bytes, reading no file. A file changed since its digest is read."""
+    import time as clock
+
+    from distill.export import card
+    from distill.receipts import DigestCache
+
+    ws = Workspace.resolve(tmp_path)
+    native, quarantine = ws.rag_path, ws.quarantine_path("rag")
+    native.parent.mkdir(parents=True)
+    quarantine.parent.mkdir(parents=True)
+    native.write_bytes(_rows("a", "b"))
+    quarantine.write_bytes(b'{"reason": "empty_content"}\n')
+    plain = card.render_card(ws, FoldCache.load(ws.fold_cache_path))
+    clock.sleep(0.01)
+    with native.open("ab") as fh:  # an append the receipts below hash and count
+        fh.write(_rows("c"))
+    # a digest is kept only of a file whose last change the file system's clock shows as earlier
+    # (receipts.RACY_MARGIN_NS): a coarse clock needs a tick between the write and the digest
+    clock.sleep(0.02)
+    digests = DigestCache(clock=ws.clock_path)
+    folds = FoldCache.load(ws.fold_cache_path)
+    assert check_jsonl_integrity(ws, digest_paths(ws, [native, quarantine], digests), folds) == []
+    folds.save()
+    digests.save(ws.digest_cache_path)
+
+    reads: list[str] = []
+    real = fold_cache.fold_lines
+    monkeypatch.setattr(fold_cache, "fold_lines", lambda path, *a, **k: reads.append(path.name) or real(path, *a, **k))
+    shown = card.render_card(ws, FoldCache.load(ws.fold_cache_path), DigestCache.load(ws.digest_cache_path))
+    assert reads == []
+    assert shown != plain and "| rag | `rag/playbooks.jsonl` | 3 |" in shown
+    assert shown == card.render_card(ws, FoldCache())  # a card counted from nothing
+    clock.sleep(0.01)
+    native.write_bytes(_rows("z"))  # changed after its digest: read
+    reads.clear()
+    shown = card.render_card(ws, FoldCache.load(ws.fold_cache_path), DigestCache.load(ws.digest_cache_path))
+    assert reads == ["playbooks.jsonl"] and "| rag | `rag/playbooks.jsonl` | 1 |" in shown

@@ -12,7 +12,7 @@ from pathlib import Path
 from distill.export.formats import FORMATS, view_paths
 from distill.fold_cache import FoldCache
 from distill.jsonl import write_atomic
-from distill.receipts import LINES_FOLD, QUARANTINE_REASON_FOLD, quarantine_reason
+from distill.receipts import LINES_FOLD, QUARANTINE_REASON_FOLD, DigestCache, quarantine_reason
 from distill.workspace import Workspace
 
 KINDS = ("rag", "sft", "preference")
@@ -23,10 +23,14 @@ _ABOUT = {
 }
 
 
-def count_rows(path: Path, folds: FoldCache | None = None) -> int:
+def count_rows(path: Path, folds: FoldCache | None = None, digests: DigestCache | None = None) -> int:
+    """`digests`: what the run's receipts know of the file, so that its lines, already counted
+    by their line check, are taken from there without reading the file (the fold cache matches
+    a whole-file sha256)."""
     if not path.exists():
         return 0
-    return (folds or FoldCache()).tally(path, LINES_FOLD).nonblank
+    sha256 = digests.sha256_of(path) if digests is not None else None
+    return (folds or FoldCache()).tally(path, LINES_FOLD, sha256=sha256).nonblank
 
 
 def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]:
@@ -35,12 +39,14 @@ def _dataset_files(ws: Workspace, kind: str, fmt: str) -> list[tuple[str, Path]]
     return [(name, p) for name, p in paths.items() if name != "provenance"]
 
 
-def quarantine_summary(ws: Workspace, folds: FoldCache | None = None) -> dict[str, dict[str, int]]:
+def quarantine_summary(ws: Workspace, folds: FoldCache | None = None,
+                       digests: DigestCache | None = None) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for kind in KINDS:
         path = ws.quarantine_path(kind)
         if path.exists():
-            counts = (folds or FoldCache()).tally(path, QUARANTINE_REASON_FOLD, quarantine_reason).values
+            sha256 = digests.sha256_of(path) if digests is not None else None
+            counts = (folds or FoldCache()).tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=sha256).values
             out[kind] = dict(sorted(counts.items()))
     return out
 
@@ -49,8 +55,9 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def render_card(ws: Workspace, folds: FoldCache | None = None) -> str:
-    """`folds`: counts kept from an earlier card, so only what was appended since is re-read."""
+def render_card(ws: Workspace, folds: FoldCache | None = None, digests: DigestCache | None = None) -> str:
+    """`folds`: counts kept from an earlier card, so only what was appended since is re-read;
+    `digests`: the workspace's file digests (a file the receipts just checked is not read)."""
     configs: list[tuple[str, str, int]] = []  # (config name, path relative to exports/, rows)
     for kind in KINDS:
         for fmt in FORMATS:
@@ -60,8 +67,8 @@ def render_card(ws: Workspace, folds: FoldCache | None = None) -> str:
                 config = kind if fmt == "native" else f"{kind}_{fmt}" + ("" if name in ("dpo", "chat", "preference")
                                                                          else f"_{name}")
                 rel = path.relative_to(ws.exports_dir).as_posix()
-                configs.append((config, rel, count_rows(path, folds)))
-    quarantine = quarantine_summary(ws, folds)
+                configs.append((config, rel, count_rows(path, folds, digests)))
+    quarantine = quarantine_summary(ws, folds, digests)
 
     lines = ["---", "pretty_name: distill exports", "tags:", "- distill", "- agent-logs", "configs:"]
     for config, rel, _ in configs:
@@ -98,6 +105,9 @@ def render_card(ws: Workspace, folds: FoldCache | None = None) -> str:
 def write_card(ws: Workspace) -> Path:
     path = ws.exports_dir / "README.md"
     folds = FoldCache.load(ws.fold_cache_path)
-    write_atomic(path, render_card(ws, folds).encode("utf-8"))
+    # `distill run` saves its digests after each stage's receipt: the card, its last stage, finds
+    # every export file it counts there (a standalone export's card finds its own files changed)
+    digests = DigestCache.load(ws.digest_cache_path)
+    write_atomic(path, render_card(ws, folds, digests).encode("utf-8"))
     folds.save()
     return path
