@@ -107,21 +107,27 @@ _OP = st.one_of(
 )
 
 
+def _apply(data: Path, step: tuple[Any, ...]) -> None:
+    """One _OP: lines appended (the last one torn or not), bytes edited in place, the file cut."""
+    op, arg, extra = step
+    body = data.read_bytes()
+    if op == "append":
+        data.write_bytes(body + b"\n".join(arg) + (b"\n" if arg and extra else b""))
+    elif op == "edit" and body:
+        at = arg % len(body)
+        data.write_bytes(body[:at] + extra + body[at + len(extra):])
+    elif op == "truncate":
+        data.write_bytes(body[: arg % (len(body) + 1)])
+
+
 @settings(max_examples=150, deadline=None)
 @given(ops=st.lists(_OP, min_size=1, max_size=8))
 def test_a_cached_tally_always_equals_a_full_re_read(tmp_path_factory: Any, ops: list[tuple[Any, ...]]) -> None:
     tmp = tmp_path_factory.mktemp("fold")
     data, cache_path = tmp / "d.jsonl", tmp / "folds.json"
     data.write_bytes(b"")
-    for op, arg, extra in ops:
-        body = data.read_bytes()
-        if op == "append":
-            data.write_bytes(body + b"\n".join(arg) + (b"\n" if arg and extra else b""))
-        elif op == "edit" and body:
-            at = arg % len(body)
-            data.write_bytes(body[:at] + extra + body[at + len(extra):])
-        elif op == "truncate":
-            data.write_bytes(body[: arg % (len(body) + 1)])
+    for op in ops:
+        _apply(data, op)
         cache = FoldCache.load(cache_path)
         assert cache.tally(data, "kind", _kind) == _fresh(data)
         cache.save()
@@ -490,15 +496,8 @@ def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
     data.write_bytes(b"")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(receipts, "CHUNK", chunk)
-        for (op, arg, extra), touch in zip(ops, touch_after_digest, strict=False):
-            body = data.read_bytes()
-            if op == "append":
-                data.write_bytes(body + b"\n".join(arg) + (b"\n" if arg and extra else b""))
-            elif op == "edit" and body:
-                at = arg % len(body)
-                data.write_bytes(body[:at] + extra + body[at + len(extra):])
-            elif op == "truncate":
-                data.write_bytes(body[: arg % (len(body) + 1)])
+        for op, touch in zip(ops, touch_after_digest, strict=False):
+            _apply(data, op)
             folds, digests = FoldCache.load(cache_path), DigestCache()
             digests.cuts, folds.prefix_state = folds.ends, digests.prefix_state
             sha256 = digest_file(ws, data, digests).sha256
