@@ -209,13 +209,12 @@ class Workspace:
 
 
 def special_kind(mode: int) -> str | None:
-    """What a file type is when it is not a regular file or a directory (None when it is one)."""
+    """What a file type is when it is a FIFO, socket or device, which no open should wait on
+    (None for anything else): the workspace check and collect's source listing both ask."""
     if stat.S_ISFIFO(mode):
         return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
+    if stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a socket or device"
     return None
 
 
@@ -236,28 +235,19 @@ def special_file(root: Path) -> tuple[str, str] | None:
         except OSError:
             return None
 
-    todo: list[str] = []
     try:
         with os.scandir(root) as top:
-            for entry in top:
-                if entry.name in OWN_DIRS or entry.name.startswith(OWN_PREFIX):
-                    if (what := kind_of(entry)) is not None:
-                        return entry.path, what
-                    if entry.is_dir(follow_symlinks=False):
-                        todo.append(entry.path)
+            todo = [entry for entry in top if entry.name in OWN_DIRS or entry.name.startswith(OWN_PREFIX)]
     except OSError:
         return None
     while todo:
+        entry = todo.pop()
+        if (what := kind_of(entry)) is not None:
+            return entry.path, what
         try:
-            with os.scandir(todo.pop()) as entries:
-                for entry in entries:
-                    if (what := kind_of(entry)) is not None:
-                        return entry.path, what
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            todo.append(entry.path)
-                    except OSError:
-                        continue
+            if entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as entries:
+                    todo.extend(entries)
         except OSError:
             continue
     return None

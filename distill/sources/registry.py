@@ -18,7 +18,7 @@ from distill.sources.mapping import mapping_stream
 from distill.sources.swe_agent import SweAgentSource, swe_agent_dirs
 from distill.sources.telemetry_streams import CONVERTERS as TELEMETRY
 from distill.sources.verdict_streams import CONVERTERS as VERDICT
-from distill.workspace import Workspace
+from distill.workspace import Workspace, special_kind
 
 REPLAY_RUNS = "replay_runs"
 BUILTIN_CONVERTERS: dict[str, Converter] = {**VERDICT, **TELEMETRY, **EXTRACTION}
@@ -54,11 +54,10 @@ def _kind_problem(path: Path) -> str | None:
         except OSError as exc:
             return "a symlink loop" if exc.errno == 40 else "a broken symlink (its target does not exist)"
         what = "a symlink to "
-    if stat.S_ISFIFO(st.st_mode):
-        return f"{what}a FIFO, not a file (collect never reads from pipes)"
-    if stat.S_ISSOCK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        return f"{what}a socket or device, not a file"
-    return None
+    special = special_kind(st.st_mode)
+    if special is None:
+        return None
+    return f"{what}{special}, not a file" + (" (collect never reads from pipes)" if stat.S_ISFIFO(st.st_mode) else "")
 
 
 def _rel(ws: Workspace, path: Path) -> str:
