@@ -52,6 +52,11 @@ def _ignored(path: Path) -> bool:
 StatKey = tuple[str, int, int, int, int]
 """(absolute path, inode, size, mtime_ns, ctime_ns): what a file's content is recognised by."""
 
+
+def stat_key(path: Path, st: os.stat_result | None = None) -> StatKey:
+    """The file's StatKey now (`st`: a stat the caller already took); raises OSError."""
+    return (str(path), *file_state(st if st is not None else path.stat()))
+
 DIGEST_CACHE_VERSION = 1
 RACY_MARGIN_NS = 1_000_000_000
 """A digest is kept across runs only if the file's last change happened before hashing began: a
@@ -100,7 +105,7 @@ class DigestCache:
         """A sha256 object over the first `end` bytes of `path` as it is now (a copy: the caller
         may go on hashing), when this run hashed the file in this very state; else None."""
         try:
-            key = (str(path), *file_state(path.stat()))
+            key = stat_key(path)
         except OSError:
             return None
         state = self._states.get(key, {}).get(end)
@@ -115,7 +120,7 @@ class DigestCache:
     def sha256_of(self, path: Path) -> str | None:
         """The file's sha256 when this cache knows the file in its present state (no read)."""
         try:
-            hit = self.get((str(path), *file_state(path.stat())))
+            hit = self.get(stat_key(path))
         except OSError:
             return None
         return None if hit is None else hit[1]
@@ -186,7 +191,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
     if cache is not None:
         hashed_at = time.time_ns()  # before the stat: the racy-margin rule compares against it
         st = path.stat()
-        key = (str(path), *file_state(st))
+        key = stat_key(path, st)
         hit = cache.get(key)
         if hit is not None:
             return FileDigest(path=rel_path(ws, path), kind="file", bytes=hit[0], sha256=hit[1], records=hit[2])
@@ -194,7 +199,7 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
         if mark is not None and mark[0] == st.st_dev:
             # the mark is later than the stat, so the stat is taken again after it
             st = path.stat()
-            key = (str(path), *file_state(st))
+            key = stat_key(path, st)
             hashed_at, fs_clock = mark[1], True
     cuts = sorted(set(cache.cuts(path))) if cache is not None and cache.cuts is not None else []
     size, sha, newlines, states = sha256_size_newlines_cut(path, cuts)
