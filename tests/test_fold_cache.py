@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from distill import fold_cache
@@ -475,6 +475,9 @@ def test_the_digest_pass_keeps_the_hash_state_at_each_cut(
 
 
 @settings(max_examples=120, deadline=None)
+# always tried: a counted line, then the file rewritten after its digest with its length kept
+@example(ops=[("append", [b'{"kind": "a"}'], True), ("append", [], False)],
+         touch_after_digest=[False, True, False, False, False, False], chunk=1 << 20)
 @given(ops=st.lists(_OP, min_size=1, max_size=6), touch_after_digest=st.lists(st.booleans(), min_size=6, max_size=6),
        chunk=st.sampled_from([1, 5, 64, 1 << 20]))
 def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
@@ -485,7 +488,6 @@ def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
     changes again between its digest and its count (the state is then not used), the count is a
     full read's."""
     import hashlib
-    import time as clock
 
     from distill import receipts
     from distill.receipts import DigestCache, digest_file
@@ -504,8 +506,11 @@ def test_a_tally_resumed_from_the_receipts_hash_state_equals_a_full_re_read(
             if touch and data.stat().st_size:
                 # changed after the digest pass kept its hash states: the caller's digest is of the
                 # file as it is now (the contract of `sha256=`), the kept states are stale
-                clock.sleep(0.002)  # a new mtime even on a coarse clock
-                data.write_bytes(b"x" + data.read_bytes()[1:])
+                # written to a new file renamed over it: another inode, so another stat key even
+                # where the file system's clock is too coarse to give it another mtime
+                tmp_copy = data.with_suffix(".new")
+                tmp_copy.write_bytes(b"x" + data.read_bytes()[1:])
+                tmp_copy.replace(data)
                 sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
             assert folds.tally(data, "kind", _kind, sha256=sha256) == _fresh(data)
             folds.save()
@@ -554,12 +559,15 @@ def test_the_card_takes_counts_the_receipts_made_of_files_it_would_read(tmp_path
     native.write_bytes(_rows("a", "b"))
     quarantine.write_bytes(b'{"reason": "empty_content"}\n')
     plain = card.render_card(ws, FoldCache.load(ws.fold_cache_path))
-    clock.sleep(0.01)
     with native.open("ab") as fh:  # an append the receipts below hash and count
         fh.write(_rows("c"))
     # a digest is kept only of a file whose last change the file system's clock shows as earlier
-    # (receipts.RACY_MARGIN_NS): a coarse clock needs a tick between the write and the digest
-    clock.sleep(0.02)
+    # than the hashing (receipts.RACY_MARGIN_NS): wait until that clock has passed the append
+    for _ in range(1000):
+        ws.clock_path.touch()
+        if ws.clock_path.stat().st_ctime_ns > max(native.stat().st_mtime_ns, native.stat().st_ctime_ns):
+            break
+        clock.sleep(0.005)
     digests = DigestCache(clock=ws.clock_path)
     folds = FoldCache.load(ws.fold_cache_path)
     assert check_jsonl_integrity(ws, digest_paths(ws, [native, quarantine], digests), folds) == []
@@ -573,8 +581,7 @@ def test_the_card_takes_counts_the_receipts_made_of_files_it_would_read(tmp_path
     assert reads == []
     assert shown != plain and "| rag | `rag/playbooks.jsonl` | 3 |" in shown
     assert shown == card.render_card(ws, FoldCache())  # a card counted from nothing
-    clock.sleep(0.01)
-    native.write_bytes(_rows("z"))  # changed after its digest: read
+    native.write_bytes(_rows("z"))  # changed after its digest (another size): read
     reads.clear()
     shown = card.render_card(ws, FoldCache.load(ws.fold_cache_path), DigestCache.load(ws.digest_cache_path))
     assert reads == ["playbooks.jsonl"] and "| rag | `rag/playbooks.jsonl` | 1 |" in shown
