@@ -347,3 +347,17 @@ def test_the_cross_source_phase_holds_rows_not_their_decisions(tmp_path: Path) -
     assert [d[0] for d in decisions] == sorted(d[0] for d in decisions)  # a sorted run, as the merge needs
     assert {d[0] for d in decisions} == set(range(n))  # every row decided once (none refused before pairing)
     assert peak / n < 100, f"{peak / n:.0f} B per row"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([bytes(8), b"\x00" * 7 + b"\x01", b"\xff" * 8, b"a\x00\x00\x00\x00\x00\x00\x00"]),
+                          st.binary(min_size=8, max_size=8) | st.sampled_from([bytes(8), b"\xff" * 8])),
+                max_size=40))
+def test_the_digest_sort_is_a_stable_string_argsort(halves) -> None:
+    """The index's keys must be in the order numpy's string search expects (searchsorted on S16):
+    the integer sort gives exactly the stable string argsort, also for keys that share their first
+    half, keys with zero bytes and repeated keys."""
+    from distill.export.scored_index import sort_digests
+
+    keys = np.array([high + low for high, low in halves], dtype="S16")
+    assert sort_digests(keys).tolist() == np.argsort(keys, kind="stable").tolist()

@@ -243,3 +243,34 @@ def test_the_scored_index_built_from_its_cache_answers_as_a_full_build(ws: Works
     store.unlink()
     assert cached == _answers(ws)
     assert cached[(first["evidence_run_id"], first["provenance"]["sig_hash"])] == "rejected"
+
+
+def test_a_rewritten_partition_parses_only_its_changed_lines(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Score rewrites a partition in place when a late verdict re-scores one of its runs: the index
+    reads the file again but takes every line whose bytes it saw before from its cache, and
+    parses only the line that changed (and answers as a full build)."""
+    import distill.export.scored_index as scored_index
+
+    files = iter_partition_files(ws.scored_dir)
+    target = max(files, key=lambda p: len(_lines(p)))
+    lines = _lines(target)
+    assert len(lines) > 2
+    row = json.loads(lines[1])
+    row["category"] = "rejected" if row["category"] != "rejected" else "accepted"
+    lines[1] = json.dumps(row).encode() + b"\n"
+    target.write_bytes(b"".join(lines))
+    parsed: list[bytes] = []
+    real = scored_index._entry
+
+    def spy(data: bytes) -> Any:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(scored_index, "_entry", spy)
+    cached = _answers(ws)
+    assert parsed == [lines[1].rstrip(b"\n")]
+    assert cached[(row["evidence_run_id"], row["provenance"]["sig_hash"])] == row["category"]
+    parsed.clear()
+    ws.scored_index_path.unlink()
+    assert cached == _answers(ws)
+    assert len(parsed) == sum(len([ln for ln in _lines(p) if ln.strip()]) for p in files)
