@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -422,3 +423,54 @@ def test_a_pair_side_is_read_from_its_mirror_only(exported_once: dict[ExportKind
     for elsewhere in ("scored/../evidence/" + rel.split("/", 1)[1], "../outside.jsonl", "scored", "/etc/passwd",
                       "scored/2099/01/01/no_such_source.jsonl"):
         assert mirror_text(ws, elsewhere, key) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_rewritten_partition_reads_its_changed_lines_evidence_by_offset(
+        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The changed lines of a rewritten partition name keys the mirror's checkpointed prefix holds:
+    each is read at the offset of the first line naming it, and the mirror's prefix is not parsed
+    up to it (what a late verdict in a busy partition cost: most of its mirror parsed as JSON)."""
+    import distill.export.checkpoints as checkpoints_module
+
+    a, b = _twins(tmp_path, exported_once, kind, _rescore_in_place)
+    prefix_scans: list[Path] = []
+    real = checkpoints_module.EvidenceOffsets
+
+    def spying(path: Path, **kw: Any) -> Any:
+        if kw.get("end") is not None:
+            prefix_scans.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(checkpoints_module, "EvidenceOffsets", spying)
+    got_a = _state(a, kind, _export(a, kind))
+    monkeypatch.undo()
+    assert prefix_scans == []
+    assert got_a == _state(b, kind, _export(b, kind))
+
+
+def test_a_key_whose_first_line_is_not_a_valid_record_is_found_as_a_full_read_finds_it(
+        tmp_path: Path, exported_once: dict[ExportKind, Path]) -> None:
+    """The offset a checkpoint keeps is the first line naming a key; when that line is not a valid
+    record, the first valid one after it is the record (as a full read joins), not nothing."""
+    from distill.export.checkpoints import MirrorKeys, TailEvidence
+    from distill.export.reader import EvidenceIndex
+    from distill.export.scored_index import key_digest
+    from distill.hashing import PrefixHash
+
+    ws = Workspace(exported_once[ExportKind.RAG])
+    source = next(p for p in iter_partition_files(ws.evidence_dir) if p.stat().st_size)
+    record = orjson.loads(source.read_bytes().splitlines()[0])
+    key = (record["run_id"], record["provenance"]["sig_hash"])
+    broken = orjson.dumps({**record, "created_at": "not a time"}) + b"\n"  # names the key, fails validation
+    mirror = tmp_path / "mirror.jsonl"
+    mirror.write_bytes(broken + orjson.dumps(record) + b"\n")
+    known = MirrorKeys.of(np.array([key_digest(*key)], dtype="S16"), np.array([0]))
+    tail = TailEvidence(EvidenceIndex(ws), mirror, known, mirror.stat().st_size, PrefixHash())
+    try:
+        found = tail.get(mirror, *key)
+    finally:
+        tail.close()
+    assert found is not None and found.run_id == key[0] and not tail.unsure
+    assert known.offset(key_digest("no such run", "sig")) is None

@@ -32,9 +32,10 @@ import hashlib
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_intact
 from distill.config import Settings
@@ -50,12 +51,12 @@ from distill.export.reader import (
 )
 from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
-from distill.jsonl import RawLine, iter_raw_lines, loads
+from distill.jsonl import RawLine, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 4  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest
+EXPORT_CHECKPOINT_VERSION = 5  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -109,12 +110,48 @@ def _any_entries(entries: Any) -> bool:
     return isinstance(entries, list) and all(isinstance(e, list) and e for e in entries)
 
 
-def _keys_text(keys: np.ndarray) -> str:
-    return base64.b64encode(np.unique(keys).tobytes()).decode("ascii")
+class MirrorKeys:
+    """The keys the lines of a mirror's prefix name (16-byte digests, sorted, unique), each with
+    the offset of the first line that names it: a line a rewritten partition needs is read there
+    instead of parsing the mirror up to it."""
 
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+        if keys.dtype != np.dtype("S16") or offsets.shape != keys.shape:
+            raise ValueError("mirror keys and offsets do not match")
+        self.keys, self.offsets = keys, offsets
 
-def _keys_array(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text, validate=True), dtype="S16")
+    @classmethod
+    def of(cls, digests: np.ndarray, offsets: np.ndarray) -> MirrorKeys:
+        """From digests and offsets in file order (a key's first line comes first)."""
+        keys, first = np.unique(digests.astype("S16"), return_index=True)
+        return cls(keys, np.asarray(offsets, dtype=np.int64)[first])
+
+    @classmethod
+    def lines(cls, found: list[tuple[tuple[str, str], int]]) -> MirrorKeys:
+        """From EvidenceOffsets.first_offsets."""
+        return cls.of(np.array([key_digest(*k) for k, _ in found], dtype="S16").reshape(-1),
+                      np.array([at for _, at in found], dtype=np.int64))
+
+    def then(self, later: MirrorKeys) -> MirrorKeys:
+        """These keys, then those of the lines after them (a key already here keeps its offset)."""
+        return MirrorKeys.of(np.concatenate((self.keys, later.keys)), np.concatenate((self.offsets, later.offsets)))
+
+    def offset(self, digest: bytes) -> int | None:
+        """Where the first line naming this key starts, None when no line of the prefix names it."""
+        if not len(self.keys):
+            return None
+        probe = np.array(digest, dtype="S16")
+        at = min(int(np.searchsorted(self.keys, probe)), len(self.keys) - 1)
+        return int(self.offsets[at]) if self.keys[at] == probe else None
+
+    def texts(self) -> dict[str, str]:
+        return {"mirror_keys": base64.b64encode(self.keys.tobytes()).decode("ascii"),
+                "mirror_offsets": base64.b64encode(self.offsets.astype("<i8").tobytes()).decode("ascii")}
+
+    @classmethod
+    def from_texts(cls, keys: str, offsets: str) -> MirrorKeys:
+        return cls(np.frombuffer(base64.b64decode(keys, validate=True), dtype="S16"),
+                   np.frombuffer(base64.b64decode(offsets, validate=True), dtype="<i8").astype(np.int64))
 
 
 def export_basis(ws: Workspace, settings: Settings, kind: str, flags: dict[str, bool]) -> str:
@@ -145,25 +182,21 @@ def export_basis(ws: Workspace, settings: Settings, kind: str, flags: dict[str, 
 
 class TailEvidence:
     """Evidence for the lines a partition gained or changed since its checkpoint, without reading
-    the whole mirror: a key the mirror's checkpointed prefix holds is found there (its lines parsed
-    as plain JSON once, only that key's validated), any other in the mirror's appended lines (read
-    once, validated). A key found in neither, or not where the checkpoint says, is asked of the full
-    index, and the partition is then left without a checkpoint (`unsure`), as a full read would be."""
+    the whole mirror: a key the mirror's checkpointed prefix names is read at the offset of the
+    first line naming it (when that line is not a valid record of the key, the prefix's lines are
+    parsed as plain JSON once, only that key's validated), any other in the mirror's appended
+    lines (read once, validated). A key found in neither, or not where the checkpoint says, is
+    asked of the full index, and the partition is then left without a checkpoint (`unsure`), as a
+    full read would be."""
 
-    def __init__(self, index: EvidenceIndex, mirror: Path, known: np.ndarray, end: int, hasher: PrefixHash) -> None:
+    def __init__(self, index: EvidenceIndex, mirror: Path, known: MirrorKeys, end: int, hasher: PrefixHash) -> None:
         self.index, self.mirror, self.known = index, mirror, known
         self.end = end
         self._hash = LineEndHash(hasher)
         self._tail: EvidenceOffsets | None = None  # the mirror's lines after `end`
         self._prefix: EvidenceOffsets | None = None  # the mirror's checkpointed prefix
+        self._fh: IO[bytes] | None = None  # the mirror, for lines read by offset
         self.unsure = False
-
-    def _known(self, run_id: str, sig: str) -> bool:
-        if not len(self.known):
-            return False
-        probe = np.array(key_digest(run_id, sig), dtype="S16")
-        at = min(int(np.searchsorted(self.known, probe)), len(self.known) - 1)
-        return bool(self.known[at] == probe)
 
     def _records(self) -> EvidenceOffsets:
         if self._tail is None:
@@ -172,9 +205,26 @@ class TailEvidence:
             self._tail = EvidenceOffsets(self.mirror, start=self.end, on_chunk=self._hash)
         return self._tail
 
-    def _in_prefix(self, run_id: str, sig: str) -> EvidenceRecord | None:
-        """The first valid record with this key in the mirror's prefix (the one a full read joins),
+    def _at(self, offset: int, key: tuple[str, str]) -> EvidenceRecord | None:
+        """The record of the line at `offset` when it is a valid record of `key`."""
+        if not 0 <= offset < self.end:
+            return None
+        try:
+            if self._fh is None:
+                self.index.note_read(self.mirror)
+                self._fh = open(self.mirror, "rb")  # noqa: SIM115 - closed by close()
+            ev = EvidenceRecord.model_validate(loads(line_at(self._fh, offset)))
+        except (OSError, ValueError, ValidationError):
+            return None
+        return ev if (ev.run_id, ev.provenance.sig_hash) == key else None
+
+    def _in_prefix(self, run_id: str, sig: str, offset: int) -> EvidenceRecord | None:
+        """The first valid record with this key in the mirror's prefix (the one a full read joins):
+        the first line naming the key, when it is valid (no line before it names the key); else
         found by parsing the prefix's lines as plain JSON once and validating only this key's."""
+        found = self._at(offset, (run_id, sig))
+        if found is not None:
+            return found
         if self._prefix is None:
             self.index.note_read(self.mirror)
             self._prefix = EvidenceOffsets(self.mirror, end=self.end)
@@ -184,13 +234,17 @@ class TailEvidence:
         for offsets in (self._tail, self._prefix):
             if offsets is not None:
                 offsets.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         if mirror != self.mirror:
             self.unsure = True
             return self.index.get(mirror, run_id, sig)
-        if self._known(run_id, sig):
-            found = self._in_prefix(run_id, sig)
+        offset = self.known.offset(key_digest(run_id, sig))
+        if offset is not None:
+            found = self._in_prefix(run_id, sig, offset)
             if found is None:  # not where the checkpoint says: ask the full index, keep no checkpoint
                 self.unsure = True
                 found = self.index.get(mirror, run_id, sig)
@@ -204,16 +258,15 @@ class TailEvidence:
     def revisions(self, run_id: str) -> list[str]:
         return self.index.revisions(run_id)
 
-    def mirror_state(self) -> tuple[int, str, np.ndarray] | None:
-        """(end, prefix hash, key digests) of the mirror as far as it is known now."""
+    def mirror_state(self) -> tuple[int, str, MirrorKeys] | None:
+        """(end, prefix hash, keys) of the mirror as far as it is known now."""
         if self._tail is None:
             return None
         self._tail.finish()  # lookups read the appended lines only as far as they needed
         sha = self._hash.hexdigest(self.mirror)
         if sha is None:
             return None
-        tail = np.array([key_digest(*k) for k in self._tail.keys()], dtype="S16")
-        return self._hash.end, sha, np.concatenate((self.known, tail))
+        return self._hash.end, sha, self.known.then(MirrorKeys.lines(self._tail.first_offsets()))
 
 
 class ExportCheckpoints:
@@ -241,7 +294,7 @@ class ExportCheckpoints:
         try:
             found = loads(payload)
             del payload  # a busy partition's entries: do not hold their JSON beside them
-            found["keys"] = _keys_array(found["mirror_keys"])
+            found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
             if not self._entries_ok(found[ENTRIES_KEY]) or len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
                 return None
@@ -253,7 +306,7 @@ class ExportCheckpoints:
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, np.ndarray], entries: Iterator[bytes], digests: bytes) -> None:
+              mirror: tuple[int, str, MirrorKeys], entries: Iterator[bytes], digests: bytes) -> None:
         """`entries`: the rows' entries in row order, as `JsonEntries.take` hands them out."""
         if not self.writable:
             return
@@ -262,7 +315,7 @@ class ExportCheckpoints:
             return
         end, mirror_sha, keys = mirror
         self._file.write(rel, {"end": scored.end, "lines": lines, "prefix_hash": sha, "mirror_end": end,
-                               "mirror_prefix_hash": mirror_sha, "mirror_keys": _keys_text(keys),
+                               "mirror_prefix_hash": mirror_sha, **keys.texts(),
                                "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
     def keep(self, rel: str) -> bool:
@@ -277,13 +330,13 @@ class ExportCheckpoints:
         self._file.discard()
 
 
-def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, np.ndarray] | None:
-    """(end, prefix hash, key digests) of the mirror the index holds after a full read of a partition."""
-    keys = index.mirror_keys(mirror)
-    if keys is None or index.loaded_to is None:
+def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, MirrorKeys] | None:
+    """(end, prefix hash, keys) of the mirror the index holds after a full read of a partition."""
+    found = index.mirror_offsets(mirror)
+    if found is None or index.loaded_to is None:
         return None
     end, sha = index.loaded_to
-    return end, sha, np.array([key_digest(*k) for k in keys], dtype="S16").reshape(-1)
+    return end, sha, MirrorKeys.lines(found)
 
 
 def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: PartitionExporter,

@@ -169,11 +169,12 @@ class EvidenceIndex:
             self._revisions = {k: sorted(v) for k, v in revisions.items()}
         return self._global
 
-    def mirror_keys(self, mirror: Path) -> list[tuple[str, str]] | None:
-        """The keys of the valid records of `mirror` when it is the partition held now."""
+    def mirror_offsets(self, mirror: Path) -> list[tuple[tuple[str, str], int]] | None:
+        """Every key a line of `mirror` names, with its first line's offset, when it is the
+        partition held now."""
         if self._current is None or self._current.path != mirror:
             return None
-        return self._current.keys()
+        return self._current.first_offsets()
 
     def get(self, mirror: Path, run_id: str, sig: str) -> EvidenceRecord | None:
         found = self._load(mirror).get((run_id, sig))
@@ -261,6 +262,11 @@ class EvidenceOffsets:
         record for it, as a lookup of a key no line names finds none)."""
         self.finish()
         return list(self._where)
+
+    def first_offsets(self) -> list[tuple[tuple[str, str], int]]:
+        """Every key a line names with the offset of the first such line, in file order."""
+        self.finish()
+        return [(key, found if isinstance(found, int) else found[0]) for key, found in self._where.items()]
 
     def get(self, key: tuple[str, str]) -> EvidenceRecord | None:
         found = self._where.get(key)
