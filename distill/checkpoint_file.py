@@ -31,18 +31,23 @@ _ENTRIES_CLOSE = b'],"' + ENTRIES_DIGEST_KEY.encode() + b'":"'
 def entries_intact(payload: bytes) -> bool:
     """Whether a checkpoint written with entries still holds exactly the entries' bytes it was
     written with (their xxh3-128 follows them): a reader that trusts what the entries say (the
-    preference export does not validate each row's provenance again) refuses a damaged one. The
+    preference export does not validate each row's provenance again) refuses a damaged one."""
+    return entries_bytes(payload) is not None
+
+
+def entries_bytes(payload: bytes) -> memoryview | None:
+    """The body of a checkpoint's entries array (the pieces `write` joined), when intact. The
     closing marker cannot occur inside the entries (a quote in a JSON string is escaped), so its
     last occurrence ends them."""
     if not payload.startswith(_ENTRIES_OPEN):
-        return False
+        return None
     cut = payload.rfind(_ENTRIES_CLOSE)
     if cut < 0:
-        return False
+        return None
     at = cut + len(_ENTRIES_CLOSE)
     recorded = payload[at:at + 32]
-    with memoryview(payload) as view:
-        return xxhash.xxh3_128(view[len(_ENTRIES_OPEN):cut]).hexdigest().encode() == recorded
+    view = memoryview(payload)[len(_ENTRIES_OPEN):cut]
+    return view if xxhash.xxh3_128(view).hexdigest().encode() == recorded else None
 
 
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file

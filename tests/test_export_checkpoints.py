@@ -474,3 +474,45 @@ def test_a_key_whose_first_line_is_not_a_valid_record_is_found_as_a_full_read_fi
         tail.close()
     assert found is not None and found.run_id == key[0] and not tail.unsure
     assert known.offset(key_digest("no such run", "sig")) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
+        tmp_path: Path, generated: tuple[Path, Path], exported_once: dict[ExportKind, Path], kind: ExportKind,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition that grew is replayed from its checkpoint and its new lines read: its next
+    checkpoint takes the replayed entries' JSON as it was written instead of writing each entry
+    again (as it still does for a partition too big to keep that JSON), and holds what a full
+    read writes."""
+    import distill.export.checkpoints as checkpoints_module
+
+    _, grown = generated
+    a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
+    c = Workspace(tmp_path / "c")
+    shutil.copytree(exported_once[kind], c.root)
+    _grow(grown)(c)
+    real = checkpoint_file.JsonEntries.add
+
+    def entries_made(ws: Workspace, keep_raw_bytes: int) -> int:
+        made = 0
+
+        def counting(self: Any, index: int, entry: Any) -> None:
+            nonlocal made
+            made += 1
+            real(self, index, entry)
+
+        monkeypatch.setattr(checkpoint_file.JsonEntries, "add", counting)
+        monkeypatch.setattr(checkpoints_module, "KEEP_RAW_BYTES", keep_raw_bytes)
+        _export(ws, kind)
+        monkeypatch.undo()
+        return made
+
+    copied, written = entries_made(a, checkpoints_module.KEEP_RAW_BYTES), entries_made(c, 0)
+    assert 0 < copied < written - 20  # the grown partitions' replayed entries were not made again
+    _export(b, kind)
+
+    def entries(ws: Workspace) -> dict[str, Any]:
+        return {rel: orjson.loads(line.split(b"\t", 1)[1])[checkpoint_file.ENTRIES_KEY]
+                for rel, line in _checkpoint_lines(ws, kind).items()}
+
+    assert entries(a) == entries(b) == entries(c)

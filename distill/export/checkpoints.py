@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_intact
+from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_bytes
 from distill.config import Settings
 from distill.export.reader import (
     Broken,
@@ -60,6 +61,8 @@ EXPORT_CHECKPOINT_VERSION = 5  # 2: a digest per line, so a partition rewritten 
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
+RAW_ENTRIES = "entries_raw"  # what `get` adds: the entries' JSON as written
+KEEP_RAW_BYTES = 32 << 20  # a partition's entries kept as JSON beside their parsed form up to this size
 
 
 class PartitionExporter(Protocol):
@@ -288,12 +291,19 @@ class ExportCheckpoints:
         self._file = CheckpointFile(path, accept)
 
     def get(self, rel: str) -> dict[str, Any] | None:
+        """The partition's checkpoint; with its entries' JSON as written under "entries_raw" when
+        it is small (a grown partition's next checkpoint copies it instead of writing each entry
+        again), else None there."""
         payload = self._file.payload(rel)
-        if payload is None or not entries_intact(payload):
+        raw = entries_bytes(payload) if payload is not None else None
+        if payload is None or raw is None:
             return None
+        with raw:
+            kept = bytes(raw) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
         try:
             found = loads(payload)
-            del payload  # a busy partition's entries: do not hold their JSON beside them
+            del payload
+            found[RAW_ENTRIES] = kept
             found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
             if not self._entries_ok(found[ENTRIES_KEY]) or len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
@@ -388,14 +398,20 @@ def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Ta
     that did not grow (most of them, after an append) keeps its checkpoint as it is: its entries
     are not written out again."""
     unchanged = file_size(path) == found["end"]
-    exporter.replay(found.pop(ENTRIES_KEY), record=not unchanged)  # the exporter keeps them as JSON: let the lists go
+    raw: bytes | None = found.pop(RAW_ENTRIES)
+    # the exporter keeps the entries as JSON for the next checkpoint unless they are copied from
+    # this one (`raw`) or the partition did not grow; either way let the parsed lists go
+    exporter.replay(found.pop(ENTRIES_KEY), record=not unchanged and raw is None)
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
-    for raw, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"], on_chunk=read):
-        digests += line_digest(raw, item)
+    for raw_line, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"],
+                                            on_chunk=read):
+        digests += line_digest(raw_line, item)
         exporter.feed(item)
     entries = exporter.end_partition()
     if not unchanged:
+        if raw and entries is not None:
+            entries = itertools.chain((raw,), entries)  # the replayed entries' JSON, then the new ones'
         _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, entries, digests)
     elif entries is not None and not read.newlines and not read.after_newline and not tail.unsure:
         checkpoints.keep(rel)  # else it grew after all (between the stat and the read): no checkpoint
