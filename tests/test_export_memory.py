@@ -361,3 +361,25 @@ def test_the_digest_sort_is_a_stable_string_argsort(halves) -> None:
 
     keys = np.array([high + low for high, low in halves], dtype="S16")
     assert sort_digests(keys).tolist() == np.argsort(keys, kind="stable").tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.tuples(st.sampled_from([bytes(8), b"\x00" * 7 + b"\x01", b"\xff" * 8, b"a" + bytes(7)]),
+                               st.sampled_from([bytes(8), b"\x01" * 8, b"\xff" * 8, b"b" + bytes(7)])), max_size=30),
+       probes=st.lists(st.tuples(st.sampled_from([bytes(8), b"\x00" * 7 + b"\x01", b"\xff" * 8, b"c" + bytes(7)]),
+                                 st.sampled_from([bytes(8), b"\x01" * 8, b"\xff" * 8, b"b" + bytes(7)])), max_size=30))
+def test_many_lookups_find_keys_that_share_their_first_half(keys, probes) -> None:
+    """The batched lookup searches the keys' first halves as integers: a key sharing its first
+    half with others (or with a probe that is no key) is still found exactly, and no other."""
+    from distill.export.scored_index import _SortedCodes
+
+    index = _SortedCodes()
+    for n, (high, low) in enumerate(keys):
+        index.add(high + low, n)
+    index.freeze()
+    asked = np.array([high + low for high, low in probes], dtype="S16")
+    found, at = index.find(asked)
+    wanted = {high + low for high, low in keys}
+    assert found.tolist() == [high + low in wanted for high, low in probes]
+    assert all(index.keys.astype("S16").tobytes()[16 * a:16 * a + 16] == probe
+               for a, probe, hit in zip(at.tolist(), (h + lo for h, lo in probes), found.tolist(), strict=True) if hit)

@@ -17,9 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from distill.checkpoint_file import JsonEntries
 from distill.export.exported import ExportedIds, Ids
-from distill.export.scored_index import key_digest
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
+from distill.export.scored_index import key_digest
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
 from distill.records.stage import StageReport, Tally, TallyKey
@@ -242,6 +242,8 @@ class RowExporter:
     or a temporary file for a big partition) until `end_partition` hands the partition's entries
     over (a checkpoint); `replay` takes such entries instead of the rows they
     came from, producing the same lines and counters, when nothing they depended on has changed.
+    Beside them it folds the partition's `Block` (`take_block`), which `replay_block` replays
+    without the entries when `can_replay_block` finds the export as the block expects.
     """
 
     def __init__(

@@ -51,6 +51,7 @@ class _SortedCodes:
         self.keys = np.empty(0, dtype="S16")
         self.last = np.empty(0, dtype=np.int32)
         self.single = np.empty(0, dtype=np.int32)
+        self._high: np.ndarray | None = None  # the keys' first halves as integers, made on the first `find`
 
     def add(self, key: bytes, code: int) -> None:
         self._keys += key
@@ -72,6 +73,7 @@ class _SortedCodes:
         ends = np.concatenate((starts[1:], [len(keys)]))
         low, high = np.minimum.reduceat(codes, starts), np.maximum.reduceat(codes, starts)
         self.keys, self.last, self.single = keys[starts], codes[ends - 1], np.where(low == high, low, -1)
+        self._high = None
 
     def at(self, key: bytes) -> int | None:
         """The group of one key, None when it is not a key."""
@@ -80,11 +82,28 @@ class _SortedCodes:
         return at if at < len(self.keys) and self.keys[at] == probe else None
 
     def find(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each probe digest: whether it is a key, and its group's position (valid when found)."""
+        """For each probe digest: whether it is a key, and its group's position (valid when found).
+        Searched by the keys' first 64-bit halves as integers (a string search of a million probes
+        took ~1 s of every export's verification); a probe whose half some other key shares is
+        searched again as a string."""
         if not len(self.keys):
             return np.zeros(len(probes), dtype=bool), np.zeros(len(probes), dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.keys, probes), len(self.keys) - 1)
-        return self.keys[at] == probes, at
+        probes = np.asarray(probes, dtype="S16")
+        if self._high is None:
+            self._high = _high_halves(self.keys)
+        high = _high_halves(probes)
+        at = np.minimum(np.searchsorted(self._high, high), len(self.keys) - 1)
+        found = self.keys[at] == probes
+        again = np.flatnonzero(~found & (self._high[at] == high))  # the half is shared: another key may match
+        if len(again):
+            at[again] = np.minimum(np.searchsorted(self.keys, probes[again]), len(self.keys) - 1)
+            found[again] = self.keys[at[again]] == probes[again]
+        return found, at
+
+
+def _high_halves(digests: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each 16-byte digest as a big-endian integer (the bytes' order)."""
+    return np.frombuffer(digests.astype("S16").tobytes(), dtype=">u8")[::2].astype(np.uint64)
 
 
 def sort_digests(keys: np.ndarray) -> np.ndarray:
