@@ -13,16 +13,18 @@ written (their xxh3-128 follows them: a damaged line is no checkpoint, so a read
 entry says), the mirror still starts with exactly the hashed bytes, and no line of the prefix needed
 evidence from another partition. Then:
 
-- the scored file still starts with the hashed bytes and the exporter's `can_replay` accepts the
-  entries (RowExporter: every shipped candidate still in the export, no id repeated): the entries
-  are replayed and the lines after the prefix read;
+- the scored file still starts with the hashed bytes and the exporter accepts the partition's
+  block (RAG/SFT: what replaying the entries does, kept beside them; RowExporter's `Block`) or
+  its entries (`can_replay`: every shipped candidate still in the export, no id repeated): the
+  block or the entries are replayed and the lines after the prefix read (a block spares parsing
+  the entries at all; a grown partition's next checkpoint copies their JSON);
 - otherwise (score rewrote the partition: late verdicts re-scored some of its runs) each line is
   compared with its digest (its bytes and line number, and its byte offset for a line that could
   not be joined, whose quarantine row names the offset): runs of unchanged lines are replayed when
   the exporter accepts them, every other line is read.
 
 Lines that are read find their evidence in the mirror's checkpointed prefix when it holds their
-key, else in the mirror's appended lines. Anything else reads the partition from the start;
+key (read at the offset of the first line naming it), else in the mirror's appended lines. Anything else reads the partition from the start;
 `distill run --force` deletes the file first (`Stage.caches`).
 """
 from __future__ import annotations
