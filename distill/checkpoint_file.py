@@ -39,14 +39,6 @@ def entries_bytes(payload: bytes) -> memoryview | None:
     """The body of a checkpoint's entries array (the pieces `write` joined), when intact. The
     closing marker cannot occur inside the entries (a quote in a JSON string is escaped), so its
     last occurrence ends them."""
-    found = split_entries(payload)
-    return None if found is None else found[0]
-
-
-def split_entries(payload: bytes) -> tuple[memoryview, bytes] | None:
-    """(the entries array's body, the checkpoint's other fields as a JSON object) of a checkpoint
-    written with entries, when its entries are intact: a reader that may not need the entries
-    parses the rest alone."""
     if not payload.startswith(_ENTRIES_OPEN):
         return None
     cut = payload.rfind(_ENTRIES_CLOSE)
@@ -55,11 +47,7 @@ def split_entries(payload: bytes) -> tuple[memoryview, bytes] | None:
     at = cut + len(_ENTRIES_CLOSE)
     recorded = payload[at:at + 32]
     view = memoryview(payload)[len(_ENTRIES_OPEN):cut]
-    if xxhash.xxh3_128(view).hexdigest().encode() != recorded or payload[at + 32:at + 33] != b'"':
-        view.release()
-        return None
-    rest = payload[at + 33:]
-    return view, (b"{" + rest[1:] if rest.startswith(b",") else b"{}")
+    return view if xxhash.xxh3_128(view).hexdigest().encode() == recorded else None
 
 
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file

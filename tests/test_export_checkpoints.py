@@ -204,25 +204,6 @@ def _unknown_entry(kind: ExportKind) -> Callable[[Workspace], None]:
     return change
 
 
-def _edited_block(kind: ExportKind) -> Callable[[Workspace], None]:
-    """A count in each RAG/SFT block changed, the line still JSON (its block no longer the one
-    written: the entries are replayed)."""
-
-    def change(ws: Workspace) -> None:
-        path = ws.export_checkpoint_path(kind.value)
-        if path.exists():
-            lines = path.read_bytes().splitlines(keepends=True)
-            for n, line in enumerate(lines):
-                rel, tab, body = line.partition(b"\t")
-                at = body.rfind(b'"block":{"count":')
-                if tab and at >= 0:
-                    at += len(b'"block":{"count":')
-                    lines[n] = rel + tab + body[:at] + b"1" + body[at:]  # 7 -> 17
-            path.write_bytes(b"".join(lines))
-
-    return change
-
-
 def _edited_entry(ws: Workspace) -> None:
     """One character of a checkpoint entry changed, the line still JSON of the same length."""
     for kind in KINDS:
@@ -292,7 +273,6 @@ def test_a_resumed_export_is_a_full_export_whatever_changed(tmp_path: Path, expo
         "junk checkpoint": _junk_checkpoint(kind),
         "unknown entry": _unknown_entry(kind),
         "entry edited, still JSON": _edited_entry,
-        "block edited, still JSON": _edited_block(kind),
         "torn scored tail": _torn_scored_tail,
         "scored partition deleted": lambda ws: iter_partition_files(ws.scored_dir)[1].unlink(),
         "re-scored in place": _rescore_in_place,
@@ -502,10 +482,9 @@ def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A partition that grew is replayed from its checkpoint and its new lines read: its next
     checkpoint takes the replayed entries' JSON as it was written instead of writing each entry
-    again (as it still does for a partition too big to keep that JSON and replayed from its
-    entries, not its block), and holds what a full read writes."""
+    again (as it still does for a partition too big to keep that JSON), and holds what a full
+    read writes."""
     import distill.export.checkpoints as checkpoints_module
-    from distill.export.quarantine import RowExporter
 
     _, grown = generated
     a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
@@ -524,8 +503,6 @@ def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
 
         monkeypatch.setattr(checkpoint_file.JsonEntries, "add", counting)
         monkeypatch.setattr(checkpoints_module, "KEEP_RAW_BYTES", keep_raw_bytes)
-        if not keep_raw_bytes:
-            monkeypatch.setattr(RowExporter, "can_replay_block", lambda self, value: False)
         _export(ws, kind)
         monkeypatch.undo()
         return made
@@ -539,61 +516,3 @@ def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
                 for rel, line in _checkpoint_lines(ws, kind).items()}
 
     assert entries(a) == entries(b) == entries(c)
-
-
-@pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
-def test_an_unchanged_or_grown_partition_is_replayed_from_its_block(
-        tmp_path: Path, generated: tuple[Path, Path], exported_once: dict[ExportKind, Path], kind: ExportKind,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """RAG/SFT keep with each partition's checkpoint what replaying it does (counters, the ids it
-    produced, its quarantine lines): after an append, the partitions that only grew or did not
-    change are replayed from that block, their entries never parsed, and the export is the one a
-    full pass writes; with no blocks (a partition too big to keep one) it is the same again."""
-    import distill.export.checkpoints as checkpoints_module
-    import distill.export.quarantine as quarantine_module
-
-    _, grown = generated
-    a, b = _twins(tmp_path, exported_once, kind, _grow(grown))
-    c = Workspace(tmp_path / "c")
-    shutil.copytree(exported_once[kind], c.root)
-    _grow(grown)(c)
-    parsed: list[str] = []
-    real = checkpoints_module.ExportCheckpoints.entries
-
-    def spying(self: Any, found: dict[str, Any]) -> Any:
-        parsed.append(found["prefix_hash"])
-        return real(self, found)
-
-    monkeypatch.setattr(checkpoints_module.ExportCheckpoints, "entries", spying)
-    with_blocks = _state(a, kind, _export(a, kind))
-    monkeypatch.undo()
-    partitions = len(_checkpoint_lines(a, kind))
-    assert partitions >= 100 and len(parsed) <= partitions // 20  # the few score rewrote (all of them, without blocks)
-    assert with_blocks == _state(b, kind, _export(b, kind))
-    monkeypatch.setattr(quarantine_module, "BLOCK_BYTES", 0)
-    assert _state(c, kind, _export(c, kind)) == with_blocks
-
-
-@pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
-def test_a_block_being_built_holds_entries_for_a_gate_batch_at_most(
-        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A partition's block is folded in input order while the rows are read: the entries waiting
-    for it stay within a few gate batches (here a full read after the checkpoint was lost, most
-    rows already shipped), so a big partition is not held whole until it ends."""
-    import distill.export.quarantine as quarantine_module
-
-    _, b = _twins(tmp_path, exported_once, kind, lambda ws: None)
-    monkeypatch.setattr(quarantine_module, "GATE_BATCH", 4)
-    most = 0
-    real = quarantine_module.RowExporter._keep
-
-    def keeping(self: Any, i: int, entry: Any) -> None:
-        nonlocal most
-        real(self, i, entry)
-        most = max(most, len(self._fed))
-
-    monkeypatch.setattr(quarantine_module.RowExporter, "_keep", keeping)
-    report = _export(b, kind)
-    assert sum(s.deduped for s in report.by_source.values()) > 50
-    assert 0 < most <= 3 * 4

@@ -13,19 +13,19 @@ written (their xxh3-128 follows them: a damaged line is no checkpoint, so a read
 entry says), the mirror still starts with exactly the hashed bytes, and no line of the prefix needed
 evidence from another partition. Then:
 
-- the scored file still starts with the hashed bytes and the exporter accepts the partition's
-  block (RAG/SFT: what replaying the entries does, kept beside them; RowExporter's `Block`) or
-  its entries (`can_replay`: every shipped candidate still in the export, no id repeated): the
-  block or the entries are replayed and the lines after the prefix read (a block spares parsing
-  the entries at all; a grown partition's next checkpoint copies their JSON);
+- the scored file still starts with the hashed bytes and the exporter's `can_replay` accepts the
+  entries (RowExporter: every shipped candidate still in the export, no id repeated): the entries
+  are replayed and the lines after the prefix read (a grown partition's next checkpoint copies
+  their JSON as it was written);
 - otherwise (score rewrote the partition: late verdicts re-scored some of its runs) each line is
   compared with its digest (its bytes and line number, and its byte offset for a line that could
   not be joined, whose quarantine row names the offset): runs of unchanged lines are replayed when
   the exporter accepts them, every other line is read.
 
 Lines that are read find their evidence in the mirror's checkpointed prefix when it holds their
-key (read at the offset of the first line naming it), else in the mirror's appended lines. Anything else reads the partition from the start;
-`distill run --force` deletes the file first (`Stage.caches`).
+key (read at the offset of the first line naming it), else in the mirror's appended lines.
+Anything else reads the partition from the start; `distill run --force` deletes the file first
+(`Stage.caches`).
 """
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
-import xxhash
 from pydantic import ValidationError
 
-from distill.checkpoint_file import CheckpointFile, split_entries
+from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_bytes
 from distill.config import Settings
 from distill.export.reader import (
     Broken,
@@ -55,12 +54,12 @@ from distill.export.reader import (
 )
 from distill.export.scored_index import key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
-from distill.jsonl import RawLine, dumps, iter_raw_lines, line_at, loads
+from distill.jsonl import RawLine, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 6  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: RAG/SFT blocks
+EXPORT_CHECKPOINT_VERSION = 5  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -82,18 +81,6 @@ class PartitionExporter(Protocol):
     def replay(self, entries: list[Any], *, record: bool = True) -> None:
         """`record=False`: the entries are not handed over again by `end_partition` (the caller
         carries the partition's checkpoint over as it is)."""
-        ...
-
-    def take_block(self) -> dict[str, Any] | None:
-        """What replaying the partition `end_partition` just ended does, kept beside its entries
-        so the next run can replay it without parsing them (None: no block)."""
-        ...
-
-    def can_replay_block(self, value: Any) -> bool: ...
-
-    def replay_block(self) -> None:
-        """The rows of the block `can_replay_block` just accepted; their entries are not handed
-        over again (the caller copies them)."""
         ...
 
 
@@ -306,51 +293,32 @@ class ExportCheckpoints:
         self._file = CheckpointFile(path, accept)
 
     def get(self, rel: str) -> dict[str, Any] | None:
-        """The partition's checkpoint without its entries, which stay as written under
-        "entries_raw" (`entries` parses them; a block may make that unnecessary, and a grown
-        partition's next checkpoint copies them); "block" is None when there is none or it is not
-        the one written."""
+        """The partition's checkpoint; with its entries' JSON as written under "entries_raw" when
+        it is small (a grown partition's next checkpoint copies it instead of writing each entry
+        again), else None there."""
         payload = self._file.payload(rel)
-        parts = split_entries(payload) if payload is not None else None
-        if parts is None:
+        raw = entries_bytes(payload) if payload is not None else None
+        if payload is None or raw is None:
             return None
-        raw, body = parts
         with raw:
-            kept = bytes(raw)
-        del payload
+            kept = bytes(raw) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
         try:
-            found = loads(body)
+            found = loads(payload)
+            del payload
             found[RAW_ENTRIES] = kept
             found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
+            if not self._entries_ok(found[ENTRIES_KEY]) or len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
+                return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
                     return None
-            block = found.get("block")
-            if block is not None and xxhash.xxh3_128_hexdigest(dumps(block)) != found.get("block_xxh3"):
-                block = None  # not the bytes written: replay the entries
-            found["block"] = block
             return found
         except (ValueError, KeyError, TypeError):
             return None
 
-    def entries(self, found: dict[str, Any]) -> list[Any] | None:
-        """The partition's entries (None when they are not what this export writes, or not one per
-        recorded line). A busy partition's JSON is let go once parsed (not held beside its lists)."""
-        raw = found[RAW_ENTRIES]
-        try:
-            entries = loads(b"[" + raw + b"]")
-        except ValueError:
-            return None
-        if len(raw) > KEEP_RAW_BYTES:
-            found[RAW_ENTRIES] = None
-        if not self._entries_ok(entries) or len(found["digests"]) != LINE_DIGEST * len(entries):
-            return None
-        return entries
-
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, MirrorKeys], entries: Iterator[bytes], digests: bytes,
-              block: dict[str, Any] | None) -> None:
+              mirror: tuple[int, str, MirrorKeys], entries: Iterator[bytes], digests: bytes) -> None:
         """`entries`: the rows' entries in row order, as `JsonEntries.take` hands them out."""
         if not self.writable:
             return
@@ -358,15 +326,9 @@ class ExportCheckpoints:
         if sha is None:
             return
         end, mirror_sha, keys = mirror
-        body = {"end": scored.end, "lines": lines, "prefix_hash": sha, "mirror_end": end,
-                "mirror_prefix_hash": mirror_sha, **keys.texts(),
-                "line_digests": base64.b64encode(digests).decode("ascii")}
-        if block is not None:
-            try:
-                body.update(block=block, block_xxh3=xxhash.xxh3_128_hexdigest(dumps(block)))
-            except (UnicodeEncodeError, ValueError):
-                pass  # a value JSON cannot carry (a lone surrogate): no block, the entries still serve
-        self._file.write(rel, body, entries)
+        self._file.write(rel, {"end": scored.end, "lines": lines, "prefix_hash": sha, "mirror_end": end,
+                               "mirror_prefix_hash": mirror_sha, **keys.texts(),
+                               "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
     def keep(self, rel: str) -> bool:
         """The partition's checkpoint carried over unchanged (False: it has none now)."""
@@ -391,10 +353,10 @@ def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, M
 
 def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: PartitionExporter,
                      checkpoints: ExportCheckpoints) -> None:
-    """One scored partition through the exporter: its checkpoint replayed (its block, or its
-    entries) and the lines after it read; or, when the partition was rewritten (score re-scored
-    some of its runs), the entries of the lines that are as they were replayed and the others
-    read; or all of it read. Then its next checkpoint written (when one can be)."""
+    """One scored partition through the exporter: its checkpoint replayed and the lines after it
+    read; or, when the partition was rewritten (score re-scored some of its runs), the entries of
+    the lines that are as they were replayed and the others read; or all of it read. Then its next
+    checkpoint written (when one can be)."""
     rel = rel_path(ws, path)
     mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
     found = checkpoints.get(rel)
@@ -404,95 +366,68 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
             scored_hash = PrefixHash.resume(path, found["end"], found["prefix_hash"])
             try:
-                if scored_hash is not None and _block_fits(found) and exporter.can_replay_block(found["block"]):
-                    _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints, None)
-                    return
-                entries = checkpoints.entries(found)
-                if entries is not None:
-                    if scored_hash is not None and exporter.can_replay(entries):
-                        _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints, entries)
-                    else:
-                        _patch(ws, path, rel, found, tail, exporter, checkpoints, entries)
-                    return
+                if scored_hash is not None and exporter.can_replay(found[ENTRIES_KEY]):
+                    _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)
+                else:
+                    _patch(ws, path, rel, found, tail, exporter, checkpoints)
             finally:
                 tail.close()
+            return
     index.fallback_used = False
     read = LineEndHash(PrefixHash())
     digests = bytearray()
     for raw, item in iter_scored_lines(ws, index, path, on_chunk=read):
         digests += line_digest(raw, item)
         exporter.feed(item)
-    entries_out = exporter.end_partition()
-    block = exporter.take_block()
+    entries = exporter.end_partition()
     state = mirror_of_full_read(index, mirror)
-    if entries_out is not None and state is not None and not index.fallback_used and not read.after_newline:
-        checkpoints.write(rel, scored=read, scored_path=path, lines=read.newlines, mirror=state, entries=entries_out,
-                          digests=bytes(digests), block=block)
-
-
-def _block_fits(found: dict[str, Any]) -> bool:
-    """Whether the checkpoint has a block that stands for as many rows as it has line digests."""
-    block, digests = found["block"], found["digests"]
-    return (isinstance(block, dict) and not len(digests) % LINE_DIGEST
-            and block.get("count") == len(digests) // LINE_DIGEST)
+    if entries is not None and state is not None and not index.fallback_used and not read.after_newline:
+        checkpoints.write(rel, scored=read, scored_path=path, lines=read.newlines, mirror=state, entries=entries,
+                          digests=bytes(digests))
 
 
 def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: dict[str, Any], tail: TailEvidence,
-                 read: LineEndHash, lines: int, entries: Iterator[bytes] | None, digests: bytearray,
-                 block: dict[str, Any] | None) -> None:
+                 read: LineEndHash, lines: int, entries: Iterator[bytes] | None, digests: bytearray) -> None:
     state = tail.mirror_state() or (found["mirror_end"], found["mirror_prefix_hash"], found["keys"])
     if entries is not None and not tail.unsure and not read.after_newline:
         checkpoints.write(rel, scored=read, scored_path=path, lines=lines, mirror=state, entries=entries,
-                          digests=bytes(digests), block=block)
+                          digests=bytes(digests))
 
 
 def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence, scored_hash: PrefixHash,
-            exporter: PartitionExporter, checkpoints: ExportCheckpoints, entries: list[Any] | None) -> None:
-    """The partition only grew: replay its checkpoint whole (its block when `entries` is None, the
-    exporter having just accepted it), read the lines after it. A partition that did not grow
-    (most of them, after an append) keeps its checkpoint as it is, its entries not written out
-    again; one replayed from its entries gets the block the replay made beside them."""
+            exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
+    """The partition only grew: replay its checkpoint whole, read the lines after it. A partition
+    that did not grow (most of them, after an append) keeps its checkpoint as it is: its entries
+    are not written out again."""
     unchanged = file_size(path) == found["end"]
     raw: bytes | None = found.pop(RAW_ENTRIES)
-    if entries is None:
-        exporter.replay_block()
-    else:
-        # the exporter keeps the entries as JSON for the next checkpoint unless they are copied
-        # from this one (`raw`) or the partition did not grow
-        exporter.replay(entries, record=not unchanged and raw is None)
-        del entries  # let the parsed lists go
+    # the exporter keeps the entries as JSON for the next checkpoint unless they are copied from
+    # this one (`raw`) or the partition did not grow; either way let the parsed lists go
+    exporter.replay(found.pop(ENTRIES_KEY), record=not unchanged and raw is None)
     read = LineEndHash(scored_hash)
     digests = bytearray(found["digests"])
     for raw_line, item in iter_scored_lines(ws, tail, path, start=found["end"], lines_before=found["lines"],
                                             on_chunk=read):
         digests += line_digest(raw_line, item)
         exporter.feed(item)
-    pieces = exporter.end_partition()
-    block = exporter.take_block()
-    grew = bool(read.newlines or read.after_newline)
+    entries = exporter.end_partition()
     if not unchanged:
-        if raw and pieces is not None:
-            pieces = itertools.chain((raw,), pieces)  # the replayed entries' JSON, then the new ones'
-        _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, pieces, digests, block)
-    elif pieces is not None and not grew and not tail.unsure:
-        # else it grew after all (between the stat and the read): no checkpoint
-        if found["block"] is None and block is not None and raw is not None:
-            _write_after(checkpoints, rel, path, found, tail, read, found["lines"], iter((raw,)) if raw else iter(()),
-                         digests, block)
-        else:
-            checkpoints.keep(rel)
+        if raw and entries is not None:
+            entries = itertools.chain((raw,), entries)  # the replayed entries' JSON, then the new ones'
+        _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, entries, digests)
+    elif entries is not None and not read.newlines and not read.after_newline and not tail.unsure:
+        checkpoints.keep(rel)  # else it grew after all (between the stat and the read): no checkpoint
 
 
 def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: TailEvidence,
-           exporter: PartitionExporter, checkpoints: ExportCheckpoints, entries: list[Any]) -> None:
+           exporter: PartitionExporter, checkpoints: ExportCheckpoints) -> None:
     """The partition was rewritten: every line whose digest (bytes, number, and offset for a line
     that could not be joined) is the one recorded for the same row position gets its recorded entry
     back, in runs the exporter accepts (`can_replay`, asked per run: what came before may have
     changed it); every other line is read and joined. The entry of a row is a function of its line,
     its evidence and the export basis, and the mirror's prefix is as it was, so this gives what
     reading every line would."""
-    recorded = found["digests"]
-    found.pop(RAW_ENTRIES)
+    entries, recorded = found[ENTRIES_KEY], found["digests"]
     line = ScoredLineReader(ws, tail, path)
     read = LineEndHash(PrefixHash())
     digests = bytearray()
@@ -528,5 +463,4 @@ def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Tai
             feed(raw)
         k += 1
     replay_held()
-    pieces = exporter.end_partition()
-    _write_after(checkpoints, rel, path, found, tail, read, read.newlines, pieces, digests, exporter.take_block())
+    _write_after(checkpoints, rel, path, found, tail, read, read.newlines, exporter.end_partition(), digests)

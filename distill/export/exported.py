@@ -53,14 +53,6 @@ class ExportedIds:
     def __len__(self) -> int:
         return len(self._digests)
 
-    def holds_all(self, digests: bytes) -> bool:
-        """Whether every id whose key_digest is in `digests` (16 bytes each) is in the export."""
-        return self._digests.issuperset(_chunks(digests))
-
-    def holds_any(self, digests: bytes) -> bool:
-        """Whether any id whose key_digest is in `digests` (16 bytes each) is in the export."""
-        return not self._digests.isdisjoint(_chunks(digests))
-
 
 class PairsPerTask:
     """How many rows of the export carry each task id (0 for a task it does not hold)."""
@@ -107,13 +99,7 @@ def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task:
 def _digests(array: np.ndarray) -> list[bytes]:
     """The 16-byte digests of an S16 array as they are: numpy hands an element back without its
     trailing zero bytes, so one digest in 256 would not match its own key_digest."""
-    return _chunks(array.astype("S16").tobytes())
-
-
-def _chunks(raw: bytes) -> list[bytes]:
-    """16-byte digests laid end to end, one by one."""
-    if len(raw) % 16:
-        raise ValueError("digests are 16 bytes each")
+    raw = array.astype("S16").tobytes()
     return [raw[i:i + 16] for i in range(0, len(raw), 16)]
 
 

@@ -521,16 +521,6 @@ class _Pass1:
     def close(self) -> None:
         self._entries.close()
 
-    def take_block(self) -> None:
-        """No block: pairing needs every row, so a partition's first pass is replayed row by row."""
-        return None
-
-    def can_replay_block(self, value: Any) -> bool:
-        return False
-
-    def replay_block(self) -> None:
-        raise RuntimeError("the preference export keeps no blocks")
-
     def can_replay(self, entries: list[Pass1Entry]) -> bool:
         """Whether every entry is one this class writes (a damaged checkpoint is read as none)."""
         try:

@@ -7,7 +7,6 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,10 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from distill.checkpoint_file import JsonEntries
-from distill.export.exported import ExportedIds, Ids
+from distill.export.exported import Ids
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
-from distill.export.scored_index import key_digest
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
 from distill.records.stage import StageReport, Tally, TallyKey
@@ -135,99 +133,6 @@ so an "x" entry is never replayed). A "d" row keeps its sample id and run id whe
 stale-row check asks for them again)."""
 
 
-BLOCK_BYTES = 16 << 20  # a partition whose quarantine lines and ids pass this keeps no block
-
-
-class Block:
-    """What replaying a partition's entries does when none of its ids is in the export unless it
-    shipped there (the usual case), kept beside its checkpoint so an unchanged or grown partition
-    is replayed without parsing its entries: the counters in first-seen order, the ids the
-    candidates produced, the digests of the shipped ones (all must still be in the export) and of
-    the refused ones that name an id (none may be), the quarantine lines in input order.
-
-    Built by folding entries in input order (`add`, `extend`); `as_json` is the checkpoint's form."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.counts: Counter[TallyKey] = Counter()
-        self.gated: Counter[TallyKey] = Counter()
-        self.sids: list[str] = []
-        self.shipped = bytearray()
-        self.watch = bytearray()
-        self.lines: list[str] = []
-        self.size = 0
-
-    def add(self, entry: Entry) -> None:
-        code, source, category, reason, sid, _run_id, line = entry
-        self.count += 1
-        if code == "c":
-            self.counts[(source, "deduped", None, category)] += 1
-            self.sids.append(sid)
-            self.shipped += key_digest(sid)
-            self.size += len(sid)
-            return
-        if code == "g":
-            self.gated[(source, "quarantined", reason, category)] += 1
-            self.sids.append(sid)
-            self.watch += key_digest(sid)
-        elif code == "b" or code == "d":
-            self.counts[(source, "quarantined", reason, category)] += 1
-            if sid is not None:
-                self.watch += key_digest(sid)
-        else:
-            raise ValueError(f"no block for an entry coded {code!r}")
-        self.lines.append(line)
-        self.size += len(line) + (len(sid) if sid is not None else 0)
-
-    def extend(self, other: Block) -> None:
-        """`other`'s entries after these."""
-        self.count += other.count
-        self.counts.update(other.counts)  # a key already here keeps its place: first seen stays first
-        self.gated.update(other.gated)
-        self.sids += other.sids
-        self.shipped += other.shipped
-        self.watch += other.watch
-        self.lines += other.lines
-        self.size += other.size
-
-    def as_json(self) -> dict[str, Any]:
-        return {"count": self.count, "counts": [[*k, n] for k, n in self.counts.items()],
-                "gated": [[*k, n] for k, n in self.gated.items()], "sids": self.sids,
-                "shipped": base64.b64encode(bytes(self.shipped)).decode("ascii"),
-                "watch": base64.b64encode(bytes(self.watch)).decode("ascii"), "lines": "\n".join(self.lines)}
-
-    @classmethod
-    def from_json(cls, value: Any) -> Block:
-        """The block `as_json` wrote; ValueError/TypeError/KeyError on anything else."""
-        block = cls()
-        block.count = value["count"]
-        if type(block.count) is not int or block.count < 0:
-            raise ValueError("block count")
-        for name in ("counts", "gated"):
-            counter: Counter[TallyKey] = getattr(block, name)
-            for source, outcome, reason, category, n in value[name]:
-                if not (isinstance(source, str) and isinstance(outcome, str) and type(n) is int and n > 0
-                        and (reason is None or isinstance(reason, str)) and (category is None or isinstance(category, str))):
-                    raise TypeError("block counts")
-                counter[(source, outcome, reason, category)] = n
-        block.sids = value["sids"]
-        if not (isinstance(block.sids, list) and all(isinstance(sid, str) for sid in block.sids)):
-            raise TypeError("block ids")
-        block.shipped = bytearray(base64.b64decode(value["shipped"], validate=True))
-        block.watch = bytearray(base64.b64decode(value["watch"], validate=True))
-        if len(block.shipped) % 16 or len(block.watch) % 16:
-            raise ValueError("block digests")
-        lines = value["lines"]
-        if not isinstance(lines, str):
-            raise TypeError("block lines")
-        block.lines = [lines] if lines else []  # one piece: it is only ever handed on whole
-        block.size = len(lines) + sum(map(len, block.sids))
-        return block
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 class RowExporter:
     """The row loop every exporter shares: every input row ends written, deduped or quarantined.
 
@@ -242,8 +147,6 @@ class RowExporter:
     or a temporary file for a big partition) until `end_partition` hands the partition's entries
     over (a checkpoint); `replay` takes such entries instead of the rows they
     came from, producing the same lines and counters, when nothing they depended on has changed.
-    Beside them it folds the partition's `Block` (`take_block`), which `replay_block` replays
-    without the entries when `can_replay_block` finds the export as the block expects.
     """
 
     def __init__(
@@ -268,12 +171,6 @@ class RowExporter:
         self._next = 0
         self._entries = JsonEntries()
         self._repeat = False  # a row of this partition repeated an earlier id: no checkpoint for it
-        # this partition's Block, folded in input order: the entries of rows read wait in `_fed`
-        # until every row before them is folded (gating decides rows out of order)
-        self._block: Block | None = Block() if record else None
-        self._fed: list[tuple[int, Entry]] = []
-        self._finished: Block | None = None  # the last partition's, for `take_block`
-        self._ready: Block | None = None  # the block can_replay_block accepted last
         # firewall outcomes are counted after the reader pass, in input order, so the report's
         # counters come out in the same order whatever the batch size
         self._gated = Tally()
@@ -281,48 +178,13 @@ class RowExporter:
     def _line(self, rec: QuarantineRecord) -> bytes:
         return dumps(rec.to_json_dict())
 
-    def _keep(self, i: int, entry: Entry) -> None:
-        """A read row's entry, for the checkpoint and the partition's block."""
-        self._entries.add(i, entry)
-        if self._block is not None:
-            self._fed.append((i, entry))
-
-    def _settle(self) -> None:
-        """Decide every row read so far, hand them on, fold their entries into the block (so the
-        entries waiting for it stay within a gate batch)."""
-        self._gate()
-        self._flush()
-        self._fold_fed()
-
-    def _fold_fed(self) -> None:
-        """Fold the read rows' entries into the block, in input order (call when every row read
-        so far is decided). A block grown past BLOCK_BYTES is given up for this partition."""
-        fed, self._fed = self._fed, []
-        if self._block is not None and fed:
-            fed.sort(key=lambda item: item[0])
-            self._fold([entry for _, entry in fed])
-
-    def _fold(self, entries: list[Entry]) -> None:
-        """Entries in input order into the block."""
-        block = self._block
-        if block is None:
-            return
-        try:
-            for entry in entries:
-                block.add(entry)
-        except ValueError:
-            self._block = None
-            return
-        if block.size > BLOCK_BYTES:
-            self._block = None
-
     def _drop(self, i: int, source: str, rec: QuarantineRecord, category: str | None, entry: Entry) -> None:
         line = self._line(rec)
         self._out[i] = ("line", line)
         self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
         if self.record:
             entry[6] = line.decode("utf-8")
-            self._keep(i, entry)
+            self._entries.add(i, entry)
 
     def _flush(self) -> None:
         """Every row read so far is decided: hand them to the sinks in input order."""
@@ -353,12 +215,12 @@ class RowExporter:
                 self._out[i] = ("line", line)
                 self._gated.bump(item.source, "quarantined", reason=rec.reason.value, category=category)
                 if self.record:
-                    self._keep(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None,
-                                   line.decode("utf-8")])
+                    self._entries.add(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None,
+                                          line.decode("utf-8")])
             else:
                 self._gated.bump(item.source, "written", category=category)
                 if self.record:
-                    self._keep(i, ["c", item.source, category, None, cand.sample_id, None, None])
+                    self._entries.add(i, ["c", item.source, category, None, cand.sample_id, None, None])
 
     def _stale(self, sid: str, run_id: str, category: str, reason: str) -> None:
         self.result.stale.append(
@@ -369,9 +231,8 @@ class RowExporter:
         i = self._next
         self._next += 1
         if self._out and (not self._pending or len(self._out) >= MAX_HELD):
-            self._settle()  # a row's verdict does not depend on its batch: gate early, hand everything on
-        elif len(self._fed) >= GATE_BATCH and not self._pending and not self._out:
-            self._fold_fed()  # rows decided at once (already shipped): nothing waits, fold them
+            self._gate()  # a row's verdict does not depend on its batch: gate early, hand everything on
+            self._flush()
         if isinstance(item, Broken):
             self._drop(i, item.source, quarantine_broken(self.stage, item), None,
                        ["b", item.source, None, item.reason.value, None, None, None])
@@ -399,62 +260,21 @@ class RowExporter:
         if sid in self.existing_ids:
             self.report.source(item.source).bump("deduped", category=category)
             if self.record:
-                self._keep(i, ["c", item.source, category, None, sid, None, None])
+                self._entries.add(i, ["c", item.source, category, None, sid, None, None])
             return
         self._pending.append((i, item, decision))
         if len(self._pending) >= GATE_BATCH:
-            self._settle()
+            self._gate()
+            self._flush()
 
     def end_partition(self) -> Iterator[bytes] | None:
         """Decide and hand on every row read so far; the entries of the rows since the last call
         (None when they cannot make a checkpoint: not recording, or a row repeated an id)."""
-        self._settle()
+        self._gate()
+        self._flush()
         entries = self._entries.take()
         repeat, self._repeat = self._repeat, False
-        self._finished = self._block if not repeat else None
-        self._block = Block() if self.record else None
         return entries if self.record and not repeat else None
-
-    def take_block(self) -> dict[str, Any] | None:
-        """The block of the partition `end_partition` just ended, as its checkpoint keeps it
-        (None: it keeps none)."""
-        block, self._finished = self._finished, None
-        return None if block is None else block.as_json()
-
-    def can_replay_block(self, value: Any) -> bool:
-        """Whether replaying this block (as `take_block` gave it) gives what replaying its entries
-        would: every shipped id still in the export, no refused row's id in it, no id produced
-        earlier in this input or twice in the block."""
-        self._ready = None
-        existing = self.existing_ids
-        if not isinstance(existing, ExportedIds):
-            return False
-        try:
-            block = Block.from_json(value)
-        except (ValueError, TypeError, KeyError):
-            return False
-        if (not self.seen.isdisjoint(block.sids) or len(set(block.sids)) != len(block.sids)
-                or not existing.holds_all(bytes(block.shipped)) or existing.holds_any(bytes(block.watch))):
-            return False
-        self._ready = block
-        return True
-
-    def replay_block(self) -> None:
-        """The rows of the block `can_replay_block` just accepted (their entries are not handed
-        over again: the caller copies them)."""
-        block, self._ready = self._ready, None
-        assert block is not None
-        self._settle()
-        self.seen.update(block.sids)
-        text = block.text()
-        if text:
-            self.on_quarantine(text.encode("utf-8"))
-        for key, n in block.gated.items():
-            self._gated.add(key, n)
-        Tally.of(Counter(block.counts)).into(self.report)
-        self._next += block.count
-        if self._block is not None:
-            self._block.extend(block)
 
     def can_replay(self, entries: list[Entry]) -> bool:
         """Whether these entries give what reading their rows would: no candidate's id was produced
@@ -479,7 +299,8 @@ class RowExporter:
         checkpoint is kept as it is). A replayed partition is most of what a run after an append
         does, so its rows are counted in one Counter and its quarantine lines go to the sink as
         one block (the same bytes as one line at a time)."""
-        self._settle()
+        self._gate()
+        self._flush()
         counts: Counter[TallyKey] = Counter()
         lines: list[str] = []
         existing = self.existing_ids
@@ -505,7 +326,6 @@ class RowExporter:
                 self._entries.add(at, entry)
         self._next += len(entries)
         Tally.of(counts).into(self.report)
-        self._fold(entries)
 
     def finish(self) -> RowExport:
         self._gate()

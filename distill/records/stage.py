@@ -109,10 +109,6 @@ class Tally:
     def bump(self, source: str, field: str, *, reason: str | None = None, category: str | None = None) -> None:
         self._counts[(source, field, reason, category)] += 1
 
-    def add(self, key: TallyKey, n: int) -> None:
-        """`n` bumps of one key at once."""
-        self._counts[key] += n
-
     def into(self, report: StageReport) -> None:
         for (source, field, reason, category), n in self._counts.items():
             report.source(source).bump(field, reason=reason, category=category, n=n)
