@@ -52,7 +52,7 @@ from distill.export.reader import (
     iter_scored_lines,
     rel_path,
 )
-from distill.export.scored_index import key_digest
+from distill.export.scored_index import digest_position, key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
 from distill.jsonl import RawLine, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
@@ -143,11 +143,8 @@ class MirrorKeys:
 
     def offset(self, digest: bytes) -> int | None:
         """Where the first line naming this key starts, None when no line of the prefix names it."""
-        if not len(self.keys):
-            return None
-        probe = np.array(digest, dtype="S16")
-        at = min(int(np.searchsorted(self.keys, probe)), len(self.keys) - 1)
-        return int(self.offsets[at]) if self.keys[at] == probe else None
+        at = digest_position(self.keys, digest)
+        return None if at is None else int(self.offsets[at])
 
     def texts(self) -> dict[str, str]:
         return {"mirror_keys": base64.b64encode(self.keys.tobytes()).decode("ascii"),

@@ -77,9 +77,7 @@ class _SortedCodes:
 
     def at(self, key: bytes) -> int | None:
         """The group of one key, None when it is not a key."""
-        probe = np.array(key, dtype="S16")
-        at = int(np.searchsorted(self.keys, probe))
-        return at if at < len(self.keys) and self.keys[at] == probe else None
+        return digest_position(self.keys, key)
 
     def find(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each probe digest: whether it is a key, and its group's position (valid when found).
@@ -90,8 +88,8 @@ class _SortedCodes:
             return np.zeros(len(probes), dtype=bool), np.zeros(len(probes), dtype=np.int64)
         probes = np.asarray(probes, dtype="S16")
         if self._high is None:
-            self._high = _high_halves(self.keys)
-        high = _high_halves(probes)
+            self._high = _halves(self.keys)[0].astype(np.uint64)  # native order: a faster search
+        high = _halves(probes)[0].astype(np.uint64)
         at = np.minimum(np.searchsorted(self._high, high), len(self.keys) - 1)
         found = self.keys[at] == probes
         again = np.flatnonzero(~found & (self._high[at] == high))  # the half is shared: another key may match
@@ -101,9 +99,17 @@ class _SortedCodes:
         return found, at
 
 
-def _high_halves(digests: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each 16-byte digest as a big-endian integer (the bytes' order)."""
-    return np.frombuffer(digests.astype("S16").tobytes(), dtype=">u8")[::2].astype(np.uint64)
+def digest_position(keys: np.ndarray, digest: bytes) -> int | None:
+    """Where a 16-byte digest is in sorted unique S16 `keys`, None when it is not there."""
+    probe = np.array(digest, dtype="S16")
+    at = int(np.searchsorted(keys, probe))
+    return at if at < len(keys) and keys[at] == probe else None
+
+
+def _halves(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last 8 bytes of each 16-byte digest as big-endian integers (the bytes' order)."""
+    halves = np.frombuffer(digests.astype("S16").tobytes(), dtype=">u8").reshape(-1, 2)
+    return halves[:, 0], halves[:, 1]
 
 
 def sort_digests(keys: np.ndarray) -> np.ndarray:
@@ -111,8 +117,7 @@ def sort_digests(keys: np.ndarray) -> np.ndarray:
     bytes compare as unsigned, so the order is that of the big-endian 64-bit halves, and sorting by
     the first half alone is already the order unless two different keys share it (checked; then
     both halves are sorted)."""
-    halves = np.frombuffer(keys.tobytes(), dtype=">u8").reshape(-1, 2)
-    high, low = halves[:, 0], halves[:, 1]
+    high, low = _halves(keys)
     order = np.argsort(high, kind="stable")
     high_sorted, low_sorted = high[order], low[order]
     if bool(np.any((high_sorted[1:] == high_sorted[:-1]) & (low_sorted[1:] < low_sorted[:-1]))):
