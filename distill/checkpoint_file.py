@@ -25,6 +25,7 @@ from distill.jsonl import READ_CHUNK, dumps, loads
 ENTRIES_KEY = "entries"
 ENTRIES_DIGEST_KEY = "entries_digest"
 _ENTRIES_OPEN = b'{"' + ENTRIES_KEY.encode() + b'":['
+ENTRIES_HEAD = _ENTRIES_OPEN  # what a checkpoint written with entries starts with
 _ENTRIES_CLOSE = b'],"' + ENTRIES_DIGEST_KEY.encode() + b'":"'
 
 

@@ -116,6 +116,10 @@ class Workspace:
         (distill.export.checkpoints), so that a run after an append reads only the new lines."""
         return self.root / f".distill.export-{kind}.json"
 
+    def kept_decisions_path(self, kind: str) -> Path:
+        """Every row's decision in the last export of `kind` that pairs rows (distill.export.kept_decisions)."""
+        return self.root / f".distill.decisions-{kind}.npz"
+
     def passed_gates_path(self, kind: str) -> Path:
         """Digests of the gate inputs that passed the last export of `kind` (distill.export.passed_gates)."""
         return self.root / f".distill.gates-{kind}.npz"

@@ -6,7 +6,7 @@ evidence partition it joined against with the digests of that prefix's valid evi
 one entry per scored line with a digest of that line. RAG/SFT keep a `quarantine.Entry` (its
 outcome, the quarantine line it produced, its sample id); the preference export keeps what its
 first pass made of the line (`preference.Pass1Entry`: the row pairing needs, or its refusal;
-pairing itself is redone). A checkpoint is trusted only when the `distill` code, the [export]
+pairing is redone for the tasks a change touches, see `kept_decisions`). A checkpoint is trusted only when the `distill` code, the [export]
 settings, the export's flags, the repository tree and benchmark files the gates read and the secret
 scanner's version are the same (one basis for the file), the partition's entries are the bytes
 written (their xxh3-128 follows them: a damaged line is no checkpoint, so a reader may trust what an
@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -40,8 +40,9 @@ from typing import IO, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from distill.checkpoint_file import ENTRIES_KEY, CheckpointFile, entries_bytes
+from distill.checkpoint_file import ENTRIES_HEAD, ENTRIES_KEY, CheckpointFile, entries_bytes
 from distill.config import Settings
+from distill.errors import UsageError
 from distill.export.reader import (
     Broken,
     EvidenceIndex,
@@ -76,9 +77,9 @@ class PartitionExporter(Protocol):
         """The entries of the rows since the last call, as `JsonEntries.take` hands them out."""
         ...
 
-    def can_replay(self, entries: list[Any]) -> bool: ...
+    def can_replay(self, entries: Sequence[Any]) -> bool: ...
 
-    def replay(self, entries: list[Any], *, record: bool = True) -> None:
+    def replay(self, entries: Sequence[Any], *, record: bool = True) -> None:
         """`record=False`: the entries are not handed over again by `end_partition` (the caller
         carries the partition's checkpoint over as it is)."""
         ...
@@ -113,6 +114,55 @@ def _row_entries(entries: Any) -> bool:
 
 def _any_entries(entries: Any) -> bool:
     return isinstance(entries, list) and all(isinstance(e, list) and e for e in entries)
+
+
+class LazyEntries(Sequence[Any]):
+    """A preference checkpoint's entries, parsed on first use: a replayed row whose decision the
+    export keeps from the last run (distill.export.kept_decisions) needs none of them, only their
+    count. Their bytes passed the entries' digest, so they are the bytes written; entries that
+    still do not parse as written are a checkpoint no run of ours made."""
+
+    def __init__(self, body: bytes, count: int) -> None:
+        self._body: bytes | None = body
+        self._count = count
+        self._list: list[Any] | None = None
+
+    def parsed(self) -> list[Any]:
+        if self._list is None:
+            assert self._body is not None
+            found = loads(b"[" + self._body + b"]")
+            if not _any_entries(found) or len(found) != self._count:
+                raise UsageError("an export checkpoint holds entries no run wrote; `distill run --force` starts the "
+                                 "exports from their inputs")
+            self._list, self._body = found, None
+        return self._list
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return _Span(self, *i.indices(self._count)[:2])
+        return self.parsed()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.parsed())
+
+
+class _Span(Sequence[Any]):
+    """Entries start .. stop of a LazyEntries, parsed (all of them) only when one is used."""
+
+    def __init__(self, whole: LazyEntries, start: int, stop: int) -> None:
+        self._whole, self._start, self._stop = whole, start, max(start, stop)
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._whole.parsed()[self._start:self._stop][i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._whole.parsed()[self._start:self._stop])
 
 
 class MirrorKeys:
@@ -278,8 +328,9 @@ class ExportCheckpoints:
     def __init__(self, path: Path, basis: str, *, writable: bool = True, row_entries: bool = True) -> None:
         self.path = path
         self.basis = basis
-        # RAG/SFT keep RowExporter entries; the preference export its own (checked by can_replay)
-        self._entries_ok = _row_entries if row_entries else _any_entries
+        # RAG/SFT keep RowExporter entries, checked and parsed here; the preference export its own
+        # (checked by can_replay), parsed when first used (LazyEntries)
+        self._entries_ok = _row_entries if row_entries else None
         self.writable = writable  # a dry run reads checkpoints and writes none
 
         def accept(line: bytes) -> dict[str, Any] | None:
@@ -288,6 +339,9 @@ class ExportCheckpoints:
             return header if ours and header.get("basis") == basis else None
 
         self._file = CheckpointFile(path, accept)
+        header = self._file.header
+        # the run that wrote the file (what the preference export's kept decisions are tied to)
+        self.token: str | None = header.get("run") if isinstance(header, dict) and isinstance(header.get("run"), str) else None
 
     def get(self, rel: str) -> dict[str, Any] | None:
         """The partition's checkpoint; with its entries' JSON as written under "entries_raw" when
@@ -298,14 +352,23 @@ class ExportCheckpoints:
         if payload is None or raw is None:
             return None
         with raw:
-            kept = bytes(raw) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
+            lazy = self._entries_ok is None
+            body = bytes(raw) if lazy else None
+            kept = (body if lazy else bytes(raw)) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
+            rest = len(ENTRIES_HEAD) + len(raw) + 1  # after the entries' closing bracket: `,"entries_digest":...}`
         try:
-            found = loads(payload)
+            found = loads(b"{" + payload[rest + 1:]) if lazy else loads(payload)
             del payload
             found[RAW_ENTRIES] = kept
             found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
-            if not self._entries_ok(found[ENTRIES_KEY]) or len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
+            if body is not None:
+                if len(found["digests"]) % LINE_DIGEST:
+                    return None
+                found[ENTRIES_KEY] = LazyEntries(body, len(found["digests"]) // LINE_DIGEST)
+            elif self._entries_ok is None or not self._entries_ok(found[ENTRIES_KEY]):
+                return None
+            if len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
                 return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
@@ -331,9 +394,13 @@ class ExportCheckpoints:
         """The partition's checkpoint carried over unchanged (False: it has none now)."""
         return self.writable and self._file.keep(rel)
 
-    def save(self) -> None:
+    def save(self, token: str | None = None) -> None:
+        """`token`: names the run that wrote the file, for what is kept beside it."""
         if self.writable:
-            self._file.save({"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis})
+            header: dict[str, Any] = {"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis}
+            if token is not None:
+                header["run"] = token
+            self._file.save(header)
 
     def discard(self) -> None:
         self._file.discard()
@@ -437,7 +504,8 @@ def _patch(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Tai
         exporter.feed(item)
 
     def replay_held() -> None:
-        run = [entries[k] for _, k in held]
+        run = entries[held[0][1]:held[-1][1] + 1] if held else []
+        assert len(run) == len(held)  # held lines are consecutive rows
         if run and exporter.can_replay(run):
             exporter.replay(run)
             for _, k in held:

@@ -23,29 +23,37 @@ output is the same bytes whatever the number of buckets.
 What pass 1 makes of a scored line depends only on the line, its evidence and the export basis,
 so it is kept per scored partition in the export checkpoint (`distill.export.checkpoints`, the
 RAG/SFT mechanism): after an append, the unchanged prefix of each partition is replayed from its
-entries (no JSON parse, join, validation or gate) and only the appended lines are read. Pairing
-then runs over every row again, as before.
+entries (no JSON parse, join, validation or gate) and only the appended lines are read. With the
+last run's decisions (`distill.export.kept_decisions`), a replayed row of a task no change
+touched is not even spilled: its decision and quarantine line are last run's, and only the rows
+of dirty tasks are read back from the checkpoint and paired.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
+import mmap
 import operator
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import xxhash
 from pydantic import ValidationError
 
 from distill.checkpoint_file import JsonEntries
 from distill.export.checkpoints import PartitionExporter
 from distill.export.exported import Ids, PerTask
 from distill.export.gates import Firewall, GateInput, meta_text
+from distill.export.kept_decisions import WRITTEN, KeptDecisions, NextDecisions, dirty_tasks
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -82,6 +90,13 @@ RowKey = tuple[str, str]  # (run_id, sig_hash)
 Reason = tuple[QuarantineReason, str]
 EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
+Reread = Callable[[str], "list[Any] | None"]  # scored partition -> its checkpoint's entries, as replayed
+
+
+class PreferencePass(PartitionExporter, Protocol):
+    """The first pass as `read_rows` drives it: each partition named before its rows go through."""
+
+    def start_partition(self, rel: str) -> None: ...
 
 
 def pref_id(chosen: RowKey, rejected: RowKey) -> str:
@@ -136,6 +151,9 @@ class PreferenceExport:
     pairs_cross_source: int = 0
     pairs_existing: int = 0
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
+    rows_kept: int = 0  # rows whose decision was the last run's (their task unchanged)
+    decisions: NextDecisions | None = None  # every row's, for the next run
+    quarantine: tuple[int, str] | None = None  # (size, xxh3-128) of the quarantine lines written
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,20 +464,49 @@ class _Pass1:
     the export: pairing decides everything else), so replayed entries give the rows a read would."""
 
     def __init__(self, firewall: Firewall | PassedGates, payload: _Payload, early: RecordFile,
-                 buckets: list[RecordFile], *, record: bool) -> None:
+                 buckets: list[RecordFile], *, record: bool, decisions: NextDecisions, cross_source: bool,
+                 kept: KeptDecisions | None = None) -> None:
         self.firewall = firewall
         self.payload = payload
         self.early = early  # Decided rows, in input order
         self.buckets = buckets
         self.record = record
+        self.decisions = decisions  # every row's task, question and gate digest, by input index
+        self.cross_source = cross_source
+        self.kept = kept
         self.batch: list[tuple[int, Joined, str]] = []
         self._next = 0  # input index of the next line
         self._entries = JsonEntries()  # this partition's, as JSON until its checkpoint is written
         self._ready: list[_Ready] = []  # the entries can_replay parsed last
         self.replayed = 0  # lines taken from checkpoints
+        self._rel: str | None = None  # the scored partition being read (start_partition)
+        self._position = 0  # its rows so far
+        self._part_start = 0
+        # replayed rows with kept decisions, not spilled (yet): (partition, first index, first position, rows)
+        self.deferred: list[tuple[str, int, int, int]] = []
+        self.matched = np.zeros(kept.count if kept is not None else 0, dtype=bool)  # kept rows replayed as they were
+        self.rows_kept = 0  # deferred rows of clean tasks: last run's decision stands
+
+    def start_partition(self, rel: str) -> None:
+        """The rows after this belong to the scored partition `rel` (so a row's kept decision is
+        found by its partition and position)."""
+        self._end_part()
+        self._rel, self._position, self._part_start = rel, 0, self._next
+
+    def _end_part(self) -> None:
+        if self._rel is not None:
+            self.decisions.parts.append((self._rel, self._next - self._part_start))
+            self._rel = None
+
+    def _question(self, cross: bool, prompt: str) -> str | None:
+        return prompt if cross and self.cross_source else None
+
+    def _defers(self, n: int) -> bool:
+        return self.kept is not None and self._rel is not None and self.kept.eligible(self._rel, self._position, n)
 
     def _refuse(self, index: int, decided: Decided) -> None:
         self.early.append(decided)
+        self.decisions.row(index, None, None, None)
         if self.record:
             _, source, category, reason, line, _ = decided
             self._entries.add(index, ["q", source, category, reason, line.decode("utf-8")])
@@ -467,6 +514,7 @@ class _Pass1:
     def feed(self, item: ReaderItem) -> None:
         i = self._next
         self._next += 1
+        self._position += 1
         if isinstance(item, Broken):
             self._refuse(i, _quarantined(i, item.source, None, quarantine_broken(STAGE, item)))
             return
@@ -508,8 +556,10 @@ class _Pass1:
                 offset=self.payload.put(spilled),
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
+            passed = input_digest(gate) if failure is None else None
+            self.decisions.row(i, row.task_id, self._question(row.cross_candidate, prompt), passed)
             if self.record:
-                self._entries.add(i, _row_entry(row, spilled, input_digest(gate) if failure is None else None))
+                self._entries.add(i, _row_entry(row, spilled, passed))
         self.batch.clear()
 
     def end_partition(self) -> Iterator[bytes] | None:
@@ -519,10 +569,16 @@ class _Pass1:
         return entries if self.record else None
 
     def close(self) -> None:
+        self._end_part()
         self._entries.close()
 
-    def can_replay(self, entries: list[Pass1Entry]) -> bool:
-        """Whether every entry is one this class writes (a damaged checkpoint is read as none)."""
+    def can_replay(self, entries: Sequence[Pass1Entry]) -> bool:
+        """Whether every entry is one this class writes (a damaged checkpoint is read as none).
+        Entries with kept decisions are only looked at here: the ones a dirty task needs are
+        parsed when they are read back (`settle`)."""
+        if self._defers(len(entries)):
+            self._ready = []  # not parsed: the entries' digest says they are the bytes written
+            return True
         try:
             self._ready = [_parse_entry(e) for e in entries]
         except (ValueError, TypeError, KeyError, IndexError, ValidationError):
@@ -530,31 +586,99 @@ class _Pass1:
             return False
         return True
 
-    def replay(self, entries: list[Pass1Entry], *, record: bool = True) -> None:
+    def replay(self, entries: Sequence[Pass1Entry], *, record: bool = True) -> None:
         """The lines these entries stand for (can_replay parsed them), in input order; `record=False`:
         their entries are not handed over again (the partition's checkpoint is kept as it is)."""
         self.flush()
-        ready, self._ready = self._ready, []
-        passed: list[bytes] = []
-        buckets, many = self.buckets, len(self.buckets) > 1
-        for entry, (code, fields, spilled, extra) in zip(entries, ready, strict=True):
-            i = self._next
-            self._next += 1
-            if code == "q":
-                assert extra is not None
-                self.early.append((i, *fields, extra, False))
-            else:
-                assert spilled is not None
-                # Row.as_tuple() of the row, without making the Row: (index, key, task id, ..., offset)
-                row = (i, (fields[0], fields[1]), *fields[2:], self.payload.put(spilled))
-                buckets[bucket_of(fields[2], len(buckets)) if many else 0].append(row)
-                if extra is not None:
-                    passed.append(extra)
+        n = len(entries)
+        if self._defers(n):
+            assert self.kept is not None and self._rel is not None
+            first = self.kept.first_row(self._rel) + self._position
+            self.deferred.append((self._rel, self._next, self._position, n))
+            self.matched[first:first + n] = True
+            self.decisions.kept_rows(self._next, self.kept, slice(first, first + n))
             if self.record and record:
-                self._entries.add(i, entry)
-        self.replayed += len(entries)
+                for k, entry in enumerate(entries):
+                    self._entries.add(self._next + k, entry)
+            self._next += n
+            self._position += n
+            self.replayed += n
+            return
+        ready, self._ready = self._ready, []
+        for entry, parsed in zip(entries, ready, strict=True):
+            self._spill(self._next, parsed, self.buckets)
+            if self.record and record:
+                self._entries.add(self._next, entry)
+            self._next += 1
+        self._position += n
+        self.replayed += n
+
+    def _spill(self, i: int, parsed: _Ready, buckets: list[RecordFile]) -> None:
+        """A row replayed from its entry, at input index `i`."""
+        code, fields, spilled, extra = parsed
+        if code == "q":
+            assert extra is not None
+            self.early.append((i, *fields, extra, False))
+            self.decisions.row(i, None, None, None)
+            return
+        assert spilled is not None
+        # Row.as_tuple() of the row, without making the Row: (index, key, task id, ..., offset)
+        row = (i, (fields[0], fields[1]), *fields[2:], self.payload.put(spilled))
+        buckets[bucket_of(fields[2], len(buckets)) if len(buckets) > 1 else 0].append(row)
+        self.decisions.row(i, fields[2], self._question(fields[7], fields[3]), extra)
+        if extra is not None and isinstance(self.firewall, PassedGates):
+            self.firewall.passed_before([extra])
+
+    def settle(self, reread: Reread, late: list[RecordFile], lines: memoryview | bytes) -> Iterator[Decided]:
+        """After every partition went through: the deferred rows of dirty tasks are read back from
+        their checkpoint entries and spilled to `late` (same buckets, input order); the others are
+        last run's decisions, returned as one sorted run (quarantine lines from `lines`, the last
+        run's quarantine file)."""
+        kept = self.kept
+        if kept is None or not self.deferred:
+            return iter(())
+        tasks, questions = self.decisions.task_codes(), self.decisions.question_codes()
+        deferred = np.zeros(len(tasks), dtype=bool)
+        for _, first, _, n in self.deferred:
+            deferred[first:first + n] = True
+        rows = kept.rows
+        unmatched = ~self.matched
+        seeds = np.concatenate((tasks[~deferred], rows["task"][unmatched], rows["task"][rows["outcome"] == WRITTEN]))
+        dirty = dirty_tasks(tasks, questions, seeds, rows["question"][unmatched], len(self.decisions.tasks),
+                            len(self.decisions.questions))
+        dirty_at = np.concatenate(([False], dirty))  # by task code + 1 (NONE: never dirty)
+        clean_runs: list[tuple[np.ndarray, np.ndarray]] = []
+        passed: list[np.ndarray] = []
+        entries: list[Any] | None = None
+        entries_of: str | None = None
+        for rel, first, position, n in self.deferred:
+            codes = tasks[first:first + n]
+            is_dirty = dirty_at[codes + 1]
+            kept_first = kept.first_row(rel) + position
+            clean = np.flatnonzero(~is_dirty)
+            if len(clean):
+                self.rows_kept += len(clean)
+                clean_runs.append((kept_first + clean, first + clean))
+                got = kept.passed[kept_first + clean]
+                passed.append(got[got.view(np.uint64).reshape(-1, 2).any(axis=1)])
+            redo = np.flatnonzero(is_dirty).tolist()
+            if not redo:
+                continue
+            if entries_of != rel:
+                entries, entries_of = reread(rel), rel
+            if entries is None or len(entries) < position + n:
+                raise UsageError(f"the preference export checkpoint of {rel} changed while it was read; "
+                                 f"`distill run --force` starts the exports from their inputs")
+            for k in redo:
+                try:
+                    parsed = _parse_entry(entries[position + k])
+                except (ValueError, TypeError, KeyError, IndexError, ValidationError) as exc:
+                    raise UsageError(f"the preference export checkpoint of {rel} holds an entry it never writes "
+                                     f"({exc}); `distill run --force` starts the exports from their inputs") from exc
+                self._spill(first + k, parsed, late)
         if passed and isinstance(self.firewall, PassedGates):
-            self.firewall.passed_before(passed)
+            self.firewall.passed_before([a.tobytes() for a in passed if len(a)])
+        return itertools.chain.from_iterable(kept.decided(k, i, lines) for k, i in clean_runs)
 
 
 def _row(t: tuple[Any, ...], shared: dict[str, str]) -> Row:
@@ -565,7 +689,7 @@ def _row(t: tuple[Any, ...], shared: dict[str, str]) -> Row:
                shared.setdefault(source, source), *rest)
 
 
-def _rows(bucket: RecordFile) -> Iterator[Row]:
+def _rows(bucket: Iterable[tuple[Any, ...]]) -> Iterator[Row]:
     """The task bucket's rows in input order."""
     shared: dict[str, str] = {}
     return (_row(t, shared) for t in bucket)
@@ -727,12 +851,14 @@ def _pair_cross_bucket(parts: list[RecordFile], pairer: _Pairer, unpaired: Recor
 
 
 def export_preference(
-    read_rows: Callable[[PartitionExporter], None],
+    read_rows: Callable[[PreferencePass], None],
     firewall: Firewall | PassedGates,
     report: StageReport,
     *,
     record: bool,
     evidence_text: EvidenceText,
+    kept: KeptDecisions | None = None,
+    reread: Reread | None = None,
     existing_ids: Ids,
     existing_per_task: PerTask,
     max_pairs_per_task: int,
@@ -745,17 +871,30 @@ def export_preference(
     """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order.
     `read_rows` feeds pass 1 every scored partition in order (`export_partition`: read, or
     replayed from its checkpoint; `record` keeps the entries for the next checkpoints).
-    `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates)."""
+    `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates).
+    `kept`: the last run's decisions, with `reread` to read a partition's checkpoint entries again
+    (the rows of dirty tasks among those replayed); `read_rows` then names each partition
+    (`start_partition`) before it goes through."""
+    if reread is None:
+        kept = None
     result = PreferenceExport(pairs_existing=len(existing_ids))
-    with Spill(spill_dir) as spill:
+    decisions = NextDecisions(kept)
+    with Spill(spill_dir) as spill, contextlib.ExitStack() as stack:
         payload = _Payload(spill.records("payload"), evidence_text)
         early = spill.records("early", batch=IN_ORDER_BATCH)
         task_buckets = spill.buckets("task", buckets, batch=IN_ORDER_BATCH)
-        pass1 = _Pass1(firewall, payload, early, task_buckets, record=record)
+        pass1 = _Pass1(firewall, payload, early, task_buckets, record=record, decisions=decisions,
+                       cross_source=cross_source, kept=kept)
         read_rows(pass1)
         pass1.flush()
         pass1.close()
         result.lines_replayed = pass1.replayed
+        late = spill.buckets("late", buckets, batch=IN_ORDER_BATCH)
+        clean: Iterator[Decided] = iter(())
+        if kept is not None and pass1.deferred:
+            assert reread is not None
+            clean = pass1.settle(reread, late, stack.enter_context(_mapped(kept.quarantine)))
+        result.rows_kept = pass1.rows_kept
 
         # cross candidates go to a part per (question bucket, task bucket), each in input order
         cross_parts = ([spill.buckets(f"cross-{c}", buckets, batch=IN_ORDER_BATCH) for c in range(buckets)]
@@ -768,7 +907,8 @@ def export_preference(
             refused = spill.records(f"task-refused-{b}", batch=IN_ORDER_BATCH)
             decided_run = spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH)
             cross_out = [parts[b] for parts in cross_parts] if cross_parts is not None else None
-            result.pairs_same_task += _pair_task_bucket(_rows(bucket), pairer, refused, decided_run, cross_out)
+            rows = merge_sorted([bucket, late[b]], key=_INDEX) if late[b].count else bucket
+            result.pairs_same_task += _pair_task_bucket(_rows(rows), pairer, refused, decided_run, cross_out)
             for run in (refused, decided_run):
                 run.seal()  # its write buffer goes now, not when the merge reads it
                 decided_runs.append(run)
@@ -793,14 +933,43 @@ def export_preference(
             on_sample(line)
         tally = Tally()
         last = -1
-        for index, source, category, reason, line, deduped in merge_sorted(decided_runs, key=lambda d: d[0]):
+        at = 0  # where the next quarantine line starts
+        written = xxhash.xxh3_128()
+        for row in merge_sorted([*decided_runs, clean], key=_INDEX):
+            index, source, category, reason, line, deduped = row
             if index <= last:  # a run that was not in input order: the quarantine file would be shuffled
                 raise RuntimeError(f"preference decisions out of input order ({index} after {last})")
             last = index
+            decisions.decided(row, at)
             if reason is None:
                 tally.bump(source, "deduped" if deduped else "written", category=category)
             else:
                 tally.bump(source, "quarantined", reason=reason, category=category)
                 on_quarantine(line)
+                written.update(line)
+                written.update(b"\n")
+                at += len(line) + 1
         tally.into(report)
+    # the rows a kept run may take again: only when the run saw every row it decided
+    result.decisions = decisions if last + 1 == len(decisions.task_codes()) else None
+    result.quarantine = (at, written.hexdigest())
     return result
+
+
+_INDEX = operator.itemgetter(0)  # a decided row's, or a spilled row's, input index
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[memoryview | bytes]:
+    """The last run's quarantine file, mapped (a kept row's line is copied from it)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not size:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                yield view
+            finally:
+                view.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -21,12 +22,14 @@ from pydantic import BaseModel
 from distill.config import Settings
 from distill.errors import UsageError
 from distill.export.card import write_card
-from distill.export.checkpoints import ExportCheckpoints, PartitionExporter, export_basis, export_partition
+from distill.checkpoint_file import ENTRIES_KEY
+from distill.export.checkpoints import ExportCheckpoints, export_basis, export_partition
 from distill.export.exported import Exported, exported
 from distill.export.formats import FORMATS, render_view, views_to_refresh
 from distill.export.gates import Firewall
 from distill.export.passed_gates import PassedGates
-from distill.export.preference import export_preference
+from distill.export.kept_decisions import KeptDecisions
+from distill.export.preference import PreferenceExport, PreferencePass, export_preference
 from distill.export.quarantine import RowExporter
 from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, mirror_text, rel_path
@@ -99,6 +102,8 @@ def run_export(
                 else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task))
     index = EvidenceIndex(ws)
     checkpoints: ExportCheckpoints | None = None
+    pref = None
+    token = uuid.uuid4().hex  # ties the preference export's kept decisions to the checkpoint saved with them
 
     stale: list[Violation] = []
     qpath = ws.quarantine_path(kind)
@@ -127,15 +132,25 @@ def run_export(
                                             row_entries=False)
             stack.callback(checkpoints.discard)
             pref_checkpoints = checkpoints
+            # a rebuild pairs against an empty export: last run's decisions do not hold for it
+            kept = None if rebuild else KeptDecisions.load(ws.kept_decisions_path(kind), basis=basis,
+                                                           token=checkpoints.token, export=target, quarantine=qpath)
 
-            def read_rows(pass1: PartitionExporter) -> None:
+            def read_rows(pass1: PreferencePass) -> None:
                 for path in iter_partition_files(ws.scored_dir):
+                    pass1.start_partition(rel_path(ws, path))
                     export_partition(ws, path, index, pass1, pref_checkpoints)
+
+            def reread(rel: str) -> list[Any] | None:
+                found = pref_checkpoints.get(rel)
+                return None if found is None else found[ENTRIES_KEY]
 
             pref = export_preference(
                 read_rows, gates, report,
                 record=not dry_run,
                 evidence_text=lambda scored_file, key: mirror_text(ws, scored_file, key),
+                kept=kept,
+                reread=reread,
                 existing_ids=existing.ids,
                 existing_per_task=existing.per_task,
                 max_pairs_per_task=settings.export.max_pairs_per_task,
@@ -150,7 +165,7 @@ def run_export(
                 f"({len(existing.ids)} already in the export)"
             )
             report.notes.append(f"first pass: {pref.lines_replayed} scored lines taken from the export checkpoint "
-                                f"(the others read)")
+                                f"(the others read); {pref.rows_kept} rows kept their last decision")
             report.notes.append(f"firewall: {gates.checked} of {gates.seen} gated rows scanned "
                                 f"(the others passed the same gates in the last run)")
             gates.save()
@@ -201,7 +216,10 @@ def run_export(
             elif not violations:
                 append_file(target, staged)
             if not violations and checkpoints is not None:
-                checkpoints.save()  # what each partition decided, for the next run to start from
+                checkpoints.save(token)  # what each partition decided, for the next run to start from
+                if pref is not None:
+                    _keep_decisions(ws, pref, kind=kind, basis=checkpoints.basis, token=token, target=target,
+                                    rebuilt=rebuild)
             if not target.exists():
                 write_atomic(target, b"")
             written.append(target)
@@ -222,6 +240,17 @@ def run_export(
         report.outputs = [rel_path(ws, p) for p in written]
     report.violations = _unique(violations)
     return report
+
+
+def _keep_decisions(ws: Workspace, pref: PreferenceExport, *, kind: str, basis: str, token: str, target: Path,
+                    rebuilt: bool) -> None:
+    """Every row's decision, for the next run to take where the task did not change (a rebuild
+    paired against an empty export: the next run pairs every task again)."""
+    path = ws.kept_decisions_path(kind)
+    if pref.decisions is None or pref.quarantine is None or rebuilt:
+        path.unlink(missing_ok=True)
+        return
+    pref.decisions.save(path, basis=basis, token=token, export=target, quarantine=pref.quarantine)
 
 
 @contextlib.contextmanager

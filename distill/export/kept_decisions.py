@@ -1,0 +1,325 @@
+"""The preference export's per-row decisions, kept from one run to the next.
+
+A row's preference decision (written, deduped, or quarantined with a reason) is a function of
+its task's rows (same-task pairing, with the task's exported pairs and the cap) and, for a
+verdict-bearing review, of its question's cross-source candidates; never of any other row. So
+after an append only the tasks a change touches need pairing again; every other row's decision
+is last run's, and its quarantine line is the bytes last run wrote (copied from that run's
+quarantine file, which is checked to be exactly what that run left).
+
+Kept per scored row, in input order (partition by partition, row by row): its task and, for a
+cross-source candidate, its question (as codes into digest tables), its outcome, source,
+category, reason, the offset and length of its quarantine line, and the digest of its gate
+input when it passed the gates (so the gate cache keeps it without the row being read). A row
+of the next run takes its kept decision only when:
+
+- the file is of this export basis and was written by the run that wrote the export checkpoint
+  the row is replayed from (one token in both), the export and the quarantine file are the
+  bytes that run left (size and xxh3-128), and the row is replayed from that checkpoint at the
+  position it had then (so it is the same line, with the same evidence);
+- its task is clean. Dirty: the task of every row read this run (new or changed lines), of every
+  kept row not replayed this run (changed, removed), of every row a new pair used in that run
+  (a task that made pairs is paired once more: its decisions are a fixed point only after a run
+  that made none; see docs/SCALE.md); then, until nothing changes, every question a dirty task's
+  row asks and every task with a row asking a dirty question (a cross-source pair spans tasks).
+
+Rows of dirty tasks are read back from the checkpoint and paired as before. `distill run --force`
+deletes the file (`Stage.caches`); anything that does not check out means none is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zipfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from distill.export.scored_index import key_digest, write_cache
+from distill.jsonl import READ_CHUNK, loads
+
+KEPT_DECISIONS_VERSION = 1
+WRITTEN, DEDUPED, QUARANTINED = 0, 1, 2
+NONE = -1  # no task (refused before pairing), no question (not a cross candidate), no category or reason
+
+# (index, source, category or None, reason or None, quarantine line or b"", deduped?): preference.Decided
+Decided = tuple[int, str, "str | None", "str | None", bytes, bool]
+
+
+def file_digest(path: Path) -> tuple[int, str] | None:
+    """(size, xxh3-128) of a file, None when it cannot be read."""
+    h = xxhash.xxh3_128()
+    size = 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(READ_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError:
+        return None
+    return size, h.hexdigest()
+
+
+class Codes:
+    """Strings (tasks, questions) as small ints, a table of their 128-bit digests behind them: a
+    kept table's codes stay valid, a new string gets the next code."""
+
+    def __init__(self, digests: np.ndarray | None = None) -> None:
+        # never .tolist(): numpy drops an S16 value's trailing zero bytes
+        raw = b"" if digests is None else digests.tobytes()
+        self._digests: list[bytes] = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        self._old: dict[bytes, int] = {d: i for i, d in enumerate(self._digests)}
+        self._of: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def code(self, text: str) -> int:
+        found = self._of.get(text)
+        if found is None:
+            digest = key_digest(text)
+            found = self._old.get(digest)
+            if found is None:
+                found = self._old[digest] = len(self._digests)
+                self._digests.append(digest)
+            self._of[text] = found
+        return found
+
+    def digests(self) -> np.ndarray:
+        return np.array(self._digests, dtype="S16").reshape(-1)
+
+
+class Names:
+    """Short strings (sources, categories, reasons) as codes, in the order first seen."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.names: list[str] = list(names or [])
+        self._of = {n: i for i, n in enumerate(self.names)}
+
+    def code(self, name: str | None) -> int:
+        if name is None:
+            return NONE
+        found = self._of.get(name)
+        if found is None:
+            found = self._of[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def name(self, code: int) -> str | None:
+        return None if code == NONE else self.names[code]
+
+
+_ROW_ARRAYS = {"task": np.int32, "question": np.int32, "outcome": np.int8, "source": np.int32,
+               "category": np.int32, "reason": np.int32, "line_at": np.int64, "line_len": np.int64}
+
+
+@dataclass
+class KeptDecisions:
+    """Last run's decisions (see the module docstring); `load` says whether they may be used."""
+
+    parts: dict[str, tuple[int, int]]  # scored partition -> (its first row, its rows)
+    rows: dict[str, np.ndarray]  # _ROW_ARRAYS, one value per row
+    passed: np.ndarray  # S16 per row, zeros: the row's gate input did not pass (or was never gated)
+    tasks: np.ndarray  # S16 digests, by code
+    questions: np.ndarray
+    sources: list[str]
+    categories: list[str]
+    reasons: list[str]
+    quarantine: Path
+
+    @property
+    def count(self) -> int:
+        return len(self.passed)
+
+    def eligible(self, rel: str, position: int, n: int) -> bool:
+        """Whether rows position .. position + n of the partition have kept decisions."""
+        found = self.parts.get(rel)
+        return found is not None and position + n <= found[1]
+
+    def first_row(self, rel: str) -> int:
+        return self.parts[rel][0]
+
+    @classmethod
+    def load(cls, path: Path, *, basis: str, token: str | None, export: Path, quarantine: Path) -> KeptDecisions | None:
+        if token is None:
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = loads(data["meta"].tobytes())
+                arrays = {name: data[name] for name in (*_ROW_ARRAYS, "passed", "tasks", "questions")}
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+            return None
+        try:
+            if not (isinstance(meta, dict) and meta.get("version") == KEPT_DECISIONS_VERSION
+                    and meta.get("basis") == basis and meta.get("token") == token):
+                return None
+            if file_digest(export) != _pair(meta["export"]) or file_digest(quarantine) != _pair(meta["quarantine"]):
+                return None
+            kept = cls(parts={}, rows={name: arrays[name] for name in _ROW_ARRAYS}, passed=arrays["passed"],
+                       tasks=arrays["tasks"], questions=arrays["questions"], sources=_strings(meta["sources"]),
+                       categories=_strings(meta["categories"]), reasons=_strings(meta["reasons"]),
+                       quarantine=quarantine)
+            start = 0
+            for rel, n in meta["parts"]:
+                if not isinstance(rel, str) or type(n) is not int or n < 0 or rel in kept.parts:
+                    return None
+                kept.parts[rel] = (start, n)
+                start += n
+            return kept if kept._consistent(start, meta["quarantine"][0]) else None
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def _consistent(self, rows: int, quarantine_size: int) -> bool:
+        """Every array as `save` writes it: a damaged or foreign file is not half trusted."""
+        r = self.rows
+        if self.passed.dtype != np.dtype("S16") or self.passed.shape != (rows,):
+            return False
+        if any(r[name].dtype != np.dtype(t) or r[name].shape != (rows,) for name, t in _ROW_ARRAYS.items()):
+            return False
+        if self.tasks.dtype != np.dtype("S16") or self.questions.dtype != np.dtype("S16"):
+            return False
+
+        def within(a: np.ndarray, n: int) -> bool:
+            return not len(a) or bool(a.min() >= NONE and a.max() < n)
+
+        quarantined = r["outcome"] == QUARANTINED
+        return (within(r["task"], len(self.tasks)) and within(r["question"], len(self.questions))
+                and within(r["source"], len(self.sources)) and bool(np.all(r["source"] >= 0))
+                and within(r["category"], len(self.categories)) and within(r["reason"], len(self.reasons))
+                and bool(np.all((r["outcome"] >= WRITTEN) & (r["outcome"] <= QUARANTINED)))
+                and bool(np.all((r["reason"] >= 0) == quarantined))
+                and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
+                and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
+
+    def decided(self, rows: np.ndarray, indexes: np.ndarray, lines: memoryview) -> Iterator[Decided]:
+        """The kept rows `rows` as decided rows at input `indexes` (a sorted run for the final merge);
+        `lines`: the quarantine file they were written to."""
+        r = self.rows
+        source, category, reason = r["source"][rows].tolist(), r["category"][rows].tolist(), r["reason"][rows].tolist()
+        outcome, at, length = r["outcome"][rows].tolist(), r["line_at"][rows].tolist(), r["line_len"][rows].tolist()
+        sources, categories, reasons = self.sources, self.categories, self.reasons
+        for k, index in enumerate(indexes.tolist()):
+            c = category[k]
+            cat = None if c == NONE else categories[c]
+            if outcome[k] == QUARANTINED:
+                yield (index, sources[source[k]], cat, reasons[reason[k]], bytes(lines[at[k]:at[k] + length[k]]), False)
+            else:
+                yield (index, sources[source[k]], cat, None, b"", outcome[k] == DEDUPED)
+
+
+def _pair(value: Any) -> tuple[int, str]:
+    size, digest = value
+    if type(size) is not int or not isinstance(digest, str):
+        raise TypeError("malformed digest")
+    return size, digest
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("malformed names")
+    return value
+
+
+class NextDecisions:
+    """This run's decisions, collected by input index as the first pass and the final merge see
+    the rows; saved for the next run once the export and its checkpoint are."""
+
+    def __init__(self, kept: KeptDecisions | None) -> None:
+        self.tasks = Codes(kept.tasks if kept is not None else None)
+        self.questions = Codes(kept.questions if kept is not None else None)
+        self.sources = Names()
+        self.categories = Names()
+        self.reasons = Names()
+        self.parts: list[tuple[str, int]] = []
+        self._task = array("i")
+        self._question = array("i")
+        self._passed = bytearray()
+        self._decided = {name: array("q") for name in ("outcome", "source", "category", "reason", "line_at", "line_len")}
+
+    def _grow(self, index: int) -> None:
+        short = index + 1 - len(self._task)
+        if short > 0:
+            self._task.extend([NONE] * short)
+            self._question.extend([NONE] * short)
+            self._passed.extend(bytes(16 * short))
+
+    def row(self, index: int, task: str | None, question: str | None, passed: bytes | None) -> None:
+        """A row the first pass read or replayed from its entry."""
+        self._grow(index)
+        self._task[index] = NONE if task is None else self.tasks.code(task)
+        self._question[index] = NONE if question is None else self.questions.code(question)
+        if passed is not None:
+            self._passed[16 * index:16 * index + 16] = passed
+
+    def kept_rows(self, first_index: int, kept: KeptDecisions, rows: slice) -> None:
+        """Rows whose entries were not read: their codes are the kept ones (same tables)."""
+        n = rows.stop - rows.start
+        self._grow(first_index + n - 1)
+        self._task[first_index:first_index + n] = array("i", kept.rows["task"][rows].tobytes())
+        self._question[first_index:first_index + n] = array("i", kept.rows["question"][rows].tobytes())
+        self._passed[16 * first_index:16 * (first_index + n)] = kept.passed[rows].tobytes()
+
+    def task_codes(self) -> np.ndarray:
+        return np.frombuffer(self._task, dtype=np.int32) if len(self._task) else np.zeros(0, np.int32)
+
+    def question_codes(self) -> np.ndarray:
+        return np.frombuffer(self._question, dtype=np.int32) if len(self._question) else np.zeros(0, np.int32)
+
+    def decided(self, row: Decided, line_at: int) -> None:
+        """The final decision of the next row in input order."""
+        index, source, category, reason, line, deduped = row
+        d = self._decided
+        if index != len(d["outcome"]):
+            raise RuntimeError(f"preference decision {index} out of order")
+        d["outcome"].append(QUARANTINED if reason is not None else DEDUPED if deduped else WRITTEN)
+        d["source"].append(self.sources.code(source))
+        d["category"].append(self.categories.code(category))
+        d["reason"].append(self.reasons.code(reason))
+        d["line_at"].append(line_at if reason is not None else NONE)
+        d["line_len"].append(len(line) if reason is not None else 0)
+
+    def save(self, path: Path, *, basis: str, token: str, export: Path, quarantine: tuple[int, str]) -> None:
+        """Kept only when every row was decided and the files are readable; else removed (the next
+        run pairs every task, as without it)."""
+        rows = len(self._decided["outcome"])
+        exported = file_digest(export)
+        if exported is None or len(self._task) > rows or sum(n for _, n in self.parts) != rows:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        self._grow(rows - 1)
+        arrays = {name: np.frombuffer(self._decided[name], dtype=np.int64).astype(t) if rows else np.zeros(0, t)
+                  for name, t in _ROW_ARRAYS.items() if name not in ("task", "question")}
+        arrays["task"] = self.task_codes()[:rows].copy()
+        arrays["question"] = self.question_codes()[:rows].copy()
+        passed = np.frombuffer(bytes(self._passed[:16 * rows]), dtype="S16")
+        meta = {"version": KEPT_DECISIONS_VERSION, "basis": basis, "token": token, "export": list(exported),
+                "quarantine": list(quarantine), "parts": [[rel, n] for rel, n in self.parts],
+                "sources": self.sources.names, "categories": self.categories.names, "reasons": self.reasons.names}
+        write_cache(path, meta, passed=passed, tasks=self.tasks.digests(), questions=self.questions.digests(), **arrays)
+
+
+def dirty_tasks(tasks: np.ndarray, questions: np.ndarray, seeds: np.ndarray, seed_questions: np.ndarray,
+                task_count: int, question_count: int) -> np.ndarray:
+    """A mask over task codes: the seed tasks, then every question a dirty task's row asks and every
+    task with a row asking a dirty question, until nothing changes. `tasks`/`questions`: this run's
+    rows' codes (NONE where a row has none)."""
+    dirty = np.zeros(task_count + 1, dtype=bool)  # index code + 1: NONE lands on 0, never dirty
+    asked = np.zeros(question_count + 1, dtype=bool)
+    dirty[seeds[seeds != NONE] + 1] = True
+    asked[seed_questions[seed_questions != NONE] + 1] = True
+    asked[0] = dirty[0] = False
+    cross = questions != NONE
+    t, q = tasks[cross] + 1, questions[cross] + 1
+    while True:
+        before = (int(dirty.sum()), int(asked.sum()))
+        asked[q[dirty[t]]] = True
+        dirty[t[asked[q]]] = True
+        asked[0] = dirty[0] = False
+        if (int(dirty.sum()), int(asked.sum())) == before:
+            return dirty[1:]

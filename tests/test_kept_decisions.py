@@ -1,0 +1,294 @@
+"""The preference export keeps last run's decision for every row of a task no change touched
+(distill.export.kept_decisions): its files and counters are exactly those of pairing every row,
+whatever changed, and it falls back to pairing every row when the kept file does not check out.
+
+Each case changes two twin copies of an exported adversarial workspace alike; the second has
+lost its kept decisions (it replays its checkpoint and pairs every task), and both export twice
+(the second time each starts from the decisions the first wrote)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import distill.export.preference as preference_module
+from distill.config import Settings
+from distill.export.kept_decisions import NONE, Codes, dirty_tasks
+from distill.export.run import run_export
+from distill.jsonl import append_json
+from distill.records import Category, ModelRole
+from distill.records.stage import StageReport
+from distill.workspace import Workspace, iter_partition_files, partition_path
+from tests.export_helpers import Adversarial, adversarial_settings, build_adversarial, review_text
+from tests.export_helpers import Row as SourceRow
+from tests.fixtures_checkpoints import Calls
+
+A, P, R = Category.ACCEPTED, Category.PARTIALLY_ACCEPTED, Category.REJECTED
+FIX = "Review src/util.py for defects and give the fix."  # the question two tasks answer across sources
+
+
+def _row(run_id: str, task: str, category: Category, text: str, *, source: str = "scrum_reviews",
+         **kw: Any) -> SourceRow:
+    return SourceRow(run_id=run_id, task_id=task, source=source, category=category, text=text, **kw)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
+    """The adversarial workspace exported twice: the second export pairs again the tasks that made
+    pairs in the first, then every task has settled (kept decisions written)."""
+    adv = _adversarial(tmp_path_factory.mktemp("kept"))
+    settings = adversarial_settings(adv)
+    assert not run_export(adv.ws, settings, "preference").violations
+    assert not run_export(adv.ws, settings, "preference").violations
+    assert adv.ws.kept_decisions_path("preference").is_file()
+    return adv.ws.root, settings
+
+
+def _adversarial(tmp: Path) -> Adversarial:
+    """The adversarial workspace without its broken scored lines and its score of a run never
+    collected: a partition that ends mid-line, or whose evidence is looked for elsewhere, keeps no
+    checkpoint, so nothing of it would be replayed (the test_export_checkpoints cases cover those)."""
+    adv = build_adversarial(tmp)
+    for path in iter_partition_files(adv.ws.scored_dir):
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(line for line in lines if line.endswith(b"\n") and _whole(line)))
+    return adv
+
+
+def _whole(line: bytes) -> bool:
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "provenance" in row and row.get("evidence_run_id") != "ghost-run"
+
+
+def _export(ws: Workspace, settings: Settings, **kw: Any) -> StageReport:
+    return run_export(ws, settings, "preference", **kw)
+
+
+def _kept(report: StageReport) -> int:
+    note = next(n for n in report.notes if n.startswith("first pass:"))
+    return int(note.split("; ")[1].split(" rows kept")[0])
+
+
+def _state(ws: Workspace, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+    files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted([*(ws.exports_dir / "preference").rglob("*.jsonl"), ws.quarantine_path("preference")])}
+    dumped = report.model_dump(exclude={"inputs", "outputs"})
+    dumped["notes"] = [n for n in dumped["notes"] if not n.startswith(("first pass:", "firewall: "))]
+    return dumped, files
+
+
+def _add(*rows: SourceRow, first_line: int = 900) -> Callable[[Workspace], None]:
+    """Rows appended to their evidence and scored partitions (collect and score append)."""
+
+    def change(ws: Workspace) -> None:
+        for n, row in enumerate(rows, start=first_line):
+            ev = row.evidence(n)
+            append_json(partition_path(ws.evidence_dir, ev.created_at, ev.source), [ev.to_json_dict()])
+            append_json(partition_path(ws.scored_dir, ev.created_at, ev.source), [row.scored(ev).to_json_dict()])
+
+    return change
+
+
+def _drop_scored(run_id: str) -> Callable[[Workspace], None]:
+    """A scored line taken out of its partition (the file rewritten: later lines move up)."""
+
+    def change(ws: Workspace) -> None:
+        for path in iter_partition_files(ws.scored_dir):
+            lines = path.read_bytes().splitlines(keepends=True)
+            kept = [line for line in lines if f'"evidence_run_id":"{run_id}"'.encode() not in line]
+            if len(kept) != len(lines):
+                path.write_bytes(b"".join(kept))
+                return
+        raise AssertionError(f"{run_id} not found")
+
+    return change
+
+
+def _twins(tmp_path: Path, exported: tuple[Path, Settings],
+           change: Callable[[Workspace], None]) -> tuple[Workspace, Workspace]:
+    root, _ = exported
+    shutil.copytree(root, tmp_path / "a")
+    shutil.copytree(root, tmp_path / "b")
+    a, b = Workspace(tmp_path / "a"), Workspace(tmp_path / "b")
+    b.kept_decisions_path("preference").unlink()
+    change(a)
+    change(b)
+    return a, b
+
+
+def _compare(a: Workspace, b: Workspace, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, int]:
+    """Export both; the same files and counters. Returns the rows a kept and the rows each decided
+    again (`_final`: a row that went through pairing)."""
+    calls_a = Calls(monkeypatch, preference_module, "_final")
+    report_a = _export(a, settings)
+    monkeypatch.undo()
+    calls_b = Calls(monkeypatch, preference_module, "_final")
+    report_b = _export(b, settings)
+    monkeypatch.undo()
+    assert _state(a, report_a) == _state(b, report_b)
+    return _kept(report_a), calls_a.rows, calls_b.rows
+
+
+CHANGES: dict[str, Callable[[Workspace], None]] = {
+    "an unrelated task appears": _add(_row("new-a", "task:new", A, "A new accepted answer.", minutes=3),
+                                      _row("new-r", "task:new", R, "A new rejected answer.", minutes=4)),
+    "a third task answers the cross-source question": _add(
+        _row("obs-util-2", "audit2:src/util.py", R, "Critical: the slicer in src/util.py is off by two.",
+                  source="audits", role=ModelRole.REVIEWER, source_files=["src/util.py"], instruction=FIX, minutes=6)),
+    "a task that shares a question gains a row": _add(
+        _row("sr-util-2", "review:src/util.py", R, review_text("src/util.py", "Claims the slicer is fine"),
+                  source_files=["src/util.py"], instruction=FIX, minutes=7)),
+    "the capped task gains an accepted row": _add(
+        _row("sr-hot-a9", "review:src/store.py", A, review_text("src/store.py", "Accepted finding 9"),
+                  source_files=["src/store.py"], minutes=8)),
+    # (late in their partition: a removed line moves every later line, whose rows are then read again)
+    "a row whose cross-source pair shipped is removed": _drop_scored("sr-util"),
+    "a row of a task without pairs is removed": _drop_scored("sr-other"),
+    "a cross-source row is removed": _drop_scored("obs-util"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, exported: tuple[Path, Settings],
+                                                          change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, CHANGES[change])
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert kept > 0 and redone_a < redone_b  # the clean tasks' rows were not paired again
+    _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
+
+
+def test_an_export_that_made_pairs_is_followed_by_one_that_pairs_their_tasks_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adv = _adversarial(tmp_path)
+    settings = adversarial_settings(adv)
+    first = _export(adv.ws, settings)
+    assert _kept(first) == 0 and "pairs written: 0 " not in " ".join(first.notes)
+    calls = Calls(monkeypatch, preference_module, "_final")
+    second = _export(adv.ws, settings)
+    assert calls.rows > 0 and "pairs written: 0 same_task + 0 cross_source" in " ".join(second.notes)
+    monkeypatch.undo()
+    calls = Calls(monkeypatch, preference_module, "_final")
+    third = _export(adv.ws, settings)
+    assert calls.rows == 0 and _kept(third) > 0  # every task has settled: nothing is paired again
+    assert _state(adv.ws, second) == _state(adv.ws, third)
+
+
+def _edit_quarantine(ws: Workspace) -> None:
+    path = ws.quarantine_path("preference")
+    path.write_bytes(path.read_bytes().replace(b"self_pairing", b"self_pairinG", 1))
+
+
+def _junk_decisions(ws: Workspace) -> None:
+    path = ws.kept_decisions_path("preference")
+    if path.exists():
+        path.write_bytes(path.read_bytes()[:200])
+
+
+def _export_edited(ws: Workspace) -> None:
+    path = ws.preference_path
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[1:]))
+
+
+@pytest.mark.parametrize("change", [_edit_quarantine, _junk_decisions, _export_edited])
+def test_a_kept_file_that_does_not_check_out_is_not_used(tmp_path: Path, exported: tuple[Path, Settings],
+                                                          change: Callable[[Workspace], None],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, change)
+    kept, _, _ = _compare(a, b, settings, monkeypatch)
+    assert kept == 0
+
+
+def test_decisions_of_another_run_than_the_checkpoint_s_are_not_used(tmp_path: Path, exported: tuple[Path, Settings],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept decisions are tied to the checkpoint saved with them: a later run's checkpoint with an
+    earlier run's decisions (a run that stopped between the two saves) pairs every task."""
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _add(_row("new-a", "task:new", A, "A new answer.", minutes=3)))
+    earlier = a.kept_decisions_path("preference").read_bytes()
+    _compare(a, b, settings, monkeypatch)
+    a.kept_decisions_path("preference").write_bytes(earlier)
+    b.kept_decisions_path("preference").unlink()
+    kept, _, _ = _compare(a, b, settings, monkeypatch)
+    assert kept == 0
+
+
+def test_a_dry_run_uses_kept_decisions_and_writes_none(tmp_path: Path, exported: tuple[Path, Settings]) -> None:
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _add(_row("new-a", "task:new", A, "A new answer.", minutes=3)))
+    before = a.kept_decisions_path("preference").read_bytes()
+    dry_a, dry_b = _export(a, settings, dry_run=True), _export(b, settings, dry_run=True)
+    assert _kept(dry_a) > 0 and _kept(dry_b) == 0
+    assert _state(a, dry_a)[0] == _state(b, dry_b)[0]
+    assert a.kept_decisions_path("preference").read_bytes() == before
+    assert not b.kept_decisions_path("preference").exists()
+
+
+def test_a_rebuild_pairs_every_task_and_the_next_run_too(tmp_path: Path, exported: tuple[Path, Settings],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, lambda ws: None)
+    rebuilt = _export(a, settings, rebuild=True)
+    assert _kept(rebuilt) == 0 and not a.kept_decisions_path("preference").exists()
+    _export(b, settings, rebuild=True)
+    _compare(a, b, settings, monkeypatch)
+
+
+def test_force_deletes_the_kept_decisions() -> None:
+    from distill.export.stage import ExportStage
+    from distill.firewall import ExportKind
+
+    ws = Workspace(Path("/nonexistent"))
+    assert ws.kept_decisions_path("preference") in ExportStage(ExportKind.PREFERENCE).caches(ws)
+
+
+def _closure(tasks: list[int], questions: list[int], seeds: set[int], seed_questions: set[int]) -> set[int]:
+    """The dirty tasks by a plain graph walk."""
+    dirty, asked = set(seeds) - {NONE}, set(seed_questions) - {NONE}
+    changed = True
+    while changed:
+        changed = False
+        for t, q in zip(tasks, questions, strict=True):
+            if q == NONE or t == NONE:
+                continue
+            if t in dirty and q not in asked:
+                asked.add(q)
+                changed = True
+            if q in asked and t not in dirty:
+                dirty.add(t)
+                changed = True
+    return dirty
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-1, 7), st.integers(-1, 5)), max_size=40),
+       st.sets(st.integers(-1, 7), max_size=4), st.sets(st.integers(-1, 5), max_size=3))
+def test_dirty_tasks_are_the_closure_over_shared_questions(rows: list[tuple[int, int]], seeds: set[int],
+                                                          seed_questions: set[int]) -> None:
+    tasks = np.array([t for t, _ in rows], dtype=np.int32)
+    questions = np.array([q for _, q in rows], dtype=np.int32)
+    mask = dirty_tasks(tasks, questions, np.array(sorted(seeds), dtype=np.int32),
+                       np.array(sorted(seed_questions), dtype=np.int32), 8, 6)
+    assert set(np.flatnonzero(mask).tolist()) == _closure(tasks.tolist(), questions.tolist(), seeds, seed_questions)
+
+
+def test_codes_keep_digests_that_end_in_zero_bytes() -> None:
+    """numpy drops an S16 value's trailing zero bytes in .tolist(): a table read back must not."""
+    digests = np.array([b"\x01" + bytes(15), b"\x02" * 15 + b"\x00"], dtype="S16")
+    codes = Codes(digests)
+    assert len(codes) == 2 and codes.digests().tobytes() == digests.tobytes()
+    assert orjson.dumps(codes.code("a task")) == b"2"  # a new string gets the next code
