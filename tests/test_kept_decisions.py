@@ -25,7 +25,7 @@ from distill.config import Settings
 from distill.export.kept_decisions import NONE, Codes, dirty_tasks
 from distill.export.run import run_export
 from distill.jsonl import append_json
-from distill.records import Category, ModelRole
+from distill.records import Category, ModelRole, PreferenceSample
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files, partition_path
 from tests.export_helpers import Adversarial, adversarial_settings, build_adversarial, review_text
@@ -170,20 +170,43 @@ def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, export
     _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
 
 
-def test_an_export_that_made_pairs_is_followed_by_one_that_pairs_their_tasks_again(
+def test_after_an_export_that_made_pairs_nothing_unchanged_is_paired_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    adv = _adversarial(tmp_path)
+    """A row a new pair used is `deduped` once that pair is in the export: its kept `written`
+    says so without pairing its task again."""
+    adv = _adversarial(tmp_path / "ws")
     settings = adversarial_settings(adv)
     first = _export(adv.ws, settings)
-    assert _kept(first) == 0 and "pairs written: 0 " not in " ".join(first.notes)
-    calls = Calls(monkeypatch, preference_module, "_final")
-    second = _export(adv.ws, settings)
-    assert calls.rows > 0 and "pairs written: 0 same_task + 0 cross_source" in " ".join(second.notes)
-    monkeypatch.undo()
-    calls = Calls(monkeypatch, preference_module, "_final")
-    third = _export(adv.ws, settings)
-    assert calls.rows == 0 and _kept(third) > 0  # every task has settled: nothing is paired again
-    assert _state(adv.ws, second) == _state(adv.ws, third)
+    assert "pairs written: 7 same_task + 1 cross_source" in " ".join(first.notes)
+    a, b = _twins(tmp_path, (adv.ws.root, settings), lambda ws: None)
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 0 and redone_b > 0 and kept > 0
+
+
+def _reasons(ws: Workspace) -> dict[str, str]:
+    return {row["record_id"]: row["reason"]
+            for row in map(orjson.loads, ws.quarantine_path("preference").read_bytes().splitlines())}
+
+
+def test_a_task_whose_pair_failed_the_schema_is_paired_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair that fails the PreferenceSample schema before the task's cap is reached is refused
+    with the cap's reason once the task's new pairs are in the export: such a task is not kept."""
+    real = preference_module._build
+
+    def failing(c: Any, r: Any, **kw: Any) -> Any:
+        if r.key[0] == "sr-hot-r0":
+            PreferenceSample.model_validate({})  # raises the schema's ValidationError
+        return real(c, r, **kw)
+
+    monkeypatch.setattr(preference_module, "_build", failing)
+    adv = _adversarial(tmp_path / "ws")
+    settings = adversarial_settings(adv)
+    _export(adv.ws, settings)
+    assert _reasons(adv.ws)["sr-hot-r0"] == "schema_violation"
+    a, b = _twins(tmp_path, (adv.ws.root, settings), lambda ws: None)
+    got_a, got_b = _export(a, settings), _export(b, settings)
+    assert _state(a, got_a) == _state(b, got_b)
+    assert _kept(got_a) > 0 and _reasons(a)["sr-hot-r0"] == "invalid_preference_pairing"  # the cap's, now
 
 
 def _edit_quarantine(ws: Workspace) -> None:

@@ -18,10 +18,17 @@ of the next run takes its kept decision only when:
   bytes that run left (size and xxh3-128), and the row is replayed from that checkpoint at the
   position it had then (so it is the same line, with the same evidence);
 - its task is clean. Dirty: the task of every row read this run (new or changed lines), of every
-  kept row not replayed this run (changed, removed), of every row a new pair used in that run
-  (a task that made pairs is paired once more: its decisions are a fixed point only after a run
-  that made none; see docs/SCALE.md); then, until nothing changes, every question a dirty task's
-  row asks and every task with a row asking a dirty question (a cross-source pair spans tasks).
+  kept row not replayed this run (changed, removed), of every row whose pair could not be built
+  (schema_violation: see below); then, until nothing changes, every question a dirty task's row
+  asks and every task with a row asking a dirty question (a cross-source pair spans tasks).
+
+A row a new pair used was `written`; pairing its task again, with that pair now in the export,
+makes it `deduped` and changes nothing else, but for one case: a pair the walk tried to build
+before the task's last new pair and that failed the PreferenceSample schema is refused with the
+cap's reason once the new pairs count from the start (the walk through offered pairs is the same,
+every valid pair before the cap was built, and every later one is refused for the same first
+reason). So a kept `written` is taken as `deduped`, and a task with a schema_violation row is
+paired again (rare: the pair checks before building refuse what the schema would).
 
 Rows of dirty tasks are read back from the checkpoint and paired as before. `distill run --force`
 deletes the file (`Stage.caches`); anything that does not check out means none is kept.
@@ -42,6 +49,7 @@ import xxhash
 
 from distill.export.scored_index import key_digest, write_cache
 from distill.jsonl import READ_CHUNK, loads
+from distill.records import QuarantineReason
 
 KEPT_DECISIONS_VERSION = 1
 WRITTEN, DEDUPED, QUARANTINED = 0, 1, 2
@@ -136,6 +144,14 @@ class KeptDecisions:
     def count(self) -> int:
         return len(self.passed)
 
+    def unsettled(self) -> np.ndarray:
+        """The kept rows whose task must be paired again even when nothing of it changed."""
+        try:
+            schema = self.reasons.index(QuarantineReason.SCHEMA_VIOLATION.value)
+        except ValueError:
+            return np.zeros(self.count, dtype=bool)
+        return self.rows["reason"] == schema
+
     def eligible(self, rel: str, position: int, n: int) -> bool:
         """Whether rows position .. position + n of the partition have kept decisions."""
         found = self.parts.get(rel)
@@ -208,8 +224,8 @@ class KeptDecisions:
             cat = None if c == NONE else categories[c]
             if outcome[k] == QUARANTINED:
                 yield (index, sources[source[k]], cat, reasons[reason[k]], bytes(lines[at[k]:at[k] + length[k]]), False)
-            else:
-                yield (index, sources[source[k]], cat, None, b"", outcome[k] == DEDUPED)
+            else:  # written then: its pair is in the export now (see the module docstring)
+                yield (index, sources[source[k]], cat, None, b"", True)
 
 
 def _pair(value: Any) -> tuple[int, str]:

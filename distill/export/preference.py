@@ -53,7 +53,7 @@ from distill.checkpoint_file import JsonEntries
 from distill.export.checkpoints import PartitionExporter
 from distill.export.exported import Ids, PerTask
 from distill.export.gates import Firewall, GateInput, meta_text
-from distill.export.kept_decisions import WRITTEN, KeptDecisions, NextDecisions, dirty_tasks
+from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_tasks
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -643,7 +643,7 @@ class _Pass1:
             deferred[first:first + n] = True
         rows = kept.rows
         unmatched = ~self.matched
-        seeds = np.concatenate((tasks[~deferred], rows["task"][unmatched], rows["task"][rows["outcome"] == WRITTEN]))
+        seeds = np.concatenate((tasks[~deferred], rows["task"][unmatched], rows["task"][kept.unsettled()]))
         dirty = dirty_tasks(tasks, questions, seeds, rows["question"][unmatched], len(self.decisions.tasks),
                             len(self.decisions.questions))
         dirty_at = np.concatenate(([False], dirty))  # by task code + 1 (NONE: never dirty)
