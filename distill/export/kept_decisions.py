@@ -42,7 +42,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import xxhash
@@ -212,9 +212,11 @@ class KeptDecisions:
                 and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
                 and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
 
-    def decided(self, rows: np.ndarray, indexes: np.ndarray, lines: memoryview) -> Iterator[Decided]:
+    def decided(self, rows: np.ndarray, indexes: np.ndarray, lines: IO[bytes]) -> Iterator[Decided]:
         """The kept rows `rows` as decided rows at input `indexes` (a sorted run for the final merge);
-        `lines`: the quarantine file they were written to."""
+        `lines`: the quarantine file they were written to, read forward (kept rows keep their order,
+        so their lines come in file order: a buffered read, not a mapping whose pages would count
+        as the process's memory)."""
         r = self.rows
         source, category, reason = r["source"][rows].tolist(), r["category"][rows].tolist(), r["reason"][rows].tolist()
         outcome, at, length = r["outcome"][rows].tolist(), r["line_at"][rows].tolist(), r["line_len"][rows].tolist()
@@ -223,7 +225,8 @@ class KeptDecisions:
             c = category[k]
             cat = None if c == NONE else categories[c]
             if outcome[k] == QUARANTINED:
-                yield (index, sources[source[k]], cat, reasons[reason[k]], bytes(lines[at[k]:at[k] + length[k]]), False)
+                lines.seek(at[k])
+                yield (index, sources[source[k]], cat, reasons[reason[k]], lines.read(length[k]), False)
             else:  # written then: its pair is in the export now (see the module docstring)
                 yield (index, sources[source[k]], cat, None, b"", True)
 

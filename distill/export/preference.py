@@ -35,15 +35,13 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import mmap
 import operator
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import xxhash
@@ -72,7 +70,7 @@ from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, m
 from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
-from distill.jsonl import dumps
+from distill.jsonl import READ_CHUNK, dumps
 from distill.records import (
     Category,
     ModelRole,
@@ -629,7 +627,7 @@ class _Pass1:
         if extra is not None and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([extra])
 
-    def settle(self, reread: Reread, late: list[RecordFile], lines: memoryview | bytes) -> Iterator[Decided]:
+    def settle(self, reread: Reread, late: list[RecordFile], lines: IO[bytes]) -> Iterator[Decided]:
         """After every partition went through: the deferred rows of dirty tasks are read back from
         their checkpoint entries and spilled to `late` (same buckets, input order); the others are
         last run's decisions, returned as one sorted run (quarantine lines from `lines`, the last
@@ -893,7 +891,8 @@ def export_preference(
         clean: Iterator[Decided] = iter(())
         if kept is not None and pass1.deferred:
             assert reread is not None
-            clean = pass1.settle(reread, late, stack.enter_context(_mapped(kept.quarantine)))
+            # the last run's quarantine file: kept rows' lines are read from it
+            clean = pass1.settle(reread, late, stack.enter_context(open(kept.quarantine, "rb", buffering=READ_CHUNK)))
         result.rows_kept = pass1.rows_kept
 
         # cross candidates go to a part per (question bucket, task bucket), each in input order
@@ -958,18 +957,3 @@ def export_preference(
 
 _INDEX = operator.itemgetter(0)  # a decided row's, or a spilled row's, input index
 
-
-@contextlib.contextmanager
-def _mapped(path: Path) -> Iterator[memoryview | bytes]:
-    """The last run's quarantine file, mapped (a kept row's line is copied from it)."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if not size:
-            yield b""
-            return
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                yield view
-            finally:
-                view.release()
