@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import distill.checkpoint_file as checkpoint_file
 from distill.checkpoint_file import ENTRIES_DIGEST_KEY, ENTRIES_KEY, SPILL_BYTES, CheckpointFile, JsonEntries, entries_intact
 
 
@@ -63,6 +64,40 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
         path.write_bytes(body)
         book = CheckpointFile(path, _accept("b1"))
         assert book.header is None and book.payload("a/x.jsonl") is None, body
+
+
+def test_opening_a_saved_file_reads_its_last_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header says where each partition's line starts: the partitions' lines are not read to
+    index them (the preference export's file is ~0.9 GB at a million rows)."""
+    path = tmp_path / "book.json"
+    _saved(path, {f"p/{n}.jsonl": {"end": n} for n in range(50)})
+
+    def no_scan(fh: Any) -> None:
+        raise AssertionError("indexed by reading every line")
+
+    monkeypatch.setattr(checkpoint_file, "_indexed_by_lines", no_scan)
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.header == {"basis": "b1"}  # the offsets are not part of the stage's header
+    assert all(json.loads(book.payload(f"p/{n}.jsonl") or b"") == {"end": n} for n in range(50))
+
+
+def test_a_header_without_offsets_is_indexed_by_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "book.json"
+    path.write_bytes(b'"a/x.jsonl"\t{"end": 1}\n"b/y.jsonl"\t{"end": 2}\n{"basis": "b1"}\n')
+    book = CheckpointFile(path, _accept("b1"))
+    assert json.loads(book.payload("b/y.jsonl") or b"") == {"end": 2}
+
+
+def test_an_offset_that_lands_on_another_line_offers_nothing_for_that_partition(tmp_path: Path) -> None:
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": {"end": 2}})
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines[0]) == len(lines[1])
+    path.write_bytes(lines[1] + lines[0] + lines[2])  # swapped: each offset finds the other's line
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.payload("a/x.jsonl") is None and book.payload("b/y.jsonl") is None
+    assert not book.keep("a/x.jsonl")
+    book.discard()
 
 
 def _array(pieces: Iterable[bytes]) -> list[Any]:
