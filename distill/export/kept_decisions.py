@@ -118,9 +118,6 @@ class Names:
             self.names.append(name)
         return found
 
-    def name(self, code: int) -> str | None:
-        return None if code == NONE else self.names[code]
-
 
 _ROW_ARRAYS = {"task": np.int32, "question": np.int32, "outcome": np.int8, "source": np.int32,
                "category": np.int32, "reason": np.int32, "line_at": np.int64, "line_len": np.int64}
