@@ -170,6 +170,24 @@ def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, export
     _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
 
 
+def test_a_removed_row_makes_its_task_pair_again(tmp_path: Path, exported: tuple[Path, Settings],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows before a removed last line are replayed where they were, yet their task lost a row:
+    the accepted side of a pair whose rejected side is gone has no counterpart any more. (Not
+    cross-source candidates, so no shared question makes the task dirty instead.)"""
+    _, settings = exported
+    pair = _add(_row("new-a", "task:new", A, "A new accepted answer.", role=ModelRole.APPLIER, minutes=3),
+                _row("new-r", "task:new", R, "A new rejected answer.", role=ModelRole.APPLIER, minutes=4))
+    a, b = _twins(tmp_path, exported, pair)
+    _compare(a, b, settings, monkeypatch)
+    assert "new-a" not in _reasons(a)  # written: the pair shipped
+    for ws in (a, b):
+        _drop_scored("new-r")(ws)  # the last line of its partition
+    b.kept_decisions_path("preference").unlink()
+    kept, redone, _ = _compare(a, b, settings, monkeypatch)
+    assert kept > 0 and redone > 0 and _reasons(a)["new-a"] == "invalid_preference_pairing"
+
+
 def test_after_an_export_that_made_pairs_nothing_unchanged_is_paired_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row a new pair used is `deduped` once that pair is in the export: its kept `written`
