@@ -159,10 +159,15 @@ class _Span(Sequence[Any]):
         return self._stop - self._start
 
     def __getitem__(self, i: Any) -> Any:
-        return self._whole.parsed()[self._start:self._stop][i]
+        if isinstance(i, slice):
+            return self._whole.parsed()[self._start:self._stop][i]
+        k = i + len(self) if i < 0 else i
+        if not 0 <= k < len(self):
+            raise IndexError(i)
+        return self._whole.parsed()[self._start + k]  # not a copy of the span per item
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._whole.parsed()[self._start:self._stop])
+        return itertools.islice(self._whole.parsed(), self._start, self._stop)
 
 
 class MirrorKeys:

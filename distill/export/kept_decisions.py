@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import xxhash
 
 from distill.export.scored_index import key_digest, write_cache
-from distill.jsonl import READ_CHUNK, loads
+from distill.hashing import file_size, prefix_hash
+from distill.jsonl import loads
 from distill.records import QuarantineReason
 
 KEPT_DECISIONS_VERSION = 1
@@ -60,17 +60,10 @@ Decided = tuple[int, str, "str | None", "str | None", bytes, bool]
 
 
 def file_digest(path: Path) -> tuple[int, str] | None:
-    """(size, xxh3-128) of a file, None when it cannot be read."""
-    h = xxhash.xxh3_128()
-    size = 0
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(READ_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-    except OSError:
-        return None
-    return size, h.hexdigest()
+    """(size, PREFIX_HASH) of a file, None when it cannot be read."""
+    size = file_size(path)
+    hasher = prefix_hash(path, size) if size is not None else None
+    return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
 
 
 class Codes:

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
-import xxhash
 from pydantic import ValidationError
 
 from distill.checkpoint_file import JsonEntries
@@ -69,7 +68,7 @@ from distill.export.scored_index import key_digest
 from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, merge_sorted
 from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
-from distill.hashing import content_id
+from distill.hashing import PrefixHash, content_id
 from distill.jsonl import READ_CHUNK, dumps
 from distill.records import (
     Category,
@@ -932,14 +931,13 @@ def export_preference(
             on_sample(line)
         tally = Tally()
         last = -1
-        at = 0  # where the next quarantine line starts
-        written = xxhash.xxh3_128()
+        written = PrefixHash()  # the quarantine lines so far: their digest, and where the next one starts
         for row in merge_sorted([*decided_runs, clean], key=_INDEX):
             index, source, category, reason, line, deduped = row
             if index <= last:  # a run that was not in input order: the quarantine file would be shuffled
                 raise RuntimeError(f"preference decisions out of input order ({index} after {last})")
             last = index
-            decisions.decided(row, at)
+            decisions.decided(row, written.at)
             if reason is None:
                 tally.bump(source, "deduped" if deduped else "written", category=category)
             else:
@@ -947,11 +945,10 @@ def export_preference(
                 on_quarantine(line)
                 written.update(line)
                 written.update(b"\n")
-                at += len(line) + 1
         tally.into(report)
     # the rows a kept run may take again: only when the run saw every row it decided
     result.decisions = decisions if last + 1 == len(decisions.task_codes()) else None
-    result.quarantine = (at, written.hexdigest())
+    result.quarantine = (written.at, written.hexdigest())
     return result
 
 
