@@ -12,10 +12,13 @@ holds the task parents it saw): the side file becomes the file without being cop
 
 from __future__ import annotations
 
+import base64
+import itertools
 import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +30,7 @@ from distill.jsonl import READ_CHUNK, dumps, loads
 ENTRIES_KEY = "entries"
 OFFSETS_KEY = "partition_offsets"  # in the header line: rel -> where its line starts
 ENTRIES_DIGEST_KEY = "entries_digest"
+ENTRY_LENGTHS_KEY = "entry_lengths"  # each entry's bytes in the array's body (little-endian u32, base64)
 _ENTRIES_OPEN = b'{"' + ENTRIES_KEY.encode() + b'":['
 ENTRIES_HEAD = _ENTRIES_OPEN  # what a checkpoint written with entries starts with
 _ENTRIES_CLOSE = b'],"' + ENTRIES_DIGEST_KEY.encode() + b'":"'
@@ -57,6 +61,52 @@ def entries_bytes(payload: bytes) -> memoryview | None:
 SPILL_BYTES = 8 << 20  # a partition's entries beyond this much JSON go to a temporary file
 
 
+@dataclass(frozen=True)
+class Entries:
+    """A partition's entries as `JsonEntries.take` hands them out: pieces of a JSON array's body
+    (each piece one entry or several joined by commas; never empty) and each entry's length in
+    bytes, in order. The checkpoint keeps the lengths, so a reader can parse one entry alone."""
+
+    pieces: Iterable[bytes]
+    lengths: np.ndarray  # int64, one per entry
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.pieces)
+
+    def after(self, body: bytes, lengths: np.ndarray) -> Entries:
+        """Entries already written as one body (`lengths` each), then these."""
+        if not len(lengths):
+            return self
+        return Entries(itertools.chain((body,), self.pieces), np.concatenate((lengths, self.lengths)))
+
+    @classmethod
+    def none(cls) -> Entries:
+        return cls((), np.zeros(0, dtype=np.int64))
+
+
+def encode_lengths(lengths: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(lengths, dtype="<u4").tobytes()).decode("ascii")
+
+
+def decode_lengths(text: Any, count: int, body_bytes: int) -> np.ndarray | None:
+    """The entries' lengths a checkpoint holds, when they are `count` lengths that add up (with
+    the commas between them) to the body's size; None otherwise."""
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    if len(raw) != 4 * count:
+        return None
+    lengths = np.frombuffer(raw, dtype="<u4").astype(np.int64)
+    if count and (int(lengths.sum()) + count - 1 != body_bytes or not bool(np.all(lengths > 0))):
+        return None
+    if not count and body_bytes:
+        return None
+    return lengths
+
+
 class JsonEntries:
     """A partition's per-row checkpoint entries, each kept as its JSON: in memory while the
     partition's entries are small (most are: a day of one source), and written to an anonymous
@@ -82,6 +132,10 @@ class JsonEntries:
         except (UnicodeEncodeError, ValueError):
             self.unwritable = True
             return
+        self.add_json(index, data)
+
+    def add_json(self, index: int, data: bytes) -> None:
+        """An entry given as the JSON an earlier `add` made of it (read back from a checkpoint)."""
         if self._where:  # this partition spilled: the rest of it goes to the file too
             self._write(index, data)
             return
@@ -104,10 +158,9 @@ class JsonEntries:
         self._where.extend((index, self._end, len(data)))
         self._end += len(data)
 
-    def take(self) -> Iterator[bytes] | None:
-        """The entries in input order as pieces of a JSON array's body (each piece one entry or
-        several joined by commas; never empty), None when one could not be written. The next
-        partition starts empty; the iterator is valid until the next `add`."""
+    def take(self) -> Entries | None:
+        """The entries in input order, None when one could not be written. The next partition
+        starts empty; the pieces are valid until the next `add`."""
         unwritable, held = self.unwritable, self._held
         where = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3).copy() if self._where else None
         self._where, self._end, self.unwritable = array("q"), 0, False
@@ -116,14 +169,16 @@ class JsonEntries:
             return None
         if where is None:
             if not held:
-                return iter(())
+                return Entries.none()
             if any(held[k][0] > held[k + 1][0] for k in range(len(held) - 1)):
                 held.sort(key=lambda item: item[0])  # stable: equal indexes keep their order
-            return iter((b",".join([data for _, data in held]),))  # one write, not two per entry
+            datas = [data for _, data in held]
+            # one write, not two per entry
+            return Entries((b",".join(datas),), np.fromiter(map(len, datas), dtype=np.int64, count=len(datas)))
         if len(where) > 1 and bool(np.any(where[1:, 0] < where[:-1, 0])):
             where = where[np.argsort(where[:, 0], kind="stable")]
         assert self._file is not None
-        return _read_entries(self._file, where)
+        return Entries(_read_entries(self._file, where), where[:, 2].copy())
 
     def close(self) -> None:
         self._held, self._held_bytes = [], 0
@@ -179,12 +234,14 @@ class CheckpointFile:
             return None
         return line[len(head):] if line.startswith(head) and line.endswith(b"\n") else None
 
-    def write(self, rel: str, checkpoint: dict[str, Any], entries: Iterable[bytes] | None = None) -> None:
-        """One partition's next checkpoint (kept in the side file until `save`). `entries`: the
-        pieces `JsonEntries.take` hands out, written as the checkpoint's `entries` array one at a
-        time, so a spilled partition's line is never built whole in memory."""
+    def write(self, rel: str, checkpoint: dict[str, Any], entries: Entries | None = None) -> None:
+        """One partition's next checkpoint (kept in the side file until `save`). `entries`: what
+        `JsonEntries.take` hands out, written as the checkpoint's `entries` array a piece at a
+        time (so a spilled partition's line is never built whole in memory), their lengths after."""
         try:
             head = dumps(rel) + b"\t"
+            if entries is not None:
+                checkpoint = {**checkpoint, ENTRY_LENGTHS_KEY: encode_lengths(entries.lengths)}
             body = dumps(checkpoint)
         except (UnicodeEncodeError, ValueError):
             return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint
@@ -197,12 +254,17 @@ class CheckpointFile:
             return
         out.write(head + _ENTRIES_OPEN)
         digest = xxhash.xxh3_128()
+        written = 0
         for n, piece in enumerate(entries):
             if n:
                 out.write(b",")
                 digest.update(b",")
+                written += 1
             out.write(piece)
             digest.update(piece)
+            written += len(piece)
+        count = len(entries.lengths)
+        assert written == int(entries.lengths.sum()) + max(count - 1, 0), "entry lengths do not match their pieces"
         out.write(_ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
 
     def keep(self, rel: str) -> bool:

@@ -8,10 +8,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import distill.checkpoint_file as checkpoint_file
-from distill.checkpoint_file import ENTRIES_DIGEST_KEY, ENTRIES_KEY, SPILL_BYTES, CheckpointFile, JsonEntries, entries_intact
+from distill.checkpoint_file import (
+    ENTRIES_DIGEST_KEY,
+    ENTRIES_KEY,
+    ENTRY_LENGTHS_KEY,
+    SPILL_BYTES,
+    CheckpointFile,
+    Entries,
+    JsonEntries,
+    decode_lengths,
+    entries_bytes,
+    entries_intact,
+)
 
 
 def _accept(basis: str) -> Any:
@@ -126,9 +138,15 @@ def test_entries_are_written_one_at_a_time_and_read_back_as_the_checkpoints_arra
     assert len(entries) == 0  # taken: the next partition starts empty
     read = CheckpointFile(path, _accept("b1"))
     def without_digest(payload: bytes | None) -> dict[str, Any]:
+        """The checkpoint, each entry's length checked against its bytes in the line and dropped."""
         assert payload is not None and entries_intact(payload)
         found = json.loads(payload)
         del found[ENTRIES_DIGEST_KEY]
+        body = bytes(entries_bytes(payload) or b"")
+        lengths = decode_lengths(found.pop(ENTRY_LENGTHS_KEY), len(found[ENTRIES_KEY]), len(body))
+        assert lengths is not None
+        starts = [sum(int(n) + 1 for n in lengths[:k]) for k in range(len(lengths))]
+        assert [json.loads(body[a:a + int(n)]) for a, n in zip(starts, lengths)] == found[ENTRIES_KEY]
         return found
 
     assert without_digest(read.payload("a/x.jsonl")) == {
@@ -225,10 +243,30 @@ def test_entries_are_trusted_only_as_written(tmp_path: Path) -> None:
 
     path = tmp_path / "book.json"
     book = CheckpointFile(path, _accept("b1"))
-    book.write("a/x.jsonl", {"end": 1}, iter([b'["c","s",{"k":"],\\"entries_digest\\":\\""}]', b'["d"]']))
+    pieces = [b'["c","s",{"k":"],\\"entries_digest\\":\\""}]', b'["d"]']
+    book.write("a/x.jsonl", {"end": 1}, Entries(iter(pieces), np.array([len(p) for p in pieces])))
     book.save({"basis": "b1"})
     payload = CheckpointFile(path, _accept("b1")).payload("a/x.jsonl") or b""
     assert entries_intact(payload) and json.loads(payload)[ENTRIES_KEY][1] == ["d"]
     assert not entries_intact(payload.replace(b'"d"', b'"e"'))  # same length, still JSON
     assert not entries_intact(payload.replace(b'{"end"', b'{"end2"').replace(b'"entries_digest"', b'"other"'))
     assert not entries_intact(b'{"end": 1}')
+
+
+def test_entry_lengths_are_taken_only_when_they_cut_the_body_into_its_entries() -> None:
+    """A reader parses one entry by its length (the preference export's rows read back alone):
+    lengths that do not add up, with the commas between them, to the entries' bytes are no lengths."""
+    from distill.checkpoint_file import encode_lengths
+
+    body = b'["a"],[1,2],{}'
+    good = encode_lengths(np.array([5, 5, 2]))
+    found = decode_lengths(good, 3, len(body))
+    assert found is not None and found.tolist() == [5, 5, 2]
+    assert decode_lengths(good, 2, len(body)) is None  # another count
+    assert decode_lengths(good, 3, len(body) + 1) is None  # another body
+    assert decode_lengths(encode_lengths(np.array([6, 4, 2])), 3, len(body)) is not None  # (a cut the reader checks)
+    assert decode_lengths(encode_lengths(np.array([0, 10, 2])), 3, len(body)) is None  # an empty entry
+    assert decode_lengths("not base64!", 3, len(body)) is None
+    assert decode_lengths(None, 3, len(body)) is None
+    assert decode_lengths(encode_lengths(np.array([], dtype=np.int64)), 0, 0) is not None
+    assert decode_lengths(encode_lengths(np.array([], dtype=np.int64)), 0, 1) is None

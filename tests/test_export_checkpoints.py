@@ -491,17 +491,19 @@ def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
     c = Workspace(tmp_path / "c")
     shutil.copytree(exported_once[kind], c.root)
     _grow(grown)(c)
-    real = checkpoint_file.JsonEntries.add
+    real = checkpoint_file.JsonEntries.add_json
 
     def entries_made(ws: Workspace, keep_raw_bytes: int) -> int:
+        """Entries handed to the next checkpoint one at a time (made again, or sliced from the
+        old checkpoint's bytes), not as the replayed body in one piece."""
         made = 0
 
-        def counting(self: Any, index: int, entry: Any) -> None:
+        def counting(self: Any, index: int, data: bytes) -> None:
             nonlocal made
             made += 1
-            real(self, index, entry)
+            real(self, index, data)
 
-        monkeypatch.setattr(checkpoint_file.JsonEntries, "add", counting)
+        monkeypatch.setattr(checkpoint_file.JsonEntries, "add_json", counting)
         monkeypatch.setattr(checkpoints_module, "KEEP_RAW_BYTES", keep_raw_bytes)
         _export(ws, kind)
         monkeypatch.undo()
@@ -512,7 +514,25 @@ def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
     _export(b, kind)
 
     def entries(ws: Workspace) -> dict[str, Any]:
-        return {rel: orjson.loads(line.split(b"\t", 1)[1])[checkpoint_file.ENTRIES_KEY]
+        return {rel: [orjson.loads(line.split(b"\t", 1)[1])[k]
+                      for k in (checkpoint_file.ENTRIES_KEY, checkpoint_file.ENTRY_LENGTHS_KEY)]
                 for rel, line in _checkpoint_lines(ws, kind).items()}
 
     assert entries(a) == entries(b) == entries(c)
+
+
+def test_a_cut_that_is_not_an_entry_is_refused() -> None:
+    """An entry read alone by its length must start an entry and end where the next one starts."""
+    import numpy as np
+
+    from distill.errors import UsageError
+    from distill.export.checkpoints import LazyEntries
+
+    body = b'["r",1],["q","x"]'
+    assert LazyEntries(body, np.array([7, 9]))[1] == ["q", "x"]
+    assert LazyEntries(body, np.array([7, 9]))[-2] == ["r", 1]
+    for wrong in ([6, 10], [8, 8]):
+        with pytest.raises(UsageError):
+            LazyEntries(body, np.array(wrong))[1]
+    with pytest.raises(IndexError):
+        LazyEntries(body, np.array([7, 9]))[2]

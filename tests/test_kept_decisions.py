@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import distill.export.preference as preference_module
 from distill.config import Settings
+from distill.export.checkpoints import LazyEntries
 from distill.export.kept_decisions import NONE, Codes, dirty_tasks
 from distill.export.run import run_export
 from distill.jsonl import append_json
@@ -168,6 +169,42 @@ def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, export
     kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
     assert kept > 0 and redone_a < redone_b  # the clean tasks' rows were not paired again
     _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
+
+
+def test_a_dirty_task_s_rows_are_read_back_alone(tmp_path: Path, exported: tuple[Path, Settings],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows of a task a change touched are read back from their checkpoint entries one entry at
+    a time (each entry's length is in the checkpoint): a partition's other entries, whose rows keep
+    their decisions, are never parsed."""
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, CHANGES["a task that shares a question gains a row"])
+    whole, alone, settling = [], [], []
+    real_parsed, real_json, real_settle = LazyEntries.parsed, LazyEntries.json, preference_module._Pass1.settle
+
+    def parsed(self: LazyEntries) -> list[Any]:
+        if settling and self._list is None:
+            whole.append(len(self))
+        return real_parsed(self)
+
+    def one(self: LazyEntries, i: int) -> bytes:
+        if settling:
+            alone.append(i)
+        return real_json(self, i)
+
+    def settle(self: Any, *args: Any) -> Any:
+        settling.append(True)
+        try:
+            return real_settle(self, *args)
+        finally:
+            settling.clear()
+
+    monkeypatch.setattr(LazyEntries, "parsed", parsed)
+    monkeypatch.setattr(LazyEntries, "json", one)
+    monkeypatch.setattr(preference_module._Pass1, "settle", settle)
+    got_a = _export(a, settings)
+    monkeypatch.undo()
+    assert _state(a, got_a) == _state(b, _export(b, settings))
+    assert alone and not whole and _kept(got_a) > 0
 
 
 def test_a_removed_row_makes_its_task_pair_again(tmp_path: Path, exported: tuple[Path, Settings],

@@ -40,7 +40,15 @@ from typing import IO, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from distill.checkpoint_file import ENTRIES_HEAD, ENTRIES_KEY, CheckpointFile, entries_bytes
+from distill.checkpoint_file import (
+    ENTRIES_HEAD,
+    ENTRIES_KEY,
+    ENTRY_LENGTHS_KEY,
+    CheckpointFile,
+    Entries,
+    decode_lengths,
+    entries_bytes,
+)
 from distill.config import Settings
 from distill.errors import UsageError
 from distill.export.reader import (
@@ -55,12 +63,12 @@ from distill.export.reader import (
 )
 from distill.export.scored_index import digest_position, key_digest
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
-from distill.jsonl import RawLine, iter_raw_lines, line_at, loads
+from distill.jsonl import RawLine, dumps, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 5  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset
+EXPORT_CHECKPOINT_VERSION = 6  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -73,7 +81,7 @@ class PartitionExporter(Protocol):
 
     def feed(self, item: ReaderItem) -> None: ...
 
-    def end_partition(self) -> Iterator[bytes] | None:
+    def end_partition(self) -> Entries | None:
         """The entries of the rows since the last call, as `JsonEntries.take` hands them out."""
         ...
 
@@ -116,15 +124,23 @@ def _any_entries(entries: Any) -> bool:
     return isinstance(entries, list) and all(isinstance(e, list) and e for e in entries)
 
 
+_NOT_OURS = ("an export checkpoint holds entries no run wrote; `distill run --force` starts the exports from "
+             "their inputs")
+
+
 class LazyEntries(Sequence[Any]):
     """A preference checkpoint's entries, parsed on first use: a replayed row whose decision the
     export keeps from the last run (distill.export.kept_decisions) needs none of them, only their
-    count. Their bytes passed the entries' digest, so they are the bytes written; entries that
-    still do not parse as written are a checkpoint no run of ours made."""
+    count, and a row of a task a change touched is read back alone (each entry's length is kept:
+    one entry parsed, not its partition's). Their bytes passed the entries' digest, so they are
+    the bytes written; entries that still do not parse as written are a checkpoint no run of ours
+    made."""
 
-    def __init__(self, body: bytes, count: int) -> None:
+    def __init__(self, body: bytes, lengths: np.ndarray) -> None:
         self._body: bytes | None = body
-        self._count = count
+        self._count = len(lengths)
+        self._lengths = lengths
+        self._starts: np.ndarray | None = None
         self._list: list[Any] | None = None
 
     def parsed(self) -> list[Any]:
@@ -132,10 +148,28 @@ class LazyEntries(Sequence[Any]):
             assert self._body is not None
             found = loads(b"[" + self._body + b"]")
             if not _any_entries(found) or len(found) != self._count:
-                raise UsageError("an export checkpoint holds entries no run wrote; `distill run --force` starts the "
-                                 "exports from their inputs")
+                raise UsageError(_NOT_OURS)
             self._list, self._body = found, None
         return self._list
+
+    def _span(self, i: int) -> tuple[int, int]:
+        if self._starts is None:
+            self._starts = np.concatenate(([0], np.cumsum(self._lengths + 1)[:-1])) if self._count else self._lengths
+        start = int(self._starts[i])
+        return start, start + int(self._lengths[i])
+
+    def json(self, i: int) -> bytes:
+        """Entry i's JSON as written."""
+        k = i + self._count if i < 0 else i
+        if not 0 <= k < self._count:
+            raise IndexError(i)
+        if self._body is None:
+            return dumps(self.parsed()[k])
+        start, end = self._span(k)
+        # the lengths add up to the body (checked when read); a span must still be one entry
+        if self._body[start:start + 1] != b"[" or (end < len(self._body) and self._body[end:end + 1] != b","):
+            raise UsageError(_NOT_OURS)
+        return self._body[start:end]
 
     def __len__(self) -> int:
         return self._count
@@ -143,7 +177,12 @@ class LazyEntries(Sequence[Any]):
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return _Span(self, *i.indices(self._count)[:2])
-        return self.parsed()[i]
+        if self._list is not None:
+            return self._list[i]
+        found = loads(self.json(i))
+        if not _any_entries([found]):
+            raise UsageError(_NOT_OURS)
+        return found
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.parsed())
@@ -164,10 +203,24 @@ class _Span(Sequence[Any]):
         k = i + len(self) if i < 0 else i
         if not 0 <= k < len(self):
             raise IndexError(i)
-        return self._whole.parsed()[self._start + k]  # not a copy of the span per item
+        return self._whole[self._start + k]  # one entry parsed, not a copy of the span per item
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.islice(self._whole.parsed(), self._start, self._stop)
+
+    def json(self) -> Iterator[bytes]:
+        """Each entry's JSON as written, without parsing them."""
+        return (self._whole.json(k) for k in range(self._start, self._stop))
+
+
+def entries_json(entries: Sequence[Any]) -> Iterator[bytes]:
+    """The JSON of each entry, as a checkpoint wrote it: sliced from the checkpoint's bytes when
+    the entries are still unparsed there, else written again."""
+    if isinstance(entries, LazyEntries):
+        return _Span(entries, 0, len(entries)).json()
+    if isinstance(entries, _Span):
+        return entries.json()
+    return (dumps(e) for e in entries)
 
 
 class MirrorKeys:
@@ -359,6 +412,7 @@ class ExportCheckpoints:
         with raw:
             lazy = self._entries_ok is None
             body = bytes(raw) if lazy else None
+            body_bytes = len(raw)
             kept = (body if lazy else bytes(raw)) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
             rest = len(ENTRIES_HEAD) + len(raw) + 1  # after the entries' closing bracket: `,"entries_digest":...}`
         try:
@@ -367,13 +421,16 @@ class ExportCheckpoints:
             found[RAW_ENTRIES] = kept
             found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
+            count, odd = divmod(len(found["digests"]), LINE_DIGEST)
+            lengths = decode_lengths(found.get(ENTRY_LENGTHS_KEY), count, body_bytes)
+            if odd or lengths is None:
+                return None
+            found[ENTRY_LENGTHS_KEY] = lengths
             if body is not None:
-                if len(found["digests"]) % LINE_DIGEST:
-                    return None
-                found[ENTRIES_KEY] = LazyEntries(body, len(found["digests"]) // LINE_DIGEST)
+                found[ENTRIES_KEY] = LazyEntries(body, lengths)
             elif self._entries_ok is None or not self._entries_ok(found[ENTRIES_KEY]):
                 return None
-            if len(found["digests"]) != LINE_DIGEST * len(found[ENTRIES_KEY]):
+            if count != len(found[ENTRIES_KEY]):
                 return None
             for name in ("end", "lines", "mirror_end"):
                 if type(found[name]) is not int or found[name] < 0:
@@ -383,7 +440,7 @@ class ExportCheckpoints:
             return None
 
     def write(self, rel: str, *, scored: LineEndHash, scored_path: Path, lines: int,
-              mirror: tuple[int, str, MirrorKeys], entries: Iterator[bytes], digests: bytes) -> None:
+              mirror: tuple[int, str, MirrorKeys], entries: Entries, digests: bytes) -> None:
         """`entries`: the rows' entries in row order, as `JsonEntries.take` hands them out."""
         if not self.writable:
             return
@@ -456,7 +513,7 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
 
 
 def _write_after(checkpoints: ExportCheckpoints, rel: str, path: Path, found: dict[str, Any], tail: TailEvidence,
-                 read: LineEndHash, lines: int, entries: Iterator[bytes] | None, digests: bytearray) -> None:
+                 read: LineEndHash, lines: int, entries: Entries | None, digests: bytearray) -> None:
     state = tail.mirror_state() or (found["mirror_end"], found["mirror_prefix_hash"], found["keys"])
     if entries is not None and not tail.unsure and not read.after_newline:
         checkpoints.write(rel, scored=read, scored_path=path, lines=lines, mirror=state, entries=entries,
@@ -482,7 +539,7 @@ def _resume(ws: Workspace, path: Path, rel: str, found: dict[str, Any], tail: Ta
     entries = exporter.end_partition()
     if not unchanged:
         if raw and entries is not None:
-            entries = itertools.chain((raw,), entries)  # the replayed entries' JSON, then the new ones'
+            entries = entries.after(raw, found[ENTRY_LENGTHS_KEY])  # the replayed entries' JSON, then the new ones'
         _write_after(checkpoints, rel, path, found, tail, read, found["lines"] + read.newlines, entries, digests)
     elif entries is not None and not read.newlines and not read.after_newline and not tail.unsure:
         checkpoints.keep(rel)  # else it grew after all (between the stat and the read): no checkpoint

@@ -46,8 +46,8 @@ from typing import IO, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from distill.checkpoint_file import JsonEntries
-from distill.export.checkpoints import PartitionExporter
+from distill.checkpoint_file import Entries, JsonEntries
+from distill.export.checkpoints import PartitionExporter, entries_json
 from distill.export.exported import Ids, PerTask
 from distill.export.gates import Firewall, GateInput, meta_text
 from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_tasks
@@ -559,7 +559,7 @@ class _Pass1:
                 self._entries.add(i, _row_entry(row, spilled, passed))
         self.batch.clear()
 
-    def end_partition(self) -> Iterator[bytes] | None:
+    def end_partition(self) -> Entries | None:
         """Every line read so far is spilled; the entries of the lines since the last call."""
         self.flush()
         entries = self._entries.take()
@@ -594,18 +594,19 @@ class _Pass1:
             self.deferred.append((self._rel, self._next, self._position, n))
             self.matched[first:first + n] = True
             self.decisions.kept_rows(self._next, self.kept, slice(first, first + n))
-            if self.record and record:
-                for k, entry in enumerate(entries):
-                    self._entries.add(self._next + k, entry)
+            if self.record and record:  # copied as written: a kept row's entry is never parsed
+                for k, data in enumerate(entries_json(entries)):
+                    self._entries.add_json(self._next + k, data)
             self._next += n
             self._position += n
             self.replayed += n
             return
         ready, self._ready = self._ready, []
-        for entry, parsed in zip(entries, ready, strict=True):
+        for data, parsed in zip(entries_json(entries) if self.record and record else itertools.repeat(None, n), ready,
+                                strict=True):
             self._spill(self._next, parsed, self.buckets)
-            if self.record and record:
-                self._entries.add(self._next, entry)
+            if data is not None:
+                self._entries.add_json(self._next, data)
             self._next += 1
         self._position += n
         self.replayed += n

@@ -8,13 +8,13 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from distill.checkpoint_file import JsonEntries
+from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.exported import Ids
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
@@ -267,7 +267,7 @@ class RowExporter:
             self._gate()
             self._flush()
 
-    def end_partition(self) -> Iterator[bytes] | None:
+    def end_partition(self) -> Entries | None:
         """Decide and hand on every row read so far; the entries of the rows since the last call
         (None when they cannot make a checkpoint: not recording, or a row repeated an id)."""
         self._gate()
