@@ -96,6 +96,14 @@ def prefix_hash(path: Path, end: int, new: Callable[[], Any] = _new_prefix_hashe
     return h
 
 
+def file_digest(path: Path) -> tuple[int, str] | None:
+    """(size, PREFIX_HASH) of a whole file, None when it cannot be read: what a cache that points
+    into a file it did not write last (a quarantine file) checks that file by."""
+    size = file_size(path)
+    hasher = prefix_hash(path, size) if size is not None else None
+    return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
+
+
 class PrefixHash:
     """The PREFIX_HASH of a file from offset 0, kept while a reader goes through it: started fresh
     or resumed from a prefix that still matches, fed every chunk read, and asked for the digest of

@@ -536,3 +536,41 @@ def test_a_cut_that_is_not_an_entry_is_refused() -> None:
             LazyEntries(body, np.array(wrong))[1]
     with pytest.raises(IndexError):
         LazyEntries(body, np.array([7, 9]))[2]
+
+
+def _quarantine_edited(kind: ExportKind) -> Callable[[Workspace], None]:
+    """One letter of the quarantine file changed: the same size, not the bytes the run wrote."""
+
+    def change(ws: Workspace) -> None:
+        path = ws.quarantine_path(kind.value)
+        data = path.read_bytes()
+        at = data.index(b'"reason":"') + len(b'"reason":"')
+        path.write_bytes(data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:])
+
+    return change
+
+
+@pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
+@pytest.mark.parametrize("change", ["edited", "removed", "cut short"])
+def test_rag_sft_lines_are_read_back_only_from_the_quarantine_file_their_run_wrote(
+        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind, change: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RAG/SFT checkpoint keeps each quarantine line's length, not the line (one copy on disk:
+    the quarantine file); when that file is not what the checkpoint's run left, every row is read
+    again, and the outputs are a full export's."""
+    assert b"schema_version" not in exported_once[kind].joinpath(f".distill.export-{kind.value}.json").read_bytes()
+
+    def cut(ws: Workspace) -> None:
+        path = ws.quarantine_path(kind.value)
+        path.write_bytes(path.read_bytes()[:-100])
+
+    changes: dict[str, Callable[[Workspace], None]] = {
+        "edited": _quarantine_edited(kind),
+        "removed": lambda ws: ws.quarantine_path(kind.value).unlink(),
+        "cut short": cut,
+    }
+    a, b = _twins(tmp_path, exported_once, kind, changes[change])
+    done_a, done_b = _compare(a, b, kind, monkeypatch)
+    assert done_a == done_b >= ROWS // 2  # nothing replayed
+    done_a, _ = _compare(a, b, kind, monkeypatch)  # and the next run replays again
+    assert done_a == 0

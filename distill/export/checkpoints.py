@@ -32,7 +32,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -62,13 +63,13 @@ from distill.export.reader import (
     rel_path,
 )
 from distill.export.scored_index import digest_position, key_digest
-from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_size, sha256_hex
+from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_digest, file_size, sha256_hex
 from distill.jsonl import RawLine, dumps, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 6  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length
+EXPORT_CHECKPOINT_VERSION = 7  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length; 7: RAG/SFT quarantine lines read from the last quarantine file
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -115,9 +116,107 @@ def _unchanged(raw: RawLine, recorded: bytes) -> bool:
     return recorded == _digest(raw, False) or recorded == _digest(raw, True)
 
 
+MIN_LINE = 2  # a quarantine line is a JSON object: `{}` at least
+QUARANTINE_KEY = "quarantine"  # in the header (RAG/SFT): the quarantine file the entries' lines are in
+
+
 def _row_entries(entries: Any) -> bool:
-    """RowExporter's entries: lists of 7 fields (quarantine.Entry)."""
-    return isinstance(entries, list) and all(isinstance(e, list) and len(e) == 7 for e in entries)
+    """RowExporter's entries: lists of 7 fields (quarantine.Entry), the last one the length of the
+    row's quarantine line or None."""
+    return isinstance(entries, list) and all(
+        isinstance(e, list) and len(e) == 7 and (e[6] is None or (type(e[6]) is int and e[6] >= MIN_LINE))
+        for e in entries)
+
+
+class LastQuarantine:
+    """The quarantine file the run that wrote the RAG/SFT checkpoints left. A replayed row's
+    quarantine line is read from there instead of being kept in its checkpoint entry (which keeps
+    its length): the lines exist once on disk, and a partition whose rows are replayed copies its
+    lines as one block. Trusted only while the file is the bytes that run wrote (the size and
+    xxh3-128 the checkpoint header holds); the file is held open from that check on (the run
+    replaces it only when it is done)."""
+
+    def __init__(self, fh: IO[bytes], size: int, blocks: dict[str, int]) -> None:
+        self._fh, self.size, self._blocks = fh, size, blocks
+
+    @classmethod
+    def of(cls, path: Path, recorded: Any) -> LastQuarantine | None:
+        """`recorded`: what `ExportCheckpoints.save` wrote ({size, hash, blocks}), None when absent."""
+        if not isinstance(recorded, dict):
+            return None
+        size, sha, blocks = recorded.get("size"), recorded.get("hash"), recorded.get("blocks")
+        if (type(size) is not int or not isinstance(sha, str) or not isinstance(blocks, dict)
+                or not all(type(at) is int and 0 <= at <= size for at in blocks.values())):
+            return None
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError:
+            return None
+        if file_digest(path) != (size, sha) or os.fstat(fh.fileno()).st_size != size:
+            fh.close()
+            return None
+        return cls(fh, size, blocks)
+
+    def block(self, rel: str) -> int | None:
+        """Where the partition's quarantine lines start."""
+        return self._blocks.get(rel)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._fh.seek(offset)
+        data = self._fh.read(length)
+        if len(data) != length:
+            raise UsageError(f"{self._fh.name} changed while it was read; `distill run --force` starts the exports "
+                             f"from their inputs")
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class RowEntries(Sequence[Any]):
+    """A RAG/SFT partition's checkpoint entries (or a run of them), with their quarantine lines in
+    the last quarantine file: an entry's line follows the lines of the entries before it in the
+    partition's block, so a run of entries has its lines as one read."""
+
+    def __init__(self, entries: list[Any], source: LastQuarantine, block: int, ends: np.ndarray,
+                 start: int = 0, stop: int | None = None) -> None:
+        self._entries, self._source, self._block, self._ends = entries, source, block, ends
+        self._start, self._stop = start, len(entries) if stop is None else stop
+
+    @classmethod
+    def of(cls, entries: list[Any], source: LastQuarantine, block: int) -> RowEntries | None:
+        """None when the entries' lines do not fit in the file from `block` on."""
+        sizes = np.fromiter((0 if e[6] is None else e[6] + 1 for e in entries), dtype=np.int64, count=len(entries))
+        ends = np.concatenate(([0], np.cumsum(sizes)))
+        return cls(entries, source, block, ends) if block + int(ends[-1]) <= source.size else None
+
+    def lines(self) -> bytes:
+        """The lines of these entries' rows, joined by newlines (no newline after the last)."""
+        first, last = int(self._ends[self._start]), int(self._ends[self._stop])
+        if first == last:
+            return b""
+        data = self._source.read(self._block + first, last - first)
+        count = np.count_nonzero(np.diff(self._ends[self._start:self._stop + 1]))
+        if not data.endswith(b"\n") or data.count(b"\n") != count:
+            raise UsageError("an export's quarantine file does not hold the lines its checkpoint says; "
+                             "`distill run --force` starts the exports from their inputs")
+        return data[:-1]
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            start, stop, _ = i.indices(len(self))
+            return RowEntries(self._entries, self._source, self._block, self._ends, self._start + start,
+                              self._start + max(start, stop))
+        k = i + len(self) if i < 0 else i
+        if not 0 <= k < len(self):
+            raise IndexError(i)
+        return self._entries[self._start + k]
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(self._entries, self._start, self._stop)
 
 
 def _any_entries(entries: Any) -> bool:
@@ -383,13 +482,20 @@ class ExportCheckpoints:
     """The checkpoint file (distill.checkpoint_file): a header (format, basis), then one line per
     scored partition, read one at a time; the next run's file is written as partitions are done."""
 
-    def __init__(self, path: Path, basis: str, *, writable: bool = True, row_entries: bool = True) -> None:
+    def __init__(self, path: Path, basis: str, *, writable: bool = True, row_entries: bool = True,
+                 quarantine: Path | None = None, written: Callable[[], int] | None = None) -> None:
+        """`quarantine` (RAG/SFT): the export's quarantine file, where the last run wrote the lines
+        its entries stand for; `written`: how many bytes this run has written to its next one (a
+        partition's lines start there), so that the next run can read them back."""
         self.path = path
         self.basis = basis
         # RAG/SFT keep RowExporter entries, checked and parsed here; the preference export its own
         # (checked by can_replay), parsed when first used (LazyEntries)
         self._entries_ok = _row_entries if row_entries else None
         self.writable = writable  # a dry run reads checkpoints and writes none
+        self._written = written
+        self._block_start = 0  # where the lines of the partition being exported start (written())
+        self._blocks: dict[str, int] = {}  # the same for each partition that has a checkpoint
 
         def accept(line: bytes) -> dict[str, Any] | None:
             header = loads(line)
@@ -400,6 +506,17 @@ class ExportCheckpoints:
         header = self._file.header
         # the run that wrote the file (what the preference export's kept decisions are tied to)
         self.token: str | None = header.get("run") if isinstance(header, dict) and isinstance(header.get("run"), str) else None
+        self._last = (LastQuarantine.of(quarantine, header.get(QUARANTINE_KEY))
+                      if row_entries and quarantine is not None and isinstance(header, dict) else None)
+
+    def begin(self, rel: str) -> None:
+        """A partition's rows come next: its quarantine lines start where this run's are now."""
+        if self._written is not None:
+            self._block_start = self._written()
+
+    def _has_checkpoint(self, rel: str) -> None:
+        if self._written is not None:
+            self._blocks[rel] = self._block_start
 
     def get(self, rel: str) -> dict[str, Any] | None:
         """The partition's checkpoint; with its entries' JSON as written under "entries_raw" when
@@ -430,6 +547,12 @@ class ExportCheckpoints:
                 found[ENTRIES_KEY] = LazyEntries(body, lengths)
             elif self._entries_ok is None or not self._entries_ok(found[ENTRIES_KEY]):
                 return None
+            else:  # RAG/SFT: the entries' lines are in the last quarantine file
+                block = self._last.block(rel) if self._last is not None else None
+                rows = RowEntries.of(found[ENTRIES_KEY], self._last, block) if self._last and block is not None else None
+                if rows is None:
+                    return None
+                found[ENTRIES_KEY] = rows
             if count != len(found[ENTRIES_KEY]):
                 return None
             for name in ("end", "lines", "mirror_end"):
@@ -448,24 +571,34 @@ class ExportCheckpoints:
         if sha is None:
             return
         end, mirror_sha, keys = mirror
+        self._has_checkpoint(rel)
         self._file.write(rel, {"end": scored.end, "lines": lines, "prefix_hash": sha, "mirror_end": end,
                                "mirror_prefix_hash": mirror_sha, **keys.texts(),
                                "line_digests": base64.b64encode(digests).decode("ascii")}, entries)
 
     def keep(self, rel: str) -> bool:
         """The partition's checkpoint carried over unchanged (False: it has none now)."""
-        return self.writable and self._file.keep(rel)
+        if not (self.writable and self._file.keep(rel)):
+            return False
+        self._has_checkpoint(rel)
+        return True
 
-    def save(self, token: str | None = None) -> None:
-        """`token`: names the run that wrote the file, for what is kept beside it."""
+    def save(self, token: str | None = None, quarantine: tuple[int, str] | None = None) -> None:
+        """`token`: names the run that wrote the file, for what is kept beside it; `quarantine`:
+        the size and PREFIX_HASH of the quarantine file this run wrote (RAG/SFT)."""
         if self.writable:
             header: dict[str, Any] = {"version": EXPORT_CHECKPOINT_VERSION, "basis": self.basis}
             if token is not None:
                 header["run"] = token
+            if quarantine is not None:
+                header[QUARANTINE_KEY] = {"size": quarantine[0], "hash": quarantine[1], "blocks": self._blocks}
             self._file.save(header)
 
     def discard(self) -> None:
         self._file.discard()
+        if self._last is not None:
+            self._last.close()
+            self._last = None
 
 
 def mirror_of_full_read(index: EvidenceIndex, mirror: Path) -> tuple[int, str, MirrorKeys] | None:
@@ -485,6 +618,7 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
     checkpoint written (when one can be)."""
     rel = rel_path(ws, path)
     mirror = ws.evidence_dir / path.relative_to(ws.scored_dir)
+    checkpoints.begin(rel)
     found = checkpoints.get(rel)
     if found is not None:
         mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_prefix_hash"])

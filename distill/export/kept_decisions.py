@@ -47,7 +47,7 @@ from typing import IO, Any
 import numpy as np
 
 from distill.export.scored_index import key_digest, write_cache
-from distill.hashing import file_size, prefix_hash
+from distill.hashing import file_digest
 from distill.jsonl import loads
 from distill.records import QuarantineReason
 
@@ -57,13 +57,6 @@ NONE = -1  # no task (refused before pairing), no question (not a cross candidat
 
 # (index, source, category or None, reason or None, quarantine line or b"", deduped?): preference.Decided
 Decided = tuple[int, str, "str | None", "str | None", bytes, bool]
-
-
-def file_digest(path: Path) -> tuple[int, str] | None:
-    """(size, PREFIX_HASH) of a file, None when it cannot be read."""
-    size = file_size(path)
-    hasher = prefix_hash(path, size) if size is not None else None
-    return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
 
 
 class Codes:

@@ -8,13 +8,14 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from distill.checkpoint_file import Entries, JsonEntries
+from distill.export.checkpoints import RowEntries
 from distill.export.exported import Ids
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
@@ -126,7 +127,8 @@ class RowExport:
 
 Entry = list[Any]
 """One input row's outcome as a checkpoint keeps it: [code, source, category, reason, sample id,
-run id, quarantine line]. Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
+run id, length of its quarantine line or None] (the line itself is read from the quarantine file
+the run that wrote the checkpoint left: checkpoints.RowEntries). Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
 candidate that shipped (or was already shipped), "g" a candidate the firewall or the schema
 refused, "x" a repeat of an id produced earlier in the input (its partition gets no checkpoint,
 so an "x" entry is never replayed). A "d" row keeps its sample id and run id when its reason is an unsafe category (the
@@ -183,7 +185,7 @@ class RowExporter:
         self._out[i] = ("line", line)
         self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
         if self.record:
-            entry[6] = line.decode("utf-8")
+            entry[6] = len(line)
             self._entries.add(i, entry)
 
     def _flush(self) -> None:
@@ -216,7 +218,7 @@ class RowExporter:
                 self._gated.bump(item.source, "quarantined", reason=rec.reason.value, category=category)
                 if self.record:
                     self._entries.add(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None,
-                                          line.decode("utf-8")])
+                                          len(line)])
             else:
                 self._gated.bump(item.source, "written", category=category)
                 if self.record:
@@ -276,9 +278,10 @@ class RowExporter:
         repeat, self._repeat = self._repeat, False
         return entries if self.record and not repeat else None
 
-    def can_replay(self, entries: list[Entry]) -> bool:
+    def can_replay(self, entries: Sequence[Entry]) -> bool:
         """Whether these entries give what reading their rows would: no candidate's id was produced
-        earlier in this input, and every candidate that shipped is still in the export."""
+        earlier in this input, every candidate that shipped is still in the export, and no refused
+        one is in it now (its line would not be written: the lines are copied as one block)."""
         ids: set[str] = set()
         seen, existing = self.seen, self.existing_ids
         for code, _source, _category, _reason, sid, _run_id, _line in entries:
@@ -286,41 +289,36 @@ class RowExporter:
                 if sid in seen or sid in ids:
                     return False
                 ids.add(sid)
-                if code == "c" and sid not in existing:
+                if (code == "c") != (sid in existing):
                     return False
             elif code != "b" and code != "d":
                 return False
         return True
 
-    def replay(self, entries: list[Entry], *, record: bool = True) -> None:
+    def replay(self, entries: RowEntries, *, record: bool = True) -> None:
         """The rows these entries stand for, in input order, right after `can_replay` said yes (so
         every shipped candidate is still in the export: it counts as deduped without asking
-        again); `record=False`: their entries are not handed over again (the partition's
-        checkpoint is kept as it is). A replayed partition is most of what a run after an append
-        does, so its rows are counted in one Counter and its quarantine lines go to the sink as
-        one block (the same bytes as one line at a time)."""
+        again, and every refused one is not); `record=False`: their entries are not handed over
+        again (the partition's checkpoint is kept as it is). A replayed partition is most of what
+        a run after an append does, so its rows are counted in one Counter and its quarantine lines
+        go to the sink as the one block they are in the last quarantine file."""
         self._gate()
         self._flush()
         counts: Counter[TallyKey] = Counter()
-        lines: list[str] = []
         existing = self.existing_ids
-        for code, source, category, reason, sid, run_id, line in entries:
+        for code, source, category, reason, sid, run_id, _line in entries:
             if code == "c":
                 counts[(source, "deduped", None, category)] += 1
             elif code == "g":
-                if sid in existing:
-                    counts[(source, "deduped", None, category)] += 1
-                else:
-                    lines.append(line)
-                    self._gated.bump(source, "quarantined", reason=reason, category=category)
+                self._gated.bump(source, "quarantined", reason=reason, category=category)
             else:
-                lines.append(line)
                 counts[(source, "quarantined", reason, category)] += 1
                 if code == "d" and sid is not None and sid in existing:
                     self._stale(sid, run_id, category, reason)
         self.seen.update(entry[4] for entry in entries if entry[0] == "c" or entry[0] == "g")
-        if lines:
-            self.on_quarantine("\n".join(lines).encode("utf-8"))
+        block = entries.lines()
+        if block:
+            self.on_quarantine(block)
         if self.record and record:
             for at, entry in enumerate(entries, start=self._next):
                 self._entries.add(at, entry)

@@ -38,6 +38,7 @@ from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
+from distill.hashing import PrefixHash
 from distill.jsonl import append_file, atomic_writer, dumps, json_rows, replace_file, write_atomic
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -122,6 +123,15 @@ def run_export(
         def on_quarantine(line: bytes) -> None:
             quarantine_sink.write(line + b"\n")
 
+        # RAG/SFT: what this run's quarantine file will hold, so that the next run can read the
+        # lines its checkpoints stand for back from it
+        quarantine_written = PrefixHash()
+
+        def on_quarantine_hashed(line: bytes) -> None:
+            data = line + b"\n"
+            quarantine_sink.write(data)
+            quarantine_written.update(data)
+
         if kind == "preference":
             # pairing sees the whole input: every partition's first-pass rows come from its
             # checkpoint or a read, then every task is paired again; inputs that passed the gates
@@ -175,10 +185,11 @@ def run_export(
             id_of = (lambda j: rag_id(*j.key)) if kind == "rag" else (lambda j: sft_id(*j.key))
             flags = {"include_review": include_review} if kind == "rag" else {"include_partial": include_partial}
             checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), export_basis(ws, settings, kind, flags),
-                                            writable=not dry_run)
+                                            writable=not dry_run, quarantine=qpath,
+                                            written=lambda: quarantine_written.at)
             stack.callback(checkpoints.discard)
             exporter = RowExporter(kind, decide, existing.ids, fw, report, id_of=id_of, on_sample=on_sample,
-                                   on_quarantine=on_quarantine, record=not dry_run)
+                                   on_quarantine=on_quarantine_hashed, record=not dry_run)
             for path in iter_partition_files(ws.scored_dir):
                 export_partition(ws, path, index, exporter, checkpoints)
             rows = exporter.finish()
@@ -216,7 +227,9 @@ def run_export(
             elif not violations:
                 append_file(target, staged)
             if not violations and checkpoints is not None:
-                checkpoints.save(token)  # what each partition decided, for the next run to start from
+                # what each partition decided, for the next run to start from
+                checkpoints.save(token, None if pref is not None else (quarantine_written.at,
+                                                                       quarantine_written.hexdigest()))
                 if pref is not None:
                     _keep_decisions(ws, pref, kind=kind, basis=checkpoints.basis, token=token, target=target,
                                     rebuilt=rebuild)
