@@ -55,6 +55,7 @@ from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
     GATE_BATCH,
+    QuarantineLines,
     joined_detail,
     quarantine_broken,
     quarantine_joined,
@@ -68,7 +69,7 @@ from distill.export.scored_index import key_digest
 from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, merge_sorted
 from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
-from distill.hashing import PrefixHash, content_id
+from distill.hashing import content_id
 from distill.jsonl import READ_CHUNK, dumps
 from distill.records import (
     Category,
@@ -150,7 +151,6 @@ class PreferenceExport:
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
     rows_kept: int = 0  # rows whose decision was the last run's (their task unchanged)
     decisions: NextDecisions | None = None  # every row's, for the next run
-    quarantine: tuple[int, str] | None = None  # (size, xxh3-128) of the quarantine lines written
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,7 +864,7 @@ def export_preference(
     spill_dir: Path,
     buckets: int,
     on_sample: LineSink,
-    on_quarantine: LineSink,
+    on_quarantine: QuarantineLines,
 ) -> PreferenceExport:
     """Pairs go to `on_sample` in question order, quarantine rows to `on_quarantine` in input order.
     `read_rows` feeds pass 1 every scored partition in order (`export_partition`: read, or
@@ -932,24 +932,20 @@ def export_preference(
             on_sample(line)
         tally = Tally()
         last = -1
-        written = PrefixHash()  # the quarantine lines so far: their digest, and where the next one starts
         for row in merge_sorted([*decided_runs, clean], key=_INDEX):
             index, source, category, reason, line, deduped = row
             if index <= last:  # a run that was not in input order: the quarantine file would be shuffled
                 raise RuntimeError(f"preference decisions out of input order ({index} after {last})")
             last = index
-            decisions.decided(row, written.at)
+            decisions.decided(row, on_quarantine.at)  # where its line starts, if it has one
             if reason is None:
                 tally.bump(source, "deduped" if deduped else "written", category=category)
             else:
                 tally.bump(source, "quarantined", reason=reason, category=category)
                 on_quarantine(line)
-                written.update(line)
-                written.update(b"\n")
         tally.into(report)
     # the rows a kept run may take again: only when the run saw every row it decided
     result.decisions = decisions if last + 1 == len(decisions.task_codes()) else None
-    result.quarantine = (written.at, written.hexdigest())
     return result
 
 

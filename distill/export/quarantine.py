@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +19,7 @@ from distill.export.checkpoints import RowEntries
 from distill.export.exported import Ids
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
+from distill.hashing import PrefixHash
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
 from distill.records.stage import StageReport, Tally, TallyKey
@@ -44,6 +45,28 @@ Decision = Drop | Candidate
 GATE_BATCH = 5_000  # candidates per firewall check: bounds the scan batch
 MAX_HELD = 4 * GATE_BATCH  # decided rows held for input order before they go to the sinks
 UNSAFE = frozenset({QuarantineReason.UNSAFE_SFT_CATEGORY, QuarantineReason.UNSAFE_RAG_CATEGORY})
+
+
+class QuarantineLines:
+    """The sink an export's quarantine lines go through, each ended by a newline: where the next
+    line starts (a checkpoint entry or a kept decision points there) and the (size, xxh3-128) of
+    all written, which the next run checks the file by before it copies lines back out of it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._hash = PrefixHash()
+
+    def __call__(self, line: bytes) -> None:
+        data = line + b"\n"
+        self._out.write(data)
+        self._hash.update(data)
+
+    @property
+    def at(self) -> int:
+        return self._hash.at
+
+    def digest(self) -> tuple[int, str]:
+        return self._hash.at, self._hash.hexdigest()
 
 
 def joined_detail(j: Joined) -> dict[str, Any]:

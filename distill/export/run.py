@@ -30,7 +30,7 @@ from distill.export.gates import Firewall
 from distill.export.passed_gates import PassedGates
 from distill.export.kept_decisions import KeptDecisions
 from distill.export.preference import PreferenceExport, PreferencePass, export_preference
-from distill.export.quarantine import RowExporter
+from distill.export.quarantine import QuarantineLines, RowExporter
 from distill.export.rag import decide_rag, rag_id
 from distill.export.reader import EvidenceIndex, mirror_text, rel_path
 from distill.export.sft import decide_sft, sft_id
@@ -38,7 +38,6 @@ from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.hashing import PrefixHash
 from distill.jsonl import append_file, atomic_writer, dumps, json_rows, replace_file, write_atomic
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -120,17 +119,8 @@ def run_export(
         def on_sample(sample: BaseModel) -> None:
             sample_sink.write(dumps(sample.model_dump(mode="json")) + b"\n")
 
-        def on_quarantine(line: bytes) -> None:
-            quarantine_sink.write(line + b"\n")
-
-        # RAG/SFT: what this run's quarantine file will hold, so that the next run can read the
-        # lines its checkpoints stand for back from it
-        quarantine_written = PrefixHash()
-
-        def on_quarantine_hashed(line: bytes) -> None:
-            data = line + b"\n"
-            quarantine_sink.write(data)
-            quarantine_written.update(data)
+        # what this run's quarantine file will hold: the next run reads lines back out of it
+        quarantine_lines = QuarantineLines(quarantine_sink)
 
         if kind == "preference":
             # pairing sees the whole input: every partition's first-pass rows come from its
@@ -168,7 +158,7 @@ def run_export(
                 spill_dir=staged.parent,
                 buckets=bucket_count(sum(p.stat().st_size for p in iter_partition_files(ws.scored_dir))),
                 on_sample=lambda line: sample_sink.write(line + b"\n"),
-                on_quarantine=on_quarantine,
+                on_quarantine=quarantine_lines,
             )
             report.notes.append(
                 f"pairs written: {pref.pairs_same_task} same_task + {pref.pairs_cross_source} cross_source "
@@ -186,10 +176,10 @@ def run_export(
             flags = {"include_review": include_review} if kind == "rag" else {"include_partial": include_partial}
             checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), export_basis(ws, settings, kind, flags),
                                             writable=not dry_run, quarantine=qpath,
-                                            written=lambda: quarantine_written.at)
+                                            written=lambda: quarantine_lines.at)
             stack.callback(checkpoints.discard)
             exporter = RowExporter(kind, decide, existing.ids, fw, report, id_of=id_of, on_sample=on_sample,
-                                   on_quarantine=on_quarantine_hashed, record=not dry_run)
+                                   on_quarantine=quarantine_lines, record=not dry_run)
             for path in iter_partition_files(ws.scored_dir):
                 export_partition(ws, path, index, exporter, checkpoints)
             rows = exporter.finish()
@@ -228,11 +218,10 @@ def run_export(
                 append_file(target, staged)
             if not violations and checkpoints is not None:
                 # what each partition decided, for the next run to start from
-                checkpoints.save(token, None if pref is not None else (quarantine_written.at,
-                                                                       quarantine_written.hexdigest()))
+                checkpoints.save(token, None if pref is not None else quarantine_lines.digest())
                 if pref is not None:
                     _keep_decisions(ws, pref, kind=kind, basis=checkpoints.basis, token=token, target=target,
-                                    rebuilt=rebuild)
+                                    quarantine=quarantine_lines.digest(), rebuilt=rebuild)
             if not target.exists():
                 write_atomic(target, b"")
             written.append(target)
@@ -256,14 +245,14 @@ def run_export(
 
 
 def _keep_decisions(ws: Workspace, pref: PreferenceExport, *, kind: str, basis: str, token: str, target: Path,
-                    rebuilt: bool) -> None:
+                    quarantine: tuple[int, str], rebuilt: bool) -> None:
     """Every row's decision, for the next run to take where the task did not change (a rebuild
     paired against an empty export: the next run pairs every task again)."""
     path = ws.kept_decisions_path(kind)
-    if pref.decisions is None or pref.quarantine is None or rebuilt:
+    if pref.decisions is None or rebuilt:
         path.unlink(missing_ok=True)
         return
-    pref.decisions.save(path, basis=basis, token=token, export=target, quarantine=pref.quarantine)
+    pref.decisions.save(path, basis=basis, token=token, export=target, quarantine=quarantine)
 
 
 @contextlib.contextmanager
