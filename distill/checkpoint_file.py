@@ -18,7 +18,7 @@ import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,6 +69,7 @@ class Entries:
 
     pieces: Iterable[bytes]
     lengths: np.ndarray  # int64, one per entry
+    fields: dict[str, Any] = field(default_factory=dict)  # what the checkpoint line says about them (a summary)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.pieces)
@@ -77,7 +78,7 @@ class Entries:
         """Entries already written as one body (`lengths` each), then these."""
         if not len(lengths):
             return self
-        return Entries(itertools.chain((body,), self.pieces), np.concatenate((lengths, self.lengths)))
+        return Entries(itertools.chain((body,), self.pieces), np.concatenate((lengths, self.lengths)), self.fields)
 
     @classmethod
     def none(cls) -> Entries:
@@ -241,7 +242,7 @@ class CheckpointFile:
         try:
             head = dumps(rel) + b"\t"
             if entries is not None:
-                checkpoint = {**checkpoint, ENTRY_LENGTHS_KEY: encode_lengths(entries.lengths)}
+                checkpoint = {**checkpoint, **entries.fields, ENTRY_LENGTHS_KEY: encode_lengths(entries.lengths)}
             body = dumps(checkpoint)
         except (UnicodeEncodeError, ValueError):
             return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint

@@ -14,14 +14,18 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import xxhash
 
 import distill.checkpoint_file as checkpoint_file
 import distill.export.preference as preference_module
 import distill.export.run as run_module
 from distill.collect import run_collect
 from distill.config import Settings, load_settings
-from distill.export.reader import mirror_text
+from distill.export.entry_summary import PartitionSummary
+from distill.export.exported import ExportedIds
+from distill.export.reader import mirror_text, rel_path
 from distill.export.run import run_export
+from distill.export.scored_index import key_digest
 from distill.firewall import ExportKind
 from distill.records.stage import StageReport
 from distill.score import run_score
@@ -573,4 +577,66 @@ def test_rag_sft_lines_are_read_back_only_from_the_quarantine_file_their_run_wro
     done_a, done_b = _compare(a, b, kind, monkeypatch)
     assert done_a == done_b >= ROWS // 2  # nothing replayed
     done_a, _ = _compare(a, b, kind, monkeypatch)  # and the next run replays again
+    assert done_a == 0
+
+
+def test_a_partition_summary_answers_what_its_entries_would() -> None:
+    """What a whole partition's replay asks of its summary, against the entries it sums."""
+    entries = [["c", "s", "accepted", None, "id-1", None, None],
+               ["g", "s", "accepted", "secret_detected", "id-2", None, 40],
+               ["d", "s", "rejected", "unsafe_rag_category", "id-3", "run-3", 50],
+               ["b", "s", None, "invalid_json", None, None, 30]]
+    summary = PartitionSummary.of(entries)
+    assert (summary.line_bytes, summary.lines) == (41 + 51 + 31, 3)
+    assert summary.stale == [("id-3", "run-3", "rejected", "unsafe_rag_category")]
+    again = PartitionSummary.from_fields(summary.fields(), len(entries))
+    assert again is not None and again.fields() == summary.fields()
+    assert PartitionSummary.from_fields(summary.fields(), len(entries) + 1) is None  # not these entries' sum
+    existing = ExportedIds({key_digest("id-1")})
+    assert summary.replays_against(set(), existing)
+    assert not summary.replays_against({key_digest("id-2")}, existing)  # an id produced earlier in this input
+    assert not summary.replays_against(set(), ExportedIds(set()))  # a shipped row left the export
+    assert not summary.replays_against(set(), ExportedIds({key_digest("id-1"), key_digest("id-2")}))  # a refused one is in it
+    assert not PartitionSummary.of([*entries, entries[0]]).replays_against(set(), existing)  # one id twice
+    assert not PartitionSummary.of([["x", "s", "accepted", None, "id-4", None, 60]]).replays_against(set(), existing)
+
+
+@pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
+@pytest.mark.parametrize("redigest", [False, True])
+def test_a_summary_that_is_not_its_partition_s_entries_is_no_checkpoint(
+        tmp_path: Path, exported_once: dict[ExportKind, Path], kind: ExportKind, redigest: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition replayed whole is counted from the summary beside its entries: a summary that
+    is not the bytes written, or (`redigest`: its digest made to match) that does not add up to
+    its entries, is no checkpoint; that partition is read and the outputs are a full export's."""
+    edited: list[int] = []
+
+    def change(ws: Workspace) -> None:
+        path = ws.export_checkpoint_path(kind.value)
+        if not path.exists():
+            return
+        lines = path.read_bytes().splitlines(keepends=True)
+        head = orjson.dumps(rel_path(ws, _largest_partition(ws))) + b"\t"
+        at = next(k for k, line in enumerate(lines) if line.startswith(head))
+        body = lines[at][len(head):]
+        found = orjson.loads(body)
+        summary = found["summary"]
+        old = orjson.dumps(summary)
+        row = max(summary["counts"], key=lambda r: r[-1])
+        assert row[-1] >= 2
+        row[-1] = row[-1] + 1 if row[-1] % 10 != 9 else row[-1] - 1  # one count off, the line as long
+        new = orjson.dumps(summary)
+        assert len(new) == len(old) and body.count(old) == 1
+        body = body.replace(old, new)
+        if redigest:
+            body = body.replace(found["summary_digest"].encode(), xxhash.xxh3_128(new).hexdigest().encode())
+        lines[at] = head + body
+        path.write_bytes(b"".join(lines))
+        edited.append(len(found["entries"]))
+
+    a, b = _twins(tmp_path, exported_once, kind, change)
+    assert edited
+    done_a, done_b = _compare(a, b, kind, monkeypatch)
+    assert 0 < done_a <= edited[0] < done_b  # that partition's rows alone were read
+    done_a, _ = _compare(a, b, kind, monkeypatch)  # and its next checkpoint is replayed
     assert done_a == 0

@@ -52,6 +52,7 @@ from distill.checkpoint_file import (
 )
 from distill.config import Settings
 from distill.errors import UsageError
+from distill.export.entry_summary import PartitionSummary
 from distill.export.reader import (
     Broken,
     EvidenceIndex,
@@ -69,7 +70,7 @@ from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 7  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length; 7: RAG/SFT quarantine lines read from the last quarantine file
+EXPORT_CHECKPOINT_VERSION = 8  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length; 7: RAG/SFT quarantine lines read from the last quarantine file; 8: RAG/SFT partition summaries
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed
@@ -176,31 +177,55 @@ class LastQuarantine:
 class RowEntries(Sequence[Any]):
     """A RAG/SFT partition's checkpoint entries (or a run of them), with their quarantine lines in
     the last quarantine file: an entry's line follows the lines of the entries before it in the
-    partition's block, so a run of entries has its lines as one read."""
+    partition's block, so a run of entries has its lines as one read. The whole partition's are
+    checked, counted and copied from its summary (entry_summary) without parsing an entry; a run
+    inside a rewritten partition parses them and sums its own."""
 
-    def __init__(self, entries: list[Any], source: LastQuarantine, block: int, ends: np.ndarray,
-                 start: int = 0, stop: int | None = None) -> None:
-        self._entries, self._source, self._block, self._ends = entries, source, block, ends
+    def __init__(self, entries: LazyEntries, source: LastQuarantine, block: int, summary: PartitionSummary,
+                 start: int = 0, stop: int | None = None, ends: np.ndarray | None = None) -> None:
+        self._entries, self._source, self._block, self._whole = entries, source, block, summary
         self._start, self._stop = start, len(entries) if stop is None else stop
+        self._ends = ends  # where each entry's line ends in the block, once a run of them is asked for
+        self._summary = summary if start == 0 and self._stop == len(entries) else None
 
     @classmethod
-    def of(cls, entries: list[Any], source: LastQuarantine, block: int) -> RowEntries | None:
+    def of(cls, entries: LazyEntries, source: LastQuarantine, block: int, summary: PartitionSummary) -> RowEntries | None:
         """None when the entries' lines do not fit in the file from `block` on."""
-        sizes = np.fromiter((0 if e[6] is None else e[6] + 1 for e in entries), dtype=np.int64, count=len(entries))
-        ends = np.concatenate(([0], np.cumsum(sizes)))
-        return cls(entries, source, block, ends) if block + int(ends[-1]) <= source.size else None
+        return cls(entries, source, block, summary) if block + summary.line_bytes <= source.size else None
+
+    def summary(self) -> PartitionSummary:
+        if self._summary is None:
+            self._summary = PartitionSummary.of(self)
+        return self._summary
+
+    def _line_ends(self) -> np.ndarray:
+        if self._ends is None:
+            entries = self._entries.parsed()
+            sizes = np.fromiter((0 if e[6] is None else e[6] + 1 for e in entries), dtype=np.int64, count=len(entries))
+            self._ends = np.concatenate(([0], np.cumsum(sizes)))
+            if int(self._ends[-1]) != self._whole.line_bytes:
+                raise UsageError(_NOT_OURS)
+        return self._ends
 
     def lines(self) -> bytes:
         """The lines of these entries' rows, joined by newlines (no newline after the last)."""
-        first, last = int(self._ends[self._start]), int(self._ends[self._stop])
+        if self._start == 0 and self._stop == len(self._entries):
+            first, last, count = 0, self._whole.line_bytes, self._whole.lines
+        else:
+            ends = self._line_ends()
+            first, last = int(ends[self._start]), int(ends[self._stop])
+            count = int(np.count_nonzero(np.diff(ends[self._start:self._stop + 1])))
         if first == last:
             return b""
         data = self._source.read(self._block + first, last - first)
-        count = np.count_nonzero(np.diff(self._ends[self._start:self._stop + 1]))
         if not data.endswith(b"\n") or data.count(b"\n") != count:
             raise UsageError("an export's quarantine file does not hold the lines its checkpoint says; "
                              "`distill run --force` starts the exports from their inputs")
         return data[:-1]
+
+    def json(self) -> Iterator[bytes]:
+        """Each entry's JSON as the checkpoint holds it."""
+        return (self._entries.json(k) for k in range(self._start, self._stop))
 
     def __len__(self) -> int:
         return self._stop - self._start
@@ -208,15 +233,15 @@ class RowEntries(Sequence[Any]):
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             start, stop, _ = i.indices(len(self))
-            return RowEntries(self._entries, self._source, self._block, self._ends, self._start + start,
-                              self._start + max(start, stop))
+            return RowEntries(self._entries, self._source, self._block, self._whole, self._start + start,
+                              self._start + max(start, stop), self._line_ends())
         k = i + len(self) if i < 0 else i
         if not 0 <= k < len(self):
             raise IndexError(i)
-        return self._entries[self._start + k]
+        return self._entries.parsed()[self._start + k]
 
     def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(self._entries, self._start, self._stop)
+        return itertools.islice(self._entries.parsed(), self._start, self._stop)
 
 
 def _any_entries(entries: Any) -> bool:
@@ -235,7 +260,8 @@ class LazyEntries(Sequence[Any]):
     the bytes written; entries that still do not parse as written are a checkpoint no run of ours
     made."""
 
-    def __init__(self, body: bytes, lengths: np.ndarray) -> None:
+    def __init__(self, body: bytes, lengths: np.ndarray, valid: Callable[[Any], bool] | None = None) -> None:
+        self._valid = valid if valid is not None else _any_entries  # what a list of these entries must be
         self._body: bytes | None = body
         self._count = len(lengths)
         self._lengths = lengths
@@ -246,7 +272,7 @@ class LazyEntries(Sequence[Any]):
         if self._list is None:
             assert self._body is not None
             found = loads(b"[" + self._body + b"]")
-            if not _any_entries(found) or len(found) != self._count:
+            if not self._valid(found) or len(found) != self._count:
                 raise UsageError(_NOT_OURS)
             self._list, self._body = found, None
         return self._list
@@ -279,7 +305,7 @@ class LazyEntries(Sequence[Any]):
         if self._list is not None:
             return self._list[i]
         found = loads(self.json(i))
-        if not _any_entries([found]):
+        if not self._valid([found]):
             raise UsageError(_NOT_OURS)
         return found
 
@@ -489,9 +515,9 @@ class ExportCheckpoints:
         partition's lines start there), so that the next run can read them back."""
         self.path = path
         self.basis = basis
-        # RAG/SFT keep RowExporter entries, checked and parsed here; the preference export its own
-        # (checked by can_replay), parsed when first used (LazyEntries)
-        self._entries_ok = _row_entries if row_entries else None
+        # RAG/SFT keep RowExporter entries with their summary, the preference export its own
+        # (checked by can_replay); both parsed when first used (LazyEntries)
+        self._row_entries = row_entries
         self.writable = writable  # a dry run reads checkpoints and writes none
         self._written = written
         self._block_start = 0  # where the lines of the partition being exported start (written())
@@ -527,29 +553,27 @@ class ExportCheckpoints:
         if payload is None or raw is None:
             return None
         with raw:
-            lazy = self._entries_ok is None
-            body = bytes(raw) if lazy else None
-            body_bytes = len(raw)
-            kept = (body if lazy else bytes(raw)) if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: not beside its lists
+            body = bytes(raw)
+            kept = body if len(raw) <= KEEP_RAW_BYTES else None  # a busy partition's: parsed when it is replayed
             rest = len(ENTRIES_HEAD) + len(raw) + 1  # after the entries' closing bracket: `,"entries_digest":...}`
         try:
-            found = loads(b"{" + payload[rest + 1:]) if lazy else loads(payload)
+            found = loads(b"{" + payload[rest + 1:])
             del payload
             found[RAW_ENTRIES] = kept
             found["keys"] = MirrorKeys.from_texts(found["mirror_keys"], found["mirror_offsets"])
             found["digests"] = base64.b64decode(found["line_digests"], validate=True)
             count, odd = divmod(len(found["digests"]), LINE_DIGEST)
-            lengths = decode_lengths(found.get(ENTRY_LENGTHS_KEY), count, body_bytes)
+            lengths = decode_lengths(found.get(ENTRY_LENGTHS_KEY), count, len(body))
             if odd or lengths is None:
                 return None
             found[ENTRY_LENGTHS_KEY] = lengths
-            if body is not None:
+            if not self._row_entries:
                 found[ENTRIES_KEY] = LazyEntries(body, lengths)
-            elif self._entries_ok is None or not self._entries_ok(found[ENTRIES_KEY]):
-                return None
-            else:  # RAG/SFT: the entries' lines are in the last quarantine file
+            else:  # RAG/SFT: the entries' lines are in the last quarantine file, what they add up to beside them
+                summary = PartitionSummary.from_fields(found, count)
                 block = self._last.block(rel) if self._last is not None else None
-                rows = RowEntries.of(found[ENTRIES_KEY], self._last, block) if self._last and block is not None else None
+                rows = (RowEntries.of(LazyEntries(body, lengths, _row_entries), self._last, block, summary)
+                        if self._last is not None and block is not None and summary is not None else None)
                 if rows is None:
                     return None
                 found[ENTRIES_KEY] = rows

@@ -53,6 +53,16 @@ class ExportedIds:
     def __len__(self) -> int:
         return len(self._digests)
 
+    def has(self, digest: bytes) -> bool:
+        """By the id's key digest (a caller that needs the digest anyway)."""
+        return digest in self._digests
+
+    def has_all(self, digests: list[bytes]) -> bool:
+        return self._digests.issuperset(digests)
+
+    def has_none(self, digests: list[bytes]) -> bool:
+        return self._digests.isdisjoint(digests)
+
 
 class PairsPerTask:
     """How many rows of the export carry each task id (0 for a task it does not hold)."""

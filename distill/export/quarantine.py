@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
 from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import RowEntries
-from distill.export.exported import Ids
+from distill.export.entry_summary import PartitionSummary
+from distill.export.exported import ExportedIds
 from distill.export.gates import Firewall, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
+from distill.export.scored_index import key_digest
 from distill.hashing import PrefixHash
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import dumps
-from distill.records.stage import StageReport, Tally, TallyKey
+from distill.records.stage import StageReport, Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,8 @@ class RowExport:
 Entry = list[Any]
 """One input row's outcome as a checkpoint keeps it: [code, source, category, reason, sample id,
 run id, length of its quarantine line or None] (the line itself is read from the quarantine file
-the run that wrote the checkpoint left: checkpoints.RowEntries). Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
+the run that wrote the checkpoint left: checkpoints.RowEntries; what a partition's entries add up to
+is kept beside them: entry_summary). Codes: "b" broken line, "d" dropped by the exporter's decision, "c" a
 candidate that shipped (or was already shipped), "g" a candidate the firewall or the schema
 refused, "x" a repeat of an id produced earlier in the input (its partition gets no checkpoint,
 so an "x" entry is never replayed). A "d" row keeps its sample id and run id when its reason is an unsafe category (the
@@ -169,16 +172,17 @@ class RowExporter:
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
 
     With `record`, each row's outcome (an `Entry`) is kept as its JSON (`JsonEntries`: in memory,
-    or a temporary file for a big partition) until `end_partition` hands the partition's entries
-    over (a checkpoint); `replay` takes such entries instead of the rows they
-    came from, producing the same lines and counters, when nothing they depended on has changed.
+    or a temporary file for a big partition) and added to the partition's summary until
+    `end_partition` hands them over (a checkpoint); `replay` takes such entries instead of the rows
+    they came from, producing the same lines and counters, when nothing they depended on has
+    changed. Ids produced so far (`seen`) are kept as key digests, as the export's are.
     """
 
     def __init__(
         self,
         stage: str,
         decide: Callable[[Joined], Decision],
-        existing_ids: Ids,
+        existing_ids: ExportedIds,
         firewall: Firewall,
         report: StageReport,
         *,
@@ -190,11 +194,12 @@ class RowExporter:
         self.stage, self.decide, self.existing_ids, self.firewall, self.report = stage, decide, existing_ids, firewall, report
         self.on_sample, self.on_quarantine, self.id_of, self.record = on_sample, on_quarantine, id_of, record
         self.result = RowExport()
-        self.seen: set[str] = set()
+        self.seen: set[bytes] = set()  # key digests of the ids produced so far
         self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"line", value), until flushed
-        self._pending: list[tuple[int, Joined, Candidate]] = []
+        self._pending: list[tuple[int, Joined, Candidate, bytes]] = []  # ..., the id's key digest
         self._next = 0
         self._entries = JsonEntries()
+        self._summary = PartitionSummary()  # of the entries since the last end_partition
         self._repeat = False  # a row of this partition repeated an earlier id: no checkpoint for it
         # firewall outcomes are counted after the reader pass, in input order, so the report's
         # counters come out in the same order whatever the batch size
@@ -203,13 +208,17 @@ class RowExporter:
     def _line(self, rec: QuarantineRecord) -> bytes:
         return dumps(rec.to_json_dict())
 
+    def _record(self, i: int, entry: Entry, digest: bytes | None = None) -> None:
+        self._entries.add(i, entry)
+        self._summary.add(entry, digest)
+
     def _drop(self, i: int, source: str, rec: QuarantineRecord, category: str | None, entry: Entry) -> None:
         line = self._line(rec)
         self._out[i] = ("line", line)
         self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
         if self.record:
             entry[6] = len(line)
-            self._entries.add(i, entry)
+            self._record(i, entry)
 
     def _flush(self) -> None:
         """Every row read so far is decided: hand them to the sinks in input order."""
@@ -223,8 +232,8 @@ class RowExporter:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        verdicts = self.firewall.check([c.gate for _, _, c in batch])
-        for (i, item, cand), failure in zip(batch, verdicts, strict=True):
+        verdicts = self.firewall.check([c.gate for _, _, c, _ in batch])
+        for (i, item, cand, digest), failure in zip(batch, verdicts, strict=True):
             category = item.scored.category.value
             rec: QuarantineRecord | None = None
             if failure is not None:
@@ -240,12 +249,12 @@ class RowExporter:
                 self._out[i] = ("line", line)
                 self._gated.bump(item.source, "quarantined", reason=rec.reason.value, category=category)
                 if self.record:
-                    self._entries.add(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None,
-                                          len(line)])
+                    self._record(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None, len(line)],
+                                 digest)
             else:
                 self._gated.bump(item.source, "written", category=category)
                 if self.record:
-                    self._entries.add(i, ["c", item.source, category, None, cand.sample_id, None, None])
+                    self._record(i, ["c", item.source, category, None, cand.sample_id, None, None], digest)
 
     def _stale(self, sid: str, run_id: str, category: str, reason: str) -> None:
         self.result.stale.append(
@@ -273,80 +282,78 @@ class RowExporter:
                 self._stale(sid, item.evidence.run_id, category, decision.reason.value)
             return
         sid = decision.sample_id
+        digest = key_digest(sid)
         # a repeat within this input first (so re-runs quarantine it the same way), then ids
         # already exported by an earlier run
-        if sid in self.seen:
+        if digest in self.seen:
             self._repeat = True
             rec = quarantine_joined(self.stage, item, QuarantineReason.DUPLICATE_ID,
                                     [f"{sid} already produced by an earlier row of this input"], sid)
             self._drop(i, item.source, rec, category, ["x", item.source, category, None, sid, None, None])
             return
-        self.seen.add(sid)
-        if sid in self.existing_ids:
+        self.seen.add(digest)
+        if self.existing_ids.has(digest):
             self.report.source(item.source).bump("deduped", category=category)
             if self.record:
-                self._entries.add(i, ["c", item.source, category, None, sid, None, None])
+                self._record(i, ["c", item.source, category, None, sid, None, None], digest)
             return
-        self._pending.append((i, item, decision))
+        self._pending.append((i, item, decision, digest))
         if len(self._pending) >= GATE_BATCH:
             self._gate()
             self._flush()
 
     def end_partition(self) -> Entries | None:
-        """Decide and hand on every row read so far; the entries of the rows since the last call
-        (None when they cannot make a checkpoint: not recording, or a row repeated an id)."""
+        """Decide and hand on every row read so far; the entries of the rows since the last call,
+        with their summary (None when they cannot make a checkpoint: not recording, or a row
+        repeated an id)."""
         self._gate()
         self._flush()
         entries = self._entries.take()
+        summary, self._summary = self._summary, PartitionSummary()
         repeat, self._repeat = self._repeat, False
-        return entries if self.record and not repeat else None
+        if not self.record or repeat or entries is None:
+            return None
+        return replace(entries, fields=summary.fields())
+
+    @staticmethod
+    def _summary_of(entries: Sequence[Entry]) -> PartitionSummary:
+        return entries.summary() if isinstance(entries, RowEntries) else PartitionSummary.of(entries)
 
     def can_replay(self, entries: Sequence[Entry]) -> bool:
         """Whether these entries give what reading their rows would: no candidate's id was produced
         earlier in this input, every candidate that shipped is still in the export, and no refused
         one is in it now (its line would not be written: the lines are copied as one block)."""
-        ids: set[str] = set()
-        seen, existing = self.seen, self.existing_ids
-        for code, _source, _category, _reason, sid, _run_id, _line in entries:
-            if code == "c" or code == "g":
-                if sid in seen or sid in ids:
-                    return False
-                ids.add(sid)
-                if (code == "c") != (sid in existing):
-                    return False
-            elif code != "b" and code != "d":
-                return False
-        return True
+        return self._summary_of(entries).replays_against(self.seen, self.existing_ids)
 
     def replay(self, entries: RowEntries, *, record: bool = True) -> None:
         """The rows these entries stand for, in input order, right after `can_replay` said yes (so
         every shipped candidate is still in the export: it counts as deduped without asking
         again, and every refused one is not); `record=False`: their entries are not handed over
-        again (the partition's checkpoint is kept as it is). A replayed partition is most of what
-        a run after an append does, so its rows are counted in one Counter and its quarantine lines
+        again (the partition's checkpoint is kept, or its entries' JSON copied, as it is; their
+        summary is still added to the partition's). A replayed partition is most of what a run
+        after an append does, so its rows are counted from its summary and its quarantine lines
         go to the sink as the one block they are in the last quarantine file."""
         self._gate()
         self._flush()
-        counts: Counter[TallyKey] = Counter()
+        summary = entries.summary()
         existing = self.existing_ids
-        for code, source, category, reason, sid, run_id, _line in entries:
-            if code == "c":
-                counts[(source, "deduped", None, category)] += 1
-            elif code == "g":
-                self._gated.bump(source, "quarantined", reason=reason, category=category)
-            else:
-                counts[(source, "quarantined", reason, category)] += 1
-                if code == "d" and sid is not None and sid in existing:
-                    self._stale(sid, run_id, category, reason)
-        self.seen.update(entry[4] for entry in entries if entry[0] == "c" or entry[0] == "g")
+        for sid, run_id, category, reason in summary.stale:
+            if sid in existing:
+                self._stale(sid, run_id, category, reason)
+        shipped, refused = summary.ids()
+        self.seen.update(shipped)
+        self.seen.update(refused)
+        self._gated.add(summary.gated)
         block = entries.lines()
         if block:
             self.on_quarantine(block)
-        if self.record and record:
-            for at, entry in enumerate(entries, start=self._next):
-                self._entries.add(at, entry)
+        if self.record:
+            if record:
+                for at, data in enumerate(entries.json(), start=self._next):
+                    self._entries.add_json(at, data)
+            self._summary.merge(summary)
         self._next += len(entries)
-        Tally.of(counts).into(self.report)
+        Tally.of(Counter(summary.counts)).into(self.report)
 
     def finish(self) -> RowExport:
         self._gate()

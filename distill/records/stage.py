@@ -109,6 +109,10 @@ class Tally:
     def bump(self, source: str, field: str, *, reason: str | None = None, category: str | None = None) -> None:
         self._counts[(source, field, reason, category)] += 1
 
+    def add(self, counts: Counter[TallyKey]) -> None:
+        """Counts taken in bulk (keys new here come after those already counted)."""
+        self._counts.update(counts)
+
     def into(self, report: StageReport) -> None:
         for (source, field, reason, category), n in self._counts.items():
             report.source(source).bump(field, reason=reason, category=category, n=n)
