@@ -155,7 +155,7 @@ def parent_of(ev: EvidenceRecord, settings: Settings) -> ParentRun | None:
     return ParentRun(run_id=ev.run_id, task_id=ev.task_id, category=verdict.category, created_at=ev.created_at)
 
 
-def score_one(ev: EvidenceRecord, parents: dict[str, ParentIndex], settings: Settings) -> ScoredRun:
+def score_one(ev: EvidenceRecord, parents: TaskParents, settings: Settings) -> ScoredRun:
     verdict: Verdict = score_evidence(ev, settings.score)
     joined: str | None = None
     if ev.score_class is ScoreClass.EXTRACTION:
@@ -193,7 +193,9 @@ class _Partition:
     progress: ReadProgress = field(default_factory=ReadProgress)
     resumed_at: ReadProgress | None = None  # where its checkpointed prefix ends (the new rows start)
     new_problems: list[QuarantineRecord] = field(default_factory=list)
-    parents: list[ParentRun] = field(default_factory=list)  # its parents in order (shared with the index)
+    # its parents in order, None for one a resumed checkpoint holds (made from its entry only if
+    # a row of its task is scored: TaskParents)
+    parents: list[ParentRun | None] = field(default_factory=list)
     # the same parents as its checkpoint keeps them: a resumed partition's are taken as they were
     # read, not made again from each ParentRun (that was ~15 % of a score run after an append)
     parent_entries: list[ParentEntry] = field(default_factory=list)
@@ -204,7 +206,12 @@ class _Partition:
         return self.hashed.hexdigest_to(self.path, self.progress.end)
 
     def set_parents(self, runs: list[ParentRun], entries: list[ParentEntry] | None = None) -> None:
-        self.parents, self.parent_entries = runs, entries if entries is not None else [_entry(p) for p in runs]
+        self.parents, self.parent_entries = list(runs), entries if entries is not None else [_entry(p) for p in runs]
+
+    def resume_parents(self, entries: list[ParentEntry]) -> None:
+        """A checkpoint's parents, as its entries (checked: `_check_entries`)."""
+        _check_entries(entries)
+        self.parents, self.parent_entries = [None] * len(entries), list(entries)
 
     def add_parent(self, parent: ParentRun) -> None:
         self.parents.append(parent)
@@ -219,6 +226,39 @@ def _from_entry(entry: ParentEntry) -> ParentRun:
     run_id, task_id, category, created_at = entry
     return ParentRun(run_id=run_id, task_id=task_id, category=Category(category),
                      created_at=datetime.fromisoformat(created_at))
+
+
+_CATEGORY_VALUES = frozenset(c.value for c in Category)
+
+
+def _check_entries(entries: list[ParentEntry]) -> None:
+    """Raise ValueError unless every entry would make a ParentRun (`_from_entry`), at a tenth of
+    the cost of making them."""
+    for _, _, category, created_at in entries:
+        if category not in _CATEGORY_VALUES:
+            raise ValueError(f"not a category: {category!r}")
+        datetime.fromisoformat(created_at)
+
+
+class TaskParents:
+    """Each task's ParentIndex, made when a row of the task is first scored. After an append most
+    tasks have no row to score, and their parents stay the entries their checkpoints hold (making a
+    ParentRun for each and an index for every task was ~15 % of a score run after a 1 % append)."""
+
+    def __init__(self, runs: dict[str, list[ParentRun | None]], entries: dict[str, list[ParentEntry]]) -> None:
+        self._runs, self._entries = runs, entries
+        self._made: dict[str, ParentIndex] = {}
+
+    def get(self, task: str) -> ParentIndex | None:
+        found = self._made.get(task)
+        if found is None:
+            entries = self._entries.get(task)
+            if entries is None:
+                return None
+            found = self._made[task] = ParentIndex(
+                [run if run is not None else _from_entry(entry) for run, entry in zip(self._runs[task], entries,
+                                                                                       strict=True)])
+        return found
 
 
 @dataclass
@@ -237,7 +277,7 @@ class _PartitionScorer:
     file, and say what the stage counts and checkpoints. Called with the partition's index, in
     this process or in a forked child (which holds its own copy of everything here)."""
 
-    def __init__(self, ws: Workspace, settings: Settings, parts: list[_Partition], parents: dict[str, ParentIndex],
+    def __init__(self, ws: Workspace, settings: Settings, parts: list[_Partition], parents: TaskParents,
                  book: ScoreCheckpoints | None, task_digest: Callable[[str], str], *, dry_run: bool) -> None:
         self.ws, self.settings, self.parts, self.parents = ws, settings, parts, parents
         self.book, self.task_digest, self.dry_run = book, task_digest, dry_run
@@ -376,7 +416,7 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             cp, part.hashed = found
             part.resumed = True
             try:
-                part.set_parents([_from_entry(entry) for entry in cp.parents], list(cp.parents))
+                part.resume_parents(cp.parents)
             except ValueError:  # not what this code writes: score the partition from the start
                 part.resumed, part.hashed = False, PrefixHash()
                 part.set_parents([])
@@ -400,15 +440,16 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
     read_parents = map_in_order(parents_in, weights, processes_for(settings, sum(weights)), what=STAGE)
     for part, found_parents in zip(unread, read_parents, strict=True):
         part.set_parents(found_parents)
-    by_task: dict[str, list[ParentRun]] = defaultdict(list)
+    by_task: dict[str, list[ParentRun | None]] = defaultdict(list)
     entries_by_task: dict[str, list[ParentEntry]] = defaultdict(list)
     for part in parts:
         for parent, entry in zip(part.parents, part.parent_entries, strict=True):
-            by_task[parent.task_id].append(parent)
-            entries_by_task[parent.task_id].append(entry)
+            task = entry[1]
+            by_task[task].append(parent)
+            entries_by_task[task].append(entry)
         if book is None:
             part.set_parents([])
-    parents = {task: ParentIndex(runs) for task, runs in by_task.items()}
+    parents = TaskParents(by_task, entries_by_task)
     digests: dict[str, str] = {}
 
     def task_digest(task: str) -> str:

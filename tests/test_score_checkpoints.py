@@ -115,11 +115,12 @@ def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
 
 
 @pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
-                                    "junk_checkpoint"])
+                                    "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso"])
 def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
     change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small, grown = generated
+    edited: list[Path] = []
 
     def apply(ws: Workspace) -> None:
         _grow(ws, grown)
@@ -138,6 +139,23 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
             (ws.root / "distill.toml").write_text("[score]\ngrounded_accept = 0.99\n")
         elif change == "junk_checkpoint" and ws.score_checkpoint_path.exists():
             ws.score_checkpoint_path.write_text('{"version": 1, "basis": 3}')
+        elif change.startswith("parent_") and ws.score_checkpoint_path.exists():
+            # a parent the checkpoint keeps as an entry (a ParentRun is made of it only when a row of
+            # its task is scored) that no run wrote: checked up front, that partition scored again
+            lines = ws.score_checkpoint_path.read_bytes().splitlines(keepends=True)
+            at = max(range(len(lines)), key=lambda k: lines[k].count(b'"],["'))  # the most parents
+            head, _, body = lines[at].partition(b"\t")
+            entry = orjson.loads(body)["parents"][0]
+            old = orjson.dumps(entry)
+            if change == "parent_category_unknown":
+                entry[2] = entry[2][:-1] + "x"
+            else:
+                entry[3] = entry[3].replace("-", "x", 1)
+            new = orjson.dumps(entry)
+            assert len(new) == len(old) and body.count(old) == 1  # the line as long: the header's offsets hold
+            lines[at] = head + b"\t" + body.replace(old, new)
+            ws.score_checkpoint_path.write_bytes(b"".join(lines))
+            edited.append(ws.evidence_dir / orjson.loads(head))
 
     a, b = _twins(tmp_path, small, apply)
     scored = Calls(monkeypatch, score_module, "score_one")
@@ -148,6 +166,13 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         first = iter_partition_files(a.evidence_dir)[0]
         assert redone >= sum(1 for line in first.read_bytes().splitlines() if line.strip())  # that partition again
         assert redone < ROWS
+    elif change.startswith("parent_"):
+        # against the same append without the edit: that partition's old rows are scored again too
+        plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))
+        scored.rows = 0
+        _score(plain)
+        partition_rows = sum(1 for line in edited[0].read_bytes().splitlines() if line.strip())
+        assert scored.rows < redone <= scored.rows + partition_rows < ROWS
     else:
         assert redone > ROWS * 0.9
 
