@@ -14,6 +14,7 @@ the outputs are the bytes a full pass writes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections import defaultdict
@@ -47,6 +48,7 @@ from distill.records.stage import StageReport, Tally
 from distill.redact import new_scanner, redact_excerpts
 from distill.score_checkpoints import (
     CATEGORY_CODES,
+    LINE_DIGEST,
     ExtractionEntry,
     ParentEntry,
     PartitionCheckpoint,
@@ -119,6 +121,21 @@ class _MirrorNow:
     size: int = 0
     lines: int = 0  # newline-terminated lines
     digests: set[bytes] = field(default_factory=set)
+
+    @classmethod
+    def known(cls, target: Path, digests: bytes, lines: int, scored_sha256: str) -> _MirrorNow | None:
+        """The mirror as its checkpoint knows it (its lines' digests), when the file is still the
+        bytes that run wrote: hashed whole, not split into lines."""
+        try:
+            with open(target, "rb") as fh:
+                sha = hashlib.file_digest(fh, "sha256").hexdigest()
+                size = os.fstat(fh.fileno()).st_size
+        except OSError:
+            return None
+        if sha != scored_sha256:
+            return None
+        return cls(sha256=sha, size=size, lines=lines,
+                   digests={digests[i:i + LINE_DIGEST] for i in range(0, len(digests), LINE_DIGEST)})
 
     @classmethod
     def read(cls, target: Path) -> _MirrorNow:
@@ -292,14 +309,20 @@ class _PartitionScorer:
         target = mirror_path(ws, path)
         cp = book.get(part.rel) if book is not None and part.resumed else None
         kept = cp.category_list() if cp is not None else None
-        if cp is not None and kept is not None and self._untouched(part, cp, kept, target):
+        known = cp.digests() if cp is not None and kept is not None else None
+        if cp is not None and kept is not None and known is not None and self._untouched(part, cp, kept, target):
             # pass 2 would write the mirror's own lines again, each one already there
             extraction = sorted(cp.extraction, key=lambda e: e[0])
-            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256)
+            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256, known)
         # only newline-terminated lines count as present (a torn tail is not a scored row)
-        before = _MirrorNow.read(target)
+        before = None
+        if cp is not None and kept is not None and known is not None and part.resumed_at is not None:
+            before = _MirrorNow.known(target, known, len(kept), cp.scored_sha256)
+        if before is None:
+            before = _MirrorNow.read(target)
         categories: list[str] = []
         deduped: list[bool] = []
+        line_digests = bytearray()  # of the lines written, in order: the next checkpoint's
         extraction: list[ExtractionEntry] = []
         old_problems: list[str] = []
         fresh: list[QuarantineRecord] = []
@@ -311,7 +334,9 @@ class _PartitionScorer:
             def emit(line: bytes, category: str) -> None:
                 out.write_line(line)
                 categories.append(category)
-                deduped.append(_line_digest(line) in before.digests)
+                digest = _line_digest(line)
+                deduped.append(digest in before.digests)
+                line_digests.extend(digest)
 
             if (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
                     and len(kept) == before.lines and before.sha256 == cp.scored_sha256):
@@ -322,7 +347,7 @@ class _PartitionScorer:
                         again[index] = (offset, task)
                     else:
                         extraction.append((index, offset, task, category))
-                if again:
+                if again or known is None:
                     with open(path, "rb") as evidence:  # one open for the partition's re-scored rows
                         for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
                             line, category = raw.data or b"", kept[index]
@@ -341,6 +366,7 @@ class _PartitionScorer:
                             out.write_block(chunk)
                     categories.extend(kept)
                     deduped.extend([True] * len(kept))
+                    line_digests.extend(known)
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
                 rows = _read_rows(path, ws, [], resume_at=part.resumed_at, end=part.progress.end)
@@ -362,7 +388,7 @@ class _PartitionScorer:
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner(None if self.dry_run else self.ws.secret_prefilter_path)
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
-        return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest())
+        return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest(), bytes(line_digests))
 
     def _untouched(self, part: _Partition, cp: PartitionCheckpoint, kept: list[str], target: Path) -> bool:
         """Whether pass 2 would only copy the partition's mirror onto itself: no line was added to
@@ -380,13 +406,14 @@ class _PartitionScorer:
         return (sha, lines) == (cp.scored_sha256, len(kept))
 
     def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
-                problems: list[str], scored_sha256: str) -> _Scored:
+                problems: list[str], scored_sha256: str, line_digests: bytes) -> _Scored:
         checkpoint = None
         if self.book is not None and (sha := part.prefix_hash()) is not None:
             checkpoint = {
                 "end": part.progress.end, "lines": part.progress.lines, "prefix_hash": sha,
                 "scored_sha256": scored_sha256,
                 "categories": "".join(CATEGORY_CODES[c] for c in categories),
+                "line_digests": base64.b64encode(line_digests).decode("ascii"),
                 "problems": [line for line in problems if _problem_offset(line) < part.progress.end],
                 "parents": part.parent_entries, "extraction": extraction,
             }

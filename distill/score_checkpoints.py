@@ -3,7 +3,8 @@ after collect appended rows parses and scores only those rows, and re-scores onl
 rows whose task gained or lost a verdict-bearing parent.
 
 Per partition: the length and hash of its whole-line prefix, the sha256 of the scored mirror
-file as written, the category of every scored line, the quarantine rows of its bad lines, the
+file as written, the category and the xxh3-128 of every scored line (a grown partition's mirror
+is then hashed whole but not read line by line), the quarantine rows of its bad lines, the
 verdict-bearing parents it contributes (pass 1) and, for every extraction (class C) row, where it
 is and which task it joins. A run trusts a partition's checkpoint only when the `distill` code,
 the [score] settings and the format are unchanged (one basis for the file) and the evidence file
@@ -15,6 +16,7 @@ start, and `distill run --force` ignores the checkpoints.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,12 +27,13 @@ from distill.config import Settings
 from distill.hashing import PrefixHash, canonical_json, sha256_hex
 from distill.receipts import code_fingerprint
 
-CHECKPOINT_VERSION: Literal[2] = 2  # 2: prefixes hashed with xxh3-128, not sha256
+CHECKPOINT_VERSION: Literal[3] = 3  # 2: prefixes hashed with xxh3-128, not sha256; 3: the scored lines' digests
 
 ParentEntry = tuple[str, str, str, str]
 """(run_id, task_id, category, created_at ISO) of a verdict-bearing parent, in evidence order."""
 ExtractionEntry = tuple[int, int, str, str]
 """(index of its scored line, byte offset of its evidence line, task_id, category) of a class C row."""
+LINE_DIGEST = 16  # bytes of a scored line's digest (xxh3-128)
 CATEGORY_CODES = {"accepted": "a", "partially_accepted": "p", "rejected": "r", "needs_human_review": "h"}
 CODE_CATEGORIES = {code: category for category, code in CATEGORY_CODES.items()}
 
@@ -45,9 +48,18 @@ class PartitionCheckpoint(BaseModel):
     prefix_hash: str  # distill.hashing.PREFIX_HASH of the evidence prefix
     scored_sha256: str  # sha256 of the scored mirror as written
     categories: str = Field(description="one code per scored line (CATEGORY_CODES), in order")
+    line_digests: str = Field(default="", description="base64 of each scored line's xxh3-128, in order")
     problems: list[str] = Field(default_factory=list, description="quarantine rows of the prefix, as written")
     parents: list[ParentEntry] = Field(default_factory=list)
     extraction: list[ExtractionEntry] = Field(default_factory=list)
+
+    def digests(self) -> bytes | None:
+        """The scored lines' digests, one per category; None when they are not that."""
+        try:
+            raw = base64.b64decode(self.line_digests, validate=True)
+        except ValueError:
+            return None
+        return raw if len(raw) == LINE_DIGEST * len(self.categories) else None
 
     def category_list(self) -> list[str] | None:
         try:
@@ -59,7 +71,7 @@ class PartitionCheckpoint(BaseModel):
 class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[2]
+    version: Literal[3]
     basis: str
     task_parents: dict[str, str] = Field(description="digest of each joined task's parent list when last scored")
 

@@ -115,7 +115,8 @@ def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
 
 
 @pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
-                                    "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso"])
+                                    "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso",
+                                    "line_digests_not_base64"])
 def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
     change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +140,13 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
             (ws.root / "distill.toml").write_text("[score]\ngrounded_accept = 0.99\n")
         elif change == "junk_checkpoint" and ws.score_checkpoint_path.exists():
             ws.score_checkpoint_path.write_text('{"version": 1, "basis": 3}')
+        elif change == "line_digests_not_base64" and ws.score_checkpoint_path.exists():
+            # the scored lines' digests unreadable (the line as long): the mirror is read line by
+            # line as before they were kept, and the outputs are a full pass's
+            data = bytearray(ws.score_checkpoint_path.read_bytes())
+            at = data.index(b'"line_digests":"') + len(b'"line_digests":"')
+            data[at] = ord("!")
+            ws.score_checkpoint_path.write_bytes(bytes(data))
         elif change.startswith("parent_") and ws.score_checkpoint_path.exists():
             # a parent the checkpoint keeps as an entry (a ParentRun is made of it only when a row of
             # its task is scored) that no run wrote: checked up front, that partition scored again
@@ -166,6 +174,8 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         first = iter_partition_files(a.evidence_dir)[0]
         assert redone >= sum(1 for line in first.read_bytes().splitlines() if line.strip())  # that partition again
         assert redone < ROWS
+    elif change == "line_digests_not_base64":
+        assert 0 < redone < ROWS // 10  # the appended rows alone: the checkpoint still held
     elif change.startswith("parent_"):
         # against the same append without the edit: that partition's old rows are scored again too
         plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))

@@ -313,7 +313,13 @@ class RowExporter:
         repeat, self._repeat = self._repeat, False
         if not self.record or repeat or entries is None:
             return None
-        return replace(entries, fields=summary.fields())
+        try:
+            fields = summary.fields()
+        except (UnicodeEncodeError, ValueError):
+            # its strings are the entries' (a lone surrogate made those unwritable first): kept
+            # as a guard, so that a summary JSON cannot carry is no checkpoint, never an error
+            return None
+        return replace(entries, fields=fields)
 
     @staticmethod
     def _summary_of(entries: Sequence[Entry]) -> PartitionSummary:
