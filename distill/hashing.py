@@ -104,6 +104,14 @@ def file_digest(path: Path) -> tuple[int, str] | None:
     return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
 
 
+def split_digests(packed: bytes | bytearray, size: int = 16) -> list[bytes]:
+    """Digests of `size` bytes laid end to end, each as its own bytes: never through numpy's
+    `tolist()` of an S16 array, which drops a value's trailing zero bytes (one digest in 256 would
+    then not match itself)."""
+    data = bytes(packed)
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
 class PrefixHash:
     """The PREFIX_HASH of a file from offset 0, kept while a reader goes through it: started fresh
     or resumed from a prefix that still matches, fed every chunk read, and asked for the digest of

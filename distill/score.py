@@ -29,7 +29,7 @@ import xxhash
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
-from distill.hashing import PrefixHash
+from distill.hashing import PrefixHash, split_digests
 from distill.jsonl import (
     READ_CHUNK,
     RawLine,
@@ -135,7 +135,7 @@ class _MirrorNow:
         if sha != scored_sha256:
             return None
         return cls(sha256=sha, size=size, lines=lines,
-                   digests={digests[i:i + LINE_DIGEST] for i in range(0, len(digests), LINE_DIGEST)})
+                   digests=set(split_digests(digests, LINE_DIGEST)))
 
     @classmethod
     def read(cls, target: Path) -> _MirrorNow:

@@ -23,6 +23,7 @@ import xxhash
 
 from distill.export.exported import ExportedIds
 from distill.export.scored_index import key_digest
+from distill.hashing import split_digests
 from distill.jsonl import dumps
 from distill.records.stage import TallyKey
 
@@ -91,7 +92,7 @@ class PartitionSummary:
 
     def ids(self) -> tuple[list[bytes], list[bytes]]:
         """The digests of the shipped and of the refused candidates' ids."""
-        return _split(self.shipped), _split(self.refused)
+        return split_digests(self.shipped, DIGEST), split_digests(self.refused, DIGEST)
 
     def replays_against(self, seen: set[bytes], existing: ExportedIds) -> bool:
         """Whether replaying gives what reading the rows would: no candidate's id was produced
@@ -154,8 +155,3 @@ class PartitionSummary:
                 or summary.lines != quarantined or summary.line_bytes < 3 * summary.lines):
             return None
         return summary
-
-
-def _split(digests: bytearray) -> list[bytes]:
-    data = bytes(digests)
-    return [data[i:i + DIGEST] for i in range(0, len(data), DIGEST)]

@@ -20,7 +20,7 @@ import numpy as np
 from distill.export.scored_index import key_digest
 from distill.export.verified import VerifiedPrefix, cache_path, verification_basis
 from distill.firewall import ExportKind
-from distill.hashing import PrefixHash
+from distill.hashing import PrefixHash, split_digests
 from distill.jsonl import json_rows
 from distill.receipts import code_fingerprint
 from distill.workspace import Workspace
@@ -107,10 +107,8 @@ def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task:
 
 
 def _digests(array: np.ndarray) -> list[bytes]:
-    """The 16-byte digests of an S16 array as they are: numpy hands an element back without its
-    trailing zero bytes, so one digest in 256 would not match its own key_digest."""
-    raw = array.astype("S16").tobytes()
-    return [raw[i:i + 16] for i in range(0, len(raw), 16)]
+    """The 16-byte digests of an S16 array as they are."""
+    return split_digests(array.astype("S16").tobytes())
 
 
 def _covers(prefix: VerifiedPrefix, path: Path) -> bool:

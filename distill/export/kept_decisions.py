@@ -47,7 +47,7 @@ from typing import IO, Any
 import numpy as np
 
 from distill.export.scored_index import key_digest, write_cache
-from distill.hashing import file_digest
+from distill.hashing import file_digest, split_digests
 from distill.jsonl import loads
 from distill.records import QuarantineReason
 
@@ -64,9 +64,7 @@ class Codes:
     kept table's codes stay valid, a new string gets the next code."""
 
     def __init__(self, digests: np.ndarray | None = None) -> None:
-        # never .tolist(): numpy drops an S16 value's trailing zero bytes
-        raw = b"" if digests is None else digests.tobytes()
-        self._digests: list[bytes] = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        self._digests: list[bytes] = split_digests(b"" if digests is None else digests.tobytes())
         self._old: dict[bytes, int] = {d: i for i, d in enumerate(self._digests)}
         self._of: dict[str, int] = {}
 
