@@ -8,7 +8,7 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
@@ -321,15 +321,11 @@ class RowExporter:
             return None
         return replace(entries, fields=fields)
 
-    @staticmethod
-    def _summary_of(entries: Sequence[Entry]) -> PartitionSummary:
-        return entries.summary() if isinstance(entries, RowEntries) else PartitionSummary.of(entries)
-
-    def can_replay(self, entries: Sequence[Entry]) -> bool:
+    def can_replay(self, entries: RowEntries) -> bool:
         """Whether these entries give what reading their rows would: no candidate's id was produced
         earlier in this input, every candidate that shipped is still in the export, and no refused
         one is in it now (its line would not be written: the lines are copied as one block)."""
-        return self._summary_of(entries).replays_against(self.seen, self.existing_ids)
+        return entries.summary().replays_against(self.seen, self.existing_ids)
 
     def replay(self, entries: RowEntries, *, record: bool = True) -> None:
         """The rows these entries stand for, in input order, right after `can_replay` said yes (so
