@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import distill.export.preference as preference_module
 from distill.config import Settings
 from distill.export.checkpoints import LazyEntries
-from distill.export.kept_decisions import NONE, Codes, dirty_tasks
+from distill.export.kept_decisions import NONE, Codes, dirty_rows
 from distill.export.run import run_export
 from distill.jsonl import append_json
 from distill.records import Category, ModelRole, PreferenceSample
@@ -171,6 +171,42 @@ def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, export
     _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
 
 
+LOCKS = "Review src/store.py for missing locks."  # a second question inside one task
+
+
+def _second_group(task: str, file: str) -> Callable[[Workspace], None]:
+    """An accepted and a rejected answer to another instruction, inside an existing task."""
+    return _add(_row(f"{task}-locks-a", task, A, review_text(file, "The writer takes no lock"), source_files=[file],
+                     instruction=LOCKS, minutes=8),
+                _row(f"{task}-locks-r", task, R, review_text(file, "Claims the reader deadlocks"), source_files=[file],
+                     instruction=LOCKS, minutes=9))
+
+
+def test_a_capped_task_pairs_again_only_the_group_a_change_touched(tmp_path: Path, exported: tuple[Path, Settings],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """review:src/store.py already holds its cap of pairs, so no group of it makes a pair and each
+    is decided by its own rows: a new group's two rows are paired (and refused with the cap's
+    reason), the task's seven other rows keep their decisions."""
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _second_group("review:src/store.py", "src/store.py"))
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 2 and redone_b > redone_a and kept > 0
+    assert _reasons(a)["review:src/store.py-locks-a"] == "invalid_preference_pairing"
+    _compare(a, b, settings, monkeypatch)
+
+
+def test_a_task_under_its_cap_pairs_again_whole(tmp_path: Path, exported: tuple[Path, Settings],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """review:src/app.py holds fewer pairs than the cap, so its groups share what is left of it:
+    a new group pairs the task's three other paired rows again too."""
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _second_group("review:src/app.py", "src/app.py"))
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 5 and redone_b > redone_a and kept > 0
+    assert "review:src/app.py-locks-a" not in _reasons(a)  # written: a new pair
+    _compare(a, b, settings, monkeypatch)
+
+
 def test_a_dirty_task_s_rows_are_read_back_alone(tmp_path: Path, exported: tuple[Path, Settings],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The rows of a task a change touched are read back from their checkpoint entries one entry at
@@ -191,10 +227,10 @@ def test_a_dirty_task_s_rows_are_read_back_alone(tmp_path: Path, exported: tuple
             alone.append(i)
         return real_json(self, i)
 
-    def settle(self: Any, *args: Any) -> Any:
+    def settle(self: Any, *args: Any, **kw: Any) -> Any:
         settling.append(True)
         try:
-            return real_settle(self, *args)
+            return real_settle(self, *args, **kw)
         finally:
             settling.clear()
 
@@ -334,34 +370,50 @@ def test_force_deletes_the_kept_decisions() -> None:
     assert ws.kept_decisions_path("preference") in ExportStage(ExportKind.PREFERENCE).caches(ws)
 
 
-def _closure(tasks: list[int], questions: list[int], seeds: set[int], seed_questions: set[int]) -> set[int]:
-    """The dirty tasks by a plain graph walk."""
-    dirty, asked = set(seeds) - {NONE}, set(seed_questions) - {NONE}
+def _closure(rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]],
+             seed_tasks: set[int], seed_questions: set[int]) -> set[int]:
+    """The dirty rows by a plain graph walk over (task, prompt, asks) rows."""
+    groups = {g for g in seed_groups if g[0] != NONE}
+    whole = (set(seed_tasks) | {t for t, _ in groups if t not in capped}) - {NONE}
+    asked = set(seed_questions) - {NONE}
+    dirty: set[int] = set()
     changed = True
     while changed:
         changed = False
-        for t, q in zip(tasks, questions, strict=True):
-            if q == NONE or t == NONE:
+        for i, (t, p, asks) in enumerate(rows):
+            if t == NONE or i in dirty:
                 continue
-            if t in dirty and q not in asked:
-                asked.add(q)
-                changed = True
-            if q in asked and t not in dirty:
-                dirty.add(t)
+            if (t, p) in groups or t in whole or (asks and p in asked):
+                dirty.add(i)
+                groups.add((t, p))
+                if t not in capped:
+                    whole.add(t)
+                if asks:
+                    asked.add(p)
                 changed = True
     return dirty
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(-1, 7), st.integers(-1, 5)), max_size=40),
-       st.sets(st.integers(-1, 7), max_size=4), st.sets(st.integers(-1, 5), max_size=3))
-def test_dirty_tasks_are_the_closure_over_shared_questions(rows: list[tuple[int, int]], seeds: set[int],
-                                                          seed_questions: set[int]) -> None:
-    tasks = np.array([t for t, _ in rows], dtype=np.int32)
-    questions = np.array([q for _, q in rows], dtype=np.int32)
-    mask = dirty_tasks(tasks, questions, np.array(sorted(seeds), dtype=np.int32),
-                       np.array(sorted(seed_questions), dtype=np.int32), 8, 6)
-    assert set(np.flatnonzero(mask).tolist()) == _closure(tasks.tolist(), questions.tolist(), seeds, seed_questions)
+_ROWS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.booleans()), max_size=40).map(
+    lambda rows: [(NONE, NONE, False) if t == 7 else (t, p, a) for t, p, a in rows])  # task 7: refused early
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ROWS, st.sets(st.integers(0, 6), max_size=7), st.sets(st.tuples(st.integers(-1, 6), st.integers(0, 5)), max_size=4),
+       st.sets(st.integers(-1, 6), max_size=2), st.sets(st.integers(-1, 5), max_size=3))
+def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
+        rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]], seed_tasks: set[int],
+        seed_questions: set[int]) -> None:
+    tasks = np.array([t for t, _, _ in rows], dtype=np.int32)
+    prompts = np.array([p for _, p, _ in rows], dtype=np.int32)
+    questions = np.array([p if a else NONE for _, p, a in rows], dtype=np.int32)
+    ordered = sorted(seed_groups)
+    mask = dirty_rows(tasks, prompts, questions, capped=np.array([t in capped for t in range(7)]), prompt_count=6,
+                      seed_groups=(np.array([t for t, _ in ordered], dtype=np.int32),
+                                   np.array([p for _, p in ordered], dtype=np.int32)),
+                      seed_tasks=np.array(sorted(seed_tasks), dtype=np.int32),
+                      seed_questions=np.array(sorted(seed_questions), dtype=np.int32))
+    assert set(np.flatnonzero(mask).tolist()) == _closure(rows, capped, seed_groups, seed_tasks, seed_questions)
 
 
 def test_codes_keep_digests_that_end_in_zero_bytes() -> None:

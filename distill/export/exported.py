@@ -77,6 +77,11 @@ class PairsPerTask:
             found = self._asked[task_id] = self._counts.get(key_digest(task_id), 0)
         return found
 
+    def reach(self, digests: list[bytes], cap: int) -> np.ndarray:
+        """For each task (by key digest): whether the export holds `cap` of its rows or more."""
+        counts = self._counts
+        return np.fromiter((counts.get(d, 0) >= cap for d in digests), dtype=bool, count=len(digests))
+
 
 @dataclass(frozen=True)
 class Exported:

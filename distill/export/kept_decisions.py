@@ -3,24 +3,34 @@
 A row's preference decision (written, deduped, or quarantined with a reason) is a function of
 its task's rows (same-task pairing, with the task's exported pairs and the cap) and, for a
 verdict-bearing review, of its question's cross-source candidates; never of any other row. So
-after an append only the tasks a change touches need pairing again; every other row's decision
+after an append only the rows a change touches need pairing again; every other row's decision
 is last run's, and its quarantine line is the bytes last run wrote (copied from that run's
 quarantine file, which is checked to be exactly what that run left).
 
-Kept per scored row, in input order (partition by partition, row by row): its task and, for a
-cross-source candidate, its question (as codes into digest tables), its outcome, source,
-category, reason, the offset and length of its quarantine line, and the digest of its gate
-input when it passed the gates (so the gate cache keeps it without the row being read). A row
-of the next run takes its kept decision only when:
+Within a task, pairs are made per group (the rows that answered one prompt), the groups one
+after another, coupled only by the task's cap: a pair is made while the task's pairs (exported
+ones and the ones made so far) are under it. A task whose exported pairs already reach the cap
+makes no pair in any group, so each of its groups is decided by its own rows and the export
+alone: a change to one group leaves the others' decisions as they were. A task under its cap is
+paired whole.
+
+Kept per scored row, in input order (partition by partition, row by row): its task, its prompt
+and, for a cross-source candidate, its question (the prompt again; codes into digest tables),
+its outcome, source, category, reason, the offset and length of its quarantine line, and the
+digest of its gate input when it passed the gates (so the gate cache keeps it without the row
+being read). A row of the next run takes its kept decision only when:
 
 - the file is of this export basis and was written by the run that wrote the export checkpoint
   the row is replayed from (one token in both), the export and the quarantine file are the
   bytes that run left (size and xxh3-128), and the row is replayed from that checkpoint at the
   position it had then (so it is the same line, with the same evidence);
-- its task is clean. Dirty: the task of every row read this run (new or changed lines), of every
-  kept row not replayed this run (changed, removed), of every row whose pair could not be built
-  (schema_violation: see below); then, until nothing changes, every question a dirty task's row
-  asks and every task with a row asking a dirty question (a cross-source pair spans tasks).
+- its group is clean (`dirty_rows`). Dirty: the group of every row read this run (new or
+  changed lines) and of every kept row not replayed this run (changed, removed); the whole task
+  of such a group when the task is under its cap, and of every row whose pair could not be built
+  (schema_violation: see below); then, until nothing changes, every question a dirty row asks,
+  every group with a row asking a dirty question (a cross-source pair spans tasks), and the
+  whole task of a dirty group under its cap. Two rows with one key (a revision scored twice)
+  are one evidence revision, so they share their task and prompt: the duplicate check sees both.
 
 A row a new pair used was `written`; pairing its task again, with that pair now in the export,
 makes it `deduped` and changes nothing else, but for one case: a pair the walk tried to build
@@ -51,16 +61,16 @@ from distill.hashing import file_digest, split_digests
 from distill.jsonl import loads
 from distill.records import QuarantineReason
 
-KEPT_DECISIONS_VERSION = 1
+KEPT_DECISIONS_VERSION = 2
 WRITTEN, DEDUPED, QUARANTINED = 0, 1, 2
-NONE = -1  # no task (refused before pairing), no question (not a cross candidate), no category or reason
+NONE = -1  # no task or prompt (refused before pairing), no question (not a cross candidate), no category or reason
 
 # (index, source, category or None, reason or None, quarantine line or b"", deduped?): preference.Decided
 Decided = tuple[int, str, "str | None", "str | None", bytes, bool]
 
 
 class Codes:
-    """Strings (tasks, questions) as small ints, a table of their 128-bit digests behind them: a
+    """Strings (tasks, prompts) as small ints, a table of their 128-bit digests behind them: a
     kept table's codes stay valid, a new string gets the next code."""
 
     def __init__(self, digests: np.ndarray | None = None) -> None:
@@ -85,6 +95,10 @@ class Codes:
     def digests(self) -> np.ndarray:
         return np.array(self._digests, dtype="S16").reshape(-1)
 
+    def digest_list(self) -> list[bytes]:
+        """By code (the table itself: not to be changed)."""
+        return self._digests
+
 
 class Names:
     """Short strings (sources, categories, reasons) as codes, in the order first seen."""
@@ -103,7 +117,7 @@ class Names:
         return found
 
 
-_ROW_ARRAYS = {"task": np.int32, "question": np.int32, "outcome": np.int8, "source": np.int32,
+_ROW_ARRAYS = {"task": np.int32, "prompt": np.int32, "question": np.int32, "outcome": np.int8, "source": np.int32,
                "category": np.int32, "reason": np.int32, "line_at": np.int64, "line_len": np.int64}
 
 
@@ -115,7 +129,7 @@ class KeptDecisions:
     rows: dict[str, np.ndarray]  # _ROW_ARRAYS, one value per row
     passed: np.ndarray  # S16 per row, zeros: the row's gate input did not pass (or was never gated)
     tasks: np.ndarray  # S16 digests, by code
-    questions: np.ndarray
+    prompts: np.ndarray  # the questions' codes are prompt codes
     sources: list[str]
     categories: list[str]
     reasons: list[str]
@@ -148,7 +162,7 @@ class KeptDecisions:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = loads(data["meta"].tobytes())
-                arrays = {name: data[name] for name in (*_ROW_ARRAYS, "passed", "tasks", "questions")}
+                arrays = {name: data[name] for name in (*_ROW_ARRAYS, "passed", "tasks", "prompts")}
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
             return None
         try:
@@ -158,7 +172,7 @@ class KeptDecisions:
             if file_digest(export) != _pair(meta["export"]) or file_digest(quarantine) != _pair(meta["quarantine"]):
                 return None
             kept = cls(parts={}, rows={name: arrays[name] for name in _ROW_ARRAYS}, passed=arrays["passed"],
-                       tasks=arrays["tasks"], questions=arrays["questions"], sources=_strings(meta["sources"]),
+                       tasks=arrays["tasks"], prompts=arrays["prompts"], sources=_strings(meta["sources"]),
                        categories=_strings(meta["categories"]), reasons=_strings(meta["reasons"]),
                        quarantine=quarantine)
             start = 0
@@ -178,14 +192,18 @@ class KeptDecisions:
             return False
         if any(r[name].dtype != np.dtype(t) or r[name].shape != (rows,) for name, t in _ROW_ARRAYS.items()):
             return False
-        if self.tasks.dtype != np.dtype("S16") or self.questions.dtype != np.dtype("S16"):
+        if self.tasks.dtype != np.dtype("S16") or self.prompts.dtype != np.dtype("S16"):
             return False
+        cross = r["question"] != NONE
+        if not (np.array_equal(r["task"] == NONE, r["prompt"] == NONE)
+                and np.array_equal(r["question"][cross], r["prompt"][cross])):
+            return False  # a question is its row's prompt; a row has both a task and a prompt or neither
 
         def within(a: np.ndarray, n: int) -> bool:
             return not len(a) or bool(a.min() >= NONE and a.max() < n)
 
         quarantined = r["outcome"] == QUARANTINED
-        return (within(r["task"], len(self.tasks)) and within(r["question"], len(self.questions))
+        return (within(r["task"], len(self.tasks)) and within(r["prompt"], len(self.prompts))
                 and within(r["source"], len(self.sources)) and bool(np.all(r["source"] >= 0))
                 and within(r["category"], len(self.categories)) and within(r["reason"], len(self.reasons))
                 and bool(np.all((r["outcome"] >= WRITTEN) & (r["outcome"] <= QUARANTINED)))
@@ -231,12 +249,13 @@ class NextDecisions:
 
     def __init__(self, kept: KeptDecisions | None) -> None:
         self.tasks = Codes(kept.tasks if kept is not None else None)
-        self.questions = Codes(kept.questions if kept is not None else None)
+        self.prompts = Codes(kept.prompts if kept is not None else None)
         self.sources = Names()
         self.categories = Names()
         self.reasons = Names()
         self.parts: list[tuple[str, int]] = []
         self._task = array("i")
+        self._prompt = array("i")
         self._question = array("i")
         self._passed = bytearray()
         self._decided = {name: array("q") for name in ("outcome", "source", "category", "reason", "line_at", "line_len")}
@@ -245,14 +264,19 @@ class NextDecisions:
         short = index + 1 - len(self._task)
         if short > 0:
             self._task.extend([NONE] * short)
+            self._prompt.extend([NONE] * short)
             self._question.extend([NONE] * short)
             self._passed.extend(bytes(16 * short))
 
-    def row(self, index: int, task: str | None, question: str | None, passed: bytes | None) -> None:
-        """A row the first pass read or replayed from its entry."""
+    def row(self, index: int, task: str | None, prompt: str | None, *, asks: bool, passed: bytes | None) -> None:
+        """A row the first pass read or replayed from its entry (`task`, `prompt`: None for a row
+        refused before pairing; `asks`: a cross-source candidate, whose question is its prompt)."""
         self._grow(index)
-        self._task[index] = NONE if task is None else self.tasks.code(task)
-        self._question[index] = NONE if question is None else self.questions.code(question)
+        if task is not None and prompt is not None:
+            self._task[index] = self.tasks.code(task)
+            self._prompt[index] = code = self.prompts.code(prompt)
+            if asks:
+                self._question[index] = code
         if passed is not None:
             self._passed[16 * index:16 * index + 16] = passed
 
@@ -261,14 +285,18 @@ class NextDecisions:
         n = rows.stop - rows.start
         self._grow(first_index + n - 1)
         self._task[first_index:first_index + n] = array("i", kept.rows["task"][rows].tobytes())
+        self._prompt[first_index:first_index + n] = array("i", kept.rows["prompt"][rows].tobytes())
         self._question[first_index:first_index + n] = array("i", kept.rows["question"][rows].tobytes())
         self._passed[16 * first_index:16 * (first_index + n)] = kept.passed[rows].tobytes()
 
     def task_codes(self) -> np.ndarray:
-        return np.frombuffer(self._task, dtype=np.int32) if len(self._task) else np.zeros(0, np.int32)
+        return _codes(self._task)
+
+    def prompt_codes(self) -> np.ndarray:
+        return _codes(self._prompt)
 
     def question_codes(self) -> np.ndarray:
-        return np.frombuffer(self._question, dtype=np.int32) if len(self._question) else np.zeros(0, np.int32)
+        return _codes(self._question)
 
     def decided(self, row: Decided, line_at: int) -> None:
         """The final decision of the next row in input order."""
@@ -294,32 +322,56 @@ class NextDecisions:
             return
         self._grow(rows - 1)
         arrays = {name: np.frombuffer(self._decided[name], dtype=np.int64).astype(t) if rows else np.zeros(0, t)
-                  for name, t in _ROW_ARRAYS.items() if name not in ("task", "question")}
+                  for name, t in _ROW_ARRAYS.items() if name not in ("task", "prompt", "question")}
         arrays["task"] = self.task_codes()[:rows].copy()
+        arrays["prompt"] = self.prompt_codes()[:rows].copy()
         arrays["question"] = self.question_codes()[:rows].copy()
         passed = np.frombuffer(bytes(self._passed[:16 * rows]), dtype="S16")
         meta = {"version": KEPT_DECISIONS_VERSION, "basis": basis, "token": token, "export": list(exported),
                 "quarantine": list(quarantine), "parts": [[rel, n] for rel, n in self.parts],
                 "sources": self.sources.names, "categories": self.categories.names, "reasons": self.reasons.names}
-        write_cache(path, meta, passed=passed, tasks=self.tasks.digests(), questions=self.questions.digests(), **arrays)
+        write_cache(path, meta, passed=passed, tasks=self.tasks.digests(), prompts=self.prompts.digests(), **arrays)
 
 
-def dirty_tasks(tasks: np.ndarray, questions: np.ndarray, seeds: np.ndarray, seed_questions: np.ndarray,
-                task_count: int, question_count: int) -> np.ndarray:
-    """A mask over task codes: the seed tasks, then every question a dirty task's row asks and every
-    task with a row asking a dirty question, until nothing changes. `tasks`/`questions`: this run's
-    rows' codes (NONE where a row has none)."""
-    dirty = np.zeros(task_count + 1, dtype=bool)  # index code + 1: NONE lands on 0, never dirty
-    asked = np.zeros(question_count + 1, dtype=bool)
-    dirty[seeds[seeds != NONE] + 1] = True
+def _codes(values: array) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.int32) if len(values) else np.zeros(0, np.int32)
+
+
+def dirty_rows(tasks: np.ndarray, prompts: np.ndarray, questions: np.ndarray, *, capped: np.ndarray,
+               prompt_count: int, seed_groups: tuple[np.ndarray, np.ndarray], seed_tasks: np.ndarray,
+               seed_questions: np.ndarray) -> np.ndarray:
+    """A mask over this run's rows: those whose decision is made again (see the module docstring).
+    `tasks`/`prompts`/`questions`: the rows' codes (NONE where a row has none; a row with a task
+    has a prompt); `capped`: by task code, whether the task's exported pairs reach the cap (its
+    groups are decided apart); `seed_groups`: (task, prompt) codes of the groups a change touched;
+    `seed_tasks`: tasks paired whole whatever their cap; `seed_questions`: questions a change
+    touched."""
+    has_task = tasks != NONE
+    asks = has_task & (questions != NONE)
+
+    def group_keys(task: np.ndarray, prompt: np.ndarray) -> np.ndarray:
+        return task.astype(np.int64) * (prompt_count + 1) + (prompt.astype(np.int64) + 1)
+
+    groups, group_of = np.unique(group_keys(tasks, prompts), return_inverse=True)
+    group_of = group_of.reshape(-1)
+    # by code + 1, so NONE lands on 0 (never dirty)
+    whole = np.zeros(len(capped) + 1, dtype=bool)  # tasks paired whole
+    capped_at = np.concatenate(([True], capped))
+    asked = np.zeros(prompt_count + 1, dtype=bool)
+    seed_task, seed_prompt = seed_groups
+    known = seed_task != NONE
+    whole[seed_task[known & ~capped_at[seed_task + 1]] + 1] = True
+    whole[seed_tasks[seed_tasks != NONE] + 1] = True
     asked[seed_questions[seed_questions != NONE] + 1] = True
-    asked[0] = dirty[0] = False
-    cross = questions != NONE
-    t, q = tasks[cross] + 1, questions[cross] + 1
-    while True:
-        before = (int(dirty.sum()), int(asked.sum()))
-        asked[q[dirty[t]]] = True
-        dirty[t[asked[q]]] = True
-        asked[0] = dirty[0] = False
-        if (int(dirty.sum()), int(asked.sum())) == before:
-            return dirty[1:]
+    group_dirty = np.isin(groups, group_keys(seed_task[known], seed_prompt[known]))
+    dirty = np.zeros(len(tasks), dtype=bool)
+    while True:  # every mask only grows
+        whole[0] = asked[0] = False
+        touched = has_task & (group_dirty[group_of] | whole[tasks + 1] | (asks & asked[questions + 1]))
+        group_dirty[group_of[touched]] = True
+        now = has_task & group_dirty[group_of]
+        if np.array_equal(now, dirty):
+            return dirty
+        dirty = now
+        whole[tasks[dirty & ~capped_at[tasks + 1]] + 1] = True
+        asked[questions[dirty & asks] + 1] = True

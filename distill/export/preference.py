@@ -24,9 +24,9 @@ What pass 1 makes of a scored line depends only on the line, its evidence and th
 so it is kept per scored partition in the export checkpoint (`distill.export.checkpoints`, the
 RAG/SFT mechanism): after an append, the unchanged prefix of each partition is replayed from its
 entries (no JSON parse, join, validation or gate) and only the appended lines are read. With the
-last run's decisions (`distill.export.kept_decisions`), a replayed row of a task no change
+last run's decisions (`distill.export.kept_decisions`), a replayed row of a group no change
 touched is not even spilled: its decision and quarantine line are last run's, and only the rows
-of dirty tasks are read back from the checkpoint and paired.
+of dirty groups (or of whole tasks under their cap) are read back from the checkpoint and paired.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from pydantic import ValidationError
 
 from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import PartitionExporter, entries_json
-from distill.export.exported import Ids, PerTask
+from distill.export.exported import Ids, PairsPerTask, PerTask
 from distill.export.gates import Firewall, GateInput, meta_text
-from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_tasks
+from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_rows
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -495,15 +495,12 @@ class _Pass1:
             self.decisions.parts.append((self._rel, self._next - self._part_start))
             self._rel = None
 
-    def _question(self, cross: bool, prompt: str) -> str | None:
-        return prompt if cross and self.cross_source else None
-
     def _defers(self, n: int) -> bool:
         return self.kept is not None and self._rel is not None and self.kept.eligible(self._rel, self._position, n)
 
     def _refuse(self, index: int, decided: Decided) -> None:
         self.early.append(decided)
-        self.decisions.row(index, None, None, None)
+        self.decisions.row(index, None, None, asks=False, passed=None)
         if self.record:
             _, source, category, reason, line, _ = decided
             self._entries.add(index, ["q", source, category, reason, line.decode("utf-8")])
@@ -554,7 +551,7 @@ class _Pass1:
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
             passed = input_digest(gate) if failure is None else None
-            self.decisions.row(i, row.task_id, self._question(row.cross_candidate, prompt), passed)
+            self.decisions.row(i, row.task_id, prompt, asks=row.cross_candidate and self.cross_source, passed=passed)
             if self.record:
                 self._entries.add(i, _row_entry(row, spilled, passed))
         self.batch.clear()
@@ -571,7 +568,7 @@ class _Pass1:
 
     def can_replay(self, entries: Sequence[Pass1Entry]) -> bool:
         """Whether every entry is one this class writes (a damaged checkpoint is read as none).
-        Entries with kept decisions are only looked at here: the ones a dirty task needs are
+        Entries with kept decisions are only looked at here: the ones a dirty group needs are
         parsed when they are read back (`settle`)."""
         if self._defers(len(entries)):
             self._ready = []  # not parsed: the entries' digest says they are the bytes written
@@ -617,41 +614,43 @@ class _Pass1:
         if code == "q":
             assert extra is not None
             self.early.append((i, *fields, extra, False))
-            self.decisions.row(i, None, None, None)
+            self.decisions.row(i, None, None, asks=False, passed=None)
             return
         assert spilled is not None
         # Row.as_tuple() of the row, without making the Row: (index, key, task id, ..., offset)
         row = (i, (fields[0], fields[1]), *fields[2:], self.payload.put(spilled))
         buckets[bucket_of(fields[2], len(buckets)) if len(buckets) > 1 else 0].append(row)
-        self.decisions.row(i, fields[2], self._question(fields[7], fields[3]), extra)
+        self.decisions.row(i, fields[2], fields[3], asks=fields[7] and self.cross_source, passed=extra)
         if extra is not None and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([extra])
 
-    def settle(self, reread: Reread, late: list[RecordFile], lines: IO[bytes]) -> Iterator[Decided]:
-        """After every partition went through: the deferred rows of dirty tasks are read back from
+    def settle(self, reread: Reread, late: list[RecordFile], lines: IO[bytes], *,
+               capped: Callable[[list[bytes]], np.ndarray]) -> Iterator[Decided]:
+        """After every partition went through: the deferred rows of dirty groups are read back from
         their checkpoint entries and spilled to `late` (same buckets, input order); the others are
         last run's decisions, returned as one sorted run (quarantine lines from `lines`, the last
-        run's quarantine file)."""
+        run's quarantine file). `capped`: for task digests, whether the export holds the cap."""
         kept = self.kept
         if kept is None or not self.deferred:
             return iter(())
-        tasks, questions = self.decisions.task_codes(), self.decisions.question_codes()
+        d = self.decisions
+        tasks, prompts = d.task_codes(), d.prompt_codes()
         deferred = np.zeros(len(tasks), dtype=bool)
         for _, first, _, n in self.deferred:
             deferred[first:first + n] = True
         rows = kept.rows
         unmatched = ~self.matched
-        seeds = np.concatenate((tasks[~deferred], rows["task"][unmatched], rows["task"][kept.unsettled()]))
-        dirty = dirty_tasks(tasks, questions, seeds, rows["question"][unmatched], len(self.decisions.tasks),
-                            len(self.decisions.questions))
-        dirty_at = np.concatenate(([False], dirty))  # by task code + 1 (NONE: never dirty)
+        dirty = dirty_rows(tasks, prompts, d.question_codes(), capped=capped(d.tasks.digest_list()),
+                           prompt_count=len(d.prompts),
+                           seed_groups=(np.concatenate((tasks[~deferred], rows["task"][unmatched])),
+                                        np.concatenate((prompts[~deferred], rows["prompt"][unmatched]))),
+                           seed_tasks=rows["task"][kept.unsettled()], seed_questions=rows["question"][unmatched])
         clean_runs: list[tuple[np.ndarray, np.ndarray]] = []
         passed: list[np.ndarray] = []
         entries: list[Any] | None = None
         entries_of: str | None = None
         for rel, first, position, n in self.deferred:
-            codes = tasks[first:first + n]
-            is_dirty = dirty_at[codes + 1]
+            is_dirty = dirty[first:first + n]
             kept_first = kept.first_row(rel) + position
             clean = np.flatnonzero(~is_dirty)
             if len(clean):
@@ -858,7 +857,7 @@ def export_preference(
     kept: KeptDecisions | None = None,
     reread: Reread | None = None,
     existing_ids: Ids,
-    existing_per_task: PerTask,
+    existing_per_task: PairsPerTask,
     max_pairs_per_task: int,
     cross_source: bool,
     spill_dir: Path,
@@ -871,7 +870,7 @@ def export_preference(
     replayed from its checkpoint; `record` keeps the entries for the next checkpoints).
     `firewall`: the gates, or the gates behind the inputs known to pass them (PassedGates).
     `kept`: the last run's decisions, with `reread` to read a partition's checkpoint entries again
-    (the rows of dirty tasks among those replayed); `read_rows` then names each partition
+    (the rows of dirty groups among those replayed); `read_rows` then names each partition
     (`start_partition`) before it goes through."""
     if reread is None:
         kept = None
@@ -892,7 +891,8 @@ def export_preference(
         if kept is not None and pass1.deferred:
             assert reread is not None
             # the last run's quarantine file: kept rows' lines are read from it
-            clean = pass1.settle(reread, late, stack.enter_context(open(kept.quarantine, "rb", buffering=READ_CHUNK)))
+            clean = pass1.settle(reread, late, stack.enter_context(open(kept.quarantine, "rb", buffering=READ_CHUNK)),
+                                 capped=lambda digests: existing_per_task.reach(digests, max_pairs_per_task))
         result.rows_kept = pass1.rows_kept
 
         # cross candidates go to a part per (question bucket, task bucket), each in input order
