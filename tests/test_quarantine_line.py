@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from distill.export.quarantine import quarantine_scored, scored_quarantine_line
+from distill.export.quarantine import QuarantineLines, quarantine_scored, scored_quarantine_line
+from distill.hashing import PrefixHash
 from distill.jsonl import dumps
 from distill.records import Provenance, QuarantineReason, SourceRef
 
@@ -56,3 +57,28 @@ def test_what_the_models_refuse_is_refused() -> None:
         scored_quarantine_line("preference", "s", provenance, {}, "not a reason", ["x"], "r")
     with pytest.raises(ValueError):
         scored_quarantine_line("", "s", provenance, {}, QuarantineReason.EMPTY_CONTENT, ["x"], "r")
+
+
+@hsettings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300).filter(lambda b: b"\n" not in b), max_size=60),
+       st.integers(min_value=1, max_value=700))
+def test_quarantine_lines_say_where_each_line_starts_and_digest_what_was_written(lines: list[bytes],
+                                                                                  held: int) -> None:
+    """However the lines are held before they are written, each one's start is where it lands,
+    and the digest is the written bytes' (what the next run checks the file by)."""
+    import io
+
+    out = io.BytesIO()
+    sink = QuarantineLines(out)
+    sink.HELD_BYTES = held
+    starts = []
+    for line in lines:
+        starts.append(sink.at)
+        sink(line)
+    size, digest = sink.digest()
+    data = out.getvalue()
+    assert data == b"".join(line + b"\n" for line in lines) and size == len(data)
+    assert [data[a:].split(b"\n", 1)[0] for a in starts] == lines
+    expected = PrefixHash()
+    expected.update(data)
+    assert digest == expected.hexdigest()

@@ -121,6 +121,7 @@ def run_export(
 
         # what this run's quarantine file will hold: the next run reads lines back out of it
         quarantine_lines = QuarantineLines(quarantine_sink)
+        stack.callback(quarantine_lines.flush)  # before the file closes (callbacks run last in, first out)
 
         if kind == "preference":
             # pairing sees the whole input: every partition's first-pass rows come from its
