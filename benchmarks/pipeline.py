@@ -9,7 +9,9 @@ secrets included, ids unique per replica). Every stage runs in its own child pro
 RSS (os.wait4's ru_maxrss) is its own; wall time is taken around the child (interpreter start and
 imports included) and inside it (the stage call alone). The raw baseline reads the same source
 files line by line, parses each with orjson (the library distill.jsonl uses), serialises it again
-and writes it out through distill.jsonl. After the measured run, the slowest stage is run once
+and writes it out through distill.jsonl; it runs RAW_PASSES times and the pass with the least CPU
+time is the baseline (one pass of a few seconds measured 2.7 to 8.7 s CPU across days, so a single
+pass moved the ratio more than the code did; the fastest is the least flattering). After the measured run, the slowest stage is run once
 more on the same data under pyinstrument; its profile is saved next to the results.
 
 Targets at N = 1,000,000: whole pipeline <= 10x the raw baseline's CPU time (stretch: <= 4x wall),
@@ -38,6 +40,7 @@ if str(REPO) not in sys.path:
 from benchmarks.report import RESULTS, cli, count, log, machine, md_table, niceness, pyplot, save_figure, write_results  # noqa: E402
 
 STAGES = ("raw", "collect", "score", "export")
+RAW_PASSES = 3
 PIPELINE = ("collect", "score", "export")
 TARGET_RATIO = 10.0
 STRETCH_WALL_RATIO = 4.0
@@ -270,6 +273,9 @@ def markdown(r: dict[str, Any]) -> str:
         md_table(["stage", "rows in", "stage s", "wall s (child)", "CPU s", "source rows/s (wall)",
                   "source rows/CPU-s", "peak RSS MiB"], rows),
         "",
+        *([f"- raw baseline: the least CPU of {len(r['stages']['raw']['passes_cpu_s'])} passes "
+           f"({', '.join(f'{c:.2f}' for c in r['stages']['raw']['passes_cpu_s'])} s)"]
+          if r["stages"]["raw"].get("passes_cpu_s") else []),
         f"- whole pipeline / raw baseline: **{t['ratio']:.1f}x** in-stage wall time ({t['ratio_wall']:.1f}x child wall, "
         f"**{t['ratio_cpu']:.1f}x CPU time**) — target <= {TARGET_RATIO:g}x CPU: "
         f"**{'met' if t['ratio_cpu_met'] else 'missed'}**; stretch <= {t.get('stretch_wall_ratio', 4):g}x wall: "
@@ -413,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         stages: dict[str, Any] = {}
         for stage in STAGES:
             snapshot_caches(ws_root, base / "caches-before" / stage)
-            stages[stage] = measure_rusage(stage, ws_root, nice=args.nice)
-            m = stages[stage]
+            passes = [measure_rusage(stage, ws_root, nice=args.nice) for _ in range(RAW_PASSES if stage == "raw" else 1)]
+            stages[stage] = m = min(passes, key=lambda p: p["cpu_s"])
+            if len(passes) > 1:
+                m["passes_cpu_s"] = [round(p["cpu_s"], 2) for p in passes]
             log(f"{stage:8s} {m['stage_s']:8.1f}s in stage  {m['wall_s']:8.1f}s wall  "
                 f"{m['peak_rss_bytes'] / 2**20:7.0f} MiB  rows_in {m['rows_in']:,}")
         result: dict[str, Any] = {
