@@ -69,8 +69,7 @@ def test_quarantine_lines_say_where_each_line_starts_and_digest_what_was_written
     import io
 
     out = io.BytesIO()
-    sink = QuarantineLines(out)
-    sink.HELD_BYTES = held
+    sink = QuarantineLines(out, held_bytes=held)
     starts = []
     for line in lines:
         starts.append(sink.at)

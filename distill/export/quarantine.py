@@ -54,14 +54,13 @@ class QuarantineLines:
     line starts (a checkpoint entry or a kept decision points there) and the (size, xxh3-128) of
     all written, which the next run checks the file by before it copies lines back out of it.
 
-    Lines are held until `HELD_BYTES` of them, then joined, written and hashed at once: the
+    Lines are held until `held_bytes` of them, then joined, written and hashed at once: the
     preference export hands over a line per unpaired row (most of its rows), and a write and a
     hash update per line cost ~2 us each. `flush` (or `digest`) before the file is closed."""
 
-    HELD_BYTES = 1 << 20
-
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: IO[bytes], *, held_bytes: int = 1 << 20) -> None:
         self._out = out
+        self._held_limit = held_bytes
         self._hash = PrefixHash()
         self._held: list[bytes] = []
         self._held_bytes = 0  # with each held line's newline
@@ -69,7 +68,7 @@ class QuarantineLines:
     def __call__(self, line: bytes) -> None:
         self._held.append(line)
         self._held_bytes += len(line) + 1
-        if self._held_bytes >= self.HELD_BYTES:
+        if self._held_bytes >= self._held_limit:
             self.flush()
 
     def flush(self) -> None:
