@@ -1,16 +1,21 @@
 """Trainer views rendered from where the last rendering stopped (distill.export.view_state): after
-an append, a torn line, an edited view, a rebuilt native file or a damaged state, the view files
-are the bytes of a whole rendering, and after an append only the appended rows are read."""
+an append, a torn line, an edited view, a rebuilt native file, a damaged state, an error or a kill
+while appending, the view files are the bytes of a whole rendering; after an append only the
+appended rows are read, and they are appended to the view files in place."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import distill.export.formats as formats
+import distill.export.view_state as view_state
 from distill.export.formats import render_view, view_paths
 from distill.firewall import ExportKind
 from distill.workspace import Workspace
@@ -98,8 +103,8 @@ def test_a_torn_last_line_is_rendered_once_it_is_complete(exported: Workspace, t
     assert _view_bytes(ws, "sft", "trl") == _whole(exported, tmp_path / "w2", "sft", "trl", lines)
 
 
-@pytest.mark.parametrize("damage", ["edit_view", "truncate_view", "delete_view", "rebuild_native", "state_junk",
-                                    "state_other_code"])
+@pytest.mark.parametrize("damage", ["edit_view", "truncate_view", "longer_view", "delete_view", "rebuild_native",
+                                    "state_junk", "state_other_code"])
 def test_a_changed_view_native_or_state_means_a_whole_rendering(
         exported: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     lines = _native(exported, "preference").read_bytes().splitlines(keepends=True)
@@ -113,6 +118,9 @@ def test_a_changed_view_native_or_state_means_a_whole_rendering(
         views["dpo"].write_bytes(data.replace(b'"role"', b'"r0le"', 1))
     elif damage == "truncate_view":
         views["provenance"].write_bytes(views["provenance"].read_bytes()[:-10])
+    elif damage == "longer_view":  # what a process killed while appending leaves: more bytes than recorded
+        with open(views["dpo"], "ab") as fh:
+            fh.write(b'{"prompt": [')
     elif damage == "delete_view":
         views["dpo"].unlink()
     elif damage == "rebuild_native":
@@ -141,3 +149,89 @@ def test_force_deletes_the_view_states(exported: Workspace) -> None:
         caches = ExportStage(kind).caches(exported)
         for fmt in ("trl", "openai"):
             assert exported.view_state_path(kind.value, fmt) in caches
+
+
+def test_an_append_writes_into_the_view_files_in_place(exported: Workspace, tmp_path: Path) -> None:
+    lines = _native(exported, "sft").read_bytes().splitlines(keepends=True)
+    ws = _fresh(exported, tmp_path / "inc", "sft", lines[:-2])
+    render_view(ws, "sft", "trl")
+    inodes = {name: path.stat().st_ino for name, path in view_paths(ws, "sft", "trl").items()}
+    with open(ws.sft_path, "ab") as fh:
+        fh.writelines(lines[-2:])
+    render_view(ws, "sft", "trl")
+    assert {name: path.stat().st_ino for name, path in view_paths(ws, "sft", "trl").items()} == inodes
+    assert _view_bytes(ws, "sft", "trl") == _whole(exported, tmp_path / "whole", "sft", "trl", lines)
+
+
+def test_an_error_while_appending_cuts_every_view_file_back(
+        exported: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _native(exported, "sft").read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    ws = _fresh(exported, tmp_path / "inc", "sft", lines[:half])
+    render_view(ws, "sft", "trl")
+    before = _view_bytes(ws, "sft", "trl")
+    state = ws.view_state_path("sft", "trl").read_bytes()
+    with open(ws.sft_path, "ab") as fh:
+        fh.writelines(lines[half:])
+    monkeypatch.setattr(view_state, "HELD_BYTES", 1)  # every line reaches its file at once
+    real = formats.sft_to_trl_prompt_completion
+    shaped: list[int] = []
+
+    def fails_on_the_second_row(sample: Any) -> dict[str, Any]:
+        shaped.append(1)
+        if len(shaped) == 2:
+            raise RuntimeError("disk full")
+        return real(sample)
+
+    monkeypatch.setattr(formats, "sft_to_trl_prompt_completion", fails_on_the_second_row)
+    with pytest.raises(RuntimeError, match="disk full"):
+        render_view(ws, "sft", "trl")
+    assert _view_bytes(ws, "sft", "trl") == before  # the first row's lines were written, then cut off
+    assert ws.view_state_path("sft", "trl").read_bytes() == state
+    monkeypatch.undo()
+    render_view(ws, "sft", "trl")
+    assert _view_bytes(ws, "sft", "trl") == _whole(exported, tmp_path / "whole", "sft", "trl", lines)
+
+
+_KILLED_WHILE_APPENDING = """
+import os, signal, sys
+from pathlib import Path
+import distill.export.formats as formats
+import distill.export.view_state as view_state
+from distill.workspace import Workspace
+view_state.HELD_BYTES = 1
+real, shaped = formats.sft_to_openai, []
+def killed_on_the_third_row(sample):
+    shaped.append(1)
+    if len(shaped) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(sample)
+formats.sft_to_openai = killed_on_the_third_row
+formats.render_view(Workspace.resolve(Path(sys.argv[1])), "sft", "openai")
+"""
+
+
+def test_a_process_killed_while_appending_leaves_a_prefix_and_the_next_rendering_is_whole(
+        exported: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _native(exported, "sft").read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 6, "the sample must export a few rows to append"
+    ws = _fresh(exported, tmp_path / "inc", "sft", lines[:2])
+    render_view(ws, "sft", "openai")
+    before = _view_bytes(ws, "sft", "openai")
+    state = ws.view_state_path("sft", "openai").read_bytes()
+    with open(ws.sft_path, "ab") as fh:
+        fh.writelines(lines[2:])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_APPENDING, str(ws.root)], env=env, check=False)
+    assert killed.returncode == -9
+    whole = _whole(exported, tmp_path / "whole", "sft", "openai", lines)
+    after_kill = _view_bytes(ws, "sft", "openai")
+    for name, data in after_kill.items():
+        assert data.startswith(before[name]) and whole[name].startswith(data)
+    assert after_kill != before  # rows were appended before the kill: the state no longer describes the files
+    assert ws.view_state_path("sft", "openai").read_bytes() == state
+    starts = _spy_starts(monkeypatch)
+    render_view(ws, "sft", "openai")
+    assert starts[-1] == 0  # the files are longer than recorded: rendered whole
+    monkeypatch.undo()
+    assert _view_bytes(ws, "sft", "openai") == whole

@@ -1,9 +1,10 @@
 """Trainer-ready views of the native exports: TRL and OpenAI fine-tuning JSONL.
 
 The native files (the paths in docs/DESIGN.md) are the ledger: append-only, content-addressed ids, full
-provenance. The views are a function of them, line by line, replaced atomically on every export
-(byte-identical for identical native files); when the native file only grew since the last
-rendering, the rows after it are rendered and appended to a copy of the old files
+provenance. The views are a function of them, line by line, refreshed on every export
+(byte-identical for identical native files): rendered whole into new files that replace the old
+ones together, or, when the native file only grew since the last rendering and the view files
+still hold what it wrote, with the rows after it rendered and appended to them in place
 (distill.export.view_state), which gives the bytes of a whole rendering. View rows hold only what trainers read;
 provenance sits in a sidecar next to each view, one row per view line, same order
 ({"line": n, "id", "provenance"...}), so trainers accept the view files unchanged.
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from distill.export.view_state import HashingSink, StaleView, ViewState
+from distill.export.view_state import HashingSink, StaleView, ViewState, appending
 from distill.hashing import LineEndHash, PrefixHash
 from distill.jsonl import atomic_writer, dumps, json_rows
 from distill.receipts import code_fingerprint
@@ -170,9 +171,9 @@ def _pref_sidecar(n: int, p: PreferenceSample) -> dict[str, Any]:
 def render_view(ws: Workspace, kind: str, fmt: str) -> list[Path]:
     """(Re)write one view from the native file, in one streaming pass: every file of the view
     (and its provenance sidecar) gets its line as each row is read, so memory does not grow with
-    the export; the files are replaced together, or none is on an error. Rows the last rendering
-    covered are copied, not rendered again, when the native file only grew since
-    (distill.export.view_state)."""
+    the export. A whole rendering replaces the files together, or none on an error; when the
+    native file only grew since the last rendering, the rows after it are appended to the files
+    in place (all cut back on an error: distill.export.view_state)."""
     paths = view_paths(ws, kind, fmt)
     if fmt == "native" or not paths:
         return []
@@ -205,11 +206,14 @@ def _render(ws: Workspace, kind: str, fmt: str, paths: dict[str, Path], state_pa
         model, sidecar = PreferenceSample, _pref_sidecar
         shapes = {"dpo": preference_to_trl} if fmt == "trl" else {"preference": preference_to_openai}
     rows = _valid_rows(native, model, start=start, lines_before=lines_before, on_chunk=read)
+    names = [*shapes, "provenance"]
     with contextlib.ExitStack() as stack:
-        sinks = {name: HashingSink(stack.enter_context(atomic_writer(paths[name]))) for name in [*shapes, "provenance"]}
+        sinks: dict[str, HashingSink]
         if state is not None:
-            for name, sink in sinks.items():
-                sink.copy_from(paths[name], state.files[name])  # raises StaleView: nothing is replaced
+            # the old files are the rendering of the native prefix: the new rows go after them
+            sinks = stack.enter_context(appending({name: paths[name] for name in names}, state.files))
+        else:
+            sinks = {name: HashingSink(stack.enter_context(atomic_writer(paths[name]))) for name in names}
         n = rendered
         for n, sample in enumerate(rows, start=rendered + 1):
             for name, shape in shapes.items():

@@ -5,14 +5,19 @@ and the native file is append-only. After a rendering this keeps: the length and
 native file's whole-line prefix it read, how many rows it rendered, the size and hash of each
 file it wrote (`distill.hashing.PREFIX_HASH`), and the code it ran under. The next rendering starts from that prefix only when the
 native file still starts with exactly those bytes, the code is the same, and every view file still
-holds exactly what was written (checked as it is copied into the new file): then the old files
-are the rendering of the prefix, and only rows after it are rendered and appended. Anything else
-(a rebuilt native file, an edited view, other code) renders the whole view again; the file only
-saves work, and losing or damaging it costs one whole rendering.
+holds exactly what was written (each is read and hashed before anything is written to it): then
+the old files are the rendering of the prefix, and the rows after it are rendered and appended to
+them in place (`appending`), as the native file itself grows. Anything else (a rebuilt native
+file, an edited view, a view left longer by an interrupted append, other code) renders the whole
+view again into new files that replace the old ones; the state only saves work, and losing or
+damaging it costs one whole rendering.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -23,6 +28,7 @@ from distill.jsonl import loads, write_atomic
 
 VIEW_STATE_VERSION = 2  # 2: hashed with xxh3-128, not sha256
 COPY_CHUNK = 1 << 20
+HELD_BYTES = 1 << 20  # what a HashingSink holds before it writes
 
 
 class ViewFile(BaseModel):
@@ -68,28 +74,78 @@ class StaleView(Exception):
 
 
 class HashingSink:
-    """A view file being written: every byte goes to the file and to its hash."""
+    """A view file being written: every byte goes to the file and to its hash. Bytes are held up to
+    HELD_BYTES and written in one call (the file can be unbuffered, so that `appending` can cut it
+    back without a buffered tail reaching it later)."""
 
     def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
         self.hash = PrefixHash()
         self.size = 0
+        self._held: list[bytes] = []
+        self._held_bytes = 0
 
     def write(self, data: bytes) -> None:
-        self.fh.write(data)
-        self.hash.update(data)
-        self.size += len(data)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= HELD_BYTES:
+            self.flush()
 
-    def copy_from(self, path: Path, expected: ViewFile) -> None:
-        """Start with the old file's bytes, which must be exactly the ones recorded."""
+    def flush(self) -> None:
+        if not self._held:
+            return
+        block = b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        view = memoryview(block)
+        while view:
+            written = self.fh.write(view)
+            view = view[written if written is not None else len(view):]
+        self.hash.update(block)
+        self.size += len(block)
+
+    def take_over(self, name: str, expected: ViewFile) -> None:
+        """Start from what the file already holds, which must be exactly the bytes recorded: read
+        (and hashed) to its end, where the next write goes."""
         try:
-            with open(path, "rb") as src:
-                while chunk := src.read(COPY_CHUNK):
-                    self.write(chunk)
+            while chunk := self.fh.read(COPY_CHUNK):
+                self.hash.update(chunk)
+                self.size += len(chunk)
         except OSError as exc:
-            raise StaleView(f"{path.name}: {exc}") from exc
+            raise StaleView(f"{name}: {exc}") from exc
         if self.size != expected.size or self.hash.hexdigest() != expected.digest:
-            raise StaleView(f"{path.name} changed since it was rendered")
+            raise StaleView(f"{name} changed since it was rendered")
 
     def recorded(self) -> ViewFile:
+        self.flush()
         return ViewFile(size=self.size, digest=self.hash.hexdigest())
+
+
+@contextlib.contextmanager
+def appending(paths: dict[str, Path], recorded: dict[str, ViewFile]) -> Iterator[dict[str, HashingSink]]:
+    """The view files, each opened to append to after `HashingSink.take_over` checked it (StaleView
+    before anything is written when one does not hold its recorded bytes). On success every file
+    is written out and synced; on an error or an interrupt each is cut back to its recorded size,
+    so the view is what it was. A process killed while appending leaves files longer than the
+    state says (lines whole or one torn): the next rendering finds them changed and renders the
+    whole view again."""
+    with contextlib.ExitStack() as stack:
+        sinks: dict[str, HashingSink] = {}
+        for name, path in paths.items():
+            try:
+                fh = stack.enter_context(open(path, "r+b", buffering=0))
+            except OSError as exc:
+                raise StaleView(f"{path.name}: {exc}") from exc
+            sink = HashingSink(fh)
+            sink.take_over(path.name, recorded[name])
+            sinks[name] = sink
+        try:
+            yield sinks
+            for sink in sinks.values():
+                sink.flush()
+                os.fsync(sink.fh.fileno())
+        except BaseException:
+            for name, sink in sinks.items():
+                with contextlib.suppress(OSError):
+                    os.ftruncate(sink.fh.fileno(), recorded[name].size)
+            raise
