@@ -490,10 +490,11 @@ def write_if_changed(path: Path, data: bytes, *, current: bytes | None = None) -
 class LineSink:
     """Lines on their way to a file (or nowhere, for a dry run), hashed as they go."""
 
-    def __init__(self, fh: IO[bytes] | None) -> None:
+    def __init__(self, fh: IO[bytes] | Any | None, *, sha256: Any = None, size: int = 0) -> None:
+        """`sha256`/`size`: a hash of (and the length of) bytes already in the file the lines go after."""
         self._fh = fh
-        self.sha256 = hashlib.sha256()
-        self.size = 0
+        self.sha256 = sha256 if sha256 is not None else hashlib.sha256()
+        self.size = size
 
     def write_line(self, line: bytes) -> None:
         self.write_block(line + b"\n")

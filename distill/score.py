@@ -3,7 +3,9 @@
 Scored runs are a derived view: a pure function of the evidence and the scorer version. Each
 partition file is recomputed and replaced atomically only when its bytes change, so a second
 run over unchanged evidence writes nothing and leaves every file byte-identical, while a new
-verdict-bearing parent correctly re-scores the extraction rows that join to it.
+verdict-bearing parent correctly re-scores the extraction rows that join to it. A partition
+whose old lines all stay as they were (collect only appended to its evidence) gets its new
+lines appended in place, as its evidence partition did (`_appended`).
 
 Two passes over the evidence: the first finds the class A/B rows that can be parents and indexes
 them by task_id; the second scores every row, joining class C rows to their parent, and writes.
@@ -15,7 +17,9 @@ the outputs are the bytes a full pass writes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import itertools
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -32,6 +36,7 @@ from distill.fold_cache import FoldCache
 from distill.hashing import PrefixHash, split_digests
 from distill.jsonl import (
     READ_CHUNK,
+    LineSink,
     RawLine,
     ReadProgress,
     dumps,
@@ -121,21 +126,34 @@ class _MirrorNow:
     size: int = 0
     lines: int = 0  # newline-terminated lines
     digests: set[bytes] = field(default_factory=set)
+    hasher: Any = None  # (`known`) a sha256 object over the `size` bytes, to go on over appended lines
+    tail: int = 0  # (`known`) bytes after them: what a run stopped while appending in place left
 
     @classmethod
     def known(cls, target: Path, digests: bytes, lines: int, scored_sha256: str) -> _MirrorNow | None:
-        """The mirror as its checkpoint knows it (its lines' digests), when the file is still the
-        bytes that run wrote: hashed whole, not split into lines."""
+        """The mirror as its checkpoint knows it (its lines' digests), when the file still starts
+        with the bytes that run wrote (its first `lines` lines): hashed, not split into lines."""
+        sha = hashlib.sha256()
+        size = seen = 0
         try:
             with open(target, "rb") as fh:
-                sha = hashlib.file_digest(fh, "sha256").hexdigest()
-                size = os.fstat(fh.fileno()).st_size
+                total = os.fstat(fh.fileno()).st_size
+                while seen < lines and (chunk := fh.read(READ_CHUNK)):
+                    found = chunk.count(b"\n")
+                    if seen + found > lines:  # the last of the checkpoint's lines ends inside this chunk
+                        end = -1
+                        for _ in range(lines - seen):
+                            end = chunk.index(b"\n", end + 1)
+                        chunk, found = chunk[: end + 1], lines - seen
+                    sha.update(chunk)
+                    size += len(chunk)
+                    seen += found
         except OSError:
             return None
-        if sha != scored_sha256:
+        if seen != lines or sha.hexdigest() != scored_sha256:
             return None
-        return cls(sha256=sha, size=size, lines=lines,
-                   digests=set(split_digests(digests, LINE_DIGEST)))
+        return cls(sha256=scored_sha256, size=size, lines=lines, digests=set(split_digests(digests, LINE_DIGEST)),
+                   hasher=sha, tail=total - size)
 
     @classmethod
     def read(cls, target: Path) -> _MirrorNow:
@@ -150,6 +168,55 @@ class _MirrorNow:
         found.sha256 = sha.hexdigest()
         found.size = target.stat().st_size
         return found
+
+
+APPEND_HELD_BYTES = 1 << 20  # new mirror lines held before they are written
+
+
+class _HeldLines:
+    """Writes to an unbuffered file held in blocks, so that what was not written can be dropped."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self._held: list[bytes] = []
+        self._bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+        self._bytes += len(data)
+        if self._bytes >= APPEND_HELD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        view = memoryview(b"".join(self._held))
+        self._held.clear()
+        self._bytes = 0
+        while view:
+            view = view[self.fh.write(view):]
+
+
+@contextlib.contextmanager
+def _appended(target: Path, before: _MirrorNow, *, write: bool) -> Iterator[LineSink]:
+    """The mirror's lines after those it holds (`before`, from `_MirrorNow.known`), appended to it
+    in place: its old bytes are neither read again nor copied. Bytes after the checkpoint's lines
+    (a run stopped while appending) are cut first; an error or an interrupt cuts the file back to
+    its old lines, and a process killed while appending leaves lines after them that the next
+    run cuts (the checkpoint still describes the old lines)."""
+    if not write:
+        yield LineSink(None, sha256=before.hasher.copy(), size=before.size)
+        return
+    with open(target, "r+b", buffering=0) as fh:
+        os.ftruncate(fh.fileno(), before.size)
+        fh.seek(before.size)
+        held = _HeldLines(fh)
+        try:
+            yield LineSink(held, sha256=before.hasher.copy(), size=before.size)
+            held.flush()
+            os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), before.size)
+            raise
 
 
 def _line_digest(line: bytes) -> bytes:
@@ -328,8 +395,22 @@ class _PartitionScorer:
         fresh: list[QuarantineRecord] = []
 
         reread_parents = False  # the evidence prefix held but the mirror file did not: parents come from the read
-        current = (before.sha256, before.size) if before.sha256 is not None else None
-        with replace_if_changed(target, current=current, write=not self.dry_run) as out:
+        # what the file holds now (a tail after the checkpoint's lines: replaced whatever is written)
+        current = (before.sha256, before.size) if before.sha256 is not None and not before.tail else None
+        resumed = (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
+                   and len(kept) == before.lines and before.sha256 == cp.scored_sha256)
+        again: dict[int, tuple[int, str]] = {}  # line index -> (evidence offset, task)
+        if resumed:
+            assert cp is not None
+            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
+            for index, offset, task, category in cp.extraction:
+                if book is not None and self.task_digest(task) != book.task_parents.get(task):
+                    again[index] = (offset, task)
+                else:
+                    extraction.append((index, offset, task, category))
+        in_place = resumed and not again and known is not None and before.hasher is not None
+        with (_appended(target, before, write=not self.dry_run) if in_place
+              else replace_if_changed(target, current=current, write=not self.dry_run)) as out:
 
             def emit(line: bytes, category: str) -> None:
                 out.write_line(line)
@@ -338,18 +419,19 @@ class _PartitionScorer:
                 deduped.append(digest in before.digests)
                 line_digests.extend(digest)
 
-            if (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
-                    and len(kept) == before.lines and before.sha256 == cp.scored_sha256):
-                # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-                again: dict[int, tuple[int, str]] = {}  # line index -> (evidence offset, task)
-                for index, offset, task, category in cp.extraction:
-                    if book is not None and self.task_digest(task) != book.task_parents.get(task):
-                        again[index] = (offset, task)
-                    else:
-                        extraction.append((index, offset, task, category))
-                if again or known is None:
+            if resumed:
+                assert cp is not None and kept is not None
+                if in_place:
+                    # every line stays as the checkpoint wrote it, where it is
+                    assert known is not None
+                    categories.extend(kept)
+                    deduped.extend([True] * len(kept))
+                    line_digests.extend(known)
+                else:
                     with open(path, "rb") as evidence:  # one open for the partition's re-scored rows
-                        for index, raw in enumerate(r for r in iter_raw_lines(target) if r.terminated):
+                        # the checkpoint's lines (not a tail after them)
+                        lines = itertools.islice((r for r in iter_raw_lines(target) if r.terminated), len(kept))
+                        for index, raw in enumerate(lines):
                             line, category = raw.data or b"", kept[index]
                             if index in again:
                                 offset, task = again[index]
@@ -358,15 +440,6 @@ class _PartitionScorer:
                                 line, category = dumps(run.to_json_dict()), run.category.value
                                 extraction.append((index, offset, task, category))
                             emit(line, category)
-                else:
-                    # every line stays as the checkpoint wrote it (the mirror hashes to that, so it
-                    # ends with a whole line): copied as it is, each one already in the mirror
-                    with open(target, "rb") as mirror:
-                        while chunk := mirror.read(READ_CHUNK):
-                            out.write_block(chunk)
-                    categories.extend(kept)
-                    deduped.extend([True] * len(kept))
-                    line_digests.extend(known)
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
                 rows = _read_rows(path, ws, [], resume_at=part.resumed_at, end=part.progress.end)

@@ -255,3 +255,92 @@ def test_a_partition_nothing_reached_is_hashed_not_read(
         assert read < mirror_lines // 2
     else:
         assert read >= victim_lines  # the damaged mirror's partition was scored again
+
+
+def _mirrors(ws: Workspace) -> dict[str, bytes]:
+    return {p.relative_to(ws.root).as_posix(): p.read_bytes() for p in iter_partition_files(ws.scored_dir)}
+
+
+def test_a_grown_partition_gets_its_new_lines_appended_in_place(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    inodes = {p: p.stat().st_ino for p in iter_partition_files(a.scored_dir)}
+    before = _mirrors(a)
+    appended: list[Path] = []
+    real = score_module._appended
+
+    def spy(target: Path, *args: Any, **kwargs: Any) -> Any:
+        appended.append(target)
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(score_module, "_appended", spy)
+    resumed = _score(a)
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
+    grew = [p for p in inodes if p.read_bytes() != before[p.relative_to(a.root).as_posix()]]
+    # the append reaches most old partitions; those where a new parent re-scores an old line are rewritten
+    assert len(set(appended) & set(grew)) > len(grew) // 2
+    for p in appended:
+        assert p.stat().st_ino == inodes[p]  # the same file: its old lines were neither read nor copied
+        assert p.read_bytes().startswith(before[p.relative_to(a.root).as_posix()])
+
+
+def test_lines_a_stopped_run_appended_after_the_checkpoint_are_cut(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))
+    for mirror in iter_partition_files(a.scored_dir)[:3]:
+        last = mirror.read_bytes().splitlines(keepends=True)[-1]
+        with open(mirror, "ab") as fh:  # what a run killed while appending leaves: a whole line, then a torn one
+            fh.write(last + last[: len(last) // 2])
+    scored = Calls(monkeypatch, score_module, "score_one")
+    resumed = _score(a)
+    redone = scored.rows
+    scored.rows = 0
+    _score(plain)
+    assert redone == scored.rows  # the same rows as after the append alone: the partitions were not read again
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))  # counters too: the cut lines are not deduped
+
+
+def test_an_error_while_appending_cuts_the_mirror_back(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, grown = generated
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    before = _mirrors(a)
+    checkpoint = a.score_checkpoint_path.read_bytes()
+    full = _score(b, checkpoints=False)
+    after = _mirrors(b)
+    real = score_module.score_one
+    calls: list[int] = []
+    appended: list[Path] = []
+    real_appended = score_module._appended
+
+    def spy(target: Path, *args: Any, **kwargs: Any) -> Any:
+        appended.append(target)
+        return real_appended(target, *args, **kwargs)
+
+    def fails_late(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 40:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score_one", fails_late)
+    monkeypatch.setattr(score_module, "_appended", spy)
+    monkeypatch.setattr(score_module, "APPEND_HELD_BYTES", 1)  # every line reaches its file at once
+    with pytest.raises(RuntimeError, match="disk full"):
+        _score(a)
+    assert appended, "the error must land while a partition is appended to"
+    stopped = appended[-1].relative_to(a.root).as_posix()
+    assert after[stopped] != before[stopped]
+    now = _mirrors(a)
+    assert now[stopped] == before[stopped]  # its first new lines were written, then cut off
+    assert all(now[rel] in (before.get(rel), after.get(rel)) for rel in now)  # each partition old or new, never a mix
+    assert a.score_checkpoint_path.read_bytes() == checkpoint
+    monkeypatch.undo()
+    # the files a full pass writes (the partitions the stopped run finished count their lines as deduped now)
+    assert _state(a, _score(a))[1] == _state(b, full)[1]
