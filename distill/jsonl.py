@@ -487,10 +487,43 @@ def write_if_changed(path: Path, data: bytes, *, current: bytes | None = None) -
     return True
 
 
+class HeldWrites:
+    """Bytes for a file, held until `held_bytes` and then written in one call (short writes of an
+    unbuffered file looped over). With an unbuffered file behind it, a writer that may have to cut
+    the file back simply drops what it still holds: no buffered tail reaches the file after the
+    cut. `on_block`: each block as it is written (to hash it)."""
+
+    def __init__(self, fh: Any, held_bytes: int, on_block: Callable[[bytes], None] | None = None) -> None:
+        self.fh = fh
+        self.held_bytes = held_bytes
+        self.on_block = on_block
+        self._held: list[bytes] = []
+        self._bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+        self._bytes += len(data)
+        if self._bytes >= self.held_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        block = b"".join(self._held)
+        self._held.clear()
+        self._bytes = 0
+        view = memoryview(block)
+        while view:
+            written = self.fh.write(view)
+            view = view[written if written is not None else len(view):]
+        if self.on_block is not None:
+            self.on_block(block)
+
+
 class LineSink:
     """Lines on their way to a file (or nowhere, for a dry run), hashed as they go."""
 
-    def __init__(self, fh: IO[bytes] | Any | None, *, sha256: Any = None, size: int = 0) -> None:
+    def __init__(self, fh: IO[bytes] | HeldWrites | None, *, sha256: Any = None, size: int = 0) -> None:
         """`sha256`/`size`: a hash of (and the length of) bytes already in the file the lines go after."""
         self._fh = fh
         self.sha256 = sha256 if sha256 is not None else hashlib.sha256()

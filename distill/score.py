@@ -36,6 +36,7 @@ from distill.fold_cache import FoldCache
 from distill.hashing import PrefixHash, split_digests
 from distill.jsonl import (
     READ_CHUNK,
+    HeldWrites,
     LineSink,
     RawLine,
     ReadProgress,
@@ -173,28 +174,6 @@ class _MirrorNow:
 APPEND_HELD_BYTES = 1 << 20  # new mirror lines held before they are written
 
 
-class _HeldLines:
-    """Writes to an unbuffered file held in blocks, so that what was not written can be dropped."""
-
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-        self._held: list[bytes] = []
-        self._bytes = 0
-
-    def write(self, data: bytes) -> None:
-        self._held.append(data)
-        self._bytes += len(data)
-        if self._bytes >= APPEND_HELD_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        view = memoryview(b"".join(self._held))
-        self._held.clear()
-        self._bytes = 0
-        while view:
-            view = view[self.fh.write(view):]
-
-
 @contextlib.contextmanager
 def _appended(target: Path, before: _MirrorNow, *, write: bool) -> Iterator[LineSink]:
     """The mirror's lines after those it holds (`before`, from `_MirrorNow.known`), appended to it
@@ -208,7 +187,7 @@ def _appended(target: Path, before: _MirrorNow, *, write: bool) -> Iterator[Line
     with open(target, "r+b", buffering=0) as fh:
         os.ftruncate(fh.fileno(), before.size)
         fh.seek(before.size)
-        held = _HeldLines(fh)
+        held = HeldWrites(fh, APPEND_HELD_BYTES)
         try:
             yield LineSink(held, sha256=before.hasher.copy(), size=before.size)
             held.flush()

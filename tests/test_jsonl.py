@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distill.jsonl import (
+    HeldWrites,
     append_json,
     atomic_writer,
     dumps,
@@ -213,3 +214,35 @@ def test_json_nested_past_the_parsers_limit_is_a_value_error(text: str) -> None:
 
 def test_json_nested_within_the_limit_still_parses() -> None:
     assert loads("[" * 900 + "1" + "]" * 900) is not None
+
+
+class _ShortWrites:
+    """An unbuffered file that takes at most 7 bytes a call (as a raw write may)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls = 0
+
+    def write(self, view: memoryview) -> int:
+        self.calls += 1
+        taken = bytes(view[:7])
+        self.data += taken
+        return len(taken)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(min_value=1, max_value=100))
+@settings(max_examples=200, deadline=None)
+def test_held_writes_reach_the_file_in_order_whatever_is_held(chunks: list[bytes], held: int) -> None:
+    out = _ShortWrites()
+    blocks: list[bytes] = []
+    writes = HeldWrites(out, held, on_block=blocks.append)
+    given = 0
+    for chunk in chunks:
+        writes.write(chunk)
+        given += len(chunk)
+        assert given - len(out.data) < held  # never as much held as asked to write at
+    writes.flush()
+    assert bytes(out.data) == b"".join(chunks) == b"".join(blocks)
+    calls = out.calls
+    writes.flush()  # nothing held: nothing written
+    assert out.calls == calls

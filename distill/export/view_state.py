@@ -24,7 +24,7 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.hashing import PrefixHash
-from distill.jsonl import loads, write_atomic
+from distill.jsonl import HeldWrites, loads, write_atomic
 
 VIEW_STATE_VERSION = 2  # 2: hashed with xxh3-128, not sha256
 COPY_CHUNK = 1 << 20
@@ -74,35 +74,25 @@ class StaleView(Exception):
 
 
 class HashingSink:
-    """A view file being written: every byte goes to the file and to its hash. Bytes are held up to
-    HELD_BYTES and written in one call (the file can be unbuffered, so that `appending` can cut it
-    back without a buffered tail reaching it later)."""
+    """A view file being written: every byte goes to the file and to its hash, held up to
+    HELD_BYTES and written in one call (`jsonl.HeldWrites`: the file can be unbuffered, so that
+    `appending` can cut it back without a buffered tail reaching it later)."""
 
     def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
         self.hash = PrefixHash()
         self.size = 0
-        self._held: list[bytes] = []
-        self._held_bytes = 0
+        self._writes = HeldWrites(fh, HELD_BYTES, on_block=self._written)
 
-    def write(self, data: bytes) -> None:
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= HELD_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._held:
-            return
-        block = b"".join(self._held)
-        self._held.clear()
-        self._held_bytes = 0
-        view = memoryview(block)
-        while view:
-            written = self.fh.write(view)
-            view = view[written if written is not None else len(view):]
+    def _written(self, block: bytes) -> None:
         self.hash.update(block)
         self.size += len(block)
+
+    def write(self, data: bytes) -> None:
+        self._writes.write(data)
+
+    def flush(self) -> None:
+        self._writes.flush()
 
     def take_over(self, name: str, expected: ViewFile) -> None:
         """Start from what the file already holds, which must be exactly the bytes recorded: read
