@@ -387,7 +387,9 @@ class _PartitionScorer:
                     again[index] = (offset, task)
                 else:
                     extraction.append((index, offset, task, category))
-        in_place = resumed and not again and known is not None and before.hasher is not None
+        # (a mirror this process may not write to is replaced whole, as it always was)
+        in_place = (resumed and not again and known is not None and before.hasher is not None
+                    and (self.dry_run or os.access(target, os.W_OK)))
         with (_appended(target, before, write=not self.dry_run) if in_place
               else replace_if_changed(target, current=current, write=not self.dry_run)) as out:
 

@@ -6,6 +6,7 @@ compares with a full pass)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -344,3 +345,19 @@ def test_an_error_while_appending_cuts_the_mirror_back(
     monkeypatch.undo()
     # the files a full pass writes (the partitions the stopped run finished count their lines as deduped now)
     assert _state(a, _score(a))[1] == _state(b, full)[1]
+
+
+def test_a_mirror_this_process_cannot_write_to_is_replaced_whole(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root may write any file, so the refusal is the one `os.access` gives a user whose mirror is read-only."""
+    small, grown = generated
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    inodes = {p: p.stat().st_ino for p in iter_partition_files(a.scored_dir)}
+    before = _mirrors(a)
+    real_access = os.access
+    monkeypatch.setattr(score_module.os, "access",
+                        lambda path, mode: False if mode == os.W_OK and "scored-runs" in str(path) else real_access(path, mode))
+    assert _state(a, _score(a)) == _state(b, _score(b, checkpoints=False))
+    grew = [p for p in inodes if p.read_bytes() != before[p.relative_to(a.root).as_posix()]]
+    assert grew and all(p.stat().st_ino != inodes[p] for p in grew)  # each written anew, none appended to
