@@ -500,6 +500,11 @@ class HeldWrites:
         self._held: list[bytes] = []
         self._bytes = 0
 
+    @property
+    def held(self) -> int:
+        """Bytes given and not yet written."""
+        return self._bytes
+
     def write(self, data: bytes) -> None:
         self._held.append(data)
         self._bytes += len(data)

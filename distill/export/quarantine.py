@@ -23,7 +23,7 @@ from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.scored_index import key_digest
 from distill.hashing import PrefixHash
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
-from distill.jsonl import dumps
+from distill.jsonl import HeldWrites, dumps
 from distill.records.stage import StageReport, Tally
 
 
@@ -59,30 +59,18 @@ class QuarantineLines:
     hash update per line cost ~2 us each. `flush` (or `digest`) before the file is closed."""
 
     def __init__(self, out: IO[bytes], *, held_bytes: int = 1 << 20) -> None:
-        self._out = out
-        self._held_limit = held_bytes
         self._hash = PrefixHash()
-        self._held: list[bytes] = []
-        self._held_bytes = 0  # with each held line's newline
+        self._writes = HeldWrites(out, held_bytes, on_block=self._hash.update)
 
     def __call__(self, line: bytes) -> None:
-        self._held.append(line)
-        self._held_bytes += len(line) + 1
-        if self._held_bytes >= self._held_limit:
-            self.flush()
+        self._writes.write(line + b"\n")
 
     def flush(self) -> None:
-        if self._held:
-            self._held.append(b"")  # the last line's newline
-            data = b"\n".join(self._held)
-            self._held.clear()
-            self._held_bytes = 0
-            self._out.write(data)
-            self._hash.update(data)
+        self._writes.flush()
 
     @property
     def at(self) -> int:
-        return self._hash.at + self._held_bytes
+        return self._hash.at + self._writes.held
 
     def digest(self) -> tuple[int, str]:
         self.flush()
