@@ -262,13 +262,8 @@ def _mirrors(ws: Workspace) -> dict[str, bytes]:
     return {p.relative_to(ws.root).as_posix(): p.read_bytes() for p in iter_partition_files(ws.scored_dir)}
 
 
-def test_a_grown_partition_gets_its_new_lines_appended_in_place(
-    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    small, grown = generated
-    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
-    inodes = {p: p.stat().st_ino for p in iter_partition_files(a.scored_dir)}
-    before = _mirrors(a)
+def _spy_appended(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The mirrors score appends to in place, in the order it opens them."""
     appended: list[Path] = []
     real = score_module._appended
 
@@ -277,9 +272,30 @@ def test_a_grown_partition_gets_its_new_lines_appended_in_place(
         return real(target, *args, **kwargs)
 
     monkeypatch.setattr(score_module, "_appended", spy)
+    return appended
+
+
+def _grown_twins(tmp_path: Path, streams: tuple[Path, Path]
+                 ) -> tuple[Workspace, Workspace, dict[Path, int], dict[str, bytes]]:
+    """`_twins` after the append, with each mirror's inode and bytes before the next score."""
+    small, grown = streams
+    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    return a, b, {p: p.stat().st_ino for p in iter_partition_files(a.scored_dir)}, _mirrors(a)
+
+
+def _grew(ws: Workspace, inodes: dict[Path, int], before: dict[str, bytes]) -> list[Path]:
+    """The mirrors that were there before and whose bytes changed."""
+    return [p for p in inodes if p.read_bytes() != before[p.relative_to(ws.root).as_posix()]]
+
+
+def test_a_grown_partition_gets_its_new_lines_appended_in_place(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, inodes, before = _grown_twins(tmp_path, generated)
+    appended = _spy_appended(monkeypatch)
     resumed = _score(a)
     assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
-    grew = [p for p in inodes if p.read_bytes() != before[p.relative_to(a.root).as_posix()]]
+    grew = _grew(a, inodes, before)
     # the append reaches most old partitions; those where a new parent re-scores an old line are rewritten
     assert len(set(appended) & set(grew)) > len(grew) // 2
     for p in appended:
@@ -317,13 +333,6 @@ def test_an_error_while_appending_cuts_the_mirror_back(
     after = _mirrors(b)
     real = score_module.score_one
     calls: list[int] = []
-    appended: list[Path] = []
-    real_appended = score_module._appended
-
-    def spy(target: Path, *args: Any, **kwargs: Any) -> Any:
-        appended.append(target)
-        return real_appended(target, *args, **kwargs)
-
     def fails_late(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 40:
@@ -331,7 +340,7 @@ def test_an_error_while_appending_cuts_the_mirror_back(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(score_module, "score_one", fails_late)
-    monkeypatch.setattr(score_module, "_appended", spy)
+    appended = _spy_appended(monkeypatch)
     monkeypatch.setattr(score_module, "APPEND_HELD_BYTES", 1)  # every line reaches its file at once
     with pytest.raises(RuntimeError, match="disk full"):
         _score(a)
@@ -351,13 +360,10 @@ def test_a_mirror_this_process_cannot_write_to_is_replaced_whole(
     tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root may write any file, so the refusal is the one `os.access` gives a user whose mirror is read-only."""
-    small, grown = generated
-    a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
-    inodes = {p: p.stat().st_ino for p in iter_partition_files(a.scored_dir)}
-    before = _mirrors(a)
+    a, b, inodes, before = _grown_twins(tmp_path, generated)
     real_access = os.access
     monkeypatch.setattr(score_module.os, "access",
                         lambda path, mode: False if mode == os.W_OK and "scored-runs" in str(path) else real_access(path, mode))
     assert _state(a, _score(a)) == _state(b, _score(b, checkpoints=False))
-    grew = [p for p in inodes if p.read_bytes() != before[p.relative_to(a.root).as_posix()]]
+    grew = _grew(a, inodes, before)
     assert grew and all(p.stat().st_ino != inodes[p] for p in grew)  # each written anew, none appended to
