@@ -215,15 +215,20 @@ class ReplaySession:
             return self._search(query, k=k, mode=mode, categories=categories)
 
     def _search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
-        """One search (the caller holds _search_lock). A store that fails because the index was
-        rebuilt between the check and the query (the rebuild drops the collection it replaced) is
-        searched again once, reopened; any other failure is the caller's IndexUnavailable."""
+        """One search (the caller holds _search_lock). A rebuild writes the new manifest before it
+        drops the collection it replaced, so a search during which the manifest changed may have
+        queried a collection being dropped: Chroma then fails, or answers with no or some of the
+        hits. Such a search is done again once, reopened; with the manifest unchanged after the
+        query, no drop had begun. Any other failure is the caller's IndexUnavailable."""
         searcher = self._searcher()
         try:
-            return list(searcher.search(query, k=k, mode=mode, categories=categories))
+            hits = list(searcher.search(query, k=k, mode=mode, categories=categories))
         except IndexUnavailable:
             if not (self._opened_searcher and self._index_rewritten()):
                 raise
+        else:
+            if not (self._opened_searcher and self._index_rewritten()):
+                return hits
         self._open_searcher()
         return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
 

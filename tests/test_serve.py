@@ -154,6 +154,41 @@ def test_a_rebuilt_index_is_searched_without_a_restart(ws: Any) -> None:
             assert not session.warnings
 
 
+def test_a_search_overlapping_a_rebuilds_switch_is_answered_from_the_new_index(ws: Any, monkeypatch: Any) -> None:
+    """A rebuild writes its manifest, then drops the collection it replaced. A query still running
+    in that collection while it is dropped may get no hits or some of them from Chroma rather than
+    an error (CI once saw a search during `distill index --rebuild` answered 200 with other ids).
+    The session searches again when the manifest changed while it searched, so the hits are the
+    new index's: here the rebuild runs, in another process, while the first query is in the store."""
+    from index.store import ChromaStore
+    from runtime.replay import ReplayOptions, ReplaySession
+    from tests.fixtures_index import rag_row
+    from tests.fixtures_reliability import DISTILL
+
+    root = ws.root
+    settings = load_settings(root)
+    session = ReplaySession(ws, settings, ReplayOptions.from_settings(settings.runtime))
+    query = "wombat burrow fjord telemetry"
+    (old,) = session.search(query, k=1, mode="dense")
+    new = rag_row(900, title="Wombat burrow fjord telemetry", text="Check the wombat burrow fjord telemetry feed before the deploy.")
+    searched = ChromaStore.query
+    rebuilds: list[int] = []
+
+    def query_then_rebuild(store: Any, *args: Any, **kwargs: Any) -> Any:
+        hits = searched(store, *args, **kwargs)
+        if not rebuilds:  # the old collection answered; the rebuild switches and drops it before the answer is used
+            with ws.rag_path.open("a") as fh:
+                fh.write(json.dumps(new) + "\n")
+            rebuilds.append(run_cli([*DISTILL, "index", "--rebuild", "--root", str(root)], timeout=300).returncode)
+        return hits
+
+    monkeypatch.setattr(ChromaStore, "query", query_then_rebuild)
+    hits = session.search(query, k=1, mode="dense")
+    assert rebuilds == [0]
+    assert old.id != new["id"] and [h.id for h in hits] == [new["id"]]
+    assert not session.warnings
+
+
 def test_searches_during_a_rebuild_are_answered_and_a_lost_store_is_a_503(ws: Any) -> None:
     """`distill index --rebuild` in another process beside a running server: every dense search
     during it is answered (the rebuild fills the other collection and switches when done; before,
