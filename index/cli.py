@@ -74,11 +74,19 @@ def register(app: typer.Typer) -> None:
         unknown = [c for c in category or [] if c not in known]
         if unknown:
             raise UsageError(f"--category {unknown[0]!r}: choose from {', '.join(known)}")
-        from index.search import open_searcher
+        from index.hits import SearchHit
+        from index.search import IndexSearcher, index_signature, open_searcher, unless_rewritten
+
+        def search(searcher: IndexSearcher) -> list[SearchHit]:
+            return searcher.search(query, k=k, mode=mode, categories=category or None)  # type: ignore[arg-type]
 
         ws, settings = open_workspace(root)
+        seen = index_signature(ws)
         searcher = open_searcher(ws, settings, chroma_url=chroma_url)
-        hits = searcher.search(query, k=k, mode=mode, categories=category or None)  # type: ignore[arg-type]
+        hits = unless_rewritten(ws, seen, lambda: search(searcher))
+        if hits is None:  # rebuilt while it searched: once more on the new index, with the model it loaded
+            searcher = open_searcher(ws, settings, chroma_url=chroma_url, embedder=searcher._embedder, reopen=True)
+            hits = search(searcher)
         stale = searcher.export_changed(ws)
         if json_out:
             emit_json(

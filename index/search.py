@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill.config import Settings
-from distill.errors import DistillError
+from distill.errors import DistillError, IndexUnavailable
 from distill.workspace import Workspace
 from index import bm25 as bm25_mod
 from index import jaccard as jaccard_mod
@@ -187,6 +187,23 @@ def index_signature(ws: Workspace) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def unless_rewritten(
+    ws: Workspace, seen: tuple[int, int, int] | None, search: Callable[[], list[SearchHit]]
+) -> list[SearchHit] | None:
+    """`search()`'s hits, or None when the index manifest is no longer `seen` after it: search
+    again on the reopened index. A rebuild writes its manifest, then drops the collection it
+    replaced, and a Chroma query running in a collection while another process drops it may fail
+    or answer with no or some of the hits. With the manifest unchanged after the query, no drop
+    had begun. A failure with the manifest unchanged is the caller's IndexUnavailable."""
+    try:
+        hits = search()
+    except IndexUnavailable:
+        if index_signature(ws) == seen:
+            raise
+        return None
+    return hits if index_signature(ws) == seen else None
 
 
 def open_searcher(

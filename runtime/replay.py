@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from distill.config import RuntimeSettings, Settings
-from distill.errors import IndexUnavailable, UsageError
+from distill.errors import UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
@@ -215,22 +215,21 @@ class ReplaySession:
             return self._search(query, k=k, mode=mode, categories=categories)
 
     def _search(self, query: str, *, k: int, mode: str, categories: list[str] | None = None) -> list[SearchHit]:
-        """One search (the caller holds _search_lock). A rebuild writes the new manifest before it
-        drops the collection it replaced, so a search during which the manifest changed may have
-        queried a collection being dropped: Chroma then fails, or answers with no or some of the
-        hits. Such a search is done again once, reopened; with the manifest unchanged after the
-        query, no drop had begun. Any other failure is the caller's IndexUnavailable."""
+        """One search (the caller holds _search_lock), done again once on the reopened index when
+        the index was rewritten while it ran (`unless_rewritten` says why)."""
+        from index.search import unless_rewritten
+
+        def search(searcher: Searcher) -> list[SearchHit]:
+            return list(searcher.search(query, k=k, mode=mode, categories=categories))
+
         searcher = self._searcher()
-        try:
-            hits = list(searcher.search(query, k=k, mode=mode, categories=categories))
-        except IndexUnavailable:
-            if not (self._opened_searcher and self._index_rewritten()):
-                raise
-        else:
-            if not (self._opened_searcher and self._index_rewritten()):
-                return hits
+        if not self._opened_searcher:  # a searcher handed in: no manifest of its own to watch
+            return search(searcher)
+        hits = unless_rewritten(self.ws, self._index_seen, lambda: search(searcher))
+        if hits is not None:
+            return hits
         self._open_searcher()
-        return list(self._searcher().search(query, k=k, mode=mode, categories=categories))
+        return search(self._searcher())
 
     def open_index(self) -> None:
         """Open the index now rather than on the first task (a server loads it at start)."""

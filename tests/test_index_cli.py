@@ -52,3 +52,32 @@ def test_cli_index_and_search_json(tmp_path: Path) -> None:
         assert res.exit_code == 2 and "query is blank" in res.output
     res = runner.invoke(app, ["search", "x", "--root", str(tmp_path / "nowhere")])
     assert res.exit_code == 2
+
+
+def test_a_search_overlapping_a_rebuilds_switch_answers_from_the_new_index(tmp_path: Path, monkeypatch) -> None:
+    """`distill search` beside `distill index --rebuild` in another process: the rebuild writes its
+    manifest and drops the collection it replaced while the query is in it (Chroma may then fail or
+    answer with no hits). The search is done again on the new index: no error, the new hits."""
+    from index.store import ChromaStore
+    from tests.fixtures_reliability import DISTILL, run_cli
+
+    rows = [rag_row(i) for i in range(12)]
+    write_export(tmp_path, rows)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "--root", str(tmp_path)]).exit_code == 0
+    new = rag_row(900, title="Wombat burrow fjord telemetry", text="Check the wombat burrow fjord telemetry feed before the deploy.")
+    searched = ChromaStore.query
+    rebuilds: list[int] = []
+
+    def query_then_rebuild(store, *args, **kwargs):
+        hits = searched(store, *args, **kwargs)
+        if not rebuilds:  # the old collection answered; the rebuild switches and drops it before the answer is used
+            write_export(tmp_path, [*rows, new])
+            rebuilds.append(run_cli([*DISTILL, "index", "--rebuild", "--root", str(tmp_path)], timeout=300).returncode)
+        return hits
+
+    monkeypatch.setattr(ChromaStore, "query", query_then_rebuild)
+    res = runner.invoke(app, ["search", "wombat burrow fjord telemetry", "--root", str(tmp_path), "--k", "1",
+                              "--mode", "dense", "--json"])
+    assert res.exit_code == 0, res.output
+    assert rebuilds == [0] and [h["id"] for h in json.loads(res.stdout)["hits"]] == [new["id"]]
