@@ -13,7 +13,7 @@ from audit.gitrange import files_at, read_change, read_file_at, tree_mismatch
 from audit.report import AuditReport, audits_row, verdict_of
 from audit.testrun import TestRun, run_tests
 from distill.config import Settings
-from distill.errors import DistillError
+from distill.errors import DistillError, IndexUnavailable
 from distill.jsonl import append_json
 from distill.workspace import Workspace
 from index.hits import Searcher
@@ -36,7 +36,11 @@ def prior_reviews(ws: Workspace, settings: Settings, files: list[str], k: int = 
             return [], f"prior reviews not searched: {str(exc).splitlines()[0]}"
     found: list[Finding] = []
     for path in files[:10]:
-        for hit in searcher.search(f"review of {path}", k=k, mode="hybrid"):
+        try:
+            hits = searcher.search(f"review of {path}", k=k, mode="hybrid")
+        except IndexUnavailable as exc:  # a store dropped by a rebuild, a Chroma server gone: a note, as no index is
+            return found, f"prior reviews not searched from {path} on: {str(exc).splitlines()[0]}"
+        for hit in hits:
             cited = hit.metadata.get("source_files") or []
             if path not in (cited if isinstance(cited, list) else [cited]) and path not in (hit.text or ""):
                 continue

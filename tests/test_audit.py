@@ -493,6 +493,30 @@ def test_prior_reviews_of_touched_files_come_from_the_index(tmp_path: Path, inde
     assert report.verdict == "pass"
 
 
+def test_a_store_that_cannot_be_searched_is_a_note_not_a_failed_audit(tmp_path: Path, indexed_root: Path,
+                                                                      runtime_embedder: object) -> None:
+    """Prior reviews are context: a store dropped under the searcher (a rebuild in another process)
+    or a Chroma server gone leaves the audit's own checks standing and says why none were found."""
+    import shutil
+
+    from audit.run import audit
+    from distill.workspace import Workspace
+    from index.search import open_searcher
+    from index.store import drop_collection
+
+    root = tmp_path / "ws"
+    shutil.copytree(indexed_root, root, ignore=shutil.ignore_patterns("*.lock"))
+    ws, settings = Workspace.resolve(root), load_settings(root)
+    searcher = open_searcher(ws, settings, embedder=runtime_embedder)  # type: ignore[arg-type]
+    assert drop_collection(searcher.store.client, searcher.manifest.chroma_collection)
+    repo = make_repo(tmp_path / "r")
+    commit(repo, {"crates/gateway/src/breaker.rs": "pub struct Breaker;\n"}, "Add crates/gateway/src/breaker.rs")
+    report = audit(ws, settings, repo, "HEAD~1..HEAD", record=False, searcher=searcher)
+    assert not [f for f in report.findings if f.check == "prior_review"] and report.verdict == "pass"
+    assert any("prior reviews not searched from crates/gateway/src/breaker.rs on" in n and "could not be searched" in n
+               for n in report.notes), report.notes
+
+
 def test_unordered_recurrence_thresholds_are_refused(tmp_path: Path, ws: Path) -> None:
     (ws / "distill.toml").write_text("[audit]\ninfo_at = 4\nwarn_at = 3\n")
     done = run_cli([*DISTILL, "audit", "--root", str(ws), "--repo", str(tmp_path), "--range", "a..b"])
