@@ -1,5 +1,5 @@
-"""Crash-safety harness (docs/DESIGN.md, invariant 6): SIGKILL `distill export all` and `replay` at random
-points, resume, and check nothing was lost, duplicated or left torn.
+"""Crash-safety harness (docs/DESIGN.md, invariant 6): SIGKILL `distill export all`, `replay` and `distill
+score` at random points, resume, and check nothing was lost, duplicated or left torn.
 
 Export trials: a small workspace built from data/sample (collect + score once). A reference
 `distill export all` runs uninterrupted. Then chains of runs on fresh copies: each run is killed
@@ -20,9 +20,17 @@ At the end every task is logged exactly once, no torn tail remains, the rows equ
 reference rows apart from per-run volatile fields (run id, wall-clock times, latencies), and
 `distill collect` takes every row as evidence with nothing quarantined.
 
+Score trials: a synthetic workspace (data/sample/generate.py) is collected and scored, grown by
+10 % and collected again; a reference `distill score` runs uninterrupted (and a twin must give
+the same bytes). Chains of killed scores follow on fresh copies; after each kill every scored
+partition and the score quarantine file must hold its old bytes, the uninterrupted run's, or (a
+partition the run grows in place) the old bytes plus a prefix of the appended ones; the run that
+completes must leave the reference's bytes.
+
 Usage:
-    python benchmarks/crash_harness.py                 # 60 export + 60 replay trials
-    python benchmarks/crash_harness.py --quick         # 6 + 6 trials (CI smoke / pytest)
+    python benchmarks/crash_harness.py                 # 60 export + 60 replay + 40 score trials
+    python benchmarks/crash_harness.py --quick         # 6 + 6 + 6 trials (CI smoke / pytest)
+    python benchmarks/crash_harness.py --export-trials 0 --replay-trials 0 --name crash_harness_score
     python benchmarks/crash_harness.py --export-trials 80 --replay-trials 80 --seed 7
 Results: benchmarks/results/crash_harness[_quick].json and .md (unless --no-write).
 Exit code 0 when every trial passed, 1 otherwise.
@@ -293,6 +301,117 @@ def export_trials(work: Path, trials: int, rows: int, rng: random.Random, max_ki
     return summary, logs
 
 
+# ------------------------------------------------------------------------------------ score
+
+SCORE_OUTPUTS = ("scored-runs", "exports/quarantine/score.jsonl")
+
+
+def score_tree(ws: Path) -> dict[str, bytes]:
+    """What `distill score` writes: the scored partitions and its quarantine file."""
+    out = {f"scored-runs/{rel}": data for rel, data in tree_bytes(ws / "scored-runs").items()}
+    quarantine = ws / SCORE_OUTPUTS[1]
+    if quarantine.is_file():
+        out[SCORE_OUTPUTS[1]] = quarantine.read_bytes()
+    return out
+
+
+def build_score_base(work: Path, rows: int) -> Path:
+    """A synthetic workspace scored once, then grown by 10 % and collected: the next `distill
+    score` appends to grown partitions in place, writes new ones and re-scores runs whose verdicts
+    arrived late (rewritten whole)."""
+    sys.path.insert(0, str(REPO / "data" / "sample"))
+    import generate  # type: ignore[import-not-found]
+
+    base, grown = work / "score-base", work / "score-grown"
+    generate.write_scaled(base / "_kb", rows)
+    run_cli([*DISTILL, "collect", "--root", str(base)])
+    run_cli([*DISTILL, "score", "--root", str(base)])
+    generate.write_scaled(grown / "_kb", rows + max(1, rows // 10))  # prefix-stable: the same rows, then more
+    for src in (grown / "_kb").glob("*.jsonl"):
+        shutil.copyfile(src, base / "_kb" / src.name)
+    run_cli([*DISTILL, "collect", "--root", str(base)])
+    return base
+
+
+def check_score_after_kill(ws: Path, before: dict[str, bytes], ref: dict[str, bytes]) -> tuple[list[str], str]:
+    """(problems, state) of the score outputs after a SIGKILL: each file is as it was, as the
+    uninterrupted run left it, or, for a partition that run grew, its old bytes plus a prefix of
+    the new ones (the in-place append; the next run cuts what its checkpoint does not hold)."""
+    got = score_tree(ws)
+    problems: list[str] = []
+    states = {"old": 0, "new": 0, "growing": 0}
+    for rel in sorted(set(got) | set(before) | set(ref)):
+        data, old, new = got.get(rel), before.get(rel), ref.get(rel)
+        if data is None:
+            if old is not None:
+                problems.append(f"{rel}: gone (it held {len(old)} bytes before the run)")
+            continue
+        if data == old:
+            states["old"] += 1
+        elif data == new:
+            states["new"] += 1
+        elif old is not None and new is not None and new.startswith(old) and new.startswith(data) and data.startswith(old):
+            states["growing"] += 1
+        else:
+            problems.append(f"{rel}: {len(data)} bytes are neither its old bytes ({len(old or b'')}), the "
+                            f"uninterrupted run's ({len(new or b'')}) nor the old plus a prefix of the appended")
+    return problems, "/".join(f"{k} {v}" for k, v in states.items() if v)
+
+
+def score_trials(work: Path, trials: int, rows: int, rng: random.Random,
+                 max_kills_per_chain: int) -> tuple[Summary, list[TrialLog]]:
+    summary = Summary(kind="score")
+    logs: list[TrialLog] = []
+    base = build_score_base(work, rows)
+    before = score_tree(base)
+    refs, durations = [], []
+    for name in ("score-ref", "score-twin"):  # the reference, and a second uninterrupted run that must equal it
+        ws = work / name
+        shutil.copytree(base, ws)
+        _, took, _ = run_cli([*DISTILL, "score", "--root", str(ws)])
+        refs.append(score_tree(ws))
+        durations.append(took)
+    ref = refs[0]
+    twin_diff = diff_trees(refs[1], ref)
+    if twin_diff:
+        raise RuntimeError(f"two uninterrupted scores differ, the harness cannot judge crashes: {twin_diff}")
+    if ref == before:
+        raise RuntimeError("the appended rows changed no scored file: nothing for a kill to break")
+    summary.reference_run_s = round(min(durations), 3)
+    chain = 0
+    while summary.trials < trials:
+        chain += 1
+        ws = work / f"score-chain-{chain}"
+        shutil.copytree(base, ws)
+        for _ in range(rng.randint(1, max_kills_per_chain)):
+            if summary.trials >= trials:
+                break
+            est = sorted(durations)[len(durations) // 2]
+            delay = rng.uniform(0.3 * est, est)
+            killed, _code = run_and_kill([*DISTILL, "score", "--root", str(ws)], delay)
+            if not killed:
+                summary.finished_before_kill += 1
+                continue
+            problems, state = check_score_after_kill(ws, before, ref)
+            summary.trials += 1
+            summary.kills_by_state[state] = summary.kills_by_state.get(state, 0) + 1
+            if problems:
+                summary.failures += 1
+                summary.problems.extend(f"score chain {chain}: {p}" for p in problems)
+            logs.append(TrialLog("score", chain, round(delay, 3), True, 0, state, problems))
+        code, took, out = run_cli([*DISTILL, "score", "--root", str(ws)], check=False)
+        durations.append(took)
+        summary.chains += 1
+        problems = [] if code == 0 else [f"resume run exited {code}: {out[-300:]}"]
+        problems += diff_trees(score_tree(ws), ref)
+        summary.leftover_temp_files += len(temp_leftovers(ws / "scored-runs"))
+        if problems:
+            summary.chain_failures += 1
+            summary.problems.extend(f"score chain {chain} after resume: {p}" for p in problems)
+        shutil.rmtree(ws, ignore_errors=True)
+    return summary, logs
+
+
 # ------------------------------------------------------------------------------------ replay
 
 def reply_for(body: dict[str, Any]) -> Any:
@@ -487,7 +606,8 @@ def replay_trials(work: Path, trials: int, n_tasks: int, rng: random.Random, max
 # ------------------------------------------------------------------------------------ main
 
 def run(export_n: int, replay_n: int, *, seed: int, rows: int, n_tasks: int, max_kills: int,
-        torn_n: int = 0, collect_every: int = 1, workdir: Path | None = None) -> dict[str, Any]:
+        torn_n: int = 0, collect_every: int = 1, workdir: Path | None = None, score_n: int = 0,
+        score_rows: int = 3000) -> dict[str, Any]:
     rng = random.Random(seed)
     start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="distill-crash-", dir=workdir))
@@ -503,6 +623,10 @@ def run(export_n: int, replay_n: int, *, seed: int, rows: int, n_tasks: int, max
             s, lg = replay_trials(tmp, replay_n, n_tasks, rng, max_kills, torn_n, collect_every)
             summaries.append(s)
             logs += lg
+        if score_n:
+            s, lg = score_trials(tmp, score_n, score_rows, rng, max_kills)
+            summaries.append(s)
+            logs += lg
     finally:
         CODE[0] = REPO
         shutil.rmtree(tmp, ignore_errors=True)
@@ -510,6 +634,7 @@ def run(export_n: int, replay_n: int, *, seed: int, rows: int, n_tasks: int, max
         "seed": seed,
         "rows_per_stream": rows,
         "replay_tasks": n_tasks,
+        "score_rows": score_rows if score_n else None,
         "trials": sum(s.trials for s in summaries),
         "failures": sum(s.failures + s.chain_failures + s.torn_tail_failures for s in summaries),
         "torn_tail_trials": sum(s.torn_tail_trials for s in summaries),
@@ -550,8 +675,10 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="6 export + 6 replay kill trials on a smaller workspace")
-    ap.add_argument("--export-trials", type=count, default=None)
-    ap.add_argument("--replay-trials", type=count, default=None)
+    ap.add_argument("--export-trials", type=bounded_int(0), default=None)
+    ap.add_argument("--replay-trials", type=bounded_int(0), default=None)
+    ap.add_argument("--score-trials", type=bounded_int(0), default=None)
+    ap.add_argument("--score-rows", type=count, default=None, help="synthetic source rows in the score workspace (then +10 %%)")
     ap.add_argument("--rows-per-stream", type=count, default=None, help="sample rows per stream in the export workspace")
     ap.add_argument("--tasks", type=count, default=None, help="tasks per replay batch")
     ap.add_argument("--max-kills-per-chain", type=count, default=None)
@@ -560,26 +687,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-write", action="store_true", help="print the JSON result, write no files")
+    ap.add_argument("--name", default=None, help="results file stem (default crash_harness[_quick])")
     args = ap.parse_args(argv)
     export_n = args.export_trials if args.export_trials is not None else (6 if args.quick else 60)
     replay_n = args.replay_trials if args.replay_trials is not None else (6 if args.quick else 60)
+    score_n = args.score_trials if args.score_trials is not None else (6 if args.quick else 40)
+    score_rows = args.score_rows or (3000 if args.quick else 20000)
     rows = args.rows_per_stream or (6 if args.quick else 12)
     n_tasks = args.tasks or (6 if args.quick else 12)
     max_kills = args.max_kills_per_chain or (3 if args.quick else 4)
     torn_n = args.torn_trials if args.torn_trials is not None else (1 if args.quick else 6)
     collect_every = args.collect_every or (1000 if args.quick else 3)
     result = run(export_n, replay_n, seed=args.seed, rows=rows, n_tasks=n_tasks, max_kills=max_kills,
-                 torn_n=torn_n, collect_every=collect_every, workdir=args.workdir)
+                 torn_n=torn_n, collect_every=collect_every, workdir=args.workdir, score_n=score_n,
+                 score_rows=score_rows)
     result["mode"] = "quick" if args.quick else "full"
     if args.no_write:
         print(json.dumps(result, indent=1))
     else:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = "crash_harness_quick" if args.quick else "crash_harness"
+        stem = args.name or ("crash_harness_quick" if args.quick else "crash_harness")
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         (RESULTS / f"{stem}.md").write_text(markdown(result))
         print(markdown(result))
-    return 0 if result["failures"] == 0 and result["trials"] >= export_n + replay_n else 1
+    return 0 if result["failures"] == 0 and result["trials"] >= export_n + replay_n + score_n else 1
 
 
 if __name__ == "__main__":
