@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -411,6 +412,14 @@ def replace_file(path: Path, source: Path, *, timeout: float = 60.0) -> None:
         os.replace(source, path)
 
 
+ATOMIC_TEMP = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # the name atomic_writer gives its temporary file
+
+
+def atomic_temp_path(path: Path) -> Path:
+    """Where atomic_writer writes `path`'s new bytes before the rename (named by ATOMIC_TEMP)."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iterator[IO[bytes]]:
     """Write a whole file through a temp file in the same directory, then rename over `path`.
@@ -424,7 +433,7 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
     through an exception. Mode 0644 (less the umask), like appends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = atomic_temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:

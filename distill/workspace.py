@@ -172,7 +172,10 @@ class Workspace:
                                 "wait for it to finish") from None
         try:
             owner = {"pid": os.getpid(), "command": command, "since": datetime.now(UTC).isoformat(timespec="seconds")}
-            self.refuse_special_files()  # first: the owner file itself could be a FIFO
+            # first: the owner file itself could be a FIFO; every writer of distill's own files
+            # holds this lock, so a temporary file of an atomic write found now is one whose
+            # process was killed (a SIGKILL runs no handler): it goes, not on disk for ever
+            self.refuse_special_files(remove_abandoned=True)
             self.lock_owner_path.write_text(json.dumps(owner) + "\n")
             yield
         finally:
@@ -180,18 +183,25 @@ class Workspace:
                 self.lock_owner_path.unlink()
             lock.release()
 
-    def refuse_special_files(self) -> None:
+    def refuse_special_files(self, *, remove_abandoned: bool = False) -> int:
         """A FIFO, socket or device where distill keeps its own files (an evidence partition, an
         export, a checkpoint) would block the first open of it for ever, or feed it endless bytes:
         the command stops before it starts, naming the entry. Directories are listed, not stat'ed
-        per file (their entries know their type), so this costs a listing of the workspace."""
+        per file (their entries know their type), so this costs a listing of the workspace.
+
+        `remove_abandoned` (only under the workspace lock) also removes, in the same listing, the
+        temporary files of atomic writes whose process was killed; returns how many."""
         from distill.errors import UsageError
 
-        found = special_file(self.root)
+        found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
         if found is not None:
             where, kind = found
             raise UsageError(f"{Path(where).relative_to(self.root).as_posix()} is {kind}, not a regular file: "
                              "distill keeps only regular files in its workspace; remove it")
+        for path in abandoned:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return len(abandoned)
 
     def _owner(self) -> str:
         try:
@@ -222,14 +232,23 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
-def special_file(root: Path) -> tuple[str, str] | None:
+def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
     """The first FIFO, socket or device (or a symlink to one) among distill's own files under
-    `root` (OWN_DIRS and the ROOT/.distill* entries): (path, what it is). Symlinks are not followed
-    into directories (a loop would never end); a broken one is left to whoever reads it."""
+    `root` (OWN_DIRS and the ROOT/.distill* entries), as (path, what it is), or None; with
+    `abandoned_temps`, also the atomic writes' temporary files found (jsonl.ATOMIC_TEMP, ROOT's
+    own named `..distill*`). Symlinks are not followed into directories (a loop would never end);
+    a broken one is left to whoever reads it."""
+    from distill.jsonl import ATOMIC_TEMP
+
+    temps: list[str] = []
 
     def kind_of(entry: os.DirEntry[str]) -> str | None:
         try:
-            if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False):
+                return None
+            if entry.is_file(follow_symlinks=False):
+                if abandoned_temps and ATOMIC_TEMP.fullmatch(entry.name):
+                    temps.append(entry.path)
                 return None
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
@@ -241,20 +260,21 @@ def special_file(root: Path) -> tuple[str, str] | None:
 
     try:
         with os.scandir(root) as top:
-            todo = [entry for entry in top if entry.name in OWN_DIRS or entry.name.startswith(OWN_PREFIX)]
+            todo = [entry for entry in top
+                    if entry.name in OWN_DIRS or entry.name.startswith((OWN_PREFIX, "." + OWN_PREFIX))]
     except OSError:
-        return None
+        return None, temps
     while todo:
         entry = todo.pop()
         if (what := kind_of(entry)) is not None:
-            return entry.path, what
+            return (entry.path, what), temps
         try:
             if entry.is_dir(follow_symlinks=False):
                 with os.scandir(entry.path) as entries:
                     todo.extend(entries)
         except OSError:
             continue
-    return None
+    return None, temps
 
 
 def partition_path(base: Path, created_at: datetime, source: str) -> Path:

@@ -103,7 +103,9 @@ def assemble(model: PackagedModel, cache_dir: Path) -> Path:
         if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target, model):
             return target
         parts = part_paths(model)
-        tmp = cache_dir / f".{model.filename}.{uuid.uuid4().hex[:12]}.tmp"
+        # not named like an atomic write's temp file: a cache inside a workspace's own folders is
+        # written without the workspace lock, whose holder removes those it finds
+        tmp = cache_dir / f".{model.filename}.{uuid.uuid4().hex[:12]}.assembling.tmp"
         digest = hashlib.sha256()
         size = 0
         try:

@@ -591,3 +591,36 @@ def test_12_a_fifo_in_place_of_a_workspace_file_is_refused_not_waited_on(
     assert ("a symlink to a FIFO" if where == "symlink" else "is a FIFO") in message
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
     assert stat.S_ISFIFO(os.stat(victim).st_mode)  # refused, not replaced
+
+
+def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder(
+        ran_small_workspace: Path, tmp_path: Path) -> None:
+    """A process killed inside an atomic write (SIGKILL runs no handler) left its temporary file
+    for ever: a killed periodic run at a million rows leaves up to a GB per file. The next command
+    that takes the workspace lock removes them (every writer of those files holds the lock, so
+    none is in use); a read-only command does not, and files that are not distill's own temps stay."""
+    root = tmp_path / "ws"
+    shutil.copytree(ran_small_workspace, root, symlinks=True)
+    targets = [sorted((root / "scored-runs").rglob("*.jsonl"))[0], root / "exports" / "rag" / "playbooks.jsonl",
+               root / ".distill.score.json", root / "reports" / "new.json"]
+    script = ("import os, signal, sys\nfrom pathlib import Path\nfrom distill.jsonl import atomic_writer\n"
+              "with atomic_writer(Path(sys.argv[1])) as fh:\n"
+              "    fh.write(b'{\"half\": '); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    for target in targets:
+        killed = subprocess.run([*DISTILL[:1], "-c", script, str(target)], cwd=REPO, env=cli_env(), timeout=60)
+        assert killed.returncode == -9
+    temps = sorted(p for p in root.rglob("*.tmp") if p.is_file())
+    assert sorted(p.name.rsplit(".", 2)[0] for p in temps) == sorted(f".{t.name}" for t in targets)  # .NAME.HEX.tmp
+    kept = [root / "_kb" / ".notes.jsonl.0123456789ab.tmp",  # the user's source folder: not distill's to clean
+            root / "index" / ".model.gguf.0123456789ab.assembling.tmp",  # a model cache assembling (no lock)
+            root / "exports" / "draft.tmp"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"mine")
+    before = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert run_cli([*DISTILL, "receipts", "--root", str(root)], timeout=120).returncode == 0
+    assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    done = run_cli([*DISTILL, "score", "--root", str(root)], timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert not [p for p in temps if p.exists()]
+    assert all(p.read_bytes() == b"mine" for p in kept)
