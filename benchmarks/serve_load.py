@@ -96,11 +96,11 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> floa
 
 
 def client(url: str, n: int, index: int, out: list[dict[str, Any]]) -> None:
-    import httpx
     from openai import APIStatusError, APITimeoutError, OpenAI
 
     api = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    hasty = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=httpx.Timeout(0.05))
+    # seconds as a number: openai 3.63 builds its client on httpx2, which refuses an httpx.Timeout
+    hasty = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=0.05)
     messages = [{"role": "user", "content": ROUTING_TASK}]
     for i in range(n):
         stream = i % 3 == 2
