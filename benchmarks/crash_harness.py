@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,19 @@ class Summary:
     torn_tail_failures: int = 0
     reference_run_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+
+    def record_kill(self, logs: list[TrialLog], chain: int, delay: float, torn: int, state: str,
+                    problems: list[str], *, key: str | None = None) -> None:
+        """One judged kill, counted under `key` (its state unless given) with its problems kept."""
+        self.trials += 1
+        counted = state if key is None else key
+        self.kills_by_state[counted] = self.kills_by_state.get(counted, 0) + 1
+        if torn:
+            self.kills_with_torn_tail += 1
+        if problems:
+            self.failures += 1
+            self.problems.extend(f"{self.kind} chain {chain}: {p}" for p in problems)
+        logs.append(TrialLog(self.kind, chain, round(delay, 3), True, torn, state, problems))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -188,6 +202,43 @@ def diff_trees(got: dict[str, bytes], want: dict[str, bytes]) -> list[str]:
     return problems
 
 
+def kill_chains(summary: Summary, logs: list[TrialLog], *, work: Path, base: Path, trials: int, rng: random.Random,
+                max_kills_per_chain: int, durations: list[float], command: Callable[[Path], list[str]],
+                after_kill: Callable[[Path], tuple[list[str], int, str]], after_resume: Callable[[Path], list[str]],
+                written: str) -> None:
+    """Chains of killed runs on fresh copies of `base`, each ended by a run that completes: every
+    kill is judged by `after_kill` (problems, torn tail bytes, state), every chain's last run by
+    `after_resume` (its problems) and by the temporary files left under ROOT/`written`."""
+    kind = summary.kind
+    chain = 0
+    while summary.trials < trials:
+        chain += 1
+        ws = work / f"{kind}-chain-{chain}"
+        shutil.copytree(base, ws)
+        kills = rng.randint(1, max_kills_per_chain)
+        for _ in range(kills):
+            if summary.trials >= trials:
+                break
+            est = sorted(durations)[len(durations) // 2]
+            delay = rng.uniform(0.3 * est, est)  # the first 30% is interpreter start-up: nothing to break there
+            killed, _code = run_and_kill(command(ws), delay)
+            if not killed:
+                summary.finished_before_kill += 1
+                continue
+            problems, torn, state = after_kill(ws)
+            summary.record_kill(logs, chain, delay, torn, state, problems)
+        code, took, out = run_cli(command(ws), check=False)
+        durations.append(took)
+        summary.chains += 1
+        problems = [] if code == 0 else [f"resume run exited {code}: {out[-300:]}"]
+        problems += after_resume(ws)
+        summary.leftover_temp_files += len(temp_leftovers(ws / written))
+        if problems:
+            summary.chain_failures += 1
+            summary.problems.extend(f"{kind} chain {chain} after resume: {p}" for p in problems)
+        shutil.rmtree(ws, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------ export
 
 def build_export_base(work: Path, rows_per_stream: int) -> Path:
@@ -246,41 +297,10 @@ def export_trials(work: Path, trials: int, rows: int, rng: random.Random, max_ki
         raise RuntimeError(f"two uninterrupted exports differ, the harness cannot judge crashes: {twin_diff}")
     durations = [took, took2]
     summary.reference_run_s = round(min(durations), 3)
-    chain = 0
-    while summary.trials < trials:
-        chain += 1
-        ws = work / f"export-chain-{chain}"
-        shutil.copytree(base, ws)
-        kills = rng.randint(1, max_kills_per_chain)
-        for _ in range(kills):
-            if summary.trials >= trials:
-                break
-            est = sorted(durations)[len(durations) // 2]
-            delay = rng.uniform(0.3 * est, est)  # the first 30% is interpreter start-up: nothing to break there
-            killed, _code = run_and_kill([*DISTILL, "export", "all", "--root", str(ws)], delay)
-            if not killed:
-                summary.finished_before_kill += 1
-                continue
-            problems, torn, state = check_export_after_kill(ws, ref)
-            summary.trials += 1
-            summary.kills_by_state[state] = summary.kills_by_state.get(state, 0) + 1
-            if torn:
-                summary.kills_with_torn_tail += 1
-            if problems:
-                summary.failures += 1
-                summary.problems.extend(f"export chain {chain}: {p}" for p in problems)
-            logs.append(TrialLog("export", chain, round(delay, 3), True, torn, state, problems))
-        code, took, out = run_cli([*DISTILL, "export", "all", "--root", str(ws)], check=False)
-        durations.append(took)
-        summary.chains += 1
-        problems = [] if code == 0 else [f"resume run exited {code}: {out[-300:]}"]
-        problems += diff_trees(tree_bytes(ws / "exports"), ref)
-        left = temp_leftovers(ws / "exports")
-        summary.leftover_temp_files += len(left)
-        if problems:
-            summary.chain_failures += 1
-            summary.problems.extend(f"export chain {chain} after resume: {p}" for p in problems)
-        shutil.rmtree(ws, ignore_errors=True)
+    kill_chains(summary, logs, work=work, base=base, trials=trials, rng=rng, max_kills_per_chain=max_kills_per_chain,
+                durations=durations, command=lambda ws: [*DISTILL, "export", "all", "--root", str(ws)],
+                after_kill=lambda ws: check_export_after_kill(ws, ref),
+                after_resume=lambda ws: diff_trees(tree_bytes(ws / "exports"), ref), written="exports")
     for n in range(torn_n):
         # What a kill inside write() leaves: a complete export with its last line cut mid-way.
         ws = work / f"export-torn-{n}"
@@ -378,37 +398,14 @@ def score_trials(work: Path, trials: int, rows: int, rng: random.Random,
     if ref == before:
         raise RuntimeError("the appended rows changed no scored file: nothing for a kill to break")
     summary.reference_run_s = round(min(durations), 3)
-    chain = 0
-    while summary.trials < trials:
-        chain += 1
-        ws = work / f"score-chain-{chain}"
-        shutil.copytree(base, ws)
-        for _ in range(rng.randint(1, max_kills_per_chain)):
-            if summary.trials >= trials:
-                break
-            est = sorted(durations)[len(durations) // 2]
-            delay = rng.uniform(0.3 * est, est)
-            killed, _code = run_and_kill([*DISTILL, "score", "--root", str(ws)], delay)
-            if not killed:
-                summary.finished_before_kill += 1
-                continue
-            problems, state = check_score_after_kill(ws, before, ref)
-            summary.trials += 1
-            summary.kills_by_state[state] = summary.kills_by_state.get(state, 0) + 1
-            if problems:
-                summary.failures += 1
-                summary.problems.extend(f"score chain {chain}: {p}" for p in problems)
-            logs.append(TrialLog("score", chain, round(delay, 3), True, 0, state, problems))
-        code, took, out = run_cli([*DISTILL, "score", "--root", str(ws)], check=False)
-        durations.append(took)
-        summary.chains += 1
-        problems = [] if code == 0 else [f"resume run exited {code}: {out[-300:]}"]
-        problems += diff_trees(score_tree(ws), ref)
-        summary.leftover_temp_files += len(temp_leftovers(ws / "scored-runs"))
-        if problems:
-            summary.chain_failures += 1
-            summary.problems.extend(f"score chain {chain} after resume: {p}" for p in problems)
-        shutil.rmtree(ws, ignore_errors=True)
+
+    def after_kill(ws: Path) -> tuple[list[str], int, str]:
+        problems, state = check_score_after_kill(ws, before, ref)
+        return problems, 0, state
+
+    kill_chains(summary, logs, work=work, base=base, trials=trials, rng=rng, max_kills_per_chain=max_kills_per_chain,
+                durations=durations, command=lambda ws: [*DISTILL, "score", "--root", str(ws)], after_kill=after_kill,
+                after_resume=lambda ws: diff_trees(score_tree(ws), ref), written="scored-runs")
     return summary, logs
 
 
@@ -549,15 +546,8 @@ def replay_trials(work: Path, trials: int, n_tasks: int, rng: random.Random, max
                         except ValueError as exc:
                             problems.append(f"a logged row is not a ReplayRun: {str(exc)[:120]}")
                     state = f"+{len(rows) - len(before_rows)} rows" + (", torn tail" if torn else "")
-                    summary.trials += 1
                     key = "torn tail" if torn else ("new rows" if len(rows) > len(before_rows) else "no new rows")
-                    summary.kills_by_state[key] = summary.kills_by_state.get(key, 0) + 1
-                    if torn:
-                        summary.kills_with_torn_tail += 1
-                    if problems:
-                        summary.failures += 1
-                        summary.problems.extend(f"replay chain {chain}: {p}" for p in problems)
-                    logs.append(TrialLog("replay", chain, round(delay, 3), True, torn, state, problems))
+                    summary.record_kill(logs, chain, delay, torn, state, problems, key=key)
                 else:
                     code, _, out = run_cli(cmd, check=False)
                     if code not in (0, 1):
