@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import bounded_int, cli, count  # noqa: E402
+from benchmarks.report import bounded_int, cli, count, scaled_sources  # noqa: E402
 
 SAMPLE_KB = REPO / "data" / "sample" / "_kb"
 RESULTS = REPO / "benchmarks" / "results"
@@ -339,14 +339,11 @@ def build_score_base(work: Path, rows: int) -> Path:
     """A synthetic workspace scored once, then grown by 10 % and collected: the next `distill
     score` appends to grown partitions in place, writes new ones and re-scores runs whose verdicts
     arrived late (rewritten whole)."""
-    sys.path.insert(0, str(REPO / "data" / "sample"))
-    import generate  # type: ignore[import-not-found]
-
     base, grown = work / "score-base", work / "score-grown"
-    generate.write_scaled(base / "_kb", rows)
+    scaled_sources(base / "_kb", rows)
     run_cli([*DISTILL, "collect", "--root", str(base)])
     run_cli([*DISTILL, "score", "--root", str(base)])
-    generate.write_scaled(grown / "_kb", rows + max(1, rows // 10))  # prefix-stable: the same rows, then more
+    scaled_sources(grown / "_kb", rows + max(1, rows // 10))  # prefix-stable: the same rows, then more
     for src in (grown / "_kb").glob("*.jsonl"):
         shutil.copyfile(src, base / "_kb" / src.name)
     run_cli([*DISTILL, "collect", "--root", str(base)])

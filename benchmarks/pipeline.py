@@ -37,7 +37,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, cli, count, log, machine, md_table, niceness, pyplot, save_figure, write_results  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    RESULTS,
+    cli,
+    count,
+    log,
+    machine,
+    md_table,
+    niceness,
+    pyplot,
+    save_figure,
+    scaled_sources,
+    write_results,
+)
 
 STAGES = ("raw", "collect", "score", "export")
 RAW_PASSES = 3
@@ -407,11 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     if ws_root.exists():
         shutil.rmtree(ws_root)
     try:
-        sys.path.insert(0, str(REPO / "data" / "sample"))
-        import generate  # type: ignore[import-not-found]
-
         t = time.perf_counter()
-        gen = write_one_task(ws_root, rows) if args.one_task else generate.write_scaled(ws_root / "_kb", rows)
+        gen = write_one_task(ws_root, rows) if args.one_task else scaled_sources(ws_root / "_kb", rows)
         if args.one_day:
             gen["bytes"] = onto_one_day(ws_root / "_kb")
         gen_s = time.perf_counter() - t

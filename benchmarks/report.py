@@ -56,6 +56,18 @@ def cli(main: Any) -> int:
         return 2
 
 
+def scaled_sources(kb: Path, rows: int) -> dict[str, Any]:
+    """`rows` synthetic source rows in the sample's shape written to `kb` (data/sample/generate.py's
+    `write_scaled`, prefix-stable: the sources of N + k rows are those of N with rows appended to
+    each stream); what the generator reports of them."""
+    sample = str(REPO / "data" / "sample")
+    if sample not in sys.path:
+        sys.path.insert(0, sample)
+    import generate  # type: ignore[import-not-found]
+
+    return generate.write_scaled(kb, rows)
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

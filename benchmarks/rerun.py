@@ -34,7 +34,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.pipeline import ISO_DATE, ONE_DAY, onto_one_day  # noqa: E402
-from benchmarks.report import RESULTS, cli, count, log, machine, md_table, targets_line, write_results  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    RESULTS,
+    cli,
+    count,
+    log,
+    machine,
+    md_table,
+    scaled_sources,
+    targets_line,
+    write_results,
+)
 
 TARGET_UNCHANGED = 0.01
 TARGET_ONE_PERCENT = 0.05
@@ -169,14 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = 2_000 if args.quick else args.rows
     more = rows + max(1, rows // 100)
-    sys.path.insert(0, str(REPO / "data" / "sample"))
-    import generate  # type: ignore[import-not-found]
-
     with tempfile.TemporaryDirectory(prefix="distill-rerun-") as tmp:
         base, grown = Path(tmp) / "ws", Path(tmp) / "grown"
-        generate.write_scaled(base / "_kb", rows)
+        scaled_sources(base / "_kb", rows)
         if not args.no_append:
-            generate.write_scaled(grown / "_kb", more)
+            scaled_sources(grown / "_kb", more)
         if args.one_day:
             for kb in (base / "_kb", grown / "_kb"):
                 if kb.exists():

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, cli, count, log, machine, md_table, write_results  # noqa: E402
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, scaled_sources, write_results  # noqa: E402
 from benchmarks.rerun import export_hashes, run_with_rusage  # noqa: E402
 
 
@@ -156,16 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     if pairs < 1:
         raise SystemExit("--pairs must be at least 1")
     more = rows + max(1, rows // 100)
-    sys.path.insert(0, str(REPO / "data" / "sample"))
-    import generate  # type: ignore[import-not-found]
-
     with tempfile.TemporaryDirectory(prefix="distill-rerun-ab-", dir=args.tmp_dir) as name:
         tmp = Path(name)
         revisions: list[Revision] = []
         try:
             revisions = [_revision(args.base, tmp, "base"), _revision(args.head, tmp, "head")]
-            generate.write_scaled(tmp / "kb-base", rows)
-            generate.write_scaled(tmp / "kb-grown", more)
+            scaled_sources(tmp / "kb-base", rows)
+            scaled_sources(tmp / "kb-grown", more)
             log(f"{rows:,} rows, then +{more - rows:,}: {revisions[0].label} against {revisions[1].label}")
             for side, rev in zip(("base", "head"), revisions, strict=True):
                 _build(rev, tmp / "kb-base", tmp / "kb-grown", tmp, args.jobs, side)
