@@ -37,19 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import (  # noqa: E402
-    RESULTS,
-    cli,
-    count,
-    log,
-    machine,
-    md_table,
-    niceness,
-    pyplot,
-    save_figure,
-    scaled_sources,
-    write_results,
-)
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, niceness, pyplot, save_figure, scaled_sources, write_results  # noqa: E402
 
 STAGES = ("raw", "collect", "score", "export")
 RAW_PASSES = 3

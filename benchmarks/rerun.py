@@ -34,17 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.pipeline import ISO_DATE, ONE_DAY, onto_one_day  # noqa: E402
-from benchmarks.report import (  # noqa: E402
-    RESULTS,
-    cli,
-    count,
-    log,
-    machine,
-    md_table,
-    scaled_sources,
-    targets_line,
-    write_results,
-)
+from benchmarks.report import RESULTS, cli, count, log, machine, md_table, scaled_sources, targets_line, write_results  # noqa: E402
 
 TARGET_UNCHANGED = 0.01
 TARGET_ONE_PERCENT = 0.05
