@@ -8,8 +8,8 @@ start-up where nothing is written); after each kill
 every append-only export file must be a byte prefix of the reference file (a torn tail is allowed
 only as a prefix of the next reference line), and every whole-file output must be complete
 (every line terminated and parseable). The chain ends with a run that completes; the export tree
-must then be byte-identical to the reference (lock files and leftover hidden temp files aside,
-which are counted and reported).
+must then be byte-identical to the reference (lock files and hidden temp files aside; the temp
+files and scratch folders left anywhere in the workspace after it are counted and reported).
 
 Replay trials: a loopback Ollama server (tests/ollama_server.py) is started in this process and
 answers deterministically per task (some answers are hundreds of KB long, so a kill can land inside
@@ -165,9 +165,12 @@ def tree_bytes(base: Path) -> dict[str, bytes]:
 
 
 def temp_leftovers(base: Path) -> list[str]:
+    """Hidden `.tmp` files and folders anywhere in the workspace: what a killed command wrote
+    aside (an atomic write's temp, a staged export, a checkpoint's side file, a scratch folder)
+    and the run that completed after it did not remove."""
     if not base.is_dir():
         return []
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob(".*.tmp") if p.is_file())
+    return sorted(p.relative_to(base).as_posix() for p in base.rglob(".*.tmp"))
 
 
 def torn_tail(data: bytes) -> int:
@@ -204,11 +207,10 @@ def diff_trees(got: dict[str, bytes], want: dict[str, bytes]) -> list[str]:
 
 def kill_chains(summary: Summary, logs: list[TrialLog], *, work: Path, base: Path, trials: int, rng: random.Random,
                 max_kills_per_chain: int, durations: list[float], command: Callable[[Path], list[str]],
-                after_kill: Callable[[Path], tuple[list[str], int, str]], after_resume: Callable[[Path], list[str]],
-                written: str) -> None:
+                after_kill: Callable[[Path], tuple[list[str], int, str]], after_resume: Callable[[Path], list[str]]) -> None:
     """Chains of killed runs on fresh copies of `base`, each ended by a run that completes: every
     kill is judged by `after_kill` (problems, torn tail bytes, state), every chain's last run by
-    `after_resume` (its problems) and by the temporary files left under ROOT/`written`."""
+    `after_resume` (its problems) and by the temporary files left in the workspace."""
     kind = summary.kind
     chain = 0
     while summary.trials < trials:
@@ -232,7 +234,7 @@ def kill_chains(summary: Summary, logs: list[TrialLog], *, work: Path, base: Pat
         summary.chains += 1
         problems = [] if code == 0 else [f"resume run exited {code}: {out[-300:]}"]
         problems += after_resume(ws)
-        summary.leftover_temp_files += len(temp_leftovers(ws / written))
+        summary.leftover_temp_files += len(temp_leftovers(ws))
         if problems:
             summary.chain_failures += 1
             summary.problems.extend(f"{kind} chain {chain} after resume: {p}" for p in problems)
@@ -300,7 +302,7 @@ def export_trials(work: Path, trials: int, rows: int, rng: random.Random, max_ki
     kill_chains(summary, logs, work=work, base=base, trials=trials, rng=rng, max_kills_per_chain=max_kills_per_chain,
                 durations=durations, command=lambda ws: [*DISTILL, "export", "all", "--root", str(ws)],
                 after_kill=lambda ws: check_export_after_kill(ws, ref),
-                after_resume=lambda ws: diff_trees(tree_bytes(ws / "exports"), ref), written="exports")
+                after_resume=lambda ws: diff_trees(tree_bytes(ws / "exports"), ref))
     for n in range(torn_n):
         # What a kill inside write() leaves: a complete export with its last line cut mid-way.
         ws = work / f"export-torn-{n}"
@@ -402,7 +404,7 @@ def score_trials(work: Path, trials: int, rows: int, rng: random.Random,
 
     kill_chains(summary, logs, work=work, base=base, trials=trials, rng=rng, max_kills_per_chain=max_kills_per_chain,
                 durations=durations, command=lambda ws: [*DISTILL, "score", "--root", str(ws)], after_kill=after_kill,
-                after_resume=lambda ws: diff_trees(score_tree(ws), ref), written="scored-runs")
+                after_resume=lambda ws: diff_trees(score_tree(ws), ref))
     return summary, logs
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
-from distill.jsonl import READ_CHUNK, dumps, loads
+from distill.jsonl import READ_CHUNK, atomic_temp_path, dumps, loads
 
 ENTRIES_KEY = "entries"
 OFFSETS_KEY = "partition_offsets"  # in the header line: rel -> where its line starts
@@ -203,7 +203,8 @@ class CheckpointFile:
         self.path = path
         self.header: Any | None = None
         self.offsets: dict[str, int] = {}
-        self._parts_path = path.with_name(path.name + ".parts.tmp")
+        # named as an atomic write's temp: the next lock holder removes one a killed run left
+        self._parts_path = atomic_temp_path(path)
         self._out: IO[bytes] | None = None
         self._written: dict[str, int] = {}  # where each partition's line starts in the side file
         try:

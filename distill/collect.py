@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import io
 import pickle
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,7 +54,7 @@ from distill.stage_workers import processes_for
 from distill.workspace import Workspace, iter_partition_files, partition_path
 
 STAGE = "collect"
-SCRATCH_PREFIX = ".distill-collect-"  # ROOT/.distill-collect-*.tmp: sources read side by side, before they apply
+SCRATCH_PREFIX = ".distill-collect-"  # sources read side by side, before they apply (workspace.SCRATCH_DIR)
 FLUSH_LINES = 20_000
 FLUSH_BYTES = 64 << 20
 
@@ -202,11 +201,9 @@ def run_collect(
         if dry_run or processes < 2 or len(chosen) < 2:
             one_by_one(quarantine_out)
             return
-        for stale in ws.root.glob(f"{SCRATCH_PREFIX}*.tmp"):  # left by a collect that was killed (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, suffix=".tmp", dir=ws.root) as scratch:
             side = _SideBySide(ws, settings, book, seen, partitions, chosen, Path(scratch))
-            results = list(map_in_order(side.source, weights, processes, what=STAGE))
+            results = list(map_in_order(side.source, weights, processes, what=STAGE, scratch_in=Path(scratch)))
             if not _keys_disjoint(results):
                 # two sources produce or look up the same evidence key: which one writes it depends
                 # on the order they run in, so they run in order, in this process

@@ -126,17 +126,24 @@ def _start(fork: Any, work: Callable[[int], Any], groups: list[range], outs: lis
     return children
 
 
-def map_in_order(work: Callable[[int], T], weights: list[int], processes: int, *, what: str) -> Iterator[T]:
+def map_in_order(work: Callable[[int], T], weights: list[int], processes: int, *, what: str,
+                 scratch_in: Path | None = None) -> Iterator[T]:
     """work(0), work(1), ... in order; with `processes` > 1, groups after the first run in
     forked children. `what` names the stage in errors. Where no child can be had (no fork on
-    this platform, a daemonic process, no scratch directory, a failed fork), all of it runs here."""
+    this platform, a daemonic process, no scratch directory, a failed fork), all of it runs here.
+
+    The children's results go to a scratch directory in `scratch_in` (the system's temporary
+    folder when None), named `.distill-partitions-*.tmp`: a caller that holds the workspace lock
+    passes the workspace root, where the next lock holder removes what a killed run left
+    (`Workspace.exclusive`)."""
     groups = split_contiguous(weights, processes) if weights else []
     # a daemonic process (a stage worker) may not have children
     if (len(groups) > 1 and "fork" in multiprocessing.get_all_start_methods()
             and not multiprocessing.current_process().daemon):
         with contextlib.ExitStack() as stack:
             try:
-                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-partitions-")))
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix=".distill-partitions-", suffix=".tmp", dir=scratch_in)))
             except OSError:
                 scratch = None
             if scratch is not None:

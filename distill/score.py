@@ -518,7 +518,9 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         return [p for _, ev in _read_rows(unread[i].path, ws, []) if (p := parent_of(ev, settings)) is not None]
 
     weights = [part.todo for part in unread]
-    read_parents = map_in_order(parents_in, weights, processes_for(settings, sum(weights)), what=STAGE)
+    scratch_in = None if dry_run else ws.root  # a dry run holds no lock and writes nothing in the workspace
+    read_parents = map_in_order(parents_in, weights, processes_for(settings, sum(weights)), what=STAGE,
+                                scratch_in=scratch_in)
     for part, found_parents in zip(unread, read_parents, strict=True):
         part.set_parents(found_parents)
     by_task: dict[str, list[ParentRun | None]] = defaultdict(list)
@@ -545,7 +547,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
         joined: set[str] = set()
         scorer = _PartitionScorer(ws, settings, parts, parents, book, task_digest, dry_run=dry_run)
         weights = [part.todo for part in parts]
-        scored = map_in_order(scorer, weights, processes_for(settings, sum(weights)), what=STAGE)
+        scored = map_in_order(scorer, weights, processes_for(settings, sum(weights)), what=STAGE,
+                              scratch_in=scratch_in)
         tally = Tally()
         for part, done in zip(parts, scored, strict=True):
             source = part.path.stem

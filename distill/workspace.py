@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,9 @@ from pathlib import Path
 STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
 OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what the stages write (and read back)
 OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
+# ROOT/.distill-<what>-*.tmp: a directory a locked command works in (collect's sources read side by
+# side, score's partitions in forked children) and removes when done; a killed command leaves it
+SCRATCH_DIR = re.compile(r"\.distill-[a-z]+-[A-Za-z0-9_]+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,8 @@ class Workspace:
         per file (their entries know their type), so this costs a listing of the workspace.
 
         `remove_abandoned` (only under the workspace lock) also removes, in the same listing, the
-        temporary files of atomic writes whose process was killed; returns how many."""
+        temporary files of atomic writes and the scratch directories (SCRATCH_DIR) whose process
+        was killed; returns how many."""
         from distill.errors import UsageError
 
         found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
@@ -199,8 +205,11 @@ class Workspace:
             raise UsageError(f"{Path(where).relative_to(self.root).as_posix()} is {kind}, not a regular file: "
                              "distill keeps only regular files in its workspace; remove it")
         for path in abandoned:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         return len(abandoned)
 
     def _owner(self) -> str:
@@ -236,7 +245,7 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
     """The first FIFO, socket or device (or a symlink to one) among distill's own files under
     `root` (OWN_DIRS and the ROOT/.distill* entries), as (path, what it is), or None; with
     `abandoned_temps`, also the atomic writes' temporary files found (jsonl.ATOMIC_TEMP, ROOT's
-    own named `..distill*`). Symlinks are not followed into directories (a loop would never end);
+    own named `..distill*`) and ROOT's scratch directories (SCRATCH_DIR, not listed inside). Symlinks are not followed into directories (a loop would never end);
     a broken one is left to whoever reads it."""
     from distill.jsonl import ATOMIC_TEMP
 
@@ -264,6 +273,10 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
                     if entry.name in OWN_DIRS or entry.name.startswith((OWN_PREFIX, "." + OWN_PREFIX))]
     except OSError:
         return None, temps
+    if abandoned_temps:
+        scratch = [entry for entry in todo if SCRATCH_DIR.fullmatch(entry.name) and _is_real_dir(entry)]
+        temps.extend(entry.path for entry in scratch)
+        todo = [entry for entry in todo if entry not in scratch]
     while todo:
         entry = todo.pop()
         if (what := kind_of(entry)) is not None:
@@ -275,6 +288,13 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
         except OSError:
             continue
     return None, temps
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def partition_path(base: Path, created_at: datetime, source: str) -> Path:

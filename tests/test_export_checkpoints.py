@@ -381,7 +381,7 @@ def test_a_dry_run_keeps_no_checkpoint(tmp_path: Path, exported_once: dict[Expor
     ws.export_checkpoint_path(kind.value).unlink()
     _export(ws, kind, dry_run=True)
     assert not ws.export_checkpoint_path(kind.value).exists()
-    assert not list(ws.root.glob(".distill.export-*.parts.tmp"))
+    assert not list(ws.root.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

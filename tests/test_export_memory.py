@@ -244,7 +244,7 @@ def test_gate_batch_size_changes_nothing(tmp_path, monkeypatch):
     one = export(tmp_path / "one", 1)
     whole = export(tmp_path / "whole", 10**9)
     assert one[1] == whole[1] and len(one[1]) >= 6
-    assert not [p for p in tmp_path.rglob("*.new")], "a staged export file was left behind"
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a staged export file was left behind"
     assert not [p for p in tmp_path.rglob(".spill-*")], "a spill folder was left behind"
     assert whole[1]["preference/chosen_rejected.jsonl"] != hashlib.sha256(b"").hexdigest(), "no pairs to compare"
     # reports name their own workspace paths only relatively, so they compare as text

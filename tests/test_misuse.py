@@ -596,9 +596,11 @@ def test_12_a_fifo_in_place_of_a_workspace_file_is_refused_not_waited_on(
 def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder(
         ran_small_workspace: Path, tmp_path: Path) -> None:
     """A process killed inside an atomic write (SIGKILL runs no handler) left its temporary file
-    for ever: a killed periodic run at a million rows leaves up to a GB per file. The next command
-    that takes the workspace lock removes them (every writer of those files holds the lock, so
-    none is in use); a read-only command does not, and files that are not distill's own temps stay."""
+    for ever: a killed periodic run at a million rows leaves up to a GB per file. So did an export
+    killed while staging its new rows, a checkpoint's side file and the scratch folders of collect
+    and score. The next command that takes the workspace lock removes them (every writer of those
+    files holds the lock, so none is in use); a read-only command does not, and files that are not
+    distill's own temps stay (a link with a scratch folder's name is not followed)."""
     root = tmp_path / "ws"
     shutil.copytree(ran_small_workspace, root, symlinks=True)
     targets = [sorted((root / "scored-runs").rglob("*.jsonl"))[0], root / "exports" / "rag" / "playbooks.jsonl",
@@ -606,17 +608,43 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
     script = ("import os, signal, sys\nfrom pathlib import Path\nfrom distill.jsonl import atomic_writer\n"
               "with atomic_writer(Path(sys.argv[1])) as fh:\n"
               "    fh.write(b'{\"half\": '); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    # first (it takes the lock, which sweeps): an export killed while it stages its new rows
+    staging = ("import contextlib, os, signal, sys\nimport distill.export.run as run\nstaging = run._staging\n"
+               "@contextlib.contextmanager\ndef killed(path):\n    with staging(path) as fh:\n"
+               "        fh.write(b'{\"half\": '); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n        yield fh\n"
+               "run._staging = killed\nfrom distill.cli import main\n"
+               "sys.argv = ['distill', 'export', 'rag', '--root', sys.argv[1]]\nmain()\n")
+    killed = subprocess.run([*DISTILL[:1], "-c", staging, str(root)], cwd=REPO, env=cli_env(), timeout=120)
+    assert killed.returncode == -9
     for target in targets:
         killed = subprocess.run([*DISTILL[:1], "-c", script, str(target)], cwd=REPO, env=cli_env(), timeout=60)
         assert killed.returncode == -9
+    targets.append(root / "exports" / "rag" / "playbooks.jsonl")  # the staged rows' temp
+    # a checkpoint file's side file, killed before it was renamed into place
+    side = ("import os, signal, sys\nfrom pathlib import Path\nfrom distill.checkpoint_file import CheckpointFile\n"
+            "book = CheckpointFile(Path(sys.argv[1]), lambda header: None)\n"
+            "book.write('evidence/2026/01/01/a.jsonl', {'end': 1})\nbook._out.flush()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    targets.append(root / ".distill.export-sft.json")
+    killed = subprocess.run([*DISTILL[:1], "-c", side, str(targets[-1])], cwd=REPO, env=cli_env(), timeout=60)
+    assert killed.returncode == -9
     temps = sorted(p for p in root.rglob("*.tmp") if p.is_file())
     assert sorted(p.name.rsplit(".", 2)[0] for p in temps) == sorted(f".{t.name}" for t in targets)  # .NAME.HEX.tmp
+    # scratch folders of a killed collect (sources side by side) and score (partitions in children)
+    scratch = [root / ".distill-collect-k1l_ed.tmp", root / ".distill-partitions-x9_y.tmp"]
+    for folder in scratch:
+        (folder / "0").mkdir(parents=True)
+        (folder / "0" / "group-1.pickle").write_bytes(b"half")
+    temps += scratch
     kept = [root / "_kb" / ".notes.jsonl.0123456789ab.tmp",  # the user's source folder: not distill's to clean
             root / "index" / ".model.gguf.0123456789ab.assembling.tmp",  # a model cache assembling (no lock)
-            root / "exports" / "draft.tmp"]
+            root / "exports" / "draft.tmp",
+            root / ".distill-partitions-file.tmp",  # a scratch folder's name on a file
+            tmp_path / "mine" / "notes.txt"]  # behind a link with a scratch folder's name
     for path in kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"mine")
+    (root / ".distill-partitions-link.tmp").symlink_to(tmp_path / "mine", target_is_directory=True)
     before = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert run_cli([*DISTILL, "receipts", "--root", str(root)], timeout=120).returncode == 0
     assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
@@ -624,3 +652,4 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
     assert done.returncode == 0, done.stderr[-1500:]
     assert not [p for p in temps if p.exists()]
     assert all(p.read_bytes() == b"mine" for p in kept)
+    assert (root / ".distill-partitions-link.tmp").is_symlink()

@@ -254,6 +254,40 @@ def test_sigterm_while_score_runs_on_two_processes_stops_both_and_the_next_score
     assert ws.score_checkpoint_path.read_bytes() == clean.score_checkpoint_path.read_bytes()
 
 
+def test_a_killed_score_leaves_its_scratch_in_the_workspace_and_the_next_score_removes_it(tmp_path: Path) -> None:
+    """The children's results go to ROOT/.distill-partitions-*.tmp, not the system's temporary
+    folder: a SIGKILL runs no cleanup, and only a folder the workspace lock covers can be swept
+    by the next command that takes the lock."""
+    import subprocess
+    import time
+
+    from distill.workspace import SCRATCH_DIR
+    from tests.fixtures_reliability import DISTILL, REPO, cli_env, run_cli
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    generate.write_scaled(ws.kb_dir, 6_000)
+    assert run_cli([*DISTILL, "collect", "--root", str(ws.root)]).returncode == 0
+    pool = {"DISTILL_RUN__JOBS": "2", "DISTILL_RUN__PARALLEL_MIN_INPUT_MIB": "0"}
+    proc = subprocess.Popen([*DISTILL, "score", "--root", str(ws.root)], cwd=REPO, env=cli_env(**pool),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    scratch: list[Path] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not scratch and proc.poll() is None and time.monotonic() < deadline:
+            scratch = [p for p in ws.root.glob(".distill-partitions-*") if SCRATCH_DIR.fullmatch(p.name)]
+            time.sleep(0.005)
+        assert scratch, "score never made its scratch folder in the workspace"
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its forked children
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert scratch[0].is_dir(), "a SIGKILL runs no cleanup: the scratch folder should still be there"
+    assert run_cli([*DISTILL, "score", "--root", str(ws.root)], **pool).returncode == 0
+    assert not list(ws.root.glob(".distill-partitions-*"))
+
+
 def _collect_state(ws: Workspace) -> tuple[object, ...]:
     return (_tree(ws.evidence_dir), ws.quarantine_path("collect").read_bytes(), ws.collect_checkpoint_path.read_bytes())
 

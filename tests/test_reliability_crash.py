@@ -27,6 +27,7 @@ def test_sigkill_at_random_points_loses_nothing_duplicates_nothing(tmp_path) -> 
     assert result["failures"] == 0, report
     for suite in result["suites"]:
         assert suite["chains"] >= 1 and suite["chain_failures"] == 0, report
+        assert suite["leftover_temp_files"] == 0, report
 
 
 def test_the_score_check_takes_old_new_and_grown_files_and_nothing_else(tmp_path) -> None:

@@ -38,7 +38,7 @@ from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
-from distill.jsonl import append_file, atomic_writer, dumps, json_rows, replace_file, write_atomic
+from distill.jsonl import append_file, atomic_temp_path, atomic_writer, dumps, json_rows, replace_file, write_atomic
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
@@ -108,8 +108,9 @@ def run_export(
     stale: list[Violation] = []
     qpath = ws.quarantine_path(kind)
     # the new rows are staged in a scratch file and verified before they ship (a dry run stages
-    # them outside the workspace, so it writes nothing there)
-    staged = (Path(tempfile.gettempdir()) if dry_run else target.parent) / f".{target.name}.{os.getpid()}.new"
+    # them outside the workspace, so it writes nothing there); named as an atomic write's temp, so
+    # the next lock holder removes one a killed export left (Workspace.exclusive)
+    staged = atomic_temp_path(Path(tempfile.gettempdir()) / target.name if dry_run else target)
     staged.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         stack.callback(index.close)
