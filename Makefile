@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# every test, the slow ones too (CI); a plain `pytest` (make test-fast) leaves the slow ones out
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "slow or not slow"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest
 
 DISTILL := $(VENV)/bin/distill
 

@@ -121,6 +121,7 @@ print(" ".join(failed))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_every_module_imports_first_in_a_fresh_process() -> None:
     """No import cycle hides behind import order: each module, imported before any other of ours

@@ -139,6 +139,7 @@ def test_secret_gate_quick(tmp_path: Path) -> None:
     assert row["prefiltered_flagged"] == row["full_flagged"] > 0
 
 
+@pytest.mark.slow
 def test_serve_load_quick(tmp_path: Path) -> None:
     """A real `distill serve` process under concurrent openai clients: outcomes and the log are checked."""
     run_suite("serve_load.py", tmp_path)
@@ -150,6 +151,7 @@ def test_serve_load_quick(tmp_path: Path) -> None:
     assert "| outcome | count |" in (tmp_path / "serve_load_quick.md").read_text()
 
 
+@pytest.mark.slow
 def test_fusion_quick(tmp_path: Path) -> None:
     """Fusion chosen on dev slices of SciFact and the PubMedQA-built set, reported on test slices."""
     run_suite("fusion.py", tmp_path, "--work-dir", str(tmp_path / "indexes"))
@@ -166,6 +168,7 @@ def test_fusion_quick(tmp_path: Path) -> None:
     assert len(data["dev_grid"]["scifact"]) == 2 + 9 + 21
 
 
+@pytest.mark.slow
 def test_rerun_quick_matches_a_run_without_caches(tmp_path: Path) -> None:
     """The periodic-run benchmark; its +1 % run (checkpoints, resumed counts and verification)
     gives the exports and counters of the same append run with --force."""
@@ -236,6 +239,7 @@ def test_a_benchmark_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
     assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("pipeline.py: error:")
 
 
+@pytest.mark.slow
 def test_rerun_ab_quick(tmp_path: Path) -> None:
     """Two revisions side by side (here HEAD in a worktree against this checkout): each builds its
     own workspace, the +1 % runs alternate, and the same code leaves the same exports."""

@@ -110,6 +110,7 @@ def _compare(a: Workspace, b: Workspace, kind: ExportKind, monkeypatch: pytest.M
     return calls_a.rows, calls_b.rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spill", ["memory", "file"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, generated: tuple[Path, Path],
@@ -137,6 +138,7 @@ def _checkpoint_lines(ws: Workspace, kind: ExportKind) -> dict[str, bytes]:
     return {orjson.loads(line.split(b"\t", 1)[0]): line for line in lines if line.startswith(b'"')}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_partition_that_did_not_grow_keeps_its_checkpoint_as_it_was_and_is_replayed_next_time(
         tmp_path: Path, generated: tuple[Path, Path], exported_once: dict[ExportKind, Path], kind: ExportKind,
@@ -262,6 +264,7 @@ def _junk_in_place(ws: Workspace) -> None:
     path.write_bytes(b"".join(lines))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("change", ["evidence edited", "scored edited", "export shortened", "junk checkpoint",
                                     "unknown entry", "entry edited, still JSON", "torn scored tail", "scored partition deleted",
@@ -355,6 +358,7 @@ def test_a_run_re_scored_as_rejected_is_still_stale_after_a_resume(tmp_path: Pat
     assert _state(a, kind, report) == _state(b, kind, _export(b, kind))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_changed_setting_or_flag_starts_over(tmp_path: Path, generated: tuple[Path, Path],
                                                exported_once: dict[ExportKind, Path], kind: ExportKind,
@@ -480,6 +484,7 @@ def test_a_key_whose_first_line_is_not_a_valid_record_is_found_as_a_full_read_fi
     assert known.offset(key_digest("no such run", "sig")) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_grown_partition_s_next_checkpoint_copies_its_replayed_entries(
         tmp_path: Path, generated: tuple[Path, Path], exported_once: dict[ExportKind, Path], kind: ExportKind,
@@ -554,6 +559,7 @@ def _quarantine_edited(kind: ExportKind) -> Callable[[Workspace], None]:
     return change
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
 @pytest.mark.parametrize("change", ["edited", "removed", "cut short"])
 def test_rag_sft_lines_are_read_back_only_from_the_quarantine_file_their_run_wrote(

@@ -76,6 +76,7 @@ def test_1_two_collects_at_once_never_double_the_evidence(tmp_path: Path) -> Non
         assert "duplicate_id" not in stage["totals"]["by_reason"], stage["stage"]
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pair=st.tuples(st.sampled_from(sorted(MUTATING)), st.sampled_from(sorted(MUTATING))))
 def test_1_random_pairs_of_mutating_commands_keep_conservation(pair: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -59,6 +59,7 @@ def test_fp32_onnx_query_vectors_equal_the_torch_ones(fp32_embedder, torch_embed
     assert np.allclose(batch, np.stack([torch_embedder.encode_query(t) for t in TEXTS]), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_document_vectors_through_onnx_equal_the_torch_ones(embedder, torch_embedder) -> None:  # noqa: F811
     """Documents go through fp32 ONNX Runtime (index builds); int8 is for queries only."""
     corpus, _, _ = _beir_slice(5, 40)
@@ -95,6 +96,7 @@ def _beir_slice(n_queries: int, n_docs: int) -> tuple[dict[str, str], dict[str, 
     return corpus, {q: data.queries[q] for q in qids}, {q: data.qrels[q] for q in qids}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_dense_rankings_match_torch_on_a_scifact_slice(
     precision, embedder, fp32_embedder, torch_embedder  # noqa: F811

@@ -205,6 +205,7 @@ def test_a_childs_distill_error_is_raised_as_itself() -> None:
         list(map_in_order(rejects, [1] * 4, 2, what="test"))
 
 
+@pytest.mark.slow
 def test_sigterm_while_score_runs_on_two_processes_stops_both_and_the_next_score_is_exact(tmp_path: Path) -> None:
     import shutil
     import subprocess
@@ -254,6 +255,7 @@ def test_sigterm_while_score_runs_on_two_processes_stops_both_and_the_next_score
     assert ws.score_checkpoint_path.read_bytes() == clean.score_checkpoint_path.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_killed_score_leaves_its_scratch_in_the_workspace_and_the_next_score_removes_it(tmp_path: Path) -> None:
     """The children's results go to ROOT/.distill-partitions-*.tmp, not the system's temporary
     folder: a SIGKILL runs no cleanup, and only a folder the workspace lock covers can be swept

@@ -348,6 +348,7 @@ def test_warns_when_the_export_is_newer_than_the_index(ws, ollama_srv, session_s
 
 # --- concurrency ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eight_processes_append_whole_parseable_lines(ws, ollama_srv, tmp_path) -> None:
     write_runtime_config(ws.root, ollama_srv.url)
     ollama_srv.set_default(Reply(content=" ".join([PLAIN_ANSWER] * 20)))  # long lines make interleaving visible

@@ -115,6 +115,7 @@ def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
     assert _state(a, _score(a)) == _state(b, _score(b, checkpoints=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
                                     "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso",
                                     "line_digests_not_base64"])
@@ -210,6 +211,7 @@ def test_run_force_scores_everything_again(tmp_path: Path, generated: tuple[Path
     assert scored.rows > ROWS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["none", "torn_tail", "line_dropped", "category_flipped", "emptied", "deleted"])
 def test_a_partition_nothing_reached_is_hashed_not_read(
     damage: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch

@@ -545,6 +545,7 @@ def test_every_settings_field_has_a_probe() -> None:
     assert set(leaf_fields(Settings)) == set(PROBES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(PROBES))
 def test_field_changes_behaviour_from_toml_and_from_env(path: str, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     probe = PROBES[path]

@@ -10,6 +10,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import pytest
+
 from distill.config import Settings
 from distill.pipeline import execute_run
 from distill.records.stage import StageReport
@@ -34,6 +36,7 @@ def _sample(root: Path) -> Workspace:
     return ws
 
 
+@pytest.mark.slow
 def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_path: Path) -> None:
     serial, parallel = _sample(tmp_path / "serial"), _sample(tmp_path / "parallel")
     serial_events: list[tuple[str, str, str]] = []
