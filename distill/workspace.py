@@ -244,9 +244,10 @@ def special_kind(mode: int) -> str | None:
 def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
     """The first FIFO, socket or device (or a symlink to one) among distill's own files under
     `root` (OWN_DIRS and the ROOT/.distill* entries), as (path, what it is), or None; with
-    `abandoned_temps`, also the atomic writes' temporary files found (jsonl.ATOMIC_TEMP, ROOT's
-    own named `..distill*`) and ROOT's scratch directories (SCRATCH_DIR, not listed inside). Symlinks are not followed into directories (a loop would never end);
-    a broken one is left to whoever reads it."""
+    `abandoned_temps`, also the temporary files and folders found: named by jsonl.ATOMIC_TEMP
+    (ROOT's own named `..distill*`), and ROOT's scratch folders (SCRATCH_DIR); a folder found is
+    not listed inside. Symlinks are not followed into directories (a loop would never end), nor
+    taken for a temporary folder; a broken one is left to whoever reads it."""
     from distill.jsonl import ATOMIC_TEMP
 
     temps: list[str] = []
@@ -273,28 +274,22 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
                     if entry.name in OWN_DIRS or entry.name.startswith((OWN_PREFIX, "." + OWN_PREFIX))]
     except OSError:
         return None, temps
-    if abandoned_temps:
-        scratch = [entry for entry in todo if SCRATCH_DIR.fullmatch(entry.name) and _is_real_dir(entry)]
-        temps.extend(entry.path for entry in scratch)
-        todo = [entry for entry in todo if entry not in scratch]
+    at_root = {entry.path for entry in todo}
     while todo:
         entry = todo.pop()
         if (what := kind_of(entry)) is not None:
             return (entry.path, what), temps
         try:
             if entry.is_dir(follow_symlinks=False):
+                if abandoned_temps and (ATOMIC_TEMP.fullmatch(entry.name)
+                                        or (entry.path in at_root and SCRATCH_DIR.fullmatch(entry.name))):
+                    temps.append(entry.path)
+                    continue
                 with os.scandir(entry.path) as entries:
                     todo.extend(entries)
         except OSError:
             continue
     return None, temps
-
-
-def _is_real_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
 
 
 def partition_path(base: Path, created_at: datetime, source: str) -> Path:

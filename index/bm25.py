@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distill.errors import DistillError
-from distill.jsonl import dumps, iter_json, loads, write_atomic, write_jsonl_atomic
+from distill.jsonl import atomic_temp_path, dumps, iter_json, loads, write_atomic, write_jsonl_atomic
 from index.documents import Document
 
 BM25_FORMAT = 1
@@ -121,7 +120,9 @@ def build(docs: Sequence[Document]) -> Bm25Index:
 def save(index: Bm25Index, directory: Path, *, fingerprint: str) -> None:
     """Write the index and its document table to a temp folder, then swap it in."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    # named as an atomic write's temp: the next lock holder removes one a killed build left
+    tmp = atomic_temp_path(directory)
+    tmp.mkdir()
     try:
         if index.retriever is not None:
             index.retriever.save(str(tmp / "bm25s"), show_progress=False)
@@ -137,8 +138,7 @@ def save(index: Bm25Index, directory: Path, *, fingerprint: str) -> None:
 def _swap_in(new: Path, target: Path) -> None:
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
+        old = atomic_temp_path(target)
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:

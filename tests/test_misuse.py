@@ -637,6 +637,15 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
         (folder / "0").mkdir(parents=True)
         (folder / "0" / "group-1.pickle").write_bytes(b"half")
     temps += scratch
+    # the BM25 index's new folder, killed before it was swapped in
+    bm25 = ("import os, signal, sys\nfrom pathlib import Path\nimport index.bm25 as bm25\n"
+            "bm25.write_jsonl_atomic = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "bm25.save(bm25.build([]), Path(sys.argv[1]), fingerprint='x')\n")
+    killed = subprocess.run([*DISTILL[:1], "-c", bm25, str(root / "index" / "bm25")], cwd=REPO, env=cli_env(), timeout=60)
+    assert killed.returncode == -9
+    new_bm25 = [p for p in (root / "index").glob(".bm25.*.tmp") if p.is_dir()]
+    assert len(new_bm25) == 1
+    temps += new_bm25
     kept = [root / "_kb" / ".notes.jsonl.0123456789ab.tmp",  # the user's source folder: not distill's to clean
             root / "index" / ".model.gguf.0123456789ab.assembling.tmp",  # a model cache assembling (no lock)
             root / "exports" / "draft.tmp",
