@@ -85,6 +85,14 @@ class Workspace:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
+    def own_folders(self) -> list[tuple[Path, str]]:
+        """The folders distill makes and writes into, parents first, each with what it holds."""
+        return [(self.evidence_dir, "the collected evidence"), (self.scored_dir, "the scored runs"),
+                (self.exports_dir, "the exports"), (self.reports_dir, "the run reports"),
+                (self.index_dir, "the index"), (self.rag_path.parent, "the RAG export"),
+                (self.sft_path.parent, "the SFT export"), (self.preference_path.parent, "the preference export"),
+                (self.quarantine_dir, "the quarantine files")]
+
     @property
     def lock_path(self) -> Path:
         return self.root / ".distill.lock"
@@ -192,13 +200,30 @@ class Workspace:
         """A FIFO, socket or device where distill keeps its own files (an evidence partition, an
         export, a checkpoint) would block the first open of it for ever, or feed it endless bytes:
         the command stops before it starts, naming the entry. Directories are listed, not stat'ed
-        per file (their entries know their type), so this costs a listing of the workspace.
+        per file (their entries know their type), so this costs a listing of the workspace. A file
+        where distill makes one of its folders (`own_folders`) is refused the same way.
 
         `remove_abandoned` (only under the workspace lock) also removes, in the same listing, the
         temporary files of atomic writes and the scratch directories (SCRATCH_DIR) whose process
         was killed; returns how many."""
         from distill.errors import UsageError
 
+        for folder, holds in self.own_folders():
+            # a file (or a link to nothing) where distill makes a folder failed a stage halfway with an errno
+            try:
+                mode = os.stat(folder).st_mode  # a link to a folder is a folder
+            except FileNotFoundError:
+                if not os.path.islink(folder):
+                    continue
+                what = "a link to nothing"
+            except OSError:  # under a file already reported, or unreadable: left to whoever opens it
+                continue
+            else:
+                if stat.S_ISDIR(mode):
+                    continue
+                what = "a file" if stat.S_ISREG(mode) else (special_kind(mode) or "not a folder")
+            raise UsageError(f"{folder.relative_to(self.root).as_posix()} is {what}, not a folder: distill keeps "
+                             f"{holds} there; move it away")
         found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
         if found is not None:
             where, kind = found
