@@ -93,6 +93,12 @@ class Workspace:
                 (self.sft_path.parent, "the SFT export"), (self.preference_path.parent, "the preference export"),
                 (self.quarantine_dir, "the quarantine files")]
 
+    def own_files(self) -> list[tuple[Path, str]]:
+        """The files distill keeps outside ROOT/.distill* (those are all files), each with what it is."""
+        exports = [(self.rag_path, "the RAG export"), (self.sft_path, "the SFT export"),
+                   (self.preference_path, "the preference export")]
+        return exports + [(self.quarantine_path(stage), f"the {stage} quarantine") for stage in STAGES_WITH_QUARANTINE]
+
     @property
     def lock_path(self) -> Path:
         return self.root / ".distill.lock"
@@ -201,7 +207,8 @@ class Workspace:
         export, a checkpoint) would block the first open of it for ever, or feed it endless bytes:
         the command stops before it starts, naming the entry. Directories are listed, not stat'ed
         per file (their entries know their type), so this costs a listing of the workspace. A file
-        where distill makes one of its folders (`own_folders`) is refused the same way.
+        where distill makes one of its folders (`own_folders`), and a folder where it keeps one of
+        its files (`own_files`, ROOT/.distill.*), are refused the same way.
 
         `remove_abandoned` (only under the workspace lock) also removes, in the same listing, the
         temporary files of atomic writes and the scratch directories (SCRATCH_DIR) whose process
@@ -224,6 +231,20 @@ class Workspace:
                 what = "a file" if stat.S_ISREG(mode) else (special_kind(mode) or "not a folder")
             raise UsageError(f"{folder.relative_to(self.root).as_posix()} is {what}, not a folder: distill keeps "
                              f"{holds} there; move it away")
+        # and a folder where distill keeps a file: the stage that writes it failed with IsADirectoryError
+        from distill.fold_cache import memo_dir
+
+        folders = {memo_dir(self.fold_cache_path).name}  # the one ROOT/.distill.* that is a folder
+        try:
+            with os.scandir(self.root) as top:
+                caches = [(Path(e.path), "its caches and checkpoints (ROOT/.distill.*)") for e in top
+                          if e.name.startswith(OWN_PREFIX + ".") and e.name not in folders]
+        except OSError:
+            caches = []
+        for path, holds in [*self.own_files(), *caches]:
+            if os.path.isdir(path):  # a link to a folder too
+                raise UsageError(f"{path.relative_to(self.root).as_posix()} is a folder, not a file: distill keeps "
+                                 f"{holds} there; move it away")
         found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
         if found is not None:
             where, kind = found

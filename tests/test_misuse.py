@@ -665,26 +665,35 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
     assert (root / ".distill-partitions-link.tmp").is_symlink()
 
 
-@pytest.mark.parametrize(("folder", "command", "how"), [
+@pytest.mark.parametrize(("entry", "command", "how"), [
     ("evidence", ["run", "--no-index"], "file"), ("exports/rag", ["export", "rag"], "file"),
     ("index", ["run"], "file"), ("reports", ["receipts"], "file"),
     ("exports/quarantine", ["run", "--no-index"], "link to nothing"),
+    ("exports/rag/playbooks.jsonl", ["run", "--no-index"], "folder"), (".distill.score.json", ["score"], "folder"),
+    ("exports/quarantine/sft.jsonl", ["export", "sft"], "folder"),
 ])
-def test_14_a_file_where_distill_keeps_a_folder_is_refused_before_any_stage(
-        ran_small_workspace: Path, tmp_path: Path, folder: str, command: list[str], how: str) -> None:
+def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_file_is_refused(
+        ran_small_workspace: Path, tmp_path: Path, entry: str, command: list[str], how: str) -> None:
     """`distill run` with a file where the evidence folder belongs failed collect halfway
     ("stage_raised: NotADirectoryError ... evidence/2026/02/27", exit 1); one where the RAG export's
-    folder belongs, or the index's, failed that stage with FileExistsError. Now every command
-    refuses before it starts: one line naming the path, exit 2, the workspace as it was."""
+    folder belongs, or the index's, failed that stage with FileExistsError; a folder in place of
+    the RAG export failed it with IsADirectoryError. Now every command refuses before it starts:
+    one line naming the path, exit 2, the workspace as it was."""
     root = tmp_path / "ws"
     shutil.copytree(ran_small_workspace, root, symlinks=True)
-    victim = root / folder
-    shutil.rmtree(victim, ignore_errors=True)
+    victim = root / entry
+    if victim.is_dir():
+        shutil.rmtree(victim)
+    else:
+        victim.unlink(missing_ok=True)
     if how == "file":
         victim.write_bytes(b"not a folder\n")
+    elif how == "folder":
+        victim.mkdir()
     else:
         victim.symlink_to(tmp_path / "nothing-here")
     before = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     message = one_line_error(run_cli([*DISTILL, *command, "--root", str(root)], timeout=120))
-    assert message.startswith(f"error: {folder} is a {how}, not a folder"), message
+    wanted = "not a file" if how == "folder" else "not a folder"
+    assert message.startswith(f"error: {entry} is a {how}, {wanted}"), message
     assert {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == before
