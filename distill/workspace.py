@@ -17,6 +17,7 @@ from pathlib import Path
 STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
 OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what the stages write (and read back)
 OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
+FOLDER = "a folder"  # what scan_own_files calls a folder named as one of distill's JSONL files
 # ROOT/.distill-<what>-*.tmp: a directory a locked command works in (collect's sources read side by
 # side, score's partitions in forked children) and removes when done; a killed command leaves it
 SCRATCH_DIR = re.compile(r"\.distill-[a-z]+-[A-Za-z0-9_]+\.tmp")
@@ -248,7 +249,10 @@ class Workspace:
         found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
         if found is not None:
             where, kind = found
-            raise UsageError(f"{Path(where).relative_to(self.root).as_posix()} is {kind}, not a regular file: "
+            rel = Path(where).relative_to(self.root).as_posix()
+            if kind.endswith(FOLDER):
+                raise UsageError(f"{rel} is {kind}, not a file: distill keeps a JSONL file there; move it away")
+            raise UsageError(f"{rel} is {kind}, not a regular file: "
                              "distill keeps only regular files in its workspace; remove it")
         for path in abandoned:
             if os.path.isdir(path) and not os.path.islink(path):
@@ -288,8 +292,9 @@ def special_kind(mode: int) -> str | None:
 
 
 def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
-    """The first FIFO, socket or device (or a symlink to one) among distill's own files under
-    `root` (OWN_DIRS and the ROOT/.distill* entries), as (path, what it is), or None; with
+    """The first FIFO, socket or device (or a symlink to one), or folder named `*.jsonl` (FOLDER),
+    among distill's own files under `root` (OWN_DIRS and the ROOT/.distill* entries), as (path,
+    what it is), or None; with
     `abandoned_temps`, also the temporary files and folders found: named by jsonl.ATOMIC_TEMP
     (ROOT's own named `..distill*`), and ROOT's scratch folders (SCRATCH_DIR); a folder found is
     not listed inside. Symlinks are not followed into directories (a loop would never end), nor
@@ -299,9 +304,10 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
     temps: list[str] = []
 
     def kind_of(entry: os.DirEntry[str]) -> str | None:
+        jsonl = entry.name.endswith(".jsonl")  # a partition, an export, a quarantine file: never a folder
         try:
             if entry.is_dir(follow_symlinks=False):
-                return None
+                return FOLDER if jsonl else None
             if entry.is_file(follow_symlinks=False):
                 if abandoned_temps and ATOMIC_TEMP.fullmatch(entry.name):
                     temps.append(entry.path)
@@ -309,6 +315,8 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 st = entry.stat()
+                if jsonl and stat.S_ISDIR(st.st_mode):
+                    return f"a symlink to {FOLDER}"
                 return None if (what := special_kind(st.st_mode)) is None else f"a symlink to {what}"
             return special_kind(st.st_mode)
         except OSError:

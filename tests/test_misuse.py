@@ -671,6 +671,7 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
     ("exports/quarantine", ["run", "--no-index"], "link to nothing"),
     ("exports/rag/playbooks.jsonl", ["run", "--no-index"], "folder"), (".distill.score.json", ["score"], "folder"),
     ("exports/quarantine/sft.jsonl", ["export", "sft"], "folder"),
+    ("evidence/*", ["run", "--no-index"], "folder"), ("scored-runs/*", ["export", "rag"], "folder"),
 ])
 def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_file_is_refused(
         ran_small_workspace: Path, tmp_path: Path, entry: str, command: list[str], how: str) -> None:
@@ -681,6 +682,8 @@ def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_fil
     one line naming the path, exit 2, the workspace as it was."""
     root = tmp_path / "ws"
     shutil.copytree(ran_small_workspace, root, symlinks=True)
+    if entry.endswith("/*"):  # a partition file of that folder
+        entry = sorted((root / entry[:-2]).rglob("*.jsonl"))[0].relative_to(root).as_posix()
     victim = root / entry
     if victim.is_dir():
         shutil.rmtree(victim)
@@ -695,5 +698,5 @@ def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_fil
     before = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     message = one_line_error(run_cli([*DISTILL, *command, "--root", str(root)], timeout=120))
     wanted = "not a file" if how == "folder" else "not a folder"
-    assert message.startswith(f"error: {entry} is a {how}, {wanted}"), message
+    assert message.startswith(f"error: {entry} is a {how}, {wanted}: distill keeps "), message
     assert {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == before
