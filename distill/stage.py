@@ -20,18 +20,20 @@ from distill.config import Settings
 from distill.fold_cache import FoldCache
 from distill.records.receipts import FileDigest
 from distill.records.stage import StageReport
-from distill.workspace import Workspace
+from distill.workspace import Workspace, text_name
 
 IGNORED_SUFFIXES = (".lock", ".tmp")
 
 
 def files_under(base: Path) -> list[Path]:
-    """Every data file below `base`, sorted (lock files, temp files and dot files left out)."""
+    """Every data file below `base`, sorted (lock files, temp files, dot files and names that are
+    not valid UTF-8 left out)."""
     if not base.is_dir():
         return []
     return sorted(
         p for p in base.rglob("*")
         if p.is_file() and not p.name.endswith(IGNORED_SUFFIXES) and not p.name.startswith(".")
+        and text_name(p.relative_to(base))
     )
 
 

@@ -281,6 +281,22 @@ class Workspace:
         return p if p.is_absolute() else self.root / p
 
 
+def text_name(relative: Path) -> bool:
+    """Whether a path (relative to the folder it was found in) can be written as text: a name
+    that is not valid UTF-8 (its bytes kept as surrogates) cannot go into a receipt, a provenance
+    field or a JSON line, so such a file is reported and not read (collect's unread inputs)."""
+    try:
+        str(relative).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(path: Path | str) -> str:
+    """A path as text whatever its bytes (a byte that is not UTF-8 shown as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def special_kind(mode: int) -> str | None:
     """What a file type is when it is a FIFO, socket or device, which no open should wait on
     (None for anything else): the workspace check and collect's source listing both ask."""

@@ -375,6 +375,37 @@ def test_9_inputs_collect_does_not_read_are_reported(tmp_path: Path) -> None:
     assert unread["_kb/pipe.jsonl"].startswith("a symlink to a FIFO")
 
 
+def test_9_names_that_are_not_utf8_are_reported_not_read(tmp_path: Path) -> None:
+    """A file under _kb/ whose name is not valid UTF-8 stopped `distill run` with a traceback (a
+    pydantic error: a receipt names every input as text). Such a file, or a folder, is now
+    reported with its reason (its bytes shown as \\xNN) and not read, wherever it is: beside the
+    built-in streams, matched by a [[sources]] glob, or inside a folder so named."""
+    root = _workspace(tmp_path / "ws", rows=3)
+    kb = root / "_kb"
+    bad = os.fsdecode(b"b\xe9")
+    (root / "distill.toml").write_text('[[sources]]\nname = "chat"\npath = "chat/*.jsonl"\n'
+                                       'task_id = "conversation"\ntext = "reply"\ncreated_at = "when"\n')
+
+    def row(task: str, reply: str) -> str:
+        return json.dumps({"conversation": task, "when": "2026-03-01T10:00:00Z", "reply": reply}) + "\n"
+
+    (kb / "chat").mkdir()
+    (kb / "chat" / "ok.jsonl").write_text(row("c1", "hello there, the fix is in"))
+    (kb / "chat" / f"{bad}.jsonl").write_text(row("c2", "another answer"))
+    (kb / f"{bad}.jsonl").write_text(row("c3", "and one more"))
+    (kb / bad).mkdir()
+    (kb / bad / "rows.jsonl").write_text(row("c4", "inside"))
+    done = run_cli([*DISTILL, "run", "--root", str(root), "--no-index"], timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    report = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    assert report.returncode == 0, report.stderr
+    unread = {u["path"]: u["reason"] for u in json.loads(report.stdout)["unread"]}
+    for shown in ("_kb/b\\xe9.jsonl", "_kb/chat/b\\xe9.jsonl", "_kb/b\\xe9", "_kb/b\\xe9/rows.jsonl"):
+        assert "not valid UTF-8" in unread[shown], unread
+    chat = [line for path in sorted((root / "evidence").rglob("chat.jsonl")) for line in path.read_text().splitlines()]
+    assert len(chat) == 1 and "hello there" in chat[0]
+
+
 def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:
     """`path = "_kb/x.jsonl"` (the path is already under _kb/) read nothing without a word, and
     the file itself was then reported as one no source reads."""

@@ -24,7 +24,7 @@ from distill.errors import RowRejected
 from distill.hashing import sig_hash
 from distill.jsonl import UTF16_BOMS, ReadProgress, iter_raw_lines, loads, utf16_problem
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
-from distill.workspace import Workspace
+from distill.workspace import Workspace, text_name
 
 SourceItem = EvidenceRecord | QuarantineRecord
 EXCERPT_CHARS = 200
@@ -239,7 +239,7 @@ class JsonlStream:
     convert: Converter
 
     def inputs(self, ws: Workspace) -> list[Path]:
-        return sorted(p for p in ws.kb_dir.glob(self.pattern) if p.is_file())
+        return sorted(p for p in ws.kb_dir.glob(self.pattern) if p.is_file() and text_name(p.relative_to(ws.kb_dir)))
 
     def read(self, ws: Workspace, settings: Settings) -> Iterator[SourceItem]:
         for path in self.inputs(ws):

@@ -18,7 +18,7 @@ from distill.sources.mapping import mapping_stream
 from distill.sources.swe_agent import SweAgentSource, swe_agent_dirs
 from distill.sources.telemetry_streams import CONVERTERS as TELEMETRY
 from distill.sources.verdict_streams import CONVERTERS as VERDICT
-from distill.workspace import Workspace, special_kind
+from distill.workspace import Workspace, shown_name, special_kind, text_name
 
 REPLAY_RUNS = "replay_runs"
 BUILTIN_CONVERTERS: dict[str, Converter] = {**VERDICT, **TELEMETRY, **EXTRACTION}
@@ -60,9 +60,13 @@ def _kind_problem(path: Path) -> str | None:
     return f"{what}{special}, not a file" + (" (collect never reads from pipes)" if stat.S_ISFIFO(st.st_mode) else "")
 
 
+NOT_UTF8 = "its name is not valid UTF-8 (a receipt or a provenance field cannot name it): rename it"
+
+
 def _rel(ws: Workspace, path: Path) -> str:
-    """The path relative to ROOT as found (not resolved: a symlink may lead nowhere or in a loop)."""
-    return Path(os.path.relpath(path, ws.root)).as_posix()
+    """The path relative to ROOT as found (not resolved: a symlink may lead nowhere or in a loop),
+    as text whatever its bytes."""
+    return shown_name(Path(os.path.relpath(path, ws.root)).as_posix())
 
 
 def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> list[tuple[str, str]]:
@@ -79,7 +83,9 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
         for name in sorted(dirnames):
             path = here / name
             problem = _kind_problem(path)
-            if problem:
+            if not text_name(Path(name)):
+                out.append((_rel(ws, path), NOT_UTF8))
+            elif problem:
                 out.append((_rel(ws, path), problem))
             elif name.endswith(".jsonl"):
                 out.append((_rel(ws, path), "a directory named like a JSONL stream"))
@@ -92,7 +98,9 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
                 continue
             rel = _rel(ws, path)
             problem = _kind_problem(path)
-            if problem:
+            if not text_name(path.relative_to(ws.kb_dir)):  # its name, or a folder's above it
+                out.append((rel, NOT_UTF8))
+            elif problem:
                 out.append((rel, problem))
             elif any(d in path.absolute().parents for d in owned_dirs):
                 out.append((rel, "not a .traj trajectory or the results file of its SWE-agent directory"))

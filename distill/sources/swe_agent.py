@@ -33,7 +33,7 @@ from distill.records import (
     SourceRef,
 )
 from distill.sources.base import SourceItem, quarantine
-from distill.workspace import Workspace
+from distill.workspace import Workspace, text_name
 
 ADAPTER = "swe_agent"
 RESULTS_NAMES = ("results.json", "report.json")
@@ -215,7 +215,7 @@ class SweAgentSource:
     directory: Path
 
     def trajectories(self) -> list[Path]:
-        return sorted(p for p in self.directory.rglob("*.traj") if p.is_file())
+        return sorted(p for p in self.directory.rglob("*.traj") if p.is_file() and text_name(p.relative_to(self.directory)))
 
     def results_path(self) -> Path | None:
         for name in RESULTS_NAMES:
@@ -307,7 +307,8 @@ def swe_agent_dirs(kb_dir: Path) -> list[Path]:
     """Directories directly under _kb/ that hold at least one .traj file (at any depth)."""
     if not kb_dir.is_dir():
         return []
-    return sorted(d for d in kb_dir.iterdir() if d.is_dir() and next(d.rglob("*.traj"), None) is not None)
+    return sorted(d for d in kb_dir.iterdir()
+                  if d.is_dir() and text_name(Path(d.name)) and next(d.rglob("*.traj"), None) is not None)
 
 
 __all__ = ["SweAgentSource", "convert_trajectory", "load_results", "strip_trailing_commas", "swe_agent_dirs"]
