@@ -528,9 +528,12 @@ def test_sample_failing_stage_stops_later_stages(tmp_path: Path) -> None:
     init_workspace(tmp_path / "ws", sample=True)
     ws = Workspace.resolve(tmp_path / "ws")
     ws.config_path.write_text(PINNED_TOML)
-    ws.scored_dir.parent.mkdir(parents=True, exist_ok=True)
-    ws.scored_dir.write_text("not a directory")  # score cannot write its partitions
+    # score cannot make its partitions' folders (the sample is dated 2026); a file in place of
+    # scored-runs/ itself is refused before any stage runs (tests/test_misuse.py::test_14)
+    ws.scored_dir.mkdir(parents=True, exist_ok=True)
+    (ws.scored_dir / "2026").write_text("not a directory")
     code, out = _run_cli(ws)
+    assert (ws.evidence_dir / "2026").is_dir(), "the sample is no longer dated 2026: move the blocking file"
     assert code == 1
     summary = RunSummary.model_validate(out["summary"])
     status = {s.stage: s.status for s in summary.stages}
