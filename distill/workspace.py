@@ -17,7 +17,7 @@ from pathlib import Path
 STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
 OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what the stages write (and read back)
 OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
-FOLDER = "a folder"  # what scan_own_files calls a folder named as one of distill's JSONL files
+FOLDER = "a folder"  # what scan_own_files calls a folder named as one of distill's files
 # ROOT/.distill-<what>-*.tmp: a directory a locked command works in (collect's sources read side by
 # side, score's partitions in forked children) and removes when done; a killed command leaves it
 SCRATCH_DIR = re.compile(r"\.distill-[a-z]+-[A-Za-z0-9_]+\.tmp")
@@ -93,12 +93,6 @@ class Workspace:
                 (self.index_dir, "the index"), (self.rag_path.parent, "the RAG export"),
                 (self.sft_path.parent, "the SFT export"), (self.preference_path.parent, "the preference export"),
                 (self.quarantine_dir, "the quarantine files")]
-
-    def own_files(self) -> list[tuple[Path, str]]:
-        """The files distill keeps outside ROOT/.distill* (those are all files), each with what it is."""
-        exports = [(self.rag_path, "the RAG export"), (self.sft_path, "the SFT export"),
-                   (self.preference_path, "the preference export")]
-        return exports + [(self.quarantine_path(stage), f"the {stage} quarantine") for stage in STAGES_WITH_QUARANTINE]
 
     @property
     def lock_path(self) -> Path:
@@ -209,7 +203,8 @@ class Workspace:
         the command stops before it starts, naming the entry. Directories are listed, not stat'ed
         per file (their entries know their type), so this costs a listing of the workspace. A file
         where distill makes one of its folders (`own_folders`), and a folder where it keeps one of
-        its files (`own_files`, ROOT/.distill.*), are refused the same way.
+        its files (a `*.jsonl`, a ROOT/.distill.* cache: FOLDER in that listing), are refused the
+        same way.
 
         `remove_abandoned` (only under the workspace lock) also removes, in the same listing, the
         temporary files of atomic writes and the scratch directories (SCRATCH_DIR) whose process
@@ -232,26 +227,13 @@ class Workspace:
                 what = "a file" if stat.S_ISREG(mode) else (special_kind(mode) or "not a folder")
             raise UsageError(f"{folder.relative_to(self.root).as_posix()} is {what}, not a folder: distill keeps "
                              f"{holds} there; move it away")
-        # and a folder where distill keeps a file: the stage that writes it failed with IsADirectoryError
-        from distill.fold_cache import memo_dir
-
-        folders = {memo_dir(self.fold_cache_path).name}  # the one ROOT/.distill.* that is a folder
-        try:
-            with os.scandir(self.root) as top:
-                caches = [(Path(e.path), "its caches and checkpoints (ROOT/.distill.*)") for e in top
-                          if e.name.startswith(OWN_PREFIX + ".") and e.name not in folders]
-        except OSError:
-            caches = []
-        for path, holds in [*self.own_files(), *caches]:
-            if os.path.isdir(path):  # a link to a folder too
-                raise UsageError(f"{path.relative_to(self.root).as_posix()} is a folder, not a file: distill keeps "
-                                 f"{holds} there; move it away")
         found, abandoned = scan_own_files(self.root, abandoned_temps=remove_abandoned)
         if found is not None:
             where, kind = found
             rel = Path(where).relative_to(self.root).as_posix()
-            if kind.endswith(FOLDER):
-                raise UsageError(f"{rel} is {kind}, not a file: distill keeps a JSONL file there; move it away")
+            if kind.endswith(FOLDER):  # the stage that writes that file failed with IsADirectoryError
+                holds = "a JSONL file" if rel.endswith(".jsonl") else f"its caches and checkpoints ({OWN_PREFIX}.*)"
+                raise UsageError(f"{rel} is {kind}, not a file: distill keeps {holds} there; move it away")
             raise UsageError(f"{rel} is {kind}, not a regular file: "
                              "distill keeps only regular files in its workspace; remove it")
         for path in abandoned:
@@ -308,19 +290,27 @@ def special_kind(mode: int) -> str | None:
 
 
 def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
-    """The first FIFO, socket or device (or a symlink to one), or folder named `*.jsonl` (FOLDER),
+    """The first FIFO, socket or device (or a symlink to one), or folder (or a link to one) named
+    as a file (FOLDER: a `*.jsonl`, or a ROOT/.distill.* other than the fold cache's memo folder),
     among distill's own files under `root` (OWN_DIRS and the ROOT/.distill* entries), as (path,
     what it is), or None; with
     `abandoned_temps`, also the temporary files and folders found: named by jsonl.ATOMIC_TEMP
     (ROOT's own named `..distill*`), and ROOT's scratch folders (SCRATCH_DIR); a folder found is
     not listed inside. Symlinks are not followed into directories (a loop would never end), nor
     taken for a temporary folder; a broken one is left to whoever reads it."""
+    from distill.fold_cache import memo_dir
     from distill.jsonl import ATOMIC_TEMP
 
     temps: list[str] = []
+    memo = memo_dir(Workspace(root).fold_cache_path).name  # the one ROOT/.distill.* that is a folder
+
+    def a_file_by_name(entry: os.DirEntry[str]) -> bool:
+        # a partition, an export, a quarantine file; a cache or checkpoint at ROOT
+        return entry.name.endswith(".jsonl") or (
+            entry.path in at_root and entry.name.startswith(OWN_PREFIX + ".") and entry.name != memo)
 
     def kind_of(entry: os.DirEntry[str]) -> str | None:
-        jsonl = entry.name.endswith(".jsonl")  # a partition, an export, a quarantine file: never a folder
+        jsonl = a_file_by_name(entry)
         try:
             if entry.is_dir(follow_symlinks=False):
                 return FOLDER if jsonl else None
