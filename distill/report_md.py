@@ -7,9 +7,14 @@ when a run writes its summary. Without matplotlib the summary says so and carrie
 
 from __future__ import annotations
 
+import contextlib
+import io
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from distill.jsonl import atomic_writer, write_atomic
+from distill.jsonl import write_atomic
 from distill.records.receipts import DriftReport, RunSummary
 from distill.workspace import Workspace
 
@@ -147,6 +152,28 @@ def render_summary_md(summary: RunSummary, drift: DriftReport, chart: str | None
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then take effect as they would have. The
+    exception their handlers raise must not land inside matplotlib's drawing: its C++ code turned
+    one into `ValueError: Invalid bounding box` (a traceback where the run should have stopped
+    with 130/143), and one raised in a weakref callback there is printed and ignored (the run went
+    on). Only the main thread can set handlers; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])  # through the handler it would have met (or ignored, or the default)
+
+
 def write_chart(summary: RunSummary, path: Path) -> str | None:
     """Draw category and quarantine counts per stage; returns why not when it cannot."""
     stages = [s for s in summary.stages if s.status in ("ran", "skipped")]
@@ -189,12 +216,14 @@ def write_chart(summary: RunSummary, path: Path) -> str | None:
         else:
             ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")
 
-    stacked(ax1, cats, lambda s: s.output_categories, "rows in each output, by category (collect: by model role)")
-    stacked(ax2, reasons, lambda s: s.totals.by_reason, "rows quarantined, by reason")
-    fig.suptitle(f"run {summary.run_id}")
-    fig.tight_layout()
-    with atomic_writer(path) as fh:
-        fig.savefig(fh, format="png", metadata={"Software": None})
+    png = io.BytesIO()
+    with stops_held():
+        stacked(ax1, cats, lambda s: s.output_categories, "rows in each output, by category (collect: by model role)")
+        stacked(ax2, reasons, lambda s: s.totals.by_reason, "rows quarantined, by reason")
+        fig.suptitle(f"run {summary.run_id}")
+        fig.tight_layout()
+        fig.savefig(png, format="png", metadata={"Software": None})
+    write_atomic(path, png.getvalue())
     return None
 
 
