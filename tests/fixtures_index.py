@@ -1,6 +1,6 @@
 """Fixtures for the index tests: one real embedding model per session, small RAG exports, a Chroma server.
 
-Import the fixtures into a test module with `from tests.fixtures_index import *`.
+Registered for every test module by tests/conftest.py: ask for a fixture by its parameter name.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fixtures for the replay runtime tests: a real indexed workspace (real MiniLM, real Chroma, real
 BM25 built by index.build.run_index), loopback Ollama/OpenAI servers, settings pointing at them.
 
-Import into a test module with `from tests.fixtures_runtime import *`.
+Registered for every test module by tests/conftest.py; the embedding model is fixtures_index's.
 """
 
 from __future__ import annotations
@@ -116,14 +116,7 @@ def playbook_rows() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def runtime_embedder() -> Any:
-    from index.embedder import Embedder
-
-    return Embedder(None, batch_size=32)
-
-
-@pytest.fixture(scope="session")
-def indexed_root(tmp_path_factory: pytest.TempPathFactory, runtime_embedder: Any) -> Path:
+def indexed_root(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
     """A workspace with a RAG export and a real index built from it (once per session)."""
     from index.build import run_index
 
@@ -131,16 +124,16 @@ def indexed_root(tmp_path_factory: pytest.TempPathFactory, runtime_embedder: Any
     ws = Workspace(root)
     ws.kb_dir.mkdir(parents=True)
     write_jsonl_atomic(ws.rag_path, playbook_rows())
-    run_index(ws, load_settings(root), embedder=runtime_embedder, progress=False)
+    run_index(ws, load_settings(root), embedder=embedder, progress=False)
     return root
 
 
 @pytest.fixture(scope="session")
-def session_searcher(indexed_root: Path, runtime_embedder: Any) -> Any:
+def session_searcher(indexed_root: Path, embedder: Any) -> Any:
     """The real IndexSearcher over the session index (model loaded once)."""
     from index.search import open_searcher
 
-    return open_searcher(Workspace(indexed_root), load_settings(indexed_root), embedder=runtime_embedder)
+    return open_searcher(Workspace(indexed_root), load_settings(indexed_root), embedder=embedder)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from audit.model_pass import grounded_gaps
 from audit.testrun import read_counts
 from distill.config import load_settings
 from tests.fixtures_reliability import DISTILL, run_cli
-from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher  # noqa: F401 - session fixtures
 
 SCHEMA = Path(__file__).parent / "data" / "sarif-2.1.0-rtm.5.json"  # from npm @microsoft/jest-sarif (MIT)
 
@@ -494,7 +493,7 @@ def test_prior_reviews_of_touched_files_come_from_the_index(tmp_path: Path, inde
 
 
 def test_a_store_that_cannot_be_searched_is_a_note_not_a_failed_audit(tmp_path: Path, indexed_root: Path,
-                                                                      runtime_embedder: object) -> None:
+                                                                      embedder: object) -> None:
     """Prior reviews are context: a store dropped under the searcher (a rebuild in another process)
     or a Chroma server gone leaves the audit's own checks standing and says why none were found."""
     import shutil
@@ -507,7 +506,7 @@ def test_a_store_that_cannot_be_searched_is_a_note_not_a_failed_audit(tmp_path: 
     root = tmp_path / "ws"
     shutil.copytree(indexed_root, root, ignore=shutil.ignore_patterns("*.lock"))
     ws, settings = Workspace.resolve(root), load_settings(root)
-    searcher = open_searcher(ws, settings, embedder=runtime_embedder)  # type: ignore[arg-type]
+    searcher = open_searcher(ws, settings, embedder=embedder)  # type: ignore[arg-type]
     assert drop_collection(searcher.store.client, searcher.manifest.chroma_collection)
     repo = make_repo(tmp_path / "r")
     commit(repo, {"crates/gateway/src/breaker.rs": "pub struct Breaker;\n"}, "Add crates/gateway/src/breaker.rs")

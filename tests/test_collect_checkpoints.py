@@ -18,7 +18,7 @@ from distill.collect import run_collect
 from distill.config import load_settings
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
-from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
 
 HOSTILE_TAIL = b'{"broken json\n[1, 2]\n\n{"torn": "tail'
 

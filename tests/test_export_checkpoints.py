@@ -30,7 +30,7 @@ from distill.firewall import ExportKind
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
-from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
 
 KINDS = [ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE]
 # what each export calls once per scored line it reads and decides (not for a replayed one)

@@ -20,7 +20,7 @@ from index.manifest import IndexPaths, load_manifest
 from index.search import open_index, open_searcher
 from index.stage import IndexStage
 from index.store import ChromaStore, HnswParams
-from tests.fixtures_index import chroma_server, embedder, rag_row, write_export  # noqa: F401
+from tests.fixtures_index import rag_row, write_export
 
 QUERIES = [
     "database migration test keeps failing",

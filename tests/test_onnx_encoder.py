@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from index.onnx_encoder import onnx_layout
-from tests.fixtures_index import embedder, rag_row, write_export  # noqa: F401
+from tests.fixtures_index import rag_row
 from tests.shared_datasets import shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]

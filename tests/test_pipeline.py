@@ -44,7 +44,7 @@ from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
 
-from tests.fixtures_pipeline import _stages, _upper, mini  # noqa: F401 - mini is a fixture
+from tests.fixtures_pipeline import _stages, _upper
 
 
 def Settings(**sections: object) -> _Settings:  # noqa: N802 - reads like the class it builds

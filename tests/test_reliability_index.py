@@ -25,7 +25,7 @@ from distill.errors import DistillError
 from distill.jsonl import write_jsonl_atomic
 from distill.workspace import Workspace
 from tests.fixtures_reliability import DISTILL, REPO, cli_env, write_runtime_toml
-from tests.fixtures_runtime import playbook_rows, runtime_embedder  # noqa: F401 - session fixture
+from tests.fixtures_runtime import playbook_rows
 from tests.ollama_server import OllamaLoopback, Reply
 
 QUERIES = ["provider routing fallback timeout", "circuit breaker", "monthly SQL report index"]
@@ -54,7 +54,7 @@ def _injection_rows() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, runtime_embedder: Any) -> tuple[Path, dict[str, list[str]]]:
+def built(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> tuple[Path, dict[str, list[str]]]:
     """A workspace with a RAG export (playbooks + injection rows) and its index; baseline results."""
     from index.build import run_index
     from index.search import open_searcher
@@ -63,8 +63,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, runtime_embedder: Any) -> tu
     ws = Workspace(root)
     ws.kb_dir.mkdir(parents=True)
     write_jsonl_atomic(ws.rag_path, playbook_rows() + _injection_rows())
-    run_index(ws, load_settings(root), embedder=runtime_embedder, progress=False)
-    searcher = open_searcher(ws, load_settings(root), embedder=runtime_embedder)
+    run_index(ws, load_settings(root), embedder=embedder, progress=False)
+    searcher = open_searcher(ws, load_settings(root), embedder=embedder)
     baseline = {q: [h.id for h in searcher.search(q, k=5, mode="hybrid")] for q in QUERIES}
     return root, baseline
 
@@ -111,27 +111,27 @@ def _search_all(ws: Workspace, embedder: Any) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_index_fault_is_a_clear_error_and_a_rebuild_recovers(fault: str, built: Any, runtime_embedder: Any,
+def test_index_fault_is_a_clear_error_and_a_rebuild_recovers(fault: str, built: Any, embedder: Any,
                                                               tmp_path: Path) -> None:
     from index.build import run_index
 
     ws = _copy(built, tmp_path)
     FAULTS[fault](ws)
     try:
-        results = _search_all(ws, runtime_embedder)
+        results = _search_all(ws, embedder)
     except DistillError as exc:
         assert "distill index" in str(exc), str(exc)
     else:
         # Only acceptable when the damage does not touch what search reads (Chroma serves a small
         # collection from its own buffer, not from the HNSW segment files): answers must be unchanged.
         assert fault == "hnsw_segments_garbage" and results == built[1], fault
-    report = run_index(ws, load_settings(ws.root), rebuild=True, embedder=runtime_embedder, progress=False)
+    report = run_index(ws, load_settings(ws.root), rebuild=True, embedder=embedder, progress=False)
     assert report.count == len(playbook_rows()) + len(INJECTIONS)
-    assert _search_all(ws, runtime_embedder) == built[1]
+    assert _search_all(ws, embedder) == built[1]
 
 
 @pytest.mark.slow
-def test_cli_rebuild_recovers_a_corrupted_store_from_the_export_alone(built: Any, runtime_embedder: Any,
+def test_cli_rebuild_recovers_a_corrupted_store_from_the_export_alone(built: Any, embedder: Any,
                                                                      tmp_path: Path) -> None:
     ws = _copy(built, tmp_path)
     _garbage_sqlite(ws)
@@ -139,12 +139,12 @@ def test_cli_rebuild_recovers_a_corrupted_store_from_the_export_alone(built: Any
                             env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
     assert json.loads(result.stdout)["count"] == len(playbook_rows()) + len(INJECTIONS)
-    assert _search_all(ws, runtime_embedder) == built[1]
+    assert _search_all(ws, embedder) == built[1]
 
 
 # ------------------------------------------------------------------------------------ injection
 
-def test_injected_instructions_stay_inside_the_data_fences_of_the_prompt_sent(built: Any, runtime_embedder: Any,
+def test_injected_instructions_stay_inside_the_data_fences_of_the_prompt_sent(built: Any, embedder: Any,
                                                                               tmp_path: Path) -> None:
     from index.search import open_searcher
     from runtime.replay import ReplayOptions, ReplaySession
@@ -154,7 +154,7 @@ def test_injected_instructions_stay_inside_the_data_fences_of_the_prompt_sent(bu
         write_runtime_toml(ws.root, srv.url, timeout_s=10)
         srv.set_default(Reply(content="The router falls back to openrouter when the provider times out."))
         settings = load_settings(ws.root)
-        searcher = open_searcher(ws, settings, embedder=runtime_embedder)
+        searcher = open_searcher(ws, settings, embedder=embedder)
         session = ReplaySession(ws, settings, ReplayOptions(backend="ollama", k=8, mode="hybrid"), searcher=searcher)
         run = session.run("Audit provider routing: does the router fall back when the provider times out?")
         (request,) = srv.chat_requests

@@ -22,7 +22,6 @@ from distill.jsonl import iter_json
 from distill.records.replay import ReplayRun
 from runtime.backends.llamacpp_backend import LlamaCppBackend
 from runtime.replay import ReplayOptions, ReplaySession
-from tests.fixtures_runtime import *  # noqa: F403 - fixtures
 from tests.fixtures_runtime import ROUTING_TASK
 from runtime.models import ESCALATION_MODEL, LOCAL_MODEL, QWEN_05B, assemble, part_paths  # after the star import
 

@@ -25,7 +25,6 @@ from distill.jsonl import append_json, iter_json, iter_raw_lines
 from distill.records.replay import ReplayRun
 from runtime.cli import app
 from runtime.replay import ReplayOptions, ReplaySession, task_hash
-from tests.fixtures_runtime import *  # noqa: F403 - fixtures
 from tests.fixtures_runtime import GROUNDED_ANSWER, LOCAL_MODEL, ROUTING_TASK, playbook_rows, write_runtime_config
 from tests.ollama_server import OllamaLoopback, Reply
 from tests.openai_server import ChatReply

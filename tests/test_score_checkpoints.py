@@ -22,7 +22,7 @@ from distill.config import load_settings
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
-from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after, generated  # noqa: F401 - module fixture
+from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
 
 
 

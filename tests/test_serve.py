@@ -22,7 +22,6 @@ from distill.jsonl import iter_json
 from runtime.serve import check_bind, create_app, open_session, required_key
 from tests.fixtures_reliability import DISTILL, run_cli
 from tests.fixtures_runtime import GROUNDED_ANSWER, ROUTING_TASK, write_runtime_config
-from tests.fixtures_runtime import indexed_root, runtime_embedder, session_searcher, ws  # noqa: F401 - fixtures
 from tests.ollama_server import OllamaLoopback, Reply
 
 
@@ -239,7 +238,7 @@ def test_searches_during_a_rebuild_are_answered_and_a_lost_store_is_a_503(ws: An
             assert httpx.post(url + "/v1/search", json={**query, "mode": "bm25"}, timeout=60).status_code == 200
 
 
-def test_an_index_that_cannot_be_reopened_keeps_the_one_open_and_says_so(ws: Any, runtime_embedder: Any) -> None:
+def test_an_index_that_cannot_be_reopened_keeps_the_one_open_and_says_so(ws: Any, embedder: Any) -> None:
     from index.search import open_searcher
     from runtime.replay import ReplayOptions, ReplaySession
 
@@ -257,7 +256,7 @@ def test_an_index_that_cannot_be_reopened_keeps_the_one_open_and_says_so(ws: Any
     manifest.write_text(good)
     assert [h.id for h in session.search("provider routing fallback", k=3, mode="bm25")] == expected
     assert session.warnings == []
-    assert open_searcher(ws, settings, embedder=runtime_embedder).count == session.searcher.count
+    assert open_searcher(ws, settings, embedder=embedder).count == session.searcher.count
 
 
 def _error(r: httpx.Response, status: int) -> str:

@@ -31,7 +31,6 @@ from index.stage import IndexStage
 from tests.export_helpers import Row, write_rows
 from tests.fixtures_pipeline import _stages, independent_stages, worker_stages
 from tests.fixtures_reliability import SAMPLE_KB
-from tests.fixtures_runtime import *  # noqa: F403 - session fixtures (runtime_embedder, indexed_root, ...)
 from tests.fixtures_runtime import GROUNDED_ANSWER, LOCAL_MODEL, ROUTING_TASK
 from tests.ollama_server import OllamaLoopback, Reply
 from tests.openai_server import OpenAILoopback
@@ -526,7 +525,7 @@ def _settings(w: World, name: str, base: dict[str, dict[str, Any]], extra: dict[
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, indexed_root: Path, runtime_embedder: Any, session_searcher: Any) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, indexed_root: Path, embedder: Any, session_searcher: Any) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("settings")
     (tmp / "repo").mkdir()
     (tmp / "bench.jsonl").write_text(json.dumps({"task": BENCH_TEXT}) + "\n")
@@ -536,7 +535,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, indexed_root: Path, runtime_
     with OllamaLoopback(models=[LOCAL_MODEL, "other-model:1b"]) as first, OllamaLoopback(models=[LOCAL_MODEL]) as second, OpenAILoopback() as oai:
         for srv in (first, second):
             srv.set_default(Reply(content=GROUNDED_ANSWER))
-        yield World(tmp, first, second, oai, indexed_root, runtime_embedder, session_searcher,
+        yield World(tmp, first, second, oai, indexed_root, embedder, session_searcher,
                     f"http://127.0.0.1:{silent.getsockname()[1]}")
     silent.close()
 

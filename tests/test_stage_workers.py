@@ -16,7 +16,7 @@ from distill.config import Settings
 from distill.pipeline import execute_run
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
-from tests.fixtures_pipeline import _FileStage, independent_stages, mini, worker_stages  # noqa: F401 - fixture
+from tests.fixtures_pipeline import _FileStage, independent_stages, worker_stages
 from tests.fixtures_reliability import SAMPLE_KB
 
 SIDE_BY_SIDE = Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}})
