@@ -35,8 +35,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.report import RESULTS, cli, count, log, machine, md_table, scaled_sources, write_results  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    RESULTS,
+    cli,
+    count,
+    log,
+    machine,
+    md_table,
+    scaled_sources,
+    write_results,
+)
 from benchmarks.rerun import export_hashes, run_with_rusage  # noqa: E402
+from distill.hashing import sealed, unsealed  # noqa: E402
 
 
 def _git(*args: str) -> str:
@@ -102,10 +112,13 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
     place does not. An entry is carried over only if it matched its snapshot file (the stat key
     saved is the file's now; the grown sources no longer match theirs), with the copy's path and
     stat: the copy holds the same bytes. Returns how many were carried (None: no cache, or one of
-    another format, left as it is)."""
+    another format, left as it is). A revision that seals its caches (hashing.sealed) gets its
+    file back sealed; one from before, as it wrote it."""
     path = copy / ".distill.digests.json"
     try:
-        saved = orjson.loads(path.read_bytes())
+        data = path.read_bytes()
+        body = unsealed(data)
+        saved = orjson.loads(data if body is None else body)
     except (OSError, ValueError):
         return None
     if not isinstance(saved, dict) or saved.get("version") != 1:
@@ -121,7 +134,8 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
             continue
         now = (copy / rel).stat()
         entries.append([str(copy / rel), now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns, *entry[5:]])
-    path.write_bytes(orjson.dumps({"version": 1, "entries": entries}) + b"\n")
+    out = orjson.dumps({"version": 1, "entries": entries})
+    path.write_bytes(out + b"\n" if body is None else sealed(out))
     return len(entries)
 
 

@@ -3,8 +3,10 @@
 One line per partition, `"<rel>"\\t{checkpoint}`, then a header line last, which also says where
 each partition's line starts (so opening the file reads its last line, not every partition's: the
 preference export's file is ~0.9 GB at a million rows); a run reads one partition's checkpoint at a
-time and memory does not grow with the workspace. A file whose header has no offsets (written
-before they were kept) is indexed by reading its lines, as it always was. The next run's lines go to a side file as partitions are done;
+time and memory does not grow with the workspace. Every line, the header too, ends with its own
+xxh3-128 (`hashing.sealed`): a line read back is used only when every byte is as written, so a
+damaged checkpoint (a flipped bit in a count, a key, an offset) costs that partition a full read,
+never a wrong output or a failed stage. The next run's lines go to a side file as partitions are done;
 at the end the header is appended and the side file renamed over the file (atomically), or it is
 thrown away when the run does not finish. The header comes last because it is known last (score's
 holds the task parents it saw): the side file becomes the file without being copied.
@@ -25,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
+from distill.hashing import SEAL_BYTES, seal_intact, sealed, unsealed
 from distill.jsonl import READ_CHUNK, atomic_temp_path, dumps, loads
 
 ENTRIES_KEY = "entries"
@@ -211,8 +214,6 @@ class CheckpointFile:
             with open(path, "rb") as fh:
                 found = _indexed_by_header(fh)
                 if found is None:
-                    found = _indexed_by_lines(fh)
-                if found is None:
                     return
                 header_line, offsets = found
                 header = accept(header_line)
@@ -234,7 +235,7 @@ class CheckpointFile:
                 line = fh.readline()
         except OSError:
             return None
-        return line[len(head):] if line.startswith(head) and line.endswith(b"\n") else None
+        return line[len(head):-SEAL_BYTES] if line.startswith(head) and seal_intact(line) else None
 
     def write(self, rel: str, checkpoint: dict[str, Any], entries: Entries | None = None) -> None:
         """One partition's next checkpoint (kept in the side file until `save`). `entries`: what
@@ -252,8 +253,9 @@ class CheckpointFile:
         out = self._out
         self._written[rel] = out.tell()
         if entries is None:
-            out.write(head + body + b"\n")
+            out.write(sealed(head + body))
             return
+        line = xxhash.xxh3_128(head + _ENTRIES_OPEN)  # the whole line's, for its seal
         out.write(head + _ENTRIES_OPEN)
         digest = xxhash.xxh3_128()
         written = 0
@@ -261,13 +263,17 @@ class CheckpointFile:
             if n:
                 out.write(b",")
                 digest.update(b",")
+                line.update(b",")
                 written += 1
             out.write(piece)
             digest.update(piece)
+            line.update(piece)
             written += len(piece)
         count = len(entries.lengths)
         assert written == int(entries.lengths.sum()) + max(count - 1, 0), "entry lengths do not match their pieces"
-        out.write(_ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}") + b"\n")
+        tail = _ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}")
+        line.update(tail)
+        out.write(tail + b"\t" + line.hexdigest().encode() + b"\n")
 
     def keep(self, rel: str) -> bool:
         """Carry one partition's checkpoint over to the next file as it is (its line copied, never
@@ -304,7 +310,7 @@ class CheckpointFile:
             self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed below
         out, self._out = self._out, None
         with out:
-            out.write(dumps({**header, OFFSETS_KEY: self._written}) + b"\n")
+            out.write(sealed(dumps({**header, OFFSETS_KEY: self._written})))
             out.flush()
             os.fsync(out.fileno())
         os.replace(self._parts_path, self.path)
@@ -349,36 +355,15 @@ def _last_line(fh: IO[bytes]) -> tuple[int, bytes] | None:
 
 
 def _indexed_by_header(fh: IO[bytes]) -> tuple[bytes, dict[str, int]] | None:
-    """The header line and the partitions' offsets it holds (None: no such header, index by lines)."""
+    """The header line and the partitions' offsets it holds; None when there is no header, or it is
+    not as written (then no partition's checkpoint is offered)."""
     last = _last_line(fh)
     if last is None or last[1].startswith(b'"'):
         return None
-    start, line = last
+    start, line = last[0], unsealed(last[1])
+    if line is None:
+        return None
     header, offsets = _split_header(line)
     if offsets is None or any(at >= start for at in offsets.values()):
         return None
     return header, offsets
-
-
-def _indexed_by_lines(fh: IO[bytes]) -> tuple[bytes, dict[str, int]] | None:
-    """Every line read: where each partition's starts, and the header (the last line)."""
-    fh.seek(0)
-    offsets: dict[str, int] = {}
-    header_line: bytes | None = None
-    while True:
-        at = fh.tell()
-        line = fh.readline()
-        if not line:
-            break
-        if header_line is not None:
-            return None  # the header is the last line; anything after it is damage
-        if not line.startswith(b'"'):
-            header_line = line
-            continue
-        rel = loads(line[: line.index(b"\t")])
-        if not isinstance(rel, str):
-            return None
-        offsets[rel] = at
-    if header_line is None:
-        return None
-    return _split_header(header_line)[0], offsets

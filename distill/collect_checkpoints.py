@@ -29,10 +29,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import PrefixHash, canonical_json, sha256_hex
-from distill.jsonl import dumps, iter_raw_lines, write_atomic
+from distill.hashing import PrefixHash, canonical_json, sealed, sha256_hex, unsealed
+from distill.jsonl import ReadProgress, dumps, iter_raw_lines, write_atomic
 from distill.receipts import code_fingerprint
-from distill.jsonl import ReadProgress
 from distill.sources.base import JsonlStream, Source
 
 CHECKPOINT_VERSION: Literal[2] = 2  # 2: prefixes hashed with xxh3-128, not sha256
@@ -176,7 +175,10 @@ class CollectCheckpoints:
         """The saved checkpoints if they were made on this basis; none otherwise (a missing or
         unreadable file only costs a full read)."""
         try:
-            saved = _CheckpointFile.model_validate_json(path.read_bytes())
+            data = unsealed(path.read_bytes())  # a changed byte (a dedup key, a stored quarantine line): none
+            if data is None:
+                return cls(basis)
+            saved = _CheckpointFile.model_validate_json(data)
         except (OSError, ValueError):
             return cls(basis)
         if saved.basis != basis:
@@ -251,4 +253,4 @@ class CollectCheckpoints:
             "files": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next.items())},
             "evidence": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next_evidence.items())},
         }
-        write_atomic(path, dumps(payload) + b"\n")
+        write_atomic(path, sealed(dumps(payload)))

@@ -104,6 +104,29 @@ def file_digest(path: Path) -> tuple[int, str] | None:
     return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
 
 
+SEAL_BYTES = 34  # b"\t" + the xxh3-128 of what comes before it (32 hex digits) + b"\n"
+
+
+def sealed(data: bytes) -> bytes:
+    """`data` (a cache file, or one line of a checkpoint file, without its newline) followed by
+    its own xxh3-128. A cache is derived data that distill trusts on the next run (counts, dedup
+    keys, stored quarantine lines): read back through `unsealed`, one changed byte makes it no
+    cache (the work is redone) instead of a wrong output or a stage that fails on it."""
+    return data + b"\t" + xxhash.xxh3_128_hexdigest(data).encode() + b"\n"
+
+
+def seal_intact(data: bytes) -> bool:
+    """Whether `data` is what `sealed` wrote, every byte as it was."""
+    if len(data) < SEAL_BYTES or data[-SEAL_BYTES] != 0x09 or data[-1] != 0x0A:
+        return False
+    return xxhash.xxh3_128_hexdigest(memoryview(data)[:-SEAL_BYTES]).encode() == data[1 - SEAL_BYTES:-1]
+
+
+def unsealed(data: bytes) -> bytes | None:
+    """What `sealed` was given, when every byte is as it wrote them; None otherwise."""
+    return data[:-SEAL_BYTES] if seal_intact(data) else None
+
+
 def split_digests(packed: bytes | bytearray, size: int = 16) -> list[bytes]:
     """Digests of `size` bytes laid end to end, each as its own bytes: never through numpy's
     `tolist()` of an S16 array, which drops a value's trailing zero bytes (one digest in 256 would

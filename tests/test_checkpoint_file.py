@@ -79,27 +79,60 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
 
 
 def test_opening_a_saved_file_reads_its_last_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The header says where each partition's line starts: the partitions' lines are not read to
-    index them (the preference export's file is ~0.9 GB at a million rows)."""
+    """The header says where each partition's line starts: opening the file reads its last line
+    (the preference export's file is ~0.9 GB at a million rows), a payload one line."""
     path = tmp_path / "book.json"
     _saved(path, {f"p/{n}.jsonl": {"end": n} for n in range(50)})
+    read: list[int] = []  # the lines whose seal was checked: the header's, then each payload's
 
-    def no_scan(fh: Any) -> None:
-        raise AssertionError("indexed by reading every line")
+    def counting(check: Any) -> Any:
+        def counted(data: bytes) -> Any:
+            read.append(len(data))
+            return check(data)
+        return counted
 
-    monkeypatch.setattr(checkpoint_file, "_indexed_by_lines", no_scan)
+    monkeypatch.setattr(checkpoint_file, "unsealed", counting(checkpoint_file.unsealed))
+    monkeypatch.setattr(checkpoint_file, "seal_intact", counting(checkpoint_file.seal_intact))
     book = CheckpointFile(path, _accept("b1"))
     assert book.header == {"basis": "b1"}  # the offsets are not part of the stage's header
+    assert len(read) == 1  # the header line
     assert all(json.loads(book.payload(f"p/{n}.jsonl") or b"") == {"end": n} for n in range(50))
+    assert len(read) == 51
 
 
-def test_a_header_without_offsets_is_indexed_by_its_lines(tmp_path: Path) -> None:
+def test_lines_without_their_seal_offer_nothing(tmp_path: Path) -> None:
+    """A file of the layout before lines were sealed (or written by hand) is no checkpoint file."""
     path = tmp_path / "book.json"
-    path.write_bytes(b'"a/x.jsonl"\t{"end": 1}\n"b/y.jsonl"\t{"end": 2}\n{"basis": "b1"}\n')
+    path.write_bytes(b'"a/x.jsonl"\t{"end": 1}\n{"basis": "b1", "partition_offsets": {"a/x.jsonl": 0}}\n')
     book = CheckpointFile(path, _accept("b1"))
-    assert json.loads(book.payload("b/y.jsonl") or b"") == {"end": 2}
+    assert book.header is None and book.payload("a/x.jsonl") is None
 
 
+def test_a_changed_byte_anywhere_gives_the_checkpoint_as_written_or_none(tmp_path: Path) -> None:
+    """Every byte of a saved file, each changed in turn (one bit, or replaced by a digit or a
+    quote): each partition's payload is what was written or None, never a checkpoint it did not
+    write (a count one off, another key), and the header is the one saved or none at all."""
+    path = tmp_path / "book.json"
+    pieces = [b'["c",2,{"k":"v"}]', b'[7]']
+    book = CheckpointFile(path, _accept("b1"))
+    book.write("a/x.jsonl", {"end": 17, "lines": 3}, Entries(iter(pieces), np.array([len(p) for p in pieces])))
+    book.write("b/y.jsonl", {"end": 40, "keys": "QUJD"})
+    book.save({"basis": "b1", "parents": {"t1": "r9"}})
+    good = path.read_bytes()
+    first = CheckpointFile(path, _accept("b1"))
+    expected = {rel: first.payload(rel) for rel in ("a/x.jsonl", "b/y.jsonl")}
+    assert all(expected.values())
+    refused = 0
+    for at in range(len(good)):
+        for new in {good[at] ^ 1, good[at] ^ 0x10, ord("9"), ord('"')} - {good[at]}:
+            path.write_bytes(good[:at] + bytes([new]) + good[at + 1:])
+            again = CheckpointFile(path, _accept("b1"))
+            assert again.header in (None, {"basis": "b1", "parents": {"t1": "r9"}}), (at, new)
+            for rel, payload in expected.items():
+                got = again.payload(rel) if again.header is not None else None
+                assert got in (None, payload), (at, new, rel, got)
+                refused += got is None
+    assert refused  # a changed byte inside a line was seen
 def test_an_offset_that_lands_on_another_line_offers_nothing_for_that_partition(tmp_path: Path) -> None:
     path = tmp_path / "book.json"
     _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": {"end": 2}})

@@ -27,6 +27,7 @@ from distill.export.reader import mirror_text, rel_path
 from distill.export.run import run_export
 from distill.export.scored_index import key_digest
 from distill.firewall import ExportKind
+from distill.hashing import sealed, unsealed
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
@@ -133,9 +134,16 @@ def test_after_an_append_only_the_new_scored_lines_are_decided(tmp_path: Path, g
 
 
 def _checkpoint_lines(ws: Workspace, kind: ExportKind) -> dict[str, bytes]:
-    """The checkpoint file's partition lines by partition (the header is the line without a tab)."""
-    lines = ws.export_checkpoint_path(kind.value).read_bytes().splitlines()
+    """The checkpoint file's partition lines by partition (the header is the line that does not
+    start with a quote), each without its seal (checked)."""
+    lines = [_unsealed(line) for line in ws.export_checkpoint_path(kind.value).read_bytes().splitlines(keepends=True)]
     return {orjson.loads(line.split(b"\t", 1)[0]): line for line in lines if line.startswith(b'"')}
+
+
+def _unsealed(line: bytes) -> bytes:
+    content = unsealed(line)
+    assert content is not None, line[:200]
+    return content
 
 
 @pytest.mark.slow
@@ -201,10 +209,10 @@ def _unknown_entry(kind: ExportKind) -> Callable[[Workspace], None]:
         path = ws.export_checkpoint_path(kind.value)
         if path.exists():
             lines = path.read_bytes().splitlines(keepends=True)
-            rel, _, body = lines[1].partition(b"\t")
+            rel, _, body = _unsealed(lines[1]).partition(b"\t")
             checkpoint = orjson.loads(body)
             checkpoint["entries"][0] = ["z", *checkpoint["entries"][0][1:]]
-            lines[1] = rel + b"\t" + orjson.dumps(checkpoint) + b"\n"
+            lines[1] = sealed(rel + b"\t" + orjson.dumps(checkpoint))  # a line distill could have written
             path.write_bytes(b"".join(lines))
 
     return change
@@ -624,7 +632,7 @@ def test_a_summary_that_is_not_its_partition_s_entries_is_no_checkpoint(
         lines = path.read_bytes().splitlines(keepends=True)
         head = orjson.dumps(rel_path(ws, _largest_partition(ws))) + b"\t"
         at = next(k for k, line in enumerate(lines) if line.startswith(head))
-        body = lines[at][len(head):]
+        body = _unsealed(lines[at])[len(head):]
         found = orjson.loads(body)
         summary = found["summary"]
         old = orjson.dumps(summary)
@@ -636,7 +644,7 @@ def test_a_summary_that_is_not_its_partition_s_entries_is_no_checkpoint(
         body = body.replace(old, new)
         if redigest:
             body = body.replace(found["summary_digest"].encode(), xxhash.xxh3_128(new).hexdigest().encode())
-        lines[at] = head + body
+        lines[at] = sealed(head + body)  # sealed as distill seals a line: what is inside is wrong
         path.write_bytes(b"".join(lines))
         edited.append(len(found["entries"]))
 

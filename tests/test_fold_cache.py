@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from distill import fold_cache
 from distill.fold_cache import FoldCache, Tally, fold_lines
+from distill.hashing import sealed, unsealed
 from distill.receipts import check_jsonl_integrity, count_categories, digest_paths
 from distill.workspace import Workspace
 
@@ -30,6 +31,18 @@ def _rows(*kinds: str) -> bytes:
     return b"".join(json.dumps({"kind": k}).encode() + b"\n" for k in kinds)
 
 
+def _read_cache(path: Path) -> Any:
+    """A saved cache file's JSON (its seal checked)."""
+    data = unsealed(path.read_bytes())
+    assert data is not None, path
+    return json.loads(data)
+
+
+def _write_cache(path: Path, saved: Any) -> None:
+    """A cache file as distill writes one (sealed), with what a test planted in it."""
+    path.write_bytes(sealed(json.dumps(saved).encode()))
+
+
 def test_an_appended_file_is_folded_from_where_the_last_tally_stopped(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_bytes(_rows("a", "b", "a"))
@@ -39,9 +52,9 @@ def test_an_appended_file_is_folded_from_where_the_last_tally_stopped(tmp_path: 
     first.save()
 
     # the saved tally is what the next run starts from: plant a count it could not have read
-    saved = json.loads(cache_path.read_bytes())
+    saved = _read_cache(cache_path)
     saved["entries"][0][-1]["planted"] = 7  # [path, fold, sha256, end, lines, nonblank, bad, first_bad, values]
-    cache_path.write_text(json.dumps(saved))
+    _write_cache(cache_path, saved)
     with data.open("ab") as fh:
         fh.write(_rows("b", "c"))
     again = FoldCache.load(cache_path).tally(data, "kind", _kind)
@@ -155,9 +168,9 @@ def test_a_moved_workspace_keeps_its_tallies(tmp_path: Path) -> None:
     cache = FoldCache.load(old / "folds.json")
     cache.tally(old / "d.jsonl", "kind", _kind)
     cache.save()
-    saved = json.loads((old / "folds.json").read_bytes())
+    saved = _read_cache((old / "folds.json"))
     saved["entries"][0][-1]["planted"] = 7  # a count only the saved tally holds
-    (old / "folds.json").write_text(json.dumps(saved))
+    _write_cache((old / "folds.json"), saved)
     old.rename(new)
     with (new / "d.jsonl").open("ab") as fh:
         fh.write(_rows("c"))
@@ -171,9 +184,9 @@ def test_a_line_count_is_taken_from_another_fold_of_the_same_bytes_only(tmp_path
     cache = FoldCache.load(tmp_path / "folds.json")
     cache.tally(data, "kind", _kind)
     cache.save()
-    saved = json.loads((tmp_path / "folds.json").read_bytes())
+    saved = _read_cache((tmp_path / "folds.json"))
     saved["entries"][0][5] = 40  # nonblank: a count only the saved "kind" tally holds
-    (tmp_path / "folds.json").write_text(json.dumps(saved))
+    _write_cache((tmp_path / "folds.json"), saved)
     whole = digest_paths(Workspace.resolve(tmp_path), [data])[0].sha256
     lines = FoldCache.load(tmp_path / "folds.json").tally(data, "lines", sha256=whole)
     assert (lines.nonblank, lines.bad, lines.first_bad, lines.values) == (40, 1, 2, {})  # not read again
@@ -207,10 +220,10 @@ def test_the_line_check_of_a_quarantine_file_counts_the_reasons_the_card_shows(t
     out.parent.mkdir(parents=True)
     out.write_bytes(b'{"reason": "empty_content"}\n{"reason": "secret_detected"}\n{"reason": "empty_content"}\n')
     assert check_jsonl_integrity(ws, digest_paths(ws, [out])) == []
-    saved = json.loads(ws.fold_cache_path.read_bytes())
+    saved = _read_cache(ws.fold_cache_path)
     assert [e[:2] for e in saved["entries"]] == [["exports/quarantine/rag.jsonl", "quarantine-reason/1"]]
     saved["entries"][0][-1]["planted"] = 1  # a count only the line check's tally holds
-    ws.fold_cache_path.write_text(json.dumps(saved))
+    _write_cache(ws.fold_cache_path, saved)
     folds = FoldCache.load(ws.fold_cache_path)
     assert quarantine_summary(ws, folds) == {"rag": {"empty_content": 2, "planted": 1, "secret_detected": 1}}
     out.write_bytes(b'{"reason": "x"}\nnot json\n')  # rewritten: read again, and the bad line still fails
@@ -237,19 +250,19 @@ def test_one_cache_saved_after_each_stage_keeps_what_another_process_saved_meanw
 
     run.tally(three, "kind", _kind)
     run.save()
-    names = {entry[0] for entry in json.loads(cache_path.read_bytes())["entries"]}
+    names = {entry[0] for entry in _read_cache(cache_path)["entries"]}
     assert names == {"one.jsonl", "two.jsonl", "three.jsonl"}
     assert run.tally(two, "kind", _kind).values == {"b": 1, "c": 1}  # adopted, not lost
 
     # nobody else wrote it since: the next save writes what the run holds without reading it again
-    saved = json.loads(cache_path.read_bytes())
+    saved = _read_cache(cache_path)
     reads = []
     real_read = fold_cache._read
     monkeypatch.setattr(fold_cache, "_read", lambda path: reads.append(path) or real_read(path))
     run.tally(one, "other", _kind)
     run.save()
     assert reads == []
-    assert {(e[0], e[1]) for e in json.loads(cache_path.read_bytes())["entries"]} == {
+    assert {(e[0], e[1]) for e in _read_cache(cache_path)["entries"]} == {
         (e[0], e[1]) for e in saved["entries"]} | {("one.jsonl", "other")}
 
 
@@ -368,20 +381,21 @@ def test_a_damaged_line_memo_costs_a_parse_not_a_wrong_count(tmp_path: Path) -> 
     (memo_path,) = fold_cache.memo_dir(cache_path).iterdir()
     good = memo_path.read_bytes()
     assert fold_cache.LineMemo.from_bytes(good) is not None
-    head, _, body = good.partition(b"\n")[2].partition(b"\n")
+    inner = unsealed(good)
+    assert inner is not None
+    head, _, body = inner.partition(b"\n")[2].partition(b"\n")
     header = json.loads(head)
     header["values"] = ["c", "b", "a"]  # the counts a line would be taken under, swapped
     forged = fold_cache.LineMemo.MAGIC + json.dumps(header).encode() + b"\n" + body
-    codes_out_of_range = fold_cache.LineMemo.MAGIC + json.dumps({**header, "values": []}).encode() + b"\n" + body
+    codes_out_of_range = sealed(fold_cache.LineMemo.MAGIC + json.dumps({**header, "values": []}).encode() + b"\n" + body)
     for junk in (b"", good[:-1], good[:-3] + b"\xff\xff\xff", b"x" + good[1:], codes_out_of_range,
-                 good.replace(b'"lines":', b'"lines":1', 1)):
+                 good.replace(b'"lines":', b'"lines":1', 1), forged, forged + good[-34:]):
         assert fold_cache.LineMemo.from_bytes(junk) is None
         memo_path.write_bytes(junk)
         assert FoldCache.load(cache_path).tally(data, "kind", _kind) == _fresh(data)
-    # a memo whose header was edited but whose body checks still gives counts as it says: the
-    # memo is trusted as the fold cache is (both are ours, in the workspace); its checksum
-    # covers the body, the header is checked for shape
-    assert fold_cache.LineMemo.from_bytes(forged) is not None
+    # its seal covers the header too (the values the counts are taken under); a memo sealed as
+    # distill seals it is trusted as the fold cache is (both are ours, in the workspace)
+    assert fold_cache.LineMemo.from_bytes(sealed(forged)) is not None
 
 
 def test_memo_lookup_needs_both_halves_of_the_digest() -> None:
@@ -447,7 +461,7 @@ def test_the_memo_of_a_file_that_is_gone_goes_with_its_entry(tmp_path: Path) -> 
     cache = FoldCache.load(cache_path)
     assert cache.tally(kept, "kind", _kind, rewritten=True) == _fresh(kept)
     cache.save()
-    assert [e[0] for e in json.loads(cache_path.read_bytes())["entries"]] == ["kept.jsonl"]
+    assert [e[0] for e in _read_cache(cache_path)["entries"]] == ["kept.jsonl"]
     assert len(list(fold_cache.memo_dir(cache_path).iterdir())) == 1
 
 

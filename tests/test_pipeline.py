@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,10 +27,9 @@ from distill.cli.run_cmd import parse_duration
 from distill.config import Settings as _Settings
 from distill.config import load_settings
 from distill.errors import UsageError
+from distill.hashing import sealed, unsealed
 from distill.jsonl import iter_json
 from distill.pipeline import execute_run, pipeline_stages, run_pipeline
-from distill.resume import decide_resume
-from distill.score_rules import SCORER_VERSION
 from distill.receipts import (
     RACY_MARGIN_NS,
     DigestCache,
@@ -42,8 +42,9 @@ from distill.receipts import (
 )
 from distill.records.receipts import DriftReport, RunSummary
 from distill.records.stage import StageReport
+from distill.resume import decide_resume
+from distill.score_rules import SCORER_VERSION
 from distill.workspace import Workspace
-
 from tests.fixtures_pipeline import _stages, _upper
 
 
@@ -139,8 +140,15 @@ def _settled_run(ws: Workspace) -> None:
     execute_run(ws, Settings(), stages=_stages())
 
 
+def _digest_cache(ws: Workspace) -> Any:
+    """The saved digest cache's JSON (its seal checked)."""
+    body = unsealed(ws.digest_cache_path.read_bytes())
+    assert body is not None
+    return orjson.loads(body)
+
+
 def _saved_digests(ws: Workspace) -> dict[str, list]:
-    saved = orjson.loads(ws.digest_cache_path.read_bytes())
+    saved = _digest_cache(ws)
     return {Path(e[0]).relative_to(ws.root).as_posix(): e for e in saved["entries"]}
 
 
@@ -152,11 +160,11 @@ def test_saved_digests_are_trusted_by_the_next_run_and_ignored_by_force(mini: Wo
     real_sha = saved["_kb/in.jsonl"][6]
     # Plant a wrong digest under the file's real stat key: a run that trusts the saved digests
     # (does not re-read the file) sees a changed input; --force re-reads it.
-    raw = orjson.loads(mini.digest_cache_path.read_bytes())
+    raw = _digest_cache(mini)
     for entry in raw["entries"]:
         if entry[0].endswith("_kb/in.jsonl"):
             entry[6] = "0" * 64
-    mini.digest_cache_path.write_bytes(orjson.dumps(raw))
+    mini.digest_cache_path.write_bytes(sealed(orjson.dumps(raw)))  # as distill writes it
     trusting = execute_run(mini, Settings(), stages=_stages())
     assert any("inputs changed: _kb/in.jsonl" in r for r in trusting.receipts[0].resume.reasons)
     forced = execute_run(mini, Settings(), stages=_stages(), force=True)
@@ -180,13 +188,14 @@ def test_same_size_edit_with_restored_mtime_is_not_hidden_by_saved_digests(mini:
     assert any("inputs changed: _kb/in.jsonl" in r for r in after.receipts[0].resume.reasons)
 
 
-@pytest.mark.parametrize("junk", [b"", b"not json", b'{"version": 99, "entries": []}', b'{"version": 1, "entries": [[1]]}'])
+@pytest.mark.parametrize("junk", [b"", b"not json", b'{"version": 1, "entries": []}',  # the last: not sealed
+                                  sealed(b'{"version": 99, "entries": []}'), sealed(b'{"version": 1, "entries": [[1]]}')])
 def test_unreadable_digest_cache_costs_a_rehash_not_a_failure(mini: Workspace, junk: bytes) -> None:
     execute_run(mini, Settings(), stages=_stages())
     mini.digest_cache_path.write_bytes(junk)
     again = execute_run(mini, Settings(), stages=_stages())
     assert _statuses(again.summary) == {"upper": "skipped", "count": "skipped"} and again.exit_code == 0
-    assert orjson.loads(mini.digest_cache_path.read_bytes())["version"] == 1
+    assert _digest_cache(mini)["version"] == 1
 
 
 def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
@@ -221,7 +230,7 @@ def test_a_digest_read_off_the_file_systems_clock_is_saved_at_once_and_a_later_e
     cache = DigestCache(clock=ws.clock_path)
     first = digest_file(ws, out, cache)
     cache.save(ws.digest_cache_path)  # well within the system clock's one-second margin
-    saved = orjson.loads(ws.digest_cache_path.read_bytes())["entries"]
+    saved = _digest_cache(ws)["entries"]
     assert [e[0] for e in saved] == [str(out)], "a file that stopped changing before the clock file was touched is saved"
     # the same size, the mtime put back, within the same tick as the hash or not: the ctime moved
     before = out.stat()

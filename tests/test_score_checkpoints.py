@@ -19,11 +19,11 @@ import pytest
 import distill.score as score_module
 from distill.collect import run_collect
 from distill.config import load_settings
+from distill.hashing import sealed, unsealed
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
 from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
-
 
 
 def _score(ws: Workspace, **kwargs: Any) -> StageReport:
@@ -145,16 +145,19 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         elif change == "line_digests_not_base64" and ws.score_checkpoint_path.exists():
             # the scored lines' digests unreadable (the line as long): the mirror is read line by
             # line as before they were kept, and the outputs are a full pass's
-            data = bytearray(ws.score_checkpoint_path.read_bytes())
-            at = data.index(b'"line_digests":"') + len(b'"line_digests":"')
-            data[at] = ord("!")
-            ws.score_checkpoint_path.write_bytes(bytes(data))
+            lines = ws.score_checkpoint_path.read_bytes().splitlines(keepends=True)
+            at = next(k for k, line in enumerate(lines) if b'"line_digests":"' in line)
+            data = bytearray(unsealed(lines[at]) or b"")
+            cut = data.index(b'"line_digests":"') + len(b'"line_digests":"')
+            data[cut] = ord("!")
+            lines[at] = sealed(bytes(data))  # sealed as distill seals a line: the content is what is wrong
+            ws.score_checkpoint_path.write_bytes(b"".join(lines))
         elif change.startswith("parent_") and ws.score_checkpoint_path.exists():
             # a parent the checkpoint keeps as an entry (a ParentRun is made of it only when a row of
             # its task is scored) that no run wrote: checked up front, that partition scored again
             lines = ws.score_checkpoint_path.read_bytes().splitlines(keepends=True)
             at = max(range(len(lines)), key=lambda k: lines[k].count(b'"],["'))  # the most parents
-            head, _, body = lines[at].partition(b"\t")
+            head, _, body = (unsealed(lines[at]) or b"").partition(b"\t")
             entry = orjson.loads(body)["parents"][0]
             old = orjson.dumps(entry)
             if change == "parent_category_unknown":
@@ -163,7 +166,7 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
                 entry[3] = entry[3].replace("-", "x", 1)
             new = orjson.dumps(entry)
             assert len(new) == len(old) and body.count(old) == 1  # the line as long: the header's offsets hold
-            lines[at] = head + b"\t" + body.replace(old, new)
+            lines[at] = sealed(head + b"\t" + body.replace(old, new))  # a line distill could have written
             ws.score_checkpoint_path.write_bytes(b"".join(lines))
             edited.append(ws.evidence_dir / orjson.loads(head))
 

@@ -23,7 +23,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distill.hashing import PrefixHash
+from distill.hashing import PrefixHash, sealed, unsealed
 from distill.jsonl import HeldWrites, loads, write_atomic
 
 VIEW_STATE_VERSION = 2  # 2: hashed with xxh3-128, not sha256
@@ -55,7 +55,10 @@ class ViewState(BaseModel):
     def load(cls, path: Path, code: str) -> ViewState | None:
         """The state saved under this code; None when missing, damaged or of other code."""
         try:
-            state = cls.model_validate(loads(path.read_bytes()))
+            data = unsealed(path.read_bytes())
+            if data is None:
+                return None
+            state = cls.model_validate(loads(data))
         except (OSError, ValueError, ValidationError):
             return None
         return state if state.version == VIEW_STATE_VERSION and state.code == code else None
@@ -66,7 +69,7 @@ class ViewState(BaseModel):
         return PrefixHash.resume(native, self.native_end, self.native_hash)
 
     def save(self, path: Path) -> None:
-        write_atomic(path, self.model_dump_json().encode())
+        write_atomic(path, sealed(self.model_dump_json().encode()))
 
 
 class StaleView(Exception):
