@@ -162,8 +162,8 @@ class LineMemo:
     @classmethod
     def from_bytes(cls, data: bytes) -> LineMemo | None:
         """None for anything `to_bytes` did not write (damaged, cut short, another version)."""
-        data = unsealed(data) or b""
-        if not data.startswith(cls.MAGIC):
+        data = unsealed(data)  # the seal covers the header's values too, not only the body
+        if data is None or not data.startswith(cls.MAGIC):
             return None
         try:
             head, _, body = data[len(cls.MAGIC):].partition(b"\n")
@@ -432,7 +432,8 @@ def memo_dir(cache_path: Path) -> Path:
 
 def _read(path: Path) -> dict[tuple[str, str], _Entry]:
     try:
-        saved = loads(unsealed(path.read_bytes()) or b"null")  # a changed byte would be a wrong count
+        data = unsealed(path.read_bytes())  # a changed byte would be a wrong count: no cache
+        saved = loads(data) if data is not None else None
         if not isinstance(saved, dict) or saved.get("version") != FOLD_CACHE_VERSION:
             return {}
         return dict(_Entry.from_json(item) for item in saved["entries"])

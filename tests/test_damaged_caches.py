@@ -22,6 +22,7 @@ import pytest
 from distill.config import load_settings
 from distill.pipeline import execute_run
 from distill.workspace import Workspace
+from tests.fixtures_reliability import tree_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +32,9 @@ def _run(root: Path) -> dict[str, Any]:
     ws = Workspace.resolve(root)
     result = execute_run(ws, load_settings(root), include_index=False)
     stages = {s.stage: (s.status, s.passed, s.totals, s.by_source) for s in result.summary.stages}
-    exports = hashlib.sha256()
-    for path in sorted(ws.exports_dir.rglob("*")):
-        if path.is_file():
-            exports.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    exports = {name: hashlib.sha256(data).hexdigest() for name, data in tree_bytes(ws.exports_dir).items()}
     return {"passed": result.summary.overall_passed, "stopped_by": result.summary.stopped_by,
-            "stages": stages, "exports": exports.hexdigest()}
+            "stages": stages, "exports": exports}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +103,9 @@ def test_every_cache_damaged_in_turn_gives_the_run_it_would_have_been(
         _damage(root / name)
         got = _run(root)
         if got != expected:
-            diff = {k: (expected[k], got[k]) for k in expected if got[k] != expected[k] and k != "stages"}
+            outcome = {k: (expected[k], got[k]) for k in ("passed", "stopped_by") if got[k] != expected[k]}
+            exports = sorted(f for f in expected["exports"].keys() | got["exports"].keys()
+                             if got["exports"].get(f) != expected["exports"].get(f))
             stages = sorted(s for s in expected["stages"] if got["stages"].get(s) != expected["stages"][s])
-            wrong.append(f"{name}: {diff} stages differing: {stages}")
+            wrong.append(f"{name}: {outcome} exports differing: {exports} stages differing: {stages}")
     assert not wrong, "\n".join(wrong)
