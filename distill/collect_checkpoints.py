@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import PrefixHash, canonical_json, sealed, sha256_hex, unsealed
-from distill.jsonl import ReadProgress, dumps, iter_raw_lines, write_atomic
+from distill.hashing import PrefixHash, canonical_json, sha256_hex
+from distill.jsonl import ReadProgress, dumps, iter_raw_lines, read_sealed, write_sealed
 from distill.receipts import code_fingerprint
 from distill.sources.base import JsonlStream, Source
 
@@ -174,12 +174,12 @@ class CollectCheckpoints:
     def load(cls, path: Path, basis: str) -> CollectCheckpoints:
         """The saved checkpoints if they were made on this basis; none otherwise (a missing or
         unreadable file only costs a full read)."""
+        data = read_sealed(path)  # a changed byte (a dedup key, a stored quarantine line): none
+        if data is None:
+            return cls(basis)
         try:
-            data = unsealed(path.read_bytes())  # a changed byte (a dedup key, a stored quarantine line): none
-            if data is None:
-                return cls(basis)
             saved = _CheckpointFile.model_validate_json(data)
-        except (OSError, ValueError):
+        except ValueError:
             return cls(basis)
         if saved.basis != basis:
             return cls(basis)
@@ -253,4 +253,4 @@ class CollectCheckpoints:
             "files": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next.items())},
             "evidence": {rel: cp.model_dump(mode="json") for rel, cp in sorted(self.next_evidence.items())},
         }
-        write_atomic(path, sealed(dumps(payload)))
+        write_sealed(path, dumps(payload))

@@ -46,7 +46,7 @@ from distill.hashing import (
     sealed,
     unsealed,
 )
-from distill.jsonl import READ_CHUNK, dumps, iter_raw_lines, loads, write_atomic
+from distill.jsonl import READ_CHUNK, dumps, iter_raw_lines, loads, read_sealed, write_atomic, write_sealed
 
 FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
 RowKey = Callable[[dict[str, Any]], str | None]
@@ -411,7 +411,7 @@ class FoldCache:
                 gone.unlink(missing_ok=True)  # the memo of a file that no longer exists goes with its entry
         payload = {"version": FOLD_CACHE_VERSION, "entries": entries}
         try:
-            write_atomic(self.path, sealed(dumps(payload)))
+            write_sealed(self.path, dumps(payload))
         except OSError:
             return  # a cache that cannot be written costs the next run a full read, nothing more
         self._on_disk = _state(self.path)
@@ -431,13 +431,15 @@ def memo_dir(cache_path: Path) -> Path:
 
 
 def _read(path: Path) -> dict[tuple[str, str], _Entry]:
+    data = read_sealed(path)  # a changed byte would be a wrong count: no cache
+    if data is None:
+        return {}
     try:
-        data = unsealed(path.read_bytes())  # a changed byte would be a wrong count: no cache
-        saved = loads(data) if data is not None else None
+        saved = loads(data)
         if not isinstance(saved, dict) or saved.get("version") != FOLD_CACHE_VERSION:
             return {}
         return dict(_Entry.from_json(item) for item in saved["entries"])
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return {}
 
 

@@ -24,6 +24,8 @@ from typing import IO, Any, NamedTuple
 import orjson
 from filelock import FileLock
 
+from distill.hashing import sealed, unsealed
+
 READ_CHUNK = 1 << 20
 
 
@@ -457,6 +459,20 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
 def write_atomic(path: Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)
+
+
+def write_sealed(path: Path, data: bytes) -> None:
+    """A cache file: `data` followed by its own seal (`distill.hashing.sealed`), written atomically."""
+    write_atomic(path, sealed(data))
+
+
+def read_sealed(path: Path) -> bytes | None:
+    """What `write_sealed` was given, or None when the file is missing, unreadable or any byte of
+    it changed: a cache that is not exactly as written is no cache (its work is done again)."""
+    try:
+        return unsealed(path.read_bytes())
+    except OSError:
+        return None
 
 
 def write_named_file(path: Path, data: bytes) -> None:

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
 from distill.fold_cache import FoldCache
-from distill.hashing import canonical_json, file_state, sealed, sha256_hex, unsealed
-from distill.jsonl import dumps, loads, write_atomic
+from distill.hashing import canonical_json, file_state, sha256_hex
+from distill.jsonl import dumps, loads, read_sealed, write_atomic, write_sealed
 from distill.records.receipts import (
     DeterminismFinding,
     FileDigest,
@@ -162,18 +162,18 @@ class DigestCache:
     def load(cls, path: Path, *, clock: Path | None = None) -> DigestCache:
         """The saved cache, or an empty one when it is missing, unreadable or of another version
         (a cache only saves work: losing it costs one re-hash, never a wrong digest)."""
+        data = read_sealed(path)  # a changed byte would be a wrong sha256 in a receipt
+        if data is None:
+            return cls(clock=clock)
         try:
-            data = unsealed(path.read_bytes())  # a changed byte would be a wrong sha256 in a receipt
-            if data is None:
-                return cls(clock=clock)
             saved = _DigestCacheFile.model_validate_json(data)
-        except (OSError, ValueError):
+        except ValueError:
             return cls(clock=clock)
         return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7]) for e in saved.entries}, clock=clock)
 
     def save(self, path: Path) -> None:
         entries = [(*key, *value) for key, value in self.persistable()]
-        write_atomic(path, sealed(dumps({"version": DIGEST_CACHE_VERSION, "entries": entries})))
+        write_sealed(path, dumps({"version": DIGEST_CACHE_VERSION, "entries": entries}))
 
 
 def rel_path(ws: Workspace, path: Path) -> str:

@@ -23,8 +23,8 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distill.hashing import PrefixHash, sealed, unsealed
-from distill.jsonl import HeldWrites, loads, write_atomic
+from distill.hashing import PrefixHash
+from distill.jsonl import HeldWrites, loads, read_sealed, write_sealed
 
 VIEW_STATE_VERSION = 2  # 2: hashed with xxh3-128, not sha256
 COPY_CHUNK = 1 << 20
@@ -54,12 +54,12 @@ class ViewState(BaseModel):
     @classmethod
     def load(cls, path: Path, code: str) -> ViewState | None:
         """The state saved under this code; None when missing, damaged or of other code."""
+        data = read_sealed(path)
+        if data is None:
+            return None
         try:
-            data = unsealed(path.read_bytes())
-            if data is None:
-                return None
             state = cls.model_validate(loads(data))
-        except (OSError, ValueError, ValidationError):
+        except (ValueError, ValidationError):
             return None
         return state if state.version == VIEW_STATE_VERSION and state.code == code else None
 
@@ -69,7 +69,7 @@ class ViewState(BaseModel):
         return PrefixHash.resume(native, self.native_end, self.native_hash)
 
     def save(self, path: Path) -> None:
-        write_atomic(path, sealed(self.model_dump_json().encode()))
+        write_sealed(path, self.model_dump_json().encode())
 
 
 class StaleView(Exception):
