@@ -18,6 +18,9 @@ STAGES_WITH_QUARANTINE = ("collect", "score", "rag", "sft", "preference")
 OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what the stages write (and read back)
 OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
 FOLDER = "a folder"  # what scan_own_files calls a folder named as one of distill's files
+NOT_FOLDER = "a file"  # what it calls a file named as one of the partition folders (YYYY, MM, DD)
+PARTITIONED = {"evidence": "the collected evidence", "scored-runs": "the scored runs"}  # base/YYYY/MM/DD/*.jsonl
+PARTITION_FOLDER = (re.compile(r"\d{4}"), re.compile(r"\d{2}"), re.compile(r"\d{2}"))  # partition_path's folders
 # ROOT/.distill-<what>-*.tmp: a directory a locked command works in (collect's sources read side by
 # side, score's partitions in forked children) and removes when done; a killed command leaves it
 SCRATCH_DIR = re.compile(r"\.distill-[a-z]+-[A-Za-z0-9_]+\.tmp")
@@ -234,6 +237,10 @@ class Workspace:
             if kind.endswith(FOLDER):  # the stage that writes that file failed with IsADirectoryError
                 holds = "a JSONL file" if rel.endswith(".jsonl") else f"its caches and checkpoints ({OWN_PREFIX}.*)"
                 raise UsageError(f"{rel} is {kind}, not a file: distill keeps {holds} there; move it away")
+            if kind.endswith(NOT_FOLDER):  # the stage that writes a partition under it failed with NotADirectoryError
+                holds = PARTITIONED[rel.split("/")[0]]
+                raise UsageError(f"{rel} is {kind}, not a folder: distill keeps {holds} there "
+                                 "(YYYY/MM/DD/<source>.jsonl); move it away")
             raise UsageError(f"{rel} is {kind}, not a regular file: "
                              "distill keeps only regular files in its workspace; remove it")
         for path in abandoned:
@@ -290,8 +297,10 @@ def special_kind(mode: int) -> str | None:
 
 
 def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[str, str] | None, list[str]]:
-    """The first FIFO, socket or device (or a symlink to one), or folder (or a link to one) named
+    """The first FIFO, socket or device (or a symlink to one), folder (or a link to one) named
     as a file (FOLDER: a `*.jsonl`, or a ROOT/.distill.* other than the fold cache's memo folder),
+    or file (or a link to one) named as a partition folder (NOT_FOLDER: `evidence/2026`,
+    `scored-runs/2026/01`, whose partitions a stage would fail to write with NotADirectoryError),
     among distill's own files under `root` (OWN_DIRS and the ROOT/.distill* entries), as (path,
     what it is), or None; with
     `abandoned_temps`, also the temporary files and folders found: named by jsonl.ATOMIC_TEMP
@@ -309,6 +318,14 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
         return entry.name.endswith(".jsonl") or (
             entry.path in at_root and entry.name.startswith(OWN_PREFIX + ".") and entry.name != memo)
 
+    top_level = len(os.fspath(root)) + 1
+
+    def a_folder_by_name(entry: os.DirEntry[str]) -> bool:
+        # YYYY, MM or DD in a partitioned folder: where a stage makes a partition's folder
+        parts = entry.path[top_level:].split(os.sep)
+        return (2 <= len(parts) <= 4 and parts[0] in PARTITIONED
+                and PARTITION_FOLDER[len(parts) - 2].fullmatch(entry.name) is not None)
+
     def kind_of(entry: os.DirEntry[str]) -> str | None:
         jsonl = a_file_by_name(entry)
         try:
@@ -317,12 +334,14 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
             if entry.is_file(follow_symlinks=False):
                 if abandoned_temps and ATOMIC_TEMP.fullmatch(entry.name):
                     temps.append(entry.path)
-                return None
+                return NOT_FOLDER if a_folder_by_name(entry) else None
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 st = entry.stat()
                 if jsonl and stat.S_ISDIR(st.st_mode):
                     return f"a symlink to {FOLDER}"
+                if stat.S_ISREG(st.st_mode) and a_folder_by_name(entry):
+                    return f"a symlink to {NOT_FOLDER}"
                 return None if (what := special_kind(st.st_mode)) is None else f"a symlink to {what}"
             return special_kind(st.st_mode)
         except OSError:

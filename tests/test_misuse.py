@@ -703,6 +703,9 @@ def test_13_temporary_files_of_killed_writes_are_removed_by_the_next_lock_holder
     ("exports/rag/playbooks.jsonl", ["run", "--no-index"], "folder"), (".distill.score.json", ["score"], "folder"),
     ("exports/quarantine/sft.jsonl", ["export", "sft"], "folder"),
     ("evidence/*", ["run", "--no-index"], "folder"), ("scored-runs/*", ["export", "rag"], "folder"),
+    # a partition's year, month or day folder (`/*^3`: three levels above the first partition file)
+    ("evidence/*^3", ["run", "--no-index"], "file"), ("scored-runs/*^2", ["score"], "file"),
+    ("evidence/*^1", ["collect"], "symlink to a file"),
 ])
 def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_file_is_refused(
         ran_small_workspace: Path, tmp_path: Path, entry: str, command: list[str], how: str) -> None:
@@ -710,11 +713,16 @@ def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_fil
     ("stage_raised: NotADirectoryError ... evidence/2026/02/27", exit 1); one where the RAG export's
     folder belongs, or the index's, failed that stage with FileExistsError; a folder in place of
     the RAG export failed it with IsADirectoryError. Now every command refuses before it starts:
-    one line naming the path, exit 2, the workspace as it was."""
+    one line naming the path, exit 2, the workspace as it was. The same for a file where a
+    partition's year, month or day folder belongs (`evidence/2026` failed collect with
+    NotADirectoryError, exit 1)."""
     root = tmp_path / "ws"
     shutil.copytree(ran_small_workspace, root, symlinks=True)
     if entry.endswith("/*"):  # a partition file of that folder
         entry = sorted((root / entry[:-2]).rglob("*.jsonl"))[0].relative_to(root).as_posix()
+    elif "/*^" in entry:  # a folder above one
+        folder, up = entry.split("/*^")
+        entry = sorted((root / folder).rglob("*.jsonl"))[0].parents[int(up) - 1].relative_to(root).as_posix()
     victim = root / entry
     if victim.is_dir():
         shutil.rmtree(victim)
@@ -724,6 +732,9 @@ def test_14_a_file_where_distill_keeps_a_folder_or_a_folder_where_it_keeps_a_fil
         victim.write_bytes(b"not a folder\n")
     elif how == "folder":
         victim.mkdir()
+    elif how == "symlink to a file":
+        (tmp_path / "a-file").write_bytes(b"a file\n")
+        victim.symlink_to(tmp_path / "a-file")
     else:
         victim.symlink_to(tmp_path / "nothing-here")
     before = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
