@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,12 +106,27 @@ SOURCE_SUFFIX = ".source.json"
 will ever name again."""
 
 
+SCRATCH = re.compile(r"(?P<export>.+\.onnx)\.\d+\.(?:fused\.|final\.)?tmp")
+"""`export_onnx`'s scratch files: `<export>.<pid>[.fused|.final].tmp`."""
+
+
 def prune_stale_exports(onnx_dir: Path) -> list[Path]:
     """Remove the exports whose weights are gone or changed (a deleted virtualenv, a reinstall: each
-    left ~110 MB that no key could name again). Exports without a source file (made before this
-    existed, or by hand) and exports another process holds the lock of are left. Returns the removed."""
+    left ~110 MB that no key could name again), and the scratch files of exports that were killed
+    (a SIGKILL runs no cleanup: up to ~200 MB each). Exports without a source file (made before this
+    existed, or by hand) are left; so is anything of an export whose lock another process holds
+    (an exporter holds it until its scratch files are gone). Returns the exports removed."""
     from filelock import FileLock, Timeout
 
+    for scratch in sorted(onnx_dir.glob("*.tmp")):
+        match = SCRATCH.fullmatch(scratch.name)
+        if match is None:
+            continue
+        try:
+            with FileLock(str(onnx_dir / match["export"]) + ".lock", timeout=0):
+                scratch.unlink(missing_ok=True)
+        except Timeout:  # its export is running
+            continue
     removed: list[Path] = []
     for source in sorted(onnx_dir.glob(f"*.onnx{SOURCE_SUFFIX}")):
         export = source.with_name(source.name[: -len(SOURCE_SUFFIX)])

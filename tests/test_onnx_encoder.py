@@ -236,3 +236,27 @@ def test_exports_no_key_can_name_again_are_removed(tmp_path: Path) -> None:
     assert not deleted.exists() and not Path(str(deleted) + ".lock").exists()
     assert live.exists() and busy.exists() and legacy.exists() and garbled.exists()
     assert prune_stale_exports(cache) == [busy]  # once free, it goes too
+
+
+def test_scratch_files_of_a_killed_export_are_removed(tmp_path: Path) -> None:
+    """A SIGKILL during the first use's export (tens of seconds of torch) left its scratch files,
+    up to ~200 MB, in the model cache for good: the cleanup is a `finally` no SIGKILL runs. Now the
+    next export's pruning removes them, unless that export's lock is held (it is running)."""
+    from filelock import FileLock
+
+    from index.onnx_encoder import prune_stale_exports
+
+    cache = tmp_path / "onnx"
+    cache.mkdir()
+    export = "model-int8-0123456789abcdef.onnx"
+    killed = [cache / f"{export}.4242.tmp", cache / f"{export}.4242.fused.tmp", cache / f"{export}.4242.final.tmp"]
+    running = cache / "other-fp32-fedcba9876543210.onnx.77.tmp"
+    unrelated = [cache / "notes.tmp", cache / f"{export}.tmp", cache / f"{export}.x1.tmp"]
+    for path in (*killed, running, *unrelated):
+        path.write_bytes(b"scratch")
+    with FileLock(str(cache / "other-fp32-fedcba9876543210.onnx") + ".lock"):
+        assert prune_stale_exports(cache) == []
+    assert not [p for p in killed if p.exists()]
+    assert running.exists() and all(p.exists() for p in unrelated)
+    prune_stale_exports(cache)
+    assert not running.exists()
