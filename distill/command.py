@@ -6,6 +6,7 @@ code."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
 import signal
@@ -112,6 +113,10 @@ def os_error_message(exc: OSError) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.filename2:
         where += f" -> {exc.filename2}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # each file is replaced whole or appended in whole lines: the next run completes this one
+        return (f"cannot write{where}: {exc.strerror}; free some space and run the command again "
+                "(it goes on from what this one finished)")
     return f"cannot use{where}: {exc.strerror or type(exc).__name__}"
 
 

@@ -11,6 +11,7 @@ Three guarantees (docs/DESIGN.md, invariant 6):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -364,6 +365,18 @@ def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> in
     return append_lines(path, (dumps(r) for r in rows), timeout=timeout)
 
 
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""Errors of a write itself, which the OS reports without the file's name."""
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """`exc` with the file it happened to, when a write failed without naming one: a full disk
+    was `cannot use: No space left on device`, with nothing saying where."""
+    if exc.filename is None and exc.errno in WRITE_ERRNOS:
+        return OSError(exc.errno, exc.strerror, os.fspath(path))
+    return exc
+
+
 def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: float, fsync: bool) -> None:
     """Write `chunks` on an O_APPEND descriptor under the file lock, after repairing a torn tail."""
     with lock_for(path).acquire(timeout=timeout):
@@ -377,6 +390,11 @@ def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: 
                     view = view[written:]
             if fsync:
                 os.fsync(fd)
+        except OSError as exc:
+            named = _named(exc, path)
+            if named is exc:
+                raise
+            raise named from exc
         finally:
             os.close(fd)
 
@@ -448,11 +466,13 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
             os.replace(tmp, path)
         else:
             os.unlink(tmp)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and (named := _named(exc, path)) is not exc:
+            raise named from exc
         raise
 
 
