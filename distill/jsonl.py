@@ -369,7 +369,7 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 """Errors of a write itself, which the OS reports without the file's name."""
 
 
-def _named(exc: OSError, path: Path) -> OSError:
+def named_write_error(exc: OSError, path: Path) -> OSError:
     """`exc` with the file it happened to, when a write failed without naming one: a full disk
     was `cannot use: No space left on device`, with nothing saying where."""
     if exc.filename is None and exc.errno in WRITE_ERRNOS:
@@ -391,7 +391,7 @@ def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: 
             if fsync:
                 os.fsync(fd)
         except OSError as exc:
-            named = _named(exc, path)
+            named = named_write_error(exc, path)
             if named is exc:
                 raise
             raise named from exc
@@ -471,7 +471,7 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and (named := _named(exc, path)) is not exc:
+        if isinstance(exc, OSError) and (named := named_write_error(exc, path)) is not exc:
             raise named from exc
         raise
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distill.errors import DistillError
-from distill.jsonl import atomic_temp_path, dumps, iter_json, loads, write_atomic, write_jsonl_atomic
+from distill.jsonl import atomic_temp_path, dumps, iter_json, loads, named_write_error, write_atomic, write_jsonl_atomic
 from index.documents import Document
 
 BM25_FORMAT = 1
@@ -130,8 +130,10 @@ def save(index: Bm25Index, directory: Path, *, fingerprint: str) -> None:
         info = {"format": BM25_FORMAT, "tokenizer": TOKENIZER, "count": len(index.docs), "fingerprint": fingerprint}
         write_atomic(tmp / "info.json", dumps(info))
         _swap_in(tmp, directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and (named := named_write_error(exc, tmp / "bm25s")) is not exc:
+            raise named from exc  # bm25s/numpy's own writes name no file
         raise
 
 

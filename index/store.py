@@ -238,7 +238,7 @@ class ChromaStore:
         Chroma 1.5 stores it at once but applies it when a process next loads the index: an index
         already loaded in this process keeps the ef it was loaded with.
         """
-        when_unlocked(partial(self.collection.modify, configuration={"hnsw": {"ef_search": ef}}))  # type: ignore[arg-type]
+        self._write("set its search ef", partial(self.collection.modify, configuration={"hnsw": {"ef_search": ef}}))  # type: ignore[arg-type]
         self.hnsw = self.hnsw.model_copy(update={"search_ef": ef})
 
     @property
@@ -260,6 +260,17 @@ class ChromaStore:
                 return out
             offset += page
 
+    def _write(self, what: str, write: Callable[[], T]) -> T:
+        """A write to the store; one it refuses is a one-line error, not chromadb's traceback (a
+        full disk gave `InternalError: ... database or disk is full`, or `Error in compaction`)."""
+        try:
+            return when_unlocked(write)
+        except Exception as exc:  # chromadb.errors.InternalError and kin, an HTTP client's errors
+            raise DistillError(
+                f"Chroma could not {what} in collection {self.collection.name!r} ({type(exc).__name__}: {exc}); "
+                "run `distill index` again once that is fixed (a full disk gives this)"
+            ) from exc
+
     def upsert(
         self,
         ids: Sequence[str],
@@ -270,13 +281,13 @@ class ChromaStore:
         for lo, hi in _batches(len(ids), self.max_batch):
             batch = {"ids": list(ids[lo:hi]), "embeddings": embeddings[lo:hi], "documents": list(documents[lo:hi]),
                      "metadatas": [dict(m) if m else None for m in metadatas[lo:hi]]}
-            when_unlocked(partial(self.collection.upsert, **batch))  # type: ignore[arg-type]
+            self._write("store vectors", partial(self.collection.upsert, **batch))  # type: ignore[arg-type]
         return len(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         ids = list(ids)
         for lo, hi in _batches(len(ids), self.max_batch):
-            when_unlocked(partial(self.collection.delete, ids=ids[lo:hi]))
+            self._write("delete vectors", partial(self.collection.delete, ids=ids[lo:hi]))
         return len(ids)
 
     def query(

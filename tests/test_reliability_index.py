@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,40 @@ def test_a_write_refused_as_locked_is_tried_again_and_other_errors_are_not() -> 
     with pytest.raises(InternalError, match="no such table"):
         when_unlocked(other_error, pause_s=0)
     assert len(calls) == 1
+
+
+STORE_WRITE_REFUSED = r'''
+import resource, signal, sys
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import DistillError
+from index.store import ChromaStore, HnswParams
+
+path = Path(sys.argv[1])
+store = ChromaStore.open(path, "playbooks", HnswParams(), url=None, reset=True)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+held = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+resource.setrlimit(resource.RLIMIT_FSIZE, (held + 4096, resource.RLIM_INFINITY))  # no file grows much now
+n = 2000
+try:
+    store.upsert([f"id{i}" for i in range(n)], np.random.default_rng(0).random((n, 384), dtype=np.float32),
+                 ["text " * 50] * n, [{"k": i} for i in range(n)])
+except DistillError as exc:
+    print(f"DistillError: {exc}")
+else:
+    print("stored")
+'''
+
+
+def test_a_write_the_store_refuses_is_one_line_naming_the_command(tmp_path: Path) -> None:
+    """`distill index` on a nearly full disk ended in chromadb's traceback (`InternalError: ...
+    database or disk is full`, or `Error in compaction: Failed to apply logs to the metadata
+    segment`), exit 1: found with a workspace on a tmpfs 0.3 to 6 MB short of what the index
+    needs. A file size limit in a child process stands in for the full disk here."""
+    done = subprocess.run([sys.executable, "-c", STORE_WRITE_REFUSED, str(tmp_path / "chroma")], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert done.stdout.startswith("DistillError: Chroma could not store vectors in collection 'playbooks' ("), done.stdout
+    assert "run `distill index` again once that is fixed" in done.stdout
