@@ -114,9 +114,8 @@ def os_error_message(exc: OSError) -> str:
     if exc.filename2:
         where += f" -> {exc.filename2}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        # each file is replaced whole or appended in whole lines: the next run completes this one
-        return (f"cannot write{where}: {exc.strerror}; free some space and run the command again "
-                "(it goes on from what this one finished)")
+        # each file is replaced whole or appended in whole lines, so running again is safe
+        return f"cannot write{where}: {exc.strerror}; free some space and run the command again"
     return f"cannot use{where}: {exc.strerror or type(exc).__name__}"
 
 

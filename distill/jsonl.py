@@ -365,8 +365,9 @@ def append_json(path: Path, rows: Iterable[Any], *, timeout: float = 60.0) -> in
     return append_lines(path, (dumps(r) for r in rows), timeout=timeout)
 
 
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-"""Errors of a write itself, which the OS reports without the file's name."""
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Errors only a write gives, which the OS reports without the file's name (not EIO: a read inside
+the same block, of another file, can give that one)."""
 
 
 def named_write_error(exc: OSError, path: Path) -> OSError:
