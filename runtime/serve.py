@@ -41,6 +41,17 @@ from runtime.backends.base import TextSink
 from runtime.replay import ReplaySession
 
 RETRY_AFTER_S = 5
+
+
+class RunNotLogged(Exception):
+    """A run ended but the workspace refused to keep it (its log could not be appended: a full
+    disk): a server whose answers are evidence gives none that is not logged."""
+
+    def __init__(self, exc: OSError) -> None:
+        from distill.command import os_error_message
+
+        super().__init__(f"the run could not be logged as evidence, so its answer is not given: "
+                         f"{os_error_message(exc)}"[:500])
 MODEL_ID = "distill"
 VALIDATED = frozenset({"validated_local", "escalated_validated"})
 
@@ -245,7 +256,10 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
 
     async def run_task(task: str, on_text: TextSink | None = None) -> ReplayRun:
         async with admission.lock:  # the local model: one request at a time
-            return await asyncio.to_thread(session.run, task, on_text=on_text)
+            try:
+                return await asyncio.to_thread(session.run, task, on_text=on_text)
+            except OSError as exc:  # was FastAPI's plain "Internal Server Error" and a traceback
+                raise RunNotLogged(exc) from exc
 
     async def live_reply(task: str, model: str) -> Any:
         """A streaming request under `[serve] stream = "live"`: the local model's text is sent as it
@@ -359,6 +373,8 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
                 admission.leave()
         except IndexUnavailable as exc:
             return unavailable("chat", exc)
+        except RunNotLogged as exc:
+            return refuse("chat", 503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
         observe(run)
         return answer(run, body.model or MODEL_ID, stream=body.stream)
 
@@ -397,7 +413,13 @@ async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asy
     while piece is not None:
         yield _chunk_event(base, {"content": piece})
         piece = await pieces.get()
-    run = await runner
+    try:
+        run = await runner
+    except RunNotLogged as exc:  # the text was sent, the run was not kept: not a finished answer
+        error = {"message": str(exc), "type": "distill_error", "code": 503}
+        yield f"data: {json.dumps({'error': error})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+        return
     local = run.attempts[0]
     if local.error is not None:
         error = {"message": f"the model failed mid-answer: {local.error}"[:500], "type": "distill_error", "code": 503}

@@ -593,3 +593,32 @@ def test_a_live_stream_cannot_be_escalated_or_withheld(tmp_path: Path) -> None:
             load_settings(tmp_path)
     (tmp_path / "distill.toml").write_text('[serve]\nstream = "live"\nallow_escalation = false\n')
     assert load_settings(tmp_path).serve.stream == "live"
+
+
+@pytest.mark.parametrize("server", ["", 'stream = "live"\n'], indirect=True)
+def test_a_run_that_cannot_be_logged_is_a_503_not_an_answer(server: Running) -> None:
+    """A run log the workspace refuses (a full disk; here a folder where the log belongs) gave
+    FastAPI's plain-text `Internal Server Error` and a traceback, plain and streaming. Now: the
+    OpenAI error shape naming the log and why, 503 with Retry-After; a live stream that already
+    sent the model's text ends with an error event (the openai client raises it), not a last
+    chunk that says "stop"."""
+    import openai
+
+    log = server.root / "_kb" / "replay_runs.jsonl"
+    log.mkdir()
+    live = (server.root / "distill.toml").read_text().count('stream = "live"') == 1
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ROUTING_TASK}]},
+                   timeout=60)
+    message = _error(r, 503)
+    assert message.startswith("the run could not be logged as evidence") and str(log) in message, message
+    assert r.headers["retry-after"] == "5"
+    if not live:
+        stream = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                            json={"stream": True, "messages": [{"role": "user", "content": ROUTING_TASK}]})
+        assert "could not be logged" in _error(stream, 503)
+        return
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="could not be logged"):
+        for _, chunk in _timed_stream_lazy(server.url):
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert "".join(received) == GROUNDED_ANSWER  # what the model wrote, then the error
