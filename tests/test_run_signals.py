@@ -149,3 +149,41 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
     assert run_cli([*DISTILL, "run", "--no-index", "--root", str(clean)]).returncode == 0
     assert tree_bytes(root / "exports") == tree_bytes(clean / "exports")
     assert jsonl_problems(root / "evidence") == [] and jsonl_problems(root / "exports") == []
+
+
+@pytest.mark.slow
+def test_every_reports_a_run_that_cannot_start_and_goes_on(tmp_path: Path) -> None:
+    """`distill run --every` ended (exit 2) when a manual `distill export` held the workspace at
+    its tick: a periodic service stopped by a user's command. Now a run that cannot start (the
+    workspace busy, the settings edited into an error) is one line and the next run comes at its
+    time; the settings, once mended, are read again."""
+    root = _workspace(tmp_path / "ws")
+    log = tmp_path / "every.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*DISTILL, "run", "--no-index", "--root", str(root), "--every", "1s"], cwd=REPO,
+                                env=cli_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_dispositions(signal.SIG_DFL))
+    try:
+        assert _wait_for(log, "next run in", proc, timeout=120), log.read_text(errors="replace")
+        with FileLock(str(root / ".distill.lock")):  # another command holds the workspace
+            assert _wait_for(log, "another distill command is changing", proc, timeout=30), log.read_text()
+        (root / "distill.toml").write_text(PINNED_TOML + "[export]\nno_such_setting = 1\n")
+        assert _wait_for(log, "no_such_setting", proc, timeout=30), log.read_text()
+        (root / "distill.toml").write_text(PINNED_TOML)
+        mended = log.read_text().count("next run in")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and log.read_text().count("next run in") < mended + 2:
+            time.sleep(0.05)
+        tail = log.read_text().split("no_such_setting")[-1]
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=STOP_WITHIN_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text
+    assert text.count("(this run skipped)") >= 2, text
+    assert "this run skipped" not in tail.split("\n", 1)[-1], tail  # the runs after the mend ran
+    assert code == 0, text  # stopped between runs, with the last run's exit code
+    assert _lock_is_free(root)

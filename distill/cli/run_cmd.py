@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
-from distill.errors import UsageError
+from distill.errors import DistillError, UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_INTERVAL_S = 365 * 86400
@@ -92,6 +92,33 @@ def print_result(result: Any) -> None:
     out.print(f"summary: {result.summary_md}", highlight=False)
 
 
+def _report_skipped(exc: DistillError | OSError, *, json_out: bool) -> int:
+    """A periodic run that could not start or finish, in one line (and one JSON line under
+    --json); returns its exit code."""
+    from distill.command import os_error_message
+
+    message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+    code = exc.exit_code if isinstance(exc, DistillError) else 2
+    err_console().print(Text.assemble(("error: ", "bold red"), message, " (this run skipped)"))
+    if json_out:
+        from distill.jsonl import dumps
+
+        sys.stdout.write(dumps({"error": message, "exit_code": code}).decode() + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def _wait(interval: float, started: float, code: int) -> None:
+    wait = max(0.0, interval - (time.monotonic() - started))
+    err_console().print(f"next run in {wait:.0f}s (Ctrl-C or SIGTERM to stop)")
+    try:
+        time.sleep(wait)
+    except KeyboardInterrupt:
+        # between runs nothing is in progress: a clean stop with the last run's exit code
+        err_console().print("stopped")
+        raise typer.Exit(code) from None
+
+
 def _result_json(result: Any) -> dict[str, Any]:
     return {
         "summary": result.summary.model_dump(mode="json"),
@@ -120,27 +147,41 @@ def register(app: typer.Typer) -> None:
 
         With --every, Ctrl-C or SIGTERM stops it: between runs with the last run's exit code, during a
         stage by abandoning that stage (exit 130 / 143; its outputs are crash-safe, the lock is
-        released, and the next run resumes)."""
+        released, and the next run resumes). A run that cannot start or finish (another command
+        holds the workspace, a full disk, a settings file edited into an error) is reported in
+        one line and the next one comes at its time."""
         from distill.pipeline import execute_run
 
         interval = parse_duration(every) if every is not None else None  # '' is refused, not one run
-        ws, settings = open_workspace(root, sources=True)
+        opened: tuple[Any, Any] | None = open_workspace(root, sources=True)  # a first one that fails is an error
         code = 0
         while True:
             started = time.monotonic()
             progress = None if json_out else _Progress()
             try:
-                result = execute_run(
-                    ws,
-                    settings,
-                    force=force,
-                    continue_on_failure=continue_on_failure,
-                    include_index=not no_index,
-                    on_event=progress,
-                )
-            finally:
-                if progress is not None:
-                    progress.close()
+                try:
+                    # a later run picks up config edits made in between
+                    ws, settings = opened if opened is not None else open_workspace(root, sources=True)
+                    opened = None
+                    result = execute_run(
+                        ws,
+                        settings,
+                        force=force,
+                        continue_on_failure=continue_on_failure,
+                        include_index=not no_index,
+                        on_event=progress,
+                    )
+                finally:
+                    if progress is not None:
+                        progress.close()
+            except (DistillError, OSError) as exc:
+                if interval is None:
+                    raise
+                # one periodic run lost, not the loop: `distill run --every` died when a manual
+                # `distill export` held the workspace at its tick
+                code = _report_skipped(exc, json_out=json_out)
+                _wait(interval, started, code)
+                continue
             code = result.exit_code
             if json_out and interval is not None:
                 # one JSON document per line, so a script can follow a repeating run
@@ -154,13 +195,4 @@ def register(app: typer.Typer) -> None:
                 print_result(result)
             if interval is None:
                 raise typer.Exit(code)
-            wait = max(0.0, interval - (time.monotonic() - started))
-            err_console().print(f"next run in {wait:.0f}s (Ctrl-C or SIGTERM to stop)")
-            try:
-                time.sleep(wait)
-            except KeyboardInterrupt:
-                # between runs nothing is in progress: a clean stop with the last run's exit code
-                err_console().print("stopped")
-                raise typer.Exit(code) from None
-            # a later run picks up config edits made in between
-            ws, settings = open_workspace(root, sources=True)
+            _wait(interval, started, code)
