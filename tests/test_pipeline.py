@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -531,18 +531,27 @@ def test_sample_tampered_export_is_reported(sample: Workspace) -> None:
 
 
 @real
-def test_sample_failing_stage_stops_later_stages(tmp_path: Path) -> None:
+def test_sample_failing_stage_stops_later_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import errno
+
+    import distill.score as score_module
     from distill.cli.init_cmd import init_workspace
 
     init_workspace(tmp_path / "ws", sample=True)
     ws = Workspace.resolve(tmp_path / "ws")
     ws.config_path.write_text(PINNED_TOML)
-    # score cannot make its partitions' folders (the sample is dated 2026); a file in place of
-    # scored-runs/ itself is refused before any stage runs (tests/test_misuse.py::test_14)
-    ws.scored_dir.mkdir(parents=True, exist_ok=True)
-    (ws.scored_dir / "2026").write_text("not a directory")
+
+    @contextlib.contextmanager
+    def disk_full(path: Path, **_: object) -> Iterator[None]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        yield
+
+    # score's partitions cannot be written (a full disk, as the OS reports it); a file where a
+    # folder belongs, which this test used before, is now refused before any stage runs
+    # (tests/test_misuse.py::test_14)
+    monkeypatch.setattr(score_module, "replace_if_changed", disk_full)
     code, out = _run_cli(ws)
-    assert (ws.evidence_dir / "2026").is_dir(), "the sample is no longer dated 2026: move the blocking file"
     assert code == 1
     summary = RunSummary.model_validate(out["summary"])
     status = {s.stage: s.status for s in summary.stages}
@@ -550,6 +559,7 @@ def test_sample_failing_stage_stops_later_stages(tmp_path: Path) -> None:
     assert summary.stage("score").passed is False  # type: ignore[union-attr]
     assert all(status[s] == "not_run" for s in DATA_STAGES[2:])
     assert summary.stopped_by is not None and summary.stopped_by.stage == "score"
+    assert "No space left on device" in str(summary.stopped_by.model_dump()), summary.stopped_by
     md = (ws.reports_dir / summary.run_id / "summary.md").read_text()
     assert "Run stopped by `score`" in md
 
