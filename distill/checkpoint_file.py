@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
-from distill.hashing import SEAL_BYTES, seal_intact, sealed, unsealed
+from distill.hashing import SEAL_BYTES, seal, seal_intact, sealed, unsealed
 from distill.jsonl import READ_CHUNK, atomic_temp_path, dumps, loads
 
 ENTRIES_KEY = "entries"
@@ -273,7 +273,7 @@ class CheckpointFile:
         assert written == int(entries.lengths.sum()) + max(count - 1, 0), "entry lengths do not match their pieces"
         tail = _ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}")
         line.update(tail)
-        out.write(tail + b"\t" + line.hexdigest().encode() + b"\n")
+        out.write(tail + seal(line.hexdigest()))
 
     def keep(self, rel: str) -> bool:
         """Carry one partition's checkpoint over to the next file as it is (its line copied, never

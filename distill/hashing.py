@@ -107,12 +107,17 @@ def file_digest(path: Path) -> tuple[int, str] | None:
 SEAL_BYTES = 34  # b"\t" + the xxh3-128 of what comes before it (32 hex digits) + b"\n"
 
 
+def seal(xxh3_128_hex: str) -> bytes:
+    """What follows sealed bytes, given their xxh3-128 (for a line hashed as it is streamed out)."""
+    return b"\t" + xxh3_128_hex.encode() + b"\n"
+
+
 def sealed(data: bytes) -> bytes:
     """`data` (a cache file, or one line of a checkpoint file, without its newline) followed by
     its own xxh3-128. A cache is derived data that distill trusts on the next run (counts, dedup
     keys, stored quarantine lines): read back through `unsealed`, one changed byte makes it no
     cache (the work is redone) instead of a wrong output or a stage that fails on it."""
-    return data + b"\t" + xxhash.xxh3_128_hexdigest(data).encode() + b"\n"
+    return data + seal(xxhash.xxh3_128_hexdigest(data))
 
 
 def seal_intact(data: bytes) -> bool:
