@@ -370,12 +370,16 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 the same block, of another file, can give that one)."""
 
 
-def named_write_error(exc: OSError, path: Path) -> OSError:
-    """`exc` with the file it happened to, when a write failed without naming one: a full disk
-    was `cannot use: No space left on device`, with nothing saying where."""
-    if exc.filename is None and exc.errno in WRITE_ERRNOS:
-        return OSError(exc.errno, exc.strerror, os.fspath(path))
-    return exc
+@contextlib.contextmanager
+def write_errors_named(path: Path) -> Iterator[None]:
+    """A write error the OS reports without a file name gets `path`: a full disk was `cannot use:
+    No space left on device`, with nothing saying where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in WRITE_ERRNOS:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+        raise
 
 
 def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: float, fsync: bool) -> None:
@@ -384,18 +388,14 @@ def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: 
         repair_torn_tail(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            if fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            named = named_write_error(exc, path)
-            if named is exc:
-                raise
-            raise named from exc
+            with write_errors_named(path):
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if fsync:
+                    os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -455,26 +455,25 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_temp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            wanted = keep is None or keep()
-            if wanted:
-                fh.flush()
-                os.fsync(fh.fileno())
-        if wanted:
-            os.replace(tmp, path)
-        else:
-            os.unlink(tmp)
-    except BaseException as exc:
+    with write_errors_named(path):
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and (named := named_write_error(exc, path)) is not exc:
-            raise named from exc
-        raise
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                wanted = keep is None or keep()
+                if wanted:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if wanted:
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distill.errors import DistillError
-from distill.jsonl import atomic_temp_path, dumps, iter_json, loads, named_write_error, write_atomic, write_jsonl_atomic
+from distill.jsonl import atomic_temp_path, dumps, iter_json, loads, write_atomic, write_errors_named, write_jsonl_atomic
 from index.documents import Document
 
 BM25_FORMAT = 1
@@ -125,15 +125,14 @@ def save(index: Bm25Index, directory: Path, *, fingerprint: str) -> None:
     tmp.mkdir()
     try:
         if index.retriever is not None:
-            index.retriever.save(str(tmp / "bm25s"), show_progress=False)
+            with write_errors_named(tmp / "bm25s"):  # bm25s/numpy's own writes name no file
+                index.retriever.save(str(tmp / "bm25s"), show_progress=False)
         write_jsonl_atomic(tmp / "docs.jsonl", (d.to_row() for d in index.docs))
         info = {"format": BM25_FORMAT, "tokenizer": TOKENIZER, "count": len(index.docs), "fingerprint": fingerprint}
         write_atomic(tmp / "info.json", dumps(info))
         _swap_in(tmp, directory)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and (named := named_write_error(exc, tmp / "bm25s")) is not exc:
-            raise named from exc  # bm25s/numpy's own writes name no file
         raise
 
 
