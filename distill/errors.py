@@ -95,6 +95,13 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class RunNotLogged(DistillError):
+    """A replayed run ended but its log could not be appended (a full disk): a run that is not
+    evidence gives no answer (`replay` prints none, `distill serve` answers 503)."""
+
+    exit_code = 2
+
+
 class WorkerFailed(DistillError):
     """A process a stage forked for some of its partitions failed or died: the stage failed."""
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from distill.config import RuntimeSettings, Settings
-from distill.errors import UsageError
+from distill.errors import RunNotLogged, UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
@@ -351,5 +351,11 @@ class ReplaySession:
             created_at=datetime.now(UTC),
         )
         if self.log:
-            append_json(self.ws.replay_log, [run.to_json_dict()])
+            try:
+                append_json(self.ws.replay_log, [run.to_json_dict()])
+            except OSError as exc:
+                from distill.command import os_error_message
+
+                raise RunNotLogged("the run could not be logged as evidence, so its answer is not given: "
+                                   f"{os_error_message(exc)}"[:500]) from exc
         return run

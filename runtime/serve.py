@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
 
 from distill.config import ServeSettings, Settings
-from distill.errors import IndexUnavailable, UsageError
+from distill.errors import IndexUnavailable, RunNotLogged, UsageError
 from distill.records import Category
 from distill.records.replay import ReplayRun
 from distill.workspace import Workspace
@@ -41,17 +41,6 @@ from runtime.backends.base import TextSink
 from runtime.replay import ReplaySession
 
 RETRY_AFTER_S = 5
-
-
-class RunNotLogged(Exception):
-    """A run ended but the workspace refused to keep it (its log could not be appended: a full
-    disk): a server whose answers are evidence gives none that is not logged."""
-
-    def __init__(self, exc: OSError) -> None:
-        from distill.command import os_error_message
-
-        super().__init__(f"the run could not be logged as evidence, so its answer is not given: "
-                         f"{os_error_message(exc)}"[:500])
 MODEL_ID = "distill"
 VALIDATED = frozenset({"validated_local", "escalated_validated"})
 
@@ -256,10 +245,7 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
 
     async def run_task(task: str, on_text: TextSink | None = None) -> ReplayRun:
         async with admission.lock:  # the local model: one request at a time
-            try:
-                return await asyncio.to_thread(session.run, task, on_text=on_text)
-            except OSError as exc:  # was FastAPI's plain "Internal Server Error" and a traceback
-                raise RunNotLogged(exc) from exc
+            return await asyncio.to_thread(session.run, task, on_text=on_text)
 
     async def live_reply(task: str, model: str) -> Any:
         """A streaming request under `[serve] stream = "live"`: the local model's text is sent as it
