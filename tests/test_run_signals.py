@@ -60,6 +60,13 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """The child ended whatever happened: killed if it still runs, and waited for."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def _lock_is_free(root: Path) -> bool:
     try:
         with FileLock(str(root / ".distill.lock")).acquire(timeout=0):
@@ -124,9 +131,7 @@ def test_every_stops_on_signals_within_5s_twenty_times(tmp_path: Path) -> None:
                 pytest.fail(f"round {n}: {signal.Signals(signum).name} did not stop the run within {STOP_WITHIN_S}s")
             took = time.monotonic() - sent
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            _reap(proc)
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text
         assert _lock_is_free(root), f"round {n}: the workspace lock is still held"
@@ -178,9 +183,7 @@ def test_every_reports_a_run_that_cannot_start_and_goes_on(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=STOP_WITHIN_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        _reap(proc)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text
     assert text.count("(this run skipped)") >= 2, text
