@@ -372,8 +372,11 @@ def scan_own_files(root: Path, *, abandoned_temps: bool = False) -> tuple[tuple[
 
 
 def partition_path(base: Path, created_at: datetime, source: str) -> Path:
-    """base/YYYY/MM/DD/<source>.jsonl, by the record's own created_at (UTC)."""
-    return base / f"{created_at:%Y}" / f"{created_at:%m}" / f"{created_at:%d}" / f"{source}.jsonl"
+    """base/YYYY/MM/DD/<source>.jsonl, by the record's own created_at (UTC). The year has four
+    digits whatever it is (strftime's %Y gives year 1 as "1"): the folders sort in date order and
+    are the ones the workspace check knows as partitions."""
+    return (base / f"{created_at.year:04d}" / f"{created_at.month:02d}" / f"{created_at.day:02d}"
+            / f"{source}.jsonl")
 
 
 def iter_partition_files(base: Path) -> list[Path]:

@@ -51,3 +51,19 @@ def test_the_listing_is_what_glob_finds(tmp_path: Path, seed: int) -> None:
 def test_a_missing_base_or_a_file_lists_nothing(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     assert iter_partition_files(tmp_path / "missing") == [] == iter_partition_files(tmp_path / "file")
+
+
+@pytest.mark.parametrize("year", [1, 42, 999, 1968, 9999])
+def test_a_partition_folder_has_four_year_digits_and_sorts_by_date(tmp_path: Path, year: int) -> None:
+    """A row dated 0001-01-01 (the zero time some loggers write) went to evidence/1/01/01: a
+    folder the workspace check does not know as a partition, sorted after 1000/ and before 2/."""
+    from datetime import UTC, datetime
+
+    from distill.workspace import PARTITION_FOLDER, partition_path
+
+    when = datetime(year, 3, 4, tzinfo=UTC)
+    path = partition_path(tmp_path, when, "s")
+    assert path.relative_to(tmp_path).parts == (f"{year:04d}", "03", "04", "s.jsonl")
+    assert all(p.fullmatch(name) for p, name in zip(PARTITION_FOLDER, path.relative_to(tmp_path).parts[:3]))
+    later = partition_path(tmp_path, datetime(2026, 1, 1, tzinfo=UTC), "s")
+    assert sorted([later, path]) == ([path, later] if year < 2026 else [later, path])
