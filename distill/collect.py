@@ -501,6 +501,11 @@ class CollectStage(Stage):
     def inputs(self, ws: Workspace, settings: Settings) -> list[Path]:
         return files_under(ws.kb_dir)
 
+    def input_trees(self, ws: Workspace, settings: Settings) -> list[Path]:
+        # what _kb/ holds by name: an entry no source reads and no digest covers (a FIFO, a
+        # device, a broken link, a name that is not UTF-8) still makes collect run and say so
+        return [ws.kb_dir]
+
     def check_usable(self, ws: Workspace, settings: Settings) -> None:
         default_sources(ws, settings)
 

@@ -150,16 +150,18 @@ class _Plan:
 def _digest_inputs(ctx: _RunContext, stage: Stage, also: Iterable[FileDigest], exclude: set[str]) -> list[FileDigest]:
     ws, settings = ctx.ws, ctx.settings
     paths = list(stage.inputs(ws, settings))
-    trees = {ws.absolute(str(t)).resolve().as_posix() for t in stage.input_trees(ws, settings)}
+    # a tree is named as other inputs are (relative to the root when inside it), so a moved
+    # workspace still skips
+    trees = {ws.relative(ws.absolute(str(t))) for t in stage.input_trees(ws, settings)}
     for d in also:
         if d.kind == "tree":
-            trees.add(d.path)
+            trees.add(ws.relative(ws.absolute(d.path)))
         else:
             paths.append(ws.absolute(d.path))
     digests = [d for d in digest_paths(ws, paths, ctx.cache) if d.path not in exclude]
     for tree in sorted(trees):
-        if Path(tree).is_dir():
-            digests.append(digest_tree_listing(Path(tree)))
+        if ws.absolute(tree).is_dir():
+            digests.append(digest_tree_listing(ws.absolute(tree), stored=tree))
     return sorted(digests, key=lambda d: d.path)
 
 

@@ -35,18 +35,17 @@ from distill.records.receipts import (
     receipt_content_hash,
 )
 from distill.records.stage import StageReport
-from distill.workspace import Workspace
+from distill.workspace import TRANSIENT_SUFFIXES, Workspace
 
 CHUNK = 1 << 20
 LATEST_NAME = "latest.json"
-IGNORED_SUFFIXES = (".lock", ".tmp")
 
 
 # ---------------------------------------------------------------- hashing files
 
 
 def _ignored(path: Path) -> bool:
-    return path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith(".")
+    return path.name.endswith(TRANSIENT_SUFFIXES) or path.name.startswith(".")
 
 
 StatKey = tuple[str, int, int, int, int]
@@ -255,16 +254,25 @@ def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> F
     return FileDigest(path=rel_path(ws, path), kind="dir", bytes=total, sha256=sha256_hex(canonical_json(entries)))
 
 
-def digest_tree_listing(path: Path) -> FileDigest:
-    """A source tree checked for file existence (export's repo_root): hash of its file list."""
-    names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if d != ".git")
-        rel = Path(dirpath).relative_to(path)
-        names.extend((rel / f).as_posix() for f in filenames)
+def digest_tree_listing(path: Path, *, stored: str | None = None) -> FileDigest:
+    """What a tree holds by name, not content: export's repo_root (which cited files exist) and
+    collect's _kb/ (an entry no source can read, such as a FIFO, a device, a broken link or a
+    name that is not UTF-8, is an input too: a new one makes collect run and say so). Every
+    folder and file name below it, as bytes (a name need not be UTF-8), lock and temp files left
+    out (they come and go with the commands that write next to them). `stored`: the name the
+    digest gives the tree (default: its resolved path)."""
+    base = os.fsencode(path)
+    transient = tuple(os.fsencode(suffix) for suffix in TRANSIENT_SUFFIXES)
+    names: list[bytes] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d != b".git")
+        rel = os.path.relpath(dirpath, base)
+        names.extend(os.path.normpath(os.path.join(rel, d)) + b"/" for d in dirnames)
+        names.extend(os.path.normpath(os.path.join(rel, f)) for f in filenames if not f.endswith(transient))
     names.sort()
     return FileDigest(
-        path=path.resolve().as_posix(), kind="tree", bytes=len(names), sha256=sha256_hex(canonical_json(names))
+        path=stored or path.resolve().as_posix(), kind="tree", bytes=len(names),
+        sha256=hashlib.sha256(b"\0".join(names)).hexdigest(),
     )
 
 

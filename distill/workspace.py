@@ -19,6 +19,7 @@ OWN_DIRS = ("evidence", "scored-runs", "exports", "reports", "index")  # what th
 OWN_PREFIX = ".distill"  # the caches, checkpoints and locks at ROOT
 FOLDER = "a folder"  # what scan_own_files calls a folder named as one of distill's files
 NOT_FOLDER = "a file"  # what it calls a file named as one of the partition folders (YYYY, MM, DD)
+TRANSIENT_SUFFIXES = (".lock", ".tmp")  # lock files and atomic writes' temps: never data, never an input
 PARTITIONED = {"evidence": "the collected evidence", "scored-runs": "the scored runs"}  # base/YYYY/MM/DD/*.jsonl
 PARTITION_FOLDER = (re.compile(r"\d{4}"), re.compile(r"\d{2}"), re.compile(r"\d{2}"))  # partition_path's folders
 # ROOT/.distill-<what>-*.tmp: a directory a locked command works in (collect's sources read side by

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -405,6 +406,45 @@ def test_9_names_that_are_not_utf8_are_reported_not_read(tmp_path: Path) -> None
         assert "not valid UTF-8" in unread[shown], unread
     chat = [line for path in sorted((root / "evidence").rglob("chat.jsonl")) for line in path.read_text().splitlines()]
     assert len(chat) == 1 and "hello there" in chat[0]
+
+
+@pytest.mark.parametrize("entry", ["fifo", "device link", "broken link", "name not UTF-8", "folder named .jsonl"])
+def test_9_an_entry_added_after_a_run_is_reported_by_the_next_run(tmp_path: Path, entry: str) -> None:
+    """Such an entry has no content to digest, so `distill run` saw no change in collect's inputs,
+    skipped collect and never said the entry was not read (a regular file added there made collect
+    run and say so). What _kb/ holds by name is an input of collect now."""
+    root = _workspace(tmp_path / "ws", rows=3)
+    kb = root / "_kb"
+    run = [*DISTILL, "run", "--root", str(root), "--no-index", "--json"]
+    assert run_cli(run, timeout=300).returncode == 0
+    name = {"fifo": "p.jsonl", "device link": "zero.jsonl", "broken link": "gone.jsonl",
+            "name not UTF-8": os.fsdecode(b"b\xe9.jsonl"), "folder named .jsonl": "d.jsonl"}[entry]
+    made = {"fifo": lambda p: os.mkfifo(p), "device link": lambda p: p.symlink_to("/dev/zero"),
+            "broken link": lambda p: p.symlink_to(kb / "nowhere"), "name not UTF-8": lambda p: p.write_text("{}\n"),
+            "folder named .jsonl": lambda p: p.mkdir()}[entry]
+    made(kb / name)
+
+    def collect_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-1500:]
+        return next(s for s in json.loads(done.stdout)["summary"]["stages"] if s["stage"] == "collect")
+
+    seen = collect_of(run_cli(run, timeout=300))
+    assert seen["status"] == "ran", seen
+    notes = json.loads((root / seen["receipt"]).read_text())["notes"]
+    shown = "_kb/b\\xe9.jsonl" if entry == "name not UTF-8" else f"_kb/{name}"
+    assert any(note.startswith(f"not read: {shown}: ") for note in notes), notes
+    assert collect_of(run_cli(run, timeout=300))["status"] == "skipped"  # nothing new: nothing to say again
+
+
+def test_9_a_repository_file_whose_name_is_not_utf8_does_not_stop_the_export(tmp_path: Path) -> None:
+    """[export] repo_root lists the repository's file names; one that is not valid UTF-8 stopped
+    `distill run` with a traceback (UnicodeEncodeError hashing the listing)."""
+    root = _workspace(tmp_path / "ws", rows=3)
+    (root / "repo").mkdir()
+    (root / "repo" / os.fsdecode(b"caf\xe9.rs")).write_text("fn main() {}\n")
+    (root / "distill.toml").write_text('[export]\nrepo_root = "repo"\n')
+    done = run_cli([*DISTILL, "run", "--root", str(root), "--no-index"], timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-1500:]
 
 
 def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from distill.sources.mapping import mapping_stream
 from distill.sources.swe_agent import SweAgentSource, swe_agent_dirs
 from distill.sources.telemetry_streams import CONVERTERS as TELEMETRY
 from distill.sources.verdict_streams import CONVERTERS as VERDICT
-from distill.workspace import Workspace, shown_name, special_kind, text_name
+from distill.workspace import TRANSIENT_SUFFIXES, Workspace, shown_name, special_kind, text_name
 
 REPLAY_RUNS = "replay_runs"
 BUILTIN_CONVERTERS: dict[str, Converter] = {**VERDICT, **TELEMETRY, **EXTRACTION}
@@ -37,8 +37,6 @@ def builtin_streams(settings: Settings) -> list[JsonlStream]:
         if name != REPLAY_RUNS or settings.collect.include_replay_runs
     ]
 
-
-IGNORED_SUFFIXES = (".lock", ".tmp")
 
 
 def _kind_problem(path: Path) -> str | None:
@@ -92,7 +90,7 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
         dirnames[:] = sorted(d for d in dirnames if not os.path.islink(here / d))
         for name in sorted(filenames):
             path = here / name
-            if name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or path.absolute() in read:
+            if name.startswith(".") or name.endswith(TRANSIENT_SUFFIXES) or path.absolute() in read:
                 continue
             if here == ws.kb_dir and name in KB_STATE_FILES:
                 continue
