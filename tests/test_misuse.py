@@ -825,3 +825,31 @@ def test_15_a_full_disk_says_so_and_what_to_do() -> None:
     message = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/ws/reports/r/collect.json"))
     assert message.startswith("cannot write /ws/reports/r/collect.json: No space left on device; free some space "
                               "and run the command again"), message
+
+
+# ---------------------------------------------------------------------- 16. a stricter setting over a shipped export
+
+
+def test_16_a_lowered_pair_cap_stops_the_run_and_names_the_way_out(tmp_path: Path) -> None:
+    """`max_pairs_per_task` lowered after pairs shipped: every later `distill run` stopped on
+    "task X has 3 pairs (max 1)" without saying that the rows are already in the export or what
+    writes it anew, and RAG and SFT were never exported again. The message names
+    `distill export preference --rebuild`; after it the run passes under the new cap."""
+    root = _workspace(tmp_path / "ws", rows=60)
+    run = [*DISTILL, "run", "--root", str(root), "--no-index"]
+    assert run_cli(run, timeout=300).returncode == 0
+    per_task = Counter(json.loads(line)["task_id"] for line in (root / "exports/preference/chosen_rejected.jsonl")
+                       .read_text().splitlines())
+    assert max(per_task.values()) > 1, per_task  # the sample ships tasks with several pairs
+    (root / "distill.toml").write_text("[export]\nmax_pairs_per_task = 1\n")
+    stopped = run_cli(run, timeout=300)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    said = " ".join(stopped.stdout.split())
+    assert "firewall_preference_pairs_per_task" in said and "`distill export preference --rebuild`" in said, said
+    rebuilt = run_cli([*DISTILL, "export", "preference", "--rebuild", "--root", str(root)], timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-1500:]
+    assert "rebuilt the preference export" in " ".join(rebuilt.stdout.split()), rebuilt.stdout
+    assert run_cli(run, timeout=300).returncode == 0
+    per_task = Counter(json.loads(line)["task_id"] for line in (root / "exports/preference/chosen_rejected.jsonl")
+                       .read_text().splitlines())
+    assert per_task and max(per_task.values()) == 1

@@ -232,7 +232,7 @@ def run_export(
         # the export as written, judged by its labels and by the scores of its runs
         on_disk = verify_export(ws, export, scored=scored_categories(ws),
                                 max_pairs_per_task=settings.export.max_pairs_per_task)
-        violations += on_disk
+        violations += on_disk if rebuild else [_shipped(v) for v in on_disk]
         if kind != "rag" and not on_disk:
             # a view is what a trainer reads: never render one from an export that breaks the firewall
             for view in (FORMATS[1:] if all_views else views_to_refresh(ws, kind, fmt)):
@@ -244,6 +244,16 @@ def run_export(
         report.outputs = [rel_path(ws, p) for p in written]
     report.violations = _unique(violations)
     return report
+
+
+def _shipped(violation: Violation) -> Violation:
+    """A breach in rows the export already holds (a lowered max_pairs_per_task, a run scored again,
+    a row added by hand): every later run stops on it until the export is written anew, so the
+    message says how."""
+    kind = violation.export.value
+    return violation.model_copy(update={"detail": (
+        f"{violation.detail} (in the export already: `distill export {kind} --rebuild` writes it anew from the "
+        "current scores and settings)")})
 
 
 def _keep_decisions(ws: Workspace, pref: PreferenceExport, *, kind: str, basis: str, token: str, target: Path,
