@@ -122,7 +122,7 @@ class ViolationCode(StrEnum):
     DUPLICATE_ID = "duplicate_id"
     PAIRS_PER_TASK = "pairs_per_task"
     SCHEMA = "schema"  # a row the export's record schema refuses
-    STALE_ROW = "stale_row"  # shipped earlier, its run is now scored into a NEVER category
+    STALE_ROW = "stale_row"  # shipped earlier, forbidden now: its run scored into a NEVER category, or it fails the gates
     CONSERVATION = "conservation"  # rows in != written + quarantined + deduped + skipped
 
 

@@ -330,7 +330,7 @@ def test_the_cross_source_phase_holds_rows_not_their_decisions(tmp_path: Path) -
         pairer = P._Pairer(set(), Counter(), 5, payload, spill.records("pairs", batch=IN_ORDER_BATCH))
         cross = spill.buckets("cross", 1, batch=IN_ORDER_BATCH)
         P._pair_task_bucket(P._rows(bucket), pairer, spill.records("refused", batch=IN_ORDER_BATCH),
-                            spill.records("decided", batch=IN_ORDER_BATCH), cross)
+                            spill.records("decided", batch=IN_ORDER_BATCH), cross, {})
 
         tracemalloc.start()
         try:

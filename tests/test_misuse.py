@@ -853,3 +853,37 @@ def test_16_a_lowered_pair_cap_stops_the_run_and_names_the_way_out(tmp_path: Pat
     per_task = Counter(json.loads(line)["task_id"] for line in (root / "exports/preference/chosen_rejected.jsonl")
                        .read_text().splitlines())
     assert per_task and max(per_task.values()) == 1
+
+
+# ---------------------------------------------------------------------- 17. gates that change after rows shipped
+
+
+def test_17_a_benchmark_file_added_after_rows_shipped_finds_them_in_every_export(tmp_path: Path) -> None:
+    """The gates judged only new rows: a row already in an export was deduped without a look, so
+    after `[export] benchmark_files` named an eval set holding the text of shipped rows, every
+    run passed with those rows still in the SFT, RAG and preference exports (the preference
+    quarantine even counted the answers as eval_contamination while their pairs stayed shipped).
+    Each export now names such a row with the way out, and after the rebuild none is left."""
+    root = _workspace(tmp_path / "ws", rows=60)
+    run = [*DISTILL, "run", "--root", str(root), "--no-index", "--json", "--continue-on-failure"]
+    assert run_cli(run, timeout=300).returncode == 0
+    exports = {"sft": root / "exports/sft/instruction_response.jsonl", "rag": root / "exports/rag/playbooks.jsonl",
+               "preference": root / "exports/preference/chosen_rejected.jsonl"}
+    sft = json.loads(exports["sft"].read_text().splitlines()[0])
+    pair = json.loads(exports["preference"].read_text().splitlines()[0])
+    (root / "eval.jsonl").write_text(json.dumps({"task": sft["response"]}) + "\n" + json.dumps({"task": pair["chosen"]}) + "\n")
+    (root / "distill.toml").write_text('[export]\nbenchmark_files = ["eval.jsonl"]\n')
+    done = run_cli(run, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    errors = {s["stage"]: " ".join(s["errors"]) for s in json.loads(done.stdout)["summary"]["stages"]}
+    for kind in exports:
+        assert f"firewall_{kind}_stale_row" in errors[f"export-{kind}"], errors
+        assert "eval_contamination" in errors[f"export-{kind}"] and f"distill export {kind} --rebuild" in errors[f"export-{kind}"]
+    assert sft["id"] in errors["export-sft"] and pair["id"] in errors["export-preference"]
+    assert run_cli(run, timeout=300).returncode == 1  # nothing changed: it stops again, it does not forget
+
+    rebuilt = run_cli([*DISTILL, "export", "all", "--rebuild", "--root", str(root)], timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-1500:]
+    assert run_cli(run, timeout=300).returncode == 0
+    held = {kind: {json.loads(line)["id"] for line in path.read_text().splitlines()} for kind, path in exports.items()}
+    assert sft["id"] not in held["sft"] and pair["id"] not in held["preference"]

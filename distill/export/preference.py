@@ -151,6 +151,9 @@ class PreferenceExport:
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
     rows_kept: int = 0  # rows whose decision was the last run's (their task unchanged)
     decisions: NextDecisions | None = None  # every row's, for the next run
+    # rows the gates refused in this run, with the reason: a pair the export holds already may
+    # use one (a benchmark file added since, a stricter setting), see run_export
+    refused_by_gates: dict[RowKey, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -766,7 +769,7 @@ _KEY = operator.attrgetter("key")
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
-                      cross_out: list[RecordFile] | None) -> int:
+                      cross_out: list[RecordFile] | None, gated: dict[RowKey, str]) -> int:
     """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on.
     The refusals and the other decisions go to two files, each in input order as the bucket's rows
     are (sorted runs for the final merge): nothing of a decided row waits in memory, which a task
@@ -784,6 +787,7 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
         if row.failure is not None:
             rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
+            gated[row.key] = f"{row.failure[0]}: {'; '.join(row.failure[1][:2])}"
             continue
         eligible.append(row)
     del seen  # pairing holds its own state per row: free the duplicate map first
@@ -907,7 +911,8 @@ def export_preference(
             decided_run = spill.records(f"task-decided-{b}", batch=IN_ORDER_BATCH)
             cross_out = [parts[b] for parts in cross_parts] if cross_parts is not None else None
             rows = merge_sorted([bucket, late[b]], key=_INDEX) if late[b].count else bucket
-            result.pairs_same_task += _pair_task_bucket(_rows(rows), pairer, refused, decided_run, cross_out)
+            result.pairs_same_task += _pair_task_bucket(_rows(rows), pairer, refused, decided_run, cross_out,
+                                                        result.refused_by_gates)
             for run in (refused, decided_run):
                 run.seal()  # its write buffer goes now, not when the merge reads it
                 decided_runs.append(run)

@@ -18,7 +18,7 @@ from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import RowEntries
 from distill.export.entry_summary import PartitionSummary
 from distill.export.exported import ExportedIds
-from distill.export.gates import Firewall, GateInput
+from distill.export.gates import Firewall, GateFailure, GateInput
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.scored_index import key_digest
 from distill.hashing import PrefixHash
@@ -202,7 +202,8 @@ class RowExporter:
         self.result = RowExport()
         self.seen: set[bytes] = set()  # key digests of the ids produced so far
         self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"line", value), until flushed
-        self._pending: list[tuple[int, Joined, Candidate, bytes]] = []  # ..., the id's key digest
+        # ..., the id's key digest, whether the export holds that id already
+        self._pending: list[tuple[int, Joined, Candidate, bytes, bool]] = []
         self._next = 0
         self._entries = JsonEntries()
         self._summary = PartitionSummary()  # of the entries since the last end_partition
@@ -238,12 +239,19 @@ class RowExporter:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        verdicts = self.firewall.check([c.gate for _, _, c, _ in batch])
-        for (i, item, cand, digest), failure in zip(batch, verdicts, strict=True):
+        verdicts = self.firewall.check([c.gate for _, _, c, _, _ in batch])
+        for (i, item, cand, digest, shipped), failure in zip(batch, verdicts, strict=True):
             category = item.scored.category.value
             rec: QuarantineRecord | None = None
             if failure is not None:
                 rec = quarantine_joined(self.stage, item, failure.reason, failure.errors, cand.sample_id)
+                if shipped:
+                    self._refused_now(cand.sample_id, failure)
+            elif shipped:
+                self._gated.bump(item.source, "deduped", category=category)
+                if self.record:
+                    self._record(i, ["c", item.source, category, None, cand.sample_id, None, None], digest)
+                continue
             else:
                 try:
                     self._out[i] = ("sample", cand.build())
@@ -266,6 +274,11 @@ class RowExporter:
         self.result.stale.append(
             f"{sid} is in the {self.stage} export but run {run_id} is now {category} ({reason}): "
             f"`distill export {self.stage} --rebuild` writes the export without it")
+
+    def _refused_now(self, sid: str, failure: GateFailure) -> None:
+        self.result.stale.append(
+            f"{sid} is in the {self.stage} export but fails the firewall now ({failure.reason}: "
+            f"{'; '.join(failure.errors[:2])}): `distill export {self.stage} --rebuild` writes the export without it")
 
     def feed(self, item: ReaderItem) -> None:
         i = self._next
@@ -298,12 +311,9 @@ class RowExporter:
             self._drop(i, item.source, rec, category, ["x", item.source, category, None, sid, None, None])
             return
         self.seen.add(digest)
-        if self.existing_ids.has(digest):
-            self.report.source(item.source).bump("deduped", category=category)
-            if self.record:
-                self._record(i, ["c", item.source, category, None, sid, None, None], digest)
-            return
-        self._pending.append((i, item, decision, digest))
+        # a row the export holds already is deduped while it still passes the gates: a benchmark
+        # file added since, or a stricter setting, may refuse it now (then the run says so)
+        self._pending.append((i, item, decision, digest, self.existing_ids.has(digest)))
         if len(self._pending) >= GATE_BATCH:
             self._gate()
             self._flush()

@@ -171,6 +171,8 @@ def run_export(
             report.notes.append(f"firewall: {gates.checked} of {gates.seen} gated rows scanned "
                                 f"(the others passed the same gates in the last run)")
             gates.save()
+            if pref.refused_by_gates and len(existing.ids):
+                stale = _pairs_refused_now(target, pref.refused_by_gates)
         else:
             decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
                       else partial(decide_sft, include_partial=include_partial))
@@ -254,6 +256,26 @@ def _shipped(violation: Violation) -> Violation:
     return violation.model_copy(update={"detail": (
         f"{violation.detail} (in the export already: `distill export {kind} --rebuild` writes it anew from the "
         "current scores and settings)")})
+
+
+def _pairs_refused_now(target: Path, refused: dict[tuple[str, str], str]) -> list[Violation]:
+    """Pairs the export holds already with a side the gates refuse in this run (a benchmark file
+    added since, a stricter setting): each run stops on them until the export is written anew.
+    Streamed, and only when the gates refused a row that may be in it."""
+    found = []
+    for _, row in json_rows(target):
+        for side in ("chosen", "rejected"):
+            provenance = row.get(f"{side}_provenance")
+            sig_hash = provenance.get("sig_hash") if isinstance(provenance, dict) else None
+            why = refused.get((str(row.get(f"{side}_run_id")), str(sig_hash)))
+            if why is not None:
+                found.append(Violation(
+                    export=ExportKind.PREFERENCE, code=ViolationCode.STALE_ROW,
+                    detail=f"{row.get('id')} is in the preference export but its {side} answer (run "
+                           f"{row.get(f'{side}_run_id')}) fails the firewall now ({why}): `distill export preference "
+                           "--rebuild` writes the export without it"))
+                break
+    return found
 
 
 def _keep_decisions(ws: Workspace, pref: PreferenceExport, *, kind: str, basis: str, token: str, target: Path,
