@@ -114,8 +114,9 @@ def _firewall_flags(cur: StageSummary) -> list[DriftFlag]:
 
 
 def _summary_violations(prev: StageSummary, cur: StageSummary) -> list[DeterminismFinding]:
-    """Same inputs/config/code in both runs' stage lines, but different outputs."""
-    if prev.passed is not True or cur.status not in ("ran", "skipped"):
+    """Same inputs/config/code in both runs' stage lines, but different outputs (not after a
+    `distill export` with its own flags wrote them between the runs)."""
+    if prev.passed is not True or cur.status not in ("ran", "skipped") or cur.outputs_by_command:
         return []
     same_basis = (
         prev.inputs_hash is not None

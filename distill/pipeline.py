@@ -53,6 +53,7 @@ from distill.receipts import (
     rel_path,
     run_dir,
     validation_result,
+    vouched_outputs,
     write_latest,
     write_model,
 )
@@ -142,6 +143,9 @@ class _Plan:
     outputs: list[FileDigest]
     decision: ResumeDecision
     findings: list[DeterminismFinding]
+    # the outputs differ from the receipt's exactly as a distill command outside the run left
+    # them (receipts.vouch_outputs): the run takes them as its new reference
+    written_by_command: bool = False
 
 
 # ---------------------------------------------------------------- digests
@@ -190,7 +194,13 @@ def plan_stage(ctx: _RunContext, stage: Stage) -> _Plan:
     )
     if decision.action == "skipped" and (why := stage.rerun_reason(ctx.ws, ctx.settings)):
         decision = ResumeDecision(action="ran", reference_run_id=decision.reference_run_id, reasons=[why])
-    return _Plan(basis, previous, previous_path, inputs, outputs, decision, findings)
+    vouched = vouched_outputs(ctx.ws, stage.name)
+    by_command = bool(vouched) and decision.action == "ran" and {(d.path, d.sha256) for d in outputs} == vouched
+    if by_command:
+        findings = []  # not modified by hand: `distill export` wrote them
+        decision = decision.model_copy(update={"reasons": [*decision.reasons, "outputs as `distill export` left them"],
+                                               "outputs_by_command": True})
+    return _Plan(basis, previous, previous_path, inputs, outputs, decision, findings, by_command)
 
 
 def skip_stage(ctx: _RunContext, stage: Stage, plan: _Plan, t0: float, started_at: datetime) -> StageReceipt:
@@ -286,7 +296,8 @@ def _ran_receipt(
 
     built = receipt(plan.findings)
     previous = plan.previous
-    more = rerun_findings(previous, built, compare_fingerprint=ctx.compare_fingerprint)
+    # after a `distill export` with other flags the rerun is meant to differ from the last receipt
+    more = [] if plan.written_by_command else rerun_findings(previous, built, compare_fingerprint=ctx.compare_fingerprint)
     rebuilt = previous is not None and bool({d.path for d in previous.outputs} - {d.path for d in plan.outputs})
     if more and not rebuilt:
         # Same inputs, config and code as a trusted receipt, different output: the stage broke
@@ -337,6 +348,8 @@ def finish_stage(ctx: _RunContext, started: _Started, outcome: tuple[StageReport
     receipt = _ran_receipt(ctx, stage, plan, report, error, started.planning_s + work_s, started.started_at)
     write_model(receipt_path(ctx.ws, ctx.run_id, stage.name), receipt)
     if receipt.passed:
+        # this receipt is the stage's reference now: what a command wrote before it is history
+        ctx.ws.written_by_command_path(stage.name).unlink(missing_ok=True)
         t = report.totals
         ctx.emit("done", stage.name, f"{t.rows_in} in, {t.written} written, {t.quarantined} quarantined")
     else:
@@ -462,6 +475,7 @@ def _summary_line(receipt: StageReceipt, ws: Workspace) -> StageSummary:
         determinism=receipt.determinism,
         duration_s=receipt.duration_s,
         note="; ".join(receipt.resume.reasons) or None,
+        outputs_by_command=receipt.resume.outputs_by_command,
     )
 
 

@@ -276,6 +276,22 @@ def digest_tree_listing(path: Path, *, stored: str | None = None) -> FileDigest:
     )
 
 
+def vouch_outputs(ws: Workspace, stage: str, outputs: list[FileDigest]) -> None:
+    """What a distill command outside `distill run` (`distill export --include-review`, `--rebuild`)
+    left as a stage's outputs: the next run that finds them so takes them as distill's own (its new
+    reference), not as files modified by hand, which it must refuse to adopt."""
+    write_sealed(ws.written_by_command_path(stage), dumps(sorted([d.path, d.sha256] for d in outputs)))
+
+
+def vouched_outputs(ws: Workspace, stage: str) -> set[tuple[str, str]]:
+    """(path, sha256) of what `vouch_outputs` recorded for `stage`; empty when none or damaged."""
+    data = read_sealed(ws.written_by_command_path(stage))
+    try:
+        return {(str(path), str(sha)) for path, sha in loads(data)} if data is not None else set()
+    except (ValueError, TypeError):
+        return set()
+
+
 def digest_path(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest | None:
     if path.is_dir():
         return digest_dir(ws, path, cache)

@@ -150,6 +150,11 @@ class Workspace:
         """What the last clean verification of an export saw (distill.export.verified)."""
         return self.root / f".distill.verified-{kind}.npz"
 
+    def written_by_command_path(self, stage: str) -> Path:
+        """The outputs of `stage` as the last command outside `distill run` that writes them
+        (`distill export`) left them (distill.receipts.vouch_outputs)."""
+        return self.root / f".distill.written-{stage}.json"
+
     @property
     def digest_cache_path(self) -> Path:
         """File digests saved by the last run (distill.receipts.DigestCache), so that a run over

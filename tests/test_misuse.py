@@ -887,3 +887,40 @@ def test_17_a_benchmark_file_added_after_rows_shipped_finds_them_in_every_export
     assert run_cli(run, timeout=300).returncode == 0
     held = {kind: {json.loads(line)["id"] for line in path.read_text().splitlines()} for kind, path in exports.items()}
     assert sft["id"] not in held["sft"] and pair["id"] not in held["preference"]
+
+
+# ---------------------------------------------------------------------- 18. distill export between runs
+
+
+@pytest.mark.parametrize("how", [["rag", "--include-review"], ["sft", "--include-partial"], ["preference", "--rebuild"]])
+def test_18_an_export_with_its_own_flags_between_runs_is_not_a_hand_edit(tmp_path: Path, how: list[str]) -> None:
+    """`distill export rag --include-review` (a documented flag) between two runs: every later
+    `distill run`, --force too, stopped on "determinism_violation: output differs ... (if it was
+    edited by hand, delete it and rerun to rebuild it)", since the run would not have written those
+    rows. What a clean `distill export` leaves is the run's new reference; a hand edit after it
+    is still refused."""
+    root = _workspace(tmp_path / "ws", rows=60)
+    run = [*DISTILL, "run", "--root", str(root), "--no-index", "--json"]
+    assert run_cli(run, timeout=300).returncode == 0
+    native = {"rag": "rag/playbooks.jsonl", "sft": "sft/instruction_response.jsonl",
+              "preference": "preference/chosen_rejected.jsonl"}[how[0]]
+    if how[0] == "preference":  # a rebuild writes other bytes than the appends did once the cap moved
+        (root / "distill.toml").write_text("[export]\nmax_pairs_per_task = 1\n")
+        assert run_cli(run, timeout=300).returncode == 1
+    before = (root / "exports" / native).read_bytes()
+    done = run_cli([*DISTILL, "export", *how, "--root", str(root)], timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (root / "exports" / native).read_bytes() != before  # the flag changed what is shipped
+
+    def stage(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+        assert "Traceback" not in result.stderr, result.stderr[-1500:]
+        return next(s for s in json.loads(result.stdout)["summary"]["stages"] if s["stage"] == f"export-{how[0]}")
+
+    after = run_cli(run, timeout=300)
+    assert after.returncode == 0 and stage(after)["status"] == "ran", [(s["stage"], s["errors"]) for s in json.loads(after.stdout)["summary"]["stages"]]
+    again = run_cli(run, timeout=300)
+    assert again.returncode == 0 and stage(again)["status"] == "skipped"
+    with open(root / "exports" / native, "ab") as fh:  # a hand edit after all that: still refused
+        fh.write((root / "exports" / native).read_bytes().splitlines(keepends=True)[0])
+    edited = run_cli(run, timeout=300)
+    assert edited.returncode == 1 and "determinism_violation" in " ".join(stage(edited)["errors"])

@@ -61,7 +61,28 @@ def run_exports(root, which: str, *, fmt: str, include_review: bool, include_par
     if dry_run:
         return run_all()
     with ws.exclusive("export"):
-        return run_all()
+        reports = run_all()
+        _vouch(ws, settings, reports)
+        return reports
+
+
+def _vouch(ws, settings, reports: list[StageReport]) -> None:
+    """Record what each clean export left on disk, so that the next `distill run` takes it as
+    distill's writing (`--include-review`, `--rebuild` and the rest change what the run would have
+    written) instead of stopping every run on a file modified outside it. An export the firewall
+    refused vouches for nothing: a row added by hand must not pass as distill's."""
+    from distill.export.stage import ExportStage
+    from distill.firewall import ExportKind
+    from distill.receipts import DigestCache, digest_paths, vouch_outputs
+
+    cache = DigestCache.load(ws.digest_cache_path, clock=ws.clock_path)
+    for report in reports:
+        if report.violations or not report.balanced:
+            continue
+        stage = ExportStage(ExportKind(report.stage.removeprefix("export-")))
+        outputs = [d for d in digest_paths(ws, stage.outputs(ws, settings), cache) if stage.tracks(d.path)]
+        vouch_outputs(ws, stage.name, outputs)
+    cache.save(ws.digest_cache_path)
 
 
 def register(app: typer.Typer) -> None:

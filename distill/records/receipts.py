@@ -93,6 +93,8 @@ class ResumeDecision(Record):
     forced: bool = False
     reference_run_id: str | None = Field(None, description="last successful receipt compared against")
     reasons: list[str] = Field(default_factory=list, description="why it ran, or why it could skip")
+    outputs_by_command: bool = Field(False, description="the outputs it found were a distill command's "
+                                     "(`distill export` with its own flags), not a hand edit: taken as the new reference")
 
 
 class DeterminismFinding(Record):
@@ -195,6 +197,8 @@ class StageSummary(Record):
     determinism: list[DeterminismFinding] = Field(default_factory=list)
     duration_s: float = 0.0
     note: str | None = None
+    outputs_by_command: bool = Field(False, description="ran on outputs a distill command wrote outside the run "
+                                     "(ResumeDecision.outputs_by_command): a different output is expected")
 
 
 class StopInfo(Record):
