@@ -889,6 +889,22 @@ def test_17_a_benchmark_file_added_after_rows_shipped_finds_them_in_every_export
     assert sft["id"] not in held["sft"] and pair["id"] not in held["preference"]
 
 
+def test_17_a_cited_file_gone_from_the_repository_does_not_stop_later_runs(tmp_path: Path) -> None:
+    """The rows already shipped are judged again by the gates that must never let a row stay
+    (credentials, eval tasks), not by the path gate: a file a row cited when it shipped and that
+    was removed or renamed since (here: `repo_root` pointed at a tree without any of them) is no
+    hallucination, and a periodic run must not stop on every refactoring of the repository."""
+    root = _workspace(tmp_path / "ws", rows=60)
+    run = [*DISTILL, "run", "--root", str(root), "--no-index", "--json"]
+    assert run_cli(run, timeout=300).returncode == 0
+    shipped = (root / "exports/rag/playbooks.jsonl").read_bytes()
+    (root / "repo").mkdir()
+    (root / "distill.toml").write_text('[export]\nrepo_root = "repo"\n')
+    done = run_cli(run, timeout=300)
+    assert done.returncode == 0, [(s["stage"], s["errors"]) for s in json.loads(done.stdout)["summary"]["stages"]]
+    assert (root / "exports/rag/playbooks.jsonl").read_bytes() == shipped
+
+
 # ---------------------------------------------------------------------- 18. distill export between runs
 
 

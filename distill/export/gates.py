@@ -268,8 +268,11 @@ class Firewall:
             out.append("eval_contamination check skipped: export.benchmark_files is empty")
         return out
 
-    def check(self, items: Sequence[GateInput]) -> list[GateFailure | None]:
-        """First failing gate per item, in firewall order: secrets, paths, contamination."""
+    def check(self, items: Sequence[GateInput], *, paths: bool = True) -> list[GateFailure | None]:
+        """First failing gate per item, in firewall order: secrets, paths, contamination.
+        `paths=False` for rows an export already holds: a credential or an eval task must never
+        stay in a dataset however it got there, but a file a row cited when it shipped and that
+        was removed or renamed since is no hallucination."""
         from distill.records import QuarantineReason
 
         flat: list[str] = []
@@ -287,7 +290,7 @@ class Firewall:
                 results.append(GateFailure(QuarantineReason.SECRET_DETECTED.value,
                                            ["credential detected: " + e for e in sorted(set(secret_hits[i]))]))
                 continue
-            if self.paths is not None:
+            if self.paths is not None and paths:
                 errors = self.paths.check(item.cited_files, item.texts)
                 if errors:
                     results.append(GateFailure(QuarantineReason.HALLUCINATED_FILE_PATH.value, errors))

@@ -766,6 +766,8 @@ def _by_category(rows: list[Row], category: Category) -> list[Row]:
 
 
 _KEY = operator.attrgetter("key")
+# what a row the export already holds is judged by again (Firewall.check's paths=False)
+STAY_REFUSED = frozenset({QuarantineReason.SECRET_DETECTED.value, QuarantineReason.EVAL_CONTAMINATION.value})
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
@@ -787,7 +789,8 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
         if row.failure is not None:
             rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
-            gated[row.key] = f"{row.failure[0]}: {'; '.join(row.failure[1][:2])}"
+            if row.failure[0] in STAY_REFUSED:
+                gated[row.key] = f"{row.failure[0]}: {'; '.join(row.failure[1][:2])}"
             continue
         eligible.append(row)
     del seen  # pairing holds its own state per row: free the duplicate map first

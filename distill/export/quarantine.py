@@ -239,7 +239,11 @@ class RowExporter:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        verdicts = self.firewall.check([c.gate for _, _, c, _, _ in batch])
+        verdicts = self.firewall.check([c.gate for _, _, c, _, shipped in batch if not shipped])
+        if any(shipped for *_, shipped in batch):
+            again = iter(self.firewall.check([c.gate for _, _, c, _, shipped in batch if shipped], paths=False))
+            fresh = iter(verdicts)
+            verdicts = [next(again) if shipped else next(fresh) for *_, shipped in batch]
         for (i, item, cand, digest, shipped), failure in zip(batch, verdicts, strict=True):
             category = item.scored.category.value
             rec: QuarantineRecord | None = None
