@@ -10,8 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace
+from distill.config import Settings
 from distill.errors import ValidationFailed
 from distill.records.stage import StageReport
+from distill.workspace import Workspace
 
 
 class Which(StrEnum):
@@ -66,7 +68,7 @@ def run_exports(root, which: str, *, fmt: str, include_review: bool, include_par
         return reports
 
 
-def _vouch(ws, settings, reports: list[StageReport]) -> None:
+def _vouch(ws: Workspace, settings: Settings, reports: list[StageReport]) -> None:
     """Record what each clean export left on disk, so that the next `distill run` takes it as
     distill's writing (`--include-review`, `--rebuild` and the rest change what the run would have
     written) instead of stopping every run on a file modified outside it. An export the firewall
