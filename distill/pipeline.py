@@ -143,9 +143,6 @@ class _Plan:
     outputs: list[FileDigest]
     decision: ResumeDecision
     findings: list[DeterminismFinding]
-    # the outputs differ from the receipt's exactly as a distill command outside the run left
-    # them (receipts.vouch_outputs): the run takes them as its new reference
-    written_by_command: bool = False
 
 
 # ---------------------------------------------------------------- digests
@@ -190,17 +187,12 @@ def plan_stage(ctx: _RunContext, stage: Stage) -> _Plan:
     outputs = _digest_outputs(ctx, stage, [d.path for d in previous.outputs] if previous else [])
     inputs = _digest_inputs(ctx, stage, previous.inputs if previous else [], {d.path for d in outputs})
     decision, findings = decide_resume(
-        previous, basis, inputs, outputs, force=ctx.force, compare_fingerprint=ctx.compare_fingerprint
+        previous, basis, inputs, outputs, force=ctx.force, compare_fingerprint=ctx.compare_fingerprint,
+        written_by_command=vouched_outputs(ctx.ws, stage.name),
     )
     if decision.action == "skipped" and (why := stage.rerun_reason(ctx.ws, ctx.settings)):
         decision = ResumeDecision(action="ran", reference_run_id=decision.reference_run_id, reasons=[why])
-    vouched = vouched_outputs(ctx.ws, stage.name)
-    by_command = bool(vouched) and decision.action == "ran" and {(d.path, d.sha256) for d in outputs} == vouched
-    if by_command:
-        findings = []  # not modified by hand: `distill export` wrote them
-        decision = decision.model_copy(update={"reasons": [*decision.reasons, "outputs as `distill export` left them"],
-                                               "outputs_by_command": True})
-    return _Plan(basis, previous, previous_path, inputs, outputs, decision, findings, by_command)
+    return _Plan(basis, previous, previous_path, inputs, outputs, decision, findings)
 
 
 def skip_stage(ctx: _RunContext, stage: Stage, plan: _Plan, t0: float, started_at: datetime) -> StageReceipt:
@@ -297,7 +289,8 @@ def _ran_receipt(
     built = receipt(plan.findings)
     previous = plan.previous
     # after a `distill export` with other flags the rerun is meant to differ from the last receipt
-    more = [] if plan.written_by_command else rerun_findings(previous, built, compare_fingerprint=ctx.compare_fingerprint)
+    more = ([] if plan.decision.outputs_by_command
+            else rerun_findings(previous, built, compare_fingerprint=ctx.compare_fingerprint))
     rebuilt = previous is not None and bool({d.path for d in previous.outputs} - {d.path for d in plan.outputs})
     if more and not rebuilt:
         # Same inputs, config and code as a trusted receipt, different output: the stage broke

@@ -50,11 +50,14 @@ def decide_resume(
     *,
     force: bool,
     compare_fingerprint: bool = True,
+    written_by_command: set[tuple[str, str]] | None = None,
 ) -> tuple[ResumeDecision, list[DeterminismFinding]]:
     """Skip only when inputs, config, code and outputs all equal the last successful receipt's.
 
     Also returns output_modified findings: outputs differ on disk although inputs, config and
-    code are the ones that receipt vouched for.
+    code are the ones that receipt vouched for; not when they are exactly the (path, sha256) a
+    distill command outside the run recorded (`written_by_command`, receipts.vouch_outputs):
+    that writing is distill's, and the run takes what it writes next as its new reference.
     """
     if previous is None:
         reasons = ["--force"] if force else []
@@ -73,13 +76,17 @@ def decide_resume(
             reasons.append(f"{label}: {listed(paths)}")
     o_added, o_removed, o_changed = diff_digests(previous.outputs, outputs)
     findings: list[DeterminismFinding] = []
+    by_command = False
     if o_added or o_removed or o_changed:
         parts = [f"{label}: {listed(paths)}" for label, paths in (("unrecorded outputs", o_added), ("outputs missing", o_removed), ("outputs modified", o_changed)) if paths]
         reasons.append(f"outputs differ from receipt of run {previous.run_id} ({'; '.join(parts)})")
+        by_command = bool(written_by_command) and {(d.path, d.sha256) for d in outputs} == written_by_command
+        if by_command:
+            reasons.append("outputs as `distill export` left them")
         # A deleted output is simply rebuilt, and so is everything beside it (files the stage shares
         # with earlier stages of the same run, such as the dataset card, were rewritten by them in the
         # meantime); an added or altered output while all of them are there is what must not pass quietly.
-        if inputs_same and not o_removed and not any(r.startswith(("config", "code")) for r in reasons):
+        elif inputs_same and not o_removed and not any(r.startswith(("config", "code")) for r in reasons):
             before = {d.path: d.sha256 for d in previous.outputs}
             after = {d.path: d.sha256 for d in outputs}
             for path in o_added + o_changed:
@@ -96,9 +103,11 @@ def decide_resume(
                     )
                 )
     if force:
-        return ResumeDecision(action="ran", forced=True, reference_run_id=previous.run_id, reasons=["--force", *reasons]), findings
+        return ResumeDecision(action="ran", forced=True, reference_run_id=previous.run_id, reasons=["--force", *reasons],
+                              outputs_by_command=by_command), findings
     if reasons:
-        return ResumeDecision(action="ran", reference_run_id=previous.run_id, reasons=reasons), findings
+        return ResumeDecision(action="ran", reference_run_id=previous.run_id, reasons=reasons,
+                              outputs_by_command=by_command), findings
     return (
         ResumeDecision(
             action="skipped",

@@ -368,6 +368,23 @@ def test_code_fingerprint_change_reruns_unless_pinned(mini: Workspace) -> None:
     assert decide_resume(receipt, bumped, *args, force=False, compare_fingerprint=False)[0].action == "ran"
 
 
+def test_outputs_a_distill_command_recorded_are_no_hand_edit(mini: Workspace) -> None:
+    """Outputs that differ from the receipt exactly as `distill export` recorded them: the stage
+    reruns and takes them as distill's (no output_modified finding); any other difference is one."""
+    receipt = execute_run(mini, Settings(), stages=_stages()).receipts[0]
+    same = ReceiptBasis(receipt.config_hash, receipt.full_config_hash, receipt.code_version, receipt.code_fingerprint)
+    changed = [d.model_copy(update={"sha256": "e" * 64}) for d in receipt.outputs]
+    recorded = {(d.path, d.sha256) for d in changed}
+    decision, findings = decide_resume(receipt, same, receipt.inputs, changed, force=False, written_by_command=recorded)
+    assert decision.action == "ran" and decision.outputs_by_command and not findings
+    other = {(path, "d" * 64) for path, _ in recorded}
+    decision, findings = decide_resume(receipt, same, receipt.inputs, changed, force=False, written_by_command=other)
+    assert decision.action == "ran" and not decision.outputs_by_command
+    assert [f.kind for f in findings] == ["output_modified"] * len(changed)
+    unchanged = decide_resume(receipt, same, receipt.inputs, receipt.outputs, force=False, written_by_command=recorded)
+    assert unchanged[0].action == "skipped"
+
+
 def test_output_categories_are_read_back_from_outputs(mini: Workspace) -> None:
     result = execute_run(mini, Settings(), stages=_stages())
     assert result.receipts[0].output_categories == {"accepted": 20, "partially_accepted": 10}
