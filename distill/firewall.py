@@ -164,6 +164,11 @@ def _sig(row: Mapping[str, Any], field: str) -> Any:
     return prov.get("sig_hash") if isinstance(prov, Mapping) else None
 
 
+def pair_side(row: Mapping[str, Any], side: str) -> tuple[Any, Any]:
+    """(run id, sig_hash) of a preference row's "chosen" or "rejected" answer, as exported."""
+    return row.get(f"{side}_run_id"), _sig(row, f"{side}_provenance")
+
+
 def pair_problems(chosen_run_id: Any, rejected_run_id: Any, chosen: Any, rejected: Any) -> list[tuple[ViolationCode, str]]:
     """The pairing rules a preference row must keep (shared by the schema and the export check)."""
     problems: list[tuple[ViolationCode, str]] = []
@@ -191,7 +196,7 @@ def row_violations(
             add(code, detail)
         for side, never in (("chosen", CHOSEN_NEVER), ("rejected", NEVER[kind])):
             label = row.get(f"{side}_category")
-            score = lookup(row.get(f"{side}_run_id"), _sig(row, f"{side}_provenance"))
+            score = lookup(*pair_side(row, side))
             bad = [v for v in (label, score) if v is not None and (_category(v) is None or _category(v) in never)]
             if bad:
                 code = ViolationCode.CHOSEN_CATEGORY if side == "chosen" else ViolationCode.CATEGORY

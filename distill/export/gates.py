@@ -22,6 +22,7 @@ from typing import Any
 
 from distill.config import ExportSettings
 from distill.errors import UsageError
+from distill.records import QuarantineReason
 from distill.records.evidence import EvidenceRecord
 from distill.secrets import SecretScanner
 
@@ -232,6 +233,17 @@ class GateFailure:
     errors: list[str]
 
 
+# What a row an export already holds is judged by again (`Firewall.check(paths=False)`): a
+# credential or an eval task must never stay in a dataset however it got there.
+REJUDGED_REASONS = frozenset({QuarantineReason.SECRET_DETECTED.value, QuarantineReason.EVAL_CONTAMINATION.value})
+
+
+def refused_now(shipped: str, kind: str, reason: str, errors: Sequence[str]) -> str:
+    """Why a row (or pair) `shipped` in the `kind` export stops the run now, and the way out."""
+    return (f"{shipped} is in the {kind} export but fails the firewall now ({reason}: {'; '.join(errors[:2])}): "
+            f"`distill export {kind} --rebuild` writes the export without it")
+
+
 class Firewall:
     """Secret, path and contamination gates; built once per export from the settings."""
 
@@ -270,11 +282,8 @@ class Firewall:
 
     def check(self, items: Sequence[GateInput], *, paths: bool = True) -> list[GateFailure | None]:
         """First failing gate per item, in firewall order: secrets, paths, contamination.
-        `paths=False` for rows an export already holds: a credential or an eval task must never
-        stay in a dataset however it got there, but a file a row cited when it shipped and that
-        was removed or renamed since is no hallucination."""
-        from distill.records import QuarantineReason
-
+        `paths=False` for rows an export already holds (REJUDGED_REASONS): a file a row cited when
+        it shipped and that was removed or renamed since is no hallucination."""
         flat: list[str] = []
         owner: list[int] = []
         for i, item in enumerate(items):

@@ -49,7 +49,7 @@ from pydantic import ValidationError
 from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import PartitionExporter, entries_json
 from distill.export.exported import Ids, PairsPerTask, PerTask
-from distill.export.gates import Firewall, GateInput, meta_text
+from distill.export.gates import REJUDGED_REASONS, Firewall, GateInput, meta_text
 from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_rows
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
@@ -151,9 +151,10 @@ class PreferenceExport:
     lines_replayed: int = 0  # scored lines whose pass-1 outcome came from a checkpoint
     rows_kept: int = 0  # rows whose decision was the last run's (their task unchanged)
     decisions: NextDecisions | None = None  # every row's, for the next run
-    # rows the gates refused in this run, with the reason: a pair the export holds already may
-    # use one (a benchmark file added since, a stricter setting), see run_export
-    refused_by_gates: dict[RowKey, str] = dataclasses.field(default_factory=dict)
+    # rows the gates refused in this run for a reason that also holds against rows already
+    # shipped (gates.REJUDGED_REASONS), with (reason, errors): a pair the export holds may use one
+    # (a benchmark file added since, a stricter setting), see run_export
+    refused_by_gates: dict[RowKey, tuple[str, list[str]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -766,12 +767,10 @@ def _by_category(rows: list[Row], category: Category) -> list[Row]:
 
 
 _KEY = operator.attrgetter("key")
-# what a row the export already holds is judged by again (Firewall.check's paths=False)
-STAY_REFUSED = frozenset({QuarantineReason.SECRET_DETECTED.value, QuarantineReason.EVAL_CONTAMINATION.value})
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
-                      cross_out: list[RecordFile] | None, gated: dict[RowKey, str]) -> int:
+                      cross_out: list[RecordFile] | None, gated: dict[RowKey, tuple[str, list[str]]]) -> int:
     """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on.
     The refusals and the other decisions go to two files, each in input order as the bucket's rows
     are (sorted runs for the final merge): nothing of a decided row waits in memory, which a task
@@ -789,8 +788,8 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
         if row.failure is not None:
             rec = pairer.payload.get(row).quarantine(row.failure[0], row.failure[1])
             refused.append(_quarantined(row.index, row.source, row.category.value, rec))
-            if row.failure[0] in STAY_REFUSED:
-                gated[row.key] = f"{row.failure[0]}: {'; '.join(row.failure[1][:2])}"
+            if row.failure[0] in REJUDGED_REASONS:
+                gated[row.key] = row.failure
             continue
         eligible.append(row)
     del seen  # pairing holds its own state per row: free the duplicate map first

@@ -18,7 +18,7 @@ from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import RowEntries
 from distill.export.entry_summary import PartitionSummary
 from distill.export.exported import ExportedIds
-from distill.export.gates import Firewall, GateFailure, GateInput
+from distill.export.gates import Firewall, GateInput, refused_now
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.scored_index import key_digest
 from distill.hashing import PrefixHash
@@ -250,7 +250,7 @@ class RowExporter:
             if failure is not None:
                 rec = quarantine_joined(self.stage, item, failure.reason, failure.errors, cand.sample_id)
                 if shipped:
-                    self._refused_now(cand.sample_id, failure)
+                    self.result.stale.append(refused_now(cand.sample_id, self.stage, failure.reason, failure.errors))
             elif shipped:
                 self._gated.bump(item.source, "deduped", category=category)
                 if self.record:
@@ -278,11 +278,6 @@ class RowExporter:
         self.result.stale.append(
             f"{sid} is in the {self.stage} export but run {run_id} is now {category} ({reason}): "
             f"`distill export {self.stage} --rebuild` writes the export without it")
-
-    def _refused_now(self, sid: str, failure: GateFailure) -> None:
-        self.result.stale.append(
-            f"{sid} is in the {self.stage} export but fails the firewall now ({failure.reason}: "
-            f"{'; '.join(failure.errors[:2])}): `distill export {self.stage} --rebuild` writes the export without it")
 
     def feed(self, item: ReaderItem) -> None:
         i = self._next

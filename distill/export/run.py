@@ -26,7 +26,7 @@ from distill.checkpoint_file import ENTRIES_KEY
 from distill.export.checkpoints import ExportCheckpoints, export_basis, export_partition
 from distill.export.exported import Exported, exported
 from distill.export.formats import FORMATS, render_view, views_to_refresh
-from distill.export.gates import Firewall
+from distill.export.gates import Firewall, refused_now
 from distill.export.passed_gates import PassedGates
 from distill.export.kept_decisions import KeptDecisions
 from distill.export.preference import PreferenceExport, PreferencePass, export_preference
@@ -37,7 +37,7 @@ from distill.export.sft import decide_sft, sft_id
 from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
-from distill.firewall import ExportKind, Violation, ViolationCode, rows_violations
+from distill.firewall import ExportKind, Violation, ViolationCode, pair_side, rows_violations
 from distill.jsonl import append_file, atomic_temp_path, atomic_writer, dumps, json_rows, replace_file, write_atomic
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -258,22 +258,18 @@ def _shipped(violation: Violation) -> Violation:
         "current scores and settings)")})
 
 
-def _pairs_refused_now(target: Path, refused: dict[tuple[str, str], str]) -> list[Violation]:
+def _pairs_refused_now(target: Path, refused: dict[tuple[str, str], tuple[str, list[str]]]) -> list[Violation]:
     """Pairs the export holds already with a side the gates refuse in this run (a benchmark file
     added since, a stricter setting): each run stops on them until the export is written anew.
     Streamed, and only when the gates refused a row that may be in it."""
     found = []
     for _, row in json_rows(target):
         for side in ("chosen", "rejected"):
-            provenance = row.get(f"{side}_provenance")
-            sig_hash = provenance.get("sig_hash") if isinstance(provenance, dict) else None
-            why = refused.get((str(row.get(f"{side}_run_id")), str(sig_hash)))
-            if why is not None:
-                found.append(Violation(
-                    export=ExportKind.PREFERENCE, code=ViolationCode.STALE_ROW,
-                    detail=f"{row.get('id')} is in the preference export but its {side} answer (run "
-                           f"{row.get(f'{side}_run_id')}) fails the firewall now ({why}): `distill export preference "
-                           "--rebuild` writes the export without it"))
+            run_id, sig_hash = pair_side(row, side)
+            failure = refused.get((str(run_id), str(sig_hash)))
+            if failure is not None:
+                found.append(Violation(export=ExportKind.PREFERENCE, code=ViolationCode.STALE_ROW, detail=refused_now(
+                    f"{row.get('id')} (its {side} answer, run {run_id})", "preference", *failure)))
                 break
     return found
 
