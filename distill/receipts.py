@@ -35,17 +35,13 @@ from distill.records.receipts import (
     receipt_content_hash,
 )
 from distill.records.stage import StageReport
-from distill.workspace import TRANSIENT_SUFFIXES, Workspace
+from distill.workspace import TRANSIENT_SUFFIXES, Workspace, is_data
 
 CHUNK = 1 << 20
 LATEST_NAME = "latest.json"
 
 
 # ---------------------------------------------------------------- hashing files
-
-
-def _ignored(path: Path) -> bool:
-    return path.name.endswith(TRANSIENT_SUFFIXES) or path.name.startswith(".")
 
 
 StatKey = tuple[str, int, int, int, int]
@@ -247,7 +243,7 @@ def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> F
     """A directory as one digest: sorted (relative path, sha256) of every file in it."""
     entries = []
     total = 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and is_data(p.name)):
         d = digest_file(ws, file, cache)
         entries.append((file.relative_to(path).as_posix(), d.sha256))
         total += d.bytes

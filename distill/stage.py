@@ -20,7 +20,7 @@ from distill.config import Settings
 from distill.fold_cache import FoldCache
 from distill.records.receipts import FileDigest
 from distill.records.stage import StageReport
-from distill.workspace import TRANSIENT_SUFFIXES, Workspace, text_name
+from distill.workspace import Workspace, is_data, text_name
 
 
 def files_under(base: Path) -> list[Path]:
@@ -30,7 +30,7 @@ def files_under(base: Path) -> list[Path]:
         return []
     return sorted(
         p for p in base.rglob("*")
-        if p.is_file() and not p.name.endswith(TRANSIENT_SUFFIXES) and not p.name.startswith(".")
+        if p.is_file() and is_data(p.name)
         and text_name(p.relative_to(base))
     )
 

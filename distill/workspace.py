@@ -276,6 +276,12 @@ class Workspace:
         return p if p.is_absolute() else self.root / p
 
 
+def is_data(name: str) -> bool:
+    """Not a lock file, an atomic write's temp or a dot file, which are never data nor an input
+    (what a stage reads or outputs, what a receipt digests, what collect reports as not read)."""
+    return not (name.endswith(TRANSIENT_SUFFIXES) or name.startswith("."))
+
+
 def text_name(relative: Path) -> bool:
     """Whether a path (relative to the folder it was found in) can be written as text: a name
     that is not valid UTF-8 (its bytes kept as surrogates) cannot go into a receipt, a provenance

@@ -387,6 +387,12 @@ async def _stream(payload: dict[str, Any]) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+def _error_event(message: str, **extra: Any) -> bytes:
+    """An error event in a stream that already began (the openai client raises it)."""
+    error = {"message": message[:500], "type": "distill_error", "code": 503}
+    return f"data: {json.dumps({'error': error, **extra})}\n\n".encode()
+
+
 async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asyncio.Task[ReplayRun],
                        model: str) -> AsyncIterator[bytes]:
     """The local model's text as chunks while it writes, then the run: a last chunk with the gate's
@@ -402,14 +408,12 @@ async def _live_stream(head: str, pieces: asyncio.Queue[str | None], runner: asy
     try:
         run = await runner
     except RunNotLogged as exc:  # the text was sent, the run was not kept: not a finished answer
-        error = {"message": str(exc), "type": "distill_error", "code": 503}
-        yield f"data: {json.dumps({'error': error})}\n\n".encode()
+        yield _error_event(str(exc))
         yield b"data: [DONE]\n\n"
         return
     local = run.attempts[0]
     if local.error is not None:
-        error = {"message": f"the model failed mid-answer: {local.error}"[:500], "type": "distill_error", "code": 503}
-        yield f"data: {json.dumps({'error': error, 'distill': extension(run)})}\n\n".encode()
+        yield _error_event(f"the model failed mid-answer: {local.error}", distill=extension(run))
     else:
         payload = completion(run, model)
         yield _chunk_event(base, {}, payload["choices"][0]["finish_reason"], distill=payload["distill"],

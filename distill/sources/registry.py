@@ -18,7 +18,7 @@ from distill.sources.mapping import mapping_stream
 from distill.sources.swe_agent import SweAgentSource, swe_agent_dirs
 from distill.sources.telemetry_streams import CONVERTERS as TELEMETRY
 from distill.sources.verdict_streams import CONVERTERS as VERDICT
-from distill.workspace import TRANSIENT_SUFFIXES, Workspace, shown_name, special_kind, text_name
+from distill.workspace import Workspace, is_data, shown_name, special_kind, text_name
 
 REPLAY_RUNS = "replay_runs"
 BUILTIN_CONVERTERS: dict[str, Converter] = {**VERDICT, **TELEMETRY, **EXTRACTION}
@@ -36,7 +36,6 @@ def builtin_streams(settings: Settings) -> list[JsonlStream]:
         for name, convert in BUILTIN_CONVERTERS.items()
         if name != REPLAY_RUNS or settings.collect.include_replay_runs
     ]
-
 
 
 def _kind_problem(path: Path) -> str | None:
@@ -90,7 +89,7 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
         dirnames[:] = sorted(d for d in dirnames if not os.path.islink(here / d))
         for name in sorted(filenames):
             path = here / name
-            if name.startswith(".") or name.endswith(TRANSIENT_SUFFIXES) or path.absolute() in read:
+            if not is_data(name) or path.absolute() in read:
                 continue
             if here == ws.kb_dir and name in KB_STATE_FILES:
                 continue
