@@ -14,6 +14,7 @@ from rich.text import Text
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
 from distill.records import Category
+from distill.records.common import is_blank_text
 
 ChromaUrlOption = Annotated[
     str | None,
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         """Search the index built by `distill index`."""
         if mode not in MODES:
             raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-        if not query.strip():  # as /v1/search: a blank query matches nothing, which would read as "no hits"
+        if is_blank_text(query):  # as /v1/search: a blank query matches nothing, which would read as "no hits"
             raise UsageError("the query is blank: give the words to look for")
         known = [c.value for c in Category]  # a RAG row's success_score; a misspelt filter would match nothing
         unknown = [c for c in category or [] if c not in known]

@@ -17,6 +17,7 @@ import typer
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace, run_app
 from distill.errors import UsageError
+from distill.records.common import is_blank_text
 
 if TYPE_CHECKING:
     from distill.records.replay import ReplayRun
@@ -79,7 +80,7 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         if isinstance(value, dict):
             task_id = value.get("task_id", value.get("id"))
             value = value.get("task")
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or is_blank_text(value):
             bad.append(f'{where}: no non-empty "task" string')
             continue
         tasks.append((value, str(task_id) if task_id is not None else None))

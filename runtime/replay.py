@@ -18,6 +18,7 @@ from distill.config import RuntimeSettings, Settings
 from distill.errors import RunNotLogged, UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
+from distill.records.common import is_blank_text
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
 from distill.workspace import Workspace
 from index.hits import SearchHit, Searcher
@@ -254,8 +255,8 @@ class ReplaySession:
         since a streamed answer cannot be replaced by an escalated one."""
         if on_text is not None and self.options.allow_escalation and not self.options.local_only:
             raise UsageError("a live stream of the local answer cannot be escalated: replay it local-only")
-        if not task.strip():
-            raise UsageError("the task is empty")
+        if is_blank_text(task):
+            raise UsageError("the task is empty (no visible character)")
         rt = self.settings.runtime
         t0 = time.perf_counter()
         timings: dict[str, float] = {}

@@ -30,11 +30,12 @@ from typing import Any, Literal, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from distill.config import ServeSettings, Settings
 from distill.errors import IndexUnavailable, RunNotLogged, UsageError
 from distill.records import Category
+from distill.records.common import VisibleStr, is_blank_text
 from distill.records.replay import ReplayRun
 from distill.workspace import Workspace
 from runtime.backends.base import TextSink
@@ -48,9 +49,24 @@ VALIDATED = frozenset({"validated_local", "escalated_validated"})
 # ------------------------------------------------------------------------------------- requests
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content list; a "text" part must carry its text as a string (a
+    number or an object there would otherwise be answered as its Python repr)."""
+
+    model_config = ConfigDict(extra="allow")  # image_url, input_audio...: accepted, not read
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError('a "text" part needs a "text" string')
+        return self
+
+
 class ChatMessage(BaseModel):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class ChatRequest(BaseModel):
@@ -83,7 +99,7 @@ class ChatRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, pattern=r"\S")  # not blank: a blank query would answer an empty list
+    query: VisibleStr  # not blank: a blank query would answer an empty list
     k: int = Field(8, ge=1, le=100)
     mode: Literal["hybrid", "dense", "bm25", "jaccard"] | None = None
     categories: list[Category] | None = Field(None, description="keep only hits of these categories (as `distill search --category`)")
@@ -99,7 +115,7 @@ def task_of(messages: list[ChatMessage]) -> str:
             continue
         if isinstance(msg.content, str):
             return msg.content
-        return "\n".join(str(part.get("text", "")) for part in msg.content if part.get("type") == "text")
+        return "\n".join(part.text or "" for part in msg.content if part.type == "text")
     return ""
 
 
@@ -345,7 +361,7 @@ def create_app(session: ReplaySession, settings: Settings, key: str | None) -> F
         if isinstance(body, JSONResponse):
             return body
         task = task_of(body.messages)
-        if not task.strip():
+        if is_blank_text(task):
             return refuse("chat", 400, "no user message with text: the last user message is the task")
         if not admission.try_enter():
             return refuse("chat", 429, f"the local model is busy and {settings.serve.max_queue} requests are waiting",

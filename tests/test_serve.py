@@ -275,6 +275,9 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "invalid request" in _error(httpx.post(chat, content=b"not json", headers={"content-type": "application/json"}), 400)
     assert "invalid request" in _error(httpx.post(chat, content=b"[1, 2]"), 400)
     assert "content" in _error(httpx.post(chat, json={"messages": [{"role": "user", "content": [1, 2]}]}), 400)
+    # a text part whose text is not a string was answered as its Python repr ("{'a': 1}")
+    for part in ({"type": "text", "text": {"a": 1}}, {"type": "text", "text": 7}, {"type": "text"}):
+        assert "text" in _error(httpx.post(chat, json={"messages": [{"role": "user", "content": [part]}]}), 400)
     user = [{"role": "user", "content": "x"}]
     assert "max_tokens" in _error(httpx.post(chat, json={"messages": user, "max_tokens": -1}), 400)
     assert "temperature" in _error(httpx.post(chat, json={"messages": user, "temperature": 9}), 400)
@@ -282,6 +285,11 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
     assert "mode" in _error(httpx.post(search, json={"query": "x", "mode": "psychic"}), 400)
     assert "categories" in _error(httpx.post(search, json={"query": "x", "categories": ["acepted"]}), 400)
     assert "query" in _error(httpx.post(search, json={"query": " \n "}), 400)
+    # a task or query with no character that shows (a NUL, zero-width spaces, a BOM) is blank too:
+    # answered, its run would reach the SFT export as an instruction nobody can read
+    for invisible in ("\x00", "\u200b\u200d", "\ufeff \u2028"):
+        assert "user message" in _error(httpx.post(chat, json={"messages": [{"role": "user", "content": invisible}]}), 400)
+        assert "query" in _error(httpx.post(search, json={"query": invisible}), 400)
     assert "stream" in _error(httpx.post(chat, json={"messages": user, "stream": "yes"}), 400)
     # what the reply cannot honour is refused by name, not ignored (3 more 400s)
     assert "n:" in _error(httpx.post(chat, json={"messages": user, "n": 2}), 400)
@@ -298,7 +306,7 @@ def test_bad_requests_are_clear_errors(server: Running) -> None:
 
     assert "max_request_bytes=4096" in _error(httpx.post(chat, content=chunked()), 413)
     assert _logged(server.root) == []
-    assert 'distill_requests_total{endpoint="chat",outcome="400"} 11.0' in httpx.get(server.url + "/metrics").text
+    assert 'distill_requests_total{endpoint="chat",outcome="400"} 17.0' in httpx.get(server.url + "/metrics").text
 
 
 def test_an_agent_that_offers_tools_gets_the_grounded_text(server: Running) -> None:
@@ -311,6 +319,18 @@ def test_an_agent_that_offers_tools_gets_the_grounded_text(server: Running) -> N
     reply = client.chat.completions.create(model="distill", messages=[{"role": "user", "content": ROUTING_TASK}],
                                            tools=tools, tool_choice="auto", n=1, response_format={"type": "text"})
     assert reply.choices[0].message.content == GROUNDED_ANSWER and not reply.choices[0].message.tool_calls
+
+
+def test_a_message_in_content_parts_is_answered_from_its_text_parts(server: Running) -> None:
+    """Clients that send content as parts (text beside an image) get the answer to the text."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+             {"type": "text", "text": ROUTING_TASK}]
+    reply = client.chat.completions.create(model="distill", messages=[{"role": "user", "content": parts}])
+    assert reply.choices[0].message.content == GROUNDED_ANSWER
+    assert _logged(server.root)[-1]["task"] == ROUTING_TASK
 
 
 def test_models_are_listed_for_frameworks_that_ask(server: Running) -> None:

@@ -80,6 +80,7 @@ from distill.records import (
     ScoreClass,
     SourceRef,
 )
+from distill.records.common import is_blank_text
 from distill.records.stage import StageReport, Tally
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
@@ -525,7 +526,7 @@ class _Pass1:
         elif not has_instruction_shape(ev, j.scored.score_class):
             drop = (QuarantineReason.CATEGORY_DISALLOWED,
                     f"{ev.source} is extraction-class: no prompt -> response shape to prefer")
-        elif not ev.text.strip():
+        elif is_blank_text(ev.text):
             drop = (QuarantineReason.EMPTY_CONTENT, "evidence text is empty")
         if drop is not None:
             self._refuse(i, _quarantined(i, j.source, j.scored.category.value,

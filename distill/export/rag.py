@@ -15,6 +15,7 @@ from distill.export.reader import Joined
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.records import QuarantineReason, RagSample
+from distill.records.common import is_blank_text
 from distill.validation_steps import extract_validation_steps
 
 TITLE_CHARS = 120
@@ -29,7 +30,7 @@ def make_title(text: str, fallback: str) -> str:
     """First meaningful line of the text without markdown decoration, else the fallback."""
     for line in text.splitlines():
         cleaned = _MARKUP.sub("", line).strip()
-        if cleaned:
+        if not is_blank_text(cleaned):
             return cleaned if len(cleaned) <= TITLE_CHARS else cleaned[: TITLE_CHARS - 1].rstrip() + "…"
     return fallback
 
@@ -54,7 +55,7 @@ def decide_rag(j: Joined, *, include_review: bool) -> Decision:
     if refusal is not None:
         return Drop(refusal.reason, [refusal.message])
     ev = j.evidence
-    if not ev.text.strip():
+    if is_blank_text(ev.text):
         return Drop(QuarantineReason.EMPTY_CONTENT, ["evidence text is empty: nothing to retrieve"])
     sid = rag_id(ev.run_id, ev.provenance.sig_hash)
 

@@ -17,6 +17,7 @@ from distill.export.reader import Joined
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
 from distill.records import EvidenceRecord, ModelRole, QuarantineReason, ScoreClass, SftSample
+from distill.records.common import is_blank_text
 
 CONTEXT_CHARS = 1500
 
@@ -34,7 +35,7 @@ def _meta(ev: EvidenceRecord, *keys: str) -> str | None:
         value = ev.metadata.get(key)
         if value is None:
             value = ev.markers.get(key)
-        if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value).strip():
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and not is_blank_text(str(value)):
             return str(value).strip()
     return None
 
@@ -104,14 +105,14 @@ def has_instruction_shape(ev: EvidenceRecord, score_class: ScoreClass) -> bool:
 
 def synthesize_instruction(ev: EvidenceRecord) -> str:
     """The instruction the run answered: the row's own when present, else a per-source template."""
-    if ev.instruction and ev.instruction.strip():
+    if ev.instruction and not is_blank_text(ev.instruction):
         return ev.instruction.strip()
     return TEMPLATES.get(ev.source, _default)(ev)
 
 
 def _scalar(value: Any) -> str | None:
     if isinstance(value, str):
-        return value.strip() or None
+        return None if is_blank_text(value) else value.strip()
     if isinstance(value, bool | int | float):
         return str(value).lower() if isinstance(value, bool) else str(value)
     if isinstance(value, list) and value and all(isinstance(v, str | int | float) for v in value):
@@ -145,7 +146,7 @@ def decide_sft(j: Joined, *, include_partial: bool) -> Decision:
             [f"{ev.source} is extraction-class (class {j.scored.score_class.value}, role {ev.model_role.value}): "
              "no instruction -> response shape"],
         )
-    if not ev.text.strip():
+    if is_blank_text(ev.text):
         return Drop(QuarantineReason.EMPTY_CONTENT, ["evidence text is empty: no response to learn from"])
     sid = sft_id(ev.run_id, ev.provenance.sig_hash)
     instruction = synthesize_instruction(ev)

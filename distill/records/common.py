@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -44,6 +45,29 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})  # control, format, lone surrogate, separators
+
+
+def is_blank_text(text: str) -> bool:
+    """True when no character of `text` would show: whitespace, control and format characters only.
+
+    `str.strip()` alone lets a NUL, a zero-width space or a BOM through as "text"; such a field is
+    as empty as "" to a reader, a retriever or a model trained on it. Cheap on real text: the first
+    character that shows ends the scan (usually the first one).
+    """
+    stripped = text.strip()
+    return all(unicodedata.category(ch) in _INVISIBLE for ch in stripped)
+
+
+def _visible(value: str) -> str:
+    if is_blank_text(value):
+        raise ValueError("has no visible character (whitespace, control or format characters only)")
+    return value
+
+
+VisibleStr = Annotated[str, Field(min_length=1), AfterValidator(_visible)]
+"""Text a person or a model is meant to read: at least one character that shows."""
 
 
 class Record(BaseModel):

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from distill.firewall import CHOSEN_NEVER, NEVER, ExportKind, pair_problems, require_shippable
-from distill.records.common import Category, NonEmptyStr, Provenance, Record, UtcDatetime
+from distill.records.common import Category, NonEmptyStr, Provenance, Record, UtcDatetime, VisibleStr
 
 SftQuality = Annotated[Category, AfterValidator(require_shippable(ExportKind.SFT))]
 RagCategory = Annotated[Category, AfterValidator(require_shippable(ExportKind.RAG))]
@@ -23,8 +23,8 @@ RagCategory = Annotated[Category, AfterValidator(require_shippable(ExportKind.RA
 class RagSample(Record):
     schema_version: Literal[1] = 1
     id: NonEmptyStr
-    title: NonEmptyStr
-    text: NonEmptyStr
+    title: VisibleStr
+    text: VisibleStr
     success_score: RagCategory
     source_category: NonEmptyStr = Field(description="the source stream")
     source_run_id: NonEmptyStr
@@ -39,9 +39,9 @@ class RagSample(Record):
 class SftSample(Record):
     schema_version: Literal[1] = 1
     id: NonEmptyStr
-    instruction: NonEmptyStr
+    instruction: VisibleStr
     context: str = ""
-    response: NonEmptyStr
+    response: VisibleStr
     source_run_id: NonEmptyStr
     quality_score: SftQuality
     created_at: UtcDatetime
@@ -51,9 +51,9 @@ class SftSample(Record):
 class PreferenceSample(Record):
     schema_version: Literal[1] = 1
     id: NonEmptyStr
-    prompt: NonEmptyStr
-    chosen: NonEmptyStr
-    rejected: NonEmptyStr
+    prompt: VisibleStr
+    chosen: VisibleStr
+    rejected: VisibleStr
     chosen_run_id: NonEmptyStr
     rejected_run_id: NonEmptyStr
     chosen_category: Category

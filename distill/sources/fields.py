@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from distill.records import QuarantineReason
-from distill.records.common import UtcDatetime
+from distill.records.common import UtcDatetime, is_blank_text
 from distill.errors import RowRejected
 from distill.sources.base import RowContext
 
@@ -61,7 +61,7 @@ def require_str(row: dict[str, Any], field: str, *, allow_empty: bool = False) -
         raise RowRejected(QuarantineReason.MISSING_FIELD, f"missing '{field}'")
     if not isinstance(value, str):
         raise RowRejected(QuarantineReason.WRONG_TYPE, f"'{field}' is {type(value).__name__}, expected str")
-    if not allow_empty and not value.strip():
+    if not allow_empty and is_blank_text(value):
         reason = QuarantineReason.EMPTY_TEXT
         raise RowRejected(reason, f"'{field}' is empty")
     return value
@@ -106,7 +106,7 @@ def run_id(ctx: RowContext, key: str | None) -> str:
 
 def key_part(value: Any) -> str | None:
     """A natural-key component: a non-empty string or an integer; anything else is unusable."""
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and not is_blank_text(value):
         return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
