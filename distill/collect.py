@@ -5,14 +5,24 @@ bounded write buffers, never a whole file. Each input unit becomes exactly one o
 row, a duplicate of evidence already collected (deduped), or a quarantine row with a reason.
 Evidence is append-only (whole lines under a lock); the collect quarantine file is rewritten
 whole each run (temp + rename), so an unchanged input leaves every output byte-identical.
+
+Append-only holds while the rules that make evidence stay the same. When they change (distill's
+code, [collect], a [[sources]] mapping; `--force` too) the evidence is collected again: every
+source is read into a scratch folder, and each partition file becomes the rows of its old lines
+that no source line backs any more (a rotated log's: the only record of those runs) followed by
+the rows the current rules make. A row collected under the old rules whose line is still there is
+replaced, or gone if the line is quarantined now: otherwise a fixed mapping or a tightened rule
+never reached rows already collected, and a workspace answered differently from a fresh one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import pickle
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,8 +49,10 @@ from distill.jsonl import (
     iter_raw_lines,
     loads,
     lock_for,
+    read_sealed,
     repair_torn_tail,
     torn_tail_length,
+    write_sealed,
 )
 from distill.records import EvidenceRecord, QuarantineRecord
 from distill.receipts import count_categories
@@ -64,12 +76,35 @@ def evidence_key(run_id: str, sig: str) -> bytes:
     return hashlib.blake2b(f"{run_id}|{sig}".encode(), digest_size=16).digest()
 
 
+def backing_key(source: str, sig: str) -> bytes:
+    """A source line's identity, whatever rules convert it: its stream and its canonical hash."""
+    return hashlib.blake2b(f"{source}|{sig}".encode(), digest_size=16).digest()
+
+
 def _line_key(data: bytes) -> bytes | None:
     try:
         row = loads(data)
         return evidence_key(row["run_id"], row["provenance"]["sig_hash"])
     except (ValueError, KeyError, TypeError):
         return None  # not evidence we wrote; score's reader quarantines it
+
+
+def line_digest(line: bytes) -> bytes:
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+def load_evidence_lines(evidence_dir: Path) -> dict[bytes, bytes]:
+    """Key -> digest of the line, for every evidence row (torn tails cut first): what a rebuild
+    compares the rows it makes with."""
+    lines: dict[bytes, bytes] = {}
+    for path in iter_partition_files(evidence_dir):
+        if torn_tail_length(path):
+            with lock_for(path):
+                repair_torn_tail(path)
+        for raw in iter_raw_lines(path):
+            if raw.terminated and raw.data and (key := _line_key(raw.data)) is not None:
+                lines[key] = line_digest(raw.data)
+    return lines
 
 
 def load_evidence_keys(evidence_dir: Path, *, repair: bool, book: CollectCheckpoints | None = None) -> set[bytes]:
@@ -151,6 +186,80 @@ class _Partitions:
         return found
 
 
+def evidence_stale(ws: Workspace, basis: str) -> bool:
+    """Evidence exists and was not collected under `basis` (or nothing says what it was)."""
+    data = read_sealed(ws.evidence_basis_path)
+    try:
+        recorded = loads(data).get("basis") if data is not None else None
+    except (ValueError, AttributeError):
+        recorded = None
+    return recorded != basis and bool(iter_partition_files(ws.evidence_dir))
+
+
+@dataclass
+class _Rebuild:
+    """A collect that replaces the evidence: rows go to `staging`, counted as deduped when their key
+    was in the evidence `before` (key -> line digest; `changed` counts those whose line is not the
+    same now); `backing` gathers every source line read (backing_key)."""
+
+    before: dict[bytes, bytes]
+    staging: Path
+    backing: set[bytes] = dataclasses.field(default_factory=set)
+    changed: int = 0
+
+    def fate(self, data: bytes, turned_off: frozenset[str]) -> str:
+        """What becomes of an old evidence line: "replaced" when a line read this time backs it,
+        "dropped" when the settings turn its source off ([collect] include_replay_runs = false),
+        else "kept": it is the only record of its run (a rotated log, a removed mapping's or a
+        deleted trajectory folder's rows; nothing says those lines are unwanted). A line that is not
+        evidence distill wrote is kept too: score's reader accounts for it."""
+        try:
+            row = loads(data)
+            source, key = row["source"], backing_key(row["source"], row["provenance"]["sig_hash"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "kept"
+        if source in turned_off:
+            return "dropped"
+        return "replaced" if key in self.backing else "kept"
+
+    def merge(self, evidence_dir: Path, turned_off: frozenset[str]) -> Counter[str]:
+        """Each partition file becomes its kept old lines, in their order, then the rows the rebuild
+        wrote for it; returns how many old lines met each fate. Each file is replaced whole (temp +
+        rename): a crash leaves every file old or new, and the next run (whose basis is still not
+        recorded) does the same again with the same result."""
+        old = {p.relative_to(evidence_dir): p for p in iter_partition_files(evidence_dir)}
+        new = {p.relative_to(self.staging): p for p in iter_partition_files(self.staging)}
+        fates: Counter[str] = Counter()
+        for rel in sorted(old.keys() | new.keys()):
+            target = evidence_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            wrote = False
+            with lock_for(target), atomic_writer(target, keep=lambda: wrote) as fh:
+                if rel in old:
+                    for raw in iter_raw_lines(old[rel]):
+                        if not (raw.terminated and raw.data):
+                            continue
+                        fate = self.fate(raw.data, turned_off)
+                        fates[fate] += 1
+                        if fate == "kept":
+                            fh.write(raw.data + b"\n")
+                            wrote = True
+                if rel in new:
+                    with open(new[rel], "rb") as src:
+                        shutil.copyfileobj(src, fh, 1 << 20)
+                    wrote = True
+            if not wrote:
+                target.unlink(missing_ok=True)
+        return fates
+
+
+def turned_off(settings: Settings) -> frozenset[str]:
+    """Sources whose rows the settings say not to collect (their evidence goes at a rebuild)."""
+    from distill.sources.registry import REPLAY_RUNS
+
+    return frozenset() if settings.collect.include_replay_runs else frozenset({REPLAY_RUNS})
+
+
 def default_sources(ws: Workspace, settings: Settings) -> list[Source]:
     from distill.sources.registry import discover_sources
 
@@ -177,19 +286,55 @@ def run_collect(
 
         report.unread = [UnreadInput(path=p, reason=r) for p, r in unread_inputs(ws, settings, chosen)]
         report.notes.extend(f"not read: {u.path}: {u.reason}" for u in report.unread)
-    book = CollectCheckpoints.load(ws.collect_checkpoint_path, checkpoint_basis(settings)) if checkpoints else None
-    seen = load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
-    writer = _PartitionWriter(dry_run, ws.evidence_dir, book)
+    basis = checkpoint_basis(settings)
+    rebuild = not dry_run and evidence_stale(ws, basis)
+    with contextlib.ExitStack() as stack:
+        if rebuild:
+            # every line is read again; the checkpoints describe the evidence about to be replaced
+            ws.collect_checkpoint_path.unlink(missing_ok=True)
+            staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, suffix=".tmp",
+                                                                             dir=ws.root)))
+            rebuilt = _Rebuild(before=load_evidence_lines(ws.evidence_dir), staging=staging)
+            report.notes.append("evidence collected again: distill, [collect] or [[sources]] changed since, or --force")
+        else:
+            rebuilt = None
+        _collect(ws, settings, chosen, report, dry_run=dry_run,
+                 book=CollectCheckpoints.load(ws.collect_checkpoint_path, basis) if checkpoints and not rebuild else None,
+                 rebuilt=rebuilt)
+        if rebuilt is not None:
+            fates = rebuilt.merge(ws.evidence_dir, turned_off(settings))
+            if fates["kept"]:
+                report.notes.append(f"evidence: {fates['kept']} rows kept as collected before: no source line read backs "
+                                    "them now (delete evidence/*/*/*/SOURCE.jsonl to drop a source's rows)")
+            if fates["dropped"]:
+                report.notes.append(f"evidence: {fates['dropped']} rows dropped: [collect] turns their source off "
+                                    "(rows already exported stay until `distill export all --rebuild`)")
+            if rebuilt.changed:
+                report.notes.append(f"evidence: {rebuilt.changed} rows differ from what was collected before: rows already "
+                                    "exported keep what they shipped with until `distill export all --rebuild`")
+    if not dry_run:
+        write_sealed(ws.evidence_basis_path, dumps({"basis": basis}))
+    report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
+    if not dry_run:
+        report.outputs.append(ws.relative(ws.quarantine_path(STAGE)))
+    return report.finalize()
+
+
+def _collect(ws: Workspace, settings: Settings, chosen: list[Source], report: StageReport, *, dry_run: bool,
+             book: CollectCheckpoints | None, rebuilt: _Rebuild | None) -> None:
+    base = rebuilt.staging if rebuilt is not None else ws.evidence_dir
+    seen = set() if rebuilt is not None else load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
+    writer = _PartitionWriter(dry_run, base, book)
     quarantine_path = ws.quarantine_path(STAGE)
     inputs: set[str] = set()
-    partitions = _Partitions(ws.evidence_dir)
+    partitions = _Partitions(base)
     # each file's next checkpoint, asked for once its quarantine rows are written
     recorded: list[Callable[[], list[tuple[str, FileCheckpoint | None]]]] = []
 
     def one_by_one(quarantine_out: _QuarantineSink) -> None:
         for source in chosen:
             inputs.update(ws.relative(p) for p in source.inputs(ws))
-            read = _SourceReader(ws, settings, book, seen, partitions)
+            read = _SourceReader(ws, settings, book, seen, partitions, rebuilt)
             report.by_source[source.name] = read.source(
                 source, lambda key, path, line: writer.add(path, key, line), quarantine_out)
             recorded.append(read.checkpoints)
@@ -202,7 +347,7 @@ def run_collect(
             one_by_one(quarantine_out)
             return
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, suffix=".tmp", dir=ws.root) as scratch:
-            side = _SideBySide(ws, settings, book, seen, partitions, chosen, Path(scratch))
+            side = _SideBySide(ws, settings, book, seen, partitions, chosen, Path(scratch), rebuilt)
             results = list(map_in_order(side.source, weights, processes, what=STAGE, scratch_in=Path(scratch)))
             if not _keys_disjoint(results):
                 # two sources produce or look up the same evidence key: which one writes it depends
@@ -218,6 +363,9 @@ def run_collect(
                 report.by_source[result.name] = result.counts
                 recorded.append(partial(list, result.checkpoints))
                 seen.update(_split_keys(result.added))
+                if rebuilt is not None:
+                    rebuilt.backing.update(_split_keys(result.backing))
+                    rebuilt.changed += result.changed
             writer.flush()
 
     if dry_run:
@@ -233,10 +381,6 @@ def run_collect(
                     book.record(rel, checkpoint)
             book.save(ws.collect_checkpoint_path)
     report.inputs = sorted(inputs)
-    report.outputs = [ws.relative(p) for p in iter_partition_files(ws.evidence_dir)]
-    if not dry_run:
-        report.outputs.append(ws.relative(quarantine_path))
-    return report.finalize()
 
 
 EvidenceSink = Callable[[bytes, Path, bytes], None]
@@ -248,8 +392,9 @@ class _SourceReader:
     in `seen`, or a quarantine row; JSONL files are resumed from their checkpoints."""
 
     def __init__(self, ws: Workspace, settings: Settings, book: CollectCheckpoints | None, seen: set[bytes],
-                 partitions: _Partitions) -> None:
+                 partitions: _Partitions, rebuilt: _Rebuild | None = None) -> None:
         self.ws, self.settings, self.book, self.seen, self.partitions = ws, settings, book, seen, partitions
+        self.rebuilt = rebuilt
         self.recorders: list[tuple[str, Path, FileRecorder]] = []
 
     def source(self, source: Source, put: EvidenceSink, quarantine_out: _QuarantineSink) -> Counts:
@@ -258,8 +403,12 @@ class _SourceReader:
         reasons: Counter[str] = Counter()
         roles: Counter[str] = Counter()
 
+        rebuilt = self.rebuilt
+
         def take(item: SourceItem, recorder: FileRecorder | None) -> None:
             if isinstance(item, QuarantineRecord):
+                if rebuilt is not None and item.source_ref is not None and item.source_ref.sig_hash:
+                    rebuilt.backing.add(backing_key(item.source or source.name, item.source_ref.sig_hash))
                 outcomes["quarantined"] += 1
                 reasons[item.reason.value] += 1
                 if recorder is None:
@@ -270,13 +419,22 @@ class _SourceReader:
             key = evidence_key(item.run_id, item.provenance.sig_hash)
             if recorder is not None:
                 recorder.evidence(key)
+            if rebuilt is not None:
+                rebuilt.backing.add(backing_key(item.source, item.provenance.sig_hash))
             if key in seen:
                 outcomes["deduped"] += 1
                 return
             seen.add(key)
-            outcomes["written"] += 1
-            roles[item.model_role.value] += 1
-            put(key, self.partitions.path(item), _evidence_line(item))
+            line = _evidence_line(item)
+            old = rebuilt.before.get(key) if rebuilt is not None else None
+            if old is not None:
+                outcomes["deduped"] += 1  # collected before: written again, as the current rules make it
+                if old != line_digest(line):
+                    rebuilt.changed += 1  # type: ignore[union-attr]
+            else:
+                outcomes["written"] += 1
+                roles[item.model_role.value] += 1
+            put(key, self.partitions.path(item), line)
 
         if book is None or not resumable(source):
             for item in source.read(ws, self.settings):
@@ -339,6 +497,8 @@ class _SourceRead:
     checkpoints: list[tuple[str, FileCheckpoint | None]]
     added: bytes  # the keys of its new evidence rows
     looked_up: bytes  # keys whose absence refused a checkpoint
+    backing: bytes  # a rebuild's backing keys of the lines it read
+    changed: int  # a rebuild's rows whose line differs from the evidence's
 
 
 class _SideBySide:
@@ -346,15 +506,17 @@ class _SideBySide:
     here for the first group)."""
 
     def __init__(self, ws: Workspace, settings: Settings, book: CollectCheckpoints | None, seen: set[bytes],
-                 partitions: _Partitions, sources: list[Source], scratch: Path) -> None:
+                 partitions: _Partitions, sources: list[Source], scratch: Path, rebuilt: _Rebuild | None) -> None:
         # a copy: what the sources add must not reach the stage's set before they are found disjoint
         self.ws, self.settings, self.book, self.seen, self.partitions = ws, settings, book, set(seen), partitions
-        self.sources, self.scratch = sources, scratch
+        self.sources, self.scratch, self.rebuilt = sources, scratch, rebuilt
         self.scanner: object | None = None  # one per process, as one sink would have
 
     def source(self, i: int) -> _SourceRead:
         source = self.sources[i]
-        reader = _SourceReader(self.ws, self.settings, self.book, self.seen, self.partitions)
+        # a rebuild's backing keys of this source alone, returned with its result
+        rebuilt = None if self.rebuilt is None else _Rebuild(before=self.rebuilt.before, staging=self.rebuilt.staging)
+        reader = _SourceReader(self.ws, self.settings, self.book, self.seen, self.partitions, rebuilt)
         quarantine = io.BytesIO()
         sink = _QuarantineSink(quarantine, self.ws.secret_prefilter_path)  # a child: never a dry run
         sink.scanner = self.scanner
@@ -379,6 +541,7 @@ class _SideBySide:
             name=source.name, inputs=[self.ws.relative(p) for p in source.inputs(self.ws)], counts=counts,
             quarantine=quarantine.getvalue(), evidence=out, checkpoints=reader.checkpoints(), added=bytes(added),
             looked_up=b"".join(reader.looked_up()),
+            backing=b"".join(rebuilt.backing) if rebuilt is not None else b"", changed=rebuilt.changed if rebuilt else 0,
         )
 
 
@@ -516,7 +679,8 @@ class CollectStage(Stage):
         return run_collect(ws, settings)
 
     def caches(self, ws: Workspace) -> list[Path]:
-        return [ws.collect_checkpoint_path]
+        # without the record of the rules the evidence was made by, --force collects it again
+        return [ws.collect_checkpoint_path, ws.evidence_basis_path]
 
     def output_categories(self, ws: Workspace, outputs: list[FileDigest],
                           folds: FoldCache | None = None) -> dict[str, int]:

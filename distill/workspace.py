@@ -113,6 +113,13 @@ class Workspace:
         return self.root / ".distill.collect.json"
 
     @property
+    def evidence_basis_path(self) -> Path:
+        """The rules the evidence was collected under (distill.collect: code, [collect] and
+        [[sources]]). A run that finds other rules, or no record beside existing evidence,
+        collects the evidence again; deleting it only costs that."""
+        return self.root / ".distill.evidence.json"
+
+    @property
     def score_checkpoint_path(self) -> Path:
         """What score already scored of each evidence partition (distill.score_checkpoints)."""
         return self.root / ".distill.score.json"

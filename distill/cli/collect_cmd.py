@@ -34,4 +34,7 @@ def register(app: typer.Typer) -> None:
             console().print(flow_table(report))
             for unread in report.unread:
                 console().print(Text.assemble(("not read", "yellow"), f" {unread.path}: {unread.reason}"))
+            for note in report.notes:
+                if note.startswith("evidence"):
+                    console().print(Text.assemble(("evidence", "yellow"), f" {note.removeprefix('evidence').lstrip(': ')}"))
             console().print(f"quarantine: {ws.quarantine_path('collect')}")

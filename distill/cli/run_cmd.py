@@ -81,6 +81,8 @@ def print_result(result: Any) -> None:
         for note in receipt.notes:
             if note.startswith("not read: "):
                 out.print(Text.assemble(("not read", "yellow"), f" {note.removeprefix('not read: ')}"))
+            elif note.startswith("evidence"):  # collect made the evidence again under new rules
+                out.print(Text.assemble(("evidence", "yellow"), f" {note.removeprefix('evidence').lstrip(': ')}"))
     if summary.stopped_by:
         out.print(Text.assemble((f"stopped by {summary.stopped_by.stage}:", "bold red"), f" {summary.stopped_by.reason}"))
     color = {"ok": "green", "warn": "yellow", "alert": "bold red"}[drift.severity]
