@@ -10,7 +10,8 @@ Append-only holds while the rules that make evidence stay the same. When they ch
 code, [collect], a [[sources]] mapping; `--force` too) the evidence is collected again: every
 source is read into a scratch folder, and each partition file becomes the rows of its old lines
 that no source line backs any more (a rotated log's: the only record of those runs) followed by
-the rows the current rules make. A row collected under the old rules whose line is still there is
+the rows the current rules make. A row collected under the old rules whose line is still there
+(the same file and canonical hash, whatever the source is called or the run ids are now) is
 replaced, or gone if the line is quarantined now: otherwise a fixed mapping or a tightened rule
 never reached rows already collected, and a workspace answered differently from a fresh one.
 """
@@ -76,9 +77,10 @@ def evidence_key(run_id: str, sig: str) -> bytes:
     return hashlib.blake2b(f"{run_id}|{sig}".encode(), digest_size=16).digest()
 
 
-def backing_key(source: str, sig: str) -> bytes:
-    """A source line's identity, whatever rules convert it: its stream and its canonical hash."""
-    return hashlib.blake2b(f"{source}|{sig}".encode(), digest_size=16).digest()
+def backing_key(source_file: str, sig: str) -> bytes:
+    """A source line's identity, whatever rules convert it (whichever source, mapping or run id):
+    the file it is in and its canonical hash."""
+    return hashlib.blake2b(f"{source_file}|{sig}".encode(), digest_size=16).digest()
 
 
 def _line_key(data: bytes) -> bytes | None:
@@ -200,27 +202,32 @@ def evidence_stale(ws: Workspace, basis: str) -> bool:
 class _Rebuild:
     """A collect that replaces the evidence: rows go to `staging`, counted as deduped when their key
     was in the evidence `before` (key -> line digest; `changed` counts those whose line is not the
-    same now); `backing` gathers every source line read (backing_key)."""
+    same now); `backing` gathers every source line read (backing_key), `written` the keys of the
+    rows made."""
 
     before: dict[bytes, bytes]
     staging: Path
     backing: set[bytes] = dataclasses.field(default_factory=set)
+    written: set[bytes] = dataclasses.field(default_factory=set)
     changed: int = 0
 
     def fate(self, data: bytes, turned_off: frozenset[str]) -> str:
-        """What becomes of an old evidence line: "replaced" when a line read this time backs it,
-        "dropped" when the settings turn its source off ([collect] include_replay_runs = false),
-        else "kept": it is the only record of its run (a rotated log, a removed mapping's or a
-        deleted trajectory folder's rows; nothing says those lines are unwanted). A line that is not
-        evidence distill wrote is kept too: score's reader accounts for it."""
+        """What becomes of an old evidence line: "replaced" when its source line was read this time
+        (under whatever source name and run id) or its row was made again (the line moved to another
+        file: a rotated log), "dropped" when the settings turn its source off ([collect]
+        include_replay_runs = false), else "kept": it is the only record of its run (a log rotated
+        away, a removed mapping's or a deleted trajectory folder's rows; nothing says those lines are
+        unwanted). A line that is not evidence distill wrote is kept too: score's reader accounts for it."""
         try:
             row = loads(data)
-            source, key = row["source"], backing_key(row["source"], row["provenance"]["sig_hash"])
+            source, sig = row["source"], row["provenance"]["sig_hash"]
+            backed = backing_key(row["provenance"]["source_file"], sig) in self.backing
+            made_again = evidence_key(row["run_id"], sig) in self.written
         except (ValueError, KeyError, TypeError, AttributeError):
             return "kept"
         if source in turned_off:
             return "dropped"
-        return "replaced" if key in self.backing else "kept"
+        return "replaced" if backed or made_again else "kept"
 
     def merge(self, evidence_dir: Path, turned_off: frozenset[str]) -> Counter[str]:
         """Each partition file becomes its kept old lines, in their order, then the rows the rebuild
@@ -323,7 +330,7 @@ def run_collect(
 def _collect(ws: Workspace, settings: Settings, chosen: list[Source], report: StageReport, *, dry_run: bool,
              book: CollectCheckpoints | None, rebuilt: _Rebuild | None) -> None:
     base = rebuilt.staging if rebuilt is not None else ws.evidence_dir
-    seen = set() if rebuilt is not None else load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
+    seen = rebuilt.written if rebuilt is not None else load_evidence_keys(ws.evidence_dir, repair=not dry_run, book=book)
     writer = _PartitionWriter(dry_run, base, book)
     quarantine_path = ws.quarantine_path(STAGE)
     inputs: set[str] = set()
@@ -408,7 +415,7 @@ class _SourceReader:
         def take(item: SourceItem, recorder: FileRecorder | None) -> None:
             if isinstance(item, QuarantineRecord):
                 if rebuilt is not None and item.source_ref is not None and item.source_ref.sig_hash:
-                    rebuilt.backing.add(backing_key(item.source or source.name, item.source_ref.sig_hash))
+                    rebuilt.backing.add(backing_key(item.source_ref.source_file, item.source_ref.sig_hash))
                 outcomes["quarantined"] += 1
                 reasons[item.reason.value] += 1
                 if recorder is None:
@@ -420,7 +427,7 @@ class _SourceReader:
             if recorder is not None:
                 recorder.evidence(key)
             if rebuilt is not None:
-                rebuilt.backing.add(backing_key(item.source, item.provenance.sig_hash))
+                rebuilt.backing.add(backing_key(item.provenance.source_file, item.provenance.sig_hash))
             if key in seen:
                 outcomes["deduped"] += 1
                 return

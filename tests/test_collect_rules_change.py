@@ -201,3 +201,28 @@ def test_replay_runs_turned_off_leave_the_evidence_other_sources_stay(tmp_path: 
     report = _collect(root)
     assert {r["source"] for r in _evidence(root)} == {"bot"}
     assert any("evidence: 2 rows kept" in note for note in report.notes)
+
+
+def test_a_renamed_source_replaces_its_rows_instead_of_doubling_them(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    _workspace(root, _rows(3))
+    _collect(root)
+    (root / "distill.toml").write_text(MAPPING.format(text="reply", key="run").replace('name = "bot"', 'name = "helper"'))
+    _collect(root)
+    assert sorted(r["run_id"] for r in _evidence(root)) == ["helper:r0", "helper:r1", "helper:r2"]
+
+
+def test_lines_rotated_into_another_file_are_one_row_each(tmp_path: Path) -> None:
+    """bot.jsonl renamed bot-1.jsonl (the mapping's glob reads both) and a new bot.jsonl started:
+    the moved lines make the rows they made before, not a second copy beside the old ones."""
+    root = tmp_path / "ws"
+    _workspace(root, _rows(3))
+    _collect(root)
+    (root / "_kb" / "bot.jsonl").rename(root / "_kb" / "bot-1.jsonl")
+    _write(root / "_kb" / "bot.jsonl", _rows(1, start=3))
+    _configure(root, text="output")
+    report = _collect(root)
+    rows = _evidence(root)
+    assert sorted(r["run_id"] for r in rows) == ["bot:r0", "bot:r1", "bot:r2", "bot:r3"]
+    assert {r["provenance"]["source_file"] for r in rows if r["run_id"] != "bot:r3"} == {"_kb/bot-1.jsonl"}
+    assert (report.totals.written, report.totals.deduped) == (1, 3)
