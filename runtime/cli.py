@@ -83,6 +83,11 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         if not isinstance(value, str) or is_blank_text(value):
             bad.append(f'{where}: no non-empty "task" string')
             continue
+        # an id is a string or an integer: an object, a list or a float would be logged as its repr
+        if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, str | int)
+                                    or (isinstance(task_id, str) and is_blank_text(task_id))):
+            bad.append(f'{where}: "task_id" must be a non-empty string or an integer')
+            continue
         tasks.append((value, str(task_id) if task_id is not None else None))
     return tasks, bad
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -464,3 +465,16 @@ def test_check_reports_bad_lines_and_exits_2(tmp_path) -> None:
     assert "answer" in rows[0]["error"] and "not JSON" in rows[1]["error"]
     assert invoke("--check", str(tmp_path / "missing.jsonl")).exit_code == 2
     assert invoke("--check", str(path), "--task", "x").exit_code == 2
+
+
+@pytest.mark.parametrize("task_id", [{"a": 1}, [1], 1.5, True, "\u200b", " "])
+def test_a_task_id_that_is_not_a_string_or_an_integer_is_named_not_logged_as_its_repr(tmp_path: Path, task_id: Any) -> None:
+    from runtime.cli import read_tasks
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"task": "route the ticket", "task_id": task_id}) + "\n"
+                     + json.dumps({"task": "route it again", "task_id": 7}) + "\n"
+                     + json.dumps({"task": "and again", "id": "T-9"}) + "\n")
+    found, bad = read_tasks(tasks)
+    assert found == [("route it again", "7"), ("and again", "T-9")]
+    assert len(bad) == 1 and "tasks.jsonl:1" in bad[0] and "task_id" in bad[0]
