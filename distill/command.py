@@ -6,7 +6,6 @@ code."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import gc
 import signal
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from distill.config import Settings, load_settings
-from distill.errors import DistillError, Terminated, UsageError
+from distill.errors import DistillError, Terminated, UsageError, os_error_message
 from distill.workspace import Workspace
 
 
@@ -106,17 +105,6 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def os_error_message(exc: OSError) -> str:
-    """One line for a failed file operation: what, where, why."""
-    where = f" {exc.filename}" if exc.filename else ""
-    if exc.filename2:
-        where += f" -> {exc.filename2}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        # each file is replaced whole or appended in whole lines, so running again is safe
-        return f"cannot write{where}: {exc.strerror}; free some space and run the command again"
-    return f"cannot use{where}: {exc.strerror or type(exc).__name__}"
 
 
 def fail(message: str, code: int, *, json_out: bool) -> typer.Exit:

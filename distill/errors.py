@@ -8,6 +8,7 @@ already cleans up after Ctrl-C cleans up after SIGTERM too.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -106,3 +107,14 @@ class WorkerFailed(DistillError):
     """A process a stage forked for some of its partitions failed or died: the stage failed."""
 
     exit_code = 1
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, why."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.filename2:
+        where += f" -> {exc.filename2}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # each file is replaced whole or appended in whole lines, so running again is safe
+        return f"cannot write{where}: {exc.strerror}; free some space and run the command again"
+    return f"cannot use{where}: {exc.strerror or type(exc).__name__}"

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from distill.config import Settings
-from distill.errors import StageUnavailable, Terminated
+from distill.errors import StageUnavailable, Terminated, os_error_message
 from distill.records.stage import StageReport
 from distill.stage import Stage
 from distill.workspace import Workspace
@@ -56,6 +56,8 @@ def run_guarded(stage: Stage, ws: Workspace, settings: Settings) -> Outcome:
         return stage.run(ws, settings), None
     except StageUnavailable:
         raise
+    except OSError as exc:  # a full disk says so, and that running again is safe
+        return StageReport(stage=stage.name), f"{type(exc).__name__}: {os_error_message(exc)}"
     except Exception as exc:  # the orchestration boundary: any failure becomes a failed receipt
         return StageReport(stage=stage.name), f"{type(exc).__name__}: {exc}"
 

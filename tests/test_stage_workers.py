@@ -84,3 +84,18 @@ def test_a_worker_that_raises_or_dies_fails_its_stage_only(mini: Workspace) -> N
     assert "signal 9" in (by_stage["killed"].error or "")
     assert result.exit_code == 1 and result.summary.stopped_by is not None
     assert (mini.root / "out" / "upper.jsonl").exists() and (mini.root / "out" / "lengths.jsonl").exists()
+
+
+def test_a_stage_stopped_by_a_full_disk_names_the_file_and_what_to_do(mini: Workspace) -> None:
+    """Found with the evidence rebuild on a tmpfs: `stage_raised: OSError: [Errno 28] No space left on
+    device: '...'` said neither that running again is safe nor what to do first."""
+    import errno
+
+    def full(ws: Workspace, settings: Settings) -> StageReport:
+        raise OSError(errno.ENOSPC, "No space left on device", str(ws.root / "evidence" / "x.jsonl"))
+
+    stage = _FileStage("full", full, ["_kb/in.jsonl"], [], ("collect",))
+    result = execute_run(mini, Settings.model_validate({"run": {"jobs": 1}}), stages=independent_stages(stage))
+    by_stage = {s.stage: s for s in result.summary.stages}
+    assert by_stage["full"].errors == [f"stage_raised: OSError: cannot write {mini.root / 'evidence' / 'x.jsonl'}: "
+                                       "No space left on device; free some space and run the command again"]
