@@ -123,6 +123,7 @@ class ViolationCode(StrEnum):
     PAIRS_PER_TASK = "pairs_per_task"
     SCHEMA = "schema"  # a row the export's record schema refuses
     STALE_ROW = "stale_row"  # shipped earlier, forbidden now: its run scored into a NEVER category, or it fails the gates
+    STALE_LABEL = "stale_label"  # carries a category its run no longer has (scored again since, or relabelled by hand)
     CONSERVATION = "conservation"  # rows in != written + quarantined + deduped + skipped
 
 
@@ -201,6 +202,8 @@ def row_violations(
             if bad:
                 code = ViolationCode.CHOSEN_CATEGORY if side == "chosen" else ViolationCode.CATEGORY
                 add(code, f"{side} side is {bad[0]} (label {label}, scored {score})")
+            elif label is not None and score is not None and _category(label) is not _category(score):
+                add(ViolationCode.STALE_LABEL, f"{side} side is labelled {label} but its run is scored {score} now")
         return out
     field = "success_score" if kind is ExportKind.RAG else "quality_score"
     label = row.get(field)
@@ -209,6 +212,10 @@ def row_violations(
     score_cat = _category(score) if score is not None else None
     if label_cat is None or label_cat not in shippable_categories(kind) or (score_cat is not None and score_cat in NEVER[kind]):
         add(ViolationCode.CATEGORY, f"{kind.value} row from a {score or label} run (label {label}, scored {score})")
+    elif score_cat is not None and score_cat is not label_cat:
+        # a row a trainer filters by its label must carry its run's category: a score change after
+        # it shipped (accepted -> partially_accepted) or a hand edit leaves a label that lies
+        add(ViolationCode.STALE_LABEL, f"labelled {label} but its run is scored {score} now")
     return out
 
 

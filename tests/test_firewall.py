@@ -114,6 +114,10 @@ def test_firewall_reread_catches_leaks_by_label_and_by_score(tmp_path: Path) -> 
     assert policy_errors(ws, "rag") == []
     _write(ws.rag_path, [{"id": "r3", "success_score": "accepted", "source_run_id": "ev-bad"}])
     assert policy_errors(ws, "rag")[0].startswith("firewall_rag_category: 1 ")
+    # a label that may ship but is not its run's category: scored again since, or edited by hand
+    _write(ws.rag_path, [{"id": "r4", "success_score": "partially_accepted", "source_run_id": "ev-ok"},
+                         {"id": "r5", "success_score": "needs_human_review", "source_run_id": "ev-ok"}])
+    assert policy_errors(ws, "rag") == ["firewall_rag_stale_label: 2 r4, r5"]
 
     _write(ws.preference_path, [
         {"id": "p1", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "a", "rejected": "b", "chosen_category": "accepted"},
@@ -123,6 +127,11 @@ def test_firewall_reread_catches_leaks_by_label_and_by_score(tmp_path: Path) -> 
     ])
     codes = sorted(e.split(":")[0] for e in policy_errors(ws, "preference"))
     assert codes == ["firewall_preference_chosen_category", "firewall_preference_identical_texts", "firewall_preference_self_pair"]
+    _write(ws.preference_path, [
+        {"id": "p5", "chosen_run_id": "ev-ok", "rejected_run_id": "ev-bad", "chosen": "a", "rejected": "b",
+         "chosen_category": "partially_accepted", "rejected_category": "rejected"},
+    ])
+    assert policy_errors(ws, "preference") == ["firewall_preference_stale_label: 1 p5"]
 
 
 def test_firewall_judges_each_evidence_version_by_its_own_score(tmp_path: Path) -> None:

@@ -940,3 +940,34 @@ def test_18_an_export_with_its_own_flags_between_runs_is_not_a_hand_edit(tmp_pat
         fh.write((root / "exports" / native).read_bytes().splitlines(keepends=True)[0])
     edited = run_cli(run, timeout=300)
     assert edited.returncode == 1 and "determinism_violation" in " ".join(stage(edited)["errors"])
+
+
+# ---------------------------------------------------------------------- 19. scores that change after rows shipped
+
+
+def test_19_a_shipped_row_whose_run_is_scored_into_another_category_is_named(tmp_path: Path) -> None:
+    """`[score] grounded_accept` raised after a run: every later `distill run` passed with SFT rows
+    still labelled `"quality_score": "accepted"` whose runs are now partially_accepted (found on the
+    sample: 32 rows), each also listed in the SFT quarantine as category_disallowed; RAG and the
+    preference pairs kept the old labels too. The export's verification compares a row's label
+    with its run's score, so the run stops naming the row and `--rebuild`; after the rebuild every
+    label is the run's category and the run passes."""
+    root = _workspace(tmp_path / "ws", rows=60)
+    run = [*DISTILL, "run", "--root", str(root), "--no-index", "--continue-on-failure", "--json"]
+    assert run_cli(run, timeout=300).returncode == 0
+    (root / "distill.toml").write_text("[score]\ngrounded_accept = 0.99\nmode_latency_partial_s = 1\n")
+    stopped = run_cli(run, timeout=300)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    errors = {s["stage"]: " ".join(s["errors"]) for s in json.loads(stopped.stdout)["summary"]["stages"]}
+    for kind in ("rag", "sft"):
+        assert f"firewall_{kind}_stale_label" in errors[f"export-{kind}"], errors
+        assert "labelled accepted but its run is scored partially_accepted now" in errors[f"export-{kind}"]
+        assert f"`distill export {kind} --rebuild`" in errors[f"export-{kind}"]
+    rebuilt = run_cli([*DISTILL, "export", "all", "--rebuild", "--root", str(root)], timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-1500:]
+    assert run_cli(run, timeout=300).returncode == 0
+    scored = {(r["evidence_run_id"], r["provenance"]["sig_hash"]): r["category"]
+              for p in (root / "scored-runs").rglob("*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+    for native, field in (("rag/playbooks.jsonl", "success_score"), ("sft/instruction_response.jsonl", "quality_score")):
+        rows = [json.loads(line) for line in (root / "exports" / native).read_text().splitlines()]
+        assert rows and all(r[field] == scored[(r["source_run_id"], r["provenance"]["sig_hash"])] for r in rows)
