@@ -138,19 +138,44 @@ def test_a_run_re_scored_as_rejected_is_caught_in_the_verified_prefix(ws: Worksp
     assert _messages(verify_export(ws, ExportKind.RAG)) == found
 
 
-def test_a_re_score_that_keeps_a_row_shippable_is_remembered(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_re_score_to_another_shippable_category_is_a_stale_label_judged_alone(
+        ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accepted -> partially_accepted still may ship, but the row's label no longer says what its run
+    is (until this was checked, such a re-score passed: the row kept "accepted")."""
     path = native_path(ws, ExportKind.RAG)
     rows = [json.loads(line) for line in _lines(path)]
     victim = next(r for r in rows if r["success_score"] == "accepted")
     line = rows.index(victim) + 1
     _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "partially_accepted")
     asked = _spy_rescored(monkeypatch)
-    assert verify_export(ws, ExportKind.RAG) == [] and _full(ws, ExportKind.RAG) == []
-    assert asked == [[line]]
+    found = _messages(verify_export(ws, ExportKind.RAG))
+    assert found == _full(ws, ExportKind.RAG) and asked == [[line]]
+    assert len(found) == 1 and "firewall_rag_stale_label" in found[0] and victim["id"] in found[0]
+    assert "labelled accepted but its run is scored partially_accepted now" in found[0]
+    # an unclean verification is not remembered: scored back, the prefix is as it was verified
     asked.clear()
-    # the clean verification kept today's answer: nothing of the prefix is judged again
-    assert verify_export(ws, ExportKind.RAG) == []
-    assert asked == [[]]
+    _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "accepted")
+    assert verify_export(ws, ExportKind.RAG) == [] and asked == [[]]
+
+
+def test_a_clean_re_judgement_is_remembered(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix row whose lookup answer changed and still passes is judged once; the clean
+    verification keeps today's answer, so the next one judges nothing of the prefix again."""
+    path = native_path(ws, ExportKind.RAG)
+    rows = [json.loads(line) for line in _lines(path)]
+    victim = next(r for r in rows if r["success_score"] == "accepted")
+    line = rows.index(victim) + 1
+    scored = next(p for p in iter_partition_files(ws.scored_dir)
+                  if any(json.loads(x).get("evidence_run_id") == victim["source_run_id"] for x in _lines(p)))
+    kept = scored.read_bytes()
+    scored.write_bytes(b"".join(x for x in _lines(scored) if json.loads(x).get("evidence_run_id") != victim["source_run_id"]))
+    asked = _spy_rescored(monkeypatch)
+    assert verify_export(ws, ExportKind.RAG) == [] and asked == [[line]]  # no score: judged by its label
+    asked.clear()
+    scored.write_bytes(kept)  # scored again, as it was labelled
+    assert verify_export(ws, ExportKind.RAG) == [] and asked == [[line]]
+    asked.clear()
+    assert verify_export(ws, ExportKind.RAG) == [] and asked == [[]]
     # and a later verdict against the same run is still caught
     _rescore(ws, victim["source_run_id"], victim["provenance"]["sig_hash"], "rejected")
     found = _messages(verify_export(ws, ExportKind.RAG))
