@@ -41,7 +41,7 @@ from distill.collect_checkpoints import (
 )
 from distill.config import Settings
 from distill.fold_cache import FoldCache
-from distill.hashing import file_size
+from distill.hashing import file_size, line_digest
 from distill.jsonl import (
     ReadProgress,
     append_lines,
@@ -69,6 +69,7 @@ from distill.workspace import Workspace, iter_partition_files, partition_path
 STAGE = "collect"
 SCRATCH_PREFIX = ".distill-collect-"  # sources read side by side, before they apply (workspace.SCRATCH_DIR)
 FLUSH_LINES = 20_000
+EVIDENCE_NOTE = "evidence: "  # what a rebuild of the evidence says (the commands print these notes)
 FLUSH_BYTES = 64 << 20
 
 
@@ -91,8 +92,10 @@ def _line_key(data: bytes) -> bytes | None:
         return None  # not evidence we wrote; score's reader quarantines it
 
 
-def line_digest(line: bytes) -> bytes:
-    return hashlib.blake2b(line, digest_size=16).digest()
+def _cut_torn_tail(path: Path) -> None:
+    if torn_tail_length(path):  # the lock only where there is something to cut
+        with lock_for(path):
+            repair_torn_tail(path)
 
 
 def load_evidence_lines(evidence_dir: Path) -> dict[bytes, bytes]:
@@ -100,9 +103,7 @@ def load_evidence_lines(evidence_dir: Path) -> dict[bytes, bytes]:
     compares the rows it makes with."""
     lines: dict[bytes, bytes] = {}
     for path in iter_partition_files(evidence_dir):
-        if torn_tail_length(path):
-            with lock_for(path):
-                repair_torn_tail(path)
+        _cut_torn_tail(path)
         for raw in iter_raw_lines(path):
             if raw.terminated and raw.data and (key := _line_key(raw.data)) is not None:
                 lines[key] = line_digest(raw.data)
@@ -114,9 +115,8 @@ def load_evidence_keys(evidence_dir: Path, *, repair: bool, book: CollectCheckpo
     With checkpoints, only the lines appended since the last run are parsed."""
     keys: set[bytes] = set()
     for path in iter_partition_files(evidence_dir):
-        if repair and torn_tail_length(path):  # the lock only where there is something to cut
-            with lock_for(path):
-                repair_torn_tail(path)
+        if repair:
+            _cut_torn_tail(path)
         if book is not None:
             keys.update(book.evidence_keys(path.relative_to(evidence_dir).as_posix(), path, _line_key))
             continue
@@ -302,7 +302,7 @@ def run_collect(
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, suffix=".tmp",
                                                                              dir=ws.root)))
             rebuilt = _Rebuild(before=load_evidence_lines(ws.evidence_dir), staging=staging)
-            report.notes.append("evidence collected again: distill, [collect] or [[sources]] changed since, or --force")
+            report.notes.append(f"{EVIDENCE_NOTE}collected again: distill, [collect] or [[sources]] changed since, or --force")
         else:
             rebuilt = None
         _collect(ws, settings, chosen, report, dry_run=dry_run,
@@ -311,13 +311,13 @@ def run_collect(
         if rebuilt is not None:
             fates = rebuilt.merge(ws.evidence_dir, turned_off(settings))
             if fates["kept"]:
-                report.notes.append(f"evidence: {fates['kept']} rows kept as collected before: no source line read backs "
+                report.notes.append(f"{EVIDENCE_NOTE}{fates['kept']} rows kept as collected before: no source line read backs "
                                     "them now (delete evidence/*/*/*/SOURCE.jsonl to drop a source's rows)")
             if fates["dropped"]:
-                report.notes.append(f"evidence: {fates['dropped']} rows dropped: [collect] turns their source off "
+                report.notes.append(f"{EVIDENCE_NOTE}{fates['dropped']} rows dropped: [collect] turns their source off "
                                     "(rows already exported stay until `distill export all --rebuild`)")
             if rebuilt.changed:
-                report.notes.append(f"evidence: {rebuilt.changed} rows differ from what was collected before: rows already "
+                report.notes.append(f"{EVIDENCE_NOTE}{rebuilt.changed} rows differ from what was collected before: rows already "
                                     "exported keep what they shipped with until `distill export all --rebuild`")
     if not dry_run:
         write_sealed(ws.evidence_basis_path, dumps({"basis": basis}))
@@ -433,11 +433,10 @@ class _SourceReader:
                 return
             seen.add(key)
             line = _evidence_line(item)
-            old = rebuilt.before.get(key) if rebuilt is not None else None
-            if old is not None:
+            if rebuilt is not None and (old := rebuilt.before.get(key)) is not None:
                 outcomes["deduped"] += 1  # collected before: written again, as the current rules make it
                 if old != line_digest(line):
-                    rebuilt.changed += 1  # type: ignore[union-attr]
+                    rebuilt.changed += 1
             else:
                 outcomes["written"] += 1
                 roles[item.model_role.value] += 1

@@ -132,6 +132,12 @@ def unsealed(data: bytes) -> bytes | None:
     return data[:-SEAL_BYTES] if seal_intact(data) else None
 
 
+def line_digest(line: bytes) -> bytes:
+    """A line's 128-bit digest for comparisons within one run (score's mirror lines, collect's
+    rebuilt evidence): never saved, so xxh3 rather than a cryptographic hash."""
+    return xxhash.xxh3_128_digest(line)
+
+
 def split_digests(packed: bytes | bytearray, size: int = 16) -> list[bytes]:
     """Digests of `size` bytes laid end to end, each as its own bytes: never through numpy's
     `tolist()` of an S16 array, which drops a value's trailing zero bytes (one digest in 256 would

@@ -28,12 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import xxhash
 
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
-from distill.hashing import PrefixHash, split_digests
+from distill.hashing import PrefixHash, line_digest, split_digests
 from distill.jsonl import (
     READ_CHUNK,
     HeldWrites,
@@ -165,7 +164,7 @@ class _MirrorNow:
         for raw in iter_raw_lines(target, on_chunk=sha.update):
             if raw.terminated:
                 found.lines += 1
-                found.digests.add(_line_digest(raw.data or b""))
+                found.digests.add(line_digest(raw.data or b""))
         found.sha256 = sha.hexdigest()
         found.size = target.stat().st_size
         return found
@@ -196,11 +195,6 @@ def _appended(target: Path, before: _MirrorNow, *, write: bool) -> Iterator[Line
             with contextlib.suppress(OSError):
                 os.ftruncate(fh.fileno(), before.size)
             raise
-
-
-def _line_digest(line: bytes) -> bytes:
-    """Stands for a mirror line within one run (what `deduped` asks): never saved."""
-    return xxhash.xxh3_128_digest(line)
 
 
 def _problem(reason: QuarantineReason, error: str, ref: SourceRef, data: bytes | None) -> QuarantineRecord:
@@ -396,7 +390,7 @@ class _PartitionScorer:
             def emit(line: bytes, category: str) -> None:
                 out.write_line(line)
                 categories.append(category)
-                digest = _line_digest(line)
+                digest = line_digest(line)
                 deduped.append(digest in before.digests)
                 line_digests.extend(digest)
 

@@ -18,6 +18,7 @@ import typer
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace, run_app
 from distill.errors import UsageError
 from distill.records.common import is_blank_text
+from distill.sources.fields import key_part
 
 if TYPE_CHECKING:
     from distill.records.replay import ReplayRun
@@ -83,9 +84,9 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         if not isinstance(value, str) or is_blank_text(value):
             bad.append(f'{where}: no non-empty "task" string')
             continue
-        # an id is a string or an integer: an object, a list or a float would be logged as its repr
-        if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, str | int)
-                                    or (isinstance(task_id, str) and is_blank_text(task_id))):
+        # an id is what a natural key may be (a non-blank string or an integer): an object, a list
+        # or a float would be logged as its repr and become the evidence's task id
+        if task_id is not None and key_part(task_id) is None:
             bad.append(f'{where}: "task_id" must be a non-empty string or an integer')
             continue
         tasks.append((value, str(task_id) if task_id is not None else None))

@@ -253,7 +253,7 @@ def test_a_partition_nothing_reached_is_hashed_not_read(
     assert victims[0] == victims[1]
     mirror_lines = sum(p.read_bytes().count(b"\n") for p in iter_partition_files(b.scored_dir))
     victim_lines = (a.evidence_dir / victims[0]).read_bytes().count(b"\n")
-    lines_read = Calls(monkeypatch, score_module, "_line_digest")
+    lines_read = Calls(monkeypatch, score_module, "line_digest")
     resumed = _score(a)
     read = lines_read.rows
     assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))

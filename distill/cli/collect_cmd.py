@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 
@@ -19,7 +18,7 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="count, write nothing")] = False,
     ) -> None:
         """Turn every source stream under ROOT/_kb into evidence rows (bad rows -> quarantine)."""
-        from distill.cli.report_table import flow_table
+        from distill.cli.report_table import flow_table, shown_notes
         from distill.collect import run_collect
 
         ws, settings = open_workspace(root, sources=True)
@@ -32,9 +31,6 @@ def register(app: typer.Typer) -> None:
             emit_json(report)
         else:
             console().print(flow_table(report))
-            for unread in report.unread:
-                console().print(Text.assemble(("not read", "yellow"), f" {unread.path}: {unread.reason}"))
-            for note in report.notes:
-                if note.startswith("evidence"):
-                    console().print(Text.assemble(("evidence", "yellow"), f" {note.removeprefix('evidence').lstrip(': ')}"))
+            for line in shown_notes(report.notes):
+                console().print(line)
             console().print(f"quarantine: {ws.quarantine_path('collect')}")

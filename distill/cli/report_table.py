@@ -36,3 +36,18 @@ def category_table(report: StageReport, *, title: str | None = None) -> Table:
     for name, c in rows:
         table.add_row(name, *(str(c.by_category.get(cat, 0)) for cat in CATEGORY_ORDER))
     return table
+
+
+# notes a stage leaves that the user should see on the console, by their prefix, with the label shown
+SHOWN_NOTES = (("not read: ", "not read"), ("evidence: ", "evidence"))
+
+
+def shown_notes(notes: list[str]) -> list[Text]:
+    """A stage's notes worth a line on the console: inputs it did not read, and what a rebuild of
+    the evidence did (distill.collect.EVIDENCE_NOTE)."""
+    out = []
+    for note in notes:
+        for prefix, label in SHOWN_NOTES:
+            if note.startswith(prefix):
+                out.append(Text.assemble((label, "yellow"), f" {note.removeprefix(prefix)}"))
+    return out

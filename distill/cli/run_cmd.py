@@ -60,6 +60,8 @@ class _Progress:
 
 
 def print_result(result: Any) -> None:
+    from distill.cli.report_table import shown_notes
+
     summary, drift = result.summary, result.drift
     table = Table(title=f"run {summary.run_id}", show_lines=False, pad_edge=False)
     table.add_column("stage", no_wrap=True)
@@ -78,11 +80,8 @@ def print_result(result: Any) -> None:
     out = console()
     out.print(table)
     for receipt in result.receipts:
-        for note in receipt.notes:
-            if note.startswith("not read: "):
-                out.print(Text.assemble(("not read", "yellow"), f" {note.removeprefix('not read: ')}"))
-            elif note.startswith("evidence"):  # collect made the evidence again under new rules
-                out.print(Text.assemble(("evidence", "yellow"), f" {note.removeprefix('evidence').lstrip(': ')}"))
+        for line in shown_notes(receipt.notes):
+            out.print(line)
     if summary.stopped_by:
         out.print(Text.assemble((f"stopped by {summary.stopped_by.stage}:", "bold red"), f" {summary.stopped_by.reason}"))
     color = {"ok": "green", "warn": "yellow", "alert": "bold red"}[drift.severity]
