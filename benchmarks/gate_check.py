@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,45 @@ def build(split: str, limit: int | None) -> tuple[list[dict[str, Any]], list[dic
     return grounded, mismatched
 
 
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+# a whole number from 11 to 998 standing alone (not inside 1.5, 2,300, 3e-4, H100, 25(OH)D, 32-A1 or a path)
+_INTEGER = re.compile(r"(?<![\w.,/-])([1-9]\d{1,2})(?![\w.,/(]|-[A-Z\d])")
+
+
+def spelled(n: int) -> str:
+    """11..999 in words, as an author writes them: "two hundred and twelve", "forty-five"."""
+    hundreds, rest = divmod(n, 100)
+    words = [f"{_ONES[hundreds]} hundred"] if hundreds else []
+    if rest:
+        tens, ones = divmod(rest, 10)
+        small = _ONES[rest] if rest < 20 else _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
+        words.append(("and " if hundreds else "") + small)
+    return " ".join(words)
+
+
+def altered(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """From each grounded answer whose first stand-alone whole number (11-998) its own evidence
+    holds: that figure changed (to the next number the evidence does not state) in digits, changed in
+    words, and unchanged but in words. The first two invent a figure and should fail; the third
+    says what the evidence says."""
+    out: dict[str, list[dict[str, Any]]] = {"changed_digits": [], "changed_words": [], "same_words": []}
+    for row in grounded:
+        evidence = row["task"] + "\n" + "\n".join(c["text"] for c in row["context"])
+        m = next((m for m in _INTEGER.finditer(row["answer"]) if 10 < int(m.group(1)) < 999
+                  and re.search(rf"(?<![\w.,]){m.group(1)}(?![\w.,]\d)", evidence)), None)
+        if m is None or int(m.group(1)) > 900:
+            continue
+        n = int(m.group(1))
+        # the changed figure is one the evidence does not state (30 -> 32 where the abstract also says 31)
+        changed = next(k for k in range(n + 1, n + 100) if not re.search(rf"(?<![\w.,]){k}(?![\w.,]\d)", evidence))
+        for kind, text in (("changed_digits", str(changed)), ("changed_words", spelled(changed)),
+                           ("same_words", spelled(n))):
+            answer = row["answer"][:m.start()] + text + row["answer"][m.end():]
+            out[kind].append({**row, "id": f"{row['id']}:{kind}", "answer": answer})
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -69,9 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
+    variants = altered(grounded)
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
+        judged = {kind: run_check(rows, Path(tmp))[0] for kind, rows in variants.items()}
+    passed_own = {v["id"] for v in own if v["passed"]}
+
+    def figure_row(kind: str) -> dict[str, Any]:
+        """Among the altered answers whose unaltered answer passed (so the figure decides)."""
+        verdicts = [v for v in judged[kind] if v["id"].rsplit(":", 1)[0] in passed_own]
+        return {"n": len(verdicts), "passed": sum(v["passed"] for v in verdicts),
+                "failed_by_support": sum(any(c["name"] == "support" and not c["passed"] for c in v["checks"]) for v in verdicts)}
 
     def failures(verdicts: list[dict[str, Any]]) -> dict[str, int]:
         return dict(Counter(c["name"] for v in verdicts for c in v["checks"] if not c["passed"]))
@@ -81,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "grounded_pass_rate": sum(v["passed"] for v in own) / len(own),
         "mismatched_fail_rate": sum(not v["passed"] for v in other) / len(other),
         "grounded_failed_by": failures(own), "mismatched_failed_by": failures(other),
+        "figures": {kind: figure_row(kind) for kind in variants},
         "wall_s": {"grounded": round(wall_own, 2), "mismatched": round(wall_other, 2)},
         "targets": {"grounded_pass": 0.9, "mismatched_fail": 0.9},
         "grounded_failures": [{"id": v["id"], "reasons": [c["reason"] for c in v["checks"] if not c["passed"]]}
@@ -103,11 +153,28 @@ def markdown(r: dict[str, Any]) -> str:
                      met(r["grounded_pass_rate"], 0.9)],
                     ["long answer + another question's abstract", r["n"], f"{r['mismatched_fail_rate']:.1%} fail", "≥ 90% fail",
                      met(r["mismatched_fail_rate"], 0.9)]])
+        + figures_markdown(r.get("figures"))
         + "\nFailed checks (grounded / mismatched): "
         + ", ".join(f"{c} {r['grounded_failed_by'].get(c, 0)}/{r['mismatched_failed_by'].get(c, 0)}" for c in checks)
         + f"\n\n- `replay --check` wall time {r['wall_s']['grounded']} s + {r['wall_s']['mismatched']} s; "
           f"load {r['machine']['loadavg_at_start']}; commit {r['machine']['git_commit']}\n"
     )
+
+
+def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
+    if not figures:
+        return ""
+    what = {"changed_digits": ("one figure changed, in digits", "fail"),
+            "changed_words": ("one figure changed, in words", "fail"),
+            "same_words": ("one figure unchanged, in words", "pass")}
+    rows = []
+    for kind, (label, should) in what.items():
+        f = figures[kind]
+        share = (f["n"] - f["passed"]) / f["n"] if should == "fail" else f["passed"] / f["n"]
+        rows.append([label, f["n"], f"{share:.1%} {should}", f"support failed {f['failed_by_support']}"])
+    return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered; "
+            "counted where the unaltered answer passed, so the figure decides:\n\n"
+            + md_table(["answers", "n", "result", ""], rows))
 
 
 if __name__ == "__main__":

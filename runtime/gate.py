@@ -10,7 +10,9 @@ because it is fluent. It cannot tell a plausible answer drawn from the evidence 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 from distill.config import GateSettings
@@ -268,24 +270,121 @@ def _content_words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z][a-z]{3,}", text.lower()) if w not in _STOPWORDS and w not in _GENERIC]
 
 
-def _figure(raw: str) -> str:
-    return raw.replace(" ", "").replace(",", "").lstrip("+")
+_FIGURE = re.compile(
+    r"(?<![\w.])(?:"
+    r"(?P<date>\d{4}-\d{2}-\d{2})(?!\d)"  # 2026-01-15, one figure rather than three numbers
+    r"|(?P<hash>(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,64})(?![\w])"  # a commit or content hash
+    r"|(?P<hex>0x[0-9a-f]+)(?![\w])"
+    r"|v(?P<version>\d+(?:\.\d+)*)(?![\w])"  # v4.17.21 is the version 4.17.21
+    r"|(?P<code>[a-z]+\d[a-z0-9]*(?:\.\d+)*)(?![\w])"  # H100, sha256, py311: a name that is its figure
+    r"|(?P<number>[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+(?!\w|\.\d))?(?:\s?%|\s+per\s?cent\b)?)"  # 18%, 2,300, 0.02, 3e-4
+    r")",
+    re.IGNORECASE,
+)
+_ORDINAL = re.compile(r"(?<![\w.])(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
+_NUMBER_WORDS = (
+    "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|"
+    "eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion"
+)
+_NUMBER_WORD_COMPOUND = re.compile(rf"\b({_NUMBER_WORDS})-(?!(?:{_NUMBER_WORDS})\b)(?=[a-z]|\s)", re.IGNORECASE)
+_MAGNITUDES = frozenset({"100", "1000", "1000000", "1000000000", "1000000000000"})
+"""A scale word alone ("several thousand", "a million") is an order of magnitude, not a figure."""
+MAX_EXPONENT = 30
+"""Scientific notation up to this exponent is compared by value (3e-4 = 0.0003); a larger one as written."""
+
+
+def _number(raw: str) -> str:
+    """One spelling per value: thousands separators and a leading + dropped, 30.0 = 30, 1e-4 = 0.0001,
+    18 percent = 18%."""
+    fig = re.sub(r"per\s?cent$", "%", raw.lower()).replace(" ", "").replace(",", "").lstrip("+")
+    percent = "%" if fig.endswith("%") else ""
+    body = fig.removesuffix("%")
+    if "e" in body.lower() or body.count(".") == 1:
+        try:
+            value = Decimal(body)
+        except InvalidOperation:
+            return fig.lower()
+        exponent = value.as_tuple().exponent
+        if not isinstance(exponent, int) or abs(exponent) > MAX_EXPONENT or value.adjusted() > MAX_EXPONENT:
+            return fig.lower()
+        body = format(value.normalize(), "f")
+    return body + percent
+
+
+def _figure(m: re.Match[str]) -> str:
+    kind = m.lastgroup
+    if kind == "number":
+        return _number(m.group(0))
+    if kind == "version":
+        return _number(m.group("version"))
+    return m.group(0).lower()
+
+
+def _strip_non_figures(text: str) -> str:
+    """List markers, URLs, paths and record ids carry digits that are not figures."""
+    text = _LIST_MARKER.sub(" ", _URL.sub(" ", text))
+    return _RECORD_ID.sub(" ", _PATH.sub(" ", text))
+
+
+def _all_figures(text: str) -> dict[str, str]:
+    """Each figure's one spelling -> how the text first wrote it."""
+    found: dict[str, str] = {}
+    for m in _FIGURE.finditer(text):
+        found.setdefault(_figure(m), m.group(0))
+    return found
+
+
+def _figure_list(text: str) -> list[str]:
+    return [_figure(m) for m in _FIGURE.finditer(text)]
+
+
+def _spelled_figures(text: str) -> list[str]:
+    """Figures written in words ("ninety seconds", "two hundred and twelve patients"), as digits.
+    An ordinal ("twenty-first", "thirty second": 32nd or 30 s?) and a scale word alone are left out."""
+    from text_to_num import alpha2digit
+
+    text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)  # "thirty-one-day mortality": the number, then its noun
+    converted = alpha2digit(text, "en", threshold=SMALL_NUMBERS)
+    if converted == text:
+        return []
+    new = Counter(_figure_list(converted)) - Counter(_figure_list(text))
+    ordinals = Counter(m.group(1) for m in _ORDINAL.finditer(converted)) - Counter(
+        m.group(1) for m in _ORDINAL.finditer(text))
+    new -= ordinals
+    return [f for f in new if f not in _MAGNITUDES]
+
+
+def _checked(fig: str) -> bool:
+    bare = fig.lstrip("-").lstrip("0") or "0"
+    # compared as text first: int() refuses a number of thousands of digits, and a model can write one
+    return not (bare.isdigit() and len(bare) <= len(str(SMALL_NUMBERS)) and int(bare) <= SMALL_NUMBERS)
+
+
+def stated_figures(text: str) -> dict[str, str]:
+    """The figures a text states, each by its one spelling (-> as the text wrote it): numbers (with
+    their % sign), scientific notation, versions, dates, hashes and names such as H100, and numbers
+    written in words; list markers, paths, ids and small counts (up to SMALL_NUMBERS) left out."""
+    text = _strip_non_figures(text)
+    found = _all_figures(text)
+    for fig in _spelled_figures(text):
+        found.setdefault(fig, fig)
+    return {fig: written for fig, written in found.items() if _checked(fig)}
 
 
 def figures_in(text: str) -> list[str]:
-    """The figures a text states: numbers (with their % sign), list markers, paths and ids left out."""
-    text = _LIST_MARKER.sub(" ", _URL.sub(" ", text))
-    text = _PATH.sub(" ", text)
-    text = _RECORD_ID.sub(" ", text)
-    out: list[str] = []
-    for m in _NUMBER.finditer(text):
-        fig = _figure(m.group(0))
-        bare = fig.lstrip("-")
-        if bare.isdigit() and int(bare) <= SMALL_NUMBERS:
-            continue
-        if fig not in out:
-            out.append(fig)
-    return out
+    """`stated_figures`' spellings, in order."""
+    return list(stated_figures(text))
+
+
+def evidence_figures(text: str) -> set[str]:
+    """Every figure an answer may take from `text`: those `figures_in` finds, each also without its
+    sign, and the plain numbers inside a compound one (the 15 of 2026-01-15), so an answer that
+    states a part of a figure is not called a fabrication. A percentage stays one: 30% does not
+    back "30-day" (measured on PubMedQA, where dropping the sign let a mismatched answer through)."""
+    found = set(figures_in(text))
+    for m in _NUMBER.finditer(_strip_non_figures(text)):
+        found.add(_number(m.group(0)))
+    return found | {f.lstrip("-") for f in found}
 
 
 def identifiers_in(text: str) -> list[str]:
@@ -318,8 +417,9 @@ def check_support(
     `min_word_support` must appear in the bundle. A fluent answer about something else, one with its
     figures changed, or one written without retrieval from the model's own memory does not pass."""
     evidence = evidence_text(bundle, task)
-    evidence_figures = set(figures_in(evidence)) | {f.lstrip("-") for f in figures_in(evidence)}
-    missing_figures = [f for f in figures_in(output) if f not in evidence_figures and f.lstrip("-") not in evidence_figures]
+    known_figures = evidence_figures(evidence)
+    missing_figures = [written for f, written in stated_figures(output).items()
+                       if f not in known_figures and f.lstrip("-") not in known_figures]
     idents = identifiers_in(output)
     lowered = evidence.lower()
     missing_idents = [i for i in idents if i.lower() not in lowered]
@@ -390,12 +490,15 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
     or a quote cut by the token limit still counts, and a passage taken from the task does not: the
     question is not evidence for its own answer."""
     n_refs = len(bundle.exemplars) + len(bundle.warnings)
-    bad_refs = sorted({int(m.group(1)) for m in _REFERENCE_NO.finditer(output) if not 1 <= int(m.group(1)) <= n_refs})
+    cited = {m.group(1).lstrip("0") or "0" for m in _REFERENCE_NO.finditer(output)}
+    # compared as text first: int() refuses a number of thousands of digits, and a model can write one
+    bad_refs = sorted((r for r in cited if len(r) > len(str(n_refs)) or not 1 <= int(r) <= n_refs), key=lambda r: (len(r), r))
     passages = quoted_passages(output)
     problems = []
     if bad_refs:
         had = f"the prompt had {n_refs}" if n_refs else "the prompt had none"
-        problems.append(f"cites reference {', '.join(map(str, bad_refs))} but {had}")
+        problems.append(f"cites reference {', '.join(r if len(r) <= MAX_QUOTED_CHARS else _short(r) for r in bad_refs[:5])}"
+                        f"{f' (+{len(bad_refs) - 5} more)' if len(bad_refs) > 5 else ''} but {had}")
     if passages:
         evidence = "\n".join([*(f"{i.title or ''}\n{i.text}" for i in (*bundle.exemplars, *bundle.warnings)),
                               *bundle.validation_steps])

@@ -6,7 +6,7 @@ import pytest
 
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, RetrievedItem
-from runtime.gate import cited_ids, cited_paths, validate
+from runtime.gate import cited_ids, cited_paths, figures_in, validate
 from runtime.prompt import make_nonce, render
 
 BUNDLE = ContextBundle(
@@ -255,7 +255,62 @@ def test_changed_figures_fail_support_with_the_figures_named() -> None:
     answer = "Yes. Statin therapy reduced 30-day mortality by 35% (p=0.001) in a randomised trial of 2,300 patients."
     support = checks(validate(answer, TRIAL, TRIAL_TASK, GateSettings()))["support"]
     assert not support.passed
-    assert "'35%'" in support.reason and "'0.001'" in support.reason and "'2300'" in support.reason
+    assert "'35%'" in support.reason and "'0.001'" in support.reason and "'2,300'" in support.reason  # as written
+
+
+POLICY = ContextBundle(
+    exemplars=[
+        RetrievedItem(
+            id="rag-00000000000000aa", score=0.9, rank=1, category="accepted", source_run_id="run-0002",
+            title="Retry policy",
+            text="The retry policy trains with a learning rate of 1e-4, pins lodash to v4.17.21 and waits 30 seconds. "
+                 "Thirty-two workers run on H100 GPUs since 2026-01-15 (commit 3f2a9c1e, error code 0x1F4).",
+        )
+    ]
+)
+POLICY_TASK = "Which settings does the retry policy use?"
+
+
+def test_figures_in_every_notation_count_and_are_compared_by_value() -> None:
+    """3e-4 for 1e-4, v4.17.99 for v4.17.21, H200 for H100, a changed hash, date or hex code, and
+    a figure written in words: each is a figure the evidence does not hold. The same values in
+    another notation (0.0001, 4.17.21, "thirty seconds", 32) are the evidence's own."""
+    honest = ("The retry policy uses a learning rate of 0.0001, lodash 4.17.21 and a thirty second wait, with 32 "
+              "workers on H100 GPUs since 2026-01-15 (commit 3f2a9c1e, code 0x1f4).")
+    support = checks(validate(honest, POLICY, POLICY_TASK, GateSettings()))["support"]
+    assert support.passed, support.reason
+    for invented, named in [
+        ("The retry policy uses a learning rate of 3e-4.", "3e-4"),
+        ("The retry policy pins lodash to v4.17.99.", "v4.17.99"),
+        ("The retry policy runs its workers on H200 GPUs.", "H200"),
+        ("The retry policy changed in commit 9b1d77e0.", "9b1d77e0"),
+        ("The retry policy has been in place since 2026-01-16.", "2026-01-16"),
+        ("The retry policy fails with error code 0x1F5.", "0x1F5"),
+        ("The retry policy waits ninety seconds between attempts.", "90"),
+        ("The retry policy runs two hundred and twelve workers.", "212"),
+    ]:
+        support = checks(validate(invented, POLICY, POLICY_TASK, GateSettings()))["support"]
+        assert not support.passed and f"'{named}'" in support.reason, (invented, support.reason)
+
+
+def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
+    """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
+    and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
+    for text in ["The twenty-first attempt waited a thirty second interval.", "Several thousand workers, a million rows.",
+                 "Check one, two or three workers."]:
+        assert figures_in(text) == [], text
+    assert figures_in("It trains at 3e-4.") == ["0.0003"]
+    assert figures_in("Scale 10e400 or 1e-999999.") == ["10e400", "1e-999999"]  # as written, never expanded
+
+
+def test_a_number_of_thousands_of_digits_is_a_failed_check_not_a_crash() -> None:
+    """int() refuses strings over 4,300 digits: the gate compares such a figure, or a reference
+    number, as text and quotes it briefly."""
+    huge = "7" * 5000
+    result = validate(f"The retry policy runs {huge} workers, per reference {huge}.", POLICY, POLICY_TASK, GateSettings())
+    by_name = checks(result)
+    assert not by_name["support"].passed and not by_name["citations"].passed
+    assert len(by_name["support"].reason) < 300 and len(by_name["citations"].reason) < 300
 
 
 def test_a_fluent_answer_about_something_else_fails_support() -> None:
