@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from audit.claims import Claim, ClaimKind, figure_number
 from audit.diff import AddedLine, FileChange, is_test_path
 from audit.findings import Finding, Severity, signature_of
-from audit.testrun import TestRun
+from audit.testrun import MAX_COUNT_DIGITS, TestRun, count_of
 from runtime.gate import placeholder_regexes
 
 _STUB_WORD = re.compile(r"\b(?:stub(?:bed|s)?|placeholder)\b", re.IGNORECASE)
@@ -299,13 +299,14 @@ def _not_run(claim: Claim, check: str, why: str | None) -> Finding:
 def _test_count(claim: Claim, run: TestRun | None, untested: str | None) -> list[Finding]:
     if run is None:
         return [_not_run(claim, "claim_tests", untested)]
-    claimed = int(claim.value)
+    count = count_of(claim.value)
+    claimed = str(count) if count is not None else claim.value[:MAX_COUNT_DIGITS] + "…"
     if run.passed is None:
         return [Finding(check="claim_tests", severity=Severity.BLOCK, title=f"claimed {claimed} passing tests, runner gave no count",
                         claim=claim.sentence, checked=f"`{run.command}` (exit {run.exit_code})",
                         found=f"no count in its closing line: {run.closing_line!r}" + (" (timed out)" if run.timed_out else ""),
                         signature=signature_of("claim_tests", "test count not verifiable"))]
-    if run.passed != claimed or run.failed:
+    if run.passed != count or run.failed:
         return [Finding(check="claim_tests", severity=Severity.BLOCK,
                         title=f"claimed {claimed} passing tests, the runner passed {run.passed}",
                         claim=claim.sentence, checked=f"`{run.command}` (exit {run.exit_code})",

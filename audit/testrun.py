@@ -30,20 +30,39 @@ class TestRun(BaseModel):
     failed: int = 0
 
 
+def count_of(text: str) -> int | None:
+    """A count as written ("1,234"), or None when it has more digits than any test run counts:
+    int() refuses over 4,300 digits, and the audited change writes both its message and its tests."""
+    digits = text.replace(",", "").lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_COUNT_DIGITS else None
+
+
+MAX_COUNT_DIGITS = 18
+
+
 def read_counts(output: str) -> tuple[str, int | None, int]:
-    """(closing line, passed, failed) from a pytest or unittest run's output."""
+    """(closing line, passed, failed) from a pytest or unittest run's output; passed is None when
+    there is no count to read (a failure count too long to read is at least one failure)."""
     lines = [ln.strip().strip("=").strip() for ln in output.splitlines() if ln.strip()]
     for line in reversed(lines):
         p, f = _PASSED.search(line), _FAILED.search(line)
         if p or f:
-            failed = sum(int(x.replace(",", "")) for x in _FAILED.findall(line))
-            return line, int(p.group(1).replace(",", "")) if p else 0, failed
-    ran = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_RAN.match(ln))), None)
+            failed = sum(count_of(x) or 1 for x in _FAILED.findall(line))
+            return _shown(line), count_of(p.group(1)) if p else 0, failed
+    ran = next((count_of(m.group(1)) for ln in lines if (m := _UNITTEST_RAN.match(ln))), None)
     if ran is not None:
-        failed = next((int(m.group(1)) for ln in lines if (m := _UNITTEST_FAILED.match(ln))), 0)
+        failed = next((count_of(m.group(1)) or 1 for ln in lines if (m := _UNITTEST_FAILED.match(ln))), 0)
         closing = lines[-1] if lines else ""
-        return closing, ran - failed, failed
-    return (lines[-1] if lines else ""), None, 0
+        return _shown(closing), ran - failed, failed
+    return _shown(lines[-1] if lines else ""), None, 0
+
+
+MAX_CLOSING_CHARS = 300
+
+
+def _shown(line: str) -> str:
+    """The closing line as a finding quotes it: a runner (or the change under audit) can print anything."""
+    return line if len(line) <= MAX_CLOSING_CHARS else line[:MAX_CLOSING_CHARS] + "…"
 
 
 def run_tests(command: str, cwd: Path, timeout_s: float) -> TestRun:

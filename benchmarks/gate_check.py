@@ -90,6 +90,28 @@ def altered(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+_TIME_FIGURE = re.compile(r"(?<![\w.,])(\d+)(\s|-)(day|week|month|year|hour|minute)(s?)\b", re.IGNORECASE)
+_OTHER_UNIT = {"day": "week", "week": "month", "month": "year", "year": "month", "hour": "day", "minute": "hour"}
+
+
+def unit_changed(grounded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From each grounded answer with a figure in days, weeks, months, years, hours or minutes that
+    its evidence states in the same unit: that figure in the next unit (30-day -> 30-week). The
+    number is the evidence's, the claim is not: it should fail."""
+    out = []
+    for row in grounded:
+        evidence = row["task"] + "\n" + "\n".join(c["text"] for c in row["context"])
+        for m in _TIME_FIGURE.finditer(row["answer"]):
+            same = rf"(?<![\w.,]){m.group(1)}[\s-]{m.group(3)}s?\b"
+            other = rf"(?<![\w.,]){m.group(1)}[\s-]{_OTHER_UNIT[m.group(3).lower()]}s?\b"
+            if re.search(same, evidence, re.IGNORECASE) and not re.search(other, evidence, re.IGNORECASE):
+                unit = _OTHER_UNIT[m.group(3).lower()]
+                answer = row["answer"][:m.start(3)] + unit + row["answer"][m.end(3):]
+                out.append({**row, "id": f"{row['id']}:unit_changed", "answer": answer})
+                break
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
-    variants = altered(grounded)
+    variants = {**altered(grounded), "unit_changed": unit_changed(grounded)}
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
@@ -166,10 +188,13 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
         return ""
     what = {"changed_digits": ("one figure changed, in digits", "fail"),
             "changed_words": ("one figure changed, in words", "fail"),
-            "same_words": ("one figure unchanged, in words", "pass")}
+            "same_words": ("one figure unchanged, in words", "pass"),
+            "unit_changed": ("a figure in days/weeks/months/years/hours/minutes put in another of them", "fail")}
     rows = []
     for kind, (label, should) in what.items():
-        f = figures[kind]
+        f = figures.get(kind)
+        if not f or not f["n"]:
+            continue
         share = (f["n"] - f["passed"]) / f["n"] if should == "fail" else f["passed"] / f["n"]
         rows.append([label, f["n"], f"{share:.1%} {should}", f"support failed {f['failed_by_support']}"])
     return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered; "

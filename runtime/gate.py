@@ -338,13 +338,19 @@ def _figure_list(text: str) -> list[str]:
     return [_figure(m) for m in _FIGURE.finditer(text)]
 
 
-def _spelled_figures(text: str) -> list[str]:
-    """Figures written in words ("ninety seconds", "two hundred and twelve patients"), as digits.
-    An ordinal ("twenty-first", "thirty second": 32nd or 30 s?) and a scale word alone are left out."""
+def _in_digits(text: str) -> str:
+    """`text` with its numbers in words written in digits (text2num): "ninety seconds" -> "90 seconds"."""
     from text_to_num import alpha2digit
 
     text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)  # "thirty-one-day mortality": the number, then its noun
-    converted = alpha2digit(text, "en", threshold=SMALL_NUMBERS)
+    return alpha2digit(text, "en", threshold=SMALL_NUMBERS)
+
+
+def _spelled_figures(text: str) -> list[str]:
+    """Figures written in words ("ninety seconds", "two hundred and twelve patients"), as digits.
+    An ordinal ("twenty-first", "thirty second": 32nd or 30 s?) and a scale word alone are left out."""
+    text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)
+    converted = _in_digits(text)  # (its own split of "thirty-one-day" finds nothing more to split)
     if converted == text:
         return []
     new = Counter(_figure_list(converted)) - Counter(_figure_list(text))
@@ -385,6 +391,47 @@ def evidence_figures(text: str) -> set[str]:
     for m in _NUMBER.finditer(_strip_non_figures(text)):
         found.add(_number(m.group(0)))
     return found | {f.lstrip("-") for f in found}
+
+
+_UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "ns": ("ns", "nanoseconds?"), "µs": ("µs", "μs", "us", "microseconds?"), "ms": ("ms", "msecs?", "milliseconds?"),
+    "s": ("s", "secs?", "seconds?"), "min": ("mins?", "minutes?"), "h": ("h", "hrs?", "hours?"), "day": ("days?",),
+    "week": ("weeks?", "wks?"), "month": ("months?", "mos?"), "year": ("years?", "yrs?"),
+    "byte": ("bytes?",), "KB": ("kb", "kib", "kilobytes?"), "MB": ("mb", "mib", "megabytes?"),
+    "GB": ("gb", "gib", "gigabytes?"), "TB": ("tb", "tib", "terabytes?"),
+    "µg": ("µg", "μg", "mcg", "ug", "micrograms?"), "mg": ("mg", "milligrams?"), "g": ("g", "grams?"),
+    "kg": ("kg", "kilograms?"), "ml": ("ml", "millilit(?:er|re)s?"), "l": ("l", "lit(?:er|re)s?"),
+    "mm": ("mm", "millimet(?:er|re)s?"), "cm": ("cm", "centimet(?:er|re)s?"), "km": ("km", "kilomet(?:er|re)s?"),
+}
+"""Units a figure is stated in, each with its spellings; a bare "m" (minutes or metres?) is none."""
+_UNIT_OF = {spelling: unit for unit, spellings in _UNIT_SPELLINGS.items() for spelling in spellings}
+_WITH_UNIT = re.compile(
+    r"(?<![\w.])(\d+(?:[.,]\d+)*)(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
+)
+
+
+def _unit(spelled: str) -> str:
+    return next(unit for spelling, unit in _UNIT_OF.items() if re.fullmatch(spelling, spelled, re.IGNORECASE))
+
+
+def figures_with_units(text: str) -> dict[tuple[str, str], str]:
+    """(value, unit) -> as written, for every figure stated with a unit ("30 s", "thirty-day", "5 mg")."""
+    found: dict[tuple[str, str], str] = {}
+    for m in _WITH_UNIT.finditer(_in_digits(_strip_non_figures(text))):
+        found.setdefault((_number(m.group(1)), _unit(m.group(2))), m.group(0))
+    return found
+
+
+def unit_mismatches(output: str, evidence: str) -> list[str]:
+    """Figures the evidence states in another unit only: "30 ms" where it says 30 seconds, "5 g"
+    where it says 5 mg. A value the evidence states without a unit, or not at all, is left to the
+    figure check."""
+    units: dict[str, set[str]] = {}
+    for value, unit in figures_with_units(evidence):
+        units.setdefault(value, set()).add(unit)
+    return [f"{written} (the evidence has {value} {' or '.join(sorted(units[value]))})"
+            for (value, unit), written in figures_with_units(output).items()
+            if value in units and unit not in units[value]]
 
 
 def identifiers_in(text: str) -> list[str]:
@@ -438,6 +485,9 @@ def check_support(
     problems: list[str] = []
     if missing_figures:
         problems.append(f"figures not in the evidence: {_quote(missing_figures)}")
+    wrong_units = unit_mismatches(output, evidence)
+    if wrong_units:
+        problems.append(f"figures in another unit than the evidence's: {_quote(wrong_units)}")
     if ident_ratio < min_identifier_support:
         problems.append(
             f"{len(missing_idents)}/{len(idents)} code identifiers not in the evidence (e.g. {_quote(missing_idents, 4)})"

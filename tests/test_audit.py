@@ -445,6 +445,22 @@ def test_placeholders_use_the_gate_patterns_and_skip_abstract_methods() -> None:
     assert is_test_path("tests/test_x.py") and is_test_path("web/a.spec.ts") and not is_test_path("app/contest.py")
 
 
+def test_a_count_of_thousands_of_digits_is_a_finding_not_a_crash(tmp_path: Path, ws: Path) -> None:
+    """int() refuses over 4,300 digits: "999...9 tests pass" in a commit message ended the audit in
+    a traceback once a test command was configured; so did such a count in the runner's output."""
+    huge = "9" * 5000
+    assert read_counts(f"===== {huge} passed in 1s =====")[1] is None  # no count to read
+    assert read_counts(f"===== {huge} failed, 3 passed =====")[1:] == (3, 1)  # failures all the same
+    assert len(read_counts(f"===== {huge} passed =====")[0]) < 400  # quoted briefly
+    repo = make_repo(tmp_path / "r", n_tests=3)
+    commit(repo, {"app/core.py": "def add(a, b):\n    return a + b  # same\n"}, f"Tidy app/core.py; {huge} tests pass")
+    toml = f'[audit]\ntest_command = "{sys.executable} -m pytest -q -p no:cacheprovider tests"\ntest_timeout_s = 120\n'
+    code, report, err = audit_cli(ws, repo, "HEAD~1..HEAD", toml=toml)
+    hit = next(f for f in report["findings"] if f["check"] == "claim_tests")
+    assert code == 1 and hit["severity"] == "block" and "3 passed" in hit["found"], (report, err)
+    assert len(hit["title"]) < 200
+
+
 def test_test_runner_closing_lines() -> None:
     assert read_counts("..\n===== 10 passed, 1 warning in 0.1s =====\n")[1:] == (10, 0)
     assert read_counts("===== 2 failed, 8 passed in 1s =====")[1:] == (8, 2)

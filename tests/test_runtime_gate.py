@@ -6,7 +6,7 @@ import pytest
 
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, RetrievedItem
-from runtime.gate import cited_ids, cited_paths, figures_in, validate
+from runtime.gate import cited_ids, cited_paths, figures_in, unit_mismatches, validate
 from runtime.prompt import make_nonce, render
 
 BUNDLE = ContextBundle(
@@ -291,6 +291,22 @@ def test_figures_in_every_notation_count_and_are_compared_by_value() -> None:
     ]:
         support = checks(validate(invented, POLICY, POLICY_TASK, GateSettings()))["support"]
         assert not support.passed and f"'{named}'" in support.reason, (invented, support.reason)
+
+
+def test_a_figure_moved_to_another_unit_fails_support() -> None:
+    """The evidence waits 30 seconds: "30 ms", "30 minutes" or "a thirty-day wait" keep its number
+    and change what it says. The same unit spelled another way (30 s, 30 secs, thirty seconds) is
+    the evidence's; a figure the evidence states without a unit is left to the figure check."""
+    for same in ["The retry policy waits 30 s.", "The retry policy waits 30 secs.", "The retry policy waits thirty seconds."]:
+        support = checks(validate(same, POLICY, POLICY_TASK, GateSettings()))["support"]
+        assert support.passed, (same, support.reason)
+    for moved, named in [("The retry policy waits 30 ms.", "30 ms"), ("The retry policy waits 30 minutes.", "30 minutes"),
+                         ("The retry policy has a thirty-day wait.", "30 day")]:
+        support = checks(validate(moved, POLICY, POLICY_TASK, GateSettings()))["support"]
+        assert not support.passed and f"'{named} (the evidence has 30 s)'" in support.reason, (moved, support.reason)
+    assert unit_mismatches("Dose 5 g, 64 GB.", "Dose 5 mg; it holds 64 MiB, and 64 more.") == [
+        "5 g (the evidence has 5 mg)", "64 GB (the evidence has 64 MB)"]
+    assert unit_mismatches("It holds 64 GB.", "It holds 64 rows.") == []  # no unit to compare with
 
 
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
