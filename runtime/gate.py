@@ -26,12 +26,15 @@ _EXTENSIONS = (
     "gradle|dockerfile|mk|env|patch|diff|traj|gguf"
 )
 _PATH = re.compile(
-    r"(?<![\w/.@-])"
+    r"(?<![\w/.@+-])"  # a path starts where a run of path characters does ("+" too: "a+a+a..." began
+    # a scan to the run's end at every "+", quadratic in its length)
     r"((?:\.{0,2}/)?(?:[\w.@+-]+/)*[\w@+-][\w.@+-]*\.(?:" + _EXTENSIONS + r"))"
     r"(?::\d+(?:-\d+)?)?(?![\w/-])",
     re.IGNORECASE,
 )
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+# a scheme starts where a run of scheme characters starts, and is read once (possessive): with "\b"
+# alone, every boundary inside "a.a.a.a..." began a scan to the run's end, quadratic in its length
+_URL = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://\S+", re.IGNORECASE)
 _RECORD_ID = re.compile(
     r"\b([a-z][a-z0-9_]*-[0-9a-f]{8,64}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b"
 )
@@ -214,10 +217,13 @@ def check_prompt_markup(output: str, nonce: str | None = None) -> GateCheck:
 # support: is the answer's content in the evidence (the bundle and the task)?
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s?%)?")
-_LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*+]|#+)\s+", re.MULTILINE)
+# within one line: "^\s*" ran over every following blank line from every line start, quadratic in them
+_LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+]|#+)[ \t]+", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _IDENTIFIER = re.compile(
-    r"\b[A-Za-z_][A-Za-z0-9_]+(?:\.[A-Za-z_][A-Za-z0-9_]+)+\b(?!\.)"  # dotted.name (parts of 2+ characters)
+    # dotted.name (parts of 2+ characters), from where the dotted run starts: from every part of
+    # "v1.v1.v1..." each failed scan to the end was quadratic in its length
+    r"(?<![\w.])[A-Za-z_][A-Za-z0-9_]+(?:\.[A-Za-z_][A-Za-z0-9_]+)+\b(?!\.)"
     r"|\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"  # snake_case
     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+\b"  # CamelCase (each hump has lower-case letters)
     r"|\b[a-z]+[A-Z][a-z0-9]+[A-Za-z0-9]*\b"  # camelCase
@@ -406,7 +412,9 @@ _UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
 """Units a figure is stated in, each with its spellings; a bare "m" (minutes or metres?) is none."""
 _UNIT_OF = {spelling: unit for unit, spellings in _UNIT_SPELLINGS.items() for spelling in spellings}
 _WITH_UNIT = re.compile(
-    r"(?<![\w.])(\d+(?:[.,]\d+)*)(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
+    # a number starts at its first digit and is read once (possessive): "1,1,1,...", no unit after it,
+    # was scanned again from every digit, quadratic in its length
+    r"(?<![\w.])(?<!\d,)(\d++(?:[.,]\d++)*+)(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
 )
 
 

@@ -437,3 +437,22 @@ def test_reasons_name_a_huge_invented_path_briefly() -> None:
     grounding = checks(result)["grounding"]
     assert not grounding.passed and "src/a/a/" in grounding.reason and len(grounding.reason) < 300
     assert all(len(c.reason) < 2_000 for c in result.checks)
+
+
+@pytest.mark.parametrize("where", ["answer", "task", "bundle"])
+def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
+    """Regexes that rescanned a run of characters from every position inside it made the gate
+    quadratic: 40 KB of "1," took minutes (the unit regex), "a+a+..." (paths), "v1.v1..." (dotted
+    names), "a.a.a..." (URL schemes) and blank lines in a task or a retrieved text (list markers)
+    tens of seconds. `replay --check` reads answers, tasks and contexts from anyone's file. All of
+    them take about 2 s together now; the bound leaves a wide margin for a slow machine."""
+    import time
+
+    started = time.process_time()
+    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n "]:
+        text = (unit * 40_000)[:40_000]
+        bundle = POLICY if where != "bundle" else POLICY.model_copy(
+            update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
+        validate(text if where == "answer" else "The retry policy waits 30 seconds.", bundle,
+                 text if where == "task" else POLICY_TASK, GateSettings())
+    assert time.process_time() - started < 30
