@@ -13,8 +13,12 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+MAX_OPTIONS = 12
+"""A choice offers at most this many options; the bound also keeps the scan linear: with an open
+list, each 'answer' in ",answer ,answer ,answer ..." read the list to its end (quadratic)."""
 _OPTIONS = re.compile(
-    r"\b(?:answer|reply|respond|choose|pick|one of|one word)\b[^.\n]{0,40}?\b([a-z]+(?:\s*,\s*[a-z]+)*,?\s+or\s+[a-z]+)\b"
+    r"\b(?:answer|reply|respond|choose|pick|one of|one word)\b[^.\n]{0,40}?\b"
+    r"([a-z]{1,12}(?:\s{0,3},\s{0,3}[a-z]{1,12}){0,%d},?\s+or\s+[a-z]{1,12})\b" % (MAX_OPTIONS - 2)
 )
 _ASKS_FOR_FILE = re.compile(
     r"\b(?:which|what) (?:source )?files?\b|\bthe file path\b|\banswer with the (?:file )?path\b", re.IGNORECASE

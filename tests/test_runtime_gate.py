@@ -444,12 +444,14 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
     """Regexes that rescanned a run of characters from every position inside it made the gate
     quadratic: 40 KB of "1," took minutes (the unit regex), "a+a+..." (paths), "v1.v1..." (dotted
     names), "a.a.a..." (URL schemes) and blank lines in a task or a retrieved text (list markers)
-    tens of seconds. `replay --check` reads answers, tasks and contexts from anyone's file. All of
+    tens of seconds, and ",answer ,answer ..." in a task (a choice's option list had no bound: 40 s).
+    `replay --check` reads answers, tasks and contexts from anyone's file, serve a task from any
+    caller (up to [serve] max_request_bytes, 1 MiB by default). All of
     them take about 2 s together now; the bound leaves a wide margin for a slow machine."""
     import time
 
     started = time.process_time()
-    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n "]:
+    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
