@@ -14,7 +14,7 @@ from rich.text import Text
 from distill.command import JsonOption, RootOption, console, emit_json, handle_errors, open_workspace
 from distill.errors import UsageError
 from distill.records import Category
-from distill.records.common import is_blank_text
+from distill.records.common import is_blank_text, unicode_problem
 
 ChromaUrlOption = Annotated[
     str | None,
@@ -71,6 +71,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
         if is_blank_text(query):  # as /v1/search: a blank query matches nothing, which would read as "no hits"
             raise UsageError("the query is blank: give the words to look for")
+        if (problem := unicode_problem(query)) is not None:  # a command-line argument that is not UTF-8
+            raise UsageError(f"the query is {problem}")
         known = [c.value for c in Category]  # a RAG row's success_score; a misspelt filter would match nothing
         unknown = [c for c in category or [] if c not in known]
         if unknown:

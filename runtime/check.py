@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from distill.config import GateSettings
 from distill.errors import UsageError
 from distill.jsonl import iter_raw_lines, loads
+from distill.records.common import UnicodeStr
 from distill.records.replay import ContextBundle, GateCheck, RetrievedItem
 from distill.validation_steps import extract_validation_steps
 from runtime.gate import validate
@@ -24,14 +25,14 @@ MAX_LINE_BYTES = 16 << 20
 
 
 class ContextItem(BaseModel):
-    id: str = Field(min_length=1)
-    text: str
+    id: UnicodeStr = Field(min_length=1)
+    text: UnicodeStr
 
 
 class CheckInput(BaseModel):
-    id: str = Field(min_length=1)
-    task: str
-    answer: str
+    id: UnicodeStr = Field(min_length=1)
+    task: UnicodeStr
+    answer: UnicodeStr
     context: list[ContextItem] = Field(default_factory=list)
 
 

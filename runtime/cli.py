@@ -17,7 +17,7 @@ import typer
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace, run_app
 from distill.errors import UsageError
-from distill.records.common import is_blank_text
+from distill.records.common import is_blank_text, unicode_problem
 from distill.sources.fields import key_part
 
 if TYPE_CHECKING:
@@ -83,6 +83,9 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
             value = value.get("task")
         if not isinstance(value, str) or is_blank_text(value):
             bad.append(f'{where}: no non-empty "task" string')
+            continue
+        if (problem := unicode_problem(value)) is not None:
+            bad.append(f'{where}: "task" is {problem}')
             continue
         # an id is what a natural key may be (a non-blank string or an integer): an object, a list
         # or a float would be logged as its repr and become the evidence's task id
@@ -255,6 +258,8 @@ def replay(
         return
     if (task is None) == (tasks_file is None):
         raise UsageError("give exactly one of --task TEXT, --tasks-file FILE.jsonl or --check FILE.jsonl")
+    if task is not None and (problem := unicode_problem(task)) is not None:  # an argument that is not UTF-8
+        raise UsageError(f"--task is {problem}")
     if server is not None:
         if task is None:
             raise UsageError("--server sends one --task; run a tasks file against the server with any OpenAI client")

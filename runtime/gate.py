@@ -293,6 +293,7 @@ _NUMBER_WORDS = (
     "eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion"
 )
 _NUMBER_WORD_COMPOUND = re.compile(rf"\b({_NUMBER_WORDS})-(?!(?:{_NUMBER_WORDS})\b)(?=[a-z]|\s)", re.IGNORECASE)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAGNITUDES = frozenset({"100", "1000", "1000000", "1000000000", "1000000000000"})
 """A scale word alone ("several thousand", "a million") is an order of magnitude, not a figure."""
 MAX_EXPONENT = 30
@@ -349,7 +350,8 @@ def _in_digits(text: str) -> str:
     from text_to_num import alpha2digit
 
     text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)  # "thirty-one-day mortality": the number, then its noun
-    return alpha2digit(text, "en", threshold=SMALL_NUMBERS)
+    # text2num takes UTF-8 only: a lone surrogate (JSON "\ud800" reads as one) raised from the gate
+    return alpha2digit(_LONE_SURROGATE.sub("\ufffd", text), "en", threshold=SMALL_NUMBERS)
 
 
 def _spelled_figures(text: str) -> list[str]:

@@ -18,7 +18,7 @@ from distill.config import RuntimeSettings, Settings
 from distill.errors import RunNotLogged, UsageError
 from distill.hashing import sha256_hex
 from distill.jsonl import append_json
-from distill.records.common import is_blank_text
+from distill.records.common import is_blank_text, unicode_problem
 from distill.records.replay import Attempt, ContextBundle, FinalVerdict, ReplayRun
 from distill.workspace import Workspace
 from index.hits import SearchHit, Searcher
@@ -257,6 +257,8 @@ class ReplaySession:
             raise UsageError("a live stream of the local answer cannot be escalated: replay it local-only")
         if is_blank_text(task):
             raise UsageError("the task is empty (no visible character)")
+        if (problem := unicode_problem(task)) is not None:
+            raise UsageError(f"the task is {problem}")
         rt = self.settings.runtime
         t0 = time.perf_counter()
         timings: dict[str, float] = {}

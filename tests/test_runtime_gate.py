@@ -319,6 +319,15 @@ def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     assert figures_in("Scale 10e400 or 1e-999999.") == ["10e400", "1e-999999"]  # as written, never expanded
 
 
+def test_a_lone_surrogate_in_an_answer_is_read_not_raised() -> None:
+    """Numbers in words are read by text2num, which takes UTF-8 only: a lone surrogate (what JSON's
+    "\\ud800" escape reads as) in an answer raised from the gate. The commands refuse such text where
+    it comes in (tests/test_lone_surrogates.py); `validate` is also a library function."""
+    support = checks(validate("The retry policy waits thirty seconds \ud800.", POLICY, POLICY_TASK, GateSettings()))["support"]
+    assert support.passed, support.reason
+    assert figures_in("ninety \udfff seconds") == ["90"]
+
+
 def test_a_number_of_thousands_of_digits_is_a_failed_check_not_a_crash() -> None:
     """int() refuses strings over 4,300 digits: the gate compares such a figure, or a reference
     number, as text and quotes it briefly."""

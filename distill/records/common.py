@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -68,6 +69,29 @@ def _visible(value: str) -> str:
 
 VisibleStr = Annotated[str, Field(min_length=1), AfterValidator(_visible)]
 """Text a person or a model is meant to read: at least one character that shows."""
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not Unicode text, or None. A lone surrogate is what JSON's "\\ud800" escape, or a
+    command-line argument that is not UTF-8, reads as in Python: no encoder (a hash, a tokenizer,
+    an HTTP body) takes it, so text that holds one is refused where it comes in, not deep inside."""
+    m = _LONE_SURROGATE.search(text)
+    if m is None:
+        return None
+    return f"not valid Unicode: a lone surrogate ({ascii(m.group())[1:-1]}) at character {m.start()}"
+
+
+def _unicode(value: str) -> str:
+    problem = unicode_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+UnicodeStr = Annotated[str, AfterValidator(_unicode)]
+"""Text that every encoder takes: no lone surrogate."""
 
 
 class Record(BaseModel):
