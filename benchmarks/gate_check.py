@@ -9,7 +9,9 @@ Each expert-written conclusion (LONG_ANSWER) becomes an answer to its question, 
 question's own contexts as the evidence and once with the contexts of another question (the next
 one in PMID order): the files are written in the `replay --check` input form and run through the
 real command, so what is measured is what a user gets. Targets: >= 90% of grounded answers pass,
->= 90% of mismatched ones fail. Per check, how many of each it failed.
+>= 90% of mismatched ones fail. Per check, how many of each it failed. Then fabricated figures: the
+grounded answers with their first figure the abstract holds changed (in digits, in words), unchanged
+but in words, or put in another time unit; counted where the unaltered answer passes.
 Results: benchmarks/results/gate_check[_quick|_dev].json/.md.
 """
 
@@ -82,7 +84,9 @@ def altered(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             continue
         n = int(m.group(1))
         # the changed figure is one the evidence does not state (30 -> 32 where the abstract also says 31)
-        changed = next(k for k in range(n + 1, n + 100) if not re.search(rf"(?<![\w.,]){k}(?![\w.,]\d)", evidence))
+        changed = next((k for k in range(n + 1, n + 100) if not re.search(rf"(?<![\w.,]){k}(?![\w.,]\d)", evidence)), None)
+        if changed is None:
+            continue
         for kind, text in (("changed_digits", str(changed)), ("changed_words", spelled(changed)),
                            ("same_words", spelled(n))):
             answer = row["answer"][:m.start()] + text + row["answer"][m.end():]
