@@ -30,14 +30,14 @@ class TestRun(BaseModel):
     failed: int = 0
 
 
+MAX_COUNT_DIGITS = 18
+
+
 def count_of(text: str) -> int | None:
     """A count as written ("1,234"), or None when it has more digits than any test run counts:
     int() refuses over 4,300 digits, and the audited change writes both its message and its tests."""
     digits = text.replace(",", "").lstrip("0") or "0"
     return int(digits) if len(digits) <= MAX_COUNT_DIGITS else None
-
-
-MAX_COUNT_DIGITS = 18
 
 
 def read_counts(output: str) -> tuple[str, int | None, int]:

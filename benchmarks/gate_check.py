@@ -70,6 +70,11 @@ def spelled(n: int) -> str:
     return " ".join(words)
 
 
+def states(evidence: str, n: int) -> bool:
+    """`evidence` holds the whole number n (not as a part of 1.5, 2,300 or 130)."""
+    return re.search(rf"(?<![\w.,]){n}(?![\w.,]\d)", evidence) is not None
+
+
 def altered(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """From each grounded answer whose first stand-alone whole number (11-998) its own evidence
     holds: that figure changed (to the next number the evidence does not state) in digits, changed in
@@ -79,12 +84,12 @@ def altered(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for row in grounded:
         evidence = row["task"] + "\n" + "\n".join(c["text"] for c in row["context"])
         m = next((m for m in _INTEGER.finditer(row["answer"]) if 10 < int(m.group(1)) < 999
-                  and re.search(rf"(?<![\w.,]){m.group(1)}(?![\w.,]\d)", evidence)), None)
+                  and states(evidence, int(m.group(1)))), None)
         if m is None or int(m.group(1)) > 900:
             continue
         n = int(m.group(1))
         # the changed figure is one the evidence does not state (30 -> 32 where the abstract also says 31)
-        changed = next((k for k in range(n + 1, n + 100) if not re.search(rf"(?<![\w.,]){k}(?![\w.,]\d)", evidence)), None)
+        changed = next((k for k in range(n + 1, n + 100) if not states(evidence, k)), None)
         if changed is None:
             continue
         for kind, text in (("changed_digits", str(changed)), ("changed_words", spelled(changed)),

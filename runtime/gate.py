@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 from distill.config import GateSettings
+from distill.records.common import LONE_SURROGATE
 from distill.records.replay import ContextBundle, GateCheck, GateResult
 from runtime.prompt import make_nonce, render
 from runtime.task_form import asks_for_file, task_options
@@ -293,7 +294,6 @@ _NUMBER_WORDS = (
     "eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion"
 )
 _NUMBER_WORD_COMPOUND = re.compile(rf"\b({_NUMBER_WORDS})-(?!(?:{_NUMBER_WORDS})\b)(?=[a-z]|\s)", re.IGNORECASE)
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAGNITUDES = frozenset({"100", "1000", "1000000", "1000000000", "1000000000000"})
 """A scale word alone ("several thousand", "a million") is an order of magnitude, not a figure."""
 MAX_EXPONENT = 30
@@ -351,14 +351,22 @@ def _in_digits(text: str) -> str:
 
     text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)  # "thirty-one-day mortality": the number, then its noun
     # text2num takes UTF-8 only: a lone surrogate (JSON "\ud800" reads as one) raised from the gate
-    return alpha2digit(_LONE_SURROGATE.sub("\ufffd", text), "en", threshold=SMALL_NUMBERS)
+    return alpha2digit(LONE_SURROGATE.sub("\ufffd", text), "en", threshold=SMALL_NUMBERS)
 
 
-def _spelled_figures(text: str) -> list[str]:
-    """Figures written in words ("ninety seconds", "two hundred and twelve patients"), as digits.
-    An ordinal ("twenty-first", "thirty second": 32nd or 30 s?) and a scale word alone are left out."""
-    text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)
-    converted = _in_digits(text)  # (its own split of "thirty-one-day" finds nothing more to split)
+@lru_cache(maxsize=8)
+def _figure_text(text: str) -> tuple[str, str]:
+    """(`text` without list markers, URLs, paths and ids; the same with its numbers in words in
+    digits), made once per text: check_support reads the evidence for its figures, the numbers
+    inside them and its figures with units, and the answer for two of those."""
+    stripped = _strip_non_figures(text)
+    return stripped, _in_digits(stripped)
+
+
+def _spelled_figures(text: str, converted: str) -> list[str]:
+    """Figures written in words ("ninety seconds", "two hundred and twelve patients"), as digits:
+    those `converted` (`text` after `_in_digits`) states beyond `text`'s own. An ordinal
+    ("twenty-first", "thirty second": 32nd or 30 s?) and a scale word alone are left out."""
     if converted == text:
         return []
     new = Counter(_figure_list(converted)) - Counter(_figure_list(text))
@@ -368,19 +376,24 @@ def _spelled_figures(text: str) -> list[str]:
     return [f for f in new if f not in _MAGNITUDES]
 
 
+def _at_most(digits: str, limit: int) -> bool:
+    """`digits` (no leading zeros) is a number up to `limit`, compared as text first: int() refuses a
+    number of thousands of digits, and a model can write one."""
+    return len(digits) <= len(str(limit)) and int(digits) <= limit
+
+
 def _checked(fig: str) -> bool:
     bare = fig.lstrip("-").lstrip("0") or "0"
-    # compared as text first: int() refuses a number of thousands of digits, and a model can write one
-    return not (bare.isdigit() and len(bare) <= len(str(SMALL_NUMBERS)) and int(bare) <= SMALL_NUMBERS)
+    return not (bare.isdigit() and _at_most(bare, SMALL_NUMBERS))
 
 
 def stated_figures(text: str) -> dict[str, str]:
     """The figures a text states, each by its one spelling (-> as the text wrote it): numbers (with
     their % sign), scientific notation, versions, dates, hashes and names such as H100, and numbers
     written in words; list markers, paths, ids and small counts (up to SMALL_NUMBERS) left out."""
-    text = _strip_non_figures(text)
-    found = _all_figures(text)
-    for fig in _spelled_figures(text):
+    stripped, converted = _figure_text(text)
+    found = _all_figures(stripped)
+    for fig in _spelled_figures(stripped, converted):
         found.setdefault(fig, fig)
     return {fig: written for fig, written in found.items() if _checked(fig)}
 
@@ -396,7 +409,7 @@ def evidence_figures(text: str) -> set[str]:
     states a part of a figure is not called a fabrication. A percentage stays one: 30% does not
     back "30-day" (measured on PubMedQA, where dropping the sign let a mismatched answer through)."""
     found = set(figures_in(text))
-    for m in _NUMBER.finditer(_strip_non_figures(text)):
+    for m in _NUMBER.finditer(_figure_text(text)[0]):
         found.add(_number(m.group(0)))
     return found | {f.lstrip("-") for f in found}
 
@@ -427,7 +440,7 @@ def _unit(spelled: str) -> str:
 def figures_with_units(text: str) -> dict[tuple[str, str], str]:
     """(value, unit) -> as written, for every figure stated with a unit ("30 s", "thirty-day", "5 mg")."""
     found: dict[tuple[str, str], str] = {}
-    for m in _WITH_UNIT.finditer(_in_digits(_strip_non_figures(text))):
+    for m in _WITH_UNIT.finditer(_figure_text(text)[1]):
         found.setdefault((_number(m.group(1)), _unit(m.group(2))), m.group(0))
     return found
 
@@ -551,8 +564,7 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
     question is not evidence for its own answer."""
     n_refs = len(bundle.exemplars) + len(bundle.warnings)
     cited = {m.group(1).lstrip("0") or "0" for m in _REFERENCE_NO.finditer(output)}
-    # compared as text first: int() refuses a number of thousands of digits, and a model can write one
-    bad_refs = sorted((r for r in cited if len(r) > len(str(n_refs)) or not 1 <= int(r) <= n_refs), key=lambda r: (len(r), r))
+    bad_refs = sorted((r for r in cited if r == "0" or not _at_most(r, n_refs)), key=lambda r: (len(r), r))
     passages = quoted_passages(output)
     problems = []
     if bad_refs:

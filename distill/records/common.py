@@ -70,14 +70,15 @@ def _visible(value: str) -> str:
 VisibleStr = Annotated[str, Field(min_length=1), AfterValidator(_visible)]
 """Text a person or a model is meant to read: at least one character that shows."""
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""What JSON's "\\ud800" escape or a command-line argument that is not UTF-8 leaves in a str."""
 
 
 def unicode_problem(text: str) -> str | None:
     """Why `text` is not Unicode text, or None. A lone surrogate is what JSON's "\\ud800" escape, or a
     command-line argument that is not UTF-8, reads as in Python: no encoder (a hash, a tokenizer,
     an HTTP body) takes it, so text that holds one is refused where it comes in, not deep inside."""
-    m = _LONE_SURROGATE.search(text)
+    m = LONE_SURROGATE.search(text)
     if m is None:
         return None
     return f"not valid Unicode: a lone surrogate ({ascii(m.group())[1:-1]}) at character {m.start()}"
