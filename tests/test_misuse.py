@@ -464,6 +464,14 @@ def test_9_a_mapping_that_matches_no_file_is_reported(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert not [u for u in report["unread"] if "my_agent" in u["path"]]
     assert report["by_source"]["my_agent"]["written"] == 1
+    # a folder names no file: the hint says how to name the files in it
+    (root / "_kb" / "logs").mkdir()
+    (root / "_kb" / "my_agent.jsonl").rename(root / "_kb" / "logs" / "my_agent.jsonl")
+    (root / "distill.toml").write_text('[[sources]]\nname = "my_agent"\npath = "logs"\n'
+                                       'task_id = "ticket"\ntext = "output"\n')
+    done = run_cli([*DISTILL, "collect", "--root", str(root), "--json"], timeout=120)
+    unread = {u["path"]: u["reason"] for u in json.loads(done.stdout)["unread"]}
+    assert "matches no file: it is a folder; name the files in it (logs/*.jsonl)" in unread["_kb/logs"], unread
 
 
 def test_9_a_file_two_sources_match_is_refused_not_read_twice(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         no_index: Annotated[bool, typer.Option("--no-index", help="leave out the index stage")] = False,
         every: Annotated[
-            str | None, typer.Option("--every", help="repeat in the foreground at this interval (30s, 15m, 1h)")
+            str | None, typer.Option("--every", help="repeat in the foreground at this interval (30s, 15m, 1h; a bare number is seconds)")
         ] = None,
         root: RootOption = None,
         json_out: JsonOption = False,

@@ -111,7 +111,12 @@ def unread_inputs(ws: Workspace, settings: Settings, sources: list[Source]) -> l
     for mapping in settings.sources:  # a declared stream that reads nothing is a typo until shown otherwise
         found = inputs.get(mapping.name)
         if found is not None and not found:
-            hint = ": the path is relative to _kb/ already, drop its leading '_kb/'" if mapping.path.startswith("_kb/") else ""
+            if mapping.path.startswith("_kb/"):
+                hint = ": the path is relative to _kb/ already, drop its leading '_kb/'"
+            elif (ws.kb_dir / mapping.path).is_dir():
+                hint = f": it is a folder; name the files in it ({mapping.path.rstrip('/')}/*.jsonl)"
+            else:
+                hint = ""
             out.append((f"_kb/{mapping.path}", f"[[sources]] '{mapping.name}' matches no file{hint}"))
     return sorted(set(out))
 
