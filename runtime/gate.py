@@ -100,6 +100,66 @@ def cited_ids(text: str) -> list[str]:
     return found
 
 
+# an e-mail address, read once from where its run starts (possessive, as _URL); cited_links keeps
+# those whose domain ends in a label of 2+ letters, so `x@w.T` in code is no address
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]++@[a-z0-9-]++(?:\.[a-z0-9-]++)++(?![\w@])", re.IGNORECASE)
+_TOP_LEVEL = re.compile(r"\.[a-z]{2,}", re.IGNORECASE)
+_URL_END = ".,;:!?'\"*_`"  # what ends a sentence or markup, not the link
+_CLOSERS = {")": "(", "]": "[", "}": "{", ">": "<"}
+
+
+def _trim_link(url: str) -> str:
+    """A URL as the answer means it: without the sentence's punctuation or markup after it, nor a
+    closing bracket it does not open (`(see https://x/y)`, `[a](https://x/y)`, `<https://x/y>`)."""
+    opened = {c: url.count(c) for c in _CLOSERS.values()}
+    closed = {c: url.count(c) for c in _CLOSERS}
+    end = len(url)
+    while end:
+        last = url[end - 1]
+        if last in _URL_END or (last in _CLOSERS and closed[last] > opened[_CLOSERS[last]]):
+            end -= 1
+            if last in closed:
+                closed[last] -= 1
+        else:
+            break
+    return url[:end]
+
+
+def cited_links(text: str) -> list[str]:
+    """URLs and e-mail addresses an answer gives, in order, unique: each names a page or a contact
+    the evidence must hold, as a cited file must."""
+    found: dict[str, None] = {}
+    for m in _URL.finditer(text):
+        found[_trim_link(m.group(0))] = None
+    for m in _EMAIL.finditer(_URL.sub(" ", text)):
+        address = m.group(0)
+        if _TOP_LEVEL.fullmatch(address[address.rfind("."):]):
+            found[address] = None
+    return list(found)
+
+
+_NOT_AFTER = re.compile(r"[a-z0-9_-]")  # a link found in the evidence must end where an address ends there
+
+
+def _link_grounded(link: str, lowered_evidence: str) -> bool:
+    """The link, compared case-insensitively and without its scheme, trailing '/' or 'www.', is in
+    the evidence as a whole address or the start of one: a page the evidence links, or a site or
+    folder above it. A page under a site the evidence names, or a look-alike host, is not."""
+    core = link.lower().split("://", 1)[-1].removeprefix("www.").rstrip("/")
+    if not core:
+        return False
+    start = lowered_evidence.find(core)
+    while start != -1:
+        before = lowered_evidence[start - 1] if start else " "
+        end = start + len(core)
+        after = lowered_evidence[end] if end < len(lowered_evidence) else " "
+        starts = not (before.isalnum() or before in ".-_") or lowered_evidence.endswith("www.", 0, start)
+        if starts and not _NOT_AFTER.match(after):
+            return True
+        start = lowered_evidence.find(core, start + 1)
+    return False
+
+
 def _bundle_text(bundle: ContextBundle, task: str) -> str:
     parts = [task, *bundle.validation_steps]
     for item in (*bundle.exemplars, *bundle.warnings):
@@ -121,25 +181,34 @@ def _path_grounded(path: str, haystack: str, files: list[str]) -> bool:
 
 def check_grounding(output: str, bundle: ContextBundle, task: str, *, require_citation: bool) -> GateCheck:
     paths, ids = cited_paths(output), cited_ids(output)
+    haystack = _bundle_text(bundle, task)
+    links = cited_links(output)
+    lowered = haystack.lower() if links else ""
+    bad_links = [link for link in links if not _link_grounded(link, lowered)]
     if not paths and not ids:
+        if bad_links:
+            return _check("grounding", False, f"links not in the bundle or task: {_quote(bad_links)}")
         if require_citation:
             return _check("grounding", False, "the answer cites no file path or record id (citations required)")
-        return _check("grounding", True, "the answer cites no file path or record id")
-    haystack = _bundle_text(bundle, task)
+        return _check("grounding", True, "the answer cites no file path or record id" +
+                      (f"; its {len(links)} links appear in the bundle or task" if links else ""))
     files = [f for item in (*bundle.exemplars, *bundle.warnings) for f in item.source_files]
     known_ids = {i.id for i in (*bundle.exemplars, *bundle.warnings)} | {
         i.source_run_id for i in (*bundle.exemplars, *bundle.warnings) if i.source_run_id
     }
     bad_paths = [p for p in paths if not _path_grounded(p, haystack, files)]
     bad_ids = [i for i in ids if i not in known_ids and i not in haystack]
-    if bad_paths or bad_ids:
+    if bad_paths or bad_ids or bad_links:
         what = []
         if bad_paths:
             what.append(f"file paths not in the bundle or task: {_quote(bad_paths)}")
         if bad_ids:
             what.append(f"record ids not in the bundle or task: {_quote(bad_ids)}")
+        if bad_links:
+            what.append(f"links not in the bundle or task: {_quote(bad_links)}")
         return _check("grounding", False, "; ".join(what))
-    return _check("grounding", True, f"all {len(paths)} cited paths and {len(ids)} cited ids appear in the bundle or task")
+    return _check("grounding", True, f"all {len(paths)} cited paths and {len(ids)} cited ids"
+                  + (f" and {len(links)} links" if links else "") + " appear in the bundle or task")
 
 
 def check_checklist(output: str, bundle: ContextBundle, min_overlap: float, task: str = "") -> GateCheck:
@@ -387,15 +456,43 @@ def _checked(fig: str) -> bool:
     return not (bare.isdigit() and _at_most(bare, SMALL_NUMBERS))
 
 
+_CURRENCY = re.compile(r"[$€£¥]\s?(\d++(?:[.,]\d++)*+)(?![\d.,]*\d)")
+
+
+@lru_cache(maxsize=8)
+def _measured(text: str) -> frozenset[str]:
+    """Numbers `text` states with a unit or a currency sign ("2 minutes", "$5"): a measurement, so
+    checked however small, where a bare small number is a count."""
+    converted = _figure_text(text)[1]
+    return frozenset({value for value, _ in figures_with_units(text)}
+                     | {_number(m.group(1)) for m in _CURRENCY.finditer(converted)})
+
+
+def _line_numbers(text: str) -> dict[str, str]:
+    """The line numbers a text gives after a path ("src/cache.rs:110", "a.py:3-9"), each -> the path
+    as written: a line is a figure, though the path around it is not one."""
+    found: dict[str, str] = {}
+    for m in _PATH.finditer(_URL.sub(" ", text)):
+        suffix = m.group(0)[len(m.group(1)):]
+        for n in re.findall(r"\d+", suffix):
+            found.setdefault(_number(n), m.group(0))
+    return found
+
+
 def stated_figures(text: str) -> dict[str, str]:
     """The figures a text states, each by its one spelling (-> as the text wrote it): numbers (with
-    their % sign), scientific notation, versions, dates, hashes and names such as H100, and numbers
-    written in words; list markers, paths, ids and small counts (up to SMALL_NUMBERS) left out."""
+    their % sign), scientific notation, versions, dates, hashes and names such as H100, numbers
+    written in words, and the line numbers after paths; list markers, paths, ids and small counts
+    (bare numbers up to SMALL_NUMBERS, but not "2 minutes" or "$5") left out."""
     stripped, converted = _figure_text(text)
     found = _all_figures(stripped)
     for fig in _spelled_figures(stripped, converted):
         found.setdefault(fig, fig)
-    return {fig: written for fig, written in found.items() if _checked(fig)}
+    measured = _measured(text)
+    kept = {fig: written for fig, written in found.items() if _checked(fig) or fig.lstrip("-") in measured}
+    for fig, written in _line_numbers(text).items():
+        kept.setdefault(fig, written)
+    return kept
 
 
 def figures_in(text: str) -> list[str]:

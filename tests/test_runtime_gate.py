@@ -309,6 +309,56 @@ def test_a_figure_moved_to_another_unit_fails_support() -> None:
     assert unit_mismatches("It holds 64 GB.", "It holds 64 rows.") == []  # no unit to compare with
 
 
+DEPLOY = ContextBundle(
+    exemplars=[
+        RetrievedItem(
+            id="rag-00000000000000bb", score=0.9, rank=1, category="accepted", source_run_id="run-0003",
+            title="Key rotation",
+            text="Rotate the signing key with keyctl, then restart the gateway: about 3-5 minutes, $5 of compute. "
+                 "The handler is src/cache.rs:110. Runbook: https://docs.example.com/keys/rotation (owner "
+                 "ops@corp.example.com), mirror at www.keys.example.org.",
+        )
+    ]
+)
+DEPLOY_TASK = "How is the signing key rotated?"
+DEPLOY_ANSWER = "Rotate the signing key with keyctl and restart the gateway"
+
+
+def test_links_the_evidence_does_not_hold_fail_grounding() -> None:
+    """A URL or an e-mail address names a page or a contact as a path names a file: one the
+    evidence does not hold is invented (the gate passed "See https://evil.example.net/steal").
+    The evidence's own links pass however they are punctuated, with or without scheme or "www.",
+    and so does a site or folder above a page it links; a page under its site, or a look-alike
+    host, does not."""
+    for given in ["(see https://docs.example.com/keys/rotation).", "[the runbook](https://docs.example.com/keys/rotation/)",
+                  "<http://docs.example.com/keys>", "https://keys.example.org, or mail OPS@corp.example.com."]:
+        grounding = checks(validate(f"{DEPLOY_ANSWER} {given}", DEPLOY, DEPLOY_TASK, GateSettings()))["grounding"]
+        assert grounding.passed, (given, grounding.reason)
+    for invented in ["https://evil.example.net/steal", "https://docs.example.com/keys/rotation-v2",
+                     "https://docs.example.com/keys/other", "https://evil-docs.example.com/keys/rotation",
+                     "admin@corp.example.com", "s3://corp-keys/backup"]:
+        grounding = checks(validate(f"{DEPLOY_ANSWER}; see {invented}.", DEPLOY, DEPLOY_TASK, GateSettings()))["grounding"]
+        assert not grounding.passed and f"links not in the bundle or task: '{invented}'" in grounding.reason, (
+            invented, grounding.reason)
+    # code is no address: `x@w.T` (a matrix product) and a decorator
+    grounding = checks(validate(f"{DEPLOY_ANSWER}; `y = x@w.T` under @pytest.mark.slow.", DEPLOY, DEPLOY_TASK,
+                                GateSettings()))["grounding"]
+    assert grounding.passed, grounding.reason
+
+
+def test_small_figures_with_a_unit_or_currency_and_line_numbers_are_figures() -> None:
+    """A bare small number is a count ("two steps") and is not checked, but "6 minutes", "$6" and a
+    line after a path ("src/cache.rs:120") are measurements: the gate passed all three changed. (A
+    number up to ten in words stays a count, as text2num reads it: "two minutes" is not checked.)"""
+    honest = f"{DEPLOY_ANSWER}: about 3-5 minutes and $5 of compute, in src/cache.rs:110, in two steps."
+    support = checks(validate(honest, DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
+    assert support.passed, support.reason
+    for invented, named in [(f"{DEPLOY_ANSWER}: it takes 3-6 minutes.", "6"), (f"{DEPLOY_ANSWER}: it costs $6.", "6"),
+                            (f"{DEPLOY_ANSWER}; the handler is src/cache.rs:120.", "src/cache.rs:120")]:
+        support = checks(validate(invented, DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
+        assert not support.passed and f"'{named}'" in support.reason, (invented, support.reason)
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
@@ -460,7 +510,7 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
     import time
 
     started = time.process_time()
-    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer "]:
+    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)"]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
