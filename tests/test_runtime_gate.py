@@ -258,16 +258,15 @@ def test_changed_figures_fail_support_with_the_figures_named() -> None:
     assert "'35%'" in support.reason and "'0.001'" in support.reason and "'2,300'" in support.reason  # as written
 
 
-POLICY = ContextBundle(
-    exemplars=[
-        RetrievedItem(
-            id="rag-00000000000000aa", score=0.9, rank=1, category="accepted", source_run_id="run-0002",
-            title="Retry policy",
-            text="The retry policy trains with a learning rate of 1e-4, pins lodash to v4.17.21 and waits 30 seconds. "
-                 "Thirty-two workers run on H100 GPUs since 2026-01-15 (commit 3f2a9c1e, error code 0x1F4).",
-        )
-    ]
-)
+def one_item(n: int, title: str, text: str) -> ContextBundle:
+    """A bundle of one accepted exemplar."""
+    return ContextBundle(exemplars=[RetrievedItem(id=f"rag-{n:016x}", score=0.9, rank=1, category="accepted",
+                                                  source_run_id=f"run-{n:04d}", title=title, text=text)])
+
+
+POLICY = one_item(0xAA, "Retry policy",
+                  "The retry policy trains with a learning rate of 1e-4, pins lodash to v4.17.21 and waits 30 seconds. "
+                  "Thirty-two workers run on H100 GPUs since 2026-01-15 (commit 3f2a9c1e, error code 0x1F4).")
 POLICY_TASK = "Which settings does the retry policy use?"
 
 
@@ -309,17 +308,10 @@ def test_a_figure_moved_to_another_unit_fails_support() -> None:
     assert unit_mismatches("It holds 64 GB.", "It holds 64 rows.") == []  # no unit to compare with
 
 
-DEPLOY = ContextBundle(
-    exemplars=[
-        RetrievedItem(
-            id="rag-00000000000000bb", score=0.9, rank=1, category="accepted", source_run_id="run-0003",
-            title="Key rotation",
-            text="Rotate the signing key with keyctl, then restart the gateway: about 3-5 minutes, $5 of compute. "
-                 "The handler is src/cache.rs:110. Runbook: https://docs.example.com/keys/rotation (owner "
-                 "ops@corp.example.com), mirror at www.keys.example.org.",
-        )
-    ]
-)
+DEPLOY = one_item(0xBB, "Key rotation",
+                  "Rotate the signing key with keyctl, then restart the gateway: about 3-5 minutes, $5 of compute. "
+                  "The handler is src/cache.rs:110. Runbook: https://docs.example.com/keys/rotation (owner "
+                  "ops@corp.example.com), mirror at www.keys.example.org.")
 DEPLOY_TASK = "How is the signing key rotated?"
 DEPLOY_ANSWER = "Rotate the signing key with keyctl and restart the gateway"
 
