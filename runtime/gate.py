@@ -10,6 +10,7 @@ because it is fluent. It cannot tell a plausible answer drawn from the evidence 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
@@ -286,7 +287,10 @@ def check_prompt_markup(output: str, nonce: str | None = None) -> GateCheck:
 # ---------------------------------------------------------------------------------------------
 # support: is the answer's content in the evidence (the bundle and the task)?
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*(?:\s?%)?")
+# digits in groups: "2,300", "0.02", and "12 345" with a no-break or thin space (SI style; a plain
+# space between numbers is two numbers)
+_GROUPS = r"\d+(?:[.,]\d+|[\u00a0\u2009\u202f]\d{3}(?!\d))*"
+_NUMBER = re.compile(r"(?<![\w.])[-+]?" + _GROUPS + r"(?:\s?%)?")
 # within one line: "^\s*" ran over every following blank line from every line start, quadratic in them
 _LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+]|#+)[ \t]+", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
@@ -353,7 +357,7 @@ _FIGURE = re.compile(
     r"|(?P<hex>0x[0-9a-f]+)(?![\w])"
     r"|v(?P<version>\d+(?:\.\d+)*)(?![\w])"  # v4.17.21 is the version 4.17.21
     r"|(?P<code>[a-z]+\d[a-z0-9]*(?:\.\d+)*)(?![\w])"  # H100, sha256, py311: a name that is its figure
-    r"|(?P<number>[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+(?!\w|\.\d))?(?:\s?%|\s+per\s?cent\b)?)"  # 18%, 2,300, 0.02, 3e-4
+    r"|(?P<number>[-+]?" + _GROUPS + r"(?:e[-+]?\d+(?!\w|\.\d))?(?:\s?%|\s+per\s?cent\b)?)"  # 18%, 2,300, 0.02, 3e-4
     r")",
     re.IGNORECASE,
 )
@@ -372,7 +376,9 @@ MAX_EXPONENT = 30
 def _number(raw: str) -> str:
     """One spelling per value: thousands separators and a leading + dropped, 30.0 = 30, 1e-4 = 0.0001,
     18 percent = 18%."""
-    fig = re.sub(r"per\s?cent$", "%", raw.lower()).replace(" ", "").replace(",", "").lstrip("+")
+    fig = re.sub(r"\s", "", re.sub(r"per\s?cent$", "%", raw.lower())).replace(",", "").lstrip("+")
+    if not fig.isascii():  # digits of another script, or full-width ones, are the same value: "３０" = 30
+        fig = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in fig)
     percent = "%" if fig.endswith("%") else ""
     body = fig.removesuffix("%")
     if "e" in body.lower() or body.count(".") == 1:

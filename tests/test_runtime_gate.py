@@ -351,6 +351,19 @@ def test_small_figures_with_a_unit_or_currency_and_line_numbers_are_figures() ->
         assert not support.passed and f"'{named}'" in support.reason, (invented, support.reason)
 
 
+def test_digits_of_any_script_and_si_digit_groups_are_read_by_value() -> None:
+    """Full-width and Arabic-Indic digits, a no-break space before "%" and SI digit groups ("12 345"
+    with a thin or no-break space) were figures of their own: "３０ seconds" failed against the
+    evidence's 30 seconds, and "1 000 workers" was read as the counts 1 and 000, never checked."""
+    assert figures_in("waits ３０ s, or ٣٠ s, at 30\u00a0%, for 12\u2009345 rows and 1\u202f000 workers") == [
+        "30", "30%", "12345", "1000"]
+    assert figures_in("1 000 rows") == []  # a plain space between numbers: two numbers (both counts)
+    support = checks(validate("The retry policy waits ３０ seconds.", POLICY, POLICY_TASK, GateSettings()))["support"]
+    assert support.passed, support.reason
+    support = checks(validate("The retry policy runs 1\u202f000 workers.", POLICY, POLICY_TASK, GateSettings()))["support"]
+    assert not support.passed and repr("1\u202f000") in support.reason, support.reason  # quoted as written
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
