@@ -287,9 +287,10 @@ def check_prompt_markup(output: str, nonce: str | None = None) -> GateCheck:
 # ---------------------------------------------------------------------------------------------
 # support: is the answer's content in the evidence (the bundle and the task)?
 
-# digits in groups: "2,300", "0.02", and "12 345" with a no-break or thin space (SI style; a plain
-# space between numbers is two numbers)
-_GROUPS = r"\d+(?:[.,]\d+|[\u00a0\u2009\u202f]\d{3}(?!\d))*"
+# a number's digit groups, read once (possessive): "0.02", thousands after a comma ("2,300") or a
+# no-break or thin space ("12 345", SI style). A comma before other than three digits separates
+# numbers ("1,2,3", a hunk's "-120,7"), as does a plain space
+_GROUPS = r"\d++(?:\.\d++|[,\u00a0\u2009\u202f]\d{3}+(?!\d))*+"
 _NUMBER = re.compile(r"(?<![\w.])[-+]?" + _GROUPS + r"(?:\s?%)?")
 # within one line: "^\s*" ran over every following blank line from every line start, quadratic in them
 _LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+]|#+)[ \t]+", re.MULTILINE)
@@ -462,7 +463,7 @@ def _checked(fig: str) -> bool:
     return not (bare.isdigit() and _at_most(bare, SMALL_NUMBERS))
 
 
-_CURRENCY = re.compile(r"[$€£¥]\s?(\d++(?:[.,]\d++)*+)(?![\d.,]*\d)")
+_CURRENCY = re.compile(r"[$€£¥]\s?(" + _GROUPS + ")")
 
 
 @lru_cache(maxsize=8)
@@ -532,7 +533,7 @@ _UNIT_OF = {spelling: unit for unit, spellings in _UNIT_SPELLINGS.items() for sp
 _WITH_UNIT = re.compile(
     # a number starts at its first digit and is read once (possessive): "1,1,1,...", no unit after it,
     # was scanned again from every digit, quadratic in its length
-    r"(?<![\w.])(?<!\d,)(\d++(?:[.,]\d++)*+)(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
+    r"(?<![\w.])(?<!\d,)(" + _GROUPS + r")(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
 )
 
 

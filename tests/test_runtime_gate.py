@@ -364,6 +364,16 @@ def test_digits_of_any_script_and_si_digit_groups_are_read_by_value() -> None:
     assert not support.passed and repr("1\u202f000") in support.reason, support.reason  # quoted as written
 
 
+def test_a_comma_groups_thousands_only() -> None:
+    """"1,2,3", "10,20" and a diff hunk's "-120,7" were read as the numbers 123, 1020 and -1207, which
+    no evidence states: a comma joins digits only before a group of three (2,300; 1,234,567)."""
+    assert figures_in("Steps 1,2,3; sizes 10,20; 2,300 rows of 1,234,567; 2,5 mg") == ["20", "2300", "1234567"]
+    hunk = one_item(0xCC, "TTL", "The handler in src/cache.rs sets the ttl to 30 in lines 120 to 127.")
+    patch = "--- a/src/cache.rs\n+++ b/src/cache.rs\n@@ -120,7 +120,8 @@\n-    let ttl = 30;\n"
+    support = checks(validate(patch, hunk, "Where is the ttl set?", GateSettings()))["support"]
+    assert support.passed, support.reason
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
