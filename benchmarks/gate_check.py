@@ -11,7 +11,8 @@ one in PMID order): the files are written in the `replay --check` input form and
 real command, so what is measured is what a user gets. Targets: >= 90% of grounded answers pass,
 >= 90% of mismatched ones fail. Per check, how many of each it failed. Then fabricated figures: the
 grounded answers with their first figure the abstract holds changed (in digits, in words), unchanged
-but in words, or put in another time unit; counted where the unaltered answer passes.
+but in words, or put in another time unit, and with a change they state as the abstract does
+("reduced 30-day mortality") turned the other way round; counted where the unaltered answer passes.
 Results: benchmarks/results/gate_check[_quick|_dev].json/.md.
 """
 
@@ -121,6 +122,34 @@ def unit_changed(grounded: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_OPPOSITE = {"reduced": "increased", "reduces": "increases", "reduce": "increase", "reducing": "increasing",
+             "decreased": "increased", "decreases": "increases", "decrease": "increase", "decreasing": "increasing",
+             "increased": "decreased", "increases": "decreases", "increase": "decrease", "increasing": "decreasing",
+             "higher": "lower", "lower": "higher", "more": "less", "less": "more", "greater": "smaller", "fewer": "more"}
+_CHANGE = re.compile(r"\b(" + "|".join(_OPPOSITE) + r")\s+(?:(?:the|a|an)\s+)?([a-z0-9][a-z0-9-]*)", re.IGNORECASE)
+
+
+def direction_flipped(grounded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From each grounded answer with a change word ("reduced", "higher", "more", ...) whose next word
+    follows the same change word in its evidence, and never the opposite one: that word turned into
+    its opposite ("reduced 30-day mortality" -> "increased 30-day mortality"). Every word and figure
+    is still the evidence's; the claim is reversed: it should fail."""
+    out = []
+    for row in grounded:
+        evidence = "\n".join(c["text"] for c in row["context"])
+        for m in _CHANGE.finditer(row["answer"]):
+            word, after = m.group(1).lower(), re.escape(m.group(2))
+            opposite = _OPPOSITE[word]
+            said = rf"\b{{}}\s+(?:(?:the|a|an)\s+)?{after}\b"
+            if (re.search(said.format(word), evidence, re.IGNORECASE)
+                    and not re.search(said.format(opposite), evidence, re.IGNORECASE)):
+                turned = opposite.capitalize() if m.group(1)[0].isupper() else opposite
+                answer = row["answer"][:m.start(1)] + turned + row["answer"][m.end(1):]
+                out.append({**row, "id": f"{row['id']}:direction_flipped", "answer": answer})
+                break
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -140,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
-    variants = {**altered(grounded), "unit_changed": unit_changed(grounded)}
+    variants = {**altered(grounded), "unit_changed": unit_changed(grounded), "direction_flipped": direction_flipped(grounded)}
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
@@ -198,7 +227,8 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
     what = {"changed_digits": ("one figure changed, in digits", "fail"),
             "changed_words": ("one figure changed, in words", "fail"),
             "same_words": ("one figure unchanged, in words", "pass"),
-            "unit_changed": ("a figure in days/weeks/months/years/hours/minutes put in another of them", "fail")}
+            "unit_changed": ("a figure in days/weeks/months/years/hours/minutes put in another of them", "fail"),
+            "direction_flipped": ("a change turned the other way round (reduced -> increased, higher -> lower)", "fail")}
     rows = []
     for kind, (label, should) in what.items():
         f = figures.get(kind)
@@ -206,8 +236,9 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
             continue
         share = (f["n"] - f["passed"]) / f["n"] if should == "fail" else f["passed"] / f["n"]
         rows.append([label, f["n"], f"{share:.1%} {should}", f"support failed {f['failed_by_support']}"])
-    return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered; "
-            "counted where the unaltered answer passed, so the figure decides:\n\n"
+    return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered, or "
+            "a change they state as their abstract does turned the other way round; counted where the unaltered "
+            "answer passed, so the alteration decides:\n\n"
             + md_table(["answers", "n", "result", ""], rows))
 
 

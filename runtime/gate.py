@@ -3,8 +3,9 @@
 `validate` is a pure function of (answer, bundle, task, thresholds). Each check says pass or fail
 and why, so a failed run in the log explains itself. It catches empty, hedged, placeholder,
 ungrounded and prompt-echo answers, and, through `support`, fabrication: an answer whose figures,
-code identifiers or content words are not in the retrieved bundle or the task is not accepted
-because it is fluent. It cannot tell a plausible answer drawn from the evidence from a right one.
+code identifiers or content words are not in the retrieved bundle or the task, or that turns a change
+the bundle states the other way round, is not accepted because it is fluent. It cannot tell a
+plausible answer drawn from the evidence from a right one.
 """
 
 from __future__ import annotations
@@ -561,6 +562,82 @@ def unit_mismatches(output: str, evidence: str) -> list[str]:
             if value in units and unit not in units[value]]
 
 
+_UP = frozenset("""increase increased increases increasing raise raised raises raising rose rise rises rising
+    elevated higher greater more""".split())
+_DOWN = frozenset("""decrease decreased decreases decreasing reduce reduced reduces reducing reduction reductions
+    lower lowered lowers lowering fell declined declines declining diminished dropped less fewer smaller""".split())
+_NEGATIONS = frozenset("not no never without neither nor cannot failed fails n't".split())
+_OBJECT_FILLER = frozenset("""the a an of in on at for to by with than its their his her this that these those
+    significantly significant markedly slightly substantially statistically was were is are be been""".split())
+_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*+|n't|[.;:!?,()\[\]]")
+OBJECT_WORDS = 1
+"""How many words after a change word say what changes. Measured on PubMedQA (benchmarks/gate_check.py,
+test / dev): one word catches 81% / 80% of conclusions turned the other way round and fails 7 / 3 of
+500 honest ones ("less likely" where the abstract's "more likely" is about something else); two words
+catch 41% / 56% and fail 2 / 3."""
+
+
+def _negated(tokens: list[str], i: int) -> bool:
+    """A negation among the three words before tokens[i], in its clause ("No. Statins increased"
+    is not negated)."""
+    for t in reversed(tokens[max(0, i - 3):i]):
+        if not t[0].isalnum() and t != "n't":
+            return False
+        if t in _NEGATIONS:
+            return True
+    return False
+
+
+def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
+    """(+1 up / -1 down, what changes) -> as written, for each change a text states without a
+    negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')). What changes
+    is the next OBJECT_WORDS words of the clause (articles and fillers skipped, and figures kept but
+    not counted)."""
+    tokens = _TOKEN.findall(text.lower())
+    found: dict[tuple[int, tuple[str, ...]], str] = {}
+    for i, word in enumerate(tokens):
+        sign = 1 if word in _UP else -1 if word in _DOWN else 0
+        if not sign or _negated(tokens, i):
+            continue
+        changed: list[str] = []
+        words = 0
+        for t in tokens[i + 1:i + 1 + 4 * OBJECT_WORDS + 2]:
+            if not t[0].isalnum():
+                break  # the clause ends
+            if t in _OBJECT_FILLER:
+                continue
+            changed.append(t)
+            words += not any(c.isdigit() for c in t)  # "30-day" says which mortality, not what changes
+            if words == OBJECT_WORDS:
+                break
+        if changed:
+            found.setdefault((sign, tuple(changed)), " ".join([word, *changed]))
+    return found
+
+
+_FROM_TO = re.compile(r"\bfrom\s+(" + _GROUPS + r"\s?%?)\s+to\s+(" + _GROUPS + r"\s?%?)", re.IGNORECASE)
+
+
+def _from_to(text: str) -> dict[tuple[str, str], str]:
+    """("from" value, "to" value) -> as written, for every "from 12% to 8%" a text states."""
+    return {(_number(m.group(1)), _number(m.group(2))): m.group(0) for m in _FROM_TO.finditer(text)}
+
+
+def reversed_directions(output: str, retrieved: str) -> list[str]:
+    """Changes the answer states the other way round from the retrieved evidence: "increased 30-day
+    mortality" where the evidence says only that it reduced 30-day mortality, "from 8% to 12%" where
+    it says from 12% to 8%. Figures and words alike are the evidence's while the claim is turned
+    around. (The task is no evidence here: "Do statins reduce mortality?" states no change.)"""
+    stated = _directions(retrieved)
+    turned = [f"{written} (the evidence: {stated[(-sign, changed)]})"
+              for (sign, changed), written in _directions(output).items()
+              if (-sign, changed) in stated and (sign, changed) not in stated]
+    ranges = _from_to(retrieved)
+    turned += [f"{written} (the evidence: {ranges[(b, a)]})" for (a, b), written in _from_to(output).items()
+               if a != b and (b, a) in ranges and (a, b) not in ranges]
+    return turned
+
+
 def identifiers_in(text: str) -> list[str]:
     """Code identifiers an answer names: `code spans`, dotted.names, snake_case, CamelCase, calls."""
     found: list[str] = []
@@ -615,6 +692,9 @@ def check_support(
     wrong_units = unit_mismatches(output, evidence)
     if wrong_units:
         problems.append(f"figures in another unit than the evidence's: {_quote(wrong_units)}")
+    turned = reversed_directions(output, _retrieved_text(bundle))
+    if turned:
+        problems.append(f"changes stated the other way round from the evidence: {_quote(turned)}")
     if ident_ratio < min_identifier_support:
         problems.append(
             f"{len(missing_idents)}/{len(idents)} code identifiers not in the evidence (e.g. {_quote(missing_idents, 4)})"

@@ -374,6 +374,32 @@ def test_a_comma_groups_thousands_only() -> None:
     assert support.passed, support.reason
 
 
+STATINS = one_item(0xDD, "Statins", "In 120 patients, statins reduced 30-day mortality from 12% to 8% and raised "
+                                    "HDL cholesterol; adverse events were rare.")
+STATINS_TASK = "Do statins reduce 30-day mortality? Answer yes, no or maybe."
+
+
+def test_a_change_turned_the_other_way_round_fails_support() -> None:
+    """Every word and figure of "statins increased 30-day mortality from 8% to 12%" is the evidence's,
+    and the claim is its opposite: the gate passed it. A change the evidence states the other way
+    round (and never this way) fails; a negated one ("did not increase") states no change, and the
+    task is no evidence of a change ("Do statins reduce ...?" is a question)."""
+    for honest in ["Yes. Statins reduced 30-day mortality from 12% to 8% in 120 patients.",
+                   "Yes: they did not increase 30-day mortality; it fell from 12% to 8%, and HDL cholesterol was raised."]:
+        support = checks(validate(honest, STATINS, STATINS_TASK, GateSettings()))["support"]
+        assert support.passed, (honest, support.reason)
+    for turned, named in [("No. Statins increased 30-day mortality in 120 patients.", "increased 30-day mortality"),
+                          ("Yes. Mortality went from 8% to 12% in 120 patients.", "from 8% to 12%"),
+                          ("Yes, though statins lowered HDL cholesterol in 120 patients.", "lowered hdl")]:
+        support = checks(validate(turned, STATINS, STATINS_TASK, GateSettings()))["support"]
+        assert not support.passed and "the other way round" in support.reason and named in support.reason, (
+            turned, support.reason)
+    rising = one_item(0xEE, "Statins", "In 120 patients, statins increased 30-day mortality.")
+    support = checks(validate("No. Statins increased 30-day mortality in 120 patients.", rising, STATINS_TASK,
+                              GateSettings()))["support"]
+    assert support.passed, support.reason
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
@@ -525,7 +551,7 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
     import time
 
     started = time.process_time()
-    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)"]:
+    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
