@@ -566,10 +566,10 @@ _UP = frozenset("""increase increased increases increasing raise raised raises r
     elevated higher greater more""".split())
 _DOWN = frozenset("""decrease decreased decreases decreasing reduce reduced reduces reducing reduction reductions
     lower lowered lowers lowering fell declined declines declining diminished dropped less fewer smaller""".split())
-_NEGATIONS = frozenset("not no never without neither nor cannot failed fails n't".split())
+_NEGATIONS = frozenset("not no never without neither nor cannot failed fails".split())  # and every "...n't"
 _OBJECT_FILLER = frozenset("""the a an of in on at for to by with than its their his her this that these those
     significantly significant markedly slightly substantially statistically was were is are be been""".split())
-_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*+|n't|[.;:!?,()\[\]]")
+_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*+|[.;:!?,()\[\]]")
 OBJECT_WORDS = 1
 """How many words after a change word say what changes. Measured on PubMedQA (benchmarks/gate_check.py,
 test / dev): one word catches 81% / 80% of conclusions turned the other way round and fails 7 / 3 of
@@ -581,9 +581,9 @@ def _negated(tokens: list[str], i: int) -> bool:
     """A negation among the three words before tokens[i], in its clause ("No. Statins increased"
     is not negated)."""
     for t in reversed(tokens[max(0, i - 3):i]):
-        if not t[0].isalnum() and t != "n't":
+        if not t[0].isalnum():
             return False
-        if t in _NEGATIONS:
+        if t in _NEGATIONS or t.endswith("n't"):
             return True
     return False
 
@@ -593,7 +593,7 @@ def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
     negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')). What changes
     is the next OBJECT_WORDS words of the clause (articles and fillers skipped, and figures kept but
     not counted)."""
-    tokens = _TOKEN.findall(text.lower())
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
     found: dict[tuple[int, tuple[str, ...]], str] = {}
     for i, word in enumerate(tokens):
         sign = 1 if word in _UP else -1 if word in _DOWN else 0
