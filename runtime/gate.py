@@ -572,15 +572,18 @@ _OBJECT_FILLER = frozenset("""the a an of in on at for to by with than its their
 _TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*+|[.;:!?,()\[\]]")
 OBJECT_WORDS = 1
 """How many words after a change word say what changes. Measured on PubMedQA (benchmarks/gate_check.py,
-test / dev): one word catches 81% / 80% of conclusions turned the other way round and fails 7 / 3 of
+test / dev): one word catches 81% / 80% of conclusions turned the other way round and fails 6 / 3 of
 500 honest ones ("less likely" where the abstract's "more likely" is about something else); two words
 catch 41% / 56% and fail 2 / 3."""
 
 
+NEGATION_WORDS = 5
+
+
 def _negated(tokens: list[str], i: int) -> bool:
-    """A negation among the three words before tokens[i], in its clause ("No. Statins increased"
-    is not negated)."""
-    for t in reversed(tokens[max(0, i - 3):i]):
+    """A negation among the NEGATION_WORDS words before tokens[i], in its clause ("not associated
+    with the higher risk" is negated; "No. Statins increased" is not)."""
+    for t in reversed(tokens[max(0, i - NEGATION_WORDS):i]):
         if not t[0].isalnum():
             return False
         if t in _NEGATIONS or t.endswith("n't"):

@@ -386,7 +386,8 @@ def test_a_change_turned_the_other_way_round_fails_support() -> None:
     task is no evidence of a change ("Do statins reduce ...?" is a question)."""
     for honest in ["Yes. Statins reduced 30-day mortality from 12% to 8% in 120 patients.",
                    "Yes: they did not increase 30-day mortality; it fell from 12% to 8%, and HDL cholesterol was raised.",
-                   "Yes: they didn’t increase 30-day mortality, and they don't lower HDL cholesterol."]:
+                   "Yes: they didn’t increase 30-day mortality, and they don't lower HDL cholesterol.",
+                   "Yes: statins were not associated with the lower HDL cholesterol of 120 patients."]:
         support = checks(validate(honest, STATINS, STATINS_TASK, GateSettings()))["support"]
         assert support.passed, (honest, support.reason)
     for turned, named in [("No. Statins increased 30-day mortality in 120 patients.", "increased 30-day mortality"),
