@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
@@ -81,10 +81,15 @@ def content_tokens(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in _STOPWORDS}
 
 
+def _path_matches(text: str) -> Iterator[re.Match[str]]:
+    """The paths a text names outside its URLs: group 1 the path, then its `:line` suffix if any."""
+    return _PATH.finditer(_URL.sub(" ", text))
+
+
 def cited_paths(text: str) -> list[str]:
     """File paths an answer cites (URLs ignored, `:line` suffixes dropped), in order, unique."""
     found: list[str] = []
-    for m in _PATH.finditer(_URL.sub(" ", text)):
+    for m in _path_matches(text):
         path = m.group(1)
         while path.startswith("./"):
             path = path[2:]
@@ -162,11 +167,16 @@ def _link_grounded(link: str, lowered_evidence: str) -> bool:
     return False
 
 
-def _bundle_text(bundle: ContextBundle, task: str) -> str:
-    parts = [task, *bundle.validation_steps]
+def _bundle_parts(bundle: ContextBundle) -> list[str]:
+    """Every text the bundle gives the model: its checklist, and each item's ids, title, text and files."""
+    parts = list(bundle.validation_steps)
     for item in (*bundle.exemplars, *bundle.warnings):
         parts += [item.id, item.source_run_id or "", item.title or "", item.text, *item.source_files]
-    return "\n".join(parts)
+    return parts
+
+
+def _bundle_text(bundle: ContextBundle, task: str) -> str:
+    return "\n".join([task, *_bundle_parts(bundle)])
 
 
 def _path_grounded(path: str, haystack: str, files: list[str]) -> bool:
@@ -234,10 +244,7 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 
 
 def _retrieved_text(bundle: ContextBundle) -> str:
-    parts = list(bundle.validation_steps)
-    for item in (*bundle.exemplars, *bundle.warnings):
-        parts += [item.id, item.source_run_id or "", item.title or "", item.text, *item.source_files]
-    return "\n".join(parts)
+    return "\n".join(_bundle_parts(bundle))
 
 
 def check_echo(output: str, bundle: ContextBundle, task: str, *, n: int, max_fraction: float) -> GateCheck:
@@ -480,7 +487,7 @@ def _line_numbers(text: str) -> dict[str, str]:
     """The line numbers a text gives after a path ("src/cache.rs:110", "a.py:3-9"), each -> the path
     as written: a line is a figure, though the path around it is not one."""
     found: dict[str, str] = {}
-    for m in _PATH.finditer(_URL.sub(" ", text)):
+    for m in _path_matches(text):
         suffix = m.group(0)[len(m.group(1)):]
         for n in re.findall(r"\d+", suffix):
             found.setdefault(_number(n), m.group(0))
