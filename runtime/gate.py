@@ -434,6 +434,8 @@ def _in_digits(text: str) -> str:
     from text_to_num import alpha2digit
 
     text = _NUMBER_WORD_COMPOUND.sub(r"\1 ", text)  # "thirty-one-day mortality": the number, then its noun
+    # a small number before a unit is a measurement ("two minutes"), though alone it is a count
+    text = _SMALL_WORD_WITH_UNIT.sub(_small_in_digits, text)
     # text2num takes UTF-8 only: a lone surrogate (JSON "\ud800" reads as one) raised from the gate
     return alpha2digit(LONE_SURROGATE.sub("\ufffd", text), "en", threshold=SMALL_NUMBERS)
 
@@ -501,8 +503,9 @@ def stated_figures(text: str) -> dict[str, str]:
     (bare numbers up to SMALL_NUMBERS, but not "2 minutes" or "$5") left out."""
     stripped, converted = _figure_text(text)
     found = _all_figures(stripped)
+    with_units = {value: written for (value, _), written in figures_with_units(text).items()}
     for fig in _spelled_figures(stripped, converted):
-        found.setdefault(fig, fig)
+        found.setdefault(fig, with_units.get(fig, fig))  # "2 minutes" says where, "2" alone does not
     measured = _measured(text)
     kept = {fig: written for fig, written in found.items() if _checked(fig) or fig.lstrip("-") in measured}
     for fig, written in _line_numbers(text).items():
@@ -543,6 +546,25 @@ _WITH_UNIT = re.compile(
     # was scanned again from every digit, quadratic in its length
     r"(?<![\w.])(?<!\d,)(" + _GROUPS + r")(?:\s?-\s?|\s)?(" + "|".join(_UNIT_OF) + r")(?![\w])", re.IGNORECASE
 )
+
+
+_SMALL_WORDS = "zero one two three four five six seven eight nine ten".split()
+_SMALL_WORD_WITH_UNIT = re.compile(
+    r"\b(" + "|".join(_SMALL_WORDS) + r")(\s(?:" + "|".join(_UNIT_OF) + r"))(?![\w])", re.IGNORECASE
+)
+"""A number up to ten in words directly before a unit ("two minutes", "five-year" once its hyphen is
+a space): text2num leaves such numbers as words (SMALL_NUMBERS), so they are written in digits here."""
+
+
+_ENDS_IN_NUMBER_WORD = re.compile(rf"\b(?:{_NUMBER_WORDS})(?:[\s-]+and)?[\s-]+$", re.IGNORECASE)
+
+
+def _small_in_digits(m: re.Match[str]) -> str:
+    """"two minutes" -> "2 minutes"; the last word of a larger number ("thirty-one days", "a hundred
+    and five days") is left to text2num, which reads the whole number."""
+    if _ENDS_IN_NUMBER_WORD.search(m.string, max(0, m.start() - 20), m.start()):
+        return m.group(0)
+    return str(_SMALL_WORDS.index(m.group(1).lower())) + m.group(2)
 
 
 def _unit(spelled: str) -> str:

@@ -285,7 +285,7 @@ def test_figures_in_every_notation_count_and_are_compared_by_value() -> None:
         ("The retry policy changed in commit 9b1d77e0.", "9b1d77e0"),
         ("The retry policy has been in place since 2026-01-16.", "2026-01-16"),
         ("The retry policy fails with error code 0x1F5.", "0x1F5"),
-        ("The retry policy waits ninety seconds between attempts.", "90"),
+        ("The retry policy waits ninety seconds between attempts.", "90 seconds"),
         ("The retry policy runs two hundred and twelve workers.", "212"),
     ]:
         support = checks(validate(invented, POLICY, POLICY_TASK, GateSettings()))["support"]
@@ -340,8 +340,7 @@ def test_links_the_evidence_does_not_hold_fail_grounding() -> None:
 
 def test_small_figures_with_a_unit_or_currency_and_line_numbers_are_figures() -> None:
     """A bare small number is a count ("two steps") and is not checked, but "6 minutes", "$6" and a
-    line after a path ("src/cache.rs:120") are measurements: the gate passed all three changed. (A
-    number up to ten in words stays a count, as text2num reads it: "two minutes" is not checked.)"""
+    line after a path ("src/cache.rs:120") are measurements: the gate passed all three changed."""
     honest = f"{DEPLOY_ANSWER}: about 3-5 minutes and $5 of compute, in src/cache.rs:110, in two steps."
     support = checks(validate(honest, DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
     assert support.passed, support.reason
@@ -349,6 +348,19 @@ def test_small_figures_with_a_unit_or_currency_and_line_numbers_are_figures() ->
                             (f"{DEPLOY_ANSWER}; the handler is src/cache.rs:120.", "src/cache.rs:120")]:
         support = checks(validate(invented, DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
         assert not support.passed and f"'{named}'" in support.reason, (invented, support.reason)
+
+
+def test_a_small_number_in_words_before_a_unit_is_a_figure() -> None:
+    """text2num leaves numbers up to ten as words, so "six minutes" and "a five-year run" were counts
+    and never checked: the gate passed an answer that turned 3-5 minutes into six. Before a unit they
+    are measurements; the last word of a larger number ("thirty-one days") is still read whole."""
+    assert figures_in("in two minutes, a five-year run, one of the ten workers, two steps") == ["2", "5"]
+    assert figures_in("thirty-one days and a hundred and five days") == ["31", "105"]
+    honest = f"{DEPLOY_ANSWER}: it takes three to five minutes."
+    support = checks(validate(honest, DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
+    assert support.passed, support.reason
+    support = checks(validate(f"{DEPLOY_ANSWER}: it takes six minutes.", DEPLOY, DEPLOY_TASK, GateSettings()))["support"]
+    assert not support.passed and "'6 minutes'" in support.reason, support.reason
 
 
 def test_digits_of_any_script_and_si_digit_groups_are_read_by_value() -> None:
