@@ -303,6 +303,7 @@ _NUMBER = re.compile(r"(?<![\w.])[-+]?" + _GROUPS + r"(?:\s?%)?")
 # within one line: "^\s*" ran over every following blank line from every line start, quadratic in them
 _LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+]|#+)[ \t]+", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_FENCED = re.compile(r"^[ \t]*```.*?(?:^[ \t]*```|\Z)", re.MULTILINE | re.DOTALL)
 _IDENTIFIER = re.compile(
     # dotted.name (parts of 2+ characters), from where the dotted run starts: from every part of
     # "v1.v1.v1..." each failed scan to the end was quadratic in its length
@@ -591,6 +592,31 @@ def unit_mismatches(output: str, evidence: str) -> list[str]:
             if value in units and unit not in units[value]]
 
 
+# "gpt-4o", "phase-3", "IL-6", "covid-19-related": a name and its number, joined by a hyphen
+_NUMBERED_NAME = re.compile(r"(?<![\w.-])([a-z]{2,}+)-(\d++(?:\.\d++)*+[a-z]*+)(?!\w|[.-]\d)", re.IGNORECASE)
+# how evidence may write one: with a hyphen, a space or nothing between ("GPT-4o", "phase 3", "gpt4o")
+_NAME_NUMBER = re.compile(r"\b([a-z]{2,}+)[-\s]?+(\d++(?:\.\d++)*+[a-z]*+)\b", re.IGNORECASE)
+
+
+def renumbered_names(output: str, evidence: str) -> list[str]:
+    """Numbered names the evidence gives with other numbers only: "gpt-5" where it names gpt-4o,
+    "phase-2" where it says phase 3. The number after a name's hyphen is small and so no figure of
+    its own ("5" is a count), but with the name it says which model, trial or grade. A name the
+    evidence never numbers is left to the word and figure checks; "python-3" matches "Python 3.11"."""
+    numbers: dict[str, dict[str, str]] = {}  # name -> its number -> as the evidence first wrote it
+    for m in _NAME_NUMBER.finditer(evidence):
+        numbers.setdefault(m.group(1).lower(), {}).setdefault(m.group(2).lower(), m.group(0))
+    found: list[str] = []
+    for m in _NUMBERED_NAME.finditer(_CODE_SPAN.sub(" ", _FENCED.sub(" ", output))):  # code: `count-1` is a sum
+        name, number = m.group(1).lower(), m.group(2).lower()
+        known = numbers.get(name)
+        if known and not any(k == number or k.startswith(number + ".") for k in known):
+            written = f"{m.group(0)} (the evidence has {' or '.join(sorted(known.values())[:3])})"
+            if written not in found:
+                found.append(written)
+    return found
+
+
 _UP = frozenset("""increase increased increases increasing raise raised raises raising rose rise rises rising
     elevated higher greater more""".split())
 _DOWN = frozenset("""decrease decreased decreases decreasing reduce reduced reduces reducing reduction reductions
@@ -724,6 +750,9 @@ def check_support(
     wrong_units = unit_mismatches(output, evidence)
     if wrong_units:
         problems.append(f"figures in another unit than the evidence's: {_quote(wrong_units)}")
+    renumbered = renumbered_names(output, evidence)
+    if renumbered:
+        problems.append(f"names with another number than the evidence's: {_quote(renumbered)}")
     turned = reversed_directions(output, _retrieved_text(bundle))
     if turned:
         problems.append(f"changes stated the other way round from the evidence: {_quote(turned)}")

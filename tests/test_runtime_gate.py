@@ -363,6 +363,25 @@ def test_a_small_number_in_words_before_a_unit_is_a_figure() -> None:
     assert not support.passed and "'6 minutes'" in support.reason, support.reason
 
 
+def test_a_name_with_another_number_than_the_evidence_gives_it_fails_support() -> None:
+    """"gpt-5" where the evidence names gpt-4o passed: the 5 after the hyphen is a small count to the
+    figure check, and "gpt" is a word the evidence holds. A name the evidence numbers must keep one
+    of its numbers; writing it another way ("Phase 3", "phase-3") or less precisely ("python-3" for
+    Python 3.11) is fine, as is code (`retries-1` is a sum) and a name the evidence never numbers."""
+    models = one_item(0xEE, "Agents", "The agent ran on GPT-4o in a phase 3 trial; it needs Python 3.11 and "
+                                      "retries 3 times.")
+    task = "Which model did the agent run on?"
+    for honest in ["The agent ran on gpt-4o in a phase-3 trial with python-3.",
+                   "The agent ran on GPT-4o; it stops after\n```\nleft = retries-1\n```"]:
+        support = checks(validate(honest, models, task, GateSettings()))["support"]
+        assert support.passed, (honest, support.reason)
+    for invented, named in [("The agent ran on gpt-5 in a phase 3 trial.", "gpt-5 (the evidence has GPT-4o)"),
+                            ("The agent ran on GPT-4o in a phase-2 trial.", "phase-2 (the evidence has phase 3)"),
+                            ("The agent ran on GPT-4o and needs python-2.", "python-2 (the evidence has Python 3.11)")]:
+        support = checks(validate(invented, models, task, GateSettings()))["support"]
+        assert not support.passed and repr(named) in support.reason, (invented, support.reason)
+
+
 def test_digits_of_any_script_and_si_digit_groups_are_read_by_value() -> None:
     """Full-width and Arabic-Indic digits, a no-break space before "%" and SI digit groups ("12 345"
     with a thin or no-break space) were figures of their own: "３０ seconds" failed against the
@@ -565,7 +584,8 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
     import time
 
     started = time.process_time()
-    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to "]:
+    for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to ",
+                 "ab-1", "```\n", "two s "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
