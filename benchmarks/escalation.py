@@ -26,7 +26,9 @@ one when the gate passed it, else the escalated one when the gate passed that, e
 model's accuracy, latency and tokens of local and strong calls; each gate check's false-accept /
 false-reject contribution; the escalation rate per round; RouteLLM-style APGR and CPT(50%) of the
 gate-score router against the real strong model, with random and oracle baselines.
-Results: benchmarks/results/escalation[_quick].json/.md and _rates/_rounds/_routing.png.
+Results: benchmarks/results/escalation[_quick].json/.md and _rates/_rounds/_routing.png, and
+_answers.jsonl: every run's task, bundle and full answers, so that a later gate can judge the same
+answers again without the models (benchmarks/escalation_rejudge.py).
 """
 
 from __future__ import annotations
@@ -213,6 +215,17 @@ def record(run: Any, task: dict[str, Any], condition: str, round_no: int, strong
 # ------------------------------------------------------------------------------------------ summaries
 
 
+def gate_input(run: Any, task: dict[str, Any], condition: str, round_no: int, strong_extra: Any = None) -> dict[str, Any]:
+    """What the gate judged in one run (the task, the bundle, the local answer and the strong one),
+    in full: the record keeps 600 characters of each answer and no bundle."""
+    local = run.attempts[0]
+    strong = (run.attempts[1] if len(run.attempts) > 1 else None) or strong_extra
+    return {"task_id": task["id"], "condition": condition, "round": round_no, "task": task["task"],
+            "bundle": run.bundle.model_dump(mode="json"),
+            "answer": local.output if local.error is None else None,
+            "strong_answer": strong.output if strong is not None and strong.error is None else None}
+
+
 def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
@@ -350,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path)
     ap.add_argument("--name", help="results file stem (default escalation / escalation_quick)")
     args = ap.parse_args(argv)
+    from distill.jsonl import write_atomic
+
     sizes = dict(SIZES["quick" if args.quick else "default"])
     if args.rounds is not None:
         sizes["rounds"] = max(1, args.rounds)
@@ -367,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    gate_inputs = result.pop("gate_inputs")
     md = markdown(result)
     write_results(args.out_dir, name, result, md)
+    write_atomic(args.out_dir / f"{name}_answers.jsonl",
+                 b"".join(json.dumps(g, sort_keys=True).encode() + b"\n" for g in gate_inputs))
     plot_rates(result, args.out_dir / f"{name}_rates.png")
     plot_rounds(result, args.out_dir / f"{name}_rounds.png")
     if result["routing"].get("points"):
@@ -436,6 +454,7 @@ def run(args: Any, sizes: dict[str, Any], work: Path) -> dict[str, Any]:
         return ReplaySession(ws, settings, opts, local=local, escalation=strong)
 
     records: list[dict[str, Any]] = []
+    judged: list[dict[str, Any]] = []
 
     routed: set[str] = {t["id"] for i, t in enumerate(tasks) if i % sizes["routing_every"] == 0}
 
@@ -450,6 +469,7 @@ def run(args: Any, sizes: dict[str, Any], work: Path) -> dict[str, Any]:
             extra = run_attempt(strong, Prompt(messages, run.bundle, 0), task["task"], settings, escalation=True)
         rec = record(run, task, condition, round_no, extra)
         records.append(rec)
+        judged.append(gate_input(run, task, condition, round_no, extra))
         log(f"  r{round_no} {condition:12s} {task['id'][:44]:44s} gate={'pass' if rec['gate_passed'] else 'FAIL'} "
             f"correct={int(rec['correct'])} strong={rec['strong_correct']} system={int(rec['system_correct'])} "
             f"{(rec['latency_ms'] or 0) / 1000:5.1f}s {rec['prompt_tokens']}+{rec['completion_tokens']} tok "
@@ -497,7 +517,7 @@ def run(args: Any, sizes: dict[str, Any], work: Path) -> dict[str, Any]:
         "suite": "escalation", "quick": args.quick, "split": args.split, "machine": info, "sizes": sizes, "families": families,
         "local_model": local_desc, "strong_model": strong_desc, "local_only": strong is None, "notes": notes,
         "timings_s": timings, "conditions": conditions, "rounds": per_round, "rounds_info": rounds_info,
-        "routing": route, "runs": records, "wall_s": round(time.perf_counter() - t_start, 1),
+        "routing": route, "runs": records, "gate_inputs": judged, "wall_s": round(time.perf_counter() - t_start, 1),
         "loadavg_at_end": list(os.getloadavg()),
     }
 

@@ -91,6 +91,46 @@ def test_escalation_quick(tmp_path: Path) -> None:
         if run["condition"] == "no_retrieval":
             assert run["retrieved"] == 0
     assert data["local_only"] and data["rounds"][0]["round"] == 1
+    # what the gate judged is recorded in full: the same gate judging it again gives every verdict back
+    rejudge = subprocess.run([sys.executable, str(REPO / "benchmarks" / "escalation_rejudge.py"),
+                              str(tmp_path / "escalation_quick.json")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert rejudge.returncode == 0, rejudge.stderr[-4000:]
+    again = check_outputs(tmp_path, "escalation_quick_rejudged", [])
+    assert again["changed"] == []
+    for cond in ("retrieval", "no_retrieval"):
+        summary = again["conditions"][cond]["all"]
+        assert summary["n"] == printed["conditions"][cond]["n"] and summary["verdicts_changed"] == 0
+        assert summary["escalation_rate"] == summary["escalation_rate_recorded"] == printed["conditions"][cond]["escalation_rate"]
+
+
+def test_rejudge_judges_the_recorded_answers_again(tmp_path: Path) -> None:
+    """escalation_rejudge runs the current gate on the recorded answers (not the recorded verdicts):
+    an answer recorded as failed that this gate passes is counted as changed, and the system outcome
+    of a local answer that now fails, where no strong model was asked, is unknown, not wrong."""
+    from benchmarks.escalation_rejudge import rejudge, summarise, system_outcome
+    from runtime.check import CheckInput, bundle_of
+
+    evidence = "Rotate the signing key with keyctl, then restart the gateway: it takes about 5 minutes."
+    item = CheckInput(id="t", task="How is the signing key rotated?", answer="", context=[{"id": "kb:1", "text": evidence}])
+    bundle = bundle_of(item).model_dump(mode="json")
+    honest = "Rotate the signing key with keyctl, then restart the gateway; it takes about 5 minutes."
+    invented = "Rotate the signing key with keyctl, then restart the gateway; it takes about 45 minutes."
+    base = {"family": "sample", "round": 1, "correct": True, "strong_correct": None, "failed_checks": [],
+            "system_correct": True}
+    runs = [{**base, "task_id": "a", "condition": "no_retrieval", "gate_passed": False, "failed_checks": ["support"],
+             "system_correct": False},
+            {**base, "task_id": "b", "condition": "no_retrieval", "gate_passed": True}]
+    inputs = [{"task_id": "a", "condition": "no_retrieval", "round": 1, "task": item.task, "bundle": bundle,
+               "answer": honest, "strong_answer": None},
+              {"task_id": "b", "condition": "no_retrieval", "round": 1, "task": item.task, "bundle": bundle,
+               "answer": invented, "strong_answer": None}]
+    rows = rejudge({"runs": runs}, inputs)
+    assert [(r["was_passed"], r["passed"]) for r in rows] == [(False, True), (True, False)]
+    assert "support" in rows[1]["failed_checks"]
+    assert [system_outcome(r, local_only=False) for r in rows] == [True, None]
+    assert [system_outcome(r, local_only=True) for r in rows] == [True, False]
+    summary = summarise(rows, local_only=False)
+    assert summary["verdicts_changed"] == 2 and summary["system_unknown"] == 1
 
 
 def test_suites_have_the_contract_form(tmp_path: Path) -> None:
