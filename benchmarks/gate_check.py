@@ -150,6 +150,35 @@ def direction_flipped(grounded: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_VERB_OPPOSITE = {"reduced": "increased", "decreased": "increased", "increased": "decreased", "lowered": "raised",
+                  "raised": "lowered"}
+_NOT_A_NOUN = frozenset("with from over after during their this that those these when were than into both each".split())
+_ACTIVE = re.compile(r"\b(" + "|".join(_VERB_OPPOSITE) + r")\s+(?:the\s+)?(?:[\w-]*\d[\w-]*\s+)?([a-z][a-z-]{3,})\b",
+                     re.IGNORECASE)
+
+
+def restated(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """From each grounded answer whose evidence states a change actively ("statins reduced 30-day
+    mortality") and never the opposite change of that noun: the answer with one sentence added
+    that restates it in the passive ("Mortality was reduced.", should pass) or turns it round
+    ("Mortality was increased.", should fail). Every word is the evidence's; only the claim differs."""
+    out: dict[str, list[dict[str, Any]]] = {"restated_same": [], "restated_flipped": []}
+    for row in grounded:
+        evidence = "\n".join(c["text"] for c in row["context"])
+        for m in _ACTIVE.finditer(evidence):
+            verb, noun = m.group(1).lower(), m.group(2).lower()
+            opposite = _VERB_OPPOSITE[verb]
+            if noun in _NOT_A_NOUN or re.search(
+                    rf"\b{opposite}\s+(?:\S+\s+){{0,2}}{re.escape(noun)}\b|\b{re.escape(noun)}\s+(?:\S+\s+){{0,3}}{opposite}\b",
+                    evidence, re.IGNORECASE):
+                continue
+            for kind, said in (("restated_same", verb), ("restated_flipped", opposite)):
+                answer = f"{row['answer'].rstrip()} {noun.capitalize()} was {said}."
+                out[kind].append({**row, "id": f"{row['id']}:{kind}", "answer": answer})
+            break
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -169,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
-    variants = {**altered(grounded), "unit_changed": unit_changed(grounded), "direction_flipped": direction_flipped(grounded)}
+    variants = {**altered(grounded), "unit_changed": unit_changed(grounded), "direction_flipped": direction_flipped(grounded),
+                **restated(grounded)}
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
@@ -228,7 +258,10 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
             "changed_words": ("one figure changed, in words", "fail"),
             "same_words": ("one figure unchanged, in words", "pass"),
             "unit_changed": ("a figure in days/weeks/months/years/hours/minutes put in another of them", "fail"),
-            "direction_flipped": ("a change turned the other way round (reduced -> increased, higher -> lower)", "fail")}
+            "direction_flipped": ("a change turned the other way round (reduced -> increased, higher -> lower)", "fail"),
+            "restated_same": ("a sentence added that restates a change of the abstract in the passive", "pass"),
+            "restated_flipped": ("a sentence added that states a change of the abstract the other way round, in the passive",
+                                 "fail")}
     rows = []
     for kind, (label, should) in what.items():
         f = figures.get(kind)
@@ -237,7 +270,8 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
         share = (f["n"] - f["passed"]) / f["n"] if should == "fail" else f["passed"] / f["n"]
         rows.append([label, f["n"], f"{share:.1%} {should}", f"support failed {f['failed_by_support']}"])
     return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered, or "
-            "a change they state as their abstract does turned the other way round; counted where the unaltered "
+            "a change they state as their abstract does turned the other way round, or with a sentence added that "
+            "restates a change of the abstract (as it is, or turned round); counted where the unaltered "
             "answer passed, so the alteration decides:\n\n"
             + md_table(["answers", "n", "result", ""], rows))
 

@@ -646,11 +646,44 @@ def _negated(tokens: list[str], i: int) -> bool:
     return False
 
 
+_PREPOSITIONS = frozenset("by with in among after during from over following under at for when per of on".split())
+_AUXILIARIES = frozenset("was were is are be been being became become becomes remained remains got gets has have had".split())
+_ADVERBS = frozenset("significantly markedly slightly substantially statistically also further much far even still".split())
+
+
+def _is_figure(token: str) -> bool:
+    return any(c.isdigit() for c in token)
+
+
+def _subject(tokens: list[str], i: int) -> str | None:
+    """The word a change word at tokens[i] is said of when it has no object ("mortality was
+    reduced", "mortality increased with statins"): the nearest word before it, auxiliaries, adverbs
+    and figures skipped. None where that is no subject: a clause start, an article or preposition
+    ("with decreases in", "a reduction"), a conjunction, or a word inside a phrase ("per patient")."""
+    j = i - 1
+    while j >= max(0, i - 6) and (tokens[j] in _AUXILIARIES or tokens[j] in _ADVERBS or tokens[j].endswith("ly")
+                      or _is_figure(tokens[j])):
+        j -= 1
+    if j < 0 or i - j > 5:
+        return None  # nothing before it, or only auxiliaries and adverbs as far as we look
+    word = tokens[j]
+    if not word[0].isalnum() or word in _OBJECT_FILLER or word in _PREPOSITIONS or word in _CONJUNCTIONS:
+        return None
+    if j > 0 and tokens[j - 1] in _PREPOSITIONS:
+        return None
+    return word
+
+
+_CONJUNCTIONS = frozenset("and or but nor yet so".split())
+
+
 def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
     """(+1 up / -1 down, what changes) -> as written, for each change a text states without a
-    negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')). What changes
-    is the next OBJECT_WORDS words of the clause (articles and fillers skipped, and figures kept but
-    not counted)."""
+    negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a
+    figure says which mortality but not what changes, also (-1, ('mortality',)). What changes is
+    the next OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not
+    counted), and, when the change word has no object (the clause ends or a preposition follows:
+    "mortality was reduced", "mortality rose with age"), also the word it is said of."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
     found: dict[tuple[int, tuple[str, ...]], str] = {}
     for i, word in enumerate(tokens):
@@ -665,11 +698,19 @@ def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
             if t in _OBJECT_FILLER:
                 continue
             changed.append(t)
-            words += not any(c.isdigit() for c in t)  # "30-day" says which mortality, not what changes
+            words += not _is_figure(t)  # "30-day" says which mortality, not what changes
             if words == OBJECT_WORDS:
                 break
         if changed:
-            found.setdefault((sign, tuple(changed)), " ".join([word, *changed]))
+            written = " ".join([word, *changed])
+            found.setdefault((sign, tuple(changed)), written)
+            if words:
+                found.setdefault((sign, tuple(t for t in changed if not _is_figure(t))), written)
+        following = tokens[i + 1] if i + 1 < len(tokens) else "."
+        if not following[0].isalnum() or following in _PREPOSITIONS:
+            subject = _subject(tokens, i)
+            if subject is not None:
+                found.setdefault((sign, (subject,)), f"{subject} {word}")
     return found
 
 
@@ -690,6 +731,7 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     turned = [f"{written} (the evidence: {stated[(-sign, changed)]})"
               for (sign, changed), written in _directions(output).items()
               if (-sign, changed) in stated and (sign, changed) not in stated]
+    turned = list(dict.fromkeys(turned))  # one claim can match both with and without its figure
     ranges = _from_to(retrieved)
     turned += [f"{written} (the evidence: {ranges[(b, a)]})" for (a, b), written in _from_to(output).items()
                if a != b and (b, a) in ranges and (a, b) not in ranges]

@@ -433,6 +433,27 @@ def test_a_change_turned_the_other_way_round_fails_support() -> None:
     assert support.passed, support.reason
 
 
+def test_a_change_turned_round_in_the_passive_or_without_its_figure_fails_support() -> None:
+    """The evidence says statins "reduced 30-day mortality": "mortality was increased", "mortality
+    rose with statins" and "statins increased mortality" (the figure left out) all passed, as the
+    check compared only a change word with the words after it, figures included. What a change
+    without an object is said of is the word before it; a figure says which mortality, not what
+    changes. A word inside a phrase ("a reduction in", "per patient") is no such subject. (One word
+    is compared: "HDL cholesterol was lowered" is said of cholesterol, the evidence raised HDL.)"""
+    for honest in ["Yes. In 120 patients mortality was reduced by statins, and HDL cholesterol was raised.",
+                   "Yes. With statins, 30-day mortality fell from 12% to 8% in 120 patients.",
+                   "Yes. Statins gave a reduction in 30-day mortality; the rate per patient was lower."]:
+        support = checks(validate(honest, STATINS, STATINS_TASK, GateSettings()))["support"]
+        assert support.passed, (honest, support.reason)
+    for turned, named in [("No. In 120 patients mortality was increased by statins.", "mortality increased"),
+                          ("No. Mortality rose with statins in 120 patients.", "mortality rose"),
+                          ("No. Statins increased mortality in 120 patients.", "increased mortality"),
+                          ("Yes, and HDL was lowered in 120 patients.", "hdl lowered")]:
+        support = checks(validate(turned, STATINS, STATINS_TASK, GateSettings()))["support"]
+        assert not support.passed and "the other way round" in support.reason and named in support.reason, (
+            turned, support.reason)
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
@@ -585,7 +606,7 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
 
     started = time.process_time()
     for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to ",
-                 "ab-1", "```\n", "two s "]:
+                 "ab-1", "```\n", "two s ", "was reduced by ", "was "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
