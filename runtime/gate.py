@@ -299,7 +299,7 @@ def check_prompt_markup(output: str, nonce: str | None = None) -> GateCheck:
 # no-break or thin space ("12 345", SI style). A comma before other than three digits separates
 # numbers ("1,2,3", a hunk's "-120,7"), as does a plain space
 _GROUPS = r"\d++(?:\.\d++|[,\u00a0\u2009\u202f]\d{3}+(?!\d))*+"
-_NUMBER = re.compile(r"(?<![\w.])[-+]?" + _GROUPS + r"(?:\s?%)?")
+_NUMBER = re.compile(r"(?<![\w.])[-+\u2212]?" + _GROUPS + r"(?:\s?%)?")  # U+2212 is the minus sign
 # within one line: "^\s*" ran over every following blank line from every line start, quadratic in them
 _LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+]|#+)[ \t]+", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
@@ -312,6 +312,10 @@ _IDENTIFIER = re.compile(
     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+\b"  # CamelCase (each hump has lower-case letters)
     r"|\b[a-z]+[A-Z][a-z0-9]+[A-Za-z0-9]*\b"  # camelCase
     r"|\b[A-Za-z_][A-Za-z0-9_]*(?=\()"  # a call
+)
+_JOINED_SENTENCE = re.compile(
+    r"[a-z]\.(?:The|This|These|That|Those|There|Their|It|In|We|Our|Of|On|At|As|To|For|With|From|However|Thus|"
+    r"Therefore|A|An|No|Yes|So|If|When|But|And)\b"
 )
 _WEB_SUFFIX = re.compile(r"\.(?:com|org|net|gov|edu|io|dev|ai|co|uk|de)$", re.IGNORECASE)
 SMALL_NUMBERS = 10
@@ -367,7 +371,7 @@ _FIGURE = re.compile(
     r"|(?P<hex>0x[0-9a-f]+)(?![\w])"
     r"|v(?P<version>\d+(?:\.\d+)*)(?![\w])"  # v4.17.21 is the version 4.17.21
     r"|(?P<code>[a-z]+\d[a-z0-9]*(?:\.\d+)*)(?![\w])"  # H100, sha256, py311: a name that is its figure
-    r"|(?P<number>[-+]?" + _GROUPS + r"(?:e[-+]?\d+(?!\w|\.\d))?(?:\s?%|\s+per\s?cent\b)?)"  # 18%, 2,300, 0.02, 3e-4
+    r"|(?P<number>[-+\u2212]?" + _GROUPS + r"(?:e[-+]?\d+(?!\w|\.\d))?(?:\s?%|\s+per\s?cent\b)?)"  # 18%, 2,300, 0.02, 3e-4
     r")",
     re.IGNORECASE,
 )
@@ -386,7 +390,7 @@ MAX_EXPONENT = 30
 def _number(raw: str) -> str:
     """One spelling per value: thousands separators and a leading + dropped, 30.0 = 30, 1e-4 = 0.0001,
     18 percent = 18%."""
-    fig = re.sub(r"\s", "", re.sub(r"per\s?cent$", "%", raw.lower())).replace(",", "").lstrip("+")
+    fig = re.sub(r"\s", "", re.sub(r"per\s?cent$", "%", raw.lower())).replace(",", "").replace("\u2212", "-").lstrip("+")
     if not fig.isascii():  # digits of another script, or full-width ones, are the same value: "３０" = 30
         fig = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in fig)
     percent = "%" if fig.endswith("%") else ""
@@ -501,7 +505,7 @@ def stated_figures(text: str) -> dict[str, str]:
     """The figures a text states, each by its one spelling (-> as the text wrote it): numbers (with
     their % sign), scientific notation, versions, dates, hashes and names such as H100, numbers
     written in words, and the line numbers after paths; list markers, paths, ids and small counts
-    (bare numbers up to SMALL_NUMBERS, but not "2 minutes" or "$5") left out."""
+    (bare numbers up to SMALL_NUMBERS, but not "2 minutes", "$5" or "v5") left out."""
     stripped, converted = _figure_text(text)
     found = _all_figures(stripped)
     with_units = {value: written for (value, _), written in figures_with_units(text).items()}
@@ -511,6 +515,9 @@ def stated_figures(text: str) -> dict[str, str]:
     kept = {fig: written for fig, written in found.items() if _checked(fig) or fig.lstrip("-") in measured}
     for fig, written in _line_numbers(text).items():
         kept.setdefault(fig, written)
+    for m in _FIGURE.finditer(stripped):
+        if m.lastgroup == "version":
+            kept.setdefault(_figure(m), m.group(0))  # "v5" names a release, however small its number
     return kept
 
 
@@ -590,6 +597,29 @@ def unit_mismatches(output: str, evidence: str) -> list[str]:
     return [f"{written} (the evidence has {value} {' or '.join(sorted(units[value]))})"
             for (value, unit), written in figures_with_units(output).items()
             if value in units and unit not in units[value]]
+
+
+def _signs(text: str) -> Iterator[tuple[str, str, str]]:
+    """(sign: "+", "-" or "" for none, value, as written) for every number `text` states."""
+    for m in _NUMBER.finditer(_figure_text(text)[0]):
+        raw = m.group(0).replace("\u2212", "-")
+        sign = raw[0] if raw[0] in "+-" else ""
+        yield sign, _number(raw.lstrip("+-")), m.group(0)
+
+
+def flipped_signs(output: str, evidence: str) -> list[str]:
+    """Numbers the answer signs the other way from the evidence: "+30%" where it says only -30%,
+    "-0.5" where it says +0.5. An unsigned number is a magnitude ("fell 30%" for -30%) and is left
+    to the figure check, and so is a value the evidence also states unsigned."""
+    signs: dict[str, dict[str, str]] = {}
+    for sign, value, written in _signs(evidence):
+        signs.setdefault(value, {}).setdefault(sign, written)
+    found: list[str] = []
+    for sign, value, written in _signs(output):
+        known = signs.get(value, {})
+        if sign and known and sign not in known and "" not in known:
+            found.append(f"{written} (the evidence has {' or '.join(known.values())})")
+    return list(dict.fromkeys(found))
 
 
 # "gpt-4o", "phase-3", "IL-6", "covid-19-related": a name and its number, joined by a hyphen
@@ -749,6 +779,8 @@ def identifiers_in(text: str) -> list[str]:
         ident = m.group(0)
         if _WEB_SUFFIX.search(ident):
             continue  # a domain name in prose (ClinicalTrials.gov), not code
+        if _JOINED_SENTENCE.search(ident):
+            continue  # "hospice.The": a full stop without its space, not a dotted name
         if ident not in found and ident.lower() not in _STOPWORDS:
             found.append(ident)
     return found
@@ -792,6 +824,9 @@ def check_support(
     wrong_units = unit_mismatches(output, evidence)
     if wrong_units:
         problems.append(f"figures in another unit than the evidence's: {_quote(wrong_units)}")
+    signed = flipped_signs(output, evidence)
+    if signed:
+        problems.append(f"figures signed the other way from the evidence: {_quote(signed)}")
     renumbered = renumbered_names(output, evidence)
     if renumbered:
         problems.append(f"names with another number than the evidence's: {_quote(renumbered)}")

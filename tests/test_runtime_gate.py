@@ -6,7 +6,7 @@ import pytest
 
 from distill.config import GateSettings
 from distill.records.replay import ContextBundle, RetrievedItem
-from runtime.gate import cited_ids, cited_paths, figures_in, unit_mismatches, validate
+from runtime.gate import cited_ids, cited_paths, figures_in, identifiers_in, unit_mismatches, validate
 from runtime.prompt import make_nonce, render
 
 BUNDLE = ContextBundle(
@@ -462,6 +462,40 @@ def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
         assert figures_in(text) == [], text
     assert figures_in("It trains at 3e-4.") == ["0.0003"]
     assert figures_in("Scale 10e400 or 1e-999999.") == ["10e400", "1e-999999"]  # as written, never expanded
+
+
+def test_a_version_is_a_figure_however_small() -> None:
+    """"v5" for the evidence's v4 passed: its 5 is a small count to the figure check."""
+    assert figures_in("Pin lodash to v4.17.21, not v5, in 3 steps.") == ["4.17.21", "5"]
+    api = one_item(0xEF, "API", "Clients call the v2 endpoint; v1 was removed.")
+    task = "Which API version do clients call?"
+    support = checks(validate("Clients call the v2 endpoint, since v1 was removed.", api, task, GateSettings()))["support"]
+    assert support.passed, support.reason
+    support = checks(validate("Clients call the v3 endpoint, since v1 was removed.", api, task, GateSettings()))["support"]
+    assert not support.passed and "'v3'" in support.reason, support.reason
+
+
+def test_a_figure_signed_the_other_way_fails_support() -> None:
+    """"+12%" where the evidence says the latency changed by -12% passed: the figure check compares
+    magnitudes (an unsigned "12%" or "fell 12%" says the same as -12%). An explicit sign the
+    evidence gives only the other way round is a reversed figure; the minus sign U+2212 is a sign."""
+    drift = one_item(0xF0, "Latency", "After the cache change p95 latency moved by \u221212% and throughput by +40%.")
+    task = "How did the cache change move latency?"
+    for honest in ["p95 latency moved by -12% and throughput by 40%.", "p95 latency fell 12% while throughput rose 40%."]:
+        support = checks(validate(honest, drift, task, GateSettings()))["support"]
+        assert support.passed, (honest, support.reason)
+    for flipped, named in [("p95 latency moved by +12% after the cache change.", "+12%"),
+                           ("p95 latency moved by -12% and throughput by -40%.", "-40%")]:
+        support = checks(validate(flipped, drift, task, GateSettings()))["support"]
+        assert not support.passed and "signed the other way" in support.reason and named in support.reason, (
+            flipped, support.reason)
+
+
+def test_a_sentence_joined_without_its_space_is_no_dotted_name() -> None:
+    """"...refer patients to hospice.The decision..." was read as the code identifier hospice.The,
+    which the evidence lacks: an honest PubMedQA conclusion failed support on it."""
+    assert identifiers_in("Refer them to hospice.The team agreed; call os.path.join and config.Settings now.") == [
+        "os.path.join", "config.Settings"]
 
 
 def test_a_lone_surrogate_in_an_answer_is_read_not_raised() -> None:
