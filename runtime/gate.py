@@ -913,6 +913,20 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
 
+def quoted_labels(output: str, options: list[str], chosen: str) -> list[str]:
+    """Labels the answer's own quotes give in place of its decision: it answers "info" and quotes
+    "Error swallowed in retry path, severity: medium". An option counts as a label where the quote
+    sets it apart, "(high)", "[low]" or after a colon: in running prose "high" or "no" is just a word."""
+    alternatives = "|".join(re.escape(o) for o in options)
+    label = re.compile(rf"[(\[]\s*({alternatives})\s*[)\]]|:\s*({alternatives})\b", re.IGNORECASE)
+    found: list[str] = []
+    for passage in quoted_passages(output):
+        named = {(m.group(1) or m.group(2)).lower(): m.group(0) for m in label.finditer(passage)}
+        if named and chosen not in named:
+            found += [written for written in named.values() if written not in found]
+    return found
+
+
 def check_answer_form(output: str, task: str) -> GateCheck:
     """A task that offers options gets exactly one of them, first (copying 'yes, no or maybe' back is
     not a decision); a task that asks which file gets a file path."""
@@ -926,6 +940,10 @@ def check_answer_form(output: str, task: str) -> GateCheck:
         others = sorted({w for w in words if w in options and w != chosen})
         if others:
             return _check("answer_form", False, f"the first sentence names {_short(chosen)} and also {_quote(others)}: no single decision")
+        contradicting = quoted_labels(output, options, chosen)
+        if contradicting:
+            return _check("answer_form", False, f"decides {_short(chosen)}, but the passage it quotes says "
+                                                f"{_quote(contradicting)}")
         return _check("answer_form", True, f"decides {_short(chosen)}")
     if asks_for_file(task):
         if not cited_paths(output):

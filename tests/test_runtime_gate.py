@@ -561,6 +561,26 @@ def test_a_task_with_options_gets_one_of_them_first() -> None:
     assert "skipped" in checks(validate("No. The cache is stale.", BUNDLE, task, GateSettings()))["checklist_overlap"].reason
 
 
+def test_a_decision_its_own_quote_labels_otherwise_fails_answer_form() -> None:
+    """The 0.5B answered "Info." and quoted the review line "Error swallowed in retry path, severity:
+    medium" as its support (a recorded escalation-benchmark answer): the gate passed it. A label the
+    quote sets apart ("(high)", "[low]", "severity: medium") that is not the decision contradicts it;
+    the same word in running prose ("no difference", "high memory") is no label."""
+    task = ("A review of `api/auth/tokens.py` found: Error swallowed in retry path. What severity should this "
+            "finding get? Answer info, low, medium, high or critical as the first word, then quote the earlier "
+            "review that supports it.")
+    for answer in ['Medium. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"',
+                   'Info. Reference 1 says: "Error swallowed in retry path; high memory use was not seen."',
+                   'Low. Reference 1 says: "Error swallowed in retry path (low) and a timeout (high)."']:
+        assert checks(validate(answer, BUNDLE, task, GateSettings()))["answer_form"].passed, answer
+    for answer, named in [('Info. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"',
+                           ": medium"),
+                          ('Critical. Reference 2 says: "Integer overflow on large offsets (high) in the export job."',
+                           "(high)")]:
+        form = checks(validate(answer, BUNDLE, task, GateSettings()))["answer_form"]
+        assert not form.passed and named in form.reason, (answer, form.reason)
+
+
 def test_a_which_file_task_needs_a_file_path() -> None:
     task = "The router drops the provider header. Which file must change to fix this issue?"
     named = checks(validate("crates/gateway/src/main.rs: ProviderAdapter builds the request without the header.",
