@@ -38,6 +38,18 @@ def checks(result):
     return {c.name: c for c in result.checks}
 
 
+def assert_support(bundle: ContextBundle, task: str, honest: list[str], failing: list[tuple[str, str]],
+                   because: str = "") -> None:
+    """Every honest answer passes the support check; every failing one fails it, with its reason
+    naming what it should (and `because`, the kind of problem, when given)."""
+    for answer in honest:
+        support = checks(validate(answer, bundle, task, GateSettings()))["support"]
+        assert support.passed, (answer, support.reason)
+    for answer, named in failing:
+        support = checks(validate(answer, bundle, task, GateSettings()))["support"]
+        assert not support.passed and named in support.reason and because in support.reason, (answer, support.reason)
+
+
 def test_grounded_answer_passes_every_check() -> None:
     result = validate(GOOD, BUNDLE, TASK, GateSettings())
     assert result.passed, result
@@ -370,16 +382,13 @@ def test_a_name_with_another_number_than_the_evidence_gives_it_fails_support() -
     Python 3.11) is fine, as is code (`retries-1` is a sum) and a name the evidence never numbers."""
     models = one_item(0xEE, "Agents", "The agent ran on GPT-4o in a phase 3 trial; it needs Python 3.11 and "
                                       "retries 3 times.")
-    task = "Which model did the agent run on?"
-    for honest in ["The agent ran on gpt-4o in a phase-3 trial with python-3.",
-                   "The agent ran on GPT-4o; it stops after\n```\nleft = retries-1\n```"]:
-        support = checks(validate(honest, models, task, GateSettings()))["support"]
-        assert support.passed, (honest, support.reason)
-    for invented, named in [("The agent ran on gpt-5 in a phase 3 trial.", "gpt-5 (the evidence has GPT-4o)"),
-                            ("The agent ran on GPT-4o in a phase-2 trial.", "phase-2 (the evidence has phase 3)"),
-                            ("The agent ran on GPT-4o and needs python-2.", "python-2 (the evidence has Python 3.11)")]:
-        support = checks(validate(invented, models, task, GateSettings()))["support"]
-        assert not support.passed and repr(named) in support.reason, (invented, support.reason)
+    assert_support(models, "Which model did the agent run on?",
+                   ["The agent ran on gpt-4o in a phase-3 trial with python-3.",
+                    "The agent ran on GPT-4o; it stops after\n```\nleft = retries-1\n```"],
+                   [("The agent ran on gpt-5 in a phase 3 trial.", "'gpt-5 (the evidence has GPT-4o)'"),
+                    ("The agent ran on GPT-4o in a phase-2 trial.", "'phase-2 (the evidence has phase 3)'"),
+                    ("The agent ran on GPT-4o and needs python-2.", "'python-2 (the evidence has Python 3.11)'")],
+                   because="names with another number")
 
 
 def test_digits_of_any_script_and_si_digit_groups_are_read_by_value() -> None:
@@ -415,18 +424,15 @@ def test_a_change_turned_the_other_way_round_fails_support() -> None:
     and the claim is its opposite: the gate passed it. A change the evidence states the other way
     round (and never this way) fails; a negated one ("did not increase") states no change, and the
     task is no evidence of a change ("Do statins reduce ...?" is a question)."""
-    for honest in ["Yes. Statins reduced 30-day mortality from 12% to 8% in 120 patients.",
-                   "Yes: they did not increase 30-day mortality; it fell from 12% to 8%, and HDL cholesterol was raised.",
-                   "Yes: they didn’t increase 30-day mortality, and they don't lower HDL cholesterol.",
-                   "Yes: statins were not associated with the lower HDL cholesterol of 120 patients."]:
-        support = checks(validate(honest, STATINS, STATINS_TASK, GateSettings()))["support"]
-        assert support.passed, (honest, support.reason)
-    for turned, named in [("No. Statins increased 30-day mortality in 120 patients.", "increased 30-day mortality"),
-                          ("Yes. Mortality went from 8% to 12% in 120 patients.", "from 8% to 12%"),
-                          ("Yes, though statins lowered HDL cholesterol in 120 patients.", "lowered hdl")]:
-        support = checks(validate(turned, STATINS, STATINS_TASK, GateSettings()))["support"]
-        assert not support.passed and "the other way round" in support.reason and named in support.reason, (
-            turned, support.reason)
+    assert_support(STATINS, STATINS_TASK,
+                   ["Yes. Statins reduced 30-day mortality from 12% to 8% in 120 patients.",
+                    "Yes: they did not increase 30-day mortality; it fell from 12% to 8%, and HDL cholesterol was raised.",
+                    "Yes: they didn’t increase 30-day mortality, and they don't lower HDL cholesterol.",
+                    "Yes: statins were not associated with the lower HDL cholesterol of 120 patients."],
+                   [("No. Statins increased 30-day mortality in 120 patients.", "increased 30-day mortality"),
+                    ("Yes. Mortality went from 8% to 12% in 120 patients.", "from 8% to 12%"),
+                    ("Yes, though statins lowered HDL cholesterol in 120 patients.", "lowered hdl")],
+                   because="the other way round")
     rising = one_item(0xEE, "Statins", "In 120 patients, statins increased 30-day mortality.")
     support = checks(validate("No. Statins increased 30-day mortality in 120 patients.", rising, STATINS_TASK,
                               GateSettings()))["support"]
@@ -440,18 +446,15 @@ def test_a_change_turned_round_in_the_passive_or_without_its_figure_fails_suppor
     without an object is said of is the word before it; a figure says which mortality, not what
     changes. A word inside a phrase ("a reduction in", "per patient") is no such subject. (One word
     is compared: "HDL cholesterol was lowered" is said of cholesterol, the evidence raised HDL.)"""
-    for honest in ["Yes. In 120 patients mortality was reduced by statins, and HDL cholesterol was raised.",
-                   "Yes. With statins, 30-day mortality fell from 12% to 8% in 120 patients.",
-                   "Yes. Statins gave a reduction in 30-day mortality; the rate per patient was lower."]:
-        support = checks(validate(honest, STATINS, STATINS_TASK, GateSettings()))["support"]
-        assert support.passed, (honest, support.reason)
-    for turned, named in [("No. In 120 patients mortality was increased by statins.", "mortality increased"),
-                          ("No. Mortality rose with statins in 120 patients.", "mortality rose"),
-                          ("No. Statins increased mortality in 120 patients.", "increased mortality"),
-                          ("Yes, and HDL was lowered in 120 patients.", "hdl lowered")]:
-        support = checks(validate(turned, STATINS, STATINS_TASK, GateSettings()))["support"]
-        assert not support.passed and "the other way round" in support.reason and named in support.reason, (
-            turned, support.reason)
+    assert_support(STATINS, STATINS_TASK,
+                   ["Yes. In 120 patients mortality was reduced by statins, and HDL cholesterol was raised.",
+                    "Yes. With statins, 30-day mortality fell from 12% to 8% in 120 patients.",
+                    "Yes. Statins gave a reduction in 30-day mortality; the rate per patient was lower."],
+                   [("No. In 120 patients mortality was increased by statins.", "mortality increased"),
+                    ("No. Mortality rose with statins in 120 patients.", "mortality rose"),
+                    ("No. Statins increased mortality in 120 patients.", "increased mortality"),
+                    ("Yes, and HDL was lowered in 120 patients.", "hdl lowered")],
+                   because="the other way round")
 
 
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
@@ -480,15 +483,11 @@ def test_a_figure_signed_the_other_way_fails_support() -> None:
     magnitudes (an unsigned "12%" or "fell 12%" says the same as -12%). An explicit sign the
     evidence gives only the other way round is a reversed figure; the minus sign U+2212 is a sign."""
     drift = one_item(0xF0, "Latency", "After the cache change p95 latency moved by \u221212% and throughput by +40%.")
-    task = "How did the cache change move latency?"
-    for honest in ["p95 latency moved by -12% and throughput by 40%.", "p95 latency fell 12% while throughput rose 40%."]:
-        support = checks(validate(honest, drift, task, GateSettings()))["support"]
-        assert support.passed, (honest, support.reason)
-    for flipped, named in [("p95 latency moved by +12% after the cache change.", "+12%"),
-                           ("p95 latency moved by -12% and throughput by -40%.", "-40%")]:
-        support = checks(validate(flipped, drift, task, GateSettings()))["support"]
-        assert not support.passed and "signed the other way" in support.reason and named in support.reason, (
-            flipped, support.reason)
+    assert_support(drift, "How did the cache change move latency?",
+                   ["p95 latency moved by -12% and throughput by 40%.", "p95 latency fell 12% while throughput rose 40%."],
+                   [("p95 latency moved by +12% after the cache change.", "+12%"),
+                    ("p95 latency moved by -12% and throughput by -40%.", "-40%")],
+                   because="signed the other way")
 
 
 def test_a_sentence_joined_without_its_space_is_no_dotted_name() -> None:
