@@ -679,6 +679,7 @@ def _negated(tokens: list[str], i: int) -> bool:
 _PREPOSITIONS = frozenset("by with in among after during from over following under at for when per of on".split())
 _AUXILIARIES = frozenset("was were is are be been being became become becomes remained remains got gets has have had".split())
 _ADVERBS = frozenset("significantly markedly slightly substantially statistically also further much far even still".split())
+_CONJUNCTIONS = frozenset("and or but nor yet so".split())
 
 
 def _is_figure(token: str) -> bool:
@@ -702,9 +703,6 @@ def _subject(tokens: list[str], i: int) -> str | None:
     if j > 0 and tokens[j - 1] in _PREPOSITIONS:
         return None
     return word
-
-
-_CONJUNCTIONS = frozenset("and or but nor yet so".split())
 
 
 def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
