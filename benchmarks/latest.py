@@ -30,6 +30,8 @@ SUITES = [
     ("secret_gate.md", "python benchmarks/secret_gate.py"),
     ("escalation.md", "python benchmarks/escalation.py --tasks 10 --max-tokens 64 --k 4 --item-max-chars 500"),
     ("escalation_local.md", "python benchmarks/escalation.py --local-only --max-tokens 64 --k 4 --item-max-chars 500"),
+    ("escalation_rejudged.md", "python benchmarks/escalation_rejudge.py benchmarks/results/escalation.json"),
+    ("escalation_local_rejudged.md", "python benchmarks/escalation_rejudge.py benchmarks/results/escalation_local.json"),
     ("gate_check.md", "python benchmarks/gate_check.py --split test"),
     ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
     ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
