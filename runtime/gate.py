@@ -422,12 +422,17 @@ def _strip_non_figures(text: str) -> str:
     return _RECORD_ID.sub(" ", _PATH.sub(" ", text))
 
 
-def _all_figures(text: str) -> dict[str, str]:
-    """Each figure's one spelling -> how the text first wrote it."""
+def _all_figures(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Each figure's one spelling -> how the text first wrote it; and the same for its versions
+    alone ("v5" names a release, however small its number)."""
     found: dict[str, str] = {}
+    versions: dict[str, str] = {}
     for m in _FIGURE.finditer(text):
-        found.setdefault(_figure(m), m.group(0))
-    return found
+        fig = _figure(m)
+        found.setdefault(fig, m.group(0))
+        if m.lastgroup == "version":
+            versions.setdefault(fig, m.group(0))
+    return found, versions
 
 
 def _figure_list(text: str) -> list[str]:
@@ -507,17 +512,16 @@ def stated_figures(text: str) -> dict[str, str]:
     written in words, and the line numbers after paths; list markers, paths, ids and small counts
     (bare numbers up to SMALL_NUMBERS, but not "2 minutes", "$5" or "v5") left out."""
     stripped, converted = _figure_text(text)
-    found = _all_figures(stripped)
-    with_units = {value: written for (value, _), written in figures_with_units(text).items()}
-    for fig in _spelled_figures(stripped, converted):
-        found.setdefault(fig, with_units.get(fig, fig))  # "2 minutes" says where, "2" alone does not
+    found, versions = _all_figures(stripped)
+    spelled = _spelled_figures(stripped, converted)
+    if spelled:  # rare: most texts write their figures in digits
+        with_units = {value: written for (value, _), written in figures_with_units(text).items()}
+        for fig in spelled:
+            found.setdefault(fig, with_units.get(fig, fig))  # "2 minutes" says where, "2" alone does not
     measured = _measured(text)
     kept = {fig: written for fig, written in found.items() if _checked(fig) or fig.lstrip("-") in measured}
-    for fig, written in _line_numbers(text).items():
+    for fig, written in [*_line_numbers(text).items(), *versions.items()]:
         kept.setdefault(fig, written)
-    for m in _FIGURE.finditer(stripped):
-        if m.lastgroup == "version":
-            kept.setdefault(_figure(m), m.group(0))  # "v5" names a release, however small its number
     return kept
 
 
