@@ -185,10 +185,14 @@ def _failed(attempt: Any) -> list[str]:
     return [c.name for c in attempt.gate.checks if not c.passed]
 
 
+def strong_attempt(run: Any, strong_extra: Any = None) -> Any:
+    """The strong model's answer to this run's prompt: the escalation, else the routing curve's extra call."""
+    return (run.attempts[1] if len(run.attempts) > 1 else None) or strong_extra
+
+
 def record(run: Any, task: dict[str, Any], condition: str, round_no: int, strong_extra: Any = None) -> dict[str, Any]:
     local = run.attempts[0]
-    escalated = run.attempts[1] if len(run.attempts) > 1 else None
-    strong = escalated or strong_extra
+    strong = strong_attempt(run, strong_extra)
     local_passed = bool(local.error is None and local.gate is not None and local.gate.passed)
     delivered = run.final_output if run.final_verdict in ("validated_local", "escalated_validated") else None
     return {
@@ -219,7 +223,7 @@ def gate_input(run: Any, task: dict[str, Any], condition: str, round_no: int, st
     """What the gate judged in one run (the task, the bundle, the local answer and the strong one),
     in full: the record keeps 600 characters of each answer and no bundle."""
     local = run.attempts[0]
-    strong = (run.attempts[1] if len(run.attempts) > 1 else None) or strong_extra
+    strong = strong_attempt(run, strong_extra)
     return {"task_id": task["id"], "condition": condition, "round": round_no, "task": task["task"],
             "bundle": run.bundle.model_dump(mode="json"),
             "answer": local.output if local.error is None else None,

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.escalation import _pct, _rate  # noqa: E402
 from benchmarks.report import cli, log, machine, md_table, write_results  # noqa: E402
 
 
@@ -85,10 +86,6 @@ def summarise(rows: list[dict[str, Any]], local_only: bool) -> dict[str, Any]:
     if not rows:
         return {"n": 0}
     n = len(rows)
-
-    def share(num: int, den: int) -> float | None:
-        return num / den if den else None
-
     was, now = [r for r in rows if r["was_passed"]], [r for r in rows if r["passed"]]
     outcomes = [system_outcome(r, local_only) for r in rows]
     known = [o for o in outcomes if o is not None]
@@ -96,17 +93,13 @@ def summarise(rows: list[dict[str, Any]], local_only: bool) -> dict[str, Any]:
         "n": n,
         "escalation_rate_recorded": (n - len(was)) / n, "escalation_rate": (n - len(now)) / n,
         "local_accuracy": sum(r["correct"] for r in rows) / n,
-        "gate_precision_recorded": share(sum(r["correct"] for r in was), len(was)),
-        "gate_precision": share(sum(r["correct"] for r in now), len(now)),
+        "gate_precision_recorded": _rate(sum(r["correct"] for r in was), len(was)),
+        "gate_precision": _rate(sum(r["correct"] for r in now), len(now)),
         "false_accepts_recorded": sum(not r["correct"] for r in was), "false_accepts": sum(not r["correct"] for r in now),
         "system_accuracy_recorded": sum(r["was_system_correct"] for r in rows) / n,
-        "system_accuracy_known": share(sum(known), len(known)), "system_unknown": len(outcomes) - len(known),
+        "system_accuracy_known": _rate(sum(known), len(known)), "system_unknown": len(outcomes) - len(known),
         "verdicts_changed": sum(r["passed"] != r["was_passed"] for r in rows),
     }
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.0%}"
 
 
 def markdown(r: dict[str, Any]) -> str:
