@@ -913,25 +913,104 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
 # answer form: what the task asks for (one of its options, a file path) is what the answer gives
 
 _SENTENCE_END = re.compile(r"[.!?\n]")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_LABEL_KEY = re.compile(r"([a-z0-9_]+)[^a-z0-9_\n]{0,3}$", re.IGNORECASE)
+
+
+def _label_pattern(options: list[str]) -> re.Pattern[str]:
+    """An option set apart as a label, "(high)", "[low]" or after a colon ("severity: medium"): in
+    running prose "high" or "no" is just a word."""
+    alternatives = "|".join(re.escape(o) for o in options)
+    return re.compile(rf"[(\[]\s*({alternatives})\s*[)\]]|:\s*({alternatives})\b", re.IGNORECASE)
+
+
+def _labels(text: str, pattern: re.Pattern[str]) -> dict[str, str]:
+    """The options `text` labels, each with the label as written."""
+    return {(m.group(1) or m.group(2)).lower(): m.group(0) for m in pattern.finditer(text)}
 
 
 def quoted_labels(output: str, options: list[str], chosen: str) -> list[str]:
     """Labels the answer's own quotes give in place of its decision: it answers "info" and quotes
-    "Error swallowed in retry path, severity: medium". An option counts as a label where the quote
-    sets it apart, "(high)", "[low]" or after a colon: in running prose "high" or "no" is just a word."""
-    alternatives = "|".join(re.escape(o) for o in options)
-    label = re.compile(rf"[(\[]\s*({alternatives})\s*[)\]]|:\s*({alternatives})\b", re.IGNORECASE)
+    "Error swallowed in retry path, severity: medium"."""
+    pattern = _label_pattern(options)
     found: list[str] = []
     for passage in quoted_passages(output):
-        named = {(m.group(1) or m.group(2)).lower(): m.group(0) for m in label.finditer(passage)}
+        named = _labels(passage, pattern)
         if named and chosen not in named:
             found += [written for written in named.values() if written not in found]
     return found
 
 
-def check_answer_form(output: str, task: str) -> GateCheck:
+def _paragraphs(bundle: ContextBundle) -> list[str]:
+    out = []
+    for item in (*bundle.exemplars, *bundle.warnings):
+        if item.title:
+            out.append(item.title)
+        out += [p for p in _PARAGRAPH_BREAK.split(item.text) if p.strip()]
+    return out
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    return set(_ngrams(_WORD.findall(text.lower()), 3))
+
+
+MAX_LOCATED_QUOTES = 20
+"""Quotes looked up paragraph by paragraph to back a decision: an answer backs it in its first few,
+and the bound keeps the lookup linear (thousands of quotes against thousands of paragraphs)."""
+
+
+def unbacked_decision(output: str, bundle: ContextBundle, task: str, options: list[str], chosen: str) -> str | None:
+    """Why the decision rests on nothing the evidence labels, or None. Where the references label the
+    options for what the task asks about ("severity: medium" for "what severity should this finding
+    get", or "(low)" beside the task's own words), those labels are what a decision is read from; an
+    answer that says "Info." and quotes a summary line, a file header or another finding's sentence
+    (the 0.5B's habit: it answers the first option and quotes whatever it saw) backs its decision with
+    nothing. So the paragraph of a passage it quotes (or, quoting none, some reference) must label
+    its decision. Evidence whose labels concern other things (a config's "enabled: no") asks for
+    nothing; PubMedQA's abstracts label no yes/no/maybe at all."""
+    pattern = _label_pattern(options)
+    paragraphs = _paragraphs(bundle)
+    task_words = content_tokens(task) - set(options)
+    task_grams = {g for g in _grams(task) if task_words.intersection(g)}
+
+    def about_the_task(paragraph: str) -> bool:
+        matches = list(pattern.finditer(paragraph))
+        if not matches:
+            return False
+        for m in matches:
+            key = _LABEL_KEY.search(paragraph, max(0, m.start() - 40), m.start()) if m.group(2) else None
+            if key and key.group(1).lower() in task_words:
+                return True
+        return bool(task_grams & _grams(paragraph))
+
+    if not any(about_the_task(p) for p in paragraphs):
+        return None
+    passages = quoted_passages(output)
+    if any(chosen in _labels(passage, pattern) for passage in passages):
+        return None
+    paragraph_labels = [_labels(p, pattern) for p in paragraphs]
+    paragraph_grams = [_grams(p) for p in paragraphs]
+    located = False
+    for passage in passages[:MAX_LOCATED_QUOTES]:
+        grams = _grams(passage)
+        best = max((len(grams & g) for g in paragraph_grams), default=0)
+        if not best:
+            continue  # a passage in no reference is the citations check's to fail
+        located = True
+        if any(len(grams & g) == best and chosen in labels for g, labels in zip(paragraph_grams, paragraph_labels)):
+            return None
+    if located:
+        return f"decides {_short(chosen)}, but no passage it quotes is labelled {_short(chosen)} in the references"
+    if any(chosen in labels for labels in paragraph_labels):
+        return None
+    labelled = sorted({written for labels in paragraph_labels for written in labels.values()})
+    return f"decides {_short(chosen)}, but the references label only {_quote(labelled)}"
+
+
+def check_answer_form(output: str, bundle: ContextBundle, task: str) -> GateCheck:
     """A task that offers options gets exactly one of them, first (copying 'yes, no or maybe' back is
-    not a decision); a task that asks which file gets a file path."""
+    not a decision), backed by the evidence where the evidence labels them; a task that asks which
+    file gets a file path."""
     options = task_options(task)
     if options:
         first_sentence = _SENTENCE_END.split(output.strip(), maxsplit=1)[0].lower()
@@ -946,6 +1025,9 @@ def check_answer_form(output: str, task: str) -> GateCheck:
         if contradicting:
             return _check("answer_form", False, f"decides {_short(chosen)}, but the passage it quotes says "
                                                 f"{_quote(contradicting)}")
+        unbacked = unbacked_decision(output, bundle, task, options, chosen)
+        if unbacked:
+            return _check("answer_form", False, unbacked)
         return _check("answer_form", True, f"decides {_short(chosen)}")
     if asks_for_file(task):
         if not cited_paths(output):
@@ -997,7 +1079,7 @@ def validate(output: str, bundle: ContextBundle, task: str, settings: GateSettin
     checks.append(check_echo(text, bundle, task, n=settings.echo_ngram, max_fraction=settings.max_echo_fraction))
     checks.append(check_prompt_markup(text, bundle.nonce))
     checks.append(check_citations(text, bundle))
-    checks.append(check_answer_form(text, task))
+    checks.append(check_answer_form(text, bundle, task))
     checks.append(
         check_support(
             text, bundle, task,

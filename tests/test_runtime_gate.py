@@ -580,6 +580,77 @@ def test_a_decision_its_own_quote_labels_otherwise_fails_answer_form() -> None:
         assert not form.passed and named in form.reason, (answer, form.reason)
 
 
+SEVERITY_TASK = ("A review of `api/auth/tokens.py` found: Missing timeout on outbound call. What severity should this "
+                 "finding get? Answer info, low, medium, high or critical as the first word, then quote the earlier "
+                 "review that supports it.")
+REVIEWS = ContextBundle(exemplars=[
+    RetrievedItem(id="rag-179f68fbaef751a5", score=0.9, rank=1, category="accepted", text=(
+        "# Review: `api/auth/tokens.py`\n\n## Summary\nReviewed against the architecture notes and symbol index. "
+        "2 finding(s), patches below.\n\n## Findings\n\n### 1. Missing timeout on outbound call \u2014 severity: medium, "
+        "confidence: 0.83\n`refresh_token` awaits the provider with no deadline; a hung upstream pins a worker forever.")),
+    RetrievedItem(id="rag-18c2633a735c1721", score=0.8, rank=2, category="accepted",
+                  text="Phase 39: secret compared with non-constant-time equality (low) in api/auth/tokens.py; resolution fixed."),
+    RetrievedItem(id="rag-1a9f1b8b098c8399", score=0.7, rank=3, category="accepted",
+                  text="In `tools/release/changelog.py`, stale cache entry served after invalidation was reported."),
+])
+
+
+def test_a_decision_nothing_labelled_backs_fails_answer_form() -> None:
+    """Both packaged models answered every severity question "Info." and quoted whatever they saw: a
+    summary line, a file header, another finding's sentence (recorded escalation-benchmark answers:
+    16 of the 18 wrong answers the gate still passed in the local-only run's review family). Where the
+    references label the options for what the task asks about, the paragraph a quote comes from must
+    label the decision; evidence that labels nothing, or labels other things, asks for nothing."""
+    for answer in ['Medium. Reference 1 says: "Missing timeout on outbound call \u2014 severity: medium, confidence: 0.83"',
+                   # the finding's own paragraph carries the label under its header
+                   'Medium. Reference 1 says: "`refresh_token` awaits the provider with no deadline; a hung upstream"',
+                   'Medium. The review rated the missing timeout medium.',
+                   'Low. Reference 2 says: "secret compared with non-constant-time equality (low) in api/auth/tokens.py"']:
+        assert checks(validate(answer, REVIEWS, SEVERITY_TASK, GateSettings()))["answer_form"].passed, answer
+    for answer, named in [
+        ('Info. Reference 1 says: "Reviewed against the architecture notes and symbol index. 2 finding(s), patches below."',
+         "no passage it quotes is labelled"),
+        ('Info. Reference 1 says: "`refresh_token` awaits the provider with no deadline; a hung upstream pins a worker"',
+         "no passage it quotes is labelled"),
+        ('Critical. Reference 3 says: "stale cache entry served after invalidation was reported"',
+         "no passage it quotes is labelled"),
+        ('Info. The timeout is only informational.', "the references label only"),
+    ]:
+        form = checks(validate(answer, REVIEWS, SEVERITY_TASK, GateSettings()))["answer_form"]
+        assert not form.passed and named in form.reason, (answer, form.reason)
+    # references without labels (PubMedQA's abstracts), or whose labels concern something else
+    # (a config's "enabled: no"), do not ask for one
+    unlabelled = REVIEWS.model_copy(update={"exemplars": REVIEWS.exemplars[2:]})
+    assert checks(validate('Info. Reference 1 says: "stale cache entry served after invalidation was reported"',
+                           unlabelled, SEVERITY_TASK, GateSettings()))["answer_form"].passed
+    config = ContextBundle(exemplars=[
+        RetrievedItem(id="rag-0", score=0.9, rank=1, category="accepted",
+                      text="retries:\n  enabled: no\n  backoff: yes\n\nThe retry loop logs the error and drops it."),
+    ])
+    assert checks(validate('Yes. Reference 1 says: "The retry loop logs the error and drops it."', config,
+                           "Does the retry path swallow errors? Answer yes or no, then quote the evidence.",
+                           GateSettings()))["answer_form"].passed
+
+
+@pytest.mark.parametrize("where", ["answer", "bundle", "both"])
+def test_backing_a_decision_reads_pathological_text_in_linear_time(where: str) -> None:
+    """Every quote looked up in every labelled paragraph took 77 s for 100 KB of each (an answer of
+    quotes, a reference of labelled paragraphs); only an answer's first MAX_LOCATED_QUOTES quotes are
+    looked up now (under 3 s)."""
+    import time
+
+    started = time.process_time()
+    for unit in ["(info)", ": low ", "a:", "severity: low a b c\n\n", '"a b c d e" ', "a" * 50 + ":", "\n\n"]:
+        size = 100_000 if where == "both" else 40_000
+        text = (unit * size)[:size]
+        bundle = REVIEWS if where == "answer" else REVIEWS.model_copy(
+            update={"exemplars": [REVIEWS.exemplars[0].model_copy(update={"text": text})]})
+        quotes = ('"a b c d" ' * size)[:size]
+        answer = "Info. " + {"answer": text, "bundle": 'Reference 1 says: "a b c d e"', "both": quotes}[where]
+        validate(answer, bundle, SEVERITY_TASK, GateSettings())
+    assert time.process_time() - started < 30
+
+
 def test_a_which_file_task_needs_a_file_path() -> None:
     task = "The router drops the provider header. Which file must change to fix this issue?"
     named = checks(validate("crates/gateway/src/main.rs: ProviderAdapter builds the request without the header.",
