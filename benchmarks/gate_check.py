@@ -179,6 +179,44 @@ def restated(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+_SENTENCE = re.compile(r"[^.?!]+[.?!]")
+_NEGATOR = re.compile(r"\b(not|no|never)\b", re.IGNORECASE)
+_AUXILIARY = re.compile(r"\b(was|were|is|are)\s+(?=[a-z])", re.IGNORECASE)
+
+
+def negation_quoted(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """From each grounded answer whose abstract has a plain sentence (8-40 words) with one negation
+    three or more words from either end: the answer with that sentence quoted after it as is (should
+    pass), with its negation left out ("not"/"never" dropped, "no" turned into "a" or "some": should
+    fail), and, from a sentence with no negation and a "was/were/is/are", with a "not" put after it
+    (should fail). Every other word of the quote is the abstract's, so the quote check (80 % of its
+    word 3-grams) passes it; only the claim differs."""
+    out: dict[str, list[dict[str, Any]]] = {"quoted_as_is": [], "quoted_negation_dropped": [], "quoted_negation_added": []}
+    for row in grounded:
+        text = row["context"][0]["text"]
+        sentences = [m.group(0).strip() for m in _SENTENCE.finditer(text)]
+        plain = [t for t in sentences if 8 <= len(t.split()) <= 40 and '"' not in t and "whether" not in t.lower()]
+        negated = next((t for t in plain if len(_NEGATOR.findall(t)) == 1
+                        and 3 <= len(t[:_NEGATOR.search(t).start()].split()) <= len(t.split()) - 4), None)
+        affirmed = next((t for t in plain if not _NEGATOR.search(t) and _AUXILIARY.search(t)
+                         and len(t[:_AUXILIARY.search(t).start()].split()) >= 3), None)
+        quote = lambda sentence: f'{row["answer"].rstrip()} Reference 1 says: "{sentence}"'  # noqa: E731
+        if negated:
+            m = _NEGATOR.search(negated)
+            word = m.group(1).lower()
+            after = negated[m.end():].split()[0]
+            instead = "" if word != "no" else ("some " if after.endswith("s") else "a ")
+            dropped = negated[:m.start()] + instead + negated[m.end():].lstrip()
+            out["quoted_as_is"].append({**row, "id": f"{row['id']}:quoted_as_is", "answer": quote(negated)})
+            out["quoted_negation_dropped"].append({**row, "id": f"{row['id']}:quoted_negation_dropped",
+                                                   "answer": quote(dropped)})
+        if affirmed:
+            m = _AUXILIARY.search(affirmed)
+            added = affirmed[:m.end()] + "not " + affirmed[m.end():]
+            out["quoted_negation_added"].append({**row, "id": f"{row['id']}:quoted_negation_added", "answer": quote(added)})
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -199,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
     variants = {**altered(grounded), "unit_changed": unit_changed(grounded), "direction_flipped": direction_flipped(grounded),
-                **restated(grounded)}
+                **restated(grounded), **negation_quoted(grounded)}
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
@@ -261,7 +299,10 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
             "direction_flipped": ("a change turned the other way round (reduced -> increased, higher -> lower)", "fail"),
             "restated_same": ("a sentence added that restates a change of the abstract in the passive", "pass"),
             "restated_flipped": ("a sentence added that states a change of the abstract the other way round, in the passive",
-                                 "fail")}
+                                 "fail"),
+            "quoted_as_is": ("a sentence of the abstract with one negation quoted after it as is", "pass"),
+            "quoted_negation_dropped": ("the same sentence quoted with its negation left out (no -> a/some)", "fail"),
+            "quoted_negation_added": ("a sentence of the abstract quoted with a 'not' put after its was/were/is/are", "fail")}
     rows = []
     for kind, (label, should) in what.items():
         f = figures.get(kind)
@@ -271,7 +312,8 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
         rows.append([label, f["n"], f"{share:.1%} {should}", f"support failed {f['failed_by_support']}"])
     return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered, or "
             "a change they state as their abstract does turned the other way round, or with a sentence added that "
-            "restates a change of the abstract (as it is, or turned round); counted where the unaltered "
+            "restates a change of the abstract (as it is, or turned round), or quotes a sentence of it (as it is, "
+            "its negation left out, or one added); counted where the unaltered "
             "answer passed, so the alteration decides:\n\n"
             + md_table(["answers", "n", "result", ""], rows))
 

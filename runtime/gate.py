@@ -667,6 +667,13 @@ catch 41% / 56% and fail 2 / 3."""
 
 
 NEGATION_WORDS = 5
+NEGATION_CONTEXT = 3
+"""Words either side of a negation that an answer must share with the evidence, word for word, before
+the negation missing (or added) counts as a claim turned round (fewer where the clause starts or
+ends). Measured on gate_check's answers (test + dev): two words failed an honest conclusion (its
+"benefits are not distributed on the basis of need" where the abstract states the principle
+"benefits are distributed on the basis of need"); three fail none and still catch every quote with
+its negation left out."""
 
 
 def _negated(tokens: list[str], i: int) -> bool:
@@ -770,6 +777,102 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     return turned
 
 
+_NEGATORS = frozenset("not no never".split())
+_CONTRACTED_NOT = re.compile(r"n't\b|(?<=\bcan)not\b")
+_CLAUSE_END = frozenset(".;:!?")
+
+
+def _negation_tokens(text: str) -> list[str]:
+    """Words and the marks that end a clause, with every negation a word of its own ("didn't",
+    "cannot": "did not", "can not"), the same for the answer and the evidence. Commas and brackets
+    are left out: "(NPBD) have not been" and "complaints, but no studies" read on across them."""
+    tokens = _TOKEN.findall(_CONTRACTED_NOT.sub(" not", text.lower().replace("\u2019", "'")))
+    return [t for t in tokens if t[0].isalnum() or t in _CLAUSE_END]
+
+
+_ASKING = frozenset("whether if".split())
+
+
+def _asked(tokens: list[str]) -> list[bool]:
+    """For each token, whether it stands in a clause that asks rather than states ("to study whether
+    HFNC are noisier than bubble CPAP"): from "whether" or "if" to the clause's end. What an aim asks
+    affirms nothing, so an answer that negates it is no flip."""
+    out, asking = [], False
+    for t in tokens:
+        if not t[0].isalnum():
+            asking = False
+        elif t in _ASKING:
+            asking = True
+        out.append(asking)
+    return out
+
+
+def negation_flips(output: str, retrieved: str) -> list[str]:
+    """Claims the answer makes without the negation the evidence gives them, or with one it does not:
+    "statin therapy was associated with a lower risk" where the evidence says it "was not associated
+    with" it, "there was a significant difference" for "no significant difference", or a "not" added
+    to what the evidence affirms. The words either side of the negation (NEGATION_CONTEXT of them, or
+    fewer up to where the clause starts or ends) must be the evidence's, word for word; a quote copied
+    with its "not" left out passes the quote match (80 % of its 3-grams). The answer's wording must
+    also be nowhere in the evidence (which may affirm it elsewhere), outside what an aim asks."""
+    evidence, answer = _negation_tokens(retrieved), _negation_tokens(output)
+    Context = tuple[tuple[str, ...], tuple[str, ...]]
+
+    def around(tokens: list[str], end: int, start: int) -> Context | None:
+        """The words before tokens[end] and from tokens[start] on, each side up to NEGATION_CONTEXT
+        words or a clause's edge (kept, so both texts must have it there; a text's start and end count
+        as one); None with no word on a side, NEGATION_CONTEXT words or fewer in all, or nothing but
+        fillers after."""
+        sides: list[tuple[str, ...]] = []
+        words = 0
+        for step, first in ((-1, end - 1), (1, start)):
+            taken: list[str] = []
+            j = first
+            while len(taken) < NEGATION_CONTEXT:
+                t = tokens[j] if 0 <= j < len(tokens) else "."
+                if not t[0].isalnum():
+                    break
+                taken.append(t)
+                j += step
+            if not taken:
+                return None
+            words += len(taken)
+            if len(taken) < NEGATION_CONTEXT:
+                taken.append(".")
+            sides.append(tuple(reversed(taken)) if step < 0 else tuple(taken))
+        if words <= NEGATION_CONTEXT or all(t in _OBJECT_FILLER for t in sides[1] if t[0].isalnum()):
+            return None
+        return sides[0], sides[1]
+
+    def written(context: Context, middle: str = "") -> str:
+        return " ".join(t for t in (*context[0], middle, *context[1]) if t and t[0].isalnum())
+
+    asked = _asked(evidence)
+    negated: dict[Context, str] = {}   # the words around each negation the evidence states
+    affirmed: dict[Context, str] = {}  # the same words with no negation, or another word, between
+    for i, token in enumerate(evidence):
+        replaced = around(evidence, i, i + 1)
+        if replaced is not None and token in _NEGATORS:
+            negated.setdefault(replaced, written(replaced, token))
+        elif replaced is not None and not asked[i]:
+            affirmed.setdefault(replaced, written(replaced, token))
+        joined = around(evidence, i, i)
+        if joined is not None and not asked[i] and not (i and asked[i - 1]):
+            affirmed.setdefault(joined, written(joined))
+    flips: list[str] = []
+    for i, token in enumerate(answer):
+        replaced = around(answer, i, i + 1)  # a word between two contexts: a negation added, or one replaced
+        if replaced is not None:
+            if token in _NEGATORS and replaced in affirmed and replaced not in negated:
+                flips.append(f"{written(replaced, token)} (the evidence: {affirmed[replaced]})")
+            elif token not in _NEGATORS and replaced in negated and replaced not in affirmed:
+                flips.append(f"{written(replaced, token)} (the evidence: {negated[replaced]})")
+        joined = around(answer, i, i)  # two contexts side by side: a negation left out
+        if joined is not None and joined in negated and joined not in affirmed:
+            flips.append(f"{written(joined)} (the evidence: {negated[joined]})")
+    return list(dict.fromkeys(flips))
+
+
 def identifiers_in(text: str) -> list[str]:
     """Code identifiers an answer names: `code spans`, dotted.names, snake_case, CamelCase, calls."""
     found: list[str] = []
@@ -832,9 +935,13 @@ def check_support(
     renumbered = renumbered_names(output, evidence)
     if renumbered:
         problems.append(f"names with another number than the evidence's: {_quote(renumbered)}")
-    turned = reversed_directions(output, _retrieved_text(bundle))
+    retrieved = _retrieved_text(bundle)
+    turned = reversed_directions(output, retrieved)
     if turned:
         problems.append(f"changes stated the other way round from the evidence: {_quote(turned)}")
+    negations = negation_flips(output, retrieved)
+    if negations:
+        problems.append(f"claims with a negation the evidence does not give them, or without its own: {_quote(negations)}")
     if ident_ratio < min_identifier_support:
         problems.append(
             f"{len(missing_idents)}/{len(idents)} code identifiers not in the evidence (e.g. {_quote(missing_idents, 4)})"

@@ -457,6 +457,38 @@ def test_a_change_turned_round_in_the_passive_or_without_its_figure_fails_suppor
                    because="the other way round")
 
 
+SAFETY_TRIAL = ContextBundle(exemplars=[RetrievedItem(id="pubmed:2", score=1.0, rank=1, category="accepted", text=(
+    "To determine whether statins are safe in older adults. In a randomised trial of 412 older adults, statin "
+    "therapy was not associated with a lower risk of stroke at two years. There was no significant difference in "
+    "30-day mortality between the statin and placebo groups (8.1% vs 8.4%). Adherence didn't differ between the "
+    "groups, and muscle pain was reported more often with statins."))])
+SAFETY_TASK = "Do statins lower the risk of stroke in older adults?"
+
+
+def test_a_negation_left_out_or_added_fails_support() -> None:
+    """A quote copied with its "not" left out still matches 80 % of its 3-grams, and the support check
+    compared words, not what the sentence says: "statin therapy was associated with a lower risk"
+    passed against "was not associated with". Three words either side of the negation (fewer where
+    the clause starts or ends, four in all at least) must match the evidence word for word, and the
+    answer's wording must be nowhere in it; what an aim asks ("whether statins are safe") affirms
+    nothing."""
+    assert_support(SAFETY_TRIAL, SAFETY_TASK, honest=[
+        'No. Reference 1 says: "statin therapy was not associated with a lower risk of stroke at two years."',
+        "No. There was no significant difference in 30-day mortality between the statin and placebo groups.",
+        "No. Adherence did not differ between the groups; muscle pain was reported more often with statins.",
+        "Statins are not safe in older adults: muscle pain was reported more often with statins.",
+    ], failing=[
+        ('Yes. Reference 1 says: "statin therapy was associated with a lower risk of stroke at two years."',
+         "therapy was associated with a"),
+        ("Yes. Statin therapy was associated with a lower risk of stroke at two years in older adults.",
+         "therapy was associated with a"),
+        ("Yes. There was a significant difference in 30-day mortality between the statin and placebo groups.",
+         "there was a significant difference in"),
+        ("No. Adherence differed between the groups, and muscle pain was not reported more often with statins.",
+         "muscle pain was not reported more often"),
+    ], because="negation")
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
@@ -730,7 +762,7 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
 
     started = time.process_time()
     for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to ",
-                 "ab-1", "```\n", "two s ", "was reduced by ", "was "]:
+                 "ab-1", "```\n", "two s ", "was reduced by ", "was ", "a not b ", "no a b c ", "didn't "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
