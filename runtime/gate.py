@@ -243,6 +243,11 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
+def _grams(text: str) -> set[tuple[str, ...]]:
+    """The text's word 3-grams, lower-cased: what quotes are matched by."""
+    return set(_ngrams(_WORD.findall(text.lower()), 3))
+
+
 def _retrieved_text(bundle: ContextBundle) -> str:
     return "\n".join(_bundle_parts(bundle))
 
@@ -987,6 +992,31 @@ def _quote_found(passage: str, evidence_grams: set[tuple[str, ...]]) -> bool:
     return sum(g in evidence_grams for g in grams) >= MIN_QUOTE_MATCH * len(grams)
 
 
+_ATTRIBUTED = re.compile(r"\breference\s+#?(\d{1,6})\b[^\"\u201c\n]{0,40}?[\"\u201c]([^\"\u201d\n]+)", re.IGNORECASE)
+
+
+def misattributed_quotes(output: str, bundle: ContextBundle) -> list[str]:
+    """Passages the answer gives as one reference's words ("Reference 1 says: \"...\"") that are
+    another's, or the checklist's: the reader looks them up where the answer says and does not find
+    them. The 0.5B wrote "Reference 1 says" (the question's own abstract) and quoted reference 2, a
+    different study or an earlier answer; the quote was in the evidence, so the answer passed."""
+    items = [*bundle.exemplars, *bundle.warnings]
+    sources = [("reference", _grams(f"{item.title or ''}\n{item.text}")) for item in items]
+    sources.append(("the checklist", _grams("\n".join(bundle.validation_steps))))
+    found = []
+    for m in _ATTRIBUTED.finditer(output):
+        number, passage = int(m.group(1)), m.group(2).strip()
+        if not 1 <= number <= len(items) or len(_WORD.findall(passage.lower())) < MIN_QUOTE_WORDS:
+            continue  # a reference the prompt lacks, or too short a quote to tell: the checks below
+        if _quote_found(passage, sources[number - 1][1]):
+            continue
+        elsewhere = [f"reference {k}" if kind == "reference" else kind
+                     for k, (kind, grams) in enumerate(sources, start=1) if _quote_found(passage, grams)]
+        if elsewhere:  # a passage in no one source is the quote check's to judge
+            found.append(f"{_short(passage[:60])} as reference {number}'s, but it is {' and '.join(elsewhere[:3])}'s")
+    return found
+
+
 def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
     """An answer that says "Reference 3 says ..." when the prompt had two references, or quotes a
     passage that no reference contains, invents its evidence; it fails however fluent it is. Quotes
@@ -1009,6 +1039,9 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
         missing = [p for p in passages if not _quote_found(p, evidence_grams)]
         if missing:
             problems.append(f"{len(missing)}/{len(passages)} quoted passages are in no reference: {_quote(p[:60] for p in missing)}")
+        misattributed = misattributed_quotes(output, bundle)
+        if misattributed:
+            problems.append(f"quotes one reference's words as another's: {'; '.join(misattributed[:3])}")
     if problems:
         return _check("citations", False, "; ".join(problems))
     if not passages and not n_refs:
@@ -1055,10 +1088,6 @@ def _paragraphs(bundle: ContextBundle) -> list[str]:
             out.append(item.title)
         out += [p for p in _PARAGRAPH_BREAK.split(item.text) if p.strip()]
     return out
-
-
-def _grams(text: str) -> set[tuple[str, ...]]:
-    return set(_ngrams(_WORD.findall(text.lower()), 3))
 
 
 MAX_LOCATED_QUOTES = 20

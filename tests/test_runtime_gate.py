@@ -705,6 +705,29 @@ def test_a_quote_from_a_reference_passes_and_an_invented_one_fails() -> None:
     assert not invented.passed and "in no reference" in invented.reason
 
 
+def test_a_quote_given_as_another_references_words_fails_citations() -> None:
+    """The 0.5B answered PubMedQA questions with "Reference 1 says:" (the question's own abstract) and
+    quoted reference 2, another study or an earlier answer (12 recorded answers, each passed: the
+    quote was in the evidence). A reader looks a quote up where the answer says it is."""
+    own = RetrievedItem(id="pubmed:1", score=1.0, rank=1, category="accepted", title="Housestaff experience and tests",
+                        text="Tests ordered for infants did not differ between first-year and senior residents.")
+    other = RetrievedItem(id="pubmed:2", score=0.5, rank=2, category="accepted", title="Monitoring a first transfusion",
+                          text="Some pediatric patients are admitted to the intensive care unit during their first transfusion.")
+    bundle = ContextBundle(exemplars=[own, other], validation_steps=["Check that every ordered test is counted once"])
+    task = "Does housestaff experience influence tests ordered for infants?"
+    for answer in ['No. Reference 1 says: "Tests ordered for infants did not differ between first-year and senior residents."',
+                   'Reference 2 (accepted) reports that "some pediatric patients are admitted to the intensive care unit."',
+                   'Reference 1, whose title is "Housestaff experience and tests", answers it.']:
+        assert checks(validate(answer, bundle, task, GateSettings()))["citations"].passed, answer
+    for answer, named in [
+        ('Yes. Reference 1 says: "Some pediatric patients are admitted to the intensive care unit during their first"',
+         "as reference 1's, but it is reference 2's"),
+        ('Yes. Reference 2 says: "Check that every ordered test is counted once"', "but it is the checklist's"),
+    ]:
+        citations = checks(validate(answer, bundle, task, GateSettings()))["citations"]
+        assert not citations.passed and named in citations.reason, (answer, citations.reason)
+
+
 def test_citing_a_reference_the_prompt_did_not_have_fails() -> None:
     beyond = checks(validate("Reference 2 shows routing in crates/gateway/src/main.rs.", BUNDLE, "Where?",
                              GateSettings()))["citations"]
@@ -762,7 +785,8 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
 
     started = time.process_time()
     for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to ",
-                 "ab-1", "```\n", "two s ", "was reduced by ", "was ", "a not b ", "no a b c ", "didn't "]:
+                 "ab-1", "```\n", "two s ", "was reduced by ", "was ", "a not b ", "no a b c ", "didn't ",
+                 'reference 1 "a b c d" ', "reference 1" + " " * 50]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
