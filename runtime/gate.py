@@ -992,7 +992,10 @@ def _quote_found(passage: str, evidence_grams: set[tuple[str, ...]]) -> bool:
     return sum(g in evidence_grams for g in grams) >= MIN_QUOTE_MATCH * len(grams)
 
 
-_ATTRIBUTED = re.compile(r"\breference\s+#?(\d{1,6})\b[^\"\u201c\n]{0,40}?[\"\u201c]([^\"\u201d\n]+)", re.IGNORECASE)
+_ATTRIBUTED = re.compile(r"\breference\s+#?(\d{1,6})\b([^\"\u201c\n]{0,40}?)[\"\u201c]([^\"\u201d\n]+)", re.IGNORECASE)
+_MORE_REFERENCES = re.compile(r"\breferences?\b|(?:\band\b|\bor\b|&|,|/)\s*#?\d", re.IGNORECASE)
+"""Between a reference's number and its quote: another reference ("Reference 1 and reference 2 say",
+"Reference 1 (and 3) says", "Reference 1, 2"), so the quote is not one reference's alone."""
 
 
 def misattributed_quotes(output: str, bundle: ContextBundle) -> list[str]:
@@ -1005,7 +1008,9 @@ def misattributed_quotes(output: str, bundle: ContextBundle) -> list[str]:
     sources.append(("the checklist", _grams("\n".join(bundle.validation_steps))))
     found = []
     for m in _ATTRIBUTED.finditer(output):
-        number, passage = int(m.group(1)), m.group(2).strip()
+        number, between, passage = int(m.group(1)), m.group(2), m.group(3).strip()
+        if _MORE_REFERENCES.search(between):
+            continue  # cited with another reference: the quote may be either's
         if not 1 <= number <= len(items) or len(_WORD.findall(passage.lower())) < MIN_QUOTE_WORDS:
             continue  # a reference the prompt lacks, or too short a quote to tell: the checks below
         if _quote_found(passage, sources[number - 1][1]):

@@ -717,7 +717,10 @@ def test_a_quote_given_as_another_references_words_fails_citations() -> None:
     task = "Does housestaff experience influence tests ordered for infants?"
     for answer in ['No. Reference 1 says: "Tests ordered for infants did not differ between first-year and senior residents."',
                    'Reference 2 (accepted) reports that "some pediatric patients are admitted to the intensive care unit."',
-                   'Reference 1, whose title is "Housestaff experience and tests", answers it.']:
+                   'Reference 1, whose title is "Housestaff experience and tests", answers it.',
+                   # cited with another reference, the quote may be either's
+                   'Reference 1 and reference 2 say: "some pediatric patients are admitted to the intensive care unit."',
+                   'Reference 1 (and 2) says: "some pediatric patients are admitted to the intensive care unit."']:
         assert checks(validate(answer, bundle, task, GateSettings()))["citations"].passed, answer
     for answer, named in [
         ('Yes. Reference 1 says: "Some pediatric patients are admitted to the intensive care unit during their first"',
