@@ -878,6 +878,86 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
     return list(dict.fromkeys(flips))
 
 
+_COMPARATIVES = frozenset("""more less fewer better worse higher lower greater smaller larger bigger longer shorter
+    faster slower earlier later older younger stronger weaker wider narrower heavier lighter safer riskier cheaper""".split())
+_OPPOSITE_COMPARATIVE = {
+    **{a: b for a, b in [("more", "less"), ("fewer", "more"), ("better", "worse"), ("higher", "lower"),
+                         ("greater", "smaller"), ("larger", "smaller"), ("bigger", "smaller"), ("longer", "shorter"),
+                         ("faster", "slower"), ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"),
+                         ("wider", "narrower"), ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]},
+}
+_OPPOSITE_COMPARATIVE.update({b: a for a, b in list(_OPPOSITE_COMPARATIVE.items()) if b not in _OPPOSITE_COMPARATIVE})
+_RANKING_VERBS = {"outperformed": "outperform", "outperforms": "outperform", "outperform": "outperform",
+                  "exceeded": "exceed", "exceeds": "exceed", "exceed": "exceed", "surpassed": "surpass",
+                  "surpasses": "surpass", "superior": "superior", "inferior": "inferior"}
+_CLAUSE_BREAKS = frozenset("but whereas while although though however".split())
+COMPARED_WORDS = 3
+"""Content words either side of a comparison taken as what it compares: "mortality was higher in men
+than in women" compares (mortality, men) with (women, two, years)."""
+COMPARED_SPAN = 10
+"""Words looked at either side for them (fillers and short words are skipped, so without a bound a
+text of "than the the the ..." was read to its start from every "than": quadratic)."""
+
+
+def _comparisons(text: str) -> set[tuple[str, str, str]]:
+    """(how, first, second) for every comparison a text states: "higher in men than in women" gives
+    ("higher", "men", "women"), "statins were superior to placebo" ("superior", "statins", "placebo"),
+    "surgery outperformed physiotherapy" ("outperform", "surgery", "physiotherapy"); with the
+    COMPARED_WORDS content words either side of it, in its clause."""
+    tokens = _negation_tokens(text)
+    skip = _OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _NEGATORS
+
+    def content(indices: Iterable[int]) -> list[str]:
+        out: list[str] = []
+        for j in indices:
+            t = tokens[j]
+            if not t[0].isalnum() or t in _CLAUSE_BREAKS:
+                break
+            if t not in skip and not _is_figure(t) and len(t) > 1:
+                out.append(t)
+                if len(out) == COMPARED_WORDS:
+                    break
+        return out
+
+    found: set[tuple[str, str, str]] = set()
+    for i, t in enumerate(tokens):
+        if t == "than":  # the comparative word may stand a few words before: "higher in patients with X than"
+            how = next((w for w in reversed(tokens[max(0, i - 6):i]) if w in _COMPARATIVES), None)
+        else:
+            how = _RANKING_VERBS.get(t)
+        if how is None:
+            continue
+        after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
+        if after < len(tokens) and _is_figure(tokens[after]):
+            continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
+        first = content(range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1))
+        second = content(range(after, min(len(tokens), after + COMPARED_SPAN)))
+        found.update((how, a, b) for a in first for b in second if a != b)
+    return found
+
+
+def swapped_comparisons(output: str, retrieved: str) -> list[str]:
+    """Comparisons the answer states the other way round from the evidence: "placebo was superior to
+    statins" where the evidence says statins were superior to placebo, "mortality was higher in
+    women than in men" for "higher in men than in women", or the same order with the opposite word
+    ("lower in men than in women"). Word-level support cannot see it: every word is the evidence's."""
+    def said(how: str, a: str, b: str) -> str:
+        return f"{a} {how} to {b}" if how in ("superior", "inferior") else f"{a} {how} than {b}" \
+            if how in _COMPARATIVES else f"{a} {how}s {b}"
+
+    stated = _comparisons(retrieved)
+    turned = []
+    for how, a, b in sorted(_comparisons(output)):
+        if (how, a, b) in stated:
+            continue
+        opposite = _OPPOSITE_COMPARATIVE.get(how)
+        if (how, b, a) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(how, b, a)})")
+        elif opposite and (opposite, a, b) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(opposite, a, b)})")
+    return turned
+
+
 def identifiers_in(text: str) -> list[str]:
     """Code identifiers an answer names: `code spans`, dotted.names, snake_case, CamelCase, calls."""
     found: list[str] = []
@@ -944,6 +1024,9 @@ def check_support(
     turned = reversed_directions(output, retrieved)
     if turned:
         problems.append(f"changes stated the other way round from the evidence: {_quote(turned)}")
+    swapped = swapped_comparisons(output, retrieved)
+    if swapped:
+        problems.append(f"comparisons the other way round from the evidence: {_quote(swapped)}")
     negations = negation_flips(output, retrieved)
     if negations:
         problems.append(f"claims with a negation the evidence does not give them, or without its own: {_quote(negations)}")

@@ -489,6 +489,48 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
     ], because="negation")
 
 
+COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:3", score=1.0, rank=1, category="accepted", text=(
+    "In a randomised trial of 412 older adults, statins were superior to placebo for preventing a second stroke. "
+    "Mortality was higher in men than in women at two years. Surgery outperformed physiotherapy on pain scores, "
+    "and the drug was more effective than aspirin in preventing recurrence, in more than 40 percent of patients."))])
+COMPARISONS_TASK = "Are statins better than placebo after a stroke?"
+
+
+def test_a_comparison_turned_round_fails_support() -> None:
+    """Every word of "placebo was superior to statins" is the evidence's, so word-level support
+    passed it where the evidence says statins were superior to placebo; the same for "higher in
+    women than in men" and the same order with the opposite word. The converse said with the
+    opposite word ("placebo was inferior to statins") is the evidence's claim; "more than 40 percent"
+    is a bound, not two things compared."""
+    assert_support(COMPARISONS, COMPARISONS_TASK, honest=[
+        "Yes. Statins were superior to placebo for preventing a second stroke in older adults.",
+        "Yes. Placebo was inferior to statins for preventing a second stroke.",
+        "Mortality was higher in men than in women at two years; surgery outperformed physiotherapy on pain scores.",
+        "The drug was more effective than aspirin in more than 40 percent of patients.",
+    ], failing=[
+        ("No. Placebo was superior to statins for preventing a second stroke in older adults.",
+         "placebo superior to statins (the evidence: statins superior to placebo)"),
+        ("Mortality was higher in women than in men at two years.", "women higher than men"),
+        ("Mortality was lower in men than in women at two years.", "the evidence: men higher than women"),
+        ("Physiotherapy outperformed surgery on pain scores.", "physiotherapy outperforms surgery"),
+        ("Aspirin was more effective than the drug in preventing recurrence.", "aspirin more than drug"),
+    ], because="comparisons the other way round")
+
+
+def test_comparisons_are_read_in_linear_time() -> None:
+    """Fillers and one-letter words are skipped when looking for what a comparison compares; without
+    a bound on how far to look, 100 KB of "higher a b than c d " was read back to its start from every
+    "than" (about a minute); COMPARED_SPAN words either side now."""
+    import time
+
+    started = time.process_time()
+    for unit in ["higher a b than c d ", "more than the ", "outperformed the "]:
+        text = (unit * 100_000)[:100_000]
+        bundle = COMPARISONS.model_copy(update={"exemplars": [COMPARISONS.exemplars[0].model_copy(update={"text": text})]})
+        validate(text, bundle, COMPARISONS_TASK, GateSettings())
+    assert time.process_time() - started < 20
+
+
 def test_words_that_are_not_figures_are_not_checked_as_figures() -> None:
     """Ordinals ("twenty-first", and "thirty second", which may be 32nd or 30 s), a scale word alone
     and small counts are no figures; nor is a learning rate at the end of a sentence cut short."""
@@ -789,7 +831,7 @@ def test_the_gate_reads_pathological_text_in_linear_time(where: str) -> None:
     started = time.process_time()
     for unit in ["1,", "a+", "/+", "v1.", "a.", "\n\n", "thirty-", "a.a/", "\n ", ",answer ", "a@a.", "$1,", "f.rs:1 ", "x://)", "more ", "from 1 to ",
                  "ab-1", "```\n", "two s ", "was reduced by ", "was ", "a not b ", "no a b c ", "didn't ",
-                 'reference 1 "a b c d" ', "reference 1" + " " * 50]:
+                 'reference 1 "a b c d" ', "reference 1" + " " * 50, "superior to x "]:
         text = (unit * 40_000)[:40_000]
         bundle = POLICY if where != "bundle" else POLICY.model_copy(
             update={"exemplars": [POLICY.exemplars[0].model_copy(update={"text": text})]})
