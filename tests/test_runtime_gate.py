@@ -38,16 +38,21 @@ def checks(result):
     return {c.name: c for c in result.checks}
 
 
+def assert_check(check: str, bundle: ContextBundle, task: str, honest: list[str], failing: list[tuple[str, str]],
+                 because: str = "") -> None:
+    """Every honest answer passes `check`; every failing one fails it, with its reason naming what it
+    should (and `because`, the kind of problem, when given)."""
+    for answer in honest:
+        result = checks(validate(answer, bundle, task, GateSettings()))[check]
+        assert result.passed, (answer, result.reason)
+    for answer, named in failing:
+        result = checks(validate(answer, bundle, task, GateSettings()))[check]
+        assert not result.passed and named in result.reason and because in result.reason, (answer, result.reason)
+
+
 def assert_support(bundle: ContextBundle, task: str, honest: list[str], failing: list[tuple[str, str]],
                    because: str = "") -> None:
-    """Every honest answer passes the support check; every failing one fails it, with its reason
-    naming what it should (and `because`, the kind of problem, when given)."""
-    for answer in honest:
-        support = checks(validate(answer, bundle, task, GateSettings()))["support"]
-        assert support.passed, (answer, support.reason)
-    for answer, named in failing:
-        support = checks(validate(answer, bundle, task, GateSettings()))["support"]
-        assert not support.passed and named in support.reason and because in support.reason, (answer, support.reason)
+    assert_check("support", bundle, task, honest, failing, because)
 
 
 def test_grounded_answer_passes_every_check() -> None:
@@ -675,13 +680,13 @@ def test_a_decision_nothing_labelled_backs_fails_answer_form() -> None:
     16 of the 18 wrong answers the gate still passed in the local-only run's review family). Where the
     references label the options for what the task asks about, the paragraph a quote comes from must
     label the decision; evidence that labels nothing, or labels other things, asks for nothing."""
-    for answer in ['Medium. Reference 1 says: "Missing timeout on outbound call \u2014 severity: medium, confidence: 0.83"',
-                   # the finding's own paragraph carries the label under its header
-                   'Medium. Reference 1 says: "`refresh_token` awaits the provider with no deadline; a hung upstream"',
-                   'Medium. The review rated the missing timeout medium.',
-                   'Low. Reference 2 says: "secret compared with non-constant-time equality (low) in api/auth/tokens.py"']:
-        assert checks(validate(answer, REVIEWS, SEVERITY_TASK, GateSettings()))["answer_form"].passed, answer
-    for answer, named in [
+    assert_check("answer_form", REVIEWS, SEVERITY_TASK, honest=[
+        'Medium. Reference 1 says: "Missing timeout on outbound call \u2014 severity: medium, confidence: 0.83"',
+        # the finding's own paragraph carries the label under its header
+        'Medium. Reference 1 says: "`refresh_token` awaits the provider with no deadline; a hung upstream"',
+        'Medium. The review rated the missing timeout medium.',
+        'Low. Reference 2 says: "secret compared with non-constant-time equality (low) in api/auth/tokens.py"',
+    ], failing=[
         ('Info. Reference 1 says: "Reviewed against the architecture notes and symbol index. 2 finding(s), patches below."',
          "no passage it quotes is labelled"),
         ('Info. Reference 1 says: "`refresh_token` awaits the provider with no deadline; a hung upstream pins a worker"',
@@ -689,9 +694,7 @@ def test_a_decision_nothing_labelled_backs_fails_answer_form() -> None:
         ('Critical. Reference 3 says: "stale cache entry served after invalidation was reported"',
          "no passage it quotes is labelled"),
         ('Info. The timeout is only informational.', "the references label only"),
-    ]:
-        form = checks(validate(answer, REVIEWS, SEVERITY_TASK, GateSettings()))["answer_form"]
-        assert not form.passed and named in form.reason, (answer, form.reason)
+    ])
     # references without labels (PubMedQA's abstracts), or whose labels concern something else
     # (a config's "enabled: no"), do not ask for one
     unlabelled = REVIEWS.model_copy(update={"exemplars": REVIEWS.exemplars[2:]})
@@ -757,20 +760,18 @@ def test_a_quote_given_as_another_references_words_fails_citations() -> None:
                           text="Some pediatric patients are admitted to the intensive care unit during their first transfusion.")
     bundle = ContextBundle(exemplars=[own, other], validation_steps=["Check that every ordered test is counted once"])
     task = "Does housestaff experience influence tests ordered for infants?"
-    for answer in ['No. Reference 1 says: "Tests ordered for infants did not differ between first-year and senior residents."',
-                   'Reference 2 (accepted) reports that "some pediatric patients are admitted to the intensive care unit."',
-                   'Reference 1, whose title is "Housestaff experience and tests", answers it.',
-                   # cited with another reference, the quote may be either's
-                   'Reference 1 and reference 2 say: "some pediatric patients are admitted to the intensive care unit."',
-                   'Reference 1 (and 2) says: "some pediatric patients are admitted to the intensive care unit."']:
-        assert checks(validate(answer, bundle, task, GateSettings()))["citations"].passed, answer
-    for answer, named in [
+    assert_check("citations", bundle, task, honest=[
+        'No. Reference 1 says: "Tests ordered for infants did not differ between first-year and senior residents."',
+        'Reference 2 (accepted) reports that "some pediatric patients are admitted to the intensive care unit."',
+        'Reference 1, whose title is "Housestaff experience and tests", answers it.',
+        # cited with another reference, the quote may be either's
+        'Reference 1 and reference 2 say: "some pediatric patients are admitted to the intensive care unit."',
+        'Reference 1 (and 2) says: "some pediatric patients are admitted to the intensive care unit."',
+    ], failing=[
         ('Yes. Reference 1 says: "Some pediatric patients are admitted to the intensive care unit during their first"',
          "as reference 1's, but it is reference 2's"),
         ('Yes. Reference 2 says: "Check that every ordered test is counted once"', "but it is the checklist's"),
-    ]:
-        citations = checks(validate(answer, bundle, task, GateSettings()))["citations"]
-        assert not citations.passed and named in citations.reason, (answer, citations.reason)
+    ])
 
 
 def test_citing_a_reference_the_prompt_did_not_have_fails() -> None:
