@@ -217,6 +217,41 @@ def negation_quoted(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     return out
 
 
+_THAN_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|shorter|larger|smaller)\s+((?:[a-z-]+\s+){0,2}?)"
+                      r"(in|among|with|for)\s+([a-z]{3,})\s+than\s+(in|among|with|for)\s+([a-z]{3,})\b", re.IGNORECASE)
+_RANKED = re.compile(r"\b([a-z]{3,})\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+([a-z]{3,})\b|"
+                     r"\b([a-z]{3,})\s+(outperformed|exceeded|surpassed)\s+([a-z]{3,})\b", re.IGNORECASE)
+_NOT_AN_ITEM = frozenset("the this that these those its their which who".split())
+
+
+def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """From each grounded answer whose abstract compares two things by a single word each ("higher in
+    men than in women", "CT was superior to MRI", "surgery outperformed physiotherapy"): the answer
+    with that sentence added as the abstract says it (should pass) and with the two things swapped
+    (should fail). Every word is the abstract's; only the claim is turned round."""
+    out: dict[str, list[dict[str, Any]]] = {"comparison_as_is": [], "comparison_swapped": []}
+    for row in grounded:
+        evidence = "\n".join(c["text"] for c in row["context"])
+        for m in [*_THAN_IN.finditer(evidence), *_RANKED.finditer(evidence)]:
+            if m.re is _THAN_IN:
+                first, second = m.group(4), m.group(6)
+                swapped = (f"{m.group(1)} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
+            elif m.group(1):
+                first, second = m.group(1), m.group(5)
+                swapped = f"{second} {m.group(2)} {m.group(3)}{m.group(4)} to {first}"
+            else:
+                first, second = m.group(6), m.group(8)
+                swapped = f"{second} {m.group(7)} {first}"
+            if (first.lower() == second.lower() or {first.lower(), second.lower()} & _NOT_AN_ITEM
+                    or first.lower().endswith("ly") or second.lower().endswith("ly")):
+                continue  # "significantly outperformed": an adverb, not a thing compared
+            for kind, said in (("comparison_as_is", m.group(0)), ("comparison_swapped", swapped)):
+                answer = f"{row['answer'].rstrip()} {said[0].upper()}{said[1:]}."
+                out[kind].append({**row, "id": f"{row['id']}:{kind}", "answer": answer})
+            break
+    return out
+
+
 def run_check(rows: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], int, float]:
     path = work / "answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -237,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     grounded, mismatched = build(args.split, 60 if args.quick else None)
     variants = {**altered(grounded), "unit_changed": unit_changed(grounded), "direction_flipped": direction_flipped(grounded),
-                **restated(grounded), **negation_quoted(grounded)}
+                **restated(grounded), **negation_quoted(grounded), **comparison_swapped(grounded)}
     with tempfile.TemporaryDirectory(prefix="distill-gate-check-") as tmp:
         own, _, wall_own = run_check(grounded, Path(tmp))
         other, _, wall_other = run_check(mismatched, Path(tmp))
@@ -302,7 +337,9 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
                                  "fail"),
             "quoted_as_is": ("a sentence of the abstract with one negation quoted after it as is", "pass"),
             "quoted_negation_dropped": ("the same sentence quoted with its negation left out (no -> a/some)", "fail"),
-            "quoted_negation_added": ("a sentence of the abstract quoted with a 'not' put after its was/were/is/are", "fail")}
+            "quoted_negation_added": ("a sentence of the abstract quoted with a 'not' put after its was/were/is/are", "fail"),
+            "comparison_as_is": ("a comparison of the abstract added as it says it (higher in X than in Y, X superior to Y)", "pass"),
+            "comparison_swapped": ("the same comparison added with its two sides swapped", "fail")}
     rows = []
     for kind, (label, should) in what.items():
         f = figures.get(kind)
@@ -313,7 +350,7 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
     return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered, or "
             "a change they state as their abstract does turned the other way round, or with a sentence added that "
             "restates a change of the abstract (as it is, or turned round), or quotes a sentence of it (as it is, "
-            "its negation left out, or one added); counted where the unaltered "
+            "its negation left out, or one added), or states a comparison of it (as it is, or swapped); counted where the unaltered "
             "answer passed, so the alteration decides:\n\n"
             + md_table(["answers", "n", "result", ""], rows))
 
