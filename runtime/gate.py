@@ -853,28 +853,33 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
         return " ".join(t for t in (*context[0], middle, *context[1]) if t and t[0].isalnum())
 
     asked = _asked(evidence)
-    negated: dict[Context, str] = {}   # the words around each negation the evidence states
-    affirmed: dict[Context, str] = {}  # the same words with no negation, or another word, between
+    answer_words = set(answer)
+    # the words around each negation the evidence states, and the same words with no negation, or
+    # another word, between; each with the word between ("" for none), written out only if reported
+    negated: dict[Context, str] = {}
+    affirmed: dict[Context, str] = {}
     for i, token in enumerate(evidence):
+        if not i or evidence[i - 1] not in answer_words:
+            continue  # every context ends, on the left, with the word before i: no answer's can match
         replaced = around(evidence, i, i + 1)
         if replaced is not None and token in _NEGATORS:
-            negated.setdefault(replaced, written(replaced, token))
+            negated.setdefault(replaced, token)
         elif replaced is not None and not asked[i]:
-            affirmed.setdefault(replaced, written(replaced, token))
+            affirmed.setdefault(replaced, token)
         joined = around(evidence, i, i)
-        if joined is not None and not asked[i] and not (i and asked[i - 1]):
-            affirmed.setdefault(joined, written(joined))
+        if joined is not None and not asked[i] and not asked[i - 1]:
+            affirmed.setdefault(joined, "")
     flips: list[str] = []
     for i, token in enumerate(answer):
         replaced = around(answer, i, i + 1)  # a word between two contexts: a negation added, or one replaced
         if replaced is not None:
             if token in _NEGATORS and replaced in affirmed and replaced not in negated:
-                flips.append(f"{written(replaced, token)} (the evidence: {affirmed[replaced]})")
+                flips.append(f"{written(replaced, token)} (the evidence: {written(replaced, affirmed[replaced])})")
             elif token not in _NEGATORS and replaced in negated and replaced not in affirmed:
-                flips.append(f"{written(replaced, token)} (the evidence: {negated[replaced]})")
+                flips.append(f"{written(replaced, token)} (the evidence: {written(replaced, negated[replaced])})")
         joined = around(answer, i, i)  # two contexts side by side: a negation left out
         if joined is not None and joined in negated and joined not in affirmed:
-            flips.append(f"{written(joined)} (the evidence: {negated[joined]})")
+            flips.append(f"{written(joined)} (the evidence: {written(joined, negated[joined])})")
     return list(dict.fromkeys(flips))
 
 
