@@ -787,10 +787,11 @@ _CONTRACTED_NOT = re.compile(r"n't\b|(?<=\bcan)not\b")
 _CLAUSE_END = frozenset(".;:!?")
 
 
-def _negation_tokens(text: str) -> list[str]:
+def _clause_tokens(text: str) -> list[str]:
     """Words and the marks that end a clause, with every negation a word of its own ("didn't",
-    "cannot": "did not", "can not"), the same for the answer and the evidence. Commas and brackets
-    are left out: "(NPBD) have not been" and "complaints, but no studies" read on across them."""
+    "cannot": "did not", "can not"), the same for the answer and the evidence: what the negation and
+    comparison checks read. Commas and brackets are left out: "(NPBD) have not been" and
+    "complaints, but no studies" read on across them."""
     tokens = _TOKEN.findall(_CONTRACTED_NOT.sub(" not", text.lower().replace("\u2019", "'")))
     return [t for t in tokens if t[0].isalnum() or t in _CLAUSE_END]
 
@@ -820,7 +821,7 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
     fewer up to where the clause starts or ends) must be the evidence's, word for word; a quote copied
     with its "not" left out passes the quote match (80 % of its 3-grams). The answer's wording must
     also be nowhere in the evidence (which may affirm it elsewhere), outside what an aim asks."""
-    evidence, answer = _negation_tokens(retrieved), _negation_tokens(output)
+    evidence, answer = _clause_tokens(retrieved), _clause_tokens(output)
     Context = tuple[tuple[str, ...], tuple[str, ...]]
 
     def around(tokens: list[str], end: int, start: int) -> Context | None:
@@ -885,13 +886,13 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
 
 _COMPARATIVES = frozenset("""more less fewer better worse higher lower greater smaller larger bigger longer shorter
     faster slower earlier later older younger stronger weaker wider narrower heavier lighter safer riskier cheaper""".split())
-_OPPOSITE_COMPARATIVE = {
-    **{a: b for a, b in [("more", "less"), ("fewer", "more"), ("better", "worse"), ("higher", "lower"),
-                         ("greater", "smaller"), ("larger", "smaller"), ("bigger", "smaller"), ("longer", "shorter"),
-                         ("faster", "slower"), ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"),
-                         ("wider", "narrower"), ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]},
-}
-_OPPOSITE_COMPARATIVE.update({b: a for a, b in list(_OPPOSITE_COMPARATIVE.items()) if b not in _OPPOSITE_COMPARATIVE})
+_OPPOSITES = [("more", "less"), ("fewer", "more"), ("better", "worse"), ("higher", "lower"), ("greater", "smaller"),
+              ("larger", "smaller"), ("bigger", "smaller"), ("longer", "shorter"), ("faster", "slower"),
+              ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"), ("wider", "narrower"),
+              ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]
+_OPPOSITE_COMPARATIVE = {b: a for a, b in _OPPOSITES} | {a: b for a, b in _OPPOSITES}
+"""Each comparative's opposite, read both ways; where a word is the second of several pairs
+("smaller"), the last pair's first word, and a word that leads a pair keeps that pair's."""
 _RANKING_VERBS = {"outperformed": "outperform", "outperforms": "outperform", "outperform": "outperform",
                   "exceeded": "exceed", "exceeds": "exceed", "exceed": "exceed", "surpassed": "surpass",
                   "surpasses": "surpass", "superior": "superior", "inferior": "inferior"}
@@ -909,7 +910,7 @@ def _comparisons(text: str) -> set[tuple[str, str, str]]:
     ("higher", "men", "women"), "statins were superior to placebo" ("superior", "statins", "placebo"),
     "surgery outperformed physiotherapy" ("outperform", "surgery", "physiotherapy"); with the
     COMPARED_WORDS content words either side of it, in its clause."""
-    tokens = _negation_tokens(text)
+    tokens = _clause_tokens(text)
     skip = _OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _NEGATORS
 
     def content(indices: Iterable[int]) -> list[str]:
@@ -947,8 +948,11 @@ def swapped_comparisons(output: str, retrieved: str) -> list[str]:
     women than in men" for "higher in men than in women", or the same order with the opposite word
     ("lower in men than in women"). Word-level support cannot see it: every word is the evidence's."""
     def said(how: str, a: str, b: str) -> str:
-        return f"{a} {how} to {b}" if how in ("superior", "inferior") else f"{a} {how} than {b}" \
-            if how in _COMPARATIVES else f"{a} {how}s {b}"
+        if how in ("superior", "inferior"):
+            return f"{a} {how} to {b}"
+        if how in _COMPARATIVES:
+            return f"{a} {how} than {b}"
+        return f"{a} {how}s {b}"  # outperform, exceed, surpass
 
     stated = _comparisons(retrieved)
     turned = []
@@ -1083,15 +1087,20 @@ def misattributed_quotes(output: str, bundle: ContextBundle) -> list[str]:
     them. The 0.5B wrote "Reference 1 says" (the question's own abstract) and quoted reference 2, a
     different study or an earlier answer; the quote was in the evidence, so the answer passed."""
     items = [*bundle.exemplars, *bundle.warnings]
-    sources = [("reference", _grams(f"{item.title or ''}\n{item.text}")) for item in items]
-    sources.append(("the checklist", _grams("\n".join(bundle.validation_steps))))
-    found = []
+    attributed = []
     for m in _ATTRIBUTED.finditer(output):
         number, between, passage = int(m.group(1)), m.group(2), m.group(3).strip()
         if _MORE_REFERENCES.search(between):
             continue  # cited with another reference: the quote may be either's
         if not 1 <= number <= len(items) or len(_WORD.findall(passage.lower())) < MIN_QUOTE_WORDS:
             continue  # a reference the prompt lacks, or too short a quote to tell: the checks below
+        attributed.append((number, passage))
+    if not attributed:
+        return []
+    sources = [("reference", _grams(f"{item.title or ''}\n{item.text}")) for item in items]
+    sources.append(("the checklist", _grams("\n".join(bundle.validation_steps))))
+    found = []
+    for number, passage in attributed:
         if _quote_found(passage, sources[number - 1][1]):
             continue
         elsewhere = [f"reference {k}" if kind == "reference" else kind
@@ -1119,7 +1128,7 @@ def check_citations(output: str, bundle: ContextBundle) -> GateCheck:
     if passages:
         evidence = "\n".join([*(f"{i.title or ''}\n{i.text}" for i in (*bundle.exemplars, *bundle.warnings)),
                               *bundle.validation_steps])
-        evidence_grams = set(_ngrams(_WORD.findall(evidence.lower()), 3))
+        evidence_grams = _grams(evidence)
         missing = [p for p in passages if not _quote_found(p, evidence_grams)]
         if missing:
             problems.append(f"{len(missing)}/{len(passages)} quoted passages are in no reference: {_quote(p[:60] for p in missing)}")
@@ -1150,7 +1159,11 @@ def _label_pattern(options: list[str]) -> re.Pattern[str]:
 
 def _labels(text: str, pattern: re.Pattern[str]) -> dict[str, str]:
     """The options `text` labels, each with the label as written."""
-    return {(m.group(1) or m.group(2)).lower(): m.group(0) for m in pattern.finditer(text)}
+    return _named(pattern.finditer(text))
+
+
+def _named(matches: Iterable[re.Match[str]]) -> dict[str, str]:
+    return {(m.group(1) or m.group(2)).lower(): m.group(0) for m in matches}
 
 
 def quoted_labels(output: str, options: list[str], chosen: str) -> list[str]:
@@ -1190,26 +1203,26 @@ def unbacked_decision(output: str, bundle: ContextBundle, task: str, options: li
     nothing; PubMedQA's abstracts label no yes/no/maybe at all."""
     pattern = _label_pattern(options)
     paragraphs = _paragraphs(bundle)
+    label_matches = [list(pattern.finditer(p)) for p in paragraphs]
+    if not any(label_matches):
+        return None  # the references label no option (an abstract's yes/no/maybe): nothing to back
+    paragraph_labels = [_named(matches) for matches in label_matches]
+    paragraph_grams = [_grams(p) for p in paragraphs]
     task_words = content_tokens(task) - set(options)
     task_grams = {g for g in _grams(task) if task_words.intersection(g)}
 
-    def about_the_task(paragraph: str) -> bool:
-        matches = list(pattern.finditer(paragraph))
-        if not matches:
-            return False
-        for m in matches:
-            key = _LABEL_KEY.search(paragraph, max(0, m.start() - 40), m.start()) if m.group(2) else None
+    def about_the_task(i: int) -> bool:
+        for m in label_matches[i]:
+            key = _LABEL_KEY.search(paragraphs[i], max(0, m.start() - 40), m.start()) if m.group(2) else None
             if key and key.group(1).lower() in task_words:
                 return True
-        return bool(task_grams & _grams(paragraph))
+        return bool(task_grams & paragraph_grams[i])
 
-    if not any(about_the_task(p) for p in paragraphs):
+    if not any(label_matches[i] and about_the_task(i) for i in range(len(paragraphs))):
         return None
     passages = quoted_passages(output)
     if any(chosen in _labels(passage, pattern) for passage in passages):
         return None
-    paragraph_labels = [_labels(p, pattern) for p in paragraphs]
-    paragraph_grams = [_grams(p) for p in paragraphs]
     located = False
     for passage in passages[:MAX_LOCATED_QUOTES]:
         grams = _grams(passage)

@@ -647,16 +647,14 @@ def test_a_decision_its_own_quote_labels_otherwise_fails_answer_form() -> None:
     task = ("A review of `api/auth/tokens.py` found: Error swallowed in retry path. What severity should this "
             "finding get? Answer info, low, medium, high or critical as the first word, then quote the earlier "
             "review that supports it.")
-    for answer in ['Medium. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"',
-                   'Info. Reference 1 says: "Error swallowed in retry path; high memory use was not seen."',
-                   'Low. Reference 1 says: "Error swallowed in retry path (low) and a timeout (high)."']:
-        assert checks(validate(answer, BUNDLE, task, GateSettings()))["answer_form"].passed, answer
-    for answer, named in [('Info. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"',
-                           ": medium"),
-                          ('Critical. Reference 2 says: "Integer overflow on large offsets (high) in the export job."',
-                           "(high)")]:
-        form = checks(validate(answer, BUNDLE, task, GateSettings()))["answer_form"]
-        assert not form.passed and named in form.reason, (answer, form.reason)
+    assert_check("answer_form", BUNDLE, task, honest=[
+        'Medium. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"',
+        'Info. Reference 1 says: "Error swallowed in retry path; high memory use was not seen."',
+        'Low. Reference 1 says: "Error swallowed in retry path (low) and a timeout (high)."',
+    ], failing=[
+        ('Info. Reference 1 says: "Error swallowed in retry path, severity: medium, confidence: 0.81"', ": medium"),
+        ('Critical. Reference 2 says: "Integer overflow on large offsets (high) in the export job."', "(high)"),
+    ])
 
 
 SEVERITY_TASK = ("A review of `api/auth/tokens.py` found: Missing timeout on outbound call. What severity should this "
