@@ -17,7 +17,7 @@ import typer
 
 from distill.command import JsonOption, RootOption, console, emit_json, err_console, handle_errors, open_workspace, run_app
 from distill.errors import UsageError
-from distill.records.common import is_blank_text, unicode_problem
+from distill.records.common import id_problem, is_blank_text, unicode_problem
 from distill.sources.fields import key_part
 
 if TYPE_CHECKING:
@@ -91,6 +91,12 @@ def read_tasks(path: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         # or a float would be logged as its repr and become the evidence's task id
         if task_id is not None and key_part(task_id) is None:
             bad.append(f'{where}: "task_id" must be a non-empty string or an integer')
+            continue
+        if isinstance(task_id, str) and (problem := id_problem(task_id)) is not None:
+            bad.append(f'{where}: "task_id" {problem}')
+            continue
+        if isinstance(task_id, str) and (problem := unicode_problem(task_id)) is not None:
+            bad.append(f'{where}: "task_id" is {problem}')
             continue
         tasks.append((value, str(task_id) if task_id is not None else None))
     return tasks, bad

@@ -96,3 +96,41 @@ def test_rows_whose_text_shows_nothing_are_quarantined_and_never_shipped(tmp_pat
         assert not is_blank_text(row["instruction"]) and not is_blank_text(row["response"])
     for row in (json.loads(line) for line in ws.rag_path.read_text().splitlines()):
         assert not is_blank_text(row["title"]) and not is_blank_text(row["text"])
+
+
+HIDDEN_IN_IDS = ["\x00", "\x1b[2J", "\x7f", "\x85", "\u202e", "\u2066"]  # controls (C0, DEL, C1) and bidi controls
+
+
+@pytest.mark.parametrize("hidden", HIDDEN_IN_IDS)
+def test_an_id_or_path_with_a_control_character_is_quarantined_with_its_code_point(
+        tmp_path: Path, hidden: str) -> None:
+    """A NUL, an escape sequence or a bidi override in a run id, a task id or a file path went into
+    evidence and out to every export and the index (found by probe: 'obs-9\\u0000x' in the RAG export,
+    'a\\u0000b.rs' among an SFT row's files). Such an id displays other than it reads, or ends early for
+    a C-string tool; the row is quarantined at collect and says which character."""
+    from distill.records.common import id_problem
+
+    assert id_problem(f"run{hidden}1") is not None and f"U+{ord(hidden[0]):04X}" in id_problem(f"run{hidden}1")
+    assert id_problem("run\t1\n") is None and id_problem("caf\u00e9 \u200b") is None  # whitespace, a zero-width space
+    root = tmp_path / "ws"
+    (root / "_kb").mkdir(parents=True)
+    (root / "distill.toml").write_text(MAPPING.replace('text = "reply"', 'text = "reply"\nsource_files = "files"'))
+    base = {"reply": "Added a backoff to the retry loop.", "prompt": "Fix the loop", "outcome": "merged",
+            "files": ["src/retry.py"]}
+    rows = [base | {"run": "ok-1", "task": "t1", "when": "2026-03-01T10:00:00Z"},
+            base | {"run": f"run{hidden}2", "task": "t2", "when": "2026-03-01T10:01:00Z"},
+            base | {"run": "ok-3", "task": f"t{hidden}3", "when": "2026-03-01T10:02:00Z"},
+            base | {"run": "ok-4", "task": "t4", "when": "2026-03-01T10:03:00Z", "files": [f"src/a{hidden}.py"]},
+            base | {"run": "ok-5", "task": "t\t5", "when": "2026-03-01T10:04:00Z"}]  # a tab is whitespace, kept
+    (root / "_kb" / "bot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ws, settings = Workspace(root), load_settings(root)
+
+    collect = run_collect(ws, settings)
+    quarantined = [json.loads(line) for line in ws.quarantine_path("collect").read_text().splitlines()]
+    assert sorted(q["source_ref"]["line_number"] for q in quarantined) == [2, 3, 4]
+    fields = sorted(q["errors"][0].split(":")[0] for q in quarantined)
+    assert fields == ["run_id", "source_files.0", "task_id"], fields
+    assert all(f"U+{ord(hidden[0]):04X}" in q["errors"][0] for q in quarantined)
+    assert collect.totals.rows_in == 5 and collect.totals.written == 2 and collect.totals.quarantined == 3
+    evidence = "".join(p.read_text() for p in sorted((root / "evidence").rglob("*.jsonl")))
+    assert json.dumps(hidden)[1:-1] not in evidence and hidden not in evidence

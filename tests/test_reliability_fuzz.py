@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from distill.config import CollectSettings, FieldMapping, Settings
 from distill.records import Category, EvidenceRecord, ModelRole, Provenance, QuarantineRecord, ScoreClass
+from distill.records.common import id_problem
 from distill.score_rules import ParentRun, join_extraction, score_evidence
 from distill.sources.base import read_jsonl
 from distill.sources.mapping import make_converter
@@ -231,7 +232,7 @@ def evidence(draw: Any) -> EvidenceRecord:
     metadata = draw(st.dictionaries(st.sampled_from(["adapter", "events", "verdict_rule", "field", "map", "x"]),
                                     MARKER_VALUES | st.sampled_from(["swe_agent", "mapping"]), max_size=4))
     return EvidenceRecord(
-        run_id=draw(st.sampled_from(["r1", "r2", "r3"])) + draw(st.text(max_size=4)),
+        run_id=draw(st.sampled_from(["r1", "r2", "r3"])) + draw(st.text(max_size=4).filter(lambda s: id_problem(s) is None)),
         task_id=draw(st.sampled_from(["t1", "t2"])),
         source=draw(st.sampled_from(SOURCES)),
         score_class=draw(st.sampled_from(list(ScoreClass))),

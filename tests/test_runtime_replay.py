@@ -329,6 +329,20 @@ def test_a_utf16_tasks_file_is_named_line_by_line(tmp_path: Path) -> None:
     assert read_tasks(tmp_path / "tasks8.jsonl") == ([("caf\u00e9", None)], [])
 
 
+def test_a_task_id_with_a_control_character_is_named_in_the_tasks_file(tmp_path: Path) -> None:
+    """The logged run would be quarantined at collect for its id; the batch says so before any model call."""
+    from runtime.cli import read_tasks
+
+    tasks = tmp_path / "tasks.jsonl"
+    lines = [{"task": "a", "task_id": "t\u00001"}, {"task": "b", "task_id": "t\u202e2"}, {"task": "c", "task_id": "t\ud8003"},
+             {"task": "d", "task_id": "t-4"}]
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found, bad = read_tasks(tasks)
+    assert found == [("d", "t-4")]
+    assert [b.startswith(f"{tasks}:{n}:") for n, b in enumerate(bad, 1)] == [True] * 3, bad
+    assert "U+0000" in bad[0] and "U+202E" in bad[1] and "surrogate" in bad[2], bad
+
+
 # --- stale index ------------------------------------------------------------------------------
 
 def test_warns_when_the_export_is_newer_than_the_index(ws, ollama_srv, session_searcher) -> None:

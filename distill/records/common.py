@@ -95,6 +95,40 @@ UnicodeStr = Annotated[str, AfterValidator(_unicode)]
 """Text that every encoder takes: no lone surrogate."""
 
 
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def id_problem(value: str) -> str | None:
+    """Why `value` cannot be an id or a file path, or None. A NUL or another control character (tab,
+    line feed and carriage return aside) is in no real id or path and cuts the string short for
+    C-string tools; a bidirectional control (U+202A-U+202E, U+2066-U+2069) makes an id display
+    other than it reads ("Trojan Source"). Such a row is quarantined at collect with this reason
+    rather than shipped under an id a reader cannot see. Cheap: `isprintable` is false for every one
+    of them, so printable ids (nearly all) are decided in C."""
+    if value.isprintable():
+        return None
+    for ch in value:
+        if ch in _BIDI_CONTROLS:
+            return f"holds U+{ord(ch):04X}, a bidirectional control that makes it display other than it reads"
+        if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc":
+            return f"holds U+{ord(ch):04X}, a control character no id or path has"
+    return None
+
+
+def _id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+IdStr = Annotated[str, Field(min_length=1), AfterValidator(_id)]
+"""An id as written by a source: no control or bidirectional-control character."""
+
+PathStr = Annotated[str, AfterValidator(_id)]
+"""A file path a row names: the same rule as an id."""
+
+
 class Record(BaseModel):
     """Base for every persisted record: strict about unknown fields, immutable once built."""
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.records.common import NonEmptyStr, Record, Sha256Hex, UtcDatetime
+from distill.records.common import IdStr, NonEmptyStr, Record, Sha256Hex, UtcDatetime
 
 FinalVerdict = Literal["validated_local", "escalated_validated", "escalated_failed", "failed", "error"]
 
@@ -69,7 +69,7 @@ class ReplayRun(Record):
     run_id: NonEmptyStr
     task: NonEmptyStr
     task_hash: Sha256Hex
-    task_id: str | None = Field(None, description="caller-supplied task id (batches, benchmarks)")
+    task_id: IdStr | None = Field(None, description="caller-supplied task id (batches, benchmarks)")
     retrieval_mode: str = Field(description="hybrid | dense | bm25 | jaccard | none")
     k: int = 0
     retrieved: list[RetrievedItem] = Field(default_factory=list)
