@@ -222,30 +222,40 @@ _THAN_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|sh
 _RANKED = re.compile(r"\b([a-z]{3,})\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+([a-z]{3,})\b|"
                      r"\b([a-z]{3,})\s+(outperformed|exceeded|surpassed)\s+([a-z]{3,})\b", re.IGNORECASE)
 _NOT_AN_ITEM = frozenset("the this that these those its their which who".split())
+_OPPOSITE = dict(zip("higher lower greater more less better worse longer shorter larger smaller superior inferior".split(),
+                     "lower higher smaller less more worse better shorter longer smaller larger inferior superior".split(),
+                     strict=True))
 
 
 def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """From each grounded answer whose abstract compares two things by a single word each ("higher in
     men than in women", "CT was superior to MRI", "surgery outperformed physiotherapy"): the answer
-    with that sentence added as the abstract says it (should pass) and with the two things swapped
-    (should fail). Every word is the abstract's; only the claim is turned round."""
-    out: dict[str, list[dict[str, Any]]] = {"comparison_as_is": [], "comparison_swapped": []}
+    with that sentence added as the abstract says it (should pass), with the two things swapped
+    (should fail), and said from its other side with the opposite word, "lower in women than in men",
+    "MRI was inferior to CT" (should pass; none for a ranking verb). Every word but the opposite is the
+    abstract's."""
+    out: dict[str, list[dict[str, Any]]] = {"comparison_as_is": [], "comparison_swapped": [], "comparison_converse": []}
     for row in grounded:
         evidence = "\n".join(c["text"] for c in row["context"])
         for m in [*_THAN_IN.finditer(evidence), *_RANKED.finditer(evidence)]:
             if m.re is _THAN_IN:
                 first, second = m.group(4), m.group(6)
                 swapped = (f"{m.group(1)} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
+                converse = (f"{_OPPOSITE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
             elif m.group(1):
                 first, second = m.group(1), m.group(5)
                 swapped = f"{second} {m.group(2)} {m.group(3)}{m.group(4)} to {first}"
+                converse = f"{second} {m.group(2)} {m.group(3)}{_OPPOSITE[m.group(4).lower()]} to {first}"
             else:
                 first, second = m.group(6), m.group(8)
-                swapped = f"{second} {m.group(7)} {first}"
+                swapped, converse = f"{second} {m.group(7)} {first}", None
             if (first.lower() == second.lower() or {first.lower(), second.lower()} & _NOT_AN_ITEM
                     or first.lower().endswith("ly") or second.lower().endswith("ly")):
                 continue  # "significantly outperformed": an adverb, not a thing compared
-            for kind, said in (("comparison_as_is", m.group(0)), ("comparison_swapped", swapped)):
+            for kind, said in (("comparison_as_is", m.group(0)), ("comparison_swapped", swapped),
+                               ("comparison_converse", converse)):
+                if said is None:
+                    continue
                 answer = f"{row['answer'].rstrip()} {said[0].upper()}{said[1:]}."
                 out[kind].append({**row, "id": f"{row['id']}:{kind}", "answer": answer})
             break
@@ -339,7 +349,9 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
             "quoted_negation_dropped": ("the same sentence quoted with its negation left out (no -> a/some)", "fail"),
             "quoted_negation_added": ("a sentence of the abstract quoted with a 'not' put after its was/were/is/are", "fail"),
             "comparison_as_is": ("a comparison of the abstract added as it says it (higher in X than in Y, X superior to Y)", "pass"),
-            "comparison_swapped": ("the same comparison added with its two sides swapped", "fail")}
+            "comparison_swapped": ("the same comparison added with its two sides swapped", "fail"),
+            "comparison_converse": ("the same comparison said from its other side (lower in Y than in X, Y inferior to X)",
+                                    "pass")}
     rows = []
     for kind, (label, should) in what.items():
         f = figures.get(kind)
@@ -350,7 +362,7 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
     return ("\nThe same long answers, with their first whole number (11-998) that the abstract holds altered, or "
             "a change they state as their abstract does turned the other way round, or with a sentence added that "
             "restates a change of the abstract (as it is, or turned round), or quotes a sentence of it (as it is, "
-            "its negation left out, or one added), or states a comparison of it (as it is, or swapped); counted where the unaltered "
+            "its negation left out, or one added), or states a comparison of it (as it is, swapped, or from its other side); counted where the unaltered "
             "answer passed, so the alteration decides:\n\n"
             + md_table(["answers", "n", "result", ""], rows))
 

@@ -721,15 +721,15 @@ def _subject(tokens: list[str], i: int) -> str | None:
     return word
 
 
-def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
-    """(+1 up / -1 down, what changes) -> as written, for each change a text states without a
+def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+    """(+1 up / -1 down, what changes) -> (as written, the change word), for each change a text states without a
     negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a
     figure says which mortality but not what changes, also (-1, ('mortality',)). What changes is
     the next OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not
     counted), and, when the change word has no object (the clause ends or a preposition follows:
     "mortality was reduced", "mortality rose with age"), also the word it is said of."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
-    found: dict[tuple[int, tuple[str, ...]], str] = {}
+    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
     for i, word in enumerate(tokens):
         sign = 1 if word in _UP else -1 if word in _DOWN else 0
         if not sign or _negated(tokens, i):
@@ -747,14 +747,14 @@ def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], str]:
                 break
         if changed:
             written = " ".join([word, *changed])
-            found.setdefault((sign, tuple(changed)), written)
+            found.setdefault((sign, tuple(changed)), (written, word))
             if words:
-                found.setdefault((sign, tuple(t for t in changed if not _is_figure(t))), written)
+                found.setdefault((sign, tuple(t for t in changed if not _is_figure(t))), (written, word))
         following = tokens[i + 1] if i + 1 < len(tokens) else "."
         if not following[0].isalnum() or following in _PREPOSITIONS:
             subject = _subject(tokens, i)
             if subject is not None:
-                found.setdefault((sign, (subject,)), f"{subject} {word}")
+                found.setdefault((sign, (subject,)), (f"{subject} {word}", word))
     return found
 
 
@@ -770,11 +770,15 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     """Changes the answer states the other way round from the retrieved evidence: "increased 30-day
     mortality" where the evidence says only that it reduced 30-day mortality, "from 8% to 12%" where
     it says from 12% to 8%. Figures and words alike are the evidence's while the claim is turned
-    around. (The task is no evidence here: "Do statins reduce mortality?" states no change.)"""
+    around. (The task is no evidence here: "Do statins reduce mortality?" states no change.) A
+    comparison said from its other side ("aspirin was less effective than the drug" for "the drug was
+    more effective than aspirin") turns no change round: converse_comparatives names it."""
     stated = _directions(retrieved)
-    turned = [f"{written} (the evidence: {stated[(-sign, changed)]})"
-              for (sign, changed), written in _directions(output).items()
-              if (-sign, changed) in stated and (sign, changed) not in stated]
+    candidates = [(written, word, stated[(-sign, changed)][0])
+                  for (sign, changed), (written, word) in _directions(output).items()
+                  if (-sign, changed) in stated and (sign, changed) not in stated]
+    converse = converse_comparatives(output, retrieved) if candidates else set()
+    turned = [f"{written} (the evidence: {theirs})" for written, word, theirs in candidates if word not in converse]
     turned = list(dict.fromkeys(turned))  # one claim can match both with and without its figure
     ranges = _from_to(retrieved)
     turned += [f"{written} (the evidence: {ranges[(b, a)]})" for (a, b), written in _from_to(output).items()
@@ -886,13 +890,20 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
 
 _COMPARATIVES = frozenset("""more less fewer better worse higher lower greater smaller larger bigger longer shorter
     faster slower earlier later older younger stronger weaker wider narrower heavier lighter safer riskier cheaper""".split())
-_OPPOSITES = [("more", "less"), ("fewer", "more"), ("better", "worse"), ("higher", "lower"), ("greater", "smaller"),
-              ("larger", "smaller"), ("bigger", "smaller"), ("longer", "shorter"), ("faster", "slower"),
+_SENSES = {**dict.fromkeys("more higher greater larger bigger".split(), "more"),
+           **dict.fromkeys("less fewer lower smaller".split(), "less")}
+"""Comparatives that say the same thing of a comparison: "greater in men than in women" is "higher in
+men than in women"; the others are their own sense."""
+_OPPOSITES = [("more", "less"), ("better", "worse"), ("longer", "shorter"), ("faster", "slower"),
               ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"), ("wider", "narrower"),
               ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]
-_OPPOSITE_COMPARATIVE = {b: a for a, b in _OPPOSITES} | {a: b for a, b in _OPPOSITES}
-"""Each comparative's opposite, read both ways; where a word is the second of several pairs
-("smaller"), the last pair's first word, and a word that leads a pair keeps that pair's."""
+_OPPOSITE_SENSE = {b: a for a, b in _OPPOSITES} | {a: b for a, b in _OPPOSITES}
+
+
+def _sense(how: str) -> str:
+    return _SENSES.get(how, how)
+
+
 _RANKING_VERBS = {"outperformed": "outperform", "outperforms": "outperform", "outperform": "outperform",
                   "exceeded": "exceed", "exceeds": "exceed", "exceed": "exceed", "surpassed": "surpass",
                   "surpasses": "surpass", "superior": "superior", "inferior": "inferior"}
@@ -905,11 +916,17 @@ COMPARED_SPAN = 10
 text of "than the the the ..." was read to its start from every "than": quadratic)."""
 
 
-def _comparisons(text: str) -> set[tuple[str, str, str]]:
-    """(how, first, second) for every comparison a text states: "higher in men than in women" gives
-    ("higher", "men", "women"), "statins were superior to placebo" ("superior", "statins", "placebo"),
-    "surgery outperformed physiotherapy" ("outperform", "surgery", "physiotherapy"); with the
-    COMPARED_WORDS content words either side of it, in its clause."""
+Comparison = tuple[str, list[str], list[str]]
+
+
+def _comparisons(text: str) -> list[Comparison]:
+    """(how, first side, second side) for every comparison a text states: "higher in men than in
+    women" gives ("higher", [men], [women]), "statins were superior to placebo" ("superior",
+    [statins], [placebo]), "surgery outperformed physiotherapy" ("outperform", [surgery],
+    [physiotherapy]); each side the COMPARED_WORDS content words next to it in its clause, the
+    nearest first. What is compared is no side ("the drug was more effective than aspirin": not
+    "effective"), nor is a word both sides have ("a level III center than a level I center": not
+    "center")."""
     tokens = _clause_tokens(text)
     skip = _OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _NEGATORS
 
@@ -925,10 +942,18 @@ def _comparisons(text: str) -> set[tuple[str, str, str]]:
                     break
         return out
 
-    found: set[tuple[str, str, str]] = set()
+    found: list[Comparison] = []
     for i, t in enumerate(tokens):
+        before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
         if t == "than":  # the comparative word may stand a few words before: "higher in patients with X than"
-            how = next((w for w in reversed(tokens[max(0, i - 6):i]) if w in _COMPARATIVES), None)
+            at = next((j for j in range(i - 1, max(-1, i - 7), -1) if tokens[j] in _COMPARATIVES), None)
+            how = tokens[at] if at is not None else None
+            if at is not None:
+                # what is compared, up to a preposition: "more effective than", "higher risk of death in men than"
+                quality = at + 1
+                while quality < i and (tokens[quality] == "of" or tokens[quality] not in _PREPOSITIONS):
+                    quality += 1
+                before = [j for j in before if not at < j < quality]
         else:
             how = _RANKING_VERBS.get(t)
         if how is None:
@@ -936,17 +961,35 @@ def _comparisons(text: str) -> set[tuple[str, str, str]]:
         after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
         if after < len(tokens) and _is_figure(tokens[after]):
             continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
-        first = content(range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1))
+        first = content(before)
         second = content(range(after, min(len(tokens), after + COMPARED_SPAN)))
-        found.update((how, a, b) for a in first for b in second if a != b)
+        shared = set(first) & set(second)
+        first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
+        if first and second:
+            found.append((how, first, second))
     return found
+
+
+def _stated_comparisons(text: str) -> dict[tuple[str, str, str], str]:
+    """(sense, a, b) -> the comparative as written, for every pair a text's comparisons allow: any word
+    of one side against any of the other."""
+    stated: dict[tuple[str, str, str], str] = {}
+    for how, first, second in _comparisons(text):
+        for a in first:
+            for b in second:
+                stated.setdefault((_sense(how), a, b), how)
+    return stated
 
 
 def swapped_comparisons(output: str, retrieved: str) -> list[str]:
     """Comparisons the answer states the other way round from the evidence: "placebo was superior to
     statins" where the evidence says statins were superior to placebo, "mortality was higher in
-    women than in men" for "higher in men than in women", or the same order with the opposite word
-    ("lower in men than in women"). Word-level support cannot see it: every word is the evidence's."""
+    women than in men" for "higher in men than in women" (or "greater"), or the same order with the
+    opposite word ("lower in men than in women"). Word-level support cannot see it: every word is the
+    evidence's. An answer's comparison is judged by the words next to it ("women" and "men" in
+    "mortality was lower in women than in men at two years"; "mortality" and "years" are what it is
+    about), the evidence's by any of its words; said from its other side with the opposite word it is
+    the evidence's claim."""
     def said(how: str, a: str, b: str) -> str:
         if how in ("superior", "inferior"):
             return f"{a} {how} to {b}"
@@ -954,17 +997,27 @@ def swapped_comparisons(output: str, retrieved: str) -> list[str]:
             return f"{a} {how} than {b}"
         return f"{a} {how}s {b}"  # outperform, exceed, surpass
 
-    stated = _comparisons(retrieved)
+    stated = _stated_comparisons(retrieved)
     turned = []
-    for how, a, b in sorted(_comparisons(output)):
-        if (how, a, b) in stated:
+    for how, first, second in _comparisons(output):
+        a, b, sense = first[0], second[0], _sense(how)
+        opposite = _OPPOSITE_SENSE.get(sense, "")
+        if (sense, a, b) in stated or (opposite, b, a) in stated:
             continue
-        opposite = _OPPOSITE_COMPARATIVE.get(how)
-        if (how, b, a) in stated:
-            turned.append(f"{said(how, a, b)} (the evidence: {said(how, b, a)})")
-        elif opposite and (opposite, a, b) in stated:
-            turned.append(f"{said(how, a, b)} (the evidence: {said(opposite, a, b)})")
-    return turned
+        if (sense, b, a) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(sense, b, a)], b, a)})")
+        elif (opposite, a, b) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(opposite, a, b)], a, b)})")
+    return list(dict.fromkeys(turned))
+
+
+def converse_comparatives(output: str, retrieved: str) -> set[str]:
+    """The comparatives of the answer's comparisons that state one of the evidence's from its other
+    side: "aspirin was less effective than the drug" for "the drug was more effective than aspirin".
+    Their "less" is no change turned round (reversed_directions leaves it to the comparison check)."""
+    stated = _stated_comparisons(retrieved)
+    return {how for how, first, second in _comparisons(output)
+            if (_OPPOSITE_SENSE.get(_sense(how), ""), second[0], first[0]) in stated}
 
 
 def identifiers_in(text: str) -> list[str]:

@@ -497,7 +497,9 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
 COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:3", score=1.0, rank=1, category="accepted", text=(
     "In a randomised trial of 412 older adults, statins were superior to placebo for preventing a second stroke. "
     "Mortality was higher in men than in women at two years. Surgery outperformed physiotherapy on pain scores, "
-    "and the drug was more effective than aspirin in preventing recurrence, in more than 40 percent of patients."))])
+    "and the drug was more effective than aspirin in preventing recurrence, in more than 40 percent of patients. "
+    "Patients presenting to a level III trauma center had a higher risk of death than those presenting to the "
+    "level I center."))])
 COMPARISONS_TASK = "Are statins better than placebo after a stroke?"
 
 
@@ -520,6 +522,24 @@ def test_a_comparison_turned_round_fails_support() -> None:
         ("Physiotherapy outperformed surgery on pain scores.", "physiotherapy outperforms surgery"),
         ("Aspirin was more effective than the drug in preventing recurrence.", "aspirin more than drug"),
     ], because="comparisons the other way round")
+
+
+def test_a_comparison_said_from_its_other_side_passes_support() -> None:
+    """"Aspirin was less effective than the drug" is the evidence's "the drug was more effective than
+    aspirin" said from aspirin's side; both checks failed it: the direction check read "less
+    effective" against "more effective", and the comparison check took "effective" (what is compared)
+    for a side. A side's words that the other side also has ("a level III center than a level I
+    center") say what both share, not which is which. The converse's own opposite still fails."""
+    assert_support(COMPARISONS, COMPARISONS_TASK, honest=[
+        "Aspirin was less effective than the drug in preventing recurrence.",
+        "Women had lower mortality than men at two years.",
+        "Mortality was lower in women than in men at two years.",
+        "Patients treated at a level III center had a higher mortality rate than those treated at a level I center.",
+    ], failing=[
+        ("Aspirin was less effective than the drug... no: the drug was less effective than aspirin.",
+         "drug less than aspirin"),
+        ("Men had lower mortality than women at two years.", "men lower than women"),
+    ], because="the other way round")
 
 
 def test_comparisons_are_read_in_linear_time() -> None:
