@@ -222,7 +222,7 @@ _THAN_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|sh
 _RANKED = re.compile(r"\b([a-z]{3,})\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+([a-z]{3,})\b|"
                      r"\b([a-z]{3,})\s+(outperformed|exceeded|surpassed)\s+([a-z]{3,})\b", re.IGNORECASE)
 _NOT_AN_ITEM = frozenset("the this that these those its their which who".split())
-_OPPOSITE = dict(zip("higher lower greater more less better worse longer shorter larger smaller superior inferior".split(),
+_OPPOSITE_COMPARATIVE = dict(zip("higher lower greater more less better worse longer shorter larger smaller superior inferior".split(),
                      "lower higher smaller less more worse better shorter longer smaller larger inferior superior".split(),
                      strict=True))
 
@@ -241,11 +241,11 @@ def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[st
             if m.re is _THAN_IN:
                 first, second = m.group(4), m.group(6)
                 swapped = (f"{m.group(1)} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
-                converse = (f"{_OPPOSITE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
+                converse = (f"{_OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
             elif m.group(1):
                 first, second = m.group(1), m.group(5)
                 swapped = f"{second} {m.group(2)} {m.group(3)}{m.group(4)} to {first}"
-                converse = f"{second} {m.group(2)} {m.group(3)}{_OPPOSITE[m.group(4).lower()]} to {first}"
+                converse = f"{second} {m.group(2)} {m.group(3)}{_OPPOSITE_COMPARATIVE[m.group(4).lower()]} to {first}"
             else:
                 first, second = m.group(6), m.group(8)
                 swapped, converse = f"{second} {m.group(7)} {first}", None
