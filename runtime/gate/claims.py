@@ -1,0 +1,374 @@
+"""Claims the evidence states the other way round: a change reversed, a negation left out or added, a
+comparison turned round. Every word may be the evidence's; only the claim differs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from runtime.gate.common import _STOPWORDS
+from runtime.gate.figures import _GROUPS, _number
+
+_UP = frozenset("""increase increased increases increasing raise raised raises raising rose rise rises rising
+    elevated higher greater more""".split())
+_DOWN = frozenset("""decrease decreased decreases decreasing reduce reduced reduces reducing reduction reductions
+    lower lowered lowers lowering fell declined declines declining diminished dropped less fewer smaller""".split())
+_NEGATIONS = frozenset("not no never without neither nor cannot failed fails".split())  # and every "...n't"
+_OBJECT_FILLER = frozenset("""the a an of in on at for to by with than its their his her this that these those
+    significantly significant markedly slightly substantially statistically was were is are be been""".split())
+_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*+|[.;:!?,()\[\]]")
+OBJECT_WORDS = 1
+"""How many words after a change word say what changes. Measured on PubMedQA (benchmarks/gate_check.py,
+test / dev): one word catches 81% / 80% of conclusions turned the other way round and fails 6 / 3 of
+500 honest ones ("less likely" where the abstract's "more likely" is about something else); two words
+catch 41% / 56% and fail 2 / 3."""
+
+
+NEGATION_WORDS = 5
+NEGATION_CONTEXT = 3
+"""Words either side of a negation that an answer must share with the evidence, word for word, before
+the negation missing (or added) counts as a claim turned round (fewer where the clause starts or
+ends). Measured on gate_check's answers (test + dev): two words failed an honest conclusion (its
+"benefits are not distributed on the basis of need" where the abstract states the principle
+"benefits are distributed on the basis of need"); three fail none and still catch every quote with
+its negation left out."""
+
+
+def _negated(tokens: list[str], i: int) -> bool:
+    """A negation among the NEGATION_WORDS words before tokens[i], in its clause ("not associated
+    with the higher risk" is negated; "No. Statins increased" is not)."""
+    for t in reversed(tokens[max(0, i - NEGATION_WORDS):i]):
+        if not t[0].isalnum():
+            return False
+        if t in _NEGATIONS or t.endswith("n't"):
+            return True
+    return False
+
+
+_PREPOSITIONS = frozenset("by with in among after during from over following under at for when per of on".split())
+_AUXILIARIES = frozenset("was were is are be been being became become becomes remained remains got gets has have had".split())
+_ADVERBS = frozenset("significantly markedly slightly substantially statistically also further much far even still".split())
+_CONJUNCTIONS = frozenset("and or but nor yet so".split())
+
+
+def _is_figure(token: str) -> bool:
+    return any(c.isdigit() for c in token)
+
+
+def _subject(tokens: list[str], i: int) -> str | None:
+    """The word a change word at tokens[i] is said of when it has no object ("mortality was
+    reduced", "mortality increased with statins"): the nearest word before it, auxiliaries, adverbs
+    and figures skipped. None where that is no subject: a clause start, an article or preposition
+    ("with decreases in", "a reduction"), a conjunction, or a word inside a phrase ("per patient")."""
+    j = i - 1
+    while j >= max(0, i - 6) and (tokens[j] in _AUXILIARIES or tokens[j] in _ADVERBS or tokens[j].endswith("ly")
+                      or _is_figure(tokens[j])):
+        j -= 1
+    if j < 0 or i - j > 5:
+        return None  # nothing before it, or only auxiliaries and adverbs as far as we look
+    word = tokens[j]
+    if not word[0].isalnum() or word in _OBJECT_FILLER or word in _PREPOSITIONS or word in _CONJUNCTIONS:
+        return None
+    if j > 0 and tokens[j - 1] in _PREPOSITIONS:
+        return None
+    return word
+
+
+def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+    """(+1 up / -1 down, what changes) -> (as written, the change word), for each change a text states without a
+    negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a
+    figure says which mortality but not what changes, also (-1, ('mortality',)). What changes is
+    the next OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not
+    counted), and, when the change word has no object (the clause ends or a preposition follows:
+    "mortality was reduced", "mortality rose with age"), also the word it is said of."""
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
+    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
+    for i, word in enumerate(tokens):
+        sign = 1 if word in _UP else -1 if word in _DOWN else 0
+        if not sign or _negated(tokens, i):
+            continue
+        changed: list[str] = []
+        words = 0
+        for t in tokens[i + 1:i + 1 + 4 * OBJECT_WORDS + 2]:
+            if not t[0].isalnum():
+                break  # the clause ends
+            if t in _OBJECT_FILLER:
+                continue
+            changed.append(t)
+            words += not _is_figure(t)  # "30-day" says which mortality, not what changes
+            if words == OBJECT_WORDS:
+                break
+        if changed:
+            written = " ".join([word, *changed])
+            found.setdefault((sign, tuple(changed)), (written, word))
+            if words:
+                found.setdefault((sign, tuple(t for t in changed if not _is_figure(t))), (written, word))
+        following = tokens[i + 1] if i + 1 < len(tokens) else "."
+        if not following[0].isalnum() or following in _PREPOSITIONS:
+            subject = _subject(tokens, i)
+            if subject is not None:
+                found.setdefault((sign, (subject,)), (f"{subject} {word}", word))
+    return found
+
+
+_FROM_TO = re.compile(r"\bfrom\s+(" + _GROUPS + r"\s?%?)\s+to\s+(" + _GROUPS + r"\s?%?)", re.IGNORECASE)
+
+
+def _from_to(text: str) -> dict[tuple[str, str], str]:
+    """("from" value, "to" value) -> as written, for every "from 12% to 8%" a text states."""
+    return {(_number(m.group(1)), _number(m.group(2))): m.group(0) for m in _FROM_TO.finditer(text)}
+
+
+def reversed_directions(output: str, retrieved: str) -> list[str]:
+    """Changes the answer states the other way round from the retrieved evidence: "increased 30-day
+    mortality" where the evidence says only that it reduced 30-day mortality, "from 8% to 12%" where
+    it says from 12% to 8%. Figures and words alike are the evidence's while the claim is turned
+    around. (The task is no evidence here: "Do statins reduce mortality?" states no change.) A
+    comparison said from its other side ("aspirin was less effective than the drug" for "the drug was
+    more effective than aspirin") turns no change round: converse_comparatives names it."""
+    stated = _directions(retrieved)
+    candidates = [(written, word, stated[(-sign, changed)][0])
+                  for (sign, changed), (written, word) in _directions(output).items()
+                  if (-sign, changed) in stated and (sign, changed) not in stated]
+    converse = converse_comparatives(output, retrieved) if candidates else set()
+    turned = [f"{written} (the evidence: {theirs})" for written, word, theirs in candidates if word not in converse]
+    turned = list(dict.fromkeys(turned))  # one claim can match both with and without its figure
+    ranges = _from_to(retrieved)
+    turned += [f"{written} (the evidence: {ranges[(b, a)]})" for (a, b), written in _from_to(output).items()
+               if a != b and (b, a) in ranges and (a, b) not in ranges]
+    return turned
+
+
+_NEGATORS = frozenset("not no never".split())
+_CONTRACTED_NOT = re.compile(r"n't\b|(?<=\bcan)not\b")
+_CLAUSE_END = frozenset(".;:!?")
+
+
+def _clause_tokens(text: str) -> list[str]:
+    """Words and the marks that end a clause, with every negation a word of its own ("didn't",
+    "cannot": "did not", "can not"), the same for the answer and the evidence: what the negation and
+    comparison checks read. Commas and brackets are left out: "(NPBD) have not been" and
+    "complaints, but no studies" read on across them."""
+    tokens = _TOKEN.findall(_CONTRACTED_NOT.sub(" not", text.lower().replace("\u2019", "'")))
+    return [t for t in tokens if t[0].isalnum() or t in _CLAUSE_END]
+
+
+_ASKING = frozenset("whether if".split())
+
+
+def _asked(tokens: list[str]) -> list[bool]:
+    """For each token, whether it stands in a clause that asks rather than states ("to study whether
+    HFNC are noisier than bubble CPAP"): from "whether" or "if" to the clause's end. What an aim asks
+    affirms nothing, so an answer that negates it is no flip."""
+    out, asking = [], False
+    for t in tokens:
+        if not t[0].isalnum():
+            asking = False
+        elif t in _ASKING:
+            asking = True
+        out.append(asking)
+    return out
+
+
+def negation_flips(output: str, retrieved: str) -> list[str]:
+    """Claims the answer makes without the negation the evidence gives them, or with one it does not:
+    "statin therapy was associated with a lower risk" where the evidence says it "was not associated
+    with" it, "there was a significant difference" for "no significant difference", or a "not" added
+    to what the evidence affirms. The words either side of the negation (NEGATION_CONTEXT of them, or
+    fewer up to where the clause starts or ends) must be the evidence's, word for word; a quote copied
+    with its "not" left out passes the quote match (80 % of its 3-grams). The answer's wording must
+    also be nowhere in the evidence (which may affirm it elsewhere), outside what an aim asks."""
+    evidence, answer = _clause_tokens(retrieved), _clause_tokens(output)
+    Context = tuple[tuple[str, ...], tuple[str, ...]]
+
+    def around(tokens: list[str], end: int, start: int) -> Context | None:
+        """The words before tokens[end] and from tokens[start] on, each side up to NEGATION_CONTEXT
+        words or a clause's edge (kept, so both texts must have it there; a text's start and end count
+        as one); None with no word on a side, NEGATION_CONTEXT words or fewer in all, or nothing but
+        fillers after."""
+        sides: list[tuple[str, ...]] = []
+        words = 0
+        for step, first in ((-1, end - 1), (1, start)):
+            taken: list[str] = []
+            j = first
+            while len(taken) < NEGATION_CONTEXT:
+                t = tokens[j] if 0 <= j < len(tokens) else "."
+                if not t[0].isalnum():
+                    break
+                taken.append(t)
+                j += step
+            if not taken:
+                return None
+            words += len(taken)
+            if len(taken) < NEGATION_CONTEXT:
+                taken.append(".")
+            sides.append(tuple(reversed(taken)) if step < 0 else tuple(taken))
+        if words <= NEGATION_CONTEXT or all(t in _OBJECT_FILLER for t in sides[1] if t[0].isalnum()):
+            return None
+        return sides[0], sides[1]
+
+    def written(context: Context, middle: str = "") -> str:
+        return " ".join(t for t in (*context[0], middle, *context[1]) if t and t[0].isalnum())
+
+    asked = _asked(evidence)
+    answer_words = set(answer)
+    # the words around each negation the evidence states, and the same words with no negation, or
+    # another word, between; each with the word between ("" for none), written out only if reported
+    negated: dict[Context, str] = {}
+    affirmed: dict[Context, str] = {}
+    for i, token in enumerate(evidence):
+        if not i or evidence[i - 1] not in answer_words:
+            continue  # every context ends, on the left, with the word before i: no answer's can match
+        replaced = around(evidence, i, i + 1)
+        if replaced is not None and token in _NEGATORS:
+            negated.setdefault(replaced, token)
+        elif replaced is not None and not asked[i]:
+            affirmed.setdefault(replaced, token)
+        joined = around(evidence, i, i)
+        if joined is not None and not asked[i] and not asked[i - 1]:
+            affirmed.setdefault(joined, "")
+    flips: list[str] = []
+    for i, token in enumerate(answer):
+        replaced = around(answer, i, i + 1)  # a word between two contexts: a negation added, or one replaced
+        if replaced is not None:
+            if token in _NEGATORS and replaced in affirmed and replaced not in negated:
+                flips.append(f"{written(replaced, token)} (the evidence: {written(replaced, affirmed[replaced])})")
+            elif token not in _NEGATORS and replaced in negated and replaced not in affirmed:
+                flips.append(f"{written(replaced, token)} (the evidence: {written(replaced, negated[replaced])})")
+        joined = around(answer, i, i)  # two contexts side by side: a negation left out
+        if joined is not None and joined in negated and joined not in affirmed:
+            flips.append(f"{written(joined)} (the evidence: {written(joined, negated[joined])})")
+    return list(dict.fromkeys(flips))
+
+
+_COMPARATIVES = frozenset("""more less fewer better worse higher lower greater smaller larger bigger longer shorter
+    faster slower earlier later older younger stronger weaker wider narrower heavier lighter safer riskier cheaper""".split())
+_SENSES = {**dict.fromkeys("more higher greater larger bigger".split(), "more"),
+           **dict.fromkeys("less fewer lower smaller".split(), "less")}
+"""Comparatives that say the same thing of a comparison: "greater in men than in women" is "higher in
+men than in women"; the others are their own sense."""
+_OPPOSITES = [("more", "less"), ("better", "worse"), ("longer", "shorter"), ("faster", "slower"),
+              ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"), ("wider", "narrower"),
+              ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]
+_OPPOSITE_SENSE = {b: a for a, b in _OPPOSITES} | {a: b for a, b in _OPPOSITES}
+
+
+def _sense(how: str) -> str:
+    return _SENSES.get(how, how)
+
+
+_RANKING_VERBS = {"outperformed": "outperform", "outperforms": "outperform", "outperform": "outperform",
+                  "exceeded": "exceed", "exceeds": "exceed", "exceed": "exceed", "surpassed": "surpass",
+                  "surpasses": "surpass", "superior": "superior", "inferior": "inferior"}
+_CLAUSE_BREAKS = frozenset("but whereas while although though however".split())
+COMPARED_WORDS = 3
+"""Content words either side of a comparison taken as what it compares: "mortality was higher in men
+than in women" compares (mortality, men) with (women, two, years)."""
+COMPARED_SPAN = 10
+"""Words looked at either side for them (fillers and short words are skipped, so without a bound a
+text of "than the the the ..." was read to its start from every "than": quadratic)."""
+
+
+Comparison = tuple[str, list[str], list[str]]
+
+
+def _comparisons(text: str) -> list[Comparison]:
+    """(how, first side, second side) for every comparison a text states: "higher in men than in
+    women" gives ("higher", [men], [women]), "statins were superior to placebo" ("superior",
+    [statins], [placebo]), "surgery outperformed physiotherapy" ("outperform", [surgery],
+    [physiotherapy]); each side the COMPARED_WORDS content words next to it in its clause, the
+    nearest first. What is compared is no side ("the drug was more effective than aspirin": not
+    "effective"), nor is a word both sides have ("a level III center than a level I center": not
+    "center")."""
+    tokens = _clause_tokens(text)
+    skip = _OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _NEGATORS
+
+    def content(indices: Iterable[int]) -> list[str]:
+        out: list[str] = []
+        for j in indices:
+            t = tokens[j]
+            if not t[0].isalnum() or t in _CLAUSE_BREAKS:
+                break
+            if t not in skip and not _is_figure(t) and len(t) > 1:
+                out.append(t)
+                if len(out) == COMPARED_WORDS:
+                    break
+        return out
+
+    found: list[Comparison] = []
+    for i, t in enumerate(tokens):
+        before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
+        if t == "than":  # the comparative word may stand a few words before: "higher in patients with X than"
+            at = next((j for j in range(i - 1, max(-1, i - 7), -1) if tokens[j] in _COMPARATIVES), None)
+            how = tokens[at] if at is not None else None
+            if at is not None:
+                # what is compared, up to a preposition: "more effective than", "higher risk of death in men than"
+                quality = at + 1
+                while quality < i and (tokens[quality] == "of" or tokens[quality] not in _PREPOSITIONS):
+                    quality += 1
+                before = [j for j in before if not at < j < quality]
+        else:
+            how = _RANKING_VERBS.get(t)
+        if how is None:
+            continue
+        after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
+        if after < len(tokens) and _is_figure(tokens[after]):
+            continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
+        first = content(before)
+        second = content(range(after, min(len(tokens), after + COMPARED_SPAN)))
+        shared = set(first) & set(second)
+        first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
+        if first and second:
+            found.append((how, first, second))
+    return found
+
+
+def _stated_comparisons(text: str) -> dict[tuple[str, str, str], str]:
+    """(sense, a, b) -> the comparative as written, for every pair a text's comparisons allow: any word
+    of one side against any of the other."""
+    stated: dict[tuple[str, str, str], str] = {}
+    for how, first, second in _comparisons(text):
+        for a in first:
+            for b in second:
+                stated.setdefault((_sense(how), a, b), how)
+    return stated
+
+
+def swapped_comparisons(output: str, retrieved: str) -> list[str]:
+    """Comparisons the answer states the other way round from the evidence: "placebo was superior to
+    statins" where the evidence says statins were superior to placebo, "mortality was higher in
+    women than in men" for "higher in men than in women" (or "greater"), or the same order with the
+    opposite word ("lower in men than in women"). Word-level support cannot see it: every word is the
+    evidence's. An answer's comparison is judged by the words next to it ("women" and "men" in
+    "mortality was lower in women than in men at two years"; "mortality" and "years" are what it is
+    about), the evidence's by any of its words; said from its other side with the opposite word it is
+    the evidence's claim."""
+    def said(how: str, a: str, b: str) -> str:
+        if how in ("superior", "inferior"):
+            return f"{a} {how} to {b}"
+        if how in _COMPARATIVES:
+            return f"{a} {how} than {b}"
+        return f"{a} {how}s {b}"  # outperform, exceed, surpass
+
+    stated = _stated_comparisons(retrieved)
+    turned = []
+    for how, first, second in _comparisons(output):
+        a, b, sense = first[0], second[0], _sense(how)
+        opposite = _OPPOSITE_SENSE.get(sense, "")
+        if (sense, a, b) in stated or (opposite, b, a) in stated:
+            continue
+        if (sense, b, a) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(sense, b, a)], b, a)})")
+        elif (opposite, a, b) in stated:
+            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(opposite, a, b)], a, b)})")
+    return list(dict.fromkeys(turned))
+
+
+def converse_comparatives(output: str, retrieved: str) -> set[str]:
+    """The comparatives of the answer's comparisons that state one of the evidence's from its other
+    side: "aspirin was less effective than the drug" for "the drug was more effective than aspirin".
+    Their "less" is no change turned round (reversed_directions leaves it to the comparison check)."""
+    stated = _stated_comparisons(retrieved)
+    return {how for how, first, second in _comparisons(output)
+            if (_OPPOSITE_SENSE.get(_sense(how), ""), second[0], first[0]) in stated}
