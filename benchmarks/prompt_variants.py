@@ -3,6 +3,8 @@ tasks, the same retrieved bundles and the same model (the packaged Qwen2.5-Coder
 
     python benchmarks/prompt_variants.py                 # 8 tasks per family x every variant
     python benchmarks/prompt_variants.py --tasks 3       # smaller
+    python benchmarks/prompt_variants.py --families sample --tasks 20 --max-tokens 64 \
+        --variants quoted quoted_first_option_example --name prompt_variants_labels   # the choice example
 
 Every variant fences the retrieved text as data (a per-prompt nonce in every marker, marker
 look-alikes in the data neutralised) and differs only in layout. `quoted` is the layout distill
@@ -127,11 +129,56 @@ def task_first(task: str, bundle: Any, nonce: str) -> list[dict[str, str]]:
     return msgs
 
 
+def _example_swapped(example: Callable[[str, str], list[dict[str, str]]]) -> Render:
+    """The shipped layout with another worked example in place of runtime.task_form's."""
+    def variant(task: str, bundle: Any, nonce: str) -> list[dict[str, str]]:
+        from runtime.prompt import render
+
+        messages = render(task, bundle, nonce)
+        if len(messages) == 4:  # system, the example's user and assistant turns, the question
+            messages[1:3] = example(task, nonce)
+        return messages
+    return variant
+
+
+def first_option_example(task: str, nonce: str) -> list[dict[str, str]]:
+    """The choice example distill shipped before 2026-12-06 for a question without "no" among its
+    options: the aspirin question answered with the task's first option ("Info." for a severity
+    question), which the 0.5B then gave to every severity question."""
+    from runtime.task_form import _CHOICE_REFERENCE, task_options, worked_example
+
+    options = task_options(task)
+    if not options or "no" in options:
+        return worked_example(task, nonce)
+    listed = ", ".join(options[:-1]) + " or " + options[-1]
+    user = (f"Reference 1 (accepted, id example:1) [{nonce}]:\n" + "\n".join("> " + ln for ln in _CHOICE_REFERENCE)
+            + f"\n\nQuestion: Does aspirin prevent a second stroke? Answer {listed} as the first word, then quote the "
+              "sentence of the evidence that decides it.\n\nAnswer:")
+    answer = f'{options[0].capitalize()}. Reference 1 says: "{_CHOICE_REFERENCE[1]}"'
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def varied_label_example(task: str, nonce: str) -> list[dict[str, str]]:
+    """The labelled example with its decision drawn per task (a stable hash of the task) instead of the
+    middle option: does the model copy the example's decision or read its references' labels?"""
+    import hashlib
+
+    from runtime.task_form import labelled_example, task_options, worked_example
+
+    options = task_options(task)
+    if not options or "no" in options:
+        return worked_example(task, nonce)
+    pick = int(hashlib.sha256(task.encode()).hexdigest(), 16) % len(options)
+    return labelled_example(task, nonce, options, options[pick])
+
+
 VARIANTS: dict[str, Render] = {
     "tags": tags,
     "markers_task_last": markers_task_last,
     "quoted": quoted,
     "task_first_and_last": task_first,
+    "quoted_first_option_example": _example_swapped(first_option_example),
+    "quoted_varied_label_example": _example_swapped(varied_label_example),
 }
 
 _TAGS = re.compile(r"</?(task|retrieved|checklist)\b|^=+ (end of )?reference|^Reference \d+ \(|^> ", re.MULTILINE)
@@ -146,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=count, default=8, help="tasks per built-in family")
     ap.add_argument("--max-tokens", type=count, default=96)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--families", nargs="*", default=list(suites.FAMILIES), choices=list(suites.FAMILIES))
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="prompt_variants", help="results file name (without extension)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="distill-prompts-"))
     try:
@@ -155,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     md = markdown(result)
-    write_results(args.out_dir, "prompt_variants", result, md)
+    write_results(args.out_dir, args.name, result, md)
     log(md)
     return 0
 
@@ -172,7 +221,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
     info = machine()
     tasks: list[dict[str, Any]] = []
     corpus: list[dict[str, Any]] = []
-    for fam in suites.FAMILIES:
+    for fam in args.families:
         t, c = suites.load_suite(suites.build(fam, args.tasks, work / "suites" / fam))
         tasks += t
         corpus += c
@@ -219,7 +268,7 @@ def run(args: Any, work: Path) -> dict[str, Any]:
             "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] or 0 for r in rs),
             "by_family": {f: {"accuracy": sum(r["correct"] for r in rs if r["family"] == f) / max(1, sum(r["family"] == f for r in rs)),
                               "copies_markup": sum(r["copies_markup"] for r in rs if r["family"] == f) / max(1, sum(r["family"] == f for r in rs))}
-                          for f in suites.FAMILIES},
+                          for f in args.families},
         }
     return {"suite": "prompt_variants", "machine": info, "model": f"{local.name} / {local.model}",
             "tasks": len(tasks), "max_tokens": args.max_tokens, "summary": summary, "runs": runs}

@@ -64,6 +64,32 @@ _FILE_REFERENCE = (
 )
 
 
+_ASKED_ABOUT = re.compile(r"\b(?:what|which)\s+([a-z]{3,20})\b", re.IGNORECASE)
+_NOT_A_LABEL = frozenset("does did should would could will can are was were has have had the this that these those one "
+                         "kind sort type".split())
+_LABELLED_FINDING = "Rounding before tax in round_total()"
+
+
+def labelled_example(task: str, nonce: str, options: list[str], decision: str) -> list[dict[str, str]]:
+    """The worked example for a choice that is no yes/no question ("what severity ... info, low,
+    medium, high or critical"): the reference labels its finding with one option under the word the
+    task asks about ("severity: high"), and the answer gives that label and quotes the labelled line.
+    It shows where a decision comes from: the evidence's label, not the example's decision."""
+    asked = _ASKED_ABOUT.search(task)
+    key = asked.group(1).lower() if asked else "rating"
+    if key in options or key in _NOT_A_LABEL:
+        key = "rating"
+    listed = ", ".join(options[:-1]) + " or " + options[-1]
+    labelled = f"{_LABELLED_FINDING} \u2014 {key}: {decision}"
+    head = f"Reference 1 (accepted, id example:1, files billing/invoice.py) [{nonce}]:"
+    lines = ("title: Review of billing/invoice.py", labelled, "Totals drift by a cent because tax is added after rounding.")
+    question = (f"A review of billing/invoice.py found: {_LABELLED_FINDING}. What {key} should it get? Answer {listed} "
+                "as the first word, then quote the line of the evidence that decides it.")
+    answer = f'{decision.capitalize()}. Reference 1 says: "{labelled}"'
+    user = head + "\n" + "\n".join("> " + ln for ln in lines) + f"\n\nQuestion: {question}\n\nAnswer:"
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
 def worked_example(task: str, nonce: str) -> list[dict[str, str]]:
     """One invented user/assistant exchange in the prompt's own layout showing the form the task asks
     for (decision first, then the evidence quoted; or the path first, then why), or [] for a free-form
@@ -73,8 +99,10 @@ def worked_example(task: str, nonce: str) -> list[dict[str, str]]:
         return []
     if form is AnswerForm.CHOICE:
         options = task_options(task)
+        if "no" not in options:
+            return labelled_example(task, nonce, options, options[len(options) // 2])
         listed = ", ".join(options[:-1]) + " or " + options[-1]
-        decision = "no" if "no" in options else options[0]
+        decision = "no"
         head = f"Reference 1 (accepted, id example:1) [{nonce}]:"
         question = (f"Does aspirin prevent a second stroke? Answer {listed} as the first word, then quote the "
                     "sentence of the evidence that decides it.")

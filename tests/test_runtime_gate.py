@@ -810,20 +810,43 @@ def test_choice_and_file_tasks_get_a_worked_example_in_their_own_form() -> None:
     example = worked_example(choice, "n0nce")
     assert [m["role"] for m in example] == ["user", "assistant"]
     assert "info, low, high or critical" in example[0]["content"] and "[n0nce]" in example[0]["content"]
-    assert example[1]["content"].startswith("Info.")
+    assert example[1]["content"].startswith("High.")
+    yes_no = worked_example("Does it help? Answer yes, no or maybe first.", "n0nce")
+    assert yes_no[1]["content"].startswith("No.") and "aspirin" in yes_no[0]["content"]
     assert worked_example("Which file must change to fix this issue?", "x")[1]["content"].startswith("billing/invoice.py")
     assert worked_example("Audit provider routing in the gateway", "x") == []
     messages = render(choice, BUNDLE, make_nonce(choice, BUNDLE))
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
 
 
+def test_a_choice_of_labels_is_shown_read_off_the_references_label() -> None:
+    """The example for "what severity ... info, low, medium, high or critical" was the aspirin
+    question answered with the first option: both packaged models then answered "Info." to every
+    severity question (benchmarks/results/escalation_local_answers.jsonl, 10 of 10). Now the example's
+    reference labels its finding under the word the task asks about, the answer gives that label and
+    quotes the labelled line, and its decision is the middle option, not the first one listed."""
+    from runtime.task_form import worked_example
+
+    task = ("A review of `api/auth/tokens.py` found: Missing timeout. What severity should this finding get? "
+            "Answer info, low, medium, high or critical as the first word, then quote the review that supports it.")
+    user, answer = (m["content"] for m in worked_example(task, "n0nce"))
+    assert "> Rounding before tax in round_total() \u2014 severity: medium" in user
+    assert answer == 'Medium. Reference 1 says: "Rounding before tax in round_total() \u2014 severity: medium"'
+    assert "What severity should it get? Answer info, low, medium, high or critical" in user
+    other = "Which tier fits? Answer bronze, silver or gold first."  # the asked-about word: tier
+    assert 'tier: silver"' in worked_example(other, "x")[1]["content"]
+    for unnamed in ["Rate it. Answer low or high first.", "What does it need? Answer low or high first."]:
+        assert "rating: high" in worked_example(unnamed, "x")[1]["content"], unnamed
+
+
 def test_copying_the_worked_example_fails_the_gate() -> None:
     from runtime.task_form import worked_example
 
-    task = "Is the cache safe?\nAnswer yes, no or maybe as the first word, then quote the sentence that decides it."
-    copied = worked_example(task, make_nonce(task, BUNDLE))[1]["content"]
-    result = validate(copied, BUNDLE, task, GateSettings())
-    assert not result.passed and not checks(result)["citations"].passed
+    for task in ["Is the cache safe?\nAnswer yes, no or maybe as the first word, then quote the sentence that decides it.",
+                 "What severity is it? Answer info, low, medium, high or critical first, then quote the review."]:
+        copied = worked_example(task, make_nonce(task, BUNDLE))[1]["content"]
+        result = validate(copied, BUNDLE, task, GateSettings())
+        assert not result.passed and not checks(result)["citations"].passed, copied
 
 
 def test_reasons_name_a_huge_invented_path_briefly() -> None:
