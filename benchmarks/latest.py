@@ -35,6 +35,8 @@ SUITES = [
     ("gate_check.md", "python benchmarks/gate_check.py --split test"),
     ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
     ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
+    ("prompt_variants_labels.md", "python benchmarks/prompt_variants.py --families sample --tasks 20 --max-tokens 64 "
+                                  "--variants quoted quoted_first_option_example --name prompt_variants_labels"),
     ("gate_quality.md", "python benchmarks/gate_quality.py"),
     ("fusion.md", "python benchmarks/fusion.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
