@@ -36,7 +36,7 @@ SUITES = [
     ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
     ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
     ("prompt_variants_labels.md", "python benchmarks/prompt_variants.py --families sample --tasks 20 --max-tokens 64 "
-                                  "--variants quoted quoted_first_option_example --name prompt_variants_labels"),
+                                  "--variants quoted quoted_says_example quoted_first_option_example --name prompt_variants_labels"),
     ("gate_quality.md", "python benchmarks/gate_quality.py"),
     ("fusion.md", "python benchmarks/fusion.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),

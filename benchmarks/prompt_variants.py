@@ -4,7 +4,7 @@ tasks, the same retrieved bundles and the same model (the packaged Qwen2.5-Coder
     python benchmarks/prompt_variants.py                 # 8 tasks per family x every variant
     python benchmarks/prompt_variants.py --tasks 3       # smaller
     python benchmarks/prompt_variants.py --families sample --tasks 20 --max-tokens 64 \
-        --variants quoted quoted_first_option_example --name prompt_variants_labels   # the choice example
+        --variants quoted quoted_says_example quoted_first_option_example --name prompt_variants_labels
 
 Every variant fences the retrieved text as data (a per-prompt nonce in every marker, marker
 look-alikes in the data neutralised) and differs only in layout. `quoted` is the layout distill
@@ -172,6 +172,20 @@ def varied_label_example(task: str, nonce: str) -> list[dict[str, str]]:
     return labelled_example(task, nonce, options, options[pick])
 
 
+def says_example(task: str, nonce: str) -> list[dict[str, str]]:
+    """The labelled example as first shipped (36dc506): answered 'Medium. Reference 1 says: "..."'. The
+    capitalised "Reference N" led the 0.5B on into a reference's header in half its answers."""
+    from runtime.task_form import labelled_example, task_options, worked_example
+
+    options = task_options(task)
+    if not options or "no" in options:
+        return worked_example(task, nonce)
+    example = labelled_example(task, nonce, options, options[len(options) // 2])
+    decision, _, quote = example[1]["content"].partition(", as reference 1 labels it: ")
+    example[1] = {"role": "assistant", "content": f"{decision}. Reference 1 says: {quote}"}
+    return example
+
+
 VARIANTS: dict[str, Render] = {
     "tags": tags,
     "markers_task_last": markers_task_last,
@@ -179,6 +193,7 @@ VARIANTS: dict[str, Render] = {
     "task_first_and_last": task_first,
     "quoted_first_option_example": _example_swapped(first_option_example),
     "quoted_varied_label_example": _example_swapped(varied_label_example),
+    "quoted_says_example": _example_swapped(says_example),
 }
 
 _TAGS = re.compile(r"</?(task|retrieved|checklist)\b|^=+ (end of )?reference|^Reference \d+ \(|^> ", re.MULTILINE)

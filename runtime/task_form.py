@@ -73,7 +73,7 @@ _LABELLED_FINDING = "Rounding before tax in round_total()"
 def labelled_example(task: str, nonce: str, options: list[str], decision: str) -> list[dict[str, str]]:
     """The worked example for a choice that is no yes/no question ("what severity ... info, low,
     medium, high or critical"): the reference labels its finding with one option under the word the
-    task asks about ("severity: high"), and the answer gives that label and quotes the labelled line.
+    task asks about ("severity: medium"), and the answer gives that label and quotes the labelled line.
     It shows where a decision comes from: the evidence's label, not the example's decision."""
     asked = _ASKED_ABOUT.search(task)
     key = asked.group(1).lower() if asked else "rating"
@@ -85,7 +85,10 @@ def labelled_example(task: str, nonce: str, options: list[str], decision: str) -
     lines = ("title: Review of billing/invoice.py", labelled, "Totals drift by a cent because tax is added after rounding.")
     question = (f"A review of billing/invoice.py found: {_LABELLED_FINDING}. What {key} should it get? Answer {listed} "
                 "as the first word, then quote the line of the evidence that decides it.")
-    answer = f'{decision.capitalize()}. Reference 1 says: "{labelled}"'
+    # "Reference 1 says:" led the 0.5B on into a reference's header ("High. Reference 3 (partially
+    # accepted, id ...) [nonce]: > ..."): half its answers copied the prompt's markup; "as reference 1
+    # labels it" none (benchmarks/results/prompt_variants_labels.md)
+    answer = f'{decision.capitalize()}, as reference 1 labels it: "{labelled}"'
     user = head + "\n" + "\n".join("> " + ln for ln in lines) + f"\n\nQuestion: {question}\n\nAnswer:"
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 

@@ -810,7 +810,7 @@ def test_choice_and_file_tasks_get_a_worked_example_in_their_own_form() -> None:
     example = worked_example(choice, "n0nce")
     assert [m["role"] for m in example] == ["user", "assistant"]
     assert "info, low, high or critical" in example[0]["content"] and "[n0nce]" in example[0]["content"]
-    assert example[1]["content"].startswith("High.")
+    assert example[1]["content"].startswith("High, as reference 1 labels it")
     yes_no = worked_example("Does it help? Answer yes, no or maybe first.", "n0nce")
     assert yes_no[1]["content"].startswith("No.") and "aspirin" in yes_no[0]["content"]
     assert worked_example("Which file must change to fix this issue?", "x")[1]["content"].startswith("billing/invoice.py")
@@ -831,7 +831,7 @@ def test_a_choice_of_labels_is_shown_read_off_the_references_label() -> None:
             "Answer info, low, medium, high or critical as the first word, then quote the review that supports it.")
     user, answer = (m["content"] for m in worked_example(task, "n0nce"))
     assert "> Rounding before tax in round_total() \u2014 severity: medium" in user
-    assert answer == 'Medium. Reference 1 says: "Rounding before tax in round_total() \u2014 severity: medium"'
+    assert answer == 'Medium, as reference 1 labels it: "Rounding before tax in round_total() \u2014 severity: medium"'
     assert "What severity should it get? Answer info, low, medium, high or critical" in user
     other = "Which tier fits? Answer bronze, silver or gold first."  # the asked-about word: tier
     assert 'tier: silver"' in worked_example(other, "x")[1]["content"]
