@@ -145,14 +145,13 @@ def first_option_example(task: str, nonce: str) -> list[dict[str, str]]:
     """The choice example distill shipped before 2026-12-06 for a question without "no" among its
     options: the aspirin question answered with the task's first option ("Info." for a severity
     question), which the 0.5B then gave to every severity question."""
-    from runtime.task_form import _CHOICE_REFERENCE, task_options, worked_example
+    from runtime.task_form import _CHOICE_REFERENCE, listed, task_options, worked_example
 
     options = task_options(task)
     if not options or "no" in options:
         return worked_example(task, nonce)
-    listed = ", ".join(options[:-1]) + " or " + options[-1]
     user = (f"Reference 1 (accepted, id example:1) [{nonce}]:\n" + "\n".join("> " + ln for ln in _CHOICE_REFERENCE)
-            + f"\n\nQuestion: Does aspirin prevent a second stroke? Answer {listed} as the first word, then quote the "
+            + f"\n\nQuestion: Does aspirin prevent a second stroke? Answer {listed(options)} as the first word, then quote the "
               "sentence of the evidence that decides it.\n\nAnswer:")
     answer = f'{options[0].capitalize()}. Reference 1 says: "{_CHOICE_REFERENCE[1]}"'
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]

@@ -70,6 +70,11 @@ _NOT_A_LABEL = frozenset("does did should would could will can are was were has 
 _LABELLED_FINDING = "Rounding before tax in round_total()"
 
 
+def listed(options: list[str]) -> str:
+    """The options as a task offers them: "info, low, medium, high or critical"."""
+    return ", ".join(options[:-1]) + " or " + options[-1]
+
+
 def labelled_example(task: str, nonce: str, options: list[str], decision: str) -> list[dict[str, str]]:
     """The worked example for a choice that is no yes/no question ("what severity ... info, low,
     medium, high or critical"): the reference labels its finding with one option under the word the
@@ -79,11 +84,10 @@ def labelled_example(task: str, nonce: str, options: list[str], decision: str) -
     key = asked.group(1).lower() if asked else "rating"
     if key in options or key in _NOT_A_LABEL:
         key = "rating"
-    listed = ", ".join(options[:-1]) + " or " + options[-1]
     labelled = f"{_LABELLED_FINDING} \u2014 {key}: {decision}"
     head = f"Reference 1 (accepted, id example:1, files billing/invoice.py) [{nonce}]:"
     lines = ("title: Review of billing/invoice.py", labelled, "Totals drift by a cent because tax is added after rounding.")
-    question = (f"A review of billing/invoice.py found: {_LABELLED_FINDING}. What {key} should it get? Answer {listed} "
+    question = (f"A review of billing/invoice.py found: {_LABELLED_FINDING}. What {key} should it get? Answer {listed(options)} "
                 "as the first word, then quote the line of the evidence that decides it.")
     # "Reference 1 says:" led the 0.5B on into a reference's header ("High. Reference 3 (partially
     # accepted, id ...) [nonce]: > ..."): half its answers copied the prompt's markup; "as reference 1
@@ -104,10 +108,9 @@ def worked_example(task: str, nonce: str) -> list[dict[str, str]]:
         options = task_options(task)
         if "no" not in options:
             return labelled_example(task, nonce, options, options[len(options) // 2])
-        listed = ", ".join(options[:-1]) + " or " + options[-1]
         decision = "no"
         head = f"Reference 1 (accepted, id example:1) [{nonce}]:"
-        question = (f"Does aspirin prevent a second stroke? Answer {listed} as the first word, then quote the "
+        question = (f"Does aspirin prevent a second stroke? Answer {listed(options)} as the first word, then quote the "
                     "sentence of the evidence that decides it.")
         answer = f'{decision.capitalize()}. Reference 1 says: "{_CHOICE_REFERENCE[1]}"'
         lines = _CHOICE_REFERENCE
