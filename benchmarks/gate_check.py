@@ -219,6 +219,9 @@ def negation_quoted(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 _THAN_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|shorter|larger|smaller)\s+((?:[a-z-]+\s+){0,2}?)"
                       r"(in|among|with|for)\s+([a-z]{3,})\s+than\s+(in|among|with|for)\s+([a-z]{3,})\b", re.IGNORECASE)
+_LINKED_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|shorter|larger|smaller)\s+((?:[a-z-]+\s+){0,2}?)"
+                        r"(in|among|with|for)\s+([a-z]{3,})\s+(compared\s+with|compared\s+to|versus|vs\.?|relative\s+to)\s+"
+                        r"((?:in|among|with|for)\s+)?([a-z]{3,})\b", re.IGNORECASE)
 _RANKED = re.compile(r"\b([a-z]{3,})\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+([a-z]{3,})\b|"
                      r"\b([a-z]{3,})\s+(outperformed|exceeded|surpassed)\s+([a-z]{3,})\b", re.IGNORECASE)
 _NOT_AN_ITEM = frozenset("the this that these those its their which who".split())
@@ -229,7 +232,8 @@ _OPPOSITE_COMPARATIVE = dict(zip("higher lower greater more less better worse lo
 
 def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """From each grounded answer whose abstract compares two things by a single word each ("higher in
-    men than in women", "CT was superior to MRI", "surgery outperformed physiotherapy"): the answer
+    men than in women", "CT was superior to MRI", "surgery outperformed physiotherapy", and where it
+    has none of those, "lower in IMA compared with VG", "versus", "relative to"): the answer
     with that sentence added as the abstract says it (should pass), with the two things swapped
     (should fail), and said from its other side with the opposite word, "lower in women than in men",
     "MRI was inferior to CT" (should pass; none for a ranking verb). Every word but the opposite is the
@@ -237,11 +241,16 @@ def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[st
     out: dict[str, list[dict[str, Any]]] = {"comparison_as_is": [], "comparison_swapped": [], "comparison_converse": []}
     for row in grounded:
         evidence = "\n".join(c["text"] for c in row["context"])
-        for m in [*_THAN_IN.finditer(evidence), *_RANKED.finditer(evidence)]:
+        for m in [*_THAN_IN.finditer(evidence), *_RANKED.finditer(evidence), *_LINKED_IN.finditer(evidence)]:
             if m.re is _THAN_IN:
                 first, second = m.group(4), m.group(6)
                 swapped = (f"{m.group(1)} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
                 converse = (f"{_OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
+            elif m.re is _LINKED_IN:
+                first, second = m.group(4), m.group(7)
+                link = f"{m.group(5)} {m.group(6) or ''}"
+                swapped = f"{m.group(1)} {m.group(2)}{m.group(3)} {second} {link}{first}"
+                converse = f"{_OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} {link}{first}"
             elif m.group(1):
                 first, second = m.group(1), m.group(5)
                 swapped = f"{second} {m.group(2)} {m.group(3)}{m.group(4)} to {first}"
@@ -348,7 +357,8 @@ def figures_markdown(figures: dict[str, dict[str, int]] | None) -> str:
             "quoted_as_is": ("a sentence of the abstract with one negation quoted after it as is", "pass"),
             "quoted_negation_dropped": ("the same sentence quoted with its negation left out (no -> a/some)", "fail"),
             "quoted_negation_added": ("a sentence of the abstract quoted with a 'not' put after its was/were/is/are", "fail"),
-            "comparison_as_is": ("a comparison of the abstract added as it says it (higher in X than in Y, X superior to Y)", "pass"),
+            "comparison_as_is": ("a comparison of the abstract added as it says it (higher in X than in Y, X superior to Y, "
+                                 "lower in X compared with Y)", "pass"),
             "comparison_swapped": ("the same comparison added with its two sides swapped", "fail"),
             "comparison_converse": ("the same comparison said from its other side (lower in Y than in X, Y inferior to X)",
                                     "pass")}

@@ -542,6 +542,56 @@ def test_a_comparison_said_from_its_other_side_passes_support() -> None:
     ], because="the other way round")
 
 
+LINKED_COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:4", score=1.0, rank=1, category="accepted", text=(
+    "CD40 expression was significantly lower in IMA samples compared with saphenous grafts. "
+    "TLR3 mRNA expression was higher in NSCLC vs. IPF tissue. Statin therapy reduced mortality relative to "
+    "placebo. Compared with men, women waited longer."))])
+LINKED_TASK = "Is CD40 expressed less in IMA samples?"
+
+
+def test_a_comparison_linked_by_compared_with_or_versus_is_read_both_ways() -> None:
+    """Half the comparisons in PubMedQA and SciFact abstracts say "compared with", "compared to",
+    "versus" or "relative to" instead of "than"; none was read, so "higher in IPF vs. NSCLC" passed
+    where the evidence says higher in NSCLC. Read like "than" (after a comparative, or a change such
+    as "reduced"), a swap fails, the converse and a paraphrase with "than" pass, and a link before
+    its sides ("compared with men, women waited longer") is not read either way."""
+    assert_support(LINKED_COMPARISONS, LINKED_TASK, honest=[
+        "Yes. CD40 expression was lower in IMA samples than in saphenous grafts.",
+        "Yes. CD40 expression was higher in saphenous grafts compared to IMA samples.",
+        "TLR3 mRNA expression was lower in IPF versus NSCLC tissue.",
+        "Statin therapy reduced mortality compared with placebo.",
+        "Compared with women, men waited longer.",
+    ], failing=[
+        ("No. CD40 expression was lower in saphenous grafts compared with IMA samples.",
+         "grafts lower than ima (the evidence: ima lower than grafts)"),
+        ("TLR3 mRNA expression was higher in IPF vs. NSCLC tissue.", "ipf higher than nsclc"),
+        ("Placebo reduced mortality relative to statin therapy.",
+         "placebo reduced compared with statin (the evidence: statin reduced compared with placebo)"),
+    ], because="comparisons the other way round")
+
+
+TWO_WAY_COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:5", score=1.0, rank=1, category="accepted", text=(
+    "The mean muscarinic receptor density was higher in patients than in control subjects. The increase "
+    "in heart rate after atropine was lower in patients compared with control subjects."))])
+
+
+def test_a_comparison_is_judged_by_the_evidences_comparison_about_the_same_thing() -> None:
+    """An abstract that compares the same two groups both ways (density higher in patients, the heart
+    rate's increase lower) excused any swap of either: "density was higher in control subjects than in
+    patients" read as the other comparison said from its other side. The claim is now judged by the
+    evidence's comparison sharing most of its words."""
+    assert_support(TWO_WAY_COMPARISONS, "Is muscarinic receptor density higher in these patients?", honest=[
+        "Yes. The mean muscarinic receptor density was higher in patients than in control subjects.",
+        "Yes. The receptor density was lower in control subjects than in patients.",
+        "The increase in heart rate after atropine was higher in control subjects than in patients.",
+    ], failing=[
+        ("No. The mean muscarinic receptor density was higher in control subjects than in patients.",
+         "subjects higher than patients (the evidence: patients higher than subjects)"),
+        ("The increase in heart rate after atropine was lower in control subjects than in patients.",
+         "subjects lower than patients"),
+    ], because="comparisons the other way round")
+
+
 def test_comparisons_are_read_in_linear_time() -> None:
     """Fillers and one-letter words are skipped when looking for what a comparison compares; without
     a bound on how far to look, 100 KB of "higher a b than c d " was read back to its start from every

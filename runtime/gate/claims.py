@@ -143,6 +143,7 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
 _NEGATORS = frozenset("not no never".split())
 _CONTRACTED_NOT = re.compile(r"n't\b|(?<=\bcan)not\b")
 _CLAUSE_END = frozenset(".;:!?")
+_ABBREVIATED_VERSUS = re.compile(r"\bvs\.")  # "in men vs. women": no clause ends there
 
 
 def _clause_tokens(text: str) -> list[str]:
@@ -150,8 +151,8 @@ def _clause_tokens(text: str) -> list[str]:
     "cannot": "did not", "can not"), the same for the answer and the evidence: what the negation and
     comparison checks read. Commas and brackets are left out: "(NPBD) have not been" and
     "complaints, but no studies" read on across them."""
-    tokens = _TOKEN.findall(_CONTRACTED_NOT.sub(" not", text.lower().replace("\u2019", "'")))
-    return [t for t in tokens if t[0].isalnum() or t in _CLAUSE_END]
+    text = _ABBREVIATED_VERSUS.sub("vs", _CONTRACTED_NOT.sub(" not", text.lower().replace("\u2019", "'")))
+    return [t for t in _TOKEN.findall(text) if t[0].isalnum() or t in _CLAUSE_END]
 
 
 _ASKING = frozenset("whether if".split())
@@ -244,10 +245,15 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
 
 _COMPARATIVES = frozenset("""more less fewer better worse higher lower greater smaller larger bigger longer shorter
     faster slower earlier later older younger stronger weaker wider narrower heavier lighter safer riskier cheaper""".split())
-_SENSES = {**dict.fromkeys("more higher greater larger bigger".split(), "more"),
-           **dict.fromkeys("less fewer lower smaller".split(), "less")}
+_CHANGED_COMPARED = frozenset("increased elevated decreased reduced lowered improved worsened".split())
+"""Changes that compare when a link follows them ("reduced in A compared with B", "increased risk
+relative to B"), never with "than"."""
+_SENSES = {**dict.fromkeys("more higher greater larger bigger increased elevated".split(), "more"),
+           **dict.fromkeys("less fewer lower smaller decreased reduced lowered".split(), "less"),
+           "improved": "better", "worsened": "worse"}
 """Comparatives that say the same thing of a comparison: "greater in men than in women" is "higher in
-men than in women"; the others are their own sense."""
+men than in women", "reduced in A compared with B" is "lower in A than in B"; the others are their
+own sense."""
 _OPPOSITES = [("more", "less"), ("better", "worse"), ("longer", "shorter"), ("faster", "slower"),
               ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"), ("wider", "narrower"),
               ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]
@@ -262,6 +268,22 @@ _RANKING_VERBS = {"outperformed": "outperform", "outperforms": "outperform", "ou
                   "exceeded": "exceed", "exceeds": "exceed", "exceed": "exceed", "surpassed": "surpass",
                   "surpasses": "surpass", "superior": "superior", "inferior": "inferior"}
 _CLAUSE_BREAKS = frozenset("but whereas while although though however".split())
+_LINKS = {("compared", "with"): 2, ("compared", "to"): 2, ("relative", "to"): 2, ("comparison", "with"): 2,
+          ("comparison", "to"): 2}
+"""Two-word links that compare like "than" does, when a comparative (or a change) stands before them;
+"versus" and "vs" are one word."""
+_VERSUS = frozenset("versus vs".split())
+
+
+def _link(tokens: list[str], i: int) -> int:
+    """How many words the link starting at tokens[i] has ("than", "versus": 1; "compared with",
+    "relative to": 2), 0 for none."""
+    t = tokens[i]
+    if t == "than" or t in _VERSUS:
+        return 1
+    return _LINKS.get((t, tokens[i + 1]), 0) if i + 1 < len(tokens) else 0
+
+
 COMPARED_WORDS = 3
 """Content words either side of a comparison taken as what it compares: "mortality was higher in men
 than in women" compares (mortality, men) with (women, two, years)."""
@@ -275,14 +297,17 @@ Comparison = tuple[str, list[str], list[str]]
 
 def _comparisons(text: str) -> list[Comparison]:
     """(how, first side, second side) for every comparison a text states: "higher in men than in
-    women" gives ("higher", [men], [women]), "statins were superior to placebo" ("superior",
-    [statins], [placebo]), "surgery outperformed physiotherapy" ("outperform", [surgery],
-    [physiotherapy]); each side the COMPARED_WORDS content words next to it in its clause, the
-    nearest first. What is compared is no side ("the drug was more effective than aspirin": not
-    "effective"), nor is a word both sides have ("a level III center than a level I center": not
-    "center")."""
+    women" gives ("higher", [men], [women]), "lower in IMA samples compared with VG" ("lower",
+    [samples, ima], [vg]), "statins were superior to placebo" ("superior", [statins], [placebo]),
+    "surgery outperformed physiotherapy" ("outperform", [surgery], [physiotherapy]); each side the
+    COMPARED_WORDS content words next to it in its clause, the nearest first. What is compared is no
+    side ("the drug was more effective than aspirin": not "effective"), nor is a word both sides have
+    ("a level III center than a level I center": not "center"). A link other than "than" compares
+    only after a comparative or a change word; one before its sides ("compared with men, women
+    had ...") is not read."""
     tokens = _clause_tokens(text)
-    skip = _OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _NEGATORS
+    skip = (_OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _CHANGED_COMPARED
+            | _NEGATORS | _VERSUS)
 
     def content(indices: Iterable[int]) -> list[str]:
         out: list[str] = []
@@ -299,8 +324,16 @@ def _comparisons(text: str) -> list[Comparison]:
     found: list[Comparison] = []
     for i, t in enumerate(tokens):
         before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
-        if t == "than":  # the comparative word may stand a few words before: "higher in patients with X than"
-            at = next((j for j in range(i - 1, max(-1, i - 7), -1) if tokens[j] in _COMPARATIVES), None)
+        link = _link(tokens, i)
+        if link:  # the comparative word may stand a few words before: "higher in patients with X than"
+            words = _COMPARATIVES if t == "than" else _COMPARATIVES | _CHANGED_COMPARED
+            at = None
+            for j in range(i - 1, max(-1, i - 7), -1):
+                if not tokens[j][0].isalnum():
+                    break  # "... was higher. Compared with men, women": the comparative is another clause's
+                if tokens[j] in words:
+                    at = j
+                    break
             how = tokens[at] if at is not None else None
             if at is not None:
                 # what is compared, up to a preposition: "more effective than", "higher risk of death in men than"
@@ -312,7 +345,10 @@ def _comparisons(text: str) -> list[Comparison]:
             how = _RANKING_VERBS.get(t)
         if how is None:
             continue
-        after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
+        if link:
+            after = i + link
+        else:
+            after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
         if after < len(tokens) and _is_figure(tokens[after]):
             continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
         first = content(before)
@@ -324,15 +360,47 @@ def _comparisons(text: str) -> list[Comparison]:
     return found
 
 
-def _stated_comparisons(text: str) -> dict[tuple[str, str, str], str]:
-    """(sense, a, b) -> the comparative as written, for every pair a text's comparisons allow: any word
-    of one side against any of the other."""
-    stated: dict[tuple[str, str, str], str] = {}
-    for how, first, second in _comparisons(text):
-        for a in first:
-            for b in second:
-                stated.setdefault((_sense(how), a, b), how)
-    return stated
+READINGS_PER_PAIR = 32
+"""Comparisons of the evidence kept per pair of words it compares (the first ones): enough for any
+abstract, and a bound on the work per claim (a text that compares the same two words thousands of
+times made every claim about them read all of those comparisons: quadratic)."""
+
+_ByPair = dict[tuple[str, str], list[tuple[str, frozenset[str], frozenset[str]]]]
+
+
+def _by_pair(text: str) -> _ByPair:
+    """The text's comparisons by each pair of words they compare (a word of the first side, one of
+    the second), each comparison once: what a claim about that pair is judged by."""
+    index: _ByPair = {}
+    for how, first, second in dict.fromkeys((how, tuple(first), tuple(second)) for how, first, second in _comparisons(text)):
+        comparison = (how, frozenset(first), frozenset(second))
+        for a in comparison[1]:
+            for b in comparison[2]:
+                kept = index.setdefault((a, b), [])
+                if len(kept) < READINGS_PER_PAIR:
+                    kept.append(comparison)
+    return index
+
+
+def _readings(claim: Comparison, evidence: _ByPair) -> list[tuple[bool, str, str, str]]:
+    """How the evidence's comparisons closest to the claim read it: (agrees, the evidence's
+    comparative, its first and its second word of the pair) for each comparison that holds the
+    claim's two nearest words, one per side, with its sense or the opposite one, and that shares the
+    most of the claim's words. An abstract that compares two groups both ways ("density was higher
+    in patients than in control subjects", "the increase in HR was lower in patients compared with
+    control subjects") is read by the comparison about what the claim is about."""
+    how, first, second = claim
+    a, b, sense = first[0], second[0], _sense(how)
+    opposite, words = _OPPOSITE_SENSE.get(sense, ""), {*first, *second}
+    readings: list[tuple[int, bool, str, str, str]] = []
+    for pair, in_order in (((a, b), True), ((b, a), False)):
+        for their_how, their_first, their_second in evidence.get(pair, ()):
+            their_sense = _sense(their_how)
+            if their_sense in (sense, opposite):
+                agrees = in_order == (their_sense == sense)  # the same word in the same order, or the opposite turned round
+                readings.append((len(words & (their_first | their_second)), agrees, their_how, *pair))
+    best = max((r[0] for r in readings), default=0)
+    return [r[1:] for r in readings if r[0] == best]
 
 
 def swapped_comparisons(output: str, retrieved: str) -> list[str]:
@@ -342,26 +410,26 @@ def swapped_comparisons(output: str, retrieved: str) -> list[str]:
     opposite word ("lower in men than in women"). Word-level support cannot see it: every word is the
     evidence's. An answer's comparison is judged by the words next to it ("women" and "men" in
     "mortality was lower in women than in men at two years"; "mortality" and "years" are what it is
-    about), the evidence's by any of its words; said from its other side with the opposite word it is
-    the evidence's claim."""
+    about), the evidence's by any of its words, against the evidence's comparisons of that pair that
+    share most of its words (_readings); said from its other side with the opposite word it is the
+    evidence's claim."""
     def said(how: str, a: str, b: str) -> str:
         if how in ("superior", "inferior"):
             return f"{a} {how} to {b}"
         if how in _COMPARATIVES:
             return f"{a} {how} than {b}"
+        if how in _CHANGED_COMPARED:
+            return f"{a} {how} compared with {b}"
         return f"{a} {how}s {b}"  # outperform, exceed, surpass
 
-    stated = _stated_comparisons(retrieved)
+    evidence = _by_pair(retrieved)
     turned = []
-    for how, first, second in _comparisons(output):
-        a, b, sense = first[0], second[0], _sense(how)
-        opposite = _OPPOSITE_SENSE.get(sense, "")
-        if (sense, a, b) in stated or (opposite, b, a) in stated:
-            continue
-        if (sense, b, a) in stated:
-            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(sense, b, a)], b, a)})")
-        elif (opposite, a, b) in stated:
-            turned.append(f"{said(how, a, b)} (the evidence: {said(stated[(opposite, a, b)], a, b)})")
+    for claim in _comparisons(output) if evidence else ():
+        readings = _readings(claim, evidence)
+        if readings and not any(agrees for agrees, *_ in readings):
+            how, first, second = claim
+            _, their_how, x, y = readings[0]
+            turned.append(f"{said(how, first[0], second[0])} (the evidence: {said(their_how, x, y)})")
     return list(dict.fromkeys(turned))
 
 
@@ -369,6 +437,6 @@ def converse_comparatives(output: str, retrieved: str) -> set[str]:
     """The comparatives of the answer's comparisons that state one of the evidence's from its other
     side: "aspirin was less effective than the drug" for "the drug was more effective than aspirin".
     Their "less" is no change turned round (reversed_directions leaves it to the comparison check)."""
-    stated = _stated_comparisons(retrieved)
-    return {how for how, first, second in _comparisons(output)
-            if (_OPPOSITE_SENSE.get(_sense(how), ""), second[0], first[0]) in stated}
+    evidence = _by_pair(retrieved)
+    return {claim[0] for claim in _comparisons(output) if evidence
+            and any(agrees and _sense(their_how) != _sense(claim[0]) for agrees, their_how, *_ in _readings(claim, evidence))}
