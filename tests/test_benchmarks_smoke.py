@@ -261,6 +261,17 @@ def test_serve_first_token_quick(tmp_path: Path) -> None:
     assert "| stream mode |" in (tmp_path / "serve_first_token_quick.md").read_text()
 
 
+def test_comparisons_quick(tmp_path: Path) -> None:
+    """Comparisons from real abstracts: every one passes as written; swapped, most fail, also those
+    linked by "compared with" / "versus" (none did before they were read)."""
+    run_suite("comparisons.py", tmp_path)
+    data = check_outputs(tmp_path, "comparisons_quick", [])
+    every, linked = data["by_link"]["all"], data["by_link"]["compared with / versus / relative to"]
+    assert every["sentences"] >= 10 and every["as_is_passed"] == every["sentences"]
+    assert every["swapped_failed"] >= 0.75 * every["sentences"] and linked["swapped_failed"] >= 1
+    assert every["converse_passed"] >= 0.75 * every["converses"]
+
+
 def test_every_benchmark_command_prints_its_help() -> None:
     """argparse formats help strings with %, so one unescaped % breaks --help with a traceback."""
     scripts = [p for p in sorted((REPO / "benchmarks").glob("*.py")) if "__main__" in p.read_text()]
