@@ -261,15 +261,19 @@ def test_serve_first_token_quick(tmp_path: Path) -> None:
     assert "| stream mode |" in (tmp_path / "serve_first_token_quick.md").read_text()
 
 
-def test_comparisons_quick(tmp_path: Path) -> None:
-    """Comparisons from real abstracts: every one passes as written; swapped, most fail, also those
-    linked by "compared with" / "versus" (none did before they were read)."""
-    run_suite("comparisons.py", tmp_path)
-    data = check_outputs(tmp_path, "comparisons_quick", [])
-    every, linked = data["by_link"]["all"], data["by_link"]["compared with / versus / relative to"]
-    assert every["sentences"] >= 10 and every["as_is_passed"] == every["sentences"]
-    assert every["swapped_failed"] >= 0.75 * every["sentences"] and linked["swapped_failed"] >= 1
-    assert every["converse_passed"] >= 0.75 * every["converses"]
+def test_claims_quick(tmp_path: Path) -> None:
+    """Claims from real abstracts turned round: every sentence passes as written; swapped comparisons
+    mostly fail, also those linked by "compared with" / "versus" (none did before they were read),
+    and "with" for "without" (or the reverse) fails (1 of 662 did before)."""
+    run_suite("claims.py", tmp_path)
+    data = check_outputs(tmp_path, "claims_quick", [])
+    every, linked = data["comparisons"]["all"], data["comparisons"]["compared with / versus / relative to"]
+    assert every["sentences"] >= 10 and every["as_is_right"] == every["as_is_n"] == every["sentences"]
+    assert every["swapped_right"] >= 0.75 * every["swapped_n"] and linked["swapped_right"] >= 1
+    assert every["converse_right"] >= 0.75 * every["converse_n"]
+    negations = data["negations"]["all"]
+    assert negations["sentences"] >= 100 and negations["as_is_right"] == negations["as_is_n"]
+    assert negations["changed_right"] >= 0.9 * negations["changed_n"]
 
 
 def test_every_benchmark_command_prints_its_help() -> None:

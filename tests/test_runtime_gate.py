@@ -476,12 +476,14 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
     passed against "was not associated with". Three words either side of the negation (fewer where
     the clause starts or ends, four in all at least) must match the evidence word for word, and the
     answer's wording must be nowhere in it; what an aim asks ("whether statins are safe") affirms
-    nothing."""
+    nothing, in the evidence or in the answer ("the trial asked whether statin therapy was associated
+    with a lower risk": a sentence quoted as is from two SciFact abstracts failed this way)."""
     assert_support(SAFETY_TRIAL, SAFETY_TASK, honest=[
         'No. Reference 1 says: "statin therapy was not associated with a lower risk of stroke at two years."',
         "No. There was no significant difference in 30-day mortality between the statin and placebo groups.",
         "No. Adherence did not differ between the groups; muscle pain was reported more often with statins.",
         "Statins are not safe in older adults: muscle pain was reported more often with statins.",
+        "The trial asked whether statin therapy was associated with a lower risk of stroke at two years; it was not.",
     ], failing=[
         ('Yes. Reference 1 says: "statin therapy was associated with a lower risk of stroke at two years."',
          "therapy was associated with a"),
@@ -491,6 +493,28 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
          "there was a significant difference in"),
         ("No. Adherence differed between the groups, and muscle pain was not reported more often with statins.",
          "muscle pain was not reported more often"),
+    ], because="negation")
+
+
+WITHOUT = ContextBundle(exemplars=[RetrievedItem(id="pubmed:6", score=1.0, rank=1, category="accepted", text=(
+    "Residents in programs without EUS fellowships reported performing more scans (P = .04). Patients with and "
+    "without diabetes were enrolled. Mortality was higher among patients with renal failure."))])
+
+
+def test_with_for_without_fails_support() -> None:
+    """"Programs with EUS fellowships" for the evidence's "programs without EUS fellowships" passed:
+    every word is the evidence's (1 of 662 such sentences of PubMedQA and SciFact abstracts failed,
+    benchmarks/claims.py). "without" and "lacking" are now negations like "not": put in for "with", or
+    taken out, they turn the claim round; where the evidence says both ("with and without diabetes")
+    neither is a flip."""
+    assert_support(WITHOUT, "Do programs without fellowships scan more?", honest=[
+        "Yes. Residents in programs without EUS fellowships reported performing more scans (P = .04).",
+        "Yes. Residents in programs lacking EUS fellowships reported performing more scans (P = .04).",
+        "Patients without diabetes were enrolled, and patients with diabetes too.",
+    ], failing=[
+        ("No. Residents in programs with EUS fellowships reported performing more scans (P = .04).",
+         "programs with eus fellowships reported (the evidence: residents in programs without eus"),
+        ("Mortality was higher among patients without renal failure.", "among patients without renal failure"),
     ], because="negation")
 
 

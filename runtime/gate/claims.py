@@ -140,7 +140,7 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     return turned
 
 
-_NEGATORS = frozenset("not no never".split())
+_NEGATORS = frozenset("not no never without lacking".split())
 _CONTRACTED_NOT = re.compile(r"n't\b|(?<=\bcan)not\b")
 _CLAUSE_END = frozenset(".;:!?")
 _ABBREVIATED_VERSUS = re.compile(r"\bvs\.")  # "in men vs. women": no clause ends there
@@ -156,9 +156,13 @@ def _clause_tokens(text: str) -> list[str]:
 
 
 _ASKING = frozenset("whether if".split())
+_WHETHER = frozenset(["whether"])
+"""What an answer asks: only a whether clause. An "if" there is a condition the answer states ("only
+if indicated and simply because of ..." for the evidence's "and not simply because of ..."), and a
+negation left out of it is still a flip (four of gate_check's such answers passed when it counted)."""
 
 
-def _asked(tokens: list[str]) -> list[bool]:
+def _asked(tokens: list[str], asking_words: frozenset[str] = _ASKING) -> list[bool]:
     """For each token, whether it stands in a clause that asks rather than states ("to study whether
     HFNC are noisier than bubble CPAP"): from "whether" or "if" to the clause's end. What an aim asks
     affirms nothing, so an answer that negates it is no flip."""
@@ -166,7 +170,7 @@ def _asked(tokens: list[str]) -> list[bool]:
     for t in tokens:
         if not t[0].isalnum():
             asking = False
-        elif t in _ASKING:
+        elif t in asking_words:
             asking = True
         out.append(asking)
     return out
@@ -179,7 +183,10 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
     to what the evidence affirms. The words either side of the negation (NEGATION_CONTEXT of them, or
     fewer up to where the clause starts or ends) must be the evidence's, word for word; a quote copied
     with its "not" left out passes the quote match (80 % of its 3-grams). The answer's wording must
-    also be nowhere in the evidence (which may affirm it elsewhere), outside what an aim asks."""
+    also be nowhere in the evidence (which may affirm it elsewhere), outside what an aim asks; what
+    the answer itself asks ("the study assessed whether statins are associated with ...") claims
+    nothing either. "without" and "lacking" are negations too: "programs with fellowships" for the
+    evidence's "programs without fellowships" is a flip."""
     evidence, answer = _clause_tokens(retrieved), _clause_tokens(output)
     Context = tuple[tuple[str, ...], tuple[str, ...]]
 
@@ -230,7 +237,10 @@ def negation_flips(output: str, retrieved: str) -> list[str]:
         if joined is not None and not asked[i] and not asked[i - 1]:
             affirmed.setdefault(joined, "")
     flips: list[str] = []
+    answer_asked = _asked(answer, _WHETHER)
     for i, token in enumerate(answer):
+        if answer_asked[i]:
+            continue  # the answer asks it too ("we assessed whether statins are associated with ..."): no claim
         replaced = around(answer, i, i + 1)  # a word between two contexts: a negation added, or one replaced
         if replaced is not None:
             if token in _NEGATORS and replaced in affirmed and replaced not in negated:
