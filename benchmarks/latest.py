@@ -34,7 +34,7 @@ SUITES = [
     ("escalation_local_rejudged.md", "python benchmarks/escalation_rejudge.py benchmarks/results/escalation_local.json"),
     ("gate_check.md", "python benchmarks/gate_check.py --split test"),
     ("gate_check_dev.md", "python benchmarks/gate_check.py --split dev"),
-    ("comparisons.md", "python benchmarks/comparisons.py"),
+    ("claims.md", "python benchmarks/claims.py"),
     ("prompt_variants.md", "python benchmarks/prompt_variants.py"),
     ("prompt_variants_labels.md", "python benchmarks/prompt_variants.py --families sample --tasks 20 --max-tokens 64 "
                                   "--variants quoted quoted_says_example quoted_first_option_example --name prompt_variants_labels"),
