@@ -7,7 +7,11 @@ Every sentence of PubMedQA (all 1,000 PQA-L abstracts) and of the SciFact corpus
   opposite word ("lower in women than in men"; should pass);
 - says "without" is given as it says it (should pass) and with its first "without" made "with"
   (should fail); one that says "with" and not "without", with its first "with" made "without"
-  (should fail). A changed sentence the abstract also states is left out.
+  (should fail);
+- denies a change with a verb ("did not reduce", "failed to improve") is given as it says it (should
+  pass) and with the denial made the change ("reduced", "improved"; should fail).
+
+A changed sentence the abstract also states is left out.
 
 The abstract is the evidence; what is read is the gate's `support` check, the one that judges claims.
 
@@ -161,6 +165,30 @@ def without_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+_PAST = {"increase": "increased", "decrease": "decreased", "reduce": "reduced", "lower": "lowered", "raise": "raised",
+         "improve": "improved", "rise": "rose", "decline": "declined", "fall": "fell", "drop": "dropped",
+         "diminish": "diminished", "elevate": "elevated"}
+_DENIED = re.compile(r"\b(?:(?:did|does|do)\s+not|failed\s+to)\s+((?:significantly\s+)?)(" + "|".join(_PAST) + r")\b",
+                     re.IGNORECASE)
+DENIAL_GROUP = '"did not reduce" / "failed to reduce" made "reduced"'
+
+
+def denial_rows(quick: bool) -> list[dict[str, Any]]:
+    """One row per sentence that denies a change with a verb ("did not reduce", "does not
+    significantly improve", "failed to increase"): as written, and with the denial made the change
+    ("reduced", "significantly improved"), every other word the abstract's."""
+    rows: list[dict[str, Any]] = []
+    for doc_id, task, text in abstracts(quick):
+        for m in _DENIED.finditer(text):
+            start, end = _sentence_around(text, m.start(), m.end())
+            changed = text[start:m.start()] + m.group(1) + _PAST[m.group(2).lower()] + text[m.end():end]
+            if changed.strip() in text:
+                continue
+            rows.append({"id": doc_id, "task": task, "evidence": text, "group": DENIAL_GROUP,
+                         "variants": {"as_is": (text[start:end], "pass"), "changed": (changed, "fail")}})
+    return rows
+
+
 def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each variant's answer through the real gate, its abstract the one retrieved item."""
     from distill.config import GateSettings
@@ -206,7 +234,7 @@ def markdown(r: dict[str, Any]) -> str:
              "`support` check.", "",
              md_table(["comparison linked by", "sentences", "as written: support passes", "sides swapped: support fails",
                        "said from the other side: support passes"], comparisons), "",
-             md_table(["without / with", "sentences", "as written: support passes", "changed: support fails"], negations), "",
+             md_table(["negation", "sentences", "as written: support passes", "changed: support fails"], negations), "",
              f"- gate CPU {r['cpu_s']} s for {r['answers']} answers", f"- machine: {r['machine']}"]
     if r["swapped_passed_examples"]:
         lines += ["", "Swapped comparisons that passed (first few):", *[f"- {m}" for m in r["swapped_passed_examples"][:8]]]
@@ -222,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    comparison_set, negation_set = comparison_rows(args.quick), without_rows(args.quick)
+    comparison_set, negation_set = comparison_rows(args.quick), without_rows(args.quick) + denial_rows(args.quick)
     started = time.process_time()
     comparisons, negations = judge(comparison_set), judge(negation_set)
     cpu = time.process_time() - started

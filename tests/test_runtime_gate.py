@@ -496,6 +496,32 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
     ], because="negation")
 
 
+DENIED = ContextBundle(exemplars=[RetrievedItem(id="pubmed:7", score=1.0, rank=1, category="accepted", text=(
+    "In a randomised trial of 412 older adults, statin therapy did not reduce mortality at two years. Aspirin "
+    "failed to improve survival in the cohort, and there was no significant increase in stroke. Patients who did "
+    "not smoke had reduced hospital stays. Exercise did not lower blood pressure in women but lowered blood "
+    "pressure in men."))])
+
+
+def test_a_change_the_evidence_denies_fails_support() -> None:
+    """"Statin therapy reduced mortality" passed against "statin therapy did not reduce mortality": the
+    negation check compares words in place, and "reduced" is not "reduce" (46 of 58 such sentences of
+    PubMedQA and SciFact abstracts fail now, none did; benchmarks/claims.py). A change counts as
+    denied only with the negation right before it ("did not reduce", "failed to improve", "no
+    significant increase in"), not "patients who did not smoke had reduced ..."; one the evidence also
+    states undenied (blood pressure lowered in men) is no flip."""
+    assert_support(DENIED, "Do statins reduce mortality in older adults?", honest=[
+        "No. Statin therapy did not reduce mortality at two years, and aspirin failed to improve survival.",
+        "Patients who did not smoke had reduced hospital stays.",
+        "Exercise lowered blood pressure in men.",
+    ], failing=[
+        ("Yes. Statin therapy reduced mortality at two years.", "reduced mortality (the evidence: reduce mortality, denied)"),
+        ("Yes. Mortality was reduced by statin therapy.", "mortality reduced"),
+        ("Aspirin improved survival in the cohort.", "improved survival"),
+        ("Aspirin increased stroke in the cohort.", "increased stroke"),
+    ], because="changes the evidence says did not happen")
+
+
 WITHOUT = ContextBundle(exemplars=[RetrievedItem(id="pubmed:6", score=1.0, rank=1, category="accepted", text=(
     "Residents in programs without EUS fellowships reported performing more scans (P = .04). Patients with and "
     "without diabetes were enrolled. Mortality was higher among patients with renal failure."))])

@@ -11,9 +11,12 @@ from runtime.gate.common import _STOPWORDS
 from runtime.gate.figures import _GROUPS, _number
 
 _UP = frozenset("""increase increased increases increasing raise raised raises raising rose rise rises rising
-    elevated higher greater more""".split())
+    elevate elevates elevated higher greater more""".split())
 _DOWN = frozenset("""decrease decreased decreases decreasing reduce reduced reduces reducing reduction reductions
     lower lowered lowers lowering fell declined declines declining diminished dropped less fewer smaller""".split())
+_BETTER = frozenset("improve improved improves improving improvement improvements".split())
+"""A change with no opposite among these words: "improved survival" is neither up nor down, so it
+turns nothing round; it counts where the evidence denies it (denied_changes)."""
 _NEGATIONS = frozenset("not no never without neither nor cannot failed fails".split())  # and every "...n't"
 _OBJECT_FILLER = frozenset("""the a an of in on at for to by with than its their his her this that these those
     significantly significant markedly slightly substantially statistically was were is are be been""".split())
@@ -75,18 +78,42 @@ def _subject(tokens: list[str], i: int) -> str | None:
     return word
 
 
-def _directions(text: str) -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
+_DENIAL_GAP = frozenset("""to do does did could would can will may might should shall any significant significantly
+    statistically further""".split())
+"""Words that may stand between a negation and the change it denies: "did not significantly reduce",
+"failed to reduce", "no significant reduction"."""
+
+
+def _denied(tokens: list[str], i: int) -> bool:
+    """Whether the change word at tokens[i] is denied by the negation right before it ("did not
+    reduce", "failed to increase", "no significant reduction", "was not reduced"), only auxiliaries
+    and adverbs between. Stricter than _negated: "patients who did not smoke had reduced mortality"
+    denies no reduction."""
+    for j in range(i - 1, max(-1, i - 5), -1):
+        t = tokens[j]
+        if t in _NEGATIONS or t.endswith("n't"):
+            return True
+        if not (t in _DENIAL_GAP or t in _AUXILIARIES or t in _ADVERBS):
+            return False
+    return False
+
+
+def _directions(text: str, which: str = "stated") -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
     """(+1 up / -1 down, what changes) -> (as written, the change word), for each change a text states without a
     negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a
     figure says which mortality but not what changes, also (-1, ('mortality',)). What changes is
     the next OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not
     counted), and, when the change word has no object (the clause ends or a preposition follows:
-    "mortality was reduced", "mortality rose with age"), also the word it is said of."""
+    "mortality was reduced", "mortality rose with age"), also the word it is said of. `which`:
+    "stated" (no negation before it, as above), "denied" (a negation right before it: _denied) or
+    "not_denied" (every other). "improved" is sign 2, which has no opposite."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
     found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
     for i, word in enumerate(tokens):
-        sign = 1 if word in _UP else -1 if word in _DOWN else 0
-        if not sign or _negated(tokens, i):
+        sign = 1 if word in _UP else -1 if word in _DOWN else 2 if word in _BETTER else 0
+        if not sign:
+            continue
+        if (_negated(tokens, i) if which == "stated" else _denied(tokens, i) != (which == "denied")):
             continue
         changed: list[str] = []
         words = 0
@@ -138,6 +165,21 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     turned += [f"{written} (the evidence: {ranges[(b, a)]})" for (a, b), written in _from_to(output).items()
                if a != b and (b, a) in ranges and (a, b) not in ranges]
     return turned
+
+
+def denied_changes(output: str, retrieved: str) -> list[str]:
+    """Changes the answer states that the evidence says did not happen: "statin therapy reduced
+    mortality" where it says statin therapy "did not reduce mortality" (or "failed to reduce", "no
+    significant reduction in mortality"), "aspirin improved survival" for "failed to improve
+    survival". The negation check compares words in place, so another form of the verb ("reduced"
+    for "did not reduce") passed it. A change the evidence also states without denying it, anywhere,
+    is no flip; the answer's own must have no negation before it."""
+    denied = _directions(retrieved, "denied")
+    if not denied:
+        return []
+    also_stated = _directions(retrieved, "not_denied")
+    return list(dict.fromkeys(f"{written} (the evidence: {denied[key][0]}, denied)"
+                              for key, (written, _) in _directions(output).items() if key in denied and key not in also_stated))
 
 
 _NEGATORS = frozenset("not no never without lacking".split())

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from distill.records.replay import ContextBundle, GateCheck
-from runtime.gate.claims import negation_flips, reversed_directions, swapped_comparisons
+from runtime.gate.claims import denied_changes, negation_flips, reversed_directions, swapped_comparisons
 from runtime.gate.common import (
     _STOPWORDS,
     _bundle_text,
@@ -144,6 +144,7 @@ def check_support(
         ("figures signed the other way from the evidence", flipped_signs(output, evidence)),
         ("names with another number than the evidence's", renumbered_names(output, evidence)),
         ("changes stated the other way round from the evidence", reversed_directions(output, retrieved)),
+        ("changes the evidence says did not happen", denied_changes(output, retrieved)),
         ("comparisons the other way round from the evidence", swapped_comparisons(output, retrieved)),
         ("claims with a negation the evidence does not give them, or without its own", negation_flips(output, retrieved)),
     ]
