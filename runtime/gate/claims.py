@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from runtime.gate.common import _STOPWORDS
 from runtime.gate.figures import _GROUPS, _number
@@ -98,23 +99,32 @@ def _denied(tokens: list[str], i: int) -> bool:
     return False
 
 
-def _directions(text: str, which: str = "stated") -> dict[tuple[int, tuple[str, ...]], tuple[str, str]]:
-    """(+1 up / -1 down, what changes) -> (as written, the change word), for each change a text states without a
-    negation before it: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a
-    figure says which mortality but not what changes, also (-1, ('mortality',)). What changes is
-    the next OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not
-    counted), and, when the change word has no object (the clause ends or a preposition follows:
-    "mortality was reduced", "mortality rose with age"), also the word it is said of. `which`:
-    "stated" (no negation before it, as above), "denied" (a negation right before it: _denied) or
-    "not_denied" (every other). "improved" is sign 2, which has no opposite."""
+_Changes = dict[tuple[int, tuple[str, ...]], tuple[str, str]]
+
+
+class _ReadChanges(NamedTuple):
+    stated: _Changes  # no negation in the words before: what the text says happened
+    denied: _Changes  # a negation right before (_denied): what it says did not happen
+    not_denied: _Changes  # every other: what it may say happened
+
+
+def _read_changes(text: str) -> _ReadChanges:
+    """(+1 up / -1 down / 2 improved, what changes) -> (as written, the change word), for each change a
+    text states: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a figure says
+    which mortality but not what changes, also (-1, ('mortality',)). What changes is the next
+    OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not counted),
+    and, when the change word has no object (the clause ends or a preposition follows: "mortality
+    was reduced", "mortality rose with age"), also the word it is said of. Sorted three ways by the
+    negation before it; "improved" (sign 2) has no opposite."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
-    found: dict[tuple[int, tuple[str, ...]], tuple[str, str]] = {}
+    read = _ReadChanges({}, {}, {})
     for i, word in enumerate(tokens):
         sign = 1 if word in _UP else -1 if word in _DOWN else 2 if word in _BETTER else 0
         if not sign:
             continue
-        if (_negated(tokens, i) if which == "stated" else _denied(tokens, i) != (which == "denied")):
-            continue
+        found = [read.denied if _denied(tokens, i) else read.not_denied]
+        if not _negated(tokens, i):
+            found.append(read.stated)
         changed: list[str] = []
         words = 0
         for t in tokens[i + 1:i + 1 + 4 * OBJECT_WORDS + 2]:
@@ -126,17 +136,21 @@ def _directions(text: str, which: str = "stated") -> dict[tuple[int, tuple[str, 
             words += not _is_figure(t)  # "30-day" says which mortality, not what changes
             if words == OBJECT_WORDS:
                 break
+        keys: list[tuple[tuple[int, tuple[str, ...]], tuple[str, str]]] = []
         if changed:
             written = " ".join([word, *changed])
-            found.setdefault((sign, tuple(changed)), (written, word))
+            keys.append(((sign, tuple(changed)), (written, word)))
             if words:
-                found.setdefault((sign, tuple(t for t in changed if not _is_figure(t))), (written, word))
+                keys.append(((sign, tuple(t for t in changed if not _is_figure(t))), (written, word)))
         following = tokens[i + 1] if i + 1 < len(tokens) else "."
         if not following[0].isalnum() or following in _PREPOSITIONS:
             subject = _subject(tokens, i)
             if subject is not None:
-                found.setdefault((sign, (subject,)), (f"{subject} {word}", word))
-    return found
+                keys.append(((sign, (subject,)), (f"{subject} {word}", word)))
+        for changes in found:
+            for key, value in keys:
+                changes.setdefault(key, value)
+    return read
 
 
 _FROM_TO = re.compile(r"\bfrom\s+(" + _GROUPS + r"\s?%?)\s+to\s+(" + _GROUPS + r"\s?%?)", re.IGNORECASE)
@@ -154,9 +168,9 @@ def reversed_directions(output: str, retrieved: str) -> list[str]:
     around. (The task is no evidence here: "Do statins reduce mortality?" states no change.) A
     comparison said from its other side ("aspirin was less effective than the drug" for "the drug was
     more effective than aspirin") turns no change round: converse_comparatives names it."""
-    stated = _directions(retrieved)
+    stated = _read_changes(retrieved).stated
     candidates = [(written, word, stated[(-sign, changed)][0])
-                  for (sign, changed), (written, word) in _directions(output).items()
+                  for (sign, changed), (written, word) in _read_changes(output).stated.items()
                   if (-sign, changed) in stated and (sign, changed) not in stated]
     converse = converse_comparatives(output, retrieved) if candidates else set()
     turned = [f"{written} (the evidence: {theirs})" for written, word, theirs in candidates if word not in converse]
@@ -174,12 +188,12 @@ def denied_changes(output: str, retrieved: str) -> list[str]:
     survival". The negation check compares words in place, so another form of the verb ("reduced"
     for "did not reduce") passed it. A change the evidence also states without denying it, anywhere,
     is no flip; the answer's own must have no negation before it."""
-    denied = _directions(retrieved, "denied")
-    if not denied:
+    evidence = _read_changes(retrieved)
+    if not evidence.denied:
         return []
-    also_stated = _directions(retrieved, "not_denied")
-    return list(dict.fromkeys(f"{written} (the evidence: {denied[key][0]}, denied)"
-                              for key, (written, _) in _directions(output).items() if key in denied and key not in also_stated))
+    return list(dict.fromkeys(f"{written} (the evidence: {evidence.denied[key][0]}, denied)"
+                              for key, (written, _) in _read_changes(output).stated.items()
+                              if key in evidence.denied and key not in evidence.not_denied))
 
 
 _NEGATORS = frozenset("not no never without lacking".split())
