@@ -2,7 +2,7 @@
 Every sentence of PubMedQA (all 1,000 PQA-L abstracts) and of the SciFact corpus that
 
 - compares two single words ("higher in men than in women", "lower in IMA compared with VG", "X was
-  superior to Y", "surgery outperformed physiotherapy") is given as the answer as the abstract says it
+  superior to Y", "surgery outperformed physiotherapy", "compared with X, Y had a higher risk") is given as the answer as the abstract says it
   (should pass), with its two sides swapped (should fail), and said from its other side with the
   opposite word ("lower in women than in men"; should pass);
 - says "without" is given as it says it (should pass) and with its first "without" made "with"
@@ -56,6 +56,10 @@ PATTERNS = {
     # "statins were significantly more effective than placebo"
     "x_was_than_y": re.compile(r"\b" + _ITEM + r"\s+(was|were|is|are|had)\s+((?:significantly\s+)?)" + _COMPARATIVE
                                + r"\s+((?:[a-z-]+\s+){0,2}?)" + _LINK + r"\s+" + _ITEM + r"\b", re.IGNORECASE),
+    # "Compared with chloroquine, mefloquine users had a significantly higher risk"
+    "compared_first": re.compile(r"\b(compared\s+(?:with|to))\s+(?:the\s+)?" + _PHRASE + r",\s+(?:the\s+)?" + _PHRASE
+                                 + r"\s+(was|were|is|are|had|has|have|showed)\s+((?:a\s+)?(?:significantly\s+)?)" + _COMPARATIVE
+                                 + r"\b", re.IGNORECASE),
     # "CT was superior to MRI"
     "superior_to": re.compile(r"\b" + _ITEM + r"\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+"
                               + _ITEM + r"\b", re.IGNORECASE),
@@ -77,6 +81,10 @@ def _variants(kind: str, m: re.Match[str]) -> tuple[str, str, str, str | None] |
         a, b, link = g(1), g(7), g(6)
         swapped = f"{b} {g(2)} {g(3)}{g(4)} {g(5)}{link} {a}"
         converse = f"{b} {g(2)} {g(3)}{_OPPOSITE[g(4).lower()]} {g(5)}{link} {a}"
+    elif kind == "compared_first":
+        b, a, link = g(2), g(3), "compared with X, Y ... (the link first)"
+        swapped = f"{g(1)} {a}, {b} {g(4)} {g(5)}{g(6)}"
+        converse = f"{g(1)} {a}, {b} {g(4)} {g(5)}{_OPPOSITE[g(6).lower()]}"
     elif kind == "superior_to":
         a, b, link = g(1), g(5), "superior/inferior to"
         swapped = f"{b} {g(2)} {g(3)}{g(4)} to {a}"
@@ -87,7 +95,7 @@ def _variants(kind: str, m: re.Match[str]) -> tuple[str, str, str, str | None] |
     words = {*a.lower().split(), *b.lower().split()}
     if a.lower() == b.lower() or words & _NOT_AN_ITEM or any(w.endswith("ly") for w in words):
         return None
-    link = "than" if link.lower() == "than" else link if "/" in link else "compared with / versus / relative to"
+    link = "than" if link.lower() == "than" else link if "/" in link or "X" in link else "compared with / versus / relative to"
     return link, m.group(0), swapped, converse
 
 

@@ -603,15 +603,17 @@ def test_a_comparison_linked_by_compared_with_or_versus_is_read_both_ways() -> N
     """Half the comparisons in PubMedQA and SciFact abstracts say "compared with", "compared to",
     "versus" or "relative to" instead of "than"; none was read, so "higher in IPF vs. NSCLC" passed
     where the evidence says higher in NSCLC. Read like "than" (after a comparative, or a change such
-    as "reduced"), a swap fails, the converse and a paraphrase with "than" pass, and a link before
-    its sides ("compared with men, women waited longer") is not read either way."""
+    as "reduced"), a swap fails, the converse and a paraphrase with "than" pass; a link before its
+    sides ("compared with men, women waited longer") is read too, its sides from their starts."""
     assert_support(LINKED_COMPARISONS, LINKED_TASK, honest=[
         "Yes. CD40 expression was lower in IMA samples than in saphenous grafts.",
         "Yes. CD40 expression was higher in saphenous grafts compared to IMA samples.",
         "TLR3 mRNA expression was lower in IPF versus NSCLC tissue.",
         "Statin therapy reduced mortality compared with placebo.",
-        "Compared with women, men waited longer.",
+        "Compared with men, women waited longer.",
+        "Compared with women, men had shorter waits.",
     ], failing=[
+        ("Compared with women, men waited longer.", "men longer than women (the evidence: women longer than men)"),
         ("No. CD40 expression was lower in saphenous grafts compared with IMA samples.",
          "grafts lower than ima (the evidence: ima lower than grafts)"),
         ("TLR3 mRNA expression was higher in IPF vs. NSCLC tissue.", "ipf higher than nsclc"),

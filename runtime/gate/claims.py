@@ -361,6 +361,56 @@ text of "than the the the ..." was read to its start from every "than": quadrati
 Comparison = tuple[str, list[str], list[str]]
 
 
+_SIDE_SKIP = (_OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _CHANGED_COMPARED
+              | _NEGATORS | _VERSUS)
+"""Words that are no side of a comparison."""
+
+
+def _content(tokens: list[str], indices: Iterable[int]) -> list[str]:
+    """The first COMPARED_WORDS words at `indices` that can be a side, up to the clause's end."""
+    out: list[str] = []
+    for j in indices:
+        t = tokens[j]
+        if not t[0].isalnum() or t in _CLAUSE_BREAKS:
+            break
+        if t not in _SIDE_SKIP and not _is_figure(t) and len(t) > 1:
+            out.append(t)
+            if len(out) == COMPARED_WORDS:
+                break
+    return out
+
+
+_LEADING_LINK = re.compile(r"\b(?:compared|relative)\s+(?:with|to)\s+([^,.;:!?]{1,120}),([^.;:!?]{1,400})", re.IGNORECASE)
+LEADING_WORDS = 10
+"""How far into the clause after "compared with X," its comparative may stand: "Compared with
+chloroquine, mefloquine users had a significantly higher risk"."""
+
+
+def _leading_comparisons(text: str) -> list[Comparison]:
+    """Comparisons whose link comes first: "compared with men, women had higher mortality" gives
+    ("higher", [women], [men]); each side read from its start. Read only where nothing before the link in its clause is a
+    comparative ("mortality was higher compared with men, ..." is the "than" reading's)."""
+    found: list[Comparison] = []
+    words = _COMPARATIVES | _CHANGED_COMPARED
+    for m in _LEADING_LINK.finditer(text):
+        before = _clause_tokens(text[max(0, m.start() - 200):m.start()])
+        clause = before[len(before) - next((k for k, t in enumerate(reversed(before)) if not t[0].isalnum()), len(before)):]
+        if any(t in words for t in clause):
+            continue
+        main = _clause_tokens(m.group(2))
+        at = next((j for j, t in enumerate(main[:LEADING_WORDS]) if t in words or not t[0].isalnum()), None)
+        if at is None or main[at] not in words:
+            continue
+        other = _clause_tokens(m.group(1))
+        # the clause's first words are what it says is compared: "mefloquine users had ... higher"
+        first, second = _content(main, range(at)), _content(other, range(len(other)))
+        shared = set(first) & set(second)
+        first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
+        if first and second:
+            found.append((main[at], first, second))
+    return found
+
+
 def _comparisons(text: str) -> list[Comparison]:
     """(how, first side, second side) for every comparison a text states: "higher in men than in
     women" gives ("higher", [men], [women]), "lower in IMA samples compared with VG" ("lower",
@@ -369,25 +419,14 @@ def _comparisons(text: str) -> list[Comparison]:
     COMPARED_WORDS content words next to it in its clause, the nearest first. What is compared is no
     side ("the drug was more effective than aspirin": not "effective"), nor is a word both sides have
     ("a level III center than a level I center": not "center"). A link other than "than" compares
-    only after a comparative or a change word; one before its sides ("compared with men, women
-    had ...") is not read."""
+    only after a comparative or a change word, or before its sides: "compared with men, women had
+    higher mortality" (_leading_comparisons)."""
     tokens = _clause_tokens(text)
-    skip = (_OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _CHANGED_COMPARED
-            | _NEGATORS | _VERSUS)
 
     def content(indices: Iterable[int]) -> list[str]:
-        out: list[str] = []
-        for j in indices:
-            t = tokens[j]
-            if not t[0].isalnum() or t in _CLAUSE_BREAKS:
-                break
-            if t not in skip and not _is_figure(t) and len(t) > 1:
-                out.append(t)
-                if len(out) == COMPARED_WORDS:
-                    break
-        return out
+        return _content(tokens, indices)
 
-    found: list[Comparison] = []
+    found: list[Comparison] = _leading_comparisons(text)
     for i, t in enumerate(tokens):
         before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
         link = _link(tokens, i)
