@@ -563,6 +563,7 @@ def test_a_comparison_turned_round_fails_support() -> None:
         "Yes. Statins were superior to placebo for preventing a second stroke in older adults.",
         "Yes. Placebo was inferior to statins for preventing a second stroke.",
         "Mortality was higher in men than in women at two years; surgery outperformed physiotherapy on pain scores.",
+        "Surgery performed better than physiotherapy on pain scores.",
         "The drug was more effective than aspirin in more than 40 percent of patients.",
     ], failing=[
         ("No. Placebo was superior to statins for preventing a second stroke in older adults.",
@@ -570,6 +571,8 @@ def test_a_comparison_turned_round_fails_support() -> None:
         ("Mortality was higher in women than in men at two years.", "women higher than men"),
         ("Mortality was lower in men than in women at two years.", "the evidence: men higher than women"),
         ("Physiotherapy outperformed surgery on pain scores.", "physiotherapy outperforms surgery"),
+        # the word next to the comparative is a verb: the claim is about physiotherapy and surgery
+        ("Physiotherapy performed better than surgery on pain scores.", "physiotherapy better than surgery"),
         ("Aspirin was more effective than the drug in preventing recurrence.", "aspirin more than drug"),
     ], because="comparisons the other way round")
 

@@ -489,23 +489,29 @@ def _by_pair(text: str) -> _ByPair:
 
 def _readings(claim: Comparison, evidence: _ByPair) -> list[tuple[bool, str, str, str]]:
     """How the evidence's comparisons closest to the claim read it: (agrees, the evidence's
-    comparative, its first and its second word of the pair) for each comparison that holds the
-    claim's two nearest words, one per side, with its sense or the opposite one, and that shares the
-    most of the claim's words. An abstract that compares two groups both ways ("density was higher
-    in patients than in control subjects", "the increase in HR was lower in patients compared with
-    control subjects") is read by the comparison about what the claim is about."""
+    comparative, its first and its second word of the pair) for each comparison that holds a pair of
+    the claim's words, one per side, with its sense or the opposite one, and that shares the most of
+    the claim's words. The pair is the nearest words that any comparison of the evidence holds: "men
+    waited longer than women" is about men and women, not "waited" (the word next to "longer"). An
+    abstract that compares two groups both ways ("density was higher in patients than in control
+    subjects", "the increase in HR was lower in patients compared with control subjects") is read by
+    the comparison about what the claim is about."""
     how, first, second = claim
-    a, b, sense = first[0], second[0], _sense(how)
+    sense = _sense(how)
     opposite, words = _OPPOSITE_SENSE.get(sense, ""), {*first, *second}
-    readings: list[tuple[int, bool, str, str, str]] = []
-    for pair, in_order in (((a, b), True), ((b, a), False)):
-        for their_how, their_first, their_second in evidence.get(pair, ()):
-            their_sense = _sense(their_how)
-            if their_sense in (sense, opposite):
-                agrees = in_order == (their_sense == sense)  # the same word in the same order, or the opposite turned round
-                readings.append((len(words & (their_first | their_second)), agrees, their_how, *pair))
-    best = max((r[0] for r in readings), default=0)
-    return [r[1:] for r in readings if r[0] == best]
+    for a in first:
+        for b in second:
+            readings: list[tuple[int, bool, str, str, str]] = []
+            for pair, in_order in (((a, b), True), ((b, a), False)):
+                for their_how, their_first, their_second in evidence.get(pair, ()):
+                    their_sense = _sense(their_how)
+                    if their_sense in (sense, opposite):
+                        agrees = in_order == (their_sense == sense)  # the same word in the same order, or the opposite turned round
+                        readings.append((len(words & (their_first | their_second)), agrees, their_how, *pair))
+            if readings:
+                best = max(r[0] for r in readings)
+                return [r[1:] for r in readings if r[0] == best]
+    return []
 
 
 def swapped_comparisons(output: str, retrieved: str) -> list[str]:
@@ -534,7 +540,8 @@ def swapped_comparisons(output: str, retrieved: str) -> list[str]:
         if readings and not any(agrees for agrees, *_ in readings):
             how, first, second = claim
             _, their_how, x, y = readings[0]
-            turned.append(f"{said(how, first[0], second[0])} (the evidence: {said(their_how, x, y)})")
+            a, b = (x, y) if x in first else (y, x)
+            turned.append(f"{said(how, a, b)} (the evidence: {said(their_how, x, y)})")
     return list(dict.fromkeys(turned))
 
 
