@@ -277,4 +277,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli(main)
+    raise SystemExit(cli(main))

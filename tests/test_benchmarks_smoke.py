@@ -286,6 +286,16 @@ def test_every_benchmark_command_prints_its_help() -> None:
         assert proc.returncode == 0 and "usage:" in proc.stdout, (script.name, proc.stderr[-2000:])
 
 
+def test_every_benchmark_exits_with_its_mains_code() -> None:
+    """`cli(main)` turns an unwritable --out-dir into a one-line error and returns 2; called bare under
+    `if __name__ == "__main__":` the process still exited 0 (benchmarks/claims.py did)."""
+    for script in sorted((REPO / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        if '__name__ == "__main__"' in text:
+            body = text.split('if __name__ == "__main__":', 1)[1].strip().splitlines()[0]
+            assert body.startswith(("raise SystemExit(", "sys.exit(")), (script.name, body)
+
+
 @pytest.mark.parametrize("args", [["--rows", "0"], ["--nice", "99"], ["--rerender", "/nonexistent/results.json"]])
 def test_a_benchmark_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pipeline.py"), *args], capture_output=True,
