@@ -314,15 +314,16 @@ _COMPARATIVES = frozenset("""more less fewer better worse higher lower greater s
 _CHANGED_COMPARED = frozenset("increased elevated decreased reduced lowered improved worsened".split())
 """Changes that compare when a link follows them ("reduced in A compared with B", "increased risk
 relative to B"), never with "than"."""
-_SENSES = {**dict.fromkeys("more higher greater larger bigger increased elevated".split(), "more"),
+_SENSES = {**dict.fromkeys("more higher greater larger bigger increased elevated exceed surpass".split(), "more"),
            **dict.fromkeys("less fewer lower smaller decreased reduced lowered".split(), "less"),
-           "improved": "better", "worsened": "worse"}
+           **dict.fromkeys("improved superior outperform".split(), "better"),
+           **dict.fromkeys("worsened inferior".split(), "worse")}
 """Comparatives that say the same thing of a comparison: "greater in men than in women" is "higher in
-men than in women", "reduced in A compared with B" is "lower in A than in B"; the others are their
-own sense."""
+men than in women", "reduced in A compared with B" is "lower in A than in B", "surgery outperformed
+physiotherapy" is "surgery performed better than physiotherapy"; the others are their own sense."""
 _OPPOSITES = [("more", "less"), ("better", "worse"), ("longer", "shorter"), ("faster", "slower"),
               ("earlier", "later"), ("older", "younger"), ("stronger", "weaker"), ("wider", "narrower"),
-              ("heavier", "lighter"), ("safer", "riskier"), ("superior", "inferior")]
+              ("heavier", "lighter"), ("safer", "riskier")]
 _OPPOSITE_SENSE = {b: a for a, b in _OPPOSITES} | {a: b for a, b in _OPPOSITES}
 
 
@@ -388,14 +389,15 @@ chloroquine, mefloquine users had a significantly higher risk"."""
 
 def _leading_comparisons(text: str) -> list[Comparison]:
     """Comparisons whose link comes first: "compared with men, women had higher mortality" gives
-    ("higher", [women], [men]); each side read from its start. Read only where nothing before the link in its clause is a
-    comparative ("mortality was higher compared with men, ..." is the "than" reading's)."""
+    ("higher", [women], [men]); each side read from its start. Read only where nothing before the
+    link in its clause is a comparative ("mortality was higher compared with men, ..." is the "than"
+    reading's)."""
     found: list[Comparison] = []
     words = _COMPARATIVES | _CHANGED_COMPARED
     for m in _LEADING_LINK.finditer(text):
         before = _clause_tokens(text[max(0, m.start() - 200):m.start()])
-        clause = before[len(before) - next((k for k, t in enumerate(reversed(before)) if not t[0].isalnum()), len(before)):]
-        if any(t in words for t in clause):
+        ends = [k for k, t in enumerate(before) if not t[0].isalnum()]
+        if any(t in words for t in before[ends[-1] + 1 if ends else 0:]):
             continue
         main = _clause_tokens(m.group(2))
         at = next((j for j, t in enumerate(main[:LEADING_WORDS]) if t in words or not t[0].isalnum()), None)
@@ -422,10 +424,6 @@ def _comparisons(text: str) -> list[Comparison]:
     only after a comparative or a change word, or before its sides: "compared with men, women had
     higher mortality" (_leading_comparisons)."""
     tokens = _clause_tokens(text)
-
-    def content(indices: Iterable[int]) -> list[str]:
-        return _content(tokens, indices)
-
     found: list[Comparison] = _leading_comparisons(text)
     for i, t in enumerate(tokens):
         before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
@@ -456,8 +454,8 @@ def _comparisons(text: str) -> list[Comparison]:
             after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
         if after < len(tokens) and _is_figure(tokens[after]):
             continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
-        first = content(before)
-        second = content(range(after, min(len(tokens), after + COMPARED_SPAN)))
+        first = _content(tokens, before)
+        second = _content(tokens, range(after, min(len(tokens), after + COMPARED_SPAN)))
         shared = set(first) & set(second)
         first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
         if first and second:
