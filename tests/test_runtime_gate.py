@@ -509,11 +509,15 @@ def test_a_change_the_evidence_denies_fails_support() -> None:
     PubMedQA and SciFact abstracts fail now, none did; benchmarks/claims.py). A change counts as
     denied only with the negation right before it ("did not reduce", "failed to improve", "no
     significant increase in"), not "patients who did not smoke had reduced ..."; one the evidence also
-    states undenied (blood pressure lowered in men) is no flip."""
+    states undenied (blood pressure lowered in men) is no flip, nor is an answer's change with a
+    negation after it in its clause ("the reduction in mortality was not significant")."""
     assert_support(DENIED, "Do statins reduce mortality in older adults?", honest=[
         "No. Statin therapy did not reduce mortality at two years, and aspirin failed to improve survival.",
         "Patients who did not smoke had reduced hospital stays.",
         "Exercise lowered blood pressure in men.",
+        # the negation after the change, in its clause, says what the evidence says
+        "The reduction in mortality with statin therapy was not significant at two years.",
+        "An increase in stroke was not seen, and the improvement in survival with aspirin did not occur.",
     ], failing=[
         ("Yes. Statin therapy reduced mortality at two years.", "reduced mortality (the evidence: reduce mortality, denied)"),
         ("Yes. Mortality was reduced by statin therapy.", "mortality reduced"),

@@ -106,6 +106,22 @@ class _ReadChanges(NamedTuple):
     stated: _Changes  # no negation in the words before: what the text says happened
     denied: _Changes  # a negation right before (_denied): what it says did not happen
     not_denied: _Changes  # every other: what it may say happened
+    plain: _Changes  # stated, and no negation after it in its clause ("the reduction ... was not significant" is not)
+
+
+_CLAUSE_AFTER = 12
+"""Words after a change word looked at for a negation in its clause."""
+
+
+def _negated_after(tokens: list[str], i: int) -> bool:
+    """A negation after tokens[i] in its clause: "the reduction in mortality was not significant",
+    "an increase in bleeding was not seen" state no change."""
+    for t in tokens[i + 1:i + 1 + _CLAUSE_AFTER]:
+        if t in _CLAUSE_END or t in _CLAUSE_BREAKS:
+            return False
+        if t in _NEGATIONS or t.endswith("n't"):
+            return True
+    return False
 
 
 def _read_changes(text: str) -> _ReadChanges:
@@ -117,7 +133,7 @@ def _read_changes(text: str) -> _ReadChanges:
     was reduced", "mortality rose with age"), also the word it is said of. Sorted three ways by the
     negation before it; "improved" (sign 2) has no opposite."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
-    read = _ReadChanges({}, {}, {})
+    read = _ReadChanges({}, {}, {}, {})
     for i, word in enumerate(tokens):
         sign = 1 if word in _UP else -1 if word in _DOWN else 2 if word in _BETTER else 0
         if not sign:
@@ -125,6 +141,8 @@ def _read_changes(text: str) -> _ReadChanges:
         found = [read.denied if _denied(tokens, i) else read.not_denied]
         if not _negated(tokens, i):
             found.append(read.stated)
+            if not _negated_after(tokens, i):
+                found.append(read.plain)
         changed: list[str] = []
         words = 0
         for t in tokens[i + 1:i + 1 + 4 * OBJECT_WORDS + 2]:
@@ -187,12 +205,13 @@ def denied_changes(output: str, retrieved: str) -> list[str]:
     significant reduction in mortality"), "aspirin improved survival" for "failed to improve
     survival". The negation check compares words in place, so another form of the verb ("reduced"
     for "did not reduce") passed it. A change the evidence also states without denying it, anywhere,
-    is no flip; the answer's own must have no negation before it."""
+    is no flip; the answer's own must have no negation in its clause ("the reduction in mortality was
+    not significant" says what the evidence says)."""
     evidence = _read_changes(retrieved)
     if not evidence.denied:
         return []
     return list(dict.fromkeys(f"{written} (the evidence: {evidence.denied[key][0]}, denied)"
-                              for key, (written, _) in _read_changes(output).stated.items()
+                              for key, (written, _) in _read_changes(output).plain.items()
                               if key in evidence.denied and key not in evidence.not_denied))
 
 
