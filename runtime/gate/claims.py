@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import NamedTuple
 
 from runtime.gate.common import _STOPWORDS
@@ -39,13 +40,17 @@ ends). Measured on gate_check's answers (test + dev): two words failed an honest
 its negation left out."""
 
 
+def _is_negation(token: str) -> bool:
+    return token in _NEGATIONS or token.endswith("n't")
+
+
 def _negated(tokens: list[str], i: int) -> bool:
     """A negation among the NEGATION_WORDS words before tokens[i], in its clause ("not associated
     with the higher risk" is negated; "No. Statins increased" is not)."""
     for t in reversed(tokens[max(0, i - NEGATION_WORDS):i]):
         if not t[0].isalnum():
             return False
-        if t in _NEGATIONS or t.endswith("n't"):
+        if _is_negation(t):
             return True
     return False
 
@@ -92,7 +97,7 @@ def _denied(tokens: list[str], i: int) -> bool:
     denies no reduction."""
     for j in range(i - 1, max(-1, i - 5), -1):
         t = tokens[j]
-        if t in _NEGATIONS or t.endswith("n't"):
+        if _is_negation(t):
             return True
         if not (t in _DENIAL_GAP or t in _AUXILIARIES or t in _ADVERBS):
             return False
@@ -119,11 +124,12 @@ def _negated_after(tokens: list[str], i: int) -> bool:
     for t in tokens[i + 1:i + 1 + _CLAUSE_AFTER]:
         if t in _CLAUSE_END or t in _CLAUSE_BREAKS:
             return False
-        if t in _NEGATIONS or t.endswith("n't"):
+        if _is_negation(t):
             return True
     return False
 
 
+@lru_cache(maxsize=8)
 def _read_changes(text: str) -> _ReadChanges:
     """(+1 up / -1 down / 2 improved, what changes) -> (as written, the change word), for each change a
     text states: "reduced 30-day mortality" is (-1, ('30-day', 'mortality')) and, as a figure says
@@ -131,7 +137,8 @@ def _read_changes(text: str) -> _ReadChanges:
     OBJECT_WORDS words of the clause (articles and fillers skipped, figures kept but not counted),
     and, when the change word has no object (the clause ends or a preposition follows: "mortality
     was reduced", "mortality rose with age"), also the word it is said of. Sorted three ways by the
-    negation before it; "improved" (sign 2) has no opposite."""
+    negation before it; "improved" (sign 2) has no opposite. Cached: the direction and denial checks
+    read the same answer and evidence (callers only read the result)."""
     tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))  # didn’t = didn't
     read = _ReadChanges({}, {}, {}, {})
     for i, word in enumerate(tokens):
@@ -381,6 +388,8 @@ text of "than the the the ..." was read to its start from every "than": quadrati
 Comparison = tuple[str, list[str], list[str]]
 
 
+_LINKED_WORDS = _COMPARATIVES | _CHANGED_COMPARED
+"""What may stand before a link other than "than" ("lower ... compared with", "reduced ... versus")."""
 _SIDE_SKIP = (_OBJECT_FILLER | _AUXILIARIES | _STOPWORDS | _PREPOSITIONS | _COMPARATIVES | _CHANGED_COMPARED
               | _NEGATORS | _VERSUS)
 """Words that are no side of a comparison."""
@@ -400,6 +409,14 @@ def _content(tokens: list[str], indices: Iterable[int]) -> list[str]:
     return out
 
 
+def _compared(how: str, first: list[str], second: list[str]) -> Comparison | None:
+    """The comparison of two sides without the words both have ("a level III center than a level I
+    center" compares III with I, not center); None when a side is left empty."""
+    shared = set(first) & set(second)
+    first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
+    return (how, first, second) if first and second else None
+
+
 _LEADING_LINK = re.compile(r"\b(?:compared|relative)\s+(?:with|to)\s+([^,.;:!?]{1,120}),([^.;:!?]{1,400})", re.IGNORECASE)
 LEADING_WORDS = 10
 """How far into the clause after "compared with X," its comparative may stand: "Compared with
@@ -412,7 +429,7 @@ def _leading_comparisons(text: str) -> list[Comparison]:
     link in its clause is a comparative ("mortality was higher compared with men, ..." is the "than"
     reading's)."""
     found: list[Comparison] = []
-    words = _COMPARATIVES | _CHANGED_COMPARED
+    words = _LINKED_WORDS
     for m in _LEADING_LINK.finditer(text):
         before = _clause_tokens(text[max(0, m.start() - 200):m.start()])
         ends = [k for k, t in enumerate(before) if not t[0].isalnum()]
@@ -424,15 +441,14 @@ def _leading_comparisons(text: str) -> list[Comparison]:
             continue
         other = _clause_tokens(m.group(1))
         # the clause's first words are what it says is compared: "mefloquine users had ... higher"
-        first, second = _content(main, range(at)), _content(other, range(len(other)))
-        shared = set(first) & set(second)
-        first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
-        if first and second:
-            found.append((main[at], first, second))
+        compared = _compared(main[at], _content(main, range(at)), _content(other, range(len(other))))
+        if compared is not None:
+            found.append(compared)
     return found
 
 
-def _comparisons(text: str) -> list[Comparison]:
+@lru_cache(maxsize=8)
+def _comparisons(text: str) -> tuple[Comparison, ...]:
     """(how, first side, second side) for every comparison a text states: "higher in men than in
     women" gives ("higher", [men], [women]), "lower in IMA samples compared with VG" ("lower",
     [samples, ima], [vg]), "statins were superior to placebo" ("superior", [statins], [placebo]),
@@ -441,14 +457,15 @@ def _comparisons(text: str) -> list[Comparison]:
     side ("the drug was more effective than aspirin": not "effective"), nor is a word both sides have
     ("a level III center than a level I center": not "center"). A link other than "than" compares
     only after a comparative or a change word, or before its sides: "compared with men, women had
-    higher mortality" (_leading_comparisons)."""
+    higher mortality" (_leading_comparisons). Cached: the comparison and direction checks read the
+    same texts."""
     tokens = _clause_tokens(text)
     found: list[Comparison] = _leading_comparisons(text)
     for i, t in enumerate(tokens):
         before: Iterable[int] = range(i - 1, max(-1, i - 1 - COMPARED_SPAN), -1)
         link = _link(tokens, i)
         if link:  # the comparative word may stand a few words before: "higher in patients with X than"
-            words = _COMPARATIVES if t == "than" else _COMPARATIVES | _CHANGED_COMPARED
+            words = _COMPARATIVES if t == "than" else _LINKED_WORDS
             at = None
             for j in range(i - 1, max(-1, i - 7), -1):
                 if not tokens[j][0].isalnum():
@@ -473,13 +490,11 @@ def _comparisons(text: str) -> list[Comparison]:
             after = i + 2 if how in ("superior", "inferior") and i + 1 < len(tokens) and tokens[i + 1] == "to" else i + 1
         if after < len(tokens) and _is_figure(tokens[after]):
             continue  # "more than 40 degrees", "exceeded 10%": a bound, not two things compared
-        first = _content(tokens, before)
-        second = _content(tokens, range(after, min(len(tokens), after + COMPARED_SPAN)))
-        shared = set(first) & set(second)
-        first, second = [w for w in first if w not in shared], [w for w in second if w not in shared]
-        if first and second:
-            found.append((how, first, second))
-    return found
+        compared = _compared(how, _content(tokens, before),
+                             _content(tokens, range(after, min(len(tokens), after + COMPARED_SPAN))))
+        if compared is not None:
+            found.append(compared)
+    return tuple(found)
 
 
 READINGS_PER_PAIR = 32
@@ -490,6 +505,7 @@ times made every claim about them read all of those comparisons: quadratic)."""
 _ByPair = dict[tuple[str, str], list[tuple[str, frozenset[str], frozenset[str]]]]
 
 
+@lru_cache(maxsize=8)
 def _by_pair(text: str) -> _ByPair:
     """The text's comparisons by each pair of words they compare (a word of the first side, one of
     the second), each comparison once: what a claim about that pair is judged by."""
