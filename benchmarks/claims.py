@@ -38,13 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.gate_check import OPPOSITE_COMPARATIVE  # noqa: E402
 from benchmarks.report import RESULTS, cli, log, machine, md_table, write_results  # noqa: E402
 from benchmarks.suites import shared_dataset  # noqa: E402
 
 _COMPARATIVE = r"(higher|lower|greater|more|less|fewer|better|worse|longer|shorter|larger|smaller)"
-_OPPOSITE = dict(zip("higher lower greater more less fewer better worse longer shorter larger smaller superior inferior".split(),
-                     "lower higher smaller less more more worse better shorter longer smaller larger inferior superior".split(),
-                     strict=True))
 _LINK = r"(than|compared\s+with|compared\s+to|versus|vs\.?|relative\s+to|in\s+comparison\s+with)"
 _ITEM = r"([a-z][a-z-]{2,})"
 _PHRASE = r"([a-z][a-z-]{2,}(?:\s+(?!(?:than|compared|versus|vs|relative|in)\b)[a-z][a-z-]{2,})?)"
@@ -76,19 +74,19 @@ def _variants(kind: str, m: re.Match[str]) -> tuple[str, str, str, str | None] |
     if kind == "in_x_than_y":
         a, b, link = g(4), g(7), g(5)
         swapped = f"{g(1)} {g(2)}{g(3)} {b} {link} {g(6) or ''}{a}"
-        converse = f"{_OPPOSITE[g(1).lower()]} {g(2)}{g(3)} {b} {link} {g(6) or ''}{a}"
+        converse = f"{OPPOSITE_COMPARATIVE[g(1).lower()]} {g(2)}{g(3)} {b} {link} {g(6) or ''}{a}"
     elif kind == "x_was_than_y":
         a, b, link = g(1), g(7), g(6)
         swapped = f"{b} {g(2)} {g(3)}{g(4)} {g(5)}{link} {a}"
-        converse = f"{b} {g(2)} {g(3)}{_OPPOSITE[g(4).lower()]} {g(5)}{link} {a}"
+        converse = f"{b} {g(2)} {g(3)}{OPPOSITE_COMPARATIVE[g(4).lower()]} {g(5)}{link} {a}"
     elif kind == "compared_first":
         b, a, link = g(2), g(3), "compared with X, Y ... (the link first)"
         swapped = f"{g(1)} {a}, {b} {g(4)} {g(5)}{g(6)}"
-        converse = f"{g(1)} {a}, {b} {g(4)} {g(5)}{_OPPOSITE[g(6).lower()]}"
+        converse = f"{g(1)} {a}, {b} {g(4)} {g(5)}{OPPOSITE_COMPARATIVE[g(6).lower()]}"
     elif kind == "superior_to":
         a, b, link = g(1), g(5), "superior/inferior to"
         swapped = f"{b} {g(2)} {g(3)}{g(4)} to {a}"
-        converse = f"{b} {g(2)} {g(3)}{_OPPOSITE[g(4).lower()]} to {a}"
+        converse = f"{b} {g(2)} {g(3)}{OPPOSITE_COMPARATIVE[g(4).lower()]} to {a}"
     else:
         a, b, link = g(1), g(3), "outperformed/exceeded/surpassed"
         swapped, converse = f"{b} {g(2)} {a}", None

@@ -225,9 +225,11 @@ _LINKED_IN = re.compile(r"\b(higher|lower|greater|more|less|better|worse|longer|
 _RANKED = re.compile(r"\b([a-z]{3,})\s+(was|were|is|are)\s+((?:significantly\s+)?)(superior|inferior)\s+to\s+([a-z]{3,})\b|"
                      r"\b([a-z]{3,})\s+(outperformed|exceeded|surpassed)\s+([a-z]{3,})\b", re.IGNORECASE)
 _NOT_AN_ITEM = frozenset("the this that these those its their which who".split())
-_OPPOSITE_COMPARATIVE = dict(zip("higher lower greater more less better worse longer shorter larger smaller superior inferior".split(),
-                     "lower higher smaller less more worse better shorter longer smaller larger inferior superior".split(),
-                     strict=True))
+OPPOSITE_COMPARATIVE = dict(zip("higher lower greater more less fewer better worse longer shorter larger smaller superior inferior".split(),
+                                "lower higher smaller less more more worse better shorter longer smaller larger inferior superior".split(),
+                                strict=True))
+"""The word that states a comparison from its other side ("higher in men than in women": "lower in
+women than in men"); benchmarks/claims.py builds its converses with it too."""
 
 
 def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -245,16 +247,16 @@ def comparison_swapped(grounded: list[dict[str, Any]]) -> dict[str, list[dict[st
             if m.re is _THAN_IN:
                 first, second = m.group(4), m.group(6)
                 swapped = (f"{m.group(1)} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
-                converse = (f"{_OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
+                converse = (f"{OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} than {m.group(5)} {first}")
             elif m.re is _LINKED_IN:
                 first, second = m.group(4), m.group(7)
                 link = f"{m.group(5)} {m.group(6) or ''}"
                 swapped = f"{m.group(1)} {m.group(2)}{m.group(3)} {second} {link}{first}"
-                converse = f"{_OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} {link}{first}"
+                converse = f"{OPPOSITE_COMPARATIVE[m.group(1).lower()]} {m.group(2)}{m.group(3)} {second} {link}{first}"
             elif m.group(1):
                 first, second = m.group(1), m.group(5)
                 swapped = f"{second} {m.group(2)} {m.group(3)}{m.group(4)} to {first}"
-                converse = f"{second} {m.group(2)} {m.group(3)}{_OPPOSITE_COMPARATIVE[m.group(4).lower()]} to {first}"
+                converse = f"{second} {m.group(2)} {m.group(3)}{OPPOSITE_COMPARATIVE[m.group(4).lower()]} to {first}"
             else:
                 first, second = m.group(6), m.group(8)
                 swapped, converse = f"{second} {m.group(7)} {first}", None
