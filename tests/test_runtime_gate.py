@@ -275,6 +275,11 @@ def test_changed_figures_fail_support_with_the_figures_named() -> None:
     assert "'35%'" in support.reason and "'0.001'" in support.reason and "'2,300'" in support.reason  # as written
 
 
+def abstract(pmid: int, text: str) -> ContextBundle:
+    """A bundle of one accepted PubMed abstract, as the escalation suite retrieves it."""
+    return ContextBundle(exemplars=[RetrievedItem(id=f"pubmed:{pmid}", score=1.0, rank=1, category="accepted", text=text)])
+
+
 def one_item(n: int, title: str, text: str) -> ContextBundle:
     """A bundle of one accepted exemplar."""
     return ContextBundle(exemplars=[RetrievedItem(id=f"rag-{n:016x}", score=0.9, rank=1, category="accepted",
@@ -462,11 +467,11 @@ def test_a_change_turned_round_in_the_passive_or_without_its_figure_fails_suppor
                    because="the other way round")
 
 
-SAFETY_TRIAL = ContextBundle(exemplars=[RetrievedItem(id="pubmed:2", score=1.0, rank=1, category="accepted", text=(
+SAFETY_TRIAL = abstract(2, (
     "To determine whether statins are safe in older adults. In a randomised trial of 412 older adults, statin "
     "therapy was not associated with a lower risk of stroke at two years. There was no significant difference in "
     "30-day mortality between the statin and placebo groups (8.1% vs 8.4%). Adherence didn't differ between the "
-    "groups, and muscle pain was reported more often with statins."))])
+    "groups, and muscle pain was reported more often with statins."))
 SAFETY_TASK = "Do statins lower the risk of stroke in older adults?"
 
 
@@ -496,11 +501,11 @@ def test_a_negation_left_out_or_added_fails_support() -> None:
     ], because="negation")
 
 
-DENIED = ContextBundle(exemplars=[RetrievedItem(id="pubmed:7", score=1.0, rank=1, category="accepted", text=(
+DENIED = abstract(7, (
     "In a randomised trial of 412 older adults, statin therapy did not reduce mortality at two years. Aspirin "
     "failed to improve survival in the cohort, and there was no significant increase in stroke. Patients who did "
     "not smoke had reduced hospital stays. Exercise did not lower blood pressure in women but lowered blood "
-    "pressure in men."))])
+    "pressure in men."))
 
 
 def test_a_change_the_evidence_denies_fails_support() -> None:
@@ -526,9 +531,9 @@ def test_a_change_the_evidence_denies_fails_support() -> None:
     ], because="changes the evidence says did not happen")
 
 
-WITHOUT = ContextBundle(exemplars=[RetrievedItem(id="pubmed:6", score=1.0, rank=1, category="accepted", text=(
+WITHOUT = abstract(6, (
     "Residents in programs without EUS fellowships reported performing more scans (P = .04). Patients with and "
-    "without diabetes were enrolled. Mortality was higher among patients with renal failure."))])
+    "without diabetes were enrolled. Mortality was higher among patients with renal failure."))
 
 
 def test_with_for_without_fails_support() -> None:
@@ -548,12 +553,12 @@ def test_with_for_without_fails_support() -> None:
     ], because="negation")
 
 
-COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:3", score=1.0, rank=1, category="accepted", text=(
+COMPARISONS = abstract(3, (
     "In a randomised trial of 412 older adults, statins were superior to placebo for preventing a second stroke. "
     "Mortality was higher in men than in women at two years. Surgery outperformed physiotherapy on pain scores, "
     "and the drug was more effective than aspirin in preventing recurrence, in more than 40 percent of patients. "
     "Patients presenting to a level III trauma center had a higher risk of death than those presenting to the "
-    "level I center."))])
+    "level I center."))
 COMPARISONS_TASK = "Are statins better than placebo after a stroke?"
 
 
@@ -599,10 +604,10 @@ def test_a_comparison_said_from_its_other_side_passes_support() -> None:
     ], because="the other way round")
 
 
-LINKED_COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:4", score=1.0, rank=1, category="accepted", text=(
+LINKED_COMPARISONS = abstract(4, (
     "CD40 expression was significantly lower in IMA samples compared with saphenous grafts. "
     "TLR3 mRNA expression was higher in NSCLC vs. IPF tissue. Statin therapy reduced mortality relative to "
-    "placebo. Compared with men, women waited longer."))])
+    "placebo. Compared with men, women waited longer."))
 LINKED_TASK = "Is CD40 expressed less in IMA samples?"
 
 
@@ -629,9 +634,9 @@ def test_a_comparison_linked_by_compared_with_or_versus_is_read_both_ways() -> N
     ], because="comparisons the other way round")
 
 
-TWO_WAY_COMPARISONS = ContextBundle(exemplars=[RetrievedItem(id="pubmed:5", score=1.0, rank=1, category="accepted", text=(
+TWO_WAY_COMPARISONS = abstract(5, (
     "The mean muscarinic receptor density was higher in patients than in control subjects. The increase "
-    "in heart rate after atropine was lower in patients compared with control subjects."))])
+    "in heart rate after atropine was lower in patients compared with control subjects."))
 
 
 def test_a_comparison_is_judged_by_the_evidences_comparison_about_the_same_thing() -> None:
