@@ -110,8 +110,10 @@ def register(app: typer.Typer) -> None:
             out.print("no hits")
         for hit in hits:
             first = " ".join(hit.text.split())[:160]
+            n = len(hit.same_text_ids)
+            also = f" (the same text in {n} more row{'s' if n > 1 else ''})" if n else ""
             out.print(
                 Text.assemble(f"{hit.rank:>2}. ", (hit.title or hit.id, "bold"), " ",
-                              (f"{hit.id} {hit.category or ''} score={hit.score:.4f}", "dim"), f"\n    {first}"),
+                              (f"{hit.id} {hit.category or ''} score={hit.score:.4f}{also}", "dim"), f"\n    {first}"),
                 highlight=False,
             )

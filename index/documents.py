@@ -7,7 +7,7 @@ stores for it, so an incremental build can tell new, changed and unchanged ids a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -73,6 +73,35 @@ class Document:
             category=row.get("category"),
             metadata=dict(row.get("metadata") or {}),
         )
+
+
+def same_content_ids(docs: Sequence[Document]) -> dict[str, tuple[str, ...]]:
+    """Each id whose title, text and category another document also has -> the ids of all of them,
+    in index order (one tuple shared by the group). Several runs often write the same text (a fact
+    distilled twice, one verdict given to two reviews); a search shows it once. Hashes are sorted
+    first and only equal hashes compared, so an index of distinct texts holds nothing here."""
+    import numpy as np
+
+    keys = np.fromiter((hash((d.title, d.text, d.category)) for d in docs), dtype=np.int64, count=len(docs))
+    order = np.argsort(keys, kind="stable")
+    equal_next = np.flatnonzero(keys[order][1:] == keys[order][:-1]).tolist()
+    runs: list[list[int]] = []  # [first, last] positions in hash order of each run of equal hashes
+    for at in equal_next:
+        if runs and runs[-1][1] == at:
+            runs[-1][1] = at + 1
+        else:
+            runs.append([at, at + 1])
+    out: dict[str, tuple[str, ...]] = {}
+    for first, last in runs:
+        by_content: dict[tuple[str | None, str, str | None], list[str]] = {}
+        for position in sorted(order[first:last + 1].tolist()):
+            d = docs[position]
+            by_content.setdefault((d.title, d.text, d.category), []).append(d.id)
+        for ids in by_content.values():  # equal hashes, equal contents: a collision is two groups
+            if len(ids) > 1:
+                group = tuple(ids)
+                out.update(dict.fromkeys(group, group))
+    return out
 
 
 def from_rag_sample(sample: RagSample) -> Document:

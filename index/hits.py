@@ -22,10 +22,16 @@ class SearchHit(BaseModel):
     title: str | None = None
     category: str | None = Field(None, description="the RAG row's success_score, when indexed from exports")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    same_text_ids: list[str] = Field(
+        default_factory=list,
+        description="the other indexed rows with this hit's title, text and category, in index order: the hit "
+                    "stands for them all (several runs that wrote the same text)",
+    )
 
 
 class Searcher(Protocol):
-    """What the replay runtime and the CLI need from an index."""
+    """What the replay runtime and the CLI need from an index. No two hits of one search share a
+    title, text and category: a text several runs wrote is one hit, and the k hits are k texts."""
 
     def search(
         self, query: str, *, k: int = 8, mode: SearchMode = "hybrid", categories: list[str] | None = None

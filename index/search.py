@@ -17,7 +17,7 @@ from distill.workspace import Workspace
 from index import bm25 as bm25_mod
 from index import jaccard as jaccard_mod
 from index.build import file_hash, workspace_paths
-from index.documents import Document
+from index.documents import Document, same_content_ids
 from index.embedder import Embedder, resolve_model
 from index.fusion import Fusion
 from index.hits import SearchHit, SearchMode
@@ -25,6 +25,7 @@ from index.manifest import REBUILD_HINT, IndexPaths, Manifest, load_manifest
 from index.store import ChromaStore
 
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25", "jaccard")
+Ranking = list[tuple[str, float]]  # (id, score), best first
 
 
 @dataclass
@@ -33,6 +34,10 @@ class IndexSearcher:
 
     The embedding model and the Chroma store are opened on first use: a BM25 or Jaccard query
     needs neither (no model load, no Chroma), a dense or hybrid one opens both once.
+
+    A text several documents hold (same title, text and category) is one hit, the first of them the
+    ranking reaches, naming the others (`same_text_ids`); the k hits are k texts, the next ones
+    taking the repeats' places. Without repeats the hits are the rankers' own top k.
     """
 
     manifest: Manifest
@@ -46,6 +51,7 @@ class IndexSearcher:
     _jaccard_tokens: list[frozenset[str]] | None = field(default=None, repr=False)
     _embedder: Embedder | None = field(default=None, repr=False)
     _store: ChromaStore | None = field(default=None, repr=False)
+    _same_content: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._positions = {d.id: i for i, d in enumerate(self.bm25.docs)}
@@ -68,6 +74,13 @@ class IndexSearcher:
     def count(self) -> int:
         return len(self.bm25.docs)
 
+    @property
+    def same_content(self) -> dict[str, tuple[str, ...]]:
+        """Each id whose title, text and category another document also has -> all their ids."""
+        if self._same_content is None:
+            self._same_content = same_content_ids(self.bm25.docs)
+        return self._same_content
+
     def close(self) -> None:
         """Release the store (a rebuilt index is searched through a new searcher)."""
         if self._store is not None:
@@ -83,19 +96,42 @@ class IndexSearcher:
             return []
         cats = list(categories) if categories else None
         if mode == "dense":
-            ranked = self.dense(query, k, cats)
-            return self._hits(ranked, extra={})
+            return self._hits(self._distinct(lambda n: self.dense(query, n, cats), k), extra={})
         if mode == "bm25":
-            ranked = [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, k, categories=cats)]
-            return self._hits(ranked, extra={})
+            return self._hits(self._distinct(lambda n: self.lexical(query, n, cats), k), extra={})
         if mode == "jaccard":
-            return self._hits(self.jaccard(query, k, cats), extra={})
+            return self._hits(self._distinct(lambda n: self.jaccard(query, n, cats), k), extra={})
         return self.hybrid(query, k, cats)
+
+    def _distinct(self, ranked: Callable[[int], Ranking], k: int) -> Ranking:
+        """The first k of `ranked(n)` (the best n, best first) whose contents differ: asks for more
+        while repeats leave fewer than k and the ranking has more to give."""
+        same = self.same_content
+        n = min(self.count, k + min(k, len(same)))
+        while True:
+            got = ranked(n)
+            seen: set[tuple[str, ...]] = set()
+            kept: Ranking = []
+            for doc_id, score in got:
+                group = same.get(doc_id)
+                if group is not None:
+                    if group in seen:
+                        continue
+                    seen.add(group)
+                kept.append((doc_id, score))
+                if len(kept) == k:
+                    return kept
+            if len(got) < n or n >= self.count:
+                return kept
+            n = min(self.count, 2 * n)
 
     # --- the retrievers, each returning (id, score) best first ---
     def dense(self, query: str, k: int, categories: list[str] | None = None) -> list[tuple[str, float]]:
         vec = self.embedder.encode_query(query)
         return [(doc_id, 1.0 - dist) for doc_id, dist in self.store.query(vec, k, categories=categories)]
+
+    def lexical(self, query: str, k: int, categories: list[str] | None = None) -> Ranking:
+        return [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, k, categories=categories)]
 
     def jaccard(self, query: str, k: int, categories: list[str] | None = None) -> list[tuple[str, float]]:
         if self._jaccard_tokens is None:
@@ -106,13 +142,27 @@ class IndexSearcher:
 
     def hybrid(self, query: str, k: int, categories: list[str] | None = None) -> list[SearchHit]:
         depth = max(self.hybrid_depth, 2 * k)
-        dense = self.dense(query, depth, categories)
-        lexical = [(self.bm25.docs[i].id, s) for i, s in self.bm25.top(query, depth, categories=categories)]
+        dense, lexical = self._rankings(query, depth, categories)
+
+        def fused(n: int) -> Ranking:
+            nonlocal depth, dense, lexical
+            while True:
+                best = self.fusion.fuse(dense, lexical, k=n)
+                if len(best) >= n or max(len(dense), len(lexical)) < depth:
+                    return best
+                depth *= 2  # repeats took the places both rankings held: look deeper
+                dense, lexical = self._rankings(query, depth, categories)
+
+        ranked = self._distinct(fused, k)
         dense_rank = {d: r for r, (d, _) in enumerate(dense, start=1)}
         bm25_rank = {d: r for r, (d, _) in enumerate(lexical, start=1)}
-        fused = self.fusion.fuse(dense, lexical, k=k)
-        extra = {d: {"dense_rank": dense_rank.get(d), "bm25_rank": bm25_rank.get(d)} for d, _ in fused}
-        return self._hits(fused, extra=extra)
+        extra = {d: {"dense_rank": dense_rank.get(d), "bm25_rank": bm25_rank.get(d)} for d, _ in ranked}
+        return self._hits(ranked, extra=extra)
+
+    def _rankings(self, query: str, depth: int, categories: list[str] | None) -> tuple[Ranking, Ranking]:
+        """The dense and the BM25 ranking, `depth` deep each, that hybrid fuses."""
+        dense = self.dense(query, depth, categories)
+        return dense, self.lexical(query, depth, categories)
 
     def _hits(self, ranked: Sequence[tuple[str, float]], *, extra: dict[str, dict[str, Any]]) -> list[SearchHit]:
         hits = []
@@ -121,7 +171,8 @@ class IndexSearcher:
             if pos is None:  # in Chroma but not in the document table: the two drifted
                 raise DistillError(f"id {doc_id!r} is in Chroma but not in the BM25 document table: {REBUILD_HINT}")
             doc = self.bm25.docs[pos]
-            hits.append(_hit(doc, rank, score, extra.get(doc_id)))
+            same = [other for other in self.same_content.get(doc_id, ()) if other != doc_id]
+            hits.append(_hit(doc, rank, score, extra.get(doc_id), same))
         return hits
 
     def export_changed(self, ws: Workspace) -> bool:
@@ -129,11 +180,12 @@ class IndexSearcher:
         return self.manifest.export_hash is not None and file_hash(ws.rag_path) != self.manifest.export_hash
 
 
-def _hit(doc: Document, rank: int, score: float, retrieval: dict[str, Any] | None) -> SearchHit:
+def _hit(doc: Document, rank: int, score: float, retrieval: dict[str, Any] | None, same: list[str]) -> SearchHit:
     metadata = dict(doc.metadata)
     if retrieval:
         metadata["retrieval"] = retrieval
-    return SearchHit(id=doc.id, score=float(score), rank=rank, text=doc.text, title=doc.title, category=doc.category, metadata=metadata)
+    return SearchHit(id=doc.id, score=float(score), rank=rank, text=doc.text, title=doc.title, category=doc.category,
+                     metadata=metadata, same_text_ids=same)
 
 
 def open_index(

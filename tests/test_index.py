@@ -351,3 +351,52 @@ def test_distill_run_leaves_an_unreadable_manifest_to_the_index_stage(tmp_path: 
     IndexStage().check_usable(ws, settings)
     with pytest.raises(DistillError, match="unreadable .* run `distill index --rebuild`"):
         load_manifest(ws.index_dir / "manifest.json", docs=False)
+
+
+def test_a_text_several_rows_hold_is_one_hit_and_k_hits_are_k_texts(tmp_path: Path, embedder) -> None:
+    """Runs often write the same text (a fact distilled twice, one verdict given to two reviews): a
+    search shows it once, naming the other rows, and fills its k places with other texts. The same
+    text under another category is another hit (an exemplar is not a warning)."""
+    repeated = ("Migration 0042 fails: run the migration in a transaction and retry the lock.",
+                {"title": "database migration", "category": "accepted"})
+    other_texts = [
+        "Schema migration tests fail on a fresh database without the extension.",
+        "Deploy script leaked a secret key into the build log.",
+        "The monthly SQL report is slow without an index on created_at.",
+        "Daylight saving time shifted the cron job by an hour.",
+        "CSV export split quoted columns on commas.",
+        "Database connection pool exhausted during the migration window.",
+    ]
+    rows = [("a1", *repeated), ("b0", other_texts[0], {"category": "accepted"}), ("a2", *repeated),
+            ("a3", *repeated), ("p1", repeated[0], {**repeated[1], "category": "partially_accepted"})]
+    rows += [(f"b{i}", text, {"category": "accepted"}) for i, text in enumerate(other_texts[1:], start=1)]
+    paths = IndexPaths(tmp_path / "idx")
+    build_index(paths, documents_from_tuples(rows), embedder, collection="repeats", hnsw=HnswParams())
+    searcher = open_index(paths, embedder)
+    assert searcher.same_content == dict.fromkeys(("a1", "a2", "a3"), ("a1", "a2", "a3"))
+    query = "database migration fails"
+    for mode in ("hybrid", "dense", "bm25", "jaccard"):
+        hits = searcher.search(query, k=4, mode=mode)
+        contents = [(h.title, h.text, h.category) for h in hits]
+        assert len(hits) == 4 and len(set(contents)) == 4, (mode, [h.id for h in hits])
+        group = [h for h in hits if h.id in {"a1", "a2", "a3"}]
+        assert len(group) == 1, (mode, [h.id for h in hits])
+        assert group[0].same_text_ids == [i for i in ("a1", "a2", "a3") if i != group[0].id]
+        assert "p1" in {h.id for h in hits}, mode  # the same text, partially accepted: its own hit
+        assert all(h.same_text_ids == [] for h in hits if h is not group[0])
+        assert [h.rank for h in hits] == [1, 2, 3, 4]
+        # every text of the index, once: the repeats' places go to others, never below k for them
+        everything = searcher.search(query, k=20, mode=mode)
+        assert len(everything) == len({(h.title, h.text, h.category) for h in everything}), mode
+        if mode in ("dense", "hybrid"):
+            assert len(everything) == len(rows) - 2, mode
+    only_partial = searcher.search(query, k=3, mode="bm25", categories=["partially_accepted"])
+    assert [(h.id, h.same_text_ids) for h in only_partial] == [("p1", [])]
+    # an index without repeats: the hits are the rankers' own top k, as before
+    distinct = IndexPaths(tmp_path / "distinct")
+    build_index(distinct, documents_from_tuples([r for r in rows if r[0] not in {"a2", "a3"}]), embedder,
+                collection="distinct", hnsw=HnswParams())
+    plain = open_index(distinct, embedder)
+    assert plain.same_content == {}
+    assert [h.id for h in plain.search(query, k=4, mode="dense")] == [i for i, _ in plain.dense(query, 4)]
+    assert [h.id for h in plain.search(query, k=4, mode="bm25")] == [i for i, _ in plain.lexical(query, 4)]
