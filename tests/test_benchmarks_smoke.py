@@ -276,6 +276,22 @@ def test_claims_quick(tmp_path: Path) -> None:
     assert negations["changed_right"] >= 0.9 * negations["changed_n"]
 
 
+def test_distinct_hits_quick(tmp_path: Path) -> None:
+    """The sample workspace holds texts several runs wrote: the rankers' own top k repeat some, a
+    search repeats none and still returns k texts."""
+    run_suite("distinct_hits.py", tmp_path)
+    data = check_outputs(tmp_path, "distinct_hits_quick", [])
+    assert data["index"]["documents_repeating_another"] > 0
+    runs = data["runs"]
+    assert len(runs) == 12 and sum(r["before"]["repeated"] for r in runs) > 0
+    for r in runs:
+        assert r["after"]["repeated"] == r["after"]["queries_with_repeat"] == 0, r
+        assert r["after"]["hits"] == r["queries"] * r["k"], r  # the repeats' places are filled
+        assert r["after"]["distinct_per_query"] >= r["before"]["distinct_per_query"], r
+    for name in ("review tasks", "RAG row titles"):
+        bundle = data["bundle"][name]
+        assert bundle["after"]["repeated_items"] == bundle["after"]["repeated_under_another_category"]
+
 def test_every_benchmark_command_prints_its_help() -> None:
     """argparse formats help strings with %, so one unescaped % breaks --help with a traceback."""
     scripts = [p for p in sorted((REPO / "benchmarks").glob("*.py")) if "__main__" in p.read_text()]
