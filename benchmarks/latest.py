@@ -42,6 +42,7 @@ SUITES = [
     ("fusion.md", "python benchmarks/fusion.py"),
     ("retrieval_scifact.md", "python benchmarks/retrieval.py"),
     ("index.md", "python benchmarks/index.py"),
+    ("distinct_hits.md", "python benchmarks/distinct_hits.py"),
     ("replay_cold_start.md", "python benchmarks/replay_cold_start.py"),
     ("serve_load.md", "python benchmarks/serve_load.py"),
     ("serve_load_live.md", "python benchmarks/serve_load.py --stream live"),
