@@ -349,6 +349,17 @@ class FieldMapping(Section):
             raise ValueError(f"path {value!r} must be relative to ROOT/_kb (no absolute path, no '..')")
         return value
 
+    @field_validator("task_id", "text", "instruction", "created_at", "model_name", "source_files", "verdict",
+                     "natural_key", "markers", "metadata")
+    @classmethod
+    def _field_paths(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """A field path names a field, or nested ones joined by '.': a blank one (`text = ""`, "a..b")
+        matches no row, and every row would be quarantined for a typo in the config."""
+        for path in [value] if isinstance(value, str) else value or []:
+            if any(not part.strip() for part in path.split(".")):
+                raise ValueError(f"{path!r} is no field path: name a field, or nested fields joined by '.' (\"a.b\")")
+        return value
+
     @field_validator("name")
     @classmethod
     def _file_name(cls, value: str) -> str:

@@ -244,6 +244,11 @@ def test_6_the_gate_accepts_standard_diff_headers() -> None:
         ("[export]\nmax_pairs_per_task = -1\n", {}, "export.max_pairs_per_task"),
         ("[score]\ngrounded_accept = -3\n", {}, "score.grounded_accept"),
         ("[nosuchsection]\nx = 1\n", {}, "nosuchsection"),
+        # a blank field path matches no row: every row would be quarantined "missing ''" for a typo
+        ('[[sources]]\nname = "m"\npath = "m.jsonl"\ntask_id = "task"\ntext = ""\n', {}, "sources.0.text"),
+        ('[[sources]]\nname = "m"\npath = "m.jsonl"\ntask_id = "a..b"\ntext = "t"\n', {}, "sources.0.task_id"),
+        ('[[sources]]\nname = "m"\npath = "m.jsonl"\ntask_id = "t"\ntext = "t"\nmarkers = ["ok", " "]\n', {},
+         "sources.0.markers"),
     ],
 )
 def test_7_config_mistakes_are_refused_with_the_key_named(tmp_path: Path, toml: str, env: dict[str, str], named: str) -> None:
