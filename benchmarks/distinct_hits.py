@@ -7,7 +7,9 @@ replay runtime returned before a search showed a text once) and by `IndexSearche
 several rows hold is one hit naming the others, and the next texts take the repeats' places).
 Counted: hits that repeat an earlier hit's title, text and category; distinct texts per query; the
 replay bundle built from the hits (`[runtime] k`, exemplars, warnings: the local model's prompt) and
-the characters of it that repeat; and the CPU time of both searches.
+the characters of it that repeat; and the CPU time of both searches. The index build encodes each
+text once: its report's texts encoded and vectors shared, and (full run only) the CPU time of
+encoding every row's text against every distinct text, side by side.
 
     python benchmarks/distinct_hits.py            # every review task and RAG row title of the sample
     python benchmarks/distinct_hits.py --quick    # 60 queries of each set
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         dev_tasks, _ = sample(10_000, Path(tmp) / "dev", split="dev")
         ws = Workspace.resolve(work)
         settings = load_settings(ws.root)
-        run_index(ws, settings)
+        built = run_index(ws, settings)
         rows = [r for r in iter_json(ws.rag_path) if isinstance(r, dict)]
         limit = 60 if args.quick else None
         query_sets = {
@@ -142,10 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         searcher.search("warm up", k=1)  # the model loads once, outside the timed searches
         groups = set(searcher.same_content.values())
         rt = settings.runtime
+        build: dict[str, Any] = {"documents": built.count, "texts_encoded": built.embedded,
+                                 "vectors_shared": built.shared_vectors, "embed_s": built.timings_s.get("embed")}
+        if not args.quick:
+            texts = [d.embed_text for d in searcher.bm25.docs]
+            cpu: dict[str, float] = {}
+            for name, batch in (("every_row", texts), ("distinct_texts", list(dict.fromkeys(texts)))) * 2:
+                t0 = time.process_time()
+                searcher.embedder.encode_documents(batch, progress=False)
+                cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - t0)  # best of two, alternating
+            build["encode_cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
         result: dict[str, Any] = {
             "suite": "distinct_hits", "quick": args.quick, "machine": machine(),
             "index": {"documents": searcher.count, "texts_held_more_than_once": len(groups),
                       "documents_repeating_another": sum(len(g) - 1 for g in groups)},
+            "build": build,
             "runs": [{"queries_set": name, **measure(searcher, queries, k, mode)}
                      for name, queries in query_sets.items() for mode in MODES for k in KS],
             "bundle": {"k": rt.k, "mode": rt.mode, "exemplars": rt.exemplars, "warnings": rt.warnings,
@@ -174,6 +187,12 @@ def markdown(r: dict[str, Any]) -> str:
                         x["after"]["repeated"], x["before"]["queries_with_repeat"], x["after"]["queries_with_repeat"],
                         x["before"]["distinct_per_query"], x["after"]["distinct_per_query"],
                         x["cpu_ms_per_query"]["before"], x["cpu_ms_per_query"]["after"]] for x in r["runs"]])]
+    bd = r["build"]
+    cpu = bd.get("encode_cpu_s")
+    lines.append(f"\nIndex build: {bd['documents']:,} rows, {bd['texts_encoded']:,} texts encoded, "
+                 f"{bd['vectors_shared']:,} vectors shared by rows of the same text"
+                 + (f"; encoding every row's text {cpu['every_row']} s CPU vs every distinct text "
+                    f"{cpu['distinct_texts']} s (best of two each, alternating)" if cpu else "") + ".\n")
     b = r["bundle"]
     rows = []
     for name, v in b.items():

@@ -42,7 +42,8 @@ ProgressFlag = bool | None
 
 
 class IndexReport(BaseModel):
-    """What one indexing run did. `embedded` counts documents that went through the model."""
+    """What one indexing run did. `embedded` counts texts that went through the model: a document
+    whose text another one has (encoded this run, or stored) takes that vector (`shared_vectors`)."""
 
     added: int = 0
     updated: int = 0
@@ -50,6 +51,7 @@ class IndexReport(BaseModel):
     unchanged: int = 0
     embedded: int = 0
     metadata_only: int = Field(0, description="updated ids whose text was unchanged: stored vector reused")
+    shared_vectors: int = Field(0, description="new or changed ids whose text another document has: its vector reused")
     count: int = 0
     rebuild: bool = False
     bm25_rebuilt: bool = False
@@ -62,6 +64,34 @@ class IndexReport(BaseModel):
     export_hash: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     stage_report: StageReport = Field(default_factory=lambda: StageReport(stage="index"))
+
+
+def _vector_sources(embed: Sequence[Document], docs: Sequence[Document], manifest: Manifest | None,
+                    stored: set[str]) -> tuple[list[int], dict[int, str]]:
+    """For the documents that need a vector (`embed`): which go through the model (positions: the
+    first of each text), and which take the stored vector of an unchanged document with the same
+    embedded text (position -> its id). The rest take the vector of the first of their text encoded
+    this run. The same text gives the same vector, so runs that write a text again cost no
+    encoding. Only an unchanged document lends its vector: one this run rewrites or deletes may hold
+    a vector of a run killed before its manifest was written."""
+    wanted = {d.text_hash for d in embed}
+    stored_with: dict[str, str] = {}
+    if manifest is not None and wanted:
+        for doc in docs:
+            old = manifest.docs.get(doc.id)
+            if (doc.text_hash in wanted and old is not None and old.content == doc.content_hash
+                    and doc.id in stored):
+                stored_with.setdefault(doc.text_hash, doc.id)
+    encode: list[int] = []
+    from_store: dict[int, str] = {}
+    first: set[str] = set()
+    for i, doc in enumerate(embed):
+        if doc.text_hash in stored_with:
+            from_store[i] = stored_with[doc.text_hash]
+        elif doc.text_hash not in first:
+            first.add(doc.text_hash)
+            encode.append(i)
+    return encode, from_store
 
 
 def corpus_hash(docs: Sequence[Document]) -> str:
@@ -170,14 +200,19 @@ def _build_locked(
     plan = _plan(docs, manifest, stored)
     t_plan = clock()
 
-    vectors = embedder.encode_documents([d.embed_text for d in plan.embed], progress=progress)
+    encode, from_store = _vector_sources(plan.embed, docs, manifest, stored)
+    encoded = embedder.encode_documents([plan.embed[i].embed_text for i in encode], progress=progress)
     t_embed = clock()
-    if plan.reuse:
-        got = store.collection.get(ids=[d.id for d in plan.reuse], include=["embeddings"])  # type: ignore[list-item]
-        by_id = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
-        reuse_vecs = np.stack([by_id[d.id] for d in plan.reuse])
-        vectors = np.concatenate([vectors, reuse_vecs]) if len(vectors) else reuse_vecs
+    fetch = sorted({*from_store.values(), *(d.id for d in plan.reuse)})
+    kept: dict[str, np.ndarray] = {}
+    if fetch:  # vectors already in the store: an id's own (metadata changed), or one of the same text
+        got = store.collection.get(ids=fetch, include=["embeddings"])  # type: ignore[arg-type]
+        kept = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
+    by_text = {plan.embed[i].text_hash: encoded[n] for n, i in enumerate(encode)}
+    rows = [kept[from_store[i]] if i in from_store else by_text[d.text_hash] for i, d in enumerate(plan.embed)]
+    rows += [kept[d.id] for d in plan.reuse]
     writes = plan.embed + plan.reuse
+    vectors = np.stack(rows) if rows else np.zeros((0, embedder.dimension), dtype=np.float32)
     store.upsert(
         [d.id for d in writes],
         vectors,
@@ -225,7 +260,8 @@ def _build_locked(
         updated=plan.updated,
         deleted=len(plan.delete),
         unchanged=plan.unchanged,
-        embedded=len(plan.embed),
+        embedded=len(encode),
+        shared_vectors=len(plan.embed) - len(encode),
         metadata_only=len(plan.reuse),
         count=len(docs),
         rebuild=rebuild or manifest is None,
@@ -332,7 +368,8 @@ def run_index(
         inputs=[rel],
         outputs=outputs,
         notes=[
-            f"embedded {report.embedded}, deleted {report.deleted}, metadata-only {report.metadata_only}",
+            f"embedded {report.embedded}, vectors shared by the same text {report.shared_vectors}, "
+            f"deleted {report.deleted}, metadata-only {report.metadata_only}",
             f"model {report.model_id} ({report.dimension}d), hnsw {report.hnsw.model_dump()}",
             f"chroma {report.chroma}",
         ],

@@ -282,6 +282,9 @@ def test_distinct_hits_quick(tmp_path: Path) -> None:
     run_suite("distinct_hits.py", tmp_path)
     data = check_outputs(tmp_path, "distinct_hits_quick", [])
     assert data["index"]["documents_repeating_another"] > 0
+    build = data["build"]  # the build encodes a text once: every repeat takes its twin's vector
+    assert build["texts_encoded"] + build["vectors_shared"] == build["documents"] == data["index"]["documents"]
+    assert build["vectors_shared"] >= data["index"]["documents_repeating_another"]
     runs = data["runs"]
     assert len(runs) == 12 and sum(r["before"]["repeated"] for r in runs) > 0
     for r in runs:

@@ -400,3 +400,41 @@ def test_a_text_several_rows_hold_is_one_hit_and_k_hits_are_k_texts(tmp_path: Pa
     assert plain.same_content == {}
     assert [h.id for h in plain.search(query, k=4, mode="dense")] == [i for i, _ in plain.dense(query, 4)]
     assert [h.id for h in plain.search(query, k=4, mode="bm25")] == [i for i, _ in plain.lexical(query, 4)]
+
+
+def test_a_text_is_encoded_once_and_its_vector_shared(tmp_path: Path, embedder) -> None:
+    """Rows with the same text get the same vector: the model encodes it once per build, and a later
+    row with the text of a row already indexed (and unchanged) takes the stored vector. A row this
+    build rewrites lends none (a killed build may have left its new vector under the old manifest)."""
+    same = "Retry the flaky upload with exponential backoff and a jittered cap."
+    rows = [("a1", same, {"category": "accepted"}), ("a2", same, {"category": "partially_accepted"}),
+            ("b1", "Pin the CSV parser to quote-aware splitting.", {"category": "accepted"}),
+            ("a3", same, {"category": "accepted", "title": None})]
+    paths = IndexPaths(tmp_path / "idx")
+    first = build_index(paths, documents_from_tuples(rows), embedder, collection="shared", hnsw=HnswParams())
+    assert (first.embedded, first.shared_vectors, first.added) == (2, 2, 4)
+    store = ChromaStore.open(paths.chroma, "shared", HnswParams())
+
+    def vectors(ids: list[str]) -> dict[str, np.ndarray]:
+        got = store.collection.get(ids=ids, include=["embeddings"])
+        return {i: np.asarray(e) for i, e in zip(got["ids"], got["embeddings"], strict=True)}
+
+    v = vectors(["a1", "a2", "a3", "b1"])
+    assert np.array_equal(v["a1"], v["a2"]) and np.array_equal(v["a1"], v["a3"])
+    assert np.allclose(v["a1"], embedder.encode_documents([same])[0], atol=1e-5)
+    # a new row with an indexed text takes the stored vector; b1 rewritten, and a row with b1's old text
+    old_b1 = rows[2][1]
+    grown = [*rows[:2], ("b1", "Quote-aware CSV splitting, pinned.", {"category": "accepted"}), rows[3],
+             ("n1", same, {"category": "rejected"}), ("n2", old_b1, {"category": "accepted"})]
+    again = build_index(paths, documents_from_tuples(grown), embedder, collection="shared", hnsw=HnswParams())
+    assert (again.embedded, again.shared_vectors, again.added, again.updated) == (2, 1, 2, 1)
+    v = vectors(["a1", "n1", "n2", "b1"])
+    assert np.array_equal(v["n1"], v["a1"])
+    assert np.allclose(v["n2"], embedder.encode_documents([old_b1])[0], atol=1e-5)
+    assert not np.allclose(v["b1"], v["n2"], atol=1e-3)
+    # searching finds them as an index built from scratch does
+    fresh = IndexPaths(tmp_path / "fresh")
+    build_index(fresh, documents_from_tuples(grown), embedder, collection="fresh", hnsw=HnswParams())
+    for mode in ("dense", "hybrid"):
+        assert ([h.id for h in open_index(paths, embedder).search("flaky upload retry", k=3, mode=mode)]
+                == [h.id for h in open_index(fresh, embedder).search("flaky upload retry", k=3, mode=mode)])
