@@ -84,7 +84,8 @@ def same_content_ids(docs: Sequence[Document]) -> dict[str, tuple[str, ...]]:
 
     keys = np.fromiter((hash((d.title, d.text, d.category)) for d in docs), dtype=np.int64, count=len(docs))
     order = np.argsort(keys, kind="stable")
-    equal_next = np.flatnonzero(keys[order][1:] == keys[order][:-1]).tolist()
+    ranked = keys[order]
+    equal_next = np.flatnonzero(ranked[1:] == ranked[:-1]).tolist()
     runs: list[list[int]] = []  # [first, last] positions in hash order of each run of equal hashes
     for at in equal_next:
         if runs and runs[-1][1] == at:
