@@ -48,7 +48,7 @@ def own_top_k(searcher: Any, query: str, k: int, mode: str) -> list[Any]:
     elif mode == "bm25":
         ranked = searcher.lexical(query, k)
     else:
-        dense, lexical = searcher._rankings(query, max(searcher.hybrid_depth, 2 * k), None)
+        dense, lexical = searcher.rankings(query, max(searcher.hybrid_depth, 2 * k), None)
         ranked = searcher.fusion.fuse(dense, lexical, k=k)
     return searcher._hits(ranked, extra={})
 

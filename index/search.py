@@ -142,7 +142,7 @@ class IndexSearcher:
 
     def hybrid(self, query: str, k: int, categories: list[str] | None = None) -> list[SearchHit]:
         depth = max(self.hybrid_depth, 2 * k)
-        dense, lexical = self._rankings(query, depth, categories)
+        dense, lexical = self.rankings(query, depth, categories)
 
         def fused(n: int) -> Ranking:
             nonlocal depth, dense, lexical
@@ -151,7 +151,7 @@ class IndexSearcher:
                 if len(best) >= n or max(len(dense), len(lexical)) < depth:
                     return best
                 depth *= 2  # repeats took the places both rankings held: look deeper
-                dense, lexical = self._rankings(query, depth, categories)
+                dense, lexical = self.rankings(query, depth, categories)
 
         ranked = self._distinct(fused, k)
         dense_rank = {d: r for r, (d, _) in enumerate(dense, start=1)}
@@ -159,7 +159,7 @@ class IndexSearcher:
         extra = {d: {"dense_rank": dense_rank.get(d), "bm25_rank": bm25_rank.get(d)} for d, _ in ranked}
         return self._hits(ranked, extra=extra)
 
-    def _rankings(self, query: str, depth: int, categories: list[str] | None) -> tuple[Ranking, Ranking]:
+    def rankings(self, query: str, depth: int, categories: list[str] | None) -> tuple[Ranking, Ranking]:
         """The dense and the BM25 ranking, `depth` deep each, that hybrid fuses."""
         dense = self.dense(query, depth, categories)
         return dense, self.lexical(query, depth, categories)
