@@ -68,33 +68,39 @@ _NOT_AN_ITEM = frozenset("""the this that these those its their which who there 
     is are had has have also not only significantly in among with for during of to by on at from after before""".split())
 
 
+def _link_group(link: str) -> str:
+    return "than" if link.lower() == "than" else "compared with / versus / relative to"
+
+
 def _variants(kind: str, m: re.Match[str]) -> tuple[str, str, str, str | None] | None:
-    """(link, as written, swapped, converse) of one match; None where the two items are no two things."""
+    """(group, as written, swapped, converse) of one match; None where the two items are no two things.
+    The group is the link's kind: "than", the other words that link after a comparative, or the form."""
     g = m.group
     if kind == "in_x_than_y":
         a, b, link = g(4), g(7), g(5)
         swapped = f"{g(1)} {g(2)}{g(3)} {b} {link} {g(6) or ''}{a}"
         converse = f"{OPPOSITE_COMPARATIVE[g(1).lower()]} {g(2)}{g(3)} {b} {link} {g(6) or ''}{a}"
+        group = _link_group(link)
     elif kind == "x_was_than_y":
         a, b, link = g(1), g(7), g(6)
         swapped = f"{b} {g(2)} {g(3)}{g(4)} {g(5)}{link} {a}"
         converse = f"{b} {g(2)} {g(3)}{OPPOSITE_COMPARATIVE[g(4).lower()]} {g(5)}{link} {a}"
+        group = _link_group(link)
     elif kind == "compared_first":
-        b, a, link = g(2), g(3), "compared with X, Y ... (the link first)"
+        b, a, group = g(2), g(3), "compared with X, Y ... (the link first)"
         swapped = f"{g(1)} {a}, {b} {g(4)} {g(5)}{g(6)}"
         converse = f"{g(1)} {a}, {b} {g(4)} {g(5)}{OPPOSITE_COMPARATIVE[g(6).lower()]}"
     elif kind == "superior_to":
-        a, b, link = g(1), g(5), "superior/inferior to"
+        a, b, group = g(1), g(5), "superior/inferior to"
         swapped = f"{b} {g(2)} {g(3)}{g(4)} to {a}"
         converse = f"{b} {g(2)} {g(3)}{OPPOSITE_COMPARATIVE[g(4).lower()]} to {a}"
     else:
-        a, b, link = g(1), g(3), "outperformed/exceeded/surpassed"
+        a, b, group = g(1), g(3), "outperformed/exceeded/surpassed"
         swapped, converse = f"{b} {g(2)} {a}", None
     words = {*a.lower().split(), *b.lower().split()}
     if a.lower() == b.lower() or words & _NOT_AN_ITEM or any(w.endswith("ly") for w in words):
         return None
-    link = "than" if link.lower() == "than" else link if "/" in link or "X" in link else "compared with / versus / relative to"
-    return link, m.group(0), swapped, converse
+    return group, m.group(0), swapped, converse
 
 
 def abstracts(quick: bool) -> Iterator[tuple[str, str, str]]:
