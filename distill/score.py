@@ -28,11 +28,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import xxhash
 
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
-from distill.hashing import PrefixHash, line_digest, split_digests
+from distill.hashing import PrefixHash, canonical_json, line_digest, split_digests
 from distill.jsonl import (
     READ_CHUNK,
     HeldWrites,
@@ -61,7 +62,7 @@ from distill.score_checkpoints import (
     parents_digest,
     score_basis,
 )
-from distill.score_rules import SCORER_VERSION, ParentIndex, ParentRun, Verdict, score_evidence
+from distill.score_rules import SCORER_VERSION, JoinKey, ParentIndex, ParentRun, Verdict, score_evidence
 from distill.partition_pool import map_in_order
 from distill.stage import Stage, existing
 from distill.stage_workers import processes_for
@@ -212,15 +213,33 @@ def parent_of(ev: EvidenceRecord, settings: Settings) -> ParentRun | None:
     return ParentRun(run_id=ev.run_id, task_id=ev.task_id, category=verdict.category, created_at=ev.created_at)
 
 
+def joined_verdict(row: EvidenceRecord | JoinKey, parents: TaskParents) -> Verdict | None:
+    """The verdict a class C row inherits from its task's parents; None when it has none."""
+    index = parents.get(row.task_id)
+    return index.join(row) if index is not None else None
+
+
+def join_digest(verdict: Verdict | None) -> str:
+    """What a checkpoint remembers of a class C row's join: equal digests, equal scored lines
+    (the rest of the line is a function of the unchanged evidence row)."""
+    value = None if verdict is None else [verdict.category.value, list(verdict.reasons), verdict.parent_run_id]
+    return xxhash.xxh3_64_hexdigest(canonical_json(value))
+
+
+def _extraction_entry(index: int, offset: int, ev: EvidenceRecord, category: str,
+                      parents: TaskParents) -> ExtractionEntry:
+    return (index, offset, ev.task_id, category, ev.parent_run_id, ev.created_at.isoformat(),
+            join_digest(joined_verdict(ev, parents)))
+
+
 def score_one(ev: EvidenceRecord, parents: TaskParents, settings: Settings) -> ScoredRun:
     verdict: Verdict = score_evidence(ev, settings.score)
     joined: str | None = None
     if ev.score_class is ScoreClass.EXTRACTION:
-        index = parents.get(ev.task_id)
-        joined_verdict = index.join(ev) if index is not None else None
-        if joined_verdict is not None:
-            verdict = joined_verdict
-            joined = joined_verdict.parent_run_id
+        inherited = joined_verdict(ev, parents)
+        if inherited is not None:
+            verdict = inherited
+            joined = inherited.parent_run_id
     return ScoredRun(
         evidence_run_id=ev.run_id,
         task_id=ev.task_id,
@@ -350,7 +369,10 @@ class _PartitionScorer:
         cp = book.get(part.rel) if book is not None and part.resumed else None
         kept = cp.category_list() if cp is not None else None
         known = cp.digests() if cp is not None and kept is not None else None
-        if cp is not None and kept is not None and known is not None and self._untouched(part, cp, kept, target):
+        # line index -> (evidence offset, task) of each extraction row whose join now gives another verdict
+        again = self._joins_changed(cp) if cp is not None else {}
+        if (cp is not None and kept is not None and known is not None and not again
+                and self._untouched(part, cp, kept, target)):
             # pass 2 would write the mirror's own lines again, each one already there
             extraction = sorted(cp.extraction, key=lambda e: e[0])
             return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256, known)
@@ -372,15 +394,10 @@ class _PartitionScorer:
         current = (before.sha256, before.size) if before.sha256 is not None and not before.tail else None
         resumed = (cp is not None and kept is not None and part.resumed_at is not None and before.sha256 is not None
                    and len(kept) == before.lines and before.sha256 == cp.scored_sha256)
-        again: dict[int, tuple[int, str]] = {}  # line index -> (evidence offset, task)
         if resumed:
             assert cp is not None
-            # the prefix's scored lines as written; an extraction row whose task's parents changed is re-scored
-            for index, offset, task, category in cp.extraction:
-                if book is not None and self.task_digest(task) != book.task_parents.get(task):
-                    again[index] = (offset, task)
-                else:
-                    extraction.append((index, offset, task, category))
+            # the prefix's scored lines as written, but for the extraction rows whose join changed
+            extraction.extend(entry for entry in cp.extraction if entry[0] not in again)
         # (a mirror this process may not write to is replaced whole, as it always was)
         in_place = (resumed and not again and known is not None and before.hasher is not None
                     and (self.dry_run or os.access(target, os.W_OK)))
@@ -409,11 +426,11 @@ class _PartitionScorer:
                         for index, raw in enumerate(lines):
                             line, category = raw.data or b"", kept[index]
                             if index in again:
-                                offset, task = again[index]
-                                run = score_one(EvidenceRecord.model_validate_json(line_at(evidence, offset)),
-                                                parents, settings)
+                                offset, _ = again[index]
+                                ev = EvidenceRecord.model_validate_json(line_at(evidence, offset))
+                                run = score_one(ev, parents, settings)
                                 line, category = dumps(run.to_json_dict()), run.category.value
-                                extraction.append((index, offset, task, category))
+                                extraction.append(_extraction_entry(index, offset, ev, category, parents))
                             emit(line, category)
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
@@ -431,21 +448,37 @@ class _PartitionScorer:
                 run = score_one(ev, parents, settings)
                 emit(dumps(run.to_json_dict()), run.category.value)
                 if ev.score_class is ScoreClass.EXTRACTION:
-                    extraction.append((len(categories) - 1, offset, ev.task_id, run.category.value))
+                    extraction.append(_extraction_entry(len(categories) - 1, offset, ev, run.category.value, parents))
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner(None if self.dry_run else self.ws.secret_prefilter_path)
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
         return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest(), bytes(line_digests))
 
+    def _joins_changed(self, cp: PartitionCheckpoint) -> dict[int, tuple[int, str]]:
+        """The checkpoint's extraction rows whose join gives another verdict now, by line index:
+        only a row of a task whose parent list changed is joined again (from its entry, without
+        reading its evidence line), and only one whose verdict differs is scored again."""
+        book = self.book
+        if book is None:
+            return {}
+        changed: dict[int, tuple[int, str]] = {}
+        for index, offset, task, _, named, created_at, digest in cp.extraction:
+            if self.task_digest(task) == book.task_parents.get(task):
+                continue
+            key = JoinKey(task, named, datetime.fromisoformat(created_at))
+            if join_digest(joined_verdict(key, self.parents)) != digest:
+                changed[index] = (offset, task)
+        return changed
+
     def _untouched(self, part: _Partition, cp: PartitionCheckpoint, kept: list[str], target: Path) -> bool:
         """Whether pass 2 would only copy the partition's mirror onto itself: no line was added to
-        the evidence since its checkpoint, no extraction row's task changed parents, and the mirror
-        is byte for byte what the checkpoint wrote. Costs one hash of the mirror, not a parse."""
+        the evidence since its checkpoint, no extraction row's join changed (the caller asks
+        `_joins_changed` first), and the mirror is byte for byte what the checkpoint wrote. Costs
+        one hash of the mirror, not a parse."""
         if part.resumed_at is None or part.new_problems or part.progress.end != part.resumed_at.end:
             return False
-        book = self.book
-        if book is None or any(self.task_digest(task) != book.task_parents.get(task) for _, _, task, _ in cp.extraction):
+        if self.book is None:
             return False
         try:
             _, sha, lines = sha256_size_newlines(target)

@@ -39,6 +39,15 @@ class Verdict:
             raise ValueError("a verdict needs at least one non-empty reason")
 
 
+class JoinKey(NamedTuple):
+    """What `ParentIndex.join` reads of a class C row. The score checkpoint keeps it per row, so a
+    row whose task gained or lost a parent is re-scored only when its join now gives another verdict."""
+
+    task_id: str
+    parent_run_id: str | None
+    created_at: datetime
+
+
 class ParentRun(NamedTuple):
     """A verdict-bearing run that extraction rows of the same task may inherit from."""
 
@@ -324,7 +333,7 @@ class ParentIndex:
         self.candidates = [p for *_, p in sorted(listed, key=lambda t: t[:3])]
         self.created = [p.created_at for p in self.candidates]
 
-    def join(self, ev: EvidenceRecord) -> Verdict | None:
+    def join(self, ev: EvidenceRecord | JoinKey) -> Verdict | None:
         """Class C rows inherit the category of a verdict-bearing parent of the same task:
         the parent the row names (parent_run_id) when present; else the latest parent created
         at or before the row; else the latest parent. None when there is none.

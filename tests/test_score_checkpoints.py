@@ -21,7 +21,9 @@ from distill.collect import run_collect
 from distill.config import load_settings
 from distill.hashing import sealed, unsealed
 from distill.records.stage import StageReport
+from distill.records import Category
 from distill.score import run_score
+from distill.score_rules import JoinKey, ParentIndex, ParentRun
 from distill.workspace import Workspace, iter_partition_files
 from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
 
@@ -113,6 +115,66 @@ def test_new_rows_are_scored_alone_and_children_of_new_parents_again(
             fh.write(b'"}\n')
     scored.rows = 0
     assert _state(a, _score(a)) == _state(b, _score(b, checkpoints=False))
+
+
+def _late_parent(ws: Workspace) -> tuple[str, set[str]]:
+    """A new verdict-bearing run of a task, dated so that it becomes the parent some but not all
+    of the task's extraction rows join (by the join rule, on the scored categories). Returns the
+    task and the run ids of its extraction rows."""
+    rows = _evidence(ws)
+    category = {r["evidence_run_id"]: r["category"] for p in iter_partition_files(ws.scored_dir)
+                for r in map(orjson.loads, p.read_bytes().splitlines())}
+    at = lambda r: datetime.fromisoformat(r["created_at"])  # noqa: E731
+    tasks: dict[str, tuple[list[tuple[Path, dict[str, Any]]], list[dict[str, Any]]]] = {}
+    for path, r in rows:
+        parents, children = tasks.setdefault(r["task_id"], ([], []))
+        if r["score_class"] == "C":
+            children.append(r)
+        elif category.get(r["run_id"]) not in (None, "needs_human_review"):
+            parents.append((path, r))
+    for task, (parents, children) in tasks.items():
+        free = sorted((c for c in children if not c.get("parent_run_id")), key=at)
+        if len(free) < 3 or not parents:
+            continue
+        old = [ParentRun(r["run_id"], task, Category(category[r["run_id"]]), at(r)) for _, r in parents]
+        path, model = parents[0]
+        when = at(free[-1]) - timedelta(milliseconds=1)
+        late = ParentRun(model["run_id"] + "-late", task, old[0].category, when)
+        keys = [JoinKey(task, None, at(c)) for c in free]
+        moved = sum(ParentIndex(old).join(k) != ParentIndex([*old, late]).join(k) for k in keys)
+        if 0 < moved < len(free):
+            twin = {**model, "run_id": late.run_id, "created_at": when.isoformat().replace("+00:00", "Z"),
+                    "provenance": {**model["provenance"], "sig_hash": "f" * 64}}
+            with open(path, "ab") as fh:
+                fh.write(orjson.dumps(twin) + b"\n")
+            return task, {c["run_id"] for c in children}
+    raise AssertionError("the generated data has no task whose rows a late parent splits")
+
+
+def test_a_late_verdict_re_scores_only_the_rows_whose_join_it_changes(
+    tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's new parent is joined again from each of its extraction rows' checkpoint entries;
+    only the rows it now passes a verdict to are parsed and scored again (before, every row of the
+    task was), and the outputs stay those of a full pass."""
+    small, _ = generated
+    picked: list[tuple[str, set[str]]] = []
+    a, b = _twins(tmp_path, small, lambda ws: picked.append(_late_parent(ws)))
+    assert picked[0] == picked[1]
+    _, children = picked[0]
+
+    def lines(ws: Workspace) -> dict[str, bytes]:
+        return {orjson.loads(line)["evidence_run_id"]: line for p in iter_partition_files(ws.scored_dir)
+                for line in p.read_bytes().splitlines()}
+
+    before = lines(a)
+    scored = Calls(monkeypatch, score_module, "score_one")
+    resumed = _score(a)
+    after = lines(a)
+    changed = {run for run in children if after[run] != before[run]}
+    assert 0 < len(changed) < len(children)
+    assert scored.rows == 1 + len(changed)  # the late parent itself, and the rows that now join it
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
 
 
 @pytest.mark.slow
@@ -332,6 +394,11 @@ def test_an_error_while_appending_cuts_the_mirror_back(
 ) -> None:
     small, grown = generated
     a, b = _twins(tmp_path, small, lambda ws: _grow(ws, grown))
+    plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))
+    scored = Calls(monkeypatch, score_module, "score_one")
+    _score(plain)
+    monkeypatch.undo()
+    assert scored.rows > 8
     before = _mirrors(a)
     checkpoint = a.score_checkpoint_path.read_bytes()
     full = _score(b, checkpoints=False)
@@ -340,7 +407,7 @@ def test_an_error_while_appending_cuts_the_mirror_back(
     calls: list[int] = []
     def fails_late(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        if len(calls) == 40:
+        if len(calls) == scored.rows // 2:  # halfway through the rows the run after the append scores
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
