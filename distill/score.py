@@ -3,15 +3,15 @@
 Scored runs are a derived view: a pure function of the evidence and the scorer version. Each
 partition file is recomputed and replaced atomically only when its bytes change, so a second
 run over unchanged evidence writes nothing and leaves every file byte-identical, while a new
-verdict-bearing parent correctly re-scores the extraction rows that join to it. A partition
+verdict-bearing parent correctly re-scores the extraction rows it now passes a verdict to. A partition
 whose old lines all stay as they were (collect only appended to its evidence) gets its new
 lines appended in place, as its evidence partition did (`_appended`).
 
 Two passes over the evidence: the first finds the class A/B rows that can be parents and indexes
 them by task_id; the second scores every row, joining class C rows to their parent, and writes.
 With checkpoints (distill.score_checkpoints) both passes read only the lines collect appended
-since the last run, and only the extraction rows whose task's parents changed are scored again;
-the outputs are the bytes a full pass writes.
+since the last run, and only the extraction rows whose join a change of their task's parents
+moves to another verdict are scored again; the outputs are the bytes a full pass writes.
 """
 
 from __future__ import annotations
@@ -466,7 +466,11 @@ class _PartitionScorer:
         for index, offset, task, _, named, created_at, digest in cp.extraction:
             if self.task_digest(task) == book.task_parents.get(task):
                 continue
-            key = JoinKey(task, named, datetime.fromisoformat(created_at))
+            try:
+                key = JoinKey(task, named, datetime.fromisoformat(created_at))
+            except ValueError:  # not what this code writes: score the row again from its evidence
+                changed[index] = (offset, task)
+                continue
             if join_digest(joined_verdict(key, self.parents)) != digest:
                 changed[index] = (offset, task)
         return changed
