@@ -223,7 +223,7 @@ def join_digest(verdict: Verdict | None) -> str:
     """What a checkpoint remembers of a class C row's join: equal digests, equal scored lines
     (the rest of the line is a function of the unchanged evidence row)."""
     value = None if verdict is None else [verdict.category.value, list(verdict.reasons), verdict.parent_run_id]
-    return xxhash.xxh3_64_hexdigest(canonical_json(value))
+    return xxhash.xxh3_128_hexdigest(canonical_json(value))  # 128 bits, as the scored lines' digests
 
 
 def _extraction_entry(index: int, offset: int, ev: EvidenceRecord, category: str,
