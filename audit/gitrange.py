@@ -22,11 +22,16 @@ class Change(BaseModel):
         return f"{self.base[:12]}..{self.head[:12]}"
 
 
+GIT_TIMEOUT_S = 120
+
+
 def _git(repo: Path, *args: str) -> str:
     try:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=120)
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=GIT_TIMEOUT_S)
     except FileNotFoundError:
         raise UsageError("git is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"git {args[0]} took over {GIT_TIMEOUT_S} s in {repo}") from None
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()
         raise UsageError(f"git {args[0]} failed in {repo}: {err[-1] if err else 'exit ' + str(done.returncode)}")
@@ -59,9 +64,12 @@ def read_change(repo: Path, revision_range: str) -> Change:
             base_id = _git(repo, "merge-base", base_id, head_id).strip()
         except UsageError:
             raise UsageError(f"--range {revision_range!r}: {base} and {head} share no history (no merge base)") from None
-    log = _git(repo, "log", "--format=%B%x00", f"{base_id}..{head_id}")
+    log = _git(repo, "log", "--no-show-signature", "--format=%B%x00", f"{base_id}..{head_id}")
     messages = [m.strip() for m in log.split("\x00") if m.strip()]
-    diff = _git(repo, "diff", "--no-color", "--no-ext-diff", "-U3", base_id, head_id)
+    # the default a/ and b/ prefixes whatever the repository's diff.noprefix / diff.mnemonicPrefix
+    # say: the parser tells a path from its prefix by them (audit.diff)
+    diff = _git(repo, "diff", "--no-color", "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", "-U3",
+                base_id, head_id)
     return Change(repo=repo, base=base_id, head=head_id, messages=messages, diff=diff)
 
 
@@ -83,7 +91,11 @@ def tree_mismatch(repo: Path, commit: str) -> str | None:
 
 def read_file_at(repo: Path, commit: str, path: str) -> str | None:
     """A file's text at `commit` (None when it is not there or not text)."""
-    done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True, check=False, timeout=60)
+    try:
+        done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True, check=False,
+                              timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"git show {commit[:12]}:{path} took over {GIT_TIMEOUT_S} s in {repo}") from None
     if done.returncode != 0 or b"\x00" in done.stdout[:8192]:
         return None
     return done.stdout.decode("utf-8", errors="replace")

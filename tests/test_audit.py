@@ -360,6 +360,27 @@ def test_renames_mode_changes_and_unusual_names_are_files_the_change_touches(tmp
     assert claim_findings(claims, list(files.values()), None, repo_files) == []
 
 
+def test_the_repository_s_diff_prefix_setting_does_not_change_the_files_a_change_touches(tmp_path: Path) -> None:
+    """With `diff.noprefix` set in the audited repository, git printed paths without `a/` and `b/`:
+    a file under a folder named `b` lost its folder and a new empty file (no ---/+++ lines) was no
+    file at all. The audit asks git for the default prefixes."""
+    from audit.gitrange import read_change
+
+    repo = make_repo(tmp_path / "r")
+    (repo / "b").mkdir()
+    (repo / "b" / "notes.py").write_text("Z = 3\n")
+    (repo / "app" / "empty.py").write_text("")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Add b/notes.py and app/empty.py")
+    touched = {f.path for f in parse_diff(read_change(repo, "HEAD~1..HEAD").diff)}
+    assert touched == {"b/notes.py", "app/empty.py"}
+    git(repo, "config", "diff.noprefix", "true")
+    assert {f.path for f in parse_diff(read_change(repo, "HEAD~1..HEAD").diff)} == touched
+    git(repo, "config", "--unset", "diff.noprefix")
+    git(repo, "config", "diff.mnemonicPrefix", "true")
+    assert {f.path for f in parse_diff(read_change(repo, "HEAD~1..HEAD").diff)} == touched
+
+
 def test_a_lower_case_name_is_not_a_placeholder_but_a_marker_in_a_comment_is() -> None:
     """`part.todo = ...` (a byte count named todo) blocked a commit of this repository as five TODOs:
     the patterns match case-insensitively. In code a bare word counts in capitals or in a comment."""
