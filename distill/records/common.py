@@ -61,6 +61,35 @@ def is_blank_text(text: str) -> bool:
     return all(unicodedata.category(ch) in _INVISIBLE for ch in stripped)
 
 
+_TAGS_OR_SELECTORS = re.compile("[\U000e0000-\U000e007f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+_FLAG_TAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")  # a subdivision flag
+_TAG_RUN = re.compile("[\U000e0000-\U000e007f]+")
+_SELECTOR_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}")
+
+
+def hidden_text_problem(text: str) -> str | None:
+    """Why `text` carries words nobody sees, or None. Unicode tag characters (U+E0000-U+E007F)
+    spell ASCII that displays as nothing but that a model's tokenizer reads ("ASCII smuggling": an
+    instruction hidden in a web page or a tool's output that an agent logged); their one use in
+    text is an emoji tag sequence (a subdivision flag: U+1F3F4, tags, U+E007F). A run of variation
+    selectors carries bytes the same way (a character takes one). A row holding either would teach
+    or prompt a model with words its reviewers never saw. Cheap: one regex search finds nothing in
+    nearly every text."""
+    if _TAGS_OR_SELECTORS.search(text) is None:
+        return None
+    rest = _FLAG_TAG_SEQUENCE.sub("", text)
+    tags = _TAG_RUN.search(rest)
+    if tags is not None:
+        spelled = "".join(chr(ord(c) - 0xE0000) for c in tags.group(0) if 0x20 <= ord(c) - 0xE0000 < 0x7F)
+        return (f"{len(tags.group(0))} invisible Unicode tag character(s) (U+E0000-U+E007F) "
+                f"at character {tags.start()}, spelling {spelled[:80]!r}")
+    selectors = _SELECTOR_RUN.search(rest)
+    if selectors is not None:
+        return (f"{len(selectors.group(0))} variation selectors in a row at character {selectors.start()} "
+                f"(a character takes one): bytes hidden in the text")
+    return None
+
+
 def _visible(value: str) -> str:
     if is_blank_text(value):
         raise ValueError("has no visible character (whitespace, control or format characters only)")

@@ -22,6 +22,7 @@ class QuarantineReason(StrEnum):
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
     EMPTY_TEXT = "empty_text"
+    HIDDEN_TEXT = "hidden_text"  # invisible tag characters or selector runs (records.common.hidden_text_problem)
     UNREADABLE_SOURCE = "unreadable_source"
     # the seed's export taxonomy
     MISSING_PROVENANCE = "missing_provenance"

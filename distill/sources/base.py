@@ -24,6 +24,7 @@ from distill.errors import RowRejected
 from distill.hashing import sig_hash
 from distill.jsonl import UTF16_BOMS, ReadProgress, iter_raw_lines, loads, utf16_problem
 from distill.records import EvidenceRecord, Provenance, QuarantineReason, QuarantineRecord, SourceRef
+from distill.records.common import hidden_text_problem
 from distill.workspace import Workspace, text_name
 
 SourceItem = EvidenceRecord | QuarantineRecord
@@ -199,10 +200,25 @@ def read_jsonl(
         )
 
 
+def hidden_text_in(item: SourceItem) -> str | None:
+    """Why a converted row's text or instruction hides words (records.common.hidden_text_problem)."""
+    if not isinstance(item, EvidenceRecord):
+        return None
+    for name, value in (("text", item.text), ("instruction", item.instruction)):
+        if value is not None and (problem := hidden_text_problem(value)) is not None:
+            return f"{name}: {problem}"
+    return None
+
+
 def convert_row(row: dict[str, Any], ctx: RowContext, convert: Converter, *, excerpt: str) -> SourceItem:
     """Run a converter, turning its refusals into quarantine rows (never an exception)."""
     try:
-        return convert(row, ctx)
+        item = convert(row, ctx)
+        hidden = hidden_text_in(item)
+        if hidden is None or not isinstance(item, EvidenceRecord):
+            return item
+        return quarantine(source=ctx.source, reason=QuarantineReason.HIDDEN_TEXT, error=hidden, ref=ctx.ref(),
+                          excerpt=excerpt, record_id=item.run_id)
     except RowRejected as exc:
         return quarantine(source=ctx.source, reason=exc.reason, error=exc.message, ref=ctx.ref(), excerpt=excerpt)
     except ValidationError as exc:
