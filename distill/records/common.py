@@ -73,9 +73,9 @@ def hidden_text_problem(text: str) -> str | None:
     instruction hidden in a web page or a tool's output that an agent logged); their one use in
     text is an emoji tag sequence (a subdivision flag: U+1F3F4, tags, U+E007F). A run of variation
     selectors carries bytes the same way (a character takes one). A row holding either would teach
-    or prompt a model with words its reviewers never saw. Cheap: one regex search finds nothing in
-    nearly every text."""
-    if _TAGS_OR_SELECTORS.search(text) is None:
+    or prompt a model with words its reviewers never saw. Cheap: an ASCII text is decided in C, and
+    one regex search finds nothing in nearly every other."""
+    if text.isascii() or _TAGS_OR_SELECTORS.search(text) is None:
         return None
     rest = _FLAG_TAG_SEQUENCE.sub("", text)
     tags = _TAG_RUN.search(rest)
