@@ -77,13 +77,14 @@ def hidden_text_problem(text: str) -> str | None:
     one regex search finds nothing in nearly every other."""
     if text.isascii() or _TAGS_OR_SELECTORS.search(text) is None:
         return None
-    rest = _FLAG_TAG_SEQUENCE.sub("", text)
-    tags = _TAG_RUN.search(rest)
-    if tags is not None:
+    flags = [m.span() for m in _FLAG_TAG_SEQUENCE.finditer(text)]
+    for tags in _TAG_RUN.finditer(text):
+        if any(start < tags.start() and tags.end() <= end for start, end in flags):
+            continue  # the tags of a flag
         spelled = "".join(chr(ord(c) - 0xE0000) for c in tags.group(0) if 0x20 <= ord(c) - 0xE0000 < 0x7F)
         return (f"{len(tags.group(0))} invisible Unicode tag character(s) (U+E0000-U+E007F) "
                 f"at character {tags.start()}, spelling {spelled[:80]!r}")
-    selectors = _SELECTOR_RUN.search(rest)
+    selectors = _SELECTOR_RUN.search(text)
     if selectors is not None:
         return (f"{len(selectors.group(0))} variation selectors in a row at character {selectors.start()} "
                 f"(a character takes one): bytes hidden in the text")
