@@ -98,7 +98,7 @@ def test_rows_whose_text_shows_nothing_are_quarantined_and_never_shipped(tmp_pat
         assert not is_blank_text(row["title"]) and not is_blank_text(row["text"])
 
 
-HIDDEN_IN_IDS = ["\x00", "\x1b[2J", "\x7f", "\x85", "\u202e", "\u2066"]  # controls (C0, DEL, C1) and bidi controls
+HIDDEN_IN_IDS = ["\x00", "\x1b[2J", "\x7f", "\x85", "\u202e", "\u2066", "\U000e0041"]  # controls (C0, DEL, C1), bidi controls, a tag
 
 
 @pytest.mark.parametrize("hidden", HIDDEN_IN_IDS)

@@ -132,7 +132,8 @@ def id_problem(value: str) -> str | None:
     """Why `value` cannot be an id or a file path, or None. A NUL or another control character (tab,
     line feed and carriage return aside) is in no real id or path and cuts the string short for
     C-string tools; a bidirectional control (U+202A-U+202E, U+2066-U+2069) makes an id display
-    other than it reads ("Trojan Source"). Such a row is quarantined at collect with this reason
+    other than it reads ("Trojan Source"), and a Unicode tag character (U+E0000-U+E007F) spells
+    ASCII nobody sees (`hidden_text_problem`). Such a row is quarantined at collect with this reason
     rather than shipped under an id a reader cannot see. Cheap: `isprintable` is false for every one
     of them, so printable ids (nearly all) are decided in C."""
     if value.isprintable():
@@ -142,6 +143,8 @@ def id_problem(value: str) -> str | None:
             return f"holds U+{ord(ch):04X}, a bidirectional control that makes it display other than it reads"
         if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc":
             return f"holds U+{ord(ch):04X}, a control character no id or path has"
+        if "\U000e0000" <= ch <= "\U000e007f":
+            return f"holds U+{ord(ch):04X}, an invisible tag character (it spells text nobody sees)"
     return None
 
 
