@@ -118,32 +118,20 @@ def worker_context() -> BaseContext:
     return context
 
 
-def _start(context: BaseContext, stage: Stage, ws: Workspace, settings: Settings) -> tuple[Connection, Any]:
-    """A started worker and the end of its pipe the parent reads (both closed when it cannot start)."""
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(  # type: ignore[attr-defined]
-        target=_worker_main, args=(sender, stage, ws, settings, os.getcwd()), name=f"distill-{stage.name}",
-        daemon=True)
-    try:
-        process.start()
-    except BaseException:
-        receiver.close()
-        raise
-    finally:
-        sender.close()  # the parent keeps only its end: EOF when the worker goes away
-    return receiver, process
-
-
 class StageWorker:
     """One stage running in a worker process (`worker_context`); `outcome()` waits for its report."""
 
     def __init__(self, stage: Stage, ws: Workspace, settings: Settings) -> None:
         self.stage = stage
         self.started = time.perf_counter()
-        try:
-            self._conn, self._process = _start(worker_context(), stage, ws, settings)
-        except OSError:  # the fork server could not start or take the worker (its socket, a process limit)
-            self._conn, self._process = _start(multiprocessing.get_context("spawn"), stage, ws, settings)
+        context = worker_context()
+        receiver, sender = context.Pipe(duplex=False)
+        self._conn = receiver
+        self._process = context.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(sender, stage, ws, settings, os.getcwd()), name=f"distill-{stage.name}",
+            daemon=True)
+        self._process.start()
+        sender.close()  # the parent keeps only its end: EOF when the worker goes away
 
     @property
     def connection(self) -> Connection:

@@ -175,22 +175,3 @@ def test_a_run_s_worker_cpu_time_counts_as_the_run_s_own(mini: Workspace) -> Non
     assert done.returncode == 0, done.stderr[-2000:]
     run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert run_cpu - float(done.stdout.split()[-1]) >= BURN_CPU_S  # the worker's burn is in the run's
-
-
-def test_a_run_whose_fork_server_cannot_take_a_worker_spawns_it(mini: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fork server talks over a Unix socket in the temporary directory; where it cannot (a full
-    or read-only temp directory, a process limit) the worker is spawned as before, not a failed run."""
-    import multiprocessing.forkserver
-
-    def refuse(fds: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", refuse)
-    imports = _FileStage("imports", _says_what_was_imported, ["_kb/in.jsonl"], [], ("collect",))
-    events: list[tuple[str, str, str]] = []
-    result = execute_run(mini, Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}}),
-                         stages=independent_stages(imports), on_event=lambda *e: events.append(e))
-
-    assert result.exit_code == 0
-    assert worker_stages(events) == ["imports", "lengths", "upper"]
-    assert json.loads((mini.root / "imported.json").read_text())["scanner"] == [False, False]  # spawned: nothing preloaded
