@@ -3,26 +3,19 @@
 A stage's work is the only thing a worker does. Planning, validation and receipts stay in the
 parent, which runs one stage of a wave itself and hands the others to workers, so a stage's
 outputs are the bytes a single-process run writes (a stage is a function of its inputs; only
-when it runs changes). A worker inherits no thread, lock or open file of the parent: it is forked
-from a fork server (a fresh, single-threaded interpreter that imported the stages' modules once,
-started with the first worker and waited for when this process exits, so its workers' CPU time
-counts as this process's children's), or spawned where there is no fork server. A spawned worker
-imported distill, pydantic and the secret scanner again: ~1 s CPU for each of a run's three
-export workers. Stopped by the parent (Ctrl-C, SIGTERM), it unwinds like a command,
+when it runs changes). A worker is a fresh interpreter (spawn: no thread, lock or open file of
+the parent is inherited). Stopped by the parent (Ctrl-C, SIGTERM), it unwinds like a command,
 removing its temporary files; the parent waits for it before it releases the workspace lock. A
 worker that dies (killed, out of memory) is its stage's failure, never a hung run.
 """
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import signal
 import time
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from typing import Any
 
 from distill.config import Settings
@@ -34,17 +27,6 @@ from distill.workspace import Workspace
 Outcome = tuple[StageReport, str | None]
 """What running a stage gives: its report, and its error (None when it did not raise)."""
 STOP_GRACE_S = 30.0  # how long a stopped worker may take to unwind before it is killed
-WORKER_PRELOAD = (
-    # a worker runs this process's main script first: the `distill` command's imports distill.cli
-    # (the fork server is not given the script: Python 3.11 leaves its path out of the server's data)
-    "distill.cli",
-    "distill.collect", "distill.score", "distill.export",
-    # what distill.secrets imports on first use (the exports scan every row)
-    "hyperscan", "detect_secrets.core.plugins.util", "detect_secrets.filters.heuristic",
-    "detect_secrets.plugins.high_entropy_strings", "detect_secrets.plugins.keyword",
-)
-"""Modules the fork server imports before it forks a worker (one missing is imported by the worker
-when it needs it). Not index.stage: the index imports torch, which no other stage needs."""
 
 
 def available_cores() -> int:
@@ -84,9 +66,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settings, cwd: str) -> None:
+def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)  # unwind (temp files removed), like a command
-    os.chdir(cwd)  # the parent's now, not the fork server's when it started
     try:
         message: tuple[Any, ...] = ("done", *run_guarded(stage, ws, settings))
     except StageUnavailable as exc:
@@ -98,38 +79,17 @@ def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settin
     conn.close()
 
 
-def _stop_fork_server() -> None:
-    """Close the fork server and wait for it (it has reaped its workers): then their CPU time is
-    in this process's children's rusage, as a spawned worker's was, and no server outlives us."""
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    stop = getattr(server, "_stop", None)
-    if callable(stop):
-        stop()
-
-
-def worker_context() -> BaseContext:
-    """How stage workers start: from the fork server where the platform has one, else spawned."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_PRELOAD))  # only read when the server starts
-    atexit.unregister(_stop_fork_server)  # registered once, however many workers start
-    atexit.register(_stop_fork_server)
-    return context
-
-
 class StageWorker:
-    """One stage running in a worker process (`worker_context`); `outcome()` waits for its report."""
+    """One stage running in a spawned process; `outcome()` waits for its report."""
 
     def __init__(self, stage: Stage, ws: Workspace, settings: Settings) -> None:
         self.stage = stage
         self.started = time.perf_counter()
-        context = worker_context()
-        receiver, sender = context.Pipe(duplex=False)
+        spawn = multiprocessing.get_context("spawn")
+        receiver, sender = spawn.Pipe(duplex=False)
         self._conn = receiver
-        self._process = context.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(sender, stage, ws, settings, os.getcwd()), name=f"distill-{stage.name}",
-            daemon=True)
+        self._process = spawn.Process(
+            target=_worker_main, args=(sender, stage, ws, settings), name=f"distill-{stage.name}", daemon=True)
         self._process.start()
         sender.close()  # the parent keeps only its end: EOF when the worker goes away
 

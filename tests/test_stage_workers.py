@@ -5,14 +5,9 @@ stage's failed receipt, never a hung or crashed run."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import resource
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,74 +99,3 @@ def test_a_stage_stopped_by_a_full_disk_names_the_file_and_what_to_do(mini: Work
     by_stage = {s.stage: s for s in result.summary.stages}
     assert by_stage["full"].errors == [f"stage_raised: OSError: cannot write {mini.root / 'evidence' / 'x.jsonl'}: "
                                        "No space left on device; free some space and run the command again"]
-
-
-# modules no stage imports before it scans for secrets (distill.secrets imports them on first use)
-_SCANNER_MODULES = ("detect_secrets.plugins.keyword", "detect_secrets.filters.heuristic")
-
-
-def _says_what_was_imported(ws: Workspace, settings: Settings) -> StageReport:
-    (ws.root / "imported.json").write_text(json.dumps(
-        {"scanner": [m in sys.modules for m in _SCANNER_MODULES], "export": "distill.export" in sys.modules,
-         "cwd": os.getcwd()}))
-    return StageReport(stage="imports")
-
-
-def test_a_worker_starts_with_the_stages_modules_already_imported(mini: Workspace, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spawned worker imported distill, pydantic and the secret scanner again before its stage ran
-    (~1 s CPU for each of a run's export workers); one forked from the fork server finds them
-    imported, and works in the directory the run works in."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # after the fork server may have started: the worker still follows
-    imports = _FileStage("imports", _says_what_was_imported, ["_kb/in.jsonl"], [], ("collect",))
-    events: list[tuple[str, str, str]] = []
-    result = execute_run(mini, Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}}),
-                         stages=independent_stages(imports), on_event=lambda *e: events.append(e))
-
-    assert result.exit_code == 0
-    assert "imports" in worker_stages(events)
-    seen = json.loads((mini.root / "imported.json").read_text())
-    assert seen == {"scanner": [True, True], "export": True, "cwd": str(elsewhere)}
-
-
-_BURNS_CPU = """
-import resource, sys
-from distill.config import Settings
-from distill.pipeline import execute_run
-from distill.records.stage import StageReport
-from distill.workspace import Workspace
-from tests.fixtures_pipeline import _FileStage, independent_stages
-from tests.test_stage_workers import _burn
-
-ws = Workspace.resolve(sys.argv[1])
-stage = _FileStage("burn", _burn, ["_kb/in.jsonl"], [], ("collect",))
-result = execute_run(ws, Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}}),
-                     stages=independent_stages(stage))
-own = resource.getrusage(resource.RUSAGE_SELF)
-print(own.ru_utime + own.ru_stime)  # this process's own CPU: the rest of its rusage is its children's
-sys.exit(result.exit_code)
-"""
-BURN_CPU_S = 1.5
-
-
-def _burn(ws: Workspace, settings: Settings) -> StageReport:
-    start = time.process_time()
-    while time.process_time() - start < BURN_CPU_S:
-        pass
-    return StageReport(stage="burn")
-
-
-def test_a_run_s_worker_cpu_time_counts_as_the_run_s_own(mini: Workspace) -> None:
-    """Benchmarks time `distill run` by its children's rusage: a worker's CPU must be in it (the
-    fork server reaps its workers and is waited for when the run's process exits), or a run
-    would look cheaper than it is."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-c", _BURNS_CPU, str(mini.root)], cwd=Path(__file__).parents[1],
-                          capture_output=True, text=True, timeout=300)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert run_cpu - float(done.stdout.split()[-1]) >= BURN_CPU_S  # the worker's burn is in the run's
