@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,43 @@ def test_a_stage_stopped_by_a_full_disk_names_the_file_and_what_to_do(mini: Work
     by_stage = {s.stage: s for s in result.summary.stages}
     assert by_stage["full"].errors == [f"stage_raised: OSError: cannot write {mini.root / 'evidence' / 'x.jsonl'}: "
                                        "No space left on device; free some space and run the command again"]
+
+
+_BURNS_CPU = """
+import resource, sys
+from distill.config import Settings
+from distill.pipeline import execute_run
+from distill.workspace import Workspace
+from tests.fixtures_pipeline import _FileStage, independent_stages
+from tests.test_stage_workers import _burn
+
+ws = Workspace.resolve(sys.argv[1])
+stage = _FileStage("burn", _burn, ["_kb/in.jsonl"], [], ("collect",))
+result = execute_run(ws, Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}}),
+                     stages=independent_stages(stage))
+own = resource.getrusage(resource.RUSAGE_SELF)
+print(own.ru_utime + own.ru_stime)  # this process's own CPU: the rest of its rusage is its children's
+sys.exit(result.exit_code)
+"""
+BURN_CPU_S = 1.5
+
+
+def _burn(ws: Workspace, settings: Settings) -> StageReport:
+    start = time.process_time()
+    while time.process_time() - start < BURN_CPU_S:
+        pass
+    return StageReport(stage="burn")
+
+
+def test_a_run_s_worker_cpu_time_counts_as_the_run_s_own(mini: Workspace) -> None:
+    """The benchmarks time `distill run` by its children's rusage: a stage worker's CPU must be in
+    it (a worker the run does not wait for, such as one forked by a fork server nobody waits for,
+    would make a run look cheaper than it is)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-c", _BURNS_CPU, str(mini.root)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert run_cpu - float(done.stdout.split()[-1]) >= BURN_CPU_S  # the worker's burn is in the run's
