@@ -200,25 +200,22 @@ def read_jsonl(
         )
 
 
-def hidden_text_in(item: SourceItem) -> str | None:
-    """Why a converted row's text or instruction hides words (records.common.hidden_text_problem)."""
+def refuse_hidden_text(item: SourceItem, *, source: str, ref: SourceRef, excerpt: bytes | str) -> SourceItem:
+    """A converted row, or its quarantine row when its text or instruction hides words
+    (records.common.hidden_text_problem): every source's rows go through this one check."""
     if not isinstance(item, EvidenceRecord):
-        return None
+        return item
     for name, value in (("text", item.text), ("instruction", item.instruction)):
         if value is not None and (problem := hidden_text_problem(value)) is not None:
-            return f"{name}: {problem}"
-    return None
+            return quarantine(source=source, reason=QuarantineReason.HIDDEN_TEXT, error=f"{name}: {problem}",
+                              ref=ref, excerpt=excerpt, record_id=item.run_id)
+    return item
 
 
 def convert_row(row: dict[str, Any], ctx: RowContext, convert: Converter, *, excerpt: str) -> SourceItem:
     """Run a converter, turning its refusals into quarantine rows (never an exception)."""
     try:
-        item = convert(row, ctx)
-        hidden = hidden_text_in(item)
-        if hidden is None or not isinstance(item, EvidenceRecord):
-            return item
-        return quarantine(source=ctx.source, reason=QuarantineReason.HIDDEN_TEXT, error=hidden, ref=ctx.ref(),
-                          excerpt=excerpt, record_id=item.run_id)
+        return refuse_hidden_text(convert(row, ctx), source=ctx.source, ref=ctx.ref(), excerpt=excerpt)
     except RowRejected as exc:
         return quarantine(source=ctx.source, reason=exc.reason, error=exc.message, ref=ctx.ref(), excerpt=excerpt)
     except ValidationError as exc:

@@ -32,7 +32,7 @@ from distill.records import (
     ScoreClass,
     SourceRef,
 )
-from distill.sources.base import SourceItem, hidden_text_in, quarantine
+from distill.sources.base import SourceItem, quarantine, refuse_hidden_text
 from distill.workspace import Workspace, text_name
 
 ADAPTER = "swe_agent"
@@ -291,11 +291,7 @@ class SweAgentSource:
             item = convert_trajectory(
                 doc, ctx, instance_id=instance_id, buckets=buckets, model_name=models.get(instance_id)
             )
-            hidden = hidden_text_in(item)
-            if hidden is None or not isinstance(item, EvidenceRecord):
-                return item
-            return quarantine(source=self.name, reason=QuarantineReason.HIDDEN_TEXT, error=hidden, ref=ctx.ref(),
-                              excerpt=text, record_id=f"{self.name}:{instance_id}")
+            return refuse_hidden_text(item, source=self.name, ref=ctx.ref(), excerpt=text)
         except RowRejected as exc:
             return quarantine(
                 source=self.name, reason=exc.reason, error=exc.message, ref=ctx.ref(), excerpt=text,
