@@ -1,20 +1,24 @@
-"""The file a stage keeps its per-partition checkpoints in (score, the RAG/SFT exports).
+"""The file a stage keeps its per-partition checkpoints in (score and the three exports).
 
 One line per partition, `"<rel>"\\t{checkpoint}`, then a header line last, which also says where
-each partition's line starts (so opening the file reads its last line, not every partition's: the
-preference export's file is ~0.9 GB at a million rows); a run reads one partition's checkpoint at a
-time and memory does not grow with the workspace. Every line, the header too, ends with its own
-xxh3-128 (`hashing.sealed`): a line read back is used only when every byte is as written, so a
-damaged checkpoint (a flipped bit in a count, a key, an offset) costs that partition a full read,
-never a wrong output or a failed stage. The next run's lines go to a side file as partitions are done;
-at the end the header is appended and the side file renamed over the file (atomically), or it is
-thrown away when the run does not finish. The header comes last because it is known last (score's
-holds the task parents it saw): the side file becomes the file without being copied.
+each partition's line starts and how long it is (so opening the file reads its last line, not every
+partition's: the preference export's file is ~0.9 GB at a million rows); a run reads one partition's
+checkpoint at a time and memory does not grow with the workspace. Every line, the header too, ends
+with its own xxh3-128 (`hashing.sealed`): a line read back is used only when every byte is as
+written, so a damaged checkpoint (a flipped bit in a count, a key, an offset) costs that partition a
+full read, never a wrong output or a failed stage.
+
+A run appends: the partitions it writes go after the last header, the ones it keeps stay where
+they are, and its header goes last; one that does not finish leaves lines after the last header,
+which the next run reads past and cuts off. The header comes last because it is known last
+(score's holds the task parents it saw). Once the lines no header points at outweigh the live ones
+(or the file was of another basis), the live lines go to a side file that is renamed over the file.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import os
 import tempfile
@@ -32,6 +36,7 @@ from distill.jsonl import READ_CHUNK, atomic_temp_path, dumps, loads
 
 ENTRIES_KEY = "entries"
 OFFSETS_KEY = "partition_offsets"  # in the header line: rel -> where its line starts
+LENGTHS_KEY = "partition_bytes"  # in the header line: rel -> its line's bytes (newline included)
 ENTRIES_DIGEST_KEY = "entries_digest"
 ENTRY_LENGTHS_KEY = "entry_lengths"  # each entry's bytes in the array's body (little-endian u32, base64)
 _ENTRIES_OPEN = b'{"' + ENTRIES_KEY.encode() + b'":['
@@ -200,28 +205,39 @@ def _read_entries(fh: IO[bytes], where: np.ndarray) -> Iterator[bytes]:
 
 class CheckpointFile:
     """`accept` reads the header line and returns it (parsed) when the checkpoints were made on
-    this run's basis, None otherwise: then no partition's checkpoint is offered."""
+    this run's basis, None otherwise: then no partition's checkpoint is offered.
+
+    A file whose header was accepted is appended to: a kept partition stays where its line is,
+    only written partitions' lines and the new header go after the old header (a run after an
+    append copied every kept line before: ~0.9 GB for the preference export at a million rows).
+    The lines no header points at any more are dead bytes; `save` rewrites the file with the
+    live lines only once the dead outweigh them. A file that was not accepted (another basis,
+    none, damaged) is left as it is until `save` replaces it by a side file (`discard` keeps it)."""
 
     def __init__(self, path: Path, accept: Callable[[bytes], Any | None]) -> None:
         self.path = path
         self.header: Any | None = None
         self.offsets: dict[str, int] = {}
+        self._lengths: dict[str, int] = {}  # each committed line's bytes (newline included), where known
+        self._committed: int | None = None  # where the accepted header line ends: appends go after it
         # named as an atomic write's temp: the next lock holder removes one a killed run left
         self._parts_path = atomic_temp_path(path)
         self._out: IO[bytes] | None = None
-        self._written: dict[str, int] = {}  # where each partition's line starts in the side file
+        self._appending = False  # `_out` is the file itself (else the side file)
+        self._written: dict[str, int] = {}  # where each partition's line starts in the next file
+        self._written_lengths: dict[str, int | None] = {}
         try:
             with open(path, "rb") as fh:
                 found = _indexed_by_header(fh)
                 if found is None:
                     return
-                header_line, offsets = found
+                header_line, offsets, lengths, end = found
                 header = accept(header_line)
         except (OSError, ValueError):
             return
         if header is None:
             return
-        self.header, self.offsets = header, offsets
+        self.header, self.offsets, self._lengths, self._committed = header, offsets, lengths, end
 
     def payload(self, rel: str) -> bytes | None:
         """The raw checkpoint of one partition (its JSON), None when there is none."""
@@ -237,6 +253,28 @@ class CheckpointFile:
             return None
         return line[len(head):-SEAL_BYTES] if line.startswith(head) and seal_intact(line) else None
 
+    def _output(self) -> IO[bytes]:
+        """Where this run's lines go: after the accepted header in the file itself (what a killed
+        run appended after it is cut off first), else a side file. A file shorter than its header
+        said was changed under this run: its lines are not kept, the side file is written."""
+        if self._out is not None:
+            return self._out
+        if self._committed is not None:
+            try:
+                fh = open(self.path, "r+b")  # noqa: SIM115 - closed by save/discard
+            except OSError:
+                fh = None
+            if fh is not None:
+                if fh.seek(0, os.SEEK_END) >= self._committed:
+                    fh.truncate(self._committed)
+                    fh.seek(self._committed)
+                    self._out, self._appending = fh, True
+                    return fh
+                fh.close()
+            self.offsets, self._lengths, self._committed = {}, {}, None
+        self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
+        return self._out
+
     def write(self, rel: str, checkpoint: dict[str, Any], entries: Entries | None = None) -> None:
         """One partition's next checkpoint (kept in the side file until `save`). `entries`: what
         `JsonEntries.take` hands out, written as the checkpoint's `entries` array a piece at a
@@ -248,12 +286,12 @@ class CheckpointFile:
             body = dumps(checkpoint)
         except (UnicodeEncodeError, ValueError):
             return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint
-        if self._out is None:
-            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
-        out = self._out
-        self._written[rel] = out.tell()
+        out = self._output()
+        start = out.tell()
+        self._written[rel] = start
         if entries is None:
             out.write(sealed(head + body))
+            self._written_lengths[rel] = out.tell() - start
             return
         line = xxhash.xxh3_128(head + _ENTRIES_OPEN)  # the whole line's, for its seal
         out.write(head + _ENTRIES_OPEN)
@@ -274,96 +312,165 @@ class CheckpointFile:
         tail = _ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}")
         line.update(tail)
         out.write(tail + seal(line.hexdigest()))
+        self._written_lengths[rel] = out.tell() - start
 
     def keep(self, rel: str) -> bool:
-        """Carry one partition's checkpoint over to the next file as it is (its line copied, never
-        parsed): a partition whose checkpoint still describes it whole. False when it has none."""
+        """Carry one partition's checkpoint over to the next file as it is, never parsed (where it
+        is, or copied when the side file is written): a partition whose checkpoint still describes
+        it whole. False when it has none. Its seal is checked when it is read (`payload`)."""
+        self._output()
         at = self.offsets.get(rel)
-        if at is None:
-            return False
-        if self._out is None:
-            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed by save/discard
-        out = self._out
-        start = out.tell()
-        head = dumps(rel) + b"\t"
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(at)
-                first = True
-                while chunk := fh.readline(READ_CHUNK):
-                    if first and not chunk.startswith(head):
-                        break  # not this partition's line: the file was changed under us
-                    first = False
-                    out.write(chunk)
-                    if chunk.endswith(b"\n"):
-                        self._written[rel] = start
-                        return True
-        except OSError:
-            pass
-        out.seek(start)  # a line cut short is no checkpoint: take back what was copied
-        out.truncate()
-        return False
+        if at is None or not _starts_with(self.path, at, dumps(rel) + b"\t"):
+            return False  # not this partition's line: the file was changed under us
+        self._written[rel] = at
+        self._written_lengths[rel] = self._lengths.get(rel)
+        return True
 
     def save(self, header: dict[str, Any]) -> None:
-        """Replace the file: the partitions written this run, then the header."""
-        if self._out is None:
-            self._out = open(self._parts_path, "wb")  # noqa: SIM115 - closed below
-        out, self._out = self._out, None
-        with out:
-            out.write(sealed(dumps({**header, OFFSETS_KEY: self._written})))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(self._parts_path, self.path)
+        """Make the partitions written or kept this run the file's, under `header`: appended (the
+        new header last), or the live lines copied to the side file, which replaces the file."""
+        out = self._output()
+        self._out = None
+        try:
+            if self._appending:
+                live = [n for n in self._written_lengths.values() if n is not None]
+                size = out.tell()
+                if len(live) == len(self._written_lengths) and size - sum(live) <= max(sum(live), COMPACT_BYTES):
+                    self._seal_header(out, header, self._written, self._written_lengths)
+                    return
+                out.flush()
+                out.close()
+                out = open(self._parts_path, "wb")  # noqa: SIM115 - closed below
+                self._appending = False
+                offsets, lengths = self._copy_live(out)
+            else:
+                offsets, lengths = self._written, self._written_lengths
+            self._seal_header(out, header, offsets, lengths)
+            os.replace(self._parts_path, self.path)
+        finally:
+            out.close()
+
+    def _copy_live(self, out: IO[bytes]) -> tuple[dict[str, int], dict[str, int | None]]:
+        """Every partition's line as this run leaves it, copied from the file to `out` (a line
+        cut short is not copied: that partition has no checkpoint)."""
+        offsets: dict[str, int] = {}
+        lengths: dict[str, int | None] = {}
+        with open(self.path, "rb") as fh:
+            for rel, at in self._written.items():
+                start = out.tell()
+                if _copy_line(fh, at, dumps(rel) + b"\t", out):
+                    offsets[rel], lengths[rel] = start, out.tell() - start
+                else:
+                    out.seek(start)
+                    out.truncate()
+        return offsets, lengths
+
+    @staticmethod
+    def _seal_header(out: IO[bytes], header: dict[str, Any], offsets: dict[str, int],
+                     lengths: dict[str, int | None]) -> None:
+        known = {rel: n for rel, n in lengths.items() if n is not None}
+        out.write(sealed(dumps({**header, OFFSETS_KEY: offsets, LENGTHS_KEY: known})))
+        out.flush()
+        os.fsync(out.fileno())
 
     def discard(self) -> None:
-        self._written = {}
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        """The file as the last `save` left it: what this run appended is cut off again."""
+        self._written, self._written_lengths = {}, {}
+        out, self._out = self._out, None
+        if out is not None:
+            if self._appending and self._committed is not None:
+                with contextlib.suppress(OSError):
+                    out.flush()
+                    out.truncate(self._committed)
+            out.close()
+        self._appending = False
         self._parts_path.unlink(missing_ok=True)
 
 
-def _split_header(line: bytes) -> tuple[bytes, dict[str, int] | None]:
-    """The header as its stage wrote it (the offsets taken out), and the offsets when well formed."""
+COMPACT_BYTES = 8 << 20
+"""Dead bytes (lines no header points at) an appended file may hold beyond its live bytes before
+`save` rewrites it with the live lines only: a small file is not rewritten for a few partitions."""
+
+
+def _starts_with(path: Path, at: int, head: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(at)
+            return fh.read(len(head)) == head
+    except OSError:
+        return False
+
+
+def _copy_line(fh: IO[bytes], at: int, head: bytes, out: IO[bytes]) -> bool:
+    """The line at `at` copied to `out` a chunk at a time; False when it is not the line of the
+    partition `head` names, or is cut short (what was copied is the caller's to take back)."""
+    fh.seek(at)
+    first = True
+    while chunk := fh.readline(READ_CHUNK):
+        if first and not chunk.startswith(head):
+            return False
+        first = False
+        out.write(chunk)
+        if chunk.endswith(b"\n"):
+            return True
+    return False
+
+
+def _split_header(line: bytes) -> tuple[bytes, dict[str, int] | None, dict[str, int]]:
+    """The header as its stage wrote it (the offsets and line lengths taken out), the offsets when
+    well formed, and the lengths that are (a file written before they were kept has none)."""
     found = loads(line)
     if not isinstance(found, dict) or OFFSETS_KEY not in found:
-        return line, None
+        return line, None, {}
     offsets = found.pop(OFFSETS_KEY)
+    lengths = found.pop(LENGTHS_KEY, {})
     ok = isinstance(offsets, dict) and all(type(v) is int and v >= 0 for v in offsets.values())
-    return dumps(found), offsets if ok else None
+    if not isinstance(lengths, dict):
+        lengths = {}
+    known = {rel: n for rel, n in lengths.items() if type(n) is int and n > 0 and rel in offsets} if ok else {}
+    return dumps(found), offsets if ok else None, known
 
 
-def _last_line(fh: IO[bytes]) -> tuple[int, bytes] | None:
-    """(where it starts, the line) of a file's last line, when the file ends with a newline."""
-    end = fh.seek(0, os.SEEK_END)
-    if not end:
-        return None
-    fh.seek(end - 1)
-    if fh.read(1) != b"\n":
-        return None
-    start = pos = end - 1
+HEADER_MAX_BYTES = 64 << 20  # a line longer than this is not read as a header (it would be held whole)
+
+
+def _complete_lines_backwards(fh: IO[bytes]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each newline-terminated line, the last first; a tail without its newline
+    (a write cut short) is not a line. Reads the file backwards a chunk at a time."""
+    pos = fh.seek(0, os.SEEK_END)
+    stop: int | None = None  # the end of the line whose start is looked for
     while pos > 0:
         begin = max(0, pos - READ_CHUNK)
         fh.seek(begin)
-        cut = fh.read(pos - begin).rfind(b"\n")
-        if cut >= 0:
-            start = begin + cut + 1
-            break
-        pos = start = begin
-    fh.seek(start)
-    return start, fh.read(end - start)
+        chunk = fh.read(pos - begin)
+        cut = len(chunk)
+        while (found := chunk.rfind(b"\n", 0, cut)) >= 0:
+            if stop is not None:
+                yield begin + found + 1, stop
+            stop, cut = begin + found + 1, found
+        pos = begin
+    if stop is not None:
+        yield 0, stop
 
 
-def _indexed_by_header(fh: IO[bytes]) -> tuple[bytes, dict[str, int]] | None:
-    """The header line and the partitions' offsets it holds; None when there is no header, or it is
-    not as written (then no partition's checkpoint is offered)."""
-    last = _last_line(fh)
-    if last is None or last[1].startswith(b'"'):
-        return None
-    start, line = last[0], unsealed(last[1])
-    if line is None:
-        return None
-    header, offsets = _split_header(line)
-    if offsets is None or any(at >= start for at in offsets.values()):
-        return None
-    return header, offsets
+def _indexed_by_header(fh: IO[bytes]) -> tuple[bytes, dict[str, int], dict[str, int], int] | None:
+    """The last header line that is as written, the partitions' offsets and line lengths it holds,
+    and where it ends; None when there is none. Partition lines (they start with a quote) and
+    lines that are not a sealed header after it were appended by a run that did not finish: the
+    lines the header points at come before it and were not touched since."""
+    for start, end in _complete_lines_backwards(fh):
+        fh.seek(start)
+        if fh.read(1) == b'"' or end - start > HEADER_MAX_BYTES:
+            continue
+        fh.seek(start)
+        line = unsealed(fh.read(end - start))
+        if line is None:
+            continue
+        try:
+            header, offsets, lengths = _split_header(line)
+        except ValueError:
+            continue
+        if offsets is None or any(at >= start for at in offsets.values()):
+            return None
+        return header, offsets, lengths, end
+    return None

@@ -1,5 +1,6 @@
-"""distill.checkpoint_file: the side file becomes the checkpoint file whole or not at all, and a
-file in any other shape offers no partition's checkpoint."""
+"""distill.checkpoint_file: a run's checkpoints become the file's whole or not at all (appended
+after the last header, or a side file renamed over it), and a file in any other shape offers no
+partition's checkpoint."""
 
 from __future__ import annotations
 
@@ -69,7 +70,6 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
     _saved(path, {"a/x.jsonl": {"end": 1}})
     part, header = path.read_bytes().splitlines(keepends=True)
     for body in (header + part,  # the header first (the layout before the header moved last)
-                 part + header + part,  # a line after the header
                  part,  # no header
                  part + b"{not json\n",
                  b'{"basis": "b1"}\n'[:-1] + b"x\n"):
@@ -303,3 +303,112 @@ def test_entry_lengths_are_taken_only_when_they_cut_the_body_into_its_entries() 
     assert decode_lengths(None, 3, len(body)) is None
     assert decode_lengths(encode_lengths(np.array([], dtype=np.int64)), 0, 0) is not None
     assert decode_lengths(encode_lengths(np.array([], dtype=np.int64)), 0, 1) is None
+
+
+def test_a_run_appends_what_it_writes_and_leaves_kept_lines_where_they_are(tmp_path: Path) -> None:
+    """A run after an append keeps most partitions: their lines are not copied (the file up to the
+    last header stays byte for byte), only the written partition's line and the header are added."""
+    path = tmp_path / "book.json"
+    big = {"end": 7, "t": "x" * 5000}
+    _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": big})
+    before = path.read_bytes()
+    old = CheckpointFile(path, _accept("b1"))
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.keep("b/y.jsonl")
+    book.write("a/x.jsonl", {"end": 2})
+    book.write("c/z.jsonl", {"end": 3})
+    book.save({"basis": "b1"})
+    after = path.read_bytes()
+    assert after.startswith(before) and len(after) < len(before) + 500
+    assert not list(tmp_path.glob("*.tmp"))
+    again = CheckpointFile(path, _accept("b1"))
+    assert again.offsets["b/y.jsonl"] == old.offsets["b/y.jsonl"]
+    assert again.payload("b/y.jsonl") == old.payload("b/y.jsonl") and json.loads(again.payload("b/y.jsonl") or b"") == big
+    assert json.loads(again.payload("a/x.jsonl") or b"") == {"end": 2}
+    assert json.loads(again.payload("c/z.jsonl") or b"") == {"end": 3}
+
+
+def test_a_run_that_does_not_finish_leaves_lines_the_next_reads_past_and_cuts_off(tmp_path: Path) -> None:
+    """A run killed after it appended (no `discard`): its lines after the last header, cut at any
+    byte, offer the last saved checkpoints; the next run's file holds none of them. A header that
+    was written whole is the file's, whatever follows it."""
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": {"end": 2}})
+    saved = path.read_bytes()
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.keep("a/x.jsonl")
+    book.write("b/y.jsonl", {"end": 9})
+    book.write("c/z.jsonl", {"end": 4, "pad": "p" * 300})
+    assert book._out is not None
+    book._out.flush()
+    appended = path.read_bytes()
+    book._out.close()
+    assert appended.startswith(saved) and len(appended) > len(saved) + 300
+    for cut in range(len(saved), len(appended) + 1):
+        path.write_bytes(appended[:cut])
+        again = CheckpointFile(path, _accept("b1"))
+        assert again.header == {"basis": "b1"}, cut
+        assert json.loads(again.payload("a/x.jsonl") or b"") == {"end": 1}, cut
+        assert json.loads(again.payload("b/y.jsonl") or b"") == {"end": 2}, cut
+        assert again.payload("c/z.jsonl") is None
+    path.write_bytes(appended[:len(appended) - 7])
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.keep("b/y.jsonl")
+    book.save({"basis": "b1", "n": 2})
+    after = path.read_bytes()
+    assert after.startswith(saved) and b'"c/z.jsonl"' not in after and after.count(b"\n") == saved.count(b"\n") + 1
+    last = CheckpointFile(path, _accept("b1"))
+    assert json.loads(last.payload("b/y.jsonl") or b"") == {"end": 2} and last.payload("a/x.jsonl") is None
+    path.write_bytes(after + b'"d/w.jsonl"\t{"end":')  # a whole header, then a line cut short
+    assert CheckpointFile(path, _accept("b1")).header == {"basis": "b1", "n": 2}
+
+
+def test_dead_lines_are_dropped_once_they_outweigh_the_live_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions written again and again leave their old lines behind: the file is rewritten with
+    the live lines once those are outnumbered, so it stays within about twice what it holds."""
+    monkeypatch.setattr(checkpoint_file, "COMPACT_BYTES", 0)
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 0, "t": "a" * 1000}, "b/y.jsonl": {"end": 0, "t": "b" * 1000}})
+    sizes = []
+    for n in range(1, 8):
+        book = CheckpointFile(path, _accept("b1"))
+        assert book.keep("b/y.jsonl")
+        book.write("a/x.jsonl", {"end": n, "t": "a" * 1000})
+        book.save({"basis": "b1"})
+        sizes.append(path.stat().st_size)
+        again = CheckpointFile(path, _accept("b1"))
+        assert json.loads(again.payload("a/x.jsonl") or b"")["end"] == n
+        assert json.loads(again.payload("b/y.jsonl") or b"")["t"] == "b" * 1000
+    assert max(sizes) < 3 * 1100 + 600 and min(sizes) < 2 * 1100 + 300  # rewritten at least once
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_file_of_another_basis_is_left_as_it_was_by_a_run_that_does_not_finish(tmp_path: Path) -> None:
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 1}}, basis="b1")
+    before = path.read_bytes()
+    book = CheckpointFile(path, _accept("b2"))
+    assert not book.keep("a/x.jsonl")
+    book.write("a/x.jsonl", {"end": 5})
+    book.discard()
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    book = CheckpointFile(path, _accept("b2"))
+    book.write("a/x.jsonl", {"end": 5})
+    book.save({"basis": "b2"})
+    assert b'"end":1' not in path.read_bytes()  # replaced, not appended to
+    assert json.loads(CheckpointFile(path, _accept("b2")).payload("a/x.jsonl") or b"") == {"end": 5}
+
+
+def test_a_file_saved_before_line_lengths_were_kept_is_read_and_rewritten_once(tmp_path: Path) -> None:
+    path = tmp_path / "book.json"
+    line = b'"a/x.jsonl"\t{"end":1}'
+    from distill.hashing import sealed
+    body = sealed(line)
+    path.write_bytes(body + sealed(b'{"basis":"b1","partition_offsets":{"a/x.jsonl":0}}'))
+    book = CheckpointFile(path, _accept("b1"))
+    assert json.loads(book.payload("a/x.jsonl") or b"") == {"end": 1}
+    assert book.keep("a/x.jsonl")
+    book.save({"basis": "b1"})
+    saved = path.read_bytes()
+    assert saved.startswith(body) and saved.count(b"\n") == 2 and b'"partition_bytes":{"a/x.jsonl":' in saved
+    assert json.loads(CheckpointFile(path, _accept("b1")).payload("a/x.jsonl") or b"") == {"end": 1}
