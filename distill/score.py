@@ -346,6 +346,7 @@ class _Scored:
     deduped: list[bool]  # per scored line: already in the mirror file
     checkpoint: dict[str, Any] | None
     extraction_tasks: list[str]
+    unchanged: bool = False  # the checkpoint is the saved one, byte for byte: it is kept where it is
 
 
 class _PartitionScorer:
@@ -366,7 +367,8 @@ class _PartitionScorer:
         part = self.parts[i]
         path = part.path
         target = mirror_path(ws, path)
-        cp = book.get(part.rel) if book is not None and part.resumed else None
+        found = book.read(part.rel) if book is not None and part.resumed else None
+        cp, saved = found if found is not None else (None, None)
         kept = cp.category_list() if cp is not None else None
         known = cp.digests() if cp is not None and kept is not None else None
         # line index -> (evidence offset, task) of each extraction row whose join now gives another verdict
@@ -375,7 +377,8 @@ class _PartitionScorer:
                 and self._untouched(part, cp, kept, target)):
             # pass 2 would write the mirror's own lines again, each one already there
             extraction = sorted(cp.extraction, key=lambda e: e[0])
-            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256, known)
+            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256, known,
+                                saved=saved)
         # only newline-terminated lines count as present (a torn tail is not a scored row)
         before = None
         if cp is not None and kept is not None and known is not None and part.resumed_at is not None:
@@ -491,7 +494,8 @@ class _PartitionScorer:
         return (sha, lines) == (cp.scored_sha256, len(kept))
 
     def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
-                problems: list[str], scored_sha256: str, line_digests: bytes) -> _Scored:
+                problems: list[str], scored_sha256: str, line_digests: bytes, *, saved: bytes | None = None) -> _Scored:
+        """`saved`: the partition's checkpoint as the file holds it, when pass 2 left it untouched."""
         checkpoint = None
         if self.book is not None and (sha := part.prefix_hash()) is not None:
             checkpoint = {
@@ -504,7 +508,15 @@ class _PartitionScorer:
             }
         part.set_parents([])
         return _Scored(problems=problems, categories=categories, deduped=deduped,
-                       checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction])
+                       checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction],
+                       unchanged=saved is not None and checkpoint is not None and _same_json(checkpoint, saved))
+
+
+def _same_json(checkpoint: dict[str, Any], saved: bytes) -> bool:
+    try:
+        return dumps(checkpoint) == saved
+    except (UnicodeEncodeError, ValueError):
+        return False
 
 
 def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, checkpoints: bool = True) -> StageReport:
@@ -592,7 +604,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             tally.into(report)
             if book is not None and done.checkpoint is not None:
                 joined.update(done.extraction_tasks)
-                book.write(part.rel, done.checkpoint)
+                if not (done.unchanged and book.keep(part.rel)):
+                    book.write(part.rel, done.checkpoint)
         if not dry_run:
             _remove_orphans(ws, {part.rel for part in parts})
             quarantine_path = ws.quarantine_path(STAGE)

@@ -111,11 +111,17 @@ class ScoreCheckpoints:
         self.task_parents: dict[str, str] = self._file.header.task_parents if self._file.header else {}
 
     def get(self, rel: str) -> PartitionCheckpoint | None:
+        found = self.read(rel)
+        return found[0] if found is not None else None
+
+    def read(self, rel: str) -> tuple[PartitionCheckpoint, bytes] | None:
+        """The partition's checkpoint and its JSON as saved (a checkpoint written again the same
+        is kept where it is instead)."""
         payload = self._file.payload(rel)
         if payload is None:
             return None
         try:
-            return PartitionCheckpoint.model_validate_json(payload)
+            return PartitionCheckpoint.model_validate_json(payload), payload
         except ValueError:
             return None
 
@@ -127,11 +133,15 @@ class ScoreCheckpoints:
         return None if found is None or hashed is None else (found, hashed)
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:
-        """One partition's next checkpoint (kept in a side file until `save`)."""
+        """One partition's next checkpoint (the file's once `save` is called)."""
         self._file.write(rel, checkpoint)
 
+    def keep(self, rel: str) -> bool:
+        """The partition's saved checkpoint carried over as it is (False: it has none)."""
+        return self._file.keep(rel)
+
     def save(self, task_parents: dict[str, str]) -> None:
-        """Replace the checkpoint file: the header, then the partitions written this run."""
+        """The partitions written and kept this run become the file's, under a new header."""
         self._file.save({"version": CHECKPOINT_VERSION, "basis": self.basis,
                          "task_parents": dict(sorted(task_parents.items()))})
 

@@ -325,6 +325,25 @@ def test_a_partition_nothing_reached_is_hashed_not_read(
         assert read >= victim_lines  # the damaged mirror's partition was scored again
 
 
+def test_partitions_left_untouched_keep_their_checkpoint_line_where_it_is(
+    tmp_path: Path, generated: tuple[Path, Path]
+) -> None:
+    """A late verdict reaches a few partitions: only their checkpoints are written again (after the
+    last header); the others' lines stay where they are, the file is not copied. A run that
+    changes nothing adds a header and nothing else."""
+    small, _ = generated
+    a, b = _twins(tmp_path, small, lambda ws: _add_parent_before_a_child(ws) and None)
+    before = a.score_checkpoint_path.read_bytes()
+    resumed = _score(a)
+    assert _state(a, resumed) == _state(b, _score(b, checkpoints=False))
+    after = a.score_checkpoint_path.read_bytes()
+    assert after.startswith(before) and 0 < len(after) - len(before) < len(before) // 2
+    again = _score(a)
+    assert _state(a, again) == _state(b, _score(b, checkpoints=False))
+    last = a.score_checkpoint_path.read_bytes()
+    assert last.startswith(after) and last.count(b"\n") == after.count(b"\n") + 1
+
+
 def _mirrors(ws: Workspace) -> dict[str, bytes]:
     return {p.relative_to(ws.root).as_posix(): p.read_bytes() for p in iter_partition_files(ws.scored_dir)}
 
