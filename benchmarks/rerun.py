@@ -122,7 +122,8 @@ def brief(measured: dict[str, Any]) -> dict[str, Any]:
 
 def run_with_rusage(root: Path, jobs: int | None = None, pythonpath: Path | None = None) -> dict[str, Any]:
     """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (a run's worker
-    processes are its children, waited for, so they count; peak RSS: the largest process so far)."""
+    processes are its children, waited for, so they count; peak RSS: the largest process so far;
+    written: what its processes wrote to files, also a count that does not drift with the machine)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -130,6 +131,8 @@ def run_with_rusage(root: Path, jobs: int | None = None, pythonpath: Path | None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     r["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
     r["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # the largest child so far (Linux: KiB)
+    # bytes the run's processes wrote to files (Linux counts them as pages are dirtied, in 512-byte blocks)
+    r["written_mib"] = round((after.ru_oublock - before.ru_oublock) * 512 / 2**20, 1)
     return r
 
 

@@ -45,7 +45,7 @@ from benchmarks.report import (  # noqa: E402
     scaled_sources,
     write_results,
 )
-from benchmarks.rerun import export_hashes, run_with_rusage  # noqa: E402
+from benchmarks.rerun import export_hashes, onto_new_day, run_with_rusage  # noqa: E402
 from distill.hashing import sealed, unsealed  # noqa: E402
 
 
@@ -146,6 +146,7 @@ def _summary(rev: Revision) -> dict[str, Any]:
         "cpu_s": [r["cpu_s"] for r in rev.runs],
         "median_cpu_s": round(statistics.median(r["cpu_s"] for r in rev.runs), 2),
         "median_wall_s": round(statistics.median(r["wall_s"] for r in rev.runs), 2),
+        "median_written_mib": round(statistics.median(r.get("written_mib", 0.0) for r in rev.runs), 1),
         "median_stage_wall_s": {s: round(statistics.median(r["stage_wall_s"].get(s, 0.0) for r in rev.runs), 2)
                                 for s in stages},
         "exit_codes": sorted({r["exit_code"] for r in rev.runs}),
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp-dir", type=Path, default=None, help="where the workspaces go (e.g. /dev/shm)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", help="result file stem (default rerun_ab_<rows>, rerun_ab_quick)")
+    ap.add_argument("--appended-on-new-day", action="store_true",
+                    help="the appended rows' ISO timestamps all on 2026-12-01, after every date of the workspace "
+                         "(as benchmarks/rerun.py --appended-on-new-day): new partitions instead of grown ones")
     args = ap.parse_args(argv)
     rows, pairs = (2_000, 1) if args.quick else (args.rows, args.pairs)
     if pairs < 1:
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             revisions = [_revision(args.base, tmp, "base"), _revision(args.head, tmp, "head")]
             scaled_sources(tmp / "kb-base", rows)
             scaled_sources(tmp / "kb-grown", more)
+            if args.appended_on_new_day:
+                onto_new_day(tmp / "kb-base", tmp / "kb-grown")
             log(f"{rows:,} rows, then +{more - rows:,}: {revisions[0].label} against {revisions[1].label}")
             for side, rev in zip(("base", "head"), revisions, strict=True):
                 _build(rev, tmp / "kb-base", tmp / "kb-grown", tmp, args.jobs, side)
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [h["cpu_s"] / b["cpu_s"] for b, h in zip(revisions[0].runs, revisions[1].runs, strict=True)]
     result = {
         "suite": "rerun_ab", "quick": args.quick, "rows": rows, "rows_added": more - rows, "pairs": pairs,
+        "appended_on_new_day": args.appended_on_new_day,
         "jobs": "default (every core)" if args.jobs is None else args.jobs,
         "base": base, "head": head,
         "head_over_base_median_cpu": round(head["median_cpu_s"] / base["median_cpu_s"], 3),
@@ -210,13 +217,16 @@ def markdown(r: dict[str, Any]) -> str:
     b, h = r["base"], r["head"]
     stages = sorted(set(b["median_stage_wall_s"]) | set(h["median_stage_wall_s"]))
     rows = [[side["revision"], side["median_cpu_s"], ", ".join(f"{c:g}" for c in side["cpu_s"]), side["median_wall_s"],
+             side.get("median_written_mib", "-"),
              ", ".join(f"{s} {side['median_stage_wall_s'].get(s, 0.0):.1f}" for s in stages),
              ", ".join(str(c) for c in side["exit_codes"])] for side in (b, h)]
     return "\n".join([
         f"### A run after +1 % rows, two revisions alternating ({r['rows']:,} source rows + {r['rows_added']:,}, "
-        f"{r['pairs']} pairs, [run] jobs: {r['jobs']})",
+        f"{r['pairs']} pairs, [run] jobs: {r['jobs']}"
+        f"{', the appended rows on one new day' if r.get('appended_on_new_day') else ''})",
         "",
-        md_table(["revision", "median CPU s", "CPU s per run", "median wall s", "median wall s per stage", "exit"], rows),
+        md_table(["revision", "median CPU s", "CPU s per run", "median wall s", "median MiB written",
+                  "median wall s per stage", "exit"], rows),
         "",
         f"- head / base, median CPU: **{r['head_over_base_median_cpu']:.3f}x** (per pair "
         f"{r['pairwise_ratio_range'][0]:.3f}-{r['pairwise_ratio_range'][1]:.3f})",
