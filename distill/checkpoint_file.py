@@ -431,7 +431,7 @@ def _split_header(line: bytes) -> tuple[bytes, dict[str, int] | None, dict[str, 
     return dumps(found), offsets if ok else None, known
 
 
-HEADER_MAX_BYTES = 64 << 20  # a line longer than this is not read as a header (it would be held whole)
+HEADER_MAX_BYTES = 256 << 20  # a longer line is not read as a header (it would be held whole): ~2M partitions
 
 
 def _complete_lines_backwards(fh: IO[bytes]) -> Iterator[tuple[int, int]]:
