@@ -276,7 +276,7 @@ class CheckpointFile:
         return self._out
 
     def write(self, rel: str, checkpoint: dict[str, Any], entries: Entries | None = None) -> None:
-        """One partition's next checkpoint (kept in the side file until `save`). `entries`: what
+        """One partition's next checkpoint (the file's once `save` writes the header). `entries`: what
         `JsonEntries.take` hands out, written as the checkpoint's `entries` array a piece at a
         time (so a spilled partition's line is never built whole in memory), their lengths after."""
         try:
