@@ -434,11 +434,17 @@ def _split_header(line: bytes) -> tuple[bytes, dict[str, int] | None, dict[str, 
 HEADER_MAX_BYTES = 256 << 20  # a longer line is not read as a header (it would be held whole): ~2M partitions
 
 
-def _complete_lines_backwards(fh: IO[bytes]) -> Iterator[tuple[int, int]]:
-    """(start, end) of each newline-terminated line, the last first; a tail without its newline
-    (a write cut short) is not a line. Reads the file backwards a chunk at a time."""
+MAX_LINES_AFTER_HEADER = 1_000_000
+"""Partition lines a killed run may have left after the last header that opening the file reads
+past (each is one partition written, so a run leaves fewer); a file with more is no checkpoint file."""
+
+
+def _complete_lines_backwards(fh: IO[bytes]) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first byte) of each newline-terminated line, the last first; a tail without its
+    newline (a write cut short) is not a line. Reads the file backwards a chunk at a time."""
     pos = fh.seek(0, os.SEEK_END)
     stop: int | None = None  # the end of the line whose start is looked for
+    first = -1  # the first byte of the chunk read before this one (the line starting at `pos`)
     while pos > 0:
         begin = max(0, pos - READ_CHUNK)
         fh.seek(begin)
@@ -446,30 +452,34 @@ def _complete_lines_backwards(fh: IO[bytes]) -> Iterator[tuple[int, int]]:
         cut = len(chunk)
         while (found := chunk.rfind(b"\n", 0, cut)) >= 0:
             if stop is not None:
-                yield begin + found + 1, stop
+                yield begin + found + 1, stop, chunk[found + 1] if found + 1 < len(chunk) else first
             stop, cut = begin + found + 1, found
+        first = chunk[0] if chunk else -1
         pos = begin
     if stop is not None:
-        yield 0, stop
+        yield 0, stop, first
 
 
 def _indexed_by_header(fh: IO[bytes]) -> tuple[bytes, dict[str, int], dict[str, int], int] | None:
-    """The last header line that is as written, the partitions' offsets and line lengths it holds,
-    and where it ends; None when there is none. Partition lines (they start with a quote) and
-    lines that are not a sealed header after it were appended by a run that did not finish: the
-    lines the header points at come before it and were not touched since."""
-    for start, end in _complete_lines_backwards(fh):
-        fh.seek(start)
-        if fh.read(1) == b'"' or end - start > HEADER_MAX_BYTES:
+    """The last header line, the partitions' offsets and line lengths it holds, and where it ends;
+    None when it is not as written or there is none. Partition lines (they start with a quote)
+    after it were appended by a run that did not finish and are read past: the lines the header
+    points at come before it and were not touched since. Any other line there is damage."""
+    for skipped, (start, end, first) in enumerate(_complete_lines_backwards(fh)):
+        if first == ord('"'):
+            if skipped >= MAX_LINES_AFTER_HEADER:
+                return None
             continue
+        if end - start > HEADER_MAX_BYTES:
+            return None
         fh.seek(start)
         line = unsealed(fh.read(end - start))
         if line is None:
-            continue
+            return None
         try:
             header, offsets, lengths = _split_header(line)
         except ValueError:
-            continue
+            return None
         if offsets is None or any(at >= start for at in offsets.values()):
             return None
         return header, offsets, lengths, end

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import distill.checkpoint_file as checkpoint_file
+from distill.hashing import sealed
 from distill.checkpoint_file import (
     ENTRIES_DIGEST_KEY,
     ENTRIES_KEY,
@@ -72,6 +73,8 @@ def test_a_file_of_another_shape_offers_nothing(tmp_path: Path) -> None:
     for body in (header + part,  # the header first (the layout before the header moved last)
                  part,  # no header
                  part + b"{not json\n",
+                 part + header + b"{not json\n",  # after the header: neither a partition's line nor a header
+                 part + header + header[:-5] + b"0000\n",  # a damaged header after a good one
                  b'{"basis": "b1"}\n'[:-1] + b"x\n"):
         path.write_bytes(body)
         book = CheckpointFile(path, _accept("b1"))
@@ -328,10 +331,14 @@ def test_a_run_appends_what_it_writes_and_leaves_kept_lines_where_they_are(tmp_p
     assert json.loads(again.payload("c/z.jsonl") or b"") == {"end": 3}
 
 
-def test_a_run_that_does_not_finish_leaves_lines_the_next_reads_past_and_cuts_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [1 << 20, 5], ids=["one-chunk", "5-byte-chunks"])
+def test_a_run_that_does_not_finish_leaves_lines_the_next_reads_past_and_cuts_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """A run killed after it appended (no `discard`): its lines after the last header, cut at any
     byte, offer the last saved checkpoints; the next run's file holds none of them. A header that
-    was written whole is the file's, whatever follows it."""
+    was written whole is the file's, whatever follows it. (`chunk`: the file read backwards in
+    pieces that cut lines anywhere.)"""
+    monkeypatch.setattr(checkpoint_file, "READ_CHUNK", chunk)
     path = tmp_path / "book.json"
     _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": {"end": 2}})
     saved = path.read_bytes()
@@ -402,7 +409,6 @@ def test_a_file_of_another_basis_is_left_as_it_was_by_a_run_that_does_not_finish
 def test_a_file_saved_before_line_lengths_were_kept_is_read_and_rewritten_once(tmp_path: Path) -> None:
     path = tmp_path / "book.json"
     line = b'"a/x.jsonl"\t{"end":1}'
-    from distill.hashing import sealed
     body = sealed(line)
     path.write_bytes(body + sealed(b'{"basis":"b1","partition_offsets":{"a/x.jsonl":0}}'))
     book = CheckpointFile(path, _accept("b1"))
@@ -412,3 +418,15 @@ def test_a_file_saved_before_line_lengths_were_kept_is_read_and_rewritten_once(t
     saved = path.read_bytes()
     assert saved.startswith(body) and saved.count(b"\n") == 2 and b'"partition_bytes":{"a/x.jsonl":' in saved
     assert json.loads(CheckpointFile(path, _accept("b1")).payload("a/x.jsonl") or b"") == {"end": 1}
+
+
+def test_opening_reads_past_a_bounded_number_of_lines_after_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 1}})
+    saved = path.read_bytes()
+    extra = b"".join(sealed(b'"p/%d.jsonl"\t{}' % n) for n in range(3))
+    path.write_bytes(saved + extra)
+    monkeypatch.setattr(checkpoint_file, "MAX_LINES_AFTER_HEADER", 3)
+    assert json.loads(CheckpointFile(path, _accept("b1")).payload("a/x.jsonl") or b"") == {"end": 1}
+    path.write_bytes(saved + extra + sealed(b'"p/3.jsonl"\t{}'))
+    assert CheckpointFile(path, _accept("b1")).header is None  # more than a run could have left
