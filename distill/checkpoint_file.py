@@ -224,8 +224,8 @@ class CheckpointFile:
         self._parts_path = atomic_temp_path(path)
         self._out: IO[bytes] | None = None
         self._appending = False  # `_out` is the file itself (else the side file)
-        self._written: dict[str, int] = {}  # where each partition's line starts in the next file
-        self._written_lengths: dict[str, int | None] = {}
+        # each partition's line in the next file: where it starts, its bytes (None: not known)
+        self._placed: dict[str, tuple[int, int | None]] = {}
         try:
             with open(path, "rb") as fh:
                 found = _indexed_by_header(fh)
@@ -244,7 +244,7 @@ class CheckpointFile:
         at = self.offsets.get(rel)
         if at is None:
             return None
-        head = dumps(rel) + b"\t"
+        head = _line_head(rel)
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(at)
@@ -280,7 +280,7 @@ class CheckpointFile:
         `JsonEntries.take` hands out, written as the checkpoint's `entries` array a piece at a
         time (so a spilled partition's line is never built whole in memory), their lengths after."""
         try:
-            head = dumps(rel) + b"\t"
+            head = _line_head(rel)
             if entries is not None:
                 checkpoint = {**checkpoint, **entries.fields, ENTRY_LENGTHS_KEY: encode_lengths(entries.lengths)}
             body = dumps(checkpoint)
@@ -288,10 +288,9 @@ class CheckpointFile:
             return  # a value JSON cannot carry (a lone surrogate): this partition keeps no checkpoint
         out = self._output()
         start = out.tell()
-        self._written[rel] = start
         if entries is None:
             out.write(sealed(head + body))
-            self._written_lengths[rel] = out.tell() - start
+            self._placed[rel] = (start, out.tell() - start)
             return
         line = xxhash.xxh3_128(head + _ENTRIES_OPEN)  # the whole line's, for its seal
         out.write(head + _ENTRIES_OPEN)
@@ -312,7 +311,7 @@ class CheckpointFile:
         tail = _ENTRIES_CLOSE + digest.hexdigest().encode() + b'"' + (b"," + body[1:] if body != b"{}" else b"}")
         line.update(tail)
         out.write(tail + seal(line.hexdigest()))
-        self._written_lengths[rel] = out.tell() - start
+        self._placed[rel] = (start, out.tell() - start)
 
     def keep(self, rel: str) -> bool:
         """Carry one partition's checkpoint over to the next file as it is, never parsed (where it
@@ -320,10 +319,9 @@ class CheckpointFile:
         it whole. False when it has none. Its seal is checked when it is read (`payload`)."""
         self._output()
         at = self.offsets.get(rel)
-        if at is None or not _starts_with(self.path, at, dumps(rel) + b"\t"):
+        if at is None or not _starts_with(self.path, at, _line_head(rel)):
             return False  # not this partition's line: the file was changed under us
-        self._written[rel] = at
-        self._written_lengths[rel] = self._lengths.get(rel)
+        self._placed[rel] = (at, self._lengths.get(rel))
         return True
 
     def save(self, header: dict[str, Any]) -> None:
@@ -332,50 +330,39 @@ class CheckpointFile:
         out = self._output()
         self._out = None
         try:
+            placed = self._placed
             if self._appending:
-                live = [n for n in self._written_lengths.values() if n is not None]
-                size = out.tell()
-                if len(live) == len(self._written_lengths) and size - sum(live) <= max(sum(live), COMPACT_BYTES):
-                    self._seal_header(out, header, self._written, self._written_lengths)
+                live = [n for _, n in placed.values() if n is not None]
+                if len(live) == len(placed) and out.tell() - sum(live) <= max(sum(live), COMPACT_BYTES):
+                    _seal_header(out, header, placed)
                     return
                 out.flush()
                 out.close()
                 out = open(self._parts_path, "wb")  # noqa: SIM115 - closed below
                 self._appending = False
-                offsets, lengths = self._copy_live(out)
-            else:
-                offsets, lengths = self._written, self._written_lengths
-            self._seal_header(out, header, offsets, lengths)
+                placed = self._copy_live(out)
+            _seal_header(out, header, placed)
             os.replace(self._parts_path, self.path)
         finally:
             out.close()
 
-    def _copy_live(self, out: IO[bytes]) -> tuple[dict[str, int], dict[str, int | None]]:
+    def _copy_live(self, out: IO[bytes]) -> dict[str, tuple[int, int | None]]:
         """Every partition's line as this run leaves it, copied from the file to `out` (a line
-        cut short is not copied: that partition has no checkpoint)."""
-        offsets: dict[str, int] = {}
-        lengths: dict[str, int | None] = {}
+        cut short is not copied: that partition has no checkpoint); where each is in `out`."""
+        placed: dict[str, tuple[int, int | None]] = {}
         with open(self.path, "rb") as fh:
-            for rel, at in self._written.items():
+            for rel, (at, _) in self._placed.items():
                 start = out.tell()
-                if _copy_line(fh, at, dumps(rel) + b"\t", out):
-                    offsets[rel], lengths[rel] = start, out.tell() - start
+                if _copy_line(fh, at, _line_head(rel), out):
+                    placed[rel] = (start, out.tell() - start)
                 else:
                     out.seek(start)
                     out.truncate()
-        return offsets, lengths
-
-    @staticmethod
-    def _seal_header(out: IO[bytes], header: dict[str, Any], offsets: dict[str, int],
-                     lengths: dict[str, int | None]) -> None:
-        known = {rel: n for rel, n in lengths.items() if n is not None}
-        out.write(sealed(dumps({**header, OFFSETS_KEY: offsets, LENGTHS_KEY: known})))
-        out.flush()
-        os.fsync(out.fileno())
+        return placed
 
     def discard(self) -> None:
         """The file as the last `save` left it: what this run appended is cut off again."""
-        self._written, self._written_lengths = {}, {}
+        self._placed = {}
         out, self._out = self._out, None
         if out is not None:
             if self._appending and self._committed is not None:
@@ -390,6 +377,20 @@ class CheckpointFile:
 COMPACT_BYTES = 8 << 20
 """Dead bytes (lines no header points at) an appended file may hold beyond its live bytes before
 `save` rewrites it with the live lines only: a small file is not rewritten for a few partitions."""
+
+
+def _line_head(rel: str) -> bytes:
+    """What a partition's line starts with: its name, then a tab."""
+    return dumps(rel) + b"\t"
+
+
+def _seal_header(out: IO[bytes], header: dict[str, Any], placed: dict[str, tuple[int, int | None]]) -> None:
+    """The header line (the stage's header, each partition's offset and the lengths known), synced."""
+    offsets = {rel: at for rel, (at, _) in placed.items()}
+    lengths = {rel: n for rel, (_, n) in placed.items() if n is not None}
+    out.write(sealed(dumps({**header, OFFSETS_KEY: offsets, LENGTHS_KEY: lengths})))
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def _starts_with(path: Path, at: int, head: bytes) -> bool:
