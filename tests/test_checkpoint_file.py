@@ -148,6 +148,26 @@ def test_an_offset_that_lands_on_another_line_offers_nothing_for_that_partition(
     book.discard()
 
 
+@pytest.mark.parametrize("delta", [-1, 1, 7])
+def test_a_line_length_the_header_gets_wrong_offers_nothing_for_that_partition(tmp_path: Path, delta: int) -> None:
+    """The header says how long each line is and the line is read by that length: a header that
+    disagrees with its line (sealed as it is, so only the length can tell) is no checkpoint for
+    that partition, the others' are offered as before."""
+    path = tmp_path / "book.json"
+    _saved(path, {"a/x.jsonl": {"end": 1}, "b/y.jsonl": {"end": 22}})
+    *lines, header_line = path.read_bytes().splitlines(keepends=True)
+    header = json.loads(header_line[:-checkpoint_file.SEAL_BYTES])
+    lengths = header[checkpoint_file.LENGTHS_KEY]
+    assert lengths["a/x.jsonl"] == len(lines[0])
+    lengths["a/x.jsonl"] += delta
+    path.write_bytes(b"".join(lines) + sealed(json.dumps(header).encode()))
+    book = CheckpointFile(path, _accept("b1"))
+    assert book.header is not None
+    assert book.payload("a/x.jsonl") is None
+    assert json.loads(book.payload("b/y.jsonl") or b"null") == {"end": 22}
+    book.discard()
+
+
 def _array(pieces: Iterable[bytes]) -> list[Any]:
     """The entries `JsonEntries.take` handed out, as the checkpoint's array holds them."""
     return json.loads(b"[" + b",".join(pieces) + b"]")
