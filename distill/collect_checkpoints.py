@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
-from distill.hashing import PrefixHash, canonical_json, sha256_hex
+from distill.hashing import PrefixHash, WholeFileDigests, canonical_json, sha256_hex
 from distill.jsonl import ReadProgress, dumps, iter_raw_lines, read_sealed, write_sealed
 from distill.receipts import code_fingerprint
 from distill.sources.base import JsonlStream, Source
@@ -159,8 +159,12 @@ class CollectCheckpoints:
     """The checkpoints a run may trust (see the module docstring), and the ones it leaves."""
 
     def __init__(self, basis: str, files: dict[str, FileCheckpoint] | None = None,
-                 evidence: dict[str, EvidenceCheckpoint] | None = None) -> None:
+                 evidence: dict[str, EvidenceCheckpoint] | None = None, *,
+                 known: WholeFileDigests | None = None) -> None:
+        """`known`: whole-file digests known without a read (an evidence file unchanged since its
+        checkpoint is then not read to check it)."""
         self.basis = basis
+        self.known = known
         self.files = files or {}
         self.evidence = evidence or {}
         self.next: dict[str, FileCheckpoint] = {}
@@ -171,7 +175,7 @@ class CollectCheckpoints:
         self._appended: set[str] = set()
 
     @classmethod
-    def load(cls, path: Path, basis: str) -> CollectCheckpoints:
+    def load(cls, path: Path, basis: str, *, known: WholeFileDigests | None = None) -> CollectCheckpoints:
         """The saved checkpoints if they were made on this basis; none otherwise (a missing or
         unreadable file only costs a full read)."""
         data = read_sealed(path)  # a changed byte (a dedup key, a stored quarantine line): none
@@ -183,14 +187,14 @@ class CollectCheckpoints:
             return cls(basis)
         if saved.basis != basis:
             return cls(basis)
-        return cls(basis, saved.files, saved.evidence)
+        return cls(basis, saved.files, saved.evidence, known=known)
 
     def evidence_keys(self, rel: str, path: Path, parse_keys: Callable[[bytes], bytes | None]) -> list[bytes]:
         """The keys of every whole line of one evidence file: the checkpointed prefix's from the
         checkpoint (when the file still starts with those bytes), the rest parsed by `parse_keys`
         (a line -> its key, or None for a line that is not evidence)."""
         found = self.evidence.get(rel)
-        hashed = PrefixHash.resume(path, found.end, found.prefix_hash) if found is not None else None
+        hashed = PrefixHash.resume(path, found.end, found.prefix_hash, known=self.known) if found is not None else None
         if found is not None and hashed is not None:
             start, blob = found.end, bytearray(found.key_bytes())
         else:

@@ -74,11 +74,11 @@ export publishes: those digests are sha256), and ask it of every prefix on every
 hash is xxh3 (128 bits, ~20 GB/s here) rather than sha256 (~1.7 GB/s with SHA-NI)."""
 
 
-def _new_prefix_hasher() -> Any:
+def new_prefix_hasher() -> Any:
     return xxhash.xxh3_128()
 
 
-def prefix_hash(path: Path, end: int, new: Callable[[], Any] = _new_prefix_hasher) -> Any:
+def prefix_hash(path: Path, end: int, new: Callable[[], Any] = new_prefix_hasher) -> Any:
     """A hash object (made by `new`) over the first `end` bytes of a file (it can go on hashing
     what follows), or None when the file is shorter or unreadable."""
     h = new()
@@ -146,29 +146,63 @@ def split_digests(packed: bytes | bytearray, size: int = 16) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+WholeFileDigests = Callable[[Path], "tuple[int, str] | None"]
+"""(size, PREFIX_HASH) of a whole file as it is now, when something already knows it without
+reading the file (the receipts' digest cache, by stat key: distill.receipts.DigestCache.xxh3_of)."""
+
+
 class PrefixHash:
     """The PREFIX_HASH of a file from offset 0, kept while a reader goes through it: started fresh
     or resumed from a prefix that still matches, fed every chunk read, and asked for the digest of
     the whole lines only (a read that ended in an unterminated line hashes up to its start)."""
 
-    def __init__(self, hasher: Any = None, at: int = 0, *, new: Callable[[], Any] = _new_prefix_hasher) -> None:
+    def __init__(self, hasher: Any = None, at: int = 0, *, new: Callable[[], Any] = new_prefix_hasher) -> None:
         self._new = new  # another algorithm only where a digest is compared with one made elsewhere
         self._hasher = hasher if hasher is not None else new()
         self.at = at  # bytes hashed so far
+        # a prefix vouched for without reading it: (file, its digest); the bytes are read only if
+        # more are fed (the hash object must then go on from them)
+        self._vouched: tuple[Path, str] | None = None
 
     @classmethod
     def resume(cls, path: Path, end: int, expected: str, *,
-               new: Callable[[], Any] = _new_prefix_hasher) -> PrefixHash | None:
-        """Over the first `end` bytes, when they still hash to `expected`; None otherwise."""
+               new: Callable[[], Any] = new_prefix_hasher, known: WholeFileDigests | None = None) -> PrefixHash | None:
+        """Over the first `end` bytes, when they still hash to `expected`; None otherwise. `known`:
+        where the whole file's digest may be known already; when the file is exactly those
+        `end` bytes as known there, they are not read (most of the prefixes a run after an
+        append checks are of partitions it did not touch)."""
+        if known is not None and new is new_prefix_hasher and known(path) == (end, expected):
+            vouched = cls(None, end, new=new)
+            vouched._hasher, vouched._vouched = None, (path, expected)
+            return vouched
         hasher = prefix_hash(path, end, new)
         return cls(hasher, end, new=new) if hasher is not None and hasher.hexdigest() == expected else None
 
+    def _read_vouched(self) -> None:
+        """The hash object over the vouched prefix, read now; the file's bytes are what it holds
+        from here on (a prefix that no longer hashes as vouched gives another digest, never the
+        vouched one)."""
+        assert self._vouched is not None
+        path, _ = self._vouched
+        self._vouched = None
+        hasher = prefix_hash(path, self.at, self._new)
+        if hasher is None:  # the file lost bytes under us: a digest no recorded prefix has
+            hasher = self._new()
+            hasher.update(b"\0prefix unreadable\0")
+        self._hasher = hasher
+
     def update(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._vouched is not None:
+            self._read_vouched()
         self._hasher.update(chunk)
         self.at += len(chunk)
 
     def hexdigest(self) -> str:
         """The digest of the `at` bytes hashed so far."""
+        if self._vouched is not None:
+            return self._vouched[1]
         return str(self._hasher.hexdigest())
 
     def hexdigest_to(self, path: Path, end: int) -> str | None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
 from distill.fold_cache import FoldCache
-from distill.hashing import canonical_json, file_state, sha256_hex
+from distill.hashing import canonical_json, file_state, new_prefix_hasher, sha256_hex
 from distill.jsonl import dumps, loads, read_sealed, write_atomic, write_sealed
 from distill.records.receipts import (
     DeterminismFinding,
@@ -46,13 +46,15 @@ LATEST_NAME = "latest.json"
 
 StatKey = tuple[str, int, int, int, int]
 """(absolute path, inode, size, mtime_ns, ctime_ns): what a file's content is recognised by."""
+Digested = tuple[int, str, int | None, str]
+"""(size, sha256, newline count for JSONL else None, PREFIX_HASH) of a whole file."""
 
 
 def stat_key(path: Path, st: os.stat_result | None = None) -> StatKey:
     """The file's StatKey now (`st`: a stat the caller already took); raises OSError."""
     return (str(path), *file_state(st if st is not None else path.stat()))
 
-DIGEST_CACHE_VERSION = 1
+DIGEST_CACHE_VERSION = 2  # 2: each file's PREFIX_HASH beside its sha256
 RACY_MARGIN_NS = 1_000_000_000
 """A digest is kept across runs only if the file's last change happened before hashing began: a
 file changed again later gets a newer ctime (the kernel sets it, `touch` cannot set it back), so a
@@ -67,8 +69,8 @@ older than the moment hashing began (by the system clock)."""
 class _DigestCacheFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1]
-    entries: list[tuple[str, int, int, int, int, int, str, int | None]]
+    version: Literal[2]
+    entries: list[tuple[str, int, int, int, int, int, str, int | None, str]]
 
 
 class DigestCache:
@@ -80,10 +82,10 @@ class DigestCache:
     system's clock before it hashes a file (RACY_MARGIN_NS): then what a stage wrote just before its
     receipt hashed it is saved too, instead of being hashed again by the next run."""
 
-    def __init__(self, entries: dict[StatKey, tuple[int, str, int | None]] | None = None, *,
+    def __init__(self, entries: dict[StatKey, Digested] | None = None, *,
                  clock: Path | None = None) -> None:
         self._loaded = entries or {}
-        self._used: dict[StatKey, tuple[int, str, int | None]] = {}
+        self._used: dict[StatKey, Digested] = {}
         self._hashed_at: dict[StatKey, tuple[int, bool]] = {}  # (time, read off the file's own file system)
         self.clock = clock
         # `cuts(path)`: offsets whose sha256 someone will ask for (the fold cache's counted
@@ -106,7 +108,7 @@ class DigestCache:
         state = self._states.get(key, {}).get(end)
         return None if state is None else state.copy()
 
-    def get(self, key: StatKey) -> tuple[int, str, int | None] | None:
+    def get(self, key: StatKey) -> Digested | None:
         hit = self._used.get(key)
         if hit is None and (hit := self._loaded.get(key)) is not None:
             self._used[key] = hit
@@ -120,6 +122,16 @@ class DigestCache:
             return None
         return None if hit is None else hit[1]
 
+    def xxh3_of(self, path: Path) -> tuple[int, str] | None:
+        """(size, PREFIX_HASH) of the file when this cache knows it in its present state (no
+        read): a checkpoint that hashed the whole file then need not read it again
+        (distill.hashing.WholeFileDigests)."""
+        try:
+            hit = self.get(stat_key(path))
+        except OSError:
+            return None
+        return None if hit is None else (hit[0], hit[3])
+
     def mark(self) -> tuple[int, int] | None:
         """(device, ctime_ns) of the clock file, touched now: the file system's time at this moment.
         None without a clock file or when it cannot be touched (then the system clock is used)."""
@@ -132,14 +144,14 @@ class DigestCache:
             return None
         return st.st_dev, st.st_ctime_ns
 
-    def put(self, key: StatKey, value: tuple[int, str, int | None], hashed_at_ns: int, *,
+    def put(self, key: StatKey, value: Digested, hashed_at_ns: int, *,
             fs_clock: bool = False) -> None:
         """`hashed_at_ns`: a moment before the file was stat'ed, by the system clock, or with
         `fs_clock` by the file's file system (a `mark` on the same device)."""
         self._used[key] = value
         self._hashed_at[key] = (hashed_at_ns, fs_clock)
 
-    def persistable(self) -> list[tuple[StatKey, tuple[int, str, int | None]]]:
+    def persistable(self) -> list[tuple[StatKey, Digested]]:
         """Entries safe to trust in a later run: loaded ones (already checked when saved) and those
         whose file had stopped changing before it was hashed."""
         keep = []
@@ -164,7 +176,7 @@ class DigestCache:
             saved = _DigestCacheFile.model_validate_json(data)
         except ValueError:
             return cls(clock=clock)
-        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7]) for e in saved.entries}, clock=clock)
+        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7], e[8]) for e in saved.entries}, clock=clock)
 
     def save(self, path: Path) -> None:
         entries = [(*key, *value) for key, value in self.persistable()]
@@ -200,10 +212,10 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
             key = stat_key(path, st)
             hashed_at, fs_clock = mark[1], True
     cuts = sorted(set(cache.cuts(path))) if cache is not None and cache.cuts is not None else []
-    size, sha, newlines, states = sha256_size_newlines_cut(path, cuts)
+    size, sha, newlines, states, xxh3 = sha256_size_newlines_cut(path, cuts)
     records = newlines if path.suffix == ".jsonl" else None
     if cache is not None and key is not None:
-        cache.put(key, (size, sha, records), hashed_at, fs_clock=fs_clock)
+        cache.put(key, (size, sha, records, xxh3), hashed_at, fs_clock=fs_clock)
         if states:
             cache.keep_states(key, states)
     return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=sha, records=records)
@@ -211,14 +223,16 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
 
 def sha256_size_newlines(path: Path) -> tuple[int, str, int]:
     """Size, sha256 and newline count of a file, in one streaming pass (raises OSError)."""
-    size, sha, newlines, _ = sha256_size_newlines_cut(path, [])
+    size, sha, newlines, _, _ = sha256_size_newlines_cut(path, [])
     return size, sha, newlines
 
 
-def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int, dict[int, Any]]:
-    """sha256_size_newlines, and a copy of the sha256 state after the first `cut` bytes for each
-    of the (sorted) `cuts` inside the file, taken on the way."""
+def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int, dict[int, Any], str]:
+    """sha256_size_newlines, a copy of the sha256 state after the first `cut` bytes for each of
+    the (sorted) `cuts` inside the file, taken on the way, and the file's PREFIX_HASH (~2 % of
+    the sha256's cost: what lets a checkpoint of the whole file skip reading it next time)."""
     h = hashlib.sha256()
+    prefix = new_prefix_hasher()
     size = 0
     newlines = 0
     states: dict[int, Any] = {}
@@ -234,9 +248,10 @@ def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int
                 at = cut - size
                 states[cut] = h.copy()
             h.update(chunk[at:] if at else chunk)
+            prefix.update(chunk)
             size += len(chunk)
             newlines += chunk.count(b"\n")
-    return size, h.hexdigest(), newlines, states
+    return size, h.hexdigest(), newlines, states, str(prefix.hexdigest())
 
 
 def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
-from distill.hashing import PrefixHash, canonical_json, sha256_hex
+from distill.hashing import PrefixHash, WholeFileDigests, canonical_json, sha256_hex
 from distill.receipts import code_fingerprint
 
 CHECKPOINT_VERSION: Literal[4] = 4
@@ -99,9 +99,12 @@ class ScoreCheckpoints:
     one line per partition, read one at a time; the next run's file is written as partitions are
     scored."""
 
-    def __init__(self, path: Path, basis: str) -> None:
+    def __init__(self, path: Path, basis: str, *, known: WholeFileDigests | None = None) -> None:
+        """`known`: whole-file digests known without a read (an evidence file unchanged since its
+        checkpoint is then not read to check it)."""
         self.path = path
         self.basis = basis
+        self.known = known
 
         def accept(line: bytes) -> _Header | None:
             header = _Header.model_validate_json(line)
@@ -129,7 +132,7 @@ class ScoreCheckpoints:
         """The partition's checkpoint and the hash of its prefix, when the evidence file still
         starts with the bytes it was made from."""
         found = self.get(rel)
-        hashed = PrefixHash.resume(path, found.end, found.prefix_hash) if found is not None else None
+        hashed = PrefixHash.resume(path, found.end, found.prefix_hash, known=self.known) if found is not None else None
         return None if found is None or hashed is None else (found, hashed)
 
     def write(self, rel: str, checkpoint: dict[str, Any]) -> None:

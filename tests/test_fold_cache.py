@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -481,8 +482,9 @@ def test_the_digest_pass_keeps_the_hash_state_at_each_cut(
     path.write_bytes(data)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(receipts, "CHUNK", chunk)
-        size, sha, newlines, states = receipts.sha256_size_newlines_cut(path, sorted(set(cuts)))
+        size, sha, newlines, states, whole = receipts.sha256_size_newlines_cut(path, sorted(set(cuts)))
     assert (size, sha, newlines) == (len(data), hashlib.sha256(data).hexdigest(), data.count(b"\n"))
+    assert whole == xxhash.xxh3_128_hexdigest(data)
     assert set(states) == {c for c in cuts if c <= len(data)}
     for cut, state in states.items():
         assert state.hexdigest() == hashlib.sha256(data[:cut]).hexdigest()

@@ -31,6 +31,7 @@ from distill.hashing import sealed, unsealed
 from distill.jsonl import iter_json
 from distill.pipeline import execute_run, pipeline_stages, run_pipeline
 from distill.receipts import (
+    DIGEST_CACHE_VERSION,
     RACY_MARGIN_NS,
     DigestCache,
     ReceiptBasis,
@@ -188,14 +189,16 @@ def test_same_size_edit_with_restored_mtime_is_not_hidden_by_saved_digests(mini:
     assert any("inputs changed: _kb/in.jsonl" in r for r in after.receipts[0].resume.reasons)
 
 
-@pytest.mark.parametrize("junk", [b"", b"not json", b'{"version": 1, "entries": []}',  # the last: not sealed
-                                  sealed(b'{"version": 99, "entries": []}'), sealed(b'{"version": 1, "entries": [[1]]}')])
+@pytest.mark.parametrize("junk", [b"", b"not json", b'{"version": 2, "entries": []}',  # the last: not sealed
+                                  sealed(b'{"version": 99, "entries": []}'), sealed(b'{"version": 2, "entries": [[1]]}'),
+                                  # version 1 (no PREFIX_HASH per file): dropped once
+                                  sealed(b'{"version": 1, "entries": [["/a", 1, 2, 3, 4, 2, "' + b"f" * 64 + b'", 1]]}')])
 def test_unreadable_digest_cache_costs_a_rehash_not_a_failure(mini: Workspace, junk: bytes) -> None:
     execute_run(mini, Settings(), stages=_stages())
     mini.digest_cache_path.write_bytes(junk)
     again = execute_run(mini, Settings(), stages=_stages())
     assert _statuses(again.summary) == {"upper": "skipped", "count": "skipped"} and again.exit_code == 0
-    assert _digest_cache(mini)["version"] == 1
+    assert _digest_cache(mini)["version"] == DIGEST_CACHE_VERSION
 
 
 def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
@@ -205,7 +208,7 @@ def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
     racy_ctime = ("/b", 2, 10, now - 3 * RACY_MARGIN_NS, now - RACY_MARGIN_NS // 2)
     racy_mtime = ("/c", 3, 10, now, now - 2 * RACY_MARGIN_NS)
     for key in (settled, racy_ctime, racy_mtime):
-        cache.put(key, (10, "f" * 64, 1), now)
+        cache.put(key, (10, "f" * 64, 1, "e" * 32), now)
     assert [k for k, _ in cache.persistable()] == [settled]
     assert cache.get(racy_ctime) is not None  # still used within the run that hashed it
 

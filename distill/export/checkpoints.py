@@ -64,7 +64,7 @@ from distill.export.reader import (
     rel_path,
 )
 from distill.export.scored_index import digest_position, key_digest
-from distill.hashing import LineEndHash, PrefixHash, canonical_json, file_digest, file_size, sha256_hex
+from distill.hashing import LineEndHash, PrefixHash, WholeFileDigests, canonical_json, file_digest, file_size, sha256_hex
 from distill.jsonl import RawLine, dumps, iter_raw_lines, line_at, loads
 from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
@@ -509,12 +509,16 @@ class ExportCheckpoints:
     scored partition, read one at a time; the next run's file is written as partitions are done."""
 
     def __init__(self, path: Path, basis: str, *, writable: bool = True, row_entries: bool = True,
-                 quarantine: Path | None = None, written: Callable[[], int] | None = None) -> None:
+                 quarantine: Path | None = None, written: Callable[[], int] | None = None,
+                 known: WholeFileDigests | None = None) -> None:
         """`quarantine` (RAG/SFT): the export's quarantine file, where the last run wrote the lines
         its entries stand for; `written`: how many bytes this run has written to its next one (a
-        partition's lines start there), so that the next run can read them back."""
+        partition's lines start there), so that the next run can read them back; `known`: the
+        whole-file digests known without a read (a partition file unchanged since its checkpoint
+        is then not read to check it)."""
         self.path = path
         self.basis = basis
+        self.known = known
         # RAG/SFT keep RowExporter entries with their summary, the preference export its own
         # (checked by can_replay); both parsed when first used (LazyEntries)
         self._row_entries = row_entries
@@ -643,10 +647,11 @@ def export_partition(ws: Workspace, path: Path, index: EvidenceIndex, exporter: 
     checkpoints.begin(rel)
     found = checkpoints.get(rel)
     if found is not None:
-        mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_prefix_hash"])
+        known = checkpoints.known
+        mirror_hash = PrefixHash.resume(mirror, found["mirror_end"], found["mirror_prefix_hash"], known=known)
         if mirror_hash is not None:
             tail = TailEvidence(index, mirror, found["keys"], found["mirror_end"], mirror_hash)
-            scored_hash = PrefixHash.resume(path, found["end"], found["prefix_hash"])
+            scored_hash = PrefixHash.resume(path, found["end"], found["prefix_hash"], known=known)
             try:
                 if scored_hash is not None and exporter.can_replay(found[ENTRIES_KEY]):
                     _resume(ws, path, rel, found, tail, scored_hash, exporter, checkpoints)

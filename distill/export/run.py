@@ -39,6 +39,7 @@ from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, pair_side, rows_violations
 from distill.jsonl import append_file, atomic_temp_path, atomic_writer, dumps, json_rows, replace_file, write_atomic
+from distill.receipts import DigestCache
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
@@ -101,6 +102,9 @@ def run_export(
     existing = (Exported.nothing() if rebuild
                 else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task))
     index = EvidenceIndex(ws)
+    # what the last run's receipts hashed (by stat key): a partition file unchanged since then is
+    # not read again to check that it still starts with what its checkpoint was made from
+    known = DigestCache.load(ws.digest_cache_path).xxh3_of
     checkpoints: ExportCheckpoints | None = None
     pref = None
     token = uuid.uuid4().hex  # ties the preference export's kept decisions to the checkpoint saved with them
@@ -131,7 +135,7 @@ def run_export(
             basis = export_basis(ws, settings, kind, {})
             gates = PassedGates(ws.passed_gates_path(kind), basis, fw, writable=not dry_run)
             checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), basis, writable=not dry_run,
-                                            row_entries=False)
+                                            row_entries=False, known=known)
             stack.callback(checkpoints.discard)
             pref_checkpoints = checkpoints
             # a rebuild pairs against an empty export: last run's decisions do not hold for it
@@ -180,7 +184,7 @@ def run_export(
             flags = {"include_review": include_review} if kind == "rag" else {"include_partial": include_partial}
             checkpoints = ExportCheckpoints(ws.export_checkpoint_path(kind), export_basis(ws, settings, kind, flags),
                                             writable=not dry_run, quarantine=qpath,
-                                            written=lambda: quarantine_lines.at)
+                                            written=lambda: quarantine_lines.at, known=known)
             stack.callback(checkpoints.discard)
             exporter = RowExporter(kind, decide, existing.ids, fw, report, id_of=id_of, on_sample=on_sample,
                                    on_quarantine=quarantine_lines, record=not dry_run)
@@ -232,7 +236,7 @@ def run_export(
             written.append(qpath)
     if not dry_run:
         # the export as written, judged by its labels and by the scores of its runs
-        on_disk = verify_export(ws, export, scored=scored_categories(ws),
+        on_disk = verify_export(ws, export, scored=scored_categories(ws, known=known),
                                 max_pairs_per_task=settings.export.max_pairs_per_task)
         violations += on_disk if rebuild else [_shipped(v) for v in on_disk]
         if kind != "rag" and not on_disk:

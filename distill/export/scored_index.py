@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from distill.hashing import LineEndHash, PrefixHash
+from distill.hashing import LineEndHash, PrefixHash, WholeFileDigests
 from distill.jsonl import atomic_writer, dumps, iter_raw_lines, loads
 from distill.workspace import Workspace, iter_partition_files
 
@@ -308,13 +308,14 @@ def _reread(known: _Part, index: ScoredIndex, path: Path, on_chunk: LineEndHash)
     return _Part.mixed(known, fresh, picks)
 
 
-def scored_categories(ws: Workspace) -> ScoredIndex:
+def scored_categories(ws: Workspace, *, known: WholeFileDigests | None = None) -> ScoredIndex:
     """The scored-runs partitions as the firewall's ground truth. What an earlier build read of a
     partition is taken from `.distill.scored-index.npz`: while the file still starts with those
     bytes (their prefix hash) only the appended lines are parsed; a partition score rewrote in
     place (late verdicts re-score runs) is read again, but a line whose bytes the earlier build
     saw (by xxh3-128) takes its entry from there. The index is the same either way (the cache
-    only saves work)."""
+    only saves work). `known`: whole-file digests known without a read (an unchanged partition
+    file is then not read to check its prefix)."""
     store = ws.scored_index_path
     index = ScoredIndex()
     saved = _load_parts(store, index)
@@ -323,15 +324,15 @@ def scored_categories(ws: Workspace) -> ScoredIndex:
     rels = [p.relative_to(ws.root).as_posix() for p in files]
     changed = set(saved) != set(rels)
     for path, rel in zip(files, rels, strict=True):
-        known = saved.get(rel)
-        hasher = PrefixHash.resume(path, known.end, known.prefix_hash) if known is not None else None
-        if known is not None and hasher is not None:
-            part = known
+        saved_part = saved.get(rel)
+        hasher = PrefixHash.resume(path, saved_part.end, saved_part.prefix_hash, known=known) if saved_part is not None else None
+        if saved_part is not None and hasher is not None:
+            part = saved_part
             tail = LineEndHash(hasher)
             _read_into(part, index, path, start=part.end, lines_before=part.lines, on_chunk=tail)
-        elif known is not None and len(known):
+        elif saved_part is not None and len(saved_part):
             tail = LineEndHash(PrefixHash())
-            part = _reread(known, index, path, tail)
+            part = _reread(saved_part, index, path, tail)
         else:
             part, tail = _Part(), LineEndHash(PrefixHash())
             _read_into(part, index, path, start=0, lines_before=0, on_chunk=tail)

@@ -1,0 +1,172 @@
+"""A checkpoint's prefix vouched for by the receipts' digest cache: a partition file unchanged
+since the last run (same stat key, exactly the checkpointed bytes, the same xxh3-128) is not read
+again to check that it still starts with what the checkpoint was made from; every output is the
+same as when each prefix is read."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+import distill.hashing as hashing
+from distill.config import load_settings
+from distill.hashing import PrefixHash
+from distill.pipeline import execute_run
+from distill.receipts import DigestCache, digest_file
+from distill.workspace import Workspace, iter_partition_files
+
+DATA = b'{"a": 1}\n{"b": 2}\n'
+
+
+class PrefixReads:
+    """The files `prefix_hash` read (what PrefixHash.resume reads a prefix with)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[Path] = []
+        real = hashing.prefix_hash
+
+        def counting(path: Path, end: int, *args: Any, **kwargs: Any) -> Any:
+            self.paths.append(Path(path))
+            return real(path, end, *args, **kwargs)
+
+        monkeypatch.setattr(hashing, "prefix_hash", counting)
+
+
+def test_a_vouched_prefix_is_read_only_when_more_bytes_follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "part.jsonl"
+    path.write_bytes(DATA)
+    digest = xxhash.xxh3_128_hexdigest(DATA)
+    reads = PrefixReads(monkeypatch)
+
+    vouched = PrefixHash.resume(path, len(DATA), digest, known=lambda p: (len(DATA), digest))
+    assert vouched is not None and reads.paths == []
+    assert (vouched.at, vouched.hexdigest(), vouched.hexdigest_to(path, len(DATA))) == (len(DATA), digest, digest)
+    vouched.update(b"")
+    assert reads.paths == []
+    with open(path, "ab") as fh:
+        fh.write(b'{"c": 3}\n')
+    vouched.update(b'{"c": 3}\n')  # a reader went on past the prefix: the hash object goes on from its bytes
+    assert reads.paths == [path]
+    assert vouched.hexdigest() == xxhash.xxh3_128_hexdigest(DATA + b'{"c": 3}\n')
+
+
+@pytest.mark.parametrize("known", [
+    lambda size, digest: None,  # the cache does not know the file as it is now
+    lambda size, digest: (size + 1, digest),  # it knows a longer file: the checkpoint covers a prefix only
+    lambda size, digest: (size, "0" * 32),  # another content
+], ids=["unknown", "longer", "other-digest"])
+def test_a_prefix_the_cache_does_not_vouch_for_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known: Any) -> None:
+    path = tmp_path / "part.jsonl"
+    path.write_bytes(DATA)
+    digest = xxhash.xxh3_128_hexdigest(DATA)
+    reads = PrefixReads(monkeypatch)
+    hashed = PrefixHash.resume(path, len(DATA), digest, known=lambda p: known(len(DATA), digest))
+    assert hashed is not None and reads.paths == [path] and hashed.hexdigest() == digest
+    assert PrefixHash.resume(path, len(DATA), "f" * 32, known=lambda p: known(len(DATA), digest)) is None
+    # a prefix hashed with another algorithm is never vouched for by the xxh3 of the whole file
+    sha = hashlib.sha256(DATA).hexdigest()
+    assert PrefixHash.resume(path, len(DATA), sha, new=hashlib.sha256, known=lambda p: (len(DATA), sha)) is not None
+    assert reads.paths == [path, path, path]
+
+
+def test_a_vouched_prefix_that_is_not_in_the_file_never_continues_as_vouched(tmp_path: Path) -> None:
+    """Only a cache that lies vouches for bytes a file does not hold (the digest cache is keyed by
+    inode, size, mtime and ctime); even then, hashing on gives the digest of the bytes there."""
+    path = tmp_path / "part.jsonl"
+    path.write_bytes(DATA)
+    digest = xxhash.xxh3_128_hexdigest(DATA)
+    changed = DATA.replace(b"1", b"7")
+    path.write_bytes(changed)
+    lied = PrefixHash.resume(path, len(DATA), digest, known=lambda p: (len(DATA), digest))
+    assert lied is not None
+    lied.update(b"x\n")
+    assert lied.hexdigest() == xxhash.xxh3_128_hexdigest(changed + b"x\n")
+    path.write_bytes(b"")  # gone short: a digest no prefix has
+    short = PrefixHash.resume(path, len(DATA), digest, known=lambda p: (len(DATA), digest))
+    assert short is not None
+    short.update(b"x\n")
+    assert short.hexdigest() not in {xxhash.xxh3_128_hexdigest(DATA + b"x\n"), xxhash.xxh3_128_hexdigest(b"x\n")}
+
+
+def test_the_digest_cache_knows_a_file_s_prefix_hash_until_the_file_changes(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    path = ws.root / "part.jsonl"
+    path.write_bytes(DATA)
+    # a digest is saved only once the file system's clock is past the file's last change
+    # (receipts.RACY_MARGIN_NS): wait for its next tick
+    deadline = time.monotonic() + 5
+    while (ws.clock_path.touch() or ws.clock_path.stat().st_ctime_ns <= path.stat().st_ctime_ns) \
+            and time.monotonic() < deadline:
+        time.sleep(0.001)
+    cache = DigestCache(clock=ws.clock_path)
+    d = digest_file(ws, path, cache)
+    assert d.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert cache.xxh3_of(path) == (len(DATA), xxhash.xxh3_128_hexdigest(DATA))
+    saved = tmp_path / "digests.json"
+    cache.save(saved)
+    assert DigestCache.load(saved).xxh3_of(path) == (len(DATA), xxhash.xxh3_128_hexdigest(DATA))
+    path.write_bytes(DATA.replace(b"1", b"7"))  # the same size, rewritten
+    assert DigestCache.load(saved).xxh3_of(path) is None
+    assert DigestCache.load(saved).xxh3_of(tmp_path / "gone.jsonl") is None
+
+
+def _outputs(ws: Workspace) -> dict[str, str]:
+    return {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(ws.exports_dir.rglob("*.jsonl")) if p.is_file()}
+
+
+def _counters(summary: Any) -> list[tuple[str, str, Any, Any]]:
+    return [(s.stage, s.status, s.totals, s.by_source) for s in summary.stages]
+
+
+def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
+        tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows appended on a new day add partitions and leave the others as they were: the next run
+    checks the checkpoints of the untouched ones (every stage asks) by the digests the last run
+    saved, reading none of them, and writes what a `--force` run of the same input writes. (A
+    copy of a workspace has new inodes, so its saved digests vouch for nothing: the twin is the
+    reference, not a second measure.)"""
+    from benchmarks.rerun import onto_new_day
+
+    small, grown = generated
+    streams = tmp_path / "grown"
+    shutil.copytree(grown, streams)
+    onto_new_day(small, streams)
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(small, ws.kb_dir)
+    execute_run(ws, load_settings(ws.root), include_index=False)
+    before = {p: p.stat() for d in (ws.evidence_dir, ws.scored_dir) for p in iter_partition_files(d)}
+    for src in streams.glob("*.jsonl"):
+        shutil.copyfile(src, ws.kb_dir / src.name)
+    shutil.copytree(ws.root, tmp_path / "twin")
+    twin = Workspace(tmp_path / "twin")
+
+    reads = PrefixReads(monkeypatch)
+    asked: list[Path] = []
+    resume = PrefixHash.resume.__func__  # type: ignore[attr-defined]
+
+    def asking(cls: type[PrefixHash], path: Path, *args: Any, **kwargs: Any) -> PrefixHash | None:
+        asked.append(Path(path))
+        return resume(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(PrefixHash, "resume", classmethod(asking))
+    summary = execute_run(ws, load_settings(ws.root), include_index=False).summary
+    monkeypatch.undo()
+    forced = execute_run(twin, load_settings(twin.root), include_index=False, force=True).summary
+
+    untouched = {p for p in iter_partition_files(ws.evidence_dir) + iter_partition_files(ws.scored_dir)
+                 if p in before and (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ctime_ns)
+                 == (before[p].st_ino, before[p].st_size, before[p].st_mtime_ns, before[p].st_ctime_ns)}
+    assert len(untouched) > len(before) // 2  # the append touched few partitions
+    assert untouched <= set(asked)  # each one's checkpoint was checked ...
+    assert not untouched & set(reads.paths)  # ... and none of them read to check it
+    assert reads.paths  # what did change is still read
+    assert _outputs(ws) == _outputs(twin)
+    assert _counters(summary) == _counters(forced)
