@@ -121,7 +121,9 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
         saved = orjson.loads(data if body is None else body)
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or saved.get("version") != 1:
+    # entries are [path, inode, size, mtime, ctime, *digests] in both versions (2 adds a PREFIX_HASH)
+    version = saved.get("version") if isinstance(saved, dict) else None
+    if version not in (1, 2):
         return None
     entries = []
     for entry in saved["entries"]:
@@ -134,7 +136,7 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
             continue
         now = (copy / rel).stat()
         entries.append([str(copy / rel), now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns, *entry[5:]])
-    out = orjson.dumps({"version": 1, "entries": entries})
+    out = orjson.dumps({"version": version, "entries": entries})
     path.write_bytes(out + b"\n" if body is None else sealed(out))
     return len(entries)
 
