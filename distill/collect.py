@@ -56,7 +56,7 @@ from distill.jsonl import (
     write_sealed,
 )
 from distill.records import EvidenceRecord, QuarantineRecord
-from distill.receipts import DigestCache, count_categories
+from distill.receipts import count_categories, saved_whole_file_digests
 from distill.records.receipts import FileDigest
 from distill.partition_pool import map_in_order
 from distill.records.stage import Counts, StageReport
@@ -307,7 +307,7 @@ def run_collect(
             rebuilt = None
         _collect(ws, settings, chosen, report, dry_run=dry_run,
                  book=(CollectCheckpoints.load(ws.collect_checkpoint_path, basis,
-                                               known=DigestCache.load(ws.digest_cache_path).xxh3_of)
+                                               known=saved_whole_file_digests(ws))
                        if checkpoints and not rebuild else None),
                  rebuilt=rebuilt)
         if rebuilt is not None:

@@ -156,13 +156,14 @@ class PrefixHash:
     or resumed from a prefix that still matches, fed every chunk read, and asked for the digest of
     the whole lines only (a read that ended in an unterminated line hashes up to its start)."""
 
-    def __init__(self, hasher: Any = None, at: int = 0, *, new: Callable[[], Any] = new_prefix_hasher) -> None:
+    def __init__(self, hasher: Any = None, at: int = 0, *, new: Callable[[], Any] = new_prefix_hasher,
+                 vouched: tuple[Path, str] | None = None) -> None:
         self._new = new  # another algorithm only where a digest is compared with one made elsewhere
-        self._hasher = hasher if hasher is not None else new()
+        # `vouched`: the first `at` bytes of a file taken as hashing to a digest without reading
+        # them, (file, digest); they are read only if more are fed (the hash must go on from them)
+        self._vouched = vouched
+        self._hasher = None if vouched is not None else hasher if hasher is not None else new()
         self.at = at  # bytes hashed so far
-        # a prefix vouched for without reading it: (file, its digest); the bytes are read only if
-        # more are fed (the hash object must then go on from them)
-        self._vouched: tuple[Path, str] | None = None
 
     @classmethod
     def resume(cls, path: Path, end: int, expected: str, *,
@@ -172,9 +173,7 @@ class PrefixHash:
         `end` bytes as known there, they are not read (most of the prefixes a run after an
         append checks are of partitions it did not touch)."""
         if known is not None and new is new_prefix_hasher and known(path) == (end, expected):
-            vouched = cls(None, end, new=new)
-            vouched._hasher, vouched._vouched = None, (path, expected)
-            return vouched
+            return cls(at=end, new=new, vouched=(path, expected))
         hasher = prefix_hash(path, end, new)
         return cls(hasher, end, new=new) if hasher is not None and hasher.hexdigest() == expected else None
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
 from distill.fold_cache import FoldCache
-from distill.hashing import canonical_json, file_state, new_prefix_hasher, sha256_hex
+from distill.hashing import WholeFileDigests, canonical_json, file_state, new_prefix_hasher, sha256_hex
 from distill.jsonl import dumps, loads, read_sealed, write_atomic, write_sealed
 from distill.records.receipts import (
     DeterminismFinding,
@@ -114,22 +114,23 @@ class DigestCache:
             self._used[key] = hit
         return hit
 
-    def sha256_of(self, path: Path) -> str | None:
-        """The file's sha256 when this cache knows the file in its present state (no read)."""
+    def _as_it_is(self, path: Path) -> Digested | None:
+        """What this cache knows of the file in its present state (no read); None when nothing."""
         try:
-            hit = self.get(stat_key(path))
+            return self.get(stat_key(path))
         except OSError:
             return None
+
+    def sha256_of(self, path: Path) -> str | None:
+        """The file's sha256 when this cache knows the file in its present state (no read)."""
+        hit = self._as_it_is(path)
         return None if hit is None else hit[1]
 
     def xxh3_of(self, path: Path) -> tuple[int, str] | None:
         """(size, PREFIX_HASH) of the file when this cache knows it in its present state (no
         read): a checkpoint that hashed the whole file then need not read it again
         (distill.hashing.WholeFileDigests)."""
-        try:
-            hit = self.get(stat_key(path))
-        except OSError:
-            return None
+        hit = self._as_it_is(path)
         return None if hit is None else (hit[0], hit[3])
 
     def mark(self) -> tuple[int, int] | None:
@@ -181,6 +182,12 @@ class DigestCache:
     def save(self, path: Path) -> None:
         entries = [(*key, *value) for key, value in self.persistable()]
         write_sealed(path, dumps({"version": DIGEST_CACHE_VERSION, "entries": entries}))
+
+
+def saved_whole_file_digests(ws: Workspace) -> WholeFileDigests:
+    """The whole-file digests the workspace's last run saved, read-only: what a stage resuming from
+    its checkpoints checks an unchanged partition file by instead of reading its prefix."""
+    return DigestCache.load(ws.digest_cache_path).xxh3_of
 
 
 def rel_path(ws: Workspace, path: Path) -> str:

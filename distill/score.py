@@ -47,7 +47,7 @@ from distill.jsonl import (
     replace_if_changed,
     write_if_changed,
 )
-from distill.receipts import DigestCache, count_categories, sha256_size_newlines
+from distill.receipts import count_categories, saved_whole_file_digests, sha256_size_newlines
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport, Tally
@@ -525,7 +525,7 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
     whose task's parents changed, where that is provably the same (distill.score_checkpoints)."""
     report = StageReport(stage=STAGE, dry_run=dry_run)
     book = (ScoreCheckpoints(ws.score_checkpoint_path, score_basis(settings, scorer_version(settings)),
-                             known=DigestCache.load(ws.digest_cache_path).xxh3_of)
+                             known=saved_whole_file_digests(ws))
             if checkpoints and not dry_run else None)
     evidence_files = iter_partition_files(ws.evidence_dir)
 

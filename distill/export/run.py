@@ -39,7 +39,7 @@ from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, pair_side, rows_violations
 from distill.jsonl import append_file, atomic_temp_path, atomic_writer, dumps, json_rows, replace_file, write_atomic
-from distill.receipts import DigestCache
+from distill.receipts import saved_whole_file_digests
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
 
@@ -102,9 +102,7 @@ def run_export(
     existing = (Exported.nothing() if rebuild
                 else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task))
     index = EvidenceIndex(ws)
-    # what the last run's receipts hashed (by stat key): a partition file unchanged since then is
-    # not read again to check that it still starts with what its checkpoint was made from
-    known = DigestCache.load(ws.digest_cache_path).xxh3_of
+    known = saved_whole_file_digests(ws)  # a partition file unchanged since then is not read to check it
     checkpoints: ExportCheckpoints | None = None
     pref = None
     token = uuid.uuid4().hex  # ties the preference export's kept decisions to the checkpoint saved with them
