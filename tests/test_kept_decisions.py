@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import distill.export.preference as preference_module
 from distill.config import Settings
 from distill.export.checkpoints import LazyEntries
-from distill.export.kept_decisions import NONE, Codes, dirty_rows
+from distill.export.kept_decisions import NONE, Codes, NextDecisions, dirty_rows
 from distill.export.run import run_export
 from distill.jsonl import append_json
 from distill.records import Category, ModelRole, PreferenceSample
@@ -82,12 +82,13 @@ def _kept(report: StageReport) -> int:
     return int(note.split("; ")[1].split(" rows kept")[0])
 
 
-def _state(ws: Workspace, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+def _state(ws: Workspace, report: StageReport) -> tuple[bytes, dict[str, str]]:
+    """The export's files and its report as JSON (keys in the order counted: a receipt keeps it)."""
     files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted([*(ws.exports_dir / "preference").rglob("*.jsonl"), ws.quarantine_path("preference")])}
-    dumped = report.model_dump(exclude={"inputs", "outputs"})
+    dumped = report.model_dump(mode="json", exclude={"inputs", "outputs"})
     dumped["notes"] = [n for n in dumped["notes"] if not n.startswith(("first pass:", "firewall: "))]
-    return dumped, files
+    return orjson.dumps(dumped), files
 
 
 def _add(*rows: SourceRow, first_line: int = 900) -> Callable[[Workspace], None]:
@@ -131,10 +132,14 @@ def _twins(tmp_path: Path, exported: tuple[Path, Settings],
 
 def _compare(a: Workspace, b: Workspace, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, int]:
     """Export both; the same files and counters. Returns the rows a kept and the rows each decided
-    again (`_final`: a row that went through pairing)."""
+    again (`_final`: a row that went through pairing). A kept row's decision is taken in bulk,
+    with the run of kept rows it is in: only the others are decided a row at a time."""
     calls_a = Calls(monkeypatch, preference_module, "_final")
+    one_at_a_time = Calls(monkeypatch, NextDecisions, "decided")
     report_a = _export(a, settings)
     monkeypatch.undo()
+    rows = sum(report_a.totals.model_dump().get(k, 0) for k in ("written", "deduped", "quarantined"))
+    assert one_at_a_time.rows == rows - _kept(report_a)
     calls_b = Calls(monkeypatch, preference_module, "_final")
     report_b = _export(b, settings)
     monkeypatch.undo()
@@ -169,6 +174,118 @@ def test_kept_decisions_give_what_pairing_every_row_gives(tmp_path: Path, export
     kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
     assert kept > 0 and redone_a < redone_b  # the clean tasks' rows were not paired again
     _compare(a, b, settings, monkeypatch)  # and again, from the decisions the first export kept
+
+
+TEMPLATE = "Review the change and report what is wrong with it."  # a reviewer stream's one prompt
+
+
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory: pytest.TempPathFactory, exported: tuple[Path, Settings]) -> tuple[Path, Settings]:
+    """The exported workspace plus three tasks whose reviews, one accepted and one rejected each,
+    all answer TEMPLATE and come from one source (a same-task pair each, no cross-source pair);
+    exported twice, so every task has settled."""
+    root, settings = exported
+    base = tmp_path_factory.mktemp("templated") / "ws"
+    shutil.copytree(root, base)
+    ws = Workspace(base)
+    rows = [_row(f"tpl-{k}-{side}", f"change:{k}", cat, f"{word} review {k}: {why}", instruction=TEMPLATE,
+                 minutes=20 + 2 * k + (side == "r"))
+            for k in range(3)
+            for side, cat, word, why in (("a", A, "Accepted", "the loop bound is off by one."),
+                                         ("r", R, "Rejected", "claims a leak that is not there."))]
+    _add(*rows, first_line=700)(ws)
+    for _ in range(2):
+        assert not _export(ws, settings).violations
+    assert "pairs written: 0 same_task + 0 cross_source" in " ".join(_export(ws, settings).notes)
+    return base, settings
+
+
+def test_a_question_no_cross_source_pair_can_have_makes_no_other_task_dirty(
+        tmp_path: Path, templated: tuple[Path, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new task's review answers the template question too, from the same reviewer stream: its
+    answers come from one source, so no cross-source pair was or is possible and the three
+    tasks that asked it before keep their decisions (until this was known, the shared question
+    made every task that asked it pair again: here 7 rows, at a million rows ~100,000)."""
+    _, settings = templated
+    change = _add(_row("tpl-3-a", "change:3", A, "Accepted review 3: the cache is never invalidated.",
+                       instruction=TEMPLATE, minutes=40), first_line=800)
+    a, b = _twins(tmp_path, templated, change)
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 1 and redone_b > redone_a and kept > 0
+    _compare(a, b, settings, monkeypatch)
+
+
+def test_a_second_source_answering_the_question_pairs_every_task_that_asks_it(
+        tmp_path: Path, templated: tuple[Path, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rejected audit answers the template question from another source and task: now a
+    cross-source pair is possible, so every row that asks the question is paired again, and one
+    is made."""
+    _, settings = templated
+    change = _add(_row("tpl-audit-r", "audit:change", R, "Rejected audit: the change breaks the build.",
+                       source="audits", role=ModelRole.REVIEWER, instruction=TEMPLATE, minutes=41), first_line=801)
+    a, b = _twins(tmp_path, templated, change)
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 7 and redone_b > redone_a and kept > 0
+    assert "tpl-audit-r" not in _reasons(a)  # written: its cross-source pair
+    _compare(a, b, settings, monkeypatch)
+
+
+def test_a_question_that_could_pair_before_still_pairs_its_tasks_again(
+        tmp_path: Path, templated: tuple[Path, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other way round: the audit that made the question pairable is removed again. Its kept
+    row still counts (the question could pair last run), so every task that asks it pairs again
+    and the decisions are those of pairing every row."""
+    _, settings = templated
+    audit = _add(_row("tpl-audit-r", "audit:change", R, "Rejected audit: the change breaks the build.",
+                      source="audits", role=ModelRole.REVIEWER, instruction=TEMPLATE, minutes=41), first_line=801)
+    a, b = _twins(tmp_path, templated, audit)
+    _compare(a, b, settings, monkeypatch)
+    for ws in (a, b):
+        _drop_scored("tpl-audit-r")(ws)
+    b.kept_decisions_path("preference").unlink()
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 6 and redone_b > redone_a and kept > 0
+
+
+def _pairable_by_walk(rows: list[tuple[int, int, int, int]]) -> set[int]:
+    """(question, task, source, side) rows -> the questions with both sides, two tasks, two sources."""
+    out = set()
+    for q in {q for q, *_ in rows if q != NONE}:
+        answers = [(t, s, side) for qq, t, s, side in rows if qq == q and side]
+        if ({side for *_, side in answers} == {1, 2} and len({t for t, *_ in answers}) > 1
+                and len({s for _, s, _ in answers}) > 1):
+            out.add(q)
+    return out
+
+
+_ANSWERS = st.lists(st.tuples(st.integers(-1, 3), st.integers(0, 3), st.integers(0, 2), st.integers(0, 2)), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ANSWERS, _ANSWERS)
+def test_pairable_questions_need_both_sides_two_tasks_and_two_sources(
+        last_run: list[tuple[int, int, int, int]], this_run: list[tuple[int, int, int, int]]) -> None:
+    """Last run's rows (the kept arrays: codes) and this run's answers (source and category names)
+    count together; only accepted and rejected answers count at all."""
+    from distill.export.kept_decisions import KeptDecisions, pairable_questions
+
+    names = ["partially_accepted", "accepted", "rejected"]  # side 0, 1, 2: the kept category codes
+    sources = ["s0", "s1"]  # kept codes 0 and 1; this run's source 2 is a name the kept file never saw
+
+    def arrays(rows: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
+        return {"question": np.array([q for q, *_ in rows], dtype=np.int32),
+                "task": np.array([t for _, t, _, _ in rows], dtype=np.int32),
+                "source": np.array([min(s, 1) for _, _, s, _ in rows], dtype=np.int32),
+                "category": np.array([side for *_, side in rows], dtype=np.int32)}
+
+    kept = KeptDecisions(parts={}, rows=arrays(last_run), passed=np.zeros(len(last_run), dtype="S16"),
+                         tasks=np.zeros(0, dtype="S16"), prompts=np.zeros(0, dtype="S16"), sources=sources,
+                         categories=names, reasons=[], quarantine=Path("/nonexistent"))
+    answers = [(q, t, f"s{s}", names[side]) for q, t, s, side in this_run if q != NONE]
+    got = pairable_questions(kept, answers, question_count=4)
+    walked = [(q, t, min(s, 1), {0: 0, 1: 1, 2: 2}[side]) for q, t, s, side in last_run]
+    walked += [(q, t, s, side) for q, t, s, side in this_run if q != NONE]
+    assert set(np.flatnonzero(got).tolist()) == _pairable_by_walk(walked)
 
 
 LOCKS = "Review src/store.py for missing locks."  # a second question inside one task
@@ -371,11 +488,13 @@ def test_force_deletes_the_kept_decisions() -> None:
 
 
 def _closure(rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]],
-             seed_tasks: set[int], seed_questions: set[int]) -> set[int]:
-    """The dirty rows by a plain graph walk over (task, prompt, asks) rows."""
+             seed_tasks: set[int], seed_questions: set[int], pairable: set[int]) -> set[int]:
+    """The dirty rows by a plain graph walk over (task, prompt, asks) rows; only a `pairable`
+    question joins the rows that ask it."""
+    rows = [(t, p, asks and p in pairable) for t, p, asks in rows]
     groups = {g for g in seed_groups if g[0] != NONE}
     whole = (set(seed_tasks) | {t for t, _ in groups if t not in capped}) - {NONE}
-    asked = set(seed_questions) - {NONE}
+    asked = set(seed_questions) & pairable
     dirty: set[int] = set()
     changed = True
     while changed:
@@ -400,10 +519,11 @@ _ROWS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.booleans()),
 
 @settings(max_examples=300, deadline=None)
 @given(_ROWS, st.sets(st.integers(0, 6), max_size=7), st.sets(st.tuples(st.integers(-1, 6), st.integers(0, 5)), max_size=4),
-       st.sets(st.integers(-1, 6), max_size=2), st.sets(st.integers(-1, 5), max_size=3))
+       st.sets(st.integers(-1, 6), max_size=2), st.sets(st.integers(-1, 5), max_size=3),
+       st.none() | st.sets(st.integers(0, 5)))
 def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
         rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]], seed_tasks: set[int],
-        seed_questions: set[int]) -> None:
+        seed_questions: set[int], pairable: set[int] | None) -> None:
     tasks = np.array([t for t, _, _ in rows], dtype=np.int32)
     prompts = np.array([p for _, p, _ in rows], dtype=np.int32)
     questions = np.array([p if a else NONE for _, p, a in rows], dtype=np.int32)
@@ -412,8 +532,10 @@ def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
                       seed_groups=(np.array([t for t, _ in ordered], dtype=np.int32),
                                    np.array([p for _, p in ordered], dtype=np.int32)),
                       seed_tasks=np.array(sorted(seed_tasks), dtype=np.int32),
-                      seed_questions=np.array(sorted(seed_questions), dtype=np.int32))
-    assert set(np.flatnonzero(mask).tolist()) == _closure(rows, capped, seed_groups, seed_tasks, seed_questions)
+                      seed_questions=np.array(sorted(seed_questions), dtype=np.int32),
+                      pairable=None if pairable is None else np.array([p in pairable for p in range(6)]))
+    assert set(np.flatnonzero(mask).tolist()) == _closure(rows, capped, seed_groups, seed_tasks, seed_questions,
+                                                          set(range(6)) if pairable is None else pairable)
 
 
 def test_codes_keep_digests_that_end_in_zero_bytes() -> None:

@@ -29,7 +29,10 @@ being read). A row of the next run takes its kept decision only when:
   of such a group when the task is under its cap, and of every row whose pair could not be built
   (schema_violation: see below); then, until nothing changes, every question a dirty row asks,
   every group with a row asking a dirty question (a cross-source pair spans tasks), and the
-  whole task of a dirty group under its cap. Two rows with one key (a revision scored twice)
+  whole task of a dirty group under its cap. A question whose accepted and rejected answers, last
+  run's and this run's together, do not come from two sources and two tasks can have no
+  cross-source pair, then or now (`pairable_questions`), so it reaches no other group: a template
+  prompt that one reviewer stream answers in every task does not make every task dirty. Two rows with one key (a revision scored twice)
   are one evidence revision, so they share their task and prompt: the duplicate check sees both.
 
 A row a new pair used was `written`; pairing its task again, with that pair now in the export,
@@ -49,19 +52,25 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from array import array
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from distill.export.scored_index import key_digest, write_cache
 from distill.hashing import file_digest, split_digests
 from distill.jsonl import loads
-from distill.records import QuarantineReason
+from distill.errors import UsageError
+from distill.records import Category, QuarantineReason
+from distill.records.stage import Tally
+
+if TYPE_CHECKING:
+    from distill.export.quarantine import QuarantineLines
 
 KEPT_DECISIONS_VERSION = 2
+COPY_BLOCK = 4 << 20  # bytes of kept quarantine lines copied per read
 WRITTEN, DEDUPED, QUARANTINED = 0, 1, 2
 NONE = -1  # no task or prompt (refused before pairing), no question (not a cross candidate), no category or reason
 
@@ -211,23 +220,58 @@ class KeptDecisions:
                 and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
                 and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
 
-    def decided(self, rows: np.ndarray, indexes: np.ndarray, lines: IO[bytes]) -> Iterator[Decided]:
-        """The kept rows `rows` as decided rows at input `indexes` (a sorted run for the final merge);
-        `lines`: the quarantine file they were written to, read forward (kept rows keep their order,
-        so their lines come in file order: a buffered read, not a mapping whose pages would count
-        as the process's memory)."""
+    def take(self, rows: slice, first_index: int, lines: IO[bytes], *, into: NextDecisions, tally: Tally,
+             sink: QuarantineLines) -> None:
+        """The consecutive kept rows `rows` as the decisions of the input rows from `first_index`
+        on, in bulk: counted in `tally` (keys in the order a row at a time would first see them),
+        recorded in `into`, and their quarantine lines copied to `sink` as the blocks they are in
+        `lines`, the last quarantine file (kept rows keep their order, so their lines are
+        consecutive there: a few reads of up to COPY_BLOCK bytes, not a seek and a read per row,
+        whose pages would not count as this process's memory the way a mapping's would). A kept
+        `written` is `deduped` now (its pair is in the export: see the module docstring)."""
         r = self.rows
-        source, category, reason = r["source"][rows].tolist(), r["category"][rows].tolist(), r["reason"][rows].tolist()
-        outcome, at, length = r["outcome"][rows].tolist(), r["line_at"][rows].tolist(), r["line_len"][rows].tolist()
-        sources, categories, reasons = self.sources, self.categories, self.reasons
-        for k, index in enumerate(indexes.tolist()):
-            c = category[k]
-            cat = None if c == NONE else categories[c]
-            if outcome[k] == QUARANTINED:
-                lines.seek(at[k])
-                yield (index, sources[source[k]], cat, reasons[reason[k]], lines.read(length[k]), False)
-            else:  # written then: its pair is in the export now (see the module docstring)
-                yield (index, sources[source[k]], cat, None, b"", True)
+        outcome = np.where(r["outcome"][rows] == QUARANTINED, QUARANTINED, DEDUPED).astype(np.int8)
+        source, category, reason = r["source"][rows], r["category"][rows], r["reason"][rows]
+        n = len(outcome)
+        if not n:
+            return
+        quarantined = np.flatnonzero(outcome == QUARANTINED)
+        line_at = np.full(n, NONE, dtype=np.int64)
+        line_len = np.zeros(n, dtype=np.int64)
+        at, length = r["line_at"][rows][quarantined], r["line_len"][rows][quarantined]
+        line_len[quarantined] = length
+        ends = at + length + 1  # a kept length leaves out the line's newline
+        cuts = np.concatenate(([0], np.flatnonzero(at[1:] != ends[:-1]) + 1, [len(at)]))  # where lines stop being consecutive
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            i = lo
+            while i < hi:  # a block of whole lines, at most COPY_BLOCK bytes (one line if longer)
+                start = int(at[i])
+                j = max(i + 1, lo + int(np.searchsorted(ends[lo:hi], start + COPY_BLOCK, side="right")))
+                lines.seek(start)
+                data = lines.read(int(ends[j - 1]) - start)
+                if len(data) != int(ends[j - 1]) - start or not data.endswith(b"\n") or data.count(b"\n") != j - i:
+                    raise UsageError("the preference export's quarantine file does not hold the lines its kept "
+                                     "decisions say; `distill run --force` starts the exports from their inputs")
+                line_at[quarantined[i:j]] = sink.at + (at[i:j] - start)
+                sink(data[:-1])  # the sink ends it with the newline again
+                i = j
+        keys, first, counts = np.unique(np.stack((source.astype(np.int64), category.astype(np.int64),
+                                                  reason.astype(np.int64), outcome.astype(np.int64))),
+                                        axis=1, return_index=True, return_counts=True)
+        order = np.argsort(first, kind="stable")
+        names = {"source": self.sources, "category": self.categories, "reason": self.reasons}
+
+        def name(kind: str, code: int) -> str | None:
+            return None if code == NONE else names[kind][code]
+
+        counted: Counter[tuple[str, str, str | None, str | None]] = Counter()
+        for k in order.tolist():
+            s, c, q, o = keys[:, k].tolist()
+            counted[(names["source"][s], "quarantined" if o == QUARANTINED else "deduped",
+                     name("reason", q), name("category", c))] = int(counts[k])
+        tally.add(counted)
+        into.decided_rows(first_index, outcome, source=(source, self.sources), category=(category, self.categories),
+                          reason=(reason, self.reasons), line_at=line_at, line_len=line_len)
 
 
 def _pair(value: Any) -> tuple[int, str]:
@@ -259,6 +303,9 @@ class NextDecisions:
         self._question = array("i")
         self._passed = bytearray()
         self._decided = {name: array("q") for name in ("outcome", "source", "category", "reason", "line_at", "line_len")}
+        # (question, task, source, category) of each cross-source candidate the first pass read or
+        # spilled from its entry this run, when there are kept decisions to settle against
+        self.answers: list[tuple[int, int, str, str]] | None = [] if kept is not None else None
 
     def _grow(self, index: int) -> None:
         short = index + 1 - len(self._task)
@@ -268,15 +315,19 @@ class NextDecisions:
             self._question.extend([NONE] * short)
             self._passed.extend(bytes(16 * short))
 
-    def row(self, index: int, task: str | None, prompt: str | None, *, asks: bool, passed: bytes | None) -> None:
+    def row(self, index: int, task: str | None, prompt: str | None, *, asks: bool, passed: bytes | None,
+            answer: tuple[str, str] | None = None) -> None:
         """A row the first pass read or replayed from its entry (`task`, `prompt`: None for a row
-        refused before pairing; `asks`: a cross-source candidate, whose question is its prompt)."""
+        refused before pairing; `asks`: a cross-source candidate, whose question is its prompt, and
+        `answer` its (source, category))."""
         self._grow(index)
         if task is not None and prompt is not None:
-            self._task[index] = self.tasks.code(task)
+            self._task[index] = task_code = self.tasks.code(task)
             self._prompt[index] = code = self.prompts.code(prompt)
             if asks:
                 self._question[index] = code
+                if self.answers is not None and answer is not None:
+                    self.answers.append((code, task_code, *answer))
         if passed is not None:
             self._passed[16 * index:16 * index + 16] = passed
 
@@ -311,6 +362,22 @@ class NextDecisions:
         d["line_at"].append(line_at if reason is not None else NONE)
         d["line_len"].append(len(line) if reason is not None else 0)
 
+    def decided_rows(self, first_index: int, outcome: np.ndarray, *, source: tuple[np.ndarray, list[str]],
+                     category: tuple[np.ndarray, list[str]], reason: tuple[np.ndarray, list[str]],
+                     line_at: np.ndarray, line_len: np.ndarray) -> None:
+        """The final decisions of consecutive rows from `first_index` on, in bulk (`KeptDecisions.take`);
+        each name column as (codes, the names they index), given this run's codes as `decided`
+        would give them a row at a time."""
+        d = self._decided
+        if first_index != len(d["outcome"]):
+            raise RuntimeError(f"preference decision {first_index} out of order")
+        d["outcome"].frombytes(outcome.astype(np.int64).tobytes())
+        for column, table, (codes, names) in (("source", self.sources, source), ("category", self.categories, category),
+                                              ("reason", self.reasons, reason)):
+            d[column].frombytes(_recoded(codes, names, table).tobytes())
+        d["line_at"].frombytes(line_at.astype(np.int64).tobytes())
+        d["line_len"].frombytes(line_len.astype(np.int64).tobytes())
+
     def save(self, path: Path, *, basis: str, token: str, export: Path, quarantine: tuple[int, str]) -> None:
         """Kept only when every row was decided and the files are readable; else removed (the next
         run pairs every task, as without it)."""
@@ -333,21 +400,70 @@ class NextDecisions:
         write_cache(path, meta, passed=passed, tasks=self.tasks.digests(), prompts=self.prompts.digests(), **arrays)
 
 
+def _recoded(codes: np.ndarray, names: list[str], table: Names) -> np.ndarray:
+    """Codes into `names` as `table`'s codes (int64), a name new to `table` coded in the order the
+    column first shows it, as a row at a time would; a column holds a few distinct names."""
+    distinct, first = np.unique(codes, return_index=True)
+    out = np.empty(len(codes), dtype=np.int64)
+    for code in distinct[np.argsort(first, kind="stable")].tolist():
+        out[codes == code] = table.code(None if code == NONE else names[code])
+    return out
+
+
 def _codes(values: array) -> np.ndarray:
     return np.frombuffer(values, dtype=np.int32) if len(values) else np.zeros(0, np.int32)
 
 
+_SIDES = {Category.ACCEPTED.value: 1, Category.REJECTED.value: 2}  # cross-source pairs: accepted x rejected
+
+
+def pairable_questions(kept: KeptDecisions, answers: list[tuple[int, int, str, str]], *,
+                       question_count: int) -> np.ndarray:
+    """By question code: whether the question's accepted and rejected answers, among last run's
+    rows (`kept`, the ones since changed or removed included) and the ones this run read
+    (`answers`: question, task, source, category), come from more than one source and more than
+    one task. A cross-source pair needs both (the pairing asks the same of the rows it pairs, a
+    subset of these), so a question without them had no such pair last run and can have none now:
+    every row asking it is decided by its own task's pairing alone."""
+    r = kept.rows
+    sources = {name: code for code, name in enumerate(kept.sources)}
+    side_of = np.array([_SIDES.get(c, 0) for c in kept.categories] + [0], dtype=np.int8)  # NONE -> 0
+    new = np.array([(q, t, sources.setdefault(s, len(sources)), _SIDES.get(c, 0)) for q, t, s, c in answers],
+                   dtype=np.int64).reshape(-1, 4)
+    question = np.concatenate((r["question"], new[:, 0]))
+    task = np.concatenate((r["task"], new[:, 1]))
+    source = np.concatenate((r["source"], new[:, 2]))
+    side = np.concatenate((side_of[r["category"]], new[:, 3]))
+    out = np.zeros(question_count, dtype=bool)
+    answered = (question != NONE) & (side != 0)
+    if not answered.any():
+        return out
+    question, task, source, side = question[answered], task[answered], source[answered], side[answered]
+    order = np.argsort(question, kind="stable")
+    question, task, source, side = question[order], task[order], source[order], side[order]
+    starts = np.flatnonzero(np.concatenate(([True], question[1:] != question[:-1])))
+
+    def varies(values: np.ndarray) -> np.ndarray:
+        return np.minimum.reduceat(values, starts) != np.maximum.reduceat(values, starts)
+
+    out[question[starts]] = (np.bitwise_or.reduceat(side, starts) == 3) & varies(task) & varies(source)
+    return out
+
+
 def dirty_rows(tasks: np.ndarray, prompts: np.ndarray, questions: np.ndarray, *, capped: np.ndarray,
                prompt_count: int, seed_groups: tuple[np.ndarray, np.ndarray], seed_tasks: np.ndarray,
-               seed_questions: np.ndarray) -> np.ndarray:
+               seed_questions: np.ndarray, pairable: np.ndarray | None = None) -> np.ndarray:
     """A mask over this run's rows: those whose decision is made again (see the module docstring).
     `tasks`/`prompts`/`questions`: the rows' codes (NONE where a row has none; a row with a task
     has a prompt); `capped`: by task code, whether the task's exported pairs reach the cap (its
     groups are decided apart); `seed_groups`: (task, prompt) codes of the groups a change touched;
     `seed_tasks`: tasks paired whole whatever their cap; `seed_questions`: questions a change
-    touched."""
+    touched; `pairable`: by question code, the questions that may have a cross-source pair
+    (`pairable_questions`; None: all): a change to any other question reaches no other group."""
     has_task = tasks != NONE
     asks = has_task & (questions != NONE)
+    if pairable is not None:
+        asks &= np.concatenate((pairable, [False]))[questions]  # NONE (-1) -> the False at the end
 
     def group_keys(task: np.ndarray, prompt: np.ndarray) -> np.ndarray:
         return task.astype(np.int64) * (prompt_count + 1) + (prompt.astype(np.int64) + 1)

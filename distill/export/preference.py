@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -50,7 +50,7 @@ from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import PartitionExporter, entries_json
 from distill.export.exported import Ids, PairsPerTask, PerTask
 from distill.export.gates import REJUDGED_REASONS, Firewall, GateInput, meta_text
-from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_rows
+from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_rows, pairable_questions
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -70,7 +70,7 @@ from distill.export.spill import IN_ORDER_BATCH, RecordFile, Spill, bucket_of, m
 from distill.errors import UsageError
 from distill.firewall import ExportKind, refuse_category
 from distill.hashing import content_id
-from distill.jsonl import READ_CHUNK, dumps
+from distill.jsonl import dumps
 from distill.records import (
     Category,
     ModelRole,
@@ -90,6 +90,7 @@ Reason = tuple[QuarantineReason, str]
 EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
 Reread = Callable[[str], "list[Any] | None"]  # scored partition -> its checkpoint's entries, as replayed
+KeptRun = tuple[int, slice]  # (first input index, the consecutive kept rows that decide it and the rows after it)
 
 
 class PreferencePass(PartitionExporter, Protocol):
@@ -556,7 +557,8 @@ class _Pass1:
             )
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
             passed = input_digest(gate) if failure is None else None
-            self.decisions.row(i, row.task_id, prompt, asks=row.cross_candidate and self.cross_source, passed=passed)
+            self.decisions.row(i, row.task_id, prompt, asks=row.cross_candidate and self.cross_source, passed=passed,
+                               answer=(row.source, row.category.value))
             if self.record:
                 self._entries.add(i, _row_entry(row, spilled, passed))
         self.batch.clear()
@@ -625,19 +627,21 @@ class _Pass1:
         # Row.as_tuple() of the row, without making the Row: (index, key, task id, ..., offset)
         row = (i, (fields[0], fields[1]), *fields[2:], self.payload.put(spilled))
         buckets[bucket_of(fields[2], len(buckets)) if len(buckets) > 1 else 0].append(row)
-        self.decisions.row(i, fields[2], fields[3], asks=fields[7] and self.cross_source, passed=extra)
+        self.decisions.row(i, fields[2], fields[3], asks=fields[7] and self.cross_source, passed=extra,
+                           answer=(fields[5], fields[4].value))
         if extra is not None and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([extra])
 
-    def settle(self, reread: Reread, late: list[RecordFile], lines: IO[bytes], *,
-               capped: Callable[[list[bytes]], np.ndarray]) -> Iterator[Decided]:
+    def settle(self, reread: Reread, late: list[RecordFile], *,
+               capped: Callable[[list[bytes]], np.ndarray]) -> list[KeptRun]:
         """After every partition went through: the deferred rows of dirty groups are read back from
-        their checkpoint entries and spilled to `late` (same buckets, input order); the others are
-        last run's decisions, returned as one sorted run (quarantine lines from `lines`, the last
-        run's quarantine file). `capped`: for task digests, whether the export holds the cap."""
+        their checkpoint entries and spilled to `late` (same buckets, input order); the others keep
+        last run's decisions, returned as runs of consecutive rows in input order (the final
+        merge takes each run whole: `KeptDecisions.take`). `capped`: for task digests, whether the
+        export holds the cap."""
         kept = self.kept
         if kept is None or not self.deferred:
-            return iter(())
+            return []
         d = self.decisions
         tasks, prompts = d.task_codes(), d.prompt_codes()
         deferred = np.zeros(len(tasks), dtype=bool)
@@ -649,8 +653,9 @@ class _Pass1:
                            prompt_count=len(d.prompts),
                            seed_groups=(np.concatenate((tasks[~deferred], rows["task"][unmatched])),
                                         np.concatenate((prompts[~deferred], rows["prompt"][unmatched]))),
-                           seed_tasks=rows["task"][kept.unsettled()], seed_questions=rows["question"][unmatched])
-        clean_runs: list[tuple[np.ndarray, np.ndarray]] = []
+                           seed_tasks=rows["task"][kept.unsettled()], seed_questions=rows["question"][unmatched],
+                           pairable=pairable_questions(kept, d.answers or [], question_count=len(d.prompts)))
+        clean_runs: list[KeptRun] = []
         passed: list[np.ndarray] = []
         entries: list[Any] | None = None
         entries_of: str | None = None
@@ -660,7 +665,10 @@ class _Pass1:
             clean = np.flatnonzero(~is_dirty)
             if len(clean):
                 self.rows_kept += len(clean)
-                clean_runs.append((kept_first + clean, first + clean))
+                # consecutive clean rows are consecutive kept rows: one run each
+                for run in np.split(clean, np.flatnonzero(np.diff(clean) != 1) + 1):
+                    start = int(run[0])
+                    clean_runs.append((first + start, slice(kept_first + start, kept_first + start + len(run))))
                 got = kept.passed[kept_first + clean]
                 passed.append(got[got.view(np.uint64).reshape(-1, 2).any(axis=1)])
             redo = np.flatnonzero(is_dirty).tolist()
@@ -680,7 +688,7 @@ class _Pass1:
                 self._spill(first + k, parsed, late)
         if passed and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([a.tobytes() for a in passed if len(a)])
-        return itertools.chain.from_iterable(kept.decided(k, i, lines) for k, i in clean_runs)
+        return clean_runs
 
 
 def _row(t: tuple[Any, ...], shared: dict[str, str]) -> Row:
@@ -894,12 +902,10 @@ def export_preference(
         pass1.close()
         result.lines_replayed = pass1.replayed
         late = spill.buckets("late", buckets, batch=IN_ORDER_BATCH)
-        clean: Iterator[Decided] = iter(())
+        clean: list[KeptRun] = []
         if kept is not None and pass1.deferred:
             assert reread is not None
-            # the last run's quarantine file: kept rows' lines are read from it
-            clean = pass1.settle(reread, late, stack.enter_context(open(kept.quarantine, "rb", buffering=READ_CHUNK)),
-                                 capped=lambda digests: existing_per_task.reach(digests, max_pairs_per_task))
+            clean = pass1.settle(reread, late, capped=lambda digests: existing_per_task.reach(digests, max_pairs_per_task))
         result.rows_kept = pass1.rows_kept
 
         # cross candidates go to a part per (question bucket, task bucket), each in input order
@@ -940,7 +946,9 @@ def export_preference(
             on_sample(line)
         tally = Tally()
         last = -1
-        for row in merge_sorted([*decided_runs, clean], key=_INDEX):
+
+        def decide(row: Decided) -> None:
+            nonlocal last
             index, source, category, reason, line, deduped = row
             if index <= last:  # a run that was not in input order: the quarantine file would be shuffled
                 raise RuntimeError(f"preference decisions out of input order ({index} after {last})")
@@ -951,6 +959,24 @@ def export_preference(
             else:
                 tally.bump(source, "quarantined", reason=reason, category=category)
                 on_quarantine(line)
+
+        others = merge_sorted(decided_runs, key=_INDEX)
+        pending = next(others, None)
+        if clean:
+            assert kept is not None
+            # the last run's quarantine file: kept rows' lines are copied from it
+            lines = stack.enter_context(open(kept.quarantine, "rb", buffering=0))
+            for first, rows in clean:
+                while pending is not None and pending[0] < first:
+                    decide(pending)
+                    pending = next(others, None)
+                if first <= last:
+                    raise RuntimeError(f"preference decisions out of input order ({first} after {last})")
+                kept.take(rows, first, lines, into=decisions, tally=tally, sink=on_quarantine)
+                last = first + (rows.stop - rows.start) - 1
+        while pending is not None:
+            decide(pending)
+            pending = next(others, None)
         tally.into(report)
     # the rows a kept run may take again: only when the run saw every row it decided
     result.decisions = decisions if last + 1 == len(decisions.task_codes()) else None
