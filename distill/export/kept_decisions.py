@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from array import array
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -64,7 +63,7 @@ from distill.hashing import file_digest, split_digests
 from distill.jsonl import loads
 from distill.errors import UsageError
 from distill.records import Category, QuarantineReason
-from distill.records.stage import Tally
+from distill.records.stage import TallyKey
 
 if TYPE_CHECKING:
     from distill.export.quarantine import QuarantineLines
@@ -220,58 +219,106 @@ class KeptDecisions:
                 and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
                 and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
 
-    def take(self, rows: slice, first_index: int, lines: IO[bytes], *, into: NextDecisions, tally: Tally,
-             sink: QuarantineLines) -> None:
-        """The consecutive kept rows `rows` as the decisions of the input rows from `first_index`
-        on, in bulk: counted in `tally` (keys in the order a row at a time would first see them),
-        recorded in `into`, and their quarantine lines copied to `sink` as the blocks they are in
-        `lines`, the last quarantine file (kept rows keep their order, so their lines are
-        consecutive there: a few reads of up to COPY_BLOCK bytes, not a seek and a read per row,
-        whose pages would not count as this process's memory the way a mapping's would). A kept
-        `written` is `deduped` now (its pair is in the export: see the module docstring)."""
+    def copier(self, clean: KeptRows, lines: IO[bytes], sink: QuarantineLines) -> KeptLines:
+        """What the final merge copies for the rows that keep their decision (`KeptLines`)."""
+        return KeptLines(self, clean, lines, sink)
+
+    def counts(self, clean: KeptRows) -> dict[TallyKey, tuple[int, int]]:
+        """The rows' counts as a row at a time would bump them: key -> (first input index, rows). A
+        kept `written` counts as `deduped` now (its pair is in the export: see the module docstring)."""
         r = self.rows
-        outcome = np.where(r["outcome"][rows] == QUARANTINED, QUARANTINED, DEDUPED).astype(np.int8)
-        source, category, reason = r["source"][rows], r["category"][rows], r["reason"][rows]
-        n = len(outcome)
-        if not n:
-            return
-        quarantined = np.flatnonzero(outcome == QUARANTINED)
-        line_at = np.full(n, NONE, dtype=np.int64)
-        line_len = np.zeros(n, dtype=np.int64)
-        at, length = r["line_at"][rows][quarantined], r["line_len"][rows][quarantined]
-        line_len[quarantined] = length
-        ends = at + length + 1  # a kept length leaves out the line's newline
-        cuts = np.concatenate(([0], np.flatnonzero(at[1:] != ends[:-1]) + 1, [len(at)]))  # where lines stop being consecutive
-        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-            i = lo
-            while i < hi:  # a block of whole lines, at most COPY_BLOCK bytes (one line if longer)
-                start = int(at[i])
-                j = max(i + 1, lo + int(np.searchsorted(ends[lo:hi], start + COPY_BLOCK, side="right")))
-                lines.seek(start)
-                data = lines.read(int(ends[j - 1]) - start)
-                if len(data) != int(ends[j - 1]) - start or not data.endswith(b"\n") or data.count(b"\n") != j - i:
-                    raise UsageError("the preference export's quarantine file does not hold the lines its kept "
-                                     "decisions say; `distill run --force` starts the exports from their inputs")
-                line_at[quarantined[i:j]] = sink.at + (at[i:j] - start)
-                sink(data[:-1])  # the sink ends it with the newline again
-                i = j
-        keys, first, counts = np.unique(np.stack((source.astype(np.int64), category.astype(np.int64),
-                                                  reason.astype(np.int64), outcome.astype(np.int64))),
-                                        axis=1, return_index=True, return_counts=True)
-        order = np.argsort(first, kind="stable")
-        names = {"source": self.sources, "category": self.categories, "reason": self.reasons}
+        source, category, reason = (r[name][clean.rows].astype(np.int64) for name in ("source", "category", "reason"))
+        quarantined = (r["outcome"][clean.rows] == QUARANTINED).astype(np.int64)
+        code = ((source * (len(self.categories) + 1) + category + 1) * (len(self.reasons) + 1) + reason + 1) * 2 + quarantined
+        keys, first, counts = np.unique(code, return_index=True, return_counts=True)
+        out: dict[TallyKey, tuple[int, int]] = {}
+        for k, at, n in zip(keys.tolist(), first.tolist(), counts.tolist(), strict=True):
+            s, c, q, o = int(source[at]), int(category[at]), int(reason[at]), int(quarantined[at])
+            out[(self.sources[s], "quarantined" if o else "deduped", self.reasons[q] if o else None,
+                 None if c == NONE else self.categories[c])] = (int(clean.indexes[at]), n)
+        return out
 
-        def name(kind: str, code: int) -> str | None:
-            return None if code == NONE else names[kind][code]
 
-        counted: Counter[tuple[str, str, str | None, str | None]] = Counter()
-        for k in order.tolist():
-            s, c, q, o = keys[:, k].tolist()
-            counted[(names["source"][s], "quarantined" if o == QUARANTINED else "deduped",
-                     name("reason", q), name("category", c))] = int(counts[k])
-        tally.add(counted)
-        into.decided_rows(first_index, outcome, source=(source, self.sources), category=(category, self.categories),
-                          reason=(reason, self.reasons), line_at=line_at, line_len=line_len)
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows of this run that keep last run's decision: their input indexes (ascending) and the
+    kept row that decides each (kept rows keep their order, so also ascending)."""
+
+    indexes: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+
+class KeptLines:
+    """The quarantine lines of the rows that keep their decision, copied from the last quarantine
+    file to this run's in input order, between the lines of the other rows: consecutive kept rows
+    are consecutive lines there, so each stretch of them that no other row's line interrupts is
+    one block, copied in reads of at most COPY_BLOCK bytes (not a seek and a read per row; a
+    buffered read, not a mapping whose pages would count as this process's memory)."""
+
+    def __init__(self, kept: KeptDecisions, clean: KeptRows, lines: IO[bytes], sink: QuarantineLines) -> None:
+        self._kept, self._clean, self._lines, self._sink = kept, clean, lines, sink
+        r = kept.rows
+        quarantined = np.flatnonzero(r["outcome"][clean.rows] == QUARANTINED)
+        self._quarantined = quarantined  # positions in `clean`
+        at = r["line_at"][clean.rows[quarantined]]
+        ends = at + r["line_len"][clean.rows[quarantined]] + 1  # a kept length leaves out the line's newline
+        index = clean.indexes[quarantined]
+        # a block ends where the next line is not the next in the old file, or another row's line comes between
+        # (input indexes of clean rows that are not consecutive: a row that is not kept lies between them)
+        gap = np.diff(clean.indexes) != 1
+        run = np.concatenate(([0], np.cumsum(gap)))[quarantined]  # which stretch of consecutive kept rows
+        breaks = np.flatnonzero((at[1:] != ends[:-1]) | (run[1:] != run[:-1])) + 1
+        self._starts = np.concatenate(([0], breaks)).astype(np.int64)  # block -> its first quarantined row
+        self._stops = np.concatenate((breaks, [len(at)])).astype(np.int64)
+        self._at, self._ends, self._index = at, ends, index
+        self._written_at = np.zeros(len(self._starts), dtype=np.int64)  # where each block went in this run's file
+
+    def __len__(self) -> int:
+        """Blocks."""
+        return len(self._starts) if len(self._at) else 0
+
+    def first_index(self, block: int) -> int:
+        return int(self._index[self._starts[block]])
+
+    def last_index(self, block: int) -> int:
+        return int(self._index[self._stops[block] - 1])
+
+    def copy(self, block: int) -> None:
+        """The block's lines, to the sink now (every line before them in input order is there)."""
+        lo, hi = int(self._starts[block]), int(self._stops[block])
+        start, stop = int(self._at[lo]), int(self._ends[hi - 1])
+        self._written_at[block] = self._sink.at
+        self._lines.seek(start)
+        left, newlines, last = stop - start, 0, b""
+        while left:
+            data = self._lines.read(min(left, COPY_BLOCK))
+            if not data:
+                break
+            newlines += data.count(b"\n")
+            last = data[-1:]
+            self._sink.write_lines(data)
+            left -= len(data)
+        if left or last != b"\n" or newlines != hi - lo:
+            raise UsageError("the preference export's quarantine file does not hold the lines its kept "
+                             "decisions say; `distill run --force` starts the exports from their inputs")
+
+    def record(self, into: NextDecisions) -> None:
+        """Once every block is copied: the rows' decisions, with where their lines are now, for the next run."""
+        kept, clean = self._kept, self._clean
+        r = kept.rows
+        line_at = np.full(len(clean), NONE, dtype=np.int64)
+        line_len = np.zeros(len(clean), dtype=np.int64)
+        if len(self):
+            block_of = np.repeat(np.arange(len(self._starts)), self._stops - self._starts)
+            line_at[self._quarantined] = self._written_at[block_of] + (self._at - self._at[self._starts][block_of])
+            line_len[self._quarantined] = r["line_len"][clean.rows[self._quarantined]]
+        outcome = np.where(r["outcome"][clean.rows] == QUARANTINED, QUARANTINED, DEDUPED)
+        into.decided_rows(clean.indexes, outcome, source=(r["source"][clean.rows], kept.sources),
+                          category=(r["category"][clean.rows], kept.categories),
+                          reason=(r["reason"][clean.rows], kept.reasons), line_at=line_at, line_len=line_len)
 
 
 def _pair(value: Any) -> tuple[int, str]:
@@ -302,7 +349,8 @@ class NextDecisions:
         self._prompt = array("i")
         self._question = array("i")
         self._passed = bytearray()
-        self._decided = {name: array("q") for name in ("outcome", "source", "category", "reason", "line_at", "line_len")}
+        self._decided: dict[str, np.ndarray] | None = None  # by input index, once the first pass has seen every row
+        self._undecided = 0
         # (question, task, source, category) of each cross-source candidate the first pass read or
         # spilled from its entry this run, when there are kept decisions to settle against
         self.answers: list[tuple[int, int, str, str]] | None = [] if kept is not None else None
@@ -349,47 +397,60 @@ class NextDecisions:
     def question_codes(self) -> np.ndarray:
         return _codes(self._question)
 
-    def decided(self, row: Decided, line_at: int) -> None:
-        """The final decision of the next row in input order."""
-        index, source, category, reason, line, deduped = row
-        d = self._decided
-        if index != len(d["outcome"]):
-            raise RuntimeError(f"preference decision {index} out of order")
-        d["outcome"].append(QUARANTINED if reason is not None else DEDUPED if deduped else WRITTEN)
-        d["source"].append(self.sources.code(source))
-        d["category"].append(self.categories.code(category))
-        d["reason"].append(self.reasons.code(reason))
-        d["line_at"].append(line_at if reason is not None else NONE)
-        d["line_len"].append(len(line) if reason is not None else 0)
+    def _columns(self) -> dict[str, np.ndarray]:
+        if self._decided is None:
+            n = len(self._task)
+            self._decided = {name: np.full(n, NONE, dtype=np.int64)
+                             for name in ("outcome", "source", "category", "reason", "line_at", "line_len")}
+            self._undecided = n
+        return self._decided
 
-    def decided_rows(self, first_index: int, outcome: np.ndarray, *, source: tuple[np.ndarray, list[str]],
+    def decided(self, row: Decided, line_at: int) -> None:
+        """The final decision of one row (each row is decided once)."""
+        index, source, category, reason, line, deduped = row
+        d = self._columns()
+        if not 0 <= index < len(d["outcome"]) or d["outcome"][index] != NONE:
+            raise RuntimeError(f"preference decision {index} out of range or made twice")
+        d["outcome"][index] = QUARANTINED if reason is not None else DEDUPED if deduped else WRITTEN
+        d["source"][index] = self.sources.code(source)
+        d["category"][index] = self.categories.code(category)
+        d["reason"][index] = self.reasons.code(reason)
+        d["line_at"][index] = line_at if reason is not None else NONE
+        d["line_len"][index] = len(line) if reason is not None else 0
+        self._undecided -= 1
+
+    def decided_rows(self, indexes: np.ndarray, outcome: np.ndarray, *, source: tuple[np.ndarray, list[str]],
                      category: tuple[np.ndarray, list[str]], reason: tuple[np.ndarray, list[str]],
                      line_at: np.ndarray, line_len: np.ndarray) -> None:
-        """The final decisions of consecutive rows from `first_index` on, in bulk (`KeptDecisions.take`);
-        each name column as (codes, the names they index), given this run's codes as `decided`
-        would give them a row at a time."""
-        d = self._decided
-        if first_index != len(d["outcome"]):
-            raise RuntimeError(f"preference decision {first_index} out of order")
-        d["outcome"].frombytes(outcome.astype(np.int64).tobytes())
+        """The final decisions of many rows at once (`KeptLines.record`); each name column as
+        (codes, the names they index)."""
+        d = self._columns()
+        if len(indexes) and (int(indexes.min()) < 0 or int(indexes.max()) >= len(d["outcome"])
+                             or bool(np.any(d["outcome"][indexes] != NONE)) or len(np.unique(indexes)) != len(indexes)):
+            raise RuntimeError("preference decisions out of range or made twice")
+        d["outcome"][indexes] = outcome
         for column, table, (codes, names) in (("source", self.sources, source), ("category", self.categories, category),
                                               ("reason", self.reasons, reason)):
-            d[column].frombytes(_recoded(codes, names, table).tobytes())
-        d["line_at"].frombytes(line_at.astype(np.int64).tobytes())
-        d["line_len"].frombytes(line_len.astype(np.int64).tobytes())
+            d[column][indexes] = _recoded(codes, names, table)
+        d["line_at"][indexes] = line_at
+        d["line_len"][indexes] = line_len
+        self._undecided -= len(indexes)
+
+    def complete(self) -> bool:
+        """Every row the first pass saw was decided."""
+        return self._undecided == 0 and len(self._columns()["outcome"]) == len(self._task)
 
     def save(self, path: Path, *, basis: str, token: str, export: Path, quarantine: tuple[int, str]) -> None:
         """Kept only when every row was decided and the files are readable; else removed (the next
         run pairs every task, as without it)."""
-        rows = len(self._decided["outcome"])
+        rows = len(self._task)
         exported = file_digest(export)
-        if exported is None or len(self._task) > rows or sum(n for _, n in self.parts) != rows:
+        if exported is None or not self.complete() or sum(n for _, n in self.parts) != rows:
             with contextlib.suppress(OSError):
                 path.unlink()
             return
-        self._grow(rows - 1)
-        arrays = {name: np.frombuffer(self._decided[name], dtype=np.int64).astype(t) if rows else np.zeros(0, t)
-                  for name, t in _ROW_ARRAYS.items() if name not in ("task", "prompt", "question")}
+        decided = self._columns()
+        arrays = {name: decided[name].astype(t) for name, t in _ROW_ARRAYS.items() if name not in ("task", "prompt", "question")}
         arrays["task"] = self.task_codes()[:rows].copy()
         arrays["prompt"] = self.prompt_codes()[:rows].copy()
         arrays["question"] = self.question_codes()[:rows].copy()

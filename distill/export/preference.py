@@ -50,7 +50,7 @@ from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import PartitionExporter, entries_json
 from distill.export.exported import Ids, PairsPerTask, PerTask
 from distill.export.gates import REJUDGED_REASONS, Firewall, GateInput, meta_text
-from distill.export.kept_decisions import KeptDecisions, NextDecisions, dirty_rows, pairable_questions
+from distill.export.kept_decisions import KeptDecisions, KeptLines, KeptRows, NextDecisions, dirty_rows, pairable_questions
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -81,7 +81,7 @@ from distill.records import (
     SourceRef,
 )
 from distill.records.common import is_blank_text
-from distill.records.stage import StageReport, Tally
+from distill.records.stage import StageReport, Tally, TallyKey
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
 STAGE = "preference"
@@ -90,7 +90,6 @@ Reason = tuple[QuarantineReason, str]
 EvidenceText = Callable[[str, RowKey], "str | None"]  # (scored file, key) -> the text of its evidence
 LineSink = Callable[[bytes], None]
 Reread = Callable[[str], "list[Any] | None"]  # scored partition -> its checkpoint's entries, as replayed
-KeptRun = tuple[int, slice]  # (first input index, the consecutive kept rows that decide it and the rows after it)
 
 
 class PreferencePass(PartitionExporter, Protocol):
@@ -633,15 +632,15 @@ class _Pass1:
             self.firewall.passed_before([extra])
 
     def settle(self, reread: Reread, late: list[RecordFile], *,
-               capped: Callable[[list[bytes]], np.ndarray]) -> list[KeptRun]:
+               capped: Callable[[list[bytes]], np.ndarray]) -> KeptRows | None:
         """After every partition went through: the deferred rows of dirty groups are read back from
         their checkpoint entries and spilled to `late` (same buckets, input order); the others keep
-        last run's decisions, returned as runs of consecutive rows in input order (the final
-        merge takes each run whole: `KeptDecisions.take`). `capped`: for task digests, whether the
-        export holds the cap."""
+        last run's decisions, returned as one set (the final merge takes them in bulk:
+        `KeptDecisions.counts`, `KeptLines`). `capped`: for task digests, whether the export holds
+        the cap."""
         kept = self.kept
         if kept is None or not self.deferred:
-            return []
+            return None
         d = self.decisions
         tasks, prompts = d.task_codes(), d.prompt_codes()
         deferred = np.zeros(len(tasks), dtype=bool)
@@ -655,7 +654,8 @@ class _Pass1:
                                         np.concatenate((prompts[~deferred], rows["prompt"][unmatched]))),
                            seed_tasks=rows["task"][kept.unsettled()], seed_questions=rows["question"][unmatched],
                            pairable=pairable_questions(kept, d.answers or [], question_count=len(d.prompts)))
-        clean_runs: list[KeptRun] = []
+        clean_indexes: list[np.ndarray] = []
+        clean_rows: list[np.ndarray] = []
         passed: list[np.ndarray] = []
         entries: list[Any] | None = None
         entries_of: str | None = None
@@ -665,10 +665,8 @@ class _Pass1:
             clean = np.flatnonzero(~is_dirty)
             if len(clean):
                 self.rows_kept += len(clean)
-                # consecutive clean rows are consecutive kept rows: one run each
-                for run in np.split(clean, np.flatnonzero(np.diff(clean) != 1) + 1):
-                    start = int(run[0])
-                    clean_runs.append((first + start, slice(kept_first + start, kept_first + start + len(run))))
+                clean_indexes.append(first + clean)
+                clean_rows.append(kept_first + clean)
                 got = kept.passed[kept_first + clean]
                 passed.append(got[got.view(np.uint64).reshape(-1, 2).any(axis=1)])
             redo = np.flatnonzero(is_dirty).tolist()
@@ -688,7 +686,9 @@ class _Pass1:
                 self._spill(first + k, parsed, late)
         if passed and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([a.tobytes() for a in passed if len(a)])
-        return clean_runs
+        if not clean_indexes:
+            return None
+        return KeptRows(np.concatenate(clean_indexes).astype(np.int64), np.concatenate(clean_rows).astype(np.int64))
 
 
 def _row(t: tuple[Any, ...], shared: dict[str, str]) -> Row:
@@ -902,7 +902,7 @@ def export_preference(
         pass1.close()
         result.lines_replayed = pass1.replayed
         late = spill.buckets("late", buckets, batch=IN_ORDER_BATCH)
-        clean: list[KeptRun] = []
+        clean: KeptRows | None = None
         if kept is not None and pass1.deferred:
             assert reread is not None
             clean = pass1.settle(reread, late, capped=lambda digests: existing_per_task.reach(digests, max_pairs_per_task))
@@ -944,7 +944,8 @@ def export_preference(
         for _, line in itertools.chain(merge_sorted(same_task_pairs, key=lambda p: p[0]),
                                        merge_sorted(cross_pairs, key=lambda p: p[0])):
             on_sample(line)
-        tally = Tally()
+        counts: Counter[TallyKey] = Counter()
+        first_seen: dict[TallyKey, int] = {}  # each key's first row: the report keeps keys in that order
         last = -1
 
         def decide(row: Decided) -> None:
@@ -955,31 +956,42 @@ def export_preference(
             last = index
             decisions.decided(row, on_quarantine.at)  # where its line starts, if it has one
             if reason is None:
-                tally.bump(source, "deduped" if deduped else "written", category=category)
+                key: TallyKey = (source, "deduped" if deduped else "written", None, category)
             else:
-                tally.bump(source, "quarantined", reason=reason, category=category)
+                key = (source, "quarantined", reason, category)
                 on_quarantine(line)
+            counts[key] += 1
+            first_seen.setdefault(key, index)
 
+        # the others one at a time; the kept rows' lines go in as blocks between theirs
         others = merge_sorted(decided_runs, key=_INDEX)
         pending = next(others, None)
-        if clean:
+        copier: KeptLines | None = None
+        if clean is not None:
             assert kept is not None
             # the last run's quarantine file: kept rows' lines are copied from it
-            lines = stack.enter_context(open(kept.quarantine, "rb", buffering=0))
-            for first, rows in clean:
+            copier = kept.copier(clean, stack.enter_context(open(kept.quarantine, "rb", buffering=0)), on_quarantine)
+            for block in range(len(copier)):
+                first = copier.first_index(block)
                 while pending is not None and pending[0] < first:
                     decide(pending)
                     pending = next(others, None)
                 if first <= last:
                     raise RuntimeError(f"preference decisions out of input order ({first} after {last})")
-                kept.take(rows, first, lines, into=decisions, tally=tally, sink=on_quarantine)
-                last = first + (rows.stop - rows.start) - 1
+                copier.copy(block)
+                last = copier.last_index(block)
         while pending is not None:
             decide(pending)
             pending = next(others, None)
-        tally.into(report)
+        if clean is not None and copier is not None:
+            assert kept is not None
+            copier.record(decisions)
+            for key, (at, n) in kept.counts(clean).items():
+                counts[key] += n
+                first_seen[key] = min(first_seen.get(key, at), at)
+        Tally.of(Counter({key: counts[key] for key in sorted(counts, key=first_seen.__getitem__)})).into(report)
     # the rows a kept run may take again: only when the run saw every row it decided
-    result.decisions = decisions if last + 1 == len(decisions.task_codes()) else None
+    result.decisions = decisions if decisions.complete() else None
     return result
 
 
