@@ -422,12 +422,13 @@ class NextDecisions:
     def decided_rows(self, indexes: np.ndarray, outcome: np.ndarray, *, source: tuple[np.ndarray, list[str]],
                      category: tuple[np.ndarray, list[str]], reason: tuple[np.ndarray, list[str]],
                      line_at: np.ndarray, line_len: np.ndarray) -> None:
-        """The final decisions of many rows at once (`KeptLines.record`); each name column as
-        (codes, the names they index)."""
+        """The final decisions of many rows at once (`KeptLines.record`), `indexes` ascending;
+        each name column as (codes, the names they index)."""
         d = self._columns()
-        if len(indexes) and (int(indexes.min()) < 0 or int(indexes.max()) >= len(d["outcome"])
-                             or bool(np.any(d["outcome"][indexes] != NONE)) or len(np.unique(indexes)) != len(indexes)):
-            raise RuntimeError("preference decisions out of range or made twice")
+        if len(indexes) and (int(indexes[0]) < 0 or int(indexes[-1]) >= len(d["outcome"])
+                             or not bool(np.all(indexes[1:] > indexes[:-1]))  # ascending: no row twice
+                             or bool(np.any(d["outcome"][indexes] != NONE))):
+            raise RuntimeError("preference decisions out of order, out of range or made twice")
         d["outcome"][indexes] = outcome
         for column, table, (codes, names) in (("source", self.sources, source), ("category", self.categories, category),
                                               ("reason", self.reasons, reason)):
