@@ -219,10 +219,6 @@ class KeptDecisions:
                 and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
                 and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
 
-    def copier(self, clean: KeptRows, lines: IO[bytes], sink: QuarantineLines) -> KeptLines:
-        """What the final merge copies for the rows that keep their decision (`KeptLines`)."""
-        return KeptLines(self, clean, lines, sink)
-
     def counts(self, clean: KeptRows) -> dict[TallyKey, tuple[int, int]]:
         """The rows' counts as a row at a time would bump them: key -> (first input index, rows). A
         kept `written` counts as `deduped` now (its pair is in the export: see the module docstring)."""
@@ -261,10 +257,12 @@ class KeptLines:
     def __init__(self, kept: KeptDecisions, clean: KeptRows, lines: IO[bytes], sink: QuarantineLines) -> None:
         self._kept, self._clean, self._lines, self._sink = kept, clean, lines, sink
         r = kept.rows
-        quarantined = np.flatnonzero(r["outcome"][clean.rows] == QUARANTINED)
+        self._is_quarantined = r["outcome"][clean.rows] == QUARANTINED
+        quarantined = np.flatnonzero(self._is_quarantined)
         self._quarantined = quarantined  # positions in `clean`
         at = r["line_at"][clean.rows[quarantined]]
-        ends = at + r["line_len"][clean.rows[quarantined]] + 1  # a kept length leaves out the line's newline
+        self._len = r["line_len"][clean.rows[quarantined]]  # a kept length leaves out the line's newline
+        ends = at + self._len + 1
         index = clean.indexes[quarantined]
         # a block ends where the next line is not the next in the old file, or another row's line comes between
         # (input indexes of clean rows that are not consecutive: a row that is not kept lies between them)
@@ -314,8 +312,8 @@ class KeptLines:
         if len(self):
             block_of = np.repeat(np.arange(len(self._starts)), self._stops - self._starts)
             line_at[self._quarantined] = self._written_at[block_of] + (self._at - self._at[self._starts][block_of])
-            line_len[self._quarantined] = r["line_len"][clean.rows[self._quarantined]]
-        outcome = np.where(r["outcome"][clean.rows] == QUARANTINED, QUARANTINED, DEDUPED)
+            line_len[self._quarantined] = self._len
+        outcome = np.where(self._is_quarantined, QUARANTINED, DEDUPED)
         into.decided_rows(clean.indexes, outcome, source=(r["source"][clean.rows], kept.sources),
                           category=(r["category"][clean.rows], kept.categories),
                           reason=(r["reason"][clean.rows], kept.reasons), line_at=line_at, line_len=line_len)

@@ -970,7 +970,7 @@ def export_preference(
         if clean is not None:
             assert kept is not None
             # the last run's quarantine file: kept rows' lines are copied from it
-            copier = kept.copier(clean, stack.enter_context(open(kept.quarantine, "rb", buffering=0)), on_quarantine)
+            copier = KeptLines(kept, clean, stack.enter_context(open(kept.quarantine, "rb", buffering=0)), on_quarantine)
             for block in range(len(copier)):
                 first = copier.first_index(block)
                 while pending is not None and pending[0] < first:
@@ -983,8 +983,8 @@ def export_preference(
         while pending is not None:
             decide(pending)
             pending = next(others, None)
-        if clean is not None and copier is not None:
-            assert kept is not None
+        if copier is not None:
+            assert kept is not None and clean is not None
             copier.record(decisions)
             for key, (at, n) in kept.counts(clean).items():
                 counts[key] += n
