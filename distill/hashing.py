@@ -150,6 +150,10 @@ WholeFileDigests = Callable[[Path], "tuple[int, str] | None"]
 """(size, PREFIX_HASH) of a whole file as it is now, when something already knows it without
 reading the file (the receipts' digest cache, by stat key: distill.receipts.DigestCache.xxh3_of)."""
 
+WholeFileSha256 = Callable[[Path], "tuple[str, int | None] | None"]
+"""(sha256, complete-line count for JSONL) of a whole file as it is now, known the same way
+(distill.receipts.DigestCache.sha256_lines_of)."""
+
 
 class PrefixHash:
     """The PREFIX_HASH of a file from offset 0, kept while a reader goes through it: started fresh

@@ -329,6 +329,10 @@ def begin_stage(ctx: _RunContext, stage: Stage) -> StageReceipt | _Started | Non
     plan = plan_stage(ctx, stage)
     if plan.decision.action == "skipped" and plan.previous is not None:
         return skip_stage(ctx, stage, plan, t0, started_at)
+    # the digests just taken of what the stage reads and owns, on disk before it runs: a stage
+    # resuming from its checkpoints asks them instead of reading an unchanged file (score's
+    # mirrors are first looked up here, after the last save)
+    ctx.cache.save(ctx.ws.digest_cache_path)
     return _Started(stage, plan, started_at, time.perf_counter() - t0)
 
 

@@ -126,6 +126,13 @@ class DigestCache:
         hit = self._as_it_is(path)
         return None if hit is None else hit[1]
 
+    def sha256_lines_of(self, path: Path) -> tuple[str, int | None] | None:
+        """(sha256, complete-line count for JSONL) of the file when this cache knows it in its
+        present state (no read): score asks it of a mirror it would otherwise hash only to see
+        that the mirror is as its checkpoint wrote it."""
+        hit = self._as_it_is(path)
+        return None if hit is None else (hit[1], hit[2])
+
     def xxh3_of(self, path: Path) -> tuple[int, str] | None:
         """(size, PREFIX_HASH) of the file when this cache knows it in its present state (no
         read): a checkpoint that hashed the whole file then need not read it again
@@ -184,10 +191,15 @@ class DigestCache:
         write_sealed(path, dumps({"version": DIGEST_CACHE_VERSION, "entries": entries}))
 
 
+def saved_digest_cache(ws: Workspace) -> DigestCache:
+    """The digests the workspace's last run saved, to be asked and never saved by a stage: what a
+    stage resuming from its checkpoints checks an unchanged file by instead of reading it."""
+    return DigestCache.load(ws.digest_cache_path)
+
+
 def saved_whole_file_digests(ws: Workspace) -> WholeFileDigests:
-    """The whole-file digests the workspace's last run saved, read-only: what a stage resuming from
-    its checkpoints checks an unchanged partition file by instead of reading its prefix."""
-    return DigestCache.load(ws.digest_cache_path).xxh3_of
+    """saved_digest_cache's whole-file xxh3 digests: what a checkpoint's prefix check asks."""
+    return saved_digest_cache(ws).xxh3_of
 
 
 def rel_path(ws: Workspace, path: Path) -> str:

@@ -47,7 +47,7 @@ from distill.jsonl import (
     replace_if_changed,
     write_if_changed,
 )
-from distill.receipts import count_categories, saved_whole_file_digests, sha256_size_newlines
+from distill.receipts import count_categories, saved_digest_cache, sha256_size_newlines
 from distill.records.receipts import FileDigest
 from distill.records import Category, EvidenceRecord, QuarantineReason, QuarantineRecord, ScoreClass, ScoredRun, SourceRef
 from distill.records.stage import StageReport, Tally
@@ -487,11 +487,14 @@ class _PartitionScorer:
             return False
         if self.book is None:
             return False
-        try:
-            _, sha, lines = sha256_size_newlines(target)
-        except OSError:
-            return False
-        return (sha, lines) == (cp.scored_sha256, len(kept))
+        known = self.book.known_sha256(target) if self.book.known_sha256 is not None else None
+        if known is None:  # not as the last run's receipts saw it: read it
+            try:
+                _, sha, lines = sha256_size_newlines(target)
+            except OSError:
+                return False
+            known = (sha, lines)
+        return known == (cp.scored_sha256, len(kept))
 
     def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
                 problems: list[str], scored_sha256: str, line_digests: bytes, *, saved: bytes | None = None) -> _Scored:
@@ -524,9 +527,10 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
     `checkpoints`: score only rows appended since the last run, and re-score the extraction rows
     whose task's parents changed, where that is provably the same (distill.score_checkpoints)."""
     report = StageReport(stage=STAGE, dry_run=dry_run)
+    saved = saved_digest_cache(ws) if checkpoints and not dry_run else None
     book = (ScoreCheckpoints(ws.score_checkpoint_path, score_basis(settings, scorer_version(settings)),
-                             known=saved_whole_file_digests(ws))
-            if checkpoints and not dry_run else None)
+                             known=saved.xxh3_of, known_sha256=saved.sha256_lines_of)
+            if saved is not None else None)
     evidence_files = iter_partition_files(ws.evidence_dir)
 
     # pass 1: the verdict-bearing parents, by task (a checkpointed prefix gives its own at once,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distill.checkpoint_file import CheckpointFile
 from distill.config import Settings
-from distill.hashing import PrefixHash, WholeFileDigests, canonical_json, sha256_hex
+from distill.hashing import PrefixHash, WholeFileDigests, WholeFileSha256, canonical_json, sha256_hex
 from distill.receipts import code_fingerprint
 
 CHECKPOINT_VERSION: Literal[4] = 4
@@ -99,12 +99,15 @@ class ScoreCheckpoints:
     one line per partition, read one at a time; the next run's file is written as partitions are
     scored."""
 
-    def __init__(self, path: Path, basis: str, *, known: WholeFileDigests | None = None) -> None:
+    def __init__(self, path: Path, basis: str, *, known: WholeFileDigests | None = None,
+                 known_sha256: WholeFileSha256 | None = None) -> None:
         """`known`: whole-file digests known without a read (an evidence file unchanged since its
-        checkpoint is then not read to check it)."""
+        checkpoint is then not read to check it); `known_sha256`: the same for a mirror's sha256
+        and line count (one as its checkpoint wrote it is not hashed to tell)."""
         self.path = path
         self.basis = basis
         self.known = known
+        self.known_sha256 = known_sha256
 
         def accept(line: bytes) -> _Header | None:
             header = _Header.model_validate_json(line)

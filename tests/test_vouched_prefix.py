@@ -16,6 +16,7 @@ import pytest
 import xxhash
 
 import distill.hashing as hashing
+import distill.score as score
 from distill.config import load_settings
 from distill.hashing import PrefixHash
 from distill.pipeline import execute_run
@@ -137,7 +138,8 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
         tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows appended on a new day add partitions and leave the others as they were: the next run
     checks the checkpoints of the untouched ones (every stage asks) by the digests the last run
-    saved, reading none of them, and writes what a `--force` run of the same input writes. (A
+    saved, reading none of them (nor hashing their scored mirrors to see they are as score
+    wrote them), and writes what a `--force` run of the same input writes. (A
     copy of a workspace has new inodes, so its saved digests vouch for nothing: the twin is the
     reference, not a second measure.)"""
     from benchmarks.rerun import onto_new_day
@@ -174,6 +176,14 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
         return resume(cls, path, *args, **kwargs)
 
     monkeypatch.setattr(PrefixHash, "resume", classmethod(asking))
+    hashed: list[Path] = []  # the mirrors score hashed whole to see whether they are as it wrote them
+    whole = score.sha256_size_newlines
+
+    def hashing_whole(path: Path) -> tuple[int, str, int]:
+        hashed.append(Path(path))
+        return whole(path)
+
+    monkeypatch.setattr(score, "sha256_size_newlines", hashing_whole)
     summary = execute_run(ws, load_settings(ws.root), include_index=False).summary
     monkeypatch.undo()
     forced = execute_run(twin, load_settings(twin.root), include_index=False, force=True).summary
@@ -183,6 +193,7 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
     assert len(untouched) > len(before) // 2  # the append touched few partitions
     assert untouched <= set(asked)  # each one's checkpoint was checked ...
     assert not untouched & set(reads.paths)  # ... and none of them read to check it
+    assert not untouched & set(hashed)  # an untouched mirror's digest came from the receipts' cache
     assert reads.paths  # what did change is still read
     assert _outputs(ws) == _outputs(twin)
     assert _counters(summary) == _counters(forced)
