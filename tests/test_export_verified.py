@@ -270,6 +270,48 @@ def test_the_scored_index_built_from_its_cache_answers_as_a_full_build(ws: Works
     assert cached[(first["evidence_run_id"], first["provenance"]["sig_hash"])] == "rejected"
 
 
+def test_an_unchanged_scored_index_is_taken_frozen_from_its_cache(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three exports of a run each ask for the index: once one has built it, the others take
+    it as frozen instead of sorting every key again, and answer as a full build."""
+    import distill.export.scored_index as scored_index
+
+    sorts: list[int] = []
+    real = scored_index.sort_digests
+
+    def spy(keys: Any) -> Any:
+        sorts.append(len(keys))
+        return real(keys)
+
+    monkeypatch.setattr(scored_index, "sort_digests", spy)
+    built = _answers(ws)  # the exports saved it already: taken frozen
+    assert sorts == []
+    ws.scored_index_path.unlink()
+    assert _answers(ws) == built and sorts  # a full build sorts, and saves the frozen index
+    sorts.clear()
+    assert _answers(ws) == built and sorts == []
+
+
+@pytest.mark.parametrize("damage", ["unsorted", "code", "short"])
+def test_a_frozen_scored_index_that_is_not_one_is_built_again(ws: Workspace, damage: str) -> None:
+    import numpy as np
+
+    built = _answers(ws)
+    store = ws.scored_index_path
+    with np.load(store, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    keys = arrays["run_keys"]
+    assert len(keys) > 2
+    if damage == "unsorted":
+        arrays["run_keys"] = keys[::-1].copy()
+    elif damage == "code":
+        arrays["version_last"] = np.full_like(arrays["version_last"], 99)
+    else:
+        arrays["run_single"] = arrays["run_single"][:-1]
+    with store.open("wb") as fh:
+        np.savez(fh, **arrays)
+    assert _answers(ws) == built
+
+
 def test_a_rewritten_partition_parses_only_its_changed_lines(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """Score rewrites a partition in place when a late verdict re-scores one of its runs: the index
     reads the file again but takes every line whose bytes it saw before from its cache, and

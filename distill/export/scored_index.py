@@ -75,6 +75,24 @@ class _SortedCodes:
         self.keys, self.last, self.single = keys[starts], codes[ends - 1], np.where(low == high, low, -1)
         self._high = None
 
+    def frozen(self) -> dict[str, np.ndarray]:
+        """What `freeze` made, for a cache to keep (`thaw` takes it back)."""
+        return {"keys": self.keys, "last": self.last, "single": self.single}
+
+    def thaw(self, keys: np.ndarray, last: np.ndarray, single: np.ndarray, *, codes: int) -> bool:
+        """Take what an earlier `freeze` made of the same additions (no sort); False, keeping
+        nothing, when it is not that shape: keys strictly ascending, a last and a single code (or
+        -1) each, all below `codes`."""
+        if keys.dtype != np.dtype("S16") or not len(keys) == len(last) == len(single):
+            return False
+        high, low = _halves(keys)
+        ascending = (high[1:] > high[:-1]) | ((high[1:] == high[:-1]) & (low[1:] > low[:-1]))
+        if not (bool(ascending.all()) and _codes_within(last, 0, codes) and _codes_within(single, -1, codes)):
+            return False
+        self.keys, self.last, self.single = keys, last.astype(np.int32), single.astype(np.int32)
+        self._keys, self._codes, self._high = bytearray(), array("i"), None
+        return True
+
     def at(self, key: bytes) -> int | None:
         """The group of one key, None when it is not a key."""
         return digest_position(self.keys, key)
@@ -97,6 +115,10 @@ class _SortedCodes:
             at[again] = np.minimum(np.searchsorted(self.keys, probes[again]), len(self.keys) - 1)
             found[again] = self.keys[at[again]] == probes[again]
         return found, at
+
+
+def _codes_within(codes: np.ndarray, low: int, count: int) -> bool:
+    return codes.dtype.kind == "i" and (not len(codes) or (low <= int(codes.min()) and int(codes.max()) < count))
 
 
 def digest_position(keys: np.ndarray, digest: bytes) -> int | None:
@@ -182,6 +204,26 @@ class ScoredIndex:
         self._by_version.freeze()
         self._by_run.freeze()
         return self
+
+    def frozen(self) -> dict[str, np.ndarray]:
+        """The frozen index's arrays, for the cache (`thaw`)."""
+        return {**{f"version_{k}": v for k, v in self._by_version.frozen().items()},
+                **{f"run_{k}": v for k, v in self._by_run.frozen().items()}}
+
+    def thaw(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Frozen from what `frozen` gave for the same parts, instead of adding them and sorting
+        (the exports of one run ask for the same index one after another); False when the arrays
+        are not that (the caller adds the parts and freezes)."""
+        try:
+            by_version, by_run = ([arrays[f"{side}_{k}"] for k in ("keys", "last", "single")]
+                                  for side in ("version", "run"))
+        except KeyError:
+            return False
+        thawed = (self._by_version.thaw(*by_version, codes=len(self.names))
+                  and self._by_run.thaw(*by_run, codes=len(self.names)))
+        if not thawed:
+            self._by_version, self._by_run = _SortedCodes(), _SortedCodes()
+        return thawed
 
     def codes(self, has: np.ndarray, runs: np.ndarray, versions: np.ndarray) -> np.ndarray:
         """The answer to many lookups at once, as indexes into `names` (-1: None); each lookup
@@ -314,11 +356,13 @@ def scored_categories(ws: Workspace, *, known: WholeFileDigests | None = None) -
     bytes (their prefix hash) only the appended lines are parsed; a partition score rewrote in
     place (late verdicts re-score runs) is read again, but a line whose bytes the earlier build
     saw (by xxh3-128) takes its entry from there. The index is the same either way (the cache
-    only saves work). `known`: whole-file digests known without a read (an unchanged partition
-    file is then not read to check its prefix)."""
+    only saves work). When no partition changed since the cache was saved, the index is taken
+    frozen from it (no sort: the three exports of a run each ask for it). `known`: whole-file
+    digests known without a read (an unchanged partition file is then not read to check its
+    prefix)."""
     store = ws.scored_index_path
     index = ScoredIndex()
-    saved = _load_parts(store, index)
+    saved, frozen = _load_parts(store, index)
     parts: dict[str, _Part] = {}
     files = iter_partition_files(ws.scored_dir)
     rels = [p.relative_to(ws.root).as_posix() for p in files]
@@ -339,34 +383,43 @@ def scored_categories(ws: Workspace, *, known: WholeFileDigests | None = None) -
         sha = tail.hexdigest(path)
         changed = changed or hasher is None or tail.end != part.end or sha != part.prefix_hash
         part.end, part.lines, part.prefix_hash = tail.end, part.lines + tail.newlines, sha or ""
-        index.add_part(part)
         parts[rel] = part
-    if changed:
-        _save_parts(store, parts, index.names)
-    return index.freeze()
+    if not changed and index.thaw(frozen):
+        return index  # the parts are the ones the saved index was frozen from
+    for part in parts.values():
+        index.add_part(part)
+    index.freeze()
+    _save_parts(store, parts, index)
+    return index
 
 
 SCORED_INDEX_VERSION = 3  # 2: prefixes hashed with xxh3-128, not sha256; 3: a digest per line, codes not names
 
 
-def _load_parts(store: Path, index: ScoredIndex) -> dict[str, _Part]:
-    """The saved parts, their codes made `index`'s (it starts empty), or none when the file is
-    missing, damaged or of another version."""
+Frozen = dict[str, np.ndarray]
+FROZEN_ARRAYS = tuple(f"{side}_{k}" for side in ("version", "run") for k in ("keys", "last", "single"))
+
+
+def _load_parts(store: Path, index: ScoredIndex) -> tuple[dict[str, _Part], Frozen]:
+    """The saved parts, their codes made `index`'s (it starts empty), and the arrays of the index
+    frozen from them (empty when the file has none); nothing when the file is missing, damaged or
+    of another version."""
     try:
         with np.load(store, allow_pickle=False) as saved:
             meta = loads(bytes(saved["meta"]))
             if meta.get("version") != SCORED_INDEX_VERSION:
-                return {}
+                return {}, {}
             runs, versions, has_sig, digests = (saved["runs"].tobytes(), saved["versions"].tobytes(),
                                                 saved["has_sig"].tobytes(), saved["digests"].tobytes())
             codes = saved["codes"]
+            frozen = {k: saved[k] for k in FROZEN_ARRAYS} if all(k in saved.files for k in FROZEN_ARRAYS) else {}
         names = meta["names"]
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or len(set(names)) != len(names):
-            return {}
+            return {}, {}
         for name in names:
             index.code_of(name)  # the index starts empty: saved code i is its code i
         if len(codes) and not (0 <= int(codes.min()) and int(codes.max()) < len(names)):
-            return {}
+            return {}, {}
         codes = codes.astype(np.int32).tobytes()
         parts: dict[str, _Part] = {}
         at = 0
@@ -378,18 +431,20 @@ def _load_parts(store: Path, index: ScoredIndex) -> dict[str, _Part]:
             at += count
             if not (len(part.runs) == len(part.versions) == len(part.digests) == 16 * count
                     and len(part.has_sig) == len(part.codes) == count):
-                return {}
-        return parts
+                return {}, {}
+        return parts, frozen
     except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile):
-        return {}
+        return {}, {}
 
 
-def _save_parts(store: Path, parts: dict[str, _Part], names: list[str]) -> None:
-    meta = {"version": SCORED_INDEX_VERSION, "names": names,
+def _save_parts(store: Path, parts: dict[str, _Part], index: ScoredIndex) -> None:
+    """The parts and the index frozen from them (in one file, so they always agree)."""
+    meta = {"version": SCORED_INDEX_VERSION, "names": index.names,
             "parts": [[rel, p.end, p.lines, p.prefix_hash, len(p)] for rel, p in parts.items()]}
 
     def joined(field: str) -> np.ndarray:
         return np.frombuffer(b"".join(bytes(getattr(p, field)) for p in parts.values()), dtype=np.uint8)
 
     write_cache(store, meta, runs=joined("runs"), versions=joined("versions"), has_sig=joined("has_sig"),
-                digests=joined("digests"), codes=np.frombuffer(joined("codes").tobytes(), dtype=np.int32))
+                digests=joined("digests"), codes=np.frombuffer(joined("codes").tobytes(), dtype=np.int32),
+                **index.frozen())
