@@ -113,7 +113,9 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
     saved is the file's now; the grown sources no longer match theirs), with the copy's path and
     stat: the copy holds the same bytes. Returns how many were carried (None: no cache, or one of
     another format, left as it is). A revision that seals its caches (hashing.sealed) gets its
-    file back sealed; one from before, as it wrote it."""
+    file back sealed; one from before, as it wrote it. An entry with a sha256 state (version 3)
+    whose file has grown since is carried too, under its old stat key: it is never a hit, only
+    what the copy's grown file is hashed on from (receipts.DigestCache.earlier), as in place."""
     path = copy / ".distill.digests.json"
     try:
         data = path.read_bytes()
@@ -121,9 +123,10 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
         saved = orjson.loads(data if body is None else body)
     except (OSError, ValueError):
         return None
-    # entries are [path, inode, size, mtime, ctime, *digests] in both versions (2 adds a PREFIX_HASH)
+    # entries are [path, inode, size, mtime, ctime, *digests] in every version (2 adds a PREFIX_HASH,
+    # 3 a sha256 state)
     version = saved.get("version") if isinstance(saved, dict) else None
-    if version not in (1, 2):
+    if version not in (1, 2, 3):
         return None
     entries = []
     for entry in saved["entries"]:
@@ -133,6 +136,8 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
         except (ValueError, OSError):
             continue  # outside the snapshot, or gone
         if [was.st_ino, was.st_size, was.st_mtime_ns, was.st_ctime_ns] != entry[1:5]:
+            if len(entry) > 9 and entry[9] is not None:
+                entries.append([str(copy / rel), *entry[1:]])
             continue
         now = (copy / rel).stat()
         entries.append([str(copy / rel), now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns, *entry[5:]])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -35,6 +35,8 @@ from distill.records.receipts import (
     receipt_content_hash,
 )
 from distill.records.stage import StageReport
+from distill.sha256_state import Sha256State
+from distill.sha256_state import available as sha256_state_available
 from distill.workspace import TRANSIENT_SUFFIXES, Workspace, is_data
 
 CHUNK = 1 << 20
@@ -46,15 +48,18 @@ LATEST_NAME = "latest.json"
 
 StatKey = tuple[str, int, int, int, int]
 """(absolute path, inode, size, mtime_ns, ctime_ns): what a file's content is recognised by."""
-Digested = tuple[int, str, int | None, str]
-"""(size, sha256, newline count for JSONL else None, PREFIX_HASH) of a whole file."""
+Digested = tuple[int, str, int | None, str, str | None]
+"""(size, sha256, newline count for JSONL else None, PREFIX_HASH, the sha256's state hex or None)
+of a whole file; the state (distill.sha256_state, kept for files of STATE_MIN_BYTES or more) lets
+the next digest of the file, grown by an append, hash only the bytes after it."""
+STATE_MIN_BYTES = 1 << 20
 
 
 def stat_key(path: Path, st: os.stat_result | None = None) -> StatKey:
     """The file's StatKey now (`st`: a stat the caller already took); raises OSError."""
     return (str(path), *file_state(st if st is not None else path.stat()))
 
-DIGEST_CACHE_VERSION = 2  # 2: each file's PREFIX_HASH beside its sha256
+DIGEST_CACHE_VERSION = 3  # 2: each file's PREFIX_HASH beside its sha256; 3: the sha256's state
 RACY_MARGIN_NS = 1_000_000_000
 """A digest is kept across runs only if the file's last change happened before hashing began: a
 file changed again later gets a newer ctime (the kernel sets it, `touch` cannot set it back), so a
@@ -69,8 +74,9 @@ older than the moment hashing began (by the system clock)."""
 class _DigestCacheFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[2]
-    entries: list[tuple[str, int, int, int, int, int, str, int | None, str]]
+    version: Literal[2, 3]  # a version-2 file's entries have no state
+    entries: list[tuple[str, int, int, int, int, int, str, int | None, str, str | None]
+                  | tuple[str, int, int, int, int, int, str, int | None, str]]
 
 
 class DigestCache:
@@ -93,6 +99,21 @@ class DigestCache:
         # was hashed under, so a grown file's prefix is not read and hashed a second time
         self.cuts: Callable[[Path], Iterable[int]] | None = None
         self._states: dict[StatKey, dict[int, Any]] = {}
+        self._resumable: dict[str, list[tuple[StatKey, Digested]]] = {}  # by path: the digests with a sha256 state
+        for key, value in self._loaded.items():
+            self._may_resume(key, value)
+
+    def _may_resume(self, key: StatKey, value: Digested) -> None:
+        if value[4] is not None:
+            self._resumable.setdefault(key[0], []).append((key, value))
+
+    def earlier(self, key: StatKey) -> Digested | None:
+        """The largest digest with a sha256 state (saved by the last run or taken in this one) of
+        the file `key` names as it is now, of the same inode and at most its size: what the file
+        may have grown from by appends (its PREFIX_HASH tells whether it did; a file replaced
+        whole, as an atomic write replaces it, has another inode and is not asked)."""
+        fits = [d for k, d in self._resumable.get(key[0], ()) if k[1] == key[1] and 0 < d[0] <= key[2]]
+        return max(fits, key=lambda d: d[0], default=None)
 
     def keep_states(self, key: StatKey, states: dict[int, Any]) -> None:
         """The sha256 states at the cuts of the file hashed under `key` (prefix_state hands them out)."""
@@ -158,6 +179,7 @@ class DigestCache:
         `fs_clock` by the file's file system (a `mark` on the same device)."""
         self._used[key] = value
         self._hashed_at[key] = (hashed_at_ns, fs_clock)
+        self._may_resume(key, value)
 
     def persistable(self) -> list[tuple[StatKey, Digested]]:
         """Entries safe to trust in a later run: loaded ones (already checked when saved) and those
@@ -184,7 +206,8 @@ class DigestCache:
             saved = _DigestCacheFile.model_validate_json(data)
         except ValueError:
             return cls(clock=clock)
-        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7], e[8]) for e in saved.entries}, clock=clock)
+        return cls({(e[0], e[1], e[2], e[3], e[4]): (e[5], e[6], e[7], e[8], e[9] if len(e) > 9 else None)
+                    for e in saved.entries}, clock=clock)
 
     def save(self, path: Path) -> None:
         entries = [(*key, *value) for key, value in self.persistable()]
@@ -231,10 +254,11 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
             key = stat_key(path, st)
             hashed_at, fs_clock = mark[1], True
     cuts = sorted(set(cache.cuts(path))) if cache is not None and cache.cuts is not None else []
-    size, sha, newlines, states, xxh3 = sha256_size_newlines_cut(path, cuts)
+    earlier = cache.earlier(key) if cache is not None and key is not None else None
+    size, sha, newlines, states, xxh3, state = sha256_size_newlines_cut(path, cuts, earlier=earlier)
     records = newlines if path.suffix == ".jsonl" else None
     if cache is not None and key is not None:
-        cache.put(key, (size, sha, records, xxh3), hashed_at, fs_clock=fs_clock)
+        cache.put(key, (size, sha, records, xxh3, state), hashed_at, fs_clock=fs_clock)
         if states:
             cache.keep_states(key, states)
     return FileDigest(path=rel_path(ws, path), kind="file", bytes=size, sha256=sha, records=records)
@@ -242,23 +266,28 @@ def digest_file(ws: Workspace, path: Path, cache: DigestCache | None = None) -> 
 
 def sha256_size_newlines(path: Path) -> tuple[int, str, int]:
     """Size, sha256 and newline count of a file, in one streaming pass (raises OSError)."""
-    size, sha, newlines, _, _ = sha256_size_newlines_cut(path, [])
+    size, sha, newlines, _, _, _ = sha256_size_newlines_cut(path, [])
     return size, sha, newlines
 
 
-def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int, dict[int, Any], str]:
+def sha256_size_newlines_cut(path: Path, cuts: list[int], *, earlier: Digested | None = None
+                              ) -> tuple[int, str, int, dict[int, Any], str, str | None]:
     """sha256_size_newlines, a copy of the sha256 state after the first `cut` bytes for each of
-    the (sorted) `cuts` inside the file, taken on the way, and the file's PREFIX_HASH (~2 % of
-    the sha256's cost: what lets a checkpoint of the whole file skip reading it next time)."""
-    h = hashlib.sha256()
-    prefix = new_prefix_hasher()
-    size = 0
-    newlines = 0
-    states: dict[int, Any] = {}
-    pending = [c for c in cuts if c > 0]
-    if 0 in cuts:
-        states[0] = h.copy()
+    the (sorted) `cuts` inside the file, taken on the way, the file's PREFIX_HASH (~2 % of the
+    sha256's cost: what lets a checkpoint of the whole file skip reading it next time) and the
+    sha256's state hex (None for a file under STATE_MIN_BYTES, or without distill.sha256_state).
+    `earlier`: a digest of what the file may have grown from; when its first bytes still have
+    that PREFIX_HASH, they are read for it and the newline count only, and the sha256 goes on
+    from the saved state (a cut inside them gets no state: its asker reads it)."""
     with open(path, "rb") as fh:
+        grown = _grown_from(fh, earlier) if earlier is not None else None
+        if grown is None:
+            fh.seek(0)
+            h, prefix, size, newlines = new_sha256(), new_prefix_hasher(), 0, 0
+        else:
+            h, prefix, size, newlines = grown
+        states: dict[int, Any] = {size: h.copy()} if size in cuts else {}
+        pending = [c for c in cuts if c > size]
         while chunk := fh.read(CHUNK):
             at = 0
             while pending and pending[0] <= size + len(chunk):
@@ -270,7 +299,32 @@ def sha256_size_newlines_cut(path: Path, cuts: list[int]) -> tuple[int, str, int
             prefix.update(chunk)
             size += len(chunk)
             newlines += chunk.count(b"\n")
-    return size, h.hexdigest(), newlines, states, str(prefix.hexdigest())
+    state = h.state().hex() if isinstance(h, Sha256State) and size >= STATE_MIN_BYTES else None
+    return size, h.hexdigest(), newlines, states, str(prefix.hexdigest()), state
+
+
+def new_sha256() -> Any:
+    """A sha256 whose state can be kept (distill.sha256_state) where OpenSSL's functions are there."""
+    return Sha256State() if sha256_state_available() else hashlib.sha256()
+
+
+def _grown_from(fh: IO[bytes], earlier: Digested) -> tuple[Sha256State, Any, int, int] | None:
+    """(sha256 at the end of `earlier`'s bytes, PREFIX_HASH over them, their size, their newlines)
+    when the file starts with exactly the bytes `earlier` was taken of; None otherwise."""
+    size, _, _, xxh3, state = earlier
+    if state is None:
+        return None
+    try:
+        h = Sha256State(bytes.fromhex(state), size)
+    except ValueError:  # not a state of that many bytes (a damaged cache): hash from the start
+        return None
+    prefix = new_prefix_hasher()
+    newlines = read = 0
+    while read < size and (chunk := fh.read(min(CHUNK, size - read))):
+        prefix.update(chunk)
+        newlines += chunk.count(b"\n")
+        read += len(chunk)
+    return (h, prefix, size, newlines) if read == size and prefix.hexdigest() == xxh3 else None
 
 
 def digest_dir(ws: Workspace, path: Path, cache: DigestCache | None = None) -> FileDigest:

@@ -208,7 +208,7 @@ def test_digest_cache_keeps_only_entries_that_settled_before_hashing() -> None:
     racy_ctime = ("/b", 2, 10, now - 3 * RACY_MARGIN_NS, now - RACY_MARGIN_NS // 2)
     racy_mtime = ("/c", 3, 10, now, now - 2 * RACY_MARGIN_NS)
     for key in (settled, racy_ctime, racy_mtime):
-        cache.put(key, (10, "f" * 64, 1, "e" * 32), now)
+        cache.put(key, (10, "f" * 64, 1, "e" * 32, None), now)
     assert [k for k, _ in cache.persistable()] == [settled]
     assert cache.get(racy_ctime) is not None  # still used within the run that hashed it
 
@@ -250,10 +250,10 @@ def test_a_file_changed_at_the_clock_files_tick_or_later_is_not_saved(tmp_path: 
     _, at = mark
     for ctime, kept in ((at - 1, True), (at, False), (at + 1, False)):
         key = (f"/f{ctime}", 1, 10, at - 10, ctime)
-        cache.put(key, (10, "f" * 64, 1), at, fs_clock=True)
+        cache.put(key, (10, "f" * 64, 1, "e" * 32, None), at, fs_clock=True)
         assert (key in dict(cache.persistable())) is kept
     future_mtime = ("/g", 1, 10, at + 5, at - 10)  # a change later sets the ctime anew, but keep the rule strict
-    cache.put(future_mtime, (10, "f" * 64, 1), at, fs_clock=True)
+    cache.put(future_mtime, (10, "f" * 64, 1, "e" * 32, None), at, fs_clock=True)
     assert future_mtime not in dict(cache.persistable())
 
 
