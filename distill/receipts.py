@@ -310,8 +310,10 @@ def new_sha256() -> Any:
 
 def _grown_from(fh: IO[bytes], earlier: Digested) -> tuple[Sha256State, Any, int, int] | None:
     """(sha256 at the end of `earlier`'s bytes, PREFIX_HASH over them, their size, their newlines)
-    when the file starts with exactly the bytes `earlier` was taken of; None otherwise."""
-    size, _, _, xxh3, state = earlier
+    when the file starts with exactly the bytes `earlier` was taken of; None otherwise. Their
+    newlines are counted only when `earlier` has no count (it has one for JSONL): the PREFIX_HASH
+    that vouches for the state vouches for the count."""
+    size, _, records, xxh3, state = earlier
     if state is None:
         return None
     try:
@@ -319,10 +321,12 @@ def _grown_from(fh: IO[bytes], earlier: Digested) -> tuple[Sha256State, Any, int
     except ValueError:  # not a state of that many bytes (a damaged cache): hash from the start
         return None
     prefix = new_prefix_hasher()
-    newlines = read = 0
+    newlines = records or 0
+    read = 0
     while read < size and (chunk := fh.read(min(CHUNK, size - read))):
         prefix.update(chunk)
-        newlines += chunk.count(b"\n")
+        if records is None:
+            newlines += chunk.count(b"\n")
         read += len(chunk)
     return (h, prefix, size, newlines) if read == size and prefix.hexdigest() == xxh3 else None
 

@@ -58,9 +58,11 @@ def test_a_state_that_is_not_one_over_that_many_bytes_is_refused() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(old=st.binary(max_size=300), tail=st.binary(max_size=300), cuts=st.lists(st.integers(0, 620), max_size=4),
-       chunk=st.sampled_from([1, 7, 64, 1 << 20]), edit=st.booleans())
+       chunk=st.sampled_from([1, 7, 64, 1 << 20]), edit=st.booleans(), counted=st.booleans())
 def test_a_digest_that_goes_on_from_an_earlier_one_is_the_whole_files(
-        tmp_path_factory: Any, old: bytes, tail: bytes, cuts: list[int], chunk: int, edit: bool) -> None:
+        tmp_path_factory: Any, old: bytes, tail: bytes, cuts: list[int], chunk: int, edit: bool, counted: bool) -> None:
+    """`counted`: the earlier digest has its newline count (a JSONL file's), which the prefix then
+    need not be counted for; without one it is counted."""
     path = tmp_path_factory.mktemp("grown") / "f.jsonl"
     path.write_bytes(old)
     with pytest.MonkeyPatch.context() as patch:
@@ -70,7 +72,8 @@ def test_a_digest_that_goes_on_from_an_earlier_one_is_the_whole_files(
         assert state is not None
         data = (bytes([old[0] ^ 1]) + old[1:] if edit and old else old) + tail  # the prefix edited, or not
         path.write_bytes(data)
-        found = sha256_size_newlines_cut(path, sorted(set(cuts)), earlier=(size, sha, lines, xxh3, state))
+        found = sha256_size_newlines_cut(path, sorted(set(cuts)),
+                                         earlier=(size, sha, lines if counted else None, xxh3, state))
     got_size, got_sha, got_lines, states, got_xxh3, got_state = found
     assert (got_size, got_sha, got_lines, got_xxh3) == (len(data), hashlib.sha256(data).hexdigest(), data.count(b"\n"),
                                                         xxhash.xxh3_128_hexdigest(data))
