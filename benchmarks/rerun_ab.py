@@ -114,8 +114,9 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
     stat: the copy holds the same bytes. Returns how many were carried (None: no cache, or one of
     another format, left as it is). A revision that seals its caches (hashing.sealed) gets its
     file back sealed; one from before, as it wrote it. An entry with a sha256 state (version 3)
-    whose file has grown since is carried too, under its old stat key: it is never a hit, only
-    what the copy's grown file is hashed on from (receipts.DigestCache.earlier), as in place."""
+    whose file has changed since is carried too, with the copy's inode and its own size and
+    times: it is never a hit, only what the copy's file, if it only grew, is hashed on from
+    (receipts.DigestCache.earlier asks the same inode), as in place."""
     path = copy / ".distill.digests.json"
     try:
         data = path.read_bytes()
@@ -137,7 +138,7 @@ def carry_digests(snapshot: Path, copy: Path) -> int | None:
             continue  # outside the snapshot, or gone
         if [was.st_ino, was.st_size, was.st_mtime_ns, was.st_ctime_ns] != entry[1:5]:
             if len(entry) > 9 and entry[9] is not None:
-                entries.append([str(copy / rel), *entry[1:]])
+                entries.append([str(copy / rel), (copy / rel).stat().st_ino, *entry[2:]])
             continue
         now = (copy / rel).stat()
         entries.append([str(copy / rel), now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns, *entry[5:]])
