@@ -112,7 +112,8 @@ def _lines(n: int, start: int = 0) -> bytes:
     return b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(start, start + n))
 
 
-def test_a_grown_file_is_hashed_from_where_its_saved_digest_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _digested_and_saved(tmp_path: Path) -> tuple[Workspace, Path]:
+    """A JSONL file over STATE_MIN_BYTES, digested once it settled, its digest saved as a run saves it."""
     ws = Workspace(tmp_path)
     path = tmp_path / "stream.jsonl"
     path.write_bytes(_lines(STATE_MIN_BYTES // 200 + 10))
@@ -120,6 +121,11 @@ def test_a_grown_file_is_hashed_from_where_its_saved_digest_stopped(tmp_path: Pa
     cache = DigestCache(clock=ws.clock_path)
     digest_file(ws, path, cache)
     cache.save(ws.digest_cache_path)
+    return ws, path
+
+
+def test_a_grown_file_is_hashed_from_where_its_saved_digest_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, path = _digested_and_saved(tmp_path)
     with path.open("ab") as fh:
         fh.write(_lines(40, start=10**6))
     hashed = _Hashed(monkeypatch)
@@ -132,13 +138,7 @@ def test_a_grown_file_is_hashed_from_where_its_saved_digest_stopped(tmp_path: Pa
 @pytest.mark.parametrize("change", ["rewritten", "state"])
 def test_a_file_that_did_not_only_grow_or_a_state_that_is_not_one_is_hashed_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    ws = Workspace(tmp_path)
-    path = tmp_path / "stream.jsonl"
-    path.write_bytes(_lines(STATE_MIN_BYTES // 200 + 10))
-    _settled(path, tmp_path / "probe")
-    cache = DigestCache(clock=ws.clock_path)
-    digest_file(ws, path, cache)
-    cache.save(ws.digest_cache_path)
+    ws, path = _digested_and_saved(tmp_path)
     if change == "rewritten":  # a byte of the prefix changed, the length kept, then lines appended
         data = bytearray(path.read_bytes())
         data[5] ^= 1
