@@ -96,9 +96,21 @@ def prefix_hash(path: Path, end: int, new: Callable[[], Any] = new_prefix_hasher
     return h
 
 
-def file_digest(path: Path) -> tuple[int, str] | None:
+WholeFileDigests = Callable[[Path], "tuple[int, str] | None"]
+"""(size, PREFIX_HASH) of a whole file as it is now, when something already knows it without
+reading the file (the receipts' digest cache, by stat key: distill.receipts.DigestCache.xxh3_of)."""
+
+WholeFileSha256 = Callable[[Path], "tuple[str, int | None] | None"]
+"""(sha256, complete-line count for JSONL) of a whole file as it is now, known the same way
+(distill.receipts.DigestCache.sha256_lines_of)."""
+
+
+def file_digest(path: Path, known: WholeFileDigests | None = None) -> tuple[int, str] | None:
     """(size, PREFIX_HASH) of a whole file, None when it cannot be read: what a cache that points
-    into a file it did not write last (a quarantine file) checks that file by."""
+    into a file it did not write last (a quarantine file) checks that file by. `known`: where the
+    digest may be known without a read (a file as the last run's receipts hashed it)."""
+    if known is not None and (found := known(path)) is not None:
+        return found
     size = file_size(path)
     hasher = prefix_hash(path, size) if size is not None else None
     return None if size is None or hasher is None else (size, str(hasher.hexdigest()))
@@ -145,14 +157,6 @@ def split_digests(packed: bytes | bytearray, size: int = 16) -> list[bytes]:
     data = bytes(packed)
     return [data[i:i + size] for i in range(0, len(data), size)]
 
-
-WholeFileDigests = Callable[[Path], "tuple[int, str] | None"]
-"""(size, PREFIX_HASH) of a whole file as it is now, when something already knows it without
-reading the file (the receipts' digest cache, by stat key: distill.receipts.DigestCache.xxh3_of)."""
-
-WholeFileSha256 = Callable[[Path], "tuple[str, int | None] | None"]
-"""(sha256, complete-line count for JSONL) of a whole file as it is now, known the same way
-(distill.receipts.DigestCache.sha256_lines_of)."""
 
 
 class PrefixHash:

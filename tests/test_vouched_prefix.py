@@ -18,6 +18,7 @@ import xxhash
 import distill.hashing as hashing
 import distill.score as score
 from distill.config import load_settings
+from distill.export.verify import native_path
 from distill.hashing import PrefixHash
 from distill.pipeline import execute_run
 from distill.receipts import DigestCache, digest_file
@@ -27,14 +28,20 @@ DATA = b'{"a": 1}\n{"b": 2}\n'
 
 
 class PrefixReads:
-    """The files `prefix_hash` read (what PrefixHash.resume reads a prefix with)."""
+    """The files `prefix_hash` read (what PrefixHash.resume and file_digest read a prefix with),
+    each with its stat as the read found it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[Path] = []
+        self.states: list[tuple[Path, os.stat_result | None]] = []
         real = hashing.prefix_hash
 
         def counting(path: Path, end: int, *args: Any, **kwargs: Any) -> Any:
             self.paths.append(Path(path))
+            try:
+                self.states.append((Path(path), os.stat(path)))
+            except OSError:
+                self.states.append((Path(path), None))
             return real(path, end, *args, **kwargs)
 
         monkeypatch.setattr(hashing, "prefix_hash", counting)
@@ -162,6 +169,11 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
         time.sleep(0.001)
     execute_run(ws, load_settings(ws.root), include_index=False)
     assert all(_same(p.stat(), before[p]) for p in before)  # the unchanged run wrote none of them
+    # each export and its quarantine file as the last run left them (this run appends to the one
+    # and rewrites the other)
+    left = {p: p.stat() for kind in ("preference", "rag", "sft")
+            for p in (native_path(ws, kind), ws.quarantine_path(kind)) if p.is_file()}
+    assert len(left) == 6
     for src in streams.glob("*.jsonl"):
         shutil.copyfile(src, ws.kb_dir / src.name)
     shutil.copytree(ws.root, tmp_path / "twin")
@@ -195,5 +207,8 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
     assert not untouched & set(reads.paths)  # ... and none of them read to check it
     assert not untouched & set(hashed)  # an untouched mirror's digest came from the receipts' cache
     assert reads.paths  # what did change is still read
+    # an export's ids, its kept decisions and its last quarantine lines are checked against the
+    # files as the receipts last hashed them: none of the six is read while it is as it was
+    assert not [p for p, st in reads.states if p in left and st is not None and _same(st, left[p])]
     assert _outputs(ws) == _outputs(twin)
     assert _counters(summary) == _counters(forced)

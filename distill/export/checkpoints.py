@@ -141,8 +141,9 @@ class LastQuarantine:
         self._fh, self.size, self._blocks = fh, size, blocks
 
     @classmethod
-    def of(cls, path: Path, recorded: Any) -> LastQuarantine | None:
-        """`recorded`: what `ExportCheckpoints.save` wrote ({size, hash, blocks}), None when absent."""
+    def of(cls, path: Path, recorded: Any, known: WholeFileDigests | None = None) -> LastQuarantine | None:
+        """`recorded`: what `ExportCheckpoints.save` wrote ({size, hash, blocks}), None when absent;
+        `known`: whole-file digests known without a read."""
         if not isinstance(recorded, dict):
             return None
         size, sha, blocks = recorded.get("size"), recorded.get("hash"), recorded.get("blocks")
@@ -153,7 +154,7 @@ class LastQuarantine:
             fh = open(path, "rb")  # noqa: SIM115 - closed by close()
         except OSError:
             return None
-        if file_digest(path) != (size, sha) or os.fstat(fh.fileno()).st_size != size:
+        if file_digest(path, known) != (size, sha) or os.fstat(fh.fileno()).st_size != size:
             fh.close()
             return None
         return cls(fh, size, blocks)
@@ -536,7 +537,7 @@ class ExportCheckpoints:
         header = self._file.header
         # the run that wrote the file (what the preference export's kept decisions are tied to)
         self.token: str | None = header.get("run") if isinstance(header, dict) and isinstance(header.get("run"), str) else None
-        self._last = (LastQuarantine.of(quarantine, header.get(QUARANTINE_KEY))
+        self._last = (LastQuarantine.of(quarantine, header.get(QUARANTINE_KEY), known)
                       if row_entries and quarantine is not None and isinstance(header, dict) else None)
 
     def begin(self, rel: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from distill.export.scored_index import key_digest
 from distill.export.verified import VerifiedPrefix, cache_path, verification_basis
 from distill.firewall import ExportKind
-from distill.hashing import PrefixHash, split_digests
+from distill.hashing import PrefixHash, WholeFileDigests, split_digests
 from distill.jsonl import json_rows
 from distill.receipts import code_fingerprint
 from distill.workspace import Workspace
@@ -94,11 +94,13 @@ class Exported:
         return cls(ExportedIds(set()), PairsPerTask({}), False)
 
 
-def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task: int | None) -> Exported:
-    """The ids and per-task counts of the export at `path` as it is now."""
+def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task: int | None,
+             known: WholeFileDigests | None = None) -> Exported:
+    """The ids and per-task counts of the export at `path` as it is now. `known`: whole-file
+    digests known without a read (an export as the last run left it is not read to see that)."""
     cap = max_pairs_per_task if kind is ExportKind.PREFERENCE else None
     prefix = VerifiedPrefix.load(cache_path(ws, kind), verification_basis(kind, code_fingerprint(["distill"]), cap))
-    if prefix is not None and _covers(prefix, path):
+    if prefix is not None and _covers(prefix, path, known):
         tasks, counts = np.unique(prefix.tasks, return_counts=True)
         return Exported(ExportedIds(set(_digests(prefix.ids))),
                         PairsPerTask(dict(zip(_digests(tasks), counts.tolist(), strict=True))), True)
@@ -116,10 +118,10 @@ def _digests(array: np.ndarray) -> list[bytes]:
     return split_digests(array.astype("S16").tobytes())
 
 
-def _covers(prefix: VerifiedPrefix, path: Path) -> bool:
+def _covers(prefix: VerifiedPrefix, path: Path, known: WholeFileDigests | None) -> bool:
     """Whether the verified prefix is the whole file: the same bytes, nothing after them."""
     try:
         size = path.stat().st_size
     except OSError:
         return False
-    return size == prefix.end and PrefixHash.resume(path, prefix.end, prefix.prefix_hash) is not None
+    return size == prefix.end and PrefixHash.resume(path, prefix.end, prefix.prefix_hash, known=known) is not None

@@ -59,7 +59,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from distill.export.scored_index import key_digest, write_cache
-from distill.hashing import file_digest, split_digests
+from distill.hashing import WholeFileDigests, file_digest, split_digests
 from distill.jsonl import loads
 from distill.errors import UsageError
 from distill.records import Category, QuarantineReason
@@ -164,7 +164,10 @@ class KeptDecisions:
         return self.parts[rel][0]
 
     @classmethod
-    def load(cls, path: Path, *, basis: str, token: str | None, export: Path, quarantine: Path) -> KeptDecisions | None:
+    def load(cls, path: Path, *, basis: str, token: str | None, export: Path, quarantine: Path,
+             known: WholeFileDigests | None = None) -> KeptDecisions | None:
+        """`known`: whole-file digests known without a read (the export and quarantine file as
+        the last run's receipts hashed them)."""
         if token is None:
             return None
         try:
@@ -177,7 +180,8 @@ class KeptDecisions:
             if not (isinstance(meta, dict) and meta.get("version") == KEPT_DECISIONS_VERSION
                     and meta.get("basis") == basis and meta.get("token") == token):
                 return None
-            if file_digest(export) != _pair(meta["export"]) or file_digest(quarantine) != _pair(meta["quarantine"]):
+            if (file_digest(export, known) != _pair(meta["export"])
+                    or file_digest(quarantine, known) != _pair(meta["quarantine"])):
                 return None
             kept = cls(parts={}, rows={name: arrays[name] for name in _ROW_ARRAYS}, passed=arrays["passed"],
                        tasks=arrays["tasks"], prompts=arrays["prompts"], sources=_strings(meta["sources"]),

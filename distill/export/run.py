@@ -99,10 +99,12 @@ def run_export(
     target = native_path(ws, kind)
     # a rebuild starts from nothing, and says by id what it removed
     previous_ids = {str(r.get("id")) for r in iter_existing_rows(target)} if rebuild else set()
+    # a file unchanged since the last run's receipts hashed it (a partition, the export, its
+    # quarantine file) is not read to check it
+    known = saved_whole_file_digests(ws)
     existing = (Exported.nothing() if rebuild
-                else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task))
+                else exported(ws, export, target, max_pairs_per_task=settings.export.max_pairs_per_task, known=known))
     index = EvidenceIndex(ws)
-    known = saved_whole_file_digests(ws)  # a partition file unchanged since then is not read to check it
     checkpoints: ExportCheckpoints | None = None
     pref = None
     token = uuid.uuid4().hex  # ties the preference export's kept decisions to the checkpoint saved with them
@@ -138,7 +140,8 @@ def run_export(
             pref_checkpoints = checkpoints
             # a rebuild pairs against an empty export: last run's decisions do not hold for it
             kept = None if rebuild else KeptDecisions.load(ws.kept_decisions_path(kind), basis=basis,
-                                                           token=checkpoints.token, export=target, quarantine=qpath)
+                                                           token=checkpoints.token, export=target, quarantine=qpath,
+                                                           known=known)
 
             def read_rows(pass1: PreferencePass) -> None:
                 for path in iter_partition_files(ws.scored_dir):
