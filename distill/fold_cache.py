@@ -47,6 +47,7 @@ from distill.hashing import (
     unsealed,
 )
 from distill.jsonl import READ_CHUNK, dumps, iter_raw_lines, loads, read_sealed, write_atomic, write_sealed
+from distill.sorted_search import search_sorted
 
 FOLD_CACHE_VERSION: Literal[2] = 2  # 2: files named relative to the cache's folder
 RowKey = Callable[[dict[str, Any]], str | None]
@@ -119,7 +120,7 @@ class LineMemo:
         asked = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         if not len(self.codes):
             return np.full(len(asked), _MISS, dtype=np.int32)
-        at = np.minimum(np.searchsorted(self._high, asked[:, 0]), len(self.codes) - 1)
+        at = np.minimum(search_sorted(self._high, asked[:, 0]), len(self.codes) - 1)
         hit = (self._high[at] == asked[:, 0]) & (self.digests[at, 1] == asked[:, 1])
         # equal high halves with other low halves sort after the first: such a line is parsed (a miss)
         return np.where(hit, self.codes[at], np.int32(_MISS)).astype(np.int32)

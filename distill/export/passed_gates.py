@@ -21,6 +21,7 @@ import numpy as np
 from distill.export.gates import Firewall, GateFailure, GateInput
 from distill.export.scored_index import key_digest, write_cache
 from distill.jsonl import loads
+from distill.sorted_search import search_sorted
 
 PASSED_GATES_VERSION = 1
 
@@ -73,7 +74,7 @@ class PassedGates:
         if not len(self.known) or not digests:
             return [False] * len(digests)
         probe = np.array(digests, dtype="S16")
-        at = np.minimum(np.searchsorted(self.known, probe), len(self.known) - 1)
+        at = np.minimum(search_sorted(self.known, probe), len(self.known) - 1)
         return (self.known[at] == probe).tolist()
 
     def save(self) -> None:

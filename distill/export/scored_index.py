@@ -19,6 +19,7 @@ import xxhash
 
 from distill.hashing import LineEndHash, PrefixHash, WholeFileDigests
 from distill.jsonl import atomic_writer, dumps, iter_raw_lines, loads
+from distill.sorted_search import search_sorted
 from distill.workspace import Workspace, iter_partition_files
 
 
@@ -108,11 +109,11 @@ class _SortedCodes:
         if self._high is None:
             self._high = _halves(self.keys)[0].astype(np.uint64)  # native order: a faster search
         high = _halves(probes)[0].astype(np.uint64)
-        at = np.minimum(np.searchsorted(self._high, high), len(self.keys) - 1)
+        at = np.minimum(search_sorted(self._high, high), len(self.keys) - 1)
         found = self.keys[at] == probes
         again = np.flatnonzero(~found & (self._high[at] == high))  # the half is shared: another key may match
         if len(again):
-            at[again] = np.minimum(np.searchsorted(self.keys, probes[again]), len(self.keys) - 1)
+            at[again] = np.minimum(search_sorted(self.keys, probes[again]), len(self.keys) - 1)
             found[again] = self.keys[at[again]] == probes[again]
         return found, at
 
