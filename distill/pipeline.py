@@ -121,6 +121,7 @@ class _RunContext:
         # from where the last count ended: the count takes the hash state there from the digest
         self.cache.cuts = self.folds.ends
         self.folds.prefix_state = self.cache.prefix_state
+        self.folds.known_sha256 = self.cache.settled_sha256_of
 
     def fingerprint(self, packages: tuple[str, ...]) -> str:
         if packages not in self.fingerprints:

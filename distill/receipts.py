@@ -184,16 +184,24 @@ class DigestCache:
     def persistable(self) -> list[tuple[StatKey, Digested]]:
         """Entries safe to trust in a later run: loaded ones (already checked when saved) and those
         whose file had stopped changing before it was hashed."""
-        keep = []
-        for key, value in self._used.items():
-            hashed = self._hashed_at.get(key)
-            if hashed is None:
-                keep.append((key, value))
-                continue
-            at, fs_clock = hashed
-            if max(key[3], key[4]) < (at if fs_clock else at - RACY_MARGIN_NS):
-                keep.append((key, value))
-        return sorted(keep)
+        return sorted((key, value) for key, value in self._used.items() if self._settled(key))
+
+    def _settled(self, key: StatKey) -> bool:
+        hashed = self._hashed_at.get(key)
+        if hashed is None:
+            return True
+        at, fs_clock = hashed
+        return max(key[3], key[4]) < (at if fs_clock else at - RACY_MARGIN_NS)
+
+    def settled_sha256_of(self, path: Path) -> str | None:
+        """sha256_of, only when the file had stopped changing before it was hashed (a write in the
+        same clock tick as the hashing would leave its stat key as it was)."""
+        try:
+            key = stat_key(path)
+        except OSError:
+            return None
+        hit = self.get(key)
+        return None if hit is None or not self._settled(key) else hit[1]
 
     @classmethod
     def load(cls, path: Path, *, clock: Path | None = None) -> DigestCache:

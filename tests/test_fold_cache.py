@@ -601,3 +601,98 @@ def test_the_card_takes_counts_the_receipts_made_of_files_it_would_read(tmp_path
     reads.clear()
     shown = card.render_card(ws, FoldCache.load(ws.fold_cache_path), DigestCache.load(ws.digest_cache_path))
     assert reads == ["playbooks.jsonl"] and "| rag | `rag/playbooks.jsonl` | 1 |" in shown
+
+
+def _hashed_after_it_settled(tmp_path: Path, path: Path) -> tuple[Any, str]:
+    """A digest cache with a clock file, and `path`'s sha256 taken once the file system's clock
+    has moved past the file's last change (so the digest counts as settled, as a run's would)."""
+    import time
+
+    from distill.receipts import DigestCache, digest_file
+
+    clock = tmp_path / ".clock"
+    deadline = time.monotonic() + 5
+    while (clock.touch() or clock.stat().st_ctime_ns <= path.stat().st_ctime_ns) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    digests = DigestCache(clock=clock)
+    return digests, digest_file(Workspace(tmp_path), path, digests).sha256
+
+
+def _hashed_by_folds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from distill.hashing import PrefixHash
+
+    hashed: list[int] = []
+    real = PrefixHash.update
+    monkeypatch.setattr(PrefixHash, "update", lambda self, chunk: hashed.append(len(chunk)) or real(self, chunk))
+    return hashed
+
+
+def test_a_rewritten_file_its_receipt_just_hashed_is_not_hashed_again_by_its_fold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarantine file is rewritten whole by each run, so its fold starts from the first byte;
+    the receipt has just hashed it, and the run's digest cache confirms the file is still in that
+    state: the fold keeps that digest with its tally instead of a second sha256 pass, and the
+    entry is the one a hashing fold keeps."""
+    import hashlib
+
+    out = tmp_path / "quarantine.jsonl"
+    out.write_bytes(_rows("a", "b", "a"))
+    first = FoldCache.load(tmp_path / "folds.json")
+    first.tally(out, "kind", _kind, sha256=hashlib.sha256(out.read_bytes()).hexdigest(), rewritten=True)
+    first.save()
+    out.write_bytes(_rows("a", "c", "b", "a"))  # rewritten: a new line inside
+    digests, sha = _hashed_after_it_settled(tmp_path, out)
+
+    hashed = _hashed_by_folds(monkeypatch)
+    folds = FoldCache.load(tmp_path / "folds.json")
+    folds.known_sha256 = digests.settled_sha256_of
+    assert folds.tally(out, "kind", _kind, sha256=sha, rewritten=True) == _fresh(out)
+    assert hashed == []  # no byte hashed a second time
+    folds.save()
+
+    plain = FoldCache.load(tmp_path / "plain.json")  # unwired: hashes as it folds
+    plain.tally(out, "kind", _kind, sha256=sha, rewritten=True)
+    plain.save()
+    assert hashed  # (the counter sees a hashing fold)
+    assert _read_cache(tmp_path / "folds.json")["entries"] == _read_cache(tmp_path / "plain.json")["entries"]
+    monkeypatch.undo()
+    assert FoldCache.load(tmp_path / "folds.json").tally(out, "kind", _kind, sha256=sha) == _fresh(out)
+
+
+def test_a_file_changed_since_its_digest_is_hashed_by_its_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's digest is taken only for the bytes the cache saw hashed: a file written again
+    after it (another stat key), or hashed before it had settled, is hashed as it is folded, and its
+    entry holds the digest of what was folded."""
+    import hashlib
+
+    out = tmp_path / "quarantine.jsonl"
+    out.write_bytes(_rows("a", "b"))
+    digests, stale = _hashed_after_it_settled(tmp_path, out)
+    out.write_bytes(_rows("b", "b", "c"))  # changed after its digest
+    hashed = _hashed_by_folds(monkeypatch)
+    folds = FoldCache.load(tmp_path / "folds.json")
+    folds.known_sha256 = digests.settled_sha256_of
+    assert folds.tally(out, "kind", _kind, sha256=stale, rewritten=True) == _fresh(out)
+    assert sum(hashed) == out.stat().st_size
+    folds.save()
+    (entry,) = _read_cache(tmp_path / "folds.json")["entries"]
+    assert entry[2] == hashlib.sha256(out.read_bytes()).hexdigest() != stale
+
+    from distill.receipts import DigestCache, digest_file
+
+    unsettled = DigestCache()  # the system clock, hashed right after the write: within the margin
+    sha = digest_file(Workspace(tmp_path), out, unsettled).sha256
+    assert unsettled.sha256_of(out) == sha and unsettled.settled_sha256_of(out) is None
+    hashed.clear()
+    again = FoldCache(None)
+    again.known_sha256 = unsettled.settled_sha256_of
+    again.tally(out, "kind", _kind, sha256=sha, rewritten=True)
+    assert sum(hashed) == out.stat().st_size
+
+
+def test_a_run_wires_the_folds_to_its_digests() -> None:
+    from distill.pipeline import _RunContext
+
+    ctx = _RunContext(None, None, "r", None, "h", False, None)  # type: ignore[arg-type]
+    assert ctx.folds.known_sha256 == ctx.cache.settled_sha256_of
+    assert ctx.folds.prefix_state == ctx.cache.prefix_state
