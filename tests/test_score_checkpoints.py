@@ -180,7 +180,7 @@ def test_a_late_verdict_re_scores_only_the_rows_whose_join_it_changes(
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
                                     "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso",
-                                    "line_digests_not_base64"])
+                                    "line_digests_not_base64", "scored_sha256_not_a_string"])
 def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
     change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,6 +231,18 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
             lines[at] = sealed(head + b"\t" + body.replace(old, new))  # a line distill could have written
             ws.score_checkpoint_path.write_bytes(b"".join(lines))
             edited.append(ws.evidence_dir / orjson.loads(head))
+        elif change == "scored_sha256_not_a_string" and ws.score_checkpoint_path.exists():
+            # pass 2's part of a line unreadable, pass 1's (the prefix, the parents) intact: pass 1
+            # takes the parents, pass 2 scores that partition again from its start
+            lines = ws.score_checkpoint_path.read_bytes().splitlines(keepends=True)
+            at = max(range(len(lines)), key=lambda k: lines[k].count(b'"],["'))
+            head, _, body = (unsealed(lines[at]) or b"").partition(b"\t")
+            old = b'"scored_sha256":"' + orjson.loads(body)["scored_sha256"].encode() + b'"'
+            new = b'"scored_sha256":' + b"9" * (len(old) - len(b'"scored_sha256":'))
+            assert body.count(old) == 1
+            lines[at] = sealed(head + b"\t" + body.replace(old, new))
+            ws.score_checkpoint_path.write_bytes(b"".join(lines))
+            edited.append(ws.evidence_dir / orjson.loads(head))
 
     a, b = _twins(tmp_path, small, apply)
     scored = Calls(monkeypatch, score_module, "score_one")
@@ -243,7 +255,7 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         assert redone < ROWS
     elif change == "line_digests_not_base64":
         assert 0 < redone < ROWS // 10  # the appended rows alone: the checkpoint still held
-    elif change.startswith("parent_"):
+    elif change.startswith("parent_") or change == "scored_sha256_not_a_string":
         # against the same append without the edit: that partition's old rows are scored again too
         plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))
         scored.rows = 0
