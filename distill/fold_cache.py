@@ -142,8 +142,7 @@ class LineMemo:
         """The memo of the lines the last fold saw (no others: it does not grow with old lines)."""
         digests = np.frombuffer(b"".join(self._seen_digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
         codes = np.concatenate(self._seen_codes) if self._seen_codes else np.empty(0, dtype=np.int32)
-        order = np.lexsort((digests[:, 1], digests[:, 0]))
-        digests, codes = digests[order], codes[order]
+        digests, codes = _by_digest(digests, codes)
         if len(codes):
             first = np.ones(len(codes), dtype=bool)
             first[1:] = np.any(digests[1:] != digests[:-1], axis=1)
@@ -180,6 +179,20 @@ class LineMemo:
         if n and (codes.min() < _BLANK or codes.max() >= len(values)):
             return None
         return cls(digests.astype(np.uint64), codes, list(values))
+
+
+def _by_digest(digests: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sorted by (high, low) digest half. Sorted by the high half alone first (one integer
+    sort, ~7x cheaper than the two-key sort over a million lines); only when two different digests
+    share a high half and came out of order is the two-key sort needed (identical lines share both
+    halves, so they are in order already)."""
+    order = np.argsort(digests[:, 0])
+    digests, codes = digests[order], codes[order]
+    tied = digests[1:, 0] == digests[:-1, 0]
+    if np.any(tied & (digests[1:, 1] < digests[:-1, 1])):
+        order = np.lexsort((digests[:, 1], digests[:, 0]))
+        digests, codes = digests[order], codes[order]
+    return digests, codes
 
 
 def _outcome(data: bytes, key: RowKey | None) -> str | int:

@@ -696,3 +696,19 @@ def test_a_run_wires_the_folds_to_its_digests() -> None:
     ctx = _RunContext(None, None, "r", None, "h", False, None)  # type: ignore[arg-type]
     assert ctx.folds.known_sha256 == ctx.cache.settled_sha256_of
     assert ctx.folds.prefix_state == ctx.cache.prefix_state
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(-3, 5)), max_size=60))
+def test_the_memo_sorts_its_digests_as_a_two_key_sort_does(rows: list[tuple[int, int, int]]) -> None:
+    """High halves shared by other low halves, identical lines, any order: the digests come out
+    sorted by (high, low), each code still beside its digest."""
+    import numpy as np
+
+    digests = np.array([(h, low) for h, low, _ in rows], dtype=np.uint64).reshape(-1, 2)
+    codes = np.array([c for _, _, c in rows], dtype=np.int32)
+    got_digests, got_codes = fold_cache._by_digest(digests, codes)
+    order = np.lexsort((digests[:, 1], digests[:, 0]))
+    assert np.array_equal(got_digests, digests[order])
+    assert sorted(zip(map(tuple, got_digests.tolist()), got_codes.tolist())) == sorted(
+        zip(map(tuple, digests.tolist()), codes.tolist()))
