@@ -309,12 +309,14 @@ class FoldCache:
         name = self._name(file)
         return [self._entries[(name, fold)].tally.end for fold in self._folds_of.get(name, ())]
 
-    def _resume(self, file: Path, entry: _Entry) -> PrefixHash | None:
-        """A sha256 over the entry's counted prefix, when the file still starts with those bytes."""
+    def _resume(self, file: Path, entry: _Entry, *, read: bool = True) -> PrefixHash | None:
+        """A sha256 over the entry's counted prefix, when the file still starts with those bytes:
+        from the run's hash state there (distill.receipts.DigestCache.prefix_state), else, with
+        `read`, by reading them."""
         end = entry.tally.end
         state = self.prefix_state(file, end) if self.prefix_state is not None else None
         if state is None:
-            return PrefixHash.resume(file, end, entry.sha256, new=hashlib.sha256)
+            return PrefixHash.resume(file, end, entry.sha256, new=hashlib.sha256) if read else None
         return PrefixHash(state, end, new=hashlib.sha256) if state.hexdigest() == entry.sha256 else None
 
     def _hashed_as_it_is(self, file: Path, sha256: str) -> bool:
@@ -383,8 +385,10 @@ class FoldCache:
         # it is folded with the memo rather than first hashed to learn that its prefix changed too
         memo_path = self._memo_path(name, fold) if entry is not None or rewritten else None
         has_memo = memo_path is not None and memo_path.is_file()
-        if entry is not None and not (has_memo and sha256 is not None):
-            hasher = self._resume(file, entry)
+        if entry is not None:
+            # a rewritten file that kept the counted lines in place (appended to) goes on from the
+            # run's own hash state there, when its receipt left one (no read)
+            hasher = self._resume(file, entry, read=not (has_memo and sha256 is not None))
             if hasher is not None:
                 start = entry.tally
         memo: LineMemo | None = None

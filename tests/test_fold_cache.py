@@ -712,3 +712,34 @@ def test_the_memo_sorts_its_digests_as_a_two_key_sort_does(rows: list[tuple[int,
     assert np.array_equal(got_digests, digests[order])
     assert sorted(zip(map(tuple, got_digests.tolist()), got_codes.tolist())) == sorted(
         zip(map(tuple, digests.tolist()), codes.tolist()))
+
+
+def test_a_rewritten_file_grown_in_place_is_folded_from_its_counted_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarantine file that kept its lines and had new ones appended: when the receipt hashed it
+    on from the counted prefix (its state there handed over), the fold goes on from there too;
+    without that state it is folded with its memo from the start, its prefix not hashed to check."""
+    from distill.receipts import DigestCache, digest_file
+
+    out, cache_path = tmp_path / "quarantine.jsonl", tmp_path / "folds.json"
+    out.write_bytes(_rows("a", "b", "a"))
+    first = FoldCache.load(cache_path)
+    first.tally(out, "kind", _kind, sha256=digest_file(Workspace(tmp_path), out).sha256, rewritten=True)
+    first.save()
+    counted = out.stat().st_size
+    with out.open("ab") as fh:
+        fh.write(_rows("c"))
+    starts: list[int] = []
+    real = fold_cache.fold_lines
+    monkeypatch.setattr(fold_cache, "fold_lines", lambda path, key, start=None, **kw: (
+        starts.append(start.end if start is not None else 0), real(path, key, start, **kw))[1])
+
+    def count(wired: bool) -> Tally:
+        folds, digests = FoldCache.load(cache_path), DigestCache()
+        if wired:
+            digests.cuts, folds.prefix_state = folds.ends, digests.prefix_state
+        return folds.tally(out, "kind", _kind, sha256=digest_file(Workspace(tmp_path), out, digests).sha256,
+                           rewritten=True)
+
+    assert count(wired=True) == count(wired=False) == _fresh(out)
+    assert starts == [counted, 0]
