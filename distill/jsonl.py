@@ -476,6 +476,128 @@ def atomic_writer(path: Path, *, keep: Callable[[], bool] | None = None) -> Iter
             raise
 
 
+class _KeptPrefix:
+    """What `prefix_keeping_writer` yields: the new content, compared with the file's whole lines
+    while it is the same bytes, then written to a scratch file (the bytes after them, or all of
+    it from the first difference on)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.old: IO[bytes] | None = None
+        self.whole = 0  # bytes of the old file's whole lines (a torn tail is never kept)
+        try:
+            self.old = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self.whole = os.fstat(self.old.fileno()).st_size - torn_tail_length(path)
+        except OSError:  # none, or not one to read: the new content replaces whatever is there
+            if self.old is not None:
+                self.old.close()
+            self.old, self.whole = None, 0
+        self.matched = 0  # bytes of the new content that are the old file's, so far
+        self.rewrite = self.old is None  # a new file is written whole (atomically)
+        self.tmp: Path | None = None  # the scratch file: the bytes after the kept ones, or the whole new file
+        self.out: IO[bytes] | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        if self.out is None and not self.rewrite:
+            n = min(len(view), self.whole - self.matched)
+            assert self.old is not None
+            if n and self.old.read(n) != view[:n]:
+                self._start(rewrite=True)  # the old bytes up to here, then this block whole
+            else:
+                self.matched += n
+                view = view[n:]
+                if not view:
+                    return len(data)
+                self._start(rewrite=False)  # the old file's lines are all kept: the rest is new
+        if self.out is None:
+            self._start(rewrite=True)
+        assert self.out is not None
+        self.out.write(view)
+        return len(data)
+
+    def _start(self, *, rewrite: bool) -> None:
+        self.rewrite = rewrite
+        self.tmp = atomic_temp_path(self.path)
+        self.out = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
+        if rewrite and self.matched:
+            assert self.old is not None
+            _copy_head(self.old, self.out, self.matched)
+
+    def commit(self) -> None:
+        if self.out is None:
+            if self.rewrite or self.matched < self.whole:
+                self._start(rewrite=True)  # nothing new, or less than the file held: written whole
+            elif torn_tail_length(self.path):
+                with lock_for(self.path).acquire():
+                    repair_torn_tail(self.path)  # the same lines: only a crashed writer's torn tail goes
+                return
+            else:
+                return  # the same bytes: the file is left as it is
+        assert self.out is not None and self.tmp is not None
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.out.close()
+        if self.rewrite:
+            os.replace(self.tmp, self.path)
+        else:
+            append_file(self.path, self.tmp)
+            os.unlink(self.tmp)
+
+    def close(self) -> None:
+        for fh in (self.old, self.out):
+            if fh is not None:
+                fh.close()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+
+
+def _copy_head(src: IO[bytes], dst: IO[bytes], size: int) -> None:
+    """The first `size` bytes of `src` to `dst` (at its position): in the kernel where the file
+    system can (copy_file_range), else through a buffer."""
+    src.seek(0)
+    left = size
+    try:
+        while left:
+            copied = os.copy_file_range(src.fileno(), dst.fileno(), left)
+            if not copied:
+                break
+            left -= copied
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+    src.seek(size - left)
+    while left:
+        block = src.read(min(left, 1 << 20))
+        if not block:
+            raise OSError(errno.EIO, "the file lost bytes while it was rewritten")
+        dst.write(block)
+        left -= len(block)
+
+
+@contextlib.contextmanager
+def prefix_keeping_writer(path: Path) -> Iterator[IO[bytes]]:
+    """A whole file's new content, written so that what it keeps of the old file is not written
+    again: when it begins with the file's whole lines, only the bytes after them are appended (as
+    append_file appends, under the file's lock, synced; a crash leaves the old lines and at most a
+    torn tail the next writer cuts), and a file given the same bytes is not touched at all (its
+    inode, mtime and digests stay). Any other content replaces the file atomically, as
+    atomic_writer does. Each run rewrites an export's quarantine file in input order; after rows
+    were appended to the newest partitions (the usual periodic run) the new file is the old one
+    plus lines, and its receipt and line checks can then go on from where they stopped. The old
+    file is read once to compare (cheaper than writing it again); on an exception `path` is left
+    as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _KeptPrefix(path)
+    try:
+        with write_errors_named(path):
+            yield writer  # type: ignore[misc]
+            writer.commit()
+    finally:
+        writer.close()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)

@@ -246,3 +246,61 @@ def test_held_writes_reach_the_file_in_order_whatever_is_held(chunks: list[bytes
     calls = out.calls
     writes.flush()  # nothing held: nothing written
     assert out.calls == calls
+
+
+def _written_with_prefix_kept(path: Path, new: bytes, cuts: list[int]) -> None:
+    from distill.jsonl import prefix_keeping_writer
+
+    with prefix_keeping_writer(path) as fh:
+        at = 0
+        for cut in sorted({c % (len(new) + 1) for c in cuts}) + [len(new)]:
+            fh.write(new[at:cut])
+            at = cut
+
+
+def _state(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+LINES = st.lists(st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"n") + b"\n"), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(old=LINES, torn=st.binary(max_size=4).map(lambda b: b.replace(b"\n", b"")), kept=st.integers(0, 8),
+       new=LINES, cuts=st.lists(st.integers(0, 200), max_size=5), exists=st.booleans())
+def test_a_prefix_keeping_writer_leaves_the_new_content_and_keeps_the_file_only_when_it_grew(
+        tmp_path: Path, old: list[bytes], torn: bytes, kept: int, new: list[bytes], cuts: list[int],
+        exists: bool) -> None:
+    """Whatever the old file (a torn tail included) and however the new content is written in
+    pieces: the file ends as the new content. It is the same file (inode), appended to, exactly
+    when the new content begins with all of the old file's whole lines; untouched when it is them."""
+    path = tmp_path / "q.jsonl"
+    path.unlink(missing_ok=True)
+    whole = b"".join(old)
+    content = b"".join(old[:kept]) + b"".join(new) if kept < len(old) else whole + b"".join(new)
+    if exists:
+        path.write_bytes(whole + torn)
+        before = _state(path)
+    _written_with_prefix_kept(path, content, cuts)
+    assert path.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    if exists:
+        # appended to (or only its torn tail cut) when it kept every whole line; else replaced
+        assert (path.stat().st_ino == before[0]) == content.startswith(whole)
+        if content == whole and not torn:
+            assert _state(path) == before  # not written at all
+
+
+def test_a_prefix_keeping_writer_leaves_the_file_as_it_was_on_an_error(tmp_path: Path) -> None:
+    from distill.jsonl import prefix_keeping_writer
+
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"a\nb\n")
+    before = _state(path)
+    for new in (b"a\nb\nc\n", b"x\n"):  # one that would have appended, one that would have replaced
+        with pytest.raises(RuntimeError), prefix_keeping_writer(path) as fh:
+            fh.write(new)
+            raise RuntimeError("interrupted")
+        assert path.read_bytes() == b"a\nb\n" and _state(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]

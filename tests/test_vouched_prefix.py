@@ -6,6 +6,7 @@ same as when each prefix is read."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -174,6 +175,7 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
     left = {p: p.stat() for kind in ("preference", "rag", "sft")
             for p in (native_path(ws, kind), ws.quarantine_path(kind)) if p.is_file()}
     assert len(left) == 6
+    quarantined_before = {p: p.read_bytes() for p in left if p.parent == ws.quarantine_dir}
     for src in streams.glob("*.jsonl"):
         shutil.copyfile(src, ws.kb_dir / src.name)
     shutil.copytree(ws.root, tmp_path / "twin")
@@ -210,5 +212,72 @@ def test_a_run_after_an_append_reads_no_unchanged_partition_to_check_it(
     # an export's ids, its kept decisions and its last quarantine lines are checked against the
     # files as the receipts last hashed them: none of the six is read while it is as it was
     assert not [p for p, st in reads.states if p in left and st is not None and _same(st, left[p])]
+    # an export's quarantine file is the same file, grown, exactly when its new content begins
+    # with all of its old lines; here a late verdict re-scores old rows, and the files it reaches
+    # inside are replaced (the next test appends rows that reach none)
+    for kind in ("preference", "rag", "sft"):
+        q = ws.quarantine_path(kind)
+        assert (q.stat().st_ino == left[q].st_ino) == q.read_bytes().startswith(quarantined_before[q]), kind
+    assert _outputs(ws) == _outputs(twin)
+    assert _counters(summary) == _counters(forced)
+
+
+def _settle(ws: Workspace) -> None:
+    """Let the file system's clock move past every file the last run wrote, then run unchanged:
+    its digests are then saved (receipts.RACY_MARGIN_NS), as a periodic run's would be."""
+    latest = max(p.stat().st_ctime_ns for p in ws.root.rglob("*") if p.is_file())
+    deadline = time.monotonic() + 5
+    while (ws.clock_path.touch() or ws.clock_path.stat().st_ctime_ns <= latest) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    execute_run(ws, load_settings(ws.root), include_index=False)
+
+
+def test_rows_that_change_no_earlier_decision_grow_each_quarantine_file_in_place(
+        tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extraction facts of a new phase, on a new day: they join no verdict and no old row joins
+    them, so every export decides its old rows as before and quarantines the new ones after
+    them. Each quarantine file then keeps its bytes in place and has the new lines appended: its
+    receipt's sha256 goes on from the kept state and its line check from the counted lines
+    (neither reads it whole), and the exports are those of a `--force` run."""
+    import distill.fold_cache as fold_cache
+    import distill.receipts as receipts
+
+    small, _ = generated
+    monkeypatch.setattr(receipts, "STATE_MIN_BYTES", 0)  # states of these small files kept too
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(small, ws.kb_dir)
+    execute_run(ws, load_settings(ws.root), include_index=False)
+    _settle(ws)
+    quarantine = [ws.quarantine_path(kind) for kind in ("preference", "rag", "sft")]
+    before = {q: (q.stat(), q.read_bytes()) for q in quarantine}
+    facts = ws.kb_dir / "audit_facts.jsonl"
+    with facts.open("ab") as fh:
+        for n in range(3):
+            fh.write(json.dumps({"fact_id": f"afx-new-{n}", "phase": 999, "finding": None,
+                                 "fact": f"Phase 999: a new fact number {n} about the cache layer.",
+                                 "extractor_model": "qwen2.5:7b-instruct",
+                                 "ts": f"2026-12-01T0{n}:00:00.000Z"}).encode() + b"\n")
+    shutil.copytree(ws.root, tmp_path / "twin")
+    twin = Workspace(tmp_path / "twin")
+
+    resumed_digests: list[str] = []  # files whose sha256 went on from a kept state
+    grown_from = receipts._grown_from
+    monkeypatch.setattr(receipts, "_grown_from", lambda fh, earlier: (
+        (found := grown_from(fh, earlier)) is not None and resumed_digests.append(fh.name)) and found or found)
+    folded_from: dict[Path, int] = {}  # where each fold of a file started
+    fold_lines = fold_cache.fold_lines
+    monkeypatch.setattr(fold_cache, "fold_lines", lambda path, key, start=None, **kw: (
+        folded_from.setdefault(Path(path), start.end if start is not None else 0), fold_lines(path, key, start, **kw))[1])
+    summary = execute_run(ws, load_settings(ws.root), include_index=False).summary
+    monkeypatch.undo()
+    forced = execute_run(twin, load_settings(twin.root), include_index=False, force=True).summary
+
+    for q in quarantine:
+        st, old = before[q]
+        new = q.read_bytes()
+        assert len(new) > len(old) and new.startswith(old), q.name  # the new rows' lines, after the old ones
+        assert q.stat().st_ino == st.st_ino, q.name  # the same file, appended to
+        assert os.fspath(q) in resumed_digests, q.name
+        assert folded_from[q] == len(old), q.name
     assert _outputs(ws) == _outputs(twin)
     assert _counters(summary) == _counters(forced)

@@ -38,7 +38,15 @@ from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, pair_side, rows_violations
-from distill.jsonl import append_file, atomic_temp_path, atomic_writer, dumps, json_rows, replace_file, write_atomic
+from distill.jsonl import (
+    append_file,
+    atomic_temp_path,
+    dumps,
+    json_rows,
+    prefix_keeping_writer,
+    replace_file,
+    write_atomic,
+)
 from distill.receipts import saved_whole_file_digests
 from distill.records.stage import StageReport
 from distill.workspace import Workspace, iter_partition_files
@@ -119,7 +127,10 @@ def run_export(
     with contextlib.ExitStack() as stack:
         stack.callback(index.close)
         sample_sink = stack.enter_context(_staging(staged))
-        quarantine_sink: IO[bytes] = stack.enter_context(open(os.devnull, "wb") if dry_run else atomic_writer(qpath))
+        # rewritten in input order by every run; what it keeps of the last run's file (all of it,
+        # when the new rows are the newest partitions') is left in place, not written again
+        quarantine_sink: IO[bytes] = stack.enter_context(open(os.devnull, "wb") if dry_run
+                                                         else prefix_keeping_writer(qpath))
 
         def on_sample(sample: BaseModel) -> None:
             sample_sink.write(dumps(sample.model_dump(mode="json")) + b"\n")
