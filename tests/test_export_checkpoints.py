@@ -5,6 +5,7 @@ twin workspaces, one of which has forgotten its checkpoints, and compares them).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from distill.export.run import run_export
 from distill.export.scored_index import key_digest
 from distill.firewall import ExportKind
 from distill.hashing import sealed, unsealed
+from distill.jsonl import dumps as jsonl_dumps
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
@@ -613,6 +615,14 @@ def test_a_partition_summary_answers_what_its_entries_would() -> None:
     assert not summary.replays_against(set(), ExportedIds({key_digest("id-1"), key_digest("id-2")}))  # a refused one is in it
     assert not PartitionSummary.of([*entries, entries[0]]).replays_against(set(), existing)  # one id twice
     assert not PartitionSummary.of([["x", "s", "accepted", None, "id-4", None, 60]]).replays_against(set(), existing)
+    # an unsafe drop is stale only while the export holds its id, found by the kept digest
+    assert summary.stale_in(existing) == []
+    assert summary.stale_in(ExportedIds({key_digest("id-1"), key_digest("id-3")})) == summary.stale
+    for digests, kept in ((base64.b64encode(key_digest("id-3")).decode(), True), ("", False)):
+        fields = summary.fields()
+        fields["summary"]["stale_digests"] = digests  # (the empty one: not the drops' digests)
+        fields["summary_digest"] = xxhash.xxh3_128(jsonl_dumps(fields["summary"])).hexdigest()  # one that matches
+        assert (PartitionSummary.from_fields(fields, len(entries)) is not None) == kept
 
 
 @pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])

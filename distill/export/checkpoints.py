@@ -70,7 +70,7 @@ from distill.receipts import code_fingerprint, digest_tree_listing
 from distill.records import EvidenceRecord
 from distill.workspace import Workspace
 
-EXPORT_CHECKPOINT_VERSION = 8  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length; 7: RAG/SFT quarantine lines read from the last quarantine file; 8: RAG/SFT partition summaries
+EXPORT_CHECKPOINT_VERSION = 9  # 2: a digest per line, so a partition rewritten in place replays its unchanged lines; 3: prefixes hashed with xxh3-128; 4: the entries' digest; 5: each mirror key's first offset; 6: each entry's length; 7: RAG/SFT quarantine lines read from the last quarantine file; 8: RAG/SFT partition summaries; 9: their stale ids' digests
 LINE_DIGEST = 16  # bytes per line digest
 NO_DIGEST = bytes(LINE_DIGEST)  # a line the reader did not hold (too long): never taken as unchanged
 REPLAY_BATCH = 4096  # unchanged lines of a rewritten partition held before they are replayed

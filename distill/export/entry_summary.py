@@ -6,9 +6,9 @@ it bump) was a line of Python per row, the bulk of a +1 % export. The summary an
 questions for the whole partition: the counters to add (keys in the order the entries first bump
 them, so the report comes out as a replay row by row makes it), the key digests of the ids the
 partition's candidates produced (checked against the ids seen so far and the export's with set
-operations), the dropped rows whose id could be a stale row of the export, and the size of the
-partition's quarantine lines. A run of entries inside a rewritten partition gets its summary from
-its entries (`of`). The summary is written with its own digest and checked against the entries'
+operations), the dropped rows whose id could be a stale row of the export (with those ids' key
+digests, checked the same way), and the size of the partition's quarantine lines. A run of
+entries inside a rewritten partition gets its summary from its entries (`of`). The summary is written with its own digest and checked against the entries'
 count when read; anything else is no checkpoint.
 """
 
@@ -43,6 +43,7 @@ class PartitionSummary:
         self.shipped = bytearray()  # key digests of the "c" entries' ids
         self.refused = bytearray()  # key digests of the "g" entries' ids
         self.stale: list[tuple[str, str, str, str]] = []  # (id, run id, category, reason) of unsafe drops
+        self.stale_digests = bytearray()  # their ids' key digests, in the same order
         self.line_bytes = 0  # the entries' quarantine lines, a newline after each
         self.lines = 0
         self.entries = 0
@@ -75,6 +76,7 @@ class PartitionSummary:
             self.counts[(source, "quarantined", reason, category)] += 1
             if code == "d" and sid is not None:
                 self.stale.append((sid, run_id, category, reason))
+                self.stale_digests += key_digest(sid)
         else:
             self.replayable = False
 
@@ -85,6 +87,7 @@ class PartitionSummary:
         self.shipped += other.shipped
         self.refused += other.refused
         self.stale.extend(other.stale)
+        self.stale_digests += other.stale_digests
         self.line_bytes += other.line_bytes
         self.lines += other.lines
         self.entries += other.entries
@@ -93,6 +96,14 @@ class PartitionSummary:
     def ids(self) -> tuple[list[bytes], list[bytes]]:
         """The digests of the shipped and of the refused candidates' ids."""
         return split_digests(self.shipped, DIGEST), split_digests(self.refused, DIGEST)
+
+    def stale_in(self, existing: ExportedIds) -> list[tuple[str, str, str, str]]:
+        """The unsafe drops whose id the export holds: by the kept digests, one set check when it
+        holds none of them (a replay hashed each id: ~590k a +1 % run at 1,000,000 rows)."""
+        digests = split_digests(self.stale_digests, DIGEST)
+        if existing.has_none(digests):
+            return []
+        return [stale for stale, digest in zip(self.stale, digests, strict=True) if existing.has(digest)]
 
     def replays_against(self, seen: set[bytes], existing: ExportedIds) -> bool:
         """Whether replaying gives what reading the rows would: no candidate's id was produced
@@ -114,6 +125,7 @@ class PartitionSummary:
             "shipped": base64.b64encode(self.shipped).decode("ascii"),
             "refused": base64.b64encode(self.refused).decode("ascii"),
             "stale": [list(s) for s in self.stale],
+            "stale_digests": base64.b64encode(self.stale_digests).decode("ascii"),
             "line_bytes": self.line_bytes,
             "lines": self.lines,
         }
@@ -141,10 +153,13 @@ class PartitionSummary:
             summary.shipped = bytearray(base64.b64decode(body["shipped"], validate=True))
             summary.refused = bytearray(base64.b64decode(body["refused"], validate=True))
             summary.stale = [(sid, run_id, category, reason) for sid, run_id, category, reason in body["stale"]]
+            summary.stale_digests = bytearray(base64.b64decode(body["stale_digests"], validate=True))
             summary.line_bytes, summary.lines = body["line_bytes"], body["lines"]
         except (KeyError, TypeError, ValueError):
             return None
         if not all(isinstance(v, str) for s in summary.stale for v in s):
+            return None
+        if len(summary.stale_digests) != DIGEST * len(summary.stale):
             return None
         summary.entries = sum(summary.counts.values()) + sum(summary.gated.values())
         deduped = sum(n for key, n in summary.counts.items() if key[1] == "deduped")

@@ -359,9 +359,8 @@ class RowExporter:
         self._flush()
         summary = entries.summary()
         existing = self.existing_ids
-        for sid, run_id, category, reason in summary.stale:
-            if sid in existing:
-                self._stale(sid, run_id, category, reason)
+        for sid, run_id, category, reason in summary.stale_in(existing):
+            self._stale(sid, run_id, category, reason)
         shipped, refused = summary.ids()
         self.seen.update(shipped)
         self.seen.update(refused)
