@@ -623,6 +623,10 @@ def test_a_partition_summary_answers_what_its_entries_would() -> None:
         fields["summary"]["stale_digests"] = digests  # (the empty one: not the drops' digests)
         fields["summary_digest"] = xxhash.xxh3_128(jsonl_dumps(fields["summary"])).hexdigest()  # one that matches
         assert (PartitionSummary.from_fields(fields, len(entries)) is not None) == kept
+    fields = summary.fields()
+    fields["summary"]["stale"][0][1] = 3  # a run id that is not a string
+    fields["summary_digest"] = xxhash.xxh3_128(jsonl_dumps(fields["summary"])).hexdigest()
+    assert PartitionSummary.from_fields(fields, len(entries)) is None
 
 
 @pytest.mark.parametrize("kind", [ExportKind.RAG, ExportKind.SFT])
