@@ -400,15 +400,20 @@ def _append_locked(path: Path, chunks: Iterable[bytes | bytearray], *, timeout: 
             os.close(fd)
 
 
+def cut_torn_tail(path: Path, *, timeout: float = 60.0) -> None:
+    """repair_torn_tail under the file's lock, taken only when there is a torn tail to cut."""
+    if torn_tail_length(path):
+        with lock_for(path).acquire(timeout=timeout):
+            repair_torn_tail(path)
+
+
 def append_file(path: Path, source: Path, *, timeout: float = 60.0, chunk: int = 1 << 20) -> int:
     """Append the whole lines of `source` to `path` as append_lines does, streamed in chunks
     (a large batch is never held in memory). Returns the bytes appended. With nothing to append,
     a torn tail is still cut: the file is left whole lines, as after any append."""
     size = source.stat().st_size
     if not size:
-        if torn_tail_length(path):
-            with lock_for(path).acquire(timeout=timeout):
-                repair_torn_tail(path)
+        cut_torn_tail(path, timeout=timeout)
         return 0
 
     def chunks() -> Iterator[bytes]:
@@ -528,12 +533,10 @@ class _KeptPrefix:
         if self.out is None:
             if self.rewrite or self.matched < self.whole:
                 self._start(rewrite=True)  # nothing new, or less than the file held: written whole
-            elif torn_tail_length(self.path):
-                with lock_for(self.path).acquire():
-                    repair_torn_tail(self.path)  # the same lines: only a crashed writer's torn tail goes
-                return
             else:
-                return  # the same bytes: the file is left as it is
+                # the same lines: the file is left as it is, but for a crashed writer's torn tail
+                cut_torn_tail(self.path)
+                return
         assert self.out is not None and self.tmp is not None
         self.out.flush()
         os.fsync(self.out.fileno())
