@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +89,9 @@ class PartitionCheckpoint(BaseModel):
             return None
 
 
+_View = TypeVar("_View", PartitionPrefix, PartitionCheckpoint)
+
+
 class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,25 +135,27 @@ class ScoreCheckpoints:
         self._file = CheckpointFile(path, accept)
         self.task_parents: dict[str, str] = self._file.header.task_parents if self._file.header else {}
 
-    def read(self, rel: str) -> tuple[PartitionCheckpoint, bytes] | None:
-        """Pass 2's view of the partition's checkpoint and its JSON as saved (a checkpoint written
-        again the same is kept where it is instead)."""
+    def _view(self, rel: str, view: type[_View]) -> tuple[_View, bytes] | None:
+        """One pass's view of the partition's line and the line as saved; None when it has none
+        or the view does not validate."""
         payload = self._file.payload(rel)
         if payload is None:
             return None
         try:
-            return PartitionCheckpoint.model_validate_json(payload), payload
+            return view.model_validate_json(payload), payload
         except ValueError:
             return None
+
+    def read(self, rel: str) -> tuple[PartitionCheckpoint, bytes] | None:
+        """Pass 2's view of the partition's checkpoint and its JSON as saved (a checkpoint written
+        again the same is kept where it is instead)."""
+        return self._view(rel, PartitionCheckpoint)
 
     def resume(self, rel: str, path: Path) -> tuple[PartitionPrefix, PrefixHash] | None:
         """Pass 1's view of the partition's checkpoint and the hash of its prefix, when the
         evidence file still starts with the bytes it was made from."""
-        payload = self._file.payload(rel)
-        try:
-            found = PartitionPrefix.model_validate_json(payload) if payload is not None else None
-        except ValueError:
-            found = None
+        viewed = self._view(rel, PartitionPrefix)
+        found = viewed[0] if viewed is not None else None
         hashed = PrefixHash.resume(path, found.end, found.prefix_hash, known=self.known) if found is not None else None
         return None if found is None or hashed is None else (found, hashed)
 
