@@ -8,8 +8,9 @@ them, so the report comes out as a replay row by row makes it), the key digests 
 partition's candidates produced (checked against the ids seen so far and the export's with set
 operations), the dropped rows whose id could be a stale row of the export (with those ids' key
 digests, checked the same way), and the size of the partition's quarantine lines. A run of
-entries inside a rewritten partition gets its summary from its entries (`of`). The summary is written with its own digest and checked against the entries'
-count when read; anything else is no checkpoint.
+entries inside a rewritten partition gets its summary from its entries (`of`). The summary is
+written with its own digest and checked against the entries' count when read; anything else is
+no checkpoint.
 """
 
 from __future__ import annotations
