@@ -87,11 +87,13 @@ class PairsPerTask:
 class Exported:
     ids: ExportedIds
     per_task: PairsPerTask
-    from_verification: bool  # taken from the last clean verification's digests, not the rows
+    # the last clean verification, when it covers the whole file as it is now (the answers were
+    # taken from its digests, not the rows); None when the rows were read
+    verified: VerifiedPrefix | None
 
     @classmethod
     def nothing(cls) -> Exported:
-        return cls(ExportedIds(set()), PairsPerTask({}), False)
+        return cls(ExportedIds(set()), PairsPerTask({}), None)
 
 
 def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task: int | None,
@@ -103,14 +105,14 @@ def exported(ws: Workspace, kind: ExportKind, path: Path, *, max_pairs_per_task:
     if prefix is not None and _covers(prefix, path, known):
         tasks, counts = np.unique(prefix.tasks, return_counts=True)
         return Exported(ExportedIds(set(_digests(prefix.ids))),
-                        PairsPerTask(dict(zip(_digests(tasks), counts.tolist(), strict=True))), True)
+                        PairsPerTask(dict(zip(_digests(tasks), counts.tolist(), strict=True))), prefix)
     ids: set[bytes] = set()
     per_task: Counter[bytes] = Counter()
     for _, row in json_rows(path):
         ids.add(key_digest(str(row.get("id"))))
         if kind is ExportKind.PREFERENCE:
             per_task[key_digest(str(row.get("task_id")))] += 1
-    return Exported(ExportedIds(ids), PairsPerTask(dict(per_task)), False)
+    return Exported(ExportedIds(ids), PairsPerTask(dict(per_task)), None)
 
 
 def _digests(array: np.ndarray) -> list[bytes]:

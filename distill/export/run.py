@@ -36,6 +36,7 @@ from distill.export.reader import EvidenceIndex, mirror_text, rel_path
 from distill.export.sft import decide_sft, sft_id
 from distill.export.scored_index import scored_categories
 from distill.export.spill import bucket_count
+from distill.export.verified import VerifiedPrefix
 from distill.export.verify import native_path, verify_export
 from distill.firewall import ExportKind, Violation, ViolationCode, pair_side, rows_violations
 from distill.jsonl import (
@@ -43,6 +44,7 @@ from distill.jsonl import (
     atomic_temp_path,
     dumps,
     json_rows,
+    json_rows_at,
     prefix_keeping_writer,
     replace_file,
     write_atomic,
@@ -188,7 +190,7 @@ def run_export(
                                 f"(the others passed the same gates in the last run)")
             gates.save()
             if pref.refused_by_gates and len(existing.ids):
-                stale = _pairs_refused_now(target, pref.refused_by_gates)
+                stale = _pairs_refused_now(target, pref.refused_by_gates, existing.verified)
         else:
             decide = (partial(decide_rag, include_review=include_review) if kind == "rag"
                       else partial(decide_sft, include_partial=include_partial))
@@ -274,12 +276,17 @@ def _shipped(violation: Violation) -> Violation:
         "current scores and settings)")})
 
 
-def _pairs_refused_now(target: Path, refused: dict[tuple[str, str], tuple[str, list[str]]]) -> list[Violation]:
+def _pairs_refused_now(target: Path, refused: dict[tuple[str, str], tuple[str, list[str]]],
+                       verified: VerifiedPrefix | None) -> list[Violation]:
     """Pairs the export holds already with a side the gates refuse in this run (a benchmark file
     added since, a stricter setting): each run stops on them until the export is written anew.
-    Streamed, and only when the gates refused a row that may be in it."""
+    Streamed, and only when the gates refused a row that may be in it. `verified`: the clean
+    verification that covers the whole export; its lookups name each row's revisions, so only
+    the rows that may name a refused one are read (most runs: none)."""
+    lines = verified.lines_naming(refused) if verified is not None else None
+    rows = json_rows(target) if lines is None else json_rows_at(target, lines, end=verified.end)
     found = []
-    for _, row in json_rows(target):
+    for _, row in rows:
         for side in ("chosen", "rejected"):
             run_id, sig_hash = pair_side(row, side)
             failure = refused.get((str(run_id), str(sig_hash)))

@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import zipfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distill.export.scored_index import ScoredIndex, key_digest, lookup_keys, write_cache
+from distill.export.scored_index import LOOKUP_VERSION, ScoredIndex, key_digest, lookup_keys, write_cache
 from distill.firewall import ExportKind
 from distill.hashing import LineEndHash, PrefixHash, canonical_json, sha256_hex
 from distill.jsonl import loads
@@ -125,6 +125,18 @@ class VerifiedPrefix:
         remap = np.array([names.index(n) for n in index.names] + [-1], dtype=np.int64)
         today = dataclasses.replace(self, answers=remap[now], names=names)
         return PrefixCheck(hasher, np.unique(self.asked_at[changed]).tolist(), today)
+
+    def lines_naming(self, revisions: Iterable[tuple[str, str]]) -> list[int] | None:
+        """The lines of the prefix's rows that may name one of these (run id, sig_hash) evidence
+        revisions, from the lookups their verification made: a lookup of one of them, or one with
+        no revision digest to compare (a run id or sig_hash that is not a string). A superset of
+        the rows that name one (a 128-bit digest may collide; the caller compares the strings).
+        None when some line of the prefix made no lookup: its row cannot be answered for."""
+        if len(np.unique(self.asked_at)) != self.lines:
+            return None
+        wanted = np.array(sorted({key_digest(run_id, sig) for run_id, sig in revisions}), dtype="S16")
+        maybe = (self.has != LOOKUP_VERSION) | np.isin(self.versions, wanted)
+        return np.unique(self.asked_at[maybe]).tolist()
 
     def prior(self) -> Callable[[str, str], int]:
         """How many prefix rows carry an id / a task (rows_violations' `prior`)."""
