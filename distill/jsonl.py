@@ -247,21 +247,53 @@ def iter_json(path: Path) -> Iterator[Any]:
 
 def json_rows_at(path: Path, numbers: Iterable[int], *, end: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for the JSON-object lines with these numbers among the complete lines
-    that end by byte `end`, in file order: a few rows of a long file, without parsing the rest."""
-    wanted = set(numbers)
+    that end by byte `end`, in file order: a few rows of a long file, without parsing the rest.
+    The lines before them are only counted (`bytes.count` per chunk), not split: a few rows spread
+    through a large export cost a read of it, not a Python step per line."""
+    wanted = sorted({n for n in numbers if n >= 1})  # lines are numbered from 1
     if not wanted or not path.exists():
         return
-    last = max(wanted)
-    for raw in iter_raw_lines(path):
-        if raw.number > last or raw.offset + raw.length + 1 > end:
-            return
-        if raw.number in wanted and raw.terminated and raw.data is not None:
+    with open(path, "rb") as fh:
+        starts = list(_line_starts(fh, wanted, end))
+        for number, start in starts:
+            fh.seek(start)
+            line = fh.readline()
+            if start + len(line) > end:
+                return  # this line, and every later one, ends past `end`
+            if not line.endswith(b"\n"):
+                continue  # a torn last line
             try:
-                value = loads(raw.data)
+                value = loads(line[:-1])
             except ValueError:
                 continue
             if isinstance(value, dict):
-                yield raw.number, value
+                yield number, value
+
+
+def _line_starts(fh: IO[bytes], wanted: list[int], end: int) -> Iterator[tuple[int, int]]:
+    """(number, byte offset) of each wanted line (sorted numbers) that starts before `end`: line
+    n starts after the file's (n - 1)th newline, found within the one chunk that holds it."""
+    i = 0
+    pos = 0
+    newlines = 0  # before pos
+    while i < len(wanted) and wanted[i] == 1:
+        yield 1, 0
+        i += 1
+    while i < len(wanted) and pos < end:
+        chunk = fh.read(min(READ_CHUNK, end - pos))
+        if not chunk:
+            return
+        count = chunk.count(b"\n")
+        at, seen = -1, newlines
+        while i < len(wanted) and wanted[i] - 1 <= newlines + count:
+            while seen < wanted[i] - 1:
+                at = chunk.index(b"\n", at + 1)
+                seen += 1
+            if pos + at + 1 < end:
+                yield wanted[i], pos + at + 1
+            i += 1
+        newlines += count
+        pos += len(chunk)
 
 
 def json_rows(

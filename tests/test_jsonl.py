@@ -304,3 +304,44 @@ def test_a_prefix_keeping_writer_leaves_the_file_as_it_was_on_an_error(tmp_path:
             raise RuntimeError("interrupted")
         assert path.read_bytes() == b"a\nb\n" and _state(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
+def _rows_at_by_walking(path: Path, numbers: set[int], end: int) -> list[tuple[int, dict]]:
+    """json_rows_at as it was: every raw line walked, the wanted ones parsed."""
+    out = []
+    for raw in iter_raw_lines(path):
+        if raw.number > max(numbers, default=0) or raw.offset + raw.length + 1 > end:
+            break
+        if raw.number in numbers and raw.terminated and raw.data is not None:
+            try:
+                value = loads(raw.data)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append((raw.number, value))
+    return out
+
+
+_AT_LINES = st.lists(st.one_of(st.builds(lambda n: dumps({"n": n, "pad": "x" * (n % 7)}).decode(), st.integers(0, 99)),
+                               st.sampled_from(["", "[1]", "{bad", " ", '{"a": "\\n"}'])), max_size=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=_AT_LINES, torn=st.booleans(), numbers=st.sets(st.integers(-1, 30), max_size=8),
+       cut=st.integers(0, 400), chunk=st.integers(1, 64))
+def test_rows_at_counts_the_lines_before_them_as_walking_every_line_did(tmp_path: Path, lines, torn, numbers, cut,
+                                                                        chunk) -> None:
+    """json_rows_at finds its lines by counting newlines per chunk: the same rows as walking every
+    line, whatever the chunk boundaries, a torn last line, blank or non-object lines, a wanted
+    number past the file or below 1, and an `end` inside, at or past a line's end."""
+    from unittest import mock
+
+    import distill.jsonl as jsonl
+
+    body = "".join(line + "\n" for line in lines).encode() + (b'{"torn": 1' if torn else b"")
+    path = tmp_path / "at.jsonl"
+    path.write_bytes(body)
+    end = min(cut, len(body) + 2)
+    with mock.patch.object(jsonl, "READ_CHUNK", chunk):
+        got = list(jsonl.json_rows_at(path, numbers, end=end))
+    assert got == _rows_at_by_walking(path, numbers, end)
