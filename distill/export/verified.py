@@ -131,8 +131,10 @@ class VerifiedPrefix:
         revisions, from the lookups their verification made: a lookup of one of them, or one with
         no revision digest to compare (a run id or sig_hash that is not a string). A superset of
         the rows that name one (a 128-bit digest may collide; the caller compares the strings).
-        None when some line of the prefix made no lookup: its row cannot be answered for."""
-        if len(np.unique(self.asked_at)) != self.lines:
+        None unless every line of the prefix (numbered from 1) made a lookup: a row that made none
+        cannot be answered for."""
+        asked = np.unique(self.asked_at)
+        if len(asked) != self.lines or (self.lines and (asked[0] != 1 or asked[-1] != self.lines)):
             return None
         wanted = np.array(sorted({key_digest(run_id, sig) for run_id, sig in revisions}), dtype="S16")
         maybe = (self.has != LOOKUP_VERSION) | np.isin(self.versions, wanted)
