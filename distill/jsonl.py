@@ -272,13 +272,11 @@ def json_rows_at(path: Path, numbers: Iterable[int], *, end: int) -> Iterator[tu
 
 def _line_starts(fh: IO[bytes], wanted: list[int], end: int) -> Iterator[tuple[int, int]]:
     """(number, byte offset) of each wanted line (sorted numbers) that starts before `end`: line
-    n starts after the file's (n - 1)th newline, found within the one chunk that holds it."""
+    n starts after the file's (n - 1)th newline, found within the one chunk that holds it (line 1
+    after the "0th", at -1 of the first chunk)."""
     i = 0
     pos = 0
     newlines = 0  # before pos
-    while i < len(wanted) and wanted[i] == 1:
-        yield 1, 0
-        i += 1
     while i < len(wanted) and pos < end:
         chunk = fh.read(min(READ_CHUNK, end - pos))
         if not chunk:
