@@ -312,6 +312,58 @@ def test_a_capped_task_pairs_again_only_the_group_a_change_touched(tmp_path: Pat
     _compare(a, b, settings, monkeypatch)
 
 
+STORE = "review:src/store.py"  # at its cap: 4 accepted x 3 rejected answers to one prompt, 5 pairs shipped
+
+
+def _store_row(run_id: str, category: Category, finding: str, **kw: Any) -> SourceRow:
+    return _row(run_id, STORE, category, review_text("src/store.py", finding), source_files=["src/store.py"], **kw)
+
+
+def test_a_capped_group_that_gains_a_row_decides_only_that_row(tmp_path: Path, exported: tuple[Path, Settings],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No run or text of the new row is on the other side of its group, and both sides held rows:
+    every pair it is offered is refused for the cap, whatever their order, and no old row's
+    first pair changes reason; the group's seven old rows keep their decisions."""
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _add(_store_row("sr-hot-a9", A, "Accepted finding 9", minutes=8)))
+    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 1 and redone_b > redone_a
+    assert _reasons(a)["sr-hot-a9"] == "invalid_preference_pairing"
+    _compare(a, b, settings, monkeypatch)
+
+
+@pytest.mark.parametrize("row", [
+    # its text is a rejected row's: that pair is refused as identical, wherever the grid puts it
+    _store_row("sr-hot-a9", A, "Rejected finding 0", minutes=8),
+    # another revision of an accepted row's run, rejected: a self-pair
+    _store_row("sr-hot-a0", R, "On second thought, finding 0 is wrong", minutes=8, revision=1),
+], ids=["identical text", "a revision of an old run"])
+def test_a_capped_group_whose_new_row_shares_a_run_or_a_text_is_decided_whole(
+        tmp_path: Path, exported: tuple[Path, Settings], row: SourceRow, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, settings = exported
+    a, b = _twins(tmp_path, exported, _add(row))
+    _, redone_a, _ = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 8  # the group's seven old rows and the new one
+    _compare(a, b, settings, monkeypatch)
+
+
+def test_a_capped_group_that_gains_its_first_row_on_a_side_is_decided_whole(
+        tmp_path: Path, exported: tuple[Path, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accepted answer alone in its group had no counterpart; a rejected one appended makes
+    its first pair one the cap refuses: a new reason for the old row."""
+    _, settings = exported
+    alone = _store_row("sr-locks-a", A, "The writer takes no lock", instruction=LOCKS, minutes=8)
+    a, b = _twins(tmp_path, exported, _add(alone))
+    _compare(a, b, settings, monkeypatch)
+    assert _errors(a)["sr-locks-a"].startswith("no counterpart")
+    for ws in (a, b):
+        _add(_store_row("sr-locks-r", R, "Claims the reader deadlocks", instruction=LOCKS, minutes=9),
+             first_line=950)(ws)
+    b.kept_decisions_path("preference").unlink()
+    _, redone_a, _ = _compare(a, b, settings, monkeypatch)
+    assert redone_a == 2 and "max_pairs_per_task" in _errors(a)["sr-locks-a"]
+
+
 def test_a_task_under_its_cap_pairs_again_whole(tmp_path: Path, exported: tuple[Path, Settings],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """review:src/app.py holds fewer pairs than the cap, so its groups share what is left of it:
@@ -389,6 +441,11 @@ def test_after_an_export_that_made_pairs_nothing_unchanged_is_paired_again(
     a, b = _twins(tmp_path, (adv.ws.root, settings), lambda ws: None)
     kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
     assert redone_a == 0 and redone_b > 0 and kept > 0
+
+
+def _errors(ws: Workspace) -> dict[str, str]:
+    return {row["record_id"]: row["errors"][0]
+            for row in map(orjson.loads, ws.quarantine_path("preference").read_bytes().splitlines())}
 
 
 def _reasons(ws: Workspace) -> dict[str, str]:
@@ -488,14 +545,20 @@ def test_force_deletes_the_kept_decisions() -> None:
 
 
 def _closure(rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]],
-             seed_tasks: set[int], seed_questions: set[int], pairable: set[int]) -> set[int]:
+             seed_tasks: set[int], seed_questions: set[int], pairable: set[int], alone: set[int]) -> set[int]:
     """The dirty rows by a plain graph walk over (task, prompt, asks) rows; only a `pairable`
-    question joins the rows that ask it."""
+    question joins the rows that ask it; a row in `alone` is dirty without its group."""
     rows = [(t, p, asks and p in pairable) for t, p, asks in rows]
     groups = {g for g in seed_groups if g[0] != NONE}
     whole = (set(seed_tasks) | {t for t, _ in groups if t not in capped}) - {NONE}
     asked = set(seed_questions) & pairable
-    dirty: set[int] = set()
+    dirty = {i for i in alone if rows[i][0] != NONE}
+    for i in dirty:
+        t, p, asks = rows[i]
+        if t not in capped:
+            whole.add(t)
+        if asks:
+            asked.add(p)
     changed = True
     while changed:
         changed = False
@@ -520,10 +583,11 @@ _ROWS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.booleans()),
 @settings(max_examples=300, deadline=None)
 @given(_ROWS, st.sets(st.integers(0, 6), max_size=7), st.sets(st.tuples(st.integers(-1, 6), st.integers(0, 5)), max_size=4),
        st.sets(st.integers(-1, 6), max_size=2), st.sets(st.integers(-1, 5), max_size=3),
-       st.none() | st.sets(st.integers(0, 5)))
+       st.none() | st.sets(st.integers(0, 5)), st.sets(st.integers(0, 39), max_size=4))
 def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
         rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]], seed_tasks: set[int],
-        seed_questions: set[int], pairable: set[int] | None) -> None:
+        seed_questions: set[int], pairable: set[int] | None, alone: set[int]) -> None:
+    alone = {i for i in alone if i < len(rows)}
     tasks = np.array([t for t, _, _ in rows], dtype=np.int32)
     prompts = np.array([p for _, p, _ in rows], dtype=np.int32)
     questions = np.array([p if a else NONE for _, p, a in rows], dtype=np.int32)
@@ -533,9 +597,10 @@ def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
                                    np.array([p for _, p in ordered], dtype=np.int32)),
                       seed_tasks=np.array(sorted(seed_tasks), dtype=np.int32),
                       seed_questions=np.array(sorted(seed_questions), dtype=np.int32),
-                      pairable=None if pairable is None else np.array([p in pairable for p in range(6)]))
+                      pairable=None if pairable is None else np.array([p in pairable for p in range(6)]),
+                      seed_rows=np.array([i in alone for i in range(len(rows))], dtype=bool))
     assert set(np.flatnonzero(mask).tolist()) == _closure(rows, capped, seed_groups, seed_tasks, seed_questions,
-                                                          set(range(6)) if pairable is None else pairable)
+                                                          set(range(6)) if pairable is None else pairable, alone)
 
 
 def test_codes_keep_digests_that_end_in_zero_bytes() -> None:

@@ -315,3 +315,80 @@ def test_a_cross_bucket_decides_what_holding_every_row_did(
         assert made_new == made_old
         assert got == want
         assert list(new.pairs) == list(old.pairs)
+
+
+# runs and texts from wider ranges than _ROW's: most groups share none across sides, some do
+_WIDE_ROW = st.tuples(st.integers(0, 150), st.integers(0, 150), st.sampled_from(_CATEGORIES), st.integers(0, 2))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(old_rows=st.lists(_WIDE_ROW, min_size=2, max_size=10), new_rows=st.lists(_WIDE_ROW, min_size=1, max_size=6),
+       exported=st.lists(st.integers(0, 400), max_size=4), cap=st.integers(1, 4))
+def test_a_capped_group_that_gained_rows_keeps_the_old_decisions_appended_groups_vouches_for(
+        tmp_path: Path, old_rows: list, new_rows: list, exported: list[int], cap: int) -> None:
+    """A group of a task at its cap that gained rows (kept_decisions.appended_groups): where it
+    says the old rows keep their decisions, pairing the whole group gives each old row the
+    standing it had, and each new row the one `refuse_appended` gives it; and it says so exactly
+    when no run or text is on both sides, no new row is a revision of an old row's run, and both
+    sides held an old row."""
+    import dataclasses
+
+    import numpy as np
+
+    from distill.export.kept_decisions import NextDecisions, appended_groups
+    from distill.export.preference import Fate
+
+    task_id, sides = "task-0", {Category.ACCEPTED: 1, Category.REJECTED: 2, Category.PARTIALLY_ACCEPTED: 2}
+    with Spill(tmp_path) as spill:
+        payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+        def row(index: int, run: int, text: int, category: Category, source: int) -> Row:
+            return dataclasses.replace(_row(payload, index, run, 0, category, source, 0),
+                                       text_digest=_text_digest(f"answer {text}"))
+
+        old = [row(n, *fields) for n, fields in enumerate(old_rows)]
+        new = [row(len(old) + n, *fields) for n, fields in enumerate(new_rows)]
+        every = [(c, r) for c in old for r in old if sides[c.category] == 1 and sides[r.category] == 2]
+        existing = {pref_id(every[k % len(every)][0].key, every[k % len(every)][1].key) for k in exported if every}
+        per_task = Counter({task_id: max(cap, len(existing))})  # at its cap (other groups' pairs count too)
+
+        def decision(f: Fate) -> tuple[bool, bool, object]:
+            """What `_final` reads of a standing: a row a pair used keeps no reason."""
+            return f.in_new, f.in_existing, None if f.in_new or f.in_existing else f.why
+
+        def standing(rows: list[Row], name: str) -> tuple[_Pairer, dict[int, tuple[bool, bool, object]]]:
+            p = _Pairer(existing, per_task, cap, payload, spill.records(name))
+            by_key = sorted(rows, key=lambda r: r.key)
+            assert p.offer([r for r in by_key if r.category is Category.ACCEPTED],
+                           [[r for r in by_key if r.category is c]
+                            for c in (Category.REJECTED, Category.PARTIALLY_ACCEPTED)],
+                           task_id=task_id, pairing="same_task", prompt_of=None, sort_key=("k",)) == 0
+            return p, {r.index: decision(p.fate(r.index)) for r in rows}
+
+        _, before = standing(old, "before")
+        _, after = standing(old + new, "after")
+
+        decisions = NextDecisions(None)
+        for r in old + new:
+            decisions.row(r.index, task_id, r.prompt, asks=False, passed=None,
+                          grid=(r.key[0], r.text_digest, sides[r.category]))
+        run, text, side = decisions.grid_columns()
+        is_new = np.array([False] * len(old) + [True] * len(new))
+        mask = appended_groups(decisions.task_codes(), decisions.prompt_codes(), prompt_count=1, new=is_new,
+                               capped=np.array([True]), changed=(np.zeros(0, np.int32), np.zeros(0, np.int32)),
+                               run=run, text=text, side=side, in_grid=~is_new)
+        assert mask.all() or not mask.any()  # one group
+
+        def on(side_: int, rows: list[Row]) -> list[Row]:
+            return [r for r in rows if sides[r.category] == side_]
+
+        everyone = old + new
+        vouched = (not {r.key[0] for r in on(1, everyone)} & {r.key[0] for r in on(2, everyone)}
+                   and not {r.text_digest for r in on(1, everyone)} & {r.text_digest for r in on(2, everyone)}
+                   and not {r.key[0] for r in new} & {r.key[0] for r in old}
+                   and bool(on(1, old)) and bool(on(2, old)))
+        assert bool(mask.any()) == vouched
+        if vouched:
+            assert {i: after[i] for i in before} == before
+            appended = _Pairer(existing, per_task, cap, payload, spill.records("appended"))
+            appended.refuse_appended(new, task_id=task_id)
+            assert {r.index: decision(appended.fate(r.index)) for r in new} == {r.index: after[r.index] for r in new}

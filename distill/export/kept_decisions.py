@@ -35,6 +35,19 @@ being read). A row of the next run takes its kept decision only when:
   prompt that one reviewer stream answers in every task does not make every task dirty. Two rows with one key (a revision scored twice)
   are one evidence revision, so they share their task and prompt: the duplicate check sees both.
 
+A capped group that only gained rows (appended: none of its kept rows changed or went) is not
+paired again whole when the proof holds that its old rows' decisions stand (`appended_groups`).
+In a capped task every pair not already exported is refused, and a row's reason is that of its
+first such pair in grid order, which new rows can change: self-pairing if the two rows share a
+run, identical texts if they share a text, else the cap. So when no run id and no text is on
+both sides of the group (old and new rows together), every such pair is refused for the cap,
+and an old row that had a pair keeps its decision whatever the order; when both sides held an
+old row in the grid, every old row had one, and each new row on a side has one: its reason is
+the cap (`_Pairer.refuse_appended`). A new row with the run id of an old row (a revision, or the
+same key read twice) fails the proof. The new rows' questions still spread; a group one of them
+makes dirty again is paired whole. Kept per row for this: 64 bits of its run id's and its text's
+digests and its side in the grid (a digest collision only fails the proof).
+
 A row a new pair used was `written`; pairing its task again, with that pair now in the export,
 makes it `deduped` and changes nothing else, but for one case: a pair the walk tried to build
 before the task's last new pair and that failed the PreferenceSample schema is refused with the
@@ -57,6 +70,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+import xxhash
 
 from distill.export.scored_index import key_digest, write_cache
 from distill.hashing import WholeFileDigests, file_digest, split_digests
@@ -68,9 +82,13 @@ from distill.records.stage import TallyKey
 if TYPE_CHECKING:
     from distill.export.quarantine import QuarantineLines
 
-KEPT_DECISIONS_VERSION = 2
+KEPT_DECISIONS_VERSION = 3
+# the reasons only a row offered in a grid gets (`preference._final`; SCHEMA_VIOLATION rows are unsettled)
+_PAIRING_REASONS = (QuarantineReason.INVALID_PREFERENCE_PAIRING, QuarantineReason.SELF_PAIRING)
 COPY_BLOCK = 4 << 20  # bytes of kept quarantine lines copied per read
 WRITTEN, DEDUPED, QUARANTINED = 0, 1, 2
+# a row's side in its group's same-task grid (preference._SIDE_OF): chosen, the other side, or neither
+CHOSEN, OPPOSITE = 1, 2
 NONE = -1  # no task or prompt (refused before pairing), no question (not a cross candidate), no category or reason
 
 # (index, source, category or None, reason or None, quarantine line or b"", deduped?): preference.Decided
@@ -126,7 +144,9 @@ class Names:
 
 
 _ROW_ARRAYS = {"task": np.int32, "prompt": np.int32, "question": np.int32, "outcome": np.int8, "source": np.int32,
-               "category": np.int32, "reason": np.int32, "line_at": np.int64, "line_len": np.int64}
+               "category": np.int32, "reason": np.int32, "line_at": np.int64, "line_len": np.int64,
+               "run": np.uint64, "text": np.uint64, "side": np.int8}
+_PAIRING_ARRAYS = ("task", "prompt", "question", "run", "text", "side")  # known before the row is decided
 
 
 @dataclass
@@ -146,6 +166,16 @@ class KeptDecisions:
     @property
     def count(self) -> int:
         return len(self.passed)
+
+    def in_grid(self) -> np.ndarray:
+        """The kept rows that were surely offered in their group's same-task grid: on a side of it,
+        through the gates, and decided by pairing (a pair used them, or a pairing reason refused
+        them: not a duplicate revision). A row this misses only costs its group a pairing."""
+        r = self.rows
+        pairing = [self.reasons.index(reason.value) for reason in _PAIRING_REASONS if reason.value in self.reasons]
+        decided_by_pairing = (r["outcome"] != QUARANTINED) | np.isin(r["reason"], pairing)
+        gated = self.passed.view(np.uint64).reshape(-1, 2).any(axis=1)
+        return (r["side"] != 0) & gated & decided_by_pairing
 
     def unsettled(self) -> np.ndarray:
         """The kept rows whose task must be paired again even when nothing of it changed."""
@@ -219,6 +249,7 @@ class KeptDecisions:
                 and within(r["source"], len(self.sources)) and bool(np.all(r["source"] >= 0))
                 and within(r["category"], len(self.categories)) and within(r["reason"], len(self.reasons))
                 and bool(np.all((r["outcome"] >= WRITTEN) & (r["outcome"] <= QUARANTINED)))
+                and bool(np.all((r["side"] >= 0) & (r["side"] <= OPPOSITE)))
                 and bool(np.all((r["reason"] >= 0) == quarantined))
                 and bool(np.all(r["line_at"][quarantined] >= 0)) and bool(np.all(r["line_len"][quarantined] > 0))
                 and bool(np.all(r["line_at"][quarantined] + r["line_len"][quarantined] <= quarantine_size)))
@@ -350,6 +381,9 @@ class NextDecisions:
         self._task = array("i")
         self._prompt = array("i")
         self._question = array("i")
+        self._run = array("Q")
+        self._text = array("Q")
+        self._side = array("b")
         self._passed = bytearray()
         self._decided: dict[str, np.ndarray] | None = None  # by input index, once the first pass has seen every row
         self._undecided = 0
@@ -363,14 +397,23 @@ class NextDecisions:
             self._task.extend([NONE] * short)
             self._prompt.extend([NONE] * short)
             self._question.extend([NONE] * short)
+            self._run.extend([0] * short)
+            self._text.extend([0] * short)
+            self._side.extend([0] * short)
             self._passed.extend(bytes(16 * short))
 
     def row(self, index: int, task: str | None, prompt: str | None, *, asks: bool, passed: bytes | None,
-            answer: tuple[str, str] | None = None) -> None:
+            answer: tuple[str, str] | None = None, grid: tuple[str, bytes, int] | None = None) -> None:
         """A row the first pass read or replayed from its entry (`task`, `prompt`: None for a row
         refused before pairing; `asks`: a cross-source candidate, whose question is its prompt, and
-        `answer` its (source, category))."""
+        `answer` its (source, category); `grid`: its run id, text digest and side, CHOSEN, OPPOSITE
+        or 0, in its group's same-task grid)."""
         self._grow(index)
+        if grid is not None:
+            run_id, text_digest, side = grid
+            self._run[index] = xxhash.xxh3_64_intdigest(run_id.encode("utf-8", "surrogatepass"))
+            self._text[index] = int.from_bytes(text_digest[:8], "little")
+            self._side[index] = side
         if task is not None and prompt is not None:
             self._task[index] = task_code = self.tasks.code(task)
             self._prompt[index] = code = self.prompts.code(prompt)
@@ -388,6 +431,9 @@ class NextDecisions:
         self._task[first_index:first_index + n] = array("i", kept.rows["task"][rows].tobytes())
         self._prompt[first_index:first_index + n] = array("i", kept.rows["prompt"][rows].tobytes())
         self._question[first_index:first_index + n] = array("i", kept.rows["question"][rows].tobytes())
+        self._run[first_index:first_index + n] = array("Q", kept.rows["run"][rows].tobytes())
+        self._text[first_index:first_index + n] = array("Q", kept.rows["text"][rows].tobytes())
+        self._side[first_index:first_index + n] = array("b", kept.rows["side"][rows].tobytes())
         self._passed[16 * first_index:16 * (first_index + n)] = kept.passed[rows].tobytes()
 
     def task_codes(self) -> np.ndarray:
@@ -398,6 +444,11 @@ class NextDecisions:
 
     def question_codes(self) -> np.ndarray:
         return _codes(self._question)
+
+    def grid_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """By input index: each row's run id digest, text digest (64 bits of each) and grid side."""
+        return (np.frombuffer(self._run, dtype=np.uint64), np.frombuffer(self._text, dtype=np.uint64),
+                np.frombuffer(self._side, dtype=np.int8))
 
     def _columns(self) -> dict[str, np.ndarray]:
         if self._decided is None:
@@ -453,10 +504,12 @@ class NextDecisions:
                 path.unlink()
             return
         decided = self._columns()
-        arrays = {name: decided[name].astype(t) for name, t in _ROW_ARRAYS.items() if name not in ("task", "prompt", "question")}
+        arrays = {name: decided[name].astype(t) for name, t in _ROW_ARRAYS.items() if name not in _PAIRING_ARRAYS}
         arrays["task"] = self.task_codes()[:rows].copy()
         arrays["prompt"] = self.prompt_codes()[:rows].copy()
         arrays["question"] = self.question_codes()[:rows].copy()
+        for name, column in zip(("run", "text", "side"), self.grid_columns(), strict=True):
+            arrays[name] = column[:rows].copy()
         passed = np.frombuffer(bytes(self._passed[:16 * rows]), dtype="S16")
         meta = {"version": KEPT_DECISIONS_VERSION, "basis": basis, "token": token, "export": list(exported),
                 "quarantine": list(quarantine), "parts": [[rel, n] for rel, n in self.parts],
@@ -514,25 +567,76 @@ def pairable_questions(kept: KeptDecisions, answers: list[tuple[int, int, str, s
     return out
 
 
+def _group_keys(task: np.ndarray, prompt: np.ndarray, prompt_count: int) -> np.ndarray:
+    """One int per (task, prompt) code pair."""
+    return task.astype(np.int64) * (prompt_count + 1) + (prompt.astype(np.int64) + 1)
+
+
+def _shared_across(group: np.ndarray, value: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The groups in which one value comes with both bits (1 and 2) among its rows."""
+    if not len(group):
+        return group
+    order = np.lexsort((value, group))
+    group, value, bits = group[order], value[order], bits[order]
+    starts = np.flatnonzero(np.concatenate(([True], (group[1:] != group[:-1]) | (value[1:] != value[:-1]))))
+    both = np.bitwise_or.reduceat(bits, starts) == 3
+    return np.unique(group[starts][both])
+
+
+def appended_groups(tasks: np.ndarray, prompts: np.ndarray, *, prompt_count: int, new: np.ndarray,
+                    capped: np.ndarray, changed: tuple[np.ndarray, np.ndarray], run: np.ndarray,
+                    text: np.ndarray, side: np.ndarray, in_grid: np.ndarray) -> np.ndarray:
+    """A mask over this run's rows: the rows of groups whose old rows keep their decisions while
+    the group's new rows are decided (see the module docstring). `new`: the rows read this run
+    (the others replayed with kept decisions); `capped`: by task code, whether the task's exported
+    pairs reach the cap; `changed`: (task, prompt) codes of groups that lost or changed a kept row;
+    `run`/`text`/`side`: each row's run id and text digests and its grid side; `in_grid`: the old
+    rows surely offered in their grid (`KeptDecisions.in_grid`). A group qualifies when its task
+    is capped, it gained rows and lost or changed none, no run id or text is on both sides, no new
+    row's run id is an old row's, and both sides hold an old row in the grid."""
+    has_task = tasks != NONE
+    keys = _group_keys(tasks, prompts, prompt_count)
+    capped_row = has_task & np.concatenate((capped, [False]))[tasks]  # NONE (-1) -> the False at the end
+    changed_task, changed_prompt = changed
+    known = changed_task != NONE
+    seeded = np.setdiff1d(keys[capped_row & new],
+                          _group_keys(changed_task[known], changed_prompt[known], prompt_count))
+    rows = np.flatnonzero(capped_row & np.isin(keys, seeded))
+    group, is_new, row_side = keys[rows], new[rows], side[rows]
+    sided = row_side != 0
+    bad = np.concatenate((
+        _shared_across(group, run[rows], np.where(is_new, 2, 1)),  # a revision of an old row's run
+        _shared_across(group[sided], run[rows][sided], row_side[sided]),  # self-pairing
+        _shared_across(group[sided], text[rows][sided], row_side[sided]),  # identical texts
+    ))
+    old = in_grid[rows] & ~is_new
+    both_sides = np.intersect1d(group[old & (row_side == CHOSEN)], group[old & (row_side == OPPOSITE)])
+    good = np.setdiff1d(both_sides, bad)
+    out = np.zeros(len(tasks), dtype=bool)
+    out[rows[np.isin(group, good)]] = True
+    return out
+
+
 def dirty_rows(tasks: np.ndarray, prompts: np.ndarray, questions: np.ndarray, *, capped: np.ndarray,
                prompt_count: int, seed_groups: tuple[np.ndarray, np.ndarray], seed_tasks: np.ndarray,
-               seed_questions: np.ndarray, pairable: np.ndarray | None = None) -> np.ndarray:
+               seed_questions: np.ndarray, pairable: np.ndarray | None = None,
+               seed_rows: np.ndarray | None = None) -> np.ndarray:
     """A mask over this run's rows: those whose decision is made again (see the module docstring).
     `tasks`/`prompts`/`questions`: the rows' codes (NONE where a row has none; a row with a task
     has a prompt); `capped`: by task code, whether the task's exported pairs reach the cap (its
     groups are decided apart); `seed_groups`: (task, prompt) codes of the groups a change touched;
     `seed_tasks`: tasks paired whole whatever their cap; `seed_questions`: questions a change
     touched; `pairable`: by question code, the questions that may have a cross-source pair
-    (`pairable_questions`; None: all): a change to any other question reaches no other group."""
+    (`pairable_questions`; None: all): a change to any other question reaches no other group;
+    `seed_rows`: a mask of rows decided again without their group (`appended_groups`' new rows),
+    whose questions still spread."""
     has_task = tasks != NONE
     asks = has_task & (questions != NONE)
     if pairable is not None:
         asks &= np.concatenate((pairable, [False]))[questions]  # NONE (-1) -> the False at the end
+    alone = has_task & seed_rows if seed_rows is not None else np.zeros(len(tasks), dtype=bool)
 
-    def group_keys(task: np.ndarray, prompt: np.ndarray) -> np.ndarray:
-        return task.astype(np.int64) * (prompt_count + 1) + (prompt.astype(np.int64) + 1)
-
-    groups, group_of = np.unique(group_keys(tasks, prompts), return_inverse=True)
+    groups, group_of = np.unique(_group_keys(tasks, prompts, prompt_count), return_inverse=True)
     group_of = group_of.reshape(-1)
     # by code + 1, so NONE lands on 0 (never dirty)
     whole = np.zeros(len(capped) + 1, dtype=bool)  # tasks paired whole
@@ -543,13 +647,13 @@ def dirty_rows(tasks: np.ndarray, prompts: np.ndarray, questions: np.ndarray, *,
     whole[seed_task[known & ~capped_at[seed_task + 1]] + 1] = True
     whole[seed_tasks[seed_tasks != NONE] + 1] = True
     asked[seed_questions[seed_questions != NONE] + 1] = True
-    group_dirty = np.isin(groups, group_keys(seed_task[known], seed_prompt[known]))
+    group_dirty = np.isin(groups, _group_keys(seed_task[known], seed_prompt[known], prompt_count))
     dirty = np.zeros(len(tasks), dtype=bool)
     while True:  # every mask only grows
         whole[0] = asked[0] = False
         touched = has_task & (group_dirty[group_of] | whole[tasks + 1] | (asks & asked[questions + 1]))
         group_dirty[group_of[touched]] = True
-        now = has_task & group_dirty[group_of]
+        now = (has_task & group_dirty[group_of]) | alone
         if np.array_equal(now, dirty):
             return dirty
         dirty = now

@@ -38,6 +38,7 @@ import itertools
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,17 @@ from distill.checkpoint_file import Entries, JsonEntries
 from distill.export.checkpoints import PartitionExporter, entries_json
 from distill.export.exported import Ids, PairsPerTask, PerTask
 from distill.export.gates import REJUDGED_REASONS, Firewall, GateInput, meta_text
-from distill.export.kept_decisions import KeptDecisions, KeptLines, KeptRows, NextDecisions, dirty_rows, pairable_questions
+from distill.export.kept_decisions import (
+    CHOSEN,
+    OPPOSITE,
+    KeptDecisions,
+    KeptLines,
+    KeptRows,
+    NextDecisions,
+    appended_groups,
+    dirty_rows,
+    pairable_questions,
+)
 from distill.export.pair_grid import Grid
 from distill.export.passed_gates import PassedGates, input_digest
 from distill.export.quarantine import (
@@ -84,6 +95,9 @@ from distill.records.common import is_blank_text
 from distill.records.stage import StageReport, Tally, TallyKey
 
 _REVIEW_ROLES = frozenset({ModelRole.REVIEWER, ModelRole.EXECUTOR})
+# a same-task grid: accepted rows against rejected ones, then against partially accepted ones
+_GRID_CHOSEN, _GRID_REJECTED = Category.ACCEPTED, (Category.REJECTED, Category.PARTIALLY_ACCEPTED)
+_SIDE_OF = {_GRID_CHOSEN: CHOSEN, **{category: OPPOSITE for category in _GRID_REJECTED}}
 STAGE = "preference"
 RowKey = tuple[str, str]  # (run_id, sig_hash)
 Reason = tuple[QuarantineReason, str]
@@ -300,12 +314,27 @@ class _Pairer:
         if chosen.text_digest == rejected.text_digest:
             return _IDENTICAL_TEXTS
         if self._full(task_id):
-            found = self._cap_reached.get(task_id)
-            if found is None:  # one tuple per task: once the cap is reached, most rows hold it
-                found = self._cap_reached[task_id] = (QuarantineReason.INVALID_PREFERENCE_PAIRING,
-                                                      f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
-            return found
+            return self._cap_reason(task_id)
         return None
+
+    def _cap_reason(self, task_id: str) -> Reason:
+        found = self._cap_reached.get(task_id)
+        if found is None:  # one tuple per task: once the cap is reached, most rows hold it
+            found = self._cap_reached[task_id] = (QuarantineReason.INVALID_PREFERENCE_PAIRING,
+                                                  f"{task_id} already has {self.cap} pairs (max_pairs_per_task)")
+        return found
+
+    def refuse_appended(self, rows: list[Row], *, task_id: str) -> None:
+        """The new rows of a group of a capped task whose old rows keep their decisions
+        (`kept_decisions.appended_groups`): no row across shares a run or a text with any of them
+        and both sides hold an old row, so every pair the grid offers them is refused for the cap,
+        whatever its order, and each new row on a side has one."""
+        if not self._full(task_id):
+            raise RuntimeError(f"{task_id} was taken as capped but is not")
+        why = self._cap_reason(task_id)
+        for row in rows:
+            if row.category in _SIDE_OF:
+                self.why.setdefault(row.index, why)
 
     def offer(self, chosen: list[Row], rejected_groups: list[list[Row]], *, task_id: str, pairing: str,
               prompt_of: str | None, sort_key: tuple[str, ...], differ: Sequence[Callable[[Row], str]] = ()) -> int:
@@ -488,6 +517,9 @@ class _Pass1:
         self.deferred: list[tuple[str, int, int, int]] = []
         self.matched = np.zeros(kept.count if kept is not None else 0, dtype=bool)  # kept rows replayed as they were
         self.rows_kept = 0  # deferred rows of clean tasks: last run's decision stands
+        # (task, prompt) digests of the groups whose old rows keep their decisions while their new
+        # rows are decided apart (`settle`, `_Pairer.refuse_appended`)
+        self.appended: set[tuple[bytes, bytes]] = set()
 
     def start_partition(self, rel: str) -> None:
         """The rows after this belong to the scored partition `rel` (so a row's kept decision is
@@ -557,7 +589,8 @@ class _Pass1:
             self.buckets[bucket_of(row.task_id, len(self.buckets))].append(row.as_tuple())
             passed = input_digest(gate) if failure is None else None
             self.decisions.row(i, row.task_id, prompt, asks=row.cross_candidate and self.cross_source, passed=passed,
-                               answer=(row.source, row.category.value))
+                               answer=(row.source, row.category.value),
+                               grid=(row.key[0], row.text_digest, _SIDE_OF.get(row.category, 0)))
             if self.record:
                 self._entries.add(i, _row_entry(row, spilled, passed))
         self.batch.clear()
@@ -627,9 +660,17 @@ class _Pass1:
         row = (i, (fields[0], fields[1]), *fields[2:], self.payload.put(spilled))
         buckets[bucket_of(fields[2], len(buckets)) if len(buckets) > 1 else 0].append(row)
         self.decisions.row(i, fields[2], fields[3], asks=fields[7] and self.cross_source, passed=extra,
-                           answer=(fields[5], fields[4].value))
+                           answer=(fields[5], fields[4].value), grid=(fields[0], fields[6], _SIDE_OF.get(fields[4], 0)))
         if extra is not None and isinstance(self.firewall, PassedGates):
             self.firewall.passed_before([extra])
+
+    def _note_appended(self, tasks: np.ndarray, prompts: np.ndarray, new: np.ndarray, spread: np.ndarray) -> None:
+        """The groups of `new` rows (of `appended_groups`) that no old row of went dirty through a
+        question or a whole task (`spread`): those are the groups `refuse_appended` decides."""
+        pairs = set(zip(tasks[new].tolist(), prompts[new].tolist(), strict=True))
+        pairs -= set(zip(tasks[spread].tolist(), prompts[spread].tolist(), strict=True))
+        task_digests, prompt_digests = self.decisions.tasks.digest_list(), self.decisions.prompts.digest_list()
+        self.appended = {(task_digests[t], prompt_digests[p]) for t, p in pairs}
 
     def settle(self, reread: Reread, late: list[RecordFile], *,
                capped: Callable[[list[bytes]], np.ndarray]) -> KeptRows | None:
@@ -644,16 +685,29 @@ class _Pass1:
         d = self.decisions
         tasks, prompts = d.task_codes(), d.prompt_codes()
         deferred = np.zeros(len(tasks), dtype=bool)
-        for _, first, _, n in self.deferred:
+        in_grid = np.zeros(len(tasks), dtype=bool)
+        kept_in_grid = kept.in_grid()
+        for rel, first, position, n in self.deferred:
             deferred[first:first + n] = True
+            kept_first = kept.first_row(rel) + position
+            in_grid[first:first + n] = kept_in_grid[kept_first:kept_first + n]
         rows = kept.rows
         unmatched = ~self.matched
-        dirty = dirty_rows(tasks, prompts, d.question_codes(), capped=capped(d.tasks.digest_list()),
+        is_capped = capped(d.tasks.digest_list())
+        run, text, side = d.grid_columns()
+        appended = appended_groups(tasks, prompts, prompt_count=len(d.prompts), new=~deferred, capped=is_capped,
+                                   changed=(rows["task"][unmatched], rows["prompt"][unmatched]),
+                                   run=run[:len(tasks)], text=text[:len(tasks)], side=side[:len(tasks)],
+                                   in_grid=in_grid)
+        seeds = ~deferred & ~appended
+        dirty = dirty_rows(tasks, prompts, d.question_codes(), capped=is_capped,
                            prompt_count=len(d.prompts),
-                           seed_groups=(np.concatenate((tasks[~deferred], rows["task"][unmatched])),
-                                        np.concatenate((prompts[~deferred], rows["prompt"][unmatched]))),
+                           seed_groups=(np.concatenate((tasks[seeds], rows["task"][unmatched])),
+                                        np.concatenate((prompts[seeds], rows["prompt"][unmatched]))),
                            seed_tasks=rows["task"][kept.unsettled()], seed_questions=rows["question"][unmatched],
-                           pairable=pairable_questions(kept, d.answers or [], question_count=len(d.prompts)))
+                           pairable=pairable_questions(kept, d.answers or [], question_count=len(d.prompts)),
+                           seed_rows=~deferred & appended)
+        self._note_appended(tasks, prompts, appended & ~deferred, spread=appended & deferred & dirty)
         clean_indexes: list[np.ndarray] = []
         clean_rows: list[np.ndarray] = []
         passed: list[np.ndarray] = []
@@ -779,11 +833,13 @@ _KEY = operator.attrgetter("key")
 
 
 def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile, decided: RecordFile,
-                      cross_out: list[RecordFile] | None, gated: dict[RowKey, tuple[str, list[str]]]) -> int:
+                      cross_out: list[RecordFile] | None, gated: dict[RowKey, tuple[str, list[str]]],
+                      appended: AbstractSet[tuple[bytes, bytes]] = frozenset()) -> int:
     """Refuse duplicates and gated rows, pair each (task, question) group, pass cross candidates on.
     The refusals and the other decisions go to two files, each in input order as the bucket's rows
     are (sorted runs for the final merge): nothing of a decided row waits in memory, which a task
-    holding most of the rows would otherwise fill with their quarantine lines."""
+    holding most of the rows would otherwise fill with their quarantine lines. `appended`: the
+    (task, prompt) digests of groups whose rows here are new rows of a capped group (`settle`)."""
     seen: dict[RowKey, Row] = {}  # the first row of each key
     eligible: list[Row] = []
     for row in rows:
@@ -813,8 +869,10 @@ def _pair_task_bucket(rows: Iterable[Row], pairer: _Pairer, refused: RecordFile,
     for task_id, prompt in sorted(groups):
         group = groups[(task_id, prompt)]
         # accepted x rejected first, accepted x partially accepted as the fallback
-        made += pairer.offer(_by_category(group, Category.ACCEPTED),
-                             [_by_category(group, Category.REJECTED), _by_category(group, Category.PARTIALLY_ACCEPTED)],
+        if appended and (key_digest(task_id), key_digest(prompt)) in appended:
+            pairer.refuse_appended(group, task_id=task_id)
+            continue
+        made += pairer.offer(_by_category(group, _GRID_CHOSEN), [_by_category(group, c) for c in _GRID_REJECTED],
                              task_id=task_id, pairing="same_task", prompt_of=None, sort_key=(task_id, prompt))
 
     for row in eligible:
@@ -921,7 +979,7 @@ def export_preference(
             cross_out = [parts[b] for parts in cross_parts] if cross_parts is not None else None
             rows = merge_sorted([bucket, late[b]], key=_INDEX) if late[b].count else bucket
             result.pairs_same_task += _pair_task_bucket(_rows(rows), pairer, refused, decided_run, cross_out,
-                                                        result.refused_by_gates)
+                                                        result.refused_by_gates, pass1.appended)
             for run in (refused, decided_run):
                 run.seal()  # its write buffer goes now, not when the merge reads it
                 decided_runs.append(run)
