@@ -341,6 +341,7 @@ def test_a_capped_group_that_gained_rows_keeps_the_old_decisions_appended_groups
     task_id, sides = "task-0", {Category.ACCEPTED: 1, Category.REJECTED: 2, Category.PARTIALLY_ACCEPTED: 2}
     with Spill(tmp_path) as spill:
         payload = _Payload(spill.records("payload"), lambda _f, _k: None)
+
         def row(index: int, run: int, text: int, category: Category, source: int) -> Row:
             return dataclasses.replace(_row(payload, index, run, 0, category, source, 0),
                                        text_digest=_text_digest(f"answer {text}"))
@@ -355,17 +356,16 @@ def test_a_capped_group_that_gained_rows_keeps_the_old_decisions_appended_groups
             """What `_final` reads of a standing: a row a pair used keeps no reason."""
             return f.in_new, f.in_existing, None if f.in_new or f.in_existing else f.why
 
-        def standing(rows: list[Row], name: str) -> tuple[_Pairer, dict[int, tuple[bool, bool, object]]]:
+        def standing(rows: list[Row], name: str) -> dict[int, tuple[bool, bool, object]]:
             p = _Pairer(existing, per_task, cap, payload, spill.records(name))
             by_key = sorted(rows, key=lambda r: r.key)
             assert p.offer([r for r in by_key if r.category is Category.ACCEPTED],
                            [[r for r in by_key if r.category is c]
                             for c in (Category.REJECTED, Category.PARTIALLY_ACCEPTED)],
                            task_id=task_id, pairing="same_task", prompt_of=None, sort_key=("k",)) == 0
-            return p, {r.index: decision(p.fate(r.index)) for r in rows}
+            return {r.index: decision(p.fate(r.index)) for r in rows}
 
-        _, before = standing(old, "before")
-        _, after = standing(old + new, "after")
+        before, after = standing(old, "before"), standing(old + new, "after")
 
         decisions = NextDecisions(None)
         for r in old + new:
