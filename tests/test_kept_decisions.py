@@ -325,8 +325,8 @@ def test_a_capped_group_that_gains_a_row_decides_only_that_row(tmp_path: Path, e
     every pair it is offered is refused for the cap, whatever their order, and no old row's
     first pair changes reason; the group's seven old rows keep their decisions."""
     _, settings = exported
-    a, b = _twins(tmp_path, exported, _add(_store_row("sr-hot-a9", A, "Accepted finding 9", minutes=8)))
-    kept, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
+    a, b = _twins(tmp_path, exported, CHANGES["the capped task gains an accepted row"])
+    _, redone_a, redone_b = _compare(a, b, settings, monkeypatch)
     assert redone_a == 1 and redone_b > redone_a
     assert _reasons(a)["sr-hot-a9"] == "invalid_preference_pairing"
     _compare(a, b, settings, monkeypatch)
