@@ -174,8 +174,11 @@ class KeptDecisions:
         r = self.rows
         pairing = [self.reasons.index(reason.value) for reason in _PAIRING_REASONS if reason.value in self.reasons]
         decided_by_pairing = (r["outcome"] != QUARANTINED) | np.isin(r["reason"], pairing)
-        gated = self.passed.view(np.uint64).reshape(-1, 2).any(axis=1)
-        return (r["side"] != 0) & gated & decided_by_pairing
+        return (r["side"] != 0) & self.gated() & decided_by_pairing
+
+    def gated(self) -> np.ndarray:
+        """The kept rows whose gate input passed the gates (a `passed` digest that is not zeros)."""
+        return self.passed.view(np.uint64).reshape(-1, 2).any(axis=1)
 
     def unsettled(self) -> np.ndarray:
         """The kept rows whose task must be paired again even when nothing of it changed."""

@@ -686,7 +686,7 @@ class _Pass1:
         tasks, prompts = d.task_codes(), d.prompt_codes()
         deferred = np.zeros(len(tasks), dtype=bool)
         in_grid = np.zeros(len(tasks), dtype=bool)
-        kept_in_grid = kept.in_grid()
+        kept_in_grid, kept_gated = kept.in_grid(), kept.gated()
         for rel, first, position, n in self.deferred:
             deferred[first:first + n] = True
             kept_first = kept.first_row(rel) + position
@@ -720,9 +720,9 @@ class _Pass1:
             if len(clean):
                 self.rows_kept += len(clean)
                 clean_indexes.append(first + clean)
-                clean_rows.append(kept_first + clean)
-                got = kept.passed[kept_first + clean]
-                passed.append(got[got.view(np.uint64).reshape(-1, 2).any(axis=1)])
+                kept_at = kept_first + clean
+                clean_rows.append(kept_at)
+                passed.append(kept.passed[kept_at[kept_gated[kept_at]]])
             redo = np.flatnonzero(is_dirty).tolist()
             if not redo:
                 continue
