@@ -32,12 +32,12 @@ from functools import partial
 from pathlib import Path
 
 from distill.collect_checkpoints import (
-    KEY_BYTES,
     CollectCheckpoints,
     FileCheckpoint,
     FileRecorder,
     checkpoint_basis,
     resumable,
+    split_keys,
 )
 from distill.config import Settings
 from distill.fold_cache import FoldCache
@@ -371,9 +371,9 @@ def _collect(ws: Workspace, settings: Settings, chosen: list[Source], report: St
                     writer.add(Path(path), key, line)
                 report.by_source[result.name] = result.counts
                 recorded.append(partial(list, result.checkpoints))
-                seen.update(_split_keys(result.added))
+                seen.update(split_keys(result.added))
                 if rebuilt is not None:
-                    rebuilt.backing.update(_split_keys(result.backing))
+                    rebuilt.backing.update(split_keys(result.backing))
                     rebuilt.changed += result.changed
             writer.flush()
 
@@ -488,7 +488,7 @@ class _SourceReader:
             found = book.files.get(rel) if book is not None else None
             if found is not None and recorder.resumed is None:
                 with contextlib.suppress(ValueError):
-                    out.extend(_split_keys(found.key_bytes()))
+                    out.extend(split_keys(found.key_bytes()))
         return out
 
 
@@ -566,19 +566,13 @@ def _frames(path: Path) -> Iterator[tuple[str, bytes, bytes]]:
             yield from batch
 
 
-def _split_keys(blob: bytes) -> list[bytes]:
-    if len(blob) % KEY_BYTES:
-        raise ValueError("not a whole number of keys")
-    return [blob[i:i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)]
-
-
 def _keys_disjoint(results: list[_SourceRead]) -> bool:
     """No source added a key another source added or looked up (each read saw only the keys
     collected before the run and its own): then the order they ran in changed nothing."""
     added_before: set[bytes] = set()
     for result in results:
-        mine = _split_keys(result.added)
-        if any(k in added_before for k in mine) or any(k in added_before for k in _split_keys(result.looked_up)):
+        mine = split_keys(result.added)
+        if any(k in added_before for k in mine) or any(k in added_before for k in split_keys(result.looked_up)):
             return False
         added_before.update(mine)
     return True

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.config import Settings
@@ -36,6 +37,14 @@ from distill.sources.base import JsonlStream, Source
 
 CHECKPOINT_VERSION: Literal[2] = 2  # 2: prefixes hashed with xxh3-128, not sha256
 KEY_BYTES = 16
+
+
+def split_keys(blob: bytes | bytearray) -> list[bytes]:
+    """The keys a blob of them holds, in order (numpy splits a million in ~10 ms, a slice per
+    key in Python ~0.3 s). Raises ValueError when it is not a whole number of keys."""
+    if len(blob) % KEY_BYTES:
+        raise ValueError("not a whole number of keys")
+    return np.frombuffer(blob, dtype=f"V{KEY_BYTES}").tolist()
 
 
 class FileCheckpoint(BaseModel):
@@ -210,7 +219,7 @@ class CollectCheckpoints:
         sha = hashed.hexdigest_to(path, end)  # an unterminated tail (a dry run does not repair it) is left out
         if sha is not None:
             self.next_evidence[rel] = EvidenceCheckpoint(end=end, prefix_hash=sha, keys=base64.b64encode(bytes(blob)).decode())
-        keys = [bytes(blob[i:i + KEY_BYTES]) for i in range(0, len(blob), KEY_BYTES)]
+        keys = split_keys(blob)
         if sha is not None and hashed.at == end:
             self._growing[rel] = _GrowingEvidence(hashed, blob)
         else:
@@ -237,10 +246,8 @@ class CollectCheckpoints:
         if found is not None and found.source == source:
             hashed = PrefixHash.resume(path, found.end, found.prefix_hash)
             if hashed is not None:
-                keys = memoryview(found.key_bytes())
-                if len(keys) % KEY_BYTES == 0 and all(
-                    bytes(keys[i:i + KEY_BYTES]) in seen for i in range(0, len(keys), KEY_BYTES)
-                ):
+                keys = found.key_bytes()
+                if len(keys) % KEY_BYTES == 0 and seen.issuperset(split_keys(keys)):
                     return FileRecorder(source, found, hashed)
         return FileRecorder(source, None, PrefixHash())
 

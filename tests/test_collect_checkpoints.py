@@ -15,6 +15,7 @@ import pytest
 import distill.collect as collect_module
 import distill.sources.base as source_base
 from distill.collect import run_collect
+from distill.collect_checkpoints import KEY_BYTES, split_keys
 from distill.config import load_settings
 from distill.records.stage import StageReport
 from distill.workspace import Workspace
@@ -178,3 +179,13 @@ def test_evidence_appended_by_another_writer_in_between_is_parsed_again(tmp_path
     keys = CollectCheckpoints.load(tmp_path / "book.json", "basis").evidence_keys(
         "p", part, lambda data: parsed.append(data) or _line_key(data))
     assert set(keys) == {evidence_key("old", "s-old"), evidence_key("ours", "s-ours")} and parsed == []
+
+
+def test_split_keys_gives_each_key_whole_in_order() -> None:
+    # keys that end or start in zero bytes come back whole (numpy's bytes strings would strip them)
+    keys = [bytes(KEY_BYTES), b"\x00" * 15 + b"\x01", b"\x01" + bytes(15), hashlib.md5(b"x").digest()]
+    assert split_keys(b"".join(keys)) == keys
+    assert split_keys(bytearray(b"".join(keys))) == keys
+    assert split_keys(b"") == []
+    with pytest.raises(ValueError):
+        split_keys(bytes(KEY_BYTES + 1))
