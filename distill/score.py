@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import itertools
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +54,7 @@ from distill.records.stage import StageReport, Tally
 from distill.redact import new_scanner, redact_excerpts
 from distill.score_checkpoints import (
     CATEGORY_CODES,
+    CODE_CATEGORIES,
     LINE_DIGEST,
     ExtractionEntry,
     ParentEntry,
@@ -62,7 +63,16 @@ from distill.score_checkpoints import (
     parents_digest,
     score_basis,
 )
-from distill.score_rules import SCORER_VERSION, JoinKey, ParentIndex, ParentRun, Verdict, score_evidence
+from distill.score_rules import (
+    SCORER_VERSION,
+    JoinHow,
+    JoinKey,
+    ParentIndex,
+    ParentRun,
+    Verdict,
+    joined,
+    score_evidence,
+)
 from distill.partition_pool import map_in_order
 from distill.stage import Stage, existing
 from distill.stage_workers import processes_for
@@ -226,10 +236,37 @@ def join_digest(verdict: Verdict | None) -> str:
     return xxhash.xxh3_128_hexdigest(canonical_json(value))  # 128 bits, as the scored lines' digests
 
 
+class JoinDigests:
+    """`join_digest(joined_verdict(row, parents))`, made once per (task, parent, how the parent
+    was found): a verdict is a function of those alone, and after an append on a new day the
+    ~100k extraction rows of the tasks that gained a parent (at 1M rows) are joined again to
+    learn whether their verdict changed, most of them from a few parents each. The memo is
+    emptied when it reaches `MEMO_ENTRIES`, so that it stays small whatever the workspace."""
+
+    MEMO_ENTRIES = 1 << 16
+
+    def __init__(self, parents: TaskParents) -> None:
+        self.parents = parents
+        self._memo: dict[tuple[str, str, Category, JoinHow], str] = {}
+
+    def __call__(self, row: EvidenceRecord | JoinKey) -> str:
+        index = self.parents.get(row.task_id)
+        choice = index.choose(row) if index is not None else None
+        if choice is None:
+            return join_digest(None)
+        parent, how = choice
+        key = (row.task_id, parent.run_id, parent.category, how)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self.MEMO_ENTRIES:
+                self._memo.clear()
+            found = self._memo[key] = join_digest(joined(row.task_id, parent, how))
+        return found
+
+
 def _extraction_entry(index: int, offset: int, ev: EvidenceRecord, category: str,
-                      parents: TaskParents) -> ExtractionEntry:
-    return (index, offset, ev.task_id, category, ev.parent_run_id, ev.created_at.isoformat(),
-            join_digest(joined_verdict(ev, parents)))
+                      digest_of: JoinDigests) -> ExtractionEntry:
+    return (index, offset, ev.task_id, category, ev.parent_run_id, ev.created_at.isoformat(), digest_of(ev))
 
 
 def score_one(ev: EvidenceRecord, parents: TaskParents, settings: Settings) -> ScoredRun:
@@ -300,18 +337,18 @@ def _entry(parent: ParentRun) -> ParentEntry:
 
 def _from_entry(entry: ParentEntry) -> ParentRun:
     run_id, task_id, category, created_at = entry
-    return ParentRun(run_id=run_id, task_id=task_id, category=Category(category),
-                     created_at=datetime.fromisoformat(created_at))
+    # positional, the category by lookup: ~220k entries are made at 1M rows after an append
+    return ParentRun(run_id, task_id, _CATEGORY_OF[category], datetime.fromisoformat(created_at))
 
 
-_CATEGORY_VALUES = frozenset(c.value for c in Category)
+_CATEGORY_OF = {c.value: c for c in Category}
 
 
 def _check_entries(entries: list[ParentEntry]) -> None:
     """Raise ValueError unless every entry would make a ParentRun (`_from_entry`), at a tenth of
     the cost of making them."""
     for _, _, category, created_at in entries:
-        if category not in _CATEGORY_VALUES:
+        if category not in _CATEGORY_OF:
             raise ValueError(f"not a category: {category!r}")
         datetime.fromisoformat(created_at)
 
@@ -342,8 +379,9 @@ class _Scored:
     """What scoring one partition gives the stage (made here or in a forked child)."""
 
     problems: list[str]  # its quarantine lines
-    categories: list[str]  # per scored line
-    deduped: list[bool]  # per scored line: already in the mirror file
+    # scored lines per (already in the mirror file, category), in the order first seen: counted
+    # in the partition's process, not one report bump per line in the stage's
+    outcomes: Counter[tuple[bool, str]]
     checkpoint: dict[str, Any] | None
     extraction_tasks: list[str]
     unchanged: bool = False  # the checkpoint is the saved one, byte for byte: it is kept where it is
@@ -358,6 +396,7 @@ class _PartitionScorer:
                  book: ScoreCheckpoints | None, task_digest: Callable[[str], str], *, dry_run: bool) -> None:
         self.ws, self.settings, self.parts, self.parents = ws, settings, parts, parents
         self.book, self.task_digest, self.dry_run = book, task_digest, dry_run
+        self.join_digests = JoinDigests(parents)
         self.scanner: Any = None  # made on first need, once per process
 
     def __call__(self, i: int) -> _Scored:
@@ -369,16 +408,17 @@ class _PartitionScorer:
         target = mirror_path(ws, path)
         found = book.read(part.rel) if book is not None and part.resumed else None
         cp, saved = found if found is not None else (None, None)
-        kept = cp.category_list() if cp is not None else None
-        known = cp.digests() if cp is not None and kept is not None else None
+        codes = cp.categories if cp is not None and cp.codes_valid() else None  # one per scored line
+        known = cp.digests() if cp is not None and codes is not None else None
         # line index -> (evidence offset, task) of each extraction row whose join now gives another verdict
         again = self._joins_changed(cp) if cp is not None else {}
-        if (cp is not None and kept is not None and known is not None and not again
-                and self._untouched(part, cp, kept, target)):
+        if (cp is not None and codes is not None and known is not None and not again
+                and self._untouched(part, cp, len(codes), target)):
             # pass 2 would write the mirror's own lines again, each one already there
             extraction = sorted(cp.extraction, key=lambda e: e[0])
-            return self._scored(part, kept, [True] * len(kept), extraction, cp.problems, cp.scored_sha256, known,
-                                saved=saved)
+            outcomes = Counter({(True, CODE_CATEGORIES[code]): n for code, n in Counter(codes).items()})
+            return self._scored(part, codes, outcomes, extraction, cp.problems, cp.scored_sha256, known, saved=saved)
+        kept = [CODE_CATEGORIES[code] for code in codes] if codes is not None else None
         # only newline-terminated lines count as present (a torn tail is not a scored row)
         before = None
         if cp is not None and kept is not None and known is not None and part.resumed_at is not None:
@@ -433,7 +473,7 @@ class _PartitionScorer:
                                 ev = EvidenceRecord.model_validate_json(line_at(evidence, offset))
                                 run = score_one(ev, parents, settings)
                                 line, category = dumps(run.to_json_dict()), run.category.value
-                                extraction.append(_extraction_entry(index, offset, ev, category, parents))
+                                extraction.append(_extraction_entry(index, offset, ev, category, self.join_digests))
                             emit(line, category)
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
@@ -451,12 +491,14 @@ class _PartitionScorer:
                 run = score_one(ev, parents, settings)
                 emit(dumps(run.to_json_dict()), run.category.value)
                 if ev.score_class is ScoreClass.EXTRACTION:
-                    extraction.append(_extraction_entry(len(categories) - 1, offset, ev, run.category.value, parents))
+                    extraction.append(_extraction_entry(len(categories) - 1, offset, ev, run.category.value,
+                                                          self.join_digests))
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner(None if self.dry_run else self.ws.secret_prefilter_path)
         mine = old_problems + [dumps(r.to_json_dict()).decode() for r in redact_excerpts(fresh, self.scanner)]
-        return self._scored(part, categories, deduped, extraction, mine, out.sha256.hexdigest(), bytes(line_digests))
+        return self._scored(part, "".join([CATEGORY_CODES[c] for c in categories]), Counter(zip(deduped, categories)),
+                            extraction, mine, out.sha256.hexdigest(), bytes(line_digests))
 
     def _joins_changed(self, cp: PartitionCheckpoint) -> dict[int, tuple[int, str]]:
         """The checkpoint's extraction rows whose join gives another verdict now, by line index:
@@ -474,11 +516,11 @@ class _PartitionScorer:
             except ValueError:  # not what this code writes: score the row again from its evidence
                 changed[index] = (offset, task)
                 continue
-            if join_digest(joined_verdict(key, self.parents)) != digest:
+            if self.join_digests(key) != digest:
                 changed[index] = (offset, task)
         return changed
 
-    def _untouched(self, part: _Partition, cp: PartitionCheckpoint, kept: list[str], target: Path) -> bool:
+    def _untouched(self, part: _Partition, cp: PartitionCheckpoint, lines: int, target: Path) -> bool:
         """Whether pass 2 would only copy the partition's mirror onto itself: no line was added to
         the evidence since its checkpoint, no extraction row's join changed (the caller asks
         `_joins_changed` first), and the mirror is byte for byte what the checkpoint wrote. Costs
@@ -494,23 +536,25 @@ class _PartitionScorer:
             except OSError:
                 return False
             known = (sha, lines)
-        return known == (cp.scored_sha256, len(kept))
+        return known == (cp.scored_sha256, lines)
 
-    def _scored(self, part: _Partition, categories: list[str], deduped: list[bool], extraction: list[ExtractionEntry],
-                problems: list[str], scored_sha256: str, line_digests: bytes, *, saved: bytes | None = None) -> _Scored:
-        """`saved`: the partition's checkpoint as the file holds it, when pass 2 left it untouched."""
+    def _scored(self, part: _Partition, codes: str, outcomes: Counter[tuple[bool, str]],
+                extraction: list[ExtractionEntry], problems: list[str], scored_sha256: str, line_digests: bytes, *,
+                saved: bytes | None = None) -> _Scored:
+        """`codes`: the scored lines' categories (CATEGORY_CODES); `saved`: the partition's
+        checkpoint as the file holds it, when pass 2 left it untouched."""
         checkpoint = None
         if self.book is not None and (sha := part.prefix_hash()) is not None:
             checkpoint = {
                 "end": part.progress.end, "lines": part.progress.lines, "prefix_hash": sha,
                 "scored_sha256": scored_sha256,
-                "categories": "".join(CATEGORY_CODES[c] for c in categories),
+                "categories": codes,
                 "line_digests": base64.b64encode(line_digests).decode("ascii"),
                 "problems": [line for line in problems if _problem_offset(line) < part.progress.end],
                 "parents": part.parent_entries, "extraction": extraction,
             }
         part.set_parents([])
-        return _Scored(problems=problems, categories=categories, deduped=deduped,
+        return _Scored(problems=problems, outcomes=outcomes,
                        checkpoint=checkpoint, extraction_tasks=[e[2] for e in extraction],
                        unchanged=saved is not None and checkpoint is not None and _same_json(checkpoint, saved))
 
@@ -604,8 +648,8 @@ def run_score(ws: Workspace, settings: Settings, *, dry_run: bool = False, check
             problem_lines.extend(done.problems)
             for line in done.problems:
                 tally.bump(source, "quarantined", reason=str(loads(line)["reason"]))
-            for category, seen in zip(done.categories, done.deduped, strict=True):
-                tally.bump(source, "deduped" if seen else "written", category=category)
+            tally.add(Counter({(source, "deduped" if seen else "written", None, category): n
+                               for (seen, category), n in done.outcomes.items()}))
             tally.into(report)
             if book is not None and done.checkpoint is not None:
                 joined.update(done.extraction_tasks)

@@ -82,11 +82,9 @@ class PartitionCheckpoint(BaseModel):
             return None
         return raw if len(raw) == LINE_DIGEST * len(self.categories) else None
 
-    def category_list(self) -> list[str] | None:
-        try:
-            return [CODE_CATEGORIES[c] for c in self.categories]
-        except KeyError:
-            return None
+    def codes_valid(self) -> bool:
+        """Whether every code in `categories` is one of CATEGORY_CODES'."""
+        return set(self.categories) <= CODE_CATEGORIES.keys()
 
 
 _View = TypeVar("_View", PartitionPrefix, PartitionCheckpoint)

@@ -14,6 +14,8 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from distill.config import ScoreSettings
@@ -330,7 +332,7 @@ class ParentIndex:
         # Ties on (created_at, run_id) go to the first one listed, as a scan's max() would pick it:
         # among equal keys the earliest-listed parent sorts last, where the bisect looks.
         listed = [(p.created_at, p.run_id, -n, p) for n, p in enumerate(parents) if p.category is not H]
-        self.candidates = [p for *_, p in sorted(listed, key=lambda t: t[:3])]
+        self.candidates = [p for *_, p in sorted(listed, key=itemgetter(0, 1, 2))]
         self.created = [p.created_at for p in self.candidates]
 
     def join(self, ev: EvidenceRecord | JoinKey) -> Verdict | None:
@@ -340,26 +342,39 @@ class ParentIndex:
 
         Parents without a verdict (needs_human_review) are not candidates: they have nothing to
         pass on, except that a row naming such a parent inherits its needs_human_review."""
+        choice = self.choose(ev)
+        return None if choice is None else joined(ev.task_id, *choice)
+
+    def choose(self, ev: EvidenceRecord | JoinKey) -> tuple[ParentRun, JoinHow] | None:
+        """The parent `join` passes on and how it was found: the verdict is a function of these
+        and the task alone (`joined`), so a caller joining many rows can key on them."""
         if ev.parent_run_id:
             named = self.by_run.get(ev.parent_run_id)
             if named is not None:
-                return Verdict(
-                    named.category,
-                    (f"inherits {named.category.value} from named parent {named.run_id} (task {ev.task_id})",),
-                    named.run_id,
-                )
+                return named, JoinHow.NAMED
         if not self.candidates:
             return None
         earlier = bisect.bisect_right(self.created, ev.created_at)
         if earlier:
-            parent, how = self.candidates[earlier - 1], "latest parent created at or before this row"
-        else:
-            parent, how = self.candidates[-1], "latest parent (none precedes this row)"
-        return Verdict(
-            parent.category,
-            (f"inherits {parent.category.value} from parent {parent.run_id} (task {ev.task_id}; {how})",),
-            parent.run_id,
-        )
+            return self.candidates[earlier - 1], JoinHow.EARLIER
+        return self.candidates[-1], JoinHow.LATEST
+
+
+class JoinHow(Enum):
+    """How `ParentIndex.choose` found a row's parent."""
+
+    NAMED = "named"
+    EARLIER = "latest parent created at or before this row"
+    LATEST = "latest parent (none precedes this row)"
+
+
+def joined(task_id: str, parent: ParentRun, how: JoinHow) -> Verdict:
+    """The verdict a class C row of `task_id` inherits from `parent`, found as `how` says."""
+    if how is JoinHow.NAMED:
+        reason = f"inherits {parent.category.value} from named parent {parent.run_id} (task {task_id})"
+    else:
+        reason = f"inherits {parent.category.value} from parent {parent.run_id} (task {task_id}; {how.value})"
+    return Verdict(parent.category, (reason,), parent.run_id)
 
 
 def join_extraction(ev: EvidenceRecord, parents: Sequence[ParentRun]) -> Verdict | None:

@@ -180,7 +180,8 @@ def test_a_late_verdict_re_scores_only_the_rows_whose_join_it_changes(
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["evidence_edited", "scored_tampered", "scored_deleted", "setting_changed",
                                     "junk_checkpoint", "parent_category_unknown", "parent_date_not_iso",
-                                    "line_digests_not_base64", "scored_sha256_not_a_string"])
+                                    "line_digests_not_base64", "scored_sha256_not_a_string",
+                                    "category_code_unknown"])
 def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
     change: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +245,18 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
             ws.score_checkpoint_path.write_bytes(b"".join(lines))
             edited.append(ws.evidence_dir / orjson.loads(head))
 
+        elif change == "category_code_unknown" and ws.score_checkpoint_path.exists():
+            # one scored line's category code not one of CATEGORY_CODES: that partition scored again
+            lines = ws.score_checkpoint_path.read_bytes().splitlines(keepends=True)
+            at = max(range(len(lines)), key=lambda k: lines[k].count(b'"],["'))
+            head, _, body = (unsealed(lines[at]) or b"").partition(b"\t")
+            old = b'"categories":"' + orjson.loads(body)["categories"].encode() + b'"'
+            new = old[:-2] + b'z"'
+            assert body.count(old) == 1
+            lines[at] = sealed(head + b"\t" + body.replace(old, new))
+            ws.score_checkpoint_path.write_bytes(b"".join(lines))
+            edited.append(ws.evidence_dir / orjson.loads(head))
+
     a, b = _twins(tmp_path, small, apply)
     scored = Calls(monkeypatch, score_module, "score_one")
     resumed = _score(a)
@@ -255,7 +268,7 @@ def test_a_checkpoint_that_no_longer_holds_means_a_full_pass(
         assert redone < ROWS
     elif change == "line_digests_not_base64":
         assert 0 < redone < ROWS // 10  # the appended rows alone: the checkpoint still held
-    elif change.startswith("parent_") or change == "scored_sha256_not_a_string":
+    elif change.startswith("parent_") or change in ("scored_sha256_not_a_string", "category_code_unknown"):
         # against the same append without the edit: that partition's old rows are scored again too
         plain, _ = _twins(tmp_path / "plain", small, lambda ws: _grow(ws, grown))
         scored.rows = 0

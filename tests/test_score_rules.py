@@ -6,12 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distill.config import ScoreSettings
 from distill.records import Category, EvidenceRecord, ModelRole, Provenance, ScoreClass
+from distill.score import JoinDigests, TaskParents, join_digest, joined_verdict
+from distill.score_checkpoints import ParentEntry
 from distill.score_rules import (
     EXTRACTION_REASON,
     SCORER_VERSION,
+    JoinKey,
     ParentRun,
     Verdict,
     join_extraction,
@@ -313,3 +318,45 @@ def test_join_skips_parents_without_a_verdict() -> None:
 def test_join_is_order_independent() -> None:
     tie = [ParentRun("x:b", "task-1", A, T0), ParentRun("x:a", "task-1", R, T0)]
     assert join_extraction(_child(), tie) == join_extraction(_child(), list(reversed(tie)))
+
+
+def test_join_reasons_name_the_parent_and_how_it_was_found() -> None:
+    """The reason is part of every scored line: its words are pinned here."""
+    named = join_extraction(_child("scrum_reviews:a"), PARENTS)
+    earlier = join_extraction(_child(), PARENTS)
+    latest = join_extraction(_child(at=T0 - timedelta(days=30)), PARENTS)
+    assert named is not None and named.reasons == (
+        "inherits rejected from named parent scrum_reviews:a (task task-1)",)
+    assert earlier is not None and earlier.reasons == (
+        "inherits accepted from parent scrum_reviews:b (task task-1; latest parent created at or before this row)",)
+    assert latest is not None and latest.reasons == (
+        "inherits partially_accepted from parent scrum_reviews:c (task task-1; latest parent (none precedes this row))",)
+
+
+_RUNS = st.sampled_from(["s:a", "s:b", "s:c", "s:d"])
+_TASKS = st.sampled_from(["task-1", "task-2", "task-3"])
+_DAYS = st.integers(min_value=-3, max_value=3).map(lambda d: T0 + timedelta(days=d))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parents=st.lists(st.builds(ParentRun, _RUNS, _TASKS, st.sampled_from([A, P, R, H]), _DAYS), max_size=8),
+    rows=st.lists(st.builds(JoinKey, _TASKS, st.none() | _RUNS | st.just("s:missing"), _DAYS), min_size=1,
+                  max_size=12),
+    memo_entries=st.integers(min_value=1, max_value=4),
+)
+def test_join_digests_equal_each_row_joined_on_its_own(parents: list[ParentRun], rows: list[JoinKey],
+                                                       memo_entries: int) -> None:
+    """The memo keyed by (task, parent, how) gives every row the digest of its own join, also
+    across the memo being emptied (a small MEMO_ENTRIES here)."""
+    by_task: dict[str, list[ParentRun | None]] = {}
+    entries: dict[str, list[ParentEntry]] = {}
+    for p in parents:
+        by_task.setdefault(p.task_id, []).append(p)
+        entries.setdefault(p.task_id, []).append((p.run_id, p.task_id, p.category.value, p.created_at.isoformat()))
+    task_parents = TaskParents(by_task, entries)
+    digests = JoinDigests(task_parents)
+    digests.MEMO_ENTRIES = memo_entries
+    for row in rows + rows:
+        assert digests(row) == join_digest(joined_verdict(row, task_parents))
+        assert len(digests._memo) <= memo_entries
