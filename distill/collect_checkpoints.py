@@ -40,8 +40,8 @@ KEY_BYTES = 16
 
 
 def split_keys(blob: bytes | bytearray) -> list[bytes]:
-    """The keys a blob of them holds, in order (numpy splits a million in ~10 ms, a slice per
-    key in Python ~0.3 s). Raises ValueError when it is not a whole number of keys."""
+    """The keys a blob of them holds, in order (made by numpy: a million in ~0.06 s CPU against
+    0.1-0.2 s for a slice per key, by hand). Raises ValueError when it is not a whole number of keys."""
     if len(blob) % KEY_BYTES:
         raise ValueError("not a whole number of keys")
     return np.frombuffer(blob, dtype=f"V{KEY_BYTES}").tolist()
