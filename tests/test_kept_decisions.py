@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import distill.export.preference as preference_module
@@ -547,7 +547,9 @@ def test_force_deletes_the_kept_decisions() -> None:
 def _closure(rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]],
              seed_tasks: set[int], seed_questions: set[int], pairable: set[int], alone: set[int]) -> set[int]:
     """The dirty rows by a plain graph walk over (task, prompt, asks) rows; only a `pairable`
-    question joins the rows that ask it; a row in `alone` is dirty without its group."""
+    question joins the rows that ask it; a row in `alone` is dirty without its group until a dirty
+    question reaches it (its own included): then its group is, as a group a new row's question
+    reaches is paired whole."""
     rows = [(t, p, asks and p in pairable) for t, p, asks in rows]
     groups = {g for g in seed_groups if g[0] != NONE}
     whole = (set(seed_tasks) | {t for t, _ in groups if t not in capped}) - {NONE}
@@ -563,7 +565,12 @@ def _closure(rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: s
     while changed:
         changed = False
         for i, (t, p, asks) in enumerate(rows):
-            if t == NONE or i in dirty:
+            if t == NONE:
+                continue
+            if i in dirty:
+                if asks and p in asked and (t, p) not in groups:  # an `alone` row a question reaches
+                    groups.add((t, p))
+                    changed = True
                 continue
             if (t, p) in groups or t in whole or (asks and p in asked):
                 dirty.add(i)
@@ -584,6 +591,9 @@ _ROWS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.booleans()),
 @given(_ROWS, st.sets(st.integers(0, 6), max_size=7), st.sets(st.tuples(st.integers(-1, 6), st.integers(0, 5)), max_size=4),
        st.sets(st.integers(-1, 6), max_size=2), st.sets(st.integers(-1, 5), max_size=3),
        st.none() | st.sets(st.integers(0, 5)), st.sets(st.integers(0, 39), max_size=4))
+# a row decided alone that asks its own pairable question: its group is paired whole
+@example(rows=[(0, 0, True), (0, 0, False)], capped={0}, seed_groups=set(), seed_tasks=set(), seed_questions=set(),
+         pairable=None, alone={0})
 def test_dirty_rows_are_the_closure_over_groups_capped_tasks_and_questions(
         rows: list[tuple[int, int, bool]], capped: set[int], seed_groups: set[tuple[int, int]], seed_tasks: set[int],
         seed_questions: set[int], pairable: set[int] | None, alone: set[int]) -> None:
