@@ -28,12 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import xxhash
 
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
-from distill.hashing import PrefixHash, canonical_json, line_digest, split_digests
+from distill.hashing import PrefixHash, line_digest, split_digests
 from distill.jsonl import (
     READ_CHUNK,
     HeldWrites,
@@ -57,6 +56,7 @@ from distill.score_checkpoints import (
     CODE_CATEGORIES,
     LINE_DIGEST,
     ExtractionEntry,
+    JoinChoice,
     ParentEntry,
     PartitionCheckpoint,
     ScoreCheckpoints,
@@ -65,12 +65,10 @@ from distill.score_checkpoints import (
 )
 from distill.score_rules import (
     SCORER_VERSION,
-    JoinHow,
     JoinKey,
     ParentIndex,
     ParentRun,
     Verdict,
-    joined,
     score_evidence,
 )
 from distill.partition_pool import map_in_order
@@ -229,45 +227,22 @@ def joined_verdict(row: EvidenceRecord | JoinKey, parents: TaskParents) -> Verdi
     return index.join(row) if index is not None else None
 
 
-def join_digest(verdict: Verdict | None) -> str:
-    """What a checkpoint remembers of a class C row's join: equal digests, equal scored lines
-    (the rest of the line is a function of the unchanged evidence row)."""
-    value = None if verdict is None else [verdict.category.value, list(verdict.reasons), verdict.parent_run_id]
-    return xxhash.xxh3_128_hexdigest(canonical_json(value))  # 128 bits, as the scored lines' digests
-
-
-class JoinDigests:
-    """`join_digest(joined_verdict(row, parents))`, made once per (task, parent, how the parent
-    was found): a verdict is a function of those alone. After an append on a new day the ~100k
-    extraction rows of the tasks that gained a parent (at 1M rows) are joined again to learn
-    whether their verdict changed; ~37 % of those joins repeat an earlier row's key (by hand),
-    and skip the Verdict and its canonical JSON. The memo is emptied when it reaches
-    `MEMO_ENTRIES`, so that it stays small whatever the workspace."""
-
-    MEMO_ENTRIES = 1 << 16
-
-    def __init__(self, parents: TaskParents) -> None:
-        self.parents = parents
-        self._memo: dict[tuple[str, str, Category, JoinHow], str] = {}
-
-    def __call__(self, row: EvidenceRecord | JoinKey) -> str:
-        index = self.parents.get(row.task_id)
-        choice = index.choose(row) if index is not None else None
-        if choice is None:
-            return join_digest(None)
-        parent, how = choice
-        key = (row.task_id, parent.run_id, parent.category, how)
-        found = self._memo.get(key)
-        if found is None:
-            if len(self._memo) >= self.MEMO_ENTRIES:
-                self._memo.clear()
-            found = self._memo[key] = join_digest(joined(row.task_id, parent, how))
-        return found
+def join_choice(row: EvidenceRecord | JoinKey, parents: TaskParents) -> JoinChoice | None:
+    """What a checkpoint remembers of a class C row's join: the parent it chose and how, which
+    with the row's task make the whole inherited verdict (`joined`). Equal choices, equal scored
+    lines (the rest of the line is a function of the unchanged evidence row); a row re-joined
+    after its task's parents changed is compared this way, without making its Verdict."""
+    index = parents.get(row.task_id)
+    choice = index.choose(row) if index is not None else None
+    if choice is None:
+        return None
+    parent, how = choice
+    return (parent.run_id, parent.category.value, how.name)
 
 
 def _extraction_entry(index: int, offset: int, ev: EvidenceRecord, category: str,
-                      digest_of: JoinDigests) -> ExtractionEntry:
-    return (index, offset, ev.task_id, category, ev.parent_run_id, ev.created_at.isoformat(), digest_of(ev))
+                      parents: TaskParents) -> ExtractionEntry:
+    return (index, offset, ev.task_id, category, ev.parent_run_id, ev.created_at.isoformat(), join_choice(ev, parents))
 
 
 def score_one(ev: EvidenceRecord, parents: TaskParents, settings: Settings) -> ScoredRun:
@@ -397,7 +372,6 @@ class _PartitionScorer:
                  book: ScoreCheckpoints | None, task_digest: Callable[[str], str], *, dry_run: bool) -> None:
         self.ws, self.settings, self.parts, self.parents = ws, settings, parts, parents
         self.book, self.task_digest, self.dry_run = book, task_digest, dry_run
-        self.join_digests = JoinDigests(parents)
         self.scanner: Any = None  # made on first need, once per process
 
     def __call__(self, i: int) -> _Scored:
@@ -474,7 +448,7 @@ class _PartitionScorer:
                                 ev = EvidenceRecord.model_validate_json(line_at(evidence, offset))
                                 run = score_one(ev, parents, settings)
                                 line, category = dumps(run.to_json_dict()), run.category.value
-                                extraction.append(_extraction_entry(index, offset, ev, category, self.join_digests))
+                                extraction.append(_extraction_entry(index, offset, ev, category, self.parents))
                             emit(line, category)
                 extraction.sort(key=lambda e: e[0])
                 old_problems, fresh = cp.problems, part.new_problems
@@ -493,7 +467,7 @@ class _PartitionScorer:
                 emit(dumps(run.to_json_dict()), run.category.value)
                 if ev.score_class is ScoreClass.EXTRACTION:
                     extraction.append(_extraction_entry(len(categories) - 1, offset, ev, run.category.value,
-                                                          self.join_digests))
+                                                          self.parents))
         # the partition's quarantine rows: the prefix's as written, the new ones redacted now
         if any(r.excerpt for r in fresh) and self.scanner is None:
             self.scanner = new_scanner(None if self.dry_run else self.ws.secret_prefilter_path)
@@ -504,12 +478,13 @@ class _PartitionScorer:
     def _joins_changed(self, cp: PartitionCheckpoint) -> dict[int, tuple[int, str]]:
         """The checkpoint's extraction rows whose join gives another verdict now, by line index:
         only a row of a task whose parent list changed is joined again (from its entry, without
-        reading its evidence line), and only one whose verdict differs is scored again."""
+        reading its evidence line), and only one whose join chooses another parent, or finds it
+        another way, is scored again (`join_choice`: its verdict differs exactly then)."""
         book = self.book
         if book is None:
             return {}
         changed: dict[int, tuple[int, str]] = {}
-        for index, offset, task, _, named, created_at, digest in cp.extraction:
+        for index, offset, task, _, named, created_at, chosen in cp.extraction:
             if self.task_digest(task) == book.task_parents.get(task):
                 continue
             try:
@@ -517,7 +492,7 @@ class _PartitionScorer:
             except ValueError:  # not what this code writes: score the row again from its evidence
                 changed[index] = (offset, task)
                 continue
-            if self.join_digests(key) != digest:
+            if join_choice(key, self.parents) != chosen:
                 changed[index] = (offset, task)
         return changed
 

@@ -6,14 +6,15 @@ Per partition: the length and hash of its whole-line prefix, the sha256 of the s
 file as written, the category and the xxh3-128 of every scored line (a grown partition's mirror
 is then hashed whole but not read line by line), the quarantine rows of its bad lines, the
 verdict-bearing parents it contributes (pass 1) and, for every extraction (class C) row, where it
-is, what its join reads (task, named parent, created_at) and a digest of the verdict the join
-gave. A run trusts a partition's checkpoint only when the `distill` code, the [score] settings
+is, what its join reads (task, named parent, created_at) and the parent the join chose and how
+(the verdict is a function of those and the task alone). A run trusts a partition's checkpoint only when the `distill` code, the [score] settings
 and the format are unchanged (one basis for the file) and the evidence file still starts with
 exactly those bytes; the scored lines are reused only when the mirror file is also byte for byte
 what was written. When the digest of a task's parent list differs from the one its rows were
 scored with, each of its extraction rows is joined again from its entry, and re-scored (its
-evidence line parsed, its scored line rewritten) only when the verdict differs: a late verdict
-for a task re-scores the rows it now passes its category to, not every row of the task.
+evidence line parsed, its scored line rewritten) only when the join chooses another parent, or
+the same one otherwise: a late verdict for a task re-scores the rows it now passes its category
+to, not every row of the task.
 Anything else is scored from the start, and `distill run --force` ignores the checkpoints.
 """
 
@@ -30,14 +31,18 @@ from distill.config import Settings
 from distill.hashing import PrefixHash, WholeFileDigests, WholeFileSha256, canonical_json, sha256_hex
 from distill.receipts import code_fingerprint
 
-CHECKPOINT_VERSION: Literal[4] = 4
-# 2: prefixes hashed with xxh3-128, not sha256; 3: the scored lines' digests; 4: extraction rows' join keys
+CHECKPOINT_VERSION: Literal[5] = 5
+# 2: prefixes hashed with xxh3-128, not sha256; 3: the scored lines' digests; 4: extraction rows' join keys;
+# 5: each extraction row's join choice instead of a digest of its verdict
 
 ParentEntry = tuple[str, str, str, str]
 """(run_id, task_id, category, created_at ISO) of a verdict-bearing parent, in evidence order."""
-ExtractionEntry = tuple[int, int, str, str, str | None, str, str]
+JoinChoice = tuple[str, str, str]
+"""(run_id, category, JoinHow name) of the parent a class C row's join chose: with the row's task,
+all its inherited verdict is made of (score_rules.joined), so equal choices, equal scored lines."""
+ExtractionEntry = tuple[int, int, str, str, str | None, str, JoinChoice | None]
 """(index of its scored line, byte offset of its evidence line, task_id, category, parent_run_id,
-created_at ISO, digest of its join's verdict: distill.score.join_digest) of a class C row."""
+created_at ISO, its join's choice or None: distill.score.join_choice) of a class C row."""
 LINE_DIGEST = 16  # bytes of a scored line's digest (xxh3-128)
 CATEGORY_CODES = {"accepted": "a", "partially_accepted": "p", "rejected": "r", "needs_human_review": "h"}
 CODE_CATEGORIES = {code: category for category, code in CATEGORY_CODES.items()}
@@ -93,7 +98,7 @@ _View = TypeVar("_View", PartitionPrefix, PartitionCheckpoint)
 class _Header(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[4]
+    version: Literal[5]
     basis: str
     task_parents: dict[str, str] = Field(description="digest of each joined task's parent list when last scored")
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from distill.config import ScoreSettings
 from distill.records import Category, EvidenceRecord, ModelRole, Provenance, ScoreClass
-from distill.score import JoinDigests, TaskParents, join_digest, joined_verdict
-from distill.score_checkpoints import ParentEntry
+from distill.jsonl import dumps
+from distill.score import TaskParents, join_choice, joined_verdict
+from distill.score_checkpoints import ParentEntry, PartitionCheckpoint
 from distill.score_rules import (
     EXTRACTION_REASON,
     SCORER_VERSION,
@@ -338,25 +339,34 @@ _TASKS = st.sampled_from(["task-1", "task-2", "task-3"])
 _DAYS = st.integers(min_value=-3, max_value=3).map(lambda d: T0 + timedelta(days=d))
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    parents=st.lists(st.builds(ParentRun, _RUNS, _TASKS, st.sampled_from([A, P, R, H]), _DAYS), max_size=8),
-    rows=st.lists(st.builds(JoinKey, _TASKS, st.none() | _RUNS | st.just("s:missing"), _DAYS), min_size=1,
-                  max_size=12),
-    memo_entries=st.integers(min_value=1, max_value=4),
-)
-def test_join_digests_equal_each_row_joined_on_its_own(parents: list[ParentRun], rows: list[JoinKey],
-                                                       memo_entries: int) -> None:
-    """The memo keyed by (task, parent, how) gives every row the digest of its own join, also
-    across the memo being emptied (a small MEMO_ENTRIES here)."""
+def _task_parents(parents: list[ParentRun]) -> TaskParents:
     by_task: dict[str, list[ParentRun | None]] = {}
     entries: dict[str, list[ParentEntry]] = {}
     for p in parents:
         by_task.setdefault(p.task_id, []).append(p)
         entries.setdefault(p.task_id, []).append((p.run_id, p.task_id, p.category.value, p.created_at.isoformat()))
-    task_parents = TaskParents(by_task, entries)
-    digests = JoinDigests(task_parents)
-    digests.MEMO_ENTRIES = memo_entries
-    for row in rows + rows:
-        assert digests(row) == join_digest(joined_verdict(row, task_parents))
-        assert len(digests._memo) <= memo_entries
+    return TaskParents(by_task, entries)
+
+
+_PARENTS = st.lists(st.builds(ParentRun, _RUNS, _TASKS, st.sampled_from([A, P, R, H]), _DAYS), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_PARENTS, after=_PARENTS,
+       rows=st.lists(st.builds(JoinKey, _TASKS, st.none() | _RUNS | st.just("s:missing"), _DAYS), min_size=1,
+                     max_size=12))
+def test_join_choice_changes_exactly_when_the_verdict_does(before: list[ParentRun], after: list[ParentRun],
+                                                           rows: list[JoinKey]) -> None:
+    """A checkpoint keeps each class C row's join choice, and a row whose task's parents changed is
+    scored again only when its choice differs: that must be exactly when its verdict differs
+    (any parents before and after, named, missing and unnamed parents, any dates), also after the
+    choice went through the checkpoint's JSON."""
+    old, new = _task_parents(before), _task_parents(after)
+    for row in rows:
+        kept = PartitionCheckpoint.model_validate_json(dumps({
+            "end": 0, "lines": 1, "prefix_hash": "", "scored_sha256": "", "categories": "h",
+            "extraction": [[0, 0, row.task_id, "needs_human_review", row.parent_run_id, row.created_at.isoformat(),
+                            join_choice(row, old)]]})).extraction[0][-1]
+        assert kept == join_choice(row, old)
+        assert (join_choice(row, new) == kept) == (joined_verdict(row, new) == joined_verdict(row, old))
+        assert (kept is None) == (joined_verdict(row, old) is None)
