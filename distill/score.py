@@ -28,7 +28,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-
 from distill import __version__
 from distill.config import Settings
 from distill.fold_cache import FoldCache
@@ -229,7 +228,7 @@ def joined_verdict(row: EvidenceRecord | JoinKey, parents: TaskParents) -> Verdi
 
 def join_choice(row: EvidenceRecord | JoinKey, parents: TaskParents) -> JoinChoice | None:
     """What a checkpoint remembers of a class C row's join: the parent it chose and how, which
-    with the row's task make the whole inherited verdict (`joined`). Equal choices, equal scored
+    with the row's task make the whole inherited verdict (`score_rules.joined`). Equal choices, equal scored
     lines (the rest of the line is a function of the unchanged evidence row); a row re-joined
     after its task's parents changed is compared this way, without making its Verdict."""
     index = parents.get(row.task_id)
