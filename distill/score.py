@@ -228,9 +228,9 @@ def joined_verdict(row: EvidenceRecord | JoinKey, parents: TaskParents) -> Verdi
 
 def join_choice(row: EvidenceRecord | JoinKey, parents: TaskParents) -> JoinChoice | None:
     """What a checkpoint remembers of a class C row's join: the parent it chose and how, which
-    with the row's task make the whole inherited verdict (`score_rules.joined`). Equal choices, equal scored
-    lines (the rest of the line is a function of the unchanged evidence row); a row re-joined
-    after its task's parents changed is compared this way, without making its Verdict."""
+    with the row's task make the whole inherited verdict (`score_rules.joined`). Equal choices,
+    equal scored lines (the rest of the line is a function of the unchanged evidence row); a row
+    re-joined after its task's parents changed is compared this way, without making its Verdict."""
     index = parents.get(row.task_id)
     choice = index.choose(row) if index is not None else None
     if choice is None:

@@ -7,14 +7,14 @@ file as written, the category and the xxh3-128 of every scored line (a grown par
 is then hashed whole but not read line by line), the quarantine rows of its bad lines, the
 verdict-bearing parents it contributes (pass 1) and, for every extraction (class C) row, where it
 is, what its join reads (task, named parent, created_at) and the parent the join chose and how
-(the verdict is a function of those and the task alone). A run trusts a partition's checkpoint only when the `distill` code, the [score] settings
-and the format are unchanged (one basis for the file) and the evidence file still starts with
-exactly those bytes; the scored lines are reused only when the mirror file is also byte for byte
-what was written. When the digest of a task's parent list differs from the one its rows were
-scored with, each of its extraction rows is joined again from its entry, and re-scored (its
-evidence line parsed, its scored line rewritten) only when the join chooses another parent, or
-the same one otherwise: a late verdict for a task re-scores the rows it now passes its category
-to, not every row of the task.
+(the verdict is a function of those and the task alone). A run trusts a partition's checkpoint
+only when the `distill` code, the [score] settings and the format are unchanged (one basis for
+the file) and the evidence file still starts with exactly those bytes; the scored lines are
+reused only when the mirror file is also byte for byte what was written. When the digest of a
+task's parent list differs from the one its rows were scored with, each of its extraction rows
+is joined again from its entry, and re-scored (its evidence line parsed, its scored line
+rewritten) only when the join chooses another parent, or finds the same one another way: a late
+verdict for a task re-scores the rows it now passes its category to, not every row of the task.
 Anything else is scored from the start, and `distill run --force` ignores the checkpoints.
 """
 
