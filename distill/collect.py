@@ -305,11 +305,13 @@ def run_collect(
             report.notes.append(f"{EVIDENCE_NOTE}collected again: distill, [collect] or [[sources]] changed since, or --force")
         else:
             rebuilt = None
-        _collect(ws, settings, chosen, report, dry_run=dry_run,
-                 book=(CollectCheckpoints.load(ws.collect_checkpoint_path, basis,
-                                               known=saved_whole_file_digests(ws))
-                       if checkpoints and not rebuild else None),
-                 rebuilt=rebuilt)
+        # a rebuild reads every line under the new basis: it starts an empty book and records
+        # what it read, so the run after it reads only what is appended since (without one it
+        # read every source again: after each upgrade of distill, two runs paid a full read)
+        book = ((CollectCheckpoints(basis) if rebuild
+                 else CollectCheckpoints.load(ws.collect_checkpoint_path, basis, known=saved_whole_file_digests(ws)))
+                if checkpoints else None)
+        _collect(ws, settings, chosen, report, dry_run=dry_run, book=book, rebuilt=rebuilt)
         if rebuilt is not None:
             fates = rebuilt.merge(ws.evidence_dir, turned_off(settings))
             if fates["kept"]:

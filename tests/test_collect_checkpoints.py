@@ -142,6 +142,41 @@ def test_run_force_reads_everything_again(tmp_path: Path, generated: tuple[Path,
     assert converted.rows > ROWS * 0.9
 
 
+@pytest.mark.parametrize("rebuilt_by", ["setting_changed", "force"])
+def test_the_collect_after_a_rebuild_reads_only_what_was_appended(
+    rebuilt_by: str, tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild (the rules changed, distill was upgraded, or --force) reads every line and leaves
+    checkpoints, so the next collect after an append reads only the appended lines and still
+    matches a full read. (Found with a sampling profile: the run after a rebuild read every
+    source again, at 300,000 rows 8.7 s of collect instead of 0.9 s.)"""
+    small, grown = generated
+
+    def rebuild(ws: Workspace) -> None:
+        if rebuilt_by == "setting_changed":
+            (ws.root / "distill.toml").write_text("[collect]\nmax_line_bytes = 4000\n")
+        else:  # what `distill run --force` removes before collect runs
+            ws.collect_checkpoint_path.unlink(missing_ok=True)
+            ws.evidence_basis_path.unlink()
+
+    a, b = _twins(tmp_path, small, rebuild)
+    converted = Calls(monkeypatch, source_base, "convert_row")
+    rebuilt = _collect(a)
+    assert any("collected again" in note for note in rebuilt.notes)
+    assert converted.rows > ROWS * 0.9 and a.collect_checkpoint_path.is_file()
+    assert _state(a, rebuilt) == _state(b, _collect(b))
+    for ws in (a, b):
+        _grow(ws, grown, HOSTILE_TAIL)
+    b.collect_checkpoint_path.unlink()
+    converted.rows = 0
+    resumed = _collect(a)
+    assert 0 < converted.rows <= ROWS // 50 + 3  # the appended rows (and the hostile ones), nothing before them
+    full = _collect(b)
+    assert converted.rows > ROWS * 0.9
+    assert _state(a, resumed) == _state(b, full)
+    assert not any("collected again" in note for note in resumed.notes)
+
+
 def test_evidence_appended_by_another_writer_in_between_is_parsed_again(tmp_path: Path) -> None:
     """The key checkpoint of an evidence file covers the lines this run appended because it hashes
     them as written; a line another writer slipped in between makes the next run's prefix check

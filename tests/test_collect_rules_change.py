@@ -135,6 +135,29 @@ def test_rows_whose_source_lines_are_gone_are_kept_as_they_were(tmp_path: Path) 
     assert day1 == ["bot:r0", "bot:r1", "bot:r2", "bot:r3", "bot:r4"]
 
 
+def test_an_append_after_a_rebuild_that_kept_rows_is_collected_as_by_a_full_read(tmp_path: Path) -> None:
+    """A rebuild leaves checkpoints for the next collect; where it kept old rows ahead of the ones it
+    wrote, an evidence file's checkpoint no longer matches its prefix and the file is read whole:
+    either way the next collect gives what one without checkpoints gives."""
+    import shutil
+
+    root, twin = tmp_path / "ws", tmp_path / "twin"
+    _workspace(root, _rows(5))
+    _collect(root)
+    _write(root / "_kb" / "bot.jsonl", _rows(2, start=3) + _rows(2, start=5, day=2))  # r0-r2 rotated away
+    _configure(root, text="output")
+    assert any("evidence: 3 rows kept" in note for note in _collect(root).notes)
+    assert Workspace(root).collect_checkpoint_path.is_file()
+    shutil.copytree(root, twin)
+    Workspace(twin).collect_checkpoint_path.unlink()
+    for ws in (root, twin):
+        with open(ws / "_kb" / "bot.jsonl", "a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in _rows(2, start=7, day=1)))
+    resumed, full = _collect(root), _collect(twin)
+    assert resumed.model_dump(exclude={"inputs", "outputs"}) == full.model_dump(exclude={"inputs", "outputs"})
+    assert _tree(root) == _tree(twin) and (resumed.totals.written, resumed.totals.deduped) == (2, 4)
+
+
 def test_unchanged_rules_append_and_force_rebuilds_to_the_same_bytes(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     _workspace(root, _rows(3))
