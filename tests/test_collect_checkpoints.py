@@ -189,7 +189,6 @@ def test_evidence_appended_by_another_writer_in_between_is_parsed_again(tmp_path
     them as written; a line another writer slipped in between makes the next run's prefix check
     fail, so that line's key is found by parsing, never lost."""
     from distill.collect import _line_key, evidence_key
-    from distill.collect_checkpoints import CollectCheckpoints
 
     def line(run_id: str) -> bytes:
         return b'{"run_id": "%s", "provenance": {"sig_hash": "s-%s"}}' % (run_id.encode(), run_id.encode())

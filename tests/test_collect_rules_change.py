@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,6 @@ def test_an_append_after_a_rebuild_that_kept_rows_is_collected_as_by_a_full_read
     """A rebuild leaves checkpoints for the next collect; where it kept old rows ahead of the ones it
     wrote, an evidence file's checkpoint no longer matches its prefix and the file is read whole:
     either way the next collect gives what one without checkpoints gives."""
-    import shutil
-
     root, twin = tmp_path / "ws", tmp_path / "twin"
     _workspace(root, _rows(5))
     _collect(root)
