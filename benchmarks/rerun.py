@@ -120,14 +120,15 @@ def brief(measured: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in measured.items() if k != "counters"}
 
 
-def run_with_rusage(root: Path, jobs: int | None = None, pythonpath: Path | None = None) -> dict[str, Any]:
+def run_with_rusage(root: Path, jobs: int | None = None, pythonpath: Path | None = None,
+                    extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """timed_run with its CPU time taken from RUSAGE_CHILDREN before and after (a run's worker
     processes are its children, waited for, so they count; peak RSS: the largest process so far;
     written: what its processes wrote to files, also a count that does not drift with the machine)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = timed_run(root, jobs=jobs, pythonpath=pythonpath)
+    r = timed_run(root, *extra, jobs=jobs, pythonpath=pythonpath)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     r["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
     r["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # the largest child so far (Linux: KiB)

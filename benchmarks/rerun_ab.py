@@ -12,6 +12,10 @@ each on a fresh copy of its revision's workspace, its CPU seconds taken from the
 The copy's saved file digests are carried over to the copied files (`carry_digests`), so that a
 run finds what a periodic run in place finds (they were not carried before: every copy's run
 re-hashed every file, ~3 % of a +1 % run at 100,000 rows, for both revisions alike).
+With `--rebuild-first` each revision's workspace is run once more with `--force` before the
+streams grow (every cache removed, the evidence collected again: what the first run after an
+upgrade of distill or a changed [collect] rule does), so the +1 % runs measure the run after a
+rebuild.
 Reported: per revision the median CPU, wall and per-stage wall seconds; head/base of the medians
 and the range of the per-pair ratios; and whether both revisions left identical exports.
 Results: benchmarks/results/<name>.json and .md (default rerun_ab_<rows>). Both revisions run in
@@ -78,12 +82,17 @@ def _revision(spec: str | None, tmp: Path, side: str) -> Revision:
     return Revision(commit, tree, commit)
 
 
-def _build(rev: Revision, base_kb: Path, grown_kb: Path, tmp: Path, jobs: int | None, side: str) -> None:
-    """The full run with this revision's code, then the grown streams in place: its snapshot."""
+def _build(rev: Revision, base_kb: Path, grown_kb: Path, tmp: Path, jobs: int | None, side: str,
+           rebuild_first: bool = False) -> None:
+    """The full run with this revision's code (and a `--force` run after it), then the grown
+    streams in place: its snapshot."""
     ws = tmp / f"ws-{side}"
     shutil.copytree(base_kb, ws / "_kb")
     full = run_with_rusage(ws, jobs, pythonpath=rev.tree)
     log(f"{rev.label}: full run {full['cpu_s']} s CPU, exit {full['exit_code']}")
+    if rebuild_first:
+        forced = run_with_rusage(ws, jobs, pythonpath=rev.tree, extra=("--force",))
+        log(f"{rev.label}: --force run {forced['cpu_s']} s CPU, exit {forced['exit_code']}")
     for src in grown_kb.glob("*.jsonl"):
         shutil.copyfile(src, ws / "_kb" / src.name)  # prefix-stable: the same rows plus 1 %
     rev.snapshot = ws
@@ -177,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--appended-on-new-day", action="store_true",
                     help="the appended rows' ISO timestamps all on 2026-12-01, after every date of the workspace "
                          "(as benchmarks/rerun.py --appended-on-new-day): new partitions instead of grown ones")
+    ap.add_argument("--rebuild-first", action="store_true",
+                    help="a `distill run --force` after each full run (the evidence collected again): the +1 %% "
+                         "runs measure the run after a rebuild")
     args = ap.parse_args(argv)
     rows, pairs = (2_000, 1) if args.quick else (args.rows, args.pairs)
     if pairs < 1:
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 onto_new_day(tmp / "kb-base", tmp / "kb-grown")
             log(f"{rows:,} rows, then +{more - rows:,}: {revisions[0].label} against {revisions[1].label}")
             for side, rev in zip(("base", "head"), revisions, strict=True):
-                _build(rev, tmp / "kb-base", tmp / "kb-grown", tmp, args.jobs, side)
+                _build(rev, tmp / "kb-base", tmp / "kb-grown", tmp, args.jobs, side, args.rebuild_first)
             for i in range(pairs):
                 for rev in revisions if i % 2 == 0 else revisions[::-1]:
                     _plus_one_percent(rev, tmp, args.jobs, keep_exports=i == pairs - 1)
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [h["cpu_s"] / b["cpu_s"] for b, h in zip(revisions[0].runs, revisions[1].runs, strict=True)]
     result = {
         "suite": "rerun_ab", "quick": args.quick, "rows": rows, "rows_added": more - rows, "pairs": pairs,
-        "appended_on_new_day": args.appended_on_new_day,
+        "appended_on_new_day": args.appended_on_new_day, "rebuild_first": args.rebuild_first,
         "jobs": "default (every core)" if args.jobs is None else args.jobs,
         "base": base, "head": head,
         "head_over_base_median_cpu": round(head["median_cpu_s"] / base["median_cpu_s"], 3),
@@ -231,7 +243,8 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join([
         f"### A run after +1 % rows, two revisions alternating ({r['rows']:,} source rows + {r['rows_added']:,}, "
         f"{r['pairs']} pairs, [run] jobs: {r['jobs']}"
-        f"{', the appended rows on one new day' if r.get('appended_on_new_day') else ''})",
+        f"{', the appended rows on one new day' if r.get('appended_on_new_day') else ''}"
+        f"{', after a --force run (the evidence collected again)' if r.get('rebuild_first') else ''})",
         "",
         md_table(["revision", "median CPU s", "CPU s per run", "median wall s", "median MiB written",
                   "median wall s per stage", "exit"], rows),

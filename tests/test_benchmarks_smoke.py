@@ -324,12 +324,15 @@ def test_a_benchmark_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_rerun_ab_quick(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rebuild_first", [False, True])
+def test_rerun_ab_quick(tmp_path: Path, rebuild_first: bool) -> None:
     """Two revisions side by side (here HEAD in a worktree against this checkout): each builds its
-    own workspace, the +1 % runs alternate, and the same code leaves the same exports."""
-    run_suite("rerun_ab.py", tmp_path, "--base", "HEAD")
+    own workspace (with `--rebuild-first`, run once more with --force), the +1 % runs alternate,
+    and the same code leaves the same exports."""
+    run_suite("rerun_ab.py", tmp_path, "--base", "HEAD", *(["--rebuild-first"] if rebuild_first else []))
     data = check_outputs(tmp_path, "rerun_ab_quick", [])
-    assert data["rows"] == 2000 and data["pairs"] == 1
+    assert data["rows"] == 2000 and data["pairs"] == 1 and data["rebuild_first"] is rebuild_first
+    assert ("after a --force run" in (tmp_path / "rerun_ab_quick.md").read_text()) is rebuild_first
     for side in ("base", "head"):
         assert len(data[side]["cpu_s"]) == 1 and data[side]["median_cpu_s"] > 0
         assert data[side]["exit_codes"] == [0] and "export-rag" in data[side]["median_stage_wall_s"]
