@@ -18,6 +18,13 @@ distinct line contributed, by the line's xxh3-128, kept beside the cache. The ne
 file splits and hashes its lines and parses only those the memo does not know: a fold is a
 function of each line alone, so a known line counts what it counted before.
 
+A quarantine file's writer counts what it writes (a `WriterTally`: the bytes' size and
+`distill.hashing.PREFIX_HASH`, its lines, the value each line counts under). When the receipt's
+digest pass found the file on disk to be exactly those bytes (same size and PREFIX_HASH, the same
+line count by its own newline count), that tally is the fold: the lines are the writer's own
+serialised objects or lines copied from the last file, which its receipt checked. A writer tally
+that does not match is ignored and the file folded.
+
 Files are named relative to the cache file's folder (the workspace root), so a workspace moved or
 restored elsewhere keeps its tallies. A fold that counts no values (`key=None`, the integrity
 check's) is the same for every fold of the same bytes: it is taken from another fold's tally of
@@ -282,6 +289,50 @@ def _fold_with_memo(path: Path, key: RowKey | None, tally: Tally, on_chunk: Call
     return tally
 
 
+WRITER_TALLY_VERSION: Literal[1] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WriterTally:
+    """What the writer of a file of JSON-object lines counted as it wrote them: the bytes' size and
+    PREFIX_HASH, the lines, and the lines per value of one fold (a quarantine file's reasons)."""
+
+    size: int
+    xxh3: str
+    lines: int
+    values: dict[str, int]
+
+    def tally(self) -> Tally:
+        return Tally(end=self.size, lines=self.lines, nonblank=self.lines, values=dict(self.values))
+
+    def save(self, path: Path) -> None:
+        """Sealed and atomic; a tally that cannot be written costs the next receipt a fold, nothing more."""
+        body = {"version": WRITER_TALLY_VERSION, "size": self.size, "xxh3": self.xxh3, "lines": self.lines,
+                "values": self.values}
+        try:
+            write_sealed(path, dumps(body))
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> WriterTally | None:
+        """The saved tally; None when it is missing, changed, of another version or does not add up."""
+        data = read_sealed(path)
+        if data is None:
+            return None
+        try:
+            body = loads(data)
+            size, xxh3, lines, values = body["size"], body["xxh3"], body["lines"], body["values"]
+            if not (body.get("version") == WRITER_TALLY_VERSION and type(size) is int and type(lines) is int
+                    and isinstance(xxh3, str) and isinstance(values, dict) and 0 <= lines <= size
+                    and all(isinstance(v, str) and type(n) is int and n > 0 for v, n in values.items())
+                    and sum(values.values()) == lines):
+                return None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return cls(size, xxh3, lines, dict(values))
+
+
 class FoldCache:
     """Tallies by (file, fold name), loaded from and saved to one workspace file.
 
@@ -303,6 +354,9 @@ class FoldCache:
         # receipts.DigestCache.settled_sha256_of): a file folded from its first byte whose digest
         # the caller passes and this confirms is not hashed a second time (a rewritten quarantine file)
         self.known_sha256: Callable[[Path], str | None] | None = None
+        # the whole file's (size, PREFIX_HASH) on the same terms (receipts.DigestCache.settled_xxh3_of):
+        # what a `WriterTally` is matched against
+        self.known_xxh3: Callable[[Path], tuple[int, str] | None] | None = None
 
     def ends(self, file: Path) -> list[int]:
         """Where the counted prefixes of `file` end (one per fold that has counted it)."""
@@ -321,6 +375,10 @@ class FoldCache:
 
     def _hashed_as_it_is(self, file: Path, sha256: str) -> bool:
         return self.known_sha256 is not None and self.known_sha256(file) == sha256
+
+    def _written_as_it_is(self, file: Path, sha256: str, written: WriterTally) -> bool:
+        return (self.known_xxh3 is not None and self._hashed_as_it_is(file, sha256)
+                and self.known_xxh3(file) == (written.size, written.xxh3) and file_size(file) == written.size)
 
     def _adopt(self, entries: dict[tuple[str, str], _Entry]) -> None:
         self._entries = entries
@@ -365,11 +423,13 @@ class FoldCache:
         return cls(path, _read(path), on_disk)
 
     def tally(self, file: Path, fold: str, key: RowKey | None = None, *, sha256: str | None = None,
-              rewritten: bool = False) -> Tally:
+              rewritten: bool = False, written: WriterTally | None = None) -> Tally:
         """The fold of `file`'s complete lines. `sha256`: the whole file's digest when the caller
         already has it, so an unchanged file is not even re-hashed. `rewritten`: the caller knows
         the file is written whole each time (a quarantine file), so it keeps a line memo from its
-        first fold on; any other file gets one once it is found rewritten."""
+        first fold on; any other file gets one once it is found rewritten. `written`: what the
+        file's writer counted of this fold, taken (no read) when this run hashed the file in its
+        present state and found those very bytes (the caller has checked the line count)."""
         name = self._name(file)
         entry = self._entries.get((name, fold))
         start: Tally | None = None
@@ -381,6 +441,9 @@ class FoldCache:
             if key is None and (derived := self._counted_elsewhere(name, sha256, size)):
                 self._keep(name, fold, derived)
                 return derived.tally.copy()
+            if written is not None and self._written_as_it_is(file, sha256, written):
+                self._keep(name, fold, _Entry(sha256, written.tally()))
+                return written.tally()
         # a file with a line memo was rewritten before: when the caller's digest says it changed,
         # it is folded with the memo rather than first hashed to learn that its prefix changed too
         memo_path = self._memo_path(name, fold) if entry is not None or rewritten else None

@@ -122,6 +122,7 @@ class _RunContext:
         self.cache.cuts = self.folds.ends
         self.folds.prefix_state = self.cache.prefix_state
         self.folds.known_sha256 = self.cache.settled_sha256_of
+        self.folds.known_xxh3 = self.cache.settled_xxh3_of  # an export's quarantine file, as it counted it
 
     def fingerprint(self, packages: tuple[str, ...]) -> str:
         if packages not in self.fingerprints:

@@ -19,7 +19,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from distill.errors import DistillError
-from distill.fold_cache import FoldCache
+from distill.fold_cache import FoldCache, WriterTally
 from distill.hashing import WholeFileDigests, canonical_json, file_state, new_prefix_hasher, sha256_hex
 from distill.jsonl import dumps, loads, read_sealed, write_atomic, write_sealed
 from distill.records.receipts import (
@@ -202,6 +202,15 @@ class DigestCache:
             return None
         hit = self.get(key)
         return None if hit is None or not self._settled(key) else hit[1]
+
+    def settled_xxh3_of(self, path: Path) -> tuple[int, str] | None:
+        """xxh3_of, on settled_sha256_of's terms."""
+        try:
+            key = stat_key(path)
+        except OSError:
+            return None
+        hit = self.get(key)
+        return None if hit is None or not self._settled(key) else (hit[0], hit[3])
 
     @classmethod
     def load(cls, path: Path, *, clock: Path | None = None) -> DigestCache:
@@ -499,7 +508,9 @@ def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest], folds: FoldC
     """Every JSONL output ends with a newline and every line is JSON (a torn or bad line fails).
     Lines counted by an earlier run are not re-read while the file still starts with them. A
     quarantine file is rewritten whole by each run, so it is checked with the fold that also
-    counts its reasons: the dataset card then finds them counted instead of reading it again.
+    counts its reasons: the dataset card then finds them counted instead of reading it again. An
+    export's quarantine file that is, byte for byte, what the export wrote (its size, PREFIX_HASH
+    and line count) is not read: the export's count of it (`WriterTally`) is the fold.
     `folds`: the run's fold cache (its caller saves it); None loads and saves the workspace's."""
     errors = []
     own = folds is None
@@ -510,7 +521,10 @@ def check_jsonl_integrity(ws: Workspace, outputs: list[FileDigest], folds: FoldC
             continue
         path = ws.absolute(d.path)
         if path.parent == quarantine_dir:
-            tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256, rewritten=True)
+            # what the export counted as it wrote the file: taken when the file is those bytes
+            written = WriterTally.load(ws.quarantine_tally_path(path.stem))
+            tally = folds.tally(path, QUARANTINE_REASON_FOLD, quarantine_reason, sha256=d.sha256, rewritten=True,
+                                written=written if written is not None and written.lines == d.records else None)
         else:
             tally = folds.tally(path, LINES_FOLD, sha256=d.sha256)
         if tally.torn is not None:

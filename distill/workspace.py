@@ -157,6 +157,11 @@ class Workspace:
         """What the last clean verification of an export saw (distill.export.verified)."""
         return self.root / f".distill.verified-{kind}.npz"
 
+    def quarantine_tally_path(self, stage: str) -> Path:
+        """What the export that last wrote `stage`'s quarantine file counted in it
+        (distill.fold_cache.WriterTally): the receipt's line check then need not read the file."""
+        return self.root / f".distill.quarantine-{stage}.json"
+
     def written_by_command_path(self, stage: str) -> Path:
         """The outputs of `stage` as the last command outside `distill run` that writes them
         (`distill export`) left them (distill.receipts.vouch_outputs)."""

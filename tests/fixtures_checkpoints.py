@@ -45,3 +45,24 @@ def flip_byte_after(path: Path, marker: bytes) -> None:
     at = data.index(marker) + len(marker)
     data[at] = ord("Q") if data[at] != ord("Q") else ord("R")
     path.write_bytes(bytes(data))
+
+
+def assert_counted_as_written(ws: Any, stage: str) -> None:
+    """The export's count of the quarantine file it wrote (what the receipt takes instead of
+    reading it) is exactly what folding the file counts: size, hash, lines, reasons."""
+    import xxhash
+
+    from distill.fold_cache import WriterTally, fold_lines
+    from distill.receipts import quarantine_reason
+
+    path = ws.quarantine_path(stage)
+    written = WriterTally.load(ws.quarantine_tally_path(stage))
+    if not path.exists():
+        assert written is None
+        return
+    assert written is not None, f"the {stage} export left no count of its quarantine file"
+    data = path.read_bytes()
+    folded = fold_lines(path, quarantine_reason)
+    assert (written.size, written.xxh3) == (len(data), xxhash.xxh3_128(data).hexdigest())
+    assert folded.torn is None and folded.bad == 0 and folded.nonblank == folded.lines
+    assert written.tally() == folded

@@ -33,7 +33,7 @@ from distill.jsonl import dumps as jsonl_dumps
 from distill.records.stage import StageReport
 from distill.score import run_score
 from distill.workspace import Workspace, iter_partition_files
-from tests.fixtures_checkpoints import ROWS, Calls, flip_byte_after
+from tests.fixtures_checkpoints import ROWS, Calls, assert_counted_as_written, flip_byte_after
 
 KINDS = [ExportKind.RAG, ExportKind.SFT, ExportKind.PREFERENCE]
 # what each export calls once per scored line it reads and decides (not for a replayed one)
@@ -50,6 +50,7 @@ def _export(ws: Workspace, kind: ExportKind, settings: Settings | None = None, *
 
 
 def _state(ws: Workspace, kind: ExportKind, report: StageReport) -> tuple[dict[str, Any], dict[str, str]]:
+    assert_counted_as_written(ws, kind.value)
     files = {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted([*(ws.exports_dir / kind.value).rglob("*.jsonl"), ws.quarantine_path(kind.value),
                               ws.exports_dir / "README.md"]) if p.exists()}

@@ -695,6 +695,7 @@ def test_a_run_wires_the_folds_to_its_digests() -> None:
 
     ctx = _RunContext(None, None, "r", None, "h", False, None)  # type: ignore[arg-type]
     assert ctx.folds.known_sha256 == ctx.cache.settled_sha256_of
+    assert ctx.folds.known_xxh3 == ctx.cache.settled_xxh3_of
     assert ctx.folds.prefix_state == ctx.cache.prefix_state
 
 
@@ -743,3 +744,107 @@ def test_a_rewritten_file_grown_in_place_is_folded_from_its_counted_lines(
 
     assert count(wired=True) == count(wired=False) == _fresh(out)
     assert starts == [counted, 0]
+
+
+def _written_quarantine(tmp_path: Path, data: bytes, values: dict[str, int] | None = None) -> tuple[Workspace, Path]:
+    """A workspace whose rag quarantine file holds `data`, with its writer's count (`values`: the
+    reasons it says it wrote, the file's own by default)."""
+    from distill.fold_cache import WriterTally
+
+    ws = Workspace.resolve(tmp_path)
+    out = ws.quarantine_path("rag")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    if values is None:
+        values = dict(fold_lines(out, lambda row: str(row.get("reason"))).values)
+    WriterTally(len(data), xxhash.xxh3_128_hexdigest(data), data.count(b"\n"), values).save(
+        ws.quarantine_tally_path("rag"))
+    return ws, out
+
+
+def _receipt_folds(ws: Workspace, out: Path, digests: Any) -> tuple[FoldCache, list[str]]:
+    """The line check as a run makes it: the folds wired to the run's digests."""
+    outputs = digest_paths(ws, [out], digests)
+    folds = FoldCache.load(ws.fold_cache_path)
+    folds.known_sha256, folds.known_xxh3 = digests.settled_sha256_of, digests.settled_xxh3_of
+    return folds, check_jsonl_integrity(ws, outputs, folds)
+
+
+def test_a_quarantine_file_its_export_counted_is_not_read_by_its_line_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export counts its quarantine file's lines and reasons as it writes them; the receipt,
+    having just hashed the file and found exactly those bytes (size, xxh3-128, line count), takes
+    that count instead of reading the file, and the dataset card shows it."""
+    from distill.export.card import quarantine_summary
+
+    data = b'{"reason": "empty_content"}\n{"reason": "secret_detected"}\n{"reason": "empty_content"}\n'
+    # a count only the writer's tally holds (same lines): seen in the card only if it was taken
+    ws, out = _written_quarantine(tmp_path, data, {"empty_content": 1, "planted": 2})
+    digests, _ = _hashed_after_it_settled(tmp_path, out)
+    monkeypatch.setattr(fold_cache, "fold_lines", lambda *a, **k: pytest.fail("the file was read"))
+    folds, errors = _receipt_folds(ws, out, digests)
+    assert errors == []
+    folds.save()
+    monkeypatch.undo()
+    assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {"rag": {"empty_content": 1, "planted": 2}}
+
+
+@pytest.mark.parametrize("change", ["edited after it was counted", "another line count", "its count damaged",
+                                    "hashed before it settled", "not wired"])
+def test_a_quarantine_file_that_is_not_what_its_export_counted_is_read(tmp_path: Path, change: str) -> None:
+    """Anything but the very bytes the writer counted, seen by a settled digest of this run, is
+    folded as before: a bad line written after the count still fails the check, and the card's
+    reasons are the file's."""
+    from distill.export.card import quarantine_summary
+    from distill.receipts import DigestCache
+
+    data = b'{"reason": "empty_content"}\n{"reason": "secret_detected"}\n'
+    ws, out = _written_quarantine(tmp_path, data, {"planted": 2})
+    expected: list[str] = []
+    if change == "edited after it was counted":
+        out.write_bytes(b'{"reason": "empty_content"}\n{"reason": "secret_detecteQ"\n')  # same size, a bad line
+        expected = ["output_unparseable: exports/quarantine/rag.jsonl: 1 line(s) are not JSON objects (first at line 2)"]
+    elif change == "another line count":
+        from distill.fold_cache import WriterTally
+
+        WriterTally(len(data), xxhash.xxh3_128_hexdigest(data), 1, {"planted": 1}).save(ws.quarantine_tally_path("rag"))
+    elif change == "its count damaged":
+        saved = bytearray(ws.quarantine_tally_path("rag").read_bytes())
+        saved[saved.index(b"planted")] = ord("q")
+        ws.quarantine_tally_path("rag").write_bytes(bytes(saved))
+    if change == "hashed before it settled":
+        digests = DigestCache()  # the system clock, right after the write: within the racy margin
+        assert digest_paths(ws, [out], digests) and digests.settled_xxh3_of(out) is None
+    else:
+        digests, _ = _hashed_after_it_settled(tmp_path, out)
+    if change == "not wired":
+        outputs = digest_paths(ws, [out], digests)
+        folds = FoldCache.load(ws.fold_cache_path)  # no digests behind it (a command's receipt)
+        errors = check_jsonl_integrity(ws, outputs, folds)
+    else:
+        folds, errors = _receipt_folds(ws, out, digests)
+    assert errors == expected
+    folds.save()
+    reasons = dict(fold_lines(out, lambda row: str(row.get("reason"))).values)
+    assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {"rag": reasons}
+    assert "planted" not in reasons
+
+
+@pytest.mark.parametrize("body", [
+    {"size": 10, "xxh3": "ab", "lines": 2, "values": {"a": 1}},  # does not add up
+    {"size": 10, "xxh3": "ab", "lines": 2, "values": {"a": 2, "b": 0}},  # a value with no line
+    {"size": 10, "xxh3": "ab", "lines": -1, "values": {}},
+    {"size": 10, "xxh3": "ab", "lines": 2, "values": {"a": 2}, "version": 2},
+    {"size": 10, "xxh3": 5, "lines": 2, "values": {"a": 2}},
+    [1, 2],
+])
+def test_a_writer_tally_that_is_not_one_is_none(tmp_path: Path, body: Any) -> None:
+    from distill.fold_cache import WriterTally
+
+    path = tmp_path / "tally.json"
+    if isinstance(body, dict):
+        body = {"version": 1, **body}
+    _write_cache(path, body)
+    assert WriterTally.load(path) is None
+    WriterTally(10, "ab", 2, {"a": 2}).save(path)
+    assert WriterTally.load(path) == WriterTally(10, "ab", 2, {"a": 2})

@@ -73,7 +73,7 @@ def test_quarantine_lines_say_where_each_line_starts_and_digest_what_was_written
     starts = []
     for line in lines:
         starts.append(sink.at)
-        sink(line)
+        sink(line, "schema_violation")
     size, digest = sink.digest()
     data = out.getvalue()
     assert data == b"".join(line + b"\n" for line in lines) and size == len(data)

@@ -237,8 +237,8 @@ def test_rows_that_change_no_earlier_decision_grow_each_quarantine_file_in_place
     """Extraction facts of a new phase, on a new day: they join no verdict and no old row joins
     them, so every export decides its old rows as before and quarantines the new ones after
     them. Each quarantine file then keeps its bytes in place and has the new lines appended: its
-    receipt's sha256 goes on from the kept state and its line check from the counted lines
-    (neither reads it whole), and the exports are those of a `--force` run."""
+    receipt's sha256 goes on from the kept state and its line check takes its export's count (or
+    goes on from the counted lines: neither reads it whole), and the exports are those of a `--force` run."""
     import distill.fold_cache as fold_cache
     import distill.receipts as receipts
 
@@ -278,6 +278,59 @@ def test_rows_that_change_no_earlier_decision_grow_each_quarantine_file_in_place
         assert len(new) > len(old) and new.startswith(old), q.name  # the new rows' lines, after the old ones
         assert q.stat().st_ino == st.st_ino, q.name  # the same file, appended to
         assert os.fspath(q) in resumed_digests, q.name
-        assert folded_from[q] == len(old), q.name
+        # its export's count taken (not read), or, when its digest had not settled, folded from the counted lines
+        assert folded_from.get(q, len(old)) == len(old), q.name
     assert _outputs(ws) == _outputs(twin)
+    assert _counters(summary) == _counters(forced)
+
+
+def test_each_export_s_count_of_its_rewritten_quarantine_file_spares_the_receipt_a_read(
+        tmp_path: Path, generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grown streams add rows that land in old partitions, so each export rewrites its
+    quarantine file from inside: the receipt, finding the file to be the bytes its export counted,
+    takes that count and reads none of the three (the card needs no read either), and the exports,
+    card and counters are those of a `--force` run."""
+    import distill.fold_cache as fold_cache
+    import distill.pipeline as pipeline
+    from tests.fixtures_checkpoints import assert_counted_as_written
+
+    small, grown = generated
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(small, ws.kb_dir)
+    execute_run(ws, load_settings(ws.root), include_index=False)
+    quarantine = [ws.quarantine_path(kind) for kind in ("preference", "rag", "sft")]
+    before = {q: q.read_bytes() for q in quarantine}
+    for src in grown.glob("*.jsonl"):
+        shutil.copyfile(src, ws.kb_dir / src.name)
+    shutil.copytree(ws.root, tmp_path / "twin")
+    twin = Workspace(tmp_path / "twin")
+
+    digest_outputs = pipeline._digest_outputs
+
+    def after_a_clock_tick(ctx: Any, stage: Any, also: Any) -> Any:
+        # a receipt hashes what its stage wrote once the file system's clock has moved on (one
+        # tick: a run's stages take longer); only then is a digest settled enough to trust
+        latest = max((p.stat().st_ctime_ns for p in stage.outputs(ctx.ws, ctx.settings) if p.is_file()), default=0)
+        deadline = time.monotonic() + 5
+        while (ws.clock_path.touch() or ws.clock_path.stat().st_ctime_ns <= latest) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return digest_outputs(ctx, stage, also)
+
+    monkeypatch.setattr(pipeline, "_digest_outputs", after_a_clock_tick)
+    folded: list[Path] = []
+    fold_lines = fold_cache.fold_lines
+    monkeypatch.setattr(fold_cache, "fold_lines", lambda path, *a, **kw: (folded.append(Path(path)),
+                                                                          fold_lines(path, *a, **kw))[1])
+    summary = execute_run(ws, load_settings(ws.root), include_index=False).summary
+    monkeypatch.undo()
+    forced = execute_run(twin, load_settings(twin.root), include_index=False, force=True).summary
+
+    for q in quarantine:
+        new = q.read_bytes()
+        assert new != before[q] and not new.startswith(before[q]), q.name  # rewritten, not appended to
+        assert q not in folded, q.name
+        assert_counted_as_written(ws, q.stem)
+    assert folded  # (the spy sees the folds of the other outputs)
+    assert _outputs(ws) == _outputs(twin)
+    assert (ws.exports_dir / "README.md").read_bytes() == (twin.exports_dir / "README.md").read_bytes()
     assert _counters(summary) == _counters(forced)

@@ -95,6 +95,14 @@ class PartitionSummary:
         self.entries += other.entries
         self.replayable = self.replayable and other.replayable
 
+    def quarantine_reasons(self) -> Counter[str]:
+        """The entries' quarantine lines per reason (every quarantined entry has one)."""
+        reasons: Counter[str] = Counter()
+        for (_, field, reason, _), n in itertools.chain(self.counts.items(), self.gated.items()):
+            if field == "quarantined":
+                reasons[str(reason)] += n
+        return reasons
+
     def ids(self) -> tuple[list[bytes], list[bytes]]:
         """The digests of the shipped and of the refused candidates' ids."""
         return split_digests(self.shipped, DIGEST), split_digests(self.refused, DIGEST)

@@ -300,6 +300,7 @@ class KeptLines:
         self._quarantined = quarantined  # positions in `clean`
         at = r["line_at"][clean.rows[quarantined]]
         self._len = r["line_len"][clean.rows[quarantined]]  # a kept length leaves out the line's newline
+        self._reason = r["reason"][clean.rows[quarantined]].astype(np.int64)  # codes into kept.reasons
         ends = at + self._len + 1
         index = clean.indexes[quarantined]
         # a block ends where the next line is not the next in the old file, or another row's line comes between
@@ -340,6 +341,10 @@ class KeptLines:
         if left or last != b"\n" or newlines != hi - lo:
             raise UsageError("the preference export's quarantine file does not hold the lines its kept "
                              "decisions say; `distill run --force` starts the exports from their inputs")
+        codes = self._reason[lo:hi]
+        names = self._kept.reasons
+        per_code = np.bincount(codes[(codes >= 0) & (codes < len(names))], minlength=len(names)).tolist()
+        self._sink.copied(hi - lo, {names[c]: n for c, n in enumerate(per_code) if n})  # a bad code: no count
 
     def record(self, into: NextDecisions) -> None:
         """Once every block is copied: the rows' decisions, with where their lines are now, for the next run."""

@@ -1017,7 +1017,7 @@ def export_preference(
                 key: TallyKey = (source, "deduped" if deduped else "written", None, category)
             else:
                 key = (source, "quarantined", reason, category)
-                on_quarantine(line)
+                on_quarantine(line, reason)
             counts[key] += 1
             first_seen.setdefault(key, index)
 

@@ -8,7 +8,7 @@ pieces), so conservation and the quarantine shape cannot drift between exporters
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
@@ -21,6 +21,7 @@ from distill.export.exported import ExportedIds
 from distill.export.gates import Firewall, GateInput, refused_now
 from distill.export.reader import Broken, Joined, ReaderItem
 from distill.export.scored_index import key_digest
+from distill.fold_cache import WriterTally
 from distill.hashing import PrefixHash
 from distill.records import QuarantineReason, QuarantineRecord, SourceRef
 from distill.jsonl import HeldWrites, dumps
@@ -53,6 +54,7 @@ class QuarantineLines:
     """The sink an export's quarantine lines go through, each ended by a newline: where the next
     line starts (a checkpoint entry or a kept decision points there) and the (size, xxh3-128) of
     all written, which the next run checks the file by before it copies lines back out of it.
+    Each line comes with its reason, so the file's count (`written`) spares its receipt a read.
 
     Lines are held until `held_bytes` of them, then joined, written and hashed at once: the
     preference export hands over a line per unpaired row (most of its rows), and a write and a
@@ -61,14 +63,37 @@ class QuarantineLines:
     def __init__(self, out: IO[bytes], *, held_bytes: int = 1 << 20) -> None:
         self._hash = PrefixHash()
         self._writes = HeldWrites(out, held_bytes, on_block=self._hash.update)
+        self._reasons: Counter[str] = Counter()
+        self._lines = 0
+        self._counted = True  # False once a block's reasons did not add up to its lines
 
-    def __call__(self, line: bytes) -> None:
+    def __call__(self, line: bytes, reason: str) -> None:
         self._writes.write(line + b"\n")
+        self._reasons[reason] += 1
+        self._lines += 1
+
+    def block(self, lines: bytes, count: int, reasons: Mapping[str, int]) -> None:
+        """`count` whole lines joined by newlines, without the last one (a replayed partition's)."""
+        self._writes.write(lines + b"\n")
+        self.copied(count, reasons)
 
     def write_lines(self, data: bytes) -> None:
         """Lines copied as they are, newlines included (a block of an earlier quarantine file; it
-        may end inside a line that the next call completes)."""
+        may end inside a line that the next call completes); `copied` counts them."""
         self._writes.write(data)
+
+    def copied(self, count: int, reasons: Mapping[str, int]) -> None:
+        """`count` lines handed over as bytes, with their reasons."""
+        self._reasons.update(reasons)
+        self._lines += count
+        self._counted = self._counted and sum(reasons.values()) == count and all(n >= 0 for n in reasons.values())
+
+    def written(self) -> WriterTally | None:
+        """What was written, counted: None when a block's reasons did not add up to its lines."""
+        size, digest = self.digest()
+        if not self._counted:
+            return None
+        return WriterTally(size, digest, self._lines, {r: n for r, n in sorted(self._reasons.items()) if n})
 
     def flush(self) -> None:
         self._writes.flush()
@@ -177,8 +202,8 @@ class RowExporter:
 
     Samples and quarantine lines go to the sinks in input order as soon as every earlier row is
     decided (after each firewall batch), so memory is bounded by the batch, not by the input.
-    `on_quarantine` is handed whole lines without their last newline: one, or a replayed
-    partition's as one block joined by newlines (the sink ends each call with a newline).
+    `on_quarantine` is handed whole lines without their last newline, with their reasons: one, or
+    a replayed partition's as one block joined by newlines.
     `id_of` gives a row's sample id before any check, so a row refused now whose id is already
     in the (append-only) export is reported: e.g. a run re-scored as rejected after it shipped.
 
@@ -198,7 +223,7 @@ class RowExporter:
         report: StageReport,
         *,
         on_sample: Callable[[BaseModel], None],
-        on_quarantine: Callable[[bytes], None],
+        on_quarantine: QuarantineLines,
         id_of: Callable[[Joined], str] | None = None,
         record: bool = False,
     ) -> None:
@@ -206,7 +231,7 @@ class RowExporter:
         self.on_sample, self.on_quarantine, self.id_of, self.record = on_sample, on_quarantine, id_of, record
         self.result = RowExport()
         self.seen: set[bytes] = set()  # key digests of the ids produced so far
-        self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample"|"line", value), until flushed
+        self._out: dict[int, tuple[str, Any]] = {}  # input index -> ("sample", model) | ("line", (line, reason)), until flushed
         # ..., the id's key digest, whether the export holds that id already
         self._pending: list[tuple[int, Joined, Candidate, bytes, bool]] = []
         self._next = 0
@@ -226,7 +251,7 @@ class RowExporter:
 
     def _drop(self, i: int, source: str, rec: QuarantineRecord, category: str | None, entry: Entry) -> None:
         line = self._line(rec)
-        self._out[i] = ("line", line)
+        self._out[i] = ("line", (line, rec.reason.value))
         self.report.source(source).bump("quarantined", reason=rec.reason.value, category=category)
         if self.record:
             entry[6] = len(line)
@@ -236,7 +261,10 @@ class RowExporter:
         """Every row read so far is decided: hand them to the sinks in input order."""
         for i in sorted(self._out):
             kind, value = self._out[i]
-            (self.on_sample if kind == "sample" else self.on_quarantine)(value)
+            if kind == "sample":
+                self.on_sample(value)
+            else:
+                self.on_quarantine(*value)
         self._out.clear()
 
     def _gate(self) -> None:
@@ -269,7 +297,7 @@ class RowExporter:
                                             validation_errors(exc), cand.sample_id)
             if rec is not None:
                 line = self._line(rec)
-                self._out[i] = ("line", line)
+                self._out[i] = ("line", (line, rec.reason.value))
                 self._gated.bump(item.source, "quarantined", reason=rec.reason.value, category=category)
                 if self.record:
                     self._record(i, ["g", item.source, category, rec.reason.value, cand.sample_id, None, len(line)],
@@ -367,7 +395,7 @@ class RowExporter:
         self._gated.add(summary.gated)
         block = entries.lines()
         if block:
-            self.on_quarantine(block)
+            self.on_quarantine.block(block, summary.lines, summary.quarantine_reasons())
         if self.record:
             if record:
                 for at, data in enumerate(entries.json(), start=self._next):

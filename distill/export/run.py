@@ -248,7 +248,13 @@ def run_export(
                 write_atomic(target, b"")
             written.append(target)
             written.append(qpath)
+        counted = quarantine_lines.written()  # the file is these bytes once the writer commits them
     if not dry_run:
+        # what the quarantine file holds, for its receipt's line check and the dataset card
+        if counted is not None:
+            counted.save(ws.quarantine_tally_path(kind))
+        else:
+            ws.quarantine_tally_path(kind).unlink(missing_ok=True)
         # the export as written, judged by its labels and by the scores of its runs
         on_disk = verify_export(ws, export, scored=scored_categories(ws, known=known),
                                 max_pairs_per_task=settings.export.max_pairs_per_task)

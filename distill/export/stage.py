@@ -55,6 +55,7 @@ class ExportStage(Stage):
 
     def caches(self, ws: Workspace) -> list[Path]:
         return [ws.verified_path(self.kind.value), ws.scored_index_path, ws.export_checkpoint_path(self.kind.value),
+                ws.quarantine_tally_path(self.kind.value),
                 ws.passed_gates_path(self.kind.value), ws.kept_decisions_path(self.kind.value),
                 *(ws.view_state_path(self.kind.value, fmt) for fmt in FORMATS[1:] if view_paths(ws, self.kind.value, fmt))]
 
