@@ -224,3 +224,24 @@ def test_a_tally_counts_as_a_bump_per_row(rows: list[tuple[str, str, str | None,
         assert list(tallied.by_source[source].by_reason) == list(counts.by_reason)
         assert list(tallied.by_source[source].by_category) == list(counts.by_category)
     assert tallied.finalize().balanced
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(max_size=3000), st.integers(min_value=1, max_value=700))
+def test_a_digest_counts_the_newlines_of_its_file_whatever_the_chunks(tmp_path_factory: pytest.TempPathFactory,
+                                                                      data: bytes, chunk: int) -> None:
+    """The receipt's line count (a vectorised count per chunk) is bytes.count's, for any bytes
+    read in any chunk size."""
+    import distill.receipts as receipts
+    from distill.receipts import digest_file
+
+    ws = Workspace.resolve(tmp_path_factory.mktemp("nl"))
+    path = ws.root / "out.jsonl"
+    path.write_bytes(data)
+    saved = receipts.CHUNK
+    receipts.CHUNK = chunk
+    try:
+        got = digest_file(ws, path)
+    finally:
+        receipts.CHUNK = saved
+    assert got.records == data.count(b"\n") and got.bytes == len(data)
