@@ -144,3 +144,32 @@ def test_records_exports_every_name_it_loads_lazily() -> None:
 
     assert sorted(records.__all__) == sorted(records._HOME)
     assert all(getattr(records, name).__name__ == name for name in records.__all__)
+
+
+_BLAS_PROBE = """
+import os, sys
+import distill.cli
+loaded_before_main = "numpy" in sys.modules
+sys.argv = ["distill", "run", "--help"]
+try:
+    distill.cli.main()
+except SystemExit:
+    pass
+import numpy  # noqa: F401
+print(loaded_before_main, os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("3", "3")])
+def test_the_cli_keeps_openblas_to_one_thread_unless_told_otherwise(preset: str | None, expected: str) -> None:
+    """`distill` sets OPENBLAS_NUM_THREADS before numpy is loaded (its idle threads cost every
+    stage worker CPU for nothing), and keeps a value the user set."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    done = subprocess.run([sys.executable, "-c", _BLAS_PROBE], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["False", expected]
