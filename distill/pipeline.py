@@ -384,13 +384,14 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
     fewer than [run] jobs are running: in this process when nothing else could run beside it
     (jobs = 1, or it is the only stage ready and none is running) or when it reads less than
     [run] parallel_min_input_mib, else in a worker process
-    (distill.stage_workers). Planning, validation and receipts are done here either way, so the
+    (distill.stage_workers; one that finished a stage takes the next). Planning, validation and receipts are done here either way, so the
     outputs are those of a one-process run. After a failure no further stage starts (the ones
     running finish); Ctrl-C or SIGTERM stops the workers before the workspace lock is released."""
     done = _Outcomes()
     names = {s.name for s in stages}
     pending = list(stages)
     running: list[tuple[StageWorker, _Started]] = []
+    idle: list[StageWorker] = []  # workers done with a stage, waiting for another
     jobs = effective_jobs(ctx.settings.run.jobs)
     threshold = ctx.settings.run.parallel_min_input_mib * 2**20
 
@@ -413,7 +414,7 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
                     record(stage, run_stage_started(ctx, begun))
                 else:
                     ctx.emit("start", stage.name, "; ".join([*begun.plan.decision.reasons, "in a worker process"]))
-                    running.append((StageWorker(stage, ctx.ws, ctx.settings), begun))
+                    running.append((_worker_for(stage, idle, ctx), begun))
                 continue
             if not running:
                 break  # stopped: what is pending does not start
@@ -424,15 +425,32 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
                 outcome, elapsed = worker.outcome()
             except StageUnavailable as exc:
                 running.pop(at)
+                idle.append(worker)
                 ctx.emit("unavailable", begun.stage.name, str(exc))
                 record(begun.stage, None)
                 continue
             running.pop(at)
+            idle.append(worker)
             record(begun.stage, finish_stage(ctx, begun, outcome, elapsed))
+            if not pending or done.stopped:
+                while idle:  # no stage left to hand them: end them now, not after the run's last receipt
+                    idle.pop().close()
     finally:
         for worker, _ in running:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
             worker.stop()
+        for worker in idle:
+            worker.close()
     return done
+
+
+def _worker_for(stage: Stage, idle: list[StageWorker], ctx: _RunContext) -> StageWorker:
+    """An idle worker handed `stage` (its interpreter and imports reused), else a new one."""
+    while idle:
+        worker = idle.pop()
+        if worker.give(stage):
+            return worker
+        worker.close()  # it has gone (killed while it waited): reaped, and another is started
+    return StageWorker(stage, ctx.ws, ctx.settings)
 
 
 def _first_finished(workers: list[StageWorker]) -> int:

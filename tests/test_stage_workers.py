@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,6 @@ from distill.workspace import Workspace
 from tests.fixtures_pipeline import _FileStage, independent_stages, worker_stages
 from tests.fixtures_reliability import SAMPLE_KB
 
-SIDE_BY_SIDE = Settings.model_validate({"run": {"jobs": 3, "parallel_min_input_mib": 0}})
 ONE_BY_ONE = Settings.model_validate({"run": {"jobs": 1, "parallel_min_input_mib": 0}})
 
 
@@ -41,12 +41,14 @@ def _sample(root: Path) -> Workspace:
 
 
 @pytest.mark.slow
-def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [3, 2])  # 2: the third export runs in a worker that has done one already
+def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_path: Path, jobs: int) -> None:
     serial, parallel = _sample(tmp_path / "serial"), _sample(tmp_path / "parallel")
     serial_events: list[tuple[str, str, str]] = []
     one = execute_run(serial, ONE_BY_ONE, include_index=False, on_event=lambda *e: serial_events.append(e))
     events: list[tuple[str, str, str]] = []
-    many = execute_run(parallel, SIDE_BY_SIDE, include_index=False, on_event=lambda *e: events.append(e))
+    side_by_side = Settings.model_validate({"run": {"jobs": jobs, "parallel_min_input_mib": 0}})
+    many = execute_run(parallel, side_by_side, include_index=False, on_event=lambda *e: events.append(e))
 
     assert worker_stages(serial_events) == []  # jobs = 1: no stage pays for a worker process
 
@@ -58,7 +60,7 @@ def test_side_by_side_run_writes_the_bytes_and_counts_of_a_one_process_run(tmp_p
     assert [(s.stage, s.status, s.totals, s.by_source, s.output_categories, s.outputs_hash) for s in one.summary.stages] == [
         (s.stage, s.status, s.totals, s.by_source, s.output_categories, s.outputs_hash) for s in many.summary.stages]
     # the receipts a side-by-side run wrote let the next run skip everything
-    again = execute_run(parallel, SIDE_BY_SIDE, include_index=False)
+    again = execute_run(parallel, side_by_side, include_index=False)
     assert {s.status for s in again.summary.stages} == {"skipped"}
 
 
@@ -143,3 +145,64 @@ def test_a_run_s_worker_cpu_time_counts_as_the_run_s_own(mini: Workspace) -> Non
     assert done.returncode == 0, done.stderr[-2000:]
     run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert run_cpu - float(done.stdout.split()[-1]) >= BURN_CPU_S  # the worker's burn is in the run's
+
+
+def _writes_pid(name: str, ws: Workspace, settings: Settings) -> StageReport:
+    out = ws.root / "out" / f"{name}.pid"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(str(os.getpid()))
+    return StageReport(stage=name)
+
+
+def test_a_worker_that_finished_a_stage_takes_the_next(mini: Workspace) -> None:
+    """With more stages ready than [run] jobs, a worker that has reported its stage is handed the
+    next one instead of a new interpreter being started; every worker is ended by the end of the
+    run (its CPU time counts as the run's), and one killed while it waited is replaced."""
+    import multiprocessing
+    from functools import partial
+
+    names = ["a", "b", "c", "d", "e"]
+    stages = [_FileStage(n, partial(_writes_pid, n), ["_kb/in.jsonl"], [], ("collect",)) for n in names]
+    events: list[tuple[str, str, str]] = []
+    result = execute_run(mini, Settings.model_validate({"run": {"jobs": 2, "parallel_min_input_mib": 0}}),
+                         stages=stages, on_event=lambda *e: events.append(e))
+
+    assert result.exit_code == 0 and worker_stages(events) == names
+    pids = {n: int((mini.root / "out" / f"{n}.pid").read_text()) for n in names}
+    assert os.getpid() not in pids.values()
+    assert len(set(pids.values())) == 2  # two interpreters for five stages
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_killed_while_it_waits_is_replaced(mini: Workspace) -> None:
+    from distill.pipeline import _worker_for
+    from distill.stage_workers import StageWorker
+
+    settings = Settings.model_validate({"run": {"jobs": 2}})
+    first, second = (_FileStage(n, partial_pid(n), ["_kb/in.jsonl"], [], ("collect",)) for n in ("f", "s"))
+    worker = StageWorker(first, mini, settings)
+    (report, error), _ = worker.outcome()
+    assert error is None and worker.reusable
+    os.kill(worker._process.pid, signal.SIGKILL)
+    worker._process.join()
+
+    class Ctx:
+        ws = mini
+
+    Ctx.settings = settings  # type: ignore[attr-defined]
+    idle = [worker]
+    other = _worker_for(second, idle, Ctx)  # type: ignore[arg-type]
+    try:
+        assert other is not worker and idle == []
+        (report, error), _ = other.outcome()
+        assert error is None and report.stage == "s"
+        assert int((mini.root / "out" / "s.pid").read_text()) == other._process.pid
+    finally:
+        other.close()
+    assert not other._process.is_alive() and other._process.exitcode == 0
+
+
+def partial_pid(name: str) -> Any:
+    from functools import partial
+
+    return partial(_writes_pid, name)
