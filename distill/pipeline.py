@@ -383,10 +383,11 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
     """Every stage once its `after` stages are done. A stage starts as soon as it is ready and
     fewer than [run] jobs are running: in this process when nothing else could run beside it
     (jobs = 1, or it is the only stage ready and none is running) or when it reads less than
-    [run] parallel_min_input_mib, else in a worker process
-    (distill.stage_workers; one that finished a stage takes the next). Planning, validation and receipts are done here either way, so the
-    outputs are those of a one-process run. After a failure no further stage starts (the ones
-    running finish); Ctrl-C or SIGTERM stops the workers before the workspace lock is released."""
+    [run] parallel_min_input_mib, else in a worker process (distill.stage_workers; one that
+    finished a stage takes the next). Planning, validation and receipts are done here either way,
+    so the outputs are those of a one-process run. After a failure no further stage starts (the
+    ones running finish); Ctrl-C or SIGTERM stops the workers before the workspace lock is
+    released."""
     done = _Outcomes()
     names = {s.name for s in stages}
     pending = list(stages)

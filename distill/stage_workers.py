@@ -7,9 +7,10 @@ when it runs changes). A worker is a fresh interpreter (spawn: no thread, lock o
 the parent is inherited); once it has reported a stage the parent may hand it the next one, so a
 run pays for at most [run] jobs interpreter starts. What a stage writes does not depend on what
 ran before it in the process (tests/test_stage_workers.py runs the exports two by two in reused
-workers and compares their bytes with a one-process run's). Stopped by the parent (Ctrl-C, SIGTERM), it unwinds like a command,
-removing its temporary files; the parent waits for it before it releases the workspace lock. A
-worker that dies (killed, out of memory) is its stage's failure, never a hung run.
+workers and compares their bytes with a one-process run's). Stopped by the parent (Ctrl-C,
+SIGTERM), it unwinds like a command, removing its temporary files; the parent waits for it before
+it releases the workspace lock. A worker that dies (killed, out of memory) is its stage's failure,
+never a hung run.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def _worker_main(conn: Connection, stage: Stage, ws: Workspace, settings: Settin
 
 class StageWorker:
     """A spawned process running one stage at a time; `outcome()` waits for its report, `give`
-    hands it the next stage (a spawned interpreter's start and imports cost ~0.5 s CPU, paid
-    once per worker rather than once per stage), `close` ends it."""
+    hands it the next stage (a spawned interpreter's start and imports, about a second of CPU in
+    a profile's samples, are paid once per worker rather than once per stage), `close` ends it."""
 
     def __init__(self, stage: Stage, ws: Workspace, settings: Settings) -> None:
         self.stage = stage
