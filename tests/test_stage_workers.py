@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -154,18 +153,23 @@ def _writes_pid(name: str, ws: Workspace, settings: Settings) -> StageReport:
     return StageReport(stage=name)
 
 
+def _pid_stage(name: str) -> _FileStage:
+    """A stage that writes the id of the process it ran in to out/<name>.pid."""
+    from functools import partial
+
+    return _FileStage(name, partial(_writes_pid, name), ["_kb/in.jsonl"], [], ("collect",))
+
+
 def test_a_worker_that_finished_a_stage_takes_the_next(mini: Workspace) -> None:
     """With more stages ready than [run] jobs, a worker that has reported its stage is handed the
     next one instead of a new interpreter being started; every worker is ended by the end of the
-    run (its CPU time counts as the run's), and one killed while it waited is replaced."""
+    run (so its CPU time counts as the run's)."""
     import multiprocessing
-    from functools import partial
 
     names = ["a", "b", "c", "d", "e"]
-    stages = [_FileStage(n, partial(_writes_pid, n), ["_kb/in.jsonl"], [], ("collect",)) for n in names]
     events: list[tuple[str, str, str]] = []
     result = execute_run(mini, Settings.model_validate({"run": {"jobs": 2, "parallel_min_input_mib": 0}}),
-                         stages=stages, on_event=lambda *e: events.append(e))
+                         stages=[_pid_stage(n) for n in names], on_event=lambda *e: events.append(e))
 
     assert result.exit_code == 0 and worker_stages(events) == names
     pids = {n: int((mini.root / "out" / f"{n}.pid").read_text()) for n in names}
@@ -175,34 +179,25 @@ def test_a_worker_that_finished_a_stage_takes_the_next(mini: Workspace) -> None:
 
 
 def test_a_worker_killed_while_it_waits_is_replaced(mini: Workspace) -> None:
+    from types import SimpleNamespace
+
     from distill.pipeline import _worker_for
     from distill.stage_workers import StageWorker
 
     settings = Settings.model_validate({"run": {"jobs": 2}})
-    first, second = (_FileStage(n, partial_pid(n), ["_kb/in.jsonl"], [], ("collect",)) for n in ("f", "s"))
-    worker = StageWorker(first, mini, settings)
-    (report, error), _ = worker.outcome()
+    worker = StageWorker(_pid_stage("first"), mini, settings)
+    (_, error), _ = worker.outcome()
     assert error is None and worker.reusable
     os.kill(worker._process.pid, signal.SIGKILL)
     worker._process.join()
 
-    class Ctx:
-        ws = mini
-
-    Ctx.settings = settings  # type: ignore[attr-defined]
     idle = [worker]
-    other = _worker_for(second, idle, Ctx)  # type: ignore[arg-type]
+    other = _worker_for(_pid_stage("second"), idle, SimpleNamespace(ws=mini, settings=settings))  # type: ignore[arg-type]
     try:
         assert other is not worker and idle == []
         (report, error), _ = other.outcome()
-        assert error is None and report.stage == "s"
-        assert int((mini.root / "out" / "s.pid").read_text()) == other._process.pid
+        assert error is None and report.stage == "second"
+        assert int((mini.root / "out" / "second.pid").read_text()) == other._process.pid
     finally:
         other.close()
     assert not other._process.is_alive() and other._process.exitcode == 0
-
-
-def partial_pid(name: str) -> Any:
-    from functools import partial
-
-    return partial(_writes_pid, name)
