@@ -377,8 +377,9 @@ class FoldCache:
         return self.known_sha256 is not None and self.known_sha256(file) == sha256
 
     def _written_as_it_is(self, file: Path, sha256: str, written: WriterTally) -> bool:
+        # both lookups key on the file's present stat, its size included
         return (self.known_xxh3 is not None and self._hashed_as_it_is(file, sha256)
-                and self.known_xxh3(file) == (written.size, written.xxh3) and file_size(file) == written.size)
+                and self.known_xxh3(file) == (written.size, written.xxh3))
 
     def _adopt(self, entries: dict[tuple[str, str], _Entry]) -> None:
         self._entries = entries

@@ -403,6 +403,9 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
 
     try:
         while pending or running:
+            if idle and (not pending or done.stopped):
+                while idle:  # no stage left to hand them: end them now, not after the run's last receipt
+                    idle.pop().close()
             ready = [] if done.stopped else [
                 s for s in pending if all(d in done.receipts or d not in names for d in s.after)]
             if ready and len(running) < jobs:
@@ -433,9 +436,6 @@ def run_stages(ctx: _RunContext, stages: list[Stage], *, continue_on_failure: bo
             running.pop(at)
             idle.append(worker)
             record(begun.stage, finish_stage(ctx, begun, outcome, elapsed))
-            if not pending or done.stopped:
-                while idle:  # no stage left to hand them: end them now, not after the run's last receipt
-                    idle.pop().close()
     finally:
         for worker, _ in running:  # after Ctrl-C or SIGTERM: no worker outlives the workspace lock
             worker.stop()

@@ -194,24 +194,25 @@ class DigestCache:
         at, fs_clock = hashed
         return max(key[3], key[4]) < (at if fs_clock else at - RACY_MARGIN_NS)
 
-    def settled_sha256_of(self, path: Path) -> str | None:
-        """sha256_of, only when the file had stopped changing before it was hashed (a write in the
+    def _settled_hit(self, path: Path) -> Digested | None:
+        """_as_it_is, only when the file had stopped changing before it was hashed (a write in the
         same clock tick as the hashing would leave its stat key as it was)."""
         try:
             key = stat_key(path)
         except OSError:
             return None
         hit = self.get(key)
-        return None if hit is None or not self._settled(key) else hit[1]
+        return None if hit is None or not self._settled(key) else hit
+
+    def settled_sha256_of(self, path: Path) -> str | None:
+        """sha256_of, on _settled_hit's terms."""
+        hit = self._settled_hit(path)
+        return None if hit is None else hit[1]
 
     def settled_xxh3_of(self, path: Path) -> tuple[int, str] | None:
-        """xxh3_of, on settled_sha256_of's terms."""
-        try:
-            key = stat_key(path)
-        except OSError:
-            return None
-        hit = self.get(key)
-        return None if hit is None or not self._settled(key) else (hit[0], hit[3])
+        """xxh3_of, on _settled_hit's terms."""
+        hit = self._settled_hit(path)
+        return None if hit is None else (hit[0], hit[3])
 
     @classmethod
     def load(cls, path: Path, *, clock: Path | None = None) -> DigestCache:
