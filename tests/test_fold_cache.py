@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from distill import fold_cache
 from distill.fold_cache import FoldCache, Tally, fold_lines
 from distill.hashing import sealed, unsealed
-from distill.receipts import check_jsonl_integrity, count_categories, digest_paths
+from distill.receipts import check_jsonl_integrity, count_categories, digest_paths, quarantine_reason
 from distill.workspace import Workspace
 
 
@@ -756,7 +756,7 @@ def _written_quarantine(tmp_path: Path, data: bytes, values: dict[str, int] | No
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     if values is None:
-        values = dict(fold_lines(out, lambda row: str(row.get("reason"))).values)
+        values = dict(fold_lines(out, quarantine_reason).values)
     WriterTally(len(data), xxhash.xxh3_128_hexdigest(data), data.count(b"\n"), values).save(
         ws.quarantine_tally_path("rag"))
     return ws, out
@@ -825,7 +825,7 @@ def test_a_quarantine_file_that_is_not_what_its_export_counted_is_read(tmp_path:
         folds, errors = _receipt_folds(ws, out, digests)
     assert errors == expected
     folds.save()
-    reasons = dict(fold_lines(out, lambda row: str(row.get("reason"))).values)
+    reasons = dict(fold_lines(out, quarantine_reason).values)
     assert quarantine_summary(ws, FoldCache.load(ws.fold_cache_path)) == {"rag": reasons}
     assert "planted" not in reasons
 
