@@ -63,14 +63,12 @@ class QuarantineLines:
     def __init__(self, out: IO[bytes], *, held_bytes: int = 1 << 20) -> None:
         self._hash = PrefixHash()
         self._writes = HeldWrites(out, held_bytes, on_block=self._hash.update)
-        self._reasons: Counter[str] = Counter()
-        self._lines = 0
+        self._reasons: Counter[str] = Counter()  # lines per reason: every line has one
         self._counted = True  # False once a block's reasons did not add up to its lines
 
     def __call__(self, line: bytes, reason: str) -> None:
         self._writes.write(line + b"\n")
         self._reasons[reason] += 1
-        self._lines += 1
 
     def block(self, lines: bytes, count: int, reasons: Mapping[str, int]) -> None:
         """`count` whole lines joined by newlines, without the last one (a replayed partition's)."""
@@ -85,7 +83,6 @@ class QuarantineLines:
     def copied(self, count: int, reasons: Mapping[str, int]) -> None:
         """`count` lines handed over as bytes, with their reasons."""
         self._reasons.update(reasons)
-        self._lines += count
         self._counted = self._counted and sum(reasons.values()) == count and all(n >= 0 for n in reasons.values())
 
     def written(self) -> WriterTally | None:
@@ -93,7 +90,8 @@ class QuarantineLines:
         size, digest = self.digest()
         if not self._counted:
             return None
-        return WriterTally(size, digest, self._lines, {r: n for r, n in sorted(self._reasons.items()) if n})
+        values = {r: n for r, n in sorted(self._reasons.items()) if n}
+        return WriterTally(size, digest, sum(values.values()), values)
 
     def flush(self) -> None:
         self._writes.flush()
